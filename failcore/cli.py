@@ -1,0 +1,536 @@
+"""The `failcore` command: proxy, run, ca, list, show, tail, verify, policy check, sample."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from failcore import __version__
+from failcore.paths import default_tape_dir, failcore_home
+from failcore.textsafe import printable, safe_text
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DECISION_STYLE = {"ALLOW": "green", "WARN": "yellow", "BLOCK": "bold red"}
+OUTCOME_STYLE = {"ok": "green", "BLOCKED": "bold red", "FAIL": "red"}
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _tape_arg(value: str | None) -> Path:
+    return Path(value).expanduser() if value else default_tape_dir()
+
+
+# ---------------------------------------------------------------- proxy / run
+
+
+def _proxy_settings(args: argparse.Namespace, *, port: int):  # type: ignore[no-untyped-def]
+    from failcore.runner import ProxySettings
+
+    return ProxySettings(
+        listen_host=args.listen_host,
+        listen_port=port,
+        modes=args.mode or ["regular"],
+        policy=args.policy,
+        tape=args.tape,
+        policy_mode="enforce" if args.enforce else "observe" if args.observe else None,
+        run_id=args.run_id,
+        confdir=Path(args.confdir).expanduser() if args.confdir else None,
+        sets=args.set or [],
+        quiet=not getattr(args, "verbose", False),
+    )
+
+
+def _env_lines(env: dict[str, str]) -> list[str]:
+    return [f"export {k}={v}" for k, v in env.items() if k.isupper()]
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from failcore.runner import EmbeddedProxy, ProxyStartError
+
+    proxy = EmbeddedProxy(_proxy_settings(args, port=args.port))
+    try:
+        await proxy.start()
+    except ProxyStartError as e:
+        err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True))
+        return 2
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(proxy.stop()))
+    assert proxy.ca is not None
+    policy = proxy.session.policy
+    info = {
+        "address": proxy.url,
+        "run": proxy.session.run_id,
+        "tape": str(proxy.tape_dir),
+        "policy": policy.source if policy else None,
+        "mode": policy.mode if policy else None,
+        "ca_cert": str(proxy.ca.cert_path),
+        "ca_sha256": proxy.ca.sha256,
+        "env": proxy.ca.env(proxy.url) if "regular" in (args.mode or ["regular"]) else {},
+    }
+    if args.json:
+        _print_json(info)
+    else:
+        console.print(
+            f"[bold]failcore {__version__}[/] listening on [cyan]{proxy.url}[/] "
+            f"({', '.join(args.mode or ['regular'])})"
+        )
+        console.print(safe_text(f"run {info['run']}  tape {info['tape']}"))
+        console.print(safe_text(f"policy {info['policy']} (mode {info['mode']})"))
+        console.print(safe_text(f"CA {info['ca_cert']}  sha256 {info['ca_sha256']}"))
+        if info["env"]:
+            console.print("Point a client at it:")
+            for line in _env_lines(info["env"]):
+                console.print(safe_text("  " + line))
+        console.print("Ctrl-C stops.")
+    await proxy.wait()
+    return 0
+
+
+async def _run_command(args: argparse.Namespace) -> int:
+    from failcore.runner import EmbeddedProxy, ProxyStartError
+    from failcore.runs import summarize_tape
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        err_console.print("failcore run: give a command after --, e.g. failcore run -- python agent.py")
+        return 2
+    proxy = EmbeddedProxy(_proxy_settings(args, port=0))
+    try:
+        await proxy.start()
+    except ProxyStartError as e:
+        err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True))
+        return 2
+    assert proxy.ca is not None
+    env = dict(os.environ)
+    env.update(proxy.ca.env(proxy.url, args.no_proxy))
+    env["FAILCORE_RUN_ID"] = proxy.session.run_id
+    try:
+        child = await asyncio.create_subprocess_exec(*command, env=env)
+    except OSError as e:
+        await proxy.stop()
+        err_console.print(safe_text(f"failcore run: cannot start {command[0]}: {e}", "red"))
+        return 127
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda s=sig: child.returncode is None and child.send_signal(s))
+    code = await child.wait()
+    await proxy.stop()
+    summaries = summarize_tape(proxy.tape_dir, run=proxy.session.run_id)
+    summary = summaries[0].to_dict() if summaries else {"run": proxy.session.run_id, "requests": 0}
+    summary["exit_code"] = code
+    summary["tape"] = str(proxy.tape_dir)
+    if args.json:
+        _print_json(summary)
+    else:
+        _print_run_summary(summary, stream=err_console)
+    return code if code >= 0 else 128 - code
+
+
+def _print_run_summary(s: dict[str, Any], stream: Console = console) -> None:
+    table = Table(title=printable(f"failcore run {s['run']}"), show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("requests", str(s.get("requests", 0)))
+    table.add_row("blocked", safe_text(s.get("blocked", 0), "red" if s.get("blocked") else ""))
+    table.add_row(
+        "warned",
+        safe_text(f"{s.get('warned', 0)} ({s.get('would_block', 0)} would be blocked in enforce mode)"),
+    )
+    failed = s.get("failed", 0)
+    reasons = ", ".join(f"{k} {v}" for k, v in (s.get("fail_reasons") or {}).items())
+    table.add_row(
+        "failed", safe_text(f"{failed}" + (f" ({reasons})" if reasons else ""), "red" if failed else "")
+    )
+    table.add_row("bytes", f"{_size(s.get('bytes_out', 0))} out, {_size(s.get('bytes_in', 0))} in")
+    hosts = s.get("hosts") or {}
+    table.add_row("hosts", safe_text(", ".join(f"{h} ×{n}" for h, n in sorted(hosts.items())) or "-"))
+    if s.get("internal_errors"):
+        table.add_row("internal errors", safe_text(s["internal_errors"], "red"))
+    if s.get("dropped"):
+        table.add_row("dropped events", safe_text(s["dropped"], "red"))
+    if "exit_code" in s:
+        table.add_row("exit code", str(s["exit_code"]))
+    if s.get("tape"):
+        table.add_row("tape", safe_text(s["tape"]))
+    stream.print(table)
+
+
+# ---------------------------------------------------------------- ca
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from failcore.ca import ensure_ca
+
+    info = ensure_ca(Path(args.confdir).expanduser() if args.confdir else None)
+    proxy_url = f"http://127.0.0.1:{args.port}"
+    data = {
+        "confdir": str(info.confdir),
+        "cert": str(info.cert_path),
+        "bundle": str(info.bundle_path),
+        "sha256": info.sha256,
+        "env": info.env(proxy_url),
+    }
+    if args.json:
+        _print_json(data)
+        return 0
+    console.print(safe_text(f"CA certificate  {info.cert_path}"))
+    console.print(safe_text(f"SHA-256         {info.sha256}"))
+    console.print(safe_text(f"trust bundle    {info.bundle_path} (certifi + failcore CA)"))
+    console.print(f"Environment for a client of a proxy on {proxy_url}:")
+    for line in _env_lines(data["env"]):
+        console.print(safe_text("  " + line))
+    return 0
+
+
+# ---------------------------------------------------------------- list / show / tail
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from failcore.runs import summarize_tape
+
+    tape = _tape_arg(args.tape)
+    if not tape.exists():
+        err_console.print(safe_text(f"failcore: no tape at {tape}"))
+        return 1
+    runs = summarize_tape(tape)
+    if args.json:
+        _print_json([r.to_dict() for r in runs])
+        return 0
+    table = Table(title=printable(f"runs in {tape}"), title_justify="left")
+    for col in ("started", "run", "requests", "blocked", "warned", "failed", "hosts"):
+        table.add_column(
+            col, justify="right" if col in ("requests", "blocked", "warned", "failed") else "left"
+        )
+    for r in runs:
+        table.add_row(
+            _when(r.started),
+            safe_text(r.run),
+            str(r.requests),
+            safe_text(r.blocked, "red" if r.blocked else ""),
+            safe_text(r.warned, "yellow" if r.warned else ""),
+            safe_text(r.failed, "red" if r.failed else ""),
+            safe_text(", ".join(sorted(h.rsplit(":", 1)[0] for h in r.hosts))[:60]),
+        )
+    console.print(table)
+    return 0
+
+
+def _resolve_run(tape: Path, run: str | None, last: bool) -> str | None:
+    from failcore.runs import last_run_id
+
+    if last or not run:
+        return last_run_id(tape)
+    return run
+
+
+def _event_row(ev: dict[str, Any]) -> list[Any]:
+    target = ev.get("target") or {}
+    decision = ev.get("decision") or ""
+    outcome = ev.get("outcome") or ""
+    return [
+        str(ev.get("seq")),
+        _when(ev.get("ts_start")).split(" ")[1] if ev.get("ts_start") else "-",
+        safe_text(ev.get("kind")),
+        safe_text(decision + ("*" if ev.get("would_block") else ""), DECISION_STYLE.get(decision, "")),
+        safe_text(
+            outcome + (f":{ev['fail_reason']}" if ev.get("fail_reason") else ""),
+            OUTCOME_STYLE.get(outcome, ""),
+        ),
+        safe_text(ev.get("status") if ev.get("status") is not None else "-"),
+        safe_text(target.get("host", "")),
+        safe_text((ev.get("summary") or (ev.get("detail") or {}).get("action") or "")[:70]),
+        f"{ev['latency_ms']:.0f}" if isinstance(ev.get("latency_ms"), int | float) else "-",
+    ]
+
+
+def _events_table(title: str) -> Table:
+    table = Table(title=printable(title), title_justify="left")
+    for col in ("seq", "time", "kind", "decision", "outcome", "status", "host", "summary", "ms"):
+        table.add_column(col, overflow="fold")
+    return table
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from failcore.runs import run_events
+
+    tape = _tape_arg(args.tape)
+    run = _resolve_run(tape, args.run, args.last)
+    if run is None:
+        err_console.print(safe_text(f"failcore: no runs in {tape}"))
+        return 1
+    if args.event is not None:
+        for ev in run_events(tape, run):
+            if ev.get("seq") == args.event or ev.get("flow") == str(args.event):
+                if args.json:
+                    _print_json(ev)
+                else:
+                    console.print(
+                        safe_text(orjson.dumps(ev, option=orjson.OPT_INDENT_2).decode(), keep_newlines=True)
+                    )
+                return 0
+        err_console.print(safe_text(f"failcore: no event {args.event} in run {run}"))
+        return 1
+    events = (ev for ev in run_events(tape, run) if ev.get("kind") not in ("checkpoint",))
+    if args.json:
+        _print_json(list(events))
+        return 0
+    table = _events_table(f"run {run}")
+    for ev in events:
+        table.add_row(*_event_row(ev))
+    console.print(table)
+    console.print("* = would be blocked in enforce mode. Details: failcore show RUN --event SEQ")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from collections import deque
+
+    from failcore.tape import follow, iter_events
+
+    tape = _tape_arg(args.tape)
+    if not tape.exists():
+        err_console.print(safe_text(f"failcore: no tape at {tape}"))
+        return 1
+
+    def emit(ev: dict[str, Any]) -> None:
+        if args.json:
+            sys.stdout.write(orjson.dumps(ev).decode() + "\n")
+            sys.stdout.flush()
+            return
+        row = _event_row(ev)
+        line = safe_text(" ".join(printable(c) if isinstance(c, str) else c.plain for c in row))
+        console.print(line)
+
+    for ev in deque(iter_events(tape, on_bad_line=lambda line, why: None), maxlen=args.lines):
+        emit(ev)
+    if args.follow:
+        with contextlib.suppress(KeyboardInterrupt):
+            for ev in follow(tape, from_end=True):
+                emit(ev)
+    return 0
+
+
+# ---------------------------------------------------------------- verify / policy
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from failcore.tape.keys import load_public_key
+    from failcore.tape.verify import verify_tape
+
+    tape = _tape_arg(args.tape)
+    if not tape.exists():
+        err_console.print(safe_text(f"failcore: no tape at {tape}"))
+        return 1
+    key = None
+    if args.key:
+        key = load_public_key(Path(args.key))
+    else:
+        local = failcore_home() / "failcore-signing.pub"
+        if local.exists() and not args.tape_key:
+            key = load_public_key(local)
+    report = verify_tape(tape, public_key=key)
+    data = report.to_dict()
+    if args.json:
+        _print_json(data)
+    else:
+        _print_verify(report, tape)
+    if not report.ok:
+        return 1
+    return 3 if report.truncated else 0
+
+
+def _print_verify(report: Any, tape: Path) -> None:
+    head = f"{report.lines} lines in {report.segments} segment(s), {report.checkpoints} signed checkpoint(s)"
+    if report.ok:
+        console.print(safe_text(f"OK  {tape}: chain intact, {head}", "green"))
+    else:
+        b = report.first_break
+        console.print(safe_text(f"BROKEN  {tape}: {head}", "bold red"))
+        if b is not None:
+            console.print(
+                safe_text(f"  first break: {b.segment} line {b.line} ({b.kind}): {b.message}", "red")
+            )
+    for segment, line in report.truncated:
+        console.print(
+            safe_text(
+                f"  truncated: {segment} line {line} is an incomplete final line (the writer was killed "
+                "mid-write); everything before it verifies",
+                "yellow",
+            )
+        )
+    if report.unsigned_tail:
+        console.print(
+            safe_text(
+                f"  {report.unsigned_tail} line(s) after the last checkpoint are chained but not yet signed"
+            )
+        )
+    source = getattr(report, "key_source", None)
+    if source == "tape":
+        console.print(
+            safe_text(
+                "  signatures checked with the public key stored in the tape itself; pass --key to pin one"
+            )
+        )
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from failcore.policy import check_policy
+
+    results = {str(p): [str(x) for x in check_policy(p)] for p in args.files}
+    if args.json:
+        _print_json({"ok": not any(results.values()), "files": results})
+    else:
+        for path, problems in results.items():
+            if problems:
+                for problem in problems:
+                    console.print(safe_text(problem, "red"))
+            else:
+                console.print(safe_text(f"{path}: OK", "green"))
+    return 1 if any(results.values()) else 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from failcore.sample import run_sample
+
+    return asyncio.run(run_sample(json_output=args.json, keep=args.keep))
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _add_proxy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", help="policy YAML (default: policies/default.yaml, observe mode)")
+    p.add_argument("--tape", help=f"tape directory (default: {default_tape_dir()})")
+    p.add_argument("--listen-host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--mode",
+        action="append",
+        help="mitmproxy mode: regular (default), transparent, local[:PROCESS], wireguard, … (repeatable)",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--enforce", action="store_true", help="override the policy: block what it blocks")
+    group.add_argument("--observe", action="store_true", help="override the policy: only record would-blocks")
+    p.add_argument("--run-id", help="run id for the events (default: generated)")
+    p.add_argument("--confdir", help=f"where the CA and signing key live (default: {failcore_home()})")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any mitmproxy or failcore option, as with mitmdump (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("-v", "--verbose", action="store_true", help="show mitmproxy's info messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="failcore", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"failcore {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("proxy", help="run the recording proxy")
+    _add_proxy_args(p)
+    p.add_argument("--port", type=int, default=8080, help="listen port (default 8080; 0 picks a free one)")
+
+    p = sub.add_parser("run", help="run a command with all its HTTP(S) through a fresh failcore proxy")
+    _add_proxy_args(p)
+    p.add_argument("--no-proxy", default="", help="NO_PROXY value for the command (default: capture all)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS…")
+
+    p = sub.add_parser("ca", help="show (and on first use create) failcore's CA")
+    p.add_argument("--confdir")
+    p.add_argument("--port", type=int, default=8080, help="proxy port to use in the printed environment")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("list", help="runs on a tape")
+    p.add_argument("--tape")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("show", help="events of a run (or one event in full)")
+    p.add_argument("run", nargs="?", help="run id (default: the last run)")
+    p.add_argument("--last", action="store_true", help="the most recent run")
+    p.add_argument("--event", type=int, help="show this event (seq) in full")
+    p.add_argument("--tape")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("tail", help="last events of a tape; -f follows a running proxy")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--lines", type=int, default=20)
+    p.add_argument("--tape")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "verify", help="check a tape's hash chain and signatures (exit 0 intact, 1 broken, 3 truncated)"
+    )
+    p.add_argument("tape", nargs="?")
+    p.add_argument("--key", help="public key to check signatures with (default: this machine's)")
+    p.add_argument("--tape-key", action="store_true", help="trust the public key stored in the tape")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("policy", help="policy tools")
+    psub = p.add_subparsers(dest="policy_cmd", required=True)
+    pc = psub.add_parser("check", help="validate policy files (errors name file:line:column)")
+    pc.add_argument("files", nargs="+", type=Path)
+    pc.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sample", help="offline demo: a local LLM stand-in, the proxy and an agent")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the demo's tape directory")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {
+        "ca": cmd_ca,
+        "list": cmd_list,
+        "show": cmd_show,
+        "tail": cmd_tail,
+        "verify": cmd_verify,
+        "sample": cmd_sample,
+    }
+    if args.cmd == "proxy":
+        return asyncio.run(_serve(args))
+    if args.cmd == "run":
+        return asyncio.run(_run_command(args))
+    if args.cmd == "policy":
+        return cmd_policy_check(args)
+    return handlers[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

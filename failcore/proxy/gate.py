@@ -1,0 +1,214 @@
+"""PolicyGate: decides ALLOW / WARN / BLOCK for every request and CONNECT, and keeps the policy fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from pathlib import Path
+
+import orjson
+from mitmproxy import ctx, exceptions, http
+
+from failcore.event import EgressEvent
+from failcore.policy import (
+    Decision,
+    Policy,
+    PolicyError,
+    connect_verdict,
+    decide,
+    default_policy_path,
+    load_policy,
+    with_mode,
+)
+from failcore.proxy.guard import guarded
+from failcore.proxy.session import Session
+
+logger = logging.getLogger("failcore")
+
+MODES = ("", "observe", "enforce")
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def decision_host(flow: http.HTTPFlow) -> str:
+    """The host a policy is matched against.
+
+    mitmproxy connects to `request.host`, so that is what we judge. In transparent and local-capture
+    modes it is the original destination IP; there the Host header names the service, and upstream
+    TLS verification (on by default) checks that name against the server's certificate.
+    """
+    host = flow.request.host
+    if _is_ip_literal(host) and flow.request.host_header:
+        return flow.request.pretty_host
+    return host
+
+
+def blocked_response(decision: Decision, event_id: str, status: int = 403) -> http.Response:
+    body = orjson.dumps(
+        {
+            "error": {
+                "type": "failcore_blocked",
+                "rule": decision.rule,
+                "reason": decision.reason,
+                "event": event_id,
+                "message": "failcore blocked this request by policy",
+            }
+        }
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "X-FailCore-Decision": "BLOCK",
+        "X-FailCore-Event": event_id,
+    }
+    if decision.rule:
+        headers["X-FailCore-Rule"] = decision.rule
+    return http.Response.make(status, body, headers)
+
+
+class PolicyGate:
+    """Loads the YAML policy (refusing to start on an invalid one), reloads it when the file changes
+    (keeping the last good policy on a bad edit) and answers blocked requests itself."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.path: Path | None = None
+        self.mode_override: str | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "failcore_policy", str, "", "Policy YAML file (default: policies/default.yaml, observe mode)."
+        )
+        loader.add_option(
+            "failcore_mode",
+            str,
+            "",
+            "Override the policy's mode: observe or enforce (empty: as the policy says).",
+        )
+        loader.add_option(
+            "failcore_policy_poll",
+            float,
+            1.0,
+            "Seconds between checks of the policy file for changes (0: off).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "failcore_mode" in updated and ctx.options.failcore_mode not in MODES:
+            raise exceptions.OptionsError(
+                f"failcore_mode must be observe or enforce, not {ctx.options.failcore_mode!r}"
+            )
+        if "failcore_policy_poll" in updated and ctx.options.failcore_policy_poll < 0:
+            raise exceptions.OptionsError("failcore_policy_poll must be >= 0")
+        if not updated & {"failcore_policy", "failcore_mode"}:
+            return
+        path = Path(ctx.options.failcore_policy or default_policy_path()).expanduser()
+        self.mode_override = ctx.options.failcore_mode or None
+        try:
+            policy = with_mode(load_policy(path), self.mode_override)
+        except PolicyError as e:
+            raise exceptions.OptionsError(f"invalid failcore policy:\n{e}") from None
+        self.path = path
+        self._stamp = self._file_stamp()
+        self.session.policy = policy
+        self._record_policy_event("policy.load", policy, [])
+
+    def running(self) -> None:
+        if ctx.options.failcore_policy_poll > 0 and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path) if self.path else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size) if st else None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(ctx.options.failcore_policy_poll or 1.0)
+            try:
+                self.reload_if_changed()
+            except Exception as e:
+                self.session.internal_error(None, "policy reload", e)
+
+    def reload_if_changed(self) -> bool:
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp or self.path is None:
+            return False
+        self._stamp = stamp
+        try:
+            policy = with_mode(load_policy(self.path), self.mode_override)
+        except PolicyError as e:
+            logger.warning("failcore: policy %s is invalid; keeping the last good policy:\n%s", self.path, e)
+            self._record_policy_event("policy.reload", self.session.policy, [str(p) for p in e.problems])
+            return False
+        self.session.policy = policy
+        logger.info("failcore: reloaded policy %s (mode %s)", self.path, policy.mode)
+        self._record_policy_event("policy.reload", policy, [])
+        return True
+
+    def _record_policy_event(self, action: str, policy: Policy | None, problems: list[str]) -> None:
+        detail = {
+            "action": action,
+            "path": str(self.path),
+            "ok": not problems,
+            "problems": problems,
+            "active_sha256": policy.sha256 if policy else None,
+            "mode": policy.mode if policy else None,
+            "default": policy.default if policy else None,
+            "rules": len(policy.rules) if policy else 0,
+        }
+        event = EgressEvent(kind="policy", run=self.session.run_id, ts_start=time.time(), detail=detail)
+        self.session.record(event.to_dict())
+
+    @guarded("gate.requestheaders")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        policy = self.session.policy
+        if policy is None or flow.response is not None:
+            return
+        req = flow.request
+        host = decision_host(flow)
+        state = self.session.state(flow)
+        state.decided_host = host
+        state.decision = decide(
+            policy, host=host, port=req.port, scheme=req.scheme, method=req.method, path=req.path
+        )
+
+    @guarded("gate.request")
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        state = self.session.flows.get(flow.id)
+        if state is None or state.decision is None or state.decision.decision != "BLOCK":
+            return
+        state.blocked = True
+        flow.response = blocked_response(state.decision, flow.id)
+
+    @guarded("gate.http_connect")
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        policy = self.session.policy
+        if policy is None or flow.response is not None:
+            return
+        verdict = connect_verdict(policy, host=flow.request.host, port=flow.request.port)
+        if verdict.decision != "BLOCK":
+            return
+        state = self.session.state(flow)
+        state.decision = verdict
+        state.decided_host = flow.request.host
+        state.blocked = True
+        flow.response = blocked_response(verdict, flow.id)

@@ -1,0 +1,54 @@
+"""Fail-open by construction: every hook of every failcore addon runs inside `guarded`.
+
+An exception in failcore must never break an agent's traffic (unless the policy says `fail_open: false`);
+it is recorded as an `internal_error` event instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from mitmproxy import flow as mflow
+
+from failcore.proxy.session import Session
+
+
+class HasSession(Protocol):
+    session: Session
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _flow_of(args: tuple[Any, ...]) -> mflow.Flow | None:
+    return args[0] if args and isinstance(args[0], mflow.Flow) else None
+
+
+def guarded(where: str) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_wrapper(self: HasSession, *args: Any) -> Any:
+                try:
+                    return await fn(self, *args)
+                except Exception as e:
+                    self.session.internal_error(_flow_of(args), where, e)
+                    return None
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(self: HasSession, *args: Any) -> Any:
+            try:
+                return fn(self, *args)
+            except Exception as e:
+                self.session.internal_error(_flow_of(args), where, e)
+                return None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -1,0 +1,446 @@
+"""Recorder: one EgressEvent per exchange (and per WebSocket message), written to the tape.
+
+On the event loop we only take a snapshot of references (header tuples and body bytes are immutable);
+decoding, hashing, redaction and JSON encoding happen in the tape writer's thread, so recording adds
+no disk I/O and almost no CPU to the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.flow import Error
+
+from failcore import __version__
+from failcore.event import EgressEvent, FailReason, Target
+from failcore.evidence import body_evidence, header_value, redact_headers
+from failcore.paths import default_tape_dir, load_or_create_salt
+from failcore.policy import Decision
+from failcore.proxy.guard import guarded
+from failcore.proxy.session import BodyTap, FlowState, Session
+from failcore.tape.keys import load_or_create_signing_key
+from failcore.tape.writer import TapeWriter
+
+logger = logging.getLogger("failcore")
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+def classify_error(message: str) -> FailReason:
+    """Map mitmproxy's error text onto failcore's fixed failure taxonomy."""
+    m = message.lower()
+    if message == Error.KILLED_MESSAGE or "killed" in m:
+        return "killed"
+    if "client disconnected" in m or "client closed" in m or "connection closed by client" in m:
+        return "client_disconnect"
+    if "tls" in m or "ssl" in m or "certificate" in m or "handshake" in m:
+        return "tls_error"
+    if "timeout" in m or "timed out" in m:
+        return "timeout"
+    return "connect_error"
+
+
+@dataclass(slots=True, frozen=True)
+class EvidenceSettings:
+    run_id: str
+    body_cap: int
+    salt: bytes
+    redact: frozenset[str]
+
+
+@dataclass(slots=True)
+class MessageSnapshot:
+    http_version: str
+    headers: Headers
+    content: bytes | None
+    tap: BodyTap | None
+    ts_start: float | None
+    ts_end: float | None
+
+
+@dataclass(slots=True)
+class ExchangeSnapshot:
+    flow_id: str
+    action: str
+    host: str
+    port: int
+    scheme: str
+    method: str
+    path: str
+    ts_start: float
+    ts_end: float
+    request: MessageSnapshot
+    response: MessageSnapshot | None
+    status: int | None
+    reason: str | None
+    decision: Decision | None
+    blocked: bool
+    error: str | None
+    internal_error: str | None
+
+
+def _message_snapshot(msg: http.Message, tap: BodyTap | None) -> MessageSnapshot:
+    return MessageSnapshot(
+        http_version=msg.http_version,
+        headers=msg.headers.fields,
+        content=None if tap is not None else msg.raw_content,
+        tap=tap,
+        ts_start=msg.timestamp_start,
+        ts_end=msg.timestamp_end,
+    )
+
+
+def snapshot_exchange(flow: http.HTTPFlow, state: FlowState | None, action: str) -> ExchangeSnapshot:
+    req = flow.request
+    resp = flow.response
+    state = state or FlowState()
+    now = time.time()
+    return ExchangeSnapshot(
+        flow_id=flow.id,
+        action=action,
+        host=state.decided_host or req.host,
+        port=req.port,
+        scheme=req.scheme,
+        method=req.method,
+        path=req.path,
+        ts_start=req.timestamp_start,
+        ts_end=(resp.timestamp_end if resp and resp.timestamp_end else None) or now,
+        request=_message_snapshot(req, state.request_tap),
+        response=_message_snapshot(resp, state.response_tap) if resp is not None else None,
+        status=resp.status_code if resp is not None else None,
+        reason=resp.reason if resp is not None else None,
+        decision=state.decision,
+        blocked=state.blocked,
+        error=flow.error.msg if flow.error else None,
+        internal_error=state.internal_error,
+    )
+
+
+def _message_evidence(
+    snap: MessageSnapshot, cfg: EvidenceSettings
+) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
+    ev: dict[str, Any] = {
+        "http_version": snap.http_version,
+        "headers": redact_headers(snap.headers, cfg.redact, cfg.salt),
+    }
+    encoding = header_value(snap.headers, b"content-encoding")
+    ctype = header_value(snap.headers, b"content-type")
+    stream = None
+    if snap.tap is not None:
+        tap = snap.tap
+        size = tap.size
+        body = body_evidence(
+            bytes(tap.kept),
+            complete=tap.size <= len(tap.kept),
+            wire_size=tap.size,
+            content_encoding=encoding,
+            content_type=ctype,
+            cap=cfg.body_cap,
+            wire_sha256=tap.digest.hexdigest(),
+        )
+        stream = tap.stream_evidence()
+    else:
+        content = snap.content or b""
+        size = len(content)
+        body = body_evidence(
+            content,
+            complete=True,
+            wire_size=size,
+            content_encoding=encoding,
+            content_type=ctype,
+            cap=cfg.body_cap,
+        )
+    ev["body"] = body
+    return ev, size, stream
+
+
+def _ms(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return round((b - a) * 1000, 3)
+
+
+def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[str, Any]:
+    """Runs in the tape writer's thread."""
+    request, bytes_out, request_stream = _message_evidence(snap.request, cfg)
+    response = None
+    bytes_in = 0
+    stream = None
+    if snap.response is not None:
+        response, bytes_in, stream = _message_evidence(snap.response, cfg)
+        response["reason"] = snap.reason
+    if request_stream is not None:
+        request["stream"] = request_stream
+    fail_reason: FailReason | None = None
+    if snap.blocked:
+        outcome = "BLOCKED"
+    elif snap.internal_error and snap.status == 502 and snap.response and not snap.response.tap:
+        outcome, fail_reason = "FAIL", "internal_error"
+    elif snap.error is not None:
+        outcome, fail_reason = "FAIL", classify_error(snap.error)
+    elif snap.status is not None and snap.status >= 400:
+        outcome, fail_reason = "FAIL", "upstream_status"
+    else:
+        outcome = "ok"
+    d = snap.decision
+    path_only = snap.path.split("?", 1)[0]
+    resp = snap.response
+    event = EgressEvent(
+        kind="network",
+        run=cfg.run_id,
+        ts_start=snap.ts_start,
+        ts_end=snap.ts_end,
+        flow=snap.flow_id,
+        action=snap.action,
+        target=Target(snap.host, snap.port, snap.scheme),
+        method=snap.method,
+        path=snap.path,
+        summary=f"{snap.method} {path_only}"[:300]
+        if snap.action != "http.connect"
+        else f"CONNECT {snap.host}:{snap.port}",
+        decision=d.decision if d else "ALLOW",
+        rule=d.rule if d else None,
+        reason=d.reason if d else "no policy loaded",
+        would_block=d.would_block if d else False,
+        outcome=outcome,  # type: ignore[arg-type]
+        fail_reason=fail_reason,
+        error=snap.error or snap.internal_error,
+        status=snap.status,
+        latency_ms=_ms(snap.ts_start, snap.ts_end),
+        ttfb_ms=_ms(snap.ts_start, resp.ts_start if resp else None),
+        bytes_out=bytes_out,
+        bytes_in=bytes_in,
+        request=request,
+        response=response,
+        stream=stream,
+    )
+    return event.to_dict()
+
+
+def build_websocket_event(
+    cfg: EvidenceSettings,
+    *,
+    flow_id: str,
+    target: Target,
+    path: str,
+    index: int,
+    from_client: bool,
+    is_text: bool,
+    content: bytes,
+    ts: float,
+    decision: Decision | None,
+) -> dict[str, Any]:
+    body = body_evidence(
+        content,
+        complete=True,
+        wire_size=len(content),
+        content_encoding=None,
+        content_type="text/plain" if is_text else "application/octet-stream",
+        cap=cfg.body_cap,
+    )
+    direction = "client->server" if from_client else "server->client"
+    event = EgressEvent(
+        kind="websocket",
+        run=cfg.run_id,
+        ts_start=ts,
+        ts_end=ts,
+        flow=flow_id,
+        egress="NETWORK",
+        action="ws.message",
+        target=target,
+        method=None,
+        path=path,
+        summary=f"WS {direction} #{index} ({'text' if is_text else 'binary'}, {len(content)} B)",
+        decision=d.decision if (d := decision) else "ALLOW",
+        rule=decision.rule if decision else None,
+        reason=decision.reason if decision else None,
+        would_block=decision.would_block if decision else False,
+        outcome="ok",
+        bytes_out=len(content) if from_client else 0,
+        bytes_in=0 if from_client else len(content),
+        detail={
+            "direction": direction,
+            "index": index,
+            "opcode": "text" if is_text else "binary",
+            "body": body,
+        },
+    )
+    return event.to_dict()
+
+
+class Recorder:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.writer: TapeWriter | None = None
+        self.settings: EvidenceSettings | None = None
+        self.counts = {"requests": 0, "blocked": 0, "failed": 0}
+        self.started = time.time()
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("failcore_tape", str, "", "Tape directory (default: ~/.failcore/tape).")
+        loader.add_option("failcore_run_id", str, "", "Run id for this proxy's events (default: generated).")
+        loader.add_option(
+            "failcore_queue_size", int, 4096, "Events the tape writer may hold before dropping."
+        )
+        loader.add_option("failcore_segment_mb", int, 64, "Rotate tape segments after this many MiB.")
+        loader.add_option(
+            "failcore_segment_seconds", int, 0, "Also rotate tape segments after this many seconds (0: off)."
+        )
+        loader.add_option(
+            "failcore_checkpoint_every", int, 1000, "Write a signed checkpoint every this many events."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        for name in ("failcore_queue_size", "failcore_segment_mb", "failcore_checkpoint_every"):
+            if name in updated and getattr(ctx.options, name) < 1:
+                raise exceptions.OptionsError(f"{name} must be >= 1")
+        if "failcore_segment_seconds" in updated and ctx.options.failcore_segment_seconds < 0:
+            raise exceptions.OptionsError("failcore_segment_seconds must be >= 0")
+        if "failcore_run_id" in updated and ctx.options.failcore_run_id:
+            if self.writer is not None:
+                raise exceptions.OptionsError("failcore_run_id cannot change while the proxy runs")
+            self.session.run_id = ctx.options.failcore_run_id
+        if "failcore_tape" in updated and self.writer is not None:
+            raise exceptions.OptionsError("failcore_tape cannot change while the proxy runs")
+        self._refresh_settings()
+
+    def _refresh_settings(self) -> None:
+        policy = self.session.policy
+        confdir = Path(os.path.expanduser(ctx.options.confdir))
+        salt = self.settings.salt if self.settings else load_or_create_salt(confdir)
+        self.settings = EvidenceSettings(
+            run_id=self.session.run_id,
+            body_cap=ctx.options.failcore_body_cap,
+            salt=salt,
+            redact=policy.redact_headers if policy else frozenset(),
+        )
+
+    def running(self) -> None:
+        if self.writer is not None:
+            return
+        tape_dir = Path(ctx.options.failcore_tape or default_tape_dir()).expanduser()
+        confdir = Path(os.path.expanduser(ctx.options.confdir))
+        key = load_or_create_signing_key(confdir)
+        seconds = ctx.options.failcore_segment_seconds
+        self.writer = TapeWriter(
+            tape_dir,
+            signing_key=key,
+            run_id=self.session.run_id,
+            queue_size=ctx.options.failcore_queue_size,
+            segment_bytes=ctx.options.failcore_segment_mb * 2**20,
+            segment_seconds=float(seconds) if seconds else None,
+            checkpoint_every=ctx.options.failcore_checkpoint_every,
+            on_error=lambda msg: logger.warning("failcore tape: %s", msg),
+        )
+        self.writer.start()
+        self.started = time.time()
+        policy = self.session.policy
+        self.writer.submit(
+            EgressEvent(
+                kind="run_start",
+                run=self.session.run_id,
+                ts_start=self.started,
+                detail={
+                    "version": __version__,
+                    "pid": os.getpid(),
+                    "argv": sys.argv[:32],
+                    "policy": policy.source if policy else None,
+                    "policy_sha256": policy.sha256 if policy else None,
+                    "mode": policy.mode if policy else None,
+                    "tape": str(tape_dir),
+                },
+            ).to_dict()
+        )
+        self.session.attach(self.writer.submit)
+        logger.info("failcore: recording run %s to %s", self.session.run_id, tape_dir)
+
+    def done(self) -> None:
+        if self.writer is None:
+            return
+        now = time.time()
+        self.session.record(
+            EgressEvent(
+                kind="run_end",
+                run=self.session.run_id,
+                ts_start=self.started,
+                ts_end=now,
+                detail={
+                    **self.counts,
+                    "internal_errors": self.session.internal_errors,
+                    "dropped": self.writer.dropped,
+                    "duration_s": round(now - self.started, 3),
+                },
+            ).to_dict()
+        )
+        self.writer.close()
+        self.session.sink = None
+        self.writer = None
+
+    def _record_exchange(self, flow: http.HTTPFlow, action: str) -> None:
+        if flow.metadata.get("failcore_recorded"):
+            return
+        flow.metadata["failcore_recorded"] = True
+        if self.settings is None or (
+            self.session.policy is not None
+            and (self.settings.redact is not self.session.policy.redact_headers)
+        ):
+            self._refresh_settings()
+        # A WebSocket upgrade's state lives on for its messages; websocket_end releases it.
+        state = self.session.flows.get(flow.id) if flow.websocket is not None else self.session.finish(flow)
+        snap = snapshot_exchange(flow, state, action)
+        self.counts["requests"] += 1
+        if snap.blocked:
+            self.counts["blocked"] += 1
+        elif snap.error or (snap.status or 0) >= 400:
+            self.counts["failed"] += 1
+        assert self.settings is not None
+        self.session.record(partial(build_exchange_event, snap, self.settings))
+
+    @guarded("recorder.response")
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._record_exchange(flow, "http.request")
+
+    @guarded("recorder.error")
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._record_exchange(flow, "http.request")
+
+    @guarded("recorder.http_connect_error")
+    def http_connect_error(self, flow: http.HTTPFlow) -> None:
+        self._record_exchange(flow, "http.connect")
+
+    @guarded("recorder.websocket_message")
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        assert flow.websocket is not None and self.settings is not None
+        msg = flow.websocket.messages[-1]
+        state = self.session.state(flow)
+        state.ws_messages += 1
+        req = flow.request
+        self.session.record(
+            partial(
+                build_websocket_event,
+                self.settings,
+                flow_id=flow.id,
+                target=Target(
+                    state.decided_host or req.host, req.port, "wss" if req.scheme == "https" else "ws"
+                ),
+                path=req.path,
+                index=state.ws_messages,
+                from_client=msg.from_client,
+                is_text=msg.is_text,
+                content=msg.content,
+                ts=msg.timestamp,
+                decision=state.decision,
+            )
+        )
+
+    @guarded("recorder.websocket_end")
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        self.session.finish(flow)

@@ -1,0 +1,158 @@
+"""State shared by failcore's addons for one proxy run: the run id, per-flow state and the tape sink.
+
+Per-flow state lives here rather than in `flow.metadata` because mitmproxy serialises metadata
+(`mitmdump -w`), and our taps and decisions are not serialisable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import flow as mflow
+from mitmproxy import http
+
+from failcore.event import EgressEvent
+from failcore.policy import Decision, Policy
+
+logger = logging.getLogger("failcore")
+
+Sink = Callable[[dict[str, Any] | Callable[[], dict[str, Any]]], bool]
+
+
+def new_run_id() -> str:
+    return time.strftime("run-%Y%m%dT%H%M%SZ-", time.gmtime()) + secrets.token_hex(3)
+
+
+class BodyTap:
+    """A `stream` callable for mitmproxy: passes every chunk through untouched, keeping a capped copy,
+    the full size and sha256, and when each chunk arrived (for replaying SSE with its rhythm)."""
+
+    __slots__ = ("cap", "chunks", "digest", "kept", "max_chunks", "size", "t0")
+
+    def __init__(self, cap: int, max_chunks: int = 10_000) -> None:
+        self.cap = cap
+        self.max_chunks = max_chunks
+        self.kept = bytearray()
+        self.size = 0
+        self.digest = hashlib.sha256()
+        self.chunks: list[tuple[float, int]] = []
+        self.t0 = time.time()
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if chunk:
+            n = len(chunk)
+            self.size += n
+            self.digest.update(chunk)
+            room = self.cap - len(self.kept)
+            if room > 0:
+                self.kept += chunk[:room]
+            if len(self.chunks) < self.max_chunks:
+                self.chunks.append((round((time.time() - self.t0) * 1000, 3), n))
+        return chunk
+
+    def stream_evidence(self) -> dict[str, Any]:
+        return {
+            "chunks": [list(c) for c in self.chunks],
+            "chunk_count": len(self.chunks),
+            "chunks_truncated": len(self.chunks) >= self.max_chunks,
+        }
+
+
+@dataclass(slots=True)
+class FlowState:
+    decision: Decision | None = None
+    decided_host: str | None = None
+    blocked: bool = False
+    request_tap: BodyTap | None = None
+    response_tap: BodyTap | None = None
+    internal_error: str | None = None
+    ws_messages: int = 0
+
+
+@dataclass(slots=True)
+class Session:
+    run_id: str = field(default_factory=new_run_id)
+    policy: Policy | None = None
+    sink: Sink | None = None
+    flows: dict[str, FlowState] = field(default_factory=dict)
+    internal_errors: int = 0
+    # Events from before the tape opened (the policy is loaded in `configure`, the writer starts in
+    # `running`): kept and handed over when the sink attaches, so a policy load is never lost.
+    pending: list[dict[str, Any] | Callable[[], dict[str, Any]]] = field(default_factory=list)
+
+    def state(self, flow: mflow.Flow) -> FlowState:
+        st = self.flows.get(flow.id)
+        if st is None:
+            st = self.flows[flow.id] = FlowState()
+        return st
+
+    def finish(self, flow: mflow.Flow) -> FlowState | None:
+        return self.flows.pop(flow.id, None)
+
+    def record(self, item: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
+        if self.sink is not None:
+            self.sink(item)
+        elif len(self.pending) < 1000:
+            self.pending.append(item)
+
+    def attach(self, sink: Sink) -> None:
+        self.sink = sink
+        pending, self.pending = self.pending, []
+        for item in pending:
+            sink(item)
+
+    @property
+    def fail_open(self) -> bool:
+        return self.policy.fail_open if self.policy else True
+
+    def internal_error(self, flow: mflow.Flow | None, where: str, exc: BaseException) -> None:
+        """Record a failure inside failcore itself. Never raises: this is the last line of defence."""
+        try:
+            self.internal_errors += 1
+            message = f"{type(exc).__name__}: {exc}"
+            logger.warning("failcore internal error in %s: %s", where, message)
+            tb = traceback.format_exception(exc)[-6:]
+            event = EgressEvent(
+                kind="internal_error",
+                run=self.run_id,
+                ts_start=time.time(),
+                flow=flow.id if flow else None,
+                fail_reason="internal_error",
+                error=message,
+                detail={"where": where, "fail_open": self.fail_open, "traceback": "".join(tb)[-4000:]},
+            )
+            self.record(event.to_dict())
+            if flow is None:
+                return
+            self.state(flow).internal_error = f"{where}: {message}"
+            if not self.fail_open and isinstance(flow, http.HTTPFlow) and flow.live:
+                flow.response = fail_closed_response(where, message, flow.id)
+        except Exception:  # pragma: no cover - logging must not take the proxy down
+            logger.exception("failcore could not record an internal error")
+
+
+def fail_closed_response(where: str, message: str, event_id: str) -> http.Response:
+    import orjson
+
+    body = orjson.dumps(
+        {
+            "error": {
+                "type": "failcore_internal_error",
+                "message": "failcore failed while handling this request and the policy says "
+                "fail_open: false, so the request was not forwarded",
+                "where": where,
+                "detail": message,
+                "event": event_id,
+            }
+        }
+    )
+    return http.Response.make(
+        502, body, {"Content-Type": "application/json", "X-FailCore-Decision": "FAIL_CLOSED"}
+    )

@@ -1,0 +1,91 @@
+"""StreamTap: lets streaming bodies pass chunk by chunk while keeping a capped copy for the tape.
+
+mitmproxy buffers every body by default, SSE included, which would hold an agent's token stream
+until the model finished. We stream
+- responses that are `text/event-stream`, or that have no Content-Length (chunked NDJSON streams from
+  local models, long downloads): their size is unknown, so holding them back would delay the client;
+- bodies whose Content-Length exceeds `failcore_stream_threshold`, so a 50 MB download is never held
+  in memory whole.
+Everything else stays buffered, so other addons (and mitmweb) still see those bodies.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import ctx, exceptions, http
+
+from failcore.proxy.guard import guarded
+from failcore.proxy.session import BodyTap, Session
+
+NO_BODY_STATUS = frozenset({101, 204, 304})
+
+
+def _declared_length(headers: http.Headers) -> int | None:
+    value = headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def should_stream_response(flow: http.HTTPFlow, threshold: int) -> bool:
+    resp = flow.response
+    assert resp is not None
+    if flow.request.method == "HEAD" or resp.status_code in NO_BODY_STATUS or resp.status_code < 200:
+        return False
+    if "text/event-stream" in resp.headers.get("content-type", "").lower():
+        return True
+    length = _declared_length(resp.headers)
+    return length is None or length > threshold
+
+
+def should_stream_request(flow: http.HTTPFlow, threshold: int) -> bool:
+    length = _declared_length(flow.request.headers)
+    if length is None:
+        return "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
+    return length > threshold
+
+
+class StreamTap:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "failcore_stream_threshold",
+            int,
+            1 << 20,
+            "Bodies with a Content-Length above this many bytes are streamed instead of buffered "
+            "(SSE and bodies without a length always are).",
+        )
+        loader.add_option(
+            "failcore_body_cap", int, 256 * 1024, "Bytes of each decoded body kept in the tape."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "failcore_stream_threshold" in updated and ctx.options.failcore_stream_threshold < 0:
+            raise exceptions.OptionsError("failcore_stream_threshold must be >= 0")
+        if "failcore_body_cap" in updated and ctx.options.failcore_body_cap < 0:
+            raise exceptions.OptionsError("failcore_body_cap must be >= 0")
+
+    @guarded("streamtap.requestheaders")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.request.stream or flow.response is not None:
+            return
+        state = self.session.flows.get(flow.id)
+        if state is not None and state.decision is not None and state.decision.decision == "BLOCK":
+            return  # it will be answered by the gate; streaming would forward it first
+        if should_stream_request(flow, ctx.options.failcore_stream_threshold):
+            tap = BodyTap(ctx.options.failcore_body_cap)
+            self.session.state(flow).request_tap = tap
+            flow.request.stream = tap
+
+    @guarded("streamtap.responseheaders")
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None or flow.response.stream:
+            return
+        if should_stream_response(flow, ctx.options.failcore_stream_threshold):
+            tap = BodyTap(ctx.options.failcore_body_cap)
+            self.session.state(flow).response_tap = tap
+            flow.response.stream = tap

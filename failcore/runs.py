@@ -1,0 +1,98 @@
+"""Run summaries computed from a tape in one lazy pass (used by `list`, `show`, `run` and `sample`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failcore.tape import iter_events
+
+
+@dataclass(slots=True)
+class RunSummary:
+    run: str
+    started: float | None = None
+    ended: float | None = None
+    requests: int = 0
+    blocked: int = 0
+    warned: int = 0
+    would_block: int = 0
+    failed: int = 0
+    internal_errors: int = 0
+    dropped: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+    websocket_messages: int = 0
+    policy: str | None = None
+    mode: str | None = None
+    hosts: dict[str, int] = field(default_factory=dict)
+    fail_reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("kind")
+        ts = ev.get("ts_start") or ev.get("ts")
+        if ts is not None and (self.started is None or ts < self.started):
+            self.started = ts
+        end = ev.get("ts_end") or ts
+        if end is not None and (self.ended is None or end > self.ended):
+            self.ended = end
+        if kind == "network":
+            self.requests += 1
+            self.bytes_out += ev.get("bytes_out") or 0
+            self.bytes_in += ev.get("bytes_in") or 0
+            target = ev.get("target") or {}
+            host = f"{target.get('host')}:{target.get('port')}"
+            self.hosts[host] = self.hosts.get(host, 0) + 1
+            if ev.get("outcome") == "BLOCKED":
+                self.blocked += 1
+            elif ev.get("decision") == "WARN":
+                self.warned += 1
+            if ev.get("would_block"):
+                self.would_block += 1
+            if ev.get("outcome") == "FAIL":
+                self.failed += 1
+                reason = ev.get("fail_reason") or "unknown"
+                self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
+        elif kind == "websocket":
+            self.websocket_messages += 1
+        elif kind == "internal_error":
+            self.internal_errors += 1
+        elif kind == "dropped":
+            self.dropped += ev.get("count") or 0
+        elif kind == "run_start":
+            detail = ev.get("detail") or {}
+            self.policy = detail.get("policy")
+            self.mode = detail.get("mode")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+def summarize(events: Iterable[dict[str, Any]]) -> list[RunSummary]:
+    runs: dict[str, RunSummary] = {}
+    for ev in events:
+        run = ev.get("run")
+        if not run:
+            continue
+        summary = runs.get(run)
+        if summary is None:
+            summary = runs[run] = RunSummary(run=run)
+        summary.add(ev)
+    return sorted(runs.values(), key=lambda r: r.started or 0.0)
+
+
+def summarize_tape(tape_dir: Path, run: str | None = None) -> list[RunSummary]:
+    return summarize(iter_events(tape_dir, run=run, on_bad_line=lambda line, why: None))
+
+
+def last_run_id(tape_dir: Path) -> str | None:
+    last: str | None = None
+    for ev in iter_events(tape_dir, kinds=("run_start",), on_bad_line=lambda line, why: None):
+        last = ev.get("run")
+    return last
+
+
+def run_events(tape_dir: Path, run: str) -> Iterator[dict[str, Any]]:
+    return iter_events(tape_dir, run=run, on_bad_line=lambda line, why: None)
