@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -258,31 +259,48 @@ def _resolve_run(tape: Path, run: str | None, last: bool) -> str | None:
     return run
 
 
-def _event_row(ev: dict[str, Any]) -> list[Any]:
+def _event_row(ev: dict[str, Any], *, with_time: bool = True) -> list[Any]:
     target = ev.get("target") or {}
     decision = ev.get("decision") or ""
     outcome = ev.get("outcome") or ""
-    return [
+    kind = ev.get("kind") or ""
+    summary = ev.get("summary") or (ev.get("detail") or {}).get("action") or kind
+    if kind not in ("network", "websocket"):
+        summary = f"[{kind}] {summary if summary != kind else ''}".rstrip()
+    shown_decision = decision + ("*" if ev.get("would_block") and decision == "WARN" else "")
+    # A failure shows its reason: "FAIL" alone says nothing a person can act on.
+    shown_outcome = ev.get("fail_reason") or outcome if outcome == "FAIL" else outcome
+    row = [
         str(ev.get("seq")),
-        _when(ev.get("ts_start")).split(" ")[1] if ev.get("ts_start") else "-",
-        safe_text(ev.get("kind")),
-        safe_text(decision + ("*" if ev.get("would_block") else ""), DECISION_STYLE.get(decision, "")),
-        safe_text(
-            outcome + (f":{ev['fail_reason']}" if ev.get("fail_reason") else ""),
-            OUTCOME_STYLE.get(outcome, ""),
-        ),
+        _when(ev.get("ts_end") if kind == "run_end" else ev.get("ts_start") or ev.get("ts")).split(" ")[-1],
+        safe_text(shown_decision, DECISION_STYLE.get(decision, "")),
+        safe_text(shown_outcome, OUTCOME_STYLE.get(outcome, "red" if kind == "internal_error" else "")),
         safe_text(ev.get("status") if ev.get("status") is not None else "-"),
         safe_text(target.get("host", "")),
-        safe_text((ev.get("summary") or (ev.get("detail") or {}).get("action") or "")[:70]),
+        safe_text(summary),
         f"{ev['latency_ms']:.0f}" if isinstance(ev.get("latency_ms"), int | float) else "-",
     ]
+    if not with_time:
+        del row[1]
+    return row
 
 
-def _events_table(title: str) -> Table:
-    table = Table(title=printable(title), title_justify="left")
-    for col in ("seq", "time", "kind", "decision", "outcome", "status", "host", "summary", "ms"):
-        table.add_column(col, overflow="fold")
+def _events_table(title: str, *, with_time: bool = True) -> Table:
+    table = Table(title=printable(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("seq", no_wrap=True, justify="right", min_width=3)
+    if with_time:
+        table.add_column("time", no_wrap=True, min_width=8)
+    table.add_column("decision", no_wrap=True, min_width=8)
+    table.add_column("outcome", no_wrap=True, min_width=15)
+    table.add_column("status", no_wrap=True, min_width=6)
+    table.add_column("host", no_wrap=True, overflow="ellipsis", min_width=9, max_width=24)
+    table.add_column("summary", no_wrap=True, overflow="ellipsis", ratio=1, min_width=20)
+    table.add_column("ms", no_wrap=True, justify="right", min_width=2)
     return table
+
+
+def _wide(stream: Console = console) -> bool:
+    return stream.width >= 110
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -309,11 +327,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(list(events))
         return 0
-    table = _events_table(f"run {run}")
+    wide = _wide()
+    table = _events_table(f"run {run}", with_time=wide)
     for ev in events:
-        table.add_row(*_event_row(ev))
+        table.add_row(*_event_row(ev, with_time=wide))
     console.print(table)
-    console.print("* = would be blocked in enforce mode. Details: failcore show RUN --event SEQ")
+    console.print("* = would be blocked in enforce mode. One event in full: failcore show RUN --event SEQ")
     return 0
 
 
@@ -427,7 +446,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from failcore.sample import run_sample
 
-    return asyncio.run(run_sample(json_output=args.json, keep=args.keep))
+    return asyncio.run(
+        run_sample(json_output=args.json, tape=Path(args.tape).expanduser() if args.tape else None)
+    )
 
 
 # ---------------------------------------------------------------- parser
@@ -509,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="offline demo: a local LLM stand-in, the proxy and an agent")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--keep", action="store_true", help="keep the demo's tape directory")
+    p.add_argument("--tape", help="where to write the demo's tape (default: ~/.failcore/sample-tape)")
     return parser
 
 

@@ -14,6 +14,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.tools.dump import DumpMaster
 
 from failcore.ca import CaInfo, ensure_ca
+from failcore.policy import default_policy_path
 from failcore.proxy import make_addons
 from failcore.proxy.session import Session
 
@@ -58,8 +59,8 @@ class EmbeddedProxy:
             "confdir": str(self.ca.confdir),
             "termlog_verbosity": "warn" if s.quiet else "info",
         }
-        if s.policy:
-            updates["failcore_policy"] = s.policy
+        # Always named, so a broken policy (even the default) stops start-up with its error.
+        updates["failcore_policy"] = s.policy or str(default_policy_path())
         if s.tape:
             updates["failcore_tape"] = s.tape
         if s.policy_mode:

@@ -49,7 +49,7 @@ class RunSummary:
                 self.blocked += 1
             elif ev.get("decision") == "WARN":
                 self.warned += 1
-            if ev.get("would_block"):
+            if ev.get("would_block") and ev.get("decision") == "WARN":
                 self.would_block += 1
             if ev.get("outcome") == "FAIL":
                 self.failed += 1

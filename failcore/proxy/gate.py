@@ -40,16 +40,34 @@ def _is_ip_literal(host: str) -> bool:
 
 
 def decision_host(flow: http.HTTPFlow) -> str:
-    """The host a policy is matched against.
+    """The host mitmproxy really talks to, as a name where one is known.
 
-    mitmproxy connects to `request.host`, so that is what we judge. In transparent and local-capture
-    modes it is the original destination IP; there the Host header names the service, and upstream
-    TLS verification (on by default) checks that name against the server's certificate.
+    In regular mode that is the CONNECT target or the absolute URL's host. In transparent and
+    local-capture modes `request.host` is the original destination IP; the TLS SNI is the name
+    upstream certificate verification checks, so it may stand for the IP. The Host header may not:
+    a client chooses it freely (see `claimed_host`).
     """
     host = flow.request.host
-    if _is_ip_literal(host) and flow.request.host_header:
-        return flow.request.pretty_host
+    if _is_ip_literal(host) and flow.client_conn.sni:
+        return flow.client_conn.sni
     return host
+
+
+def claimed_host(flow: http.HTTPFlow) -> str | None:
+    """The Host header's name when it differs from where the request really goes."""
+    header = flow.request.host_header
+    if not header:
+        return None
+    name = header.rsplit(":", 1)[0] if not header.endswith("]") else header
+    name = name.strip("[]").lower().rstrip(".")
+    return name if name and name != decision_host(flow).lower().rstrip(".") else None
+
+
+_SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
+
+
+def stricter(a: Decision, b: Decision) -> Decision:
+    return b if _SEVERITY[b.matched_action] > _SEVERITY[a.matched_action] else a
 
 
 def blocked_response(decision: Decision, event_id: str, status: int = 403) -> http.Response:
@@ -96,10 +114,10 @@ class PolicyGate:
             "Override the policy's mode: observe or enforce (empty: as the policy says).",
         )
         loader.add_option(
-            "failcore_policy_poll",
-            float,
-            1.0,
-            "Seconds between checks of the policy file for changes (0: off).",
+            "failcore_policy_poll_ms",
+            int,
+            1000,
+            "Milliseconds between checks of the policy file for changes (0: never reload).",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -107,10 +125,13 @@ class PolicyGate:
             raise exceptions.OptionsError(
                 f"failcore_mode must be observe or enforce, not {ctx.options.failcore_mode!r}"
             )
-        if "failcore_policy_poll" in updated and ctx.options.failcore_policy_poll < 0:
-            raise exceptions.OptionsError("failcore_policy_poll must be >= 0")
+        if "failcore_policy_poll_ms" in updated and ctx.options.failcore_policy_poll_ms < 0:
+            raise exceptions.OptionsError("failcore_policy_poll_ms must be >= 0")
         if not updated & {"failcore_policy", "failcore_mode"}:
             return
+        self._load_configured_policy()
+
+    def _load_configured_policy(self) -> None:
         path = Path(ctx.options.failcore_policy or default_policy_path()).expanduser()
         self.mode_override = ctx.options.failcore_mode or None
         try:
@@ -123,7 +144,11 @@ class PolicyGate:
         self._record_policy_event("policy.load", policy, [])
 
     def running(self) -> None:
-        if ctx.options.failcore_policy_poll > 0 and self._watcher is None:
+        if self.session.policy is None:
+            # Embedders that add this addon without touching failcore options never trigger
+            # `configure` for them; the default policy must apply all the same.
+            self._load_configured_policy()
+        if ctx.options.failcore_policy_poll_ms > 0 and self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def done(self) -> None:
@@ -140,7 +165,7 @@ class PolicyGate:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(ctx.options.failcore_policy_poll or 1.0)
+            await asyncio.sleep((ctx.options.failcore_policy_poll_ms or 1000) / 1000)
             try:
                 self.reload_if_changed()
             except Exception as e:
@@ -185,9 +210,19 @@ class PolicyGate:
         host = decision_host(flow)
         state = self.session.state(flow)
         state.decided_host = host
-        state.decision = decide(
+        decision = decide(
             policy, host=host, port=req.port, scheme=req.scheme, method=req.method, path=req.path
         )
+        claimed = claimed_host(flow)
+        if claimed is not None:
+            # A Host header naming another host must not buy a laxer verdict than the real target.
+            decision = stricter(
+                decision,
+                decide(
+                    policy, host=claimed, port=req.port, scheme=req.scheme, method=req.method, path=req.path
+                ),
+            )
+        state.decision = decision
 
     @guarded("gate.request")
     def request(self, flow: http.HTTPFlow) -> None:

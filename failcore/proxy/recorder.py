@@ -108,7 +108,8 @@ def snapshot_exchange(flow: http.HTTPFlow, state: FlowState | None, action: str)
         action=action,
         host=state.decided_host or req.host,
         port=req.port,
-        scheme=req.scheme,
+        # A CONNECT opens a tunnel whose protocol is not known yet.
+        scheme="tunnel" if action == "http.connect" else req.scheme,
         method=req.method,
         path=req.path,
         ts_start=req.timestamp_start,
@@ -365,6 +366,8 @@ class Recorder:
     def done(self) -> None:
         if self.writer is None:
             return
+        # The run summary must not be the event a full queue drops: let the writer catch up first.
+        self.writer.flush(timeout=10)
         now = time.time()
         self.session.record(
             EgressEvent(

@@ -1,0 +1,348 @@
+"""Linear-time multi-rule scanner.
+
+Pipeline: a prefilter finds where each rule could match, RE2 confirms the exact span on small windows
+around those places (with the full text as context so `\\b`, `^` and `$` keep their meaning), then
+validators, entropy and allowlists decide. Backends:
+
+* ``hyperscan``: one Hyperscan database of every rule regex reports match end offsets in one pass;
+  rules Hyperscan refuses are handled like the ``re2`` backend.
+* ``re2``: one RE2 alternation of all keywords finds keyword positions; rules without keywords are run
+  over the whole text. Linear, but several times slower than Hyperscan.
+* ``python``: last resort when neither library is importable. Uses Python ``re`` only for rules whose
+  shape cannot backtrack catastrophically; the others are listed in ``skipped`` and not run. Much slower.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from failcore.dlp import regex_backend as rx
+from failcore.dlp.masking import fingerprint, mask_preview
+from failcore.dlp.model import DlpAllowlist, DlpRule, Hit
+from failcore.dlp.validators import NAMED_VALIDATORS, shannon_entropy
+
+BACKENDS: tuple[str, ...] = ("auto", "hyperscan", "re2", "python")
+# Beyond this many prefilter events the text is pathological for the rule set; one linear RE2 pass per
+# rule is then cheaper than handling every event in Python.
+MAX_PREFILTER_EVENTS = 200_000
+
+Window = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledAllowlist:
+    regexes: tuple[rx.CompiledPattern, ...]
+    stopwords: tuple[bytes, ...]
+    target: str
+    condition: str
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedRule:
+    rule: DlpRule
+    pattern: rx.CompiledPattern
+    width: int
+    keywords: tuple[bytes, ...]
+    validator: Callable[[str], bool] | None
+    allowlists: tuple[_CompiledAllowlist, ...]
+
+
+def resolve_backend(requested: str) -> str:
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown DLP backend {requested!r}; expected one of {', '.join(BACKENDS)}")
+    if requested == "auto":
+        if rx.hyperscan_available() and rx.re2_available():
+            return "hyperscan"
+        return "re2" if rx.re2_available() else "python"
+    if requested in ("hyperscan", "re2") and not rx.re2_available():
+        raise ValueError(f"DLP backend {requested!r} needs google-re2, which is not installed")
+    if requested == "hyperscan" and not rx.hyperscan_available():
+        raise ValueError("DLP backend 'hyperscan' is not available: the hyperscan module is not installed")
+    return requested
+
+
+def merge_windows(windows: list[Window]) -> list[Window]:
+    merged: list[Window] = []
+    for start, end in sorted(windows):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+class DlpEngine:
+    """Scans bytes or text with a fixed rule set. Safe to share between threads (scans are serialised)."""
+
+    def __init__(self, rules: Sequence[DlpRule], *, backend: str = "auto", salt: bytes) -> None:
+        if not salt:
+            raise ValueError("a non-empty salt is required so fingerprints cannot be precomputed")
+        self.backend = resolve_backend(backend)
+        self.skipped: list[tuple[str, str]] = []
+        self._salt = salt
+        self._compile = rx.compile_python_safe if self.backend == "python" else rx.compile_re2
+        self._rules: list[_PreparedRule] = []
+        for rule in rules:
+            prepared = self._prepare(rule)
+            if prepared is not None:
+                self._rules.append(prepared)
+        self._lock = threading.Lock()
+        self._hs_db = None
+        self._hs_rule_indexes: list[int] = []
+        keyword_path = list(range(len(self._rules)))
+        if self.backend == "hyperscan":
+            keyword_path = self._build_hyperscan()
+        self._keyword_path_rules = keyword_path
+        self._keyword_pattern, self._keyword_owners = self._build_keyword_prefilter(keyword_path)
+
+    @property
+    def rules(self) -> list[DlpRule]:
+        return [prepared.rule for prepared in self._rules]
+
+    def _prepare(self, rule: DlpRule) -> _PreparedRule | None:
+        try:
+            pattern = self._compile(rule.regex)
+        except rx.PatternError as exc:
+            if self.backend == "python":
+                self.skipped.append((rule.id, str(exc)))
+                return None
+            raise ValueError(f"rule {rule.id!r}: {exc}") from None
+        if rule.secret_group > pattern.groups:
+            raise ValueError(
+                f"rule {rule.id!r}: secret_group {rule.secret_group} but the regex has "
+                f"{pattern.groups} capture group(s)"
+            )
+        if rule.validator is not None and rule.validator not in NAMED_VALIDATORS:
+            raise ValueError(f"rule {rule.id!r}: unknown validator {rule.validator!r}")
+        return _PreparedRule(
+            rule=rule,
+            pattern=pattern,
+            width=rx.max_match_width(rule.regex),
+            keywords=tuple(keyword.lower().encode("utf-8") for keyword in rule.keywords if keyword),
+            validator=NAMED_VALIDATORS[rule.validator] if rule.validator else None,
+            allowlists=tuple(self._compile_allowlist(rule.id, al) for al in rule.all_allowlists()),
+        )
+
+    def _compile_allowlist(self, rule_id: str, allowlist: DlpAllowlist) -> _CompiledAllowlist:
+        regexes: list[rx.CompiledPattern] = []
+        for pattern in allowlist.regexes:
+            try:
+                regexes.append(self._compile(pattern))
+            except rx.PatternError as exc:
+                if self.backend != "python":
+                    raise ValueError(f"rule {rule_id!r}: allowlist regex {pattern!r}: {exc}") from None
+                # An allowlist that cannot run safely only costs extra findings, never a missed secret.
+                self.skipped.append((rule_id, f"allowlist regex dropped: {exc}"))
+        return _CompiledAllowlist(
+            regexes=tuple(regexes),
+            stopwords=tuple(word.lower().encode("utf-8") for word in allowlist.stopwords),
+            target=allowlist.target,
+            condition=allowlist.condition,
+        )
+
+    def _build_hyperscan(self) -> list[int]:
+        """Compile every rule Hyperscan accepts into one database; return the rules it refused."""
+        hs = rx.hyperscan_module()
+        accepted: list[int] = []
+        refused: list[int] = []
+        for index, prepared in enumerate(self._rules):
+            probe = hs.Database()
+            try:
+                probe.compile(expressions=[self._hs_expression(prepared)], ids=[0], flags=[0])
+                accepted.append(index)
+            except hs.error:
+                refused.append(index)
+        if accepted:
+            database = hs.Database()
+            database.compile(
+                expressions=[self._hs_expression(self._rules[i]) for i in accepted],
+                ids=list(range(len(accepted))),
+                flags=[0] * len(accepted),
+            )
+            self._hs_db = database
+            self._hs_rule_indexes = accepted
+        return refused
+
+    @staticmethod
+    def _hs_expression(prepared: _PreparedRule) -> bytes:
+        return rx.pattern_bytes(rx.hyperscan_expression(prepared.rule.regex))
+
+    def _build_keyword_prefilter(
+        self, rule_indexes: list[int]
+    ) -> tuple[rx.CompiledPattern | None, dict[bytes, list[int]]]:
+        owners: dict[bytes, list[int]] = defaultdict(list)
+        for index in rule_indexes:
+            for keyword in self._rules[index].keywords:
+                owners[keyword].append(index)
+        if not owners:
+            return None, {}
+        literals = list(owners)
+        # A longer keyword wins the alternation, so credit every keyword it contains as well.
+        expanded = {
+            literal: sorted({idx for other in literals if other in literal for idx in owners[other]})
+            for literal in literals
+        }
+        return self._compile(rx.literal_alternation(literals)), expanded
+
+    @property
+    def hyperscan_refused(self) -> list[str]:
+        """Rule ids the Hyperscan database could not hold (they run through the RE2 keyword path)."""
+        if self.backend != "hyperscan":
+            return []
+        return [self._rules[i].rule.id for i in self._keyword_path_rules]
+
+    def scan(self, data: bytes | str) -> list[Hit]:
+        buffer = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        windows = self._candidate_windows(buffer)
+        hits: dict[tuple[str, int, int], Hit] = {}
+        for index, spans in windows.items():
+            prepared = self._rules[index]
+            for window_start, window_end in merge_windows(spans):
+                for match in prepared.pattern.finditer(buffer, window_start, window_end):
+                    hit = self._confirm(prepared, buffer, match)
+                    if hit is not None:
+                        hits.setdefault((hit.rule_id, hit.start, hit.end), hit)
+        return sorted(hits.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
+
+    def _candidate_windows(self, buffer: bytes) -> dict[int, list[Window]]:
+        windows: dict[int, list[Window]] = defaultdict(list)
+        keyword_rules = self._keyword_path_rules
+        if self._hs_db is not None:
+            if self._hyperscan_windows(buffer, windows):
+                keyword_rules = keyword_rules + self._hs_rule_indexes
+            else:
+                windows.clear()
+                keyword_rules = list(range(len(self._rules)))
+        self._keyword_windows(buffer, keyword_rules, windows)
+        return windows
+
+    def _hyperscan_windows(self, buffer: bytes, windows: dict[int, list[Window]]) -> bool:
+        """Collect confirm windows from match ends; False when the event budget ran out."""
+        ends: dict[int, list[int]] = defaultdict(list)
+        budget = [MAX_PREFILTER_EVENTS]
+
+        def on_match(hs_id: int, _start: int, end: int, _flags: int, _context: object) -> bool:
+            ends[hs_id].append(end)
+            budget[0] -= 1
+            return budget[0] <= 0
+
+        with self._lock:
+            hs = rx.hyperscan_module()
+            try:
+                self._hs_db.scan(buffer, match_event_handler=on_match)
+            except hs.ScanTerminated:
+                return False
+            if budget[0] <= 0:
+                return False
+        for hs_id, rule_ends in ends.items():
+            index = self._hs_rule_indexes[hs_id]
+            width = self._rules[index].width
+            target = windows[index]
+            for end in rule_ends:
+                target.append((0 if width >= rx.UNBOUNDED_WIDTH else max(0, end - width), end))
+        return True
+
+    def _keyword_windows(
+        self, buffer: bytes, rule_indexes: list[int], windows: dict[int, list[Window]]
+    ) -> None:
+        if not rule_indexes:
+            return
+        wanted = set(rule_indexes)
+        size = len(buffer)
+        for index in rule_indexes:
+            if not self._rules[index].keywords:
+                windows[index].append((0, size))
+        if self._keyword_pattern is None:
+            return
+        positions: dict[bytes, list[Window]] = defaultdict(list)
+        for match in self._keyword_pattern.finditer(buffer):
+            positions[match.group(0).lower()].append(match.span())
+        for literal, spans in positions.items():
+            for index in self._keyword_owners.get(literal, ()):
+                if index not in wanted:
+                    continue
+                width = self._rules[index].width
+                target = windows[index]
+                if width >= rx.UNBOUNDED_WIDTH:
+                    target.append((0, size))
+                    continue
+                for start, end in spans:
+                    target.append((max(0, start - width), min(size, end + width)))
+
+    def _confirm(self, prepared: _PreparedRule, buffer: bytes, match: rx.MatchLike) -> Hit | None:
+        match_start, match_end = match.span()
+        if match_end <= match_start:
+            return None
+        matched = buffer[match_start:match_end]
+        if prepared.keywords:
+            lowered = matched.lower()
+            if not any(keyword in lowered for keyword in prepared.keywords):
+                return None
+        start, end = self._secret_span(prepared, match)
+        secret = buffer[start:end]
+        if not secret:
+            return None
+        rule = prepared.rule
+        if prepared.validator is not None and not prepared.validator(secret.decode("latin-1")):
+            return None
+        if rule.entropy is not None and shannon_entropy(secret) < rule.entropy:
+            return None
+        if self._allowlisted(prepared, buffer, secret, matched, match_start, match_end):
+            return None
+        return Hit(
+            rule_id=rule.id,
+            severity=rule.severity,
+            category=rule.category,
+            start=start,
+            end=end,
+            preview=mask_preview(secret),
+            fingerprint=fingerprint(secret, self._salt),
+        )
+
+    @staticmethod
+    def _secret_span(prepared: _PreparedRule, match: rx.MatchLike) -> tuple[int, int]:
+        group = prepared.rule.secret_group
+        if group > 0:
+            start, end = match.span(group)
+            return (start, end) if start >= 0 else (0, 0)
+        for candidate in range(1, prepared.pattern.groups + 1):
+            start, end = match.span(candidate)
+            if start >= 0 and end > start:
+                return start, end
+        return match.span()
+
+    @staticmethod
+    def _allowlisted(
+        prepared: _PreparedRule,
+        buffer: bytes,
+        secret: bytes,
+        matched: bytes,
+        match_start: int,
+        match_end: int,
+    ) -> bool:
+        for allowlist in prepared.allowlists:
+            if allowlist.target == "match":
+                target = matched
+            elif allowlist.target == "line":
+                line_start = buffer.rfind(b"\n", 0, match_start) + 1
+                line_end = buffer.find(b"\n", match_end)
+                target = buffer[line_start : line_end if line_end >= 0 else len(buffer)]
+            else:
+                target = secret
+            checks: list[bool] = []
+            if allowlist.regexes:
+                checks.append(
+                    any(next(iter(p.finditer(target)), None) is not None for p in allowlist.regexes)
+                )
+            if allowlist.stopwords:
+                lowered = secret.lower()
+                checks.append(any(word in lowered for word in allowlist.stopwords))
+            if not checks:
+                continue
+            if all(checks) if allowlist.condition == "and" else any(checks):
+                return True
+        return False

@@ -1,0 +1,155 @@
+"""Scan helpers that say where in a request a hit sits (JSON pointer, header, URL part)."""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from urllib.parse import unquote_plus
+
+from failcore.dlp.engine import DlpEngine
+from failcore.dlp.model import Hit
+
+# Unrolled string pattern: each position is consumed by exactly one branch, so Python `re` stays linear.
+_JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]|-?[0-9][0-9.eE+-]*|true|false|null')
+
+
+def escape_pointer_token(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+@dataclass(slots=True)
+class _Container:
+    is_array: bool
+    index: int = 0
+    raw_key: bytes | None = None
+    expecting_key: bool = True
+
+    def segment(self) -> str:
+        if self.is_array:
+            return str(self.index)
+        if self.raw_key is None:
+            return ""
+        return escape_pointer_token(json.loads(self.raw_key))
+
+
+def _pointer(stack: list[_Container]) -> str:
+    return "".join("/" + container.segment() for container in stack)
+
+
+def json_scalar_spans(body: bytes, until: int) -> Iterator[tuple[int, int, str]]:
+    """(start, end, RFC 6901 pointer) of every scalar token (and object key) starting before `until`."""
+    stack: list[_Container] = []
+    for match in _JSON_TOKEN.finditer(body):
+        start, end = match.span()
+        if start >= until:
+            return
+        first = body[start]
+        if first in b"{[":
+            stack.append(_Container(is_array=first == ord("[")))
+        elif first in b"}]":
+            if stack:
+                stack.pop()
+        elif first == ord(":"):
+            if stack:
+                stack[-1].expecting_key = False
+        elif first == ord(","):
+            if stack and stack[-1].is_array:
+                stack[-1].index += 1
+            elif stack:
+                stack[-1].expecting_key = True
+        elif stack and not stack[-1].is_array and stack[-1].expecting_key:
+            stack[-1].raw_key = match.group(0)
+            yield start, end, _pointer(stack)
+        else:
+            yield start, end, _pointer(stack)
+
+
+def _looks_like_json(body: bytes) -> bool:
+    stripped = body.lstrip()
+    return stripped[:1] in (b"{", b"[")
+
+
+def locate_json_hits(body: bytes, hits: list[Hit]) -> list[Hit]:
+    if not hits:
+        return []
+    if not _looks_like_json(body):
+        return [replace(hit, location="body") for hit in hits]
+    spans = list(json_scalar_spans(body, max(hit.start for hit in hits) + 1))
+    starts = [span[0] for span in spans]
+    located: list[Hit] = []
+    for hit in hits:
+        position = bisect.bisect_right(starts, hit.start) - 1
+        location = "body"
+        if position >= 0 and spans[position][0] <= hit.start < spans[position][1]:
+            location = spans[position][2]
+        located.append(replace(hit, location=location))
+    return located
+
+
+def scan_json_body(engine: DlpEngine, body: bytes) -> list[Hit]:
+    """Hits carry offsets into `body` and a JSON pointer to the string or number that holds them."""
+    return locate_json_hits(body, engine.scan(body))
+
+
+def scan_headers(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
+    """Each header is scanned as "name: value" so name-keyed rules apply; offsets are into the value."""
+    found: list[Hit] = []
+    for name, value in headers:
+        prefix = f"{name}: ".encode()
+        for hit in engine.scan(prefix + value.encode("utf-8")):
+            if hit.start >= len(prefix):
+                found.append(
+                    replace(
+                        hit,
+                        start=hit.start - len(prefix),
+                        end=hit.end - len(prefix),
+                        location=f"header:{name.lower()}",
+                    )
+                )
+    return found
+
+
+def _query_param_spans(url: str) -> list[tuple[int, int, str]]:
+    query_start = url.find("?")
+    if query_start < 0:
+        return []
+    fragment = url.find("#", query_start)
+    query_end = fragment if fragment >= 0 else len(url)
+    spans: list[tuple[int, int, str]] = []
+    cursor = query_start + 1
+    for part in url[query_start + 1 : query_end].split("&"):
+        name = unquote_plus(part.split("=", 1)[0])
+        spans.append((len(url[:cursor].encode()), len(url[: cursor + len(part)].encode()), name))
+        cursor += len(part) + 1
+    return spans
+
+
+def scan_url(engine: DlpEngine, url: str) -> list[Hit]:
+    """Offsets are into the UTF-8 URL; percent-encoded query values are also scanned decoded."""
+    params = _query_param_spans(url)
+    found: dict[tuple[str, int, int], Hit] = {}
+    for hit in engine.scan(url):
+        location = "url"
+        for start, end, name in params:
+            if start <= hit.start < end:
+                location = f"query:{name}"
+        found[(hit.rule_id, hit.start, hit.end)] = replace(hit, location=location)
+    raw = url.encode("utf-8")
+    for start, end, name in params:
+        value_start = raw.find(b"=", start, end)
+        if value_start < 0 or (b"%" not in raw[value_start:end] and b"+" not in raw[value_start:end]):
+            continue
+        decoded = unquote_plus(raw[value_start + 1 : end].decode("utf-8", errors="replace"))
+        for hit in engine.scan(f"{name}={decoded}"):
+            # Decoded offsets do not map back byte-for-byte; point at the whole encoded value.
+            already = any(
+                other.rule_id == hit.rule_id and value_start <= other.start < end for other in found.values()
+            )
+            if not already:
+                found[(hit.rule_id, value_start + 1, end)] = replace(
+                    hit, start=value_start + 1, end=end, location=f"query:{name}"
+                )
+    return sorted(found.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))

@@ -1,0 +1,226 @@
+"""Model price table (USD per 1M tokens) and exact per-call cost computation.
+
+Costs are computed in Decimal and rounded to 1e-9 USD so that the same usage always yields the same number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from failcore.llm.usage import LlmCall
+
+PRICE_FIELDS = ("input", "output", "cached_input", "cache_write")
+REQUIRED_FIELDS = ("input", "output")
+_ENTRY_FIELDS = frozenset(PRICE_FIELDS) | {"aliases"}
+_TOKENS_PER_UNIT = Decimal(1_000_000)
+_QUANTUM = Decimal("1e-9")
+
+SHIPPED_PRICES_PATH = Path(__file__).resolve().parent.parent / "data" / "prices.yaml"
+
+REASON_UNPRICED_MODEL = "unpriced_model"
+REASON_USAGE_UNKNOWN = "usage_unknown"
+
+# Snapshot/version decorations that do not change the price: dated ids, Vertex "@date", Gemini "-001",
+# Bedrock "-v1:0" and "-latest" pointers.
+_VERSION_SUFFIXES = (
+    re.compile(r"-\d{4}-\d{2}-\d{2}$"),
+    re.compile(r"-v\d+(?::\d+)?$"),
+    re.compile(r"[-@]\d{8}$"),
+    re.compile(r"-\d{3}$"),
+    re.compile(r"-latest$"),
+)
+# "openai/gpt-4o" (OpenRouter), "models/gemini-2.5-pro", "us.anthropic.claude-..." (Bedrock).
+_VENDOR_PREFIX = re.compile(r"^(?:[\w.-]+/)+|^(?:[a-z]{2,4}\.)?anthropic\.")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    model: str
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+    cache_write: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CostResult:
+    usd: float | None
+    reason: str | None = None
+    priced_as: str | None = None
+    input_usd: float | None = None
+    cached_input_usd: float | None = None
+    cache_write_usd: float | None = None
+    output_usd: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PriceTable:
+    def __init__(self, prices: dict[str, ModelPrice], aliases: dict[str, str], as_of: str | None) -> None:
+        self._prices = prices
+        self._aliases = aliases
+        self.as_of = as_of
+
+    def __contains__(self, model: str) -> bool:
+        return self.lookup(model) is not None
+
+    def models(self) -> list[str]:
+        return sorted(self._prices)
+
+    def lookup(self, model: str | None) -> ModelPrice | None:
+        if not model:
+            return None
+        for candidate in _candidate_ids(model):
+            key = self._aliases.get(candidate, candidate)
+            price = self._prices.get(key)
+            if price is not None:
+                return price
+        return None
+
+
+def _candidate_ids(model: str) -> list[str]:
+    """The id itself first, then progressively stripped of vendor prefixes and version suffixes."""
+    base = model.strip().lower()
+    candidates = [base]
+    stripped = _VENDOR_PREFIX.sub("", base)
+    if stripped.startswith("claude"):
+        # OpenRouter and others spell "claude-sonnet-4.5" where Anthropic spells "claude-sonnet-4-5".
+        stripped = stripped.replace(".", "-")
+    candidates.append(stripped)
+    changed = True
+    while changed:
+        changed = False
+        for suffix in _VERSION_SUFFIXES:
+            shorter = suffix.sub("", stripped)
+            if shorter != stripped and shorter:
+                stripped = shorter
+                candidates.append(stripped)
+                changed = True
+    return list(dict.fromkeys(candidates))
+
+
+def _price_value(model: str, field: str, value: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise ValueError(f"prices: model {model!r} field {field!r}: expected a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"prices: model {model!r} field {field!r}: must be finite")
+    try:
+        # str() of a float is its shortest round-trip form, so 0.075 becomes exactly Decimal("0.075").
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"prices: model {model!r} field {field!r}: not a number: {value!r}") from None
+    if not number.is_finite() or number < 0:
+        raise ValueError(f"prices: model {model!r} field {field!r}: must be a non-negative number")
+    return number
+
+
+def _entry_fields(model: str, entry: object) -> tuple[dict[str, Decimal], list[str]]:
+    if not isinstance(entry, dict):
+        raise ValueError(f"prices: model {model!r}: expected a mapping of prices, got {type(entry).__name__}")
+    unknown = sorted(str(key) for key in entry if key not in _ENTRY_FIELDS)
+    if unknown:
+        raise ValueError(f"prices: model {model!r} field {unknown[0]!r}: unknown field")
+    values = {field: _price_value(model, field, entry[field]) for field in PRICE_FIELDS if field in entry}
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(alias, str) and alias for alias in aliases):
+        raise ValueError(f"prices: model {model!r} field 'aliases': expected a list of model ids")
+    return values, [alias.strip().lower() for alias in aliases]
+
+
+def _merge_models(models: object, prices: dict[str, ModelPrice], aliases: dict[str, str]) -> None:
+    if not isinstance(models, dict):
+        raise ValueError("prices: expected a mapping of model id to prices")
+    for raw_name, entry in models.items():
+        if not isinstance(raw_name, str) or not raw_name.strip():
+            raise ValueError(f"prices: model {raw_name!r}: model id must be a non-empty string")
+        name = raw_name.strip().lower()
+        values, entry_aliases = _entry_fields(raw_name, entry)
+        existing = prices.get(aliases.get(name, name))
+        if existing is not None:
+            name = existing.model
+            merged = {field: getattr(existing, field) for field in PRICE_FIELDS}
+            merged.update(values)
+        else:
+            missing = [field for field in REQUIRED_FIELDS if field not in values]
+            if missing:
+                raise ValueError(f"prices: model {raw_name!r} field {missing[0]!r}: required for a new model")
+            merged = values
+        prices[name] = ModelPrice(model=name, **merged)
+        for alias in entry_aliases:
+            aliases[alias] = name
+
+
+def _models_section(document: object) -> object:
+    if isinstance(document, dict) and isinstance(document.get("models"), dict):
+        return document["models"]
+    return document
+
+
+def _read_shipped_table(path: Path | None) -> dict:
+    yaml = YAML(typ="safe")
+    document = yaml.load((path or SHIPPED_PRICES_PATH).read_text(encoding="utf-8"))
+    if not isinstance(document, dict) or not isinstance(document.get("models"), dict):
+        raise ValueError(f"prices: {path or 'shipped table'} has no 'models' mapping")
+    return document
+
+
+def load_price_table(path: str | Path | None = None, overrides: dict | None = None) -> PriceTable:
+    """Load the price table (shipped one by default) and apply a policy's ``prices:`` overrides on top.
+
+    ``overrides`` is either ``{model: {input: .., output: .., ...}}`` or the table shape ``{models: {...}}``;
+    a partial entry for a known model replaces only the fields it names.
+    """
+    document = _read_shipped_table(Path(path) if path is not None else None)
+    prices: dict[str, ModelPrice] = {}
+    aliases: dict[str, str] = {}
+    _merge_models(document["models"], prices, aliases)
+    as_of = document.get("as_of")
+    if overrides:
+        _merge_models(_models_section(overrides), prices, aliases)
+        if isinstance(overrides.get("as_of"), str):
+            as_of = overrides["as_of"]
+    return PriceTable(prices, aliases, str(as_of) if as_of is not None else None)
+
+
+def _usd(amount: Decimal) -> float:
+    return float(amount.quantize(_QUANTUM, rounding=ROUND_HALF_EVEN))
+
+
+def compute_cost(call: LlmCall, table: PriceTable) -> CostResult:
+    """Exact USD cost of one call.
+
+    ``input_tokens`` includes cached reads and cache writes (see usage.py), so those are carved out and
+    billed at their own rates — never twice. Reasoning tokens are already inside ``output_tokens``.
+    """
+    price = table.lookup(call.response_model) or table.lookup(call.request_model)
+    if price is None:
+        return CostResult(usd=None, reason=REASON_UNPRICED_MODEL)
+    if not call.usage_known or call.input_tokens is None or call.output_tokens is None:
+        return CostResult(usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=price.model)
+
+    cached = min(call.cached_input_tokens or 0, call.input_tokens)
+    cache_write = min(call.cache_write_tokens or 0, call.input_tokens - cached)
+    uncached = call.input_tokens - cached - cache_write
+
+    input_cost = Decimal(uncached) * price.input / _TOKENS_PER_UNIT
+    cached_cost = Decimal(cached) * (price.cached_input if price.cached_input is not None else price.input)
+    cached_cost /= _TOKENS_PER_UNIT
+    write_rate = price.cache_write if price.cache_write is not None else price.input
+    cache_write_cost = Decimal(cache_write) * write_rate / _TOKENS_PER_UNIT
+    output_cost = Decimal(call.output_tokens) * price.output / _TOKENS_PER_UNIT
+    total = input_cost + cached_cost + cache_write_cost + output_cost
+    return CostResult(
+        usd=_usd(total),
+        priced_as=price.model,
+        input_usd=_usd(input_cost),
+        cached_input_usd=_usd(cached_cost),
+        cache_write_usd=_usd(cache_write_cost),
+        output_usd=_usd(output_cost),
+    )

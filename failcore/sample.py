@@ -1,0 +1,115 @@
+"""`failcore sample`: the whole product offline in one command.
+
+A local HTTPS stand-in plays the LLM provider, failcore's proxy runs in enforce mode with a tiny
+policy, and a small agent built on the real `openai` SDK (1) streams an answer over SSE, (2) tries
+to send a file to a host the policy does not allow, (3) hits a failing upstream. Then the run's
+summary and events are printed from the tape, the way a user would inspect a real run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+from failcore.paths import failcore_home
+from failcore.runner import EmbeddedProxy, ProxySettings
+from failcore.standin import StandIn
+
+SAMPLE_POLICY = Path(__file__).parent / "data" / "sample_policy.yaml"
+
+
+def sample_tape_dir() -> Path:
+    return failcore_home() / "sample-tape"
+
+
+def run_agent(proxy_url: str, ca_cert: Path, llm_base: str, exfil_url: str, broken_url: str) -> list[str]:
+    """A minimal agent: one streamed LLM call, one exfiltration attempt, one call to a broken service."""
+    trust = ssl.create_default_context(cafile=str(ca_cert))
+    log: list[str] = []
+    with httpx.Client(proxy=proxy_url, verify=trust, timeout=30) as http:
+        llm = openai.OpenAI(
+            base_url=llm_base, api_key="sk-sample-not-a-real-key", http_client=http, max_retries=0
+        )
+        stream = llm.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "Summarise the quarterly report"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        log.append(f"1. LLM answered over SSE: {text!r}")
+        try:
+            http.post(exfil_url, content=b"customer_list.csv contents")
+            log.append("2. exfiltration attempt went through (it should not have!)")
+        except httpx.ProxyError as e:
+            log.append(f"2. exfiltration attempt refused by failcore: {e}")
+        resp = http.get(broken_url)
+        log.append(f"3. flaky upstream answered {resp.status_code}")
+    return log
+
+
+async def run_sample(*, json_output: bool = False, tape: Path | None = None) -> int:
+    from failcore.cli import _event_row, _events_table, _print_json, _print_run_summary, _wide, console
+    from failcore.runs import run_events, summarize_tape
+
+    tape = tape or sample_tape_dir()
+    workdir = Path(tempfile.mkdtemp(prefix="failcore-sample-"))
+    try:
+        with StandIn(workdir=workdir) as upstream:
+            proxy = EmbeddedProxy(
+                ProxySettings(
+                    listen_port=0,
+                    policy=str(SAMPLE_POLICY),
+                    tape=str(tape),
+                    sets=[f"ssl_verify_upstream_trusted_ca={upstream.ca_path}"],
+                )
+            )
+            await proxy.start()
+            assert proxy.ca is not None
+            try:
+                log = await asyncio.to_thread(
+                    run_agent,
+                    proxy.url,
+                    proxy.ca.cert_path,
+                    f"https://localhost:{upstream.port}/v1",
+                    f"https://127.0.0.1:{upstream.port}/echo",
+                    f"https://localhost:{upstream.port}/status/503",
+                )
+            finally:
+                await proxy.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    run = proxy.session.run_id
+    summary: dict[str, Any] = summarize_tape(tape, run=run)[0].to_dict()
+    summary["tape"] = str(tape)
+    if json_output:
+        _print_json({"agent": log, "summary": summary})
+        return 0
+    console.print("[bold]failcore sample[/]: an agent ran through failcore against a local LLM stand-in\n")
+    for line in log:
+        console.print(line, markup=False)
+    console.print()
+    wide = _wide()
+    table = _events_table(f"events of run {run}", with_time=wide)
+    for ev in run_events(tape, run):
+        if ev.get("kind") in ("network", "internal_error", "dropped"):
+            table.add_row(*_event_row(ev, with_time=wide))
+    console.print(table)
+    _print_run_summary(summary)
+    console.print("\nWhat next:", markup=False)
+    for cmd in (
+        f"failcore show --tape {tape} --last",
+        f"failcore show --tape {tape} --last --event 3",
+        f"failcore verify {tape}",
+        "failcore run -- python your_agent.py",
+        "mitmdump -s addons/failcore_addon.py",
+    ):
+        console.print(f"  {cmd}", markup=False)
+    return 0

@@ -1,0 +1,152 @@
+"""Ed25519 keys that sign tape checkpoints, and the exact message a checkpoint signature covers.
+
+The private key lives in the failcore home (never in the tape); the tape carries only the public key,
+so anyone holding a copy of the tape can check it, but only the recorder can extend it convincingly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+from pathlib import Path
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+SIGNING_KEY_FILE: Final = "failcore-signing.key"
+PUBLIC_KEY_FILE: Final = "failcore-signing.pub"
+CHECKPOINT_DOMAIN: Final = b"failcore-checkpoint-v1:"
+
+
+class KeyFileError(ValueError):
+    """A key file exists but does not hold a usable Ed25519 key."""
+
+
+def load_or_create_signing_key(confdir: Path) -> Ed25519PrivateKey:
+    """Load `confdir/failcore-signing.key`, creating it (and its `.pub`) on first use."""
+    confdir = Path(confdir)
+    key_path = confdir / SIGNING_KEY_FILE
+    if not key_path.exists():
+        _ensure_private_dir(confdir)
+        _create_key_file(key_path)
+    key = _load_private_key(key_path)
+    pub_path = confdir / PUBLIC_KEY_FILE
+    expected_pub = public_key_text(key.public_key()).encode() + b"\n"
+    if not pub_path.exists() or pub_path.read_bytes() != expected_pub:
+        write_private_file(pub_path, expected_pub)
+    return key
+
+
+def public_key_raw(pub: Ed25519PublicKey) -> bytes:
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_id(pub: Ed25519PublicKey) -> str:
+    """Stable identifier of a key: sha256 hex of its raw 32 bytes."""
+    return hashlib.sha256(public_key_raw(pub)).hexdigest()
+
+
+def public_key_text(pub: Ed25519PublicKey) -> str:
+    """The `.pub` file form: base64 of the raw 32-byte key."""
+    return base64.b64encode(public_key_raw(pub)).decode("ascii")
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Read a public key written as base64 raw bytes (our `.pub` files) or as a PEM SubjectPublicKeyInfo."""
+    data = Path(path).read_bytes().strip()
+    if data.startswith(b"-----BEGIN"):
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError as exc:
+            raise KeyFileError(f"{path}: not a PEM public key: {exc}") from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise KeyFileError(f"{path}: PEM key is {type(key).__name__}, expected Ed25519")
+        return key
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise KeyFileError(f"{path}: neither PEM nor base64: {exc}") from exc
+    if len(raw) != 32:
+        raise KeyFileError(f"{path}: base64 key decodes to {len(raw)} bytes, expected 32")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def checkpoint_message(prev_hex: bytes, seq: int) -> bytes:
+    """What a checkpoint signs: its own prev (the hash of everything before it) and its seq."""
+    return CHECKPOINT_DOMAIN + prev_hex + b":" + str(seq).encode("ascii")
+
+
+def sign_checkpoint(key: Ed25519PrivateKey, prev_hex: bytes, seq: int) -> str:
+    return base64.b64encode(key.sign(checkpoint_message(prev_hex, seq))).decode("ascii")
+
+
+def checkpoint_signature_valid(pub: Ed25519PublicKey, prev_hex: bytes, seq: int, sig_b64: str) -> bool:
+    try:
+        signature = base64.b64decode(sig_b64, validate=True)
+        pub.verify(signature, checkpoint_message(prev_hex, seq))
+    except (InvalidSignature, binascii.Error, ValueError, TypeError):
+        return False
+    return True
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Atomically create or replace a file readable by its owner only (no world-readable window)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _ensure_private_dir(path: Path) -> None:
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _create_key_file(key_path: Path) -> None:
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        _write_all(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    # link() refuses to replace: if another process created the key meanwhile, theirs wins and we load it.
+    try:
+        os.link(tmp, key_path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+
+
+def _load_private_key(key_path: Path) -> Ed25519PrivateKey:
+    if os.stat(key_path).st_mode & 0o077:
+        os.chmod(key_path, 0o600)
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"{key_path}: not an unencrypted PEM private key: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{key_path}: key is {type(key).__name__}, expected Ed25519")
+    return key
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -1,0 +1,706 @@
+"""The tape writer: one background thread turns submitted events into hash-chained, signed JSONL.
+
+The proxy's event loop only ever calls `submit()`, which is a non-blocking queue put; serialisation,
+hashing, signing and disk I/O all happen on the writer thread. Losing events is never silent: queue
+overflows and failed writes are counted and recorded on the tape itself as `dropped` markers, and a
+builder that raises becomes an `internal_error` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from failcore.tape import keys
+from failcore.tape.reader import (
+    GENESIS_PREV,
+    MANIFEST_FILE,
+    TAPE_PUBLIC_KEY_FILE,
+    TapeFormatError,
+    is_well_formed,
+    last_complete_line,
+    line_hash,
+    line_prev,
+    line_seq,
+    list_segments,
+    read_manifest,
+    segment_name,
+    segment_number,
+)
+
+LOCK_FILE: Final = ".lock"
+RESERVED_KEYS: Final = frozenset({"prev", "seq", "h"})
+WRITER_KINDS: Final = frozenset({"checkpoint"})  # kinds only the writer may produce (signature-bearing)
+
+_log = logging.getLogger("failcore.tape")
+_MAX_BATCH_ITEMS: Final = 4096
+_IDLE_POLL: Final = 0.25
+_ERROR_MESSAGE_LIMIT: Final = 500
+
+
+class TapeLockedError(RuntimeError):
+    """Another writer holds the tape directory."""
+
+
+def encode_line(prev: bytes, seq: int, body: bytes) -> tuple[bytes, bytes]:
+    """(line with newline, its hash hex) for an event body as produced by orjson.dumps(dict)."""
+    core = b'{"prev":"' + prev + b'","seq":' + str(seq).encode("ascii") + b"," + body[1:-1] + b"}"
+    digest = hashlib.sha256(core).hexdigest().encode("ascii")
+    return core[:-1] + b',"h":"' + digest + b'"}\n', digest
+
+
+def serialise_event(event: object) -> bytes:
+    """orjson body of a user event, refusing what would break the line format or forge writer lines."""
+    if not isinstance(event, dict):
+        raise TypeError(f"tape event must be a dict, got {type(event).__name__}")
+    if not event:
+        raise ValueError("tape event must not be empty")
+    reserved = RESERVED_KEYS.intersection(event)
+    if reserved:
+        raise ValueError(f"tape event uses reserved keys {sorted(reserved)}")
+    if event.get("kind") in WRITER_KINDS:
+        raise ValueError(f"tape event kind {event['kind']!r} is reserved for the writer")
+    return orjson.dumps(event)
+
+
+@dataclass(slots=True)
+class SegmentRecord:
+    name: str
+    first_seq: int | None = None
+    last_seq: int | None = None
+    first_prev: str | None = None
+    last_h: str | None = None
+    opened: float | None = None
+    closed: float | None = None
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Chain position plus per-segment counters; the writer keeps a committed and a tentative copy."""
+
+    seq: int
+    prev: bytes
+    since_checkpoint: int = 0
+    segment_bytes: int = 0
+    segment_lines: int = 0
+
+
+@dataclass(slots=True)
+class _OpenSegment:
+    number: int
+    path: Path
+    fd: int
+    opened_monotonic: float
+    record: SegmentRecord
+
+
+class _FlushToken:
+    __slots__ = ("done", "ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+
+
+_STOP: Final = object()
+
+
+class _DirectoryLock:
+    """flock on `<tape>/.lock` for the writer's lifetime; the file names the holder's pid."""
+
+    def __init__(self, directory: Path) -> None:
+        self._path = directory / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise TapeLockedError(
+                    f"tape {self._path.parent} is already being written by another writer (pid {holder})"
+                ) from exc
+            raise
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+class TapeWriter:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        signing_key: Ed25519PrivateKey,
+        run_id: str,
+        queue_size: int = 10000,
+        segment_bytes: int = 64 * 2**20,
+        segment_seconds: float | None = None,
+        checkpoint_every: int = 1000,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        if queue_size < 1 or segment_bytes < 1 or checkpoint_every < 1:
+            raise ValueError("queue_size, segment_bytes and checkpoint_every must be positive")
+        if segment_seconds is not None and segment_seconds <= 0:
+            raise ValueError("segment_seconds must be positive")
+        self._directory = Path(directory)
+        self._signing_key = signing_key
+        self._key_id = keys.public_key_id(signing_key.public_key())
+        self._run_id = run_id
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._segment_bytes_limit = segment_bytes
+        self._segment_seconds = segment_seconds
+        self._checkpoint_every = checkpoint_every
+        self._on_error = on_error
+
+        # Only submit() touches _submit_drops and only the writer thread touches the rest, so the
+        # counters need no lock (submit() is documented as called from one event loop).
+        self._submit_drops = 0
+        self._write_drops = 0
+        self._drops_marked = 0
+        self._written = 0
+        self._failing = False
+
+        self._lock = _DirectoryLock(self._directory)
+        self._thread: threading.Thread | None = None
+        self._stop_requested = threading.Event()
+        self._close_guard = threading.Lock()
+        self._closing = False
+        self._closed = False
+
+        self._segments: list[SegmentRecord] = []
+        self._segment: _OpenSegment | None = None
+        self._segment_damaged = False
+        self._committed = _Cursor(0, GENESIS_PREV)
+        self._tentative = _Cursor(0, GENESIS_PREV)
+        self._buffer: list[bytes] = []
+        self._buffer_events = 0
+        self._buffer_marks: int | None = None
+        self._buffer_has_checkpoint = False
+
+    # --- public API ------------------------------------------------------------------------------
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    @property
+    def dropped(self) -> int:
+        """Events lost so far: rejected by a full queue, submitted after close, or lost to write errors."""
+        return self._submit_drops + self._write_drops
+
+    @property
+    def written(self) -> int:
+        """Submitted events written to the tape (an `internal_error` line standing in for one counts)."""
+        return self._written
+
+    @property
+    def queue_size(self) -> int:
+        """Capacity of the submit queue."""
+        return self._queue.maxsize
+
+    @property
+    def queue_depth(self) -> int:
+        """Events waiting for the writer thread right now."""
+        return self._queue.qsize()
+
+    @property
+    def last_seq(self) -> int:
+        return self._committed.seq
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def start(self) -> None:
+        """Open (creating 0700) and lock the tape directory, start a new segment and the writer thread."""
+        if self._thread is not None or self._closed:
+            raise RuntimeError("a TapeWriter can only be started once")
+        self._prepare_directory()
+        self._lock.acquire()
+        try:
+            self._resume_chain()
+            self._install_public_key()
+            self._open_segment(self._next_segment_number())
+            self._save_manifest()
+        except BaseException:
+            self._close_segment_fd()
+            self._lock.release()
+            raise
+        self._thread = threading.Thread(target=self._run, name=f"tape-writer:{self._directory}", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: dict[str, Any] | Callable[[], dict[str, Any]]) -> bool:
+        """Queue an event, or a builder called on the writer thread. Never blocks, never raises."""
+        try:
+            if self._closing:
+                self._submit_drops += 1
+                return False
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self._submit_drops += 1
+            return False
+        except Exception:  # submit() runs on the proxy's event loop: it must not take it down
+            self._submit_drops += 1
+            return False
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far has been handed to the OS; False on timeout or failure."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return False
+        token = _FlushToken()
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(token, timeout=timeout)
+        except queue.Full:
+            return False
+        return token.done.wait(max(0.0, deadline - time.monotonic())) and token.ok
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Drain the queue, write a final checkpoint, fsync, update the manifest and unlock. Idempotent."""
+        with self._close_guard:
+            if self._closed:
+                return
+            self._closing = True
+            self._closed = True
+            thread = self._thread
+            if thread is None:
+                return
+            deadline = time.monotonic() + timeout
+            self._stop_requested.set()
+            # Wakes an idle thread at once; a full queue means it is busy and will see the event anyway.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_STOP)
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self._report(f"tape writer did not finish within {timeout}s; it keeps draining in background")
+
+    def __enter__(self) -> TapeWriter:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- overridable I/O -------------------------------------------------------------------------
+
+    def _write_bytes(self, data: bytes) -> None:
+        """Append one batch of complete lines to the current segment. Tests override this to simulate
+        slow or failing disks; it must raise OSError on failure."""
+        assert self._segment is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._segment.fd, view) :]
+
+    # --- writer thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            items = self._next_items()
+            tokens: list[_FlushToken] = []
+            try:
+                stopping = self._process(items, tokens)
+            except Exception as exc:  # a bug here must not silently stop the tape
+                self._write_drops += self._buffer_events
+                self._discard_buffer()
+                self._report(f"tape writer error: {type(exc).__name__}: {exc}")
+            finally:
+                for token in tokens:
+                    token.ok = not self._failing
+                    token.done.set()
+            if self._stop_requested.is_set() and self._queue.empty():
+                stopping = True
+        try:
+            self._finish()
+        except Exception as exc:
+            self._report(f"tape writer failed while closing: {type(exc).__name__}: {exc}")
+        finally:
+            self._close_segment_fd()
+            self._lock.release()
+
+    def _next_items(self) -> list[object]:
+        try:
+            items = [self._queue.get(timeout=_IDLE_POLL)]
+        except queue.Empty:
+            return []
+        try:
+            while len(items) < _MAX_BATCH_ITEMS:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return items
+
+    def _process(self, items: list[object], tokens: list[_FlushToken]) -> bool:
+        """Write one drained batch; True when the stop sentinel was among the items."""
+        stopping = False
+        if self._segment_damaged:
+            self._rotate()
+        self._append_drop_marker()
+        for item in items:
+            if item is _STOP:
+                stopping = True
+            elif isinstance(item, _FlushToken):
+                tokens.append(item)
+            else:
+                self._append(self._materialise(item), counts_as_event=True)
+                if self._tentative.since_checkpoint >= self._checkpoint_every:
+                    self._append_checkpoint()
+                if self._tentative.segment_bytes >= self._segment_bytes_limit and self._commit():
+                    self._rotate()
+        self._commit()
+        if self._rotation_due():
+            self._rotate()
+        return stopping
+
+    def _finish(self) -> None:
+        # Items can land after the stop sentinel when submit() raced close(); they are still written.
+        leftovers = [item for item in self._drain_nowait() if item is not _STOP]
+        tokens: list[_FlushToken] = []
+        self._process(leftovers, tokens)
+        self._append_drop_marker()
+        if self._tentative.since_checkpoint > 0 or self._tentative.segment_lines == 0:
+            self._append_checkpoint()
+        self._commit()
+        self._fsync_segment()
+        if self._segment is not None:
+            self._segment.record.closed = time.time()
+        self._save_manifest()
+        for token in tokens:
+            token.ok = not self._failing
+            token.done.set()
+
+    def _drain_nowait(self) -> list[object]:
+        items: list[object] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                items.append(self._queue.get_nowait())
+        return items
+
+    # --- building lines --------------------------------------------------------------------------
+
+    def _materialise(self, item: object) -> bytes:
+        try:
+            event = item() if callable(item) else item
+        except Exception as exc:
+            return self._internal_error_body(exc, "tape builder")
+        try:
+            return serialise_event(event)
+        except Exception as exc:
+            return self._internal_error_body(exc, "tape serialise")
+
+    def _internal_error_body(self, exc: Exception, where: str) -> bytes:
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<unprintable exception>"
+        # Same shape as the proxy's own internal_error events (failcore.event.EgressEvent).
+        return orjson.dumps(
+            {
+                "kind": "internal_error",
+                "v": 1,
+                "run": self._run_id,
+                "ts_start": time.time(),
+                "ts_end": None,
+                "fail_reason": "internal_error",
+                "error": f"{type(exc).__name__}: {message[:_ERROR_MESSAGE_LIMIT]}",
+                "detail": {"where": where, "type": type(exc).__name__},
+            }
+        )
+
+    def _append(self, body: bytes, *, counts_as_event: bool, checkpoint: bool = False) -> None:
+        cursor = self._tentative
+        seq = cursor.seq + 1
+        line, digest = encode_line(cursor.prev, seq, body)
+        self._buffer.append(line)
+        cursor.seq = seq
+        cursor.prev = digest
+        cursor.segment_bytes += len(line)
+        cursor.segment_lines += 1
+        cursor.since_checkpoint = 0 if checkpoint else cursor.since_checkpoint + 1
+        if counts_as_event:
+            self._buffer_events += 1
+        if checkpoint:
+            self._buffer_has_checkpoint = True
+
+    def _append_checkpoint(self) -> None:
+        cursor = self._tentative
+        seq = cursor.seq + 1
+        body = orjson.dumps(
+            {
+                "kind": "checkpoint",
+                "v": 1,
+                "ts": time.time(),
+                "run": self._run_id,
+                "key_id": self._key_id,
+                "count": cursor.since_checkpoint,
+                "sig": keys.sign_checkpoint(self._signing_key, cursor.prev, seq),
+            }
+        )
+        self._append(body, counts_as_event=False, checkpoint=True)
+
+    def _append_drop_marker(self) -> None:
+        total = self.dropped
+        already = self._drops_marked if self._buffer_marks is None else self._buffer_marks
+        if total <= already:
+            return
+        body = orjson.dumps(
+            {
+                "kind": "dropped",
+                "v": 1,
+                "ts": time.time(),
+                "run": self._run_id,
+                "count": total - already,
+                "total": total,
+            }
+        )
+        self._append(body, counts_as_event=False)
+        self._buffer_marks = total
+
+    # --- committing ------------------------------------------------------------------------------
+
+    def _commit(self) -> bool:
+        """Write the buffered lines; on failure roll the chain back so the tape stays consistent."""
+        if not self._buffer:
+            return True
+        if self._segment_damaged or self._segment is None:
+            return self._fail_buffer(OSError(errno.EIO, "current segment is unusable"))
+        data = b"".join(self._buffer)
+        try:
+            self._write_bytes(data)
+        except OSError as exc:
+            self._undo_partial_write()
+            return self._fail_buffer(exc)
+        self._committed = replace(self._tentative)
+        self._segment.record.last_seq = self._committed.seq
+        self._segment.record.last_h = self._committed.prev.decode("ascii")
+        self._written += self._buffer_events
+        if self._buffer_marks is not None:
+            self._drops_marked = self._buffer_marks
+        has_checkpoint = self._buffer_has_checkpoint
+        self._discard_buffer()
+        if self._failing:
+            self._failing = False
+            self._report("tape writes succeed again")
+        if has_checkpoint:
+            self._fsync_segment()
+        return True
+
+    def _fail_buffer(self, exc: OSError) -> bool:
+        self._write_drops += self._buffer_events
+        lost = self._buffer_events
+        self._discard_buffer()
+        if not self._failing:
+            self._failing = True
+            self._report(f"tape write failed ({exc}); {lost} event(s) dropped, retrying on the next event")
+        return False
+
+    def _discard_buffer(self) -> None:
+        self._buffer.clear()
+        self._buffer_events = 0
+        self._buffer_marks = None
+        self._buffer_has_checkpoint = False
+        self._tentative = replace(self._committed)
+
+    def _undo_partial_write(self) -> None:
+        # A short write followed by an error leaves half a line; cut back to the last committed line
+        # so later lines do not land mid-line. If even that fails, the segment is abandoned.
+        if self._segment is None:
+            return
+        try:
+            if os.fstat(self._segment.fd).st_size != self._committed.segment_bytes:
+                os.ftruncate(self._segment.fd, self._committed.segment_bytes)
+        except OSError:
+            self._segment_damaged = True
+
+    def _fsync_segment(self) -> None:
+        if self._segment is None or self._segment_damaged:
+            return
+        try:
+            os.fsync(self._segment.fd)
+        except OSError as exc:
+            self._report(f"tape fsync failed: {exc}")
+
+    # --- segments --------------------------------------------------------------------------------
+
+    def _rotation_due(self) -> bool:
+        if self._committed.segment_lines == 0 or self._segment is None:
+            return False
+        if self._committed.segment_bytes >= self._segment_bytes_limit:
+            return True
+        return (
+            self._segment_seconds is not None
+            and time.monotonic() - self._segment.opened_monotonic >= self._segment_seconds
+        )
+
+    def _rotate(self) -> None:
+        """Seal the current segment with a checkpoint and continue the chain in the next one."""
+        if self._segment is None:
+            return
+        if not self._segment_damaged:
+            if self._buffer and not self._commit():
+                return
+            self._append_checkpoint()
+            if not self._commit():
+                return
+        old = self._segment
+        try:
+            self._open_segment(old.number + 1)
+        except OSError as exc:
+            self._segment = old
+            self._report(f"cannot open a new tape segment: {exc}")
+            return
+        with contextlib.suppress(OSError):
+            os.close(old.fd)
+        old.record.closed = time.time()
+        self._segment_damaged = False
+        self._save_manifest()
+
+    def _open_segment(self, number: int) -> None:
+        path = self._directory / segment_name(number)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        record = SegmentRecord(
+            name=path.name,
+            first_seq=self._committed.seq + 1,
+            first_prev=self._committed.prev.decode("ascii"),
+            opened=time.time(),
+        )
+        self._segment = _OpenSegment(number, path, fd, time.monotonic(), record)
+        self._segments.append(record)
+        for cursor in (self._committed, self._tentative):
+            cursor.segment_bytes = 0
+            cursor.segment_lines = 0
+
+    def _close_segment_fd(self) -> None:
+        if self._segment is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._segment.fd)
+
+    def _next_segment_number(self) -> int:
+        numbers = [segment_number(p.name) or 0 for p in list_segments(self._directory)]
+        numbers += [segment_number(r.name) or 0 for r in self._segments]
+        return max(numbers, default=0) + 1
+
+    # --- start-up --------------------------------------------------------------------------------
+
+    def _prepare_directory(self) -> None:
+        if not self._directory.exists():
+            self._directory.mkdir(parents=True, mode=0o700)
+            os.chmod(self._directory, 0o700)  # mkdir's mode is filtered by the umask
+        elif self._directory.stat().st_mode & 0o077:
+            self._report(f"tape directory {self._directory} is accessible to other users; expected mode 0700")
+
+    def _resume_chain(self) -> None:
+        """Continue seq and chain after the last complete line on disk; a torn final line is skipped."""
+        self._segments = self._load_manifest_records()
+        known = {record.name: record for record in self._segments}
+        for path in list_segments(self._directory):
+            if path.name not in known:
+                record = _describe_segment(path)
+                self._segments.append(record)
+                known[path.name] = record
+        self._segments.sort(key=lambda r: segment_number(r.name) or 0)
+        for path in reversed(list_segments(self._directory)):
+            raw = last_complete_line(path)
+            if raw is None:
+                continue
+            if not is_well_formed(raw):
+                raise TapeFormatError(path.name, 0, "cannot continue the tape: its last line is malformed")
+            self._committed = _Cursor(line_seq(raw), line_hash(raw))
+            record = known[path.name]
+            record.last_seq = self._committed.seq
+            record.last_h = self._committed.prev.decode("ascii")
+            break
+        self._tentative = replace(self._committed)
+
+    def _load_manifest_records(self) -> list[SegmentRecord]:
+        try:
+            manifest = read_manifest(self._directory)
+        except ValueError as exc:
+            self._report(f"ignoring unreadable tape manifest: {exc}")
+            return []
+        if manifest is None:
+            return []
+        fields = set(SegmentRecord.__slots__)
+        records = []
+        for entry in manifest["segments"]:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                records.append(SegmentRecord(**{k: v for k, v in entry.items() if k in fields}))
+        return records
+
+    def _install_public_key(self) -> None:
+        """Put the verifying key next to the tape; a different earlier key is kept under its id so old
+        checkpoints stay checkable after a key change."""
+        pub = self._signing_key.public_key()
+        text = (keys.public_key_text(pub) + "\n").encode("ascii")
+        path = self._directory / TAPE_PUBLIC_KEY_FILE
+        if path.exists():
+            existing = path.read_bytes()
+            if existing == text:
+                return
+            try:
+                old_id = keys.public_key_id(keys.load_public_key(path))
+                keys.write_private_file(self._directory / f"signing-key-{old_id[:16]}.pub", existing)
+            except (ValueError, OSError) as exc:
+                self._report(f"replacing unreadable {path.name}: {exc}")
+        keys.write_private_file(path, text)
+
+    def _save_manifest(self) -> None:
+        manifest = {"v": 1, "segments": [asdict(r) for r in self._segments], "key_id": self._key_id}
+        try:
+            keys.write_private_file(
+                self._directory / MANIFEST_FILE, orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+            )
+        except OSError as exc:
+            self._report(f"cannot write tape manifest: {exc}")
+
+    def _report(self, message: str) -> None:
+        if self._on_error is None:
+            _log.error("%s", message)
+            return
+        try:
+            self._on_error(message)
+        except Exception:
+            _log.exception("tape on_error callback failed; original message: %s", message)
+
+
+def _describe_segment(path: Path) -> SegmentRecord:
+    """Manifest entry rebuilt from a segment file (for tapes whose manifest is missing or stale)."""
+    record = SegmentRecord(name=path.name)
+    with open(path, "rb") as f:
+        first = f.readline()
+    if first.endswith(b"\n") and is_well_formed(first[:-1]):
+        record.first_seq = line_seq(first[:-1])
+        record.first_prev = line_prev(first[:-1]).decode("ascii")
+    last = last_complete_line(path)
+    if last is not None and is_well_formed(last):
+        record.last_seq = line_seq(last)
+        record.last_h = line_hash(last).decode("ascii")
+    return record
