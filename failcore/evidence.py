@@ -173,9 +173,26 @@ def body_evidence(
     full_len = ev.get("decoded_size", wire_size)
     shown = decoded_prefix[:cap]
     ev["truncated"] = len(shown) < full_len or (not complete and len(shown) < wire_size)
-    if looks_textual(content_type, shown[:4096]):
-        ev["text"] = shown.decode("utf-8", "backslashreplace")
+    text = _as_text(shown, content_type)
+    if text is not None:
+        ev["text"] = text
     else:
         ev["binary"] = True
         ev["b64"] = base64.b64encode(shown).decode("ascii")
     return ev
+
+
+def _as_text(data: bytes, content_type: str | None) -> str | None:
+    """Text only when it round-trips to the same bytes (replay serves it back byte for byte)."""
+    if not looks_textual(content_type, data[:4096]):
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # A cap that cut a multi-byte character leaves valid text before it; anything else is binary.
+        if e.start >= len(data) - 3 and e.reason in ("unexpected end of data", "invalid continuation byte"):
+            try:
+                return data[: e.start].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return None

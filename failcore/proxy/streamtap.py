@@ -60,7 +60,7 @@ class StreamTap:
             "(SSE and bodies without a length always are).",
         )
         loader.add_option(
-            "failcore_body_cap", int, 256 * 1024, "Bytes of each decoded body kept in the tape."
+            "failcore_body_cap", int, 1 << 20, "Bytes of each decoded body kept in the tape."
         )
 
     def configure(self, updated: set[str]) -> None:
