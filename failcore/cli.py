@@ -49,11 +49,51 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _tokens(inp: int, out: int) -> str:
+    return f"{inp:,}/{out:,}"
+
+
+def _usd(value: float, unpriced: int = 0) -> str:
+    # A total with unpriced calls in it is a lower bound, and must say so.
+    shown = f"${value:.6f}" if 0 < value < 0.01 else f"${value:.4f}"
+    return shown + ("+?" if unpriced else "")
+
+
 def _tape_arg(value: str | None) -> Path:
     return Path(value).expanduser() if value else default_tape_dir()
 
 
 # ---------------------------------------------------------------- proxy / run
+
+
+def _replay_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--replay/--on-miss/--pace/--override/--ignore as the Replayer's mitmproxy options."""
+    if not getattr(args, "replay", None):
+        return {}
+    return {
+        "failcore_replay": args.replay,
+        "failcore_replay_on_miss": args.on_miss,
+        "failcore_replay_pace": args.pace,
+        "failcore_replay_override": args.override or [],
+        "failcore_replay_ignore": args.ignore or [],
+    }
+
+
+def _replay_summary(tape: Path, run: str) -> dict[str, Any]:
+    from failcore.replay import replay_savings
+    from failcore.runs import run_events
+
+    return replay_savings(run_events(tape, run))
+
+
+def _print_replay_summary(saved: dict[str, Any], stream: Console) -> None:
+    tokens = (
+        f", {saved['input_tokens'] or 0} input + {saved['output_tokens'] or 0} output tokens"
+        if saved["input_tokens"] is not None or saved["output_tokens"] is not None
+        else ""
+    )
+    usd = f", {_usd(saved['usd'])}" if saved["usd"] is not None else ""
+    stream.print(safe_text(f"replay: the tape answered {saved['calls']} calls{tokens}{usd}"))
 
 
 def _proxy_settings(args: argparse.Namespace, *, port: int):  # type: ignore[no-untyped-def]
@@ -70,6 +110,7 @@ def _proxy_settings(args: argparse.Namespace, *, port: int):  # type: ignore[no-
         confdir=Path(args.confdir).expanduser() if args.confdir else None,
         sets=args.set or [],
         quiet=not getattr(args, "verbose", False),
+        extra=_replay_options(args),
     )
 
 
@@ -84,7 +125,7 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         await proxy.start()
     except ProxyStartError as e:
-        err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True))
+        err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True), soft_wrap=True)
         return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -117,6 +158,8 @@ async def _serve(args: argparse.Namespace) -> int:
                 console.print(safe_text("  " + line))
         console.print("Ctrl-C stops.")
     await proxy.wait()
+    if args.replay and not args.json:
+        _print_replay_summary(_replay_summary(proxy.tape_dir, proxy.session.run_id), err_console)
     return 0
 
 
@@ -134,7 +177,7 @@ async def _run_command(args: argparse.Namespace) -> int:
     try:
         await proxy.start()
     except ProxyStartError as e:
-        err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True))
+        err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True), soft_wrap=True)
         return 2
     assert proxy.ca is not None
     env = dict(os.environ)
@@ -155,6 +198,8 @@ async def _run_command(args: argparse.Namespace) -> int:
     summary = summaries[0].to_dict() if summaries else {"run": proxy.session.run_id, "requests": 0}
     summary["exit_code"] = code
     summary["tape"] = str(proxy.tape_dir)
+    if args.replay:
+        summary["replay_saved"] = _replay_summary(proxy.tape_dir, proxy.session.run_id)
     if args.json:
         _print_json(summary)
     else:
@@ -178,6 +223,12 @@ def _print_run_summary(s: dict[str, Any], stream: Console = console) -> None:
         "failed", safe_text(f"{failed}" + (f" ({reasons})" if reasons else ""), "red" if failed else "")
     )
     table.add_row("bytes", f"{_size(s.get('bytes_out', 0))} out, {_size(s.get('bytes_in', 0))} in")
+    if s.get("llm_calls"):
+        unpriced = s.get("unpriced_calls", 0)
+        tokens = _tokens(s.get("input_tokens", 0), s.get("output_tokens", 0))
+        cost = _usd(s.get("cost_usd", 0.0), unpriced)
+        note = f" ({unpriced} without a known cost)" if unpriced else ""
+        table.add_row("LLM calls", f"{s['llm_calls']}: {tokens} tokens in/out, {cost}{note}")
     hosts = s.get("hosts") or {}
     table.add_row("hosts", safe_text(", ".join(f"{h} ×{n}" for h, n in sorted(hosts.items())) or "-"))
     if s.get("internal_errors"):
@@ -186,6 +237,11 @@ def _print_run_summary(s: dict[str, Any], stream: Console = console) -> None:
         table.add_row("dropped events", safe_text(s["dropped"], "red"))
     if "exit_code" in s:
         table.add_row("exit code", str(s["exit_code"]))
+    if s.get("replay_saved"):
+        saved = s["replay_saved"]
+        tokens = f"{saved['input_tokens'] or 0} in / {saved['output_tokens'] or 0} out tokens"
+        usd = f", {_usd(saved['usd'])}" if saved["usd"] is not None else ""
+        table.add_row("replay saved", safe_text(f"{saved['calls']} calls, {tokens}{usd}"))
     if s.get("tape"):
         table.add_row("tape", safe_text(s["tape"]))
     stream.print(table)
@@ -233,9 +289,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         _print_json([r.to_dict() for r in runs])
         return 0
     table = Table(title=printable(f"runs in {tape}"), title_justify="left")
-    for col in ("started", "run", "requests", "blocked", "warned", "failed", "hosts"):
+    # The id is what `failcore show RUN` takes: never shorten it, the other columns give way.
+    run_width = max((len(printable(r.run)) for r in runs), default=3)
+    numeric = ("requests", "blocked", "warned", "failed", "tokens", "cost")
+    for col in ("started", "run", "requests", "blocked", "warned", "failed", "tokens", "cost", "hosts"):
         table.add_column(
-            col, justify="right" if col in ("requests", "blocked", "warned", "failed") else "left"
+            col,
+            justify="right" if col in numeric else "left",
+            no_wrap=col == "run",
+            min_width=run_width if col == "run" else None,
         )
     for r in runs:
         table.add_row(
@@ -245,6 +307,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             safe_text(r.blocked, "red" if r.blocked else ""),
             safe_text(r.warned, "yellow" if r.warned else ""),
             safe_text(r.failed, "red" if r.failed else ""),
+            _tokens(r.input_tokens, r.output_tokens) if r.llm_calls else "-",
+            _usd(r.cost_usd, r.unpriced_calls) if r.llm_calls else "-",
             safe_text(", ".join(sorted(h.rsplit(":", 1)[0] for h in r.hosts))[:60]),
         )
     console.print(table)
@@ -402,7 +466,8 @@ def _print_verify(report: Any, tape: Path) -> None:
         console.print(safe_text(f"BROKEN  {tape}: {head}", "bold red"))
         if b is not None:
             console.print(
-                safe_text(f"  first break: {b.segment} line {b.line} ({b.kind}): {b.message}", "red")
+                safe_text(f"  first break: {b.segment} line {b.line} ({b.kind}): {b.message}", "red"),
+                soft_wrap=True,
             )
     for segment, line in report.truncated:
         console.print(
@@ -437,9 +502,10 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         for path, problems in results.items():
             if problems:
                 for problem in problems:
-                    console.print(safe_text(problem, "red"))
+                    # One problem per line even when piped (80 columns): `file:line:col: message` is grepped.
+                    console.print(safe_text(problem, "red"), soft_wrap=True)
             else:
-                console.print(safe_text(f"{path}: OK", "green"))
+                console.print(safe_text(f"{path}: OK", "green"), soft_wrap=True)
     return 1 if any(results.values()) else 0
 
 
@@ -449,6 +515,96 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return asyncio.run(
         run_sample(json_output=args.json, tape=Path(args.tape).expanduser() if args.tape else None)
     )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from failcore.report import ReportError, collect_report, render_report, write_report
+    from failcore.tape.keys import load_public_key
+
+    tape = _tape_arg(args.tape)
+    if not tape.is_dir():
+        err_console.print(safe_text(f"failcore: no tape at {tape}"))
+        return 1
+    run = _resolve_run(tape, args.run, args.last)
+    if run is None:
+        err_console.print(safe_text(f"failcore: no runs in {tape}"))
+        return 1
+    key = None
+    if args.key:
+        key = load_public_key(Path(args.key))
+    elif not args.tape_key and (failcore_home() / "failcore-signing.pub").exists():
+        key = load_public_key(failcore_home() / "failcore-signing.pub")
+    try:
+        report = collect_report(tape, run, public_key=key, max_events=args.max_events)
+    except ReportError as e:
+        err_console.print(safe_text(f"failcore: {e}"))
+        return 1
+    out = write_report(render_report(report), Path(args.output).expanduser())
+    chain = "OK" if report.verification.ok else "BROKEN"
+    if args.json:
+        _print_json({"run": run, "output": str(out), "events": len(report.timeline), "chain": chain})
+    else:
+        console.print(safe_text(f"report for run {run} written to {out} (tape chain {chain})"))
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from failcore.tui.app import run_viewer
+
+    tape = _tape_arg(args.tape)
+    if not tape.exists():
+        err_console.print(safe_text(f"failcore: no tape at {tape}"))
+        return 1
+    return run_viewer(tape, follow=args.follow, cache=not args.no_cache)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from failcore.diff import diff_runs
+
+    tape = _tape_arg(args.tape)
+    try:
+        result = diff_runs(tape, args.run_a, args.run_b, args.ignore or [])
+    except ValueError as e:
+        err_console.print(safe_text(f"failcore diff: {e}", "red"))
+        return 2
+    data = result.to_dict()
+    if args.json:
+        _print_json(data)
+    else:
+        _print_diff(data)
+    return 1 if result.diverged else 0
+
+
+def _print_diff(d: dict[str, Any]) -> None:
+    say = console.print
+    counts = d["requests"]
+    say(safe_text(f"diff {d['run_a']} → {d['run_b']}: {counts['a']} vs {counts['b']} requests"))
+    if not d["diverged"]:
+        say(safe_text("same shape: no divergence", "green"))
+    first = d["first_divergence"]
+    if first is not None and first["kind"] == "request":
+        a, b = first["a"], first["b"]
+        say(safe_text(f"first divergence: #{a['seq']} → #{b['seq']} {b['summary']}", "yellow"))
+        say(safe_text(f"  {first['where']} {first.get('pointer') or ''}".rstrip()))
+        for side, label in (("recorded", "A"), ("live", "B")):
+            absent = first.get(f"{side}_absent")
+            value = "(absent)" if absent else orjson.dumps(first.get(side)).decode()
+            say(safe_text(f"  {label}: {value}"))
+    elif first is not None:
+        side = "a" if first["kind"] == "only_in_a" else "b"
+        say(safe_text(f"first divergence: only in {side.upper()}: {first[side]['summary']}", "yellow"))
+    for side in ("a", "b"):
+        if hosts := d[f"hosts_only_in_{side}"]:
+            say(safe_text(f"hosts only in {side.upper()}: {', '.join(hosts)}"))
+    for change in d["decision_changes"]:
+        say(safe_text(f"decision {change['b']['summary']}: {change['from']} → {change['to']}", "yellow"))
+    for change in d["status_changes"]:
+        say(safe_text(f"status {change['b']['summary']}: {change['from']} → {change['to']}"))
+    delta = d["totals"]["delta"]
+    if any(delta.values()):
+        usd = f", ${delta['usd']:+.6f}" if delta["usd"] is not None else ""
+        tokens = f"{delta['input_tokens'] or 0:+d} in / {delta['output_tokens'] or 0:+d} out"
+        say(safe_text(f"tokens {tokens}{usd}"))
 
 
 # ---------------------------------------------------------------- parser
@@ -476,6 +632,24 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("-v", "--verbose", action="store_true", help="show mitmproxy's info messages")
+    p.add_argument(
+        "--replay", metavar="TAPE[:RUN]", help="answer matching requests from a recorded run (default: last)"
+    )
+    p.add_argument(
+        "--on-miss", choices=("live", "fail"), default="live", help="unmatched: go live or fail (599)"
+    )
+    p.add_argument(
+        "--pace", choices=("fast", "recorded"), default="fast", help="streamed answers: fast or as recorded"
+    )
+    p.add_argument(
+        "--override", action="append", metavar="N=FILE", help="answer the N-th request with FILE (repeatable)"
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        metavar="POINTER",
+        help="JSON pointer to leave out when matching request bodies ('*' = any key; repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -522,11 +696,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tape-key", action="store_true", help="trust the public key stored in the tape")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("report", help="one self-contained HTML report of a run, safe to share")
+    p.add_argument("run", nargs="?", help="run id (default: the last run)")
+    p.add_argument("--last", action="store_true", help="the most recent run")
+    p.add_argument("--tape")
+    p.add_argument("-o", "--output", default="failcore-report.html", help="HTML file to write")
+    p.add_argument("--key", help="public key to check the tape's signatures with (default: this machine's)")
+    p.add_argument("--tape-key", action="store_true", help="trust the public key stored in the tape")
+    p.add_argument("--max-events", type=int, default=5000, help="timeline rows to include (default 5000)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("diff", help="where run B first departs from run A (exit 0 same shape, 1 diverged)")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--tape")
+    p.add_argument("--ignore", action="append", metavar="POINTER", help="JSON pointer to ignore (repeatable)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("policy", help="policy tools")
     psub = p.add_subparsers(dest="policy_cmd", required=True)
     pc = psub.add_parser("check", help="validate policy files (errors name file:line:column)")
     pc.add_argument("files", nargs="+", type=Path)
     pc.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("view", help="browse a tape interactively (runs → events → one event)")
+    p.add_argument("tape", nargs="?", help=f"tape directory (default: {default_tape_dir()})")
+    p.add_argument("-f", "--follow", action="store_true", help="show new events as a proxy writes them")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the index cache")
 
     p = sub.add_parser("sample", help="offline demo: a local LLM stand-in, the proxy and an agent")
     p.add_argument("--json", action="store_true")
@@ -542,7 +738,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "show": cmd_show,
         "tail": cmd_tail,
         "verify": cmd_verify,
+        "report": cmd_report,
         "sample": cmd_sample,
+        "view": cmd_view,
+        "diff": cmd_diff,
     }
     if args.cmd == "proxy":
         return asyncio.run(_serve(args))

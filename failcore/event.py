@@ -75,6 +75,10 @@ class EgressEvent:
     request: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
     stream: dict[str, Any] | None = None
+    llm: dict[str, Any] | None = None
+    dlp: dict[str, Any] | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    cut: dict[str, Any] | None = None
     # Kind-specific payload (policy load details, websocket message, run summary, exception…).
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -111,6 +115,10 @@ class EgressEvent:
                 request=self.request,
                 response=self.response,
                 stream=self.stream,
+                llm=self.llm,
+                dlp=self.dlp,
+                warnings=self.warnings,
+                cut=self.cut,
             )
         elif self.fail_reason is not None:
             out["fail_reason"] = self.fail_reason

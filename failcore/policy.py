@@ -2,8 +2,13 @@
 
 Everything that can be computed at load time is (lower-cased sets, globs compiled to RE2 regexes,
 ready-made Decision objects), so `decide` only does set lookups and at most one regex match per rule.
-Path globs use RE2 because request paths come from the agent and must not be able to trigger
-catastrophic backtracking.
+Path and model globs use RE2 because request paths and model names come from the agent and must not be
+able to trigger catastrophic backtracking.
+
+Besides the request rules, a policy carries the `budgets`, `dlp` and `prices` sections. They are only
+validated and normalised here (custom DLP rules parsed, a gitleaks file imported, price overrides tried
+against the price table); building the DLP engine and the price table is left to the caller, once per
+policy load.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ import difflib
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import re
-from collections.abc import Iterable
+import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal, Protocol
 
 import re2
@@ -27,6 +35,10 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
+from failcore.dlp import builtin_rules, import_gitleaks, parse_custom_rules
+from failcore.dlp.model import SEVERITIES, DlpRule
+from failcore.llm.prices import load_price_table
+
 Action = Literal["ALLOW", "WARN", "BLOCK"]
 Mode = Literal["observe", "enforce"]
 
@@ -35,12 +47,39 @@ MODES: tuple[Mode, ...] = ("observe", "enforce")
 SCHEMES: tuple[str, ...] = ("http", "https", "ws", "wss")
 SUPPORTED_VERSION = 1
 
+BudgetWindow = Literal["run", "minute", "hour", "day"]
+OnExceed = Literal["block", "cut_stream"]
+DlpStreamMode = Literal["side", "strict"]
+
 TOP_LEVEL_KEYS: tuple[str, ...] = (
     "version", "description", "mode", "default", "fail_open", "redact_headers", "rules",
+    "budgets", "dlp", "prices",
 )
 RULE_KEYS: tuple[str, ...] = ("id", "host", "port", "scheme", "method", "path", "action", "reason")
-# Accepting these silently would let an operator believe a budget or DLP scan is active when it is not.
-RESERVED_KEYS: tuple[str, ...] = ("budgets", "dlp", "prices")
+
+BUDGET_KEYS: tuple[str, ...] = ("id", "window", "scope", "limits", "soft", "on_exceed")
+BUDGET_SCOPE_KEYS: tuple[str, ...] = ("host", "provider", "model")
+# None: the window is the run itself; otherwise the length of the rolling window in seconds.
+BUDGET_WINDOW_SECONDS: Mapping[str, int | None] = MappingProxyType(
+    {"run": None, "minute": 60, "hour": 3600, "day": 86400}
+)
+BUDGET_WINDOWS: tuple[BudgetWindow, ...] = ("run", "minute", "hour", "day")
+COUNT_METRICS: tuple[str, ...] = ("requests", "input_tokens", "output_tokens", "total_tokens", "tool_calls")
+BUDGET_METRICS: tuple[str, ...] = (*COUNT_METRICS, "cost_usd", "wall_seconds")
+ON_EXCEED: tuple[OnExceed, ...] = ("block", "cut_stream")
+DEFAULT_SOFT_FRACTION = 0.8
+# Provider names exactly as failcore.llm.detect_api reports them.
+LLM_PROVIDERS: tuple[str, ...] = (
+    "openai", "azure_openai", "openai_compatible", "anthropic", "anthropic_compatible", "gemini", "ollama",
+    "openrouter", "together", "groq", "mistral", "deepseek", "xai", "fireworks",
+)
+
+DLP_KEYS: tuple[str, ...] = (
+    "enabled", "stream", "default_action", "severity_actions", "rule_actions", "scan", "import_gitleaks",
+    "custom",
+)
+DLP_SCAN_KEYS: tuple[str, ...] = ("request", "response")
+DLP_STREAM_MODES: tuple[DlpStreamMode, ...] = ("side", "strict")
 
 DEFAULT_POLICY_PATH: Path = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
 PACKAGED_DEFAULT_POLICY_PATH: Path = Path(__file__).resolve().parent / "data" / "default_policy.yaml"
@@ -158,6 +197,81 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetScope:
+    """Which LLM calls a budget counts; a `None` field was omitted (or "*") and matches anything.
+
+    A budget scoped to a provider or model never counts a call whose provider or model is unknown.
+    """
+
+    hosts: HostPattern | None = None
+    providers: frozenset[str] | None = None
+    model_globs: tuple[str, ...] | None = None
+    model_regex: _FullMatcher | None = field(default=None, compare=False)
+
+    def matches(self, *, host: str, provider: str | None, model: str | None) -> bool:
+        if self.hosts is not None and not self.hosts.matches(_normalise_host(host)):
+            return False
+        if self.providers is not None and (provider is None or provider.lower() not in self.providers):
+            return False
+        if self.model_regex is None:
+            return True
+        return model is not None and self.model_regex.fullmatch(model.lower()) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    """One budget: hard `limits` per metric over a `window`; WARN from `soft` x limit onwards.
+
+    Count metrics (requests, *_tokens, tool_calls) have int limits; cost_usd and wall_seconds may be
+    fractional.
+    """
+
+    id: str
+    window: BudgetWindow
+    limits: Mapping[str, float] = field(hash=False)
+    scope: BudgetScope = BudgetScope()
+    soft: float = DEFAULT_SOFT_FRACTION
+    on_exceed: OnExceed = "block"
+    line: int = 0
+
+    @property
+    def window_seconds(self) -> int | None:
+        return BUDGET_WINDOW_SECONDS[self.window]
+
+
+_NO_ACTIONS: Mapping[str, Action] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class DlpSettings:
+    """The `dlp` section, validated. `declared` tells whether the policy had a `dlp` section at all."""
+
+    enabled: bool = True
+    declared: bool = False
+    stream: DlpStreamMode = "side"
+    default_action: Action = "WARN"
+    severity_actions: Mapping[str, Action] = field(default=_NO_ACTIONS, hash=False)
+    rule_actions: Mapping[str, Action] = field(default=_NO_ACTIONS, hash=False)
+    scan_request: bool = True
+    scan_response: bool = True
+    gitleaks_path: Path | None = None
+    gitleaks_rules: tuple[DlpRule, ...] = ()
+    gitleaks_skipped: tuple[tuple[str, str], ...] = ()
+    custom_rules: tuple[DlpRule, ...] = ()
+
+    def action_for(self, rule_id: str, severity: str) -> Action:
+        """A rule's own action wins over its severity's, which wins over the default."""
+        action = self.rule_actions.get(rule_id)
+        if action is not None:
+            return action
+        return self.severity_actions.get(severity, self.default_action)
+
+
+# What a policy without a `dlp` section gets: built-in rules, every hit recorded as WARN, nothing blocked.
+DEFAULT_DLP_SETTINGS = DlpSettings()
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     source: str
     mode: Mode
@@ -167,6 +281,10 @@ class Policy:
     rules: tuple[Rule, ...]
     sha256: str
     description: str | None = None
+    budgets: tuple[BudgetSpec, ...] = ()
+    dlp: DlpSettings = DEFAULT_DLP_SETTINGS
+    # Raw `prices` overrides, validated; pass to failcore.llm.load_price_table(overrides=...).
+    prices: dict[str, object] = field(default_factory=dict, hash=False)
     # Decisions depend only on (rule, mode), so they are built once here instead of on every request.
     _decision_table: tuple[tuple[Rule, Decision], ...] = field(init=False, repr=False, compare=False)
     _default_decision: Decision = field(init=False, repr=False, compare=False)
@@ -202,8 +320,14 @@ def default_policy_path() -> Path:
     return PACKAGED_DEFAULT_POLICY_PATH
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
-    return _parse(text, source, hashlib.sha256(text.encode("utf-8")).hexdigest())
+def parse_policy(
+    text: str, source: str = "<policy>", *, base_dir: str | os.PathLike[str] | None = None
+) -> Policy:
+    """`base_dir` anchors relative paths inside the policy (import_gitleaks); by default the directory of
+    `source`, or the working directory when `source` is not a path (such as "<policy>")."""
+    if base_dir is None:
+        base_dir = Path.cwd() if source.startswith("<") else Path(source).parent
+    return _parse(text, source, hashlib.sha256(text.encode("utf-8")).hexdigest(), Path(base_dir))
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
@@ -220,7 +344,7 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         message = f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the policy as UTF-8 text"
         raise PolicyError([PolicyProblem(source, line, column, message)]) from None
-    return _parse(text, source, hashlib.sha256(data).hexdigest())
+    return _parse(text, source, hashlib.sha256(data).hexdigest(), Path(path).parent)
 
 
 def check_policy(path: str | os.PathLike[str]) -> list[PolicyProblem]:
@@ -242,7 +366,7 @@ def with_mode(policy: Policy, mode: str | None) -> Policy:
     return dataclasses.replace(policy, mode=normalised)
 
 
-def _parse(text: str, source: str, digest: str) -> Policy:
+def _parse(text: str, source: str, digest: str, base_dir: Path) -> Policy:
     problems = _Problems(source)
     document = _load_yaml(text, problems)
     if problems:
@@ -252,7 +376,7 @@ def _parse(text: str, source: str, digest: str) -> Policy:
         got = "an empty file" if document is None else _describe(document)
         problems.add(position, f"a policy must be a mapping of settings such as 'mode: observe'; got {got}")
         raise PolicyError(problems.items)
-    policy = _PolicyReader(document, problems).read(source, digest)
+    policy = _PolicyReader(document, problems, base_dir).read(source, digest)
     if problems or policy is None:
         raise PolicyError(sorted(problems.items, key=lambda problem: (problem.line, problem.column)))
     return policy
@@ -364,9 +488,10 @@ def _parse_action(value: object) -> Action | None:
 class _PolicyReader:
     """Walks the top-level mapping, recording every problem instead of stopping at the first."""
 
-    def __init__(self, document: CommentedMap, problems: _Problems) -> None:
+    def __init__(self, document: CommentedMap, problems: _Problems, base_dir: Path) -> None:
         self.document = document
         self.problems = problems
+        self.base_dir = base_dir
 
     def read(self, source: str, digest: str) -> Policy | None:
         self._check_keys()
@@ -377,6 +502,9 @@ class _PolicyReader:
         fail_open = self._read_fail_open()
         redact_headers = self._read_redact_headers()
         rules = self._read_rules()
+        budgets = self._read_budgets()
+        dlp = _DlpReader(self.document, self.problems, self.base_dir).read()
+        prices = self._read_prices()
         if self.problems:
             return None
         return Policy(
@@ -388,6 +516,9 @@ class _PolicyReader:
             rules=rules,
             sha256=digest,
             description=description,
+            budgets=budgets,
+            dlp=dlp,
+            prices=prices,
         )
 
     def _check_keys(self) -> None:
@@ -395,12 +526,6 @@ class _PolicyReader:
             position = _key_pos(self.document, key)
             if not isinstance(key, str):
                 self.problems.add(position, f"setting names must be text, got {_describe(key)}")
-            elif key in RESERVED_KEYS:
-                self.problems.add(
-                    position,
-                    f'"{key}" is not supported yet by this version of failcore; remove the "{key}" section '
-                    "(it would be ignored, so nothing it describes would be enforced)",
-                )
             elif key not in TOP_LEVEL_KEYS:
                 self.problems.add(position, _unknown_key_message(key, TOP_LEVEL_KEYS, "at the top level"))
 
@@ -529,6 +654,42 @@ class _PolicyReader:
             f"rule {number}: duplicate rule id {_quote(reader.rule_id)}, already used by rule {owner_number} "
             f"on line {owner_line}; {fix}",
         )
+
+    def _read_budgets(self) -> tuple[BudgetSpec, ...]:
+        if self.document.get("budgets") is None:
+            return ()
+        value = self.document["budgets"]
+        if not isinstance(value, CommentedSeq):
+            self.problems.add(
+                _value_pos(self.document, "budgets"),
+                f"budgets: expected a list of budgets (each starts with '- id: ...'), got {_describe(value)}",
+            )
+            return ()
+        budgets: list[BudgetSpec] = []
+        id_owner: dict[str, tuple[int, int]] = {}
+        for index, node in enumerate(value):
+            if not isinstance(node, CommentedMap):
+                self.problems.add(_item_pos(value, index),
+                                  f"budget {index + 1}: expected a mapping such as '- id: openai-daily' plus "
+                                  f"'window:' and 'limits:', got {_describe(node)}")
+                continue
+            reader = _BudgetReader(index, node, self.problems)
+            budget = reader.read()
+            if reader.budget_id is not None and reader.budget_id in id_owner:
+                owner_number, owner_line = id_owner[reader.budget_id]
+                self.problems.add(_value_pos(node, "id"),
+                                  f"budget {index + 1}: duplicate budget id {_quote(reader.budget_id)}, "
+                                  f"already used by budget {owner_number} on line {owner_line}; give each "
+                                  "budget a unique id")
+                continue
+            if reader.budget_id is not None:
+                id_owner[reader.budget_id] = (index + 1, _node_pos(node)[0])
+            if budget is not None:
+                budgets.append(budget)
+        return tuple(budgets)
+
+    def _read_prices(self) -> dict[str, object]:
+        return _read_prices(self.document, self.problems)
 
 
 def _items_of(
@@ -724,6 +885,501 @@ class _RuleReader:
         return PathPattern(tuple(dict.fromkeys(prefixes)), tuple(globs), regex)
 
 
+class _BudgetReader:
+    def __init__(self, index: int, node: CommentedMap, problems: _Problems) -> None:
+        self.index = index
+        self.node = node
+        self.problems = problems
+        self.label = f"budget {index + 1}"
+        self.budget_id: str | None = None
+
+    def read(self) -> BudgetSpec | None:
+        problems_before = len(self.problems)
+        self.budget_id = self._read_id()
+        self._check_keys()
+        window = self._read_window()
+        scope = self._read_scope()
+        limits = self._read_limits(window)
+        soft = self._read_soft()
+        on_exceed = self._read_on_exceed()
+        if len(self.problems) != problems_before or self.budget_id is None or window is None:
+            return None
+        return BudgetSpec(
+            id=self.budget_id,
+            window=window,
+            limits=MappingProxyType(limits),
+            scope=scope,
+            soft=soft,
+            on_exceed=on_exceed,
+            line=_node_pos(self.node)[0],
+        )
+
+    def _add(self, position: Position, message: str) -> None:
+        self.problems.add(position, f"{self.label}: {message}")
+
+    def _read_id(self) -> str | None:
+        if "id" not in self.node:
+            self._add(_node_pos(self.node), "missing required key 'id'; add e.g. 'id: openai-daily' "
+                      "(the id is shown on the tape and in the 429 answer)")
+            return None
+        value = self.node["id"]
+        if isinstance(value, str) and value.strip() and value.isprintable():
+            self.label = f"budget {self.index + 1} ({value})"
+            return value
+        hint = f'; put it in quotes: id: "{value}"' if isinstance(value, (int, float)) else ""
+        self._add(_value_pos(self.node, "id"), f"id: expected non-empty text, got {_describe(value)}{hint}")
+        return None
+
+    def _check_keys(self) -> None:
+        for key in self.node:
+            position = _key_pos(self.node, key)
+            if not isinstance(key, str):
+                self._add(position, f"budget keys must be text, got {_describe(key)}")
+            elif key not in BUDGET_KEYS:
+                self._add(position, _unknown_key_message(key, BUDGET_KEYS, "in a budget"))
+
+    def _read_window(self) -> BudgetWindow | None:
+        if "window" not in self.node:
+            self._add(_node_pos(self.node), "missing required key 'window'; add e.g. 'window: day' "
+                      f"(one of {', '.join(BUDGET_WINDOWS)})")
+            return None
+        value = self.node["window"]
+        normalised = value.strip().lower() if isinstance(value, str) else None
+        for window in BUDGET_WINDOWS:
+            if window == normalised:
+                return window
+        self._add(_value_pos(self.node, "window"),
+                  f"window: {_describe(value)} is not a budget window; use run (this proxy run), "
+                  "or minute, hour or day (rolling windows of 60 s, 3600 s or 86400 s)")
+        return None
+
+    def _read_scope(self) -> BudgetScope:
+        node = self.node.get("scope")
+        if node is None:
+            return BudgetScope()
+        if not isinstance(node, CommentedMap):
+            self._add(_value_pos(self.node, "scope"),
+                      f"scope: expected a mapping such as 'host: api.openai.com', got {_describe(node)}")
+            return BudgetScope()
+        for key in node:
+            if not isinstance(key, str) or key not in BUDGET_SCOPE_KEYS:
+                message = (_unknown_key_message(key, BUDGET_SCOPE_KEYS, "in a budget scope")
+                           if isinstance(key, str) else f"scope keys must be text, got {_describe(key)}")
+                self._add(_key_pos(node, key), f"scope: {message}")
+        hosts = self._read_scope_hosts(node) if node.get("host") is not None else None
+        providers = self._read_scope_providers(node) if node.get("provider") is not None else None
+        globs, regex = self._read_scope_models(node) if node.get("model") is not None else (None, None)
+        return BudgetScope(hosts=hosts, providers=providers, model_globs=globs, model_regex=regex)
+
+    def _read_scope_hosts(self, node: CommentedMap) -> HostPattern | None:
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        match_any = False
+        for value, position in _items_of(node, "host", self.problems, f"{self.label}: scope: host"):
+            parsed = _parse_host_pattern(value)
+            if isinstance(parsed, _Invalid):
+                self._add(position, f"scope: host: {parsed.message}")
+            elif parsed == "*":
+                match_any = True
+            elif parsed.startswith("."):
+                suffixes.append(parsed)
+            else:
+                exact.add(parsed)
+        return None if match_any else HostPattern(frozenset(exact), tuple(dict.fromkeys(suffixes)))
+
+    def _read_scope_providers(self, node: CommentedMap) -> frozenset[str] | None:
+        providers: set[str] = set()
+        match_any = False
+        for value, position in _items_of(node, "provider", self.problems, f"{self.label}: scope: provider"):
+            normalised = value.strip().lower() if isinstance(value, str) else None
+            if normalised == "*":
+                match_any = True
+            elif normalised in LLM_PROVIDERS:
+                providers.add(normalised)
+            else:
+                close = difflib.get_close_matches(normalised or "", LLM_PROVIDERS, n=1)
+                hint = f' Did you mean "{close[0]}"?' if close else ""
+                self._add(position, f"scope: provider: {_describe(value)} is not a provider failcore "
+                          f"recognises, so the budget would never count anything.{hint} "
+                          f"Known providers: {', '.join(LLM_PROVIDERS)}")
+        return None if match_any else frozenset(providers)
+
+    def _read_scope_models(self, node: CommentedMap) -> tuple[tuple[str, ...] | None, _FullMatcher | None]:
+        globs: list[str] = []
+        regexes: list[str] = []
+        for value, position in _items_of(node, "model", self.problems, f"{self.label}: scope: model"):
+            text = value.strip().lower() if isinstance(value, str) else ""
+            if text == "*":
+                return None, None
+            if not text or not text.isprintable():
+                self._add(position, f"scope: model: expected a model name or glob such as gpt-4o*, "
+                          f"got {_describe(value)}")
+                continue
+            try:
+                regex_text = model_glob_to_regex(text)
+                re2.compile(regex_text)
+            except (GlobError, re2.error) as exc:
+                self._add(position, f"scope: model: bad glob {_quote(text)}: {exc}")
+                continue
+            globs.append(text)
+            regexes.append(regex_text)
+        if not regexes:
+            return (), None
+        return tuple(globs), re2.compile("|".join(f"(?:{part})" for part in regexes))
+
+    def _read_limits(self, window: BudgetWindow | None) -> dict[str, float]:
+        if self.node.get("limits") is None:
+            self._add(_key_pos(self.node, "limits") if "limits" in self.node else _node_pos(self.node),
+                      "missing limits; add e.g. 'limits: {cost_usd: 10.0}' "
+                      f"(any of {', '.join(BUDGET_METRICS)})")
+            return {}
+        node = self.node["limits"]
+        if not isinstance(node, CommentedMap):
+            self._add(_value_pos(self.node, "limits"),
+                      f"limits: expected a mapping such as 'cost_usd: 10.0', got {_describe(node)}")
+            return {}
+        if not node:
+            self._add(_value_pos(self.node, "limits"),
+                      f"limits: give at least one limit (any of {', '.join(BUDGET_METRICS)})")
+        limits: dict[str, float] = {}
+        for metric in node:
+            if not isinstance(metric, str) or metric not in BUDGET_METRICS:
+                message = (_unknown_key_message(metric, BUDGET_METRICS, "in budget limits")
+                           if isinstance(metric, str)
+                           else f"limit names must be text, got {_describe(metric)}")
+                self._add(_key_pos(node, metric), f"limits: {message}")
+                continue
+            limit = self._limit_value(node, metric)
+            if metric == "wall_seconds" and window is not None and window != "run":
+                self._add(_key_pos(node, metric),
+                          f"limits: wall_seconds only applies to 'window: run' (it limits how long a run "
+                          f"lasts); this budget's window is {window}")
+            elif limit is not None:
+                limits[metric] = limit
+        return limits
+
+    def _limit_value(self, node: CommentedMap, metric: str) -> float | None:
+        value = node[metric]
+        position = _value_pos(node, metric)
+        if metric in COUNT_METRICS:
+            if _is_int(value) and value > 0:
+                return int(value)
+            self._add(position, f"limits: {metric}: expected a whole number greater than 0, "
+                      f"got {_describe(value)}")
+            return None
+        if (_is_int(value) or isinstance(value, float)) and math.isfinite(value) and value > 0:
+            return float(value)
+        self._add(position, f"limits: {metric}: expected a number greater than 0, got {_describe(value)}")
+        return None
+
+    def _read_soft(self) -> float:
+        if self.node.get("soft") is None:
+            return DEFAULT_SOFT_FRACTION
+        value = self.node["soft"]
+        if (_is_int(value) or isinstance(value, float)) and 0 < value <= 1:
+            return float(value)
+        self._add(_value_pos(self.node, "soft"),
+                  f"soft: expected a fraction of each limit greater than 0 and at most 1 (e.g. 0.8 warns "
+                  f"from 80%), got {_describe(value)}")
+        return DEFAULT_SOFT_FRACTION
+
+    def _read_on_exceed(self) -> OnExceed:
+        if self.node.get("on_exceed") is None:
+            return "block"
+        value = self.node["on_exceed"]
+        normalised = value.strip().lower() if isinstance(value, str) else None
+        for choice in ON_EXCEED:
+            if choice == normalised:
+                return choice
+        self._add(_value_pos(self.node, "on_exceed"),
+                  f"on_exceed: {_describe(value)} is not valid; use block (finish calls in flight, refuse "
+                  "the next request) or cut_stream (also cut a streaming response at the limit)")
+        return "block"
+
+
+class _DlpReader:
+    """The `dlp` section. Rules referenced by id are checked against built-in, custom and imported ones."""
+
+    def __init__(self, document: CommentedMap, problems: _Problems, base_dir: Path) -> None:
+        self.document = document
+        self.problems = problems
+        self.base_dir = base_dir
+
+    def read(self) -> DlpSettings:
+        if "dlp" not in self.document:
+            return DEFAULT_DLP_SETTINGS
+        node = self.document["dlp"]
+        if node is None:
+            return dataclasses.replace(DEFAULT_DLP_SETTINGS, declared=True)
+        if not isinstance(node, CommentedMap):
+            self.problems.add(_value_pos(self.document, "dlp"),
+                              f"dlp: expected a mapping of DLP settings such as 'default_action: WARN', "
+                              f"got {_describe(node)}")
+            return DEFAULT_DLP_SETTINGS
+        self.node = node
+        self._check_keys()
+        scan_request, scan_response = self._read_scan()
+        gitleaks = self._read_gitleaks()
+        custom_rules, custom_ids = self._read_custom()
+        known_ids: frozenset[str] | None = None
+        if gitleaks is not _GITLEAKS_FAILED:
+            imported_ids = {rule.id for rule in gitleaks[1]} if gitleaks is not None else set()
+            known_ids = _builtin_rule_ids() | custom_ids | imported_ids
+        path, rules, skipped = (None, (), ()) if gitleaks in (None, _GITLEAKS_FAILED) else gitleaks
+        return DlpSettings(
+            enabled=self._read_bool(node, "enabled", "dlp: enabled", default=True),
+            declared=True,
+            stream=self._read_stream(),
+            default_action=self._read_action(node, "default_action", "dlp: default_action") or "WARN",
+            severity_actions=self._read_severity_actions(),
+            rule_actions=self._read_rule_actions(known_ids),
+            scan_request=scan_request,
+            scan_response=scan_response,
+            gitleaks_path=path,
+            gitleaks_rules=rules,
+            gitleaks_skipped=skipped,
+            custom_rules=custom_rules,
+        )
+
+    def _check_keys(self) -> None:
+        for key in self.node:
+            if not isinstance(key, str) or key not in DLP_KEYS:
+                message = (_unknown_key_message(key, DLP_KEYS, "in the dlp section") if isinstance(key, str)
+                           else f"setting names must be text, got {_describe(key)}")
+                self.problems.add(_key_pos(self.node, key), f"dlp: {message}")
+
+    def _read_bool(self, node: CommentedMap, key: str, label: str, *, default: bool) -> bool:
+        if node.get(key) is None:
+            return default
+        value = node[key]
+        if _is_bool(value):
+            return bool(value)
+        self.problems.add(_value_pos(node, key), f"{label}: expected true or false, got {_describe(value)}")
+        return default
+
+    def _read_action(self, node: CommentedMap, key: object, label: str) -> Action | None:
+        if key not in node:
+            return None
+        value = node[key]
+        action = _parse_action(value)
+        if action is None:
+            self.problems.add(_value_pos(node, key),
+                              f"{label}: {_describe(value)} is not a valid action; use ALLOW, WARN or BLOCK")
+        return action
+
+    def _read_stream(self) -> DlpStreamMode:
+        if self.node.get("stream") is None:
+            return "side"
+        value = self.node["stream"]
+        normalised = value.strip().lower() if isinstance(value, str) else None
+        for mode in DLP_STREAM_MODES:
+            if mode == normalised:
+                return mode
+        self.problems.add(_value_pos(self.node, "stream"),
+                          f"dlp: stream: {_describe(value)} is not valid; use side (scan a copy, never "
+                          "delay the stream) or strict (hold back a sliding window and cut the stream on a "
+                          "BLOCK hit)")
+        return "side"
+
+    def _mapping(self, key: str, example: str) -> CommentedMap | None:
+        node = self.node.get(key)
+        if node is None:
+            return None
+        if isinstance(node, CommentedMap):
+            return node
+        self.problems.add(_value_pos(self.node, key),
+                          f"dlp: {key}: expected a mapping such as '{example}', got {_describe(node)}")
+        return None
+
+    def _read_severity_actions(self) -> Mapping[str, Action]:
+        node = self._mapping("severity_actions", "{critical: BLOCK}")
+        if node is None:
+            return _NO_ACTIONS
+        actions: dict[str, Action] = {}
+        for severity in node:
+            if not isinstance(severity, str) or severity.strip().lower() not in SEVERITIES:
+                self.problems.add(_key_pos(node, severity),
+                                  f"dlp: severity_actions: {_describe(severity)} is not a severity; "
+                                  f"use {', '.join(SEVERITIES)}")
+                continue
+            action = self._read_action(node, severity, f"dlp: severity_actions: {severity}")
+            if action is not None:
+                actions[severity.strip().lower()] = action
+        return MappingProxyType(actions)
+
+    def _read_rule_actions(self, known_ids: frozenset[str] | None) -> Mapping[str, Action]:
+        node = self._mapping("rule_actions", "{aws-access-key-id: BLOCK}")
+        if node is None:
+            return _NO_ACTIONS
+        actions: dict[str, Action] = {}
+        for rule_id in node:
+            if not isinstance(rule_id, str):
+                self.problems.add(_key_pos(node, rule_id),
+                                  f"dlp: rule_actions: rule ids are text, got {_describe(rule_id)}")
+                continue
+            if known_ids is not None and rule_id not in known_ids:
+                close = difflib.get_close_matches(rule_id, sorted(known_ids), n=3)
+                hint = f" Close matches: {', '.join(close)}." if close else ""
+                self.problems.add(_key_pos(node, rule_id),
+                                  f"dlp: rule_actions: unknown DLP rule id {_quote(rule_id)}; it is not a "
+                                  f"built-in, custom or imported rule.{hint}")
+                continue
+            action = self._read_action(node, rule_id, f"dlp: rule_actions: {rule_id}")
+            if action is not None:
+                actions[rule_id] = action
+        return MappingProxyType(actions)
+
+    def _read_scan(self) -> tuple[bool, bool]:
+        node = self._mapping("scan", "{request: true, response: true}")
+        if node is None:
+            return True, True
+        for key in node:
+            if not isinstance(key, str) or key not in DLP_SCAN_KEYS:
+                message = (_unknown_key_message(key, DLP_SCAN_KEYS, "in dlp scan") if isinstance(key, str)
+                           else f"setting names must be text, got {_describe(key)}")
+                self.problems.add(_key_pos(node, key), f"dlp: scan: {message}")
+        return (self._read_bool(node, "request", "dlp: scan: request", default=True),
+                self._read_bool(node, "response", "dlp: scan: response", default=True))
+
+    def _read_gitleaks(self) -> _GitleaksResult | None:
+        if self.node.get("import_gitleaks") is None:
+            return None
+        value = self.node["import_gitleaks"]
+        position = _value_pos(self.node, "import_gitleaks")
+        if not isinstance(value, str) or not value.strip():
+            self.problems.add(position, f"dlp: import_gitleaks: expected the path of a gitleaks.toml file, "
+                              f"got {_describe(value)}")
+            return _GITLEAKS_FAILED
+        path = (self.base_dir / Path(value.strip()).expanduser()).resolve()
+        try:
+            imported = import_gitleaks(path)
+        except OSError as exc:
+            self.problems.add(position, f"dlp: import_gitleaks: cannot read {path}: {exc.strerror or exc} "
+                              "(relative paths are resolved from the policy file's directory)")
+            return _GITLEAKS_FAILED
+        except tomllib.TOMLDecodeError as exc:
+            self.problems.add(position, f"dlp: import_gitleaks: {path} is not valid TOML: {exc}")
+            return _GITLEAKS_FAILED
+        # The importer trusts the file's structure: a table where a list belongs surfaces as one of these.
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            self.problems.add(position,
+                              f"dlp: import_gitleaks: {path} is not a usable gitleaks config: {exc}")
+            return _GITLEAKS_FAILED
+        return path, tuple(imported.rules), tuple(imported.skipped)
+
+    def _read_custom(self) -> tuple[tuple[DlpRule, ...], set[str]]:
+        """Parsed custom rules, plus every id written (so rule_actions does not also flag a broken rule)."""
+        if self.node.get("custom") is None:
+            return (), set()
+        node = self.node["custom"]
+        if not isinstance(node, CommentedSeq):
+            self.problems.add(_value_pos(self.node, "custom"),
+                              f"dlp: custom: expected a list of rules (each starts with '- id: ...'), "
+                              f"got {_describe(node)}")
+            return (), set()
+        rules: list[DlpRule] = []
+        ids: set[str] = set()
+        taken = _builtin_rule_ids()
+        for index, item in enumerate(node):
+            rule_id = item.get("id") if isinstance(item, CommentedMap) else None
+            if isinstance(rule_id, str):
+                if rule_id in ids or rule_id in taken:
+                    owner = "another custom rule" if rule_id in ids else "a built-in rule"
+                    self.problems.add(_value_pos(item, "id"),
+                                      f"dlp: custom rule {index + 1}: id {_quote(rule_id)} is already "
+                                      f"used by {owner}; give each rule a unique id")
+                    continue
+                ids.add(rule_id)
+            try:
+                rules.extend(parse_custom_rules([_to_plain(item)], "policy"))
+            except ValueError as exc:
+                self.problems.add(_custom_rule_problem_pos(node, index, str(exc)),
+                                  f"dlp: custom rule {index + 1}: {exc}")
+        return tuple(rules), ids
+
+
+_GitleaksResult = tuple[Path, tuple[DlpRule, ...], tuple[tuple[str, str], ...]]
+# Marks an import_gitleaks that failed: rule ids it would have defined are unknown, so none are checked.
+_GITLEAKS_FAILED: _GitleaksResult = (Path(), (), ())
+
+_CUSTOM_RULE_FIELD = re.compile(r"^custom DLP rule .*?: (?:unknown field\(s\) )?([a-z_]+)")
+
+
+def _custom_rule_problem_pos(sequence: CommentedSeq, index: int, message: str) -> Position:
+    """The field a parse_custom_rules message names, else the rule itself."""
+    item = sequence[index]
+    match = _CUSTOM_RULE_FIELD.match(message)
+    if isinstance(item, CommentedMap) and match and match.group(1) in item:
+        key = match.group(1)
+        return _key_pos(item, key) if "unknown field" in message else _value_pos(item, key)
+    return _item_pos(sequence, index)
+
+
+def _builtin_rule_ids() -> frozenset[str]:
+    return frozenset(rule.id for rule in builtin_rules())
+
+
+def _to_plain(value: object) -> object:
+    """ruamel's round-trip types as plain Python values, so nothing downstream sees YAML node classes."""
+    if isinstance(value, dict):
+        return {_to_plain(key): _to_plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_plain(item) for item in value]
+    if _is_bool(value):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _read_prices(document: CommentedMap, problems: _Problems) -> dict[str, object]:
+    node = document.get("prices")
+    if node is None:
+        return {}
+    if not isinstance(node, CommentedMap):
+        problems.add(_value_pos(document, "prices"),
+                     f"prices: expected a mapping of model id to prices such as "
+                     f"'my-model: {{input: 3.0, output: 12.0}}', got {_describe(node)}")
+        return {}
+    overrides = _to_plain(node)
+    assert isinstance(overrides, dict)
+    try:
+        load_price_table(overrides=overrides)
+    except ValueError as combined:
+        _report_price_problems(document, node, overrides, combined, problems)
+    return overrides
+
+
+def _report_price_problems(
+    document: CommentedMap, node: CommentedMap, overrides: dict, combined: ValueError, problems: _Problems
+) -> None:
+    """Price entries are retried one by one so every bad entry is reported at its own line."""
+    found = False
+    for key, plain_key in zip(node, overrides, strict=True):
+        try:
+            load_price_table(overrides={plain_key: overrides[plain_key]})
+        except ValueError as exc:
+            found = True
+            problems.add(_price_problem_pos(node, key, str(exc)), str(exc))
+    if not found:
+        problems.add(_key_pos(document, "prices"), str(combined))
+
+
+def _price_problem_pos(node: CommentedMap, model: object, message: str) -> Position:
+    entry = node[model]
+    match = re.search(r" field '([a-z_]+)'", message.replace(repr(model), "", 1))
+    if isinstance(entry, CommentedMap) and match:
+        key = match.group(1)
+        if key in entry:
+            return _key_pos(entry, key) if message.endswith("unknown field") else _value_pos(entry, key)
+        return _value_pos(node, model)
+    return _key_pos(node, model)
+
+
 @dataclass(frozen=True, slots=True)
 class _Invalid:
     message: str
@@ -806,7 +1462,29 @@ def glob_to_regex(glob: str) -> str:
     return "".join(parts)
 
 
-def _translate_class(glob: str, start: int) -> tuple[str, int]:
+def model_glob_to_regex(glob: str) -> str:
+    """Translate a model glob to RE2 syntax: '*' is any run of characters ('/' included, as in
+    openai/gpt-4o), '?' one character, '[...]' a class."""
+    parts: list[str] = []
+    index = 0
+    while index < len(glob):
+        char = glob[index]
+        if char == "*":
+            parts.append(".*")
+            index += 1
+        elif char == "?":
+            parts.append(".")
+            index += 1
+        elif char == "[":
+            char_class, index = _translate_class(glob, index, separator=None)
+            parts.append(char_class)
+        else:
+            parts.append(_regex_literal(char))
+            index += 1
+    return "".join(parts)
+
+
+def _translate_class(glob: str, start: int, *, separator: str | None = "/") -> tuple[str, int]:
     index = start + 1
     negate = index < len(glob) and glob[index] in "!^"
     if negate:
@@ -834,7 +1512,8 @@ def _translate_class(glob: str, start: int) -> tuple[str, int]:
             position += 1
     if negate:
         # A negated class must not let a single-segment pattern leak into the next segment.
-        return "[^" + "".join(items) + _regex_literal("/") + "]", index + 1
+        excluded = _regex_literal(separator) if separator is not None else ""
+        return "[^" + "".join(items) + excluded + "]", index + 1
     return "[" + "".join(items) + "]", index + 1
 
 

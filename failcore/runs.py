@@ -25,6 +25,12 @@ class RunSummary:
     bytes_out: int = 0
     bytes_in: int = 0
     websocket_messages: int = 0
+    llm_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    # Calls whose cost is unknown (unpriced model or no usage reported): the total is a lower bound.
+    unpriced_calls: int = 0
     policy: str | None = None
     mode: str | None = None
     hosts: dict[str, int] = field(default_factory=dict)
@@ -51,6 +57,9 @@ class RunSummary:
                 self.warned += 1
             if ev.get("would_block") and ev.get("decision") == "WARN":
                 self.would_block += 1
+            llm = ev.get("llm")
+            if llm:
+                self._add_llm(llm)
             if ev.get("outcome") == "FAIL":
                 self.failed += 1
                 reason = ev.get("fail_reason") or "unknown"
@@ -65,6 +74,17 @@ class RunSummary:
             detail = ev.get("detail") or {}
             self.policy = detail.get("policy")
             self.mode = detail.get("mode")
+
+    def _add_llm(self, llm: dict[str, Any]) -> None:
+        self.llm_calls += 1
+        usage = llm.get("usage") or {}
+        self.input_tokens += usage.get("input_tokens") or 0
+        self.output_tokens += usage.get("output_tokens") or 0
+        usd = (llm.get("cost") or {}).get("usd")
+        if usd is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost_usd = round(self.cost_usd + usd, 9)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]

@@ -76,9 +76,18 @@ class ProxyThread:
 
     def stop(self) -> None:
         if self.proxy is not None and self.thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.proxy.stop(), self.loop).result(30)
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(30)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+
+    async def _shutdown(self) -> None:
+        assert self.proxy is not None
+        await self.proxy.stop()
+        # Connections clients left open (keep-alive) would otherwise die with the loop, noisily.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def call(self, fn, *args):  # type: ignore[no-untyped-def]
         """Run fn on the proxy's loop (mitmproxy state is not thread-safe) and return its result."""

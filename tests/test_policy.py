@@ -164,11 +164,15 @@ def test_unknown_rule_key() -> None:
     assert "id, host, port, scheme, method, path, action, reason" in problem.message
 
 
-@pytest.mark.parametrize("key", ["budgets", "dlp", "prices"])
-def test_reserved_keys_are_not_supported_yet(key: str) -> None:
+@pytest.mark.parametrize(("key", "expected"), [
+    ("budgets", "budgets: expected a list of budgets"),
+    ("dlp", 'dlp: unknown key "daily_usd" in the dlp section'),
+    ("prices", "prices: model 'daily_usd': expected a mapping of prices"),
+])
+def test_llm_sections_are_validated_not_ignored(key: str, expected: str) -> None:
     problem = single_problem(f"mode: enforce\n{key}:\n  daily_usd: 5\n")
-    assert (problem.line, problem.column) == (2, 1)
-    assert "not supported yet" in problem.message and key in problem.message
+    assert problem.line == 3
+    assert expected in problem.message
 
 
 def test_bad_action() -> None:
@@ -315,7 +319,7 @@ def test_all_problems_are_collected_in_one_pass_and_sorted() -> None:
     problems = problems_of("""\
         mode: loud
         fail_open: 1
-        dlp: {}
+        dlp: {stream: fast}
         rules:
           - id: one
             port: 0
@@ -326,7 +330,7 @@ def test_all_problems_are_collected_in_one_pass_and_sorted() -> None:
             action: BLOCK
         """)
     positions = [(problem.line, problem.column) for problem in problems]
-    assert positions == [(1, 7), (2, 12), (3, 1), (6, 11), (7, 13), (8, 13), (9, 9), (10, 11)]
+    assert positions == [(1, 7), (2, 12), (3, 15), (6, 11), (7, 13), (8, 13), (9, 9), (10, 11)]
     assert all(problem.file == "test.yaml" for problem in problems)
 
 

@@ -13,6 +13,7 @@ import orjson
 from mitmproxy import ctx, exceptions, http
 
 from failcore.event import EgressEvent
+from failcore.paths import load_or_create_salt
 from failcore.policy import (
     Decision,
     Policy,
@@ -23,6 +24,7 @@ from failcore.policy import (
     load_policy,
     with_mode,
 )
+from failcore.proxy.dlpguard import DlpScanner
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
 
@@ -140,8 +142,14 @@ class PolicyGate:
             raise exceptions.OptionsError(f"invalid failcore policy:\n{e}") from None
         self.path = path
         self._stamp = self._file_stamp()
-        self.session.policy = policy
+        if not self.session.salt:
+            self.session.salt = load_or_create_salt(Path(os.path.expanduser(ctx.options.confdir)))
+        self._activate(policy, DlpScanner.for_policy(policy, self.session.salt))
         self._record_policy_event("policy.load", policy, [])
+
+    def _activate(self, policy: Policy, dlp: DlpScanner | None) -> None:
+        self.session.policy = policy
+        self.session.dlp = dlp
 
     def running(self) -> None:
         if self.session.policy is None:
@@ -167,22 +175,25 @@ class PolicyGate:
         while True:
             await asyncio.sleep((ctx.options.failcore_policy_poll_ms or 1000) / 1000)
             try:
-                self.reload_if_changed()
+                await self.reload_if_changed()
             except Exception as e:
                 self.session.internal_error(None, "policy reload", e)
 
-    def reload_if_changed(self) -> bool:
+    async def reload_if_changed(self) -> bool:
         stamp = self._file_stamp()
         if stamp is None or stamp == self._stamp or self.path is None:
             return False
         self._stamp = stamp
         try:
-            policy = with_mode(load_policy(self.path), self.mode_override)
+            # Parsing may import a gitleaks file and compiling DLP rules takes a while: off the loop,
+            # while traffic keeps using the current policy.
+            policy = await asyncio.to_thread(lambda: with_mode(load_policy(self.path), self.mode_override))
+            dlp = await asyncio.to_thread(DlpScanner.for_policy, policy, self.session.salt)
         except PolicyError as e:
             logger.warning("failcore: policy %s is invalid; keeping the last good policy:\n%s", self.path, e)
             self._record_policy_event("policy.reload", self.session.policy, [str(p) for p in e.problems])
             return False
-        self.session.policy = policy
+        self._activate(policy, dlp)
         logger.info("failcore: reloaded policy %s (mode %s)", self.path, policy.mode)
         self._record_policy_event("policy.reload", policy, [])
         return True

@@ -16,15 +16,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.flow import Error
 
 from failcore import __version__
 from failcore.event import EgressEvent, FailReason, Target
 from failcore.evidence import body_evidence, header_value, redact_headers
+from failcore.llm import contract_drift
 from failcore.paths import default_tape_dir, load_or_create_salt
 from failcore.policy import Decision
+from failcore.proxy.dlpguard import DlpScanner, scan_event
 from failcore.proxy.guard import guarded
+from failcore.proxy.meter import LlmFlow
 from failcore.proxy.session import BodyTap, FlowState, Session
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
@@ -54,6 +58,7 @@ class EvidenceSettings:
     body_cap: int
     salt: bytes
     redact: frozenset[str]
+    dlp: DlpScanner | None = None
 
 
 @dataclass(slots=True)
@@ -85,6 +90,10 @@ class ExchangeSnapshot:
     blocked: bool
     error: str | None
     internal_error: str | None
+    llm: LlmFlow | None
+    cut: dict[str, Any] | None = None
+    warnings: list[dict[str, str]] | None = None
+    replay: dict[str, Any] | None = None
 
 
 def _message_snapshot(msg: http.Message, tap: BodyTap | None) -> MessageSnapshot:
@@ -122,6 +131,10 @@ def snapshot_exchange(flow: http.HTTPFlow, state: FlowState | None, action: str)
         blocked=state.blocked,
         error=flow.error.msg if flow.error else None,
         internal_error=state.internal_error,
+        llm=state.llm if state.llm is not None and state.llm.evidence is not None else None,
+        cut=state.cut,
+        warnings=state.warnings,
+        replay=state.replay,
     )
 
 
@@ -181,7 +194,9 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     if request_stream is not None:
         request["stream"] = request_stream
     fail_reason: FailReason | None = None
-    if snap.blocked:
+    if snap.blocked or snap.cut is not None:
+        # A stream failcore cut is stopped by failcore: mitmproxy's error text ("client disconnected")
+        # describes the fallout, not the cause, which the `cut` block records.
         outcome = "BLOCKED"
     elif snap.internal_error and snap.status == 502 and snap.response and not snap.response.tap:
         outcome, fail_reason = "FAIL", "internal_error"
@@ -222,8 +237,37 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
         request=request,
         response=response,
         stream=stream,
+        cut=snap.cut,
     )
-    return event.to_dict()
+    if snap.cut is not None:
+        event.error = None
+    if snap.warnings:
+        event.warnings.extend(snap.warnings)
+    if snap.llm is not None:
+        event.llm = snap.llm.evidence
+        event.warnings.extend(snap.llm.warnings)
+        drift = _contract_drift(snap.llm, request)
+        if event.llm is not None:
+            event.llm["contract_drift"] = drift
+        if drift:
+            event.warnings.append({"reason": "contract_drift", "message": drift})
+    out = event.to_dict()
+    if snap.replay is not None:
+        out["replay"] = snap.replay
+    if cfg.dlp is not None:
+        scan_event(cfg.dlp, out)
+    return out
+
+
+def _contract_drift(meter: LlmFlow, request: dict[str, Any]) -> str | None:
+    if meter.call is None or meter.call.response_format is None:
+        return None
+    body = request.get("body") or {}
+    try:
+        request_json = orjson.loads(body["text"]) if "text" in body and not body.get("truncated") else None
+    except orjson.JSONDecodeError:
+        request_json = None
+    return contract_drift(meter.call, request_json if isinstance(request_json, dict) else None)
 
 
 def build_websocket_event(
@@ -315,14 +359,27 @@ class Recorder:
 
     def _refresh_settings(self) -> None:
         policy = self.session.policy
-        confdir = Path(os.path.expanduser(ctx.options.confdir))
-        salt = self.settings.salt if self.settings else load_or_create_salt(confdir)
+        if not self.session.salt:
+            self.session.salt = load_or_create_salt(Path(os.path.expanduser(ctx.options.confdir)))
         self.settings = EvidenceSettings(
             run_id=self.session.run_id,
             body_cap=ctx.options.failcore_body_cap,
-            salt=salt,
+            salt=self.session.salt,
             redact=policy.redact_headers if policy else frozenset(),
+            dlp=self.session.dlp,
         )
+
+    def _current_settings(self) -> EvidenceSettings:
+        s = self.settings
+        policy = self.session.policy
+        if (
+            s is None
+            or s.dlp is not self.session.dlp
+            or (policy is not None and s.redact is not policy.redact_headers)
+        ):
+            self._refresh_settings()
+        assert self.settings is not None
+        return self.settings
 
     def running(self) -> None:
         if self.writer is not None:
@@ -357,6 +414,7 @@ class Recorder:
                     "policy_sha256": policy.sha256 if policy else None,
                     "mode": policy.mode if policy else None,
                     "tape": str(tape_dir),
+                    **({"replay_of": self.session.replay_of} if self.session.replay_of else {}),
                 },
             ).to_dict()
         )
@@ -391,11 +449,7 @@ class Recorder:
         if flow.metadata.get("failcore_recorded"):
             return
         flow.metadata["failcore_recorded"] = True
-        if self.settings is None or (
-            self.session.policy is not None
-            and (self.settings.redact is not self.session.policy.redact_headers)
-        ):
-            self._refresh_settings()
+        settings = self._current_settings()
         # A WebSocket upgrade's state lives on for its messages; websocket_end releases it.
         state = self.session.flows.get(flow.id) if flow.websocket is not None else self.session.finish(flow)
         snap = snapshot_exchange(flow, state, action)
@@ -404,8 +458,7 @@ class Recorder:
             self.counts["blocked"] += 1
         elif snap.error or (snap.status or 0) >= 400:
             self.counts["failed"] += 1
-        assert self.settings is not None
-        self.session.record(partial(build_exchange_event, snap, self.settings))
+        self.session.record(partial(build_exchange_event, snap, settings))
 
     @guarded("recorder.response")
     def response(self, flow: http.HTTPFlow) -> None:

@@ -13,13 +13,18 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import flow as mflow
 from mitmproxy import http
 
 from failcore.event import EgressEvent
 from failcore.policy import Decision, Policy
+
+if TYPE_CHECKING:
+    from failcore.proxy.cutoff import CutVerdict
+    from failcore.proxy.dlpguard import DlpScanner
+    from failcore.proxy.meter import LlmFlow
 
 logger = logging.getLogger("failcore")
 
@@ -34,7 +39,7 @@ class BodyTap:
     """A `stream` callable for mitmproxy: passes every chunk through untouched, keeping a capped copy,
     the full size and sha256, and when each chunk arrived (for replaying SSE with its rhythm)."""
 
-    __slots__ = ("cap", "chunks", "digest", "kept", "max_chunks", "size", "t0")
+    __slots__ = ("cap", "chunks", "digest", "kept", "max_chunks", "observers", "size", "t0")
 
     def __init__(self, cap: int, max_chunks: int = 10_000) -> None:
         self.cap = cap
@@ -44,6 +49,8 @@ class BodyTap:
         self.digest = hashlib.sha256()
         self.chunks: list[tuple[float, int]] = []
         self.t0 = time.time()
+        # Other concerns (usage metering, stream DLP) see each chunk as it passes, without copies.
+        self.observers: list[Callable[[bytes], None]] = []
 
     def __call__(self, chunk: bytes) -> bytes:
         if chunk:
@@ -55,6 +62,8 @@ class BodyTap:
                 self.kept += chunk[:room]
             if len(self.chunks) < self.max_chunks:
                 self.chunks.append((round((time.time() - self.t0) * 1000, 3), n))
+            for observe in self.observers:
+                observe(chunk)
         return chunk
 
     def stream_evidence(self) -> dict[str, Any]:
@@ -74,6 +83,19 @@ class FlowState:
     response_tap: BodyTap | None = None
     internal_error: str | None = None
     ws_messages: int = 0
+    # Set by failcore.proxy.cutoff when a budget/DLP rule ended the response stream mid-way
+    # (the schema's `cut` block: reason, at_bytes, detail). mitmproxy's own flow.error then only
+    # says how the connection died ("Client disconnected.", an HTTP/1 protocol error, …).
+    cut: dict[str, Any] | None = None
+    llm: LlmFlow | None = None
+    # Registered before StreamTap builds the response stream: observers see every chunk the client
+    # receives; cut guards see every chunk before it is forwarded and may stop the stream.
+    stream_observers: list[Callable[[bytes], None]] = field(default_factory=list)
+    # Warnings other concerns attach to this flow's event (budget thresholds, …).
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    cut_guards: list[Callable[[bytes], CutVerdict | None]] = field(default_factory=list)
+    # Set by failcore.replay.Replayer: how a replay answered this flow (the event's `replay` block).
+    replay: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +105,11 @@ class Session:
     sink: Sink | None = None
     flows: dict[str, FlowState] = field(default_factory=dict)
     internal_errors: int = 0
+    # The active policy's DLP rules, compiled; swapped together with `policy`.
+    dlp: DlpScanner | None = None
+    salt: bytes = b""
+    # Set by failcore.replay.Replayer when this run replays a recorded one (run_start's `replay_of`).
+    replay_of: dict[str, Any] | None = None
     # Events from before the tape opened (the policy is loaded in `configure`, the writer starts in
     # `running`): kept and handed over when the sink attaches, so a policy load is never lost.
     pending: list[dict[str, Any] | Callable[[], dict[str, Any]]] = field(default_factory=list)

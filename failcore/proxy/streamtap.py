@@ -11,8 +11,11 @@ Everything else stays buffered, so other addons (and mitmweb) still see those bo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mitmproxy import ctx, exceptions, http
 
+from failcore.proxy.cutoff import CuttingTap, CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, Session
 
@@ -40,6 +43,17 @@ def should_stream_response(flow: http.HTTPFlow, threshold: int) -> bool:
     return length is None or length > threshold
 
 
+def first_verdict(guards: list[Callable[[bytes], CutVerdict | None]]) -> Callable[[bytes], CutVerdict | None]:
+    def check(chunk: bytes) -> CutVerdict | None:
+        for guard in guards:
+            verdict = guard(chunk)
+            if verdict is not None:
+                return verdict
+        return None
+
+    return check
+
+
 def should_stream_request(flow: http.HTTPFlow, threshold: int) -> bool:
     length = _declared_length(flow.request.headers)
     if length is None:
@@ -59,9 +73,7 @@ class StreamTap:
             "Bodies with a Content-Length above this many bytes are streamed instead of buffered "
             "(SSE and bodies without a length always are).",
         )
-        loader.add_option(
-            "failcore_body_cap", int, 1 << 20, "Bytes of each decoded body kept in the tape."
-        )
+        loader.add_option("failcore_body_cap", int, 1 << 20, "Bytes of each decoded body kept in the tape.")
 
     def configure(self, updated: set[str]) -> None:
         if "failcore_stream_threshold" in updated and ctx.options.failcore_stream_threshold < 0:
@@ -86,6 +98,13 @@ class StreamTap:
         if flow.response is None or flow.response.stream:
             return
         if should_stream_response(flow, ctx.options.failcore_stream_threshold):
+            state = self.session.state(flow)
             tap = BodyTap(ctx.options.failcore_body_cap)
-            self.session.state(flow).response_tap = tap
-            flow.response.stream = tap
+            tap.observers.extend(state.stream_observers)
+            state.response_tap = tap
+            if state.cut_guards:
+                flow.response.stream = CuttingTap(
+                    flow, first_verdict(state.cut_guards), inner=tap, state=state
+                )
+            else:
+                flow.response.stream = tap

@@ -1,0 +1,63 @@
+"""What gets compared. Add a variant here and every section that lists its tag measures it.
+
+`extra` holds mitmdump arguments; placeholders are filled per run:
+  {addon}   addons/failcore_addon.py          {tape}     a fresh tape directory
+  {flows}   a fresh mitmproxy flow file       {policy_enforce}  strict.yaml + an allow rule for 127.0.0.1
+
+Every mitmdump also gets -q, --set confdir=<shared tmp>, termlog_verbosity=error and the upstream
+trust anchor (see servers.ProxyProcess), so variants differ only by what is listed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Section tags.
+THROUGHPUT = "throughput"
+HTTPS = "https"
+LATENCY = "latency"
+SSE = "sse"
+MEMORY = "memory"
+_ALL_LOAD = frozenset({THROUGHPUT, HTTPS, LATENCY, SSE})
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    description: str
+    extra: tuple[str, ...] = ()
+    direct: bool = False  # no proxy at all: the client talks to the upstream
+    failcore: bool = False  # gets --set failcore_tape=<tmp>; its tape is checked after each run
+    sections: frozenset[str] = _ALL_LOAD
+
+
+DIRECT = Variant("direct", "client → upstream, no proxy", direct=True)
+BARE = Variant("bare", "mitmdump, no addons", sections=_ALL_LOAD | {MEMORY})
+BARE_STREAMING = Variant(
+    "bare-stream",
+    "mitmdump --set stream_large_bodies=1 (bare, but streams bodies)",
+    ("--set", "stream_large_bodies=1"),
+    sections=frozenset({SSE}),
+)
+BARE_RECORDING = Variant("bare -w", "mitmdump -w <file> (mitmproxy's own recorder)", ("-w", "{flows}"))
+OBSERVE = Variant(
+    "failcore observe",
+    "failcore addon, default policy (observe), full evidence",
+    ("-s", "{addon}"),
+    failcore=True,
+    sections=_ALL_LOAD | {MEMORY},
+)
+ENFORCE = Variant(
+    "failcore enforce",
+    "failcore addon, strict.yaml + allow 127.0.0.1 (enforce)",
+    ("-s", "{addon}", "--set", "failcore_policy={policy_enforce}"),
+    failcore=True,
+)
+
+# The reference every ratio is computed against.
+REFERENCE = BARE
+VARIANTS: tuple[Variant, ...] = (DIRECT, BARE, BARE_STREAMING, BARE_RECORDING, OBSERVE, ENFORCE)
+
+
+def for_section(tag: str) -> list[Variant]:
+    return [variant for variant in VARIANTS if tag in variant.sections]

@@ -1,0 +1,285 @@
+"""DlpGuard: finds credentials and personal data leaving (and entering) the machine.
+
+Evidence-only scanning runs in the tape writer's thread (`scan_event`), so by default DLP costs the
+request path nothing. Only when the policy can BLOCK on a hit in enforce mode is the request body
+scanned before it is forwarded (in a worker thread for large bodies). Streams are scanned from the
+recorded copy (`side`) or, in `strict` mode, chunk by chunk with a sliding window that cuts the stream
+on a BLOCK hit. Whatever is recorded has every hit masked: the tape never holds the secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from mitmproxy import http
+
+from failcore.dlp import (
+    DlpEngine,
+    DlpRule,
+    Hit,
+    builtin_rules,
+    mask_bytes,
+    mask_text,
+    scan_headers,
+    scan_json_body,
+    scan_url,
+    taint_source,
+)
+from failcore.evidence import CREDENTIAL_HEADERS
+from failcore.policy import Action, Decision, DlpSettings, Policy
+from failcore.proxy.cutoff import CutVerdict
+from failcore.proxy.guard import guarded
+from failcore.proxy.session import Session
+
+logger = logging.getLogger("failcore")
+
+SCAN_OFF_LOOP_BYTES = 64 * 1024
+_SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+@functools.lru_cache(maxsize=4)
+def _engine_for(rules: tuple[DlpRule, ...], salt: bytes) -> DlpEngine:
+    # Compiling the Hyperscan database takes most of a second: share it between policy reloads
+    # (and proxies in one process) that use the same rules.
+    return DlpEngine(rules, backend="auto", salt=salt)
+
+
+@dataclass(frozen=True, slots=True)
+class DlpScanner:
+    """A policy's DLP settings with their compiled engine; immutable, shared with the writer thread."""
+
+    engine: DlpEngine
+    settings: DlpSettings
+    enforce: bool
+
+    @classmethod
+    def for_policy(cls, policy: Policy, salt: bytes) -> DlpScanner | None:
+        settings = policy.dlp
+        if not settings.enabled:
+            return None
+        rules = (*builtin_rules(), *settings.gitleaks_rules, *settings.custom_rules)
+        return cls(_engine_for(tuple(rules), salt), settings, policy.mode == "enforce")
+
+    def action(self, hit: Hit) -> Action:
+        return self.settings.action_for(hit.rule_id, hit.severity)
+
+    @property
+    def can_block(self) -> bool:
+        s = self.settings
+        return (
+            s.default_action == "BLOCK"
+            or "BLOCK" in s.severity_actions.values()
+            or "BLOCK" in s.rule_actions.values()
+        )
+
+
+def _hit_record(scanner: DlpScanner, hit: Hit, where: str) -> dict[str, Any]:
+    return {
+        "rule": hit.rule_id,
+        "severity": hit.severity,
+        "category": hit.category,
+        "location": f"{where}:{hit.location}" if hit.location and hit.location != "body" else where,
+        "preview": hit.preview,
+        "fingerprint": hit.fingerprint,
+        "action": scanner.action(hit),
+        "taint_source": None,
+    }
+
+
+def scan_request_for_block(
+    scanner: DlpScanner, url: str, headers: list[tuple[str, str]], body: bytes
+) -> list[Hit]:
+    """The hits that decide a request in enforce mode (url, non-credential headers, body)."""
+    hits = scan_url(scanner.engine, url)
+    hits += scan_headers(scanner.engine, [(k, v) for k, v in headers if k.lower() not in CREDENTIAL_HEADERS])
+    if body:
+        hits += scan_json_body(scanner.engine, body)
+    return hits
+
+
+def _mask_body(
+    scanner: DlpScanner, body: dict[str, Any] | None, where: str, out: list[dict[str, Any]]
+) -> None:
+    """Scan the recorded part of a body and mask it in place."""
+    if not body:
+        return
+    if "text" in body:
+        raw = body["text"].encode("utf-8")
+        hits = scan_json_body(scanner.engine, raw)
+        if hits:
+            body["text"] = mask_text(body["text"], hits)
+    elif "b64" in body:
+        raw = base64.b64decode(body["b64"])
+        hits = scanner.engine.scan(raw)
+        if hits:
+            body["b64"] = base64.b64encode(mask_bytes(raw, hits)).decode("ascii")
+    else:
+        return
+    if hits:
+        body["dlp_masked"] = len(hits)
+    out.extend(_hit_record(scanner, h, where) for h in hits)
+
+
+def _mask_headers(
+    scanner: DlpScanner, message: dict[str, Any] | None, where: str, out: list[dict[str, Any]]
+) -> None:
+    if not message:
+        return
+    for pair in message.get("headers", []):
+        name, value = pair
+        if name.lower() in CREDENTIAL_HEADERS or value.startswith("[redacted "):
+            continue
+        hits = scan_headers(scanner.engine, [(name, value)])
+        if hits:
+            pair[1] = mask_text(value, hits)
+            out.extend(_hit_record(scanner, h, f"{where}.header:{name.lower()}") for h in hits)
+
+
+def scan_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
+    """Scan a built network event, mask every hit in it and attach the `dlp` block (writer thread)."""
+    hits: list[dict[str, Any]] = []
+    s = scanner.settings
+    request = event.get("request")
+    if s.scan_request:
+        target = event.get("target") or {}
+        path = event.get("path") or ""
+        url = f"{target.get('scheme')}://{target.get('host')}:{target.get('port')}{path}"
+        url_hits = scan_url(scanner.engine, url)
+        if url_hits:
+            origin = url[: len(url) - len(path)]
+            masked = mask_text(url, url_hits)
+            event["path"] = masked[len(origin) :] if masked.startswith(origin) else masked
+            if event.get("method"):
+                event["summary"] = f"{event['method']} {event['path'].split('?', 1)[0]}"[:300]
+            hits.extend(_hit_record(scanner, h, f"request.{h.location or 'url'}") for h in url_hits)
+        _mask_headers(scanner, request, "request", hits)
+        before = len(hits)
+        _mask_body(scanner, (request or {}).get("body"), "request.body", hits)
+        _add_taint((request or {}).get("body"), hits[before:])
+    if s.scan_response:
+        response = event.get("response")
+        _mask_headers(scanner, response, "response", hits)
+        _mask_body(scanner, (response or {}).get("body"), "response.body", hits)
+    if not hits:
+        return
+    event["dlp"] = {"hits": hits, "engine": scanner.engine.backend}
+    warnings = event.setdefault("warnings", [])
+    rules = sorted({h["rule"] for h in hits})
+    warnings.append({"reason": "dlp", "message": f"{len(hits)} DLP hit(s): {', '.join(rules)[:200]}"})
+    tainted = [h for h in hits if (h.get("taint_source") or {}).get("exfiltration_path")]
+    if tainted:
+        first = tainted[0]["taint_source"]
+        warnings.append(
+            {
+                "reason": "exfiltration_path",
+                "message": f"{tainted[0]['rule']} reached the model through the result of tool "
+                f"{first.get('tool_name') or first.get('tool_call_id') or '?'}: a secret a tool read is "
+                "being sent to the LLM provider",
+            }
+        )
+
+
+def _add_taint(body: dict[str, Any] | None, hits: list[dict[str, Any]]) -> None:
+    if not hits or not body or "text" not in body:
+        return
+    try:
+        doc = orjson.loads(body["text"])
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(doc, dict):
+        return
+    for hit in hits:
+        _, _, pointer = hit["location"].partition("request.body:")
+        if pointer.startswith("/"):
+            hit["taint_source"] = taint_source(doc, pointer)
+
+
+def block_decision(scanner: DlpScanner, hits: list[Hit], current: Decision | None) -> Decision | None:
+    """A Decision for the worst BLOCK-action hit, or None when no hit blocks."""
+    blocking = [h for h in hits if scanner.action(h) == "BLOCK"]
+    if not blocking:
+        return None
+    worst = max(blocking, key=lambda h: _SEVERITY_RANK.get(h.severity, 0))
+    where = worst.location or "body"
+    reason = f"DLP: {worst.rule_id} ({worst.severity}) found in the request at {where}: {worst.preview}"
+    if scanner.enforce:
+        return Decision("BLOCK", f"dlp:{worst.rule_id}", reason, True, "BLOCK")
+    if current is not None and current.decision == "BLOCK":
+        return None
+    return Decision("WARN", f"dlp:{worst.rule_id}", reason, True, "BLOCK")
+
+
+class StreamDlp:
+    """Strict stream mode: every chunk is scanned together with the bytes before it, so a secret split
+    across chunks is caught by the chunk that completes it, which is then never forwarded."""
+
+    def __init__(self, scanner: DlpScanner, window: int = 4096) -> None:
+        self.scanner = scanner
+        self.window = window
+        self.tail = b""
+
+    def __call__(self, chunk: bytes) -> CutVerdict | None:
+        buffer = self.tail + chunk
+        fresh_from = len(self.tail)
+        self.tail = buffer[-self.window :]
+        if not self.scanner.enforce:
+            return None
+        for hit in self.scanner.engine.scan(buffer):
+            if hit.end > fresh_from and self.scanner.action(hit) == "BLOCK":
+                return CutVerdict(
+                    "dlp",
+                    f"{hit.rule_id} ({hit.severity}) in the response stream: {hit.preview}",
+                    keep=max(0, hit.start - fresh_from),
+                )
+        return None
+
+
+class DlpGuard:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @guarded("dlp.request")
+    async def request(self, flow: http.HTTPFlow) -> None:
+        scanner = self.session.dlp
+        if flow.response is not None or scanner is None or not scanner.can_block:
+            return
+        if not scanner.settings.scan_request:
+            return
+        state = self.session.flows.get(flow.id)
+        if state is None or state.request_tap is not None:
+            return
+        headers = [(k, v) for k, v in flow.request.headers.items(multi=True)]
+        try:
+            body = flow.request.get_content(strict=False) or b""
+        except ValueError:
+            body = flow.request.raw_content or b""
+        args = (scanner, flow.request.pretty_url, headers, body)
+        if len(body) > SCAN_OFF_LOOP_BYTES:
+            hits = await asyncio.to_thread(scan_request_for_block, *args)
+        else:
+            hits = scan_request_for_block(*args)
+        verdict = block_decision(scanner, hits, state.decision)
+        if verdict is None:
+            return
+        state.decision = verdict
+        if verdict.decision == "BLOCK":
+            from failcore.proxy.gate import blocked_response
+
+            state.blocked = True
+            flow.response = blocked_response(verdict, flow.id)
+
+    @guarded("dlp.responseheaders")
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        scanner = self.session.dlp
+        state = self.session.flows.get(flow.id)
+        if scanner is None or state is None or flow.response is None:
+            return
+        s = scanner.settings
+        if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:
+            state.cut_guards.append(StreamDlp(scanner))

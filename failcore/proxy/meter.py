@@ -1,0 +1,226 @@
+"""LlmMeter: knows which flows are LLM calls, what they used and what they cost.
+
+Usage is extracted on the event loop, at the moment a response ends, so the next request already
+sees it (budgets). A streamed response is metered chunk by chunk by `SseUsageTracker`, which keeps
+O(1) state, so a stream is never buffered to learn its usage. Everything else about the call
+(contract drift, the serialised evidence) is left to the tape writer's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from mitmproxy import ctx, http
+
+from failcore.llm import (
+    CostResult,
+    LlmCall,
+    PriceTable,
+    SseUsageTracker,
+    compute_cost,
+    detect_api,
+    parse_call,
+)
+from failcore.llm.prices import load_price_table
+from failcore.proxy.cutoff import CutVerdict
+from failcore.proxy.guard import guarded
+from failcore.proxy.session import Session
+from failcore.proxy.streamtap import should_stream_response
+
+logger = logging.getLogger("failcore")
+
+# Bodies above this are parsed in a worker thread rather than on the event loop.
+PARSE_OFF_LOOP_BYTES = 128 * 1024
+_LLM_PATH_SUFFIXES = (
+    "/chat/completions",
+    "/completions",
+    "/responses",
+    "/messages",
+    "/api/chat",
+    "/api/generate",
+    ":generatecontent",
+    ":streamgeneratecontent",
+)
+
+
+@dataclass(slots=True)
+class LlmFlow:
+    provider: str
+    api: str
+    request_model: str | None
+    tracker: SseUsageTracker | None = None
+    call: LlmCall | None = None
+    cost: CostResult | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    evidence: dict[str, Any] | None = None
+
+
+def could_be_llm_path(path: str) -> bool:
+    return path.split("?", 1)[0].lower().rstrip("/").endswith(_LLM_PATH_SUFFIXES)
+
+
+def _request_json(content: bytes | None) -> dict[str, Any] | None:
+    if not content:
+        return None
+    try:
+        doc = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _body(message: http.Message) -> bytes | None:
+    try:
+        return message.get_content(strict=False)
+    except ValueError:
+        return message.raw_content
+
+
+def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
+    call = flow_llm.call
+    cost = flow_llm.cost
+    assert call is not None
+    return {
+        "provider": call.provider,
+        "api": call.api,
+        "request_model": call.request_model,
+        "response_model": call.response_model,
+        "stream": call.stream,
+        "usage": {
+            "known": call.usage_known,
+            "input_tokens": call.input_tokens,
+            "output_tokens": call.output_tokens,
+            "total_tokens": call.total_tokens,
+            "cached_input_tokens": call.cached_input_tokens,
+            "cache_write_tokens": call.cache_write_tokens,
+            "reasoning_tokens": call.reasoning_tokens,
+        },
+        "finish_reason": call.finish_reason,
+        "tool_calls": call.tool_calls,
+        "response_format": call.response_format,
+        "cost": {
+            "usd": cost.usd if cost else None,
+            "reason": cost.reason if cost else "usage_unknown",
+            "priced_as": cost.priced_as if cost else None,
+            "price_table_as_of": str(table.as_of) if table.as_of else None,
+        },
+    }
+
+
+def cost_warnings(call: LlmCall, cost: CostResult) -> list[dict[str, str]]:
+    if cost.reason == "unpriced_model":
+        return [
+            {
+                "reason": "unpriced_model",
+                "message": f"no price for model {call.model!r}: cost unknown "
+                "(add it under `prices:` in the policy)",
+            }
+        ]
+    if cost.reason == "usage_unknown":
+        hint = ""
+        if call.api == "chat_completions" and call.stream:
+            hint = " (set stream_options.include_usage to get usage in the stream)"
+        return [{"reason": "usage_unknown", "message": f"the provider reported no token usage{hint}"}]
+    return []
+
+
+class LlmMeter:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.prices: PriceTable = load_price_table()
+
+    def price_table(self) -> PriceTable:
+        return self.prices
+
+    @guarded("meter.request")
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not could_be_llm_path(flow.request.path):
+            return
+        state = self.session.flows.get(flow.id)
+        if state is None or state.request_tap is not None:
+            return
+        host = f"{state.decided_host or flow.request.host}:{flow.request.port}"
+        content = _body(flow.request)
+        if content and len(content) > PARSE_OFF_LOOP_BYTES:
+            request_json = await asyncio.to_thread(_request_json, content)
+        else:
+            request_json = _request_json(content)
+        detected = detect_api(host, flow.request.path, request_json)
+        if detected is None:
+            return
+        model = request_json.get("model") if request_json else None
+        state.llm = LlmFlow(detected[0], detected[1], model if isinstance(model, str) else None)
+
+    @guarded("meter.responseheaders")
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        state = self.session.flows.get(flow.id)
+        if state is None or state.llm is None or flow.response is None:
+            return
+        if not should_stream_response(flow, ctx.options.failcore_stream_threshold):
+            return
+        tracker = SseUsageTracker(state.llm.provider, state.llm.api)
+        state.llm.tracker = tracker
+        # A guard, not an observer: it must see a chunk before it is forwarded, so a budget can stop the
+        # stream at the chunk whose usage crosses the limit.
+        state.cut_guards.append(self._metering_guard(tracker))
+
+    def _metering_guard(self, tracker: SseUsageTracker) -> Callable[[bytes], CutVerdict | None]:
+        def meter(chunk: bytes) -> CutVerdict | None:
+            tracker.feed(chunk)
+            return None
+
+        return meter
+
+    @guarded("meter.response")
+    async def response(self, flow: http.HTTPFlow) -> None:
+        state = self.session.flows.get(flow.id)
+        if state is None or state.llm is None or flow.response is None or state.blocked:
+            return
+        meter = state.llm
+        request_body = _body(flow.request)
+        tap = state.response_tap
+        if tap is None:
+            response_body = _body(flow.response)
+        elif "content-encoding" not in flow.response.headers:
+            # The capped copy gives the response model and text; usage comes from the tracker,
+            # which saw every chunk even past the cap.
+            response_body = bytes(tap.kept)
+        else:
+            response_body = None
+        args = dict(
+            host=f"{state.decided_host or flow.request.host}:{flow.request.port}",
+            path=flow.request.path,
+            request_body=request_body,
+            response_body=response_body,
+            response_content_type=flow.response.headers.get("content-type"),
+            status=flow.response.status_code,
+        )
+        size = len(request_body or b"") + len(response_body or b"")
+        call = (
+            await asyncio.to_thread(parse_call, **args) if size > PARSE_OFF_LOOP_BYTES else parse_call(**args)
+        )
+        if call is None:
+            return
+        if meter.tracker is not None:
+            tracker = meter.tracker
+            tracker.finish()
+            seen = tracker.current
+            call.stream = True
+            call.input_tokens = seen.input_tokens
+            call.output_tokens = seen.output_tokens
+            call.total_tokens = seen.total_tokens
+            call.cached_input_tokens = seen.cached_input_tokens
+            call.cache_write_tokens = seen.cache_write_tokens
+            call.reasoning_tokens = seen.reasoning_tokens
+            call.usage_known = seen.usage_known
+            call.finish_reason = tracker.finish_reason or call.finish_reason
+            call.tool_calls = max(tracker.tool_calls, call.tool_calls)
+        meter.call = call
+        meter.cost = compute_cost(call, self.prices)
+        meter.warnings = cost_warnings(call, meter.cost)
+        meter.evidence = llm_evidence(meter, self.prices)

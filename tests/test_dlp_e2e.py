@@ -1,0 +1,204 @@
+"""DLP through the real proxy: hits recorded masked, blocks in enforce mode, taint, split secrets."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import network_events, proxied_client, read_tape
+
+# Assembled at run time so the repository itself holds no secret-shaped strings.
+GITHUB_PAT = "ghp_" + "Z9y8X7w6V5u4" * 3
+AWS_KEY_ID = "AKIA" + "QWERTYUIOPASDFGH"
+
+BLOCK_CRITICAL = """\
+mode: enforce
+dlp:
+  severity_actions: {critical: BLOCK}
+"""
+
+
+def tape_bytes(tape: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in tape.glob("seg-*.jsonl"))
+
+
+def test_secret_in_a_request_is_recorded_masked_and_located(start_proxy, upstream, tmp_path):
+    proxy = start_proxy()
+    trust = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    with httpx.Client(proxy=proxy.url, verify=trust) as http:
+        client = openai.OpenAI(base_url=upstream.url + "/v1", api_key="sk-x", http_client=http)
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": f"deploy with token {GITHUB_PAT} and id {AWS_KEY_ID}"},
+            ],
+        )
+    proxy.stop()
+    raw = tape_bytes(tmp_path / "tape")
+    assert GITHUB_PAT.encode() not in raw and AWS_KEY_ID.encode() not in raw
+    [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e.get("llm")]
+    hits = {h["rule"]: h for h in event["dlp"]["hits"] if h["location"].startswith("request.")}
+    assert {"github-pat", "aws-access-key-id"} <= set(hits)
+    pat = hits["github-pat"]
+    assert pat["location"] == "request.body:/messages/1/content"
+    assert pat["preview"].startswith("ghp") and "…" in pat["preview"] and len(pat["preview"]) < 12
+    assert pat["fingerprint"] and pat["action"] == "WARN"
+    assert pat["taint_source"]["role"] == "user" and pat["taint_source"]["exfiltration_path"] is False
+    assert pat["preview"] in event["request"]["body"]["text"]
+    assert any(w["reason"] == "dlp" for w in event["warnings"])
+    # The echoed reply carries the secret back: inbound responses are scanned (and masked) too.
+    assert any(h["location"].startswith("response.body:") for h in event["dlp"]["hits"])
+
+
+def test_enforce_blocks_a_critical_secret_before_it_leaves(start_proxy, policy_file, upstream, tmp_path):
+    proxy = start_proxy(policy_file(BLOCK_CRITICAL))
+    before = upstream.request_count("/echo")
+    with proxied_client(proxy) as client:
+        blocked = client.post(upstream.url + "/echo", json={"note": f"token={GITHUB_PAT}"})
+        passed = client.post(upstream.url + "/echo", json={"note": f"id={AWS_KEY_ID}"})  # high, not critical
+    assert blocked.status_code == 403
+    error = blocked.json()["error"]
+    assert error["type"] == "failcore_blocked" and error["rule"] == "dlp:github-pat"
+    assert GITHUB_PAT not in blocked.text, "the refusal must not echo the secret"
+    assert passed.status_code == 200
+    assert upstream.request_count("/echo") == before + 1
+    proxy.stop()
+    events = network_events(read_tape(tmp_path / "tape"))
+    assert [e["outcome"] for e in events] == ["BLOCKED", "ok"]
+    assert events[0]["rule"] == "dlp:github-pat"
+    assert GITHUB_PAT.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_secret_from_a_tool_result_is_an_exfiltration_path(start_proxy, upstream, tmp_path):
+    proxy = start_proxy()
+    trust = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    with httpx.Client(proxy=proxy.url, verify=trust) as http:
+        client = openai.OpenAI(base_url=upstream.url + "/v1", api_key="sk-x", http_client=http)
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "user", "content": "what is in .env?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_env",
+                            "type": "function",
+                            "function": {"name": "read_file", "arguments": '{"path": ".env"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_env", "content": f"GITHUB_TOKEN={GITHUB_PAT}"},
+            ],
+        )
+    proxy.stop()
+    [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e.get("llm")]
+    [hit] = [h for h in event["dlp"]["hits"] if h["location"] == "request.body:/messages/2/content"]
+    assert hit["taint_source"]["role"] == "tool_result"
+    assert hit["taint_source"]["tool_name"] == "read_file"
+    assert hit["taint_source"]["tool_call_id"] == "call_env"
+    assert hit["taint_source"]["exfiltration_path"] is True
+    [warning] = [w for w in event["warnings"] if w["reason"] == "exfiltration_path"]
+    assert "read_file" in warning["message"]
+
+
+class SplitSecretServer:
+    """Plain-HTTP upstream whose SSE response splits a secret across two chunks, 0.3 s apart."""
+
+    def __init__(self, first: bytes, second: bytes) -> None:
+        self.parts = (first, second)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.sent_second = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            for part in self.parts:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+                time.sleep(0.3)
+            self.sent_second.set()
+            with contextlib.suppress(OSError):  # strict mode closed the connection: expected
+                conn.sendall(b"0\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def split_secret() -> Iterator[SplitSecretServer]:
+    half = len(GITHUB_PAT) // 2
+    server = SplitSecretServer(
+        b'data: {"text": "here: ' + GITHUB_PAT[:half].encode(), GITHUB_PAT[half:].encode() + b' done"}\n\n'
+    )
+    yield server
+    server.close()
+
+
+def test_split_secret_is_found_in_side_mode(start_proxy, split_secret, tmp_path):
+    proxy = start_proxy()
+    with proxied_client(proxy) as client:
+        body = client.get(f"http://127.0.0.1:{split_secret.port}/stream").content
+    assert GITHUB_PAT.encode() in body  # side mode never changes what the client gets
+    proxy.stop()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert event["stream"]["chunk_count"] == 2
+    assert [h["rule"] for h in event["dlp"]["hits"]] == ["github-pat"]
+    assert GITHUB_PAT.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_split_secret_cuts_the_stream_in_strict_mode(start_proxy, policy_file, split_secret, tmp_path):
+    policy = policy_file("mode: enforce\ndlp:\n  stream: strict\n  rule_actions: {github-pat: BLOCK}\n")
+    proxy = start_proxy(policy)
+    received = b""
+    with proxied_client(proxy) as client, pytest.raises(httpx.TransportError):  # noqa: PT012
+        with client.stream("GET", f"http://127.0.0.1:{split_secret.port}/stream") as response:
+            for chunk in response.iter_raw():
+                received += chunk
+    assert GITHUB_PAT.encode() not in received, "the chunk completing the secret must not be forwarded"
+    assert received.startswith(b'data: {"text": "here: ghp_')
+    proxy.stop()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert event["outcome"] == "BLOCKED" and event["cut"]["reason"] == "dlp"
+    assert "github-pat" in event["cut"]["detail"]
+    assert GITHUB_PAT.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_custom_rule_and_gitleaks_import_from_the_policy(start_proxy, policy_file, upstream, tmp_path):
+    gitleaks = Path(__file__).parent / "data" / "gitleaks" / "gitleaks.toml"
+    policy = policy_file(
+        "mode: enforce\n"
+        "dlp:\n"
+        f"  import_gitleaks: {gitleaks}\n"
+        "  custom:\n"
+        "    - id: acme-internal-token\n"
+        "      regex: 'acme_[a-z0-9]{24}'\n"
+        "      keywords: [acme_]\n"
+        "      severity: high\n"
+        "      description: ACME internal token\n"
+        "  rule_actions: {acme-internal-token: BLOCK}\n"
+    )
+    proxy = start_proxy(policy)
+    token = "acme_" + "k3y" * 8
+    with proxied_client(proxy) as client:
+        assert client.post(upstream.url + "/echo", content=f"auth {token}").status_code == 403
+    proxy.stop()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert event["rule"] == "dlp:acme-internal-token"
