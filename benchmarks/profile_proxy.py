@@ -72,6 +72,9 @@ def main(argv: list[str]) -> int:
         "--variant", default="failcore observe", choices=[v.name for v in VARIANTS if not v.direct]
     )
     parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument(
+        "--gil", action="store_true", help="sample only the thread holding the GIL (where CPU really goes)"
+    )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--svg", type=Path, help="also write a flame graph here")
     args = parser.parse_args(argv)
@@ -99,6 +102,7 @@ def main(argv: list[str]) -> int:
                 "--output",
                 str(raw),
                 "--nonblocking",
+                *(["--gil"] if args.gil else []),
             ]
             recorder = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             result = wrk_for(

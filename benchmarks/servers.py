@@ -114,6 +114,7 @@ class BenchContext:
     confdir: Path = field(init=False)
     failcore_home: Path = field(init=False)
     enforce_policy: Path = field(init=False)
+    no_dlp_policy: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.confdir = self.workdir / "confdir"
@@ -122,6 +123,8 @@ class BenchContext:
         self.failcore_home.mkdir(mode=0o700)
         self.enforce_policy = self.workdir / "enforce.yaml"
         self.enforce_policy.write_text(enforce_policy_text())
+        self.no_dlp_policy = self.workdir / "observe-no-dlp.yaml"
+        self.no_dlp_policy.write_text("mode: observe\ndefault: ALLOW\ndlp:\n  enabled: false\n")
 
     def scratch(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.workdir))
@@ -161,6 +164,7 @@ class ProxyProcess:
             "tape": str(self.tape),
             "flows": str(self.scratch / "flows.mitm"),
             "policy_enforce": str(ctx.enforce_policy),
+            "policy_no_dlp": str(ctx.no_dlp_policy),
         }
         self.argv = [
             str(VENV_BIN / "mitmdump"),

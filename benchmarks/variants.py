@@ -3,6 +3,7 @@
 `extra` holds mitmdump arguments; placeholders are filled per run:
   {addon}   addons/failcore_addon.py          {tape}     a fresh tape directory
   {flows}   a fresh mitmproxy flow file       {policy_enforce}  strict.yaml + an allow rule for 127.0.0.1
+  {policy_no_dlp}  observe, DLP disabled
 
 Every mitmdump also gets -q, --set confdir=<shared tmp>, termlog_verbosity=error and the upstream
 trust anchor (see servers.ProxyProcess), so variants differ only by what is listed here.
@@ -47,6 +48,13 @@ OBSERVE = Variant(
     failcore=True,
     sections=_ALL_LOAD | {MEMORY},
 )
+OBSERVE_NO_DLP = Variant(
+    "failcore no-DLP",
+    "failcore addon, observe, DLP scanning disabled (shows what DLP evidence costs)",
+    ("-s", "{addon}", "--set", "failcore_policy={policy_no_dlp}"),
+    failcore=True,
+    sections=frozenset({THROUGHPUT, HTTPS}),
+)
 ENFORCE = Variant(
     "failcore enforce",
     "failcore addon, strict.yaml + allow 127.0.0.1 (enforce)",
@@ -56,7 +64,15 @@ ENFORCE = Variant(
 
 # The reference every ratio is computed against.
 REFERENCE = BARE
-VARIANTS: tuple[Variant, ...] = (DIRECT, BARE, BARE_STREAMING, BARE_RECORDING, OBSERVE, ENFORCE)
+VARIANTS: tuple[Variant, ...] = (
+    DIRECT,
+    BARE,
+    BARE_STREAMING,
+    BARE_RECORDING,
+    OBSERVE,
+    OBSERVE_NO_DLP,
+    ENFORCE,
+)
 
 
 def for_section(tag: str) -> list[Variant]:

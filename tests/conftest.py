@@ -114,7 +114,7 @@ class ProxyThread:
 
     def flush(self) -> None:
         assert self.proxy is not None
-        recorder = self.proxy.master.addons.get("recorder")  # type: ignore[union-attr]
+        recorder = self.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
         if recorder.writer is not None:
             recorder.writer.flush(10)
 

@@ -168,10 +168,13 @@ def test_split_secret_cuts_the_stream_in_strict_mode(start_proxy, policy_file, s
     policy = policy_file("mode: enforce\ndlp:\n  stream: strict\n  rule_actions: {github-pat: BLOCK}\n")
     proxy = start_proxy(policy)
     received = b""
-    with proxied_client(proxy) as client, pytest.raises(httpx.TransportError):  # noqa: PT012
-        with client.stream("GET", f"http://127.0.0.1:{split_secret.port}/stream") as response:
-            for chunk in response.iter_raw():
-                received += chunk
+    with (
+        proxied_client(proxy) as client,
+        pytest.raises(httpx.TransportError),
+        client.stream("GET", f"http://127.0.0.1:{split_secret.port}/stream") as response,
+    ):
+        for chunk in response.iter_raw():
+            received += chunk
     assert GITHUB_PAT.encode() not in received, "the chunk completing the secret must not be forwarded"
     assert received.startswith(b'data: {"text": "here: ghp_')
     proxy.stop()
@@ -202,3 +205,22 @@ def test_custom_rule_and_gitleaks_import_from_the_policy(start_proxy, policy_fil
     proxy.stop()
     [event] = network_events(read_tape(tmp_path / "tape"))
     assert event["rule"] == "dlp:acme-internal-token"
+
+
+def test_secret_in_a_header_and_query_is_masked_and_located(start_proxy, upstream, tmp_path):
+    proxy = start_proxy()
+    with proxied_client(proxy) as client:
+        client.get(
+            upstream.url + f"/json?token={GITHUB_PAT}",
+            headers={"X-Debug": "plain value", "X-Forwarded-Token": f"tok {GITHUB_PAT} end"},
+        )
+    proxy.stop()
+    assert GITHUB_PAT.encode() not in tape_bytes(tmp_path / "tape")
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    locations = sorted(h["location"] for h in event["dlp"]["hits"])
+    assert locations == ["request.header:x-forwarded-token", "request.query:token"]
+    headers = dict(event["request"]["headers"])
+    assert headers["X-Debug"] == "plain value"
+    forwarded = headers["X-Forwarded-Token"]
+    assert forwarded.startswith("tok ghp") and forwarded.endswith(" end") and "…" in forwarded
+    assert "…" in event["path"] and event["path"].startswith("/json?token=")

@@ -211,12 +211,11 @@ class DlpEngine:
     def _candidate_windows(self, buffer: bytes) -> dict[int, list[Window]]:
         windows: dict[int, list[Window]] = defaultdict(list)
         keyword_rules = self._keyword_path_rules
-        if self._hs_db is not None:
-            if self._hyperscan_windows(buffer, windows):
-                keyword_rules = keyword_rules + self._hs_rule_indexes
-            else:
-                windows.clear()
-                keyword_rules = list(range(len(self._rules)))
+        # Hyperscan's match ends are complete for the rules it holds: a rule it did not report
+        # cannot match, so only the rules it refused go through the keyword path.
+        if self._hs_db is not None and not self._hyperscan_windows(buffer, windows):
+            windows.clear()
+            keyword_rules = list(range(len(self._rules)))
         self._keyword_windows(buffer, keyword_rules, windows)
         return windows
 

@@ -8,6 +8,18 @@ final state of every flow.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+# Importing the layers registers their hooks in hooks.all_hooks, which FailCore dispatches from.
+import mitmproxy.addonmanager
+import mitmproxy.proxy.layers.http
+import mitmproxy.proxy.layers.tls
+import mitmproxy.proxy.layers.websocket
+import mitmproxy.proxy.server_hooks  # noqa: F401
+from mitmproxy import hooks
+
 from failcore.proxy.budgetguard import BudgetGuard
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
@@ -17,27 +29,76 @@ from failcore.proxy.session import Session
 from failcore.proxy.streamtap import StreamTap
 
 
-def make_addons(session: Session | None = None) -> list[object]:
-    # Imported here: failcore.replay builds on this package's modules (a top-level import is circular).
-    from failcore.replay import Replayer
+class FailCore:
+    """The one addon mitmproxy sees: it calls each concern's hooks in order.
 
-    session = session or Session()
-    return [
-        PolicyGate(session),
-        LlmMeter(session),
-        BudgetGuard(session),
-        DlpGuard(session),
-        StreamTap(session),
+    Each concern stays a small mitmproxy-style addon class (and works alone in tests), but mitmproxy
+    dispatches every hook to every registered addon, and with seven addons that dispatch alone cost
+    a quarter of the proxy's CPU under load (measured with py-spy). Here each hook becomes one call
+    that visits only the concerns that implement it.
+    """
+
+    name = "failcore"
+
+    def __init__(self, session: Session | None = None) -> None:
+        # Imported here: failcore.replay builds on this package's modules (a top-level import is circular).
+        from failcore.replay import Replayer
+
+        self.session = session or Session()
+        s = self.session
+        self.gate = PolicyGate(s)
+        self.meter = LlmMeter(s)
+        self.budgets = BudgetGuard(s)
+        self.dlp = DlpGuard(s)
+        self.streamtap = StreamTap(s)
         # After the guards (what they refuse is not served from a tape) and after the stream tap, whose
         # stream the replayer re-cuts at the recorded chunk boundaries.
-        Replayer(session),
-        Recorder(session),
-    ]
+        self.replayer = Replayer(s)
+        self.recorder = Recorder(s)
+        self.concerns = (
+            self.gate,
+            self.meter,
+            self.budgets,
+            self.dlp,
+            self.streamtap,
+            self.replayer,
+            self.recorder,
+        )
+        for hook in hooks.all_hooks:
+            handlers = [getattr(c, hook) for c in self.concerns if callable(getattr(c, hook, None))]
+            if handlers:
+                setattr(self, hook, _dispatcher(handlers))
+
+
+def _dispatcher(handlers: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Call handlers in order; only when one returns an awaitable does the rest continue asynchronously,
+    so hooks whose concerns all answer synchronously cost no coroutine."""
+
+    async def finish(pending: Awaitable[Any], rest: list[Callable[..., Any]], args: tuple[Any, ...]) -> None:
+        await pending
+        for handler in rest:
+            result = handler(*args)
+            if result is not None and inspect.isawaitable(result):
+                await result
+
+    def dispatch(*args: Any) -> Any:
+        for i, handler in enumerate(handlers):
+            result = handler(*args)
+            if result is not None and inspect.isawaitable(result):
+                return finish(result, handlers[i + 1 :], args)
+        return None
+
+    return dispatch
+
+
+def make_addons(session: Session | None = None) -> list[object]:
+    return [FailCore(session)]
 
 
 __all__ = [
     "BudgetGuard",
     "DlpGuard",
+    "FailCore",
     "LlmMeter",
     "PolicyGate",
     "Recorder",

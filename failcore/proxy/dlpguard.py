@@ -13,7 +13,8 @@ import asyncio
 import base64
 import functools
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -35,7 +36,7 @@ from failcore.evidence import CREDENTIAL_HEADERS
 from failcore.policy import Action, Decision, DlpSettings, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Session
+from failcore.proxy.session import FlowState, Session
 
 logger = logging.getLogger("failcore")
 
@@ -84,12 +85,21 @@ def _hit_record(scanner: DlpScanner, hit: Hit, where: str) -> dict[str, Any]:
         "rule": hit.rule_id,
         "severity": hit.severity,
         "category": hit.category,
-        "location": f"{where}:{hit.location}" if hit.location and hit.location != "body" else where,
+        "location": _location(where, hit.location),
         "preview": hit.preview,
         "fingerprint": hit.fingerprint,
         "action": scanner.action(hit),
         "taint_source": None,
     }
+
+
+def _location(where: str, located: str | None) -> str:
+    """request.body:/json/pointer, request.query:NAME, request.url, request.header:NAME …"""
+    if not located or located == "body":
+        return where
+    if where == "request":
+        return f"request.{located}"
+    return f"{where}:{located}"
 
 
 def scan_request_for_block(
@@ -129,16 +139,33 @@ def _mask_body(
 def _mask_headers(
     scanner: DlpScanner, message: dict[str, Any] | None, where: str, out: list[dict[str, Any]]
 ) -> None:
+    """All of a message's headers in one scan ("name: value" lines, so name-keyed rules apply)."""
     if not message:
         return
-    for pair in message.get("headers", []):
-        name, value = pair
-        if name.lower() in CREDENTIAL_HEADERS or value.startswith("[redacted "):
-            continue
-        hits = scan_headers(scanner.engine, [(name, value)])
-        if hits:
-            pair[1] = mask_text(value, hits)
-            out.extend(_hit_record(scanner, h, f"{where}.header:{name.lower()}") for h in hits)
+    pairs = [
+        pair
+        for pair in message.get("headers", [])
+        if pair[0].lower() not in CREDENTIAL_HEADERS and not pair[1].startswith("[redacted ")
+    ]
+    if not pairs:
+        return
+    lines = [f"{name}: {value}\n".encode() for name, value in pairs]
+    hits = scanner.engine.scan(b"".join(lines))
+    if not hits:
+        return
+    line_start = 0
+    for pair, line in zip(pairs, lines, strict=True):
+        value_start = line_start + len(pair[0].encode()) + 2
+        line_end = line_start + len(line) - 1
+        mine = [
+            replace(h, start=h.start - value_start, end=h.end - value_start)
+            for h in hits
+            if value_start <= h.start and h.end <= line_end
+        ]
+        if mine:
+            pair[1] = mask_text(pair[1], mine)
+            out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
+        line_start += len(line)
 
 
 def scan_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
@@ -157,7 +184,7 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
             event["path"] = masked[len(origin) :] if masked.startswith(origin) else masked
             if event.get("method"):
                 event["summary"] = f"{event['method']} {event['path'].split('?', 1)[0]}"[:300]
-            hits.extend(_hit_record(scanner, h, f"request.{h.location or 'url'}") for h in url_hits)
+            hits.extend(_hit_record(scanner, h, "request") for h in url_hits)
         _mask_headers(scanner, request, "request", hits)
         before = len(hits)
         _mask_body(scanner, (request or {}).get("body"), "request.body", hits)
@@ -245,25 +272,32 @@ class DlpGuard:
         self.session = session
 
     @guarded("dlp.request")
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         scanner = self.session.dlp
         if flow.response is not None or scanner is None or not scanner.can_block:
-            return
+            return None
         if not scanner.settings.scan_request:
-            return
+            return None
         state = self.session.flows.get(flow.id)
         if state is None or state.request_tap is not None:
-            return
-        headers = [(k, v) for k, v in flow.request.headers.items(multi=True)]
+            return None
+        headers = list(flow.request.headers.items(multi=True))
         try:
             body = flow.request.get_content(strict=False) or b""
         except ValueError:
             body = flow.request.raw_content or b""
         args = (scanner, flow.request.pretty_url, headers, body)
         if len(body) > SCAN_OFF_LOOP_BYTES:
-            hits = await asyncio.to_thread(scan_request_for_block, *args)
-        else:
-            hits = scan_request_for_block(*args)
+            return self._decide_off_loop(flow, state, scanner, args)
+        self._decide(flow, state, scanner, scan_request_for_block(*args))
+        return None
+
+    async def _decide_off_loop(
+        self, flow: http.HTTPFlow, state: FlowState, scanner: DlpScanner, args: tuple[Any, ...]
+    ) -> None:
+        self._decide(flow, state, scanner, await asyncio.to_thread(scan_request_for_block, *args))
+
+    def _decide(self, flow: http.HTTPFlow, state: FlowState, scanner: DlpScanner, hits: list[Hit]) -> None:
         verdict = block_decision(scanner, hits, state.decision)
         if verdict is None:
             return

@@ -27,6 +27,14 @@ def _flow_of(args: tuple[Any, ...]) -> mflow.Flow | None:
     return args[0] if args and isinstance(args[0], mflow.Flow) else None
 
 
+async def _guard_awaitable(owner: HasSession, pending: Any, args: tuple[Any, ...], where: str = "") -> Any:
+    try:
+        return await pending
+    except Exception as e:
+        owner.session.internal_error(_flow_of(args), where or getattr(pending, "__qualname__", "hook"), e)
+        return None
+
+
 def guarded(where: str) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         if inspect.iscoroutinefunction(fn):
@@ -44,10 +52,14 @@ def guarded(where: str) -> Callable[[F], F]:
         @functools.wraps(fn)
         def wrapper(self: HasSession, *args: Any) -> Any:
             try:
-                return fn(self, *args)
+                result = fn(self, *args)
             except Exception as e:
                 self.session.internal_error(_flow_of(args), where, e)
                 return None
+            if result is not None and inspect.isawaitable(result):
+                # A sync hook that only sometimes needs to wait hands back a coroutine: guard it too.
+                return _guard_awaitable(self, result, args, where)
+            return result
 
         return wrapper  # type: ignore[return-value]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from failcore.llm import (
 from failcore.llm.prices import load_price_table
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Session
+from failcore.proxy.session import FlowState, Session
 from failcore.proxy.streamtap import should_stream_response
 
 logger = logging.getLogger("failcore")
@@ -138,18 +138,23 @@ class LlmMeter:
         return self.prices
 
     @guarded("meter.request")
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None or not could_be_llm_path(flow.request.path):
-            return
+            return None
         state = self.session.flows.get(flow.id)
         if state is None or state.request_tap is not None:
-            return
-        host = f"{state.decided_host or flow.request.host}:{flow.request.port}"
+            return None
         content = _body(flow.request)
         if content and len(content) > PARSE_OFF_LOOP_BYTES:
-            request_json = await asyncio.to_thread(_request_json, content)
-        else:
-            request_json = _request_json(content)
+            return self._detect_off_loop(flow, state, content)
+        self._detect(flow, state, _request_json(content))
+        return None
+
+    async def _detect_off_loop(self, flow: http.HTTPFlow, state: FlowState, content: bytes) -> None:
+        self._detect(flow, state, await asyncio.to_thread(_request_json, content))
+
+    def _detect(self, flow: http.HTTPFlow, state: FlowState, request_json: dict[str, Any] | None) -> None:
+        host = f"{state.decided_host or flow.request.host}:{flow.request.port}"
         detected = detect_api(host, flow.request.path, request_json)
         if detected is None:
             return
@@ -177,11 +182,10 @@ class LlmMeter:
         return meter
 
     @guarded("meter.response")
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         state = self.session.flows.get(flow.id)
         if state is None or state.llm is None or flow.response is None or state.blocked:
-            return
-        meter = state.llm
+            return None
         request_body = _body(flow.request)
         tap = state.response_tap
         if tap is None:
@@ -200,10 +204,15 @@ class LlmMeter:
             response_content_type=flow.response.headers.get("content-type"),
             status=flow.response.status_code,
         )
-        size = len(request_body or b"") + len(response_body or b"")
-        call = (
-            await asyncio.to_thread(parse_call, **args) if size > PARSE_OFF_LOOP_BYTES else parse_call(**args)
-        )
+        if len(request_body or b"") + len(response_body or b"") > PARSE_OFF_LOOP_BYTES:
+            return self._account_off_loop(state.llm, args)
+        self._account(state.llm, parse_call(**args))
+        return None
+
+    async def _account_off_loop(self, meter: LlmFlow, args: dict[str, Any]) -> None:
+        self._account(meter, await asyncio.to_thread(lambda: parse_call(**args)))
+
+    def _account(self, meter: LlmFlow, call: LlmCall | None) -> None:
         if call is None:
             return
         if meter.tracker is not None:
