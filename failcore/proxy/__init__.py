@@ -66,7 +66,9 @@ class FailCore:
         )
         for hook in hooks.all_hooks:
             handlers = [getattr(c, hook) for c in self.concerns if callable(getattr(c, hook, None))]
-            if handlers:
+            if len(handlers) == 1:
+                setattr(self, hook, handlers[0])
+            elif handlers:
                 setattr(self, hook, _dispatcher(handlers))
 
 
@@ -82,6 +84,7 @@ def _dispatcher(handlers: list[Callable[..., Any]]) -> Callable[..., Any]:
                 await result
 
     def dispatch(*args: Any) -> Any:
+        # Hooks return None almost always; only then is the awaitable check skipped.
         for i, handler in enumerate(handlers):
             result = handler(*args)
             if result is not None and inspect.isawaitable(result):

@@ -14,7 +14,7 @@ import base64
 import functools
 import logging
 from collections.abc import Awaitable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -58,6 +58,7 @@ class DlpScanner:
     engine: DlpEngine
     settings: DlpSettings
     enforce: bool
+    _can_block: bool = field(init=False, repr=False)
 
     @classmethod
     def for_policy(cls, policy: Policy, salt: bytes) -> DlpScanner | None:
@@ -72,12 +73,16 @@ class DlpScanner:
 
     @property
     def can_block(self) -> bool:
+        return self._can_block
+
+    def __post_init__(self) -> None:
         s = self.settings
-        return (
+        blocking = (
             s.default_action == "BLOCK"
             or "BLOCK" in s.severity_actions.values()
             or "BLOCK" in s.rule_actions.values()
         )
+        object.__setattr__(self, "_can_block", blocking)
 
 
 def _hit_record(scanner: DlpScanner, hit: Hit, where: str) -> dict[str, Any]:
