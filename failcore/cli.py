@@ -1,4 +1,5 @@
-"""The `failcore` command: proxy, run, ca, list, show, tail, verify, policy check, sample."""
+"""The `failcore` command: proxy, run, ca, list, show, tail, verify, report, diff, view, policy check,
+sample."""
 
 from __future__ import annotations
 
@@ -391,11 +392,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(list(events))
         return 0
+    from failcore.runs import RunSummary
+
     wide = _wide()
     table = _events_table(f"run {run}", with_time=wide)
+    totals = RunSummary(run=run)
     for ev in events:
+        totals.add(ev)
         table.add_row(*_event_row(ev, with_time=wide))
     console.print(table)
+    if totals.llm_calls:
+        console.print(
+            safe_text(
+                f"{totals.llm_calls} LLM call(s): {_tokens(totals.input_tokens, totals.output_tokens)} "
+                f"tokens in/out, {_usd(totals.cost_usd, totals.unpriced_calls)}"
+            )
+        )
     console.print("* = would be blocked in enforce mode. One event in full: failcore show RUN --event SEQ")
     return 0
 

@@ -52,7 +52,7 @@ table { border-collapse: collapse; width: 100%; margin: 6px 0 10px; }
 th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { background: var(--head); font-weight: 600; white-space: nowrap; }
 td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-td.wrap { word-break: break-all; max-width: 520px; }
+td.wrap { overflow-wrap: anywhere; max-width: 520px; min-width: 90px; }
 table.kv { width: auto; min-width: 480px; }
 table.kv th { text-align: left; width: 160px; }
 .allow { color: var(--allow); } .warn { color: var(--warn); }
@@ -426,7 +426,7 @@ def _summary_section(r: RunReport) -> str:
         span = f"{_utc(s.started)} → {_utc(s.ended)}"
         if s.ended is not None:
             span += f" ({_duration(max(0.0, s.ended - s.started))})"
-    cost = _usd(r.cost_usd) if r.llm_calls else "-"
+    cost = _usd(r.cost_usd) if r.unpriced_calls < len(r.llm_calls) else "-"
     if r.unpriced_calls:
         cost += f" (+{r.unpriced_calls} call(s) without a price)"
     fail_reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.fail_reasons.items()))
@@ -455,7 +455,7 @@ def _summary_section(r: RunReport) -> str:
         ("warned", s.warned, "warn" if s.warned else ""),
         ("failed", s.failed, "block" if s.failed else ""),
         ("tokens", f"{r.tokens_in + r.tokens_out:,}", ""),
-        ("cost", _usd(r.cost_usd) if r.llm_calls else "-", ""),
+        ("cost", _usd(r.cost_usd) if r.unpriced_calls < len(r.llm_calls) else "-", ""),
     ]
     card_html = "".join(
         f'<div class="card"><b class="{css}">{esc(value)}</b><span>{esc(label)}</span></div>'
@@ -599,7 +599,9 @@ def _issue_rows(events: list[dict[str, Any]], *, failure: bool) -> list[str]:
             why = (
                 ev.get("rule") or "(default)",
                 ev.get("reason") or "-",
-                "would be blocked in enforce mode" if ev.get("would_block") else "-",
+                "would be blocked in enforce mode"
+                if ev.get("would_block") and ev.get("decision") == "WARN"
+                else "-",
             )
         rows.append(
             _row(

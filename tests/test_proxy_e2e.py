@@ -478,3 +478,21 @@ def test_host_header_cannot_buy_a_laxer_verdict(start_proxy, policy_file, upstre
     assert upstream.request_count("/json") == before
     event = only(network_events(tape_of(proxy, tmp_path)), summary="GET /json")
     assert event["rule"] == "no-evil" and event["target"]["host"] == "127.0.0.1"
+
+
+def test_evidence_that_cannot_be_built_is_still_recorded(start_proxy, upstream, tmp_path, monkeypatch):
+    import failcore.proxy.recorder as recorder_module
+
+    def broken_builder(snap, cfg):  # type: ignore[no-untyped-def]
+        raise ValueError("injected evidence failure")
+
+    monkeypatch.setattr(recorder_module, "build_exchange_event", broken_builder)
+    proxy = start_proxy()
+    with proxied_client(proxy) as client:
+        assert client.get(upstream.url + "/json").status_code == 200
+    events = tape_of(proxy, tmp_path)
+    internal = only(events, kind="internal_error")
+    assert internal["detail"]["where"] == "evidence builder"
+    assert internal["detail"]["summary"] == "GET /json" and internal["flow"]
+    assert "injected evidence failure" in internal["error"]
+    assert only(events, kind="run_end")["detail"]["internal_errors"] == 1

@@ -202,8 +202,11 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
         return
     event["dlp"] = {"hits": hits, "engine": scanner.engine.backend}
     warnings = event.setdefault("warnings", [])
-    rules = sorted({h["rule"] for h in hits})
-    warnings.append({"reason": "dlp", "message": f"{len(hits)} DLP hit(s): {', '.join(rules)[:200]}"})
+    # A rule the policy ALLOWs is still masked (the tape never holds the value) but raises no warning.
+    flagged = [h for h in hits if h["action"] != "ALLOW"]
+    if flagged:
+        rules = sorted({h["rule"] for h in flagged})
+        warnings.append({"reason": "dlp", "message": f"{len(flagged)} DLP hit(s): {', '.join(rules)[:200]}"})
     tainted = [h for h in hits if (h.get("taint_source") or {}).get("exfiltration_path")]
     if tainted:
         first = tainted[0]["taint_source"]

@@ -333,9 +333,15 @@ class EvidenceBacklog:
     writer thread is left with what releases the GIL anyway (hashing, writing).
     """
 
-    def __init__(self, submit: Callable[[dict[str, Any]], bool], limit: int) -> None:
+    def __init__(
+        self,
+        submit: Callable[[dict[str, Any]], bool],
+        limit: int,
+        on_error: Callable[[Callable[[], dict[str, Any]], Exception], dict[str, Any]],
+    ) -> None:
         self.submit = submit
         self.limit = limit
+        self.on_error = on_error
         self.pending: list[Callable[[], dict[str, Any]]] = []
         self.dropped = 0
         self._scheduled = False
@@ -359,11 +365,26 @@ class EvidenceBacklog:
         for builder in pending:
             try:
                 event = builder()
-            except Exception:
-                # The writer turns a failing builder into an internal_error line: evidence is never lost.
-                self.submit(builder)
-                continue
+            except Exception as e:
+                # Evidence is never lost silently: what is known of the exchange is recorded instead.
+                event = self.on_error(builder, e)
             self.submit(event)
+
+
+# Exchanges with more body than this are built in the writer's thread rather than on the event loop.
+LOOP_BUILD_MAX_BYTES = 64 * 1024
+
+
+def _body_bytes(snap: ExchangeSnapshot) -> int:
+    total = 0
+    for message in (snap.request, snap.response):
+        if message is None:
+            continue
+        if message.tap is not None:
+            total += len(message.tap.kept)
+        elif message.content:
+            total += len(message.content)
+    return total
 
 
 def _unbuildable() -> dict[str, Any]:
@@ -468,7 +489,9 @@ class Recorder:
                 },
             ).to_dict()
         )
-        self.backlog = EvidenceBacklog(self.writer.submit, ctx.options.failcore_queue_size)
+        self.backlog = EvidenceBacklog(
+            self.writer.submit, ctx.options.failcore_queue_size, self._evidence_failed
+        )
         self.session.attach(self.backlog)
         logger.info("failcore: recording run %s to %s", self.session.run_id, tape_dir)
 
@@ -498,6 +521,30 @@ class Recorder:
         self.session.sink = None
         self.writer = None
 
+    def _evidence_failed(self, builder: Callable[[], dict[str, Any]], exc: Exception) -> dict[str, Any]:
+        """An internal_error event naming the exchange whose evidence could not be built."""
+        self.session.internal_errors += 1
+        logger.warning("failcore: could not build evidence: %s: %s", type(exc).__name__, exc)
+        snap = getattr(builder, "args", (None,))[0]
+        detail: dict[str, Any] = {"where": "evidence builder", "fail_open": True}
+        flow_id = None
+        if isinstance(snap, ExchangeSnapshot):
+            flow_id = snap.flow_id
+            detail.update(
+                summary=f"{snap.method} {snap.path.split('?', 1)[0]}"[:300],
+                target={"host": snap.host, "port": snap.port, "scheme": snap.scheme},
+                status=snap.status,
+            )
+        return EgressEvent(
+            kind="internal_error",
+            run=self.session.run_id,
+            ts_start=time.time(),
+            flow=flow_id,
+            fail_reason="internal_error",
+            error=f"{type(exc).__name__}: {exc}"[:500],
+            detail=detail,
+        ).to_dict()
+
     def _record_exchange(self, flow: http.HTTPFlow, action: str) -> None:
         if flow.metadata.get("failcore_recorded"):
             return
@@ -511,7 +558,22 @@ class Recorder:
             self.counts["blocked"] += 1
         elif snap.error or (snap.status or 0) >= 400:
             self.counts["failed"] += 1
-        self.session.record(partial(build_exchange_event, snap, settings))
+        builder = partial(build_exchange_event, snap, settings)
+        if self.writer is not None and _body_bytes(snap) > LOOP_BUILD_MAX_BYTES:
+            # Decoding, scanning and hashing a large body would hold the event loop for milliseconds:
+            # that work goes to the writer's thread, where a GIL hand-over is the smaller cost.
+            self.writer.submit(self._safe(builder))
+            return
+        self.session.record(builder)
+
+    def _safe(self, builder: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        def build() -> dict[str, Any]:
+            try:
+                return builder()
+            except Exception as e:
+                return self._evidence_failed(builder, e)
+
+        return build
 
     @guarded("recorder.response")
     def response(self, flow: http.HTTPFlow) -> None:

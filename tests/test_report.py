@@ -1,0 +1,538 @@
+"""`failcore report`: a self-contained, script-free HTML report whose recorded content stays inert text."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import ssl
+import stat
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from failcore.cli import main
+from failcore.report import collect_report, content_security_policy, esc, render_report
+from failcore.tape.keys import load_or_create_signing_key
+from failcore.tape.writer import TapeWriter
+from tests.conftest import network_events, proxied_client, read_tape
+
+PAYLOADS = (
+    "<script>window.__pwned=1;document.title='PWNED'</script>",
+    '"><img src=x onerror="window.__pwned=1;document.title=\'PWNED\'">',
+    "javascript:window.__pwned=1",
+    "</title><script>window.__pwned=1;document.title='PWNED'</script>",
+    "'><svg/onload=window.__pwned=1>",
+    "</style><style>body{display:none}</style>",
+    '<a href="javascript:window.__pwned=1">click</a>',
+)
+SECRET = "sk-live-0123456789abcdef0123456789abcdef"
+ALLOWED_TAGS = frozenset(
+    [
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "h1",
+        "h2",
+        "p",
+        "a",
+        "code",
+        "div",
+        "b",
+        "span",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "ul",
+        "li",
+        "details",
+        "summary",
+        "svg",
+        "g",
+        "title",
+        "rect",
+        "line",
+        "text",
+        "i",
+        "footer",
+    ]
+)
+
+
+class DomAudit(HTMLParser):
+    """Every element, attribute and text node of a page, to prove nothing recorded became markup."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str, str]] = []
+        self.text: list[str] = []
+        self.title = ""
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs.extend((tag, name, value or "") for name, value in attrs)
+        self._in_title = tag == "title" and not self.title
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._in_title:
+            self.title += data
+
+    @property
+    def all_text(self) -> str:
+        return "".join(self.text)
+
+
+def audit(page: str) -> DomAudit:
+    parser = DomAudit()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def assert_inert(page: str) -> DomAudit:
+    dom = audit(page)
+    assert set(dom.tags) <= ALLOWED_TAGS, set(dom.tags) - ALLOWED_TAGS
+    assert "script" not in dom.tags and "img" not in dom.tags
+    assert dom.tags.count("style") == 1
+    for tag, name, value in dom.attrs:
+        assert not name.startswith("on"), (tag, name, value)
+        assert name not in ("src", "style", "srcdoc", "action", "formaction"), (tag, name, value)
+        if name == "href":
+            assert re.fullmatch(r"#[a-z]+", value), value
+    return dom
+
+
+# ---------------------------------------------------------------- synthetic tapes
+
+
+def network(seq_hint: int, run: str, **kw: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {
+        "kind": "network",
+        "v": 1,
+        "run": run,
+        "flow": f"flow-{seq_hint}",
+        "ts_start": 1_700_000_000.0 + seq_hint,
+        "ts_end": 1_700_000_000.5 + seq_hint,
+        "egress": "NETWORK",
+        "action": "http.request",
+        "target": {"host": "api.example.test", "port": 443, "scheme": "https"},
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "summary": "POST /v1/chat/completions",
+        "decision": "ALLOW",
+        "rule": "allow-llm",
+        "reason": "the provider",
+        "would_block": False,
+        "outcome": "ok",
+        "fail_reason": None,
+        "error": None,
+        "status": 200,
+        "latency_ms": 120.0 + seq_hint,
+        "ttfb_ms": 10.0,
+        "bytes_out": 100,
+        "bytes_in": 1000,
+        "request": {
+            "http_version": "HTTP/1.1",
+            "headers": [["authorization", "Bearer [redacted hmac-sha256:7e29950feec5b09051b2795b]"]],
+            "body": {
+                "size": 60,
+                "cap": 1 << 20,
+                "sha256": "0" * 64,
+                "sha256_of": "decoded",
+                "truncated": False,
+                "text": f'{{"api_key": "{SECRET}"}}',
+            },
+        },
+        "response": None,
+        "stream": None,
+    }
+    ev.update(kw)
+    return ev
+
+
+def llm_block(model: str, tokens_in: int | None, tokens_out: int | None, usd: float | None) -> dict[str, Any]:
+    known = tokens_in is not None
+    return {
+        "provider": "openai",
+        "api": "chat.completions",
+        "request_model": model,
+        "response_model": model,
+        "stream": False,
+        "usage": {
+            "known": known,
+            "input_tokens": tokens_in,
+            "output_tokens": tokens_out,
+            "total_tokens": (tokens_in or 0) + (tokens_out or 0) if known else None,
+        },
+        "finish_reason": "stop",
+        "tool_calls": 0,
+        "cost": {"usd": usd, "reason": None if usd is not None else "unpriced_model"},
+    }
+
+
+def lifecycle(kind: str, run: str, ts: float, **detail: Any) -> dict[str, Any]:
+    return {"kind": kind, "v": 1, "run": run, "ts_start": ts, "ts_end": ts, "detail": detail}
+
+
+def write_events(tape: Path, confdir: Path, events: list[dict[str, Any]]) -> None:
+    key = load_or_create_signing_key(confdir)
+    with TapeWriter(tape, signing_key=key, run_id="writer", checkpoint_every=4) as writer:
+        for ev in events:
+            assert writer.submit(ev)
+
+
+def plain_run(run: str) -> list[dict[str, Any]]:
+    return [
+        lifecycle("run_start", run, 1_700_000_000.0, policy="/etc/failcore/policy.yaml", mode="observe"),
+        network(1, run, target={"host": "example.org", "port": 443, "scheme": "https"}, summary="GET /"),
+        network(
+            2,
+            run,
+            decision="WARN",
+            would_block=True,
+            rule="no-pastebin",
+            reason="paste sites leak data",
+            target={"host": "pastebin.test", "port": 443, "scheme": "https"},
+            dlp={
+                "hits": [
+                    {
+                        "rule": "openai-api-key",
+                        "severity": "critical",
+                        "category": "credential",
+                        "location": "request.body:/api_key",
+                        "preview": "sk-l…cdef",
+                        "fingerprint": "hmac-sha256:1234abcd",
+                        "action": "WARN",
+                    }
+                ]
+            },
+            warnings=[{"reason": "dlp", "message": "openai-api-key in request.body:/api_key"}],
+        ),
+        network(
+            3,
+            run,
+            decision="BLOCK",
+            outcome="BLOCKED",
+            status=403,
+            rule="deny-metadata",
+            reason="cloud metadata endpoint",
+            target={"host": "169.254.169.254", "port": 80, "scheme": "http"},
+        ),
+        network(4, run, outcome="FAIL", fail_reason="upstream_status", status=503, error="upstream said 503"),
+        lifecycle("run_end", run, 1_700_000_010.0),
+    ]
+
+
+@pytest.fixture
+def tape(tmp_path: Path, confdir: Path) -> Path:
+    return tmp_path / "tape"
+
+
+def test_report_without_llm_calls(tape: Path, confdir: Path) -> None:
+    write_events(tape, confdir, plain_run("run-plain"))
+    report = collect_report(tape, "run-plain")
+    assert (report.summary.requests, report.summary.blocked, report.summary.warned) == (4, 1, 1)
+    assert report.summary.failed == 1 and report.summary.mode == "observe"
+    assert [e["seq"] for e in report.blocked] == [4]
+    assert len(report.dlp_hits) == 1 and len(report.warnings) == 1
+    assert report.llm_calls == []
+    page = render_report(report)
+    dom = assert_inert(page)
+    text = dom.all_text
+    assert "No LLM calls recorded in this run." in text
+    assert "svg" not in dom.tags
+    for expected in ("deny-metadata", "cloud metadata endpoint", "169.254.169.254:80", "upstream said 503"):
+        assert expected in text
+    assert "sk-l…cdef" in text and "hmac-sha256:1234abcd" in text
+    assert "OK" in text and "chain intact" in text
+    hosts = {h.host: h for h in report.hosts.values()}
+    assert hosts["pastebin.test:443"].warned == 1 and hosts["api.example.test:443"].failed == 1
+    # Bodies are never copied into a report meant to be shared.
+    assert SECRET not in page
+
+
+def test_report_with_llm_calls(tape: Path, confdir: Path) -> None:
+    run = "run-llm"
+    events = [
+        lifecycle("run_start", run, 1_700_000_000.0, policy="p.yaml", mode="enforce"),
+        network(1, run, llm=llm_block("gpt-4o-mini", 1200, 300, 0.00036)),
+        network(2, run, llm=llm_block("gpt-4o", 800, 200, 0.004)),
+        network(3, run, llm=llm_block("mystery-model", 50, 5, None)),
+        network(4, run, llm=llm_block("gpt-4o", None, None, None)),
+        network(5, run, summary="GET /not-an-llm"),
+    ]
+    write_events(tape, confdir, events)
+    report = collect_report(tape, run)
+    assert len(report.llm_calls) == 4
+    assert (report.tokens_in, report.tokens_out) == (2050, 505)
+    assert report.cost_usd == pytest.approx(0.00436)
+    assert report.unpriced_calls == 2
+    page = render_report(report)
+    dom = assert_inert(page)
+    assert dom.tags.count("svg") == 2
+    # Two stacked segments per call in the token chart, one per call in the cost chart.
+    assert dom.tags.count("rect") == 4 * 2 + 4
+    heights = [float(v) for tag, name, v in dom.attrs if tag == "rect" and name == "height"]
+    assert max(heights) == pytest.approx(120.0)
+    text = dom.all_text
+    assert "2,050 in, 505 out" in text
+    assert "$0.004360 (+2 call(s) without a price)" in text
+    assert "- (unpriced_model)" in text and "unknown" in text
+    assert f"seq {report.llm_calls[0].seq} gpt-4o-mini: 1,200 in, 300 out" in text
+
+
+def test_hostile_strings_in_every_field_stay_text(tape: Path, confdir: Path) -> None:
+    evil = " | ".join(PAYLOADS)
+    run = "run-" + PAYLOADS[3]
+    hit = {
+        "rule": evil,
+        "severity": "high",
+        "category": evil,
+        "location": evil,
+        "preview": evil,
+        "fingerprint": evil,
+        "action": "BLOCK",
+    }
+    events = [
+        lifecycle("run_start", run, 1_700_000_000.0, policy=evil, mode=evil),
+        network(
+            1,
+            run,
+            target={"host": evil, "port": 443, "scheme": "https"},
+            method=evil,
+            path=evil,
+            summary=evil,
+            decision="WARN",
+            rule=evil,
+            reason=evil,
+            request={"http_version": "HTTP/1.1", "headers": [[evil, evil]], "body": None},
+            llm=llm_block(evil, 10, 10, 0.5) | {"provider": evil, "api": evil, "finish_reason": evil},
+            dlp={"hits": [hit]},
+            warnings=[{"reason": "dlp", "message": evil}],
+        ),
+        network(2, run, outcome="FAIL", fail_reason="connect_error", error=evil, decision="BLOCK"),
+        {
+            "kind": "internal_error",
+            "v": 1,
+            "run": run,
+            "ts_start": 1_700_000_003.0,
+            "ts_end": None,
+            "fail_reason": "internal_error",
+            "error": evil,
+        },
+    ]
+    write_events(tape, confdir, events)
+    page = render_report(collect_report(tape, run))
+    dom = assert_inert(page)
+    assert dom.title == f"failcore report: {run}"
+    # Each field reaches the page, literally, as text.
+    assert dom.all_text.count(evil) >= 15
+    assert page.index('http-equiv="Content-Security-Policy"') < page.index("<title>")
+
+
+def test_esc_covers_text_and_attribute_contexts() -> None:
+    assert esc("\"><x a='b'>&") == "&quot;&gt;&lt;x a=&#x27;b&#x27;&gt;&amp;"
+    # Bidi overrides and terminal escapes are shown, not obeyed.
+    assert esc("a\u202eb\x1bc") == "a\\u202eb\\x1bc"
+    assert "script-src 'none'" in content_security_policy()
+    assert "unsafe-inline" not in content_security_policy()
+
+
+def test_chain_break_and_truncation_are_stated(tape: Path, confdir: Path) -> None:
+    write_events(tape, confdir, plain_run("run-x"))
+    segment = sorted(tape.glob("seg-*.jsonl"))[0]
+    lines = segment.read_bytes().splitlines(keepends=True)
+    intact = b"".join(lines)
+    segment.write_bytes(intact + b'{"prev":"')
+    text = audit(render_report(collect_report(tape, "run-x"))).all_text
+    assert f"OK, truncated at {segment.name}:{len(lines) + 1}" in text
+    edited = next(i for i, line in enumerate(lines) if b"example.org" in line)
+    lines[edited] = lines[edited].replace(b"example.org", b"example.net")
+    segment.write_bytes(b"".join(lines))
+    text = audit(render_report(collect_report(tape, "run-x"))).all_text
+    assert f"BROKEN at {segment.name}:{edited + 1}" in text
+    assert "Nothing after the break can be trusted" in text
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_last_unknown_run_and_file_mode(
+    tape: Path, confdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_events(tape, confdir, plain_run("run-first") + plain_run("run-second"))
+    out = tmp_path / "shared" / "report.html"
+    out.parent.mkdir()
+    old_umask = os.umask(0o077)
+    try:
+        assert main(["report", "--last", "--tape", str(tape), "-o", str(out)]) == 0
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    page = out.read_text()
+    assert "run-second" in page and "run-first" not in page
+    assert SECRET not in page
+    assert "Bearer [redacted hmac-sha256:" in audit(page).all_text
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]
+    assert "written to" in capsys.readouterr().out
+
+    assert main(["report", "run-first", "--tape", str(tape), "-o", str(out)]) == 0
+    assert "run-first" in out.read_text()
+
+    before = out.read_bytes()
+    assert main(["report", "run-nope", "--tape", str(tape), "-o", str(out)]) == 1
+    assert "no run 'run-nope'" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["report", "--last", "--tape", str(tmp_path / "missing"), "-o", str(out)]) == 1
+    assert "no tape at" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- hostile traffic in a real browser
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=3000",
+)
+
+
+def chromium_path() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail("chromium is required in CI (Debian package: chromium)")
+    pytest.skip("chromium is not installed (Debian package: chromium)")
+
+
+def chromium(page: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory(prefix="failcore-chromium-") as profile:
+        cmd = [chromium_path(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.as_uri()]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_browser_harness_detects_script(tmp_path: Path) -> None:
+    """The checks below would see a script that ran: a page without the report's defences proves it."""
+    page = tmp_path / "control.html"
+    page.write_text(f"<html><head><title>calm</title></head><body><p>x</p>{PAYLOADS[1]}</body></html>")
+    dom = audit(chromium(page, "--dump-dom").stdout)
+    assert dom.title == "PWNED" and "img" in dom.tags
+
+
+def raw_request(
+    proxy: Any, upstream: Any, method: str, path: str, headers: dict[str, str], body: bytes
+) -> int:
+    """Send a request target and headers exactly as given (httpx would percent-encode the path)."""
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=ctx, timeout=30)
+    conn.set_tunnel(upstream.host, upstream.port)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_hostile_traffic_report_is_inert_in_chromium(
+    start_proxy: Any, upstream: Any, policy_file: Any, tmp_path: Path
+) -> None:
+    policy = policy_file(
+        "version: 1\nmode: enforce\ndefault: ALLOW\nrules:\n"
+        "  - id: warn-echo\n    path: /echo\n    action: WARN\n"
+        f"    reason: {orjson_str(PAYLOADS[0])}\n"
+        "  - id: block-status\n    path: /status/*\n    action: BLOCK\n"
+        f"    reason: {orjson_str(PAYLOADS[1])}\n"
+    )
+    run = "run-" + PAYLOADS[3]
+    tape = tmp_path / "tape"
+    proxy = start_proxy(policy, run_id=run, tape=tape)
+    with proxied_client(proxy) as client:
+        for payload in PAYLOADS:
+            r = client.post(
+                f"{upstream.url}/echo",
+                params={"q": payload},
+                headers={"x-evil": payload, "referer": payload, "authorization": f"Bearer {SECRET}"},
+                content=payload.encode(),
+            )
+            assert r.status_code == 200
+        client.get(f"{upstream.url}/status/500", headers={"x-evil": PAYLOADS[2]})
+        client.post(
+            f"{upstream.url}/v1/chat/completions",
+            json={"model": PAYLOADS[0], "messages": [{"role": "user", "content": PAYLOADS[1]}]},
+        )
+    raw_paths = [p for p in PAYLOADS if " " not in p]
+    for payload in raw_paths:
+        status = raw_request(
+            proxy, upstream, "POST", f"/echo?x={payload}", {"X-Raw": payload}, payload.encode()
+        )
+        assert status == 200
+    proxy.flush()
+    recorded = network_events(read_tape(tape))
+    assert any(e["path"] == f"/echo?x={PAYLOADS[0]}" for e in recorded), "raw path did not reach the tape"
+    assert any(e["decision"] == "BLOCK" for e in recorded)
+    proxy.stop()
+
+    out = tmp_path / "report.html"
+    assert main(["report", "--last", "--tape", str(tape), "-o", str(out)]) == 0
+    page = out.read_text()
+    static = assert_inert(page)
+    assert SECRET not in page
+    assert static.title == f"failcore report: {run}"
+
+    result = chromium(out, "--dump-dom")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = audit(result.stdout)
+    # Nothing ran: a running payload would have renamed the page.
+    assert dom.title == f"failcore report: {run}"
+    # Nothing recorded became an element: the live DOM has only the report's own kinds of element.
+    assert set(dom.tags) <= ALLOWED_TAGS and "script" not in dom.tags and "img" not in dom.tags
+    assert not [a for a in dom.attrs if a[1].startswith("on") or a[1] in ("src", "style")]
+    # Payloads are there, literally, as text (headers, raw paths, rule reasons, run id).
+    text = dom.all_text
+    for payload in PAYLOADS:
+        assert payload in text, payload
+    for payload in raw_paths:
+        assert f"/echo?x={payload}" in text
+    # The CSP was never exercised (nothing tried to run or load) and the stylesheet's hash matched.
+    assert "Content Security Policy" not in result.stderr, result.stderr[-2000:]
+
+    shot = tmp_path / "report.png"
+    result = chromium(out, f"--screenshot={shot}", "--window-size=1280,2000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+    shutil.copyfile(shot, "/tmp/failcore-report.png")
+
+
+def orjson_str(value: str) -> str:
+    """A YAML double-quoted scalar (JSON strings are valid YAML)."""
+    return orjson.dumps(value).decode()
