@@ -351,3 +351,20 @@ def test_snapshot_event(snap_compare: Any, tape: Path, tmp_path: Path) -> None:
         await pilot.pause()
 
     assert snap_compare(_snapshot_app(tape, tmp_path), terminal_size=(80, 24), run_before=open_event)
+
+
+def test_index_does_not_depend_on_key_order() -> None:
+    """A tape written by another tool may put `run` after `request`: the row must keep its run."""
+    from failcore.tape.writer import encode_line, serialise_event
+    from failcore.tui.index import extract_fields
+
+    event = {
+        "kind": "network",
+        "v": 1,
+        "request": {"headers": [], "body": None},
+        "run": "run-late",
+        "status": 200,
+    }
+    line, _ = encode_line(b"0" * 64, 1, serialise_event(event))
+    fields = extract_fields(line.rstrip(b"\n"))
+    assert fields is not None and fields["run"] == "run-late" and fields["status"] == 200

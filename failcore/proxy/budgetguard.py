@@ -181,6 +181,8 @@ class BudgetGuard:
         state = self.session.flows.get(flow.id)
         if store is None or state is None or state.blocked or state.llm is None or state.llm.call is None:
             return
+        if state.replay is not None and state.replay.get("mode") in ("replayed", "override"):
+            return  # answered from a tape: no tokens were spent
         call = state.llm.call
         cost = state.llm.cost
         used = Usage(

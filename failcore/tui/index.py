@@ -96,6 +96,10 @@ def extract_fields(raw: bytes) -> dict[str, Any] | None:
         fields = orjson.loads(raw[:head_end] + b"}")
     except orjson.JSONDecodeError:
         return _parse_whole(raw)
+    if "run" not in fields:
+        # The fast path relies on failcore's own key order (run before request); other writers may
+        # order keys differently, and a row must never lose its run.
+        return _parse_whole(raw)
     tail_starts = [p for key in _TAIL_KEYS if (p := raw.rfind(key)) > head_end]
     if tail_starts:
         try:
