@@ -482,6 +482,13 @@ def kill_proxy_under_load(home: Path, upstream: StandIn, tape: Path) -> str:
     try:
         with TrafficLoop(proxy, f"{upstream.url}/echo") as traffic:
             traffic.wait_for(8)
+            # Kill while the writer is busy with a tape that already holds exchanges, not before the
+            # first one reached the disk (evidence is written a few milliseconds after the response).
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                b'"kind":"network"' in seg.read_bytes() for seg in tape.glob("seg-*.jsonl")
+            ):
+                time.sleep(0.01)
             proxy.process.send_signal(signal.SIGKILL)
             proxy.process.wait(STOP_TIMEOUT)
     finally:

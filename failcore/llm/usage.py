@@ -107,6 +107,16 @@ class LlmCall:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def apply_usage(self, usage: UsageSnapshot) -> None:
+        """Take the token counts (and whether they are known) from a usage snapshot."""
+        self.input_tokens = usage.input_tokens
+        self.output_tokens = usage.output_tokens
+        self.total_tokens = usage.total_tokens
+        self.cached_input_tokens = usage.cached_input_tokens
+        self.cache_write_tokens = usage.cache_write_tokens
+        self.reasoning_tokens = usage.reasoning_tokens
+        self.usage_known = usage.usage_known
+
 
 # ---------------------------------------------------------------- small typed accessors
 
@@ -1086,15 +1096,8 @@ def parse_call(
     acc = _new_accumulator(api, keep_content=True)
     streamed = _consume_body(acc, api, response_body, (response_content_type or "").lower())
     call.stream = call.stream or streamed
-    usage = acc.usage
     call.response_model = acc.response_model
-    call.input_tokens = usage.input_tokens
-    call.output_tokens = usage.output_tokens
-    call.total_tokens = usage.total_tokens
-    call.cached_input_tokens = usage.cached_input_tokens
-    call.cache_write_tokens = usage.cache_write_tokens
-    call.reasoning_tokens = usage.reasoning_tokens
-    call.usage_known = usage.usage_known
+    call.apply_usage(acc.usage)
     call.finish_reason = acc.finish_reason
     call.tool_calls = acc.tool_calls
     call.output_text = acc.text.value()

@@ -218,15 +218,8 @@ class LlmMeter:
         if meter.tracker is not None:
             tracker = meter.tracker
             tracker.finish()
-            seen = tracker.current
             call.stream = True
-            call.input_tokens = seen.input_tokens
-            call.output_tokens = seen.output_tokens
-            call.total_tokens = seen.total_tokens
-            call.cached_input_tokens = seen.cached_input_tokens
-            call.cache_write_tokens = seen.cache_write_tokens
-            call.reasoning_tokens = seen.reasoning_tokens
-            call.usage_known = seen.usage_known
+            call.apply_usage(tracker.current)
             call.finish_reason = tracker.finish_reason or call.finish_reason
             call.tool_calls = max(tracker.tool_calls, call.tool_calls)
         meter.call = call
