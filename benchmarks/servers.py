@@ -132,7 +132,8 @@ class BenchContext:
 
 def enforce_policy_text() -> str:
     """strict.yaml (provider allow-list, default BLOCK, enforce) plus one rule for the loopback upstream,
-    placed last so every request walks the whole rule list first."""
+    placed last so every request walks the whole rule list first; with budgets that every request is
+    counted against (never reached) and DLP that can BLOCK, so requests are scanned before forwarding."""
     strict = STRICT_POLICY.read_text()
     return (
         strict.rstrip("\n")
@@ -143,6 +144,17 @@ def enforce_policy_text() -> str:
     scheme: [http, https]
     action: ALLOW
     reason: "benchmark upstream"
+
+budgets:
+  - id: bench-run
+    window: run
+    limits: {requests: 1000000000, cost_usd: 1000000}
+  - id: bench-day
+    window: day
+    limits: {requests: 1000000000, total_tokens: 1000000000000}
+
+dlp:
+  severity_actions: {critical: BLOCK}
 """
     )
 

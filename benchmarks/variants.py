@@ -57,7 +57,7 @@ OBSERVE_NO_DLP = Variant(
 )
 ENFORCE = Variant(
     "failcore enforce",
-    "failcore addon, strict.yaml + allow 127.0.0.1 (enforce)",
+    "failcore addon, enforce: strict.yaml + allow 127.0.0.1, two budgets, DLP blocking critical hits",
     ("-s", "{addon}", "--set", "failcore_policy={policy_enforce}"),
     failcore=True,
 )
