@@ -286,3 +286,16 @@ def test_enforce_policy_blocks_requests_and_tunnels(launch: Launch, upstream: St
     assert connect["decision"] == "BLOCK"
     assert connect["outcome"] == "BLOCKED"
     assert connect["rule"] == "off-limits"
+
+
+def test_addon_binds_loopback_unless_told_otherwise() -> None:
+    from mitmproxy.test import taddons
+
+    from failcore.proxy import FailCore
+
+    addon = FailCore()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, listen_host="")
+        assert tctx.options.listen_host == "127.0.0.1"
+        tctx.configure(addon, listen_host="0.0.0.0")
+        assert tctx.options.listen_host == "0.0.0.0"

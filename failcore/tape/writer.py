@@ -49,7 +49,7 @@ WRITER_KINDS: Final = frozenset({"checkpoint"})  # kinds only the writer may pro
 _log = logging.getLogger("failcore.tape")
 _MAX_BATCH_ITEMS: Final = 4096
 _IDLE_POLL: Final = 0.25
-_COALESCE_SECONDS: Final = 0.002
+_COALESCE_SECONDS: Final = 0.02
 _ERROR_MESSAGE_LIMIT: Final = 500
 
 
