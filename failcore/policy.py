@@ -22,7 +22,7 @@ import math
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -485,6 +485,28 @@ def _parse_action(value: object) -> Action | None:
     return None
 
 
+def _report_unknown_keys(
+    node: CommentedMap, allowed: tuple[str, ...], where: str, add: Callable[[Position, str], None], what: str
+) -> None:
+    """One problem per key that is not text or not among `allowed` (with a did-you-mean hint)."""
+    for key in node:
+        position = _key_pos(node, key)
+        if not isinstance(key, str):
+            add(position, f"{what} must be text, got {_describe(key)}")
+        elif key not in allowed:
+            add(position, _unknown_key_message(key, allowed, where))
+
+
+def _read_text_id(node: CommentedMap, add: Callable[[Position, str], None]) -> str | None:
+    """The `id` of a rule or budget when it is usable text; otherwise a problem and None."""
+    value = node["id"]
+    if isinstance(value, str) and value.strip() and value.isprintable():
+        return value
+    hint = f'; put it in quotes: id: "{value}"' if isinstance(value, (int, float)) else ""
+    add(_value_pos(node, "id"), f"id: expected non-empty text, got {_describe(value)}{hint}")
+    return None
+
+
 class _PolicyReader:
     """Walks the top-level mapping, recording every problem instead of stopping at the first."""
 
@@ -522,12 +544,9 @@ class _PolicyReader:
         )
 
     def _check_keys(self) -> None:
-        for key in self.document:
-            position = _key_pos(self.document, key)
-            if not isinstance(key, str):
-                self.problems.add(position, f"setting names must be text, got {_describe(key)}")
-            elif key not in TOP_LEVEL_KEYS:
-                self.problems.add(position, _unknown_key_message(key, TOP_LEVEL_KEYS, "at the top level"))
+        _report_unknown_keys(
+            self.document, TOP_LEVEL_KEYS, "at the top level", self.problems.add, "setting names"
+        )
 
     def _check_version(self) -> None:
         if "version" not in self.document:
@@ -753,21 +772,14 @@ class _RuleReader:
         default_id = f"rule-{self.index + 1}"
         if "id" not in self.node:
             return default_id
-        value = self.node["id"]
-        if isinstance(value, str) and value.strip() and value.isprintable():
-            self.label = f"rule {self.index + 1} ({value})"
-            return value
-        hint = f'; put it in quotes: id: "{value}"' if isinstance(value, (int, float)) else ""
-        self._add(_value_pos(self.node, "id"), f"id: expected non-empty text, got {_describe(value)}{hint}")
-        return default_id
+        value = _read_text_id(self.node, self._add)
+        if value is None:
+            return default_id
+        self.label = f"rule {self.index + 1} ({value})"
+        return value
 
     def _check_keys(self) -> None:
-        for key in self.node:
-            position = _key_pos(self.node, key)
-            if not isinstance(key, str):
-                self._add(position, f"rule keys must be text, got {_describe(key)}")
-            elif key not in RULE_KEYS:
-                self._add(position, _unknown_key_message(key, RULE_KEYS, "in a rule"))
+        _report_unknown_keys(self.node, RULE_KEYS, "in a rule", self._add, "rule keys")
 
     def _read_action(self) -> Action | None:
         if "action" not in self.node:
@@ -922,21 +934,13 @@ class _BudgetReader:
             self._add(_node_pos(self.node), "missing required key 'id'; add e.g. 'id: openai-daily' "
                       "(the id is shown on the tape and in the 429 answer)")
             return None
-        value = self.node["id"]
-        if isinstance(value, str) and value.strip() and value.isprintable():
+        value = _read_text_id(self.node, self._add)
+        if value is not None:
             self.label = f"budget {self.index + 1} ({value})"
-            return value
-        hint = f'; put it in quotes: id: "{value}"' if isinstance(value, (int, float)) else ""
-        self._add(_value_pos(self.node, "id"), f"id: expected non-empty text, got {_describe(value)}{hint}")
-        return None
+        return value
 
     def _check_keys(self) -> None:
-        for key in self.node:
-            position = _key_pos(self.node, key)
-            if not isinstance(key, str):
-                self._add(position, f"budget keys must be text, got {_describe(key)}")
-            elif key not in BUDGET_KEYS:
-                self._add(position, _unknown_key_message(key, BUDGET_KEYS, "in a budget"))
+        _report_unknown_keys(self.node, BUDGET_KEYS, "in a budget", self._add, "budget keys")
 
     def _read_window(self) -> BudgetWindow | None:
         if "window" not in self.node:
@@ -1142,11 +1146,10 @@ class _DlpReader:
         )
 
     def _check_keys(self) -> None:
-        for key in self.node:
-            if not isinstance(key, str) or key not in DLP_KEYS:
-                message = (_unknown_key_message(key, DLP_KEYS, "in the dlp section") if isinstance(key, str)
-                           else f"setting names must be text, got {_describe(key)}")
-                self.problems.add(_key_pos(self.node, key), f"dlp: {message}")
+        def add(position: Position, message: str) -> None:
+            self.problems.add(position, f"dlp: {message}")
+
+        _report_unknown_keys(self.node, DLP_KEYS, "in the dlp section", add, "setting names")
 
     def _read_bool(self, node: CommentedMap, key: str, label: str, *, default: bool) -> bool:
         if node.get(key) is None:

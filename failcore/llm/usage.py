@@ -1075,10 +1075,14 @@ def parse_call(
     response_body: bytes | None,
     response_content_type: str | None,
     status: int | None,
+    request_json: dict | None = None,
 ) -> LlmCall | None:
-    """Build the evidence record for one exchange, or None when it is not a recognised LLM API call."""
-    request_json = _loads(request_body) if request_body else None
-    request_json = request_json if isinstance(request_json, dict) else None
+    """Build the evidence record for one exchange, or None when it is not a recognised LLM API call.
+
+    `request_json`, when the caller already parsed the request body, saves parsing it again."""
+    if request_json is None:
+        parsed = _loads(request_body) if request_body else None
+        request_json = parsed if isinstance(parsed, dict) else None
     detected = detect_api(host, path, request_json)
     if detected is None:
         return None

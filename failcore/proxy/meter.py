@@ -54,6 +54,8 @@ class LlmFlow:
     api: str
     request_model: str | None
     tracker: SseUsageTracker | None = None
+    # Parsed once when the request is recognised, reused when the response is metered.
+    request_json: dict[str, Any] | None = None
     call: LlmCall | None = None
     cost: CostResult | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
@@ -159,7 +161,9 @@ class LlmMeter:
         if detected is None:
             return
         model = request_json.get("model") if request_json else None
-        state.llm = LlmFlow(detected[0], detected[1], model if isinstance(model, str) else None)
+        state.llm = LlmFlow(
+            detected[0], detected[1], model if isinstance(model, str) else None, request_json=request_json
+        )
 
     @guarded("meter.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -186,7 +190,7 @@ class LlmMeter:
         state = self.session.flows.get(flow.id)
         if state is None or state.llm is None or flow.response is None or state.blocked:
             return None
-        request_body = _body(flow.request)
+        request_body = None if state.llm.request_json is not None else _body(flow.request)
         tap = state.response_tap
         if tap is None:
             response_body = _body(flow.response)
@@ -203,8 +207,9 @@ class LlmMeter:
             response_body=response_body,
             response_content_type=flow.response.headers.get("content-type"),
             status=flow.response.status_code,
+            request_json=state.llm.request_json,
         )
-        if len(request_body or b"") + len(response_body or b"") > PARSE_OFF_LOOP_BYTES:
+        if len(response_body or b"") > PARSE_OFF_LOOP_BYTES:
             return self._account_off_loop(state.llm, args)
         self._account(state.llm, parse_call(**args))
         return None
