@@ -129,8 +129,18 @@ async def _serve(args: argparse.Namespace) -> int:
         err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True), soft_wrap=True)
         return 2
     loop = asyncio.get_running_loop()
+    signals = 0
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_signal() -> None:
+        # The first Ctrl-C lets open exchanges finish (2 s at most) so they reach the tape whole;
+        # a second one stops at once and records them as killed.
+        nonlocal signals
+        signals += 1
+        stopping.append(loop.create_task(proxy.stop(drain=2.0 if signals == 1 else 0.0)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(proxy.stop()))
+        loop.add_signal_handler(sig, on_signal)
     assert proxy.ca is not None
     policy = proxy.session.policy
     info = {
@@ -157,7 +167,7 @@ async def _serve(args: argparse.Namespace) -> int:
             console.print("Point a client at it:")
             for line in _env_lines(info["env"]):
                 console.print(safe_text("  " + line))
-        console.print("Ctrl-C stops.")
+        console.print("Ctrl-C stops (after open exchanges finish, 2 s at most; twice: at once).")
     await proxy.wait()
     if args.replay and not args.json:
         _print_replay_summary(_replay_summary(proxy.tape_dir, proxy.session.run_id), err_console)

@@ -109,12 +109,22 @@ class EmbeddedProxy:
         if self._task is not None:
             await self._task
 
-    async def stop(self) -> None:
+    async def stop(self, drain: float = 5.0) -> None:
+        """Stop after the exchanges in flight finish (at most `drain` seconds); any still open then
+        are recorded as killed. A client can have read a streamed response whole before the proxy's
+        last hook for it ran: stopping at once would drop that exchange from the tape."""
         if self.master is None or self._task is None:
+            return
+        recorder = self.master.addons.get("failcore").recorder
+        deadline = asyncio.get_running_loop().time() + drain
+        while recorder.pending_exchanges() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        task = self._task
+        if task is None:  # a second stop() (a second Ctrl-C) finished first
             return
         self.master.shutdown()
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+            await task
         self._task = None
 
 

@@ -58,7 +58,9 @@ Per-request control headers (all optional):
   -- any subset; missing keys keep the endpoint default (0 for the detail counters);
 * ``x-standin-reply: <text>`` -- replaces the text reply (tool calls are unaffected);
 * ``x-standin-tool-args: {json object}`` -- replaces the generated tool-call arguments;
-* ``x-standin-gap: 0.5`` -- seconds between SSE events (default: the server's ``sse_gap``).
+* ``x-standin-gap: 0.5`` -- seconds between SSE events (default: the server's ``sse_gap``);
+* ``x-standin-linger: 0.5`` -- seconds an SSE stream stays open after its final event before the
+  HTTP message ends (a client that stops reading at the final event hangs up in between).
 
 Malformed bodies or control headers get a 400 in the provider's error format.
 
@@ -210,6 +212,7 @@ class ReplyOptions:
     reply_text: str | None = None
     tool_args: dict[str, Any] | None = None
     gap: float = 0.0
+    linger: float = 0.0
 
 
 def parse_usage_header(raw: str | None, default: TokenUsage) -> TokenUsage:
@@ -261,6 +264,7 @@ def read_options(headers: Message, endpoint: str, default_gap: float) -> ReplyOp
         reply_text=headers.get("x-standin-reply"),
         tool_args=parse_tool_args_header(headers.get("x-standin-tool-args")),
         gap=parse_seconds(headers.get("x-standin-gap"), default_gap),
+        linger=parse_seconds(headers.get("x-standin-linger"), 0.0, "linger"),
     )
 
 
@@ -912,13 +916,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"0\r\n\r\n")
 
     def _stream_sse(self, frames: Iterable[bytes], gap: float,
-                    headers: Iterable[tuple[str, str]] = ()) -> None:
+                    headers: Iterable[tuple[str, str]] = (), linger: float = 0.0) -> None:
         self._start_chunked(HTTPStatus.OK, "text/event-stream; charset=utf-8",
                             [("Cache-Control", "no-cache"), *headers])
         for index, frame in enumerate(frames):
             if index and gap > 0:
                 time.sleep(gap)
             self._write_chunk(frame)
+        if linger > 0:
+            self.wfile.flush()
+            time.sleep(linger)
         self._end_chunked()
 
     # -- providers ----------------------------------------------------------------------------
@@ -942,7 +949,7 @@ class _Handler(BaseHTTPRequestHandler):
                                     include_usage=bool(stream_options.get("include_usage")))
         headers = [("x-request-id", _new_id("req_"))]
         if request.get("stream"):
-            self._stream_sse(completion.frames(), options.gap, headers)
+            self._stream_sse(completion.frames(), options.gap, headers, options.linger)
         else:
             self._send_json(HTTPStatus.OK, completion.document(), headers)
 
@@ -956,7 +963,7 @@ class _Handler(BaseHTTPRequestHandler):
         result = ResponsesResult(request=request, reply=reply, usage=options.usage)
         headers = [("x-request-id", _new_id("req_"))]
         if request.get("stream"):
-            self._stream_sse(result.frames(), options.gap, headers)
+            self._stream_sse(result.frames(), options.gap, headers, options.linger)
         else:
             self._send_json(HTTPStatus.OK, result.document(), headers)
 
@@ -970,7 +977,7 @@ class _Handler(BaseHTTPRequestHandler):
         message = AnthropicMessage(model=request["model"], reply=reply, usage=options.usage)
         headers = [("request-id", _new_id("req_"))]
         if request.get("stream"):
-            self._stream_sse(message.frames(), options.gap, headers)
+            self._stream_sse(message.frames(), options.gap, headers, options.linger)
         else:
             self._send_json(HTTPStatus.OK, message.document(), headers)
 

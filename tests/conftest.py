@@ -8,6 +8,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,15 +75,15 @@ class ProxyThread:
             raise self.error
         return self
 
-    def stop(self) -> None:
+    def stop(self, drain: float = 5.0) -> None:
         if self.proxy is not None and self.thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop).result(30)
+            asyncio.run_coroutine_threadsafe(self._shutdown(drain), self.loop).result(30)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, drain: float) -> None:
         assert self.proxy is not None
-        await self.proxy.stop()
+        await self.proxy.stop(drain)
         # Connections clients left open (keep-alive) would otherwise die with the loop, noisily.
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in others:
@@ -112,11 +113,17 @@ class ProxyThread:
         assert self.proxy is not None and self.proxy.ca is not None
         return self.proxy.ca.cert_path
 
-    def flush(self) -> None:
+    def flush(self, timeout: float = 10) -> None:
+        """Everything the proxy has seen so far is on disk: open exchanges finished, evidence built."""
         assert self.proxy is not None
         recorder = self.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout
+        while self.call(recorder.pending_exchanges):
+            assert time.monotonic() < deadline, "exchanges still open after the flush timeout"
+            time.sleep(0.01)
+        self.call(lambda: recorder.backlog.build() if recorder.backlog is not None else None)
         if recorder.writer is not None:
-            recorder.writer.flush(10)
+            assert recorder.writer.flush(timeout), "the tape writer did not catch up"
 
 
 @pytest.fixture(scope="session")

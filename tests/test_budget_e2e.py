@@ -145,11 +145,52 @@ def test_cut_stream_aborts_an_sse_response_when_usage_crosses_the_limit(
         ):
             for event in stream:
                 received.append(event.type)
+        # The tokens generated up to the cut count: the next request is already over the budget.
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=100,
+                messages=[{"role": "user", "content": "and another"}],
+                extra_headers=headers,
+            )
     assert "message_stop" not in received, "the client must see an abort, not a clean end"
     assert "content_block_delta" in received
     proxy.stop()
-    [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e["summary"] == "POST /v1/messages"]
+    [event, refused] = [
+        e for e in network_events(read_tape(tmp_path / "tape")) if e["summary"] == "POST /v1/messages"
+    ]
+    assert refused["status"] == 429 and refused["rule"] == "budget:short-answers"
     assert event["outcome"] == "BLOCKED"
     assert event["cut"]["reason"] == "budget" and "short-answers" in event["cut"]["detail"]
     assert "event: message_stop" not in event["response"]["body"]["text"]
     assert any(w["reason"] == "budget_exceeded" for w in event["warnings"])
+
+
+def test_a_stream_the_client_closes_at_its_final_event_counts_toward_the_budget(
+    start_proxy, policy_file, upstream, tmp_path
+):
+    """The OpenAI SDK hangs up at `[DONE]`; if that races the end of the HTTP message the call must
+    still be counted, or an agent could spend past its budget (linger makes the race certain)."""
+    policy = policy_file(
+        "mode: enforce\nbudgets:\n  - id: run-tokens\n    window: run\n    limits: {total_tokens: 1000}\n"
+    )
+    proxy = start_proxy(policy, sets=[f"failcore_state_dir={tmp_path / 'state'}"])
+    http, client = _openai(proxy, upstream)
+    ask = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    list(
+        client.chat.completions.create(
+            **ask,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers={"x-standin-usage": '{"input": 700, "output": 400}', "x-standin-linger": "1.0"},
+        )
+    )
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(**ask)
+    http.close()
+    budget = refused.value.response.json()["error"]["budget"]
+    assert (budget["id"], budget["metric"], budget["used"]) == ("run-tokens", "total_tokens", 1100)
+    proxy.stop()
+    streamed, blocked = network_events(read_tape(tmp_path / "tape"))
+    assert streamed["outcome"] == "ok" and streamed["llm"]["usage"]["total_tokens"] == 1100
+    assert blocked["outcome"] == "BLOCKED" and blocked["status"] == 429

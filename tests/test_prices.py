@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from failcore.llm import LlmCall, compute_cost, load_price_table
-from failcore.llm.prices import REASON_UNPRICED_MODEL, REASON_USAGE_UNKNOWN, PriceTable
+from failcore.llm.prices import REASON_UNPRICED_MODEL, REASON_USAGE_UNKNOWN, PriceTable, seen_cost
 
 MILLION = Decimal(1_000_000)
 
@@ -240,3 +240,17 @@ def test_custom_table_file(tmp_path: Path) -> None:
     bad.write_text("as_of: x\n")
     with pytest.raises(ValueError, match="no 'models' mapping"):
         load_price_table(bad)
+
+
+def test_seen_cost_is_a_floor_for_an_abandoned_stream_and_the_cost_when_known(table: PriceTable) -> None:
+    price = table.lookup("claude-sonnet-4-5")
+    assert price is not None
+    abandoned = LlmCall(
+        provider="anthropic", api="messages", response_model="claude-sonnet-4-5", input_tokens=1000
+    )
+    assert compute_cost(abandoned, table).usd is None  # the evidence never invents a bill
+    assert seen_cost(abandoned, table) == _usd(Decimal(1000) * price.input / MILLION)
+    finished = _call("claude-sonnet-4-5", input_tokens=1000, output_tokens=10)
+    assert seen_cost(finished, table) == compute_cost(finished, table).usd
+    nothing = LlmCall(provider="anthropic", api="messages", response_model="claude-sonnet-4-5")
+    assert seen_cost(nothing, table) is None

@@ -496,3 +496,44 @@ def test_evidence_that_cannot_be_built_is_still_recorded(start_proxy, upstream, 
     assert internal["detail"]["summary"] == "GET /json" and internal["flow"]
     assert "injected evidence failure" in internal["error"]
     assert only(events, kind="run_end")["detail"]["internal_errors"] == 1
+
+
+def _wait_until_in_flight(proxy: ProxyThread) -> None:
+    recorder = proxy.call(lambda: proxy.proxy.master.addons.get("failcore").recorder)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while not proxy.call(recorder.pending_exchanges):
+        assert time.monotonic() < deadline, "the request never reached the proxy"
+        time.sleep(0.01)
+
+
+def test_stopping_lets_an_exchange_in_flight_finish_and_records_it(start_proxy, upstream, tmp_path):
+    """`failcore run` stops its proxy as soon as the agent exits; the last exchange must be on the tape."""
+    import concurrent.futures
+
+    proxy = start_proxy()
+    with proxied_client(proxy) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(client.get, upstream.url + "/slow?seconds=0.5")
+        _wait_until_in_flight(proxy)
+        proxy.stop()
+        assert answer.result(10).status_code == 200
+    event = only(network_events(read_tape(tmp_path / "tape")), summary="GET /slow")
+    assert (event["outcome"], event["status"]) == ("ok", 200)
+
+
+def test_an_exchange_still_open_when_the_proxy_stops_is_recorded_as_killed(start_proxy, upstream, tmp_path):
+    proxy = start_proxy()
+    with proxied_client(proxy) as client, client.stream("GET", upstream.url + "/sse?n=50&gap=0.2") as resp:
+        lines = resp.iter_lines()
+        first = next(lines)
+        proxy.stop(drain=0.1)
+        with pytest.raises(httpx.HTTPError):
+            list(lines)
+    assert first == "data: event 1"
+    events = read_tape(tmp_path / "tape")
+    event = only(network_events(events), summary="GET /sse")
+    assert (event["outcome"], event["fail_reason"]) == ("FAIL", "killed")
+    assert event["error"] == "Proxy stopped before the exchange completed."
+    assert event["status"] == 200
+    assert "data: event 1" in event["response"]["body"]["text"]
+    run_end = only(events, kind="run_end")
+    assert (run_end["detail"]["requests"], run_end["detail"]["failed"]) == (1, 1)

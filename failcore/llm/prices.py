@@ -5,9 +5,10 @@ Costs are computed in Decimal and rounded to 1e-9 USD so that the same usage alw
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
 
@@ -164,6 +165,16 @@ def _models_section(document: object) -> object:
 
 
 def _read_shipped_table(path: Path | None) -> dict:
+    # Read-only for its callers: a policy reload rebuilds the table without parsing the YAML again.
+    return _shipped_document() if path is None else _read_table(path)
+
+
+@functools.cache
+def _shipped_document() -> dict:
+    return _read_table(None)
+
+
+def _read_table(path: Path | None) -> dict:
     yaml = YAML(typ="safe")
     document = yaml.load((path or SHIPPED_PRICES_PATH).read_text(encoding="utf-8"))
     if not isinstance(document, dict) or not isinstance(document.get("models"), dict):
@@ -224,3 +235,12 @@ def compute_cost(call: LlmCall, table: PriceTable) -> CostResult:
         cache_write_usd=_usd(cache_write_cost),
         output_usd=_usd(output_cost),
     )
+
+
+def seen_cost(call: LlmCall, table: PriceTable) -> float | None:
+    """What the tokens seen so far cost, when the provider's final count never arrived (a stream the
+    client abandoned): a floor for budgets, never written as the call's cost."""
+    if call.usage_known or call.input_tokens is None:
+        return compute_cost(call, table).usd
+    floor = replace(call, usage_known=True, output_tokens=call.output_tokens or 0)
+    return compute_cost(floor, table).usd

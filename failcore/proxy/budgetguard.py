@@ -177,19 +177,34 @@ class BudgetGuard:
 
     @guarded("budget.response")
     def response(self, flow: http.HTTPFlow) -> None:
+        self._charge(flow)
+
+    @guarded("budget.error")
+    def error(self, flow: http.HTTPFlow) -> None:
+        # A stream the client closed, or failcore cut, was billed for what the provider generated.
+        self._charge(flow)
+
+    def _charge(self, flow: http.HTTPFlow) -> None:
         store = self.store
         state = self.session.flows.get(flow.id)
-        if store is None or state is None or state.blocked or state.llm is None or state.llm.call is None:
+        if (
+            store is None
+            or state is None
+            or state.blocked
+            or state.llm is None
+            or state.llm.call is None
+            or state.llm.charged
+        ):
             return
+        state.llm.charged = True
         if state.replay is not None and state.replay.get("mode") in ("replayed", "override"):
             return  # answered from a tape: no tokens were spent
         call = state.llm.call
-        cost = state.llm.cost
         used = Usage(
             input_tokens=call.input_tokens or 0,
             output_tokens=call.output_tokens or 0,
             total_tokens=call.total_tokens or (call.input_tokens or 0) + (call.output_tokens or 0),
-            cost_usd=cost.usd if cost is not None and cost.usd is not None else 0.0,
+            cost_usd=state.llm.charge_usd or 0.0,
             tool_calls=call.tool_calls,
         )
         provider, model = _scope(state)

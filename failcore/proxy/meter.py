@@ -26,7 +26,7 @@ from failcore.llm import (
     detect_api,
     parse_call,
 )
-from failcore.llm.prices import load_price_table
+from failcore.llm.prices import load_price_table, seen_cost
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
@@ -60,6 +60,11 @@ class LlmFlow:
     cost: CostResult | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
     evidence: dict[str, Any] | None = None
+    # What budgets count: the cost, or for a stream abandoned before its final usage, what the
+    # tokens seen so far cost (the evidence's cost stays null: it is not the bill).
+    charge_usd: float | None = None
+    # Set once BudgetGuard has counted this call, so no hook ordering can count it twice.
+    charged: bool = False
 
 
 def could_be_llm_path(path: str) -> bool:
@@ -135,8 +140,14 @@ class LlmMeter:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.prices: PriceTable = load_price_table()
+        self._prices_from: object = None
 
     def price_table(self) -> PriceTable:
+        """The shipped table with the active policy's `prices:` on top (rebuilt when the policy is)."""
+        overrides = self.session.policy.prices if self.session.policy is not None else None
+        if overrides is not self._prices_from:
+            self._prices_from = overrides
+            self.prices = load_price_table(overrides=overrides or None)
         return self.prices
 
     @guarded("meter.request")
@@ -190,6 +201,27 @@ class LlmMeter:
         state = self.session.flows.get(flow.id)
         if state is None or state.llm is None or flow.response is None or state.blocked:
             return None
+        return self._meter(flow, state)
+
+    @guarded("meter.error")
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A stream that ended in an error was still (partly) generated and billed. SDKs close the
+        connection as soon as they read the final event (the OpenAI SDK at `[DONE]`), which mitmproxy
+        may see before the end of the HTTP message: that call must be metered like any other."""
+        state = self.session.flows.get(flow.id)
+        if (
+            state is None
+            or state.llm is None
+            or state.llm.tracker is None
+            or state.llm.call is not None
+            or flow.response is None
+            or state.blocked
+        ):
+            return None
+        return self._meter(flow, state)
+
+    def _meter(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
+        assert state.llm is not None and flow.response is not None
         request_body = None if state.llm.request_json is not None else _body(flow.request)
         tap = state.response_tap
         if tap is None:
@@ -228,6 +260,8 @@ class LlmMeter:
             call.finish_reason = tracker.finish_reason or call.finish_reason
             call.tool_calls = max(tracker.tool_calls, call.tool_calls)
         meter.call = call
-        meter.cost = compute_cost(call, self.prices)
+        prices = self.price_table()
+        meter.cost = compute_cost(call, prices)
+        meter.charge_usd = meter.cost.usd if meter.cost.usd is not None else seen_cost(call, prices)
         meter.warnings = cost_warnings(call, meter.cost)
-        meter.evidence = llm_evidence(meter, self.prices)
+        meter.evidence = llm_evidence(meter, prices)

@@ -40,10 +40,14 @@ logger = logging.getLogger("failcore")
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
+PROXY_STOPPED = "Proxy stopped before the exchange completed."
+CLOSED_AFTER_END = "Client closed the connection after the stream's final event."
+
+
 def classify_error(message: str) -> FailReason:
     """Map mitmproxy's error text onto failcore's fixed failure taxonomy."""
     m = message.lower()
-    if message == Error.KILLED_MESSAGE or "killed" in m:
+    if message in (Error.KILLED_MESSAGE, PROXY_STOPPED) or "killed" in m:
         return "killed"
     if "client disconnected" in m or "client closed" in m or "connection closed by client" in m:
         return "client_disconnect"
@@ -96,6 +100,18 @@ class ExchangeSnapshot:
     cut: dict[str, Any] | None = None
     warnings: list[dict[str, str]] | None = None
     replay: dict[str, Any] | None = None
+    # The LLM stream's own final event (`[DONE]`, `message_stop`, `response.completed`, …) was seen.
+    stream_complete: bool = False
+
+    def closed_after_end(self) -> bool:
+        """The client hung up only after the LLM stream's final event: it has the whole answer.
+        SDKs do this on purpose (the OpenAI SDK closes at `[DONE]`), so it is not a failure."""
+        return (
+            self.stream_complete
+            and self.error is not None
+            and self.cut is None
+            and classify_error(self.error) == "client_disconnect"
+        )
 
 
 def _message_snapshot(msg: http.Message, tap: BodyTap | None) -> MessageSnapshot:
@@ -137,6 +153,7 @@ def snapshot_exchange(flow: http.HTTPFlow, state: FlowState | None, action: str)
         cut=state.cut,
         warnings=state.warnings,
         replay=state.replay,
+        stream_complete=bool(state.llm and state.llm.tracker and state.llm.tracker.done),
     )
 
 
@@ -202,6 +219,8 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
         outcome = "BLOCKED"
     elif snap.internal_error and snap.status == 502 and snap.response and not snap.response.tap:
         outcome, fail_reason = "FAIL", "internal_error"
+    elif snap.closed_after_end():
+        outcome = "ok"
     elif snap.error is not None:
         outcome, fail_reason = "FAIL", classify_error(snap.error)
     elif snap.status is not None and snap.status >= 400:
@@ -230,7 +249,7 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
         would_block=d.would_block if d else False,
         outcome=outcome,  # type: ignore[arg-type]
         fail_reason=fail_reason,
-        error=snap.error or snap.internal_error,
+        error=CLOSED_AFTER_END if snap.closed_after_end() else (snap.error or snap.internal_error),
         status=snap.status,
         latency_ms=_ms(snap.ts_start, snap.ts_end),
         ttfb_ms=_ms(snap.ts_start, resp.ts_start if resp else None),
@@ -399,6 +418,8 @@ class Recorder:
         self.settings: EvidenceSettings | None = None
         self.counts = {"requests": 0, "blocked": 0, "failed": 0}
         self.started = time.time()
+        # Exchanges seen but not yet recorded: a proxy stopping must still put each one on the tape.
+        self.in_flight: dict[str, http.HTTPFlow] = {}
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("failcore_tape", str, "", "Tape directory (default: ~/.failcore/tape).")
@@ -498,6 +519,7 @@ class Recorder:
     def done(self) -> None:
         if self.writer is None:
             return
+        self._record_interrupted()
         # The run summary must not be the event a full queue drops: let the writer catch up first.
         if self.backlog is not None:
             self.backlog.build()
@@ -520,6 +542,17 @@ class Recorder:
         self.writer.close()
         self.session.sink = None
         self.writer = None
+
+    def _record_interrupted(self) -> None:
+        """Exchanges still open when the proxy stops end on the tape as `killed`, with what was seen."""
+        for flow in list(self.in_flight.values()):
+            if flow.error is None:
+                flow.error = Error(PROXY_STOPPED)
+            try:
+                self._record_exchange(flow, "http.request")
+            except Exception as exc:  # one broken flow must not cost the others (or run_end) their record
+                self.session.internal_error(flow, "recorder.done", exc)
+        self.in_flight.clear()
 
     def _evidence_failed(self, builder: Callable[[], dict[str, Any]], exc: Exception) -> dict[str, Any]:
         """An internal_error event naming the exchange whose evidence could not be built."""
@@ -545,10 +578,15 @@ class Recorder:
             detail=detail,
         ).to_dict()
 
+    def pending_exchanges(self) -> int:
+        """Exchanges mitmproxy is still working on that the tape does not have yet."""
+        return sum(1 for flow in self.in_flight.values() if flow.live)
+
     def _record_exchange(self, flow: http.HTTPFlow, action: str) -> None:
         if flow.metadata.get("failcore_recorded"):
             return
         flow.metadata["failcore_recorded"] = True
+        self.in_flight.pop(flow.id, None)
         settings = self._current_settings()
         # A WebSocket upgrade's state lives on for its messages; websocket_end releases it.
         state = self.session.flows.get(flow.id) if flow.websocket is not None else self.session.finish(flow)
@@ -556,7 +594,7 @@ class Recorder:
         self.counts["requests"] += 1
         if snap.blocked:
             self.counts["blocked"] += 1
-        elif snap.error or (snap.status or 0) >= 400:
+        elif (snap.error and not snap.closed_after_end()) or (snap.status or 0) >= 400:
             self.counts["failed"] += 1
         builder = partial(build_exchange_event, snap, settings)
         if self.writer is not None and _body_bytes(snap) > LOOP_BUILD_MAX_BYTES:
@@ -574,6 +612,10 @@ class Recorder:
                 return self._evidence_failed(builder, e)
 
         return build
+
+    @guarded("recorder.requestheaders")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.in_flight[flow.id] = flow
 
     @guarded("recorder.response")
     def response(self, flow: http.HTTPFlow) -> None:
