@@ -224,3 +224,40 @@ def test_secret_in_a_header_and_query_is_masked_and_located(start_proxy, upstrea
     forwarded = headers["X-Forwarded-Token"]
     assert forwarded.startswith("tok ghp") and forwarded.endswith(" end") and "…" in forwarded
     assert "…" in event["path"] and event["path"].startswith("/json?token=")
+
+
+def test_secret_past_the_recorded_cap_of_a_streamed_upload_is_found_by_offset(
+    start_proxy, upstream, tmp_path
+):
+    """The tape keeps the first failcore_body_cap bytes of a body; a secret further into a streamed
+    upload (and into its echo) is still found, located by byte offset, and never written."""
+    proxy = start_proxy(sets=["failcore_body_cap=65536", "failcore_stream_threshold=65536"])
+    filler = b"x" * 200_000
+    offset = len(filler) + len(b"token=")
+    body = filler + b"token=" + GITHUB_PAT.encode() + b"\n" + b"z" * 100_000
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(body), 10_000):  # chunked transfer: a secret split between chunks too
+            yield body[i : i + 10_000]
+
+    with proxied_client(proxy) as client:
+        echoed = client.post(upstream.url + "/echo", content=chunks())
+    assert echoed.status_code == 200 and GITHUB_PAT in echoed.text  # traffic is untouched
+    proxy.stop()
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "tape").glob("seg-*.jsonl"))
+    assert GITHUB_PAT.encode() not in raw
+    [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e["summary"] == "POST /echo"]
+    assert event["request"]["body"]["truncated"] is True
+    hits = {h["location"]: h for h in event["dlp"]["hits"] if h["rule"] == "github-pat"}
+    assert f"request.body@{offset}" in hits
+    assert hits[f"request.body@{offset}"]["preview"].startswith("ghp_")
+    assert any(loc.startswith("response.body@") for loc in hits), hits  # the echo carries it back
+    coverage = {c["where"]: c for c in event["dlp"]["past_cap"]}
+    assert coverage["request.body"] == {
+        "where": "request.body",
+        "from_byte": 65536,
+        "to_byte": len(body),
+        "complete": True,
+        "note": None,
+    }
+    assert any(w["reason"] == "dlp" for w in event["warnings"])

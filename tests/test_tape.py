@@ -378,8 +378,10 @@ def test_partial_write_is_rolled_back_before_next_lines(tape_dir: Path, signing_
     assert [e["i"] for e in iter_events(tape_dir, kinds=["network"])] == [0, 2]
 
 
+# The victim stops by itself if the test dies before killing it (a pytest run interrupted here once
+# left it filling the disk): when its parent is gone, after 60 s, and it writes at most ~1 GB.
 KILL_SCRIPT = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
@@ -387,9 +389,11 @@ key = load_or_create_signing_key(Path(sys.argv[1]))
 writer = TapeWriter(Path(sys.argv[2]), signing_key=key, run_id="victim", segment_bytes=1 << 40)
 writer.start()
 payload = "y" * 300_000
+parent = os.getppid()
+deadline = time.monotonic() + 60
 i = 0
-while True:
-    if writer.submit({"kind": "network", "run": "victim", "i": i, "payload": payload}):
+while os.getppid() == parent and time.monotonic() < deadline:
+    if i < 3_000 and writer.submit({"kind": "network", "run": "victim", "i": i, "payload": payload}):
         i += 1
     else:
         time.sleep(0.0005)

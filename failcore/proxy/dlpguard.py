@@ -13,12 +13,12 @@ import asyncio
 import base64
 import functools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from mitmproxy import http
+from mitmproxy import ctx, http
 
 from failcore.dlp import (
     DlpEngine,
@@ -36,7 +36,9 @@ from failcore.evidence import CREDENTIAL_HEADERS
 from failcore.policy import Action, Decision, DlpSettings, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
+from failcore.proxy.pastcap import PastCapScan
 from failcore.proxy.session import FlowState, Session
+from failcore.proxy.streamtap import should_stream_request, should_stream_response
 
 logger = logging.getLogger("failcore")
 
@@ -96,6 +98,11 @@ def _hit_record(scanner: DlpScanner, hit: Hit, where: str) -> dict[str, Any]:
         "action": scanner.action(hit),
         "taint_source": None,
     }
+
+
+def _located(record: dict[str, Any], location: str) -> dict[str, Any]:
+    record["location"] = location
+    return record
 
 
 def _location(where: str, located: str | None) -> str:
@@ -173,8 +180,9 @@ def _mask_headers(
         line_start += len(line)
 
 
-def scan_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
-    """Scan a built network event, mask every hit in it and attach the `dlp` block (writer thread)."""
+def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = ()) -> None:
+    """Scan a built network event, mask every hit in it and attach the `dlp` block (writer thread).
+    `past_cap`: the scans of streamed bodies beyond what the tape keeps (their hits carry offsets)."""
     hits: list[dict[str, Any]] = []
     s = scanner.settings
     request = event.get("request")
@@ -198,9 +206,19 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
         response = event.get("response")
         _mask_headers(scanner, response, "response", hits)
         _mask_body(scanner, (response or {}).get("body"), "response.body", hits)
-    if not hits:
+    coverage = []
+    for scan in past_cap:
+        found, covered = scan.results()
+        coverage.append(covered)
+        hits.extend(
+            _located(_hit_record(scanner, hit, scan.where), f"{scan.where}@{offset}") for offset, hit in found
+        )
+    partial = [c for c in coverage if not c["complete"]]
+    if not hits and not partial:
         return
     event["dlp"] = {"hits": hits, "engine": scanner.engine.backend}
+    if coverage:
+        event["dlp"]["past_cap"] = coverage
     warnings = event.setdefault("warnings", [])
     # A rule the policy ALLOWs is still masked (the tape never holds the value) but raises no warning.
     flagged = [h for h in hits if h["action"] != "ALLOW"]
@@ -316,6 +334,21 @@ class DlpGuard:
             state.blocked = True
             flow.response = blocked_response(verdict, flow.id)
 
+    @guarded("dlp.requestheaders")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        scanner = self.session.dlp
+        if scanner is None or flow.response is not None or not scanner.settings.scan_request:
+            return
+        if should_stream_request(flow, ctx.options.failcore_stream_threshold):
+            self.session.state(flow).request_observers.append(
+                PastCapScan(
+                    scanner.engine,
+                    ctx.options.failcore_body_cap,
+                    "request.body",
+                    compressed="content-encoding" in flow.request.headers,
+                )
+            )
+
     @guarded("dlp.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         scanner = self.session.dlp
@@ -323,5 +356,14 @@ class DlpGuard:
         if scanner is None or state is None or flow.response is None:
             return
         s = scanner.settings
+        if s.scan_response and should_stream_response(flow, ctx.options.failcore_stream_threshold):
+            state.stream_observers.append(
+                PastCapScan(
+                    scanner.engine,
+                    ctx.options.failcore_body_cap,
+                    "response.body",
+                    compressed="content-encoding" in flow.response.headers,
+                )
+            )
         if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:
             state.cut_guards.append(StreamDlp(scanner))

@@ -31,6 +31,7 @@ from failcore.policy import Decision
 from failcore.proxy.dlpguard import DlpScanner, scan_event
 from failcore.proxy.guard import guarded
 from failcore.proxy.meter import LlmFlow
+from failcore.proxy.pastcap import PastCapScan
 from failcore.proxy.session import BodyTap, FlowState, Session
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
@@ -276,8 +277,19 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     if snap.replay is not None:
         out["replay"] = snap.replay
     if cfg.dlp is not None:
-        scan_event(cfg.dlp, out)
+        scan_event(cfg.dlp, out, past_cap_scans(snap))
     return out
+
+
+def past_cap_scans(snap: ExchangeSnapshot) -> list[PastCapScan]:
+    """The DLP scans of this exchange's streamed bodies that went past the recorded cap."""
+    return [
+        observer
+        for message in (snap.request, snap.response)
+        if message is not None and message.tap is not None
+        for observer in message.tap.observers
+        if isinstance(observer, PastCapScan) and observer.passed_cap
+    ]
 
 
 def _contract_drift(meter: LlmFlow, request: dict[str, Any]) -> str | None:
@@ -597,9 +609,10 @@ class Recorder:
         elif (snap.error and not snap.closed_after_end()) or (snap.status or 0) >= 400:
             self.counts["failed"] += 1
         builder = partial(build_exchange_event, snap, settings)
-        if self.writer is not None and _body_bytes(snap) > LOOP_BUILD_MAX_BYTES:
-            # Decoding, scanning and hashing a large body would hold the event loop for milliseconds:
-            # that work goes to the writer's thread, where a GIL hand-over is the smaller cost.
+        if self.writer is not None and (_body_bytes(snap) > LOOP_BUILD_MAX_BYTES or past_cap_scans(snap)):
+            # Decoding, scanning and hashing a large body would hold the event loop for milliseconds
+            # (and a past-cap scan may have to be waited for): that work goes to the writer's thread,
+            # where a GIL hand-over is the smaller cost.
             self.writer.submit(self._safe(builder))
             return
         self.session.record(builder)

@@ -91,6 +91,8 @@ class FlowState:
     # Registered before StreamTap builds the response stream: observers see every chunk the client
     # receives; cut guards see every chunk before it is forwarded and may stop the stream.
     stream_observers: list[Callable[[bytes], None]] = field(default_factory=list)
+    # The same for a streamed request body.
+    request_observers: list[Callable[[bytes], None]] = field(default_factory=list)
     # Warnings other concerns attach to this flow's event (budget thresholds, …).
     warnings: list[dict[str, str]] = field(default_factory=list)
     cut_guards: list[Callable[[bytes], CutVerdict | None]] = field(default_factory=list)

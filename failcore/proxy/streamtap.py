@@ -90,7 +90,9 @@ class StreamTap:
             return  # it will be answered by the gate; streaming would forward it first
         if should_stream_request(flow, ctx.options.failcore_stream_threshold):
             tap = BodyTap(ctx.options.failcore_body_cap)
-            self.session.state(flow).request_tap = tap
+            state = self.session.state(flow)
+            tap.observers.extend(state.request_observers)
+            state.request_tap = tap
             flow.request.stream = tap
 
     @guarded("streamtap.responseheaders")

@@ -1,0 +1,157 @@
+"""DLP for the part of a streamed body the tape does not keep.
+
+The tape keeps the first `failcore_body_cap` bytes of a body, and evidence scanning covers those. An
+upload or download past the cap streams through without being kept, so a secret at byte 5,000,000 of
+an upload would go unseen. `PastCapScan` watches such a stream: once it passes the cap it hands each
+chunk (with an overlap, so a secret straddling two chunks or the cap itself is found) to one worker
+thread, off the event loop. Hits carry their byte offset, since no recorded text holds them.
+
+The worker's queue is bounded: when it is full the scan of that body stops and says so, rather than
+hold chunks or slow the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from failcore.dlp import DlpEngine, Hit
+
+logger = logging.getLogger("failcore")
+
+OVERLAP = 4096
+MAX_HITS = 100
+QUEUE_CHUNKS = 64
+# Fresh bytes collected before a scan is handed to the worker: small chunks are not scanned one by one.
+BATCH_BYTES = 256 * 1024
+
+
+class PastCapScan:
+    """A stream observer (see BodyTap.observers) for one body: scans what lies past `cap`."""
+
+    __slots__ = ("base", "batch", "cap", "done", "engine", "hits", "note", "pending", "seen", "tail", "where")
+
+    def __init__(self, engine: DlpEngine, cap: int, where: str, *, compressed: bool = False) -> None:
+        self.engine = engine
+        self.cap = cap
+        self.where = where
+        self.seen = 0
+        # Bytes before `batch` kept so a secret across a batch boundary is whole in one scan.
+        self.tail = b""
+        # Bytes past the cap not handed to the worker yet (small chunks are scanned together).
+        self.batch = bytearray()
+        self.base = 0  # stream offset of tail + batch
+        self.hits: dict[tuple[str, int, int], Hit] = {}
+        self.pending = 0
+        self.done = threading.Condition()
+        # Why the part past the cap was not (wholly) scanned; None while the scan is whole.
+        self.note: str | None = (
+            "compressed stream: the part past the recorded cap is not scanned" if compressed else None
+        )
+
+    @property
+    def passed_cap(self) -> bool:
+        return self.seen > self.cap
+
+    def __call__(self, chunk: bytes) -> None:
+        start = self.seen
+        self.seen += len(chunk)
+        if self.note is not None or self.seen <= self.cap - OVERLAP:
+            return
+        if not self.batch and start < self.cap:
+            # Still (partly) inside the recorded part: keep the overlap, and batch what is past the cap.
+            joined = self.tail + chunk
+            self.base = start - len(self.tail)
+            keep = max(0, min(len(joined), self.cap - self.base))
+            self.tail = joined[max(0, keep - OVERLAP) : keep]
+            self.base += max(0, keep - OVERLAP)
+            self.batch += joined[keep:]
+        else:
+            self.batch += chunk
+        if len(self.batch) >= BATCH_BYTES:
+            self._hand_over(start)
+
+    def _hand_over(self, at: int) -> None:
+        buffer = self.tail + bytes(self.batch)
+        base = self.base
+        self.tail = buffer[-OVERLAP:]
+        self.base = base + len(buffer) - len(self.tail)
+        self.batch.clear()
+        with self.done:
+            self.pending += 1
+        if not _worker().submit(self, buffer, base):
+            with self.done:
+                self.pending -= 1
+                self.note = f"scan queue full: stopped scanning at byte {at}"
+                self.done.notify_all()
+
+    def scan_now(self, buffer: bytes, base: int) -> None:
+        """Runs in the worker thread (or the caller's, for the last batch)."""
+        try:
+            for hit in self.engine.scan(buffer):
+                if base + hit.end <= self.cap or len(self.hits) >= MAX_HITS:
+                    continue  # inside the recorded part: evidence scanning reports it with its JSON pointer
+                self.hits.setdefault((hit.rule_id, base + hit.start, base + hit.end), hit)
+        except Exception as e:  # a scan failure must not lose the others' scans
+            self.note = f"scan failed: {type(e).__name__}: {e}"[:300]
+        finally:
+            with self.done:
+                self.pending -= 1
+                self.done.notify_all()
+
+    def results(self, timeout: float = 10.0) -> tuple[list[tuple[int, Hit]], dict[str, Any]]:
+        """Scan the last batch here (the stream has ended), wait for the worker's share of this body,
+        then (offset, hit) pairs and what part of the body past the cap was covered. Called off the
+        event loop: the evidence of an exchange with a past-cap scan is built in the writer's thread."""
+        if self.batch and self.note is None:
+            buffer, base = self.tail + bytes(self.batch), self.base
+            self.batch.clear()
+            with self.done:
+                self.pending += 1
+            self.scan_now(buffer, base)
+        with self.done:
+            finished = self.done.wait_for(lambda: self.pending == 0, timeout)
+        note = self.note if finished else f"scan did not finish within {timeout}s"
+        found = sorted(((start, hit) for (_, start, _), hit in list(self.hits.items())), key=lambda p: p[0])
+        coverage = {
+            "where": self.where,
+            "from_byte": self.cap,
+            "to_byte": self.seen,
+            "complete": note is None,
+            "note": note,
+        }
+        return found, coverage
+
+
+class _Worker:
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[PastCapScan, bytes, int]] = queue.Queue(QUEUE_CHUNKS)
+        self.thread = threading.Thread(target=self._run, name="failcore-dlp-past-cap", daemon=True)
+        self.thread.start()
+
+    def submit(self, scan: PastCapScan, buffer: bytes, base: int) -> bool:
+        try:
+            self.queue.put_nowait((scan, buffer, base))
+        except queue.Full:
+            return False
+        return True
+
+    def _run(self) -> None:
+        while True:
+            scan, buffer, base = self.queue.get()
+            scan.scan_now(buffer, base)
+
+
+_worker_lock = threading.Lock()
+_the_worker: _Worker | None = None
+
+
+def _worker() -> _Worker:
+    global _the_worker
+    if _the_worker is None:
+        with _worker_lock:
+            if _the_worker is None:
+                _the_worker = _Worker()
+    return _the_worker
