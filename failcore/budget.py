@@ -40,7 +40,12 @@ from failcore.policy import BudgetSpec
 
 # The order of the internal usage vectors; cost is kept in integer nano-dollars so sums never drift.
 USAGE_METRICS: tuple[str, ...] = (
-    "requests", "input_tokens", "output_tokens", "total_tokens", "cost_usd", "tool_calls",
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cost_usd",
+    "tool_calls",
 )
 WALL_SECONDS = "wall_seconds"
 _COST_INDEX = USAGE_METRICS.index("cost_usd")
@@ -68,8 +73,12 @@ class Usage:
 
     def vector(self) -> Vector:
         return [
-            self.requests, self.input_tokens, self.output_tokens, self.total_tokens,
-            round(self.cost_usd * _NANOS_PER_USD), self.tool_calls,
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.total_tokens,
+            round(self.cost_usd * _NANOS_PER_USD),
+            self.tool_calls,
         ]
 
 
@@ -137,7 +146,8 @@ class _BudgetState:
         # (index into the usage vector, limit in internal units, limit as written) per usage metric.
         self.limits = [
             (USAGE_METRICS.index(metric), _internal_limit(metric, limit), limit)
-            for metric, limit in spec.limits.items() if metric != WALL_SECONDS
+            for metric, limit in spec.limits.items()
+            if metric != WALL_SECONDS
         ]
         self.wall_limit = spec.limits.get(WALL_SECONDS)
         self.wall_seen = 0.0
@@ -188,20 +198,29 @@ class _BudgetState:
                 return self.expiry(bucket)
         return None
 
-    def breach(self, index: int, threshold: float, limit: float, used: float, now: float,
-               *, hard: bool) -> BudgetBreach:
+    def breach(
+        self, index: int, threshold: float, limit: float, used: float, now: float, *, hard: bool
+    ) -> BudgetBreach:
         resets_at = self.release_time(index, threshold)
         return self._breach(USAGE_METRICS[index], limit, _display(index, used), resets_at, now, hard=hard)
 
     def wall_breach(self, used: float, limit: float, *, hard: bool) -> BudgetBreach:
         return self._breach(WALL_SECONDS, limit, used, None, 0.0, hard=hard)
 
-    def _breach(self, metric: str, limit: float, used: float, resets_at: float | None, now: float,
-                *, hard: bool) -> BudgetBreach:
+    def _breach(
+        self, metric: str, limit: float, used: float, resets_at: float | None, now: float, *, hard: bool
+    ) -> BudgetBreach:
         retry_after = max(1, math.ceil(resets_at - now)) if resets_at is not None else None
         return BudgetBreach(
-            budget=self.spec.id, metric=metric, limit=limit, used=used, window=self.spec.window,
-            resets_at=resets_at, retry_after=retry_after, hard=hard, on_exceed=self.spec.on_exceed,
+            budget=self.spec.id,
+            metric=metric,
+            limit=limit,
+            used=used,
+            window=self.spec.window,
+            resets_at=resets_at,
+            retry_after=retry_after,
+            hard=hard,
+            on_exceed=self.spec.on_exceed,
         )
 
     def hard_breaches(self, now: float, elapsed: float, extra: Vector | None = None) -> list[BudgetBreach]:
@@ -334,7 +353,8 @@ class BudgetStore:
 
     def _in_scope(self, host: str, provider: str | None, model: str | None) -> list[_BudgetState]:
         return [
-            state for state in self._states
+            state
+            for state in self._states
             if state.spec.scope.matches(host=host, provider=provider, model=model)
         ]
 
@@ -395,14 +415,16 @@ class BudgetStore:
                         "next_expiry": None,
                         "blocked_until": None,
                     }
-                result.append({
-                    "budget": state.spec.id,
-                    "window": state.spec.window,
-                    "window_seconds": state.window,
-                    "on_exceed": state.spec.on_exceed,
-                    "run_id": None if state.rolling else self._run_id,
-                    "metrics": metrics,
-                })
+                result.append(
+                    {
+                        "budget": state.spec.id,
+                        "window": state.spec.window,
+                        "window_seconds": state.window,
+                        "on_exceed": state.spec.on_exceed,
+                        "run_id": None if state.rolling else self._run_id,
+                        "metrics": metrics,
+                    }
+                )
         return result
 
     @staticmethod
@@ -467,8 +489,15 @@ class BudgetStore:
                 if budget in run:
                     run[budget].add(now, list(values))
 
-    def _write(self, connection: sqlite3.Connection, rolling: dict[tuple[str, int], Vector],
-               run: dict[str, Vector], now: float, *, prune: bool) -> None:
+    def _write(
+        self,
+        connection: sqlite3.Connection,
+        rolling: dict[tuple[str, int], Vector],
+        run: dict[str, Vector],
+        now: float,
+        *,
+        prune: bool,
+    ) -> None:
         columns = ", ".join(USAGE_METRICS)
         placeholders = ", ".join("?" for _ in USAGE_METRICS)
         increments = ", ".join(f"{name} = {name} + excluded.{name}" for name in USAGE_METRICS)

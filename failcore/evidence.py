@@ -70,7 +70,7 @@ def header_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> str | No
     return None
 
 
-def _decoder_steps(data: bytes, encoding: str) -> Iterator[bytes]:
+def decoded_steps(data: bytes, encoding: str) -> Iterator[bytes]:
     """Decode in bounded steps so a small compressed body can never balloon memory."""
     if encoding in ("gzip", "x-gzip", "deflate"):
         if encoding == "deflate" and data[:1] != b"\x78":
@@ -141,7 +141,7 @@ def body_evidence(
         kept = bytearray()
         total = 0
         try:
-            for piece in _decoder_steps(data, encoding):
+            for piece in decoded_steps(data, encoding):
                 total += len(piece)
                 if complete:
                     digest.update(piece)

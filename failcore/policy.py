@@ -52,8 +52,16 @@ OnExceed = Literal["block", "cut_stream"]
 DlpStreamMode = Literal["side", "strict"]
 
 TOP_LEVEL_KEYS: tuple[str, ...] = (
-    "version", "description", "mode", "default", "fail_open", "redact_headers", "rules",
-    "budgets", "dlp", "prices",
+    "version",
+    "description",
+    "mode",
+    "default",
+    "fail_open",
+    "redact_headers",
+    "rules",
+    "budgets",
+    "dlp",
+    "prices",
 )
 RULE_KEYS: tuple[str, ...] = ("id", "host", "port", "scheme", "method", "path", "action", "reason")
 
@@ -70,12 +78,30 @@ ON_EXCEED: tuple[OnExceed, ...] = ("block", "cut_stream")
 DEFAULT_SOFT_FRACTION = 0.8
 # Provider names exactly as failcore.llm.detect_api reports them.
 LLM_PROVIDERS: tuple[str, ...] = (
-    "openai", "azure_openai", "openai_compatible", "anthropic", "anthropic_compatible", "gemini", "ollama",
-    "openrouter", "together", "groq", "mistral", "deepseek", "xai", "fireworks",
+    "openai",
+    "azure_openai",
+    "openai_compatible",
+    "anthropic",
+    "anthropic_compatible",
+    "gemini",
+    "ollama",
+    "openrouter",
+    "together",
+    "groq",
+    "mistral",
+    "deepseek",
+    "xai",
+    "fireworks",
 )
 
 DLP_KEYS: tuple[str, ...] = (
-    "enabled", "stream", "default_action", "severity_actions", "rule_actions", "scan", "import_gitleaks",
+    "enabled",
+    "stream",
+    "default_action",
+    "severity_actions",
+    "rule_actions",
+    "scan",
+    "import_gitleaks",
     "custom",
 )
 DLP_SCAN_KEYS: tuple[str, ...] = ("request", "response")
@@ -473,7 +499,7 @@ def _describe(value: object) -> str:
 def _unknown_key_message(key: str, allowed: tuple[str, ...], where: str) -> str:
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f' Did you mean "{close[0]}"?' if close else ""
-    return f'unknown key {_quote(key)} {where}.{hint} Allowed keys: {", ".join(allowed)}'
+    return f"unknown key {_quote(key)} {where}.{hint} Allowed keys: {', '.join(allowed)}"
 
 
 def _parse_action(value: object) -> Action | None:
@@ -688,18 +714,22 @@ class _PolicyReader:
         id_owner: dict[str, tuple[int, int]] = {}
         for index, node in enumerate(value):
             if not isinstance(node, CommentedMap):
-                self.problems.add(_item_pos(value, index),
-                                  f"budget {index + 1}: expected a mapping such as '- id: openai-daily' plus "
-                                  f"'window:' and 'limits:', got {_describe(node)}")
+                self.problems.add(
+                    _item_pos(value, index),
+                    f"budget {index + 1}: expected a mapping such as '- id: openai-daily' plus "
+                    f"'window:' and 'limits:', got {_describe(node)}",
+                )
                 continue
             reader = _BudgetReader(index, node, self.problems)
             budget = reader.read()
             if reader.budget_id is not None and reader.budget_id in id_owner:
                 owner_number, owner_line = id_owner[reader.budget_id]
-                self.problems.add(_value_pos(node, "id"),
-                                  f"budget {index + 1}: duplicate budget id {_quote(reader.budget_id)}, "
-                                  f"already used by budget {owner_number} on line {owner_line}; give each "
-                                  "budget a unique id")
+                self.problems.add(
+                    _value_pos(node, "id"),
+                    f"budget {index + 1}: duplicate budget id {_quote(reader.budget_id)}, "
+                    f"already used by budget {owner_number} on line {owner_line}; give each "
+                    "budget a unique id",
+                )
                 continue
             if reader.budget_id is not None:
                 id_owner[reader.budget_id] = (index + 1, _node_pos(node)[0])
@@ -783,14 +813,18 @@ class _RuleReader:
 
     def _read_action(self) -> Action | None:
         if "action" not in self.node:
-            self._add(_node_pos(self.node), "missing required key 'action'; add e.g. 'action: BLOCK' "
-                      "(one of ALLOW, WARN, BLOCK)")
+            self._add(
+                _node_pos(self.node),
+                "missing required key 'action'; add e.g. 'action: BLOCK' (one of ALLOW, WARN, BLOCK)",
+            )
             return None
         value = self.node["action"]
         action = _parse_action(value)
         if action is None:
-            self._add(_value_pos(self.node, "action"),
-                      f"action: {_describe(value)} is not a valid action; use ALLOW, WARN or BLOCK")
+            self._add(
+                _value_pos(self.node, "action"),
+                f"action: {_describe(value)} is not a valid action; use ALLOW, WARN or BLOCK",
+            )
         return action
 
     def _read_reason(self) -> str | None:
@@ -826,8 +860,11 @@ class _RuleReader:
         ports: set[int] = set()
         for value, position in self._items("port"):
             if not _is_int(value):
-                self._add(position, f"port: {_describe(value)} is not a port number; "
-                          "write an integer from 1 to 65535 without quotes, e.g. 'port: 443'")
+                self._add(
+                    position,
+                    f"port: {_describe(value)} is not a port number; "
+                    "write an integer from 1 to 65535 without quotes, e.g. 'port: 443'",
+                )
             elif not 1 <= value <= 65535:
                 self._add(position, f"port: {value} is out of range; ports are 1 to 65535")
             else:
@@ -843,8 +880,11 @@ class _RuleReader:
             if normalised in SCHEMES:
                 schemes.add(normalised)
             else:
-                self._add(position, f"scheme: {_describe(value)} is not a supported scheme; "
-                          f"use one of {', '.join(SCHEMES)} (without '://')")
+                self._add(
+                    position,
+                    f"scheme: {_describe(value)} is not a supported scheme; "
+                    f"use one of {', '.join(SCHEMES)} (without '://')",
+                )
         return frozenset(schemes)
 
     def _read_methods(self) -> frozenset[str] | None:
@@ -859,8 +899,11 @@ class _RuleReader:
             elif text is not None and _METHOD_NAME.fullmatch(text):
                 methods.add(text.upper())
             else:
-                self._add(position, f"method: {_describe(value)} is not an HTTP method; "
-                          "write a name such as GET or POST, or '*' for any method")
+                self._add(
+                    position,
+                    f"method: {_describe(value)} is not an HTTP method; "
+                    "write a name such as GET or POST, or '*' for any method",
+                )
         return None if match_any else frozenset(methods)
 
     def _read_paths(self) -> PathPattern | None:
@@ -931,8 +974,11 @@ class _BudgetReader:
 
     def _read_id(self) -> str | None:
         if "id" not in self.node:
-            self._add(_node_pos(self.node), "missing required key 'id'; add e.g. 'id: openai-daily' "
-                      "(the id is shown on the tape and in the 429 answer)")
+            self._add(
+                _node_pos(self.node),
+                "missing required key 'id'; add e.g. 'id: openai-daily' "
+                "(the id is shown on the tape and in the 429 answer)",
+            )
             return None
         value = _read_text_id(self.node, self._add)
         if value is not None:
@@ -944,17 +990,21 @@ class _BudgetReader:
 
     def _read_window(self) -> BudgetWindow | None:
         if "window" not in self.node:
-            self._add(_node_pos(self.node), "missing required key 'window'; add e.g. 'window: day' "
-                      f"(one of {', '.join(BUDGET_WINDOWS)})")
+            self._add(
+                _node_pos(self.node),
+                f"missing required key 'window'; add e.g. 'window: day' (one of {', '.join(BUDGET_WINDOWS)})",
+            )
             return None
         value = self.node["window"]
         normalised = value.strip().lower() if isinstance(value, str) else None
         for window in BUDGET_WINDOWS:
             if window == normalised:
                 return window
-        self._add(_value_pos(self.node, "window"),
-                  f"window: {_describe(value)} is not a budget window; use run (this proxy run), "
-                  "or minute, hour or day (rolling windows of 60 s, 3600 s or 86400 s)")
+        self._add(
+            _value_pos(self.node, "window"),
+            f"window: {_describe(value)} is not a budget window; use run (this proxy run), "
+            "or minute, hour or day (rolling windows of 60 s, 3600 s or 86400 s)",
+        )
         return None
 
     def _read_scope(self) -> BudgetScope:
@@ -962,13 +1012,18 @@ class _BudgetReader:
         if node is None:
             return BudgetScope()
         if not isinstance(node, CommentedMap):
-            self._add(_value_pos(self.node, "scope"),
-                      f"scope: expected a mapping such as 'host: api.openai.com', got {_describe(node)}")
+            self._add(
+                _value_pos(self.node, "scope"),
+                f"scope: expected a mapping such as 'host: api.openai.com', got {_describe(node)}",
+            )
             return BudgetScope()
         for key in node:
             if not isinstance(key, str) or key not in BUDGET_SCOPE_KEYS:
-                message = (_unknown_key_message(key, BUDGET_SCOPE_KEYS, "in a budget scope")
-                           if isinstance(key, str) else f"scope keys must be text, got {_describe(key)}")
+                message = (
+                    _unknown_key_message(key, BUDGET_SCOPE_KEYS, "in a budget scope")
+                    if isinstance(key, str)
+                    else f"scope keys must be text, got {_describe(key)}"
+                )
                 self._add(_key_pos(node, key), f"scope: {message}")
         hosts = self._read_scope_hosts(node) if node.get("host") is not None else None
         providers = self._read_scope_providers(node) if node.get("provider") is not None else None
@@ -1003,9 +1058,12 @@ class _BudgetReader:
             else:
                 close = difflib.get_close_matches(normalised or "", LLM_PROVIDERS, n=1)
                 hint = f' Did you mean "{close[0]}"?' if close else ""
-                self._add(position, f"scope: provider: {_describe(value)} is not a provider failcore "
-                          f"recognises, so the budget would never count anything.{hint} "
-                          f"Known providers: {', '.join(LLM_PROVIDERS)}")
+                self._add(
+                    position,
+                    f"scope: provider: {_describe(value)} is not a provider failcore "
+                    f"recognises, so the budget would never count anything.{hint} "
+                    f"Known providers: {', '.join(LLM_PROVIDERS)}",
+                )
         return None if match_any else frozenset(providers)
 
     def _read_scope_models(self, node: CommentedMap) -> tuple[tuple[str, ...] | None, _FullMatcher | None]:
@@ -1016,8 +1074,10 @@ class _BudgetReader:
             if text == "*":
                 return None, None
             if not text or not text.isprintable():
-                self._add(position, f"scope: model: expected a model name or glob such as gpt-4o*, "
-                          f"got {_describe(value)}")
+                self._add(
+                    position,
+                    f"scope: model: expected a model name or glob such as gpt-4o*, got {_describe(value)}",
+                )
                 continue
             try:
                 regex_text = model_glob_to_regex(text)
@@ -1033,31 +1093,40 @@ class _BudgetReader:
 
     def _read_limits(self, window: BudgetWindow | None) -> dict[str, float]:
         if self.node.get("limits") is None:
-            self._add(_key_pos(self.node, "limits") if "limits" in self.node else _node_pos(self.node),
-                      "missing limits; add e.g. 'limits: {cost_usd: 10.0}' "
-                      f"(any of {', '.join(BUDGET_METRICS)})")
+            self._add(
+                _key_pos(self.node, "limits") if "limits" in self.node else _node_pos(self.node),
+                f"missing limits; add e.g. 'limits: {{cost_usd: 10.0}}' (any of {', '.join(BUDGET_METRICS)})",
+            )
             return {}
         node = self.node["limits"]
         if not isinstance(node, CommentedMap):
-            self._add(_value_pos(self.node, "limits"),
-                      f"limits: expected a mapping such as 'cost_usd: 10.0', got {_describe(node)}")
+            self._add(
+                _value_pos(self.node, "limits"),
+                f"limits: expected a mapping such as 'cost_usd: 10.0', got {_describe(node)}",
+            )
             return {}
         if not node:
-            self._add(_value_pos(self.node, "limits"),
-                      f"limits: give at least one limit (any of {', '.join(BUDGET_METRICS)})")
+            self._add(
+                _value_pos(self.node, "limits"),
+                f"limits: give at least one limit (any of {', '.join(BUDGET_METRICS)})",
+            )
         limits: dict[str, float] = {}
         for metric in node:
             if not isinstance(metric, str) or metric not in BUDGET_METRICS:
-                message = (_unknown_key_message(metric, BUDGET_METRICS, "in budget limits")
-                           if isinstance(metric, str)
-                           else f"limit names must be text, got {_describe(metric)}")
+                message = (
+                    _unknown_key_message(metric, BUDGET_METRICS, "in budget limits")
+                    if isinstance(metric, str)
+                    else f"limit names must be text, got {_describe(metric)}"
+                )
                 self._add(_key_pos(node, metric), f"limits: {message}")
                 continue
             limit = self._limit_value(node, metric)
             if metric == "wall_seconds" and window is not None and window != "run":
-                self._add(_key_pos(node, metric),
-                          f"limits: wall_seconds only applies to 'window: run' (it limits how long a run "
-                          f"lasts); this budget's window is {window}")
+                self._add(
+                    _key_pos(node, metric),
+                    f"limits: wall_seconds only applies to 'window: run' (it limits how long a run "
+                    f"lasts); this budget's window is {window}",
+                )
             elif limit is not None:
                 limits[metric] = limit
         return limits
@@ -1068,8 +1137,9 @@ class _BudgetReader:
         if metric in COUNT_METRICS:
             if _is_int(value) and value > 0:
                 return int(value)
-            self._add(position, f"limits: {metric}: expected a whole number greater than 0, "
-                      f"got {_describe(value)}")
+            self._add(
+                position, f"limits: {metric}: expected a whole number greater than 0, got {_describe(value)}"
+            )
             return None
         if (_is_int(value) or isinstance(value, float)) and math.isfinite(value) and value > 0:
             return float(value)
@@ -1082,9 +1152,11 @@ class _BudgetReader:
         value = self.node["soft"]
         if (_is_int(value) or isinstance(value, float)) and 0 < value <= 1:
             return float(value)
-        self._add(_value_pos(self.node, "soft"),
-                  f"soft: expected a fraction of each limit greater than 0 and at most 1 (e.g. 0.8 warns "
-                  f"from 80%), got {_describe(value)}")
+        self._add(
+            _value_pos(self.node, "soft"),
+            f"soft: expected a fraction of each limit greater than 0 and at most 1 (e.g. 0.8 warns "
+            f"from 80%), got {_describe(value)}",
+        )
         return DEFAULT_SOFT_FRACTION
 
     def _read_on_exceed(self) -> OnExceed:
@@ -1095,9 +1167,11 @@ class _BudgetReader:
         for choice in ON_EXCEED:
             if choice == normalised:
                 return choice
-        self._add(_value_pos(self.node, "on_exceed"),
-                  f"on_exceed: {_describe(value)} is not valid; use block (finish calls in flight, refuse "
-                  "the next request) or cut_stream (also cut a streaming response at the limit)")
+        self._add(
+            _value_pos(self.node, "on_exceed"),
+            f"on_exceed: {_describe(value)} is not valid; use block (finish calls in flight, refuse "
+            "the next request) or cut_stream (also cut a streaming response at the limit)",
+        )
         return "block"
 
 
@@ -1116,9 +1190,11 @@ class _DlpReader:
         if node is None:
             return dataclasses.replace(DEFAULT_DLP_SETTINGS, declared=True)
         if not isinstance(node, CommentedMap):
-            self.problems.add(_value_pos(self.document, "dlp"),
-                              f"dlp: expected a mapping of DLP settings such as 'default_action: WARN', "
-                              f"got {_describe(node)}")
+            self.problems.add(
+                _value_pos(self.document, "dlp"),
+                f"dlp: expected a mapping of DLP settings such as 'default_action: WARN', "
+                f"got {_describe(node)}",
+            )
             return DEFAULT_DLP_SETTINGS
         self.node = node
         self._check_keys()
@@ -1166,8 +1242,10 @@ class _DlpReader:
         value = node[key]
         action = _parse_action(value)
         if action is None:
-            self.problems.add(_value_pos(node, key),
-                              f"{label}: {_describe(value)} is not a valid action; use ALLOW, WARN or BLOCK")
+            self.problems.add(
+                _value_pos(node, key),
+                f"{label}: {_describe(value)} is not a valid action; use ALLOW, WARN or BLOCK",
+            )
         return action
 
     def _read_stream(self) -> DlpStreamMode:
@@ -1178,10 +1256,12 @@ class _DlpReader:
         for mode in DLP_STREAM_MODES:
             if mode == normalised:
                 return mode
-        self.problems.add(_value_pos(self.node, "stream"),
-                          f"dlp: stream: {_describe(value)} is not valid; use side (scan a copy, never "
-                          "delay the stream) or strict (hold back a sliding window and cut the stream on a "
-                          "BLOCK hit)")
+        self.problems.add(
+            _value_pos(self.node, "stream"),
+            f"dlp: stream: {_describe(value)} is not valid; use side (scan a copy, never "
+            "delay the stream) or strict (hold back a sliding window and cut the stream on a "
+            "BLOCK hit)",
+        )
         return "side"
 
     def _mapping(self, key: str, example: str) -> CommentedMap | None:
@@ -1190,8 +1270,10 @@ class _DlpReader:
             return None
         if isinstance(node, CommentedMap):
             return node
-        self.problems.add(_value_pos(self.node, key),
-                          f"dlp: {key}: expected a mapping such as '{example}', got {_describe(node)}")
+        self.problems.add(
+            _value_pos(self.node, key),
+            f"dlp: {key}: expected a mapping such as '{example}', got {_describe(node)}",
+        )
         return None
 
     def _read_severity_actions(self) -> Mapping[str, Action]:
@@ -1201,9 +1283,11 @@ class _DlpReader:
         actions: dict[str, Action] = {}
         for severity in node:
             if not isinstance(severity, str) or severity.strip().lower() not in SEVERITIES:
-                self.problems.add(_key_pos(node, severity),
-                                  f"dlp: severity_actions: {_describe(severity)} is not a severity; "
-                                  f"use {', '.join(SEVERITIES)}")
+                self.problems.add(
+                    _key_pos(node, severity),
+                    f"dlp: severity_actions: {_describe(severity)} is not a severity; "
+                    f"use {', '.join(SEVERITIES)}",
+                )
                 continue
             action = self._read_action(node, severity, f"dlp: severity_actions: {severity}")
             if action is not None:
@@ -1217,15 +1301,18 @@ class _DlpReader:
         actions: dict[str, Action] = {}
         for rule_id in node:
             if not isinstance(rule_id, str):
-                self.problems.add(_key_pos(node, rule_id),
-                                  f"dlp: rule_actions: rule ids are text, got {_describe(rule_id)}")
+                self.problems.add(
+                    _key_pos(node, rule_id), f"dlp: rule_actions: rule ids are text, got {_describe(rule_id)}"
+                )
                 continue
             if known_ids is not None and rule_id not in known_ids:
                 close = difflib.get_close_matches(rule_id, sorted(known_ids), n=3)
                 hint = f" Close matches: {', '.join(close)}." if close else ""
-                self.problems.add(_key_pos(node, rule_id),
-                                  f"dlp: rule_actions: unknown DLP rule id {_quote(rule_id)}; it is not a "
-                                  f"built-in, custom or imported rule.{hint}")
+                self.problems.add(
+                    _key_pos(node, rule_id),
+                    f"dlp: rule_actions: unknown DLP rule id {_quote(rule_id)}; it is not a "
+                    f"built-in, custom or imported rule.{hint}",
+                )
                 continue
             action = self._read_action(node, rule_id, f"dlp: rule_actions: {rule_id}")
             if action is not None:
@@ -1238,11 +1325,16 @@ class _DlpReader:
             return True, True
         for key in node:
             if not isinstance(key, str) or key not in DLP_SCAN_KEYS:
-                message = (_unknown_key_message(key, DLP_SCAN_KEYS, "in dlp scan") if isinstance(key, str)
-                           else f"setting names must be text, got {_describe(key)}")
+                message = (
+                    _unknown_key_message(key, DLP_SCAN_KEYS, "in dlp scan")
+                    if isinstance(key, str)
+                    else f"setting names must be text, got {_describe(key)}"
+                )
                 self.problems.add(_key_pos(node, key), f"dlp: scan: {message}")
-        return (self._read_bool(node, "request", "dlp: scan: request", default=True),
-                self._read_bool(node, "response", "dlp: scan: response", default=True))
+        return (
+            self._read_bool(node, "request", "dlp: scan: request", default=True),
+            self._read_bool(node, "response", "dlp: scan: response", default=True),
+        )
 
     def _read_gitleaks(self) -> _GitleaksResult | None:
         if self.node.get("import_gitleaks") is None:
@@ -1250,23 +1342,29 @@ class _DlpReader:
         value = self.node["import_gitleaks"]
         position = _value_pos(self.node, "import_gitleaks")
         if not isinstance(value, str) or not value.strip():
-            self.problems.add(position, f"dlp: import_gitleaks: expected the path of a gitleaks.toml file, "
-                              f"got {_describe(value)}")
+            self.problems.add(
+                position,
+                f"dlp: import_gitleaks: expected the path of a gitleaks.toml file, got {_describe(value)}",
+            )
             return _GITLEAKS_FAILED
         path = (self.base_dir / Path(value.strip()).expanduser()).resolve()
         try:
             imported = import_gitleaks(path)
         except OSError as exc:
-            self.problems.add(position, f"dlp: import_gitleaks: cannot read {path}: {exc.strerror or exc} "
-                              "(relative paths are resolved from the policy file's directory)")
+            self.problems.add(
+                position,
+                f"dlp: import_gitleaks: cannot read {path}: {exc.strerror or exc} "
+                "(relative paths are resolved from the policy file's directory)",
+            )
             return _GITLEAKS_FAILED
         except tomllib.TOMLDecodeError as exc:
             self.problems.add(position, f"dlp: import_gitleaks: {path} is not valid TOML: {exc}")
             return _GITLEAKS_FAILED
         # The importer trusts the file's structure: a table where a list belongs surfaces as one of these.
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            self.problems.add(position,
-                              f"dlp: import_gitleaks: {path} is not a usable gitleaks config: {exc}")
+            self.problems.add(
+                position, f"dlp: import_gitleaks: {path} is not a usable gitleaks config: {exc}"
+            )
             return _GITLEAKS_FAILED
         return path, tuple(imported.rules), tuple(imported.skipped)
 
@@ -1276,9 +1374,11 @@ class _DlpReader:
             return (), set()
         node = self.node["custom"]
         if not isinstance(node, CommentedSeq):
-            self.problems.add(_value_pos(self.node, "custom"),
-                              f"dlp: custom: expected a list of rules (each starts with '- id: ...'), "
-                              f"got {_describe(node)}")
+            self.problems.add(
+                _value_pos(self.node, "custom"),
+                f"dlp: custom: expected a list of rules (each starts with '- id: ...'), "
+                f"got {_describe(node)}",
+            )
             return (), set()
         rules: list[DlpRule] = []
         ids: set[str] = set()
@@ -1288,16 +1388,19 @@ class _DlpReader:
             if isinstance(rule_id, str):
                 if rule_id in ids or rule_id in taken:
                     owner = "another custom rule" if rule_id in ids else "a built-in rule"
-                    self.problems.add(_value_pos(item, "id"),
-                                      f"dlp: custom rule {index + 1}: id {_quote(rule_id)} is already "
-                                      f"used by {owner}; give each rule a unique id")
+                    self.problems.add(
+                        _value_pos(item, "id"),
+                        f"dlp: custom rule {index + 1}: id {_quote(rule_id)} is already "
+                        f"used by {owner}; give each rule a unique id",
+                    )
                     continue
                 ids.add(rule_id)
             try:
                 rules.extend(parse_custom_rules([_to_plain(item)], "policy"))
             except ValueError as exc:
-                self.problems.add(_custom_rule_problem_pos(node, index, str(exc)),
-                                  f"dlp: custom rule {index + 1}: {exc}")
+                self.problems.add(
+                    _custom_rule_problem_pos(node, index, str(exc)), f"dlp: custom rule {index + 1}: {exc}"
+                )
         return tuple(rules), ids
 
 
@@ -1344,9 +1447,11 @@ def _read_prices(document: CommentedMap, problems: _Problems) -> dict[str, objec
     if node is None:
         return {}
     if not isinstance(node, CommentedMap):
-        problems.add(_value_pos(document, "prices"),
-                     f"prices: expected a mapping of model id to prices such as "
-                     f"'my-model: {{input: 3.0, output: 12.0}}', got {_describe(node)}")
+        problems.add(
+            _value_pos(document, "prices"),
+            f"prices: expected a mapping of model id to prices such as "
+            f"'my-model: {{input: 3.0, output: 12.0}}', got {_describe(node)}",
+        )
         return {}
     overrides = _to_plain(node)
     assert isinstance(overrides, dict)
@@ -1394,13 +1499,17 @@ def _parse_host_pattern(value: object) -> str | _Invalid:
         return _Invalid(f"expected a host name such as api.openai.com, got {_describe(value)}")
     text = value.strip().lower()
     if not text:
-        return _Invalid("empty host name; write a host such as api.openai.com, "
-                        "'*.example.com' for its subdomains, or '*' for any host")
+        return _Invalid(
+            "empty host name; write a host such as api.openai.com, "
+            "'*.example.com' for its subdomains, or '*' for any host"
+        )
     if text == "*":
         return "*"
     if "/" in text:
-        return _Invalid(f"{_quote(value)} looks like a URL; write only the host name (e.g. api.openai.com) "
-                        "and use 'scheme:' and 'path:' for the rest")
+        return _Invalid(
+            f"{_quote(value)} looks like a URL; write only the host name (e.g. api.openai.com) "
+            "and use 'scheme:' and 'path:' for the rest"
+        )
     wildcard = text.startswith("*.")
     name = text[2:] if wildcard else text
     if name.startswith("[") and name.endswith("]"):
@@ -1409,13 +1518,17 @@ def _parse_host_pattern(value: object) -> str | _Invalid:
         try:
             name = ipaddress.IPv6Address(name).compressed
         except ValueError:
-            return _Invalid(f"{_quote(value)} is not a host name; put the port in 'port:' "
-                            "(e.g. host: api.openai.com with port: 443)")
+            return _Invalid(
+                f"{_quote(value)} is not a host name; put the port in 'port:' "
+                "(e.g. host: api.openai.com with port: 443)"
+            )
         return _Invalid("wildcards cannot be combined with an IP address") if wildcard else name
     name = name.rstrip(".")
     if "*" in name:
-        return _Invalid(f"{_quote(value)}: '*' is only allowed as the whole host ('*') or as the first label "
-                        "('*.example.com', which matches subdomains but not example.com itself)")
+        return _Invalid(
+            f"{_quote(value)}: '*' is only allowed as the whole host ('*') or as the first label "
+            "('*.example.com', which matches subdomains but not example.com itself)"
+        )
     if not _HOST_NAME.fullmatch(name):
         return _Invalid(f"{_quote(value)} is not a valid host name; use letters, digits, '-' and '.' only")
     return "." + name if wildcard else name
@@ -1425,8 +1538,10 @@ def _path_problem(path: str) -> str | None:
     if not path:
         return "empty path; write a path such as /v1/chat, or remove 'path' to match any path"
     if not (path.startswith("/") or path.startswith("**")):
-        return (f"{_quote(path)} must start with '/' (paths are matched from the root, e.g. /v1/chat); "
-                "use '*' to match any path")
+        return (
+            f"{_quote(path)} must start with '/' (paths are matched from the root, e.g. /v1/chat); "
+            "use '*' to match any path"
+        )
     if not path.isprintable() or " " in path:
         return f"{_quote(path)} contains spaces or control characters, which never occur in a request path"
     return None
@@ -1498,8 +1613,10 @@ def _translate_class(glob: str, start: int, *, separator: str | None = "/") -> t
     while index < len(glob) and glob[index] != "]":
         index += 1
     if index >= len(glob):
-        raise GlobError(f"the '[' at character {start + 1} is never closed; "
-                        "add the missing ']' or write '[[]' to match a literal '['")
+        raise GlobError(
+            f"the '[' at character {start + 1} is never closed; "
+            "add the missing ']' or write '[[]' to match a literal '['"
+        )
     body = glob[body_start:index]
     items: list[str] = []
     position = 0
@@ -1558,8 +1675,10 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
         if not rule.constrains_request_line:
             return decision
         if rule.action != "BLOCK":
-            reason = (f"rule '{rule.id}' allows some requests to {host}:{port}; "
-                      "each request is checked when it arrives")
+            reason = (
+                f"rule '{rule.id}' allows some requests to {host}:{port}; "
+                "each request is checked when it arrives"
+            )
             return _make_decision(rule.action, policy.mode, rule.id, reason)
     return policy._default_decision
 

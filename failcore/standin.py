@@ -343,8 +343,9 @@ def plan_chat_reply(body: dict[str, Any], options: ReplyOptions) -> Reply:
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("type") == "function"]
     if tools:
         function = tools[0].get("function") or {}
-        return _tool_call(str(function.get("name", "")), function.get("parameters"), user_text, options,
-                          "call_")
+        return _tool_call(
+            str(function.get("name", "")), function.get("parameters"), user_text, options, "call_"
+        )
     return _text_reply("Echo: " + user_text, options)
 
 
@@ -378,10 +379,14 @@ def plan_messages_reply(body: dict[str, Any], options: ReplyOptions) -> Reply:
     results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
     if results:
         return _text_reply("Tool said: " + content_text(results[-1].get("content")), options)
-    user_text = content_text([b for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
-                             if blocks else content)
-    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("name"), str)
-             and t.get("type") in (None, "custom")]
+    user_text = content_text(
+        [b for b in blocks if isinstance(b, dict) and b.get("type") == "text"] if blocks else content
+    )
+    tools = [
+        t
+        for t in body.get("tools") or []
+        if isinstance(t, dict) and isinstance(t.get("name"), str) and t.get("type") in (None, "custom")
+    ]
     if tools:
         return _tool_call(tools[0]["name"], tools[0].get("input_schema"), user_text, options, "toolu_")
     return _text_reply("Echo: " + user_text, options)
@@ -426,13 +431,22 @@ class ChatCompletion:
         return "tool_calls" if self.reply.is_tool_call else "stop"
 
     def document(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.reply.text, "refusal": None,
-                                   "annotations": []}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": self.reply.text,
+            "refusal": None,
+            "annotations": [],
+        }
         if self.reply.tool_call:
             call = self.reply.tool_call
             message["content"] = None
-            message["tool_calls"] = [{"id": call.call_id, "type": "function",
-                                      "function": {"name": call.name, "arguments": call.arguments}}]
+            message["tool_calls"] = [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+            ]
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -463,10 +477,15 @@ class ChatCompletion:
     def frames(self) -> Iterator[bytes]:
         call = self.reply.tool_call
         if call:
-            opening = {"index": 0, "id": call.call_id, "type": "function",
-                       "function": {"name": call.name, "arguments": ""}}
-            yield sse_frame(self._chunk({"role": "assistant", "content": None, "tool_calls": [opening],
-                                         "refusal": None}))
+            opening = {
+                "index": 0,
+                "id": call.call_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            yield sse_frame(
+                self._chunk({"role": "assistant", "content": None, "tool_calls": [opening], "refusal": None})
+            )
             for piece in split_fixed(call.arguments):
                 yield sse_frame(self._chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
         else:
@@ -505,11 +524,22 @@ class ResponsesResult:
         status = "completed" if done else "in_progress"
         call = self.reply.tool_call
         if call:
-            return {"type": "function_call", "id": "fc_" + self.item_id[4:], "call_id": call.call_id,
-                    "name": call.name, "arguments": call.arguments if done else "", "status": status}
+            return {
+                "type": "function_call",
+                "id": "fc_" + self.item_id[4:],
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments if done else "",
+                "status": status,
+            }
         content = [self._part(self.reply.text)] if done else []
-        return {"type": "message", "id": self.item_id, "status": status, "role": "assistant",
-                "content": content}
+        return {
+            "type": "message",
+            "id": self.item_id,
+            "status": status,
+            "role": "assistant",
+            "content": content,
+        }
 
     @staticmethod
     def _part(text: str) -> dict[str, Any]:
@@ -558,10 +588,14 @@ class ResponsesResult:
         if call:
             item_id = self._item(done=True)["id"]
             for piece in split_fixed(call.arguments):
-                yield "response.function_call_arguments.delta", {"item_id": item_id, "output_index": 0,
-                                                                  "delta": piece}
-            yield "response.function_call_arguments.done", {"item_id": item_id, "output_index": 0,
-                                                             "name": call.name, "arguments": call.arguments}
+                yield (
+                    "response.function_call_arguments.delta",
+                    {"item_id": item_id, "output_index": 0, "delta": piece},
+                )
+            yield (
+                "response.function_call_arguments.done",
+                {"item_id": item_id, "output_index": 0, "name": call.name, "arguments": call.arguments},
+            )
         else:
             where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
             yield "response.content_part.added", {**where, "part": self._part("")}
@@ -601,8 +635,12 @@ class AnthropicMessage:
     def _block(self, done: bool) -> dict[str, Any]:
         call = self.reply.tool_call
         if call:
-            return {"type": "tool_use", "id": call.call_id, "name": call.name,
-                    "input": json.loads(call.arguments) if done else {}}
+            return {
+                "type": "tool_use",
+                "id": call.call_id,
+                "name": call.name,
+                "input": json.loads(call.arguments) if done else {},
+            }
         return {"type": "text", "text": self.reply.text if done else ""}
 
     def document(self, done: bool = True) -> dict[str, Any]:
@@ -679,8 +717,10 @@ class CertificateFiles:
 
 
 def _subject_alt_names(host: str) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                     x509.DNSName("localhost")]
+    names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+    ]
     try:
         host_ip = ipaddress.ip_address(host)
     except ValueError:
@@ -695,8 +735,12 @@ def _subject_alt_names(host: str) -> list[x509.GeneralName]:
 def generate_certificate(workdir: Path, host: str) -> CertificateFiles:
     """Self-signed EC certificate acting as its own trust anchor (clients trust ``cert_path``)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "failcore stand-in"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "failcore tests")])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "failcore stand-in"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "failcore tests"),
+        ]
+    )
     now = datetime.datetime.now(datetime.UTC)
     public_key = key.public_key()
     cert = (
@@ -709,9 +753,20 @@ def generate_certificate(workdir: Path, host: str) -> CertificateFiles:
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(x509.SubjectAlternativeName(_subject_alt_names(host)), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key), critical=False)
@@ -719,8 +774,9 @@ def generate_certificate(workdir: Path, host: str) -> CertificateFiles:
     )
     key_path = workdir / "standin-key.pem"
     cert_path = workdir / "standin-cert.pem"
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as key_file:
         key_file.write(key_pem)
@@ -761,8 +817,9 @@ class _Server(ThreadingHTTPServer):
         connection: socket.socket = request
         if self.tls_context is not None:
             request.settimeout(TLS_HANDSHAKE_TIMEOUT)
-            tls_connection = self.tls_context.wrap_socket(request, server_side=True,
-                                                          do_handshake_on_connect=False)
+            tls_connection = self.tls_context.wrap_socket(
+                request, server_side=True, do_handshake_on_connect=False
+            )
             try:
                 tls_connection.do_handshake()
             except OSError as exc:  # ssl.SSLError is an OSError
@@ -822,8 +879,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": {"message": str(exc), "type": "bad_request"}})
             return
-        recorded = RecordedRequest(method=self.command, path=self.path, headers=list(self.headers.items()),
-                                   body=body, ts=time.time())
+        recorded = RecordedRequest(
+            method=self.command, path=self.path, headers=list(self.headers.items()), body=body, ts=time.time()
+        )
         self.server.owner._record(recorded)
         target = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(target.query).items()}
@@ -840,9 +898,17 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/messages": self._messages,
         }
         get_routes = {
-            "/sse": self._sse, "/json": self._json, "/gzip": self._encoded, "/deflate": self._encoded,
-            "/br": self._encoded, "/zstd": self._encoded, "/big": self._big, "/binary": self._binary,
-            "/slow": self._slow, "/drop": self._drop, "/ws": self._websocket,
+            "/sse": self._sse,
+            "/json": self._json,
+            "/gzip": self._encoded,
+            "/deflate": self._encoded,
+            "/br": self._encoded,
+            "/zstd": self._encoded,
+            "/big": self._big,
+            "/binary": self._binary,
+            "/slow": self._slow,
+            "/drop": self._drop,
+            "/ws": self._websocket,
         }
         if path == "/echo":
             return self._echo
@@ -887,8 +953,9 @@ class _Handler(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline(8)
 
-    def _send_bytes(self, status: int, body: bytes, content_type: str,
-                    headers: Iterable[tuple[str, str]] = ()) -> None:
+    def _send_bytes(
+        self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -915,10 +982,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _end_chunked(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
 
-    def _stream_sse(self, frames: Iterable[bytes], gap: float,
-                    headers: Iterable[tuple[str, str]] = (), linger: float = 0.0) -> None:
-        self._start_chunked(HTTPStatus.OK, "text/event-stream; charset=utf-8",
-                            [("Cache-Control", "no-cache"), *headers])
+    def _stream_sse(
+        self,
+        frames: Iterable[bytes],
+        gap: float,
+        headers: Iterable[tuple[str, str]] = (),
+        linger: float = 0.0,
+    ) -> None:
+        self._start_chunked(
+            HTTPStatus.OK, "text/event-stream; charset=utf-8", [("Cache-Control", "no-cache"), *headers]
+        )
         for index, frame in enumerate(frames):
             if index and gap > 0:
                 time.sleep(gap)
@@ -945,8 +1018,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.BAD_REQUEST, openai_error(str(exc)))
             return
         stream_options = request.get("stream_options") or {}
-        completion = ChatCompletion(model=request["model"], reply=reply, usage=options.usage,
-                                    include_usage=bool(stream_options.get("include_usage")))
+        completion = ChatCompletion(
+            model=request["model"],
+            reply=reply,
+            usage=options.usage,
+            include_usage=bool(stream_options.get("include_usage")),
+        )
         headers = [("x-request-id", _new_id("req_"))]
         if request.get("stream"):
             self._stream_sse(completion.frames(), options.gap, headers, options.linger)
@@ -1005,19 +1082,26 @@ class _Handler(BaseHTTPRequestHandler):
             text: str | None = body.decode("utf-8")
         except UnicodeDecodeError:
             text = None
-        self._send_json(HTTPStatus.OK, {
-            "method": self.command,
-            "path": self.path,
-            "headers": [[name, value] for name, value in self.headers.items()],
-            "body": text,
-            "body_base64": base64.b64encode(body).decode("ascii"),
-        })
+        self._send_json(
+            HTTPStatus.OK,
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": [[name, value] for name, value in self.headers.items()],
+                "body": text,
+                "body_base64": base64.b64encode(body).decode("ascii"),
+            },
+        )
 
     def _encoded(self, body: bytes, query: dict[str, str]) -> None:
         encoding = urlsplit(self.path).path.lstrip("/")
         document = json.dumps(SAMPLE_DOCUMENT).encode()
-        self._send_bytes(HTTPStatus.OK, compress(document, encoding), "application/json",
-                         [("Content-Encoding", encoding), ("Vary", "Accept-Encoding")])
+        self._send_bytes(
+            HTTPStatus.OK,
+            compress(document, encoding),
+            "application/json",
+            [("Content-Encoding", encoding), ("Vary", "Accept-Encoding")],
+        )
 
     def _big(self, body: bytes, query: dict[str, str]) -> None:
         try:
@@ -1086,9 +1170,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _websocket(self, body: bytes, query: dict[str, str]) -> None:
         if self.headers.get("Upgrade", "").lower() != "websocket":
-            self._send_json(HTTPStatus.UPGRADE_REQUIRED, {"error": {"message": "websocket upgrade required",
-                                                                     "type": "upgrade_required"}},
-                            [("Upgrade", "websocket"), ("Connection", "Upgrade")])
+            self._send_json(
+                HTTPStatus.UPGRADE_REQUIRED,
+                {"error": {"message": "websocket upgrade required", "type": "upgrade_required"}},
+                [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+            )
             return
         self.close_connection = True
         head_lines = [self.requestline, *(f"{name}: {value}" for name, value in self.headers.items())]
@@ -1100,8 +1186,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _WebSocketEcho:
     """Echo loop over an already-read upgrade request; wsproto handles handshake and framing."""
 
-    def __init__(self, ws: WSConnection, receive: Callable[[int], bytes],
-                 send: Callable[[bytes], Any]) -> None:
+    def __init__(
+        self, ws: WSConnection, receive: Callable[[int], bytes], send: Callable[[bytes], Any]
+    ) -> None:
         self._ws = ws
         self._receive = receive
         self._send = send
@@ -1141,8 +1228,15 @@ class _WebSocketEcho:
 
 
 class StandIn:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls: bool = True, sse_gap: float = 0.0,
-                 workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: bool = True,
+        sse_gap: float = 0.0,
+        workdir: Path | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.tls = tls
@@ -1163,8 +1257,12 @@ class StandIn:
         context = self._tls_context() if self.tls else None
         self._server = _Server((self.host, self.port), self, context)
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name=f"standin-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"standin-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -1185,8 +1283,9 @@ class StandIn:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.stop()
 
     def _tls_context(self) -> ssl.SSLContext:

@@ -261,3 +261,53 @@ def test_secret_past_the_recorded_cap_of_a_streamed_upload_is_found_by_offset(
         "note": None,
     }
     assert any(w["reason"] == "dlp" for w in event["warnings"])
+
+
+def _big_chat(secret_at_word: int, words: int) -> list[dict[str, str]]:
+    text = " ".join(GITHUB_PAT if i == secret_at_word else f"w{i % 10}" for i in range(words))
+    return [{"role": "user", "content": text}]
+
+
+def test_a_large_llm_request_is_metered_and_scanned_whole(start_proxy, upstream, tmp_path):
+    """An LLM request over the stream threshold (a long context, images) is still an LLM call: it is
+    buffered so it is metered, and its secret past the recorded cap is found by offset."""
+    proxy = start_proxy()
+    messages = _big_chat(secret_at_word=500_000, words=600_000)  # ~1.8 MB, the PAT near 1.5 MB
+    with proxied_client(proxy) as http:
+        client = openai.OpenAI(base_url=upstream.url + "/v1", api_key="sk-x", http_client=http, max_retries=0)
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=messages)
+    assert reply.choices[0].message.content.startswith("Echo: ")
+    proxy.stop()
+    assert GITHUB_PAT.encode() not in tape_bytes(tmp_path / "tape")
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert event["request"]["body"]["truncated"] is True and event["request"]["body"]["size"] > 1_500_000
+    assert event["llm"]["request_model"] == "gpt-4o-mini" and event["llm"]["usage"]["known"] is True
+    assert event["llm"]["cost"]["usd"] > 0
+    locations = sorted(h["location"] for h in event["dlp"]["hits"] if h["rule"] == "github-pat")
+    # Once in the request, once in the stand-in's echo of it ("Echo: <last user text>").
+    assert [loc.split("@")[0] for loc in locations] == ["request.body", "response.body"]
+    assert all(int(loc.split("@")[1]) > 1 << 20 for loc in locations)
+    coverage = {c["where"]: c for c in event["dlp"]["past_cap"]}
+    assert coverage["request.body"] == {
+        "where": "request.body",
+        "from_byte": 1 << 20,
+        "to_byte": event["request"]["body"]["size"],
+        "complete": True,
+        "note": None,
+    }
+    assert coverage["response.body"]["complete"] is True
+
+
+def test_enforce_blocks_a_secret_deep_inside_a_large_llm_request(
+    start_proxy, policy_file, upstream, tmp_path
+):
+    proxy = start_proxy(policy_file(BLOCK_CRITICAL))
+    before = upstream.request_count("/v1/chat/completions")
+    with proxied_client(proxy) as http:
+        client = openai.OpenAI(base_url=upstream.url + "/v1", api_key="sk-x", http_client=http, max_retries=0)
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            client.chat.completions.create(model="gpt-4o-mini", messages=_big_chat(500_000, 600_000))
+    assert refused.value.response.json()["error"]["rule"] == "dlp:github-pat"
+    assert upstream.request_count("/v1/chat/completions") == before, "the secret must not leave"
+    proxy.stop()
+    assert GITHUB_PAT.encode() not in tape_bytes(tmp_path / "tape")

@@ -8,7 +8,7 @@ import pytest
 
 import failcore.proxy.pastcap as pastcap
 from failcore.dlp import DlpEngine, builtin_rules
-from failcore.proxy.pastcap import OVERLAP, PastCapScan
+from failcore.proxy.pastcap import OVERLAP, PastCapScan, scan_held_body
 
 SECRET = b"ghp_" + b"Z9y8X7w6V5u4" * 3
 CAP = 10_000
@@ -102,3 +102,37 @@ def test_a_full_scan_queue_stops_that_scan_and_says_where(engine, monkeypatch) -
     assert coverage["complete"] is False
     assert stuck.accepted == 2
     assert coverage["note"].startswith("scan queue full: stopped scanning at byte ")
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip", "br", "zstd"])
+def test_a_body_held_whole_is_scanned_past_the_cap_decoded(engine, encoding) -> None:
+    import gzip
+
+    import brotli
+    import zstandard
+
+    body = b"a " * 20_000 + SECRET + b" tail"
+    wire = {
+        None: lambda b: b,
+        "gzip": gzip.compress,
+        "br": brotli.compress,
+        "zstd": lambda b: zstandard.ZstdCompressor().compress(b),
+    }[encoding](body)
+    scan = scan_held_body(engine, CAP, "response.body", wire, encoding)
+    assert scan is not None
+    hits, coverage = scan.results(timeout=5)
+    assert [(offset, hit.rule_id) for offset, hit in hits] == [(40_000, "github-pat")]
+    assert coverage == {
+        "where": "response.body",
+        "from_byte": CAP,
+        "to_byte": len(body),
+        "complete": True,
+        "note": None,
+    }
+
+
+def test_a_held_body_within_the_cap_needs_no_past_cap_scan(engine) -> None:
+    import gzip
+
+    assert scan_held_body(engine, CAP, "request.body", b"x" * CAP, None) is None
+    assert scan_held_body(engine, CAP, "request.body", gzip.compress(b"x" * CAP), "gzip") is None

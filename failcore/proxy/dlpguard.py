@@ -339,7 +339,9 @@ class DlpGuard:
         scanner = self.session.dlp
         if scanner is None or flow.response is not None or not scanner.settings.scan_request:
             return
-        if should_stream_request(flow, ctx.options.failcore_stream_threshold):
+        if should_stream_request(
+            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
+        ):
             self.session.state(flow).request_observers.append(
                 PastCapScan(
                     scanner.engine,
@@ -356,7 +358,9 @@ class DlpGuard:
         if scanner is None or state is None or flow.response is None:
             return
         s = scanner.settings
-        if s.scan_response and should_stream_response(flow, ctx.options.failcore_stream_threshold):
+        if s.scan_response and should_stream_response(
+            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
+        ):
             state.stream_observers.append(
                 PastCapScan(
                     scanner.engine,

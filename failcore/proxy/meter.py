@@ -30,22 +30,12 @@ from failcore.llm.prices import load_price_table, seen_cost
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
-from failcore.proxy.streamtap import should_stream_response
+from failcore.proxy.streamtap import could_be_llm_path, should_stream_response
 
 logger = logging.getLogger("failcore")
 
 # Bodies above this are parsed in a worker thread rather than on the event loop.
 PARSE_OFF_LOOP_BYTES = 128 * 1024
-_LLM_PATH_SUFFIXES = (
-    "/chat/completions",
-    "/completions",
-    "/responses",
-    "/messages",
-    "/api/chat",
-    "/api/generate",
-    ":generatecontent",
-    ":streamgeneratecontent",
-)
 
 
 @dataclass(slots=True)
@@ -65,10 +55,6 @@ class LlmFlow:
     charge_usd: float | None = None
     # Set once BudgetGuard has counted this call, so no hook ordering can count it twice.
     charged: bool = False
-
-
-def could_be_llm_path(path: str) -> bool:
-    return path.split("?", 1)[0].lower().rstrip("/").endswith(_LLM_PATH_SUFFIXES)
 
 
 def _request_json(content: bytes | None) -> dict[str, Any] | None:
@@ -181,7 +167,9 @@ class LlmMeter:
         state = self.session.flows.get(flow.id)
         if state is None or state.llm is None or flow.response is None:
             return
-        if not should_stream_response(flow, ctx.options.failcore_stream_threshold):
+        if not should_stream_response(
+            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
+        ):
             return
         tracker = SseUsageTracker(state.llm.provider, state.llm.api)
         state.llm.tracker = tracker

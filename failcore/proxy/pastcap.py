@@ -18,6 +18,7 @@ import threading
 from typing import Any
 
 from failcore.dlp import DlpEngine, Hit
+from failcore.evidence import MAX_DECODED_BYTES, decoded_steps
 
 logger = logging.getLogger("failcore")
 
@@ -31,10 +32,27 @@ BATCH_BYTES = 256 * 1024
 class PastCapScan:
     """A stream observer (see BodyTap.observers) for one body: scans what lies past `cap`."""
 
-    __slots__ = ("base", "batch", "cap", "done", "engine", "hits", "note", "pending", "seen", "tail", "where")
+    __slots__ = (
+        "base",
+        "batch",
+        "cap",
+        "done",
+        "engine",
+        "hits",
+        "inline",
+        "note",
+        "pending",
+        "seen",
+        "tail",
+        "where",
+    )
 
-    def __init__(self, engine: DlpEngine, cap: int, where: str, *, compressed: bool = False) -> None:
+    def __init__(
+        self, engine: DlpEngine, cap: int, where: str, *, compressed: bool = False, inline: bool = False
+    ) -> None:
         self.engine = engine
+        # Scan in the caller's thread instead of the worker's (a body held whole, scanned off the loop).
+        self.inline = inline
         self.cap = cap
         self.where = where
         self.seen = 0
@@ -81,7 +99,9 @@ class PastCapScan:
         self.batch.clear()
         with self.done:
             self.pending += 1
-        if not _worker().submit(self, buffer, base):
+        if self.inline:
+            self.scan_now(buffer, base)
+        elif not _worker().submit(self, buffer, base):
             with self.done:
                 self.pending -= 1
                 self.note = f"scan queue full: stopped scanning at byte {at}"
@@ -123,6 +143,33 @@ class PastCapScan:
             "note": note,
         }
         return found, coverage
+
+
+def scan_held_body(
+    engine: DlpEngine, cap: int, where: str, content: bytes, encoding: str | None
+) -> PastCapScan | None:
+    """The past-cap scan of a body held whole (buffered, e.g. a large LLM request), run in the calling
+    thread (the tape writer's). None when the decoded body fits in the cap."""
+    scan = PastCapScan(engine, cap, where, inline=True)
+    encoding = (encoding or "").strip().lower()
+    if not encoding or encoding == "identity":
+        if len(content) <= cap:
+            return None
+        scan.seen = len(content)
+        start = max(0, cap - OVERLAP)
+        with scan.done:
+            scan.pending += 1
+        scan.scan_now(content[start:], start)
+        return scan
+    try:
+        for piece in decoded_steps(content, encoding):
+            scan(piece)
+            if scan.seen >= MAX_DECODED_BYTES:
+                scan.note = f"decoding stopped at {MAX_DECODED_BYTES} bytes"
+                break
+    except Exception as e:  # a corrupt body is reported by its evidence; say why the scan stopped
+        scan.note = f"body could not be decoded past byte {scan.seen}: {type(e).__name__}"
+    return scan if scan.passed_cap else None
 
 
 class _Worker:

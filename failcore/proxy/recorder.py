@@ -31,7 +31,7 @@ from failcore.policy import Decision
 from failcore.proxy.dlpguard import DlpScanner, scan_event
 from failcore.proxy.guard import guarded
 from failcore.proxy.meter import LlmFlow
-from failcore.proxy.pastcap import PastCapScan
+from failcore.proxy.pastcap import PastCapScan, scan_held_body
 from failcore.proxy.session import BodyTap, FlowState, Session
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
@@ -277,8 +277,30 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     if snap.replay is not None:
         out["replay"] = snap.replay
     if cfg.dlp is not None:
-        scan_event(cfg.dlp, out, past_cap_scans(snap))
+        scan_event(cfg.dlp, out, [*past_cap_scans(snap), *_held_past_cap_scans(snap, cfg, out)])
     return out
+
+
+def _held_past_cap_scans(
+    snap: ExchangeSnapshot, cfg: EvidenceSettings, event: dict[str, Any]
+) -> list[PastCapScan]:
+    """Past-cap scans of bodies that were buffered whole but are longer than what the tape keeps."""
+    assert cfg.dlp is not None
+    scans = []
+    sides = (
+        (snap.request, "request", cfg.dlp.settings.scan_request),
+        (snap.response, "response", cfg.dlp.settings.scan_response),
+    )
+    for message, side, wanted in sides:
+        if not wanted or message is None or message.tap is not None or not message.content:
+            continue
+        if not ((event.get(side) or {}).get("body") or {}).get("truncated"):
+            continue  # the recorded part is the whole body, and evidence scanning covered it
+        encoding = header_value(message.headers, b"content-encoding")
+        scan = scan_held_body(cfg.dlp.engine, cfg.body_cap, f"{side}.body", message.content, encoding)
+        if scan is not None:
+            scans.append(scan)
+    return scans
 
 
 def past_cap_scans(snap: ExchangeSnapshot) -> list[PastCapScan]:

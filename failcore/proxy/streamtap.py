@@ -32,15 +32,25 @@ def _declared_length(headers: http.Headers) -> int | None:
         return None
 
 
-def should_stream_response(flow: http.HTTPFlow, threshold: int) -> bool:
+def should_stream_response(flow: http.HTTPFlow, threshold: int, llm_max: int | None = None) -> bool:
+    """SSE, length-less and large bodies stream through. A JSON answer to an LLM call is buffered up
+    to `llm_max` instead (its usage sits at the end of the document: a capped copy would lose it)."""
     resp = flow.response
     assert resp is not None
     if flow.request.method == "HEAD" or resp.status_code in NO_BODY_STATUS or resp.status_code < 200:
         return False
-    if "text/event-stream" in resp.headers.get("content-type", "").lower():
+    ctype = resp.headers.get("content-type", "").lower()
+    if "text/event-stream" in ctype:
         return True
     length = _declared_length(resp.headers)
+    if llm_max is not None and _is_json(ctype) and could_be_llm_path(flow.request.path):
+        return length is not None and length > llm_max
     return length is None or length > threshold
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 def first_verdict(guards: list[Callable[[bytes], CutVerdict | None]]) -> Callable[[bytes], CutVerdict | None]:
@@ -54,8 +64,28 @@ def first_verdict(guards: list[Callable[[bytes], CutVerdict | None]]) -> Callabl
     return check
 
 
-def should_stream_request(flow: http.HTTPFlow, threshold: int) -> bool:
+_LLM_PATH_SUFFIXES = (
+    "/chat/completions",
+    "/completions",
+    "/responses",
+    "/messages",
+    "/api/chat",
+    "/api/generate",
+    ":generatecontent",
+    ":streamgeneratecontent",
+)
+
+
+def could_be_llm_path(path: str) -> bool:
+    return path.split("?", 1)[0].lower().rstrip("/").endswith(_LLM_PATH_SUFFIXES)
+
+
+def should_stream_request(flow: http.HTTPFlow, threshold: int, llm_max: int | None = None) -> bool:
+    """Large uploads stream through; an LLM call's request is buffered up to `llm_max` (whatever its
+    framing), because metering, budgets and DLP blocking all need to read it before it is forwarded."""
     length = _declared_length(flow.request.headers)
+    if llm_max is not None and could_be_llm_path(flow.request.path):
+        return length is not None and length > llm_max
     if length is None:
         return "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
     return length > threshold
@@ -74,12 +104,21 @@ class StreamTap:
             "(SSE and bodies without a length always are).",
         )
         loader.add_option("failcore_body_cap", int, 1 << 20, "Bytes of each decoded body kept in the tape.")
+        loader.add_option(
+            "failcore_llm_body_max",
+            int,
+            64 << 20,
+            "LLM API requests (chat, messages, responses, … paths) up to this many bytes are buffered, not "
+            "streamed, so they are metered and DLP-checked before they leave.",
+        )
 
     def configure(self, updated: set[str]) -> None:
         if "failcore_stream_threshold" in updated and ctx.options.failcore_stream_threshold < 0:
             raise exceptions.OptionsError("failcore_stream_threshold must be >= 0")
         if "failcore_body_cap" in updated and ctx.options.failcore_body_cap < 0:
             raise exceptions.OptionsError("failcore_body_cap must be >= 0")
+        if "failcore_llm_body_max" in updated and ctx.options.failcore_llm_body_max < 0:
+            raise exceptions.OptionsError("failcore_llm_body_max must be >= 0")
 
     @guarded("streamtap.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -88,7 +127,9 @@ class StreamTap:
         state = self.session.flows.get(flow.id)
         if state is not None and state.decision is not None and state.decision.decision == "BLOCK":
             return  # it will be answered by the gate; streaming would forward it first
-        if should_stream_request(flow, ctx.options.failcore_stream_threshold):
+        if should_stream_request(
+            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
+        ):
             tap = BodyTap(ctx.options.failcore_body_cap)
             state = self.session.state(flow)
             tap.observers.extend(state.request_observers)
@@ -99,7 +140,9 @@ class StreamTap:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or flow.response.stream:
             return
-        if should_stream_response(flow, ctx.options.failcore_stream_threshold):
+        if should_stream_response(
+            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
+        ):
             state = self.session.state(flow)
             tap = BodyTap(ctx.options.failcore_body_cap)
             tap.observers.extend(state.stream_observers)
