@@ -35,6 +35,7 @@ _TEXT_TYPES: Final = (
 _DECODE_STEP: Final = 256 * 1024
 # A compressed body can expand without bound (a "zip bomb"); hashing stops here and says so.
 MAX_DECODED_BYTES: Final = 1 << 30
+_ZSTD_INPUT_STEP: Final = 1024
 
 
 def fingerprint(value: bytes, salt: bytes) -> str:
@@ -86,17 +87,38 @@ def decoded_steps(data: bytes, encoding: str) -> Iterator[bytes]:
             if z.eof:
                 return
         yield z.flush()
+        if not z.eof:
+            raise EOFError(f"{encoding} stream ends before its end marker (truncated)")
     elif encoding == "br":
         b = brotli.Decompressor()
         yield b.process(data, output_buffer_limit=_DECODE_STEP)
         while not b.can_accept_more_data() and not b.is_finished():
             yield b.process(b"", output_buffer_limit=_DECODE_STEP)
+        if not b.is_finished():
+            raise EOFError("br stream ends before its end marker (truncated)")
     elif encoding == "zstd":
-        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as reader:
-            while chunk := reader.read(_DECODE_STEP):
-                yield chunk
+        yield from _zstd_steps(data)
     else:
         raise ValueError(f"unsupported content-encoding {encoding!r}")
+
+
+def _zstd_steps(data: bytes) -> Iterator[bytes]:
+    # Fed in small pieces: one call's output is then bounded (a zstd block expands at most ~32,000×),
+    # and unlike stream_reader this knows whether the last frame was complete.
+    zd = zstandard.ZstdDecompressor()
+    frame = zd.decompressobj()
+    fed = False
+    for i in range(0, len(data), _ZSTD_INPUT_STEP):
+        piece = data[i : i + _ZSTD_INPUT_STEP]
+        while piece:
+            fed = True
+            yield frame.decompress(piece)
+            if not frame.eof:
+                break
+            piece = frame.unused_data  # the next frame (a body may hold several)
+            frame, fed = zd.decompressobj(), False
+    if fed and not frame.eof:
+        raise EOFError("zstd stream ends before its frame does (truncated)")
 
 
 def looks_textual(content_type: str | None, sample: bytes) -> bool:
