@@ -322,6 +322,10 @@ class BudgetStore:
         """Count an admitted request at once, so concurrent requests see it; returns thresholds it crossed."""
         return self._add(host, provider, model, Usage(requests=1).vector())
 
+    def release_request(self, *, host: str, provider: str | None, model: str | None) -> None:
+        """Take back a reservation for a request that turned out to cost nothing (served from a tape)."""
+        self._add(host, provider, model, Usage(requests=-1).vector())
+
     def record(
         self, *, host: str, provider: str | None, model: str | None, usage: Usage
     ) -> list[BudgetBreach]:

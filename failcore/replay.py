@@ -740,7 +740,9 @@ class Replayer:
         self.index: ReplayIndex | None = None
         self.server: ReplayServer | None = None
         self.redirects: dict[str, Redirect] = {}
-        self.ordinal = 0
+        # Requests that matched the recording so far: `--override N` counts these, so a request the
+        # recording never had (a health check, telemetry) does not shift the step being forked.
+        self.matched = 0
         self.stats = ReplayStats()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -754,7 +756,10 @@ class Replayer:
             "failcore_replay_pace", str, "fast", "Streamed answers: fast, or recorded (the recorded timing)."
         )
         loader.add_option(
-            "failcore_replay_override", Sequence[str], [], "N=FILE: answer the N-th request with FILE."
+            "failcore_replay_override",
+            Sequence[str],
+            [],
+            "N=FILE: answer the N-th request that matches the recording with FILE.",
         )
         loader.add_option(
             "failcore_replay_ignore",
@@ -832,7 +837,6 @@ class Replayer:
     def request(self, flow: http.HTTPFlow) -> None:
         if self.config is None or self.index is None or self.server is None or flow.response is not None:
             return
-        self.ordinal += 1
         state = self.session.state(flow)
         req = flow.request
         if req.stream:
@@ -850,7 +854,9 @@ class Replayer:
             normalize_body(req.get_content(strict=False) or b"", self.config.ignore),
         )
         source = self.index.take(live)
-        override = self.config.overrides.get(self.ordinal)
+        if source is not None:
+            self.matched += 1
+        override = self.config.overrides.get(self.matched) if source is not None else None
         if override is not None:
             path, canned = override
             self.stats.overridden += 1

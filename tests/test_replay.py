@@ -367,6 +367,62 @@ def test_override_forks_the_run_at_step_two(start_proxy, upstream, tmp_path):
     assert modes[1]["mode"] == "override" and modes[1]["override"] == str(override)
 
 
+def test_override_counts_only_requests_the_recording_has(start_proxy, upstream, tmp_path):
+    """A request the recording never had (here a health check, answered live) must not shift the
+    step `--override 2` forks."""
+    tape = tmp_path / "tape"
+    source, recorded_output = record(start_proxy, tape, lambda p: OpenAiAgent(p, upstream).run("q1"))
+    chunk = {
+        "id": "chatcmpl-fork",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Forked answer"}}],
+    }
+    override = tmp_path / "fork.yaml"
+    override.write_text(
+        f"status: 200\nsse:\n  - 'data: {orjson.dumps(chunk).decode()}'\n  - 'data: [DONE]'\n"
+    )
+    replayer = start_proxy(
+        tape=tape, sets=replay_sets(tape, source, "live", f"failcore_replay_override=2={override}")
+    )
+    with proxied_client(replayer) as client:
+        assert client.get(upstream.url + "/json").status_code == 200  # not in the recording: live
+    output = OpenAiAgent(replayer, upstream).run("q1")
+    replayer.stop()
+    assert output[0] == recorded_output[0], "the agent's first call is replayed, not forked"
+    assert output[1] == "Forked answer"
+    modes = [e["replay"]["mode"] for e in run_network(tape, run_id(replayer))]
+    assert modes[:3] == ["live", "replayed", "override"]
+
+
+def test_calls_answered_from_the_tape_do_not_count_against_a_request_budget(
+    start_proxy, policy_file, upstream, tmp_path
+):
+    tape = tmp_path / "tape"
+
+    def three_calls(proxy: ProxyThread) -> list[int]:
+        with proxied_client(proxy) as client:
+            return [client.get(f"{upstream.url}/json?step={i}").status_code for i in range(3)]
+
+    source, recorded = record(start_proxy, tape, three_calls)
+    policy = policy_file(
+        "mode: enforce\nbudgets:\n  - id: two-calls\n    window: run\n    limits: {requests: 2}\n"
+    )
+    before = upstream.request_count()
+    replayer = start_proxy(
+        policy,
+        tape=tape,
+        sets=[*replay_sets(tape, source, "live"), f"failcore_state_dir={tmp_path / 'state'}"],
+    )
+    assert three_calls(replayer) == recorded == [200, 200, 200], "a $0 replay is not over a request budget"
+    with proxied_client(replayer) as client:  # live calls still count: two are allowed, then 429
+        live = [client.get(f"{upstream.url}/json?live={i}").status_code for i in range(3)]
+    replayer.stop()
+    assert live == [200, 200, 429]
+    assert upstream.request_count() == before + 2
+
+
 def test_pace_recorded_reproduces_the_gaps(start_proxy, upstream, tmp_path):
     tape = tmp_path / "tape"
 

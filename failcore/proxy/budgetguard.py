@@ -141,6 +141,7 @@ class BudgetGuard:
                 state.blocked = True
                 flow.response = budget_response(breach, decision, flow.id)
                 return
+        state.request_reserved = True
         for crossed in store.reserve_request(host=host, provider=provider, model=model):
             state.warnings.append(_warning(crossed))
 
@@ -187,18 +188,18 @@ class BudgetGuard:
     def _charge(self, flow: http.HTTPFlow) -> None:
         store = self.store
         state = self.session.flows.get(flow.id)
-        if (
-            store is None
-            or state is None
-            or state.blocked
-            or state.llm is None
-            or state.llm.call is None
-            or state.llm.charged
-        ):
+        if store is None or state is None or state.blocked:
+            return
+        if state.replay is not None and state.replay.get("mode") in ("replayed", "override"):
+            # Answered from a tape: nothing was spent, not even a request.
+            if state.request_reserved:
+                state.request_reserved = False
+                provider, model = _scope(state)
+                store.release_request(host=_host(state, flow), provider=provider, model=model)
+            return
+        if state.llm is None or state.llm.call is None or state.llm.charged:
             return
         state.llm.charged = True
-        if state.replay is not None and state.replay.get("mode") in ("replayed", "override"):
-            return  # answered from a tape: no tokens were spent
         call = state.llm.call
         used = Usage(
             input_tokens=call.input_tokens or 0,
