@@ -740,9 +740,10 @@ class Replayer:
         self.index: ReplayIndex | None = None
         self.server: ReplayServer | None = None
         self.redirects: dict[str, Redirect] = {}
-        # Requests that matched the recording so far: `--override N` counts these, so a request the
-        # recording never had (a health check, telemetry) does not shift the step being forked.
-        self.matched = 0
+        # The step `--override N` counts: a request that matches the recording, or, once a fork has
+        # happened, any request (the run has left the recording). A request the recording never had
+        # before the fork (a health check, telemetry) does not shift the step being forked.
+        self.step = 0
         self.stats = ReplayStats()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -759,7 +760,7 @@ class Replayer:
             "failcore_replay_override",
             Sequence[str],
             [],
-            "N=FILE: answer the N-th request that matches the recording with FILE.",
+            "N=FILE: answer step N (the N-th request matching the recording) with FILE.",
         )
         loader.add_option(
             "failcore_replay_ignore",
@@ -854,9 +855,10 @@ class Replayer:
             normalize_body(req.get_content(strict=False) or b"", self.config.ignore),
         )
         source = self.index.take(live)
-        if source is not None:
-            self.matched += 1
-        override = self.config.overrides.get(self.matched) if source is not None else None
+        override = None
+        if source is not None or self.stats.overridden:
+            self.step += 1
+            override = self.config.overrides.get(self.step)
         if override is not None:
             path, canned = override
             self.stats.overridden += 1

@@ -396,6 +396,33 @@ def test_override_counts_only_requests_the_recording_has(start_proxy, upstream, 
     assert modes[:3] == ["live", "replayed", "override"]
 
 
+def test_a_second_override_forks_the_already_forked_run(start_proxy, upstream, tmp_path):
+    """After the fork at step 2 the follow-up request no longer matches the recording; it is still
+    step 3, so a second override answers it (and --on-miss fail is not consulted)."""
+    tape = tmp_path / "tape"
+    source, recorded = record(start_proxy, tape, lambda p: OpenAiAgent(p, upstream).run("q1", "more?"))
+    files = []
+    for n, text in ((2, "First fork"), (3, "Second fork")):
+        chunk = {
+            "id": f"chatcmpl-fork{n}",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}],
+        }
+        path = tmp_path / f"fork{n}.yaml"
+        path.write_text(
+            f"status: 200\nsse:\n  - 'data: {orjson.dumps(chunk).decode()}'\n  - 'data: [DONE]'\n"
+        )
+        files.append(f"failcore_replay_override={n}={path}")
+    replayer = start_proxy(tape=tape, sets=replay_sets(tape, source, "fail", *files))
+    output = OpenAiAgent(replayer, upstream).run("q1", "more?")
+    replayer.stop()
+    assert output == [recorded[0], "First fork", "Second fork"]
+    modes = [e["replay"]["mode"] for e in run_network(tape, run_id(replayer))]
+    assert modes == ["replayed", "override", "override"]
+
+
 def test_calls_answered_from_the_tape_do_not_count_against_a_request_budget(
     start_proxy, policy_file, upstream, tmp_path
 ):
