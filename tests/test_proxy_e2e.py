@@ -537,3 +537,28 @@ def test_an_exchange_still_open_when_the_proxy_stops_is_recorded_as_killed(start
     assert "data: event 1" in event["response"]["body"]["text"]
     run_end = only(events, kind="run_end")
     assert (run_end["detail"]["requests"], run_end["detail"]["failed"]) == (1, 1)
+
+
+def test_an_exchange_mitmproxy_ends_without_a_hook_is_still_recorded(start_proxy, upstream, tmp_path):
+    """Safety net: an exchange that is no longer live but never got its response/error hook (mitmproxy
+    should not do that) is recorded by the next sweep instead of being held in memory forever."""
+    from mitmproxy.test import tflow
+
+    import failcore.proxy.recorder as recorder_module
+
+    proxy = start_proxy()
+    recorder = proxy.call(lambda: proxy.proxy.master.addons.get("failcore").recorder)  # type: ignore[union-attr]
+    orphan = tflow.tflow()
+    orphan.live = False
+
+    def plant() -> None:
+        recorder.in_flight[orphan.id] = orphan
+
+    proxy.call(plant)
+    with proxied_client(proxy) as client:
+        for _ in range(recorder_module.IN_FLIGHT_SWEEP):
+            assert client.get(upstream.url + "/json").status_code == 200
+    assert proxy.call(lambda: orphan.id not in recorder.in_flight)
+    events = tape_of(proxy, tmp_path)
+    [event] = [e for e in network_events(events) if e["flow"] == orphan.id]
+    assert event["outcome"] == "FAIL" and event["error"].startswith("Exchange ended without")

@@ -424,6 +424,9 @@ class EvidenceBacklog:
             self.submit(event)
 
 
+# Every this many open exchanges, look for ones mitmproxy finished without a hook (see _sweep_in_flight).
+IN_FLIGHT_SWEEP = 1024
+
 # Exchanges with more body than this are built in the writer's thread rather than on the event loop.
 LOOP_BUILD_MAX_BYTES = 64 * 1024
 
@@ -454,6 +457,7 @@ class Recorder:
         self.started = time.time()
         # Exchanges seen but not yet recorded: a proxy stopping must still put each one on the tape.
         self.in_flight: dict[str, http.HTTPFlow] = {}
+        self.exchanges_seen = 0
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("failcore_tape", str, "", "Tape directory (default: ~/.failcore/tape).")
@@ -651,6 +655,17 @@ class Recorder:
     @guarded("recorder.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.in_flight[flow.id] = flow
+        self.exchanges_seen += 1
+        if self.exchanges_seen % IN_FLIGHT_SWEEP == 0:
+            self._sweep_in_flight()
+
+    def _sweep_in_flight(self) -> None:
+        """mitmproxy ends every exchange with a response or error hook; should one ever end without,
+        it is recorded here (as what it is, with what was seen) instead of being held forever."""
+        for flow in [f for f in self.in_flight.values() if not f.live]:
+            if flow.error is None and flow.response is None:
+                flow.error = Error("Exchange ended without a response or error from mitmproxy.")
+            self._record_exchange(flow, "http.request")
 
     @guarded("recorder.response")
     def response(self, flow: http.HTTPFlow) -> None:
