@@ -38,7 +38,7 @@ from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.pastcap import PastCapScan
 from failcore.proxy.session import FlowState, Session
-from failcore.proxy.streamtap import should_stream_request, should_stream_response
+from failcore.proxy.streamtap import response_streams, should_stream_request
 
 logger = logging.getLogger("failcore")
 
@@ -358,9 +358,7 @@ class DlpGuard:
         if scanner is None or state is None or flow.response is None:
             return
         s = scanner.settings
-        if s.scan_response and should_stream_response(
-            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
-        ):
+        if s.scan_response and response_streams(flow, state):
             state.stream_observers.append(
                 PastCapScan(
                     scanner.engine,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from mitmproxy import ctx, http
+from mitmproxy import http
 
 from failcore.llm import (
     CostResult,
@@ -30,7 +30,7 @@ from failcore.llm.prices import load_price_table, seen_cost
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
-from failcore.proxy.streamtap import could_be_llm_path, should_stream_response
+from failcore.proxy.streamtap import could_be_llm_path, response_streams
 
 logger = logging.getLogger("failcore")
 
@@ -167,9 +167,7 @@ class LlmMeter:
         state = self.session.flows.get(flow.id)
         if state is None or state.llm is None or flow.response is None:
             return
-        if not should_stream_response(
-            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
-        ):
+        if not response_streams(flow, state):
             return
         tracker = SseUsageTracker(state.llm.provider, state.llm.api)
         state.llm.tracker = tracker

@@ -98,6 +98,8 @@ class FlowState:
     cut_guards: list[Callable[[bytes], CutVerdict | None]] = field(default_factory=list)
     # Set by failcore.replay.Replayer: how a replay answered this flow (the event's `replay` block).
     replay: dict[str, Any] | None = None
+    # Whether the response streams through (decided once, at responseheaders; see response_streams).
+    response_streams: bool | None = None
     # BudgetGuard counted this request when it was admitted (and takes it back if a tape answers it).
     request_reserved: bool = False
 

@@ -17,7 +17,7 @@ from mitmproxy import ctx, exceptions, http
 
 from failcore.proxy.cutoff import CuttingTap, CutVerdict
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import BodyTap, Session
+from failcore.proxy.session import BodyTap, FlowState, Session
 
 NO_BODY_STATUS = frozenset({101, 204, 304})
 
@@ -46,6 +46,19 @@ def should_stream_response(flow: http.HTTPFlow, threshold: int, llm_max: int | N
     if llm_max is not None and _is_json(ctype) and could_be_llm_path(flow.request.path):
         return length is not None and length > llm_max
     return length is None or length > threshold
+
+
+def response_streams(flow: http.HTTPFlow, state: FlowState | None) -> bool:
+    """should_stream_response with the options in force, decided once per flow: the meter, the DLP
+    guard and the stream tap all ask, and must agree."""
+    if state is not None and state.response_streams is not None:
+        return state.response_streams
+    streams = should_stream_response(
+        flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
+    )
+    if state is not None:
+        state.response_streams = streams
+    return streams
 
 
 def _is_json(content_type: str) -> bool:
@@ -140,9 +153,7 @@ class StreamTap:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or flow.response.stream:
             return
-        if should_stream_response(
-            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
-        ):
+        if response_streams(flow, self.session.flows.get(flow.id)):
             state = self.session.state(flow)
             tap = BodyTap(ctx.options.failcore_body_cap)
             tap.observers.extend(state.stream_observers)
