@@ -460,7 +460,7 @@ class ViewerApp(App[None]):
 
 
 def run_viewer(tape_dir: Path, *, follow: bool = False, cache: bool = True) -> int:
-    from failcore.tui.index import default_cache_dir
+    from failcore.tui.index import prepare_cache_dir
 
-    ViewerApp(tape_dir, cache_dir=default_cache_dir(tape_dir) if cache else None, follow=follow).run()
+    ViewerApp(tape_dir, cache_dir=prepare_cache_dir(tape_dir) if cache else None, follow=follow).run()
     return 0
