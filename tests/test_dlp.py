@@ -18,6 +18,7 @@ from failcore.dlp import (
     scan_json_body,
     scan_url,
     taint_source,
+    unescape_ascii_json,
 )
 from failcore.dlp.masking import mask_preview
 from failcore.dlp.model import CATEGORIES, RULE_ID_PATTERN, SEVERITIES
@@ -640,3 +641,23 @@ def test_rule_dataclass_is_frozen() -> None:
     assert isinstance(rule, DlpRule)
     with pytest.raises(AttributeError):
         rule.id = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("raw", "plain"),
+    [
+        (rb'{"a": "\u0067hp_x"}', rb'{"a": "ghp_x"}'),
+        (rb'{"a": "\\u0067"}', rb'{"a": "\\u0067"}'),  # an escaped backslash, then "u0067"
+        (rb'{"a": "\\\u0041"}', rb'{"a": "\\A"}'),  # an escaped backslash, then an escape
+        (rb'{"a": "\u0022\u005c\u007f"}', rb'{"a": "\u0022\u005c\u007f"}'),  # quote, backslash, DEL stay
+        (rb'{"a": "\u00e9\u0041"}', rb'{"a": "\u00e9A"}'),  # only printable ASCII is written plainly
+        (rb"not json \u0041", rb"not json \u0041"),
+    ],
+)
+def test_ascii_unicode_escapes_are_unescaped_without_changing_the_json(raw: bytes, plain: bytes) -> None:
+    import json
+
+    out = unescape_ascii_json(raw)
+    assert out == plain
+    if raw.startswith(b"{"):
+        assert json.loads(out) == json.loads(raw)

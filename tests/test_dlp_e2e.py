@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.conftest import network_events, proxied_client, read_tape
@@ -311,3 +312,37 @@ def test_enforce_blocks_a_secret_deep_inside_a_large_llm_request(
     assert upstream.request_count("/v1/chat/completions") == before, "the secret must not leave"
     proxy.stop()
     assert GITHUB_PAT.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_secret_hidden_behind_json_unicode_escapes_is_found_masked_and_blocked(
+    start_proxy, policy_file, upstream, tmp_path
+):
+    """`"\\u0067hp_…"` parses to a GitHub token; written that way it must not slip past the patterns."""
+    escaped = "".join(f"\\u{ord(c):04x}" for c in GITHUB_PAT[:6]) + GITHUB_PAT[6:]
+    body = (
+        '{"messages": [{"role": "user", "content": "token ' + escaped + '"}], "note": "a\\\\u0041b"}'
+    ).encode()
+    assert orjson.loads(body)["messages"][0]["content"] == f"token {GITHUB_PAT}"
+    proxy = start_proxy()
+    with proxied_client(proxy) as client:
+        echoed = client.post(
+            upstream.url + "/echo", content=body, headers={"content-type": "application/json"}
+        )
+    assert echoed.status_code == 200
+    proxy.stop()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    [hit] = [h for h in event["dlp"]["hits"] if h["location"].startswith("request.body")]
+    assert (hit["rule"], hit["location"]) == ("github-pat", "request.body:/messages/0/content")
+    recorded = orjson.loads(event["request"]["body"]["text"])  # still the same JSON, masked
+    assert recorded["note"] == "a\\u0041b", "an escaped backslash is not an escape"
+    assert GITHUB_PAT not in recorded["messages"][0]["content"]
+    assert GITHUB_PAT.encode() not in tape_bytes(tmp_path / "tape") and escaped.encode() not in tape_bytes(
+        tmp_path / "tape"
+    )
+
+    enforcing = start_proxy(policy_file(BLOCK_CRITICAL), tape=tmp_path / "tape2")
+    with proxied_client(enforcing) as client:
+        refused = client.post(
+            upstream.url + "/echo", content=body, headers={"content-type": "application/json"}
+        )
+    assert refused.status_code == 403 and refused.json()["error"]["rule"] == "dlp:github-pat"

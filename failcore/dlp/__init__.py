@@ -3,7 +3,7 @@
 from failcore.dlp.custom import parse_custom_rules
 from failcore.dlp.engine import BACKENDS, DlpEngine
 from failcore.dlp.gitleaks import GitleaksImport, import_gitleaks
-from failcore.dlp.locations import scan_headers, scan_json_body, scan_url
+from failcore.dlp.locations import scan_headers, scan_json_body, scan_url, unescape_ascii_json
 from failcore.dlp.masking import mask_bytes, mask_preview, mask_text
 from failcore.dlp.model import DlpAllowlist, DlpRule, Hit
 from failcore.dlp.rules import builtin_rules
@@ -28,4 +28,5 @@ __all__ = [
     "scan_json_body",
     "scan_url",
     "taint_source",
+    "unescape_ascii_json",
 ]

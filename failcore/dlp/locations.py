@@ -89,8 +89,34 @@ def locate_json_hits(body: bytes, hits: list[Hit]) -> list[Hit]:
     return located
 
 
+# A backslash pair first, so `\\u0041` (a literal backslash, then "u0041") is never read as an escape.
+_ASCII_ESCAPE = re.compile(rb"\\\\|\\u00([2-7][0-9a-fA-F])")
+
+
+def unescape_ascii_json(body: bytes) -> bytes:
+    r"""The same JSON with `\u00XX` escapes of printable ASCII written as the characters themselves.
+
+    `"\u0067hp_…"` is a GitHub token to whoever parses the JSON, but not to a pattern: a secret
+    escaped this way would pass unseen. `"` and `\` stay escaped, so the JSON means what it meant.
+    Bodies that are not JSON, or have no such escape, are returned as they are.
+    """
+    if b"\\u00" not in body or not _looks_like_json(body):
+        return body
+
+    def plain(match: re.Match[bytes]) -> bytes:
+        code = match.group(1)
+        if code is None:
+            return match.group(0)
+        char = int(code, 16)
+        return match.group(0) if char in (0x22, 0x5C, 0x7F) else bytes([char])
+
+    return _ASCII_ESCAPE.sub(plain, body)
+
+
 def scan_json_body(engine: DlpEngine, body: bytes) -> list[Hit]:
-    """Hits carry offsets into `body` and a JSON pointer to the string or number that holds them."""
+    r"""Hits carry offsets into `body` and a JSON pointer to the string or number that holds them.
+    A body with ASCII `\u00XX` escapes must go through `unescape_ascii_json` first (offsets refer to
+    the text scanned)."""
     return locate_json_hits(body, engine.scan(body))
 
 

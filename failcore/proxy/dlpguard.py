@@ -31,6 +31,7 @@ from failcore.dlp import (
     scan_json_body,
     scan_url,
     taint_source,
+    unescape_ascii_json,
 )
 from failcore.evidence import CREDENTIAL_HEADERS
 from failcore.policy import Action, Decision, DlpSettings, Policy
@@ -121,7 +122,7 @@ def scan_request_for_block(
     hits = scan_url(scanner.engine, url)
     hits += scan_headers(scanner.engine, [(k, v) for k, v in headers if k.lower() not in CREDENTIAL_HEADERS])
     if body:
-        hits += scan_json_body(scanner.engine, body)
+        hits += scan_json_body(scanner.engine, unescape_ascii_json(body))
     return hits
 
 
@@ -132,10 +133,11 @@ def _mask_body(
     if not body:
         return
     if "text" in body:
-        raw = body["text"].encode("utf-8")
+        # Offsets are into the unescaped text, which is what is recorded once a hit is masked in it.
+        raw = unescape_ascii_json(body["text"].encode("utf-8"))
         hits = scan_json_body(scanner.engine, raw)
         if hits:
-            body["text"] = mask_text(body["text"], hits)
+            body["text"] = mask_bytes(raw, hits).decode("utf-8", errors="replace")
     elif "b64" in body:
         raw = base64.b64decode(body["b64"])
         hits = scanner.engine.scan(raw)
