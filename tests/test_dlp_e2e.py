@@ -346,3 +346,20 @@ def test_a_secret_hidden_behind_json_unicode_escapes_is_found_masked_and_blocked
             upstream.url + "/echo", content=body, headers={"content-type": "application/json"}
         )
     assert refused.status_code == 403 and refused.json()["error"]["rule"] == "dlp:github-pat"
+
+
+def test_a_secret_cut_by_the_recorded_cap_leaves_no_part_of_itself_in_the_tape(
+    start_proxy, upstream, tmp_path
+):
+    cap = 65536
+    proxy = start_proxy(sets=[f"failcore_body_cap={cap}", f"failcore_stream_threshold={cap}"])
+    start = cap - 20  # the kept text ends with the token's first 20 characters
+    body = b"x" * (start - 1) + b" " + GITHUB_PAT.encode() + b" " + b"y" * 100_000
+    with proxied_client(proxy) as client:
+        assert client.post(upstream.url + "/echo", content=iter([body])).status_code == 200
+    proxy.stop()
+    raw = tape_bytes(tmp_path / "tape")
+    assert GITHUB_PAT[:20].encode() not in raw
+    [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e["summary"] == "POST /echo"]
+    assert f"request.body@{start}" in {h["location"] for h in event["dlp"]["hits"]}
+    assert event["request"]["body"]["text"].startswith("x" * 1000)  # only the tail is masked

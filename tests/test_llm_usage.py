@@ -980,3 +980,38 @@ def test_to_dict_round_trips_through_json() -> None:
     data = json.loads(json.dumps(call.to_dict()))
     assert data["input_tokens"] == 4021
     assert data["provider"] == "anthropic"
+
+
+@pytest.mark.parametrize(
+    ("provider", "api", "stream", "completed"),
+    [
+        ("anthropic", "messages", b'event: message_stop\ndata: {"type":"message_stop"}\n\n', True),
+        (
+            "anthropic",
+            "messages",
+            b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"x"}}\n\n',
+            False,
+        ),
+        ("openai", "chat_completions", b"data: [DONE]\n\n", True),
+        ("openai", "chat_completions", b'data: {"error":{"message":"boom"}}\n\ndata: [DONE]\n\n', False),
+        (
+            "openai",
+            "responses",
+            b'data: {"type":"response.completed","response":{"status":"completed"}}\n\n',
+            True,
+        ),
+        (
+            "openai",
+            "responses",
+            b'data: {"type":"response.failed","response":{"status":"failed"}}\n\n',
+            False,
+        ),
+        ("openai", "responses", b'data: {"type":"error","message":"boom"}\n\n', False),
+    ],
+)
+def test_a_stream_is_completed_only_by_its_normal_final_event(provider, api, stream, completed) -> None:
+    """A client hanging up after `completed` has the whole answer; after an error event it has not."""
+    tracker = SseUsageTracker(provider, api)
+    tracker.feed(stream)
+    assert tracker.done is True
+    assert tracker.completed is completed

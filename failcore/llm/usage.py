@@ -524,6 +524,8 @@ class _Accumulator:
         self.finish_reason: str | None = None
         self.tool_calls = 0
         self.done = False
+        # The stream ended on an error (an `error` event, `response.failed`), not on its normal end.
+        self.errored = False
         self.usage = UsageSnapshot()
 
     def handle_document(self, doc: object) -> None:
@@ -600,7 +602,7 @@ class _ChatCompletions(_Accumulator):
     def handle_event(self, event: str | None, payload: object) -> None:
         chunk = _dict(payload)
         if "error" in chunk and "choices" not in chunk:
-            self.done = True
+            self.done = self.errored = True
             return
         self.set_model(chunk.get("model"))
         for choice in _list(chunk.get("choices")):
@@ -734,8 +736,9 @@ class _Responses(_Accumulator):
             if isinstance(usage, dict):
                 self.apply_usage(usage)
             self.done = True
+            self.errored = kind == "response.failed"
         elif kind == "error":
-            self.done = True
+            self.done = self.errored = True
 
     def apply_usage(self, usage: dict) -> None:
         input_tokens = _count(usage.get("input_tokens"))
@@ -820,6 +823,7 @@ class _AnthropicMessages(_Accumulator):
                 self.apply_usage(usage)
         elif kind in ("message_stop", "error"):
             self.done = True
+            self.errored = kind == "error"
 
     def finalize_stream(self) -> None:
         # Blocks never closed (truncated stream) are still evidence of what the model was sending.
@@ -936,7 +940,7 @@ class _OllamaNative(_Accumulator):
             self.apply_usage(chunk)
             self.done = True
         elif "error" in chunk:
-            self.done = True
+            self.done = self.errored = True
 
     def apply_usage(self, usage: dict) -> None:
         prompt = _count(usage.get("prompt_eval_count"))
@@ -1149,6 +1153,11 @@ class SseUsageTracker:
     @property
     def done(self) -> bool:
         return self._acc.done
+
+    @property
+    def completed(self) -> bool:
+        """The stream reached its normal final event (not an error event)."""
+        return self._acc.done and not self._acc.errored
 
     @property
     def finish_reason(self) -> str | None:

@@ -212,9 +212,12 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
     for scan in past_cap:
         found, covered = scan.results()
         coverage.append(covered)
-        hits.extend(
-            _located(_hit_record(scanner, hit, scan.where), f"{scan.where}@{offset}") for offset, hit in found
-        )
+        for offset, hit in found:
+            hits.append(_located(_hit_record(scanner, hit, scan.where), f"{scan.where}@{offset}"))
+            if offset < scan.cap:
+                # It starts inside the recorded part, where its beginning alone matched nothing.
+                side = event.get(scan.where.split(".", 1)[0]) or {}
+                _mask_recorded_tail(side.get("body"), offset, hit)
     partial = [c for c in coverage if not c["complete"]]
     if not hits and not partial:
         return
@@ -238,6 +241,25 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
                 "being sent to the LLM provider",
             }
         )
+
+
+def _mask_recorded_tail(body: dict[str, Any] | None, start: int, hit: Hit) -> None:
+    """Mask the recorded body from `start` to its end: the first bytes of a secret that runs past it."""
+    if not body:
+        return
+    if "text" in body:
+        raw = body["text"].encode("utf-8")
+        if start < len(raw):
+            tail = replace(hit, start=start, end=len(raw))
+            body["text"] = mask_bytes(raw, [tail]).decode("utf-8", errors="replace")
+            body["dlp_masked"] = body.get("dlp_masked", 0) + 1
+    elif "b64" in body:
+        raw = base64.b64decode(body["b64"])
+        if start < len(raw):
+            body["b64"] = base64.b64encode(
+                mask_bytes(raw, [replace(hit, start=start, end=len(raw))])
+            ).decode()
+            body["dlp_masked"] = body.get("dlp_masked", 0) + 1
 
 
 def _add_taint(body: dict[str, Any] | None, hits: list[dict[str, Any]]) -> None:
@@ -295,6 +317,10 @@ class StreamDlp:
         return None
 
 
+def _encoded(message: http.Message) -> bool:
+    return message.headers.get("content-encoding", "").strip().lower() not in ("", "identity")
+
+
 class DlpGuard:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -349,7 +375,7 @@ class DlpGuard:
                     scanner.engine,
                     ctx.options.failcore_body_cap,
                     "request.body",
-                    compressed="content-encoding" in flow.request.headers,
+                    compressed=_encoded(flow.request),
                 )
             )
 
@@ -366,7 +392,7 @@ class DlpGuard:
                     scanner.engine,
                     ctx.options.failcore_body_cap,
                     "response.body",
-                    compressed="content-encoding" in flow.response.headers,
+                    compressed=_encoded(flow.response),
                 )
             )
         if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:

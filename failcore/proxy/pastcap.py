@@ -89,11 +89,12 @@ class PastCapScan:
         else:
             self.batch += chunk
         if len(self.batch) >= BATCH_BYTES:
-            self._hand_over(start)
+            self._hand_over()
 
-    def _hand_over(self, at: int) -> None:
+    def _hand_over(self) -> None:
         buffer = self.tail + bytes(self.batch)
         base = self.base
+        batch_start = base + len(self.tail)
         self.tail = buffer[-OVERLAP:]
         self.base = base + len(buffer) - len(self.tail)
         self.batch.clear()
@@ -104,7 +105,7 @@ class PastCapScan:
         elif not _worker().submit(self, buffer, base):
             with self.done:
                 self.pending -= 1
-                self.note = f"scan queue full: stopped scanning at byte {at}"
+                self.note = f"scan queue full: stopped scanning at byte {batch_start}"
                 self.done.notify_all()
 
     def scan_now(self, buffer: bytes, base: int) -> None:

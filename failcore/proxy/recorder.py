@@ -101,7 +101,8 @@ class ExchangeSnapshot:
     cut: dict[str, Any] | None = None
     warnings: list[dict[str, str]] | None = None
     replay: dict[str, Any] | None = None
-    # The LLM stream's own final event (`[DONE]`, `message_stop`, `response.completed`, …) was seen.
+    # The LLM stream's own final event (`[DONE]`, `message_stop`, `response.completed`, …) was seen,
+    # and it was not an error event.
     stream_complete: bool = False
 
     def closed_after_end(self) -> bool:
@@ -154,7 +155,7 @@ def snapshot_exchange(flow: http.HTTPFlow, state: FlowState | None, action: str)
         cut=state.cut,
         warnings=state.warnings,
         replay=state.replay,
-        stream_complete=bool(state.llm and state.llm.tracker and state.llm.tracker.done),
+        stream_complete=bool(state.llm and state.llm.tracker and state.llm.tracker.completed),
     )
 
 
@@ -427,11 +428,17 @@ class EvidenceBacklog:
 # Every this many open exchanges, look for ones mitmproxy finished without a hook (see _sweep_in_flight).
 IN_FLIGHT_SWEEP = 1024
 
+# A compressed body is counted as this many times its size when deciding where to build its evidence.
+COMPRESSED_WEIGHT = 8
+
 # Exchanges with more body than this are built in the writer's thread rather than on the event loop.
 LOOP_BUILD_MAX_BYTES = 64 * 1024
 
 
 def _body_bytes(snap: ExchangeSnapshot) -> int:
+    """Bytes of body the evidence builder will work through; a compressed body counts as what it may
+    decode to (at least COMPRESSED_WEIGHT times its size), so a small compressed body that inflates to
+    megabytes is not decoded and scanned on the event loop."""
     total = 0
     for message in (snap.request, snap.response):
         if message is None:
@@ -439,7 +446,9 @@ def _body_bytes(snap: ExchangeSnapshot) -> int:
         if message.tap is not None:
             total += len(message.tap.kept)
         elif message.content:
-            total += len(message.content)
+            encoding = (header_value(message.headers, b"content-encoding") or "").strip().lower()
+            encoded = encoding not in ("", "identity")
+            total += len(message.content) * (COMPRESSED_WEIGHT if encoded else 1)
     return total
 
 

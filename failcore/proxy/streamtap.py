@@ -33,8 +33,9 @@ def _declared_length(headers: http.Headers) -> int | None:
 
 
 def should_stream_response(flow: http.HTTPFlow, threshold: int, llm_max: int | None = None) -> bool:
-    """SSE, length-less and large bodies stream through. A JSON answer to an LLM call is buffered up
-    to `llm_max` instead (its usage sits at the end of the document: a capped copy would lose it)."""
+    """SSE, length-less and large bodies stream through. A JSON answer to an LLM call with a
+    Content-Length is buffered up to `llm_max` instead (its usage sits at the end of the document: a
+    capped copy would lose it)."""
     resp = flow.response
     assert resp is not None
     if flow.request.method == "HEAD" or resp.status_code in NO_BODY_STATUS or resp.status_code < 200:
@@ -44,7 +45,8 @@ def should_stream_response(flow: http.HTTPFlow, threshold: int, llm_max: int | N
         return True
     length = _declared_length(resp.headers)
     if llm_max is not None and _is_json(ctype) and could_be_llm_path(flow.request.path):
-        return length is not None and length > llm_max
+        threshold = max(threshold, llm_max)
+    # A body of unknown length streams: buffering it would hold whatever the server sends.
     return length is None or length > threshold
 
 
@@ -94,11 +96,11 @@ def could_be_llm_path(path: str) -> bool:
 
 
 def should_stream_request(flow: http.HTTPFlow, threshold: int, llm_max: int | None = None) -> bool:
-    """Large uploads stream through; an LLM call's request is buffered up to `llm_max` (whatever its
-    framing), because metering, budgets and DLP blocking all need to read it before it is forwarded."""
+    """Large uploads stream through; an LLM call's request with a Content-Length is buffered up to
+    `llm_max`, because metering, budgets and DLP blocking all need to read it before it is forwarded."""
     length = _declared_length(flow.request.headers)
     if llm_max is not None and could_be_llm_path(flow.request.path):
-        return length is not None and length > llm_max
+        threshold = max(threshold, llm_max)
     if length is None:
         return "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
     return length > threshold
