@@ -187,6 +187,21 @@ class _BudgetState:
         self.buckets.append(_Bucket(start, list(vector)))
         return start
 
+    def take_back(self, at: float, vector: Vector) -> tuple[bool, int | None]:
+        """Undo an `add(at, -vector)` if its bucket is still in the window: (done, bucket start)."""
+        if not self.rolling:
+            for index, value in enumerate(vector):
+                self.totals[index] += value
+            return True, None
+        start = int(at // self.bucket_seconds) * self.bucket_seconds
+        for bucket in self.buckets:
+            if bucket.start == start:
+                for index, value in enumerate(vector):
+                    bucket.values[index] += value
+                    self.totals[index] += value
+                return True, start
+        return False, None
+
     def release_time(self, index: int, threshold: float) -> float | None:
         """When usage of one metric falls below `threshold` through expiry (None: run window, or never)."""
         if not self.rolling:
@@ -318,13 +333,29 @@ class BudgetStore:
                 breaches.extend(state.hard_breaches(now, elapsed))
         return _most_binding(breaches)
 
-    def reserve_request(self, *, host: str, provider: str | None, model: str | None) -> list[BudgetBreach]:
-        """Count an admitted request at once, so concurrent requests see it; returns thresholds it crossed."""
-        return self._add(host, provider, model, Usage(requests=1).vector())
+    def now(self) -> float:
+        return self._clock()
 
-    def release_request(self, *, host: str, provider: str | None, model: str | None) -> None:
-        """Take back a reservation for a request that turned out to cost nothing (served from a tape)."""
-        self._add(host, provider, model, Usage(requests=-1).vector())
+    def reserve_request(
+        self, *, host: str, provider: str | None, model: str | None, now: float | None = None
+    ) -> list[BudgetBreach]:
+        """Count an admitted request at once, so concurrent requests see it; returns thresholds it crossed.
+        `now` (from `now()`) is what `release_request` needs to find the reservation again."""
+        return self._add(host, provider, model, Usage(requests=1).vector(), now)
+
+    def release_request(
+        self, *, host: str, provider: str | None, model: str | None, reserved_at: float
+    ) -> None:
+        """Take back a reservation for a request that turned out to cost nothing (served from a tape):
+        from the bucket it went into, or not at all if that bucket has already left the window."""
+        vector = Usage(requests=-1).vector()
+        now = self._clock()
+        with self._lock:
+            for state in self._in_scope(host, provider, model):
+                state.expire(now)
+                taken, bucket = state.take_back(reserved_at, vector)
+                if taken and self._writer is not None:
+                    self._queue_delta(state, bucket, vector)
 
     def record(
         self, *, host: str, provider: str | None, model: str | None, usage: Usage
@@ -362,11 +393,13 @@ class BudgetStore:
             if state.spec.scope.matches(host=host, provider=provider, model=model)
         ]
 
-    def _add(self, host: str, provider: str | None, model: str | None, vector: Vector) -> list[BudgetBreach]:
+    def _add(
+        self, host: str, provider: str | None, model: str | None, vector: Vector, now: float | None = None
+    ) -> list[BudgetBreach]:
         states = self._in_scope(host, provider, model)
         if not states:
             return []
-        now = self._clock()
+        now = self._clock() if now is None else now
         elapsed = now - self._run_started
         crossed: list[BudgetBreach] = []
         with self._lock:

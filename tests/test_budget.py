@@ -52,8 +52,15 @@ def stores() -> Iterator[list[BudgetStore]]:
         store.close()
 
 
-def make_store(stores: list[BudgetStore], specs: tuple[BudgetSpec, ...], clock: FakeClock, *,
-               path: Path | None = None, run_id: str = "run-1", run_started: float = T0) -> BudgetStore:
+def make_store(
+    stores: list[BudgetStore],
+    specs: tuple[BudgetSpec, ...],
+    clock: FakeClock,
+    *,
+    path: Path | None = None,
+    run_id: str = "run-1",
+    run_started: float = T0,
+) -> BudgetStore:
     store = BudgetStore(path, specs, run_id=run_id, run_started=run_started, clock=clock, flush_interval=60)
     stores.append(store)
     return store
@@ -71,8 +78,15 @@ USAGE_CASES = [
 
 @pytest.mark.parametrize("window", ["run", "minute", "hour", "day"])
 @pytest.mark.parametrize(("metric", "limit", "first", "second"), USAGE_CASES, ids=[c[0] for c in USAGE_CASES])
-def test_usage_limit_blocks_once_reached(stores: list[BudgetStore], clock: FakeClock, window: str,
-                                         metric: str, limit: float, first: Usage, second: Usage) -> None:
+def test_usage_limit_blocks_once_reached(
+    stores: list[BudgetStore],
+    clock: FakeClock,
+    window: str,
+    metric: str,
+    limit: float,
+    first: Usage,
+    second: Usage,
+) -> None:
     store = make_store(stores, one_budget(window, f"{{{metric}: {limit}}}"), clock)
     store.reserve_request(**OPENAI)
     store.record(**OPENAI, usage=first)
@@ -87,8 +101,9 @@ def test_usage_limit_blocks_once_reached(stores: list[BudgetStore], clock: FakeC
 
 
 @pytest.mark.parametrize("window", ["run", "minute", "hour", "day"])
-def test_request_limit_counts_reserved_requests(stores: list[BudgetStore], clock: FakeClock,
-                                                window: str) -> None:
+def test_request_limit_counts_reserved_requests(
+    stores: list[BudgetStore], clock: FakeClock, window: str
+) -> None:
     store = make_store(stores, one_budget(window, "{requests: 2}"), clock)
     assert store.check(**OPENAI) is None
     store.reserve_request(**OPENAI)
@@ -110,8 +125,9 @@ def test_soft_then_hard_crossing_reported_once(stores: list[BudgetStore], clock:
     assert hard[0].resets_at is None and hard[0].retry_after is None
 
 
-def test_one_call_crossing_both_thresholds_reports_soft_then_hard(stores: list[BudgetStore],
-                                                                  clock: FakeClock) -> None:
+def test_one_call_crossing_both_thresholds_reports_soft_then_hard(
+    stores: list[BudgetStore], clock: FakeClock
+) -> None:
     store = make_store(stores, one_budget("day", "{cost_usd: 1.0}"), clock)
     crossed = store.record(**OPENAI, usage=Usage(cost_usd=2.5))
     assert [(b.hard, b.limit, b.used) for b in crossed] == [(False, 0.8, 2.5), (True, 1.0, 2.5)]
@@ -257,14 +273,39 @@ def test_wall_seconds(stores: list[BudgetStore], clock: FakeClock) -> None:
 
 
 def test_breach_json_is_the_429_budget_object() -> None:
-    breach = BudgetBreach(budget="openai-daily", metric="cost_usd", limit=10.0, used=10.25, window="day",
-                          resets_at=0.0, retry_after=42, hard=True, on_exceed="block")
+    breach = BudgetBreach(
+        budget="openai-daily",
+        metric="cost_usd",
+        limit=10.0,
+        used=10.25,
+        window="day",
+        resets_at=0.0,
+        retry_after=42,
+        hard=True,
+        on_exceed="block",
+    )
     assert breach.to_json() == {
-        "id": "openai-daily", "metric": "cost_usd", "limit": 10.0, "used": 10.25, "window": "day",
-        "resets_at": "1970-01-01T00:00:00Z", "retry_after": 42, "hard": True, "on_exceed": "block",
+        "id": "openai-daily",
+        "metric": "cost_usd",
+        "limit": 10.0,
+        "used": 10.25,
+        "window": "day",
+        "resets_at": "1970-01-01T00:00:00Z",
+        "retry_after": 42,
+        "hard": True,
+        "on_exceed": "block",
     }
-    run_breach = BudgetBreach(budget="r", metric="requests", limit=1, used=1, window="run",
-                              resets_at=None, retry_after=None, hard=True, on_exceed="block")
+    run_breach = BudgetBreach(
+        budget="r",
+        metric="requests",
+        limit=1,
+        used=1,
+        window="run",
+        resets_at=None,
+        retry_after=None,
+        hard=True,
+        on_exceed="block",
+    )
     assert run_breach.to_json()["resets_at"] is None
 
 
@@ -283,8 +324,9 @@ def used(store: BudgetStore, budget: str, metric: str) -> float:
     raise AssertionError(budget)
 
 
-def test_restart_keeps_day_usage_and_new_run_resets_run_budgets(tmp_path: Path, stores: list[BudgetStore],
-                                                               clock: FakeClock) -> None:
+def test_restart_keeps_day_usage_and_new_run_resets_run_budgets(
+    tmp_path: Path, stores: list[BudgetStore], clock: FakeClock
+) -> None:
     path = tmp_path / "state" / "budgets.sqlite"
     specs = budgets(PERSISTED)
     first = make_store(stores, specs, clock, path=path, run_id="run-1")
@@ -341,8 +383,9 @@ def test_state_file_is_private(tmp_path: Path, stores: list[BudgetStore], clock:
         assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_memory_and_state_file_stay_bounded(tmp_path: Path, stores: list[BudgetStore],
-                                            clock: FakeClock) -> None:
+def test_memory_and_state_file_stay_bounded(
+    tmp_path: Path, stores: list[BudgetStore], clock: FakeClock
+) -> None:
     specs = budgets("""\
         budgets:
           - {id: m, window: minute, limits: {requests: 100000000}}
@@ -379,3 +422,36 @@ def test_in_memory_store_has_no_file(stores: list[BudgetStore], clock: FakeClock
     assert snapshot["per-run"]["run_id"] == "run-1" and snapshot["daily"]["run_id"] is None
     assert snapshot["daily"]["metrics"]["input_tokens"]["next_expiry"] == T0 + 60 + 86400
     assert snapshot["daily"]["metrics"]["input_tokens"]["blocked_until"] is None
+
+
+def test_a_released_reservation_leaves_the_bucket_it_went_into(
+    stores: list[BudgetStore], clock: FakeClock
+) -> None:
+    """A request served from a tape is taken back from the bucket it was counted in, so the window
+    never reads below the truth when that bucket expires."""
+    store = make_store(stores, one_budget("minute", "{requests: 2}"), clock)
+    first = store.now()
+    store.reserve_request(**OPENAI, now=first)  # counted, then answered from a tape
+    store.reserve_request(**OPENAI)  # a live one, same bucket
+    clock.advance(45)  # the release comes in a later bucket
+    store.release_request(**OPENAI, reserved_at=first)
+    store.reserve_request(**OPENAI)  # live, in the later bucket
+    assert store.check(**OPENAI) is not None, "two live requests in the window"
+    clock.advance(30)  # the first bucket has left the window; the later one has not
+    assert store.check(**OPENAI) is None
+    store.reserve_request(**OPENAI)
+    breach = store.check(**OPENAI)
+    assert breach is not None and breach.used == 2, "not one below the truth"
+
+
+def test_releasing_after_the_bucket_expired_takes_nothing(
+    stores: list[BudgetStore], clock: FakeClock
+) -> None:
+    store = make_store(stores, one_budget("minute", "{requests: 1}"), clock)
+    at = store.now()
+    store.reserve_request(**OPENAI, now=at)
+    clock.advance(600)
+    store.release_request(**OPENAI, reserved_at=at)
+    store.reserve_request(**OPENAI)
+    breach = store.check(**OPENAI)
+    assert breach is not None and breach.used == 1

@@ -141,8 +141,8 @@ class BudgetGuard:
                 state.blocked = True
                 flow.response = budget_response(breach, decision, flow.id)
                 return
-        state.request_reserved = True
-        for crossed in store.reserve_request(host=host, provider=provider, model=model):
+        state.request_reserved_at = now = store.now()
+        for crossed in store.reserve_request(host=host, provider=provider, model=model, now=now):
             state.warnings.append(_warning(crossed))
 
     @guarded("budget.responseheaders")
@@ -192,10 +192,15 @@ class BudgetGuard:
             return
         if state.replay is not None and state.replay.get("mode") in ("replayed", "override"):
             # Answered from a tape: nothing was spent, not even a request.
-            if state.request_reserved:
-                state.request_reserved = False
+            if state.request_reserved_at is not None:
                 provider, model = _scope(state)
-                store.release_request(host=_host(state, flow), provider=provider, model=model)
+                store.release_request(
+                    host=_host(state, flow),
+                    provider=provider,
+                    model=model,
+                    reserved_at=state.request_reserved_at,
+                )
+                state.request_reserved_at = None
             return
         if state.llm is None or state.llm.call is None or state.llm.charged:
             return

@@ -100,8 +100,8 @@ class FlowState:
     replay: dict[str, Any] | None = None
     # Whether the response streams through (decided once, at responseheaders; see response_streams).
     response_streams: bool | None = None
-    # BudgetGuard counted this request when it was admitted (and takes it back if a tape answers it).
-    request_reserved: bool = False
+    # When BudgetGuard counted this request (it takes it back if a tape answers it).
+    request_reserved_at: float | None = None
 
 
 @dataclass(slots=True)
