@@ -121,6 +121,30 @@ def _zstd_steps(data: bytes) -> Iterator[bytes]:
         raise EOFError("zstd stream ends before its frame does (truncated)")
 
 
+def decoded_content(raw: bytes | None, encoding: str | None, limit: int) -> bytes | None:
+    """A whole body decoded per its Content-Encoding, or None when it would decode to more than
+    `limit` bytes (a decompression bomb must not be inflated to read a model name). A body that does
+    not decode is returned as it is, as mitmproxy's get_content(strict=False) does."""
+    if not raw:
+        return raw
+    encoding = (encoding or "").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    out = bytearray()
+    try:
+        for piece in decoded_steps(raw, encoding):
+            out += piece
+            if len(out) > limit:
+                return None
+    except (zlib.error, brotli.error, zstandard.ZstdError, ValueError, EOFError):
+        return raw
+    return bytes(out)
+
+
+def is_encoded(encoding: str | None) -> bool:
+    return (encoding or "").strip().lower() not in ("", "identity")
+
+
 def looks_textual(content_type: str | None, sample: bytes) -> bool:
     if content_type and any(t in content_type.lower() for t in _TEXT_TYPES):
         return True

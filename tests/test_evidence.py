@@ -10,7 +10,7 @@ import brotli
 import pytest
 import zstandard
 
-from failcore.evidence import body_evidence
+from failcore.evidence import body_evidence, decoded_content
 
 TEXT = random.Random(3).randbytes(40_000).hex().encode()
 ENCODERS = {
@@ -46,3 +46,13 @@ def test_a_truncated_compressed_body_is_a_decode_error_not_a_shorter_body(encodi
     ev = evidence(wire[: len(wire) // 2], encoding)
     assert "decode_error" in ev and "decoded_size" not in ev
     assert ev["sha256_of"] == "wire"
+
+
+def test_decoded_content_is_bounded_and_falls_back_to_the_wire_bytes() -> None:
+    bomb = gzip.compress(b"\0" * (20 << 20))  # 20 MiB of zeros in about 20 KB
+    assert len(bomb) < 64 * 1024
+    assert decoded_content(bomb, "gzip", 8 << 20) is None, "not inflated past the limit"
+    assert decoded_content(bomb, "gzip", 32 << 20) == b"\0" * (20 << 20)
+    assert decoded_content(TEXT, None, 10) == TEXT and decoded_content(TEXT, " Identity ", 10) == TEXT
+    assert decoded_content(b"not gzip", "gzip", 1 << 20) == b"not gzip"
+    assert decoded_content(b"", "gzip", 1) == b""

@@ -33,7 +33,7 @@ from failcore.dlp import (
     taint_source,
     unescape_ascii_json,
 )
-from failcore.evidence import CREDENTIAL_HEADERS
+from failcore.evidence import CREDENTIAL_HEADERS, decoded_content, is_encoded
 from failcore.policy import Action, Decision, DlpSettings, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
@@ -44,6 +44,9 @@ from failcore.proxy.streamtap import response_streams, should_stream_request
 logger = logging.getLogger("failcore")
 
 SCAN_OFF_LOOP_BYTES = 64 * 1024
+# Decoded size past which a compressed request is not inflated on the event loop / at all.
+ON_LOOP_DECODE_LIMIT = 8 << 20
+DECODE_LIMIT = 64 << 20
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 
@@ -336,20 +339,35 @@ class DlpGuard:
         if state is None or state.request_tap is not None:
             return None
         headers = list(flow.request.headers.items(multi=True))
-        try:
-            body = flow.request.get_content(strict=False) or b""
-        except ValueError:
-            body = flow.request.raw_content or b""
-        args = (scanner, flow.request.pretty_url, headers, body)
-        if len(body) > SCAN_OFF_LOOP_BYTES:
-            return self._decide_off_loop(flow, state, scanner, args)
-        self._decide(flow, state, scanner, scan_request_for_block(*args))
+        raw = flow.request.raw_content or b""
+        encoding = flow.request.headers.get("content-encoding")
+        if len(raw) > SCAN_OFF_LOOP_BYTES or (is_encoded(encoding) and len(raw) > SCAN_OFF_LOOP_BYTES // 16):
+            return self._decide_off_loop(flow, state, scanner, headers, raw, encoding)
+        body = decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)
+        if body is None:
+            return self._decide_off_loop(flow, state, scanner, headers, raw, encoding)
+        self._decide(
+            flow, state, scanner, scan_request_for_block(scanner, flow.request.pretty_url, headers, body)
+        )
         return None
 
     async def _decide_off_loop(
-        self, flow: http.HTTPFlow, state: FlowState, scanner: DlpScanner, args: tuple[Any, ...]
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        scanner: DlpScanner,
+        headers: list[tuple[str, str]],
+        raw: bytes,
+        encoding: str | None,
     ) -> None:
-        self._decide(flow, state, scanner, await asyncio.to_thread(scan_request_for_block, *args))
+        url = flow.request.pretty_url
+
+        def scan() -> list[Hit]:
+            body = decoded_content(raw, encoding, DECODE_LIMIT)
+            # Past the limit it cannot be read whole: scan what it says on the wire rather than nothing.
+            return scan_request_for_block(scanner, url, headers, raw if body is None else body)
+
+        self._decide(flow, state, scanner, await asyncio.to_thread(scan))
 
     def _decide(self, flow: http.HTTPFlow, state: FlowState, scanner: DlpScanner, hits: list[Hit]) -> None:
         verdict = block_decision(scanner, hits, state.decision)

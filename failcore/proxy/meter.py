@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from mitmproxy import http
 
+from failcore.evidence import decoded_content, is_encoded
 from failcore.llm import (
     CostResult,
     LlmCall,
@@ -67,11 +68,21 @@ def _request_json(content: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _body(message: http.Message) -> bytes | None:
-    try:
-        return message.get_content(strict=False)
-    except ValueError:
-        return message.raw_content
+# Decoded size beyond which a compressed body is not read on the event loop / at all.
+ON_LOOP_DECODE_LIMIT = 8 << 20
+DECODE_LIMIT = 64 << 20
+
+
+def _decode_off_loop(message: http.Message) -> bool:
+    """Large bodies, and compressed ones that could inflate past the on-loop limit, are read in a thread."""
+    size = len(message.raw_content or b"")
+    if is_encoded(message.headers.get("content-encoding")):
+        return size > PARSE_OFF_LOOP_BYTES // 16
+    return size > PARSE_OFF_LOOP_BYTES
+
+
+def _body(message: http.Message, limit: int = ON_LOOP_DECODE_LIMIT) -> bytes | None:
+    return decoded_content(message.raw_content, message.headers.get("content-encoding"), limit)
 
 
 def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
@@ -143,14 +154,15 @@ class LlmMeter:
         state = self.session.flows.get(flow.id)
         if state is None or state.request_tap is not None:
             return None
-        content = _body(flow.request)
-        if content and len(content) > PARSE_OFF_LOOP_BYTES:
-            return self._detect_off_loop(flow, state, content)
-        self._detect(flow, state, _request_json(content))
+        if _decode_off_loop(flow.request):
+            return self._detect_off_loop(flow, state)
+        self._detect(flow, state, _request_json(_body(flow.request)))
         return None
 
-    async def _detect_off_loop(self, flow: http.HTTPFlow, state: FlowState, content: bytes) -> None:
-        self._detect(flow, state, await asyncio.to_thread(_request_json, content))
+    async def _detect_off_loop(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        request = flow.request
+        parsed = await asyncio.to_thread(lambda: _request_json(_body(request, DECODE_LIMIT)))
+        self._detect(flow, state, parsed)
 
     def _detect(self, flow: http.HTTPFlow, state: FlowState, request_json: dict[str, Any] | None) -> None:
         host = f"{state.decided_host or flow.request.host}:{flow.request.port}"
@@ -210,9 +222,11 @@ class LlmMeter:
         assert state.llm is not None and flow.response is not None
         request_body = None if state.llm.request_json is not None else _body(flow.request)
         tap = state.response_tap
+        decode_later = False
         if tap is None:
-            response_body = _body(flow.response)
-        elif "content-encoding" not in flow.response.headers:
+            decode_later = _decode_off_loop(flow.response)
+            response_body = None if decode_later else _body(flow.response)
+        elif not is_encoded(flow.response.headers.get("content-encoding")):
             # The capped copy gives the response model and text; usage comes from the tracker,
             # which saw every chunk even past the cap.
             response_body = bytes(tap.kept)
@@ -227,13 +241,22 @@ class LlmMeter:
             status=flow.response.status_code,
             request_json=state.llm.request_json,
         )
+        if decode_later:
+            return self._account_off_loop(state.llm, args, flow.response)
         if len(response_body or b"") > PARSE_OFF_LOOP_BYTES:
             return self._account_off_loop(state.llm, args)
         self._account(state.llm, parse_call(**args))
         return None
 
-    async def _account_off_loop(self, meter: LlmFlow, args: dict[str, Any]) -> None:
-        self._account(meter, await asyncio.to_thread(lambda: parse_call(**args)))
+    async def _account_off_loop(
+        self, meter: LlmFlow, args: dict[str, Any], undecoded: http.Response | None = None
+    ) -> None:
+        def parse() -> LlmCall | None:
+            if undecoded is not None:
+                args["response_body"] = _body(undecoded, DECODE_LIMIT)
+            return parse_call(**args)
+
+        self._account(meter, await asyncio.to_thread(parse))
 
     def _account(self, meter: LlmFlow, call: LlmCall | None) -> None:
         if call is None:

@@ -24,7 +24,7 @@ from mitmproxy.flow import Error
 
 from failcore import __version__
 from failcore.event import EgressEvent, FailReason, Target
-from failcore.evidence import body_evidence, header_value, redact_headers
+from failcore.evidence import body_evidence, header_value, is_encoded, redact_headers
 from failcore.llm import contract_drift
 from failcore.paths import default_tape_dir, load_or_create_salt
 from failcore.policy import Decision
@@ -446,8 +446,7 @@ def _body_bytes(snap: ExchangeSnapshot) -> int:
         if message.tap is not None:
             total += len(message.tap.kept)
         elif message.content:
-            encoding = (header_value(message.headers, b"content-encoding") or "").strip().lower()
-            encoded = encoding not in ("", "identity")
+            encoded = is_encoded(header_value(message.headers, b"content-encoding"))
             total += len(message.content) * (COMPRESSED_WEIGHT if encoded else 1)
     return total
 
