@@ -141,8 +141,20 @@ def decoded_content(raw: bytes | None, encoding: str | None, limit: int) -> byte
     return bytes(out)
 
 
+# Decoded size past which a compressed body is not inflated on the event loop / at all (to read it
+# whole for metering or a pre-forward DLP decision).
+ON_LOOP_DECODE_LIMIT: Final = 8 << 20
+DECODE_LIMIT: Final = 64 << 20
+
+
 def is_encoded(encoding: str | None) -> bool:
     return (encoding or "").strip().lower() not in ("", "identity")
+
+
+def read_off_loop(size: int, encoding: str | None, threshold: int) -> bool:
+    """Whether a body of `size` wire bytes is read in a worker thread: past `threshold`, or past a
+    sixteenth of it when compressed (it could inflate past ON_LOOP_DECODE_LIMIT)."""
+    return size > (threshold // 16 if is_encoded(encoding) else threshold)
 
 
 def looks_textual(content_type: str | None, sample: bytes) -> bool:

@@ -223,6 +223,19 @@ def replay_sets(tape: Path, run: str, on_miss: str = "fail", *extra: str) -> lis
     return [f"failcore_replay={tape}:{run}", f"failcore_replay_on_miss={on_miss}", *extra]
 
 
+def write_sse_override(path: Path, text: str) -> Path:
+    """An --override file answering with one chat completion chunk saying `text`, then [DONE]."""
+    chunk = {
+        "id": "chatcmpl-fork",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}],
+    }
+    path.write_text(f"status: 200\nsse:\n  - 'data: {orjson.dumps(chunk).decode()}'\n  - 'data: [DONE]'\n")
+    return path
+
+
 def record(start_proxy, tape: Path, agent) -> tuple[str, Any]:  # type: ignore[no-untyped-def]
     proxy = start_proxy(tape=tape)
     result = agent(proxy)
@@ -339,17 +352,7 @@ def test_on_miss_fail_names_the_closest_request_and_the_pointer(start_proxy, ups
 def test_override_forks_the_run_at_step_two(start_proxy, upstream, tmp_path):
     tape = tmp_path / "tape"
     source, recorded_output = record(start_proxy, tape, lambda p: OpenAiAgent(p, upstream).run("q1"))
-    chunk = {
-        "id": "chatcmpl-fork",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Forked answer"}}],
-    }
-    override = tmp_path / "fork.yaml"
-    override.write_text(
-        f"status: 200\nsse:\n  - 'data: {orjson.dumps(chunk).decode()}'\n  - 'data: [DONE]'\n"
-    )
+    override = write_sse_override(tmp_path / "fork.yaml", "Forked answer")
     before = upstream.request_count()
     replayer = start_proxy(
         tape=tape, sets=replay_sets(tape, source, "fail", f"failcore_replay_override=2={override}")
@@ -372,17 +375,7 @@ def test_override_counts_only_requests_the_recording_has(start_proxy, upstream, 
     step `--override 2` forks."""
     tape = tmp_path / "tape"
     source, recorded_output = record(start_proxy, tape, lambda p: OpenAiAgent(p, upstream).run("q1"))
-    chunk = {
-        "id": "chatcmpl-fork",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Forked answer"}}],
-    }
-    override = tmp_path / "fork.yaml"
-    override.write_text(
-        f"status: 200\nsse:\n  - 'data: {orjson.dumps(chunk).decode()}'\n  - 'data: [DONE]'\n"
-    )
+    override = write_sse_override(tmp_path / "fork.yaml", "Forked answer")
     replayer = start_proxy(
         tape=tape, sets=replay_sets(tape, source, "live", f"failcore_replay_override=2={override}")
     )
@@ -401,20 +394,10 @@ def test_a_second_override_forks_the_already_forked_run(start_proxy, upstream, t
     step 3, so a second override answers it (and --on-miss fail is not consulted)."""
     tape = tmp_path / "tape"
     source, recorded = record(start_proxy, tape, lambda p: OpenAiAgent(p, upstream).run("q1", "more?"))
-    files = []
-    for n, text in ((2, "First fork"), (3, "Second fork")):
-        chunk = {
-            "id": f"chatcmpl-fork{n}",
-            "object": "chat.completion.chunk",
-            "created": 1,
-            "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}],
-        }
-        path = tmp_path / f"fork{n}.yaml"
-        path.write_text(
-            f"status: 200\nsse:\n  - 'data: {orjson.dumps(chunk).decode()}'\n  - 'data: [DONE]'\n"
-        )
-        files.append(f"failcore_replay_override={n}={path}")
+    files = [
+        f"failcore_replay_override={n}={write_sse_override(tmp_path / f'fork{n}.yaml', text)}"
+        for n, text in ((2, "First fork"), (3, "Second fork"))
+    ]
     replayer = start_proxy(tape=tape, sets=replay_sets(tape, source, "fail", *files))
     output = OpenAiAgent(replayer, upstream).run("q1", "more?")
     replayer.stop()

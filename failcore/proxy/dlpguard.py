@@ -33,7 +33,14 @@ from failcore.dlp import (
     taint_source,
     unescape_ascii_json,
 )
-from failcore.evidence import CREDENTIAL_HEADERS, decoded_content, is_encoded
+from failcore.evidence import (
+    CREDENTIAL_HEADERS,
+    DECODE_LIMIT,
+    ON_LOOP_DECODE_LIMIT,
+    decoded_content,
+    is_encoded,
+    read_off_loop,
+)
 from failcore.policy import Action, Decision, DlpSettings, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
@@ -44,9 +51,6 @@ from failcore.proxy.streamtap import response_streams, should_stream_request
 logger = logging.getLogger("failcore")
 
 SCAN_OFF_LOOP_BYTES = 64 * 1024
-# Decoded size past which a compressed request is not inflated on the event loop / at all.
-ON_LOOP_DECODE_LIMIT = 8 << 20
-DECODE_LIMIT = 64 << 20
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 
@@ -320,8 +324,9 @@ class StreamDlp:
         return None
 
 
-def _encoded(message: http.Message) -> bool:
-    return message.headers.get("content-encoding", "").strip().lower() not in ("", "identity")
+def _past_cap_scan(scanner: DlpScanner, message: http.Message, where: str) -> PastCapScan:
+    compressed = is_encoded(message.headers.get("content-encoding"))
+    return PastCapScan(scanner.engine, ctx.options.failcore_body_cap, where, compressed=compressed)
 
 
 class DlpGuard:
@@ -341,7 +346,7 @@ class DlpGuard:
         headers = list(flow.request.headers.items(multi=True))
         raw = flow.request.raw_content or b""
         encoding = flow.request.headers.get("content-encoding")
-        if len(raw) > SCAN_OFF_LOOP_BYTES or (is_encoded(encoding) and len(raw) > SCAN_OFF_LOOP_BYTES // 16):
+        if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES):
             return self._decide_off_loop(flow, state, scanner, headers, raw, encoding)
         body = decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)
         if body is None:
@@ -389,12 +394,7 @@ class DlpGuard:
             flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
         ):
             self.session.state(flow).request_observers.append(
-                PastCapScan(
-                    scanner.engine,
-                    ctx.options.failcore_body_cap,
-                    "request.body",
-                    compressed=_encoded(flow.request),
-                )
+                _past_cap_scan(scanner, flow.request, "request.body")
             )
 
     @guarded("dlp.responseheaders")
@@ -405,13 +405,6 @@ class DlpGuard:
             return
         s = scanner.settings
         if s.scan_response and response_streams(flow, state):
-            state.stream_observers.append(
-                PastCapScan(
-                    scanner.engine,
-                    ctx.options.failcore_body_cap,
-                    "response.body",
-                    compressed=_encoded(flow.response),
-                )
-            )
+            state.stream_observers.append(_past_cap_scan(scanner, flow.response, "response.body"))
         if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:
             state.cut_guards.append(StreamDlp(scanner))

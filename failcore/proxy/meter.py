@@ -17,7 +17,13 @@ from typing import Any
 import orjson
 from mitmproxy import http
 
-from failcore.evidence import decoded_content, is_encoded
+from failcore.evidence import (
+    DECODE_LIMIT,
+    ON_LOOP_DECODE_LIMIT,
+    decoded_content,
+    is_encoded,
+    read_off_loop,
+)
 from failcore.llm import (
     CostResult,
     LlmCall,
@@ -68,17 +74,10 @@ def _request_json(content: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-# Decoded size beyond which a compressed body is not read on the event loop / at all.
-ON_LOOP_DECODE_LIMIT = 8 << 20
-DECODE_LIMIT = 64 << 20
-
-
 def _decode_off_loop(message: http.Message) -> bool:
-    """Large bodies, and compressed ones that could inflate past the on-loop limit, are read in a thread."""
-    size = len(message.raw_content or b"")
-    if is_encoded(message.headers.get("content-encoding")):
-        return size > PARSE_OFF_LOOP_BYTES // 16
-    return size > PARSE_OFF_LOOP_BYTES
+    return read_off_loop(
+        len(message.raw_content or b""), message.headers.get("content-encoding"), PARSE_OFF_LOOP_BYTES
+    )
 
 
 def _body(message: http.Message, limit: int = ON_LOOP_DECODE_LIMIT) -> bytes | None:

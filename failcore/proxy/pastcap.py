@@ -18,7 +18,7 @@ import threading
 from typing import Any
 
 from failcore.dlp import DlpEngine, Hit
-from failcore.evidence import MAX_DECODED_BYTES, decoded_steps
+from failcore.evidence import MAX_DECODED_BYTES, decoded_steps, is_encoded
 
 logger = logging.getLogger("failcore")
 
@@ -98,15 +98,22 @@ class PastCapScan:
         self.tail = buffer[-OVERLAP:]
         self.base = base + len(buffer) - len(self.tail)
         self.batch.clear()
+        if self.inline:
+            self.scan_here(buffer, base)
+            return
         with self.done:
             self.pending += 1
-        if self.inline:
-            self.scan_now(buffer, base)
-        elif not _worker().submit(self, buffer, base):
+        if not _worker().submit(self, buffer, base):
             with self.done:
                 self.pending -= 1
                 self.note = f"scan queue full: stopped scanning at byte {batch_start}"
                 self.done.notify_all()
+
+    def scan_here(self, buffer: bytes, base: int) -> None:
+        """Scan in the calling thread (counted as pending like a queued scan, which scan_now ends)."""
+        with self.done:
+            self.pending += 1
+        self.scan_now(buffer, base)
 
     def scan_now(self, buffer: bytes, base: int) -> None:
         """Runs in the worker thread (or the caller's, for the last batch)."""
@@ -129,9 +136,7 @@ class PastCapScan:
         if self.batch and self.note is None:
             buffer, base = self.tail + bytes(self.batch), self.base
             self.batch.clear()
-            with self.done:
-                self.pending += 1
-            self.scan_now(buffer, base)
+            self.scan_here(buffer, base)
         with self.done:
             finished = self.done.wait_for(lambda: self.pending == 0, timeout)
         note = self.note if finished else f"scan did not finish within {timeout}s"
@@ -152,18 +157,15 @@ def scan_held_body(
     """The past-cap scan of a body held whole (buffered, e.g. a large LLM request), run in the calling
     thread (the tape writer's). None when the decoded body fits in the cap."""
     scan = PastCapScan(engine, cap, where, inline=True)
-    encoding = (encoding or "").strip().lower()
-    if not encoding or encoding == "identity":
+    if not is_encoded(encoding):
         if len(content) <= cap:
             return None
         scan.seen = len(content)
         start = max(0, cap - OVERLAP)
-        with scan.done:
-            scan.pending += 1
-        scan.scan_now(content[start:], start)
+        scan.scan_here(content[start:], start)
         return scan
     try:
-        for piece in decoded_steps(content, encoding):
+        for piece in decoded_steps(content, (encoding or "").strip().lower()):
             scan(piece)
             if scan.seen >= MAX_DECODED_BYTES:
                 scan.note = f"decoding stopped at {MAX_DECODED_BYTES} bytes"
