@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import brotli
-import zstandard
+
+from failcore.compat import zstd
 
 CREDENTIAL_HEADERS: Final = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
@@ -103,20 +104,21 @@ def decoded_steps(data: bytes, encoding: str) -> Iterator[bytes]:
 
 
 def _zstd_steps(data: bytes) -> Iterator[bytes]:
-    # Fed in small pieces: one call's output is then bounded (a zstd block expands at most ~32,000×),
-    # and unlike stream_reader this knows whether the last frame was complete.
-    zd = zstandard.ZstdDecompressor()
-    frame = zd.decompressobj()
+    # Fed in small pieces with a bounded output per call (a zstd block expands at most ~32,000×);
+    # a body may hold several frames, and a last frame without its end is a truncation.
+    frame = zstd.ZstdDecompressor()
     fed = False
     for i in range(0, len(data), _ZSTD_INPUT_STEP):
         piece = data[i : i + _ZSTD_INPUT_STEP]
         while piece:
             fed = True
-            yield frame.decompress(piece)
+            yield frame.decompress(piece, _DECODE_STEP)
+            while not frame.eof and not frame.needs_input:
+                yield frame.decompress(b"", _DECODE_STEP)
             if not frame.eof:
                 break
-            piece = frame.unused_data  # the next frame (a body may hold several)
-            frame, fed = zd.decompressobj(), False
+            piece = frame.unused_data  # the next frame
+            frame, fed = zstd.ZstdDecompressor(), False
     if fed and not frame.eof:
         raise EOFError("zstd stream ends before its frame does (truncated)")
 
@@ -136,7 +138,7 @@ def decoded_content(raw: bytes | None, encoding: str | None, limit: int) -> byte
             out += piece
             if len(out) > limit:
                 return None
-    except (zlib.error, brotli.error, zstandard.ZstdError, ValueError, EOFError):
+    except (zlib.error, brotli.error, zstd.ZstdError, ValueError, EOFError):
         return raw
     return bytes(out)
 
@@ -210,7 +212,7 @@ def body_evidence(
                     break
                 if not complete and len(kept) >= cap:
                     break
-        except (zlib.error, brotli.error, zstandard.ZstdError, ValueError, EOFError) as e:
+        except (zlib.error, brotli.error, zstd.ZstdError, ValueError, EOFError) as e:
             if complete:
                 ev["decode_error"] = f"{type(e).__name__}: {e}"
         if "decode_error" in ev:

@@ -116,7 +116,6 @@ from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import brotli
-import zstandard
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -131,6 +130,8 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+
+from failcore.compat import zstd
 
 log = logging.getLogger(__name__)
 
@@ -694,7 +695,7 @@ def compress(document: bytes, encoding: str) -> bytes:
     if encoding == "br":
         return brotli.compress(document)
     if encoding == "zstd":
-        return zstandard.ZstdCompressor().compress(document)
+        return zstd.compress(document)
     raise ValueError(f"unsupported encoding {encoding!r}")
 
 

@@ -154,13 +154,20 @@ def policy_file(tmp_path: Path):  # type: ignore[no-untyped-def]
 def start_proxy(confdir: Path, upstream: StandIn, tmp_path: Path):  # type: ignore[no-untyped-def]
     started: list[ProxyThread] = []
 
-    def start(policy: Path | None = None, *, sets: list[str] | None = None, **kw: Any) -> ProxyThread:
+    def start(
+        policy: Path | None = None,
+        *,
+        sets: list[str] | None = None,
+        upstream_ca: Path | None = None,
+        **kw: Any,
+    ) -> ProxyThread:
+        """`upstream_ca`: trust another upstream's CA instead of the stand-in's."""
         settings = ProxySettings(
             listen_port=0,
             policy=str(policy) if policy else None,
             tape=str(kw.pop("tape", tmp_path / "tape")),
             confdir=confdir,
-            sets=[f"ssl_verify_upstream_trusted_ca={upstream.ca_path}", *(sets or [])],
+            sets=[f"ssl_verify_upstream_trusted_ca={upstream_ca or upstream.ca_path}", *(sets or [])],
             **kw,
         )
         proxy = ProxyThread(settings).start()

@@ -1,0 +1,24 @@
+"""Fixtures for tests/security/: one test per attack, each through the real proxy, each asserting
+what reached a logging upstream (`LoggingUpstream`) and what the tape holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.security.upstream import LoggingUpstream
+
+
+@pytest.fixture
+def logging_upstream(tmp_path: Path) -> Iterator[LoggingUpstream]:
+    """A TLS logging upstream on 127.0.0.1: `start_proxy(..., upstream_ca=up.ca_path)` trusts it."""
+    with LoggingUpstream(tmp_path / "logging-upstream") as up:
+        yield up
+
+
+@pytest.fixture
+def plain_logging_upstream(tmp_path: Path) -> Iterator[LoggingUpstream]:
+    with LoggingUpstream(tmp_path / "logging-upstream-plain", tls=False) as up:
+        yield up

@@ -1,0 +1,209 @@
+"""A logging upstream for the attack tests: it keeps every byte it receives, as it receives it.
+
+The stand-in answers like a provider; this one exists to answer one question per attack: *what reached
+the other side?* Each accepted connection is kept as a `Received` record (decrypted bytes, TLS SNI),
+whatever the protocol:
+
+* HTTP/1.1 (h11): every request is answered 200 with a small JSON body (or `respond_with`);
+* WebSocket upgrades (wsproto): every message is echoed back;
+* anything else (raw TCP): bytes are echoed back as they come.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import h11
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Request, TextMessage
+
+from failcore.standin import generate_certificate
+
+_HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"PATCH ", b"DELETE ", b"HEAD ", b"OPTIONS ")
+
+
+@dataclass
+class Received:
+    sni: str | None = None
+    data: bytearray = field(default_factory=bytearray)
+    kind: str = "unknown"  # http, websocket, raw
+
+
+class LoggingUpstream:
+    """`with LoggingUpstream(workdir) as up: ... up.received_bytes()`; `tls=False` for plain TCP."""
+
+    def __init__(self, workdir: Path, *, tls: bool = True, host: str = "127.0.0.1") -> None:
+        self.workdir = workdir
+        self.tls = tls
+        self.host = host
+        self.port = 0
+        self.connections: list[Received] = []
+        self.respond_with: tuple[int, list[tuple[bytes, bytes]], bytes] = (
+            200,
+            [(b"content-type", b"application/json")],
+            b'{"ok": true}',
+        )
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._context: ssl.SSLContext | None = None
+        self._threads: list[threading.Thread] = []
+        self.ca_path: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        if self.tls:
+            self.workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            cert = generate_certificate(self.workdir, self.host)
+            self.ca_path = cert.cert_path
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert.cert_path, cert.key_path)
+            ctx.set_alpn_protocols(["http/1.1"])
+            ctx.sni_callback = self._on_sni
+            self._context = ctx
+        self._sock = socket.create_server((self.host, 0))
+        self.port = self._sock.getsockname()[1]
+        t = threading.Thread(target=self._accept_loop, daemon=True, name=f"logging-upstream-{self.port}")
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    # -- what arrived --------------------------------------------------------------------------------
+
+    def received_bytes(self) -> bytes:
+        with self._lock:
+            return b"".join(bytes(c.data) for c in self.connections)
+
+    def snis(self) -> list[str | None]:
+        with self._lock:
+            return [c.sni for c in self.connections]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.connections.clear()
+
+    # -- serving -----------------------------------------------------------------------------------
+
+    def _on_sni(self, sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        sslobj.failcore_sni = name  # type: ignore[attr-defined]
+
+    def _accept_loop(self) -> None:
+        sock = self._sock
+        while sock is not None:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        record = Received()
+        with self._lock:
+            self.connections.append(record)
+        try:
+            if self._context is not None:
+                conn = self._context.wrap_socket(conn, server_side=True)
+                record.sni = getattr(conn._sslobj, "failcore_sni", None)  # type: ignore[attr-defined]
+            conn.settimeout(30)
+            first = self._recv(conn, record)
+            if not first:
+                return
+            if first.startswith(_HTTP_METHODS):
+                head = first
+                while b"\r\n\r\n" not in head and len(head) < 65536:
+                    more = self._recv(conn, record)
+                    if not more:
+                        break
+                    head += more
+                if b"upgrade: websocket" in head.lower():
+                    record.kind = "websocket"
+                    self._serve_websocket(conn, record, head)
+                else:
+                    record.kind = "http"
+                    self._serve_http(conn, record, head)
+            else:
+                record.kind = "raw"
+                conn.sendall(first)
+                while data := self._recv(conn, record):
+                    conn.sendall(data)
+        except (OSError, ssl.SSLError, h11.ProtocolError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def _recv(self, conn: socket.socket, record: Received) -> bytes:
+        data = conn.recv(65536)
+        with self._lock:
+            record.data += data
+        return data
+
+    def _serve_http(self, conn: socket.socket, record: Received, first: bytes) -> None:
+        h = h11.Connection(h11.SERVER)
+        h.receive_data(first)
+        while True:
+            event = h.next_event()
+            if event is h11.NEED_DATA:
+                h.receive_data(self._recv(conn, record))
+                continue
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                if event is h11.PAUSED and h.our_state is h11.DONE and h.their_state is h11.DONE:
+                    h.start_next_cycle()
+                    continue
+                return
+            if isinstance(event, h11.EndOfMessage):
+                status, headers, body = self.respond_with
+                out = h.send(
+                    h11.Response(
+                        status_code=status, headers=[*headers, (b"content-length", b"%d" % len(body))]
+                    )
+                )
+                out += h.send(h11.Data(data=body)) + h.send(h11.EndOfMessage())
+                conn.sendall(out)
+                if h.our_state is h11.MUST_CLOSE:
+                    return
+                h.start_next_cycle()
+
+    def _serve_websocket(self, conn: socket.socket, record: Received, first: bytes) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        ws.receive_data(first)
+        while True:
+            for event in ws.events():
+                if isinstance(event, Request):
+                    conn.sendall(ws.send(AcceptConnection()))
+                elif isinstance(event, TextMessage | BytesMessage):
+                    conn.sendall(ws.send(type(event)(data=event.data)))
+                elif isinstance(event, Ping):
+                    conn.sendall(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    conn.sendall(ws.send(event.response()))
+                    return
+            data = self._recv(conn, record)
+            if not data:
+                return
+            ws.receive_data(data)
