@@ -15,7 +15,7 @@ from pathlib import Path
 from failcore.dlp import DlpEngine, builtin_rules, import_gitleaks
 from failcore.dlp.regex_backend import hyperscan_available
 
-GITLEAKS_TOML = Path(__file__).resolve().parent.parent / "tests" / "data" / "gitleaks" / "gitleaks.toml"
+GITLEAKS_TOML = Path(__file__).resolve().parent.parent / "failcore" / "data" / "gitleaks" / "gitleaks.toml"
 TARGET_BYTES = 1_000_000
 RUNS = 5
 

@@ -516,8 +516,9 @@ def _print_verify(report: Any, tape: Path) -> None:
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from failcore.policy import check_policy
+    from failcore.shipped import resolve_policy
 
-    results = {str(p): [str(x) for x in check_policy(p)] for p in args.files}
+    results = {str(p): [str(x) for x in check_policy(resolve_policy(p))] for p in args.files}
     if args.json:
         _print_json({"ok": not any(results.values()), "files": results})
     else:
@@ -629,11 +630,36 @@ def _print_diff(d: dict[str, Any]) -> None:
         say(safe_text(f"tokens {tokens}{usd}"))
 
 
+def cmd_policy_list(args: argparse.Namespace) -> int:
+    from failcore.shipped import policies_dir, shipped_policy_names
+
+    names = shipped_policy_names()
+    if args.json:
+        _print_json({"dir": str(policies_dir()), "policies": names})
+        return 0
+    console.print(safe_text(f"shipped policies (in {policies_dir()}); use --policy NAME:"), soft_wrap=True)
+    for name in names:
+        console.print(safe_text(f"  {name}"), soft_wrap=True)
+    return 0
+
+
+def cmd_addon_path(args: argparse.Namespace) -> int:
+    from failcore.shipped import addon_path
+
+    # Plain print: the output is meant for $(...), with no styling or wrapping.
+    print(addon_path())
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
 def _add_proxy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", help="policy YAML (default: policies/default.yaml, observe mode)")
+    p.add_argument(
+        "--policy",
+        help="policy YAML path, or a shipped policy's name (strict, examples/dlp, …: see `failcore policy "
+        "list`); default: default, observe mode",
+    )
     p.add_argument("--tape", help=f"tape directory (default: {default_tape_dir()})")
     p.add_argument("--listen-host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument(
@@ -738,8 +764,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("policy", help="policy tools")
     psub = p.add_subparsers(dest="policy_cmd", required=True)
     pc = psub.add_parser("check", help="validate policy files (errors name file:line:column)")
-    pc.add_argument("files", nargs="+", type=Path)
+    pc.add_argument("files", nargs="+", help="policy files, or shipped policies' names")
     pc.add_argument("--json", action="store_true")
+    pl = psub.add_parser("list", help="the policies shipped with failcore, by the name --policy accepts")
+    pl.add_argument("--json", action="store_true")
+
+    sub.add_parser(
+        "addon-path",
+        help="print the path of failcore's mitmproxy addon script: mitmdump -s \"$(failcore addon-path)\"",
+    )
 
     p = sub.add_parser("view", help="browse a tape interactively (runs → events → one event)")
     p.add_argument("tape", nargs="?", help=f"tape directory (default: {default_tape_dir()})")
@@ -764,13 +797,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sample": cmd_sample,
         "view": cmd_view,
         "diff": cmd_diff,
+        "addon-path": cmd_addon_path,
     }
     if args.cmd == "proxy":
         return asyncio.run(_serve(args))
     if args.cmd == "run":
         return asyncio.run(_run_command(args))
     if args.cmd == "policy":
-        return cmd_policy_check(args)
+        return cmd_policy_list(args) if args.policy_cmd == "list" else cmd_policy_check(args)
     return handlers[args.cmd](args)
 
 

@@ -38,6 +38,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from failcore.dlp import builtin_rules, import_gitleaks, parse_custom_rules
 from failcore.dlp.model import SEVERITIES, DlpRule
 from failcore.llm.prices import load_price_table
+from failcore.shipped import BUNDLED_GITLEAKS
 
 Action = Literal["ALLOW", "WARN", "BLOCK"]
 Mode = Literal["observe", "enforce"]
@@ -107,8 +108,6 @@ DLP_KEYS: tuple[str, ...] = (
 DLP_SCAN_KEYS: tuple[str, ...] = ("request", "response")
 DLP_STREAM_MODES: tuple[DlpStreamMode, ...] = ("side", "strict")
 
-DEFAULT_POLICY_PATH: Path = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
-PACKAGED_DEFAULT_POLICY_PATH: Path = Path(__file__).resolve().parent / "data" / "default_policy.yaml"
 
 # A CONNECT tunnel is treated as carrying https when judging rules that constrain the scheme.
 _TUNNEL_SCHEME = "https"
@@ -339,13 +338,6 @@ def _make_decision(action: Action, mode: Mode, rule_id: str | None, reason: str 
 # --------------------------------------------------------------------------------------------------
 
 
-def default_policy_path() -> Path:
-    """The repository's policies/default.yaml, or the copy shipped inside the package when installed."""
-    if DEFAULT_POLICY_PATH.is_file():
-        return DEFAULT_POLICY_PATH
-    return PACKAGED_DEFAULT_POLICY_PATH
-
-
 def parse_policy(
     text: str, source: str = "<policy>", *, base_dir: str | os.PathLike[str] | None = None
 ) -> Policy:
@@ -362,7 +354,8 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         data = Path(path).read_bytes()
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise PolicyError([PolicyProblem(source, 0, 0, f"cannot read policy file: {reason}")]) from None
+        hint = "" if os.sep in source else " (nor a shipped policy's name: `failcore policy list` shows them)"
+        raise PolicyError([PolicyProblem(source, 0, 0, f"cannot read policy file: {reason}{hint}")]) from None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -1344,10 +1337,14 @@ class _DlpReader:
         if not isinstance(value, str) or not value.strip():
             self.problems.add(
                 position,
-                f"dlp: import_gitleaks: expected the path of a gitleaks.toml file, got {_describe(value)}",
+                f"dlp: import_gitleaks: expected bundled or the path of a gitleaks.toml file, "
+                f"got {_describe(value)}",
             )
             return _GITLEAKS_FAILED
-        path = (self.base_dir / Path(value.strip()).expanduser()).resolve()
+        if value.strip() == "bundled":
+            path = BUNDLED_GITLEAKS
+        else:
+            path = (self.base_dir / Path(value.strip()).expanduser()).resolve()
         try:
             imported = import_gitleaks(path)
         except OSError as exc:

@@ -14,9 +14,9 @@ from mitmproxy import exceptions, options
 from mitmproxy.tools.dump import DumpMaster
 
 from failcore.ca import CaInfo, ensure_ca
-from failcore.policy import default_policy_path
 from failcore.proxy import make_addons
 from failcore.proxy.session import Session
+from failcore.shipped import default_policy_path
 
 
 class ProxyStartError(Exception):

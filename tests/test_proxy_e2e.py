@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import socket
 import ssl
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -391,17 +392,21 @@ def test_exception_inside_failcore_fails_closed_when_asked(
 
 def test_full_writer_queue_drops_evidence_not_traffic(start_proxy, upstream, tmp_path, monkeypatch):
     original = TapeWriter._write_bytes
+    disk_back = threading.Event()
 
-    def slow_disk(self, data):  # type: ignore[no-untyped-def]
-        time.sleep(0.05)
+    def stuck_disk(self, data):  # type: ignore[no-untyped-def]
+        disk_back.wait(60)  # the disk answers only once all the traffic has passed
         return original(self, data)
 
-    monkeypatch.setattr(TapeWriter, "_write_bytes", slow_disk)
+    monkeypatch.setattr(TapeWriter, "_write_bytes", stuck_disk)
     proxy = start_proxy(sets=["failcore_queue_size=2"])
     statuses = []
-    with proxied_client(proxy) as client:
-        for _ in range(40):
-            statuses.append(client.get(upstream.url + "/json").status_code)
+    try:
+        with proxied_client(proxy) as client:
+            for _ in range(40):
+                statuses.append(client.get(upstream.url + "/json").status_code)
+    finally:
+        disk_back.set()
     assert statuses == [200] * 40
     events = tape_of(proxy, tmp_path)
     dropped = sum(e["count"] for e in events if e["kind"] == "dropped")

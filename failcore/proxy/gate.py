@@ -20,13 +20,13 @@ from failcore.policy import (
     PolicyError,
     connect_verdict,
     decide,
-    default_policy_path,
     load_policy,
     with_mode,
 )
 from failcore.proxy.dlpguard import DlpScanner
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
+from failcore.shipped import default_policy_path, resolve_policy
 
 logger = logging.getLogger("failcore")
 
@@ -134,7 +134,7 @@ class PolicyGate:
         self._load_configured_policy()
 
     def _load_configured_policy(self) -> None:
-        path = Path(ctx.options.failcore_policy or default_policy_path()).expanduser()
+        path = resolve_policy(ctx.options.failcore_policy or default_policy_path())
         self.mode_override = ctx.options.failcore_mode or None
         try:
             policy = with_mode(load_policy(path), self.mode_override)
