@@ -6,58 +6,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
 from failcore import __version__
 from failcore.paths import default_tape_dir, failcore_home
-from failcore.textsafe import printable, safe_text
+from failcore.textsafe import safe_text
+from failcore.views.fmt import tokens as _tokens
+from failcore.views.fmt import usd as _usd
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
-DECISION_STYLE = {"ALLOW": "green", "WARN": "yellow", "BLOCK": "bold red"}
-OUTCOME_STYLE = {"ok": "green", "BLOCKED": "bold red", "FAIL": "red"}
 
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
     sys.stdout.flush()
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-def _tokens(inp: int, out: int) -> str:
-    return f"{inp:,}/{out:,}"
-
-
-def _usd(value: float, unpriced: int = 0) -> str:
-    # A total with unpriced calls in it is a lower bound, and must say so.
-    shown = f"${value:.6f}" if 0 < value < 0.01 else f"${value:.4f}"
-    return shown + ("+?" if unpriced else "")
 
 
 def _tape_arg(value: str | None) -> Path:
@@ -219,43 +191,9 @@ async def _run_command(args: argparse.Namespace) -> int:
 
 
 def _print_run_summary(s: dict[str, Any], stream: Console = console) -> None:
-    table = Table(title=printable(f"failcore run {s['run']}"), show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("requests", str(s.get("requests", 0)))
-    table.add_row("blocked", safe_text(s.get("blocked", 0), "red" if s.get("blocked") else ""))
-    table.add_row(
-        "warned",
-        safe_text(f"{s.get('warned', 0)} ({s.get('would_block', 0)} would be blocked in enforce mode)"),
-    )
-    failed = s.get("failed", 0)
-    reasons = ", ".join(f"{k} {v}" for k, v in (s.get("fail_reasons") or {}).items())
-    table.add_row(
-        "failed", safe_text(f"{failed}" + (f" ({reasons})" if reasons else ""), "red" if failed else "")
-    )
-    table.add_row("bytes", f"{_size(s.get('bytes_out', 0))} out, {_size(s.get('bytes_in', 0))} in")
-    if s.get("llm_calls"):
-        unpriced = s.get("unpriced_calls", 0)
-        tokens = _tokens(s.get("input_tokens", 0), s.get("output_tokens", 0))
-        cost = _usd(s.get("cost_usd", 0.0), unpriced)
-        note = f" ({unpriced} without a known cost)" if unpriced else ""
-        table.add_row("LLM calls", f"{s['llm_calls']}: {tokens} tokens in/out, {cost}{note}")
-    hosts = s.get("hosts") or {}
-    table.add_row("hosts", safe_text(", ".join(f"{h} ×{n}" for h, n in sorted(hosts.items())) or "-"))
-    if s.get("internal_errors"):
-        table.add_row("internal errors", safe_text(s["internal_errors"], "red"))
-    if s.get("dropped"):
-        table.add_row("dropped events", safe_text(s["dropped"], "red"))
-    if "exit_code" in s:
-        table.add_row("exit code", str(s["exit_code"]))
-    if s.get("replay_saved"):
-        saved = s["replay_saved"]
-        tokens = f"{saved['input_tokens'] or 0} in / {saved['output_tokens'] or 0} out tokens"
-        usd = f", {_usd(saved['usd'])}" if saved["usd"] is not None else ""
-        table.add_row("replay saved", safe_text(f"{saved['calls']} calls, {tokens}{usd}"))
-    if s.get("tape"):
-        table.add_row("tape", safe_text(s["tape"]))
-    stream.print(table)
+    from failcore.views.tables import run_summary_table
+
+    stream.print(run_summary_table(s))
 
 
 # ---------------------------------------------------------------- ca
@@ -299,118 +237,83 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([r.to_dict() for r in runs])
         return 0
-    table = Table(title=printable(f"runs in {tape}"), title_justify="left")
-    # The id is what `failcore show RUN` takes: never shorten it, the other columns give way.
-    run_width = max((len(printable(r.run)) for r in runs), default=3)
-    numeric = ("requests", "blocked", "warned", "failed", "tokens", "cost")
-    for col in ("started", "run", "requests", "blocked", "warned", "failed", "tokens", "cost", "hosts"):
-        table.add_column(
-            col,
-            justify="right" if col in numeric else "left",
-            no_wrap=col == "run",
-            min_width=run_width if col == "run" else None,
-        )
-    for r in runs:
-        table.add_row(
-            _when(r.started),
-            safe_text(r.run),
-            str(r.requests),
-            safe_text(r.blocked, "red" if r.blocked else ""),
-            safe_text(r.warned, "yellow" if r.warned else ""),
-            safe_text(r.failed, "red" if r.failed else ""),
-            _tokens(r.input_tokens, r.output_tokens) if r.llm_calls else "-",
-            _usd(r.cost_usd, r.unpriced_calls) if r.llm_calls else "-",
-            safe_text(", ".join(sorted(h.rsplit(":", 1)[0] for h in r.hosts))[:60]),
-        )
+    from failcore.views.tables import runs_table
+
+    table = runs_table(f"runs in {tape}", runs, console.width)
     console.print(table)
     return 0
 
 
-def _resolve_run(tape: Path, run: str | None, last: bool) -> str | None:
-    from failcore.runs import last_run_id
+class _NoRun(Exception):
+    """The run asked for cannot be shown; `code` is the exit status."""
 
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _resolve_run(tape: Path, run: str | None, last: bool) -> str:
+    """The run named (in full, or by a unique prefix or suffix), or the last one. Raises _NoRun: exit 1
+    for a tape without runs, 2 for a name that matches no run or several."""
+    from failcore.runs import UnknownRun, last_run_id, resolve_run
+
+    if not tape.exists():
+        raise _NoRun(f"failcore: no tape at {tape}", 1)
     if last or not run:
-        return last_run_id(tape)
-    return run
+        found = last_run_id(tape)
+        if found is None:
+            raise _NoRun(f"failcore: no runs in {tape}", 1)
+        return found
+    try:
+        return resolve_run(tape, run)
+    except UnknownRun as e:
+        raise _NoRun(f"failcore: {e}", 2) from None
 
 
-def _event_row(ev: dict[str, Any], *, with_time: bool = True) -> list[Any]:
-    target = ev.get("target") or {}
-    decision = ev.get("decision") or ""
-    outcome = ev.get("outcome") or ""
-    kind = ev.get("kind") or ""
-    summary = ev.get("summary") or (ev.get("detail") or {}).get("action") or kind
-    if kind not in ("network", "websocket"):
-        summary = f"[{kind}] {summary if summary != kind else ''}".rstrip()
-    shown_decision = decision + ("*" if ev.get("would_block") and decision == "WARN" else "")
-    # A failure shows its reason: "FAIL" alone says nothing a person can act on.
-    shown_outcome = ev.get("fail_reason") or outcome if outcome == "FAIL" else outcome
-    row = [
-        str(ev.get("seq")),
-        _when(ev.get("ts_end") if kind == "run_end" else ev.get("ts_start") or ev.get("ts")).split(" ")[-1],
-        safe_text(shown_decision, DECISION_STYLE.get(decision, "")),
-        safe_text(shown_outcome, OUTCOME_STYLE.get(outcome, "red" if kind == "internal_error" else "")),
-        safe_text(ev.get("status") if ev.get("status") is not None else "-"),
-        safe_text(target.get("host", "")),
-        safe_text(summary),
-        f"{ev['latency_ms']:.0f}" if isinstance(ev.get("latency_ms"), int | float) else "-",
-    ]
-    if not with_time:
-        del row[1]
-    return row
-
-
-def _events_table(title: str, *, with_time: bool = True) -> Table:
-    table = Table(title=printable(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("seq", no_wrap=True, justify="right", min_width=3)
-    if with_time:
-        table.add_column("time", no_wrap=True, min_width=8)
-    table.add_column("decision", no_wrap=True, min_width=8)
-    table.add_column("outcome", no_wrap=True, min_width=15)
-    table.add_column("status", no_wrap=True, min_width=6)
-    table.add_column("host", no_wrap=True, overflow="ellipsis", min_width=9, max_width=24)
-    table.add_column("summary", no_wrap=True, overflow="ellipsis", ratio=1, min_width=20)
-    table.add_column("ms", no_wrap=True, justify="right", min_width=2)
-    return table
-
-
-def _wide(stream: Console = console) -> bool:
-    return stream.width >= 110
+def _find_event(events: Iterable[dict[str, Any]], wanted: str) -> dict[str, Any] | None:
+    """An event by its seq (unique on a tape) or its flow id (in full, or a unique prefix)."""
+    if wanted.isdigit():
+        return next((ev for ev in events if ev.get("seq") == int(wanted)), None)
+    found = [ev for ev in events if str(ev.get("flow") or "").startswith(wanted)]
+    return found[0] if len({ev.get("flow") for ev in found}) == 1 else None
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from failcore.runs import run_events
+    from failcore.runs import RunSummary, run_events
+    from failcore.tape import iter_events
+    from failcore.views.tables import events_table
 
     tape = _tape_arg(args.tape)
-    run = _resolve_run(tape, args.run, args.last)
-    if run is None:
-        err_console.print(safe_text(f"failcore: no runs in {tape}"))
-        return 1
+    try:
+        # An event is named by seq or flow, which a tape never repeats: without a run, look everywhere.
+        everywhere = args.event is not None and not args.run and not args.last
+        run = None if everywhere else _resolve_run(tape, args.run, args.last)
+    except _NoRun as e:
+        err_console.print(safe_text(str(e)))
+        return e.code
     if args.event is not None:
-        for ev in run_events(tape, run):
-            if ev.get("seq") == args.event or ev.get("flow") == str(args.event):
-                if args.json:
-                    _print_json(ev)
-                else:
-                    console.print(
-                        safe_text(orjson.dumps(ev, option=orjson.OPT_INDENT_2).decode(), keep_newlines=True)
-                    )
-                return 0
-        err_console.print(safe_text(f"failcore: no event {args.event} in run {run}"))
-        return 1
-    events = (ev for ev in run_events(tape, run) if ev.get("kind") not in ("checkpoint",))
-    if args.json:
-        _print_json(list(events))
+        quiet = lambda line, why: None  # noqa: E731 - a bad line is verify's business, not show's
+        source = iter_events(tape, on_bad_line=quiet) if run is None else run_events(tape, run)
+        ev = _find_event(source, args.event)
+        if ev is None:
+            where = f"run {run}" if run else str(tape)
+            err_console.print(safe_text(f"failcore: no event {args.event} in {where}"))
+            return 2
+        if args.json:
+            _print_json(ev)
+        else:
+            text = orjson.dumps(ev, option=orjson.OPT_INDENT_2).decode()
+            console.print(safe_text(text, keep_newlines=True))
         return 0
-    from failcore.runs import RunSummary
-
-    wide = _wide()
-    table = _events_table(f"run {run}", with_time=wide)
+    assert run is not None
+    events = [ev for ev in run_events(tape, run) if ev.get("kind") not in ("checkpoint",)]
+    if args.json:
+        _print_json(events)
+        return 0
     totals = RunSummary(run=run)
     for ev in events:
         totals.add(ev)
-        table.add_row(*_event_row(ev, with_time=wide))
-    console.print(table)
+    console.print(events_table(f"run {run}", events, console.width))
     if totals.llm_calls:
         console.print(
             safe_text(
@@ -418,7 +321,20 @@ def cmd_show(args: argparse.Namespace) -> int:
                 f"tokens in/out, {_usd(totals.cost_usd, totals.unpriced_calls)}"
             )
         )
-    console.print("* = would be blocked in enforce mode. One event in full: failcore show RUN --event SEQ")
+    if totals.dlp_hits:
+        console.print(
+            safe_text(
+                f"{totals.dlp_hits} DLP hit(s) in {totals.dlp_exchanges} exchange(s) "
+                "(column dlp; red: a BLOCK rule matched)",
+                "yellow",
+            )
+        )
+    console.print(
+        safe_text(
+            f"* = a BLOCK rule matched but the exchange was let through (observe mode). "
+            f"One event in full: failcore show --tape {tape} --event SEQ"
+        )
+    )
     return 0
 
 
@@ -426,6 +342,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from collections import deque
 
     from failcore.tape import follow, iter_events
+    from failcore.views.tables import event_line
 
     tape = _tape_arg(args.tape)
     if not tape.exists():
@@ -437,9 +354,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
             sys.stdout.write(orjson.dumps(ev).decode() + "\n")
             sys.stdout.flush()
             return
-        row = _event_row(ev)
-        line = safe_text(" ".join(printable(c) if isinstance(c, str) else c.plain for c in row))
-        console.print(line)
+        console.print(event_line(ev))
 
     for ev in deque(iter_events(tape, on_bad_line=lambda line, why: None), maxlen=args.lines):
         emit(ev)
@@ -548,10 +463,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not tape.is_dir():
         err_console.print(safe_text(f"failcore: no tape at {tape}"))
         return 1
-    run = _resolve_run(tape, args.run, args.last)
-    if run is None:
-        err_console.print(safe_text(f"failcore: no runs in {tape}"))
-        return 1
+    try:
+        run = _resolve_run(tape, args.run, args.last)
+    except _NoRun as e:
+        err_console.print(safe_text(str(e)))
+        return e.code
     key = None
     if args.key:
         key = load_public_key(Path(args.key))
@@ -726,7 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="events of a run (or one event in full)")
     p.add_argument("run", nargs="?", help="run id (default: the last run)")
     p.add_argument("--last", action="store_true", help="the most recent run")
-    p.add_argument("--event", type=int, help="show this event (seq) in full")
+    p.add_argument(
+        "--event",
+        metavar="SEQ|FLOW",
+        help="show one event in full, by its seq or flow id (any run of the tape when no run is given)",
+    )
     p.add_argument("--tape")
     p.add_argument("--json", action="store_true")
 

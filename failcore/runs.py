@@ -35,6 +35,13 @@ class RunSummary:
     mode: str | None = None
     hosts: dict[str, int] = field(default_factory=dict)
     fail_reasons: dict[str, int] = field(default_factory=dict)
+    # Blocked exchanges by the rule that blocked them (a DLP rule reads dlp:RULE).
+    block_rules: dict[str, int] = field(default_factory=dict)
+    dlp_hits: int = 0
+    dlp_exchanges: int = 0
+    dlp_severities: dict[str, int] = field(default_factory=dict)
+    # Exchanges let through although a DLP hit's action was BLOCK (observe mode).
+    dlp_would_block: int = 0
 
     def add(self, ev: dict[str, Any]) -> None:
         kind = ev.get("kind")
@@ -53,6 +60,8 @@ class RunSummary:
             self.hosts[host] = self.hosts.get(host, 0) + 1
             if ev.get("outcome") == "BLOCKED":
                 self.blocked += 1
+                rule = ev.get("rule") or "(no rule)"
+                self.block_rules[rule] = self.block_rules.get(rule, 0) + 1
             elif ev.get("decision") == "WARN":
                 self.warned += 1
             if ev.get("would_block") and ev.get("decision") == "WARN":
@@ -60,12 +69,14 @@ class RunSummary:
             llm = ev.get("llm")
             if llm:
                 self._add_llm(llm)
+            self._add_dlp(ev)
             if ev.get("outcome") == "FAIL":
                 self.failed += 1
                 reason = ev.get("fail_reason") or "unknown"
                 self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
         elif kind == "websocket":
             self.websocket_messages += 1
+            self._add_dlp(ev)
         elif kind == "internal_error":
             self.internal_errors += 1
         elif kind == "dropped":
@@ -74,6 +85,19 @@ class RunSummary:
             detail = ev.get("detail") or {}
             self.policy = detail.get("policy")
             self.mode = detail.get("mode")
+
+    def _add_dlp(self, ev: dict[str, Any]) -> None:
+        dlp = ev.get("dlp")
+        hits = dlp.get("hits") if isinstance(dlp, dict) else None
+        if not hits:
+            return
+        self.dlp_exchanges += 1
+        self.dlp_hits += len(hits)
+        for hit in hits:
+            severity = hit.get("severity") or "unknown"
+            self.dlp_severities[severity] = self.dlp_severities.get(severity, 0) + 1
+        if ev.get("outcome") != "BLOCKED" and any(h.get("action") == "BLOCK" for h in hits):
+            self.dlp_would_block += 1
 
     def _add_llm(self, llm: dict[str, Any]) -> None:
         self.llm_calls += 1
@@ -105,6 +129,33 @@ def summarize(events: Iterable[dict[str, Any]]) -> list[RunSummary]:
 
 def summarize_tape(tape_dir: Path, run: str | None = None) -> list[RunSummary]:
     return summarize(iter_events(tape_dir, run=run, on_bad_line=lambda line, why: None))
+
+
+class UnknownRun(LookupError):
+    """A run id that names no run of the tape, or more than one."""
+
+
+def run_ids(tape_dir: Path) -> list[str]:
+    """Every run of the tape, in the order they started."""
+    seen: dict[str, None] = {}
+    for ev in iter_events(tape_dir, kinds=("run_start",), on_bad_line=lambda line, why: None):
+        if run := ev.get("run"):
+            seen.setdefault(run, None)
+    return list(seen)
+
+
+def resolve_run(tape_dir: Path, wanted: str) -> str:
+    """A run named in full, or by a prefix or suffix only one run has."""
+    ids = run_ids(tape_dir)
+    if wanted in ids:
+        return wanted
+    matches = [r for r in ids if r.startswith(wanted) or r.endswith(wanted)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        recent = ", ".join(ids[-3:]) or "none"
+        raise UnknownRun(f"no run {wanted!r} in {tape_dir} (latest: {recent}; `failcore list` lists all)")
+    raise UnknownRun(f"{wanted!r} names {len(matches)} runs ({', '.join(matches[:5])}): give more of the id")
 
 
 def last_run_id(tape_dir: Path) -> str | None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import shutil
 import ssl
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -73,8 +74,12 @@ def run_agent(proxy_url: str, ca_cert: Path, llm_base: str, exfil_url: str, brok
 
 
 async def run_sample(*, json_output: bool = False, tape: Path | None = None) -> int:
-    from failcore.cli import _event_row, _events_table, _print_json, _print_run_summary, _wide, console
+    from rich.console import Console
+
     from failcore.runs import run_events, summarize_tape
+    from failcore.views.tables import events_table, run_summary_table
+
+    console = Console(highlight=False)
 
     tape = tape or sample_tape_dir()
     workdir = Path(tempfile.mkdtemp(prefix="failcore-sample-"))
@@ -107,19 +112,15 @@ async def run_sample(*, json_output: bool = False, tape: Path | None = None) -> 
     summary: dict[str, Any] = summarize_tape(tape, run=run)[0].to_dict()
     summary["tape"] = str(tape)
     if json_output:
-        _print_json({"agent": log, "summary": summary})
+        sys.stdout.write(json.dumps({"agent": log, "summary": summary}, indent=2) + "\n")
         return 0
     console.print("[bold]failcore sample[/]: an agent ran through failcore against a local LLM stand-in\n")
     for line in log:
         console.print(line, markup=False)
     console.print()
-    wide = _wide()
-    table = _events_table(f"events of run {run}", with_time=wide)
-    for ev in run_events(tape, run):
-        if ev.get("kind") in ("network", "internal_error", "dropped"):
-            table.add_row(*_event_row(ev, with_time=wide))
-    console.print(table)
-    _print_run_summary(summary)
+    shown = [ev for ev in run_events(tape, run) if ev.get("kind") in ("network", "internal_error", "dropped")]
+    console.print(events_table(f"events of run {run}", shown, console.width))
+    console.print(run_summary_table(summary))
     console.print("\nWhat next:", markup=False)
     for cmd in (
         f"failcore show --tape {tape} --last",

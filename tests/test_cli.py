@@ -313,7 +313,16 @@ def test_list_show_and_tail_json(home: Path, curl_run: RecordedRun, upstream: St
     assert orjson.loads(one.stdout) == exchange
 
     missing = failcore(home, "show", run_id, "--event", "9999", "--tape", tape, "--json")
-    assert missing.returncode == 1
+    assert missing.returncode == 2 and "no event 9999" in missing.stderr
+    anywhere = failcore(home, "show", "--event", str(exchange["seq"]), "--tape", tape, "--json")
+    assert orjson.loads(anywhere.stdout) == exchange, describe(anywhere)
+    by_prefix = failcore(home, "show", run_id[:12], "--tape", tape, "--json")
+    assert by_prefix.returncode == 0 and orjson.loads(by_prefix.stdout) == shown_events, describe(by_prefix)
+    nope = failcore(home, "show", "run-nope", "--tape", tape)
+    assert nope.returncode == 2 and "no run 'run-nope'" in nope.stderr and not nope.stdout, describe(nope)
+    narrow = failcore(home, "show", run_id, "--tape", tape, columns=80)
+    header = next(line for line in narrow.stdout.splitlines() if "seq" in line)
+    assert all(name in header.split() for name in ("seq", "decision", "outcome", "status")), narrow.stdout
 
     tail = failcore(home, "tail", "-n", "5", "--tape", tape, "--json")
     assert tail.returncode == 0, describe(tail)

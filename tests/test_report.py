@@ -399,7 +399,7 @@ def test_cli_last_unknown_run_and_file_mode(
     assert "run-first" in out.read_text()
 
     before = out.read_bytes()
-    assert main(["report", "run-nope", "--tape", str(tape), "-o", str(out)]) == 1
+    assert main(["report", "run-nope", "--tape", str(tape), "-o", str(out)]) == 2
     assert "no run 'run-nope'" in capsys.readouterr().err
     assert out.read_bytes() == before
     assert main(["report", "--last", "--tape", str(tmp_path / "missing"), "-o", str(out)]) == 1
