@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -491,8 +492,16 @@ def cmd_view(args: argparse.Namespace) -> int:
     from failcore.tui.app import run_viewer
 
     tape = _tape_arg(args.tape)
+    if not tape.exists() and args.follow:
+        # Started before the proxy (the usual order in two terminals): wait for the tape to appear.
+        err_console.print(safe_text(f"failcore: waiting for a tape at {tape} (Ctrl-C to stop)"))
+        try:
+            while not any(tape.glob("seg-*.jsonl")):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            return 130
     if not tape.exists():
-        err_console.print(safe_text(f"failcore: no tape at {tape}"))
+        err_console.print(safe_text(f"failcore: no tape at {tape} (with -f, view waits for it)"))
         return 1
     return run_viewer(tape, follow=args.follow, cache=not args.no_cache)
 
@@ -631,13 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS…")
 
     p = sub.add_parser("ca", help="show (and on first use create) failcore's CA")
-    p.add_argument("--confdir")
+    p.add_argument("--confdir", help=f"where the CA lives (default: {failcore_home()})")
     p.add_argument("--port", type=int, default=8080, help="proxy port to use in the printed environment")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("list", help="runs on a tape")
-    p.add_argument("--tape")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--tape", help=TAPE_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("show", help="events of a run (or one event in full)")
     p.add_argument("run", nargs="?", help="run id (default: the last run)")
@@ -647,14 +656,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SEQ|FLOW",
         help="show one event in full, by its seq or flow id (any run of the tape when no run is given)",
     )
-    p.add_argument("--tape")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--tape", help=TAPE_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     p = sub.add_parser("tail", help="last events of a tape; -f follows a running proxy")
-    p.add_argument("-f", "--follow", action="store_true")
-    p.add_argument("-n", "--lines", type=int, default=20)
-    p.add_argument("--tape")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing events as they are written")
+    p.add_argument("-n", "--lines", type=int, default=20, help="how many of the last events (default 20)")
+    p.add_argument("--tape", help=TAPE_HELP)
+    p.add_argument("--json", action="store_true", help="one JSON event per line")
 
     p = sub.add_parser(
         "verify", help="check a tape's hash chain and signatures (exit 0 intact, 1 broken, 3 truncated)"
@@ -667,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML report of a run, safe to share")
     p.add_argument("run", nargs="?", help="run id (default: the last run)")
     p.add_argument("--last", action="store_true", help="the most recent run")
-    p.add_argument("--tape")
+    p.add_argument("--tape", help=TAPE_HELP)
     p.add_argument("-o", "--output", default="failcore-report.html", help="HTML file to write")
     p.add_argument("--key", help="public key to check the tape's signatures with (default: this machine's)")
     p.add_argument("--tape-key", action="store_true", help="trust the public key stored in the tape")
@@ -675,9 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("diff", help="where run B first departs from run A (exit 0 same shape, 1 diverged)")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p.add_argument("--tape")
+    p.add_argument("run_a", help="the reference run (id, or a unique prefix/suffix of it)")
+    p.add_argument("run_b", help="the run compared with it")
+    p.add_argument("--tape", help=TAPE_HELP)
     p.add_argument("--ignore", action="append", metavar="POINTER", help="JSON pointer to ignore (repeatable)")
     p.add_argument("--json", action="store_true")
 
@@ -702,7 +711,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="offline demo: a local LLM stand-in, the proxy and an agent")
     p.add_argument("--json", action="store_true")
     p.add_argument("--tape", help="where to write the demo's tape (default: ~/.failcore/sample-tape)")
+    for name, command in sub.choices.items():
+        if name in EXAMPLES:
+            command.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+TAPE_HELP = f"tape directory (default: {default_tape_dir()})"
+JSON_HELP = "machine-readable output (JSON on stdout)"
+EXAMPLES: dict[str, tuple[str, ...]] = {
+    "proxy": ("failcore proxy --policy strict", "failcore proxy --port 0 --enforce --tape /tmp/t"),
+    "run": ("failcore run -- python agent.py", "failcore run --policy examples/dlp --json -- ./agent.sh"),
+    "ca": ("failcore ca", "failcore ca --port 8080 --json"),
+    "list": ("failcore list", "failcore list --tape /var/lib/failcore/tape --json"),
+    "show": ("failcore show --last", "failcore show run-2026 --event 12", "failcore show --event 12 --json"),
+    "tail": ("failcore tail -n 50", "failcore tail -f --json | jq .summary"),
+    "verify": ("failcore verify", "failcore verify /var/lib/failcore/tape --key signing.pub"),
+    "report": ("failcore report --last -o report.html", "failcore report run-2026 --max-events 1000"),
+    "diff": ("failcore diff run-a run-b", "failcore diff run-a run-b --ignore /metadata/user_id --json"),
+    "view": ("failcore view", "failcore view -f /var/lib/failcore/tape"),
+    "sample": ("failcore sample", "failcore sample --json --tape /tmp/sample"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -368,3 +368,36 @@ def test_index_does_not_depend_on_key_order() -> None:
     line, _ = encode_line(b"0" * 64, 1, serialise_event(event))
     fields = extract_fields(line.rstrip(b"\n"))
     assert fields is not None and fields["run"] == "run-late" and fields["status"] == 200
+
+
+def test_run_end_is_dated_when_the_run_ended(tmp_path: Path) -> None:
+    # As the recorder writes it: ts_start is the run's start, ts_end when it ended.
+    events = [
+        {"kind": "run_start", "v": 1, "run": RUN, "ts_start": T0, "ts_end": None, "detail": {}},
+        _network(1),
+        {"kind": "run_end", "v": 1, "run": RUN, "ts_start": T0, "ts_end": T0 + 3600, "detail": {}},
+    ]
+    write_tape(tmp_path / "t", [events])
+    index = build_index(tmp_path / "t")
+    rows = [index.row(p) for p in index.run_rows[RUN]]
+    assert rows[-1].kind == "run_end" and rows[-1].ts == T0 + 3600
+    (stats,) = index.ordered_runs()
+    assert stats.started == T0
+
+
+@pytest.mark.parametrize(
+    ("usd", "shown"), [(None, "-"), (0.0, "0"), (0.000198, "0.02¢"), (0.0125, "0.0125"), (12.5, "12.50")]
+)
+def test_costs_keep_their_digits_in_seven_cells(usd: float | None, shown: str) -> None:
+    from failcore.tui.render import fmt_cost
+
+    assert fmt_cost(usd) == shown and len(shown) <= 7
+
+
+def test_a_run_id_too_long_for_its_column_keeps_its_unique_suffix() -> None:
+    from rich.text import Text
+
+    from failcore.tui.rowlist import truncate_middle
+
+    cut = truncate_middle(Text("run-20261129T185925Z-884811"), 15)
+    assert cut.plain == "run-202…-884811" and cut.cell_len == 15

@@ -26,7 +26,7 @@ from failcore.tui.rowlist import Column, RowList
 
 RUN_COLUMNS: Final = (
     Column("started", 19),
-    Column("run", 0),
+    Column("run", 0, keep_end=True),
     Column("reqs", 6, "right"),
     Column("blk", 5, "right"),
     Column("warn", 5, "right"),
@@ -43,7 +43,7 @@ EVENT_COLUMNS: Final = (
     Column("st", 3, "right"),
     Column("ms", 5, "right"),
     Column("tok", 5, "right"),
-    Column("$", 6, "right"),
+    Column("$", 7, "right"),
     Column("dlp", 3, "right"),
 )
 HELP: Final = """\

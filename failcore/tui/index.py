@@ -248,6 +248,8 @@ class IndexChunk:
         dlp = fields.get("dlp")
         hits = dlp.get("hits") if isinstance(dlp, dict) else None
         ts = _number(fields.get("ts_start")) or _number(fields.get("ts"))
+        if kind == "run_end":  # it happened when the run ended, not when it started
+            ts = _number(fields.get("ts_end")) or ts
         status = _integer(fields.get("status"))
         latency = _number(fields.get("latency_ms"))
         tokens_in = _integer(usage.get("input_tokens"))

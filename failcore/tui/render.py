@@ -41,8 +41,14 @@ def fmt_tokens(tokens: int | None) -> str:
 
 
 def fmt_cost(usd: float | None) -> str:
+    """Dollars in at most 7 cells; a sub-cent amount in cents with two significant digits (0.02¢)
+    rather than a misleading 0.0000."""
     if usd is None:
         return DASH
+    if usd == 0:
+        return "0"
+    if usd < 0.01:
+        return f"{usd * 100:.2g}¢"
     return f"{usd:.4f}" if usd < 1 else f"{usd:.2f}"
 
 

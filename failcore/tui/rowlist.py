@@ -24,6 +24,17 @@ class Column:
     title: str
     width: int  # 0: takes the space the fixed columns leave
     justify: str = "left"
+    # Shortened in the middle, not at the end: a run id is told apart by its suffix.
+    keep_end: bool = False
+
+
+def truncate_middle(text: Text, width: int) -> Text:
+    if text.cell_len <= width or width < 5:
+        return text
+    head = (width - 1) // 2
+    tail = width - 1 - head
+    plain = text.plain
+    return Text(plain[:head] + "…" + plain[len(plain) - tail :], style=text.style)
 
 
 class RowList(ScrollView, can_focus=True):
@@ -71,7 +82,7 @@ class RowList(ScrollView, can_focus=True):
     def _line(self, cells: list[Text], style: Style | None) -> Strip:
         line = Text(no_wrap=True, overflow="ellipsis")
         for column, width, cell in zip(self.columns, self._widths(), cells, strict=False):
-            cell = cell.copy()
+            cell = truncate_middle(cell, width) if column.keep_end else cell.copy()
             cell.truncate(width, overflow="ellipsis", pad=False)
             pad = width - cell.cell_len
             if column.justify == "right":
