@@ -217,12 +217,12 @@ def test_mitmdump_signs_with_the_users_one_identity(
     dump = launch()
     assert dump.curl("-o", "/dev/null", f"{upstream.url}/json").returncode == 0
     assert dump.interrupt() == 0, dump.output()
-    checkpoints = [e for e in read_tape(dump.tape) if e["kind"] == "checkpoint"]
-    assert checkpoints and checkpoints[-1]["final"] is True
-    assert {c["key_id"] for c in checkpoints} == {public_key_id(home_key.public_key())}
     verify = failcore_cli("verify", str(dump.tape), home=dump.home)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.startswith("OK")
+    checkpoints = [e for e in read_tape(dump.tape) if e["kind"] == "checkpoint"]
+    assert {c["key_id"] for c in checkpoints} == {public_key_id(home_key.public_key())}
+    assert checkpoints[-1]["final"] is True
 
 
 def test_invalid_policy_stops_mitmdump_with_file_line_column(
