@@ -8,12 +8,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import wsproto
+import wsproto.events as wse
 
 from tests.conftest import REPO, ProxyThread, network_events, proxied_client, read_tape
 from tests.security.tapetools import verify
@@ -100,6 +105,11 @@ def test_fail_closed_forwards_nothing_while_the_tape_cannot_be_written(
         assert b"full-marker" not in logging_upstream.received_bytes()
         # The refusals' own evidence hit the full disk: write(2) itself failed with ENOSPC.
         wait_until(lambda: "No space left" in (writer_fault(proxy) or ""), "the writer to hit ENOSPC")
+        # A new tunnel is refused at CONNECT: no connection to the upstream is even opened.
+        connections = len(logging_upstream.connections)
+        with proxied_client(proxy) as fresh, pytest.raises(httpx.ProxyError, match="503"):
+            fresh.post(f"{logging_upstream.url}/while-full/new-tunnel", content=b"full-marker-tunnel")
+        assert len(logging_upstream.connections) == connections
         streamed = client.post(
             f"{logging_upstream.url}/while-full/stream",
             content=iter([b"full-marker-chunked-", b"upload"]),  # no Content-Length: streamed upload
@@ -126,7 +136,7 @@ def test_fail_closed_forwards_nothing_while_the_tape_cannot_be_written(
     dropped = [e for e in events if e["kind"] == "dropped"]
     assert dropped, "the refusals' lost evidence is counted on the tape"
     run_end = next(e for e in events if e["kind"] == "run_end")
-    assert run_end["detail"]["refused_no_evidence"] == REQUESTS + 1
+    assert run_end["detail"]["refused_no_evidence"] == REQUESTS + 2  # + the chunked upload and the CONNECT
     code, report = verify(capsys, tape)
     assert code == 6, report
     assert report["status"] == "dropped"
@@ -162,3 +172,44 @@ def test_fail_open_keeps_traffic_going_and_verify_reports_the_loss(
     assert report["status"] == "dropped"
     assert report["dropped"] == dropped[-1]["total"]
     capsys.readouterr()
+
+
+def test_fail_closed_drops_websocket_messages_while_the_tape_cannot_be_written(
+    start_proxy, small_disk: SmallDisk, logging_upstream: LoggingUpstream
+) -> None:
+    tape = small_disk.mountpoint / "tape"
+    proxy = start_proxy(FAIL_CLOSED, upstream_ca=logging_upstream.ca_path, tape=tape)
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    authority = f"127.0.0.1:{logging_upstream.port}"
+    raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    assert raw.recv(4096).startswith(b"HTTP/1.1 200")
+    tls = ssl.create_default_context(cafile=str(proxy.ca_cert)).wrap_socket(raw, server_hostname="127.0.0.1")
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    tls.sendall(ws.send(wse.Request(host=authority, target="/ws")))
+    echoes: list[str] = []
+    accepted = False
+
+    def until_echoes(count: int) -> None:
+        nonlocal accepted
+        while len(echoes) < count or not accepted:
+            ws.receive_data(tls.recv(65536))
+            for event in ws.events():
+                accepted = accepted or isinstance(event, wse.AcceptConnection)
+                if isinstance(event, wse.TextMessage):
+                    echoes.append(event.data)
+
+    until_echoes(0)
+    tls.sendall(ws.send(wse.TextMessage(data="ws-before")))
+    until_echoes(1)
+    small_disk.fill()
+    tls.sendall(ws.send(wse.TextMessage(data="ws-while-full")))
+    recorder = proxy.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
+    wait_until(lambda: proxy.call(lambda: recorder.refused) == 1, "the proxy to refuse the message")
+    small_disk.free()
+    wait_until(lambda: writer_fault(proxy) is None, "the writer to recover")
+    tls.sendall(ws.send(wse.TextMessage(data="ws-after")))
+    until_echoes(2)
+    tls.close()
+    # Messages on one connection arrive in order: had the upstream seen the middle one, its echo
+    # would have come back before the last one's.
+    assert echoes == ["ws-before", "ws-after"]
