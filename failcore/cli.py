@@ -369,44 +369,98 @@ def cmd_tail(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- verify / policy
 
 
+# What each `failcore verify` exit code proves (also in `failcore verify --help` and the README).
+VERIFY_EXIT = {"ok": 0, "broken": 1, "incomplete": 3, "unsigned": 4, "unknown_key": 5, "dropped": 6}
+VERIFY_EPILOG = """\
+exit codes (what each one proves):
+  0 OK          every line is chained and signed, to its writer's final checkpoint, by a trusted key
+                (--key, or this user's own: FAILCORE_HOME or ~/.failcore, and ~/.mitmproxy for tapes
+                older versions wrote under mitmdump); nothing was dropped. It does not prove that whole
+                runs were not removed from the end together with the manifest: compare the head
+                (seq and hash, printed here) with one you kept or sent elsewhere.
+  1 BROKEN      a line was edited, deleted, inserted or reordered, a segment is missing, a signature
+                or the signed manifest does not match, or lines were removed from its end.
+  2             verify could not run (no tape, unreadable key file, bad arguments).
+  3 INCOMPLETE  intact up to its last signed checkpoint, but the tape does not end with its writer's
+                final checkpoint: the writer is still running, was killed (SIGKILL, crash: its last
+                events are unsigned until the next run's first checkpoint) or the end was cut off.
+                Lines after the last checkpoint are not signed: anyone could have written them.
+  4 UNSIGNED    intact, but no checkpoint signature was checked (none yet, or no key to check with).
+  5 UNKNOWN KEY intact, but signed by a key failcore does not trust (e.g. only a key stored in the
+                tape itself: anyone can put one there). Pass --key FILE if you trust it.
+  6 DROPPED     complete and signed, but the writer recorded that it lost events (disk full, queue
+                full): the tape is not a full record.
+"""
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from failcore.tape.keys import load_public_key
-    from failcore.tape.verify import verify_tape
+    from failcore.tape.keys import KeyFileError, load_public_key
+    from failcore.tape.verify import TrustedKey, local_identities, verify_tape
 
     tape = _tape_arg(args.tape)
-    if not tape.exists():
+    if not tape.is_dir():
         err_console.print(safe_text(f"failcore: no tape at {tape}"))
-        return 1
-    key = None
-    if args.key:
-        key = load_public_key(Path(args.key))
-    else:
-        local = failcore_home() / "failcore-signing.pub"
-        if local.exists() and not args.tape_key:
-            key = load_public_key(local)
-    report = verify_tape(tape, public_key=key)
-    data = report.to_dict()
+        return 2
+    trusted: list[TrustedKey] = []
+    for path in args.key or []:
+        try:
+            trusted.append(TrustedKey(load_public_key(Path(path).expanduser()), str(path)))
+        except (KeyFileError, OSError) as e:
+            err_console.print(safe_text(f"failcore: cannot read key {path}: {e}"))
+            return 2
+    if not trusted:
+        trusted = local_identities(signing_homes())
+    report = verify_tape(tape, trusted_keys=trusted, trust_tape_keys=args.tape_key)
     if args.json:
-        _print_json(data)
+        _print_json(report.to_dict())
     else:
         _print_verify(report, tape)
-    if not report.ok:
-        return 1
-    return 3 if report.truncated else 0
+    return VERIFY_EXIT[report.status]
+
+
+def signing_homes() -> list[Path]:
+    """Where this user's signing keys live: failcore's home, and mitmproxy's default confdir (where
+    older versions started as a mitmdump addon kept theirs)."""
+    return [failcore_home(), Path("~/.mitmproxy").expanduser()]
 
 
 def _print_verify(report: Any, tape: Path) -> None:
     head = f"{report.lines} lines in {report.segments} segment(s), {report.checkpoints} signed checkpoint(s)"
-    if report.ok:
-        console.print(safe_text(f"OK  {tape}: chain intact, {head}", "green"))
-    else:
-        b = report.first_break
+    status = report.status
+    if status == "ok":
+        console.print(
+            safe_text(f"OK  {tape}: chain intact and signed to its final checkpoint, {head}", "green")
+        )
+    elif status == "broken":
         console.print(safe_text(f"BROKEN  {tape}: {head}", "bold red"))
+        b = report.first_break
         if b is not None:
             console.print(
                 safe_text(f"  first break: {b.segment} line {b.line} ({b.kind}): {b.message}", "red"),
                 soft_wrap=True,
             )
+    elif status == "unknown_key":
+        console.print(
+            safe_text(f"UNKNOWN KEY  {tape}: chain intact but not signed by a trusted key, {head}", "red")
+        )
+    elif status == "unsigned":
+        console.print(safe_text(f"UNSIGNED  {tape}: chain intact but no signature checked, {head}", "yellow"))
+    elif status == "incomplete":
+        console.print(
+            safe_text(
+                f"INCOMPLETE  {tape}: chain intact, no final checkpoint at its end (unsigned tail), {head}",
+                "yellow",
+            ),
+            soft_wrap=True,
+        )
+    else:
+        console.print(
+            safe_text(
+                f"DROPPED  {tape}: chain intact and signed, but {report.dropped} event(s) were lost, {head}",
+                "red",
+            ),
+            soft_wrap=True,
+        )
     for segment, line in report.truncated:
         console.print(
             safe_text(
@@ -418,16 +472,50 @@ def _print_verify(report: Any, tape: Path) -> None:
     if report.unsigned_tail:
         console.print(
             safe_text(
-                f"  {report.unsigned_tail} line(s) after the last checkpoint are chained but not yet signed"
-            )
+                f"  {report.unsigned_tail} line(s) after the last checkpoint are chained but not signed: "
+                "they could have been written by anyone"
+            ),
+            soft_wrap=True,
         )
-    source = getattr(report, "key_source", None)
-    if source == "tape":
+    if status == "incomplete" and not report.unsigned_tail and not report.truncated:
+        console.print(
+            safe_text("  the last checkpoint does not name itself final: the tape may have been cut there")
+        )
+    if report.writer_pid:
+        console.print(safe_text(f"  a writer (pid {report.writer_pid}) is recording to this tape right now"))
+    if status != "broken" and report.dropped and status != "dropped":
+        console.print(safe_text(f"  {report.dropped} event(s) were dropped by the writer", "red"))
+    signer = report.unknown_signer
+    if signer is not None:
+        where = "a key stored in the tape itself" if signer.in_tape else "a key found nowhere"
         console.print(
             safe_text(
-                "  signatures checked with the public key stored in the tape itself; pass --key to pin one"
+                f"  {signer.segment} line {signer.line}: checkpoint signed by key "
+                f"{signer.key_id[:16]}… ({where})",
+                "red",
+            ),
+            soft_wrap=True,
+        )
+    if status in ("unknown_key", "unsigned", "broken"):
+        if report.trusted_keys:
+            for key_id, source in report.trusted_keys:
+                console.print(safe_text(f"  trusted key {key_id[:16]}… from {source}"), soft_wrap=True)
+        else:
+            console.print(
+                safe_text(
+                    f"  no trusted key: none in {', '.join(str(h) for h in signing_homes())}; pass --key FILE"
+                ),
+                soft_wrap=True,
+            )
+    if report.key_source == "tape":
+        console.print(
+            safe_text(
+                "  --tape-key: keys stored in the tape were trusted: this proves consistency, "
+                "not who wrote it"
             )
         )
+    if report.head_h:
+        console.print(safe_text(f"  head: seq {report.head_seq} h {report.head_h}"), soft_wrap=True)
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -596,7 +684,10 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
     group.add_argument("--enforce", action="store_true", help="override the policy: block what it blocks")
     group.add_argument("--observe", action="store_true", help="override the policy: only record would-blocks")
     p.add_argument("--run-id", help="run id for the events (default: generated)")
-    p.add_argument("--confdir", help=f"where the CA and signing key live (default: {failcore_home()})")
+    p.add_argument(
+        "--confdir",
+        help=f"where the CA lives (default: {failcore_home()}; the tape signing key is always there)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -666,11 +757,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON event per line")
 
     p = sub.add_parser(
-        "verify", help="check a tape's hash chain and signatures (exit 0 intact, 1 broken, 3 truncated)"
+        "verify",
+        help="check a tape's chain, signatures and end (exit 0 OK, 1 broken, 3 incomplete, 4 unsigned, "
+        "5 unknown key, 6 dropped)",
+        description="Check a tape's hash chain, checkpoint signatures, signed manifest and final checkpoint.",
+        epilog=VERIFY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("tape", nargs="?")
-    p.add_argument("--key", help="public key to check signatures with (default: this machine's)")
-    p.add_argument("--tape-key", action="store_true", help="trust the public key stored in the tape")
+    p.add_argument("tape", nargs="?", help=f"tape directory (default: {default_tape_dir()})")
+    p.add_argument(
+        "--key",
+        action="append",
+        metavar="FILE",
+        help="trust only this public key (repeatable; default: this user's keys, see exit code 0)",
+    )
+    p.add_argument(
+        "--tape-key",
+        action="store_true",
+        help="also trust keys stored in the tape (proves consistency, not authorship)",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="one self-contained HTML report of a run, safe to share")

@@ -22,6 +22,7 @@ import pytest
 from conftest import network_events, read_tape
 
 from failcore.standin import StandIn
+from failcore.tape.keys import load_or_create_signing_key, public_key_id
 
 REPO = Path(__file__).resolve().parent.parent
 ADDON = REPO / "addons" / "failcore_addon.py"
@@ -64,6 +65,7 @@ class Mitmdump:
     confdir: Path
     tape: Path
     log: Path
+    home: Path
 
     @property
     def url(self) -> str:
@@ -153,7 +155,7 @@ def launch(tmp_path: Path, workdir: Path, upstream: StandIn) -> Iterator[Launch]
                 stdout=sink,
                 stderr=subprocess.STDOUT,
             )
-        dump = Mitmdump(process, port, confdir, tape, log)
+        dump = Mitmdump(process, port, confdir, tape, log, tmp_path / "home")
         started.append(dump)
         dump.wait_listening()
         return dump
@@ -198,10 +200,29 @@ def test_addon_records_a_verifiable_tape_with_the_default_policy(
     assert exchange["target"] == {"host": "127.0.0.1", "port": upstream.port, "scheme": "https"}
     assert {e["run"] for e in events} == {events[0]["run"]}
 
-    # The signing key lives in mitmproxy's confdir; pointing FAILCORE_HOME there pins it.
-    verify = failcore_cli("verify", str(dump.tape), home=dump.confdir)
+    # One signing identity per user: mitmdump signs with the key in failcore's home (FAILCORE_HOME), not
+    # one in mitmproxy's confdir, so a plain `failcore verify` knows it.
+    verify = failcore_cli("verify", str(dump.tape), home=dump.home)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "intact" in verify.stdout
+
+
+def test_mitmdump_signs_with_the_users_one_identity(
+    launch: Launch, tmp_path: Path, upstream: StandIn
+) -> None:
+    """Issue 10: with a key in ~/.failcore and another in mitmproxy's confdir (where older versions kept
+    the addon's key), mitmdump's tape was called BROKEN by `failcore verify`: a false tamper alarm."""
+    home_key = load_or_create_signing_key(tmp_path / "home")
+    load_or_create_signing_key(tmp_path / "mitm-conf")  # the confdir key an older version created
+    dump = launch()
+    assert dump.curl("-o", "/dev/null", f"{upstream.url}/json").returncode == 0
+    assert dump.interrupt() == 0, dump.output()
+    verify = failcore_cli("verify", str(dump.tape), home=dump.home)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert verify.stdout.startswith("OK")
+    checkpoints = [e for e in read_tape(dump.tape) if e["kind"] == "checkpoint"]
+    assert {c["key_id"] for c in checkpoints} == {public_key_id(home_key.public_key())}
+    assert checkpoints[-1]["final"] is True
 
 
 def test_invalid_policy_stops_mitmdump_with_file_line_column(

@@ -571,3 +571,74 @@ def test_start_refuses_a_tape_whose_last_line_is_garbage(tape_dir: Path, signing
     with make_writer(tape_dir, signing_key):  # the failed start released the lock
         pass
     assert verify_tape(tape_dir).ok
+
+
+# ---------------------------------------------------------------- writer health (fail-closed)
+
+
+def test_fault_is_known_before_the_next_event_and_clears_when_writes_succeed(
+    tape_dir: Path, signing_key: Any
+) -> None:
+    writer = make_writer(tape_dir, signing_key, FlakyDiskWriter, on_error=lambda _m: None)
+    assert writer.fault() == "the tape writer is not running"
+    writer.start()
+    writer.submit(network_event(0))
+    assert writer.flush()
+    assert writer.fault() is None
+
+    writer.failing = True
+    writer.submit(network_event(1))
+    assert writer.flush() is False
+    fault = writer.fault()
+    assert fault is not None and "No space left on device" in fault
+
+    writer.failing = False  # the writer retries its pending drop marker on its own
+    deadline = time.monotonic() + 5
+    while writer.fault() is not None:
+        assert time.monotonic() < deadline, writer.fault()
+        time.sleep(0.02)
+    writer.close()
+    assert writer.fault() == "the tape writer is closed"
+
+
+def test_fault_when_the_queue_is_full(tape_dir: Path, signing_key: Any) -> None:
+    gate = threading.Event()
+
+    class StuckWriter(TapeWriter):
+        def _write_bytes(self, data: bytes) -> None:
+            gate.wait(10)
+            super()._write_bytes(data)
+
+    writer = make_writer(tape_dir, signing_key, StuckWriter, queue_size=4)
+    writer.start()
+    try:
+        for i in range(50):
+            writer.submit(network_event(i))
+        fault = writer.fault()
+        assert fault is not None and "queue is full" in fault
+    finally:
+        gate.set()
+        writer.close()
+
+
+def test_fault_when_free_space_is_below_the_reserve(tape_dir: Path, signing_key: Any) -> None:
+    free = os.statvfs(tape_dir.parent).f_bavail * os.statvfs(tape_dir.parent).f_frsize
+    with make_writer(tape_dir, signing_key, reserve_bytes=free * 4 + 2**40) as writer:
+        fault = writer.fault()
+        assert fault is not None and "reserve" in fault
+    with make_writer(tape_dir, signing_key, reserve_bytes=1) as writer:
+        assert writer.fault() is None
+
+
+def test_the_last_checkpoint_of_a_writer_names_itself_final(tape_dir: Path, signing_key: Any) -> None:
+    for run in range(2):
+        with make_writer(tape_dir, signing_key, checkpoint_every=2) as writer:
+            for i in range(5):
+                writer.submit(network_event(i, run=f"run-{run}"))
+    checkpoints = [e for e in all_events(tape_dir) if e["kind"] == "checkpoint"]
+    assert [c["final"] for c in checkpoints] == [False, False, True] * 2
+    assert [e["kind"] for e in all_events(tape_dir)][-1] == "checkpoint"
+    report = verify_tape(tape_dir, public_key=signing_key.public_key())
+    assert (report.status, report.final, report.signatures_ok) == ("ok", True, 6)
+    manifest = orjson.loads((tape_dir / "manifest.json").read_bytes())
+    assert manifest["head"] == {"seq": report.head_seq, "h": report.head_h, "final": True}

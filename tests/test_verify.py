@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from failcore.cli import main as cli_main
 from failcore.tape import list_segments
 from failcore.tape.keys import load_or_create_signing_key, public_key_id
-from failcore.tape.verify import verify_tape
+from failcore.tape.verify import local_identities, verify_tape
 from failcore.tape.writer import TapeWriter, encode_line
 
 SEG1 = "seg-000001.jsonl"
@@ -289,3 +291,103 @@ def test_old_checkpoints_still_verify_after_key_change(tmp_path: Path, tape_dir:
     assert given.first_break is not None
     assert given.first_break.kind == "signature"
     assert given.first_break.segment == SEG1
+
+
+# ---------------------------------------------------------------- status: final, unsigned, dropped, keys
+
+
+def rechain_from(lines: list[bytes], index: int) -> None:
+    prev = lines[index - 1].rstrip(b"\n")[-66:-2] if index else b"0" * 64
+    for i in range(index, len(lines)):
+        raw = lines[i].rstrip(b"\n")
+        lines[i] = reseal(raw[:9] + prev + raw[73:])
+        prev = lines[i].rstrip(b"\n")[-66:-2]
+
+
+def test_a_checkpoint_cannot_be_made_final_without_the_key(
+    tape_dir: Path, signing_key: Ed25519PrivateKey
+) -> None:
+    write_tape(tape_dir, signing_key, events=15, checkpoint_every=10)
+    path = tape_dir / SEG1
+    lines = read_lines(path)
+    assert b'"final":false' in lines[10]
+    write_lines(path, lines[:11])
+    lines = lines[:11]
+    lines[10] = lines[10].replace(b'"final":false', b'"final":true ')
+    rechain_from(lines, 10)
+    write_lines(path, lines)
+    (tape_dir / "manifest.json").unlink()
+    report = verify_tape(tape_dir, public_key=signing_key.public_key())
+    assert report.status == "broken"
+    assert report.first_break is not None and (report.first_break.line, report.first_break.kind) == (
+        11,
+        "signature",
+    )
+
+
+def test_statuses_unsigned_incomplete_dropped(tape_dir: Path, signing_key: Ed25519PrivateKey) -> None:
+    tape_dir.mkdir()
+    prev, lines = b"0" * 64, []
+    for seq in range(1, 4):
+        line, prev = encode_line(prev, seq, b'{"kind":"network","run":"x","i":%d}' % seq)
+        lines.append(line)
+    write_lines(tape_dir / SEG1, lines)
+    assert verify_tape(tape_dir, public_key=signing_key.public_key()).status == "unsigned"
+
+    # A checkpoint as older versions wrote it (no `final`): signed, but the end is not vouched for.
+    sig = base64.b64encode(signing_key.sign(b"failcore-checkpoint-v1:" + prev + b":4")).decode()
+    key_id = public_key_id(signing_key.public_key())
+    body = orjson.dumps(
+        {"kind": "checkpoint", "v": 1, "ts": 1.0, "run": "x", "key_id": key_id, "count": 3, "sig": sig}
+    )
+    line, prev = encode_line(prev, 4, body)
+    write_lines(tape_dir / SEG1, [*lines, line])
+    report = verify_tape(tape_dir, public_key=signing_key.public_key())
+    assert (report.status, report.signatures_ok, report.final) == ("incomplete", 1, False)
+
+    shutil.rmtree(tape_dir)
+    with TapeWriter(tape_dir, signing_key=signing_key, run_id="run-v") as writer:
+        writer.submit({"kind": "network", "run": "run-v", "i": 0})
+        writer._submit_drops = 7  # as a full queue leaves it
+        writer.submit({"kind": "network", "run": "run-v", "i": 1})
+    report = verify_tape(tape_dir, public_key=signing_key.public_key())
+    assert (report.status, report.dropped, report.final) == ("dropped", 7, True)
+
+
+def test_an_edited_signed_manifest_is_a_break(tape_dir: Path, signing_key: Ed25519PrivateKey) -> None:
+    write_tape(tape_dir, signing_key, events=5)
+    path = tape_dir / "manifest.json"
+    manifest = orjson.loads(path.read_bytes())
+    manifest["head"]["seq"] -= 1
+    path.write_bytes(orjson.dumps(manifest))
+    report = verify_tape(tape_dir, public_key=signing_key.public_key())
+    assert report.status == "broken"
+    assert report.first_break is not None and report.first_break.kind == "manifest"
+
+
+def test_local_identities_cover_failcore_home_and_mitmproxy_confdir(tmp_path: Path) -> None:
+    home, mitm, empty = tmp_path / "home", tmp_path / "mitm", tmp_path / "empty"
+    first = load_or_create_signing_key(home)
+    second = load_or_create_signing_key(mitm)
+    (mitm / "failcore-signing.key").unlink()  # only its .pub is left
+    empty.mkdir()
+    found = local_identities([home, mitm, empty, home])
+    assert [(t.key_id, Path(t.source).parent) for t in found] == [
+        (public_key_id(first.public_key()), home),
+        (public_key_id(second.public_key()), mitm),
+    ]
+
+
+def test_verify_help_says_what_each_exit_code_proves(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["verify", "--help"])
+    text = capsys.readouterr().out
+    for code, word in (
+        (0, "OK"),
+        (1, "BROKEN"),
+        (3, "INCOMPLETE"),
+        (4, "UNSIGNED"),
+        (5, "UNKNOWN KEY"),
+        (6, "DROPPED"),
+    ):
+        assert f"  {code} {word}" in text

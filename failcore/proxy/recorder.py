@@ -26,7 +26,7 @@ from failcore import __version__
 from failcore.event import EgressEvent, FailReason, Target
 from failcore.evidence import body_evidence, header_value, is_encoded, redact_headers
 from failcore.llm import contract_drift
-from failcore.paths import default_tape_dir, load_or_create_salt
+from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.policy import Decision
 from failcore.proxy.dlpguard import DlpScanner, scan_event
 from failcore.proxy.guard import guarded
@@ -219,7 +219,7 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
         # A stream failcore cut is stopped by failcore: mitmproxy's error text ("client disconnected")
         # describes the fallout, not the cause, which the `cut` block records.
         outcome = "BLOCKED"
-    elif snap.internal_error and snap.status == 502 and snap.response and not snap.response.tap:
+    elif snap.internal_error and snap.status in (502, 503) and snap.response and not snap.response.tap:
         outcome, fail_reason = "FAIL", "internal_error"
     elif snap.closed_after_end():
         outcome = "ok"
@@ -451,6 +451,32 @@ def _body_bytes(snap: ExchangeSnapshot) -> int:
     return total
 
 
+EVIDENCE_UNAVAILABLE = "evidence-unavailable"
+
+
+def evidence_unavailable_response(fault: str, event_id: str) -> http.Response:
+    """The answer to a request refused because its evidence cannot be written (fail_open: false)."""
+    body = orjson.dumps(
+        {
+            "error": {
+                "type": "failcore_evidence_unavailable",
+                "message": "failcore cannot write evidence of this request to its tape and the policy says "
+                "fail_open: false, so the request was not forwarded",
+                "detail": fault,
+                "event": event_id,
+            }
+        }
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "X-FailCore-Decision": "FAIL_CLOSED",
+        "X-FailCore-Reason": EVIDENCE_UNAVAILABLE,
+        "X-FailCore-Event": event_id,
+        "Retry-After": "5",
+    }
+    return http.Response.make(503, body, headers)
+
+
 def _unbuildable() -> dict[str, Any]:
     raise RuntimeError("evidence backlog full: the event loop could not keep up with building evidence")
 
@@ -466,6 +492,9 @@ class Recorder:
         # Exchanges seen but not yet recorded: a proxy stopping must still put each one on the tape.
         self.in_flight: dict[str, http.HTTPFlow] = {}
         self.exchanges_seen = 0
+        # Requests (and WebSocket messages) refused because their evidence could not be written.
+        self.refused = 0
+        self._last_fault: str | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("failcore_tape", str, "", "Tape directory (default: ~/.failcore/tape).")
@@ -480,6 +509,14 @@ class Recorder:
         loader.add_option(
             "failcore_checkpoint_every", int, 1000, "Write a signed checkpoint every this many events."
         )
+        loader.add_option(
+            "failcore_tape_reserve_mb",
+            int,
+            16,
+            "With fail_open: false, refuse requests while the tape's file system has less than this many "
+            "MiB free: the rest is kept for the evidence of requests already forwarded (0: refuse only "
+            "once a write has failed).",
+        )
 
     def configure(self, updated: set[str]) -> None:
         for name in ("failcore_queue_size", "failcore_segment_mb", "failcore_checkpoint_every"):
@@ -487,6 +524,8 @@ class Recorder:
                 raise exceptions.OptionsError(f"{name} must be >= 1")
         if "failcore_segment_seconds" in updated and ctx.options.failcore_segment_seconds < 0:
             raise exceptions.OptionsError("failcore_segment_seconds must be >= 0")
+        if "failcore_tape_reserve_mb" in updated and ctx.options.failcore_tape_reserve_mb < 0:
+            raise exceptions.OptionsError("failcore_tape_reserve_mb must be >= 0")
         if "failcore_run_id" in updated and ctx.options.failcore_run_id:
             if self.writer is not None:
                 raise exceptions.OptionsError("failcore_run_id cannot change while the proxy runs")
@@ -523,8 +562,9 @@ class Recorder:
         if self.writer is not None:
             return
         tape_dir = Path(ctx.options.failcore_tape or default_tape_dir()).expanduser()
-        confdir = Path(os.path.expanduser(ctx.options.confdir))
-        key = load_or_create_signing_key(confdir)
+        # One signing identity per user, however failcore is started (mitmdump's confdir is mitmproxy's,
+        # not failcore's): `failcore verify` checks tapes against the key in this same home.
+        key = load_or_create_signing_key(failcore_home())
         seconds = ctx.options.failcore_segment_seconds
         self.writer = TapeWriter(
             tape_dir,
@@ -534,6 +574,7 @@ class Recorder:
             segment_bytes=ctx.options.failcore_segment_mb * 2**20,
             segment_seconds=float(seconds) if seconds else None,
             checkpoint_every=ctx.options.failcore_checkpoint_every,
+            reserve_bytes=ctx.options.failcore_tape_reserve_mb * 2**20,
             on_error=lambda msg: logger.warning("failcore tape: %s", msg),
         )
         self.writer.start()
@@ -581,6 +622,7 @@ class Recorder:
                     **self.counts,
                     "internal_errors": self.session.internal_errors,
                     "dropped": self.writer.dropped,
+                    "refused_no_evidence": self.refused,
                     "duration_s": round(now - self.started, 3),
                 },
             ).to_dict()
@@ -660,12 +702,48 @@ class Recorder:
 
         return build
 
+    def evidence_fault(self) -> str | None:
+        """Why evidence cannot be written right now, when the policy says that must stop traffic
+        (fail_open: false); None otherwise. Synchronous: asked before a request leaves."""
+        if self.session.fail_open:
+            return None
+        fault = "the tape is not open" if self.writer is None else self.writer.fault()
+        if fault != self._last_fault:
+            if fault is not None:
+                logger.warning("failcore: refusing traffic (fail_open: false): %s", fault)
+            else:
+                logger.warning("failcore: evidence can be written again; traffic resumes")
+            self._last_fault = fault
+        return fault
+
+    def _refuse_without_evidence(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or (fault := self.evidence_fault()) is None:
+            return
+        state = self.session.state(flow)
+        state.internal_error = f"evidence cannot be written: {fault}"
+        if flow.request.stream:
+            # Set by the stream tap just before: the body would start leaving once the hook returns.
+            flow.request.stream = False
+            state.request_tap = None
+        self.refused += 1
+        flow.response = evidence_unavailable_response(fault, flow.id)
+
     @guarded("recorder.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.in_flight[flow.id] = flow
         self.exchanges_seen += 1
         if self.exchanges_seen % IN_FLIGHT_SWEEP == 0:
             self._sweep_in_flight()
+        self._refuse_without_evidence(flow)
+
+    @guarded("recorder.request")
+    def request(self, flow: http.HTTPFlow) -> None:
+        # A buffered body took time to arrive: ask again just before the request leaves.
+        self._refuse_without_evidence(flow)
+
+    @guarded("recorder.http_connect")
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._refuse_without_evidence(flow)
 
     def _sweep_in_flight(self) -> None:
         """mitmproxy ends every exchange with a response or error hook; should one ever end without,
@@ -691,6 +769,10 @@ class Recorder:
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         assert flow.websocket is not None and self.settings is not None
         msg = flow.websocket.messages[-1]
+        if (fault := self.evidence_fault()) is not None:
+            msg.drop()
+            self.refused += 1
+            self.session.state(flow).internal_error = f"evidence cannot be written: {fault}"
         state = self.session.state(flow)
         state.ws_messages += 1
         req = flow.request

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Final
 
+import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -20,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 SIGNING_KEY_FILE: Final = "failcore-signing.key"
 PUBLIC_KEY_FILE: Final = "failcore-signing.pub"
 CHECKPOINT_DOMAIN: Final = b"failcore-checkpoint-v1:"
+# Checkpoints that carry a `final` field sign it too: a writer's last checkpoint says it is the last,
+# and a non-final one cannot be turned into a final one (nor the reverse) without the private key.
+CHECKPOINT_DOMAIN_V2: Final = b"failcore-checkpoint-v2:"
+MANIFEST_DOMAIN: Final = b"failcore-manifest-v1:"
 
 
 class KeyFileError(ValueError):
@@ -75,22 +80,52 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def checkpoint_message(prev_hex: bytes, seq: int) -> bytes:
-    """What a checkpoint signs: its own prev (the hash of everything before it) and its seq."""
-    return CHECKPOINT_DOMAIN + prev_hex + b":" + str(seq).encode("ascii")
+def checkpoint_message(prev_hex: bytes, seq: int, final: bool | None = None) -> bytes:
+    """What a checkpoint signs: its own prev (the hash of everything before it), its seq and, for
+    checkpoints that carry one (`final` not None), whether it is the writer's last."""
+    if final is None:
+        return CHECKPOINT_DOMAIN + prev_hex + b":" + str(seq).encode("ascii")
+    flag = b"final" if final else b"open"
+    return CHECKPOINT_DOMAIN_V2 + prev_hex + b":" + str(seq).encode("ascii") + b":" + flag
 
 
-def sign_checkpoint(key: Ed25519PrivateKey, prev_hex: bytes, seq: int) -> str:
-    return base64.b64encode(key.sign(checkpoint_message(prev_hex, seq))).decode("ascii")
+def sign_checkpoint(key: Ed25519PrivateKey, prev_hex: bytes, seq: int, final: bool | None = None) -> str:
+    return base64.b64encode(key.sign(checkpoint_message(prev_hex, seq, final))).decode("ascii")
 
 
-def checkpoint_signature_valid(pub: Ed25519PublicKey, prev_hex: bytes, seq: int, sig_b64: str) -> bool:
+def checkpoint_signature_valid(
+    pub: Ed25519PublicKey, prev_hex: bytes, seq: int, sig_b64: str, final: bool | None = None
+) -> bool:
+    return _signature_valid(pub, checkpoint_message(prev_hex, seq, final), sig_b64)
+
+
+def manifest_message(manifest: dict[str, object]) -> bytes:
+    """What a manifest signature covers: the manifest without its `sig`, as sorted compact JSON."""
+    body = {k: v for k, v in manifest.items() if k != "sig"}
+    return MANIFEST_DOMAIN + orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def sign_manifest(key: Ed25519PrivateKey, manifest: dict[str, object]) -> str:
+    return base64.b64encode(key.sign(manifest_message(manifest))).decode("ascii")
+
+
+def manifest_signature_valid(pub: Ed25519PublicKey, manifest: dict[str, object]) -> bool:
+    sig = manifest.get("sig")
+    return isinstance(sig, str) and _signature_valid(pub, manifest_message(manifest), sig)
+
+
+def _signature_valid(pub: Ed25519PublicKey, message: bytes, sig_b64: str) -> bool:
     try:
         signature = base64.b64decode(sig_b64, validate=True)
-        pub.verify(signature, checkpoint_message(prev_hex, seq))
+        pub.verify(signature, message)
     except (InvalidSignature, binascii.Error, ValueError, TypeError):
         return False
     return True
+
+
+def public_key_from_private_file(key_path: Path) -> Ed25519PublicKey:
+    """The public half of a signing key file (for a `.pub` that is missing or stale)."""
+    return _load_private_key_readonly(key_path).public_key()
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -137,6 +172,10 @@ def _create_key_file(key_path: Path) -> None:
 def _load_private_key(key_path: Path) -> Ed25519PrivateKey:
     if os.stat(key_path).st_mode & 0o077:
         os.chmod(key_path, 0o600)
+    return _load_private_key_readonly(key_path)
+
+
+def _load_private_key_readonly(key_path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:

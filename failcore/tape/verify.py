@@ -1,16 +1,32 @@
-"""Tape verification: every line's hash, the chain between lines and segments, seq, and checkpoint
-signatures. Only checkpoint lines are parsed as JSON; everything else is byte slicing and sha256, so a
-tape verifies at disk speed. The first break stops verification and is named by segment and line.
+"""Tape verification: every line's hash, the chain between lines and segments, seq, checkpoint
+signatures, the signed manifest's head and the writer's final checkpoint. Only checkpoint and `dropped`
+lines are parsed as JSON; everything else is byte slicing and sha256, so a tape verifies at disk speed.
+The first break stops verification and is named by segment and line.
+
+The outcome is one `status`, from worst to best:
+
+* ``broken``: a line was edited, deleted, inserted or reordered, a segment is missing, a signature or
+  the signed manifest does not match, or lines were removed from the end the signed manifest names.
+* ``unknown_key``: intact, but signed by a key that is not trusted (not given, not a local identity):
+  anyone can sign a forged tape with a key of their own and put it in the tape.
+* ``unsigned``: intact, but no checkpoint signature could be checked (no checkpoint, or no key).
+* ``incomplete``: everything up to the last checkpoint is signed, but the tape does not end with its
+  writer's final checkpoint: the writer is still running, was killed (SIGKILL, power loss) or the
+  tape's end was cut off. Lines after the last checkpoint are not signed and could be forged.
+* ``dropped``: complete and signed, but the writer recorded that it lost events (`dropped` lines).
+* ``ok``: complete, signed by a trusted key to its final checkpoint, nothing dropped.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -33,8 +49,11 @@ from failcore.tape.reader import (
     segment_number,
 )
 
-BreakKind = Literal["edited", "chain", "seq", "malformed", "signature", "missing_segment"]
-KeySource = Literal["tape", "given"]
+BreakKind = Literal["edited", "chain", "seq", "malformed", "signature", "missing_segment", "manifest"]
+KeySource = Literal["tape", "given", "local"]
+Status = Literal["ok", "dropped", "incomplete", "unsigned", "unknown_key", "broken"]
+
+DROPPED_MARK: Final = b'"kind":"dropped",'
 
 _READ_BUFFER = 1 << 20
 _PROGRESS_EVERY = 1 << 16
@@ -48,8 +67,31 @@ class Break:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class TrustedKey:
+    """A key signatures are checked with, and where it came from (a file path, or "tape")."""
+
+    key: Ed25519PublicKey
+    source: str
+
+    @property
+    def key_id(self) -> str:
+        return keys.public_key_id(self.key)
+
+
+@dataclass(slots=True)
+class UnknownSigner:
+    """The first checkpoint signed by a key that is not trusted."""
+
+    key_id: str
+    segment: str
+    line: int
+    in_tape: bool  # the tape carries this public key (and the signature is valid with it)
+
+
 @dataclass(slots=True)
 class VerifyReport:
+    # The chain is intact: nothing was edited, removed or inserted (see `status` for the whole verdict).
     ok: bool = True
     segments: int = 0
     lines: int = 0
@@ -62,6 +104,17 @@ class VerifyReport:
     key_source: KeySource | None = None
     seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    status: Status = "ok"
+    # The last line is a checkpoint, signed by a trusted key, that names itself its writer's last.
+    final: bool = False
+    last_checkpoint_final: bool = False
+    dropped: int = 0
+    unknown_signer: UnknownSigner | None = None
+    trusted_keys: list[tuple[str, str]] = field(default_factory=list)  # (key id, source)
+    manifest_signed: bool = False
+    head_seq: int = 0
+    head_h: str | None = None
+    writer_pid: str | None = None  # a writer holds the tape's lock right now
 
     @property
     def lines_per_second(self) -> float:
@@ -87,40 +140,146 @@ class VerifyReport:
             "seconds": round(self.seconds, 6),
             "lines_per_second": round(self.lines_per_second),
             "warnings": list(self.warnings),
+            "status": self.status,
+            "final": self.final,
+            "dropped": self.dropped,
+            "unknown_signer": (
+                {
+                    "key_id": self.unknown_signer.key_id,
+                    "segment": self.unknown_signer.segment,
+                    "line": self.unknown_signer.line,
+                    "in_tape": self.unknown_signer.in_tape,
+                }
+                if self.unknown_signer
+                else None
+            ),
+            "trusted_keys": [{"key_id": key_id, "source": source} for key_id, source in self.trusted_keys],
+            "manifest_signed": self.manifest_signed,
+            "head": {"seq": self.head_seq, "h": self.head_h},
+            "writer_pid": self.writer_pid,
         }
 
 
 @dataclass(slots=True)
 class _Keyring:
-    by_id: dict[str, Ed25519PublicKey]
+    by_id: dict[str, Ed25519PublicKey]  # trusted
     source: KeySource | None
     primary_id: str | None
+    in_tape: dict[str, Ed25519PublicKey] = field(default_factory=dict)  # found in the tape, not trusted
+    # One key was given explicitly: a checkpoint signed by any other is a break, not an unknown signer.
+    pinned: bool = False
 
 
 def verify_tape(
     tape_dir: Path,
     *,
     public_key: Ed25519PublicKey | None = None,
+    trusted_keys: list[TrustedKey] | None = None,
+    trust_tape_keys: bool | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Check a whole tape. Without `public_key`, the key stored in the tape itself is used (and the
-    report says so: such a check proves consistency, not authorship)."""
+    """Check a whole tape against the keys it should be signed with.
+
+    `public_key` pins one key; `trusted_keys` (e.g. `local_identities()`) names every key to trust. A
+    checkpoint signed by any other key makes the status `unknown_key`, even when the tape carries that
+    key. `trust_tape_keys` also trusts the keys stored in the tape (a check of consistency, not of
+    authorship); it defaults to True only when no key at all is given, as in older versions."""
     started = time.perf_counter()
     tape_dir = Path(tape_dir)
     report = VerifyReport()
-    keyring = _load_keyring(tape_dir, public_key, report.warnings)
-    report.key_id = keyring.primary_id
-    report.key_source = keyring.source
+    given = list(trusted_keys or [])
+    if public_key is not None:
+        given.insert(0, TrustedKey(public_key, "given"))
+    if trust_tape_keys is None:
+        trust_tape_keys = public_key is None and trusted_keys is None
+    keyring = _load_keyring(tape_dir, given, trust_tape_keys, report.warnings)
+    keyring.pinned = public_key is not None
     if not keyring.by_id:
         report.warnings.append("no public key: checkpoint signatures were not checked")
-    manifest_records = _manifest_records(tape_dir, report.warnings)
+    report.key_id = keyring.primary_id
+    report.key_source = "given" if public_key is not None else keyring.source
+    report.trusted_keys = [(t.key_id, t.source) for t in given]
+    manifest = _read_manifest(tape_dir, report.warnings)
+    manifest_records = _manifest_records(manifest)
     verifier = _ChainVerifier(report, keyring, on_progress)
-    verifier.run(tape_dir, manifest_records)
+    head = _signed_head(manifest, keyring, report) if manifest is not None else None
+    if report.first_break is None:
+        verifier.run(tape_dir, manifest_records, head)
     report.ok = report.first_break is None
+    report.writer_pid = _lock_holder(tape_dir)
+    report.status = _status(report)
     report.seconds = time.perf_counter() - started
     if on_progress is not None:
         on_progress(report.lines)
     return report
+
+
+def _status(report: VerifyReport) -> Status:
+    if report.first_break is not None:
+        return "broken"
+    if report.unknown_signer is not None:
+        return "unknown_key"
+    if report.signatures_ok == 0:
+        return "unsigned"
+    if not report.final:
+        return "incomplete"
+    if report.dropped:
+        return "dropped"
+    return "ok"
+
+
+def _lock_holder(tape_dir: Path) -> str | None:
+    """The pid of a writer holding the tape's lock right now, or None."""
+    path = tape_dir / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _signed_head(
+    manifest: dict[str, Any], keyring: _Keyring, report: VerifyReport
+) -> tuple[int, bytes] | None:
+    """The chain head a trusted manifest signature vouches for; a changed manifest is a break."""
+    sig = manifest.get("sig")
+    if sig is None:
+        report.warnings.append(
+            "manifest.json is not signed (an older failcore wrote it, or its signature was removed)"
+        )
+        return None
+    key_id = manifest.get("key_id")
+    key = keyring.by_id.get(key_id) if isinstance(key_id, str) else None
+    if key is None:
+        key = keyring.in_tape.get(key_id) if isinstance(key_id, str) else None
+        if key is not None and not keys.manifest_signature_valid(key, manifest):
+            report.first_break = Break(
+                "manifest.json", 0, "manifest", "manifest.json was changed after it was signed"
+            )
+        report.warnings.append("manifest.json is signed by a key that is not trusted; its head was not used")
+        return None
+    if not keys.manifest_signature_valid(key, manifest):
+        report.first_break = Break(
+            "manifest.json", 0, "manifest", "manifest.json was changed after failcore signed it"
+        )
+        return None
+    report.manifest_signed = True
+    head = manifest.get("head")
+    if (
+        not isinstance(head, dict)
+        or not isinstance(head.get("seq"), int)
+        or not isinstance(head.get("h"), str)
+    ):
+        return None
+    return head["seq"], head["h"].encode("ascii")
 
 
 class _ChainVerifier:
@@ -133,8 +292,43 @@ class _ChainVerifier:
         self._prev = GENESIS_PREV
         self._next_seq = 1
         self._last_line: tuple[str, int] | None = None  # where the last complete line was
+        self._head_seq = -1
+        self._head_h = b""
+        self._head_found: bytes | None = None
+        self._last_is_final = False
 
-    def run(self, tape_dir: Path, manifest_records: dict[int, dict[str, Any]]) -> None:
+    def run(
+        self, tape_dir: Path, manifest_records: dict[int, dict[str, Any]], head: tuple[int, bytes] | None
+    ) -> None:
+        if head is not None:
+            self._head_seq, self._head_h = head
+            if self._head_seq == 0:
+                self._head_found = GENESIS_PREV  # a manifest written before the first line
+        self._run(tape_dir, manifest_records)
+        report = self._report
+        report.head_seq = self._next_seq - 1
+        report.head_h = self._prev.decode("ascii") if report.head_seq else None
+        report.final = self._last_is_final and report.unsigned_tail == 0 and not report.truncated
+        if report.first_break is not None or head is None:
+            return
+        name, line_no = self._last_line or ("manifest.json", 0)
+        if self._head_found is None:
+            self._break(
+                name,
+                line_no,
+                "chain",
+                f"the tape ends at seq {report.head_seq}, but its signed manifest records it up to seq "
+                f"{self._head_seq}: lines or segments were removed from its end",
+            )
+        elif self._head_found != self._head_h:
+            self._break(
+                name,
+                line_no,
+                "chain",
+                f"line seq {self._head_seq} is not the one the signed manifest names as the tape's head",
+            )
+
+    def _run(self, tape_dir: Path, manifest_records: dict[int, dict[str, Any]]) -> None:
         on_disk = {segment_number(p.name) or 0: p for p in list_segments(tape_dir)}
         numbers = sorted(set(on_disk) | set(manifest_records))
         for index, number in enumerate(numbers):
@@ -164,6 +358,8 @@ class _ChainVerifier:
         complete = 0
         sha256 = hashlib.sha256
         progress = self._on_progress
+        head_seq = self._head_seq
+        last_final = self._last_is_final
         with open(path, "rb", buffering=_READ_BUFFER) as f:
             for raw in f:
                 line_no = complete + 1
@@ -188,11 +384,18 @@ class _ChainVerifier:
                 if not raw.startswith(seq_text, 81):
                     return self._seq_break(name, line_no, raw[:-1], seq)
                 if raw.startswith(CHECKPOINT_MARK, 81 + len(seq_text)):
-                    if not self._verify_checkpoint(name, line_no, raw[:-1], prev, seq):
+                    final = self._verify_checkpoint(name, line_no, raw[:-1], prev, seq)
+                    if final is None:
                         return False
+                    last_final = final
                     unsigned = 0
                 else:
+                    if raw.startswith(DROPPED_MARK, 81 + len(seq_text)):
+                        self._count_dropped(raw[:-1])
+                    last_final = False
                     unsigned += 1
+                if seq == head_seq:
+                    self._head_found = digest
                 prev = digest
                 seq += 1
                 complete = line_no
@@ -201,39 +404,65 @@ class _ChainVerifier:
                     progress(report.lines)
         self._prev = prev
         self._next_seq = seq
+        self._last_is_final = last_final
         report.unsigned_tail = unsigned
         if complete:
             self._last_line = (name, complete)
         return True
 
-    def _verify_checkpoint(self, name: str, line_no: int, raw: bytes, prev: bytes, seq: int) -> bool:
-        self._report.checkpoints += 1
+    def _count_dropped(self, raw: bytes) -> None:
+        try:
+            count = orjson.loads(raw).get("count")
+        except orjson.JSONDecodeError:
+            count = None
+        self._report.dropped += count if isinstance(count, int) and count > 0 else 1
+
+    def _verify_checkpoint(self, name: str, line_no: int, raw: bytes, prev: bytes, seq: int) -> bool | None:
+        """Whether the checkpoint is a trusted final one; None when it breaks the tape (recorded)."""
+        report = self._report
+        report.checkpoints += 1
         try:
             event = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             self._break(name, line_no, "malformed", f"checkpoint line {line_no} is not valid JSON: {exc}")
-            return False
-        if not self._keyring.by_id:
-            return True
+            return None
+        final = event.get("final")
+        if final is not None and not isinstance(final, bool):
+            self._break(name, line_no, "malformed", f"checkpoint line {line_no} has a non-boolean `final`")
+            return None
         key_id = event.get("key_id")
         signature = event.get("sig")
-        public_key = self._keyring.by_id.get(key_id) if isinstance(key_id, str) else None
-        if public_key is None:
+        key_id = key_id if isinstance(key_id, str) else ""
+        trusted = self._keyring.by_id.get(key_id)
+        public_key = trusted or self._keyring.in_tape.get(key_id)
+        if public_key is not None and not (
+            isinstance(signature, str)
+            and keys.checkpoint_signature_valid(public_key, prev, seq, signature, final)
+        ):
+            where = "" if trusted is not None else " (checked with the key stored in the tape)"
             self._break(
                 name,
                 line_no,
                 "signature",
-                f"checkpoint at line {line_no} names key {str(key_id)[:16]}…, which is not a verifying key",
+                f"checkpoint at line {line_no} has an invalid signature for key {key_id[:16]}…{where}",
             )
+            return None
+        if trusted is None and self._keyring.pinned:
+            given = self._keyring.primary_id or ""
+            self._break(
+                name,
+                line_no,
+                "signature",
+                f"checkpoint at line {line_no} was signed by key {key_id[:16]}…, not by the given key "
+                f"{given[:16]}…",
+            )
+            return None
+        if trusted is None:
+            if report.unknown_signer is None:
+                report.unknown_signer = UnknownSigner(key_id, name, line_no, public_key is not None)
             return False
-        valid = isinstance(signature, str) and keys.checkpoint_signature_valid(
-            public_key, prev, seq, signature
-        )
-        if not valid:
-            self._break(name, line_no, "signature", f"checkpoint at line {line_no} has an invalid signature")
-            return False
-        self._report.signatures_ok += 1
-        return True
+        report.signatures_ok += 1
+        return bool(final)
 
     def _content_break(self, name: str, line_no: int, raw: bytes) -> bool:
         if _ends_with_complete_line(raw):
@@ -307,12 +536,22 @@ def _ends_with_complete_line(raw: bytes) -> bool:
     return False
 
 
-def _load_keyring(tape_dir: Path, given: Ed25519PublicKey | None, warnings: list[str]) -> _Keyring:
-    if given is not None:
-        key_id = keys.public_key_id(given)
-        return _Keyring({key_id: given}, "given", key_id)
+def _load_keyring(tape_dir: Path, given: list[TrustedKey], trust_tape: bool, warnings: list[str]) -> _Keyring:
+    in_tape = _tape_keys(tape_dir, warnings)
+    trusted = {t.key_id: t.key for t in given}
+    if trust_tape:
+        for key_id, key in in_tape.items():
+            trusted.setdefault(key_id, key)
+        warnings.append("checkpoint signatures checked with the key stored in the tape itself")
+    source: KeySource | None = "local" if given else None
+    if trust_tape and in_tape:
+        source = "tape"
+    primary = next(iter(trusted), None)
+    return _Keyring(trusted, source if trusted else None, primary, in_tape)
+
+
+def _tape_keys(tape_dir: Path, warnings: list[str]) -> dict[str, Ed25519PublicKey]:
     by_id: dict[str, Ed25519PublicKey] = {}
-    primary: str | None = None
     candidates = [tape_dir / TAPE_PUBLIC_KEY_FILE, *sorted(tape_dir.glob("signing-key-*.pub"))]
     for path in candidates:
         if not path.is_file():
@@ -322,22 +561,23 @@ def _load_keyring(tape_dir: Path, given: Ed25519PublicKey | None, warnings: list
         except (ValueError, OSError) as exc:
             warnings.append(f"ignoring key file {path.name}: {exc}")
             continue
-        key_id = keys.public_key_id(public_key)
-        by_id[key_id] = public_key
-        primary = primary or key_id
-    if by_id:
-        warnings.append("checkpoint signatures checked with the key stored in the tape itself")
-    return _Keyring(by_id, "tape" if by_id else None, primary)
+        by_id[keys.public_key_id(public_key)] = public_key
+    return by_id
 
 
-def _manifest_records(tape_dir: Path, warnings: list[str]) -> dict[int, dict[str, Any]]:
+def _read_manifest(tape_dir: Path, warnings: list[str]) -> dict[str, Any] | None:
     try:
         manifest = read_manifest(tape_dir)
     except ValueError as exc:
         warnings.append(f"manifest ignored: {exc}")
-        return {}
+        return None
     if manifest is None:
         warnings.append("no manifest: missing segments can only be detected through the chain")
+    return manifest
+
+
+def _manifest_records(manifest: dict[str, Any] | None) -> dict[int, dict[str, Any]]:
+    if manifest is None:
         return {}
     records: dict[int, dict[str, Any]] = {}
     for entry in manifest["segments"]:
@@ -346,3 +586,28 @@ def _manifest_records(tape_dir: Path, warnings: list[str]) -> dict[int, dict[str
             if number is not None:
                 records[number] = entry
     return records
+
+
+def local_identities(homes: list[Path]) -> list[TrustedKey]:
+    """This user's signing identities: the public half of `failcore-signing.key` (or its `.pub`) in
+    each home that has one. failcore signs with the key in its home (FAILCORE_HOME or ~/.failcore);
+    older versions started as `mitmdump -s addons/failcore_addon.py` signed with one in mitmproxy's
+    confdir (~/.mitmproxy), which is why that home is listed too."""
+    found: list[TrustedKey] = []
+    seen: set[str] = set()
+    for home in homes:
+        pub_path = home / keys.PUBLIC_KEY_FILE
+        key_path = home / keys.SIGNING_KEY_FILE
+        for path, load in ((key_path, keys.public_key_from_private_file), (pub_path, keys.load_public_key)):
+            try:
+                if not path.is_file():
+                    continue
+                public_key = load(path)
+            except (ValueError, OSError):
+                continue
+            trusted = TrustedKey(public_key, str(path))
+            if trusted.key_id not in seen:
+                seen.add(trusted.key_id)
+                found.append(trusted)
+            break
+    return found

@@ -1,9 +1,13 @@
 """The tape writer: one background thread turns submitted events into hash-chained, signed JSONL.
 
-The proxy's event loop only ever calls `submit()`, which is a non-blocking queue put; serialisation,
-hashing, signing and disk I/O all happen on the writer thread. Losing events is never silent: queue
-overflows and failed writes are counted and recorded on the tape itself as `dropped` markers, and a
-builder that raises becomes an `internal_error` line.
+The proxy's event loop only ever calls `submit()`, which is a non-blocking queue put, and `fault()`,
+which says without waiting whether evidence can be written right now (so a fail-closed proxy can refuse
+a request before it leaves); serialisation, hashing, signing and disk I/O all happen on the writer
+thread. Losing events is never silent: queue overflows and failed writes are counted and recorded on
+the tape itself as `dropped` markers, and a builder that raises becomes an `internal_error` line.
+
+Every writer ends with a signed checkpoint that names itself final, and the manifest it leaves is
+signed and names the head of the chain: a tape whose end was cut off no longer verifies as complete.
 """
 
 from __future__ import annotations
@@ -180,10 +184,13 @@ class TapeWriter:
         segment_bytes: int = 64 * 2**20,
         segment_seconds: float | None = None,
         checkpoint_every: int = 1000,
+        reserve_bytes: int = 0,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         if queue_size < 1 or segment_bytes < 1 or checkpoint_every < 1:
             raise ValueError("queue_size, segment_bytes and checkpoint_every must be positive")
+        if reserve_bytes < 0:
+            raise ValueError("reserve_bytes must be >= 0")
         if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError("segment_seconds must be positive")
         self._directory = Path(directory)
@@ -195,6 +202,7 @@ class TapeWriter:
         self._segment_seconds = segment_seconds
         self._checkpoint_every = checkpoint_every
         self._on_error = on_error
+        self._reserve_bytes = reserve_bytes
 
         # Only submit() touches _submit_drops and only the writer thread touches the rest, so the
         # counters need no lock (submit() is documented as called from one event loop).
@@ -203,6 +211,10 @@ class TapeWriter:
         self._drops_marked = 0
         self._written = 0
         self._failing = False
+        # Why the writer cannot write right now (set and cleared by the writer thread, read by fault()
+        # from any thread: a str assignment is atomic).
+        self._write_fault: str | None = None
+        self._sync_fault: str | None = None
 
         self._lock = _DirectoryLock(self._directory)
         self._thread: threading.Thread | None = None
@@ -254,6 +266,39 @@ class TapeWriter:
     @property
     def key_id(self) -> str:
         return self._key_id
+
+    def fault(self) -> str | None:
+        """Why an event submitted now might not reach the disk, or None when it will.
+
+        Never blocks (one statvfs when a reserve is set) and is safe from any thread: a fail-closed
+        proxy calls it before it lets a request leave. Faults: the writer is not running or closing,
+        its queue is full, its last write or fsync failed (ENOSPC, EIO, …; cleared by the next one that
+        succeeds), or the tape's file system has less free space than the reserve, which is kept so
+        the evidence of requests already forwarded still fits."""
+        thread = self._thread
+        if self._closing:
+            return "the tape writer is closed"
+        if thread is None or not thread.is_alive():
+            return "the tape writer is not running"
+        if self._segment_damaged:
+            return "the current tape segment is unusable"
+        fault = self._write_fault or self._sync_fault
+        if fault is not None:
+            return fault
+        if self._queue.full():
+            return f"the tape writer's queue is full ({self._queue.maxsize} events waiting)"
+        if self._reserve_bytes:
+            try:
+                st = os.statvfs(self._directory)
+            except OSError as exc:
+                return f"cannot check the tape's free space: {exc}"
+            free = st.f_bavail * st.f_frsize
+            if free < self._reserve_bytes:
+                return (
+                    f"the tape's file system has {free} bytes free, less than the "
+                    f"{self._reserve_bytes}-byte reserve for evidence"
+                )
+        return None
 
     def start(self) -> None:
         """Open (creating 0700) and lock the tape directory, start a new segment and the writer thread."""
@@ -408,13 +453,14 @@ class TapeWriter:
         tokens: list[_FlushToken] = []
         self._process(leftovers, tokens)
         self._append_drop_marker()
-        if self._tentative.since_checkpoint > 0 or self._tentative.segment_lines == 0:
-            self._append_checkpoint()
-        self._commit()
+        # Always the last line this writer writes, even right after another checkpoint: it signs that
+        # the tape ends here, so a tape cut at an earlier checkpoint is not mistaken for a whole one.
+        self._append_checkpoint(final=True)
+        final = self._commit()
         self._fsync_segment()
         if self._segment is not None:
             self._segment.record.closed = time.time()
-        self._save_manifest()
+        self._save_manifest(final=final)
         for token in tokens:
             token.ok = not self._failing
             token.done.set()
@@ -472,7 +518,7 @@ class TapeWriter:
         if checkpoint:
             self._buffer_has_checkpoint = True
 
-    def _append_checkpoint(self) -> None:
+    def _append_checkpoint(self, *, final: bool = False) -> None:
         cursor = self._tentative
         seq = cursor.seq + 1
         body = orjson.dumps(
@@ -483,7 +529,8 @@ class TapeWriter:
                 "run": self._run_id,
                 "key_id": self._key_id,
                 "count": cursor.since_checkpoint,
-                "sig": keys.sign_checkpoint(self._signing_key, cursor.prev, seq),
+                "final": final,
+                "sig": keys.sign_checkpoint(self._signing_key, cursor.prev, seq, final),
             }
         )
         self._append(body, counts_as_event=False, checkpoint=True)
@@ -528,10 +575,11 @@ class TapeWriter:
             self._drops_marked = self._buffer_marks
         has_checkpoint = self._buffer_has_checkpoint
         self._discard_buffer()
+        self._write_fault = None
         if self._failing:
             self._failing = False
             self._report("tape writes succeed again")
-        if has_checkpoint:
+        if has_checkpoint or self._sync_fault is not None:
             self._fsync_segment()
         return True
 
@@ -539,6 +587,7 @@ class TapeWriter:
         self._write_drops += self._buffer_events
         lost = self._buffer_events
         self._discard_buffer()
+        self._write_fault = f"tape write failed: {exc}"
         if not self._failing:
             self._failing = True
             self._report(f"tape write failed ({exc}); {lost} event(s) dropped, retrying on the next event")
@@ -568,7 +617,11 @@ class TapeWriter:
         try:
             os.fsync(self._segment.fd)
         except OSError as exc:
-            self._report(f"tape fsync failed: {exc}")
+            if self._sync_fault is None:
+                self._report(f"tape fsync failed: {exc}")
+            self._sync_fault = f"tape fsync failed: {exc}"
+        else:
+            self._sync_fault = None
 
     # --- segments --------------------------------------------------------------------------------
 
@@ -695,8 +748,17 @@ class TapeWriter:
                 self._report(f"replacing unreadable {path.name}: {exc}")
         keys.write_private_file(path, text)
 
-    def _save_manifest(self) -> None:
-        manifest = {"v": 1, "segments": [asdict(r) for r in self._segments], "key_id": self._key_id}
+    def _save_manifest(self, *, final: bool = False) -> None:
+        """Write the manifest, signed: the segments and the head of the chain as of now. `final` when
+        the head is this writer's final checkpoint. An older signed manifest names an older head, so
+        putting one back cannot hide lines after it from `verify`."""
+        manifest: dict[str, Any] = {
+            "v": 1,
+            "segments": [asdict(r) for r in self._segments],
+            "key_id": self._key_id,
+            "head": {"seq": self._committed.seq, "h": self._committed.prev.decode("ascii"), "final": final},
+        }
+        manifest["sig"] = keys.sign_manifest(self._signing_key, manifest)
         try:
             keys.write_private_file(
                 self._directory / MANIFEST_FILE, orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
