@@ -9,7 +9,6 @@ final state of every flow.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,11 +18,12 @@ import mitmproxy.proxy.layers.http
 import mitmproxy.proxy.layers.tls
 import mitmproxy.proxy.layers.websocket
 import mitmproxy.proxy.server_hooks  # noqa: F401
-from mitmproxy import ctx, hooks
+from mitmproxy import hooks
 
 from failcore.proxy.budgetguard import BudgetGuard
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
+from failcore.proxy.listen import ListenGuard
 from failcore.proxy.meter import LlmMeter
 from failcore.proxy.recorder import Recorder
 from failcore.proxy.session import Session
@@ -47,6 +47,7 @@ class FailCore:
 
         self.session = session or Session()
         s = self.session
+        self.listen = ListenGuard(s)
         self.gate = PolicyGate(s)
         self.meter = LlmMeter(s)
         self.budgets = BudgetGuard(s)
@@ -57,7 +58,7 @@ class FailCore:
         self.replayer = Replayer(s)
         self.recorder = Recorder(s)
         self.concerns = (
-            LoopbackByDefault(),
+            self.listen,
             self.gate,
             self.meter,
             self.budgets,
@@ -72,17 +73,6 @@ class FailCore:
                 setattr(self, hook, handlers[0])
             elif handlers:
                 setattr(self, hook, _dispatcher(handlers))
-
-
-class LoopbackByDefault:
-    """mitmproxy listens on every interface unless told otherwise; a proxy that sees credentials and
-    records an agent's traffic should not. An empty `listen_host` becomes 127.0.0.1; pass
-    `--listen-host 0.0.0.0` to listen everywhere on purpose."""
-
-    def configure(self, updated: set[str]) -> None:
-        if "listen_host" in updated and ctx.options.listen_host == "":
-            ctx.options.listen_host = "127.0.0.1"
-            logging.getLogger("failcore").info("failcore: listening on 127.0.0.1 (set listen_host to change)")
 
 
 def _dispatcher(handlers: list[Callable[..., Any]]) -> Callable[..., Any]:
