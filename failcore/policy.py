@@ -1515,15 +1515,17 @@ def _parse_host_pattern(value: object) -> str | _Invalid:
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
     if ":" in name:
-        try:
-            name = ipaddress.IPv6Address(name).compressed
-        except ValueError:
+        ip = canonical_ip(name)
+        if ip is None:
             return _Invalid(
                 f"{_quote(value)} is not a host name; put the port in 'port:' "
                 "(e.g. host: api.openai.com with port: 443)"
             )
-        return _Invalid("wildcards cannot be combined with an IP address") if wildcard else name
+        return _Invalid("wildcards cannot be combined with an IP address") if wildcard else ip
     name = name.rstrip(".")
+    ip = canonical_ip(name) if name[:1].isdigit() else None
+    if ip is not None:
+        return _Invalid("wildcards cannot be combined with an IP address") if wildcard else ip
     if "*" in name:
         return _Invalid(
             f"{_quote(value)}: '*' is only allowed as the whole host ('*') or as the first label "
@@ -1689,12 +1691,54 @@ def _normalise_host(host: str) -> str:
         host = host.rstrip(".")
     if host.startswith("["):
         host = host.strip("[]")
-    if ":" in host:
-        try:
-            return ipaddress.IPv6Address(host).compressed
-        except ValueError:
-            return host
+    if ":" in host or host[:1].isdigit():
+        return canonical_ip(host) or host
     return host
+
+
+def canonical_ip(text: str) -> str | None:
+    """The address an IP literal in any spelling the resolver accepts stands for, canonically written;
+    None for a name.
+
+    IPv4 as `inet_aton` reads it (what getaddrinfo does with a numeric host, and so what mitmproxy
+    connects to): one to four parts, each decimal, `0x` hex or `0` octal, the last filling the
+    remaining bytes (`2130706434`, `0x7f000002`, `127.2`, `0177.0.0.2` are all 127.0.0.2). IPv6
+    compressed, without brackets or a zone id; an IPv4-mapped address (`::ffff:127.0.0.2`, which a
+    dual-stack socket reaches as 127.0.0.2) as its IPv4 address.
+    """
+    text = text.strip().lower().strip("[]").rstrip(".")
+    if ":" in text:
+        try:
+            ip = ipaddress.IPv6Address(text.split("%", 1)[0])
+        except ValueError:
+            return None
+        mapped = ip.ipv4_mapped
+        return str(mapped) if mapped is not None else ip.compressed
+    return _inet_aton(text)
+
+
+def _inet_aton(text: str) -> str | None:
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        if part.startswith("0x"):
+            digits, base = part[2:], 16
+        elif len(part) > 1 and part.startswith("0"):
+            digits, base = part[1:], 8
+        else:
+            digits, base = part, 10
+        if not digits or not all(c in "0123456789abcdef"[:base] for c in digits):
+            return None
+        numbers.append(int(digits, base))
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 1 << (8 * (4 - len(head))):
+        return None
+    value = last
+    for i, n in enumerate(head):
+        value |= n << (8 * (3 - i))
+    return str(ipaddress.IPv4Address(value))
 
 
 def _request_path(path: str) -> str:
