@@ -65,6 +65,26 @@ def claimed_host(flow: http.HTTPFlow) -> str | None:
     return name if name and name != decision_host(flow).lower().rstrip(".") else None
 
 
+def is_websocket_upgrade(req: http.Request) -> bool:
+    return req.method == "GET" and "websocket" in req.headers.get("upgrade", "").lower()
+
+
+def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
+    """A request's verdict; a WebSocket upgrade is judged as the ws/wss connection it opens.
+
+    A BLOCK rule that matches the upgrade as the plain http(s) GET it also is still applies, so a
+    path rule written for https cannot be sidestepped by asking for an upgrade.
+    """
+    decision = decide(policy, host=host, port=req.port, scheme=req.scheme, method=req.method, path=req.path)
+    if not is_websocket_upgrade(req):
+        return decision
+    ws_scheme = "wss" if req.scheme == "https" else "ws"
+    ws = decide(policy, host=host, port=req.port, scheme=ws_scheme, method=req.method, path=req.path)
+    if decision.rule is not None and decision.matched_action == "BLOCK":
+        return stricter(ws, decision)
+    return ws
+
+
 _SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
 
 
@@ -221,18 +241,11 @@ class PolicyGate:
         host = decision_host(flow)
         state = self.session.state(flow)
         state.decided_host = host
-        decision = decide(
-            policy, host=host, port=req.port, scheme=req.scheme, method=req.method, path=req.path
-        )
+        decision = judge_request(policy, host, req)
         claimed = claimed_host(flow)
         if claimed is not None:
             # A Host header naming another host must not buy a laxer verdict than the real target.
-            decision = stricter(
-                decision,
-                decide(
-                    policy, host=claimed, port=req.port, scheme=req.scheme, method=req.method, path=req.path
-                ),
-            )
+            decision = stricter(decision, judge_request(policy, claimed, req))
         state.decision = decision
 
     @guarded("gate.request")
