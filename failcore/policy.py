@@ -1685,6 +1685,11 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
     return policy._default_decision
 
 
+def normalise_host(host: str) -> str:
+    """A host as policy rules match it: lower case, no trailing dot or brackets, IPs canonical."""
+    return _normalise_host(host)
+
+
 def _normalise_host(host: str) -> str:
     host = host.lower()
     if host.endswith("."):

@@ -7,10 +7,11 @@ import ipaddress
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tls
 
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
@@ -22,6 +23,7 @@ from failcore.policy import (
     decide,
     default_policy_path,
     load_policy,
+    normalise_host,
     with_mode,
 )
 from failcore.proxy.dlpguard import DlpScanner
@@ -86,6 +88,19 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
 
 
 _SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
+
+
+# Modes where the client names its destination (CONNECT, SOCKS) before TLS starts.
+_TUNNEL_MODES = ("regular", "upstream", "socks5")
+
+
+@dataclass(frozen=True, slots=True)
+class Fronted:
+    """A TLS connection whose SNI named another host than its CONNECT (see PolicyGate.tls_clienthello)."""
+
+    decision: Decision
+    warning: dict[str, str]
+    blocked: bool
 
 
 def stricter(a: Decision, b: Decision) -> Decision:
@@ -246,6 +261,10 @@ class PolicyGate:
         if claimed is not None:
             # A Host header naming another host must not buy a laxer verdict than the real target.
             decision = stricter(decision, judge_request(policy, claimed, req))
+        fronted = self.session.fronted.get(flow.client_conn.id)
+        if fronted is not None:
+            decision = stricter(decision, fronted.decision)
+            state.warnings.append(fronted.warning)
         state.decision = decision
 
     @guarded("gate.request")
@@ -257,6 +276,44 @@ class PolicyGate:
             return
         state.blocked = True
         flow.response = blocked_response(state.decision, flow.id)
+
+    @guarded("gate.tls_clienthello")
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """SNI fronting: a ClientHello naming another host than the one the tunnel was opened to.
+
+        The SNI is judged as a CONNECT to it would be. When that is a BLOCK, the upstream handshake
+        names the tunnel's host instead (the blocked name never leaves), and every request on the
+        connection is refused with the SNI's verdict; the tape names both hosts."""
+        policy = self.session.policy
+        server = data.context.server
+        sni = data.client_hello.sni
+        if (
+            policy is None
+            or not sni
+            or server.address is None
+            or data.context.client.proxy_mode.type_name not in _TUNNEL_MODES
+        ):
+            return
+        target, port = str(server.address[0]), int(server.address[1])
+        if normalise_host(sni) == normalise_host(target):
+            return
+        verdict = connect_verdict(policy, host=sni, port=port)
+        warning = {
+            "reason": "sni_mismatch",
+            "message": f"TLS SNI {sni!r} is not the CONNECT host {target!r} "
+            f"(SNI verdict {verdict.matched_action}{f', rule {verdict.rule}' if verdict.rule else ''})",
+        }
+        if verdict.decision != "BLOCK":
+            self.session.fronted[data.context.client.id] = Fronted(verdict, warning, blocked=False)
+            return
+        server.sni = target
+        reason = f"TLS SNI {sni!r} differs from the CONNECT host {target!r} and is blocked: {verdict.reason}"
+        decision = Decision("BLOCK", verdict.rule, reason, True, "BLOCK")
+        self.session.fronted[data.context.client.id] = Fronted(decision, warning, blocked=True)
+        logger.warning("failcore: blocked SNI fronting: CONNECT %s, SNI %s", target, sni)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.session.fronted.pop(client.id, None)
 
     @guarded("gate.http_connect")
     def http_connect(self, flow: http.HTTPFlow) -> None:
