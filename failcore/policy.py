@@ -44,7 +44,8 @@ Mode = Literal["observe", "enforce"]
 
 ACTIONS: tuple[Action, ...] = ("ALLOW", "WARN", "BLOCK")
 MODES: tuple[Mode, ...] = ("observe", "enforce")
-SCHEMES: tuple[str, ...] = ("http", "https", "ws", "wss")
+# tcp: raw (non-HTTP) bytes through a CONNECT tunnel (see tcp_verdict).
+SCHEMES: tuple[str, ...] = ("http", "https", "ws", "wss", "tcp")
 SUPPORTED_VERSION = 1
 
 BudgetWindow = Literal["run", "minute", "hour", "day"]
@@ -1682,6 +1683,21 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
                 "each request is checked when it arrives"
             )
             return _make_decision(rule.action, policy.mode, rule.id, reason)
+    return policy._default_decision
+
+
+def tcp_verdict(policy: Policy, *, host: str, port: int) -> Decision:
+    """Verdict for raw (non-HTTP) TCP through a tunnel: only host, port and the scheme `tcp` are known.
+
+    A rule that constrains method or path describes HTTP requests and cannot match raw bytes; a rule
+    whose schemes leave out `tcp` does not either.
+    """
+    host = _normalise_host(host)
+    for rule, decision in policy._decision_table:
+        if rule.constrains_request_line or (rule.schemes is not None and "tcp" not in rule.schemes):
+            continue
+        if rule.matches_endpoint(host, port):
+            return decision
     return policy._default_decision
 
 

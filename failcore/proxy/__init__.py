@@ -28,6 +28,7 @@ from failcore.proxy.meter import LlmMeter
 from failcore.proxy.recorder import Recorder
 from failcore.proxy.session import Session
 from failcore.proxy.streamtap import StreamTap
+from failcore.proxy.tcpstream import TcpRecorder
 
 
 class FailCore:
@@ -57,6 +58,7 @@ class FailCore:
         # stream the replayer re-cuts at the recorded chunk boundaries.
         self.replayer = Replayer(s)
         self.recorder = Recorder(s)
+        self.tcp = TcpRecorder(s)
         self.concerns = (
             self.listen,
             self.gate,
@@ -66,6 +68,7 @@ class FailCore:
             self.streamtap,
             self.replayer,
             self.recorder,
+            self.tcp,
         )
         for hook in hooks.all_hooks:
             handlers = [getattr(c, hook) for c in self.concerns if callable(getattr(c, hook, None))]
@@ -110,5 +113,6 @@ __all__ = [
     "Recorder",
     "Session",
     "StreamTap",
+    "TcpRecorder",
     "make_addons",
 ]
