@@ -63,7 +63,9 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "budgets",
     "dlp",
     "prices",
+    "network",
 )
+NETWORK_KEYS: tuple[str, ...] = ("block_private_resolved",)
 RULE_KEYS: tuple[str, ...] = ("id", "host", "port", "scheme", "method", "path", "action", "reason")
 
 BUDGET_KEYS: tuple[str, ...] = ("id", "window", "scope", "limits", "soft", "on_exceed")
@@ -312,6 +314,9 @@ class Policy:
     dlp: DlpSettings = DEFAULT_DLP_SETTINGS
     # Raw `prices` overrides, validated; pass to failcore.llm.load_price_table(overrides=...).
     prices: dict[str, object] = field(default_factory=dict, hash=False)
+    # network.block_private_resolved: refuse a name that resolves to a non-global address (private,
+    # loopback, link-local such as the 169.254.169.254 metadata service, CGNAT, reserved).
+    block_private_resolved: bool = False
     # Decisions depend only on (rule, mode), so they are built once here instead of on every request.
     _decision_table: tuple[tuple[Rule, Decision], ...] = field(init=False, repr=False, compare=False)
     _default_decision: Decision = field(init=False, repr=False, compare=False)
@@ -554,6 +559,7 @@ class _PolicyReader:
         budgets = self._read_budgets()
         dlp = _DlpReader(self.document, self.problems, self.base_dir).read()
         prices = self._read_prices()
+        block_private_resolved = self._read_network()
         if self.problems:
             return None
         return Policy(
@@ -568,7 +574,30 @@ class _PolicyReader:
             budgets=budgets,
             dlp=dlp,
             prices=prices,
+            block_private_resolved=block_private_resolved,
         )
+
+    def _read_network(self) -> bool:
+        node = self.document.get("network")
+        if node is None:
+            return False
+        if not isinstance(node, CommentedMap):
+            self.problems.add(
+                _value_pos(self.document, "network"),
+                f"network: expected a mapping such as 'block_private_resolved: true', got {_describe(node)}",
+            )
+            return False
+        _report_unknown_keys(node, NETWORK_KEYS, "in the network section", self.problems.add, "setting names")
+        value = node.get("block_private_resolved")
+        if value is None:
+            return False
+        if _is_bool(value):
+            return bool(value)
+        self.problems.add(
+            _value_pos(node, "block_private_resolved"),
+            f"network: block_private_resolved: expected true or false, got {_describe(value)}",
+        )
+        return False
 
     def _check_keys(self) -> None:
         _report_unknown_keys(
@@ -1699,6 +1728,14 @@ def tcp_verdict(policy: Policy, *, host: str, port: int) -> Decision:
         if rule.matches_endpoint(host, port):
             return decision
     return policy._default_decision
+
+
+def is_non_global(address: str) -> bool:
+    """Whether an address is one `network.block_private_resolved` refuses: anything not globally
+    routable (private, loopback, link-local and so cloud metadata, CGNAT, reserved, unspecified),
+    an IPv4-mapped IPv6 address judged as its IPv4 address."""
+    ip = ipaddress.ip_address(canonical_ip(address) or address)
+    return not ip.is_global or ip.is_multicast
 
 
 def normalise_host(host: str) -> str:

@@ -26,6 +26,7 @@ from failcore.proxy.gate import PolicyGate
 from failcore.proxy.listen import ListenGuard
 from failcore.proxy.meter import LlmMeter
 from failcore.proxy.recorder import Recorder
+from failcore.proxy.resolved import ResolvedAddressGuard
 from failcore.proxy.session import Session
 from failcore.proxy.streamtap import StreamTap
 from failcore.proxy.tcpstream import TcpRecorder
@@ -50,6 +51,7 @@ class FailCore:
         s = self.session
         self.listen = ListenGuard(s)
         self.gate = PolicyGate(s)
+        self.resolved = ResolvedAddressGuard(s)
         self.meter = LlmMeter(s)
         self.budgets = BudgetGuard(s)
         self.dlp = DlpGuard(s)
@@ -62,6 +64,7 @@ class FailCore:
         self.concerns = (
             self.listen,
             self.gate,
+            self.resolved,
             self.meter,
             self.budgets,
             self.dlp,
