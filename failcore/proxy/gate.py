@@ -277,6 +277,27 @@ class PolicyGate:
         state.blocked = True
         flow.response = blocked_response(state.decision, flow.id)
 
+    @guarded("gate.response")
+    def response(self, flow: http.HTTPFlow) -> None:
+        """A refused HTTP/2 or HTTP/3 request keeps its pseudo-headers on the tape.
+
+        mitmproxy holds `:authority` and friends outside `request.headers`, so the recorded headers of
+        a blocked request lacked the very name it was refused for. They are put back in front of the
+        headers only for a request failcore answered itself (it never leaves)."""
+        req = flow.request
+        if not req.http_version.startswith(("HTTP/2", "HTTP/3")) or flow.response is None:
+            return
+        if "X-FailCore-Decision" not in flow.response.headers or ":authority" in req.headers:
+            return
+        pseudo = (
+            (":method", req.method),
+            (":scheme", req.scheme),
+            (":authority", req.authority),
+            (":path", req.path),
+        )
+        for i, (name, value) in enumerate(p for p in pseudo if p[1]):
+            req.headers.insert(i, name, value)
+
     @guarded("gate.tls_clienthello")
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """SNI fronting: a ClientHello naming another host than the one the tunnel was opened to.
