@@ -21,6 +21,7 @@ import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import hooks
 
 from failcore.proxy.budgetguard import BudgetGuard
+from failcore.proxy.console import QuietConsole
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
 from failcore.proxy.listen import ListenGuard
@@ -63,6 +64,7 @@ class FailCore:
         self.tcp = TcpRecorder(s)
         self.concerns = (
             self.listen,
+            QuietConsole(),
             self.gate,
             self.resolved,
             self.meter,
