@@ -135,3 +135,28 @@ def test_is_loopback_covers_every_spelling() -> None:
         assert is_loopback(host), host
     for host in ("0.0.0.0", "::", "10.0.0.1", "192.168.1.2", "::ffff:10.0.0.1", "example.com", ""):
         assert not is_loopback(host), host
+
+
+def test_clients_of_other_hosts_are_refused_until_the_rebind() -> None:
+    """A connection accepted on the wildcard socket before failcore rebound it is refused."""
+    from mitmproxy.test import taddons, tflow
+
+    from failcore.proxy.listen import ListenGuard
+    from failcore.proxy.session import Session
+
+    guard = ListenGuard(Session())
+    with taddons.context(guard) as tctx:
+        tctx.configure(guard, listen_host="")
+        outsider, local = tflow.tclient_conn(), tflow.tclient_conn()
+        outsider.peername, local.peername = ("192.0.2.7", 50000), ("127.0.0.1", 50001)
+        guard.client_connected(outsider)
+        guard.client_connected(local)
+        assert outsider.error and "not on this host" in outsider.error
+        assert local.error is None
+        # Listening wide on purpose: nobody is refused.
+        open_guard = ListenGuard(Session())
+        tctx.configure(open_guard, listen_host="0.0.0.0")
+        other = tflow.tclient_conn()
+        other.peername = ("192.0.2.7", 50002)
+        open_guard.client_connected(other)
+        assert other.error is None
