@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -1754,6 +1755,7 @@ def _normalise_host(host: str) -> str:
     return host
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical_ip(text: str) -> str | None:
     """The address an IP literal in any spelling the resolver accepts stands for, canonically written;
     None for a name.
