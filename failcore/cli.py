@@ -157,7 +157,9 @@ async def _run_command(args: argparse.Namespace) -> int:
     if not command:
         err_console.print("failcore run: give a command after --, e.g. failcore run -- python agent.py")
         return 2
-    proxy = EmbeddedProxy(_proxy_settings(args, port=0))
+    settings = _proxy_settings(args, port=0)
+    settings.proxy_auth = True  # other local users cannot use this run's proxy (and write into its tape)
+    proxy = EmbeddedProxy(settings)
     try:
         await proxy.start()
     except ProxyStartError as e:
@@ -165,7 +167,7 @@ async def _run_command(args: argparse.Namespace) -> int:
         return 2
     assert proxy.ca is not None
     env = dict(os.environ)
-    env.update(proxy.ca.env(proxy.url, args.no_proxy))
+    env.update(proxy.ca.env(proxy.client_url, args.no_proxy))
     env["FAILCORE_RUN_ID"] = proxy.session.run_id
     try:
         child = await asyncio.create_subprocess_exec(*command, env=env)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -45,7 +46,8 @@ Mode = Literal["observe", "enforce"]
 
 ACTIONS: tuple[Action, ...] = ("ALLOW", "WARN", "BLOCK")
 MODES: tuple[Mode, ...] = ("observe", "enforce")
-SCHEMES: tuple[str, ...] = ("http", "https", "ws", "wss")
+# tcp: raw (non-HTTP) bytes through a CONNECT tunnel (see tcp_verdict).
+SCHEMES: tuple[str, ...] = ("http", "https", "ws", "wss", "tcp")
 SUPPORTED_VERSION = 1
 
 BudgetWindow = Literal["run", "minute", "hour", "day"]
@@ -63,7 +65,9 @@ TOP_LEVEL_KEYS: tuple[str, ...] = (
     "budgets",
     "dlp",
     "prices",
+    "network",
 )
+NETWORK_KEYS: tuple[str, ...] = ("block_private_resolved",)
 RULE_KEYS: tuple[str, ...] = ("id", "host", "port", "scheme", "method", "path", "action", "reason")
 
 BUDGET_KEYS: tuple[str, ...] = ("id", "window", "scope", "limits", "soft", "on_exceed")
@@ -310,6 +314,9 @@ class Policy:
     dlp: DlpSettings = DEFAULT_DLP_SETTINGS
     # Raw `prices` overrides, validated; pass to failcore.llm.load_price_table(overrides=...).
     prices: dict[str, object] = field(default_factory=dict, hash=False)
+    # network.block_private_resolved: refuse a name that resolves to a non-global address (private,
+    # loopback, link-local such as the 169.254.169.254 metadata service, CGNAT, reserved).
+    block_private_resolved: bool = False
     # Decisions depend only on (rule, mode), so they are built once here instead of on every request.
     _decision_table: tuple[tuple[Rule, Decision], ...] = field(init=False, repr=False, compare=False)
     _default_decision: Decision = field(init=False, repr=False, compare=False)
@@ -546,6 +553,7 @@ class _PolicyReader:
         budgets = self._read_budgets()
         dlp = _DlpReader(self.document, self.problems, self.base_dir).read()
         prices = self._read_prices()
+        block_private_resolved = self._read_network()
         if self.problems:
             return None
         return Policy(
@@ -560,7 +568,30 @@ class _PolicyReader:
             budgets=budgets,
             dlp=dlp,
             prices=prices,
+            block_private_resolved=block_private_resolved,
         )
+
+    def _read_network(self) -> bool:
+        node = self.document.get("network")
+        if node is None:
+            return False
+        if not isinstance(node, CommentedMap):
+            self.problems.add(
+                _value_pos(self.document, "network"),
+                f"network: expected a mapping such as 'block_private_resolved: true', got {_describe(node)}",
+            )
+            return False
+        _report_unknown_keys(node, NETWORK_KEYS, "in the network section", self.problems.add, "setting names")
+        value = node.get("block_private_resolved")
+        if value is None:
+            return False
+        if _is_bool(value):
+            return bool(value)
+        self.problems.add(
+            _value_pos(node, "block_private_resolved"),
+            f"network: block_private_resolved: expected true or false, got {_describe(value)}",
+        )
+        return False
 
     def _check_keys(self) -> None:
         _report_unknown_keys(
@@ -1512,15 +1543,17 @@ def _parse_host_pattern(value: object) -> str | _Invalid:
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
     if ":" in name:
-        try:
-            name = ipaddress.IPv6Address(name).compressed
-        except ValueError:
+        ip = canonical_ip(name)
+        if ip is None:
             return _Invalid(
                 f"{_quote(value)} is not a host name; put the port in 'port:' "
                 "(e.g. host: api.openai.com with port: 443)"
             )
-        return _Invalid("wildcards cannot be combined with an IP address") if wildcard else name
+        return _Invalid("wildcards cannot be combined with an IP address") if wildcard else ip
     name = name.rstrip(".")
+    ip = canonical_ip(name) if name[:1].isdigit() else None
+    if ip is not None:
+        return _Invalid("wildcards cannot be combined with an IP address") if wildcard else ip
     if "*" in name:
         return _Invalid(
             f"{_quote(value)}: '*' is only allowed as the whole host ('*') or as the first label "
@@ -1680,18 +1713,89 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
     return policy._default_decision
 
 
+def tcp_verdict(policy: Policy, *, host: str, port: int) -> Decision:
+    """Verdict for raw (non-HTTP) TCP through a tunnel: only host, port and the scheme `tcp` are known.
+
+    A rule that constrains method or path describes HTTP requests and cannot match raw bytes; a rule
+    whose schemes leave out `tcp` does not either.
+    """
+    host = _normalise_host(host)
+    for rule, decision in policy._decision_table:
+        if rule.constrains_request_line or (rule.schemes is not None and "tcp" not in rule.schemes):
+            continue
+        if rule.matches_endpoint(host, port):
+            return decision
+    return policy._default_decision
+
+
+def is_non_global(address: str) -> bool:
+    """Whether an address is one `network.block_private_resolved` refuses: anything not globally
+    routable (private, loopback, link-local and so cloud metadata, CGNAT, reserved, unspecified),
+    an IPv4-mapped IPv6 address judged as its IPv4 address."""
+    ip = ipaddress.ip_address(canonical_ip(address) or address)
+    return not ip.is_global or ip.is_multicast
+
+
+def normalise_host(host: str) -> str:
+    """A host as policy rules match it: lower case, no trailing dot or brackets, IPs canonical."""
+    return _normalise_host(host)
+
+
 def _normalise_host(host: str) -> str:
     host = host.lower()
     if host.endswith("."):
         host = host.rstrip(".")
     if host.startswith("["):
         host = host.strip("[]")
-    if ":" in host:
-        try:
-            return ipaddress.IPv6Address(host).compressed
-        except ValueError:
-            return host
+    if ":" in host or host[:1].isdigit():
+        return canonical_ip(host) or host
     return host
+
+
+@functools.lru_cache(maxsize=4096)
+def canonical_ip(text: str) -> str | None:
+    """The address an IP literal in any spelling the resolver accepts stands for, canonically written;
+    None for a name.
+
+    IPv4 as `inet_aton` reads it (what getaddrinfo does with a numeric host, and so what mitmproxy
+    connects to): one to four parts, each decimal, `0x` hex or `0` octal, the last filling the
+    remaining bytes (`2130706434`, `0x7f000002`, `127.2`, `0177.0.0.2` are all 127.0.0.2). IPv6
+    compressed, without brackets or a zone id; an IPv4-mapped address (`::ffff:127.0.0.2`, which a
+    dual-stack socket reaches as 127.0.0.2) as its IPv4 address.
+    """
+    text = text.strip().lower().strip("[]").rstrip(".")
+    if ":" in text:
+        try:
+            ip = ipaddress.IPv6Address(text.split("%", 1)[0])
+        except ValueError:
+            return None
+        mapped = ip.ipv4_mapped
+        return str(mapped) if mapped is not None else ip.compressed
+    return _inet_aton(text)
+
+
+def _inet_aton(text: str) -> str | None:
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        if part.startswith("0x"):
+            digits, base = part[2:], 16
+        elif len(part) > 1 and part.startswith("0"):
+            digits, base = part[1:], 8
+        else:
+            digits, base = part, 10
+        if not digits or not all(c in "0123456789abcdef"[:base] for c in digits):
+            return None
+        numbers.append(int(digits, base))
+    *head, last = numbers
+    if any(n > 255 for n in head) or last >= 1 << (8 * (4 - len(head))):
+        return None
+    value = last
+    for i, n in enumerate(head):
+        value |= n << (8 * (3 - i))
+    return str(ipaddress.IPv4Address(value))
 
 
 def _request_path(path: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ class ProxySettings:
     sets: Sequence[str] = ()
     quiet: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    # A random per-run credential for mitmproxy's `proxyauth`: clients must present it (client_url).
+    proxy_auth: bool = False
 
 
 class EmbeddedProxy:
@@ -45,6 +48,7 @@ class EmbeddedProxy:
         self.master: DumpMaster | None = None
         self.ca: CaInfo | None = None
         self._task: asyncio.Task[None] | None = None
+        self.credential: str | None = f"failcore:{secrets.token_urlsafe(24)}" if settings.proxy_auth else None
 
     async def start(self, timeout: float = 15.0) -> None:
         s = self.settings
@@ -67,6 +71,8 @@ class EmbeddedProxy:
             updates["failcore_mode"] = s.policy_mode
         if s.run_id:
             updates["failcore_run_id"] = s.run_id
+        if self.credential:
+            updates["proxyauth"] = self.credential
         updates.update(s.extra)
         try:
             opts.update(**updates)
@@ -97,6 +103,12 @@ class EmbeddedProxy:
     def url(self) -> str:
         host, port = self.address
         return f"http://{host}:{port}"
+
+    @property
+    def client_url(self) -> str:
+        """The proxy URL a client uses: with the per-run credential when proxy_auth is on."""
+        host, port = self.address
+        return f"http://{self.credential + '@' if self.credential else ''}{host}:{port}"
 
     @property
     def tape_dir(self) -> Path:

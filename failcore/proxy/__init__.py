@@ -9,7 +9,6 @@ final state of every flow.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,15 +18,19 @@ import mitmproxy.proxy.layers.http
 import mitmproxy.proxy.layers.tls
 import mitmproxy.proxy.layers.websocket
 import mitmproxy.proxy.server_hooks  # noqa: F401
-from mitmproxy import ctx, hooks
+from mitmproxy import hooks
 
 from failcore.proxy.budgetguard import BudgetGuard
+from failcore.proxy.console import QuietConsole
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
+from failcore.proxy.listen import ListenGuard
 from failcore.proxy.meter import LlmMeter
 from failcore.proxy.recorder import Recorder
+from failcore.proxy.resolved import ResolvedAddressGuard
 from failcore.proxy.session import Session
 from failcore.proxy.streamtap import StreamTap
+from failcore.proxy.tcpstream import TcpRecorder
 
 
 class FailCore:
@@ -47,7 +50,9 @@ class FailCore:
 
         self.session = session or Session()
         s = self.session
+        self.listen = ListenGuard(s)
         self.gate = PolicyGate(s)
+        self.resolved = ResolvedAddressGuard(s)
         self.meter = LlmMeter(s)
         self.budgets = BudgetGuard(s)
         self.dlp = DlpGuard(s)
@@ -56,15 +61,19 @@ class FailCore:
         # stream the replayer re-cuts at the recorded chunk boundaries.
         self.replayer = Replayer(s)
         self.recorder = Recorder(s)
+        self.tcp = TcpRecorder(s)
         self.concerns = (
-            LoopbackByDefault(),
+            self.listen,
+            QuietConsole(),
             self.gate,
+            self.resolved,
             self.meter,
             self.budgets,
             self.dlp,
             self.streamtap,
             self.replayer,
             self.recorder,
+            self.tcp,
         )
         for hook in hooks.all_hooks:
             handlers = [getattr(c, hook) for c in self.concerns if callable(getattr(c, hook, None))]
@@ -72,17 +81,6 @@ class FailCore:
                 setattr(self, hook, handlers[0])
             elif handlers:
                 setattr(self, hook, _dispatcher(handlers))
-
-
-class LoopbackByDefault:
-    """mitmproxy listens on every interface unless told otherwise; a proxy that sees credentials and
-    records an agent's traffic should not. An empty `listen_host` becomes 127.0.0.1; pass
-    `--listen-host 0.0.0.0` to listen everywhere on purpose."""
-
-    def configure(self, updated: set[str]) -> None:
-        if "listen_host" in updated and ctx.options.listen_host == "":
-            ctx.options.listen_host = "127.0.0.1"
-            logging.getLogger("failcore").info("failcore: listening on 127.0.0.1 (set listen_host to change)")
 
 
 def _dispatcher(handlers: list[Callable[..., Any]]) -> Callable[..., Any]:
@@ -120,5 +118,6 @@ __all__ = [
     "Recorder",
     "Session",
     "StreamTap",
+    "TcpRecorder",
     "make_addons",
 ]

@@ -7,10 +7,11 @@ import ipaddress
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http, tls
 
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
@@ -21,6 +22,7 @@ from failcore.policy import (
     connect_verdict,
     decide,
     load_policy,
+    normalise_host,
     with_mode,
 )
 from failcore.proxy.dlpguard import DlpScanner
@@ -65,7 +67,40 @@ def claimed_host(flow: http.HTTPFlow) -> str | None:
     return name if name and name != decision_host(flow).lower().rstrip(".") else None
 
 
+def is_websocket_upgrade(req: http.Request) -> bool:
+    return req.method == "GET" and "websocket" in req.headers.get("upgrade", "").lower()
+
+
+def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
+    """A request's verdict; a WebSocket upgrade is judged as the ws/wss connection it opens.
+
+    A BLOCK rule that matches the upgrade as the plain http(s) GET it also is still applies, so a
+    path rule written for https cannot be sidestepped by asking for an upgrade.
+    """
+    decision = decide(policy, host=host, port=req.port, scheme=req.scheme, method=req.method, path=req.path)
+    if not is_websocket_upgrade(req):
+        return decision
+    ws_scheme = "wss" if req.scheme == "https" else "ws"
+    ws = decide(policy, host=host, port=req.port, scheme=ws_scheme, method=req.method, path=req.path)
+    if decision.rule is not None and decision.matched_action == "BLOCK":
+        return stricter(ws, decision)
+    return ws
+
+
 _SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
+
+
+# Modes where the client names its destination (CONNECT, SOCKS) before TLS starts.
+_TUNNEL_MODES = ("regular", "upstream", "socks5")
+
+
+@dataclass(frozen=True, slots=True)
+class Fronted:
+    """A TLS connection whose SNI named another host than its CONNECT (see PolicyGate.tls_clienthello)."""
+
+    decision: Decision
+    warning: dict[str, str]
+    blocked: bool
 
 
 def stricter(a: Decision, b: Decision) -> Decision:
@@ -221,18 +256,15 @@ class PolicyGate:
         host = decision_host(flow)
         state = self.session.state(flow)
         state.decided_host = host
-        decision = decide(
-            policy, host=host, port=req.port, scheme=req.scheme, method=req.method, path=req.path
-        )
+        decision = judge_request(policy, host, req)
         claimed = claimed_host(flow)
         if claimed is not None:
             # A Host header naming another host must not buy a laxer verdict than the real target.
-            decision = stricter(
-                decision,
-                decide(
-                    policy, host=claimed, port=req.port, scheme=req.scheme, method=req.method, path=req.path
-                ),
-            )
+            decision = stricter(decision, judge_request(policy, claimed, req))
+        fronted = self.session.fronted.get(flow.client_conn.id)
+        if fronted is not None:
+            decision = stricter(decision, fronted.decision)
+            state.warnings.append(fronted.warning)
         state.decision = decision
 
     @guarded("gate.request")
@@ -244,6 +276,65 @@ class PolicyGate:
             return
         state.blocked = True
         flow.response = blocked_response(state.decision, flow.id)
+
+    @guarded("gate.response")
+    def response(self, flow: http.HTTPFlow) -> None:
+        """A refused HTTP/2 or HTTP/3 request keeps its pseudo-headers on the tape.
+
+        mitmproxy holds `:authority` and friends outside `request.headers`, so the recorded headers of
+        a blocked request lacked the very name it was refused for. They are put back in front of the
+        headers only for a request failcore answered itself (it never leaves)."""
+        req = flow.request
+        if not req.http_version.startswith(("HTTP/2", "HTTP/3")) or flow.response is None:
+            return
+        if "X-FailCore-Decision" not in flow.response.headers or ":authority" in req.headers:
+            return
+        pseudo = (
+            (":method", req.method),
+            (":scheme", req.scheme),
+            (":authority", req.authority),
+            (":path", req.path),
+        )
+        for i, (name, value) in enumerate(p for p in pseudo if p[1]):
+            req.headers.insert(i, name, value)
+
+    @guarded("gate.tls_clienthello")
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        """SNI fronting: a ClientHello naming another host than the one the tunnel was opened to.
+
+        The SNI is judged as a CONNECT to it would be. When that is a BLOCK, the upstream handshake
+        names the tunnel's host instead (the blocked name never leaves), and every request on the
+        connection is refused with the SNI's verdict; the tape names both hosts."""
+        policy = self.session.policy
+        server = data.context.server
+        sni = data.client_hello.sni
+        if (
+            policy is None
+            or not sni
+            or server.address is None
+            or data.context.client.proxy_mode.type_name not in _TUNNEL_MODES
+        ):
+            return
+        target, port = str(server.address[0]), int(server.address[1])
+        if normalise_host(sni) == normalise_host(target):
+            return
+        verdict = connect_verdict(policy, host=sni, port=port)
+        warning = {
+            "reason": "sni_mismatch",
+            "message": f"TLS SNI {sni!r} is not the CONNECT host {target!r} "
+            f"(SNI verdict {verdict.matched_action}{f', rule {verdict.rule}' if verdict.rule else ''})",
+        }
+        if verdict.decision != "BLOCK":
+            self.session.fronted[data.context.client.id] = Fronted(verdict, warning, blocked=False)
+            return
+        server.sni = target
+        reason = f"TLS SNI {sni!r} differs from the CONNECT host {target!r} and is blocked: {verdict.reason}"
+        decision = Decision("BLOCK", verdict.rule, reason, True, "BLOCK")
+        self.session.fronted[data.context.client.id] = Fronted(decision, warning, blocked=True)
+        logger.warning("failcore: blocked SNI fronting: CONNECT %s, SNI %s", target, sni)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self.session.fronted.pop(client.id, None)
 
     @guarded("gate.http_connect")
     def http_connect(self, flow: http.HTTPFlow) -> None:

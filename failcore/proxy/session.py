@@ -119,6 +119,9 @@ class Session:
     # Events from before the tape opened (the policy is loaded in `configure`, the writer starts in
     # `running`): kept and handed over when the sink attaches, so a policy load is never lost.
     pending: list[dict[str, Any] | Callable[[], dict[str, Any]]] = field(default_factory=list)
+    # Client connections whose TLS SNI named another host than their CONNECT, by client id
+    # (failcore.proxy.gate.Fronted; every request and TCP stream on them takes that verdict).
+    fronted: dict[str, Any] = field(default_factory=dict)
 
     def state(self, flow: mflow.Flow) -> FlowState:
         st = self.flows.get(flow.id)

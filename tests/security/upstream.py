@@ -127,8 +127,14 @@ class LoggingUpstream:
             self.connections.append(record)
         try:
             if self._context is not None:
-                conn = self._context.wrap_socket(conn, server_side=True)
-                record.sni = getattr(conn._sslobj, "failcore_sni", None)  # type: ignore[attr-defined]
+                tls = self._context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                try:
+                    tls.do_handshake()
+                finally:
+                    # Kept even when the client gives up on the handshake: the name has been sent.
+                    # The SNI callback is handed the SSLSocket itself (an SSLObject only for memory BIOs).
+                    record.sni = getattr(tls, "failcore_sni", None)
+                conn = tls
             conn.settimeout(30)
             first = self._recv(conn, record)
             if not first:

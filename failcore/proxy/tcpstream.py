@@ -1,0 +1,213 @@
+"""TcpRecorder: raw (non-HTTP) TCP through a tunnel yields an event, is judged, and is DLP-scanned.
+
+When the bytes inside an allowed CONNECT (or inside its TLS) are not HTTP, mitmproxy relays them as a
+TCP flow. Each such stream becomes one `network` event with action `tcp.stream` and scheme `tcp`:
+bytes and messages each way, timing, outcome. The policy judges it with `tcp_verdict` (a rule with
+`scheme: tcp`, or one that names host/port only); a BLOCK closes the connection before a byte is
+relayed. DLP scans every message as it passes, holding nothing back: a hit whose action is BLOCK
+(enforce mode) stops the message that completes it, and the connection with it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import ctx, tcp
+
+from failcore.event import EgressEvent, Target
+from failcore.policy import Decision, tcp_verdict
+from failcore.proxy.guard import guarded
+from failcore.proxy.session import Session
+
+logger = logging.getLogger("failcore")
+
+# Bytes of each direction kept to find a secret that spans two messages.
+OVERLAP = 1024
+MAX_HITS = 100
+
+
+@dataclass(slots=True)
+class TcpState:
+    host: str
+    port: int
+    decision: Decision | None
+    t0: float = field(default_factory=time.time)
+    first_in: float | None = None
+    bytes_out: int = 0
+    bytes_in: int = 0
+    messages_out: int = 0
+    messages_in: int = 0
+    blocked_by: str | None = None
+    tails: dict[bool, bytes] = field(default_factory=lambda: {True: b"", False: b""})
+    offsets: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
+    hits: list[dict[str, Any]] = field(default_factory=list)
+    hits_truncated: bool = False
+
+
+def stream_target(flow: tcp.TCPFlow) -> tuple[str, int]:
+    """The tunnel's destination, as a name where the client gave one (as for HTTP requests)."""
+    address = flow.server_conn.address
+    host, port = (str(address[0]), int(address[1])) if address else ("", 0)
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host, port
+    return (flow.client_conn.sni or host), port
+
+
+class TcpRecorder:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.streams: dict[str, TcpState] = {}
+
+    @guarded("tcp.tcp_start")
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        host, port = stream_target(flow)
+        policy = self.session.policy
+        decision = tcp_verdict(policy, host=host, port=port) if policy is not None else None
+        fronted = self.session.fronted.get(flow.client_conn.id)
+        if fronted is not None and fronted.blocked:
+            decision = fronted.decision
+        state = self.streams[flow.id] = TcpState(host, port, decision)
+        if decision is not None and decision.decision == "BLOCK":
+            state.blocked_by = "policy"
+            _close(flow)
+
+    @guarded("tcp.tcp_message")
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        state = self.streams.get(flow.id)
+        if state is None:
+            return
+        message = flow.messages[-1]
+        if state.blocked_by is not None:
+            # Nothing more is relayed once the stream is refused, even if closing it lags behind.
+            message.content = b""
+            return
+        data = message.content
+        out = message.from_client
+        if out:
+            state.bytes_out += len(data)
+            state.messages_out += 1
+        else:
+            state.bytes_in += len(data)
+            state.messages_in += 1
+            if state.first_in is None:
+                state.first_in = time.time()
+        if self._dlp_blocks(state, out, data):
+            state.blocked_by = "dlp"
+            message.content = b""
+            _close(flow)
+
+    def _dlp_blocks(self, state: TcpState, out: bool, data: bytes) -> bool:
+        scanner = self.session.dlp
+        if scanner is None or not data:
+            return False
+        settings = scanner.settings
+        if not (settings.scan_request if out else settings.scan_response):
+            return False
+        tail = state.tails[out]
+        buffer = tail + data
+        base = state.offsets[out] - len(tail)
+        where = "request.body" if out else "response.body"
+        blocks = False
+        for hit in scanner.engine.scan(buffer):
+            if hit.end <= len(tail):
+                continue  # reported with the message that completed it
+            action = scanner.action(hit)
+            blocks = blocks or (action == "BLOCK" and scanner.enforce and out)
+            if len(state.hits) >= MAX_HITS:
+                state.hits_truncated = True
+                continue
+            state.hits.append(
+                {
+                    "rule": hit.rule_id,
+                    "severity": hit.severity,
+                    "category": hit.category,
+                    "location": f"{where}@{base + hit.start}",
+                    "preview": hit.preview,
+                    "fingerprint": hit.fingerprint,
+                    "action": action,
+                    "taint_source": None,
+                }
+            )
+        state.offsets[out] += len(data)
+        state.tails[out] = buffer[-OVERLAP:]
+        return blocks
+
+    @guarded("tcp.tcp_end")
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        self._record(flow)
+
+    @guarded("tcp.tcp_error")
+    def tcp_error(self, flow: tcp.TCPFlow) -> None:
+        self._record(flow)
+
+    def _record(self, flow: tcp.TCPFlow) -> None:
+        state = self.streams.pop(flow.id, None)
+        if state is None:
+            return
+        now = time.time()
+        decision = state.decision
+        error = flow.error.msg if flow.error else None
+        if state.blocked_by is not None:
+            outcome, fail_reason = "BLOCKED", None
+        elif error:
+            outcome, fail_reason = (
+                "FAIL",
+                "connect_error" if flow.server_conn.timestamp_start is None else "killed",
+            )
+        else:
+            outcome, fail_reason = "ok", None
+        verdict = decision.decision if decision else "ALLOW"
+        reason = decision.reason if decision else None
+        if state.blocked_by == "dlp":
+            verdict, reason = "BLOCK", "a DLP rule with action BLOCK matched the stream"
+        event = EgressEvent(
+            kind="network",
+            run=self.session.run_id,
+            ts_start=state.t0,
+            ts_end=now,
+            flow=flow.id,
+            action="tcp.stream",
+            target=Target(state.host, state.port, "tcp"),
+            method=None,
+            path="",
+            summary=f"TCP {state.host}:{state.port} {state.bytes_out} B out, {state.bytes_in} B in",
+            decision=verdict,
+            rule=decision.rule if decision else None,
+            reason=reason,
+            would_block=decision.would_block if decision else False,
+            outcome=outcome,
+            fail_reason=fail_reason,
+            error=error,
+            latency_ms=round((now - state.t0) * 1000, 3),
+            ttfb_ms=round((state.first_in - state.t0) * 1000, 3) if state.first_in else None,
+            bytes_out=state.bytes_out,
+            bytes_in=state.bytes_in,
+            dlp={"hits": state.hits, "truncated": state.hits_truncated} if state.hits else None,
+            detail={
+                "messages_out": state.messages_out,
+                "messages_in": state.messages_in,
+                "tls": flow.client_conn.tls_established,
+                "sni": flow.client_conn.sni,
+                "blocked_by": state.blocked_by,
+            },
+        )
+        self.session.record(event.to_dict())
+
+
+def _close(flow: tcp.TCPFlow) -> None:
+    """Close the client connection (and with it the stream) from inside a hook.
+
+    mitmproxy's `flow.kill()` does not stop a TCP flow; its connection handler can close a connection.
+    Should that fail, tcp_message still relays nothing for a blocked stream."""
+    try:
+        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
+        if handler is not None:
+            handler.close_connection(flow.client_conn)
+    except Exception as e:  # pragma: no cover - depends on mitmproxy internals
+        logger.warning("failcore: could not close a blocked TCP stream: %s", e)
