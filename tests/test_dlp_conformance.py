@@ -49,7 +49,10 @@ def load_samples() -> list[Sample]:
 def chat_body(text: str) -> bytes:
     """What the OpenAI SDK sends (json.dumps defaults: ASCII-only, `\\uXXXX` for the rest)."""
     return json.dumps(
-        {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]}
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
+        }
     ).encode()
 
 
@@ -78,9 +81,13 @@ def found(engine: DlpEngine, sample: Sample, *, in_json: bool) -> bool:
     return any(hit.start < end and start < hit.end for hit in hits for start, end in spans)
 
 
-def fired(engine: DlpEngine, sample: Sample, *, in_json: bool) -> bool:
+def fired(engine: DlpEngine, sample: Sample, *, in_json: bool, any_rule: bool = False) -> bool:
+    """gitleaks labels a sample false-positive for one rule: it fires when that rule, or any built-in
+    rule, reports it (`any_rule`: any rule at all, even one for which the sample is a real secret)."""
     body = chat_body(sample.text) if in_json else sample.text.encode("utf-8")
     hits = secret_hits(engine.scan(body))
+    if not any_rule:
+        hits = [hit for hit in hits if hit.rule_id == sample.rule or hit.rule_id in builtin_ids()]
     if in_json:
         # The chat wrapper itself ("gpt-4o", "Be brief.") is not part of the sample.
         offset = body.index(b'"role": "user", "content": ') + len(b'"role": "user", "content": ')
@@ -90,8 +97,7 @@ def fired(engine: DlpEngine, sample: Sample, *, in_json: bool) -> bool:
 
 def ordinary_files() -> Iterator[Path]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    for path in sorted(stdlib.glob("*.py")):
-        yield path
+    yield from sorted(stdlib.glob("*.py"))
     for sub in ("email", "http", "json", "logging", "urllib", "asyncio", "importlib", "concurrent", "xml"):
         yield from sorted((stdlib / sub).rglob("*.py"))
     site = Path(sysconfig.get_paths()["purelib"])
@@ -117,6 +123,11 @@ def ordinary_corpus(target: int = ORDINARY_TARGET_BYTES) -> list[bytes]:
 
 
 @functools.cache
+def builtin_ids() -> frozenset[str]:
+    return frozenset(rule.id for rule in builtin_rules())
+
+
+@functools.cache
 def full_engine() -> DlpEngine:
     return DlpEngine(builtin_rules() + import_gitleaks(GITLEAKS_TOML).rules, salt=b"conformance")
 
@@ -134,6 +145,7 @@ def rates(engine: DlpEngine, samples: list[Sample]) -> dict[str, float]:
         "recall_json": sum(found(engine, s, in_json=True) for s in tps) / len(tps),
         "fp_plain": sum(fired(engine, s, in_json=False) for s in fps) / len(fps),
         "fp_json": sum(fired(engine, s, in_json=True) for s in fps) / len(fps),
+        "fp_any_rule": sum(fired(engine, s, in_json=False, any_rule=True) for s in fps) / len(fps),
     }
 
 
@@ -198,7 +210,8 @@ def main() -> int:
             rules[hit.rule_id] = rules.get(hit.rule_id, 0) + 1
         print(
             f"{label:<17} recall plain {figures['recall_plain']:.1%} json {figures['recall_json']:.1%}  "
-            f"fp fired plain {figures['fp_plain']:.1%} json {figures['fp_json']:.1%}  "
+            f"fp fired plain {figures['fp_plain']:.1%} json {figures['fp_json']:.1%} "
+            f"(any rule {figures['fp_any_rule']:.1%})  "
             f"ordinary {per_mb:.2f} hits/MB over {megabytes:.1f} MB {rules}"
         )
     return 0

@@ -102,12 +102,6 @@ class RawView(View):
         super().__init__(data, None)
 
 
-class SameLengthView(View):
-    """A decoded view written over the same offsets as its parent."""
-
-    kind = "json"
-
-
 class _EscapeView(View):
     """A view decoded chunk by chunk from its parent: `anchors` hold (view offset, parent offset) of
     each chunk's start; the escapes of a chunk are found by `token` only when a hit in it needs
@@ -216,34 +210,6 @@ def _json_decode(data: bytes) -> bytes:
     if _SENTINEL in view:
         view = view.replace(_SENTINEL, b"\\")
     return view
-
-
-# Same-length stand-ins for the common escapes: the decoded character twice, so whatever sits on
-# either side of it sees it (`\"key\": \"v\"` reads `""key"": ""v""`), and offsets stay those of the raw
-# text (no map needed). Other escapes (`\/`, `\u00XX`) make the exact, shrinking view necessary.
-_SAME_LENGTH: tuple[tuple[bytes, bytes], ...] = (
-    (b'\\"', b'""'),
-    (b"\\n", b"\n\n"),
-    (b"\\r", b"\r\r"),
-    (b"\\t", b"\t\t"),
-    (b"\\b", b"\b\b"),
-    (b"\\f", b"\f\f"),
-)
-_PAIR_SENTINEL = b"\x00\x00"
-
-
-def same_length_json_view(data: bytes) -> bytes | None:
-    """The fast JSON view (same length as `data`), or None when it cannot stand for the exact one."""
-    if _SENTINEL in data:
-        return None
-    view = data.replace(b"\\\\", _PAIR_SENTINEL) if b"\\\\" in data else data
-    for escaped, stand_in in _SAME_LENGTH:
-        view = view.replace(escaped, stand_in)
-        if b"\\" not in view:
-            break
-    else:
-        return None  # `\/`, `\u00XX` or an invalid escape: only the exact view reads them right
-    return view.replace(_PAIR_SENTINEL, b" \\") if _PAIR_SENTINEL in view else view
 
 
 def json_view(data: bytes) -> tuple[bytes, list[tuple[int, int]]] | None:

@@ -225,14 +225,9 @@ class DlpEngine:
         buffer = data.encode("utf-8") if isinstance(data, str) else bytes(data)
         root = dv.RawView(buffer)
         base: dv.View = root
-        if b"\\" in buffer:
-            fast = dv.same_length_json_view(buffer)
-            if fast is not None:
-                base = dv.SameLengthView(fast, root)
-            else:
-                decoded = dv.json_view(buffer)
-                if decoded is not None:
-                    base = dv.JsonStringView(decoded[0], root, decoded[1])
+        decoded = dv.json_view(buffer)
+        if decoded is not None:
+            base = dv.JsonStringView(decoded[0], root, decoded[1])
         views: list[dv.View] = [base]
         percent = dv.percent_view(base.data)
         if percent is not None:

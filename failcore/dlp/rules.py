@@ -24,6 +24,32 @@ _PLACEHOLDER_SECRET = (
     r"(?i)example|placeholder|redacted|dummy|sample|your[_-]?(?:api|key|token|secret)",
     r"(?i)(?:x{6,}|\*{4,}|0{10,}|\.{3}|<[a-z_ -]+>|abcdefghij)",
 )
+# Google API keys that ship in public apps and samples (the list gitleaks allows for gcp-api-key,
+# https://github.com/gitleaks/gitleaks, MIT): not a leak when an agent sends them.
+_PUBLIC_GOOGLE_KEYS = (
+    "^AIza(?:"
+    + "|".join(
+        (
+            "Syabcdefghijklmnopqrstuvwxyz1234567",
+            "SyAnLA7NfeLquW1tJFpx_eQCxoX-oo6YyIs",
+            "SyCkEhVjf3pduRDt6d1yKOMitrUEke8agEM",
+            "SyDMAScliyLx7F0NPDEJi1QmyCgHIAODrlU",
+            "SyD3asb-2pEZVqMkmL6M9N6nHZRR_znhrh0",
+            "yDNSXIbFmlXbIE6mCzDLQAqITYefhixbX4A",
+            "SyAdOS2zB6NCsk1pCdZ4-P6GBdi_UUPwX7c",
+            "SyASWm6HmTMdYWpgMnjRBjxcQ9CKctWmLd4",
+            "SyANUvH9H9BsUccjsu2pCmEkOPjjaXeDQgY",
+            "SyA5_iVawFQ8ABuTZNUdcwERLJv_a_p4wtM",
+            "SyA4UrcGxgwQFTfaI3no3t7Lt1sjmdnP5sQ",
+            "SyDSb51JiIcB6OJpwwMicseKRhhrOq1cS7g",
+            "SyBF2RrAIm4a0mO64EShQfqfd2AFnzAvvuU",
+            "SyBcE-OOIbhjyR83gm4r2MFCu4MJmprNXsw",
+            "SyB8qGxt4ec15vitgn44duC5ucxaOi4FmqE",
+            "SyA8vmApnrHNFE0bApF4hoZ11srVL_n0nvY",
+        )
+    )
+    + ")$",
+)
 # A value that is code, not a literal: `self.password`, `settings.DB_PASSWORD`, `os.environ`.
 _CODE_REFERENCE = r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$"
 _PLACEHOLDERS = (
@@ -133,6 +159,7 @@ def _provider_rules() -> list[DlpRule]:
             "Google API key",
             _START + r"(AIza[0-9A-Za-z_-]{35})" + _END_URLSAFE,
             ("aiza",),
+            allowlist=_PUBLIC_GOOGLE_KEYS,
         ),
         _secret(
             "google-oauth-client-secret",
@@ -288,6 +315,7 @@ def _provider_rules() -> list[DlpRule]:
             + r"|gloas-[0-9a-zA-Z_-]{64}|GR1348941[0-9a-zA-Z_-]{20})"
             + _END_URLSAFE,
             ("glcbt-", "glimt-", "glagent-", "gloas-", "gr1348941"),
+            entropy=3.0,
         ),
         _secret(
             "gitlab-feed-token",
