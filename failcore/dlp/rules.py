@@ -717,7 +717,7 @@ def _structural_rules() -> list[DlpRule]:
             "generic-password-assignment",
             "high",
             "Password assigned in code or configuration",
-            r"(?i)\b(?:password|passwd|pwd|passphrase)"
+            r"(?i)(?:\b|_)(?:password|passwd|pwd|passphrase)"
             + _ASSIGN
             + r"([^\s\x60'\",;\\(){}\[\]<>]{8,128})"
             + r"(?:[\s\x60'\",;]|\\[nrt]|$)",
