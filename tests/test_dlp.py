@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 
 import pytest
@@ -27,9 +28,20 @@ from failcore.dlp.validators import credit_card_ok, iban_ok, luhn_ok, shannon_en
 SALT = b"test-salt"
 BACKENDS = ["hyperscan", "re2"]
 HEX16 = "0123456789abcdef"
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_UPPER_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+_B64_ALPHABET = _ALNUM + "+/"
+
+
+def _rand(length: int, alphabet: str, seed: int = 8) -> str:
+    rng = random.Random(f"{seed}-{length}-{alphabet}")
+    return "".join(rng.choice(alphabet) for _ in range(length))
+
+
 B64 = "A1b2"
 AWS_ID = "AKIA" + "QWERTYUIOPASDFGH"
-AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "EXAMPLEKEY"
+# Not AWS's documented example key (wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY): that one must not fire.
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCY" + "Q8vRzT2pLm"
 
 # (rule id, text before, secret, text after, negative example)
 CASES: list[tuple[str, str, str, str, str]] = [
@@ -251,6 +263,49 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("credit-card-number", "card ", "4111 1111 1111 1111", " exp", "card 4111 1111 1111 1112"),
     ("iban", "IBAN ", "GB82 WEST 1234 5698 7654 32", "", "IBAN GB82 WEST 1234 5698 7654 33"),
     ("us-ssn", "ssn ", "123-45-6789", ".", "ssn 666-45-6789"),
+    # Formats added for issue 8 (realistic shapes, random bodies from a seeded generator).
+    (
+        "aws-bedrock-api-key",
+        "AWS_BEARER_TOKEN_BEDROCK=",
+        "ABSK" + _rand(120, _B64_ALPHABET),
+        "\n",
+        "ABSK" + "QmVkcm9ja0FQSUtleS1EXAMPLE",
+    ),
+    ("slack-legacy-token", "token: ", "xox" + "s-" + "12-34-56-" + _rand(40, HEX16), "", "xoxs-1-2"),
+    (
+        "slack-config-token",
+        "",
+        "xox" + "e.xoxp-1-" + _rand(164, _UPPER_DIGITS),
+        " ",
+        "xox" + "e.xoxp-1-" + "A" * 20,
+    ),
+    ("gitlab-other-token", "", "gl" + "imt-" + _rand(25, _ALNUM), "", "gl" + "imt-" + "x" * 25),
+    (
+        "vault-legacy-token",
+        "VAULT_TOKEN=",
+        "s." + "Ga5jyNq6kNfRMVQk2LY1j9iu",
+        "",
+        "s." + "abcdefghijklmnopqrstuvwx",
+    ),
+    (
+        "terraform-cloud-token",
+        'token = "',
+        _rand(14, _ALNUM) + ".atlas" + "v1." + _rand(67, _ALNUM),
+        '"',
+        "abc.atlas" + "v1.short",
+    ),
+    ("grafana-api-key", "", "eyJr" + "Ijoi" + _rand(80, _ALNUM) + "==", "", "eyJr" + "Ijoi" + "short"),
+    (
+        "jwt-base64",
+        "auth ",
+        "ZXlK"
+        + "aGJHY2lPaUpJVXpJMU5pSjk"
+        + "uZXlK"
+        + "emRXSWlPaUl4TWpNME5UWTNPRGt3SW4w"
+        + "LmFiY2RlZmdoaWprbG1ub3A",
+        " ",
+        "ZXlK" + "aGJHY2lPaUpJVXpJMU5pSjk",
+    ),
 ]
 
 

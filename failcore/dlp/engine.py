@@ -17,8 +17,9 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from failcore.dlp import decode as dv
 from failcore.dlp import regex_backend as rx
 from failcore.dlp.masking import fingerprint, mask_preview
 from failcore.dlp.model import DlpAllowlist, DlpRule, Hit
@@ -28,6 +29,7 @@ BACKENDS: tuple[str, ...] = ("auto", "hyperscan", "re2", "python")
 # Beyond this many prefilter events the text is pathological for the rule set; one linear RE2 pass per
 # rule is then cheaper than handling every event in Python.
 MAX_PREFILTER_EVENTS = 200_000
+_SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 Window = tuple[int, int]
 
@@ -48,6 +50,11 @@ class _PreparedRule:
     keywords: tuple[bytes, ...]
     validator: Callable[[str], bool] | None
     allowlists: tuple[_CompiledAllowlist, ...]
+    fragment_keywords: bool
+
+
+def _rank(hit: Hit) -> int:
+    return _SEVERITY_RANK.get(hit.severity, 0)
 
 
 def resolve_backend(requested: str) -> str:
@@ -93,11 +100,15 @@ class DlpEngine:
         self._lock = threading.Lock()
         self._hs_db = None
         self._hs_rule_indexes: list[int] = []
+        self._hs_keyword_owners: list[list[int]] = []
         keyword_path = list(range(len(self._rules)))
         if self.backend == "hyperscan":
             keyword_path = self._build_hyperscan()
         self._keyword_path_rules = keyword_path
         self._keyword_pattern, self._keyword_owners = self._build_keyword_prefilter(keyword_path)
+        self._keyword_all: tuple[rx.CompiledPattern | None, dict[bytes, list[int]]] | None = None
+        if len(keyword_path) == len(self._rules):
+            self._keyword_all = (self._keyword_pattern, self._keyword_owners)
 
     @property
     def rules(self) -> list[DlpRule]:
@@ -125,6 +136,7 @@ class DlpEngine:
             keywords=tuple(keyword.lower().encode("utf-8") for keyword in rule.keywords if keyword),
             validator=NAMED_VALIDATORS[rule.validator] if rule.validator else None,
             allowlists=tuple(self._compile_allowlist(rule.id, al) for al in rule.all_allowlists()),
+            fragment_keywords=rule.keyword_scope == "fragment" and bool(rule.keywords),
         )
 
     def _compile_allowlist(self, rule_id: str, allowlist: DlpAllowlist) -> _CompiledAllowlist:
@@ -156,13 +168,20 @@ class DlpEngine:
                 accepted.append(index)
             except hs.error:
                 refused.append(index)
+        # Keywords of fragment-scoped rules are reported once each, so one pass also says which occur.
+        owners: dict[bytes, list[int]] = defaultdict(list)
+        for index in accepted:
+            if self._rules[index].fragment_keywords:
+                for keyword in self._rules[index].keywords:
+                    owners[keyword].append(index)
+        literals = list(owners)
+        self._hs_keyword_owners = [owners[literal] for literal in literals]
         if accepted:
+            expressions = [self._hs_expression(self._rules[i]) for i in accepted]
+            expressions += [rx.pattern_bytes(rx.escaped_literal(literal)) for literal in literals]
+            flags = [0] * len(accepted) + [hs.HS_FLAG_CASELESS | hs.HS_FLAG_SINGLEMATCH] * len(literals)
             database = hs.Database()
-            database.compile(
-                expressions=[self._hs_expression(self._rules[i]) for i in accepted],
-                ids=list(range(len(accepted))),
-                flags=[0] * len(accepted),
-            )
+            database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
             self._hs_db = database
             self._hs_rule_indexes = accepted
         return refused
@@ -196,30 +215,79 @@ class DlpEngine:
         return [self._rules[i].rule.id for i in self._keyword_path_rules]
 
     def scan(self, data: bytes | str) -> list[Hit]:
+        """Hits with offsets into `data` (UTF-8 bytes of it when text).
+
+        Scanned as the reader decodes it: JSON string escapes decoded (instead of the raw text when
+        there are any), plus percent-decoded and bounded base64/hex-unwrapped views; every hit's span
+        is mapped back to the raw bytes that encode it. When several rules or copies of a rule hit the
+        same span, each is reported, and a rule id reported twice keeps its most severe copy (so the
+        stricter action wins)."""
         buffer = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-        windows = self._candidate_windows(buffer)
+        root = dv.RawView(buffer)
+        base: dv.View = root
+        decoded = dv.json_view(buffer)
+        if decoded is not None:
+            base = dv.JsonStringView(decoded[0], root, decoded[1])
+        views: list[dv.View] = [base]
+        percent = dv.percent_view(base.data)
+        if percent is not None:
+            views.append(dv.PercentView(percent[0], base, percent[1]))
+        budget = [dv.MAX_CANDIDATES, dv.MAX_DECODED_BYTES]
         hits: dict[tuple[str, int, int], Hit] = {}
+        base_keywords: set[int] = set()
+        index = 0
+        while index < len(views):
+            view = views[index]
+            index += 1
+            found, keyword_rules, runs = self._scan_view(view.data, base_keywords)
+            if view is base:
+                base_keywords = keyword_rules
+            if not isinstance(view, dv.SliceView):
+                views.extend(dv.encoded_candidates(view, runs, budget))
+            for hit in found:
+                start, end = view.span(hit.start, hit.end)
+                if end <= start:
+                    continue
+                key = (hit.rule_id, start, end)
+                other = hits.get(key)
+                if other is None or _rank(hit) > _rank(other):
+                    hits[key] = replace(hit, start=start, end=end)
+        return sorted(hits.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
+
+    def _scan_view(
+        self, buffer: bytes, inherited_keywords: set[int]
+    ) -> tuple[list[Hit], set[int], list[Window]]:
+        """Hits in one buffer, the rules whose keywords occur in it and its base64/hex-like runs."""
+        windows, keyword_rules, runs = self._candidate_windows(buffer)
+        present = keyword_rules | inherited_keywords
+        hits: list[Hit] = []
         for index, spans in windows.items():
             prepared = self._rules[index]
+            if prepared.fragment_keywords and index not in present:
+                continue
             for window_start, window_end in merge_windows(spans):
                 for match in prepared.pattern.finditer(buffer, window_start, window_end):
                     hit = self._confirm(prepared, buffer, match)
                     if hit is not None:
-                        hits.setdefault((hit.rule_id, hit.start, hit.end), hit)
-        return sorted(hits.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
+                        hits.append(hit)
+        return hits, keyword_rules, runs
 
-    def _candidate_windows(self, buffer: bytes) -> dict[int, list[Window]]:
+    def _candidate_windows(self, buffer: bytes) -> tuple[dict[int, list[Window]], set[int], list[Window]]:
         windows: dict[int, list[Window]] = defaultdict(list)
-        keyword_rules = self._keyword_path_rules
+        keyword_rules: set[int] = set()
+        keyword_path = self._keyword_path_rules
         # Hyperscan's match ends are complete for the rules it holds: a rule it did not report
         # cannot match, so only the rules it refused go through the keyword path.
-        if self._hs_db is not None and not self._hyperscan_windows(buffer, windows):
+        if self._hs_db is not None and not self._hyperscan_windows(buffer, windows, keyword_rules):
             windows.clear()
-            keyword_rules = list(range(len(self._rules)))
-        self._keyword_windows(buffer, keyword_rules, windows)
-        return windows
+            keyword_rules.clear()
+            keyword_path = list(range(len(self._rules)))
+        self._keyword_windows(buffer, keyword_path, windows, keyword_rules)
+        return windows, keyword_rules, dv.find_runs(buffer)
 
-    def _hyperscan_windows(self, buffer: bytes, windows: dict[int, list[Window]]) -> bool:
+    def _hyperscan_windows(
+        self, buffer: bytes, windows: dict[int, list[Window]], keyword_rules: set[int]
+    ) -> bool:
         """Collect confirm windows from match ends; False when the event budget ran out."""
         ends: dict[int, list[int]] = defaultdict(list)
         budget = [MAX_PREFILTER_EVENTS]
@@ -237,7 +305,11 @@ class DlpEngine:
                 return False
             if budget[0] <= 0:
                 return False
+        rule_count = len(self._hs_rule_indexes)
         for hs_id, rule_ends in ends.items():
+            if hs_id >= rule_count:
+                keyword_rules.update(self._hs_keyword_owners[hs_id - rule_count])
+                continue
             index = self._hs_rule_indexes[hs_id]
             width = self._rules[index].width
             target = windows[index]
@@ -246,7 +318,11 @@ class DlpEngine:
         return True
 
     def _keyword_windows(
-        self, buffer: bytes, rule_indexes: list[int], windows: dict[int, list[Window]]
+        self,
+        buffer: bytes,
+        rule_indexes: list[int],
+        windows: dict[int, list[Window]],
+        keyword_rules: set[int],
     ) -> None:
         if not rule_indexes:
             return
@@ -255,29 +331,40 @@ class DlpEngine:
         for index in rule_indexes:
             if not self._rules[index].keywords:
                 windows[index].append((0, size))
-        if self._keyword_pattern is None:
+        pattern, owners = self._keyword_pattern, self._keyword_owners
+        if len(rule_indexes) > len(self._keyword_path_rules):
+            pattern, owners = self._all_keywords()
+        if pattern is None:
             return
         positions: dict[bytes, list[Window]] = defaultdict(list)
-        for match in self._keyword_pattern.finditer(buffer):
+        for match in pattern.finditer(buffer):
             positions[match.group(0).lower()].append(match.span())
         for literal, spans in positions.items():
-            for index in self._keyword_owners.get(literal, ()):
+            for index in owners.get(literal, ()):
+                keyword_rules.add(index)
                 if index not in wanted:
                     continue
                 width = self._rules[index].width
                 target = windows[index]
-                if width >= rx.UNBOUNDED_WIDTH:
+                if width >= rx.UNBOUNDED_WIDTH or self._rules[index].fragment_keywords:
+                    # gitleaks semantics: the keyword may be anywhere, so the rule runs everywhere.
                     target.append((0, size))
                     continue
                 for start, end in spans:
                     target.append((max(0, start - width), min(size, end + width)))
+
+    def _all_keywords(self) -> tuple[rx.CompiledPattern | None, dict[bytes, list[int]]]:
+        """The keyword prefilter over every rule, for texts too busy for Hyperscan (built once)."""
+        if self._keyword_all is None:
+            self._keyword_all = self._build_keyword_prefilter(list(range(len(self._rules))))
+        return self._keyword_all
 
     def _confirm(self, prepared: _PreparedRule, buffer: bytes, match: rx.MatchLike) -> Hit | None:
         match_start, match_end = match.span()
         if match_end <= match_start:
             return None
         matched = buffer[match_start:match_end]
-        if prepared.keywords:
+        if prepared.keywords and not prepared.fragment_keywords:
             lowered = matched.lower()
             if not any(keyword in lowered for keyword in prepared.keywords):
                 return None
@@ -289,6 +376,8 @@ class DlpEngine:
         if prepared.validator is not None and not prepared.validator(secret.decode("latin-1")):
             return None
         if rule.entropy is not None and shannon_entropy(secret) < rule.entropy:
+            return None
+        if rule.require_digit and not any(48 <= byte <= 57 for byte in secret):
             return None
         if self._allowlisted(prepared, buffer, secret, matched, match_start, match_end):
             return None

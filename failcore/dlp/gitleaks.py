@@ -110,6 +110,10 @@ def _translate_rule(raw: dict[str, Any], global_allowlists: tuple[DlpAllowlist, 
         secret_group=secret_group,
         source="gitleaks",
         allowlists=tuple(al for al in allowlists if al is not None) + global_allowlists,
+        # gitleaks looks for a rule's keywords anywhere in the fragment, not inside the match.
+        keyword_scope="fragment",
+        # gitleaks drops a generic rule's finding whose secret has no digit.
+        require_digit=bool(entropy) and str(raw["id"]).startswith("generic"),
     )
 
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low")
 CATEGORIES: tuple[str, ...] = ("secret", "pii")
-VALIDATORS: tuple[str, ...] = ("luhn", "iban", "ssn")
+VALIDATORS: tuple[str, ...] = ("luhn", "iban", "ssn", "mixed_token")
 ALLOWLIST_TARGETS: tuple[str, ...] = ("secret", "match", "line")
+KEYWORD_SCOPES: tuple[str, ...] = ("match", "fragment")
 RULE_ID_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
@@ -30,9 +31,12 @@ class DlpAllowlist:
 class DlpRule:
     """One detector.
 
-    `keywords` are lower-case literals; a match is only reported when its text contains one of them
-    (case-insensitively), which lets the engine look at small windows around keyword hits instead of
-    the whole body. `secret_group` 0 means "first non-empty capture group, else the whole match".
+    `keywords` are lower-case literals. With `keyword_scope` "match" (built-in and custom rules) a
+    match is only reported when its text contains one of them (case-insensitively), which lets the
+    engine look at small windows around keyword hits instead of the whole body; with "fragment"
+    (gitleaks rules, as gitleaks does it) the keyword may occur anywhere in the scanned text.
+    `secret_group` 0 means "first non-empty capture group, else the whole match". `require_digit`: the
+    secret must contain a digit (gitleaks' extra check for its generic rules).
     """
 
     id: str
@@ -48,6 +52,8 @@ class DlpRule:
     allowlist_stopwords: tuple[str, ...] = ()
     source: str = "builtin"
     allowlists: tuple[DlpAllowlist, ...] = ()
+    keyword_scope: str = "match"
+    require_digit: bool = False
 
     def all_allowlists(self) -> tuple[DlpAllowlist, ...]:
         simple: tuple[DlpAllowlist, ...] = ()

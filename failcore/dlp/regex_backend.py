@@ -141,12 +141,16 @@ def max_match_width(pattern: str) -> int:
     return high if high < UNBOUNDED_WIDTH else UNBOUNDED_WIDTH
 
 
+def escaped_literal(literal: bytes) -> str:
+    """A literal as a pattern: every byte that is not an ASCII letter or digit written as `\\xHH`."""
+    return "".join(
+        chr(byte) if chr(byte).isascii() and chr(byte).isalnum() else f"\\x{byte:02x}" for byte in literal
+    )
+
+
 def literal_alternation(literals: list[bytes]) -> str:
     """A case-insensitive RE2 alternation of literals, longest first so longer keywords win."""
-    escaped = [
-        "".join(f"\\x{byte:02x}" if not chr(byte).isalnum() else chr(byte) for byte in lit)
-        for lit in sorted(set(literals), key=len, reverse=True)
-    ]
+    escaped = [escaped_literal(lit) for lit in sorted(set(literals), key=len, reverse=True)]
     return "(?i)(?:" + "|".join(escaped) + ")"
 
 

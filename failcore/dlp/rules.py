@@ -18,7 +18,40 @@ _END_URLSAFE = r"(?:[^A-Za-z0-9_-]|$)"
 _END_B64 = r"(?:[^A-Za-z0-9+/=]|$)"
 # An assignment operator with optional quoting as found in code, env files, JSON and YAML (also inside
 # JSON-escaped strings, hence the optional backslash before a quote).
-_ASSIGN = r"(?:\\?[\x60'\"])?\s{0,5}(?:=|:|=>|:=)\s{0,5}(?:\\?[\x60'\"])?"
+_ASSIGN = r"(?:\\?[\x60'\"]){0,2}[ \t]{0,5}(?:=|:|=>|:=)[ \t]{0,5}(?:\\?[\x60'\"]){0,2}"
+# A secret that is a documented example or a placeholder, as in docs, tests and templates.
+_PLACEHOLDER_SECRET = (
+    r"(?i)example|placeholder|redacted|dummy|sample|your[_-]?(?:api|key|token|secret)",
+    r"(?i)(?:x{6,}|\*{4,}|0{10,}|\.{3}|<[a-z_ -]+>|abcdefghij)",
+)
+# Google API keys that ship in public apps and samples (the list gitleaks allows for gcp-api-key,
+# https://github.com/gitleaks/gitleaks, MIT): not a leak when an agent sends them.
+_PUBLIC_GOOGLE_KEYS = (
+    "^AIza(?:"
+    + "|".join(
+        (
+            "Syabcdefghijklmnopqrstuvwxyz1234567",
+            "SyAnLA7NfeLquW1tJFpx_eQCxoX-oo6YyIs",
+            "SyCkEhVjf3pduRDt6d1yKOMitrUEke8agEM",
+            "SyDMAScliyLx7F0NPDEJi1QmyCgHIAODrlU",
+            "SyD3asb-2pEZVqMkmL6M9N6nHZRR_znhrh0",
+            "yDNSXIbFmlXbIE6mCzDLQAqITYefhixbX4A",
+            "SyAdOS2zB6NCsk1pCdZ4-P6GBdi_UUPwX7c",
+            "SyASWm6HmTMdYWpgMnjRBjxcQ9CKctWmLd4",
+            "SyANUvH9H9BsUccjsu2pCmEkOPjjaXeDQgY",
+            "SyA5_iVawFQ8ABuTZNUdcwERLJv_a_p4wtM",
+            "SyA4UrcGxgwQFTfaI3no3t7Lt1sjmdnP5sQ",
+            "SyDSb51JiIcB6OJpwwMicseKRhhrOq1cS7g",
+            "SyBF2RrAIm4a0mO64EShQfqfd2AFnzAvvuU",
+            "SyBcE-OOIbhjyR83gm4r2MFCu4MJmprNXsw",
+            "SyB8qGxt4ec15vitgn44duC5ucxaOi4FmqE",
+            "SyA8vmApnrHNFE0bApF4hoZ11srVL_n0nvY",
+        )
+    )
+    + ")$",
+)
+# A value that is code, not a literal: `self.password`, `settings.DB_PASSWORD`, `os.environ`.
+_CODE_REFERENCE = r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$"
 _PLACEHOLDERS = (
     r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$",
     r"^<[^>]*>$",
@@ -35,9 +68,12 @@ def _secret(
     regex: str,
     keywords: tuple[str, ...],
     *,
-    entropy: float | None = None,
+    entropy: float | None = 1.5,
     allowlist: tuple[str, ...] = (),
+    validator: str | None = None,
 ) -> DlpRule:
+    """A credential detector. A minimum entropy and the placeholder allowlist keep documented
+    examples (`AKIAIOSFODNN7EXAMPLE`, `ghp_xxxx…`) from firing, as gitleaks and detect-secrets do."""
     return DlpRule(
         id=rule_id,
         severity=severity,
@@ -47,7 +83,8 @@ def _secret(
         keywords=keywords,
         entropy=entropy,
         secret_group=1,
-        allowlist_regexes=allowlist,
+        allowlist_regexes=allowlist + _PLACEHOLDER_SECRET,
+        validator=validator,
     )
 
 
@@ -122,6 +159,7 @@ def _provider_rules() -> list[DlpRule]:
             "Google API key",
             _START + r"(AIza[0-9A-Za-z_-]{35})" + _END_URLSAFE,
             ("aiza",),
+            allowlist=_PUBLIC_GOOGLE_KEYS,
         ),
         _secret(
             "google-oauth-client-secret",
@@ -134,8 +172,18 @@ def _provider_rules() -> list[DlpRule]:
             "aws-access-key-id",
             "high",
             "AWS access key id",
-            _START + r"((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b",
-            ("akia", "asia", "abia", "acca"),
+            _START + r"((?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b",
+            ("akia", "asia", "abia", "acca", "a3t"),
+        ),
+        _secret(
+            "aws-bedrock-api-key",
+            "critical",
+            "AWS Bedrock API key (long-lived ABSK or short-lived bedrock-api-key)",
+            _START
+            + r"(ABSK[A-Za-z0-9+/]{109,269}={0,2}"
+            + r"|bedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29t[A-Za-z0-9+/=%_-]{20,1000})"
+            + r"(?:[^A-Za-z0-9+/=%_-]|$)",
+            ("absk", "bedrock-api-key-"),
         ),
         _secret(
             "aws-secret-access-key",
@@ -259,6 +307,17 @@ def _provider_rules() -> list[DlpRule]:
             ("glsoat-",),
         ),
         _secret(
+            "gitlab-other-token",
+            "critical",
+            "GitLab CI job, incoming mail, agent, OAuth app or runner registration token",
+            _START
+            + r"(glcbt-[0-9a-zA-Z]{1,5}_[0-9a-zA-Z_-]{20}|glimt-[0-9a-zA-Z_-]{25}|glagent-[0-9a-zA-Z_-]{50}"
+            + r"|gloas-[0-9a-zA-Z_-]{64}|GR1348941[0-9a-zA-Z_-]{20})"
+            + _END_URLSAFE,
+            ("glcbt-", "glimt-", "glagent-", "gloas-", "gr1348941"),
+            entropy=3.0,
+        ),
+        _secret(
             "gitlab-feed-token",
             "medium",
             "GitLab feed token",
@@ -271,6 +330,24 @@ def _provider_rules() -> list[DlpRule]:
             "Slack bot token",
             _START + r"(xoxb-[0-9]{10,13}-[0-9]{10,13}-[A-Za-z0-9]{24,34})\b",
             ("xoxb-",),
+        ),
+        _secret(
+            "slack-legacy-token",
+            "critical",
+            "Slack legacy token (xoxb, xoxs, xoxo, xoxa, xoxr)",
+            _START
+            + r"(xoxb-[0-9]{8,14}-[A-Za-z0-9]{18,26}|xox[os]-[0-9]+-[0-9]+-[0-9]+-[a-fA-F0-9]+"
+            + r"|xox[ar]-(?:[0-9]-)?[0-9a-zA-Z]{8,48})\b",
+            ("xoxb-", "xoxs-", "xoxo-", "xoxa-", "xoxr-"),
+            entropy=2.0,
+        ),
+        _secret(
+            "slack-config-token",
+            "critical",
+            "Slack app configuration access or refresh token (xoxe)",
+            r"(?i)" + _START + r"(xoxe\.xox[bp]-[0-9]-[A-Z0-9]{163,166}|xoxe-[0-9]-[A-Z0-9]{146})\b",
+            ("xoxe",),
+            entropy=2.0,
         ),
         _secret(
             "slack-user-token",
@@ -452,6 +529,22 @@ def _provider_rules() -> list[DlpRule]:
             ("hvs.",),
         ),
         _secret(
+            "vault-legacy-token",
+            "high",
+            "HashiCorp Vault service token (legacy s. format)",
+            r"(?:^|[^A-Za-z0-9_.]|\\[nrt])(s\.[A-Za-z0-9]{24})(?:[^A-Za-z0-9_.-]|$)",
+            ("s.",),
+            entropy=3.5,
+            validator="mixed_token",
+        ),
+        _secret(
+            "terraform-cloud-token",
+            "critical",
+            "Terraform Cloud / Enterprise API token",
+            _START + r"([A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=-]{60,70})" + r"(?:[^A-Za-z0-9_=-]|$)",
+            (".atlasv1.",),
+        ),
+        _secret(
             "vault-batch-token",
             "critical",
             "HashiCorp Vault batch token",
@@ -485,6 +578,13 @@ def _provider_rules() -> list[DlpRule]:
             "Grafana Cloud API token",
             _START + r"(glc_[A-Za-z0-9+/]{32,400}={0,2})" + _END_B64,
             ("glc_",),
+        ),
+        _secret(
+            "grafana-api-key",
+            "high",
+            "Grafana API key (legacy format)",
+            _START + r"(eyJrIjoi[A-Za-z0-9]{70,400}={0,3})" + _END_B64,
+            ("eyjrijoi",),
         ),
         _secret(
             "new-relic-user-api-key",
@@ -553,8 +653,11 @@ def _provider_rules() -> list[DlpRule]:
             "flyio-token",
             "critical",
             "Fly.io access token",
-            _START + r"(fo1_[A-Za-z0-9_-]{43})" + _END_URLSAFE,
-            ("fo1_",),
+            _START
+            + r"(fo1_[A-Za-z0-9_-]{43}|fm1[ar]_[A-Za-z0-9+/]{100,1000}={0,3}"
+            + r"|fm2_[A-Za-z0-9+/]{100,1000}={0,3})"
+            + r"(?:[^A-Za-z0-9+/=_-]|$)",
+            ("fo1_", "fm1r_", "fm1a_", "fm2_"),
         ),
         _secret(
             "perplexity-api-key",
@@ -581,8 +684,8 @@ def _structural_rules() -> list[DlpRule]:
             "private-key",
             "critical",
             "PEM private key block",
-            r"(-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----[\s\S]{64}[\s\S]*?"
-            r"-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----)",
+            r"(-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----(?:[\s\S]{64}[\s\S]*?"
+            r"-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----|[\sA-Za-z0-9+/=:,-]{64,}))",
             ("private key",),
         ),
         _secret(
@@ -593,21 +696,34 @@ def _structural_rules() -> list[DlpRule]:
             ("eyj",),
         ),
         _secret(
+            "jwt-base64",
+            "high",
+            "Base64-wrapped JSON Web Token",
+            _START
+            + r"(ZXlK[A-Za-z0-9+/_-]{20,}[A-Za-z0-9+/_-]*(?:LmV5S|uZXlK|C5leUo)[A-Za-z0-9+/_-]{20,}={0,2})"
+            + r"(?:[^A-Za-z0-9+/=_-]|$)",
+            ("zxlk",),
+        ),
+        _secret(
             "url-credentials",
             "high",
             "Password embedded in a URL",
             r"\b[a-z][a-z0-9+.-]{1,20}://[^/\s:@\"'<>]{1,64}:([^/\s:@\"'<>]{3,128})@[A-Za-z0-9.-]+",
             ("://",),
+            entropy=None,
             allowlist=_PLACEHOLDERS,
         ),
         _secret(
             "generic-password-assignment",
             "high",
             "Password assigned in code or configuration",
-            r"(?i)\b(?:password|passwd|pwd|passphrase)" + _ASSIGN + r"([^\s\x60'\",;\\]{8,128})",
+            r"(?i)(?:\b|_)(?:password|passwd|pwd|passphrase)"
+            + _ASSIGN
+            + r"([^\s\x60'\",;\\(){}\[\]<>]{8,128})"
+            + r"(?:[\s\x60'\",;]|\\[nrt]|$)",
             ("password", "passwd", "pwd", "passphrase"),
             entropy=3.0,
-            allowlist=_PLACEHOLDERS,
+            allowlist=(*_PLACEHOLDERS, _CODE_REFERENCE),
         ),
         _secret(
             "generic-secret-assignment",

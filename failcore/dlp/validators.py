@@ -176,7 +176,17 @@ def shannon_entropy(data: str | bytes) -> float:
     return -sum((count / length) * math.log2(count / length) for count in counts.values())
 
 
+def mixed_token_ok(value: str) -> bool:
+    """A random token mixes upper case, lower case and digits (a word or an identifier rarely does)."""
+    return (
+        any(c.isupper() for c in value)
+        and any(c.islower() for c in value)
+        and any(c.isdigit() for c in value)
+    )
+
+
 NAMED_VALIDATORS: dict[str, Callable[[str], bool]] = {
+    "mixed_token": mixed_token_ok,
     "luhn": credit_card_ok,
     "iban": iban_ok,
     "ssn": ssn_ok,

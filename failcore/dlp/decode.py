@@ -1,0 +1,311 @@
+"""Decoded views of a scanned buffer, with offsets that map back to the raw bytes.
+
+A secret reaches its reader decoded: an LLM reads the string values of a JSON body, a server the
+percent-decoded form value or path, a program the base64 it unwraps. Patterns written for the plain
+secret do not see `\\"ghp_…\\"`, `%67hp_…` or `Z2hwX…`, so the engine also scans these views and maps
+every hit back to the raw span that encodes it (masking and blocking stay exact).
+
+Views are cheap where nothing is encoded: a JSON view is built with a few C-speed `bytes.replace`
+passes and its offset map only when a hit needs mapping; base64 and hex candidates are bounded in
+number and size.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import re
+from collections.abc import Callable, Iterator
+from itertools import accumulate
+from urllib.parse import unquote_to_bytes
+
+# JSON escapes that shrink 2 bytes to 1, in the order `bytes.replace` must apply them.
+_TWO_BYTE_ESCAPES: tuple[tuple[bytes, bytes], ...] = (
+    (b'\\"', b'"'),
+    (b"\\/", b"/"),
+    (b"\\n", b"\n"),
+    (b"\\r", b"\r"),
+    (b"\\t", b"\t"),
+    (b"\\b", b"\b"),
+    (b"\\f", b"\f"),
+)
+_SENTINEL = b"\x00"
+# `\u00XX` of printable ASCII: the only `\u` escapes a pattern (all ASCII) can care about.
+_ASCII_U_ESCAPE = re.compile(rb"\\u00([2-7][0-9a-fA-F])")
+# The same tokenisation as the replace chain above, left to right (an escaped backslash first).
+_JSON_ESCAPE_TOKEN = re.compile(rb'\\\\|\\["/nrtbf]|\\u00[2-7][0-9a-fA-F]')
+_PERCENT = re.compile(rb"%[0-9A-Fa-f]{2}")
+_PIECE = re.compile(rb"[^/=]+")
+_HEX_RUN = re.compile(rb"(?:[0-9a-fA-F]{2}){16,}")
+
+MAX_CANDIDATES = 64
+MAX_CANDIDATE_BYTES = 16 * 1024
+MAX_DECODED_BYTES = 256 * 1024
+MIN_PRINTABLE = 0.9
+
+
+class OffsetMap:
+    """Maps offsets of a decoded view to offsets of its source. Each decoded escape is
+    `source[spans[i][0]:spans[i][1]]`, one byte at `view_starts[i]` of the view; outside the escapes
+    view and source run in step."""
+
+    def __init__(self, spans: list[tuple[int, int]]) -> None:
+        self.spans = spans
+        shrunk = list(accumulate((end - start - 1 for start, end in spans), initial=0))
+        self.view_starts = [start - shift for (start, _end), shift in zip(spans, shrunk, strict=False)]
+
+    def start(self, offset: int) -> int:
+        index = bisect.bisect_right(self.view_starts, offset) - 1
+        if index < 0:
+            return offset
+        source_start, source_end = self.spans[index]
+        if offset == self.view_starts[index]:
+            return source_start
+        return source_end + (offset - self.view_starts[index] - 1)
+
+    def end(self, offset: int) -> int:
+        index = bisect.bisect_left(self.view_starts, offset) - 1
+        if index < 0:
+            return offset
+        return self.spans[index][1] + (offset - self.view_starts[index] - 1)
+
+
+class View:
+    """A decoded form of (part of) a source buffer. `span()` maps a view span to a span of the raw
+    buffer the whole chain started from."""
+
+    kind = "view"
+
+    def __init__(self, data: bytes, parent: View | None) -> None:
+        self.data = data
+        self.parent = parent
+
+    def depth(self) -> int:
+        return 0 if self.parent is None else 1 + self.parent.depth()
+
+    def _to_parent(self, start: int, end: int) -> tuple[int, int]:
+        return start, end
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        view: View | None = self
+        while view is not None and view.parent is not None:
+            start, end = view._to_parent(start, end)
+            view = view.parent
+        return start, end
+
+
+class RawView(View):
+    kind = "raw"
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data, None)
+
+
+class _EscapeView(View):
+    """A view decoded chunk by chunk from its parent: `anchors` hold (view offset, parent offset) of
+    each chunk's start; the escapes of a chunk are found by `token` only when a hit in it needs
+    mapping."""
+
+    token: re.Pattern[bytes]
+
+    def __init__(self, data: bytes, parent: View, anchors: list[tuple[int, int]]) -> None:
+        super().__init__(data, parent)
+        self._anchor_views = [view for view, _ in anchors]
+        self._anchors = anchors
+        self._maps: dict[int, OffsetMap] = {}
+
+    def _chunk(self, offset: int, *, end: bool) -> tuple[int, OffsetMap]:
+        index = (bisect.bisect_left if end else bisect.bisect_right)(self._anchor_views, offset) - 1
+        index = max(index, 0)
+        offsets = self._maps.get(index)
+        if offsets is None:
+            assert self.parent is not None
+            source_start = self._anchors[index][1]
+            source_end = (
+                self._anchors[index + 1][1] if index + 1 < len(self._anchors) else len(self.parent.data)
+            )
+            chunk = self.parent.data[source_start:source_end]
+            offsets = OffsetMap([match.span() for match in self.token.finditer(chunk)])
+            self._maps[index] = offsets
+        return index, offsets
+
+    def _to_parent(self, start: int, end: int) -> tuple[int, int]:
+        index, offsets = self._chunk(start, end=False)
+        view_base, source_base = self._anchors[index]
+        mapped_start = source_base + offsets.start(start - view_base)
+        index, offsets = self._chunk(end, end=True)
+        view_base, source_base = self._anchors[index]
+        return mapped_start, source_base + offsets.end(end - view_base)
+
+
+class JsonStringView(_EscapeView):
+    """JSON string escapes decoded (what a JSON parser hands the model); the punctuation stays, so
+    `"api_key": "…"` keeps its shape."""
+
+    kind = "json"
+    token = _JSON_ESCAPE_TOKEN
+
+
+class PercentView(_EscapeView):
+    """`%XX` decoded, as a server reads a form value, a query value or a path."""
+
+    kind = "percent"
+    token = _PERCENT
+
+
+class SliceView(View):
+    """A base64 or hex run of the parent, decoded. Offsets map to the encoded characters."""
+
+    def __init__(self, data: bytes, parent: View, start: int, end: int, kind: str) -> None:
+        super().__init__(data, parent)
+        self.start = start
+        self.end = end
+        self.kind = kind
+
+    def _to_parent(self, start: int, end: int) -> tuple[int, int]:
+        if self.kind == "hex":
+            mapped = (self.start + 2 * start, self.start + 2 * end)
+        else:
+            mapped = (self.start + (start // 3) * 4, self.start + -(-end // 3) * 4)
+        return mapped[0], min(self.end, mapped[1])
+
+
+CHUNK = 32 * 1024
+
+
+def _chunked(
+    data: bytes, decode: Callable[[bytes], bytes], lookback: int, mark: bytes
+) -> tuple[bytes, list[tuple[int, int]]]:
+    """Decode `data` in chunks cut where no escape (starting with `mark`, at most `lookback` + 1 bytes
+    long) can straddle the cut; returns the view and each chunk's (view offset, data offset)."""
+    anchors: list[tuple[int, int]] = []
+    parts: list[bytes] = []
+    start = view_length = 0
+    size = len(data)
+    while start < size:
+        cut = min(size, start + CHUNK)
+        limit = cut + 4096
+        while cut < size and mark in data[cut - lookback : cut]:
+            cut += 1
+            if cut >= limit:  # escapes everywhere: no safe cut, the rest is one chunk
+                cut = size
+        part = decode(data[start:cut])
+        anchors.append((view_length, start))
+        parts.append(part)
+        view_length += len(part)
+        start = cut
+    return b"".join(parts), anchors
+
+
+def _json_decode(data: bytes) -> bytes:
+    if _SENTINEL in data:  # cannot use the fast path: decode token by token (same tokenisation)
+        return _JSON_ESCAPE_TOKEN.sub(_decode_json_token, data)
+    view = data.replace(b"\\\\", _SENTINEL)
+    for escaped, plain in _TWO_BYTE_ESCAPES:
+        if escaped in view:
+            view = view.replace(escaped, plain)
+    if b"\\u00" in view:
+        view = _ASCII_U_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), view)
+    if _SENTINEL in view:
+        view = view.replace(_SENTINEL, b"\\")
+    return view
+
+
+def json_view(data: bytes) -> tuple[bytes, list[tuple[int, int]]] | None:
+    r"""The buffer with JSON string escapes decoded (and its chunk anchors), or None when it has none.
+
+    Only escapes of ASCII characters are decoded (`\uXXXX` of other characters stays as it is: no
+    ASCII pattern can match inside it); an escaped backslash never starts a new escape.
+    """
+    if b"\\" not in data:
+        return None
+    view, anchors = _chunked(data, _json_decode, 6, b"\\")
+    return None if len(view) == len(data) else (view, anchors)
+
+
+def _decode_json_token(match: re.Match[bytes]) -> bytes:
+    token = match.group(0)
+    if token[1:2] == b"u":
+        return bytes([int(token[4:6], 16)])
+    return {b"\\\\": b"\\", **dict(_TWO_BYTE_ESCAPES)}[token]
+
+
+def percent_view(data: bytes) -> tuple[bytes, list[tuple[int, int]]] | None:
+    if b"%" not in data or _PERCENT.search(data) is None:
+        return None
+    return _chunked(data, unquote_to_bytes, 2, b"%")
+
+
+def _printable(data: bytes) -> bool:
+    return bool(data) and len(data.translate(None, _PRINTABLE)) <= (1 - MIN_PRINTABLE) * len(data)
+
+
+def _decode_base64(run: bytes) -> bytes | None:
+    body = run.rstrip(b"=")
+    if len(body) % 4 == 1:
+        return None
+    padded = body + b"=" * (-len(body) % 4)
+    try:
+        if b"-" in body or b"_" in body:
+            if b"+" in body or b"/" in body:
+                return None
+            return base64.urlsafe_b64decode(padded)
+        return base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+RUN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-="
+MIN_RUN = 24
+MAX_RUNS = 1024
+_RUN_TABLE = bytes(0x61 if byte in RUN_CHARS else 0x20 for byte in range(256))
+_RUN_NEEDLE = b"a" * MIN_RUN
+_PRINTABLE = bytes(range(32, 127)) + b"\t\n\r"
+
+
+def find_runs(data: bytes) -> list[tuple[int, int]]:
+    """Spans of the base64/hex-alphabet runs of at least MIN_RUN characters (C-speed passes)."""
+    if len(data) < MIN_RUN:
+        return []
+    mapped = data.translate(_RUN_TABLE)
+    runs: list[tuple[int, int]] = []
+    position = mapped.find(_RUN_NEEDLE)
+    while position >= 0 and len(runs) < MAX_RUNS:
+        end = mapped.find(b" ", position)
+        end = len(mapped) if end < 0 else end
+        runs.append((position, end))
+        position = mapped.find(_RUN_NEEDLE, end)
+    return runs
+
+
+def _pieces(run: bytes, start: int) -> Iterator[tuple[bytes, int]]:
+    """The run itself, then its pieces between `/` and `=` (a path `/v1/<base64>/x`, `key=<base64>`)."""
+    yield run.rstrip(b"="), start
+    if b"/" in run or b"=" in run.rstrip(b"="):
+        for match in _PIECE.finditer(run):
+            piece = match.group(0)
+            if len(piece) >= MIN_RUN and len(piece) < len(run):
+                yield piece, start + match.start()
+
+
+def encoded_candidates(view: View, runs: list[tuple[int, int]], budget: list[int]) -> Iterator[SliceView]:
+    """Decoded views of the base64 and hex `runs` of `view` that decode to mostly printable text,
+    within `budget` ([candidates left, decoded bytes left])."""
+    data = view.data
+    for run_start, run_end in runs:
+        if run_end - run_start > MAX_CANDIDATE_BYTES or run_end - run_start < MIN_RUN:
+            continue
+        for run, start in _pieces(data[run_start:run_end], run_start):
+            if budget[0] <= 0 or budget[1] <= 0:
+                return
+            if run.isalpha():
+                continue  # a word, not an encoding
+            kind = "hex" if len(run) % 2 == 0 and _HEX_RUN.fullmatch(run) else "base64"
+            decoded = bytes.fromhex(run.decode()) if kind == "hex" else _decode_base64(run)
+            if decoded is None or not _printable(decoded):
+                continue
+            budget[0] -= 1
+            budget[1] -= len(decoded)
+            yield SliceView(decoded, view, start, start + len(run), kind)
+            break
