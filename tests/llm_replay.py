@@ -184,6 +184,7 @@ class Reported:
     output_tokens: int
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    service_tier: str | None = None
 
 
 def reported_usage(exchange: dict[str, Any]) -> Reported | None:
@@ -193,7 +194,11 @@ def reported_usage(exchange: dict[str, Any]) -> Reported | None:
     objects = _objects(exchange["response_body"], content_type)
     result: Reported | None = None
     anthropic: dict[str, int] = {}
+    tier: str | None = None
     for obj in objects:
+        for holder in (obj, obj.get("response")):
+            if isinstance(holder, dict) and isinstance(holder.get("service_tier"), str):
+                tier = holder["service_tier"]
         message = obj.get("message") if obj.get("type") == "message_start" else None
         if obj.get("type") == "message" or isinstance(message, dict) or obj.get("type") == "message_delta":
             usage = (message or obj).get("usage")
@@ -244,4 +249,6 @@ def reported_usage(exchange: dict[str, Any]) -> Reported | None:
             prompt, output = _int(obj.get("prompt_eval_count")), _int(obj.get("eval_count"))
             if prompt is not None and output is not None:
                 result = Reported(prompt, output)
+    if result is not None:
+        result.service_tier = tier
     return result

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,13 @@ import httpx
 import pytest
 
 from tests.conftest import network_events, read_tape
-from tests.llm_replay import RedirectToReplay, ReplayUpstream, load_exchanges, reported_usage
+from tests.llm_replay import (
+    RedirectToReplay,
+    ReplayUpstream,
+    Reported,
+    load_exchanges,
+    reported_usage,
+)
 
 WORKERS = 4
 
@@ -36,6 +43,8 @@ class Figures:
     priced: int = 0
     unpriced_known_to_genai: list[str] = field(default_factory=list)
     known_unpriced: Counter = field(default_factory=Counter)
+    priced_as_genai: int = 0
+    price_differs: list[str] = field(default_factory=list)
     by_framing: Counter = field(default_factory=Counter)
     exact_by_framing: Counter = field(default_factory=Counter)
 
@@ -44,11 +53,13 @@ class Figures:
             f"exchanges {self.exchanges}, LLM events {self.llm_events}, reporting usage {self.reporting}",
             f"tokens exact: {_pct(self.exact, self.reporting)}; known with wrong numbers: "
             f"{len(self.known_wrong)}; usage missed: {len(self.missed)}",
-            f"priced where genai-prices knows the model: {_pct(self.priced, self.priceable)}; "
+            f"priced where genai-prices knows the model: {_pct(self.priced, self.priceable)}, "
+            f"at genai-prices' own figure: {_pct(self.priced_as_genai, self.priceable)}; "
             f"known usage left unpriced: {sum(self.known_unpriced.values())} {dict(self.known_unpriced)}",
         ]
         for framing, count in sorted(self.by_framing.items()):
             lines.append(f"  {framing}: exact {_pct(self.exact_by_framing[framing], count)}")
+        lines += [f"  price differs: {p}" for p in self.price_differs]
         lines += [f"  wrong: {w}" for w in self.known_wrong] + [f"  missed: {m}" for m in self.missed[:40]]
         return "\n".join(lines)
 
@@ -128,30 +139,51 @@ def measure(events: dict[int, dict[str, Any]], exchanges: list[dict[str, Any]]) 
             figures.missed.append(f"{exchange['id']} [{framing}]")
         if llm and usage.get("known") and llm["cost"]["usd"] is None:
             figures.known_unpriced[llm.get("response_model") or llm.get("request_model")] += 1
-        if llm and usage.get("known") and genai_knows(llm, exchange):
+        expected = genai_expected(llm, exchange, want) if llm and usage.get("known") else None
+        if expected is not None:
             figures.priceable += 1
-            if llm["cost"]["usd"] is not None:
-                figures.priced += 1
-            else:
+            cost = llm["cost"]
+            if cost["usd"] is None:
                 figures.unpriced_known_to_genai.append(f"{exchange['id']}: {llm.get('response_model')}")
+            else:
+                figures.priced += 1
+                if cost["usd"] == pytest.approx(expected, abs=1e-9):
+                    figures.priced_as_genai += 1
+                else:
+                    figures.price_differs.append(
+                        f"{exchange['id']}: {llm.get('response_model')} {cost['usd']} != {expected} "
+                        f"({cost['source']}, {cost['priced_as']})"
+                    )
     return figures
 
 
-def genai_knows(llm: dict[str, Any], exchange: dict[str, Any]) -> bool:
-    """Whether genai-prices (asked directly, not through failcore) has a price for this call's model."""
-    try:
-        from genai_prices import Usage, calc_price
-    except ImportError:
-        return False
+def genai_expected(llm: dict[str, Any], exchange: dict[str, Any], want: Reported) -> float | None:
+    """The call's price asked of genai-prices directly (not through failcore), with the provider found
+    from the request URL and the provider's own usage; None when genai-prices does not know the model."""
+    from genai_prices import Usage, calc_price
+
+    url = f"https://{exchange['host'].split(':')[0]}{exchange['path']}"
+    usage = Usage(
+        input_tokens=want.input_tokens,
+        cache_read_tokens=want.cached_input_tokens,
+        cache_write_tokens=want.cache_write_tokens,
+        output_tokens=want.output_tokens,
+    )
     for model in (llm.get("response_model"), llm.get("request_model")):
-        if not model:
-            continue
-        try:
-            calc_price(Usage(input_tokens=1, output_tokens=1), model_ref=model)
-            return True
-        except LookupError:
-            continue
-    return False
+        for where in ({"provider_api_url": url}, {}):
+            if not model:
+                continue
+            try:
+                priced = calc_price(
+                    usage,
+                    model_ref=model,
+                    price_context={"service_tier": want.service_tier} if want.service_tier else None,
+                    **where,  # type: ignore[arg-type]
+                )
+            except LookupError:
+                continue
+            return float(priced.total_price.quantize(Decimal("1e-9")))
+    return None
 
 
 @pytest.mark.timeout(600)
@@ -164,3 +196,4 @@ def test_real_recorded_exchanges_are_metered_as_the_provider_reported(start_prox
     assert figures.known_wrong == []
     assert figures.exact >= 0.99 * figures.reporting, (figures.exact, figures.reporting, figures.missed[:20])
     assert figures.unpriced_known_to_genai == []
+    assert figures.price_differs == []

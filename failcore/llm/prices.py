@@ -327,6 +327,13 @@ def genai_price(call: LlmCall, service_tier: str | None = None) -> CostResult | 
     return None
 
 
+def priced_by_genai(call: LlmCall, table: PriceTable) -> bool:
+    """Whether pricing this call runs genai-prices' calculation (not just a cached lookup)."""
+    if call.input_tokens is None:
+        return False
+    return table.lookup(call.response_model) is None and table.lookup(call.request_model) is None
+
+
 def knows_model(call: LlmCall, table: PriceTable) -> str | None:
     """The model id a call will be priced as, from any source, or None."""
     price = table.lookup(call.response_model) or table.lookup(call.request_model)

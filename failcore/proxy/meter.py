@@ -40,7 +40,7 @@ from failcore.llm import (
     detect_api,
     parse_call,
 )
-from failcore.llm.prices import GENAI_SOURCE, load_price_table, seen_cost
+from failcore.llm.prices import GENAI_SOURCE, load_price_table, priced_by_genai, seen_cost
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
@@ -362,8 +362,7 @@ class LlmMeter:
             return self._account_off_loop(state.llm, args, (raw, encoding))
         if len(response_body or b"") > PARSE_OFF_LOOP_BYTES:
             return self._account_off_loop(state.llm, args)
-        self._account(state.llm, parse_call(**args))
-        return None
+        return self._account(state.llm, parse_call(**args))
 
     async def _account_off_loop(
         self,
@@ -376,11 +375,13 @@ class LlmMeter:
                 args["response_body"] = decoded_content(undecoded[0], undecoded[1], DECODE_LIMIT)
             return parse_call(**args)
 
-        self._account(meter, await asyncio.to_thread(parse))
+        pricing = self._account(meter, await asyncio.to_thread(parse))
+        if pricing is not None:
+            await pricing
 
-    def _account(self, meter: LlmFlow, call: LlmCall | None) -> None:
+    def _account(self, meter: LlmFlow, call: LlmCall | None) -> Awaitable[None] | None:
         if call is None:
-            return
+            return None
         if meter.tracker is not None:
             tracker = meter.tracker
             tracker.finish()
@@ -393,7 +394,26 @@ class LlmMeter:
             call.tool_calls = max(tracker.tool_calls, call.tool_calls)
         meter.call = call
         prices = self.price_table()
-        meter.cost = compute_cost(call, prices)
-        meter.charge_usd = meter.cost.usd if meter.cost.usd is not None else seen_cost(call, prices)
-        meter.warnings = cost_warnings(call, meter.cost)
+        if priced_by_genai(call, prices):
+            # genai-prices takes ~1 ms of CPU per call (measured: benchmarks/bench_prices.py): a worker
+            # thread does it, and the hooks after this one wait for it, so budgets still see the cost.
+            return self._price_off_loop(meter, call, prices)
+        self._settle(meter, call, prices, *_cost_and_charge(call, prices))
+        return None
+
+    async def _price_off_loop(self, meter: LlmFlow, call: LlmCall, prices: PriceTable) -> None:
+        cost, charge = await asyncio.to_thread(_cost_and_charge, call, prices)
+        self._settle(meter, call, prices, cost, charge)
+
+    def _settle(
+        self, meter: LlmFlow, call: LlmCall, prices: PriceTable, cost: CostResult, charge: float | None
+    ) -> None:
+        meter.cost = cost
+        meter.charge_usd = charge
+        meter.warnings = cost_warnings(call, cost)
         meter.evidence = llm_evidence(meter, prices)
+
+
+def _cost_and_charge(call: LlmCall, prices: PriceTable) -> tuple[CostResult, float | None]:
+    cost = compute_cost(call, prices)
+    return cost, cost.usd if cost.usd is not None else seen_cost(call, prices)
