@@ -200,3 +200,19 @@ def test_whole_body_copy_is_bounded() -> None:
     assert copy.overflow and bytes(copy.data) == b""
     copy(b"c")
     assert bytes(copy.data) == b""
+
+
+def test_anthropic_one_hour_cache_creation_is_kept_apart() -> None:
+    # Shape from Anthropic's Messages API reference (usage.cache_creation by TTL).
+    body = b"""{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929",
+    "content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","stop_sequence":null,
+    "usage":{"input_tokens":20,"cache_creation_input_tokens":4000,"cache_read_input_tokens":0,
+    "cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":3000},"output_tokens":5}}"""
+    call = _parse(
+        "api.anthropic.com:443",
+        "/v1/messages",
+        {"model": "claude-sonnet-4-5", "messages": []},
+        body,
+        "application/json",
+    )
+    assert (call.input_tokens, call.cache_write_tokens, call.cache_write_1h_tokens) == (4020, 4000, 3000)

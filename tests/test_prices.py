@@ -280,3 +280,13 @@ def test_seen_cost_is_a_floor_for_an_abandoned_stream_and_the_cost_when_known(ta
     assert seen_cost(finished, table) == compute_cost(finished, table).usd
     nothing = LlmCall(provider="anthropic", api="messages", response_model="claude-sonnet-4-5")
     assert seen_cost(nothing, table) is None
+
+
+def test_anthropic_one_hour_cache_writes_cost_twice_the_input_rate(table: PriceTable) -> None:
+    # Published: 5-minute cache writes 1.25x input ($3.75 for Sonnet 4.5), 1-hour writes 2x ($6).
+    call = _call(
+        "claude-sonnet-4-5", "anthropic", input_tokens=10_000, cache_write_tokens=4000, output_tokens=0
+    )
+    call.cache_write_1h_tokens = 3000
+    expected = (Decimal(6000) * 3 + Decimal(1000) * Decimal("3.75") + Decimal(3000) * 6) / MILLION
+    assert compute_cost(call, table).usd == _usd(expected)

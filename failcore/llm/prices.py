@@ -312,6 +312,9 @@ def genai_price(call: LlmCall, service_tier: str | None = None) -> CostResult | 
             cache_write_tokens=cache_write,
             output_tokens=call.output_tokens,
         )
+        if call.cache_write_1h_tokens:
+            # Anthropic's 1-hour cache writes have their own rate; genai-prices prices them apart.
+            usage.cache_write_1h_tokens = min(call.cache_write_1h_tokens, cache_write)
         context = {"service_tier": service_tier} if service_tier in SERVICE_TIERS else None
         try:
             priced = info.calc_price(usage, provider, price_context=context)

@@ -81,6 +81,8 @@ class UsageSnapshot:
     reasoning_tokens: int | None = None
     usage_known: bool = False
     output_chars: int = 0
+    # The part of cache_write_tokens written with a 1-hour TTL (Anthropic bills it at 2x input).
+    cache_write_1h_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +99,7 @@ class LlmCall:
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     usage_known: bool = False
+    cache_write_1h_tokens: int | None = None
     finish_reason: str | None = None
     tool_calls: int = 0
     response_format: str | None = None
@@ -123,6 +126,7 @@ class LlmCall:
         self.cached_input_tokens = usage.cached_input_tokens
         self.cache_write_tokens = usage.cache_write_tokens
         self.reasoning_tokens = usage.reasoning_tokens
+        self.cache_write_1h_tokens = usage.cache_write_1h_tokens
         self.usage_known = usage.usage_known
 
 
@@ -870,6 +874,9 @@ class _AnthropicMessages(_Accumulator):
         thinking = _count(_dict(usage.get("output_tokens_details")).get("thinking_tokens"))
         if thinking is not None:
             self._raw["thinking_tokens"] = thinking
+        one_hour = _count(_dict(usage.get("cache_creation")).get("ephemeral_1h_input_tokens"))
+        if one_hour is not None:
+            self._raw["cache_write_1h_tokens"] = one_hour
         if "input_tokens" not in self._raw and "output_tokens" not in self._raw:
             return
         uncached = self._raw.get("input_tokens")
@@ -880,6 +887,8 @@ class _AnthropicMessages(_Accumulator):
         self.usage.total_tokens = _sum_known(self.usage.input_tokens, self.usage.output_tokens)
         self.usage.cached_input_tokens = read
         self.usage.cache_write_tokens = write
+        one_hour = self._raw.get("cache_write_1h_tokens")
+        self.usage.cache_write_1h_tokens = min(one_hour, write or 0) if one_hour is not None else None
         self.usage.reasoning_tokens = self._raw.get("thinking_tokens")
         both_known = self.usage.input_tokens is not None and self.usage.output_tokens is not None
         self.usage.usage_known = both_known and self._final_usage_seen

@@ -193,6 +193,7 @@ def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
             "total_tokens": call.total_tokens,
             "cached_input_tokens": call.cached_input_tokens,
             "cache_write_tokens": call.cache_write_tokens,
+            "cache_write_1h_tokens": call.cache_write_1h_tokens,
             "reasoning_tokens": call.reasoning_tokens,
         },
         "finish_reason": call.finish_reason,
