@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from failcore.llm.prices import (
     GENAI_SOURCE,
     REASON_UNPRICED_MODEL,
     REASON_USAGE_UNKNOWN,
+    ModelPrice,
     PriceTable,
     seen_cost,
 )
@@ -167,9 +169,25 @@ def test_missing_cached_price_falls_back_to_input_rate(table: PriceTable) -> Non
     assert cost.usd == _published("gemini-2.0-flash-lite", 1000, 10)
 
 
-def test_models_genai_prices_lacks_come_from_failcore_table(table: PriceTable) -> None:
-    cost = compute_cost(_call("davinci-002", "openai", input_tokens=1000, output_tokens=1000), table)
-    assert (cost.usd, cost.source, cost.priced_as) == (0.004, "failcore", "davinci-002")
+def test_shipped_table_only_holds_models_genai_prices_lacks(table: PriceTable) -> None:
+    for model in table.models():
+        for provider in ("openai", "anthropic", "gemini", "test"):
+            call = _call(model, provider, input_tokens=1, output_tokens=1)
+            assert compute_cost(call, table).source == "failcore", (model, provider)
+
+
+def test_a_shipped_entry_never_shadows_genai_prices(tmp_path: Path) -> None:
+    stale = ModelPrice(model="gpt-4o", input=Decimal(99), output=Decimal(99))
+    shipped_like = PriceTable({"gpt-4o": stale, "local-llm": replace(stale, model="local-llm")}, {}, None)
+    call = _call("gpt-4o", "openai", input_tokens=1000, output_tokens=100)
+    assert compute_cost(call, shipped_like).source == GENAI_SOURCE
+    assert compute_cost(call, shipped_like).usd == _published("gpt-4o", 1000, 100)
+    local = compute_cost(_call("local-llm", input_tokens=1000, output_tokens=0), shipped_like)
+    assert (local.source, local.usd) == ("failcore", 0.099)
+    doc = tmp_path / "prices.yaml"
+    doc.write_text('as_of: "2025-01-01"\nmodels:\n  gpt-4o: {input: 99, output: 99}\n')
+    custom = load_price_table(doc)  # a table file the user names is theirs: it wins
+    assert compute_cost(call, custom).source == "policy"
 
 
 def test_unknown_model_and_unknown_usage(table: PriceTable) -> None:

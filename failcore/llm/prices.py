@@ -330,23 +330,22 @@ def genai_price(call: LlmCall, service_tier: str | None = None) -> CostResult | 
     return None
 
 
-def priced_by_genai(call: LlmCall, table: PriceTable) -> bool:
-    """Whether pricing this call runs genai-prices' calculation (not just a cached lookup)."""
-    if call.input_tokens is None:
-        return False
-    return table.lookup(call.response_model) is None and table.lookup(call.request_model) is None
-
-
-def knows_model(call: LlmCall, table: PriceTable) -> str | None:
-    """The model id a call will be priced as, from any source, or None."""
-    price = table.lookup(call.response_model) or table.lookup(call.request_model)
-    if price is not None:
-        return price.model
+def _genai_model_of(call: LlmCall) -> str | None:
     for model in (call.response_model, call.request_model):
         found = _genai_model(call.provider, model) if model else None
         if found is not None:
             return found[1].id
     return None
+
+
+def priced_by_genai(call: LlmCall, table: PriceTable) -> bool:
+    """Whether pricing this call runs genai-prices' calculation (not just a cached lookup)."""
+    if call.input_tokens is None:
+        return False
+    price = table.lookup(call.response_model) or table.lookup(call.request_model)
+    if price is not None and table.source(price) == POLICY_SOURCE:
+        return False
+    return _genai_model_of(call) is not None
 
 
 def _usd(amount: Decimal) -> float:
@@ -360,13 +359,17 @@ def compute_cost(call: LlmCall, table: PriceTable) -> CostResult:
     billed at their own rates — never twice. Reasoning tokens are already inside ``output_tokens``.
     """
     price = table.lookup(call.response_model) or table.lookup(call.request_model)
+    if price is None or table.source(price) != POLICY_SOURCE:
+        # genai-prices first; failcore's shipped table only for what it does not know.
+        genai_model = _genai_model_of(call)
+        if genai_model is not None:
+            if not call.usage_known or call.input_tokens is None or call.output_tokens is None:
+                return CostResult(
+                    usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=genai_model, source=GENAI_SOURCE
+                )
+            return genai_price(call, call.service_tier) or CostResult(usd=None, reason=REASON_UNPRICED_MODEL)
     if price is None:
-        priced_as = knows_model(call, table)
-        if priced_as is None:
-            return CostResult(usd=None, reason=REASON_UNPRICED_MODEL)
-        if not call.usage_known or call.input_tokens is None or call.output_tokens is None:
-            return CostResult(usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=priced_as, source=GENAI_SOURCE)
-        return genai_price(call, call.service_tier) or CostResult(usd=None, reason=REASON_UNPRICED_MODEL)
+        return CostResult(usd=None, reason=REASON_UNPRICED_MODEL)
     if not call.usage_known or call.input_tokens is None or call.output_tokens is None:
         return CostResult(
             usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=price.model, source=table.source(price)
