@@ -16,13 +16,10 @@ import re
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from importlib.metadata import version as distribution_version
 from pathlib import Path
 from typing import Any
 
-import genai_prices
-from genai_prices import Usage as GenaiUsage
-from genai_prices import data_snapshot as genai_data_snapshot
-from genai_prices.types import TieredPrices
 from ruamel.yaml import YAML
 
 from failcore.llm.usage import LlmCall
@@ -35,7 +32,9 @@ _QUANTUM = Decimal("1e-9")
 
 SHIPPED_PRICES_PATH = Path(__file__).resolve().parent.parent / "data" / "prices.yaml"
 
-GENAI_SOURCE = f"genai-prices {genai_prices.__version__}"
+# genai-prices itself is imported on first use (it takes seconds: pydantic, its price data), so CLI
+# commands that never price a call do not pay for it; the proxy warms it up in a thread at start.
+GENAI_SOURCE = f"genai-prices {distribution_version('genai-prices')}"
 SHIPPED_SOURCE = "failcore"
 POLICY_SOURCE = "policy"
 # failcore's provider names -> genai-prices provider ids (None: let genai-prices find it by model id).
@@ -253,6 +252,8 @@ def load_price_table(path: str | Path | None = None, overrides: dict | None = No
 
 
 def _flat(value: object) -> Decimal | None:
+    from genai_prices.types import TieredPrices
+
     if isinstance(value, TieredPrices):
         return value.base
     return value if isinstance(value, Decimal) else None
@@ -280,7 +281,9 @@ def genai_base_price(model: str) -> ModelPrice | None:
 def _genai_model(provider: str | None, model: str) -> tuple[Any, Any] | None:
     """genai-prices' (provider, model) for a model id, cached per id: the provider's own list first,
     then any provider whose models match the id."""
-    snapshot = genai_data_snapshot.get_snapshot()
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
     provider_id = _GENAI_PROVIDERS.get(provider or "")
     attempts = [provider_id, None] if provider_id else [None]
     # The id as sent, then without a vendor prefix ("openai/gpt-4o", "anthropic/claude-sonnet-4.5");
@@ -306,6 +309,8 @@ def genai_price(call: LlmCall, service_tier: str | None = None) -> CostResult | 
         assert call.input_tokens is not None and call.output_tokens is not None
         cached = min(call.cached_input_tokens or 0, call.input_tokens)
         cache_write = min(call.cache_write_tokens or 0, call.input_tokens - cached)
+        from genai_prices import Usage as GenaiUsage
+
         usage = GenaiUsage(
             input_tokens=call.input_tokens,
             cache_read_tokens=cached,
@@ -336,6 +341,11 @@ def _genai_model_of(call: LlmCall) -> str | None:
         if found is not None:
             return found[1].id
     return None
+
+
+def warm_up_genai_prices() -> None:
+    """Import genai-prices and load its price data (seconds), so the first priced call does not wait."""
+    _genai_model(None, "gpt-4o")
 
 
 def priced_by_genai(call: LlmCall, table: PriceTable) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,13 @@ from failcore.llm import (
     detect_api,
     parse_call,
 )
-from failcore.llm.prices import GENAI_SOURCE, load_price_table, priced_by_genai, seen_cost
+from failcore.llm.prices import (
+    GENAI_SOURCE,
+    load_price_table,
+    priced_by_genai,
+    seen_cost,
+    warm_up_genai_prices,
+)
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
@@ -239,6 +246,9 @@ class LlmMeter:
         self.prices: PriceTable = load_price_table()
         self._prices_from: object = None
 
+    def running(self) -> None:
+        threading.Thread(target=_warm_up_prices, name="failcore-prices-warmup", daemon=True).start()
+
     def price_table(self) -> PriceTable:
         """The shipped table with the active policy's `prices:` on top (rebuilt when the policy is)."""
         overrides = self.session.policy.prices if self.session.policy is not None else None
@@ -413,6 +423,13 @@ class LlmMeter:
         meter.charge_usd = charge
         meter.warnings = cost_warnings(call, cost)
         meter.evidence = llm_evidence(meter, prices)
+
+
+def _warm_up_prices() -> None:
+    try:
+        warm_up_genai_prices()
+    except Exception as exc:  # pricing then happens (slower) on the first call; never fatal
+        logger.warning("failcore: could not preload genai-prices: %s", exc)
 
 
 def _cost_and_charge(call: LlmCall, prices: PriceTable) -> tuple[CostResult, float | None]:
