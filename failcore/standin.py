@@ -60,7 +60,20 @@ Per-request control headers (all optional):
 * ``x-standin-tool-args: {json object}`` -- replaces the generated tool-call arguments;
 * ``x-standin-gap: 0.5`` -- seconds between SSE events (default: the server's ``sse_gap``);
 * ``x-standin-linger: 0.5`` -- seconds an SSE stream stays open after its final event before the
-  HTTP message ends (a client that stops reading at the final event hangs up in between).
+  HTTP message ends (a client that stops reading at the final event hangs up in between);
+* ``x-standin-framing: length | chunked`` -- how the answer is framed: with a Content-Length, or
+  ``Transfer-Encoding: chunked`` without one (how OpenAI and Anthropic send JSON). Default: JSON with
+  a length, streams chunked;
+* ``x-standin-encoding: gzip | deflate | br | zstd | identity`` -- Content-Encoding of the answer
+  (a stream is compressed event by event, each flushed as it is sent).
+
+``POST /v1beta/models/<model>:generateContent`` / ``:streamGenerateContent`` -- Gemini. JSON
+    ``GenerateContentResponse``; the stream is SSE with ``?alt=sse``, else a JSON array sent piece by
+    piece (how the Gemini API streams without alt=sse). Each chunk carries one word and running
+    ``usageMetadata``; the last one the ``finishReason``. ``cached`` -> cachedContentTokenCount,
+    ``reasoning`` -> thoughtsTokenCount (reported beside candidatesTokenCount, as Gemini does).
+``POST /api/chat``, ``/api/generate`` -- Ollama's native API: NDJSON stream unless ``"stream": false``,
+    final line ``done: true`` with ``prompt_eval_count`` / ``eval_count``.
 
 Malformed bodies or control headers get a 400 in the provider's error format.
 
@@ -164,7 +177,11 @@ DEFAULT_USAGE: dict[str, TokenUsage] = {
     "chat": TokenUsage(input=17, output=9),
     "responses": TokenUsage(input=19, output=11),
     "messages": TokenUsage(input=23, output=13),
+    "gemini": TokenUsage(input=29, output=15),
+    "ollama": TokenUsage(input=31, output=17),
 }
+FRAMINGS = ("length", "chunked")
+ENCODINGS = ("identity", "gzip", "deflate", "br", "zstd")
 
 
 @dataclass
@@ -214,6 +231,17 @@ class ReplyOptions:
     tool_args: dict[str, Any] | None = None
     gap: float = 0.0
     linger: float = 0.0
+    framing: str | None = None
+    encoding: str = "identity"
+
+
+def parse_choice(raw: str | None, allowed: tuple[str, ...], what: str) -> str | None:
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value not in allowed:
+        raise StandInError(f"{what} must be one of {', '.join(allowed)}, not {raw!r}")
+    return value
 
 
 def parse_usage_header(raw: str | None, default: TokenUsage) -> TokenUsage:
@@ -266,6 +294,9 @@ def read_options(headers: Message, endpoint: str, default_gap: float) -> ReplyOp
         tool_args=parse_tool_args_header(headers.get("x-standin-tool-args")),
         gap=parse_seconds(headers.get("x-standin-gap"), default_gap),
         linger=parse_seconds(headers.get("x-standin-linger"), 0.0, "linger"),
+        framing=parse_choice(headers.get("x-standin-framing"), FRAMINGS, "x-standin-framing"),
+        encoding=parse_choice(headers.get("x-standin-encoding"), ENCODINGS, "x-standin-encoding")
+        or "identity",
     )
 
 
@@ -318,6 +349,10 @@ def _tool_call(name: str, schema: Any, user_text: str, options: ReplyOptions, id
 
 def _text_reply(default_text: str, options: ReplyOptions) -> Reply:
     return Reply(text=options.reply_text if options.reply_text is not None else default_text)
+
+
+def _dict_or_empty(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _require_dict(body: Any) -> dict[str, Any]:
@@ -699,6 +734,119 @@ def compress(document: bytes, encoding: str) -> bytes:
     raise ValueError(f"unsupported encoding {encoding!r}")
 
 
+class StreamCompressor:
+    """Compresses a stream piece by piece, flushing each piece so the client can decode it at once."""
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        if encoding == "gzip":
+            self._z: Any = zlib.compressobj(wbits=31)
+        elif encoding == "deflate":
+            self._z = zlib.compressobj()
+        elif encoding == "br":
+            self._z = brotli.Compressor()
+        elif encoding == "zstd":
+            self._z = zstd.ZstdCompressor()
+        else:
+            self._z = None
+
+    def piece(self, data: bytes) -> bytes:
+        if self._z is None:
+            return data
+        if self.encoding == "br":
+            return self._z.process(data) + self._z.flush()
+        if self.encoding == "zstd":
+            return self._z.compress(data, zstd.ZstdCompressor.FLUSH_BLOCK)
+        return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+
+    def end(self) -> bytes:
+        if self._z is None:
+            return b""
+        if self.encoding == "br":
+            return self._z.finish()
+        if self.encoding == "zstd":
+            return self._z.flush(zstd.ZstdCompressor.FLUSH_FRAME)
+        return self._z.flush()
+
+
+def gemini_usage(usage: TokenUsage, output: int, final: bool) -> dict[str, Any]:
+    thoughts = usage.reasoning if final else 0
+    meta: dict[str, Any] = {
+        "promptTokenCount": usage.input,
+        "candidatesTokenCount": output - thoughts,
+        "totalTokenCount": usage.input + output,
+    }
+    if usage.cached:
+        meta["cachedContentTokenCount"] = usage.cached
+    if thoughts:
+        meta["thoughtsTokenCount"] = thoughts
+    return meta
+
+
+@dataclass(frozen=True)
+class GeminiResult:
+    """Gemini counts: ``output`` includes ``reasoning`` (thoughts), reported beside the candidates."""
+
+    model: str
+    reply: Reply
+    usage: TokenUsage
+
+    def _chunk(self, text: str, output: int, final: bool) -> dict[str, Any]:
+        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        if final:
+            candidate["finishReason"] = "STOP"
+        return {
+            "candidates": [candidate],
+            "usageMetadata": gemini_usage(self.usage, output, final),
+            "modelVersion": self.model,
+            "responseId": "standin-gemini",
+        }
+
+    def document(self) -> dict[str, Any]:
+        return self._chunk(self.reply.text, self.usage.output, True)
+
+    def chunks(self) -> list[dict[str, Any]]:
+        words = split_words(self.reply.text) or [""]
+        running = max(self.usage.output - self.usage.reasoning, 0)
+        return [
+            self._chunk(word, min(i + 1, running), i == len(words) - 1)
+            if i < len(words) - 1
+            else self._chunk(word, self.usage.output, True)
+            for i, word in enumerate(words)
+        ]
+
+
+@dataclass(frozen=True)
+class OllamaResult:
+    model: str
+    reply: Reply
+    usage: TokenUsage
+    chat: bool
+
+    def _line(self, text: str, done: bool) -> dict[str, Any]:
+        line: dict[str, Any] = {"model": self.model, "created_at": "2026-01-01T00:00:00Z"}
+        if self.chat:
+            line["message"] = {"role": "assistant", "content": text}
+        else:
+            line["response"] = text
+        line["done"] = done
+        if done:
+            line |= {
+                "done_reason": "stop",
+                "prompt_eval_count": self.usage.input,
+                "eval_count": self.usage.output,
+            }
+        return line
+
+    def document(self) -> dict[str, Any]:
+        return self._line(self.reply.text, True)
+
+    def lines(self) -> list[bytes]:
+        words = split_words(self.reply.text)
+        out = [json.dumps(self._line(word, False)).encode() + b"\n" for word in words]
+        return [*out, json.dumps(self._line("", True)).encode() + b"\n"]
+
+
 def big_body_pieces(size: int) -> Iterator[bytes]:
     remaining = size
     while remaining > 0:
@@ -852,6 +1000,11 @@ class _Server(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
 
+_GEMINI_ROUTE = re.compile(
+    r"^/v1(?:beta)?/models/(?P<model>[^/:]+):(?P<method>generateContent|streamGenerateContent)$"
+)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "failcore-standin/1"
@@ -915,6 +1068,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._echo
         if method == "POST" and path in provider_routes:
             return provider_routes[path]
+        if method == "POST" and _GEMINI_ROUTE.match(path):
+            return self._gemini
+        if method == "POST" and path in ("/api/chat", "/api/generate"):
+            return self._ollama
         if method == "GET" and path in get_routes:
             return get_routes[path]
         if method == "GET" and path.startswith("/status/"):
@@ -989,17 +1146,43 @@ class _Handler(BaseHTTPRequestHandler):
         gap: float,
         headers: Iterable[tuple[str, str]] = (),
         linger: float = 0.0,
+        options: ReplyOptions | None = None,
+        content_type: str = "text/event-stream; charset=utf-8",
     ) -> None:
-        self._start_chunked(
-            HTTPStatus.OK, "text/event-stream; charset=utf-8", [("Cache-Control", "no-cache"), *headers]
-        )
+        encoding = options.encoding if options is not None else "identity"
+        extra = [("Cache-Control", "no-cache"), *headers]
+        if encoding != "identity":
+            extra.append(("Content-Encoding", encoding))
+        if options is not None and options.framing == "length":
+            body = compress(b"".join(frames), encoding) if encoding != "identity" else b"".join(frames)
+            self._send_bytes(HTTPStatus.OK, body, content_type, extra)
+            return
+        compressor = StreamCompressor(encoding)
+        self._start_chunked(HTTPStatus.OK, content_type, extra)
         for index, frame in enumerate(frames):
             if index and gap > 0:
                 time.sleep(gap)
-            self._write_chunk(frame)
+            self._write_chunk(compressor.piece(frame))
+        self._write_chunk(compressor.end())
         if linger > 0:
             self.wfile.flush()
             time.sleep(linger)
+        self._end_chunked()
+
+    def _answer(self, document: Any, options: ReplyOptions, headers: Iterable[tuple[str, str]] = ()) -> None:
+        """A JSON answer framed and encoded as the control headers ask."""
+        body = json.dumps(document).encode()
+        extra = list(headers)
+        if options.encoding != "identity":
+            body = compress(body, options.encoding)
+            extra.append(("Content-Encoding", options.encoding))
+        if options.framing != "chunked":
+            self._send_bytes(HTTPStatus.OK, body, "application/json", extra)
+            return
+        self._start_chunked(HTTPStatus.OK, "application/json", extra)
+        third = max(1, len(body) // 3)
+        for piece in (body[:third], body[third : 2 * third], body[2 * third :]):
+            self._write_chunk(piece)
         self._end_chunked()
 
     # -- providers ----------------------------------------------------------------------------
@@ -1027,9 +1210,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         headers = [("x-request-id", _new_id("req_"))]
         if request.get("stream"):
-            self._stream_sse(completion.frames(), options.gap, headers, options.linger)
+            self._stream_sse(completion.frames(), options.gap, headers, options.linger, options)
         else:
-            self._send_json(HTTPStatus.OK, completion.document(), headers)
+            self._answer(completion.document(), options, headers)
 
     def _responses(self, body: bytes, query: dict[str, str]) -> None:
         try:
@@ -1041,9 +1224,9 @@ class _Handler(BaseHTTPRequestHandler):
         result = ResponsesResult(request=request, reply=reply, usage=options.usage)
         headers = [("x-request-id", _new_id("req_"))]
         if request.get("stream"):
-            self._stream_sse(result.frames(), options.gap, headers, options.linger)
+            self._stream_sse(result.frames(), options.gap, headers, options.linger, options)
         else:
-            self._send_json(HTTPStatus.OK, result.document(), headers)
+            self._answer(result.document(), options, headers)
 
     def _messages(self, body: bytes, query: dict[str, str]) -> None:
         try:
@@ -1055,9 +1238,58 @@ class _Handler(BaseHTTPRequestHandler):
         message = AnthropicMessage(model=request["model"], reply=reply, usage=options.usage)
         headers = [("request-id", _new_id("req_"))]
         if request.get("stream"):
-            self._stream_sse(message.frames(), options.gap, headers, options.linger)
+            self._stream_sse(message.frames(), options.gap, headers, options.linger, options)
         else:
-            self._send_json(HTTPStatus.OK, message.document(), headers)
+            self._answer(message.document(), options, headers)
+
+    def _gemini(self, body: bytes, query: dict[str, str]) -> None:
+        route = _GEMINI_ROUTE.match(urlsplit(self.path).path)
+        assert route is not None
+        try:
+            request = json.loads(body)
+            if not isinstance(request, dict) or not isinstance(request.get("contents"), list):
+                raise StandInError("'contents' must be a list")
+            options = read_options(self.headers, "gemini", self.server.owner.sse_gap)
+        except (ValueError, StandInError) as exc:
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": {"code": 400, "message": str(exc)}})
+            return
+        last = request["contents"][-1] if request["contents"] else {}
+        result = GeminiResult(
+            model=route.group("model"),
+            reply=_text_reply("Echo: " + content_text(_dict_or_empty(last).get("parts")), options),
+            usage=options.usage,
+        )
+        if route.group("method") == "generateContent":
+            self._answer(result.document(), options)
+        elif query.get("alt") == "sse":
+            frames = (sse_frame(chunk) for chunk in result.chunks())
+            self._stream_sse(frames, options.gap, (), options.linger, options)
+        else:
+            chunks = result.chunks()
+            pieces = [
+                (b"[" if i == 0 else b",\r\n") + json.dumps(chunk).encode() for i, chunk in enumerate(chunks)
+            ]
+            pieces[-1] += b"]"
+            self._stream_sse(
+                pieces, options.gap, (), options.linger, options, "application/json; charset=UTF-8"
+            )
+
+    def _ollama(self, body: bytes, query: dict[str, str]) -> None:
+        try:
+            request = _require_dict(json.loads(body))
+            options = read_options(self.headers, "ollama", self.server.owner.sse_gap)
+        except (ValueError, StandInError) as exc:
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        chat = urlsplit(self.path).path == "/api/chat"
+        messages = request.get("messages") if chat else None
+        last = messages[-1] if isinstance(messages, list) and messages else {}
+        prompt = content_text(_dict_or_empty(last).get("content")) if chat else str(request.get("prompt", ""))
+        result = OllamaResult(request["model"], _text_reply("Echo: " + prompt, options), options.usage, chat)
+        if request.get("stream") is False:
+            self._answer(result.document(), options)
+        else:
+            self._stream_sse(result.lines(), options.gap, (), options.linger, options, "application/x-ndjson")
 
     # -- generic endpoints --------------------------------------------------------------------
 

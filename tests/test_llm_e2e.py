@@ -14,24 +14,29 @@ import openai
 import orjson
 import pytest
 
-from failcore.llm.prices import load_price_table
 from tests.conftest import network_events, read_tape
 
 USAGE = {"input": 1200, "output": 345, "cached": 200, "cache_write": 100, "reasoning": 40}
 M = Decimal(1_000_000)
 
 
+# Published list prices per 1M tokens (input, output, cache read, cache write), copied by hand from
+# openai.com/api/pricing and platform.claude.com/docs/en/about-claude/pricing.
+PUBLISHED = {
+    "gpt-4o-mini": (Decimal("0.15"), Decimal("0.60"), Decimal("0.075"), Decimal("0.15")),
+    "gpt-4o": (Decimal("2.50"), Decimal("10"), Decimal("1.25"), Decimal("2.50")),
+    "claude-sonnet-4-5": (Decimal("3"), Decimal("15"), Decimal("0.30"), Decimal("3.75")),
+}
+
+
 def expected_usd(model: str, *, input_total: int, cached: int, cache_write: int, output: int) -> float:
-    """The bill computed by hand from the shipped price table."""
-    price = load_price_table().lookup(model)
-    assert price is not None, model
-    cached_rate = price.cached_input if price.cached_input is not None else price.input
-    write_rate = price.cache_write if price.cache_write is not None else price.input
+    """The bill computed by hand from the providers' published prices."""
+    price_in, price_out, cached_rate, write_rate = PUBLISHED[model]
     total = (
-        Decimal(input_total - cached - cache_write) * price.input
+        Decimal(input_total - cached - cache_write) * price_in
         + Decimal(cached) * cached_rate
         + Decimal(cache_write) * write_rate
-        + Decimal(output) * price.output
+        + Decimal(output) * price_out
     ) / M
     return float(round(total, 9))
 
@@ -273,10 +278,12 @@ def test_policy_prices_override_the_shipped_table_and_follow_a_reload(
         oa.chat.completions.create(model="my-finetune", **ask)
         oa.chat.completions.create(model="gpt-4o-mini", **ask)
     proxy.stop()
-    costs = [e["llm"]["cost"]["usd"] for e in network_events(read_tape(tmp_path / "tape"))]
-    shipped = load_price_table().lookup("gpt-4o-mini")
-    assert shipped is not None
-    assert costs == [1100.0, 3.0, 12.0, float(shipped.input + shipped.output)]
+    events = network_events(read_tape(tmp_path / "tape"))
+    costs = [e["llm"]["cost"]["usd"] for e in events]
+    listed = PUBLISHED["gpt-4o-mini"]
+    assert costs == [1100.0, 3.0, 12.0, float(listed[0] + listed[1])]
+    sources = [e["llm"]["cost"]["source"] for e in events]
+    assert sources[:3] == ["policy"] * 3 and sources[3].startswith("genai-prices ")
 
 
 def _flushed(proxy, tape):  # type: ignore[no-untyped-def]

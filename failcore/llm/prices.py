@@ -1,4 +1,9 @@
-"""Model price table (USD per 1M tokens) and exact per-call cost computation.
+"""Prices (USD per 1M tokens) and exact per-call cost computation.
+
+Every model is priced from genai-prices (Pydantic's maintained price database), with its snapshot
+prices, long-context tiers, cache read/write rates and service tiers (priority/flex). A policy's
+`prices:` table overrides it model by model; failcore's own table (data/prices.yaml) holds only what
+genai-prices lacks. Each cost says which source priced it and as which model.
 
 Costs are computed in Decimal and rounded to 1e-9 USD so that the same usage always yields the same number.
 """
@@ -9,8 +14,11 @@ import functools
 import math
 import re
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from importlib.metadata import version as distribution_version
 from pathlib import Path
+from typing import Any
 
 from ruamel.yaml import YAML
 
@@ -23,6 +31,29 @@ _TOKENS_PER_UNIT = Decimal(1_000_000)
 _QUANTUM = Decimal("1e-9")
 
 SHIPPED_PRICES_PATH = Path(__file__).resolve().parent.parent / "data" / "prices.yaml"
+
+# genai-prices itself is imported on first use (it takes seconds: pydantic, its price data), so CLI
+# commands that never price a call do not pay for it; the proxy warms it up in a thread at start.
+GENAI_SOURCE = f"genai-prices {distribution_version('genai-prices')}"
+SHIPPED_SOURCE = "failcore"
+POLICY_SOURCE = "policy"
+# failcore's provider names -> genai-prices provider ids (None: let genai-prices find it by model id).
+_GENAI_PROVIDERS = {
+    "openai": "openai",
+    "azure_openai": "azure",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "vertex_ai": "google-vertex",
+    "groq": "groq",
+    "mistral": "mistral",
+    "deepseek": "deepseek",
+    "together": "together",
+    "openrouter": "openrouter",
+    "xai": "x-ai",
+    "fireworks": "fireworks",
+}
+# Service tiers genai-prices has price variants for (the response says which tier served the call).
+SERVICE_TIERS = frozenset({"priority", "flex"})
 
 REASON_UNPRICED_MODEL = "unpriced_model"
 REASON_USAGE_UNKNOWN = "usage_unknown"
@@ -54,6 +85,8 @@ class CostResult:
     usd: float | None
     reason: str | None = None
     priced_as: str | None = None
+    # Which price source priced it: "genai-prices X.Y.Z", "policy" or "failcore" (the shipped table).
+    source: str | None = None
     input_usd: float | None = None
     cached_input_usd: float | None = None
     cache_write_usd: float | None = None
@@ -64,10 +97,23 @@ class CostResult:
 
 
 class PriceTable:
-    def __init__(self, prices: dict[str, ModelPrice], aliases: dict[str, str], as_of: str | None) -> None:
+    """failcore's own prices: the shipped table (models genai-prices lacks) with a policy's `prices:`
+    on top. `source` says what priced a model found here."""
+
+    def __init__(
+        self,
+        prices: dict[str, ModelPrice],
+        aliases: dict[str, str],
+        as_of: str | None,
+        policy_models: frozenset[str] = frozenset(),
+    ) -> None:
         self._prices = prices
         self._aliases = aliases
         self.as_of = as_of
+        self.policy_models = policy_models
+
+    def source(self, price: ModelPrice) -> str:
+        return POLICY_SOURCE if price.model in self.policy_models else SHIPPED_SOURCE
 
     def __contains__(self, model: str) -> bool:
         return self.lookup(model) is not None
@@ -144,6 +190,8 @@ def _merge_models(models: object, prices: dict[str, ModelPrice], aliases: dict[s
         name = raw_name.strip().lower()
         values, entry_aliases = _entry_fields(raw_name, entry)
         existing = prices.get(aliases.get(name, name))
+        if existing is None and not all(field in values for field in REQUIRED_FIELDS):
+            existing = genai_base_price(name)
         if existing is not None:
             name = existing.model
             merged = {field: getattr(existing, field) for field in PRICE_FIELDS}
@@ -193,11 +241,121 @@ def load_price_table(path: str | Path | None = None, overrides: dict | None = No
     aliases: dict[str, str] = {}
     _merge_models(document["models"], prices, aliases)
     as_of = document.get("as_of")
+    policy_models: set[str] = set(prices) if path is not None else set()
     if overrides:
+        before = dict(prices)
         _merge_models(_models_section(overrides), prices, aliases)
+        policy_models |= {name for name, price in prices.items() if before.get(name) is not price}
         if isinstance(overrides.get("as_of"), str):
             as_of = overrides["as_of"]
-    return PriceTable(prices, aliases, str(as_of) if as_of is not None else None)
+    return PriceTable(prices, aliases, str(as_of) if as_of is not None else None, frozenset(policy_models))
+
+
+def _flat(value: object) -> Decimal | None:
+    from genai_prices.types import TieredPrices
+
+    if isinstance(value, TieredPrices):
+        return value.base
+    return value if isinstance(value, Decimal) else None
+
+
+def genai_base_price(model: str) -> ModelPrice | None:
+    """genai-prices' base (untiered, standard-tier) rates for a model: what a policy's partial
+    override of that model patches."""
+    found = _genai_model(None, model)
+    if found is None:
+        return None
+    prices = found[1].get_prices(datetime.now(tz=UTC))
+    values = {
+        "input": _flat(prices.input_mtok),
+        "output": _flat(prices.output_mtok),
+        "cached_input": _flat(prices.cache_read_mtok),
+        "cache_write": _flat(prices.cache_write_mtok),
+    }
+    if values["input"] is None or values["output"] is None:
+        return None
+    return ModelPrice(model=model, **values)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=4096)
+def _genai_model(provider: str | None, model: str) -> tuple[Any, Any] | None:
+    """genai-prices' (provider, model) for a model id, cached per id: the provider's own list first,
+    then any provider whose models match the id."""
+    from genai_prices import data_snapshot
+
+    snapshot = data_snapshot.get_snapshot()
+    provider_id = _GENAI_PROVIDERS.get(provider or "")
+    attempts = [provider_id, None] if provider_id else [None]
+    # The id as sent, then without a vendor prefix ("openai/gpt-4o", "anthropic/claude-sonnet-4.5");
+    # dated snapshots are genai-prices' to resolve, since a snapshot can have its own price.
+    for candidate in _candidate_ids(model)[:2]:
+        for attempt in attempts:
+            try:
+                return snapshot.find_provider_model(candidate, None, attempt, None)
+            except LookupError:
+                continue
+    return None
+
+
+def genai_price(call: LlmCall, service_tier: str | None = None) -> CostResult | None:
+    """The call priced by genai-prices, or None when it does not know the model."""
+    for model in (call.response_model, call.request_model):
+        if not model:
+            continue
+        found = _genai_model(call.provider, model)
+        if found is None:
+            continue
+        provider, info = found
+        assert call.input_tokens is not None and call.output_tokens is not None
+        cached = min(call.cached_input_tokens or 0, call.input_tokens)
+        cache_write = min(call.cache_write_tokens or 0, call.input_tokens - cached)
+        from genai_prices import Usage as GenaiUsage
+
+        usage = GenaiUsage(
+            input_tokens=call.input_tokens,
+            cache_read_tokens=cached,
+            cache_write_tokens=cache_write,
+            output_tokens=call.output_tokens,
+        )
+        if call.cache_write_1h_tokens:
+            # Anthropic's 1-hour cache writes have their own rate; genai-prices prices them apart.
+            usage.cache_write_1h_tokens = min(call.cache_write_1h_tokens, cache_write)
+        context = {"service_tier": service_tier} if service_tier in SERVICE_TIERS else None
+        try:
+            priced = info.calc_price(usage, provider, price_context=context)
+        except (ValueError, TypeError):
+            return None
+        return CostResult(
+            usd=_usd(priced.total_price),
+            priced_as=info.id,
+            source=GENAI_SOURCE,
+            input_usd=_usd(priced.input_price),
+            output_usd=_usd(priced.output_price),
+        )
+    return None
+
+
+def _genai_model_of(call: LlmCall) -> str | None:
+    for model in (call.response_model, call.request_model):
+        found = _genai_model(call.provider, model) if model else None
+        if found is not None:
+            return found[1].id
+    return None
+
+
+def warm_up_genai_prices() -> None:
+    """Import genai-prices and load its price data (seconds), so the first priced call does not wait."""
+    _genai_model(None, "gpt-4o")
+
+
+def priced_by_genai(call: LlmCall, table: PriceTable) -> bool:
+    """Whether pricing this call runs genai-prices' calculation (not just a cached lookup)."""
+    if call.input_tokens is None:
+        return False
+    price = table.lookup(call.response_model) or table.lookup(call.request_model)
+    if price is not None and table.source(price) == POLICY_SOURCE:
+        return False
+    return _genai_model_of(call) is not None
 
 
 def _usd(amount: Decimal) -> float:
@@ -211,10 +369,21 @@ def compute_cost(call: LlmCall, table: PriceTable) -> CostResult:
     billed at their own rates — never twice. Reasoning tokens are already inside ``output_tokens``.
     """
     price = table.lookup(call.response_model) or table.lookup(call.request_model)
+    if price is None or table.source(price) != POLICY_SOURCE:
+        # genai-prices first; failcore's shipped table only for what it does not know.
+        genai_model = _genai_model_of(call)
+        if genai_model is not None:
+            if not call.usage_known or call.input_tokens is None or call.output_tokens is None:
+                return CostResult(
+                    usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=genai_model, source=GENAI_SOURCE
+                )
+            return genai_price(call, call.service_tier) or CostResult(usd=None, reason=REASON_UNPRICED_MODEL)
     if price is None:
         return CostResult(usd=None, reason=REASON_UNPRICED_MODEL)
     if not call.usage_known or call.input_tokens is None or call.output_tokens is None:
-        return CostResult(usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=price.model)
+        return CostResult(
+            usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=price.model, source=table.source(price)
+        )
 
     cached = min(call.cached_input_tokens or 0, call.input_tokens)
     cache_write = min(call.cache_write_tokens or 0, call.input_tokens - cached)
@@ -230,6 +399,7 @@ def compute_cost(call: LlmCall, table: PriceTable) -> CostResult:
     return CostResult(
         usd=_usd(total),
         priced_as=price.model,
+        source=table.source(price),
         input_usd=_usd(input_cost),
         cached_input_usd=_usd(cached_cost),
         cache_write_usd=_usd(cache_write_cost),

@@ -58,6 +58,12 @@ _OLLAMA_PORT = "11434"
 _GEMINI_PATH = re.compile(
     r"^/v1(?:beta|alpha)?\d*/(?:tunedModels|models)/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$"
 )
+# Gemini on Vertex AI: {region-}aiplatform.googleapis.com/v1[beta1]/projects/P/locations/L/publishers/google/
+# models/M:generateContent (or :streamGenerateContent).
+_VERTEX_GEMINI_PATH = re.compile(
+    r"^/v1(?:beta\d*)?/projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/:]+)"
+    r":(?P<method>[A-Za-z]+)$"
+)
 _AZURE_DEPLOYMENT_PATH = re.compile(
     r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<op>chat/completions|completions|responses)$"
 )
@@ -75,6 +81,8 @@ class UsageSnapshot:
     reasoning_tokens: int | None = None
     usage_known: bool = False
     output_chars: int = 0
+    # The part of cache_write_tokens written with a 1-hour TTL (Anthropic bills it at 2x input).
+    cache_write_1h_tokens: int | None = None
 
 
 @dataclass(slots=True)
@@ -91,9 +99,12 @@ class LlmCall:
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     usage_known: bool = False
+    cache_write_1h_tokens: int | None = None
     finish_reason: str | None = None
     tool_calls: int = 0
     response_format: str | None = None
+    # The tier that served the call, as the response reports it (OpenAI: default/priority/flex).
+    service_tier: str | None = None
     output_text: str | None = None
     output_truncated: bool = False
     # Raw JSON text of each tool call's arguments/input, kept so a forced-tool contract can be checked.
@@ -115,6 +126,7 @@ class LlmCall:
         self.cached_input_tokens = usage.cached_input_tokens
         self.cache_write_tokens = usage.cache_write_tokens
         self.reasoning_tokens = usage.reasoning_tokens
+        self.cache_write_1h_tokens = usage.cache_write_1h_tokens
         self.usage_known = usage.usage_known
 
 
@@ -174,7 +186,7 @@ def _clean_path(path: str) -> str:
 def _openai_style_api(path: str) -> str | None:
     if path.endswith("/chat/completions"):
         return "chat_completions"
-    if path.endswith("/responses"):
+    if path.endswith(("/responses", "/responses/compact")):
         return "responses"
     if path.endswith("/completions"):
         return "completions"
@@ -199,6 +211,13 @@ def detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, st
     hostname, port = _split_host(host)
     path = _clean_path(path)
 
+    vertex = _VERTEX_GEMINI_PATH.match(path)
+    if vertex and vertex.group("method") in ("generateContent", "streamGenerateContent"):
+        if hostname == "aiplatform.googleapis.com" or hostname.endswith("-aiplatform.googleapis.com"):
+            return "vertex_ai", "gemini_generate"
+        if request_json is not None and "contents" in request_json:
+            return "vertex_ai", "gemini_generate"
+        return None
     gemini = _GEMINI_PATH.match(path)
     if gemini and gemini.group("method") in ("generateContent", "streamGenerateContent"):
         official = hostname == "generativelanguage.googleapis.com"
@@ -521,6 +540,7 @@ class _Accumulator:
         self.tool_input_budget = OUTPUT_TEXT_CAP
         self.tool_inputs: list[str] = []
         self.response_model: str | None = None
+        self.service_tier: str | None = None
         self.finish_reason: str | None = None
         self.tool_calls = 0
         self.done = False
@@ -554,6 +574,11 @@ class _Accumulator:
         if model:
             self.response_model = model[:256]
 
+    def set_service_tier(self, value: object) -> None:
+        tier = _text(value)
+        if tier:
+            self.service_tier = tier[:32]
+
     def set_finish(self, value: object) -> None:
         reason = _text(value)
         if reason:
@@ -575,6 +600,7 @@ class _ChatCompletions(_Accumulator):
     def handle_document(self, doc: object) -> None:
         doc = _dict(doc)
         self.set_model(doc.get("model"))
+        self.set_service_tier(doc.get("service_tier"))
         for position, choice in enumerate(_list(doc.get("choices"))):
             choice = _dict(choice)
             message = _dict(choice.get("message"))
@@ -605,6 +631,7 @@ class _ChatCompletions(_Accumulator):
             self.done = self.errored = True
             return
         self.set_model(chunk.get("model"))
+        self.set_service_tier(chunk.get("service_tier"))
         for choice in _list(chunk.get("choices")):
             choice = _dict(choice)
             index = _count(choice.get("index")) or 0
@@ -627,6 +654,9 @@ class _ChatCompletions(_Accumulator):
             if index == 0:
                 self.set_finish(choice.get("finish_reason"))
         usage = chunk.get("usage")
+        if not isinstance(usage, dict):
+            # Groq streams carry the usage in their own extension object, on the last chunk.
+            usage = _dict(chunk.get("x_groq")).get("usage")
         if isinstance(usage, dict):
             self.apply_usage(usage)
 
@@ -645,7 +675,10 @@ class _ChatCompletions(_Accumulator):
         self.usage.input_tokens = prompt
         self.usage.output_tokens = completion
         self.usage.total_tokens = _count(usage.get("total_tokens")) or _sum_known(prompt, completion)
-        self.usage.cached_input_tokens = _count(prompt_details.get("cached_tokens"))
+        # DeepSeek bills by its own cache hit/miss split (prompt_tokens = hit + miss).
+        hit = _count(usage.get("prompt_cache_hit_tokens"))
+        cached = _count(prompt_details.get("cached_tokens"))
+        self.usage.cached_input_tokens = hit if hit is not None else cached
         self.usage.cache_write_tokens = _count(prompt_details.get("cache_write_tokens"))
         self.usage.reasoning_tokens = _count(completion_details.get("reasoning_tokens"))
         self.usage.usage_known = True
@@ -664,6 +697,7 @@ class _Responses(_Accumulator):
 
     def _absorb_response(self, response: dict, *, final: bool) -> None:
         self.set_model(response.get("model"))
+        self.set_service_tier(response.get("service_tier"))
         status = _text(response.get("status"))
         if final:
             reason = _text(_dict(response.get("incomplete_details")).get("reason"))
@@ -840,6 +874,9 @@ class _AnthropicMessages(_Accumulator):
         thinking = _count(_dict(usage.get("output_tokens_details")).get("thinking_tokens"))
         if thinking is not None:
             self._raw["thinking_tokens"] = thinking
+        one_hour = _count(_dict(usage.get("cache_creation")).get("ephemeral_1h_input_tokens"))
+        if one_hour is not None:
+            self._raw["cache_write_1h_tokens"] = one_hour
         if "input_tokens" not in self._raw and "output_tokens" not in self._raw:
             return
         uncached = self._raw.get("input_tokens")
@@ -850,6 +887,8 @@ class _AnthropicMessages(_Accumulator):
         self.usage.total_tokens = _sum_known(self.usage.input_tokens, self.usage.output_tokens)
         self.usage.cached_input_tokens = read
         self.usage.cache_write_tokens = write
+        one_hour = self._raw.get("cache_write_1h_tokens")
+        self.usage.cache_write_1h_tokens = min(one_hour, write or 0) if one_hour is not None else None
         self.usage.reasoning_tokens = self._raw.get("thinking_tokens")
         both_known = self.usage.input_tokens is not None and self.usage.output_tokens is not None
         self.usage.usage_known = both_known and self._final_usage_seen
@@ -1057,7 +1096,7 @@ def _request_model(provider: str, api: str, path: str, request_json: dict | None
         deployment = _AZURE_DEPLOYMENT_PATH.match(clean)
         return deployment.group("deployment") if deployment else None
     if api == "gemini_generate":
-        gemini = _GEMINI_PATH.match(clean)
+        gemini = _GEMINI_PATH.match(clean) or _VERTEX_GEMINI_PATH.match(clean)
         return gemini.group("model") if gemini else None
     return None
 
@@ -1105,6 +1144,7 @@ def parse_call(
     streamed = _consume_body(acc, api, response_body, (response_content_type or "").lower())
     call.stream = call.stream or streamed
     call.response_model = acc.response_model
+    call.service_tier = acc.service_tier
     call.apply_usage(acc.usage)
     call.finish_reason = acc.finish_reason
     call.tool_calls = acc.tool_calls
@@ -1162,6 +1202,14 @@ class SseUsageTracker:
     @property
     def finish_reason(self) -> str | None:
         return self._acc.finish_reason
+
+    @property
+    def service_tier(self) -> str | None:
+        return self._acc.service_tier
+
+    @property
+    def response_model(self) -> str | None:
+        return self._acc.response_model
 
     @property
     def tool_calls(self) -> int:

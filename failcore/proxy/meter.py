@@ -1,22 +1,30 @@
 """LlmMeter: knows which flows are LLM calls, what they used and what they cost.
 
 Usage is extracted on the event loop, at the moment a response ends, so the next request already
-sees it (budgets). A streamed response is metered chunk by chunk by `SseUsageTracker`, which keeps
-O(1) state, so a stream is never buffered to learn its usage. Everything else about the call
-(contract drift, the serialised evidence) is left to the tape writer's thread.
+sees it (budgets). An SSE or NDJSON response is metered chunk by chunk by `SseUsageTracker`, which
+keeps O(1) state, so a stream is never buffered to learn its usage (a compressed one is inflated
+piece by piece on the way). A JSON answer that streams through only because it has no Content-Length
+(how OpenAI and Anthropic send JSON: chunked, usually gzip'd) is copied aside as it passes, up to
+`failcore_llm_body_max`, and metered whole at its end exactly like a buffered one: the framing never
+changes what is metered. Everything else about the call (contract drift, the serialised evidence) is
+left to the tape writer's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import brotli
 import orjson
-from mitmproxy import http
+from mitmproxy import ctx, http
 
+from failcore.compat import zstd
 from failcore.evidence import (
     DECODE_LIMIT,
     ON_LOOP_DECODE_LIMIT,
@@ -33,7 +41,13 @@ from failcore.llm import (
     detect_api,
     parse_call,
 )
-from failcore.llm.prices import load_price_table, seen_cost
+from failcore.llm.prices import (
+    GENAI_SOURCE,
+    load_price_table,
+    priced_by_genai,
+    seen_cost,
+    warm_up_genai_prices,
+)
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
@@ -43,6 +57,89 @@ logger = logging.getLogger("failcore")
 
 # Bodies above this are parsed in a worker thread rather than on the event loop.
 PARSE_OFF_LOOP_BYTES = 128 * 1024
+# Output of one incremental decompression step of a metered stream.
+_INFLATE_STEP = 64 * 1024
+
+
+class WholeBodyCopy:
+    """The wire bytes of a response that streams through for lack of a length, kept up to `limit` so it
+    can be metered whole at its end; past the limit the copy is dropped (`overflow`)."""
+
+    __slots__ = ("data", "limit", "overflow")
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+        self.overflow = False
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.overflow:
+            return
+        if len(self.data) + len(chunk) > self.limit:
+            self.overflow = True
+            self.data = bytearray()
+            return
+        self.data += chunk
+
+
+class StreamInflater:
+    """Content-Encoding undone chunk by chunk, in bounded steps, for a stream metered as it passes.
+    Input it cannot decode ends the inflation (the stream then reports no usage, never a wrong one)."""
+
+    __slots__ = ("_feed", "_kind", "_state", "broken")
+
+    def __init__(self, encoding: str, feed: Callable[[bytes], None]) -> None:
+        self._feed = feed
+        self._kind = encoding.strip().lower()
+        self.broken = False
+        if self._kind in ("gzip", "x-gzip"):
+            self._state: Any = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        elif self._kind == "deflate":
+            self._state = None  # zlib or raw deflate: decided by the first byte
+        elif self._kind == "br":
+            self._state = brotli.Decompressor()
+        elif self._kind == "zstd":
+            self._state = zstd.ZstdDecompressor()
+        else:
+            raise ValueError(f"unsupported content-encoding {encoding!r}")
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.broken or not chunk:
+            return
+        try:
+            self._inflate(chunk)
+        except (zlib.error, brotli.error, zstd.ZstdError, EOFError, ValueError):
+            self.broken = True
+
+    def _inflate(self, chunk: bytes) -> None:
+        if self._kind == "deflate" and self._state is None:
+            wbits = zlib.MAX_WBITS if chunk[:1] == b"\x78" else -zlib.MAX_WBITS
+            self._state = zlib.decompressobj(wbits)
+        state = self._state
+        if isinstance(state, brotli.Decompressor):
+            self._feed(state.process(chunk, output_buffer_limit=_INFLATE_STEP))
+            while not state.can_accept_more_data() and not state.is_finished():
+                self._feed(state.process(b"", output_buffer_limit=_INFLATE_STEP))
+        elif self._kind == "zstd":
+            while chunk:
+                self._feed(state.decompress(chunk, _INFLATE_STEP))
+                while not state.eof and not state.needs_input:
+                    self._feed(state.decompress(b"", _INFLATE_STEP))
+                if not state.eof:
+                    return
+                chunk = state.unused_data  # the next frame
+                state = self._state = zstd.ZstdDecompressor()
+        else:
+            pending = chunk
+            while pending and not state.eof:
+                self._feed(state.decompress(pending, _INFLATE_STEP))
+                pending = state.unconsumed_tail
+
+
+def _metered_as_events(content_type: str) -> bool:
+    """SSE and NDJSON are metered event by event; anything else (JSON) whole."""
+    media = content_type.lower()
+    return "event-stream" in media or "ndjson" in media
 
 
 @dataclass(slots=True)
@@ -51,6 +148,8 @@ class LlmFlow:
     api: str
     request_model: str | None
     tracker: SseUsageTracker | None = None
+    # A JSON answer streamed for lack of a length, copied aside to be metered whole.
+    whole_copy: WholeBodyCopy | None = None
     # Parsed once when the request is recognised, reused when the response is metered.
     request_json: dict[str, Any] | None = None
     call: LlmCall | None = None
@@ -101,16 +200,21 @@ def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
             "total_tokens": call.total_tokens,
             "cached_input_tokens": call.cached_input_tokens,
             "cache_write_tokens": call.cache_write_tokens,
+            "cache_write_1h_tokens": call.cache_write_1h_tokens,
             "reasoning_tokens": call.reasoning_tokens,
         },
         "finish_reason": call.finish_reason,
         "tool_calls": call.tool_calls,
         "response_format": call.response_format,
+        "service_tier": call.service_tier,
         "cost": {
             "usd": cost.usd if cost else None,
             "reason": cost.reason if cost else "usage_unknown",
             "priced_as": cost.priced_as if cost else None,
-            "price_table_as_of": str(table.as_of) if table.as_of else None,
+            "source": cost.source if cost else None,
+            "price_table_as_of": (
+                str(table.as_of) if table.as_of and cost and cost.source != GENAI_SOURCE else None
+            ),
         },
     }
 
@@ -132,11 +236,18 @@ def cost_warnings(call: LlmCall, cost: CostResult) -> list[dict[str, str]]:
     return []
 
 
+def _ignore(chunk: bytes) -> None:
+    return None
+
+
 class LlmMeter:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.prices: PriceTable = load_price_table()
         self._prices_from: object = None
+
+    def running(self) -> None:
+        threading.Thread(target=_warm_up_prices, name="failcore-prices-warmup", daemon=True).start()
 
     def price_table(self) -> PriceTable:
         """The shipped table with the active policy's `prices:` on top (rebuilt when the policy is)."""
@@ -180,15 +291,28 @@ class LlmMeter:
             return
         if not response_streams(flow, state):
             return
+        headers = flow.response.headers
+        if not _metered_as_events(headers.get("content-type", "")):
+            copy = WholeBodyCopy(ctx.options.failcore_llm_body_max)
+            state.llm.whole_copy = copy
+            state.stream_observers.append(copy)
+            return
         tracker = SseUsageTracker(state.llm.provider, state.llm.api)
         state.llm.tracker = tracker
+        feed: Callable[[bytes], None] = tracker.feed
+        encoding = headers.get("content-encoding", "")
+        if is_encoded(encoding):
+            try:
+                feed = StreamInflater(encoding, tracker.feed)
+            except ValueError:
+                feed = _ignore
         # A guard, not an observer: it must see a chunk before it is forwarded, so a budget can stop the
         # stream at the chunk whose usage crosses the limit.
-        state.cut_guards.append(self._metering_guard(tracker))
+        state.cut_guards.append(self._metering_guard(feed))
 
-    def _metering_guard(self, tracker: SseUsageTracker) -> Callable[[bytes], CutVerdict | None]:
+    def _metering_guard(self, feed: Callable[[bytes], None]) -> Callable[[bytes], CutVerdict | None]:
         def meter(chunk: bytes) -> CutVerdict | None:
-            tracker.feed(chunk)
+            feed(chunk)
             return None
 
         return meter
@@ -221,11 +345,16 @@ class LlmMeter:
         assert state.llm is not None and flow.response is not None
         request_body = None if state.llm.request_json is not None else _body(flow.request)
         tap = state.response_tap
+        copy = state.llm.whole_copy
+        encoding = flow.response.headers.get("content-encoding")
         decode_later = False
-        if tap is None:
-            decode_later = _decode_off_loop(flow.response)
-            response_body = None if decode_later else _body(flow.response)
-        elif not is_encoded(flow.response.headers.get("content-encoding")):
+        raw: bytes | None = None
+        if tap is None or (copy is not None and not copy.overflow):
+            # Held whole by mitmproxy, or copied whole as it streamed: metered the same way.
+            raw = flow.response.raw_content if tap is None or copy is None else bytes(copy.data)
+            decode_later = read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES)
+            response_body = None if decode_later else decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)
+        elif not is_encoded(encoding):
             # The capped copy gives the response model and text; usage comes from the tracker,
             # which saw every chunk even past the cap.
             response_body = bytes(tap.kept)
@@ -241,35 +370,68 @@ class LlmMeter:
             request_json=state.llm.request_json,
         )
         if decode_later:
-            return self._account_off_loop(state.llm, args, flow.response)
+            return self._account_off_loop(state.llm, args, (raw, encoding))
         if len(response_body or b"") > PARSE_OFF_LOOP_BYTES:
             return self._account_off_loop(state.llm, args)
-        self._account(state.llm, parse_call(**args))
-        return None
+        return self._account(state.llm, parse_call(**args))
 
     async def _account_off_loop(
-        self, meter: LlmFlow, args: dict[str, Any], undecoded: http.Response | None = None
+        self,
+        meter: LlmFlow,
+        args: dict[str, Any],
+        undecoded: tuple[bytes | None, str | None] | None = None,
     ) -> None:
         def parse() -> LlmCall | None:
             if undecoded is not None:
-                args["response_body"] = _body(undecoded, DECODE_LIMIT)
+                args["response_body"] = decoded_content(undecoded[0], undecoded[1], DECODE_LIMIT)
             return parse_call(**args)
 
-        self._account(meter, await asyncio.to_thread(parse))
+        pricing = self._account(meter, await asyncio.to_thread(parse))
+        if pricing is not None:
+            await pricing
 
-    def _account(self, meter: LlmFlow, call: LlmCall | None) -> None:
+    def _account(self, meter: LlmFlow, call: LlmCall | None) -> Awaitable[None] | None:
         if call is None:
-            return
+            return None
         if meter.tracker is not None:
             tracker = meter.tracker
             tracker.finish()
             call.stream = True
             call.apply_usage(tracker.current)
             call.finish_reason = tracker.finish_reason or call.finish_reason
+            call.service_tier = tracker.service_tier or call.service_tier
+            # A compressed stream leaves no readable copy: the tracker saw the model go by.
+            call.response_model = call.response_model or tracker.response_model
             call.tool_calls = max(tracker.tool_calls, call.tool_calls)
         meter.call = call
         prices = self.price_table()
-        meter.cost = compute_cost(call, prices)
-        meter.charge_usd = meter.cost.usd if meter.cost.usd is not None else seen_cost(call, prices)
-        meter.warnings = cost_warnings(call, meter.cost)
+        if priced_by_genai(call, prices):
+            # genai-prices takes ~1 ms of CPU per call (measured: benchmarks/bench_prices.py): a worker
+            # thread does it, and the hooks after this one wait for it, so budgets still see the cost.
+            return self._price_off_loop(meter, call, prices)
+        self._settle(meter, call, prices, *_cost_and_charge(call, prices))
+        return None
+
+    async def _price_off_loop(self, meter: LlmFlow, call: LlmCall, prices: PriceTable) -> None:
+        cost, charge = await asyncio.to_thread(_cost_and_charge, call, prices)
+        self._settle(meter, call, prices, cost, charge)
+
+    def _settle(
+        self, meter: LlmFlow, call: LlmCall, prices: PriceTable, cost: CostResult, charge: float | None
+    ) -> None:
+        meter.cost = cost
+        meter.charge_usd = charge
+        meter.warnings = cost_warnings(call, cost)
         meter.evidence = llm_evidence(meter, prices)
+
+
+def _warm_up_prices() -> None:
+    try:
+        warm_up_genai_prices()
+    except Exception as exc:  # pricing then happens (slower) on the first call; never fatal
+        logger.warning("failcore: could not preload genai-prices: %s", exc)
+
+
+def _cost_and_charge(call: LlmCall, prices: PriceTable) -> tuple[CostResult, float | None]:
+    cost = compute_cost(call, prices)
+    return cost, cost.usd if cost.usd is not None else seen_cost(call, prices)

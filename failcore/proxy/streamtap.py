@@ -83,6 +83,7 @@ _LLM_PATH_SUFFIXES = (
     "/chat/completions",
     "/completions",
     "/responses",
+    "/responses/compact",
     "/messages",
     "/api/chat",
     "/api/generate",
