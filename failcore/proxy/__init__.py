@@ -24,6 +24,7 @@ from mitmproxy import ctx, hooks
 from failcore.proxy.budgetguard import BudgetGuard
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
+from failcore.proxy.hold import RequestHold
 from failcore.proxy.meter import LlmMeter
 from failcore.proxy.recorder import Recorder
 from failcore.proxy.session import Session
@@ -48,6 +49,7 @@ class FailCore:
         self.session = session or Session()
         s = self.session
         self.gate = PolicyGate(s)
+        self.hold = RequestHold(s)
         self.meter = LlmMeter(s)
         self.budgets = BudgetGuard(s)
         self.dlp = DlpGuard(s)
@@ -59,6 +61,7 @@ class FailCore:
         self.concerns = (
             LoopbackByDefault(),
             self.gate,
+            self.hold,
             self.meter,
             self.budgets,
             self.dlp,

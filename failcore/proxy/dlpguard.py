@@ -37,7 +37,8 @@ from failcore.evidence import (
     CREDENTIAL_HEADERS,
     DECODE_LIMIT,
     ON_LOOP_DECODE_LIMIT,
-    decoded_content,
+    DecodedBody,
+    decode_body,
     is_encoded,
     read_off_loop,
 )
@@ -122,15 +123,113 @@ def _location(where: str, located: str | None) -> str:
     return f"{where}:{located}"
 
 
+# Rules for what a session cookie legitimately is: a hit of one of these spanning a whole cookie value
+# is that cookie, not a secret smuggled in it.
+_SESSION_RULES = frozenset({"jwt", "generic-api-key-assignment", "generic-secret-assignment"})
+# Authorization schemes whose credential is one token; the others carry parameters (Digest, AWS SigV4).
+_TOKEN_SCHEMES = frozenset({"bearer", "basic", "token", "apikey", "key"})
+
+
+def _own_spans(name: str, value: str) -> list[tuple[int, int]]:
+    """Byte spans of a credential header's value that are the header's own credential."""
+    raw = value.encode("utf-8")
+    if name in ("authorization", "proxy-authorization"):
+        scheme, sep, _ = value.partition(" ")
+        if not sep:
+            return [(0, len(raw))]
+        start = len(scheme.encode()) + 1
+        while start < len(raw) and raw[start : start + 1] == b" ":
+            start += 1
+        if scheme.lower() not in _TOKEN_SCHEMES:
+            return [(start, len(raw))]
+        end = raw.find(b" ", start)
+        return [(start, len(raw) if end < 0 else end)]
+    stripped = raw.strip()
+    start = raw.find(stripped) if stripped else 0
+    return [(start, start + len(stripped))]
+
+
+def _cookie_value_spans(value: str) -> list[tuple[int, int]]:
+    raw = value.encode("utf-8")
+    spans = []
+    cursor = 0
+    for part in raw.split(b";"):
+        eq = part.find(b"=")
+        if eq >= 0:
+            start = cursor + eq + 1
+            end = cursor + len(part)
+            spans.append((start, end))
+        cursor += len(part) + 1
+    return spans
+
+
+def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
+    """Secrets in credential headers that are not the header's own credential: an AWS key in a Cookie,
+    a key appended after a Bearer token. A key that *is* the Authorization/X-Api-Key value is what
+    the header is for (the host rules decide where it may go) and is not reported here."""
+    found: list[Hit] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in CREDENTIAL_HEADERS:
+            continue
+        for hit in scan_headers(engine, [(name, value)]):
+            if lower in ("cookie", "set-cookie"):
+                whole = any(
+                    value.encode()[s:e].strip() == value.encode()[hit.start : hit.end]
+                    for s, e in _cookie_value_spans(value)
+                )
+                if whole and hit.rule_id in _SESSION_RULES:
+                    continue
+            elif any(s <= hit.start and hit.end <= e for s, e in _own_spans(lower, value)):
+                continue
+            found.append(hit)
+    return found
+
+
+def header_name_hits(engine: DlpEngine, names: Sequence[str], where: str = "header-name") -> list[Hit]:
+    """Secrets spelled as header names (`X-AKIA…: 1`): every name is scanned, alone on its line."""
+    found: list[Hit] = []
+    for name in names:
+        for hit in engine.scan(name.encode("utf-8", "surrogateescape")):
+            found.append(replace(hit, location=where))
+    return found
+
+
 def scan_request_for_block(
-    scanner: DlpScanner, url: str, headers: list[tuple[str, str]], body: bytes
+    scanner: DlpScanner,
+    url: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    trailers: Sequence[tuple[str, str]] = (),
 ) -> list[Hit]:
-    """The hits that decide a request in enforce mode (url, non-credential headers, body)."""
+    """The hits that decide a request in enforce mode: the url, header (and trailer) values and names,
+    secrets foreign to a credential header, and the body."""
+    fields = [*headers, *trailers]
     hits = scan_url(scanner.engine, url)
-    hits += scan_headers(scanner.engine, [(k, v) for k, v in headers if k.lower() not in CREDENTIAL_HEADERS])
+    hits += scan_headers(scanner.engine, [(k, v) for k, v in fields if k.lower() not in CREDENTIAL_HEADERS])
+    hits += foreign_credential_hits(scanner.engine, fields)
+    hits += header_name_hits(scanner.engine, [k for k, _ in fields])
     if body:
         hits += scan_json_body(scanner.engine, unescape_ascii_json(body))
     return hits
+
+
+def judge_request(
+    scanner: DlpScanner,
+    url: str,
+    headers: list[tuple[str, str]],
+    trailers: Sequence[tuple[str, str]],
+    raw: bytes,
+    decoded: DecodedBody,
+) -> tuple[list[Hit], str | None]:
+    """The request's hits, and why its body could not be scanned whole (None when it was)."""
+    hits = scan_request_for_block(scanner, url, headers, decoded.data, trailers)
+    if decoded.error is not None and raw and raw != decoded.data:
+        # What decoded before the error was scanned; what it says on the wire is scanned too.
+        hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
+    if decoded.over_limit:
+        return hits, f"the request body decodes to more than {DECODE_LIMIT} bytes: it cannot be scanned whole"
+    return hits, None
 
 
 def _mask_body(
@@ -299,6 +398,19 @@ def block_decision(scanner: DlpScanner, hits: list[Hit], current: Decision | Non
     return Decision("WARN", f"dlp:{worst.rule_id}", reason, True, "BLOCK")
 
 
+def unscannable_decision(scanner: DlpScanner, why: str, state: FlowState) -> Decision | None:
+    """The policy's `dlp.unscannable` choice for a body that cannot be scanned whole: BLOCK refuses it
+    (in enforce mode; WARN in observe), WARN forwards it with a warning. Both are recorded."""
+    state.warnings.append({"reason": "dlp_unscannable", "message": why})
+    action = scanner.settings.unscannable
+    reason = f"DLP: {why} (dlp.unscannable: {action})"
+    if action == "BLOCK" and scanner.enforce:
+        return Decision("BLOCK", "dlp:unscannable", reason, True, "BLOCK")
+    if state.decision is not None and state.decision.decision == "BLOCK":
+        return None
+    return Decision("WARN", "dlp:unscannable", reason, action == "BLOCK", action)
+
+
 class StreamDlp:
     """Strict stream mode: every chunk is scanned together with the bytes before it, so a secret split
     across chunks is caught by the chunk that completes it, which is then never forwarded."""
@@ -344,16 +456,16 @@ class DlpGuard:
         if state is None or state.request_tap is not None:
             return None
         headers = list(flow.request.headers.items(multi=True))
+        trailers = list(flow.request.trailers.items(multi=True)) if flow.request.trailers else []
         raw = flow.request.raw_content or b""
         encoding = flow.request.headers.get("content-encoding")
+        url = flow.request.pretty_url
         if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES):
-            return self._decide_off_loop(flow, state, scanner, headers, raw, encoding)
-        body = decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)
-        if body is None:
-            return self._decide_off_loop(flow, state, scanner, headers, raw, encoding)
-        self._decide(
-            flow, state, scanner, scan_request_for_block(scanner, flow.request.pretty_url, headers, body)
-        )
+            return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
+        decoded = decode_body(raw, encoding, ON_LOOP_DECODE_LIMIT)
+        if decoded.over_limit:
+            return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
+        self._decide(flow, state, scanner, *judge_request(scanner, url, headers, trailers, raw, decoded))
         return None
 
     async def _decide_off_loop(
@@ -361,21 +473,30 @@ class DlpGuard:
         flow: http.HTTPFlow,
         state: FlowState,
         scanner: DlpScanner,
+        url: str,
         headers: list[tuple[str, str]],
+        trailers: list[tuple[str, str]],
         raw: bytes,
         encoding: str | None,
     ) -> None:
-        url = flow.request.pretty_url
+        def scan() -> tuple[list[Hit], str | None]:
+            return judge_request(
+                scanner, url, headers, trailers, raw, decode_body(raw, encoding, DECODE_LIMIT)
+            )
 
-        def scan() -> list[Hit]:
-            body = decoded_content(raw, encoding, DECODE_LIMIT)
-            # Past the limit it cannot be read whole: scan what it says on the wire rather than nothing.
-            return scan_request_for_block(scanner, url, headers, raw if body is None else body)
+        self._decide(flow, state, scanner, *await asyncio.to_thread(scan))
 
-        self._decide(flow, state, scanner, await asyncio.to_thread(scan))
-
-    def _decide(self, flow: http.HTTPFlow, state: FlowState, scanner: DlpScanner, hits: list[Hit]) -> None:
+    def _decide(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        scanner: DlpScanner,
+        hits: list[Hit],
+        unscannable: str | None = None,
+    ) -> None:
         verdict = block_decision(scanner, hits, state.decision)
+        if verdict is None and unscannable is not None:
+            verdict = unscannable_decision(scanner, unscannable, state)
         if verdict is None:
             return
         state.decision = verdict
@@ -390,6 +511,8 @@ class DlpGuard:
         scanner = self.session.dlp
         if scanner is None or flow.response is not None or not scanner.settings.scan_request:
             return
+        if flow.metadata.get("failcore_held"):
+            return  # held whole: scanned before it is forwarded, and its evidence scanned whole
         if should_stream_request(
             flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
         ):
