@@ -53,7 +53,11 @@ def test_a_chunked_upload_with_a_secret_is_blocked_before_it_leaves(
     seen = logging_upstream.received_bytes()
     assert b"chunked-marker" not in seen and AWS_KEY_ID.encode() not in seen and b"/upload" not in seen
     event = _blocked_event(tmp_path, "/upload")
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", "dlp:aws-access-key-id")
+    assert (event["decision"], event["outcome"], event["rule"]) == (
+        "BLOCK",
+        "BLOCKED",
+        "dlp:aws-access-key-id",
+    )
     assert AWS_KEY_ID.encode() not in tape_bytes(tmp_path / "tape")
 
 
