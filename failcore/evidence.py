@@ -388,7 +388,9 @@ def body_evidence(
         ev["sha256_of"] = "decoded"
     full_len = ev.get("decoded_size", wire_size)
     shown = decoded_prefix[:cap]
-    ev["truncated"] = len(shown) < full_len or (not complete and len(shown) < wire_size)
+    ev["truncated"] = (
+        len(shown) < full_len or (not complete and len(shown) < wire_size) or bool(ev.get("decode_limit_hit"))
+    )
     text = _as_text(shown, content_type)
     if text is not None:
         ev["text"] = text
