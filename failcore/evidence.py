@@ -174,8 +174,13 @@ class _BrotliStage:
         if self.b.is_finished():
             raise ValueError("data after the end of the br stream")
         yield self.b.process(data, output_buffer_limit=_DECODE_STEP)
-        while not self.b.can_accept_more_data() and not self.b.is_finished():
-            yield self.b.process(b"", output_buffer_limit=_DECODE_STEP)
+        # Not `while not can_accept_more_data()`: that turns true while output is still pending, and
+        # ended the decoding of a large body early (reported as truncated).
+        while not self.b.is_finished():
+            out = self.b.process(b"", output_buffer_limit=_DECODE_STEP)
+            if not out:
+                break  # it needs more input
+            yield out
 
     def finish(self) -> Iterator[bytes]:
         if not self.b.is_finished():

@@ -83,3 +83,10 @@ def test_decoding_is_bounded_across_members_and_codings() -> None:
 def test_a_body_past_the_decode_limit_is_marked_truncated() -> None:
     ev = evidence(gzip.compress(b" " * ((64 << 20) + 10)), "gzip")
     assert ev["decode_limit_hit"] and ev["truncated"] and ev["sha256_of"] == "wire"
+
+
+def test_a_large_brotli_body_is_decoded_to_its_end() -> None:
+    zeros = b"\0" * (16 << 20)
+    wire = brotli.compress(zeros, quality=1)
+    assert brotli.decompress(wire) == zeros
+    assert decoded_content(wire, "br", 32 << 20) == zeros
