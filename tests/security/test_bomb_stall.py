@@ -40,9 +40,7 @@ def test_a_brotli_bomb_does_not_stall_another_flow(
     monkeypatch.setattr(recorder_module, "body_evidence", watching)
     proxy = start_proxy(policy_file("version: 1\nmode: observe\n"), upstream_ca=logging_upstream.ca_path)
     with proxied_client(proxy) as client:
-        first = client.post(
-            f"{logging_upstream.url}/bomb", content=bomb, headers={"content-encoding": "br"}
-        )
+        first = client.post(f"{logging_upstream.url}/bomb", content=bomb, headers={"content-encoding": "br"})
         other = client.get(f"{logging_upstream.url}/other")
         other_flow_done.set()
     proxy.flush(timeout=30)
