@@ -190,8 +190,13 @@ def header_name_hits(engine: DlpEngine, names: Sequence[str], where: str = "head
     """Secrets spelled as header names (`X-AKIA…: 1`): every name is scanned, alone on its line."""
     found: list[Hit] = []
     for name in names:
-        for hit in engine.scan(name.encode("utf-8", "surrogateescape")):
-            found.append(replace(hit, location=where))
+        raw = name.encode("utf-8", "surrogateescape")
+        # Names are case-insensitive (HTTP/2 lower-cases them): an upper-case key id is still one.
+        seen = {(h.rule_id, h.start, h.end): h for h in engine.scan(raw)}
+        if raw.upper() != raw:
+            for h in engine.scan(raw.upper()):
+                seen.setdefault((h.rule_id, h.start, h.end), h)
+        found.extend(replace(hit, location=where) for hit in seen.values())
     return found
 
 
@@ -271,8 +276,6 @@ def _mask_headers(
         return
     lines = [f"{name}: {value}\n".encode() for name, value in pairs]
     hits = scanner.engine.scan(b"".join(lines))
-    if not hits:
-        return
     line_start = 0
     for pair, line in zip(pairs, lines, strict=True):
         value_start = line_start + len(pair[0].encode()) + 2
@@ -283,9 +286,17 @@ def _mask_headers(
             if value_start <= h.start and h.end <= line_end
         ]
         if mine:
-            pair[1] = mask_text(pair[1], mine)
+            # The whole value becomes the hits' fingerprints: what surrounds a secret in a header
+            # (a prefix, a second half) can be as telling as the secret.
+            pair[1] = f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in mine))}]"
             out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
         line_start += len(line)
+    # A secret spelled as a header name (`X-AKIA…: 1`) is masked in the name itself.
+    for pair in message.get("headers", []):
+        named = header_name_hits(scanner.engine, [pair[0]])
+        if named:
+            out.extend(_hit_record(scanner, h, f"{where}.header-name") for h in named)
+            pair[0] = mask_text(pair[0], named)
 
 
 def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = ()) -> None:
@@ -293,6 +304,9 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
     `past_cap`: the scans of streamed bodies beyond what the tape keeps (their hits carry offsets)."""
     hits: list[dict[str, Any]] = []
     s = scanner.settings
+    if event.get("kind") == "websocket":
+        _scan_websocket_event(scanner, event)
+        return
     request = event.get("request")
     if s.scan_request:
         target = event.get("target") or {}
@@ -347,6 +361,49 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
                 "being sent to the LLM provider",
             }
         )
+
+
+def _scan_websocket_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
+    """A WebSocket message is masked like a body, in both directions; a message the DLP guard dropped
+    is recorded as the BLOCK it was."""
+    detail = event.get("detail") or {}
+    from_client = detail.get("direction") == "client->server"
+    if not (scanner.settings.scan_request if from_client else scanner.settings.scan_response):
+        return
+    hits: list[dict[str, Any]] = []
+    _mask_body(scanner, detail.get("body"), "request.body" if from_client else "response.body", hits)
+    for hit in hits:
+        hit["location"] = f"websocket.{'client' if from_client else 'server'}-message"
+    if not hits:
+        return
+    event["dlp"] = {"hits": hits, "engine": scanner.engine.backend}
+    blocking = [h for h in hits if h["action"] == "BLOCK"]
+    if event.get("outcome") == "BLOCKED" and blocking:
+        worst = max(blocking, key=lambda h: _SEVERITY_RANK.get(h["severity"], 0))
+        event["rule"] = f"dlp:{worst['rule']}"
+        event["reason"] = f"DLP: {worst['rule']} ({worst['severity']}) in the message: dropped, not forwarded"
+    flagged = [h for h in hits if h["action"] != "ALLOW"]
+    if flagged:
+        rules = sorted({h["rule"] for h in flagged})
+        event.setdefault("warnings", []).append(
+            {"reason": "dlp", "message": f"{len(flagged)} DLP hit(s): {', '.join(rules)[:200]}"}
+        )
+
+
+def ws_message_verdict(scanner: DlpScanner, content: bytes, from_client: bool) -> Hit | None:
+    """The hit that makes a WebSocket message BLOCKed (dropped, never forwarded), or None. A message
+    from the client is judged like a request body; one from the server like a strict-mode stream."""
+    s = scanner.settings
+    if not scanner.enforce or not scanner.can_block:
+        return None
+    if not (s.scan_request if from_client else (s.scan_response and s.stream == "strict")):
+        return None
+    blocking = [
+        h
+        for h in scan_json_body(scanner.engine, unescape_ascii_json(content))
+        if scanner.action(h) == "BLOCK"
+    ]
+    return max(blocking, key=lambda h: _SEVERITY_RANK.get(h.severity, 0)) if blocking else None
 
 
 def _mask_recorded_tail(body: dict[str, Any] | None, start: int, hit: Hit) -> None:
@@ -505,6 +562,30 @@ class DlpGuard:
 
             state.blocked = True
             flow.response = blocked_response(verdict, flow.id)
+
+    @guarded("dlp.websocket_message")
+    def websocket_message(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        scanner = self.session.dlp
+        if scanner is None or flow.websocket is None or not flow.websocket.messages:
+            return None
+        message = flow.websocket.messages[-1]
+        if len(message.content) > SCAN_OFF_LOOP_BYTES:
+            return self._judge_ws_off_loop(flow, scanner, message)
+        self._judge_ws(flow, message, ws_message_verdict(scanner, message.content, message.from_client))
+        return None
+
+    async def _judge_ws_off_loop(self, flow: http.HTTPFlow, scanner: DlpScanner, message: Any) -> None:
+        hit = await asyncio.to_thread(ws_message_verdict, scanner, message.content, message.from_client)
+        self._judge_ws(flow, message, hit)
+
+    def _judge_ws(self, flow: http.HTTPFlow, message: Any, hit: Hit | None) -> None:
+        if hit is None:
+            return
+        message.drop()
+        direction = "client->server" if message.from_client else "server->client"
+        logger.info(
+            "failcore dropped a WebSocket message (%s) of flow %s: %s", direction, flow.id, hit.rule_id
+        )
 
     @guarded("dlp.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:

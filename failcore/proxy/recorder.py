@@ -338,6 +338,7 @@ def build_websocket_event(
     content: bytes,
     ts: float,
     decision: Decision | None,
+    dropped: bool = False,
 ) -> dict[str, Any]:
     body = body_evidence(
         content,
@@ -360,11 +361,11 @@ def build_websocket_event(
         method=None,
         path=path,
         summary=f"WS {direction} #{index} ({'text' if is_text else 'binary'}, {len(content)} B)",
-        decision=d.decision if (d := decision) else "ALLOW",
+        decision="BLOCK" if dropped else d.decision if (d := decision) else "ALLOW",
         rule=decision.rule if decision else None,
         reason=decision.reason if decision else None,
-        would_block=decision.would_block if decision else False,
-        outcome="ok",
+        would_block=dropped or (decision.would_block if decision else False),
+        outcome="BLOCKED" if dropped else "ok",
         bytes_out=len(content) if from_client else 0,
         bytes_in=0 if from_client else len(content),
         detail={
@@ -374,7 +375,10 @@ def build_websocket_event(
             "body": body,
         },
     )
-    return event.to_dict()
+    out = event.to_dict()
+    if cfg.dlp is not None:
+        scan_event(cfg.dlp, out)
+    return out
 
 
 class EvidenceBacklog:
@@ -709,6 +713,7 @@ class Recorder:
                 content=msg.content,
                 ts=msg.timestamp,
                 decision=state.decision,
+                dropped=msg.dropped,
             )
         )
 
