@@ -419,3 +419,77 @@ def _as_text(data: bytes, content_type: str | None) -> str | None:
             except UnicodeDecodeError:
                 return None
         return None
+
+
+# Shorter credential values ("1", "true", a cookie flag) would mask ordinary words.
+_MIN_ECHOED = 8
+
+
+def credential_values(
+    fields: Iterable[tuple[bytes, bytes]], extra: frozenset[str] = frozenset()
+) -> list[bytes]:
+    """The secrets a message's credential headers carry, in the forms an upstream may echo back: the
+    whole value, an Authorization token, Basic credentials decoded (and their password), each cookie's
+    value. Longest first, so a value is masked before a part of it."""
+    found: set[bytes] = set()
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("latin-1").lower()
+        if name not in CREDENTIAL_HEADERS and name not in extra:
+            continue
+        value = raw_value.strip()
+        found.add(value)
+        scheme, _, rest = value.partition(b" ")
+        if rest.strip() and name.endswith("authorization"):
+            token = rest.strip()
+            found.add(token)
+            if scheme.lower() == b"basic":
+                try:
+                    decoded = base64.b64decode(token, validate=True)
+                except ValueError:
+                    decoded = b""
+                found.add(decoded)
+                found.add(decoded.partition(b":")[2])
+        if name in ("cookie", "set-cookie"):
+            pairs = value.split(b";") if name == "cookie" else value.split(b";")[:1]
+            for pair in pairs:
+                _, eq, cookie = pair.partition(b"=")
+                if eq:
+                    found.add(cookie.strip().strip(b'"'))
+    variants = set(found)
+    for secret in found:
+        if b"/" in secret:
+            variants.add(secret.replace(b"/", b"\\/"))  # as JSON encoders that escape "/" write it
+    return sorted((s for s in variants if len(s) >= _MIN_ECHOED), key=len, reverse=True)
+
+
+def _mask_all(data: bytes, secrets: list[bytes], salt: bytes) -> bytes:
+    for secret in secrets:
+        if secret in data:
+            plain = secret.replace(b"\\/", b"/")
+            data = data.replace(secret, f"[redacted {fingerprint(plain, salt)}]".encode())
+    return data
+
+
+def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: bytes) -> None:
+    """Mask, in a built exchange event, every copy of the exchange's credentials outside the headers
+    that carried them (already redacted): an upstream echoing a Bearer token, a cookie or Basic
+    credentials in its response body or headers, or a client repeating one in a body or the path."""
+    if not secrets:
+        return
+    for side in ("request", "response"):
+        message = event.get(side)
+        if not message:
+            continue
+        for pair in message.get("headers", []):
+            if not pair[1].startswith("[redacted "):
+                pair[1] = _mask_all(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+        body = message.get("body") or {}
+        if "text" in body:
+            body["text"] = _mask_all(body["text"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+        elif "b64" in body:
+            raw = base64.b64decode(body["b64"])
+            masked = _mask_all(raw, secrets, salt)
+            if masked != raw:
+                body["b64"] = base64.b64encode(masked).decode("ascii")
+    if isinstance(event.get("path"), str):
+        event["path"] = _mask_all(event["path"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")

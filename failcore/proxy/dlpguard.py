@@ -295,7 +295,7 @@ def _mask_headers(
     for pair in message.get("headers", []):
         named = header_name_hits(scanner.engine, [pair[0]])
         if named:
-            out.extend(_hit_record(scanner, h, f"{where}.header-name") for h in named)
+            out.extend(_hit_record(scanner, replace(h, location=None), f"{where}.header-name") for h in named)
             pair[0] = mask_text(pair[0], named)
 
 

@@ -24,7 +24,15 @@ from mitmproxy.flow import Error
 
 from failcore import __version__
 from failcore.event import EgressEvent, FailReason, Target
-from failcore.evidence import body_evidence, decoded_size_at_most, header_value, is_encoded, redact_headers
+from failcore.evidence import (
+    body_evidence,
+    credential_values,
+    decoded_size_at_most,
+    header_value,
+    is_encoded,
+    mask_echoed_credentials,
+    redact_headers,
+)
 from failcore.llm import contract_drift
 from failcore.paths import default_tape_dir, load_or_create_salt
 from failcore.policy import Decision
@@ -277,6 +285,8 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     out = event.to_dict()
     if snap.replay is not None:
         out["replay"] = snap.replay
+    credentials = [*snap.request.headers, *(snap.response.headers if snap.response is not None else ())]
+    mask_echoed_credentials(out, credential_values(credentials, cfg.redact), cfg.salt)
     if cfg.dlp is not None:
         scan_event(cfg.dlp, out, [*past_cap_scans(snap), *_held_past_cap_scans(snap, cfg, out)])
     return out
