@@ -5,7 +5,9 @@ threshold) is forwarded chunk by chunk as it arrives, before the `request` hook 
 metering read it: once mitmproxy streams a request it sends the headers upstream at once and never
 consults the `request` hook's verdict. So where a decision needs the whole body, it is held instead:
 
-- in enforce mode with a DLP rule that BLOCKs (and request scanning on), or with budgets;
+- in enforce mode with a DLP rule that BLOCKs (and request scanning on);
+- in enforce mode with budgets, on LLM API paths (a budget's model scope and usage come from the body;
+  anywhere else BudgetGuard decides from the request line and headers, before anything streams);
 - always with `fail_open: false` (a failure in any check must stop the request, not follow it).
 
 A held body is buffered by mitmproxy up to `failcore_hold_max` bytes; one that declares more is refused
@@ -20,13 +22,13 @@ from mitmproxy import ctx, exceptions, http
 from failcore.policy import Decision
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
-from failcore.proxy.streamtap import should_stream_request
+from failcore.proxy.streamtap import could_be_llm_path, should_stream_request
 
 HELD = "failcore_held"
 
 
-def hold_reason(session: Session) -> str | None:
-    """Why the active policy needs request bodies whole before forwarding them (None: it does not)."""
+def hold_reason(session: Session, flow: http.HTTPFlow) -> str | None:
+    """Why the active policy needs this request's body whole before forwarding it (None: it does not)."""
     policy = session.policy
     if policy is None:
         return None
@@ -37,7 +39,7 @@ def hold_reason(session: Session) -> str | None:
     scanner = session.dlp
     if scanner is not None and scanner.can_block and scanner.settings.scan_request:
         return "a DLP rule that blocks"
-    if policy.budgets:
+    if policy.budgets and could_be_llm_path(flow.request.path):
         return "a budget"
     return None
 
@@ -102,7 +104,7 @@ class RequestHold:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.request.stream:
             return
-        why = hold_reason(self.session)
+        why = hold_reason(self.session, flow)
         if why is None:
             return
         if not should_stream_request(
@@ -121,4 +123,4 @@ class RequestHold:
             return
         size = len(flow.request.raw_content or b"")
         if size > ctx.options.failcore_hold_max:
-            self._refuse(flow, size, hold_reason(self.session) or "the policy")
+            self._refuse(flow, size, hold_reason(self.session, flow) or "the policy")

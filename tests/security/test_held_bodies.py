@@ -163,3 +163,49 @@ def test_a_chunked_call_does_not_bypass_an_exhausted_model_scoped_budget(
     start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path
 ) -> None:
     _budget_bypass(start_proxy, policy_file, logging_upstream, tmp_path, 'scope: {model: "gpt-4o*"}')
+
+
+def test_a_chunked_upload_off_llm_paths_does_not_bypass_an_exhausted_budget(
+    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    proxy = start_proxy(
+        policy_file(BUDGET.format(scope="")),
+        upstream_ca=logging_upstream.ca_path,
+        sets=[f"failcore_state_dir={tmp_path / 'state'}"],
+    )
+    with proxied_client(proxy) as client:
+        first = client.post(f"{logging_upstream.url}/upload", content=b"first-upload")
+        second = client.post(f"{logging_upstream.url}/upload", content=chunked(b"chunked-", b"upload"))
+    proxy.flush()
+    assert (first.status_code, second.status_code) == (200, 429)
+    assert b"chunked-" not in logging_upstream.received_bytes()
+    decisions = [(e["decision"], e["rule"]) for e in network_events(read_tape(tmp_path / "tape"))]
+    assert decisions == [("ALLOW", None), ("BLOCK", "budget:one-call")]
+
+
+def test_fail_closed_holds_a_chunked_body_until_every_check_has_run(
+    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch
+) -> None:
+    """With `fail_open: false`, a check that fails stops the request: a chunked LLM call used to be
+    forwarded before the meter read it, so the failure came after the body had left."""
+    import failcore.proxy.meter as meter
+
+    def broken(content: bytes | None) -> None:
+        raise RuntimeError("meter broke")
+
+    monkeypatch.setattr(meter, "_request_json", broken)
+    policy = "version: 1\nmode: observe\nfail_open: false\n"
+    proxy = start_proxy(policy_file(policy), upstream_ca=logging_upstream.ca_path)
+    wire = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "held-marker"}]})
+    with proxied_client(proxy) as client:
+        response = client.post(
+            f"{logging_upstream.url}/v1/chat/completions",
+            content=chunked(wire[:10], wire[10:]),
+            headers={"content-type": "application/json"},
+        )
+    proxy.flush()
+    assert response.status_code == 502
+    assert response.headers["x-failcore-decision"] == "FAIL_CLOSED"
+    assert b"held-marker" not in logging_upstream.received_bytes()
+    errors = [e for e in read_tape(tmp_path / "tape") if e["kind"] == "internal_error"]
+    assert errors and "meter broke" in errors[0]["error"]
