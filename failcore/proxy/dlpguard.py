@@ -131,7 +131,8 @@ _TOKEN_SCHEMES = frozenset({"bearer", "basic", "token", "apikey", "key"})
 
 
 def _own_spans(name: str, value: str) -> list[tuple[int, int]]:
-    """Byte spans of a credential header's value that are the header's own credential."""
+    """Byte spans of a credential header's value that are the header's own credential: a hit inside
+    one of an Authorization header's, or equal to a single-value header's, is that credential."""
     raw = value.encode("utf-8")
     if name in ("authorization", "proxy-authorization"):
         scheme, sep, _ = value.partition(" ")
@@ -180,7 +181,10 @@ def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -
                 )
                 if whole and hit.rule_id in _SESSION_RULES:
                     continue
-            elif any(s <= hit.start and hit.end <= e for s, e in _own_spans(lower, value)):
+            elif lower.endswith("authorization"):
+                if any(s <= hit.start and hit.end <= e for s, e in _own_spans(lower, value)):
+                    continue
+            elif (hit.start, hit.end) in _own_spans(lower, value):
                 continue
             found.append(hit)
     return found
