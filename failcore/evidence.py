@@ -11,14 +11,53 @@ import hashlib
 import hmac
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import brotli
 
 from failcore.compat import zstd
 
+# Headers whose value is a credential: recorded only as a salted fingerprint. The common names of API
+# and SaaS clients (checked against their documentation): provider keys, session and CSRF tokens.
 CREDENTIAL_HEADERS: Final = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "apikey",
+        "x-apikey",
+        "x-api-token",
+        "x-auth-token",
+        "x-auth-key",
+        "x-access-token",
+        "x-session-token",
+        "x-csrf-token",
+        "x-xsrf-token",
+        "x-goog-api-key",
+        "x-amz-security-token",
+        "x-vault-token",
+        "private-token",
+        "job-token",
+        "x-shopify-access-token",
+        "x-figma-token",
+        "x-postmark-server-token",
+        "x-honeycomb-team",
+        "dd-api-key",
+        "dd-application-key",
+        "x-sentry-auth",
+        "x-functions-key",
+        "ocp-apim-subscription-key",
+        "cf-access-client-secret",
+        "x-hasura-admin-secret",
+        "x-algolia-api-key",
+        "x-riot-token",
+        "x-portkey-api-key",
+        "x-litellm-api-key",
+    }
 )
 # Schemes worth keeping in clear: they say how a client authenticated without saying with what.
 _AUTH_SCHEMES: Final = frozenset({"bearer", "basic", "digest", "token", "negotiate", "aws4-hmac-sha256"})
@@ -34,8 +73,9 @@ _TEXT_TYPES: Final = (
     "graphql",
 )
 _DECODE_STEP: Final = 256 * 1024
-# A compressed body can expand without bound (a "zip bomb"); hashing stops here and says so.
-MAX_DECODED_BYTES: Final = 1 << 30
+# A compressed body can expand without bound (a "zip bomb"); decoding to hash or scan it stops here
+# and says so (64 MiB: inflating and hashing it takes a fraction of a second, 1 GiB took seconds).
+MAX_DECODED_BYTES: Final = 64 << 20
 _ZSTD_INPUT_STEP: Final = 1024
 
 
@@ -66,81 +106,204 @@ def redact_headers(
 
 
 def header_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in fields:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+    """A header's value; several fields of that name are joined by ", " (RFC 9110 5.3), as mitmproxy's
+    Headers.get does, so two Content-Encoding headers read as the two codings they stack."""
+    values = [value.decode("latin-1") for key, value in fields if key.lower() == name]
+    return ", ".join(values) if values else None
 
 
-def decoded_steps(data: bytes, encoding: str) -> Iterator[bytes]:
-    """Decode in bounded steps so a small compressed body can never balloon memory."""
-    if encoding in ("gzip", "x-gzip", "deflate"):
-        if encoding == "deflate" and data[:1] != b"\x78":
-            wbits = -zlib.MAX_WBITS  # raw deflate, as some servers send it
-        else:
-            wbits = zlib.MAX_WBITS | (16 if encoding != "deflate" else 0)
-        z = zlib.decompressobj(wbits)
-        pending = data
-        while pending:
-            out = z.decompress(pending, _DECODE_STEP)
-            pending = z.unconsumed_tail
+# More stacked encodings than this is not a real client's body; it is refused as undecodable.
+MAX_ENCODINGS: Final = 8
+
+
+def content_encodings(value: str | None) -> list[str]:
+    """A Content-Encoding value (several headers joined by ", ") as the codings in the order they were
+    applied; `identity` is no coding."""
+    codings = [c.strip().lower() for c in (value or "").split(",")]
+    return [c for c in codings if c and c != "identity"]
+
+
+class _ZlibStage:
+    """gzip (every member of a multi-member body, RFC 1952 2.2) or deflate (zlib or raw)."""
+
+    def __init__(self, coding: str) -> None:
+        self.coding = coding
+        self.gzip = coding != "deflate"
+        self.z: Any = None
+        self.members = 0
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            if self.z is None:
+                if self.members and not self.gzip:
+                    raise ValueError("data after the end of the deflate stream")
+                if self.gzip:
+                    wbits = zlib.MAX_WBITS | 16
+                else:
+                    wbits = zlib.MAX_WBITS if data[:1] == b"\x78" else -zlib.MAX_WBITS  # raw, as some send it
+                self.z = zlib.decompressobj(wbits)
+            z = self.z
+            while True:
+                out = z.decompress(data, _DECODE_STEP)
+                if out:
+                    yield out
+                if z.eof:
+                    data = z.unused_data  # the next gzip member, if any
+                    self.z = None
+                    self.members += 1
+                    break
+                data = z.unconsumed_tail
+                if not data and len(out) < _DECODE_STEP:
+                    return
+
+    def finish(self) -> Iterator[bytes]:
+        if self.z is None:
+            return
+        out = self.z.flush()
+        if out:
             yield out
-            if z.eof:
-                return
-        yield z.flush()
-        if not z.eof:
-            raise EOFError(f"{encoding} stream ends before its end marker (truncated)")
-    elif encoding == "br":
-        b = brotli.Decompressor()
-        yield b.process(data, output_buffer_limit=_DECODE_STEP)
-        while not b.can_accept_more_data() and not b.is_finished():
-            yield b.process(b"", output_buffer_limit=_DECODE_STEP)
-        if not b.is_finished():
+        if not self.z.eof:
+            raise EOFError(f"{self.coding} stream ends before its end marker (truncated)")
+
+
+class _BrotliStage:
+    def __init__(self) -> None:
+        self.b = brotli.Decompressor()
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self.b.is_finished():
+            raise ValueError("data after the end of the br stream")
+        yield self.b.process(data, output_buffer_limit=_DECODE_STEP)
+        # Not `while not can_accept_more_data()`: that turns true while output is still pending, and
+        # ended the decoding of a large body early (reported as truncated).
+        while not self.b.is_finished():
+            out = self.b.process(b"", output_buffer_limit=_DECODE_STEP)
+            if not out:
+                break  # it needs more input
+            yield out
+
+    def finish(self) -> Iterator[bytes]:
+        if not self.b.is_finished():
             raise EOFError("br stream ends before its end marker (truncated)")
-    elif encoding == "zstd":
-        yield from _zstd_steps(data)
-    else:
-        raise ValueError(f"unsupported content-encoding {encoding!r}")
+        return iter(())
 
 
-def _zstd_steps(data: bytes) -> Iterator[bytes]:
-    # Fed in small pieces with a bounded output per call (a zstd block expands at most ~32,000×);
+class _ZstdStage:
+    # Fed in small pieces with a bounded output per call (a zstd block expands at most ~32,000x);
     # a body may hold several frames, and a last frame without its end is a truncation.
-    frame = zstd.ZstdDecompressor()
-    fed = False
-    for i in range(0, len(data), _ZSTD_INPUT_STEP):
-        piece = data[i : i + _ZSTD_INPUT_STEP]
-        while piece:
-            fed = True
-            yield frame.decompress(piece, _DECODE_STEP)
-            while not frame.eof and not frame.needs_input:
-                yield frame.decompress(b"", _DECODE_STEP)
-            if not frame.eof:
-                break
-            piece = frame.unused_data  # the next frame
-            frame, fed = zstd.ZstdDecompressor(), False
-    if fed and not frame.eof:
-        raise EOFError("zstd stream ends before its frame does (truncated)")
+    def __init__(self) -> None:
+        self.frame = zstd.ZstdDecompressor()
+        self.fed = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        for i in range(0, len(data), _ZSTD_INPUT_STEP):
+            piece = data[i : i + _ZSTD_INPUT_STEP]
+            while piece:
+                self.fed = True
+                yield self.frame.decompress(piece, _DECODE_STEP)
+                while not self.frame.eof and not self.frame.needs_input:
+                    yield self.frame.decompress(b"", _DECODE_STEP)
+                if not self.frame.eof:
+                    break
+                piece = self.frame.unused_data  # the next frame
+                self.frame, self.fed = zstd.ZstdDecompressor(), False
+
+    def finish(self) -> Iterator[bytes]:
+        if self.fed and not self.frame.eof:
+            raise EOFError("zstd stream ends before its frame does (truncated)")
+        return iter(())
+
+
+def _stage(coding: str) -> _ZlibStage | _BrotliStage | _ZstdStage:
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return _ZlibStage(coding)
+    if coding == "br":
+        return _BrotliStage()
+    if coding == "zstd":
+        return _ZstdStage()
+    raise ValueError(f"unsupported content-encoding {coding!r}")
+
+
+def decoded_steps(data: bytes, encoding: str | None) -> Iterator[bytes]:
+    """Decode in bounded steps so a small compressed body can never balloon memory. Every coding of a
+    stacked `Content-Encoding` (`gzip, br`; two headers) is undone, last applied first, and every
+    member of a multi-member gzip body or frame of a zstd body is decoded, as servers do."""
+    codings = content_encodings(encoding)
+    if len(codings) > MAX_ENCODINGS:
+        raise ValueError(f"{len(codings)} stacked content-encodings (at most {MAX_ENCODINGS} are decoded)")
+    if not codings:
+        if data:
+            yield data
+        return
+    stages = [_stage(c) for c in reversed(codings)]
+
+    def push(level: int, piece: bytes) -> Iterator[bytes]:
+        if level == len(stages):
+            if piece:
+                yield piece
+            return
+        for out in stages[level].feed(piece):
+            yield from push(level + 1, out)
+
+    yield from push(0, data)
+    for level, stage in enumerate(stages):
+        for out in stage.finish():
+            yield from push(level + 1, out)
 
 
 def decoded_content(raw: bytes | None, encoding: str | None, limit: int) -> bytes | None:
     """A whole body decoded per its Content-Encoding, or None when it would decode to more than
     `limit` bytes (a decompression bomb must not be inflated to read a model name). A body that does
     not decode is returned as it is, as mitmproxy's get_content(strict=False) does."""
-    if not raw:
+    if not raw or not is_encoded(encoding):
         return raw
-    encoding = (encoding or "").strip().lower()
-    if encoding in ("", "identity"):
-        return raw
+    decoded = decode_body(raw, encoding, limit)
+    if decoded.over_limit:
+        return None
+    return raw if decoded.error is not None else decoded.data
+
+
+DECODE_ERRORS: Final = (zlib.error, brotli.error, zstd.ZstdError, ValueError, EOFError)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedBody:
+    """A body decoded within a limit: `data` is all of it, or what was decoded before the limit
+    (`over_limit`) or before it stopped decoding (`error`)."""
+
+    data: bytes
+    over_limit: bool = False
+    error: str | None = None
+
+
+def decode_body(raw: bytes, encoding: str | None, limit: int) -> DecodedBody:
+    if not is_encoded(encoding):
+        return DecodedBody(raw)
     out = bytearray()
     try:
         for piece in decoded_steps(raw, encoding):
             out += piece
             if len(out) > limit:
-                return None
-    except (zlib.error, brotli.error, zstd.ZstdError, ValueError, EOFError):
-        return raw
-    return bytes(out)
+                return DecodedBody(bytes(out[:limit]), over_limit=True)
+    except DECODE_ERRORS as e:
+        return DecodedBody(bytes(out), error=f"{type(e).__name__}: {e}"[:200])
+    return DecodedBody(bytes(out))
+
+
+def decoded_size_at_most(raw: bytes, encoding: str | None, limit: int) -> int:
+    """How many bytes `raw` decodes to, counted only up to `limit` (a bounded probe: a bomb is not
+    inflated to weigh it). A body that does not decode weighs its wire size."""
+    if not is_encoded(encoding):
+        return len(raw)
+    total = 0
+    try:
+        for piece in decoded_steps(raw, encoding):
+            total += len(piece)
+            if total >= limit:
+                return limit
+    except DECODE_ERRORS:
+        return max(total, len(raw))
+    return total
 
 
 # Decoded size past which a compressed body is not inflated on the event loop / at all (to read it
@@ -150,7 +313,7 @@ DECODE_LIMIT: Final = 64 << 20
 
 
 def is_encoded(encoding: str | None) -> bool:
-    return (encoding or "").strip().lower() not in ("", "identity")
+    return bool(content_encodings(encoding))
 
 
 def read_off_loop(size: int, encoding: str | None, threshold: int) -> bool:
@@ -190,9 +353,7 @@ def body_evidence(
     """
     if wire_size == 0 and not data:
         return None
-    encoding = (content_encoding or "").strip().lower() or None
-    if encoding == "identity":
-        encoding = None
+    encoding = ", ".join(content_encodings(content_encoding)) or None
     ev: dict[str, Any] = {"size": wire_size, "cap": cap}
     decoded_prefix = data
     if encoding:
@@ -212,7 +373,7 @@ def body_evidence(
                     break
                 if not complete and len(kept) >= cap:
                     break
-        except (zlib.error, brotli.error, zstd.ZstdError, ValueError, EOFError) as e:
+        except DECODE_ERRORS as e:
             if complete:
                 ev["decode_error"] = f"{type(e).__name__}: {e}"
         if "decode_error" in ev:
@@ -232,7 +393,9 @@ def body_evidence(
         ev["sha256_of"] = "decoded"
     full_len = ev.get("decoded_size", wire_size)
     shown = decoded_prefix[:cap]
-    ev["truncated"] = len(shown) < full_len or (not complete and len(shown) < wire_size)
+    ev["truncated"] = (
+        len(shown) < full_len or (not complete and len(shown) < wire_size) or bool(ev.get("decode_limit_hit"))
+    )
     text = _as_text(shown, content_type)
     if text is not None:
         ev["text"] = text
@@ -256,3 +419,77 @@ def _as_text(data: bytes, content_type: str | None) -> str | None:
             except UnicodeDecodeError:
                 return None
         return None
+
+
+# Shorter credential values ("1", "true", a cookie flag) would mask ordinary words.
+_MIN_ECHOED = 8
+
+
+def credential_values(
+    fields: Iterable[tuple[bytes, bytes]], extra: frozenset[str] = frozenset()
+) -> list[bytes]:
+    """The secrets a message's credential headers carry, in the forms an upstream may echo back: the
+    whole value, an Authorization token, Basic credentials decoded (and their password), each cookie's
+    value. Longest first, so a value is masked before a part of it."""
+    found: set[bytes] = set()
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("latin-1").lower()
+        if name not in CREDENTIAL_HEADERS and name not in extra:
+            continue
+        value = raw_value.strip()
+        found.add(value)
+        scheme, _, rest = value.partition(b" ")
+        if rest.strip() and name.endswith("authorization"):
+            token = rest.strip()
+            found.add(token)
+            if scheme.lower() == b"basic":
+                try:
+                    decoded = base64.b64decode(token, validate=True)
+                except ValueError:
+                    decoded = b""
+                found.add(decoded)
+                found.add(decoded.partition(b":")[2])
+        if name in ("cookie", "set-cookie"):
+            pairs = value.split(b";") if name == "cookie" else value.split(b";")[:1]
+            for pair in pairs:
+                _, eq, cookie = pair.partition(b"=")
+                if eq:
+                    found.add(cookie.strip().strip(b'"'))
+    variants = set(found)
+    for secret in found:
+        if b"/" in secret:
+            variants.add(secret.replace(b"/", b"\\/"))  # as JSON encoders that escape "/" write it
+    return sorted((s for s in variants if len(s) >= _MIN_ECHOED), key=len, reverse=True)
+
+
+def _mask_all(data: bytes, secrets: list[bytes], salt: bytes) -> bytes:
+    for secret in secrets:
+        if secret in data:
+            plain = secret.replace(b"\\/", b"/")
+            data = data.replace(secret, f"[redacted {fingerprint(plain, salt)}]".encode())
+    return data
+
+
+def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: bytes) -> None:
+    """Mask, in a built exchange event, every copy of the exchange's credentials outside the headers
+    that carried them (already redacted): an upstream echoing a Bearer token, a cookie or Basic
+    credentials in its response body or headers, or a client repeating one in a body or the path."""
+    if not secrets:
+        return
+    for side in ("request", "response"):
+        message = event.get(side)
+        if not message:
+            continue
+        for pair in message.get("headers", []):
+            if not pair[1].startswith("[redacted "):
+                pair[1] = _mask_all(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+        body = message.get("body") or {}
+        if "text" in body:
+            body["text"] = _mask_all(body["text"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+        elif "b64" in body:
+            raw = base64.b64decode(body["b64"])
+            masked = _mask_all(raw, secrets, salt)
+            if masked != raw:
+                body["b64"] = base64.b64encode(masked).decode("ascii")
+    if isinstance(event.get("path"), str):
+        event["path"] = _mask_all(event["path"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")

@@ -108,6 +108,7 @@ DLP_KEYS: tuple[str, ...] = (
     "scan",
     "import_gitleaks",
     "custom",
+    "unscannable",
 )
 DLP_SCAN_KEYS: tuple[str, ...] = ("request", "response")
 DLP_STREAM_MODES: tuple[DlpStreamMode, ...] = ("side", "strict")
@@ -287,6 +288,9 @@ class DlpSettings:
     gitleaks_rules: tuple[DlpRule, ...] = ()
     gitleaks_skipped: tuple[tuple[str, str], ...] = ()
     custom_rules: tuple[DlpRule, ...] = ()
+    # What a request body that cannot be scanned whole (it decodes past the decode limit) gets when
+    # the policy can BLOCK on a hit: refused (BLOCK) or forwarded with a warning (WARN).
+    unscannable: Action = "BLOCK"
 
     def action_for(self, rule_id: str, severity: str) -> Action:
         """A rule's own action wins over its severity's, which wins over the default."""
@@ -1243,7 +1247,22 @@ class _DlpReader:
             gitleaks_rules=rules,
             gitleaks_skipped=skipped,
             custom_rules=custom_rules,
+            unscannable=self._read_unscannable(),
         )
+
+    def _read_unscannable(self) -> Action:
+        if self.node.get("unscannable") is None:
+            return "BLOCK"
+        value = self.node["unscannable"]
+        action = _parse_action(value)
+        if action in ("BLOCK", "WARN"):
+            return action
+        self.problems.add(
+            _value_pos(self.node, "unscannable"),
+            f"dlp: unscannable: {_describe(value)} is not valid; use BLOCK (refuse a body that "
+            "cannot be scanned whole) or WARN (forward it with a warning)",
+        )
+        return "BLOCK"
 
     def _check_keys(self) -> None:
         def add(position: Position, message: str) -> None:

@@ -10,7 +10,7 @@ import brotli
 import pytest
 
 from failcore.compat import zstd
-from failcore.evidence import body_evidence, decoded_content
+from failcore.evidence import body_evidence, decode_body, decoded_content, decoded_size_at_most
 
 TEXT = random.Random(3).randbytes(40_000).hex().encode()
 ENCODERS = {
@@ -56,3 +56,37 @@ def test_decoded_content_is_bounded_and_falls_back_to_the_wire_bytes() -> None:
     assert decoded_content(TEXT, None, 10) == TEXT and decoded_content(TEXT, " Identity ", 10) == TEXT
     assert decoded_content(b"not gzip", "gzip", 1 << 20) == b"not gzip"
     assert decoded_content(b"", "gzip", 1) == b""
+
+
+def test_every_gzip_member_and_every_stacked_coding_is_decoded() -> None:
+    # Expected values built with the standard library's own decoders, not failcore's.
+    multi = gzip.compress(b"hello ") + gzip.compress(TEXT)
+    assert gzip.decompress(multi) == b"hello " + TEXT
+    assert decoded_content(multi, "gzip", 1 << 20) == gzip.decompress(multi)
+    stacked = brotli.compress(gzip.compress(TEXT))  # gzip applied first, then br: "gzip, br"
+    assert decoded_content(stacked, "gzip, br", 1 << 20) == TEXT
+    assert decoded_content(stacked, " GZIP ,identity, br ", 1 << 20) == TEXT
+    ev = evidence(multi, "gzip")
+    assert ev["decoded_size"] == len(b"hello " + TEXT) and ev["text"].encode() == b"hello " + TEXT
+
+
+def test_decoding_is_bounded_across_members_and_codings() -> None:
+    padded = gzip.compress(gzip.compress(b"\0" * (9 << 20)))
+    assert decode_body(padded, "gzip, gzip", 8 << 20).over_limit
+    assert decoded_size_at_most(brotli.compress(b"\0" * (32 << 20)), "br", 65537) == 65537
+    many = gzip.compress(b"x")
+    for _ in range(9):
+        many = gzip.compress(many)
+    assert decode_body(many, ", ".join(["gzip"] * 10), 1 << 20).error is not None
+
+
+def test_a_body_past_the_decode_limit_is_marked_truncated() -> None:
+    ev = evidence(gzip.compress(b" " * ((64 << 20) + 10)), "gzip")
+    assert ev["decode_limit_hit"] and ev["truncated"] and ev["sha256_of"] == "wire"
+
+
+def test_a_large_brotli_body_is_decoded_to_its_end() -> None:
+    zeros = b"\0" * (16 << 20)
+    wire = brotli.compress(zeros, quality=1)
+    assert brotli.decompress(wire) == zeros
+    assert decoded_content(wire, "br", 32 << 20) == zeros

@@ -432,3 +432,10 @@ def test_import_gitleaks_bundled_is_the_rule_set_shipped_in_the_package(tmp_path
     assert ids == {rule.id for rule in by_path.dlp.gitleaks_rules}
     assert bundled.dlp.gitleaks_path == by_path.dlp.gitleaks_path
     assert "github-pat" in ids and len(ids) > 150
+
+
+def test_dlp_unscannable_defaults_to_block_and_is_validated() -> None:
+    assert policy_from("dlp: {default_action: BLOCK}\n").dlp.unscannable == "BLOCK"
+    assert policy_from("dlp: {unscannable: warn}\n").dlp.unscannable == "WARN"
+    expected = 'dlp: unscannable: the text "ALLOW" is not valid; use BLOCK'
+    assert_problems("dlp:\n  unscannable: ALLOW\n", [(2, 16, expected)])

@@ -25,6 +25,7 @@ from failcore.proxy.console import QuietConsole
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
 from failcore.proxy.listen import ListenGuard
+from failcore.proxy.hold import RequestHold
 from failcore.proxy.meter import LlmMeter
 from failcore.proxy.recorder import Recorder
 from failcore.proxy.resolved import ResolvedAddressGuard
@@ -53,6 +54,7 @@ class FailCore:
         self.listen = ListenGuard(s)
         self.gate = PolicyGate(s)
         self.resolved = ResolvedAddressGuard(s)
+        self.hold = RequestHold(s)
         self.meter = LlmMeter(s)
         self.budgets = BudgetGuard(s)
         self.dlp = DlpGuard(s)
@@ -67,6 +69,7 @@ class FailCore:
             QuietConsole(),
             self.gate,
             self.resolved,
+            self.hold,
             self.meter,
             self.budgets,
             self.dlp,

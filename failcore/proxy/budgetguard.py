@@ -21,6 +21,7 @@ from failcore.policy import Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
+from failcore.proxy.streamtap import should_stream_request
 
 STATE_FILE = "budgets.sqlite"
 
@@ -117,10 +118,29 @@ class BudgetGuard:
         )
         return self.store
 
+    @guarded("budget.requestheaders")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """A request whose body will stream is decided now, before anything of it leaves: its budget
+        needs only the request line (off LLM paths; on them failcore.proxy.hold keeps the body back)."""
+        policy = self.session.policy
+        if flow.response is not None or policy is None or policy.mode != "enforce":
+            return
+        if flow.metadata.get("failcore_held") or not should_stream_request(
+            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
+        ):
+            return
+        self._admit(flow)
+
     @guarded("budget.request")
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return
+        state = self.session.flows.get(flow.id)
+        if state is not None and state.request_reserved_at is not None:
+            return  # admitted at requestheaders
+        self._admit(flow)
+
+    def _admit(self, flow: http.HTTPFlow) -> None:
         store = self._sync_store()
         if store is None:
             return

@@ -37,7 +37,8 @@ from failcore.evidence import (
     CREDENTIAL_HEADERS,
     DECODE_LIMIT,
     ON_LOOP_DECODE_LIMIT,
-    decoded_content,
+    DecodedBody,
+    decode_body,
     is_encoded,
     read_off_loop,
 )
@@ -122,15 +123,122 @@ def _location(where: str, located: str | None) -> str:
     return f"{where}:{located}"
 
 
+# Rules for what a session cookie legitimately is: a hit of one of these spanning a whole cookie value
+# is that cookie, not a secret smuggled in it.
+_SESSION_RULES = frozenset({"jwt", "generic-api-key-assignment", "generic-secret-assignment"})
+# Authorization schemes whose credential is one token; the others carry parameters (Digest, AWS SigV4).
+_TOKEN_SCHEMES = frozenset({"bearer", "basic", "token", "apikey", "key"})
+
+
+def _own_spans(name: str, value: str) -> list[tuple[int, int]]:
+    """Byte spans of a credential header's value that are the header's own credential: a hit inside
+    one of an Authorization header's, or equal to a single-value header's, is that credential."""
+    raw = value.encode("utf-8")
+    if name in ("authorization", "proxy-authorization"):
+        scheme, sep, _ = value.partition(" ")
+        if not sep:
+            return [(0, len(raw))]
+        start = len(scheme.encode()) + 1
+        while start < len(raw) and raw[start : start + 1] == b" ":
+            start += 1
+        if scheme.lower() not in _TOKEN_SCHEMES:
+            return [(start, len(raw))]
+        end = raw.find(b" ", start)
+        return [(start, len(raw) if end < 0 else end)]
+    stripped = raw.strip()
+    start = raw.find(stripped) if stripped else 0
+    return [(start, start + len(stripped))]
+
+
+def _cookie_value_spans(value: str) -> list[tuple[int, int]]:
+    raw = value.encode("utf-8")
+    spans = []
+    cursor = 0
+    for part in raw.split(b";"):
+        eq = part.find(b"=")
+        if eq >= 0:
+            start = cursor + eq + 1
+            end = cursor + len(part)
+            spans.append((start, end))
+        cursor += len(part) + 1
+    return spans
+
+
+def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
+    """Secrets in credential headers that are not the header's own credential: an AWS key in a Cookie,
+    a key appended after a Bearer token. A key that *is* the Authorization/X-Api-Key value is what
+    the header is for (the host rules decide where it may go) and is not reported here."""
+    found: list[Hit] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in CREDENTIAL_HEADERS:
+            continue
+        for hit in scan_headers(engine, [(name, value)]):
+            if lower in ("cookie", "set-cookie"):
+                whole = any(
+                    value.encode()[s:e].strip() == value.encode()[hit.start : hit.end]
+                    for s, e in _cookie_value_spans(value)
+                )
+                if whole and hit.rule_id in _SESSION_RULES:
+                    continue
+            elif lower.endswith("authorization"):
+                if any(s <= hit.start and hit.end <= e for s, e in _own_spans(lower, value)):
+                    continue
+            elif (hit.start, hit.end) in _own_spans(lower, value):
+                continue
+            found.append(hit)
+    return found
+
+
+def header_name_hits(engine: DlpEngine, names: Sequence[str], where: str = "header-name") -> list[Hit]:
+    """Secrets spelled as header names (`X-AKIA…: 1`): every name is scanned, alone on its line."""
+    found: list[Hit] = []
+    for name in names:
+        raw = name.encode("utf-8", "surrogateescape")
+        # Names are case-insensitive (HTTP/2 lower-cases them): an upper-case key id is still one.
+        seen = {(h.rule_id, h.start, h.end): h for h in engine.scan(raw)}
+        if raw.upper() != raw:
+            for h in engine.scan(raw.upper()):
+                seen.setdefault((h.rule_id, h.start, h.end), h)
+        found.extend(replace(hit, location=where) for hit in seen.values())
+    return found
+
+
 def scan_request_for_block(
-    scanner: DlpScanner, url: str, headers: list[tuple[str, str]], body: bytes
+    scanner: DlpScanner,
+    url: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    trailers: Sequence[tuple[str, str]] = (),
 ) -> list[Hit]:
-    """The hits that decide a request in enforce mode (url, non-credential headers, body)."""
+    """The hits that decide a request in enforce mode: the url, header (and trailer) values and names,
+    secrets foreign to a credential header, and the body."""
+    fields = [*headers, *trailers]
     hits = scan_url(scanner.engine, url)
-    hits += scan_headers(scanner.engine, [(k, v) for k, v in headers if k.lower() not in CREDENTIAL_HEADERS])
+    hits += scan_headers(scanner.engine, [(k, v) for k, v in fields if k.lower() not in CREDENTIAL_HEADERS])
+    hits += foreign_credential_hits(scanner.engine, fields)
+    hits += header_name_hits(scanner.engine, [k for k, _ in fields])
     if body:
         hits += scan_json_body(scanner.engine, unescape_ascii_json(body))
     return hits
+
+
+def judge_request(
+    scanner: DlpScanner,
+    url: str,
+    headers: list[tuple[str, str]],
+    trailers: Sequence[tuple[str, str]],
+    raw: bytes,
+    decoded: DecodedBody,
+) -> tuple[list[Hit], str | None]:
+    """The request's hits, and why its body could not be scanned whole (None when it was)."""
+    hits = scan_request_for_block(scanner, url, headers, decoded.data, trailers)
+    if decoded.error is not None and raw and raw != decoded.data:
+        # What decoded before the error was scanned; what it says on the wire is scanned too.
+        hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
+    if decoded.over_limit:
+        return hits, f"the request body decodes to more than {DECODE_LIMIT} bytes: it cannot be scanned whole"
+    return hits, None
 
 
 def _mask_body(
@@ -172,8 +280,6 @@ def _mask_headers(
         return
     lines = [f"{name}: {value}\n".encode() for name, value in pairs]
     hits = scanner.engine.scan(b"".join(lines))
-    if not hits:
-        return
     line_start = 0
     for pair, line in zip(pairs, lines, strict=True):
         value_start = line_start + len(pair[0].encode()) + 2
@@ -184,9 +290,17 @@ def _mask_headers(
             if value_start <= h.start and h.end <= line_end
         ]
         if mine:
-            pair[1] = mask_text(pair[1], mine)
+            # The whole value becomes the hits' fingerprints: what surrounds a secret in a header
+            # (a prefix, a second half) can be as telling as the secret.
+            pair[1] = f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in mine))}]"
             out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
         line_start += len(line)
+    # A secret spelled as a header name (`X-AKIA…: 1`) is masked in the name itself.
+    for pair in message.get("headers", []):
+        named = header_name_hits(scanner.engine, [pair[0]])
+        if named:
+            out.extend(_hit_record(scanner, replace(h, location=None), f"{where}.header-name") for h in named)
+            pair[0] = mask_text(pair[0], named)
 
 
 def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = ()) -> None:
@@ -194,6 +308,9 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
     `past_cap`: the scans of streamed bodies beyond what the tape keeps (their hits carry offsets)."""
     hits: list[dict[str, Any]] = []
     s = scanner.settings
+    if event.get("kind") == "websocket":
+        _scan_websocket_event(scanner, event)
+        return
     request = event.get("request")
     if s.scan_request:
         target = event.get("target") or {}
@@ -250,6 +367,49 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
         )
 
 
+def _scan_websocket_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
+    """A WebSocket message is masked like a body, in both directions; a message the DLP guard dropped
+    is recorded as the BLOCK it was."""
+    detail = event.get("detail") or {}
+    from_client = detail.get("direction") == "client->server"
+    if not (scanner.settings.scan_request if from_client else scanner.settings.scan_response):
+        return
+    hits: list[dict[str, Any]] = []
+    _mask_body(scanner, detail.get("body"), "request.body" if from_client else "response.body", hits)
+    for hit in hits:
+        hit["location"] = f"websocket.{'client' if from_client else 'server'}-message"
+    if not hits:
+        return
+    event["dlp"] = {"hits": hits, "engine": scanner.engine.backend}
+    blocking = [h for h in hits if h["action"] == "BLOCK"]
+    if event.get("outcome") == "BLOCKED" and blocking:
+        worst = max(blocking, key=lambda h: _SEVERITY_RANK.get(h["severity"], 0))
+        event["rule"] = f"dlp:{worst['rule']}"
+        event["reason"] = f"DLP: {worst['rule']} ({worst['severity']}) in the message: dropped, not forwarded"
+    flagged = [h for h in hits if h["action"] != "ALLOW"]
+    if flagged:
+        rules = sorted({h["rule"] for h in flagged})
+        event.setdefault("warnings", []).append(
+            {"reason": "dlp", "message": f"{len(flagged)} DLP hit(s): {', '.join(rules)[:200]}"}
+        )
+
+
+def ws_message_verdict(scanner: DlpScanner, content: bytes, from_client: bool) -> Hit | None:
+    """The hit that makes a WebSocket message BLOCKed (dropped, never forwarded), or None. A message
+    from the client is judged like a request body; one from the server like a strict-mode stream."""
+    s = scanner.settings
+    if not scanner.enforce or not scanner.can_block:
+        return None
+    if not (s.scan_request if from_client else (s.scan_response and s.stream == "strict")):
+        return None
+    blocking = [
+        h
+        for h in scan_json_body(scanner.engine, unescape_ascii_json(content))
+        if scanner.action(h) == "BLOCK"
+    ]
+    return max(blocking, key=lambda h: _SEVERITY_RANK.get(h.severity, 0)) if blocking else None
+
+
 def _mask_recorded_tail(body: dict[str, Any] | None, start: int, hit: Hit) -> None:
     """Mask the recorded body from `start` to its end: the first bytes of a secret that runs past it."""
     if not body:
@@ -299,6 +459,19 @@ def block_decision(scanner: DlpScanner, hits: list[Hit], current: Decision | Non
     return Decision("WARN", f"dlp:{worst.rule_id}", reason, True, "BLOCK")
 
 
+def unscannable_decision(scanner: DlpScanner, why: str, state: FlowState) -> Decision | None:
+    """The policy's `dlp.unscannable` choice for a body that cannot be scanned whole: BLOCK refuses it
+    (in enforce mode; WARN in observe), WARN forwards it with a warning. Both are recorded."""
+    state.warnings.append({"reason": "dlp_unscannable", "message": why})
+    action = scanner.settings.unscannable
+    reason = f"DLP: {why} (dlp.unscannable: {action})"
+    if action == "BLOCK" and scanner.enforce:
+        return Decision("BLOCK", "dlp:unscannable", reason, True, "BLOCK")
+    if state.decision is not None and state.decision.decision == "BLOCK":
+        return None
+    return Decision("WARN", "dlp:unscannable", reason, action == "BLOCK", action)
+
+
 class StreamDlp:
     """Strict stream mode: every chunk is scanned together with the bytes before it, so a secret split
     across chunks is caught by the chunk that completes it, which is then never forwarded."""
@@ -344,16 +517,16 @@ class DlpGuard:
         if state is None or state.request_tap is not None:
             return None
         headers = list(flow.request.headers.items(multi=True))
+        trailers = list(flow.request.trailers.items(multi=True)) if flow.request.trailers else []
         raw = flow.request.raw_content or b""
         encoding = flow.request.headers.get("content-encoding")
+        url = flow.request.pretty_url
         if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES):
-            return self._decide_off_loop(flow, state, scanner, headers, raw, encoding)
-        body = decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)
-        if body is None:
-            return self._decide_off_loop(flow, state, scanner, headers, raw, encoding)
-        self._decide(
-            flow, state, scanner, scan_request_for_block(scanner, flow.request.pretty_url, headers, body)
-        )
+            return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
+        decoded = decode_body(raw, encoding, ON_LOOP_DECODE_LIMIT)
+        if decoded.over_limit:
+            return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
+        self._decide(flow, state, scanner, *judge_request(scanner, url, headers, trailers, raw, decoded))
         return None
 
     async def _decide_off_loop(
@@ -361,21 +534,30 @@ class DlpGuard:
         flow: http.HTTPFlow,
         state: FlowState,
         scanner: DlpScanner,
+        url: str,
         headers: list[tuple[str, str]],
+        trailers: list[tuple[str, str]],
         raw: bytes,
         encoding: str | None,
     ) -> None:
-        url = flow.request.pretty_url
+        def scan() -> tuple[list[Hit], str | None]:
+            return judge_request(
+                scanner, url, headers, trailers, raw, decode_body(raw, encoding, DECODE_LIMIT)
+            )
 
-        def scan() -> list[Hit]:
-            body = decoded_content(raw, encoding, DECODE_LIMIT)
-            # Past the limit it cannot be read whole: scan what it says on the wire rather than nothing.
-            return scan_request_for_block(scanner, url, headers, raw if body is None else body)
+        self._decide(flow, state, scanner, *await asyncio.to_thread(scan))
 
-        self._decide(flow, state, scanner, await asyncio.to_thread(scan))
-
-    def _decide(self, flow: http.HTTPFlow, state: FlowState, scanner: DlpScanner, hits: list[Hit]) -> None:
+    def _decide(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        scanner: DlpScanner,
+        hits: list[Hit],
+        unscannable: str | None = None,
+    ) -> None:
         verdict = block_decision(scanner, hits, state.decision)
+        if verdict is None and unscannable is not None:
+            verdict = unscannable_decision(scanner, unscannable, state)
         if verdict is None:
             return
         state.decision = verdict
@@ -385,11 +567,37 @@ class DlpGuard:
             state.blocked = True
             flow.response = blocked_response(verdict, flow.id)
 
+    @guarded("dlp.websocket_message")
+    def websocket_message(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        scanner = self.session.dlp
+        if scanner is None or flow.websocket is None or not flow.websocket.messages:
+            return None
+        message = flow.websocket.messages[-1]
+        if len(message.content) > SCAN_OFF_LOOP_BYTES:
+            return self._judge_ws_off_loop(flow, scanner, message)
+        self._judge_ws(flow, message, ws_message_verdict(scanner, message.content, message.from_client))
+        return None
+
+    async def _judge_ws_off_loop(self, flow: http.HTTPFlow, scanner: DlpScanner, message: Any) -> None:
+        hit = await asyncio.to_thread(ws_message_verdict, scanner, message.content, message.from_client)
+        self._judge_ws(flow, message, hit)
+
+    def _judge_ws(self, flow: http.HTTPFlow, message: Any, hit: Hit | None) -> None:
+        if hit is None:
+            return
+        message.drop()
+        direction = "client->server" if message.from_client else "server->client"
+        logger.info(
+            "failcore dropped a WebSocket message (%s) of flow %s: %s", direction, flow.id, hit.rule_id
+        )
+
     @guarded("dlp.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         scanner = self.session.dlp
         if scanner is None or flow.response is not None or not scanner.settings.scan_request:
             return
+        if flow.metadata.get("failcore_held"):
+            return  # held whole: scanned before it is forwarded, and its evidence scanned whole
         if should_stream_request(
             flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
         ):

@@ -24,7 +24,15 @@ from mitmproxy.flow import Error
 
 from failcore import __version__
 from failcore.event import EgressEvent, FailReason, Target
-from failcore.evidence import body_evidence, header_value, is_encoded, redact_headers
+from failcore.evidence import (
+    body_evidence,
+    credential_values,
+    decoded_size_at_most,
+    header_value,
+    is_encoded,
+    mask_echoed_credentials,
+    redact_headers,
+)
 from failcore.llm import contract_drift
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.policy import Decision
@@ -277,6 +285,8 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     out = event.to_dict()
     if snap.replay is not None:
         out["replay"] = snap.replay
+    credentials = [*snap.request.headers, *(snap.response.headers if snap.response is not None else ())]
+    mask_echoed_credentials(out, credential_values(credentials, cfg.redact), cfg.salt)
     if cfg.dlp is not None:
         scan_event(cfg.dlp, out, [*past_cap_scans(snap), *_held_past_cap_scans(snap, cfg, out)])
     return out
@@ -338,6 +348,7 @@ def build_websocket_event(
     content: bytes,
     ts: float,
     decision: Decision | None,
+    dropped: bool = False,
 ) -> dict[str, Any]:
     body = body_evidence(
         content,
@@ -360,11 +371,11 @@ def build_websocket_event(
         method=None,
         path=path,
         summary=f"WS {direction} #{index} ({'text' if is_text else 'binary'}, {len(content)} B)",
-        decision=d.decision if (d := decision) else "ALLOW",
+        decision="BLOCK" if dropped else d.decision if (d := decision) else "ALLOW",
         rule=decision.rule if decision else None,
         reason=decision.reason if decision else None,
-        would_block=decision.would_block if decision else False,
-        outcome="ok",
+        would_block=dropped or (decision.would_block if decision else False),
+        outcome="BLOCKED" if dropped else "ok",
         bytes_out=len(content) if from_client else 0,
         bytes_in=0 if from_client else len(content),
         detail={
@@ -374,7 +385,10 @@ def build_websocket_event(
             "body": body,
         },
     )
-    return event.to_dict()
+    out = event.to_dict()
+    if cfg.dlp is not None:
+        scan_event(cfg.dlp, out)
+    return out
 
 
 class EvidenceBacklog:
@@ -428,26 +442,26 @@ class EvidenceBacklog:
 # Every this many open exchanges, look for ones mitmproxy finished without a hook (see _sweep_in_flight).
 IN_FLIGHT_SWEEP = 1024
 
-# A compressed body is counted as this many times its size when deciding where to build its evidence.
-COMPRESSED_WEIGHT = 8
-
 # Exchanges with more body than this are built in the writer's thread rather than on the event loop.
 LOOP_BUILD_MAX_BYTES = 64 * 1024
 
 
 def _body_bytes(snap: ExchangeSnapshot) -> int:
-    """Bytes of body the evidence builder will work through; a compressed body counts as what it may
-    decode to (at least COMPRESSED_WEIGHT times its size), so a small compressed body that inflates to
-    megabytes is not decoded and scanned on the event loop."""
+    """Bytes of body the evidence builder will work through; a compressed body counts as what it
+    decodes to, found by a probe that stops past LOOP_BUILD_MAX_BYTES, so a small compressed body that
+    inflates to megabytes (a 1.7 KB brotli bomb) is neither decoded on the event loop nor to weigh it."""
     total = 0
     for message in (snap.request, snap.response):
         if message is None:
             continue
-        if message.tap is not None:
-            total += len(message.tap.kept)
-        elif message.content:
-            encoded = is_encoded(header_value(message.headers, b"content-encoding"))
-            total += len(message.content) * (COMPRESSED_WEIGHT if encoded else 1)
+        content = message.tap.kept if message.tap is not None else message.content
+        if not content:
+            continue
+        encoding = header_value(message.headers, b"content-encoding")
+        if is_encoded(encoding):
+            total += decoded_size_at_most(bytes(content), encoding, LOOP_BUILD_MAX_BYTES + 1)
+        else:
+            total += len(content)
     return total
 
 
@@ -791,6 +805,7 @@ class Recorder:
                 content=msg.content,
                 ts=msg.timestamp,
                 decision=state.decision,
+                dropped=msg.dropped,
             )
         )
 

@@ -143,6 +143,8 @@ class StreamTap:
         state = self.session.flows.get(flow.id)
         if state is not None and state.decision is not None and state.decision.decision == "BLOCK":
             return  # it will be answered by the gate; streaming would forward it first
+        if flow.metadata.get("failcore_held"):
+            return  # failcore.proxy.hold: the policy decides on the whole body before it leaves
         if should_stream_request(
             flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
         ):

@@ -5,7 +5,8 @@ the other side?* Each accepted connection is kept as a `Received` record (decryp
 whatever the protocol:
 
 * HTTP/1.1 (h11): every request is answered 200 with a small JSON body (or `respond_with`);
-* WebSocket upgrades (wsproto): every message is echoed back;
+* WebSocket upgrades (wsproto): every message is echoed back (and kept, unmasked, in `ws_messages`);
+  `ws_greeting` messages are sent first, right after the upgrade;
 * anything else (raw TCP): bytes are echoed back as they come.
 """
 
@@ -50,6 +51,8 @@ class LoggingUpstream:
             [(b"content-type", b"application/json")],
             b'{"ok": true}',
         )
+        self.ws_messages: list[str | bytes] = []
+        self.ws_greeting: list[str] = []
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._context: ssl.SSLContext | None = None
@@ -202,7 +205,11 @@ class LoggingUpstream:
             for event in ws.events():
                 if isinstance(event, Request):
                     conn.sendall(ws.send(AcceptConnection()))
+                    for greeting in self.ws_greeting:
+                        conn.sendall(ws.send(TextMessage(data=greeting)))
                 elif isinstance(event, TextMessage | BytesMessage):
+                    with self._lock:
+                        self.ws_messages.append(event.data)
                     conn.sendall(ws.send(type(event)(data=event.data)))
                 elif isinstance(event, Ping):
                     conn.sendall(ws.send(event.response()))

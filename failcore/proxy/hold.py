@@ -1,0 +1,126 @@
+"""RequestHold: nothing leaves before the decision.
+
+A request body that would stream (no Content-Length, e.g. a chunked upload; or one over the streaming
+threshold) is forwarded chunk by chunk as it arrives, before the `request` hook where DLP, budgets and
+metering read it: once mitmproxy streams a request it sends the headers upstream at once and never
+consults the `request` hook's verdict. So where a decision needs the whole body, it is held instead:
+
+- in enforce mode with a DLP rule that BLOCKs (and request scanning on);
+- in enforce mode with budgets, on LLM API paths (a budget's model scope and usage come from the body;
+  anywhere else BudgetGuard decides from the request line and headers, before anything streams);
+- always with `fail_open: false` (a failure in any check must stop the request, not follow it).
+
+A held body is buffered by mitmproxy up to `failcore_hold_max` bytes; one that declares more is refused
+with 413 before a byte of it leaves, and one of unknown length found longer is refused once read.
+"""
+
+from __future__ import annotations
+
+import orjson
+from mitmproxy import ctx, exceptions, http
+
+from failcore.policy import Decision
+from failcore.proxy.guard import guarded
+from failcore.proxy.session import Session
+from failcore.proxy.streamtap import could_be_llm_path, should_stream_request
+
+HELD = "failcore_held"
+
+
+def hold_reason(session: Session, flow: http.HTTPFlow) -> str | None:
+    """Why the active policy needs this request's body whole before forwarding it (None: it does not)."""
+    policy = session.policy
+    if policy is None:
+        return None
+    if not policy.fail_open:
+        return "fail_open: false"
+    if policy.mode != "enforce":
+        return None
+    scanner = session.dlp
+    if scanner is not None and scanner.can_block and scanner.settings.scan_request:
+        return "a DLP rule that blocks"
+    if policy.budgets and could_be_llm_path(flow.request.path):
+        return "a budget"
+    return None
+
+
+def is_held(flow: http.HTTPFlow) -> bool:
+    return bool(flow.metadata.get(HELD))
+
+
+def _too_large(flow: http.HTTPFlow, size: int, limit: int, why: str) -> http.Response:
+    body = orjson.dumps(
+        {
+            "error": {
+                "type": "failcore_body_too_large",
+                "message": f"failcore refused this request: its body ({size} bytes) is larger than "
+                f"failcore_hold_max ({limit} bytes), and the policy ({why}) must read a body whole "
+                "before forwarding it",
+                "event": flow.id,
+            }
+        }
+    )
+    headers = {
+        "Content-Type": "application/json",
+        "X-FailCore-Decision": "BLOCK",
+        "X-FailCore-Rule": "hold:too-large",
+        "X-FailCore-Event": flow.id,
+        "Connection": "close",
+    }
+    return http.Response.make(413, body, headers)
+
+
+class RequestHold:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "failcore_hold_max",
+            int,
+            64 << 20,
+            "Largest request body held whole before forwarding when the policy must decide on it "
+            "(DLP blocking, budgets, fail_open: false); larger ones are refused with 413.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "failcore_hold_max" in updated and ctx.options.failcore_hold_max < 0:
+            raise exceptions.OptionsError("failcore_hold_max must be >= 0")
+
+    def _refuse(self, flow: http.HTTPFlow, size: int, why: str) -> None:
+        limit = ctx.options.failcore_hold_max
+        state = self.session.state(flow)
+        state.decision = Decision(
+            "BLOCK",
+            "hold:too-large",
+            f"request body of {size} bytes over failcore_hold_max ({limit}); {why} needs it whole",
+            True,
+            "BLOCK",
+        )
+        state.blocked = True
+        flow.response = _too_large(flow, size, limit, why)
+
+    @guarded("hold.requestheaders")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.request.stream:
+            return
+        why = hold_reason(self.session, flow)
+        if why is None:
+            return
+        if not should_stream_request(
+            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
+        ):
+            return  # buffered anyway
+        declared = flow.request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > ctx.options.failcore_hold_max:
+            self._refuse(flow, int(declared), why)
+            return
+        flow.metadata[HELD] = True
+
+    @guarded("hold.request")
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not is_held(flow):
+            return
+        size = len(flow.request.raw_content or b"")
+        if size > ctx.options.failcore_hold_max:
+            self._refuse(flow, size, hold_reason(self.session, flow) or "the policy")
