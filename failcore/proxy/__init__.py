@@ -22,6 +22,7 @@ import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import ctx, hooks
 
 from failcore.proxy.budgetguard import BudgetGuard
+from failcore.proxy.connections import ConnectionEvents
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
 from failcore.proxy.meter import LlmMeter
@@ -65,6 +66,7 @@ class FailCore:
             self.streamtap,
             self.replayer,
             self.recorder,
+            ConnectionEvents(s),
         )
         for hook in hooks.all_hooks:
             handlers = [getattr(c, hook) for c in self.concerns if callable(getattr(c, hook, None))]
