@@ -239,7 +239,7 @@ def run_warnings(s: dict[str, Any]) -> list[str]:
     """What a person must know about a run that the counts alone do not say."""
     out = []
     contained = s.get("contained")
-    if not s.get("requests") and not contained:
+    if not s.get("requests") and not s.get("tls_failures") and not contained:
         out.append(
             "the command made no request through failcore: if it talks to the network, it ignores the "
             "proxy variables (see README, 'Which clients honour the proxy variables'); "

@@ -99,7 +99,8 @@ class RunSummary:
             self.blocked += 1
         if action == "ip.packet":
             self.refused += 1
-            what = f"{target.get('scheme')} {where}"
+            protocol = (ev.get("detail") or {}).get("protocol") or target.get("scheme")
+            what = f"{protocol} {where if target.get('port') else target.get('host')}"
             self.refused_targets[what] = self.refused_targets.get(what, 0) + 1
         else:
             self.raw_tcp += 1
