@@ -146,21 +146,24 @@ async def _serve(args: argparse.Namespace) -> int:
     assert proxy.ca is not None
     policy = proxy.session.policy
     info = {
-        "address": proxy.url,
+        "address": proxy.url if proxy.listening else None,
         "run": proxy.session.run_id,
         "tape": str(proxy.tape_dir),
         "policy": policy.source if policy else None,
         "mode": policy.mode if policy else None,
         "ca_cert": str(proxy.ca.cert_path),
         "ca_sha256": proxy.ca.sha256,
-        "env": proxy.ca.env(proxy.url) if "regular" in (args.mode or ["regular"]) else {},
+        "env": proxy.ca.env(proxy.url)
+        if proxy.listening and "regular" in (args.mode or ["regular"])
+        else {},
     }
     if args.json:
         _print_json(info)
     else:
         console.print(
-            f"[bold]failcore {__version__}[/] listening on [cyan]{proxy.url}[/] "
-            f"({', '.join(args.mode or ['regular'])})"
+            f"[bold]failcore {__version__}[/] "
+            + (f"listening on [cyan]{proxy.url}[/] " if proxy.listening else "capturing ")
+            + f"({', '.join(args.mode or ['regular'])})"
         )
         console.print(safe_text(f"run {info['run']}  tape {info['tape']}"))
         console.print(safe_text(f"policy {info['policy']} (mode {info['mode']})"))
@@ -195,7 +198,10 @@ async def _run_command(args: argparse.Namespace) -> int:
         return 2
     assert proxy.ca is not None
     env = dict(os.environ)
-    env.update(proxy.ca.env(proxy.url, args.no_proxy))
+    if proxy.listening:
+        env.update(proxy.ca.env(proxy.url, args.no_proxy))
+    else:  # local capture only: nothing to point a client at, it only needs to trust the CA
+        env.update({k: v for k, v in proxy.ca.env("").items() if "PROXY" not in k.upper()})
     env["FAILCORE_RUN_ID"] = proxy.session.run_id
     try:
         child = await _spawn(command, env, json_output=args.json)
@@ -910,10 +916,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "view": cmd_view,
         "diff": cmd_diff,
     }
-    if args.cmd == "proxy":
-        return asyncio.run(_serve(args))
-    if args.cmd == "run":
-        return asyncio.run(_run_command(args))
+    if args.cmd in ("proxy", "run"):
+        try:
+            return asyncio.run(_serve(args) if args.cmd == "proxy" else _run_command(args))
+        except KeyboardInterrupt:  # Ctrl-C before the command's own handlers are in place (start-up)
+            err_console.print(f"failcore {args.cmd}: interrupted")
+            return 130
     if args.cmd == "policy":
         return cmd_policy_check(args)
     return handlers[args.cmd](args)

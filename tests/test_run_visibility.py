@@ -216,3 +216,57 @@ def test_refused_event_matches_the_schema_and_counts_apart_from_requests() -> No
     (summary,) = summarize([event, icmp])
     assert (summary.requests, summary.blocked, summary.refused) == (0, 2, 2)
     assert summary.refused_targets == {"udp 192.0.2.9:443": 1, "icmp 192.0.2.9": 1}
+
+
+# ---------------------------------------------------------------- local capture start-up
+
+
+def _local_capture(home: Path, tape: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(FAILCORE_HOME=str(home), PYTHONPATH=str(REPO), COLUMNS="200")
+    command = [sys.executable, "-m", "failcore.cli", "run", "--mode", "local:python3", "--tape", str(tape)]
+    return subprocess.Popen(
+        [*command, "--", sys.executable, "-c", "pass"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
+def _assert_clean_failure(code: int, stderr: str) -> None:
+    assert code == 2, stderr
+    for noise in ("Traceback", "Stack backtrace", "type_id=", "Segmentation"):
+        assert noise not in stderr, stderr
+    assert "proxy could not start" in stderr and "--contain" in stderr, stderr
+    assert len(stderr.splitlines()) <= 25, stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mitmproxy's Linux redirector")
+def test_local_capture_that_cannot_start_says_so_in_one_message(home: Path, tmp_path: Path) -> None:
+    proc = _local_capture(home, tmp_path / "tape")
+    _, stderr = proc.communicate(timeout=CLI_TIMEOUT)
+    if proc.returncode == 0:
+        pytest.skip("local capture works on this machine: there is no start-up failure to report")
+    _assert_clean_failure(proc.returncode, stderr)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mitmproxy's Linux redirector")
+def test_ctrl_c_while_local_capture_starts_prints_no_traceback(home: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    tape = tmp_path / "tape"
+    proc = _local_capture(home, tape)
+    # The tape opens once mitmproxy calls the mode started: failcore then waits for the redirector.
+    while proc.poll() is None and not tape.exists():
+        time.sleep(0.02)
+    if proc.poll() is not None:  # it failed before that point (no sudo here): that message is checked
+        _assert_clean_failure(proc.returncode, proc.communicate()[1])
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=CLI_TIMEOUT)
+    assert "Traceback" not in stderr, stderr
+    assert proc.returncode in (2, 130), stderr
