@@ -292,18 +292,20 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        box_ = await asyncio.to_thread(contain.Containment.create)
+        netns = await asyncio.to_thread(contain.Containment.create)
     except contain.ContainError as e:
         return fail(str(e))
     proxy: Any = None
     refused: Any = None
     code: int | None = None
     try:
+        if interrupted:
+            return 128 + interrupted[0]
         settings = _proxy_settings(args, port=0)
-        settings.listen_host = box_.host_ip
-        tcp_port = contain.free_port(box_.host_ip)
-        dns_port = contain.free_port(box_.host_ip, udp_too=True)
-        settings.modes = [f"transparent@{box_.host_ip}:{tcp_port}", f"dns@{box_.host_ip}:{dns_port}"]
+        settings.listen_host = netns.host_ip
+        tcp_port = contain.free_port(netns.host_ip)
+        dns_port = contain.free_port(netns.host_ip, udp_too=True)
+        settings.modes = [f"transparent@{netns.host_ip}:{tcp_port}", f"dns@{netns.host_ip}:{dns_port}"]
         # Lazy: failcore connects upstream only for what it lets through (a blocked raw TCP stream
         # or request never even opens a connection to its destination).
         settings.extra.update(failcore_raw_tcp="block", connection_strategy="lazy")
@@ -313,8 +315,8 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
         except ProxyStartError as e:
             proxy = None
             return fail(str(e))
-        await asyncio.to_thread(box_.route, tcp_port, dns_port)
-        refused = contain.RefusedPacketLog(box_, proxy.session.record, proxy.session.run_id)
+        await asyncio.to_thread(netns.route, tcp_port, dns_port)
+        refused = contain.RefusedPacketLog(netns, proxy.session.record, proxy.session.run_id)
         loop.add_reader(refused.fileno(), refused.read)
         assert proxy.ca is not None
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
@@ -323,11 +325,11 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
         env["FAILCORE_RUN_ID"] = proxy.session.run_id
         if not interrupted:
             try:
-                child = await _spawn(box_.command(command), env, json_output=args.json)
+                child = await _spawn(netns.command(command), env, json_output=args.json)
             except OSError as e:
                 return fail(f"cannot start {command[0]}: {e}")
             code = await child.wait()
-    except contain.ContainError as e:
+    except (contain.ContainError, OSError) as e:
         return fail(str(e))
     finally:
         if refused is not None:
@@ -335,14 +337,15 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
             refused.close()
         if proxy is not None:
             await proxy.stop()
-        leftovers = await asyncio.to_thread(box_.close)
+        leftovers = await asyncio.to_thread(netns.close)
         if leftovers and (code is None or proxy is None):
             err_console.print(
                 safe_text("failcore run --contain: could not remove " + "; ".join(leftovers), "red")
             )
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    if code is None:  # interrupted before the command started
+    if code is None:
+        err_console.print("failcore run --contain: interrupted before the command started")
         return 128 + (interrupted[0] if interrupted else signal.SIGINT)
     return _finish_run(args, proxy, code, contained=True, leftovers=leftovers)
 

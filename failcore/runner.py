@@ -77,8 +77,8 @@ class EmbeddedProxy:
         self.master = master
         # mitmproxy's own check exits the process on an error logged during start-up (a Rust backtrace
         # and a segfault for local capture mode); failcore stops and says what failed instead.
-        if master.addons.get("errorcheck") is not None:
-            master.addons.remove(master.addons.get("errorcheck"))
+        if (errorcheck := master.addons.get("errorcheck")) is not None:
+            errorcheck.shutdown_if_errored = _report_instead_of_exit
         with StartupErrors(hide=s.quiet) as errors:
             self._task = asyncio.get_running_loop().create_task(master.run())
             await self._wait_started(errors, timeout)
@@ -160,6 +160,11 @@ REDIRECTOR_LOGGER = "mitmproxy.packet_sources"
 # reports a failure shortly after mitmproxy calls the mode started. Errors within this window stop
 # the start; the window is only waited for local modes.
 REDIRECTOR_SETTLE_S = 3.0
+
+
+async def _report_instead_of_exit() -> None:
+    """Stands in for mitmproxy's ErrorCheck.shutdown_if_errored (sys.exit on any error logged during
+    start-up): EmbeddedProxy.start reports those errors itself and stops the proxy."""
 
 
 class StartupErrors(logging.Handler):
