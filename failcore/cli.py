@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -89,7 +90,8 @@ def _proxy_settings(args: argparse.Namespace, *, port: int):  # type: ignore[no-
 
 
 def _env_lines(env: dict[str, str]) -> list[str]:
-    return [f"export {k}={v}" for k, v in env.items() if k.isupper()]
+    # Lowercase too: curl reads only http_proxy for plain HTTP (it ignores HTTP_PROXY).
+    return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -117,21 +119,24 @@ async def _serve(args: argparse.Namespace) -> int:
     assert proxy.ca is not None
     policy = proxy.session.policy
     info = {
-        "address": proxy.url,
+        "address": proxy.url if proxy.listening else None,
         "run": proxy.session.run_id,
         "tape": str(proxy.tape_dir),
         "policy": policy.source if policy else None,
         "mode": policy.mode if policy else None,
         "ca_cert": str(proxy.ca.cert_path),
         "ca_sha256": proxy.ca.sha256,
-        "env": proxy.ca.env(proxy.url) if "regular" in (args.mode or ["regular"]) else {},
+        "env": proxy.ca.env(proxy.url)
+        if proxy.listening and "regular" in (args.mode or ["regular"])
+        else {},
     }
     if args.json:
         _print_json(info)
     else:
         console.print(
-            f"[bold]failcore {__version__}[/] listening on [cyan]{proxy.url}[/] "
-            f"({', '.join(args.mode or ['regular'])})"
+            f"[bold]failcore {__version__}[/] "
+            + (f"listening on [cyan]{proxy.url}[/] " if proxy.listening else "capturing ")
+            + f"({', '.join(args.mode or ['regular'])})"
         )
         console.print(safe_text(f"run {info['run']}  tape {info['tape']}"))
         console.print(safe_text(f"policy {info['policy']} (mode {info['mode']})"))
@@ -149,7 +154,6 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _run_command(args: argparse.Namespace) -> int:
     from failcore.runner import EmbeddedProxy, ProxyStartError
-    from failcore.runs import summarize_tape
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -157,6 +161,8 @@ async def _run_command(args: argparse.Namespace) -> int:
     if not command:
         err_console.print("failcore run: give a command after --, e.g. failcore run -- python agent.py")
         return 2
+    if args.contain:
+        return await _run_contained(args, command)
     settings = _proxy_settings(args, port=0)
     settings.proxy_auth = True  # other local users cannot use this run's proxy (and write into its tape)
     proxy = EmbeddedProxy(settings)
@@ -167,10 +173,13 @@ async def _run_command(args: argparse.Namespace) -> int:
         return 2
     assert proxy.ca is not None
     env = dict(os.environ)
-    env.update(proxy.ca.env(proxy.client_url, args.no_proxy))
+    if proxy.listening:
+        env.update(proxy.ca.env(proxy.client_url, args.no_proxy))
+    else:  # local capture only: nothing to point a client at, it only needs to trust the CA
+        env.update({k: v for k, v in proxy.ca.env("").items() if "PROXY" not in k.upper()})
     env["FAILCORE_RUN_ID"] = proxy.session.run_id
     try:
-        child = await asyncio.create_subprocess_exec(*command, env=env)
+        child = await _spawn(command, env, json_output=args.json)
     except OSError as e:
         await proxy.stop()
         err_console.print(safe_text(f"failcore run: cannot start {command[0]}: {e}", "red"))
@@ -180,12 +189,26 @@ async def _run_command(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, lambda s=sig: child.returncode is None and child.send_signal(s))
     code = await child.wait()
     await proxy.stop()
+    return _finish_run(args, proxy, code)
+
+
+async def _spawn(command: Sequence[str], env: dict[str, str], *, json_output: bool) -> Any:
+    # With --json, stdout carries failcore's JSON only: the command's stdout goes to stderr.
+    stdout = sys.stderr.fileno() if json_output else None
+    return await asyncio.create_subprocess_exec(*command, env=env, stdout=stdout)
+
+
+def _finish_run(args: argparse.Namespace, proxy: Any, code: int, **extra: Any) -> int:
+    from failcore.runs import summarize_tape
+
     summaries = summarize_tape(proxy.tape_dir, run=proxy.session.run_id)
     summary = summaries[0].to_dict() if summaries else {"run": proxy.session.run_id, "requests": 0}
     summary["exit_code"] = code
     summary["tape"] = str(proxy.tape_dir)
+    summary.update(extra)
     if args.replay:
         summary["replay_saved"] = _replay_summary(proxy.tape_dir, proxy.session.run_id)
+    summary["warnings"] = run_warnings(summary)
     if args.json:
         _print_json(summary)
     else:
@@ -193,10 +216,121 @@ async def _run_command(args: argparse.Namespace) -> int:
     return code if code >= 0 else 128 - code
 
 
+def run_warnings(s: dict[str, Any]) -> list[str]:
+    """What a person must know about a run that the counts alone do not say."""
+    out = []
+    contained = s.get("contained")
+    if not s.get("requests") and not s.get("tls_failures") and not contained:
+        out.append(
+            "the command made no request through failcore: if it talks to the network, it ignores the "
+            "proxy variables (see README, 'Which clients honour the proxy variables'); "
+            "`failcore run --contain -- CMD` captures every connection whatever the client"
+        )
+    if s.get("tls_failures"):
+        hosts = ", ".join(sorted(s.get("tls_failed_hosts") or {}))
+        out.append(
+            f"{s['tls_failures']} TLS handshake(s) failed ({hosts}): the client does not trust "
+            "failcore's CA. `failcore ca` prints its certificate and the trust variables (SSL_CERT_FILE, "
+            "REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS); a client with its own CA store "
+            "must be given it"
+            + ("" if contained else "; `failcore run --contain` records every connection")
+        )
+    if s.get("leftovers"):
+        out.append("could not remove: " + "; ".join(s["leftovers"]))
+    return out
+
+
+async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
+    """CMD in a network namespace whose only way out is this failcore (see failcore.contain)."""
+    from failcore import contain
+    from failcore.runner import EmbeddedProxy, ProxyStartError
+
+    def fail(message: str) -> int:
+        err_console.print(safe_text(f"failcore run --contain: {message}", "red"), soft_wrap=True)
+        return 2
+
+    if args.mode:
+        return fail("--contain sets failcore's listeners itself (transparent + DNS); leave out --mode")
+    problem = contain.missing_prerequisites()
+    if problem:
+        return fail(problem)
+    loop = asyncio.get_running_loop()
+    child: Any = None
+    interrupted: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        if child is not None and child.returncode is None:
+            child.send_signal(sig)
+        else:
+            interrupted.append(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        netns = await asyncio.to_thread(contain.Containment.create)
+    except contain.ContainError as e:
+        return fail(str(e))
+    proxy: Any = None
+    refused: Any = None
+    code: int | None = None
+    try:
+        if interrupted:
+            return 128 + interrupted[0]
+        settings = _proxy_settings(args, port=0)
+        settings.listen_host = netns.host_ip
+        tcp_port = contain.free_port(netns.host_ip)
+        dns_port = contain.free_port(netns.host_ip, udp_too=True)
+        settings.modes = [f"transparent@{netns.host_ip}:{tcp_port}", f"dns@{netns.host_ip}:{dns_port}"]
+        # Lazy: failcore connects upstream only for what it lets through (a blocked raw TCP stream
+        # or request never even opens a connection to its destination).
+        settings.extra.update(failcore_raw_tcp="block", connection_strategy="lazy")
+        proxy = EmbeddedProxy(settings)
+        try:
+            await proxy.start()
+        except ProxyStartError as e:
+            proxy = None
+            return fail(str(e))
+        await asyncio.to_thread(netns.route, tcp_port, dns_port)
+        refused = contain.RefusedPacketLog(netns, proxy.session.record, proxy.session.run_id)
+        loop.add_reader(refused.fileno(), refused.read)
+        assert proxy.ca is not None
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        # The client needs to trust failcore's CA, not to know about a proxy (it has no other way out).
+        env.update({k: v for k, v in proxy.ca.env("").items() if "PROXY" not in k.upper()})
+        env["FAILCORE_RUN_ID"] = proxy.session.run_id
+        if not interrupted:
+            try:
+                child = await _spawn(netns.command(command), env, json_output=args.json)
+            except OSError as e:
+                return fail(f"cannot start {command[0]}: {e}")
+            code = await child.wait()
+    except (contain.ContainError, OSError) as e:
+        return fail(str(e))
+    finally:
+        if refused is not None:
+            loop.remove_reader(refused.fileno())
+            refused.close()
+        if proxy is not None:
+            await proxy.stop()
+        leftovers = await asyncio.to_thread(netns.close)
+        if leftovers and (code is None or proxy is None):
+            err_console.print(
+                safe_text("failcore run --contain: could not remove " + "; ".join(leftovers), "red")
+            )
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if code is None:
+        err_console.print("failcore run --contain: interrupted before the command started")
+        return 128 + (interrupted[0] if interrupted else signal.SIGINT)
+    return _finish_run(args, proxy, code, contained=True, leftovers=leftovers)
+
+
 def _print_run_summary(s: dict[str, Any], stream: Console = console) -> None:
     from failcore.views.tables import run_summary_table
 
     stream.print(run_summary_table(s))
+    for warning in s.get("warnings") or ():
+        stream.print(safe_text(f"warning: {warning}", "yellow"), soft_wrap=True)
 
 
 # ---------------------------------------------------------------- ca
@@ -696,7 +830,12 @@ def _add_proxy_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="any mitmproxy or failcore option, as with mitmdump (repeatable)",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output (run: the JSON summary alone on stdout, the command's stdout goes "
+        "to stderr)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show mitmproxy's info messages")
     p.add_argument(
         "--replay", metavar="TAPE[:RUN]", help="answer matching requests from a recorded run (default: last)"
@@ -730,6 +869,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a command with all its HTTP(S) through a fresh failcore proxy")
     _add_proxy_args(p)
     p.add_argument("--no-proxy", default="", help="NO_PROXY value for the command (default: capture all)")
+    p.add_argument(
+        "--contain",
+        action="store_true",
+        help="run the command in a network namespace whose only way out is failcore: every TCP "
+        "connection is recorded whatever the client, DNS goes through failcore, anything else is "
+        "refused and recorded (Linux, root, iproute2 + iptables)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS…")
 
     p = sub.add_parser("ca", help="show (and on first use create) failcore's CA")
@@ -856,10 +1002,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "diff": cmd_diff,
         "addon-path": cmd_addon_path,
     }
-    if args.cmd == "proxy":
-        return asyncio.run(_serve(args))
-    if args.cmd == "run":
-        return asyncio.run(_run_command(args))
+    if args.cmd in ("proxy", "run"):
+        try:
+            return asyncio.run(_serve(args) if args.cmd == "proxy" else _run_command(args))
+        except KeyboardInterrupt:  # Ctrl-C before the command's own handlers are in place (start-up)
+            err_console.print(f"failcore {args.cmd}: interrupted")
+            return 130
     if args.cmd == "policy":
         return cmd_policy_list(args) if args.policy_cmd == "list" else cmd_policy_check(args)
     return handlers[args.cmd](args)

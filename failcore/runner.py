@@ -81,17 +81,44 @@ class EmbeddedProxy:
         except exceptions.OptionsError as e:
             raise ProxyStartError(str(e)) from None
         self.master = master
-        self._task = asyncio.get_running_loop().create_task(master.run())
-        proxyserver = master.addons.get("proxyserver")
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not (proxyserver.is_running and proxyserver.listen_addrs()):
+        # mitmproxy's own check exits the process on an error logged during start-up (a Rust backtrace
+        # and a segfault for local capture mode); failcore stops and says what failed instead.
+        if (errorcheck := master.addons.get("errorcheck")) is not None:
+            errorcheck.shutdown_if_errored = _report_instead_of_exit
+        with StartupErrors(hide=s.quiet) as errors:
+            self._task = asyncio.get_running_loop().create_task(master.run())
+            await self._wait_started(errors, timeout)
+
+    async def _wait_started(self, errors: StartupErrors, timeout: float) -> None:
+        assert self.master is not None and self._task is not None
+        proxyserver = self.master.addons.get("proxyserver")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        local = any(str(m).startswith("local") for m in self.settings.modes)
+        settled = loop.time() + REDIRECTOR_SETTLE_S
+        while True:
+            if errors.records and not proxyserver.servers.is_updating:
+                await self.stop(drain=0.0)
+                raise ProxyStartError(startup_message(errors.records, self.settings.modes, errors.redirector))
+            if proxyserver.is_running:
+                if not local or loop.time() >= settled:
+                    return
+            else:
+                settled = loop.time() + REDIRECTOR_SETTLE_S
             if self._task.done():
                 exc = self._task.exception()
                 raise ProxyStartError(f"proxy stopped during start-up: {exc or 'see messages above'}")
-            if asyncio.get_running_loop().time() > deadline:
-                await self.stop()
-                raise ProxyStartError("proxy did not start listening in time")
+            if loop.time() > deadline:
+                await self.stop(drain=0.0)
+                raise ProxyStartError(
+                    f"proxy did not start within {timeout:.0f} s" + _mode_hint(self.settings.modes)
+                )
             await asyncio.sleep(0.02)
+
+    @property
+    def listening(self) -> bool:
+        """False when every mode captures without a listening socket (local capture)."""
+        return bool(self.master and self.master.addons.get("proxyserver").listen_addrs())
 
     @property
     def address(self) -> tuple[str, int]:
@@ -138,6 +165,99 @@ class EmbeddedProxy:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._task = None
+
+
+REDIRECTOR_LOGGER = "mitmproxy.packet_sources"
+# Local capture has no listening socket whose bind says "ready": its redirector (a sudo'ed subprocess)
+# reports a failure shortly after mitmproxy calls the mode started. Errors within this window stop
+# the start; the window is only waited for local modes.
+REDIRECTOR_SETTLE_S = 3.0
+
+
+async def _report_instead_of_exit() -> None:
+    """Stands in for mitmproxy's ErrorCheck.shutdown_if_errored (sys.exit on any error logged during
+    start-up): EmbeddedProxy.start reports those errors itself and stops the proxy."""
+
+
+class StartupErrors(logging.Handler):
+    """Errors logged while the proxy starts, kept for one message, and what local capture's redirector
+    printed (it arrives line by line as warnings). With `hide`, both are kept from mitmproxy's terminal
+    log too: a redirector's failure comes with a Rust backtrace and pages of BTF dump."""
+
+    def __init__(self, *, hide: bool) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.redirector: list[str] = []
+        self.hide = hide
+        self._hidden_on: list[logging.Handler] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(REDIRECTOR_LOGGER) and record.levelno < logging.ERROR:
+            if len(self.redirector) < 10_000:
+                self.redirector.append(record.getMessage())
+        elif record.levelno >= logging.ERROR:
+            self.records.append(record)
+
+    def _shown(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING or (
+            record.levelno < logging.ERROR and not record.name.startswith(REDIRECTOR_LOGGER)
+        )
+
+    def __enter__(self) -> StartupErrors:
+        root = logging.getLogger()
+        if self.hide:
+            for handler in root.handlers:
+                handler.addFilter(self._shown)
+                self._hidden_on.append(handler)
+        root.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeHandler(self)
+        for handler in self._hidden_on:
+            handler.removeFilter(self._shown)
+        self._hidden_on.clear()
+
+
+def _cause_chain(lines: Sequence[str]) -> list[str]:
+    """From a Rust error report (`Error: …`, `Caused by:`, numbered causes, `Stack backtrace:`), the
+    error and its causes; everything else (BTF dumps, the backtrace) is left out."""
+    for i, line in enumerate(lines):
+        if line.startswith("Error:"):
+            out = [line]
+            for more in lines[i + 1 :]:
+                if more.startswith("Stack backtrace"):
+                    break
+                if more.strip():
+                    out.append(more.rstrip())
+            return out[:12]
+    return []
+
+
+def startup_message(
+    records: Sequence[logging.LogRecord], modes: Sequence[str], redirector: Sequence[str] = ()
+) -> str:
+    """What failed, in a few lines: backtraces and long dumps cut, then what to try."""
+    parts = []
+    for record in records[:3]:
+        text = record.getMessage().split("Stack backtrace:", 1)[0]
+        lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+        if len(lines) > 8:
+            lines = [*lines[:4], f"  … ({len(lines) - 7} more lines; -v shows them)", *lines[-3:]]
+        parts.append("\n".join(lines))
+    if chain := _cause_chain(redirector):
+        parts.append("the redirector said:\n  " + "\n  ".join(chain))
+    return "proxy could not start: " + "\n".join(parts) + _mode_hint(modes)
+
+
+def _mode_hint(modes: Sequence[str]) -> str:
+    if any(str(m).startswith("local") for m in modes):
+        return (
+            "\nLocal capture mode runs mitmproxy's redirector with sudo (on Linux an eBPF program: root, "
+            "sudo on PATH and a kernel with BTF). Instead: `failcore run --contain -- CMD` (Linux, root, "
+            "iproute2 + iptables) or `failcore run -- CMD` (clients that honour HTTPS_PROXY)."
+        )
+    return ""
 
 
 def quiet_mitmproxy_logs() -> None:

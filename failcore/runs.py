@@ -9,6 +9,9 @@ from typing import Any
 
 from failcore.tape import iter_events
 
+# Network events that are connections, not HTTP exchanges: counted apart from `requests`.
+CONNECTION_ACTIONS = frozenset({"tls.handshake", "tcp.stream", "ip.packet"})
+
 
 @dataclass(slots=True)
 class RunSummary:
@@ -42,6 +45,13 @@ class RunSummary:
     dlp_severities: dict[str, int] = field(default_factory=dict)
     # Exchanges let through although a DLP hit's action was BLOCK (observe mode).
     dlp_would_block: int = 0
+    # Connections that never became an HTTP exchange (not in `requests`): clients that rejected
+    # failcore's CA, TCP that is not HTTP, and what a contained command sent that was refused.
+    tls_failures: int = 0
+    tls_failed_hosts: dict[str, int] = field(default_factory=dict)
+    raw_tcp: int = 0
+    refused: int = 0
+    refused_targets: dict[str, int] = field(default_factory=dict)
 
     def add(self, ev: dict[str, Any]) -> None:
         kind = ev.get("kind")
@@ -51,7 +61,9 @@ class RunSummary:
         end = ev.get("ts_end") or ts
         if end is not None and (self.ended is None or end > self.ended):
             self.ended = end
-        if kind == "network":
+        if kind == "network" and ev.get("action") in CONNECTION_ACTIONS:
+            self._add_connection(ev)
+        elif kind == "network":
             self.requests += 1
             self.bytes_out += ev.get("bytes_out") or 0
             self.bytes_in += ev.get("bytes_in") or 0
@@ -98,6 +110,29 @@ class RunSummary:
             self.dlp_severities[severity] = self.dlp_severities.get(severity, 0) + 1
         if ev.get("outcome") != "BLOCKED" and any(h.get("action") == "BLOCK" for h in hits):
             self.dlp_would_block += 1
+
+    def _add_connection(self, ev: dict[str, Any]) -> None:
+        target = ev.get("target") or {}
+        where = f"{target.get('host')}:{target.get('port')}"
+        action = ev.get("action")
+        if action == "tls.handshake":
+            self.tls_failures += 1
+            self.tls_failed_hosts[where] = self.tls_failed_hosts.get(where, 0) + 1
+            return
+        self._add_dlp(ev)
+        if ev.get("outcome") == "BLOCKED":
+            self.blocked += 1
+            rule = ev.get("rule") or "(no rule)"
+            self.block_rules[rule] = self.block_rules.get(rule, 0) + 1
+        if action == "ip.packet":
+            self.refused += 1
+            protocol = (ev.get("detail") or {}).get("protocol") or target.get("scheme")
+            what = f"{protocol} {where if target.get('port') else target.get('host')}"
+            self.refused_targets[what] = self.refused_targets.get(what, 0) + 1
+        else:
+            self.raw_tcp += 1
+            self.bytes_out += ev.get("bytes_out") or 0
+            self.bytes_in += ev.get("bytes_in") or 0
 
     def _add_llm(self, llm: dict[str, Any]) -> None:
         self.llm_calls += 1

@@ -21,11 +21,12 @@ import mitmproxy.proxy.server_hooks  # noqa: F401
 from mitmproxy import hooks
 
 from failcore.proxy.budgetguard import BudgetGuard
+from failcore.proxy.connections import ConnectionEvents
 from failcore.proxy.console import QuietConsole
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
-from failcore.proxy.listen import ListenGuard
 from failcore.proxy.hold import RequestHold
+from failcore.proxy.listen import ListenGuard
 from failcore.proxy.meter import LlmMeter
 from failcore.proxy.recorder import Recorder
 from failcore.proxy.resolved import ResolvedAddressGuard
@@ -77,6 +78,7 @@ class FailCore:
             self.replayer,
             self.recorder,
             self.tcp,
+            ConnectionEvents(s),
         )
         for hook in hooks.all_hooks:
             handlers = [getattr(c, hook) for c in self.concerns if callable(getattr(c, hook, None))]

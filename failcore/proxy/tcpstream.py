@@ -5,7 +5,9 @@ TCP flow. Each such stream becomes one `network` event with action `tcp.stream` 
 bytes and messages each way, timing, outcome. The policy judges it with `tcp_verdict` (a rule with
 `scheme: tcp`, or one that names host/port only); a BLOCK closes the connection before a byte is
 relayed. DLP scans every message as it passes, holding nothing back: a hit whose action is BLOCK
-(enforce mode) stops the message that completes it, and the connection with it.
+(enforce mode) stops the message that completes it, and the connection with it. With
+`failcore_raw_tcp=block` (what `failcore run --contain` sets) every such stream is refused and
+recorded as BLOCK: failcore's policy is written for HTTP and cannot judge a protocol it does not read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import ctx, tcp
+from mitmproxy import ctx, exceptions, tcp
 
 from failcore.event import EgressEvent, Target
 from failcore.policy import Decision, tcp_verdict
@@ -28,6 +30,10 @@ logger = logging.getLogger("failcore")
 # Bytes of each direction kept to find a secret that spans two messages.
 OVERLAP = 1024
 MAX_HITS = 100
+RAW_TCP = ("allow", "block")
+RAW_TCP_BLOCKED = Decision(
+    "BLOCK", "raw_tcp", "failcore_raw_tcp=block: failcore's policy applies to HTTP only", True, "BLOCK"
+)
 
 
 @dataclass(slots=True)
@@ -64,9 +70,33 @@ class TcpRecorder:
         self.session = session
         self.streams: dict[str, TcpState] = {}
 
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "failcore_raw_tcp",
+            str,
+            "allow",
+            "TCP that is not HTTP (through a tunnel, or in transparent modes): allow (judged by the "
+            "policy's tcp rules, recorded when it ends) or block (refused and recorded).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if "failcore_raw_tcp" in updated and ctx.options.failcore_raw_tcp not in RAW_TCP:
+            raise exceptions.OptionsError(
+                f"failcore_raw_tcp must be one of {', '.join(RAW_TCP)}, not {ctx.options.failcore_raw_tcp!r}"
+            )
+
     @guarded("tcp.tcp_start")
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         host, port = stream_target(flow)
+        if ctx.options.failcore_raw_tcp == "block":
+            self.streams[flow.id] = TcpState(host, port, RAW_TCP_BLOCKED, blocked_by="raw_tcp")
+            if flow.server_conn.timestamp_start is None:
+                # Not connected yet (connection_strategy=lazy, as --contain sets): mitmproxy's server
+                # refuses to open a connection that already carries an error, and closes the client.
+                flow.server_conn.error = "failcore: TCP that is not HTTP is blocked (failcore_raw_tcp=block)"
+            flow.kill()
+            _close(flow)
+            return
         policy = self.session.policy
         decision = tcp_verdict(policy, host=host, port=port) if policy is not None else None
         fronted = self.session.fronted.get(flow.client_conn.id)
@@ -164,6 +194,8 @@ class TcpRecorder:
             outcome, fail_reason = "ok", None
         verdict = decision.decision if decision else "ALLOW"
         reason = decision.reason if decision else None
+        if state.blocked_by == "raw_tcp":
+            error = None  # the refusal is the outcome, not a failure
         if state.blocked_by == "dlp":
             verdict, reason = "BLOCK", "a DLP rule with action BLOCK matched the stream"
         event = EgressEvent(

@@ -260,6 +260,14 @@ def run_summary_table(s: dict[str, Any]) -> Table:
         table.add_row("LLM calls", f"{s['llm_calls']}: {tokens} tokens in/out, {cost}{note}")
     hosts = s.get("hosts") or {}
     table.add_row("hosts", safe_text(", ".join(f"{h} ×{n}" for h, n in sorted(hosts.items())) or "-"))
+    if s.get("tls_failures"):
+        tls_hosts = ", ".join(f"{h} ×{n}" for h, n in sorted((s.get("tls_failed_hosts") or {}).items()))
+        table.add_row("TLS failed", safe_text(f"{s['tls_failures']} ({tls_hosts})", "red"))
+    if s.get("raw_tcp"):
+        table.add_row("other TCP", safe_text(s["raw_tcp"]))
+    if s.get("contained"):
+        targets = ", ".join(f"{t} ×{n}" for t, n in sorted((s.get("refused_targets") or {}).items()))
+        table.add_row("refused", safe_text(f"{s.get('refused', 0)}" + (f" ({targets})" if targets else "")))
     if s.get("internal_errors"):
         table.add_row("internal errors", safe_text(s["internal_errors"], "red"))
     if s.get("dropped"):
