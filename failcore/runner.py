@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mitmproxy import exceptions, options
+from mitmproxy.addons.termlog import TermLog
 from mitmproxy.tools.dump import DumpMaster
 
 from failcore.ca import CaInfo, ensure_ca
@@ -54,8 +56,9 @@ class EmbeddedProxy:
         s = self.settings
         self.ca = ensure_ca(s.confdir)
         opts = options.Options()
-        master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-        master.addons.add(*make_addons(self.session))
+        master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        # Messages go to stderr: stdout is the command's own (`failcore run --json` prints JSON there).
+        master.addons.add(TermLog(out=sys.stderr), *make_addons(self.session))
         updates: dict[str, Any] = {
             "listen_host": s.listen_host,
             "listen_port": s.listen_port,
