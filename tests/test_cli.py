@@ -616,18 +616,24 @@ def test_policy_check(home: Path, tmp_path: Path) -> None:
 
 
 HOSTILE_CHILD = """\
+import base64
 import os
 import socket
 import ssl
 import sys
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 target = urlsplit(sys.argv[1])
 hostile = sys.argv[2].encode()
 proxy = urlsplit(os.environ["HTTPS_PROXY"])
 authority = f"{target.hostname}:{target.port}".encode()
+# The run's proxy wants the credential its URL carries, as any proxy-aware client sends it.
+auth = b""
+if proxy.username:
+    pair = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+    auth = b"Proxy-Authorization: Basic " + base64.b64encode(pair) + b"\\r\\n"
 sock = socket.create_connection((proxy.hostname, proxy.port), timeout=30)
-sock.sendall(b"CONNECT " + authority + b" HTTP/1.1\\r\\nHost: " + authority + b"\\r\\n\\r\\n")
+sock.sendall(b"CONNECT " + authority + b" HTTP/1.1\\r\\nHost: " + authority + b"\\r\\n" + auth + b"\\r\\n")
 assert sock.recv(4096).startswith(b"HTTP/1.1 200"), "CONNECT refused"
 tls = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"]).wrap_socket(
     sock, server_hostname=target.hostname
