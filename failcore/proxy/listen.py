@@ -90,7 +90,9 @@ class ListenGuard:
             self._record_exposed(server.mode.full_spec, [f"{a[0]}:{a[1]}" for a in server.listen_addrs])
 
     def _record_exposed(self, mode: str, addresses: list[str]) -> None:
-        logger.warning(
+        # Info, not warning: mitmdump shows it, while `failcore proxy --json` keeps stdout pure JSON
+        # (its termlog shows warnings on stdout); the tape has the event either way.
+        logger.info(
             "failcore: proxy mode %s listens on %s, beyond this host: anyone who can reach it can send "
             "traffic through it and write into the tape",
             mode,
