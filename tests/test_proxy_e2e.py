@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import socket
 import ssl
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -391,17 +392,21 @@ def test_exception_inside_failcore_fails_closed_when_asked(
 
 def test_full_writer_queue_drops_evidence_not_traffic(start_proxy, upstream, tmp_path, monkeypatch):
     original = TapeWriter._write_bytes
+    disk_stalled = threading.Event()
 
-    def slow_disk(self, data):  # type: ignore[no-untyped-def]
-        time.sleep(0.05)
+    def stalled_disk(self, data):  # type: ignore[no-untyped-def]
+        # Held until the traffic is done: the queue (2 events) must overflow however fast the
+        # machine is (a fixed sleep per write only overflowed it when the client was quick).
+        disk_stalled.wait(60)
         return original(self, data)
 
-    monkeypatch.setattr(TapeWriter, "_write_bytes", slow_disk)
+    monkeypatch.setattr(TapeWriter, "_write_bytes", stalled_disk)
     proxy = start_proxy(sets=["failcore_queue_size=2"])
     statuses = []
     with proxied_client(proxy) as client:
         for _ in range(40):
             statuses.append(client.get(upstream.url + "/json").status_code)
+    disk_stalled.set()
     assert statuses == [200] * 40
     events = tape_of(proxy, tmp_path)
     dropped = sum(e["count"] for e in events if e["kind"] == "dropped")
