@@ -632,6 +632,10 @@ def _print_verify(report: Any, tape: Path) -> None:
             ),
             soft_wrap=True,
         )
+        console.print(
+            safe_text("  if you trust that key: --key FILE (its .pub), or --tape-key to accept the tape's"),
+            soft_wrap=True,
+        )
     if status in ("unknown_key", "unsigned", "broken"):
         if report.trusted_keys:
             for key_id, source in report.trusted_keys:

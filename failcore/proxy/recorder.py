@@ -752,8 +752,10 @@ class Recorder:
 
     @guarded("recorder.request")
     def request(self, flow: http.HTTPFlow) -> None:
-        # A buffered body took time to arrive: ask again just before the request leaves.
-        self._refuse_without_evidence(flow)
+        # A buffered body took time to arrive: ask again just before the request leaves. (A streamed
+        # one has left by now; it was decided on at requestheaders.)
+        if not flow.request.stream:
+            self._refuse_without_evidence(flow)
 
     @guarded("recorder.http_connect")
     def http_connect(self, flow: http.HTTPFlow) -> None:

@@ -279,7 +279,7 @@ def _signed_head(
         or not isinstance(head.get("h"), str)
     ):
         return None
-    return head["seq"], head["h"].encode("ascii")
+    return head["seq"], head["h"].encode("ascii", "replace")
 
 
 class _ChainVerifier:

@@ -749,9 +749,10 @@ class TapeWriter:
         keys.write_private_file(path, text)
 
     def _save_manifest(self, *, final: bool = False) -> None:
-        """Write the manifest, signed: the segments and the head of the chain as of now. `final` when
-        the head is this writer's final checkpoint. An older signed manifest names an older head, so
-        putting one back cannot hide lines after it from `verify`."""
+        """Write the manifest, signed: the segments and the head of the chain as of now (`final` when
+        the head is this writer's final checkpoint). Editing it breaks the signature, and `verify`
+        checks that the tape still reaches the head it names; an older signed manifest put back names
+        an older head, and what follows that head still needs its own final checkpoint."""
         manifest: dict[str, Any] = {
             "v": 1,
             "segments": [asdict(r) for r in self._segments],
