@@ -8,7 +8,7 @@ of `\\b`, and the secret is always capture group 1.
 
 from __future__ import annotations
 
-from failcore.dlp.model import DlpRule
+from failcore.dlp.model import DlpAllowlist, DlpRule
 
 # Starts a token like `\b` would, but also right after a JSON/C escape such as `\n` (a raw request
 # body holds "...\\nghp_..." where `\b` sees the letter n).
@@ -52,6 +52,8 @@ _PUBLIC_GOOGLE_KEYS = (
 )
 # A value that is code, not a literal: `self.password`, `settings.DB_PASSWORD`, `os.environ`.
 _CODE_REFERENCE = r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$"
+# An unquoted value made of letters only is a variable in code (`self.password = credentials`).
+_UNQUOTED_WORD = r"[=:][ \t]*[A-Za-z_]+(?:[\s,;]|\\[nrt])?$"
 _PLACEHOLDERS = (
     r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$",
     r"^<[^>]*>$",
@@ -71,6 +73,7 @@ def _secret(
     entropy: float | None = 1.5,
     allowlist: tuple[str, ...] = (),
     validator: str | None = None,
+    match_allowlist: tuple[str, ...] = (),
 ) -> DlpRule:
     """A credential detector. A minimum entropy and the placeholder allowlist keep documented
     examples (`AKIAIOSFODNN7EXAMPLE`, `ghp_xxxx…`) from firing, as gitleaks and detect-secrets do."""
@@ -85,6 +88,7 @@ def _secret(
         secret_group=1,
         allowlist_regexes=allowlist + _PLACEHOLDER_SECRET,
         validator=validator,
+        allowlists=(DlpAllowlist(regexes=match_allowlist, target="match"),) if match_allowlist else (),
     )
 
 
@@ -735,6 +739,7 @@ def _structural_rules() -> list[DlpRule]:
             ("password", "passwd", "pwd", "passphrase"),
             entropy=3.0,
             allowlist=(*_PLACEHOLDERS, _CODE_REFERENCE),
+            match_allowlist=(_UNQUOTED_WORD,),
         ),
         _secret(
             "generic-secret-assignment",
