@@ -281,6 +281,13 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ),
     ("gitlab-other-token", "", "gl" + "imt-" + _rand(25, _ALNUM), "", "gl" + "imt-" + "x" * 25),
     (
+        "npm-registry-auth",
+        "//registry.npmjs.org/:_auth" + "Token=",
+        _rand(8, HEX16) + "-cd03-11ec-9d64-" + _rand(12, HEX16),
+        "\n",
+        "//registry.npmjs.org/:_auth" + "Token=${NPM_TOKEN}",
+    ),
+    (
         "vault-legacy-token",
         "VAULT_TOKEN=",
         "s." + "Ga5jyNq6kNfRMVQk2LY1j9iu",

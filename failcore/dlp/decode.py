@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import codecs
 import re
 from collections.abc import Callable, Iterator
 from itertools import accumulate
@@ -31,6 +32,11 @@ _TWO_BYTE_ESCAPES: tuple[tuple[bytes, bytes], ...] = (
     (b"\\f", b"\f"),
 )
 _SENTINEL = b"\x00"
+_U_SENTINEL = b"\x01"
+# An escape Python's decoder reads but JSON does not have (or reads differently): `\'`, `\a`, `\v`, `\x`,
+# octal digits, a line continuation.
+_UNCOMMON_ESCAPE = re.compile(rb'\\(?:[^"bfnrt]|\Z)')
+_PYTHON_ONLY_ESCAPE = re.compile(rb'\\(?:[^"\\bfnrt]|\Z)')
 # `\u00XX` of printable ASCII: the only `\u` escapes a pattern (all ASCII) can care about.
 _ASCII_U_ESCAPE = re.compile(rb"\\u00([2-7][0-9a-fA-F])")
 # The same tokenisation as the replace chain above, left to right (an escaped backslash first).
@@ -199,16 +205,25 @@ def _chunked(
 
 
 def _json_decode(data: bytes) -> bytes:
-    if _SENTINEL in data:  # cannot use the fast path: decode token by token (same tokenisation)
+    """JSON string escapes of `data` decoded (see json_view). One C pass (`codecs.escape_decode`, which
+    reads `\\\\ \\" \\b \\f \\n \\r \\t` as JSON does) when the text holds nothing it would read differently;
+    otherwise token by token."""
+    if _UNCOMMON_ESCAPE.search(data) is None:  # only \" \b \f \n \r \t: the common case
+        return codecs.escape_decode(data)[0]
+    if _SENTINEL in data or _U_SENTINEL in data or _ASCII_U_ESCAPE.search(data) is not None:
         return _JSON_ESCAPE_TOKEN.sub(_decode_json_token, data)
-    view = data.replace(b"\\\\", _SENTINEL)
-    for escaped, plain in _TWO_BYTE_ESCAPES:
-        if escaped in view:
-            view = view.replace(escaped, plain)
-    if b"\\u00" in view:
-        view = _ASCII_U_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), view)
+    text = data.replace(b"\\\\", _SENTINEL)
+    if b"\\u" in text:  # a non-ASCII character: kept as written (no ASCII pattern can match inside)
+        text = text.replace(b"\\u", _U_SENTINEL + b"u")
+    if b"\\/" in text:
+        text = text.replace(b"\\/", b"/")
+    if _PYTHON_ONLY_ESCAPE.search(text) is not None:
+        return _JSON_ESCAPE_TOKEN.sub(_decode_json_token, data)
+    view = codecs.escape_decode(text)[0]
     if _SENTINEL in view:
         view = view.replace(_SENTINEL, b"\\")
+    if _U_SENTINEL in view:
+        view = view.replace(_U_SENTINEL, b"\\")
     return view
 
 

@@ -8,7 +8,7 @@ of `\\b`, and the secret is always capture group 1.
 
 from __future__ import annotations
 
-from failcore.dlp.model import DlpRule
+from failcore.dlp.model import DlpAllowlist, DlpRule
 
 # Starts a token like `\b` would, but also right after a JSON/C escape such as `\n` (a raw request
 # body holds "...\\nghp_..." where `\b` sees the letter n).
@@ -52,6 +52,8 @@ _PUBLIC_GOOGLE_KEYS = (
 )
 # A value that is code, not a literal: `self.password`, `settings.DB_PASSWORD`, `os.environ`.
 _CODE_REFERENCE = r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+$"
+# An unquoted value made of letters only is a variable in code (`self.password = credentials`).
+_UNQUOTED_WORD = r"[=:][ \t]*[A-Za-z_]+(?:[\s,;]|\\[nrt])?$"
 _PLACEHOLDERS = (
     r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$",
     r"^<[^>]*>$",
@@ -71,6 +73,7 @@ def _secret(
     entropy: float | None = 1.5,
     allowlist: tuple[str, ...] = (),
     validator: str | None = None,
+    match_allowlist: tuple[str, ...] = (),
 ) -> DlpRule:
     """A credential detector. A minimum entropy and the placeholder allowlist keep documented
     examples (`AKIAIOSFODNN7EXAMPLE`, `ghp_xxxx…`) from firing, as gitleaks and detect-secrets do."""
@@ -85,6 +88,7 @@ def _secret(
         secret_group=1,
         allowlist_regexes=allowlist + _PLACEHOLDER_SECRET,
         validator=validator,
+        allowlists=(DlpAllowlist(regexes=match_allowlist, target="match"),) if match_allowlist else (),
     )
 
 
@@ -205,7 +209,7 @@ def _provider_rules() -> list[DlpRule]:
             "azure-storage-account-key",
             "critical",
             "Azure storage account key in a connection string",
-            r"(?i)AccountKey=([A-Za-z0-9+/]{86}==)",
+            r"(?i)AccountKey=[\"']?([A-Za-z0-9+/]{86}==)",
             ("accountkey=",),
         ),
         _secret(
@@ -336,9 +340,9 @@ def _provider_rules() -> list[DlpRule]:
             "critical",
             "Slack legacy token (xoxb, xoxs, xoxo, xoxa, xoxr)",
             _START
-            + r"(xoxb-[0-9]{8,14}-[A-Za-z0-9]{18,26}|xox[os]-[0-9]+-[0-9]+-[0-9]+-[a-fA-F0-9]+"
+            + r"(xoxb-[0-9]{8,14}-[A-Za-z0-9]{18,26}|xox[osparb]-(?:[0-9]-)?[0-9]+-[0-9]+-[0-9]+-[a-fA-F0-9]+"
             + r"|xox[ar]-(?:[0-9]-)?[0-9a-zA-Z]{8,48})\b",
-            ("xoxb-", "xoxs-", "xoxo-", "xoxa-", "xoxr-"),
+            ("xoxb-", "xoxs-", "xoxo-", "xoxa-", "xoxr-", "xoxp-"),
             entropy=2.0,
         ),
         _secret(
@@ -403,11 +407,20 @@ def _provider_rules() -> list[DlpRule]:
             "npm-access-token", "critical", "npm access token", _START + r"(npm_[A-Za-z0-9]{36})\b", ("npm_",)
         ),
         _secret(
+            "npm-registry-auth",
+            "critical",
+            "npm registry credential in an .npmrc line (_authToken or _auth)",
+            r"(?i)//[^\s/:]+(?:/[^\s:]*)?/:_auth(?:token)?=[ \t]?([^\s\x60'\"${}]{6,512})",
+            (":_auth",),
+        ),
+        _secret(
             "pypi-upload-token",
             "critical",
             "PyPI upload token",
-            _START + r"(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_-]{50,1000})" + _END_URLSAFE,
-            ("pypi-ageichlwas5vcmc",),
+            _START
+            + r"(pypi-(?:AgEIcHlwaS5vcmc|AgENdGVzdC5weXBpLm9yZw)[A-Za-z0-9_-]{50,1000})"
+            + _END_URLSAFE,
+            ("pypi-ageichlwas5vcmc", "pypi-agendgvzdc5wexbplm9yzw"),
         ),
         _secret(
             "huggingface-access-token",
@@ -525,14 +538,14 @@ def _provider_rules() -> list[DlpRule]:
             "vault-service-token",
             "critical",
             "HashiCorp Vault service token",
-            _START + r"(hvs\.[A-Za-z0-9_-]{90,120})" + _END_URLSAFE,
+            _START + r"(hvs\.[A-Za-z0-9_-]{24,120})" + _END_URLSAFE,
             ("hvs.",),
         ),
         _secret(
             "vault-legacy-token",
             "high",
             "HashiCorp Vault service token (legacy s. format)",
-            r"(?:^|[^A-Za-z0-9_.]|\\[nrt])(s\.[A-Za-z0-9]{24})(?:[^A-Za-z0-9_.-]|$)",
+            r"(?:^|[^A-Za-z0-9_.]|\\[nrt])(s\.[A-Za-z0-9]{24,64})(?:[^A-Za-z0-9_.-]|$)",
             ("s.",),
             entropy=3.5,
             validator="mixed_token",
@@ -692,7 +705,9 @@ def _structural_rules() -> list[DlpRule]:
             "jwt",
             "high",
             "JSON Web Token",
-            _START + r"(eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})" + _END_URLSAFE,
+            _START
+            + r"(eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}(?:\.[A-Za-z0-9_-]{10,})?)"
+            + _END_URLSAFE,
             ("eyj",),
         ),
         _secret(
@@ -724,6 +739,7 @@ def _structural_rules() -> list[DlpRule]:
             ("password", "passwd", "pwd", "passphrase"),
             entropy=3.0,
             allowlist=(*_PLACEHOLDERS, _CODE_REFERENCE),
+            match_allowlist=(_UNQUOTED_WORD,),
         ),
         _secret(
             "generic-secret-assignment",
