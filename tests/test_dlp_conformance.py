@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 
 from failcore.dlp import DlpEngine, Hit, builtin_rules, import_gitleaks
+from failcore.shipped import BUNDLED_GITLEAKS
 
 DATA = Path(__file__).parent / "data" / "conformance" / "dlp" / "gitleaks-fixtures.jsonl"
-GITLEAKS_TOML = Path(__file__).parent / "data" / "gitleaks" / "gitleaks.toml"
+GITLEAKS_TOML = BUNDLED_GITLEAKS
 ORDINARY_TARGET_BYTES = 7_000_000
 
 

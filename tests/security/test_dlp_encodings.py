@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import httpx
 
+from failcore.shipped import BUNDLED_GITLEAKS
 from tests.conftest import network_events, proxied_client, read_tape
 from tests.security.upstream import LoggingUpstream
 
@@ -26,7 +27,7 @@ dlp:
   severity_actions: {critical: BLOCK}
 """
 EXAMPLE_DLP_POLICY = Path(__file__).resolve().parents[2] / "policies" / "examples" / "dlp.yaml"
-GITLEAKS_TOML = Path(__file__).resolve().parents[1] / "data" / "gitleaks" / "gitleaks.toml"
+GITLEAKS_TOML = BUNDLED_GITLEAKS
 
 
 def _github_pat(seed: int) -> str:
