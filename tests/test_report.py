@@ -67,6 +67,10 @@ ALLOWED_TAGS = frozenset(
         "text",
         "i",
         "footer",
+        "figure",
+        "figcaption",
+        "h4",
+        "pre",
     ]
 )
 
@@ -117,7 +121,8 @@ def assert_inert(page: str) -> DomAudit:
         assert not name.startswith("on"), (tag, name, value)
         assert name not in ("src", "style", "srcdoc", "action", "formaction"), (tag, name, value)
         if name == "href":
-            assert re.fullmatch(r"#[a-z]+", value), value
+            # In-page links only: a section, or an event by its number.
+            assert re.fullmatch(r"#[a-z]+|#ev-[0-9]+", value), value
     return dom
 
 
@@ -259,7 +264,9 @@ def test_report_without_llm_calls(tape: Path, confdir: Path) -> None:
     dom = assert_inert(page)
     text = dom.all_text
     assert "No LLM calls recorded in this run." in text
-    assert "svg" not in dom.tags
+    # The waterfall is the only picture: no LLM charts without LLM calls.
+    assert dom.tags.count("svg") == 1 and "figcaption" in dom.tags
+    assert ('aria-label', 'waterfall of exchanges') in [(n, v) for t, n, v in dom.attrs if t == "svg"]
     for expected in ("deny-metadata", "cloud metadata endpoint", "169.254.169.254:80", "upstream said 503"):
         assert expected in text
     assert "sk-l…cdef" in text and "hmac-sha256:1234abcd" in text
@@ -287,13 +294,15 @@ def test_report_with_llm_calls(tape: Path, confdir: Path) -> None:
     assert report.cost_usd == pytest.approx(0.00436)
     assert report.unpriced_calls == 2
     page = render_report(report)
-    dom = assert_inert(page)
+    assert_inert(page)
+    # The LLM section holds two charts besides the waterfall above it.
+    dom = audit(page[page.index('<h2 id="llm">') :])
     assert dom.tags.count("svg") == 2
     # Two stacked segments per call in the token chart, one per call in the cost chart.
     assert dom.tags.count("rect") == 4 * 2 + 4
     heights = [float(v) for tag, name, v in dom.attrs if tag == "rect" and name == "height"]
     assert max(heights) == pytest.approx(120.0)
-    text = dom.all_text
+    text = audit(page).all_text
     assert "2,050 in, 505 out" in text
     assert "$0.004360 (+2 call(s) without a price)" in text
     assert "- (unpriced_model)" in text and "unknown" in text
@@ -536,3 +545,101 @@ def test_hostile_traffic_report_is_inert_in_chromium(
 def orjson_str(value: str) -> str:
     """A YAML double-quoted scalar (JSON strings are valid YAML)."""
     return orjson.dumps(value).decode()
+
+
+# ---------------------------------------------------------------- pictures and conversations
+
+
+def llm_traffic(client: Any, upstream: Any, hostile: str) -> None:
+    """The three provider APIs the stand-in speaks, streamed and not, with tools and tool results."""
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Weather in Paris? " + hostile}]}
+    client.post(f"{upstream.url}/v1/chat/completions", json=chat | {"tools": [tool], "stream": True})
+    history = [
+        *chat["messages"],
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": tool["function"]}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C and sunny " + hostile},
+    ]
+    client.post(
+        f"{upstream.url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": history},
+        headers={"x-standin-reply": "It is 18 C. " + hostile},
+    )
+    client.post(
+        f"{upstream.url}/v1/responses",
+        json={"model": "gpt-4o", "instructions": "Be brief.", "input": "Summarise " + hostile, "stream": True},
+    )
+    client.post(
+        f"{upstream.url}/v1/messages",
+        json={
+            "model": "claude-3-5-haiku-latest",
+            "max_tokens": 100,
+            "system": "You are terse.",
+            "messages": [{"role": "user", "content": "Hello Claude " + hostile}],
+            "stream": True,
+        },
+        headers={"x-standin-reply": "Hello back " + hostile},
+    )
+
+
+def test_llm_conversations_and_waterfall_in_chromium(
+    start_proxy: Any, upstream: Any, policy_file: Any, tmp_path: Path
+) -> None:
+    hostile = PAYLOADS[0] + PAYLOADS[1]
+    policy = policy_file(
+        "version: 1\nmode: enforce\ndefault: ALLOW\nrules:\n"
+        "  - id: block-status\n    path: /status/*\n    action: BLOCK\n    reason: no status pages\n"
+    )
+    tape = tmp_path / "tape"
+    proxy = start_proxy(policy, run_id="run-llm-e2e", tape=tape)
+    with proxied_client(proxy) as client:
+        llm_traffic(client, upstream, hostile)
+        assert client.get(f"{upstream.url}/status/200").status_code == 403
+        client.get(f"{upstream.url}/sse")
+    proxy.flush()
+    proxy.stop()
+
+    out = tmp_path / "report.html"
+    assert main(["report", "--last", "--bodies", "--tape", str(tape), "-o", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    page = out.read_text()
+    assert_inert(page)
+
+    result = chromium(out, "--dump-dom")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = audit(result.stdout)
+    assert dom.title == "failcore report: run-llm-e2e"
+    assert set(dom.tags) <= ALLOWED_TAGS and "script" not in dom.tags and "img" not in dom.tags
+    text = dom.all_text
+    # Each conversation is there as text: messages, the tool offered and called, the tool's result and
+    # the answers, streamed ones reassembled from their SSE events.
+    for expected in (
+        "Weather in Paris? " + hostile,
+        "18 C and sunny " + hostile,
+        "It is 18 C. " + hostile,
+        "Summarise " + hostile,
+        "Be brief.",
+        "You are terse.",
+        "Hello back " + hostile,
+        "(streamed answer reassembled)",
+        "lookup",
+        "failcore show run-llm-e2e --event ",
+    ):
+        assert expected in text, expected
+    assert "failcore show RUN --event SEQ" not in text
+    # The waterfall draws each exchange once and marks the blocked one.
+    waterfall = audit(page[page.index('<svg class="wf"') : page.index("</svg>")])
+    drawn = [v for t, n, v in waterfall.attrs if t == "a" and n == "href"]
+    recorded = network_events(read_tape(tape))
+    assert drawn == [f"#ev-{e['seq']}" for e in recorded]
+    assert "✕ blocked" in waterfall.all_text
+    assert "Content Security Policy" not in result.stderr, result.stderr[-2000:]
+
+    shot = tmp_path / "report.png"
+    result = chromium(out, f"--screenshot={shot}", "--window-size=1400,2400")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    keep = os.environ.get("FAILCORE_REPORT_KEEP")
+    if keep:
+        shutil.copyfile(out, Path(keep) / "report-llm.html")
+        shutil.copyfile(shot, Path(keep) / "report-llm.png")
