@@ -82,6 +82,7 @@ class DomAudit(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.tags: list[str] = []
         self.attrs: list[tuple[str, str, str]] = []
+        self.elements: list[tuple[str, dict[str, str]]] = []
         self.text: list[str] = []
         self.title = ""
         self._in_title = False
@@ -89,6 +90,7 @@ class DomAudit(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
         self.attrs.extend((tag, name, value or "") for name, value in attrs)
+        self.elements.append((tag, {name: value or "" for name, value in attrs}))
         self._in_title = tag == "title" and not self.title
 
     def handle_endtag(self, tag: str) -> None:
@@ -266,7 +268,7 @@ def test_report_without_llm_calls(tape: Path, confdir: Path) -> None:
     assert "No LLM calls recorded in this run." in text
     # The waterfall is the only picture: no LLM charts without LLM calls.
     assert dom.tags.count("svg") == 1 and "figcaption" in dom.tags
-    assert ('aria-label', 'waterfall of exchanges') in [(n, v) for t, n, v in dom.attrs if t == "svg"]
+    assert ("aria-label", "waterfall of exchanges") in [(n, v) for t, n, v in dom.attrs if t == "svg"]
     for expected in ("deny-metadata", "cloud metadata endpoint", "169.254.169.254:80", "upstream said 503"):
         assert expected in text
     assert "sk-l…cdef" in text and "hmac-sha256:1234abcd" in text
@@ -567,7 +569,12 @@ def llm_traffic(client: Any, upstream: Any, hostile: str) -> None:
     )
     client.post(
         f"{upstream.url}/v1/responses",
-        json={"model": "gpt-4o", "instructions": "Be brief.", "input": "Summarise " + hostile, "stream": True},
+        json={
+            "model": "gpt-4o",
+            "instructions": "Be brief.",
+            "input": "Summarise " + hostile,
+            "stream": True,
+        },
     )
     client.post(
         f"{upstream.url}/v1/messages",
@@ -643,3 +650,284 @@ def test_llm_conversations_and_waterfall_in_chromium(
     if keep:
         shutil.copyfile(out, Path(keep) / "report-llm.html")
         shutil.copyfile(shot, Path(keep) / "report-llm.png")
+
+
+CASSETTES = Path(__file__).parent / "data" / "openllmetry" / "report-cassettes.jsonl"
+
+
+def cassette_event(seq_hint: int, run: str, exchange: dict[str, Any], api: str) -> dict[str, Any]:
+    """A network event holding a real recorded exchange's bodies as the recorder stores them."""
+    host, _, port = exchange["host"].rpartition(":")
+
+    def body(text: str) -> dict[str, Any]:
+        size = len(text.encode())
+        return {"size": size, "cap": 1 << 20, "sha256": "0" * 64, "sha256_of": "decoded", "truncated": False}
+
+    content_type = exchange["response_headers"].get("content-type") or ""
+    return network(
+        seq_hint,
+        run,
+        target={"host": host, "port": int(port), "scheme": "https"},
+        path=exchange["path"],
+        summary=f"POST {exchange['path']}",
+        request={
+            "http_version": "HTTP/1.1",
+            "headers": [["content-type", "application/json"]],
+            "body": body(exchange["request_body"]) | {"text": exchange["request_body"]},
+        },
+        response={
+            "http_version": "HTTP/1.1",
+            "reason": "OK",
+            "headers": [["content-type", content_type]],
+            "body": body(exchange["response_body"]) | {"text": exchange["response_body"]},
+        },
+        llm=llm_block("m", 1, 1, 0.001) | {"api": api, "stream": "event-stream" in content_type},
+    )
+
+
+# What a person reads in each recorded exchange (taken from the cassettes by eye, not by the code).
+CASSETTE_EXPECTED = {
+    "test_agent_with_tools.yaml#0": ["Add 5 and 7", "add_numbers", '{"a":5,"b":7}'],
+    "test_agent_with_tools.yaml#1": ["12", "The sum of 5 and 7 is 12."],
+    "test_agent_arun_streaming_with_tools.yaml#0": [
+        "A streaming agent with tools",
+        "What is 6 times 7?",
+        "multiply",
+        '{"a":6,"b":7}',
+    ],
+    "test_agent_name_propagation_to_agent_spans.yaml#1": [
+        "You are a helpful assistant that answers all questions",
+        "What is AI?",
+        "**AI** stands for **Artificial Intelligence**.",
+    ],
+    "test_router_analytics_complete_workflow.yaml#0": [
+        "Can you analyze the sales data from last quarter and generate a report?",
+        "transfer_to_analytics_agent",
+    ],
+    "test_anthropic_tools_history_legacy.yaml#0": [
+        "What is the weather and current time in San Francisco?",
+        "Sunny and 65 degrees Fahrenheit",
+        '"timezone": "America/Los_Angeles"',
+    ],
+    "test_anthropic_tools_streaming_legacy.yaml#0": [
+        '{"location": "San Francisco, CA", "unit": "celsius"}',
+        '{"timezone": "America/Los_Angeles"}',
+    ],
+    "test_anthropic_message_stream_manager_legacy.yaml#0": [
+        "Tell me a joke about OpenTelemetry",
+        "Why did the developer love OpenTelemetry?",
+    ],
+}
+
+
+def load_cassettes() -> list[tuple[dict[str, Any], str, list[str]]]:
+    out = []
+    for line in CASSETTES.read_text().splitlines():
+        exchange = orjson.loads(line)
+        api = "messages" if "/v1/messages" in exchange["path"] else exchange["path"].rsplit("/", 1)[-1]
+        api = {"completions": "chat_completions"}.get(api, api)
+        key = next(k for k in CASSETTE_EXPECTED if exchange["id"].endswith(k))
+        out.append((exchange, api, CASSETTE_EXPECTED[key]))
+    assert len(out) == len(CASSETTE_EXPECTED)
+    return out
+
+
+def test_real_provider_bodies_read_as_conversations(tape: Path, confdir: Path) -> None:
+    run = "run-cassettes"
+    cassettes = load_cassettes()
+    events = [cassette_event(i + 1, run, ex, api) for i, (ex, api, _) in enumerate(cassettes)]
+    write_events(tape, confdir, events)
+
+    report = collect_report(tape, run, bodies=True)
+    assert len(report.conversations) == len(cassettes)
+    page = render_report(report)
+    assert_inert(page)
+    # Each event's own details hold its conversation.
+    for (_, _, expected), ev in zip(
+        cassettes, [e for e in report.timeline if e["kind"] == "network"], strict=True
+    ):
+        start = page.index(f'id="ev-{ev["seq"]}"')
+        section = audit(page[start : page.index("</details>", start)]).all_text
+        assert "Conversation" in section
+        for snippet in expected:
+            assert snippet in section, (ev["seq"], snippet)
+    streamed = [c for c in report.conversations.values() if c.streamed]
+    assert len(streamed) == 4
+    assert all(not c.notes for c in report.conversations.values())
+
+    # Without --bodies nothing of the bodies reaches the page.
+    plain = render_report(collect_report(tape, run))
+    assert "Why did the developer love OpenTelemetry?" not in plain and "Add 5 and 7" not in plain
+    assert "failcore report --bodies" in audit(plain).all_text
+
+
+def test_hostile_real_bodies_stay_text(tape: Path, confdir: Path) -> None:
+    """Real exchanges with every string replaced by payloads: the conversation view shows them inert."""
+    run = "run-hostile-bodies"
+    evil = " | ".join(PAYLOADS)
+
+    def poison(value: Any) -> Any:
+        if isinstance(value, str):
+            return value + evil
+        if isinstance(value, dict):
+            return {k: poison(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [poison(v) for v in value]
+        return value
+
+    events = []
+    for i, (exchange, api, _) in enumerate(load_cassettes()):
+        request = orjson.loads(exchange["request_body"])
+        keep = {k: request[k] for k in ("stream", "max_tokens") if k in request}
+        exchange = exchange | {"request_body": orjson.dumps(poison(request) | keep).decode()}
+        if not exchange["response_body"].lstrip().startswith(("data:", "event:")):
+            exchange["response_body"] = orjson.dumps(poison(orjson.loads(exchange["response_body"]))).decode()
+        events.append(cassette_event(i + 1, run, exchange, api))
+    write_events(tape, confdir, events)
+    page = render_report(collect_report(tape, run, bodies=True))
+    dom = assert_inert(page)
+    assert dom.all_text.count(evil) >= 20
+
+
+def test_waterfall_places_exchanges_in_time(tape: Path, confdir: Path) -> None:
+    run = "run-waterfall"
+    t0 = 1_700_000_000.0
+    events = [
+        network(1, run, ts_start=t0, ts_end=t0 + 1.0, latency_ms=1000.0, ttfb_ms=250.0),
+        network(
+            2,
+            run,
+            ts_start=t0 + 0.5,
+            ts_end=t0 + 2.0,
+            latency_ms=1500.0,
+            ttfb_ms=500.0,
+            stream={
+                "chunks": [[0.0, 10], [400.0, 10], [900.0, 10]],
+                "chunk_count": 3,
+                "chunks_truncated": False,
+            },
+        ),
+        network(3, run, ts_start=t0 + 1.0, ts_end=t0 + 1.0, decision="BLOCK", outcome="BLOCKED", status=403),
+        network(4, run, ts_start=t0 + 1.5, ts_end=t0 + 1.9, outcome="FAIL", fail_reason="upstream_status"),
+    ]
+    write_events(tape, confdir, events)
+    page = render_report(collect_report(tape, run))
+    svg = page[page.index('<svg class="wf"') : page.index("</svg>") + 6]
+    dom = audit(svg)
+    rects = [attrs for tag, attrs in dom.elements if tag == "rect"]
+    bars = [r for r in rects if r["class"] != "hit"]
+    # 2 s span over 900 px of plot starting at x=400: 450 px a second.
+    assert [(r["class"], float(r["x"]), float(r["width"])) for r in bars] == [
+        ("wait", 400.0, pytest.approx(112.5)),  # 250 ms to the first byte
+        ("ok", pytest.approx(512.5), pytest.approx(337.5)),  # then 750 ms receiving
+        ("wait", 625.0, pytest.approx(225.0)),
+        ("ok", 850.0, pytest.approx(450.0)),
+        ("block", 850.0, 3.0),
+        ("wait", pytest.approx(1075.0), pytest.approx(4.5)),  # ttfb 10 ms
+        ("fail", pytest.approx(1079.5), pytest.approx(175.5)),
+    ]
+    chunks = [float(a["x1"]) for tag, a in dom.elements if tag == "line" and a.get("class") == "chunk"]
+    # Chunk ticks of event 2: headers at +0.5 s +500 ms, then offsets 0, 400 and 900 ms.
+    assert chunks == [850.0, 1030.0, 1255.0]
+    grid = [float(a["x1"]) for tag, a in dom.elements if tag == "line" and a.get("class") == "grid"]
+    assert grid == [400.0, 625.0, 850.0, 1075.0, 1300.0]  # every 500 ms
+    assert "✕ blocked" in dom.all_text and "! failed" in dom.all_text
+    assert [v for t, n, v in dom.attrs if t == "a"] == ["#ev-1", "#ev-2", "#ev-3", "#ev-4"]
+
+
+def test_captions_precede_their_chart_and_show_names_the_run(tape: Path, confdir: Path) -> None:
+    run = "run-charts"
+    events = [network(i, run, llm=llm_block("gpt-4o", 10 * i, i, 0.001 * i)) for i in range(1, 4)]
+    write_events(tape, confdir, events)
+    page = render_report(collect_report(tape, run))
+    figures = re.findall(r"<figure>(.*?)</figure>", page, re.S)
+    assert len(figures) == 3
+    for figure in figures:
+        assert figure.lstrip().startswith("<figcaption>") and figure.rstrip().endswith("</svg>")
+    captions = [audit(f).all_text.strip() for f in figures]
+    assert captions[1].startswith("Tokens per call") and captions[2].startswith("Cost per call (USD)")
+    text = audit(page).all_text
+    assert "failcore show RUN --event SEQ" not in text
+    assert f"failcore show {run} --event 1" in text and f"failcore show {run} --event 3" in text
+
+
+def test_max_events_bounds_every_list_and_says_what_was_left_out(tape: Path, confdir: Path) -> None:
+    run = "run-big"
+    hit = {
+        "rule": "r",
+        "severity": "high",
+        "category": "c",
+        "location": "l",
+        "preview": "p",
+        "action": "WARN",
+    }
+    events = []
+    for i in range(1, 41):
+        events.append(
+            network(
+                i,
+                run,
+                target={"host": f"h{i}.test", "port": 443, "scheme": "https"},
+                decision=("BLOCK", "WARN", "ALLOW", "ALLOW")[i % 4],
+                outcome=("BLOCKED", "ok", "FAIL", "ok")[i % 4],
+                fail_reason="upstream_status" if i % 4 == 2 else None,
+                dlp={"hits": [hit]},
+                warnings=[{"reason": "dlp", "message": "m"}],
+                llm=llm_block("gpt-4o", 100, 10, 0.5),
+            )
+        )
+    write_events(tape, confdir, events)
+    report = collect_report(tape, run, max_events=4)
+    # Counts cover the whole run.
+    assert (report.summary.requests, report.llm_count, report.tokens_in) == (40, 40, 4000)
+    assert report.cost_usd == pytest.approx(20.0)
+    assert (report.summary.blocked, report.summary.warned, report.summary.failed) == (10, 10, 10)
+    # Every list holds at most 4 and the rest is counted.
+    for items in (
+        report.timeline,
+        report.blocked,
+        report.warned,
+        report.failed,
+        report.warnings,
+        report.dlp_hits,
+        report.llm_calls,
+        list(report.hosts.values()),
+    ):
+        assert len(items) == 4
+    assert report.omitted == {
+        "timeline": 36,
+        "hosts": 36,
+        "blocked": 6,
+        "warned": 6,
+        "failed": 6,
+        "warnings": 36,
+        "dlp": 36,
+        "llm": 36,
+    }
+    page = render_report(report)
+    dom = assert_inert(page)
+    assert dom.tags.count("details") - page.count("<details><summary>") == 4
+    text = dom.all_text
+    assert "This report is bounded by --max-events 4" in text
+    for line in ("36 timeline events", "6 blocked exchanges", "36 DLP hits", "36 LLM calls"):
+        assert line in text, line
+    assert "$20.0000" in text
+
+
+def test_cli_bodies_json_and_bounds(
+    tape: Path, confdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_events(tape, confdir, plain_run("run-cli"))
+    out = tmp_path / "r.html"
+    assert (
+        main(["report", "run-cli", "--tape", str(tape), "-o", str(out), "--max-events", "2", "--json"]) == 0
+    )
+    data = orjson.loads(capsys.readouterr().out)
+    assert data["left_out"]["timeline"] == 4 and data["events"] == 2 and data["bodies"] is False
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 and SECRET not in out.read_text()
+    assert main(["report", "run-cli", "--tape", str(tape), "-o", str(out), "--bodies"]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    # The body is there as recorded (this synthetic one was not masked by DLP).
+    assert SECRET in audit(out.read_text()).all_text
+    assert main(["report", "run-cli", "--tape", str(tape), "-o", str(out), "--max-events", "0"]) == 1
+    assert "--max-events must be at least 1" in capsys.readouterr().err
