@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import jinja2
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from markupsafe import Markup, escape
 
@@ -200,6 +201,16 @@ def llm_call_row(ev: dict[str, Any]) -> LlmCallRow | None:
     )
 
 
+def _indented_json(text: str) -> str | None:
+    """A complete JSON object or array body laid out one value a line (easier to read than one line)."""
+    if len(text) > BODY_SHOW_CAP or not text.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2).decode()
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
 def _header(message: dict[str, Any], name: str) -> str | None:
     for pair in message.get("headers") or ():
         if isinstance(pair, list | tuple) and len(pair) == 2 and str(pair[0]).lower() == name:
@@ -214,9 +225,10 @@ class _Collector:
         self._report = report
         self._limit = report.max_events
 
-    def _keep(self, section: str, items: list[Any], item: Any) -> None:
+    def _keep(self, section: str, items: list[Any], make: Callable[[], Any]) -> None:
+        """Append `make()` while the list has room (built only then), else count it as left out."""
         if len(items) < self._limit:
-            items.append(item)
+            items.append(make())
         else:
             self._report.omitted[section] = self._report.omitted.get(section, 0) + 1
 
@@ -227,12 +239,18 @@ class _Collector:
         kind = ev.get("kind")
         if kind in _HIDDEN_KINDS:
             return
-        # Only events the timeline shows keep (trimmed) bodies; the rest keep headers and metadata.
-        in_timeline = len(report.timeline) < self._limit
-        shown = self._shown(ev, with_bodies=report.bodies and in_timeline)
-        self._keep("timeline", report.timeline, shown)
+        # Only events the timeline shows keep (trimmed) bodies; the rest keep headers and metadata,
+        # and an event no list keeps is never copied.
+        slim: list[dict[str, Any]] = []
+
+        def shown(with_bodies: bool = False) -> dict[str, Any]:
+            if not slim:
+                slim.append(self._shown(ev, with_bodies=with_bodies))
+            return slim[0]
+
+        self._keep("timeline", report.timeline, lambda: shown(report.bodies))
         if kind == "network":
-            self._add_network(shown)
+            self._add_network(ev, shown)
         elif kind == "internal_error":
             self._keep("failed", report.failed, shown)
 
@@ -276,11 +294,14 @@ class _Collector:
         if report.body_budget_left <= 0:
             report.bodies_dropped += 1
             return meta | {"dropped": True}
+        indented = _indented_json(text) if not body.get("truncated") else None
+        if indented is not None:
+            text = indented
         shown = text[:BODY_SHOW_CAP]
         report.body_budget_left -= len(shown)
-        return meta | {"text": shown, "cut_here": len(shown) < len(text)}
+        return meta | {"text": shown, "cut_here": len(shown) < len(text), "indented": indented is not None}
 
-    def _add_network(self, ev: dict[str, Any]) -> None:
+    def _add_network(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
         report = self._report
         key = _host_key(ev)
         stats = report.hosts.get(key)
@@ -300,19 +321,19 @@ class _Collector:
         outcome, decision = ev.get("outcome"), ev.get("decision")
         if outcome == "BLOCKED":
             stats.blocked += 1
-            self._keep("blocked", report.blocked, ev)
+            self._keep("blocked", report.blocked, shown)
         elif decision == "WARN":
             stats.warned += 1
-            self._keep("warned", report.warned, ev)
+            self._keep("warned", report.warned, shown)
         if outcome == "FAIL":
             stats.failed += 1
-            self._keep("failed", report.failed, ev)
+            self._keep("failed", report.failed, shown)
         for warning in ev.get("warnings") or ():
             if isinstance(warning, dict):
-                self._keep("warnings", report.warnings, (ev, warning))
+                self._keep("warnings", report.warnings, lambda w=warning: (shown(), w))
         for hit in _dict(ev.get("dlp")).get("hits") or ():
             if isinstance(hit, dict):
-                self._keep("dlp", report.dlp_hits, (ev, hit))
+                self._keep("dlp", report.dlp_hits, lambda h=hit: (shown(), h))
         call = llm_call_row(ev)
         if call is not None:
             report.llm_count += 1
@@ -323,7 +344,7 @@ class _Collector:
                 report.unpriced_calls += 1
             else:
                 report.cost_usd += call.cost_usd
-            self._keep("llm", report.llm_calls, call)
+            self._keep("llm", report.llm_calls, lambda c=call: c)
 
 
 def collect_report(
