@@ -565,8 +565,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif not args.tape_key and (failcore_home() / "failcore-signing.pub").exists():
         key = load_public_key(failcore_home() / "failcore-signing.pub")
 
-    def progress(read: int) -> None:
-        status.update(safe_text(f"reading run {run}: {read:,} events"))
+    def progress(what: str) -> None:
+        status.update(safe_text(what))
 
     try:
         with err_console.status(safe_text(f"reading run {run}"), spinner="dots") as status:
@@ -578,7 +578,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 bodies=args.bodies,
                 progress=progress,
             )
-            status.update("verifying done; writing the report")
+            status.update("writing the report")
             html_text = render_report(report)
     except ReportError as e:
         err_console.print(safe_text(f"failcore: {e}"))

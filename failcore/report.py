@@ -354,10 +354,10 @@ def collect_report(
     public_key: Ed25519PublicKey | None = None,
     max_events: int = DEFAULT_MAX_EVENTS,
     bodies: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Read one run from the tape (streamed) and verify the whole tape. Raises ReportError for an
-    unknown run. `progress`, when given, is called with the number of events read every 10,000."""
+    unknown run. `progress`, when given, is told what is happening every 10,000 events."""
     tape_dir = Path(tape_dir)
     if not tape_dir.is_dir():
         raise ReportError(f"no tape at {tape_dir}")
@@ -376,9 +376,11 @@ def collect_report(
     for ev in run_events(tape_dir, run):
         collector.add(ev)
         if progress is not None and report.events_read % 10_000 == 0:
-            progress(report.events_read)
+            progress(f"reading run {run}: {report.events_read:,} events")
     if not report.events_read:
         raise ReportError(f"no run {run!r} in {tape_dir}")
+    if progress is not None:
+        progress(f"read {report.events_read:,} events of run {run}; verifying the whole tape")
     report.verification = verify_tape(tape_dir, public_key=public_key)
     return report
 
@@ -554,8 +556,10 @@ def _ms_label(ms: float) -> str:
     if ms < 1000:
         return f"{ms:.0f} ms"
     if ms < 60_000:
-        return f"{ms / 1000:g} s"
-    return f"{ms / 60_000:g} min"
+        return f"{ms / 1000:.3g} s"
+    if ms < 3_600_000:
+        return f"{ms / 60_000:.3g} min"
+    return f"{ms / 3_600_000:.3g} h"
 
 
 def _waterfall(r: RunReport) -> dict[str, Any] | None:
@@ -754,17 +758,17 @@ def _summary_pairs(r: RunReport) -> list[tuple[str, object]]:
         ("time range", span),
         ("policy", s.policy or "-"),
         ("mode", s.mode or "-"),
-        ("requests", s.requests),
-        ("blocked", s.blocked),
-        ("warned", f"{s.warned} ({s.would_block} would be blocked in enforce mode)"),
-        ("failed", f"{s.failed}" + (f" ({fail_reasons})" if fail_reasons else "")),
+        ("requests", f"{s.requests:,}"),
+        ("blocked", f"{s.blocked:,}"),
+        ("warned", f"{s.warned:,} ({s.would_block:,} would be blocked in enforce mode)"),
+        ("failed", f"{s.failed:,}" + (f" ({fail_reasons})" if fail_reasons else "")),
         ("bytes", f"{_size(s.bytes_out)} out, {_size(s.bytes_in)} in"),
-        ("LLM calls", r.llm_count),
+        ("LLM calls", f"{r.llm_count:,}"),
         ("tokens", f"{r.tokens_in:,} in, {r.tokens_out:,} out" if r.llm_count else "-"),
         ("cost", _cost_text(r)),
-        ("websocket messages", s.websocket_messages),
-        ("internal errors", s.internal_errors),
-        ("dropped events", s.dropped),
+        ("websocket messages", f"{s.websocket_messages:,}"),
+        ("internal errors", f"{s.internal_errors:,}"),
+        ("dropped events", f"{s.dropped:,}"),
         ("tape", str(r.tape)),
     ]
 
