@@ -434,8 +434,12 @@ CHROMIUM_FLAGS = (
 )
 
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
 def chromium_path() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    """Any installed Chromium runs the browser tests (FAILCORE_CHROMIUM names one explicitly)."""
+    found = os.environ.get("FAILCORE_CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
     if found:
         return found
     if os.environ.get("CI") == "true":
@@ -877,7 +881,9 @@ def test_max_events_bounds_every_list_and_says_what_was_left_out(tape: Path, con
             )
         )
     write_events(tape, confdir, events)
-    report = collect_report(tape, run, max_events=4)
+    said: list[str] = []
+    report = collect_report(tape, run, max_events=4, progress=said.append)
+    assert said == ["read 40 events of run run-big; verifying the whole tape"]
     # Counts cover the whole run.
     assert (report.summary.requests, report.llm_count, report.tokens_in) == (40, 40, 4000)
     assert report.cost_usd == pytest.approx(20.0)
