@@ -685,7 +685,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from failcore.report import ReportError, collect_report, render_report, write_report
+    from failcore.report import (
+        REPORT_FILE_MODE,
+        REPORT_WITH_BODIES_MODE,
+        ReportError,
+        collect_report,
+        render_report,
+        write_report,
+    )
     from failcore.tape.keys import load_public_key
 
     tape = _tape_arg(args.tape)
@@ -702,17 +709,51 @@ def cmd_report(args: argparse.Namespace) -> int:
         key = load_public_key(Path(args.key))
     elif not args.tape_key and (failcore_home() / "failcore-signing.pub").exists():
         key = load_public_key(failcore_home() / "failcore-signing.pub")
+
+    def progress(what: str) -> None:
+        status.update(safe_text(what))
+
     try:
-        report = collect_report(tape, run, public_key=key, max_events=args.max_events)
+        with err_console.status(safe_text(f"reading run {run}"), spinner="dots") as status:
+            report = collect_report(
+                tape,
+                run,
+                public_key=key,
+                max_events=args.max_events,
+                bodies=args.bodies,
+                progress=progress,
+            )
+            status.update("writing the report")
+            html_text = render_report(report)
     except ReportError as e:
         err_console.print(safe_text(f"failcore: {e}"))
         return 1
-    out = write_report(render_report(report), Path(args.output).expanduser())
+    mode = REPORT_WITH_BODIES_MODE if args.bodies else REPORT_FILE_MODE
+    out = write_report(html_text, Path(args.output).expanduser(), mode=mode)
     chain = "OK" if report.verification.ok else "BROKEN"
+    left_out = sum(report.omitted.values())
     if args.json:
-        _print_json({"run": run, "output": str(out), "events": len(report.timeline), "chain": chain})
+        _print_json(
+            {
+                "run": run,
+                "output": str(out),
+                "events": len(report.timeline),
+                "events_read": report.events_read,
+                "left_out": report.omitted,
+                "bodies": args.bodies,
+                "chain": chain,
+            }
+        )
     else:
         console.print(safe_text(f"report for run {run} written to {out} (tape chain {chain})"))
+        if left_out:
+            console.print(
+                safe_text(
+                    f"  bounded by --max-events {args.max_events}: {left_out:,} row(s) left out "
+                    f"({', '.join(f'{k} {v:,}' for k, v in report.omitted.items())}); "
+                    "counts cover the whole run"
+                )
+            )
     return 0
 
 
@@ -937,7 +978,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="failcore-report.html", help="HTML file to write")
     p.add_argument("--key", help="public key to check the tape's signatures with (default: this machine's)")
     p.add_argument("--tape-key", action="store_true", help="trust the public key stored in the tape")
-    p.add_argument("--max-events", type=int, default=5000, help="timeline rows to include (default 5000)")
+    p.add_argument(
+        "--max-events",
+        type=int,
+        default=5000,
+        help="most rows in any list of the report: timeline, waterfall, blocked, DLP hits, LLM calls… "
+        "(default 5000; counts always cover the whole run and the page says what was left out)",
+    )
+    p.add_argument(
+        "--bodies",
+        action="store_true",
+        help="include request/response bodies as recorded (DLP-masked) and LLM conversations; "
+        "the file is then written 0600",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("diff", help="where run B first departs from run A (exit 0 same shape, 1 diverged)")

@@ -195,6 +195,18 @@ def test_installed_wheel_runs_the_sample_from_another_directory(installed, elsew
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     summary = orjson.loads(done.stdout)["summary"]
     assert (summary["requests"], summary["blocked"], summary["failed"]) == (3, 1, 1)
+    # The report's templates ship in the wheel.
+    report = subprocess.run(
+        [str(installed / "failcore"), "report", "--last", "--bodies", "--json", "--tape", str(tape)],
+        capture_output=True,
+        cwd=tmp_path,
+        env=elsewhere,
+        timeout=180,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr.decode()[-3000:]
+    page = (tmp_path / orjson.loads(report.stdout)["output"]).read_text()
+    assert "Waterfall" in page and "Content-Security-Policy" in page
     listed = subprocess.run(
         [str(installed / "failcore"), "policy", "list", "--json"],
         capture_output=True,

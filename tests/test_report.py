@@ -67,6 +67,10 @@ ALLOWED_TAGS = frozenset(
         "text",
         "i",
         "footer",
+        "figure",
+        "figcaption",
+        "h4",
+        "pre",
     ]
 )
 
@@ -78,6 +82,7 @@ class DomAudit(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.tags: list[str] = []
         self.attrs: list[tuple[str, str, str]] = []
+        self.elements: list[tuple[str, dict[str, str]]] = []
         self.text: list[str] = []
         self.title = ""
         self._in_title = False
@@ -85,6 +90,7 @@ class DomAudit(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
         self.attrs.extend((tag, name, value or "") for name, value in attrs)
+        self.elements.append((tag, {name: value or "" for name, value in attrs}))
         self._in_title = tag == "title" and not self.title
 
     def handle_endtag(self, tag: str) -> None:
@@ -117,7 +123,8 @@ def assert_inert(page: str) -> DomAudit:
         assert not name.startswith("on"), (tag, name, value)
         assert name not in ("src", "style", "srcdoc", "action", "formaction"), (tag, name, value)
         if name == "href":
-            assert re.fullmatch(r"#[a-z]+", value), value
+            # In-page links only: a section, or an event by its number.
+            assert re.fullmatch(r"#[a-z]+|#ev-[0-9]+", value), value
     return dom
 
 
@@ -259,7 +266,9 @@ def test_report_without_llm_calls(tape: Path, confdir: Path) -> None:
     dom = assert_inert(page)
     text = dom.all_text
     assert "No LLM calls recorded in this run." in text
-    assert "svg" not in dom.tags
+    # The waterfall is the only picture: no LLM charts without LLM calls.
+    assert dom.tags.count("svg") == 1 and "figcaption" in dom.tags
+    assert ("aria-label", "waterfall of exchanges") in [(n, v) for t, n, v in dom.attrs if t == "svg"]
     for expected in ("deny-metadata", "cloud metadata endpoint", "169.254.169.254:80", "upstream said 503"):
         assert expected in text
     assert "sk-l…cdef" in text and "hmac-sha256:1234abcd" in text
@@ -287,13 +296,15 @@ def test_report_with_llm_calls(tape: Path, confdir: Path) -> None:
     assert report.cost_usd == pytest.approx(0.00436)
     assert report.unpriced_calls == 2
     page = render_report(report)
-    dom = assert_inert(page)
+    assert_inert(page)
+    # The LLM section holds two charts besides the waterfall above it.
+    dom = audit(page[page.index('<h2 id="llm">') :])
     assert dom.tags.count("svg") == 2
     # Two stacked segments per call in the token chart, one per call in the cost chart.
     assert dom.tags.count("rect") == 4 * 2 + 4
     heights = [float(v) for tag, name, v in dom.attrs if tag == "rect" and name == "height"]
     assert max(heights) == pytest.approx(120.0)
-    text = dom.all_text
+    text = audit(page).all_text
     assert "2,050 in, 505 out" in text
     assert "$0.004360 (+2 call(s) without a price)" in text
     assert "- (unpriced_model)" in text and "unknown" in text
@@ -423,8 +434,12 @@ CHROMIUM_FLAGS = (
 )
 
 
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
 def chromium_path() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    """Any installed Chromium runs the browser tests (FAILCORE_CHROMIUM names one explicitly)."""
+    found = os.environ.get("FAILCORE_CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
     if found:
         return found
     if os.environ.get("CI") == "true":
@@ -536,3 +551,389 @@ def test_hostile_traffic_report_is_inert_in_chromium(
 def orjson_str(value: str) -> str:
     """A YAML double-quoted scalar (JSON strings are valid YAML)."""
     return orjson.dumps(value).decode()
+
+
+# ---------------------------------------------------------------- pictures and conversations
+
+
+def llm_traffic(client: Any, upstream: Any, hostile: str) -> None:
+    """The three provider APIs the stand-in speaks, streamed and not, with tools and tool results."""
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Weather in Paris? " + hostile}]}
+    client.post(f"{upstream.url}/v1/chat/completions", json=chat | {"tools": [tool], "stream": True})
+    history = [
+        *chat["messages"],
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": tool["function"]}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C and sunny " + hostile},
+    ]
+    client.post(
+        f"{upstream.url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": history},
+        headers={"x-standin-reply": "It is 18 C. " + hostile},
+    )
+    client.post(
+        f"{upstream.url}/v1/responses",
+        json={
+            "model": "gpt-4o",
+            "instructions": "Be brief.",
+            "input": "Summarise " + hostile,
+            "stream": True,
+        },
+    )
+    client.post(
+        f"{upstream.url}/v1/messages",
+        json={
+            "model": "claude-3-5-haiku-latest",
+            "max_tokens": 100,
+            "system": "You are terse.",
+            "messages": [{"role": "user", "content": "Hello Claude " + hostile}],
+            "stream": True,
+        },
+        headers={"x-standin-reply": "Hello back " + hostile},
+    )
+
+
+def test_llm_conversations_and_waterfall_in_chromium(
+    start_proxy: Any, upstream: Any, policy_file: Any, tmp_path: Path
+) -> None:
+    hostile = PAYLOADS[0] + PAYLOADS[1]
+    policy = policy_file(
+        "version: 1\nmode: enforce\ndefault: ALLOW\nrules:\n"
+        "  - id: block-status\n    path: /status/*\n    action: BLOCK\n    reason: no status pages\n"
+    )
+    tape = tmp_path / "tape"
+    proxy = start_proxy(policy, run_id="run-llm-e2e", tape=tape)
+    with proxied_client(proxy) as client:
+        llm_traffic(client, upstream, hostile)
+        assert client.get(f"{upstream.url}/status/200").status_code == 403
+        client.get(f"{upstream.url}/sse")
+    proxy.flush()
+    proxy.stop()
+
+    out = tmp_path / "report.html"
+    assert main(["report", "--last", "--bodies", "--tape", str(tape), "-o", str(out)]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    page = out.read_text()
+    assert_inert(page)
+
+    result = chromium(out, "--dump-dom")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = audit(result.stdout)
+    assert dom.title == "failcore report: run-llm-e2e"
+    assert set(dom.tags) <= ALLOWED_TAGS and "script" not in dom.tags and "img" not in dom.tags
+    text = dom.all_text
+    # Each conversation is there as text: messages, the tool offered and called, the tool's result and
+    # the answers, streamed ones reassembled from their SSE events.
+    for expected in (
+        "Weather in Paris? " + hostile,
+        "18 C and sunny " + hostile,
+        "It is 18 C. " + hostile,
+        "Summarise " + hostile,
+        "Be brief.",
+        "You are terse.",
+        "Hello back " + hostile,
+        "(streamed answer reassembled)",
+        "lookup",
+        "failcore show run-llm-e2e --event ",
+    ):
+        assert expected in text, expected
+    assert "failcore show RUN --event SEQ" not in text
+    # The waterfall draws each exchange once and marks the blocked one.
+    waterfall = audit(page[page.index('<svg class="wf"') : page.index("</svg>")])
+    drawn = [v for t, n, v in waterfall.attrs if t == "a" and n == "href"]
+    recorded = network_events(read_tape(tape))
+    assert drawn == [f"#ev-{e['seq']}" for e in recorded]
+    assert "✕ blocked" in waterfall.all_text
+    assert "Content Security Policy" not in result.stderr, result.stderr[-2000:]
+
+    shot = tmp_path / "report.png"
+    result = chromium(out, f"--screenshot={shot}", "--window-size=1400,2400")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    keep = os.environ.get("FAILCORE_REPORT_KEEP")
+    if keep:
+        shutil.copyfile(out, Path(keep) / "report-llm.html")
+        shutil.copyfile(shot, Path(keep) / "report-llm.png")
+
+
+CASSETTES = Path(__file__).parent / "data" / "openllmetry" / "report-cassettes.jsonl"
+
+
+def cassette_event(seq_hint: int, run: str, exchange: dict[str, Any], api: str) -> dict[str, Any]:
+    """A network event holding a real recorded exchange's bodies as the recorder stores them."""
+    host, _, port = exchange["host"].rpartition(":")
+
+    def body(text: str) -> dict[str, Any]:
+        size = len(text.encode())
+        return {"size": size, "cap": 1 << 20, "sha256": "0" * 64, "sha256_of": "decoded", "truncated": False}
+
+    content_type = exchange["response_headers"].get("content-type") or ""
+    return network(
+        seq_hint,
+        run,
+        target={"host": host, "port": int(port), "scheme": "https"},
+        path=exchange["path"],
+        summary=f"POST {exchange['path']}",
+        request={
+            "http_version": "HTTP/1.1",
+            "headers": [["content-type", "application/json"]],
+            "body": body(exchange["request_body"]) | {"text": exchange["request_body"]},
+        },
+        response={
+            "http_version": "HTTP/1.1",
+            "reason": "OK",
+            "headers": [["content-type", content_type]],
+            "body": body(exchange["response_body"]) | {"text": exchange["response_body"]},
+        },
+        llm=llm_block("m", 1, 1, 0.001) | {"api": api, "stream": "event-stream" in content_type},
+    )
+
+
+# What a person reads in each recorded exchange (taken from the cassettes by eye, not by the code).
+CASSETTE_EXPECTED = {
+    "test_agent_with_tools.yaml#0": ["Add 5 and 7", "add_numbers", '{"a":5,"b":7}'],
+    "test_agent_with_tools.yaml#1": ["12", "The sum of 5 and 7 is 12."],
+    "test_agent_arun_streaming_with_tools.yaml#0": [
+        "A streaming agent with tools",
+        "What is 6 times 7?",
+        "multiply",
+        '{"a":6,"b":7}',
+    ],
+    "test_agent_name_propagation_to_agent_spans.yaml#1": [
+        "You are a helpful assistant that answers all questions",
+        "What is AI?",
+        "**AI** stands for **Artificial Intelligence**.",
+    ],
+    "test_router_analytics_complete_workflow.yaml#0": [
+        "Can you analyze the sales data from last quarter and generate a report?",
+        "transfer_to_analytics_agent",
+    ],
+    "test_anthropic_tools_history_legacy.yaml#0": [
+        "What is the weather and current time in San Francisco?",
+        "Sunny and 65 degrees Fahrenheit",
+        '"timezone": "America/Los_Angeles"',
+    ],
+    "test_anthropic_tools_streaming_legacy.yaml#0": [
+        '{"location": "San Francisco, CA", "unit": "celsius"}',
+        '{"timezone": "America/Los_Angeles"}',
+    ],
+    "test_anthropic_message_stream_manager_legacy.yaml#0": [
+        "Tell me a joke about OpenTelemetry",
+        "Why did the developer love OpenTelemetry?",
+    ],
+}
+
+
+def load_cassettes() -> list[tuple[dict[str, Any], str, list[str]]]:
+    out = []
+    for line in CASSETTES.read_text().splitlines():
+        exchange = orjson.loads(line)
+        api = "messages" if "/v1/messages" in exchange["path"] else exchange["path"].rsplit("/", 1)[-1]
+        api = {"completions": "chat_completions"}.get(api, api)
+        key = next(k for k in CASSETTE_EXPECTED if exchange["id"].endswith(k))
+        out.append((exchange, api, CASSETTE_EXPECTED[key]))
+    assert len(out) == len(CASSETTE_EXPECTED)
+    return out
+
+
+def test_real_provider_bodies_read_as_conversations(tape: Path, confdir: Path) -> None:
+    run = "run-cassettes"
+    cassettes = load_cassettes()
+    events = [cassette_event(i + 1, run, ex, api) for i, (ex, api, _) in enumerate(cassettes)]
+    write_events(tape, confdir, events)
+
+    report = collect_report(tape, run, bodies=True)
+    assert len(report.conversations) == len(cassettes)
+    page = render_report(report)
+    assert_inert(page)
+    # Each event's own details hold its conversation.
+    for (_, _, expected), ev in zip(
+        cassettes, [e for e in report.timeline if e["kind"] == "network"], strict=True
+    ):
+        start = page.index(f'id="ev-{ev["seq"]}"')
+        section = audit(page[start : page.index("</details>", start)]).all_text
+        assert "Conversation" in section
+        for snippet in expected:
+            assert snippet in section, (ev["seq"], snippet)
+    streamed = [c for c in report.conversations.values() if c.streamed]
+    assert len(streamed) == 4
+    assert all(not c.notes for c in report.conversations.values())
+
+    # Without --bodies nothing of the bodies reaches the page.
+    plain = render_report(collect_report(tape, run))
+    assert "Why did the developer love OpenTelemetry?" not in plain and "Add 5 and 7" not in plain
+    assert "failcore report --bodies" in audit(plain).all_text
+
+
+def test_hostile_real_bodies_stay_text(tape: Path, confdir: Path) -> None:
+    """Real exchanges with every string replaced by payloads: the conversation view shows them inert."""
+    run = "run-hostile-bodies"
+    evil = " | ".join(PAYLOADS)
+
+    def poison(value: Any) -> Any:
+        if isinstance(value, str):
+            return value + evil
+        if isinstance(value, dict):
+            return {k: poison(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [poison(v) for v in value]
+        return value
+
+    events = []
+    for i, (exchange, api, _) in enumerate(load_cassettes()):
+        request = orjson.loads(exchange["request_body"])
+        keep = {k: request[k] for k in ("stream", "max_tokens") if k in request}
+        exchange = exchange | {"request_body": orjson.dumps(poison(request) | keep).decode()}
+        if not exchange["response_body"].lstrip().startswith(("data:", "event:")):
+            exchange["response_body"] = orjson.dumps(poison(orjson.loads(exchange["response_body"]))).decode()
+        events.append(cassette_event(i + 1, run, exchange, api))
+    write_events(tape, confdir, events)
+    page = render_report(collect_report(tape, run, bodies=True))
+    dom = assert_inert(page)
+    assert dom.all_text.count(evil) >= 20
+
+
+def test_waterfall_places_exchanges_in_time(tape: Path, confdir: Path) -> None:
+    run = "run-waterfall"
+    t0 = 1_700_000_000.0
+    events = [
+        network(1, run, ts_start=t0, ts_end=t0 + 1.0, latency_ms=1000.0, ttfb_ms=250.0),
+        network(
+            2,
+            run,
+            ts_start=t0 + 0.5,
+            ts_end=t0 + 2.0,
+            latency_ms=1500.0,
+            ttfb_ms=500.0,
+            stream={
+                "chunks": [[0.0, 10], [400.0, 10], [900.0, 10]],
+                "chunk_count": 3,
+                "chunks_truncated": False,
+            },
+        ),
+        network(3, run, ts_start=t0 + 1.0, ts_end=t0 + 1.0, decision="BLOCK", outcome="BLOCKED", status=403),
+        network(4, run, ts_start=t0 + 1.5, ts_end=t0 + 1.9, outcome="FAIL", fail_reason="upstream_status"),
+    ]
+    write_events(tape, confdir, events)
+    page = render_report(collect_report(tape, run))
+    svg = page[page.index('<svg class="wf"') : page.index("</svg>") + 6]
+    dom = audit(svg)
+    rects = [attrs for tag, attrs in dom.elements if tag == "rect"]
+    bars = [r for r in rects if r["class"] != "hit"]
+    # 2 s span over 900 px of plot starting at x=400: 450 px a second.
+    assert [(r["class"], float(r["x"]), float(r["width"])) for r in bars] == [
+        ("wait", 400.0, pytest.approx(112.5)),  # 250 ms to the first byte
+        ("ok", pytest.approx(512.5), pytest.approx(337.5)),  # then 750 ms receiving
+        ("wait", 625.0, pytest.approx(225.0)),
+        ("ok", 850.0, pytest.approx(450.0)),
+        ("block", 850.0, 3.0),
+        ("wait", pytest.approx(1075.0), pytest.approx(4.5)),  # ttfb 10 ms
+        ("fail", pytest.approx(1079.5), pytest.approx(175.5)),
+    ]
+    chunks = [float(a["x1"]) for tag, a in dom.elements if tag == "line" and a.get("class") == "chunk"]
+    # Chunk ticks of event 2: headers at +0.5 s +500 ms, then offsets 0, 400 and 900 ms.
+    assert chunks == [850.0, 1030.0, 1255.0]
+    grid = [float(a["x1"]) for tag, a in dom.elements if tag == "line" and a.get("class") == "grid"]
+    assert grid == [400.0, 625.0, 850.0, 1075.0, 1300.0]  # every 500 ms
+    assert "✕ blocked" in dom.all_text and "! failed" in dom.all_text
+    assert [v for t, n, v in dom.attrs if t == "a"] == ["#ev-1", "#ev-2", "#ev-3", "#ev-4"]
+
+
+def test_captions_precede_their_chart_and_show_names_the_run(tape: Path, confdir: Path) -> None:
+    run = "run-charts"
+    events = [network(i, run, llm=llm_block("gpt-4o", 10 * i, i, 0.001 * i)) for i in range(1, 4)]
+    write_events(tape, confdir, events)
+    page = render_report(collect_report(tape, run))
+    figures = re.findall(r"<figure>(.*?)</figure>", page, re.S)
+    assert len(figures) == 3
+    for figure in figures:
+        assert figure.lstrip().startswith("<figcaption>") and figure.rstrip().endswith("</svg>")
+    captions = [audit(f).all_text.strip() for f in figures]
+    assert captions[1].startswith("Tokens per call") and captions[2].startswith("Cost per call (USD)")
+    text = audit(page).all_text
+    assert "failcore show RUN --event SEQ" not in text
+    assert f"failcore show {run} --event 1" in text and f"failcore show {run} --event 3" in text
+
+
+def test_max_events_bounds_every_list_and_says_what_was_left_out(tape: Path, confdir: Path) -> None:
+    run = "run-big"
+    hit = {
+        "rule": "r",
+        "severity": "high",
+        "category": "c",
+        "location": "l",
+        "preview": "p",
+        "action": "WARN",
+    }
+    events = []
+    for i in range(1, 41):
+        events.append(
+            network(
+                i,
+                run,
+                target={"host": f"h{i}.test", "port": 443, "scheme": "https"},
+                decision=("BLOCK", "WARN", "ALLOW", "ALLOW")[i % 4],
+                outcome=("BLOCKED", "ok", "FAIL", "ok")[i % 4],
+                fail_reason="upstream_status" if i % 4 == 2 else None,
+                dlp={"hits": [hit]},
+                warnings=[{"reason": "dlp", "message": "m"}],
+                llm=llm_block("gpt-4o", 100, 10, 0.5),
+            )
+        )
+    write_events(tape, confdir, events)
+    said: list[str] = []
+    report = collect_report(tape, run, max_events=4, progress=said.append)
+    assert said == ["read 40 events of run run-big; verifying the whole tape"]
+    # Counts cover the whole run.
+    assert (report.summary.requests, report.llm_count, report.tokens_in) == (40, 40, 4000)
+    assert report.cost_usd == pytest.approx(20.0)
+    assert (report.summary.blocked, report.summary.warned, report.summary.failed) == (10, 10, 10)
+    # Every list holds at most 4 and the rest is counted.
+    for items in (
+        report.timeline,
+        report.blocked,
+        report.warned,
+        report.failed,
+        report.warnings,
+        report.dlp_hits,
+        report.llm_calls,
+        list(report.hosts.values()),
+    ):
+        assert len(items) == 4
+    assert report.omitted == {
+        "timeline": 36,
+        "hosts": 36,
+        "blocked": 6,
+        "warned": 6,
+        "failed": 6,
+        "warnings": 36,
+        "dlp": 36,
+        "llm": 36,
+    }
+    page = render_report(report)
+    dom = assert_inert(page)
+    assert dom.tags.count("details") - page.count("<details><summary>") == 4
+    text = dom.all_text
+    assert "This report is bounded by --max-events 4" in text
+    for line in ("36 timeline events", "6 blocked exchanges", "36 DLP hits", "36 LLM calls"):
+        assert line in text, line
+    assert "$20.0000" in text
+
+
+def test_cli_bodies_json_and_bounds(
+    tape: Path, confdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_events(tape, confdir, plain_run("run-cli"))
+    out = tmp_path / "r.html"
+    assert (
+        main(["report", "run-cli", "--tape", str(tape), "-o", str(out), "--max-events", "2", "--json"]) == 0
+    )
+    data = orjson.loads(capsys.readouterr().out)
+    assert data["left_out"]["timeline"] == 4 and data["events"] == 2 and data["bodies"] is False
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644 and SECRET not in out.read_text()
+    assert main(["report", "run-cli", "--tape", str(tape), "-o", str(out), "--bodies"]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    # The body is there as recorded (this synthetic one was not masked by DLP).
+    assert SECRET in audit(out.read_text()).all_text
+    assert main(["report", "run-cli", "--tape", str(tape), "-o", str(out), "--max-events", "0"]) == 1
+    assert "--max-events must be at least 1" in capsys.readouterr().err
