@@ -222,8 +222,11 @@ def test_secret_in_a_header_and_query_is_masked_and_located(start_proxy, upstrea
     assert locations == ["request.header:x-forwarded-token", "request.query:token"]
     headers = dict(event["request"]["headers"])
     assert headers["X-Debug"] == "plain value"
-    forwarded = headers["X-Forwarded-Token"]
-    assert forwarded.startswith("tok ghp") and forwarded.endswith(" end") and "…" in forwarded
+    # A header value a DLP rule hits is recorded as the hit's fingerprint, whole (what surrounds the
+    # secret in a header can be as telling as the secret).
+    [hit] = [h for h in event["dlp"]["hits"] if h["location"] == "request.header:x-forwarded-token"]
+    assert headers["X-Forwarded-Token"] == f"[redacted {hit['fingerprint']}]"
+    assert hit["preview"].startswith("ghp") and "…" in hit["preview"]
     assert "…" in event["path"] and event["path"].startswith("/json?token=")
 
 

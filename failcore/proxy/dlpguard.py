@@ -192,15 +192,26 @@ def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -
 
 def header_name_hits(engine: DlpEngine, names: Sequence[str], where: str = "header-name") -> list[Hit]:
     """Secrets spelled as header names (`X-AKIA…: 1`): every name is scanned, alone on its line."""
+    # One scan of all names, one per line; names are case-insensitive (HTTP/2 lower-cases them), so the
+    # upper-cased names are scanned too: an AWS key id is upper-case.
+    encoded = [name.encode("utf-8", "surrogateescape") for name in names]
+    joined = b"\n".join(encoded)
+    if not joined:
+        return []
+    seen = {(h.rule_id, h.start, h.end): h for h in engine.scan(joined)}
+    if joined.upper() != joined:
+        for h in engine.scan(joined.upper()):
+            seen.setdefault((h.rule_id, h.start, h.end), h)
     found: list[Hit] = []
-    for name in names:
-        raw = name.encode("utf-8", "surrogateescape")
-        # Names are case-insensitive (HTTP/2 lower-cases them): an upper-case key id is still one.
-        seen = {(h.rule_id, h.start, h.end): h for h in engine.scan(raw)}
-        if raw.upper() != raw:
-            for h in engine.scan(raw.upper()):
-                seen.setdefault((h.rule_id, h.start, h.end), h)
-        found.extend(replace(hit, location=where) for hit in seen.values())
+    line_start = 0
+    for raw in encoded:
+        line_end = line_start + len(raw)
+        found.extend(
+            replace(h, start=h.start - line_start, end=h.end - line_start, location=where)
+            for h in seen.values()
+            if line_start <= h.start and h.end <= line_end
+        )
+        line_start = line_end + 1
     return found
 
 
@@ -271,13 +282,14 @@ def _mask_headers(
     """All of a message's headers in one scan ("name: value" lines, so name-keyed rules apply)."""
     if not message:
         return
+    # A secret spelled as a header name (`X-AKIA…: 1`) is masked in the name itself.
+    names = [pair[0] for pair in message.get("headers", [])]
+    named = header_name_hits(scanner.engine, names) if names else []
     pairs = [
         pair
         for pair in message.get("headers", [])
         if pair[0].lower() not in CREDENTIAL_HEADERS and not pair[1].startswith("[redacted ")
     ]
-    if not pairs:
-        return
     lines = [f"{name}: {value}\n".encode() for name, value in pairs]
     hits = scanner.engine.scan(b"".join(lines))
     line_start = 0
@@ -295,12 +307,12 @@ def _mask_headers(
             pair[1] = f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in mine))}]"
             out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
         line_start += len(line)
-    # A secret spelled as a header name (`X-AKIA…: 1`) is masked in the name itself.
-    for pair in message.get("headers", []):
-        named = header_name_hits(scanner.engine, [pair[0]])
-        if named:
-            out.extend(_hit_record(scanner, replace(h, location=None), f"{where}.header-name") for h in named)
-            pair[0] = mask_text(pair[0], named)
+    if named:
+        out.extend(_hit_record(scanner, replace(h, location=None), f"{where}.header-name") for h in named)
+        for pair in message.get("headers", []):
+            mine = header_name_hits(scanner.engine, [pair[0]])
+            if mine:
+                pair[0] = mask_text(pair[0], mine)
 
 
 def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = ()) -> None:
