@@ -333,7 +333,7 @@ class LlmMeter:
         if (
             state is None
             or state.llm is None
-            or state.llm.tracker is None
+            or (state.llm.tracker is None and state.llm.whole_copy is None)
             or state.llm.call is not None
             or flow.response is None
             or state.blocked
