@@ -245,8 +245,12 @@ class LlmMeter:
         self.session = session
         self.prices: PriceTable = load_price_table()
         self._prices_from: object = None
-        self._prices_warmed = False
 
+
+    def running(self) -> None:
+        # genai-prices takes seconds to import: loaded in a thread as the proxy starts, so the first
+        # LLM call is not priced (and recorded) seconds late.
+        threading.Thread(target=_warm_up_prices, name="failcore-prices-warmup", daemon=True).start()
 
     def price_table(self) -> PriceTable:
         """The shipped table with the active policy's `prices:` on top (rebuilt when the policy is)."""
@@ -278,11 +282,6 @@ class LlmMeter:
         detected = detect_api(host, flow.request.path, request_json)
         if detected is None:
             return
-        if not self._prices_warmed:
-            # genai-prices takes seconds to import: loaded in a thread while the first LLM call is in
-            # flight, so a proxy that never sees one never pays for it.
-            self._prices_warmed = True
-            threading.Thread(target=_warm_up_prices, name="failcore-prices-warmup", daemon=True).start()
         model = request_json.get("model") if request_json else None
         state.llm = LlmFlow(
             detected[0], detected[1], model if isinstance(model, str) else None, request_json=request_json
