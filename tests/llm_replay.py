@@ -102,7 +102,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             # Compressed bodies go out in uneven parts of the compressed bytes; plain ones at event edges.
-            for part in pieces(body, "" if framing.encoding else framing.content_type):
+            parts = pieces(body, "" if framing.encoding else framing.content_type)
+            if exchange.get("cut_after_parts") is not None:  # the upstream dies mid-body
+                for part in parts[: exchange["cut_after_parts"]]:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            for part in parts:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
             self.wfile.write(b"0\r\n\r\n")
         else:

@@ -152,3 +152,26 @@ def test_every_framing_is_metered_identically(framed_events, case, path, body, e
     if not case.startswith("ollama"):
         assert seen["first"]["cost"]["usd"] is not None
         assert seen["first"]["cost"]["source"].startswith("genai-prices ")
+
+
+def test_json_answer_cut_mid_body_is_still_an_llm_call(start_proxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.llm_replay import RedirectToReplay, ReplayUpstream, load_exchanges
+
+    exchange = next(
+        e
+        for e in load_exchanges()
+        if e["host"] == "api.openai.com:443" and e["response_headers"].get("content-encoding") == "gzip"
+    )
+    with ReplayUpstream([{**exchange, "cut_after_parts": 2}]) as replay:
+        proxy = start_proxy()
+        proxy.call(lambda: proxy.proxy.master.addons.add(RedirectToReplay(replay.port)))
+        with httpx.Client(proxy=proxy.url, timeout=30) as client, pytest.raises(httpx.HTTPError):
+            client.post(
+                f"http://{exchange['host']}{exchange['path']}",
+                content=exchange["request_body"].encode(),
+                headers={"content-type": "application/json", "x-replay-id": "0"},
+            )
+        proxy.stop()
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert event["llm"]["provider"] == "openai" and event["llm"]["stream"] is False
+    assert event["llm"]["usage"]["known"] is False and event["llm"]["cost"]["usd"] is None

@@ -33,7 +33,7 @@ _QUANTUM = Decimal("1e-9")
 SHIPPED_PRICES_PATH = Path(__file__).resolve().parent.parent / "data" / "prices.yaml"
 
 # genai-prices itself is imported on first use (it takes seconds: pydantic, its price data), so CLI
-# commands that never price a call do not pay for it; the proxy warms it up in a thread at start.
+# commands that never price a call do not pay for it; the proxy loads it in a thread as it starts.
 GENAI_SOURCE = f"genai-prices {distribution_version('genai-prices')}"
 SHIPPED_SOURCE = "failcore"
 POLICY_SOURCE = "policy"

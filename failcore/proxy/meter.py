@@ -246,7 +246,10 @@ class LlmMeter:
         self.prices: PriceTable = load_price_table()
         self._prices_from: object = None
 
+
     def running(self) -> None:
+        # genai-prices takes seconds to import: loaded in a thread as the proxy starts, so the first
+        # LLM call is not priced (and recorded) seconds late.
         threading.Thread(target=_warm_up_prices, name="failcore-prices-warmup", daemon=True).start()
 
     def price_table(self) -> PriceTable:
@@ -333,7 +336,7 @@ class LlmMeter:
         if (
             state is None
             or state.llm is None
-            or state.llm.tracker is None
+            or (state.llm.tracker is None and state.llm.whole_copy is None)
             or state.llm.call is not None
             or flow.response is None
             or state.blocked
