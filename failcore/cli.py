@@ -1023,7 +1023,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tape", help="where to write the demo's tape (default: ~/.failcore/sample-tape)")
     for name, command in sub.choices.items():
         if name in EXAMPLES:
-            command.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+            examples = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+            command.epilog = f"{command.epilog}\n\n{examples}" if command.epilog else examples
             command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
