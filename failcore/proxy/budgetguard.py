@@ -208,19 +208,16 @@ class BudgetGuard:
     def _charge(self, flow: http.HTTPFlow) -> None:
         store = self.store
         state = self.session.flows.get(flow.id)
-        if store is None or state is None or state.blocked:
+        if store is None or state is None:
+            return
+        if state.blocked:
+            # Refused after the budget admitted it (DLP, a held body, …): it never reached the
+            # upstream, so it does not count as a request.
+            self._release(store, state, flow)
             return
         if state.replay is not None and state.replay.get("mode") in ("replayed", "override"):
             # Answered from a tape: nothing was spent, not even a request.
-            if state.request_reserved_at is not None:
-                provider, model = _scope(state)
-                store.release_request(
-                    host=_host(state, flow),
-                    provider=provider,
-                    model=model,
-                    reserved_at=state.request_reserved_at,
-                )
-                state.request_reserved_at = None
+            self._release(store, state, flow)
             return
         if state.llm is None or state.llm.call is None or state.llm.charged:
             return
@@ -236,3 +233,13 @@ class BudgetGuard:
         provider, model = _scope(state)
         for crossed in store.record(host=_host(state, flow), provider=provider, model=model, usage=used):
             state.warnings.append(_warning(crossed))
+
+    @staticmethod
+    def _release(store: BudgetStore, state: FlowState, flow: http.HTTPFlow) -> None:
+        if state.request_reserved_at is None:
+            return
+        provider, model = _scope(state)
+        store.release_request(
+            host=_host(state, flow), provider=provider, model=model, reserved_at=state.request_reserved_at
+        )
+        state.request_reserved_at = None

@@ -125,8 +125,22 @@ def blocked_response(decision: Decision, event_id: str, status: int = 403) -> ht
         "X-FailCore-Event": event_id,
     }
     if decision.rule:
-        headers["X-FailCore-Rule"] = decision.rule
-    return http.Response.make(status, body, headers)
+        headers["X-FailCore-Rule"] = header_text(decision.rule)
+    if decision.reason:
+        headers["X-FailCore-Reason"] = header_text(decision.reason)
+    response = http.Response.make(status, body, headers)
+    # Clients that print only the status line (curl's "CONNECT tunnel failed", Python's "Tunnel
+    # connection failed: 403 …") still say who refused and by which rule.
+    response.reason = header_text(
+        f"Blocked by failcore (rule {decision.rule})" if decision.rule else "Blocked by failcore"
+    )
+    return response
+
+
+def header_text(text: str, limit: int = 200) -> str:
+    """Text fit for a header or status line: printable ASCII on one line, at most `limit` characters."""
+    cleaned = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "~"
 
 
 class PolicyGate:
