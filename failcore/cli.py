@@ -101,7 +101,13 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         await proxy.start()
     except ProxyStartError as e:
-        err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True), soft_wrap=True)
+        message = str(e)
+        if "address already in use" in message:
+            # mitmproxy's own hint names its --mode syntax; failcore's flag is --port.
+            message = message.split("\nTry specifying", 1)[0] + (
+                f"\nport {args.port} is in use: pass --port N, or --port 0 to pick a free one"
+            )
+        err_console.print(safe_text(f"failcore: {message}", "red", keep_newlines=True), soft_wrap=True)
         return 2
     loop = asyncio.get_running_loop()
     signals = 0
@@ -149,6 +155,13 @@ async def _serve(args: argparse.Namespace) -> int:
     await proxy.wait()
     if args.replay and not args.json:
         _print_replay_summary(_replay_summary(proxy.tape_dir, proxy.session.run_id), err_console)
+    if not args.json:
+        from failcore.runs import summarize_tape
+
+        summaries = summarize_tape(proxy.tape_dir, run=proxy.session.run_id)
+        summary = summaries[0].to_dict() if summaries else {"run": proxy.session.run_id, "requests": 0}
+        summary["tape"] = str(proxy.tape_dir)
+        _print_run_summary(summary, stream=err_console)
     return 0
 
 

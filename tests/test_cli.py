@@ -686,3 +686,51 @@ def test_proxy_refuses_an_invalid_policy(home: Path, upstream: StandIn, tmp_path
         lines = result.stderr.splitlines()
         assert any(line.startswith(f"{bad}:7:13:") and "MAYBE" in line for line in lines), describe(result)
     assert not list((tmp_path / "tape").glob("seg-*.jsonl"))
+
+
+def test_proxy_port_in_use_names_failcores_flag(home: Path, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = failcore(home, "proxy", "--port", str(port), "--tape", str(tmp_path / "tape"))
+    assert result.returncode == 2, describe(result)
+    assert f"port {port} is in use: pass --port N, or --port 0" in result.stderr
+    assert "--mode regular@" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_proxy_prints_the_run_summary_when_stopped(home: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env.update(FAILCORE_HOME=str(home), COLUMNS="120")
+    tape = tmp_path / "tape"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "failcore.cli", "proxy", "--port", "0", "--tape", str(tape), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        info = orjson.loads(proc.stdout.readline() + "".join(iter(proc.stdout.readline, "}\n")) + "}")
+        subprocess.run(
+            ["curl", "-s", "-o", "/dev/null", "--proxy", info["address"], "http://127.0.0.1:9/"],
+            timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    # --json keeps stdout to the one JSON document; the human summary goes nowhere then.
+    assert "failcore run" not in out
+    plain = subprocess.Popen(
+        [sys.executable, "-m", "failcore.cli", "proxy", "--port", "0", "--tape", str(tape)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert plain.stdout is not None
+    for line in plain.stdout:
+        if line.startswith("Ctrl-C stops"):
+            break
+    plain.send_signal(signal.SIGINT)
+    _, err = plain.communicate(timeout=60)
+    assert plain.returncode == 0, err
+    assert "requests" in err and str(tape) in err and "Traceback" not in err
