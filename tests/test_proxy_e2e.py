@@ -325,7 +325,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-unty
     return False
 
 
-def test_policy_live_reload_good_bad_good(start_proxy, policy_file, upstream, tmp_path):
+def test_policy_live_reload_good_bad_good(start_proxy, policy_file, upstream, tmp_path, caplog):
     allow = "mode: enforce\ndefault: ALLOW\n"
     block_json = (
         "mode: enforce\ndefault: ALLOW\nrules:\n  - id: no-json\n    path: /json\n    action: BLOCK\n"
@@ -351,6 +351,10 @@ def test_policy_live_reload_good_bad_good(start_proxy, policy_file, upstream, tm
     ]
     rejected = policy_events[2]
     assert any(f"{path}:7:" in p and "colour" in p for p in rejected["problems"])
+    # The fix after a bad edit is said as loudly as the bad edit was (warning level: shown by default).
+    warnings = [r.getMessage() for r in caplog.records if r.name == "failcore" and r.levelname == "WARNING"]
+    assert any("is invalid" in w for w in warnings)
+    assert any("valid again, now in force" in w for w in warnings)
 
 
 def test_exception_inside_failcore_fails_open(start_proxy, upstream, tmp_path, monkeypatch):

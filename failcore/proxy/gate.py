@@ -152,6 +152,7 @@ class PolicyGate:
         self.path: Path | None = None
         self.mode_override: str | None = None
         self._stamp: tuple[int, int] | None = None
+        self._reload_failed = False
         self._watcher: asyncio.Task[None] | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
@@ -241,9 +242,14 @@ class PolicyGate:
         except PolicyError as e:
             logger.warning("failcore: policy %s is invalid; keeping the last good policy:\n%s", self.path, e)
             self._record_policy_event("policy.reload", self.session.policy, [str(p) for p in e.problems])
+            self._reload_failed = True
             return False
         self._activate(policy, dlp)
-        logger.info("failcore: reloaded policy %s (mode %s)", self.path, policy.mode)
+        # After a warning about a bad edit, the fix must be as visible as the warning was.
+        log = logger.warning if self._reload_failed else logger.info
+        log("failcore: reloaded policy %s (mode %s)%s", self.path, policy.mode,
+            ": valid again, now in force" if self._reload_failed else "")  # fmt: skip
+        self._reload_failed = False
         self._record_policy_event("policy.reload", policy, [])
         return True
 
