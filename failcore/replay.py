@@ -503,6 +503,12 @@ def _load_document(path: Path) -> Any:
     return YAML(typ="safe").load(text)
 
 
+OVERRIDE_KEYS_HELP = (
+    "status (int, default 200), reason (text), headers (mapping or [name, value] pairs), and either "
+    "body (text, or any JSON value, sent as JSON) or sse (list of event strings)"
+)
+
+
 def load_override(path: Path) -> CannedResponse:
     """A response file: `status`, `reason`, `headers` (mapping or [name, value] pairs) and either
     `body` (text, or any JSON value, sent as JSON) or `sse` (event strings, one chunk each)."""
@@ -513,10 +519,10 @@ def load_override(path: Path) -> CannedResponse:
     except Exception as e:  # ruamel's parser errors share no base class worth naming
         raise ValueError(f"override {path}: {type(e).__name__}: {e}") from None
     if not isinstance(doc, dict):
-        raise ValueError(f"override {path}: expected a mapping with status/headers/body or sse")
+        raise ValueError(f"override {path}: expected a mapping with {OVERRIDE_KEYS_HELP}")
     unknown = set(doc) - {"status", "reason", "headers", "body", "sse"}
     if unknown:
-        raise ValueError(f"override {path}: unknown keys {sorted(unknown)}")
+        raise ValueError(f"override {path}: unknown keys {sorted(unknown)}; allowed: {OVERRIDE_KEYS_HELP}")
     status = doc.get("status", 200)
     if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 999:
         raise ValueError(f"override {path}: status must be an integer 100..999")

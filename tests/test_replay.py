@@ -612,6 +612,16 @@ def test_override_files_and_specs(tmp_path):
     both.write_text("body: a\nsse: [b]\n")
     with pytest.raises(ValueError, match="not both"):
         load_override(both)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("stauts: 200\nbody: x\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['stauts'\]; allowed: status \(int"):
+        load_override(typo)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("An override FILE is JSON or YAML", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    documented = tmp_path / "documented.yaml"
+    documented.write_text(example)
+    assert load_override(documented).chunks is not None  # the README's example loads as an SSE answer
     assert replay_headers([["Transfer-Encoding", "chunked"], ["Content-Type", "text/plain"]]) == (
         ("Content-Type", "text/plain"),
     )
