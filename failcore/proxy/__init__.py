@@ -33,6 +33,7 @@ from failcore.proxy.resolved import ResolvedAddressGuard
 from failcore.proxy.session import Session
 from failcore.proxy.streamtap import StreamTap
 from failcore.proxy.tcpstream import TcpRecorder
+from failcore.proxy.verdict import FlowVerdict
 
 
 class FailCore:
@@ -75,6 +76,8 @@ class FailCore:
             self.budgets,
             self.dlp,
             self.streamtap,
+            # Before the recorder, which lets go of the flow's state.
+            FlowVerdict(s),
             self.replayer,
             self.recorder,
             self.tcp,
