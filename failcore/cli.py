@@ -11,7 +11,7 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from rich.console import Console
 from failcore import __version__
 from failcore.paths import default_tape_dir, failcore_home
 from failcore.textsafe import safe_text
+from failcore.views import fmt
 from failcore.views.fmt import tokens as _tokens
 from failcore.views.fmt import usd as _usd
 
@@ -376,6 +377,17 @@ def cmd_ca(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- list / show / tail
 
 
+@contextlib.contextmanager
+def _reading(tape: Path) -> Iterator[None]:
+    """A spinner on the terminal (stderr) while a whole tape is read: a big one takes seconds."""
+    if not err_console.is_terminal:
+        yield
+        return
+    size = sum(p.stat().st_size for p in tape.glob("seg-*.jsonl"))
+    with err_console.status(safe_text(f"reading {tape} ({fmt.size(size)})…")):
+        yield
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from failcore.runs import summarize_tape
 
@@ -383,7 +395,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not tape.exists():
         err_console.print(safe_text(f"failcore: no tape at {tape}"))
         return 1
-    runs = summarize_tape(tape)
+    with _reading(tape):
+        runs = summarize_tape(tape)
     if args.json:
         _print_json([r.to_dict() for r in runs])
         return 0
@@ -456,7 +469,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             console.print(safe_text(text, keep_newlines=True))
         return 0
     assert run is not None
-    events = [ev for ev in run_events(tape, run) if ev.get("kind") not in ("checkpoint",)]
+    with _reading(tape):
+        events = [ev for ev in run_events(tape, run) if ev.get("kind") not in ("checkpoint",)]
     if args.json:
         _print_json(events)
         return 0
