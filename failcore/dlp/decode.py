@@ -317,17 +317,22 @@ _RUN_NEEDLE = b"a" * MIN_RUN
 _PRINTABLE = bytes(range(32, 127)) + b"\t\n\r"
 
 
-def find_runs(data: bytes) -> list[tuple[int, int]]:
-    """Spans of the base64/hex-alphabet runs of at least MIN_RUN characters (C-speed passes)."""
-    if len(data) < MIN_RUN:
+# MIN_RUN characters of RUN_CHARS: the earliest end of a match is MIN_RUN past the start of the first run.
+RUN_PATTERN = "[A-Za-z0-9+/_=\\-]{" + str(MIN_RUN) + "}"
+
+
+def find_runs(data: bytes, start: int = 0) -> list[tuple[int, int]]:
+    """Spans of the base64/hex-alphabet runs of at least MIN_RUN characters (C-speed passes), from
+    `start`, where the caller knows no run begins before it."""
+    if len(data) - start < MIN_RUN:
         return []
-    mapped = data.translate(_RUN_TABLE)
+    mapped = (data[start:] if start else data).translate(_RUN_TABLE)
     runs: list[tuple[int, int]] = []
     position = mapped.find(_RUN_NEEDLE)
     while position >= 0 and len(runs) < MAX_RUNS:
         end = mapped.find(b" ", position)
         end = len(mapped) if end < 0 else end
-        runs.append((position, end))
+        runs.append((start + position, start + end))
         position = mapped.find(_RUN_NEEDLE, end)
     return runs
 
