@@ -119,20 +119,24 @@ class _EscapeView(View):
         self,
         data: bytes,
         parent: View,
-        anchors: list[tuple[int, int]] | Callable[[], list[tuple[int, int]]],
+        anchors: list[tuple[int, int]] | Iterator[tuple[int, int]],
     ) -> None:
         super().__init__(data, parent)
-        # A callable is only called when a hit needs mapping (most bodies have none).
-        self._pending = anchors if callable(anchors) else None
-        self._anchors: list[tuple[int, int]] = [] if callable(anchors) else anchors
+        # An iterator is advanced only as far as the hits that need mapping (most bodies have none).
+        self._pending = None if isinstance(anchors, list) else anchors
+        self._anchors: list[tuple[int, int]] = anchors if isinstance(anchors, list) else []
         self._anchor_views = [view for view, _ in self._anchors]
         self._maps: dict[int, OffsetMap] = {}
 
     def _chunk(self, offset: int, *, end: bool) -> tuple[int, OffsetMap]:
-        if self._pending is not None:
-            self._anchors = self._pending()
-            self._anchor_views = [view for view, _ in self._anchors]
-            self._pending = None
+        # Known anchors must reach past `offset` (or be all of them) so the chunk and its end are right.
+        while self._pending is not None and (not self._anchor_views or self._anchor_views[-1] <= offset):
+            anchor = next(self._pending, None)
+            if anchor is None:
+                self._pending = None
+                break
+            self._anchors.append(anchor)
+            self._anchor_views.append(anchor[0])
         index = (bisect.bisect_left if end else bisect.bisect_right)(self._anchor_views, offset) - 1
         index = max(index, 0)
         offsets = self._maps.get(index)
@@ -241,10 +245,10 @@ def _json_decode(data: bytes) -> bytes:
 MAP_CHUNK = 4 * 1024
 
 
-def _two_byte_anchors(data: bytes) -> list[tuple[int, int]]:
+def _two_byte_anchors(data: bytes) -> Iterator[tuple[int, int]]:
     """Chunk anchors of a buffer whose every backslash starts a two-byte escape (`\\" \\b \\f \\n \\r
     \\t`, never `\\\\`): the view offset of a cut is the cut minus the backslashes before it."""
-    anchors = [(0, 0)]
+    yield 0, 0
     removed = previous = 0
     cut = MAP_CHUNK
     while cut < len(data):
@@ -253,17 +257,16 @@ def _two_byte_anchors(data: bytes) -> list[tuple[int, int]]:
             if cut >= len(data):
                 break
         removed += data.count(b"\\", previous, cut)
-        anchors.append((cut - removed, cut))
+        yield cut - removed, cut
         previous = cut
         cut += MAP_CHUNK
-    return anchors
 
 
 def json_view(
     data: bytes,
-) -> tuple[bytes, list[tuple[int, int]] | Callable[[], list[tuple[int, int]]]] | None:
-    r"""The buffer with JSON string escapes decoded (and its chunk anchors, or a function computing
-    them), or None when it has none.
+) -> tuple[bytes, list[tuple[int, int]] | Iterator[tuple[int, int]]] | None:
+    r"""The buffer with JSON string escapes decoded (and its chunk anchors, or an iterator computing
+    them in order), or None when it has none.
 
     Only escapes of ASCII characters are decoded (`\uXXXX` of other characters stays as it is: no
     ASCII pattern can match inside it); an escaped backslash never starts a new escape.
@@ -272,7 +275,7 @@ def json_view(
         return None
     if _UNCOMMON_ESCAPE.search(data) is None:
         # Only \" \b \f \n \r \t anywhere: one C pass over the whole buffer, anchors when needed.
-        return codecs.escape_decode(data)[0], lambda: _two_byte_anchors(data)
+        return codecs.escape_decode(data)[0], _two_byte_anchors(data)
     view, anchors = _chunked(data, _json_decode, 6, b"\\")
     return None if len(view) == len(data) else (view, anchors)
 
