@@ -17,6 +17,7 @@ import pytest
 
 from failcore.dlp import DlpEngine, builtin_rules, mask_bytes
 from failcore.dlp import decode as dv
+from failcore.dlp.regex_backend import hyperscan_available as rx_hyperscan
 
 SALT = b"decode-test"
 ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -132,3 +133,37 @@ def test_same_rule_on_the_same_span_keeps_the_stricter_severity() -> None:
     engine = DlpEngine([replace(weak, severity="low"), *rules], backend="re2", salt=SALT)
     hits = [hit for hit in engine.scan(f"x {secret} y") if hit.rule_id == "github-pat"]
     assert [hit.severity for hit in hits] == ["critical"]
+
+
+def test_whole_body_json_view_maps_like_the_chunked_decoder() -> None:
+    """The one-pass JSON view (only two-byte escapes) and its lazily counted anchors give the same
+    text and the same raw spans as decoding chunk by chunk."""
+    rng = random.Random(11)
+    pieces = ["word ", "\n", "\t", '"', "\r", "\b", "\f", "/", "ghp_", "x" * 40]
+    for _ in range(40):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6000)))
+        body = json.dumps({"content": text}).encode()
+        view, anchors = dv.json_view(body)  # type: ignore[misc]
+        assert not isinstance(anchors, list)  # the one-pass path
+        chunked, chunk_anchors = dv._chunked(body, dv._json_decode, 6, b"\\")
+        assert view == chunked
+        fast = dv.JsonStringView(view, dv.RawView(body), anchors)
+        slow = dv.JsonStringView(chunked, dv.RawView(body), chunk_anchors)
+        for _ in range(100):
+            start = rng.randint(0, len(view))
+            end = rng.randint(start, len(view))
+            assert fast.span(start, end) == slow.span(start, end)
+
+
+@pytest.mark.skipif(not rx_hyperscan(), reason="hyperscan not installed")
+def test_hyperscan_pass_finds_the_same_runs_as_find_runs() -> None:
+    engine = DlpEngine(builtin_rules(), backend="hyperscan", salt=b"t")
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/_-="
+    rng = random.Random(5)
+    for _ in range(300):
+        parts = []
+        for _ in range(rng.randint(0, 30)):
+            parts.append("".join(rng.choice(alphabet) for _ in range(rng.choice((1, 5, 23, 24, 25, 80)))))
+            parts.append(rng.choice((" ", "\n", ".", "%", "é", '"')))
+        buffer = "".join(parts).encode()
+        assert engine._candidate_windows(buffer)[2] == dv.find_runs(buffer)

@@ -115,13 +115,28 @@ class _EscapeView(View):
 
     token: re.Pattern[bytes]
 
-    def __init__(self, data: bytes, parent: View, anchors: list[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        parent: View,
+        anchors: list[tuple[int, int]] | Iterator[tuple[int, int]],
+    ) -> None:
         super().__init__(data, parent)
-        self._anchor_views = [view for view, _ in anchors]
-        self._anchors = anchors
+        # An iterator is advanced only as far as the hits that need mapping (most bodies have none).
+        self._pending = None if isinstance(anchors, list) else anchors
+        self._anchors: list[tuple[int, int]] = anchors if isinstance(anchors, list) else []
+        self._anchor_views = [view for view, _ in self._anchors]
         self._maps: dict[int, OffsetMap] = {}
 
     def _chunk(self, offset: int, *, end: bool) -> tuple[int, OffsetMap]:
+        # Known anchors must reach past `offset` (or be all of them) so the chunk and its end are right.
+        while self._pending is not None and (not self._anchor_views or self._anchor_views[-1] <= offset):
+            anchor = next(self._pending, None)
+            if anchor is None:
+                self._pending = None
+                break
+            self._anchors.append(anchor)
+            self._anchor_views.append(anchor[0])
         index = (bisect.bisect_left if end else bisect.bisect_right)(self._anchor_views, offset) - 1
         index = max(index, 0)
         offsets = self._maps.get(index)
@@ -227,14 +242,40 @@ def _json_decode(data: bytes) -> bytes:
     return view
 
 
-def json_view(data: bytes) -> tuple[bytes, list[tuple[int, int]]] | None:
-    r"""The buffer with JSON string escapes decoded (and its chunk anchors), or None when it has none.
+MAP_CHUNK = 4 * 1024
+
+
+def _two_byte_anchors(data: bytes) -> Iterator[tuple[int, int]]:
+    """Chunk anchors of a buffer whose every backslash starts a two-byte escape (`\\" \\b \\f \\n \\r
+    \\t`, never `\\\\`): the view offset of a cut is the cut minus the backslashes before it."""
+    yield 0, 0
+    removed = previous = 0
+    cut = MAP_CHUNK
+    while cut < len(data):
+        if data[cut - 1] == 0x5C:  # the cut would split an escape
+            cut += 1
+            if cut >= len(data):
+                break
+        removed += data.count(b"\\", previous, cut)
+        yield cut - removed, cut
+        previous = cut
+        cut += MAP_CHUNK
+
+
+def json_view(
+    data: bytes,
+) -> tuple[bytes, list[tuple[int, int]] | Iterator[tuple[int, int]]] | None:
+    r"""The buffer with JSON string escapes decoded (and its chunk anchors, or an iterator computing
+    them in order), or None when it has none.
 
     Only escapes of ASCII characters are decoded (`\uXXXX` of other characters stays as it is: no
     ASCII pattern can match inside it); an escaped backslash never starts a new escape.
     """
     if b"\\" not in data:
         return None
+    if _UNCOMMON_ESCAPE.search(data) is None:
+        # Only \" \b \f \n \r \t anywhere: one C pass over the whole buffer, anchors when needed.
+        return codecs.escape_decode(data)[0], _two_byte_anchors(data)
     view, anchors = _chunked(data, _json_decode, 6, b"\\")
     return None if len(view) == len(data) else (view, anchors)
 
@@ -279,17 +320,22 @@ _RUN_NEEDLE = b"a" * MIN_RUN
 _PRINTABLE = bytes(range(32, 127)) + b"\t\n\r"
 
 
-def find_runs(data: bytes) -> list[tuple[int, int]]:
-    """Spans of the base64/hex-alphabet runs of at least MIN_RUN characters (C-speed passes)."""
-    if len(data) < MIN_RUN:
+# MIN_RUN characters of RUN_CHARS: the earliest end of a match is MIN_RUN past the start of the first run.
+RUN_PATTERN = "[A-Za-z0-9+/_=\\-]{" + str(MIN_RUN) + "}"
+
+
+def find_runs(data: bytes, start: int = 0) -> list[tuple[int, int]]:
+    """Spans of the base64/hex-alphabet runs of at least MIN_RUN characters (C-speed passes), from
+    `start`, where the caller knows no run begins before it."""
+    if len(data) - start < MIN_RUN:
         return []
-    mapped = data.translate(_RUN_TABLE)
+    mapped = (data[start:] if start else data).translate(_RUN_TABLE)
     runs: list[tuple[int, int]] = []
     position = mapped.find(_RUN_NEEDLE)
     while position >= 0 and len(runs) < MAX_RUNS:
         end = mapped.find(b" ", position)
         end = len(mapped) if end < 0 else end
-        runs.append((position, end))
+        runs.append((start + position, start + end))
         position = mapped.find(_RUN_NEEDLE, end)
     return runs
 

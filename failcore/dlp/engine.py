@@ -101,6 +101,7 @@ class DlpEngine:
         self._hs_db = None
         self._hs_rule_indexes: list[int] = []
         self._hs_keyword_owners: list[list[int]] = []
+        self._hs_run_id = -1
         keyword_path = list(range(len(self._rules)))
         if self.backend == "hyperscan":
             keyword_path = self._build_hyperscan()
@@ -180,6 +181,10 @@ class DlpEngine:
             expressions = [self._hs_expression(self._rules[i]) for i in accepted]
             expressions += [rx.pattern_bytes(rx.escaped_literal(literal)) for literal in literals]
             flags = [0] * len(accepted) + [hs.HS_FLAG_CASELESS | hs.HS_FLAG_SINGLEMATCH] * len(literals)
+            # The same pass says where the first base64/hex-like run starts (none: no run to look for).
+            self._hs_run_id = len(expressions)
+            expressions.append(rx.pattern_bytes(dv.RUN_PATTERN))
+            flags.append(hs.HS_FLAG_SINGLEMATCH)
             database = hs.Database()
             database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
             self._hs_db = database
@@ -278,17 +283,22 @@ class DlpEngine:
         keyword_path = self._keyword_path_rules
         # Hyperscan's match ends are complete for the rules it holds: a rule it did not report
         # cannot match, so only the rules it refused go through the keyword path.
-        if self._hs_db is not None and not self._hyperscan_windows(buffer, windows, keyword_rules):
-            windows.clear()
-            keyword_rules.clear()
-            keyword_path = list(range(len(self._rules)))
+        first_run: int | None = 0
+        if self._hs_db is not None:
+            first_run = self._hyperscan_windows(buffer, windows, keyword_rules)
+            if first_run is not None and first_run < 0:  # the event budget ran out
+                windows.clear()
+                keyword_rules.clear()
+                keyword_path = list(range(len(self._rules)))
+                first_run = 0
         self._keyword_windows(buffer, keyword_path, windows, keyword_rules)
-        return windows, keyword_rules, dv.find_runs(buffer)
+        return windows, keyword_rules, [] if first_run is None else dv.find_runs(buffer, first_run)
 
     def _hyperscan_windows(
         self, buffer: bytes, windows: dict[int, list[Window]], keyword_rules: set[int]
-    ) -> bool:
-        """Collect confirm windows from match ends; False when the event budget ran out."""
+    ) -> int | None:
+        """Collect confirm windows from match ends. Returns where the first base64/hex-like run starts
+        (None: there is none), or -1 when the event budget ran out."""
         ends: dict[int, list[int]] = defaultdict(list)
         budget = [MAX_PREFILTER_EVENTS]
 
@@ -302,10 +312,11 @@ class DlpEngine:
             try:
                 self._hs_db.scan(buffer, match_event_handler=on_match)
             except hs.ScanTerminated:
-                return False
+                return -1
             if budget[0] <= 0:
-                return False
+                return -1
         rule_count = len(self._hs_rule_indexes)
+        run_ends = ends.pop(self._hs_run_id, None)
         for hs_id, rule_ends in ends.items():
             if hs_id >= rule_count:
                 keyword_rules.update(self._hs_keyword_owners[hs_id - rule_count])
@@ -315,7 +326,7 @@ class DlpEngine:
             target = windows[index]
             for end in rule_ends:
                 target.append((0 if width >= rx.UNBOUNDED_WIDTH else max(0, end - width), end))
-        return True
+        return None if run_ends is None else min(run_ends) - dv.MIN_RUN
 
     def _keyword_windows(
         self,
