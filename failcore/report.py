@@ -36,6 +36,7 @@ from failcore.conversation import Conversation, read_conversation
 from failcore.runs import RunSummary, run_events
 from failcore.tape.verify import VerifyReport, verify_tape
 from failcore.textsafe import printable
+from failcore.views import fmt
 
 DEFAULT_MAX_EVENTS: Final = 5000
 REPORT_FILE_MODE: Final = 0o644
@@ -407,13 +408,7 @@ def _duration(seconds: float) -> str:
 
 
 def _size(n: object) -> str:
-    count = _int_or_none(n) or 0
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"
+    return fmt.size(_int_or_none(n) or 0)
 
 
 def _usd(value: float | None) -> str:
