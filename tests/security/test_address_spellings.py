@@ -15,6 +15,7 @@ import pytest
 
 from failcore.policy import canonical_ip, decide, parse_policy
 from tests.conftest import network_events, read_tape
+from tests.security.helpers import send_raw
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -51,18 +52,6 @@ IPV6_SPELLINGS = ["[::ffff:127.0.0.2]", "[::FFFF:7F00:2]", "[0:0:0:0:0:ffff:127.
 def blocked_upstream(tmp_path: Path) -> Iterator[LoggingUpstream]:
     with LoggingUpstream(tmp_path / "metadata", tls=False, host="127.0.0.2") as up:
         yield up
-
-
-def send_raw(proxy_port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", proxy_port), timeout=30) as s:
-        s.sendall(request)
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    return answer
 
 
 @pytest.mark.parametrize("spelling", IPV4_SPELLINGS + IPV6_SPELLINGS)

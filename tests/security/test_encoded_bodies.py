@@ -10,28 +10,15 @@ Each through the real proxy; each asserts what reached the logging upstream and 
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import pytest
 
 from failcore.evidence import DECODE_LIMIT
 from tests.conftest import network_events, proxied_client, read_tape
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
-AWS_KEY_ID = "AKIA" + "QWERTYUIOPASDFGH"
 SECRET = f'{{"note": "deploy", "key": "{AWS_KEY_ID}"}}'.encode()
-
-DLP_BLOCK = """
-version: 1
-mode: enforce
-default: ALLOW
-dlp:
-  severity_actions: {critical: BLOCK, high: BLOCK}
-"""
-
-
-def tape_bytes(tape: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in tape.glob("seg-*.jsonl"))
 
 
 ATTACKS = {

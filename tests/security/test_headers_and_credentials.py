@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import base64
 import secrets
-from pathlib import Path
 
 import orjson
 
 from tests.conftest import network_events, proxied_client, read_tape
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
-AWS_KEY_ID = "AKIA" + "QWERTYUIOPASDFGH"
 GITHUB_PAT = "ghp_" + "Z9y8X7w6V5u4" * 3
-
-DLP_BLOCK = """
-version: 1
-mode: enforce
-default: ALLOW
-dlp:
-  severity_actions: {critical: BLOCK, high: BLOCK}
-"""
-
-
-def tape_bytes(tape: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in tape.glob("seg-*.jsonl"))
 
 
 def test_a_secret_as_a_header_name_is_blocked_and_not_recorded(

@@ -12,27 +12,13 @@ from pathlib import Path
 import orjson
 
 from tests.conftest import network_events, proxied_client, read_tape
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, tape_bytes
 from tests.security.upstream import LoggingUpstream
-
-# Assembled at run time so the repository holds no secret-shaped strings.
-AWS_KEY_ID = "AKIA" + "QWERTYUIOPASDFGH"
-
-DLP_BLOCK = """
-version: 1
-mode: enforce
-default: ALLOW
-dlp:
-  severity_actions: {critical: BLOCK, high: BLOCK}
-"""
 
 
 def chunked(*parts: bytes) -> Iterator[bytes]:
     """A generator body: httpx sends it with Transfer-Encoding: chunked, no Content-Length."""
     yield from parts
-
-
-def tape_bytes(tape: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in tape.glob("seg-*.jsonl"))
 
 
 def _blocked_event(tmp_path: Path, path: str) -> dict:

@@ -14,17 +14,8 @@ import h2.connection
 import h2.events
 
 from tests.conftest import ProxyThread, network_events, read_tape
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK
 from tests.security.upstream import LoggingUpstream
-
-AWS_KEY_ID = "AKIA" + "QWERTYUIOPASDFGH"
-
-DLP_BLOCK = """
-version: 1
-mode: enforce
-default: ALLOW
-dlp:
-  severity_actions: {critical: BLOCK, high: BLOCK}
-"""
 
 
 def h2_post_with_trailers(proxy: ProxyThread, up: LoggingUpstream, trailers: list[tuple[str, str]]) -> int:

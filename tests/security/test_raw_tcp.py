@@ -11,21 +11,12 @@ import time
 from pathlib import Path
 
 from tests.conftest import network_events, read_tape
+from tests.security.helpers import read_head
 from tests.security.upstream import LoggingUpstream
 
 # Assembled at run time so the repository itself holds no secret-shaped strings.
 GITHUB_PAT = "ghp_" + "Z9y8X7w6V5u4" * 3
 PAYLOAD = b"\x00\x01\x02raw-hello\xff"
-
-
-def read_head(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def tunnel(proxy_port: int, upstream: LoggingUpstream) -> socket.socket:

@@ -7,28 +7,16 @@ simulated by making failcore's own lookup answer "public") is caught on the sock
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from failcore.policy import PolicyError, parse_policy
 from tests.conftest import network_events, read_tape
+from tests.security.helpers import send_raw
 from tests.security.upstream import LoggingUpstream
 
 POLICY = "version: 1\nmode: enforce\ndefault: ALLOW\nnetwork:\n  block_private_resolved: true\n"
-
-
-def send_raw(proxy_port: int, request: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", proxy_port), timeout=30) as s:
-        s.sendall(request)
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-    return answer
 
 
 def get(authority: str) -> bytes:

@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 
 from tests.conftest import network_events, read_tape
+from tests.security.helpers import read_head
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -22,16 +23,6 @@ rules:
     action: BLOCK
     reason: off limits
 """
-
-
-def read_head(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def fronted_request(proxy, upstream: LoggingUpstream, sni: str, path: str) -> bytes:  # type: ignore[no-untyped-def]

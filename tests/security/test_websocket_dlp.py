@@ -14,9 +14,9 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from tests.conftest import ProxyThread, read_tape
+from tests.security.helpers import AWS_KEY_ID, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
-AWS_KEY_ID = "AKIA" + "QWERTYUIOPASDFGH"
 LAST = "last-marker"
 
 DLP_BLOCK = """
@@ -61,10 +61,6 @@ def ws_exchange(proxy: ProxyThread, up: LoggingUpstream, messages: list[str]) ->
     finally:
         assert accepted
         tls.close()
-
-
-def tape_bytes(tape: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in tape.glob("seg-*.jsonl"))
 
 
 def ws_events(tape: Path) -> list[dict]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import network_events, read_tape
+from tests.security.helpers import read_head
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -30,16 +31,6 @@ UPGRADE = (
     "GET {target} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 )
-
-
-def read_head(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def test_wss_rule_refuses_the_upgrade(
