@@ -20,6 +20,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -165,106 +166,74 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "venv" / "bin"
 
 
+@dataclass
+class Elsewhere:
+    """The installed commands, run from a directory outside the checkout with a clean environment."""
+
+    bin: Path
+    cwd: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "PYTHONPATH"}
+        env.update(FAILCORE_HOME=str(self.cwd / "home"), COLUMNS="120")
+        return env
+
+    def run(self, command: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.bin / command), *args],
+            capture_output=True, text=True, cwd=self.cwd, env=self.env, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def start(self, command: str, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(self.bin / command), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
+        )  # fmt: skip
+
+
 @pytest.fixture
-def elsewhere(tmp_path: Path) -> dict[str, str]:
-    """Environment for running the installed commands away from the checkout."""
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "PYTHONPATH"}
-    env.update(FAILCORE_HOME=str(tmp_path / "home"), COLUMNS="120")
-    return env
+def elsewhere(installed: Path, tmp_path: Path) -> Elsewhere:
+    return Elsewhere(installed, tmp_path)
 
 
-def test_installed_wheel_runs_the_sample_from_another_directory(installed, elsewhere, tmp_path) -> None:
-    where = subprocess.run(
-        [str(installed / "python"), "-c", "import failcore; print(failcore.__file__)"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=elsewhere,
-        check=True,
-    )
+def curl_via(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["curl", "-sS", "--proxy", f"http://127.0.0.1:{port}", *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_installed_wheel_runs_the_sample_from_another_directory(elsewhere: Elsewhere, tmp_path) -> None:
+    where = elsewhere.run("python", "-c", "import failcore; print(failcore.__file__)")
     assert str(REPO) not in where.stdout and "site-packages" in where.stdout
     tape = tmp_path / "tape"
-    done = subprocess.run(
-        [str(installed / "failcore"), "sample", "--json", "--tape", str(tape)],
-        capture_output=True,
-        cwd=tmp_path,
-        env=elsewhere,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    done = elsewhere.run("failcore", "sample", "--json", "--tape", str(tape))
+    assert done.returncode == 0, done.stderr[-3000:]
     summary = orjson.loads(done.stdout)["summary"]
     assert (summary["requests"], summary["blocked"], summary["failed"]) == (3, 1, 1)
     # The report's templates ship in the wheel.
-    report = subprocess.run(
-        [str(installed / "failcore"), "report", "--last", "--bodies", "--json", "--tape", str(tape)],
-        capture_output=True,
-        cwd=tmp_path,
-        env=elsewhere,
-        timeout=180,
-        check=False,
-    )
-    assert report.returncode == 0, report.stderr.decode()[-3000:]
+    report = elsewhere.run("failcore", "report", "--last", "--bodies", "--json", "--tape", str(tape))
+    assert report.returncode == 0, report.stderr[-3000:]
     page = (tmp_path / orjson.loads(report.stdout)["output"]).read_text()
     assert "Waterfall" in page and "Content-Security-Policy" in page
-    listed = subprocess.run(
-        [str(installed / "failcore"), "policy", "list", "--json"],
-        capture_output=True,
-        cwd=tmp_path,
-        env=elsewhere,
-        check=True,
-    )
+    listed = elsewhere.run("failcore", "policy", "list", "--json")
     names = orjson.loads(listed.stdout)["policies"]
     assert {"default", "strict", "examples/dlp", "examples/fail-closed"} <= set(names)
-    checked = subprocess.run(
-        [str(installed / "failcore"), "policy", "check", "strict", "examples/dlp"],
-        capture_output=True,
-        cwd=tmp_path,
-        env=elsewhere,
-        check=False,
-    )
-    assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
+    checked = elsewhere.run("failcore", "policy", "check", "strict", "examples/dlp")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_installed_proxy_takes_a_shipped_policy_by_name(installed, elsewhere, tmp_path) -> None:
+def test_installed_proxy_takes_a_shipped_policy_by_name(elsewhere: Elsewhere, tmp_path) -> None:
     port = _free_port()
     tape = tmp_path / "tape"
-    proc = subprocess.Popen(
-        [
-            str(installed / "failcore"),
-            "proxy",
-            "--policy",
-            "strict",
-            "--port",
-            str(port),
-            "--tape",
-            str(tape),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-        env=elsewhere,
+    proc = elsewhere.start(
+        "failcore", "proxy", "--policy", "strict", "--port", str(port), "--tape", str(tape)
     )
     try:
         _wait_for_port(port, proc)
         # strict blocks every host it does not name: a plain request to loopback is refused.
-        blocked = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--proxy",
-                f"http://127.0.0.1:{port}",
-                "http://127.0.0.1:9/",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        blocked = curl_via(port, "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9/")
     finally:
         out = _stop(proc)
     assert "strict" in out and "Traceback" not in out, out
@@ -273,58 +242,25 @@ def test_installed_proxy_takes_a_shipped_policy_by_name(installed, elsewhere, tm
     assert [(e["decision"], e["status"]) for e in events] == [("BLOCK", 403)]
 
 
-def test_installed_mitmdump_loads_the_addon_from_addon_path(installed, elsewhere, tmp_path) -> None:
-    addon = subprocess.run(
-        [str(installed / "failcore"), "addon-path"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=elsewhere,
-        check=True,
-    ).stdout.strip()
+def test_installed_mitmdump_loads_the_addon_from_addon_path(elsewhere: Elsewhere, tmp_path) -> None:
+    addon = elsewhere.run("failcore", "addon-path").stdout.strip()
     assert Path(addon).is_file() and str(REPO) not in addon, addon
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = _free_port()
     tape = tmp_path / "tape"
-    proc = subprocess.Popen(
-        [
-            str(installed / "mitmdump"),
-            "-q",
-            "-s",
-            addon,
-            "--listen-port",
-            str(port),
-            "--set",
-            f"failcore_tape={tape}",
-            "--set",
-            f"confdir={tmp_path / 'home'}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-        env=elsewhere,
-    )
+    proc = elsewhere.start(
+        "mitmdump", "-q", "-s", addon, "--listen-port", str(port),
+        "--set", f"failcore_tape={tape}", "--set", f"confdir={tmp_path / 'home'}",
+    )  # fmt: skip
     try:
         _wait_for_port(port, proc)
-        fetched = subprocess.run(
-            ["curl", "-sS", "--proxy", f"http://127.0.0.1:{port}", f"http://127.0.0.1:{server.server_port}/"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        fetched = curl_via(port, f"http://127.0.0.1:{server.server_port}/")
     finally:
         out = _stop(proc)
         server.shutdown()
     assert fetched.stdout == '{"hello": "world"}', fetched.stderr + out
     events = network_events(read_tape(tape))
     assert [(e["method"], e["status"], e["outcome"]) for e in events] == [("GET", 200, "ok")]
-    verify = subprocess.run(
-        [str(installed / "failcore"), "verify", str(tape)],
-        capture_output=True,
-        cwd=tmp_path,
-        env=elsewhere,
-        check=False,
-    )
-    assert verify.returncode == 0, verify.stdout.decode()
+    verify = elsewhere.run("failcore", "verify", str(tape))
+    assert verify.returncode == 0, verify.stdout
