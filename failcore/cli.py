@@ -443,7 +443,6 @@ def _find_event(events: Iterable[dict[str, Any]], wanted: str) -> dict[str, Any]
 
 def cmd_show(args: argparse.Namespace) -> int:
     from failcore.runs import RunSummary, run_events
-    from failcore.tape import iter_events
     from failcore.views.tables import events_table
 
     tape = _tape_arg(args.tape)
@@ -455,9 +454,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         err_console.print(safe_text(str(e)))
         return e.code
     if args.event is not None:
-        quiet = lambda line, why: None  # noqa: E731 - a bad line is verify's business, not show's
-        source = iter_events(tape, on_bad_line=quiet) if run is None else run_events(tape, run)
-        ev = _find_event(source, args.event)
+        ev = _find_event(run_events(tape, run), args.event)
         if ev is None:
             where = f"run {run}" if run else str(tape)
             err_console.print(safe_text(f"failcore: no event {args.event} in {where}"))

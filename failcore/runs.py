@@ -200,5 +200,6 @@ def last_run_id(tape_dir: Path) -> str | None:
     return last
 
 
-def run_events(tape_dir: Path, run: str) -> Iterator[dict[str, Any]]:
+def run_events(tape_dir: Path, run: str | None) -> Iterator[dict[str, Any]]:
+    """A run's events, or with `run=None` the whole tape's; a bad line is verify's business, not a view's."""
     return iter_events(tape_dir, run=run, on_bad_line=lambda line, why: None)

@@ -12,6 +12,7 @@ from mitmproxy import http
 
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
+from failcore.views import fmt
 
 BLOCKED_MARK = ":no_entry_sign:"
 WOULD_BLOCK_MARK = ":warning:"
@@ -27,10 +28,10 @@ def verdict_comment(state: FlowState) -> str:
     llm = state.llm
     if llm is not None and llm.call is not None:
         call = llm.call
-        parts.append(f"{call.input_tokens or 0:,}/{call.output_tokens or 0:,} tokens")
+        parts.append(f"{fmt.tokens(call.input_tokens or 0, call.output_tokens or 0)} tokens")
         usd = llm.cost.usd if llm.cost is not None else None
         model = call.response_model or call.request_model
-        parts.append(("$?" if usd is None else f"${usd:.6f}") + (f" ({model})" if model else ""))
+        parts.append(("$?" if usd is None else fmt.usd(usd)) + (f" ({model})" if model else ""))
     return " · ".join(parts)
 
 
