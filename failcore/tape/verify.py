@@ -15,6 +15,9 @@ The outcome is one `status`, from worst to best:
   tape's end was cut off. Lines after the last checkpoint are not signed and could be forged.
 * ``dropped``: complete and signed, but the writer recorded that it lost events (`dropped` lines).
 * ``ok``: complete, signed by a trusted key to its final checkpoint, nothing dropped.
+
+Size: a little over 500 lines because `_ChainVerifier` is one state machine over the lines of every
+segment (chain, seq, checkpoints, torn tails, manifest head); whom to trust lives in `trust.py`.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from failcore.tape.reader import (
     HASH_MARK,
     LINE_PREFIX,
     SEQ_MARK,
-    TAPE_PUBLIC_KEY_FILE,
     compute_line_hash,
     is_well_formed,
     line_hash,
@@ -48,9 +50,10 @@ from failcore.tape.reader import (
     segment_name,
     segment_number,
 )
+from failcore.tape.trust import Keyring, KeySource, TrustedKey, load_keyring
+from failcore.tape.trust import local_identities as local_identities  # re-exported: `failcore verify` uses it
 
 BreakKind = Literal["edited", "chain", "seq", "malformed", "signature", "missing_segment", "manifest"]
-KeySource = Literal["tape", "given", "local"]
 Status = Literal["ok", "dropped", "incomplete", "unsigned", "unknown_key", "broken"]
 
 DROPPED_MARK: Final = b'"kind":"dropped",'
@@ -65,18 +68,6 @@ class Break:
     line: int
     kind: BreakKind
     message: str
-
-
-@dataclass(frozen=True, slots=True)
-class TrustedKey:
-    """A key signatures are checked with, and where it came from (a file path, or "tape")."""
-
-    key: Ed25519PublicKey
-    source: str
-
-    @property
-    def key_id(self) -> str:
-        return keys.public_key_id(self.key)
 
 
 @dataclass(slots=True)
@@ -160,16 +151,6 @@ class VerifyReport:
         }
 
 
-@dataclass(slots=True)
-class _Keyring:
-    by_id: dict[str, Ed25519PublicKey]  # trusted
-    source: KeySource | None
-    primary_id: str | None
-    in_tape: dict[str, Ed25519PublicKey] = field(default_factory=dict)  # found in the tape, not trusted
-    # One key was given explicitly: a checkpoint signed by any other is a break, not an unknown signer.
-    pinned: bool = False
-
-
 def verify_tape(
     tape_dir: Path,
     *,
@@ -192,7 +173,7 @@ def verify_tape(
         given.insert(0, TrustedKey(public_key, "given"))
     if trust_tape_keys is None:
         trust_tape_keys = public_key is None and trusted_keys is None
-    keyring = _load_keyring(tape_dir, given, trust_tape_keys, report.warnings)
+    keyring = load_keyring(tape_dir, given, trust_tape_keys, report.warnings)
     keyring.pinned = public_key is not None
     if not keyring.by_id:
         report.warnings.append("no public key: checkpoint signatures were not checked")
@@ -247,7 +228,7 @@ def _lock_holder(tape_dir: Path) -> str | None:
 
 
 def _signed_head(
-    manifest: dict[str, Any], keyring: _Keyring, report: VerifyReport
+    manifest: dict[str, Any], keyring: Keyring, report: VerifyReport
 ) -> tuple[int, bytes] | None:
     """The chain head a trusted manifest signature vouches for; a changed manifest is a break."""
     sig = manifest.get("sig")
@@ -284,7 +265,7 @@ def _signed_head(
 
 class _ChainVerifier:
     def __init__(
-        self, report: VerifyReport, keyring: _Keyring, on_progress: Callable[[int], None] | None
+        self, report: VerifyReport, keyring: Keyring, on_progress: Callable[[int], None] | None
     ) -> None:
         self._report = report
         self._keyring = keyring
@@ -536,35 +517,6 @@ def _ends_with_complete_line(raw: bytes) -> bool:
     return False
 
 
-def _load_keyring(tape_dir: Path, given: list[TrustedKey], trust_tape: bool, warnings: list[str]) -> _Keyring:
-    in_tape = _tape_keys(tape_dir, warnings)
-    trusted = {t.key_id: t.key for t in given}
-    if trust_tape:
-        for key_id, key in in_tape.items():
-            trusted.setdefault(key_id, key)
-        warnings.append("checkpoint signatures checked with the key stored in the tape itself")
-    source: KeySource | None = "local" if given else None
-    if trust_tape and in_tape:
-        source = "tape"
-    primary = next(iter(trusted), None)
-    return _Keyring(trusted, source if trusted else None, primary, in_tape)
-
-
-def _tape_keys(tape_dir: Path, warnings: list[str]) -> dict[str, Ed25519PublicKey]:
-    by_id: dict[str, Ed25519PublicKey] = {}
-    candidates = [tape_dir / TAPE_PUBLIC_KEY_FILE, *sorted(tape_dir.glob("signing-key-*.pub"))]
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            public_key = keys.load_public_key(path)
-        except (ValueError, OSError) as exc:
-            warnings.append(f"ignoring key file {path.name}: {exc}")
-            continue
-        by_id[keys.public_key_id(public_key)] = public_key
-    return by_id
-
-
 def _read_manifest(tape_dir: Path, warnings: list[str]) -> dict[str, Any] | None:
     try:
         manifest = read_manifest(tape_dir)
@@ -586,28 +538,3 @@ def _manifest_records(manifest: dict[str, Any] | None) -> dict[int, dict[str, An
             if number is not None:
                 records[number] = entry
     return records
-
-
-def local_identities(homes: list[Path]) -> list[TrustedKey]:
-    """This user's signing identities: the public half of `failcore-signing.key` (or its `.pub`) in
-    each home that has one. failcore signs with the key in its home (FAILCORE_HOME or ~/.failcore);
-    older versions started as `mitmdump -s addons/failcore_addon.py` signed with one in mitmproxy's
-    confdir (~/.mitmproxy), which is why that home is listed too."""
-    found: list[TrustedKey] = []
-    seen: set[str] = set()
-    for home in homes:
-        pub_path = home / keys.PUBLIC_KEY_FILE
-        key_path = home / keys.SIGNING_KEY_FILE
-        for path, load in ((key_path, keys.public_key_from_private_file), (pub_path, keys.load_public_key)):
-            try:
-                if not path.is_file():
-                    continue
-                public_key = load(path)
-            except (ValueError, OSError):
-                continue
-            trusted = TrustedKey(public_key, str(path))
-            if trusted.key_id not in seen:
-                seen.add(trusted.key_id)
-                found.append(trusted)
-            break
-    return found

@@ -8,6 +8,11 @@ the tape itself as `dropped` markers, and a builder that raises becomes an `inte
 
 Every writer ends with a signed checkpoint that names itself final, and the manifest it leaves is
 signed and names the head of the chain: a tape whose end was cut off no longer verifies as complete.
+
+Size: ~800 lines because `TapeWriter` is one thread's state: the queue, the chain head, the open
+segment, rotation, checkpoints and the manifest change together under one lock-free owner (the writer
+thread); pieces split out would all reach into that state. Line encoding and the directory lock are
+the parts that stand alone, and they are separate functions and classes above it.
 """
 
 from __future__ import annotations
