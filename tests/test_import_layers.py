@@ -1,4 +1,4 @@
-"""The layers load apart: `failcore diff` and the pure replay package import no
+"""The layers load apart: `failcore diff`, the pure replay package and the demo stand-in import no
 mitmproxy (nor Hyperscan, which only the proxy's DLP guard needs), and importing one module of
 failcore.proxy does not load every addon. Each check runs in a fresh interpreter, since this test
 process has long imported everything."""
@@ -11,9 +11,11 @@ import sys
 
 import pytest
 
+import failcore.demo
 import failcore.replay
 
 REPLAY_MODULES = sorted(m.name for m in pkgutil.iter_modules(failcore.replay.__path__, "failcore.replay."))
+DEMO_MODULES = sorted(m.name for m in pkgutil.iter_modules(failcore.demo.__path__, "failcore.demo."))
 
 
 def loaded_after(imports: str, *watched: str) -> dict[str, bool]:
@@ -36,6 +38,16 @@ def test_diff_imports_neither_mitmproxy_nor_hyperscan() -> None:
 def test_the_replay_package_is_pure() -> None:
     assert "failcore.replay.pointers" in REPLAY_MODULES and "failcore.replay.serve" in REPLAY_MODULES
     imports = "; ".join(f"import {m}" for m in REPLAY_MODULES)
+    assert loaded_after(imports, "mitmproxy", "hyperscan", "failcore.proxy") == {
+        "mitmproxy": False,
+        "hyperscan": False,
+        "failcore.proxy": False,
+    }
+
+
+def test_the_demo_stand_in_is_no_part_of_the_proxy() -> None:
+    assert "failcore.demo.server" in DEMO_MODULES and "failcore.demo.wire" in DEMO_MODULES
+    imports = "; ".join(f"import {m}" for m in DEMO_MODULES)
     assert loaded_after(imports, "mitmproxy", "hyperscan", "failcore.proxy") == {
         "mitmproxy": False,
         "hyperscan": False,

@@ -16,6 +16,7 @@ import openai
 import orjson
 import pytest
 
+from failcore.demo.server import StandIn
 from failcore.proxy.session import BodyTap
 from failcore.replay.canned import replay_headers
 from failcore.replay.match import ReplayIndex, miss_body
@@ -25,7 +26,6 @@ from failcore.replay.recording import RecordedExchange, canned_from_event, parse
 from failcore.replay.request import DEFAULT_IGNORED_POINTERS, RequestShape, normalize_body
 from failcore.replay.savings import replay_savings
 from failcore.replay.serve import Rechunker
-from failcore.standin import StandIn
 from tests.conftest import ProxyThread, network_events, proxied_client, read_tape
 
 IGNORE = tuple(parse_pointer(p) for p in DEFAULT_IGNORED_POINTERS)
