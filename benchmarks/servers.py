@@ -14,7 +14,7 @@ from pathlib import Path
 
 from benchmarks.harness import REPO, VENV_BIN, CommandLog, free_port, stop_process, wait_for_port
 from benchmarks.variants import Variant
-from failcore.standin import generate_certificate
+from failcore.demo.certs import generate_certificate
 
 ADDON = REPO / "addons" / "failcore_addon.py"
 STRICT_POLICY = REPO / "policies" / "strict.yaml"

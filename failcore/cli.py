@@ -56,7 +56,7 @@ def _replay_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _replay_summary(tape: Path, run: str) -> dict[str, Any]:
-    from failcore.replay import replay_savings
+    from failcore.replay.savings import replay_savings
     from failcore.runs import run_events
 
     return replay_savings(run_events(tape, run))

@@ -14,16 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failcore.replay import (
-    DEFAULT_IGNORED_POINTERS,
-    Pointer,
-    RequestShape,
-    dlp_pointers,
-    event_request_shape,
-    is_http_exchange,
-    parse_pointer,
-    request_difference,
-)
+from failcore.replay.pointers import Pointer, parse_pointer
+from failcore.replay.recording import event_request_shape, is_http_exchange
+from failcore.replay.request import DEFAULT_IGNORED_POINTERS, RequestShape, dlp_pointers, request_difference
 from failcore.tape import iter_events
 
 

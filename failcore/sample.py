@@ -20,9 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from failcore.demo.server import StandIn
 from failcore.paths import failcore_home
 from failcore.runner import EmbeddedProxy, ProxySettings
-from failcore.standin import StandIn
 
 SAMPLE_POLICY = Path(__file__).parent / "data" / "sample_policy.yaml"
 

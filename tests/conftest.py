@@ -18,8 +18,8 @@ import jsonschema
 import orjson
 import pytest
 
+from failcore.demo.server import StandIn
 from failcore.runner import EmbeddedProxy, ProxySettings
-from failcore.standin import StandIn
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = orjson.loads((REPO / "failcore" / "schema" / "egress_event.v1.json").read_bytes())

@@ -24,7 +24,7 @@ from conftest import network_events, read_tape
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from failcore.standin import StandIn
+from failcore.demo.server import StandIn
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT = 120

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from failcore.compat import zstd
-from failcore.standin import ENCODINGS, FRAMINGS
+from failcore.demo.framing import ENCODINGS, FRAMINGS
 from tests.conftest import network_events, read_tape
 
 USAGE = {"input": 1200, "output": 345, "cached": 200, "cache_write": 100, "reasoning": 40}

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from conftest import network_events, read_tape
 
-from failcore.standin import StandIn
+from failcore.demo.server import StandIn
 from failcore.tape.keys import load_or_create_signing_key, public_key_id
 
 REPO = Path(__file__).resolve().parent.parent

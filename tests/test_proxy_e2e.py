@@ -23,8 +23,9 @@ import wsproto.events as wse
 
 import failcore.proxy.gate as gate_module
 from failcore.compat import zstd
+from failcore.demo.handler import BINARY_BODY
+from failcore.demo.server import StandIn
 from failcore.runner import ProxyStartError
-from failcore.standin import BINARY_BODY, StandIn
 from failcore.tape.writer import TapeWriter
 from tests.conftest import ProxyThread, curl, network_events, proxied_client, read_tape
 

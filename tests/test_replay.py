@@ -16,26 +16,16 @@ import openai
 import orjson
 import pytest
 
+from failcore.demo.server import StandIn
 from failcore.proxy.session import BodyTap
-from failcore.replay import (
-    DEFAULT_IGNORED_POINTERS,
-    Rechunker,
-    RecordedExchange,
-    ReplayIndex,
-    RequestShape,
-    canned_from_event,
-    first_difference,
-    format_pointer,
-    load_override,
-    miss_body,
-    normalize_body,
-    parse_overrides,
-    parse_pointer,
-    parse_replay_source,
-    replay_headers,
-    replay_savings,
-)
-from failcore.standin import StandIn
+from failcore.replay.canned import replay_headers
+from failcore.replay.match import ReplayIndex, miss_body
+from failcore.replay.overrides import load_override, parse_overrides
+from failcore.replay.pointers import first_difference, format_pointer, parse_pointer
+from failcore.replay.recording import RecordedExchange, canned_from_event, parse_replay_source
+from failcore.replay.request import DEFAULT_IGNORED_POINTERS, RequestShape, normalize_body
+from failcore.replay.savings import replay_savings
+from failcore.replay.serve import Rechunker
 from tests.conftest import ProxyThread, network_events, proxied_client, read_tape
 
 IGNORE = tuple(parse_pointer(p) for p in DEFAULT_IGNORED_POINTERS)

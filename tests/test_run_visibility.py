@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from failcore import contain
+from failcore.demo.server import StandIn
 from failcore.runs import summarize
-from failcore.standin import StandIn
 from tests.conftest import SCHEMA, read_tape
 from tests.contain_helpers import REPO
 

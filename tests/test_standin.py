@@ -37,15 +37,9 @@ from wsproto.events import (
 )
 
 from failcore.compat import zstd
-from failcore.standin import (
-    BINARY_BODY,
-    DEFAULT_USAGE,
-    SAMPLE_DOCUMENT,
-    StandIn,
-    arguments_for_schema,
-    split_fixed,
-    split_words,
-)
+from failcore.demo.handler import BINARY_BODY, SAMPLE_DOCUMENT
+from failcore.demo.replies import DEFAULT_USAGE, arguments_for_schema, split_fixed, split_words
+from failcore.demo.server import StandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 USAGE_HEADER = {"x-standin-usage": json.dumps(

@@ -14,7 +14,8 @@ import brotli
 import pytest
 
 from failcore.compat import zstd
-from failcore.standin import ENCODINGS, FRAMINGS, StandIn
+from failcore.demo.framing import ENCODINGS, FRAMINGS
+from failcore.demo.server import StandIn
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from failcore.standin import SAMPLE_DOCUMENT, StandIn
+from failcore.demo.handler import SAMPLE_DOCUMENT
+from failcore.demo.server import StandIn
 from tests.conftest import REPO, network_events, read_tape
 
 pytestmark = pytest.mark.netns

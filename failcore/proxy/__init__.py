@@ -10,31 +10,10 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-# Importing the layers registers their hooks in hooks.all_hooks, which FailCore dispatches from.
-import mitmproxy.addonmanager
-import mitmproxy.proxy.layers.http
-import mitmproxy.proxy.layers.tls
-import mitmproxy.proxy.layers.websocket
-import mitmproxy.proxy.server_hooks  # noqa: F401
-from mitmproxy import hooks
-
-from failcore.proxy.budgetguard import BudgetGuard
-from failcore.proxy.connections import ConnectionEvents
-from failcore.proxy.console import QuietConsole
-from failcore.proxy.dlpguard import DlpGuard
-from failcore.proxy.gate import PolicyGate
-from failcore.proxy.hold import RequestHold
-from failcore.proxy.listen import ListenGuard
-from failcore.proxy.meter import LlmMeter
-from failcore.proxy.recorder import Recorder
-from failcore.proxy.resolved import ResolvedAddressGuard
-from failcore.proxy.session import Session
-from failcore.proxy.streamtap import StreamTap
-from failcore.proxy.tcpstream import TcpRecorder
-from failcore.proxy.verdict import FlowVerdict
-
+if TYPE_CHECKING:
+    from failcore.proxy.session import Session
 
 class FailCore:
     """The one addon mitmproxy sees: it calls each concern's hooks in order.
@@ -48,8 +27,31 @@ class FailCore:
     name = "failcore"
 
     def __init__(self, session: Session | None = None) -> None:
-        # Imported here: failcore.replay builds on this package's modules (a top-level import is circular).
-        from failcore.replay import Replayer
+        # Imported where the proxy is built, so importing one module of this package (or a module that
+        # imports one) does not load mitmproxy's layers and every addon.
+        # Importing the layers registers their hooks in hooks.all_hooks, which FailCore dispatches from.
+        import mitmproxy.addonmanager
+        import mitmproxy.proxy.layers.http
+        import mitmproxy.proxy.layers.tls
+        import mitmproxy.proxy.layers.websocket
+        import mitmproxy.proxy.server_hooks  # noqa: F401
+        from mitmproxy import hooks
+
+        from failcore.proxy.budgetguard import BudgetGuard
+        from failcore.proxy.connections import ConnectionEvents
+        from failcore.proxy.console import QuietConsole
+        from failcore.proxy.dlpguard import DlpGuard
+        from failcore.proxy.gate import PolicyGate
+        from failcore.proxy.hold import RequestHold
+        from failcore.proxy.listen import ListenGuard
+        from failcore.proxy.meter import LlmMeter
+        from failcore.proxy.recorder import Recorder
+        from failcore.proxy.replayer import Replayer
+        from failcore.proxy.resolved import ResolvedAddressGuard
+        from failcore.proxy.session import Session
+        from failcore.proxy.streamtap import StreamTap
+        from failcore.proxy.tcpstream import TcpRecorder
+        from failcore.proxy.verdict import FlowVerdict
 
         self.session = session or Session()
         s = self.session
@@ -117,15 +119,4 @@ def make_addons(session: Session | None = None) -> list[object]:
     return [FailCore(session)]
 
 
-__all__ = [
-    "BudgetGuard",
-    "DlpGuard",
-    "FailCore",
-    "LlmMeter",
-    "PolicyGate",
-    "Recorder",
-    "Session",
-    "StreamTap",
-    "TcpRecorder",
-    "make_addons",
-]
+__all__ = ["FailCore", "make_addons"]

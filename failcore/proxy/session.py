@@ -96,7 +96,7 @@ class FlowState:
     # Warnings other concerns attach to this flow's event (budget thresholds, …).
     warnings: list[dict[str, str]] = field(default_factory=list)
     cut_guards: list[Callable[[bytes], CutVerdict | None]] = field(default_factory=list)
-    # Set by failcore.replay.Replayer: how a replay answered this flow (the event's `replay` block).
+    # Set by failcore.proxy.replayer.Replayer: how a replay answered this flow (the event's `replay` block).
     replay: dict[str, Any] | None = None
     # Whether the response streams through (decided once, at responseheaders; see response_streams).
     response_streams: bool | None = None
@@ -114,7 +114,7 @@ class Session:
     # The active policy's DLP rules, compiled; swapped together with `policy`.
     dlp: DlpScanner | None = None
     salt: bytes = b""
-    # Set by failcore.replay.Replayer when this run replays a recorded one (run_start's `replay_of`).
+    # Set by failcore.proxy.replayer.Replayer when this run replays a recorded one (run_start's `replay_of`).
     replay_of: dict[str, Any] | None = None
     # Events from before the tape opened (the policy is loaded in `configure`, the writer starts in
     # `running`): kept and handed over when the sink attaches, so a policy load is never lost.
