@@ -1,9 +1,9 @@
 """failcore's mitmproxy addons, one per concern, sharing one Session.
 
-Order matters: the gate decides first (a replay may then answer from the tape); the meter and the
-DLP guard see a request before it is forwarded and register what they need to see of a response
-stream; the stream tap then builds that stream (never for a blocked request); the recorder sees the
-final state of every flow.
+Order matters: the options are checked and published first (failcore.proxy.settings); the gate
+decides first (a replay may then answer from the tape); the meter and the DLP guard see a request
+before it is forwarded and register what they need to see of a response stream; the stream tap then
+builds that stream (never for a blocked request); the recorder sees the final state of every flow.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from failcore.proxy.meter import LlmMeter
 from failcore.proxy.recorder import Recorder
 from failcore.proxy.resolved import ResolvedAddressGuard
 from failcore.proxy.session import Session
+from failcore.proxy.settings import Settings
 from failcore.proxy.streamtap import StreamTap
 from failcore.proxy.tcpstream import TcpRecorder
 from failcore.proxy.verdict import FlowVerdict
@@ -67,6 +68,8 @@ class FailCore:
         self.recorder = Recorder(s)
         self.tcp = TcpRecorder(s)
         self.concerns = (
+            # First: declares and checks every failcore_* option, then publishes them (session.settings).
+            Settings(s),
             self.listen,
             QuietConsole(),
             self.gate,
@@ -125,6 +128,7 @@ __all__ = [
     "PolicyGate",
     "Recorder",
     "Session",
+    "Settings",
     "StreamTap",
     "TcpRecorder",
     "make_addons",
