@@ -7,6 +7,7 @@ decoding, hashing, redaction, DLP masking and the event itself.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -327,3 +328,26 @@ def build_websocket_event(
     if cfg.dlp is not None:
         scan_event(cfg.dlp, out)
     return out
+
+
+def unbuilt_exchange_event(run_id: str, snap: ExchangeSnapshot | None, exc: Exception) -> dict[str, Any]:
+    """The internal_error event recorded instead of an exchange whose evidence could not be built:
+    what is known of the exchange without building anything."""
+    detail: dict[str, Any] = {"where": "evidence builder", "fail_open": True}
+    flow_id = None
+    if snap is not None:
+        flow_id = snap.flow_id
+        detail.update(
+            summary=f"{snap.method} {snap.path.split('?', 1)[0]}"[:300],
+            target={"host": snap.host, "port": snap.port, "scheme": snap.scheme},
+            status=snap.status,
+        )
+    return EgressEvent(
+        kind="internal_error",
+        run=run_id,
+        ts_start=time.time(),
+        flow=flow_id,
+        fail_reason="internal_error",
+        error=f"{type(exc).__name__}: {exc}"[:500],
+        detail=detail,
+    ).to_dict()

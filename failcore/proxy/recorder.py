@@ -33,6 +33,7 @@ from failcore.evidence.exchange import (
     build_exchange_event,
     build_websocket_event,
     past_cap_scans,
+    unbuilt_exchange_event,
 )
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
@@ -276,24 +277,9 @@ class Recorder:
         self.session.internal_errors += 1
         logger.warning("failcore: could not build evidence: %s: %s", type(exc).__name__, exc)
         snap = getattr(builder, "args", (None,))[0]
-        detail: dict[str, Any] = {"where": "evidence builder", "fail_open": True}
-        flow_id = None
-        if isinstance(snap, ExchangeSnapshot):
-            flow_id = snap.flow_id
-            detail.update(
-                summary=f"{snap.method} {snap.path.split('?', 1)[0]}"[:300],
-                target={"host": snap.host, "port": snap.port, "scheme": snap.scheme},
-                status=snap.status,
-            )
-        return EgressEvent(
-            kind="internal_error",
-            run=self.session.run_id,
-            ts_start=time.time(),
-            flow=flow_id,
-            fail_reason="internal_error",
-            error=f"{type(exc).__name__}: {exc}"[:500],
-            detail=detail,
-        ).to_dict()
+        return unbuilt_exchange_event(
+            self.session.run_id, snap if isinstance(snap, ExchangeSnapshot) else None, exc
+        )
 
     def pending_exchanges(self) -> int:
         """Exchanges mitmproxy is still working on that the tape does not have yet."""
