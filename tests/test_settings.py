@@ -21,6 +21,7 @@ from mitmproxy.test import taddons, tflow, tutils
 from failcore.proxy import FailCore
 from failcore.proxy.session import Session
 from failcore.proxy.settings import OPTION_NAMES, AddonSettings, Settings
+from failcore.runner import ProxyStartError
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "failcore"
@@ -89,23 +90,23 @@ def test_a_change_is_published_as_a_new_frozen_snapshot() -> None:
             after.body_cap = 1  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(
-    ("option", "value", "message"),
-    [
-        ("failcore_mode", "enforcing", "failcore_mode must be observe or enforce, not 'enforcing'"),
-        ("failcore_raw_tcp", "drop", "failcore_raw_tcp must be one of allow, block, not 'drop'"),
-        ("failcore_policy_poll_ms", -1, "failcore_policy_poll_ms must be >= 0"),
-        ("failcore_hold_max", -1, "failcore_hold_max must be >= 0"),
-        ("failcore_stream_threshold", -1, "failcore_stream_threshold must be >= 0"),
-        ("failcore_body_cap", -1, "failcore_body_cap must be >= 0"),
-        ("failcore_llm_body_max", -1, "failcore_llm_body_max must be >= 0"),
-        ("failcore_queue_size", 0, "failcore_queue_size must be >= 1"),
-        ("failcore_segment_mb", 0, "failcore_segment_mb must be >= 1"),
-        ("failcore_checkpoint_every", 0, "failcore_checkpoint_every must be >= 1"),
-        ("failcore_segment_seconds", -1, "failcore_segment_seconds must be >= 0"),
-        ("failcore_tape_reserve_mb", -1, "failcore_tape_reserve_mb must be >= 0"),
-    ],
-)
+BAD_VALUES = [
+    ("failcore_mode", "enforcing", "failcore_mode must be observe or enforce, not 'enforcing'"),
+    ("failcore_raw_tcp", "drop", "failcore_raw_tcp must be one of allow, block, not 'drop'"),
+    ("failcore_policy_poll_ms", -1, "failcore_policy_poll_ms must be >= 0"),
+    ("failcore_hold_max", -1, "failcore_hold_max must be >= 0"),
+    ("failcore_stream_threshold", -1, "failcore_stream_threshold must be >= 0"),
+    ("failcore_body_cap", -1, "failcore_body_cap must be >= 0"),
+    ("failcore_llm_body_max", -1, "failcore_llm_body_max must be >= 0"),
+    ("failcore_queue_size", 0, "failcore_queue_size must be >= 1"),
+    ("failcore_segment_mb", 0, "failcore_segment_mb must be >= 1"),
+    ("failcore_checkpoint_every", 0, "failcore_checkpoint_every must be >= 1"),
+    ("failcore_segment_seconds", -1, "failcore_segment_seconds must be >= 0"),
+    ("failcore_tape_reserve_mb", -1, "failcore_tape_reserve_mb must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), BAD_VALUES)
 def test_a_bad_value_is_refused_with_a_clear_error_and_the_last_good_settings_stay(
     option: str, value: object, message: str
 ) -> None:
@@ -120,6 +121,25 @@ def test_a_bad_value_is_refused_with_a_clear_error_and_the_last_good_settings_st
         assert str(raised.value) == message
         assert getattr(tctx.options, option) == DEFAULTS[option]  # rolled back
         assert holder.settings == good
+
+
+@pytest.mark.parametrize(("option", "value", "message"), BAD_VALUES)
+def test_failcore_refuses_a_bad_value_with_the_error_it_always_gave(
+    option: str, value: object, message: str
+) -> None:
+    """The same messages the concerns gave when each checked its own options (this test passes on that
+    code too): behaviour unchanged for whoever sets an option."""
+    addon = FailCore()
+    with taddons.context(addon) as tctx:
+        with pytest.raises(exceptions.OptionsError) as raised:
+            tctx.configure(addon, **{option: value})
+        assert str(raised.value) == message
+
+
+def test_a_proxy_started_with_a_bad_value_says_which_and_does_not_start(start_proxy) -> None:
+    with pytest.raises(ProxyStartError) as info:
+        start_proxy(sets=["failcore_body_cap=-1"])
+    assert str(info.value) == "failcore_body_cap must be >= 0"
 
 
 def test_the_edge_values_are_accepted() -> None:
