@@ -48,7 +48,7 @@ class AddonSettings:
     tape_reserve_mb: int = 16
     # failcore.proxy.tcpstream
     raw_tcp: str = "allow"
-    # mitmproxy's own confdir (the salt's home when failcore's is not given).
+    # mitmproxy's confdir: the fingerprint salt lives there, beside the CA (and the budget state by default).
     confdir: str = CONF_DIR
 
 
