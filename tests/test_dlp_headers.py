@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from failcore.dlp import DlpEngine, builtin_rules
-from failcore.proxy.dlpguard import foreign_credential_hits, header_name_hits
+from failcore.evidence.dlp import foreign_credential_hits, header_name_hits
 
 AWS_KEY_ID = "AKIA" + "QWERTYUIOPASDFGH"
 GITHUB_PAT = "ghp_" + "Z9y8X7w6V5u4" * 3

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-import failcore.proxy.pastcap as pastcap
+import failcore.evidence.pastcap as pastcap
 from failcore.dlp import DlpEngine, builtin_rules
-from failcore.proxy.pastcap import OVERLAP, PastCapScan, scan_held_body
+from failcore.evidence.pastcap import OVERLAP, PastCapScan, scan_held_body
 
 SECRET = b"ghp_" + b"Z9y8X7w6V5u4" * 3
 CAP = 10_000

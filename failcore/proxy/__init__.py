@@ -1,9 +1,9 @@
 """failcore's mitmproxy addons, one per concern, sharing one Session.
 
-Order matters: the gate decides first (a replay may then answer from the tape); the meter and the
-DLP guard see a request before it is forwarded and register what they need to see of a response
-stream; the stream tap then builds that stream (never for a blocked request); the recorder sees the
-final state of every flow.
+Order matters: the options are checked and published first (failcore.proxy.settings); the gate
+decides first (a replay may then answer from the tape); the meter and the DLP guard see a request
+before it is forwarded and register what they need to see of a response stream; the stream tap then
+builds that stream (never for a blocked request); the recorder sees the final state of every flow.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from failcore.proxy.session import Session
+
 
 class FailCore:
     """The one addon mitmproxy sees: it calls each concern's hooks in order.
@@ -49,6 +50,7 @@ class FailCore:
         from failcore.proxy.replayer import Replayer
         from failcore.proxy.resolved import ResolvedAddressGuard
         from failcore.proxy.session import Session
+        from failcore.proxy.settings import Settings
         from failcore.proxy.streamtap import StreamTap
         from failcore.proxy.tcpstream import TcpRecorder
         from failcore.proxy.verdict import FlowVerdict
@@ -69,6 +71,8 @@ class FailCore:
         self.recorder = Recorder(s)
         self.tcp = TcpRecorder(s)
         self.concerns = (
+            # First: declares and checks every failcore_* option, then publishes them (session.settings).
+            Settings(s),
             self.listen,
             QuietConsole(),
             self.gate,

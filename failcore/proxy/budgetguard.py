@@ -14,14 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from mitmproxy import ctx, http
+from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
 from failcore.policy import Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
-from failcore.proxy.streamtap import should_stream_request
+from failcore.proxy.streamtap import request_streams
 
 STATE_FILE = "budgets.sqlite"
 
@@ -78,14 +78,6 @@ class BudgetGuard:
         self._store_policy: Policy | None = None
         self._started = time.time()
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "failcore_state_dir",
-            str,
-            "",
-            "Where budget usage persists (default: <confdir>/failcore-state): a restart keeps the day.",
-        )
-
     def running(self) -> None:
         self._started = time.time()
         self._sync_store()
@@ -96,7 +88,8 @@ class BudgetGuard:
             self.store = None
 
     def _state_path(self) -> Path:
-        base = ctx.options.failcore_state_dir or os.path.join(ctx.options.confdir, "failcore-state")
+        settings = self.session.settings
+        base = settings.state_dir or os.path.join(settings.confdir, "failcore-state")
         return Path(os.path.expanduser(base)) / STATE_FILE
 
     def _sync_store(self) -> BudgetStore | None:
@@ -125,9 +118,7 @@ class BudgetGuard:
         policy = self.session.policy
         if flow.response is not None or policy is None or policy.mode != "enforce":
             return
-        if flow.metadata.get("failcore_held") or not should_stream_request(
-            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
-        ):
+        if flow.metadata.get("failcore_held") or not request_streams(flow, self.session.settings):
             return
         self._admit(flow)
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy import connection, exceptions, http, tls
 
+from failcore.dlp.scanner import DlpScanner
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
 from failcore.policy import (
@@ -25,14 +26,11 @@ from failcore.policy import (
     normalise_host,
     with_mode,
 )
-from failcore.proxy.dlpguard import DlpScanner
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
 from failcore.shipped import default_policy_path, resolve_policy
 
 logger = logging.getLogger("failcore")
-
-MODES = ("", "observe", "enforce")
 
 
 def _is_ip_literal(host: str) -> bool:
@@ -155,37 +153,15 @@ class PolicyGate:
         self._reload_failed = False
         self._watcher: asyncio.Task[None] | None = None
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "failcore_policy", str, "", "Policy YAML file (default: policies/default.yaml, observe mode)."
-        )
-        loader.add_option(
-            "failcore_mode",
-            str,
-            "",
-            "Override the policy's mode: observe or enforce (empty: as the policy says).",
-        )
-        loader.add_option(
-            "failcore_policy_poll_ms",
-            int,
-            1000,
-            "Milliseconds between checks of the policy file for changes (0: never reload).",
-        )
-
     def configure(self, updated: set[str]) -> None:
-        if "failcore_mode" in updated and ctx.options.failcore_mode not in MODES:
-            raise exceptions.OptionsError(
-                f"failcore_mode must be observe or enforce, not {ctx.options.failcore_mode!r}"
-            )
-        if "failcore_policy_poll_ms" in updated and ctx.options.failcore_policy_poll_ms < 0:
-            raise exceptions.OptionsError("failcore_policy_poll_ms must be >= 0")
-        if not updated & {"failcore_policy", "failcore_mode"}:
-            return
-        self._load_configured_policy()
+        # The values were checked by failcore.proxy.settings.Settings, which FailCore configures first.
+        if updated & {"failcore_policy", "failcore_mode"}:
+            self._load_configured_policy()
 
     def _load_configured_policy(self) -> None:
-        path = resolve_policy(ctx.options.failcore_policy or default_policy_path())
-        self.mode_override = ctx.options.failcore_mode or None
+        settings = self.session.settings
+        path = resolve_policy(settings.policy or default_policy_path())
+        self.mode_override = settings.mode or None
         try:
             policy = with_mode(load_policy(path), self.mode_override)
         except PolicyError as e:
@@ -193,7 +169,7 @@ class PolicyGate:
         self.path = path
         self._stamp = self._file_stamp()
         if not self.session.salt:
-            self.session.salt = load_or_create_salt(Path(os.path.expanduser(ctx.options.confdir)))
+            self.session.salt = load_or_create_salt(Path(os.path.expanduser(settings.confdir)))
         self._activate(policy, DlpScanner.for_policy(policy, self.session.salt))
         self._record_policy_event("policy.load", policy, [])
 
@@ -206,7 +182,7 @@ class PolicyGate:
             # Embedders that add this addon without touching failcore options never trigger
             # `configure` for them; the default policy must apply all the same.
             self._load_configured_policy()
-        if ctx.options.failcore_policy_poll_ms > 0 and self._watcher is None:
+        if self.session.settings.policy_poll_ms > 0 and self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def done(self) -> None:
@@ -223,7 +199,7 @@ class PolicyGate:
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep((ctx.options.failcore_policy_poll_ms or 1000) / 1000)
+            await asyncio.sleep((self.session.settings.policy_poll_ms or 1000) / 1000)
             try:
                 await self.reload_if_changed()
             except Exception as e:

@@ -17,12 +17,12 @@ with 413 before a byte of it leaves, and one of unknown length found longer is r
 from __future__ import annotations
 
 import orjson
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import http
 
 from failcore.policy import Decision
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
-from failcore.proxy.streamtap import could_be_llm_path, should_stream_request
+from failcore.proxy.streamtap import could_be_llm_path, request_streams
 
 HELD = "failcore_held"
 
@@ -74,21 +74,8 @@ class RequestHold:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "failcore_hold_max",
-            int,
-            64 << 20,
-            "Largest request body held whole before forwarding when the policy must decide on it "
-            "(DLP blocking, budgets, fail_open: false); larger ones are refused with 413.",
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "failcore_hold_max" in updated and ctx.options.failcore_hold_max < 0:
-            raise exceptions.OptionsError("failcore_hold_max must be >= 0")
-
     def _refuse(self, flow: http.HTTPFlow, size: int, why: str) -> None:
-        limit = ctx.options.failcore_hold_max
+        limit = self.session.settings.hold_max
         state = self.session.state(flow)
         state.decision = Decision(
             "BLOCK",
@@ -107,12 +94,11 @@ class RequestHold:
         why = hold_reason(self.session, flow)
         if why is None:
             return
-        if not should_stream_request(
-            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
-        ):
+        settings = self.session.settings
+        if not request_streams(flow, settings):
             return  # buffered anyway
         declared = flow.request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > ctx.options.failcore_hold_max:
+        if declared is not None and declared.isdigit() and int(declared) > settings.hold_max:
             self._refuse(flow, int(declared), why)
             return
         flow.metadata[HELD] = True
@@ -122,5 +108,5 @@ class RequestHold:
         if flow.response is not None or not is_held(flow):
             return
         size = len(flow.request.raw_content or b"")
-        if size > ctx.options.failcore_hold_max:
+        if size > self.session.settings.hold_max:
             self._refuse(flow, size, hold_reason(self.session, flow) or "the policy")

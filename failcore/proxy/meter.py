@@ -22,7 +22,7 @@ from typing import Any
 
 import brotli
 import orjson
-from mitmproxy import ctx, http
+from mitmproxy import http
 
 from failcore.compat import zstd
 from failcore.evidence import (
@@ -246,7 +246,6 @@ class LlmMeter:
         self.prices: PriceTable = load_price_table()
         self._prices_from: object = None
 
-
     def running(self) -> None:
         # genai-prices takes seconds to import: loaded in a thread as the proxy starts, so the first
         # LLM call is not priced (and recorded) seconds late.
@@ -292,11 +291,11 @@ class LlmMeter:
         state = self.session.flows.get(flow.id)
         if state is None or state.llm is None or flow.response is None:
             return
-        if not response_streams(flow, state):
+        if not response_streams(flow, state, self.session.settings):
             return
         headers = flow.response.headers
         if not _metered_as_events(headers.get("content-type", "")):
-            copy = WholeBodyCopy(ctx.options.failcore_llm_body_max)
+            copy = WholeBodyCopy(self.session.settings.llm_body_max)
             state.llm.whole_copy = copy
             state.stream_observers.append(copy)
             return

@@ -8,13 +8,12 @@ hooks and the flow's Session state.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import exceptions, http
 
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, Session
@@ -67,57 +66,26 @@ class Replayer:
         self.step = 0
         self.stats = ReplayStats()
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "failcore_replay", str, "", "Replay this recorded run: TAPE_DIR[:RUN] (default run: the last)."
-        )
-        loader.add_option(
-            "failcore_replay_on_miss", str, "live", "Unmatched requests: live (forward) or fail (599)."
-        )
-        loader.add_option(
-            "failcore_replay_pace", str, "fast", "Streamed answers: fast, or recorded (the recorded timing)."
-        )
-        loader.add_option(
-            "failcore_replay_override",
-            Sequence[str],
-            [],
-            "N=FILE: answer step N (the N-th request matching the recording) with FILE.",
-        )
-        loader.add_option(
-            "failcore_replay_ignore",
-            Sequence[str],
-            [],
-            "JSON pointers left out when matching request bodies, besides the defaults ('*': any key).",
-        )
-
     def configure(self, updated: set[str]) -> None:
         names = {n for n in updated if n.startswith("failcore_replay")}
         if not names:
             return
-        opts = ctx.options
-        if opts.failcore_replay_on_miss not in ("live", "fail"):
-            raise exceptions.OptionsError("failcore_replay_on_miss must be live or fail")
-        if opts.failcore_replay_pace not in ("fast", "recorded"):
-            raise exceptions.OptionsError("failcore_replay_pace must be fast or recorded")
-        if not opts.failcore_replay:
-            if opts.failcore_replay_override:
-                raise exceptions.OptionsError("failcore_replay_override needs failcore_replay")
+        opts = self.session.settings  # checked by failcore.proxy.settings.Settings
+        if not opts.replay:
             self.config = self.index = None
             self.session.replay_of = None
             return
         if self.server is not None:
             raise exceptions.OptionsError("replay options cannot change while the proxy runs")
         try:
-            pointers = (*DEFAULT_IGNORED_POINTERS, *opts.failcore_replay_ignore)
+            pointers = (*DEFAULT_IGNORED_POINTERS, *opts.replay_ignore)
             ignore = tuple(parse_pointer(p) for p in pointers)
-            tape, run = parse_replay_source(opts.failcore_replay)
+            tape, run = parse_replay_source(opts.replay)
             recording = load_recording(tape, run, ignore)
-            overrides = parse_overrides(opts.failcore_replay_override)
+            overrides = parse_overrides(opts.replay_override)
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from None
-        self.config = ReplayConfig(
-            recording, ignore, opts.failcore_replay_on_miss, opts.failcore_replay_pace, overrides
-        )
+        self.config = ReplayConfig(recording, ignore, opts.replay_on_miss, opts.replay_pace, overrides)
         self.index = ReplayIndex(recording.exchanges)
         self.session.replay_of = {
             "tape": str(recording.tape),
@@ -242,7 +210,7 @@ class Replayer:
             return
         inner = flow.response.stream
         if not callable(inner):
-            tap = BodyTap(ctx.options.failcore_body_cap)
+            tap = BodyTap(self.session.settings.body_cap)
             self.session.state(flow).response_tap = tap
             inner = tap
         flow.response.stream = Rechunker(redirect.chunks, inner)

@@ -20,10 +20,11 @@ from mitmproxy import http
 
 from failcore.event import EgressEvent
 from failcore.policy import Decision, Policy
+from failcore.proxy.settings import AddonSettings
 
 if TYPE_CHECKING:
+    from failcore.dlp.scanner import DlpScanner
     from failcore.proxy.cutoff import CutVerdict
-    from failcore.proxy.dlpguard import DlpScanner
     from failcore.proxy.meter import LlmFlow
 
 logger = logging.getLogger("failcore")
@@ -114,6 +115,8 @@ class Session:
     # The active policy's DLP rules, compiled; swapped together with `policy`.
     dlp: DlpScanner | None = None
     salt: bytes = b""
+    # The failcore options, checked; published by failcore.proxy.settings.Settings (defaults until then).
+    settings: AddonSettings = field(default_factory=AddonSettings)
     # Set by failcore.proxy.replayer.Replayer when this run replays a recorded one (run_start's `replay_of`).
     replay_of: dict[str, Any] | None = None
     # Events from before the tape opened (the policy is loaded in `configure`, the writer starts in

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import http
 
 from failcore.proxy.cutoff import CuttingTap, CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
+from failcore.proxy.settings import AddonSettings
 
 NO_BODY_STATUS = frozenset({101, 204, 304})
 
@@ -50,14 +51,12 @@ def should_stream_response(flow: http.HTTPFlow, threshold: int, llm_max: int | N
     return length is None or length > threshold
 
 
-def response_streams(flow: http.HTTPFlow, state: FlowState | None) -> bool:
+def response_streams(flow: http.HTTPFlow, state: FlowState | None, settings: AddonSettings) -> bool:
     """should_stream_response with the options in force, decided once per flow: the meter, the DLP
     guard and the stream tap all ask, and must agree."""
     if state is not None and state.response_streams is not None:
         return state.response_streams
-    streams = should_stream_response(
-        flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
-    )
+    streams = should_stream_response(flow, settings.stream_threshold, settings.llm_body_max)
     if state is not None:
         state.response_streams = streams
     return streams
@@ -107,34 +106,14 @@ def should_stream_request(flow: http.HTTPFlow, threshold: int, llm_max: int | No
     return length > threshold
 
 
+def request_streams(flow: http.HTTPFlow, settings: AddonSettings) -> bool:
+    """should_stream_request with the options in force (the hold, the guards and the stream tap ask)."""
+    return should_stream_request(flow, settings.stream_threshold, settings.llm_body_max)
+
+
 class StreamTap:
     def __init__(self, session: Session) -> None:
         self.session = session
-
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "failcore_stream_threshold",
-            int,
-            1 << 20,
-            "Bodies with a Content-Length above this many bytes are streamed instead of buffered "
-            "(SSE and bodies without a length always are).",
-        )
-        loader.add_option("failcore_body_cap", int, 1 << 20, "Bytes of each decoded body kept in the tape.")
-        loader.add_option(
-            "failcore_llm_body_max",
-            int,
-            64 << 20,
-            "LLM API requests (chat, messages, responses, … paths) up to this many bytes are buffered, not "
-            "streamed, so they are metered and DLP-checked before they leave.",
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "failcore_stream_threshold" in updated and ctx.options.failcore_stream_threshold < 0:
-            raise exceptions.OptionsError("failcore_stream_threshold must be >= 0")
-        if "failcore_body_cap" in updated and ctx.options.failcore_body_cap < 0:
-            raise exceptions.OptionsError("failcore_body_cap must be >= 0")
-        if "failcore_llm_body_max" in updated and ctx.options.failcore_llm_body_max < 0:
-            raise exceptions.OptionsError("failcore_llm_body_max must be >= 0")
 
     @guarded("streamtap.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -145,10 +124,9 @@ class StreamTap:
             return  # it will be answered by the gate; streaming would forward it first
         if flow.metadata.get("failcore_held"):
             return  # failcore.proxy.hold: the policy decides on the whole body before it leaves
-        if should_stream_request(
-            flow, ctx.options.failcore_stream_threshold, ctx.options.failcore_llm_body_max
-        ):
-            tap = BodyTap(ctx.options.failcore_body_cap)
+        settings = self.session.settings
+        if request_streams(flow, settings):
+            tap = BodyTap(settings.body_cap)
             state = self.session.state(flow)
             tap.observers.extend(state.request_observers)
             state.request_tap = tap
@@ -158,9 +136,10 @@ class StreamTap:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None or flow.response.stream:
             return
-        if response_streams(flow, self.session.flows.get(flow.id)):
+        settings = self.session.settings
+        if response_streams(flow, self.session.flows.get(flow.id), settings):
             state = self.session.state(flow)
-            tap = BodyTap(ctx.options.failcore_body_cap)
+            tap = BodyTap(settings.body_cap)
             tap.observers.extend(state.stream_observers)
             state.response_tap = tap
             if state.cut_guards:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import ctx, exceptions, tcp
+from mitmproxy import ctx, tcp
 
 from failcore.event import EgressEvent, Target
 from failcore.policy import Decision, tcp_verdict
@@ -30,7 +30,6 @@ logger = logging.getLogger("failcore")
 # Bytes of each direction kept to find a secret that spans two messages.
 OVERLAP = 1024
 MAX_HITS = 100
-RAW_TCP = ("allow", "block")
 RAW_TCP_BLOCKED = Decision(
     "BLOCK", "raw_tcp", "failcore_raw_tcp=block: failcore's policy applies to HTTP only", True, "BLOCK"
 )
@@ -70,25 +69,10 @@ class TcpRecorder:
         self.session = session
         self.streams: dict[str, TcpState] = {}
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "failcore_raw_tcp",
-            str,
-            "allow",
-            "TCP that is not HTTP (through a tunnel, or in transparent modes): allow (judged by the "
-            "policy's tcp rules, recorded when it ends) or block (refused and recorded).",
-        )
-
-    def configure(self, updated: set[str]) -> None:
-        if "failcore_raw_tcp" in updated and ctx.options.failcore_raw_tcp not in RAW_TCP:
-            raise exceptions.OptionsError(
-                f"failcore_raw_tcp must be one of {', '.join(RAW_TCP)}, not {ctx.options.failcore_raw_tcp!r}"
-            )
-
     @guarded("tcp.tcp_start")
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         host, port = stream_target(flow)
-        if ctx.options.failcore_raw_tcp == "block":
+        if self.session.settings.raw_tcp == "block":
             self.streams[flow.id] = TcpState(host, port, RAW_TCP_BLOCKED, blocked_by="raw_tcp")
             if flow.server_conn.timestamp_start is None:
                 # Not connected yet (connection_strategy=lazy, as --contain sets): mitmproxy's server

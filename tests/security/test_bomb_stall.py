@@ -13,7 +13,7 @@ from typing import Any
 import brotli
 import pytest
 
-import failcore.proxy.recorder as recorder_module
+import failcore.evidence.exchange as exchange_module
 from tests.conftest import network_events, proxied_client, read_tape
 from tests.security.upstream import LoggingUpstream
 
@@ -28,7 +28,7 @@ def bomb() -> bytes:
 def test_a_brotli_bomb_does_not_stall_another_flow(
     start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch, bomb: bytes
 ) -> None:
-    real = recorder_module.body_evidence
+    real = exchange_module.body_evidence
     other_flow_done = threading.Event()
     order: list[str] = []
 
@@ -37,7 +37,7 @@ def test_a_brotli_bomb_does_not_stall_another_flow(
             order.append("other flow done" if other_flow_done.wait(20) else "bomb evidence first")
         return real(data, **kw)
 
-    monkeypatch.setattr(recorder_module, "body_evidence", watching)
+    monkeypatch.setattr(exchange_module, "body_evidence", watching)
     proxy = start_proxy(policy_file("version: 1\nmode: observe\n"), upstream_ca=logging_upstream.ca_path)
     with proxied_client(proxy) as client:
         first = client.post(f"{logging_upstream.url}/bomb", content=bomb, headers={"content-encoding": "br"})

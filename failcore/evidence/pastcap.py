@@ -18,7 +18,7 @@ import threading
 from typing import Any
 
 from failcore.dlp import DlpEngine, Hit
-from failcore.evidence import MAX_DECODED_BYTES, decoded_steps, is_encoded
+from failcore.evidence.body import MAX_DECODED_BYTES, decoded_steps, is_encoded
 
 logger = logging.getLogger("failcore")
 

@@ -1,0 +1,157 @@
+"""Credentials in evidence: headers that carry one are recorded as a salted fingerprint, and every
+copy of an exchange's credentials elsewhere in its event (an upstream echoing a token) is masked.
+
+Pure: bytes and JSON-ready dicts in, the same out; runs wherever evidence is built, off the hooks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable
+from typing import Any, Final
+
+# Headers whose value is a credential: recorded only as a salted fingerprint. The common names of API
+# and SaaS clients (checked against their documentation): provider keys, session and CSRF tokens.
+CREDENTIAL_HEADERS: Final = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "apikey",
+        "x-apikey",
+        "x-api-token",
+        "x-auth-token",
+        "x-auth-key",
+        "x-access-token",
+        "x-session-token",
+        "x-csrf-token",
+        "x-xsrf-token",
+        "x-goog-api-key",
+        "x-amz-security-token",
+        "x-vault-token",
+        "private-token",
+        "job-token",
+        "x-shopify-access-token",
+        "x-figma-token",
+        "x-postmark-server-token",
+        "x-honeycomb-team",
+        "dd-api-key",
+        "dd-application-key",
+        "x-sentry-auth",
+        "x-functions-key",
+        "ocp-apim-subscription-key",
+        "cf-access-client-secret",
+        "x-hasura-admin-secret",
+        "x-algolia-api-key",
+        "x-riot-token",
+        "x-portkey-api-key",
+        "x-litellm-api-key",
+    }
+)
+# Schemes worth keeping in clear: they say how a client authenticated without saying with what.
+_AUTH_SCHEMES: Final = frozenset({"bearer", "basic", "digest", "token", "negotiate", "aws4-hmac-sha256"})
+
+
+def fingerprint(value: bytes, salt: bytes) -> str:
+    return "hmac-sha256:" + hmac.new(salt, value, hashlib.sha256).hexdigest()[:24]
+
+
+def _redact_value(name: str, raw: bytes, salt: bytes) -> str:
+    scheme, _, rest = raw.partition(b" ")
+    if rest and scheme.decode("latin-1").lower() in _AUTH_SCHEMES and name.endswith("authorization"):
+        return f"{scheme.decode('latin-1')} [redacted {fingerprint(rest.strip(), salt)}]"
+    return f"[redacted {fingerprint(raw, salt)}]"
+
+
+def redact_headers(
+    fields: Iterable[tuple[bytes, bytes]], extra: frozenset[str], salt: bytes
+) -> list[list[str]]:
+    """Headers as [name, value] pairs in wire order, credentials replaced by a salted fingerprint."""
+    out: list[list[str]] = []
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("latin-1")
+        lower = name.lower()
+        if lower in CREDENTIAL_HEADERS or lower in extra:
+            out.append([name, _redact_value(lower, raw_value, salt)])
+        else:
+            out.append([name, raw_value.decode("utf-8", "backslashreplace")])
+    return out
+
+
+# Shorter credential values ("1", "true", a cookie flag) would mask ordinary words.
+_MIN_ECHOED = 8
+
+
+def credential_values(
+    fields: Iterable[tuple[bytes, bytes]], extra: frozenset[str] = frozenset()
+) -> list[bytes]:
+    """The secrets a message's credential headers carry, in the forms an upstream may echo back: the
+    whole value, an Authorization token, Basic credentials decoded (and their password), each cookie's
+    value. Longest first, so a value is masked before a part of it."""
+    found: set[bytes] = set()
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("latin-1").lower()
+        if name not in CREDENTIAL_HEADERS and name not in extra:
+            continue
+        value = raw_value.strip()
+        found.add(value)
+        scheme, _, rest = value.partition(b" ")
+        if rest.strip() and name.endswith("authorization"):
+            token = rest.strip()
+            found.add(token)
+            if scheme.lower() == b"basic":
+                try:
+                    decoded = base64.b64decode(token, validate=True)
+                except ValueError:
+                    decoded = b""
+                found.add(decoded)
+                found.add(decoded.partition(b":")[2])
+        if name in ("cookie", "set-cookie"):
+            pairs = value.split(b";") if name == "cookie" else value.split(b";")[:1]
+            for pair in pairs:
+                _, eq, cookie = pair.partition(b"=")
+                if eq:
+                    found.add(cookie.strip().strip(b'"'))
+    variants = set(found)
+    for secret in found:
+        if b"/" in secret:
+            variants.add(secret.replace(b"/", b"\\/"))  # as JSON encoders that escape "/" write it
+    return sorted((s for s in variants if len(s) >= _MIN_ECHOED), key=len, reverse=True)
+
+
+def _mask_all(data: bytes, secrets: list[bytes], salt: bytes) -> bytes:
+    for secret in secrets:
+        if secret in data:
+            plain = secret.replace(b"\\/", b"/")
+            data = data.replace(secret, f"[redacted {fingerprint(plain, salt)}]".encode())
+    return data
+
+
+def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: bytes) -> None:
+    """Mask, in a built exchange event, every copy of the exchange's credentials outside the headers
+    that carried them (already redacted): an upstream echoing a Bearer token, a cookie or Basic
+    credentials in its response body or headers, or a client repeating one in a body or the path."""
+    if not secrets:
+        return
+    for side in ("request", "response"):
+        message = event.get(side)
+        if not message:
+            continue
+        for pair in message.get("headers", []):
+            if not pair[1].startswith("[redacted "):
+                pair[1] = _mask_all(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+        body = message.get("body") or {}
+        if "text" in body:
+            body["text"] = _mask_all(body["text"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+        elif "b64" in body:
+            raw = base64.b64decode(body["b64"])
+            masked = _mask_all(raw, secrets, salt)
+            if masked != raw:
+                body["b64"] = base64.b64encode(masked).decode("ascii")
+    if isinstance(event.get("path"), str):
+        event["path"] = _mask_all(event["path"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
