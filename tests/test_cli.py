@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import network_events, read_tape
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from failcore.standin import StandIn
+from tests.helpers import network_events, read_tape
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT = 120

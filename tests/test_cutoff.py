@@ -17,7 +17,7 @@ from mitmproxy import http
 
 from failcore.proxy.cutoff import CuttingTap, CutVerdict, cut_client_stream
 from failcore.proxy.session import FlowState
-from tests.conftest import ProxyThread, network_events, proxied_client, read_tape
+from tests.helpers import ProxyThread, network_events, proxied_client, read_tape
 
 SSE_EVENTS = 10
 SSE_GAP = 0.2

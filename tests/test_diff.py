@@ -9,7 +9,7 @@ import orjson
 from failcore.cli import main
 from failcore.diff import align, diff_requests, run_requests
 from failcore.replay import DEFAULT_IGNORED_POINTERS, parse_pointer
-from tests.test_replay import OpenAiAgent, replay_sets, run_id
+from tests.replay_agents import OpenAiAgent, replay_sets, run_id
 
 IGNORE = tuple(parse_pointer(p) for p in DEFAULT_IGNORED_POINTERS)
 

@@ -25,7 +25,7 @@ from failcore.compat import zstd
 from failcore.runner import ProxyStartError
 from failcore.standin import BINARY_BODY, StandIn
 from failcore.tape.writer import TapeWriter
-from tests.conftest import ProxyThread, curl, network_events, proxied_client, read_tape
+from tests.helpers import ProxyThread, curl, network_events, proxied_client, read_tape
 
 ENFORCE_NO_EXFIL = """\
 mode: enforce

@@ -21,7 +21,7 @@ from failcore.cli import main
 from failcore.report import collect_report, content_security_policy, esc, render_report
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 
 PAYLOADS = (
     "<script>window.__pwned=1;document.title='PWNED'</script>",

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from failcore.standin import SAMPLE_DOCUMENT, StandIn
-from tests.conftest import REPO, network_events, read_tape
+from tests.helpers import REPO, network_events, read_tape
 
 pytestmark = pytest.mark.netns
 

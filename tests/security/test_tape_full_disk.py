@@ -20,7 +20,7 @@ import pytest
 import wsproto
 import wsproto.events as wse
 
-from tests.conftest import REPO, ProxyThread, network_events, proxied_client, read_tape
+from tests.helpers import REPO, ProxyThread, network_events, proxied_client, read_tape
 from tests.security.tapetools import verify
 from tests.security.upstream import LoggingUpstream
 
