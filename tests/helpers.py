@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import jsonschema
@@ -137,13 +137,17 @@ def curl(proxy: ProxyThread, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
-def require(reason: str | None, *, required_by: tuple[str, ...] = ("CI",)) -> None:
-    """Skip with `reason` when something a test needs is missing, but FAIL instead when one of the
-    `required_by` environment variables is set (to anything but "", "0" or "false"): CI sets them so a
-    runner that lost a tool or a capability cannot turn a security test into a quiet skip."""
-    if reason is None:
-        return
+def skip_or_fail(reason: str, *, required_by: tuple[str, ...] = ("CI",)) -> NoReturn:
+    """Skip with `reason` (pytest's -rs shows it), but FAIL instead when one of the `required_by`
+    environment variables is set to anything but "", "0" or "false": CI sets them, so a runner that
+    lost a tool or a capability cannot turn a security test into a quiet skip."""
     demanded = [name for name in required_by if os.environ.get(name, "").lower() not in ("", "0", "false")]
     if demanded:
         pytest.fail(f"{reason} (required here: {', '.join(demanded)} is set)")
     pytest.skip(reason)
+
+
+def require(reason: str | None, *, required_by: tuple[str, ...] = ("CI",)) -> None:
+    """Nothing when `reason` is None (all there); otherwise skip_or_fail(reason)."""
+    if reason is not None:
+        skip_or_fail(reason, required_by=required_by)

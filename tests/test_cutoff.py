@@ -185,7 +185,6 @@ class PreferH2Context(ssl.SSLContext):
 
 
 def test_http2_client_sees_stream_reset_and_connection_survives(start_proxy, upstream):
-    pytest.importorskip("h2")
     # The StandIn speaks HTTP/1.1 only; connecting upstream lazily lets mitmproxy offer the client h2
     # (eagerly it would mirror the upstream's ALPN) - the common agent -> proxy -> HTTP/1 API setup.
     proxy = start_proxy(sets=["connection_strategy=lazy"])
