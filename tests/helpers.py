@@ -151,3 +151,60 @@ def require(reason: str | None, *, required_by: tuple[str, ...] = ("CI",)) -> No
     """Nothing when `reason` is None (all there); otherwise skip_or_fail(reason)."""
     if reason is not None:
         skip_or_fail(reason, required_by=required_by)
+
+
+class GatedSse:
+    """A plain-HTTP upstream answering any GET with three SSE events (chunked), holding back events 2
+    and 3 until the test sets `release` (or 30 s pass, recorded in `gave_up`): a client that sees event 1
+    before it releases the rest proves the stream was not buffered, by ordering rather than by a clock."""
+
+    EVENTS = (b"data: event 1\n\n", b"data: event 2\n\n", b"data: event 3\n\n")
+
+    def __init__(self) -> None:
+        import socket
+
+        self.release = threading.Event()
+        self.gave_up = False
+        self.sent_rest = False
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self._server.accept()
+        except OSError:
+            return
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
+
+            def chunk(data: bytes) -> bytes:
+                return b"%x\r\n%s\r\n" % (len(data), data)
+
+            try:
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n" + chunk(self.EVENTS[0])
+                )
+                self.gave_up = not self.release.wait(30)
+                self.sent_rest = True
+                conn.sendall(b"".join(chunk(e) for e in self.EVENTS[1:]) + b"0\r\n\r\n")
+            except OSError:
+                pass
+
+    def __enter__(self) -> GatedSse:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self._server.close()
+        self._thread.join(10)

@@ -25,7 +25,7 @@ from failcore.compat import zstd
 from failcore.runner import ProxyStartError
 from failcore.standin import BINARY_BODY, StandIn
 from failcore.tape.writer import TapeWriter
-from tests.helpers import ProxyThread, curl, network_events, proxied_client, read_tape
+from tests.helpers import GatedSse, ProxyThread, curl, network_events, proxied_client, read_tape
 
 ENFORCE_NO_EXFIL = """\
 mode: enforce
@@ -190,23 +190,23 @@ def test_anthropic_sdk_through_proxy(start_proxy, upstream, tmp_path):
     assert event["stream"]["chunk_count"] >= 5
 
 
-def test_sse_first_event_arrives_before_upstream_sends_the_second(start_proxy, upstream, tmp_path):
+def test_sse_first_event_arrives_before_upstream_sends_the_second(start_proxy, tmp_path):
     proxy = start_proxy()
-    arrivals: list[float] = []
-    with proxied_client(proxy) as client, client.stream("GET", upstream.url + "/sse?n=3&gap=0.5") as resp:
-        start = time.monotonic()
-        for line in resp.iter_lines():
-            if line.startswith("data:"):
-                arrivals.append(time.monotonic() - start)
-    assert len(arrivals) == 3
-    # Buffered, all three would land together after ~1 s; streamed, each lands as it is sent.
-    assert arrivals[1] - arrivals[0] > 0.35
-    assert arrivals[2] - arrivals[1] > 0.35
+    with GatedSse() as up, proxied_client(proxy) as client, client.stream("GET", up.url + "/sse") as resp:
+        lines = (line for line in resp.iter_lines() if line.startswith("data:"))
+        # Buffered, event 1 would wait for the whole body, which the upstream holds back until now.
+        assert next(lines) == "data: event 1"
+        assert not up.sent_rest
+        up.release.set()
+        assert list(lines) == ["data: event 2", "data: event 3"]
+    assert not up.gave_up
     event = only(network_events(tape_of(proxy, tmp_path)), summary="GET /sse")
     chunks = event["stream"]["chunks"]
-    assert [size for _, size in chunks] == [len(f"data: event {i}\n\n") for i in (1, 2, 3)]
+    # Event 1 went through as its own chunk; 2 and 3 were sent together and may arrive as one.
+    sizes = [size for _, size in chunks]
+    assert sizes[0] == len(GatedSse.EVENTS[0]) and sum(sizes) == len(b"".join(GatedSse.EVENTS))
     offsets = [t for t, _ in chunks]
-    assert offsets[1] - offsets[0] > 350 and offsets[2] - offsets[1] > 350
+    assert offsets == sorted(offsets)
     assert event["response"]["body"]["text"] == "data: event 1\n\ndata: event 2\n\ndata: event 3\n\n"
 
 
