@@ -14,7 +14,9 @@ from failcore.proxy.streamtap import StreamTap
 from tests.addon_harness import Harness, concerns
 from tests.helpers import VALIDATOR
 
-SECRET_TOKEN = "sk-" + "live-0123456789abcdefghijklmnop"
+# Shaped like no known secret provider key: what hides it is the credential-header handling (the
+# header redaction and, behind it, the evidence scan both replace it; the test checks the outcome).
+SECRET_TOKEN = "opaque-session-credential-of-the-agent"
 
 
 def exchange(h: Harness, *, error: str | None = None) -> http.HTTPFlow:
