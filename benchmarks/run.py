@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_offline, bench_proxy, bench_sse
+from benchmarks import bench_bounds, bench_offline, bench_proxy, bench_sse
 from benchmarks.harness import REPO, CommandLog
 from benchmarks.report import Section, render
 from benchmarks.servers import BenchContext, Upstream, nginx_upstream
@@ -40,8 +40,9 @@ PROXY_SECTIONS: dict[str, ProxySection] = {
 OFFLINE_SECTIONS: dict[str, OfflineSection] = {
     "dlp": bench_offline.run_dlp,
     "tape": bench_offline.run_tape,
+    "bounds": bench_bounds.run_bounds,
 }
-ORDER = ("throughput", "https", "latency", "sse", "dlp", "tape", "memory")
+ORDER = ("throughput", "https", "latency", "sse", "dlp", "tape", "memory", "bounds")
 MEMORY_ROUNDS = 2  # each round is 2 × 100k exchanges in full mode
 
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from tests.helpers import require, skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 # Set in CI so a runner that lost CAP_NET_ADMIN/CAP_SYS_ADMIN fails instead of silently skipping.
@@ -33,17 +33,16 @@ def _missing() -> str | None:
 
 
 def require_containment() -> None:
-    reason = _missing()
-    if reason and not os.environ.get(REQUIRE_ENV):
-        pytest.skip(reason)
-    assert not reason, reason
+    """Skip (reason shown) where containment cannot run; fail instead when CI or REQUIRE_ENV is set."""
+    require(_missing(), required_by=("CI", REQUIRE_ENV))
     probe = subprocess.run(
         ["ip", "netns", "add", "failcore-probe-" + secrets.token_hex(3)], capture_output=True
     )
     if probe.returncode != 0:
-        if not os.environ.get(REQUIRE_ENV):
-            pytest.skip(f"cannot create a network namespace here: {probe.stderr.decode().strip()}")
-        raise AssertionError(probe.stderr.decode())
+        skip_or_fail(
+            f"cannot create a network namespace here: {probe.stderr.decode().strip()}",
+            required_by=("CI", REQUIRE_ENV),
+        )
     name = probe.args[3]
     subprocess.run(["ip", "netns", "delete", name], check=True)
 

@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 
 AWS_KEY = "AKIAZ7Q2XRHLYW4NPF6K"
 

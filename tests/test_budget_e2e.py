@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 
 RUN_REQUESTS = """\
 mode: enforce

@@ -20,11 +20,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import network_events, read_tape
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from failcore.demo.server import StandIn
+from tests.helpers import network_events, read_tape
 
 REPO = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT = 120
@@ -395,13 +395,15 @@ class ProxyProcess:
         )
 
 
-def start_proxy_process(home: Path, upstream: StandIn, tape: Path) -> ProxyProcess:
+def start_proxy_process(
+    home: Path, upstream: StandIn, tape: Path, *, command: tuple[str, ...] = ("-m", "failcore.cli"),
+    options: tuple[str, ...] = (),
+) -> ProxyProcess:
     """`failcore proxy --port 0 --json`, returning once it has printed where it listens."""
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "failcore.cli",
+            *command,
             "proxy",
             "--port",
             "0",
@@ -410,6 +412,7 @@ def start_proxy_process(home: Path, upstream: StandIn, tape: Path) -> ProxyProce
             str(tape),
             "--set",
             f"ssl_verify_upstream_trusted_ca={upstream.ca_path}",
+            *options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -473,34 +476,59 @@ class TrafficLoop:
             time.sleep(0.05)
 
 
-def assert_chain_not_broken(home: Path, tape: Path) -> dict[str, Any]:
+def verify_report(home: Path, tape: Path, status: str) -> dict[str, Any]:
+    """`failcore verify` says exactly `status` (with its exit code), and the chain is unbroken."""
     text = failcore(home, "verify", str(tape), columns=300)
-    # 3: no final checkpoint at the end (the killed run); 4: not a single checkpoint was written yet.
-    assert text.returncode in (0, 3, 4), describe(text)
     report = orjson.loads(failcore(home, "verify", str(tape), "--json").stdout)
-    if report["truncated"]:
-        assert "truncated" in text.stdout, describe(text)
-    assert text.returncode == {"ok": 0, "incomplete": 3, "unsigned": 4}[report["status"]]
+    assert report["status"] == status, describe(text)
+    assert text.returncode == {"ok": 0, "incomplete": 3, "unsigned": 4}[status], describe(text)
     assert report["first_break"] is None
     assert report["ok"] is True
     assert report["key_source"] == "local", "verify must trust this machine's key from FAILCORE_HOME"
     return report
 
 
-def kill_proxy_under_load(home: Path, upstream: StandIn, tape: Path) -> str:
-    """SIGKILL a `failcore proxy` while concurrent large exchanges are being recorded; returns its run."""
-    proxy = start_proxy_process(home, upstream, tape)
+# `failcore proxy` that kills itself with SIGKILL at a known point: in the tape writer, at the write that
+# brings the network events on disk to argv[1]; argv[2] "between" writes that batch whole first (the kill
+# lands between lines), "mid-line" writes it but for the second half of its last line (a torn write).
+KILLED_PROXY = """
+import os, runpy, signal, sys
+from failcore.tape.writer import TapeWriter
+
+kill_after, where = int(sys.argv.pop(1)), sys.argv.pop(1)
+original = TapeWriter._write_bytes
+on_disk = 0
+
+def write_then_die(self, data):
+    global on_disk
+    on_disk += data.count(b'"kind":"network"')
+    if on_disk < kill_after:
+        return original(self, data)
+    if where == "mid-line":
+        last_line = data.rindex(b"\\n", 0, len(data) - 1) + 1
+        data = data[: last_line + (len(data) - last_line) // 2]
+    original(self, data)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+TapeWriter._write_bytes = write_then_die
+sys.argv[0] = "failcore"
+runpy.run_module("failcore.cli", run_name="__main__", alter_sys=True)
+"""
+KILL_AFTER = 8
+
+
+def kill_proxy_under_load(home: Path, upstream: StandIn, tape: Path, where: str) -> str:
+    """A `failcore proxy` recording concurrent large exchanges dies by SIGKILL at a known point of a
+    write (see KILLED_PROXY); returns its run. Checkpoints every 4 events, so it has signed some."""
+    proxy = start_proxy_process(
+        home,
+        upstream,
+        tape,
+        command=("-c", KILLED_PROXY, str(KILL_AFTER), where),
+        options=("--set", "failcore_checkpoint_every=4"),
+    )
     try:
-        with TrafficLoop(proxy, f"{upstream.url}/echo") as traffic:
-            traffic.wait_for(8)
-            # Kill while the writer is busy with a tape that already holds exchanges, not before the
-            # first one reached the disk (evidence is written a few milliseconds after the response).
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not any(
-                b'"kind":"network"' in seg.read_bytes() for seg in tape.glob("seg-*.jsonl")
-            ):
-                time.sleep(0.01)
-            proxy.process.send_signal(signal.SIGKILL)
+        with TrafficLoop(proxy, f"{upstream.url}/echo"):
             proxy.process.wait(STOP_TIMEOUT)
     finally:
         if proxy.process.poll() is None:
@@ -528,47 +556,44 @@ def truncated_segments(report: dict[str, Any]) -> list[str]:
     return [t["segment"] for t in report["truncated"]]
 
 
-def test_tape_survives_kill_9_mid_write(home: Path, upstream: StandIn, tmp_path: Path) -> None:
+def test_tape_survives_kill_9_between_lines(home: Path, upstream: StandIn, tmp_path: Path) -> None:
     tape = tmp_path / "tape"
-    killed_run = kill_proxy_under_load(home, upstream, tape)
-    killed_report = assert_chain_not_broken(home, tape)
-    assert killed_report["lines"] >= 3
+    killed_run = kill_proxy_under_load(home, upstream, tape, "between")
+    segment = sorted(tape.glob("seg-*.jsonl"))[-1]
+    assert segment.read_bytes().endswith(b"\n")
+    killed_report = verify_report(home, tape, "incomplete")  # signed checkpoints, but no final one
+    assert killed_report["truncated"] == [] and killed_report["checkpoints"] >= 1
+    assert len(network_events(read_tape(tape))) >= KILL_AFTER
 
     next_run = record_one_more_run(home, upstream, tape)
-    report = assert_chain_not_broken(home, tape)
-    assert report["segments"] >= 2
+    # The next run's checkpoints sign the killed run's tail and its final one ends the tape.
+    report = verify_report(home, tape, "ok")
+    assert report["segments"] == killed_report["segments"] + 1
     assert report["lines"] > killed_report["lines"]
-    assert report["checkpoints"] >= 1
-    assert truncated_segments(report) == truncated_segments(killed_report)
+    assert report["truncated"] == [] and report["unsigned_tail"] == 0
     runs = {r["run"] for r in orjson.loads(failcore(home, "list", "--tape", str(tape), "--json").stdout)}
     assert runs == {killed_run, next_run}
 
 
-def test_torn_final_line_is_reported_and_the_tape_continues(
+def test_kill_9_mid_write_tears_the_final_line_and_the_tape_continues(
     home: Path, upstream: StandIn, tmp_path: Path
 ) -> None:
-    """A kill -9 rarely lands inside write(2); a crash of the machine can. Tear the last line the
-    killed proxy wrote in half, as such a crash leaves it, and check what the user is told."""
     tape = tmp_path / "tape"
-    kill_proxy_under_load(home, upstream, tape)
+    kill_proxy_under_load(home, upstream, tape, "mid-line")
     last_segment = sorted(tape.glob("seg-*.jsonl"))[-1]
     data = last_segment.read_bytes()
-    if not data.endswith(b"\n"):
-        data = data[: data.rindex(b"\n") + 1]
-    final_line_start = data.rindex(b"\n", 0, len(data) - 1) + 1
-    last_segment.write_bytes(data[: final_line_start + (len(data) - final_line_start) // 2])
+    assert not data.endswith(b"\n")
+    torn_line = data.count(b"\n") + 1
 
     torn = failcore(home, "verify", str(tape), columns=300)
-    # 3 (incomplete), or 4 (unsigned) when the killed run did not get to write a single checkpoint.
-    signed = orjson.loads(failcore(home, "verify", str(tape), "--json").stdout)["signatures_ok"]
-    assert torn.returncode == (3 if signed else 4), describe(torn)
+    assert torn.returncode == 3, describe(torn)  # incomplete: signed checkpoints, no final one
     assert "truncated" in torn.stdout and last_segment.name in torn.stdout
+    report = verify_report(home, tape, "incomplete")
+    assert [(t["segment"], t["line"]) for t in report["truncated"]] == [(last_segment.name, torn_line)]
 
     record_one_more_run(home, upstream, tape)
-    report = assert_chain_not_broken(home, tape)
-    assert truncated_segments(report) == [last_segment.name]
-    again = failcore(home, "verify", str(tape), columns=300)
-    assert again.returncode == 3, describe(again)
+    report = verify_report(home, tape, "incomplete")  # a torn line stays on record
+    assert [(t["segment"], t["line"]) for t in report["truncated"]] == [(last_segment.name, torn_line)]
 
 
 # ---------------------------------------------------------------- policy check

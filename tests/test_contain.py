@@ -22,7 +22,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import network_events, read_tape
 from tests.contain_helpers import (
     REPO,
     child_env,
@@ -30,6 +29,7 @@ from tests.contain_helpers import (
     containment_leftovers,
     destination_address,
 )
+from tests.helpers import network_events, read_tape
 from tests.security.upstream import LoggingUpstream
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]

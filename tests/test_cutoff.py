@@ -17,13 +17,15 @@ from mitmproxy import http
 
 from failcore.proxy.cutoff import CuttingTap, CutVerdict, cut_client_stream
 from failcore.proxy.session import FlowState
-from tests.conftest import ProxyThread, network_events, proxied_client, read_tape
+from tests.helpers import ProxyThread, network_events, proxied_client, read_tape
 
 SSE_EVENTS = 10
 SSE_GAP = 0.2
-UPSTREAM_DURATION = (SSE_EVENTS - 1) * SSE_GAP  # 1.8 s: a cut after 3 events must end far sooner
-CUT_DEADLINE = 1.3
 FIRST_THREE = b"data: event 1\n\ndata: event 2\n\ndata: event 3\n\n"
+# What the upstream sends after the event that triggers the cut (the 4th). A proxy that lets the
+# upstream run to its end (the abort coming only with mitmproxy's `response` hook) reads all of it.
+AFTER_THE_CUT = b"".join(b"data: event %d\n\n" % i for i in range(5, SSE_EVENTS + 1))
+# How long the cut takes (to the client's abort, to the upstream's close): benchmarks/bench_bounds.py.
 
 
 class CutAfterEvents:
@@ -56,7 +58,7 @@ class CutterAddon:
         self.flows: list[http.HTTPFlow] = []
         self.states: dict[str, FlowState] = {}
         self.errors: dict[str, str] = {}
-        self.cut_at: dict[str, float] = {}
+        self.taps: dict[str, CuttingTap] = {}
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         limit = flow.request.headers.get("x-test-cut")
@@ -66,15 +68,9 @@ class CutterAddon:
         self.flows.append(flow)
         self.states[flow.id] = state
         inner = flow.response.stream if callable(flow.response.stream) else None
-        should_cut = CutAfterEvents(int(limit))
-
-        def timed(chunk: bytes) -> CutVerdict | None:
-            verdict = should_cut(chunk)
-            if verdict is not None:
-                self.cut_at[flow.id] = time.time()
-            return verdict
-
-        flow.response.stream = CuttingTap(flow, timed, inner=inner, state=state)
+        tap = CuttingTap(flow, CutAfterEvents(int(limit)), inner=inner, state=state)
+        self.taps[flow.id] = tap
+        flow.response.stream = tap
 
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.error is not None:
@@ -96,7 +92,9 @@ def wait_for(predicate: Any, timeout: float = 3.0) -> bool:
     return False
 
 
-def assert_flow_cut(proxy: ProxyThread, addon: CutterAddon, at_bytes: int) -> http.HTTPFlow:
+def assert_flow_cut(
+    proxy: ProxyThread, addon: CutterAddon, at_bytes: int, after_the_cut: bytes | None = AFTER_THE_CUT
+) -> http.HTTPFlow:
     assert len(addon.flows) == 1
     flow = addon.flows[0]
     assert addon.states[flow.id].cut == {
@@ -106,10 +104,11 @@ def assert_flow_cut(proxy: ProxyThread, addon: CutterAddon, at_bytes: int) -> ht
     }
     # mitmproxy reports the flow as failed (the Recorder sees flow.error) ...
     assert wait_for(lambda: proxy.call(lambda: flow.error is not None))
-    # ... and the upstream connection was closed right after the cut, not when the server finished.
+    # ... and the upstream connection was closed right after the cut, not when the server finished:
+    # what the upstream sent later was never read (only the rest of the triggering chunk was dropped).
     assert wait_for(lambda: proxy.call(lambda: flow.server_conn.timestamp_end is not None))
-    closed_after = proxy.call(lambda: flow.server_conn.timestamp_end) - addon.cut_at[flow.id]
-    assert 0 <= closed_after < 0.5
+    if after_the_cut is not None:
+        assert proxy.call(lambda: addon.taps[flow.id].dropped) < len(after_the_cut)
     return flow
 
 
@@ -131,7 +130,6 @@ def read_until_error(response: httpx.Response) -> tuple[bytes, BaseException | N
 def test_http1_client_sees_abort_after_three_events(start_proxy, upstream, tmp_path):
     proxy = start_proxy()
     addon = install(proxy)
-    t0 = time.monotonic()
     with (
         proxied_client(proxy) as client,
         client.stream(
@@ -140,10 +138,8 @@ def test_http1_client_sees_abort_after_three_events(start_proxy, upstream, tmp_p
     ):
         assert response.status_code == 200 and response.http_version == "HTTP/1.1"
         received, error = read_until_error(response)
-    elapsed = time.monotonic() - t0
     assert received == FIRST_THREE
     assert isinstance(error, httpx.RemoteProtocolError), error  # "incomplete chunked read"
-    assert elapsed < CUT_DEADLINE < UPSTREAM_DURATION
     flow = assert_flow_cut(proxy, addon, len(FIRST_THREE))
     assert addon.errors[flow.id]  # the error hook fired
     assert_proxy_healthy(proxy, upstream)
@@ -160,7 +156,6 @@ def test_openai_sdk_stream_raises_mid_way(start_proxy, upstream):
     addon = install(proxy)
     words = "one two three four five six seven eight nine ten"
     contents: list[str] = []
-    t0 = time.monotonic()
     with proxied_client(proxy) as http_client:
         client = openai.OpenAI(
             base_url=upstream.url + "/v1", api_key="sk-test", http_client=http_client, max_retries=0
@@ -174,10 +169,10 @@ def test_openai_sdk_stream_raises_mid_way(start_proxy, upstream):
         with pytest.raises((httpx.HTTPError, openai.APIError)):
             for chunk in stream:
                 contents.append(chunk.choices[0].delta.content or "")
-    assert time.monotonic() - t0 < CUT_DEADLINE
     assert len(contents) == 3  # role delta, then "Echo:", "one"
     assert "".join(contents).split() == ["Echo:", "one"]
-    assert_flow_cut(proxy, addon, addon.states[addon.flows[0].id].response_tap.size)  # type: ignore[union-attr]
+    at_bytes = addon.states[addon.flows[0].id].response_tap.size  # type: ignore[union-attr]
+    assert_flow_cut(proxy, addon, at_bytes, after_the_cut=None)
     assert_proxy_healthy(proxy, upstream)
 
 
@@ -190,25 +185,21 @@ class PreferH2Context(ssl.SSLContext):
 
 
 def test_http2_client_sees_stream_reset_and_connection_survives(start_proxy, upstream):
-    pytest.importorskip("h2")
     # The StandIn speaks HTTP/1.1 only; connecting upstream lazily lets mitmproxy offer the client h2
     # (eagerly it would mirror the upstream's ALPN) - the common agent -> proxy -> HTTP/1 API setup.
     proxy = start_proxy(sets=["connection_strategy=lazy"])
     addon = install(proxy)
     trust = PreferH2Context(ssl.PROTOCOL_TLS_CLIENT)
     trust.load_verify_locations(cafile=str(proxy.ca_cert))
-    t0 = time.monotonic()
     with httpx.Client(proxy=proxy.url, verify=trust, http2=True, timeout=30) as client:
         with client.stream(
             "GET", upstream.url + f"/sse?n={SSE_EVENTS}&gap={SSE_GAP}", headers={"x-test-cut": "3"}
         ) as response:
             assert response.http_version == "HTTP/2"
             received, error = read_until_error(response)
-        elapsed = time.monotonic() - t0
         assert received == FIRST_THREE
         assert isinstance(error, httpx.RemoteProtocolError), error
         assert "StreamReset" in str(error) or "reset" in str(error).lower(), error
-        assert elapsed < CUT_DEADLINE
         # Only that stream was reset: the same HTTP/2 connection still carries requests.
         again = client.get(upstream.url + "/sse?n=3")
         assert again.http_version == "HTTP/2" and again.content == FIRST_THREE
@@ -257,14 +248,12 @@ def close_delimited_upstream() -> Iterator[str]:
 def test_close_delimited_body_is_reset_not_ended(start_proxy, upstream, close_delimited_upstream):
     proxy = start_proxy()
     addon = install(proxy)
-    t0 = time.monotonic()
     with (
         proxied_client(proxy) as client,
         client.stream("GET", close_delimited_upstream + "/sse", headers={"x-test-cut": "3"}) as response,
     ):
         assert response.status_code == 200
         received, error = read_until_error(response)
-    assert time.monotonic() - t0 < CUT_DEADLINE
     assert received == FIRST_THREE
     assert isinstance(error, httpx.ReadError), error  # connection reset by peer
     assert_flow_cut(proxy, addon, len(FIRST_THREE))

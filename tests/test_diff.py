@@ -10,7 +10,7 @@ from failcore.cli import main
 from failcore.diff import align, diff_requests, run_requests
 from failcore.replay.pointers import parse_pointer
 from failcore.replay.request import DEFAULT_IGNORED_POINTERS
-from tests.test_replay import OpenAiAgent, replay_sets, run_id
+from tests.replay_agents import OpenAiAgent, replay_sets, run_id
 
 IGNORE = tuple(parse_pointer(p) for p in DEFAULT_IGNORED_POINTERS)
 

@@ -15,7 +15,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 
 # Assembled at run time so the repository itself holds no secret-shaped strings.
 GITHUB_PAT = "ghp_" + "Z9y8X7w6V5u4" * 3

@@ -6,7 +6,7 @@ from typing import Any
 
 from failcore.proxy.session import FlowState
 from failcore.proxy.verdict import BLOCKED_MARK, WOULD_BLOCK_MARK, verdict_comment
-from tests.conftest import proxied_client
+from tests.helpers import proxied_client
 
 POLICY = """
 version: 1

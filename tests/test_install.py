@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import REPO, network_events, read_tape
+from tests.helpers import REPO, network_events, read_tape
 
 RUNTIME_TREES = ("failcore", "addons")
 

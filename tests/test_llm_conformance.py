@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
 from tests.llm_replay import (
     RedirectToReplay,
     ReplayUpstream,

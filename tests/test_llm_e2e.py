@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
 
 USAGE = {"input": 1200, "output": 345, "cached": 200, "cache_write": 100, "reasoning": 40}
 M = Decimal(1_000_000)

@@ -19,7 +19,7 @@ import pytest
 
 from failcore.compat import zstd
 from failcore.demo.framing import ENCODINGS, FRAMINGS
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
 
 USAGE = {"input": 1200, "output": 345, "cached": 200, "cache_write": 100, "reasoning": 40}
 ASK = [{"role": "user", "content": "framing"}]
@@ -91,7 +91,7 @@ def _event_header(event: dict[str, Any], name: str) -> str | None:
 @pytest.fixture(scope="module")
 def framed_events(tmp_path_factory, confdir, upstream) -> dict[tuple[str, str, str], dict[str, Any]]:  # type: ignore[no-untyped-def]
     from failcore.runner import ProxySettings
-    from tests.conftest import ProxyThread
+    from tests.helpers import ProxyThread
 
     tape = tmp_path_factory.mktemp("framing") / "tape"
     proxy = ProxyThread(

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import network_events, read_tape
 
 from failcore.demo.server import StandIn
 from failcore.tape.keys import load_or_create_signing_key, public_key_id
+from tests.helpers import network_events, read_tape
 
 REPO = Path(__file__).resolve().parent.parent
 ADDON = REPO / "addons" / "failcore_addon.py"

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -519,11 +518,13 @@ def test_glob_translation() -> None:
         glob_to_regex("/a[")
 
 
+@pytest.mark.timeout(60)
 def test_hostile_path_does_not_cause_catastrophic_backtracking() -> None:
+    # A backtracking matcher needs ~20,000**5 steps here: it never returns (the timeout ends it). How
+    # fast the linear one is: benchmarks/bench_bounds.py.
     policy = policy_from('mode: enforce\nrules:\n  - path: "/*a*a*a*a*a*b"\n    action: BLOCK\n')
-    started = time.perf_counter()
     assert request(policy, path="/" + "a" * 20_000).decision == "ALLOW"
-    assert time.perf_counter() - started < 1.0
+    assert request(policy, path="/" + "a" * 20_000 + "b").decision == "BLOCK"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -704,19 +705,3 @@ def test_strict_policy_allows_providers_and_blocks_the_rest() -> None:
     assert request(policy, "localhost", port=11434, scheme="http").decision == "ALLOW"
     assert request(policy, "127.0.0.1", port=8000, scheme="http").decision == "ALLOW"
     assert connect_verdict(policy, host="exfil.example", port=443).decision == "BLOCK"
-
-
-# ----------------------------------------------------------------------------------------------
-# Throughput
-# ----------------------------------------------------------------------------------------------
-
-
-def test_decide_sustains_the_proxy_hot_path_rate() -> None:
-    policy = load_policy(REPO_ROOT / "policies" / "strict.yaml")
-    count = 20_000
-    started = time.perf_counter()
-    for _ in range(count):
-        decide(policy, host="localhost", port=11434, scheme="http", method="POST", path="/api/chat?x=1")
-    elapsed = time.perf_counter() - started
-    # Generous for slow CI machines; the target is ~100k decisions/s.
-    assert count / elapsed > 50_000

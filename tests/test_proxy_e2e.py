@@ -9,7 +9,6 @@ import socket
 import ssl
 import threading
 import time
-import tracemalloc
 from pathlib import Path
 
 import anthropic
@@ -27,7 +26,7 @@ from failcore.demo.handler import BINARY_BODY
 from failcore.demo.server import StandIn
 from failcore.runner import ProxyStartError
 from failcore.tape.writer import TapeWriter
-from tests.conftest import ProxyThread, curl, network_events, proxied_client, read_tape
+from tests.helpers import GatedSse, ProxyThread, curl, network_events, proxied_client, read_tape
 
 ENFORCE_NO_EXFIL = """\
 mode: enforce
@@ -192,23 +191,23 @@ def test_anthropic_sdk_through_proxy(start_proxy, upstream, tmp_path):
     assert event["stream"]["chunk_count"] >= 5
 
 
-def test_sse_first_event_arrives_before_upstream_sends_the_second(start_proxy, upstream, tmp_path):
+def test_sse_first_event_arrives_before_upstream_sends_the_second(start_proxy, tmp_path):
     proxy = start_proxy()
-    arrivals: list[float] = []
-    with proxied_client(proxy) as client, client.stream("GET", upstream.url + "/sse?n=3&gap=0.5") as resp:
-        start = time.monotonic()
-        for line in resp.iter_lines():
-            if line.startswith("data:"):
-                arrivals.append(time.monotonic() - start)
-    assert len(arrivals) == 3
-    # Buffered, all three would land together after ~1 s; streamed, each lands as it is sent.
-    assert arrivals[1] - arrivals[0] > 0.35
-    assert arrivals[2] - arrivals[1] > 0.35
+    with GatedSse() as up, proxied_client(proxy) as client, client.stream("GET", up.url + "/sse") as resp:
+        lines = (line for line in resp.iter_lines() if line.startswith("data:"))
+        # Buffered, event 1 would wait for the whole body, which the upstream holds back until now.
+        assert next(lines) == "data: event 1"
+        assert not up.sent_rest
+        up.release.set()
+        assert list(lines) == ["data: event 2", "data: event 3"]
+    assert not up.gave_up
     event = only(network_events(tape_of(proxy, tmp_path)), summary="GET /sse")
     chunks = event["stream"]["chunks"]
-    assert [size for _, size in chunks] == [len(f"data: event {i}\n\n") for i in (1, 2, 3)]
+    # Event 1 went through as its own chunk; 2 and 3 were sent together and may arrive as one.
+    sizes = [size for _, size in chunks]
+    assert sizes[0] == len(GatedSse.EVENTS[0]) and sum(sizes) == len(b"".join(GatedSse.EVENTS))
     offsets = [t for t, _ in chunks]
-    assert offsets[1] - offsets[0] > 350 and offsets[2] - offsets[1] > 350
+    assert offsets == sorted(offsets)
     assert event["response"]["body"]["text"] == "data: event 1\n\ndata: event 2\n\ndata: event 3\n\n"
 
 
@@ -245,17 +244,14 @@ def test_fifty_megabyte_body_is_capped_and_never_held_whole(start_proxy, upstrea
     proxy = start_proxy(sets=["failcore_body_cap=65536"])
     size = 50 * 2**20
     received = 0
-    tracemalloc.start()
-    try:
-        with proxied_client(proxy) as client, client.stream("GET", upstream.url + "/big?mb=50") as resp:
-            for chunk in resp.iter_raw(1 << 16):
-                received += len(chunk)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    with proxied_client(proxy) as client, client.stream("GET", upstream.url + "/big?mb=50") as resp:
+        for chunk in resp.iter_raw(1 << 16):
+            received += len(chunk)
     assert received == size
-    assert peak < 24 * 2**20, f"peak Python allocations {peak / 2**20:.1f} MiB: the body was buffered"
     event = only(network_events(tape_of(proxy, tmp_path)), summary="GET /big")
+    # It went through the stream tap chunk by chunk (a buffered body has no `stream` block). The peak
+    # memory while it passes is measured in benchmarks/bench_bounds.py.
+    assert event["stream"]["chunk_count"] > 1
     body = event["response"]["body"]
     assert body["size"] == size and event["bytes_in"] == size
     assert body["truncated"] is True and len(body["text"]) == 65536
@@ -419,7 +415,10 @@ def test_full_writer_queue_drops_evidence_not_traffic(start_proxy, upstream, tmp
     assert dropped > 0
     run_end = only(events, kind="run_end")
     assert run_end["detail"]["dropped"] == dropped
-    assert recorded + dropped >= 40
+    # Only exchanges were dropped (the run's own events are on the tape), so every one of the 40 is
+    # either recorded or counted: none vanished without a trace, none was counted twice.
+    assert only(events, kind="run_start") and only(events, kind="policy")
+    assert recorded + dropped == 40
 
 
 def test_error_taxonomy_connect_and_tls(start_proxy, upstream, tmp_path, confdir):
@@ -463,8 +462,8 @@ def test_websocket_messages_are_events_of_their_flow(start_proxy, upstream, tmp_
         pump()
     tls.sendall(ws.send(wse.CloseConnection(code=1000)))
     tls.close()
-    assert _wait_for(lambda: True)
-    time.sleep(0.3)
+    # Every message hook has run by now: the client read both echoes, which the proxy forwards only
+    # after recording them; stopping the proxy drains the tape.
     events = tape_of(proxy, tmp_path)
     upgrade = only(network_events(events), summary="GET /ws")
     assert upgrade["status"] == 101

@@ -21,7 +21,7 @@ from failcore.cli import main
 from failcore.report import collect_report, content_security_policy, esc, render_report
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape, skip_or_fail
 
 PAYLOADS = (
     "<script>window.__pwned=1;document.title='PWNED'</script>",
@@ -438,13 +438,16 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 
 
 def chromium_path() -> str:
-    """Any installed Chromium runs the browser tests (FAILCORE_CHROMIUM names one explicitly)."""
+    """Any installed Chromium runs the browser tests (FAILCORE_CHROMIUM names one explicitly); without
+    one they skip with the reason shown, and fail in CI (CI or FAILCORE_REQUIRE_CHROMIUM set)."""
     found = os.environ.get("FAILCORE_CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
     if found:
         return found
-    if os.environ.get("CI") == "true":
-        pytest.fail("chromium is required in CI (Debian package: chromium)")
-    pytest.skip("chromium is not installed (Debian package: chromium)")
+    skip_or_fail(
+        f"no Chromium found (looked for {', '.join(CHROMIUM_NAMES)} on PATH and FAILCORE_CHROMIUM; "
+        "Debian package: chromium)",
+        required_by=("CI", "FAILCORE_REQUIRE_CHROMIUM"),
+    )
 
 
 def chromium(page: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,8 +19,8 @@ import pytest
 from failcore import contain
 from failcore.demo.server import StandIn
 from failcore.runs import summarize
-from tests.conftest import SCHEMA, read_tape
 from tests.contain_helpers import REPO
+from tests.helpers import SCHEMA, read_tape
 
 CLI_TIMEOUT = 120
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import REPO, network_events, read_tape
+from tests.helpers import REPO, network_events, read_tape
 
 
 def test_sample_runs_offline_and_records_the_three_outcomes(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import select
 import shutil
@@ -31,7 +32,7 @@ import pytest
 
 from failcore.demo.handler import SAMPLE_DOCUMENT
 from failcore.demo.server import StandIn
-from tests.conftest import REPO, network_events, read_tape
+from tests.helpers import REPO, network_events, read_tape, require, skip_or_fail
 
 pytestmark = pytest.mark.netns
 
@@ -221,18 +222,20 @@ def _proxy_env(confdir: Path) -> dict[str, str]:
     return env
 
 
+# Either one set makes a missing prerequisite a failure: CI must run this test, never skip it.
+REQUIRED_BY = ("CI", REQUIRE_ENV)
+
+
 @pytest.fixture
 def netns() -> Iterator[VethNamespace]:
-    reason = _missing_prerequisite()
-    if reason:
-        pytest.skip(reason)
+    require(_missing_prerequisite(), required_by=REQUIRED_BY)
     ns = VethNamespace.random()
     try:
         ns.create()
     except RuntimeError as e:
         leftovers = ns.delete()
-        if "Operation not permitted" in str(e) and not os.environ.get(REQUIRE_ENV) and not leftovers:
-            pytest.skip(f"root here lacks CAP_NET_ADMIN/CAP_SYS_ADMIN ({e}); set {REQUIRE_ENV}=1 to fail")
+        if "Operation not permitted" in str(e) and not leftovers:
+            skip_or_fail(f"root here lacks CAP_NET_ADMIN/CAP_SYS_ADMIN ({e})", required_by=REQUIRED_BY)
         raise
     try:
         yield ns
@@ -296,3 +299,20 @@ def test_transparent_mode_records_redirected_https(
     assert event["target"]["scheme"] == "https"
     assert event["status"] == 200
     assert event["outcome"] == "ok"
+
+
+@pytest.mark.parametrize("required_by", ["CI", REQUIRE_ENV])
+def test_missing_prerequisites_fail_instead_of_skipping_in_ci(
+    monkeypatch: pytest.MonkeyPatch, required_by: str
+) -> None:
+    """The guard above, with its prerequisites taken away: CI gets a failure, not a skip."""
+    for name in REQUIRED_BY:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    reason = _missing_prerequisite()
+    assert reason
+    with pytest.raises(pytest.skip.Exception, match=re.escape(reason)):
+        require(reason, required_by=REQUIRED_BY)
+    monkeypatch.setenv(required_by, "1" if required_by == REQUIRE_ENV else "true")
+    with pytest.raises(pytest.fail.Exception, match=re.escape(reason)):
+        require(reason, required_by=REQUIRED_BY)

@@ -10,7 +10,7 @@ from rich.console import Console
 from failcore.runs import RunSummary, UnknownRun, resolve_run, summarize_tape
 from failcore.views import fmt
 from failcore.views.tables import events_table, run_summary_table, runs_table
-from tests.conftest import proxied_client
+from tests.helpers import proxied_client
 
 AWS_KEY = "AKIAZ7Q2XRHLYW4NPF6K"
 

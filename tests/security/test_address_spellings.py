@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from failcore.policy import canonical_ip, decide, parse_policy
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
 from tests.security.helpers import send_raw
 from tests.security.upstream import LoggingUpstream
 

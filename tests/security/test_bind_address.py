@@ -6,31 +6,17 @@ kernel's table of listening sockets (what `ss -ltn` shows)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
+from tests.security.helpers import free_port, run_mitmdump, stop
 from tests.security.upstream import LoggingUpstream
 
-REPO = Path(__file__).resolve().parents[2]
-ADDON = REPO / "addons" / "failcore_addon.py"
-MITMDUMP = Path(sys.executable).parent / "mitmdump"
-
 pytestmark = pytest.mark.timeout(180)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _decode(hex_addr: str) -> str:
@@ -55,41 +41,6 @@ def listening_addresses(port: int) -> set[str]:
             if state == "0A" and int(hex_port, 16) == port:
                 found.add(_decode(address))
     return found
-
-
-def run_mitmdump(tmp_path: Path, port: int, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
-    log = tmp_path / "mitmdump.log"
-    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "PYTHONPATH"}
-    cmd = [
-        str(MITMDUMP),
-        "-s",
-        str(ADDON),
-        "-p",
-        str(port),
-        "--set",
-        f"confdir={tmp_path / 'conf'}",
-        "--set",
-        f"failcore_tape={tmp_path / 'tape'}",
-        *args,
-    ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
-    deadline = time.monotonic() + 90
-    while b"failcore: recording run" not in log.read_bytes():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"mitmdump did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.1)
-    return process, log
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(30)
 
 
 @pytest.mark.parametrize(

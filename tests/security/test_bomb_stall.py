@@ -14,7 +14,7 @@ import brotli
 import pytest
 
 import failcore.evidence.exchange as exchange_module
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.upstream import LoggingUpstream
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import network_events, read_tape
-from tests.security.test_bind_address import free_port, run_mitmdump, stop
+from tests.helpers import network_events, read_tape
+from tests.security.helpers import free_port, run_mitmdump, stop
 from tests.security.upstream import LoggingUpstream
 
 pytestmark = pytest.mark.timeout(180)

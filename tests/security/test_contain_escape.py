@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import network_events, read_tape
 from tests.contain_helpers import contained_run, containment_leftovers, destination_address
+from tests.helpers import network_events, read_tape
 from tests.security.upstream import LoggingUpstream
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 
 from failcore.shipped import BUNDLED_GITLEAKS
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.upstream import LoggingUpstream
 
 BLOCK_CRITICAL = """

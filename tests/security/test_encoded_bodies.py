@@ -14,7 +14,7 @@ import gzip
 import pytest
 
 from failcore.evidence import DECODE_LIMIT
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, tape_bytes
 from tests.security.upstream import LoggingUpstream
 

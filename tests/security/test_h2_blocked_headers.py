@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import curl, network_events, read_tape
+from tests.helpers import curl, network_events, read_tape
 from tests.security.upstream import LoggingUpstream
 
 POLICY = "version: 1\nmode: enforce\nrules:\n  - {id: no-admin, path: /admin, action: BLOCK}\n"

@@ -16,7 +16,7 @@ import secrets
 
 import orjson
 
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, tape_bytes
 from tests.security.upstream import LoggingUpstream
 

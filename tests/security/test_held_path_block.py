@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import network_events, proxied_client, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """

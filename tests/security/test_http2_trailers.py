@@ -13,7 +13,7 @@ import h2.config
 import h2.connection
 import h2.events
 
-from tests.conftest import ProxyThread, network_events, read_tape
+from tests.helpers import ProxyThread, network_events, read_tape
 from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK
 from tests.security.upstream import LoggingUpstream
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
 from tests.security.upstream import LoggingUpstream
 
 pytestmark = pytest.mark.timeout(180)

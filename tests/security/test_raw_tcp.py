@@ -10,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
 from tests.security.helpers import read_head
 from tests.security.upstream import LoggingUpstream
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from failcore.policy import PolicyError, parse_policy
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
 from tests.security.helpers import send_raw
 from tests.security.upstream import LoggingUpstream
 

@@ -20,7 +20,7 @@ import pytest
 import wsproto
 import wsproto.events as wse
 
-from tests.conftest import REPO, ProxyThread, network_events, proxied_client, read_tape
+from tests.helpers import REPO, ProxyThread, network_events, proxied_client, read_tape, skip_or_fail
 from tests.security.tapetools import verify
 from tests.security.upstream import LoggingUpstream
 
@@ -57,7 +57,7 @@ class SmallDisk:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs to fill needs root (CI runs the suite as root)")
+        skip_or_fail("mounting a small tmpfs to fill needs root (CI runs the suite as root)")
     mountpoint = tmp_path / "disk"
     mountpoint.mkdir()
     subprocess.run(

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.conftest import ProxyThread, proxied_client, read_tape
+from tests.helpers import ProxyThread, proxied_client, read_tape
 from tests.security.tapetools import (
     fix_manifest,
     forged_checkpoint,

@@ -13,7 +13,7 @@ from pathlib import Path
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from tests.conftest import ProxyThread, read_tape
+from tests.helpers import ProxyThread, read_tape
 from tests.security.helpers import AWS_KEY_ID, tape_bytes
 from tests.security.upstream import LoggingUpstream
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import network_events, read_tape
+from tests.helpers import network_events, read_tape
 from tests.security.helpers import read_head
 from tests.security.upstream import LoggingUpstream
 
