@@ -42,7 +42,7 @@ from failcore.evidence import (
     is_encoded,
     read_off_loop,
 )
-from failcore.policy import Action, Decision, DlpSettings, Policy
+from failcore.policy.model import Action, Decision, DlpSettings, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.pastcap import PastCapScan

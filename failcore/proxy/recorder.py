@@ -35,7 +35,7 @@ from failcore.evidence import (
 )
 from failcore.llm import contract_drift
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
-from failcore.policy import Decision
+from failcore.policy.model import Decision
 from failcore.proxy.dlpguard import DlpScanner, scan_event
 from failcore.proxy.guard import guarded
 from failcore.proxy.meter import LlmFlow
