@@ -143,15 +143,16 @@ class Section:
     def read(self, value: object, here: Here, key: object, label: str) -> object:
         if not isinstance(value, CommentedMap):
             here.add(value_pos(here.node, key), f"{label}: {self.not_mapping.format(got=describe(value))}")
-            return _FAILED
+            return FAILED
         return read_section(self, here.child(value, label))
 
 
-_FAILED = object()
+# What a kind returns when the value was bad (the field's default is used instead).
+FAILED = object()
 
 
 def read_section(section: Section, here: Here) -> object:
-    """Read `here.node` against `section`; the built result, or _FAILED when it had a problem."""
+    """Read `here.node` against `section`; the built result, or FAILED when it had a problem."""
     before = len(here.problems)
     fields = section.fields
     if section.name_field is not None:
@@ -168,7 +169,7 @@ def read_section(section: Section, here: Here) -> object:
     if section.check is not None:
         section.check(here.values, here)
     if len(here.problems) != before:
-        return _FAILED
+        return FAILED
     return section.build(here.values, here)
 
 
@@ -198,7 +199,7 @@ def _read_field(one: Field, here: Here) -> object:
         if one.null == "empty":
             value = CommentedMap()
     result = one.kind.read(value, here, one.name, here.prefix + one.name)
-    return one.default if result is _FAILED else result
+    return one.default if result is FAILED else result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ class Flag:
         here.add(
             value_pos(here.node, key), f"{label}: expected true or false, got {describe(value)}{self.hint}"
         )
-        return _FAILED
+        return FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ class Text:
         if isinstance(value, str):
             return value
         here.add(value_pos(here.node, key), f"{label}: expected text, got {describe(value)}{self.hint}")
-        return _FAILED
+        return FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +246,7 @@ class Choice:
         if choice is not None:
             return choice
         here.add(value_pos(here.node, key), f"{label}: {self.text.format(got=describe(value))}")
-        return _FAILED
+        return FAILED
 
     def parse(self, value: object) -> str | None:
         if isinstance(value, str):
@@ -265,7 +266,7 @@ class Const:
         if is_int(value) and value == self.value:
             return value
         here.add(value_pos(here.node, key), f"{label}: {self.text.format(got=describe(value))}")
-        return _FAILED
+        return FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +289,7 @@ class Number:
         ):
             return float(value)
         here.add(value_pos(here.node, key), f"{label}: {self.text.format(got=describe(value))}")
-        return _FAILED
+        return FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +301,7 @@ class Name:
             return value
         hint = f'; put it in quotes: id: "{value}"' if isinstance(value, (int, float)) else ""
         here.add(value_pos(here.node, key), f"{label}: expected non-empty text, got {describe(value)}{hint}")
-        return _FAILED
+        return FAILED
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,7 +359,7 @@ class SectionList:
     def read(self, value: object, here: Here, key: object, label: str) -> object:
         if not isinstance(value, CommentedSeq):
             here.add(value_pos(here.node, key), f"{label}: {self.not_list.format(got=describe(value))}")
-            return _FAILED
+            return FAILED
         built: list[object] = []
         owners: dict[str, tuple[int, int]] = {}
         for index, node in enumerate(value):
@@ -380,7 +381,7 @@ class SectionList:
                 continue
             if name is not None:
                 owners[name] = (number, node_pos(node)[0])
-            if result is not _FAILED:
+            if result is not FAILED:
                 built.append(result)
         return tuple(built)
 
@@ -413,7 +414,7 @@ class MapOf:
     def read(self, value: object, here: Here, key: object, label: str) -> object:
         if not isinstance(value, CommentedMap):
             here.add(value_pos(here.node, key), f"{label}: {self.not_mapping.format(got=describe(value))}")
-            return _FAILED
+            return FAILED
         inner = here.child(value, label)
         result: dict[object, object] = {}
         for item_key in value:
@@ -422,7 +423,7 @@ class MapOf:
                 here.add(key_pos(value, item_key), f"{label}: {stored.message}")
                 continue
             read = self.value.read(value[item_key], inner, item_key, f"{label}: {item_key}")
-            if read is not _FAILED:
+            if read is not FAILED:
                 result[stored] = read
         return MappingProxyType(result)
 
@@ -435,6 +436,3 @@ class Custom:
 
     def read(self, value: object, here: Here, key: object, label: str) -> object:
         return self.reader(value, here, key, label)
-
-
-FAILED = _FAILED
