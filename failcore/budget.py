@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from failcore.policy import BudgetSpec
+from failcore.policy.model import BudgetSpec
 
 # The order of the internal usage vectors; cost is kept in integer nano-dollars so sums never drift.
 USAGE_METRICS: tuple[str, ...] = (

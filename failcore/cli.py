@@ -683,7 +683,7 @@ def _print_verify(report: Any, tape: Path) -> None:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from failcore.policy import check_policy
+    from failcore.policy.load import check_policy
     from failcore.shipped import resolve_policy
 
     results = {str(p): [str(x) for x in check_policy(resolve_policy(p))] for p in args.files}

@@ -15,7 +15,7 @@ from failcore.dlp.model import DlpRule, Hit
 from failcore.dlp.rules import builtin_rules
 
 if TYPE_CHECKING:
-    from failcore.policy import Action, DlpSettings, Policy
+    from failcore.policy.model import Action, DlpSettings, Policy
 
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 

@@ -23,7 +23,7 @@ from failcore.llm import contract_drift
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
-    from failcore.policy import Decision
+    from failcore.policy.model import Decision
     from failcore.proxy.meter import LlmFlow
     from failcore.proxy.session import BodyTap
 

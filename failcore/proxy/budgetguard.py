@@ -17,7 +17,7 @@ import orjson
 from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
-from failcore.policy import Decision, Policy
+from failcore.policy.model import Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session

@@ -30,7 +30,7 @@ from failcore.evidence import (
 )
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits
 from failcore.evidence.pastcap import PastCapScan
-from failcore.policy import Decision
+from failcore.policy.model import Decision
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded

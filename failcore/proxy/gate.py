@@ -16,16 +16,10 @@ from mitmproxy import connection, exceptions, http, tls
 from failcore.dlp.scanner import DlpScanner
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
-from failcore.policy import (
-    Decision,
-    Policy,
-    PolicyError,
-    connect_verdict,
-    decide,
-    load_policy,
-    normalise_host,
-    with_mode,
-)
+from failcore.policy.address import normalise_host
+from failcore.policy.decide import connect_verdict, decide
+from failcore.policy.load import load_policy, with_mode
+from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
 from failcore.shipped import default_policy_path, resolve_policy

@@ -19,7 +19,7 @@ from __future__ import annotations
 import orjson
 from mitmproxy import http
 
-from failcore.policy import Decision
+from failcore.policy.model import Decision
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
 from failcore.proxy.streamtap import could_be_llm_path, request_streams

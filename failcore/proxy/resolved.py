@@ -18,7 +18,8 @@ from collections.abc import Awaitable
 from mitmproxy import http
 from mitmproxy.proxy import server_hooks
 
-from failcore.policy import Decision, Policy, canonical_ip, is_non_global
+from failcore.policy.address import canonical_ip, is_non_global
+from failcore.policy.model import Decision, Policy
 from failcore.proxy.gate import blocked_response, decision_host, stricter
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session

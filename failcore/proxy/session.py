@@ -19,7 +19,7 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 
 from failcore.event import EgressEvent
-from failcore.policy import Decision, Policy
+from failcore.policy.model import Decision, Policy
 from failcore.proxy.settings import AddonSettings
 
 if TYPE_CHECKING:

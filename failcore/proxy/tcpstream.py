@@ -21,7 +21,8 @@ from typing import Any
 from mitmproxy import ctx, tcp
 
 from failcore.event import EgressEvent, Target
-from failcore.policy import Decision, tcp_verdict
+from failcore.policy.decide import tcp_verdict
+from failcore.policy.model import Decision
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
 
