@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
 from failcore.dlp import DlpEngine, builtin_rules, hscache, parse_custom_rules
 from failcore.dlp import regex_backend as rx
+from failcore.dlp.pending import PendingEngine, engine_ready
 
 pytestmark = pytest.mark.skipif(not rx.hyperscan_available(), reason="hyperscan is not installed")
 
@@ -275,3 +277,31 @@ def test_unwritable_home_only_costs_a_compile(tmp_path: Path, monkeypatch: pytes
     monkeypatch.delenv(hscache.ENV_SWITCH, raising=False)
     engine = DlpEngine(small_rules(), salt=SALT)
     assert [(h.rule_id, h.start, h.end) for h in engine.scan(AWS_TEXT)] == EXPECTED
+
+
+def test_pending_engine_waits_for_the_build_and_reports_its_failure() -> None:
+    release = threading.Event()
+    rules = small_rules()
+
+    def build() -> DlpEngine:
+        assert release.wait(60)
+        return DlpEngine(rules, salt=SALT)
+
+    pending = PendingEngine(build)
+    assert not pending.ready and not engine_ready(pending)
+    with pytest.raises(TimeoutError):
+        pending.result(timeout=0.01)
+    release.set()
+    hits = pending.scan(AWS_TEXT)  # waits for the build
+    assert pending.ready and engine_ready(pending)
+    assert [(h.rule_id, h.start, h.end) for h in hits] == EXPECTED
+    assert pending.backend == "hyperscan"
+
+    def broken() -> DlpEngine:
+        raise ValueError("rule 'x': bad")
+
+    failed = PendingEngine(broken)
+    with pytest.raises(RuntimeError, match="could not be compiled: rule 'x': bad"):
+        failed.scan(AWS_TEXT)
+    assert failed.ready  # a failed build does not keep callers waiting
+    assert engine_ready(DlpEngine(rules, salt=SALT))

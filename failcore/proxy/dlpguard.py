@@ -15,7 +15,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from mitmproxy import ctx, http
@@ -33,6 +33,7 @@ from failcore.dlp import (
     taint_source,
     unescape_ascii_json,
 )
+from failcore.dlp.pending import PendingEngine, engine_ready
 from failcore.evidence import (
     CREDENTIAL_HEADERS,
     DECODE_LIMIT,
@@ -57,9 +58,10 @@ _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 @functools.lru_cache(maxsize=4)
 def _engine_for(rules: tuple[DlpRule, ...], salt: bytes) -> DlpEngine:
-    # Compiling the Hyperscan database takes most of a second: share it between policy reloads
-    # (and proxies in one process) that use the same rules.
-    return DlpEngine(rules, backend="auto", salt=salt)
+    # Compiling the Hyperscan database takes seconds without its on-disk cache: share it between policy
+    # reloads (and proxies in one process) that use the same rules, and build it in the background so
+    # the proxy listens meanwhile; every scan waits for it (failcore.dlp.pending).
+    return cast(DlpEngine, PendingEngine(lambda: DlpEngine(rules, backend="auto", salt=salt)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,7 +535,8 @@ class DlpGuard:
         raw = flow.request.raw_content or b""
         encoding = flow.request.headers.get("content-encoding")
         url = flow.request.pretty_url
-        if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES):
+        # While the rules still compile (just after start-up) the scan waits for them, off the loop.
+        if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES) or not engine_ready(scanner.engine):
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         decoded = decode_body(raw, encoding, ON_LOOP_DECODE_LIMIT)
         if decoded.over_limit:
@@ -585,7 +588,7 @@ class DlpGuard:
         if scanner is None or flow.websocket is None or not flow.websocket.messages:
             return None
         message = flow.websocket.messages[-1]
-        if len(message.content) > SCAN_OFF_LOOP_BYTES:
+        if len(message.content) > SCAN_OFF_LOOP_BYTES or not engine_ready(scanner.engine):
             return self._judge_ws_off_loop(flow, scanner, message)
         self._judge_ws(flow, message, ws_message_verdict(scanner, message.content, message.from_client))
         return None
