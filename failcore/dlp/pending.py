@@ -61,3 +61,9 @@ class PendingEngine:
 def engine_ready(engine: object) -> bool:
     """False while a PendingEngine is still compiling; a plain DlpEngine is always ready."""
     return not isinstance(engine, PendingEngine) or engine.ready
+
+
+def wait_until_built(engine: object) -> None:
+    """Block until a PendingEngine is built (raising its build error); a DlpEngine returns at once."""
+    if isinstance(engine, PendingEngine):
+        engine.result()

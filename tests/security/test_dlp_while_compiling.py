@@ -7,6 +7,7 @@ says `fail_open: false`, the request is refused."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -99,3 +100,45 @@ def test_rules_that_fail_to_compile_fail_closed(
     errors = [e for e in events if e["kind"] == "internal_error"]
     assert errors and "could not be compiled" in errors[0]["error"]
     assert AWS_KEY_ID.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_reload_keeps_the_current_rules_until_the_new_ones_are_compiled(
+    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = policy_file(unique_policy())
+    proxy = start_proxy(path, upstream_ca=logging_upstream.ca_path, sets=["failcore_policy_poll_ms=50"])
+    with proxied_client(proxy) as client:
+        assert client.post(f"{logging_upstream.url}/marker", content=b"hello").status_code == 200
+    release = threading.Event()
+    compiling = threading.Event()
+    real = hscache.compile_database
+
+    def held_compile(*args: Any, **kw: Any) -> Any:
+        compiling.set()
+        assert release.wait(120)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(hscache, "compile_database", held_compile)
+    # The edit blocks /marker and brings a new DLP rule (a new engine, compiling until released).
+    path.write_text(
+        unique_policy().replace("dlp:\n", "rules:\n  - {id: no-marker, path: /marker, action: BLOCK}\ndlp:\n")
+    )
+    try:
+        assert compiling.wait(60)
+        with proxied_client(proxy) as client:
+            # The current policy is in force meanwhile, its DLP rules included: nothing waits.
+            assert client.post(f"{logging_upstream.url}/marker", content=b"still-old").status_code == 200
+            secret = client.post(f"{logging_upstream.url}/upload", content=f"key={AWS_KEY_ID}".encode())
+            assert secret.status_code == 403
+    finally:
+        release.set()
+    with proxied_client(proxy) as client:
+        for _ in range(600):  # the reload finishes compiling, then swaps the policy in
+            if client.post(f"{logging_upstream.url}/marker", content=b"new").status_code == 403:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the new policy never came into force")
+    proxy.flush()
+    seen = logging_upstream.received_bytes()
+    assert b"still-old" in seen and AWS_KEY_ID.encode() not in seen
