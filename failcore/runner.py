@@ -129,8 +129,9 @@ class EmbeddedProxy:
             ]
             until = min(deadline, settled) if settled is not None else deadline
             try:
+                timeout_s = max(0.0, until - loop.time())
                 await asyncio.wait(
-                    [*wakers, self._task], timeout=max(0.0, until - loop.time()), return_when=FIRST
+                    [*wakers, self._task], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
                 for waker in wakers:
@@ -186,9 +187,6 @@ class EmbeddedProxy:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._task = None
-
-
-FIRST = asyncio.FIRST_COMPLETED
 
 
 class _Started:
