@@ -22,6 +22,8 @@ pytestmark = pytest.mark.skipif(not rx.hyperscan_available(), reason="hyperscan 
 
 FIXTURES = Path(__file__).parent / "data" / "conformance" / "dlp" / "gitleaks-fixtures.jsonl"
 SALT = b"hscache-test"
+# What one engine stores: the per-rule probe decisions and the combined database.
+ENTRIES = 2
 
 
 def fixture_texts(limit: int = 600) -> list[bytes]:
@@ -103,7 +105,7 @@ def test_cache_hit_gives_identical_findings(home: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv(hscache.ENV_SWITCH)
     cold = DlpEngine(rules, salt=SALT)
     stored = entries(home)
-    assert len(stored) == 2  # the probe decisions and the combined database
+    assert len(stored) == ENTRIES
     counting = Counting(monkeypatch)
     warm = DlpEngine(rules, salt=SALT)
     assert (counting.probes, counting.writes) == (0, 0), "a warm start compiles nothing"
@@ -174,7 +176,7 @@ def test_files_are_private_whatever_the_umask(home: Path) -> None:
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     files = list(directory.iterdir())
-    assert len(files) == 2
+    assert len(files) == ENTRIES
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert not path.name.startswith(".tmp-")
@@ -187,7 +189,7 @@ def test_entry_readable_by_others_is_not_trusted(home: Path, monkeypatch: pytest
         path.chmod(0o644)
     counting = Counting(monkeypatch)
     DlpEngine(rules, salt=SALT)
-    assert counting.probes == len(rules) and counting.writes == 2
+    assert counting.probes == len(rules) and counting.writes == ENTRIES
     for path in (home / hscache.CACHE_DIR_NAME).iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
@@ -202,11 +204,11 @@ def test_key_changes_when_rules_change(home: Path, monkeypatch: pytest.MonkeyPat
     )
     engine = DlpEngine([*rules, *custom], salt=SALT)
     second = set(entries(home))
-    assert len(second - first) == 2, "a new rule makes new probe and database entries"
+    assert len(second - first) == ENTRIES, "a new rule makes new probe and database entries"
     assert [h.rule_id for h in engine.scan(b"token acme_" + b"0123456789abcdef" * 2)] == ["acme-token"]
     counting = Counting(monkeypatch)
     DlpEngine(list(reversed(rules)), salt=SALT)
-    assert counting.writes == 2, "the same rules in another order are other ids: another entry"
+    assert counting.writes == ENTRIES, "the same rules in another order are other ids: another entry"
 
 
 def test_key_covers_every_input() -> None:
