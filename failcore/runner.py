@@ -57,8 +57,11 @@ class EmbeddedProxy:
         self.ca = ensure_ca(s.confdir)
         opts = options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        started = _Started()
         # Messages go to stderr: stdout is the command's own (`failcore run --json` prints JSON there).
-        master.addons.add(TermLog(out=sys.stderr), *make_addons(self.session))
+        # _Started last: its running hook fires once mitmproxy has set up its servers and every other
+        # addon is running.
+        master.addons.add(TermLog(out=sys.stderr), *make_addons(self.session), started)
         updates: dict[str, Any] = {
             "listen_host": s.listen_host,
             "listen_port": s.listen_port,
@@ -90,24 +93,27 @@ class EmbeddedProxy:
             errorcheck.shutdown_if_errored = _report_instead_of_exit
         with StartupErrors(hide=s.quiet) as errors:
             self._task = asyncio.get_running_loop().create_task(master.run())
-            await self._wait_started(errors, timeout)
+            await self._wait_started(errors, started, timeout)
 
-    async def _wait_started(self, errors: StartupErrors, timeout: float) -> None:
+    async def _wait_started(self, errors: StartupErrors, started: _Started, timeout: float) -> None:
+        """Event-driven: wakes when mitmproxy runs, when an error is logged or when the master stops."""
         assert self.master is not None and self._task is not None
         proxyserver = self.master.addons.get("proxyserver")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         local = any(str(m).startswith("local") for m in self.settings.modes)
-        settled = loop.time() + REDIRECTOR_SETTLE_S
+        settled: float | None = None
+        errors.notify = loop
         while True:
             if errors.records and not proxyserver.servers.is_updating:
                 await self.stop(drain=0.0)
                 raise ProxyStartError(startup_message(errors.records, self.settings.modes, errors.redirector))
-            if proxyserver.is_running:
-                if not local or loop.time() >= settled:
+            if started.event.is_set():
+                if not local:
                     return
-            else:
-                settled = loop.time() + REDIRECTOR_SETTLE_S
+                settled = settled or loop.time() + REDIRECTOR_SETTLE_S
+                if loop.time() >= settled:
+                    return
             if self._task.done():
                 exc = self._task.exception()
                 raise ProxyStartError(f"proxy stopped during start-up: {exc or 'see messages above'}")
@@ -116,7 +122,20 @@ class EmbeddedProxy:
                 raise ProxyStartError(
                     f"proxy did not start within {timeout:.0f} s" + _mode_hint(self.settings.modes)
                 )
-            await asyncio.sleep(0.02)
+            errors.changed.clear()
+            wakers = [
+                loop.create_task(started.event.wait()),
+                loop.create_task(errors.changed.wait()),
+            ]
+            until = min(deadline, settled) if settled is not None else deadline
+            try:
+                timeout_s = max(0.0, until - loop.time())
+                await asyncio.wait(
+                    [*wakers, self._task], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waker in wakers:
+                    waker.cancel()
 
     @property
     def listening(self) -> bool:
@@ -170,6 +189,16 @@ class EmbeddedProxy:
         self._task = None
 
 
+class _Started:
+    """Its running hook says mitmproxy has set up its servers (or logged why it could not)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def running(self) -> None:
+        self.event.set()
+
+
 REDIRECTOR_LOGGER = "mitmproxy.packet_sources"
 # Local capture has no listening socket whose bind says "ready": its redirector (a sudo'ed subprocess)
 # reports a failure shortly after mitmproxy calls the mode started. Errors within this window stop
@@ -193,6 +222,9 @@ class StartupErrors(logging.Handler):
         self.redirector: list[str] = []
         self.hide = hide
         self._hidden_on: list[logging.Handler] = []
+        # Set (on `notify`, the waiting loop) whenever an error is kept: wakes the start-up wait.
+        self.changed = asyncio.Event()
+        self.notify: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.name.startswith(REDIRECTOR_LOGGER) and record.levelno < logging.ERROR:
@@ -200,6 +232,8 @@ class StartupErrors(logging.Handler):
                 self.redirector.append(record.getMessage())
         elif record.levelno >= logging.ERROR:
             self.records.append(record)
+            if self.notify is not None and not self.notify.is_closed():
+                self.notify.call_soon_threadsafe(self.changed.set)
 
     def _shown(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.WARNING or (

@@ -16,9 +16,10 @@ from failcore.runner import ProxySettings
 from tests.helpers import ProxyThread
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One CA and signing key for the whole session: generating RSA keys per test is slow."""
+    """One CA and signing key for the whole session: generating RSA keys per test is slow. Autouse: no
+    test writes into the real failcore home (the compiled DLP database cache lives there too)."""
     path = tmp_path_factory.mktemp("failcore-home")
     os.environ["FAILCORE_HOME"] = str(path)
     return path

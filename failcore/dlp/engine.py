@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from failcore.dlp import decode as dv
+from failcore.dlp import hscache
 from failcore.dlp import regex_backend as rx
 from failcore.dlp.masking import fingerprint, mask_preview
 from failcore.dlp.model import DlpAllowlist, DlpRule, Hit
@@ -160,15 +161,11 @@ class DlpEngine:
     def _build_hyperscan(self) -> list[int]:
         """Compile every rule Hyperscan accepts into one database; return the rules it refused."""
         hs = rx.hyperscan_module()
-        accepted: list[int] = []
-        refused: list[int] = []
-        for index, prepared in enumerate(self._rules):
-            probe = hs.Database()
-            try:
-                probe.compile(expressions=[self._hs_expression(prepared)], ids=[0], flags=[0])
-                accepted.append(index)
-            except hs.error:
-                refused.append(index)
+        # Both the per-rule probes and the combined database come from failcore's on-disk cache when
+        # it holds them for exactly these inputs (failcore.dlp.hscache).
+        compiles = hscache.accepted_expressions([self._hs_expression(p) for p in self._rules])
+        accepted = [index for index, ok in enumerate(compiles) if ok]
+        refused = [index for index, ok in enumerate(compiles) if not ok]
         # Keywords of fragment-scoped rules are reported once each, so one pass also says which occur.
         owners: dict[bytes, list[int]] = defaultdict(list)
         for index in accepted:
@@ -185,9 +182,7 @@ class DlpEngine:
             self._hs_run_id = len(expressions)
             expressions.append(rx.pattern_bytes(dv.RUN_PATTERN))
             flags.append(hs.HS_FLAG_SINGLEMATCH)
-            database = hs.Database()
-            database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
-            self._hs_db = database
+            self._hs_db = hscache.compile_database(expressions, list(range(len(expressions))), flags)
             self._hs_rule_indexes = accepted
         return refused
 

@@ -6,6 +6,7 @@ Hyperscan agree on what `.`, `\\w` and bounded repeats count, and offsets are by
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from re import _parser as sre_parse  # type: ignore[attr-defined]
@@ -16,10 +17,6 @@ try:
 except ImportError:  # pragma: no cover - exercised only on hosts without google-re2
     _re2 = None
 
-try:
-    import hyperscan as _hyperscan
-except ImportError:  # pragma: no cover - exercised only on hosts without hyperscan
-    _hyperscan = None
 
 # Rules whose matches can be longer than this are confirmed from the start of the text instead of a window.
 UNBOUNDED_WIDTH = 1 << 20
@@ -44,12 +41,19 @@ def re2_available() -> bool:
     return _re2 is not None
 
 
-def hyperscan_available() -> bool:
-    return _hyperscan is not None
-
-
+@functools.cache
 def hyperscan_module() -> Any:
-    return _hyperscan
+    """The hyperscan module (None when it is not installed), imported when first needed: a policy
+    without DLP never loads it."""
+    try:
+        import hyperscan
+    except ImportError:  # pragma: no cover - exercised only on hosts without hyperscan
+        return None
+    return hyperscan
+
+
+def hyperscan_available() -> bool:
+    return hyperscan_module() is not None
 
 
 def _re2_options() -> Any:

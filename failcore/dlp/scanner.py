@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from failcore.dlp.engine import DlpEngine
 from failcore.dlp.model import DlpRule, Hit
+from failcore.dlp.pending import PendingEngine
 from failcore.dlp.rules import builtin_rules
 
 if TYPE_CHECKING:
@@ -22,9 +23,10 @@ SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 @functools.lru_cache(maxsize=4)
 def _engine_for(rules: tuple[DlpRule, ...], salt: bytes) -> DlpEngine:
-    # Compiling the Hyperscan database takes most of a second: share it between policy reloads
-    # (and proxies in one process) that use the same rules.
-    return DlpEngine(rules, backend="auto", salt=salt)
+    # Compiling the Hyperscan database takes seconds without its on-disk cache: share it between policy
+    # reloads (and proxies in one process) that use the same rules, and build it in the background so
+    # the proxy listens meanwhile; every scan waits for it (failcore.dlp.pending).
+    return cast(DlpEngine, PendingEngine(lambda: DlpEngine(rules, backend="auto", salt=salt)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from typing import Any
 from mitmproxy import http
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
+from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
 from failcore.evidence import (
     CREDENTIAL_HEADERS,
@@ -172,7 +173,8 @@ class DlpGuard:
         raw = flow.request.raw_content or b""
         encoding = flow.request.headers.get("content-encoding")
         url = flow.request.pretty_url
-        if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES):
+        # While the rules still compile (just after start-up) the scan waits for them, off the loop.
+        if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES) or not engine_ready(scanner.engine):
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         decoded = decode_body(raw, encoding, ON_LOOP_DECODE_LIMIT)
         if decoded.over_limit:
@@ -222,7 +224,7 @@ class DlpGuard:
         if scanner is None or flow.websocket is None or not flow.websocket.messages:
             return None
         message = flow.websocket.messages[-1]
-        if len(message.content) > SCAN_OFF_LOOP_BYTES:
+        if len(message.content) > SCAN_OFF_LOOP_BYTES or not engine_ready(scanner.engine):
             return self._judge_ws_off_loop(flow, scanner, message)
         self._judge_ws(flow, message, ws_message_verdict(scanner, message.content, message.from_client))
         return None

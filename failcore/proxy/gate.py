@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 from mitmproxy import connection, exceptions, http, tls
 
+from failcore.dlp.pending import wait_until_built
 from failcore.dlp.scanner import DlpScanner
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
@@ -209,6 +210,8 @@ class PolicyGate:
             # while traffic keeps using the current policy.
             policy = await asyncio.to_thread(lambda: with_mode(load_policy(self.path), self.mode_override))
             dlp = await asyncio.to_thread(DlpScanner.for_policy, policy, self.session.salt)
+            if dlp is not None:  # its rules compile in the background: the current ones serve meanwhile
+                await asyncio.to_thread(wait_until_built, dlp.engine)
         except PolicyError as e:
             logger.warning("failcore: policy %s is invalid; keeping the last good policy:\n%s", self.path, e)
             self._record_policy_event("policy.reload", self.session.policy, [str(p) for p in e.problems])

@@ -245,11 +245,31 @@ class LlmMeter:
         self.session = session
         self.prices: PriceTable = load_price_table()
         self._prices_from: object = None
+        self._warm_up_timer: asyncio.TimerHandle | None = None
+        self._warming = False
 
     def running(self) -> None:
-        # genai-prices takes seconds to import: loaded in a thread as the proxy starts, so the first
-        # LLM call is not priced (and recorded) seconds late.
+        # genai-prices takes seconds to import: loaded in a thread so the first LLM call is not priced
+        # (and recorded) seconds late, but after start-up rather than during it: at the first request
+        # that could be an LLM call, or PRICES_WARM_UP_DELAY_S after start, whichever comes first.
+        # A short run (`failcore run -- true`) does not pay for it.
+        if not self._warming and self._warm_up_timer is None:
+            loop = asyncio.get_running_loop()
+            self._warm_up_timer = loop.call_later(PRICES_WARM_UP_DELAY_S, self.warm_up_prices)
+
+    def warm_up_prices(self) -> None:
+        if self._warm_up_timer is not None:
+            self._warm_up_timer.cancel()
+            self._warm_up_timer = None
+        if self._warming:
+            return
+        self._warming = True
         threading.Thread(target=_warm_up_prices, name="failcore-prices-warmup", daemon=True).start()
+
+    def done(self) -> None:
+        if self._warm_up_timer is not None:
+            self._warm_up_timer.cancel()
+            self._warm_up_timer = None
 
     def price_table(self) -> PriceTable:
         """The shipped table with the active policy's `prices:` on top (rebuilt when the policy is)."""
@@ -263,6 +283,8 @@ class LlmMeter:
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None or not could_be_llm_path(flow.request.path):
             return None
+        if not self._warming:
+            self.warm_up_prices()
         state = self.session.flows.get(flow.id)
         if state is None or state.request_tap is not None:
             return None
@@ -425,6 +447,9 @@ class LlmMeter:
         meter.charge_usd = charge
         meter.warnings = cost_warnings(call, cost)
         meter.evidence = llm_evidence(meter, prices)
+
+
+PRICES_WARM_UP_DELAY_S = 2.0
 
 
 def _warm_up_prices() -> None:

@@ -22,6 +22,7 @@ from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 
 from failcore import __version__
+from failcore.dlp.pending import engine_ready
 from failcore.event import EgressEvent, Target
 from failcore.evidence import decoded_size_at_most, header_value, is_encoded
 from failcore.evidence.backlog import EvidenceBacklog
@@ -300,10 +301,13 @@ class Recorder:
         elif (snap.error and not snap.closed_after_end()) or (snap.status or 0) >= 400:
             self.counts["failed"] += 1
         builder = partial(build_exchange_event, snap, settings)
-        if self.writer is not None and (_body_bytes(snap) > LOOP_BUILD_MAX_BYTES or past_cap_scans(snap)):
+        compiling = settings.dlp is not None and not engine_ready(settings.dlp.engine)
+        if self.writer is not None and (
+            _body_bytes(snap) > LOOP_BUILD_MAX_BYTES or past_cap_scans(snap) or compiling
+        ):
             # Decoding, scanning and hashing a large body would hold the event loop for milliseconds
-            # (and a past-cap scan may have to be waited for): that work goes to the writer's thread,
-            # where a GIL hand-over is the smaller cost.
+            # (and a past-cap scan, or DLP rules still compiling at start-up, may have to be waited for):
+            # that work goes to the writer's thread, where a GIL hand-over is the smaller cost.
             self.writer.submit(self._safe(builder))
             return
         self.session.record(builder)

@@ -1,0 +1,219 @@
+"""How long failcore takes to start, cold and warm compiled-DLP cache, against the bare commands.
+
+    .venv/bin/python benchmarks/startup_bench.py [--runs 7] [--policy policies/examples/dlp.yaml]
+        [--only run|mitmdump] [--repo PATH] [--json]
+
+(a) `failcore run -- true` against plain `true`: wall time of the whole command (proxy start, the child,
+    proxy stop, summary), so the difference is what failcore adds to a command.
+(b) `mitmdump -s addons/failcore_addon.py --set failcore_policy=POLICY` against bare `mitmdump`: wall
+    time from exec until the listening port accepts a TCP connection.
+
+"cold" deletes failcore's compiled-database cache (FAILCORE_HOME/hscache) before every run, which is
+what a first start on a fresh machine pays; "warm" keeps it. Each run gets a private FAILCORE_HOME and
+mitmproxy confdir (the CA is made once, before the timed runs). Variants are interleaved run by run and
+numbers are medians with the min–max in parentheses. `--repo` points at another checkout (e.g. one made
+with `git worktree add /tmp/before <commit>`) to time its code with this venv, for before/after numbers.
+Run it on an otherwise idle machine: the numbers include whatever else the CPU is doing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import children_cpu, cpu_seconds, free_port, stop_process
+from benchmarks.report import machine_info
+
+REPO = Path(__file__).resolve().parent.parent
+# Both commands start through this launcher, so `--repo` can time another checkout with this venv: an
+# editable install's import hook would otherwise load the installed checkout's failcore. It does what the
+# `failcore` and `mitmdump` console scripts do.
+LAUNCHER = (
+    "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in f.__module__.lower()]; "
+    "sys.path.insert(0, sys.argv.pop(1)); tool = sys.argv.pop(1); sys.argv[0] = tool; "
+    "from failcore.cli import main as failcore; from mitmproxy.tools.main import mitmdump; "
+    "sys.exit((failcore if tool == 'failcore' else mitmdump)())"
+)
+
+
+def cpu_model() -> str:
+    return dict(machine_info())["CPU"]
+
+
+def fmt(samples: list[float]) -> str:
+    return f"{statistics.median(samples):.3f} s ({min(samples):.3f}–{max(samples):.3f})"
+
+
+class Bench:
+    def __init__(self, repo: Path, policy: str, workdir: Path) -> None:
+        self.repo = repo
+        self.policy = str((repo / policy).resolve()) if not Path(policy).is_absolute() else policy
+        self.home = workdir / "failcore-home"
+        self.confdir = workdir / "mitmproxy-conf"
+        self.tape = workdir / "tape"
+        self.env = dict(os.environ)
+        self.env["FAILCORE_HOME"] = str(self.home)
+        self.env.pop("FAILCORE_HS_CACHE", None)
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+            self.env.pop(name, None)
+
+    def cold(self, measure: Callable[[], Any]) -> Any:
+        shutil.rmtree(self.home / "hscache", ignore_errors=True)
+        return measure()
+
+    # (a) failcore run -- true
+    def failcore_run(self) -> dict[str, float]:
+        return self._timed([*self.launch("failcore"), "run", "--tape", str(self.tape), "--", "true"])
+
+    def launch(self, tool: str) -> list[str]:
+        return [sys.executable, "-c", LAUNCHER, str(self.repo), tool]
+
+    def plain_true(self) -> dict[str, float]:
+        return self._timed([shutil.which("true") or "/bin/true"])
+
+    def _timed(self, argv: list[str]) -> dict[str, float]:
+        """Wall seconds of the whole command, and the CPU seconds it used (all its threads)."""
+        cpu_before = children_cpu()
+        started = time.perf_counter()
+        done = subprocess.run(
+            argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False
+        )
+        elapsed = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"{argv!r} exited {done.returncode}: {done.stderr.decode()[-2000:]}")
+        return {"wall": elapsed, "cpu": children_cpu() - cpu_before}
+
+    # (b) mitmdump until the port accepts, and until the proxy answers
+    def mitmdump(self, with_failcore: bool) -> dict[str, float]:
+        """Seconds from exec until the port accepts a TCP connection, and until the proxy answers a
+        request (mitmdump loads `-s` scripts on its event loop, so the port can accept before then);
+        the CPU seconds mitmdump used until it answered."""
+        port = free_port()
+        argv = [
+            *self.launch("mitmdump"),
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--set",
+            f"confdir={self.confdir}",
+            "-q",
+        ]
+        if with_failcore:
+            argv += [
+                "-s",
+                str(self.repo / "addons" / "failcore_addon.py"),
+                "--set",
+                f"failcore_policy={self.policy}",
+                "--set",
+                f"failcore_tape={self.tape}",
+            ]
+        dead = free_port()  # nothing listens there: the proxy answers 502 at once
+        request = f"GET http://127.0.0.1:{dead}/ HTTP/1.1\r\nHost: 127.0.0.1:{dead}\r\n\r\n".encode()
+        started = time.perf_counter()
+        process = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        accepted: float | None = None
+        try:
+            while True:
+                if process.poll() is not None:
+                    err = process.stderr.read().decode() if process.stderr else ""
+                    raise RuntimeError(f"mitmdump exited {process.returncode} early: {err[-2000:]}")
+                if time.perf_counter() - started > 120:
+                    raise TimeoutError("mitmdump did not answer within 120 s")
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                        accepted = accepted or time.perf_counter() - started
+                        sock.settimeout(120)
+                        sock.sendall(request)
+                        if sock.recv(1).startswith(b"H"):
+                            answered = time.perf_counter() - started
+                            return {"accepts": accepted, "answers": answered, "cpu": cpu_seconds(process.pid)}
+                except OSError:
+                    time.sleep(0.005)
+        finally:
+            stop_process(process)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--policy", default="policies/examples/dlp.yaml", help="policy for the mitmdump case")
+    parser.add_argument("--only", choices=("run", "mitmdump"), action="append")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        action="append",
+        help="a checkout to time (default: this one); repeat to interleave several, e.g. before/after",
+    )
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    only = set(args.only or ("run", "mitmdump"))
+    repos = [repo.resolve() for repo in args.repo or [REPO]]
+    samples: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="failcore-startup-") as tmp:
+        variants: dict[str, Callable[[], dict[str, float]]] = {}
+        if "run" in only:
+            variants["true"] = Bench(REPO, args.policy, Path(tmp) / "plain").plain_true
+        if "mitmdump" in only:
+            variants["bare mitmdump"] = lambda: Bench(REPO, args.policy, Path(tmp) / "bare").mitmdump(False)
+        for number, repo in enumerate(repos):
+            bench = Bench(repo, args.policy, Path(tmp) / f"repo{number}")
+            label = f"[{repo.name}] " if len(repos) > 1 else ""
+            # Not timed: the CA, the signing key, bytecode caches and a first compiled database.
+            if "run" in only:
+                bench.failcore_run()
+                variants[f"{label}failcore run -- true (cold cache)"] = partial(
+                    bench.cold, bench.failcore_run
+                )
+                variants[f"{label}failcore run -- true (warm cache)"] = bench.failcore_run
+            if "mitmdump" in only:
+                bench.mitmdump(True)
+                with_failcore = partial(bench.mitmdump, True)
+                variants[f"{label}mitmdump + failcore (cold cache)"] = partial(bench.cold, with_failcore)
+                variants[f"{label}mitmdump + failcore (warm cache)"] = with_failcore
+        for _ in range(args.runs):
+            for name, measure in variants.items():
+                for metric, value in measure().items():
+                    samples.setdefault(f"{name}: {metric}", []).append(value)
+    med = {name: statistics.median(values) for name, values in samples.items()}
+    result = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "repos": [str(repo) for repo in repos],
+        "policy": args.policy,
+        "runs": args.runs,
+        "median_s": med,
+        "samples_s": samples,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"CPU: {result['cpu']} ({result['cores']} cores); load average after: {os.getloadavg()[0]:.2f}")
+    print(f"{args.runs} runs per variant, interleaved; median (min–max)")
+    for name, values in samples.items():
+        extra = ""
+        if name.endswith("cache): wall"):
+            extra = f"   overhead {med[name] - med['true: wall']:+.3f} s"
+        elif ": answers" in name and "failcore" in name:
+            extra = f"   vs bare {med[name] - med['bare mitmdump: answers']:+.3f} s"
+        print(f"  {name:<58} {fmt(values)}{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
