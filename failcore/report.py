@@ -412,9 +412,7 @@ def _size(n: object) -> str:
 
 
 def _usd(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"${value:,.4f}" if value >= 0.01 or value == 0 else f"${value:.6f}"
+    return fmt.usd(value, missing="-", exact=True)
 
 
 def _tokens(value: int | None) -> str:

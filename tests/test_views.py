@@ -114,6 +114,26 @@ def test_money_reads_with_the_digits_it_needs(value, shown) -> None:  # type: ig
     assert fmt.usd(value) == shown
 
 
+@pytest.mark.parametrize(
+    ("value", "report", "cell"),
+    [
+        (None, "-", "-"),
+        (0.0, "$0.0000", "0"),
+        (0.000198, "$0.000198", "0.02¢"),
+        (0.0125, "$0.0125", "0.0125"),
+        (20.0, "$20.0000", "20.00"),
+        (1234.5, "$1,234.5000", "1234.50"),
+    ],
+)
+def test_the_report_and_the_viewer_format_money_with_the_same_function(value, report, cell) -> None:  # type: ignore[no-untyped-def]
+    # The report (an audit document) keeps four decimals at every size; the viewer's column fits 7 cells.
+    from failcore.report import _usd
+    from failcore.tui.render import fmt_cost
+
+    assert fmt.usd(value, missing="-", exact=True) == _usd(value) == report
+    assert fmt.usd(value, missing="-", cell=True) == fmt_cost(value) == cell
+
+
 # ----------------------------------------------------------------- through the real proxy
 
 

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from failcore.textsafe import printable, safe_text
 from failcore.tui.index import ChainStatus, EventRow, RunStats
+from failcore.views import fmt
 
 DECISION_STYLE: Final = {"ALLOW": "green", "WARN": "yellow", "BLOCK": "bold red"}
 BODY_DISPLAY_LIMIT: Final = 200_000
@@ -41,15 +42,8 @@ def fmt_tokens(tokens: int | None) -> str:
 
 
 def fmt_cost(usd: float | None) -> str:
-    """Dollars in at most 7 cells; a sub-cent amount in cents with two significant digits (0.02¢)
-    rather than a misleading 0.0000."""
-    if usd is None:
-        return DASH
-    if usd == 0:
-        return "0"
-    if usd < 0.01:
-        return f"{usd * 100:.2g}¢"
-    return f"{usd:.4f}" if usd < 1 else f"{usd:.2f}"
+    """The cost column: views.fmt.usd's 7-cell form (its docstring says why it differs)."""
+    return fmt.usd(usd, missing=DASH, cell=True)
 
 
 def fmt_latency(ms: float | None) -> str:
