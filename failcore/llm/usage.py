@@ -26,11 +26,10 @@ from dataclasses import asdict, dataclass, field, replace
 
 import orjson
 
+from failcore.framing import MAX_EVENT_BYTES, Frame, NdjsonDecoder, SseDecoder
+
 OUTPUT_TEXT_CAP = 256 * 1024
-# One SSE event may carry a whole Responses object; beyond this we keep only head and tail.
-MAX_EVENT_BYTES = 4 * 1024 * 1024
 TRACKER_MAX_EVENT_BYTES = 1024 * 1024
-_KEEP_EDGE_BYTES = 64 * 1024
 
 # Client-executed Responses output items: these are the actions the agent itself will perform.
 # Server-side built-ins (web_search_call, file_search_call, mcp_call, ...) run at OpenAI and are not counted.
@@ -360,155 +359,6 @@ class _CappedText:
 
     def value(self) -> str | None:
         return "".join(self._parts) if self.seen and self._cap > 0 else None
-
-
-class _EdgeBuffer:
-    """Byte buffer bounded to ``limit``: past it only the first and last _KEEP_EDGE_BYTES survive."""
-
-    __slots__ = ("_head", "_limit", "_tail", "truncated")
-
-    def __init__(self, limit: int) -> None:
-        self._head = bytearray()
-        self._tail = bytearray()
-        self._limit = limit
-        self.truncated = False
-
-    def extend(self, data: bytes | bytearray | memoryview) -> None:
-        if not self.truncated:
-            self._head += data
-            if len(self._head) > self._limit:
-                self.truncated = True
-                self._tail = self._head[-_KEEP_EDGE_BYTES:]
-                del self._head[_KEEP_EDGE_BYTES:]
-            return
-        self._tail += data
-        if len(self._tail) > 2 * _KEEP_EDGE_BYTES:
-            del self._tail[: len(self._tail) - _KEEP_EDGE_BYTES]
-
-    def __len__(self) -> int:
-        return len(self._head) + len(self._tail)
-
-    def head(self) -> bytes:
-        return bytes(self._head)
-
-    def tail(self) -> bytes:
-        return bytes(self._tail)
-
-    def clear(self) -> None:
-        self._head.clear()
-        self._tail.clear()
-        self.truncated = False
-
-
-@dataclass(slots=True)
-class _Frame:
-    """One decoded SSE event or NDJSON line; ``tail`` is set (and ``data`` partial) when it was oversized."""
-
-    event: str | None
-    data: bytes
-    tail: bytes | None = None
-
-
-class _SseDecoder:
-    __slots__ = ("_data", "_event", "_has_data", "_line", "_oversized")
-
-    def __init__(self, max_event_bytes: int) -> None:
-        self._line = _EdgeBuffer(max_event_bytes)
-        self._data = _EdgeBuffer(max_event_bytes)
-        self._event: str | None = None
-        self._has_data = False
-        self._oversized = False
-
-    def feed(self, chunk: bytes) -> Iterator[_Frame]:
-        start = 0
-        while True:
-            newline = chunk.find(b"\n", start)
-            if newline < 0:
-                self._line.extend(memoryview(chunk)[start:])
-                return
-            self._line.extend(memoryview(chunk)[start:newline])
-            start = newline + 1
-            frame = self._take_line()
-            if frame is not None:
-                yield frame
-
-    def finish(self) -> Iterator[_Frame]:
-        if len(self._line):
-            frame = self._take_line()
-            if frame is not None:
-                yield frame
-        frame = self._dispatch()
-        if frame is not None:
-            yield frame
-
-    def _take_line(self) -> _Frame | None:
-        truncated, head, tail = self._line.truncated, self._line.head(), self._line.tail()
-        self._line.clear()
-        if not truncated:
-            head = head.removesuffix(b"\r")
-            if not head:
-                return self._dispatch()
-        if head.startswith(b":"):
-            return None
-        name, _, value = head.partition(b":")
-        value = value.removeprefix(b" ")
-        if name == b"event":
-            self._event = value.decode("utf-8", "replace").strip()[:128]
-        elif name == b"data":
-            if self._has_data:
-                self._data.extend(b"\n")
-            self._data.extend(value)
-            if truncated:
-                # The middle of this line is gone: only its tail can still be searched for usage.
-                self._oversized = True
-                self._data.extend(tail.removesuffix(b"\r"))
-            self._has_data = True
-        return None
-
-    def _dispatch(self) -> _Frame | None:
-        frame = None
-        if self._has_data:
-            data = self._data
-            if data.truncated or self._oversized:
-                frame = _Frame(self._event, b"", data.tail() if data.truncated else data.head())
-            else:
-                frame = _Frame(self._event, data.head())
-        self._data.clear()
-        self._event = None
-        self._has_data = False
-        self._oversized = False
-        return frame
-
-
-class _NdjsonDecoder:
-    __slots__ = ("_line",)
-
-    def __init__(self, max_event_bytes: int) -> None:
-        self._line = _EdgeBuffer(max_event_bytes)
-
-    def feed(self, chunk: bytes) -> Iterator[_Frame]:
-        start = 0
-        while True:
-            newline = chunk.find(b"\n", start)
-            if newline < 0:
-                self._line.extend(memoryview(chunk)[start:])
-                return
-            self._line.extend(memoryview(chunk)[start:newline])
-            start = newline + 1
-            frame = self._take_line()
-            if frame is not None:
-                yield frame
-
-    def finish(self) -> Iterator[_Frame]:
-        frame = self._take_line()
-        if frame is not None:
-            yield frame
-
-    def _take_line(self) -> _Frame | None:
-        line = self._line
-        frame = _Frame(None, line.head().strip(), line.tail() if line.truncated else None)
-        line.clear()
-        return frame if frame.data else None
 
 
 def _salvage_object(tail: bytes, key: bytes) -> dict | None:
@@ -1010,7 +860,7 @@ def _new_accumulator(api: str, keep_content: bool) -> _Accumulator:
     return factory(keep_content)
 
 
-def _feed_frame(acc: _Accumulator, frame: _Frame) -> None:
+def _feed_frame(acc: _Accumulator, frame: Frame) -> None:
     if frame.tail is not None:
         usage = _salvage_object(frame.tail, acc.usage_key)
         if usage is not None:
@@ -1063,9 +913,9 @@ def _consume_body(acc: _Accumulator, api: str, body: bytes, content_type: str) -
     if "text/event-stream" in content_type or (
         "json" not in content_type and not _uses_ndjson(api) and _looks_like_sse(body)
     ):
-        decoder: _SseDecoder | _NdjsonDecoder = _SseDecoder(MAX_EVENT_BYTES)
+        decoder: SseDecoder | NdjsonDecoder = SseDecoder(MAX_EVENT_BYTES)
     elif _uses_ndjson(api) and "ndjson" in content_type:
-        decoder = _NdjsonDecoder(MAX_EVENT_BYTES)
+        decoder = NdjsonDecoder(MAX_EVENT_BYTES)
     else:
         document = _loads(body)
         if document is not None:
@@ -1076,7 +926,7 @@ def _consume_body(acc: _Accumulator, api: str, body: bytes, content_type: str) -
                 acc.handle_event(None, chunk)
             return True
         if _uses_ndjson(api):
-            decoder = _NdjsonDecoder(MAX_EVENT_BYTES)
+            decoder = NdjsonDecoder(MAX_EVENT_BYTES)
         else:
             return False
     for frame in decoder.feed(body):
@@ -1165,10 +1015,10 @@ class SseUsageTracker:
         self.provider = provider
         self.api = api
         self._acc = _new_accumulator(api, keep_content=False)
-        self._decoder: _SseDecoder | _NdjsonDecoder = (
-            _NdjsonDecoder(TRACKER_MAX_EVENT_BYTES)
+        self._decoder: SseDecoder | NdjsonDecoder = (
+            NdjsonDecoder(TRACKER_MAX_EVENT_BYTES)
             if _uses_ndjson(api)
-            else _SseDecoder(TRACKER_MAX_EVENT_BYTES)
+            else SseDecoder(TRACKER_MAX_EVENT_BYTES)
         )
         self._finished = False
 

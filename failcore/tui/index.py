@@ -29,6 +29,7 @@ from typing import Any, Final
 import orjson
 
 from failcore.paths import ensure_private_dir, failcore_home, write_private_file
+from failcore.runs import RunSummary
 from failcore.tape.reader import (
     GENESIS_PREV,
     HASH_SUFFIX_LEN,
@@ -55,7 +56,7 @@ DECISIONS: Final = ("", "ALLOW", "WARN", "BLOCK")
 OUTCOMES: Final = ("", "ok", "BLOCKED", "FAIL")
 LISTED_KINDS: Final = frozenset(k for k in KINDS if k != "checkpoint")
 
-CACHE_VERSION: Final = 1
+CACHE_VERSION: Final = 2  # 2: per-run stats are runs.RunSummary
 _REQUEST_KEY: Final = b',"request":'
 _TAIL_KEYS: Final = (b',"llm":', b',"dlp":', b',"warnings":', b',"cut":')
 _READ_BUFFER: Final = 1 << 20
@@ -141,36 +142,6 @@ def event_label(fields: dict[str, Any]) -> str:
     return f"[{kind}] {what}".rstrip()
 
 
-@dataclass(slots=True)
-class RunStats:
-    run: str
-    started: float | None = None
-    ended: float | None = None
-    requests: int = 0
-    blocked: int = 0
-    warned: int = 0
-    failed: int = 0
-    tokens: int | None = None
-    cost_usd: float | None = None
-
-    def merge(self, other: RunStats) -> None:
-        if other.started is not None and (self.started is None or other.started < self.started):
-            self.started = other.started
-        if other.ended is not None and (self.ended is None or other.ended > self.ended):
-            self.ended = other.ended
-        self.requests += other.requests
-        self.blocked += other.blocked
-        self.warned += other.warned
-        self.failed += other.failed
-        if other.tokens is not None:
-            self.tokens = (self.tokens or 0) + other.tokens
-        if other.cost_usd is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
-
-
 @dataclass(frozen=True, slots=True)
 class EventRow:
     """One index row, decoded for display."""
@@ -230,7 +201,7 @@ class IndexChunk:
         self.runs = _Interner()
         self.hosts = _Interner()
         self.methods = _Interner()
-        self.stats: dict[str, RunStats] = {}
+        self.stats: dict[str, RunSummary] = {}
         self.end_offset = 0
 
     def __len__(self) -> int:
@@ -276,37 +247,11 @@ class IndexChunk:
         c["method"].append(self.methods.id(str(fields.get("method") or "")))
         self.paths += event_label(fields).encode("utf-8", "replace")
         c["path_end"].append(len(self.paths))
-        if run_name and kind != "checkpoint":
-            self._count(run_name, kind, ts, fields, tokens_in, tokens_out, usd)
-
-    def _count(
-        self,
-        run: str,
-        kind: str,
-        ts: float | None,
-        fields: dict[str, Any],
-        tokens_in: int | None,
-        tokens_out: int | None,
-        usd: float | None,
-    ) -> None:
-        stats = self.stats.get(run)
-        if stats is None:
-            stats = self.stats[run] = RunStats(run)
-        end = _number(fields.get("ts_end")) or ts
-        stats.merge(RunStats(run, started=ts, ended=end))
-        if kind != "network":
-            return
-        stats.requests += 1
-        if fields.get("outcome") == "BLOCKED":
-            stats.blocked += 1
-        elif fields.get("decision") == "WARN":
-            stats.warned += 1
-        if fields.get("outcome") == "FAIL":
-            stats.failed += 1
-        if tokens_in is not None or tokens_out is not None:
-            stats.tokens = (stats.tokens or 0) + (tokens_in or 0) + (tokens_out or 0)
-        if usd is not None:
-            stats.cost_usd = (stats.cost_usd or 0.0) + usd
+        if run_name:
+            summary = self.stats.get(run_name)
+            if summary is None:
+                summary = self.stats[run_name] = RunSummary(run_name)
+            summary.add(fields)
 
     def row(self, local: int, position: int) -> EventRow:
         c = self.columns
@@ -393,7 +338,7 @@ class IndexChunk:
         chunk.runs = _Interner(header["runs"])
         chunk.hosts = _Interner(header["hosts"])
         chunk.methods = _Interner(header["methods"])
-        chunk.stats = {s["run"]: RunStats(**s) for s in header["stats"]}
+        chunk.stats = {s["run"]: RunSummary.from_dict(s) for s in header["stats"]}
         chunk.end_offset = header["end_offset"]
         return chunk
 
@@ -408,7 +353,7 @@ class TapeIndex:
     tape_dir: Path
     chunks: list[IndexChunk] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
-    runs: dict[str, RunStats] = field(default_factory=dict)
+    runs: dict[str, RunSummary] = field(default_factory=dict)
     run_rows: dict[str, array[int]] = field(default_factory=dict)
     bad_lines: int = 0
     rows: int = 0
@@ -434,8 +379,8 @@ class TapeIndex:
         for name, stats in chunk.stats.items():
             known = self.runs.get(name)
             if known is None:
-                self.runs[name] = RunStats(name)
-            self.runs[name].merge(stats)
+                known = self.runs[name] = RunSummary(name)
+            known.merge(stats)
 
     def row(self, position: int) -> EventRow:
         which = bisect.bisect_right(self.starts, position) - 1
@@ -443,7 +388,7 @@ class TapeIndex:
             raise IndexError(position)
         return self.chunks[which].row(position - self.starts[which], position)
 
-    def ordered_runs(self) -> list[RunStats]:
+    def ordered_runs(self) -> list[RunSummary]:
         return sorted(self.runs.values(), key=lambda r: (r.started is None, r.started or 0.0))
 
     def raw_line(self, row: EventRow) -> bytes:

@@ -15,8 +15,10 @@ from typing import Any, Final
 import orjson
 from rich.text import Text
 
+from failcore.framing import frames_of_body
+from failcore.runs import RunSummary
 from failcore.textsafe import printable, safe_text
-from failcore.tui.index import ChainStatus, EventRow, RunStats
+from failcore.tui.index import ChainStatus, EventRow
 from failcore.views import fmt
 
 DECISION_STYLE: Final = {"ALLOW": "green", "WARN": "yellow", "BLOCK": "bold red"}
@@ -57,7 +59,7 @@ def status_class(row: EventRow) -> str:
     return "error" if row.kind == "network" and (row.outcome == "FAIL" or row.decision != "BLOCK") else ""
 
 
-def run_cells(stats: RunStats) -> list[Text]:
+def run_cells(stats: RunSummary) -> list[Text]:
     return [
         Text(fmt_time(stats.started, date=True, millis=False)),
         safe_text(stats.run),
@@ -66,7 +68,7 @@ def run_cells(stats: RunStats) -> list[Text]:
         Text(str(stats.warned), style="yellow" if stats.warned else ""),
         Text(str(stats.failed), style="red" if stats.failed else ""),
         Text(fmt_tokens(stats.tokens)),
-        Text(fmt_cost(stats.cost_usd)),
+        Text(fmt_cost(stats.priced_usd)),
     ]
 
 
@@ -108,27 +110,12 @@ class SseEvent:
 
 
 def parse_sse(text: str) -> list[SseEvent]:
-    """Server-sent events of a recorded stream body (blank-line separated, multi-line data joined)."""
-    events: list[SseEvent] = []
-    name = ""
-    data: list[str] = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        if not line:
-            if data or name:
-                events.append(SseEvent(name or "message", "\n".join(data)))
-            name, data = "", []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                name = value
-            elif field == "data":
-                data.append(value)
-    if data or name:
-        events.append(SseEvent(name or "message", "\n".join(data)))
-    return events
+    """Server-sent events of a recorded stream body, framed by failcore.framing (the one SSE decoder);
+    an event too big to keep whole shows its last bytes."""
+    return [
+        SseEvent(frame.event or "message", (frame.data or frame.tail or b"").decode("utf-8", "replace"))
+        for frame in frames_of_body(text)
+    ]
 
 
 def stream_text(events: Iterable[SseEvent]) -> str:
