@@ -18,7 +18,8 @@ from rich.text import Text
 from failcore.framing import frames_of_body
 from failcore.runs import RunSummary
 from failcore.textsafe import printable, safe_text
-from failcore.tui.index import ChainStatus, EventRow
+from failcore.tui.index import EventRow
+from failcore.tui.lines import ChainStatus
 from failcore.views import fmt
 
 DECISION_STYLE: Final = {"ALLOW": "green", "WARN": "yellow", "BLOCK": "bold red"}
