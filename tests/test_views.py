@@ -127,10 +127,10 @@ def test_money_reads_with_the_digits_it_needs(value, shown) -> None:  # type: ig
 )
 def test_the_report_and_the_viewer_format_money_with_the_same_function(value, report, cell) -> None:  # type: ignore[no-untyped-def]
     # The report (an audit document) keeps four decimals at every size; the viewer's column fits 7 cells.
-    from failcore.report import _usd
+    from failcore.report.filters import fmt_usd
     from failcore.tui.render import fmt_cost
 
-    assert fmt.usd(value, missing="-", exact=True) == _usd(value) == report
+    assert fmt.usd(value, missing="-", exact=True) == fmt_usd(value) == report
     assert fmt.usd(value, missing="-", cell=True) == fmt_cost(value) == cell
 
 
