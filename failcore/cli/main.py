@@ -7,23 +7,20 @@ import asyncio
 from collections.abc import Sequence
 
 from failcore import __version__
-from failcore.cli import (
-    addon_path,
-    ca,
-    diff,
-    listing,
-    policy,
-    proxy,
-    report,
-    run,
-    sample,
-    show,
-    tail,
-    verify,
-    view,
-)
+from failcore.cli.addon_path import cmd_addon_path
+from failcore.cli.ca import cmd_ca
 from failcore.cli.common import err_console
-from failcore.cli.verify import VERIFY_EPILOG
+from failcore.cli.diff import cmd_diff
+from failcore.cli.listing import cmd_list
+from failcore.cli.policy import cmd_policy_check, cmd_policy_list
+from failcore.cli.proxy import serve
+from failcore.cli.report import cmd_report
+from failcore.cli.run import run_command
+from failcore.cli.sample import cmd_sample
+from failcore.cli.show import cmd_show
+from failcore.cli.tail import cmd_tail
+from failcore.cli.verify import VERIFY_EPILOG, cmd_verify
+from failcore.cli.view import cmd_view
 from failcore.paths import default_tape_dir, failcore_home
 
 # `failcore --help` opens with this.
@@ -234,23 +231,23 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
-        "ca": ca.cmd_ca,
-        "list": listing.cmd_list,
-        "show": show.cmd_show,
-        "tail": tail.cmd_tail,
-        "verify": verify.cmd_verify,
-        "report": report.cmd_report,
-        "sample": sample.cmd_sample,
-        "view": view.cmd_view,
-        "diff": diff.cmd_diff,
-        "addon-path": addon_path.cmd_addon_path,
+        "ca": cmd_ca,
+        "list": cmd_list,
+        "show": cmd_show,
+        "tail": cmd_tail,
+        "verify": cmd_verify,
+        "report": cmd_report,
+        "sample": cmd_sample,
+        "view": cmd_view,
+        "diff": cmd_diff,
+        "addon-path": cmd_addon_path,
     }
     if args.cmd in ("proxy", "run"):
         try:
-            return asyncio.run(proxy.serve(args) if args.cmd == "proxy" else run.run_command(args))
+            return asyncio.run(serve(args) if args.cmd == "proxy" else run_command(args))
         except KeyboardInterrupt:  # Ctrl-C before the command's own handlers are in place (start-up)
             err_console.print(f"failcore {args.cmd}: interrupted")
             return 130
     if args.cmd == "policy":
-        return policy.cmd_policy_list(args) if args.policy_cmd == "list" else policy.cmd_policy_check(args)
+        return cmd_policy_list(args) if args.policy_cmd == "list" else cmd_policy_check(args)
     return handlers[args.cmd](args)
