@@ -3,7 +3,6 @@ Each returns text; the templates' autoescape and `finalize` make it inert."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, Final
 
 from markupsafe import Markup, escape
@@ -19,13 +18,7 @@ _SEVERITY_CLASS: Final = {"critical": "block", "high": "block", "medium": "warn"
 
 
 def fmt_utc(ts: object, *, with_date: bool = True) -> str:
-    number = number_or_none(ts)
-    if number is None:
-        return "-"
-    moment = dt.datetime.fromtimestamp(number, dt.UTC)
-    if with_date:
-        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-    return moment.strftime("%H:%M:%S.%f")[:-3]
+    return fmt.when(number_or_none(ts), date=with_date, millis=not with_date, utc=True)
 
 
 def fmt_duration(seconds: float) -> str:
@@ -45,7 +38,7 @@ def fmt_usd(value: float | None) -> str:
 
 
 def fmt_tokens(value: int | None) -> str:
-    return "-" if value is None else f"{value:,}"
+    return fmt.count(value)
 
 
 def fmt_ms(value: object) -> str:

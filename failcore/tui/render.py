@@ -7,7 +7,6 @@ paths, headers and bodies are shown literally.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -28,20 +27,11 @@ DASH: Final = "-"
 
 
 def fmt_time(ts: float | None, *, date: bool = False, millis: bool = True) -> str:
-    if ts is None:
-        return DASH
-    clock = time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(ts))
-    return f"{clock}.{int(ts * 1000) % 1000:03d}" if millis else clock
+    return fmt.when(ts, date=date, millis=millis)
 
 
 def fmt_tokens(tokens: int | None) -> str:
-    if tokens is None:
-        return DASH
-    if tokens >= 1_000_000:
-        return f"{tokens / 1_000_000:.1f}M"
-    if tokens >= 10_000:
-        return f"{tokens / 1000:.0f}k"
-    return str(tokens)
+    return fmt.count(tokens, compact=True, missing=DASH)
 
 
 def fmt_cost(usd: float | None) -> str:

@@ -1,14 +1,25 @@
-"""One place for how numbers and times read: sizes, money, tokens, timestamps."""
+"""One place for how numbers and times read: sizes, money, counts and tokens, moments; for every view
+(terminal tables, the viewer, the HTML report), each with the density its place needs."""
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 
-def when(ts: float | None) -> str:
+def when(ts: float | None, *, date: bool = True, millis: bool = False, utc: bool = False) -> str:
+    """A moment as a person reads it: local time by default (terminal views: the person is here), UTC
+    for the HTML report (`utc=True`: it is shared, so its dated times say `UTC`). `millis` adds .mmm
+    (the viewer's and the report's event clocks); `-` when unknown."""
     if ts is None:
         return "-"
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+    pattern = "%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S"
+    if utc:
+        moment = dt.datetime.fromtimestamp(ts, dt.UTC)
+        shown = moment.strftime(pattern) + (moment.strftime(".%f")[:4] if millis else "")
+        return shown + (" UTC" if date else "")
+    clock = time.strftime(pattern, time.localtime(ts))
+    return f"{clock}.{int(ts * 1000) % 1000:03d}" if millis else clock
 
 
 def size(n: int) -> str:
@@ -22,6 +33,17 @@ def size(n: int) -> str:
 
 def tokens(inp: int, out: int) -> str:
     return f"{inp:,}/{out:,}"
+
+
+def count(n: int | None, *, compact: bool = False, missing: str = "-") -> str:
+    """A count with thousands separators (1,200); `compact=True` for a narrow column (1200, 12k, 1.5M)."""
+    if n is None:
+        return missing
+    if not compact:
+        return f"{n:,}"
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f}M"
+    return f"{n / 1000:.0f}k" if n >= 10_000 else str(n)
 
 
 def usd(
