@@ -68,15 +68,13 @@ class Frame:
     tail: bytes | None = None
 
 
-class SseDecoder:
-    __slots__ = ("_data", "_event", "_has_data", "_line", "_oversized")
+class _LineDecoder:
+    """Splits arriving chunks into lines (kept in a bounded `_line` buffer); `_take_line` decodes one."""
+
+    __slots__ = ("_line",)
 
     def __init__(self, max_event_bytes: int) -> None:
         self._line = EdgeBuffer(max_event_bytes)
-        self._data = EdgeBuffer(max_event_bytes)
-        self._event: str | None = None
-        self._has_data = False
-        self._oversized = False
 
     def feed(self, chunk: bytes) -> Iterator[Frame]:
         start = 0
@@ -90,6 +88,20 @@ class SseDecoder:
             frame = self._take_line()
             if frame is not None:
                 yield frame
+
+    def _take_line(self) -> Frame | None:
+        raise NotImplementedError
+
+
+class SseDecoder(_LineDecoder):
+    __slots__ = ("_data", "_event", "_has_data", "_oversized")
+
+    def __init__(self, max_event_bytes: int) -> None:
+        super().__init__(max_event_bytes)
+        self._data = EdgeBuffer(max_event_bytes)
+        self._event: str | None = None
+        self._has_data = False
+        self._oversized = False
 
     def finish(self) -> Iterator[Frame]:
         if len(self._line):
@@ -139,24 +151,8 @@ class SseDecoder:
         return frame
 
 
-class NdjsonDecoder:
-    __slots__ = ("_line",)
-
-    def __init__(self, max_event_bytes: int) -> None:
-        self._line = EdgeBuffer(max_event_bytes)
-
-    def feed(self, chunk: bytes) -> Iterator[Frame]:
-        start = 0
-        while True:
-            newline = chunk.find(b"\n", start)
-            if newline < 0:
-                self._line.extend(memoryview(chunk)[start:])
-                return
-            self._line.extend(memoryview(chunk)[start:newline])
-            start = newline + 1
-            frame = self._take_line()
-            if frame is not None:
-                yield frame
+class NdjsonDecoder(_LineDecoder):
+    __slots__ = ()
 
     def finish(self) -> Iterator[Frame]:
         frame = self._take_line()
