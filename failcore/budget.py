@@ -21,6 +21,10 @@ request count itself never overshoots: `reserve_request` counts a request when i
 
 Each process keeps its own view; several processes sharing one state file add their usage to the file
 (deltas, not totals), so each sees the others' usage after its next start.
+
+Size: ~650 lines because the windows, the in-memory state, the store's lock and the batched SQLite
+writer share one invariant (what is counted in memory is what reaches the file, exactly once); the
+policy types it needs come from `failcore.policy.model` alone.
 """
 
 from __future__ import annotations

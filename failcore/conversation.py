@@ -5,8 +5,7 @@ recorder). They understand OpenAI Chat Completions (JSON and SSE), OpenAI Respon
 Anthropic Messages (JSON and SSE); anything else, or a body the cap cut short, gives what could be read
 plus a note, never an exception. Every string returned is recorded content: hostile, escape it.
 
-The SSE reading here only walks `data:` lines of a body already on the tape; usage.py's decoder is the
-one that runs on live streams (bounded, incremental) and is private to it.
+SSE bodies are framed by failcore.framing, the same decoder the usage tracker runs on live streams.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
+
+from failcore.framing import frames_of_body
 
 # Longest text kept for one turn; the report says when a turn was cut.
 TURN_TEXT_CAP: Final = 8192
@@ -162,19 +163,12 @@ def _anthropic_request(doc: dict[str, Any]) -> Iterator[Turn]:
 
 
 def _sse_payloads(text: str) -> Iterator[object]:
-    data: list[str] = []
-    for line in [*text.splitlines(), ""]:
-        if not line:
-            if data:
-                joined = "\n".join(data)
-                data = []
-                if joined.strip() != "[DONE]":
-                    parsed = _loads(joined)
-                    if parsed is not None:
-                        yield parsed
-            continue
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
+    """The JSON payloads of a recorded SSE body's events (framed by failcore.framing), without [DONE]."""
+    for frame in frames_of_body(text):
+        if frame.data.strip() != b"[DONE]":
+            parsed = _loads(frame.data.decode("utf-8", "replace"))
+            if parsed is not None:
+                yield parsed
 
 
 def _chat_document(doc: dict[str, Any]) -> Iterator[Turn]:

@@ -1,9 +1,11 @@
-"""Run summaries computed from a tape in one lazy pass (used by `list`, `show`, `run` and `sample`)."""
+"""Run summaries computed from a tape in one lazy pass: the one aggregator of a run's counts, used by
+`list`, `show`, `run`, `sample`, the HTML report and the viewer's index (which keeps one per run and
+segment and merges them, so a cached segment is never re-read)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,8 @@ from failcore.tape import iter_events
 
 # Network events that are connections, not HTTP exchanges: counted apart from `requests`.
 CONNECTION_ACTIONS = frozenset({"tls.handshake", "tcp.stream", "ip.packet"})
+_NUMBERS = (int, float)
+_EMPTY: dict[str, Any] = {}
 
 
 @dataclass(slots=True)
@@ -54,49 +58,64 @@ class RunSummary:
     refused_targets: dict[str, int] = field(default_factory=dict)
 
     def add(self, ev: dict[str, Any]) -> None:
-        kind = ev.get("kind")
-        ts = ev.get("ts_start") or ev.get("ts")
-        if ts is not None and (self.started is None or ts < self.started):
-            self.started = ts
-        end = ev.get("ts_end") or ts
-        if end is not None and (self.ended is None or end > self.ended):
-            self.ended = end
-        if kind == "network" and ev.get("action") in CONNECTION_ACTIONS:
-            self._add_connection(ev)
-        elif kind == "network":
-            self.requests += 1
-            self.bytes_out += ev.get("bytes_out") or 0
-            self.bytes_in += ev.get("bytes_in") or 0
-            target = ev.get("target") or {}
-            host = f"{target.get('host')}:{target.get('port')}"
-            self.hosts[host] = self.hosts.get(host, 0) + 1
-            if ev.get("outcome") == "BLOCKED":
-                self.blocked += 1
-                rule = ev.get("rule") or "(no rule)"
-                self.block_rules[rule] = self.block_rules.get(rule, 0) + 1
-            elif ev.get("decision") == "WARN":
-                self.warned += 1
-            if ev.get("would_block") and ev.get("decision") == "WARN":
-                self.would_block += 1
-            llm = ev.get("llm")
-            if llm:
-                self._add_llm(llm)
-            self._add_dlp(ev)
-            if ev.get("outcome") == "FAIL":
-                self.failed += 1
-                reason = ev.get("fail_reason") or "unknown"
-                self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
-        elif kind == "websocket":
-            self.websocket_messages += 1
-            self._add_dlp(ev)
-        elif kind == "internal_error":
-            self.internal_errors += 1
-        elif kind == "dropped":
-            self.dropped += ev.get("count") or 0
-        elif kind == "run_start":
-            detail = ev.get("detail") or {}
-            self.policy = detail.get("policy")
-            self.mode = detail.get("mode")
+        """Count one event. A line failcore did not write (a field of the wrong type) is counted as far
+        as it goes and never stops the count: the viewer and `list` read hostile tapes too. (Written for
+        speed: the viewer's index counts every line of a tape through here.)"""
+        try:
+            get = ev.get
+            kind = get("kind")
+            ts = get("ts_start") or get("ts")
+            if ts.__class__ not in _NUMBERS:
+                ts = None
+            elif self.started is None or ts < self.started:
+                self.started = ts
+            end = get("ts_end") or ts
+            if end.__class__ in _NUMBERS and (self.ended is None or end > self.ended):
+                self.ended = end
+            if kind == "network":
+                if get("action") in CONNECTION_ACTIONS:
+                    self._add_connection(ev)
+                    return
+                self.requests += 1
+                self.bytes_out += get("bytes_out") or 0
+                self.bytes_in += get("bytes_in") or 0
+                target = get("target") or _EMPTY
+                host = f"{target.get('host')}:{target.get('port')}"
+                hosts = self.hosts
+                hosts[host] = hosts.get(host, 0) + 1
+                outcome = get("outcome")
+                decision = get("decision")
+                if outcome == "BLOCKED":
+                    self.blocked += 1
+                    rule = get("rule") or "(no rule)"
+                    self.block_rules[rule] = self.block_rules.get(rule, 0) + 1
+                elif decision == "WARN":
+                    self.warned += 1
+                if decision == "WARN" and get("would_block"):
+                    self.would_block += 1
+                llm = get("llm")
+                if llm:
+                    self._add_llm(llm)
+                if get("dlp"):
+                    self._add_dlp(ev)
+                if outcome == "FAIL":
+                    self.failed += 1
+                    reason = get("fail_reason") or "unknown"
+                    self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
+            elif kind == "websocket":
+                self.websocket_messages += 1
+                if get("dlp"):
+                    self._add_dlp(ev)
+            elif kind == "internal_error":
+                self.internal_errors += 1
+            elif kind == "dropped":
+                self.dropped += get("count") or 0
+            elif kind == "run_start":
+                detail = get("detail") or _EMPTY
+                self.policy = detail.get("policy")
+                self.mode = detail.get("mode")
+        except (AttributeError, TypeError, ValueError):
+            pass
 
     def _add_dlp(self, ev: dict[str, Any]) -> None:
         dlp = ev.get("dlp")
@@ -145,8 +164,45 @@ class RunSummary:
         else:
             self.cost_usd = round(self.cost_usd + usd, 9)
 
+    @property
+    def tokens(self) -> int | None:
+        """Input + output tokens of the run's LLM calls; None when it made none."""
+        return self.input_tokens + self.output_tokens if self.llm_calls else None
+
+    @property
+    def priced_usd(self) -> float | None:
+        """The cost of the calls that have a price; None when no call has one."""
+        return self.cost_usd if self.llm_calls > self.unpriced_calls else None
+
+    def merge(self, other: RunSummary) -> None:
+        """Add another part of the same run (the viewer counts each tape segment on its own)."""
+        if other.started is not None and (self.started is None or other.started < self.started):
+            self.started = other.started
+        if other.ended is not None and (self.ended is None or other.ended > self.ended):
+            self.ended = other.ended
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.cost_usd = round(self.cost_usd + other.cost_usd, 9)
+        for name in _TALLIES:
+            mine: dict[str, int] = getattr(self, name)
+            for key, count in getattr(other, name).items():
+                mine[key] = mine.get(key, 0) + count
+        if other.policy is not None or other.mode is not None:  # the run_start is in the later part
+            self.policy, self.mode = other.policy, other.mode
+
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSummary:
+        """The inverse of `to_dict` (the viewer's index cache); an unknown key is a TypeError."""
+        return cls(**data)
+
+
+_TALLIES: tuple[str, ...] = tuple(
+    f.name for f in fields(RunSummary) if f.default_factory is dict  # type: ignore[comparison-overlap]
+)
+_COUNTS: tuple[str, ...] = tuple(f.name for f in fields(RunSummary) if f.type == "int")
 
 
 def summarize(events: Iterable[dict[str, Any]]) -> list[RunSummary]:

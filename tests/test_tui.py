@@ -401,3 +401,57 @@ def test_a_run_id_too_long_for_its_column_keeps_its_unique_suffix() -> None:
 
     cut = truncate_middle(Text("run-20261129T185925Z-884811"), 15)
     assert cut.plain == "run-202…-884811" and cut.cell_len == 15
+
+
+def test_run_totals_are_the_ones_failcore_list_counts(tmp_path: Path) -> None:
+    # One aggregator (runs.RunSummary) for `list`, `show`, the report and the viewer: the viewer's index,
+    # counted per segment and merged (and read back from its cache), says what summarize_tape says,
+    # connections that never became an HTTP exchange included (they are not requests).
+    from failcore.runs import summarize_tape
+    from failcore.tui.index import TapeIndex, TapeIndexer
+
+    handshake = _network(8, action="tls.handshake", outcome="FAIL", fail_reason="tls", status=None,
+                         target={"host": "pinned.example", "port": 443, "scheme": "https"})  # fmt: skip
+    raw_tcp = _network(9, action="tcp.stream", decision="BLOCK", outcome="BLOCKED", status=None,
+                       rule="no-tcp")  # fmt: skip
+    events = fixed_events()
+    write_tape(tmp_path / "t", [events[:3], [*events[3:], handshake, raw_tcp]])
+    expected = [s.to_dict() for s in summarize_tape(tmp_path / "t")]
+    cache = tmp_path / "cache"
+    for _ in range(2):  # the second pass reads the sealed segment's counts from the cache
+        index = TapeIndex(tmp_path / "t")
+        for chunk in TapeIndexer(tmp_path / "t", cache).scan():
+            index.add_chunk(chunk)
+        assert [s.to_dict() for s in index.ordered_runs()] == expected
+    (stats,) = index.ordered_runs()
+    assert (stats.requests, stats.tls_failures, stats.raw_tcp, stats.blocked) == (6, 1, 1, 2)
+    assert stats.policy is None and stats.mode == "enforce"
+
+
+def test_run_totals_survive_fields_of_the_wrong_type(tmp_path: Path) -> None:
+    # Not written by failcore, but a tape is read as it is: a bad field is skipped, the rest still counts.
+    events = [_network(1, target="not-a-dict", llm=LLM), _network(2, ts_start="soon", bytes_in="many")]
+    write_tape(tmp_path / "t", [events])
+    from failcore.runs import summarize_tape
+
+    (stats,) = build_index(tmp_path / "t").ordered_runs()
+    assert stats.requests == 2 and stats.started == T0 + 1
+    assert summarize_tape(tmp_path / "t")[0].to_dict() == stats.to_dict()
+
+
+def test_the_viewer_frames_sse_as_the_usage_meter_does() -> None:
+    # One SSE decoder (failcore.framing): an event without data is not an event (HTML standard), CR
+    # alone ends a line, and a U+2028 inside a JSON string does not (str.splitlines() split there).
+    from failcore.conversation import read_conversation
+
+    body = (
+        "event: ping\n\n"
+        'data: {"choices":[{"delta":{"content":"a\u2028b"}}]}\r\r'
+        'data: {"choices":[{"delta":{"content":"!"}}]}\r\n\r\n'
+    )
+    events = parse_sse(body)
+    assert len(events) == 2 and stream_text(events) == "a\u2028b!"
+    request = '{"model":"m","messages":[]}'
+    conversation = read_conversation("chat_completions", request, body, "text/event-stream")
+    assert conversation is not None
+    assert [turn.text for turn in conversation.response] == ["a\u2028b!"]

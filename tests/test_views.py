@@ -114,6 +114,26 @@ def test_money_reads_with_the_digits_it_needs(value, shown) -> None:  # type: ig
     assert fmt.usd(value) == shown
 
 
+@pytest.mark.parametrize(
+    ("value", "report", "cell"),
+    [
+        (None, "-", "-"),
+        (0.0, "$0.0000", "0"),
+        (0.000198, "$0.000198", "0.02¢"),
+        (0.0125, "$0.0125", "0.0125"),
+        (20.0, "$20.0000", "20.00"),
+        (1234.5, "$1,234.5000", "1234.50"),
+    ],
+)
+def test_the_report_and_the_viewer_format_money_with_the_same_function(value, report, cell) -> None:  # type: ignore[no-untyped-def]
+    # The report (an audit document) keeps four decimals at every size; the viewer's column fits 7 cells.
+    from failcore.report.filters import fmt_usd
+    from failcore.tui.render import fmt_cost
+
+    assert fmt.usd(value, missing="-", exact=True) == fmt_usd(value) == report
+    assert fmt.usd(value, missing="-", cell=True) == fmt_cost(value) == cell
+
+
 # ----------------------------------------------------------------- through the real proxy
 
 
@@ -141,3 +161,27 @@ def test_runs_are_named_by_a_unique_prefix_or_suffix(start_proxy, upstream, tmp_
         resolve_run(tape, "run-beta")
     with pytest.raises(UnknownRun, match="no run 'run-nope'"):
         resolve_run(tape, "run-nope")
+
+
+def test_moments_and_counts_read_the_same_in_every_view(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Local time in the terminal and the viewer, UTC in the shared report; one function says both.
+    import time
+
+    from failcore.report.filters import fmt_tokens as report_tokens
+    from failcore.report.filters import fmt_utc
+    from failcore.tui.render import fmt_time, fmt_tokens
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # +05:30, no daylight saving
+    time.tzset()
+    try:
+        ts = 1_767_225_601.25  # 2026-01-01 00:00:01.250 UTC
+        assert fmt.when(ts) == "2026-01-01 05:30:01"
+        assert fmt_time(ts) == fmt.when(ts, date=False, millis=True) == "05:30:01.250"
+        assert fmt_utc(ts) == fmt.when(ts, utc=True) == "2026-01-01 00:00:01 UTC"
+        assert fmt_utc(ts, with_date=False) == "00:00:01.250"
+        assert fmt.when(None) == fmt_time(None) == fmt_utc(None) == "-"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    shown = (report_tokens(1_234_567), fmt_tokens(1_234_567), fmt_tokens(12_345))
+    assert shown == ("1,234,567", "1.2M", "12k")

@@ -1,7 +1,7 @@
 """One HTTP request to the stand-in: read and record it, route it, answer it (provider endpoints through
 `replies` and `wire`, the generic test endpoints, the WebSocket upgrade).
 
-It is ~500 lines because it is one `BaseHTTPRequestHandler`: the routes are its methods."""
+Size: ~500 lines because it is one `BaseHTTPRequestHandler`: the routes are its methods."""
 
 from __future__ import annotations
 

@@ -18,9 +18,11 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
 from failcore.paths import ensure_private_dir, failcore_home, write_private_file
+from failcore.runs import RunSummary
 from failcore.textsafe import printable, safe_text
 from failcore.tui.filters import EventFilter, filter_positions
-from failcore.tui.index import EventRow, IndexChunk, RunStats, TapeIndex, TapeIndexer, chain_status
+from failcore.tui.index import EventRow, IndexChunk, TapeIndex, TapeIndexer
+from failcore.tui.lines import chain_status
 from failcore.tui.render import event_cells, event_json, render_event, run_cells
 from failcore.tui.rowlist import Column, RowList
 
@@ -103,7 +105,7 @@ class PromptScreen(ModalScreen[str | None]):
 class RunsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
-        self._runs: list[RunStats] = []
+        self._runs: list[RunSummary] = []
 
     def compose(self) -> ComposeResult:
         yield Static(id="status")
@@ -460,7 +462,7 @@ class ViewerApp(App[None]):
 
 
 def run_viewer(tape_dir: Path, *, follow: bool = False, cache: bool = True) -> int:
-    from failcore.tui.index import prepare_cache_dir
+    from failcore.tui.cache import prepare_cache_dir
 
     ViewerApp(tape_dir, cache_dir=prepare_cache_dir(tape_dir) if cache else None, follow=follow).run()
     return 0

@@ -1,25 +1,20 @@
 """A compact, columnar index of a tape: enough per line to list runs and events without keeping bodies.
 
-One pass over the raw lines records each line's byte position and the few fields the lists show. Only
-a bounded part of a line is parsed: network events put their small fields before `"request":` and the
-optional `llm`/`dlp`/`warnings`/`cut` blocks after the bodies, so the head and the tail are parsed and
-the bodies in between are skipped. A JSON string cannot contain an unescaped `"`, so those key
-patterns can only match real keys; a match inside a nested object leaves unbalanced braces, the slice
-fails to parse and the whole line is parsed instead — never a wrong row.
+One pass over the raw lines (each read by failcore.tui.lines, bodies skipped) records each line's byte
+position and the few fields the lists show, in typed arrays; per-run counts are runs.RunSummary, the
+aggregator `failcore list` uses, kept per chunk and merged.
 
 Sealed segments (every one but the last) are immutable, so their index parts are cached on disk keyed
-by segment name, size and mtime; the segment being written is always scanned, and `TapeIndexer.scan`
-resumes from the last complete line, which is also how a live tape is followed.
+by segment name, size and mtime (failcore.tui.cache says where); the segment being written is always
+scanned, and `TapeIndexer.scan` resumes from the last complete line, which is also how a live tape is
+followed.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import math
 import os
-import shutil
-import time
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,17 +23,36 @@ from typing import Any, Final
 
 import orjson
 
-from failcore.paths import ensure_private_dir, failcore_home, write_private_file
-from failcore.tape.reader import (
-    GENESIS_PREV,
-    HASH_SUFFIX_LEN,
-    compute_line_hash,
-    is_well_formed,
-    line_hash,
-    line_prev,
-    line_seq,
-    list_segments,
+from failcore.paths import ensure_private_dir, write_private_file
+from failcore.runs import RunSummary
+from failcore.tape.reader import GENESIS_PREV, line_hash, list_segments
+
+# Re-exported: what callers imported from here before the line reader and the cache had modules.
+from failcore.tui.cache import default_cache_dir, prepare_cache_dir, prune_view_caches
+from failcore.tui.lines import (
+    ChainStatus,
+    as_integer,
+    as_number,
+    chain_status,
+    event_label,
+    extract_fields,
+    parse_whole,
 )
+
+__all__ = [
+    "ChainStatus",
+    "EventRow",
+    "IndexChunk",
+    "TapeIndex",
+    "TapeIndexer",
+    "build_index",
+    "chain_status",
+    "default_cache_dir",
+    "event_label",
+    "extract_fields",
+    "prepare_cache_dir",
+    "prune_view_caches",
+]
 
 KINDS: Final = (
     "network",
@@ -55,9 +69,7 @@ DECISIONS: Final = ("", "ALLOW", "WARN", "BLOCK")
 OUTCOMES: Final = ("", "ok", "BLOCKED", "FAIL")
 LISTED_KINDS: Final = frozenset(k for k in KINDS if k != "checkpoint")
 
-CACHE_VERSION: Final = 1
-_REQUEST_KEY: Final = b',"request":'
-_TAIL_KEYS: Final = (b',"llm":', b',"dlp":', b',"warnings":', b',"cut":')
+CACHE_VERSION: Final = 2  # 2: per-run stats are runs.RunSummary
 _READ_BUFFER: Final = 1 << 20
 _MISSING_INT: Final = -1
 _KIND_CODES: Final = {k: i for i, k in enumerate(KINDS)}
@@ -85,90 +97,6 @@ _COLUMNS: Final = (
     ("method", "L"),
     ("path_end", "Q"),
 )
-
-
-def extract_fields(raw: bytes) -> dict[str, Any] | None:
-    """The parsed event without its bodies (or the whole event when it has none); None if unparsable."""
-    if not is_well_formed(raw):
-        return None
-    head_end = raw.find(_REQUEST_KEY)
-    if head_end <= 0:
-        return _parse_whole(raw)
-    try:
-        fields = orjson.loads(raw[:head_end] + b"}")
-    except orjson.JSONDecodeError:
-        return _parse_whole(raw)
-    if "run" not in fields:
-        # The fast path relies on failcore's own key order (run before request); other writers may
-        # order keys differently, and a row must never lose its run.
-        return _parse_whole(raw)
-    tail_starts = [p for key in _TAIL_KEYS if (p := raw.rfind(key)) > head_end]
-    if tail_starts:
-        try:
-            tail = orjson.loads(b"{" + raw[min(tail_starts) + 1 : -HASH_SUFFIX_LEN] + b"}")
-        except orjson.JSONDecodeError:
-            return _parse_whole(raw)
-        fields.update(tail)
-    return fields if isinstance(fields, dict) else None
-
-
-def _parse_whole(raw: bytes) -> dict[str, Any] | None:
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def _integer(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def event_label(fields: dict[str, Any]) -> str:
-    """What the path column shows: the request path, or a short description of a non-exchange line."""
-    kind = fields.get("kind")
-    if kind in ("network", "websocket"):
-        path = fields.get("path")
-        return str(path) if path is not None else str(fields.get("summary") or "")
-    detail = fields.get("detail") if isinstance(fields.get("detail"), dict) else {}
-    what = fields.get("summary") or detail.get("action") or fields.get("error") or ""
-    if kind == "dropped":
-        what = f"{fields.get('count', detail.get('count', '?'))} event(s) lost"
-    return f"[{kind}] {what}".rstrip()
-
-
-@dataclass(slots=True)
-class RunStats:
-    run: str
-    started: float | None = None
-    ended: float | None = None
-    requests: int = 0
-    blocked: int = 0
-    warned: int = 0
-    failed: int = 0
-    tokens: int | None = None
-    cost_usd: float | None = None
-
-    def merge(self, other: RunStats) -> None:
-        if other.started is not None and (self.started is None or other.started < self.started):
-            self.started = other.started
-        if other.ended is not None and (self.ended is None or other.ended > self.ended):
-            self.ended = other.ended
-        self.requests += other.requests
-        self.blocked += other.blocked
-        self.warned += other.warned
-        self.failed += other.failed
-        if other.tokens is not None:
-            self.tokens = (self.tokens or 0) + other.tokens
-        if other.cost_usd is not None:
-            self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +158,7 @@ class IndexChunk:
         self.runs = _Interner()
         self.hosts = _Interner()
         self.methods = _Interner()
-        self.stats: dict[str, RunStats] = {}
+        self.stats: dict[str, RunSummary] = {}
         self.end_offset = 0
 
     def __len__(self) -> int:
@@ -247,19 +175,19 @@ class IndexChunk:
         cost = llm.get("cost") if isinstance(llm.get("cost"), dict) else {}
         dlp = fields.get("dlp")
         hits = dlp.get("hits") if isinstance(dlp, dict) else None
-        ts = _number(fields.get("ts_start")) or _number(fields.get("ts"))
+        ts = as_number(fields.get("ts_start")) or as_number(fields.get("ts"))
         if kind == "run_end":  # it happened when the run ended, not when it started
-            ts = _number(fields.get("ts_end")) or ts
-        status = _integer(fields.get("status"))
-        latency = _number(fields.get("latency_ms"))
-        tokens_in = _integer(usage.get("input_tokens"))
-        tokens_out = _integer(usage.get("output_tokens"))
-        usd = _number(cost.get("usd"))
+            ts = as_number(fields.get("ts_end")) or ts
+        status = as_integer(fields.get("status"))
+        latency = as_number(fields.get("latency_ms"))
+        tokens_in = as_integer(usage.get("input_tokens"))
+        tokens_out = as_integer(usage.get("output_tokens"))
+        usd = as_number(cost.get("usd"))
         decision = fields.get("decision")
         outcome = fields.get("outcome")
         c["offset"].append(offset)
         c["length"].append(length)
-        c["seq"].append(_integer(fields.get("seq")) or 0)
+        c["seq"].append(as_integer(fields.get("seq")) or 0)
         c["ts"].append(math.nan if ts is None else ts)
         c["kind"].append(_KIND_CODES.get(kind, _KIND_CODES["other"]))
         c["decision"].append(_DECISION_CODES.get(decision, 0) if isinstance(decision, str) else 0)
@@ -276,37 +204,11 @@ class IndexChunk:
         c["method"].append(self.methods.id(str(fields.get("method") or "")))
         self.paths += event_label(fields).encode("utf-8", "replace")
         c["path_end"].append(len(self.paths))
-        if run_name and kind != "checkpoint":
-            self._count(run_name, kind, ts, fields, tokens_in, tokens_out, usd)
-
-    def _count(
-        self,
-        run: str,
-        kind: str,
-        ts: float | None,
-        fields: dict[str, Any],
-        tokens_in: int | None,
-        tokens_out: int | None,
-        usd: float | None,
-    ) -> None:
-        stats = self.stats.get(run)
-        if stats is None:
-            stats = self.stats[run] = RunStats(run)
-        end = _number(fields.get("ts_end")) or ts
-        stats.merge(RunStats(run, started=ts, ended=end))
-        if kind != "network":
-            return
-        stats.requests += 1
-        if fields.get("outcome") == "BLOCKED":
-            stats.blocked += 1
-        elif fields.get("decision") == "WARN":
-            stats.warned += 1
-        if fields.get("outcome") == "FAIL":
-            stats.failed += 1
-        if tokens_in is not None or tokens_out is not None:
-            stats.tokens = (stats.tokens or 0) + (tokens_in or 0) + (tokens_out or 0)
-        if usd is not None:
-            stats.cost_usd = (stats.cost_usd or 0.0) + usd
+        if run_name:
+            summary = self.stats.get(run_name)
+            if summary is None:
+                summary = self.stats[run_name] = RunSummary(run_name)
+            summary.add(fields)
 
     def row(self, local: int, position: int) -> EventRow:
         c = self.columns
@@ -393,7 +295,7 @@ class IndexChunk:
         chunk.runs = _Interner(header["runs"])
         chunk.hosts = _Interner(header["hosts"])
         chunk.methods = _Interner(header["methods"])
-        chunk.stats = {s["run"]: RunStats(**s) for s in header["stats"]}
+        chunk.stats = {s["run"]: RunSummary.from_dict(s) for s in header["stats"]}
         chunk.end_offset = header["end_offset"]
         return chunk
 
@@ -408,7 +310,7 @@ class TapeIndex:
     tape_dir: Path
     chunks: list[IndexChunk] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
-    runs: dict[str, RunStats] = field(default_factory=dict)
+    runs: dict[str, RunSummary] = field(default_factory=dict)
     run_rows: dict[str, array[int]] = field(default_factory=dict)
     bad_lines: int = 0
     rows: int = 0
@@ -434,8 +336,8 @@ class TapeIndex:
         for name, stats in chunk.stats.items():
             known = self.runs.get(name)
             if known is None:
-                self.runs[name] = RunStats(name)
-            self.runs[name].merge(stats)
+                known = self.runs[name] = RunSummary(name)
+            known.merge(stats)
 
     def row(self, position: int) -> EventRow:
         which = bisect.bisect_right(self.starts, position) - 1
@@ -443,7 +345,7 @@ class TapeIndex:
             raise IndexError(position)
         return self.chunks[which].row(position - self.starts[which], position)
 
-    def ordered_runs(self) -> list[RunStats]:
+    def ordered_runs(self) -> list[RunSummary]:
         return sorted(self.runs.values(), key=lambda r: (r.started is None, r.started or 0.0))
 
     def raw_line(self, row: EventRow) -> bytes:
@@ -453,7 +355,7 @@ class TapeIndex:
 
     def load_event(self, row: EventRow) -> dict[str, Any] | None:
         """The full event of one row, read from the tape by seeking to its offset."""
-        return _parse_whole(self.raw_line(row))
+        return parse_whole(self.raw_line(row))
 
     def previous_hash(self, position: int) -> bytes:
         """h of the line before `position` in tape order (genesis for the first line)."""
@@ -463,90 +365,7 @@ class TapeIndex:
         return line_hash(self.raw_line(previous))
 
 
-@dataclass(frozen=True, slots=True)
-class ChainStatus:
-    hash_ok: bool
-    prev_ok: bool
-    seq: int | None
-    recorded_hash: str
-    computed_hash: str
-    recorded_prev: str
-    expected_prev: str
-    well_formed: bool
-
-    @property
-    def ok(self) -> bool:
-        return self.well_formed and self.hash_ok and self.prev_ok
-
-
-def chain_status(raw: bytes, expected_prev: bytes) -> ChainStatus:
-    """This line's own hash recomputed, and whether its prev matches the previous line's h.
-
-    `expected_prev` comes from the previous indexed line; a bad line skipped by the index between them
-    shows up as a broken link, which is what it is.
-    """
-    if not is_well_formed(raw):
-        return ChainStatus(False, False, None, "", "", "", expected_prev.decode("ascii", "replace"), False)
-    recorded = line_hash(raw).decode("ascii", "replace")
-    computed = compute_line_hash(raw).decode("ascii")
-    prev = line_prev(raw).decode("ascii", "replace")
-    return ChainStatus(
-        hash_ok=recorded == computed,
-        prev_ok=line_prev(raw) == expected_prev,
-        seq=line_seq(raw),
-        recorded_hash=recorded,
-        computed_hash=computed,
-        recorded_prev=prev,
-        expected_prev=expected_prev.decode("ascii", "replace"),
-        well_formed=True,
-    )
-
-
 # --- building ---------------------------------------------------------------------------------
-
-
-CACHE_KEEP_DAYS = 30
-
-
-def default_cache_dir(tape_dir: Path) -> Path:
-    key = hashlib.sha256(str(Path(tape_dir).resolve()).encode()).hexdigest()[:32]
-    return failcore_home() / "view-index" / key
-
-
-def prepare_cache_dir(tape_dir: Path, keep_days: float = CACHE_KEEP_DAYS) -> Path:
-    """The view cache for this tape, marked as used now; caches of tapes that are gone, or that no
-    viewer opened for `keep_days`, are deleted, and so are this tape's entries for deleted segments."""
-    cache = default_cache_dir(tape_dir)
-    try:
-        ensure_private_dir(cache)
-        write_private_file(cache / "source", str(Path(tape_dir).resolve()).encode())
-        os.utime(cache)
-        prune_view_caches(cache.parent, keep_days)
-        live = {p.name for p in list_segments(Path(tape_dir))}
-        for entry in cache.glob("*.idx"):
-            if entry.name.removesuffix(".idx") not in live:
-                entry.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only home only costs rescans
-    return cache
-
-
-def prune_view_caches(root: Path, keep_days: float) -> list[Path]:
-    """Delete the view caches under `root` whose tape is gone or that were not used for `keep_days`."""
-    removed = []
-    horizon = time.time() - keep_days * 86400
-    for cache in root.iterdir() if root.is_dir() else ():
-        if not cache.is_dir() or cache.is_symlink():
-            continue
-        try:
-            source = Path((cache / "source").read_text("utf-8"))
-            stale = not source.is_dir() or cache.stat().st_mtime < horizon
-        except (OSError, ValueError):
-            stale = cache.stat().st_mtime < horizon  # caches from before `source` was written age out
-        if stale:
-            shutil.rmtree(cache, ignore_errors=True)
-            removed.append(cache)
-    return removed
 
 
 ProgressCallback = Callable[[int, int], None]

@@ -7,7 +7,6 @@ paths, headers and bodies are shown literally.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -15,8 +14,12 @@ from typing import Any, Final
 import orjson
 from rich.text import Text
 
+from failcore.framing import frames_of_body
+from failcore.runs import RunSummary
 from failcore.textsafe import printable, safe_text
-from failcore.tui.index import ChainStatus, EventRow, RunStats
+from failcore.tui.index import EventRow
+from failcore.tui.lines import ChainStatus
+from failcore.views import fmt
 
 DECISION_STYLE: Final = {"ALLOW": "green", "WARN": "yellow", "BLOCK": "bold red"}
 BODY_DISPLAY_LIMIT: Final = 200_000
@@ -24,32 +27,16 @@ DASH: Final = "-"
 
 
 def fmt_time(ts: float | None, *, date: bool = False, millis: bool = True) -> str:
-    if ts is None:
-        return DASH
-    clock = time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(ts))
-    return f"{clock}.{int(ts * 1000) % 1000:03d}" if millis else clock
+    return fmt.when(ts, date=date, millis=millis)
 
 
 def fmt_tokens(tokens: int | None) -> str:
-    if tokens is None:
-        return DASH
-    if tokens >= 1_000_000:
-        return f"{tokens / 1_000_000:.1f}M"
-    if tokens >= 10_000:
-        return f"{tokens / 1000:.0f}k"
-    return str(tokens)
+    return fmt.count(tokens, compact=True, missing=DASH)
 
 
 def fmt_cost(usd: float | None) -> str:
-    """Dollars in at most 7 cells; a sub-cent amount in cents with two significant digits (0.02¢)
-    rather than a misleading 0.0000."""
-    if usd is None:
-        return DASH
-    if usd == 0:
-        return "0"
-    if usd < 0.01:
-        return f"{usd * 100:.2g}¢"
-    return f"{usd:.4f}" if usd < 1 else f"{usd:.2f}"
+    """The cost column: views.fmt.usd's 7-cell form (its docstring says why it differs)."""
+    return fmt.usd(usd, missing=DASH, cell=True)
 
 
 def fmt_latency(ms: float | None) -> str:
@@ -63,7 +50,7 @@ def status_class(row: EventRow) -> str:
     return "error" if row.kind == "network" and (row.outcome == "FAIL" or row.decision != "BLOCK") else ""
 
 
-def run_cells(stats: RunStats) -> list[Text]:
+def run_cells(stats: RunSummary) -> list[Text]:
     return [
         Text(fmt_time(stats.started, date=True, millis=False)),
         safe_text(stats.run),
@@ -72,7 +59,7 @@ def run_cells(stats: RunStats) -> list[Text]:
         Text(str(stats.warned), style="yellow" if stats.warned else ""),
         Text(str(stats.failed), style="red" if stats.failed else ""),
         Text(fmt_tokens(stats.tokens)),
-        Text(fmt_cost(stats.cost_usd)),
+        Text(fmt_cost(stats.priced_usd)),
     ]
 
 
@@ -114,27 +101,12 @@ class SseEvent:
 
 
 def parse_sse(text: str) -> list[SseEvent]:
-    """Server-sent events of a recorded stream body (blank-line separated, multi-line data joined)."""
-    events: list[SseEvent] = []
-    name = ""
-    data: list[str] = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        if not line:
-            if data or name:
-                events.append(SseEvent(name or "message", "\n".join(data)))
-            name, data = "", []
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                name = value
-            elif field == "data":
-                data.append(value)
-    if data or name:
-        events.append(SseEvent(name or "message", "\n".join(data)))
-    return events
+    """Server-sent events of a recorded stream body, framed by failcore.framing (the one SSE decoder);
+    an event too big to keep whole shows its last bytes."""
+    return [
+        SseEvent(frame.event or "message", (frame.data or frame.tail or b"").decode("utf-8", "replace"))
+        for frame in frames_of_body(text)
+    ]
 
 
 def stream_text(events: Iterable[SseEvent]) -> str:

@@ -1,0 +1,73 @@
+"""What every command shares: the consoles, JSON output, the tape argument, run lookup, the run summary."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from failcore.paths import default_tape_dir
+from failcore.textsafe import safe_text
+from failcore.views import fmt
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def tape_arg(value: str | None) -> Path:
+    return Path(value).expanduser() if value else default_tape_dir()
+
+
+def print_run_summary(s: dict[str, Any], stream: Console = console) -> None:
+    from failcore.views.tables import run_summary_table
+
+    stream.print(run_summary_table(s))
+    for warning in s.get("warnings") or ():
+        stream.print(safe_text(f"warning: {warning}", "yellow"), soft_wrap=True)
+
+
+@contextlib.contextmanager
+def reading(tape: Path) -> Iterator[None]:
+    """A spinner on the terminal (stderr) while a whole tape is read: a big one takes seconds."""
+    if not err_console.is_terminal:
+        yield
+        return
+    size = sum(p.stat().st_size for p in tape.glob("seg-*.jsonl"))
+    with err_console.status(safe_text(f"reading {tape} ({fmt.size(size)})…")):
+        yield
+
+
+class NoRun(Exception):
+    """The run asked for cannot be shown; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def pick_run(tape: Path, run: str | None, last: bool) -> str:
+    """The run named (in full, or by a unique prefix or suffix), or the last one. Raises NoRun: exit 1
+    for a tape without runs, 2 for a name that matches no run or several."""
+    from failcore.runs import UnknownRun, last_run_id, resolve_run
+
+    if not tape.exists():
+        raise NoRun(f"failcore: no tape at {tape}", 1)
+    if last or not run:
+        found = last_run_id(tape)
+        if found is None:
+            raise NoRun(f"failcore: no runs in {tape}", 1)
+        return found
+    try:
+        return resolve_run(tape, run)
+    except UnknownRun as e:
+        raise NoRun(f"failcore: {e}", 2) from None

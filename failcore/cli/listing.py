@@ -1,0 +1,27 @@
+"""`failcore list`: the runs on a tape, one row each."""
+
+from __future__ import annotations
+
+import argparse
+
+from failcore.cli.common import console, err_console, print_json, reading, tape_arg
+from failcore.textsafe import safe_text
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from failcore.runs import summarize_tape
+
+    tape = tape_arg(args.tape)
+    if not tape.exists():
+        err_console.print(safe_text(f"failcore: no tape at {tape}"))
+        return 1
+    with reading(tape):
+        runs = summarize_tape(tape)
+    if args.json:
+        print_json([r.to_dict() for r in runs])
+        return 0
+    from failcore.views.tables import runs_table
+
+    table = runs_table(f"runs in {tape}", runs, console.width)
+    console.print(table)
+    return 0

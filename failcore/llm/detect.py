@@ -1,0 +1,217 @@
+"""Which LLM API an exchange speaks (provider, api) from its host, path and request, and what the request
+asked for (response format, Anthropic prefill)."""
+
+from __future__ import annotations
+
+import re
+
+from failcore.llm.typed import as_dict, as_list, as_text
+
+_KNOWN_OPENAI_COMPATIBLE_HOSTS = {
+    "openrouter.ai": "openrouter",
+    "api.together.xyz": "together",
+    "api.groq.com": "groq",
+    "api.mistral.ai": "mistral",
+    "api.deepseek.com": "deepseek",
+    "api.x.ai": "xai",
+    "api.fireworks.ai": "fireworks",
+}
+_OLLAMA_PORT = "11434"
+_GEMINI_PATH = re.compile(
+    r"^/v1(?:beta|alpha)?\d*/(?:tunedModels|models)/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$"
+)
+# Gemini on Vertex AI: {region-}aiplatform.googleapis.com/v1[beta1]/projects/P/locations/L/publishers/google/
+# models/M:generateContent (or :streamGenerateContent).
+_VERTEX_GEMINI_PATH = re.compile(
+    r"^/v1(?:beta\d*)?/projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/:]+)"
+    r":(?P<method>[A-Za-z]+)$"
+)
+_AZURE_DEPLOYMENT_PATH = re.compile(
+    r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<op>chat/completions|completions|responses)$"
+)
+
+
+def _split_host(host: str) -> tuple[str, str | None]:
+    host = host.strip().lower()
+    if host.startswith("["):
+        bracket_end = host.find("]")
+        name, rest = host[1:bracket_end], host[bracket_end + 1 :]
+        return name, rest[1:] if rest.startswith(":") else None
+    if host.count(":") == 1:
+        name, port = host.split(":")
+        return name, port
+    return host, None
+
+
+def _clean_path(path: str) -> str:
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    return "/" + path.strip("/") if path.strip("/") else "/"
+
+
+def _openai_style_api(path: str) -> str | None:
+    if path.endswith("/chat/completions"):
+        return "chat_completions"
+    if path.endswith(("/responses", "/responses/compact")):
+        return "responses"
+    if path.endswith("/completions"):
+        return "completions"
+    return None
+
+
+def _shape_matches(api: str, request_json: dict | None) -> bool:
+    """On hosts we do not recognise, the request body must look like the API we think it is."""
+    if request_json is None:
+        return True
+    if api in ("chat_completions", "messages", "ollama_chat"):
+        return isinstance(request_json.get("messages"), list)
+    if api in ("completions", "ollama_generate"):
+        return "prompt" in request_json
+    if api == "responses":
+        return "input" in request_json or "prompt" in request_json
+    return True
+
+
+def detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, str] | None:
+    """Identify ``(provider, api)`` from host, path and request shape; None when it is not an LLM call."""
+    hostname, port = _split_host(host)
+    path = _clean_path(path)
+
+    vertex = _VERTEX_GEMINI_PATH.match(path)
+    if vertex and vertex.group("method") in ("generateContent", "streamGenerateContent"):
+        if hostname == "aiplatform.googleapis.com" or hostname.endswith("-aiplatform.googleapis.com"):
+            return "vertex_ai", "gemini_generate"
+        if request_json is not None and "contents" in request_json:
+            return "vertex_ai", "gemini_generate"
+        return None
+    gemini = _GEMINI_PATH.match(path)
+    if gemini and gemini.group("method") in ("generateContent", "streamGenerateContent"):
+        official = hostname == "generativelanguage.googleapis.com"
+        if official or request_json is None or "contents" in request_json:
+            return "gemini", "gemini_generate"
+        return None
+    if hostname == "generativelanguage.googleapis.com":
+        api = _openai_style_api(path)
+        return ("gemini", api) if api and path.startswith("/v1beta/openai/") else None
+
+    if hostname.endswith((".openai.azure.com", ".cognitiveservices.azure.com")):
+        deployment = _AZURE_DEPLOYMENT_PATH.match(path)
+        if deployment:
+            return "azure_openai", _openai_style_api("/" + deployment.group("op")) or "chat_completions"
+        api = _openai_style_api(path)
+        return ("azure_openai", api) if api and path.startswith("/openai/") else None
+
+    if path.endswith("/v1/messages"):
+        if hostname == "api.anthropic.com":
+            return "anthropic", "messages"
+        if _shape_matches("messages", request_json) and request_json is not None:
+            return "anthropic_compatible", "messages"
+        return None
+
+    if path in ("/api/chat", "/api/generate"):
+        api = "ollama_chat" if path == "/api/chat" else "ollama_generate"
+        if port == _OLLAMA_PORT or (
+            request_json is not None and "model" in request_json and _shape_matches(api, request_json)
+        ):
+            return "ollama", api
+        return None
+
+    api = _openai_style_api(path)
+    if api is None:
+        return None
+    if hostname == "api.openai.com":
+        return ("openai", api) if path.startswith("/v1/") else None
+    if not _shape_matches(api, request_json):
+        return None
+    if port == _OLLAMA_PORT:
+        return "ollama", api
+    return _KNOWN_OPENAI_COMPATIBLE_HOSTS.get(hostname, "openai_compatible"), api
+
+
+def requested_response_format(api: str, request_json: dict | None) -> str | None:
+    """What structured output the request demanded: json_object, json_schema, tool_forced, json_prefill."""
+    if not request_json:
+        return None
+    if api == "chat_completions":
+        kind = as_text(as_dict(request_json.get("response_format")).get("type"))
+        if kind in ("json_object", "json_schema"):
+            return kind
+        return "tool_forced" if _openai_tool_forced(request_json.get("tool_choice")) else None
+    if api == "responses":
+        kind = as_text(as_dict(as_dict(request_json.get("text")).get("format")).get("type"))
+        if kind in ("json_object", "json_schema"):
+            return kind
+        return "tool_forced" if _openai_tool_forced(request_json.get("tool_choice")) else None
+    if api == "messages":
+        return _anthropic_response_format(request_json)
+    if api == "gemini_generate":
+        config = as_dict(request_json.get("generationConfig") or request_json.get("generation_config"))
+        mime = config.get("responseMimeType") or config.get("response_mime_type")
+        if mime != "application/json":
+            return None
+        has_schema = any(k in config for k in ("responseSchema", "responseJsonSchema", "response_schema"))
+        return "json_schema" if has_schema else "json_object"
+    if api in ("ollama_chat", "ollama_generate"):
+        fmt = request_json.get("format")
+        if fmt == "json":
+            return "json_object"
+        return "json_schema" if isinstance(fmt, dict) else None
+    return None
+
+
+def _openai_tool_forced(tool_choice: object) -> bool:
+    if tool_choice == "required":
+        return True
+    kind = as_dict(tool_choice).get("type")
+    return kind in ("function", "custom")
+
+
+def _anthropic_response_format(request_json: dict) -> str | None:
+    structured = as_dict(as_dict(request_json.get("output_config")).get("format")) or as_dict(
+        request_json.get("output_format")  # the pre-GA beta spelling
+    )
+    if structured.get("type") == "json_schema":
+        return "json_schema"
+    if as_dict(request_json.get("tool_choice")).get("type") in ("tool", "any"):
+        return "tool_forced"
+    prefill = anthropic_prefill(request_json)
+    return "json_prefill" if prefill is not None and prefill.lstrip().startswith(("{", "[")) else None
+
+
+def anthropic_prefill(request_json: dict) -> str | None:
+    """Text of a trailing assistant turn: Anthropic continues it, so the response omits this prefix."""
+    messages = as_list(request_json.get("messages"))
+    if not messages or as_dict(messages[-1]).get("role") != "assistant":
+        return None
+    content = as_dict(messages[-1]).get("content")
+    if isinstance(content, str):
+        return content
+    blocks = [as_dict(block) for block in as_list(content)]
+    texts = [as_text(block.get("text")) or "" for block in blocks if block.get("type") == "text"]
+    return "".join(texts) if texts else None
+
+
+def request_model(provider: str, api: str, path: str, request_json: dict | None) -> str | None:
+    model = as_text((request_json or {}).get("model"))
+    if model:
+        return model[:256]
+    clean = _clean_path(path)
+    if provider == "azure_openai":
+        deployment = _AZURE_DEPLOYMENT_PATH.match(clean)
+        return deployment.group("deployment") if deployment else None
+    if api == "gemini_generate":
+        gemini = _GEMINI_PATH.match(clean) or _VERTEX_GEMINI_PATH.match(clean)
+        return gemini.group("model") if gemini else None
+    return None
+
+
+def request_streams(api: str, path: str, request_json: dict | None) -> bool:
+    if api == "gemini_generate":
+        return ":streamGenerateContent" in path
+    stream = (request_json or {}).get("stream")
+    if uses_ndjson(api):
+        return stream is not False  # Ollama's native API streams unless told not to
+    return stream is True
+
+
+def uses_ndjson(api: str) -> bool:
+    return api in ("ollama_chat", "ollama_generate")

@@ -1,0 +1,57 @@
+"""`failcore report`: one self-contained HTML file describing a run, safe to open and to share.
+
+Everything in a tape came from an agent or from the servers it talked to, so every recorded string is
+hostile. The page is rendered from Jinja2 templates (failcore/templates/) with autoescape on and a
+`finalize` that shows control and bidi characters as escapes, so no recorded value can become markup;
+numbers placed in SVG geometry are computed here. The page has no script, and a Content-Security-Policy
+that forbids scripts, network access and every style but the page's own stylesheet (pinned by hash).
+
+The tape is read as a stream: counts cover the whole run, while every list the page shows (timeline,
+waterfall, blocked, warned, failed, warnings, DLP hits, LLM calls, hosts) holds at most `max_events`
+entries and the page says how many were left out. Bodies are left out unless asked for (`bodies=True`):
+they are shown as the tape holds them (DLP hits already masked by the recorder), within a total budget,
+and the file is then written 0600 like the tape.
+
+Layout: collect.py reads the run, filters.py formats values for the templates, pictures.py computes
+the SVG geometry, page.py renders and writes the file.
+"""
+
+from failcore.report.collect import (
+    BODY_BUDGET,
+    BODY_SHOW_CAP,
+    DEFAULT_MAX_EVENTS,
+    HostStats,
+    LlmCallRow,
+    ReportError,
+    RunReport,
+    collect_report,
+    llm_call_row,
+)
+from failcore.report.page import (
+    CSS,
+    REPORT_FILE_MODE,
+    REPORT_WITH_BODIES_MODE,
+    content_security_policy,
+    esc,
+    render_report,
+    write_report,
+)
+
+__all__ = [
+    "BODY_BUDGET",
+    "BODY_SHOW_CAP",
+    "CSS",
+    "DEFAULT_MAX_EVENTS",
+    "REPORT_FILE_MODE",
+    "REPORT_WITH_BODIES_MODE",
+    "HostStats",
+    "LlmCallRow",
+    "ReportError",
+    "RunReport",
+    "collect_report",
+    "content_security_policy",
+    "esc",
+    "llm_call_row",
+    "render_report",
+    "write_report",
+]

@@ -1,0 +1,333 @@
+"""Reading a run for the report: one streamed pass over its events into a RunReport whose every list
+is bounded by `max_events` (counts come from runs.RunSummary and cover the whole run)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from failcore.conversation import Conversation, read_conversation
+from failcore.runs import RunSummary, run_events
+from failcore.tape.verify import VerifyReport, verify_tape
+
+DEFAULT_MAX_EVENTS: Final = 5000
+# Per body shown, and over the whole page, when bodies are included.
+BODY_SHOW_CAP: Final = 16 * 1024
+BODY_BUDGET: Final = 16 * 1024 * 1024
+# Kinds that carry no story of their own: the chain's signatures are summarised by verification.
+_HIDDEN_KINDS: Final = frozenset({"checkpoint"})
+
+
+class ReportError(Exception):
+    """The report cannot be made (no tape, unknown run); the message says why."""
+
+
+@dataclass(slots=True)
+class HostStats:
+    host: str
+    requests: int = 0
+    blocked: int = 0
+    warned: int = 0
+    failed: int = 0
+    bytes_out: int = 0
+    bytes_in: int = 0
+    latency_sum: float = 0.0
+    latency_count: int = 0
+
+    @property
+    def mean_latency_ms(self) -> float | None:
+        return self.latency_sum / self.latency_count if self.latency_count else None
+
+
+@dataclass(frozen=True, slots=True)
+class LlmCallRow:
+    seq: int | None
+    ts: float | None
+    host: str
+    provider: str | None
+    api: str | None
+    model: str | None
+    stream: bool
+    usage_known: bool
+    input_tokens: int | None
+    output_tokens: int | None
+    total_tokens: int | None
+    cost_usd: float | None
+    cost_reason: str | None
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class RunReport:
+    run: str
+    tape: Path
+    summary: RunSummary
+    verification: VerifyReport
+    generated: float
+    max_events: int = DEFAULT_MAX_EVENTS
+    bodies: bool = False
+    events_read: int = 0
+    # Events as shown (bodies trimmed or dropped), at most max_events.
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    hosts: dict[str, HostStats] = field(default_factory=dict)
+    blocked: list[dict[str, Any]] = field(default_factory=list)
+    warned: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    dlp_hits: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    llm_calls: list[LlmCallRow] = field(default_factory=list)
+    conversations: dict[int, Conversation] = field(default_factory=dict)
+    # What each list left out (section name -> count); the page states every one of them.
+    omitted: dict[str, int] = field(default_factory=dict)
+    body_budget_left: int = BODY_BUDGET
+    bodies_dropped: int = 0
+
+    @property
+    def timeline_omitted(self) -> int:
+        return self.omitted.get("timeline", 0)
+
+    # The run's LLM totals are the summary's (runs.RunSummary, what `failcore list` and `show` print).
+    @property
+    def llm_count(self) -> int:
+        return self.summary.llm_calls
+
+    @property
+    def tokens_in(self) -> int:
+        return self.summary.input_tokens
+
+    @property
+    def tokens_out(self) -> int:
+        return self.summary.output_tokens
+
+    @property
+    def cost_usd(self) -> float:
+        return self.summary.cost_usd
+
+    @property
+    def unpriced_calls(self) -> int:
+        return self.summary.unpriced_calls
+
+
+def host_key(ev: dict[str, Any]) -> str:
+    target = ev.get("target") or {}
+    return f"{target.get('host')}:{target.get('port')}"
+
+
+def int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def number_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def llm_call_row(ev: dict[str, Any]) -> LlmCallRow | None:
+    """The COST evidence of one network event, or None when it was not an LLM call."""
+    llm = ev.get("llm")
+    if not isinstance(llm, dict):
+        return None
+    usage = as_dict(llm.get("usage"))
+    cost = as_dict(llm.get("cost"))
+    known = usage.get("known") is True
+    return LlmCallRow(
+        seq=int_or_none(ev.get("seq")),
+        ts=number_or_none(ev.get("ts_start")),
+        host=host_key(ev),
+        provider=llm.get("provider"),
+        api=llm.get("api"),
+        model=llm.get("response_model") or llm.get("request_model"),
+        stream=llm.get("stream") is True,
+        usage_known=known,
+        input_tokens=int_or_none(usage.get("input_tokens")) if known else None,
+        output_tokens=int_or_none(usage.get("output_tokens")) if known else None,
+        total_tokens=int_or_none(usage.get("total_tokens")) if known else None,
+        cost_usd=number_or_none(cost.get("usd")),
+        cost_reason=cost.get("reason"),
+        finish_reason=llm.get("finish_reason"),
+    )
+
+
+def _indented_json(text: str) -> str | None:
+    """A complete JSON object or array body laid out one value a line (easier to read than one line)."""
+    if len(text) > BODY_SHOW_CAP or not text.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2).decode()
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
+def _header(message: dict[str, Any], name: str) -> str | None:
+    for pair in message.get("headers") or ():
+        if isinstance(pair, list | tuple) and len(pair) == 2 and str(pair[0]).lower() == name:
+            return str(pair[1])
+    return None
+
+
+class _Collector:
+    """Folds a stream of events into a RunReport whose every list is bounded by max_events."""
+
+    def __init__(self, report: RunReport) -> None:
+        self._report = report
+        self._limit = report.max_events
+
+    def _keep(self, section: str, items: list[Any], make: Callable[[], Any]) -> None:
+        """Append `make()` while the list has room (built only then), else count it as left out."""
+        if len(items) < self._limit:
+            items.append(make())
+        else:
+            self._report.omitted[section] = self._report.omitted.get(section, 0) + 1
+
+    def add(self, ev: dict[str, Any]) -> None:
+        report = self._report
+        report.events_read += 1
+        report.summary.add(ev)
+        kind = ev.get("kind")
+        if kind in _HIDDEN_KINDS:
+            return
+        # Only events the timeline shows keep (trimmed) bodies; the rest keep headers and metadata,
+        # and an event no list keeps is never copied.
+        slim: list[dict[str, Any]] = []
+
+        def shown(with_bodies: bool = False) -> dict[str, Any]:
+            if not slim:
+                slim.append(self._shown(ev, with_bodies=with_bodies))
+            return slim[0]
+
+        self._keep("timeline", report.timeline, lambda: shown(report.bodies))
+        if kind == "network":
+            self._add_network(ev, shown)
+        elif kind == "internal_error":
+            self._keep("failed", report.failed, shown)
+
+    def _shown(self, ev: dict[str, Any], *, with_bodies: bool) -> dict[str, Any]:
+        """The event as the page shows it: bodies trimmed to what is shown, or dropped."""
+        report = self._report
+        shown = dict(ev)
+        seq = int_or_none(ev.get("seq"))
+        llm = as_dict(ev.get("llm"))
+        request, response = as_dict(ev.get("request")), as_dict(ev.get("response"))
+        if with_bodies and llm and seq is not None and report.body_budget_left > 0:
+            req_body, resp_body = as_dict(request.get("body")), as_dict(response.get("body"))
+            conv = read_conversation(
+                llm.get("api"),
+                req_body.get("text"),
+                resp_body.get("text"),
+                _header(response, "content-type"),
+                request_truncated=req_body.get("truncated") is True,
+                response_truncated=resp_body.get("truncated") is True,
+            )
+            if conv is not None and not conv.empty:
+                size = sum(len(t.text) for t in (*conv.request, *conv.response))
+                report.body_budget_left -= size
+                report.conversations[seq] = conv
+        for side, message in (("request", request), ("response", response)):
+            if message:
+                shown[side] = message | {"body": self._shown_body(as_dict(message.get("body")), with_bodies)}
+        detail = as_dict(ev.get("detail"))
+        if "body" in detail:
+            shown["detail"] = detail | {"body": self._shown_body(as_dict(detail.get("body")), with_bodies)}
+        return shown
+
+    def _shown_body(self, body: dict[str, Any], with_bodies: bool) -> dict[str, Any] | None:
+        if not body:
+            return None
+        report = self._report
+        meta = {k: v for k, v in body.items() if k not in ("text", "b64")}
+        text = body.get("text")
+        if not with_bodies or not isinstance(text, str):
+            return meta
+        if report.body_budget_left <= 0:
+            report.bodies_dropped += 1
+            return meta | {"dropped": True}
+        indented = _indented_json(text) if not body.get("truncated") else None
+        if indented is not None:
+            text = indented
+        shown = text[:BODY_SHOW_CAP]
+        report.body_budget_left -= len(shown)
+        return meta | {"text": shown, "cut_here": len(shown) < len(text), "indented": indented is not None}
+
+    def _add_network(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
+        report = self._report
+        key = host_key(ev)
+        stats = report.hosts.get(key)
+        if stats is None:
+            if len(report.hosts) >= self._limit:
+                report.omitted["hosts"] = report.omitted.get("hosts", 0) + 1
+                stats = HostStats(key)  # counted in the summary, not shown
+            else:
+                stats = report.hosts[key] = HostStats(key)
+        stats.requests += 1
+        stats.bytes_out += int_or_none(ev.get("bytes_out")) or 0
+        stats.bytes_in += int_or_none(ev.get("bytes_in")) or 0
+        latency = number_or_none(ev.get("latency_ms"))
+        if latency is not None:
+            stats.latency_sum += latency
+            stats.latency_count += 1
+        outcome, decision = ev.get("outcome"), ev.get("decision")
+        if outcome == "BLOCKED":
+            stats.blocked += 1
+            self._keep("blocked", report.blocked, shown)
+        elif decision == "WARN":
+            stats.warned += 1
+            self._keep("warned", report.warned, shown)
+        if outcome == "FAIL":
+            stats.failed += 1
+            self._keep("failed", report.failed, shown)
+        for warning in ev.get("warnings") or ():
+            if isinstance(warning, dict):
+                self._keep("warnings", report.warnings, lambda w=warning: (shown(), w))
+        for hit in as_dict(ev.get("dlp")).get("hits") or ():
+            if isinstance(hit, dict):
+                self._keep("dlp", report.dlp_hits, lambda h=hit: (shown(), h))
+        call = llm_call_row(ev)
+        if call is not None:  # counted in report.summary with the rest of the run
+            self._keep("llm", report.llm_calls, lambda c=call: c)
+
+
+def collect_report(
+    tape_dir: Path,
+    run: str,
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    max_events: int = DEFAULT_MAX_EVENTS,
+    bodies: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Read one run from the tape (streamed) and verify the whole tape. Raises ReportError for an
+    unknown run. `progress`, when given, is told what is happening every 10,000 events."""
+    tape_dir = Path(tape_dir)
+    if not tape_dir.is_dir():
+        raise ReportError(f"no tape at {tape_dir}")
+    if max_events < 1:
+        raise ReportError("--max-events must be at least 1")
+    report = RunReport(
+        run=run,
+        tape=tape_dir,
+        summary=RunSummary(run=run),
+        verification=VerifyReport(),
+        generated=dt.datetime.now(dt.UTC).timestamp(),
+        max_events=max_events,
+        bodies=bodies,
+    )
+    collector = _Collector(report)
+    for ev in run_events(tape_dir, run):
+        collector.add(ev)
+        if progress is not None and report.events_read % 10_000 == 0:
+            progress(f"reading run {run}: {report.events_read:,} events")
+    if not report.events_read:
+        raise ReportError(f"no run {run!r} in {tape_dir}")
+    if progress is not None:
+        progress(f"read {report.events_read:,} events of run {run}; verifying the whole tape")
+    report.verification = verify_tape(tape_dir, public_key=public_key)
+    return report
