@@ -156,28 +156,34 @@ def _match_ends(database: object, text: bytes) -> set[tuple[int, int]]:
     return ends
 
 
-def test_dropped_prefix_keeps_every_match_end() -> None:
-    """Hyperscan reports the same (rule, end) pairs with and without the leading optional items."""
+def _compile(expressions: list[str]) -> object:
     hs = rx.hyperscan_module()
+    database = hs.Database()
+    database.compile(
+        expressions=[rx.pattern_bytes(e) for e in expressions],
+        ids=list(range(len(expressions))),
+        flags=[0] * len(expressions),
+    )
+    return database
+
+
+def test_rewritten_expressions_report_every_match_end() -> None:
+    """Hyperscan reports the same (rule, end) pairs with and without the leading optional items, and
+    at least those with long character alternations merged, on gitleaks' true positives."""
     rules = builtin_rules() + import_gitleaks(BUNDLED_GITLEAKS).rules
-    pairs = [
-        (rx.hyperscan_expression(rule.regex), rx.drop_optional_prefix(rx.hyperscan_expression(rule.regex)))
-        for rule in rules
-    ]
-    changed = [(before, after) for before, after in pairs if before != after]
-    assert len(changed) > 50
-    databases = []
-    for side in (0, 1):
-        database = hs.Database()
-        expressions = [rx.pattern_bytes(pair[side]) for pair in changed]
-        database.compile(expressions=expressions, ids=list(range(len(changed))), flags=[0] * len(changed))
-        databases.append(database)
+    original = [rx.hyperscan_expression(rule.regex) for rule in rules]
+    stripped = [rx.drop_optional_prefix(expression) for expression in original]
+    merged = [rx.merge_char_alternations(expression) for expression in stripped]
+    assert sum(a != b for a, b in zip(original, stripped, strict=True)) > 50
+    assert sum(a != b for a, b in zip(stripped, merged, strict=True)) >= 1
+    databases = [_compile(original), _compile(stripped), _compile(merged)]
     samples = [s for s in load_samples() if s.kind == "tp"]
     texts = [s.text.encode() for s in samples] + [chat_body(s.text) for s in samples[::7]]
     reported = 0
     for text in texts:
         ends = [_match_ends(database, text) for database in databases]
         assert ends[0] == ends[1], text[:120]
+        assert ends[1] <= ends[2], text[:120]
         reported += len(ends[0])
     assert reported > 1000
 
@@ -196,6 +202,23 @@ def test_dropped_prefix_keeps_every_match_end() -> None:
 )
 def test_drop_optional_prefix(expression: str, expected: str) -> None:
     assert rx.drop_optional_prefix(expression) == expected
+
+
+def test_merge_char_alternations() -> None:
+    generic = r"(?i)key[ ]{0,3}=([\w.=-]{10,150}|[a-z0-9][a-z0-9+/]{11,}={0,3})(?:\s|$)"
+    merged = rx.merge_char_alternations(generic)
+    assert merged.startswith(r"(?i)key[ ]{0,3}=(?:[") and merged.endswith(r"]{10,})(?:\s|$)")
+    # Every string either branch accepts, the merged repeat accepts.
+    compiled = rx.compile_re2(merged)
+    for value in ("abcdefghij", "A1b2C3d4e5f6+/==", "x.y=z-w_v.u", "Zz" * 80):
+        assert next(iter(compiled.finditer(f"key ={value} ".encode())), None) is not None, value
+    # Kept: a branch with a literal of its own (its anchor), short branches, other shapes.
+    for kept in (
+        r"(ABSK[A-Za-z0-9+/]{109,269}|bedrock-[A-Za-z0-9]{20,1000})",
+        r"x([a-z]{10,20}|[0-9]{10,20})",
+        r"x(?:[a-z]+|(?:ab)+)",
+    ):
+        assert rx.merge_char_alternations(kept) == kept
 
 
 def test_required_literal_length() -> None:

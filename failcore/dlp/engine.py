@@ -264,8 +264,10 @@ class DlpEngine:
 
     def _hs_expression(self, prepared: _PreparedRule) -> bytes:
         expression = rx.hyperscan_expression(prepared.rule.regex)
-        if self._fast:  # the same match ends without a leading `[\w.-]{0,50}?`
-            expression = rx.drop_optional_prefix(expression)
+        if self._fast:
+            # The same match ends without a leading `[\w.-]{0,50}?`; a superset of them with long
+            # character alternations merged (the confirm windows come from the rule's own regex).
+            expression = rx.merge_char_alternations(rx.drop_optional_prefix(expression))
         return rx.pattern_bytes(expression)
 
     def _build_fast_paths(self, accepted: list[int]) -> list[int]:

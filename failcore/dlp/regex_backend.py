@@ -414,3 +414,110 @@ def run_bounded_start(buffer: bytes, end: int, rest: int, table: bytes) -> int:
             return max(0, low + gap + 1 - rest)
         step *= 4
     return 0
+
+
+# An alternation is merged into one class repeat only when each branch can already be this long: the
+# merged repeat then reports no more match ends per run of its characters than the branches did.
+MERGE_MIN_UPPER = 100
+
+
+def _sequence_shape(items: Any) -> tuple[set[int], int, float] | None:
+    """(bytes, min length, max length) of a branch made only of character classes and repeats of
+    single characters; None for any other shape, or one with a literal character of its own."""
+    chars: set[int] = set()
+    low = 0
+    high = 0.0
+    for op, value in items:
+        single = _class_bytes(op, value)
+        if single is not None:
+            if len(single) <= 2:  # a literal (in either case): keep the branch's anchor
+                return None
+            chars |= single
+            low += 1
+            high += 1
+            continue
+        if op not in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) or len(value[2]) != 1:
+            return None
+        body = _class_bytes(*value[2][0])
+        if body is None:
+            return None
+        chars |= body
+        low += value[0]
+        high += float("inf") if value[1] == sre_parse.MAXREPEAT else value[1]
+    return chars, low, high
+
+
+def _class_text(chars: set[int]) -> str:
+    ranges: list[tuple[int, int]] = []
+    for char in sorted(chars):
+        if ranges and char == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], char)
+        else:
+            ranges.append((char, char))
+    return "[" + "".join(f"\\x{a:02x}" if a == b else f"\\x{a:02x}-\\x{b:02x}" for a, b in ranges) + "]"
+
+
+def merge_char_alternations(expression: str) -> str:
+    """`expression` with each group that alternates long runs of single characters
+    (`([\\w.=-]{10,150}|[a-z0-9][a-z0-9+/]{11,}={0,3})`) replaced by one repeat of their union
+    (`(?:[\\w.=+/-]{10,})`): it accepts every string the group accepts, so a pattern holding it
+    reports every match end the original reports (and maybe more, which the confirm step drops).
+    Hyperscan runs such a repeat much faster than the alternation."""
+    if any(token in expression for token in ("[[:", "\\p", "\\P", "\\Q", "\\C", "\\x{")):
+        return expression
+    index = 0
+    while True:
+        index = _next_group(expression, index)
+        if index < 0:
+            return expression
+        end = _group_end(expression, index)
+        if end < 0:
+            return expression
+        opener = re.match(r"\((?:\?[a-zA-Z-]*:)?", expression[index:])
+        assert opener is not None
+        inner = expression[index + opener.end() : end - 1]
+        replacement = _merged_group(inner) if not inner.startswith("?") else None
+        if replacement is not None:
+            expression = expression[:index] + replacement + expression[end:]
+            end = index + len(replacement)
+            index = end
+        else:
+            index += 1
+
+
+def _next_group(pattern: str, start: int) -> int:
+    """Index of the next `(` opening a group from `start`, outside escapes and classes; -1 if none."""
+    index = start
+    in_class = False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            if pattern[index + 1 : index + 2] == "]":
+                index += 1
+        elif char == "(":
+            return index
+        index += 1
+    return -1
+
+
+def _merged_group(inner: str) -> str | None:
+    try:
+        parsed = sre_parse.parse(without_inline_ignorecase(inner))
+    except (re.error, OverflowError, RecursionError):
+        return None
+    if len(parsed) != 1 or parsed[0][0] is not sre_parse.BRANCH:
+        return None
+    shapes = [_sequence_shape(branch) for branch in parsed[0][1][1]]
+    if any(shape is None or shape[2] < MERGE_MIN_UPPER for shape in shapes):
+        return None
+    chars: set[int] = set().union(*(shape[0] for shape in shapes if shape is not None))
+    low = min(shape[1] for shape in shapes if shape is not None)
+    if low < 1:
+        return None
+    return f"(?:{_class_text(chars)}{{{low},}})"
