@@ -95,9 +95,9 @@ MAX_WINDOW_LOOKUP_BYTES = 1024
 
 class _Keywords:
     """Which fragment-keyword rules have a keyword in one scanned buffer, or in the buffer it was
-    decoded from (`inherited`): gitleaks runs such a rule only then. The rules in `found` are known to;
-    when `exact` is None every other rule is known not to, else only the rules in `exact` are, and the
-    others are looked up the first time one of them matched."""
+    decoded from (`inherited`): gitleaks runs such a rule only then. The rules in `found` are known to
+    have one. When `exact` is None no other rule has; else that is known only of the rules in `exact`,
+    and any other rule is looked up the first time it matched."""
 
     def __init__(
         self,
@@ -140,8 +140,9 @@ class DlpEngine:
     def __init__(
         self, rules: Sequence[DlpRule], *, backend: str = "auto", salt: bytes, fast_paths: bool = True
     ) -> None:
-        """`fast_paths=False` keeps the plain Hyperscan pass (every rule and every keyword in one
-        database, runs searched in Python); the findings are the same, only slower (tests compare)."""
+        """`fast_paths=False` keeps the plain Hyperscan pass (every rule, as written, and every fragment
+        keyword in one database; windows from each rule's own width): the same findings, slower
+        (tests/test_dlp_fastpath.py compares the two)."""
         if not salt:
             raise ValueError("a non-empty salt is required so fingerprints cannot be precomputed")
         self.backend = resolve_backend(backend)
@@ -308,6 +309,7 @@ class DlpEngine:
 
     @staticmethod
     def _compile_database(expressions: list[bytes], flags: list[int]) -> Any:
+        """One more Hyperscan database of the fast path (ids are the expressions' positions)."""
         hs = rx.hyperscan_module()
         database = hs.Database()
         database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
