@@ -238,17 +238,17 @@ class DlpEngine:
                 accepted.append(index)
             except hs.error:
                 refused.append(index)
-        if self._fast:
-            accepted = self._build_fast_paths(accepted)
-        # Keywords of fragment-scoped rules are reported once each, so one pass also says which occur
-        # (fast path: only the gated rules' keywords; the others are looked up when their rule matched).
+        # Keywords of fragment-scoped rules are reported once each, so one pass also says which occur.
         owners: dict[bytes, list[int]] = defaultdict(list)
-        for index in [gated for gated, _ in self._hs_gated] if self._fast else accepted:
-            if self._rules[index].fragment_keywords:
+        for index in accepted:
+            # (Fast path: only the gated rules'; the others are looked up when their rule matched.)
+            if self._rules[index].fragment_keywords and (not self._fast or self._gated(index)):
                 for keyword in self._rules[index].keywords:
                     owners[keyword].append(index)
         literals = list(owners)
         self._hs_keyword_owners = [owners[literal] for literal in literals]
+        if self._fast:
+            accepted = self._build_fast_paths(accepted)
         if accepted or self._hs_gated:
             expressions = [self._hs_expression(self._rules[i]) for i in accepted]
             expressions += [rx.pattern_bytes(rx.escaped_literal(literal)) for literal in literals]
@@ -282,7 +282,7 @@ class DlpEngine:
         kept: list[int] = []
         for index in accepted:
             prepared = self._rules[index]
-            if prepared.fragment_keywords and rx.required_literal_length(prepared.rule.regex) == 0:
+            if self._gated(index):
                 database = self._compile_database([self._hs_expression(prepared)], [0])
                 self._hs_gated.append((index, database))
             else:
@@ -306,6 +306,11 @@ class DlpEngine:
                 [hs.HS_FLAG_CASELESS | hs.HS_FLAG_SINGLEMATCH] * len(literals),
             )
         return kept
+
+    def _gated(self, index: int) -> bool:
+        """A fragment-keyword rule with no literal at all for Hyperscan to anchor on."""
+        prepared = self._rules[index]
+        return prepared.fragment_keywords and rx.required_literal_length(prepared.rule.regex) == 0
 
     @staticmethod
     def _compile_database(expressions: list[bytes], flags: list[int]) -> Any:
