@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from itertools import accumulate
 from urllib.parse import unquote_to_bytes
 
+from failcore.dlp import regex_backend as rx
+
 # JSON escapes that shrink 2 bytes to 1, in the order `bytes.replace` must apply them.
 _TWO_BYTE_ESCAPES: tuple[tuple[bytes, bytes], ...] = (
     (b'\\"', b'"'),
@@ -35,7 +37,10 @@ _SENTINEL = b"\x00"
 _U_SENTINEL = b"\x01"
 # An escape Python's decoder reads but JSON does not have (or reads differently): `\'`, `\a`, `\v`, `\x`,
 # octal digits, a line continuation.
-_UNCOMMON_ESCAPE = re.compile(rb'\\(?:[^"bfnrt]|\Z)')
+_UNCOMMON_ESCAPE = (
+    # RE2 finds it (or says there is none) a few times faster than `re` in a body full of `\"`.
+    rx.compile_re2(r'\\(?:[^"bfnrt]|\z)') if rx.re2_available() else re.compile(rb'\\(?:[^"bfnrt]|\Z)')
+)
 _PYTHON_ONLY_ESCAPE = re.compile(rb'\\(?:[^"\\bfnrt]|\Z)')
 # `\u00XX` of printable ASCII: the only `\u` escapes a pattern (all ASCII) can care about.
 _ASCII_U_ESCAPE = re.compile(rb"\\u00([2-7][0-9a-fA-F])")

@@ -18,6 +18,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from failcore.dlp import decode as dv
 from failcore.dlp import hscache
@@ -30,6 +31,9 @@ BACKENDS: tuple[str, ...] = ("auto", "hyperscan", "re2", "python")
 # Beyond this many prefilter events the text is pathological for the rule set; one linear RE2 pass per
 # rule is then cheaper than handling every event in Python.
 MAX_PREFILTER_EVENTS = 200_000
+# Past this many match ends of an unbounded rule in one buffer, its window starts at 0 (bounding each
+# start costs a little Python per end).
+MAX_BOUNDED_ENDS = 256
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 Window = tuple[int, int]
@@ -83,10 +87,63 @@ def merge_windows(windows: list[Window]) -> list[Window]:
     return merged
 
 
+# A rule whose keyword presence is looked up: the end of its first few confirm windows is searched
+# (its keyword is usually inside the match), else one pass of the keyword database answers for every
+# rule of the buffer at once.
+MAX_WINDOW_LOOKUPS = 8
+MAX_WINDOW_LOOKUP_BYTES = 1024
+
+
+class _Keywords:
+    """Which fragment-keyword rules have a keyword in one scanned buffer, or in the buffer it was
+    decoded from (`inherited`): gitleaks runs such a rule only then. The rules in `found` are known to
+    have one. When `exact` is None no other rule has; else that is known only of the rules in `exact`,
+    and any other rule is looked up the first time it matched."""
+
+    def __init__(
+        self,
+        engine: DlpEngine,
+        buffer: bytes,
+        found: set[int],
+        exact: frozenset[int] | None,
+        inherited: _Keywords | None,
+    ) -> None:
+        self._engine = engine
+        self._buffer = buffer
+        self._found = found
+        self._exact = exact
+        self.inherited = inherited
+
+    def has(self, index: int, windows: Sequence[Window] = ()) -> bool:
+        if self._own(index, windows):
+            return True
+        return self.inherited is not None and self.inherited.has(index)
+
+    def _own(self, index: int, windows: Sequence[Window]) -> bool:
+        if index in self._found:
+            return True
+        if self._exact is None or index in self._exact:
+            return False
+        keywords = self._engine._rules[index].keywords
+        for start, end in windows[:MAX_WINDOW_LOOKUPS]:
+            part = self._buffer[max(start, end - MAX_WINDOW_LOOKUP_BYTES) : end].lower()
+            if any(keyword in part for keyword in keywords):
+                self._found.add(index)
+                return True
+        self._found |= self._engine._keyword_rules(self._buffer)
+        self._exact = None
+        return index in self._found
+
+
 class DlpEngine:
     """Scans bytes or text with a fixed rule set. Safe to share between threads (scans are serialised)."""
 
-    def __init__(self, rules: Sequence[DlpRule], *, backend: str = "auto", salt: bytes) -> None:
+    def __init__(
+        self, rules: Sequence[DlpRule], *, backend: str = "auto", salt: bytes, fast_paths: bool = True
+    ) -> None:
+        """`fast_paths=False` keeps the plain Hyperscan pass (every rule, as written, and every fragment
+        keyword in one database; windows from each rule's own width): the same findings, slower
+        (tests/test_dlp_fastpath.py compares the two)."""
         if not salt:
             raise ValueError("a non-empty salt is required so fingerprints cannot be precomputed")
         self.backend = resolve_backend(backend)
@@ -103,10 +160,22 @@ class DlpEngine:
         self._hs_rule_indexes: list[int] = []
         self._hs_keyword_owners: list[list[int]] = []
         self._hs_run_id = -1
+        self._fast = fast_paths and self.backend == "hyperscan"
+        # Fast path: rules with no literal Hyperscan can anchor on, each in its own database, scanned
+        # only when one of their keywords occurs; and one database of every fragment keyword.
+        self._hs_gated: list[tuple[int, Any]] = []
+        self._hs_keyword_db: Any = None
+        self._hs_keywords: list[list[int]] = []
+        # Fast path: tighter confirm windows (rule index -> width, and for an unbounded width the
+        # shape `run_bound` gives, when it has one).
+        self._window_shapes: dict[int, tuple[int, tuple[int, bytes] | None]] = {}
         keyword_path = list(range(len(self._rules)))
         if self.backend == "hyperscan":
             keyword_path = self._build_hyperscan()
         self._keyword_path_rules = keyword_path
+        self._exact_keywords: frozenset[int] | None = None
+        if self._fast:
+            self._exact_keywords = frozenset(keyword_path) | {index for index, _ in self._hs_gated}
         self._keyword_pattern, self._keyword_owners = self._build_keyword_prefilter(keyword_path)
         self._keyword_all: tuple[rx.CompiledPattern | None, dict[bytes, list[int]]] | None = None
         if len(keyword_path) == len(self._rules):
@@ -169,12 +238,15 @@ class DlpEngine:
         # Keywords of fragment-scoped rules are reported once each, so one pass also says which occur.
         owners: dict[bytes, list[int]] = defaultdict(list)
         for index in accepted:
-            if self._rules[index].fragment_keywords:
+            # (Fast path: only the gated rules'; the others are looked up when their rule matched.)
+            if self._rules[index].fragment_keywords and (not self._fast or self._gated(index)):
                 for keyword in self._rules[index].keywords:
                     owners[keyword].append(index)
         literals = list(owners)
         self._hs_keyword_owners = [owners[literal] for literal in literals]
-        if accepted:
+        if self._fast:
+            accepted = self._build_fast_paths(accepted)
+        if accepted or self._hs_gated:
             expressions = [self._hs_expression(self._rules[i]) for i in accepted]
             expressions += [rx.pattern_bytes(rx.escaped_literal(literal)) for literal in literals]
             flags = [0] * len(accepted) + [hs.HS_FLAG_CASELESS | hs.HS_FLAG_SINGLEMATCH] * len(literals)
@@ -186,9 +258,62 @@ class DlpEngine:
             self._hs_rule_indexes = accepted
         return refused
 
+    def _hs_expression(self, prepared: _PreparedRule) -> bytes:
+        expression = rx.hyperscan_expression(prepared.rule.regex)
+        if self._fast:
+            # The same match ends without a leading `[\w.-]{0,50}?`; a superset of them with long
+            # character alternations merged (the confirm windows come from the rule's own regex).
+            expression = rx.merge_char_alternations(rx.drop_optional_prefix(expression))
+        return rx.pattern_bytes(expression)
+
+    def _build_fast_paths(self, accepted: list[int]) -> list[int]:
+        """Fast path, around the main database: a fragment-keyword rule with no literal for Hyperscan
+        to anchor on (it would run an automaton over every byte) gets its own database, scanned only
+        when one of its keywords occurs (gitleaks' own gating); the other rules' keywords leave the
+        main database (short ones like `ey`, `sk` cost a lot there) for a database of their own, used
+        only when a rule that matched has no keyword in its windows; confirm windows get tighter
+        bounds where the rule's width allows. Returns the rules left for the main database."""
+        hs = rx.hyperscan_module()
+        kept: list[int] = []
+        for index in accepted:
+            prepared = self._rules[index]
+            if self._gated(index):
+                database = self._compile_database([self._hs_expression(prepared)], [0])
+                self._hs_gated.append((index, database))
+            else:
+                kept.append(index)
+        owners: dict[bytes, list[int]] = defaultdict(list)
+        for index in accepted:
+            prepared = self._rules[index]
+            width = prepared.width
+            if width >= rx.UNBOUNDED_WIDTH:  # often only a mid-pattern `(?i)` Python cannot parse
+                width = rx.max_match_width(rx.without_inline_ignorecase(prepared.rule.regex))
+            bound = rx.run_bound(prepared.rule.regex) if width >= rx.UNBOUNDED_WIDTH else None
+            self._window_shapes[index] = (width, bound)
+            if prepared.fragment_keywords:
+                for keyword in prepared.keywords:
+                    owners[keyword].append(index)
+        if owners:
+            literals = list(owners)
+            self._hs_keywords = [owners[literal] for literal in literals]
+            self._hs_keyword_db = self._compile_database(
+                [rx.pattern_bytes(rx.escaped_literal(literal)) for literal in literals],
+                [hs.HS_FLAG_CASELESS | hs.HS_FLAG_SINGLEMATCH] * len(literals),
+            )
+        return kept
+
+    def _gated(self, index: int) -> bool:
+        """A fragment-keyword rule with no literal at all for Hyperscan to anchor on."""
+        prepared = self._rules[index]
+        return prepared.fragment_keywords and rx.required_literal_length(prepared.rule.regex) == 0
+
     @staticmethod
-    def _hs_expression(prepared: _PreparedRule) -> bytes:
-        return rx.pattern_bytes(rx.hyperscan_expression(prepared.rule.regex))
+    def _compile_database(expressions: list[bytes], flags: list[int]) -> Any:
+        """One more Hyperscan database of the fast path (ids are the expressions' positions)."""
+        hs = rx.hyperscan_module()
+        database = hs.Database()
+        database.compile(expressions=expressions, ids=list(range(len(expressions))), flags=flags)
+        return database
 
     def _build_keyword_prefilter(
         self, rule_indexes: list[int]
@@ -234,14 +359,14 @@ class DlpEngine:
             views.append(dv.PercentView(percent[0], base, percent[1]))
         budget = [dv.MAX_CANDIDATES, dv.MAX_DECODED_BYTES]
         hits: dict[tuple[str, int, int], Hit] = {}
-        base_keywords: set[int] = set()
+        base_keywords: _Keywords | None = None
         index = 0
         while index < len(views):
             view = views[index]
             index += 1
-            found, keyword_rules, runs = self._scan_view(view.data, base_keywords)
+            found, keywords, runs = self._scan_view(view.data, base_keywords)
             if view is base:
-                base_keywords = keyword_rules
+                base_keywords = keywords
             if not isinstance(view, dv.SliceView):
                 views.extend(dv.encoded_candidates(view, runs, budget))
             for hit in found:
@@ -255,73 +380,111 @@ class DlpEngine:
         return sorted(hits.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
 
     def _scan_view(
-        self, buffer: bytes, inherited_keywords: set[int]
-    ) -> tuple[list[Hit], set[int], list[Window]]:
-        """Hits in one buffer, the rules whose keywords occur in it and its base64/hex-like runs."""
-        windows, keyword_rules, runs = self._candidate_windows(buffer)
-        present = keyword_rules | inherited_keywords
+        self, buffer: bytes, inherited: _Keywords | None
+    ) -> tuple[list[Hit], _Keywords, list[Window]]:
+        """Hits in one buffer, which rules' keywords occur in it and its base64/hex-like runs."""
+        windows, keywords, runs = self._candidate_windows(buffer, inherited)
         hits: list[Hit] = []
         for index, spans in windows.items():
             prepared = self._rules[index]
-            if prepared.fragment_keywords and index not in present:
+            if prepared.fragment_keywords and not keywords.has(index, spans):
                 continue
             for window_start, window_end in merge_windows(spans):
                 for match in prepared.pattern.finditer(buffer, window_start, window_end):
                     hit = self._confirm(prepared, buffer, match)
                     if hit is not None:
                         hits.append(hit)
-        return hits, keyword_rules, runs
+        return hits, keywords, runs
 
-    def _candidate_windows(self, buffer: bytes) -> tuple[dict[int, list[Window]], set[int], list[Window]]:
+    def _candidate_windows(
+        self, buffer: bytes, inherited: _Keywords | None = None
+    ) -> tuple[dict[int, list[Window]], _Keywords, list[Window]]:
         windows: dict[int, list[Window]] = defaultdict(list)
         keyword_rules: set[int] = set()
         keyword_path = self._keyword_path_rules
+        # The fast path knows the keywords of the gated rules and of the keyword path from its passes;
+        # the other rules' are looked up when they matched.
+        exact = self._exact_keywords
         # Hyperscan's match ends are complete for the rules it holds: a rule it did not report
         # cannot match, so only the rules it refused go through the keyword path.
         first_run: int | None = 0
         if self._hs_db is not None:
-            first_run = self._hyperscan_windows(buffer, windows, keyword_rules)
+            first_run = self._hyperscan_windows(buffer, windows, keyword_rules, inherited)
             if first_run is not None and first_run < 0:  # the event budget ran out
                 windows.clear()
                 keyword_rules.clear()
                 keyword_path = list(range(len(self._rules)))
+                exact = None
                 first_run = 0
         self._keyword_windows(buffer, keyword_path, windows, keyword_rules)
-        return windows, keyword_rules, [] if first_run is None else dv.find_runs(buffer, first_run)
+        keywords = _Keywords(self, buffer, keyword_rules, exact, inherited)
+        return windows, keywords, [] if first_run is None else dv.find_runs(buffer, first_run)
+
+    def _hs_scan(self, database: Any, buffer: bytes, on_match: Callable[..., bool]) -> bool:
+        """One Hyperscan pass (scans are serialised); False when `on_match` stopped it."""
+        hs = rx.hyperscan_module()
+        with self._lock:
+            try:
+                database.scan(buffer, match_event_handler=on_match)
+            except hs.ScanTerminated:
+                return False
+        return True
 
     def _hyperscan_windows(
-        self, buffer: bytes, windows: dict[int, list[Window]], keyword_rules: set[int]
+        self,
+        buffer: bytes,
+        windows: dict[int, list[Window]],
+        keyword_rules: set[int],
+        inherited: _Keywords | None = None,
     ) -> int | None:
         """Collect confirm windows from match ends. Returns where the first base64/hex-like run starts
         (None: there is none), or -1 when the event budget ran out."""
         ends: dict[int, list[int]] = defaultdict(list)
         budget = [MAX_PREFILTER_EVENTS]
 
-        def on_match(hs_id: int, _start: int, end: int, _flags: int, _context: object) -> bool:
+        def collect(hs_id: int, _start: int, end: int, _flags: int, _context: object) -> bool:
             ends[hs_id].append(end)
             budget[0] -= 1
             return budget[0] <= 0
 
-        with self._lock:
-            hs = rx.hyperscan_module()
-            try:
-                self._hs_db.scan(buffer, match_event_handler=on_match)
-            except hs.ScanTerminated:
-                return -1
-            if budget[0] <= 0:
-                return -1
+        if not self._hs_scan(self._hs_db, buffer, collect) or budget[0] <= 0:
+            return -1
         rule_count = len(self._hs_rule_indexes)
         run_ends = ends.pop(self._hs_run_id, None)
+        by_rule: list[tuple[int, list[int]]] = []
         for hs_id, rule_ends in ends.items():
             if hs_id >= rule_count:
                 keyword_rules.update(self._hs_keyword_owners[hs_id - rule_count])
-                continue
-            index = self._hs_rule_indexes[hs_id]
-            width = self._rules[index].width
+            else:
+                by_rule.append((self._hs_rule_indexes[hs_id], rule_ends))
+        # Gated rules run only where one of their keywords occurs (here or in the buffer decoded from).
+        for index, database in self._hs_gated:
+            if index in keyword_rules or (inherited is not None and inherited.has(index)):
+                ends.clear()
+                if not self._hs_scan(database, buffer, collect) or budget[0] <= 0:
+                    return -1
+                by_rule.append((index, ends.pop(0, [])))
+        for index, rule_ends in by_rule:
+            width, bound = self._window_shapes.get(index, (self._rules[index].width, None))
             target = windows[index]
-            for end in rule_ends:
-                target.append((0 if width >= rx.UNBOUNDED_WIDTH else max(0, end - width), end))
+            if width < rx.UNBOUNDED_WIDTH:
+                target.extend((max(0, end - width), end) for end in rule_ends)
+            elif bound is not None and len(rule_ends) <= MAX_BOUNDED_ENDS:
+                target.extend((rx.run_bounded_start(buffer, end, *bound), end) for end in rule_ends)
+            else:
+                target.extend((0, end) for end in rule_ends)
         return None if run_ends is None else min(run_ends) - dv.MIN_RUN
+
+    def _keyword_rules(self, buffer: bytes) -> set[int]:
+        """Every fragment-keyword rule with a keyword in `buffer`, from the keyword database."""
+        found: set[int] = set()
+
+        def on_keyword(hs_id: int, _start: int, _end: int, _flags: int, _context: object) -> bool:
+            found.update(self._hs_keywords[hs_id])
+            return False
+
+        self._hs_scan(self._hs_keyword_db, buffer, on_keyword)
+        return found
 
     def _keyword_windows(
         self,

@@ -202,3 +202,326 @@ def hyperscan_expression(pattern: str) -> str:
     if end <= 0 or end == len(body) or body[end : end + 1] in ("*", "+", "?", "{"):
         return pattern
     return flags + body[end:]
+
+
+# A character class (or `.`, `\w`…) repeated possibly zero times, greedy or lazy: `[\w.-]{0,50}?`.
+_OPTIONAL_ITEM = re.compile(r"(?:\[\^?\]?(?:\\.|[^\]\\])*\]|\\[wsdWSD]|\.)(?:\{0(?:,\d*)?\}|\*|\?)\??")
+_GROUP_OPEN = re.compile(r"\((?:\?[a-zA-Z-]*:)?")
+
+
+def _drop_leading_optional(body: str) -> str:
+    while True:
+        item = _OPTIONAL_ITEM.match(body)
+        if item is None:
+            break
+        body = body[item.end() :]
+    group = _GROUP_OPEN.match(body)
+    if group is not None and group.group(0) != "(":  # a non-capturing group: look inside it
+        end = _group_end(body, 0)
+        if end > 0 and body[end : end + 1] not in ("*", "+", "?", "{"):  # not repeated
+            inner = _drop_leading_optional(body[group.end() :])
+            body = body[: group.end()] + inner
+    return body
+
+
+def drop_optional_prefix(expression: str) -> str:
+    """`expression` without the items in front that may match nothing (`[\\w.-]{0,50}?(?:key)…` ->
+    `(?:key)…`), when something that cannot match empty remains; else `expression` unchanged.
+
+    A match of P·R ends exactly where a match of R ends when P can match the empty string, so
+    Hyperscan reports the same match ends; the confirm window still spans the full pattern's width.
+    Such a prefix in front of the keyword is what makes gitleaks' generic rules slow in Hyperscan.
+    """
+    flag_prefix = re.match(r"\(\?[a-zA-Z]+\)", expression)
+    flags = flag_prefix.group(0) if flag_prefix else ""
+    body = expression[len(flags) :]
+    stripped = _drop_leading_optional(body)
+    if stripped == body:
+        return expression
+    try:
+        low, _high = sre_parse.parse(_python_dialect(flags + stripped)).getwidth()
+    except (re.error, OverflowError, RecursionError):
+        return expression
+    return flags + stripped if low > 0 else expression
+
+
+def _one_literal_char(op: Any, value: Any) -> bool:
+    if op is sre_parse.LITERAL:
+        return True
+    if op is sre_parse.IN:  # `[Aa]`: one letter in either case
+        return (
+            all(item is sre_parse.LITERAL for item, _ in value)
+            and len({chr(char).lower() for _, char in value}) == 1
+        )
+    return False
+
+
+def _required_literal(items: Any) -> int:
+    best = run = 0
+    for op, value in items:
+        if _one_literal_char(op, value):
+            run += 1
+            best = max(best, run)
+            continue
+        if op is sre_parse.AT:  # zero-width: `\b`, `^` do not break a literal
+            continue
+        run = 0
+        if op is sre_parse.SUBPATTERN:
+            best = max(best, _required_literal(value[-1]))
+        elif op is sre_parse.BRANCH:
+            best = max(best, min(_required_literal(branch) for branch in value[1]))
+        elif op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and value[0] >= 1:
+            best = max(best, _required_literal(value[2]))
+    return best
+
+
+def required_literal_length(pattern: str) -> int:
+    """Length of the longest literal every match must contain (case aside; one of a branch's literals
+    counts as the shortest of them). 0 when there is none: Hyperscan then has nothing to anchor on
+    and runs an automaton over the whole text. -1 when the pattern cannot be analysed."""
+    try:
+        return _required_literal(sre_parse.parse(without_inline_ignorecase(pattern)))
+    except (re.error, OverflowError, RecursionError):
+        return -1
+
+
+def without_inline_ignorecase(pattern: str) -> str:
+    """Go lets `(?i)` appear mid-pattern, Python does not; case changes no width."""
+    dialect = _python_dialect(pattern)
+    head = "(?i)" if dialect.startswith("(?i)") else ""
+    return head + dialect[len(head) :].replace("(?i)", "")
+
+
+_ALL_BYTES = frozenset(range(256))
+_WORD = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+# Per category: what the widest reading matches (Python's `\s` has `\v`, RE2's not) and what the
+# narrowest does, whose complement is the widest reading of the negated category.
+_CATEGORIES: dict[str, tuple[frozenset[int], frozenset[int]]] = {
+    "CATEGORY_DIGIT": (frozenset(b"0123456789"), frozenset(b"0123456789")),
+    "CATEGORY_SPACE": (frozenset(b" \t\n\r\f\v"), frozenset(b" \t\n\r\f")),
+    "CATEGORY_WORD": (_WORD, _WORD),
+}
+
+
+def _both_cases(chars: set[int] | frozenset[int]) -> frozenset[int]:
+    return frozenset(chars) | {ord(chr(char).swapcase()) for char in chars if char < 128}
+
+
+def _class_bytes(op: Any, value: Any) -> frozenset[int] | None:
+    """A superset of the bytes one single-character item can match, whether or not a `(?i)` applies
+    and whichever dialect reads it; None when the item is not a single character."""
+    if op is sre_parse.ANY:
+        return _ALL_BYTES
+    if op is sre_parse.LITERAL:
+        return _both_cases({value})
+    if op is sre_parse.NOT_LITERAL:
+        return _ALL_BYTES - {value}
+    if op is not sre_parse.IN:
+        return None
+    if value and value[0][0] is sre_parse.NEGATE:
+        # Excluded: only what every reading excludes (no case folding, narrow categories).
+        excluded: set[int] = set()
+        for item, arg in value[1:]:
+            if item is sre_parse.LITERAL:
+                excluded.add(arg)
+            elif item is sre_parse.RANGE:
+                excluded.update(range(arg[0], arg[1] + 1))
+            elif item is sre_parse.CATEGORY and str(arg) in _CATEGORIES:
+                excluded.update(_CATEGORIES[str(arg)][1])
+            elif item is sre_parse.CATEGORY and str(arg).replace("NOT_", "") in _CATEGORIES:
+                continue  # excludes `\S`, `\W`, `\D`: assume it excludes nothing (wider)
+            else:
+                return None
+        return _ALL_BYTES - excluded
+    members: set[int] = set()
+    for item, arg in value:
+        if item is sre_parse.LITERAL:
+            members.add(arg)
+        elif item is sre_parse.RANGE:
+            members.update(range(arg[0], arg[1] + 1))
+        elif item is sre_parse.CATEGORY and str(arg) in _CATEGORIES:
+            members.update(_CATEGORIES[str(arg)][0])
+        elif item is sre_parse.CATEGORY and str(arg).replace("NOT_", "") in _CATEGORIES:
+            members.update(_ALL_BYTES - _CATEGORIES[str(arg).replace("NOT_", "")][1])
+        else:
+            return None
+    return _both_cases(members)
+
+
+def _rest_width(items: Any, found: list[Any], repeated: bool) -> int | None:
+    """Max width of `items` with its one unbounded single-character repeat counted as empty (that
+    repeat's byte set goes in `found`); None when there are several, or other unbounded parts."""
+    total = 0
+    for op, value in items:
+        if op is sre_parse.AT:
+            continue
+        if _class_bytes(op, value) is not None:
+            total += 1
+            continue
+        if op is sre_parse.SUBPATTERN:
+            width = _rest_width(value[-1], found, repeated)
+        elif op is sre_parse.BRANCH:
+            widths = [_rest_width(branch, found, repeated) for branch in value[1]]
+            width = None if None in widths else max(w for w in widths if w is not None)
+        elif op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT):
+            _low, high, body = value
+            if high == sre_parse.MAXREPEAT:
+                chars = _class_bytes(*body[0]) if len(body) == 1 else None
+                if chars is None or repeated or found:
+                    return None
+                found.append(chars)
+                continue
+            inner = _rest_width(body, found, repeated or high > 1)
+            width = None if inner is None else inner * high
+        else:
+            return None
+        if width is None:
+            return None
+        total += width
+    return total
+
+
+def run_bound(pattern: str) -> tuple[int, bytes] | None:
+    """For a pattern whose only unbounded part is one repeated character class C (`[a-z0-9+/]{11,}`):
+    (W, table), W the most the rest of a match can take, table mapping C's bytes to `a`, others to
+    ` `. A match then ends at most W past its C-run and starts at most W before it, so the start of a
+    match ending at `e` is bounded by the C-run in front of `e - W` (see `run_bounded_start`).
+    None for any other shape."""
+    if any(token in pattern for token in ("[[:", "\\p", "\\P", "\\Q", "\\C", "\\x{")):
+        return None  # Go syntax Python's parser would read differently
+    try:
+        parsed = sre_parse.parse(without_inline_ignorecase(pattern))
+    except (re.error, OverflowError, RecursionError):
+        return None
+    found: list[frozenset[int]] = []
+    rest = _rest_width(parsed, found, False)
+    if rest is None or not found:
+        return None
+    table = bytes(0x61 if byte in found[0] else 0x20 for byte in range(256))
+    return rest, table
+
+
+def run_bounded_start(buffer: bytes, end: int, rest: int, table: bytes) -> int:
+    """A lower bound of where a match ending at `end` starts, for a pattern with `run_bound` (W, table):
+    the C-run holding the last byte of its repeat reaches back from at least `end - W - 1`."""
+    probe = end - rest - 1
+    if probe < 0:
+        return 0
+    if table[buffer[probe]] != 0x61:
+        return max(0, probe + 1 - rest)
+    step = 256
+    low = probe
+    while low > 0:
+        low = max(0, probe + 1 - step)
+        gap = buffer[low : probe + 1].translate(table).rfind(b" ")
+        if gap >= 0:
+            return max(0, low + gap + 1 - rest)
+        step *= 4
+    return 0
+
+
+# An alternation is merged into one class repeat only when each branch can already be this long: the
+# merged repeat then reports no more match ends per run of its characters than the branches did.
+MERGE_MIN_UPPER = 100
+
+
+def _sequence_shape(items: Any) -> tuple[set[int], int, float] | None:
+    """(bytes, min length, max length) of a branch made only of character classes and repeats of
+    single characters; None for any other shape, or one with a literal character of its own."""
+    chars: set[int] = set()
+    low = 0
+    high = 0.0
+    for op, value in items:
+        single = _class_bytes(op, value)
+        if single is not None:
+            if len(single) <= 2:  # a literal (in either case): keep the branch's anchor
+                return None
+            chars |= single
+            low += 1
+            high += 1
+            continue
+        if op not in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) or len(value[2]) != 1:
+            return None
+        body = _class_bytes(*value[2][0])
+        if body is None:
+            return None
+        chars |= body
+        low += value[0]
+        high += float("inf") if value[1] == sre_parse.MAXREPEAT else value[1]
+    return chars, low, high
+
+
+def _class_text(chars: set[int]) -> str:
+    ranges: list[tuple[int, int]] = []
+    for char in sorted(chars):
+        if ranges and char == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], char)
+        else:
+            ranges.append((char, char))
+    return "[" + "".join(f"\\x{a:02x}" if a == b else f"\\x{a:02x}-\\x{b:02x}" for a, b in ranges) + "]"
+
+
+def merge_char_alternations(expression: str) -> str:
+    """`expression` with each group that alternates long runs of single characters
+    (`([\\w.=-]{10,150}|[a-z0-9][a-z0-9+/]{11,}={0,3})`) replaced by one repeat of their union
+    (`(?:[\\w.=+/-]{10,})`): it accepts every string the group accepts, so a pattern holding it
+    reports every match end the original reports (and maybe more, which the confirm step drops).
+    Hyperscan runs such a repeat much faster than the alternation."""
+    if any(token in expression for token in ("[[:", "\\p", "\\P", "\\Q", "\\C", "\\x{")):
+        return expression
+    index = 0
+    while True:
+        index = _next_group(expression, index)
+        if index < 0:
+            return expression
+        end = _group_end(expression, index)
+        if end < 0:
+            return expression
+        opener = re.match(r"\((?:\?[a-zA-Z-]*:)?", expression[index:])
+        assert opener is not None
+        inner = expression[index + opener.end() : end - 1]
+        replacement = _merged_group(inner) if not inner.startswith("?") else None
+        if replacement is not None:
+            expression = expression[:index] + replacement + expression[end:]
+            end = index + len(replacement)
+            index = end
+        else:
+            index += 1
+
+
+def _next_group(pattern: str, start: int) -> int:
+    """Index of the next `(` opening a group from `start`, outside escapes and classes; -1 if none."""
+    index = start
+    in_class = False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            index += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+            if pattern[index + 1 : index + 2] == "]":
+                index += 1
+        elif char == "(":
+            return index
+        index += 1
+    return -1
+
+
+def _merged_group(inner: str) -> str | None:
+    try:
+        parsed = sre_parse.parse(without_inline_ignorecase(inner))
+    except (re.error, OverflowError, RecursionError):
+        return None
+    if len(parsed) != 1 or parsed[0][0] is not sre_parse.BRANCH:
+        return None
+    shapes = [_sequence_shape(branch) for branch in parsed[0][1][1]]
+    if any(shape is None or shape[2] < MERGE_MIN_UPPER for shape in shapes):
+        return None
+    chars: set[int] = set().union(*(shape[0] for shape in shapes if shape is not None))
+    low = min(shape[1] for shape in shapes if shape is not None)
+    if low < 1:
+        return None
+    return f"(?:{_class_text(chars)}{{{low},}})"
