@@ -13,48 +13,14 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import sysconfig
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from failcore.dlp import DlpEngine, Hit, builtin_rules, import_gitleaks
 from failcore.shipped import BUNDLED_GITLEAKS
+from tests.dlp_corpus import Sample, chat_body, load_samples, ordinary_corpus
 
-DATA = Path(__file__).parent / "data" / "conformance" / "dlp" / "gitleaks-fixtures.jsonl"
 GITLEAKS_TOML = BUNDLED_GITLEAKS
-ORDINARY_TARGET_BYTES = 7_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    rule: str
-    kind: str
-    text: str
-    secret: str | None
-
-
-def load_samples() -> list[Sample]:
-    samples = []
-    with DATA.open(encoding="utf-8") as handle:
-        for line in handle:
-            raw = json.loads(line)
-            if raw["needs_path"]:
-                continue  # only fires on a file path: traffic has none
-            samples.append(Sample(raw["rule"], raw["kind"], raw["text"], raw.get("secret") or None))
-    return samples
-
-
-def chat_body(text: str) -> bytes:
-    """What the OpenAI SDK sends (json.dumps defaults: ASCII-only, `\\uXXXX` for the rest)."""
-    return json.dumps(
-        {
-            "model": "gpt-4o",
-            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
-        }
-    ).encode()
 
 
 def _secret_spans(body: bytes, secret: str, *, in_json: bool) -> list[tuple[int, int]]:
@@ -94,33 +60,6 @@ def fired(engine: DlpEngine, sample: Sample, *, in_json: bool, any_rule: bool = 
         offset = body.index(b'"role": "user", "content": ') + len(b'"role": "user", "content": ')
         hits = [hit for hit in hits if hit.end > offset]
     return bool(hits)
-
-
-def ordinary_files() -> Iterator[Path]:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    yield from sorted(stdlib.glob("*.py"))
-    for sub in ("email", "http", "json", "logging", "urllib", "asyncio", "importlib", "concurrent", "xml"):
-        yield from sorted((stdlib / sub).rglob("*.py"))
-    site = Path(sysconfig.get_paths()["purelib"])
-    for dist in sorted(site.glob("*.dist-info")):
-        for name in ("METADATA", "README.md", "README.rst"):
-            if (dist / name).is_file():
-                yield dist / name
-    yield from sorted(site.glob("*/README*"))
-
-
-def ordinary_corpus(target: int = ORDINARY_TARGET_BYTES) -> list[bytes]:
-    docs: list[bytes] = []
-    size = 0
-    for path in ordinary_files():
-        if "test" in path.parts or "tests" in path.parts:
-            continue  # test suites ship deliberate fake keys
-        data = path.read_bytes()
-        docs.append(data)
-        size += len(data)
-        if size >= target:
-            break
-    return docs
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from failcore.dlp import DlpEngine, builtin_rules, import_gitleaks
 from failcore.dlp import engine as engine_module
 from failcore.dlp import regex_backend as rx
 from failcore.shipped import BUNDLED_GITLEAKS
-from tests.test_dlp_conformance import chat_body, load_samples, ordinary_corpus
+from tests.dlp_corpus import chat_body, load_samples, ordinary_corpus
 
 pytestmark = pytest.mark.skipif(not rx.hyperscan_available(), reason="hyperscan not installed")
 
