@@ -14,7 +14,7 @@ from failcore.tape.reader import GENESIS_PREV, segment_name
 from failcore.tape.writer import encode_line
 from failcore.tui import summaries
 from failcore.tui.cache import prepare_cache_dir
-from failcore.tui.index import TapeIndexer
+from failcore.tui.index import build_index
 from failcore.tui.summaries import summarize_tape_cached
 
 
@@ -104,13 +104,13 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def scans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """(segment, start offset) of every segment read line by line."""
     seen: list[tuple[str, int]] = []
-    original = TapeIndexer._scan_segment
+    original = summaries._count_lines
 
-    def counting(self: TapeIndexer, path: Path, start: int, limit: int | None) -> Any:
+    def counting(path: Path, start: int) -> Any:
         seen.append((path.name, start))
-        return original(self, path, start, limit)
+        return original(path, start)
 
-    monkeypatch.setattr(TapeIndexer, "_scan_segment", counting)
+    monkeypatch.setattr(summaries, "_count_lines", counting)
     return seen
 
 
@@ -136,7 +136,7 @@ def test_cold_and_warm_equal_summarize_tape_and_warm_reads_only_new_lines(
     assert [s for s, _ in scans] == [segment_name(n) for n in (1, 2, 3, 4)]
     assert oct(cache.stat().st_mode & 0o777) == "0o700"
     entries = sorted(p.name for p in cache.iterdir() if p.name != "source")
-    assert entries == [f"{segment_name(n)}.idx" for n in (1, 2, 3)] + [f"{segment_name(4)}.tail"]
+    assert entries == [f"{segment_name(n)}.sum" for n in (1, 2, 3)] + [f"{segment_name(4)}.tail"]
     assert all(oct((cache / e).stat().st_mode & 0o777) == "0o600" for e in entries)
 
     scans.clear()
@@ -155,7 +155,7 @@ def test_cold_and_warm_equal_summarize_tape_and_warm_reads_only_new_lines(
     tape.run("run-f", 10)
     assert cached(tape, cache) == expected(tape)
     assert not (cache / f"{segment_name(4)}.tail").exists()
-    assert (cache / f"{segment_name(4)}.idx").exists()
+    assert (cache / f"{segment_name(4)}.sum").exists()
 
 
 def test_an_edited_or_truncated_segment_invalidates_its_cache(home: Path, tmp_path: Path) -> None:
@@ -226,6 +226,17 @@ def test_list_json_is_summarize_tape_and_writes_nothing_to_stderr(
         out, err = capsys.readouterr()
         assert orjson.loads(out) == orjson.loads(orjson.dumps(expected(tape)))
         assert err == ""
+
+
+def test_the_viewers_index_serves_sealed_segments_it_has_indexed(
+    home: Path, tmp_path: Path, scans: list[tuple[str, int]]
+) -> None:
+    tape = three_segments(tmp_path)
+    cache = prepare_cache_dir(tape.path)
+    build_index(tape.path, cache)
+    assert sorted(p.name for p in cache.glob("*.idx")) == [f"{segment_name(n)}.idx" for n in (1, 2, 3)]
+    assert cached(tape, cache) == expected(tape)
+    assert scans == [(segment_name(4), 0)], "sealed segments came from the viewer's index"
 
 
 def test_no_cache_dir_still_counts(tmp_path: Path) -> None:
