@@ -8,10 +8,11 @@ processes, wall and CPU (user+sys of the child):
 
 - `list` (before): `failcore list --json` of the checkout at `--before` (e.g. one made with
   `mkdir /tmp/before && git archive <commit> | tar -x -C /tmp/before`), which reads every line, when given;
-- `list` cold: a fresh FAILCORE_HOME, so the viewer's index of every segment is built and saved;
+- `list` cold: a fresh FAILCORE_HOME, so every segment is counted and its run summaries saved;
 - `list` warm: the same FAILCORE_HOME again (sealed segments from the cache, the open one's prefix
   re-hashed, not re-parsed);
-- `list` warm + append: after 1000 events are appended to the open segment;
+- `list` warm + append: after 1000 events are appended to the open segment (of a `--tape` too: give
+  it a copy);
 - with --report: `failcore report` of the tape's biggest run (before and after when --before is given).
 
 Variants are interleaved run by run; numbers are medians with the min-max. The JSON of every `list`
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,6 +90,13 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="failcore-bigtape-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the generated tape and the caches
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
     tape = args.tape
     if tape is None:
         tape = work / "tape"
