@@ -4,12 +4,16 @@ segment and merges them, so a cached segment is never re-read)."""
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from failcore.tape import iter_events
+from failcore.tape.reader import list_segments
 
 # Network events that are connections, not HTTP exchanges: counted apart from `requests`.
 CONNECTION_ACTIONS = frozenset({"tls.handshake", "tcp.stream", "ip.packet"})
@@ -237,6 +241,8 @@ def run_ids(tape_dir: Path) -> list[str]:
 
 def resolve_run(tape_dir: Path, wanted: str) -> str:
     """A run named in full, or by a prefix or suffix only one run has."""
+    if wanted and _has_run_start(tape_dir, wanted):  # a byte search instead of a pass over every line
+        return wanted
     ids = run_ids(tape_dir)
     if wanted in ids:
         return wanted
@@ -250,10 +256,80 @@ def resolve_run(tape_dir: Path, wanted: str) -> str:
 
 
 def last_run_id(tape_dir: Path) -> str | None:
-    last: str | None = None
-    for ev in iter_events(tape_dir, kinds=("run_start",), on_bad_line=lambda line, why: None):
-        last = ev.get("run")
-    return last
+    """The run of the tape's last run_start event (searched from the end, not read from the start)."""
+    for path in reversed(list_segments(tape_dir)):
+        with _mapped(path) as data:
+            if data is None:
+                continue
+            limit = len(data)
+            while (found := data.rfind(_RUN_START, 0, limit)) != -1:
+                start, event = _run_start_at(data, found)
+                if event is not None:
+                    return event.get("run")
+                limit = start
+    return None
+
+
+# Byte searches that find exactly the lines iter_events(kinds=("run_start",)) yields: a complete line
+# holding orjson's bytes for "kind":"run_start" that parses to an object of that kind.
+_RUN_START = b'"kind":"run_start"'
+
+
+class _mapped:
+    """A segment mapped read-only (None for an empty or vanished one)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._map: mmap.mmap | None = None
+
+    def __enter__(self) -> mmap.mmap | None:
+        try:
+            with open(self._path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
+            return None
+        return self._map
+
+    def __exit__(self, *exc: object) -> None:
+        if self._map is not None:
+            self._map.close()
+
+
+def _run_start_at(data: mmap.mmap, found: int) -> tuple[int, dict[str, Any] | None]:
+    """(start of the line holding byte `found`, its run_start event or None)."""
+    start = data.rfind(b"\n", 0, found) + 1
+    end = data.find(b"\n", found)
+    if end == -1:
+        return start, None  # a line still being written: iter_events skips it too
+    line = data[start:end]
+    if _RUN_START not in line:
+        return start, None
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return start, None
+    if not isinstance(event, dict) or event.get("kind") != "run_start":
+        return start, None
+    return start, event
+
+
+def _has_run_start(tape_dir: Path, run: str) -> bool:
+    """Whether run_ids(tape_dir) holds `run`, found by searching for its bytes."""
+    needle = b'"run":' + orjson.dumps(run)
+    for path in list_segments(tape_dir):
+        with _mapped(path) as data:
+            if data is None:
+                continue
+            position = 0
+            while (found := data.find(needle, position)) != -1:
+                _, event = _run_start_at(data, found)
+                if event is not None and event.get("run") == run:
+                    return True
+                end = data.find(b"\n", found)
+                if end == -1:
+                    break
+                position = end + 1
+    return False
 
 
 def run_events(tape_dir: Path, run: str | None) -> Iterator[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +37,21 @@ def print_run_summary(s: dict[str, Any], stream: Console = console) -> None:
 
 
 @contextlib.contextmanager
-def reading(tape: Path) -> Iterator[None]:
-    """A spinner on the terminal (stderr) while a whole tape is read: a big one takes seconds."""
+def reading(tape: Path) -> Iterator[Callable[[int, int], None] | None]:
+    """A spinner on the terminal (stderr) while a whole tape is read: a big one takes seconds. Yields a
+    `progress(done_bytes, total_bytes)` callback for readers that report how far they are (None off a
+    terminal: nothing is written then)."""
     if not err_console.is_terminal:
-        yield
+        yield None
         return
     size = sum(p.stat().st_size for p in tape.glob("seg-*.jsonl"))
-    with err_console.status(safe_text(f"reading {tape} ({fmt.size(size)})…")):
-        yield
+    label = f"reading {tape} ({fmt.size(size)})"
+    with err_console.status(safe_text(f"{label}…")) as status:
+
+        def progress(done: int, total: int) -> None:
+            status.update(safe_text(f"{label}: {done * 100 // max(total, 1)}%…"))
+
+        yield progress
 
 
 class NoRun(Exception):

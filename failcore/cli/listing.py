@@ -1,4 +1,5 @@
-"""`failcore list`: the runs on a tape, one row each."""
+"""`failcore list`: the runs on a tape, one row each (from the viewer's index cache: a warm call reads
+only what was appended since)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ from failcore.textsafe import safe_text
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from failcore.runs import summarize_tape
+    from failcore.tui.cache import prepare_cache_dir
+    from failcore.tui.summaries import summarize_tape_cached
 
     tape = tape_arg(args.tape)
     if not tape.exists():
         err_console.print(safe_text(f"failcore: no tape at {tape}"))
         return 1
-    with reading(tape):
-        runs = summarize_tape(tape)
+    with reading(tape) as progress:
+        runs = summarize_tape_cached(tape, prepare_cache_dir(tape), progress)
     if args.json:
         print_json([r.to_dict() for r in runs])
         return 0

@@ -1,0 +1,160 @@
+"""`failcore list` and `failcore report` on a big tape: cold and warm index cache, before and after.
+
+    .venv/bin/python benchmarks/bigtape_bench.py [--events 200000] [--tape DIR] [--before PATH]
+        [--runs 3] [--report] [--json]
+
+Generates a tape with benchmarks/gen_tape.py (unless --tape names one), then times, as separate
+processes, wall and CPU (user+sys of the child):
+
+- `list` (before): `failcore list --json` of the checkout at `--before` (e.g. one made with
+  `mkdir /tmp/before && git archive <commit> | tar -x -C /tmp/before`), which reads every line, when given;
+- `list` cold: a fresh FAILCORE_HOME, so every segment is counted and its run summaries saved;
+- `list` warm: the same FAILCORE_HOME again (sealed segments from the cache, the open one's prefix
+  re-hashed, not re-parsed);
+- `list` warm + append: after 1000 events are appended to the open segment (of a `--tape` too: give
+  it a copy);
+- with --report: `failcore report` of the tape's biggest run (before and after when --before is given).
+
+Variants are interleaved run by run; numbers are medians with the min-max. The JSON of every `list`
+variant is compared and must be identical. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CLI = "import sys; from failcore.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+
+def timed(argv: list[str], repo: Path, home: Path) -> tuple[float, float, bytes]:
+    env = dict(os.environ, PYTHONPATH=str(repo), FAILCORE_HOME=str(home))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", CLI, *argv], env=env, cwd=repo, capture_output=True, check=True, timeout=900
+    )
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, done.stdout
+
+
+def append_events(tape: Path, count: int) -> None:
+    import random
+
+    import orjson
+
+    from failcore.tape.reader import list_segments
+    from failcore.tape.writer import encode_line
+
+    sys.path.insert(0, str(HERE))
+    from gen_tape import _network_event  # type: ignore[import-not-found]
+
+    segment = list_segments(tape)[-1]
+    lines = segment.read_bytes().splitlines()
+    last = orjson.loads(lines[-1])
+    prev, seq = str(last["h"]).encode("ascii"), last["seq"]
+    rng = random.Random(seq)
+    with open(segment, "ab") as f:
+        for n in range(count):
+            seq += 1
+            event = _network_event(rng, last.get("run") or "run-appended", seq, 1_800_000_000.0 + n)
+            line, prev = encode_line(prev, seq, orjson.dumps(event))
+            f.write(line)
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--tape", type=Path, help="an existing tape (default: generate one)")
+    parser.add_argument("--before", type=Path, help="a checkout of the code to compare with")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--report", action="store_true", help="time `report` too")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="failcore-bigtape-"))
+    try:
+        measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the generated tape and the caches
+
+
+def measure(args: argparse.Namespace, work: Path) -> None:
+    tape = args.tape
+    if tape is None:
+        tape = work / "tape"
+        subprocess.run(
+            [sys.executable, str(HERE / "gen_tape.py"), str(tape), "--events", str(args.events)],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            check=True,
+        )
+    size = sum(p.stat().st_size for p in tape.glob("seg-*.jsonl"))
+    results: dict[str, dict[str, list[float]]] = {}
+
+    def record(name: str, wall: float, cpu: float) -> None:
+        entry = results.setdefault(name, {"wall": [], "cpu": []})
+        entry["wall"].append(wall)
+        entry["cpu"].append(cpu)
+
+    listing = ["list", "--tape", str(tape), "--json"]
+    outputs: dict[str, bytes] = {}
+    for n in range(args.runs):
+        home = work / f"home-{n}"
+        if args.before:
+            wall, cpu, out = timed(listing, args.before, work / f"before-home-{n}")
+            record("list before", wall, cpu)
+            outputs["before"] = out
+        for name in ("list cold", "list warm"):
+            wall, cpu, out = timed(listing, REPO, home)
+            record(name, wall, cpu)
+            outputs[name] = out
+    if len({json.dumps(json.loads(o), sort_keys=True) for o in outputs.values()}) != 1:
+        raise SystemExit("list outputs differ between variants")
+
+    if args.report:
+        runs = json.loads(outputs["list warm"])
+        biggest = max(runs, key=lambda r: r["requests"])["run"]
+        for _ in range(args.runs):
+            argv = ["report", biggest, "--tape", str(tape), "-o", str(work / "r.html")]
+            if args.before:
+                wall, cpu, _ = timed(argv, args.before, work / "before-home-report")
+                record("report before", wall, cpu)
+            wall, cpu, _ = timed(argv, REPO, work / "home-report")
+            record("report", wall, cpu)
+
+    append_events(tape, 1000)
+    for n in range(args.runs):
+        wall, cpu, _ = timed(listing, REPO, work / "home-0")
+        record("list warm + 1000 appended" if n == 0 else "list warm (after append)", wall, cpu)
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    cpu_model = models[0] if models else "?"
+    if args.json:
+        print(json.dumps({"cpu": cpu_model, "tape_bytes": size, "results": results}, indent=2))
+        return
+    print(f"CPU: {cpu_model}; tape: {size / 2**20:.0f} MiB in {len(list(tape.glob('seg-*.jsonl')))} segments")
+    print(f"{'variant':32} {'wall s':>20} {'cpu s':>20}")
+    for name, entry in results.items():
+        print(f"{name:32} {summary(entry['wall']):>20} {summary(entry['cpu']):>20}")
+
+
+if __name__ == "__main__":
+    main()
