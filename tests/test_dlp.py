@@ -532,6 +532,7 @@ def test_python_fallback_refuses_catastrophic_pattern() -> None:
         ({"id": "ent", "regex": "x", "entropy": 9}, "ent.*entropy"),
         ({"id": "kw", "regex": "x", "keywords": "abc"}, "kw.*keywords"),
         ({"id": "extra", "regex": "x", "flags": "i"}, "extra.*unknown field"),
+        ({"id": "numkey", "regex": "x", 7: "x", "flags": "i"}, r"numkey.*unknown field\(s\) 7, flags"),
     ],
 )
 def test_custom_rule_errors_name_the_rule(item: dict[str, object], message: str) -> None:

@@ -13,6 +13,7 @@ from failcore.policy import (
     DlpSettings,
     Policy,
     PolicyError,
+    check_policy,
     load_policy,
     model_glob_to_regex,
     parse_policy,
@@ -311,6 +312,13 @@ def test_custom_rule_errors_point_at_the_field_or_rule() -> None:
         (17, 7, "dlp: custom rule 7: custom DLP rule must be a mapping"),
         (18, 7, "dlp: custom rule 8: custom DLP rule None: id must be kebab-case"),
     ])
+
+
+def test_custom_rule_with_a_number_for_a_key_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nmode: observe\ndlp:\n  custom:\n    - id: a\n      regex: abc\n      7: x\n")
+    problems = [str(p) for p in check_policy(path)]
+    assert problems == [f"{path}:5:7: dlp: custom rule 1: custom DLP rule 'a': unknown field(s) 7"]
 
 
 def test_broken_custom_rule_does_not_also_fail_its_rule_action() -> None:

@@ -38,7 +38,8 @@ def _parse_one(item: Any, source: str) -> DlpRule:
     rule_id = item.get("id")
     if not isinstance(rule_id, str) or not RULE_ID_PATTERN.match(rule_id):
         raise ValueError(f"custom DLP rule {rule_id!r}: id must be kebab-case (a-z, 0-9, '-')")
-    unknown = sorted(set(item) - _ALLOWED_KEYS)
+    # YAML keys need not be text (`7: x`): name them as written, never compare them with each other.
+    unknown = sorted(str(key) for key in set(item) - _ALLOWED_KEYS)
     if unknown:
         raise ValueError(f"custom DLP rule {rule_id!r}: unknown field(s) {', '.join(unknown)}")
     regex = item.get("regex")
