@@ -13,7 +13,8 @@ processes, wall and CPU (user+sys of the child):
   re-hashed, not re-parsed);
 - `list` warm + append: after 1000 events are appended to the open segment (of a `--tape` too: give
   it a copy);
-- with --report: `failcore report` of the tape's biggest run (before and after when --before is given).
+- with --report: `failcore report` of the tape's biggest run (before and after when --before is given;
+  then the two pages must be byte-identical but for the generated-at time).
 
 Variants are interleaved run by run; numbers are medians with the min-max. The JSON of every `list`
 variant is compared and must be identical. Run it on an otherwise idle machine.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -73,6 +75,13 @@ def append_events(tape: Path, count: int) -> None:
             event = _network_event(rng, last.get("run") or "run-appended", seq, 1_800_000_000.0 + n)
             line, prev = encode_line(prev, seq, orjson.dumps(event))
             f.write(line)
+
+
+def _page(path: Path) -> bytes:
+    """A report page without its generated-at time (the one part that differs run to run)."""
+    return re.sub(
+        rb" generated [^<]*? by failcore ", b" generated - by failcore ", path.read_bytes(), count=1
+    )
 
 
 def summary(values: list[float]) -> str:
@@ -132,12 +141,16 @@ def measure(args: argparse.Namespace, work: Path) -> None:
         runs = json.loads(outputs["list warm"])
         biggest = max(runs, key=lambda r: r["requests"])["run"]
         for _ in range(args.runs):
-            argv = ["report", biggest, "--tape", str(tape), "-o", str(work / "r.html")]
+            argv = ["report", biggest, "--tape", str(tape), "-o"]
             if args.before:
-                wall, cpu, _ = timed(argv, args.before, work / "before-home-report")
+                wall, cpu, _ = timed(
+                    [*argv, str(work / "r-before.html")], args.before, work / "before-home-report"
+                )
                 record("report before", wall, cpu)
-            wall, cpu, _ = timed(argv, REPO, work / "home-report")
+            wall, cpu, _ = timed([*argv, str(work / "r.html")], REPO, work / "home-report")
             record("report", wall, cpu)
+        if args.before and _page(work / "r-before.html") != _page(work / "r.html"):
+            raise SystemExit("report pages differ between before and after (beyond the generated-at time)")
 
     append_events(tape, 1000)
     for n in range(args.runs):

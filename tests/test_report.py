@@ -940,3 +940,89 @@ def test_cli_bodies_json_and_bounds(
     assert SECRET in audit(out.read_text()).all_text
     assert main(["report", "run-cli", "--tape", str(tape), "-o", str(out), "--max-events", "0"]) == 1
     assert "--max-events must be at least 1" in capsys.readouterr().err
+
+
+def _reference_printable(value: object) -> str:
+    """textsafe.printable as it was before its fast path: every replacement applied every time."""
+    s = "" if value is None else str(value)
+    s = s.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return re.sub(
+        r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]",
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}",
+        s,
+    )
+
+
+def test_printable_fast_path_changes_nothing() -> None:
+    from failcore.textsafe import printable
+
+    samples = [chr(c) for c in range(0x3000)] + [f"a{chr(c)}b" for c in range(0x2100)] + list(PAYLOADS)
+    samples += [None, 0, -12, 1.5, True, "plain text", "tab\there", "\u202eevil\u2066"]
+    for sample in samples:
+        assert printable(sample) == _reference_printable(sample), repr(sample)
+        if isinstance(sample, str) and "\n" not in sample and "\r" not in sample and "\t" not in sample:
+            assert printable(sample, keep_newlines=True) == _reference_printable(sample), repr(sample)
+    assert printable("a\nb\x1b", keep_newlines=True) == "a\nb\\x1b"
+
+
+def test_page_renders_the_same_as_with_stock_jinja(
+    tape: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's environment (dict lookups without Jinja's exception, ints not re-escaped) writes
+    byte for byte what a stock jinja2.Environment with the plain finalize writes."""
+    import jinja2
+    from markupsafe import Markup
+
+    from failcore.report import page as page_module
+
+    evil = " | ".join(PAYLOADS) + "\x1b[31m\u202e\ttab\nline"
+    run = "run-same"
+    cassettes = load_cassettes()
+    events = [e | {"run": run} for e in plain_run(run)]
+    events += [cassette_event(10 + i, run, ex, api) for i, (ex, api, _) in enumerate(cassettes)]
+    events += [
+        network(
+            40,
+            run,
+            target={"host": evil, "port": 443, "scheme": "https"},
+            path=evil,
+            summary=evil,
+            decision="WARN",
+            rule=evil,
+            request={"http_version": "HTTP/1.1", "headers": [[evil, evil]], "body": None},
+            llm=llm_block(evil, 10, None, None),
+            warnings=[{"reason": "dlp", "message": evil}, "not a mapping"],
+        ),
+        {
+            "kind": "websocket",
+            "v": 1,
+            "run": run,
+            "ts": 1_700_000_005.0,
+            "path": evil,
+            "detail": {"direction": "up", "index": 3, "opcode": "text", "body": None},
+        },
+        {
+            "kind": "policy",
+            "v": 1,
+            "run": run,
+            "ts": 1_700_000_006.0,
+            "detail": {"action": "reload", "path": evil, "ok": False, "items": 7},
+        },
+        {"kind": "dropped", "v": 1, "run": run, "ts": 1_700_000_007.0, "count": 5},
+    ]
+    write_events(tape, confdir, events)
+    for bodies in (False, True):
+        for max_events in (1000, 3):
+            report = collect_report(tape, run, bodies=bodies, max_events=max_events)
+            ours = render_report(report)
+            stock = jinja2.Environment(
+                loader=jinja2.PackageLoader("failcore", "templates"),
+                autoescape=True,
+                trim_blocks=True,
+                lstrip_blocks=True,
+                finalize=lambda value: value if isinstance(value, Markup) else _reference_printable(value),
+            )
+            monkeypatch.setattr(page_module, "_ENV", stock)
+            assert render_report(report) == ours, (bodies, max_events)
+            monkeypatch.undo()
+    assert "&lt;script&gt;window.__pwned=1" in ours and "\\x1b[31m" in ours

@@ -24,15 +24,40 @@ from failcore.textsafe import printable
 REPORT_FILE_MODE: Final = 0o644
 REPORT_WITH_BODIES_MODE: Final = 0o600
 
-_ENV: Final = jinja2.Environment(
+_DICT_ATTRIBUTES: Final = frozenset(dir(dict))
+
+
+def _finalize(value: object) -> object:
+    """Every {{ value }} is shown as what it is: control and bidi characters become visible escapes
+    before autoescape turns it into text. Markup (the templates' own) passes unchanged, and so do
+    ints (their text is digits and a sign only; autoescape writes the same characters)."""
+    if type(value) is int or isinstance(value, Markup):
+        return value
+    return printable(value)
+
+
+class _Environment(jinja2.Environment):
+    """Jinja2's `getattr` for a recorded event (a dict) without its exception on every field.
+
+    Jinja tries getattr() first and falls back to obj[name]; for a dict, getattr() only finds dict's
+    own attributes (`items`, `get`...), so for any other name the item lookup is the same answer."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
+_ENV: Final = _Environment(
     loader=jinja2.PackageLoader("failcore", "templates"),
     autoescape=True,
     # Recorded events may lack any field: a missing one renders empty (events are not validated here).
     trim_blocks=True,
     lstrip_blocks=True,
-    # Every {{ value }} is shown as what it is: control and bidi characters become visible escapes
-    # before autoescape turns it into text. Markup (the templates' own) passes unchanged.
-    finalize=lambda value: value if isinstance(value, Markup) else printable(value),
+    finalize=_finalize,
 )
 CSS: Final = _ENV.loader.get_source(_ENV, "report.css")[0]  # type: ignore[union-attr]
 
