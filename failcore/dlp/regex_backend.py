@@ -162,10 +162,10 @@ def literal_alternation(literals: list[bytes]) -> str:
     return "(?i)(?:" + "|".join(escaped) + ")"
 
 
-def _group_end(pattern: str, open_index: int) -> int:
-    """Index just past the group opened at `open_index`, honouring escapes and character classes."""
-    depth = 0
-    index = open_index
+def _outside_classes(pattern: str, start: int) -> Iterator[tuple[int, str]]:
+    """(index, char) of each character from `start` that is neither escaped nor inside a character
+    class (nor the `[`/`]` of one): where a `(` or `)` really opens or closes a group."""
+    index = start
     in_class = False
     while index < len(pattern):
         char = pattern[index]
@@ -178,13 +178,21 @@ def _group_end(pattern: str, open_index: int) -> int:
             in_class = True
             if pattern[index + 1 : index + 2] == "]":
                 index += 1
-        elif char == "(":
+        else:
+            yield index, char
+        index += 1
+
+
+def _group_end(pattern: str, open_index: int) -> int:
+    """Index just past the group opened at `open_index`, honouring escapes and character classes."""
+    depth = 0
+    for index, char in _outside_classes(pattern, open_index):
+        if char == "(":
             depth += 1
         elif char == ")":
             depth -= 1
             if depth == 0:
                 return index + 1
-        index += 1
     return -1
 
 
@@ -495,23 +503,7 @@ def merge_char_alternations(expression: str) -> str:
 
 def _next_group(pattern: str, start: int) -> int:
     """Index of the next `(` opening a group from `start`, outside escapes and classes; -1 if none."""
-    index = start
-    in_class = False
-    while index < len(pattern):
-        char = pattern[index]
-        if char == "\\":
-            index += 2
-            continue
-        if in_class:
-            in_class = char != "]"
-        elif char == "[":
-            in_class = True
-            if pattern[index + 1 : index + 2] == "]":
-                index += 1
-        elif char == "(":
-            return index
-        index += 1
-    return -1
+    return next((index for index, char in _outside_classes(pattern, start) if char == "("), -1)
 
 
 def _merged_group(inner: str) -> str | None:
