@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from failcore.runner import EmbeddedProxy, ProxySettings
+from tests.security.helpers import read_head
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = orjson.loads((REPO / "failcore" / "schema" / "egress_event.v1.json").read_bytes())
@@ -179,12 +180,8 @@ class GatedSse:
         except OSError:
             return
         with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                head += data
+            if b"\r\n\r\n" not in read_head(conn):
+                return
 
             def chunk(data: bytes) -> bytes:
                 return b"%x\r\n%s\r\n" % (len(data), data)

@@ -18,6 +18,7 @@ from mitmproxy import http
 from failcore.proxy.cutoff import CuttingTap, CutVerdict, cut_client_stream
 from failcore.proxy.session import FlowState
 from tests.helpers import ProxyThread, network_events, proxied_client, read_tape
+from tests.security.helpers import read_head
 
 SSE_EVENTS = 10
 SSE_GAP = 0.2
@@ -221,12 +222,7 @@ def close_delimited_upstream() -> Iterator[str]:
             except OSError:
                 return
             with conn:
-                buf = b""
-                while b"\r\n\r\n" not in buf:
-                    data = conn.recv(4096)
-                    if not data:
-                        break
-                    buf += data
+                read_head(conn)
                 try:
                     conn.sendall(
                         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
