@@ -40,7 +40,6 @@ SSE_GAP = {"x-standin-gap": "0.01"}
 USAGE = {"x-standin-usage": '{"input": 100, "output": 20}'}
 
 
-
 class RawCapture(httpx.SyncByteStream):
     def __init__(self, inner: httpx.SyncByteStream, sink: list[bytes]) -> None:
         self.inner = inner
@@ -159,15 +158,19 @@ def run_anthropic_agent(proxy: ProxyThread, upstream: StandIn, question: str) ->
             base_url=upstream.url, api_key="sk-ant-replay-0123456789", http_client=http, max_retries=0
         )
         messages: list[dict[str, Any]] = [{"role": "user", "content": question}]
-        with client.messages.stream(
-            model="claude-sonnet-4-5",
-            max_tokens=256,
-            messages=messages,  # type: ignore[arg-type]
-            tools=tools,  # type: ignore[arg-type]
-            metadata={"user_id": f"session-{time.time_ns()}"},
-            extra_headers=SSE_GAP,
-        ) as stream:
-            first = stream.get_final_message()
+
+        def turn() -> Any:
+            with client.messages.stream(
+                model="claude-sonnet-4-5",
+                max_tokens=256,
+                messages=messages,  # type: ignore[arg-type]
+                tools=tools,  # type: ignore[arg-type]
+                metadata={"user_id": f"session-{time.time_ns()}"},
+                extra_headers=SSE_GAP,
+            ) as stream:
+                return stream.get_final_message()
+
+        first = turn()
         use = next(block for block in first.content if block.type == "tool_use")
         transcript.append(f"call {use.name}({orjson.dumps(use.input).decode()})")
         messages.append({"role": "assistant", "content": [block.model_dump() for block in first.content]})
@@ -177,15 +180,7 @@ def run_anthropic_agent(proxy: ProxyThread, upstream: StandIn, question: str) ->
                 "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 21 degrees"}],
             }
         )
-        with client.messages.stream(
-            model="claude-sonnet-4-5",
-            max_tokens=256,
-            messages=messages,  # type: ignore[arg-type]
-            tools=tools,  # type: ignore[arg-type]
-            metadata={"user_id": f"session-{time.time_ns()}"},
-            extra_headers=SSE_GAP,
-        ) as stream:
-            final = stream.get_final_message()
+        final = turn()
         transcript.append("".join(block.text for block in final.content if block.type == "text"))
     return transcript
 

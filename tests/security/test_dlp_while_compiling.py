@@ -49,9 +49,8 @@ def send_in_background(proxy: Any, url: str, body: bytes) -> tuple[threading.Thr
     return thread, result
 
 
-def test_secret_sent_while_the_rules_compile_is_blocked(
-    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def hold_compiles(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """From now on every Hyperscan compile waits until `release` is set; `compiling` says one began."""
     release = threading.Event()
     compiling = threading.Event()
     real = hscache.compile_database
@@ -62,6 +61,13 @@ def test_secret_sent_while_the_rules_compile_is_blocked(
         return real(*args, **kw)
 
     monkeypatch.setattr(hscache, "compile_database", held_compile)
+    return compiling, release
+
+
+def test_secret_sent_while_the_rules_compile_is_blocked(
+    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiling, release = hold_compiles(monkeypatch)
     proxy = start_proxy(policy_file(unique_policy()), upstream_ca=logging_upstream.ca_path)
     # start_proxy returned: the proxy listens, and its DLP rules are still compiling.
     assert compiling.wait(60)
@@ -109,16 +115,7 @@ def test_a_reload_keeps_the_current_rules_until_the_new_ones_are_compiled(
     proxy = start_proxy(path, upstream_ca=logging_upstream.ca_path, sets=["failcore_policy_poll_ms=50"])
     with proxied_client(proxy) as client:
         assert client.post(f"{logging_upstream.url}/marker", content=b"hello").status_code == 200
-    release = threading.Event()
-    compiling = threading.Event()
-    real = hscache.compile_database
-
-    def held_compile(*args: Any, **kw: Any) -> Any:
-        compiling.set()
-        assert release.wait(120)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(hscache, "compile_database", held_compile)
+    compiling, release = hold_compiles(monkeypatch)
     # The edit blocks /marker and brings a new DLP rule (a new engine, compiling until released).
     path.write_text(
         unique_policy().replace("dlp:\n", "rules:\n  - {id: no-marker, path: /marker, action: BLOCK}\ndlp:\n")
