@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
+import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from failcore import __version__
 from failcore.cli.addon_path import cmd_addon_path
@@ -251,3 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "policy":
         return cmd_policy_list(args) if args.policy_cmd == "list" else cmd_policy_check(args)
     return handlers[args.cmd](args)
+
+
+def entry() -> NoReturn:
+    """The `failcore` console script: `main`, then exit with its status. Once the command has finished,
+    a late Ctrl-C (while the interpreter shuts down) is ignored: it must not turn the command's own
+    exit status into a death by SIGINT."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
