@@ -2,7 +2,7 @@
 connect events, checked against the run's policy and refused (strict) before they happen.
 
 Installed once per process (audit hooks cannot be removed). Outside guarded calls it costs one global
-read per audit event: `_armed` counts the guarded calls in progress. Inside one, failcore's own work
+read per audit event: `_armed` holds the guarded calls in progress. Inside one, failcore's own work
 (policy reload, event building, the tape writer's thread, the channel to `failcore run`) runs with a
 per-thread `busy` flag, so it is never recorded or refused.
 
@@ -31,7 +31,8 @@ from failcore.runtime.events import effect_event, internal_error_event, mask
 
 _local = threading.local()
 _lock = threading.Lock()
-_armed = 0
+# The guarded calls in progress in this process; empty = the hook returns at once.
+_armed: set[CallState] = set()
 _installed = False
 
 _WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -55,16 +56,12 @@ def install() -> None:
             _installed = True
 
 
-def arm() -> None:
-    global _armed
-    with _lock:
-        _armed += 1
+def arm(call: CallState) -> None:
+    _armed.add(call)  # set.add/discard are atomic under the GIL: no lock on the guarded path
 
 
-def disarm() -> None:
-    global _armed
-    with _lock:
-        _armed -= 1
+def disarm(call: CallState) -> None:
+    _armed.discard(call)
 
 
 class internal:
