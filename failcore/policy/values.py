@@ -260,8 +260,9 @@ def texts(items: list[str], match_any: bool) -> tuple[str, ...]:
 def program_item(value: object) -> object:
     """A program: a bare name (git) or an absolute path (/usr/bin/git); "*" for any."""
     if not isinstance(value, str) or not value.strip():
+        hint = f'; put it in quotes: "{str(value).lower()}"' if isinstance(value, (bool, int, float)) else ""
         return Invalid(
-            f"expected a program name such as git or a path such as /usr/bin/git, got {describe(value)}"
+            f"expected a program name such as git or a path such as /usr/bin/git, got {describe(value)}{hint}"
         )
     text = value.strip()
     if text == "*":
