@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from failcore.event import Target
+from failcore.policy.address import canonical_ip
 from failcore.runtime.context import Blocked, CallState, current_call
 from failcore.runtime.events import effect_event, internal_error_event, mask
 
@@ -264,10 +265,23 @@ _SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "
 
 
 def _on_getaddrinfo(call: CallState, args: tuple[Any, ...]) -> None:
-    host = args[0]
+    host, port = args[0], args[1]
     if isinstance(host, bytes):
         host = host.decode("idna", "replace")
-    _local.last_host = host if isinstance(host, str) else None
+    if not isinstance(host, str):
+        _local.last_host = None
+        return
+    _local.last_host = host
+    if canonical_ip(host) is not None:
+        return  # an address: judged when connect() gets it
+    # A name the policy judges without resolving (metadata.google.internal, localhost) is refused before
+    # the DNS query; any other name is judged by the address connect() gets.
+    verdict = _ask(call, call.run.rules.check_connect, host, host, port if isinstance(port, int) else 0)
+    if verdict is not None and verdict.decision == "BLOCK" and verdict.rule != "net.unresolved":
+        shown_port = port if isinstance(port, int) else 0
+        payload = {"address": host, "family": "ipv4", "event": "socket.getaddrinfo"}
+        target = Target(host, shown_port, "tcp")
+        _decide(call, "connect", "net.connect", payload, [verdict], f"{host}:{shown_port}", target)
 
 
 def _on_connect(call: CallState, args: tuple[Any, ...]) -> None:

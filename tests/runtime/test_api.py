@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import failcore
-from failcore import Blocked, guard
+from failcore import Blocked, guard, run
 from failcore.event import FAIL_REASONS, SCHEMA_VERSION
+from tests.runtime.helpers import runtime_events
 
 
 def test_import_failcore_and_the_runtime_api_load_no_proxy() -> None:
@@ -38,3 +40,22 @@ def test_guard_keeps_the_function_identity_and_blocked_is_a_permission_error() -
     assert guard()(tool)(3) == 3 and guard(name="t")(tool)(4) == 4
     assert issubclass(Blocked, PermissionError)
     assert SCHEMA_VERSION == 2 and "tool_error" in FAIL_REASONS
+
+
+def test_the_issue_example_with_the_shipped_fs_safe_preset(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+    with run(policy="fs_safe", strict=True, tape=tape) as ctx:
+
+        @guard()
+        def write_file(path: str, content: str) -> None:
+            with open(path, "w") as f:
+                f.write(content)
+
+        with pytest.raises(Blocked) as refused:
+            write_file("../etc/passwd", "hack")  # blocked before it runs; evidence recorded
+        write_file("notes.txt", "fine")
+    assert not (tmp_path / "etc").exists() and (workdir / "notes.txt").read_text() == "fine"
+    assert refused.value.rule == "fs.write_outside_roots" and ctx.blocked == 1
+    assert ctx.policy.name == "fs_safe.yaml"
+    outcomes = [(e["kind"], e["outcome"]) for e in runtime_events(tape)]
+    assert outcomes == [("fs", "BLOCKED"), ("tool", "BLOCKED"), ("fs", "ok"), ("tool", "ok")]
