@@ -161,6 +161,11 @@ def test_show_kind_filter(tape: Path, tmp_path: Path) -> None:
         failcore(home, "show", RUN, "--tape", str(tape), "--kind", "connect", "--json").stdout
     )
     assert [(e["kind"], e["target"]["host"]) for e in listed] == [("connect", "169.254.169.254")]
+    # A tool call by its id (a unique prefix): its tool event; a prefix six calls share names none.
+    assert failcore(home, "show", "--event", "a00000000000000", "--tape", str(tape)).returncode == 2
+    named = failcore(home, "show", "--event", "a000000000000005", "--tape", str(tape), "--json")
+    one = orjson.loads(named.stdout)
+    assert (one["kind"], one["tool"]["name"]) == ("tool", "summarize")
 
 
 def test_hostile_tool_arg_path_and_argv_are_escaped_in_the_terminal(tape: Path, tmp_path: Path) -> None:

@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", action="store_true", help="the most recent run")
     p.add_argument(
         "--event",
-        metavar="SEQ|FLOW",
-        help="show one event in full, by its seq or flow id (any run of the tape when no run is given)",
+        metavar="SEQ|FLOW|CALL",
+        help="show one event in full, by its seq, flow id or tool call id (any run of the tape when no "
+        "run is given)",
     )
     p.add_argument(
         "--kind",

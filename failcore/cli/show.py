@@ -15,11 +15,17 @@ from failcore.views.fmt import usd as _usd
 
 
 def _find_event(events: Iterable[dict[str, Any]], wanted: str) -> dict[str, Any] | None:
-    """An event by its seq (unique on a tape) or its flow id (in full, or a unique prefix)."""
+    """An event by its seq (unique on a tape), its flow id, or a guarded tool call's id (its tool event;
+    in full, or a unique prefix)."""
     if wanted.isdigit():
         return next((ev for ev in events if ev.get("seq") == int(wanted)), None)
-    found = [ev for ev in events if str(ev.get("flow") or "").startswith(wanted)]
-    return found[0] if len({ev.get("flow") for ev in found}) == 1 else None
+    found = []
+    for ev in events:
+        if str(ev.get("flow") or "").startswith(wanted):
+            found.append(("flow", ev.get("flow"), ev))
+        elif ev.get("kind") == "tool" and str(ev.get("call") or "").startswith(wanted):
+            found.append(("call", ev.get("call"), ev))
+    return found[0][2] if len({(what, name) for what, name, _ in found}) == 1 else None
 
 
 def _kinds(values: list[str] | None) -> frozenset[str]:
