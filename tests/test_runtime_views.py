@@ -371,3 +371,85 @@ def test_hostile_fixtures_hold_what_the_tests_claim() -> None:
     assert "\x1b" in HOSTILE_ARG and "<script>" in HOSTILE_ARG
     assert "\x1b" in HOSTILE_PATH and "<script>" in HOSTILE_PATH and "\u202e" in HOSTILE_PATH
     assert any("<script>" in a for a in HOSTILE_ARGV)
+
+
+# --- real runs of the runtime API (failcore.run / guard) --------------------------------------------
+
+
+def real_agent(tape: Path, run_id: str, third_path: str) -> None:
+    """An agent whose runs differ only in the path argument of its third tool call."""
+    from failcore import guard, run
+
+    with run(tape=tape, run_id=run_id):
+
+        @guard(name="write_file")
+        def write_file(path: str, content: str) -> dict[str, int]:
+            with open(path, "w") as f:
+                f.write(content)
+            return {"written": len(content)}
+
+        @guard(name="read_file")
+        def read_file(path: str) -> str:
+            with open(path) as f:
+                return f.read()
+
+        write_file("notes.txt", "hello")
+        read_file("notes.txt")
+        write_file(third_path, "second")
+        read_file("notes.txt")
+
+
+def test_diff_of_two_real_runs_that_differ_in_one_tool_calls_args(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.runtime.helpers import enter_workdir
+
+    enter_workdir(tmp_path, monkeypatch)
+    tape = tmp_path / "tape"
+    real_agent(tape, "real-a", "a.txt")
+    real_agent(tape, "real-b", "b.txt")
+    tools = {
+        run: [e for e in read(tape) if e.get("kind") == "tool" and e["run"] == run]
+        for run in ("real-a", "real-b")
+    }
+    assert [len(calls) for calls in tools.values()] == [4, 4]
+    result = diff_runs(tape, "real-a", "real-b")
+    assert result.first_divergence is None and result.diverged
+    first = result.first_tool_divergence
+    assert first is not None and first["kind"] == "tool" and first["differs"] == ["args"]
+    assert (first["a"]["seq"], first["b"]["seq"]) == (tools["real-a"][2]["seq"], tools["real-b"][2]["seq"])
+    assert first["a"]["tool"] == "write_file"
+    assert (first["pointer"], first["recorded"], first["live"]) == ("/path", '"a.txt"', '"b.txt"')
+    # The same runs, compared with themselves: no divergence.
+    assert diff_runs(tape, "real-a", "real-a").first_tool_divergence is None
+
+
+def test_real_run_with_a_hostile_file_name_shows_inert_in_show_and_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from failcore import guard, run
+    from tests.runtime.helpers import enter_workdir
+
+    work = enter_workdir(tmp_path, monkeypatch)
+    tape = tmp_path / "tape"
+    name = "\x1b]0;pwned\x07<script>alert(4)\x1b[31m.txt"  # a file name cannot hold the "/" of </script>
+    with run(tape=tape, run_id="real-hostile"):
+
+        @guard(name="save")
+        def save(path: str) -> None:
+            with open(path, "w") as f:
+                f.write("x")
+
+        save(name)
+    (fs_event,) = [e for e in read(tape) if e.get("kind") == "fs"]
+    assert fs_event["fs"]["path"] == str((work / name).resolve())
+    out = failcore(tmp_path / "home", "show", "real-hostile", "--tape", str(tape)).stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert "[fs] write " in out and "\\x1b]0;pwned\\x07<script>alert(4)\\x1b[31m.txt" in out
+    assert (
+        '[tool] save(path="\\u001b]0;pwned\\u0007<script>alert(4)\\u001b[31m.txt") effects: fs 1'
+        in out
+    )
+    html = render_report(collect_report(tape, "real-hostile"))
+    assert "<script" not in html.lower() and "\x1b" not in html
+    assert "&lt;script&gt;alert(4)\\x1b[31m.txt" in html and "Tool calls (1)" in html
