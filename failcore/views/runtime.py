@@ -53,14 +53,30 @@ def tool_args(ev: dict[str, Any]) -> object:
     return _dict(ev.get("tool")).get("args")
 
 
+def _short_json(value: object, limit: int) -> str:
+    """JSON of `value` cut to about `limit` characters; a long string is cut before it is encoded, so a
+    megabyte argument costs what a short one does (the viewer labels every row with this)."""
+    if isinstance(value, str) and len(value) > limit:
+        return compact_json(value[:limit]) + "…"
+    return clip(compact_json(value), limit)
+
+
 def args_summary(args: object, limit: int = ARGS_LIMIT) -> str:
     """`key=value, …` of a tool call's (already redacted and masked) arguments, at most `limit` chars."""
     if isinstance(args, dict):
-        text = ", ".join(f"{k}={compact_json(v)}" for k, v in args.items())
+        parts: list[str] = []
+        size = 0
+        for key, value in args.items():
+            part = f"{key}={_short_json(value, limit)}"
+            parts.append(part)
+            size += len(part) + 2
+            if size > limit:
+                break
+        text = ", ".join(parts)
     elif args is None:
         text = ""
     else:
-        text = compact_json(args)
+        text = _short_json(args, limit)
     return clip(text, limit)
 
 
@@ -80,17 +96,34 @@ def effects(ev: dict[str, Any]) -> dict[str, int]:
     return {k: v for k, v in counts.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
+_EFFECT_NAMES: Final = (*EFFECT_KINDS, "blocked")
+
+
 def effects_text(ev: dict[str, Any]) -> str:
     """`fs 2 exec 1 blocked 1` (zero counts left out), empty when the call had no effect."""
-    counts = effects(ev)
-    shown = [f"{name} {counts[name]}" for name in (*EFFECT_KINDS, "blocked") if counts.get(name)]
+    return _effects_of(_dict(ev.get("tool")))
+
+
+def _effects_of(tool: dict[str, Any]) -> str:
+    counts = tool.get("effects")
+    if not isinstance(counts, dict):
+        return ""
+    shown = []
+    for name in _EFFECT_NAMES:
+        n = counts.get(name)
+        if n and n.__class__ is int:
+            shown.append(f"{name} {n}")
     return " ".join(shown)
 
 
 def contract_drift(ev: dict[str, Any]) -> str:
     """`expected json, got text` when the tool's output contract drifted, else empty."""
-    contract = _dict(_dict(ev.get("tool")).get("contract"))
-    if not contract.get("drift"):
+    return _drift_of(_dict(ev.get("tool")))
+
+
+def _drift_of(tool: dict[str, Any]) -> str:
+    contract = tool.get("contract")
+    if not isinstance(contract, dict) or not contract.get("drift"):
         return ""
     return f"expected {_str(contract.get('expected')) or '?'}, got {_str(contract.get('got')) or '?'}"
 
@@ -140,11 +173,12 @@ def describe(ev: dict[str, Any], limit: int = ARGS_LIMIT) -> str:
     """One line: `[tool] name(args) effects: fs 1`, `[fs] write /path`, `[exec] prog [argv]`,
     `[connect] host:port`."""
     kind = ev.get("kind")
-    if kind == "tool":
-        text = f"[tool] {tool_name(ev)}({args_summary(tool_args(ev), limit)})"
-        if counts := effects_text(ev):
+    if kind == "tool":  # one pass over the tool block: the viewer's index labels every row with this
+        tool = _dict(ev.get("tool"))
+        text = f"[tool] {_str(tool.get('name') or ev.get('action'))}({args_summary(tool.get('args'), limit)})"
+        if counts := _effects_of(tool):
             text += f" effects: {counts}"
-        if drift := contract_drift(ev):
+        if drift := _drift_of(tool):
             text += f" contract drift: {drift}"
         return text
     if kind == "fs":
