@@ -262,6 +262,16 @@ class _Collector:
         report.body_budget_left -= len(shown)
         return meta | {"text": shown, "cut_here": len(shown) < len(text), "indented": indented is not None}
 
+    def _add_findings(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
+        """The event's warnings and DLP hits, each a row of its section."""
+        report = self._report
+        for warning in ev.get("warnings") or ():
+            if isinstance(warning, dict):
+                self._keep("warnings", report.warnings, lambda w=warning: (shown(), w))
+        for hit in as_dict(ev.get("dlp")).get("hits") or ():
+            if isinstance(hit, dict):
+                self._keep("dlp", report.dlp_hits, lambda h=hit: (shown(), h))
+
     def _add_runtime(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
         """A tool call or one of its effects: listed with the blocked, warned and failed exchanges."""
         report = self._report
@@ -274,12 +284,7 @@ class _Collector:
             self._keep("warned", report.warned, shown)
         if outcome == "FAIL":
             self._keep("failed", report.failed, shown)
-        for warning in ev.get("warnings") or ():
-            if isinstance(warning, dict):
-                self._keep("warnings", report.warnings, lambda w=warning: (shown(), w))
-        for hit in as_dict(ev.get("dlp")).get("hits") or ():
-            if isinstance(hit, dict):
-                self._keep("dlp", report.dlp_hits, lambda h=hit: (shown(), h))
+        self._add_findings(ev, shown)
 
     def _add_network(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
         report = self._report
@@ -308,12 +313,7 @@ class _Collector:
         if outcome == "FAIL":
             stats.failed += 1
             self._keep("failed", report.failed, shown)
-        for warning in ev.get("warnings") or ():
-            if isinstance(warning, dict):
-                self._keep("warnings", report.warnings, lambda w=warning: (shown(), w))
-        for hit in as_dict(ev.get("dlp")).get("hits") or ():
-            if isinstance(hit, dict):
-                self._keep("dlp", report.dlp_hits, lambda h=hit: (shown(), h))
+        self._add_findings(ev, shown)
         call = llm_call_row(ev)
         if call is not None:  # counted in report.summary with the rest of the run
             self._keep("llm", report.llm_calls, lambda c=call: c)

@@ -213,8 +213,8 @@ def _render_chain(doc: _Doc, chain: ChainStatus, row: EventRow) -> None:
         doc.field("prev", f"BROKEN recorded {chain.recorded_prev} expected {chain.expected_prev}", "bold red")
 
 
-def _render_exchange(doc: _Doc, event: dict[str, Any]) -> None:
-    target = event.get("target") if isinstance(event.get("target"), dict) else {}
+def _render_verdict(doc: _Doc, event: dict[str, Any]) -> None:
+    """Decision, rule, reason and outcome: the same fields for an exchange and a tool call."""
     decision = event.get("decision")
     doc.field("decision", decision, DECISION_STYLE.get(str(decision), ""))
     doc.field("rule", event.get("rule"))
@@ -224,6 +224,11 @@ def _render_exchange(doc: _Doc, event: dict[str, Any]) -> None:
     if event.get("fail_reason") or event.get("error"):
         doc.field("fail_reason", event.get("fail_reason"), "red")
         doc.field("error", event.get("error"), "red")
+
+
+def _render_exchange(doc: _Doc, event: dict[str, Any]) -> None:
+    target = event.get("target") if isinstance(event.get("target"), dict) else {}
+    _render_verdict(doc, event)
     doc.field("target", f"{target.get('scheme')}://{target.get('host')}:{target.get('port')}")
     doc.field("request", f"{event.get('method') or ''} {event.get('path') or ''}".strip())
     doc.field("status", event.get("status"))
@@ -254,15 +259,7 @@ def _render_exchange(doc: _Doc, event: dict[str, Any]) -> None:
 
 def _render_runtime(doc: _Doc, event: dict[str, Any]) -> None:
     """A tool call or one of its effects (fs, exec, connect): the decision, then what it did."""
-    decision = event.get("decision")
-    doc.field("decision", decision, DECISION_STYLE.get(str(decision), ""))
-    doc.field("rule", event.get("rule"))
-    doc.field("reason", event.get("reason"))
-    doc.field("would_block", event.get("would_block"))
-    doc.field("outcome", event.get("outcome"), "red" if event.get("outcome") != "ok" else "green")
-    if event.get("fail_reason") or event.get("error"):
-        doc.field("fail_reason", event.get("fail_reason"), "red")
-        doc.field("error", event.get("error"), "red")
+    _render_verdict(doc, event)
     doc.field("duration", f"{fmt_latency(event.get('latency_ms'))} ms")
     doc.heading(str(event.get("kind")))
     for name, value in rt.detail_pairs(event):
