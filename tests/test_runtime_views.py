@@ -446,10 +446,43 @@ def test_real_run_with_a_hostile_file_name_shows_inert_in_show_and_report(
     out = failcore(tmp_path / "home", "show", "real-hostile", "--tape", str(tape)).stdout
     assert "\x1b" not in out and "\x07" not in out
     assert "[fs] write " in out and "\\x1b]0;pwned\\x07<script>alert(4)\\x1b[31m.txt" in out
-    assert (
-        '[tool] save(path="\\u001b]0;pwned\\u0007<script>alert(4)\\u001b[31m.txt") effects: fs 1'
-        in out
-    )
+    assert '[tool] save(path="\\u001b]0;pwned\\u0007<script>alert(4)\\u001b[31m.txt") effects: fs 1' in out
     html = render_report(collect_report(tape, "real-hostile"))
     assert "<script" not in html.lower() and "\x1b" not in html
     assert "&lt;script&gt;alert(4)\\x1b[31m.txt" in html and "Tool calls (1)" in html
+
+
+def test_the_issue_example_reads_as_one_blocked_write_in_list_show_and_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from failcore import guard, run
+    from tests.runtime.helpers import enter_workdir
+
+    enter_workdir(tmp_path, monkeypatch)
+    tape = tmp_path / "tape"
+    with run(policy="fs_safe", strict=True, tape=tape, run_id="issue-13"):
+
+        @guard(name="write_file")
+        def write_file(path: str, content: str) -> None:
+            with open(path, "w") as f:
+                f.write(content)
+
+        with pytest.raises(PermissionError):
+            write_file("../etc/passwd", "hack")  # blocked before it runs; evidence recorded
+        write_file("notes.txt", "fine")
+    home = tmp_path / "home"
+    (row,) = orjson.loads(failcore(home, "list", "--tape", str(tape), "--json").stdout)
+    counts = ("tool_calls", "tool_blocked", "effects_fs", "effects_blocked", "runtime_block_rules")
+    assert {k: row[k] for k in counts} == {
+        "tool_calls": 2,
+        "tool_blocked": 1,
+        "effects_fs": 2,
+        "effects_blocked": 1,
+        "runtime_block_rules": {"fs.write_outside_roots": 2},
+    }
+    out = failcore(home, "show", "issue-13", "--tape", str(tape), "--kind", "tool").stdout
+    blocked = next(line for line in out.splitlines() if "../etc/passwd" in line)
+    assert "BLOCKED" in blocked and "fs.write_outside_roots" in blocked
+    assert '[tool] write_file(path="../etc/passwd", content="hack") effects: fs 1 blocked 1' in blocked
+    html = render_report(collect_report(tape, "issue-13"))
+    assert "Blocked (2)" in html and "Tool calls (2)" in html
