@@ -486,3 +486,20 @@ def test_the_issue_example_reads_as_one_blocked_write_in_list_show_and_report(
     assert '[tool] write_file(path="../etc/passwd", content="hack") effects: fs 1 blocked 1' in blocked
     html = render_report(collect_report(tape, "issue-13"))
     assert "Blocked (2)" in html and "Tool calls (2)" in html
+
+
+def test_the_end_of_run_summary_names_tool_calls_and_effects(tape: Path) -> None:
+    from rich.console import Console
+
+    from failcore.views.tables import run_summary_table
+
+    (summary,) = [s for s in summarize_tape(tape) if s.run == RUN]
+    console = Console(width=400, record=True)
+    console.print(run_summary_table(summary.to_dict()))
+    text = console.export_text()
+    assert "tool calls" in text and "6 (1 blocked, 1 failed, 1 contract drift; blocked by" in text
+    assert "fs.write_outside_roots 2, net.metadata 1" in text
+    assert "effects" in text and "fs 3, exec 2, connect 1 (2 blocked)" in text
+    plain = Console(width=400, record=True)
+    plain.print(run_summary_table(RunSummary(run="r", requests=1).to_dict()))
+    assert "tool calls" not in plain.export_text() and "effects" not in plain.export_text()
