@@ -503,3 +503,41 @@ def test_the_end_of_run_summary_names_tool_calls_and_effects(tape: Path) -> None
     plain = Console(width=400, record=True)
     plain.print(run_summary_table(RunSummary(run="r", requests=1).to_dict()))
     assert "tool calls" not in plain.export_text() and "effects" not in plain.export_text()
+
+
+def test_a_child_joining_failcore_run_shows_its_tool_calls_between_its_exchanges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, upstream: Any
+) -> None:
+    """A real `failcore run -- python agent.py` whose agent guards an HTTPS fetch and a file write: the
+    proxy's exchange and the child's events are one run, listed in tape order by show, counted by list,
+    and in the report."""
+    from tests.runtime.helpers import enter_workdir
+    from tests.runtime.test_join import AGENT
+    from tests.runtime.test_join import failcore_run as run_under_failcore
+
+    work = enter_workdir(tmp_path, monkeypatch)
+    script, tape = tmp_path / "agent.py", tmp_path / "tape"
+    script.write_text(AGENT)
+    done = run_under_failcore(tape, upstream, sys.executable, str(script), upstream.url, cwd=work)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_id = done.stdout.split()[0]
+    events = [e for e in read(tape) if e.get("run") == run_id]
+    expected = []  # each event's text in the table, in tape order, from the recorded fields
+    for ev in events:
+        if ev["kind"] == "network":
+            expected.append(ev["summary"])
+        elif ev["kind"] == "tool":
+            expected.append(f"[tool] {ev['tool']['name']}(")
+        elif ev["kind"] == "fs":
+            expected.append(f"[fs] {ev['fs']['op']} {ev['fs']['path']}")
+        elif ev["kind"] == "connect":
+            expected.append(f"[connect] {ev['target']['host']}:{ev['target']['port']}")
+    assert len(expected) == 5  # connect, the exchange, fetch, write, save
+    home = tmp_path / "home"
+    out = failcore(home, "show", "--last", "--tape", str(tape)).stdout
+    positions = [out.find(text) for text in expected]
+    assert -1 not in positions and positions == sorted(positions), out
+    (row,) = orjson.loads(failcore(home, "list", "--tape", str(tape), "--json").stdout)
+    assert (row["requests"], row["tool_calls"], row["effects_fs"], row["effects_connect"]) == (1, 2, 1, 1)
+    html = render_report(collect_report(tape, run_id))
+    assert "Tool calls (2)" in html and all(text.split("(")[0] in html for text in expected)
