@@ -4,6 +4,11 @@ The two request sequences are aligned on (method, host, path) with difflib, so a
 call does not shift every later comparison. Aligned requests are compared with the replay matcher's
 normalisation (JSON key order and volatile fields ignored) and the first difference is named by its
 JSON pointer, values masked where a DLP scan flagged them.
+
+Guarded tool calls (kind `tool`, failcore.run / guard) are a second sequence, aligned on the tool's
+name the same way; the first divergent tool call is the first aligned pair whose arguments (compared
+by a key-order-independent hash, then named by the first differing JSON pointer) or outcome differ,
+or a call only one run made.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from failcore.replay.pointers import Pointer, parse_pointer
 from failcore.replay.recording import event_request_shape, is_http_exchange
 from failcore.replay.request import DEFAULT_IGNORED_POINTERS, RequestShape, dlp_pointers, request_difference
 from failcore.tape import iter_events
+from failcore.views import runtime as rt
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +64,112 @@ def run_requests(events: Iterable[dict[str, Any]], ignore: Sequence[Pointer]) ->
     return out
 
 
-def align(a: Sequence[RunRequest], b: Sequence[RunRequest]) -> list[tuple[int | None, int | None]]:
-    """Index pairs in order; None on one side for a request only the other run made."""
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One guarded tool call of a run, as `diff` compares it."""
+
+    seq: int
+    name: str
+    args: object
+    args_hash: str
+    outcome: str | None
+    decision: str | None
+    rule: str | None
+
+    @property
+    def align_key(self) -> str:
+        return self.name
+
+    def brief(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "tool": self.name,
+            "args_hash": self.args_hash,
+            "outcome": self.outcome,
+            "decision": self.decision,
+            "rule": self.rule,
+            "args": rt.args_summary(self.args),
+        }
+
+
+def run_tool_calls(events: Iterable[dict[str, Any]]) -> list[ToolCall]:
+    out = []
+    for event in events:
+        if event.get("kind") != "tool":
+            continue
+        args = rt.tool_args(event)
+        out.append(
+            ToolCall(
+                seq=int(event.get("seq") or 0),
+                name=rt.tool_name(event),
+                args=args,
+                args_hash=rt.args_hash(args),
+                outcome=event.get("outcome"),
+                decision=event.get("decision"),
+                rule=event.get("rule"),
+            )
+        )
+    return out
+
+
+def first_difference(a: object, b: object, at: str = "") -> tuple[str, object, object] | None:
+    """(JSON pointer, value in a, value in b) of the first place two recorded values differ; object
+    keys in a's order then b's extra keys (a key only one side has reads as absent: None)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in (*a, *(k for k in b if k not in a)):
+            where = f"{at}/{str(key).replace('~', '~0').replace('/', '~1')}"
+            if key not in a or key not in b:
+                return where, a.get(key), b.get(key)
+            found = first_difference(a[key], b[key], where)
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            found = first_difference(x, y, f"{at}/{i}")
+            if found is not None:
+                return found
+        if len(a) != len(b):
+            i = min(len(a), len(b))
+            return f"{at}/{i}", a[i] if i < len(a) else None, b[i] if i < len(b) else None
+        return None
+    return None if a == b and type(a) is type(b) else (at, a, b)
+
+
+def diff_tool_calls(a: Sequence[ToolCall], b: Sequence[ToolCall]) -> dict[str, Any] | None:
+    """The first divergent tool call of run B against run A, or None when they made the same calls."""
+    for i, j in align(a, b):
+        if j is None:
+            assert i is not None
+            return {"kind": "only_in_a", "a": a[i].brief()}
+        if i is None:
+            return {"kind": "only_in_b", "b": b[j].brief()}
+        ca, cb = a[i], b[j]
+        differs = [
+            what
+            for what, x, y in (
+                ("args", ca.args_hash, cb.args_hash),
+                ("outcome", ca.outcome, cb.outcome),
+                ("decision", ca.decision, cb.decision),
+            )
+            if x != y
+        ]
+        if not differs:
+            continue
+        found: dict[str, Any] = {"kind": "tool", "differs": differs, "a": ca.brief(), "b": cb.brief()}
+        if "args" in differs:
+            where = first_difference(ca.args, cb.args)
+            if where is not None:
+                pointer, va, vb = where
+                found.update(pointer=pointer, recorded=rt.compact_json(va), live=rt.compact_json(vb))
+        return found
+    return None
+
+
+def align(
+    a: Sequence[RunRequest] | Sequence[ToolCall], b: Sequence[RunRequest] | Sequence[ToolCall]
+) -> list[tuple[int | None, int | None]]:
+    """Index pairs in order; None on one side for a request (or tool call) only the other run made."""
     matcher = difflib.SequenceMatcher(
         None, [r.align_key for r in a], [r.align_key for r in b], autojunk=False
     )
@@ -121,11 +231,15 @@ class RunDiff:
     status_changes: list[dict[str, Any]] = field(default_factory=list)
     totals_a: dict[str, Any] = field(default_factory=dict)
     totals_b: dict[str, Any] = field(default_factory=dict)
+    tool_calls_a: int = 0
+    tool_calls_b: int = 0
+    first_tool_divergence: dict[str, Any] | None = None
 
     @property
     def diverged(self) -> bool:
         return bool(
             self.first_divergence
+            or self.first_tool_divergence
             or self.hosts_only_in_a
             or self.hosts_only_in_b
             or self.decision_changes
@@ -153,6 +267,8 @@ class RunDiff:
             "decision_changes": self.decision_changes,
             "status_changes": self.status_changes,
             "totals": {"a": self.totals_a, "b": self.totals_b, "delta": self.delta()},
+            "tool_calls": {"a": self.tool_calls_a, "b": self.tool_calls_b},
+            "first_tool_divergence": self.first_tool_divergence,
         }
 
 
@@ -197,11 +313,18 @@ def diff_requests(run_a: str, a: Sequence[RunRequest], run_b: str, b: Sequence[R
 def diff_runs(tape: Path, run_a: str, run_b: str, ignore: Sequence[str] = ()) -> RunDiff:
     pointers = tuple(parse_pointer(p) for p in (*DEFAULT_IGNORED_POINTERS, *ignore))
     sides = []
+    tools = []
     for run in (run_a, run_b):
         events = list(
-            iter_events(tape, run=run, kinds=("network", "run_start"), on_bad_line=lambda line, why: None)
+            iter_events(
+                tape, run=run, kinds=("network", "run_start", "tool"), on_bad_line=lambda line, why: None
+            )
         )
         if not events:
             raise ValueError(f"no run {run!r} on the tape {tape}")
         sides.append(run_requests(events, pointers))
-    return diff_requests(run_a, sides[0], run_b, sides[1])
+        tools.append(run_tool_calls(events))
+    result = diff_requests(run_a, sides[0], run_b, sides[1])
+    result.tool_calls_a, result.tool_calls_b = len(tools[0]), len(tools[1])
+    result.first_tool_divergence = diff_tool_calls(tools[0], tools[1])
+    return result

@@ -17,6 +17,8 @@ from failcore.tape.reader import list_segments
 
 # Network events that are connections, not HTTP exchanges: counted apart from `requests`.
 CONNECTION_ACTIONS = frozenset({"tls.handshake", "tcp.stream", "ip.packet"})
+# The runtime's kinds (schema v2; failcore.views.runtime reads them for the views).
+_RUNTIME_KINDS = frozenset({"tool", "fs", "exec", "connect"})
 _NUMBERS = (int, float)
 _EMPTY: dict[str, Any] = {}
 
@@ -60,6 +62,21 @@ class RunSummary:
     raw_tcp: int = 0
     refused: int = 0
     refused_targets: dict[str, int] = field(default_factory=dict)
+    # The runtime's events (failcore.run / guard): guarded tool calls and the effects seen inside them
+    # (fs, exec, connect events), counted apart from the network exchanges above.
+    tool_calls: int = 0
+    tool_blocked: int = 0
+    tool_failed: int = 0
+    tool_warned: int = 0
+    contract_drifts: int = 0
+    effects_fs: int = 0
+    effects_exec: int = 0
+    effects_connect: int = 0
+    effects_blocked: int = 0
+    effects_warned: int = 0
+    tools: dict[str, int] = field(default_factory=dict)
+    # Blocked tool calls and effects by the rule that blocked them.
+    runtime_block_rules: dict[str, int] = field(default_factory=dict)
 
     def add(self, ev: dict[str, Any]) -> None:
         """Count one event. A line failcore did not write (a field of the wrong type) is counted as far
@@ -106,6 +123,8 @@ class RunSummary:
                     self.failed += 1
                     reason = get("fail_reason") or "unknown"
                     self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
+            elif kind in _RUNTIME_KINDS:
+                self._add_runtime(ev, kind)
             elif kind == "websocket":
                 self.websocket_messages += 1
                 if get("dlp"):
@@ -120,6 +139,48 @@ class RunSummary:
                 self.mode = detail.get("mode")
         except (AttributeError, TypeError, ValueError):
             pass
+
+    def _add_runtime(self, ev: dict[str, Any], kind: str) -> None:
+        get = ev.get
+        outcome = get("outcome")
+        blocked = outcome == "BLOCKED"
+        if kind == "tool":
+            self.tool_calls += 1
+            tool = get("tool") or _EMPTY
+            name = tool.get("name") or get("action") or "(unnamed)"
+            if name.__class__ is str:
+                self.tools[name] = self.tools.get(name, 0) + 1
+            if blocked:
+                self.tool_blocked += 1
+            elif get("decision") == "WARN":
+                self.tool_warned += 1
+            if outcome == "FAIL":
+                self.tool_failed += 1
+            contract = tool.get("contract")
+            if contract and contract.get("drift"):
+                self.contract_drifts += 1
+        else:
+            if kind == "fs":
+                self.effects_fs += 1
+            elif kind == "exec":
+                self.effects_exec += 1
+            else:
+                self.effects_connect += 1
+            if blocked:
+                self.effects_blocked += 1
+            elif get("decision") == "WARN":
+                self.effects_warned += 1
+        if blocked:
+            rule = get("rule") or "(no rule)"
+            if rule.__class__ is str:
+                self.runtime_block_rules[rule] = self.runtime_block_rules.get(rule, 0) + 1
+        if get("dlp"):
+            self._add_dlp(ev)
+
+    @property
+    def effects(self) -> int:
+        """fs, exec and connect events seen inside guarded calls."""
+        return self.effects_fs + self.effects_exec + self.effects_connect
 
     def _add_dlp(self, ev: dict[str, Any]) -> None:
         dlp = ev.get("dlp")
@@ -204,7 +265,9 @@ class RunSummary:
 
 
 _TALLIES: tuple[str, ...] = tuple(
-    f.name for f in fields(RunSummary) if f.default_factory is dict  # type: ignore[comparison-overlap]
+    f.name
+    for f in fields(RunSummary)
+    if f.default_factory is dict  # type: ignore[comparison-overlap]
 )
 _COUNTS: tuple[str, ...] = tuple(f.name for f in fields(RunSummary) if f.type == "int")
 

@@ -53,8 +53,41 @@ def _print_diff(d: dict[str, Any]) -> None:
         say(safe_text(f"decision {change['b']['summary']}: {change['from']} → {change['to']}", "yellow"))
     for change in d["status_changes"]:
         say(safe_text(f"status {change['b']['summary']}: {change['from']} → {change['to']}"))
+    _print_tool_divergence(d)
     delta = d["totals"]["delta"]
     if any(delta.values()):
         usd = f", ${delta['usd']:+.6f}" if delta["usd"] is not None else ""
         tokens = f"{delta['input_tokens'] or 0:+d} in / {delta['output_tokens'] or 0:+d} out"
         say(safe_text(f"tokens {tokens}{usd}"))
+
+
+def _call_text(call: dict[str, Any]) -> str:
+    """`#4 write_file(path="a.txt", …) args 1f2e… → BLOCKED [BLOCK fs.write_outside_roots]`."""
+    verdict = " ".join(str(v) for v in (call.get("decision"), call.get("rule")) if v)
+    text = f"#{call['seq']} {call['tool']}({call['args']}) args {call['args_hash']} → {call['outcome']}"
+    return text + (f" [{verdict}]" if verdict else "")
+
+
+def _print_tool_divergence(d: dict[str, Any]) -> None:
+    """The first divergent guarded tool call (by tool name, args hash and outcome), when runs made any."""
+    say = console.print
+    counts = d.get("tool_calls") or {}
+    if not counts.get("a") and not counts.get("b"):
+        return
+    first = d.get("first_tool_divergence")
+    if first is None:
+        say(safe_text(f"tool calls: {counts['a']} vs {counts['b']}, the same calls"))
+        return
+    say(safe_text(f"tool calls: {counts['a']} vs {counts['b']}"))
+    if first["kind"] != "tool":
+        side = "a" if first["kind"] == "only_in_a" else "b"
+        only = _call_text(first[side])
+        say(safe_text(f"first divergent tool call: only in {side.upper()}: {only}", "yellow"))
+        return
+    a, b = first["a"], first["b"]
+    differs = ", ".join(first["differs"])
+    say(safe_text(f"first divergent tool call: #{a['seq']} → #{b['seq']} {b['tool']} ({differs})", "yellow"))
+    say(safe_text(f"  A: {_call_text(a)}"))
+    say(safe_text(f"  B: {_call_text(b)}"))
+    if "pointer" in first:
+        say(safe_text(f"  args differ at {first['pointer'] or '/'}: {first['recorded']} → {first['live']}"))

@@ -122,8 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", action="store_true", help="the most recent run")
     p.add_argument(
         "--event",
-        metavar="SEQ|FLOW",
-        help="show one event in full, by its seq or flow id (any run of the tape when no run is given)",
+        metavar="SEQ|FLOW|CALL",
+        help="show one event in full, by its seq, flow id or tool call id (any run of the tape when no "
+        "run is given)",
+    )
+    p.add_argument(
+        "--kind",
+        action="append",
+        metavar="KIND",
+        help="only events of this kind: network, tool, fs, exec, connect, policy… (repeatable or a,b)",
     )
     p.add_argument("--tape", help=TAPE_HELP)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
@@ -195,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "addon-path",
-        help="print the path of failcore's mitmproxy addon script: mitmdump -s \"$(failcore addon-path)\"",
+        help='print the path of failcore\'s mitmproxy addon script: mitmdump -s "$(failcore addon-path)"',
     )
 
     p = sub.add_parser("view", help="browse a tape interactively (runs → events → one event)")

@@ -15,11 +15,22 @@ from failcore.views.fmt import usd as _usd
 
 
 def _find_event(events: Iterable[dict[str, Any]], wanted: str) -> dict[str, Any] | None:
-    """An event by its seq (unique on a tape) or its flow id (in full, or a unique prefix)."""
+    """An event by its seq (unique on a tape), its flow id, or a guarded tool call's id (its tool event;
+    in full, or a unique prefix)."""
     if wanted.isdigit():
         return next((ev for ev in events if ev.get("seq") == int(wanted)), None)
-    found = [ev for ev in events if str(ev.get("flow") or "").startswith(wanted)]
-    return found[0] if len({ev.get("flow") for ev in found}) == 1 else None
+    found = []
+    for ev in events:
+        if str(ev.get("flow") or "").startswith(wanted):
+            found.append(("flow", ev.get("flow"), ev))
+        elif ev.get("kind") == "tool" and str(ev.get("call") or "").startswith(wanted):
+            found.append(("call", ev.get("call"), ev))
+    return found[0][2] if len({(what, name) for what, name, _ in found}) == 1 else None
+
+
+def _kinds(values: list[str] | None) -> frozenset[str]:
+    """`--kind tool --kind fs` or `--kind tool,fs`: the event kinds to list (all when none given)."""
+    return frozenset(k.strip() for v in values or () for k in v.split(",") if k.strip())
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -49,6 +60,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     assert run is not None
     with reading(tape):
         events = [ev for ev in run_events(tape, run) if ev.get("kind") not in ("checkpoint",)]
+    kinds = _kinds(getattr(args, "kind", None))
+    if kinds:
+        events = [ev for ev in events if ev.get("kind") in kinds]
     if args.json:
         print_json(events)
         return 0
@@ -61,6 +75,16 @@ def cmd_show(args: argparse.Namespace) -> int:
             safe_text(
                 f"{totals.llm_calls} LLM call(s): {_tokens(totals.input_tokens, totals.output_tokens)} "
                 f"tokens in/out, {_usd(totals.cost_usd, totals.unpriced_calls)}"
+            )
+        )
+    if totals.tool_calls or totals.effects:
+        from failcore.views.runtime import effects_line, tool_calls_line
+
+        summary = totals.to_dict()
+        console.print(
+            safe_text(
+                f"tool calls: {tool_calls_line(summary)}; effects: {effects_line(summary)}",
+                "red" if totals.tool_blocked or totals.effects_blocked else "",
             )
         )
     if totals.dlp_hits:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from failcore.conversation import Conversation, read_conversation
 from failcore.runs import RunSummary, run_events
 from failcore.tape.verify import VerifyReport, verify_tape
+from failcore.views.runtime import RUNTIME_KINDS
 
 DEFAULT_MAX_EVENTS: Final = 5000
 # Per body shown, and over the whole page, when bodies are included.
@@ -82,6 +83,8 @@ class RunReport:
     warnings: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     dlp_hits: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
     llm_calls: list[LlmCallRow] = field(default_factory=list)
+    # The runtime's guarded tool calls (kind tool), in tape order; their effects are in the timeline.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
     conversations: dict[int, Conversation] = field(default_factory=dict)
     # What each list left out (section name -> count); the page states every one of them.
     omitted: dict[str, int] = field(default_factory=dict)
@@ -207,6 +210,8 @@ class _Collector:
         self._keep("timeline", report.timeline, lambda: shown(report.bodies))
         if kind == "network":
             self._add_network(ev, shown)
+        elif kind in RUNTIME_KINDS:
+            self._add_runtime(ev, shown)
         elif kind == "internal_error":
             self._keep("failed", report.failed, shown)
 
@@ -257,6 +262,30 @@ class _Collector:
         report.body_budget_left -= len(shown)
         return meta | {"text": shown, "cut_here": len(shown) < len(text), "indented": indented is not None}
 
+    def _add_findings(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
+        """The event's warnings and DLP hits, each a row of its section."""
+        report = self._report
+        for warning in ev.get("warnings") or ():
+            if isinstance(warning, dict):
+                self._keep("warnings", report.warnings, lambda w=warning: (shown(), w))
+        for hit in as_dict(ev.get("dlp")).get("hits") or ():
+            if isinstance(hit, dict):
+                self._keep("dlp", report.dlp_hits, lambda h=hit: (shown(), h))
+
+    def _add_runtime(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
+        """A tool call or one of its effects: listed with the blocked, warned and failed exchanges."""
+        report = self._report
+        if ev.get("kind") == "tool":
+            self._keep("tools", report.tool_calls, shown)
+        outcome, decision = ev.get("outcome"), ev.get("decision")
+        if outcome == "BLOCKED":
+            self._keep("blocked", report.blocked, shown)
+        elif decision == "WARN":
+            self._keep("warned", report.warned, shown)
+        if outcome == "FAIL":
+            self._keep("failed", report.failed, shown)
+        self._add_findings(ev, shown)
+
     def _add_network(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
         report = self._report
         key = host_key(ev)
@@ -284,12 +313,7 @@ class _Collector:
         if outcome == "FAIL":
             stats.failed += 1
             self._keep("failed", report.failed, shown)
-        for warning in ev.get("warnings") or ():
-            if isinstance(warning, dict):
-                self._keep("warnings", report.warnings, lambda w=warning: (shown(), w))
-        for hit in as_dict(ev.get("dlp")).get("hits") or ():
-            if isinstance(hit, dict):
-                self._keep("dlp", report.dlp_hits, lambda h=hit: (shown(), h))
+        self._add_findings(ev, shown)
         call = llm_call_row(ev)
         if call is not None:  # counted in report.summary with the rest of the run
             self._keep("llm", report.llm_calls, lambda c=call: c)

@@ -10,6 +10,7 @@ from markupsafe import Markup, escape
 from failcore.report.collect import as_dict, host_key, int_or_none, llm_call_row, number_or_none
 from failcore.textsafe import printable
 from failcore.views import fmt
+from failcore.views import runtime as rt
 
 # CSS class names come from these fixed tables only, never from recorded text.
 _DECISION_CLASS: Final = {"ALLOW": "allow", "WARN": "warn", "BLOCK": "block"}
@@ -55,6 +56,8 @@ def event_summary(ev: dict[str, Any]) -> str:
     kind = str(ev.get("kind") or "")
     if kind == "network":
         return str(ev.get("summary") or ev.get("path") or "")
+    if kind in rt.RUNTIME_KINDS:
+        return rt.describe(ev)
     detail = as_dict(ev.get("detail"))
     if kind == "websocket":
         return f"[ws {detail.get('direction') or ''} #{detail.get('index') or ''}] {ev.get('path') or ''}"
@@ -111,6 +114,22 @@ def notes(ev: dict[str, Any]) -> str:
     return "; ".join(notes)
 
 
+def issue_what(ev: dict[str, Any]) -> str:
+    """The path cell of the blocked/warned/failed tables: the request path, or what a tool call or one
+    of its effects did."""
+    if ev.get("kind") in rt.RUNTIME_KINDS:
+        return rt.describe(ev)
+    return str(ev.get("path") or "-")
+
+
+def where(ev: dict[str, Any]) -> str:
+    """The host cell of the warnings and DLP tables: host:port, or the kind of a runtime event."""
+    kind = ev.get("kind")
+    if kind in rt.RUNTIME_KINDS:
+        return rt.connect_target(ev) if kind == "connect" else str(kind)
+    return host_key(ev)
+
+
 def header_pairs(message: object) -> list[tuple[str, str]]:
     headers = as_dict(message).get("headers") or ()
     return [(str(h[0]), str(h[1])) for h in headers if isinstance(h, list | tuple) and len(h) == 2]
@@ -145,5 +164,14 @@ FILTERS: Final = {
     "header_pairs": header_pairs,
     "stream_text": stream_text,
     "host_key": host_key,
+    "issue_what": issue_what,
+    "where": where,
+    "is_runtime": rt.is_runtime,
+    "runtime_pairs": rt.detail_pairs,
+    "tool_name": rt.tool_name,
+    "tool_args": lambda ev: rt.args_summary(rt.tool_args(ev), 200),
+    "tool_effects": rt.effects_text,
+    "tool_drift": rt.contract_drift,
+    "tool_result": rt.result_summary,
     "llm_call_row": llm_call_row,
 }

@@ -20,6 +20,7 @@ from failcore.report.filters import FILTERS, fmt_duration, fmt_size, fmt_usd, fm
 from failcore.report.pictures import charts, waterfall
 from failcore.tape.verify import VerifyReport
 from failcore.textsafe import printable
+from failcore.views.runtime import effects_line, tool_calls_line
 
 REPORT_FILE_MODE: Final = 0o644
 REPORT_WITH_BODIES_MODE: Final = 0o600
@@ -121,7 +122,7 @@ def _summary_pairs(r: RunReport) -> list[tuple[str, object]]:
         if s.ended is not None:
             span += f" ({fmt_duration(max(0.0, s.ended - s.started))})"
     fail_reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.fail_reasons.items()))
-    return [
+    pairs: list[tuple[str, object]] = [
         ("run", r.run),
         ("time range", span),
         ("policy", s.policy or "-"),
@@ -139,6 +140,10 @@ def _summary_pairs(r: RunReport) -> list[tuple[str, object]]:
         ("dropped events", f"{s.dropped:,}"),
         ("tape", str(r.tape)),
     ]
+    if s.tool_calls or s.effects:  # runs of the runtime API (failcore.run / guard) only
+        summary = s.to_dict()
+        pairs[-1:-1] = [("tool calls", tool_calls_line(summary)), ("effects", effects_line(summary))]
+    return pairs
 
 
 def _cost_text(r: RunReport) -> str:
@@ -157,7 +162,20 @@ _OMITTED_LABELS: Final = {
     "warnings": "other warnings",
     "dlp": "DLP hits",
     "llm": "LLM calls (counted in the totals)",
+    "tools": "tool calls (counted in the summary)",
 }
+
+
+def _tool_cards(r: RunReport) -> list[tuple[str, str, str]]:
+    """Cards of a run that made guarded tool calls (none for a proxy-only run)."""
+    s = r.summary
+    if not s.tool_calls and not s.effects:
+        return []
+    blocked = s.tool_blocked + s.effects_blocked
+    return [
+        ("tool calls", f"{s.tool_calls:,}", ""),
+        ("tool calls / effects blocked", f"{blocked:,}", "block" if blocked else ""),
+    ]
 
 
 def render_report(r: RunReport) -> str:
@@ -181,6 +199,7 @@ def render_report(r: RunReport) -> str:
             ("failed", f"{r.summary.failed:,}", "block" if r.summary.failed else ""),
             ("tokens", f"{r.tokens_in + r.tokens_out:,}", ""),
             ("cost", cost_card, ""),
+            *_tool_cards(r),
         ],
         verification=_verification_view(r.verification),
         waterfall=waterfall(r),

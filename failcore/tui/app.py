@@ -36,6 +36,8 @@ RUN_COLUMNS: Final = (
     Column("tokens", 6, "right"),
     Column("$", 7, "right"),
 )
+# Shown once a run of the tape made guarded tool calls (failcore.run / guard): calls/blocked, effects.
+RUNTIME_RUN_COLUMNS: Final = (Column("tools", 6, "right"), Column("effects", 7, "right"))
 EVENT_COLUMNS: Final = (
     Column("time", 8),
     Column("decision", 8),
@@ -56,6 +58,7 @@ lists          ↑/↓ j/k  move     PgUp/PgDn  page     g/G  top/bottom
                enter  open       escape  back
 events         b / w / x   next BLOCK / WARN / FAIL (B / W / X: previous)
                d  cycle decision filter      s  cycle status filter (2xx…5xx, error)
+               t  cycle kind filter (network, tool, fs, exec, connect)
                h  host filter    /  text search (whole recorded line)    c  clear filters
                y  copy the event as JSON (clipboard + file)
 one event      y  copy as JSON   n / p  next / previous event   escape  back
@@ -122,7 +125,10 @@ class RunsScreen(Screen[None]):
     def index_updated(self) -> None:
         app = self.viewer
         self._runs = app.index.ordered_runs()
-        self.query_one(RowList).set_row_count(len(self._runs))
+        row_list = self.query_one(RowList)
+        if len(row_list.columns) == len(RUN_COLUMNS) and any(r.tool_calls or r.effects for r in self._runs):
+            row_list.columns.extend(RUNTIME_RUN_COLUMNS)
+        row_list.set_row_count(len(self._runs))
         self.query_one("#status", Static).update(app.status_line(f"{len(self._runs)} run(s)"))
 
     @property
@@ -145,6 +151,7 @@ class EventsScreen(Screen[None]):
         Binding("X", "jump('FAIL', -1)", show=False),
         Binding("d", "cycle('decision')", "decision"),
         Binding("s", "cycle('status')", "status"),
+        Binding("t", "cycle('kind')", "kind"),
         Binding("h", "prompt_host", "host"),
         Binding("slash", "prompt_text", "search"),
         Binding("c", "clear_filters", "clear", show=False),

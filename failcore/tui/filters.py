@@ -1,4 +1,4 @@
-"""Event filters of the viewer: decision, host, status class and a text search over the raw line."""
+"""Event filters of the viewer: decision, kind, host, status class and a text search over the raw line."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from failcore.tui.render import status_class
 
 DECISION_CYCLE: Final = (None, "ALLOW", "WARN", "BLOCK")
 STATUS_CYCLE: Final = (None, "2xx", "3xx", "4xx", "5xx", "error")
+KIND_CYCLE: Final = (None, "network", "tool", "fs", "exec", "connect")
+_CYCLES: Final = {"decision": DECISION_CYCLE, "status": STATUS_CYCLE, "kind": KIND_CYCLE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,14 +23,17 @@ class EventFilter:
     host: str | None = None  # substring, case-insensitive
     status: str | None = None  # 2xx … 5xx or "error"
     text: str | None = None  # searched in the whole recorded line (headers, bodies, …)
+    kind: str | None = None  # network, tool, fs, exec, connect
 
     @property
     def active(self) -> bool:
-        return any((self.decision, self.host, self.status, self.text))
+        return any((self.decision, self.host, self.status, self.text, self.kind))
 
     def matches_row(self, row: EventRow) -> bool:
         """The cheap part, on indexed fields only."""
         if self.decision is not None and row.decision != self.decision:
+            return False
+        if self.kind is not None and row.kind != self.kind:
             return False
         if self.host and self.host.lower() not in row.host.lower():
             return False
@@ -41,13 +46,14 @@ class EventFilter:
         return orjson.dumps(self.text)[1:-1].lower()
 
     def cycled(self, field: str) -> EventFilter:
-        cycle = DECISION_CYCLE if field == "decision" else STATUS_CYCLE
+        cycle = _CYCLES[field]
         current = getattr(self, field)
         return replace(self, **{field: cycle[(cycle.index(current) + 1) % len(cycle)]})
 
     def describe(self) -> str:
         parts = [
             f"decision={self.decision}" if self.decision else "",
+            f"kind={self.kind}" if self.kind else "",
             f"host~{self.host}" if self.host else "",
             f"status={self.status}" if self.status else "",
             f"text~{self.text}" if self.text else "",

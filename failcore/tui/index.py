@@ -63,13 +63,17 @@ KINDS: Final = (
     "run_end",
     "checkpoint",
     "dropped",
+    "tool",
+    "fs",
+    "exec",
+    "connect",
     "other",
 )
 DECISIONS: Final = ("", "ALLOW", "WARN", "BLOCK")
 OUTCOMES: Final = ("", "ok", "BLOCKED", "FAIL")
 LISTED_KINDS: Final = frozenset(k for k in KINDS if k != "checkpoint")
 
-CACHE_VERSION: Final = 2  # 2: per-run stats are runs.RunSummary
+CACHE_VERSION: Final = 3  # 2: per-run stats are runs.RunSummary; 3: runtime kinds and their counts
 _READ_BUFFER: Final = 1 << 20
 _MISSING_INT: Final = -1
 _KIND_CODES: Final = {k: i for i, k in enumerate(KINDS)}

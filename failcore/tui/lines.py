@@ -23,6 +23,7 @@ from failcore.tape.reader import (
     line_prev,
     line_seq,
 )
+from failcore.views.runtime import RUNTIME_KINDS, describe
 
 _REQUEST_KEY: Final = b',"request":'
 _TAIL_KEYS: Final = (b',"llm":', b',"dlp":', b',"warnings":', b',"cut":')
@@ -75,6 +76,8 @@ def event_label(fields: dict[str, Any]) -> str:
     if kind in ("network", "websocket"):
         path = fields.get("path")
         return str(path) if path is not None else str(fields.get("summary") or "")
+    if kind in RUNTIME_KINDS:  # tool name + args, fs op + path, exec program + argv, connect target
+        return describe(fields)
     detail = fields.get("detail") if isinstance(fields.get("detail"), dict) else {}
     what = fields.get("summary") or detail.get("action") or fields.get("error") or ""
     if kind == "dropped":

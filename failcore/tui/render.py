@@ -20,6 +20,7 @@ from failcore.textsafe import printable, safe_text
 from failcore.tui.index import EventRow
 from failcore.tui.lines import ChainStatus
 from failcore.views import fmt
+from failcore.views import runtime as rt
 
 DECISION_STYLE: Final = {"ALLOW": "green", "WARN": "yellow", "BLOCK": "bold red"}
 BODY_DISPLAY_LIMIT: Final = 200_000
@@ -60,11 +61,20 @@ def run_cells(stats: RunSummary) -> list[Text]:
         Text(str(stats.failed), style="red" if stats.failed else ""),
         Text(fmt_tokens(stats.tokens)),
         Text(fmt_cost(stats.priced_usd)),
+        # The runtime columns (tools, effects): shown once a run made guarded tool calls.
+        Text(
+            str(stats.tool_calls) + (f"/{stats.tool_blocked}" if stats.tool_blocked else ""),
+            style="bold red" if stats.tool_blocked else "",
+        ),
+        Text(
+            str(stats.effects) + (f"/{stats.effects_blocked}" if stats.effects_blocked else ""),
+            style="bold red" if stats.effects_blocked else "",
+        ),
     ]
 
 
 def decision_text(row: EventRow) -> Text:
-    if row.kind not in ("network", "websocket"):
+    if row.kind not in ("network", "websocket", *rt.RUNTIME_KINDS):
         return Text(row.kind if row.kind == "internal_error" else "", style="red")
     shown = row.decision + ("*" if row.would_block and row.decision == "WARN" else "")
     if row.outcome == "FAIL":
@@ -76,7 +86,7 @@ def event_cells(row: EventRow) -> list[Text]:
     return [
         Text(fmt_time(row.ts, millis=False)),
         decision_text(row),
-        safe_text(row.method),
+        Text(rt.KIND_LABELS[row.kind], style="cyan") if row.kind in rt.KIND_LABELS else safe_text(row.method),
         safe_text(row.host),
         safe_text(row.path),
         Text(
@@ -177,6 +187,8 @@ def render_event(event: dict[str, Any] | None, chain: ChainStatus, row: EventRow
     doc.field("time", fmt_time(row.ts, date=True))
     if event.get("kind") in ("network", "websocket"):
         _render_exchange(doc, event)
+    elif event.get("kind") in rt.RUNTIME_KINDS:
+        _render_runtime(doc, event)
     else:
         doc.heading("detail")
         doc.block(_pretty(event.get("detail") or {}))
@@ -201,8 +213,8 @@ def _render_chain(doc: _Doc, chain: ChainStatus, row: EventRow) -> None:
         doc.field("prev", f"BROKEN recorded {chain.recorded_prev} expected {chain.expected_prev}", "bold red")
 
 
-def _render_exchange(doc: _Doc, event: dict[str, Any]) -> None:
-    target = event.get("target") if isinstance(event.get("target"), dict) else {}
+def _render_verdict(doc: _Doc, event: dict[str, Any]) -> None:
+    """Decision, rule, reason and outcome: the same fields for an exchange and a tool call."""
     decision = event.get("decision")
     doc.field("decision", decision, DECISION_STYLE.get(str(decision), ""))
     doc.field("rule", event.get("rule"))
@@ -212,6 +224,11 @@ def _render_exchange(doc: _Doc, event: dict[str, Any]) -> None:
     if event.get("fail_reason") or event.get("error"):
         doc.field("fail_reason", event.get("fail_reason"), "red")
         doc.field("error", event.get("error"), "red")
+
+
+def _render_exchange(doc: _Doc, event: dict[str, Any]) -> None:
+    target = event.get("target") if isinstance(event.get("target"), dict) else {}
+    _render_verdict(doc, event)
     doc.field("target", f"{target.get('scheme')}://{target.get('host')}:{target.get('port')}")
     doc.field("request", f"{event.get('method') or ''} {event.get('path') or ''}".strip())
     doc.field("status", event.get("status"))
@@ -238,6 +255,20 @@ def _render_exchange(doc: _Doc, event: dict[str, Any]) -> None:
     stream = event.get("stream")
     if isinstance(stream, dict):
         _render_stream_timing(doc, stream)
+
+
+def _render_runtime(doc: _Doc, event: dict[str, Any]) -> None:
+    """A tool call or one of its effects (fs, exec, connect): the decision, then what it did."""
+    _render_verdict(doc, event)
+    doc.field("duration", f"{fmt_latency(event.get('latency_ms'))} ms")
+    doc.heading(str(event.get("kind")))
+    for name, value in rt.detail_pairs(event):
+        doc.field(name, value, "yellow" if name == "contract drift" else "")
+    _render_dlp(doc, event.get("dlp"))
+    for warning in event.get("warnings") or []:
+        if isinstance(warning, dict):
+            code = warning.get("code") or warning.get("reason")
+            doc.field("warning", f"{code}: {warning.get('message')}", "yellow")
 
 
 def _render_llm(doc: _Doc, llm: object) -> None:

@@ -18,6 +18,7 @@ from rich.text import Text
 from failcore.runs import RunSummary
 from failcore.textsafe import printable, safe_text
 from failcore.views import fmt
+from failcore.views import runtime as rt
 
 DECISION_STYLE = {"ALLOW": "green", "WARN": "yellow", "BLOCK": "bold red"}
 OUTCOME_STYLE = {"ok": "green", "BLOCKED": "bold red", "FAIL": "red"}
@@ -80,6 +81,8 @@ def would_block(ev: dict[str, Any]) -> bool:
 
 def _summary(ev: dict[str, Any]) -> Text:
     kind = ev.get("kind") or ""
+    if kind in rt.RUNTIME_KINDS:  # tool name + masked args, fs op + path, exec argv, connect target
+        return safe_text(rt.describe(ev))
     text = ev.get("summary") or (ev.get("detail") or {}).get("action") or kind
     if kind not in ("network", "websocket"):
         text = f"[{kind}] {text if text != kind else ''}".rstrip()
@@ -136,6 +139,12 @@ def _cost(ev: dict[str, Any]) -> str:
     return fmt.usd((llm.get("cost") or {}).get("usd"))
 
 
+def _host(ev: dict[str, Any]) -> Text:
+    if ev.get("kind") in rt.RUNTIME_KINDS:
+        return safe_text(rt.host(ev))
+    return safe_text((ev.get("target") or {}).get("host", ""))
+
+
 def _ms(ev: dict[str, Any]) -> str:
     ms = ev.get("latency_ms")
     return f"{ms:.0f}" if isinstance(ms, int | float) else "-"
@@ -147,7 +156,7 @@ EVENT_COLUMNS: tuple[Column, ...] = (
     Column("decision", 8, 1, _decision),
     Column("outcome", 10, 3, _outcome, max_width=18),
     Column("status", 6, 4, lambda ev: safe_text(ev.get("status") if ev.get("status") is not None else "-")),
-    Column("host", 9, 5, lambda ev: safe_text((ev.get("target") or {}).get("host", "")), max_width=24),
+    Column("host", 9, 5, _host, max_width=24),
     Column("summary", 18, 2, _summary, flexible=True),
     Column("rule", 10, 9, lambda ev: safe_text(ev.get("rule") or ""), max_width=22),
     Column("dlp", 3, 6, _dlp, justify="right"),
@@ -175,7 +184,7 @@ def event_line(ev: dict[str, Any]) -> Text:
 # ------------------------------------------------------------------------------------------- runs
 
 
-def _runs_columns(run_width: int) -> tuple[Column, ...]:
+def _runs_columns(run_width: int, runtime: bool) -> tuple[Column, ...]:
     def cell(name: str) -> Callable[[dict[str, Any]], Text | str]:
         return lambda r: r[name]
 
@@ -190,6 +199,14 @@ def _runs_columns(run_width: int) -> tuple[Column, ...]:
         Column("tokens", 9, 8, cell("tokens"), justify="right"),
         Column("cost", 9, 7, cell("cost"), justify="right"),
         Column("hosts", 12, 9, cell("hosts"), flexible=True),
+    ) + (
+        # Only for a tape with guarded tool calls: tool calls and effects (blocked after a slash).
+        (
+            Column("tools", 5, 5, cell("tools"), justify="right"),
+            Column("effects", 7, 8, cell("effects"), justify="right"),
+        )
+        if runtime
+        else ()
     )
 
 
@@ -197,7 +214,8 @@ def runs_table(title: str, runs: Sequence[RunSummary], width: int) -> Table:
     # The id is what `failcore show RUN` takes: never shortened, the other columns give way.
     run_width = max((len(printable(r.run)) for r in runs), default=3)
     # Ruled cells (3 characters between columns, 4 at the edges) keep a row readable next to its header.
-    columns = fit(_runs_columns(run_width), width - 4, gap=3)
+    runtime = any(r.tool_calls or r.effects for r in runs)
+    columns = fit(_runs_columns(run_width, runtime), width - 4, gap=3)
     table = _table(title, columns, box.HEAVY_HEAD)
     for r in runs:
         cells = {
@@ -211,6 +229,15 @@ def runs_table(title: str, runs: Sequence[RunSummary], width: int) -> Table:
             "tokens": fmt.tokens(r.input_tokens, r.output_tokens) if r.llm_calls else "-",
             "cost": fmt.usd(r.cost_usd, r.unpriced_calls) if r.llm_calls else "-",
             "hosts": safe_text(", ".join(sorted(h.rsplit(":", 1)[0] for h in r.hosts))),
+            # Tool calls (blocked ones after a slash) and the effects seen inside them.
+            "tools": safe_text(
+                f"{r.tool_calls}" + (f"/{r.tool_blocked}" if r.tool_blocked else ""),
+                "red" if r.tool_blocked else "",
+            ),
+            "effects": safe_text(
+                f"{r.effects}" + (f"/{r.effects_blocked}" if r.effects_blocked else ""),
+                "red" if r.effects_blocked else "",
+            ),
         }
         table.add_row(*(c.cell(cells) for c in columns))
     return table
@@ -260,6 +287,10 @@ def run_summary_table(s: dict[str, Any]) -> Table:
         table.add_row("LLM calls", f"{s['llm_calls']}: {tokens} tokens in/out, {cost}{note}")
     hosts = s.get("hosts") or {}
     table.add_row("hosts", safe_text(", ".join(f"{h} ×{n}" for h, n in sorted(hosts.items())) or "-"))
+    if s.get("tool_calls"):
+        table.add_row("tool calls", safe_text(rt.tool_calls_line(s), "red" if s.get("tool_blocked") else ""))
+    if s.get("effects_fs") or s.get("effects_exec") or s.get("effects_connect"):
+        table.add_row("effects", safe_text(rt.effects_line(s), "red" if s.get("effects_blocked") else ""))
     if s.get("tls_failures"):
         tls_hosts = ", ".join(f"{h} ×{n}" for h, n in sorted((s.get("tls_failed_hosts") or {}).items()))
         table.add_row("TLS failed", safe_text(f"{s['tls_failures']} ({tls_hosts})", "red"))
