@@ -10,9 +10,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+# Versions readers accept: 1 (network only) and 2 (adds the runtime kinds tool/fs/exec/connect).
+READABLE_VERSIONS: Final[tuple[int, ...]] = (1, 2)
 
-Kind = Literal["network", "websocket", "policy", "internal_error", "run_start", "run_end"]
+Kind = Literal[
+    "network",
+    "websocket",
+    "policy",
+    "internal_error",
+    "run_start",
+    "run_end",
+    "tool",
+    "fs",
+    "exec",
+    "connect",
+]
+# Kinds the in-process runtime (failcore.runtime) produces; a child of `failcore run` may send only these.
+RUNTIME_KINDS: Final[tuple[str, ...]] = ("tool", "fs", "exec", "connect")
 Decision = Literal["ALLOW", "WARN", "BLOCK"]
 Outcome = Literal["ok", "BLOCKED", "FAIL"]
 FailReason = Literal[
@@ -23,6 +38,7 @@ FailReason = Literal[
     "client_disconnect",
     "killed",
     "internal_error",
+    "tool_error",
 ]
 FAIL_REASONS: Final[tuple[str, ...]] = (
     "upstream_status",
@@ -32,6 +48,7 @@ FAIL_REASONS: Final[tuple[str, ...]] = (
     "client_disconnect",
     "killed",
     "internal_error",
+    "tool_error",
 )
 # Kinds the tape writer produces itself; listed here so readers know every kind a tape can hold.
 WRITER_KINDS: Final[tuple[str, ...]] = ("checkpoint", "dropped", "internal_error")
@@ -79,6 +96,11 @@ class EgressEvent:
     dlp: dict[str, Any] | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
     cut: dict[str, Any] | None = None
+    # Runtime kinds (tool/fs/exec/connect): the guarded call this event belongs to, its parent call,
+    # and the kind's own block (see RUNTIME_KINDS and the v2 schema).
+    call: str | None = None
+    parent_call: str | None = None
+    payload: dict[str, Any] | None = None
     # Kind-specific payload (policy load details, websocket message, run summary, exception…).
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -120,6 +142,27 @@ class EgressEvent:
                 warnings=self.warnings,
                 cut=self.cut,
             )
+        elif self.kind in RUNTIME_KINDS:
+            out.update(
+                egress=self.egress,
+                action=self.action,
+                call=self.call,
+                parent_call=self.parent_call,
+                summary=self.summary,
+                decision=self.decision,
+                rule=self.rule,
+                reason=self.reason,
+                would_block=self.would_block,
+                outcome=self.outcome,
+                fail_reason=self.fail_reason,
+                error=self.error,
+                latency_ms=self.latency_ms,
+                dlp=self.dlp,
+                warnings=self.warnings,
+            )
+            if self.target is not None:
+                out["target"] = self.target.to_dict()
+            out[self.kind] = self.payload or {}
         elif self.fail_reason is not None:
             out["fail_reason"] = self.fail_reason
             out["error"] = self.error

@@ -23,7 +23,7 @@ from failcore.runner import EmbeddedProxy, ProxySettings
 from tests.security.helpers import read_head
 
 REPO = Path(__file__).resolve().parent.parent
-SCHEMA = orjson.loads((REPO / "failcore" / "schema" / "egress_event.v1.json").read_bytes())
+SCHEMA = orjson.loads((REPO / "failcore" / "schema" / "egress_event.v2.json").read_bytes())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 

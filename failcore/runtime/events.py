@@ -1,0 +1,268 @@
+"""Runtime events as the tape stores them (schema v2 kinds tool/fs/exec/connect).
+
+Arguments are snapshot on the guarded path (a JSON-ready copy, capped) and masked where the event is
+built: names that carry credentials become a salted fingerprint (as credential headers do), and every
+string is DLP-scanned and masked with the policy's rules, so no credential reaches the disk in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from failcore.event import EgressEvent, Target
+
+if TYPE_CHECKING:
+    from failcore.dlp.scanner import DlpScanner
+    from failcore.runtime.context import CallState
+
+MAX_DEPTH: Final = 6
+MAX_ITEMS: Final = 64
+MAX_STRING: Final = 4096
+SUMMARY_CHARS: Final = 200
+EGRESS: Final = {"tool": "TOOL", "fs": "FS", "exec": "EXEC", "connect": "NETWORK"}
+# Argument names whose value is a credential (compared without '-', '_' and case).
+_CREDENTIAL_NAME = re.compile(
+    r"(pass(word|wd|phrase)?|secret|token|api_?key|apikey|auth(orization)?|credentials?|private_?key|"
+    r"cookie|session(_?id)?|access_?key|client_?secret|bearer)$",
+    re.IGNORECASE,
+)
+
+
+def snapshot(value: Any, depth: int = 0) -> Any:
+    """A JSON-ready copy of a value: containers capped, other objects by their (capped) repr."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return value if len(value) <= MAX_STRING else value[:MAX_STRING] + "…[truncated]"
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)[:MAX_STRING]
+        return raw.decode("utf-8", "backslashreplace")
+    if depth >= MAX_DEPTH:
+        return "…[nested too deep]"
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_ITEMS]
+        return {str(k): snapshot(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [snapshot(v, depth + 1) for v in list(value)[:MAX_ITEMS]]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    try:
+        text = repr(value)
+    except Exception as exc:  # a hostile __repr__ must not break the call
+        text = f"<{type(value).__name__}: repr failed: {type(exc).__name__}>"
+    return text[:MAX_STRING]
+
+
+def _redact(name: str, value: Any, salt: bytes) -> Any:
+    from failcore.evidence.redact import fingerprint
+
+    if value is None or value == "" or not _CREDENTIAL_NAME.search(name.replace("-", "_")):
+        return value
+    raw = value.encode("utf-8") if isinstance(value, str) else orjson.dumps(value)
+    return f"[redacted {fingerprint(raw, salt)}]"
+
+
+def mask(value: Any, scanner: DlpScanner | None, salt: bytes, hits: list[dict[str, Any]], where: str) -> Any:
+    """Credentials by name redacted, DLP hits in every string masked (recorded in `hits`)."""
+    if isinstance(value, dict):
+        return {k: mask(_redact(k, v, salt), scanner, salt, hits, f"{where}/{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask(v, scanner, salt, hits, f"{where}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, str) and scanner is not None and value:
+        from failcore.dlp.masking import mask_text
+
+        found = scanner.engine.scan(value)
+        if found:
+            hits.extend(
+                {
+                    "rule": h.rule_id,
+                    "severity": h.severity,
+                    "category": h.category,
+                    "location": where,
+                    "preview": h.preview,
+                    "fingerprint": h.fingerprint,
+                    "action": scanner.action(h),
+                    "taint_source": None,
+                }
+                for h in found
+            )
+            return mask_text(value, found)
+    return value
+
+
+def result_block(result: Any, error: BaseException | None) -> dict[str, Any]:
+    """type/summary/sha256/bytes of a result (or of the exception a tool raised); summary unmasked yet."""
+    if error is not None:
+        text = f"{type(error).__name__}: {error}"
+        kind = "error"
+    elif result is None:
+        text, kind = "", "none"
+    elif isinstance(result, str | bytes | bytearray):
+        text = result.decode("utf-8", "replace") if isinstance(result, bytes | bytearray) else result
+        kind = "text"
+    else:
+        try:
+            text = orjson.dumps(result, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+            kind = "json"
+        except (TypeError, orjson.JSONEncodeError):
+            text, kind = repr(result), "text"
+    raw = text.encode("utf-8", "backslashreplace")
+    return {
+        "type": kind,
+        "summary": text[:SUMMARY_CHARS],
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "bytes": len(raw),
+    }
+
+
+def origin() -> dict[str, Any]:
+    import asyncio
+
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:
+        task = None
+    return {
+        "pid": os.getpid(),
+        "thread": threading.current_thread().name,
+        "task": task.get_name() if task else None,
+    }
+
+
+def effect_event(
+    call: CallState,
+    kind: str,
+    action: str,
+    payload: dict[str, Any],
+    *,
+    decision: str,
+    rule: str | None,
+    reason: str | None,
+    would_block: bool,
+    summary: str,
+    target: Target | None = None,
+) -> dict[str, Any]:
+    now = time.time()
+    blocked = decision == "BLOCK"
+    return EgressEvent(
+        kind=kind,  # type: ignore[arg-type]
+        run=call.run.run_id,
+        ts_start=now,
+        ts_end=now,
+        egress=EGRESS[kind],
+        action=action,
+        target=target,
+        summary=summary,
+        decision=decision,  # type: ignore[arg-type]
+        rule=rule,
+        reason=reason,
+        would_block=would_block,
+        outcome="BLOCKED" if blocked else "ok",
+        call=call.call_id,
+        parent_call=call.parent,
+        payload=payload,
+    ).to_dict()
+
+
+def tool_event(
+    call: CallState,
+    *,
+    args: dict[str, Any],
+    result: Any,
+    error: BaseException | None,
+    ts_start: float,
+    ts_end: float,
+    contract: dict[str, Any] | None,
+    origin_info: dict[str, Any],
+    internal: str | None,
+    scanner: DlpScanner | None,
+    salt: bytes,
+) -> dict[str, Any]:
+    """The tool event, built off the guarded path (on the tape writer's or sender's thread)."""
+    hits: list[dict[str, Any]] = []
+    masked_args = mask(args, scanner, salt, hits, "tool.args")
+    res = result_block(result, error)
+    res["summary"] = mask(res["summary"], scanner, salt, hits, "tool.result")[:SUMMARY_CHARS]
+    warnings = list(call.warnings)
+    if contract is not None:
+        warnings.append(
+            {
+                "reason": "contract_drift",
+                "code": "contract_drift",
+                "message": f"tool {call.name} declared {contract.get('expected')} output, "
+                f"returned {contract.get('got')}",
+            }
+        )
+    if hits and any(h["action"] != "ALLOW" for h in hits):
+        warnings.append(
+            {"reason": "dlp", "message": f"{len(hits)} secret(s) in the call's arguments or result (masked)"}
+        )
+    if call.blocked_by is not None:
+        decision, outcome, fail_reason = "BLOCK", "BLOCKED", None
+        rule, reason = call.blocked_by
+    elif error is not None:
+        decision, outcome, fail_reason, rule, reason = "ALLOW", "FAIL", "tool_error", None, None
+    elif call.would_block:
+        decision, outcome, fail_reason, rule, reason = (
+            "WARN",
+            "ok",
+            None,
+            None,
+            "a side effect would be blocked in strict mode",
+        )
+    else:
+        decision, outcome, fail_reason, rule, reason = "ALLOW", "ok", None, None, None
+    if internal is not None and outcome == "ok":
+        fail_reason = None
+    error_text = None
+    if error is not None:
+        error_text = mask(f"{type(error).__name__}: {error}", scanner, salt, hits, "tool.error")[:1000]
+    event = EgressEvent(
+        kind="tool",
+        run=call.run.run_id,
+        ts_start=ts_start,
+        ts_end=ts_end,
+        egress="TOOL",
+        action=call.name,
+        summary=f"{call.name}() {outcome}",
+        decision=decision,  # type: ignore[arg-type]
+        rule=rule,
+        reason=reason,
+        would_block=call.would_block,
+        outcome=outcome,  # type: ignore[arg-type]
+        fail_reason=fail_reason,  # type: ignore[arg-type]
+        error=error_text,
+        latency_ms=round((ts_end - ts_start) * 1000, 3),
+        dlp={"hits": hits} if hits else None,
+        warnings=warnings,
+        call=call.call_id,
+        parent_call=call.parent,
+        payload={
+            "name": call.name,
+            "args": masked_args,
+            "result": res,
+            "effects": dict(call.effects),
+            "contract": contract,
+            "origin": origin_info,
+            **({"internal_error": internal} if internal else {}),
+        },
+    ).to_dict()
+    return event
+
+
+def internal_error_event(run_id: str, where: str, exc: BaseException, fail_open: bool) -> dict[str, Any]:
+    return EgressEvent(
+        kind="internal_error",
+        run=run_id,
+        ts_start=time.time(),
+        fail_reason="internal_error",
+        error=f"{type(exc).__name__}: {exc}"[:1000],
+        detail={"where": where, "fail_open": fail_open},
+    ).to_dict()

@@ -1,0 +1,157 @@
+"""`@guard()`: one `tool` event per call of a function, with the side effects the audit hook saw.
+
+The call's arguments are snapshot when it starts; masking and the event itself are built off the
+guarded path (on the tape writer's or the channel's thread). A failure inside failcore is recorded as
+an internal_error and the tool runs anyway, unless the policy says `fail_open: false`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, overload
+
+from failcore.runtime import hook
+from failcore.runtime.context import Blocked, CallState, RunState, active_run, current_call
+from failcore.runtime.events import internal_error_event, origin, snapshot, tool_event
+
+
+@overload
+def guard[F: Callable[..., Any]](fn: F, *, name: str | None = None) -> F: ...
+@overload
+def guard[F: Callable[..., Any]](fn: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def guard(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+    """Record every call of `fn` as a tool call of the enclosing `run()` (sync or async functions)."""
+    if fn is None:
+        return lambda f: _wrap(f, name)
+    return _wrap(fn, name)
+
+
+def _wrap(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
+    tool = name or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None
+    hook.install()
+
+    def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[CallState, dict[str, Any], Any] | None:
+        run = active_run()
+        if run is None:
+            return None
+        try:
+            parent = current_call.get()
+            call = CallState(run, uuid.uuid4().hex[:16], tool, parent.call_id if parent else None)
+            snap = _arguments(signature, args, kwargs)
+            token = current_call.set(call)
+        except Exception as exc:
+            _failed(run, "runtime.guard.begin", exc)
+            return None
+        hook.arm()
+        return call, snap, token
+
+    def end(
+        state: tuple[CallState, dict[str, Any], Any], t0: float, result: Any, error: BaseException | None
+    ) -> None:
+        call, snap, token = state
+        hook.disarm()
+        call.open = False
+        current_call.reset(token)
+        t1 = time.time()
+        run = call.run
+        try:
+            with hook.internal():
+                contract = run.rules.check_output(tool, result) if error is None else None
+                loaded = run.rules.current()
+                where = origin()
+            run.tool_calls += 1
+            if call.blocked_by is not None:
+                pass
+            elif error is not None:
+                run.failed += 1
+            scanner, salt = loaded.scanner, run.rules.salt
+
+            def build() -> dict[str, Any]:
+                return tool_event(
+                    call,
+                    args=snap,
+                    result=result,
+                    error=error,
+                    ts_start=t0,
+                    ts_end=t1,
+                    contract=contract,
+                    origin_info=where,
+                    internal=None,
+                    scanner=scanner,
+                    salt=salt,
+                )
+
+            run.record(build)  # type: ignore[arg-type]
+        except Exception as exc:
+            _failed(run, "runtime.guard.end", exc, closed_ok=True)
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            state = begin(args, kwargs)
+            if state is None:
+                return await fn(*args, **kwargs)
+            t0 = time.time()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                end(state, t0, None, exc)
+                raise
+            end(state, t0, result, None)
+            return result
+
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = begin(args, kwargs)
+        if state is None:
+            return fn(*args, **kwargs)
+        t0 = time.time()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            end(state, t0, None, exc)
+            raise
+        end(state, t0, result, None)
+        return result
+
+    return wrapper
+
+
+def _arguments(
+    signature: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    if signature is not None:
+        try:
+            bound = signature.bind_partial(*args, **kwargs)
+            return {k: snapshot(v) for k, v in bound.arguments.items() if k != "self"}
+        except TypeError:
+            pass  # the call itself will raise the TypeError; record what was given
+    out: dict[str, Any] = {f"arg{i}": snapshot(v) for i, v in enumerate(args)}
+    out.update((k, snapshot(v)) for k, v in kwargs.items())
+    return out
+
+
+def _failed(run: RunState, where: str, exc: Exception, *, closed_ok: bool = False) -> None:
+    """A failure inside failcore: recorded; the tool runs anyway unless the policy fails closed."""
+    run.internal_errors += 1
+    fail_open = True
+    try:
+        fail_open = run.rules.fail_open
+        run.record(internal_error_event(run.run_id, where, exc, fail_open))
+    except Exception:  # pragma: no cover - the last line of defence
+        pass
+    if not fail_open and not closed_ok:
+        raise Blocked(f"failcore failed ({type(exc).__name__}) and the policy says fail_open: false") from exc

@@ -1,0 +1,304 @@
+"""The PEP 578 audit hook: file, process and socket operations inside a guarded call become fs, exec and
+connect events, checked against the run's policy and refused (strict) before they happen.
+
+Installed once per process (audit hooks cannot be removed). Outside guarded calls it costs one global
+read per audit event: `_armed` counts the guarded calls in progress. Inside one, failcore's own work
+(policy reload, event building, the tape writer's thread, the channel to `failcore run`) runs with a
+per-thread `busy` flag, so it is never recorded or refused.
+
+A plain `threading.Thread` started inside a guarded call is adopted (the `_thread.start_new_thread`
+event names its bootstrap method): while the call lasts, its operations are the call's effects.
+
+What this cannot see: C extensions and ctypes making syscalls themselves, children after `os.fork`
+(the fork itself is an exec event), and operations through an already-open descriptor.
+"""
+
+from __future__ import annotations
+
+import os
+import site
+import socket
+import sys
+import sysconfig
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+from failcore.event import Target
+from failcore.runtime.context import Blocked, CallState, current_call
+from failcore.runtime.events import effect_event, internal_error_event, mask
+
+_local = threading.local()
+_lock = threading.Lock()
+_armed = 0
+_installed = False
+
+_WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    found = {sys.prefix, sys.base_prefix, sys.exec_prefix, sysconfig.get_paths()["purelib"]}
+    found.update(getattr(site, "getsitepackages", list)())
+    return tuple(os.path.join(os.path.realpath(p), "") for p in found if p)
+
+
+# Reads of the interpreter's own library (imports inside a tool) are not the tool's effects.
+_LIBRARY: Final = _library_prefixes()
+
+
+def install() -> None:
+    global _installed
+    with _lock:
+        if not _installed:
+            sys.addaudithook(_hook)
+            _installed = True
+
+
+def arm() -> None:
+    global _armed
+    with _lock:
+        _armed += 1
+
+
+def disarm() -> None:
+    global _armed
+    with _lock:
+        _armed -= 1
+
+
+class internal:
+    """Context manager: failcore's own work on this thread is not recorded or refused."""
+
+    __slots__ = ("_was",)
+
+    def __enter__(self) -> None:
+        self._was = getattr(_local, "busy", False)
+        _local.busy = True
+
+    def __exit__(self, *_exc: object) -> None:
+        _local.busy = self._was
+
+
+def _hook(event: str, args: tuple[Any, ...]) -> None:
+    if not _armed:
+        return
+    handler = _HANDLERS.get(event)
+    if handler is None:
+        return
+    if getattr(_local, "busy", False):
+        return
+    call = current_call.get()
+    if call is None:
+        call = getattr(threading.current_thread(), "_failcore_call", None)
+        if call is None or not call.open:
+            return
+    _local.busy = True
+    try:
+        handler(call, args)
+    except Blocked:
+        raise
+    except Exception as exc:
+        _internal_failure(call, event, exc)
+    finally:
+        _local.busy = False
+
+
+def _internal_failure(call: CallState, event: str, exc: Exception) -> None:
+    run = call.run
+    run.internal_errors += 1
+    fail_open = True
+    try:
+        fail_open = run.rules.fail_open
+        run.record(internal_error_event(run.run_id, f"runtime.hook:{event}", exc, fail_open))
+    except Exception:  # pragma: no cover - the last line of defence
+        pass
+    if not fail_open:
+        raise Blocked(f"failcore failed while checking {event} and the policy says fail_open: false")
+
+
+def _decide(
+    call: CallState,
+    kind: str,
+    action: str,
+    payload: dict[str, Any] | Callable[[], dict[str, Any]],
+    verdicts: list[Any],
+    summary: str,
+    target: Target | None = None,
+) -> None:
+    blocking = next((v for v in verdicts if v is not None and v.decision == "BLOCK"), None)
+    run = call.run
+    call.effects[kind] += 1
+    rule = blocking.rule if blocking else None
+    reason = blocking.reason if blocking else None
+    if blocking is None:
+        decision, would_block = "ALLOW", False
+    elif run.strict:
+        decision, would_block = "BLOCK", False
+        call.effects["blocked"] += 1
+        if call.blocked_by is None:
+            call.blocked_by = (rule, reason)
+        run.blocked += 1
+    else:
+        decision, would_block = "WARN", True
+        call.would_block = True
+        run.warned += 1
+
+    def build() -> dict[str, Any]:
+        body = payload() if callable(payload) else payload
+        return effect_event(
+            call,
+            kind,
+            action,
+            body,
+            decision=decision,
+            rule=rule,
+            reason=reason,
+            would_block=would_block,
+            summary=summary,
+            target=target,
+        )
+
+    run.record(build)  # type: ignore[arg-type]
+    if decision == "BLOCK":
+        raise Blocked(f"failcore blocked {action} {summary}: {reason or rule}", rule=rule, action=action)
+
+
+def _path(value: Any) -> str | None:
+    if isinstance(value, int) or value is None:
+        return None  # an open descriptor: the file was checked when it was opened
+    try:
+        raw = os.fsdecode(value)
+    except TypeError:
+        return None
+    return os.path.realpath(raw)
+
+
+def _on_open(call: CallState, args: tuple[Any, ...]) -> None:
+    path = _path(args[0])
+    if path is None:
+        return
+    mode, flags = args[1], args[2] or 0
+    write = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
+    if not write and path.startswith(_LIBRARY):
+        return
+    op = "write" if write else "read"
+    verdict = call.run.rules.check_fs(op, os.fsdecode(args[0]))
+    _decide(
+        call, "fs", f"fs.{op}", {"path": path, "op": op, "event": "open", "target": None}, [verdict], path
+    )
+
+
+def _fs_op(op: str, event: str, two: bool = False) -> Callable[[CallState, tuple[Any, ...]], None]:
+    def handle(call: CallState, args: tuple[Any, ...]) -> None:
+        path = _path(args[0])
+        if path is None:
+            return
+        target = _path(args[1]) if two and len(args) > 1 else None
+        rules = call.run.rules
+        verdicts = [rules.check_fs(op, os.fsdecode(args[0]))]
+        if target is not None:
+            verdicts.append(rules.check_fs("write", os.fsdecode(args[1])))
+        payload = {"path": path, "op": op, "event": event, "target": target}
+        _decide(call, "fs", f"fs.{op}", payload, verdicts, path + (f" -> {target}" if target else ""))
+
+    return handle
+
+
+def _exec(action: str, event: str, shell: bool) -> Callable[[CallState, tuple[Any, ...]], None]:
+    def handle(call: CallState, args: tuple[Any, ...]) -> None:
+        if event == "os.system":
+            program, argv, is_shell = "/bin/sh", ["/bin/sh", "-c", os.fsdecode(args[0])], True
+        elif event == "subprocess.Popen":
+            executable, raw = args[0], args[1]
+            argv = [os.fsdecode(a) for a in ([raw] if isinstance(raw, str | bytes | os.PathLike) else raw)]
+            program = os.fsdecode(executable) if executable is not None else (argv[0] if argv else "")
+            # Popen resolves shell=True to [/bin/sh, -c, CMD] before this event.
+            is_shell = len(argv) >= 3 and argv[1] == "-c" and os.path.basename(program) in _SHELLS
+        elif event in ("os.fork", "os.forkpty"):
+            program, argv, is_shell = sys.executable, [], False
+        else:  # os.exec (path, args, env), os.posix_spawn (path, argv, env), os.spawn (mode, path, args, env)
+            offset = 1 if event == "os.spawn" else 0
+            program = os.fsdecode(args[offset])
+            argv = [os.fsdecode(a) for a in (args[offset + 1] or [])]
+            is_shell = len(argv) >= 3 and argv[1] == "-c" and os.path.basename(program) in _SHELLS
+        verdict = call.run.rules.check_exec(program, argv, shell=is_shell)
+        scanner, salt = call.run.rules.current().scanner, call.run.rules.salt
+
+        def payload() -> dict[str, Any]:
+            hits: list[dict[str, Any]] = []
+            return {
+                "program": program,
+                "argv": mask(argv, scanner, salt, hits, "exec.argv"),
+                "shell": is_shell,
+                "event": event,
+            }
+
+        _decide(call, "exec", action, payload, [verdict], os.path.basename(program) or program)
+
+    return handle
+
+
+_SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "tcsh", "busybox"})
+
+
+def _on_getaddrinfo(call: CallState, args: tuple[Any, ...]) -> None:
+    host = args[0]
+    if isinstance(host, bytes):
+        host = host.decode("idna", "replace")
+    _local.last_host = host if isinstance(host, str) else None
+
+
+def _on_connect(call: CallState, args: tuple[Any, ...]) -> None:
+    sock, address = args[0], args[1]
+    family = getattr(sock, "family", None)
+    if family == socket.AF_UNIX:
+        path = os.fsdecode(address) if isinstance(address, str | bytes) else str(address)
+        payload = {"address": path, "family": "unix", "event": "socket.connect"}
+        _decide(call, "connect", "net.connect", payload, [], path, Target(path, 0, "tcp"))
+        return
+    if not isinstance(address, tuple) or len(address) < 2:
+        return
+    ip, port = str(address[0]), int(address[1])
+    host = getattr(_local, "last_host", None)
+    host = host if host and host != ip else None
+    verdict = call.run.rules.check_connect(host, ip, port)
+    fam = "ipv6" if family == socket.AF_INET6 else "ipv4"
+    payload = {"address": ip, "family": fam, "event": "socket.connect"}
+    shown = host or ip
+    _decide(call, "connect", "net.connect", payload, [verdict], f"{shown}:{port}", Target(shown, port, "tcp"))
+
+
+def _on_thread_start(call: CallState, args: tuple[Any, ...]) -> None:
+    owner = getattr(args[0], "__self__", None)
+    if isinstance(owner, threading.Thread):
+        owner._failcore_call = call  # type: ignore[attr-defined]
+
+
+_HANDLERS: Final[dict[str, Callable[[CallState, tuple[Any, ...]], None]]] = {
+    "open": _on_open,
+    "os.remove": _fs_op("delete", "os.remove"),
+    "os.rmdir": _fs_op("delete", "os.rmdir"),
+    "shutil.rmtree": _fs_op("delete", "shutil.rmtree"),
+    "os.rename": _fs_op("rename", "os.rename", two=True),
+    "shutil.move": _fs_op("rename", "shutil.move", two=True),
+    "os.mkdir": _fs_op("mkdir", "os.mkdir"),
+    "os.chmod": _fs_op("chmod", "os.chmod"),
+    "os.chown": _fs_op("chmod", "os.chown"),
+    "shutil.chown": _fs_op("chmod", "shutil.chown"),
+    "os.truncate": _fs_op("write", "os.truncate"),
+    "os.utime": _fs_op("write", "os.utime"),
+    "os.symlink": _fs_op("write", "os.symlink", two=True),
+    "os.link": _fs_op("write", "os.link", two=True),
+    "shutil.copyfile": _fs_op("read", "shutil.copyfile", two=True),
+    "shutil.copytree": _fs_op("read", "shutil.copytree", two=True),
+    "subprocess.Popen": _exec("exec.spawn", "subprocess.Popen", False),
+    "os.system": _exec("exec.system", "os.system", True),
+    "os.exec": _exec("exec.exec", "os.exec", False),
+    "os.posix_spawn": _exec("exec.spawn", "os.posix_spawn", False),
+    "os.spawn": _exec("exec.spawn", "os.spawn", False),
+    "os.fork": _exec("exec.fork", "os.fork", False),
+    "os.forkpty": _exec("exec.fork", "os.forkpty", False),
+    "socket.getaddrinfo": _on_getaddrinfo,
+    "socket.connect": _on_connect,
+    "_thread.start_new_thread": _on_thread_start,
+}

@@ -1,0 +1,122 @@
+"""The policy a run checks its guarded calls against: loaded once, hot reloaded, asked through the pure
+checks of `failcore.policy.runtime`.
+
+The file is stat'ed at most every `RELOAD_EVERY` seconds, from the guarded path (like the proxy's
+gate): an edit takes effect within half a second, a broken edit keeps the last good policy and is
+reported once. Reading the file happens with the audit hook's re-entrancy guard held, so failcore's
+own I/O is never recorded or refused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from failcore.dlp.scanner import DlpScanner
+    from failcore.policy.model import Policy
+    from failcore.policy.runtime import Verdict
+
+RELOAD_EVERY: Final = 0.5
+
+
+@dataclass(slots=True)
+class Loaded:
+    policy: Policy
+    mtime_ns: int
+    size: int
+    scanner: DlpScanner | None
+
+
+def resolve(policy: str | os.PathLike[str] | None) -> Path:
+    """A path, a shipped policy name (`fs_safe`, `strict`, …) or None: the enclosing `failcore run`'s
+    policy (FAILCORE_POLICY) or the shipped default."""
+    from failcore import shipped
+
+    if policy is None:
+        inherited = os.environ.get("FAILCORE_POLICY")
+        return Path(inherited) if inherited else shipped.default_policy_path()
+    return shipped.resolve_policy(policy)
+
+
+class RuntimeRules:
+    """One run's policy with its DLP scanner; `current()` is cheap and thread-safe."""
+
+    def __init__(self, path: Path, salt: bytes) -> None:
+        self.path = path
+        self.salt = salt
+        self._lock = threading.Lock()
+        self._next_check = 0.0
+        self.reload_problems: list[str] = []
+        self._loaded = self._load()  # raises PolicyError: a bad policy at start is the user's to fix
+
+    def _load(self) -> Loaded:
+        from failcore.dlp.scanner import DlpScanner
+        from failcore.policy.load import load_policy
+
+        st = os.stat(self.path)
+        policy = load_policy(self.path)
+        return Loaded(policy, st.st_mtime_ns, st.st_size, DlpScanner.for_policy(policy, self.salt))
+
+    def current(self) -> Loaded:
+        now = time.monotonic()
+        if now < self._next_check:
+            return self._loaded
+        with self._lock:
+            if now < self._next_check:
+                return self._loaded
+            self._next_check = now + RELOAD_EVERY
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                return self._loaded
+            loaded = self._loaded
+            if (st.st_mtime_ns, st.st_size) != (loaded.mtime_ns, loaded.size):
+                self._reload()
+            return self._loaded
+
+    def _reload(self) -> None:
+        from failcore.policy.model import PolicyError
+
+        try:
+            self._loaded = self._load()
+            self.reload_problems = []
+        except PolicyError as exc:
+            self.reload_problems = [str(p) for p in exc.problems]
+            st = os.stat(self.path)
+            # Keep the last good policy; do not re-read the broken file until it changes again.
+            self._loaded = Loaded(self._loaded.policy, st.st_mtime_ns, st.st_size, self._loaded.scanner)
+        except OSError as exc:
+            self.reload_problems = [f"{self.path}: {exc}"]
+
+    @property
+    def policy(self) -> Policy:
+        return self.current().policy
+
+    @property
+    def fail_open(self) -> bool:
+        return self._loaded.policy.fail_open
+
+    def check_fs(self, op: str, path: str) -> Verdict:
+        from failcore.policy.runtime import check_fs
+
+        return check_fs(self.policy.fs, op, path, cwd=os.getcwd())
+
+    def check_exec(self, program: str, argv: list[str], *, shell: bool) -> Verdict:
+        from failcore.policy.runtime import check_exec
+
+        return check_exec(self.policy.exec, program, argv, shell=shell)
+
+    def check_connect(self, host: str | None, address: str, port: int) -> Verdict:
+        from failcore.policy.runtime import check_connect
+
+        return check_connect(self.policy.network, host, address, port)
+
+    def check_output(self, tool: str, result: Any) -> dict[str, Any] | None:
+        from failcore.policy.runtime import check_output
+
+        return check_output(self.policy.tools.get(tool), result)

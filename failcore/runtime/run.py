@@ -1,0 +1,158 @@
+"""`run()`: a context manager (`with` or `async with`) that opens a run for guarded calls.
+
+Inside `failcore run -- CMD` (FAILCORE_EVENTS set) and without `tape=`, it joins that run: its events
+go to the parent over the unix socket and interleave with the proxy's on the same tape. Otherwise it
+opens its own run on `tape` (or the default tape): run_start, the events, run_end, signed checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from failcore.runtime import hook
+from failcore.runtime.context import RunState, current_run, pop_run, push_run
+from failcore.runtime.rules import RuntimeRules, resolve
+from failcore.runtime.sink import ChannelSink, TapeSink
+
+
+def new_run_id() -> str:
+    """The same form as the proxy's run ids (failcore.proxy.session.new_run_id)."""
+    return time.strftime("run-%Y%m%dT%H%M%SZ-", time.gmtime()) + secrets.token_hex(3)
+
+
+class run:
+    """Open (or join) a failcore run for the guarded calls made inside it."""
+
+    def __init__(
+        self,
+        policy: str | os.PathLike[str] | None = None,
+        strict: bool = False,
+        tape: str | os.PathLike[str] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self._policy = policy
+        self.strict = strict
+        self._tape = Path(tape).expanduser() if tape is not None else None
+        self._run_id = run_id
+        self._state: RunState | None = None
+        self._sink: TapeSink | ChannelSink | None = None
+        self._token: Any = None
+        self.joined = False
+
+    # --- what a caller reads -----------------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        assert self._state is not None, "run() is not open"
+        return self._state.run_id
+
+    @property
+    def tape(self) -> Path | None:
+        if self._tape is not None:
+            return self._tape
+        inherited = os.environ.get("FAILCORE_TAPE")
+        return Path(inherited) if self.joined and inherited else None
+
+    @property
+    def policy(self) -> Path:
+        assert self._state is not None, "run() is not open"
+        return self._state.rules.path
+
+    def _count(self, name: str) -> int:
+        return getattr(self._state, name) if self._state is not None else 0
+
+    events = property(lambda self: self._count("events"), doc="events recorded so far")
+    blocked = property(lambda self: self._count("blocked"), doc="operations refused (strict)")
+    warned = property(lambda self: self._count("warned"), doc="operations that would be refused (observe)")
+    tool_calls = property(lambda self: self._count("tool_calls"), doc="guarded calls recorded")
+    internal_errors = property(lambda self: self._count("internal_errors"))
+
+    @property
+    def dropped(self) -> int:
+        own = (
+            self._sink.writer.dropped
+            if isinstance(self._sink, TapeSink)
+            else getattr(self._sink, "dropped", 0)
+        )
+        return own + self._count("dropped")
+
+    # --- opening and closing -------------------------------------------------------------------------
+
+    def __enter__(self) -> run:
+        from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
+
+        if self._state is not None:
+            raise RuntimeError("this run() is already open; make a new one")
+        hook.install()
+        with hook.internal():
+            home = failcore_home()
+            rules = RuntimeRules(resolve(self._policy), load_or_create_salt(home))
+            channel = os.environ.get("FAILCORE_EVENTS")
+            if self._tape is None and channel:
+                run_id = os.environ.get("FAILCORE_RUN_ID") or self._run_id or new_run_id()
+                try:
+                    self._sink = ChannelSink(channel, os.environ.get("FAILCORE_EVENTS_TOKEN", ""), run_id)
+                except OSError as exc:
+                    raise RuntimeError(
+                        f"failcore: cannot join the enclosing `failcore run` at {channel}: {exc}"
+                    ) from exc
+                self.joined = True
+            else:
+                run_id = self._run_id or new_run_id()
+                self._tape = self._tape or default_tape_dir()
+                self._sink = TapeSink(self._tape, run_id, str(rules.path))
+        self._state = RunState(run_id, rules, self.strict, self._sink.submit)
+        push_run(self._state)
+        self._token = current_run.set(self._state)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        state = self._state
+        if state is None or self._sink is None:
+            return
+        current_run.reset(self._token)
+        pop_run(state)
+        counts = {
+            "tool_calls": state.tool_calls,
+            "blocked": state.blocked,
+            "warned": state.warned,
+            "failed": state.failed,
+            "internal_errors": state.internal_errors,
+        }
+        with hook.internal():
+            self._sink.close(counts)
+
+    async def __aenter__(self) -> run:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        import asyncio
+
+        # Closing flushes the tape (or the channel): do it off the event loop.
+        state, sink = self._state, self._sink
+        if state is None or sink is None:
+            return
+        current_run.reset(self._token)
+        pop_run(state)
+        counts = {
+            "tool_calls": state.tool_calls,
+            "blocked": state.blocked,
+            "warned": state.warned,
+            "failed": state.failed,
+            "internal_errors": state.internal_errors,
+        }
+
+        def close() -> None:
+            with hook.internal():
+                sink.close(counts)
+
+        await asyncio.to_thread(close)

@@ -1,0 +1,133 @@
+"""Where a run's events go: its own tape (a TapeWriter, as the proxy opens one) or the enclosing
+`failcore run`, through the unix socket it exports (FAILCORE_EVENTS, FAILCORE_EVENTS_TOKEN).
+
+Both take an event dict or a builder called off the guarded path (on the writer's or the sender's
+thread), never block the caller, and count what they had to drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from failcore.event import EgressEvent
+
+Item = dict[str, Any] | Callable[[], dict[str, Any]]
+QUEUE_SIZE: Final = 10_000
+
+
+class TapeSink:
+    """A run of its own on a tape directory: run_start, the events, run_end, signed checkpoints."""
+
+    def __init__(self, tape: Path, run_id: str, policy: str) -> None:
+        from failcore import __version__
+        from failcore.paths import failcore_home
+        from failcore.tape.keys import load_or_create_signing_key
+        from failcore.tape.writer import TapeWriter
+
+        self.run_id = run_id
+        self.started = time.time()
+        key = load_or_create_signing_key(failcore_home())
+        self.writer = TapeWriter(tape, signing_key=key, run_id=run_id, queue_size=QUEUE_SIZE)
+        self.writer.start()  # TapeLockedError names the holder's pid
+        self.writer.submit(
+            EgressEvent(
+                kind="run_start",
+                run=run_id,
+                ts_start=self.started,
+                detail={
+                    "version": __version__,
+                    "pid": os.getpid(),
+                    "argv": sys.argv[:32],
+                    "policy": policy,
+                    "tape": str(tape),
+                    "runtime": True,
+                },
+            ).to_dict()
+        )
+
+    def submit(self, item: Item) -> bool:
+        return self.writer.submit(item)
+
+    def close(self, counts: dict[str, int]) -> None:
+        self.writer.flush(timeout=10)
+        now = time.time()
+        self.writer.submit(
+            EgressEvent(
+                kind="run_end",
+                run=self.run_id,
+                ts_start=self.started,
+                ts_end=now,
+                detail={**counts, "dropped": self.writer.dropped, "duration_s": round(now - self.started, 3)},
+            ).to_dict()
+        )
+        self.writer.close()
+
+
+class ChannelSink:
+    """Events to the enclosing `failcore run`: newline-delimited JSON after the token, sent by a
+    thread of its own from a bounded queue."""
+
+    def __init__(self, path: str, token: str, run_id: str) -> None:
+        self.run_id = run_id
+        self.dropped = 0
+        self._queue: queue.Queue[Item | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(path)
+            self._sock.sendall(token.encode("ascii") + b"\n")
+        except OSError:
+            self._sock.close()
+            raise
+        self._thread = threading.Thread(target=self._send_loop, name="failcore-runtime-channel", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Item) -> bool:
+        try:
+            self._queue.put_nowait(item)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _send_loop(self) -> None:
+        from failcore.runtime.hook import internal
+
+        with internal():
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                try:
+                    event = item() if callable(item) else item
+                    self._sock.sendall(orjson.dumps(event) + b"\n")
+                except OSError:
+                    self.dropped += 1 + self._queue.qsize()
+                    return
+                except Exception as exc:  # a builder failed: say so instead of losing the event silently
+                    from failcore.runtime.events import internal_error_event
+
+                    try:
+                        self._sock.sendall(
+                            orjson.dumps(internal_error_event(self.run_id, "runtime.build", exc, True))
+                            + b"\n"
+                        )
+                    except OSError:
+                        return
+
+    def close(self, counts: dict[str, int]) -> None:
+        del counts  # the enclosing run writes its own run_end
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=10)
+        self._thread.join(timeout=10)
+        self._sock.close()
