@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from failcore.integrations import require
@@ -26,17 +27,75 @@ if TYPE_CHECKING:
 GUARDED_KEY = "failcore_guarded"
 
 
-def _guard(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+# The call being made: its target (the tool's function, or the class's own _run bound to the tool) and
+# what LangChain injects besides the model's arguments (callbacks, the run config, injected tool args).
+# The guarded function is made once per tool; this carries each call's target and extras into it.
+_pending: ContextVar[tuple[Callable[..., Any], dict[str, Any]]] = ContextVar("failcore_langchain_call")
+
+
+def _model_signature(fn: Callable[..., Any], model_args: set[str]) -> inspect.Signature | None:
+    """`fn`'s signature without `self` and the parameters LangChain injects: what the guard records."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    params = [p for p in sig.parameters.values() if p.name != "self"]
+    keep = [p for p in params if p.name in model_args]
+    if not keep and params and params[0].kind in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        keep = params[:1]  # a single-input `Tool`: its one argument, whatever the function calls it
+    return sig.replace(parameters=keep)
+
+
+def _guarded_entry(fn: Callable[..., Any], label: str, model_args: set[str]) -> Callable[..., Any]:
+    """A guarded function (made once) that calls the pending target with the pending extras."""
     from failcore import guard
 
-    return guard(name=name)
+    if inspect.iscoroutinefunction(fn):
+
+        async def acall(*args: Any, **kwargs: Any) -> Any:
+            target, injected = _pending.get()
+            return await target(*args, **kwargs, **injected)
+
+        entry: Callable[..., Any] = acall
+    else:
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            target, injected = _pending.get()
+            return target(*args, **kwargs, **injected)
+
+        entry = call
+    entry.__qualname__ = entry.__name__ = label
+    signature = _model_signature(fn, model_args)
+    if signature is not None:
+        entry.__signature__ = signature  # type: ignore[attr-defined]
+    return guard(name=label)(entry)
 
 
-def _guarded_function(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
-    guarded = _guard(name)(fn)
-    # LangChain reads the function's signature and type hints to inject callbacks and the run config.
-    functools.update_wrapper(guarded, fn)
-    return guarded
+def _wrapped_function(fn: Callable[..., Any], label: str, model_args: set[str]) -> Callable[..., Any]:
+    """`fn` as LangChain sees it (same signature and type hints, so it still injects callbacks and the
+    run config), each call one guarded call recording only the model's arguments."""
+    entry = _guarded_entry(fn, label, model_args)
+    if inspect.iscoroutinefunction(fn):
+
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
+            token = _pending.set((fn, injected))
+            try:
+                return await entry(*args, **kwargs)
+            finally:
+                _pending.reset(token)
+
+        return functools.update_wrapper(awrapper, fn)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
+        token = _pending.set((fn, injected))
+        try:
+            return entry(*args, **kwargs)
+        finally:
+            _pending.reset(token)
+
+    return functools.update_wrapper(wrapper, fn)
 
 
 def guard_tool(tool: BaseTool, *, name: str | None = None) -> BaseTool:
@@ -49,15 +108,21 @@ def guard_tool(tool: BaseTool, *, name: str | None = None) -> BaseTool:
         return tool
     label = name or tool.name
     metadata = {**(tool.metadata or {}), GUARDED_KEY: True}
+    model_args = set(tool.args)
     if isinstance(tool, (tools.StructuredTool, tools.Tool)) and (tool.func or tool.coroutine):
         update: dict[str, Any] = {"metadata": metadata}
         if tool.func is not None:
-            update["func"] = _guarded_function(tool.func, label)
+            update["func"] = _wrapped_function(tool.func, label, model_args)
         if tool.coroutine is not None:
-            update["coroutine"] = _guarded_function(tool.coroutine, label)
+            update["coroutine"] = _wrapped_function(tool.coroutine, label, model_args)
         return tool.model_copy(update=update)
     guarded = tool.model_copy(update={"metadata": metadata})
-    guarded.__class__ = _guarded_class(type(tool), tools.BaseTool, label)
+    cls = type(tool)
+    namespace: dict[str, Any] = {"__slots__": (), "__module__": cls.__module__}
+    namespace["_run"] = _guarded_method(cls._run, label, model_args)
+    if cls._arun is not tools.BaseTool._arun:  # its own async body; else LangChain runs _run in a thread
+        namespace["_arun"] = _guarded_method(cls._arun, label, model_args)
+    guarded.__class__ = type(cls.__name__, (cls,), namespace)
     return guarded
 
 
@@ -66,42 +131,27 @@ def guard_tools(tools: Iterable[BaseTool]) -> list[BaseTool]:
     return [guard_tool(t) for t in tools]
 
 
-def _split(tool: Any, method: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[dict, dict]:
-    """The model's arguments apart from what LangChain injects (run_manager, the run config, callbacks)."""
-    accepted = set(tool.args)
-    injected = {k: v for k, v in kwargs.items() if k not in accepted}
-    return {k: v for k, v in kwargs.items() if k in accepted}, injected
+def _guarded_method(method: Callable[..., Any], label: str, model_args: set[str]) -> Callable[..., Any]:
+    """A class-based tool's `_run` / `_arun`, each call one guarded call of the bound method."""
+    entry = _guarded_entry(method, label, model_args)
+    if inspect.iscoroutinefunction(method):
 
+        async def amethod(self: Any, *args: Any, **kwargs: Any) -> Any:
+            injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
+            token = _pending.set((method.__get__(self), injected))
+            try:
+                return await entry(*args, **kwargs)
+            finally:
+                _pending.reset(token)
 
-@functools.cache
-def _guarded_class(cls: type, base_tool: type, label: str) -> type:
-    """A subclass of a class-based tool whose `_run` (and own `_arun`) are guarded calls."""
-    base_run = cls._run
-    own_arun = cls._arun is not base_tool._arun
+        return functools.update_wrapper(amethod, method)
 
-    def _run(self: Any, *args: Any, **kwargs: Any) -> Any:
-        model_args, injected = _split(self, base_run, kwargs)
+    def sync_method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
+        token = _pending.set((method.__get__(self), injected))
+        try:
+            return entry(*args, **kwargs)
+        finally:
+            _pending.reset(token)
 
-        def call(*args: Any, **model_args: Any) -> Any:
-            return base_run(self, *args, **model_args, **injected)
-
-        call.__qualname__ = call.__name__ = label
-        return _guard(label)(call)(*args, **model_args)
-
-    _run.__signature__ = inspect.signature(base_run)  # type: ignore[attr-defined]
-    namespace: dict[str, Any] = {"__slots__": (), "_run": _run, "__module__": cls.__module__}
-    if own_arun:
-        base_arun = cls._arun
-
-        async def _arun(self: Any, *args: Any, **kwargs: Any) -> Any:
-            model_args, injected = _split(self, base_arun, kwargs)
-
-            async def call(*args: Any, **model_args: Any) -> Any:
-                return await base_arun(self, *args, **model_args, **injected)
-
-            call.__qualname__ = call.__name__ = label
-            return await _guard(label)(call)(*args, **model_args)
-
-        _arun.__signature__ = inspect.signature(base_arun)  # type: ignore[attr-defined]
-        namespace["_arun"] = _arun
-    return type(cls.__name__, (cls,), namespace)
+    return functools.update_wrapper(sync_method, method)
