@@ -42,9 +42,11 @@ async def run_command(args: argparse.Namespace) -> int:
     else:  # local capture only: nothing to point a client at, it only needs to trust the CA
         env.update({k: v for k, v in proxy.ca.env("").items() if "PROXY" not in k.upper()})
     env["FAILCORE_RUN_ID"] = proxy.session.run_id
+    channel = await _open_channel(proxy, env)
     try:
         child = await _spawn(command, env, json_output=args.json)
     except OSError as e:
+        await channel.close()
         await proxy.stop()
         err_console.print(safe_text(f"failcore run: cannot start {command[0]}: {e}", "red"))
         return 127
@@ -52,8 +54,23 @@ async def run_command(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda s=sig: child.returncode is None and child.send_signal(s))
     code = await child.wait()
+    await channel.close()
     await proxy.stop()
     return _finish_run(args, proxy, code)
+
+
+async def _open_channel(proxy: Any, env: dict[str, str]) -> Any:
+    """The socket a child's `failcore.run()` joins this run through (tool, file, process events)."""
+    from failcore.runtime.channel import EventChannel
+
+    channel = EventChannel(proxy.session.run_id, proxy.session.record)
+    await channel.start()
+    env.update(channel.env())
+    env["FAILCORE_TAPE"] = str(proxy.tape_dir)
+    policy = proxy.session.policy
+    if policy is not None and os.path.isfile(policy.source):
+        env["FAILCORE_POLICY"] = os.path.abspath(policy.source)
+    return channel
 
 
 async def _spawn(command: Sequence[str], env: dict[str, str], *, json_output: bool) -> Any:
@@ -96,8 +113,7 @@ def run_warnings(s: dict[str, Any]) -> list[str]:
             f"{s['tls_failures']} TLS handshake(s) failed ({hosts}): the client does not trust "
             "failcore's CA. `failcore ca` prints its certificate and the trust variables (SSL_CERT_FILE, "
             "REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS); a client with its own CA store "
-            "must be given it"
-            + ("" if contained else "; `failcore run --contain` records every connection")
+            "must be given it" + ("" if contained else "; `failcore run --contain` records every connection")
         )
     if s.get("leftovers"):
         out.append("could not remove: " + "; ".join(s["leftovers"]))
@@ -136,6 +152,7 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
         return fail(str(e))
     proxy: Any = None
     refused: Any = None
+    channel: Any = None
     code: int | None = None
     try:
         if interrupted:
@@ -162,6 +179,7 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
         # The client needs to trust failcore's CA, not to know about a proxy (it has no other way out).
         env.update({k: v for k, v in proxy.ca.env("").items() if "PROXY" not in k.upper()})
         env["FAILCORE_RUN_ID"] = proxy.session.run_id
+        channel = await _open_channel(proxy, env)
         if not interrupted:
             try:
                 child = await _spawn(netns.command(command), env, json_output=args.json)
@@ -171,6 +189,8 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
     except (contain.ContainError, OSError) as e:
         return fail(str(e))
     finally:
+        if channel is not None:
+            await channel.close()
         if refused is not None:
             loop.remove_reader(refused.fileno())
             refused.close()

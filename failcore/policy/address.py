@@ -72,3 +72,98 @@ def _inet_aton(text: str) -> str | None:
     for i, n in enumerate(head):
         value |= n << (8 * (3 - i))
     return str(ipaddress.IPv4Address(value))
+
+
+# --------------------------------------------------------------------------------------------------
+# Address categories (the in-process SSRF guard, failcore.policy.runtime.check_connect)
+# --------------------------------------------------------------------------------------------------
+
+# Address categories, in the order a verdict names the first that applies.
+NET_CATEGORIES: tuple[str, ...] = ("metadata", "link_local", "loopback", "private")
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Instance metadata services (AWS IMDS incl. IPv6 and the ECS task endpoints, GCP, Azure, OpenStack,
+# DigitalOcean, Oracle, Alibaba, Tencent). 169.254.x and fd00:ec2:: are link-local / ULA anyway; listed so
+# a policy that allows link-local or private still refuses them.
+METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean, Oracle, Hetzner
+        "169.254.169.253",  # AWS DNS resolver in a VPC
+        "169.254.170.2",  # AWS ECS task metadata / credentials
+        "169.254.170.23",  # AWS EKS Pod Identity agent
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "fd00:ec2::23",  # AWS EKS Pod Identity agent over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+        "169.254.0.23",  # Tencent Cloud
+        "192.0.0.192",  # Oracle Cloud (classic)
+    )
+)
+METADATA_HOSTS: frozenset[str] = frozenset(
+    {"metadata.google.internal", "metadata.goog", "metadata", "instance-data", "instance-data.ec2.internal",
+     "metadata.azure.internal", "metadata.tencentyun.com", "metadata.packet.net"}
+)  # fmt: skip
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """An IP or CIDR in any spelling the resolver accepts, or None for a host name."""
+    text = text.strip()
+    address, slash, bits = text.partition("/")
+    canonical = canonical_ip(address)
+    if canonical is None:
+        return None
+    try:
+        return ipaddress.ip_network(f"{canonical}/{bits}" if slash else canonical, strict=False)
+    except ValueError:
+        return None
+
+
+def embedded_addresses(ip: IPAddress) -> list[IPAddress]:
+    """`ip` and every IPv4 address an IPv6 spelling of it carries (mapped, compatible, NAT64, 6to4,
+    Teredo server and client)."""
+    found: list[IPAddress] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        value = int(ip)
+        if ip.ipv4_mapped is not None:
+            found.append(ip.ipv4_mapped)
+        if value >> 32 == 0 and value > 1:  # IPv4-compatible ::a.b.c.d (deprecated, still routed by some)
+            found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+        if any(ip in net for net in _NAT64):
+            found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+        if ip.sixtofour is not None:
+            found.append(ip.sixtofour)
+        if ip.teredo is not None:
+            found.extend(ip.teredo)
+    return found
+
+
+def classify(ip: IPAddress) -> str | None:
+    """The first category of NET_CATEGORIES `ip` (or an address it embeds) falls in; None = public."""
+    candidates = embedded_addresses(ip)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    if mapped is not None:
+        candidates.extend(embedded_addresses(mapped))
+    if any(candidate in METADATA_ADDRESSES for candidate in candidates):
+        return "metadata"
+    if any(candidate.is_link_local for candidate in candidates):
+        return "link_local"
+    # The unspecified address reaches this host.
+    if any(candidate.is_loopback or candidate.is_unspecified for candidate in candidates):
+        return "loopback"
+    if any(not candidate.is_global or candidate.is_multicast for candidate in candidates):
+        return "private"
+    return None
+
+
+def raw_ipv6(text: str) -> IPAddress | None:
+    """An IPv6 literal as written (brackets and zone id dropped), without mapping it to IPv4."""
+    text = text.strip().lower().strip("[]")
+    if ":" not in text:
+        return None
+    try:
+        return ipaddress.IPv6Address(text.split("%", 1)[0])
+    except ValueError:
+        return None

@@ -13,6 +13,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from failcore.policy.address import normalise_host
+from failcore.policy.runtime import (
+    DEFAULT_EXEC_RULES,
+    DEFAULT_FS_RULES,
+    DEFAULT_NET_RULES,
+    ExecRules,
+    FsRules,
+    NetRules,
+    ToolContract,
+)
 
 if TYPE_CHECKING:
     from failcore.dlp.model import DlpRule
@@ -254,6 +263,12 @@ class Policy:
     # network.block_private_resolved: refuse a name that resolves to a non-global address (private,
     # loopback, link-local such as the 169.254.169.254 metadata service, CGNAT, reserved).
     block_private_resolved: bool = False
+    # In-process checks for failcore.run()/guard() (failcore.policy.runtime): files, processes,
+    # connections (`network:` besides block_private_resolved) and per-tool output contracts.
+    fs: FsRules = DEFAULT_FS_RULES
+    exec: ExecRules = DEFAULT_EXEC_RULES
+    network: NetRules = DEFAULT_NET_RULES
+    tools: Mapping[str, ToolContract] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     # Decisions depend only on (rule, mode), so they are built once here instead of on every request.
     _decision_table: tuple[tuple[Rule, Decision], ...] = field(init=False, repr=False, compare=False)
     _default_decision: Decision = field(init=False, repr=False, compare=False)

@@ -181,7 +181,6 @@ def tool_event(
     ts_end: float,
     contract: dict[str, Any] | None,
     origin_info: dict[str, Any],
-    internal: str | None,
     scanner: DlpScanner | None,
     salt: bytes,
 ) -> dict[str, Any]:
@@ -219,8 +218,6 @@ def tool_event(
         )
     else:
         decision, outcome, fail_reason, rule, reason = "ALLOW", "ok", None, None, None
-    if internal is not None and outcome == "ok":
-        fail_reason = None
     error_text = None
     if error is not None:
         error_text = mask(f"{type(error).__name__}: {error}", scanner, salt, hits, "tool.error")[:1000]
@@ -251,7 +248,6 @@ def tool_event(
             "effects": dict(call.effects),
             "contract": contract,
             "origin": origin_info,
-            **({"internal_error": internal} if internal else {}),
         },
     ).to_dict()
     return event

@@ -64,36 +64,37 @@ def _wrap(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
         current_call.reset(token)
         t1 = time.time()
         run = call.run
-        try:
-            with hook.internal():
-                contract = run.rules.check_output(tool, result) if error is None else None
-                loaded = run.rules.current()
+        run.tool_calls += 1
+        if error is not None and call.blocked_by is None:
+            run.failed += 1
+        contract = None
+        scanner = None
+        where: dict[str, Any] = {}
+        with hook.internal():
+            try:
                 where = origin()
-            run.tool_calls += 1
-            if call.blocked_by is not None:
-                pass
-            elif error is not None:
-                run.failed += 1
-            scanner, salt = loaded.scanner, run.rules.salt
+                scanner = run.rules.current().scanner
+                if error is None:
+                    contract = run.rules.check_output(tool, result)
+            except Exception as exc:  # the tool's event is still recorded, without what failed
+                _failed(run, "runtime.guard.end", exc, closed_ok=True)
+        salt = run.rules.salt
 
-            def build() -> dict[str, Any]:
-                return tool_event(
-                    call,
-                    args=snap,
-                    result=result,
-                    error=error,
-                    ts_start=t0,
-                    ts_end=t1,
-                    contract=contract,
-                    origin_info=where,
-                    internal=None,
-                    scanner=scanner,
-                    salt=salt,
-                )
+        def build() -> dict[str, Any]:
+            return tool_event(
+                call,
+                args=snap,
+                result=result,
+                error=error,
+                ts_start=t0,
+                ts_end=t1,
+                contract=contract,
+                origin_info=where or {"pid": None, "thread": "?", "task": None},
+                scanner=scanner,
+                salt=salt,
+            )
 
-            run.record(build)  # type: ignore[arg-type]
-        except Exception as exc:
-            _failed(run, "runtime.guard.end", exc, closed_ok=True)
+        run.record(build)  # type: ignore[arg-type]
 
     if inspect.iscoroutinefunction(fn):
 

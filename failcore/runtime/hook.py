@@ -22,6 +22,7 @@ import sys
 import sysconfig
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from failcore.event import Target
@@ -104,16 +105,38 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
 
 
 def _internal_failure(call: CallState, event: str, exc: Exception) -> None:
+    if not _record_failure(call, f"runtime.hook:{event}", exc):
+        raise Blocked(f"failcore failed while checking {event} and the policy says fail_open: false")
+
+
+def _record_failure(call: CallState, where: str, exc: Exception) -> bool:
+    """Record a failure inside failcore; True when the policy fails open (the default)."""
     run = call.run
     run.internal_errors += 1
     fail_open = True
     try:
         fail_open = run.rules.fail_open
-        run.record(internal_error_event(run.run_id, f"runtime.hook:{event}", exc, fail_open))
+        run.record(internal_error_event(run.run_id, where, exc, fail_open))
     except Exception:  # pragma: no cover - the last line of defence
         pass
-    if not fail_open:
-        raise Blocked(f"failcore failed while checking {event} and the policy says fail_open: false")
+    return fail_open
+
+
+@dataclass(frozen=True, slots=True)
+class _FailedClosed:
+    """Stands in for a verdict the policy could not give when it says fail_open: false."""
+
+    decision: str = "BLOCK"
+    rule: str = "internal_error"
+    reason: str = "failcore could not check this operation and the policy says fail_open: false"
+
+
+def _ask(call: CallState, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The policy's verdict, or (failcore failed) None when failing open, a refusal when failing closed."""
+    try:
+        return check(*args, **kwargs)
+    except Exception as exc:
+        return None if _record_failure(call, "runtime.policy", exc) else _FailedClosed()
 
 
 def _decide(
@@ -132,7 +155,7 @@ def _decide(
     reason = blocking.reason if blocking else None
     if blocking is None:
         decision, would_block = "ALLOW", False
-    elif run.strict:
+    elif run.strict or isinstance(blocking, _FailedClosed):
         decision, would_block = "BLOCK", False
         call.effects["blocked"] += 1
         if call.blocked_by is None:
@@ -182,7 +205,7 @@ def _on_open(call: CallState, args: tuple[Any, ...]) -> None:
     if not write and path.startswith(_LIBRARY):
         return
     op = "write" if write else "read"
-    verdict = call.run.rules.check_fs(op, os.fsdecode(args[0]))
+    verdict = _ask(call, call.run.rules.check_fs, op, os.fsdecode(args[0]))
     _decide(
         call, "fs", f"fs.{op}", {"path": path, "op": op, "event": "open", "target": None}, [verdict], path
     )
@@ -195,9 +218,9 @@ def _fs_op(op: str, event: str, two: bool = False) -> Callable[[CallState, tuple
             return
         target = _path(args[1]) if two and len(args) > 1 else None
         rules = call.run.rules
-        verdicts = [rules.check_fs(op, os.fsdecode(args[0]))]
+        verdicts = [_ask(call, rules.check_fs, op, os.fsdecode(args[0]))]
         if target is not None:
-            verdicts.append(rules.check_fs("write", os.fsdecode(args[1])))
+            verdicts.append(_ask(call, rules.check_fs, "write", os.fsdecode(args[1])))
         payload = {"path": path, "op": op, "event": event, "target": target}
         _decide(call, "fs", f"fs.{op}", payload, verdicts, path + (f" -> {target}" if target else ""))
 
@@ -221,7 +244,7 @@ def _exec(action: str, event: str, shell: bool) -> Callable[[CallState, tuple[An
             program = os.fsdecode(args[offset])
             argv = [os.fsdecode(a) for a in (args[offset + 1] or [])]
             is_shell = len(argv) >= 3 and argv[1] == "-c" and os.path.basename(program) in _SHELLS
-        verdict = call.run.rules.check_exec(program, argv, shell=is_shell)
+        verdict = _ask(call, call.run.rules.check_exec, program, argv, shell=is_shell)
         scanner, salt = call.run.rules.current().scanner, call.run.rules.salt
 
         def payload() -> dict[str, Any]:
@@ -261,7 +284,7 @@ def _on_connect(call: CallState, args: tuple[Any, ...]) -> None:
     ip, port = str(address[0]), int(address[1])
     host = getattr(_local, "last_host", None)
     host = host if host and host != ip else None
-    verdict = call.run.rules.check_connect(host, ip, port)
+    verdict = _ask(call, call.run.rules.check_connect, host, ip, port)
     fam = "ipv6" if family == socket.AF_INET6 else "ipv4"
     payload = {"address": ip, "family": fam, "event": "socket.connect"}
     shown = host or ip

@@ -43,6 +43,26 @@ def resolve(policy: str | os.PathLike[str] | None) -> Path:
     return shipped.resolve_policy(policy)
 
 
+def enclosing_proxies(env: os._Environ[str] | dict[str, str]) -> frozenset[tuple[str, int]]:
+    """(IP, port) of the proxy an enclosing `failcore run` exported (HTTP(S)_PROXY), if any."""
+    from urllib.parse import urlsplit
+
+    if not env.get("FAILCORE_RUN_ID"):
+        return frozenset()
+    found = set()
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        value = env.get(name)
+        if not value:
+            continue
+        try:
+            parts = urlsplit(value)
+            if parts.hostname and parts.port:
+                found.add((parts.hostname, parts.port))
+        except ValueError:
+            continue
+    return frozenset(found)
+
+
 class RuntimeRules:
     """One run's policy with its DLP scanner; `current()` is cheap and thread-safe."""
 
@@ -52,6 +72,7 @@ class RuntimeRules:
         self._lock = threading.Lock()
         self._next_check = 0.0
         self.reload_problems: list[str] = []
+        self.failcore_proxies = enclosing_proxies(os.environ)
         self._loaded = self._load()  # raises PolicyError: a bad policy at start is the user's to fix
 
     def _load(self) -> Loaded:
@@ -112,7 +133,11 @@ class RuntimeRules:
         return check_exec(self.policy.exec, program, argv, shell=shell)
 
     def check_connect(self, host: str | None, address: str, port: int) -> Verdict:
-        from failcore.policy.runtime import check_connect
+        from failcore.policy.runtime import Verdict, check_connect
+
+        if (address, port) in self.failcore_proxies:
+            # The way out `failcore run` gave this process: its traffic is decided there.
+            return Verdict("ALLOW", "net.failcore_proxy", f"{address}:{port} is the enclosing failcore proxy")
 
         return check_connect(self.policy.network, host, address, port)
 

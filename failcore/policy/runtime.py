@@ -1,0 +1,460 @@
+"""In-process checks for the runtime API (`failcore.run` / `failcore.guard`): files, processes, connections
+and tool outputs. Pure functions over frozen rules; the runtime calls them from its audit hook and applies
+strict/observe itself.
+
+- `check_fs`: the path is made absolute against `cwd` and resolved with `os.path.realpath` (so `..`,
+  symlinked parents, dangling symlinks and `/proc/self/root` are followed to where the kernel would go),
+  then tested against the deny globs and the read or write roots by path components (`/srv/app-evil` is
+  not under `/srv/app`).
+- `check_exec`: shell invocations (`sh -c`, `bash`, `env bash -c`, `os.system`, `shell=True`, …) are
+  refused unless `allow_shell`; the program must be listed (a bare name, or a file by that name in a system
+  bin directory; anything else only by absolute path); per-program argument globs.
+- `check_connect`: the resolved address is classified (metadata, link_local, loopback, private) after
+  unwrapping every spelling that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo,
+  inet_aton forms); denied categories are refused unless an `allow` entry names the address.
+- `check_output`: a tool's declared output (json or text) against what it returned.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from failcore.policy.address import (
+    METADATA_HOSTS,
+    NET_CATEGORIES,
+    canonical_ip,
+    classify,
+    parse_network,
+    raw_ipv6,
+)
+from failcore.policy.glob import glob_to_regex, model_glob_to_regex
+
+# --------------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    decision: Literal["ALLOW", "BLOCK"]  # the policy's opinion; strict/observe is applied by the runtime
+    rule: str | None  # e.g. "fs.write_outside_roots", "fs.deny_glob", "exec.shell", "net.metadata"
+    reason: str | None  # human sentence, no secrets
+
+
+ALLOWED = Verdict("ALLOW", None, None)
+
+# Roots: a path ("/srv/data", "~/work", "." = the working directory, relative = under it) or one of these
+# names, which stand for directories found at check time.
+ROOT_NAMES: tuple[str, ...] = ("$python", "$tmp")
+# Read-only operations; every other operation (write, delete, rename, mkdir, chmod, symlink, an unknown
+# name…) needs a write root.
+READ_OPS: frozenset[str] = frozenset({"read", "list", "stat", "open_read", "exec", "import", "readlink"})
+
+
+@dataclass(frozen=True, slots=True)
+class FsRules:
+    """`read` / `write`: roots (a write root may also be read); `("/",)` = anywhere. `deny`: globs refused
+    for every operation, matched against the resolved path and each of its parent directories (so a
+    directory pattern covers what is inside it), case-insensitively. A glob without '/' matches a name
+    at any depth (`.env`, `*.pem`); `~` is the home directory; `*` stays in one path segment, `**`
+    crosses segments."""
+
+    read: tuple[str, ...] = ("/",)
+    write: tuple[str, ...] = ("/",)
+    deny: tuple[str, ...] = ()
+    _deny_regex: object | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_deny_regex", compile_deny(self.deny))
+
+    def denies(self, path: str) -> bool:
+        regex = self._deny_regex
+        if regex is None:
+            return False
+        candidate = path
+        while True:
+            if regex.fullmatch(candidate) is not None:  # type: ignore[attr-defined]
+                return True
+            parent = os.path.dirname(candidate)
+            if parent == candidate:
+                return False
+            candidate = parent
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRules:
+    """`programs`: None = any program; else bare names (matched against a bare program name, or a file of
+    that name in a system bin directory) and absolute paths (matched after resolving symlinks).
+    `args`: program → globs over its arguments joined by single spaces (`*` matches anything, spaces too);
+    a program listed there must match one. `allow_shell`: let shell invocations run."""
+
+    programs: tuple[str, ...] | None = None
+    args: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    allow_shell: bool = True
+    _args_regex: Mapping[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.args:
+            return
+        import re2
+
+        compiled = {
+            name: re2.compile("|".join(f"(?:{model_glob_to_regex(glob)})" for glob in globs))
+            for name, globs in self.args.items()
+        }
+        object.__setattr__(self, "_args_regex", MappingProxyType(compiled))
+
+
+# Address categories, in the order a verdict names the first that applies.
+DEFAULT_NET_DENY: tuple[str, ...] = NET_CATEGORIES
+
+
+@dataclass(frozen=True, slots=True)
+class NetRules:
+    """`deny`: address categories refused (metadata, link_local, loopback, private). `allow`: IPs, CIDRs
+    and host names let through even so (a host name never unlocks a metadata address: a name's
+    resolution is not the policy's to trust). `default`: what an address no category covers gets."""
+
+    deny: tuple[str, ...] = DEFAULT_NET_DENY
+    allow: tuple[str, ...] = ()
+    default: Literal["ALLOW", "BLOCK"] = "ALLOW"
+    _allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default=(), init=False, repr=False, compare=False
+    )
+    _allow_hosts: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        hosts: list[str] = []
+        for entry in self.allow:
+            network = parse_network(entry)
+            if network is not None:
+                networks.append(network)
+            else:
+                hosts.append(entry.strip().lower().rstrip("."))
+        object.__setattr__(self, "_allow_networks", tuple(networks))
+        object.__setattr__(self, "_allow_hosts", tuple(hosts))
+
+    def allows_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip.version == net.version and ip in net for net in self._allow_networks)
+
+    def allows_host(self, host: str) -> bool:
+        for pattern in self._allow_hosts:
+            if pattern.startswith("*."):
+                if host.endswith(pattern[1:]):
+                    return True
+            elif host == pattern:
+                return True
+        return False
+
+
+OUTPUT_KINDS: tuple[str, ...] = ("json", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContract:
+    """What a tool declares it returns: `json` (a dict or list, or text holding a JSON object or array)
+    or `text`."""
+
+    output: Literal["json", "text"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------
+
+
+def _re2_options() -> object:
+    import re2
+
+    options = re2.Options()
+    options.case_sensitive = False
+    return options
+
+
+def compile_deny(patterns: Sequence[str]) -> object | None:
+    """One case-insensitive RE2 regex for the deny globs (each also with its literal directory prefix
+    resolved, so `~/.ssh/**` still matches when ~/.ssh is a symlink), or None when there are none."""
+    if not patterns:
+        return None
+    import re2
+
+    regexes: list[str] = []
+    for pattern in patterns:
+        for variant in deny_variants(pattern):
+            regexes.append(glob_to_regex(variant))
+            if variant.endswith("/**"):  # the directory itself, not only what is inside it
+                regexes.append(glob_to_regex(variant[:-3] or "/"))
+    return re2.compile("|".join(f"(?:{regex})" for regex in dict.fromkeys(regexes)), _re2_options())
+
+
+def deny_variants(pattern: str) -> list[str]:
+    """The absolute globs a deny pattern stands for."""
+    text = pattern.strip()
+    if text.endswith("/") and len(text) > 1:
+        text = text.rstrip("/") + "/**"
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    if not text.startswith("/"):
+        return ["/**/" + text.removeprefix("**/").removeprefix("./")]
+    variants = [_normalise_glob(text)]
+    # Resolve the part before the first glob character so an alias (symlink) of it is covered too.
+    parts = variants[0].split("/")
+    literal: list[str] = []
+    for part in parts:
+        if any(c in part for c in "*?["):
+            break
+        literal.append(part)
+    prefix = "/".join(literal) or "/"
+    resolved = os.path.realpath(prefix)
+    if resolved != prefix:
+        rest = variants[0][len(prefix) :]
+        variants.append((resolved.rstrip("/") + rest) if rest else resolved)
+    return variants
+
+
+def _normalise_glob(text: str) -> str:
+    """Collapse '//' and '/./'; keep '**' and trailing '/**'."""
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    return "/" + "/".join(parts)
+
+
+def resolve_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], cwd: str) -> str:
+    """Where the kernel would go: absolute against `cwd`, every symlink (dangling ones too) and `..`
+    followed. Raises ValueError for a path with a NUL byte."""
+    text = os.fsdecode(path)
+    if "\x00" in text:
+        raise ValueError("embedded null byte")
+    return os.path.realpath(os.path.join(cwd, text))
+
+
+def resolve_root(root: str, cwd: str) -> list[str]:
+    if root == "$python":
+        return _python_roots()
+    if root == "$tmp":
+        import tempfile
+
+        return [os.path.realpath(tempfile.gettempdir())]
+    return [os.path.realpath(os.path.join(cwd, os.path.expanduser(root)))]
+
+
+def _python_roots() -> list[str]:
+    """The interpreter's own files: stdlib, site-packages, prefixes (imports read them)."""
+    import sysconfig
+
+    places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    paths = sysconfig.get_paths()
+    places.update(paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths)
+    return sorted({os.path.realpath(place) for place in places if place})
+
+
+def is_within(path: str, root: str) -> bool:
+    """Containment by path components: both are absolute, resolved paths."""
+    if root == "/":
+        return path.startswith("/")
+    return path == root or path.startswith(root + "/")
+
+
+def check_fs(rules: FsRules, op: str, path: str, *, cwd: str) -> Verdict:
+    """Whether `op` on `path` (relative to `cwd`) is allowed. Any op outside READ_OPS counts as a write."""
+    if isinstance(path, int):  # an already open descriptor: checked when it was opened
+        return ALLOWED
+    try:
+        resolved = resolve_path(path, cwd)
+    except (ValueError, TypeError):
+        return Verdict("BLOCK", "fs.bad_path", f"{op}: the path is not a valid file name")
+    if rules.denies(resolved):
+        return Verdict("BLOCK", "fs.deny_glob", f"{op} {resolved}: the path matches a denied pattern")
+    writing = op not in READ_OPS
+    roots = rules.write if writing else tuple(dict.fromkeys(rules.read + rules.write))
+    if "/" in roots:
+        return ALLOWED
+    for root in roots:
+        if any(is_within(resolved, place) for place in resolve_root(root, cwd)):
+            return ALLOWED
+    kind = "write" if writing else "read"
+    return Verdict(
+        "BLOCK",
+        f"fs.{kind}_outside_roots",
+        f"{op} {resolved}: outside the {kind} roots ({', '.join(roots) or 'none'})",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------------
+
+SHELLS: frozenset[str] = frozenset(
+    {"sh", "bash", "dash", "zsh", "ksh", "mksh", "pdksh", "oksh", "yash", "ash", "csh", "tcsh", "fish",
+     "rc", "es", "xonsh", "nu", "elvish", "pwsh", "powershell", "cmd", "rbash"}
+)  # fmt: skip
+# Programs that run their arguments as another command: looked through when spotting a shell.
+_WRAPPERS: frozenset[str] = frozenset(
+    {"env", "nohup", "nice", "ionice", "timeout", "stdbuf", "setsid", "sudo", "doas", "chrt", "taskset",
+     "time", "command", "exec", "busybox", "xargs", "unbuffer", "chroot", "runuser", "su", "flock",
+     "script", "watch", "strace", "ltrace", "find"}
+)  # fmt: skip
+SYSTEM_BIN_DIRS: tuple[str, ...] = (
+    "/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin", "/opt/homebrew/bin",
+)  # fmt: skip
+
+
+def program_name(program: str) -> str:
+    """A program's file name, lower case, without a Windows `.exe`, nor a version suffix for shells
+    (`bash5.2` → `bash`)."""
+    name = os.path.basename(os.fsdecode(program).rstrip("/")).lower().removesuffix(".exe")
+    stripped = name.rstrip("0123456789.")
+    return stripped if stripped in SHELLS else name
+
+
+def is_shell_command(program: str, argv: Sequence[str]) -> bool:
+    """Whether running `program` with `argv` hands a command line to a shell: the program is a shell, or
+    a wrapper (env, nohup, timeout, xargs, find -exec, busybox, …) runs one."""
+    if program_name(program) in SHELLS:
+        return True
+    words = [os.fsdecode(word) for word in argv]
+    if not words:
+        return False
+    # Through wrappers: any word naming a shell after a wrapper hands it the rest.
+    if program_name(program) in _WRAPPERS or program_name(words[0]) in _WRAPPERS:
+        return any(program_name(word) in SHELLS for word in words[1:] if not word.startswith("-"))
+    return program_name(words[0]) in SHELLS
+
+
+def _program_listed(rules: ExecRules, program: str) -> str | None:
+    """The entry of `rules.programs` that admits `program`, or None."""
+    assert rules.programs is not None
+    text = os.fsdecode(program)
+    name = program_name(text)
+    directory = os.path.dirname(text)
+    resolved = os.path.realpath(text) if os.path.isabs(text) else None
+    for entry in rules.programs:
+        if "/" in entry:
+            if resolved is not None and (text == entry or resolved == os.path.realpath(entry)):
+                return entry
+        elif entry.lower() == name and (not directory or directory.rstrip("/") in SYSTEM_BIN_DIRS):
+            return entry
+    return None
+
+
+def check_exec(rules: ExecRules, program: str, argv: Sequence[str], *, shell: bool) -> Verdict:
+    """Whether the runtime may start `program` with `argv` (argv[0] included); `shell` is true for
+    `os.system`, `os.popen` and `shell=True`."""
+    name = program_name(program) if program else ""
+    if shell or is_shell_command(program, argv):
+        if not rules.allow_shell:
+            return Verdict(
+                "BLOCK",
+                "exec.shell",
+                f"{name or 'a shell'}: shell command lines are refused (exec.allow_shell is false)",
+            )
+        if rules.programs is None or name in SHELLS or shell:
+            return ALLOWED
+    if rules.programs is not None:
+        entry = _program_listed(rules, program)
+        if entry is None:
+            return Verdict("BLOCK", "exec.program", f"{name}: not among the allowed programs")
+    else:
+        entry = None
+    regex = rules._args_regex.get(entry or "") or rules._args_regex.get(name)
+    if regex is not None:
+        tail = " ".join(os.fsdecode(word) for word in list(argv)[1:])
+        if regex.fullmatch(tail) is None:  # type: ignore[attr-defined]
+            return Verdict("BLOCK", "exec.args", f"{name}: arguments match none of the allowed patterns")
+    return ALLOWED
+
+
+# --------------------------------------------------------------------------------------------------
+# Connections
+# --------------------------------------------------------------------------------------------------
+
+
+def check_connect(rules: NetRules, host: str | None, address: str, port: int) -> Verdict:
+    """Whether an in-process connection to `address` (the IP actually connected to; `host`, the name the
+    code asked for, when known) is allowed. An address that is not an IP literal is refused: the
+    runtime resolves names before asking."""
+    canonical = canonical_ip(str(address))
+    if canonical is None:
+        return Verdict("BLOCK", "net.unresolved", f"{address!s:.80}: not an IP address; resolve it first")
+    ip = ipaddress.ip_address(canonical)
+    # canonical_ip writes a mapped address as its IPv4 one; the original spelling is judged (it embeds it).
+    raw = raw_ipv6(str(address)) or ip
+    name = (host or "").strip().lower().rstrip(".")
+    shown = name or (f"[{canonical}]" if ":" in canonical else canonical)
+    target = f"{shown}:{port}"
+    category = classify(raw)
+    if name in METADATA_HOSTS:
+        category = "metadata"
+    if category is not None and category in rules.deny:
+        if rules.allows_address(ip) or rules.allows_address(raw):
+            return ALLOWED
+        if category != "metadata" and name and rules.allows_host(name):
+            return ALLOWED
+        reason = f"{target}: {_CATEGORY_TEXT[category]} address ({canonical})"
+        return Verdict("BLOCK", f"net.{category}", reason)
+    if category is None and rules.default == "BLOCK":
+        if rules.allows_address(ip) or rules.allows_address(raw) or (name and rules.allows_host(name)):
+            return ALLOWED
+        return Verdict("BLOCK", "net.not_allowed", f"{target}: not in network.allow ({canonical})")
+    return ALLOWED
+
+
+_CATEGORY_TEXT = {
+    "metadata": "a cloud metadata service",
+    "link_local": "a link-local",
+    "loopback": "a loopback (this host)",
+    "private": "a private or reserved",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Tool outputs
+# --------------------------------------------------------------------------------------------------
+
+
+def output_kind(result: object) -> str:
+    """ "json" (a dict, list or tuple, a JSON scalar, or text / bytes holding a JSON object or array),
+    "text" (other text, or any other object) or "none"."""
+    if result is None:
+        return "none"
+    if isinstance(result, (dict, list, tuple, bool, int, float)):
+        return "json"
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        try:
+            result = bytes(result).decode("utf-8")
+        except UnicodeDecodeError:
+            return "text"
+    if isinstance(result, str):
+        stripped = result.strip()
+        if stripped[:1] in ("{", "[") and stripped[-1:] in ("}", "]"):
+            try:
+                json.loads(stripped)
+            except ValueError:
+                return "text"
+            return "json"
+        return "text"
+    return "text"
+
+
+def check_output(contract: ToolContract | None, result: object) -> dict | None:
+    """None when there is no contract or the result keeps it; else the `contract` block of the tool
+    event: {"expected", "got", "drift": True}."""
+    if contract is None:
+        return None
+    got = output_kind(result)
+    if got == contract.output:
+        return None
+    return {"expected": contract.output, "got": got, "drift": True}
+
+
+# What a policy without the section gets: everything allowed but the address categories of DEFAULT_NET_DENY.
+DEFAULT_FS_RULES = FsRules()
+DEFAULT_EXEC_RULES = ExecRules()
+DEFAULT_NET_RULES = NetRules()
