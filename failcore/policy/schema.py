@@ -29,6 +29,8 @@ from failcore.policy.model import (
     Rule,
 )
 from failcore.policy.nodes import key_pos, node_pos, value_pos
+from failcore.policy.runtime import DEFAULT_EXEC_RULES, DEFAULT_FS_RULES, DEFAULT_NET_RULES
+from failcore.policy.runtime_schema import EXEC, FS, NETWORK, TOOL, TOOLS
 from failcore.policy.validate import (
     Choice,
     Const,
@@ -320,15 +322,6 @@ DLP = Section(
 # network, and the top level
 # --------------------------------------------------------------------------------------------------
 
-NETWORK = Section(
-    fields=(Field("block_private_resolved", Flag(), default=False),),
-    where="in the network section",
-    key_word="setting names",
-    not_mapping="expected a mapping such as 'block_private_resolved: true', got {got}",
-    build=lambda v, here: v["block_private_resolved"],
-    prefix_key_problems=False,
-)
-
 
 def _policy(v: dict[str, object], here: Here) -> dict[str, object]:
     """Policy() arguments; the loader adds source and sha256."""
@@ -342,7 +335,11 @@ def _policy(v: dict[str, object], here: Here) -> dict[str, object]:
         "budgets": v["budgets"],
         "dlp": v["dlp"],
         "prices": dict(v["prices"]),  # type: ignore[call-overload]
-        "block_private_resolved": v["network"],
+        "block_private_resolved": v["network"][0],  # type: ignore[index]
+        "network": v["network"][1],  # type: ignore[index]
+        "fs": v["fs"],
+        "exec": v["exec"],
+        "tools": v["tools"],
     }
 
 
@@ -401,7 +398,10 @@ POLICY = Section(
         ),
         Field("dlp", DLP, default=DEFAULT_DLP_SETTINGS, null="empty"),
         Field("prices", Custom(delegated.read_prices), default={}),
-        Field("network", NETWORK, default=False),
+        Field("network", NETWORK, default=(False, DEFAULT_NET_RULES), null="empty"),
+        Field("fs", FS, default=DEFAULT_FS_RULES, null="empty"),
+        Field("exec", EXEC, default=DEFAULT_EXEC_RULES, null="empty"),
+        Field("tools", TOOLS, default=MappingProxyType({})),
     ),
     where="at the top level",
     key_word="setting names",
@@ -416,6 +416,8 @@ def documented_fields() -> Iterator[str]:
         kind = top.kind
         if isinstance(kind, Section):
             yield from (f"{top.name}.{name}" for name in kind.keys)
+        elif isinstance(kind, MapOf) and isinstance(kind.value, Section):
+            yield from (f"{top.name}.<name>.{name}" for name in kind.value.keys)
         elif isinstance(kind, SectionList):
             yield top.name
             yield from (f"{top.name}[].{name}" for name in kind.item.keys)
@@ -431,3 +433,6 @@ BUDGET_SCOPE_KEYS = SCOPE.keys
 DLP_KEYS = DLP.keys
 DLP_SCAN_KEYS = SCAN.keys
 NETWORK_KEYS = NETWORK.keys
+FS_KEYS = FS.keys
+EXEC_KEYS = EXEC.keys
+TOOL_KEYS = TOOL.keys

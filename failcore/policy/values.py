@@ -11,10 +11,11 @@ import re
 
 import re2
 
-from failcore.policy.address import canonical_ip
+from failcore.policy.address import NET_CATEGORIES, canonical_ip, parse_network
 from failcore.policy.glob import GlobError, glob_to_regex, model_glob_to_regex
 from failcore.policy.model import LLM_PROVIDERS, SCHEMES, FullMatcher, HostPattern, PathPattern
 from failcore.policy.nodes import describe, is_int, quote
+from failcore.policy.runtime import ROOT_NAMES, deny_variants
 from failcore.policy.validate import ANY, Invalid
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -202,3 +203,131 @@ def _path_problem(path: str) -> str | None:
     if not path.isprintable() or " " in path:
         return f"{quote(path)} contains spaces or control characters, which never occur in a request path"
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The runtime sections: fs, exec, network (in-process connections), tools
+# --------------------------------------------------------------------------------------------------
+
+
+def root_item(value: object) -> object:
+    """An fs root: a directory path (absolute, `~/…`, or relative to the working directory) or a
+    `$name` of ROOT_NAMES; "*" (or "/") for anywhere."""
+    if not isinstance(value, str) or not value.strip():
+        return Invalid(f"expected a directory such as '.' or /srv/data, got {describe(value)}")
+    text = value.strip()
+    if text in ("*", "/"):
+        return ANY
+    if "\x00" in text or not text.isprintable():
+        return Invalid(f"{quote(text)} contains control characters, which a directory name cannot hold")
+    if text.startswith("$"):
+        if text in ROOT_NAMES:
+            return text
+        close = difflib.get_close_matches(text, ROOT_NAMES, n=1)
+        hint = f' Did you mean "{close[0]}"?' if close else ""
+        return Invalid(
+            f"{quote(text)} is not a root failcore knows.{hint} Known: {', '.join(ROOT_NAMES)} "
+            "(environment variables are not expanded)"
+        )
+    if not _GLOB_CHARS.isdisjoint(text):
+        return Invalid(f"{quote(text)}: a root is a directory, not a glob; put globs in 'fs.deny'")
+    return text
+
+
+def roots(items: list[str], match_any: bool) -> tuple[str, ...]:
+    return ("/",) if match_any else tuple(dict.fromkeys(items))
+
+
+def deny_item(value: object) -> object:
+    """A deny glob, checked by compiling it."""
+    if not isinstance(value, str) or not value.strip():
+        return Invalid(f"expected a path or glob such as ~/.ssh or '*.pem', got {describe(value)}")
+    text = value.strip()
+    if not text.isprintable():
+        return Invalid(f"{quote(text)} contains control characters")
+    try:
+        for variant in deny_variants(text):
+            re2.compile(glob_to_regex(variant))
+    except (GlobError, re2.error) as exc:
+        return Invalid(f"bad glob {quote(text)}: {exc}")
+    return text
+
+
+def texts(items: list[str], match_any: bool) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def program_item(value: object) -> object:
+    """A program: a bare name (git) or an absolute path (/usr/bin/git); "*" for any."""
+    if not isinstance(value, str) or not value.strip():
+        return Invalid(
+            f"expected a program name such as git or a path such as /usr/bin/git, got {describe(value)}"
+        )
+    text = value.strip()
+    if text == "*":
+        return ANY
+    if not text.isprintable() or any(c.isspace() for c in text):
+        return Invalid(
+            f"{quote(text)} is not a program name; list the program alone (git) and its arguments "
+            "under 'exec.args'"
+        )
+    if "/" in text and not text.startswith("/"):
+        return Invalid(
+            f"{quote(text)}: a program is a bare name (found in a system bin directory) or an absolute "
+            "path; a relative path depends on the working directory"
+        )
+    return text
+
+
+def programs(items: list[str], match_any: bool) -> tuple[str, ...] | None:
+    return None if match_any else tuple(dict.fromkeys(items))
+
+
+def program_key(value: object, here: object) -> object:
+    parsed = program_item(value)
+    if parsed is ANY:
+        return Invalid("argument patterns belong to one program; write its name (git), not '*'")
+    return parsed
+
+
+def args_item(value: object) -> object:
+    """An argument glob over the arguments joined by spaces ('*' matches anything)."""
+    if not isinstance(value, str):
+        hint = "; put it in quotes" if isinstance(value, (int, float)) else ""
+        return Invalid(f"expected an argument pattern such as 'status*', got {describe(value)}{hint}")
+    try:
+        re2.compile(model_glob_to_regex(value))
+    except (GlobError, re2.error) as exc:
+        return Invalid(f"bad glob {quote(value)}: {exc}")
+    return value
+
+
+def net_category_item(value: object) -> object:
+    normalised = value.strip().lower().replace("-", "_") if isinstance(value, str) else None
+    if normalised in NET_CATEGORIES:
+        return normalised
+    close = difflib.get_close_matches(normalised or "", NET_CATEGORIES, n=1)
+    hint = f' Did you mean "{close[0]}"?' if close else ""
+    return Invalid(
+        f"{describe(value)} is not an address category.{hint} Use any of {', '.join(NET_CATEGORIES)}"
+    )
+
+
+def net_allow_item(value: object) -> object:
+    """An IP or CIDR (any spelling), a host name or a `*.domain` wildcard, stored as NetRules reads it."""
+    if isinstance(value, str) and parse_network(value) is not None:
+        return value.strip()
+    if isinstance(value, str) and "/" in value and canonical_ip(value.split("/", 1)[0]) is not None:
+        return Invalid(f"{quote(value)} is not a valid CIDR such as 10.0.0.0/8 or fd00::/8")
+    parsed = host_pattern(value)
+    if isinstance(parsed, Invalid):
+        return parsed
+    if parsed == "*":
+        return Invalid("'*' would allow every address; remove the categories from 'network.deny' instead")
+    return "*" + parsed if parsed.startswith(".") else parsed
+
+
+def tool_key(value: object, here: object) -> object:
+    if isinstance(value, str) and value.strip() and value.isprintable():
+        return value.strip()
+    return Invalid(f"a tool name must be non-empty text, got {describe(value)}")

@@ -151,8 +151,10 @@ def _decide(
     blocking = next((v for v in verdicts if v is not None and v.decision == "BLOCK"), None)
     run = call.run
     call.effects[kind] += 1
-    rule = blocking.rule if blocking else None
-    reason = blocking.reason if blocking else None
+    # An allowing verdict can name why too (net.failcore_proxy): kept when nothing blocks.
+    named = blocking or next((v for v in verdicts if v is not None and v.rule), None)
+    rule = named.rule if named else None
+    reason = named.reason if named else None
     if blocking is None:
         decision, would_block = "ALLOW", False
     elif run.strict or isinstance(blocking, _FailedClosed):

@@ -1,0 +1,114 @@
+"""The schema of the sections the runtime API checks (`fs`, `exec`, `tools`) and of `network` (the
+proxy's `block_private_resolved` plus in-process connections), walked by `validate.read_section` like
+the rest of `schema.py`; they build the rules of `failcore.policy.runtime`.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from ruamel.yaml.comments import CommentedMap
+
+from failcore.policy import values
+from failcore.policy.nodes import key_pos
+from failcore.policy.runtime import DEFAULT_NET_DENY, OUTPUT_KINDS, ExecRules, FsRules, NetRules, ToolContract
+from failcore.policy.validate import Choice, Each, Field, Flag, Here, MapOf, Section
+
+# --------------------------------------------------------------------------------------------------
+# fs, exec, tools: the runtime API's in-process checks (failcore.policy.runtime)
+# --------------------------------------------------------------------------------------------------
+
+FS = Section(
+    fields=(
+        Field("read", Each(values.root_item, values.roots, empty_ok=True), default=("/",)),
+        Field("write", Each(values.root_item, values.roots, empty_ok=True), default=("/",)),
+        Field("deny", Each(values.deny_item, values.texts, empty_ok=True), default=()),
+    ),
+    where="in the fs section",
+    key_word="setting names",
+    not_mapping="expected a mapping such as 'write: [.]', got {got}",
+    build=lambda v, here: FsRules(read=v["read"], write=v["write"], deny=v["deny"]),  # type: ignore[arg-type]
+)
+
+
+def _check_exec(v: dict[str, object], here: Here) -> None:
+    listed = v.get("programs")
+    args = here.node.get("args")
+    if not isinstance(listed, tuple) or not isinstance(args, CommentedMap):
+        return
+    for program in args:
+        if program not in listed:
+            here.add(
+                key_pos(args, program),
+                f"{here.prefix}args: {program} is not in 'exec.programs', so it can never run; "
+                "add it there or remove its patterns",
+            )
+
+
+EXEC = Section(
+    fields=(
+        Field("allow_shell", Flag(), default=False),
+        Field("programs", Each(values.program_item, values.programs), default=None),
+        Field(
+            "args",
+            MapOf(
+                values.program_key,
+                Each(values.args_item, values.texts),
+                "expected a mapping of program to argument patterns such as "
+                "'{{git: [status*, diff*]}}', got {got}",
+            ),
+            default=MappingProxyType({}),
+        ),
+    ),
+    where="in the exec section",
+    key_word="setting names",
+    not_mapping="expected a mapping such as 'allow_shell: false', got {got}",
+    check=_check_exec,
+    build=lambda v, here: ExecRules(programs=v["programs"], args=v["args"], allow_shell=v["allow_shell"]),  # type: ignore[arg-type]
+)
+
+TOOL = Section(
+    fields=(
+        Field(
+            "output",
+            Choice(OUTPUT_KINDS, "{got} is not an output kind; use json (a dict, list or JSON text) or text"),
+            required="missing required key 'output'; add e.g. 'output: json' (json or text)",
+            null="check",
+        ),
+    ),
+    where="in a tool contract",
+    key_word="contract keys",
+    not_mapping="expected a mapping such as '{{output: json}}', got {got}",
+    build=lambda v, here: ToolContract(output=v["output"]),  # type: ignore[arg-type]
+)
+
+TOOLS = MapOf(
+    values.tool_key,
+    TOOL,
+    "expected a mapping of tool name to contract such as 'search: {{output: json}}', got {got}",
+)
+
+
+def _network(v: dict[str, object], here: Here) -> tuple[bool, NetRules]:
+    rules = NetRules(deny=v["deny"], allow=v["allow"], default=v["default"])  # type: ignore[arg-type]
+    return bool(v["block_private_resolved"]), rules
+
+
+NETWORK = Section(
+    fields=(
+        Field("block_private_resolved", Flag(), default=False),
+        Field("deny", Each(values.net_category_item, values.texts, empty_ok=True), default=DEFAULT_NET_DENY),
+        Field("allow", Each(values.net_allow_item, values.texts, empty_ok=True), default=()),
+        Field(
+            "default",
+            Choice(("ALLOW", "BLOCK"), "{got} is not valid; use ALLOW or BLOCK", upper=True),
+            default="ALLOW",
+            null="check",
+        ),
+    ),
+    where="in the network section",
+    key_word="setting names",
+    not_mapping="expected a mapping such as 'block_private_resolved: true', got {got}",
+    build=_network,
+    prefix_key_problems=False,
+)

@@ -1,0 +1,197 @@
+"""@guard(): one tool event per call, its arguments redacted and masked, its result, outcome and
+effects; run() opens a run of its own on a tape that verifies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import string
+import threading
+from pathlib import Path
+
+import pytest
+
+from failcore import guard, run
+from failcore.tape.verify import verify_tape
+from tests.helpers import read_tape
+from tests.runtime.helpers import runtime_events, tape_bytes, tools
+
+
+def github_token() -> str:
+    # A fresh token of the real format (github-pat: ghp_ + 36 alphanumerics), so no allowlist knows it.
+    alphabet = string.ascii_letters + string.digits
+    return "ghp_" + "".join(secrets.choice(alphabet) for _ in range(36))
+
+
+def test_one_tool_event_per_call_with_arguments_result_and_effects(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+    with run(tape=tape) as ctx:
+
+        @guard()
+        def write_file(path: str, content: str) -> dict[str, object]:
+            with open(path, "w") as f:
+                f.write(content)
+            return {"written": len(content), "path": path}
+
+        result = write_file("notes.txt", content="hello")
+    assert result == {"written": 5, "path": "notes.txt"}
+    assert (workdir / "notes.txt").read_text() == "hello"
+    (fs, tool) = runtime_events(tape)
+    assert fs["kind"] == "fs" and fs["action"] == "fs.write" and fs["call"] == tool["call"]
+    assert fs["fs"]["path"] == str((workdir / "notes.txt").resolve()) and fs["decision"] == "ALLOW"
+    assert tool["action"].endswith("write_file") and tool["outcome"] == "ok" and tool["parent_call"] is None
+    assert tool["tool"]["args"] == {"path": "notes.txt", "content": "hello"}
+    expected = json.dumps(result, separators=(",", ":")).encode()
+    assert tool["tool"]["result"] == {
+        "type": "json",
+        "summary": expected.decode(),
+        "sha256": hashlib.sha256(expected).hexdigest(),
+        "bytes": len(expected),
+    }
+    assert tool["tool"]["effects"] == {"fs": 1, "exec": 0, "connect": 0, "blocked": 0}
+    assert tool["tool"]["origin"]["thread"] == threading.current_thread().name
+    assert tool["latency_ms"] >= 0 and tool["ts_end"] >= tool["ts_start"]
+    assert ctx.tool_calls == 1 and ctx.events == 2 and ctx.run_id == tool["run"]
+    kinds = [e["kind"] for e in read_tape(tape)]
+    assert kinds[0] == "run_start" and "run_end" in kinds
+    report = verify_tape(tape)
+    assert report.ok and report.status == "ok", report.to_dict()
+
+
+def test_credentials_in_arguments_never_reach_the_disk(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+    key, leaked = github_token(), github_token()
+    with run(tape=tape):
+
+        @guard
+        def call_api(url: str, api_key: str, note: str) -> str:
+            return f"echo {note}"
+
+        call_api("https://example.test/", api_key=key, note=f"the token is {leaked} ok")
+    raw = tape_bytes(tape)
+    assert key.encode() not in raw and leaked.encode() not in raw
+    (tool,) = tools(tape)
+    assert tool["tool"]["args"]["api_key"].startswith("[redacted hmac-sha256:")
+    assert leaked[:4] in tool["tool"]["args"]["note"] and "ok" in tool["tool"]["args"]["note"]
+    assert [h["rule"] for h in tool["dlp"]["hits"]] == ["github-pat", "github-pat"]  # argument and result
+    assert {h["location"] for h in tool["dlp"]["hits"]} == {"tool.args/note", "tool.result"}
+
+
+def test_a_tool_that_raises_ends_fail_tool_error_and_the_exception_passes_through(
+    workdir: Path, tmp_path: Path
+) -> None:
+    tape = tmp_path / "tape"
+    with run(tape=tape):
+
+        @guard(name="lookup")
+        def lookup(key: str) -> str:
+            raise KeyError(key)
+
+        with pytest.raises(KeyError, match="missing"):
+            lookup("missing")
+    (tool,) = tools(tape)
+    assert tool["action"] == "lookup" and tool["tool"]["name"] == "lookup"
+    assert (tool["outcome"], tool["fail_reason"]) == ("FAIL", "tool_error")
+    assert tool["error"] == "KeyError: 'missing'" and tool["tool"]["result"]["type"] == "error"
+
+
+def test_async_tools_and_tasks_each_keep_their_own_call(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+
+    @guard
+    async def fetch(i: int) -> int:
+        await asyncio.sleep(0.01 * (3 - i))  # interleave: the last task to start finishes first
+        with open(f"task{i}.txt", "w") as f:
+            f.write(str(i))
+        return i
+
+    async def main() -> list[int]:
+        async with run(tape=tape):
+            return await asyncio.gather(*(fetch(i) for i in range(3)))
+
+    assert asyncio.run(main()) == [0, 1, 2]
+    events = runtime_events(tape)
+    calls = {e["tool"]["args"]["i"]: e["call"] for e in events if e["kind"] == "tool"}
+    assert len(set(calls.values())) == 3
+    for e in events:
+        if e["kind"] == "fs":
+            i = int(Path(e["fs"]["path"]).stem.removeprefix("task"))
+            assert e["call"] == calls[i], "an effect was attributed to another task's call"
+    assert {e["tool"]["origin"]["task"] is not None for e in events if e["kind"] == "tool"} == {True}
+
+
+def test_nested_guards_name_their_parent_call(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+    with run(tape=tape):
+
+        @guard
+        def inner() -> str:
+            Path("inner.txt").write_text("x")
+            return "inner"
+
+        @guard
+        def outer() -> str:
+            return inner() + "+outer"
+
+        assert outer() == "inner+outer"
+    events = runtime_events(tape)
+    fs, inner_ev, outer_ev = events
+    assert (inner_ev["action"].split(".")[-1], outer_ev["action"].split(".")[-1]) == ("inner", "outer")
+    assert inner_ev["parent_call"] == outer_ev["call"] and outer_ev["parent_call"] is None
+    assert fs["call"] == inner_ev["call"] and fs["parent_call"] == outer_ev["call"]
+
+
+def test_a_thread_started_inside_a_guarded_call_is_attributed_to_it(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+    with run(tape=tape):
+
+        @guard
+        def fan_out() -> None:
+            worker = threading.Thread(target=lambda: Path("from-thread.txt").write_text("t"))
+            worker.start()
+            worker.join()
+
+        fan_out()
+        # Outside any guarded call the same operation is nobody's effect.
+        Path("unguarded.txt").write_text("u")
+    fs = [e for e in runtime_events(tape) if e["kind"] == "fs"]
+    (tool,) = tools(tape)
+    assert [Path(e["fs"]["path"]).name for e in fs] == ["from-thread.txt"]
+    assert fs[0]["call"] == tool["call"] and tool["tool"]["effects"]["fs"] == 1
+
+
+def test_a_guarded_call_on_a_thread_without_the_run_joins_the_open_run(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+
+    @guard
+    def work() -> str:
+        return "done"
+
+    results: list[str] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    def thread_main() -> None:  # started before run(): its context carries no run
+        started.set()
+        release.wait(5)
+        results.append(work())
+
+    worker = threading.Thread(target=thread_main)
+    worker.start()
+    started.wait(5)
+    with run(tape=tape):
+        release.set()
+        worker.join(5)
+    assert results == ["done"]
+    (tool,) = tools(tape)
+    assert tool["tool"]["origin"]["thread"] == worker.name
+
+
+def test_a_guard_outside_any_run_is_a_plain_call(workdir: Path) -> None:
+    @guard
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert add(2, 3) == 5

@@ -1,0 +1,95 @@
+"""run() inside `failcore run -- CMD` joins that run: the child's tool, file and connect events land on
+the proxy's tape between its network events, and the tape verifies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import orjson
+
+from failcore.demo.server import StandIn
+from tests.helpers import read_tape
+
+AGENT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    from failcore import guard, run
+
+    url = sys.argv[1]
+    with run(strict=True) as ctx:
+
+        @guard
+        def fetch(url: str) -> str:
+            with httpx.Client(timeout=30) as client:  # HTTPS_PROXY and SSL_CERT_FILE from failcore run
+                return client.get(url + "/json").json()["service"]
+
+        @guard
+        def save(text: str) -> int:
+            return Path("answer.txt").write_text(text)
+
+        save(fetch(url))
+        print(ctx.run_id, ctx.joined, ctx.tape)
+    """
+)
+
+
+def failcore_run(tape: Path, upstream: StandIn, *command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    args = ["run", "--tape", str(tape), "--set", f"ssl_verify_upstream_trusted_ca={upstream.ca_path}", "--"]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and not k.startswith("FAILCORE_E")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "failcore.cli", *args, *command],
+        capture_output=True, text=True, timeout=120, env=env, cwd=cwd,
+    )  # fmt: skip
+
+
+def test_a_child_joins_failcore_run_and_the_mixed_tape_verifies(
+    workdir: Path, tmp_path: Path, upstream: StandIn
+) -> None:
+    script, tape = tmp_path / "agent.py", tmp_path / "tape"
+    script.write_text(AGENT)
+    result = failcore_run(tape, upstream, sys.executable, str(script), upstream.url, cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (workdir / "answer.txt").read_text() == "failcore-standin"
+    run_id, joined, child_tape = result.stdout.split()
+    assert joined == "True" and Path(child_tape) == tape
+
+    events = [e for e in read_tape(tape) if e["kind"] not in ("checkpoint",)]
+    assert {e["run"] for e in events} == {run_id}
+    kinds = [e["kind"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end" and "internal_error" not in kinds
+    child = [e for e in events if e["kind"] in ("tool", "fs", "exec", "connect")]
+    assert [(e["kind"], e["action"].split(".")[-1]) for e in child] == [
+        ("connect", "connect"),  # to the failcore proxy: allowed (its traffic is decided there)
+        ("tool", "fetch"),
+        ("fs", "write"),
+        ("tool", "save"),
+    ]
+    connect, fetch, write, save = child
+    assert connect["rule"] == "net.failcore_proxy" and connect["call"] == fetch["call"]
+    assert write["call"] == save["call"] and fetch["outcome"] == save["outcome"] == "ok"
+    assert fetch["tool"]["origin"]["pid"] == save["tool"]["origin"]["pid"] != os.getpid()
+    (exchange,) = [e for e in events if e["kind"] == "network"]
+    assert (exchange["path"], exchange["status"]) == ("/json", 200)
+    # The exchange happened inside the fetch call (the proxy writes it when the response has passed,
+    # which can be just after the child has read it, so the order is checked by time).
+    assert fetch["ts_start"] <= exchange["ts_start"] <= fetch["ts_end"]
+    assert events.index(connect) < events.index(exchange) < events.index(write)
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "failcore.cli", "verify", str(tape), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert orjson.loads(verify.stdout)["status"] == "ok"
