@@ -99,13 +99,13 @@ def run_tools(tape: Path, workdir: Path) -> tuple[str, list[str]]:
     log: list[str] = []
     with run(policy=policy, strict=True, tape=tape) as ctx:
 
-        @guard()
+        @guard(name="write_file")
         def write_file(path: str, content: str) -> str:
             with open(path, "w") as f:
                 f.write(content)
             return f"wrote {len(content)} bytes"
 
-        @guard()
+        @guard(name="lookup_order")
         def lookup_order(order_id: int) -> str:
             return f"Order {order_id} shipped on Monday"  # declared JSON: a contract drift
 
@@ -120,7 +120,21 @@ def run_tools(tape: Path, workdir: Path) -> tuple[str, list[str]]:
             written = "" if not outside.exists() else " (but the file exists!)"
             log.append(f"5. guarded write_file outside the sandbox blocked before it ran: {e}{written}")
         answer = lookup_order(42)
-        log.append(f"6. lookup_order declared JSON, returned text {answer!r}: contract drift recorded")
+    # What the tape says about that call, not what we expect it to say.
+    from failcore.runs import run_events
+
+    (drift,) = [
+        (ev.get("tool") or {}).get("contract")
+        for ev in run_events(tape, ctx.run_id)
+        if ev.get("kind") == "tool" and ev.get("action") == "lookup_order"
+    ]
+    if drift and drift.get("drift"):
+        log.append(
+            f"6. lookup_order declared {drift['expected']} output, returned {drift['got']} ({answer!r}):"
+            " contract drift recorded"
+        )
+    else:
+        log.append(f"6. lookup_order returned {answer!r}: no contract drift recorded (there should be!)")
     return ctx.run_id, log
 
 
