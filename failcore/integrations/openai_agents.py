@@ -14,7 +14,9 @@ blocks raises before the tool body runs and the SDK fails the run with it.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
+import keyword
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,14 @@ def model_arguments(args_json: str) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"input": parsed}
 
 
+def argument_signature(arguments: dict[str, Any]) -> inspect.Signature:
+    """A signature naming each argument, so the guard records them flat: `{"city": "Paris"}`. Names that
+    cannot be parameters (`"a-b"`, `"class"`) are recorded together under `arguments`."""
+    if all(k.isidentifier() and not keyword.iskeyword(k) for k in arguments):
+        return inspect.Signature([inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in arguments])
+    return inspect.Signature([inspect.Parameter("arguments", inspect.Parameter.VAR_KEYWORD)])
+
+
 class GuardedInvoker:
     """`on_invoke_tool` of a guarded FunctionTool: one `failcore.guard` call per invocation."""
 
@@ -47,11 +57,14 @@ class GuardedInvoker:
 
         original = self.original
 
-        async def call(**arguments: Any) -> Any:
+        arguments = model_arguments(args_json)
+
+        async def call(**_: Any) -> Any:
             return await original(ctx, args_json)
 
         call.__qualname__ = call.__name__ = self.name
-        return await guard(name=self.name)(call)(**model_arguments(args_json))
+        call.__signature__ = argument_signature(arguments)  # type: ignore[attr-defined]
+        return await guard(name=self.name)(call)(**arguments)
 
     def prepare_arguments(self, input: str, tool_name: str) -> Any:
         """The SDK prepares arguments for approval checks through the invoker; pass that through."""
