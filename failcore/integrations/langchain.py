@@ -17,12 +17,12 @@ import functools
 import inspect
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from failcore.integrations import require
 
-if TYPE_CHECKING:
-    from langchain_core.tools import BaseTool
+# A langchain_core.tools.BaseTool (not imported here: failcore does not depend on langchain-core).
+BaseTool = Any
 
 GUARDED_KEY = "failcore_guarded"
 

@@ -18,12 +18,12 @@ import inspect
 import json
 import keyword
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from failcore.integrations import require
 
-if TYPE_CHECKING:
-    from agents import FunctionTool
+# An agents.FunctionTool (not imported here: failcore does not depend on openai-agents).
+FunctionTool = Any
 
 Invoker = Callable[[Any, str], Awaitable[Any]]
 

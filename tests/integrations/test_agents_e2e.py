@@ -58,9 +58,10 @@ def test_agent_under_failcore_run_records_llm_tool_llm_in_order(
     steps = [e for e in events if e["kind"] in ("network", "tool")]
     assert [e["kind"] for e in steps] == ["network", "tool", "network"], [e.get("action") for e in steps]
     first, tool, second = steps
-    for llm in (first, second):
-        assert llm["outcome"] == "ok" and llm["target"]["path"] == "/v1/chat/completions"
-        assert llm["llm"]["model"] == "gpt-4o-mini"
+    for llm, finish in ((first, "tool_calls"), (second, "stop")):
+        assert llm["outcome"] == "ok" and llm["target"]["port"] == upstream.port
+        assert llm["llm"]["api"] == "chat_completions" and llm["llm"]["request_model"] == "gpt-4o-mini"
+        assert llm["llm"]["finish_reason"] == finish
     assert first["ts_end"] <= tool["ts_start"] <= tool["ts_end"] <= second["ts_start"]
 
     assert tool["action"] == "save_note" and tool["outcome"] == "ok" and tool["run"] == run
@@ -70,3 +71,11 @@ def test_agent_under_failcore_run_records_llm_tool_llm_in_order(
     assert tool["tool"]["effects"]["fs"] >= 1
     effects = [e for e in events if e["kind"] == "fs" and e["call"] == tool["call"]]
     assert "meeting.txt" in {Path(e["fs"]["path"]).name for e in effects if e["fs"]["op"] == "write"}
+    verify = subprocess.run(
+        [sys.executable, "-m", "failcore.cli", "verify", str(tape)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout
