@@ -31,6 +31,11 @@ from failcore.event import RUNTIME_KINDS, SCHEMA_VERSION, EgressEvent
 MAX_LINE: Final = 1 << 20
 _RESERVED: Final = ("prev", "seq", "h")
 _BLOCKS: Final = {"tool": "tool", "fs": "fs", "exec": "exec", "connect": "connect"}
+# What every runtime event carries (EgressEvent.to_dict); views rely on these.
+_REQUIRED: Final = (
+    "ts_start", "egress", "action", "decision", "rule", "reason", "would_block", "outcome", "fail_reason",
+    "error", "latency_ms", "warnings",
+)  # fmt: skip
 
 
 def peer_pid(sock: socket.socket | None) -> int | None:
@@ -66,6 +71,9 @@ def accept_event(raw: bytes, run_id: str, pid: int | None) -> tuple[dict[str, An
         return None, f"kind {str(kind)[:40]!r} is not one a child may send ({', '.join(RUNTIME_KINDS)})"
     if not isinstance(event.get("call"), str) or not isinstance(event.get(_BLOCKS[kind]), dict):
         return None, f"a {kind} event needs a call id and a {kind} block"
+    missing = [key for key in _REQUIRED if key not in event]
+    if missing:
+        return None, f"a {kind} event needs {', '.join(missing)}"
     for key in _RESERVED:
         event.pop(key, None)
     event["run"] = run_id

@@ -195,3 +195,27 @@ def test_a_guard_outside_any_run_is_a_plain_call(workdir: Path) -> None:
         return a + b
 
     assert add(2, 3) == 5
+
+
+CONTRACT_POLICY = "version: 1\ntools:\n  summarize:\n    output: json\n"
+
+
+@pytest.mark.parametrize(
+    ("result", "contract"),
+    [
+        ("Sure! Here is the summary you asked for.", {"expected": "json", "got": "text", "drift": True}),
+        ({"summary": "short"}, None),
+        ('{"summary": "short"}', None),
+    ],
+)
+def test_output_contract_drift_is_recorded(
+    workdir: Path, tmp_path: Path, result: object, contract: dict[str, object] | None
+) -> None:
+    policy, tape = tmp_path / "policy.yaml", tmp_path / "tape"
+    policy.write_text(CONTRACT_POLICY)
+    with run(policy=policy, tape=tape):
+        assert guard(lambda: result, name="summarize")() == result
+    (tool,) = tools(tape)
+    assert tool["tool"]["contract"] == contract
+    drift = [w for w in tool["warnings"] if w["reason"] == "contract_drift"]
+    assert len(drift) == (1 if contract else 0)

@@ -22,3 +22,11 @@ def logging_upstream(tmp_path: Path) -> Iterator[LoggingUpstream]:
 def plain_logging_upstream(tmp_path: Path) -> Iterator[LoggingUpstream]:
     with LoggingUpstream(tmp_path / "logging-upstream-plain", tls=False) as up:
         yield up
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """For the runtime attacks (test_runtime_*.py): tmp_path/work as the current directory."""
+    from tests.runtime.helpers import enter_workdir
+
+    return enter_workdir(tmp_path, monkeypatch)
