@@ -6,7 +6,8 @@ arguments the model gave. For a `StructuredTool` or `Tool` (what `@tool` makes) 
 function and coroutine, so the arguments are recorded under their parameter names and LangChain still
 sees the function's signature (injected `callbacks`, `RunnableConfig` and `InjectedToolArg` parameters
 keep working). Any other `BaseTool` subclass gets its `_run` (and its own `_arun`, when it has one)
-wrapped instead. A call the policy blocks raises before the tool body runs, as `guard` does.
+wrapped instead. An operation the policy refuses (strict) raises `failcore.Blocked` inside the
+tool before it happens, out of `invoke` / `ainvoke`, and the call is recorded BLOCKED.
 
 `langchain-core` is imported when a tool is wrapped, not when failcore is.
 """
@@ -71,15 +72,21 @@ def _guarded_entry(fn: Callable[..., Any], label: str, model_args: set[str]) -> 
     return guard(name=label)(entry)
 
 
-def _wrapped_function(fn: Callable[..., Any], label: str, model_args: set[str]) -> Callable[..., Any]:
-    """`fn` as LangChain sees it (same signature and type hints, so it still injects callbacks and the
-    run config), each call one guarded call recording only the model's arguments."""
+def _wrapped(fn: Callable[..., Any], label: str, model_args: set[str], *, method: bool) -> Callable[..., Any]:
+    """`fn` as LangChain sees it (same signature and type hints, so it still injects callbacks, the run
+    config and injected tool args), each call one guarded call recording only the model's arguments.
+    `method`: `fn` is a class's `_run` / `_arun`, called with the tool as its first argument."""
     entry = _guarded_entry(fn, label, model_args)
+
+    def pending(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], Any]:
+        target = fn.__get__(args[0]) if method else fn
+        injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
+        return (args[1:] if method else args), _pending.set((target, injected))
+
     if inspect.iscoroutinefunction(fn):
 
         async def awrapper(*args: Any, **kwargs: Any) -> Any:
-            injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
-            token = _pending.set((fn, injected))
+            args, token = pending(args, kwargs)
             try:
                 return await entry(*args, **kwargs)
             finally:
@@ -88,8 +95,7 @@ def _wrapped_function(fn: Callable[..., Any], label: str, model_args: set[str]) 
         return functools.update_wrapper(awrapper, fn)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
-        token = _pending.set((fn, injected))
+        args, token = pending(args, kwargs)
         try:
             return entry(*args, **kwargs)
         finally:
@@ -112,16 +118,16 @@ def guard_tool(tool: BaseTool, *, name: str | None = None) -> BaseTool:
     if isinstance(tool, (tools.StructuredTool, tools.Tool)) and (tool.func or tool.coroutine):
         update: dict[str, Any] = {"metadata": metadata}
         if tool.func is not None:
-            update["func"] = _wrapped_function(tool.func, label, model_args)
+            update["func"] = _wrapped(tool.func, label, model_args, method=False)
         if tool.coroutine is not None:
-            update["coroutine"] = _wrapped_function(tool.coroutine, label, model_args)
+            update["coroutine"] = _wrapped(tool.coroutine, label, model_args, method=False)
         return tool.model_copy(update=update)
     guarded = tool.model_copy(update={"metadata": metadata})
     cls = type(tool)
     namespace: dict[str, Any] = {"__slots__": (), "__module__": cls.__module__}
-    namespace["_run"] = _guarded_method(cls._run, label, model_args)
+    namespace["_run"] = _wrapped(cls._run, label, model_args, method=True)
     if cls._arun is not tools.BaseTool._arun:  # its own async body; else LangChain runs _run in a thread
-        namespace["_arun"] = _guarded_method(cls._arun, label, model_args)
+        namespace["_arun"] = _wrapped(cls._arun, label, model_args, method=True)
     guarded.__class__ = type(cls.__name__, (cls,), namespace)
     return guarded
 
@@ -129,29 +135,3 @@ def guard_tool(tool: BaseTool, *, name: str | None = None) -> BaseTool:
 def guard_tools(tools: Iterable[BaseTool]) -> list[BaseTool]:
     """`guard_tool` over a list of tools (the list an agent or `bind_tools` takes)."""
     return [guard_tool(t) for t in tools]
-
-
-def _guarded_method(method: Callable[..., Any], label: str, model_args: set[str]) -> Callable[..., Any]:
-    """A class-based tool's `_run` / `_arun`, each call one guarded call of the bound method."""
-    entry = _guarded_entry(method, label, model_args)
-    if inspect.iscoroutinefunction(method):
-
-        async def amethod(self: Any, *args: Any, **kwargs: Any) -> Any:
-            injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
-            token = _pending.set((method.__get__(self), injected))
-            try:
-                return await entry(*args, **kwargs)
-            finally:
-                _pending.reset(token)
-
-        return functools.update_wrapper(amethod, method)
-
-    def sync_method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        injected = {k: kwargs.pop(k) for k in list(kwargs) if k not in model_args}
-        token = _pending.set((method.__get__(self), injected))
-        try:
-            return entry(*args, **kwargs)
-        finally:
-            _pending.reset(token)
-
-    return functools.update_wrapper(sync_method, method)

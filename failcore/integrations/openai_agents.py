@@ -5,8 +5,9 @@ name, description and JSON schema and replaces that invoker with one that record
 guarded call named after the tool, its arguments the JSON object the model sent (a body that is not a
 JSON object is recorded as `{"input": ...}` and still handed to the tool unchanged, so the SDK reports
 it as it would). The original invoker still runs inside the guard, so the SDK's own error handling
-(an error message back to the model) is unchanged and recorded as the tool's result; a call the policy
-blocks raises before the tool body runs and the SDK fails the run with it.
+is unchanged: an operation the policy refuses (strict) raises `failcore.Blocked` inside the tool
+before it happens, the SDK answers the model with its tool-error message, and the call is recorded
+BLOCKED.
 
 `openai-agents` is imported when a tool is wrapped, not when failcore is.
 """
@@ -56,7 +57,6 @@ class GuardedInvoker:
         from failcore import guard
 
         original = self.original
-
         arguments = model_arguments(args_json)
 
         async def call(**_: Any) -> Any:
@@ -65,11 +65,6 @@ class GuardedInvoker:
         call.__qualname__ = call.__name__ = self.name
         call.__signature__ = argument_signature(arguments)  # type: ignore[attr-defined]
         return await guard(name=self.name)(call)(**arguments)
-
-    def prepare_arguments(self, input: str, tool_name: str) -> Any:
-        """The SDK prepares arguments for approval checks through the invoker; pass that through."""
-        prepare = getattr(self.original, "prepare_arguments", None)
-        return prepare(input, tool_name) if prepare is not None else None
 
 
 def guard_function_tool(tool: FunctionTool, *, name: str | None = None) -> FunctionTool:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool, StructuredTool, Tool, tool
+from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool, Tool, tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from failcore import Blocked, run
@@ -85,6 +85,20 @@ def test_single_input_tool_records_its_input(tmp_path: Path) -> None:
         assert guard_tool(shout).invoke("hello") == "HELLO"
     (event,) = events_of(tmp_path / "tape", "tool")
     assert event["action"] == "shout" and list(event["tool"]["args"].values()) == ["hello"]
+
+
+def test_injected_tool_arguments_reach_the_tool_but_are_not_the_models(tmp_path: Path) -> None:
+    @tool
+    def whoami(greeting: str, user_id: Annotated[str, InjectedToolArg]) -> str:
+        """Greet the current user."""
+        return f"{greeting} {user_id}"
+
+    guarded = guard_tool(whoami)
+    assert guarded.tool_call_schema.model_json_schema() == whoami.tool_call_schema.model_json_schema()
+    with run(tape=tmp_path / "tape"):
+        assert guarded.invoke({"greeting": "hi", "user_id": "u-1"}) == "hi u-1"
+    (event,) = events_of(tmp_path / "tape", "tool")
+    assert event["tool"]["args"] == {"greeting": "hi"}
 
 
 def test_write_outside_the_sandbox_is_blocked_before_it_happens(tmp_path: Path) -> None:
