@@ -142,8 +142,14 @@ class NetRules:
         object.__setattr__(self, "_allow_networks", tuple(networks))
         object.__setattr__(self, "_allow_hosts", tuple(hosts))
 
-    def allows_address(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return any(ip.version == net.version and ip in net for net in self._allow_networks)
+    def allows_address(
+        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, *, single: bool = False
+    ) -> bool:
+        """Whether an allow entry covers `ip`; with `single`, only an entry naming exactly it."""
+        return any(
+            ip.version == net.version and ip in net and (not single or net.num_addresses == 1)
+            for net in self._allow_networks
+        )
 
     def allows_host(self, host: str) -> bool:
         for pattern in self._allow_hosts:
@@ -293,7 +299,9 @@ def check_fs(rules: FsRules, op: str, path: str, *, cwd: str) -> Verdict:
 
 SHELLS: frozenset[str] = frozenset(
     {"sh", "bash", "dash", "zsh", "ksh", "mksh", "pdksh", "oksh", "yash", "ash", "csh", "tcsh", "fish",
-     "rc", "es", "xonsh", "nu", "elvish", "pwsh", "powershell", "cmd", "rbash"}
+     "rc", "es", "xonsh", "nu", "elvish", "pwsh", "powershell", "cmd", "rbash",
+     # Listed in /etc/shells on Debian; they run the command lines they are given through a shell.
+     "tmux", "screen"}
 )  # fmt: skip
 # Programs that run their arguments as another command: looked through when spotting a shell.
 _WRAPPERS: frozenset[str] = frozenset(
@@ -378,24 +386,40 @@ def check_exec(rules: ExecRules, program: str, argv: Sequence[str], *, shell: bo
 
 def check_connect(rules: NetRules, host: str | None, address: str, port: int) -> Verdict:
     """Whether an in-process connection to `address` (the IP actually connected to; `host`, the name the
-    code asked for, when known) is allowed. An address that is not an IP literal is refused: the
-    runtime resolves names before asking."""
-    canonical = canonical_ip(str(address))
+    code asked for, when known) is allowed. `address` should be an IP literal (any spelling): a name is
+    judged only as far as it needs no resolution (metadata names, `localhost`), any other name is
+    refused (`net.unresolved`), since what it resolves to at connect time is unknown here."""
+    text = str(address)
+    name = (host or "").strip().lower().rstrip(".")
+    canonical = canonical_ip(text)
     if canonical is None:
-        return Verdict("BLOCK", "net.unresolved", f"{address!s:.80}: not an IP address; resolve it first")
+        unresolved = text.strip().lower().rstrip(".")
+        if unresolved in METADATA_HOSTS:
+            category = "metadata"
+        elif unresolved == "localhost" or unresolved.endswith(".localhost"):
+            category = "loopback"
+        else:
+            return Verdict(
+                "BLOCK", "net.unresolved", f"{text:.80}:{port}: not an IP address; resolve it first"
+            )
+        if category not in rules.deny or (category == "loopback" and rules.allows_host(unresolved)):
+            return ALLOWED
+        return Verdict(
+            "BLOCK", f"net.{category}", f"{unresolved:.80}:{port}: {_CATEGORY_TEXT[category]} address"
+        )
     ip = ipaddress.ip_address(canonical)
     # canonical_ip writes a mapped address as its IPv4 one; the original spelling is judged (it embeds it).
-    raw = raw_ipv6(str(address)) or ip
-    name = (host or "").strip().lower().rstrip(".")
+    raw = raw_ipv6(text) or ip
     shown = name or (f"[{canonical}]" if ":" in canonical else canonical)
     target = f"{shown}:{port}"
-    category = classify(raw)
-    if name in METADATA_HOSTS:
-        category = "metadata"
+    category = "metadata" if name in METADATA_HOSTS else classify(raw)
     if category is not None and category in rules.deny:
-        if rules.allows_address(ip) or rules.allows_address(raw):
-            return ALLOWED
-        if category != "metadata" and name and rules.allows_host(name):
+        if category == "metadata":
+            # Only an allow entry naming this very address unlocks a metadata service, not a wider
+            # CIDR written to admit link-local or private addresses, nor a host name.
+            if rules.allows_address(ip, single=True) or rules.allows_address(raw, single=True):
+                return ALLOWED
+        elif rules.allows_address(ip) or rules.allows_address(raw) or (name and rules.allows_host(name)):
             return ALLOWED
         reason = f"{target}: {_CATEGORY_TEXT[category]} address ({canonical})"
         return Verdict("BLOCK", f"net.{category}", reason)

@@ -37,7 +37,7 @@ def _check_exec(v: dict[str, object], here: Here) -> None:
     if not isinstance(listed, tuple) or not isinstance(args, CommentedMap):
         return
     for program in args:
-        if program not in listed:
+        if isinstance(values.program_key(program, here), str) and program not in listed:
             here.add(
                 key_pos(args, program),
                 f"{here.prefix}args: {program} is not in 'exec.programs', so it can never run; "

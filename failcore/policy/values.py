@@ -246,6 +246,7 @@ def deny_item(value: object) -> object:
     if not text.isprintable():
         return Invalid(f"{quote(text)} contains control characters")
     try:
+        glob_to_regex(text)  # positions in the message count in the text as written
         for variant in deny_variants(text):
             re2.compile(glob_to_regex(variant))
     except (GlobError, re2.error) as exc:
@@ -260,8 +261,9 @@ def texts(items: list[str], match_any: bool) -> tuple[str, ...]:
 def program_item(value: object) -> object:
     """A program: a bare name (git) or an absolute path (/usr/bin/git); "*" for any."""
     if not isinstance(value, str) or not value.strip():
+        hint = f'; put it in quotes: "{str(value).lower()}"' if isinstance(value, (bool, int, float)) else ""
         return Invalid(
-            f"expected a program name such as git or a path such as /usr/bin/git, got {describe(value)}"
+            f"expected a program name such as git or a path such as /usr/bin/git, got {describe(value)}{hint}"
         )
     text = value.strip()
     if text == "*":
@@ -315,8 +317,9 @@ def net_category_item(value: object) -> object:
 
 def net_allow_item(value: object) -> object:
     """An IP or CIDR (any spelling), a host name or a `*.domain` wildcard, stored as NetRules reads it."""
-    if isinstance(value, str) and parse_network(value) is not None:
-        return value.strip()
+    network = parse_network(value) if isinstance(value, str) else None
+    if network is not None:
+        return str(network.network_address) if network.num_addresses == 1 else str(network)
     if isinstance(value, str) and "/" in value and canonical_ip(value.split("/", 1)[0]) is not None:
         return Invalid(f"{quote(value)} is not a valid CIDR such as 10.0.0.0/8 or fd00::/8")
     parsed = host_pattern(value)

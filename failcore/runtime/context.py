@@ -50,7 +50,7 @@ class RunState:
             self.dropped += 1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class CallState:
     """One guarded call in progress: its id, parent and the effects seen so far."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -123,10 +124,9 @@ def result_block(result: Any, error: BaseException | None) -> dict[str, Any]:
 
 
 def origin() -> dict[str, Any]:
-    import asyncio
-
+    asyncio = sys.modules.get("asyncio")  # not imported: there is no task
     try:
-        task = asyncio.current_task()
+        task = asyncio.current_task() if asyncio is not None else None
     except RuntimeError:
         task = None
     return {

@@ -2,7 +2,7 @@
 connect events, checked against the run's policy and refused (strict) before they happen.
 
 Installed once per process (audit hooks cannot be removed). Outside guarded calls it costs one global
-read per audit event: `_armed` counts the guarded calls in progress. Inside one, failcore's own work
+read per audit event: `_armed` holds the guarded calls in progress. Inside one, failcore's own work
 (policy reload, event building, the tape writer's thread, the channel to `failcore run`) runs with a
 per-thread `busy` flag, so it is never recorded or refused.
 
@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from failcore.event import Target
+from failcore.policy.address import canonical_ip
 from failcore.runtime.context import Blocked, CallState, current_call
 from failcore.runtime.events import effect_event, internal_error_event, mask
 
 _local = threading.local()
 _lock = threading.Lock()
-_armed = 0
+# The guarded calls in progress in this process; empty = the hook returns at once.
+_armed: set[CallState] = set()
 _installed = False
 
 _WRITE_FLAGS: Final = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -55,16 +57,12 @@ def install() -> None:
             _installed = True
 
 
-def arm() -> None:
-    global _armed
-    with _lock:
-        _armed += 1
+def arm(call: CallState) -> None:
+    _armed.add(call)  # set.add/discard are atomic under the GIL: no lock on the guarded path
 
 
-def disarm() -> None:
-    global _armed
-    with _lock:
-        _armed -= 1
+def disarm(call: CallState) -> None:
+    _armed.discard(call)
 
 
 class internal:
@@ -267,10 +265,23 @@ _SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "
 
 
 def _on_getaddrinfo(call: CallState, args: tuple[Any, ...]) -> None:
-    host = args[0]
+    host, port = args[0], args[1]
     if isinstance(host, bytes):
         host = host.decode("idna", "replace")
-    _local.last_host = host if isinstance(host, str) else None
+    if not isinstance(host, str):
+        _local.last_host = None
+        return
+    _local.last_host = host
+    if canonical_ip(host) is not None:
+        return  # an address: judged when connect() gets it
+    # A name the policy judges without resolving (metadata.google.internal, localhost) is refused before
+    # the DNS query; any other name is judged by the address connect() gets.
+    verdict = _ask(call, call.run.rules.check_connect, host, host, port if isinstance(port, int) else 0)
+    if verdict is not None and verdict.decision == "BLOCK" and verdict.rule != "net.unresolved":
+        shown_port = port if isinstance(port, int) else 0
+        payload = {"address": host, "family": "ipv4", "event": "socket.getaddrinfo"}
+        target = Target(host, shown_port, "tcp")
+        _decide(call, "connect", "net.connect", payload, [verdict], f"{host}:{shown_port}", target)
 
 
 def _on_connect(call: CallState, args: tuple[Any, ...]) -> None:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs, check_output
+
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
     from failcore.policy.model import Policy
-    from failcore.policy.runtime import Verdict
 
 RELOAD_EVERY: Final = 0.5
 
@@ -123,18 +124,12 @@ class RuntimeRules:
         return self._loaded.policy.fail_open
 
     def check_fs(self, op: str, path: str) -> Verdict:
-        from failcore.policy.runtime import check_fs
-
         return check_fs(self.policy.fs, op, path, cwd=os.getcwd())
 
     def check_exec(self, program: str, argv: list[str], *, shell: bool) -> Verdict:
-        from failcore.policy.runtime import check_exec
-
         return check_exec(self.policy.exec, program, argv, shell=shell)
 
     def check_connect(self, host: str | None, address: str, port: int) -> Verdict:
-        from failcore.policy.runtime import Verdict, check_connect
-
         if (address, port) in self.failcore_proxies:
             # The way out `failcore run` gave this process: its traffic is decided there.
             return Verdict("ALLOW", "net.failcore_proxy", f"{address}:{port} is the enclosing failcore proxy")
@@ -142,6 +137,4 @@ class RuntimeRules:
         return check_connect(self.policy.network, host, address, port)
 
     def check_output(self, tool: str, result: Any) -> dict[str, Any] | None:
-        from failcore.policy.runtime import check_output
-
         return check_output(self.policy.tools.get(tool), result)

@@ -219,3 +219,20 @@ def test_output_contract_drift_is_recorded(
     assert tool["tool"]["contract"] == contract
     drift = [w for w in tool["warnings"] if w["reason"] == "contract_drift"]
     assert len(drift) == (1 if contract else 0)
+
+
+def test_asyncio_to_thread_inside_a_guarded_call_carries_the_call(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+
+    @guard
+    async def offload() -> None:
+        await asyncio.to_thread(Path("offloaded.txt").write_text, "x")
+
+    async def main() -> None:
+        async with run(tape=tape):
+            await offload()
+
+    asyncio.run(main())
+    fs, tool = runtime_events(tape)
+    assert Path(fs["fs"]["path"]).name == "offloaded.txt" and fs["call"] == tool["call"]
+    assert fs["fs"]["event"] == "open"

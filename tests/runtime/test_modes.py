@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import failcore.policy.runtime as policy_runtime
+import failcore.runtime.rules as policy_runtime
 from failcore import Blocked, guard, run
 from tests.helpers import read_tape
 from tests.runtime.helpers import runtime_events, tools

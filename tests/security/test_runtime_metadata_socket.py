@@ -62,3 +62,21 @@ def test_loopback_service_refused_and_nothing_reaches_it(workdir: Path, tmp_path
             server.accept()
     finally:
         server.close()
+
+
+def test_a_metadata_host_name_is_refused_before_the_dns_query(workdir: Path, tmp_path: Path) -> None:
+    tape = tmp_path / "tape"
+
+    @guard
+    def resolve() -> object:
+        return socket.getaddrinfo("metadata.google.internal", 80)
+
+    with run(tape=tape, strict=True), pytest.raises(Blocked) as refused:
+        resolve()
+    assert refused.value.rule == "net.metadata"
+    connect, tool = runtime_events(tape)
+    assert (
+        connect["connect"]["event"] == "socket.getaddrinfo"
+        and connect["target"]["host"] == "metadata.google.internal"
+    )
+    assert tool["outcome"] == "BLOCKED"
