@@ -118,7 +118,10 @@ def run_tools(tape: Path, workdir: Path) -> tuple[str, list[str]]:
             log.append("5. write outside the sandbox went through (it should not have!)")
         except Blocked as e:
             written = "" if not outside.exists() else " (but the file exists!)"
-            log.append(f"5. guarded write_file outside the sandbox blocked before it ran: {e}{written}")
+            log.append(
+                f"5. guarded write_file('sandbox/../outside.txt') blocked before the file was opened"
+                f" ({e.rule}){written}"
+            )
         answer = lookup_order(42)
     # What the tape says about that call, not what we expect it to say.
     from failcore.runs import run_events
@@ -213,11 +216,13 @@ async def run_sample(*, json_output: bool = False, tape: Path | None = None) -> 
     console.print(events_table(f"events of run {run}", shown, console.width))
     console.print(run_summary_table(summary))
     console.print()
-    for line in tools_log + replay_log:
+    for line in tools_log:
         console.print(line, markup=False)
     kinds = ("tool", "fs", "internal_error")
     tool_events = [ev for ev in run_events(tape, tools_run) if ev.get("kind") in kinds]
     console.print(events_table(f"events of run {tools_run} (guarded tools)", tool_events, console.width))
+    for line in replay_log:
+        console.print(line, markup=False)
     console.print(
         f"replay run {replay_run}: the tape answered {saved['calls']} calls"
         f" ({saved['input_tokens'] or 0} input + {saved['output_tokens'] or 0} output tokens not spent)",
@@ -225,12 +230,14 @@ async def run_sample(*, json_output: bool = False, tape: Path | None = None) -> 
     )
     console.print("\nWhat next:", markup=False)
     for cmd in (
-        f"failcore show --tape {tape} --last",
-        f"failcore show --tape {tape} --last --event 3",
+        f"failcore show --tape {tape} {run}",
+        f"failcore show --tape {tape} {run} --event {shown[0]['seq']}" if shown else "",
+        f"failcore show --tape {tape} {tools_run}",
         f"failcore diff --tape {tape} {run} {replay_run}",
         f"failcore verify {tape}",
         "failcore run -- python your_agent.py",
         'mitmdump -s "$(failcore addon-path)"',
     ):
-        console.print(f"  {cmd}", markup=False)
+        if cmd:
+            console.print(f"  {cmd}", markup=False)
     return 0

@@ -67,8 +67,10 @@ def test_sample_guarded_tools_block_a_write_outside_the_sandbox_and_record_a_con
     tools = sample.out["tools"]
     log = tools["log"]
     assert log[0] == "4. guarded write_file inside the sandbox: wrote 17 bytes"
-    assert log[1].startswith("5. guarded write_file outside the sandbox blocked before it ran")
-    assert "outside the write roots" in log[1] and "file exists" not in log[1]
+    assert log[1] == (
+        "5. guarded write_file('sandbox/../outside.txt') blocked before the file was opened"
+        " (fs.write_outside_roots)"
+    )
     assert log[2].startswith("6. lookup_order declared json output, returned text")
     events = [e for e in read_tape(sample.tape) if e.get("run") == tools["run"]]
     calls = [(e["action"], e["outcome"]) for e in events if e["kind"] == "tool"]
