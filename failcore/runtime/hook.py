@@ -45,14 +45,16 @@ def _library_prefixes() -> tuple[str, ...]:
     return tuple(os.path.join(os.path.realpath(p), "") for p in found if p)
 
 
-# Reads of the interpreter's own library (imports inside a tool) are not the tool's effects.
-_LIBRARY: Final = _library_prefixes()
+# Reads of the interpreter's own library (imports inside a tool) are not the tool's effects; computed
+# by install() (sysconfig is slow to ask, and `failcore run` imports this package without the hook).
+_LIBRARY: tuple[str, ...] = ()
 
 
 def install() -> None:
-    global _installed
+    global _installed, _LIBRARY
     with _lock:
         if not _installed:
+            _LIBRARY = _library_prefixes()
             sys.addaudithook(_hook)
             _installed = True
 
