@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from failcore.dlp.pending import wait_until_built
 from failcore.runtime import hook
 from failcore.runtime.context import RunState, current_run, pop_run, push_run
 from failcore.runtime.rules import RuntimeRules, resolve
@@ -114,20 +116,9 @@ class run:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        state = self._state
-        if state is None or self._sink is None:
-            return
-        current_run.reset(self._token)
-        pop_run(state)
-        counts = {
-            "tool_calls": state.tool_calls,
-            "blocked": state.blocked,
-            "warned": state.warned,
-            "failed": state.failed,
-            "internal_errors": state.internal_errors,
-        }
-        with hook.internal():
-            self._sink.close(counts)
+        close = self._detach()
+        if close is not None:
+            close()
 
     async def __aenter__(self) -> run:
         return self.__enter__()
@@ -137,22 +128,32 @@ class run:
     ) -> None:
         import asyncio
 
-        # Closing flushes the tape (or the channel): do it off the event loop.
+        close = self._detach()
+        if close is not None:
+            await asyncio.to_thread(close)  # flushing the tape (or the channel) stays off the event loop
+
+    def _detach(self) -> Callable[[], None] | None:
+        """Leave the run's context now; return what closes its sink (it may wait)."""
         state, sink = self._state, self._sink
         if state is None or sink is None:
-            return
+            return None
         current_run.reset(self._token)
         pop_run(state)
-        counts = {
-            "tool_calls": state.tool_calls,
-            "blocked": state.blocked,
-            "warned": state.warned,
-            "failed": state.failed,
-            "internal_errors": state.internal_errors,
-        }
 
         def close() -> None:
             with hook.internal():
+                # Events still to build mask with the DLP engine: let its background compile finish
+                # first, so closing never gives up on an event that waits for it.
+                scanner = state.rules.current().scanner
+                if scanner is not None:
+                    wait_until_built(scanner.engine)
+                counts = {
+                    "tool_calls": state.tool_calls,
+                    "blocked": state.blocked,
+                    "warned": state.warned,
+                    "failed": state.failed,
+                    "internal_errors": state.internal_errors,
+                }
                 sink.close(counts)
 
-        await asyncio.to_thread(close)
+        return close

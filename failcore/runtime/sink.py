@@ -24,6 +24,8 @@ from failcore.event import EgressEvent
 
 Item = dict[str, Any] | Callable[[], dict[str, Any]]
 QUEUE_SIZE: Final = 10_000
+# How long closing waits for the channel's sender to deliver what is queued (a parent that reads).
+CLOSE_TIMEOUT: Final = 60.0
 
 
 class TapeSink:
@@ -127,7 +129,13 @@ class ChannelSink:
 
     def close(self, counts: dict[str, int]) -> None:
         del counts  # the enclosing run writes its own run_end
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=10)
-        self._thread.join(timeout=10)
+        with contextlib.suppress(queue.Full):  # after every event queued so far
+            self._queue.put(None, timeout=CLOSE_TIMEOUT)
+        self._thread.join(timeout=CLOSE_TIMEOUT)
+        if self._thread.is_alive():
+            left = self._queue.qsize()
+            print(
+                f"failcore: {left} runtime event(s) not delivered to failcore run in {CLOSE_TIMEOUT:.0f}s",
+                file=sys.stderr,
+            )
         self._sock.close()
