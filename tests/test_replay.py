@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 
+from failcore.demo.server import StandIn
 from failcore.proxy.session import BodyTap
 from failcore.replay.canned import replay_headers
 from failcore.replay.match import ReplayIndex, miss_body
@@ -78,6 +79,20 @@ def test_openai_agent_replays_from_tape_without_upstream(start_proxy, upstream, 
     saved = replay_savings(replayed)
     assert (saved["calls"], saved["input_tokens"], saved["output_tokens"]) == (3, 300, 60)
     assert replay_savings(original)["calls"] == 0
+
+
+def test_replay_needs_no_upstream_at_all(start_proxy, tmp_path):
+    """The recorded provider is gone (its port closed): the replay still answers, since mitmproxy is
+    switched to lazy connections and so never dials the upstream at CONNECT."""
+    tape = tmp_path / "tape"
+    with StandIn(workdir=tmp_path / "gone") as gone:
+        recorder = start_proxy(tape=tape, upstream_ca=gone.ca_path)
+        recorded = OpenAiAgent(recorder, gone).run("weather in Paris")
+        recorder.stop()
+    replayer = start_proxy(tape=tape, upstream_ca=gone.ca_path, sets=replay_sets(tape, run_id(recorder)))
+    assert OpenAiAgent(replayer, gone).run("weather in Paris") == recorded
+    replayer.stop()
+    assert [e["replay"]["mode"] for e in run_network(tape, run_id(replayer))] == ["replayed"] * 2
 
 
 def test_anthropic_agent_replays_byte_for_byte(start_proxy, upstream, tmp_path):

@@ -94,9 +94,11 @@ class Replayer:
             "pace": self.config.pace,
             "overrides": {str(n): str(p) for n, (p, _) in sorted(overrides.items())},
         }
-        if opts.connection_strategy == "eager":
+        from mitmproxy import ctx
+
+        if ctx.options.connection_strategy == "eager":
             # Eager mode opens the upstream connection at CONNECT time, before a request can be matched.
-            opts.update(connection_strategy="lazy")
+            ctx.options.update(connection_strategy="lazy")
 
     @guarded("replayer.running")
     async def running(self) -> None:
