@@ -180,6 +180,16 @@ def test_a_root_that_is_a_symlink_is_the_directory_it_names(tree: Path) -> None:
     assert check_fs(rules, "write", str(alias / "link_out" / "x"), cwd="/").decision == "BLOCK"
 
 
+def test_a_root_the_agent_turns_into_a_symlink_keeps_its_first_meaning(tree: Path) -> None:
+    rules = FsRules(read=(".",), write=("./sandbox",))
+    cwd = str(tree)
+    # The sandbox does not exist yet; the agent creates it as a symlink to a directory outside.
+    assert check_fs(rules, "symlink", "sandbox", cwd=cwd).decision == "ALLOW"
+    (tree / "sandbox").symlink_to(tree.parent / "outside")
+    verdict = check_fs(rules, "write", "sandbox/x.txt", cwd=cwd)
+    assert (verdict.decision, verdict.rule) == ("BLOCK", "fs.write_outside_roots")
+
+
 def test_every_op_but_reading_needs_a_write_root(tree: Path) -> None:
     rules = FsRules(read=("/",), write=("./sub",))
     for op in ("write", "delete", "rename", "mkdir", "chmod", "symlink", "truncate", "some-new-op"):

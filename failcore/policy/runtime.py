@@ -17,6 +17,7 @@ strict/observe itself.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -75,17 +76,9 @@ class FsRules:
         object.__setattr__(self, "_deny_regex", compile_deny(self.deny))
 
     def denies(self, path: str) -> bool:
+        """Whether `path` (absolute, resolved) or one of its parent directories matches a deny glob."""
         regex = self._deny_regex
-        if regex is None:
-            return False
-        candidate = path
-        while True:
-            if regex.fullmatch(candidate) is not None:  # type: ignore[attr-defined]
-                return True
-            parent = os.path.dirname(candidate)
-            if parent == candidate:
-                return False
-            candidate = parent
+        return regex is not None and regex.fullmatch(path) is not None  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +191,9 @@ def compile_deny(patterns: Sequence[str]) -> object | None:
             regexes.append(glob_to_regex(variant))
             if variant.endswith("/**"):  # the directory itself, not only what is inside it
                 regexes.append(glob_to_regex(variant[:-3] or "/"))
-    return re2.compile("|".join(f"(?:{regex})" for regex in dict.fromkeys(regexes)), _re2_options())
+    # "(/.*)?": a path matches when it or one of its parent directories does.
+    union = "|".join(f"(?:{regex})" for regex in dict.fromkeys(regexes))
+    return re2.compile(f"(?:{union})(?:/.*)?", _re2_options())
 
 
 def deny_variants(pattern: str) -> list[str]:
@@ -241,24 +236,33 @@ def resolve_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], cwd:
     return os.path.realpath(os.path.join(cwd, text))
 
 
-def resolve_root(root: str, cwd: str) -> list[str]:
+def resolve_root(root: str, cwd: str) -> tuple[str, ...]:
+    """The resolved directories a root stands for. Resolved once per (root, cwd, home) and kept: a root
+    the agent replaces by a symlink later (or creates as one) keeps meaning the directory it first
+    named."""
+    home = os.environ.get("HOME", "") if root.startswith("~") else ""
+    return _resolve_root(root, cwd, home)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_root(root: str, cwd: str, home: str) -> tuple[str, ...]:
     if root == "$python":
         return _python_roots()
     if root == "$tmp":
         import tempfile
 
-        return [os.path.realpath(tempfile.gettempdir())]
-    return [os.path.realpath(os.path.join(cwd, os.path.expanduser(root)))]
+        return (os.path.realpath(tempfile.gettempdir()),)
+    return (os.path.realpath(os.path.join(cwd, os.path.expanduser(root))),)
 
 
-def _python_roots() -> list[str]:
+def _python_roots() -> tuple[str, ...]:
     """The interpreter's own files: stdlib, site-packages, prefixes (imports read them)."""
     import sysconfig
 
     places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths = sysconfig.get_paths()
     places.update(paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths)
-    return sorted({os.path.realpath(place) for place in places if place})
+    return tuple(sorted({os.path.realpath(place) for place in places if place}))
 
 
 def is_within(path: str, root: str) -> bool:
@@ -272,6 +276,8 @@ def check_fs(rules: FsRules, op: str, path: str, *, cwd: str) -> Verdict:
     """Whether `op` on `path` (relative to `cwd`) is allowed. Any op outside READ_OPS counts as a write."""
     if isinstance(path, int):  # an already open descriptor: checked when it was opened
         return ALLOWED
+    if rules._deny_regex is None and "/" in rules.write and "/" in rules.read:
+        return ALLOWED  # no section: nothing to resolve
     try:
         resolved = resolve_path(path, cwd)
     except (ValueError, TypeError):
@@ -317,7 +323,9 @@ SYSTEM_BIN_DIRS: tuple[str, ...] = (
 def program_name(program: str) -> str:
     """A program's file name, lower case, without a Windows `.exe`, nor a version suffix for shells
     (`bash5.2` → `bash`)."""
-    name = os.path.basename(os.fsdecode(program).rstrip("/")).lower().removesuffix(".exe")
+    name = os.path.basename(program.rstrip("/")).lower().removesuffix(".exe")
+    if name in SHELLS:
+        return name
     stripped = name.rstrip("0123456789.")
     return stripped if stripped in SHELLS else name
 
@@ -325,15 +333,16 @@ def program_name(program: str) -> str:
 def is_shell_command(program: str, argv: Sequence[str]) -> bool:
     """Whether running `program` with `argv` hands a command line to a shell: the program is a shell, or
     a wrapper (env, nohup, timeout, xargs, find -exec, busybox, …) runs one."""
-    if program_name(program) in SHELLS:
+    name = program_name(program)
+    if name in SHELLS:
         return True
-    words = [os.fsdecode(word) for word in argv]
-    if not words:
+    if not argv:
         return False
+    first = program_name(argv[0])
     # Through wrappers: any word naming a shell after a wrapper hands it the rest.
-    if program_name(program) in _WRAPPERS or program_name(words[0]) in _WRAPPERS:
-        return any(program_name(word) in SHELLS for word in words[1:] if not word.startswith("-"))
-    return program_name(words[0]) in SHELLS
+    if name in _WRAPPERS or first in _WRAPPERS:
+        return any(not word.startswith("-") and program_name(word) in SHELLS for word in argv[1:])
+    return first in SHELLS
 
 
 def _program_listed(rules: ExecRules, program: str) -> str | None:
@@ -355,6 +364,10 @@ def _program_listed(rules: ExecRules, program: str) -> str | None:
 def check_exec(rules: ExecRules, program: str, argv: Sequence[str], *, shell: bool) -> Verdict:
     """Whether the runtime may start `program` with `argv` (argv[0] included); `shell` is true for
     `os.system`, `os.popen` and `shell=True`."""
+    if rules.allow_shell and rules.programs is None and not rules.args:
+        return ALLOWED  # no section: nothing to check
+    program = os.fsdecode(program)
+    argv = [os.fsdecode(word) for word in argv]
     name = program_name(program) if program else ""
     if shell or is_shell_command(program, argv):
         if not rules.allow_shell:
@@ -373,7 +386,7 @@ def check_exec(rules: ExecRules, program: str, argv: Sequence[str], *, shell: bo
         entry = None
     regex = rules._args_regex.get(entry or "") or rules._args_regex.get(name)
     if regex is not None:
-        tail = " ".join(os.fsdecode(word) for word in list(argv)[1:])
+        tail = " ".join(argv[1:])
         if regex.fullmatch(tail) is None:  # type: ignore[attr-defined]
             return Verdict("BLOCK", "exec.args", f"{name}: arguments match none of the allowed patterns")
     return ALLOWED
