@@ -245,6 +245,11 @@ def deny_item(value: object) -> object:
     text = value.strip()
     if not text.isprintable():
         return Invalid(f"{quote(text)} contains control characters")
+    if ".." in text.split("/"):
+        return Invalid(
+            f"{quote(text)}: '..' in a deny pattern never matches (paths are resolved first); "
+            "write the directory it means"
+        )
     try:
         glob_to_regex(text)  # positions in the message count in the text as written
         for variant in deny_variants(text):
