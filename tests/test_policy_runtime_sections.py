@@ -238,6 +238,19 @@ def test_fs_safe_blocks_the_issue_example_and_credentials(
     assert check_fs(fs, "write", "/dev/null", cwd=cwd).decision == "ALLOW"  # subprocess.DEVNULL
 
 
+def test_relative_roots_stay_where_the_policy_was_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fs = load_policy(shipped.resolve_policy("fs_safe")).fs
+    assert fs.base == str(tmp_path)
+    # The tool moves to / and writes "etc/passwd": "." did not move with it.
+    monkeypatch.chdir("/")
+    verdict = check_fs(fs, "write", "etc/passwd", cwd="/")
+    assert (verdict.decision, verdict.rule) == ("BLOCK", "fs.write_outside_roots")
+    assert check_fs(fs, "write", str(tmp_path / "out.txt"), cwd="/").decision == "ALLOW"
+
+
 def test_exec_safe() -> None:
     exec_rules = load_policy(shipped.resolve_policy("exec_safe")).exec
     assert check_exec(exec_rules, "ls", ["ls", "-la"], shell=False).decision == "ALLOW"

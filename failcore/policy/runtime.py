@@ -65,11 +65,14 @@ class FsRules:
     for every operation, matched against the resolved path and each of its parent directories (so a
     directory pattern covers what is inside it), case-insensitively. A glob without '/' matches a name
     at any depth (`.env`, `*.pem`); `~` is the home directory; `*` stays in one path segment, `**`
-    crosses segments."""
+    crosses segments. `base`: the directory relative roots are relative to (a loaded policy sets it to
+    the working directory at load time, so a tool that calls os.chdir("/") does not move "." with it);
+    None = the `cwd` each check is given."""
 
     read: tuple[str, ...] = ("/",)
     write: tuple[str, ...] = ("/",)
     deny: tuple[str, ...] = ()
+    base: str | None = None
     _deny_regex: object | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -289,7 +292,7 @@ def check_fs(rules: FsRules, op: str, path: str, *, cwd: str) -> Verdict:
     if "/" in roots:
         return ALLOWED
     for root in roots:
-        if any(is_within(resolved, place) for place in resolve_root(root, cwd)):
+        if any(is_within(resolved, place) for place in resolve_root(root, rules.base or cwd)):
             return ALLOWED
     kind = "write" if writing else "read"
     return Verdict(
