@@ -266,11 +266,32 @@ def test_exec_safe() -> None:
 
 def test_strict_combines_both_presets_and_the_network_defaults() -> None:
     strict = load_policy(shipped.resolve_policy("strict"))
-    assert strict.fs == load_policy(shipped.resolve_policy("fs_safe")).fs
+    fs_safe = load_policy(shipped.resolve_policy("fs_safe")).fs
+    assert (strict.fs.read, strict.fs.write, strict.fs.deny) == (fs_safe.read, fs_safe.write, fs_safe.deny)
     assert strict.exec == load_policy(shipped.resolve_policy("exec_safe")).exec
     assert set(strict.network.deny) == {"metadata", "link_local", "loopback", "private"}
     assert strict.network.allow == ()
     assert (strict.mode, strict.default, strict.fail_open) == ("enforce", "BLOCK", False)
+
+
+def test_the_policy_file_in_force_is_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hot reload would apply whatever a guarded tool wrote there: even a policy that lets tools write
+    anywhere protects its own file, and the directories above it."""
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "policy.yaml"
+    path.write_text("version: 1\n")
+    (tmp_path / "alias").symlink_to(conf)
+    fs = load_policy(Path("conf/policy.yaml")).fs
+    cwd = str(tmp_path)
+    for op, target in [("write", "conf/policy.yaml"), ("write", "alias/policy.yaml"), ("delete", str(path)),
+                       ("rename", "conf"), ("delete", "."), ("chmod", "conf/./policy.yaml")]:  # fmt: skip
+        verdict = check_fs(fs, op, target, cwd=cwd)
+        assert (verdict.decision, verdict.rule) == ("BLOCK", "fs.policy_file"), (op, target)
+    assert check_fs(fs, "read", "conf/policy.yaml", cwd=cwd).decision == "ALLOW"
+    assert check_fs(fs, "write", "conf/other.yaml", cwd=cwd).decision == "ALLOW"
+    assert check_fs(fs, "write", "policy.yaml", cwd=cwd).decision == "ALLOW"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from failcore.policy.address import (
     parse_network,
     raw_ipv6,
 )
-from failcore.policy.glob import glob_to_regex, model_glob_to_regex
+from failcore.policy.glob import compile_deny, model_glob_to_regex
 
 # --------------------------------------------------------------------------------------------------
 # Rules
@@ -73,6 +73,9 @@ class FsRules:
     write: tuple[str, ...] = ("/",)
     deny: tuple[str, ...] = ()
     base: str | None = None
+    # Files no operation but reading may touch (nor their directories), resolved: load_policy puts the
+    # policy file itself here (a tool that could rewrite it would change the rules at the next reload).
+    protect: tuple[str, ...] = ()
     _deny_regex: object | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -173,63 +176,6 @@ class ToolContract:
 # --------------------------------------------------------------------------------------------------
 
 
-def _re2_options() -> object:
-    import re2
-
-    options = re2.Options()
-    options.case_sensitive = False
-    return options
-
-
-def compile_deny(patterns: Sequence[str]) -> object | None:
-    """One case-insensitive RE2 regex for the deny globs (each also with its literal directory prefix
-    resolved, so `~/.ssh/**` still matches when ~/.ssh is a symlink), or None when there are none."""
-    if not patterns:
-        return None
-    import re2
-
-    regexes: list[str] = []
-    for pattern in patterns:
-        for variant in deny_variants(pattern):
-            regexes.append(glob_to_regex(variant))
-            if variant.endswith("/**"):  # the directory itself, not only what is inside it
-                regexes.append(glob_to_regex(variant[:-3] or "/"))
-    # "(/.*)?": a path matches when it or one of its parent directories does.
-    union = "|".join(f"(?:{regex})" for regex in dict.fromkeys(regexes))
-    return re2.compile(f"(?:{union})(?:/.*)?", _re2_options())
-
-
-def deny_variants(pattern: str) -> list[str]:
-    """The absolute globs a deny pattern stands for."""
-    text = pattern.strip()
-    if text.endswith("/") and len(text) > 1:
-        text = text.rstrip("/") + "/**"
-    if text.startswith("~"):
-        text = os.path.expanduser(text)
-    if not text.startswith("/"):
-        return ["/**/" + text.removeprefix("**/").removeprefix("./")]
-    variants = [_normalise_glob(text)]
-    # Resolve the part before the first glob character so an alias (symlink) of it is covered too.
-    parts = variants[0].split("/")
-    literal: list[str] = []
-    for part in parts:
-        if any(c in part for c in "*?["):
-            break
-        literal.append(part)
-    prefix = "/".join(literal) or "/"
-    resolved = os.path.realpath(prefix)
-    if resolved != prefix:
-        rest = variants[0][len(prefix) :]
-        variants.append((resolved.rstrip("/") + rest) if rest else resolved)
-    return variants
-
-
-def _normalise_glob(text: str) -> str:
-    """Collapse '//' and '/./'; keep '**' and trailing '/**'."""
-    parts = [part for part in text.split("/") if part not in ("", ".")]
-    return "/" + "/".join(parts)
-
-
 def resolve_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], cwd: str) -> str:
     """Where the kernel would go: absolute against `cwd`, every symlink (dangling ones too) and `..`
     followed. Raises ValueError for a path with a NUL byte."""
@@ -279,15 +225,23 @@ def check_fs(rules: FsRules, op: str, path: str, *, cwd: str) -> Verdict:
     """Whether `op` on `path` (relative to `cwd`) is allowed. Any op outside READ_OPS counts as a write."""
     if isinstance(path, int):  # an already open descriptor: checked when it was opened
         return ALLOWED
-    if rules._deny_regex is None and "/" in rules.write and "/" in rules.read:
-        return ALLOWED  # no section: nothing to resolve
+    writing = op not in READ_OPS
+    if (
+        rules._deny_regex is None
+        and "/" in rules.write
+        and "/" in rules.read
+        and not (writing and rules.protect)
+    ):
+        return ALLOWED  # nothing to resolve
     try:
         resolved = resolve_path(path, cwd)
     except (ValueError, TypeError):
         return Verdict("BLOCK", "fs.bad_path", f"{op}: the path is not a valid file name")
+    # The file itself, or a directory above it (renaming or removing that would replace the file too).
+    if writing and any(is_within(protected, resolved) for protected in rules.protect):
+        return Verdict("BLOCK", "fs.policy_file", f"{op} {resolved}: the policy in force is not writable")
     if rules.denies(resolved):
         return Verdict("BLOCK", "fs.deny_glob", f"{op} {resolved}: the path matches a denied pattern")
-    writing = op not in READ_OPS
     roots = rules.write if writing else tuple(dict.fromkeys(rules.read + rules.write))
     if "/" in roots:
         return ALLOWED
