@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -28,10 +29,17 @@ from failcore.policy.runtime import (
     check_output,
 )
 
+needs_system_git = pytest.mark.skipif(
+    not (shutil.which("git") or "").startswith(
+        ("/usr/bin/", "/bin/", "/usr/local/bin/", "/opt/homebrew/bin/")
+    ),
+    reason="needs git in a system bin directory",
+)
+
+
 # --------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------
-
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
@@ -317,6 +325,7 @@ def test_a_word_sh_among_arguments_is_not_a_shell() -> None:
     assert check_exec(NO_SHELL, "grep", ["grep", "-r", "bash", "."], shell=False).decision == "ALLOW"
 
 
+@needs_system_git
 def test_programs_by_name_only_from_system_directories(tmp_path: Path) -> None:
     rules = ExecRules(programs=("git", sys.executable), allow_shell=False)
     assert check_exec(rules, "git", ["git", "status"], shell=False).decision == "ALLOW"
@@ -332,6 +341,21 @@ def test_programs_by_name_only_from_system_directories(tmp_path: Path) -> None:
     assert check_exec(rules, str(alias), [str(alias)], shell=False).decision == "ALLOW"
 
 
+def test_a_bare_name_is_the_program_path_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent writes its own `git` and puts its directory first on PATH."""
+    rules = ExecRules(programs=("git", "ls"), allow_shell=False)
+    assert check_exec(rules, "ls", ["ls"], shell=False).decision == "ALLOW"
+    fake = tmp_path / "ls"
+    fake.write_text("#!/bin/sh\nid\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ.get('PATH', '')}")
+    verdict = check_exec(rules, "ls", ["ls"], shell=False)
+    assert (verdict.decision, verdict.rule) == ("BLOCK", "exec.program")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert check_exec(rules, "ls", ["ls"], shell=False).rule == "exec.program"  # found nowhere: not ls
+
+
+@needs_system_git
 def test_argument_patterns() -> None:
     rules = ExecRules(
         programs=("git", "ls"), args={"git": ("status", "log --oneline -n ?")}, allow_shell=False

@@ -303,17 +303,24 @@ def is_shell_command(program: str, argv: Sequence[str]) -> bool:
 
 
 def _program_listed(rules: ExecRules, program: str) -> str | None:
-    """The entry of `rules.programs` that admits `program`, or None."""
+    """The entry of `rules.programs` that admits `program`, or None. A bare name is looked up on PATH
+    as the spawn will (an agent that puts its own directory first on PATH gets no `git` of its own)."""
     assert rules.programs is not None
     text = os.fsdecode(program)
     name = program_name(text)
+    if "/" not in text:
+        import shutil
+
+        text = shutil.which(text) or ""
+        if not text:
+            return None
     directory = os.path.dirname(text)
     resolved = os.path.realpath(text) if os.path.isabs(text) else None
     for entry in rules.programs:
         if "/" in entry:
             if resolved is not None and (text == entry or resolved == os.path.realpath(entry)):
                 return entry
-        elif entry.lower() == name and (not directory or directory.rstrip("/") in SYSTEM_BIN_DIRS):
+        elif entry.lower() == name and directory.rstrip("/") in SYSTEM_BIN_DIRS:
             return entry
     return None
 
