@@ -41,6 +41,7 @@ needs_system_git = pytest.mark.skipif(
 # Files
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """tmp/work (the root and cwd), tmp/work-evil (a sibling sharing the prefix), tmp/outside."""
