@@ -302,6 +302,17 @@ def test_every_shell_this_system_lists_is_refused(shell: str) -> None:
         ["/bin/bash5.2", "-c", "id"],
         ["C:\\Windows\\System32\\cmd.exe", "/c", "dir"],
         ["pwsh", "-Command", "id"],
+        ["env", "-S", "sh -c id"],
+        ["env", "--split-string=bash -c id"],
+        ["su", "-c", "id"],
+        ["watch", "id"],
+        ["script", "-qc", "id", "/dev/null"],
+        ["flock", "/tmp/l", "-c", "id"],
+        ["ssh", "host", "id"],
+        ["sudo", "-s"],
+        ["sudo", "-i", "id"],
+        ["doas", "--", "ash", "-c", "id"],
+        ["nice", "-n", "5", "xargs", "-0", "dash"],
     ],
 )
 def test_shells_behind_wrappers_are_refused(argv: list[str]) -> None:
@@ -324,6 +335,8 @@ def test_os_system_and_shell_true_are_refused_unless_allowed() -> None:
 def test_a_word_sh_among_arguments_is_not_a_shell() -> None:
     assert check_exec(NO_SHELL, "git", ["git", "commit", "-m", "sh"], shell=False).decision == "ALLOW"
     assert check_exec(NO_SHELL, "grep", ["grep", "-r", "bash", "."], shell=False).decision == "ALLOW"
+    assert check_exec(NO_SHELL, "find", ["find", ".", "-name", "at"], shell=False).decision == "ALLOW"
+    assert check_exec(NO_SHELL, "env", ["env", "FOO=sh", "ls"], shell=False).decision == "ALLOW"
 
 
 @needs_system_git

@@ -269,9 +269,17 @@ SHELLS: frozenset[str] = frozenset(
 # Programs that run their arguments as another command: looked through when spotting a shell.
 _WRAPPERS: frozenset[str] = frozenset(
     {"env", "nohup", "nice", "ionice", "timeout", "stdbuf", "setsid", "sudo", "doas", "chrt", "taskset",
-     "time", "command", "exec", "busybox", "xargs", "unbuffer", "chroot", "runuser", "su", "flock",
-     "script", "watch", "strace", "ltrace", "find"}
+     "time", "command", "exec", "busybox", "xargs", "unbuffer", "chroot", "strace", "ltrace", "find"}
 )  # fmt: skip
+# Programs that hand their command to a shell themselves (`watch CMD`, `su -c CMD`, `script -c CMD`,
+# `flock F -c CMD`, `ssh HOST CMD` on the remote side, GNU parallel, at/batch): shells for this purpose.
+_SHELL_RUNNERS: frozenset[str] = frozenset(
+    {"watch", "su", "runuser", "script", "flock", "ssh", "parallel", "at", "batch"}
+)
+# What a word after a wrapper must name to count (not at/batch: common words such as `find -name at`).
+_WRAPPED_SHELLS: frozenset[str] = SHELLS | (_SHELL_RUNNERS - {"at", "batch"})
+# sudo/doas options that start the user's shell.
+_SHELL_OPTIONS: frozenset[str] = frozenset({"-s", "-i", "--shell", "--login"})
 SYSTEM_BIN_DIRS: tuple[str, ...] = (
     "/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin", "/opt/homebrew/bin",
 )  # fmt: skip
@@ -288,18 +296,25 @@ def program_name(program: str) -> str:
 
 
 def is_shell_command(program: str, argv: Sequence[str]) -> bool:
-    """Whether running `program` with `argv` hands a command line to a shell: the program is a shell, or
-    a wrapper (env, nohup, timeout, xargs, find -exec, busybox, …) runs one."""
+    """Whether running `program` with `argv` hands a command line to a shell: the program is a shell or
+    runs its command through one (watch, su -c, ssh, …), or a wrapper (env, nohup, timeout, xargs,
+    find -exec, busybox, sudo, …) runs one."""
     name = program_name(program)
-    if name in SHELLS:
+    first = program_name(argv[0]) if argv else name
+    if {name, first} & (SHELLS | _SHELL_RUNNERS):
         return True
-    if not argv:
+    if name not in _WRAPPERS and first not in _WRAPPERS:
         return False
-    first = program_name(argv[0])
-    # Through wrappers: any word naming a shell after a wrapper hands it the rest.
-    if name in _WRAPPERS or first in _WRAPPERS:
-        return any(not word.startswith("-") and program_name(word) in SHELLS for word in argv[1:])
-    return first in SHELLS
+    for word in argv[1:]:
+        if word in _SHELL_OPTIONS and {name, first} & {"sudo", "doas"}:
+            return True
+        # `env -S "sh -c id"` / `--split-string=sh -c id` make one word a command line: its first token.
+        value = word.split("=", 1)[1] if word.startswith("-") and "=" in word else word
+        if value.startswith("-") or not value.strip():
+            continue
+        if program_name(value.split(None, 1)[0]) in _WRAPPED_SHELLS:
+            return True
+    return False
 
 
 def _program_listed(rules: ExecRules, program: str) -> str | None:
