@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -27,6 +28,14 @@ from failcore.policy.runtime import (
     check_fs,
     check_output,
 )
+
+needs_system_git = pytest.mark.skipif(
+    not (shutil.which("git") or "").startswith(
+        ("/usr/bin/", "/bin/", "/usr/local/bin/", "/opt/homebrew/bin/")
+    ),
+    reason="needs git in a system bin directory",
+)
+
 
 # --------------------------------------------------------------------------------------------------
 # Files
@@ -180,6 +189,16 @@ def test_a_root_that_is_a_symlink_is_the_directory_it_names(tree: Path) -> None:
     assert check_fs(rules, "write", str(alias / "link_out" / "x"), cwd="/").decision == "BLOCK"
 
 
+def test_a_root_the_agent_turns_into_a_symlink_keeps_its_first_meaning(tree: Path) -> None:
+    rules = FsRules(read=(".",), write=("./sandbox",))
+    cwd = str(tree)
+    # The sandbox does not exist yet; the agent creates it as a symlink to a directory outside.
+    assert check_fs(rules, "symlink", "sandbox", cwd=cwd).decision == "ALLOW"
+    (tree / "sandbox").symlink_to(tree.parent / "outside")
+    verdict = check_fs(rules, "write", "sandbox/x.txt", cwd=cwd)
+    assert (verdict.decision, verdict.rule) == ("BLOCK", "fs.write_outside_roots")
+
+
 def test_every_op_but_reading_needs_a_write_root(tree: Path) -> None:
     rules = FsRules(read=("/",), write=("./sub",))
     for op in ("write", "delete", "rename", "mkdir", "chmod", "symlink", "truncate", "some-new-op"):
@@ -283,6 +302,17 @@ def test_every_shell_this_system_lists_is_refused(shell: str) -> None:
         ["/bin/bash5.2", "-c", "id"],
         ["C:\\Windows\\System32\\cmd.exe", "/c", "dir"],
         ["pwsh", "-Command", "id"],
+        ["env", "-S", "sh -c id"],
+        ["env", "--split-string=bash -c id"],
+        ["su", "-c", "id"],
+        ["watch", "id"],
+        ["script", "-qc", "id", "/dev/null"],
+        ["flock", "/tmp/l", "-c", "id"],
+        ["ssh", "host", "id"],
+        ["sudo", "-s"],
+        ["sudo", "-i", "id"],
+        ["doas", "--", "ash", "-c", "id"],
+        ["nice", "-n", "5", "xargs", "-0", "dash"],
     ],
 )
 def test_shells_behind_wrappers_are_refused(argv: list[str]) -> None:
@@ -305,8 +335,11 @@ def test_os_system_and_shell_true_are_refused_unless_allowed() -> None:
 def test_a_word_sh_among_arguments_is_not_a_shell() -> None:
     assert check_exec(NO_SHELL, "git", ["git", "commit", "-m", "sh"], shell=False).decision == "ALLOW"
     assert check_exec(NO_SHELL, "grep", ["grep", "-r", "bash", "."], shell=False).decision == "ALLOW"
+    assert check_exec(NO_SHELL, "find", ["find", ".", "-name", "at"], shell=False).decision == "ALLOW"
+    assert check_exec(NO_SHELL, "env", ["env", "FOO=sh", "ls"], shell=False).decision == "ALLOW"
 
 
+@needs_system_git
 def test_programs_by_name_only_from_system_directories(tmp_path: Path) -> None:
     rules = ExecRules(programs=("git", sys.executable), allow_shell=False)
     assert check_exec(rules, "git", ["git", "status"], shell=False).decision == "ALLOW"
@@ -322,6 +355,21 @@ def test_programs_by_name_only_from_system_directories(tmp_path: Path) -> None:
     assert check_exec(rules, str(alias), [str(alias)], shell=False).decision == "ALLOW"
 
 
+def test_a_bare_name_is_the_program_path_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent writes its own `git` and puts its directory first on PATH."""
+    rules = ExecRules(programs=("git", "ls"), allow_shell=False)
+    assert check_exec(rules, "ls", ["ls"], shell=False).decision == "ALLOW"
+    fake = tmp_path / "ls"
+    fake.write_text("#!/bin/sh\nid\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ.get('PATH', '')}")
+    verdict = check_exec(rules, "ls", ["ls"], shell=False)
+    assert (verdict.decision, verdict.rule) == ("BLOCK", "exec.program")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert check_exec(rules, "ls", ["ls"], shell=False).rule == "exec.program"  # found nowhere: not ls
+
+
+@needs_system_git
 def test_argument_patterns() -> None:
     rules = ExecRules(
         programs=("git", "ls"), args={"git": ("status", "log --oneline -n ?")}, allow_shell=False

@@ -3,6 +3,7 @@ YAML with file:line errors like every other section, shipped as presets, picked 
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,13 @@ from failcore.policy.runtime import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+needs_system_git = pytest.mark.skipif(
+    not (shutil.which("git") or "").startswith(
+        ("/usr/bin/", "/bin/", "/usr/local/bin/", "/opt/homebrew/bin/")
+    ),
+    reason="needs git in a system bin directory",
+)
 
 
 def problems_of(text: str) -> list[tuple[int, int, str]]:
@@ -238,6 +246,20 @@ def test_fs_safe_blocks_the_issue_example_and_credentials(
     assert check_fs(fs, "write", "/dev/null", cwd=cwd).decision == "ALLOW"  # subprocess.DEVNULL
 
 
+def test_relative_roots_stay_where_the_policy_was_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fs = load_policy(shipped.resolve_policy("fs_safe")).fs
+    assert fs.base == str(tmp_path)
+    # The tool moves to / and writes "etc/passwd": "." did not move with it.
+    monkeypatch.chdir("/")
+    verdict = check_fs(fs, "write", "etc/passwd", cwd="/")
+    assert (verdict.decision, verdict.rule) == ("BLOCK", "fs.write_outside_roots")
+    assert check_fs(fs, "write", str(tmp_path / "out.txt"), cwd="/").decision == "ALLOW"
+
+
+@needs_system_git
 def test_exec_safe() -> None:
     exec_rules = load_policy(shipped.resolve_policy("exec_safe")).exec
     assert check_exec(exec_rules, "ls", ["ls", "-la"], shell=False).decision == "ALLOW"
@@ -253,11 +275,32 @@ def test_exec_safe() -> None:
 
 def test_strict_combines_both_presets_and_the_network_defaults() -> None:
     strict = load_policy(shipped.resolve_policy("strict"))
-    assert strict.fs == load_policy(shipped.resolve_policy("fs_safe")).fs
+    fs_safe = load_policy(shipped.resolve_policy("fs_safe")).fs
+    assert (strict.fs.read, strict.fs.write, strict.fs.deny) == (fs_safe.read, fs_safe.write, fs_safe.deny)
     assert strict.exec == load_policy(shipped.resolve_policy("exec_safe")).exec
     assert set(strict.network.deny) == {"metadata", "link_local", "loopback", "private"}
     assert strict.network.allow == ()
     assert (strict.mode, strict.default, strict.fail_open) == ("enforce", "BLOCK", False)
+
+
+def test_the_policy_file_in_force_is_not_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hot reload would apply whatever a guarded tool wrote there: even a policy that lets tools write
+    anywhere protects its own file, and the directories above it."""
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    path = conf / "policy.yaml"
+    path.write_text("version: 1\n")
+    (tmp_path / "alias").symlink_to(conf)
+    fs = load_policy(Path("conf/policy.yaml")).fs
+    cwd = str(tmp_path)
+    for op, target in [("write", "conf/policy.yaml"), ("write", "alias/policy.yaml"), ("delete", str(path)),
+                       ("rename", "conf"), ("delete", "."), ("chmod", "conf/./policy.yaml")]:  # fmt: skip
+        verdict = check_fs(fs, op, target, cwd=cwd)
+        assert (verdict.decision, verdict.rule) == ("BLOCK", "fs.policy_file"), (op, target)
+    assert check_fs(fs, "read", "conf/policy.yaml", cwd=cwd).decision == "ALLOW"
+    assert check_fs(fs, "write", "conf/other.yaml", cwd=cwd).decision == "ALLOW"
+    assert check_fs(fs, "write", "policy.yaml", cwd=cwd).decision == "ALLOW"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
   `values` and `delegated` read single values and the fields other modules validate; `nodes` knows
   YAML positions.
 - `glob`: path and model globs to RE2; `address`: host and IP spellings; `decide`: the hot path.
+- `runtime` (+ `runtime_schema`): the fs, exec, network and tools checks of `failcore.run`/`guard`.
 
 Besides the request rules, a policy carries the `budgets`, `dlp` and `prices` sections. They are only
 validated and normalised here (custom DLP rules parsed, a gitleaks file imported, price overrides tried
@@ -33,6 +34,9 @@ _WHERE: dict[str, str] = {
         "DEFAULT_SOFT_FRACTION DLP_STREAM_MODES LLM_PROVIDERS MODES ON_EXCEED SCHEMES SUPPORTED_VERSION "
         "Action BudgetScope BudgetSpec BudgetWindow Decision DlpSettings DlpStreamMode HostPattern Mode "
         "OnExceed PathPattern Policy PolicyError PolicyProblem Rule"
+    ),
+    "runtime": (
+        "ExecRules FsRules NetRules ToolContract Verdict check_connect check_exec check_fs check_output"
     ),
     "schema": ("BUDGET_KEYS BUDGET_SCOPE_KEYS DLP_KEYS DLP_SCAN_KEYS NETWORK_KEYS RULE_KEYS TOP_LEVEL_KEYS"),
 }
@@ -71,16 +75,25 @@ __all__ = [
     "Decision",
     "DlpSettings",
     "DlpStreamMode",
+    "ExecRules",
+    "FsRules",
     "GlobError",
     "HostPattern",
     "Mode",
+    "NetRules",
     "OnExceed",
     "PathPattern",
     "Policy",
     "PolicyError",
     "PolicyProblem",
     "Rule",
+    "ToolContract",
+    "Verdict",
     "canonical_ip",
+    "check_connect",
+    "check_exec",
+    "check_fs",
+    "check_output",
     "check_policy",
     "connect_verdict",
     "decide",
@@ -142,6 +155,17 @@ if TYPE_CHECKING:
         PolicyError,
         PolicyProblem,
         Rule,
+    )
+    from failcore.policy.runtime import (
+        ExecRules,
+        FsRules,
+        NetRules,
+        ToolContract,
+        Verdict,
+        check_connect,
+        check_exec,
+        check_fs,
+        check_output,
     )
     from failcore.policy.schema import (
         BUDGET_KEYS,

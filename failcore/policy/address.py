@@ -140,6 +140,7 @@ def embedded_addresses(ip: IPAddress) -> list[IPAddress]:
     return found
 
 
+@functools.lru_cache(maxsize=4096)
 def classify(ip: IPAddress) -> str | None:
     """The first category of NET_CATEGORIES `ip` (or an address it embeds) falls in; None = public."""
     candidates = embedded_addresses(ip)

@@ -1,11 +1,15 @@
-"""Glob translation to RE2 syntax, for request paths (`rules[].path`) and model names
-(`budgets[].scope.model`).
+"""Glob translation to RE2 syntax, for request paths (`rules[].path`), model names
+(`budgets[].scope.model`) and file paths (`fs.deny`).
 
 RE2 because request paths and model names come from the agent and must not be able to trigger
-catastrophic backtracking; the translation itself is pure.
+catastrophic backtracking; the translation itself is pure (compiling `fs.deny` also resolves each
+pattern's literal directory part once, so an alias of it is covered).
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
 
 
 class GlobError(ValueError):
@@ -97,3 +101,65 @@ def _regex_literal(char: str) -> str:
     if char.isascii() and char.isalnum():
         return char
     return f"\\x{{{ord(char):x}}}"
+
+
+# --------------------------------------------------------------------------------------------------
+# fs.deny: file path globs (failcore.policy.runtime)
+# --------------------------------------------------------------------------------------------------
+
+
+def _re2_options() -> object:
+    import re2
+
+    options = re2.Options()
+    options.case_sensitive = False
+    return options
+
+
+def compile_deny(patterns: Sequence[str]) -> object | None:
+    """One case-insensitive RE2 regex for the deny globs (each also with its literal directory prefix
+    resolved, so `~/.ssh/**` still matches when ~/.ssh is a symlink), or None when there are none."""
+    if not patterns:
+        return None
+    import re2
+
+    regexes: list[str] = []
+    for pattern in patterns:
+        for variant in deny_variants(pattern):
+            regexes.append(glob_to_regex(variant))
+            if variant.endswith("/**"):  # the directory itself, not only what is inside it
+                regexes.append(glob_to_regex(variant[:-3] or "/"))
+    # "(/.*)?": a path matches when it or one of its parent directories does.
+    union = "|".join(f"(?:{regex})" for regex in dict.fromkeys(regexes))
+    return re2.compile(f"(?:{union})(?:/.*)?", _re2_options())
+
+
+def deny_variants(pattern: str) -> list[str]:
+    """The absolute globs a deny pattern stands for."""
+    text = pattern.strip()
+    if text.endswith("/") and len(text) > 1:
+        text = text.rstrip("/") + "/**"
+    if text.startswith("~"):
+        text = os.path.expanduser(text)
+    if not text.startswith("/"):
+        return ["/**/" + text.removeprefix("**/").removeprefix("./")]
+    variants = [_normalise_glob(text)]
+    # Resolve the part before the first glob character so an alias (symlink) of it is covered too.
+    parts = variants[0].split("/")
+    literal: list[str] = []
+    for part in parts:
+        if any(c in part for c in "*?["):
+            break
+        literal.append(part)
+    prefix = "/".join(literal) or "/"
+    resolved = os.path.realpath(prefix)
+    if resolved != prefix:
+        rest = variants[0][len(prefix) :]
+        variants.append((resolved.rstrip("/") + rest) if rest else resolved)
+    return variants
+
+
+def _normalise_glob(text: str) -> str:
+    """Collapse '//' and '/./'; keep '**' and trailing '/**'."""
+    parts = [part for part in text.split("/") if part not in ("", ".")]
+    return "/" + "/".join(parts)

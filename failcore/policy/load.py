@@ -46,7 +46,10 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         message = f"the file is not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the policy as UTF-8 text"
         raise PolicyError([PolicyProblem(source, line, column, message)]) from None
-    return _parse(text, source, hashlib.sha256(data).hexdigest(), Path(path).parent)
+    policy = _parse(text, source, hashlib.sha256(data).hexdigest(), Path(path).parent)
+    # The policy file is hot reloaded: a guarded tool that could rewrite it would pick its own rules.
+    protected = dataclasses.replace(policy.fs, protect=(os.path.realpath(path),))
+    return dataclasses.replace(policy, fs=protected)
 
 
 def check_policy(path: str | os.PathLike[str]) -> list[PolicyProblem]:

@@ -17,6 +17,7 @@ strict/observe itself.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -34,7 +35,7 @@ from failcore.policy.address import (
     parse_network,
     raw_ipv6,
 )
-from failcore.policy.glob import glob_to_regex, model_glob_to_regex
+from failcore.policy.glob import compile_deny, model_glob_to_regex
 
 # --------------------------------------------------------------------------------------------------
 # Rules
@@ -64,28 +65,26 @@ class FsRules:
     for every operation, matched against the resolved path and each of its parent directories (so a
     directory pattern covers what is inside it), case-insensitively. A glob without '/' matches a name
     at any depth (`.env`, `*.pem`); `~` is the home directory; `*` stays in one path segment, `**`
-    crosses segments."""
+    crosses segments. `base`: the directory relative roots are relative to (a loaded policy sets it to
+    the working directory at load time, so a tool that calls os.chdir("/") does not move "." with it);
+    None = the `cwd` each check is given."""
 
     read: tuple[str, ...] = ("/",)
     write: tuple[str, ...] = ("/",)
     deny: tuple[str, ...] = ()
+    base: str | None = None
+    # Files no operation but reading may touch (nor their directories), resolved: load_policy puts the
+    # policy file itself here (a tool that could rewrite it would change the rules at the next reload).
+    protect: tuple[str, ...] = ()
     _deny_regex: object | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_deny_regex", compile_deny(self.deny))
 
     def denies(self, path: str) -> bool:
+        """Whether `path` (absolute, resolved) or one of its parent directories matches a deny glob."""
         regex = self._deny_regex
-        if regex is None:
-            return False
-        candidate = path
-        while True:
-            if regex.fullmatch(candidate) is not None:  # type: ignore[attr-defined]
-                return True
-            parent = os.path.dirname(candidate)
-            if parent == candidate:
-                return False
-            candidate = parent
+        return regex is not None and regex.fullmatch(path) is not None  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,61 +176,6 @@ class ToolContract:
 # --------------------------------------------------------------------------------------------------
 
 
-def _re2_options() -> object:
-    import re2
-
-    options = re2.Options()
-    options.case_sensitive = False
-    return options
-
-
-def compile_deny(patterns: Sequence[str]) -> object | None:
-    """One case-insensitive RE2 regex for the deny globs (each also with its literal directory prefix
-    resolved, so `~/.ssh/**` still matches when ~/.ssh is a symlink), or None when there are none."""
-    if not patterns:
-        return None
-    import re2
-
-    regexes: list[str] = []
-    for pattern in patterns:
-        for variant in deny_variants(pattern):
-            regexes.append(glob_to_regex(variant))
-            if variant.endswith("/**"):  # the directory itself, not only what is inside it
-                regexes.append(glob_to_regex(variant[:-3] or "/"))
-    return re2.compile("|".join(f"(?:{regex})" for regex in dict.fromkeys(regexes)), _re2_options())
-
-
-def deny_variants(pattern: str) -> list[str]:
-    """The absolute globs a deny pattern stands for."""
-    text = pattern.strip()
-    if text.endswith("/") and len(text) > 1:
-        text = text.rstrip("/") + "/**"
-    if text.startswith("~"):
-        text = os.path.expanduser(text)
-    if not text.startswith("/"):
-        return ["/**/" + text.removeprefix("**/").removeprefix("./")]
-    variants = [_normalise_glob(text)]
-    # Resolve the part before the first glob character so an alias (symlink) of it is covered too.
-    parts = variants[0].split("/")
-    literal: list[str] = []
-    for part in parts:
-        if any(c in part for c in "*?["):
-            break
-        literal.append(part)
-    prefix = "/".join(literal) or "/"
-    resolved = os.path.realpath(prefix)
-    if resolved != prefix:
-        rest = variants[0][len(prefix) :]
-        variants.append((resolved.rstrip("/") + rest) if rest else resolved)
-    return variants
-
-
-def _normalise_glob(text: str) -> str:
-    """Collapse '//' and '/./'; keep '**' and trailing '/**'."""
-    parts = [part for part in text.split("/") if part not in ("", ".")]
-    return "/" + "/".join(parts)
-
-
 def resolve_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], cwd: str) -> str:
     """Where the kernel would go: absolute against `cwd`, every symlink (dangling ones too) and `..`
     followed. Raises ValueError for a path with a NUL byte."""
@@ -241,24 +185,33 @@ def resolve_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes], cwd:
     return os.path.realpath(os.path.join(cwd, text))
 
 
-def resolve_root(root: str, cwd: str) -> list[str]:
+def resolve_root(root: str, cwd: str) -> tuple[str, ...]:
+    """The resolved directories a root stands for. Resolved once per (root, cwd, home) and kept: a root
+    the agent replaces by a symlink later (or creates as one) keeps meaning the directory it first
+    named."""
+    home = os.environ.get("HOME", "") if root.startswith("~") else ""
+    return _resolve_root(root, cwd, home)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_root(root: str, cwd: str, home: str) -> tuple[str, ...]:
     if root == "$python":
         return _python_roots()
     if root == "$tmp":
         import tempfile
 
-        return [os.path.realpath(tempfile.gettempdir())]
-    return [os.path.realpath(os.path.join(cwd, os.path.expanduser(root)))]
+        return (os.path.realpath(tempfile.gettempdir()),)
+    return (os.path.realpath(os.path.join(cwd, os.path.expanduser(root))),)
 
 
-def _python_roots() -> list[str]:
+def _python_roots() -> tuple[str, ...]:
     """The interpreter's own files: stdlib, site-packages, prefixes (imports read them)."""
     import sysconfig
 
     places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths = sysconfig.get_paths()
     places.update(paths[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths)
-    return sorted({os.path.realpath(place) for place in places if place})
+    return tuple(sorted({os.path.realpath(place) for place in places if place}))
 
 
 def is_within(path: str, root: str) -> bool:
@@ -272,18 +225,28 @@ def check_fs(rules: FsRules, op: str, path: str, *, cwd: str) -> Verdict:
     """Whether `op` on `path` (relative to `cwd`) is allowed. Any op outside READ_OPS counts as a write."""
     if isinstance(path, int):  # an already open descriptor: checked when it was opened
         return ALLOWED
+    writing = op not in READ_OPS
+    if (
+        rules._deny_regex is None
+        and "/" in rules.write
+        and "/" in rules.read
+        and not (writing and rules.protect)
+    ):
+        return ALLOWED  # nothing to resolve
     try:
         resolved = resolve_path(path, cwd)
     except (ValueError, TypeError):
         return Verdict("BLOCK", "fs.bad_path", f"{op}: the path is not a valid file name")
+    # The file itself, or a directory above it (renaming or removing that would replace the file too).
+    if writing and any(is_within(protected, resolved) for protected in rules.protect):
+        return Verdict("BLOCK", "fs.policy_file", f"{op} {resolved}: the policy in force is not writable")
     if rules.denies(resolved):
         return Verdict("BLOCK", "fs.deny_glob", f"{op} {resolved}: the path matches a denied pattern")
-    writing = op not in READ_OPS
     roots = rules.write if writing else tuple(dict.fromkeys(rules.read + rules.write))
     if "/" in roots:
         return ALLOWED
     for root in roots:
-        if any(is_within(resolved, place) for place in resolve_root(root, cwd)):
+        if any(is_within(resolved, place) for place in resolve_root(root, rules.base or cwd)):
             return ALLOWED
     kind = "write" if writing else "read"
     return Verdict(
@@ -306,9 +269,17 @@ SHELLS: frozenset[str] = frozenset(
 # Programs that run their arguments as another command: looked through when spotting a shell.
 _WRAPPERS: frozenset[str] = frozenset(
     {"env", "nohup", "nice", "ionice", "timeout", "stdbuf", "setsid", "sudo", "doas", "chrt", "taskset",
-     "time", "command", "exec", "busybox", "xargs", "unbuffer", "chroot", "runuser", "su", "flock",
-     "script", "watch", "strace", "ltrace", "find"}
+     "time", "command", "exec", "busybox", "xargs", "unbuffer", "chroot", "strace", "ltrace", "find"}
 )  # fmt: skip
+# Programs that hand their command to a shell themselves (`watch CMD`, `su -c CMD`, `script -c CMD`,
+# `flock F -c CMD`, `ssh HOST CMD` on the remote side, GNU parallel, at/batch): shells for this purpose.
+_SHELL_RUNNERS: frozenset[str] = frozenset(
+    {"watch", "su", "runuser", "script", "flock", "ssh", "parallel", "at", "batch"}
+)
+# What a word after a wrapper must name to count (not at/batch: common words such as `find -name at`).
+_WRAPPED_SHELLS: frozenset[str] = SHELLS | (_SHELL_RUNNERS - {"at", "batch"})
+# sudo/doas options that start the user's shell.
+_SHELL_OPTIONS: frozenset[str] = frozenset({"-s", "-i", "--shell", "--login"})
 SYSTEM_BIN_DIRS: tuple[str, ...] = (
     "/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin", "/usr/local/sbin", "/opt/homebrew/bin",
 )  # fmt: skip
@@ -317,37 +288,54 @@ SYSTEM_BIN_DIRS: tuple[str, ...] = (
 def program_name(program: str) -> str:
     """A program's file name, lower case, without a Windows `.exe`, nor a version suffix for shells
     (`bash5.2` → `bash`)."""
-    name = os.path.basename(os.fsdecode(program).rstrip("/")).lower().removesuffix(".exe")
+    name = os.path.basename(program.rstrip("/")).lower().removesuffix(".exe")
+    if name in SHELLS:
+        return name
     stripped = name.rstrip("0123456789.")
     return stripped if stripped in SHELLS else name
 
 
 def is_shell_command(program: str, argv: Sequence[str]) -> bool:
-    """Whether running `program` with `argv` hands a command line to a shell: the program is a shell, or
-    a wrapper (env, nohup, timeout, xargs, find -exec, busybox, …) runs one."""
-    if program_name(program) in SHELLS:
+    """Whether running `program` with `argv` hands a command line to a shell: the program is a shell or
+    runs its command through one (watch, su -c, ssh, …), or a wrapper (env, nohup, timeout, xargs,
+    find -exec, busybox, sudo, …) runs one."""
+    name = program_name(program)
+    first = program_name(argv[0]) if argv else name
+    if {name, first} & (SHELLS | _SHELL_RUNNERS):
         return True
-    words = [os.fsdecode(word) for word in argv]
-    if not words:
+    if name not in _WRAPPERS and first not in _WRAPPERS:
         return False
-    # Through wrappers: any word naming a shell after a wrapper hands it the rest.
-    if program_name(program) in _WRAPPERS or program_name(words[0]) in _WRAPPERS:
-        return any(program_name(word) in SHELLS for word in words[1:] if not word.startswith("-"))
-    return program_name(words[0]) in SHELLS
+    for word in argv[1:]:
+        if word in _SHELL_OPTIONS and {name, first} & {"sudo", "doas"}:
+            return True
+        # `env -S "sh -c id"` / `--split-string=sh -c id` make one word a command line: its first token.
+        value = word.split("=", 1)[1] if word.startswith("-") and "=" in word else word
+        if value.startswith("-") or not value.strip():
+            continue
+        if program_name(value.split(None, 1)[0]) in _WRAPPED_SHELLS:
+            return True
+    return False
 
 
 def _program_listed(rules: ExecRules, program: str) -> str | None:
-    """The entry of `rules.programs` that admits `program`, or None."""
+    """The entry of `rules.programs` that admits `program`, or None. A bare name is looked up on PATH
+    as the spawn will (an agent that puts its own directory first on PATH gets no `git` of its own)."""
     assert rules.programs is not None
     text = os.fsdecode(program)
     name = program_name(text)
+    if "/" not in text:
+        import shutil
+
+        text = shutil.which(text) or ""
+        if not text:
+            return None
     directory = os.path.dirname(text)
     resolved = os.path.realpath(text) if os.path.isabs(text) else None
     for entry in rules.programs:
         if "/" in entry:
             if resolved is not None and (text == entry or resolved == os.path.realpath(entry)):
                 return entry
-        elif entry.lower() == name and (not directory or directory.rstrip("/") in SYSTEM_BIN_DIRS):
+        elif entry.lower() == name and directory.rstrip("/") in SYSTEM_BIN_DIRS:
             return entry
     return None
 
@@ -355,6 +343,10 @@ def _program_listed(rules: ExecRules, program: str) -> str | None:
 def check_exec(rules: ExecRules, program: str, argv: Sequence[str], *, shell: bool) -> Verdict:
     """Whether the runtime may start `program` with `argv` (argv[0] included); `shell` is true for
     `os.system`, `os.popen` and `shell=True`."""
+    if rules.allow_shell and rules.programs is None and not rules.args:
+        return ALLOWED  # no section: nothing to check
+    program = os.fsdecode(program)
+    argv = [os.fsdecode(word) for word in argv]
     name = program_name(program) if program else ""
     if shell or is_shell_command(program, argv):
         if not rules.allow_shell:
@@ -373,7 +365,7 @@ def check_exec(rules: ExecRules, program: str, argv: Sequence[str], *, shell: bo
         entry = None
     regex = rules._args_regex.get(entry or "") or rules._args_regex.get(name)
     if regex is not None:
-        tail = " ".join(os.fsdecode(word) for word in list(argv)[1:])
+        tail = " ".join(argv[1:])
         if regex.fullmatch(tail) is None:  # type: ignore[attr-defined]
             return Verdict("BLOCK", "exec.args", f"{name}: arguments match none of the allowed patterns")
     return ALLOWED

@@ -5,6 +5,7 @@ the rest of `schema.py`; they build the rules of `failcore.policy.runtime`.
 
 from __future__ import annotations
 
+import os
 from types import MappingProxyType
 
 from ruamel.yaml.comments import CommentedMap
@@ -18,6 +19,15 @@ from failcore.policy.validate import Choice, Each, Field, Flag, Here, MapOf, Sec
 # fs, exec, tools: the runtime API's in-process checks (failcore.policy.runtime)
 # --------------------------------------------------------------------------------------------------
 
+
+def _working_directory() -> str | None:
+    """Where relative fs roots are anchored: the working directory when the policy is loaded."""
+    try:
+        return os.getcwd()
+    except OSError:  # removed under us: each check's cwd is used instead
+        return None
+
+
 FS = Section(
     fields=(
         Field("read", Each(values.root_item, values.roots, empty_ok=True), default=("/",)),
@@ -27,7 +37,9 @@ FS = Section(
     where="in the fs section",
     key_word="setting names",
     not_mapping="expected a mapping such as 'write: [.]', got {got}",
-    build=lambda v, here: FsRules(read=v["read"], write=v["write"], deny=v["deny"]),  # type: ignore[arg-type]
+    build=lambda v, here: FsRules(
+        read=v["read"], write=v["write"], deny=v["deny"], base=_working_directory()
+    ),  # type: ignore[arg-type]
 )
 
 

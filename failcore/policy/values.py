@@ -12,10 +12,10 @@ import re
 import re2
 
 from failcore.policy.address import NET_CATEGORIES, canonical_ip, parse_network
-from failcore.policy.glob import GlobError, glob_to_regex, model_glob_to_regex
+from failcore.policy.glob import GlobError, deny_variants, glob_to_regex, model_glob_to_regex
 from failcore.policy.model import LLM_PROVIDERS, SCHEMES, FullMatcher, HostPattern, PathPattern
 from failcore.policy.nodes import describe, is_int, quote
-from failcore.policy.runtime import ROOT_NAMES, deny_variants
+from failcore.policy.runtime import ROOT_NAMES
 from failcore.policy.validate import ANY, Invalid
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -245,6 +245,11 @@ def deny_item(value: object) -> object:
     text = value.strip()
     if not text.isprintable():
         return Invalid(f"{quote(text)} contains control characters")
+    if ".." in text.split("/"):
+        return Invalid(
+            f"{quote(text)}: '..' in a deny pattern never matches (paths are resolved first); "
+            "write the directory it means"
+        )
     try:
         glob_to_regex(text)  # positions in the message count in the text as written
         for variant in deny_variants(text):
