@@ -62,8 +62,15 @@ async def run_command(args: argparse.Namespace) -> int:
 async def _open_channel(proxy: Any, env: dict[str, str]) -> Any:
     """The socket a child's `failcore.run()` joins this run through (tool, file, process events)."""
     from failcore.runtime.channel import EventChannel
+    from failcore.runtime.events import apply_dlp
 
-    channel = EventChannel(proxy.session.run_id, proxy.session.record)
+    session = proxy.session
+
+    def record(event: dict[str, Any]) -> None:
+        # Masked with this run's DLP rules on the tape writer's thread, before it is written.
+        session.record(lambda: apply_dlp(event, session.dlp, session.salt))
+
+    channel = EventChannel(session.run_id, record)
     await channel.start()
     env.update(channel.env())
     env["FAILCORE_TAPE"] = str(proxy.tape_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from failcore.dlp.model import Hit
 
@@ -51,3 +51,12 @@ def mask_bytes(data: bytes, hits: Iterable[Hit]) -> bytes:
 def mask_text(data: str, hits: Iterable[Hit]) -> str:
     """Hit offsets are UTF-8 byte offsets of `data`, as produced by scanning the same text."""
     return mask_bytes(data.encode("utf-8"), hits).decode("utf-8", errors="replace")
+
+
+def mask_strings(values: Iterable[str], scan: Callable[[str], list[Hit]] | None) -> list[str]:
+    """Each string with what `scan` (a DLP engine's scan) finds in it masked: a command line, say."""
+    out = []
+    for value in values:
+        hits = scan(value) if scan is not None and value else None
+        out.append(mask_text(value, hits) if hits else value)
+    return out

@@ -22,6 +22,7 @@ from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 
 from failcore import __version__
+from failcore.dlp.masking import mask_strings
 from failcore.dlp.pending import engine_ready
 from failcore.event import EgressEvent, Target
 from failcore.evidence import decoded_size_at_most, header_value, is_encoded
@@ -213,15 +214,18 @@ class Recorder:
         self.writer.start()
         self.started = time.time()
         policy = self.session.policy
-        self.writer.submit(
-            EgressEvent(
+        dlp, argv = self.session.dlp, sys.argv[:32]
+
+        def run_start() -> dict[str, Any]:
+            # Built on the writer thread: a secret on the command line is masked by the run's DLP rules.
+            return EgressEvent(
                 kind="run_start",
                 run=self.session.run_id,
                 ts_start=self.started,
                 detail={
                     "version": __version__,
                     "pid": os.getpid(),
-                    "argv": sys.argv[:32],
+                    "argv": mask_strings(argv, dlp.engine.scan if dlp is not None else None),
                     "policy": policy.source if policy else None,
                     "policy_sha256": policy.sha256 if policy else None,
                     "mode": policy.mode if policy else None,
@@ -229,7 +233,8 @@ class Recorder:
                     **({"replay_of": self.session.replay_of} if self.session.replay_of else {}),
                 },
             ).to_dict()
-        )
+
+        self.writer.submit(run_start)
         self.backlog = EvidenceBacklog(self.writer.submit, settings.queue_size, self._evidence_failed)
         self.session.attach(self.backlog)
         logger.info("failcore: recording run %s to %s", self.session.run_id, tape_dir)

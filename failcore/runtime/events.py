@@ -70,12 +70,24 @@ def _redact(name: str, value: Any, salt: bytes) -> Any:
     return f"[redacted {fingerprint(raw, salt)}]"
 
 
-def mask(value: Any, scanner: DlpScanner | None, salt: bytes, hits: list[dict[str, Any]], where: str) -> Any:
-    """Credentials by name redacted, DLP hits in every string masked (recorded in `hits`)."""
+def mask(
+    value: Any,
+    scanner: DlpScanner | None,
+    salt: bytes,
+    hits: list[dict[str, Any]],
+    where: str,
+    *,
+    redact: bool = True,
+) -> Any:
+    """Credentials by name redacted (unless `redact` is False: already done), DLP hits in every string
+    masked (recorded in `hits`)."""
     if isinstance(value, dict):
-        return {k: mask(_redact(k, v, salt), scanner, salt, hits, f"{where}/{k}") for k, v in value.items()}
+        return {
+            k: mask(_redact(k, v, salt) if redact else v, scanner, salt, hits, f"{where}/{k}", redact=redact)
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [mask(v, scanner, salt, hits, f"{where}/{i}") for i, v in enumerate(value)]
+        return [mask(v, scanner, salt, hits, f"{where}/{i}", redact=redact) for i, v in enumerate(value)]
     if isinstance(value, str) and scanner is not None and value:
         from failcore.dlp.masking import mask_text
 
@@ -200,9 +212,7 @@ def tool_event(
             }
         )
     if hits and any(h["action"] != "ALLOW" for h in hits):
-        warnings.append(
-            {"reason": "dlp", "message": f"{len(hits)} secret(s) in the call's arguments or result (masked)"}
-        )
+        warnings.append(_dlp_warning(hits))
     if call.blocked_by is not None:
         decision, outcome, fail_reason = "BLOCK", "BLOCKED", None
         rule, reason = call.blocked_by
@@ -250,6 +260,40 @@ def tool_event(
             "origin": origin_info,
         },
     ).to_dict()
+    return event
+
+
+def _dlp_warning(hits: list[dict[str, Any]]) -> dict[str, str]:
+    return {"reason": "dlp", "message": f"{len(hits)} secret(s) in the call's arguments or result (masked)"}
+
+
+def apply_dlp(event: dict[str, Any], scanner: DlpScanner | None, salt: bytes) -> dict[str, Any]:
+    """A joined child's event masked by the enclosing `failcore run` with its own DLP rules.
+
+    The child redacts credentials by name and sends the rest unmasked over its private socket (so it
+    never waits for a DLP compile of its own, and its events reach the tape in the order they
+    happened); this runs on the parent's tape writer thread, before anything is written.
+    """
+    if scanner is None:
+        return event
+    hits: list[dict[str, Any]] = []
+    tool = event.get("tool")
+    if isinstance(tool, dict):
+        tool["args"] = mask(tool.get("args"), scanner, salt, hits, "tool.args", redact=False)
+        result = tool.get("result")
+        if isinstance(result, dict) and isinstance(result.get("summary"), str):
+            result["summary"] = mask(result["summary"], scanner, salt, hits, "tool.result")[:SUMMARY_CHARS]
+    exec_ = event.get("exec")
+    if isinstance(exec_, dict) and isinstance(exec_.get("argv"), list):
+        exec_["argv"] = mask(exec_["argv"], scanner, salt, hits, "exec.argv", redact=False)
+    if isinstance(event.get("error"), str):
+        event["error"] = mask(event["error"], scanner, salt, hits, f"{event.get('kind')}.error")
+    if hits:
+        dlp = event.get("dlp") if isinstance(event.get("dlp"), dict) else {}
+        dlp["hits"] = [*dlp.get("hits", []), *hits]
+        event["dlp"] = dlp
+        if any(h["action"] != "ALLOW" for h in hits):
+            event["warnings"] = [*(event.get("warnings") or []), _dlp_warning(hits)]
     return event
 
 

@@ -67,9 +67,11 @@ def enclosing_proxies(env: os._Environ[str] | dict[str, str]) -> frozenset[tuple
 class RuntimeRules:
     """One run's policy with its DLP scanner; `current()` is cheap and thread-safe."""
 
-    def __init__(self, path: Path, salt: bytes) -> None:
+    def __init__(self, path: Path, salt: bytes, *, dlp: bool = True) -> None:
         self.path = path
         self.salt = salt
+        # False when joined to a `failcore run`: its proxy masks the events with its own DLP rules.
+        self.dlp = dlp
         self._lock = threading.Lock()
         self._next_check = 0.0
         self.reload_problems: list[str] = []
@@ -82,7 +84,8 @@ class RuntimeRules:
 
         st = os.stat(self.path)
         policy = load_policy(self.path)
-        return Loaded(policy, st.st_mtime_ns, st.st_size, DlpScanner.for_policy(policy, self.salt))
+        scanner = DlpScanner.for_policy(policy, self.salt) if self.dlp else None
+        return Loaded(policy, st.st_mtime_ns, st.st_size, scanner)
 
     def current(self) -> Loaded:
         now = time.monotonic()

@@ -93,9 +93,12 @@ class run:
         hook.install()
         with hook.internal():
             home = failcore_home()
-            rules = RuntimeRules(resolve(self._policy), load_or_create_salt(home))
             channel = os.environ.get("FAILCORE_EVENTS")
-            if self._tape is None and channel:
+            joining = bool(self._tape is None and channel)
+            # Joined, the enclosing failcore run masks the events with its DLP rules (events.apply_dlp).
+            rules = RuntimeRules(resolve(self._policy), load_or_create_salt(home), dlp=not joining)
+            if joining:
+                assert channel is not None
                 run_id = os.environ.get("FAILCORE_RUN_ID") or self._run_id or new_run_id()
                 try:
                     self._sink = ChannelSink(channel, os.environ.get("FAILCORE_EVENTS_TOKEN", ""), run_id)
@@ -107,7 +110,9 @@ class run:
             else:
                 run_id = self._run_id or new_run_id()
                 self._tape = self._tape or default_tape_dir()
-                self._sink = TapeSink(self._tape, run_id, str(rules.path))
+                scanner = rules.current().scanner
+                scan = scanner.engine.scan if scanner is not None else None
+                self._sink = TapeSink(self._tape, run_id, str(rules.path), scan)
         self._state = RunState(run_id, rules, self.strict, self._sink.submit)
         push_run(self._state)
         self._token = current_run.set(self._state)

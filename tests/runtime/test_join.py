@@ -4,6 +4,8 @@ the proxy's tape between its network events, and the tape verifies."""
 from __future__ import annotations
 
 import os
+import secrets
+import string
 import subprocess
 import sys
 import textwrap
@@ -95,3 +97,56 @@ def test_a_child_joins_failcore_run_and_the_mixed_tape_verifies(
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert orjson.loads(verify.stdout)["status"] == "ok"
+
+
+ORDERED_AGENT = textwrap.dedent(
+    """
+    import sys
+
+    import httpx
+
+    from failcore import guard, run
+
+    url, token = sys.argv[1], sys.argv[2]
+    with run() as ctx, httpx.Client(timeout=30) as client:
+
+        @guard
+        def note(text: str) -> str:
+            return "noted " + text[:4]
+
+        for i in range(3):
+            client.get(f"{url}/json?step={i}")
+            note(f"step {i} with {token}")  # a secret in a tool argument, not named as one
+        client.get(url + "/json?step=last")
+    """
+)
+
+
+def _github_token() -> str:
+    # Built at run time from random characters: no secret is written in this file.
+    alphabet = string.ascii_letters + string.digits
+    return "ghp_" + "".join(secrets.choice(alphabet) for _ in range(36))
+
+
+def test_a_joined_childs_tool_calls_sit_between_its_exchanges_on_the_tape_and_the_run_masks_them(
+    workdir: Path, tmp_path: Path, upstream: StandIn
+) -> None:
+    """The child sends each tool event before it goes on, so the tape's own order (seq) is the order
+    things happened: exchange, tool, exchange, tool, … And the child never waits for a DLP compile of
+    its own: the enclosing run masks a secret in a tool's argument with its rules before writing."""
+    token = _github_token()
+    script, tape = tmp_path / "agent.py", tmp_path / "tape"
+    script.write_text(ORDERED_AGENT)
+    result = failcore_run(tape, upstream, sys.executable, str(script), upstream.url, token, cwd=workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    events = read_tape(tape)
+    steps = [e for e in events if e["kind"] in ("network", "tool")]
+    assert [e["kind"] for e in steps] == ["network", "tool"] * 3 + ["network"]
+    assert [e["path"] for e in steps if e["kind"] == "network"] == [
+        "/json?step=0", "/json?step=1", "/json?step=2", "/json?step=last",
+    ]  # fmt: skip
+    for tool in (e for e in steps if e["kind"] == "tool"):
+        assert token not in orjson.dumps(tool).decode()
+        assert [h["location"] for h in tool["dlp"]["hits"]] == ["tool.args/text"]
+    assert token.encode() not in b"".join(p.read_bytes() for p in sorted(tape.glob("seg-*.jsonl")))
