@@ -62,10 +62,9 @@ def test_agent_under_failcore_run_records_llm_tool_llm_in_order(
 
     events = read_tape(tape)
     (run,) = {e["run"] for e in events if "run" in e and e["kind"] != "checkpoint"}
-    # In the order they happened. (The tape's seq is the order events arrived in: an exchange is written
-    # when its response ends, a tool event when the child's sender delivers it, which under load can be
-    # after the next exchange has ended.)
-    steps = sorted((e for e in events if e["kind"] in ("network", "tool")), key=lambda e: e["ts_start"])
+    # In the order they happened, in the tape's own order (seq): a joined child sends each tool event
+    # before it goes on, and an exchange is written before its response reaches the agent.
+    steps = [e for e in events if e["kind"] in ("network", "tool")]
     assert [e["kind"] for e in steps] == ["network", "tool", "network"], [e.get("action") for e in steps]
     first, tool, second = steps
     for llm, tool_calls in ((first, 1), (second, 0)):

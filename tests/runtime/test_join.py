@@ -84,10 +84,11 @@ def test_a_child_joins_failcore_run_and_the_mixed_tape_verifies(
     assert fetch["tool"]["origin"]["pid"] == save["tool"]["origin"]["pid"] != os.getpid()
     (exchange,) = [e for e in events if e["kind"] == "network"]
     assert (exchange["path"], exchange["status"]) == ("/json", 200)
-    # The exchange happened inside the fetch call, after its connect and before the write. The tape
-    # orders the child's events as it sent them; between them and the proxy's own events the order
-    # is when each reached the writer (the proxy writes an exchange once the response has passed,
-    # which can be just after the child has read it), so that order is checked by time.
+    # The exchange happened inside the fetch call, after its connect and before the write: so it sits
+    # on the tape (seq) and in time.
+    assert [e["seq"] for e in (connect, exchange, fetch, write, save)] == sorted(
+        e["seq"] for e in (connect, exchange, fetch, write, save)
+    )
     assert connect["ts_start"] <= exchange["ts_start"] and fetch["ts_start"] <= exchange["ts_start"]
     assert exchange["ts_start"] <= fetch["ts_end"] <= write["ts_start"]
 
