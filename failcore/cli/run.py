@@ -17,6 +17,8 @@ from failcore.textsafe import safe_text
 
 
 async def run_command(args: argparse.Namespace) -> int:
+    from failcore import quickstart
+    from failcore.quickstart import QuickStart
     from failcore.runner import EmbeddedProxy, ProxyStartError
 
     command = list(args.command)
@@ -30,27 +32,49 @@ async def run_command(args: argparse.Namespace) -> int:
     settings = proxy_settings(args, port=0)
     settings.proxy_auth = True  # other local users cannot use this run's proxy (and write into its tape)
     proxy = EmbeddedProxy(settings)
+    # The command starts while mitmproxy loads, on a socket bound first (see failcore.quickstart).
+    quick = QuickStart(proxy) if quickstart.applies(settings) else None
     try:
-        await proxy.start()
+        if quick is not None:
+            quick.prepare()
+        else:
+            await proxy.start()
     except ProxyStartError as e:
         err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True), soft_wrap=True)
         return 2
     assert proxy.ca is not None
     env = dict(os.environ)
-    if proxy.listening:
+    if quick is not None or proxy.listening:
         env.update(proxy.ca.env(proxy.client_url, args.no_proxy))
     else:  # local capture only: nothing to point a client at, it only needs to trust the CA
         env.update({k: v for k, v in proxy.ca.env("").items() if "PROXY" not in k.upper()})
-    env["FAILCORE_RUN_ID"] = proxy.session.run_id
+    env["FAILCORE_RUN_ID"] = proxy.run_id
     try:
         child = await _spawn(command, env, json_output=args.json)
     except OSError as e:
-        await proxy.stop()
+        if quick is not None:
+            quick.close()
+        else:
+            await proxy.stop()
         err_console.print(safe_text(f"failcore run: cannot start {command[0]}: {e}", "red"))
         return 127
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda s=sig: child.returncode is None and child.send_signal(s))
+    if quick is not None:
+        try:
+            if not await quick.follow(child):  # finished before mitmproxy loaded: its run is on the tape
+                return _finish_run(args, proxy, await child.wait())
+        except ProxyStartError as e:
+            quick.close()
+            if child.returncode is None:
+                child.terminate()
+            await child.wait()
+            err_console.print(
+                safe_text(f"failcore: {e}\n(the command was stopped)", "red", keep_newlines=True),
+                soft_wrap=True,
+            )
+            return 2
     code = await child.wait()
     await proxy.stop()
     return _finish_run(args, proxy, code)
@@ -65,13 +89,13 @@ async def _spawn(command: Sequence[str], env: dict[str, str], *, json_output: bo
 def _finish_run(args: argparse.Namespace, proxy: Any, code: int, **extra: Any) -> int:
     from failcore.runs import summarize_tape
 
-    summaries = summarize_tape(proxy.tape_dir, run=proxy.session.run_id)
-    summary = summaries[0].to_dict() if summaries else {"run": proxy.session.run_id, "requests": 0}
+    summaries = summarize_tape(proxy.tape_dir, run=proxy.run_id)
+    summary = summaries[0].to_dict() if summaries else {"run": proxy.run_id, "requests": 0}
     summary["exit_code"] = code
     summary["tape"] = str(proxy.tape_dir)
     summary.update(extra)
     if args.replay:
-        summary["replay_saved"] = replay_summary(proxy.tape_dir, proxy.session.run_id)
+        summary["replay_saved"] = replay_summary(proxy.tape_dir, proxy.run_id)
     summary["warnings"] = run_warnings(summary)
     if args.json:
         print_json(summary)
@@ -96,8 +120,7 @@ def run_warnings(s: dict[str, Any]) -> list[str]:
             f"{s['tls_failures']} TLS handshake(s) failed ({hosts}): the client does not trust "
             "failcore's CA. `failcore ca` prints its certificate and the trust variables (SSL_CERT_FILE, "
             "REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE, NODE_EXTRA_CA_CERTS); a client with its own CA store "
-            "must be given it"
-            + ("" if contained else "; `failcore run --contain` records every connection")
+            "must be given it" + ("" if contained else "; `failcore run --contain` records every connection")
         )
     if s.get("leftovers"):
         out.append("could not remove: " + "; ".join(s["leftovers"]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -21,7 +20,6 @@ import orjson
 from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 
-from failcore import __version__
 from failcore.dlp.pending import engine_ready
 from failcore.event import EgressEvent, Target
 from failcore.evidence import decoded_size_at_most, header_value, is_encoded
@@ -39,6 +37,7 @@ from failcore.evidence.exchange import (
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
+from failcore.runmarks import run_end_detail, run_start_detail
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
 
@@ -218,16 +217,7 @@ class Recorder:
                 kind="run_start",
                 run=self.session.run_id,
                 ts_start=self.started,
-                detail={
-                    "version": __version__,
-                    "pid": os.getpid(),
-                    "argv": sys.argv[:32],
-                    "policy": policy.source if policy else None,
-                    "policy_sha256": policy.sha256 if policy else None,
-                    "mode": policy.mode if policy else None,
-                    "tape": str(tape_dir),
-                    **({"replay_of": self.session.replay_of} if self.session.replay_of else {}),
-                },
+                detail=run_start_detail(policy, tape_dir, self.session.replay_of),
             ).to_dict()
         )
         self.backlog = EvidenceBacklog(self.writer.submit, settings.queue_size, self._evidence_failed)
@@ -249,13 +239,13 @@ class Recorder:
                 run=self.session.run_id,
                 ts_start=self.started,
                 ts_end=now,
-                detail={
-                    **self.counts,
-                    "internal_errors": self.session.internal_errors,
-                    "dropped": self.writer.dropped,
-                    "refused_no_evidence": self.refused,
-                    "duration_s": round(now - self.started, 3),
-                },
+                detail=run_end_detail(
+                    self.counts,
+                    self.session.internal_errors,
+                    self.writer.dropped,
+                    self.refused,
+                    now - self.started,
+                ),
             ).to_dict()
         )
         self.writer.close()
