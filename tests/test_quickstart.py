@@ -17,29 +17,11 @@ import orjson
 import pytest
 
 from tests.helpers import network_events, read_tape
+from tests.quickstart_helpers import REPO, describe, run_gated
 from tests.security.upstream import LoggingUpstream
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parent.parent
-
-# Run failcore with one more module in failcore.quickstart.PRELOAD: the gate.
-LAUNCHER = (
-    "import sys, failcore.quickstart as q; q.PRELOAD = (*q.PRELOAD, 'failcore_test_gate'); "
-    "from failcore.cli.main import main; sys.exit(main(sys.argv[1:]))"
-)
-GATE = textwrap.dedent(
-    """
-    import os, time
-    from pathlib import Path
-    marker = Path(os.environ["GATE_MARKER"])
-    if os.environ.get("GATE_FAIL"):
-        raise RuntimeError("gate says no")
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    """
-)
 # Connects to the proxy, sends one request, says so, then reads the answer (or, with "exit", leaves
 # without reading it).
 CHILD = textwrap.dedent(
@@ -72,35 +54,6 @@ CHILD = textwrap.dedent(
 def plain_logging_upstream(tmp_path: Path) -> Iterator[LoggingUpstream]:
     with LoggingUpstream(tmp_path / "logging-upstream-plain", tls=False) as up:
         yield up
-
-
-def run_gated(
-    tmp_path: Path, *command: str, fail: bool = False
-) -> tuple[subprocess.CompletedProcess[str], Path]:
-    gate_dir = tmp_path / "gate"
-    gate_dir.mkdir(exist_ok=True)
-    (gate_dir / "failcore_test_gate.py").write_text(GATE)
-    tape = tmp_path / "tape"
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    env.update(
-        FAILCORE_HOME=str(tmp_path / "home"),
-        PYTHONPATH=os.pathsep.join([str(REPO), str(gate_dir)]),
-        GATE_MARKER=str(tmp_path / "connected"),
-    )
-    if fail:
-        env["GATE_FAIL"] = "1"
-    result = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, "run", "--json", "--tape", str(tape), "--", *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    return result, tape
-
-
-def describe(result: subprocess.CompletedProcess[str]) -> str:
-    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
 
 
 def test_a_connection_made_before_mitmproxy_loaded_gets_through_and_is_recorded(
