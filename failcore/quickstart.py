@@ -37,6 +37,17 @@ if TYPE_CHECKING:
 
 # What EmbeddedProxy.start imports: the costly part of starting the proxy.
 PRELOAD = ("mitmproxy.tools.dump", "failcore.proxy")
+# What a run without traffic needs to finish (record_quiet_run, the summary), imported before the loader
+# starts: once abandoned, the loader's imports fail, and a module it was importing that falls back on an
+# ImportError must not be one the quiet path then uses.
+QUIET_PATH = (
+    "failcore.event",
+    "failcore.runmarks",
+    "failcore.tape.keys",
+    "failcore.tape.writer",
+    "failcore.runs",
+    "failcore.views.tables",
+)
 # How long a command that exited with connections still waiting may take to have them answered.
 BACKLOG_DRAIN_S = 5.0
 
@@ -93,6 +104,8 @@ class QuickStart:
             raise ProxyStartError(f"cannot listen on {s.listen_host}: {e}") from None
         s.listen_socket = self.listener
         self.proxy.ca = ensure_ca(s.confdir)
+        for name in QUIET_PATH:
+            importlib.import_module(name)
         self._start_loading()
 
     def _start_loading(self) -> None:
@@ -136,16 +149,20 @@ class QuickStart:
         assert self._loaded is not None
         exited = asyncio.ensure_future(child.wait())
         await asyncio.wait([self._loaded, exited], return_when=asyncio.FIRST_COMPLETED)
-        if exited.done() and not self.pending() and not self._loaded.done():
-            self.close()
+        if exited.done() and not self.pending():
+            # Nothing needs the proxy: stop loading it (the finder stays in place for the loader thread;
+            # it only ever acts on that thread) and record the run here.
             self._abandon.abandoned = True
+            self.close()
             self.record_quiet_run()
             return False
         if not exited.done():
             exited.cancel()
-        await self._loaded
-        await self.proxy.start()
-        self._unhook()
+        try:
+            await self._loaded
+            await self.proxy.start()
+        finally:
+            self._unhook()
         if child.returncode is not None:
             await self._answer_waiting()
         return True
@@ -163,7 +180,11 @@ class QuickStart:
     def close(self) -> None:
         if self.listener is not None:
             self.listener.close()
-        self._unhook()
+
+    def abandon(self) -> None:
+        """Nothing will use the proxy (the command could not start): stop loading it, close the socket."""
+        self._abandon.abandoned = True
+        self.close()
 
     def _unhook(self) -> None:
         if self._abandon in sys.meta_path:

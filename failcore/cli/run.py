@@ -53,7 +53,7 @@ async def run_command(args: argparse.Namespace) -> int:
         child = await _spawn(command, env, json_output=args.json)
     except OSError as e:
         if quick is not None:
-            quick.close()
+            quick.abandon()
         else:
             await proxy.stop()
         err_console.print(safe_text(f"failcore run: cannot start {command[0]}: {e}", "red"))
