@@ -129,6 +129,9 @@ class QuickStart:
                     importlib.import_module(name)
             except BaseException as e:  # reported through the future, or moot once abandoned
                 error = e
+            finally:
+                # Thread ids are reused: a later thread (the tape writer's) must not inherit the abandon.
+                self._abandon.thread = None
             if not loop.is_closed():
                 loop.call_soon_threadsafe(settle, error)
 
