@@ -126,3 +126,20 @@ def test_the_proxy_failing_to_load_after_the_command_started_stops_the_command(t
     assert "could not load the proxy" in result.stderr and "gate says no" in result.stderr
     assert "the command was stopped" in result.stderr
     assert not marker.exists()
+
+
+def test_the_summary_of_a_run_appended_to_a_tape_counts_that_run_only(
+    tmp_path: Path, plain_logging_upstream: LoggingUpstream
+) -> None:
+    """`run` summarises from the segment open when it started (not the whole tape): a second run on the
+    same tape still finds its own request, and not the first run's."""
+    up = plain_logging_upstream
+    first, tape = run_gated(tmp_path, sys.executable, "-c", CHILD, up.url, "wait")
+    assert first.returncode == 0, describe(first)
+    (tmp_path / "connected").unlink()
+    second, _ = run_gated(tmp_path, sys.executable, "-c", CHILD, up.url, "wait")
+    assert second.returncode == 0, describe(second)
+    summary = orjson.loads(second.stdout)
+    assert summary["run"] != orjson.loads(first.stdout)["run"]
+    assert summary["requests"] == 1
+    assert len(list(tape.glob("seg-*.jsonl"))) >= 2

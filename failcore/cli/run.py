@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from failcore.cli.common import err_console, print_json, print_run_summary
@@ -32,6 +33,7 @@ async def run_command(args: argparse.Namespace) -> int:
     settings = proxy_settings(args, port=0)
     settings.proxy_auth = True  # other local users cannot use this run's proxy (and write into its tape)
     proxy = EmbeddedProxy(settings)
+    first = first_segment(proxy.tape_dir)
     # The command starts while mitmproxy loads, on a socket bound first (see failcore.quickstart).
     quick = QuickStart(proxy) if quickstart.applies(settings) else None
     try:
@@ -64,7 +66,7 @@ async def run_command(args: argparse.Namespace) -> int:
     if quick is not None:
         try:
             if not await quick.follow(child):  # finished before mitmproxy loaded: its run is on the tape
-                return _finish_run(args, proxy, await child.wait())
+                return _finish_run(args, proxy, await child.wait(), first=first)
         except ProxyStartError as e:
             quick.close()
             if child.returncode is None:
@@ -77,7 +79,7 @@ async def run_command(args: argparse.Namespace) -> int:
             return 2
     code = await child.wait()
     await proxy.stop()
-    return _finish_run(args, proxy, code)
+    return _finish_run(args, proxy, code, first=first)
 
 
 async def _spawn(command: Sequence[str], env: dict[str, str], *, json_output: bool) -> Any:
@@ -86,10 +88,22 @@ async def _spawn(command: Sequence[str], env: dict[str, str], *, json_output: bo
     return await asyncio.create_subprocess_exec(*command, env=env, stdout=stdout)
 
 
-def _finish_run(args: argparse.Namespace, proxy: Any, code: int, **extra: Any) -> int:
-    from failcore.runs import summarize_tape
+def first_segment(tape_dir: Path) -> int:
+    """The segment a run starting now writes first (the last one, or a later one): a run's summary
+    reads from there, not the whole tape."""
+    from failcore.tape.reader import list_segments, segment_number
 
-    summaries = summarize_tape(proxy.tape_dir, run=proxy.run_id)
+    numbers = [segment_number(p.name) or 0 for p in list_segments(tape_dir)] if tape_dir.is_dir() else []
+    return max(numbers, default=0)
+
+
+def _finish_run(args: argparse.Namespace, proxy: Any, code: int, *, first: int = 0, **extra: Any) -> int:
+    from failcore.runs import summarize
+    from failcore.tape.reader import iter_events
+
+    # From the segment open when the run started: a run's summary does not read the whole tape.
+    events = iter_events(proxy.tape_dir, run=proxy.run_id, on_bad_line=lambda *_: None, start_segment=first)
+    summaries = summarize(events)
     summary = summaries[0].to_dict() if summaries else {"run": proxy.run_id, "requests": 0}
     summary["exit_code"] = code
     summary["tape"] = str(proxy.tape_dir)
@@ -158,6 +172,7 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
     except contain.ContainError as e:
         return fail(str(e))
     proxy: Any = None
+    first = 0
     refused: Any = None
     code: int | None = None
     try:
@@ -172,6 +187,7 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
         # or request never even opens a connection to its destination).
         settings.extra.update(failcore_raw_tcp="block", connection_strategy="lazy")
         proxy = EmbeddedProxy(settings)
+        first = first_segment(proxy.tape_dir)
         try:
             await proxy.start()
         except ProxyStartError as e:
@@ -209,4 +225,4 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
     if code is None:
         err_console.print("failcore run --contain: interrupted before the command started")
         return 128 + (interrupted[0] if interrupted else signal.SIGINT)
-    return _finish_run(args, proxy, code, contained=True, leftovers=leftovers)
+    return _finish_run(args, proxy, code, first=first, contained=True, leftovers=leftovers)
