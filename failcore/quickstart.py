@@ -114,7 +114,7 @@ class QuickStart:
         done = self._loaded
 
         def settle(error: BaseException | None) -> None:
-            if done.done():
+            if done.done() or self._abandon.abandoned:  # nobody waits for an abandoned load
                 return
             if error is None:
                 done.set_result(None)
@@ -156,6 +156,7 @@ class QuickStart:
             # Nothing needs the proxy: stop loading it (the finder stays in place for the loader thread;
             # it only ever acts on that thread) and record the run here.
             self._abandon.abandoned = True
+            self._loaded.cancel()
             self.close()
             self.record_quiet_run()
             return False
@@ -187,6 +188,8 @@ class QuickStart:
     def abandon(self) -> None:
         """Nothing will use the proxy (the command could not start): stop loading it, close the socket."""
         self._abandon.abandoned = True
+        if self._loaded is not None:
+            self._loaded.cancel()
         self.close()
 
     def _unhook(self) -> None:

@@ -98,6 +98,7 @@ def test_a_command_without_network_gets_run_start_and_run_end_without_waiting_fo
     """The gate never opens (no child connects): `run` must finish anyway, with the run on the tape."""
     result, tape = run_gated(tmp_path, sys.executable, "-c", "import sys; sys.exit(3)")
     assert result.returncode == 3, describe(result)
+    assert "Traceback" not in result.stderr and "never retrieved" not in result.stderr, describe(result)
     summary = orjson.loads(result.stdout)
     assert summary["exit_code"] == 3 and summary["requests"] == 0
     assert any("made no request through failcore" in w for w in summary["warnings"])
