@@ -5,6 +5,9 @@
 
 (a) `failcore run -- true` against plain `true`: wall time of the whole command (proxy start, the child,
     proxy stop, summary), so the difference is what failcore adds to a command.
+    `failcore run -- curl URL` against `curl URL` alone: a command that makes one request (to a port nothing
+    listens on: the proxy answers 502, curl alone is refused), so it waits for the proxy to finish
+    loading (failcore.quickstart starts the command while mitmproxy loads; `true` never waits for it).
 (b) `mitmdump -s addons/failcore_addon.py --set failcore_policy=POLICY` against bare `mitmdump`: wall
     time from exec until the listening port accepts a TCP connection.
 
@@ -41,12 +44,13 @@ from benchmarks.report import machine_info
 REPO = Path(__file__).resolve().parent.parent
 # Both commands start through this launcher, so `--repo` can time another checkout with this venv: an
 # editable install's import hook would otherwise load the installed checkout's failcore. It does what the
-# `failcore` and `mitmdump` console scripts do.
+# `failcore` and `mitmdump` console scripts do, importing only the one it runs (`failcore run -- true` does
+# not import mitmproxy.tools.main).
 LAUNCHER = (
     "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in f.__module__.lower()]; "
     "sys.path.insert(0, sys.argv.pop(1)); tool = sys.argv.pop(1); sys.argv[0] = tool; "
-    "from failcore.cli import main as failcore; from mitmproxy.tools.main import mitmdump; "
-    "sys.exit((failcore if tool == 'failcore' else mitmdump)())"
+    "import importlib; main = importlib.import_module('failcore.cli' if tool == 'failcore' else "
+    "'mitmproxy.tools.main'); sys.exit((main.main if tool == 'failcore' else main.mitmdump)())"
 )
 
 
@@ -56,6 +60,13 @@ def cpu_model() -> str:
 
 def fmt(samples: list[float]) -> str:
     return f"{statistics.median(samples):.3f} s ({min(samples):.3f}–{max(samples):.3f})"
+
+
+DEAD_PORT = free_port()  # nothing listens there
+
+
+def curl_dead() -> list[str]:
+    return ["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{DEAD_PORT}/"]
 
 
 class Bench:
@@ -78,6 +89,12 @@ class Bench:
     # (a) failcore run -- true
     def failcore_run(self) -> dict[str, float]:
         return self._timed([*self.launch("failcore"), "run", "--tape", str(self.tape), "--", "true"])
+
+    def failcore_run_curl(self) -> dict[str, float]:
+        return self._timed([*self.launch("failcore"), "run", "--tape", str(self.tape), "--", *curl_dead()])
+
+    def plain_curl(self) -> dict[str, float]:
+        return self._timed(["sh", "-c", " ".join(curl_dead()) + " || true"])
 
     def launch(self, tool: str) -> list[str]:
         return [sys.executable, "-c", LAUNCHER, str(self.repo), tool]
@@ -152,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--policy", default="policies/examples/dlp.yaml", help="policy for the mitmdump case")
-    parser.add_argument("--only", choices=("run", "mitmdump"), action="append")
+    parser.add_argument("--only", choices=("run", "run-curl", "mitmdump"), action="append")
     parser.add_argument(
         "--repo",
         type=Path,
@@ -161,13 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    only = set(args.only or ("run", "mitmdump"))
+    only = set(args.only or ("run", "run-curl", "mitmdump"))
     repos = [repo.resolve() for repo in args.repo or [REPO]]
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="failcore-startup-") as tmp:
         variants: dict[str, Callable[[], dict[str, float]]] = {}
         if "run" in only:
             variants["true"] = Bench(REPO, args.policy, Path(tmp) / "plain").plain_true
+        if "run-curl" in only:
+            variants["curl"] = Bench(REPO, args.policy, Path(tmp) / "plain").plain_curl
         if "mitmdump" in only:
             variants["bare mitmdump"] = lambda: Bench(REPO, args.policy, Path(tmp) / "bare").mitmdump(False)
         for number, repo in enumerate(repos):
@@ -180,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench.cold, bench.failcore_run
                 )
                 variants[f"{label}failcore run -- true (warm cache)"] = bench.failcore_run
+            if "run-curl" in only:
+                variants[f"{label}failcore run -- curl (warm cache)"] = bench.failcore_run_curl
             if "mitmdump" in only:
                 bench.mitmdump(True)
                 with_failcore = partial(bench.mitmdump, True)
@@ -208,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in samples.items():
         extra = ""
         if name.endswith("cache): wall"):
-            extra = f"   overhead {med[name] - med['true: wall']:+.3f} s"
+            bare = "curl: wall" if "-- curl" in name else "true: wall"
+            extra = f"   overhead {med[name] - med[bare]:+.3f} s"
         elif ": answers" in name and "failcore" in name:
             extra = f"   vs bare {med[name] - med['bare mitmdump: answers']:+.3f} s"
         print(f"  {name:<58} {fmt(values)}{extra}")

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mitmproxy import exceptions, options
-from mitmproxy.addons.termlog import TermLog
-from mitmproxy.tools.dump import DumpMaster
+from failcore.runmarks import new_run_id
 
-from failcore.ca import CaInfo, ensure_ca
-from failcore.proxy import make_addons
-from failcore.proxy.session import Session
-from failcore.shipped import default_policy_path
+# mitmproxy and failcore's addons are imported in start(): `failcore run` binds its socket and starts
+# the command while they load (failcore.quickstart).
+if TYPE_CHECKING:
+    from mitmproxy.tools.dump import DumpMaster
+
+    from failcore.ca import CaInfo
+    from failcore.proxy.session import Session
 
 
 class ProxyStartError(Exception):
@@ -41,20 +44,41 @@ class ProxySettings:
     extra: dict[str, Any] = field(default_factory=dict)
     # A random per-run credential for mitmproxy's `proxyauth`: clients must present it (client_url).
     proxy_auth: bool = False
+    # A socket already bound and listening (failcore.quickstart): the regular mode serves on it instead
+    # of binding its own, so connections made before the proxy started wait in its backlog.
+    listen_socket: socket.socket | None = None
 
 
 class EmbeddedProxy:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
-        self.session = Session()
+        self.run_id = settings.run_id or new_run_id()
+        self._session: Session | None = None
         self.master: DumpMaster | None = None
         self.ca: CaInfo | None = None
         self._task: asyncio.Task[None] | None = None
         self.credential: str | None = f"failcore:{secrets.token_urlsafe(24)}" if settings.proxy_auth else None
 
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            from failcore.proxy.session import Session
+
+            self._session = Session(run_id=self.run_id)
+        return self._session
+
     async def start(self, timeout: float = 15.0) -> None:
+        from mitmproxy import exceptions, options
+        from mitmproxy.addons.termlog import TermLog
+        from mitmproxy.tools.dump import DumpMaster
+
+        from failcore.ca import ensure_ca
+        from failcore.proxy import make_addons
+        from failcore.shipped import default_policy_path
+
         s = self.settings
-        self.ca = ensure_ca(s.confdir)
+        if self.ca is None:
+            self.ca = ensure_ca(s.confdir)
         opts = options.Options()
         master = DumpMaster(opts, with_termlog=False, with_dumper=False)
         started = _Started()
@@ -62,9 +86,13 @@ class EmbeddedProxy:
         # _Started last: its running hook fires once mitmproxy has set up its servers and every other
         # addon is running.
         master.addons.add(TermLog(out=sys.stderr), *make_addons(self.session), started)
+        listen_host, listen_port = s.listen_host, s.listen_port
+        if s.listen_socket is not None:
+            listen_host, listen_port = s.listen_socket.getsockname()[:2]
+            master.addons.get("proxyserver").servers.changed.connect(self._adopt_socket)
         updates: dict[str, Any] = {
-            "listen_host": s.listen_host,
-            "listen_port": s.listen_port,
+            "listen_host": listen_host,
+            "listen_port": listen_port,
             "mode": list(s.modes),
             "confdir": str(self.ca.confdir),
             "termlog_verbosity": "warn" if s.quiet else "info",
@@ -94,6 +122,15 @@ class EmbeddedProxy:
         with StartupErrors(hide=s.quiet) as errors:
             self._task = asyncio.get_running_loop().create_task(master.run())
             await self._wait_started(errors, started, timeout)
+
+    def _adopt_socket(self) -> None:
+        """Before mitmproxy starts its servers (Servers.changed fires between making and starting
+        them): the regular mode's server listens on settings.listen_socket instead of binding."""
+        sock = self.settings.listen_socket
+        assert self.master is not None and sock is not None
+        for instance in self.master.addons.get("proxyserver").servers:
+            if instance.mode.type_name == "regular" and not instance.is_running:
+                instance.listen = functools.partial(_serve_on, instance, sock)
 
     async def _wait_started(self, errors: StartupErrors, started: _Started, timeout: float) -> None:
         """Event-driven: wakes when mitmproxy runs, when an error is logged or when the master stops."""
@@ -144,6 +181,9 @@ class EmbeddedProxy:
 
     @property
     def address(self) -> tuple[str, int]:
+        if self.master is None and self.settings.listen_socket is not None:  # bound, not yet serving
+            host, port, *_ = self.settings.listen_socket.getsockname()
+            return host, port
         assert self.master is not None
         host, port, *_ = self.master.addons.get("proxyserver").listen_addrs()[0]
         return host, port
@@ -161,10 +201,10 @@ class EmbeddedProxy:
 
     @property
     def tape_dir(self) -> Path:
-        assert self.master is not None
         from failcore.paths import default_tape_dir
 
-        return Path(self.master.options.failcore_tape or default_tape_dir()).expanduser()
+        tape = self.master.options.failcore_tape if self.master is not None else self.settings.tape
+        return Path(tape or default_tape_dir()).expanduser()
 
     async def wait(self) -> None:
         if self._task is not None:
@@ -187,6 +227,11 @@ class EmbeddedProxy:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         self._task = None
+
+
+async def _serve_on(instance: Any, sock: socket.socket, host: str, port: int) -> list[asyncio.Server]:
+    # Stands in for AsyncioServerInstance.listen(host, port): the same asyncio server, on a bound socket.
+    return [await asyncio.start_server(instance.handle_stream, sock=sock)]
 
 
 class _Started:

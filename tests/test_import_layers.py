@@ -13,6 +13,7 @@ import pytest
 
 import failcore.demo
 import failcore.replay
+from failcore.quickstart import QUIET_PATH
 
 REPLAY_MODULES = sorted(m.name for m in pkgutil.iter_modules(failcore.replay.__path__, "failcore.replay."))
 DEMO_MODULES = sorted(m.name for m in pkgutil.iter_modules(failcore.demo.__path__, "failcore.demo."))
@@ -55,6 +56,18 @@ def test_package_imports_no_proxy(modules: list[str], expected: tuple[str, ...])
 
 @pytest.mark.parametrize("module", ["failcore", "failcore.tape", "failcore.runs"])
 def test_core_modules_do_not_load_the_proxy(module: str) -> None:
+    assert loaded_after(f"import {module}", "mitmproxy", "failcore.proxy") == {
+        "mitmproxy": False,
+        "failcore.proxy": False,
+    }
+
+
+# `failcore run` binds its socket and starts the command before mitmproxy has loaded; a command that
+# makes no request finishes with only these (failcore.quickstart).
+@pytest.mark.parametrize(
+    "module", ["failcore.runner", "failcore.quickstart", "failcore.runmarks", *QUIET_PATH, "failcore.cli.run"]
+)
+def test_run_start_and_its_quiet_path_do_not_load_the_proxy(module: str) -> None:
     assert loaded_after(f"import {module}", "mitmproxy", "failcore.proxy") == {
         "mitmproxy": False,
         "failcore.proxy": False,

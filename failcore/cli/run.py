@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from failcore.cli.common import err_console, print_json, print_run_summary
@@ -17,6 +18,8 @@ from failcore.textsafe import safe_text
 
 
 async def run_command(args: argparse.Namespace) -> int:
+    from failcore import quickstart
+    from failcore.quickstart import QuickStart
     from failcore.runner import EmbeddedProxy, ProxyStartError
 
     command = list(args.command)
@@ -30,36 +33,62 @@ async def run_command(args: argparse.Namespace) -> int:
     settings = proxy_settings(args, port=0)
     settings.proxy_auth = True  # other local users cannot use this run's proxy (and write into its tape)
     proxy = EmbeddedProxy(settings)
+    first = first_segment(proxy.tape_dir)
+    # The command starts while mitmproxy loads, on a socket bound first (see failcore.quickstart).
+    quick = QuickStart(proxy) if quickstart.applies(settings) else None
     try:
-        await proxy.start()
+        if quick is not None:
+            quick.prepare()
+        else:
+            await proxy.start()
     except ProxyStartError as e:
         err_console.print(safe_text(f"failcore: {e}", "red", keep_newlines=True), soft_wrap=True)
         return 2
     assert proxy.ca is not None
     env = dict(os.environ)
-    if proxy.listening:
+    if quick is not None or proxy.listening:
         env.update(proxy.ca.env(proxy.client_url, args.no_proxy))
     else:  # local capture only: nothing to point a client at, it only needs to trust the CA
         env.update({k: v for k, v in proxy.ca.env("").items() if "PROXY" not in k.upper()})
-    env["FAILCORE_RUN_ID"] = proxy.session.run_id
-    channel = await _open_channel(proxy, env)
+    env["FAILCORE_RUN_ID"] = proxy.run_id
+    channel = await _open_channel(proxy, env, quick.policy_path if quick is not None else None)
     try:
         child = await _spawn(command, env, json_output=args.json)
     except OSError as e:
         await channel.close()
-        await proxy.stop()
+        if quick is not None:
+            quick.abandon()
+        else:
+            await proxy.stop()
         err_console.print(safe_text(f"failcore run: cannot start {command[0]}: {e}", "red"))
         return 127
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda s=sig: child.returncode is None and child.send_signal(s))
+    if quick is not None:
+        try:
+            # A child that joined the run (failcore.run()) has events to write through the proxy.
+            if not await quick.follow(child, needs_proxy=channel.used):
+                await channel.close()  # finished before mitmproxy loaded: its run is on the tape
+                return _finish_run(args, proxy, await child.wait(), first=first)
+        except ProxyStartError as e:
+            await channel.close()
+            quick.close()
+            if child.returncode is None:
+                child.terminate()
+            await child.wait()
+            err_console.print(
+                safe_text(f"failcore: {e}\n(the command was stopped)", "red", keep_newlines=True),
+                soft_wrap=True,
+            )
+            return 2
     code = await child.wait()
     await channel.close()
     await proxy.stop()
-    return _finish_run(args, proxy, code)
+    return _finish_run(args, proxy, code, first=first)
 
 
-async def _open_channel(proxy: Any, env: dict[str, str]) -> Any:
+async def _open_channel(proxy: Any, env: dict[str, str], policy_path: Path | None) -> Any:
     """The socket a child's `failcore.run()` joins this run through (tool, file, process events)."""
     from failcore.runtime.channel import EventChannel
     from failcore.runtime.events import apply_dlp
@@ -70,13 +99,14 @@ async def _open_channel(proxy: Any, env: dict[str, str]) -> Any:
         # Masked with this run's DLP rules on the tape writer's thread, before it is written.
         session.record(lambda: apply_dlp(event, session.dlp, session.salt))
 
-    channel = EventChannel(session.run_id, record)
+    channel = EventChannel(proxy.run_id, record)
     await channel.start()
     env.update(channel.env())
     env["FAILCORE_TAPE"] = str(proxy.tape_dir)
-    policy = proxy.session.policy
-    if policy is not None and os.path.isfile(policy.source):
-        env["FAILCORE_POLICY"] = os.path.abspath(policy.source)
+    if policy_path is None and session.policy is not None:
+        policy_path = Path(session.policy.source)
+    if policy_path is not None and policy_path.is_file():
+        env["FAILCORE_POLICY"] = str(policy_path.resolve())
     return channel
 
 
@@ -86,16 +116,28 @@ async def _spawn(command: Sequence[str], env: dict[str, str], *, json_output: bo
     return await asyncio.create_subprocess_exec(*command, env=env, stdout=stdout)
 
 
-def _finish_run(args: argparse.Namespace, proxy: Any, code: int, **extra: Any) -> int:
-    from failcore.runs import summarize_tape
+def first_segment(tape_dir: Path) -> int:
+    """The segment a run starting now writes first (the last one, or a later one): a run's summary
+    reads from there, not the whole tape."""
+    from failcore.tape.reader import list_segments, segment_number
 
-    summaries = summarize_tape(proxy.tape_dir, run=proxy.session.run_id)
-    summary = summaries[0].to_dict() if summaries else {"run": proxy.session.run_id, "requests": 0}
+    numbers = [segment_number(p.name) or 0 for p in list_segments(tape_dir)] if tape_dir.is_dir() else []
+    return max(numbers, default=0)
+
+
+def _finish_run(args: argparse.Namespace, proxy: Any, code: int, *, first: int = 0, **extra: Any) -> int:
+    from failcore.runs import summarize
+    from failcore.tape.reader import iter_events
+
+    # From the segment open when the run started: a run's summary does not read the whole tape.
+    events = iter_events(proxy.tape_dir, run=proxy.run_id, on_bad_line=lambda *_: None, start_segment=first)
+    summaries = summarize(events)
+    summary = summaries[0].to_dict() if summaries else {"run": proxy.run_id, "requests": 0}
     summary["exit_code"] = code
     summary["tape"] = str(proxy.tape_dir)
     summary.update(extra)
     if args.replay:
-        summary["replay_saved"] = replay_summary(proxy.tape_dir, proxy.session.run_id)
+        summary["replay_saved"] = replay_summary(proxy.tape_dir, proxy.run_id)
     summary["warnings"] = run_warnings(summary)
     if args.json:
         print_json(summary)
@@ -158,6 +200,7 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
     except contain.ContainError as e:
         return fail(str(e))
     proxy: Any = None
+    first = 0
     refused: Any = None
     channel: Any = None
     code: int | None = None
@@ -173,6 +216,7 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
         # or request never even opens a connection to its destination).
         settings.extra.update(failcore_raw_tcp="block", connection_strategy="lazy")
         proxy = EmbeddedProxy(settings)
+        first = first_segment(proxy.tape_dir)
         try:
             await proxy.start()
         except ProxyStartError as e:
@@ -186,7 +230,7 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
         # The client needs to trust failcore's CA, not to know about a proxy (it has no other way out).
         env.update({k: v for k, v in proxy.ca.env("").items() if "PROXY" not in k.upper()})
         env["FAILCORE_RUN_ID"] = proxy.session.run_id
-        channel = await _open_channel(proxy, env)
+        channel = await _open_channel(proxy, env, None)
         if not interrupted:
             try:
                 child = await _spawn(netns.command(command), env, json_output=args.json)
@@ -213,4 +257,4 @@ async def _run_contained(args: argparse.Namespace, command: list[str]) -> int:
     if code is None:
         err_console.print("failcore run --contain: interrupted before the command started")
         return 128 + (interrupted[0] if interrupted else signal.SIGINT)
-    return _finish_run(args, proxy, code, contained=True, leftovers=leftovers)
+    return _finish_run(args, proxy, code, first=first, contained=True, leftovers=leftovers)

@@ -23,6 +23,7 @@ from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
+from failcore.runmarks import policy_detail
 from failcore.shipped import default_policy_path, resolve_policy
 
 logger = logging.getLogger("failcore")
@@ -227,16 +228,7 @@ class PolicyGate:
         return True
 
     def _record_policy_event(self, action: str, policy: Policy | None, problems: list[str]) -> None:
-        detail = {
-            "action": action,
-            "path": str(self.path),
-            "ok": not problems,
-            "problems": problems,
-            "active_sha256": policy.sha256 if policy else None,
-            "mode": policy.mode if policy else None,
-            "default": policy.default if policy else None,
-            "rules": len(policy.rules) if policy else 0,
-        }
+        detail = policy_detail(action, self.path, policy, problems)
         event = EgressEvent(kind="policy", run=self.session.run_id, ts_start=time.time(), detail=detail)
         self.session.record(event.to_dict())
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -21,8 +20,6 @@ import orjson
 from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 
-from failcore import __version__
-from failcore.dlp.masking import mask_strings
 from failcore.dlp.pending import engine_ready
 from failcore.event import EgressEvent, Target
 from failcore.evidence import decoded_size_at_most, header_value, is_encoded
@@ -40,6 +37,7 @@ from failcore.evidence.exchange import (
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
+from failcore.runmarks import run_end_detail, run_start_detail
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
 
@@ -213,28 +211,18 @@ class Recorder:
         )
         self.writer.start()
         self.started = time.time()
-        policy = self.session.policy
-        dlp, argv = self.session.dlp, sys.argv[:32]
-
-        def run_start() -> dict[str, Any]:
-            # Built on the writer thread: a secret on the command line is masked by the run's DLP rules.
-            return EgressEvent(
+        policy, dlp = self.session.policy, self.session.dlp
+        # (engine.scan looked up when called: a PendingEngine's attributes wait for the compile.)
+        scan = (lambda text: dlp.engine.scan(text)) if dlp is not None else None
+        # Built on the writer thread: a secret on the command line is masked by the run's DLP rules.
+        self.writer.submit(
+            lambda: EgressEvent(
                 kind="run_start",
                 run=self.session.run_id,
                 ts_start=self.started,
-                detail={
-                    "version": __version__,
-                    "pid": os.getpid(),
-                    "argv": mask_strings(argv, dlp.engine.scan if dlp is not None else None),
-                    "policy": policy.source if policy else None,
-                    "policy_sha256": policy.sha256 if policy else None,
-                    "mode": policy.mode if policy else None,
-                    "tape": str(tape_dir),
-                    **({"replay_of": self.session.replay_of} if self.session.replay_of else {}),
-                },
+                detail=run_start_detail(policy, tape_dir, self.session.replay_of, scan),
             ).to_dict()
-
-        self.writer.submit(run_start)
+        )
         self.backlog = EvidenceBacklog(self.writer.submit, settings.queue_size, self._evidence_failed)
         self.session.attach(self.backlog)
         logger.info("failcore: recording run %s to %s", self.session.run_id, tape_dir)
@@ -254,13 +242,13 @@ class Recorder:
                 run=self.session.run_id,
                 ts_start=self.started,
                 ts_end=now,
-                detail={
-                    **self.counts,
-                    "internal_errors": self.session.internal_errors,
-                    "dropped": self.writer.dropped,
-                    "refused_no_evidence": self.refused,
-                    "duration_s": round(now - self.started, 3),
-                },
+                detail=run_end_detail(
+                    self.counts,
+                    self.session.internal_errors,
+                    self.writer.dropped,
+                    self.refused,
+                    now - self.started,
+                ),
             ).to_dict()
         )
         self.writer.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import time
 import traceback
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from mitmproxy import http
 from failcore.event import EgressEvent
 from failcore.policy.model import Decision, Policy
 from failcore.proxy.settings import AddonSettings
+from failcore.runmarks import new_run_id
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("failcore")
 
 Sink = Callable[[dict[str, Any] | Callable[[], dict[str, Any]]], bool]
-
-
-def new_run_id() -> str:
-    return time.strftime("run-%Y%m%dT%H%M%SZ-", time.gmtime()) + secrets.token_hex(3)
 
 
 class BodyTap:

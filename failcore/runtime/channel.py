@@ -100,6 +100,10 @@ class EventChannel:
         self.accepted = 0
         self.refused = 0
 
+    def used(self) -> bool:
+        """A child has connected and sent something (events or refused lines) the run must write."""
+        return bool(self.accepted or self.refused)
+
     def env(self) -> dict[str, str]:
         return {"FAILCORE_EVENTS": self.path, "FAILCORE_EVENTS_TOKEN": self.token}
 

@@ -111,7 +111,8 @@ class run:
                 run_id = self._run_id or new_run_id()
                 self._tape = self._tape or default_tape_dir()
                 scanner = rules.current().scanner
-                scan = scanner.engine.scan if scanner is not None else None
+                # Looked up when called, on the writer thread: a compiling engine's attributes wait.
+                scan = (lambda text: scanner.engine.scan(text)) if scanner is not None else None
                 self._sink = TapeSink(self._tape, run_id, str(rules.path), scan)
         self._state = RunState(run_id, rules, self.strict, self._sink.submit)
         push_run(self._state)

@@ -168,8 +168,10 @@ def iter_events(
     run: str | None = None,
     kinds: Collection[str] | None = None,
     on_bad_line: Callable[[TapeLine, str], None] | None = None,
+    start_segment: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """Parsed events (including prev/seq/h), optionally only those of one run and/or some kinds.
+    """Parsed events (including prev/seq/h), optionally only those of one run and/or some kinds, from
+    segment `start_segment` on.
 
     Lines that are truncated or not JSON objects go to `on_bad_line`; by default they raise
     TapeFormatError naming segment:line. Filters first look for the exact bytes orjson writes for
@@ -181,7 +183,7 @@ def iter_events(
     run_needle = b'"run":' + orjson.dumps(run) if run is not None else None
     kind_set = frozenset(kinds) if kinds is not None else None
     kind_needles = tuple(b'"kind":' + orjson.dumps(k) for k in kind_set) if kind_set is not None else ()
-    for line in iter_lines(tape_dir):
+    for line in iter_lines(tape_dir, start_segment=start_segment):
         if not line.complete:
             report_bad(line, "truncated line (no trailing newline)")
             continue
