@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import os
 import secrets
+import select
 import shutil
 import socket
 import struct
@@ -99,10 +100,16 @@ class EventChannel:
         self._handlers: set[asyncio.Task[None]] = set()
         self.accepted = 0
         self.refused = 0
+        self.connections = 0
 
     def used(self) -> bool:
-        """A child has connected and sent something (events or refused lines) the run must write."""
-        return bool(self.accepted or self.refused)
+        """A child has connected (or is waiting in the backlog to): it may have events the run must
+        write. Counted at connection, not per event, so a child that exits right after sending is
+        never missed because its lines were not read yet."""
+        if self.connections:
+            return True
+        sockets = self._server.sockets if self._server is not None else ()
+        return any(select.select([s.fileno()], [], [], 0)[0] for s in sockets if s.fileno() >= 0)
 
     def env(self) -> dict[str, str]:
         return {"FAILCORE_EVENTS": self.path, "FAILCORE_EVENTS_TOKEN": self.token}
@@ -112,6 +119,7 @@ class EventChannel:
         os.chmod(self.path, 0o600)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)

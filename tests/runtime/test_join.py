@@ -151,3 +151,39 @@ def test_a_joined_childs_tool_calls_sit_between_its_exchanges_on_the_tape_and_th
         assert token not in orjson.dumps(tool).decode()
         assert [h["location"] for h in tool["dlp"]["hits"]] == ["tool.args/text"]
     assert token.encode() not in b"".join(p.read_bytes() for p in sorted(tape.glob("seg-*.jsonl")))
+
+
+def test_a_joined_child_without_network_that_exits_at_once_still_has_its_tool_call_on_the_tape(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """`failcore run` starts the command while mitmproxy loads and skips the proxy for a command that
+    made no connection; a child that joined the run still gets its events written (and masked)."""
+    token = _github_token()
+    script, tape = tmp_path / "agent.py", tmp_path / "tape"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from failcore import guard, run
+
+            with run():
+                guard(lambda text: len(text), name="count")(sys.argv[1])
+            """
+        )
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.lower().endswith("_proxy") and not k.startswith("FAILCORE_E")
+    }
+    # No --set: the quick start applies (the command starts before mitmproxy has loaded).
+    result = subprocess.run(
+        [sys.executable, "-m", "failcore.cli", "run", "--tape", str(tape), "--",
+         sys.executable, str(script), token],
+        capture_output=True, text=True, timeout=120, env=env, cwd=workdir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    (tool,) = [e for e in read_tape(tape) if e["kind"] == "tool"]
+    assert tool["action"] == "count" and tool["outcome"] == "ok"
+    assert [h["location"] for h in tool["dlp"]["hits"]] == ["tool.args/text"]
+    assert token.encode() not in b"".join(p.read_bytes() for p in sorted(tape.glob("seg-*.jsonl")))
