@@ -10,20 +10,21 @@ import difflib
 import re
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from failcore.dlp.custom import parse_custom_rules
-from failcore.dlp.gitleaks import import_gitleaks
-from failcore.dlp.model import SEVERITIES, DlpRule
-from failcore.dlp.rules import builtin_rules
-from failcore.llm.prices import load_price_table
 from failcore.policy.model import Position
 from failcore.policy.nodes import describe, item_pos, key_pos, quote, to_plain, value_pos
 from failcore.policy.validate import FAILED, Here, Invalid
 from failcore.shipped import BUNDLED_GITLEAKS
 
-GitleaksResult = tuple[Path, tuple[DlpRule, ...], tuple[tuple[str, str], ...]]
+if TYPE_CHECKING:
+    from failcore.dlp.model import DlpRule
+
+# The modules that read these fields (failcore.dlp: ~0.1 s, failcore.llm: ~0.1 s of CPU here) are
+# imported by the readers, so loading a policy without those fields (`failcore run`'s start) skips them.
+GitleaksResult = tuple[Path, tuple["DlpRule", ...], tuple[tuple[str, str], ...]]
 # Marks an import_gitleaks that failed: rule ids it would have defined are unknown, so none are checked.
 GITLEAKS_FAILED: GitleaksResult = (Path(), (), ())
 
@@ -31,6 +32,8 @@ _CUSTOM_RULE_FIELD = re.compile(r"^custom DLP rule .*?: (?:unknown field\(s\) )?
 
 
 def read_gitleaks(value: object, here: Here, key: object, label: str) -> GitleaksResult:
+    from failcore.dlp.gitleaks import import_gitleaks
+
     position = value_pos(here.node, key)
     if not isinstance(value, str) or not value.strip():
         here.add(
@@ -63,6 +66,8 @@ def read_gitleaks(value: object, here: Here, key: object, label: str) -> Gitleak
 
 def read_custom(value: object, here: Here, key: object, label: str) -> tuple[tuple[DlpRule, ...], set[str]]:
     """Parsed custom rules, plus every id written (so rule_actions does not also flag a broken rule)."""
+    from failcore.dlp.custom import parse_custom_rules
+
     if not isinstance(value, CommentedSeq):
         here.add(
             value_pos(here.node, key),
@@ -105,10 +110,14 @@ def _custom_rule_problem_pos(sequence: CommentedSeq, index: int, message: str) -
 
 
 def _builtin_rule_ids() -> frozenset[str]:
+    from failcore.dlp.rules import builtin_rules
+
     return frozenset(rule.id for rule in builtin_rules())
 
 
 def severity_key(key: object, here: Here) -> object:
+    from failcore.dlp.model import SEVERITIES
+
     if not isinstance(key, str) or key.strip().lower() not in SEVERITIES:
         return Invalid(f"{describe(key)} is not a severity; use {', '.join(SEVERITIES)}")
     return key.strip().lower()
@@ -135,6 +144,8 @@ def rule_id_key(key: object, here: Here) -> object:
 
 
 def read_prices(value: object, here: Here, key: object, label: str) -> object:
+    from failcore.llm.prices import load_price_table
+
     if not isinstance(value, CommentedMap):
         here.add(
             value_pos(here.node, key),
@@ -155,6 +166,8 @@ def _report_price_problems(
     here: Here, key: object, node: CommentedMap, overrides: dict, combined: ValueError
 ) -> None:
     """Price entries are retried one by one so every bad entry is reported at its own line."""
+    from failcore.llm.prices import load_price_table
+
     found = False
     for model, plain_model in zip(node, overrides, strict=True):
         try:
