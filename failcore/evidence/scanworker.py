@@ -22,11 +22,13 @@ import contextlib
 import logging
 import os
 import select
+import signal
 import struct
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -46,8 +48,10 @@ MAX_FRAME_EVENTS = 256
 MAX_FRAME_BYTES = 1 << 30
 # A reply slower than this means the child is stuck: it is killed and the batch scanned in-process.
 REPLY_TIMEOUT = 30.0
-# A dead child is started again at most this often.
+# A dead child is started again at most this often, and not at all after this many losses (the
+# writer then scans in-process for the rest of the run; each loss is on the tape).
 RESTART_INTERVAL = 2.0
+MAX_LOSSES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +133,7 @@ def _scanner_for(config: dict[str, Any]) -> DlpScanner:
 
 def child_main() -> int:
     """The worker: a config frame, then one reply per batch frame, until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd = sys.stdin.fileno()
     out = sys.stdout.buffer
     try:
@@ -162,7 +167,10 @@ class ScanWorker:
 
     def __init__(self, origin: ScanOrigin) -> None:
         self.origin = origin
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        # The same failcore as this process, installed or not (`mitmdump -s addons/…` from a checkout).
+        root = str(Path(__file__).resolve().parent.parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "failcore.evidence.scanworker"],
             stdin=subprocess.PIPE,
@@ -170,21 +178,24 @@ class ScanWorker:
             stderr=subprocess.DEVNULL,
             env=env,
             close_fds=True,
+            # Its own session: a Ctrl-C or a signal to the proxy's process group is the proxy's to
+            # handle; the child ends when its stdin closes (the proxy exits or dies).
+            start_new_session=True,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self._in = self.process.stdin
         self._out = self.process.stdout.fileno()
         self.ready = False
         self.refused: str | None = None
-        write_frame(
-            self._in,
-            {
-                "policy_path": origin.policy_path,
-                "policy_sha256": origin.policy_sha256,
-                "mode": origin.mode,
-                "salt": origin.salt.hex(),
-            },
-        )
+        config = {
+            "policy_path": origin.policy_path,
+            "policy_sha256": origin.policy_sha256,
+            "mode": origin.mode,
+            "salt": origin.salt.hex(),
+        }
+        # A child that died at once shows as end of file when its handshake is read.
+        with contextlib.suppress(OSError):
+            write_frame(self._in, config)
 
     @property
     def pid(self) -> int:
@@ -232,32 +243,32 @@ class ScanOffload:
         self.worker: ScanWorker | None = None
         self.deaths = 0
         self.offloaded = 0
+        self.disabled = False
         self._next_start = 0.0
+        self._refusal_logged: ScanOrigin | None = None
+        self._losses: list[object] = []
 
     def __call__(self, items: list[object]) -> list[object]:
         deferred = [i for i, item in enumerate(items) if isinstance(item, DeferredScan) and item.origin]
-        if not deferred:
+        if not deferred or self.disabled:
             return items
-        origin = items[deferred[0]].origin  # type: ignore[union-attr]
+        out = list(items)
+        origin = out[deferred[0]].origin  # type: ignore[union-attr]
         assert origin is not None
         worker = self._worker_for(origin)
-        if worker is None:
-            return items
-        mine = [i for i in deferred if items[i].origin == origin]  # type: ignore[union-attr]
-        out = list(items)
-        try:
-            for frame in _frames(mine):
-                scanned = worker.scan([items[i].event for i in frame])  # type: ignore[union-attr]
-                for i, event in zip(frame, scanned, strict=True):
-                    if event is not None:
-                        out[i] = event
-                        self.offloaded += 1
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            # An event orjson cannot frame (it could not be written either): the writer handles it.
-            logger.debug("failcore: DLP evidence batch not framed: %s", exc)
-            self._lost(worker, f"{type(exc).__name__}: {exc}", out)
-        except Exception as exc:
-            self._lost(worker, f"{type(exc).__name__}: {exc}", out)
+        if worker is not None:
+            mine = [i for i in deferred if out[i].origin == origin]  # type: ignore[union-attr]
+            try:
+                for frame in _frames(mine):
+                    scanned = worker.scan([items[i].event for i in frame])  # type: ignore[union-attr]
+                    for i, event in zip(frame, scanned, strict=True):
+                        if event is not None:
+                            out[i] = event
+                            self.offloaded += 1
+            except Exception as exc:  # the child died, hung or answered nonsense
+                self._lost(worker, f"{type(exc).__name__}: {exc}")
+        if self._losses:
+            out[:0], self._losses = self._losses, []
         return out
 
     def _worker_for(self, origin: ScanOrigin) -> ScanWorker | None:
@@ -272,26 +283,33 @@ class ScanOffload:
             try:
                 worker = self.worker = ScanWorker(origin)
             except OSError as exc:
-                logger.warning("failcore: could not start the DLP evidence worker: %s", exc)
+                self._lost(None, f"could not start: {type(exc).__name__}: {exc}")
                 return None
         try:
             if not worker.poll_ready():
-                if worker.refused is not None:
-                    logger.warning("failcore: DLP evidence worker refused the policy: %s", worker.refused)
+                if worker.refused is not None and self._refusal_logged != origin:
+                    self._refusal_logged = origin
+                    logger.warning(
+                        "failcore: DLP evidence worker refused the policy (%s); scanning in-process",
+                        worker.refused,
+                    )
                 return None
         except Exception as exc:
-            self._lost(worker, f"{type(exc).__name__}: {exc}", None)
+            self._lost(worker, f"{type(exc).__name__}: {exc}")
             return None
         return worker
 
-    def _lost(self, worker: ScanWorker, why: str, out: list[object] | None) -> None:
-        """The child died or misbehaved: recorded on the tape; this batch is scanned in-process."""
-        code = worker.process.poll()
-        if code is None:
-            worker.process.kill()
-        code = worker.close()
+    def _lost(self, worker: ScanWorker | None, why: str) -> None:
+        """The child died or misbehaved: recorded on the tape (ahead of this batch, which the writer
+        scans in-process)."""
+        code = None
+        if worker is not None:
+            if worker.process.poll() is None:
+                worker.process.kill()
+            code = worker.close()
         self.worker = None
         self.deaths += 1
+        self.disabled = self.deaths >= MAX_LOSSES
         logger.warning("failcore: DLP evidence worker lost (%s, exit %s); scanning in-process", why, code)
         event = EgressEvent(
             kind="internal_error",
@@ -303,11 +321,11 @@ class ScanOffload:
                 "where": "evidence worker",
                 "exit_code": code,
                 "fail_open": True,
-                "fallback": "DLP evidence scans run in the tape writer's thread until it restarts",
+                "fallback": "DLP evidence scans run in the tape writer's thread "
+                + ("for the rest of the run" if self.disabled else "until it restarts"),
             },
         ).to_dict()
-        if out is not None:
-            out.insert(0, event)
+        self._losses.append(event)
 
     def close(self) -> None:
         if self.worker is not None:

@@ -171,3 +171,29 @@ def test_worker_killed_mid_run_is_recorded_and_nothing_is_lost_or_unmasked(
     run_end = next(e for e in events if e["kind"] == "run_end")
     assert run_end["detail"]["internal_errors"] == 1 and run_end["detail"]["dropped"] == 0
     assert AWS_KEY.encode() in plain_logging_upstream.received_bytes()  # observe: it did go out
+
+
+def test_a_worker_that_keeps_dying_is_recorded_each_time_then_given_up(monkeypatch) -> None:
+    """A crash-looping child (here: one that exits at once) must neither flood the tape nor lose a scan."""
+    import failcore.evidence.scanworker as scanworker
+
+    origin, scanner = _origin_and_scanner()
+    monkeypatch.setattr(scanworker, "RESTART_INTERVAL", 0.0)
+    monkeypatch.setattr(scanworker.sys, "executable", "/bin/false")
+    offload = ScanOffload("run-test")
+    recorded: list[dict[str, object]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not offload.disabled:
+            assert time.monotonic() < deadline
+            out = offload([DeferredScan(_event("x"), scanner, origin)])
+            assert isinstance(out[-1], DeferredScan)  # left for the writer to scan
+            recorded += [item for item in out if isinstance(item, dict)]
+            time.sleep(0.05)
+        assert len(recorded) == scanworker.MAX_LOSSES == offload.deaths
+        assert all(e["kind"] == "internal_error" and e["detail"]["exit_code"] == 1 for e in recorded)  # type: ignore[index]
+        assert "for the rest of the run" in recorded[-1]["detail"]["fallback"]  # type: ignore[index]
+        assert offload([DeferredScan(_event("y"), scanner, origin)])[0].__class__ is DeferredScan
+        assert offload.worker is None
+    finally:
+        offload.close()
