@@ -48,6 +48,8 @@ MAX_FRAME_EVENTS = 256
 MAX_FRAME_BYTES = 1 << 30
 # A reply slower than this means the child is stuck: it is killed and the batch scanned in-process.
 REPLY_TIMEOUT = 30.0
+# The reply for an event the scan left exactly as it was.
+UNCHANGED = 0
 # A dead child is started again at most this often, and not at all after this many losses (the
 # writer then scans in-process for the rest of the run; each loss is on the tape).
 RESTART_INTERVAL = 2.0
@@ -149,11 +151,13 @@ def child_main() -> int:
             batch = read_frame(fd)
         except EOFError:
             return 0
-        results: list[dict[str, Any] | None] = []
+        results: list[dict[str, Any] | int | None] = []
         for event in batch:
             try:
+                before = orjson.dumps(event)
                 scan_event(scanner, event)
-                results.append(event)
+                # Most events hold no secret: "unchanged" spares the proxy decoding them again.
+                results.append(UNCHANGED if orjson.dumps(event) == before else event)
             except Exception:
                 results.append(None)  # the proxy scans this one itself
         write_frame(out, results)
@@ -214,12 +218,16 @@ class ScanWorker:
         return self.ready
 
     def scan(self, events: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        """The events, scanned and masked (None: scan it yourself). Raises when the child is gone."""
+        """The events, scanned and masked (an event the scan left as it was is returned itself; None:
+        scan it yourself). Raises when the child is gone."""
         write_frame(self._in, events)
         reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
         if not isinstance(reply, list) or len(reply) != len(events):
             raise ValueError("malformed reply from the DLP evidence worker")
-        return [item if isinstance(item, dict) else None for item in reply]
+        return [
+            item if isinstance(item, dict) else event if type(item) is int and item == UNCHANGED else None
+            for item, event in zip(reply, events, strict=True)
+        ]
 
     def close(self, timeout: float = 5.0) -> int | None:
         with contextlib.suppress(OSError):

@@ -87,6 +87,16 @@ def test_worker_masks_exactly_what_the_proxy_would_and_holds_no_socket() -> None
         raw = orjson.dumps(scanned)
         assert AWS_KEY.encode() not in raw and GITHUB_TOKEN.encode() not in raw
         assert {hit["rule"] for hit in scanned["dlp"]["hits"]} >= {"aws-access-key-id"}  # type: ignore[index]
+        # An event without secrets comes back "unchanged": the proxy keeps its own, which is identical.
+        clean = _event("clean")
+        clean["path"] = "/v1/upload"
+        clean["request"]["headers"] = [["content-type", "application/json"]]  # type: ignore[index]
+        clean["request"]["body"] = {"text": '{"note":"nothing here"}', "size": 23, "truncated": False}  # type: ignore[index]
+        reference = copy.deepcopy(clean)
+        scan_event(scanner, reference)
+        assert reference == clean and "dlp" not in clean
+        (same,) = offload([DeferredScan(clean, scanner, origin)])
+        assert same is clean
         assert offload.worker is not None
         fds = Path(f"/proc/{offload.worker.pid}/fd")
         links = [os.readlink(fd) for fd in fds.iterdir()]
