@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import Stats, cpu_seconds, rss_mib, stats
-from benchmarks.loadgen import WrkResult, curl_https, wrk_count, wrk_for, wrk_script
+from benchmarks.harness import Stats, stats, tree_cpu, tree_rss_mib
+from benchmarks.loadgen import curl_https, wrk_count, wrk_for, wrk_script
 from benchmarks.report import Section, Target
 from benchmarks.servers import BenchContext, ProxyProcess, Upstream, running_proxy
 from benchmarks.variants import HTTPS, LATENCY, MEMORY, REFERENCE, THROUGHPUT, Variant, for_section
@@ -56,11 +56,43 @@ def _check_tape(proxy: ProxyProcess, requests: int, samples: Samples) -> None:
         )
 
 
-def _proxy_cpu(proxy: ProxyProcess, run: Callable[[], WrkResult]) -> tuple[WrkResult, float]:
-    before = cpu_seconds(proxy.pid)
+@dataclass(frozen=True, slots=True)
+class ProxyCost:
+    """What one measured run cost the proxy: CPU per wall second and per exchange, split between the
+    mitmdump process and its children (failcore's DLP evidence worker), and their RSS at the end."""
+
+    share: float
+    proxy_us: float
+    worker_us: float
+    rss_mib: float
+
+    def extra(self) -> dict[str, float]:
+        return {
+            "proxy_cpu": self.share,
+            "proxy_us": self.proxy_us,
+            "worker_us": self.worker_us,
+            "rss_mib": self.rss_mib,
+        }
+
+
+def _measure_cost[T](
+    proxy: ProxyProcess, run: Callable[[], T], exchanges: Callable[[T], int]
+) -> tuple[T, ProxyCost]:
+    own0, kids0 = tree_cpu(proxy.pid)
     started = time.perf_counter()
     result = run()
-    return result, (cpu_seconds(proxy.pid) - before) / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    own1, kids1 = tree_cpu(proxy.pid)
+    count = max(exchanges(result), 1)
+    # A child that started during the run counts from zero, which is what it used.
+    kids = max(kids1 - kids0, 0.0)
+    cost = ProxyCost(
+        share=(own1 - own0 + kids) / wall,
+        proxy_us=(own1 - own0) / count * 1e6,
+        worker_us=kids / count * 1e6,
+        rss_mib=tree_rss_mib(proxy.pid),
+    )
+    return result, cost
 
 
 def _throughput_rows(section: Section, samples: Samples, variants: list[Variant], unit: str) -> None:
@@ -71,6 +103,9 @@ def _throughput_rows(section: Section, samples: Samples, variants: list[Variant]
         proxy_cpu = samples.get(variant.name, "proxy_cpu")
         client_cpu = samples.get(variant.name, "client_cpu")
         p50 = samples.get(variant.name, "p50_us")
+        proxy_us = samples.get(variant.name, "proxy_us")
+        worker_us = samples.get(variant.name, "worker_us")
+        rss = samples.get(variant.name, "rss_mib")
         rows.append(
             [
                 f"{variant.name}",
@@ -79,11 +114,24 @@ def _throughput_rows(section: Section, samples: Samples, variants: list[Variant]
                 ratio,
                 p50.fmt(0) if p50 else "–",
                 f"{proxy_cpu.median:.0%}" if proxy_cpu else "–",
+                f"{proxy_us.median:,.0f} + {worker_us.median:,.0f}" if proxy_us and worker_us else "–",
+                f"{rss.median:.0f}" if rss else "–",
                 f"{client_cpu.median:.0%}" if client_cpu else "–",
             ]
         )
     section.table(
-        ["variant", "what", f"{unit}", "× bare (per-round)", "p50 µs", "proxy CPU", "client CPU"], rows
+        [
+            "variant",
+            "what",
+            f"{unit}",
+            "× bare (per-round)",
+            "p50 µs",
+            "proxy CPU",
+            "CPU µs/exchange (mitmdump + worker)",
+            "RSS MiB",
+            "client CPU",
+        ],
+        rows,
     )
 
 
@@ -133,7 +181,7 @@ def run_throughput(ctx: BenchContext, upstream: Upstream, rounds: int) -> Sectio
                     log=ctx.log,
                     label="wrk [plain, warm-up 1 s]",
                 )
-                result, proxy_cpu = _proxy_cpu(
+                result, cost = _measure_cost(
                     proxy,
                     lambda a=address: wrk_for(
                         a,
@@ -143,23 +191,21 @@ def run_throughput(ctx: BenchContext, upstream: Upstream, rounds: int) -> Sectio
                         log=ctx.log,
                         label="wrk [plain, through proxy]",
                     ),
+                    lambda r: r.requests,
                 )
             _check_tape(proxy, warm.requests + result.requests, samples)
             proxy.cleanup()
             if result.errors:
                 samples.notes.append(f"{variant.name} round {round_no + 1}: {result.errors} wrk errors")
             samples.add(
-                variant,
-                result.rps,
-                proxy_cpu=proxy_cpu,
-                client_cpu=result.client_cpu_share,
-                p50_us=result.p50_us,
+                variant, result.rps, client_cpu=result.client_cpu_share, p50_us=result.p50_us, **cost.extra()
             )
     section = Section("throughput", "1. Throughput: plain HTTP keep-alive, 1 KB JSON POST, 8 connections")
     section.text(
         f"wrk, 1 thread, {CONNECTIONS} connections, {seconds:g} s per run after a 1 s warm-up on a fresh "
         "proxy; requests are absolute-URI POSTs of a 1 KB JSON body to nginx answering a 1 KB JSON. "
-        "CPU is per wall second (100% = one core)."
+        "CPU is per wall second (100% = one core), mitmdump and its children (failcore's DLP evidence "
+        "worker) together; CPU µs/exchange splits it between the two; RSS is both at the end of the run."
     )
     _throughput_rows(section, samples, variants, "requests/s")
     _throughput_targets(section, samples, variants, "plain HTTP throughput")
@@ -202,18 +248,20 @@ def run_https(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
                     log=ctx.log,
                     label="curl [https, warm-up]",
                 )
-                before = cpu_seconds(proxy.pid)
-                result = curl_https(
-                    ctx.workdir,
-                    url,
-                    requests=requests,
-                    parallel=CONNECTIONS,
-                    proxy=proxy.url,
-                    cacert=proxy.ca_cert,
-                    log=ctx.log,
-                    label="curl [https, through proxy]",
+                result, cost = _measure_cost(
+                    proxy,
+                    lambda p=proxy: curl_https(
+                        ctx.workdir,
+                        url,
+                        requests=requests,
+                        parallel=CONNECTIONS,
+                        proxy=p.url,
+                        cacert=p.ca_cert,
+                        log=ctx.log,
+                        label="curl [https, through proxy]",
+                    ),
+                    lambda r: r.requests - r.failures,
                 )
-                proxy_cpu = (cpu_seconds(proxy.pid) - before) / result.seconds
             _check_tape(proxy, 200 + requests - result.failures, samples)
             proxy.cleanup()
             if result.failures:
@@ -223,9 +271,9 @@ def run_https(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
             samples.add(
                 variant,
                 result.rps,
-                proxy_cpu=proxy_cpu,
                 client_cpu=result.client_cpu_share,
                 connections=result.connections,
+                **cost.extra(),
             )
     section = Section("https", "2. Throughput: HTTPS interception (CONNECT + TLS), 8 connections")
     section.text(
@@ -357,7 +405,7 @@ def run_memory(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
                     )
                     done[proxy.variant.name] += result.requests
                     time.sleep(1.0)  # let the tape writer drain its queue before reading RSS
-                    rss[proxy.variant.name][stage].append(rss_mib(proxy.pid))
+                    rss[proxy.variant.name][stage].append(tree_rss_mib(proxy.pid))
         finally:
             for proxy in proxies:
                 proxy.stop()

@@ -98,6 +98,40 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def children_of(pid: int) -> list[int]:
+    """Direct children of a process (failcore's DLP evidence worker is one)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of a process and of its live children: (process, children)."""
+    own = cpu_seconds(pid)
+    children = 0.0
+    for child in children_of(pid):
+        try:
+            children += cpu_seconds(child)
+        except (OSError, ValueError):
+            continue
+    return own, children
+
+
+def tree_rss_mib(pid: int) -> float:
+    """RSS of a process plus its live children."""
+    total = rss_mib(pid)
+    for child in children_of(pid):
+        try:
+            total += rss_mib(child)
+        except (OSError, RuntimeError):
+            continue
+    return total
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -198,6 +198,7 @@ class ProxyProcess:
         for item in extra_sets:
             self.argv += ["--set", item]
         env = dict(os.environ, FAILCORE_HOME=str(ctx.failcore_home), PYTHONPATH=str(REPO))
+        env.update(variant.env)
         ctx.log.note(f"mitmdump [{variant.name}]", self.argv)
         self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         try:

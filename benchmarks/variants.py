@@ -30,6 +30,7 @@ class Variant:
     direct: bool = False  # no proxy at all: the client talks to the upstream
     failcore: bool = False  # gets --set failcore_tape=<tmp>; its tape is checked after each run
     sections: frozenset[str] = _ALL_LOAD
+    env: tuple[tuple[str, str], ...] = ()  # extra environment variables for this variant's mitmdump
 
 
 DIRECT = Variant("direct", "client → upstream, no proxy", direct=True)
@@ -47,6 +48,15 @@ OBSERVE = Variant(
     ("-s", "{addon}"),
     failcore=True,
     sections=_ALL_LOAD | {MEMORY},
+)
+OBSERVE_INPROCESS = Variant(
+    "failcore observe, in-process DLP",
+    "as observe, but DLP evidence scans stay in the proxy process (FAILCORE_EVIDENCE_WORKER=0: "
+    "how failcore worked before the evidence worker)",
+    ("-s", "{addon}"),
+    failcore=True,
+    sections=frozenset({THROUGHPUT, HTTPS, LATENCY}),
+    env=(("FAILCORE_EVIDENCE_WORKER", "0"),),
 )
 OBSERVE_NO_DLP = Variant(
     "failcore no-DLP",
@@ -70,6 +80,7 @@ VARIANTS: tuple[Variant, ...] = (
     BARE_STREAMING,
     BARE_RECORDING,
     OBSERVE,
+    OBSERVE_INPROCESS,
     OBSERVE_NO_DLP,
     ENFORCE,
 )

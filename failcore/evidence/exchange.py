@@ -19,6 +19,7 @@ from failcore.evidence.body import body_evidence, header_value
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.pastcap import PastCapScan, scan_held_body
 from failcore.evidence.redact import credential_values, mask_echoed_credentials, redact_headers
+from failcore.evidence.scanworker import DeferredScan, ScanOrigin
 from failcore.llm import contract_drift
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ class EvidenceSettings:
     salt: bytes
     redact: frozenset[str]
     dlp: DlpScanner | None = None
+    # Where a separate process can rebuild `dlp` (failcore.evidence.scanworker); None: scan in-process.
+    scan_origin: ScanOrigin | None = None
 
 
 @dataclass(slots=True)
@@ -150,8 +153,9 @@ def _ms(a: float | None, b: float | None) -> float | None:
     return round((b - a) * 1000, 3)
 
 
-def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[str, Any]:
-    """Runs in the tape writer's thread."""
+def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[str, Any] | DeferredScan:
+    """The exchange's event. When `cfg.scan_origin` is set, an exchange without past-cap scans comes
+    back as a DeferredScan: built, its DLP pass left to the scan worker (or to whoever calls it)."""
     request, bytes_out, request_stream = _message_evidence(snap.request, cfg)
     response = None
     bytes_in = 0
@@ -227,7 +231,10 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     credentials = [*snap.request.headers, *(snap.response.headers if snap.response is not None else ())]
     mask_echoed_credentials(out, credential_values(credentials, cfg.redact), cfg.salt)
     if cfg.dlp is not None:
-        scan_event(cfg.dlp, out, [*past_cap_scans(snap), *_held_past_cap_scans(snap, cfg, out)])
+        past_cap = [*past_cap_scans(snap), *_held_past_cap_scans(snap, cfg, out)]
+        if cfg.scan_origin is not None and not past_cap:
+            return DeferredScan(out, cfg.dlp, cfg.scan_origin)
+        scan_event(cfg.dlp, out, past_cap)
     return out
 
 
@@ -288,7 +295,7 @@ def build_websocket_event(
     ts: float,
     decision: Decision | None,
     dropped: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, Any] | DeferredScan:
     body = body_evidence(
         content,
         complete=True,
@@ -326,6 +333,8 @@ def build_websocket_event(
     )
     out = event.to_dict()
     if cfg.dlp is not None:
+        if cfg.scan_origin is not None:
+            return DeferredScan(out, cfg.dlp, cfg.scan_origin)
         scan_event(cfg.dlp, out)
     return out
 

@@ -8,6 +8,7 @@ path. This module owns the tape writer's life, the run's start and end events, a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from failcore.evidence.exchange import (
     past_cap_scans,
     unbuilt_exchange_event,
 )
+from failcore.evidence.scanworker import ScanOffload, ScanOrigin
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
@@ -153,6 +155,10 @@ class Recorder:
         # Requests (and WebSocket messages) refused because their evidence could not be written.
         self.refused = 0
         self._last_fault: str | None = None
+        # DLP evidence scans of exchanges built on the loop run in a child process (see
+        # failcore.evidence.scanworker); FAILCORE_EVIDENCE_WORKER=0 keeps them in this process.
+        self.offload: ScanOffload | None = None
+        self._inline_cfg: EvidenceSettings | None = None
 
     def configure(self, updated: set[str]) -> None:
         # The values were checked by failcore.proxy.settings.Settings, which FailCore configures first.
@@ -175,7 +181,21 @@ class Recorder:
             salt=self.session.salt,
             redact=policy.redact_headers if policy else frozenset(),
             dlp=self.session.dlp,
+            scan_origin=self._scan_origin(),
         )
+        self._inline_cfg = dataclasses.replace(self.evidence_cfg, scan_origin=None)
+
+    def _scan_origin(self) -> ScanOrigin | None:
+        """Where the scan worker can rebuild this run's DLP scanner: the policy file it came from."""
+        policy = self.session.policy
+        if (
+            self.offload is None
+            or self.session.dlp is None
+            or policy is None
+            or not os.path.isfile(policy.source)
+        ):
+            return None
+        return ScanOrigin(os.path.abspath(policy.source), policy.sha256, policy.mode, self.session.salt)
 
     def _current_settings(self) -> EvidenceSettings:
         s = self.evidence_cfg
@@ -193,6 +213,9 @@ class Recorder:
         if self.writer is not None:
             return
         settings = self.session.settings
+        if os.environ.get("FAILCORE_EVIDENCE_WORKER", "1") != "0":
+            self.offload = ScanOffload(self.session.run_id)
+            self._refresh_settings()
         tape_dir = Path(settings.tape or default_tape_dir()).expanduser()
         # One signing identity per user, however failcore is started (mitmdump's confdir is mitmproxy's,
         # not failcore's): `failcore verify` checks tapes against the key in this same home.
@@ -208,6 +231,7 @@ class Recorder:
             checkpoint_every=settings.checkpoint_every,
             reserve_bytes=settings.tape_reserve_mb * 2**20,
             on_error=lambda msg: logger.warning("failcore tape: %s", msg),
+            prepare=self.offload,
         )
         self.writer.start()
         self.started = time.time()
@@ -244,7 +268,7 @@ class Recorder:
                 ts_end=now,
                 detail=run_end_detail(
                     self.counts,
-                    self.session.internal_errors,
+                    self.session.internal_errors + (self.offload.deaths if self.offload else 0),
                     self.writer.dropped,
                     self.refused,
                     now - self.started,
@@ -252,6 +276,8 @@ class Recorder:
             ).to_dict()
         )
         self.writer.close()
+        if self.offload is not None:
+            self.offload.close()
         self.session.sink = None
         self.writer = None
 
@@ -301,7 +327,8 @@ class Recorder:
             # Decoding, scanning and hashing a large body would hold the event loop for milliseconds
             # (and a past-cap scan, or DLP rules still compiling at start-up, may have to be waited for):
             # that work goes to the writer's thread, where a GIL hand-over is the smaller cost.
-            self.writer.submit(self._safe(builder))
+            assert self._inline_cfg is not None
+            self.writer.submit(self._safe(partial(build_exchange_event, snap, self._inline_cfg)))
             return
         self.session.record(builder)
 

@@ -191,7 +191,10 @@ class TapeWriter:
         checkpoint_every: int = 1000,
         reserve_bytes: int = 0,
         on_error: Callable[[str], None] | None = None,
+        prepare: Callable[[list[object]], list[object]] | None = None,
     ) -> None:
+        """`prepare`, called in the writer thread with each drained batch before it is written, may
+        return it with items replaced (the DLP scan worker turns deferred scans into events there)."""
         if queue_size < 1 or segment_bytes < 1 or checkpoint_every < 1:
             raise ValueError("queue_size, segment_bytes and checkpoint_every must be positive")
         if reserve_bytes < 0:
@@ -208,6 +211,7 @@ class TapeWriter:
         self._checkpoint_every = checkpoint_every
         self._on_error = on_error
         self._reserve_bytes = reserve_bytes
+        self._prepare = prepare
 
         # Only submit() touches _submit_drops and only the writer thread touches the rest, so the
         # counters need no lock (submit() is documented as called from one event loop).
@@ -436,6 +440,11 @@ class TapeWriter:
         if self._segment_damaged:
             self._rotate()
         self._append_drop_marker()
+        if self._prepare is not None and items:
+            try:
+                items = self._prepare(items)
+            except Exception as exc:  # the batch is written as it came: its builders still work
+                self._report(f"tape batch hook failed: {type(exc).__name__}: {exc}")
         for item in items:
             if item is _STOP:
                 stopping = True

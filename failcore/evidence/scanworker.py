@@ -1,0 +1,349 @@
+"""DLP evidence scans in a separate process, so they do not hold the proxy's event loop or GIL.
+
+Measured on a 2-core AMD EPYC: building one keep-alive 1 KB JSON exchange's event costs ~60 µs without
+DLP and ~400 µs with it (nine engine scans: URL, header names and values, both bodies), all of it on the
+proxy's critical core. Here the event is built without its DLP pass (`DeferredScan`), and the tape
+writer's thread hands a batch of them to a child process (`python -m failcore.evidence.scanworker`),
+which runs exactly the same `scan_event` with the same rules and salt and sends the masked events back.
+
+Nothing depends on the child: a `DeferredScan` is also a builder the tape writer can call itself, which
+is what happens while the child starts, when it refuses the policy, when an event cannot be framed,
+and when it dies (recorded on the tape as an internal_error, then restarted). No evidence is lost or
+written unmasked because of it. Only DLP *evidence* moves: every blocking decision is still taken on
+the request path, in the proxy, before anything leaves.
+
+The pipe carries length-prefixed orjson frames of plain JSON (no pickle); the child reads its stdin,
+writes its stdout, opens no socket and never sees the tape or the signing key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from failcore.event import EgressEvent
+from failcore.evidence.dlp import scan_event
+
+if TYPE_CHECKING:
+    from failcore.dlp.scanner import DlpScanner
+
+logger = logging.getLogger("failcore")
+
+_LENGTH = struct.Struct(">I")
+# One frame holds at most this many events (a batch is split into several frames); a frame's length
+# prefix above MAX_FRAME_BYTES is refused as corrupt.
+MAX_FRAME_EVENTS = 256
+MAX_FRAME_BYTES = 1 << 30
+# A reply slower than this means the child is stuck: it is killed and the batch scanned in-process.
+REPLY_TIMEOUT = 30.0
+# The reply for an event the scan left exactly as it was.
+UNCHANGED = 0
+# A dead child is started again at most this often, and not at all after this many losses (the
+# writer then scans in-process for the rest of the run; each loss is on the tape).
+RESTART_INTERVAL = 2.0
+MAX_LOSSES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOrigin:
+    """What the child needs to build the very scanner the proxy uses: the policy file, checked by its
+    SHA-256 (a file changed since is refused, never scanned with other rules), the mode and the salt."""
+
+    policy_path: str
+    policy_sha256: str
+    mode: str
+    salt: bytes
+
+
+class DeferredScan:
+    """An event built without its DLP pass. Called (by the tape writer, as any builder), it runs the
+    pass in this process; the scan worker runs it in the child instead."""
+
+    __slots__ = ("event", "origin", "scanner")
+
+    def __init__(self, event: dict[str, Any], scanner: DlpScanner, origin: ScanOrigin | None) -> None:
+        self.event = event
+        self.scanner = scanner
+        self.origin = origin
+
+    def __call__(self) -> dict[str, Any]:
+        scan_event(self.scanner, self.event)
+        return self.event
+
+
+# --- framing ------------------------------------------------------------------------------------
+
+
+def write_frame(stream: IO[bytes], payload: object) -> None:
+    data = orjson.dumps(payload)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError("no reply from the DLP evidence worker")
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            raise EOFError("the DLP evidence worker closed its pipe")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(fd: int, deadline: float | None = None) -> Any:
+    (size,) = _LENGTH.unpack(_read_exact(fd, _LENGTH.size, deadline))
+    if size > MAX_FRAME_BYTES:
+        raise ValueError(f"oversized frame from the DLP evidence worker ({size} bytes)")
+    return orjson.loads(_read_exact(fd, size, deadline))
+
+
+# --- the child ----------------------------------------------------------------------------------
+
+
+def _scanner_for(config: dict[str, Any]) -> DlpScanner:
+    from failcore.dlp.pending import wait_until_built
+    from failcore.dlp.scanner import DlpScanner
+    from failcore.policy.load import load_policy, with_mode
+
+    policy = with_mode(load_policy(config["policy_path"]), config["mode"])
+    if policy.sha256 != config["policy_sha256"]:
+        raise ValueError("the policy file changed since the proxy loaded it")
+    scanner = DlpScanner.for_policy(policy, bytes.fromhex(config["salt"]))
+    if scanner is None:
+        raise ValueError("the policy has DLP disabled")
+    wait_until_built(scanner.engine)
+    return scanner
+
+
+def child_main() -> int:
+    """The worker: a config frame, then one reply per batch frame, until stdin closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    fd = sys.stdin.fileno()
+    out = sys.stdout.buffer
+    try:
+        scanner = _scanner_for(read_frame(fd))
+    except EOFError:
+        return 0
+    except Exception as exc:
+        write_frame(out, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        return 1
+    write_frame(out, {"ok": True})
+    while True:
+        try:
+            batch = read_frame(fd)
+        except EOFError:
+            return 0
+        results: list[dict[str, Any] | int | None] = []
+        for event in batch:
+            try:
+                before = orjson.dumps(event)
+                scan_event(scanner, event)
+                # Most events hold no secret: "unchanged" spares the proxy decoding them again.
+                results.append(UNCHANGED if orjson.dumps(event) == before else event)
+            except Exception:
+                results.append(None)  # the proxy scans this one itself
+        write_frame(out, results)
+
+
+# --- the proxy's side ---------------------------------------------------------------------------
+
+
+class ScanWorker:
+    """One child process for one ScanOrigin. Used only from the tape writer's thread."""
+
+    def __init__(self, origin: ScanOrigin) -> None:
+        self.origin = origin
+        # The same failcore as this process, installed or not (`mitmdump -s addons/…` from a checkout).
+        root = str(Path(__file__).resolve().parent.parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "failcore.evidence.scanworker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+            # Its own session: a Ctrl-C or a signal to the proxy's process group is the proxy's to
+            # handle; the child ends when its stdin closes (the proxy exits or dies).
+            start_new_session=True,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._in = self.process.stdin
+        self._out = self.process.stdout.fileno()
+        self.ready = False
+        self.refused: str | None = None
+        config = {
+            "policy_path": origin.policy_path,
+            "policy_sha256": origin.policy_sha256,
+            "mode": origin.mode,
+            "salt": origin.salt.hex(),
+        }
+        # A child that died at once shows as end of file when its handshake is read.
+        with contextlib.suppress(OSError):
+            write_frame(self._in, config)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def poll_ready(self) -> bool:
+        """Whether the child has its scanner; never waits."""
+        if self.ready or self.refused is not None:
+            return self.ready
+        if select.select([self._out], [], [], 0)[0]:
+            reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
+            if isinstance(reply, dict) and reply.get("ok") is True:
+                self.ready = True
+            else:
+                self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
+        return self.ready
+
+    def scan(self, events: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """The events, scanned and masked (an event the scan left as it was is returned itself; None:
+        scan it yourself). Raises when the child is gone."""
+        write_frame(self._in, events)
+        reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
+        if not isinstance(reply, list) or len(reply) != len(events):
+            raise ValueError("malformed reply from the DLP evidence worker")
+        return [
+            item if isinstance(item, dict) else event if type(item) is int and item == UNCHANGED else None
+            for item, event in zip(reply, events, strict=True)
+        ]
+
+    def close(self, timeout: float = 5.0) -> int | None:
+        with contextlib.suppress(OSError):
+            self._in.close()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        with contextlib.suppress(OSError):
+            self.process.stdout.close()  # type: ignore[union-attr]
+        return self.process.returncode
+
+
+class ScanOffload:
+    """The tape writer's batch hook: hands the batch's DeferredScans to the child, replacing each with
+    its scanned event; whatever it cannot hand over stays a DeferredScan, scanned by the writer."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.worker: ScanWorker | None = None
+        self.deaths = 0
+        self.offloaded = 0
+        self.disabled = False
+        self._next_start = 0.0
+        self._refusal_logged: ScanOrigin | None = None
+        self._losses: list[object] = []
+
+    def __call__(self, items: list[object]) -> list[object]:
+        deferred = [i for i, item in enumerate(items) if isinstance(item, DeferredScan) and item.origin]
+        if not deferred or self.disabled:
+            return items
+        out = list(items)
+        origin = out[deferred[0]].origin  # type: ignore[union-attr]
+        assert origin is not None
+        worker = self._worker_for(origin)
+        if worker is not None:
+            mine = [i for i in deferred if out[i].origin == origin]  # type: ignore[union-attr]
+            try:
+                for frame in _frames(mine):
+                    scanned = worker.scan([items[i].event for i in frame])  # type: ignore[union-attr]
+                    for i, event in zip(frame, scanned, strict=True):
+                        if event is not None:
+                            out[i] = event
+                            self.offloaded += 1
+            except Exception as exc:  # the child died, hung or answered nonsense
+                self._lost(worker, f"{type(exc).__name__}: {exc}")
+        if self._losses:
+            out[:0], self._losses = self._losses, []
+        return out
+
+    def _worker_for(self, origin: ScanOrigin) -> ScanWorker | None:
+        worker = self.worker
+        if worker is not None and worker.origin != origin:
+            worker.close()
+            worker = self.worker = None
+        if worker is None:
+            if time.monotonic() < self._next_start:
+                return None
+            self._next_start = time.monotonic() + RESTART_INTERVAL
+            try:
+                worker = self.worker = ScanWorker(origin)
+            except OSError as exc:
+                self._lost(None, f"could not start: {type(exc).__name__}: {exc}")
+                return None
+        try:
+            if not worker.poll_ready():
+                if worker.refused is not None and self._refusal_logged != origin:
+                    self._refusal_logged = origin
+                    logger.warning(
+                        "failcore: DLP evidence worker refused the policy (%s); scanning in-process",
+                        worker.refused,
+                    )
+                return None
+        except Exception as exc:
+            self._lost(worker, f"{type(exc).__name__}: {exc}")
+            return None
+        return worker
+
+    def _lost(self, worker: ScanWorker | None, why: str) -> None:
+        """The child died or misbehaved: recorded on the tape (ahead of this batch, which the writer
+        scans in-process)."""
+        code = None
+        if worker is not None:
+            if worker.process.poll() is None:
+                worker.process.kill()
+            code = worker.close()
+        self.worker = None
+        self.deaths += 1
+        self.disabled = self.deaths >= MAX_LOSSES
+        logger.warning("failcore: DLP evidence worker lost (%s, exit %s); scanning in-process", why, code)
+        event = EgressEvent(
+            kind="internal_error",
+            run=self.run_id,
+            ts_start=time.time(),
+            fail_reason="internal_error",
+            error=f"DLP evidence worker lost: {why}"[:500],
+            detail={
+                "where": "evidence worker",
+                "exit_code": code,
+                "fail_open": True,
+                "fallback": "DLP evidence scans run in the tape writer's thread "
+                + ("for the rest of the run" if self.disabled else "until it restarts"),
+            },
+        ).to_dict()
+        self._losses.append(event)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+def _frames(indexes: list[int]) -> list[list[int]]:
+    return [indexes[start : start + MAX_FRAME_EVENTS] for start in range(0, len(indexes), MAX_FRAME_EVENTS)]
+
+
+if __name__ == "__main__":
+    sys.exit(child_main())

@@ -1,0 +1,209 @@
+"""The DLP evidence scan worker (failcore.evidence.scanworker): a child process that masks secrets in
+events so the proxy's event loop does not. Attacks on it: kill it mid-run, hope a secret reaches the
+tape unmasked or an exchange goes unrecorded; feed it a policy that changed on disk; find a socket in it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from failcore.dlp.scanner import DlpScanner
+from failcore.evidence.dlp import scan_event
+from failcore.evidence.scanworker import DeferredScan, ScanOffload, ScanOrigin
+from failcore.policy.load import load_policy
+from failcore.shipped import default_policy_path
+from tests.helpers import network_events, proxied_client, read_tape
+from tests.security.upstream import LoggingUpstream
+
+# Test values built at run time, shaped like the real credentials the built-in rules know.
+AWS_KEY = "AKIA" + "IOSFODNN7" + "EXAMPLQ"
+GITHUB_TOKEN = "ghp_" + "x7Yq2" * 7 + "a"
+SALT = b"0123456789abcdef"
+
+
+def _event(marker: str) -> dict[str, object]:
+    """A network event as the proxy builds it before its DLP pass, with secrets in a header and a body."""
+    body = orjson.dumps({"note": marker, "aws": AWS_KEY, "gh": GITHUB_TOKEN}).decode()
+    return {
+        "kind": "network",
+        "v": 1,
+        "run": "run-test",
+        "ts_start": 1.5,
+        "ts_end": 2.25,
+        "flow": marker,
+        "target": {"host": "api.example.test", "port": 443, "scheme": "https"},
+        "method": "POST",
+        "path": "/v1/upload?token=" + GITHUB_TOKEN,
+        "summary": "POST /v1/upload",
+        "request": {
+            "http_version": "HTTP/1.1",
+            "headers": [["content-type", "application/json"], ["x-debug", AWS_KEY]],
+            "body": {"text": body, "size": len(body), "truncated": False},
+        },
+        "response": {
+            "http_version": "HTTP/1.1",
+            "headers": [["content-type", "application/json"]],
+            "body": {"text": '{"ok":true}', "size": 11, "truncated": False},
+            "reason": "OK",
+        },
+        "warnings": [],
+    }
+
+
+def _origin_and_scanner() -> tuple[ScanOrigin, DlpScanner]:
+    path = default_policy_path()
+    policy = load_policy(path)
+    scanner = DlpScanner.for_policy(policy, SALT)
+    assert scanner is not None
+    return ScanOrigin(str(path), policy.sha256, policy.mode, SALT), scanner
+
+
+def _offload_until_ready(offload: ScanOffload, make: DeferredScan) -> list[object]:
+    deadline = time.monotonic() + 120
+    while True:
+        out = offload([make])
+        if not isinstance(out[0], DeferredScan):
+            return out
+        assert time.monotonic() < deadline, "the scan worker never became ready"
+        time.sleep(0.1)
+
+
+def test_worker_masks_exactly_what_the_proxy_would_and_holds_no_socket() -> None:
+    origin, scanner = _origin_and_scanner()
+    offload = ScanOffload("run-test")
+    try:
+        event = _event("first")
+        expected = copy.deepcopy(event)
+        scan_event(scanner, expected)  # in this process, as the proxy did before the worker
+        (scanned,) = _offload_until_ready(offload, DeferredScan(copy.deepcopy(event), scanner, origin))
+        assert scanned == orjson.loads(orjson.dumps(expected))
+        raw = orjson.dumps(scanned)
+        assert AWS_KEY.encode() not in raw and GITHUB_TOKEN.encode() not in raw
+        assert {hit["rule"] for hit in scanned["dlp"]["hits"]} >= {"aws-access-key-id"}  # type: ignore[index]
+        # An event without secrets comes back "unchanged": the proxy keeps its own, which is identical.
+        clean = _event("clean")
+        clean["path"] = "/v1/upload"
+        clean["request"]["headers"] = [["content-type", "application/json"]]  # type: ignore[index]
+        clean["request"]["body"] = {"text": '{"note":"nothing here"}', "size": 23, "truncated": False}  # type: ignore[index]
+        reference = copy.deepcopy(clean)
+        scan_event(scanner, reference)
+        assert reference == clean and "dlp" not in clean
+        (same,) = offload([DeferredScan(clean, scanner, origin)])
+        assert same is clean
+        assert offload.worker is not None
+        fds = Path(f"/proc/{offload.worker.pid}/fd")
+        links = [os.readlink(fd) for fd in fds.iterdir()]
+        assert not [link for link in links if link.startswith("socket:")], links
+    finally:
+        offload.close()
+
+
+def test_worker_refuses_a_policy_file_changed_since_the_proxy_loaded_it(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nmode: observe\ndefault: ALLOW\n")
+    policy = load_policy(path)
+    scanner = DlpScanner.for_policy(policy, SALT)
+    assert scanner is not None
+    origin = ScanOrigin(str(path), policy.sha256, policy.mode, SALT)
+    # Edited after the proxy loaded it: the worker must not scan with rules the proxy does not use.
+    path.write_text("version: 1\nmode: observe\ndefault: ALLOW\ndlp:\n  enabled: false\n")
+    offload = ScanOffload("run-test")
+    try:
+        deadline = time.monotonic() + 120
+        while offload.worker is None or (not offload.worker.ready and offload.worker.refused is None):
+            out = offload([DeferredScan(_event("x"), scanner, origin)])
+            assert isinstance(out[0], DeferredScan)  # never scanned elsewhere: the writer does it
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert offload.worker.refused and "changed" in offload.worker.refused
+        # And the writer's own scan of it still masks the secret.
+        event = out[0]()
+        assert AWS_KEY.encode() not in orjson.dumps(event)
+    finally:
+        offload.close()
+
+
+POLICY = """
+version: 1
+mode: observe
+default: ALLOW
+{extra}
+"""
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_worker_killed_mid_run_is_recorded_and_nothing_is_lost_or_unmasked(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, fail_open: bool
+) -> None:
+    policy = policy_file(POLICY.format(extra="" if fail_open else "fail_open: false"))
+    proxy = start_proxy(policy)
+    recorder = proxy.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
+    sent = 0
+    with proxied_client(proxy) as client:
+
+        def post() -> None:
+            nonlocal sent
+            reply = client.post(
+                f"{plain_logging_upstream.url}/upload", content=orjson.dumps({"n": sent, "aws": AWS_KEY})
+            )
+            # Fail-closed or not: losing the worker never makes evidence unwritable.
+            assert reply.status_code == 200
+            sent += 1
+
+        deadline = time.monotonic() + 120
+        while not proxy.call(lambda: recorder.offload.offloaded):
+            assert time.monotonic() < deadline, "no exchange was ever scanned by the worker"
+            post()
+            proxy.flush()
+        pid = proxy.call(lambda: recorder.offload.worker.pid)
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(5):
+            post()
+        proxy.flush()
+    proxy.stop()
+    raw = b"".join(p.read_bytes() for p in sorted((tmp_path / "tape").glob("seg-*.jsonl")))
+    assert AWS_KEY.encode() not in raw
+    events = read_tape(tmp_path / "tape")
+    uploads = [e for e in network_events(events) if e["path"] == "/upload"]
+    assert len(uploads) == sent
+    assert all(e["request"]["body"]["dlp_masked"] for e in uploads)
+    assert all("aws-access-key-id" in {hit["rule"] for hit in e["dlp"]["hits"]} for e in uploads)
+    lost = [e for e in events if e["kind"] == "internal_error"]
+    assert len(lost) == 1 and lost[0]["detail"]["where"] == "evidence worker"
+    assert lost[0]["detail"]["exit_code"] == -signal.SIGKILL
+    run_end = next(e for e in events if e["kind"] == "run_end")
+    assert run_end["detail"]["internal_errors"] == 1 and run_end["detail"]["dropped"] == 0
+    assert AWS_KEY.encode() in plain_logging_upstream.received_bytes()  # observe: it did go out
+
+
+def test_a_worker_that_keeps_dying_is_recorded_each_time_then_given_up(monkeypatch) -> None:
+    """A crash-looping child (here: one that exits at once) must neither flood the tape nor lose a scan."""
+    import failcore.evidence.scanworker as scanworker
+
+    origin, scanner = _origin_and_scanner()
+    monkeypatch.setattr(scanworker, "RESTART_INTERVAL", 0.0)
+    monkeypatch.setattr(scanworker.sys, "executable", "/bin/false")
+    offload = ScanOffload("run-test")
+    recorded: list[dict[str, object]] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not offload.disabled:
+            assert time.monotonic() < deadline
+            out = offload([DeferredScan(_event("x"), scanner, origin)])
+            assert isinstance(out[-1], DeferredScan)  # left for the writer to scan
+            recorded += [item for item in out if isinstance(item, dict)]
+            time.sleep(0.05)
+        assert len(recorded) == scanworker.MAX_LOSSES == offload.deaths
+        assert all(e["kind"] == "internal_error" and e["detail"]["exit_code"] == 1 for e in recorded)  # type: ignore[index]
+        assert "for the rest of the run" in recorded[-1]["detail"]["fallback"]  # type: ignore[index]
+        assert offload([DeferredScan(_event("y"), scanner, origin)])[0].__class__ is DeferredScan
+        assert offload.worker is None
+    finally:
+        offload.close()
