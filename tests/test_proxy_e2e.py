@@ -217,8 +217,10 @@ def test_compressed_bodies_are_decoded_in_the_tape(start_proxy, upstream, tmp_pa
     with proxied_client(proxy) as client:
         resp = client.get(f"{upstream.url}/{encoding}", headers={"Accept-Encoding": encoding})
     assert resp.status_code == 200
-    document = resp.content  # httpx decoded it, but zstd only with the zstandard package (not declared)
-    if encoding == "zstd" and resp.headers.get("content-encoding") == "zstd":
+    # httpx decoded it, but zstd only when the zstandard package happens to be installed (failcore does
+    # not declare it; the integrations extra pulls it in): a zstd frame still here is decoded here.
+    document = resp.content
+    if encoding == "zstd" and document[:4] == b"\x28\xb5\x2f\xfd":
         document = zstd.decompress(document)
     event = only(network_events(tape_of(proxy, tmp_path)), summary=f"GET /{encoding}")
     body = event["response"]["body"]

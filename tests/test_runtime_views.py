@@ -23,7 +23,7 @@ from failcore.tui.index import build_index
 from failcore.tui.summaries import summarize_tape_cached
 from failcore.views.tables import runs_table
 from tests.runtime_tapes import HOSTILE_ARG, HOSTILE_ARGV, HOSTILE_PATH, T0, mixed_run, tool, write_events
-from tests.test_tui import screen_text
+from tests.tui_helpers import screen_text
 
 RUN = "run-mixed-0001"
 REPO = Path(__file__).resolve().parents[1]
@@ -511,9 +511,8 @@ def test_a_child_joining_failcore_run_shows_its_tool_calls_between_its_exchanges
     """A real `failcore run -- python agent.py` whose agent guards an HTTPS fetch and a file write: the
     proxy's exchange and the child's events are one run, listed in tape order by show, counted by list,
     and in the report."""
-    from tests.runtime.helpers import enter_workdir
-    from tests.runtime.test_join import AGENT
-    from tests.runtime.test_join import failcore_run as run_under_failcore
+    from tests.runtime.helpers import AGENT, enter_workdir
+    from tests.runtime.helpers import failcore_run as run_under_failcore
 
     work = enter_workdir(tmp_path, monkeypatch)
     script, tape = tmp_path / "agent.py", tmp_path / "tape"

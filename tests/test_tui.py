@@ -19,6 +19,7 @@ from failcore.tui.app import EventScreen, EventsScreen, HelpScreen, RunsScreen, 
 from failcore.tui.filters import EventFilter
 from failcore.tui.index import build_index, chain_status, extract_fields
 from failcore.tui.render import parse_sse, stream_text
+from tests.tui_helpers import screen_text
 
 RUN = "run-fixed-0001"
 T0 = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
@@ -141,14 +142,6 @@ async def wait_filtered(app: ViewerApp, pilot: Any) -> None:
     if filtering:  # an empty list would mean "every worker", the never-ending index loop included
         await app.workers.wait_for_complete(filtering)
     await pilot.pause()
-
-
-def screen_text(app: ViewerApp) -> str:
-    """What the terminal shows, as plain text (from the same render the snapshot tests use)."""
-    lines = []
-    for y in range(app.size.height):
-        lines.append("".join(s.text for s in app.screen._compositor.render_update(full=True).strips[y]))
-    return "\n".join(lines)
 
 
 # --- index ----------------------------------------------------------------------------------------

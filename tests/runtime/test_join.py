@@ -15,45 +15,7 @@ import orjson
 
 from failcore.demo.server import StandIn
 from tests.helpers import read_tape
-
-AGENT = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-
-    import httpx
-
-    from failcore import guard, run
-
-    url = sys.argv[1]
-    with run(strict=True) as ctx:
-
-        @guard
-        def fetch(url: str) -> str:
-            with httpx.Client(timeout=30) as client:  # HTTPS_PROXY and SSL_CERT_FILE from failcore run
-                return client.get(url + "/json").json()["service"]
-
-        @guard
-        def save(text: str) -> int:
-            return Path("answer.txt").write_text(text)
-
-        save(fetch(url))
-        print(ctx.run_id, ctx.joined, ctx.tape)
-    """
-)
-
-
-def failcore_run(tape: Path, upstream: StandIn, *command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    args = ["run", "--tape", str(tape), "--set", f"ssl_verify_upstream_trusted_ca={upstream.ca_path}", "--"]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.lower().endswith("_proxy") and not k.startswith("FAILCORE_E")
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "failcore.cli", *args, *command],
-        capture_output=True, text=True, timeout=120, env=env, cwd=cwd,
-    )  # fmt: skip
+from tests.runtime.helpers import AGENT, failcore_run
 
 
 def test_a_child_joins_failcore_run_and_the_mixed_tape_verifies(
