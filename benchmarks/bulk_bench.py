@@ -144,6 +144,7 @@ class Proxy:
         self.name = name
         self.port = free_port()
         scratch = Path(tempfile.mkdtemp(prefix="proxy-", dir=workdir))
+        self.tape = scratch / "tape" if failcore else None
         argv = [
             sys.executable,
             "-c",
@@ -179,6 +180,15 @@ class Proxy:
 
     def stop(self) -> None:
         stop_process(self.process, timeout=60)
+
+    def past_cap_coverage(self) -> list[dict[str, Any]]:
+        """The `dlp.past_cap` blocks of the tape (read after stop): did DLP cover the bodies whole?"""
+        found: list[dict[str, Any]] = []
+        for path in sorted(self.tape.glob("*.jsonl")) if self.tape is not None else ():
+            for line in path.read_text().splitlines():
+                if '"past_cap"' in line:
+                    found.extend(json.loads(line).get("dlp", {}).get("past_cap", []))
+        return found
 
 
 class RssSampler(threading.Thread):
@@ -304,6 +314,65 @@ def profile(bench: Bench, repo: Path, out: Path) -> None:
         print(f"profile of the {kind}: {out / f'{kind}.txt'}")
 
 
+def dlp_costs(rounds: int = 5) -> dict[str, dict[str, float]]:
+    """CPU ms per MiB of the past-cap scanners on 1 MiB of incompressible bytes and of JSON text, in
+    this process: the full engine scan (what each batch cost before), Hyperscan's stream mode over the
+    engine's main database (the alternative the issue suggested), and scan_bulk (what runs now)."""
+    import hyperscan
+
+    from failcore.dlp import DlpEngine, builtin_rules
+    from failcore.dlp import decode as dv
+    from failcore.dlp import regex_backend as rx
+    from failcore.dlp.stream import scan_bulk
+
+    engine = DlpEngine(builtin_rules(), salt=b"bench")
+    engine.scan(b"warm up")
+    # The engine's main database, rebuilt in stream mode (its expressions, from its own helpers).
+    expressions = [engine._hs_expression(engine._rules[i]) for i in engine._hs_rule_indexes]
+    expressions.append(rx.pattern_bytes(dv.RUN_PATTERN))
+    stream_db = hyperscan.Database(mode=hyperscan.HS_MODE_STREAM)
+    stream_db.compile(
+        expressions=expressions, ids=list(range(len(expressions))), flags=[0] * len(expressions)
+    )
+    batch = 256 * 1024
+    bodies = {
+        "incompressible": _block(),
+        "JSON text": (b'{"id": 12345, "text": "lorem ipsum dolor sit amet", "tags": ["a", "b"]}\n' * 16_000)[
+            :MIB
+        ],
+    }
+
+    def full(body: bytes) -> None:
+        for i in range(0, len(body), batch):
+            engine.scan(body[i : i + batch])
+
+    def bulk(body: bytes) -> None:
+        for i in range(0, len(body), batch):
+            scan_bulk(engine, body[i : i + batch])
+
+    def on_match(*_: object) -> bool:
+        return False
+
+    def stream(body: bytes) -> None:
+        # (python-hyperscan's stream keeps no reference to its handler: it must outlive the stream)
+        with stream_db.stream(match_event_handler=on_match) as hs_stream:
+            for i in range(0, len(body), 65_536):
+                hs_stream.scan(body[i : i + 65_536])
+
+    runs = {"engine.scan per batch": full, "Hyperscan stream mode": stream, "scan_bulk": bulk}
+    samples: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):  # interleaved, like the transfers
+        for name, body in bodies.items():
+            for label, run in runs.items():
+                started = time.process_time()
+                run(body)
+                samples.setdefault((name, label), []).append((time.process_time() - started) * 1000)
+    out: dict[str, dict[str, float]] = {}
+    for (name, label), values in samples.items():
+        out.setdefault(name, {})[label] = statistics.median(values)
+    return out
+
+
 # --- output ---------------------------------------------------------------------------------------
 
 
@@ -333,6 +402,21 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {fmt(metrics['cpu_ms_per_MiB'])} | {fmt(metrics['rss_growth_MiB'])} |"
             )
     lines += ["", "Variants:"] + [f"- {name}: {text}" for name, text in result["variants"].items()]
+    if result.get("dlp_costs"):
+        labels = list(next(iter(result["dlp_costs"].values())))
+        lines += [
+            "",
+            "Past-cap DLP alone, CPU ms per MiB (median of 5, in one process, 256 KiB batches):",
+            "",
+            "| body | " + " | ".join(labels) + " |",
+            "|---|" + "---|" * len(labels),
+        ]
+        for body, costs in result["dlp_costs"].items():
+            lines.append(f"| {body} | " + " | ".join(f"{costs[label]:.1f}" for label in labels) + " |")
+    lines += ["", "DLP past the recorded cap (the tape's `dlp.past_cap`, warm-up included):"]
+    for name, cov in result.get("past_cap", {}).items():
+        notes = f" — incomplete: {'; '.join(cov['notes'])}" if cov["notes"] else ""
+        lines.append(f"- {name}: scanned whole in {cov['complete']} of {cov['bodies']} bodies{notes}")
     return "\n".join(lines) + "\n"
 
 
@@ -381,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     samples: dict[str, dict[str, dict[str, list[float]]]] = {kind: {} for kind in kinds}
     variants = {"bare": "mitmdump --set stream_large_bodies=1m, no addon"}
+    coverage: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="failcore-bulk-") as tmp:
         bench = Bench(Path(tmp), size)
         proxies: list[Proxy] = []
@@ -410,6 +495,16 @@ def main(argv: list[str] | None = None) -> int:
                             samples[kind].setdefault(proxy.name, {}).setdefault(metric, []).append(value)
             for proxy in proxies:
                 proxy.stop()
+                if proxy.tape is not None:
+                    covered = proxy.past_cap_coverage()
+                    notes = sorted(
+                        {str(c["note"]).split(" at byte")[0] for c in covered if not c["complete"]}
+                    )
+                    coverage[proxy.name] = {
+                        "bodies": len(covered),
+                        "complete": sum(1 for c in covered if c["complete"]),
+                        "notes": notes,
+                    }
             proxies.clear()
             if args.profile:
                 profile(bench, repos[-1], args.profile.resolve())
@@ -429,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         "kinds": kinds,
         "variants": variants,
         "samples": samples,
+        "past_cap": coverage,
+        "dlp_costs": dlp_costs() if args.runs else {},
     }
     if args.runs == 0:
         return 0

@@ -10,6 +10,7 @@ only the runs of text need the rules: finding them is a byte translation and a s
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import replace
 
 from failcore.dlp.engine import DlpEngine
@@ -113,17 +114,31 @@ def text_windows(buffer: bytes) -> list[tuple[int, int]] | None:
     return windows
 
 
+# Joins the windows of one buffer into one text to scan: no rule, escape or base64 run crosses it.
+SEPARATOR = b"\x00\n\x00"
+
+
 def scan_bulk(engine: DlpEngine, buffer: bytes) -> list[Hit]:
     """`engine.scan(buffer)` for a piece of a bulk body: a text buffer is scanned whole; in a binary one
-    (an archive, model weights, media) only the runs of text are, each with the engine's full pipeline
-    (decoded views included). Offsets are into `buffer`."""
+    (an archive, model weights, media) only its runs of text are, joined into one scan with the
+    engine's full pipeline (decoded views included). Offsets are into `buffer`."""
     windows = text_windows(buffer)
     if windows is None:
         return engine.scan(buffer)
-    hits: list[Hit] = []
+    if not windows:
+        return []
+    joined = SEPARATOR.join([buffer[start:stop] for start, stop in windows])
+    offsets: list[int] = []
+    position = 0
     for start, stop in windows:
-        hits.extend(
-            replace(hit, start=hit.start + start, end=hit.end + start)
-            for hit in engine.scan(buffer[start:stop])
-        )
+        offsets.append(position)
+        position += stop - start + len(SEPARATOR)
+    hits: list[Hit] = []
+    for hit in engine.scan(joined):
+        index = bisect_right(offsets, hit.start) - 1
+        start, stop = windows[index]
+        if hit.end - offsets[index] > stop - start:
+            continue  # it spans a separator: those bytes are not in the body
+        shift = start - offsets[index]
+        hits.append(replace(hit, start=hit.start + shift, end=hit.end + shift))
     return hits
