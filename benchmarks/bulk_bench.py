@@ -413,7 +413,7 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for body, costs in result["dlp_costs"].items():
             lines.append(f"| {body} | " + " | ".join(f"{costs[label]:.1f}" for label in labels) + " |")
-    lines += ["", "DLP past the recorded cap (the tape's `dlp.past_cap`, warm-up included):"]
+    lines += ["", "DLP past the recorded cap (the tape's `dlp.past_cap` of the timed transfers):"]
     for name, cov in result.get("past_cap", {}).items():
         notes = f" — incomplete: {'; '.join(cov['notes'])}" if cov["notes"] else ""
         lines.append(f"- {name}: scanned whole in {cov['complete']} of {cov['bodies']} bodies{notes}")
@@ -496,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
             for proxy in proxies:
                 proxy.stop()
                 if proxy.tape is not None:
-                    covered = proxy.past_cap_coverage()
+                    # (not the warm-up transfers: a fresh proxy may still be compiling its DLP rules)
+                    covered = proxy.past_cap_coverage()[len(kinds) :]
                     notes = sorted(
                         {str(c["note"]).split(" at byte")[0] for c in covered if not c["complete"]}
                     )
