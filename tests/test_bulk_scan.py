@@ -160,3 +160,41 @@ def test_short_text_runs_in_binary_are_not_windows() -> None:
     run = b"x" * (MIN_ISLAND - 1)
     assert text_windows(b"\x00" + run + b"\x00" * 100) == []
     assert text_windows(b"\x00" * 100 + run + b"y" + b"\x00") == [(99, 100 + MIN_ISLAND + 1)]
+
+
+def test_a_binary_upload_through_the_proxy_has_its_secret_past_the_cap_found_by_offset(
+    start_proxy, upstream, tmp_path
+) -> None:
+    """Through the real proxy: a streamed binary upload carries a secret in a text run far past the
+    recorded cap; the tape locates it by byte offset, says the scan was whole, and never holds the
+    secret."""
+    import base64
+
+    from tests.helpers import network_events, proxied_client, read_tape
+
+    proxy = start_proxy(sets=["failcore_body_cap=65536", "failcore_stream_threshold=65536"])
+    head = binary(1_500_000, 41) + b"\x00AWS_KEY="
+    body = head + AWS + b"\x00" + binary(500_000, 42)
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for i in range(0, len(body), 32_768):
+            yield body[i : i + 32_768]
+
+    with proxied_client(proxy) as client:
+        echoed = client.post(upstream.url + "/echo", content=chunks())
+    assert echoed.status_code == 200  # traffic untouched: the stand-in echoes what it received
+    assert base64.b64decode(echoed.json()["body_base64"]) == body
+    proxy.stop()
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "tape").glob("seg-*.jsonl"))
+    assert AWS not in raw
+    [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e["summary"] == "POST /echo"]
+    locations = {h["location"] for h in event["dlp"]["hits"] if h["rule"] == "aws-access-key-id"}
+    assert locations == {f"request.body@{len(head)}"}
+    coverage = {c["where"]: c for c in event["dlp"]["past_cap"]}
+    assert coverage["request.body"] == {
+        "where": "request.body",
+        "from_byte": 65536,
+        "to_byte": len(body),
+        "complete": True,
+        "note": None,
+    }
