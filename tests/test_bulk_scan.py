@@ -12,6 +12,7 @@ import failcore.evidence.pastcap as pastcap
 from failcore.dlp import DlpEngine, builtin_rules
 from failcore.dlp.stream import MIN_ISLAND, scan_bulk, text_windows
 from failcore.evidence.pastcap import OVERLAP, PastCapScan
+from tests.helpers import network_events, proxied_client, read_tape
 
 CAP = 10_000
 GITHUB = b"ghp_" + b"Z9y8X7w6V5u4" * 3
@@ -168,9 +169,6 @@ def test_a_binary_upload_through_the_proxy_has_its_secret_past_the_cap_found_by_
     """Through the real proxy: a streamed binary upload carries a secret in a text run far past the
     recorded cap; the tape locates it by byte offset, says the scan was whole, and never holds the
     secret."""
-    import base64
-
-    from tests.helpers import network_events, proxied_client, read_tape
 
     proxy = start_proxy(sets=["failcore_body_cap=65536", "failcore_stream_threshold=65536"])
     head = binary(1_500_000, 41) + b"\x00AWS_KEY="
