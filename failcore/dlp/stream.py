@@ -81,6 +81,9 @@ _ISLAND_NEEDLE = b"a" * MIN_ISLAND
 ISLAND_GAP = 64
 # Past this many windows, or this share of the buffer in windows, the buffer is scanned whole.
 MAX_WINDOWS = 128
+# One byte in this many is looked at first: a buffer whose sample is all text is scanned whole (the
+# engine's own pipeline; windows would only save work on binary bytes).
+SAMPLE_STRIDE = 61
 MAX_WINDOW_SHARE = 0.5
 
 
@@ -91,6 +94,8 @@ def text_windows(buffer: bytes) -> list[tuple[int, int]] | None:
 
     Two C passes (translate, find); Python work per run of text only."""
     size = len(buffer)
+    if buffer[::SAMPLE_STRIDE].translate(_ISLAND_TABLE).find(b" ") < 0:
+        return None  # every sampled byte is text: scan it whole without mapping it all
     mapped = buffer.translate(_ISLAND_TABLE)
     if mapped.find(b" ") < 0:
         return None  # all text
