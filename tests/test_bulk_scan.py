@@ -196,20 +196,3 @@ def test_a_binary_upload_through_the_proxy_has_its_secret_past_the_cap_found_by_
         "complete": True,
         "note": None,
     }
-
-
-@pytest.mark.parametrize(
-    "buffer",
-    [
-        planted_body()[0],
-        binary(300_000, 51),
-        b"x" * MIN_ISLAND + b"\x00" + b"y" * (MIN_ISLAND - 1) + b"\x00" + b"z" * MIN_ISLAND,
-        b"\x00" * 200 + b"w" * MIN_ISLAND + b"\x00" + b"v" * 50,
-        b"\x80" + b"t" * 3000 + b"\x00" * 5000 + b"u" * 11,
-    ],
-    ids=["planted", "random", "edges", "tail-run", "long-run"],
-)
-def test_the_two_ways_of_finding_text_runs_agree(buffer) -> None:
-    from failcore.dlp import stream
-
-    assert stream._islands_hyperscan(buffer) == stream._islands_translate(buffer)

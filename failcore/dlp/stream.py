@@ -10,12 +10,9 @@ only the runs of text need the rules: finding them is a byte translation and a s
 
 from __future__ import annotations
 
-import threading
 from bisect import bisect_right
 from dataclasses import replace
-from typing import Any
 
-from failcore.dlp import regex_backend as rx
 from failcore.dlp.engine import DlpEngine
 from failcore.dlp.model import Hit
 
@@ -95,92 +92,31 @@ def text_windows(buffer: bytes) -> list[tuple[int, int]] | None:
     than ISLAND_GAP bytes apart, each with one byte of context on either side. None when the buffer is
     mostly text (or its text is too scattered to be worth windows): scan it whole.
 
-    One Hyperscan pass (without the GIL, so the proxy's event loop keeps running) or, without
-    Hyperscan, two C passes (translate, find); Python work per run of text only."""
+    Two C passes (translate, find); Python work per run of text only."""
+    size = len(buffer)
     if buffer[::SAMPLE_STRIDE].translate(_ISLAND_TABLE).find(b" ") < 0:
         return None  # every sampled byte is text: scan it whole without mapping it all
-    islands = _islands_hyperscan(buffer) if rx.hyperscan_available() else _islands_translate(buffer)
-    if islands is None:
-        return None
-    size = len(buffer)
+    mapped = buffer.translate(_ISLAND_TABLE)
+    if mapped.find(b" ") < 0:
+        return None  # all text
     windows: list[tuple[int, int]] = []
     covered = 0
-    for island_start, island_end in islands:
-        start = max(0, island_start - 1)
-        stop = min(size, island_end + 1)
+    limit = MAX_WINDOW_SHARE * size
+    position = mapped.find(_ISLAND_NEEDLE)
+    while position >= 0:
+        end = mapped.find(b" ", position + MIN_ISLAND)
+        end = size if end < 0 else end
+        start = max(0, position - 1)
+        stop = min(size, end + 1)
         if windows and start - windows[-1][1] < ISLAND_GAP:
             covered -= windows[-1][1] - windows[-1][0]
             start = windows.pop()[0]
         windows.append((start, stop))
         covered += stop - start
-        if len(windows) > MAX_WINDOWS or covered > MAX_WINDOW_SHARE * size:
-            return None
-    return windows
-
-
-# Past this many runs of text, a buffer is scanned whole (even merged, they would be too many windows).
-_MAX_ISLANDS = 8 * MAX_WINDOWS
-
-
-def _islands_translate(buffer: bytes) -> list[tuple[int, int]] | None:
-    mapped = buffer.translate(_ISLAND_TABLE)
-    islands: list[tuple[int, int]] = []
-    position = mapped.find(_ISLAND_NEEDLE)
-    while position >= 0:
-        end = mapped.find(b" ", position + MIN_ISLAND)
-        end = len(mapped) if end < 0 else end
-        islands.append((position, end))
-        if len(islands) > _MAX_ISLANDS:
+        if len(windows) > MAX_WINDOWS or covered > limit:
             return None
         position = mapped.find(_ISLAND_NEEDLE, end)
-    return islands
-
-
-_TEXT_CLASS = rb"[\t\n\r\x20-\x7e]"
-_NOT_TEXT_CLASS = rb"[^\t\n\r\x20-\x7e]"
-# Where runs of text start (after a byte that is not text, or at 0) and end: one match each.
-_ISLAND_EXPRESSIONS = (
-    _NOT_TEXT_CLASS + _TEXT_CLASS + b"{%d}" % MIN_ISLAND,
-    _TEXT_CLASS + b"{%d}" % MIN_ISLAND + _NOT_TEXT_CLASS,
-    b"^" + _TEXT_CLASS + b"{%d}" % MIN_ISLAND,
-)
-_STARTS_AFTER_BYTE, _ENDS, _STARTS_AT_0 = range(3)
-_island_lock = threading.Lock()
-_island_db: Any = None
-
-
-def _islands_hyperscan(buffer: bytes) -> list[tuple[int, int]] | None:
-    global _island_db
-    hs = rx.hyperscan_module()
-    events: list[tuple[int, int]] = []
-
-    def on_match(kind: int, _start: int, end: int, _flags: int, _context: object) -> bool:
-        events.append((kind, end))
-        return len(events) > 2 * _MAX_ISLANDS
-
-    with _island_lock:  # one database, one scratch: scans take turns (they are short)
-        if _island_db is None:
-            database = hs.Database(mode=hs.HS_MODE_BLOCK)
-            database.compile(
-                expressions=list(_ISLAND_EXPRESSIONS), ids=[0, 1, 2], flags=[0, 0, hs.HS_FLAG_SINGLEMATCH]
-            )
-            _island_db = database
-        try:
-            _island_db.scan(buffer, match_event_handler=on_match)
-        except hs.ScanTerminated:
-            return None
-    islands: list[tuple[int, int]] = []
-    start: int | None = None
-    for kind, end in events:  # in the order of their ends: a run's start comes before its end
-        if kind == _ENDS:
-            if start is not None:
-                islands.append((start, end - 1))
-            start = None
-        else:
-            start = 0 if kind == _STARTS_AT_0 else end - MIN_ISLAND
-    if start is not None:
-        islands.append((start, len(buffer)))
-    return islands
+    return windows
 
 
 # Joins the windows of one buffer into one text to scan: no rule, escape or base64 run crosses it.
