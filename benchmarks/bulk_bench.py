@@ -324,6 +324,7 @@ def dlp_costs(rounds: int = 5) -> dict[str, dict[str, float]]:
     from failcore.dlp import decode as dv
     from failcore.dlp import regex_backend as rx
     from failcore.dlp.stream import scan_bulk
+    from failcore.evidence import pastcap
 
     engine = DlpEngine(builtin_rules(), salt=b"bench")
     engine.scan(b"warm up")
@@ -334,7 +335,7 @@ def dlp_costs(rounds: int = 5) -> dict[str, dict[str, float]]:
     stream_db.compile(
         expressions=expressions, ids=list(range(len(expressions))), flags=[0] * len(expressions)
     )
-    batch = 256 * 1024
+    batch = pastcap.BATCH_BYTES
     bodies = {
         "incompressible": _block(),
         "JSON text": (b'{"id": 12345, "text": "lorem ipsum dolor sit amet", "tags": ["a", "b"]}\n' * 16_000)[
@@ -406,7 +407,7 @@ def markdown(result: dict[str, Any]) -> str:
         labels = list(next(iter(result["dlp_costs"].values())))
         lines += [
             "",
-            "Past-cap DLP alone, CPU ms per MiB (median of 5, in one process, 256 KiB batches):",
+            "Past-cap DLP alone, CPU ms per MiB (median of 5, in one process, 1 MiB batches):",
             "",
             "| body | " + " | ".join(labels) + " |",
             "|---|" + "---|" * len(labels),

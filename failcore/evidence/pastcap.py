@@ -29,9 +29,11 @@ logger = logging.getLogger("failcore")
 
 OVERLAP = 4096
 MAX_HITS = 100
-QUEUE_CHUNKS = 64
-# Fresh bytes collected before a scan is handed to the worker: small chunks are not scanned one by one.
-BATCH_BYTES = 256 * 1024
+# At most QUEUE_CHUNKS batches wait for the worker (~16 MiB).
+QUEUE_CHUNKS = 16
+# Fresh bytes collected before a scan is handed to the worker: small chunks are not scanned one by one,
+# and each batch costs the worker a few GIL handoffs with a busy event loop, so batches are large.
+BATCH_BYTES = 1024 * 1024
 
 
 class PastCapScan:
