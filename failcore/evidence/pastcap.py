@@ -6,6 +6,10 @@ an upload would go unseen. `PastCapScan` watches such a stream: once it passes t
 chunk (with an overlap, so a secret straddling two chunks or the cap itself is found) to one worker
 thread, off the event loop. Hits carry their byte offset, since no recorded text holds them.
 
+The worker scans each batch with `failcore.dlp.stream.scan_bulk`: a batch of text whole, a binary one
+(an archive, model weights) only where it holds runs of text, so a large download costs the worker a
+small share of its bytes instead of several full rule passes per byte, and keeps up with the stream.
+
 The worker's queue is bounded: when it is full the scan of that body stops and says so, rather than
 hold chunks or slow the stream.
 """
@@ -18,15 +22,18 @@ import threading
 from typing import Any
 
 from failcore.dlp import DlpEngine, Hit
+from failcore.dlp.stream import scan_bulk
 from failcore.evidence.body import MAX_DECODED_BYTES, decoded_steps, is_encoded
 
 logger = logging.getLogger("failcore")
 
 OVERLAP = 4096
 MAX_HITS = 100
-QUEUE_CHUNKS = 64
-# Fresh bytes collected before a scan is handed to the worker: small chunks are not scanned one by one.
-BATCH_BYTES = 256 * 1024
+# At most QUEUE_CHUNKS batches wait for the worker (~16 MiB).
+QUEUE_CHUNKS = 16
+# Fresh bytes collected before a scan is handed to the worker: small chunks are not scanned one by one,
+# and each batch costs the worker a few GIL handoffs with a busy event loop, so batches are large.
+BATCH_BYTES = 1024 * 1024
 
 
 class PastCapScan:
@@ -92,7 +99,7 @@ class PastCapScan:
             self._hand_over()
 
     def _hand_over(self) -> None:
-        buffer = self.tail + bytes(self.batch)
+        buffer = b"".join((self.tail, self.batch))  # the one copy of these bytes
         base = self.base
         batch_start = base + len(self.tail)
         self.tail = buffer[-OVERLAP:]
@@ -118,7 +125,7 @@ class PastCapScan:
     def scan_now(self, buffer: bytes, base: int) -> None:
         """Runs in the worker thread (or the caller's, for the last batch)."""
         try:
-            for hit in self.engine.scan(buffer):
+            for hit in scan_bulk(self.engine, buffer):
                 if base + hit.end <= self.cap or len(self.hits) >= MAX_HITS:
                     continue  # inside the recorded part: evidence scanning reports it with its JSON pointer
                 self.hits.setdefault((hit.rule_id, base + hit.start, base + hit.end), hit)
@@ -134,7 +141,7 @@ class PastCapScan:
         then (offset, hit) pairs and what part of the body past the cap was covered. Called off the
         event loop: the evidence of an exchange with a past-cap scan is built in the writer's thread."""
         if self.batch and self.note is None:
-            buffer, base = self.tail + bytes(self.batch), self.base
+            buffer, base = b"".join((self.tail, self.batch)), self.base
             self.batch.clear()
             self.scan_here(buffer, base)
         with self.done:
