@@ -62,7 +62,7 @@ class CallState:
     # The first operation refused in strict mode: the call ends BLOCKED with its rule.
     blocked_by: tuple[str | None, str | None] | None = None
     would_block: bool = False
-    warnings: list[dict[str, str]] = field(default_factory=list)
+    warnings: tuple[dict[str, str], ...] = ()
     open: bool = True
 
 
