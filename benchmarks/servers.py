@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -135,8 +136,15 @@ def enforce_policy_text() -> str:
     placed last so every request walks the whole rule list first; with budgets that every request is
     counted against (never reached) and DLP that can BLOCK, so requests are scanned before forwarding."""
     strict = STRICT_POLICY.read_text()
+    # The rule goes at the end of the `rules:` list, wherever strict.yaml's next section starts.
+    head, rules_on = strict.split("\nrules:\n", 1)
+    following = re.search(r"^[a-z_]+:", rules_on, re.MULTILINE)
+    cut = following.start() if following else len(rules_on)
+    rules, rest = rules_on[:cut].rstrip("\n"), rules_on[cut:]
     return (
-        strict.rstrip("\n")
+        head
+        + "\nrules:\n"
+        + rules
         + """
 
   - id: allow-bench-upstream
@@ -144,6 +152,10 @@ def enforce_policy_text() -> str:
     scheme: [http, https]
     action: ALLOW
     reason: "benchmark upstream"
+
+"""
+        + rest.rstrip("\n")
+        + """
 
 budgets:
   - id: bench-run
