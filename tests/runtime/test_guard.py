@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import secrets
-import string
 import threading
 from pathlib import Path
 
@@ -15,14 +13,8 @@ import pytest
 
 from failcore import guard, run
 from failcore.tape.verify import verify_tape
-from tests.helpers import read_tape
+from tests.helpers import github_token, read_tape
 from tests.runtime.helpers import runtime_events, tape_bytes, tools
-
-
-def github_token() -> str:
-    # A fresh token of the real format (github-pat: ghp_ + 36 alphanumerics), so no allowlist knows it.
-    alphabet = string.ascii_letters + string.digits
-    return "ghp_" + "".join(secrets.choice(alphabet) for _ in range(36))
 
 
 def test_one_tool_event_per_call_with_arguments_result_and_effects(workdir: Path, tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ the proxy's tape between its network events, and the tape verifies."""
 from __future__ import annotations
 
 import os
-import secrets
-import string
 import subprocess
 import sys
 import textwrap
@@ -14,7 +12,7 @@ from pathlib import Path
 import orjson
 
 from failcore.demo.server import StandIn
-from tests.helpers import read_tape
+from tests.helpers import github_token, read_tape
 from tests.runtime.helpers import AGENT, failcore_run
 
 
@@ -85,19 +83,13 @@ ORDERED_AGENT = textwrap.dedent(
 )
 
 
-def _github_token() -> str:
-    # Built at run time from random characters: no secret is written in this file.
-    alphabet = string.ascii_letters + string.digits
-    return "ghp_" + "".join(secrets.choice(alphabet) for _ in range(36))
-
-
 def test_a_joined_childs_tool_calls_sit_between_its_exchanges_on_the_tape_and_the_run_masks_them(
     workdir: Path, tmp_path: Path, upstream: StandIn
 ) -> None:
     """The child sends each tool event before it goes on, so the tape's own order (seq) is the order
     things happened: exchange, tool, exchange, tool, … And the child never waits for a DLP compile of
     its own: the enclosing run masks a secret in a tool's argument with its rules before writing."""
-    token = _github_token()
+    token = github_token()
     script, tape = tmp_path / "agent.py", tmp_path / "tape"
     script.write_text(ORDERED_AGENT)
     result = failcore_run(tape, upstream, sys.executable, str(script), upstream.url, token, cwd=workdir)
@@ -120,7 +112,7 @@ def test_a_joined_child_without_network_that_exits_at_once_still_has_its_tool_ca
 ) -> None:
     """`failcore run` starts the command while mitmproxy loads and skips the proxy for a command that
     made no connection; a child that joined the run still gets its events written (and masked)."""
-    token = _github_token()
+    token = github_token()
     script, tape = tmp_path / "agent.py", tmp_path / "tape"
     script.write_text(
         textwrap.dedent(

@@ -5,21 +5,13 @@ there like anywhere else, so the token never reaches the disk in clear."""
 from __future__ import annotations
 
 import os
-import secrets
-import string
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from tests.helpers import read_tape
+from tests.helpers import github_token, read_tape
 from tests.security.helpers import tape_bytes
-
-
-def github_token() -> str:
-    # A fresh token of the real format (github-pat: ghp_ + 36 alphanumerics); none is written here.
-    alphabet = string.ascii_letters + string.digits
-    return "ghp_" + "".join(secrets.choice(alphabet) for _ in range(36))
 
 
 def _env() -> dict[str, str]:
