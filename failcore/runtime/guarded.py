@@ -18,7 +18,7 @@ from typing import Any, overload
 from failcore.policy.runtime import check_output
 from failcore.runtime import hook
 from failcore.runtime.context import Blocked, CallState, RunState, active_run, current_call
-from failcore.runtime.events import internal_error_event, origin, snapshot, tool_event
+from failcore.runtime.events import origin, snapshot, tool_event
 
 # Call ids: 8 random hex digits per process + a counter (16 hex digits, as uuid4().hex[:16] would be,
 # without a getrandom(2) syscall per call: that alone cost 7-15 us on the benchmark machine).
@@ -217,12 +217,5 @@ def _arguments(
 
 def _failed(run: RunState, where: str, exc: Exception, *, closed_ok: bool = False) -> None:
     """A failure inside failcore: recorded; the tool runs anyway unless the policy fails closed."""
-    run.internal_errors += 1
-    fail_open = True
-    try:
-        fail_open = run.rules.fail_open
-        run.record(internal_error_event(run.run_id, where, exc, fail_open))
-    except Exception:  # pragma: no cover - the last line of defence
-        pass
-    if not fail_open and not closed_ok:
+    if not hook.record_failure(run, where, exc) and not closed_ok:
         raise Blocked(f"failcore failed ({type(exc).__name__}) and the policy says fail_open: false") from exc

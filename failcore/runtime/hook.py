@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from failcore.event import Target
 from failcore.policy.address import canonical_ip
-from failcore.runtime.context import Blocked, CallState, current_call
+from failcore.runtime.context import Blocked, CallState, RunState, current_call
 from failcore.runtime.events import effect_event, internal_error_event, mask
 
 _local = threading.local()
@@ -105,13 +105,12 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
 
 
 def _internal_failure(call: CallState, event: str, exc: Exception) -> None:
-    if not _record_failure(call, f"runtime.hook:{event}", exc):
+    if not record_failure(call.run, f"runtime.hook:{event}", exc):
         raise Blocked(f"failcore failed while checking {event} and the policy says fail_open: false")
 
 
-def _record_failure(call: CallState, where: str, exc: Exception) -> bool:
+def record_failure(run: RunState, where: str, exc: Exception) -> bool:
     """Record a failure inside failcore; True when the policy fails open (the default)."""
-    run = call.run
     run.internal_errors += 1
     fail_open = True
     try:
@@ -136,7 +135,7 @@ def _ask(call: CallState, check: Callable[..., Any], *args: Any, **kwargs: Any) 
     try:
         return check(*args, **kwargs)
     except Exception as exc:
-        return None if _record_failure(call, "runtime.policy", exc) else _FailedClosed()
+        return None if record_failure(call.run, "runtime.policy", exc) else _FailedClosed()
 
 
 def _decide(
