@@ -160,8 +160,9 @@ def effect_event(
     would_block: bool,
     summary: str,
     target: Target | None = None,
+    ts: float | None = None,
 ) -> dict[str, Any]:
-    now = time.time()
+    now = time.time() if ts is None else ts  # when the operation was seen, not when this is built
     blocked = decision == "BLOCK"
     return EgressEvent(
         kind=kind,  # type: ignore[arg-type]
@@ -228,6 +229,8 @@ def tool_event(
         )
     else:
         decision, outcome, fail_reason, rule, reason = "ALLOW", "ok", None, None, None
+    if reason is not None:  # a refusal's reason names the file or address it refused
+        reason = mask(reason, scanner, salt, hits, "tool.reason")
     error_text = None
     if error is not None:
         error_text = mask(f"{type(error).__name__}: {error}", scanner, salt, hits, "tool.error")[:1000]
@@ -268,9 +271,10 @@ def _dlp_warning(hits: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def apply_dlp(event: dict[str, Any], scanner: DlpScanner | None, salt: bytes) -> dict[str, Any]:
-    """A joined child's event masked by the enclosing `failcore run` with its own DLP rules.
+    """An event's recorded strings masked with DLP rules: a joined child's by the enclosing `failcore
+    run` (its rules), an fs/exec/connect event of a run of its own by that run's.
 
-    The child redacts credentials by name and sends the rest unmasked over its private socket (so it
+    A joined child redacts credentials by name and sends the rest unmasked over its private socket (so it
     never waits for a DLP compile of its own, and its events reach the tape in the order they
     happened); this runs on the parent's tape writer thread, before anything is written.
     """
@@ -286,8 +290,15 @@ def apply_dlp(event: dict[str, Any], scanner: DlpScanner | None, salt: bytes) ->
     exec_ = event.get("exec")
     if isinstance(exec_, dict) and isinstance(exec_.get("argv"), list):
         exec_["argv"] = mask(exec_["argv"], scanner, salt, hits, "exec.argv", redact=False)
-    if isinstance(event.get("error"), str):
-        event["error"] = mask(event["error"], scanner, salt, hits, f"{event.get('kind')}.error")
+    fs = event.get("fs")
+    if isinstance(fs, dict):
+        for name in ("path", "target"):
+            if isinstance(fs.get(name), str):
+                fs[name] = mask(fs[name], scanner, salt, hits, f"fs.{name}")
+    kind = event.get("kind")
+    for name in ("error", "summary", "reason"):  # an fs event's summary and a refusal's reason name a path
+        if isinstance(event.get(name), str):
+            event[name] = mask(event[name], scanner, salt, hits, f"{kind}.{name}")
     if hits:
         dlp = event.get("dlp") if isinstance(event.get("dlp"), dict) else {}
         dlp["hits"] = [*dlp.get("hits", []), *hits]

@@ -21,6 +21,7 @@ import socket
 import sys
 import sysconfig
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -28,7 +29,7 @@ from typing import Any, Final
 from failcore.event import Target
 from failcore.policy.address import canonical_ip
 from failcore.runtime.context import Blocked, CallState, RunState, current_call
-from failcore.runtime.events import effect_event, internal_error_event, mask
+from failcore.runtime.events import apply_dlp, effect_event, internal_error_event, mask
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -167,9 +168,12 @@ def _decide(
         call.would_block = True
         run.warned += 1
 
+    now = time.time()
+    scanner, salt = run.rules.current().scanner, run.rules.salt
+
     def build() -> dict[str, Any]:
         body = payload() if callable(payload) else payload
-        return effect_event(
+        event = effect_event(
             call,
             kind,
             action,
@@ -180,7 +184,9 @@ def _decide(
             would_block=would_block,
             summary=summary,
             target=target,
+            ts=now,
         )
+        return apply_dlp(event, scanner, salt)  # a path can hold a secret too
 
     run.record(build)  # type: ignore[arg-type]
     if decision == "BLOCK":

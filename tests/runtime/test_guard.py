@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from failcore import guard, run
+from failcore import Blocked, guard, run
 from failcore.tape.verify import verify_tape
 from tests.helpers import github_token, read_tape
 from tests.runtime.helpers import runtime_events, tape_bytes, tools
@@ -69,6 +69,32 @@ def test_credentials_in_arguments_never_reach_the_disk(workdir: Path, tmp_path: 
     assert leaked[:4] in tool["tool"]["args"]["note"] and "ok" in tool["tool"]["args"]["note"]
     assert [h["rule"] for h in tool["dlp"]["hits"]] == ["github-pat", "github-pat"]  # argument and result
     assert {h["location"] for h in tool["dlp"]["hits"]} == {"tool.args/note", "tool.result"}
+
+
+def test_a_secret_in_a_file_name_never_reaches_the_disk(workdir: Path, tmp_path: Path) -> None:
+    """The fs event's path, its summary and (when refused) its reason name the file: masked like
+    arguments. The event's time is when the write was seen, inside the call."""
+    tape, token = tmp_path / "tape", github_token()
+    with run(tape=tape, policy="fs_safe", strict=True):
+
+        @guard
+        def save(name: str) -> None:
+            Path(name).write_text("x")
+
+        save(f"cache-{token}.txt")
+        with pytest.raises(Blocked):
+            save(f"../outside/{token}.txt")
+    raw = tape_bytes(tape)
+    assert token.encode() not in raw
+    assert (workdir / f"cache-{token}.txt").exists() and not (tmp_path / "outside" / f"{token}.txt").exists()
+    written, refused = [e for e in runtime_events(tape) if e["kind"] == "fs"]
+    assert (written["decision"], refused["decision"]) == ("ALLOW", "BLOCK")
+    for fs in (written, refused):
+        assert fs["fs"]["path"].endswith(".txt") and "ghp_" in fs["fs"]["path"]
+        assert "fs.path" in {h["location"] for h in fs["dlp"]["hits"]}
+    first, second = tools(tape)
+    assert first["ts_start"] <= written["ts_start"] <= first["ts_end"]
+    assert second["ts_start"] <= refused["ts_start"] <= second["ts_end"]
 
 
 def test_a_tool_that_raises_ends_fail_tool_error_and_the_exception_passes_through(
