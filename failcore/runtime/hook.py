@@ -29,7 +29,7 @@ from typing import Any, Final
 from failcore.event import Target
 from failcore.policy.address import canonical_ip
 from failcore.runtime.context import Blocked, CallState, RunState, current_call
-from failcore.runtime.events import apply_dlp, effect_event, internal_error_event, mask
+from failcore.runtime.events import apply_dlp, effect_event, internal_error_event
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -252,17 +252,8 @@ def _exec(action: str, event: str, shell: bool) -> Callable[[CallState, tuple[An
             argv = [os.fsdecode(a) for a in (args[offset + 1] or [])]
             is_shell = len(argv) >= 3 and argv[1] == "-c" and os.path.basename(program) in _SHELLS
         verdict = _ask(call, call.run.rules.check_exec, program, argv, shell=is_shell)
-        scanner, salt = call.run.rules.current().scanner, call.run.rules.salt
-
-        def payload() -> dict[str, Any]:
-            hits: list[dict[str, Any]] = []
-            return {
-                "program": program,
-                "argv": mask(argv, scanner, salt, hits, "exec.argv"),
-                "shell": is_shell,
-                "event": event,
-            }
-
+        # argv is masked with the fs/connect fields, by apply_dlp when the event is built (see _decide).
+        payload = {"program": program, "argv": argv, "shell": is_shell, "event": event}
         _decide(call, "exec", action, payload, [verdict], os.path.basename(program) or program)
 
     return handle

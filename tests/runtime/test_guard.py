@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -95,6 +97,23 @@ def test_a_secret_in_a_file_name_never_reaches_the_disk(workdir: Path, tmp_path:
     first, second = tools(tape)
     assert first["ts_start"] <= written["ts_start"] <= first["ts_end"]
     assert second["ts_start"] <= refused["ts_start"] <= second["ts_end"]
+
+
+def test_a_secret_in_a_spawned_programs_arguments_never_reaches_the_disk(
+    workdir: Path, tmp_path: Path
+) -> None:
+    tape, token = tmp_path / "tape", github_token()
+    with run(tape=tape):
+
+        @guard
+        def launch() -> int:
+            return subprocess.run([sys.executable, "-c", "pass", token], check=True).returncode
+
+        assert launch() == 0
+    assert token.encode() not in tape_bytes(tape)
+    (spawn,) = [e for e in runtime_events(tape) if e["kind"] == "exec"]
+    assert spawn["exec"]["argv"][-1].startswith("ghp_") and spawn["exec"]["argv"][-1] != token
+    assert {h["location"] for h in spawn["dlp"]["hits"]} == {"exec.argv/3"}
 
 
 def test_a_tool_that_raises_ends_fail_tool_error_and_the_exception_passes_through(
