@@ -1,7 +1,7 @@
 """`failcore.integrations.openai_agents` with the real openai-agents SDK: a guarded FunctionTool keeps
 its name, description and schema; each `on_invoke_tool(ctx, args_json)` is exactly one `tool` event with
-the model's arguments; a write outside the sandbox is refused before it happens and the SDK's own
-failure handling tells the model."""
+the model's arguments; a write outside the sandbox is refused before it happens and the model is told
+which rule refused it; a tool error the SDK turns into a message is still recorded FAIL."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from agents import FunctionTool, function_tool
 from agents.tool_context import ToolContext
 
 from failcore import run
-from failcore.integrations.openai_agents import guard_function_tool, guard_function_tools, model_arguments
+from failcore.integrations.openai_agents import (
+    guard_function_tool,
+    guard_function_tools,
+    model_arguments,
+    tell_model_blocked,
+)
 from tests.integrations.helpers import events_of, sandbox_policy
 
 
@@ -77,14 +82,59 @@ def test_blocked_write_is_refused_before_it_happens_and_the_model_is_told(tmp_pa
         guarded = guard_function_tool(save)
         assert invoke(guarded, {"path": str(sandbox / "in.txt"), "text": "ok"}) == "saved"
         answer = invoke(guarded, {"path": str(outside), "text": "hack"})
-    # The SDK's default failure handler turns the refusal into an error message for the model.
-    assert isinstance(answer, str) and "error" in answer.lower()
+    # The refusal becomes the tool's answer to the model: which rule refused what, not a generic error.
+    assert isinstance(answer, str) and "fs.write_outside_roots" in answer and "outside.txt" in answer
     assert (sandbox / "in.txt").read_text() == "ok" and not outside.exists()
     calls = events_of(tmp_path / "tape", "tool")
     assert [(e["action"], e["outcome"], e["rule"]) for e in calls] == [
         ("save", "ok", None),
         ("save", "BLOCKED", "fs.write_outside_roots"),
     ]
+
+
+def test_a_failure_the_sdk_handles_is_recorded_fail_and_the_model_gets_its_message(tmp_path: Path) -> None:
+    def own_message(ctx: Any, error: Exception) -> str:
+        return f"sorry: {type(error).__name__}"
+
+    @function_tool
+    def flaky(text: str) -> str:
+        """Fail on purpose."""
+        raise RuntimeError("internal detail sk-not-for-the-model")
+
+    @function_tool(failure_error_function=own_message)
+    def flaky_own(text: str) -> str:
+        """Fail on purpose, with the author's own message for the model."""
+        raise ValueError("bad")
+
+    @function_tool(failure_error_function=tell_model_blocked)
+    def flaky_told(text: str) -> str:
+        """Fail on purpose, with failcore's handler chosen explicitly."""
+        raise OSError("disk")
+
+    @function_tool(failure_error_function=None)
+    def flaky_raises(text: str) -> str:
+        """Fail on purpose; the SDK lets the error propagate."""
+        raise KeyError("gone")
+
+    with run(tape=tmp_path / "tape"):
+        default = invoke(guard_function_tool(flaky), {"text": "a"})
+        own = invoke(guard_function_tool(flaky_own), {"text": "b"})
+        told = invoke(guard_function_tool(flaky_told), {"text": "b"})
+        with pytest.raises(KeyError):
+            invoke(guard_function_tool(flaky_raises), {"text": "c"})
+        # The unguarded tool is untouched: the SDK's default message, nothing recorded.
+        assert invoke(flaky, {"text": "d"}) == default
+    # The model gets what the SDK (or the tool's author) would have told it, and nothing of the error.
+    assert default == "An error occurred while running the tool. Please try again."
+    assert own == "sorry: ValueError" and told == default
+    calls = events_of(tmp_path / "tape", "tool")
+    assert [(e["action"], e["outcome"], e["fail_reason"]) for e in calls] == [
+        ("flaky", "FAIL", "tool_error"),
+        ("flaky_own", "FAIL", "tool_error"),
+        ("flaky_told", "FAIL", "tool_error"),
+        ("flaky_raises", "FAIL", "tool_error"),
+    ]
+    assert "RuntimeError" in json.dumps(calls[0]) and "ValueError" in json.dumps(calls[1])
 
 
 def test_arguments_that_are_not_a_json_object_are_recorded_as_given() -> None:
