@@ -65,6 +65,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# Everything after this line in the output file is written by hand (or by the other benchmark scripts)
+# and kept when run.py regenerates the sections above it.
+KEEP_MARKER = "<!-- Hand-added sections below: benchmarks/run.py keeps them when it rewrites this file. -->"
+
+
+def kept_sections(output: Path) -> str:
+    """The marker and what follows it in the existing output file ("" when there is none)."""
+    try:
+        text = output.read_text()
+    except FileNotFoundError:
+        return ""
+    at = text.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     missing = [tool for tool in ("wrk", "curl") if shutil.which(tool) is None]
@@ -105,7 +120,7 @@ def main(argv: list[str]) -> int:
                     f"   {target.verdict}: {target.what}: {target.measured} (goal {target.goal})", flush=True
                 )
     report = render(sections, log, command, args.quick, started_wall, time.perf_counter() - started, rounds)
-    args.output.write_text(report + "\n")
+    args.output.write_text(report + "\n" + kept_sections(args.output))
     print(f"wrote {args.output}")
     return 0
 
