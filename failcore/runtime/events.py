@@ -27,6 +27,11 @@ MAX_DEPTH: Final = 6
 MAX_ITEMS: Final = 64
 MAX_STRING: Final = 4096
 SUMMARY_CHARS: Final = 200
+# A summary is masked before it is cut to SUMMARY_CHARS, from this much more text: a secret that starts
+# inside the summary and runs past its end is found whole (cut first, its first part was written in
+# clear). Longer than any credential's text, a 4096-bit PEM key included.
+SECRET_SPAN: Final = 4096
+ERROR_CHARS: Final = 1000
 EGRESS: Final = {"tool": "TOOL", "fs": "FS", "exec": "EXEC", "connect": "NETWORK"}
 # Argument names whose value is a credential (compared without '-', '_' and case).
 _CREDENTIAL_NAME = re.compile(
@@ -129,7 +134,7 @@ def result_block(result: Any, error: BaseException | None) -> dict[str, Any]:
     raw = text.encode("utf-8", "backslashreplace")
     return {
         "type": kind,
-        "summary": text[:SUMMARY_CHARS],
+        "summary": text[: SUMMARY_CHARS + SECRET_SPAN],  # masked, then cut to SUMMARY_CHARS (apply_dlp)
         "sha256": hashlib.sha256(raw).hexdigest(),
         "bytes": len(raw),
     }
@@ -196,12 +201,13 @@ def tool_event(
     origin_info: dict[str, Any],
     scanner: DlpScanner | None,
     salt: bytes,
+    final: bool = True,
 ) -> dict[str, Any]:
-    """The tool event, built off the guarded path (on the tape writer's or sender's thread)."""
-    hits: list[dict[str, Any]] = []
-    masked_args = mask(args, scanner, salt, hits, "tool.args")
+    """The tool event, built off the guarded path (on the tape writer's or sender's thread): credentials
+    by name redacted here, DLP hits masked and long texts cut by `apply_dlp` (the one masking path).
+    `final` False: a joined child's event, which the enclosing `failcore run` finishes with its rules."""
+    redacted_args = mask(args, None, salt, [], "tool.args")
     res = result_block(result, error)
-    res["summary"] = mask(res["summary"], scanner, salt, hits, "tool.result")[:SUMMARY_CHARS]
     warnings = list(call.warnings)
     if contract is not None:
         warnings.append(
@@ -212,8 +218,6 @@ def tool_event(
                 f"returned {contract.get('got')}",
             }
         )
-    if hits and any(h["action"] != "ALLOW" for h in hits):
-        warnings.append(_dlp_warning(hits))
     if call.blocked_by is not None:
         decision, outcome, fail_reason = "BLOCK", "BLOCKED", None
         rule, reason = call.blocked_by
@@ -229,11 +233,7 @@ def tool_event(
         )
     else:
         decision, outcome, fail_reason, rule, reason = "ALLOW", "ok", None, None, None
-    if reason is not None:  # a refusal's reason names the file or address it refused
-        reason = mask(reason, scanner, salt, hits, "tool.reason")
-    error_text = None
-    if error is not None:
-        error_text = mask(f"{type(error).__name__}: {error}", scanner, salt, hits, "tool.error")[:1000]
+    error_text = f"{type(error).__name__}: {error}" if error is not None else None
     event = EgressEvent(
         kind="tool",
         run=call.run.run_id,
@@ -250,20 +250,19 @@ def tool_event(
         fail_reason=fail_reason,  # type: ignore[arg-type]
         error=error_text,
         latency_ms=round((ts_end - ts_start) * 1000, 3),
-        dlp={"hits": hits} if hits else None,
         warnings=warnings,
         call=call.call_id,
         parent_call=call.parent,
         payload={
             "name": call.name,
-            "args": masked_args,
+            "args": redacted_args,
             "result": res,
             "effects": dict(call.effects),
             "contract": contract,
             "origin": origin_info,
         },
     ).to_dict()
-    return event
+    return apply_dlp(event, scanner, salt) if final else event
 
 
 def _dlp_warning(hits: list[dict[str, Any]]) -> dict[str, str]:
@@ -278,15 +277,26 @@ def apply_dlp(event: dict[str, Any], scanner: DlpScanner | None, salt: bytes) ->
     never waits for a DLP compile of its own, and its events reach the tape in the order they
     happened); this runs on the parent's tape writer thread, before anything is written.
     """
-    if scanner is None:
-        return event
+    if scanner is not None:
+        _mask_event(event, scanner, salt)
+    # Cut only now, masked: cut first, a secret across the cut keeps its first part in clear, undetected.
+    tool = event.get("tool")
+    result = tool.get("result") if isinstance(tool, dict) else None
+    if isinstance(result, dict) and isinstance(result.get("summary"), str):
+        result["summary"] = result["summary"][:SUMMARY_CHARS]
+    if isinstance(event.get("error"), str):
+        event["error"] = event["error"][:ERROR_CHARS]
+    return event
+
+
+def _mask_event(event: dict[str, Any], scanner: DlpScanner, salt: bytes) -> None:
     hits: list[dict[str, Any]] = []
     tool = event.get("tool")
     if isinstance(tool, dict):
         tool["args"] = mask(tool.get("args"), scanner, salt, hits, "tool.args", redact=False)
         result = tool.get("result")
         if isinstance(result, dict) and isinstance(result.get("summary"), str):
-            result["summary"] = mask(result["summary"], scanner, salt, hits, "tool.result")[:SUMMARY_CHARS]
+            result["summary"] = mask(result["summary"], scanner, salt, hits, "tool.result")
     exec_ = event.get("exec")
     if isinstance(exec_, dict) and isinstance(exec_.get("argv"), list):
         exec_["argv"] = mask(exec_["argv"], scanner, salt, hits, "exec.argv", redact=False)
@@ -296,7 +306,7 @@ def apply_dlp(event: dict[str, Any], scanner: DlpScanner | None, salt: bytes) ->
             if isinstance(fs.get(name), str):
                 fs[name] = mask(fs[name], scanner, salt, hits, f"fs.{name}")
     kind = event.get("kind")
-    for name in ("error", "summary", "reason"):  # an fs event's summary and a refusal's reason name a path
+    for name in ("summary", "reason", "error"):  # an fs event's summary and a refusal's reason name a path
         if isinstance(event.get(name), str):
             event[name] = mask(event[name], scanner, salt, hits, f"{kind}.{name}")
     if hits:
@@ -305,7 +315,6 @@ def apply_dlp(event: dict[str, Any], scanner: DlpScanner | None, salt: bytes) ->
         event["dlp"] = dlp
         if any(h["action"] != "ALLOW" for h in hits):
             event["warnings"] = [*(event.get("warnings") or []), _dlp_warning(hits)]
-    return event
 
 
 def internal_error_event(run_id: str, where: str, exc: BaseException, fail_open: bool) -> dict[str, Any]:

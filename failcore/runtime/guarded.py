@@ -102,7 +102,9 @@ def _wrap(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
                 _failed(run, "runtime.guard.end", exc, closed_ok=True)
         run.record(
             _ToolBuild(
-                call, snap, result, error, t0, t1, contract, where or _NO_ORIGIN, scanner, run.rules.salt
+                call, snap, result, error, t0, t1, contract, where or _NO_ORIGIN, scanner, run.rules.salt,
+                # A joined child's rules compile no DLP: the enclosing `failcore run` masks and cuts.
+                run.rules.dlp,
             )
         )
 
@@ -149,7 +151,9 @@ class _ToolBuild:
     closure: a closure over these ten values costs a dozen objects the garbage collector tracks, and in
     a loop of guarded calls those collections were a third of what guard() added (runtime_bench)."""
 
-    __slots__ = ("call", "contract", "error", "result", "salt", "scanner", "snap", "t0", "t1", "where")
+    __slots__ = (
+        "call", "contract", "error", "final", "result", "salt", "scanner", "snap", "t0", "t1", "where"
+    )
 
     def __init__(
         self,
@@ -163,10 +167,11 @@ class _ToolBuild:
         where: dict[str, Any],
         scanner: Any,
         salt: bytes,
+        final: bool,
     ) -> None:
         self.call, self.snap, self.result, self.error = call, snap, result, error
         self.t0, self.t1, self.contract, self.where = t0, t1, contract, where
-        self.scanner, self.salt = scanner, salt
+        self.scanner, self.salt, self.final = scanner, salt, final
 
     def __call__(self) -> dict[str, Any]:
         return tool_event(
@@ -180,6 +185,7 @@ class _ToolBuild:
             origin_info=self.where,
             scanner=self.scanner,
             salt=self.salt,
+            final=self.final,
         )
 
 

@@ -134,6 +134,35 @@ def test_a_tool_that_raises_ends_fail_tool_error_and_the_exception_passes_throug
     assert tool["error"] == "KeyError: 'missing'" and tool["tool"]["result"]["type"] == "error"
 
 
+def test_a_secret_across_the_cut_of_a_summary_or_error_never_reaches_the_disk(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A result's summary (200 characters) and an error (1,000) are masked before they are cut: cut
+    first, the part of a token before the cut is too short to match a rule and was written in clear."""
+    tape, tokens = tmp_path / "tape", [github_token() for _ in range(2)]
+    with run(tape=tape):
+
+        @guard
+        def answer() -> str:
+            return "x" * 179 + " " + tokens[0] + " and more"  # the token spans characters 180-220
+
+        @guard
+        def fetch() -> None:
+            raise RuntimeError("x" * 965 + " " + tokens[1])  # after "RuntimeError: ", 980-1020
+
+        answer()
+        with pytest.raises(RuntimeError):
+            fetch()
+    raw = tape_bytes(tape)
+    for token in tokens:
+        assert token[:20].encode() not in raw
+    first, second = tools(tape)
+    assert first["tool"]["result"]["summary"].endswith("ghp_…" + tokens[0][-4:] + " and more")
+    assert second["error"].endswith("ghp_…" + tokens[1][-4:])
+    assert [h["location"] for h in first["dlp"]["hits"]] == ["tool.result"]
+    assert {h["location"] for h in second["dlp"]["hits"]} == {"tool.result", "tool.error"}
+
+
 def test_async_tools_and_tasks_each_keep_their_own_call(workdir: Path, tmp_path: Path) -> None:
     tape = tmp_path / "tape"
 

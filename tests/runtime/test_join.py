@@ -125,6 +125,49 @@ def test_a_joined_child_without_network_that_exits_at_once_still_has_its_tool_ca
             """
         )
     )
+    _quick_run(tape, script, workdir, token)
+    (tool,) = [e for e in read_tape(tape) if e["kind"] == "tool"]
+    assert tool["action"] == "count" and tool["outcome"] == "ok"
+    assert [h["location"] for h in tool["dlp"]["hits"]] == ["tool.args/text"]
+    assert token.encode() not in b"".join(p.read_bytes() for p in sorted(tape.glob("seg-*.jsonl")))
+
+
+def test_a_joined_childs_summary_and_error_are_masked_before_they_are_cut(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """The child sends its result summary and error uncut; the parent masks them, then cuts them to 200
+    and 1,000 characters (cut in the child, a token across the cut kept its first part in clear)."""
+    tokens = [github_token(), github_token()]
+    script, tape = tmp_path / "agent.py", tmp_path / "tape"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from failcore import guard, run
+
+            def fail(token):
+                raise RuntimeError("x" * 965 + " " + token)
+
+            with run():
+                guard(lambda token: "x" * 179 + " " + token + " " + "y" * 300, name="answer")(sys.argv[1])
+                try:
+                    guard(fail, name="fail")(sys.argv[2])
+                except RuntimeError:
+                    pass
+            """
+        )
+    )
+    _quick_run(tape, script, workdir, *tokens)
+    raw = b"".join(p.read_bytes() for p in sorted(tape.glob("seg-*.jsonl")))
+    for token in tokens:
+        assert token[:20].encode() not in raw
+    answer, fail = [e for e in read_tape(tape) if e["kind"] == "tool"]
+    assert len(answer["tool"]["result"]["summary"]) == 200 and len(fail["error"]) <= 1000
+    assert "ghp_…" + tokens[0][-4:] in answer["tool"]["result"]["summary"]
+    assert fail["error"].endswith("ghp_…" + tokens[1][-4:])
+
+
+def _quick_run(tape: Path, script: Path, workdir: Path, *args: str) -> None:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -133,11 +176,7 @@ def test_a_joined_child_without_network_that_exits_at_once_still_has_its_tool_ca
     # No --set: the quick start applies (the command starts before mitmproxy has loaded).
     result = subprocess.run(
         [sys.executable, "-m", "failcore.cli", "run", "--tape", str(tape), "--",
-         sys.executable, str(script), token],
+         sys.executable, str(script), *args],
         capture_output=True, text=True, timeout=120, env=env, cwd=workdir,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    (tool,) = [e for e in read_tape(tape) if e["kind"] == "tool"]
-    assert tool["action"] == "count" and tool["outcome"] == "ok"
-    assert [h["location"] for h in tool["dlp"]["hits"]] == ["tool.args/text"]
-    assert token.encode() not in b"".join(p.read_bytes() for p in sorted(tape.glob("seg-*.jsonl")))
