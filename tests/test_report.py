@@ -940,8 +940,9 @@ def test_default_page_says_how_much_of_the_timeline_it_shows(
     page = out.read_text()
     notice = (
         f"Showing the first {DEFAULT_MAX_EVENTS:,} of {DEFAULT_MAX_EVENTS + extra:,} events "
-        f"(<code>--max-events {DEFAULT_MAX_EVENTS}</code>): <code>failcore report {run} --max-events N</code> "
-        f"shows more, <code>failcore show {run}</code> every one."
+        f"(<code>--max-events {DEFAULT_MAX_EVENTS}</code>): "
+        f"<code>failcore report {run} --max-events N</code> shows more, "
+        f"<code>failcore show {run}</code> every one."
     )
     assert notice in page
     assert page.index(notice) < page.index('id="ev-') < page.index(f"{extra:,} more events not shown")

@@ -133,7 +133,7 @@ def test_run_events_by_search_match_a_pass_over_every_line(tmp_path: Path) -> No
     w.event({"kind": "websocket", "run": "run-a", "seq_hint": 3, "path": '"run":"run-a"'})
     w.raw(b'{"kind":"network","run":"run-a","cut":true')  # no newline: still being written
     for where in (tape, w.tape):
-        for run in [*NAMES, "run-a", "run-ab", "run-", "", "\"run\""]:
+        for run in [*NAMES, "run-a", "run-ab", "run-", "", '"run"']:
             expected = list(iter_events(where, run=run, on_bad_line=lambda line, why: None))
             assert list(run_events(where, run)) == expected, (where.name, run)
     assert [e["seq_hint"] for e in run_events(w.tape, "run-a")] == [1, 3]
