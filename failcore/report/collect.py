@@ -20,8 +20,8 @@ from failcore.runs import RunSummary, run_events
 from failcore.tape.verify import VerifyReport, verify_tape
 from failcore.views.runtime import RUNTIME_KINDS
 
-# The page's default bound: a page that opens quickly in a browser (and renders in well under a second)
-# even for a run of hundreds of thousands of events; every list says what it left out.
+# The page's default bound: a page that opens quickly in a browser and renders in about a fifth of the
+# time 5,000 rows a list took (BENCHMARKS.md), whatever the run's size; every list says what it left out.
 DEFAULT_MAX_EVENTS: Final = 1000
 # Per body shown, and over the whole page, when bodies are included.
 BODY_SHOW_CAP: Final = 16 * 1024
@@ -190,7 +190,7 @@ def paused_gc() -> Iterator[None]:
 
     Both passes allocate hundreds of thousands of containers that hold no cycles (parsed events, the
     page's pieces) while the report keeps thousands of them alive, so the collector keeps rescanning a
-    growing heap for nothing (about a third of the reading time measured on a 25k-event run). Pausing it
+    growing heap for nothing (over half of the reading time measured on a 25k-event run). Pausing it
     changes no result; the few cycles made meanwhile are collected once it runs again."""
     was_enabled = gc.isenabled()
     gc.disable()
