@@ -13,8 +13,10 @@ processes, wall and CPU (user+sys of the child):
   re-hashed, not re-parsed);
 - `list` warm + append: after 1000 events are appended to the open segment (of a `--tape` too: give
   it a copy);
-- with --report: `failcore report` of the tape's biggest run (before and after when --before is given;
-  then the two pages must be byte-identical but for the generated-at time).
+- with --report: `failcore report` of the tape's biggest run with its default bound, and with
+  `--max-events 5000` (the bound main had by default until issue 12), before and after when --before is
+  given; then the two 5000-event pages must be byte-identical but for the generated-at time and the
+  timeline's "showing the first N of M events" notice (new in issue 12).
 
 Variants are interleaved run by run; numbers are medians with the min-max. The JSON of every `list`
 variant is compared and must be identical. Run it on an otherwise idle machine.
@@ -37,6 +39,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+# The bound compared before/after: main's default until issue 12 made the default page leaner.
+COMPARED_BOUND = 5000
 CLI = "import sys; from failcore.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -78,10 +82,11 @@ def append_events(tape: Path, count: int) -> None:
 
 
 def _page(path: Path) -> bytes:
-    """A report page without its generated-at time (the one part that differs run to run)."""
-    return re.sub(
-        rb" generated [^<]*? by failcore ", b" generated - by failcore ", path.read_bytes(), count=1
-    )
+    """A report page without its generated-at time (the one part that differs run to run) and without
+    the timeline's "showing the first N of M" notice (which the code before issue 12 did not write)."""
+    page = path.read_bytes()
+    page = re.sub(rb" generated [^<]*? by failcore ", b" generated - by failcore ", page, count=1)
+    return re.sub(rb'<p class="bounded">Showing the first [^\n]*</p>\n', b"", page, count=1)
 
 
 def summary(values: list[float]) -> str:
@@ -140,16 +145,19 @@ def measure(args: argparse.Namespace, work: Path) -> None:
     if args.report:
         runs = json.loads(outputs["list warm"])
         biggest = max(runs, key=lambda r: r["requests"])["run"]
+        bound = ["--max-events", str(COMPARED_BOUND)]
         for _ in range(args.runs):
             argv = ["report", biggest, "--tape", str(tape), "-o"]
             if args.before:
                 wall, cpu, _ = timed(
-                    [*argv, str(work / "r-before.html")], args.before, work / "before-home-report"
+                    [*argv, str(work / "r-before.html"), *bound], args.before, work / "before-home-report"
                 )
-                record("report before", wall, cpu)
+                record(f"report before --max-events {COMPARED_BOUND}", wall, cpu)
+            wall, cpu, _ = timed([*argv, str(work / "r-bound.html"), *bound], REPO, work / "home-report")
+            record(f"report --max-events {COMPARED_BOUND}", wall, cpu)
             wall, cpu, _ = timed([*argv, str(work / "r.html")], REPO, work / "home-report")
-            record("report", wall, cpu)
-        if args.before and _page(work / "r-before.html") != _page(work / "r.html"):
+            record("report (default bound)", wall, cpu)
+        if args.before and _page(work / "r-before.html") != _page(work / "r-bound.html"):
             raise SystemExit("report pages differ between before and after (beyond the generated-at time)")
 
     append_events(tape, 1000)

@@ -396,5 +396,33 @@ def _has_run_start(tape_dir: Path, run: str) -> bool:
 
 
 def run_events(tape_dir: Path, run: str | None) -> Iterator[dict[str, Any]]:
-    """A run's events, or with `run=None` the whole tape's; a bad line is verify's business, not a view's."""
+    """A run's events, or with `run=None` the whole tape's; a bad line is verify's business, not a view's.
+    A run's are found by a byte search (the lines of other runs are not split into lines or parsed)."""
+    if run is not None:
+        return _searched_run_events(tape_dir, run)
     return iter_events(tape_dir, run=run, on_bad_line=lambda line, why: None)
+
+
+def _searched_run_events(tape_dir: Path, run: str) -> Iterator[dict[str, Any]]:
+    """What `iter_events(tape_dir, run=run, on_bad_line=<ignore>)` yields, found by searching each
+    mapped segment for orjson's bytes for `"run":<run>`: only the complete lines holding them are cut
+    out and parsed. A line still being written, a line that is not a JSON object and one whose `run`
+    field is another run's are skipped, as there."""
+    needle = b'"run":' + orjson.dumps(run)
+    for path in list_segments(tape_dir):
+        with _mapped(path) as data:
+            if data is None:
+                continue
+            position = 0
+            while (found := data.find(needle, position)) != -1:
+                end = data.find(b"\n", found)
+                if end == -1:
+                    break  # the last line, still being written
+                start = data.rfind(b"\n", 0, found) + 1
+                position = end + 1
+                try:
+                    event = orjson.loads(data[start:end])
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(event, dict) and event.get("run") == run:
+                    yield event

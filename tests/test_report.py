@@ -923,6 +923,36 @@ def test_max_events_bounds_every_list_and_says_what_was_left_out(tape: Path, con
     assert "$20.0000" in text
 
 
+def test_default_page_says_how_much_of_the_timeline_it_shows(
+    tape: Path, confdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default bound (a page that opens) is stated above the timeline, with how to see more."""
+    from failcore.report import DEFAULT_MAX_EVENTS
+
+    run = "run-long"
+    extra = 7
+    start = lifecycle("run_start", run, 1_700_000_000.0, policy="p.yaml", mode="observe")
+    write_events(tape, confdir, [start, *(network(i, run) for i in range(1, DEFAULT_MAX_EVENTS + extra))])
+    out = tmp_path / "r.html"
+    assert main(["report", run, "--tape", str(tape), "-o", str(out), "--json"]) == 0
+    data = orjson.loads(capsys.readouterr().out)
+    assert data["events"] == DEFAULT_MAX_EVENTS and data["left_out"]["timeline"] == extra
+    page = out.read_text()
+    notice = (
+        f"Showing the first {DEFAULT_MAX_EVENTS:,} of {DEFAULT_MAX_EVENTS + extra:,} events "
+        f"(<code>--max-events {DEFAULT_MAX_EVENTS}</code>): "
+        f"<code>failcore report {run} --max-events N</code> shows more, "
+        f"<code>failcore show {run}</code> every one."
+    )
+    assert notice in page
+    assert page.index(notice) < page.index('id="ev-') < page.index(f"{extra:,} more events not shown")
+    assert page.count('<details class="ev"') == DEFAULT_MAX_EVENTS
+    bigger = DEFAULT_MAX_EVENTS + extra
+    assert main(["report", run, "--tape", str(tape), "-o", str(out), "--max-events", str(bigger)]) == 0
+    assert "Showing the first" not in out.read_text()
+    assert out.read_text().count('<details class="ev"') == bigger
+
+
 def test_cli_bodies_json_and_bounds(
     tape: Path, confdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

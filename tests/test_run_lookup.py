@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from failcore.runs import UnknownRun, last_run_id, resolve_run
+from failcore.runs import UnknownRun, last_run_id, resolve_run, run_events
 from failcore.tape import iter_events
 from failcore.tape.reader import GENESIS_PREV, segment_name
 from failcore.tape.writer import encode_line
@@ -116,3 +116,24 @@ def test_last_run_matches_a_pass_over_every_event(tmp_path: Path) -> None:
     assert last_run_id(w.tape) == reference_last(w.tape) is None
     (tmp_path / "empty").mkdir()
     assert last_run_id(tmp_path / "empty") is None
+
+
+def test_run_events_by_search_match_a_pass_over_every_line(tmp_path: Path) -> None:
+    """A run's events found by byte search are exactly those iter_events yields, in the same order:
+    nested `run` fields, run ids that are prefixes of others, lines that are not JSON objects, a line
+    cut by a crash, an empty segment, and a line holding the run's bytes twice."""
+    tape = tricky_tape(tmp_path)
+    w = Writer(tmp_path / "more")
+    w.event({"kind": "network", "run": "run-a", "seq_hint": 1, "detail": {"run": "run-ab"}})
+    w.event({"kind": "network", "run": "run-ab", "seq_hint": 2, "detail": {"run": "run-a"}})
+    w.raw(b'["not an object", {"run":"run-a"}]\n')
+    w.raw(b'{"run":"run-a","broken":\n')
+    w.rotate()
+    w.rotate()  # an empty segment between two that hold the run
+    w.event({"kind": "websocket", "run": "run-a", "seq_hint": 3, "path": '"run":"run-a"'})
+    w.raw(b'{"kind":"network","run":"run-a","cut":true')  # no newline: still being written
+    for where in (tape, w.tape):
+        for run in [*NAMES, "run-a", "run-ab", "run-", "", '"run"']:
+            expected = list(iter_events(where, run=run, on_bad_line=lambda line, why: None))
+            assert list(run_events(where, run)) == expected, (where.name, run)
+    assert [e["seq_hint"] for e in run_events(w.tape, "run-a")] == [1, 3]

@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-events",
         type=int,
-        default=5000,
+        default=1000,
         help="most rows in any list of the report: timeline, waterfall, blocked, DLP hits, LLM calls… "
-        "(default 5000; counts always cover the whole run and the page says what was left out)",
+        "(default 1000; counts always cover the whole run and the page says what was left out)",
     )
     p.add_argument(
         "--bodies",
@@ -231,7 +231,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "show": ("failcore show --last", "failcore show run-2026 --event 12", "failcore show --event 12 --json"),
     "tail": ("failcore tail -n 50", "failcore tail -f --json | jq .summary"),
     "verify": ("failcore verify", "failcore verify /var/lib/failcore/tape --key signing.pub"),
-    "report": ("failcore report --last -o report.html", "failcore report run-2026 --max-events 1000"),
+    "report": ("failcore report --last -o report.html", "failcore report run-2026 --max-events 5000"),
     "diff": ("failcore diff run-a run-b", "failcore diff run-a run-b --ignore /metadata/user_id --json"),
     "view": ("failcore view", "failcore view -f /var/lib/failcore/tape"),
     "sample": ("failcore sample", "failcore sample --json --tape /tmp/sample"),

@@ -4,8 +4,10 @@ is bounded by `max_events` (counts come from runs.RunSummary and cover the whole
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -18,12 +20,16 @@ from failcore.runs import RunSummary, run_events
 from failcore.tape.verify import VerifyReport, verify_tape
 from failcore.views.runtime import RUNTIME_KINDS
 
-DEFAULT_MAX_EVENTS: Final = 5000
+# The page's default bound: a page that opens quickly in a browser and renders in about a fifth of the
+# time 5,000 rows a list took (BENCHMARKS.md), whatever the run's size; every list says what it left out.
+DEFAULT_MAX_EVENTS: Final = 1000
 # Per body shown, and over the whole page, when bodies are included.
 BODY_SHOW_CAP: Final = 16 * 1024
 BODY_BUDGET: Final = 16 * 1024 * 1024
 # Kinds that carry no story of their own: the chain's signatures are summarised by verification.
 _HIDDEN_KINDS: Final = frozenset({"checkpoint"})
+# The classes of a JSON number as orjson makes them (not bool: the tape's numbers are never booleans).
+_NUMBERS: Final = frozenset({int, float})
 
 
 class ReportError(Exception):
@@ -178,6 +184,23 @@ def _header(message: dict[str, Any], name: str) -> str | None:
     return None
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one pass of the report (reading or rendering).
+
+    Both passes allocate hundreds of thousands of containers that hold no cycles (parsed events, the
+    page's pieces) while the report keeps thousands of them alive, so the collector keeps rescanning a
+    growing heap for nothing (over half of the reading time measured on a 25k-event run). Pausing it
+    changes no result; the few cycles made meanwhile are collected once it runs again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class _Collector:
     """Folds a stream of events into a RunReport whose every list is bounded by max_events."""
 
@@ -190,7 +213,11 @@ class _Collector:
         if len(items) < self._limit:
             items.append(make())
         else:
-            self._report.omitted[section] = self._report.omitted.get(section, 0) + 1
+            self._left_out(section)
+
+    def _left_out(self, section: str) -> None:
+        omitted = self._report.omitted
+        omitted[section] = omitted.get(section, 0) + 1
 
     def add(self, ev: dict[str, Any]) -> None:
         report = self._report
@@ -208,7 +235,10 @@ class _Collector:
                 slim.append(self._shown(ev, with_bodies=with_bodies))
             return slim[0]
 
-        self._keep("timeline", report.timeline, lambda: shown(report.bodies))
+        if len(report.timeline) < self._limit:  # _keep, inlined: this runs for every event of the run
+            report.timeline.append(shown(report.bodies))
+        else:
+            self._left_out("timeline")
         if kind == "network":
             self._add_network(ev, shown)
         elif kind in RUNTIME_KINDS:
@@ -288,23 +318,29 @@ class _Collector:
         self._add_findings(ev, shown)
 
     def _add_network(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
+        # Runs for every exchange of the run: the helpers (int_or_none, number_or_none, _keep) inlined.
         report = self._report
+        get = ev.get
         key = host_key(ev)
         stats = report.hosts.get(key)
         if stats is None:
             if len(report.hosts) >= self._limit:
-                report.omitted["hosts"] = report.omitted.get("hosts", 0) + 1
+                self._left_out("hosts")
                 stats = HostStats(key)  # counted in the summary, not shown
             else:
                 stats = report.hosts[key] = HostStats(key)
         stats.requests += 1
-        stats.bytes_out += int_or_none(ev.get("bytes_out")) or 0
-        stats.bytes_in += int_or_none(ev.get("bytes_in")) or 0
-        latency = number_or_none(ev.get("latency_ms"))
-        if latency is not None:
-            stats.latency_sum += latency
+        value = get("bytes_out")
+        if value.__class__ is int:
+            stats.bytes_out += value
+        value = get("bytes_in")
+        if value.__class__ is int:
+            stats.bytes_in += value
+        value = get("latency_ms")
+        if value.__class__ in _NUMBERS:
+            stats.latency_sum += float(value)
             stats.latency_count += 1
-        outcome, decision = ev.get("outcome"), ev.get("decision")
+        outcome, decision = get("outcome"), get("decision")
         if outcome == "BLOCKED":
             stats.blocked += 1
             self._keep("blocked", report.blocked, shown)
@@ -314,10 +350,13 @@ class _Collector:
         if outcome == "FAIL":
             stats.failed += 1
             self._keep("failed", report.failed, shown)
-        self._add_findings(ev, shown)
-        call = llm_call_row(ev)
-        if call is not None:  # counted in report.summary with the rest of the run
-            self._keep("llm", report.llm_calls, lambda c=call: c)
+        if get("warnings") or get("dlp"):
+            self._add_findings(ev, shown)
+        if isinstance(get("llm"), dict):  # counted in report.summary with the rest of the run
+            if len(report.llm_calls) < self._limit:
+                report.llm_calls.append(llm_call_row(ev))
+            else:
+                self._left_out("llm")
 
 
 def collect_report(
@@ -348,7 +387,7 @@ def collect_report(
     collector = _Collector(report)
     # The whole tape is verified (no cached verdict) while the run is read: verification is mostly
     # sha256 over long lines, which runs without the GIL, so the two overlap on a second core.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="failcore-verify") as pool:
+    with paused_gc(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="failcore-verify") as pool:
         verifying = pool.submit(verify_tape, tape_dir, public_key=public_key)
         for ev in run_events(tape_dir, run):
             collector.add(ev)

@@ -15,7 +15,7 @@ import jinja2
 from markupsafe import Markup
 
 from failcore import __version__
-from failcore.report.collect import BODY_SHOW_CAP, RunReport
+from failcore.report.collect import BODY_SHOW_CAP, RunReport, paused_gc
 from failcore.report.filters import FILTERS, fmt_duration, fmt_size, fmt_usd, fmt_utc
 from failcore.report.pictures import charts, waterfall
 from failcore.tape.verify import VerifyReport
@@ -184,6 +184,11 @@ def render_report(r: RunReport) -> str:
     ]
     cost_card = fmt_usd(r.cost_usd) if r.unpriced_calls < r.llm_count else "-"
     template = _ENV.get_template("report.html.j2")
+    with paused_gc():
+        return _render(template, r, omitted, cost_card)
+
+
+def _render(template: jinja2.Template, r: RunReport, omitted: list[tuple[int, str]], cost_card: str) -> str:
     return template.render(
         r=r,
         s=r.summary,
