@@ -22,7 +22,9 @@ from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
 from failcore.evidence import (
     CREDENTIAL_HEADERS,
+    DECODE_ERRORS,
     DECODE_LIMIT,
+    MAX_DECODED_BYTES,
     ON_LOOP_DECODE_LIMIT,
     DecodedBody,
     decode_body,
@@ -30,7 +32,7 @@ from failcore.evidence import (
     read_off_loop,
 )
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits
-from failcore.evidence.pastcap import PastCapScan
+from failcore.evidence.pastcap import PastCapScan, StreamDecoder
 from failcore.policy.model import Decision
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.gate import blocked_response
@@ -126,14 +128,62 @@ def unscannable_decision(scanner: DlpScanner, why: str, state: FlowState) -> Dec
 
 class StreamDlp:
     """Strict stream mode: every chunk is scanned together with the bytes before it, so a secret split
-    across chunks is caught by the chunk that completes it, which is then never forwarded."""
+    across chunks is caught by the chunk that completes it, which is then never forwarded.
 
-    def __init__(self, scanner: DlpScanner, window: int = 4096) -> None:
+    An encoded stream (Content-Encoding gzip, br, zstd, deflate, stacked) is scanned as the client will
+    decode it: each chunk is decoded as it passes (a decoder emits what the bytes so far decode to, as
+    the client's does), and a chunk whose decoded bytes complete a secret is dropped whole. One that
+    cannot be decoded, or decodes past MAX_DECODED_BYTES, cannot be scanned: `dlp.unscannable: BLOCK`
+    cuts it there, otherwise it passes unscanned from there on."""
+
+    def __init__(self, scanner: DlpScanner, window: int = 4096, encoding: str | None = None) -> None:
         self.scanner = scanner
         self.window = window
         self.tail = b""
+        self.encoded = is_encoded(encoding)
+        self.decoded = 0
+        # Why the rest of an encoded stream passes unscanned (None while it is scanned).
+        self.gave_up: str | None = None
+        # The decoder of an encoded stream; None once it is no longer scanned.
+        self.decoder: StreamDecoder | None = None
+        if self.encoded:
+            try:
+                self.decoder = StreamDecoder(encoding)
+            except ValueError as e:
+                self.gave_up = str(e)
+                self.decoder = StreamDecoder(None)  # reported (and cut or let through) at the first chunk
 
     def __call__(self, chunk: bytes) -> CutVerdict | None:
+        if not self.encoded:
+            return self._scan(chunk)
+        if not self.scanner.enforce or self.decoder is None:
+            return None
+        if self.gave_up is None:
+            try:
+                for piece in self.decoder.feed(chunk) if chunk else self.decoder.finish():
+                    self.decoded += len(piece)
+                    if self.decoded > MAX_DECODED_BYTES:
+                        self.gave_up = f"it decodes to more than {MAX_DECODED_BYTES} bytes"
+                        break
+                    verdict = self._scan(piece)
+                    if verdict is not None:
+                        return CutVerdict(verdict.reason, verdict.detail, keep=0)
+            except DECODE_ERRORS as e:
+                if not chunk:
+                    return None  # truncated at its end: what decoded was scanned, nothing follows
+                self.gave_up = f"it does not decode: {type(e).__name__}"
+        return self._unscannable() if self.gave_up is not None else None
+
+    def _unscannable(self) -> CutVerdict | None:
+        why = f"the encoded response stream cannot be scanned: {self.gave_up}"
+        if self.scanner.settings.unscannable == "BLOCK":
+            self.decoder = None
+            return CutVerdict("dlp", f"{why} (dlp.unscannable: BLOCK)", keep=0)
+        logger.info("failcore: %s; the rest of it passes unscanned (dlp.unscannable)", why)
+        self.decoder = None
+        return None
+
+    def _scan(self, chunk: bytes) -> CutVerdict | None:
         buffer = self.tail + chunk
         fresh_from = len(self.tail)
         self.tail = buffer[-self.window :]
@@ -268,4 +318,5 @@ class DlpGuard:
                 _past_cap_scan(scanner, flow.response, settings.body_cap, "response.body")
             )
         if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:
-            state.cut_guards.append(StreamDlp(scanner))
+            encoding = flow.response.headers.get("content-encoding")
+            state.cut_guards.append(StreamDlp(scanner, encoding=encoding))

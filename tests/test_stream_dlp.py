@@ -1,0 +1,113 @@
+"""Strict stream DLP (StreamDlp) on encoded response streams: for every place the wire bytes can be
+split, either the bytes forwarded before the cut decode to no secret, or the chunk is cut.
+
+What a client can decode from the bytes it got is computed here with the codecs' own libraries,
+independently of failcore's decoder."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import brotli
+import pytest
+
+from failcore.compat import zstd
+from failcore.dlp import DlpEngine, builtin_rules
+from failcore.dlp.scanner import DlpScanner
+from failcore.policy.model import DlpSettings
+from failcore.proxy.dlpguard import StreamDlp
+
+GITHUB_PAT = b"ghp_" + b"Z9y8X7w6V5u4" * 3
+BEFORE = b'data: {"text": "hello"}\n\n' * 40
+SECRET_EVENT = b'data: {"text": "token ' + GITHUB_PAT + b' done"}\n\n'
+
+
+@pytest.fixture(scope="module")
+def engine() -> DlpEngine:
+    return DlpEngine(builtin_rules(), salt=b"test-salt")
+
+
+def scanner(engine: DlpEngine, unscannable: str = "BLOCK") -> DlpScanner:
+    settings = DlpSettings(
+        stream="strict",
+        rule_actions={"github-pat": "BLOCK"},
+        unscannable=unscannable,  # type: ignore[arg-type]
+    )
+    return DlpScanner(engine, settings, True)
+
+
+def gunzip_prefix(data: bytes) -> bytes:
+    out = b""
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += inflater.decompress(data)
+        if not inflater.eof:
+            break
+        data = inflater.unused_data
+    return out
+
+
+def inflate_raw_prefix(data: bytes) -> bytes:
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(data)
+
+
+def unbrotli_prefix(data: bytes) -> bytes:
+    return brotli.Decompressor().process(data)
+
+
+def unzstd_prefix(data: bytes) -> bytes:
+    return zstd.ZstdDecompressor().decompress(data)
+
+
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+ENCODINGS = {
+    # the secret in the second gzip member of a multi-member body
+    "gzip": (lambda: gzip.compress(BEFORE) + gzip.compress(SECRET_EVENT), gunzip_prefix),
+    "deflate": (lambda: raw_deflate(BEFORE + SECRET_EVENT), inflate_raw_prefix),
+    "br": (lambda: brotli.compress(BEFORE + SECRET_EVENT), unbrotli_prefix),
+    "zstd": (lambda: zstd.compress(BEFORE + SECRET_EVENT), unzstd_prefix),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_a_compressed_secret_is_cut_before_the_client_can_decode_it_wherever_the_chunks_split(
+    engine, encoding
+) -> None:
+    make, client_decodes = ENCODINGS[encoding]
+    wire = make()
+    assert GITHUB_PAT in client_decodes(wire)  # the check below can fail
+    for split in range(1, len(wire)):
+        guard = StreamDlp(scanner(engine), encoding=encoding)
+        first = guard(wire[:split])
+        if first is not None:
+            assert first.keep == 0, split
+            continue
+        assert GITHUB_PAT not in client_decodes(wire[:split]), (encoding, split)
+        second = guard(wire[split:])
+        assert second is not None and second.keep == 0, (encoding, split)
+        assert "github-pat" in (second.detail or "")
+
+
+def test_a_stream_that_does_not_decode_is_cut_when_unscannable_blocks(engine) -> None:
+    wire = gzip.compress(BEFORE)
+    corrupt = wire[:20] + bytes(b ^ 0x55 for b in wire[20:40]) + wire[40:]
+    verdict = StreamDlp(scanner(engine), encoding="gzip")(corrupt)
+    assert verdict is not None and verdict.keep == 0
+    assert "does not decode" in (verdict.detail or "")
+    # ... and passes unscanned from there on when the policy says WARN.
+    guard = StreamDlp(scanner(engine, unscannable="WARN"), encoding="gzip")
+    assert guard(corrupt) is None
+    assert guard(gzip.compress(SECRET_EVENT)) is None
+
+
+def test_a_plain_stream_still_keeps_the_bytes_before_the_secret(engine) -> None:
+    guard = StreamDlp(scanner(engine))
+    assert guard(BEFORE) is None
+    verdict = guard(SECRET_EVENT)
+    assert verdict is not None
+    assert verdict.keep == SECRET_EVENT.index(GITHUB_PAT)
