@@ -111,3 +111,26 @@ def test_a_plain_stream_still_keeps_the_bytes_before_the_secret(engine) -> None:
     verdict = guard(SECRET_EVENT)
     assert verdict is not None
     assert verdict.keep == SECRET_EVENT.index(GITHUB_PAT)
+
+
+def gzip_named(name: bytes, data: bytes) -> bytes:
+    """A gzip member whose header carries a file name (FNAME, RFC 1952 2.3.1): a decoder skips it, a
+    client that does not decode shows it."""
+    body = gzip.compress(data)
+    return body[:3] + bytes([body[3] | 0x08]) + body[4:10] + name + b"\x00" + body[10:]
+
+
+def test_a_secret_in_the_gzip_header_is_cut_though_decoding_skips_it(engine) -> None:
+    wire = gzip_named(b"token-" + GITHUB_PAT, BEFORE)
+    assert GITHUB_PAT not in gunzip_prefix(wire) and GITHUB_PAT in wire
+    verdict = StreamDlp(scanner(engine), encoding="gzip")(wire)
+    assert verdict is not None and verdict.keep <= wire.index(GITHUB_PAT)
+
+
+def test_a_body_that_is_not_what_its_encoding_says_is_still_scanned_as_sent(engine) -> None:
+    # Content-Encoding: gzip over plain text: it does not decode; with dlp.unscannable WARN the stream
+    # goes on, and its wire bytes (which a client shows as they are) are still scanned.
+    guard = StreamDlp(scanner(engine, unscannable="WARN"), encoding="gzip")
+    assert guard(BEFORE) is None
+    verdict = guard(SECRET_EVENT)
+    assert verdict is not None and verdict.keep == SECRET_EVENT.index(GITHUB_PAT)

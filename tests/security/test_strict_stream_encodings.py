@@ -106,3 +106,30 @@ def test_a_gzipped_secret_in_a_later_member_cuts_the_strict_stream(
     [event] = network_events(read_tape(tmp_path / "tape"))
     assert event["cut"]["reason"] == "dlp" and "github-pat" in event["cut"]["detail"]
     assert GITHUB_PAT not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_secret_in_the_gzip_header_cuts_the_strict_stream(start_proxy, policy_file, tmp_path) -> None:
+    """The secret is in the gzip header's file name (FNAME): decoders skip it, but a client reading the
+    body as sent (curl without --compressed) shows it."""
+    hello = gzip.compress(b'data: {"text": "hello"}\n\n')
+    named = gzip.compress(b'data: {"text": "bye"}\n\n')
+    named = named[:3] + bytes([named[3] | 0x08]) + named[4:10] + b"token-" + GITHUB_PAT + b"\x00" + named[10:]
+    server = EncodedStreamServer([hello, named])
+    proxy = start_proxy(policy_file(POLICY))
+    received = b""
+    try:
+        with (
+            proxied_client(proxy) as client,
+            pytest.raises(httpx.TransportError),
+            client.stream("GET", f"http://127.0.0.1:{server.port}/events") as response,
+        ):
+            for chunk in response.iter_raw():
+                received += chunk
+    finally:
+        server.close()
+    assert GITHUB_PAT not in received
+    assert received.startswith(hello)
+    proxy.stop()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert event["cut"]["reason"] == "dlp" and "github-pat" in event["cut"]["detail"]
+    assert GITHUB_PAT not in tape_bytes(tmp_path / "tape")
