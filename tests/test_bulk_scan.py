@@ -197,3 +197,54 @@ def test_a_binary_upload_through_the_proxy_has_its_secret_past_the_cap_found_by_
         "complete": True,
         "note": None,
     }
+
+
+def text_runs(buffer: bytes) -> list[tuple[int, int]]:
+    """The runs of at least MIN_ISLAND text bytes, found byte by byte (the reference)."""
+    text = set(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0D}
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i, byte in enumerate([*buffer, None]):
+        if byte is not None and byte in text:
+            start = i if start is None else start
+            continue
+        if start is not None and i - start >= MIN_ISLAND:
+            runs.append((start, i))
+        start = None
+    return runs
+
+
+def edge_cases() -> list[bytes]:
+    text = b"abcdefghij"  # MIN_ISLAND long
+    return [
+        text + b"\x00" * 200,  # a run at the very start
+        b"\x00" * 200 + text,  # ... at the very end
+        b"\x80" * 100 + text[:-1] + b"\x80" * 100,  # one byte too short
+        b"\x80" * 100 + text + b"\x80" + text + b"\x80" * 100,  # two runs one byte apart
+        (text + b"\x81" * 70) * 300,  # many runs just too far apart to merge
+        (text + b"\x81" * 30) * 3000,  # runs that merge, covering too much: scanned whole
+        bytes(range(256)) * 40,
+    ]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_text_runs_are_found_exactly_wherever_they_are(seed) -> None:
+    """text_windows finds every run of text the reference finds, each inside one window with its byte
+    of context, and nothing else."""
+    rng = random.Random(seed)
+    cases = edge_cases() if seed == 0 else []
+    for _ in range(20):
+        alphabet = rng.choice([bytes(range(256)), b"ab\x00", b"abcdefghij\x00\x01", b"a" * 40 + b"\xff"])
+        cases.append(bytes(rng.choice(alphabet) for _ in range(rng.choice([30, 700, 20_000]))))
+    for buffer in cases:
+        windows = text_windows(buffer)
+        if windows is None:  # a sample of it is all text, or its runs cover too much: scanned whole
+            continue
+        runs = text_runs(buffer)
+        for start, stop in runs:
+            assert any(a <= max(0, start - 1) and min(len(buffer), stop + 1) <= b for a, b in windows)
+        for a, b in windows:  # every window is made of runs (merged across short gaps)
+            assert any(a <= start and stop <= b for start, stop in runs)
+            assert (a == 0 or any(start - 1 == a for start, _ in runs)) and (
+                b == len(buffer) or any(stop + 1 == b for _, stop in runs)
+            )

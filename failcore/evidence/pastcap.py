@@ -19,11 +19,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from failcore.dlp import DlpEngine, Hit
 from failcore.dlp.stream import scan_bulk
-from failcore.evidence.body import MAX_DECODED_BYTES, decoded_steps, is_encoded
+from failcore.evidence.body import (
+    MAX_DECODED_BYTES,
+    MAX_ENCODINGS,
+    _stage,
+    content_encodings,
+    decoded_steps,
+    is_encoded,
+)
 
 logger = logging.getLogger("failcore")
 
@@ -180,6 +188,36 @@ def scan_held_body(
     except Exception as e:  # a corrupt body is reported by its evidence; say why the scan stopped
         scan.note = f"body could not be decoded past byte {scan.seen}: {type(e).__name__}"
     return scan if scan.passed_cap else None
+
+
+class StreamDecoder:
+    """Undoes a body's Content-Encoding (every stacked coding, every gzip member or zstd frame) as its
+    chunks pass, in bounded pieces, for scans that must see what the receiver will decode: the same
+    stages as decoded_steps, fed incrementally. Raises what decoded_steps raises (DECODE_ERRORS)."""
+
+    __slots__ = ("stages",)
+
+    def __init__(self, encoding: str | None) -> None:
+        codings = content_encodings(encoding)
+        if len(codings) > MAX_ENCODINGS:
+            raise ValueError(f"{len(codings)} stacked content-encodings (at most {MAX_ENCODINGS} decoded)")
+        self.stages = [_stage(c) for c in reversed(codings)]
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        return self._push(0, data)
+
+    def finish(self) -> Iterator[bytes]:
+        for level, stage in enumerate(self.stages):
+            for out in stage.finish():
+                yield from self._push(level + 1, out)
+
+    def _push(self, level: int, piece: bytes) -> Iterator[bytes]:
+        if level == len(self.stages):
+            if piece:
+                yield piece
+            return
+        for out in self.stages[level].feed(piece):
+            yield from self._push(level + 1, out)
 
 
 class _Worker:

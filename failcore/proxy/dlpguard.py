@@ -22,7 +22,9 @@ from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
 from failcore.evidence import (
     CREDENTIAL_HEADERS,
+    DECODE_ERRORS,
     DECODE_LIMIT,
+    MAX_DECODED_BYTES,
     ON_LOOP_DECODE_LIMIT,
     DecodedBody,
     decode_body,
@@ -30,7 +32,7 @@ from failcore.evidence import (
     read_off_loop,
 )
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits
-from failcore.evidence.pastcap import PastCapScan
+from failcore.evidence.pastcap import PastCapScan, StreamDecoder
 from failcore.policy.model import Decision
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.gate import blocked_response
@@ -126,24 +128,75 @@ def unscannable_decision(scanner: DlpScanner, why: str, state: FlowState) -> Dec
 
 class StreamDlp:
     """Strict stream mode: every chunk is scanned together with the bytes before it, so a secret split
-    across chunks is caught by the chunk that completes it, which is then never forwarded."""
+    across chunks is caught by the chunk that completes it, which is then never forwarded.
 
-    def __init__(self, scanner: DlpScanner, window: int = 4096) -> None:
+    An encoded stream (Content-Encoding gzip, br, zstd, deflate, stacked) is scanned as it is on the
+    wire (what a client that does not decode sees, a gzip header's file name included) and as the client
+    will decode it: each chunk is decoded as it passes (a decoder emits what the bytes so far decode
+    to, as the client's does), and a chunk whose decoded bytes complete a secret is dropped whole. One
+    that cannot be decoded, or decodes past MAX_DECODED_BYTES, cannot be scanned decoded:
+    `dlp.unscannable: BLOCK` cuts it there, otherwise only its wire bytes are scanned from there on."""
+
+    def __init__(self, scanner: DlpScanner, window: int = 4096, encoding: str | None = None) -> None:
         self.scanner = scanner
         self.window = window
-        self.tail = b""
+        self.tail = b""  # the last `window` wire bytes
+        self.decoded_tail = b""
+        self.decoded = 0
+        # The decoder of an encoded stream (None: not encoded, or no longer decoded).
+        self.decoder: StreamDecoder | None = None
+        # Why an encoded stream cannot be scanned decoded (reported at its first chunk).
+        self.gave_up: str | None = None
+        if is_encoded(encoding):
+            try:
+                self.decoder = StreamDecoder(encoding)
+            except ValueError as e:
+                self.gave_up = str(e)
 
     def __call__(self, chunk: bytes) -> CutVerdict | None:
-        buffer = self.tail + chunk
-        fresh_from = len(self.tail)
-        self.tail = buffer[-self.window :]
         if not self.scanner.enforce:
             return None
+        if self.decoder is not None or self.gave_up is not None:
+            verdict = self._scan_decoded(chunk)
+            if verdict is not None:
+                return verdict
+        buffer = self.tail + chunk
+        self.tail = buffer[-self.window :]
+        return self._verdict(buffer, len(buffer) - len(chunk), "response stream")
+
+    def _scan_decoded(self, chunk: bytes) -> CutVerdict | None:
+        if self.gave_up is None and self.decoder is not None:
+            try:
+                for piece in self.decoder.feed(chunk) if chunk else self.decoder.finish():
+                    self.decoded += len(piece)
+                    if self.decoded > MAX_DECODED_BYTES:
+                        self.gave_up = f"it decodes to more than {MAX_DECODED_BYTES} bytes"
+                        break
+                    buffer = self.decoded_tail + piece
+                    self.decoded_tail = buffer[-self.window :]
+                    verdict = self._verdict(buffer, len(buffer) - len(piece), "decoded response stream")
+                    if verdict is not None:
+                        return CutVerdict(verdict.reason, verdict.detail, keep=0)
+            except DECODE_ERRORS as e:
+                if not chunk:
+                    return None  # truncated at its end: what decoded was scanned, nothing follows
+                self.gave_up = f"it does not decode: {type(e).__name__}"
+        if self.gave_up is None:
+            return None
+        self.decoder = None
+        why = f"the encoded response stream cannot be scanned decoded: {self.gave_up}"
+        self.gave_up = None
+        if self.scanner.settings.unscannable == "BLOCK":
+            return CutVerdict("dlp", f"{why} (dlp.unscannable: BLOCK)", keep=0)
+        logger.info("failcore: %s; only its wire bytes are scanned from there on (dlp.unscannable)", why)
+        return None
+
+    def _verdict(self, buffer: bytes, fresh_from: int, where: str) -> CutVerdict | None:
         for hit in self.scanner.engine.scan(buffer):
             if hit.end > fresh_from and self.scanner.action(hit) == "BLOCK":
                 return CutVerdict(
                     "dlp",
-                    f"{hit.rule_id} ({hit.severity}) in the response stream: {hit.preview}",
+                    f"{hit.rule_id} ({hit.severity}) in the {where}: {hit.preview}",
                     keep=max(0, hit.start - fresh_from),
                 )
         return None
@@ -268,4 +321,5 @@ class DlpGuard:
                 _past_cap_scan(scanner, flow.response, settings.body_cap, "response.body")
             )
         if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:
-            state.cut_guards.append(StreamDlp(scanner))
+            encoding = flow.response.headers.get("content-encoding")
+            state.cut_guards.append(StreamDlp(scanner, encoding=encoding))

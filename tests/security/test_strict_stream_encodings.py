@@ -1,0 +1,135 @@
+"""Strict stream DLP against an encoded response: a secret the upstream sends gzip'd (in a later gzip
+member, split across chunks, with no Content-Length) is cut before the client can decode it.
+
+Strict mode (`dlp.stream: strict`, enforce) promises that a BLOCK hit cuts a response stream before
+the secret's bytes leave. mitmproxy hands the stream callable the body as it is on the wire, so a
+scan of those bytes alone never sees a compressed secret: the client would decode it."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.helpers import network_events, proxied_client, read_tape
+from tests.security.helpers import tape_bytes
+
+GITHUB_PAT = b"ghp_" + b"Z9y8X7w6V5u4" * 3
+POLICY = "mode: enforce\ndlp:\n  stream: strict\n  rule_actions: {github-pat: BLOCK}\n"
+
+
+class EncodedStreamServer:
+    """Plain-HTTP upstream answering with a chunked, gzip-encoded event stream: `pieces` are sent as
+    HTTP chunks 0.2 s apart (so each reaches the proxy on its own)."""
+
+    def __init__(self, pieces: list[bytes], encoding: str = "gzip") -> None:
+        self.pieces = pieces
+        self.encoding = encoding
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn, contextlib.suppress(OSError):  # a cut closes the connection: expected
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Content-Encoding: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % self.encoding.encode()
+            )
+            for piece in self.pieces:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                time.sleep(0.2)
+            conn.sendall(b"0\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def decode_what_arrived(received: bytes) -> bytes:
+    """Everything a client can decode from the gzip bytes it got (members one after another, the
+    last one possibly cut short)."""
+    out = b""
+    data = received
+    while data:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out += inflater.decompress(data)
+        if not inflater.eof:
+            break
+        data = inflater.unused_data
+    return out
+
+
+def split(data: bytes, at: int) -> list[bytes]:
+    return [data[:at], data[at:]]
+
+
+def member_pieces() -> list[bytes]:
+    """A harmless first gzip member, then a second member whose compressed bytes are split in the
+    middle: the secret is whole only once both halves arrived."""
+    first = gzip.compress(b'data: {"text": "hello"}\n\n')
+    second = gzip.compress(b'data: {"text": "token ' + GITHUB_PAT + b' done"}\n\n')
+    return [first, *split(second, len(second) // 2)]
+
+
+@pytest.fixture
+def gzip_stream() -> Iterator[EncodedStreamServer]:
+    server = EncodedStreamServer(member_pieces())
+    yield server
+    server.close()
+
+
+def test_a_gzipped_secret_in_a_later_member_cuts_the_strict_stream(
+    start_proxy, policy_file, gzip_stream: EncodedStreamServer, tmp_path
+) -> None:
+    proxy = start_proxy(policy_file(POLICY))
+    received = b""
+    with (
+        proxied_client(proxy) as client,
+        pytest.raises(httpx.TransportError),
+        client.stream("GET", f"http://127.0.0.1:{gzip_stream.port}/events") as response,
+    ):
+        for chunk in response.iter_raw():
+            received += chunk
+    decoded = decode_what_arrived(received)
+    assert GITHUB_PAT not in decoded, "the client could decode the secret"
+    assert decoded.startswith(b'data: {"text": "hello"}'), decoded  # what came before still went out
+    proxy.stop()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert event["cut"]["reason"] == "dlp" and "github-pat" in event["cut"]["detail"]
+    assert GITHUB_PAT not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_secret_in_the_gzip_header_cuts_the_strict_stream(start_proxy, policy_file, tmp_path) -> None:
+    """The secret is in the gzip header's file name (FNAME): decoders skip it, but a client reading the
+    body as sent (curl without --compressed) shows it."""
+    hello = gzip.compress(b'data: {"text": "hello"}\n\n')
+    named = gzip.compress(b'data: {"text": "bye"}\n\n')
+    named = named[:3] + bytes([named[3] | 0x08]) + named[4:10] + b"token-" + GITHUB_PAT + b"\x00" + named[10:]
+    server = EncodedStreamServer([hello, named])
+    proxy = start_proxy(policy_file(POLICY))
+    received = b""
+    try:
+        with (
+            proxied_client(proxy) as client,
+            pytest.raises(httpx.TransportError),
+            client.stream("GET", f"http://127.0.0.1:{server.port}/events") as response,
+        ):
+            for chunk in response.iter_raw():
+                received += chunk
+    finally:
+        server.close()
+    assert GITHUB_PAT not in received
+    assert received.startswith(hello)
+    proxy.stop()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert event["cut"]["reason"] == "dlp" and "github-pat" in event["cut"]["detail"]
+    assert GITHUB_PAT not in tape_bytes(tmp_path / "tape")
