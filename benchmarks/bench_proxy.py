@@ -172,6 +172,7 @@ def run_throughput(ctx: BenchContext, upstream: Upstream, rounds: int) -> Sectio
                 samples.add(variant, result.rps, client_cpu=result.client_cpu_share, p50_us=result.p50_us)
                 continue
             with running_proxy(ctx, variant, upstream) as proxy:
+                proxy.settle()
                 address = f"127.0.0.1:{proxy.port}"
                 warm = wrk_for(
                     address,
@@ -181,6 +182,7 @@ def run_throughput(ctx: BenchContext, upstream: Upstream, rounds: int) -> Sectio
                     log=ctx.log,
                     label="wrk [plain, warm-up 1 s]",
                 )
+                proxy.settle()
                 result, cost = _measure_cost(
                     proxy,
                     lambda a=address: wrk_for(
@@ -203,7 +205,9 @@ def run_throughput(ctx: BenchContext, upstream: Upstream, rounds: int) -> Sectio
     section = Section("throughput", "1. Throughput: plain HTTP keep-alive, 1 KB JSON POST, 8 connections")
     section.text(
         f"wrk, 1 thread, {CONNECTIONS} connections, {seconds:g} s per run after a 1 s warm-up on a fresh "
-        "proxy; requests are absolute-URI POSTs of a 1 KB JSON body to nginx answering a 1 KB JSON. "
+        "proxy, each preceded by waiting for the proxy to be idle (its start-up work is not counted as "
+        "the exchanges' cost); requests are absolute-URI POSTs of a 1 KB JSON body to nginx answering "
+        "a 1 KB JSON. "
         "CPU is per wall second (100% = one core), mitmdump and its children (failcore's DLP evidence "
         "worker) together; CPU µs/exchange splits it between the two; RSS is both at the end of the run."
     )
@@ -238,6 +242,7 @@ def run_https(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
                 )
                 continue
             with running_proxy(ctx, variant, upstream) as proxy:
+                proxy.settle()
                 curl_https(
                     ctx.workdir,
                     url,
@@ -248,6 +253,7 @@ def run_https(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
                     log=ctx.log,
                     label="curl [https, warm-up]",
                 )
+                proxy.settle()
                 result, cost = _measure_cost(
                     proxy,
                     lambda p=proxy: curl_https(
@@ -279,7 +285,8 @@ def run_https(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
     section.text(
         f"curl --parallel --parallel-max {CONNECTIONS} --http1.1, {requests} POSTs (1 KB JSON) per run "
         "over kept-alive CONNECT tunnels to nginx with a self-signed certificate (mitmproxy verifies it "
-        "via ssl_verify_upstream_trusted_ca); 200-request warm-up per fresh proxy. The direct row shows "
+        "via ssl_verify_upstream_trusted_ca); 200-request warm-up per fresh proxy, "
+        "idle before and after it. The direct row shows "
         "what the client can drive without a proxy, and the client CPU column shows it is not the "
         "bottleneck."
     )
@@ -318,6 +325,7 @@ def run_latency(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
                 )
             else:
                 with running_proxy(ctx, variant, upstream) as proxy:
+                    proxy.settle()
                     address = f"127.0.0.1:{proxy.port}"
                     wrk_for(
                         address,
@@ -327,6 +335,7 @@ def run_latency(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
                         log=ctx.log,
                         label="wrk [latency, warm-up 1 s]",
                     )
+                    proxy.settle()
                     result = wrk_for(
                         address,
                         proxy_script,
@@ -342,7 +351,8 @@ def run_latency(ctx: BenchContext, upstream: Upstream, rounds: int) -> Section:
     section = Section("latency", "3. Added latency per exchange (1 connection, sequential requests)")
     section.text(
         f"wrk -c1 for {seconds:g} s per run (sequential keep-alive POSTs, plain HTTP), after a 1 s "
-        "warm-up. Added = this variant's p50/p99 minus bare's, paired per round."
+        "warm-up, the proxy idle before and after it. Added = this variant's p50/p99 minus bare's, "
+        "paired per round."
     )
     rows: list[list[str]] = []
     reference = REFERENCE.name

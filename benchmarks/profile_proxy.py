@@ -77,6 +77,7 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--svg", type=Path, help="also write a flame graph here")
+    parser.add_argument("--raw", type=Path, help="also keep py-spy's raw (collapsed) samples here")
     args = parser.parse_args(argv)
     variant = next(v for v in VARIANTS if v.name == args.variant)
     with tempfile.TemporaryDirectory(prefix="failcore-profile-") as tmp:
@@ -117,7 +118,9 @@ def main(argv: list[str]) -> int:
                 flame = subprocess.Popen(svg, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wrk_for(address, script, connections=8, seconds=args.seconds + 1, log=ctx.log, label="load")
                 flame.wait(timeout=60)
-        print(f"{variant.name}: {result.rps:,.0f} requests/s while profiled")
+        if args.raw:
+            args.raw.write_text(raw.read_text())
+        print(f"{variant.name}: {result.rps:,.0f} requests/s while profiled ({result.requests:,} requests)")
         print("\n".join(summarise(raw.read_text(), args.top)))
     return 0
 

@@ -8,12 +8,13 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.harness import REPO, VENV_BIN, CommandLog, free_port, stop_process, wait_for_port
+from benchmarks.harness import REPO, VENV_BIN, CommandLog, free_port, stop_process, tree_cpu, wait_for_port
 from benchmarks.variants import Variant
 from failcore.demo.certs import generate_certificate
 
@@ -245,6 +246,21 @@ class ProxyProcess:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def settle(self, timeout: float = 30.0) -> float:
+        """Wait until the proxy and its children are idle (CPU < 4% over half a second): mitmdump opens
+        its port before its start-up work ends (the addon's background warm-ups, the DLP evidence
+        worker loading), and a short timed run would count that work as the exchanges' cost.
+        Returns the seconds waited."""
+        started = time.monotonic()
+        last = sum(tree_cpu(self.pid))
+        while time.monotonic() - started < timeout:
+            time.sleep(0.5)
+            now = sum(tree_cpu(self.pid))
+            if now - last < 0.02:
+                break
+            last = now
+        return time.monotonic() - started
 
     @property
     def url(self) -> str:

@@ -279,6 +279,13 @@ class ScanOffload:
             out[:0], self._losses = self._losses, []
         return out
 
+    def start(self, origin: ScanOrigin) -> None:
+        """Start the child before the first batch needs it (called once, before the tape writer's
+        thread runs): started on demand, it took seconds to load while the first exchanges' DLP
+        evidence scans ran in the writer's thread, on the proxy's critical core."""
+        if self.worker is None and not self.disabled:
+            self._worker_for(origin)
+
     def _worker_for(self, origin: ScanOrigin) -> ScanWorker | None:
         worker = self.worker
         if worker is not None and worker.origin != origin:

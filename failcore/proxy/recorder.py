@@ -216,6 +216,10 @@ class Recorder:
         if os.environ.get("FAILCORE_EVIDENCE_WORKER", "1") != "0":
             self.offload = ScanOffload(self.session.run_id)
             self._refresh_settings()
+            assert self.evidence_cfg is not None
+            if self.evidence_cfg.scan_origin is not None:
+                # Loading while the proxy starts, so it scans from the first exchange on.
+                self.offload.start(self.evidence_cfg.scan_origin)
         tape_dir = Path(settings.tape or default_tape_dir()).expanduser()
         # One signing identity per user, however failcore is started (mitmdump's confdir is mitmproxy's,
         # not failcore's): `failcore verify` checks tapes against the key in this same home.

@@ -23,8 +23,16 @@ from failcore.proxy.settings import AddonSettings
 NO_BODY_STATUS = frozenset({101, 204, 304})
 
 
+def _header(headers: http.Headers, name: bytes) -> str | None:
+    """`headers.get(name)` for a lower-case name, read straight from the fields: the same value
+    (several fields joined by ", ", decoded as mitmproxy decodes them) without the mapping's layers of
+    calls, which cost more than the rest of the stream-or-buffer choice that asks for it on every flow."""
+    values = [v.decode("utf-8", "surrogateescape") for k, v in headers.fields if k.lower() == name]
+    return ", ".join(values) if values else None
+
+
 def _declared_length(headers: http.Headers) -> int | None:
-    value = headers.get("content-length")
+    value = _header(headers, b"content-length")
     if value is None:
         return None
     try:
@@ -41,7 +49,7 @@ def should_stream_response(flow: http.HTTPFlow, threshold: int, llm_max: int | N
     assert resp is not None
     if flow.request.method == "HEAD" or resp.status_code in NO_BODY_STATUS or resp.status_code < 200:
         return False
-    ctype = resp.headers.get("content-type", "").lower()
+    ctype = (_header(resp.headers, b"content-type") or "").lower()
     if "text/event-stream" in ctype:
         return True
     length = _declared_length(resp.headers)
@@ -102,7 +110,7 @@ def should_stream_request(flow: http.HTTPFlow, threshold: int, llm_max: int | No
     if llm_max is not None and could_be_llm_path(flow.request.path):
         threshold = max(threshold, llm_max)
     if length is None:
-        return "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
+        return "chunked" in (_header(flow.request.headers, b"transfer-encoding") or "").lower()
     return length > threshold
 
 

@@ -241,6 +241,7 @@ class TapeWriter:
         self._buffer_events = 0
         self._buffer_marks: int | None = None
         self._buffer_has_checkpoint = False
+        self._batch_started = 0.0
 
     # --- public API ------------------------------------------------------------------------------
 
@@ -423,10 +424,19 @@ class TapeWriter:
             items = [self._queue.get(timeout=_IDLE_POLL)]
         except queue.Empty:
             return []
-        if self._queue.empty() and not self._stop_requested.is_set():
-            # Let a burst gather. Under load this turns one wake-up and GIL hand-over per event into one
-            # per batch; the proxy's event loop pays for every hand-over, the tape only waits a little.
-            time.sleep(_COALESCE_SECONDS)
+        if not self._stop_requested.is_set():
+            # Let a burst gather: at most one batch per _COALESCE_SECONDS, unless the queue fills up.
+            # Under load this turns one wake-up and GIL hand-over per event (and one round trip to the
+            # DLP evidence worker per batch) into one per batch; the proxy's event loop pays for every
+            # hand-over, the tape only waits a little.
+            wait = _COALESCE_SECONDS
+            if not self._queue.empty():
+                wait = self._batch_started + _COALESCE_SECONDS - time.monotonic()
+                if self._queue.qsize() * 2 >= self._queue.maxsize:
+                    wait = 0.0
+            if wait > 0:
+                time.sleep(wait)
+        self._batch_started = time.monotonic()
         try:
             while len(items) < _MAX_BATCH_ITEMS:
                 items.append(self._queue.get_nowait())

@@ -207,3 +207,27 @@ def test_a_worker_that_keeps_dying_is_recorded_each_time_then_given_up(monkeypat
         assert offload.worker is None
     finally:
         offload.close()
+
+
+def test_the_worker_starts_with_the_proxy_and_scans_the_first_exchange(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """Started on the first batch, the child spent its first seconds loading while those exchanges were
+    scanned in the proxy's own process; started with the proxy, it is ready for the first one."""
+    proxy = start_proxy(policy_file(POLICY.format(extra="")))
+    recorder = proxy.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
+    assert proxy.call(lambda: recorder.offload.worker is not None), "no worker before the first exchange"
+    deadline = time.monotonic() + 120
+    while not proxy.call(lambda: recorder.offload.worker.poll_ready()):
+        assert time.monotonic() < deadline, "the worker never became ready"
+        time.sleep(0.1)
+    with proxied_client(proxy) as client:
+        reply = client.post(f"{plain_logging_upstream.url}/first", content=orjson.dumps({"aws": AWS_KEY}))
+        assert reply.status_code == 200
+    proxy.flush()
+    assert proxy.call(lambda: recorder.offload.offloaded) == 1
+    proxy.stop()
+    raw = b"".join(p.read_bytes() for p in sorted((tmp_path / "tape").glob("seg-*.jsonl")))
+    assert AWS_KEY.encode() not in raw
+    [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e["path"] == "/first"]
+    assert event["request"]["body"]["dlp_masked"]

@@ -1,0 +1,201 @@
+"""CPU failcore spends per exchange inside the proxy process: its hooks and evidence on the event loop's
+thread, and the tape writer's thread, split; no sockets and no mitmproxy server around it.
+
+    .venv/bin/python benchmarks/hooks_bench.py [--exchanges 3000] [--rounds 5] [--repo /tmp/before ...]
+
+The whole addon (failcore.proxy.FailCore, as `mitmdump -s addons/failcore_addon.py` loads it) runs in
+mitmproxy's test harness with a real tape writer (and DLP evidence worker) on a temporary tape. Each
+exchange is the throughput benchmark's (a 1 KB JSON POST answered with a 1 KB JSON), a fresh mitmproxy
+test flow taken through requestheaders, request, responseheaders and response as mitmproxy calls them;
+every 8 exchanges the event loop turns once (the evidence backlog builds there). CPU is thread time:
+the loop's thread (all of it, and the hook calls alone), the tape writer's thread and the DLP evidence worker,
+from /proc; medians over rounds.
+
+With several --repo checkouts, each round runs every checkout in its own child process, interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _process_cpu(tid: int | None = None) -> float:
+    where = f"/proc/self/task/{tid}/stat" if tid else "/proc/self/stat"
+    fields = Path(where).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(policy: str | None, exchanges: int, workdir: Path) -> dict[str, float]:
+    from mitmproxy import hooks
+    from mitmproxy.addonmanager import Loader
+    from mitmproxy.test import taddons, tflow
+
+    from benchmarks.servers import REQUEST_BODY_BYTES, RESPONSE_BODY_BYTES, json_document
+    from failcore.proxy import FailCore
+
+    request_body = json_document(REQUEST_BODY_BYTES, "chat.completion.request").encode()
+    response_body = json_document(RESPONSE_BODY_BYTES, "chat.completion").encode()
+    addon = FailCore()
+    options: dict[str, object] = {"confdir": str(workdir / "confdir"), "failcore_tape": str(workdir / "tape")}
+    if policy:
+        options["failcore_policy"] = policy
+
+    async def run() -> dict[str, float]:
+        with taddons.context() as tctx:
+            addon.load(Loader(tctx.master))  # type: ignore[attr-defined]
+            tctx.master.addons.add(addon)
+            tctx.options.update(**options)
+            tctx.master.addons.invoke_addon_sync(addon, hooks.ConfigureHook(set(tctx.options.keys())))
+            result = addon.running()  # type: ignore[attr-defined]
+            if result is not None:
+                await result
+            writer = addon.recorder.writer
+            assert writer is not None
+
+            def flows(n: int) -> list[object]:
+                out = []
+                for _ in range(n):
+                    f = tflow.tflow(resp=True)
+                    f.request.host, f.request.port, f.request.scheme = "127.0.0.1", 8080, "http"
+                    f.request.method, f.request.path = "POST", "/echo"
+                    f.request.headers["content-type"] = "application/json"
+                    f.request.content = request_body
+                    f.response.headers["content-type"] = "application/json"
+                    f.response.content = response_body
+                    out.append(f)
+                return out
+
+            hook_time = [0.0]
+
+            async def one_batch(batch: list[object]) -> None:
+                t0 = time.thread_time()
+                for f in batch:
+                    response = f.response  # type: ignore[attr-defined]
+                    f.response = None  # type: ignore[attr-defined]
+                    for name in ("requestheaders", "request"):
+                        hook = getattr(addon, name, None)
+                        if hook is not None and (r := hook(f)) is not None:
+                            await r
+                    f.response = response  # type: ignore[attr-defined]
+                    for name in ("responseheaders", "response"):
+                        hook = getattr(addon, name, None)
+                        if hook is not None and (r := hook(f)) is not None:
+                            await r
+                hook_time[0] += time.thread_time() - t0
+                await asyncio.sleep(0)
+
+            warm = flows(200)
+            for i in range(0, len(warm), 8):
+                await one_batch(warm[i : i + 8])
+            writer.flush(timeout=60)
+            time.sleep(1.0)  # the DLP evidence worker starts
+            writer.flush(timeout=60)
+            todo = flows(exchanges)
+            tid = writer._thread.native_id  # type: ignore[union-attr]
+            main_tid = threading.get_native_id()
+            loop0, writer0 = _process_cpu(main_tid), _process_cpu(tid)
+            hook_time[0] = 0.0
+            kids0 = _children_cpu()
+            for i in range(0, len(todo), 8):
+                await one_batch(todo[i : i + 8])
+            writer.flush(timeout=120)
+            loop1 = _process_cpu(main_tid)
+            kids1, writer1 = _children_cpu(), _process_cpu(tid)
+            addon.recorder.done()
+            loop_us = (loop1 - loop0) / exchanges * 1e6
+            return {
+                "loop": loop_us,
+                "hooks": hook_time[0] / exchanges * 1e6,
+                "writer": (writer1 - writer0) / exchanges * 1e6,
+                "worker": max(kids1 - kids0, 0.0) / exchanges * 1e6,
+            }
+
+    return asyncio.run(run())
+
+
+def _children_cpu() -> float:
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--exchanges", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repo", type=Path, action="append")
+    parser.add_argument("--child", nargs=2, metavar=("POLICY", "WORKDIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        policy = None if args.child[0] == "-" else args.child[0]
+        print(json.dumps(measure(policy, args.exchanges, Path(args.child[1]))))
+        return 0
+    repos = [r.resolve() for r in (args.repo or [HERE.parent])]
+    results: dict[str, list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="failcore-hooks-") as tmp:
+        no_dlp = Path(tmp) / "no-dlp.yaml"
+        no_dlp.write_text("mode: observe\ndefault: ALLOW\ndlp:\n  enabled: false\n")
+        for round_no in range(args.rounds):
+            for variant, policy in (("observe", "-"), ("no-DLP", str(no_dlp))):
+                for repo in repos:
+                    work = Path(tempfile.mkdtemp(dir=tmp))
+                    env = dict(os.environ, PYTHONPATH=f"{repo}{os.pathsep}{HERE.parent}")
+                    argv_child = [
+                        sys.executable,
+                        str(HERE / "hooks_bench.py"),
+                        "--exchanges",
+                        str(args.exchanges),
+                    ]
+                    out = subprocess.run(
+                        [*argv_child, "--child", policy, str(work)],
+                        env=env,
+                        cwd=repo,
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    )
+                    if out.returncode != 0:
+                        print(out.stderr[-3000:], file=sys.stderr)
+                        return 1
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    name = f"{variant} [{repo.name}]"
+                    results.setdefault(name, []).append(row)
+                    print(
+                        f"round {round_no + 1} {name}: "
+                        + ", ".join(f"{k} {v:,.0f} µs" for k, v in row.items())
+                    )
+    print("\nCPU µs per exchange, medians (min–max):")
+    for name, rows in results.items():
+        cells = []
+        for key in rows[0]:
+            values = [r[key] for r in rows]
+            cells.append(f"{key} {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})")
+        print(f"  {name}: " + ", ".join(cells))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

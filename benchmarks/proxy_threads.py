@@ -1,0 +1,158 @@
+"""Where a proxy's CPU goes per exchange, thread by thread, for failcore checkouts side by side.
+
+    .venv/bin/python benchmarks/proxy_threads.py [--repo /tmp/before] [--repo .] [--rounds 3] [--seconds 5]
+
+For each round, each variant (bare, failcore observe, failcore no-DLP) and each checkout, one fresh
+mitmdump serves the plain-HTTP throughput load (wrk, 8 connections, 1 KB JSON POST) and then the latency
+load (1 connection); per exchange it reports the CPU (user+system µs) of every thread of the mitmdump
+process (the event loop, the tape writer, …) and of its children (the DLP evidence worker), the context
+switches of the event loop's thread, and the p50 with one connection. Interleaved: checkouts and variants
+alternate within each round, so a busy machine slows all of them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import CommandLog, children_of, cpu_seconds
+from benchmarks.loadgen import wrk_for, wrk_script
+from benchmarks.servers import BenchContext, nginx_upstream, running_proxy
+from benchmarks.variants import BARE, OBSERVE, OBSERVE_NO_DLP, Variant
+
+TICK = 100.0  # os.sysconf("SC_CLK_TCK") on Linux
+
+
+def thread_stats(pid: int) -> dict[str, tuple[float, int, int]]:
+    """name -> (CPU seconds, voluntary, involuntary context switches), summed over threads of that name."""
+    out: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0, 0])
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if task.name == str(pid):
+            name = "loop"
+        elif name.startswith("tape-writer"):
+            name = "tape-writer"
+        entry = out[name]
+        entry[0] += (int(fields[11]) + int(fields[12])) / TICK
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                entry[1] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                entry[2] += int(line.split()[1])
+    return {k: (v[0], int(v[1]), int(v[2])) for k, v in out.items()}
+
+
+def children_cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for child in children_of(pid):
+        try:
+            total += cpu_seconds(child)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def settle(pid: int, timeout: float = 60.0) -> None:
+    """Wait until the proxy is idle: its start-up (addon load, DLP rules, certificates) is finished and
+    not counted in the measured run."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(pid) + children_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pid) + children_cpu_seconds(pid)
+        if now - last < 0.02:
+            return
+        last = now
+
+
+def for_repo(variant: Variant, repo: Path) -> Variant:
+    extra = tuple(str(repo / "addons" / "failcore_addon.py") if a == "{addon}" else a for a in variant.extra)
+    return dataclasses.replace(
+        variant,
+        name=f"{variant.name} [{repo.name}]",
+        extra=extra,
+        env=(*variant.env, ("PYTHONPATH", str(repo))),
+    )
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--repo", type=Path, action="append", help="failcore checkout (repeat); default: this one"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--no-latency", action="store_true")
+    args = parser.parse_args(argv)
+    repos = [r.resolve() for r in (args.repo or [Path(__file__).resolve().parent.parent])]
+    variants = [BARE] + [for_repo(v, r) for v in (OBSERVE, OBSERVE_NO_DLP) for r in repos]
+    rows: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="failcore-threads-") as tmp:
+        workdir = Path(tmp)
+        ctx = BenchContext(workdir, CommandLog(), quick=True)
+        with nginx_upstream(workdir, ctx.log) as upstream:
+            script = wrk_script(workdir / "wrk.lua", f"127.0.0.1:{upstream.plain_port}", through_proxy=True)
+            for round_no in range(args.rounds):
+                for variant in variants:
+                    with running_proxy(ctx, variant, upstream) as proxy:
+                        address = f"127.0.0.1:{proxy.port}"
+                        settle(proxy.pid)
+                        wrk_for(address, script, connections=8, seconds=1, log=ctx.log, label="warm-up")
+                        settle(proxy.pid)
+                        before, kids0 = thread_stats(proxy.pid), children_cpu_seconds(proxy.pid)
+                        result = wrk_for(
+                            address, script, connections=8, seconds=args.seconds, log=ctx.log, label="load"
+                        )
+                        after, kids1 = thread_stats(proxy.pid), children_cpu_seconds(proxy.pid)
+                        n = max(result.requests, 1)
+                        row: dict[str, float] = {"rps": result.rps}
+                        for name, (cpu, vol, invol) in after.items():
+                            b = before.get(name, (0.0, 0, 0))
+                            row[f"{name} µs"] = (cpu - b[0]) / n * 1e6
+                            if name in ("loop", "tape-writer"):
+                                row[f"{name} vcsw"] = (vol - b[1]) / n
+                                row[f"{name} icsw"] = (invol - b[2]) / n
+                        row["process µs"] = sum(v for k, v in row.items() if k.endswith(" µs"))
+                        row["worker µs"] = max(kids1 - kids0, 0.0) / n * 1e6
+                        if not args.no_latency:
+                            lat = wrk_for(
+                                address,
+                                script,
+                                connections=1,
+                                seconds=args.seconds,
+                                log=ctx.log,
+                                label="latency",
+                            )
+                            row["p50 µs (1 conn)"] = lat.p50_us
+                        rows[variant.name].append(row)
+                        print(
+                            f"round {round_no + 1} {variant.name}: "
+                            + ", ".join(
+                                f"{k} {v:,.2f}" if v < 10 else f"{k} {v:,.0f}" for k, v in sorted(row.items())
+                            ),
+                            flush=True,
+                        )
+    print("\nmedians over rounds:")
+    for name, samples in rows.items():
+        keys = sorted({k for s in samples for k in s})
+        med = {k: statistics.median(s.get(k, 0.0) for s in samples) for k in keys}
+        print(f"{name}: " + ", ".join(f"{k} {v:,.2f}" if v < 10 else f"{k} {v:,.0f}" for k, v in med.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
