@@ -104,7 +104,8 @@ class QuickStart:
         except OSError as e:
             raise ProxyStartError(f"cannot listen on {s.listen_host}: {e}") from None
         s.listen_socket = self.listener
-        self.proxy.ca = ensure_ca(s.confdir)
+        # The key is parsed by mitmproxy when the proxy loads (on the loader thread), not here.
+        self.proxy.ca = ensure_ca(s.confdir, check=False)
         for name in QUIET_PATH:
             importlib.import_module(name)
         self._start_loading()
@@ -200,7 +201,6 @@ class QuickStart:
 
     def record_quiet_run(self) -> None:
         """What the proxy writes for a run without traffic: run_start, the policy it loaded, run_end."""
-        from failcore.dlp.scanner import DlpScanner
         from failcore.event import EgressEvent
         from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
         from failcore.runmarks import policy_detail, run_end_detail, run_start_detail
@@ -216,10 +216,9 @@ class QuickStart:
         try:
             started = time.time()
             policy = self.policy
-            # The command line is masked by the run's DLP rules, as the proxy's run_start is (a compiled
-            # rule set is usually in the on-disk cache: ~0.15 s of CPU here).
-            scanner = DlpScanner.for_policy(policy, load_or_create_salt(home)) if policy else None
-            scan = (lambda text: scanner.engine.scan(text)) if scanner is not None else None
+            # The command line is masked by the run's DLP rules, as the proxy's run_start is.
+            masker = ArgvMasker(policy, load_or_create_salt(home)) if policy else None
+            scan = masker.scan if masker is not None and masker.enabled else None
             writer.submit(
                 lambda: EgressEvent(
                     kind="run_start",
@@ -237,6 +236,8 @@ class QuickStart:
                 ).to_dict()
             )
             writer.flush(timeout=10)
+            if masker is not None:
+                masker.save()
             now = time.time()
             counts = {"requests": 0, "blocked": 0, "failed": 0}
             detail = run_end_detail(counts, 0, writer.dropped, 0, now - started)
@@ -245,3 +246,39 @@ class QuickStart:
             )
         finally:
             writer.close()
+
+
+class ArgvMasker:
+    """Scans the command line with the run's DLP rules, building their engine only for a string not
+    known to be clean (failcore.dlp.knownclean): the same command line again costs no engine."""
+
+    def __init__(self, policy: Policy, salt: bytes) -> None:
+        from failcore.dlp.scanner import policy_rules
+
+        self._policy = policy
+        self._salt = salt
+        self._rules = policy_rules(policy)
+        self._known: Any = None
+        self.enabled = self._rules is not None
+        self.built = False
+
+    def scan(self, text: str) -> list[Any]:
+        from failcore.dlp.knownclean import KnownClean
+        from failcore.dlp.scanner import DlpScanner
+
+        assert self._rules is not None
+        if self._known is None:
+            self._known = KnownClean(self._rules, self._salt)
+        if self._known.clean(text):
+            return []
+        scanner = DlpScanner.for_policy(self._policy, self._salt)
+        assert scanner is not None
+        self.built = True
+        hits = scanner.engine.scan(text)
+        if not hits:
+            self._known.remember(text)
+        return hits
+
+    def save(self) -> None:
+        if self._known is not None:
+            self._known.save()

@@ -29,6 +29,14 @@ def _engine_for(rules: tuple[DlpRule, ...], salt: bytes) -> DlpEngine:
     return cast(DlpEngine, PendingEngine(lambda: DlpEngine(rules, backend="auto", salt=salt)))
 
 
+def policy_rules(policy: Policy) -> tuple[DlpRule, ...] | None:
+    """The rules a policy's DLP engine is built from; None when its DLP is off."""
+    settings = policy.dlp
+    if not settings.enabled:
+        return None
+    return (*builtin_rules(), *settings.gitleaks_rules, *settings.custom_rules)
+
+
 @dataclass(frozen=True, slots=True)
 class DlpScanner:
     """A policy's DLP settings with their compiled engine; immutable, shared with the writer thread."""
@@ -40,11 +48,10 @@ class DlpScanner:
 
     @classmethod
     def for_policy(cls, policy: Policy, salt: bytes) -> DlpScanner | None:
-        settings = policy.dlp
-        if not settings.enabled:
+        rules = policy_rules(policy)
+        if rules is None:
             return None
-        rules = (*builtin_rules(), *settings.gitleaks_rules, *settings.custom_rules)
-        return cls(_engine_for(tuple(rules), salt), settings, policy.mode == "enforce")
+        return cls(_engine_for(rules, salt), policy.dlp, policy.mode == "enforce")
 
     def action(self, hit: Hit) -> Action:
         return self.settings.action_for(hit.rule_id, hit.severity)
