@@ -249,32 +249,40 @@ class QuickStart:
 
 
 class ArgvMasker:
-    """Scans the command line with the run's DLP rules, building their engine only for a string not
-    known to be clean (failcore.dlp.knownclean): the same command line again costs no engine."""
+    """Scans the command line with the run's DLP rules. A string known to be clean for these rules
+    (failcore.dlp.knownclean) is not scanned again; the others are scanned by the rules' engine on its
+    RE2 backend: the engine's reference semantics (the Hyperscan backend only narrows where RE2 looks,
+    and reports the same findings), built without compiling a Hyperscan database, which a first start
+    would otherwise do (seconds) to scan a few short strings."""
 
     def __init__(self, policy: Policy, salt: bytes) -> None:
-        from failcore.dlp.scanner import policy_rules
+        from failcore.dlp.rules import policy_rules
 
-        self._policy = policy
         self._salt = salt
         self._rules = policy_rules(policy)
         self._known: Any = None
+        self._engine: Any = None
         self.enabled = self._rules is not None
-        self.built = False
+
+    @property
+    def built(self) -> bool:
+        return self._engine is not None
 
     def scan(self, text: str) -> list[Any]:
+        from failcore.dlp import regex_backend as rx
         from failcore.dlp.knownclean import KnownClean
-        from failcore.dlp.scanner import DlpScanner
 
         assert self._rules is not None
+        backend = "re2" if rx.re2_available() else "auto"
         if self._known is None:
-            self._known = KnownClean(self._rules, self._salt)
+            self._known = KnownClean(self._rules, self._salt, backend)
         if self._known.clean(text):
             return []
-        scanner = DlpScanner.for_policy(self._policy, self._salt)
-        assert scanner is not None
-        self.built = True
-        hits = scanner.engine.scan(text)
+        if self._engine is None:
+            from failcore.dlp.engine import DlpEngine
+
+            self._engine = DlpEngine(self._rules, backend=backend, salt=self._salt)
+        hits: list[Any] = self._engine.scan(text)
         if not hits:
             self._known.remember(text)
         return hits

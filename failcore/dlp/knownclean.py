@@ -10,7 +10,8 @@ everything that decides what the engine finds:
 
 - every rule, as written (regex, keywords, entropy, validator, allowlists, severity, ...);
 - the source of every module of `failcore.dlp` (the engine, its decoders, validators, masking);
-- which RE2 and Hyperscan bindings are installed (path, size and modification time of each).
+- which RE2 and Hyperscan bindings are installed (path, size and modification time of each), and the
+  engine backend the caller scans with.
 
 A string is skipped only when it is in the entry: the engine, given the same rules and code, would
 find nothing in it again (it is deterministic). Any other string, a changed rule or a changed module
@@ -76,9 +77,10 @@ class KnownClean:
     """The strings one rule set found nothing in (as HMACs under `salt`), loaded from and saved to the
     cache. `clean(value)` is exact: True only for a string the same engine scanned without a hit."""
 
-    def __init__(self, rules: Sequence[DlpRule], salt: bytes) -> None:
+    def __init__(self, rules: Sequence[DlpRule], salt: bytes, backend: str = "auto") -> None:
+        """`backend`: the DlpEngine backend the caller scans with (part of the entry's name)."""
         self._salt = salt
-        self._key = hashlib.sha256(FORMAT + rules_key(rules)).digest()
+        self._key = hashlib.sha256(FORMAT + backend.encode() + b"\x00" + rules_key(rules)).digest()
         payload = hscache.read_entry(self._key)
         self._known: list[bytes] = []
         if payload is not None and len(payload) % DIGEST_SIZE == 0:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 from failcore.dlp.engine import DlpEngine
 from failcore.dlp.model import DlpRule, Hit
 from failcore.dlp.pending import PendingEngine
-from failcore.dlp.rules import builtin_rules
+from failcore.dlp.rules import policy_rules
 
 if TYPE_CHECKING:
     from failcore.policy.model import Action, DlpSettings, Policy
@@ -27,14 +27,6 @@ def _engine_for(rules: tuple[DlpRule, ...], salt: bytes) -> DlpEngine:
     # reloads (and proxies in one process) that use the same rules, and build it in the background so
     # the proxy listens meanwhile; every scan waits for it (failcore.dlp.pending).
     return cast(DlpEngine, PendingEngine(lambda: DlpEngine(rules, backend="auto", salt=salt)))
-
-
-def policy_rules(policy: Policy) -> tuple[DlpRule, ...] | None:
-    """The rules a policy's DLP engine is built from; None when its DLP is off."""
-    settings = policy.dlp
-    if not settings.enabled:
-        return None
-    return (*builtin_rules(), *settings.gitleaks_rules, *settings.custom_rules)
 
 
 @dataclass(frozen=True, slots=True)
