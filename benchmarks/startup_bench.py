@@ -79,6 +79,9 @@ class Bench:
         self.env = dict(os.environ)
         self.env["FAILCORE_HOME"] = str(self.home)
         self.env.pop("FAILCORE_HS_CACHE", None)
+        # As a user's Python does: the untimed first run writes the bytecode caches the timed runs use
+        # (with PYTHONDONTWRITEBYTECODE set, every run compiled failcore's modules from source).
+        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
             self.env.pop(name, None)
 
@@ -190,22 +193,32 @@ def main(argv: list[str] | None = None) -> int:
         if "mitmdump" in only:
             variants["bare mitmdump"] = lambda: Bench(REPO, args.policy, Path(tmp) / "bare").mitmdump(False)
         for number, repo in enumerate(repos):
-            bench = Bench(repo, args.policy, Path(tmp) / f"repo{number}")
             label = f"[{repo.name}] " if len(repos) > 1 else ""
+
+            def bench(kind: str, repo: Path = repo, number: int = number) -> Bench:
+                # One FAILCORE_HOME per variant: a cold variant's deleted cache must not make the next
+                # "warm" variant compile (a run without traffic no longer fills the Hyperscan cache).
+                return Bench(repo, args.policy, Path(tmp) / f"repo{number}-{kind}")
+
             # Not timed: the CA, the signing key, bytecode caches and a first compiled database.
             if "run" in only:
-                bench.failcore_run()
-                variants[f"{label}failcore run -- true (cold cache)"] = partial(
-                    bench.cold, bench.failcore_run
-                )
-                variants[f"{label}failcore run -- true (warm cache)"] = bench.failcore_run
+                cold, warm = bench("run-cold"), bench("run-warm")
+                cold.failcore_run()
+                warm.failcore_run()
+                variants[f"{label}failcore run -- true (cold cache)"] = partial(cold.cold, cold.failcore_run)
+                variants[f"{label}failcore run -- true (warm cache)"] = warm.failcore_run
             if "run-curl" in only:
-                variants[f"{label}failcore run -- curl (warm cache)"] = bench.failcore_run_curl
+                curl = bench("run-curl")
+                curl.failcore_run_curl()
+                variants[f"{label}failcore run -- curl (warm cache)"] = curl.failcore_run_curl
             if "mitmdump" in only:
-                bench.mitmdump(True)
-                with_failcore = partial(bench.mitmdump, True)
-                variants[f"{label}mitmdump + failcore (cold cache)"] = partial(bench.cold, with_failcore)
-                variants[f"{label}mitmdump + failcore (warm cache)"] = with_failcore
+                cold, warm = bench("mitmdump-cold"), bench("mitmdump-warm")
+                cold.mitmdump(True)
+                warm.mitmdump(True)
+                variants[f"{label}mitmdump + failcore (cold cache)"] = partial(
+                    cold.cold, partial(cold.mitmdump, True)
+                )
+                variants[f"{label}mitmdump + failcore (warm cache)"] = partial(warm.mitmdump, True)
         for _ in range(args.runs):
             for name, measure in variants.items():
                 for metric, value in measure().items():

@@ -6,15 +6,15 @@ files keep mitmproxy's names and any mitmproxy documentation about them applies.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import certifi
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from mitmproxy import certs
 
 from failcore.paths import ensure_private_dir, failcore_home
 
@@ -49,16 +49,40 @@ class CaInfo:
         }
 
 
-def ensure_ca(confdir: Path | None = None) -> CaInfo:
+# One PEM certificate: its base64 body is the DER encoding (RFC 7468), whose SHA-256 is the fingerprint.
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\s+([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
+
+
+def _cert_der(cert_pem: bytes) -> bytes | None:
+    found = _PEM_CERT.search(cert_pem)
+    if found is None:
+        return None
+    try:
+        return base64.b64decode(b"".join(found[1].split()), validate=True)
+    except binascii.Error:
+        return None
+
+
+def ensure_ca(confdir: Path | None = None, *, check: bool = True) -> CaInfo:
+    """The CA's files, created on first use. `check=False` (`failcore run`'s quick start) trusts CA files
+    that exist and skips parsing the private key: mitmproxy loads and checks it when the proxy starts,
+    on the thread that loads mitmproxy, and a command without traffic never needs it."""
     confdir = ensure_private_dir(confdir or failcore_home())
-    certs.CertStore.from_store(confdir, CA_BASENAME, KEY_SIZE)
     cert_path = confdir / f"{CA_BASENAME}-ca-cert.pem"
     key_path = confdir / f"{CA_BASENAME}-ca.pem"
+    der = None
+    if not check and key_path.is_file() and cert_path.is_file():
+        cert_pem = cert_path.read_bytes()
+        der = _cert_der(cert_pem)
+    if der is None:
+        from mitmproxy import certs
+
+        certs.CertStore.from_store(confdir, CA_BASENAME, KEY_SIZE)
+        cert_pem = cert_path.read_bytes()
+        der = _checked_der(cert_pem)
     for private in (key_path, confdir / f"{CA_BASENAME}-ca.p12"):
         if private.exists():
             os.chmod(private, 0o600)
-    cert_pem = cert_path.read_bytes()
-    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
     bundle_path = confdir / "ca-bundle.pem"
     bundle = Path(certifi.where()).read_bytes().rstrip(b"\n") + b"\n" + cert_pem
     if not bundle_path.exists() or bundle_path.read_bytes() != bundle:
@@ -72,3 +96,10 @@ def ensure_ca(confdir: Path | None = None) -> CaInfo:
         bundle_path=bundle_path,
         sha256=hashlib.sha256(der).hexdigest(),
     )
+
+
+def _checked_der(cert_pem: bytes) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    return x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)

@@ -104,7 +104,8 @@ class QuickStart:
         except OSError as e:
             raise ProxyStartError(f"cannot listen on {s.listen_host}: {e}") from None
         s.listen_socket = self.listener
-        self.proxy.ca = ensure_ca(s.confdir)
+        # The key is parsed by mitmproxy when the proxy loads (on the loader thread), not here.
+        self.proxy.ca = ensure_ca(s.confdir, check=False)
         for name in QUIET_PATH:
             importlib.import_module(name)
         self._start_loading()
@@ -200,7 +201,6 @@ class QuickStart:
 
     def record_quiet_run(self) -> None:
         """What the proxy writes for a run without traffic: run_start, the policy it loaded, run_end."""
-        from failcore.dlp.scanner import DlpScanner
         from failcore.event import EgressEvent
         from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
         from failcore.runmarks import policy_detail, run_end_detail, run_start_detail
@@ -216,10 +216,9 @@ class QuickStart:
         try:
             started = time.time()
             policy = self.policy
-            # The command line is masked by the run's DLP rules, as the proxy's run_start is (a compiled
-            # rule set is usually in the on-disk cache: ~0.15 s of CPU here).
-            scanner = DlpScanner.for_policy(policy, load_or_create_salt(home)) if policy else None
-            scan = (lambda text: scanner.engine.scan(text)) if scanner is not None else None
+            # The command line is masked by the run's DLP rules, as the proxy's run_start is.
+            masker = ArgvMasker(policy, load_or_create_salt(home)) if policy else None
+            scan = masker.scan if masker is not None and masker.enabled else None
             writer.submit(
                 lambda: EgressEvent(
                     kind="run_start",
@@ -237,6 +236,8 @@ class QuickStart:
                 ).to_dict()
             )
             writer.flush(timeout=10)
+            if masker is not None:
+                masker.save()
             now = time.time()
             counts = {"requests": 0, "blocked": 0, "failed": 0}
             detail = run_end_detail(counts, 0, writer.dropped, 0, now - started)
@@ -245,3 +246,47 @@ class QuickStart:
             )
         finally:
             writer.close()
+
+
+class ArgvMasker:
+    """Scans the command line with the run's DLP rules. A string known to be clean for these rules
+    (failcore.dlp.knownclean) is not scanned again; the others are scanned by the rules' engine on its
+    RE2 backend: the engine's reference semantics (the Hyperscan backend only narrows where RE2 looks,
+    and reports the same findings), built without compiling a Hyperscan database, which a first start
+    would otherwise do (seconds) to scan a few short strings."""
+
+    def __init__(self, policy: Policy, salt: bytes) -> None:
+        from failcore.dlp.rules import policy_rules
+
+        self._salt = salt
+        self._rules = policy_rules(policy)
+        self._known: Any = None
+        self._engine: Any = None
+        self.enabled = self._rules is not None
+
+    @property
+    def built(self) -> bool:
+        return self._engine is not None
+
+    def scan(self, text: str) -> list[Any]:
+        from failcore.dlp import regex_backend as rx
+        from failcore.dlp.knownclean import KnownClean
+
+        assert self._rules is not None
+        backend = "re2" if rx.re2_available() else "auto"
+        if self._known is None:
+            self._known = KnownClean(self._rules, self._salt, backend)
+        if self._known.clean(text):
+            return []
+        if self._engine is None:
+            from failcore.dlp.engine import DlpEngine
+
+            self._engine = DlpEngine(self._rules, backend=backend, salt=self._salt)
+        hits: list[Any] = self._engine.scan(text)
+        if not hits:
+            self._known.remember(text)
+        return hits
+
+    def save(self) -> None:
+        if self._known is not None:
+            self._known.save()

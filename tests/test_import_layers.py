@@ -80,3 +80,18 @@ def test_one_proxy_module_does_not_load_every_addon() -> None:
     # Building the proxy still loads them all.
     built = loaded_after("from failcore.proxy import FailCore; FailCore()", *addons)
     assert built == dict.fromkeys(addons, True)
+
+
+# What `failcore run` needs before the command starts (the CA's paths and fingerprint) and to mask the
+# command line of a run without traffic: no mitmproxy, no cryptography x509, no DLP engine.
+@pytest.mark.parametrize(
+    ("imports", "absent"),
+    [
+        ("import failcore.ca", ("mitmproxy", "cryptography.x509", "failcore.dlp.engine")),
+        ("import failcore.dlp.model, failcore.dlp.rules, failcore.dlp.knownclean", ("failcore.dlp.engine",)),
+        ("import failcore.policy.load", ("failcore.dlp.engine", "hyperscan")),
+    ],
+    ids=["ca", "dlp-rules", "policy-load"],
+)
+def test_the_quiet_path_pieces_do_not_load_what_they_skip(imports: str, absent: tuple[str, ...]) -> None:
+    assert loaded_after(imports, *absent) == dict.fromkeys(absent, False)

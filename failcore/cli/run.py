@@ -93,18 +93,18 @@ async def _open_channel(proxy: Any, env: dict[str, str], policy_path: Path | Non
     from failcore.runtime.channel import EventChannel
     from failcore.runtime.events import apply_dlp
 
-    session = proxy.session
-
     def record(event: dict[str, Any]) -> None:
-        # Masked with this run's DLP rules on the tape writer's thread, before it is written.
+        # Masked with this run's DLP rules on the tape writer's thread, before it is written. The session
+        # is made at the first event: a run without one (the quick path) never imports it.
+        session = proxy.session
         session.record(lambda: apply_dlp(event, session.dlp, session.salt))
 
     channel = EventChannel(proxy.run_id, record)
     await channel.start()
     env.update(channel.env())
     env["FAILCORE_TAPE"] = str(proxy.tape_dir)
-    if policy_path is None and session.policy is not None:
-        policy_path = Path(session.policy.source)
+    if policy_path is None and proxy.session.policy is not None:
+        policy_path = Path(proxy.session.policy.source)
     if policy_path is not None and policy_path.is_file():
         env["FAILCORE_POLICY"] = str(policy_path.resolve())
     return channel

@@ -12,7 +12,12 @@ to search when asking "does failcore know this token?".
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from failcore.dlp.model import DlpAllowlist, DlpRule
+
+if TYPE_CHECKING:
+    from failcore.policy.model import Policy
 
 # Starts a token like `\b` would, but also right after a JSON/C escape such as `\n` (a raw request
 # body holds "...\\nghp_..." where `\b` sees the letter n).
@@ -816,3 +821,11 @@ def _pii_rules() -> list[DlpRule]:
 
 def builtin_rules() -> list[DlpRule]:
     return _provider_rules() + _structural_rules() + _pii_rules()
+
+
+def policy_rules(policy: Policy) -> tuple[DlpRule, ...] | None:
+    """The rules a policy's DLP engine is built from (failcore.dlp.scanner); None when its DLP is off."""
+    settings = policy.dlp
+    if not settings.enabled:
+        return None
+    return (*builtin_rules(), *settings.gitleaks_rules, *settings.custom_rules)

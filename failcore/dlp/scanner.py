@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 from failcore.dlp.engine import DlpEngine
 from failcore.dlp.model import DlpRule, Hit
 from failcore.dlp.pending import PendingEngine
-from failcore.dlp.rules import builtin_rules
+from failcore.dlp.rules import policy_rules
 
 if TYPE_CHECKING:
     from failcore.policy.model import Action, DlpSettings, Policy
@@ -40,11 +40,10 @@ class DlpScanner:
 
     @classmethod
     def for_policy(cls, policy: Policy, salt: bytes) -> DlpScanner | None:
-        settings = policy.dlp
-        if not settings.enabled:
+        rules = policy_rules(policy)
+        if rules is None:
             return None
-        rules = (*builtin_rules(), *settings.gitleaks_rules, *settings.custom_rules)
-        return cls(_engine_for(tuple(rules), salt), settings, policy.mode == "enforce")
+        return cls(_engine_for(rules, salt), policy.dlp, policy.mode == "enforce")
 
     def action(self, hit: Hit) -> Action:
         return self.settings.action_for(hit.rule_id, hit.severity)
