@@ -10,6 +10,7 @@ import ssl
 import stat
 import subprocess
 import tempfile
+import threading
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -858,7 +859,21 @@ def test_captions_precede_their_chart_and_show_names_the_run(tape: Path, confdir
     assert f"failcore show {run} --event 1" in text and f"failcore show {run} --event 3" in text
 
 
-def test_max_events_bounds_every_list_and_says_what_was_left_out(tape: Path, confdir: Path) -> None:
+def test_max_events_bounds_every_list_and_says_what_was_left_out(
+    tape: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Verification runs in a thread while the run is read; hold it until the reading has ended, so the
+    # "verifying" message is said every time (a fast verify on an idle core finished first: flaky).
+    import failcore.report.collect as collect
+
+    read_done = threading.Event()
+    real_verify = collect.verify_tape
+
+    def verify_after_reading(*args: Any, **kwargs: Any) -> Any:
+        read_done.wait(30)
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(collect, "verify_tape", verify_after_reading)
     run = "run-big"
     hit = {
         "rule": "r",
@@ -885,8 +900,14 @@ def test_max_events_bounds_every_list_and_says_what_was_left_out(tape: Path, con
         )
     write_events(tape, confdir, events)
     said: list[str] = []
-    report = collect_report(tape, run, max_events=4, progress=said.append)
+
+    def progress(message: str) -> None:
+        said.append(message)
+        read_done.set()
+
+    report = collect_report(tape, run, max_events=4, progress=progress)
     assert said == ["read 40 events of run run-big; verifying the whole tape"]
+    assert report.verification is not None and report.verification.ok
     # Counts cover the whole run.
     assert (report.summary.requests, report.llm_count, report.tokens_in) == (40, 40, 4000)
     assert report.cost_usd == pytest.approx(20.0)
