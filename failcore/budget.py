@@ -155,22 +155,16 @@ class _BudgetState:
         ]
         self.wall_limit = spec.limits.get(WALL_SECONDS)
         self.wall_seen = 0.0
-
-    @property
-    def rolling(self) -> bool:
-        return self.window is not None
-
-    @property
-    def hold(self) -> int:
-        """How long a rolling bucket stays counted after it starts."""
-        assert self.window is not None
-        return self.window + self.bucket_seconds
+        self.rolling = self.window is not None
+        # How long a rolling bucket stays counted after it starts (0 for a run window: never expires).
+        self.hold = self.window + self.bucket_seconds if self.window is not None else 0
 
     def expiry(self, bucket: _Bucket) -> float:
         return bucket.start + self.hold
 
     def expire(self, now: float) -> None:
-        while self.buckets and self.expiry(self.buckets[0]) <= now:
+        hold = self.hold
+        while self.buckets and self.buckets[0].start + hold <= now:
             old = self.buckets.popleft()
             for index, value in enumerate(old.values):
                 self.totals[index] -= value
