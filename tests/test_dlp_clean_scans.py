@@ -8,12 +8,13 @@ import random
 from pathlib import Path
 
 import pytest
+from mitmproxy.http import Headers
 from mitmproxy.test import tflow
 
 from failcore.dlp.pending import wait_until_built
 from failcore.dlp.scanner import DlpScanner
 from failcore.policy.load import load_policy
-from failcore.proxy.dlpguard import CleanScans, DlpGuard, request_url, scan_request_for_block
+from failcore.proxy.dlpguard import CleanScans, DlpGuard, header_value, request_url, scan_request_for_block
 from failcore.proxy.gate import PolicyGate
 from tests.addon_harness import concerns
 from tests.dlp_corpus import chat_body, load_samples
@@ -131,6 +132,29 @@ def test_request_url_is_mitmproxys_pretty_url(http_version, host_header, scheme,
         req.headers["Host"] = host_header
     for _ in range(2):  # the second time from the cached origin
         assert request_url(req) == req.pretty_url
+        assert request_url(req, list(req.headers.items(multi=True))) == req.pretty_url
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [(b"Host", b"a.test"), (b"Content-Encoding", b"gzip")],
+        [
+            (b"HOST", b"a.test:81"),
+            (b"host", b"b.test"),
+            (b"content-encoding", b"gzip"),
+            (b"CONTENT-encoding", b"br"),
+        ],
+        [(b"X-Host", b"no"), (b"Host ", b"no"), ("Ho\u017ft".encode(), b"no"), ("\u212aost".encode(), b"no")],
+        [("H\u00f6st".encode(), b"x"), (b"Ho\xffst", b"y"), (b"Content-Encoding", "\u00e9".encode())],
+        [],
+    ],
+)
+def test_header_value_is_mitmproxys_headers_get(fields) -> None:
+    headers = Headers(fields)
+    items = list(headers.items(multi=True))
+    for name in ("host", "content-encoding"):
+        assert header_value(items, name) == headers.get(name)
 
 
 def test_a_policy_reload_forgets_what_was_clean(tmp_path: Path) -> None:

@@ -128,12 +128,24 @@ def judge_request(
     return hits, None
 
 
-def request_url(req: http.Request) -> str:
+def header_value(fields: Sequence[tuple[str, str]], name: str) -> str | None:
+    """`headers.get(name)` of mitmproxy's Headers, from the `headers.items(multi=True)` the caller has
+    already: every value of that (lower-case, ASCII) name joined by ", ", or None. mitmproxy compares
+    the names' bytes lower-cased as ASCII, so a name with other characters never matches."""
+    values = [value for key, value in fields if key.isascii() and key.lower() == name]
+    return ", ".join(values) if values else None
+
+
+def request_url(req: http.Request, headers: Sequence[tuple[str, str]] | None = None) -> str:
     """`req.pretty_url` (what the tape records as the request's URL), with its scheme://authority part
-    parsed once per (scheme, Host header) instead of on every request."""
+    parsed once per (scheme, Host header) instead of on every request. `headers`: the request's
+    `headers.items(multi=True)`, when the caller has them."""
     if req.first_line_format == "authority":
         return req.pretty_url
-    host_header = req.host_header
+    if headers is None or req.is_http2 or req.is_http3:
+        host_header = req.host_header
+    else:
+        host_header = header_value(headers, "host")
     if not host_header:
         return req.pretty_url
     return _origin(req.scheme, host_header) + (req.path if req.path != "*" else "")
@@ -239,11 +251,12 @@ class DlpGuard:
         state = self.session.flows.get(flow.id)
         if state is None or state.request_tap is not None:
             return None
-        headers = list(flow.request.headers.items(multi=True))
-        trailers = list(flow.request.trailers.items(multi=True)) if flow.request.trailers else []
-        raw = flow.request.raw_content or b""
-        encoding = flow.request.headers.get("content-encoding")
-        url = request_url(flow.request)
+        req = flow.request
+        headers = list(req.headers.items(multi=True))
+        trailers = list(req.trailers.items(multi=True)) if req.trailers else []
+        raw = req.raw_content or b""
+        encoding = header_value(headers, "content-encoding")
+        url = request_url(req, headers)
         # While the rules still compile (just after start-up) the scan waits for them, off the loop.
         if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES) or not engine_ready(scanner.engine):
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
