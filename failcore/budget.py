@@ -86,6 +86,10 @@ class Usage:
         ]
 
 
+# What admitting one request adds (read only, never mutated).
+_ONE_REQUEST: Vector = Usage(requests=1).vector()
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetBreach:
     """A limit reached (`hard`) or a soft threshold crossed; `limit` is the threshold that was crossed.
@@ -155,22 +159,16 @@ class _BudgetState:
         ]
         self.wall_limit = spec.limits.get(WALL_SECONDS)
         self.wall_seen = 0.0
-
-    @property
-    def rolling(self) -> bool:
-        return self.window is not None
-
-    @property
-    def hold(self) -> int:
-        """How long a rolling bucket stays counted after it starts."""
-        assert self.window is not None
-        return self.window + self.bucket_seconds
+        self.rolling = self.window is not None
+        # How long a rolling bucket stays counted after it starts (0 for a run window: never expires).
+        self.hold = self.window + self.bucket_seconds if self.window is not None else 0
 
     def expiry(self, bucket: _Bucket) -> float:
         return bucket.start + self.hold
 
     def expire(self, now: float) -> None:
-        while self.buckets and self.expiry(self.buckets[0]) <= now:
+        hold = self.hold
+        while self.buckets and self.buckets[0].start + hold <= now:
             old = self.buckets.popleft()
             for index, value in enumerate(old.values):
                 self.totals[index] -= value
@@ -340,6 +338,30 @@ class BudgetStore:
     def now(self) -> float:
         return self._clock()
 
+    def admit(
+        self, *, host: str, provider: str | None, model: str | None, reserve_over_limit: bool
+    ) -> tuple[BudgetBreach | None, float | None, list[BudgetBreach]]:
+        """`check`, then `reserve_request` at the same moment, with one scope match and one lock:
+        (the hard limit that forbids this request or None, when it was reserved or None, the thresholds
+        the reservation crossed). Over a hard limit the request is reserved only if
+        `reserve_over_limit` (observe mode lets it go and counts it)."""
+        states = self._in_scope(host, provider, model)
+        now = self._clock()
+        if not states:
+            return None, now, []
+        elapsed = now - self._run_started
+        breaches: list[BudgetBreach] = []
+        with self._lock:
+            for state in states:
+                state.expire(now)
+                breaches.extend(state.hard_breaches(now, elapsed))
+            breach = _most_binding(breaches)
+            if breach is not None and not reserve_over_limit:
+                return breach, None, []
+            crossed = self._add_locked(states, now, elapsed, _ONE_REQUEST)
+        self._wake_writer()
+        return breach, now, crossed
+
     def reserve_request(
         self, *, host: str, provider: str | None, model: str | None, now: float | None = None
     ) -> list[BudgetBreach]:
@@ -405,19 +427,28 @@ class BudgetStore:
             return []
         now = self._clock() if now is None else now
         elapsed = now - self._run_started
-        crossed: list[BudgetBreach] = []
         with self._lock:
-            for state in states:
-                state.expire(now)
-                before = list(state.totals)
-                bucket = state.add(now, vector)
-                crossed.extend(state.crossings(before, now))
-                crossed.extend(state.wall_crossings(elapsed))
-                if self._writer is not None:
-                    self._queue_delta(state, bucket, vector)
+            crossed = self._add_locked(states, now, elapsed, vector)
+        self._wake_writer()
+        return crossed
+
+    def _add_locked(
+        self, states: list[_BudgetState], now: float, elapsed: float, vector: Vector
+    ) -> list[BudgetBreach]:
+        crossed: list[BudgetBreach] = []
+        for state in states:
+            state.expire(now)
+            before = list(state.totals)
+            bucket = state.add(now, vector)
+            crossed.extend(state.crossings(before, now))
+            crossed.extend(state.wall_crossings(elapsed))
+            if self._writer is not None:
+                self._queue_delta(state, bucket, vector)
+        return crossed
+
+    def _wake_writer(self) -> None:
         if self._writer is not None:
             self._writer.wake_if_backlogged(len(self._pending_rolling) + len(self._pending_run))
-        return crossed
 
     def _queue_delta(self, state: _BudgetState, bucket: int | None, vector: Vector) -> None:
         if bucket is None:

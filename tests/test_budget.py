@@ -455,3 +455,52 @@ def test_releasing_after_the_bucket_expired_takes_nothing(
     store.reserve_request(**OPENAI)
     breach = store.check(**OPENAI)
     assert breach is not None and breach.used == 1
+
+
+@pytest.mark.parametrize("reserve_over_limit", [False, True])
+def test_admit_is_check_then_reserve(stores, reserve_over_limit: bool) -> None:
+    """`admit` (one scope match, one lock) answers what `check` followed by `reserve_request` did, over
+    a run of requests and recorded usage that crosses soft and hard limits and rolls windows over."""
+    import random
+
+    specs = budgets(
+        """
+        budgets:
+          - id: minute
+            window: minute
+            limits: {requests: 7, total_tokens: 900}
+          - id: run
+            window: run
+            soft: 0.5
+            limits: {requests: 30}
+          - id: openai-day
+            window: day
+            scope: {provider: openai}
+            limits: {requests: 12, cost_usd: 0.05}
+        """
+    )
+    rng = random.Random(7)
+    one_clock, two_clock = FakeClock(), FakeClock()
+    one, two = make_store(stores, specs, one_clock), make_store(stores, specs, two_clock)
+    callers = [OPENAI, {"host": "api.anthropic.com", "provider": "anthropic", "model": "claude"}]
+    seen_breach = seen_crossing = 0
+    for _ in range(400):
+        caller = rng.choice(callers)
+        step = rng.choice([0.0, 0.5, 3.0, 20.0])
+        one_clock.advance(step)
+        two_clock.advance(step)
+        breach, reserved_at, crossed = one.admit(**caller, reserve_over_limit=reserve_over_limit)
+        expected = two.check(**caller)
+        assert breach == expected
+        seen_breach += expected is not None
+        if expected is not None and not reserve_over_limit:
+            assert (reserved_at, crossed) == (None, [])
+            continue
+        assert reserved_at == two_clock.now
+        assert crossed == two.reserve_request(**caller, now=two.now())
+        seen_crossing += bool(crossed)
+        if rng.random() < 0.5:
+            usage = Usage(total_tokens=rng.randint(0, 200), cost_usd=rng.random() / 100)
+            assert one.record(**caller, usage=usage) == two.record(**caller, usage=usage)
+        assert one.snapshot() == two.snapshot()
+    assert seen_breach > 20 and seen_crossing > 0

@@ -2,6 +2,8 @@
 
 Everything that can be computed at load time already is (lower-cased sets, compiled globs, ready-made
 Decision objects on the Policy), so `decide` only does set lookups and at most one regex match per rule.
+Which rules can match a (host, port, scheme, method) is worked out once per policy and kept (see
+`_candidates`): a request then only tests the path of those few rules.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import re
 
 from failcore.policy.address import normalise_host
-from failcore.policy.model import Decision, Policy, make_decision
+from failcore.policy.model import Decision, Policy, Rule, make_decision
 
 # A CONNECT tunnel is treated as carrying https when judging rules that constrain the scheme.
 _TUNNEL_SCHEME = "https"
@@ -17,15 +19,51 @@ _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
 
+# Entries of a policy's candidate index; past that it starts over (methods and hosts come from clients).
+CANDIDATES_MAX = 4096
+
+
 def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
-    host = normalise_host(host)
-    scheme = scheme.lower()
-    method = method.upper()
-    path = _request_path(path)
-    for rule, decision in policy._decision_table:
-        if rule.matches_request(host, port, scheme, method, path):
-            return decision
+    candidates = _candidates(policy, host, port, scheme, method)
+    if candidates:
+        path = _request_path(path)
+        for rule, decision in candidates:
+            if rule.paths is None or rule.paths.matches(path):
+                return decision
     return policy._default_decision
+
+
+def _candidates(
+    policy: Policy, host: str, port: int, scheme: str, method: str
+) -> tuple[tuple[Rule, Decision], ...]:
+    """The rules, in order, whose host, port, scheme and method match (only their paths are left to
+    test), up to the first that has no path and so matches whatever the path. Every input is a pure
+    function of the request's (host, port, scheme, method) as given, so the answer is kept per policy.
+    """
+    key = (host, port, scheme, method)
+    index = policy._candidates
+    found = index.get(key)
+    if found is not None:
+        return found
+    host, scheme, method = normalise_host(host), scheme.lower(), method.upper()
+    matching: list[tuple[Rule, Decision]] = []
+    for rule, decision in policy._decision_table:
+        if rule.ports is not None and port not in rule.ports:
+            continue
+        if rule.schemes is not None and scheme not in rule.schemes:
+            continue
+        if rule.methods is not None and method not in rule.methods:
+            continue
+        if rule.hosts is not None and not rule.hosts.matches(host):
+            continue
+        matching.append((rule, decision))
+        if rule.paths is None:
+            break
+    found = tuple(matching)
+    if len(index) >= CANDIDATES_MAX:
+        index.clear()
+    index[key] = found
+    return found
 
 
 def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:

@@ -272,10 +272,16 @@ class Policy:
     # Decisions depend only on (rule, mode), so they are built once here instead of on every request.
     _decision_table: tuple[tuple[Rule, Decision], ...] = field(init=False, repr=False, compare=False)
     _default_decision: Decision = field(init=False, repr=False, compare=False)
+    # (host, port, scheme, method) as a request gives them -> the rules that can match it
+    # (failcore.policy.decide._candidates fills it; `with_mode` makes a new Policy, so a new one).
+    _candidates: dict[tuple[str, int, str, str], tuple[tuple[Rule, Decision], ...]] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
         table = tuple((rule, _rule_decision(rule, self.mode)) for rule in self.rules)
         object.__setattr__(self, "_decision_table", table)
+        object.__setattr__(self, "_candidates", {})
         default_reason = f"no rule matched; default action {self.default}"
         default_decision = make_decision(self.default, self.mode, None, default_reason)
         object.__setattr__(self, "_default_decision", default_decision)

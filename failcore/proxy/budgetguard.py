@@ -138,9 +138,11 @@ class BudgetGuard:
         state = self.session.state(flow)
         host = _host(state, flow)
         provider, model = _scope(state)
-        breach = store.check(host=host, provider=provider, model=model)
+        enforce = self.session.policy is not None and self.session.policy.mode == "enforce"
+        breach, reserved_at, crossings = store.admit(
+            host=host, provider=provider, model=model, reserve_over_limit=not enforce
+        )
         if breach is not None:
-            enforce = self.session.policy is not None and self.session.policy.mode == "enforce"
             reason = f"{_describe(breach)} reached"
             decision = Decision(
                 "BLOCK" if enforce else "WARN", f"budget:{breach.budget}", reason, True, "BLOCK"
@@ -152,8 +154,8 @@ class BudgetGuard:
                 state.blocked = True
                 flow.response = budget_response(breach, decision, flow.id)
                 return
-        state.request_reserved_at = now = store.now()
-        for crossed in store.reserve_request(host=host, provider=provider, model=model, now=now):
+        state.request_reserved_at = reserved_at
+        for crossed in crossings:
             state.warnings.append(_warning(crossed))
 
     @guarded("budget.responseheaders")

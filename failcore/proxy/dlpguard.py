@@ -11,11 +11,13 @@ the secret.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from mitmproxy import http
+from mitmproxy.net.http import url as urls
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
 from failcore.dlp.pending import engine_ready
@@ -45,22 +47,67 @@ logger = logging.getLogger("failcore")
 SCAN_OFF_LOOP_BYTES = 64 * 1024
 
 
+# How many clean texts (see CleanScans) one scanner keeps; past that the set starts over.
+CLEAN_SCANS_MAX = 4096
+
+
+class CleanScans:
+    """The parts of a request that repeat from one request to the next (the URL, each header, the
+    header names) that one scanner found nothing in.
+
+    A scan's result is a pure function of the scanner's rules and the text, so a text found clean once
+    is clean every time and is not scanned again. Only clean results are kept: a text with a hit is
+    scanned afresh each time. A credential header whose only hit is its own credential (what the
+    header is for) counts as clean, so that value is held here, in memory only, like the flow holds it.
+    A new scanner (policy reload) starts with a new, empty set.
+    """
+
+    def __init__(self, scanner: DlpScanner, limit: int = CLEAN_SCANS_MAX) -> None:
+        self.scanner = scanner
+        self.limit = limit
+        self._clean: set[tuple[object, ...]] = set()
+
+    def scan(self, key: tuple[object, ...], scan: Callable[..., list[Hit]], *args: Any) -> list[Hit]:
+        if key in self._clean:
+            return []
+        found = scan(*args)
+        if not found:
+            if len(self._clean) >= self.limit:
+                self._clean.clear()
+            self._clean.add(key)
+        return found
+
+
+def _scan_now(_key: tuple[object, ...], scan: Callable[..., list[Hit]], *args: Any) -> list[Hit]:
+    return scan(*args)
+
+
 def scan_request_for_block(
     scanner: DlpScanner,
     url: str,
     headers: list[tuple[str, str]],
     body: bytes,
     trailers: Sequence[tuple[str, str]] = (),
+    clean: CleanScans | None = None,
 ) -> list[Hit]:
     """The hits that decide a request in enforce mode: the url, header (and trailer) values and names,
-    secrets foreign to a credential header, and the body."""
+    secrets foreign to a credential header, and the body. With `clean`, what it already found clean is
+    not scanned again (the body always is)."""
+    engine = scanner.engine
+    scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
-    hits = scan_url(scanner.engine, url)
-    hits += scan_headers(scanner.engine, [(k, v) for k, v in fields if k.lower() not in CREDENTIAL_HEADERS])
-    hits += foreign_credential_hits(scanner.engine, fields)
-    hits += header_name_hits(scanner.engine, [k for k, _ in fields])
+    credential = [name.lower() in CREDENTIAL_HEADERS for name, _ in fields]
+    hits = scan(("url", url), scan_url, engine, url)
+    for (name, value), is_credential in zip(fields, credential, strict=True):
+        if not is_credential:
+            hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
+    for (name, value), is_credential in zip(fields, credential, strict=True):
+        if is_credential:
+            hits += scan(("credential", name, value), foreign_credential_hits, engine, [(name, value)])
+    names = tuple(name for name, _ in fields)
+    hits += scan(("names", names), header_name_hits, engine, list(names))
     if body:
-        hits += scan_json_body(scanner.engine, unescape_ascii_json(body))
+        hits += scan_json_body(engine, unescape_ascii_json(body))
     return hits
 
 
@@ -71,15 +118,45 @@ def judge_request(
     trailers: Sequence[tuple[str, str]],
     raw: bytes,
     decoded: DecodedBody,
+    clean: CleanScans | None = None,
 ) -> tuple[list[Hit], str | None]:
     """The request's hits, and why its body could not be scanned whole (None when it was)."""
-    hits = scan_request_for_block(scanner, url, headers, decoded.data, trailers)
+    hits = scan_request_for_block(scanner, url, headers, decoded.data, trailers, clean)
     if decoded.error is not None and raw and raw != decoded.data:
         # What decoded before the error was scanned; what it says on the wire is scanned too.
         hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
     if decoded.over_limit:
         return hits, f"the request body decodes to more than {DECODE_LIMIT} bytes: it cannot be scanned whole"
     return hits, None
+
+
+def header_value(fields: Sequence[tuple[str, str]], name: str) -> str | None:
+    """`headers.get(name)` of mitmproxy's Headers, from the `headers.items(multi=True)` the caller has
+    already: every value of that (lower-case, ASCII) name joined by ", ", or None. mitmproxy compares
+    the names' bytes lower-cased as ASCII, so a name with other characters never matches."""
+    values = [value for key, value in fields if key.isascii() and key.lower() == name]
+    return ", ".join(values) if values else None
+
+
+def request_url(req: http.Request, headers: Sequence[tuple[str, str]] | None = None) -> str:
+    """`req.pretty_url` (what the tape records as the request's URL), with its scheme://authority part
+    parsed once per (scheme, Host header) instead of on every request. `headers`: the request's
+    `headers.items(multi=True)`, when the caller has them."""
+    if req.first_line_format == "authority":
+        return req.pretty_url
+    if headers is None or req.is_http2 or req.is_http3:
+        host_header = req.host_header
+    else:
+        host_header = header_value(headers, "host")
+    if not host_header:
+        return req.pretty_url
+    return _origin(req.scheme, host_header) + (req.path if req.path != "*" else "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin(scheme: str, host_header: str) -> str:
+    host, port = urls.parse_authority(host_header, check=False)
+    return urls.unparse(scheme, host, port or urls.default_port(scheme) or 443, "")
 
 
 def ws_message_verdict(scanner: DlpScanner, content: bytes, from_client: bool) -> Hit | None:
@@ -210,6 +287,12 @@ def _past_cap_scan(scanner: DlpScanner, message: http.Message, cap: int, where: 
 class DlpGuard:
     def __init__(self, session: Session) -> None:
         self.session = session
+        self._clean: CleanScans | None = None
+
+    def _clean_scans(self, scanner: DlpScanner) -> CleanScans:
+        if self._clean is None or self._clean.scanner is not scanner:
+            self._clean = CleanScans(scanner)
+        return self._clean
 
     @guarded("dlp.request")
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
@@ -221,18 +304,21 @@ class DlpGuard:
         state = self.session.flows.get(flow.id)
         if state is None or state.request_tap is not None:
             return None
-        headers = list(flow.request.headers.items(multi=True))
-        trailers = list(flow.request.trailers.items(multi=True)) if flow.request.trailers else []
-        raw = flow.request.raw_content or b""
-        encoding = flow.request.headers.get("content-encoding")
-        url = flow.request.pretty_url
+        req = flow.request
+        headers = list(req.headers.items(multi=True))
+        trailers = list(req.trailers.items(multi=True)) if req.trailers else []
+        raw = req.raw_content or b""
+        encoding = header_value(headers, "content-encoding")
+        url = request_url(req, headers)
         # While the rules still compile (just after start-up) the scan waits for them, off the loop.
         if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES) or not engine_ready(scanner.engine):
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         decoded = decode_body(raw, encoding, ON_LOOP_DECODE_LIMIT)
         if decoded.over_limit:
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
-        self._decide(flow, state, scanner, *judge_request(scanner, url, headers, trailers, raw, decoded))
+        clean = self._clean_scans(scanner)
+        verdict = judge_request(scanner, url, headers, trailers, raw, decoded, clean)
+        self._decide(flow, state, scanner, *verdict)
         return None
 
     async def _decide_off_loop(

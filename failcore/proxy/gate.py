@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -29,6 +30,7 @@ from failcore.shipped import default_policy_path, resolve_policy
 logger = logging.getLogger("failcore")
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host.strip("[]"))
@@ -51,14 +53,17 @@ def decision_host(flow: http.HTTPFlow) -> str:
     return host
 
 
-def claimed_host(flow: http.HTTPFlow) -> str | None:
-    """The Host header's name when it differs from where the request really goes."""
+def claimed_host(flow: http.HTTPFlow, host: str | None = None) -> str | None:
+    """The Host header's name when it differs from where the request really goes (`host`, the
+    flow's `decision_host`, when the caller has it already)."""
     header = flow.request.host_header
     if not header:
         return None
     name = header.rsplit(":", 1)[0] if not header.endswith("]") else header
     name = name.strip("[]").lower().rstrip(".")
-    return name if name and name != decision_host(flow).lower().rstrip(".") else None
+    if host is None:
+        host = decision_host(flow)
+    return name if name and name != host.lower().rstrip(".") else None
 
 
 def is_websocket_upgrade(req: http.Request) -> bool:
@@ -71,11 +76,12 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
     A BLOCK rule that matches the upgrade as the plain http(s) GET it also is still applies, so a
     path rule written for https cannot be sidestepped by asking for an upgrade.
     """
-    decision = decide(policy, host=host, port=req.port, scheme=req.scheme, method=req.method, path=req.path)
-    if not is_websocket_upgrade(req):
+    method, scheme, port, path = req.method, req.scheme, req.port, req.path
+    decision = decide(policy, host=host, port=port, scheme=scheme, method=method, path=path)
+    if method != "GET" or not is_websocket_upgrade(req):
         return decision
-    ws_scheme = "wss" if req.scheme == "https" else "ws"
-    ws = decide(policy, host=host, port=req.port, scheme=ws_scheme, method=req.method, path=req.path)
+    ws_scheme = "wss" if scheme == "https" else "ws"
+    ws = decide(policy, host=host, port=port, scheme=ws_scheme, method=method, path=path)
     if decision.rule is not None and decision.matched_action == "BLOCK":
         return stricter(ws, decision)
     return ws
@@ -242,7 +248,7 @@ class PolicyGate:
         state = self.session.state(flow)
         state.decided_host = host
         decision = judge_request(policy, host, req)
-        claimed = claimed_host(flow)
+        claimed = claimed_host(flow, host)
         if claimed is not None:
             # A Host header naming another host must not buy a laxer verdict than the real target.
             decision = stricter(decision, judge_request(policy, claimed, req))
