@@ -107,6 +107,18 @@ def test_the_clean_set_is_bounded(scanner: DlpScanner) -> None:
     assert len(clean._clean) <= 50
 
 
+def test_long_clean_texts_are_not_kept(scanner: DlpScanner) -> None:
+    """Every request may carry new megabyte headers: keeping them would hold gigabytes for the proxy's
+    life. A long text is scanned each time instead; the short ones are still kept."""
+    clean = CleanScans(scanner)
+    for n in range(20):
+        pad = f"{n:04d}" + "a" * (1 << 20)
+        scan_request_for_block(scanner, "http://example.test/", [("X-Pad", pad)], b"", (), clean)
+    kept = sum(len(part) for key in clean._clean for part in key if isinstance(part, str))
+    assert kept < 64 * 1024
+    assert ("url", "http://example.test/") in clean._clean
+
+
 @pytest.mark.parametrize(
     ("http_version", "host_header", "scheme", "host", "port", "path"),
     [

@@ -49,6 +49,19 @@ SCAN_OFF_LOOP_BYTES = 64 * 1024
 
 # How many clean texts (see CleanScans) one scanner keeps; past that the set starts over.
 CLEAN_SCANS_MAX = 4096
+# A text (URL, header, all header names together) longer than this is scanned every time, not kept.
+CLEAN_TEXT_MAX = 8192
+
+
+def _key_chars(key: tuple[object, ...]) -> int:
+    """The characters of a key's texts (the header names' tuple counted name by name)."""
+    total = 0
+    for part in key:
+        if isinstance(part, str):
+            total += len(part)
+        elif isinstance(part, tuple):
+            total += _key_chars(part)
+    return total
 
 
 class CleanScans:
@@ -71,7 +84,8 @@ class CleanScans:
         if key in self._clean:
             return []
         found = scan(*args)
-        if not found:
+        # Only short texts are kept: 4,096 clean 1 MiB headers would hold 4 GiB for the proxy's life.
+        if not found and _key_chars(key) <= CLEAN_TEXT_MAX:
             if len(self._clean) >= self.limit:
                 self._clean.clear()
             self._clean.add(key)
