@@ -130,11 +130,11 @@ class EventChannel:
                 self._refuse(pid, "wrong or missing FAILCORE_EVENTS_TOKEN")
                 return
             while True:
-                try:
-                    line = await reader.readline()
-                except (asyncio.LimitOverrunError, ValueError):
+                line = await _read_line(reader)
+                if line is None:
+                    # One event too long is refused (and said so); the child's later events still count.
                     self._refuse(pid, f"a line longer than {MAX_LINE} bytes")
-                    return
+                    continue
                 if not line:
                     return
                 if not line.strip():
@@ -177,3 +177,25 @@ class EventChannel:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
+    """The next line (b"" at the end of the stream), or None for a line longer than the reader's limit,
+    which is then skipped up to and including its newline, however much of it is still to arrive."""
+    try:
+        return await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as e:
+        return e.partial
+    except asyncio.LimitOverrunError as e:
+        skip = e.consumed
+    while True:
+        try:
+            if skip:
+                await reader.readexactly(skip)
+            await reader.readuntil(b"\n")  # the rest of the long line, now short enough
+            return None
+        except asyncio.IncompleteReadError:
+            return None  # the stream ended inside the long line; the next read returns b""
+        except asyncio.LimitOverrunError as e:
+            skip = e.consumed
+

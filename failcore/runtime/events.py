@@ -234,6 +234,8 @@ def tool_event(
     else:
         decision, outcome, fail_reason, rule, reason = "ALLOW", "ok", None, None, None
     error_text = f"{type(error).__name__}: {error}" if error is not None else None
+    if error_text is not None and not final:  # the parent masks, then cuts to ERROR_CHARS
+        error_text = error_text[: ERROR_CHARS + SECRET_SPAN]
     event = EgressEvent(
         kind="tool",
         run=call.run.run_id,

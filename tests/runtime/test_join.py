@@ -167,6 +167,39 @@ def test_a_joined_childs_summary_and_error_are_masked_before_they_are_cut(
     assert fail["error"].endswith("ghp_…" + tokens[1][-4:])
 
 
+def test_a_joined_childs_huge_error_or_arguments_lose_no_later_event(workdir: Path, tmp_path: Path) -> None:
+    """A tool error echoing 2 MiB of input, and arguments that make an event longer than the channel's
+    1 MiB line limit: the first is cut in the child, the second refused (said on the tape); neither
+    loses the child's later events (the channel used to drop the connection, and every event after)."""
+    script, tape = tmp_path / "agent.py", tmp_path / "tape"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from failcore import guard, run
+
+            def big_error():
+                raise RuntimeError("E" * (2 << 20))
+
+            with run():
+                try:
+                    guard(big_error, name="big_error")()
+                except RuntimeError:
+                    pass
+                guard(lambda rows: len(rows), name="big_args")([["a" * 4000] * 60] * 60)
+                guard(lambda: "ok", name="after")()
+                guard(lambda: "ok", name="after2")()
+            """
+        )
+    )
+    _quick_run(tape, script, workdir)
+    events = read_tape(tape)
+    tools = {e["action"]: e for e in events if e["kind"] == "tool"}
+    assert sorted(tools) == ["after", "after2", "big_error"]
+    assert len(tools["big_error"]["error"]) == 1000 and tools["big_error"]["outcome"] == "FAIL"
+    errors = [e["error"] for e in events if e["kind"] == "internal_error"]
+    assert len(errors) == 1 and "a line longer than 1048576 bytes" in errors[0]
+
+
 def _quick_run(tape: Path, script: Path, workdir: Path, *args: str) -> None:
     env = {
         k: v
