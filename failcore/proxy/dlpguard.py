@@ -103,15 +103,19 @@ def scan_request_for_block(
     body: bytes,
     trailers: Sequence[tuple[str, str]] = (),
     clean: CleanScans | None = None,
+    host: str = "",
 ) -> list[Hit]:
-    """The hits that decide a request in enforce mode: the url, header (and trailer) values and names,
-    secrets foreign to a credential header, and the body. With `clean`, what it already found clean is
-    not scanned again (the body always is)."""
+    """The hits that decide a request in enforce mode: the url, the host the proxy will connect to (an
+    absolute-form request names it apart from the Host header the url is built from), header (and
+    trailer) values and names, secrets foreign to a credential header, and the body. With `clean`,
+    what it already found clean is not scanned again (the body always is)."""
     engine = scanner.engine
     scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
     credential = [name.lower() in CREDENTIAL_HEADERS for name, _ in fields]
     hits = scan(("url", url), scan_url, engine, url)
+    if host:
+        hits += scan(("host", host), host_hits, engine, host)
     for (name, value), is_credential in zip(fields, credential, strict=True):
         if not is_credential:
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
@@ -125,6 +129,12 @@ def scan_request_for_block(
     return hits
 
 
+def host_hits(engine: Any, host: str) -> list[Hit]:
+    """Secrets in a host name, as written and upper-cased: hosts are case-insensitive and HTTP clients
+    lower-case them, and an AWS key id only matches in upper case."""
+    return engine.scan(host) or engine.scan(host.upper())
+
+
 def judge_request(
     scanner: DlpScanner,
     url: str,
@@ -133,9 +143,10 @@ def judge_request(
     raw: bytes,
     decoded: DecodedBody,
     clean: CleanScans | None = None,
+    host: str = "",
 ) -> tuple[list[Hit], str | None]:
     """The request's hits, and why its body could not be scanned whole (None when it was)."""
-    hits = scan_request_for_block(scanner, url, headers, decoded.data, trailers, clean)
+    hits = scan_request_for_block(scanner, url, headers, decoded.data, trailers, clean, host)
     if decoded.error is not None and raw and raw != decoded.data:
         # What decoded before the error was scanned; what it says on the wire is scanned too.
         hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
@@ -331,7 +342,7 @@ class DlpGuard:
         if decoded.over_limit:
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         clean = self._clean_scans(scanner)
-        verdict = judge_request(scanner, url, headers, trailers, raw, decoded, clean)
+        verdict = judge_request(scanner, url, headers, trailers, raw, decoded, clean, req.host)
         self._decide(flow, state, scanner, *verdict)
         return None
 
@@ -346,9 +357,11 @@ class DlpGuard:
         raw: bytes,
         encoding: str | None,
     ) -> None:
+        host = flow.request.host
+
         def scan() -> tuple[list[Hit], str | None]:
             return judge_request(
-                scanner, url, headers, trailers, raw, decode_body(raw, encoding, DECODE_LIMIT)
+                scanner, url, headers, trailers, raw, decode_body(raw, encoding, DECODE_LIMIT), None, host
             )
 
         self._decide(flow, state, scanner, *await asyncio.to_thread(scan))
