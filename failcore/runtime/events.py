@@ -41,15 +41,27 @@ _CREDENTIAL_NAME = re.compile(
 )
 
 
+TRUNCATED: Final = "…[truncated]"
+# A long string snapshot keeps SECRET_SPAN more characters than it will show, marked with this (not
+# JSON text a caller could send: it holds a NUL); `apply_dlp` masks, then cuts it to MAX_STRING.
+_UNCUT: Final = "\x00failcore-uncut"
+
+
+def _long_text(text: str) -> str:
+    return text if len(text) <= MAX_STRING else text[: MAX_STRING + SECRET_SPAN] + _UNCUT
+
+
 def snapshot(value: Any, depth: int = 0) -> Any:
-    """A JSON-ready copy of a value: containers capped, other objects by their (capped) repr."""
+    """A JSON-ready copy of a value: containers capped, other objects by their (capped) repr. A string
+    over MAX_STRING characters is cut by `apply_dlp`, after masking (cut first, a secret across the
+    cut kept its first part in clear)."""
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):
-        return value if len(value) <= MAX_STRING else value[:MAX_STRING] + "…[truncated]"
+        return _long_text(value)
     if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)[:MAX_STRING]
-        return raw.decode("utf-8", "backslashreplace")
+        raw = bytes(value)[: MAX_STRING + SECRET_SPAN]
+        return _long_text(raw.decode("utf-8", "backslashreplace"))
     if depth >= MAX_DEPTH:
         return "…[nested too deep]"
     if isinstance(value, dict):
@@ -63,7 +75,18 @@ def snapshot(value: Any, depth: int = 0) -> Any:
         text = repr(value)
     except Exception as exc:  # a hostile __repr__ must not break the call
         text = f"<{type(value).__name__}: repr failed: {type(exc).__name__}>"
-    return text[:MAX_STRING]
+    return _long_text(text)
+
+
+def cut_long(value: Any) -> Any:
+    """The snapshot's long strings cut to MAX_STRING (after masking)."""
+    if isinstance(value, str):
+        return value[:MAX_STRING] + TRUNCATED if value.endswith(_UNCUT) else value
+    if isinstance(value, dict):
+        return {k: cut_long(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cut_long(v) for v in value]
+    return value
 
 
 def _redact(name: str, value: Any, salt: bytes) -> Any:
@@ -283,6 +306,8 @@ def apply_dlp(event: dict[str, Any], scanner: DlpScanner | None, salt: bytes) ->
         _mask_event(event, scanner, salt)
     # Cut only now, masked: cut first, a secret across the cut keeps its first part in clear, undetected.
     tool = event.get("tool")
+    if isinstance(tool, dict) and "args" in tool:
+        tool["args"] = cut_long(tool["args"])
     result = tool.get("result") if isinstance(tool, dict) else None
     if isinstance(result, dict) and isinstance(result.get("summary"), str):
         result["summary"] = result["summary"][:SUMMARY_CHARS]

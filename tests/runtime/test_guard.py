@@ -139,18 +139,18 @@ def test_a_secret_across_the_cut_of_a_summary_or_error_never_reaches_the_disk(
 ) -> None:
     """A result's summary (200 characters) and an error (1,000) are masked before they are cut: cut
     first, the part of a token before the cut is too short to match a rule and was written in clear."""
-    tape, tokens = tmp_path / "tape", [github_token() for _ in range(2)]
+    tape, tokens = tmp_path / "tape", [github_token() for _ in range(3)]
     with run(tape=tape):
 
         @guard
-        def answer() -> str:
+        def answer(note: str = "") -> str:
             return "x" * 179 + " " + tokens[0] + " and more"  # the token spans characters 180-220
 
         @guard
         def fetch() -> None:
             raise RuntimeError("x" * 965 + " " + tokens[1])  # after "RuntimeError: ", 980-1020
 
-        answer()
+        answer("y" * 4075 + " " + tokens[2] + " " + "z" * 100)  # an argument cut at 4,096: 4076-4116
         with pytest.raises(RuntimeError):
             fetch()
     raw = tape_bytes(tape)
@@ -159,7 +159,9 @@ def test_a_secret_across_the_cut_of_a_summary_or_error_never_reaches_the_disk(
     first, second = tools(tape)
     assert first["tool"]["result"]["summary"].endswith("ghp_…" + tokens[0][-4:] + " and more")
     assert second["error"].endswith("ghp_…" + tokens[1][-4:])
-    assert [h["location"] for h in first["dlp"]["hits"]] == ["tool.result"]
+    note = first["tool"]["args"]["note"]
+    assert note.startswith("y" * 4075 + " ghp_…" + tokens[2][-4:]) and len(note) <= 4096 + len("…[truncated]")
+    assert [h["location"] for h in first["dlp"]["hits"]] == ["tool.args/note", "tool.result"]
     assert {h["location"] for h in second["dlp"]["hits"]} == {"tool.result", "tool.error"}
 
 

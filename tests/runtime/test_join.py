@@ -137,7 +137,7 @@ def test_a_joined_childs_summary_and_error_are_masked_before_they_are_cut(
 ) -> None:
     """The child sends its result summary and error uncut; the parent masks them, then cuts them to 200
     and 1,000 characters (cut in the child, a token across the cut kept its first part in clear)."""
-    tokens = [github_token(), github_token()]
+    tokens = [github_token(), github_token(), github_token()]
     script, tape = tmp_path / "agent.py", tmp_path / "tape"
     script.write_text(
         textwrap.dedent(
@@ -149,7 +149,8 @@ def test_a_joined_childs_summary_and_error_are_masked_before_they_are_cut(
                 raise RuntimeError("x" * 965 + " " + token)
 
             with run():
-                guard(lambda token: "x" * 179 + " " + token + " " + "y" * 300, name="answer")(sys.argv[1])
+                answer = lambda token, note: "x" * 179 + " " + token + " " + "y" * 300  # noqa: E731
+                guard(answer, name="answer")(sys.argv[1], "n" * 4075 + " " + sys.argv[3] + " " + "z" * 99)
                 try:
                     guard(fail, name="fail")(sys.argv[2])
                 except RuntimeError:
@@ -165,6 +166,7 @@ def test_a_joined_childs_summary_and_error_are_masked_before_they_are_cut(
     assert len(answer["tool"]["result"]["summary"]) == 200 and len(fail["error"]) <= 1000
     assert "ghp_…" + tokens[0][-4:] in answer["tool"]["result"]["summary"]
     assert fail["error"].endswith("ghp_…" + tokens[1][-4:])
+    assert answer["tool"]["args"]["note"].startswith("n" * 4075 + " ghp_…" + tokens[2][-4:])
 
 
 def test_a_joined_childs_huge_error_or_arguments_lose_no_later_event(workdir: Path, tmp_path: Path) -> None:
