@@ -327,16 +327,20 @@ class BudgetStore:
         if not states:
             return None
         now = self._clock()
-        elapsed = now - self._run_started
-        breaches: list[BudgetBreach] = []
         with self._lock:
-            for state in states:
-                state.expire(now)
-                breaches.extend(state.hard_breaches(now, elapsed))
-        return _most_binding(breaches)
+            return _most_binding(self._hard_breaches(states, now))
 
     def now(self) -> float:
         return self._clock()
+
+    def _hard_breaches(self, states: list[_BudgetState], now: float) -> list[BudgetBreach]:
+        """The hard limits `states` are at, their windows expired to `now` (call with the lock held)."""
+        elapsed = now - self._run_started
+        breaches: list[BudgetBreach] = []
+        for state in states:
+            state.expire(now)
+            breaches.extend(state.hard_breaches(now, elapsed))
+        return breaches
 
     def admit(
         self, *, host: str, provider: str | None, model: str | None, reserve_over_limit: bool
@@ -349,16 +353,11 @@ class BudgetStore:
         now = self._clock()
         if not states:
             return None, now, []
-        elapsed = now - self._run_started
-        breaches: list[BudgetBreach] = []
         with self._lock:
-            for state in states:
-                state.expire(now)
-                breaches.extend(state.hard_breaches(now, elapsed))
-            breach = _most_binding(breaches)
+            breach = _most_binding(self._hard_breaches(states, now))
             if breach is not None and not reserve_over_limit:
                 return breach, None, []
-            crossed = self._add_locked(states, now, elapsed, _ONE_REQUEST)
+            crossed = self._add_locked(states, now, now - self._run_started, _ONE_REQUEST)
         self._wake_writer()
         return breach, now, crossed
 

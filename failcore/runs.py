@@ -378,21 +378,32 @@ def _run_start_at(data: mmap.mmap, found: int) -> tuple[int, dict[str, Any] | No
 
 def _has_run_start(tape_dir: Path, run: str) -> bool:
     """Whether run_ids(tape_dir) holds `run`, found by searching for its bytes."""
-    needle = b'"run":' + orjson.dumps(run)
+    for line in _lines_holding(tape_dir, b'"run":' + orjson.dumps(run)):
+        if _RUN_START not in line:
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("kind") == "run_start" and event.get("run") == run:
+            return True
+    return False
+
+
+def _lines_holding(tape_dir: Path, needle: bytes) -> Iterator[bytes]:
+    """The complete lines of the tape's segments that hold `needle`, in order; a line still being
+    written is skipped, as iter_events skips it. Other lines are never split out."""
     for path in list_segments(tape_dir):
         with _mapped(path) as data:
             if data is None:
                 continue
             position = 0
             while (found := data.find(needle, position)) != -1:
-                _, event = _run_start_at(data, found)
-                if event is not None and event.get("run") == run:
-                    return True
                 end = data.find(b"\n", found)
                 if end == -1:
-                    break
+                    break  # the last line, still being written
+                yield data[data.rfind(b"\n", 0, found) + 1 : end]
                 position = end + 1
-    return False
 
 
 def run_events(tape_dir: Path, run: str | None) -> Iterator[dict[str, Any]]:
@@ -408,21 +419,10 @@ def _searched_run_events(tape_dir: Path, run: str) -> Iterator[dict[str, Any]]:
     mapped segment for orjson's bytes for `"run":<run>`: only the complete lines holding them are cut
     out and parsed. A line still being written, a line that is not a JSON object and one whose `run`
     field is another run's are skipped, as there."""
-    needle = b'"run":' + orjson.dumps(run)
-    for path in list_segments(tape_dir):
-        with _mapped(path) as data:
-            if data is None:
-                continue
-            position = 0
-            while (found := data.find(needle, position)) != -1:
-                end = data.find(b"\n", found)
-                if end == -1:
-                    break  # the last line, still being written
-                start = data.rfind(b"\n", 0, found) + 1
-                position = end + 1
-                try:
-                    event = orjson.loads(data[start:end])
-                except orjson.JSONDecodeError:
-                    continue
-                if isinstance(event, dict) and event.get("run") == run:
-                    yield event
+    for line in _lines_holding(tape_dir, b'"run":' + orjson.dumps(run)):
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("run") == run:
+            yield event
