@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -25,6 +27,9 @@ from failcore.cli.tail import cmd_tail
 from failcore.cli.verify import VERIFY_EPILOG, cmd_verify
 from failcore.cli.view import cmd_view
 from failcore.paths import default_tape_dir, failcore_home
+
+# The commands that run mitmproxy in this process.
+PROXY_COMMANDS = ("proxy", "run")
 
 # `failcore --help` opens with this.
 DESCRIPTION = (
@@ -239,7 +244,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return dispatch(build_parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
     handlers = {
         "ca": cmd_ca,
         "list": cmd_list,
@@ -252,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "diff": cmd_diff,
         "addon-path": cmd_addon_path,
     }
-    if args.cmd in ("proxy", "run"):
+    if args.cmd in PROXY_COMMANDS:
         try:
             return asyncio.run(serve(args) if args.cmd == "proxy" else run_command(args))
         except KeyboardInterrupt:  # Ctrl-C before the command's own handlers are in place (start-up)
@@ -266,7 +274,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> NoReturn:
     """The `failcore` console script: `main`, then exit with its status. Once the command has finished,
     a late Ctrl-C (while the interpreter shuts down) is ignored: it must not turn the command's own
-    exit status into a death by SIGINT."""
-    code = main()
+    exit status into a death by SIGINT.
+
+    A command that ran mitmproxy ends the process without finalising the interpreter. mitmproxy_rs
+    keeps its tokio worker threads until the process ends, and one that touches a Python object while
+    the interpreter finalises dies in a forced unwind: a segfault (mitmproxy/mitmproxy#7409), seen here
+    as `failcore run --contain` exiting -11 after printing its summary. When `dispatch` returns, the
+    proxy has stopped, the tape is closed and the summary written: only stdout and stderr remain to
+    be flushed."""
+    args = build_parser().parse_args()
+    code = dispatch(args)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.cmd in PROXY_COMMANDS:
+        exit_without_finalising(code)
     sys.exit(code)
+
+
+def exit_without_finalising(code: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can reach it
+            stream.flush()
+    os._exit(code)
