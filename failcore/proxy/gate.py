@@ -91,7 +91,10 @@ _SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
 
 
 # Modes where the client names its destination (CONNECT, SOCKS) before TLS starts.
-_TUNNEL_MODES = ("regular", "upstream", "socks5")
+TUNNEL_MODES = ("regular", "upstream", "socks5")
+
+# How long an edited policy file must stay unchanged before it is read (see reload_if_changed).
+RELOAD_SETTLE_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +214,11 @@ class PolicyGate:
         stamp = self._file_stamp()
         if stamp is None or stamp == self._stamp or self.path is None:
             return False
+        # An edit caught mid-write (editors and `write_text` truncate, then write) would be read as an
+        # empty or half policy and reported invalid: the file must hold still for a moment first.
+        await asyncio.sleep(RELOAD_SETTLE_SECONDS)
+        if self._file_stamp() != stamp:
+            return False  # still being written: a later poll reads it
         self._stamp = stamp
         try:
             # Parsing may import a gitleaks file and compiling DLP rules takes a while: off the loop,
@@ -303,7 +311,7 @@ class PolicyGate:
             policy is None
             or not sni
             or server.address is None
-            or data.context.client.proxy_mode.type_name not in _TUNNEL_MODES
+            or data.context.client.proxy_mode.type_name not in TUNNEL_MODES
         ):
             return
         target, port = str(server.address[0]), int(server.address[1])
