@@ -30,6 +30,7 @@ from failcore.evidence.body import (
 )
 from failcore.evidence.redact import (
     CREDENTIAL_HEADERS,
+    HOST_HEADERS,
     credential_values,
     fingerprint,
     mask_echoed_credentials,
@@ -40,6 +41,7 @@ __all__ = [
     "CREDENTIAL_HEADERS",
     "DECODE_ERRORS",
     "DECODE_LIMIT",
+    "HOST_HEADERS",
     "MAX_DECODED_BYTES",
     "MAX_ENCODINGS",
     "ON_LOOP_DECODE_LIMIT",

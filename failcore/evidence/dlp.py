@@ -26,7 +26,7 @@ from failcore.dlp import (
     unescape_ascii_json,
 )
 from failcore.dlp.scanner import SEVERITY_RANK
-from failcore.evidence.redact import CREDENTIAL_HEADERS
+from failcore.evidence.redact import CREDENTIAL_HEADERS, HOST_HEADERS
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
@@ -209,6 +209,12 @@ def _mask_headers(
             pair[1] = f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in mine))}]"
             out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
         line_start += len(line)
+    for pair in pairs:
+        if pair[0].lower() in HOST_HEADERS and not pair[1].startswith("[redacted "):
+            upper = scanner.engine.scan(pair[1].upper())
+            if upper:  # a lower-cased host (see HOST_HEADERS): masked like any header value
+                pair[1] = f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in upper))}]"
+                out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in upper)
     if named:
         out.extend(_hit_record(scanner, replace(h, location=None), f"{where}.header-name") for h in named)
         for pair in message.get("headers", []):

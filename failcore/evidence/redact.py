@@ -12,6 +12,10 @@ import hmac
 from collections.abc import Iterable
 from typing import Any, Final
 
+# Headers whose value names a host: case-insensitive, so DLP scans them upper-cased too (HTTP clients
+# lower-case host names, and an AWS key id only matches in upper case).
+HOST_HEADERS: Final = frozenset({"host", ":authority"})
+
 # Headers whose value is a credential: recorded only as a salted fingerprint. The common names of API
 # and SaaS clients (checked against their documentation): provider keys, session and CSRF tokens.
 CREDENTIAL_HEADERS: Final = frozenset(

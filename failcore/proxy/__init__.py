@@ -44,6 +44,7 @@ class FailCore:
         from failcore.proxy.dlpguard import DlpGuard
         from failcore.proxy.gate import PolicyGate
         from failcore.proxy.hold import RequestHold
+        from failcore.proxy.hostdlp import HostDlpGuard
         from failcore.proxy.listen import ListenGuard
         from failcore.proxy.meter import LlmMeter
         from failcore.proxy.recorder import Recorder
@@ -76,6 +77,8 @@ class FailCore:
             self.listen,
             QuietConsole(),
             self.gate,
+            # Before anything looks a name up (the resolved-address guard) or opens a tunnel.
+            HostDlpGuard(s),
             self.resolved,
             self.hold,
             self.meter,

@@ -26,6 +26,7 @@ from failcore.evidence import (
     CREDENTIAL_HEADERS,
     DECODE_ERRORS,
     DECODE_LIMIT,
+    HOST_HEADERS,
     MAX_DECODED_BYTES,
     ON_LOOP_DECODE_LIMIT,
     DecodedBody,
@@ -119,6 +120,8 @@ def scan_request_for_block(
     for (name, value), is_credential in zip(fields, credential, strict=True):
         if not is_credential:
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
+        if name.lower() in HOST_HEADERS:
+            hits += scan(("host", value), host_hits, engine, value)
     for (name, value), is_credential in zip(fields, credential, strict=True):
         if is_credential:
             hits += scan(("credential", name, value), foreign_credential_hits, engine, [(name, value)])

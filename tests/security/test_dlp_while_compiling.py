@@ -11,11 +11,12 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 
 from failcore.dlp import hscache
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, tape_bytes
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, send_raw, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 
@@ -88,7 +89,12 @@ def test_secret_sent_while_the_rules_compile_is_blocked(
 
 
 def test_rules_that_fail_to_compile_fail_closed(
-    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch: pytest.MonkeyPatch
+    start_proxy,
+    policy_file,
+    logging_upstream: LoggingUpstream,
+    plain_logging_upstream: LoggingUpstream,
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def broken_compile(*args: Any, **kw: Any) -> Any:
         raise MemoryError("no memory for the database")
@@ -97,11 +103,18 @@ def test_rules_that_fail_to_compile_fail_closed(
     policy = unique_policy().replace("default: ALLOW\n", "default: ALLOW\nfail_open: false\n")
     proxy = start_proxy(policy_file(policy), upstream_ca=logging_upstream.ca_path)
     with proxied_client(proxy) as client:
-        response = client.post(f"{logging_upstream.url}/upload", content=f"key={AWS_KEY_ID}".encode())
+        response = client.post(f"{plain_logging_upstream.url}/upload", content=f"key={AWS_KEY_ID}".encode())
+        # A tunnel's host cannot be scanned either: the CONNECT itself is refused.
+        with pytest.raises(httpx.ProxyError, match="502"):
+            client.post(f"{logging_upstream.url}/upload", content=f"key={AWS_KEY_ID}".encode())
+    authority = f"localhost:{logging_upstream.port}"
+    tunnel = send_raw(proxy.port, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
     proxy.flush()
     assert response.status_code == 502
     assert response.headers["x-failcore-decision"] == "FAIL_CLOSED"
-    assert logging_upstream.received_bytes() == b""
+    assert tunnel.startswith(b"HTTP/1.1 502") and b"X-FailCore-Decision: FAIL_CLOSED" in tunnel, tunnel
+    assert logging_upstream.received_bytes() == b"" and logging_upstream.connections == []
+    assert plain_logging_upstream.received_bytes() == b""
     events = read_tape(tmp_path / "tape")
     errors = [e for e in events if e["kind"] == "internal_error"]
     assert errors and "could not be compiled" in errors[0]["error"]
