@@ -22,7 +22,7 @@ from mitmproxy import http, tls
 from failcore.dlp import Hit
 from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import DlpScanner
-from failcore.proxy.dlpguard import block_decision, host_hits
+from failcore.proxy.dlpguard import CleanScans, block_decision, host_hits
 from failcore.proxy.gate import TUNNEL_MODES, Fronted, blocked_response, decision_host, stricter
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
@@ -40,14 +40,25 @@ def target_names(flow: http.HTTPFlow) -> list[str]:
     return names
 
 
-def names_hits(scanner: DlpScanner, names: list[str], where: str) -> list[Hit]:
-    """The hits in these names, located at `where` (a refusal's reason says where the secret was)."""
-    return [replace(hit, location=where) for name in names if name for hit in host_hits(scanner.engine, name)]
+def names_hits(
+    scanner: DlpScanner, names: list[str], where: str, clean: CleanScans | None = None
+) -> list[Hit]:
+    """The hits in these names, located at `where` (a refusal's reason says where the secret was).
+    With `clean`, a name found clean before is not scanned again."""
+    engine = scanner.engine
+    found = [
+        hit
+        for name in names
+        if name
+        for hit in (clean.scan(("host", name), host_hits, engine, name) if clean else host_hits(engine, name))
+    ]
+    return [replace(hit, location=where) for hit in found]
 
 
 class HostDlpGuard:
     def __init__(self, session: Session) -> None:
         self.session = session
+        self._clean: CleanScans | None = None
 
     def _blocking_scanner(self) -> DlpScanner | None:
         scanner = self.session.dlp
@@ -55,13 +66,15 @@ class HostDlpGuard:
             return None
         return scanner
 
-    @staticmethod
     def _when_ready(
-        scanner: DlpScanner, names: list[str], where: str, then: Callable[[list[Hit]], None]
+        self, scanner: DlpScanner, names: list[str], where: str, then: Callable[[list[Hit]], None]
     ) -> Awaitable[None] | None:
-        """`then(hits)` at once, or off the loop once the rules have compiled (just after start-up)."""
+        """`then(hits)` at once, or off the loop once the rules have compiled (just after start-up).
+        The names an agent connects to repeat: one found clean by this scanner is not scanned again."""
         if engine_ready(scanner.engine):
-            then(names_hits(scanner, names, where))
+            if self._clean is None or self._clean.scanner is not scanner:
+                self._clean = CleanScans(scanner)
+            then(names_hits(scanner, names, where, self._clean))
             return None
 
         async def later() -> None:
