@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -283,11 +284,19 @@ def entry() -> NoReturn:
     proxy has stopped, the tape is closed and the summary written: only stdout and stderr remain to
     be flushed."""
     args = build_parser().parse_args()
-    code = dispatch(args)
+    if args.cmd not in PROXY_COMMANDS:
+        code = dispatch(args)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.exit(code)
+    try:
+        code = dispatch(args)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:  # a crash: said as Python would, then the same exit without finalising
+        traceback.print_exc()
+        code = 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if args.cmd in PROXY_COMMANDS:
-        exit_without_finalising(code)
-    sys.exit(code)
+    exit_without_finalising(code)
 
 
 def exit_without_finalising(code: int) -> NoReturn:

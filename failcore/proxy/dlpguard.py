@@ -34,7 +34,7 @@ from failcore.evidence import (
     is_encoded,
     read_off_loop,
 )
-from failcore.evidence.dlp import foreign_credential_hits, header_name_hits
+from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits
 from failcore.evidence.pastcap import PastCapScan, StreamDecoder
 from failcore.policy.model import Decision
 from failcore.proxy.cutoff import CutVerdict
@@ -130,12 +130,6 @@ def scan_request_for_block(
     if body:
         hits += scan_json_body(engine, unescape_ascii_json(body))
     return hits
-
-
-def host_hits(engine: Any, host: str) -> list[Hit]:
-    """Secrets in a host name, as written and upper-cased: hosts are case-insensitive and HTTP clients
-    lower-case them, and an AWS key id only matches in upper case."""
-    return engine.scan(host) or engine.scan(host.upper())
 
 
 def judge_request(

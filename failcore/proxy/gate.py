@@ -154,7 +154,7 @@ class PolicyGate:
         self.session = session
         self.path: Path | None = None
         self.mode_override: str | None = None
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._reload_failed = False
         self._watcher: asyncio.Task[None] | None = None
 
@@ -195,12 +195,14 @@ class PolicyGate:
             self._watcher.cancel()
             self._watcher = None
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> tuple[int, ...] | None:
+        """What tells an edit: an editor's rename gives a new inode, an edit within one mtime tick
+        still moves the change time or the size."""
         try:
             st = os.stat(self.path) if self.path else None
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size) if st else None
+        return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino) if st else None
 
     async def _watch(self) -> None:
         while True:
