@@ -269,14 +269,15 @@ def _mask_target_host(scanner: DlpScanner, event: dict[str, Any]) -> list[Hit]:
     if not isinstance(host, str) or not host:
         return []
     found = scanner.engine.scan(host)
+    other: list[Hit] = []
     if found:
         masked = mask_text(host, found)
-        other: list[Hit] = []
+    elif other := scanner.engine.scan(host.upper()):
+        masked = mask_text(host.upper(), other).lower()
+    elif other := host_hits(scanner.engine, host):
+        masked = _redacted(other)  # split across labels: no one span to mask
     else:
-        other = host_hits(scanner.engine, host)
-        if not other:
-            return []
-        masked = _redacted(other)
+        return []
     target["host"] = masked  # type: ignore[index]
     summary = event.get("summary")
     if isinstance(summary, str) and host in summary:
