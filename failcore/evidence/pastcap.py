@@ -12,6 +12,10 @@ small share of its bytes instead of several full rule passes per byte, and keeps
 
 The worker's queue is bounded: when it is full the scan of that body stops and says so, rather than
 hold chunks or slow the stream.
+
+Given the policy's ScanOrigin, the batches go to a separate process instead (failcore.evidence.
+pastcapworker: shared-memory slots, one copy per batch), so the scan does not hold the proxy's GIL;
+the worker thread scans while that process starts, or if it refuses the policy or is lost for good.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from failcore.dlp import DlpEngine, Hit
 from failcore.dlp.stream import scan_bulk
+from failcore.evidence import pastcapworker
 from failcore.evidence.body import (
     MAX_DECODED_BYTES,
     MAX_ENCODINGS,
@@ -32,6 +37,9 @@ from failcore.evidence.body import (
     decoded_steps,
     is_encoded,
 )
+
+if TYPE_CHECKING:
+    from failcore.evidence.scanworker import ScanOrigin
 
 logger = logging.getLogger("failcore")
 
@@ -56,6 +64,7 @@ class PastCapScan:
         "hits",
         "inline",
         "note",
+        "origin",
         "pending",
         "seen",
         "tail",
@@ -63,9 +72,18 @@ class PastCapScan:
     )
 
     def __init__(
-        self, engine: DlpEngine, cap: int, where: str, *, compressed: bool = False, inline: bool = False
+        self,
+        engine: DlpEngine,
+        cap: int,
+        where: str,
+        *,
+        compressed: bool = False,
+        inline: bool = False,
+        origin: ScanOrigin | None = None,
     ) -> None:
         self.engine = engine
+        # Where a scan process can rebuild `engine` (None: scan in this process).
+        self.origin = origin
         # Scan in the caller's thread instead of the worker's (a body held whole, scanned off the loop).
         self.inline = inline
         self.cap = cap
@@ -100,25 +118,39 @@ class PastCapScan:
             keep = max(0, min(len(joined), self.cap - self.base))
             self.tail = joined[max(0, keep - OVERLAP) : keep]
             self.base += max(0, keep - OVERLAP)
-            self.batch += joined[keep:]
+            rest = memoryview(joined)[keep:]
         else:
-            self.batch += chunk
-        if len(self.batch) >= BATCH_BYTES:
-            self._hand_over()
+            rest = memoryview(chunk)
+        while rest:  # batches of at most BATCH_BYTES (a scan process's slot holds one)
+            room = BATCH_BYTES - len(self.batch)
+            self.batch += rest[:room]
+            rest = rest[room:]
+            if len(self.batch) >= BATCH_BYTES:
+                self._hand_over()
+                if self.note is not None:
+                    return
 
     def _hand_over(self) -> None:
-        buffer = b"".join((self.tail, self.batch))  # the one copy of these bytes
-        base = self.base
-        batch_start = base + len(self.tail)
-        self.tail = buffer[-OVERLAP:]
-        self.base = base + len(buffer) - len(self.tail)
-        self.batch.clear()
+        tail, batch, base = self.tail, self.batch, self.base
+        batch_start = base + len(tail)
+        end = batch_start + len(batch)
+        self.tail = bytes(batch[-OVERLAP:]) if len(batch) >= OVERLAP else (tail + batch)[-OVERLAP:]
+        self.base = end - len(self.tail)
         if self.inline:
+            buffer = b"".join((tail, batch))
+            batch.clear()
             self.scan_here(buffer, base)
             return
         with self.done:
             self.pending += 1
-        if not _worker().submit(self, buffer, base):
+        process = pastcapworker.scan_process(self.origin)
+        if process is not None:
+            accepted = process.submit(self, tail, batch, base)  # copied into shared memory
+        if process is None or accepted is None:
+            buffer = b"".join((tail, batch))  # the one copy of these bytes
+            accepted = _worker().submit(self, buffer, base)
+        batch.clear()
+        if not accepted:
             with self.done:
                 self.pending -= 1
                 self.note = f"scan queue full: stopped scanning at byte {batch_start}"
@@ -133,21 +165,47 @@ class PastCapScan:
     def scan_now(self, buffer: bytes, base: int) -> None:
         """Runs in the worker thread (or the caller's, for the last batch)."""
         try:
-            for hit in scan_bulk(self.engine, buffer):
-                if base + hit.end <= self.cap or len(self.hits) >= MAX_HITS:
-                    continue  # inside the recorded part: evidence scanning reports it with its JSON pointer
-                self.hits.setdefault((hit.rule_id, base + hit.start, base + hit.end), hit)
+            hits = scan_bulk(self.engine, buffer)
         except Exception as e:  # a scan failure must not lose the others' scans
-            self.note = f"scan failed: {type(e).__name__}: {e}"[:300]
-        finally:
-            with self.done:
-                self.pending -= 1
-                self.done.notify_all()
+            self.record([], base, f"scan failed: {type(e).__name__}: {e}"[:300])
+        else:
+            self.record(hits, base, None)
+
+    def record(self, hits: list[Hit], base: int, error: str | None) -> None:
+        """One batch's scan is done (here, in the worker thread or in the scan process): keep its hits
+        past the recorded part, with offsets in the body."""
+        for hit in hits:
+            if base + hit.end <= self.cap or len(self.hits) >= MAX_HITS:
+                continue  # inside the recorded part: evidence scanning reports it with its JSON pointer
+            self.hits.setdefault((hit.rule_id, base + hit.start, base + hit.end), hit)
+        with self.done:
+            if error is not None:
+                self.note = error
+            self.pending -= 1
+            self.done.notify_all()
+
+    def lost(self, why: str) -> None:
+        """One batch will never be scanned (the scan process died holding it): say so, stop scanning."""
+        with self.done:
+            if self.note is None:
+                self.note = why
+            self.pending -= 1
+            self.done.notify_all()
 
     def results(self, timeout: float = 10.0) -> tuple[list[tuple[int, Hit]], dict[str, Any]]:
-        """Scan the last batch here (the stream has ended), wait for the worker's share of this body,
-        then (offset, hit) pairs and what part of the body past the cap was covered. Called off the
-        event loop: the evidence of an exchange with a past-cap scan is built in the writer's thread."""
+        """Scan the last batch (the stream has ended: in the scan process, or here), wait for the
+        others, then (offset, hit) pairs and what part of the body past the cap was covered. Called off
+        the event loop: the evidence of an exchange with a past-cap scan is built in the writer's thread."""
+        if self.batch and self.note is None and not self.inline:
+            process = pastcapworker.scan_process(self.origin)
+            if process is not None:
+                with self.done:
+                    self.pending += 1
+                if process.submit(self, self.tail, self.batch, self.base):
+                    self.batch.clear()
+                else:
+                    with self.done:
+                        self.pending -= 1
         if self.batch and self.note is None:
             buffer, base = b"".join((self.tail, self.batch)), self.base
             self.batch.clear()
