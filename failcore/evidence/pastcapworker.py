@@ -127,6 +127,7 @@ class ScanProcess:
         self.free = list(range(SLOTS))
         self.in_flight: dict[int, tuple[PastCapScan, int, int, int, int]] = {}
         self.sequence = 0
+        self.scanned = 0  # batches the child has answered
         size = SLOTS * self.slot_bytes
         self.memfd = os.memfd_create("failcore-past-cap", os.MFD_CLOEXEC)
         try:
@@ -212,6 +213,7 @@ class ScanProcess:
                         continue
                     del self.in_flight[slot]
                     self.free.append(slot)
+                    self.scanned += 1
                 scan, base = entry[0], entry[1]
                 hits = [Hit(*fields) for fields in found]
                 scan.record(hits, base, error)
