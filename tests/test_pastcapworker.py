@@ -132,21 +132,41 @@ def test_the_child_holds_no_socket_and_its_memory_has_no_name_on_disk(manager, p
     ]
 
 
-def test_with_every_slot_taken_the_scan_stops_and_says_so(manager, policy_scanner, monkeypatch) -> None:
+def test_with_every_slot_taken_the_worker_thread_takes_the_rest(manager, policy_scanner) -> None:
+    origin, scanner = policy_scanner
+    process = ready_process(origin)
+    extra = 3
+    body = bytearray(random_bytes(CAP + (worker.SLOTS + extra) * BATCH_BYTES))
+    at = len(body) - BATCH_BYTES // 2  # in a batch the child has no slot for
+    body[at - 1 : at + len(SECRET) + 1] = b" " + SECRET + b" "
+    os.kill(process.pid, signal.SIGSTOP)  # a child that does not keep up
+    try:
+        scan = PastCapScan(scanner.engine, CAP, "request.body", origin=origin)
+        feed(scan, bytes(body))
+        assert len(process.in_flight) == worker.SLOTS and scan.note is None
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    found, coverage = summary(scan)
+    assert [(o, rule) for o, rule, _, _ in found] == [(at, "github-pat")]
+    assert coverage["complete"] is True
+
+
+def test_with_every_slot_and_the_thread_queue_taken_the_scan_stops_and_says_so(
+    manager, policy_scanner, monkeypatch
+) -> None:
     origin, scanner = policy_scanner
     process = ready_process(origin)
     used = no_thread(monkeypatch)
-    os.kill(process.pid, signal.SIGSTOP)  # a child that does not keep up
+    os.kill(process.pid, signal.SIGSTOP)
     try:
         scan = PastCapScan(scanner.engine, CAP, "request.body", origin=origin)
         feed(scan, random_bytes(CAP + (worker.SLOTS + 3) * BATCH_BYTES))
         assert scan.note is not None and scan.note.startswith("scan queue full: stopped scanning at byte ")
-        assert len(process.in_flight) == worker.SLOTS
+        assert len(process.in_flight) == worker.SLOTS and len(used) == 1
     finally:
         os.kill(process.pid, signal.SIGCONT)
     _, coverage = summary(scan)
     assert coverage["complete"] is False and coverage["note"].startswith("scan queue full")
-    assert used == []
 
 
 def test_a_child_killed_holding_batches_says_which_bytes_were_not_scanned_and_is_replaced(

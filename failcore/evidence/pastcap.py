@@ -15,7 +15,8 @@ hold chunks or slow the stream.
 
 Given the policy's ScanOrigin, the batches go to a separate process instead (failcore.evidence.
 pastcapworker: shared-memory slots, one copy per batch), so the scan does not hold the proxy's GIL;
-the worker thread scans while that process starts, or if it refuses the policy or is lost for good.
+the worker thread scans while that process starts, when every one of its slots is taken (it fell
+behind), or if it refuses the policy or is lost for good. Only when both are full does a scan stop.
 """
 
 from __future__ import annotations
@@ -144,9 +145,10 @@ class PastCapScan:
         with self.done:
             self.pending += 1
         process = pastcapworker.scan_process(self.origin)
-        if process is not None:
-            accepted = process.submit(self, tail, batch, base)  # copied into shared memory
-        if process is None or accepted is None:
+        accepted = process is not None and process.submit(self, tail, batch, base)  # into shared memory
+        if not accepted:
+            # No scan process, or every slot taken (it is behind: a busy machine): the worker thread
+            # takes the batch, in this process (which it slows, as it did before the scan process).
             buffer = b"".join((tail, batch))  # the one copy of these bytes
             accepted = _worker().submit(self, buffer, base)
         batch.clear()

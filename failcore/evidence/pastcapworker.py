@@ -9,8 +9,10 @@ scans the slot with the same `scan_bulk` and the same rules and salt (rebuilt fr
 like the DLP evidence worker, failcore.evidence.scanworker), zeroes it, and sends the hits back as
 one orjson frame; a reader thread of the proxy gives them to the body's PastCapScan.
 
-- Bounded: SLOTS batches in flight at most; with every slot taken the body's scan stops and its event
-  says where (the same "scan queue full" as the in-process worker's).
+- Bounded: SLOTS batches in flight at most. With every slot taken (the child is behind: on a busy
+  machine it gets less CPU than the stream needs) the batch goes to the in-process worker thread,
+  whose GIL share slows the proxy as before; with its queue full too, the body's scan stops and its
+  event says where ("scan queue full").
 - Nothing secret on disk: the slots live in an anonymous memfd (no name in any file system), shared
   with the child only through an inherited descriptor; the child zeroes a slot before it answers, and
   the proxy zeroes the slots of a child that died. Hits hold masked previews and salted fingerprints,
