@@ -219,3 +219,27 @@ def test_a_policy_file_changed_since_the_proxy_loaded_it_is_scanned_in_process(
     feed(scan, body)
     found, coverage = summary(scan)
     assert [rule for _, rule, _, _ in found] == ["github-pat"] and coverage["complete"] is True
+
+
+def test_bodies_interleaved_through_the_same_slots_keep_their_own_hits(
+    manager, policy_scanner, monkeypatch
+) -> None:
+    origin, scanner = policy_scanner
+    process = ready_process(origin)
+    used = no_thread(monkeypatch)
+    bodies, scans, expected = [], [], []
+    for n in range(3):
+        body = bytearray(random_bytes(CAP + 3 * BATCH_BYTES, b"body %d" % n))
+        at = CAP + (n + 1) * 300_000
+        secret = SECRET if n != 1 else AWS_KEY
+        body[at - 1 : at + len(secret) + 1] = b" " + secret + b" "
+        bodies.append(bytes(body))
+        scans.append(PastCapScan(scanner.engine, CAP, "request.body", origin=origin))
+        expected.append([(at, "github-pat" if n != 1 else "aws-access-key-id")])
+    for i in range(0, len(bodies[0]), 50_000):  # three streams at once, chunk by chunk
+        for scan, body in zip(scans, bodies, strict=True):
+            scan(body[i : i + 50_000])
+    for scan, want in zip(scans, expected, strict=True):
+        found, coverage = summary(scan)
+        assert [(o, rule) for o, rule, _, _ in found] == want and coverage["complete"] is True
+    assert used == [] and not process.in_flight and len(process.free) == worker.SLOTS
