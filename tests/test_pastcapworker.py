@@ -243,3 +243,18 @@ def test_bodies_interleaved_through_the_same_slots_keep_their_own_hits(
         found, coverage = summary(scan)
         assert [(o, rule) for o, rule, _, _ in found] == want and coverage["complete"] is True
     assert used == [] and not process.in_flight and len(process.free) == worker.SLOTS
+
+
+def test_a_failing_scan_process_never_breaks_the_stream(policy_scanner, monkeypatch) -> None:
+    origin, scanner = policy_scanner
+
+    def broken(_origin):  # type: ignore[no-untyped-def]
+        raise RuntimeError("no shared memory here")
+
+    monkeypatch.setattr(worker, "scan_process", broken)
+    body = random_bytes(CAP + 2 * BATCH_BYTES + 1000) + b" " + SECRET + b" "
+    scan = PastCapScan(scanner.engine, CAP, "request.body", origin=origin)
+    feed(scan, body)  # raises nothing: the worker thread scans instead
+    found, coverage = summary(scan)
+    assert [(o, rule) for o, rule, _, _ in found] == [(len(body) - len(SECRET) - 1, "github-pat")]
+    assert coverage["complete"] is True

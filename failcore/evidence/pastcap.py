@@ -155,8 +155,12 @@ class PastCapScan:
             return
         with self.done:
             self.pending += 1
-        process = pastcapworker.scan_process(self.origin)
-        accepted = process is not None and process.submit(self, tail, batch, base)  # into shared memory
+        try:
+            process = pastcapworker.scan_process(self.origin)
+            accepted = process is not None and process.submit(self, tail, batch, base)  # into shared memory
+        except Exception:  # on the event loop, in the stream: it must never break the transfer
+            logger.exception("failcore: the past-cap DLP scan process failed; scanning in-process")
+            accepted = False
         if not accepted:
             # No scan process, or every slot taken (it is behind: a busy machine): the worker thread
             # takes the batch, in this process (which it slows, as it did before the scan process).
@@ -210,15 +214,17 @@ class PastCapScan:
         the event loop: the evidence of an exchange with a past-cap scan is built in the writer's thread."""
         if self.filled and self.note is None:
             with memoryview(self.batch) as whole, whole[: self.filled] as batch:
-                process = None if self.inline else pastcapworker.scan_process(self.origin)
-                if process is not None:
+                with self.done:
+                    self.pending += 1
+                try:
+                    process = None if self.inline else pastcapworker.scan_process(self.origin)
+                    accepted = process is not None and process.submit(self, self.tail, batch, self.base)
+                except Exception:
+                    logger.exception("failcore: the past-cap DLP scan process failed; scanning here")
+                    accepted = False
+                if not accepted:
                     with self.done:
-                        self.pending += 1
-                    if not process.submit(self, self.tail, batch, self.base):
-                        with self.done:
-                            self.pending -= 1
-                        process = None
-                if process is None:
+                        self.pending -= 1
                     self.scan_here(b"".join((self.tail, batch)), self.base)
         self.batch, self.filled = b"", 0
         with self.done:

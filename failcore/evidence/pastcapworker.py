@@ -184,8 +184,12 @@ class ScanProcess:
             slot = self.free.pop()
             self.sequence += 1
             start = slot * self.slot_bytes
-            self.memory[start : start + len(head)] = head
-            self.memory[start + len(head) : start + length] = body
+            try:
+                self.memory[start : start + len(head)] = head
+                self.memory[start + len(head) : start + length] = body
+            except BaseException:
+                self.free.append(slot)
+                raise
             self.in_flight[slot] = (scan, base, self.sequence, base + len(head), base + length)
             request = _REQUEST.pack(slot, length, self.sequence)
         try:
@@ -291,7 +295,7 @@ class _Manager:
                 self.next_start = time.monotonic() + RESTART_INTERVAL
                 try:
                     self.current = ScanProcess(origin)
-                except OSError as exc:
+                except Exception as exc:  # (OSError: no memfd, no fork; the in-process worker scans)
                     self.losses += 1
                     logger.warning("failcore: could not start the past-cap DLP scan process: %s", exc)
             return None  # starting: the in-process worker scans meanwhile
