@@ -179,10 +179,14 @@ def test_a_child_killed_holding_batches_says_which_bytes_were_not_scanned_and_is
     feed(scan, random_bytes(CAP + 2 * BATCH_BYTES + 5))
     assert process.in_flight
     os.kill(process.pid, signal.SIGKILL)
-    found, coverage = summary(scan)  # returns once the loss is known, not after its timeout
+    deadline = time.monotonic() + 60
+    while scan.note is None:  # (the reader thread sees the end of its pipe)
+        assert time.monotonic() < deadline, "the loss of the scan process was never noticed"
+        time.sleep(0.01)
+    assert process.dead and process.memory[:] == bytes(len(process.memory))  # its slots zeroed
+    found, coverage = summary(scan)
     assert coverage["complete"] is False
     assert coverage["note"].startswith("scan process lost (exit -9): bytes ")
-    assert process.dead and process.memory[:] == bytes(len(process.memory))  # its slots zeroed
     # The next body is scanned whole: by the worker thread until a new child is ready, then by it.
     body = bytearray(random_bytes(CAP + 3 * BATCH_BYTES, b"next"))
     body[CAP + 100 : CAP + 102 + len(SECRET)] = b" " + SECRET + b" "
