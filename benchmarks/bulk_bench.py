@@ -16,7 +16,9 @@ own failcore variant, so before/after numbers come from one run on the same mach
 
 Per transfer: MB/s (10^6 bytes per second of wall time, curl start to exit), the proxy's CPU seconds
 per MiB (utime + stime of all its threads, from /proc), and the proxy's RSS growth during the transfer
-(peak VmRSS sampled every 20 ms minus VmRSS before it; "flat" means it does not grow with the body).
+(peak VmRSS sampled every 20 ms minus VmRSS before it; "flat" means it does not grow with the body);
+the same CPU and the peak RSS of its child processes (failcore's DLP evidence worker and past-cap scan
+process), apart. CPU is read 0.5 s after curl exits, so work finishing after the transfer counts.
 Medians over the runs, min-max in parentheses, ratios against bare. Run on an idle machine when you can:
 on a shared one the numbers include whatever else the CPU is doing, which interleaving spreads evenly.
 
@@ -44,7 +46,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import cpu_seconds, free_port, rss_mib, stop_process, wait_for_port
+from benchmarks.harness import children_of, free_port, rss_mib, stop_process, tree_cpu, wait_for_port
 from benchmarks.report import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,22 +193,39 @@ class Proxy:
         return found
 
 
+def children_rss_mib(pid: int) -> float:
+    """RSS of a process's live children (failcore's DLP evidence worker and past-cap scan process)."""
+    total = 0.0
+    for child in children_of(pid):
+        try:
+            total += rss_mib(child)
+        except (OSError, RuntimeError):
+            continue
+    return total
+
+
 class RssSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.before = rss_mib(pid)
         self.peak = self.before
+        self.children_before = children_rss_mib(pid)
+        self.children_peak = self.children_before
         self.stopped = threading.Event()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, rss_mib(self.pid))
+        self.children_peak = max(self.children_peak, children_rss_mib(self.pid))
 
     def run(self) -> None:
         while not self.stopped.wait(0.02):
-            self.peak = max(self.peak, rss_mib(self.pid))
+            self.sample()
 
     def growth(self) -> float:
         self.stopped.set()
         self.join()
-        self.peak = max(self.peak, rss_mib(self.pid))
+        self.sample()
         return self.peak - self.before
 
 
@@ -273,12 +292,16 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         pid = proxy.process.pid
         sampler = RssSampler(pid)
-        cpu_before = cpu_seconds(pid)
+        cpu_before, children_before = tree_cpu(pid)
         sampler.start()
         started = time.perf_counter()
         done = subprocess.run(argv, env=env, capture_output=True, check=False, timeout=600)
         wall = time.perf_counter() - started
-        cpu = cpu_seconds(pid) - cpu_before
+        # (the past-cap scan's last batches end after curl does: give them a moment before reading)
+        time.sleep(0.5)
+        cpu, children_cpu = tree_cpu(pid)
+        cpu -= cpu_before
+        children_cpu -= children_before
         growth = sampler.growth()
         if done.returncode != 0:
             raise RuntimeError(
@@ -294,7 +317,10 @@ class Bench:
         return {
             "MB/s": self.size / wall / 1e6,
             "cpu_ms_per_MiB": cpu / (self.size / MIB) * 1000,
+            "children_cpu_ms_per_MiB": max(0.0, children_cpu) / (self.size / MIB) * 1000,
             "rss_growth_MiB": growth,
+            "children_rss_MiB": sampler.children_peak,
+            "load1": os.getloadavg()[0],
         }
 
 
@@ -391,8 +417,9 @@ def markdown(result: dict[str, Any]) -> str:
         "variant, interleaved; median (min–max); ratio = median MB/s / bare's.",
         "Upstream: loopback TLS server (Python `ssl`), incompressible body; client: curl through the proxy.",
         "",
-        "| transfer | variant | MB/s | × bare | proxy CPU ms / MiB | proxy RSS growth MiB |",
-        "|---|---|---|---|---|---|",
+        "| transfer | variant | MB/s | × bare | proxy CPU ms / MiB | child processes' CPU ms / MiB "
+        "| proxy RSS growth MiB | child processes' RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for kind in result["kinds"]:
         bare = statistics.median(result["samples"][kind]["bare"]["MB/s"])
@@ -400,7 +427,8 @@ def markdown(result: dict[str, Any]) -> str:
             ratio = statistics.median(metrics["MB/s"]) / bare
             lines.append(
                 f"| {kind} | {name} | {fmt(metrics['MB/s'])} | {ratio:.2f}× "
-                f"| {fmt(metrics['cpu_ms_per_MiB'])} | {fmt(metrics['rss_growth_MiB'])} |"
+                f"| {fmt(metrics['cpu_ms_per_MiB'])} | {fmt(metrics['children_cpu_ms_per_MiB'])} "
+                f"| {fmt(metrics['rss_growth_MiB'])} | {fmt(metrics['children_rss_MiB'])} |"
             )
     lines += ["", "Variants:"] + [f"- {name}: {text}" for name, text in result["variants"].items()]
     if result.get("dlp_costs"):

@@ -36,6 +36,7 @@ from failcore.evidence import (
 )
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits
 from failcore.evidence.pastcap import PastCapScan, StreamDecoder
+from failcore.evidence.pastcapworker import origin_for
 from failcore.policy.model import Decision
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.gate import blocked_response
@@ -301,9 +302,11 @@ class StreamDlp:
         return None
 
 
-def _past_cap_scan(scanner: DlpScanner, message: http.Message, cap: int, where: str) -> PastCapScan:
+def _past_cap_scan(session: Session, scanner: DlpScanner, message: http.Message, where: str) -> PastCapScan:
     compressed = is_encoded(message.headers.get("content-encoding"))
-    return PastCapScan(scanner.engine, cap, where, compressed=compressed)
+    # The scan runs in a separate process (failcore.evidence.pastcapworker) that rebuilds this scanner.
+    origin = origin_for(session.policy, session.salt) if scanner is session.dlp else None
+    return PastCapScan(scanner.engine, session.settings.body_cap, where, compressed=compressed, origin=origin)
 
 
 class DlpGuard:
@@ -415,7 +418,7 @@ class DlpGuard:
         settings = self.session.settings
         if request_streams(flow, settings):
             self.session.state(flow).request_observers.append(
-                _past_cap_scan(scanner, flow.request, settings.body_cap, "request.body")
+                _past_cap_scan(self.session, scanner, flow.request, "request.body")
             )
 
     @guarded("dlp.responseheaders")
@@ -428,7 +431,7 @@ class DlpGuard:
         settings = self.session.settings
         if s.scan_response and response_streams(flow, state, settings):
             state.stream_observers.append(
-                _past_cap_scan(scanner, flow.response, settings.body_cap, "response.body")
+                _past_cap_scan(self.session, scanner, flow.response, "response.body")
             )
         if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:
             encoding = flow.response.headers.get("content-encoding")
