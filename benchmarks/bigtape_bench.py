@@ -12,7 +12,7 @@ processes, wall and CPU (user+sys of the child):
 - `list` warm: the same FAILCORE_HOME again (sealed segments from the cache, the open one's prefix
   re-hashed, not re-parsed);
 - `list` warm + append: after 1000 events are appended to the open segment (of a `--tape` too: give
-  it a copy);
+  it a copy); with --report, `report` of the run they were appended to, warm, then too;
 - with --report: `failcore report` of the tape's biggest run with its default bound, and with
   `--max-events 5000` (the bound main had by default until issue 12): before (when --before is given),
   cold (a fresh FAILCORE_HOME: no view index, so the run's aggregates are counted and cached) and warm
@@ -193,10 +193,18 @@ def measure(args: argparse.Namespace, work: Path) -> None:
                     f"report pages ({which} bound) differ between variants (beyond the generated-at time)"
                 )
 
+    last_run = json.loads(outputs["list warm"])[-1]["run"]  # the run append_events appends to
+    appended = ["report", last_run, "--tape", str(tape), "-o", str(work / "r-appended.html")]
+    if args.report:
+        timed(appended, REPO, work / "home-report-warm")  # its aggregates cached before the append
     append_events(tape, 1000)
     for n in range(args.runs):
         wall, cpu, _ = timed(listing, REPO, work / "home-0")
         record("list warm + 1000 appended" if n == 0 else "list warm (after append)", wall, cpu)
+    if args.report:  # the open segment's cached prefix re-hashed, only its new tail read
+        for n in range(args.runs):
+            wall, cpu, _ = timed(appended, REPO, work / "home-report-warm")
+            record("report warm + 1000 appended" if n == 0 else "report warm (after append)", wall, cpu)
 
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
