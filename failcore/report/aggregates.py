@@ -22,7 +22,7 @@ import math
 import mmap
 import os
 import stat as stat_mod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
@@ -32,7 +32,7 @@ import orjson
 from failcore.paths import ensure_private_dir, write_private_file
 from failcore.report.collect import _HIDDEN_KINDS as HIDDEN_KINDS
 from failcore.report.collect import HostStats, RunReport, as_dict, count_exchange, host_key
-from failcore.runs import RunSummary
+from failcore.runs import RunSummary, _mapped, segment_lines_holding
 from failcore.tape.reader import list_segments
 from failcore.views.runtime import RUNTIME_KINDS
 
@@ -245,47 +245,13 @@ def part_from_record(data: object, run: str, limit: int) -> RunPart | None:
 # --- reading the tape -----------------------------------------------------------------------------
 
 
-class _Mapped:
-    """A segment mapped read-only (None for an empty or vanished one)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._map: mmap.mmap | None = None
-
-    def __enter__(self) -> mmap.mmap | None:
-        try:
-            with open(self._path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
-            return None
-        return self._map
-
-    def __exit__(self, *exc: object) -> None:
-        if self._map is not None:
-            self._map.close()
-
-
-def _run_lines(data: mmap.mmap, needle: bytes, start: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) of the complete lines from `start` holding `needle`, in order (runs._lines_holding
-    with offsets)."""
-    position = start
-    while (found := data.find(needle, position)) != -1:
-        end = data.find(b"\n", found)
-        if end == -1:
-            break  # the last line, still being written
-        begin = data.rfind(b"\n", 0, found) + 1
-        if begin >= start:
-            yield begin, data[begin:end]
-        position = end + 1
-
-
 def count_part(
     data: mmap.mmap, run: str, start: int = 0, progress: Callable[[int], None] | None = None
 ) -> RunPart:
     """The run's aggregates over the complete lines of a mapped segment from byte `start`: its lines
     are found by a byte search for `"run":<id>` and parsed (what runs.run_events yields)."""
     part = RunPart(run)
-    for offset, line in _run_lines(data, b'"run":' + orjson.dumps(run), start):
+    for offset, line in segment_lines_holding(data, b'"run":' + orjson.dumps(run), start):
         try:
             event = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -421,7 +387,7 @@ def _sealed_part(
         cached = _cached(entry, key, run, before[0])
         if cached is not None:
             return (cached[1], True) if cached[1] is not None else None
-    with _Mapped(path) as data:
+    with _mapped(path) as data:
         if data is None:
             return None
         part = count_part(data, run, 0, progress)
@@ -433,7 +399,7 @@ def _sealed_part(
 def _open_part(
     path: Path, run: str, entry: Path | None, trust: bool, progress: Callable[[int], None]
 ) -> tuple[RunPart, bool] | None:
-    with _Mapped(path) as data:
+    with _mapped(path) as data:
         if data is None:
             return None
         end = data.rfind(b"\n") + 1  # the complete lines now
@@ -566,7 +532,7 @@ def fill_report(report: RunReport, parts: list[SegmentPart], add: Callable[[dict
 def _feed(path: Path, offsets: list[int], run: str, add: Callable[[dict[str, Any]], None]) -> bool:
     """Parse the run's lines that start at `offsets` of the segment and pass them to `add`; False when
     one is not a complete line of the run there."""
-    with _Mapped(path) as data:
+    with _mapped(path) as data:
         if data is None:
             return False
         for offset in offsets:

@@ -1,5 +1,7 @@
-"""Reading a run for the report: one streamed pass over its events into a RunReport whose every list
-is bounded by `max_events` (counts come from runs.RunSummary and cover the whole run)."""
+"""Reading a run for the report: a RunReport whose every list is bounded by `max_events` while its
+counts (runs.RunSummary, the host table, what each list left out) cover the whole run. The counts come
+from the run's per-segment aggregates (aggregates.py) and only the lines shown are parsed; `_Collector`
+folds those lines, or with `index=False` every event of the run, into the lists."""
 
 from __future__ import annotations
 
