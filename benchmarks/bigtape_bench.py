@@ -1,22 +1,26 @@
 """`failcore list` and `failcore report` on a big tape: cold and warm index cache, before and after.
 
     .venv/bin/python benchmarks/bigtape_bench.py [--events 200000] [--tape DIR] [--before PATH]
-        [--runs 3] [--report] [--json]
+        [--runs 3] [--report] [--gen-runs 10] [--json]
 
 Generates a tape with benchmarks/gen_tape.py (unless --tape names one), then times, as separate
 processes, wall and CPU (user+sys of the child):
 
-- `list` (before): `failcore list --json` of the checkout at `--before` (e.g. one made with
-  `mkdir /tmp/before && git archive <commit> | tar -x -C /tmp/before`), which reads every line, when given;
+- `list` before, cold then warm: `failcore list --json` of the checkout at `--before` (e.g. one made with
+  `mkdir /tmp/before && git archive <commit> | tar -x -C /tmp/before`), when given;
 - `list` cold: a fresh FAILCORE_HOME, so every segment is counted and its run summaries saved;
 - `list` warm: the same FAILCORE_HOME again (sealed segments from the cache, the open one's prefix
   re-hashed, not re-parsed);
 - `list` warm + append: after 1000 events are appended to the open segment (of a `--tape` too: give
-  it a copy);
+  it a copy); with --report, `report` of the run they were appended to, warm, then too;
 - with --report: `failcore report` of the tape's biggest run with its default bound, and with
-  `--max-events 5000` (the bound main had by default until issue 12), before and after when --before is
-  given; then the two 5000-event pages must be byte-identical but for the generated-at time and the
-  timeline's "showing the first N of M events" notice (new in issue 12).
+  `--max-events 5000` (the bound main had by default until issue 12): before (when --before is given),
+  cold (a fresh FAILCORE_HOME: no view index, so the run's aggregates are counted and cached) and warm
+  (the aggregates from the cache, only the shown lines parsed); then every page of the same bound must
+  be byte-identical but for the generated-at time and the timeline's "showing the first N of M events"
+  notice (new in issue 12).
+
+`--gen-runs 1` generates a tape of one big run (issue 12's 250,000-event report).
 
 Variants are interleaved run by run; numbers are medians with the min-max. The JSON of every `list`
 variant is compared and must be identical. Run it on an otherwise idle machine.
@@ -99,6 +103,7 @@ def main() -> None:
     parser.add_argument("--tape", type=Path, help="an existing tape (default: generate one)")
     parser.add_argument("--before", type=Path, help="a checkout of the code to compare with")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--gen-runs", type=int, default=10, help="runs of the generated tape")
     parser.add_argument("--report", action="store_true", help="time `report` too")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -111,11 +116,20 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, work: Path) -> None:
+    load_start = os.getloadavg()[0]
     tape = args.tape
     if tape is None:
         tape = work / "tape"
         subprocess.run(
-            [sys.executable, str(HERE / "gen_tape.py"), str(tape), "--events", str(args.events)],
+            [
+                sys.executable,
+                str(HERE / "gen_tape.py"),
+                str(tape),
+                "--events",
+                str(args.events),
+                "--runs",
+                str(args.gen_runs),
+            ],
             env=dict(os.environ, PYTHONPATH=str(REPO)),
             check=True,
         )
@@ -135,6 +149,9 @@ def measure(args: argparse.Namespace, work: Path) -> None:
             wall, cpu, out = timed(listing, args.before, work / f"before-home-{n}")
             record("list before", wall, cpu)
             outputs["before"] = out
+            wall, cpu, out = timed(listing, args.before, work / f"before-home-{n}")
+            record("list before warm", wall, cpu)
+            outputs["before warm"] = out
         for name in ("list cold", "list warm"):
             wall, cpu, out = timed(listing, REPO, home)
             record(name, wall, cpu)
@@ -146,32 +163,58 @@ def measure(args: argparse.Namespace, work: Path) -> None:
         runs = json.loads(outputs["list warm"])
         biggest = max(runs, key=lambda r: r["requests"])["run"]
         bound = ["--max-events", str(COMPARED_BOUND)]
-        for _ in range(args.runs):
-            argv = ["report", biggest, "--tape", str(tape), "-o"]
-            if args.before:
-                wall, cpu, _ = timed(
-                    [*argv, str(work / "r-before.html"), *bound], args.before, work / "before-home-report"
-                )
-                record(f"report before --max-events {COMPARED_BOUND}", wall, cpu)
-            wall, cpu, _ = timed([*argv, str(work / "r-bound.html"), *bound], REPO, work / "home-report")
-            record(f"report --max-events {COMPARED_BOUND}", wall, cpu)
-            wall, cpu, _ = timed([*argv, str(work / "r.html")], REPO, work / "home-report")
-            record("report (default bound)", wall, cpu)
-        if args.before and _page(work / "r-before.html") != _page(work / "r-bound.html"):
-            raise SystemExit("report pages differ between before and after (beyond the generated-at time)")
+        argv = ["report", biggest, "--tape", str(tape), "-o"]
+        warm_home = work / "home-report-warm"
+        timed([*argv, str(work / "warm-up.html")], REPO, warm_home)  # fills the report's cache
+        pages: dict[str, list[Path]] = {"default": [], "bound": []}
 
+        def report(name: str, repo: Path, home: Path, extra: list[str], page: str) -> None:
+            out = work / f"r-{name.replace(' ', '-')}.html"
+            wall, cpu, _ = timed([*argv, str(out), *extra], repo, home)
+            record(name, wall, cpu)
+            pages[page].append(out)
+
+        for n in range(args.runs):
+            if args.before:
+                report("report before", args.before, work / "before-home-report", [], "default")
+                report(
+                    f"report before --max-events {COMPARED_BOUND}",
+                    args.before,
+                    work / "before-home-report",
+                    bound,
+                    "bound",
+                )
+            report("report cold", REPO, work / f"home-report-cold-{n}", [], "default")
+            report("report warm", REPO, warm_home, [], "default")
+            report(f"report warm --max-events {COMPARED_BOUND}", REPO, warm_home, bound, "bound")
+        for which, paths in pages.items():
+            if len({_page(p) for p in paths}) != 1:
+                raise SystemExit(
+                    f"report pages ({which} bound) differ between variants (beyond the generated-at time)"
+                )
+
+    last_run = json.loads(outputs["list warm"])[-1]["run"]  # the run append_events appends to
+    appended = ["report", last_run, "--tape", str(tape), "-o", str(work / "r-appended.html")]
+    if args.report:
+        timed(appended, REPO, work / "home-report-warm")  # its aggregates cached before the append
     append_events(tape, 1000)
     for n in range(args.runs):
         wall, cpu, _ = timed(listing, REPO, work / "home-0")
         record("list warm + 1000 appended" if n == 0 else "list warm (after append)", wall, cpu)
+    if args.report:  # the open segment's cached prefix re-hashed, only its new tail read
+        for n in range(args.runs):
+            wall, cpu, _ = timed(appended, REPO, work / "home-report-warm")
+            record("report warm + 1000 appended" if n == 0 else "report warm (after append)", wall, cpu)
 
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
     cpu_model = models[0] if models else "?"
+    load = f"{os.getloadavg()[0]:.1f} at the end, {load_start:.1f} at the start"
     if args.json:
-        print(json.dumps({"cpu": cpu_model, "tape_bytes": size, "results": results}, indent=2))
+        print(json.dumps({"cpu": cpu_model, "load": load, "tape_bytes": size, "results": results}, indent=2))
         return
-    print(f"CPU: {cpu_model}; tape: {size / 2**20:.0f} MiB in {len(list(tape.glob('seg-*.jsonl')))} segments")
+    print(f"CPU: {cpu_model}; load average {load}")
+    print(f"tape: {size / 2**20:.0f} MiB in {len(list(tape.glob('seg-*.jsonl')))} segments")
     print(f"{'variant':32} {'wall s':>20} {'cpu s':>20}")
     for name, entry in results.items():
         print(f"{name:32} {summary(entry['wall']):>20} {summary(entry['cpu']):>20}")

@@ -339,7 +339,7 @@ _RUN_START = b'"kind":"run_start"'
 
 
 class _mapped:
-    """A segment mapped read-only (None for an empty or vanished one)."""
+    """A segment mapped read-only (None for an empty or vanished one); `with _mapped(path) as data:`."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -397,13 +397,21 @@ def _lines_holding(tape_dir: Path, needle: bytes) -> Iterator[bytes]:
         with _mapped(path) as data:
             if data is None:
                 continue
-            position = 0
-            while (found := data.find(needle, position)) != -1:
-                end = data.find(b"\n", found)
-                if end == -1:
-                    break  # the last line, still being written
-                yield data[data.rfind(b"\n", 0, found) + 1 : end]
-                position = end + 1
+            for _, line in segment_lines_holding(data, needle):
+                yield line
+
+
+def segment_lines_holding(data: mmap.mmap, needle: bytes, start: int = 0) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of the complete lines of a mapped segment that hold `needle`, from `start` (the
+    start of a line) on, in order; a line still being written is skipped."""
+    position = start
+    while (found := data.find(needle, position)) != -1:
+        end = data.find(b"\n", found)
+        if end == -1:
+            break  # the last line, still being written
+        begin = data.rfind(b"\n", 0, found) + 1
+        yield begin, data[begin:end]
+        position = end + 1
 
 
 def run_events(tape_dir: Path, run: str | None) -> Iterator[dict[str, Any]]:

@@ -12,8 +12,9 @@ entries and the page says how many were left out. Bodies are left out unless ask
 they are shown as the tape holds them (DLP hits already masked by the recorder), within a total budget,
 and the file is then written 0600 like the tape.
 
-Layout: collect.py reads the run, filters.py formats values for the templates, pictures.py computes
-the SVG geometry, page.py renders and writes the file.
+Layout: collect.py reads the run, aggregates.py counts it per segment (cached beside the viewer's
+index, so only the lines the page shows are parsed), filters.py formats values for the templates,
+pictures.py computes the SVG geometry, page.py renders and writes the file.
 """
 
 from failcore.report.collect import (

@@ -1,10 +1,13 @@
-"""Reading a run for the report: one streamed pass over its events into a RunReport whose every list
-is bounded by `max_events` (counts come from runs.RunSummary and cover the whole run)."""
+"""Reading a run for the report: a RunReport whose every list is bounded by `max_events` while its
+counts (runs.RunSummary, the host table, what each list left out) cover the whole run. The counts come
+from the run's per-segment aggregates (aggregates.py) and only the lines shown are parsed; `_Collector`
+folds those lines, or with `index=False` every event of the run, into the lists."""
 
 from __future__ import annotations
 
 import datetime as dt
 import gc
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -36,6 +39,12 @@ class ReportError(Exception):
     """The report cannot be made (no tape, unknown run); the message says why."""
 
 
+# Latencies are summed exactly (as integers scaled by 2**_LATENCY_SCALE, which holds every finite
+# double), so a host's mean is the same whether its exchanges were added one by one or as per-segment
+# sums (the report's cached aggregates): float addition depends on its order, this does not.
+_LATENCY_SCALE: Final = 1100
+
+
 @dataclass(slots=True)
 class HostStats:
     host: str
@@ -45,12 +54,64 @@ class HostStats:
     failed: int = 0
     bytes_out: int = 0
     bytes_in: int = 0
-    latency_sum: float = 0.0
     latency_count: int = 0
+    latency_exact: int = 0  # the sum of the finite latencies, times 2**_LATENCY_SCALE
+    latency_special: float = 0.0  # the sum of the others (inf, nan): order-free, like the exact one
+
+    def add_latency(self, value: float) -> None:
+        self.latency_count += 1
+        if value.__class__ is int:
+            self.latency_exact += value << _LATENCY_SCALE
+        elif math.isfinite(value):
+            numerator, denominator = value.as_integer_ratio()
+            self.latency_exact += numerator << (_LATENCY_SCALE + 1 - denominator.bit_length())
+        else:
+            self.latency_special += value
+
+    def merge(self, other: HostStats) -> None:
+        """Add the same host's exchanges from a later part of the run."""
+        self.requests += other.requests
+        self.blocked += other.blocked
+        self.warned += other.warned
+        self.failed += other.failed
+        self.bytes_out += other.bytes_out
+        self.bytes_in += other.bytes_in
+        self.latency_count += other.latency_count
+        self.latency_exact += other.latency_exact
+        self.latency_special += other.latency_special
 
     @property
     def mean_latency_ms(self) -> float | None:
-        return self.latency_sum / self.latency_count if self.latency_count else None
+        if not self.latency_count:
+            return None
+        if self.latency_special:
+            return self.latency_special / self.latency_count
+        try:  # int / int is correctly rounded
+            return self.latency_exact / (self.latency_count << _LATENCY_SCALE)
+        except OverflowError:
+            return math.copysign(math.inf, self.latency_exact)
+
+
+def count_exchange(stats: HostStats, get: Callable[[str], Any]) -> None:
+    """Count one network event (its `get`) into its host's row: the collector's and the cached
+    aggregates' one definition."""
+    stats.requests += 1
+    value = get("bytes_out")
+    if value.__class__ is int:
+        stats.bytes_out += value
+    value = get("bytes_in")
+    if value.__class__ is int:
+        stats.bytes_in += value
+    value = get("latency_ms")
+    if value.__class__ in _NUMBERS:
+        stats.add_latency(value)
+    outcome = get("outcome")
+    if outcome == "BLOCKED":
+        stats.blocked += 1
+    elif get("decision") == "WARN":
+        stats.warned += 1
+    if outcome == "FAIL":
+        stats.failed += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +158,8 @@ class RunReport:
     omitted: dict[str, int] = field(default_factory=dict)
     body_budget_left: int = BODY_BUDGET
     bodies_dropped: int = 0
+    # Segments whose counts came from the report's cache (failcore.report.aggregates), not the tape.
+    cached_segments: int = 0
 
     @property
     def timeline_omitted(self) -> int:
@@ -329,26 +392,13 @@ class _Collector:
                 stats = HostStats(key)  # counted in the summary, not shown
             else:
                 stats = report.hosts[key] = HostStats(key)
-        stats.requests += 1
-        value = get("bytes_out")
-        if value.__class__ is int:
-            stats.bytes_out += value
-        value = get("bytes_in")
-        if value.__class__ is int:
-            stats.bytes_in += value
-        value = get("latency_ms")
-        if value.__class__ in _NUMBERS:
-            stats.latency_sum += float(value)
-            stats.latency_count += 1
-        outcome, decision = get("outcome"), get("decision")
+        count_exchange(stats, get)
+        outcome = get("outcome")
         if outcome == "BLOCKED":
-            stats.blocked += 1
             self._keep("blocked", report.blocked, shown)
-        elif decision == "WARN":
-            stats.warned += 1
+        elif get("decision") == "WARN":
             self._keep("warned", report.warned, shown)
         if outcome == "FAIL":
-            stats.failed += 1
             self._keep("failed", report.failed, shown)
         if get("warnings") or get("dlp"):
             self._add_findings(ev, shown)
@@ -367,36 +417,87 @@ def collect_report(
     max_events: int = DEFAULT_MAX_EVENTS,
     bodies: bool = False,
     progress: Callable[[str], None] | None = None,
+    index: bool = True,
 ) -> RunReport:
-    """Read one run from the tape (streamed) and verify the whole tape. Raises ReportError for an
-    unknown run. `progress`, when given, is told what is happening every 10,000 events."""
+    """Read one run from the tape and verify the whole tape. Raises ReportError for an unknown run.
+    `progress`, when given, is told what is happening every 10,000 events.
+
+    The run's counts come from its per-segment aggregates (failcore.report.aggregates, cached under the
+    view index; counted from the tape where no valid entry exists) and only the lines the page shows are
+    parsed. `index=False`, or a bound past what the cache keeps, reads and counts every event of the run
+    instead: the page is the same either way. When verification finds the chain broken (bytes edited
+    in place), nothing cached is used: the run is counted again from the tape as it is."""
     tape_dir = Path(tape_dir)
     if not tape_dir.is_dir():
         raise ReportError(f"no tape at {tape_dir}")
     if max_events < 1:
         raise ReportError("--max-events must be at least 1")
-    report = RunReport(
-        run=run,
-        tape=tape_dir,
-        summary=RunSummary(run=run),
-        verification=VerifyReport(),
-        generated=dt.datetime.now(dt.UTC).timestamp(),
-        max_events=max_events,
-        bodies=bodies,
-    )
-    collector = _Collector(report)
+
+    def fresh() -> RunReport:
+        return RunReport(
+            run=run,
+            tape=tape_dir,
+            summary=RunSummary(run=run),
+            verification=VerifyReport(),
+            generated=dt.datetime.now(dt.UTC).timestamp(),
+            max_events=max_events,
+            bodies=bodies,
+        )
+
+    from failcore.report.aggregates import OFFSET_CAP
+
+    bounded = index and max_events < OFFSET_CAP
     # The whole tape is verified (no cached verdict) while the run is read: verification is mostly
     # sha256 over long lines, which runs without the GIL, so the two overlap on a second core.
     with paused_gc(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="failcore-verify") as pool:
         verifying = pool.submit(verify_tape, tape_dir, public_key=public_key)
-        for ev in run_events(tape_dir, run):
-            collector.add(ev)
-            if progress is not None and report.events_read % 10_000 == 0:
-                progress(f"reading run {run}: {report.events_read:,} events")
+        report = _read_bounded(fresh, progress, trust_cache=True) if bounded else None
+        if report is None:
+            report = _read_every_event(fresh(), progress)
         if not report.events_read:
             verifying.cancel()
             raise ReportError(f"no run {run!r} in {tape_dir}")
         if progress is not None and not verifying.done():
             progress(f"read {report.events_read:,} events of run {run}; verifying the whole tape")
-        report.verification = verifying.result()
+        verification = verifying.result()
+        if not verification.ok and report.cached_segments:
+            report = _read_bounded(fresh, progress, trust_cache=False) or _read_every_event(fresh(), progress)
+        report.verification = verification
     return report
+
+
+def _read_every_event(report: RunReport, progress: Callable[[str], None] | None) -> RunReport:
+    """Count and collect every event of the run (one streamed pass)."""
+    collector = _Collector(report)
+    run = report.run
+    for ev in run_events(report.tape, run):
+        collector.add(ev)
+        if progress is not None and report.events_read % 10_000 == 0:
+            progress(f"reading run {run}: {report.events_read:,} events")
+    return report
+
+
+def _read_bounded(
+    fresh: Callable[[], RunReport], progress: Callable[[str], None] | None, *, trust_cache: bool
+) -> RunReport | None:
+    """The report from the run's aggregates and the lines it shows; None when the tape changed under
+    the reading (the caller then reads every event)."""
+    from failcore.report.aggregates import fill_report, run_parts
+    from failcore.tui.cache import prepare_cache_dir
+
+    report = fresh()
+    run = report.run
+
+    def counted(events: int) -> None:
+        if progress is not None:
+            progress(f"reading run {run}: {events:,} events")
+
+    parts = run_parts(
+        report.tape, run, prepare_cache_dir(report.tape), trust_cache=trust_cache, progress=counted
+    )
+    if not parts:
+        return report
+    if fill_report(report, parts, _Collector(report).add):
+        report.cached_segments = sum(p.cached for p in parts)
+        return report
+    return _read_bounded(fresh, progress, trust_cache=False) if trust_cache else None

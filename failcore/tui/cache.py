@@ -30,7 +30,8 @@ def prepare_cache_dir(tape_dir: Path, keep_days: float = CACHE_KEEP_DAYS) -> Pat
         os.utime(cache)
         prune_view_caches(cache.parent, keep_days)
         live = {p.name for p in list_segments(Path(tape_dir))}
-        for entry in [*cache.glob("*.idx"), *cache.glob("*.sum"), *cache.glob("*.tail")]:
+        entries = [*cache.glob("*.idx"), *cache.glob("*.sum"), *cache.glob("*.tail"), *cache.glob("*.rep-*")]
+        for entry in entries:  # .rep-*: the report's aggregates (failcore.report.aggregates)
             if entry.name.rsplit(".", 1)[0] not in live:
                 entry.unlink(missing_ok=True)
     except OSError:

@@ -1,0 +1,551 @@
+"""What the report counts over a whole run, per tape segment, cached next to the viewer's index.
+
+The page's numbers cover the whole run (the summary, the host table, every section's total and
+left-out count), but it shows only the first `max_events` rows of each list. A `RunPart` holds those
+numbers for one run in one segment, plus the byte offsets of the first OFFSET_CAP lines of each list,
+so a report reads its aggregates and parses only the lines it shows.
+
+Parts are cached under the view index's directory (failcore.tui.cache, one entry per segment and run:
+`<segment>.rep-<digest of the run id>`, 0600, JSON). A sealed segment's entry is keyed, like the `.sum`
+entries of `failcore list`, by the segment's name, size and mtime; the segment being written keeps the
+part of its first `end_offset` bytes with a BLAKE2b digest of them, re-hashed on use, and only the
+lines appended since are read. An entry that is missing, stale, unreadable, of another version or shape,
+not a regular 0600 file of this user, or whose offsets do not lead to the run's own lines is ignored
+and rebuilt from the tape, never trusted. Entries hold counts, offsets, host names, rule and tool names
+exactly as the tape holds them (what the recorder masked stays masked) and never a body.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import mmap
+import os
+import stat as stat_mod
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from failcore.paths import ensure_private_dir, write_private_file
+from failcore.report.collect import _HIDDEN_KINDS as HIDDEN_KINDS
+from failcore.report.collect import HostStats, RunReport, as_dict, count_exchange, host_key
+from failcore.runs import RunSummary, _mapped, segment_lines_holding
+from failcore.tape.reader import list_segments
+from failcore.views.runtime import RUNTIME_KINDS
+
+CACHE_VERSION: Final = 1
+ENTRY_MARK: Final = ".rep-"
+# The lists of the page, in the order the collector meets them within one event (hosts is the host
+# table: its rows are counted, not listed by offset).
+SECTIONS: Final = ("timeline", "hosts", "tools", "blocked", "warned", "failed", "warnings", "dlp", "llm")
+LISTS: Final = tuple(s for s in SECTIONS if s != "hosts")
+# Offsets kept per list, part and run: a report bounded by at most OFFSET_CAP - 1 rows is served from
+# the cache (one more than the bound places the list's left-out count among the others).
+OFFSET_CAP: Final = 10_001
+_MAX_ENTRY_BYTES: Final = 256 * 2**20
+_MAX_EXACT_DIGITS: Final = 2048
+_SPECIALS: Final = {"0.0": 0.0, "inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
+_SUMMARY_FIELDS: Final = {f.name: f.type for f in fields(RunSummary)}
+_HOST_INTS: Final = ("requests", "blocked", "warned", "failed", "bytes_out", "bytes_in", "latency_count")
+
+
+class RunPart:
+    """One run's aggregates over one segment (or a prefix of it)."""
+
+    __slots__ = ("counts", "events", "hosts", "offsets", "summary")
+
+    def __init__(self, run: str) -> None:
+        self.summary = RunSummary(run)
+        self.events = 0
+        # host -> (offset of its first exchange, its row), in the order the hosts first appear.
+        self.hosts: dict[str, tuple[int, HostStats]] = {}
+        self.counts = dict.fromkeys(LISTS, 0)
+        self.offsets: dict[str, list[int]] = {s: [] for s in LISTS}
+
+    def _item(self, section: str, offset: int) -> None:
+        self.counts[section] += 1
+        kept = self.offsets[section]
+        if len(kept) < OFFSET_CAP:
+            kept.append(offset)
+
+    def add(self, ev: dict[str, Any], offset: int) -> None:
+        """Count one event of the run, which starts at byte `offset` of its segment (as the collector
+        in collect.py counts it)."""
+        self.events += 1
+        self.summary.add(ev)
+        kind = ev.get("kind")
+        if kind in HIDDEN_KINDS:
+            return
+        self._item("timeline", offset)
+        get = ev.get
+        if kind == "network":
+            key = host_key(ev)
+            entry = self.hosts.get(key)
+            if entry is None:
+                entry = self.hosts[key] = (offset, HostStats(key))
+            count_exchange(entry[1], get)
+            outcome = get("outcome")
+            if outcome == "BLOCKED":
+                self._item("blocked", offset)
+            elif get("decision") == "WARN":
+                self._item("warned", offset)
+            if outcome == "FAIL":
+                self._item("failed", offset)
+            if get("warnings") or get("dlp"):
+                self._findings(ev, offset)
+            if isinstance(get("llm"), dict):
+                self._item("llm", offset)
+        elif kind in RUNTIME_KINDS:
+            if kind == "tool":
+                self._item("tools", offset)
+            outcome = get("outcome")
+            if outcome == "BLOCKED":
+                self._item("blocked", offset)
+            elif get("decision") == "WARN":
+                self._item("warned", offset)
+            if outcome == "FAIL":
+                self._item("failed", offset)
+            self._findings(ev, offset)
+        elif kind == "internal_error":
+            self._item("failed", offset)
+
+    def _findings(self, ev: dict[str, Any], offset: int) -> None:
+        for warning in ev.get("warnings") or ():
+            if isinstance(warning, dict):
+                self._item("warnings", offset)
+        for hit in as_dict(ev.get("dlp")).get("hits") or ():
+            if isinstance(hit, dict):
+                self._item("dlp", offset)
+
+    def merge(self, later: RunPart) -> None:
+        """Add the part of the same segment that follows this one (the lines appended since)."""
+        self.summary.merge(later.summary)
+        self.events += later.events
+        for section in LISTS:
+            self.counts[section] += later.counts[section]
+            kept = self.offsets[section]
+            kept.extend(later.offsets[section][: OFFSET_CAP - len(kept)])
+        for key, (offset, stats) in later.hosts.items():
+            known = self.hosts.get(key)
+            if known is None:
+                self.hosts[key] = (offset, stats)
+            else:
+                known[1].merge(stats)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "summary": self.summary.to_dict(),
+            "hosts": [
+                [
+                    key,
+                    offset,
+                    *(getattr(s, n) for n in _HOST_INTS),
+                    format(s.latency_exact, "x"),
+                    repr(s.latency_special),
+                ]
+                for key, (offset, s) in self.hosts.items()
+            ],
+            "counts": self.counts,
+            "offsets": self.offsets,
+        }
+
+
+def _is_int(value: object) -> bool:
+    return value.__class__ is int
+
+
+def _is_count(value: object) -> bool:
+    return value.__class__ is int and value >= 0  # type: ignore[operator]
+
+
+def _summary_from(data: object, run: str) -> RunSummary | None:
+    """A RunSummary from a cached record, or None unless every field has its own type."""
+    if not isinstance(data, dict) or data.keys() != _SUMMARY_FIELDS.keys() or data.get("run") != run:
+        return None
+    for name, kind in _SUMMARY_FIELDS.items():
+        value = data[name]
+        if kind == "int":
+            ok = _is_int(value)
+        elif kind == "float":
+            ok = value.__class__ is float or _is_int(value)
+        elif kind == "float | None":
+            ok = value is None or value.__class__ is float or _is_int(value)
+        elif kind == "str | None":
+            ok = value is None or isinstance(value, str)
+        elif kind == "str":
+            ok = isinstance(value, str)
+        else:  # the tallies: dict[str, int]
+            ok = isinstance(value, dict) and all(_is_int(v) for v in value.values())
+        if not ok:
+            return None
+    return RunSummary.from_dict(data)
+
+
+def _host_from(row: object, limit: int) -> tuple[str, int, HostStats] | None:
+    if not isinstance(row, list) or len(row) != 11:
+        return None
+    key, offset, *numbers, exact, special = row
+    if not isinstance(key, str) or not _is_count(offset) or offset >= limit:
+        return None
+    if not all(_is_int(n) for n in numbers) or any(n < 0 for i, n in enumerate(numbers) if i != 4 and i != 5):
+        return None
+    if not isinstance(exact, str) or len(exact) > _MAX_EXACT_DIGITS or special not in _SPECIALS:
+        return None
+    try:
+        latency_exact = int(exact, 16)
+    except ValueError:
+        return None
+    stats = HostStats(key, *numbers, latency_exact=latency_exact, latency_special=_SPECIALS[special])
+    return key, offset, stats
+
+
+def part_from_record(data: object, run: str, limit: int) -> RunPart | None:
+    """The inverse of `RunPart.to_record`, checked field by field (offsets below `limit`, the bytes
+    the record covers); None for anything else."""
+    if not isinstance(data, dict) or data.keys() != {"events", "summary", "hosts", "counts", "offsets"}:
+        return None
+    summary = _summary_from(data["summary"], run)
+    counts, offsets, hosts = data["counts"], data["offsets"], data["hosts"]
+    if summary is None or not _is_count(data["events"]) or not isinstance(hosts, list):
+        return None
+    if (
+        not isinstance(counts, dict)
+        or counts.keys() != set(LISTS)
+        or not all(map(_is_count, counts.values()))
+    ):
+        return None
+    if not isinstance(offsets, dict) or offsets.keys() != set(LISTS):
+        return None
+    part = RunPart(run)
+    for section in LISTS:
+        kept = offsets[section]
+        if not isinstance(kept, list) or len(kept) != min(counts[section], OFFSET_CAP):
+            return None
+        previous = 0
+        for offset in kept:
+            if not _is_int(offset) or not previous <= offset < limit:
+                return None
+            previous = offset
+        part.offsets[section] = kept
+    if counts["timeline"] > data["events"]:
+        return None
+    for row in hosts:
+        host = _host_from(row, limit)
+        if host is None or host[0] in part.hosts:
+            return None
+        part.hosts[host[0]] = (host[1], host[2])
+    part.summary, part.events, part.counts = summary, data["events"], counts
+    return part
+
+
+# --- reading the tape -----------------------------------------------------------------------------
+
+
+def count_part(
+    data: mmap.mmap, run: str, start: int = 0, progress: Callable[[int], None] | None = None
+) -> RunPart:
+    """The run's aggregates over the complete lines of a mapped segment from byte `start`: its lines
+    are found by a byte search for `"run":<id>` and parsed (what runs.run_events yields)."""
+    part = RunPart(run)
+    for offset, line in segment_lines_holding(data, b'"run":' + orjson.dumps(run), start):
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(event, dict) and event.get("run") == run:
+            part.add(event, offset)
+            if progress is not None and part.events % 10_000 == 0:
+                progress(part.events)
+    return part
+
+
+# --- the cache ------------------------------------------------------------------------------------
+
+
+def entry_path(cache_dir: Path, segment: str, run: str) -> Path:
+    digest = hashlib.blake2b(run.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return cache_dir / f"{segment}{ENTRY_MARK}{digest}"
+
+
+def _read_entry(path: Path) -> Any:
+    """The entry's JSON when it is a regular file of this user that nobody else can write, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (
+            not stat_mod.S_ISREG(st.st_mode)
+            or st.st_uid != os.getuid()
+            or st.st_mode & 0o077
+            or st.st_size > _MAX_ENTRY_BYTES
+        ):
+            return None
+        with os.fdopen(os.dup(fd), "rb") as f:
+            raw = f.read(_MAX_ENTRY_BYTES + 1)
+        return orjson.loads(raw)
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _store(path: Path, key: dict[str, Any], part: RunPart | None) -> None:
+    if part is not None and not all(
+        v is None or v.__class__ is int or math.isfinite(v)
+        for v in (part.summary.started, part.summary.ended, part.summary.cost_usd)
+    ):
+        return  # JSON has no inf or nan (orjson would write null): not cached
+    record = {"version": CACHE_VERSION, **key, "part": part.to_record() if part is not None else None}
+    try:
+        data = orjson.dumps(record)
+    except TypeError:  # e.g. a byte total past 64 bits on a hostile tape: not cached
+        return
+    try:
+        ensure_private_dir(path.parent)
+        write_private_file(path, data)
+    except OSError:
+        pass  # a read-only home only costs the next report a rescan
+
+
+def _cached(
+    path: Path, key: dict[str, Any], run: str, limit: int
+) -> tuple[dict[str, Any], RunPart | None] | None:
+    """(the record, its part or None when the run is not in the segment) if the entry matches `key`."""
+    record = _read_entry(path)
+    if not isinstance(record, dict) or record.get("version") != CACHE_VERSION or record.get("run") != run:
+        return None
+    if any(record.get(k) != v for k, v in key.items()):
+        return None
+    if record.get("part") is None:
+        return record, None
+    part = part_from_record(record["part"], run, limit)
+    return (record, part) if part is not None else None
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+class SegmentPart:
+    """A run's part of one segment, and whether it came from the cache."""
+
+    __slots__ = ("cached", "index", "part", "path")
+
+    def __init__(self, index: int, path: Path, part: RunPart, cached: bool) -> None:
+        self.index, self.path, self.part, self.cached = index, path, part, cached
+
+
+def run_parts(
+    tape_dir: Path,
+    run: str,
+    cache_dir: Path | None,
+    *,
+    trust_cache: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> list[SegmentPart]:
+    """The run's part of every segment that holds it, in tape order. Cached entries are used when
+    `trust_cache` and written (when `cache_dir` is given) for whatever had to be counted."""
+    segments = list_segments(Path(tape_dir))
+    out: list[SegmentPart] = []
+    counted = 0
+
+    def counting(events: int) -> None:
+        if progress is not None:
+            progress(counted + events)
+
+    for index, path in enumerate(segments):
+        entry = entry_path(cache_dir, path.name, run) if cache_dir is not None else None
+        if index < len(segments) - 1:
+            found = _sealed_part(path, run, entry, trust_cache, counting)
+        else:
+            found = _open_part(path, run, entry, trust_cache, counting)
+        if found is not None:
+            part, cached = found
+            counted += part.events
+            out.append(SegmentPart(index, path, part, cached))
+    return out
+
+
+def _sealed_part(
+    path: Path, run: str, entry: Path | None, trust: bool, progress: Callable[[int], None]
+) -> tuple[RunPart, bool] | None:
+    before = _stat(path)
+    if before is None:
+        return None
+    key = {"segment": path.name, "size": before[0], "mtime_ns": before[1]}
+    if entry is not None and trust:
+        cached = _cached(entry, key, run, before[0])
+        if cached is not None:
+            return (cached[1], True) if cached[1] is not None else None
+    with _mapped(path) as data:
+        if data is None:
+            return None
+        part = count_part(data, run, 0, progress)
+    if entry is not None and _stat(path) == before:
+        _store(entry, {"run": run, **key}, part if part.events else None)
+    return (part, False) if part.events else None
+
+
+def _open_part(
+    path: Path, run: str, entry: Path | None, trust: bool, progress: Callable[[int], None]
+) -> tuple[RunPart, bool] | None:
+    with _mapped(path) as data:
+        if data is None:
+            return None
+        end = data.rfind(b"\n") + 1  # the complete lines now
+        view = memoryview(data)
+        try:
+            cached = _open_cached(entry, path.name, run, view, end) if entry is not None and trust else None
+            if cached is not None:
+                start, part = cached
+                added = count_part(data, run, start, progress)
+                if part is None:
+                    part = added
+                else:
+                    part.merge(added)
+                from_cache = True
+            else:
+                start, part, from_cache = 0, count_part(data, run, 0, progress), False
+            if entry is not None and (start != end or not from_cache):
+                digest = hashlib.blake2b(view[:end], digest_size=32).hexdigest()
+                key = {"run": run, "segment": path.name, "end_offset": end, "blake2b": digest}
+                _store(entry, key, part if part.events else None)
+        finally:
+            view.release()
+    return (part, from_cache) if part.events else None
+
+
+def _open_cached(
+    entry: Path, segment: str, run: str, view: memoryview, end: int
+) -> tuple[int, RunPart | None] | None:
+    """(where the cached prefix ends, its part) when the entry's digest matches the segment's bytes."""
+    record = _read_entry(entry)
+    if not isinstance(record, dict) or record.get("segment") != segment:
+        return None
+    start, digest = record.get("end_offset"), record.get("blake2b")
+    if not _is_count(start) or start > end or not isinstance(digest, str):
+        return None
+    if start and view[start - 1 : start] != b"\n":
+        return None
+    if hashlib.blake2b(view[:start], digest_size=32).hexdigest() != digest:
+        return None
+    cached = _cached(entry, {"segment": segment, "end_offset": start, "blake2b": digest}, run, start)
+    if cached is None:
+        return None
+    return start, cached[1]
+
+
+# --- the report from the parts --------------------------------------------------------------------
+
+# Where each list of the page is, by section.
+_REPORT_LISTS: Final = {
+    "timeline": "timeline",
+    "tools": "tool_calls",
+    "blocked": "blocked",
+    "warned": "warned",
+    "failed": "failed",
+    "warnings": "warnings",
+    "dlp": "dlp_hits",
+    "llm": "llm_calls",
+}
+
+
+def fill_report(report: RunReport, parts: list[SegmentPart], add: Callable[[dict[str, Any]], None]) -> bool:
+    """Fill `report` (bounded by its max_events < OFFSET_CAP) from the run's parts: its counts from the
+    aggregates, its lists by passing `add` (the collector) only the lines they show, in tape order.
+
+    Feeding the collector a subsequence of the run that holds the first max_events items of every list
+    fills each list exactly as the whole run would (every item before the last one kept is in it), and
+    bodies are trimmed against the same budget in the same order (only timeline rows spend it). The
+    counts the collector makes of that subsequence are then replaced by the whole run's. False when the
+    parts do not match the tape (a line at a cached offset is not the run's, a list comes out short)."""
+    limit = report.max_events
+    if not 0 < limit < OFFSET_CAP:
+        return False
+    wanted: dict[int, set[int]] = {}
+    overflow: dict[str, tuple[int, int, int]] = {}
+    omitted: dict[str, int] = {}
+    totals: dict[str, int] = {}
+    for rank, section in enumerate(SECTIONS):
+        if section == "hosts":
+            continue
+        total = totals[section] = sum(p.part.counts[section] for p in parts)
+        taken = 0
+        for p in parts:
+            for offset in p.part.offsets[section][: limit + 1 - taken]:
+                if taken < limit:
+                    wanted.setdefault(p.index, set()).add(offset)
+                else:
+                    overflow[section] = (p.index, offset, rank)
+                taken += 1
+            if taken > limit:
+                break
+        if total > limit:
+            if section not in overflow:
+                return False
+            omitted[section] = total - limit
+    hosts: dict[str, HostStats] = {}
+    others: set[str] = set()
+    for p in parts:
+        for key, (offset, stats) in p.part.hosts.items():
+            known = hosts.get(key)
+            if known is None and key not in others and len(hosts) < limit:
+                known = hosts[key] = HostStats(key)
+            if known is not None:
+                known.merge(stats)
+                continue
+            if not others:
+                overflow["hosts"] = (p.index, offset, SECTIONS.index("hosts"))
+            others.add(key)
+            omitted["hosts"] = omitted.get("hosts", 0) + stats.requests
+    by_index = {p.index: p.path for p in parts}
+    for p in parts:  # each part's first and last row must be the run's lines, read or not
+        timeline = p.part.offsets["timeline"]
+        if timeline and not _feed(p.path, sorted({timeline[0], timeline[-1]}), report.run, lambda ev: None):
+            return False
+    for index in sorted(wanted):
+        if not _feed(by_index[index], sorted(wanted[index]), report.run, add):
+            return False
+    for section, name in _REPORT_LISTS.items():
+        if len(getattr(report, name)) != min(totals[section], limit):
+            return False
+    summary = RunSummary(report.run)
+    for p in parts:
+        summary.merge(p.part.summary)
+    report.summary = summary
+    report.hosts = hosts
+    report.events_read = sum(p.part.events for p in parts)
+    report.omitted = {s: omitted[s] for s in sorted(omitted, key=overflow.__getitem__)}
+    return True
+
+
+def _feed(path: Path, offsets: list[int], run: str, add: Callable[[dict[str, Any]], None]) -> bool:
+    """Parse the run's lines that start at `offsets` of the segment and pass them to `add`; False when
+    one is not a complete line of the run there."""
+    with _mapped(path) as data:
+        if data is None:
+            return False
+        for offset in offsets:
+            if offset and data[offset - 1] != 0x0A:
+                return False
+            end = data.find(b"\n", offset)
+            if end == -1:
+                return False
+            try:
+                event = orjson.loads(data[offset:end])
+            except orjson.JSONDecodeError:
+                return False
+            if not isinstance(event, dict) or event.get("run") != run:
+                return False
+            add(event)
+    return True
