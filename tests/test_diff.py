@@ -115,6 +115,14 @@ def test_dlp_flagged_values_are_masked_in_the_diff():
     assert "sk-secret" not in orjson.dumps(result.to_dict()).decode()
 
 
+def test_a_dlp_block_of_the_wrong_type_is_no_crash():
+    """Recorded content is hostile: `dlp` or its hits holding a number or a list is counted as no hits."""
+    for dlp in (5, [1, 2], {"hits": 5}, {"hits": [5, "x"]}):
+        a = [{**event(1, {"q": 1}), "dlp": dlp}]
+        b = [event(1, {"q": 2})]
+        assert diff(a, b).first_divergence is not None
+
+
 def test_cli_diff_of_a_replay_a_changed_prompt_and_an_unknown_run(start_proxy, upstream, tmp_path, capsys):
     tape = tmp_path / "tape"
     recorder = start_proxy(tape=tape)

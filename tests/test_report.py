@@ -1077,3 +1077,22 @@ def test_page_renders_the_same_as_with_stock_jinja(
             assert render_report(report) == ours, (bodies, max_events)
             monkeypatch.undo()
     assert "&lt;script&gt;window.__pwned=1" in ours and "\\x1b[31m" in ours
+
+
+def test_fields_of_the_wrong_type_do_not_crash_the_report(tape: Path, confdir: Path) -> None:
+    """Recorded content is hostile: a line another writer produced, valid JSON with a number or a
+    string where a list or an object belongs, is counted as having nothing there, not a crash."""
+    run = "run-odd"
+    events = [
+        lifecycle("run_start", run, 1_700_000_000.0),
+        network(1, run, warnings=5, dlp={"hits": 5}),
+        network(2, run, warnings="dlp", dlp=[1, 2], decision="WARN"),
+        network(3, run, warnings=[5, "x", None], dlp={"hits": [5, "x"]}, decision="BLOCK"),
+        network(4, run),
+    ]
+    write_events(tape, confdir, events)
+    for index in (True, False):
+        report = collect_report(tape, run, index=index)
+        assert report.summary.requests == 4
+        assert report.warnings == [] and report.dlp_hits == []
+        assert_inert(render_report(report))

@@ -55,7 +55,10 @@ def normalize_body(raw: bytes, ignore: Sequence[Pointer]) -> NormalizedBody:
 
 def dlp_pointers(event: dict[str, Any]) -> tuple[Pointer, ...]:
     """Request-body JSON pointers a DLP scan flagged in a recorded event: their values are masked."""
-    hits = ((event.get("dlp") or {}).get("hits")) or []
+    dlp = event.get("dlp")
+    hits = dlp.get("hits") if isinstance(dlp, dict) else None
+    if not isinstance(hits, list):  # recorded content may hold anything there
+        return ()
     out = []
     for hit in hits:
         location = hit.get("location") if isinstance(hit, dict) else None

@@ -13,6 +13,10 @@ lines appended since are read. An entry that is missing, stale, unreadable, of a
 not a regular 0600 file of this user, or whose offsets do not lead to the run's own lines is ignored
 and rebuilt from the tape, never trusted. Entries hold counts, offsets, host names, rule and tool names
 exactly as the tape holds them (what the recorder masked stays masked) and never a body.
+
+Size: ~550 lines: the fold of a segment's events into a part, the part's JSON form with every field
+checked on load (a cache entry is hostile input), and the keying and lookup of entries are one format;
+split apart, each piece would have to know the others' layout.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import orjson
 
 from failcore.paths import ensure_private_dir, write_private_file
 from failcore.report.collect import _HIDDEN_KINDS as HIDDEN_KINDS
-from failcore.report.collect import HostStats, RunReport, as_dict, count_exchange, host_key
+from failcore.report.collect import HostStats, RunReport, as_dict, as_list, count_exchange, host_key
 from failcore.runs import RunSummary, _mapped, segment_lines_holding
 from failcore.tape.reader import list_segments
 from failcore.views.runtime import RUNTIME_KINDS
@@ -113,10 +117,10 @@ class RunPart:
             self._item("failed", offset)
 
     def _findings(self, ev: dict[str, Any], offset: int) -> None:
-        for warning in ev.get("warnings") or ():
+        for warning in as_list(ev.get("warnings")):
             if isinstance(warning, dict):
                 self._item("warnings", offset)
-        for hit in as_dict(ev.get("dlp")).get("hits") or ():
+        for hit in as_list(as_dict(ev.get("dlp")).get("hits")):
             if isinstance(hit, dict):
                 self._item("dlp", offset)
 

@@ -1,7 +1,10 @@
 """Reading a run for the report: a RunReport whose every list is bounded by `max_events` while its
 counts (runs.RunSummary, the host table, what each list left out) cover the whole run. The counts come
 from the run's per-segment aggregates (aggregates.py) and only the lines shown are parsed; `_Collector`
-folds those lines, or with `index=False` every event of the run, into the lists."""
+folds those lines, or with `index=False` every event of the run, into the lists.
+
+Size: a little over 500 lines: the report's data model, its collector and the entry point that picks
+the cached or the full path; the template-facing model and the collector change together."""
 
 from __future__ import annotations
 
@@ -204,6 +207,11 @@ def as_dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def as_list(value: object) -> list[Any]:
+    """A field that should hold a list, or nothing: recorded content may hold a number there."""
+    return value if isinstance(value, list) else []
+
+
 def llm_call_row(ev: dict[str, Any]) -> LlmCallRow | None:
     """The COST evidence of one network event, or None when it was not an LLM call."""
     llm = ev.get("llm")
@@ -359,10 +367,10 @@ class _Collector:
     def _add_findings(self, ev: dict[str, Any], shown: Callable[[], dict[str, Any]]) -> None:
         """The event's warnings and DLP hits, each a row of its section."""
         report = self._report
-        for warning in ev.get("warnings") or ():
+        for warning in as_list(ev.get("warnings")):
             if isinstance(warning, dict):
                 self._keep("warnings", report.warnings, lambda w=warning: (shown(), w))
-        for hit in as_dict(ev.get("dlp")).get("hits") or ():
+        for hit in as_list(as_dict(ev.get("dlp")).get("hits")):
             if isinstance(hit, dict):
                 self._keep("dlp", report.dlp_hits, lambda h=hit: (shown(), h))
 

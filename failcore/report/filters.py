@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from markupsafe import Markup, escape
 
-from failcore.report.collect import as_dict, host_key, int_or_none, llm_call_row, number_or_none
+from failcore.report.collect import as_dict, as_list, host_key, int_or_none, llm_call_row, number_or_none
 from failcore.textsafe import printable
 from failcore.views import fmt
 from failcore.views import runtime as rt
@@ -106,11 +106,10 @@ def notes(ev: dict[str, Any]) -> str:
             if call.usage_known
             else f"LLM {call.model or '?'} usage unknown"
         )
-    dlp = ev.get("dlp")
-    if isinstance(dlp, dict) and dlp.get("hits"):
-        notes.append(f"DLP {len(dlp['hits'])} hit(s)")
-    if ev.get("warnings"):
-        notes.append(f"{len(ev['warnings'])} warning(s)")
+    if hits := as_list(as_dict(ev.get("dlp")).get("hits")):
+        notes.append(f"DLP {len(hits)} hit(s)")
+    if warnings := as_list(ev.get("warnings")):
+        notes.append(f"{len(warnings)} warning(s)")
     return "; ".join(notes)
 
 
