@@ -62,9 +62,10 @@ class PendingEngine:
             self._error = exc
             logger.error("failcore: the DLP rules could not be compiled: %s: %s", type(exc).__name__, exc)
         finally:
-            self._done.set()
-            self._usable.set()
-            self._interim = None  # replaced: its memory goes
+            with self._interim_lock:
+                self._done.set()
+                self._usable.set()
+                self._interim = None  # replaced: its memory goes
 
     def compiling(self) -> None:
         """Called by the build before it compiles: start building the interim engine (once)."""
@@ -81,9 +82,10 @@ class PendingEngine:
         except Exception as exc:  # the uses wait for the full build instead
             logger.debug("failcore: no interim DLP engine: %s: %s", type(exc).__name__, exc)
             return
-        if not self._done.is_set():
-            self._interim = engine
-            self._usable.set()
+        with self._interim_lock:
+            if not self._done.is_set():
+                self._interim = engine
+                self._usable.set()
 
     @property
     def ready(self) -> bool:
