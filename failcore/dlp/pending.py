@@ -9,7 +9,7 @@ its error at every use, which failcore's guards record as an internal error (and
 When the build has to compile Hyperscan databases (a first start: seconds), it says so (`compiling`)
 and an interim engine of the same rules on the RE2 backend is built beside it (a fraction of a second:
 no database). It finds exactly what the Hyperscan engine finds (the backends share one pipeline:
-prefilter, RE2 confirmation, validators; tests/test_dlp_pending.py compares them on gitleaks' fixtures)
+prefilter, RE2 confirmation, validators; tests/test_dlp_startup_cache.py compares them on gitleaks' fixtures)
 and serves every use until the full engine is built, which then replaces it.
 """
 
