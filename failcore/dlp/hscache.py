@@ -2,7 +2,9 @@
 
 Compiling the DLP rule set is most of failcore's start-up: one probe compile per rule (to learn which
 rules Hyperscan accepts) and one compile of the combined database. Both results are kept under
-failcore's home (``hscache/``, 0700, files 0600) and reused while nothing that shapes them changed.
+failcore's home (``hscache/``, 0700, files 0600) and reused while nothing that shapes them changed,
+and so is the analysis of the rules' patterns (JSON; keyed by the patterns, the analysing module's
+source and the Python version), which was most of a build once the databases were cached.
 
 An entry's name is the hash of everything that determines its content: the expressions, flags and ids,
 the mode, the Hyperscan library and binding versions, the platform and CPU features Hyperscan reports,
@@ -297,7 +299,10 @@ def _load(hs: Any, payload: bytes, mode: int) -> Any:
 def _analysis_code() -> bytes:
     """What the analysis results depend on besides the patterns: the analysing module's source and the
     Python whose `re` parser it walks."""
-    source = Path(rx.__file__).read_bytes()
+    try:
+        source = Path(rx.__file__).read_bytes()
+    except OSError:  # no source to key by: a key no other process shares, so no entry is reused
+        source = os.urandom(32)
     return hashlib.sha256(source).digest() + f"{sys.version}\x00{sys.implementation.cache_tag}".encode()
 
 
@@ -325,4 +330,6 @@ def preload_analysis(key: bytes) -> bool:
 
 def save_analysis(key: bytes, use: rx.AnalysisUse) -> None:
     """Store the analysis results a build used under `key` (no pickle: JSON)."""
+    if not enabled():
+        return
     write_entry(key, orjson.dumps(rx.analysis_snapshot(use)))
