@@ -22,8 +22,9 @@ pytestmark = pytest.mark.skipif(not rx.hyperscan_available(), reason="hyperscan 
 
 FIXTURES = Path(__file__).parent / "data" / "conformance" / "dlp" / "gitleaks-fixtures.jsonl"
 SALT = b"hscache-test"
-# What one engine stores: the per-rule probe decisions and the combined database.
-ENTRIES = 2
+# What one engine stores: the per-rule probe decisions, the combined database and its rules' pattern
+# analysis.
+ENTRIES = 3
 
 
 def fixture_texts(limit: int = 600) -> list[bytes]:

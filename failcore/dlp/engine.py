@@ -145,16 +145,35 @@ class DlpEngine:
     """Scans bytes or text with a fixed rule set. Safe to share between threads (scans are serialised)."""
 
     def __init__(
-        self, rules: Sequence[DlpRule], *, backend: str = "auto", salt: bytes, fast_paths: bool = True
+        self,
+        rules: Sequence[DlpRule],
+        *,
+        backend: str = "auto",
+        salt: bytes,
+        fast_paths: bool = True,
+        on_compile: Callable[[], None] | None = None,
     ) -> None:
         """`fast_paths=False` keeps the plain Hyperscan pass (every rule, as written, and every fragment
         keyword in one database; windows from each rule's own width): the same findings, slower
-        (tests/test_dlp_fastpath.py compares the two)."""
+        (tests/test_dlp_fastpath.py compares the two). `on_compile` is called (once or more) before a
+        Hyperscan database that is not in the on-disk cache is compiled: seconds of work follow."""
         if not salt:
             raise ValueError("a non-empty salt is required so fingerprints cannot be precomputed")
         self.backend = resolve_backend(backend)
-        self.skipped: list[tuple[str, str]] = []
         self._salt = salt
+        self._on_compile = on_compile
+        # The pattern analysis of these rules (Python's `re` parser over every regex, most of a build
+        # whose Hyperscan databases are cached) comes from the on-disk cache too, when it holds it.
+        rules = list(rules)
+        analysis_key = hscache.analysis_key([rule.regex for rule in rules])
+        stored = hscache.preload_analysis(analysis_key)
+        with rx.recording_analysis() as use:
+            self._build(rules, fast_paths)
+        if not stored or use.computed:
+            hscache.save_analysis(analysis_key, use)
+
+    def _build(self, rules: list[DlpRule], fast_paths: bool) -> None:
+        self.skipped: list[tuple[str, str]] = []
         self._compile = rx.compile_python_safe if self.backend == "python" else rx.compile_re2
         self._rules: list[_PreparedRule] = []
         for rule in rules:
@@ -238,7 +257,9 @@ class DlpEngine:
         hs = rx.hyperscan_module()
         # Both the per-rule probes and the combined database come from failcore's on-disk cache when
         # it holds them for exactly these inputs (failcore.dlp.hscache).
-        compiles = hscache.accepted_expressions([self._hs_expression(p) for p in self._rules])
+        compiles = hscache.accepted_expressions(
+            [self._hs_expression(p) for p in self._rules], on_compile=self._on_compile
+        )
         accepted = [index for index, ok in enumerate(compiles) if ok]
         refused = [index for index, ok in enumerate(compiles) if not ok]
         # Keywords of fragment-scoped rules are reported once each, so one pass also says which occur.
@@ -260,7 +281,9 @@ class DlpEngine:
             self._hs_run_id = len(expressions)
             expressions.append(rx.pattern_bytes(dv.RUN_PATTERN))
             flags.append(hs.HS_FLAG_SINGLEMATCH)
-            self._hs_db = hscache.compile_database(expressions, list(range(len(expressions))), flags)
+            self._hs_db = hscache.compile_database(
+                expressions, list(range(len(expressions))), flags, on_compile=self._on_compile
+            )
             self._hs_rule_indexes = accepted
         return refused
 
@@ -313,11 +336,12 @@ class DlpEngine:
         prepared = self._rules[index]
         return prepared.fragment_keywords and rx.required_literal_length(prepared.rule.regex) == 0
 
-    @staticmethod
-    def _compile_database(expressions: list[bytes], flags: list[int]) -> Any:
+    def _compile_database(self, expressions: list[bytes], flags: list[int]) -> Any:
         """One more Hyperscan database of the fast path (ids are the expressions' positions), through the
         on-disk cache like the main one."""
-        return hscache.compile_database(expressions, list(range(len(expressions))), flags)
+        return hscache.compile_database(
+            expressions, list(range(len(expressions))), flags, on_compile=self._on_compile
+        )
 
     def _build_keyword_prefilter(
         self, rule_indexes: list[int]

@@ -2,7 +2,9 @@
 
 Compiling the DLP rule set is most of failcore's start-up: one probe compile per rule (to learn which
 rules Hyperscan accepts) and one compile of the combined database. Both results are kept under
-failcore's home (``hscache/``, 0700, files 0600) and reused while nothing that shapes them changed.
+failcore's home (``hscache/``, 0700, files 0600) and reused while nothing that shapes them changed,
+and so is the analysis of the rules' patterns (JSON; keyed by the patterns, the analysing module's
+source and the Python version), which was most of a build once the databases were cached.
 
 An entry's name is the hash of everything that determines its content: the expressions, flags and ids,
 the mode, the Hyperscan library and binding versions, the platform and CPU features Hyperscan reports,
@@ -22,11 +24,14 @@ import logging
 import os
 import platform
 import struct
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from failcore.dlp import regex_backend as rx
 from failcore.paths import ensure_private_dir, failcore_home
@@ -76,6 +81,10 @@ def platform_tag() -> bytes:
 
 def cache_key(kind: str, *parts: Sequence[bytes | int | str] | bytes | int | str) -> bytes:
     """SHA-256 over a length-prefixed encoding of the parts: no two different inputs share a key."""
+    return _digest(kind, platform_tag(), parts)
+
+
+def _digest(kind: str, tag: bytes, parts: Sequence[Sequence[bytes | int | str] | bytes | int | str]) -> bytes:
     digest = hashlib.sha256()
 
     def feed(value: bytes | int | str) -> None:
@@ -83,7 +92,7 @@ def cache_key(kind: str, *parts: Sequence[bytes | int | str] | bytes | int | str
         digest.update(len(raw).to_bytes(8, "big"))
         digest.update(raw)
 
-    for value in (f"failcore-hscache/{FORMAT_VERSION}", kind, platform_tag()):
+    for value in (f"failcore-hscache/{FORMAT_VERSION}", kind, tag):
         feed(value)
     for part in parts:
         if isinstance(part, bytes | int | str):
@@ -205,14 +214,22 @@ def _discard(path: Path) -> None:
 # --- Hyperscan ---------------------------------------------------------------------------------------
 
 
-def accepted_expressions(expressions: Sequence[bytes], flags: int = 0, mode: int | None = None) -> list[bool]:
-    """Which expressions Hyperscan compiles on its own (each probed alone), cached as one entry."""
+def accepted_expressions(
+    expressions: Sequence[bytes],
+    flags: int = 0,
+    mode: int | None = None,
+    on_compile: Callable[[], None] | None = None,
+) -> list[bool]:
+    """Which expressions Hyperscan compiles on its own (each probed alone), cached as one entry.
+    `on_compile` is called first when they have to be probed (not cached)."""
     hs = rx.hyperscan_module()
     mode = hs.HS_MODE_BLOCK if mode is None else mode
     key = cache_key("probe", list(expressions), flags, mode)
     cached = read_entry(key)
     if cached is not None and len(cached) == len(expressions) and set(cached) <= {0x30, 0x31}:
         return [byte == 0x31 for byte in cached]
+    if on_compile is not None:
+        on_compile()
     result = [_compiles(hs, expression, flags, mode) for expression in expressions]
     write_entry(key, bytes(0x31 if ok else 0x30 for ok in result))
     return result
@@ -235,10 +252,11 @@ def compile_database(
     ids: Sequence[int],
     flags: Sequence[int],
     mode: int | None = None,
+    on_compile: Callable[[], None] | None = None,
 ) -> Any:
     """A compiled `hyperscan.Database` of these expressions: loaded from the cache when an entry for
     exactly these inputs on this host exists, else compiled (errors propagate as from Hyperscan) and
-    stored."""
+    stored; `on_compile` is called first when it has to be compiled."""
     hs = rx.hyperscan_module()
     mode = hs.HS_MODE_BLOCK if mode is None else mode
     key = cache_key("db", list(expressions), list(ids), list(flags), mode)
@@ -248,6 +266,8 @@ def compile_database(
         if database is not None:
             return database
         _discard(_path(key))
+    if on_compile is not None:
+        on_compile()
     database = hs.Database(mode=mode)
     database.compile(expressions=list(expressions), ids=list(ids), flags=list(flags))
     try:
@@ -270,3 +290,46 @@ def _load(hs: Any, payload: bytes, mode: int) -> Any:
         logger.debug("failcore: cached hyperscan database rejected: %s", exc)
         return None
     return database
+
+
+# --- pattern analysis ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def _analysis_code() -> bytes:
+    """What the analysis results depend on besides the patterns: the analysing module's source and the
+    Python whose `re` parser it walks."""
+    try:
+        source = Path(rx.__file__).read_bytes()
+    except OSError:  # no source to key by: a key no other process shares, so no entry is reused
+        source = os.urandom(32)
+    return hashlib.sha256(source).digest() + f"{sys.version}\x00{sys.implementation.cache_tag}".encode()
+
+
+def analysis_key(patterns: Sequence[str]) -> bytes:
+    """The entry holding the pattern analysis of a rule set with these regexes."""
+    return _digest("analysis", _analysis_code(), [list(patterns)])
+
+
+def preload_analysis(key: bytes) -> bool:
+    """Memoize the pattern analysis stored under `key` (failcore.dlp.regex_backend); False when there
+    is none (or it is unusable: then the analysis is computed as without a cache)."""
+    payload = read_entry(key)
+    if payload is None:
+        return False
+    try:
+        snapshot = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        _discard(_path(key))
+        return False
+    if not rx.preload_analysis(snapshot):
+        _discard(_path(key))
+        return False
+    return True
+
+
+def save_analysis(key: bytes, use: rx.AnalysisUse) -> None:
+    """Store the analysis results a build used under `key` (no pickle: JSON)."""
+    if not enabled():
+        return
+    write_entry(key, orjson.dumps(rx.analysis_snapshot(use)))

@@ -10,11 +10,13 @@ Size: a little over 500 lines: besides the adapters, the analysis of rule patter
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from re import _parser as sre_parse  # type: ignore[attr-defined]
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 try:
     import re2 as _re2
@@ -42,8 +44,100 @@ class CompiledPattern(Protocol):
 
 
 # Pattern analysis is pure (a function of the pattern alone) and a DLP engine build asks for it several
-# times per rule (the Hyperscan probe list, the database, the fast paths): computed once per process.
-_analysis = functools.lru_cache(maxsize=8192)
+# times per rule (the Hyperscan probe list, the database, the fast paths): computed once per process, and
+# what one build used can be saved and preloaded (failcore.dlp.hscache keeps it between runs: parsing
+# gitleaks' patterns with Python's `re` parser was most of a warm engine build).
+_MEMO_MAX = 8192
+_memo: dict[str, dict[str, Any]] = {}
+_recording = threading.local()
+
+
+class AnalysisUse:
+    """The analysis results one thread asked for while recording, and how many it had to compute."""
+
+    def __init__(self) -> None:
+        self.used: set[tuple[str, str]] = set()
+        self.computed = 0
+
+
+@contextlib.contextmanager
+def recording_analysis() -> Iterator[AnalysisUse]:
+    use = AnalysisUse()
+    previous = getattr(_recording, "use", None)
+    _recording.use = use
+    try:
+        yield use
+    finally:
+        _recording.use = previous
+
+
+def _analysis[F: Callable[[str], Any]](function: F) -> F:
+    name = function.__name__
+    table = _memo.setdefault(name, {})
+
+    @functools.wraps(function)
+    def memoized(pattern: str) -> Any:
+        use: AnalysisUse | None = getattr(_recording, "use", None)
+        if use is not None:
+            use.used.add((name, pattern))
+        try:
+            return table[pattern]
+        except KeyError:
+            pass
+        result = function(pattern)
+        if use is not None:
+            use.computed += 1
+        if len(table) < _MEMO_MAX:
+            table[pattern] = result
+        return result
+
+    return cast(F, memoized)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"b": value.hex()}
+    if isinstance(value, tuple):
+        return {"t": [_encode(item) for item in value]}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "b" in value:
+            return bytes.fromhex(value["b"])
+        return tuple(_decode(item) for item in value["t"])
+    return value
+
+
+def analysis_snapshot(use: AnalysisUse) -> list[list[Any]]:
+    """The results `use` recorded, as JSON-ready data: [[function, pattern, result], ...]."""
+    snapshot = []
+    for name, pattern in sorted(use.used):
+        table = _memo[name]
+        if pattern in table:
+            snapshot.append([name, pattern, _encode(table[pattern])])
+    return snapshot
+
+
+def preload_analysis(snapshot: object) -> bool:
+    """Memoize results from `analysis_snapshot()` (of this module's code: the caller keys what it
+    stored by it); False, preloading nothing, when the data does not have that shape."""
+    if not isinstance(snapshot, list):
+        return False
+    decoded: list[tuple[str, str, Any]] = []
+    try:
+        for name, pattern, result in snapshot:
+            if name not in _memo or not isinstance(pattern, str):
+                return False
+            decoded.append((name, pattern, _decode(result)))
+    except (TypeError, ValueError, KeyError):
+        return False
+    for name, pattern, result in decoded:
+        table = _memo[name]
+        if len(table) < _MEMO_MAX:
+            table.setdefault(pattern, result)
+    return True
 
 
 def re2_available() -> bool:
@@ -247,6 +341,7 @@ def _drop_leading_optional(body: str) -> str:
     return body
 
 
+@_analysis
 def drop_optional_prefix(expression: str) -> str:
     """`expression` without the items in front that may match nothing (`[\\w.-]{0,50}?(?:key)…` ->
     `(?:key)…`), when something that cannot match empty remains; else `expression` unchanged.
@@ -309,6 +404,7 @@ def required_literal_length(pattern: str) -> int:
         return -1
 
 
+@_analysis
 def without_inline_ignorecase(pattern: str) -> str:
     """Go lets `(?i)` appear mid-pattern, Python does not; case changes no width."""
     dialect = _python_dialect(pattern)

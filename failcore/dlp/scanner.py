@@ -25,8 +25,15 @@ SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 def _engine_for(rules: tuple[DlpRule, ...], salt: bytes) -> DlpEngine:
     # Compiling the Hyperscan database takes seconds without its on-disk cache: share it between policy
     # reloads (and proxies in one process) that use the same rules, and build it in the background so
-    # the proxy listens meanwhile; every scan waits for it (failcore.dlp.pending).
-    return cast(DlpEngine, PendingEngine(lambda: DlpEngine(rules, backend="auto", salt=salt)))
+    # the proxy listens meanwhile; every scan waits for it, or, while it compiles, for an engine of the
+    # same rules on the RE2 backend that finds the same hits (failcore.dlp.pending).
+    pending = PendingEngine(
+        lambda: DlpEngine(rules, backend="auto", salt=salt, on_compile=pending.compiling),
+        interim=lambda: DlpEngine(rules, backend="re2", salt=salt),
+        start=False,
+    )
+    pending.start()
+    return cast(DlpEngine, pending)
 
 
 @dataclass(frozen=True, slots=True)

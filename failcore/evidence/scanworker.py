@@ -174,7 +174,10 @@ class ScanWorker:
         # The same failcore as this process, installed or not (`mitmdump -s addons/…` from a checkout).
         root = str(Path(__file__).resolve().parent.parent.parent)
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+        # Bytecode caches as the proxy's own interpreter has them: the child imports the same modules
+        # (with PYTHONDONTWRITEBYTECODE=1 forced here, where failcore had no cache yet, every worker
+        # compiled failcore from source at its start).
+        env = dict(os.environ, PYTHONPATH=path)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "failcore.evidence.scanworker"],
             stdin=subprocess.PIPE,

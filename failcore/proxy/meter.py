@@ -247,15 +247,33 @@ class LlmMeter:
         self._prices_from: object = None
         self._warm_up_timer: asyncio.TimerHandle | None = None
         self._warming = False
+        # Requests seen, and how many there were when the idle check last looked.
+        self._requests = 0
+        self._requests_checked = 0
 
     def running(self) -> None:
         # genai-prices takes seconds to import: loaded in a thread so the first LLM call is not priced
         # (and recorded) seconds late, but after start-up rather than during it: at the first request
-        # that could be an LLM call, or PRICES_WARM_UP_DELAY_S after start, whichever comes first.
-        # A short run (`failcore run -- true`) does not pay for it.
+        # that could be an LLM call, or once the proxy is idle (no request for PRICES_IDLE_S, nothing
+        # in flight) from PRICES_WARM_UP_DELAY_S after start: its CPU (and the GIL it holds) is not
+        # spent in the middle of a user's first exchanges. A short run (`failcore run -- true`) does
+        # not pay for it.
         if not self._warming and self._warm_up_timer is None:
             loop = asyncio.get_running_loop()
-            self._warm_up_timer = loop.call_later(PRICES_WARM_UP_DELAY_S, self.warm_up_prices)
+            self._requests_checked = self._requests
+            self._warm_up_timer = loop.call_later(PRICES_WARM_UP_DELAY_S, self._warm_up_when_idle)
+
+    def _warm_up_when_idle(self) -> None:
+        self._warm_up_timer = None
+        if self._warming:
+            return
+        busy = self._requests != self._requests_checked or bool(self.session.flows)
+        if busy:
+            self._requests_checked = self._requests
+            loop = asyncio.get_running_loop()
+            self._warm_up_timer = loop.call_later(PRICES_IDLE_S, self._warm_up_when_idle)
+            return
+        self.warm_up_prices()
 
     def warm_up_prices(self) -> None:
         if self._warm_up_timer is not None:
@@ -281,6 +299,7 @@ class LlmMeter:
 
     @guarded("meter.request")
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        self._requests += 1
         if flow.response is not None or not could_be_llm_path(flow.request.path):
             return None
         if not self._warming:
@@ -450,6 +469,8 @@ class LlmMeter:
 
 
 PRICES_WARM_UP_DELAY_S = 2.0
+# The warm-up waits for this long without a request (checked again after each busy period).
+PRICES_IDLE_S = 1.0
 
 
 def _warm_up_prices() -> None:

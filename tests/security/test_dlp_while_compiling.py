@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from failcore.dlp import hscache
+from failcore.dlp.pending import PendingEngine
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, send_raw, tape_bytes
 from tests.security.upstream import LoggingUpstream
@@ -65,9 +66,38 @@ def hold_compiles(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, thr
     return compiling, release
 
 
-def test_secret_sent_while_the_rules_compile_is_blocked(
+def test_secret_sent_while_the_rules_compile_is_blocked_by_the_interim_engine(
     start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A first start compiles for seconds: the exact RE2-backed interim engine decides meanwhile."""
+    compiling, release = hold_compiles(monkeypatch)
+    try:
+        proxy = start_proxy(policy_file(unique_policy()), upstream_ca=logging_upstream.ca_path)
+        assert compiling.wait(60)
+        with proxied_client(proxy) as client:
+            response = client.post(f"{logging_upstream.url}/upload", content=f"key={AWS_KEY_ID}".encode())
+            # Still compiling: the interim engine answered.
+            assert not release.is_set()
+            assert response.status_code == 403
+            assert response.headers["x-failcore-rule"] == "dlp:aws-access-key-id"
+            assert client.post(f"{logging_upstream.url}/clean", content=b"hello").status_code == 200
+    finally:
+        release.set()
+    proxy.flush()
+    assert AWS_KEY_ID.encode() not in logging_upstream.received_bytes()
+    assert b"hello" in logging_upstream.received_bytes()
+    events = network_events(read_tape(tmp_path / "tape"))
+    assert [(e["decision"], e["rule"]) for e in events] == [
+        ("BLOCK", "dlp:aws-access-key-id"),
+        ("ALLOW", None),
+    ]
+    assert AWS_KEY_ID.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_secret_sent_while_the_rules_compile_waits_when_there_is_no_interim_engine(
+    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(PendingEngine, "compiling", lambda self: None)  # no interim engine is built
     compiling, release = hold_compiles(monkeypatch)
     proxy = start_proxy(policy_file(unique_policy()), upstream_ca=logging_upstream.ca_path)
     # start_proxy returned: the proxy listens, and its DLP rules are still compiling.
@@ -100,6 +130,8 @@ def test_rules_that_fail_to_compile_fail_closed(
         raise MemoryError("no memory for the database")
 
     monkeypatch.setattr(hscache, "compile_database", broken_compile)
+    # No interim engine: the request must meet the failed build, not an interim engine's decision.
+    monkeypatch.setattr(PendingEngine, "compiling", lambda self: None)
     policy = unique_policy().replace("default: ALLOW\n", "default: ALLOW\nfail_open: false\n")
     proxy = start_proxy(policy_file(policy), upstream_ca=logging_upstream.ca_path)
     with proxied_client(proxy) as client:

@@ -14,6 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from failcore.dlp.pending import wait_until_built
 from failcore.dlp.scanner import DlpScanner
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.scanworker import DeferredScan, ScanOffload, ScanOrigin
@@ -62,6 +63,9 @@ def _origin_and_scanner() -> tuple[ScanOrigin, DlpScanner]:
     policy = load_policy(path)
     scanner = DlpScanner.for_policy(policy, SALT)
     assert scanner is not None
+    # The full engine, as the worker's: while a first start compiles, an interim RE2-backed engine
+    # finds the same hits but names its own backend in the event's `dlp.engine`.
+    wait_until_built(scanner.engine)
     return ScanOrigin(str(path), policy.sha256, policy.mode, SALT), scanner
 
 

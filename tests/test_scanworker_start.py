@@ -1,0 +1,47 @@
+"""How the DLP evidence worker's child is started (failcore.evidence.scanworker.ScanWorker)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from failcore.evidence import scanworker
+from failcore.evidence.scanworker import ScanOrigin, ScanWorker
+from failcore.policy.load import load_policy
+from failcore.shipped import default_policy_path
+
+
+def started_environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment a real ScanWorker starts its child with."""
+    path = default_policy_path()
+    policy = load_policy(path)
+    origin = ScanOrigin(str(path), policy.sha256, policy.mode, b"0123456789abcdef")
+    seen: list[dict[str, str]] = []
+    real = subprocess.Popen
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(dict(kw["env"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(scanworker.subprocess, "Popen", spy)
+    worker = ScanWorker(origin)
+    worker.close()
+    monkeypatch.setattr(scanworker.subprocess, "Popen", real)
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_the_child_may_write_bytecode_caches_unless_the_user_said_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    env = started_environment(monkeypatch)
+    # Forced to 1, the child compiled failcore from source at every start where no cache existed.
+    assert "PYTHONDONTWRITEBYTECODE" not in env
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(scanworker.__file__).resolve().parents[2])
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    assert started_environment(monkeypatch).get("PYTHONDONTWRITEBYTECODE") == "1"  # the user's choice
