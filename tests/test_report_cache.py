@@ -23,7 +23,7 @@ from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.reader import list_segments
 from failcore.tape.writer import TapeWriter, encode_line
 from failcore.tui.cache import default_cache_dir
-from tests.test_report import cassette_event, lifecycle, llm_block, load_cassettes, network
+from tests.report_helpers import cassette_event, lifecycle, llm_block, load_cassettes, network
 
 SECRET = "sk-live-0123456789abcdef0123456789abcdef"
 MASKED = "sk-l…cdef"

@@ -44,13 +44,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("failcore")
 
-OVERLAP = 4096
+# OVERLAP and BATCH_BYTES live with the scan process's slots (pastcapworker), which are sized by them.
+OVERLAP = pastcapworker.OVERLAP
 MAX_HITS = 100
 # At most QUEUE_CHUNKS batches wait for the worker (~16 MiB).
 QUEUE_CHUNKS = 16
-# Fresh bytes collected before a scan is handed to the worker: small chunks are not scanned one by one,
-# and each batch costs the worker a few GIL handoffs with a busy event loop, so batches are large.
-BATCH_BYTES = 1024 * 1024
+BATCH_BYTES = pastcapworker.BATCH_BYTES
 
 
 class PastCapScan:

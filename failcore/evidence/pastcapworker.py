@@ -37,13 +37,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from failcore.dlp.model import Hit
 from failcore.evidence.scanworker import ScanOrigin, _read_exact, _scanner_for, read_frame, write_frame
 
 if TYPE_CHECKING:
-    from failcore.evidence.pastcap import PastCapScan
     from failcore.policy.model import Policy
 
 logger = logging.getLogger("failcore")
@@ -56,9 +55,22 @@ RESTART_INTERVAL = 2.0
 MAX_LOSSES = 5
 
 
-def _slot_bytes() -> int:
-    from failcore.evidence.pastcap import BATCH_BYTES, OVERLAP
+# A batch's bytes carried over from the one before (a secret across the seam is whole in one batch).
+OVERLAP = 4096
+# Fresh bytes collected before a scan is handed over: small chunks are not scanned one by one, and each
+# batch costs a few GIL handoffs with a busy event loop, so batches are large.
+BATCH_BYTES = 1024 * 1024
 
+
+class BatchOwner(Protocol):
+    """What a body's scan (failcore.evidence.pastcap.PastCapScan) is told about its batches."""
+
+    def record(self, hits: list[Hit], base: int, error: str | None) -> None: ...
+
+    def lost(self, why: str) -> None: ...
+
+
+def _slot_bytes() -> int:
     return OVERLAP + BATCH_BYTES
 
 
@@ -127,7 +139,7 @@ class ScanProcess:
         self.closing = False
         self.refused: str | None = None
         self.free = list(range(SLOTS))
-        self.in_flight: dict[int, tuple[PastCapScan, int, int, int, int]] = {}
+        self.in_flight: dict[int, tuple[BatchOwner, int, int, int, int]] = {}
         self.sequence = 0
         self.scanned = 0  # batches the child has answered
         size = SLOTS * self.slot_bytes
@@ -171,7 +183,7 @@ class ScanProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def submit(self, scan: PastCapScan, head: bytes, body: bytes | bytearray, base: int) -> bool | None:
+    def submit(self, scan: BatchOwner, head: bytes, body: bytes | bytearray, base: int) -> bool | None:
         """Copy head + body (one batch, with its overlap) into a free slot and ask for its scan. True:
         asked (the scan's pending count is the caller's, decremented when the reply or the child's death
         comes); False: every slot is taken; None: no child to ask (starting, refused or dead)."""

@@ -190,7 +190,7 @@ class HostDlpGuard:
         """mitmproxy's own resolver (a built-in addon, so it runs before failcore) answers A and AAAA
         questions by looking the name up: failcore's scan of the question is put in front of it."""
         resolver = ctx.master.addons.get("dnsresolver")
-        if resolver is None or getattr(resolver, "failcore_scans_first", False):
+        if resolver is None or hasattr(resolver.dns_request, "__wrapped__"):
             return
         resolve = resolver.dns_request
 
@@ -200,8 +200,8 @@ class HostDlpGuard:
                 await pending
             await resolve(flow)  # it leaves a flow alone once failcore has answered it
 
+        scan_then_resolve.__wrapped__ = resolve  # type: ignore[attr-defined]
         resolver.dns_request = scan_then_resolve
-        resolver.failcore_scans_first = True
 
     @guarded("hostdlp.dns_request")
     def dns_request(self, flow: dns.DNSFlow) -> Awaitable[None] | None:
