@@ -651,3 +651,40 @@ def test_the_last_checkpoint_of_a_writer_names_itself_final(tape_dir: Path, sign
     assert (report.status, report.final, report.signatures_ok) == ("ok", True, 6)
     manifest = orjson.loads((tape_dir / "manifest.json").read_bytes())
     assert manifest["head"] == {"seq": report.head_seq, "h": report.head_h, "final": True}
+
+
+def test_submits_while_the_writer_is_busy_wake_no_thread(tape_dir: Path, signing_key: Any) -> None:
+    """The proxy's event loop submits every event; only a submit that finds the writer idle wakes it.
+    While the writer works, submits only queue, and the writer takes them with its next batch."""
+    entered, gate = threading.Event(), threading.Event()
+
+    class SlowWriter(TapeWriter):
+        def _write_bytes(self, data: bytes) -> None:
+            entered.set()
+            gate.wait(10)
+            super()._write_bytes(data)
+
+    class CountingEvent(threading.Event):
+        sets = 0
+
+        def set(self) -> None:
+            CountingEvent.sets += 1
+            super().set()
+
+    writer = make_writer(tape_dir, signing_key, SlowWriter)
+    writer._wake = CountingEvent()
+    writer.start()
+    try:
+        assert writer.submit(network_event(0))
+        assert entered.wait(10)  # the writer took it and is busy writing it
+        woken = CountingEvent.sets
+        for i in range(1, 101):
+            assert writer.submit(network_event(i))
+        assert CountingEvent.sets == woken
+        assert writer.queue_depth == 100
+    finally:
+        gate.set()
+        writer.close()
+    assert writer.written == 101 and writer.dropped == 0
+    events = [e for e in all_events(tape_dir) if e.get("kind") == "network"]
+    assert [e["i"] for e in events] == list(range(101))

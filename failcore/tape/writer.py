@@ -23,9 +23,9 @@ import fcntl
 import hashlib
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -205,7 +205,14 @@ class TapeWriter:
         self._signing_key = signing_key
         self._key_id = keys.public_key_id(signing_key.public_key())
         self._run_id = run_id
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # The submit queue: a deque the event loop appends to without a lock (deque.append is atomic),
+        # bounded by submit(). The writer thread is only woken through `_wake` when it sleeps idle; under
+        # load it drains the deque every _COALESCE_SECONDS on its own, so a submit costs the event loop
+        # no lock, no condition and no wake-up of another thread.
+        self._pending: deque[object] = deque()
+        self._capacity = queue_size
+        self._wake = threading.Event()
+        self._idle = False
         self._segment_bytes_limit = segment_bytes
         self._segment_seconds = segment_seconds
         self._checkpoint_every = checkpoint_every
@@ -262,12 +269,12 @@ class TapeWriter:
     @property
     def queue_size(self) -> int:
         """Capacity of the submit queue."""
-        return self._queue.maxsize
+        return self._capacity
 
     @property
     def queue_depth(self) -> int:
         """Events waiting for the writer thread right now."""
-        return self._queue.qsize()
+        return len(self._pending)
 
     @property
     def last_seq(self) -> int:
@@ -295,8 +302,8 @@ class TapeWriter:
         fault = self._write_fault or self._sync_fault
         if fault is not None:
             return fault
-        if self._queue.full():
-            return f"the tape writer's queue is full ({self._queue.maxsize} events waiting)"
+        if len(self._pending) >= self._capacity:
+            return f"the tape writer's queue is full ({self._capacity} events waiting)"
         if self._reserve_bytes:
             try:
                 st = os.statvfs(self._directory)
@@ -331,14 +338,13 @@ class TapeWriter:
     def submit(self, item: dict[str, Any] | Callable[[], dict[str, Any]]) -> bool:
         """Queue an event, or a builder called on the writer thread. Never blocks, never raises."""
         try:
-            if self._closing:
+            if self._closing or len(self._pending) >= self._capacity:
                 self._submit_drops += 1
                 return False
-            self._queue.put_nowait(item)
+            self._pending.append(item)
+            if self._idle:
+                self._wake.set()
             return True
-        except queue.Full:
-            self._submit_drops += 1
-            return False
         except Exception:  # submit() runs on the proxy's event loop: it must not take it down
             self._submit_drops += 1
             return False
@@ -349,12 +355,10 @@ class TapeWriter:
         if thread is None or not thread.is_alive():
             return False
         token = _FlushToken()
-        deadline = time.monotonic() + timeout
-        try:
-            self._queue.put(token, timeout=timeout)
-        except queue.Full:
-            return False
-        return token.done.wait(max(0.0, deadline - time.monotonic())) and token.ok
+        # Not an event: queued even when the queue is full (it holds at most one token per caller).
+        self._pending.append(token)
+        self._wake.set()
+        return token.done.wait(timeout) and token.ok
 
     def close(self, timeout: float = 10.0) -> None:
         """Drain the queue, write a final checkpoint, fsync, update the manifest and unlock. Idempotent."""
@@ -368,9 +372,9 @@ class TapeWriter:
                 return
             deadline = time.monotonic() + timeout
             self._stop_requested.set()
-            # Wakes an idle thread at once; a full queue means it is busy and will see the event anyway.
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(_STOP)
+            # Wakes an idle thread at once.
+            self._pending.append(_STOP)
+            self._wake.set()
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 self._report(f"tape writer did not finish within {timeout}s; it keeps draining in background")
@@ -409,7 +413,7 @@ class TapeWriter:
                 for token in tokens:
                     token.ok = not self._failing
                     token.done.set()
-            if self._stop_requested.is_set() and self._queue.empty():
+            if self._stop_requested.is_set() and not self._pending:
                 stopping = True
         try:
             self._finish()
@@ -420,28 +424,36 @@ class TapeWriter:
             self._lock.release()
 
     def _next_items(self) -> list[object]:
-        try:
-            items = [self._queue.get(timeout=_IDLE_POLL)]
-        except queue.Empty:
-            return []
-        if not self._stop_requested.is_set():
-            # Let a burst gather: at most one batch per _COALESCE_SECONDS, unless the queue fills up.
-            # Under load this turns one wake-up and GIL hand-over per event (and one round trip to the
-            # DLP evidence worker per batch) into one per batch; the proxy's event loop pays for every
-            # hand-over, the tape only waits a little.
+        pending = self._pending
+        if not pending:
+            # Idle: wait to be woken by the next submit (or poll). `_idle` is raised before the deque is
+            # looked at again, so a submit either lands before that look or sees `_idle` and wakes us.
+            self._idle = True
+            if not pending:
+                self._wake.wait(_IDLE_POLL)
+            self._idle = False
+            self._wake.clear()
+            if not pending:
+                return []
             wait = _COALESCE_SECONDS
-            if not self._queue.empty():
-                wait = self._batch_started + _COALESCE_SECONDS - time.monotonic()
-                if self._queue.qsize() * 2 >= self._queue.maxsize:
-                    wait = 0.0
-            if wait > 0:
-                time.sleep(wait)
+        else:
+            # Busy: the previous batch found work; gather the next one without being woken for it.
+            wait = self._batch_started + _COALESCE_SECONDS - time.monotonic()
+        # Let a burst gather: at most one batch per _COALESCE_SECONDS, unless the queue fills up.
+        # Under load this turns one wake-up and GIL hand-over per event (and one round trip to the
+        # DLP evidence worker per batch) into one per batch; the proxy's event loop pays for every
+        # hand-over, the tape only waits a little.
+        if wait > 0 and not self._stop_requested.is_set() and len(pending) * 2 < self._capacity:
+            time.sleep(wait)
         self._batch_started = time.monotonic()
-        try:
-            while len(items) < _MAX_BATCH_ITEMS:
-                items.append(self._queue.get_nowait())
-        except queue.Empty:
-            pass
+        return self._take(_MAX_BATCH_ITEMS)
+
+    def _take(self, limit: int) -> list[object]:
+        pending = self._pending
+        items: list[object] = []
+        with contextlib.suppress(IndexError):
+            while len(items) < limit:
+                items.append(pending.popleft())
         return items
 
     def _process(self, items: list[object], tokens: list[_FlushToken]) -> bool:
@@ -490,11 +502,7 @@ class TapeWriter:
             token.done.set()
 
     def _drain_nowait(self) -> list[object]:
-        items: list[object] = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                items.append(self._queue.get_nowait())
-        return items
+        return self._take(len(self._pending) + 1)
 
     # --- building lines --------------------------------------------------------------------------
 
