@@ -688,3 +688,40 @@ def test_submits_while_the_writer_is_busy_wake_no_thread(tape_dir: Path, signing
     assert writer.written == 101 and writer.dropped == 0
     events = [e for e in all_events(tape_dir) if e.get("kind") == "network"]
     assert [e["i"] for e in events] == list(range(101))
+
+
+def test_flush_and_close_do_not_wait_for_the_coalescing_window(tape_dir: Path, signing_key: Any) -> None:
+    """Under load the writer gathers a batch per window; a flush or close() is answered at once (with
+    an hour-long window, these would otherwise time out)."""
+    writer = make_writer(tape_dir, signing_key, coalesce_seconds=3600.0)
+    writer.start()
+    for i in range(3):
+        assert writer.submit(network_event(i))
+    assert writer.flush(timeout=30)
+    assert [e["i"] for e in all_events(tape_dir) if e.get("kind") == "network"] == [0, 1, 2]
+    assert writer.submit(network_event(3))
+    writer.close(timeout=30)
+    assert writer._thread is not None and not writer._thread.is_alive()
+    assert [e["i"] for e in all_events(tape_dir) if e.get("kind") == "network"] == [0, 1, 2, 3]
+
+
+def test_a_half_full_queue_is_written_without_waiting_for_the_window(
+    tape_dir: Path, signing_key: Any
+) -> None:
+    writer = make_writer(tape_dir, signing_key, coalesce_seconds=3600.0, queue_size=8)
+    writer.start()
+    try:
+        for i in range(4):
+            assert writer.submit(network_event(i))
+        deadline = time.monotonic() + 30
+        while writer.written < 4:  # no flush: the half-full queue wakes the writer by itself
+            assert time.monotonic() < deadline, writer.written
+            time.sleep(0.01)
+        assert writer.dropped == 0
+    finally:
+        writer.close(timeout=30)
+
+
+def test_coalesce_seconds_must_not_be_negative(tape_dir: Path, signing_key: Any) -> None:
+    with pytest.raises(ValueError, match="coalesce_seconds"):
+        make_writer(tape_dir, signing_key, coalesce_seconds=-1.0)

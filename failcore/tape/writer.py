@@ -58,7 +58,15 @@ WRITER_KINDS: Final = frozenset({"checkpoint"})  # kinds only the writer may pro
 _log = logging.getLogger("failcore.tape")
 _MAX_BATCH_ITEMS: Final = 4096
 _IDLE_POLL: Final = 0.25
-_COALESCE_SECONDS: Final = 0.02
+# Under load the writer takes one batch per this many seconds (a flush, close() or a half-full queue
+# cut the wait short). Each batch has a fixed cost that does not shrink with its size: a wake-up of the
+# writer's thread, its GIL hand-overs with the proxy's event loop, a round trip to the DLP evidence
+# worker (a process woken with cold caches). Measured on a 2-core AMD EPYC with 1 KB exchanges at
+# ~150-250 requests/s: a 20 ms window cost ~400 µs of writer thread and ~430 µs of worker CPU per batch
+# of 3-5 events and made the event loop wait for the GIL ~0.3 times per exchange (benchmarks/BENCHMARKS.md,
+# branch loopcost). Events wait in memory a little longer before they reach the OS; a crash loses
+# what is queued, as before (the queue itself may hold far more under backpressure).
+COALESCE_SECONDS: Final = 0.1
 _ERROR_MESSAGE_LIMIT: Final = 500
 
 
@@ -192,6 +200,7 @@ class TapeWriter:
         reserve_bytes: int = 0,
         on_error: Callable[[str], None] | None = None,
         prepare: Callable[[list[object]], list[object]] | None = None,
+        coalesce_seconds: float = COALESCE_SECONDS,
     ) -> None:
         """`prepare`, called in the writer thread with each drained batch before it is written, may
         return it with items replaced (the DLP scan worker turns deferred scans into events there)."""
@@ -201,18 +210,23 @@ class TapeWriter:
             raise ValueError("reserve_bytes must be >= 0")
         if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError("segment_seconds must be positive")
+        if coalesce_seconds < 0:
+            raise ValueError("coalesce_seconds must be >= 0")
+        self._coalesce = coalesce_seconds
         self._directory = Path(directory)
         self._signing_key = signing_key
         self._key_id = keys.public_key_id(signing_key.public_key())
         self._run_id = run_id
         # The submit queue: a deque the event loop appends to without a lock (deque.append is atomic),
-        # bounded by submit(). The writer thread is only woken through `_wake` when it sleeps idle; under
-        # load it drains the deque every _COALESCE_SECONDS on its own, so a submit costs the event loop
-        # no lock, no condition and no wake-up of another thread.
+        # bounded by submit(). The writer thread is only woken through `_wake` when it sleeps idle or
+        # the queue is half full; under load it drains the deque every `coalesce_seconds` on its own,
+        # so a submit costs the event loop no lock, no condition and no wake-up of another thread.
         self._pending: deque[object] = deque()
         self._capacity = queue_size
         self._wake = threading.Event()
         self._idle = False
+        # A flush or close() is waiting: the next batch is taken without waiting for more events.
+        self._urgent = False
         self._segment_bytes_limit = segment_bytes
         self._segment_seconds = segment_seconds
         self._checkpoint_every = checkpoint_every
@@ -342,7 +356,7 @@ class TapeWriter:
                 self._submit_drops += 1
                 return False
             self._pending.append(item)
-            if self._idle:
+            if self._idle or len(self._pending) * 2 >= self._capacity:
                 self._wake.set()
             return True
         except Exception:  # submit() runs on the proxy's event loop: it must not take it down
@@ -357,6 +371,7 @@ class TapeWriter:
         token = _FlushToken()
         # Not an event: queued even when the queue is full (it holds at most one token per caller).
         self._pending.append(token)
+        self._urgent = True
         self._wake.set()
         return token.done.wait(timeout) and token.ok
 
@@ -374,6 +389,7 @@ class TapeWriter:
             self._stop_requested.set()
             # Wakes an idle thread at once.
             self._pending.append(_STOP)
+            self._urgent = True
             self._wake.set()
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
@@ -435,16 +451,19 @@ class TapeWriter:
             self._wake.clear()
             if not pending:
                 return []
-            wait = _COALESCE_SECONDS
+            wait = self._coalesce
         else:
             # Busy: the previous batch found work; gather the next one without being woken for it.
-            wait = self._batch_started + _COALESCE_SECONDS - time.monotonic()
-        # Let a burst gather: at most one batch per _COALESCE_SECONDS, unless the queue fills up.
+            wait = self._batch_started + self._coalesce - time.monotonic()
+        # Let a burst gather: at most one batch per `coalesce_seconds`, unless the queue fills up or a
+        # flush or close() asks for it (they set `_wake`).
         # Under load this turns one wake-up and GIL hand-over per event (and one round trip to the
         # DLP evidence worker per batch) into one per batch; the proxy's event loop pays for every
         # hand-over, the tape only waits a little.
-        if wait > 0 and not self._stop_requested.is_set() and len(pending) * 2 < self._capacity:
-            time.sleep(wait)
+        if wait > 0 and not self._urgent and len(pending) * 2 < self._capacity:
+            self._wake.wait(wait)
+            self._wake.clear()
+        self._urgent = False
         self._batch_started = time.monotonic()
         return self._take(_MAX_BATCH_ITEMS)
 
