@@ -67,6 +67,9 @@ _IDLE_POLL: Final = 0.25
 # branch loopcost). Events wait in memory a little longer before they reach the OS; a crash loses
 # what is queued, as before (the queue itself may hold far more under backpressure).
 COALESCE_SECONDS: Final = 0.1
+# The first batch after the writer was idle waits only this long (a burst gathers; a lone event, such
+# as a run's start, reaches the OS as soon as before).
+_FIRST_BATCH_SECONDS: Final = 0.02
 _ERROR_MESSAGE_LIMIT: Final = 500
 
 
@@ -451,7 +454,7 @@ class TapeWriter:
             self._wake.clear()
             if not pending:
                 return []
-            wait = self._coalesce
+            wait = min(self._coalesce, _FIRST_BATCH_SECONDS)
         else:
             # Busy: the previous batch found work; gather the next one without being woken for it.
             wait = self._batch_started + self._coalesce - time.monotonic()
