@@ -230,6 +230,8 @@ class TapeWriter:
         self._idle = False
         # A flush or close() is waiting: the next batch is taken without waiting for more events.
         self._urgent = False
+        # The last batch had events: the writer gathers the next one without being woken.
+        self._busy = False
         self._segment_bytes_limit = segment_bytes
         self._segment_seconds = segment_seconds
         self._checkpoint_every = checkpoint_every
@@ -444,31 +446,36 @@ class TapeWriter:
 
     def _next_items(self) -> list[object]:
         pending = self._pending
-        if not pending:
-            # Idle: wait to be woken by the next submit (or poll). `_idle` is raised before the deque is
-            # looked at again, so a submit either lands before that look or sees `_idle` and wakes us.
-            self._idle = True
-            if not pending:
-                self._wake.wait(_IDLE_POLL)
-            self._idle = False
-            self._wake.clear()
-            if not pending:
-                return []
-            wait = min(self._coalesce, _FIRST_BATCH_SECONDS)
-        else:
-            # Busy: the previous batch found work; gather the next one without being woken for it.
+        if self._busy:
+            # The previous batch found work: gather the next one for the rest of the window, without
+            # being woken for each event (submit() wakes only an idle writer).
             wait = self._batch_started + self._coalesce - time.monotonic()
-        # Let a burst gather: at most one batch per `coalesce_seconds`, unless the queue fills up or a
-        # flush or close() asks for it (they set `_wake`).
-        # Under load this turns one wake-up and GIL hand-over per event (and one round trip to the
-        # DLP evidence worker per batch) into one per batch; the proxy's event loop pays for every
-        # hand-over, the tape only waits a little.
+        else:
+            if not pending:
+                # Idle: wait to be woken by the next submit (or poll). `_idle` is raised before the
+                # deque is looked at again, so a submit either lands before that look or sees `_idle`
+                # and wakes us.
+                self._idle = True
+                if not pending:
+                    self._wake.wait(_IDLE_POLL)
+                self._idle = False
+                self._wake.clear()
+                if not pending:
+                    return []
+            # A lone event after an idle spell (a run's start) reaches the OS as soon as before.
+            wait = min(self._coalesce, _FIRST_BATCH_SECONDS)
+        # Let a burst gather, unless the queue fills up or a flush or close() asks for the batch now
+        # (they set `_wake`). Under load this turns one wake-up and GIL hand-over per event (and one
+        # round trip to the DLP evidence worker per batch) into one per batch; the proxy's event loop
+        # pays for every hand-over, the tape only waits a little.
         if wait > 0 and not self._urgent and len(pending) * 2 < self._capacity:
             self._wake.wait(wait)
             self._wake.clear()
         self._urgent = False
         self._batch_started = time.monotonic()
-        return self._take(_MAX_BATCH_ITEMS)
+        items = self._take(_MAX_BATCH_ITEMS)
+        self._busy = bool(items)
+        return items
 
     def _take(self, limit: int) -> list[object]:
         pending = self._pending
