@@ -1,6 +1,6 @@
 """The tape writer: one background thread turns submitted events into hash-chained, signed JSONL.
 
-The proxy's event loop only ever calls `submit()`, which is a non-blocking queue put, and `fault()`,
+The proxy's event loop only ever calls `submit()`, a non-blocking append to a bounded queue, and `fault()`,
 which says without waiting whether evidence can be written right now (so a fail-closed proxy can refuse
 a request before it leaves); serialisation, hashing, signing and disk I/O all happen on the writer
 thread. Losing events is never silent: queue overflows and failed writes are counted and recorded on
@@ -62,10 +62,10 @@ _IDLE_POLL: Final = 0.25
 # cut the wait short). Each batch has a fixed cost that does not shrink with its size: a wake-up of the
 # writer's thread, its GIL hand-overs with the proxy's event loop, a round trip to the DLP evidence
 # worker (a process woken with cold caches). Measured on a 2-core AMD EPYC with 1 KB exchanges at
-# ~150-250 requests/s: a 20 ms window cost ~400 µs of writer thread and ~430 µs of worker CPU per batch
-# of 3-5 events and made the event loop wait for the GIL ~0.3 times per exchange (benchmarks/BENCHMARKS.md,
-# branch loopcost). Events wait in memory a little longer before they reach the OS; a crash loses
-# what is queued, as before (the queue itself may hold far more under backpressure).
+# ~150 requests/s: batches of a second instead of 20 ms cut the writer thread's CPU per exchange from
+# 173 to 41 µs and the worker's from 401 to 257 µs (BENCHMARKS.md, branch loopcost). Events wait in
+# memory a little longer before they reach the OS; a crash loses what is queued, as before (the queue
+# itself may hold far more under backpressure).
 COALESCE_SECONDS: Final = 0.1
 # The first batch after the writer was idle waits only this long (a burst gathers; a lone event, such
 # as a run's start, reaches the OS as soon as before).
