@@ -6,8 +6,9 @@ For each round, each variant (bare, failcore observe, failcore no-DLP) and each 
 mitmdump serves the plain-HTTP throughput load (wrk, 8 connections, 1 KB JSON POST) and then the latency
 load (1 connection); per exchange it reports the CPU (user+system µs) of every thread of the mitmdump
 process (the event loop, the tape writer, …) and of its children (the DLP evidence worker), the context
-switches of the event loop's thread, and the p50 with one connection. Interleaved: checkouts and variants
-alternate within each round, so a busy machine slows all of them alike.
+switches of the event loop's thread, the p50 with one connection, the RSS (mitmdump and its children)
+after the load and the machine's 1-minute load average. Interleaved: checkouts and variants alternate
+within each round, so a busy machine slows all of them alike.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import os
 import statistics
 import sys
 import tempfile
@@ -23,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import CommandLog, children_of, cpu_seconds
+from benchmarks.harness import CommandLog, children_of, cpu_seconds, tree_rss_mib
 from benchmarks.loadgen import wrk_for, wrk_script
 from benchmarks.servers import BenchContext, nginx_upstream, running_proxy
 from benchmarks.variants import BARE, OBSERVE, OBSERVE_NO_DLP, Variant
@@ -119,7 +121,8 @@ def main(argv: list[str]) -> int:
                         )
                         after, kids1 = thread_stats(proxy.pid), children_cpu_seconds(proxy.pid)
                         n = max(result.requests, 1)
-                        row: dict[str, float] = {"rps": result.rps}
+                        row: dict[str, float] = {"rps": result.rps, "load": os.getloadavg()[0]}
+                        row["RSS MiB"] = tree_rss_mib(proxy.pid)
                         for name, (cpu, vol, invol) in after.items():
                             b = before.get(name, (0.0, 0, 0))
                             row[f"{name} µs"] = (cpu - b[0]) / n * 1e6

@@ -651,3 +651,77 @@ def test_the_last_checkpoint_of_a_writer_names_itself_final(tape_dir: Path, sign
     assert (report.status, report.final, report.signatures_ok) == ("ok", True, 6)
     manifest = orjson.loads((tape_dir / "manifest.json").read_bytes())
     assert manifest["head"] == {"seq": report.head_seq, "h": report.head_h, "final": True}
+
+
+def test_submits_while_the_writer_is_busy_wake_no_thread(tape_dir: Path, signing_key: Any) -> None:
+    """The proxy's event loop submits every event; only a submit that finds the writer idle wakes it.
+    While the writer works, submits only queue, and the writer takes them with its next batch."""
+    entered, gate = threading.Event(), threading.Event()
+
+    class SlowWriter(TapeWriter):
+        def _write_bytes(self, data: bytes) -> None:
+            entered.set()
+            gate.wait(10)
+            super()._write_bytes(data)
+
+    class CountingEvent(threading.Event):
+        sets = 0
+
+        def set(self) -> None:
+            CountingEvent.sets += 1
+            super().set()
+
+    writer = make_writer(tape_dir, signing_key, SlowWriter)
+    writer._wake = CountingEvent()
+    writer.start()
+    try:
+        assert writer.submit(network_event(0))
+        assert entered.wait(10)  # the writer took it and is busy writing it
+        woken = CountingEvent.sets
+        for i in range(1, 101):
+            assert writer.submit(network_event(i))
+        assert CountingEvent.sets == woken
+        assert writer.queue_depth == 100
+    finally:
+        gate.set()
+        writer.close()
+    assert writer.written == 101 and writer.dropped == 0
+    events = [e for e in all_events(tape_dir) if e.get("kind") == "network"]
+    assert [e["i"] for e in events] == list(range(101))
+
+
+def test_flush_and_close_do_not_wait_for_the_coalescing_window(tape_dir: Path, signing_key: Any) -> None:
+    """Under load the writer gathers a batch per window; a flush or close() is answered at once (with
+    an hour-long window, these would otherwise time out)."""
+    writer = make_writer(tape_dir, signing_key, coalesce_seconds=3600.0)
+    writer.start()
+    for i in range(3):
+        assert writer.submit(network_event(i))
+    assert writer.flush(timeout=30)
+    assert [e["i"] for e in all_events(tape_dir) if e.get("kind") == "network"] == [0, 1, 2]
+    assert writer.submit(network_event(3))
+    writer.close(timeout=30)
+    assert writer._thread is not None and not writer._thread.is_alive()
+    assert [e["i"] for e in all_events(tape_dir) if e.get("kind") == "network"] == [0, 1, 2, 3]
+
+
+def test_a_half_full_queue_is_written_without_waiting_for_the_window(
+    tape_dir: Path, signing_key: Any
+) -> None:
+    writer = make_writer(tape_dir, signing_key, coalesce_seconds=3600.0, queue_size=8)
+    writer.start()
+    try:
+        for i in range(4):
+            assert writer.submit(network_event(i))
+        deadline = time.monotonic() + 30
+        while writer.written < 4:  # no flush: the half-full queue wakes the writer by itself
+            assert time.monotonic() < deadline, writer.written
+            time.sleep(0.01)
+        assert writer.dropped == 0
+    finally:
+        writer.close(timeout=30)
+
+
+def test_coalesce_seconds_must_not_be_negative(tape_dir: Path, signing_key: Any) -> None:
+    with pytest.raises(ValueError, match="coalesce_seconds"):
+        make_writer(tape_dir, signing_key, coalesce_seconds=-1.0)

@@ -118,7 +118,9 @@ class BudgetGuard:
         policy = self.session.policy
         if flow.response is not None or policy is None or policy.mode != "enforce":
             return
-        if flow.metadata.get("failcore_held") or not request_streams(flow, self.session.settings):
+        if flow.metadata.get("failcore_held"):
+            return
+        if not request_streams(flow, self.session.settings, self.session.flows.get(flow.id)):
             return
         self._admit(flow)
 

@@ -416,7 +416,7 @@ class DlpGuard:
         if flow.metadata.get("failcore_held"):
             return  # held whole: scanned before it is forwarded, and its evidence scanned whole
         settings = self.session.settings
-        if request_streams(flow, settings):
+        if request_streams(flow, settings, self.session.flows.get(flow.id)):
             self.session.state(flow).request_observers.append(
                 _past_cap_scan(self.session, scanner, flow.request, "request.body")
             )

@@ -95,7 +95,7 @@ class RequestHold:
         if why is None:
             return
         settings = self.session.settings
-        if not request_streams(flow, settings):
+        if not request_streams(flow, settings, self.session.flows.get(flow.id)):
             return  # buffered anyway
         declared = flow.request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > settings.hold_max:

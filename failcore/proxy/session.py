@@ -97,6 +97,8 @@ class FlowState:
     replay: dict[str, Any] | None = None
     # Whether the response streams through (decided once, at responseheaders; see response_streams).
     response_streams: bool | None = None
+    # The same for the request body (see request_streams), decided at requestheaders.
+    request_streams: bool | None = None
     # When BudgetGuard counted this request (it takes it back if a tape answers it).
     request_reserved_at: float | None = None
 

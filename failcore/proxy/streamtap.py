@@ -114,9 +114,15 @@ def should_stream_request(flow: http.HTTPFlow, threshold: int, llm_max: int | No
     return length > threshold
 
 
-def request_streams(flow: http.HTTPFlow, settings: AddonSettings) -> bool:
-    """should_stream_request with the options in force (the hold, the guards and the stream tap ask)."""
-    return should_stream_request(flow, settings.stream_threshold, settings.llm_body_max)
+def request_streams(flow: http.HTTPFlow, settings: AddonSettings, state: FlowState | None = None) -> bool:
+    """should_stream_request with the options in force, decided once per flow when it has a state: the
+    hold, the budget and DLP guards and the stream tap all ask at requestheaders, and must agree."""
+    if state is not None and state.request_streams is not None:
+        return state.request_streams
+    streams = should_stream_request(flow, settings.stream_threshold, settings.llm_body_max)
+    if state is not None:
+        state.request_streams = streams
+    return streams
 
 
 class StreamTap:
@@ -133,7 +139,7 @@ class StreamTap:
         if flow.metadata.get("failcore_held"):
             return  # failcore.proxy.hold: the policy decides on the whole body before it leaves
         settings = self.session.settings
-        if request_streams(flow, settings):
+        if request_streams(flow, settings, state):
             tap = BodyTap(settings.body_cap)
             state = self.session.state(flow)
             tap.observers.extend(state.request_observers)

@@ -71,3 +71,72 @@ def test_negative_sizes_are_refused(confdir: Path, name: str) -> None:
         pytest.raises(exceptions.OptionsError, match=f"{name} must be >= 0"),
     ):
         h.configure(**{name: -1})
+
+
+ENFORCE_WARN_DLP_BUDGET = """\
+version: 1
+mode: enforce
+default: ALLOW
+dlp:
+  severity_actions: {critical: WARN, high: WARN}
+budgets:
+  - id: many
+    window: run
+    limits: {requests: 1000}
+"""
+
+
+def test_whether_a_request_streams_is_decided_once_per_flow(
+    confdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hold, the budget and DLP guards and the stream tap all ask at requestheaders; they get one
+    answer, computed once (it was computed by each of them), and act on it as before."""
+    import failcore.proxy.streamtap as streamtap
+    from failcore.proxy.budgetguard import BudgetGuard
+    from failcore.proxy.dlpguard import DlpGuard
+    from failcore.proxy.hold import RequestHold
+
+    calls: list[str] = []
+    real = streamtap.should_stream_request
+
+    def counting(flow: http.HTTPFlow, *args: object) -> bool:
+        calls.append(flow.id)
+        return real(flow, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(streamtap, "should_stream_request", counting)
+    policy = tmp_path / "enforce.yaml"
+    policy.write_text(ENFORCE_WARN_DLP_BUDGET)
+    with concerns(
+        PolicyGate,
+        RequestHold,
+        BudgetGuard,
+        DlpGuard,
+        StreamTap,
+        confdir=confdir,
+        failcore_policy=str(policy),
+        failcore_stream_threshold=1000,
+        failcore_state_dir=str(tmp_path / "state"),
+    ) as h:
+        upload = tflow.tflow(
+            req=tutils.treq(
+                host="files.example.com",
+                port=443,
+                scheme=b"https",
+                method=b"PUT",
+                path=b"/bucket/blob",
+                headers=http.Headers([(b"content-length", b"5000")]),
+                content=None,
+            )
+        )
+        h.hooks(upload, "requestheaders")
+        state = h.state(upload)
+        assert isinstance(upload.request.stream, BodyTap) and state.request_tap is upload.request.stream
+        assert state.request_reserved_at is not None  # the budget admitted it before any byte left
+        assert state.request_observers  # the DLP guard's past-cap scan sees the streamed body
+        assert calls == [upload.id]
+
+        small = tflow.tflow(req=tutils.treq(host="files.example.com", port=443, scheme=b"https"))
+        h.hooks(small, "requestheaders")
+        assert not small.request.stream and h.state(small).request_tap is None
+        assert h.state(small).request_reserved_at is None  # admitted at `request`, once buffered
+        assert calls == [upload.id, small.id]
