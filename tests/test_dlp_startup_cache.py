@@ -161,6 +161,31 @@ def test_the_re2_backend_finds_exactly_what_hyperscan_finds_with_gitleaks_rules(
     assert findings(re2, texts) == found
 
 
+@pytest.mark.parametrize(
+    ("secret", "rule"),
+    [
+        # `s.` (a keyword of another rule) ends inside `.atlasv1.`, hiding it from one alternation pass.
+        (
+            "Qw7Rt2Yu9Pk4Ls.atlasv1."
+            + "q7w8e9r0t1y2u3i4o5p6a7s8d9f0g1h2j3k4l5"
+            + "z6x7c8v9b0n1m2q3w4e5r6t7y8u9",
+            "terraform",
+        ),
+        # `a3t` hides `t3blbkfj`.
+        ("sk-" + "Qw7Rt2Yu9Pk4LmNb3c" + "A3T3BlbkFJ" + "Zx8Cv7Bn6Mq5Wr4Ty3Ui", "openai"),
+    ],
+)
+def test_a_keyword_overlapping_another_still_opens_its_rule(dlp_rules: tuple, secret: str, rule: str) -> None:
+    """The RE2 path finds keywords with one alternation, which reports no overlapping matches: a rule
+    whose keyword began inside another keyword's match got no window (found in review)."""
+    text = f'{{"prompt": "use {secret} please"}}'
+    hyperscan = DlpEngine(dlp_rules, backend="hyperscan", salt=SALT)
+    re2 = DlpEngine(dlp_rules, backend="re2", salt=SALT)
+    found = findings(hyperscan, [text])
+    assert any(rule in hit[0] for hit in found[0]), found
+    assert findings(re2, [text]) == found
+
+
 def test_the_interim_engine_serves_while_the_rules_compile_then_is_replaced(dlp_rules: tuple) -> None:
     release = threading.Event()
 

@@ -45,6 +45,30 @@ _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 Window = tuple[int, int]
 
 
+def keyword_positions(
+    pattern: rx.CompiledPattern, owners: dict[bytes, list[int]], buffer: bytes
+) -> dict[bytes, list[Window]]:
+    """Every occurrence of every keyword, overlapping ones included. One pass of the alternation
+    reports no overlaps: a keyword that begins inside another's match (`s.` hiding `.atlasv1.`, `a3t`
+    hiding `t3blbkfj`) would be missed and its rule given no window, where Hyperscan, matching the
+    rule itself, finds the secret. So after each match the few bytes it covers are searched again."""
+    longest = max(map(len, owners), default=0)
+    positions: dict[bytes, list[Window]] = defaultdict(list)
+    for match in pattern.finditer(buffer):
+        start, end = match.span()
+        positions[match.group(0).lower()].append((start, end))
+        # Keywords that begin inside this match: searched in a small copy (start+1 .. end+longest).
+        base = start + 1
+        while base < end:
+            inner = next(iter(pattern.finditer(buffer[base : end + longest])), None)
+            if inner is None or base + inner.start() >= end:
+                break
+            span = (base + inner.start(), base + inner.end())
+            positions[inner.group(0).lower()].append(span)
+            base = span[0] + 1
+    return positions
+
+
 @dataclass(frozen=True, slots=True)
 class _CompiledAllowlist:
     regexes: tuple[rx.CompiledPattern, ...]
@@ -533,9 +557,7 @@ class DlpEngine:
             pattern, owners = self._all_keywords()
         if pattern is None:
             return
-        positions: dict[bytes, list[Window]] = defaultdict(list)
-        for match in pattern.finditer(buffer):
-            positions[match.group(0).lower()].append(match.span())
+        positions = keyword_positions(pattern, owners, buffer)
         for literal, spans in positions.items():
             for index in owners.get(literal, ()):
                 keyword_rules.add(index)
