@@ -200,6 +200,30 @@ def test_a_child_killed_holding_batches_says_which_bytes_were_not_scanned_and_is
     assert manager.losses == 1
 
 
+def test_a_stopped_child_is_given_up_on_and_replaced(manager, policy_scanner) -> None:
+    """SIGSTOP (an agent of the same user can send it): the child never answers and never dies. The
+    body waiting on it says its bytes were not scanned, the child is killed, and the next body does
+    not wait on it again (found in review: every later body waited its whole timeout)."""
+    origin, scanner = policy_scanner
+    process = ready_process(origin)
+    os.kill(process.pid, signal.SIGSTOP)
+    scan = PastCapScan(scanner.engine, CAP, "request.body", origin=origin)
+    feed(scan, random_bytes(CAP + 2 * BATCH_BYTES + 5))
+    assert process.in_flight
+    found, coverage = scan.results(timeout=1.0)
+    assert coverage["complete"] is False and "not scanned" in coverage["note"], coverage
+    assert process.dead and process.process.returncode == -signal.SIGKILL
+    replacement = ready_process(origin)
+    assert replacement is not process
+    body = bytearray(random_bytes(CAP + 2 * BATCH_BYTES, b"after"))
+    body[CAP + 100 : CAP + 102 + len(SECRET)] = b" " + SECRET + b" "
+    after = PastCapScan(scanner.engine, CAP, "request.body", origin=origin)
+    feed(after, bytes(body))
+    found, coverage = summary(after)
+    assert [(o, rule) for o, rule, _, _ in found] == [(CAP + 101, "github-pat")]
+    assert coverage["complete"] is True
+
+
 def test_a_policy_file_changed_since_the_proxy_loaded_it_is_scanned_in_process(
     manager, tmp_path, monkeypatch
 ) -> None:

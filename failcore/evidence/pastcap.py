@@ -228,6 +228,12 @@ class PastCapScan:
         self.batch, self.filled = b"", 0
         with self.done:
             finished = self.done.wait_for(lambda: self.pending == 0, timeout)
+        if not finished:
+            # A stopped or hung scan process: killed (its batches said lost) rather than handed the
+            # next body's batches too.
+            pastcapworker.give_up_on(self, f"no reply within {timeout}s")
+            with self.done:
+                finished = self.done.wait_for(lambda: self.pending == 0, 1.0)
         note = self.note if finished else f"scan did not finish within {timeout}s"
         found = sorted(((start, hit) for (_, start, _), hit in list(self.hits.items())), key=lambda p: p[0])
         coverage = {

@@ -149,7 +149,7 @@ class ScanProcess:
             self.memory = mmap.mmap(self.memfd, size)
             root = str(Path(__file__).resolve().parent.parent.parent)
             path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-            env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+            env = dict(os.environ, PYTHONPATH=path)
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "failcore.evidence.pastcapworker"],
                 stdin=subprocess.PIPE,
@@ -189,7 +189,7 @@ class ScanProcess:
         comes); False: every slot is taken; None: no child to ask (starting, refused or dead)."""
         length = len(head) + len(body)
         with self.lock:
-            if not self.ready or self.dead or length > self.slot_bytes:
+            if not self.ready or self.dead or self.closing or length > self.slot_bytes:
                 return None
             if not self.free:
                 return False
@@ -203,11 +203,14 @@ class ScanProcess:
                 self.free.append(slot)
                 raise
             self.in_flight[slot] = (scan, base, self.sequence, base + len(head), base + length)
-            request = _REQUEST.pack(slot, length, self.sequence)
-        try:
-            os.write(self._in, request)  # 16 bytes, at most SLOTS of them unread: never blocks
-        except OSError:
-            self._died("its pipe is closed")
+            # Under the lock: close() closes the pipe under it too, so this never writes to a
+            # descriptor number the system has since given to another file.
+            try:
+                os.write(self._in, _REQUEST.pack(slot, length, self.sequence))  # 16 bytes: never blocks
+                return True
+            except OSError:
+                pass
+        self._died("its pipe is closed")
         return True
 
     def _read(self) -> None:
@@ -260,8 +263,8 @@ class ScanProcess:
 
     def close(self) -> None:
         """Let the child finish what it holds and exit (its stdin closes), then free the slots."""
-        self.closing = True
-        with contextlib.suppress(OSError):
+        with self.lock, contextlib.suppress(OSError):
+            self.closing = True
             self.process.stdin.close()  # type: ignore[union-attr]
         try:
             self.process.wait(10)
@@ -333,6 +336,18 @@ def scan_process(origin: ScanOrigin | None) -> ScanProcess | None:
 
 def close() -> None:
     _manager.close()
+
+
+def give_up_on(owner: BatchOwner, why: str) -> None:
+    """The scan process holds batches of `owner` and has not answered in time (stopped or hung): it is
+    killed, every batch it held is reported lost (`owner.lost`), and a new one starts later."""
+    current = _manager.current
+    if current is None or current.dead:
+        return
+    with current.lock:
+        holds = any(entry[0] is owner for entry in current.in_flight.values())
+    if holds:
+        current._died(why)
 
 
 def origin_for(policy: Policy | None, salt: bytes) -> ScanOrigin | None:
