@@ -249,6 +249,40 @@ def test_a_policy_file_changed_since_the_proxy_loaded_it_is_scanned_in_process(
     assert [rule for _, rule, _, _ in found] == ["github-pat"] and coverage["complete"] is True
 
 
+def test_an_imported_rule_file_changed_since_the_proxy_loaded_it_is_scanned_in_process(
+    manager, tmp_path
+) -> None:
+    """The child re-reads what the policy imports (`import_gitleaks`), which the policy file's digest
+    does not cover: an edit of the imported file (an agent can reach it) made the child scan with
+    rules that miss what the proxy's own rules find, and the body was recorded as scanned whole
+    (found in review). The rule set's digest is now checked too."""
+    rule = (
+        "[[rules]]\nid = 'acme-token'\ndescription = 'ACME'\n"
+        "regex = 'acme_[a-z0-9]{24}'\nkeywords = ['acme_']\n"
+    )
+    toml = tmp_path / "rules.toml"
+    toml.write_text(rule)
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"version: 1\nmode: observe\ndefault: ALLOW\ndlp:\n  import_gitleaks: {toml}\n")
+    policy = load_policy(path)
+    scanner = DlpScanner.for_policy(policy, SALT)
+    assert scanner is not None
+    origin = worker.origin_for(policy, SALT)
+    toml.write_text(rule.replace("acme_[a-z0-9]{24}", "acme_NEVER[a-z0-9]{24}"))
+    assert worker.scan_process(origin) is None  # starting
+    deadline = time.monotonic() + 120
+    while manager.current is not None and not manager.current.dead:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert manager.current is not None and "imports changed" in (manager.current.refused or "")
+    token = b"acme_" + b"k3y" * 8
+    body = random_bytes(CAP + BATCH_BYTES) + b" " + token + b" "
+    scan = PastCapScan(scanner.engine, CAP, "request.body", origin=origin)
+    feed(scan, body)
+    found, coverage = summary(scan)
+    assert [rule for _, rule, _, _ in found] == ["acme-token"] and coverage["complete"] is True
+
+
 def test_bodies_interleaved_through_the_same_slots_keep_their_own_hits(
     manager, policy_scanner, monkeypatch
 ) -> None:

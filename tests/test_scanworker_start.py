@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from failcore.dlp.rules import policy_rules
 from failcore.evidence import scanworker
-from failcore.evidence.scanworker import ScanOrigin, ScanWorker
+from failcore.evidence.scanworker import ScanOrigin, ScanWorker, rules_sha256
 from failcore.policy.load import load_policy
 from failcore.shipped import default_policy_path
 
@@ -19,7 +20,9 @@ def started_environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The environment a real ScanWorker starts its child with."""
     path = default_policy_path()
     policy = load_policy(path)
-    origin = ScanOrigin(str(path), policy.sha256, policy.mode, b"0123456789abcdef")
+    origin = ScanOrigin(
+        str(path), policy.sha256, policy.mode, b"0123456789abcdef", rules_sha256(policy_rules(policy))
+    )
     seen: list[dict[str, str]] = []
     real = subprocess.Popen
 

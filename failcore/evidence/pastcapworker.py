@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from failcore.dlp.model import Hit
-from failcore.evidence.scanworker import ScanOrigin, _read_exact, _scanner_for, read_frame, write_frame
+from failcore.evidence.scanworker import (
+    ScanOrigin,
+    _read_exact,
+    _scanner_for,
+    read_frame,
+    rules_sha256,
+    write_frame,
+)
 
 if TYPE_CHECKING:
     from failcore.policy.model import Policy
@@ -168,6 +175,7 @@ class ScanProcess:
         config = {
             "policy_path": origin.policy_path,
             "policy_sha256": origin.policy_sha256,
+            "rules_sha256": origin.rules_sha256,
             "mode": origin.mode,
             "salt": origin.salt.hex(),
             "memfd": self.memfd,
@@ -354,7 +362,10 @@ def origin_for(policy: Policy | None, salt: bytes) -> ScanOrigin | None:
     """Where the scan process rebuilds the scanner of `policy` (None: a policy without a file)."""
     if policy is None or not salt or not os.path.isfile(policy.source):
         return None
-    return ScanOrigin(os.path.abspath(policy.source), policy.sha256, policy.mode, salt)
+    from failcore.dlp.rules import policy_rules
+
+    rules = rules_sha256(policy_rules(policy))
+    return ScanOrigin(os.path.abspath(policy.source), policy.sha256, policy.mode, salt, rules)
 
 
 if __name__ == "__main__":

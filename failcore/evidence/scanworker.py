@@ -19,6 +19,7 @@ writes its stdout, opens no socket and never sees the tape or the signing key.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import select
@@ -27,6 +28,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -37,6 +39,7 @@ from failcore.event import EgressEvent
 from failcore.evidence.dlp import scan_event
 
 if TYPE_CHECKING:
+    from failcore.dlp.model import DlpRule
     from failcore.dlp.scanner import DlpScanner
 
 logger = logging.getLogger("failcore")
@@ -59,12 +62,37 @@ MAX_LOSSES = 5
 @dataclass(frozen=True, slots=True)
 class ScanOrigin:
     """What the child needs to build the very scanner the proxy uses: the policy file, checked by its
-    SHA-256 (a file changed since is refused, never scanned with other rules), the mode and the salt."""
+    SHA-256 (a file changed since is refused, never scanned with other rules), the mode and the salt,
+    and the digest of the rules the proxy's scanner has: a file the policy imports (`import_gitleaks`)
+    is read again by the child, so an edit of it since is refused too."""
 
     policy_path: str
     policy_sha256: str
     mode: str
     salt: bytes
+    rules_sha256: str = ""
+
+
+def rules_sha256(rules: Sequence[DlpRule] | None) -> str:
+    """A digest of a rule set, every field of every rule (imported rules included); remembered per
+    rule-set object (a policy's rules are built once per load)."""
+    if not rules:
+        return ""
+    key = id(rules)
+    known = _RULE_DIGESTS.get(key)
+    if known is not None and known[0] is rules:
+        return known[1]
+    digest = hashlib.sha256(b"failcore-dlp-rules/1")
+    for rule in rules:
+        text = repr(rule).encode("utf-8", "surrogatepass")
+        digest.update(len(text).to_bytes(8, "big") + text)
+    if len(_RULE_DIGESTS) >= 16:
+        _RULE_DIGESTS.clear()
+    _RULE_DIGESTS[key] = (rules, digest.hexdigest())
+    return _RULE_DIGESTS[key][1]
+
+
+_RULE_DIGESTS: dict[int, tuple[Sequence[DlpRule], str]] = {}
 
 
 class DeferredScan:
@@ -120,12 +148,15 @@ def read_frame(fd: int, deadline: float | None = None) -> Any:
 
 def _scanner_for(config: dict[str, Any]) -> DlpScanner:
     from failcore.dlp.pending import wait_until_built
+    from failcore.dlp.rules import policy_rules
     from failcore.dlp.scanner import DlpScanner
     from failcore.policy.load import load_policy, with_mode
 
     policy = with_mode(load_policy(config["policy_path"]), config["mode"])
     if policy.sha256 != config["policy_sha256"]:
         raise ValueError("the policy file changed since the proxy loaded it")
+    if rules_sha256(policy_rules(policy)) != config.get("rules_sha256"):
+        raise ValueError("the DLP rules the policy imports changed since the proxy loaded it")
     scanner = DlpScanner.for_policy(policy, bytes.fromhex(config["salt"]))
     if scanner is None:
         raise ValueError("the policy has DLP disabled")
@@ -199,6 +230,7 @@ class ScanWorker:
             "policy_sha256": origin.policy_sha256,
             "mode": origin.mode,
             "salt": origin.salt.hex(),
+            "rules_sha256": origin.rules_sha256,
         }
         # A child that died at once shows as end of file when its handshake is read.
         with contextlib.suppress(OSError):

@@ -22,6 +22,7 @@ from mitmproxy import exceptions, http
 from mitmproxy.flow import Error
 
 from failcore.dlp.pending import engine_ready
+from failcore.dlp.rules import policy_rules
 from failcore.event import EgressEvent, Target
 from failcore.evidence import decoded_size_at_most, header_value, is_encoded
 from failcore.evidence.backlog import EvidenceBacklog
@@ -35,7 +36,7 @@ from failcore.evidence.exchange import (
     past_cap_scans,
     unbuilt_exchange_event,
 )
-from failcore.evidence.scanworker import ScanOffload, ScanOrigin
+from failcore.evidence.scanworker import ScanOffload, ScanOrigin, rules_sha256
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
@@ -195,7 +196,10 @@ class Recorder:
             or not os.path.isfile(policy.source)
         ):
             return None
-        return ScanOrigin(os.path.abspath(policy.source), policy.sha256, policy.mode, self.session.salt)
+        rules = rules_sha256(policy_rules(policy))
+        return ScanOrigin(
+            os.path.abspath(policy.source), policy.sha256, policy.mode, self.session.salt, rules
+        )
 
     def _current_settings(self) -> EvidenceSettings:
         s = self.evidence_cfg

@@ -15,9 +15,10 @@ import orjson
 import pytest
 
 from failcore.dlp.pending import wait_until_built
+from failcore.dlp.rules import policy_rules
 from failcore.dlp.scanner import DlpScanner
 from failcore.evidence.dlp import scan_event
-from failcore.evidence.scanworker import DeferredScan, ScanOffload, ScanOrigin
+from failcore.evidence.scanworker import DeferredScan, ScanOffload, ScanOrigin, rules_sha256
 from failcore.policy.load import load_policy
 from failcore.shipped import default_policy_path
 from tests.helpers import network_events, proxied_client, read_tape
@@ -66,7 +67,9 @@ def _origin_and_scanner() -> tuple[ScanOrigin, DlpScanner]:
     # The full engine, as the worker's: while a first start compiles, an interim RE2-backed engine
     # finds the same hits but names its own backend in the event's `dlp.engine`.
     wait_until_built(scanner.engine)
-    return ScanOrigin(str(path), policy.sha256, policy.mode, SALT), scanner
+    return ScanOrigin(
+        str(path), policy.sha256, policy.mode, SALT, rules_sha256(policy_rules(policy))
+    ), scanner
 
 
 def _offload_until_ready(offload: ScanOffload, make: DeferredScan) -> list[object]:
@@ -115,7 +118,7 @@ def test_worker_refuses_a_policy_file_changed_since_the_proxy_loaded_it(tmp_path
     policy = load_policy(path)
     scanner = DlpScanner.for_policy(policy, SALT)
     assert scanner is not None
-    origin = ScanOrigin(str(path), policy.sha256, policy.mode, SALT)
+    origin = ScanOrigin(str(path), policy.sha256, policy.mode, SALT, rules_sha256(policy_rules(policy)))
     # Edited after the proxy loaded it: the worker must not scan with rules the proxy does not use.
     path.write_text("version: 1\nmode: observe\ndefault: ALLOW\ndlp:\n  enabled: false\n")
     offload = ScanOffload("run-test")
