@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from failcore.dlp import DlpEngine, builtin_rules, hscache
@@ -149,6 +150,25 @@ def test_an_unusable_analysis_entry_is_discarded_and_recomputed(
     assert findings(engine, texts) == findings(reference, texts)
     stored = hscache.read_entry(key)
     assert stored is not None and stored != payload, "rewritten by the build"
+
+
+@pytest.mark.parametrize("result", ["wide", -1, True, [1, 2]])
+def test_an_analysis_result_of_the_wrong_shape_is_discarded_and_recomputed(
+    home: Path, empty_memo: None, monkeypatch: pytest.MonkeyPatch, result: object
+) -> None:
+    """An entry naming the rule set's own patterns with a string for a width: preloaded, it made every
+    engine build fail (a TypeError), and with fail_open traffic passed unscanned (found in review)."""
+    rules = small_rules()
+    reference, _ = computed_analysis(rules, monkeypatch)
+    key = hscache.analysis_key([rule.regex for rule in rules])
+    crafted = [["max_match_width", rule.regex, result] for rule in rules]
+    hscache.write_entry(key, orjson.dumps(crafted))
+    for table in rx._memo.values():
+        table.clear()
+    engine, computed = computed_analysis(rules, monkeypatch)
+    assert computed > 0
+    texts = fixture_texts()[::40]
+    assert findings(engine, texts) == findings(reference, texts)
 
 
 def test_the_re2_backend_finds_exactly_what_hyperscan_finds_with_gitleaks_rules(dlp_rules: tuple) -> None:

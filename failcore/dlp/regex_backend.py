@@ -130,7 +130,10 @@ def preload_analysis(snapshot: object) -> bool:
         for name, pattern, result in snapshot:
             if name not in _memo or not isinstance(pattern, str):
                 return False
-            decoded.append((name, pattern, _decode(result)))
+            value = _decode(result)
+            if not _RESULT_SHAPES[name](value):
+                return False  # a damaged or crafted entry: every build would trip over it
+            decoded.append((name, pattern, value))
     except (TypeError, ValueError, KeyError):
         return False
     for name, pattern, result in decoded:
@@ -138,6 +141,32 @@ def preload_analysis(snapshot: object) -> bool:
         if len(table) < _MEMO_MAX:
             table.setdefault(pattern, result)
     return True
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _text(value: Any) -> bool:
+    return type(value) is str
+
+
+def _run_bound(value: Any) -> bool:
+    return value is None or (
+        type(value) is tuple and len(value) == 2 and _count(value[0]) and type(value[1]) is bytes
+    )
+
+
+# What each analysis function returns: a preloaded result of another shape is refused.
+_RESULT_SHAPES: dict[str, Callable[[Any], bool]] = {
+    "max_match_width": _count,
+    "hyperscan_expression": _text,
+    "drop_optional_prefix": _text,
+    "required_literal_length": _count,
+    "without_inline_ignorecase": _text,
+    "run_bound": _run_bound,
+    "merge_char_alternations": _text,
+}
 
 
 def re2_available() -> bool:
