@@ -576,3 +576,24 @@ def test_an_exchange_mitmproxy_ends_without_a_hook_is_still_recorded(start_proxy
     events = tape_of(proxy, tmp_path)
     [event] = [e for e in network_events(events) if e["flow"] == orphan.id]
     assert event["outcome"] == "FAIL" and event["error"].startswith("Exchange ended without")
+
+
+def test_the_tape_batch_window_stays_short_where_evidence_must_hold(
+    start_proxy, policy_file, upstream
+) -> None:
+    """Under load the writer gathers a batch for COALESCE_SECONDS (a crash loses what is gathered);
+    with `fail_open: false` it keeps the short window it had, also after a reload changes it."""
+    from failcore.tape.writer import COALESCE_SECONDS, STRICT_COALESCE_SECONDS
+
+    path = policy_file("version: 1\nmode: enforce\ndefault: ALLOW\nfail_open: false\n")
+    proxy = start_proxy(path, sets=["failcore_policy_poll_ms=50"])
+    writer = proxy.proxy.master.addons.get("failcore").recorder.writer
+    assert writer.coalesce_seconds == STRICT_COALESCE_SECONDS < COALESCE_SECONDS
+    path.write_text("version: 1\nmode: enforce\ndefault: ALLOW\n# fail_open: true again\n")
+    with proxied_client(proxy) as client:  # (the window follows the policy as exchanges are recorded)
+        assert _wait_for(
+            lambda: (
+                client.get(upstream.url + "/json").status_code == 200
+                and proxy.call(lambda: writer.coalesce_seconds) == COALESCE_SECONDS
+            )
+        )

@@ -42,7 +42,7 @@ from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
 from failcore.runmarks import run_end_detail, run_start_detail
 from failcore.tape.keys import load_or_create_signing_key
-from failcore.tape.writer import TapeWriter
+from failcore.tape.writer import COALESCE_SECONDS, STRICT_COALESCE_SECONDS, TapeWriter
 
 logger = logging.getLogger("failcore")
 
@@ -142,6 +142,12 @@ def evidence_unavailable_response(fault: str, event_id: str) -> http.Response:
     return http.Response.make(503, body, headers)
 
 
+def batch_window(fail_open: bool) -> float:
+    """How long the tape writer gathers a batch under load: longer saves the proxy CPU, but a crash
+    loses what is gathered; where evidence must hold (`fail_open: false`) the short window stays."""
+    return COALESCE_SECONDS if fail_open else STRICT_COALESCE_SECONDS
+
+
 class Recorder:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -211,6 +217,9 @@ class Recorder:
         ):
             self._refresh_settings()
         assert self.evidence_cfg is not None
+        window = batch_window(self.session.fail_open)
+        if self.writer is not None and self.writer.coalesce_seconds != window:
+            self.writer.coalesce_seconds = window  # the policy's fail_open changed (a reload)
         return self.evidence_cfg
 
     def running(self) -> None:
@@ -240,6 +249,7 @@ class Recorder:
             reserve_bytes=settings.tape_reserve_mb * 2**20,
             on_error=lambda msg: logger.warning("failcore tape: %s", msg),
             prepare=self.offload,
+            coalesce_seconds=batch_window(self.session.fail_open),
         )
         self.writer.start()
         self.started = time.time()

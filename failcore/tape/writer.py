@@ -67,6 +67,8 @@ _IDLE_POLL: Final = 0.25
 # memory a little longer before they reach the OS; a crash loses what is queued, as before (the queue
 # itself may hold far more under backpressure).
 COALESCE_SECONDS: Final = 0.1
+# The window when evidence must hold (`fail_open: false`): what a crash can lose stays as before.
+STRICT_COALESCE_SECONDS: Final = 0.02
 # The first batch after the writer was idle waits only this long (a burst gathers; a lone event, such
 # as a run's start, reaches the OS as soon as before).
 _FIRST_BATCH_SECONDS: Final = 0.02
@@ -213,9 +215,8 @@ class TapeWriter:
             raise ValueError("reserve_bytes must be >= 0")
         if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError("segment_seconds must be positive")
-        if coalesce_seconds < 0:
-            raise ValueError("coalesce_seconds must be >= 0")
-        self._coalesce = coalesce_seconds
+        self._coalesce = 0.0
+        self.coalesce_seconds = coalesce_seconds
         self._directory = Path(directory)
         self._signing_key = signing_key
         self._key_id = keys.public_key_id(signing_key.public_key())
@@ -335,6 +336,17 @@ class TapeWriter:
                     f"{self._reserve_bytes}-byte reserve for evidence"
                 )
         return None
+
+    @property
+    def coalesce_seconds(self) -> float:
+        """How long a batch gathers under load (read by the writer thread at each batch)."""
+        return self._coalesce
+
+    @coalesce_seconds.setter
+    def coalesce_seconds(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("coalesce_seconds must be >= 0")
+        self._coalesce = seconds
 
     def start(self) -> None:
         """Open (creating 0700) and lock the tape directory, start a new segment and the writer thread."""
