@@ -128,15 +128,23 @@ def host_spellings(host: str) -> list[str]:
     if runs:
         text = "\n".join(runs)
         spellings += [text, text.upper()]
-    return list(dict.fromkeys(spellings))
+    return spellings
 
 
 def host_hits(engine: DlpEngine, host: str) -> list[Hit]:
     """Secrets in a host name, in the first of its spellings that has any (see host_spellings)."""
-    for spelling in host_spellings(host):
-        if found := engine.scan(spelling):
-            return found
-    return []
+    return spelling_hits(engine, host)[1]
+
+
+def spelling_hits(engine: DlpEngine, host: str, first: int = 0) -> tuple[int, list[Hit]]:
+    """(index in host_spellings, hits) of the first spelling from `first` on with any hits; (-1, []).
+    A spelling the same as an earlier one (an upper-case host upper-cased) is not scanned again."""
+    spellings = host_spellings(host)
+    for index in range(first, len(spellings)):
+        spelling = spellings[index]
+        if spelling not in spellings[:index] and (found := engine.scan(spelling)):
+            return index, found
+    return -1, []
 
 
 def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
@@ -247,7 +255,8 @@ def _mask_headers(
         line_start += len(line)
     for pair in pairs:
         if pair[0].lower() in HOST_HEADERS and not pair[1].startswith("[redacted "):
-            other = host_hits(scanner.engine, pair[1])
+            # (As written it was scanned with the other headers above.)
+            other = spelling_hits(scanner.engine, pair[1], first=1)[1]
             if other:  # a lower-cased or split host (see host_spellings): masked like any header value
                 pair[1] = _redacted(other)
                 out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in other)
@@ -268,21 +277,21 @@ def _mask_target_host(scanner: DlpScanner, event: dict[str, Any]) -> list[Hit]:
     host = target.get("host") if isinstance(target, dict) else None
     if not isinstance(host, str) or not host:
         return []
-    found = scanner.engine.scan(host)
-    other: list[Hit] = []
-    if found:
+    spelling, found = spelling_hits(scanner.engine, host)
+    if spelling == 0:
         masked = mask_text(host, found)
-    elif other := scanner.engine.scan(host.upper()):
-        masked = mask_text(host.upper(), other).lower()
-    elif other := host_hits(scanner.engine, host):
-        masked = _redacted(other)  # split across labels: no one span to mask
+        found = []  # recorded with the URL's hits
+    elif spelling == 1:
+        masked = mask_text(host.upper(), found).lower()
+    elif found:
+        masked = _redacted(found)  # split across labels: no one span to mask
     else:
         return []
     target["host"] = masked  # type: ignore[index]
     summary = event.get("summary")
     if isinstance(summary, str) and host in summary:
         event["summary"] = summary.replace(host, masked)
-    return other
+    return found
 
 
 def _mask_said(scanner: DlpScanner, event: dict[str, Any], out: list[dict[str, Any]]) -> None:
