@@ -36,7 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from failcore.dlp.model import Hit
@@ -44,8 +43,10 @@ from failcore.evidence.scanworker import (
     ScanOrigin,
     _read_exact,
     _scanner_for,
+    origin_config,
     read_frame,
     rules_sha256,
+    spawn_worker,
     write_frame,
 )
 
@@ -154,30 +155,14 @@ class ScanProcess:
         try:
             os.ftruncate(self.memfd, size)
             self.memory = mmap.mmap(self.memfd, size)
-            root = str(Path(__file__).resolve().parent.parent.parent)
-            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-            env = dict(os.environ, PYTHONPATH=path)
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "failcore.evidence.pastcapworker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env=env,
-                close_fds=True,
-                pass_fds=(self.memfd,),
-                start_new_session=True,  # a Ctrl-C to the proxy's group is the proxy's to handle
-            )
+            self.process = spawn_worker("failcore.evidence.pastcapworker", pass_fds=(self.memfd,))
         except BaseException:
             os.close(self.memfd)
             raise
         assert self.process.stdin is not None and self.process.stdout is not None
         self._in = self.process.stdin.fileno()
         config = {
-            "policy_path": origin.policy_path,
-            "policy_sha256": origin.policy_sha256,
-            "rules_sha256": origin.rules_sha256,
-            "mode": origin.mode,
-            "salt": origin.salt.hex(),
+            **origin_config(origin),
             "memfd": self.memfd,
             "slots": SLOTS,
             "slot_bytes": self.slot_bytes,

@@ -197,41 +197,51 @@ def child_main() -> int:
 # --- the proxy's side ---------------------------------------------------------------------------
 
 
+def spawn_worker(module: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    """A worker child (`python -m module`) talking frames over its stdin and stdout."""
+    # The same failcore as this process, installed or not (`mitmdump -s addons/…` from a checkout).
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    # Bytecode caches as the proxy's own interpreter has them: the child imports the same modules
+    # (with PYTHONDONTWRITEBYTECODE=1 forced here, where failcore had no cache yet, every worker
+    # compiled failcore from source at its start).
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, PYTHONPATH=path),
+        close_fds=True,
+        pass_fds=pass_fds,
+        # Its own session: a Ctrl-C or a signal to the proxy's process group is the proxy's to
+        # handle; the child ends when its stdin closes (the proxy exits or dies).
+        start_new_session=True,
+    )
+
+
+def origin_config(origin: ScanOrigin) -> dict[str, Any]:
+    """The first frame a worker child reads: where to rebuild the scanner, and how to check it."""
+    return {
+        "policy_path": origin.policy_path,
+        "policy_sha256": origin.policy_sha256,
+        "rules_sha256": origin.rules_sha256,
+        "mode": origin.mode,
+        "salt": origin.salt.hex(),
+    }
+
+
 class ScanWorker:
     """One child process for one ScanOrigin. Used only from the tape writer's thread."""
 
     def __init__(self, origin: ScanOrigin) -> None:
         self.origin = origin
-        # The same failcore as this process, installed or not (`mitmdump -s addons/…` from a checkout).
-        root = str(Path(__file__).resolve().parent.parent.parent)
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-        # Bytecode caches as the proxy's own interpreter has them: the child imports the same modules
-        # (with PYTHONDONTWRITEBYTECODE=1 forced here, where failcore had no cache yet, every worker
-        # compiled failcore from source at its start).
-        env = dict(os.environ, PYTHONPATH=path)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "failcore.evidence.scanworker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            close_fds=True,
-            # Its own session: a Ctrl-C or a signal to the proxy's process group is the proxy's to
-            # handle; the child ends when its stdin closes (the proxy exits or dies).
-            start_new_session=True,
-        )
+        self.process = spawn_worker("failcore.evidence.scanworker")
         assert self.process.stdin is not None and self.process.stdout is not None
         self._in = self.process.stdin
         self._out = self.process.stdout.fileno()
         self.ready = False
         self.refused: str | None = None
-        config = {
-            "policy_path": origin.policy_path,
-            "policy_sha256": origin.policy_sha256,
-            "mode": origin.mode,
-            "salt": origin.salt.hex(),
-            "rules_sha256": origin.rules_sha256,
-        }
+        config = origin_config(origin)
         # A child that died at once shows as end of file when its handshake is read.
         with contextlib.suppress(OSError):
             write_frame(self._in, config)
