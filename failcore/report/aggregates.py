@@ -91,13 +91,7 @@ class RunPart:
             if entry is None:
                 entry = self.hosts[key] = (offset, HostStats(key))
             count_exchange(entry[1], get)
-            outcome = get("outcome")
-            if outcome == "BLOCKED":
-                self._item("blocked", offset)
-            elif get("decision") == "WARN":
-                self._item("warned", offset)
-            if outcome == "FAIL":
-                self._item("failed", offset)
+            self._verdict(get, offset)
             if get("warnings") or get("dlp"):
                 self._findings(ev, offset)
             if isinstance(get("llm"), dict):
@@ -105,15 +99,19 @@ class RunPart:
         elif kind in RUNTIME_KINDS:
             if kind == "tool":
                 self._item("tools", offset)
-            outcome = get("outcome")
-            if outcome == "BLOCKED":
-                self._item("blocked", offset)
-            elif get("decision") == "WARN":
-                self._item("warned", offset)
-            if outcome == "FAIL":
-                self._item("failed", offset)
+            self._verdict(get, offset)
             self._findings(ev, offset)
         elif kind == "internal_error":
+            self._item("failed", offset)
+
+    def _verdict(self, get: Callable[[str], Any], offset: int) -> None:
+        """The blocked / warned / failed lists an exchange or a runtime event belongs to."""
+        outcome = get("outcome")
+        if outcome == "BLOCKED":
+            self._item("blocked", offset)
+        elif get("decision") == "WARN":
+            self._item("warned", offset)
+        if outcome == "FAIL":
             self._item("failed", offset)
 
     def _findings(self, ev: dict[str, Any], offset: int) -> None:
