@@ -117,9 +117,13 @@ def test_a_stream_that_does_not_decode_is_cut_when_unscannable_blocks(engine) ->
     assert verdict is not None and verdict.keep == 0
     assert "does not decode" in (verdict.detail or "")
     # ... and passes unscanned from there on when the policy says WARN.
-    guard = StreamDlp(scanner(engine, unscannable="WARN"), encoding="gzip")
+    warnings: list[dict[str, str]] = []
+    guard = StreamDlp(scanner(engine, unscannable="WARN"), encoding="gzip", warnings=warnings)
     assert guard(corrupt) is None
     assert guard(gzip.compress(SECRET_EVENT)) is None
+    # ... and says so once, in the flow's warnings (the exchange's event on the tape).
+    assert [w["reason"] for w in warnings] == ["dlp_unscannable"]
+    assert "does not decode" in warnings[0]["message"]
 
 
 def test_a_plain_stream_still_keeps_the_bytes_before_the_secret(engine) -> None:

@@ -235,10 +235,18 @@ class StreamDlp:
     will decode it: each chunk is decoded as it passes (a decoder emits what the bytes so far decode
     to, as the client's does), and a chunk whose decoded bytes complete a secret is dropped whole. One
     that cannot be decoded, or decodes past MAX_DECODED_BYTES, cannot be scanned decoded:
-    `dlp.unscannable: BLOCK` cuts it there, otherwise only its wire bytes are scanned from there on."""
+    `dlp.unscannable: BLOCK` cuts it there, otherwise only its wire bytes are scanned from there on, and
+    why is added to `warnings` (the flow's, so the exchange's event on the tape says so)."""
 
-    def __init__(self, scanner: DlpScanner, window: int = 4096, encoding: str | None = None) -> None:
+    def __init__(
+        self,
+        scanner: DlpScanner,
+        window: int = 4096,
+        encoding: str | None = None,
+        warnings: list[dict[str, str]] | None = None,
+    ) -> None:
         self.scanner = scanner
+        self.warnings = warnings if warnings is not None else []
         self.window = window
         self.tail = b""  # the last `window` wire bytes
         self.decoded_tail = b""
@@ -289,6 +297,9 @@ class StreamDlp:
         if self.scanner.settings.unscannable == "BLOCK":
             return CutVerdict("dlp", f"{why} (dlp.unscannable: BLOCK)", keep=0)
         logger.info("failcore: %s; only its wire bytes are scanned from there on (dlp.unscannable)", why)
+        self.warnings.append(
+            {"reason": "dlp_unscannable", "message": f"{why}; only its wire bytes were scanned from there on"}
+        )
         return None
 
     def _verdict(self, buffer: bytes, fresh_from: int, where: str) -> CutVerdict | None:
@@ -435,4 +446,4 @@ class DlpGuard:
             )
         if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:
             encoding = flow.response.headers.get("content-encoding")
-            state.cut_guards.append(StreamDlp(scanner, encoding=encoding))
+            state.cut_guards.append(StreamDlp(scanner, encoding=encoding, warnings=state.warnings))

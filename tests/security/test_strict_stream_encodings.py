@@ -133,3 +133,30 @@ def test_a_secret_in_the_gzip_header_cuts_the_strict_stream(start_proxy, policy_
     [event] = network_events(read_tape(tmp_path / "tape"))
     assert event["cut"]["reason"] == "dlp" and "github-pat" in event["cut"]["detail"]
     assert GITHUB_PAT not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_stream_that_stops_decoding_under_unscannable_warn_is_marked_on_the_tape(
+    start_proxy, policy_file, tmp_path
+) -> None:
+    """`dlp.unscannable: WARN`: a gzip stream that stops decoding (a corrupt second member) is let
+    through, scanned as sent from there on. The agent's bytes were not scanned as the client decodes
+    them, so the exchange's event must say so: a log line alone is not evidence."""
+    first = gzip.compress(b'data: {"text": "hello"}\n\n')
+    second = gzip.compress(b'data: {"text": "more"}\n\n')
+    corrupt = second[:12] + bytes(b ^ 0x55 for b in second[12:24]) + second[24:]
+    server = EncodedStreamServer([first, corrupt])
+    proxy = start_proxy(policy_file(POLICY + "  unscannable: WARN\n"))
+    try:
+        with (
+            proxied_client(proxy) as client,
+            client.stream("GET", f"http://127.0.0.1:{server.port}/events") as response,
+        ):
+            received = b"".join(response.iter_raw())
+    finally:
+        server.close()
+    assert received == first + corrupt, "WARN lets the stream through whole"
+    proxy.stop()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert "cut" not in event or not event["cut"]
+    [warning] = [w for w in event.get("warnings", []) if w["reason"] == "dlp_unscannable"]
+    assert "does not decode" in warning["message"] and "wire bytes" in warning["message"]
