@@ -8,7 +8,6 @@ import ipaddress
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -23,7 +22,7 @@ from failcore.policy.decide import connect_verdict, decide
 from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Session
+from failcore.proxy.session import Fronted, Session
 from failcore.runmarks import policy_detail
 from failcore.shipped import default_policy_path, resolve_policy
 
@@ -95,15 +94,6 @@ TUNNEL_MODES = ("regular", "upstream", "socks5")
 
 # How long an edited policy file must stay unchanged before it is read (see reload_if_changed).
 RELOAD_SETTLE_SECONDS = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class Fronted:
-    """A TLS connection whose SNI named another host than its CONNECT (see PolicyGate.tls_clienthello)."""
-
-    decision: Decision
-    warning: dict[str, str]
-    blocked: bool
 
 
 def stricter(a: Decision, b: Decision) -> Decision:
@@ -265,7 +255,8 @@ class PolicyGate:
         fronted = self.session.fronted.get(flow.client_conn.id)
         if fronted is not None:
             decision = stricter(decision, fronted.decision)
-            state.warnings.append(fronted.warning)
+            if fronted.warning is not None:
+                state.warnings.append(fronted.warning)
         state.decision = decision
 
     @guarded("gate.request")

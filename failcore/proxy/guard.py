@@ -27,11 +27,17 @@ def _flow_of(args: tuple[Any, ...]) -> mflow.Flow | None:
     return args[0] if args and isinstance(args[0], mflow.Flow) else None
 
 
+def _data_of(args: tuple[Any, ...]) -> object:
+    return args[0] if args else None
+
+
 async def _guard_awaitable(owner: HasSession, pending: Any, args: tuple[Any, ...], where: str = "") -> Any:
     try:
         return await pending
     except Exception as e:
-        owner.session.internal_error(_flow_of(args), where or getattr(pending, "__qualname__", "hook"), e)
+        owner.session.internal_error(
+            _flow_of(args), where or getattr(pending, "__qualname__", "hook"), e, _data_of(args)
+        )
         return None
 
 
@@ -44,7 +50,7 @@ def guarded(where: str) -> Callable[[F], F]:
                 try:
                     return await fn(self, *args)
                 except Exception as e:
-                    self.session.internal_error(_flow_of(args), where, e)
+                    self.session.internal_error(_flow_of(args), where, e, _data_of(args))
                     return None
 
             return async_wrapper  # type: ignore[return-value]
@@ -54,7 +60,7 @@ def guarded(where: str) -> Callable[[F], F]:
             try:
                 result = fn(self, *args)
             except Exception as e:
-                self.session.internal_error(_flow_of(args), where, e)
+                self.session.internal_error(_flow_of(args), where, e, _data_of(args))
                 return None
             if result is not None and inspect.isawaitable(result):
                 # A sync hook that only sometimes needs to wait hands back a coroutine: guard it too.

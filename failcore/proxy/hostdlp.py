@@ -34,9 +34,9 @@ from failcore.event import EgressEvent, Target
 from failcore.evidence.dlp import host_hits
 from failcore.policy.model import Decision
 from failcore.proxy.dlpguard import CleanScans, block_decision
-from failcore.proxy.gate import Fronted, blocked_response, decision_host, stricter
+from failcore.proxy.gate import blocked_response, decision_host, stricter
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Session
+from failcore.proxy.session import Fronted, Session
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mitmproxy import dns, http, tls
 from mitmproxy import flow as mflow
-from mitmproxy import http
+from mitmproxy.net.dns import response_codes
+from mitmproxy.proxy import server_hooks
 
 from failcore.event import EgressEvent
 from failcore.policy.model import Decision, Policy
@@ -103,6 +105,18 @@ class FlowState:
     request_reserved_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Fronted:
+    """A client connection every request and TCP stream of which takes `decision`: its TLS SNI named
+    another host than its CONNECT (failcore.proxy.gate.PolicyGate.tls_clienthello), held a secret
+    (failcore.proxy.hostdlp), or could not be checked under `fail_open: false`. `warning`, if any,
+    goes on each of its requests' events."""
+
+    decision: Decision
+    warning: dict[str, str] | None
+    blocked: bool
+
+
 @dataclass(slots=True)
 class Session:
     run_id: str = field(default_factory=new_run_id)
@@ -121,8 +135,8 @@ class Session:
     # `running`): kept and handed over when the sink attaches, so a policy load is never lost.
     pending: list[dict[str, Any] | Callable[[], dict[str, Any]]] = field(default_factory=list)
     # Client connections whose TLS SNI named another host than their CONNECT, by client id
-    # (failcore.proxy.gate.Fronted; every request and TCP stream on them takes that verdict).
-    fronted: dict[str, Any] = field(default_factory=dict)
+    # (every request and TCP stream on them takes that verdict).
+    fronted: dict[str, Fronted] = field(default_factory=dict)
 
     def state(self, flow: mflow.Flow) -> FlowState:
         st = self.flows.get(flow.id)
@@ -149,8 +163,12 @@ class Session:
     def fail_open(self) -> bool:
         return self.policy.fail_open if self.policy else True
 
-    def internal_error(self, flow: mflow.Flow | None, where: str, exc: BaseException) -> None:
-        """Record a failure inside failcore itself. Never raises: this is the last line of defence."""
+    def internal_error(
+        self, flow: mflow.Flow | None, where: str, exc: BaseException, hook_data: object = None
+    ) -> None:
+        """Record a failure inside failcore itself. Never raises: this is the last line of defence.
+        Under `fail_open: false` what the failed hook was deciding is refused: the flow, or for a hook
+        without one (`hook_data`: a TLS ClientHello, a server connection) the connection."""
         try:
             self.internal_errors += 1
             message = f"{type(exc).__name__}: {exc}"
@@ -166,13 +184,30 @@ class Session:
                 detail={"where": where, "fail_open": self.fail_open, "traceback": "".join(tb)[-4000:]},
             )
             self.record(event.to_dict())
-            if flow is None:
-                return
-            self.state(flow).internal_error = f"{where}: {message}"
-            if not self.fail_open and isinstance(flow, http.HTTPFlow) and flow.live:
-                flow.response = fail_closed_response(where, message, flow.id)
+            if flow is not None:
+                self.state(flow).internal_error = f"{where}: {message}"
+            if not self.fail_open:
+                self._fail_closed(flow, hook_data, where, message)
         except Exception:  # pragma: no cover - logging must not take the proxy down
             logger.exception("failcore could not record an internal error")
+
+    def _fail_closed(self, flow: mflow.Flow | None, hook_data: object, where: str, message: str) -> None:
+        said = f"failcore failed in {where} and the policy says fail_open: false"
+        if isinstance(flow, http.HTTPFlow):
+            if flow.live:
+                flow.response = fail_closed_response(where, message, flow.id)
+        elif isinstance(flow, dns.DNSFlow):
+            if flow.live and flow.response is None:
+                flow.response = flow.request.fail(response_codes.SERVFAIL)
+        elif isinstance(hook_data, server_hooks.ServerConnectionHookData):
+            hook_data.server.error = f"{said}: the connection was not opened"
+        elif isinstance(hook_data, tls.ClientHelloData):
+            # The SNI was not checked: the upstream handshake does not offer it (an address is sent as
+            # no name at all), and every request on the connection is refused.
+            server = hook_data.context.server
+            server.sni = str(server.address[0]) if server.address is not None else ""
+            decision = Decision("BLOCK", "internal_error", said, True, "BLOCK")
+            self.fronted[hook_data.context.client.id] = Fronted(decision, None, blocked=True)
 
 
 def fail_closed_response(where: str, message: str, event_id: str) -> http.Response:
