@@ -1,7 +1,8 @@
 """Fail-open by construction: every hook of every failcore addon runs inside `guarded`.
 
-An exception in failcore must never break an agent's traffic (unless the policy says `fail_open: false`);
-it is recorded as an `internal_error` event instead.
+An exception in failcore must never break an agent's traffic (unless the policy says `fail_open: false`:
+then what the hook was deciding is refused, see failcore.proxy.failclosed); it is recorded as an
+`internal_error` event either way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 from mitmproxy import flow as mflow
 
+from failcore.proxy.failclosed import refuse
 from failcore.proxy.session import Session
 
 
@@ -27,17 +29,20 @@ def _flow_of(args: tuple[Any, ...]) -> mflow.Flow | None:
     return args[0] if args and isinstance(args[0], mflow.Flow) else None
 
 
-def _data_of(args: tuple[Any, ...]) -> object:
-    return args[0] if args else None
+def _failed(owner: HasSession, hook: str, args: tuple[Any, ...], where: str, exc: Exception) -> None:
+    """Recorded; and under `fail_open: false` what the hook was deciding is refused."""
+    owner.session.internal_error(_flow_of(args), where, exc)
+    if not owner.session.fail_open:
+        refuse(owner.session, hook, args[0] if args else None, where, f"{type(exc).__name__}: {exc}")
 
 
-async def _guard_awaitable(owner: HasSession, pending: Any, args: tuple[Any, ...], where: str = "") -> Any:
+async def _guard_awaitable(
+    owner: HasSession, pending: Any, args: tuple[Any, ...], where: str, hook: str
+) -> Any:
     try:
         return await pending
     except Exception as e:
-        owner.session.internal_error(
-            _flow_of(args), where or getattr(pending, "__qualname__", "hook"), e, _data_of(args)
-        )
+        _failed(owner, hook, args, where, e)
         return None
 
 
@@ -50,7 +55,7 @@ def guarded(where: str) -> Callable[[F], F]:
                 try:
                     return await fn(self, *args)
                 except Exception as e:
-                    self.session.internal_error(_flow_of(args), where, e, _data_of(args))
+                    _failed(self, fn.__name__, args, where, e)
                     return None
 
             return async_wrapper  # type: ignore[return-value]
@@ -60,11 +65,11 @@ def guarded(where: str) -> Callable[[F], F]:
             try:
                 result = fn(self, *args)
             except Exception as e:
-                self.session.internal_error(_flow_of(args), where, e, _data_of(args))
+                _failed(self, fn.__name__, args, where, e)
                 return None
             if result is not None and inspect.isawaitable(result):
                 # A sync hook that only sometimes needs to wait hands back a coroutine: guard it too.
-                return _guard_awaitable(self, result, args, where)
+                return _guard_awaitable(self, result, args, where, fn.__name__)
             return result
 
         return wrapper  # type: ignore[return-value]

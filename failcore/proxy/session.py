@@ -14,10 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mitmproxy import dns, http, tls
 from mitmproxy import flow as mflow
-from mitmproxy.net.dns import response_codes
-from mitmproxy.proxy import server_hooks
 
 from failcore.event import EgressEvent
 from failcore.policy.model import Decision, Policy
@@ -163,12 +160,9 @@ class Session:
     def fail_open(self) -> bool:
         return self.policy.fail_open if self.policy else True
 
-    def internal_error(
-        self, flow: mflow.Flow | None, where: str, exc: BaseException, hook_data: object = None
-    ) -> None:
+    def internal_error(self, flow: mflow.Flow | None, where: str, exc: BaseException) -> None:
         """Record a failure inside failcore itself. Never raises: this is the last line of defence.
-        Under `fail_open: false` what the failed hook was deciding is refused: the flow, or for a hook
-        without one (`hook_data`: a TLS ClientHello, a server connection) the connection."""
+        (What `fail_open: false` then refuses is failcore.proxy.failclosed's.)"""
         try:
             self.internal_errors += 1
             message = f"{type(exc).__name__}: {exc}"
@@ -186,45 +180,5 @@ class Session:
             self.record(event.to_dict())
             if flow is not None:
                 self.state(flow).internal_error = f"{where}: {message}"
-            if not self.fail_open:
-                self._fail_closed(flow, hook_data, where, message)
         except Exception:  # pragma: no cover - logging must not take the proxy down
             logger.exception("failcore could not record an internal error")
-
-    def _fail_closed(self, flow: mflow.Flow | None, hook_data: object, where: str, message: str) -> None:
-        said = f"failcore failed in {where} and the policy says fail_open: false"
-        if isinstance(flow, http.HTTPFlow):
-            if flow.live:
-                flow.response = fail_closed_response(where, message, flow.id)
-        elif isinstance(flow, dns.DNSFlow):
-            if flow.live and flow.response is None:
-                flow.response = flow.request.fail(response_codes.SERVFAIL)
-        elif isinstance(hook_data, server_hooks.ServerConnectionHookData):
-            hook_data.server.error = f"{said}: the connection was not opened"
-        elif isinstance(hook_data, tls.ClientHelloData):
-            # The SNI was not checked: the upstream handshake does not offer it (an address is sent as
-            # no name at all), and every request on the connection is refused.
-            server = hook_data.context.server
-            server.sni = str(server.address[0]) if server.address is not None else ""
-            decision = Decision("BLOCK", "internal_error", said, True, "BLOCK")
-            self.fronted[hook_data.context.client.id] = Fronted(decision, None, blocked=True)
-
-
-def fail_closed_response(where: str, message: str, event_id: str) -> http.Response:
-    import orjson
-
-    body = orjson.dumps(
-        {
-            "error": {
-                "type": "failcore_internal_error",
-                "message": "failcore failed while handling this request and the policy says "
-                "fail_open: false, so the request was not forwarded",
-                "where": where,
-                "detail": message,
-                "event": event_id,
-            }
-        }
-    )
-    return http.Response.make(
-        502, body, {"Content-Type": "application/json", "X-FailCore-Decision": "FAIL_CLOSED"}
-    )

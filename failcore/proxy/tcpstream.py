@@ -18,11 +18,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import ctx, tcp
+from mitmproxy import tcp
 
 from failcore.event import EgressEvent, Target
 from failcore.policy.decide import tcp_verdict
 from failcore.policy.model import Decision
+from failcore.proxy.failclosed import close_client
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
 
@@ -80,7 +81,7 @@ class TcpRecorder:
                 # refuses to open a connection that already carries an error, and closes the client.
                 flow.server_conn.error = "failcore: TCP that is not HTTP is blocked (failcore_raw_tcp=block)"
             flow.kill()
-            _close(flow)
+            close_client(flow)
             return
         policy = self.session.policy
         decision = tcp_verdict(policy, host=host, port=port) if policy is not None else None
@@ -90,7 +91,7 @@ class TcpRecorder:
         state = self.streams[flow.id] = TcpState(host, port, decision)
         if decision is not None and decision.decision == "BLOCK":
             state.blocked_by = "policy"
-            _close(flow)
+            close_client(flow)
 
     @guarded("tcp.tcp_message")
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
@@ -115,7 +116,7 @@ class TcpRecorder:
         if self._dlp_blocks(state, out, data):
             state.blocked_by = "dlp"
             message.content = b""
-            _close(flow)
+            close_client(flow)
 
     def _dlp_blocks(self, state: TcpState, out: bool, data: bytes) -> bool:
         scanner = self.session.dlp
@@ -215,16 +216,3 @@ class TcpRecorder:
             },
         )
         self.session.record(event.to_dict())
-
-
-def _close(flow: tcp.TCPFlow) -> None:
-    """Close the client connection (and with it the stream) from inside a hook.
-
-    mitmproxy's `flow.kill()` does not stop a TCP flow; its connection handler can close a connection.
-    Should that fail, tcp_message still relays nothing for a blocked stream."""
-    try:
-        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
-        if handler is not None:
-            handler.close_connection(flow.client_conn)
-    except Exception as e:  # pragma: no cover - depends on mitmproxy internals
-        logger.warning("failcore: could not close a blocked TCP stream: %s", e)
