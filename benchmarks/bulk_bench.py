@@ -1,7 +1,7 @@
 """Bulk transfer through the proxy: a large HTTPS download and upload, against bare mitmdump streaming.
 
     .venv/bin/python benchmarks/bulk_bench.py [--size-mib 128] [--runs 5] [--repo PATH ...]
-        [--only download|upload] [--profile DIR] [--json] [--write BENCHMARKS.md]
+        [--only download|upload] [--probe-runs 3] [--profile DIR] [--json] [--write BENCHMARKS.md]
 
 The upstream is a loopback TLS server (a child process of this script) that answers
 `GET /download` with `--size-mib` MiB of incompressible bytes (Content-Length set) and `POST /upload`
@@ -21,6 +21,12 @@ the same CPU and the peak RSS of its child processes (failcore's DLP evidence wo
 process), apart. CPU is read 0.5 s after curl exits, so work finishing after the transfer counts.
 Medians over the runs, min-max in parentheses, ratios against bare. Run on an idle machine when you can:
 on a shared one the numbers include whatever else the CPU is doing, which interleaving spreads evenly.
+
+The tape writer thread's CPU per transfer is read apart (the launcher gives each thread its Python
+name as OS name). After the timed runs, `--probe-runs N` more uploads per variant (interleaved) each
+have a client send small HTTPS requests through the proxy on their own tunnel, one every 20 ms, during
+the upload and for 1.5 s after it (when its evidence is built): their latency is what other agents
+wait while the proxy's event loop cannot run. Those uploads count for latency only.
 
 `--profile DIR` runs one more failcore proxy under cProfile (its event-loop thread) for one download and
 one upload, and writes DIR/download.pstats, DIR/upload.pstats and a text summary of each.
@@ -56,9 +62,14 @@ SECTION_TITLE = "## Bulk transfer: 128 MiB HTTPS download and upload"
 # Every proxy starts through this launcher so `--repo` can time another checkout with this venv (an
 # editable install's import hook would otherwise load the installed checkout's failcore). With a
 # profile path it runs mitmdump under cProfile and writes the stats when mitmdump exits.
+# Each thread is also given its Python name as its OS name (prctl PR_SET_NAME, 15 bytes), so the tape
+# writer's thread can be found in /proc (Python 3.12 names no OS thread).
 LAUNCHER = (
     "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in f.__module__.lower()]; "
     "sys.path.insert(0, sys.argv.pop(1)); profile = sys.argv.pop(1); sys.argv[0] = 'mitmdump'; "
+    "import ctypes, threading; libc = ctypes.CDLL(None); inner = threading.Thread._bootstrap_inner\n"
+    "def named(self): libc.prctl(15, self.name[:15].encode(), 0, 0, 0); inner(self)\n"
+    "threading.Thread._bootstrap_inner = named\n"
     "from mitmproxy.tools.main import mitmdump\n"
     "if not profile: sys.exit(mitmdump())\n"
     "import cProfile; p = cProfile.Profile(); p.enable()\n"
@@ -89,6 +100,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        if self.path.startswith("/small"):  # the small requests sent while a transfer finishes
+            # One write (headers and body apart, Nagle's algorithm held the body back for a delayed ACK:
+            # ~40 ms on every answer).
+            self.log_request(200)
+            self.wfile.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+            )
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(self.size))
@@ -229,6 +248,71 @@ class RssSampler(threading.Thread):
         return self.peak - self.before
 
 
+def thread_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the proxy's event-loop (main) thread and of its tape writer thread(s) (named by
+    the launcher), from /proc/<pid>/task/<tid>/schedstat (nanoseconds; /proc's stat counts 10 ms ticks)."""
+    loop = writer = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue
+        if task.name == str(pid):
+            loop += seconds
+        elif comm.startswith("tape-writer"):
+            writer += seconds
+    return loop, writer
+
+
+# Small requests: one every PROBE_INTERVAL on their own keep-alive tunnel, until PROBE_AFTER seconds
+# after the big transfer ended (when its evidence is built).
+PROBE_INTERVAL = 0.02
+PROBE_AFTER = 1.5
+
+
+class Prober(threading.Thread):
+    """Sends small HTTPS requests through the proxy while a big transfer runs and finishes: another
+    agent's calls, which wait whenever the proxy's event loop cannot run."""
+
+    def __init__(self, proxy_port: int, upstream_port: int, ca: Path) -> None:
+        import http.client
+
+        super().__init__(daemon=True)
+        context = ssl.create_default_context(cafile=str(ca))
+        self.conn = http.client.HTTPSConnection("127.0.0.1", proxy_port, context=context, timeout=60)
+        self.conn.set_tunnel("127.0.0.1", upstream_port)
+        self._get()  # the tunnel and TLS set up before the transfer starts
+        self.samples: list[tuple[float, float]] = []  # (sent at, latency), perf_counter seconds
+        self.until: float | None = None
+
+    def _get(self) -> None:
+        self.conn.request("GET", "/small")
+        response = self.conn.getresponse()
+        if response.read() != b"{}":
+            raise RuntimeError("unexpected answer to /small")
+
+    def run(self) -> None:
+        while self.until is None or time.perf_counter() < self.until:
+            sent = time.perf_counter()
+            self._get()
+            self.samples.append((sent, time.perf_counter() - sent))
+            time.sleep(PROBE_INTERVAL)
+
+    def finish(self, ended: float) -> dict[str, float]:
+        self.until = ended + PROBE_AFTER
+        self.join()
+        self.conn.close()
+        after = [lat * 1000 for sent, lat in self.samples if sent >= ended] or [0.0]
+        during = [lat * 1000 for sent, lat in self.samples if sent < ended] or [0.0]
+        return {
+            "small_after_p50_ms": statistics.median(after),
+            "small_after_max_ms": max(after),
+            "small_during_p50_ms": statistics.median(during),
+            "small_during_max_ms": max(during),
+        }
+
+
 class Bench:
     def __init__(self, workdir: Path, size: int) -> None:
         from failcore.demo.certs import generate_certificate
@@ -262,7 +346,9 @@ class Bench:
     def close(self) -> None:
         stop_process(self.upstream)
 
-    def transfer(self, proxy: Proxy, kind: str) -> dict[str, float]:
+    def transfer(self, proxy: Proxy, kind: str, probe: bool = False) -> dict[str, float]:
+        """One transfer. With `probe`, only the latency of small requests sent meanwhile (their own
+        CPU would count against the transfer's)."""
         ca = self.workdir / "confdir" / "mitmproxy-ca-cert.pem"
         url = f"https://127.0.0.1:{self.upstream_port}/{kind}"
         argv = [
@@ -291,17 +377,27 @@ class Bench:
         argv.append(url)
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         pid = proxy.process.pid
+        prober = Prober(proxy.port, self.upstream_port, ca) if probe else None
         sampler = RssSampler(pid)
         cpu_before, children_before = tree_cpu(pid)
+        loop_before, writer_before = thread_cpu(pid)
         sampler.start()
+        if prober is not None:
+            prober.start()
         started = time.perf_counter()
         done = subprocess.run(argv, env=env, capture_output=True, check=False, timeout=600)
-        wall = time.perf_counter() - started
-        # (the past-cap scan's last batches end after curl does: give them a moment before reading)
+        ended = time.perf_counter()
+        wall = ended - started
+        latency = prober.finish(ended) if prober is not None else {}
+        # (the past-cap scan's last batches and the exchange's evidence end after curl does: give them
+        # a moment before reading)
         time.sleep(0.5)
         cpu, children_cpu = tree_cpu(pid)
         cpu -= cpu_before
         children_cpu -= children_before
+        loop_cpu, writer_cpu = thread_cpu(pid)
+        loop_cpu -= loop_before
+        writer_cpu -= writer_before
         growth = sampler.growth()
         if done.returncode != 0:
             raise RuntimeError(
@@ -314,9 +410,13 @@ class Bench:
             raise RuntimeError(
                 f"{kind} via {proxy.name} moved {moved:.0f} bytes, expected {self.size}: {lines}"
             )
+        if probe:
+            return latency
         return {
             "MB/s": self.size / wall / 1e6,
             "cpu_ms_per_MiB": cpu / (self.size / MIB) * 1000,
+            "loop_thread_cpu_ms_per_MiB": loop_cpu / (self.size / MIB) * 1000,
+            "writer_thread_cpu_ms": writer_cpu * 1000,
             "children_cpu_ms_per_MiB": max(0.0, children_cpu) / (self.size / MIB) * 1000,
             "rss_growth_MiB": growth,
             "children_rss_MiB": sampler.children_peak,
@@ -417,9 +517,10 @@ def markdown(result: dict[str, Any]) -> str:
         "variant, interleaved; median (min–max); ratio = median MB/s / bare's.",
         "Upstream: loopback TLS server (Python `ssl`), incompressible body; client: curl through the proxy.",
         "",
-        "| transfer | variant | MB/s | × bare | proxy CPU ms / MiB | child processes' CPU ms / MiB "
-        "| proxy RSS growth MiB | child processes' RSS MiB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| transfer | variant | MB/s | × bare | proxy CPU ms / MiB | its event loop's thread ms / MiB "
+        "| its tape writer thread ms (per transfer) | child processes' CPU ms / MiB | proxy RSS growth MiB "
+        "| child processes' RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in result["kinds"]:
         bare = statistics.median(result["samples"][kind]["bare"]["MB/s"])
@@ -427,8 +528,26 @@ def markdown(result: dict[str, Any]) -> str:
             ratio = statistics.median(metrics["MB/s"]) / bare
             lines.append(
                 f"| {kind} | {name} | {fmt(metrics['MB/s'])} | {ratio:.2f}× "
-                f"| {fmt(metrics['cpu_ms_per_MiB'])} | {fmt(metrics['children_cpu_ms_per_MiB'])} "
+                f"| {fmt(metrics['cpu_ms_per_MiB'])} | {fmt(metrics['loop_thread_cpu_ms_per_MiB'])} "
+                f"| {fmt(metrics['writer_thread_cpu_ms'], 0)} "
+                f"| {fmt(metrics['children_cpu_ms_per_MiB'])} "
                 f"| {fmt(metrics['rss_growth_MiB'])} | {fmt(metrics['children_rss_MiB'])} |"
+            )
+    if result.get("probes"):
+        lines += [
+            "",
+            "Small requests (GET, 2-byte answer, own keep-alive tunnel, one per "
+            f"{PROBE_INTERVAL * 1000:.0f} ms) during an upload and in the {PROBE_AFTER} s after it ended "
+            "(when its evidence is built); "
+            "latency ms, median over the upload runs of each run's p50 / max:",
+            "",
+            "| variant | during: p50 | during: max | after: p50 | after: max |",
+            "|---|---|---|---|---|",
+        ]
+        for name, metrics in result["probes"].items():
+            lines.append(
+                f"| {name} | {fmt(metrics['small_during_p50_ms'])} | {fmt(metrics['small_during_max_ms'])} "
+                f"| {fmt(metrics['small_after_p50_ms'])} | {fmt(metrics['small_after_max_ms'])} |"
             )
     lines += ["", "Variants:"] + [f"- {name}: {text}" for name, text in result["variants"].items()]
     if result.get("dlp_costs"):
@@ -477,6 +596,13 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, metavar="DIR", help="also profile one failcore proxy into DIR"
     )
     parser.add_argument("--no-dlp", action="store_true", help="also time failcore with DLP disabled")
+    parser.add_argument(
+        "--probe-runs",
+        type=int,
+        default=3,
+        metavar="N",
+        help="after the timed runs, N uploads per variant with small requests sent meanwhile (latency)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--write", type=Path, metavar="BENCHMARKS.md", help="replace this section of the file"
@@ -495,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, dict[str, dict[str, list[float]]]] = {kind: {} for kind in kinds}
     variants = {"bare": "mitmdump --set stream_large_bodies=1m, no addon"}
     coverage: dict[str, dict[str, Any]] = {}
+    probes: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="failcore-bulk-") as tmp:
         bench = Bench(Path(tmp), size)
         proxies: list[Proxy] = []
@@ -522,11 +649,16 @@ def main(argv: list[str] | None = None) -> int:
                     for proxy in proxies if run % 2 == 0 else proxies[::-1]:
                         for metric, value in bench.transfer(proxy, kind).items():
                             samples[kind].setdefault(proxy.name, {}).setdefault(metric, []).append(value)
+            for run in range(args.probe_runs if "upload" in kinds else 0):
+                for proxy in proxies if run % 2 == 0 else proxies[::-1]:
+                    for metric, value in bench.transfer(proxy, "upload", probe=True).items():
+                        probes.setdefault(proxy.name, {}).setdefault(metric, []).append(value)
             for proxy in proxies:
                 proxy.stop()
                 if proxy.tape is not None:
                     # (not the warm-up transfers: a fresh proxy may still be compiling its DLP rules)
                     covered = proxy.past_cap_coverage()[len(kinds) :]
+                    covered = covered[: len(covered) - (args.probe_runs if "upload" in kinds else 0)]
                     notes = sorted(
                         {str(c["note"]).split(" at byte")[0] for c in covered if not c["complete"]}
                     )
@@ -555,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": variants,
         "samples": samples,
         "past_cap": coverage,
+        "probes": probes,
         "dlp_costs": dlp_costs() if args.runs else {},
     }
     if args.runs == 0:

@@ -218,7 +218,7 @@ def _mask_body(
     else:
         return
     if hits:
-        body["dlp_masked"] = len(hits)
+        body["dlp_masked"] = body.get("dlp_masked", 0) + len(hits)  # (a past-cap hit's start may be masked)
     out.extend(_hit_record(scanner, h, where) for h in hits)
 
 
@@ -334,6 +334,15 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
     if event.get("kind") == "websocket":
         _scan_websocket_event(scanner, event)
         return
+    # Past-cap hits that start inside the recorded part are masked there first: their offsets hold only
+    # until the recorded part's own hits are masked (a mask is shorter than the secret it replaces).
+    past = [(scan, *scan.results()) for scan in past_cap]
+    for scan, found, _ in past:
+        for offset, hit in found:
+            if offset < scan.cap:
+                # It starts inside the recorded part, where its beginning alone matched nothing.
+                side = event.get(scan.where.split(".", 1)[0]) or {}
+                _mask_recorded_tail(side.get("body"), offset, hit)
     request = event.get("request")
     if s.scan_request:
         target = event.get("target") or {}
@@ -358,15 +367,10 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
         _mask_headers(scanner, response, "response", hits)
         _mask_body(scanner, (response or {}).get("body"), "response.body", hits)
     coverage = []
-    for scan in past_cap:
-        found, covered = scan.results()
+    for scan, found, covered in past:
         coverage.append(covered)
         for offset, hit in found:
             hits.append(_located(_hit_record(scanner, hit, scan.where), f"{scan.where}@{offset}"))
-            if offset < scan.cap:
-                # It starts inside the recorded part, where its beginning alone matched nothing.
-                side = event.get(scan.where.split(".", 1)[0]) or {}
-                _mask_recorded_tail(side.get("body"), offset, hit)
     partial = [c for c in coverage if not c["complete"]]
     if not hits and not partial:
         return

@@ -154,8 +154,9 @@ def _ms(a: float | None, b: float | None) -> float | None:
 
 
 def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[str, Any] | DeferredScan:
-    """The exchange's event. When `cfg.scan_origin` is set, an exchange without past-cap scans comes
-    back as a DeferredScan: built, its DLP pass left to the scan worker (or to whoever calls it)."""
+    """The exchange's event. When `cfg.scan_origin` is set it comes back as a DeferredScan: built, its
+    past-cap scans finished (waited for: call it off the loop when it has some), its DLP pass left to
+    the scan worker (or to whoever calls it)."""
     request, bytes_out, request_stream = _message_evidence(snap.request, cfg)
     response = None
     bytes_in = 0
@@ -232,8 +233,9 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     mask_echoed_credentials(out, credential_values(credentials, cfg.redact), cfg.salt)
     if cfg.dlp is not None:
         past_cap = [*past_cap_scans(snap), *_held_past_cap_scans(snap, cfg, out)]
-        if cfg.scan_origin is not None and not past_cap:
-            return DeferredScan(out, cfg.dlp, cfg.scan_origin)
+        if cfg.scan_origin is not None:
+            # The past-cap scans' results (waited for here, off the loop) travel as plain data.
+            return DeferredScan(out, cfg.dlp, cfg.scan_origin, tuple(scan.findings() for scan in past_cap))
         scan_event(cfg.dlp, out, past_cap)
     return out
 

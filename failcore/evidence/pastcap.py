@@ -38,6 +38,7 @@ from failcore.evidence.body import (
     decoded_steps,
     is_encoded,
 )
+from failcore.evidence.findings import PastCapFindings
 
 if TYPE_CHECKING:
     from failcore.evidence.scanworker import ScanOrigin
@@ -244,6 +245,11 @@ class PastCapScan:
             "note": note,
         }
         return found, coverage
+
+    def findings(self, timeout: float = 10.0) -> PastCapFindings:
+        """results() as plain data (what the DLP evidence worker is sent with the exchange's event)."""
+        found, coverage = self.results(timeout)
+        return PastCapFindings(self.where, self.cap, tuple(found), coverage)
 
 
 def scan_held_body(

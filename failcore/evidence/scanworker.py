@@ -12,6 +12,14 @@ and when it dies (recorded on the tape as an internal_error, then restarted). No
 written unmasked because of it. Only DLP *evidence* moves: every blocking decision is still taken on
 the request path, in the proxy, before anything leaves.
 
+An exchange whose body streamed past the recorded cap goes to the child too: its past-cap scan
+(failcore.evidence.pastcap) has already run (in the past-cap scan process), and only its results travel
+with the event, as plain data (`PastCapFindings`: offsets and hits). The child masks the recorded part
+and places those hits exactly as the in-process pass would (`scan_event`). Measured (BENCHMARKS.md,
+branch pastcapev): the full scan of such an exchange's recorded 1 MiB binary body, ~30 ms of CPU alone
+and ~110 ms in a busy proxy, held the proxy's GIL for most of it (Hyperscan releases it while it scans;
+base64, the decoded views and the joins around it do not).
+
 The pipe carries length-prefixed orjson frames of plain JSON (no pickle); the child reads its stdin,
 writes its stdout, opens no socket and never sees the tape or the signing key.
 """
@@ -37,8 +45,11 @@ import orjson
 
 from failcore.event import EgressEvent
 from failcore.evidence.dlp import scan_event
+from failcore.evidence.findings import PastCapFindings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from failcore.dlp.model import DlpRule
     from failcore.dlp.scanner import DlpScanner
 
@@ -97,18 +108,60 @@ _RULE_DIGESTS: dict[int, tuple[Sequence[DlpRule], str]] = {}
 
 class DeferredScan:
     """An event built without its DLP pass. Called (by the tape writer, as any builder), it runs the
-    pass in this process; the scan worker runs it in the child instead."""
+    pass in this process; the scan worker runs it in the child instead. `past_cap`: the finished
+    past-cap scans of its bodies, whose hits the pass places in the event."""
 
-    __slots__ = ("event", "origin", "scanner")
+    __slots__ = ("event", "on_error", "origin", "past_cap", "scanner")
 
-    def __init__(self, event: dict[str, Any], scanner: DlpScanner, origin: ScanOrigin | None) -> None:
+    def __init__(
+        self,
+        event: dict[str, Any],
+        scanner: DlpScanner,
+        origin: ScanOrigin | None,
+        past_cap: tuple[PastCapFindings, ...] = (),
+    ) -> None:
         self.event = event
         self.scanner = scanner
         self.origin = origin
+        self.past_cap = past_cap
+        # What stands for the event when the pass here fails (None: the exception propagates).
+        self.on_error: Callable[[Exception], dict[str, Any]] | None = None
 
     def __call__(self) -> dict[str, Any]:
-        scan_event(self.scanner, self.event)
+        try:
+            scan_event(self.scanner, self.event, self.past_cap)
+        except Exception as exc:
+            if self.on_error is None:
+                raise
+            return self.on_error(exc)
         return self.event
+
+    def frame_item(self) -> dict[str, Any] | list[Any]:
+        """What the child is sent: the event, or [event, past-cap findings] when it has some."""
+        if not self.past_cap:
+            return self.event
+        return [self.event, [findings.to_wire() for findings in self.past_cap]]
+
+
+class BuildFirst:
+    """A builder the scan worker's batch hook calls before it hands the batch over (an exchange built
+    in the writer's thread, whose event may come back as a DeferredScan); called as any builder (no
+    hook, or a hook that failed), it also runs that DeferredScan's pass. Built once either way."""
+
+    __slots__ = ("_build", "_built")
+
+    def __init__(self, build: Callable[[], dict[str, Any] | DeferredScan]) -> None:
+        self._build = build
+        self._built: dict[str, Any] | DeferredScan | None = None
+
+    def build(self) -> dict[str, Any] | DeferredScan:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def __call__(self) -> dict[str, Any]:
+        built = self.build()
+        return built() if isinstance(built, DeferredScan) else built
 
 
 # --- framing ------------------------------------------------------------------------------------
@@ -183,15 +236,24 @@ def child_main() -> int:
         except EOFError:
             return 0
         results: list[dict[str, Any] | int | None] = []
-        for event in batch:
+        for item in batch:
             try:
+                event, past_cap = _frame_item(item)
                 before = orjson.dumps(event)
-                scan_event(scanner, event)
+                scan_event(scanner, event, past_cap)
                 # Most events hold no secret: "unchanged" spares the proxy decoding them again.
                 results.append(UNCHANGED if orjson.dumps(event) == before else event)
             except Exception:
                 results.append(None)  # the proxy scans this one itself
         write_frame(out, results)
+
+
+def _frame_item(item: Any) -> tuple[dict[str, Any], tuple[PastCapFindings, ...]]:
+    if isinstance(item, dict):
+        return item, ()
+    if isinstance(item, list) and len(item) == 2 and isinstance(item[0], dict) and isinstance(item[1], list):
+        return item[0], tuple(PastCapFindings.from_wire(findings) for findings in item[1])
+    raise ValueError("malformed batch item")
 
 
 # --- the proxy's side ---------------------------------------------------------------------------
@@ -262,16 +324,17 @@ class ScanWorker:
                 self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
         return self.ready
 
-    def scan(self, events: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        """The events, scanned and masked (an event the scan left as it was is returned itself; None:
-        scan it yourself). Raises when the child is gone."""
-        write_frame(self._in, events)
+    def scan(self, scans: list[DeferredScan]) -> list[dict[str, Any] | None]:
+        """The scans' events, scanned and masked (an event the scan left as it was is returned itself;
+        None: scan it yourself). Raises when the child is gone."""
+        write_frame(self._in, [scan.frame_item() for scan in scans])
         reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
-        if not isinstance(reply, list) or len(reply) != len(events):
+        if not isinstance(reply, list) or len(reply) != len(scans):
             raise ValueError("malformed reply from the DLP evidence worker")
+        unchanged = [type(item) is int and item == UNCHANGED for item in reply]
         return [
-            item if isinstance(item, dict) else event if type(item) is int and item == UNCHANGED else None
-            for item, event in zip(reply, events, strict=True)
+            item if isinstance(item, dict) else scan.event if same else None
+            for item, scan, same in zip(reply, scans, unchanged, strict=True)
         ]
 
     def close(self, timeout: float = 5.0) -> int | None:
@@ -302,6 +365,9 @@ class ScanOffload:
         self._losses: list[object] = []
 
     def __call__(self, items: list[object]) -> list[object]:
+        if any(isinstance(item, BuildFirst) for item in items):
+            # (exchanges built in this thread: their DLP pass can go to the child with the others')
+            items = [_built(item) if isinstance(item, BuildFirst) else item for item in items]
         deferred = [i for i, item in enumerate(items) if isinstance(item, DeferredScan) and item.origin]
         if not deferred or self.disabled:
             return items
@@ -313,7 +379,7 @@ class ScanOffload:
             mine = [i for i in deferred if out[i].origin == origin]  # type: ignore[union-attr]
             try:
                 for frame in _frames(mine):
-                    scanned = worker.scan([items[i].event for i in frame])  # type: ignore[union-attr]
+                    scanned = worker.scan([items[i] for i in frame])  # type: ignore[misc]
                     for i, event in zip(frame, scanned, strict=True):
                         if event is not None:
                             out[i] = event
@@ -391,6 +457,13 @@ class ScanOffload:
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+
+
+def _built(item: BuildFirst) -> object:
+    try:
+        return item.build()
+    except Exception:  # left to the writer, which records why it could not be built
+        return item
 
 
 def _frames(indexes: list[int]) -> list[list[int]]:

@@ -8,7 +8,6 @@ path. This module owns the tape writer's life, the run's start and end events, a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -24,7 +23,7 @@ from mitmproxy.flow import Error
 from failcore.dlp.pending import engine_ready
 from failcore.dlp.rules import policy_rules
 from failcore.event import EgressEvent, Target
-from failcore.evidence import decoded_size_at_most, header_value, is_encoded
+from failcore.evidence import decoded_size_at_most, header_value, is_encoded, pastcapworker
 from failcore.evidence.backlog import EvidenceBacklog
 from failcore.evidence.exchange import (
     PROXY_STOPPED,
@@ -36,7 +35,7 @@ from failcore.evidence.exchange import (
     past_cap_scans,
     unbuilt_exchange_event,
 )
-from failcore.evidence.scanworker import ScanOffload, ScanOrigin, rules_sha256
+from failcore.evidence.scanworker import BuildFirst, DeferredScan, ScanOffload, ScanOrigin, rules_sha256
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
@@ -165,7 +164,6 @@ class Recorder:
         # DLP evidence scans of exchanges built on the loop run in a child process (see
         # failcore.evidence.scanworker); FAILCORE_EVIDENCE_WORKER=0 keeps them in this process.
         self.offload: ScanOffload | None = None
-        self._inline_cfg: EvidenceSettings | None = None
 
     def configure(self, updated: set[str]) -> None:
         # The values were checked by failcore.proxy.settings.Settings, which FailCore configures first.
@@ -190,7 +188,6 @@ class Recorder:
             dlp=self.session.dlp,
             scan_origin=self._scan_origin(),
         )
-        self._inline_cfg = dataclasses.replace(self.evidence_cfg, scan_origin=None)
 
     def _scan_origin(self) -> ScanOrigin | None:
         """Where the scan worker can rebuild this run's DLP scanner: the policy file it came from."""
@@ -296,6 +293,9 @@ class Recorder:
         self.writer.close()
         if self.offload is not None:
             self.offload.close()
+        # Every exchange's evidence is written: the past-cap scan process has nothing left to answer (it
+        # would otherwise outlive an embedded proxy; another proxy in this process starts a new one).
+        pastcapworker.close()
         self.session.sink = None
         self.writer = None
 
@@ -345,17 +345,23 @@ class Recorder:
             # Decoding, scanning and hashing a large body would hold the event loop for milliseconds
             # (and a past-cap scan, or DLP rules still compiling at start-up, may have to be waited for):
             # that work goes to the writer's thread, where a GIL hand-over is the smaller cost.
-            assert self._inline_cfg is not None
-            self.writer.submit(self._safe(partial(build_exchange_event, snap, self._inline_cfg)))
+            # Built there before the batch goes to the DLP evidence worker, which then runs its DLP pass
+            # (the recorded part's scan, the past-cap hits placed) off this process's GIL.
+            self.writer.submit(BuildFirst(self._safe(builder)))
             return
         self.session.record(builder)
 
-    def _safe(self, builder: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-        def build() -> dict[str, Any]:
+    def _safe(
+        self, builder: Callable[[], dict[str, Any] | DeferredScan]
+    ) -> Callable[[], dict[str, Any] | DeferredScan]:
+        def build() -> dict[str, Any] | DeferredScan:
             try:
-                return builder()
+                built = builder()
             except Exception as e:
                 return self._evidence_failed(builder, e)
+            if isinstance(built, DeferredScan):  # its DLP pass, if it runs here, fails the same way
+                built.on_error = partial(self._evidence_failed, builder)
+            return built
 
         return build
 

@@ -103,9 +103,11 @@ def test_a_secret_past_the_cap_of_a_sized_and_of_a_chunked_binary_upload_is_foun
         chunked = client.post(f"{logging_upstream.url}/chunked", content=pieces(body))
     assert sized.status_code == chunked.status_code == 200  # traffic untouched
     assert len(logging_upstream.received_bytes()) > 2 * size
-    proxy.stop()
+    proxy.flush()
     # Every batch of both bodies was scanned by the child (3 MiB past the cap each: 3-4 batches).
     assert child.scanned - scanned >= 6 and not child.dead
+    proxy.stop()
+    assert child.process.returncode == 0  # it ends with the proxy (never lost)
     tape = tmp_path / "tape"
     for path in ("/sized", "/chunked"):
         event = event_for(tape, path)
@@ -157,8 +159,10 @@ def test_a_secret_past_the_cap_of_a_download_of_unknown_length_is_found_in_the_p
     finally:
         upstream.close()
     assert got.status_code == 200 and got.content == body and "content-length" not in got.headers
-    proxy.stop()
+    proxy.flush()
     assert child.scanned - scanned >= 3 and not child.dead
+    proxy.stop()
+    assert child.process.returncode == 0  # it ends with the proxy (never lost)
     event = event_for(tmp_path / "tape", "/model.bin")
     assert event["response"]["body"]["size"] == size
     assert_found_and_masked(event, "response.body", at, size, tmp_path / "tape", secret)
