@@ -2,14 +2,19 @@
 thread, and the tape writer's thread, split; no sockets and no mitmproxy server around it.
 
     .venv/bin/python benchmarks/hooks_bench.py [--exchanges 3000] [--rounds 5] [--repo /tmp/before ...]
+        [--variant observe --variant enforce ...] [--vary-headers]
 
 The whole addon (failcore.proxy.FailCore, as `mitmdump -s addons/failcore_addon.py` loads it) runs in
 mitmproxy's test harness with a real tape writer (and DLP evidence worker) on a temporary tape. Each
 exchange is the throughput benchmark's (a 1 KB JSON POST answered with a 1 KB JSON), a fresh mitmproxy
 test flow taken through requestheaders, request, responseheaders and response as mitmproxy calls them;
 every 8 exchanges the event loop turns once (the evidence backlog builds there). CPU is thread time:
-the loop's thread (all of it, and the hook calls alone), the tape writer's thread and the DLP evidence worker,
-from /proc; medians over rounds.
+the loop's thread (all of it, and the hook calls alone, and of those DlpGuard.request, the blocking DLP
+scan, alone: `dlp_request`), the tape writer's thread and the DLP evidence worker, from /proc; medians
+over rounds. Variants: observe (the shipped default policy), no-DLP, enforce (the throughput
+benchmark's: strict.yaml + an allow rule for the upstream, budgets, DLP that can BLOCK).
+`--vary-headers` gives each request and response an `x-request-id` of its own, as real providers'
+do, so no header block repeats from one exchange to the next.
 
 With several --repo checkouts, each round runs every checkout in its own child process, interleaved.
 """
@@ -29,6 +34,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+VARIANTS = ("observe", "no-DLP", "enforce")
 
 
 def _process_cpu(tid: int | None = None) -> float:
@@ -37,13 +43,26 @@ def _process_cpu(tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(policy: str | None, exchanges: int, workdir: Path) -> dict[str, float]:
+def measure(policy: str | None, exchanges: int, workdir: Path, vary: bool = False) -> dict[str, float]:
     from mitmproxy import hooks
     from mitmproxy.addonmanager import Loader
     from mitmproxy.test import taddons, tflow
 
     from benchmarks.servers import REQUEST_BODY_BYTES, RESPONSE_BODY_BYTES, json_document
     from failcore.proxy import FailCore
+    from failcore.proxy.dlpguard import DlpGuard
+
+    dlp_time = [0.0]
+    blocking_scan = DlpGuard.request
+
+    def timed_request(self: DlpGuard, flow: object) -> object:
+        t0 = time.thread_time()
+        try:
+            return blocking_scan(self, flow)  # type: ignore[arg-type]
+        finally:
+            dlp_time[0] += time.thread_time() - t0
+
+    DlpGuard.request = timed_request  # type: ignore[method-assign,assignment]
 
     request_body = json_document(REQUEST_BODY_BYTES, "chat.completion.request").encode()
     response_body = json_document(RESPONSE_BODY_BYTES, "chat.completion").encode()
@@ -69,11 +88,18 @@ def measure(policy: str | None, exchanges: int, workdir: Path) -> dict[str, floa
                 for _ in range(n):
                     f = tflow.tflow(resp=True)
                     f.request.host, f.request.port, f.request.scheme = "127.0.0.1", 8080, "http"
+                    # As the throughput benchmark's client connects: plain HTTP to 127.0.0.1 (tflow's
+                    # connections name "address" and an SNI, which the enforce policy does not allow).
+                    f.server_conn.address = ("127.0.0.1", 8080)
+                    f.client_conn.sni = None
                     f.request.method, f.request.path = "POST", "/echo"
                     f.request.headers["content-type"] = "application/json"
                     f.request.content = request_body
                     f.response.headers["content-type"] = "application/json"
                     f.response.content = response_body
+                    if vary:
+                        f.request.headers["x-request-id"] = os.urandom(12).hex()
+                        f.response.headers["x-request-id"] = "req_" + os.urandom(16).hex()
                     out.append(f)
                 return out
 
@@ -106,7 +132,7 @@ def measure(policy: str | None, exchanges: int, workdir: Path) -> dict[str, floa
             tid = writer._thread.native_id  # type: ignore[union-attr]
             main_tid = threading.get_native_id()
             loop0, writer0 = _process_cpu(main_tid), _process_cpu(tid)
-            hook_time[0] = 0.0
+            hook_time[0] = dlp_time[0] = 0.0
             kids0 = _children_cpu()
             for i in range(0, len(todo), 8):
                 await one_batch(todo[i : i + 8])
@@ -118,6 +144,7 @@ def measure(policy: str | None, exchanges: int, workdir: Path) -> dict[str, floa
             return {
                 "loop": loop_us,
                 "hooks": hook_time[0] / exchanges * 1e6,
+                "dlp_request": dlp_time[0] / exchanges * 1e6,
                 "writer": (writer1 - writer0) / exchanges * 1e6,
                 "worker": max(kids1 - kids0, 0.0) / exchanges * 1e6,
             }
@@ -147,19 +174,30 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--exchanges", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repo", type=Path, action="append")
+    parser.add_argument(
+        "--variant", action="append", choices=VARIANTS, help="observe and no-DLP unless given (repeatable)"
+    )
+    parser.add_argument("--vary-headers", action="store_true", help="an x-request-id of its own per exchange")
     parser.add_argument("--child", nargs=2, metavar=("POLICY", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         policy = None if args.child[0] == "-" else args.child[0]
-        print(json.dumps(measure(policy, args.exchanges, Path(args.child[1]))))
+        print(json.dumps(measure(policy, args.exchanges, Path(args.child[1]), args.vary_headers)))
         return 0
     repos = [r.resolve() for r in (args.repo or [HERE.parent])]
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="failcore-hooks-") as tmp:
         no_dlp = Path(tmp) / "no-dlp.yaml"
         no_dlp.write_text("mode: observe\ndefault: ALLOW\ndlp:\n  enabled: false\n")
+        enforce = Path(tmp) / "enforce.yaml"
+        sys.path.append(str(HERE.parent))  # (appended: a child's --repo checkout comes first there)
+        from benchmarks.servers import enforce_policy_text
+
+        enforce.write_text(enforce_policy_text())
+        policies = {"observe": "-", "no-DLP": str(no_dlp), "enforce": str(enforce)}
         for round_no in range(args.rounds):
-            for variant, policy in (("observe", "-"), ("no-DLP", str(no_dlp))):
+            for variant in args.variant or ["observe", "no-DLP"]:
+                policy = policies[variant]
                 for repo in repos:
                     work = Path(tempfile.mkdtemp(dir=tmp))
                     env = dict(os.environ, PYTHONPATH=f"{repo}{os.pathsep}{HERE.parent}")
@@ -168,6 +206,7 @@ def main(argv: list[str]) -> int:
                         str(HERE / "hooks_bench.py"),
                         "--exchanges",
                         str(args.exchanges),
+                        *(["--vary-headers"] if args.vary_headers else []),
                     ]
                     out = subprocess.run(
                         [*argv_child, "--child", policy, str(work)],

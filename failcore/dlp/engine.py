@@ -11,7 +11,7 @@ validators, entropy and allowlists decide. Backends:
 * ``python``: last resort when neither library is importable. Uses Python ``re`` only for rules whose
   shape cannot backtrack catastrophically; the others are listed in ``skipped`` and not run. Much slower.
 
-Size: ~600 lines because the backends share one pipeline (prefilter, confirm, validate) and the
+Size: ~680 lines because the backends share one pipeline (prefilter, confirm, validate) and the
 Hyperscan fast path's extra databases (keyword-gated rules, keywords) are built and consulted by the
 same object as the main one. What stands alone has its own module: decoded views (decode.py), regex
 adapters and pattern analysis (regex_backend.py), the compile cache (hscache.py), the background
@@ -43,6 +43,8 @@ MAX_BOUNDED_ENDS = 256
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 Window = tuple[int, int]
+# One Hyperscan pass: match ends by expression id (None: the event budget ran out), and the budget left.
+_HsPass = tuple[dict[int, list[int]] | None, list[int]]
 
 
 def keyword_positions(
@@ -178,7 +180,8 @@ class DlpEngine:
         on_compile: Callable[[], None] | None = None,
     ) -> None:
         """`fast_paths=False` keeps the plain Hyperscan pass (every rule, as written, and every fragment
-        keyword in one database; windows from each rule's own width): the same findings, slower
+        keyword in one database; windows from each rule's own width; no early answer for a text the
+        main pass reports nothing in): the same findings, slower
         (tests/test_dlp_fastpath.py compares the two). `on_compile` is called (once or more) before a
         Hyperscan database that is not in the on-disk cache is compiled: seconds of work follow."""
         if not salt:
@@ -409,6 +412,15 @@ class DlpEngine:
         percent = dv.percent_view(base.data)
         if percent is not None:
             views.append(dv.PercentView(percent[0], base, percent[1]))
+        first: _HsPass | None = None
+        if self._fast and self._hs_db is not None:
+            # The base view's main Hyperscan pass, made here so that when it reports nothing (no rule's
+            # match end, no keyword, no base64/hex-like run) and nothing else is scanned (no rule on the
+            # keyword path, no percent view) the answer, no hit, is known without the rest of the
+            # pipeline: most texts (a header block, a URL, a clean body) end here.
+            first = self._hs_pass(self._hs_db, base.data, [MAX_PREFILTER_EVENTS])
+            if first[0] == {} and not self._keyword_path_rules and percent is None:
+                return []
         budget = [dv.MAX_CANDIDATES, dv.MAX_DECODED_BYTES]
         hits: dict[tuple[str, int, int], Hit] = {}
         base_keywords: _Keywords | None = None
@@ -416,7 +428,7 @@ class DlpEngine:
         while index < len(views):
             view = views[index]
             index += 1
-            found, keywords, runs = self._scan_view(view.data, base_keywords)
+            found, keywords, runs = self._scan_view(view.data, base_keywords, first if view is base else None)
             if view is base:
                 base_keywords = keywords
             if not isinstance(view, dv.SliceView):
@@ -432,10 +444,11 @@ class DlpEngine:
         return sorted(hits.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
 
     def _scan_view(
-        self, buffer: bytes, inherited: _Keywords | None
+        self, buffer: bytes, inherited: _Keywords | None, first: _HsPass | None = None
     ) -> tuple[list[Hit], _Keywords, list[Window]]:
-        """Hits in one buffer, which rules' keywords occur in it and its base64/hex-like runs."""
-        windows, keywords, runs = self._candidate_windows(buffer, inherited)
+        """Hits in one buffer, which rules' keywords occur in it and its base64/hex-like runs. `first`:
+        the main Hyperscan database's pass over `buffer`, when the caller made it."""
+        windows, keywords, runs = self._candidate_windows(buffer, inherited, first)
         hits: list[Hit] = []
         for index, spans in windows.items():
             prepared = self._rules[index]
@@ -449,7 +462,7 @@ class DlpEngine:
         return hits, keywords, runs
 
     def _candidate_windows(
-        self, buffer: bytes, inherited: _Keywords | None = None
+        self, buffer: bytes, inherited: _Keywords | None = None, first: _HsPass | None = None
     ) -> tuple[dict[int, list[Window]], _Keywords, list[Window]]:
         windows: dict[int, list[Window]] = defaultdict(list)
         keyword_rules: set[int] = set()
@@ -461,7 +474,7 @@ class DlpEngine:
         # cannot match, so only the rules it refused go through the keyword path.
         first_run: int | None = 0
         if self._hs_db is not None:
-            first_run = self._hyperscan_windows(buffer, windows, keyword_rules, inherited)
+            first_run = self._hyperscan_windows(buffer, windows, keyword_rules, inherited, first)
             if first_run is not None and first_run < 0:  # the event budget ran out
                 windows.clear()
                 keyword_rules.clear()
@@ -482,25 +495,37 @@ class DlpEngine:
                 return False
         return True
 
-    def _hyperscan_windows(
-        self,
-        buffer: bytes,
-        windows: dict[int, list[Window]],
-        keyword_rules: set[int],
-        inherited: _Keywords | None = None,
-    ) -> int | None:
-        """Collect confirm windows from match ends. Returns where the first base64/hex-like run starts
-        (None: there is none), or -1 when the event budget ran out."""
+    def _hs_pass(self, database: Any, buffer: bytes, budget: list[int]) -> _HsPass:
+        """Every match end of one database's pass over `buffer`, by expression id (None when the event
+        budget, shared by the passes over one buffer, ran out), and that budget."""
         ends: dict[int, list[int]] = defaultdict(list)
-        budget = [MAX_PREFILTER_EVENTS]
 
         def collect(hs_id: int, _start: int, end: int, _flags: int, _context: object) -> bool:
             ends[hs_id].append(end)
             budget[0] -= 1
             return budget[0] <= 0
 
-        if not self._hs_scan(self._hs_db, buffer, collect) or budget[0] <= 0:
+        if not self._hs_scan(database, buffer, collect) or budget[0] <= 0:
+            return None, budget
+        return ends, budget
+
+    def _hyperscan_windows(
+        self,
+        buffer: bytes,
+        windows: dict[int, list[Window]],
+        keyword_rules: set[int],
+        inherited: _Keywords | None = None,
+        first: _HsPass | None = None,
+    ) -> int | None:
+        """Collect confirm windows from match ends (`first`: the main database's pass, when the caller
+        made it). Returns where the first base64/hex-like run starts (None: there is none), or -1 when
+        the event budget ran out."""
+        if first is None:
+            first = self._hs_pass(self._hs_db, buffer, [MAX_PREFILTER_EVENTS])
+        found, budget = first
+        if found is None:
             return -1
+        ends = found
         rule_count = len(self._hs_rule_indexes)
         run_ends = ends.pop(self._hs_run_id, None)
         by_rule: list[tuple[int, list[int]]] = []
@@ -512,10 +537,10 @@ class DlpEngine:
         # Gated rules run only where one of their keywords occurs (here or in the buffer decoded from).
         for index, database in self._hs_gated:
             if index in keyword_rules or (inherited is not None and inherited.has(index)):
-                ends.clear()
-                if not self._hs_scan(database, buffer, collect) or budget[0] <= 0:
+                gated = self._hs_pass(database, buffer, budget)[0]
+                if gated is None:
                     return -1
-                by_rule.append((index, ends.pop(0, [])))
+                by_rule.append((index, gated.pop(0, [])))
         for index, rule_ends in by_rule:
             width, bound = self._window_shapes.get(index, (self._rules[index].width, None))
             target = windows[index]

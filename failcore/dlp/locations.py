@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 
 from failcore.dlp.engine import DlpEngine
-from failcore.dlp.model import Hit
+from failcore.dlp.model import Hit, Scans
 
 # Unrolled string pattern: each position is consumed by exactly one branch, so Python `re` stays linear.
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]|-?[0-9][0-9.eE+-]*|true|false|null')
@@ -153,7 +153,7 @@ def _query_param_spans(url: str) -> list[tuple[int, int, str]]:
     return spans
 
 
-def scan_url(engine: DlpEngine, url: str) -> list[Hit]:
+def scan_url(engine: Scans, url: str) -> list[Hit]:
     """Offsets are into the UTF-8 URL; percent-encoded query values are also scanned decoded."""
     params = _query_param_spans(url)
     found: dict[tuple[str, int, int], Hit] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 SEVERITIES: tuple[str, ...] = ("critical", "high", "medium", "low")
 CATEGORIES: tuple[str, ...] = ("secret", "pii")
@@ -74,3 +75,10 @@ class Hit:
     preview: str
     fingerprint: str
     location: str | None = None
+
+
+class Scans(Protocol):
+    """What scans a text for hits: a DlpEngine, or a memo of the texts one found nothing in
+    (failcore.dlp.knownclean.CleanTexts)."""
+
+    def scan(self, data: bytes | str) -> list[Hit]: ...

@@ -27,7 +27,7 @@ logger = logging.getLogger("failcore")
 
 class PendingEngine:
     """Stands in for a DlpEngine while it is built; attribute access waits for the real one (or for the
-    interim engine, while the real one compiles)."""
+    interim engine, while the real one compiles). Once the real one is built, a use costs one lookup."""
 
     def __init__(
         self,
@@ -48,6 +48,8 @@ class PendingEngine:
         self._interim: DlpEngine | None = None
         self._interim_started = False
         self._interim_lock = threading.Lock()
+        # The full engine once its build is done: every use then goes straight to it (no wait, no lock).
+        self._built: DlpEngine | None = None
         self._thread = threading.Thread(target=self._run, args=(build,), name=name, daemon=True)
         if start:
             self._thread.start()
@@ -66,6 +68,7 @@ class PendingEngine:
                 self._done.set()
                 self._usable.set()
                 self._interim = None  # replaced: its memory goes
+                self._built = self._engine
 
     def compiling(self) -> None:
         """Called by the build before it compiles: start building the interim engine (once)."""
@@ -109,6 +112,9 @@ class PendingEngine:
 
     def current(self) -> DlpEngine:
         """The engine a use gets now: the full one, else the interim one, else the first of them built."""
+        built = self._built
+        if built is not None:
+            return built
         self._usable.wait()
         interim = self._interim
         if interim is None or self._done.is_set():
@@ -117,9 +123,10 @@ class PendingEngine:
 
     def __getattr__(self, name: str) -> Any:
         # Only called for what PendingEngine itself lacks: everything a DlpEngine offers.
-        if name.startswith("__"):
+        if name.startswith("__") or name == "_built":  # (`_built`: not set yet, mid-construction)
             raise AttributeError(name)
-        return getattr(self.current(), name)
+        built = self._built
+        return getattr(built if built is not None else self.current(), name)
 
 
 def engine_ready(engine: object) -> bool:
@@ -131,3 +138,9 @@ def wait_until_built(engine: object) -> None:
     """Block until a PendingEngine is built (raising its build error); a DlpEngine returns at once."""
     if isinstance(engine, PendingEngine):
         engine.result()
+
+
+def serving(engine: DlpEngine) -> DlpEngine:
+    """The engine that serves a use of `engine` now (a PendingEngine's full or interim engine, waiting
+    for one as any use does); a DlpEngine is itself."""
+    return engine.current() if isinstance(engine, PendingEngine) else engine

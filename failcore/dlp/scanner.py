@@ -1,7 +1,9 @@
 """DlpScanner: a policy's DLP settings with their compiled engine.
 
 Built by the policy gate when a policy loads, read by the DLP guard (decisions), the request hold and
-the evidence builders (masking); so it lives below all of them, not in one of their modules.
+the evidence builders (masking); so it lives below all of them, not in one of their modules. It keeps
+the short texts of events its engine found clean (CleanTexts), so that the evidence scan of the next
+exchange does not scan them again.
 """
 
 from __future__ import annotations
@@ -12,13 +14,59 @@ from typing import TYPE_CHECKING, cast
 
 from failcore.dlp.engine import DlpEngine
 from failcore.dlp.model import DlpRule, Hit
-from failcore.dlp.pending import PendingEngine
+from failcore.dlp.pending import PendingEngine, serving
 from failcore.dlp.rules import policy_rules
 
 if TYPE_CHECKING:
     from failcore.policy.model import Action, DlpSettings, Policy
 
 SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+
+
+# CleanTexts' bounds: a text longer than this is scanned every time (and not kept); past this many
+# characters kept in all, the memo starts over.
+CLEAN_TEXT_CHARS = 8192
+CLEAN_TEXTS_CHARS = 1 << 20
+
+
+class CleanTexts:
+    """The texts one engine found nothing in, in memory: `scan(text)` of a text found clean before
+    answers [] without scanning it again; any other text is scanned by the engine.
+
+    Exact: a scan is a pure function of the engine and the text (the whole text, as given: a text is
+    never split into parts remembered apart, so a secret spread over several lines of one text is
+    found as before). Only texts without a hit are kept, so a text with one is scanned every time. The
+    texts kept are those of the engine serving now: when a PendingEngine's interim engine is replaced
+    by the full one, the memo starts over. Bounded: at most CLEAN_TEXTS_CHARS characters of texts of
+    at most CLEAN_TEXT_CHARS each; past that it starts over. For the short texts that repeat from one
+    exchange to the next (a URL, header names, a header block, a host, a reason); a body is scanned by
+    the engine itself.
+    """
+
+    def __init__(self, engine: DlpEngine) -> None:
+        self.engine = engine
+        # (the engine serving, its clean texts, their characters): swapped whole, so a text is only
+        # ever added to the set of the engine that scanned it.
+        self._state: tuple[DlpEngine | None, set[bytes | str], list[int]] = (None, set(), [0])
+
+    def scan(self, data: bytes | str) -> list[Hit]:
+        engine = serving(self.engine)
+        state = self._state
+        if state[0] is not engine:
+            state = self._state = (engine, set(), [0])
+        clean, size = state[1], state[2]
+        if not isinstance(data, bytes | str):
+            data = bytes(data)  # a bytearray or memoryview: kept as the bytes it held
+        if data in clean:
+            return []
+        found = engine.scan(data)
+        if not found and len(data) <= CLEAN_TEXT_CHARS:
+            if size[0] + len(data) > CLEAN_TEXTS_CHARS:
+                clean.clear()
+                size[0] = 0
+            clean.add(data)
+            size[0] += len(data)
+        return found
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,6 +92,9 @@ class DlpScanner:
     settings: DlpSettings
     enforce: bool
     _can_block: bool = field(init=False, repr=False)
+    # The short texts of events this scanner found clean (failcore.evidence.dlp.scan_event): a new
+    # scanner (a policy reload) starts afresh.
+    clean_texts: CleanTexts = field(init=False, repr=False, compare=False)
 
     @classmethod
     def for_policy(cls, policy: Policy, salt: bytes) -> DlpScanner | None:
@@ -67,3 +118,4 @@ class DlpScanner:
             or "BLOCK" in s.rule_actions.values()
         )
         object.__setattr__(self, "_can_block", blocking)
+        object.__setattr__(self, "clean_texts", CleanTexts(self.engine))

@@ -25,6 +25,7 @@ from failcore.dlp import (
     taint_source,
     unescape_ascii_json,
 )
+from failcore.dlp.model import Scans
 from failcore.dlp.scanner import SEVERITY_RANK
 from failcore.evidence.redact import CREDENTIAL_HEADERS, HOST_HEADERS
 
@@ -131,12 +132,12 @@ def host_spellings(host: str) -> list[str]:
     return spellings
 
 
-def host_hits(engine: DlpEngine, host: str) -> list[Hit]:
+def host_hits(engine: Scans, host: str) -> list[Hit]:
     """Secrets in a host name, in the first of its spellings that has any (see host_spellings)."""
     return spelling_hits(engine, host)[1]
 
 
-def spelling_hits(engine: DlpEngine, host: str, first: int = 0) -> tuple[int, list[Hit]]:
+def spelling_hits(engine: Scans, host: str, first: int = 0) -> tuple[int, list[Hit]]:
     """(index in host_spellings, hits) of the first spelling from `first` on with any hits; (-1, []).
     A spelling the same as an earlier one (an upper-case host upper-cased) is not scanned again."""
     spellings = host_spellings(host)
@@ -173,7 +174,7 @@ def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -
     return found
 
 
-def header_name_hits(engine: DlpEngine, names: Sequence[str], where: str = "header-name") -> list[Hit]:
+def header_name_hits(engine: Scans, names: Sequence[str], where: str = "header-name") -> list[Hit]:
     """Secrets spelled as header names (`X-AKIA…: 1`): every name is scanned, alone on its line."""
     # One scan of all names, one per line; names are case-insensitive (HTTP/2 lower-cases them), so the
     # upper-cased names are scanned too: an AWS key id is upper-case.
@@ -185,6 +186,8 @@ def header_name_hits(engine: DlpEngine, names: Sequence[str], where: str = "head
     if joined.upper() != joined:
         for h in engine.scan(joined.upper()):
             seen.setdefault((h.rule_id, h.start, h.end), h)
+    if not seen:
+        return []
     found: list[Hit] = []
     line_start = 0
     for raw in encoded:
@@ -225,21 +228,24 @@ def _mask_body(
 def _mask_headers(
     scanner: DlpScanner, message: dict[str, Any] | None, where: str, out: list[dict[str, Any]]
 ) -> None:
-    """All of a message's headers in one scan ("name: value" lines, so name-keyed rules apply)."""
+    """All of a message's headers in one scan ("name: value" lines, so name-keyed rules apply). Names,
+    header blocks and hosts repeat from one exchange to the next: one found clean before by this
+    scanner is not scanned again (DlpScanner.clean_texts)."""
     if not message:
         return
+    texts = scanner.clean_texts
     # A secret spelled as a header name (`X-AKIA…: 1`) is masked in the name itself.
     names = [pair[0] for pair in message.get("headers", [])]
-    named = header_name_hits(scanner.engine, names) if names else []
+    named = header_name_hits(texts, names) if names else []
     pairs = [
         pair
         for pair in message.get("headers", [])
         if pair[0].lower() not in CREDENTIAL_HEADERS and not pair[1].startswith("[redacted ")
     ]
     lines = [f"{name}: {value}\n".encode() for name, value in pairs]
-    hits = scanner.engine.scan(b"".join(lines))
+    hits = texts.scan(b"".join(lines))
     line_start = 0
-    for pair, line in zip(pairs, lines, strict=True):
+    for pair, line in zip(pairs, lines, strict=True) if hits else ():
         value_start = line_start + len(pair[0].encode()) + 2
         line_end = line_start + len(line) - 1
         mine = [
@@ -256,14 +262,14 @@ def _mask_headers(
     for pair in pairs:
         if pair[0].lower() in HOST_HEADERS and not pair[1].startswith("[redacted "):
             # (As written it was scanned with the other headers above.)
-            other = spelling_hits(scanner.engine, pair[1], first=1)[1]
+            other = spelling_hits(texts, pair[1], first=1)[1]
             if other:  # a lower-cased or split host (see host_spellings): masked like any header value
                 pair[1] = _redacted(other)
                 out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in other)
     if named:
         out.extend(_hit_record(scanner, replace(h, location=None), f"{where}.header-name") for h in named)
         for pair in message.get("headers", []):
-            mine = header_name_hits(scanner.engine, [pair[0]])
+            mine = header_name_hits(texts, [pair[0]])
             if mine:
                 pair[0] = mask_text(pair[0], mine)
 
@@ -277,7 +283,7 @@ def _mask_target_host(scanner: DlpScanner, event: dict[str, Any]) -> list[Hit]:
     host = target.get("host") if isinstance(target, dict) else None
     if not isinstance(host, str) or not host:
         return []
-    spelling, found = spelling_hits(scanner.engine, host)
+    spelling, found = spelling_hits(scanner.clean_texts, host)
     if spelling == 0:
         masked = mask_text(host, found)
         found = []  # recorded with the URL's hits
@@ -307,12 +313,13 @@ def _mask_said(scanner: DlpScanner, event: dict[str, Any], out: list[dict[str, A
 
 
 def _masked_prose(scanner: DlpScanner, text: str, where: str, out: list[dict[str, Any]]) -> str:
-    found = scanner.engine.scan(text)
+    texts = scanner.clean_texts  # a reason repeats from one exchange to the next
+    found = texts.scan(text)
     if found:
         out.extend(_hit_record(scanner, h, where) for h in found)
         return mask_text(text, found)
     upper = text.upper()
-    found = scanner.engine.scan(upper)
+    found = texts.scan(upper)
     if not found:
         return text
     out.extend(_hit_record(scanner, h, where) for h in found)
@@ -348,7 +355,7 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
         target = event.get("target") or {}
         path = event.get("path") or ""
         url = f"{target.get('scheme')}://{target.get('host')}:{target.get('port')}{path}"
-        url_hits = scan_url(scanner.engine, url)
+        url_hits = scan_url(scanner.clean_texts, url)
         if url_hits:
             origin = url[: len(url) - len(path)]
             masked = mask_text(url, url_hits)
