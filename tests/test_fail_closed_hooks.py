@@ -47,6 +47,22 @@ class Broken:
     def request(self, flow: object) -> None:
         self._raise()
 
+    @guarded("broken.response")
+    def response(self, flow: object) -> None:
+        self._raise()
+
+    @guarded("broken.error")
+    def error(self, flow: object) -> None:
+        self._raise()
+
+    @guarded("broken.tcp_start")
+    def tcp_start(self, flow: object) -> None:
+        self._raise()
+
+    @guarded("broken.server_connected")
+    def server_connected(self, data: object) -> None:
+        self._raise()
+
 
 def errors(concern: Broken) -> list[dict]:
     return [e for e in concern.session.pending if isinstance(e, dict) and e["kind"] == "internal_error"]
@@ -109,3 +125,47 @@ def test_an_http_request_whose_check_failed_is_answered_502_fail_closed() -> Non
     passed = tflow.tflow()
     Broken(fail_open=True).request(passed)
     assert passed.response is None
+
+
+def test_a_whole_response_whose_check_failed_is_withheld_and_a_streamed_one_left_as_sent() -> None:
+    whole = tflow.tflow(resp=True)
+    Broken(fail_open=False).response(whole)
+    assert whole.response.status_code == 502
+    assert b"response was withheld" in whole.response.content
+    streamed = tflow.tflow(resp=True)
+    sent = streamed.response
+    sent.stream = True
+    Broken(fail_open=False).response(streamed)
+    assert streamed.response is sent, "already sent: the tape keeps what the client got"
+
+
+def test_a_websocket_upgrade_whose_response_check_failed_is_refused() -> None:
+    flow = tflow.twebsocketflow()
+    flow.live = True
+    Broken(fail_open=False).response(flow)
+    assert flow.response.status_code == 502
+
+
+def test_a_failure_that_only_reports_refuses_nothing() -> None:
+    flow = tflow.tflow(resp=True, err=True)
+    response = flow.response
+    Broken(fail_open=False).error(flow)
+    assert flow.response is response
+
+
+def test_a_tcp_stream_whose_check_failed_relays_nothing_more() -> None:
+    from failcore.proxy.failclosed import REFUSED
+
+    flow = tflow.ttcpflow()
+    Broken(fail_open=False).tcp_start(flow)
+    assert flow.metadata.get(REFUSED) is True
+    kept = tflow.ttcpflow()
+    Broken(fail_open=True).tcp_start(kept)
+    assert REFUSED not in kept.metadata
+
+
+def test_a_connected_server_whose_check_failed_is_dropped() -> None:
+    data = server_hooks.ServerConnectionHookData(server=tflow.tserver_conn(), client=tflow.tclient_conn())
+    data.server.error = None
+    Broken(fail_open=False).server_connected(data)
+    assert data.server.error and "dropped" in data.server.error

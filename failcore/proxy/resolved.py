@@ -20,6 +20,7 @@ from mitmproxy.proxy import server_hooks
 
 from failcore.policy.address import canonical_ip, is_non_global
 from failcore.policy.model import Decision, Policy
+from failcore.proxy.failclosed import abort_server_connection
 from failcore.proxy.gate import blocked_response, decision_host, stricter
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
@@ -112,14 +113,4 @@ class ResolvedAddressGuard:
         # The name resolved to a public address when it was decided and to this one now (rebinding).
         logger.warning("failcore: dropped a connection to %s: %s is not public", server.address, peer)
         server.error = f"failcore: {server.address[0]} connected to {peer}, which is not a public address"
-        self._drop(data)
-
-    @staticmethod
-    def _drop(data: server_hooks.ServerConnectionHookData) -> None:
-        """Close the socket before mitmproxy hands the connection to its layers: nothing is sent."""
-        from mitmproxy import ctx
-
-        handler = ctx.master.addons.get("proxyserver").connections.get(data.client.id)
-        io = handler.transports.get(data.server) if handler is not None else None
-        if io is not None and io.writer is not None:
-            io.writer.transport.abort()
+        abort_server_connection(data)

@@ -23,7 +23,7 @@ from mitmproxy import tcp
 from failcore.event import EgressEvent, Target
 from failcore.policy.decide import tcp_verdict
 from failcore.policy.model import Decision
-from failcore.proxy.failclosed import close_client
+from failcore.proxy.failclosed import REFUSED, close_client
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session
 
@@ -95,10 +95,13 @@ class TcpRecorder:
 
     @guarded("tcp.tcp_message")
     def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        message = flow.messages[-1]
+        if flow.metadata.get(REFUSED):
+            message.content = b""  # its check failed under fail_open: false (failcore.proxy.failclosed)
+            return
         state = self.streams.get(flow.id)
         if state is None:
             return
-        message = flow.messages[-1]
         if state.blocked_by is not None:
             # Nothing more is relayed once the stream is refused, even if closing it lags behind.
             message.content = b""

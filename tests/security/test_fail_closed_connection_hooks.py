@@ -13,6 +13,7 @@ import socket
 import ssl
 from pathlib import Path
 
+import httpx
 import pytest
 
 import failcore.proxy.hostdlp as hostdlp
@@ -100,3 +101,65 @@ def test_a_failed_destination_check_opens_no_connection_under_fail_closed(
     assert plain_logging_upstream.received_bytes() == b"", "the connection was never opened"
     [error] = internal_errors(tmp_path / "tape")
     assert error["detail"]["where"] == "hostdlp.server_connect" and error["detail"]["fail_open"] is False
+
+
+def test_a_failed_tcp_stream_check_relays_nothing_under_fail_closed(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, monkeypatch
+) -> None:
+    """The stream's own check (tcp_start) fails: the message mitmproxy already holds must not be
+    relayed either (tcp_message found no stream state and let it through)."""
+    import failcore.proxy.tcpstream as tcpstream
+
+    def broken(flow):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the TCP check broke")
+
+    monkeypatch.setattr(tcpstream, "stream_target", broken)
+    proxy = start_proxy(policy_file("version: 1\nmode: enforce\ndefault: ALLOW\nfail_open: false\n"))
+    authority = f"127.0.0.1:{plain_logging_upstream.port}"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert read_head(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"\x00\x01\x02raw-hello\xff")
+        sock.settimeout(5)
+        echoed = b""
+        try:
+            while chunk := sock.recv(65536):
+                echoed += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    proxy.flush()
+    assert echoed == b""
+    assert plain_logging_upstream.received_bytes() == b"", "nothing of the stream was relayed"
+    [error] = internal_errors(tmp_path / "tape")
+    assert error["detail"]["where"] == "tcp.tcp_start" and error["detail"]["fail_open"] is False
+
+
+@pytest.mark.parametrize("size", [200, 3 << 20])
+def test_a_failed_response_check_lets_nothing_of_the_body_through_under_fail_closed(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, monkeypatch, size: int
+) -> None:
+    """The response's check (responseheaders) fails before its body is read: a 502 put in its place
+    was sent with the upstream's body (mitmproxy reads the body into the response it then holds), a
+    secret in it included. The flow is killed instead: the client gets nothing of the body."""
+    import failcore.proxy.dlpguard as dlpguard
+
+    def broken(*args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("the response check broke")
+
+    monkeypatch.setattr(dlpguard, "response_streams", broken)
+    body = b'{"leak": "' + KEY.encode() + b'", "pad": "' + b"x" * size + b'"}'
+    plain_logging_upstream.respond_with = (200, [(b"content-type", b"application/json")], body)
+    proxy = start_proxy(policy_file(FAIL_CLOSED))
+    received = b""
+    with proxied_client(proxy) as client:
+        try:
+            with client.stream("GET", f"{plain_logging_upstream.url}/answer") as response:
+                for chunk in response.iter_raw():
+                    received += chunk
+        except httpx.HTTPError:
+            pass
+    proxy.flush()
+    assert KEY.encode() not in received and b"x" * 100 not in received
+    [error] = internal_errors(tmp_path / "tape")
+    assert error["detail"]["where"] == "dlp.responseheaders" and error["detail"]["fail_open"] is False
+    assert KEY.encode() not in b"".join(p.read_bytes() for p in (tmp_path / "tape").glob("seg-*.jsonl"))
