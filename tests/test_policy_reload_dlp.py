@@ -162,3 +162,25 @@ def test_a_reload_with_uncached_rules_builds_no_interim_engine(
         assert builds.backends == ["auto"]
         assert h.session.dlp.engine.backend == "hyperscan"
         assert scan_ids(h, "kappa_" + "d4" * 16) == ["acme-token"]
+
+
+def test_rules_that_failed_to_compile_at_start_up_are_built_again_later(
+    home: Path, tmp_path: Path, builds: Builds, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first load builds its engine in the background: when that build fails, every DLP use is an
+    internal error; the watcher builds the same rules again after the retry delay, unedited."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(dlp_policy("sigma_"))
+    clock = [1000.0]
+    monkeypatch.setattr(gate_module, "time", SimpleNamespace(time=time.time, monotonic=lambda: clock[0]))
+    builds.failing = True
+    with concerns(PolicyGate, confdir=tmp_path, failcore_policy=str(path)) as h:
+        token = "sigma_" + "e5" * 16
+        with pytest.raises(RuntimeError, match="could not be compiled"):
+            scan_ids(h, token)
+        builds.failing = False
+        assert reload(h) is False  # the failure seen: a rebuild is due after the retry delay
+        clock[0] += gate_module.RELOAD_RETRY_SECONDS
+        assert reload(h) is True
+        assert scan_ids(h, token) == ["acme-token"]
+        assert policy_events(h.events)[-1] == ("policy.reload", True, [])

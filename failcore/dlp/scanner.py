@@ -29,7 +29,8 @@ _engines: dict[tuple[tuple[DlpRule, ...], bytes], DlpEngine] = {}
 _engines_lock = threading.Lock()
 
 
-def _build_failed(engine: DlpEngine) -> bool:
+def build_failed(engine: DlpEngine) -> bool:
+    """Whether this engine's background build ended in an error (every use raises it)."""
     if not isinstance(engine, PendingEngine):
         return False
     try:
@@ -50,7 +51,7 @@ def _engine_for(rules: tuple[DlpRule, ...], salt: bytes, background: bool = True
     key = (rules, salt)
     with _engines_lock:
         engine = _engines.get(key)
-        if engine is not None and not _build_failed(engine):
+        if engine is not None and not build_failed(engine):
             _engines[key] = _engines.pop(key)  # the most recently used goes last
             return engine
     if background:

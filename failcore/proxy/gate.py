@@ -15,7 +15,7 @@ import orjson
 from mitmproxy import connection, exceptions, http, tls
 
 from failcore.dlp.pending import wait_until_built
-from failcore.dlp.scanner import DlpScanner
+from failcore.dlp.scanner import DlpScanner, build_failed
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
 from failcore.policy.address import normalise_host
@@ -224,6 +224,15 @@ class PolicyGate:
         if stamp is None or self.path is None:
             return False
         if stamp == self._stamp:
+            if (
+                self._retry_at is None
+                and self.session.dlp is not None
+                and build_failed(self.session.dlp.engine)
+            ):
+                # The rules in force failed to compile in the background (at start-up): every DLP use
+                # is an internal error until a rebuild works, which is tried like a failed reload's.
+                self._retry_at = time.monotonic() + self._retry_delay
+                self._retry_delay = min(self._retry_delay * 2, RELOAD_RETRY_MAX_SECONDS)
             if self._retry_at is None or time.monotonic() < self._retry_at:
                 return False
             # The same file again: its DLP rules failed to compile last time.
