@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -39,8 +38,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from failcore.policy.model import BudgetSpec
+
+if TYPE_CHECKING:
+    import sqlite3  # imported where the state database opens: a policy without budgets never does
 
 # The order of the internal usage vectors; cost is kept in integer nano-dollars so sums never drift.
 USAGE_METRICS: tuple[str, ...] = (
@@ -624,6 +627,8 @@ def open_state_db(path: Path) -> sqlite3.Connection:
     # is never readable by others.
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     os.chmod(path, 0o600)
+    import sqlite3
+
     connection = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
@@ -671,6 +676,8 @@ class _StateWriter:
             prune = now - self._last_prune >= _PRUNE_INTERVAL_SECONDS
             if not rolling and not run and not prune:
                 return
+            import sqlite3  # (loaded by open_state_db, which made self.connection)
+
             try:
                 self._store._write(self.connection, rolling, run, now, prune=prune)
             except sqlite3.Error as exc:

@@ -106,6 +106,18 @@ def _digest(kind: str, tag: bytes, parts: Sequence[Sequence[bytes | int | str] |
     return digest.digest()
 
 
+def entry_key(
+    kind: str, code: bytes, parts: Sequence[Sequence[bytes | int | str] | bytes | int | str]
+) -> bytes:
+    """The key of an entry that holds no compiled database (nothing host-specific): `code` stands for
+    what produced it (see failcore.dlp.gitleaks)."""
+    return _digest(kind, code, parts)
+
+
+def discard_entry(key: bytes) -> None:
+    _discard(_path(key))
+
+
 def _path(key: bytes) -> Path:
     return cache_dir() / f"{key.hex()}{_SUFFIX}"
 

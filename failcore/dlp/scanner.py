@@ -8,7 +8,7 @@ exchange does not scan them again.
 
 from __future__ import annotations
 
-import functools
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
@@ -69,19 +69,55 @@ class CleanTexts:
         return found
 
 
-@functools.lru_cache(maxsize=4)
-def _engine_for(rules: tuple[DlpRule, ...], salt: bytes) -> DlpEngine:
-    # Compiling the Hyperscan database takes seconds without its on-disk cache: share it between policy
-    # reloads (and proxies in one process) that use the same rules, and build it in the background so
-    # the proxy listens meanwhile; every scan waits for it, or, while it compiles, for an engine of the
-    # same rules on the RE2 backend that finds the same hits (failcore.dlp.pending).
-    pending = PendingEngine(
-        lambda: DlpEngine(rules, backend="auto", salt=salt, on_compile=pending.compiling),
-        interim=lambda: DlpEngine(rules, backend="re2", salt=salt),
-        start=False,
-    )
-    pending.start()
-    return cast(DlpEngine, pending)
+# Compiling the Hyperscan database takes seconds without its on-disk cache: engines are shared between
+# policy reloads (and proxies in one process) that use the same rules, the most recent few kept. An
+# engine whose build failed is not kept: the next policy (re)load of those rules builds it again.
+_KEEP = 4
+_engines: dict[tuple[tuple[DlpRule, ...], bytes], DlpEngine] = {}
+_engines_lock = threading.Lock()
+
+
+def build_failed(engine: DlpEngine) -> bool:
+    """Whether this engine's background build ended in an error (every use raises it)."""
+    if not isinstance(engine, PendingEngine):
+        return False
+    try:
+        engine.result(timeout=0)
+    except TimeoutError:
+        return False  # still building
+    except RuntimeError:
+        return True
+    return False
+
+
+def _engine_for(rules: tuple[DlpRule, ...], salt: bytes, background: bool = True) -> DlpEngine:
+    """The engine of these rules. In the `background` it is built so the proxy listens meanwhile; every
+    scan waits for it, or, while it compiles, for an engine of the same rules on the RE2 backend that
+    finds the same hits (failcore.dlp.pending). Otherwise it is built here (raising its build error):
+    for a caller that waits for the full engine anyway, such as a policy reload, whose current engine
+    serves meanwhile and for which an interim engine would be built for nothing."""
+    key = (rules, salt)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is not None and not build_failed(engine):
+            _engines[key] = _engines.pop(key)  # the most recently used goes last
+            return engine
+    if background:
+        pending = PendingEngine(
+            lambda: DlpEngine(rules, backend="auto", salt=salt, on_compile=pending.compiling),
+            interim=lambda: DlpEngine(rules, backend="re2", salt=salt),
+            start=False,
+        )
+        pending.start()
+        engine = cast(DlpEngine, pending)
+    else:
+        engine = DlpEngine(rules, backend="auto", salt=salt)
+    with _engines_lock:
+        _engines.pop(key, None)
+        _engines[key] = engine
+        while len(_engines) > _KEEP:
+            del _engines[next(iter(_engines))]
+    return engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +133,12 @@ class DlpScanner:
     clean_texts: CleanTexts = field(init=False, repr=False, compare=False)
 
     @classmethod
-    def for_policy(cls, policy: Policy, salt: bytes) -> DlpScanner | None:
+    def for_policy(cls, policy: Policy, salt: bytes, *, background: bool = True) -> DlpScanner | None:
+        """`background=False` builds the engine before returning (see `_engine_for`)."""
         rules = policy_rules(policy)
         if rules is None:
             return None
-        return cls(_engine_for(rules, salt), policy.dlp, policy.mode == "enforce")
+        return cls(_engine_for(rules, salt, background), policy.dlp, policy.mode == "enforce")
 
     def action(self, hit: Hit) -> Action:
         return self.settings.action_for(hit.rule_id, hit.severity)

@@ -34,7 +34,21 @@ SHIPPED_PRICES_PATH = Path(__file__).resolve().parent.parent / "data" / "prices.
 
 # genai-prices itself is imported on first use (it takes seconds: pydantic, its price data), so CLI
 # commands that never price a call do not pay for it; the proxy loads it in a thread as it starts.
-GENAI_SOURCE = f"genai-prices {distribution_version('genai-prices')}"
+# Its version (the `source` of a cost it priced) is looked up on first use too: the package metadata
+# lookup walks sys.path (~10-20 ms of a proxy's start-up here). `GENAI_SOURCE` still reads as a name.
+
+
+@functools.cache
+def genai_source() -> str:
+    return f"genai-prices {distribution_version('genai-prices')}"
+
+
+def __getattr__(name: str) -> str:
+    if name == "GENAI_SOURCE":
+        return genai_source()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 SHIPPED_SOURCE = "failcore"
 POLICY_SOURCE = "policy"
 # failcore's provider names -> genai-prices provider ids (None: let genai-prices find it by model id).
@@ -328,7 +342,7 @@ def genai_price(call: LlmCall, service_tier: str | None = None) -> CostResult | 
         return CostResult(
             usd=_usd(priced.total_price),
             priced_as=info.id,
-            source=GENAI_SOURCE,
+            source=genai_source(),
             input_usd=_usd(priced.input_price),
             output_usd=_usd(priced.output_price),
         )
@@ -375,7 +389,7 @@ def compute_cost(call: LlmCall, table: PriceTable) -> CostResult:
         if genai_model is not None:
             if not call.usage_known or call.input_tokens is None or call.output_tokens is None:
                 return CostResult(
-                    usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=genai_model, source=GENAI_SOURCE
+                    usd=None, reason=REASON_USAGE_UNKNOWN, priced_as=genai_model, source=genai_source()
                 )
             return genai_price(call, call.service_tier) or CostResult(usd=None, reason=REASON_UNPRICED_MODEL)
     if price is None:

@@ -14,7 +14,7 @@ import orjson
 from mitmproxy import connection, exceptions, http, tls
 
 from failcore.dlp.pending import wait_until_built
-from failcore.dlp.scanner import DlpScanner
+from failcore.dlp.scanner import DlpScanner, build_failed
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
 from failcore.policy.address import normalise_host
@@ -94,6 +94,10 @@ TUNNEL_MODES = ("regular", "upstream", "socks5")
 
 # How long an edited policy file must stay unchanged before it is read (see reload_if_changed).
 RELOAD_SETTLE_SECONDS = 0.05
+# A reload whose DLP rules could not be compiled (memory, a damaged library, …) is tried again after
+# this many seconds, doubling up to the maximum while it keeps failing; an edit is read at once.
+RELOAD_RETRY_SECONDS = 2.0
+RELOAD_RETRY_MAX_SECONDS = 300.0
 
 
 def stricter(a: Decision, b: Decision) -> Decision:
@@ -146,6 +150,9 @@ class PolicyGate:
         self.mode_override: str | None = None
         self._stamp: tuple[int, ...] | None = None
         self._reload_failed = False
+        # When the file whose DLP rules failed to compile is read again (monotonic), and the next delay.
+        self._retry_at: float | None = None
+        self._retry_delay = RELOAD_RETRY_SECONDS
         self._watcher: asyncio.Task[None] | None = None
 
     def configure(self, updated: set[str]) -> None:
@@ -204,25 +211,46 @@ class PolicyGate:
 
     async def reload_if_changed(self) -> bool:
         stamp = self._file_stamp()
-        if stamp is None or stamp == self._stamp or self.path is None:
+        if stamp is None or self.path is None:
             return False
-        # An edit caught mid-write (editors and `write_text` truncate, then write) would be read as an
-        # empty or half policy and reported invalid: the file must hold still for a moment first.
-        await asyncio.sleep(RELOAD_SETTLE_SECONDS)
-        if self._file_stamp() != stamp:
-            return False  # still being written: a later poll reads it
+        if stamp == self._stamp:
+            if (
+                self._retry_at is None
+                and self.session.dlp is not None
+                and build_failed(self.session.dlp.engine)
+            ):
+                # The rules in force failed to compile in the background (at start-up): every DLP use
+                # is an internal error until a rebuild works, which is tried like a failed reload's.
+                self._retry_at = time.monotonic() + self._retry_delay
+                self._retry_delay = min(self._retry_delay * 2, RELOAD_RETRY_MAX_SECONDS)
+            if self._retry_at is None or time.monotonic() < self._retry_at:
+                return False
+            # The same file again: its DLP rules failed to compile last time.
+        else:
+            # An edit caught mid-write (editors and `write_text` truncate, then write) would be read as
+            # an empty or half policy and reported invalid: the file must hold still for a moment first.
+            await asyncio.sleep(RELOAD_SETTLE_SECONDS)
+            if self._file_stamp() != stamp:
+                return False  # still being written: a later poll reads it
+            self._retry_delay = RELOAD_RETRY_SECONDS
         self._stamp = stamp
+        self._retry_at = None
         try:
             # Parsing may import a gitleaks file and compiling DLP rules takes a while: off the loop,
             # while traffic keeps using the current policy.
             policy = await asyncio.to_thread(lambda: with_mode(load_policy(self.path), self.mode_override))
-            dlp = await asyncio.to_thread(DlpScanner.for_policy, policy, self.session.salt)
-            if dlp is not None:  # its rules compile in the background: the current ones serve meanwhile
-                await asyncio.to_thread(wait_until_built, dlp.engine)
         except PolicyError as e:
             logger.warning("failcore: policy %s is invalid; keeping the last good policy:\n%s", self.path, e)
             self._record_policy_event("policy.reload", self.session.policy, [str(p) for p in e.problems])
             self._reload_failed = True
+            return False
+        try:
+            # Built here, in full (the current rules serve meanwhile: no interim engine is needed).
+            dlp = await asyncio.to_thread(DlpScanner.for_policy, policy, self.session.salt, background=False)
+            if dlp is not None:  # (an engine of these rules still compiling since an earlier load)
+                await asyncio.to_thread(wait_until_built, dlp.engine)
+        except Exception as e:
+            self._dlp_build_failed(e)
             return False
         self._activate(policy, dlp)
         # After a warning about a bad edit, the fix must be as visible as the warning was.
@@ -230,8 +258,22 @@ class PolicyGate:
         log("failcore: reloaded policy %s (mode %s)%s", self.path, policy.mode,
             ": valid again, now in force" if self._reload_failed else "")  # fmt: skip
         self._reload_failed = False
+        self._retry_delay = RELOAD_RETRY_SECONDS
         self._record_policy_event("policy.reload", policy, [])
         return True
+
+    def _dlp_build_failed(self, error: Exception) -> None:
+        """The edited policy is valid but its DLP rules could not be compiled: the last good policy keeps
+        deciding, the failure goes to the log and the tape, and the same file is tried again later."""
+        delay = self._retry_delay
+        self._retry_at = time.monotonic() + delay
+        self._retry_delay = min(delay * 2, RELOAD_RETRY_MAX_SECONDS)
+        cause = error.__cause__ or error  # (a background build's error comes wrapped)
+        why = f"{type(cause).__name__}: {cause}"
+        problem = f"the DLP rules could not be compiled ({why}); retry in {delay:.0f} s"
+        logger.warning("failcore: policy %s: %s; keeping the last good policy", self.path, problem)
+        self._record_policy_event("policy.reload", self.session.policy, [problem])
+        self._reload_failed = True
 
     def _record_policy_event(self, action: str, policy: Policy | None, problems: list[str]) -> None:
         detail = policy_detail(action, self.path, policy, problems)

@@ -42,7 +42,7 @@ from failcore.llm import (
     parse_call,
 )
 from failcore.llm.prices import (
-    GENAI_SOURCE,
+    genai_source,
     load_price_table,
     priced_by_genai,
     seen_cost,
@@ -213,7 +213,7 @@ def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
             "priced_as": cost.priced_as if cost else None,
             "source": cost.source if cost else None,
             "price_table_as_of": (
-                str(table.as_of) if table.as_of and cost and cost.source != GENAI_SOURCE else None
+                str(table.as_of) if table.as_of and cost and cost.source != genai_source() else None
             ),
         },
     }

@@ -10,20 +10,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from mitmproxy import exceptions, http
 
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import BodyTap, Session
-from failcore.replay.canned import CannedResponse
-from failcore.replay.match import MISS_STATUS, ReplayIndex, miss_body
-from failcore.replay.overrides import parse_overrides
-from failcore.replay.pointers import Pointer, parse_pointer
-from failcore.replay.recording import RecordedExchange, Recording, load_recording, parse_replay_source
-from failcore.replay.request import DEFAULT_IGNORED_POINTERS, RequestShape, normalize_body
-from failcore.replay.serve import TOKEN_HEADER, Rechunker, ReplayServer
+
+if TYPE_CHECKING:
+    # Imported where a replay is configured or served: a proxy that replays nothing (nearly every one)
+    # does not load failcore.replay at start-up (~15 ms of CPU here).
+    from failcore.replay.canned import CannedResponse
+    from failcore.replay.match import ReplayIndex
+    from failcore.replay.pointers import Pointer
+    from failcore.replay.recording import RecordedExchange, Recording
+    from failcore.replay.request import RequestShape
+    from failcore.replay.serve import ReplayServer
 
 logger = logging.getLogger("failcore")
 
@@ -77,6 +80,12 @@ class Replayer:
             return
         if self.server is not None:
             raise exceptions.OptionsError("replay options cannot change while the proxy runs")
+        from failcore.replay.match import ReplayIndex
+        from failcore.replay.overrides import parse_overrides
+        from failcore.replay.pointers import parse_pointer
+        from failcore.replay.recording import load_recording, parse_replay_source
+        from failcore.replay.request import DEFAULT_IGNORED_POINTERS
+
         try:
             pointers = (*DEFAULT_IGNORED_POINTERS, *opts.replay_ignore)
             ignore = tuple(parse_pointer(p) for p in pointers)
@@ -103,6 +112,8 @@ class Replayer:
     @guarded("replayer.running")
     async def running(self) -> None:
         if self.config is not None and self.server is None:
+            from failcore.replay.serve import ReplayServer
+
             self.server = ReplayServer(self.config.pace)
             await self.server.start()
 
@@ -137,6 +148,8 @@ class Replayer:
         if req.headers.get("upgrade"):
             state.replay = self._live("protocol upgrades (WebSocket) are not replayed")
             return
+        from failcore.replay.request import RequestShape, normalize_body
+
         live = RequestShape.make(
             req.method,
             req.scheme,
@@ -171,6 +184,8 @@ class Replayer:
     def _miss(
         self, flow: http.HTTPFlow, live: RequestShape, source: RecordedExchange | None, reason: str
     ) -> None:
+        from failcore.replay.match import MISS_STATUS, miss_body
+
         assert self.config is not None and self.index is not None
         state = self.session.state(flow)
         if self.config.on_miss == "live":
@@ -188,6 +203,8 @@ class Replayer:
         )
 
     def _serve(self, flow: http.HTTPFlow, canned: CannedResponse) -> None:
+        from failcore.replay.serve import TOKEN_HEADER
+
         assert self.server is not None
         req = flow.request
         self.redirects[flow.id] = Redirect(req.data.scheme, req.data.host, req.data.port, canned.chunks)
@@ -200,6 +217,8 @@ class Replayer:
     def _restore(self, flow: http.HTTPFlow) -> Redirect | None:
         redirect = self.redirects.pop(flow.id, None)
         if redirect is not None:
+            from failcore.replay.serve import TOKEN_HEADER
+
             req = flow.request
             req.data.scheme, req.data.host, req.data.port = redirect.scheme, redirect.host, redirect.port
             req.headers.pop(TOKEN_HEADER, None)
@@ -210,6 +229,8 @@ class Replayer:
         redirect = self._restore(flow)
         if redirect is None or redirect.chunks is None or flow.response is None:
             return
+        from failcore.replay.serve import Rechunker
+
         inner = flow.response.stream
         if not callable(inner):
             tap = BodyTap(self.session.settings.body_cap)
