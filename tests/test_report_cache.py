@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from failcore.report import collect_report, render_report
+from failcore.report import aggregates, collect_report, render_report
 from failcore.report.aggregates import ENTRY_MARK, OFFSET_CAP
 from failcore.tape.keys import load_or_create_signing_key
-from failcore.tape.reader import list_segments
+from failcore.tape.reader import list_segments, segment_name, segment_number
 from failcore.tape.writer import TapeWriter, encode_line
 from failcore.tui.cache import default_cache_dir
 from tests.report_helpers import cassette_event, lifecycle, llm_block, load_cassettes, network
@@ -235,6 +235,52 @@ def test_appended_open_segment_reads_only_its_tail(tmp_path: Path, confdir: Path
     assert_same(tape, RUNS[0], max_events=7)
     segment.write_bytes(cut)
     assert_same(tape, RUNS[0], max_events=7, cached=True)
+
+
+def rotate(tape: Path, tail: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> None:
+    """What a running writer's rotation does: a few more lines in the open segment (the writer ends it
+    with a checkpoint), then the chain goes on in a new segment."""
+    append(tape, tail)
+    segment = list_segments(tape)[-1]
+    last = orjson.loads(segment.read_bytes().splitlines()[-1])
+    prev, seq = str(last["h"]).encode("ascii"), last["seq"]
+    with open(tape / segment_name(segment_number(segment.name) + 1), "xb") as f:
+        for ev in fresh:
+            seq += 1
+            line, prev = encode_line(prev, seq, orjson.dumps(ev))
+            f.write(line)
+
+
+def test_first_report_after_rotation_counts_only_new_lines(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segment that was open when the cache was filled and is sealed now keeps its counted prefix:
+    the first report after the rotation parses only the lines written since, and its page is the page
+    of every line."""
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(11, 400))
+    run = RUNS[0]
+    collect_report(tape, run, max_events=7)  # cold: every segment counted, the open one's prefix kept
+    rng = random.Random(12)
+    tail = [varied_event(rng, run, 30_000 + n) for n in range(5)]
+    fresh = [varied_event(rng, run, 40_000 + n) for n in range(6)]
+    rotate(tape, tail, fresh)
+    counted: list[int] = []
+    real = aggregates.count_part
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        part = result[0] if isinstance(result, tuple) else result
+        counted.append(part.events)
+        return result
+
+    monkeypatch.setattr(aggregates, "count_part", spy)
+    report = collect_report(tape, run, max_events=7)
+    assert report.verification.ok
+    assert sum(counted) == len(tail) + len(fresh)  # not the sealed segment's whole part again
+    monkeypatch.undo()
+    assert_same(tape, run, max_events=7, cached=True)
+    assert_same(tape, run, max_events=1000, cached=True)
 
 
 def corrupt_variants(entry: Path) -> list[tuple[str, bytes]]:

@@ -405,6 +405,19 @@ def _sealed_part(
         cached = _cached(entry, key, run, before[0])
         if cached is not None:
             return (cached[1], True) if cached[1] is not None else None
+        # The segment was the open one when last counted (it was sealed by a rotation since): its
+        # entry covers a prefix, so only the lines appended after it are counted.
+        prefix = _open_cached(entry, path.name, run, path)
+        if prefix is not None:
+            start, part, _ = prefix
+            added, _ = count_part(path, run, start, sealed=True, progress=progress)
+            if part is None:
+                part = added
+            else:
+                part.merge(added)
+            if _stat(path) == before:
+                _store(entry, {"run": run, **key}, part if part.events else None)
+            return (part, True) if part.events else None
     part, _ = count_part(path, run, 0, sealed=True, progress=progress)
     if entry is not None and _stat(path) == before:
         _store(entry, {"run": run, **key}, part if part.events else None)
