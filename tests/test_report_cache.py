@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from failcore.report import aggregates, collect_report, render_report
+from failcore.report import aggregates, collect_report, countworker, render_report
 from failcore.report.aggregates import ENTRY_MARK, OFFSET_CAP
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.reader import list_segments, segment_name, segment_number
@@ -281,6 +281,71 @@ def test_first_report_after_rotation_counts_only_new_lines(
     monkeypatch.undo()
     assert_same(tape, run, max_events=7, cached=True)
     assert_same(tape, run, max_events=1000, cached=True)
+
+
+def cold_report(tape: Path, run: str, home: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Any:
+    """A report with no view index yet (a fresh FAILCORE_HOME)."""
+    monkeypatch.setenv("FAILCORE_HOME", str(home))
+    return collect_report(tape, run, **kw)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4])
+def test_cold_page_equals_warm_page_and_every_line(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch, cores: int
+) -> None:
+    """Cold (every segment counted, by worker processes when there are cores for them), warm (from
+    the cache) and the page of every line are the same page."""
+    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(countworker, "usable_cores", lambda: cores)
+    spawned: list[int] = []
+    real_spawn = countworker._spawn
+
+    def spawn() -> Any:
+        spawned.append(1)
+        return real_spawn()
+
+    monkeypatch.setattr(countworker, "_spawn", spawn)
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(13, 500))
+    for n, run in enumerate(RUNS):
+        for max_events in (3, 1000):
+            home = tmp_path / f"home-{n}-{max_events}"
+            cold = cold_report(tape, run, home, monkeypatch, max_events=max_events)
+            assert cold.cached_segments == 0 and cold.verification.ok
+            warm = collect_report(tape, run, max_events=max_events)
+            assert warm.cached_segments >= 2
+            reference = collect_report(tape, run, max_events=max_events, index=False)
+            assert cold.summary.to_dict() == warm.summary.to_dict() == reference.summary.to_dict()
+            assert list(cold.omitted.items()) == list(reference.omitted.items())
+            assert page(cold) == page(warm) == page(reference)
+    assert bool(spawned) is (cores > 1)
+
+
+def test_failed_count_worker_is_counted_here(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that answers nonsense or dies: its segments are counted in the report's process."""
+    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(countworker, "usable_cores", lambda: 2)
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(14, 300))
+    run = RUNS[0]
+    reference = collect_report(tape, run, max_events=5, index=False)
+    real_read = countworker._read_answer
+    calls: list[bytes | None] = []
+
+    def read(stream: Any) -> bytes | None:
+        real = real_read(stream)
+        calls.append(real)
+        if len(calls) == 1:
+            return b'{"part": {"events": 1}}'  # not a part: that segment is counted here
+        return None if len(calls) == 2 else real  # a worker gone: its other tasks are counted here
+
+    monkeypatch.setattr(countworker, "_read_answer", read)
+    cold = cold_report(tape, run, tmp_path / "home", monkeypatch, max_events=5)
+    assert len(calls) >= 2
+    assert page(cold) == page(reference)
+    assert cold.summary.to_dict() == reference.summary.to_dict()
 
 
 def corrupt_variants(entry: Path) -> list[tuple[str, bytes]]:

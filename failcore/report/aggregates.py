@@ -313,12 +313,17 @@ def _read_entry(path: Path) -> Any:
         os.close(fd)
 
 
-def _store(path: Path, key: dict[str, Any], part: RunPart | None) -> None:
-    if part is not None and not all(
+def storable(part: RunPart) -> bool:
+    """Whether JSON holds the part exactly: it has no inf or nan (orjson would write null)."""
+    return all(
         v is None or v.__class__ is int or math.isfinite(v)
         for v in (part.summary.started, part.summary.ended, part.summary.cost_usd)
-    ):
-        return  # JSON has no inf or nan (orjson would write null): not cached
+    )
+
+
+def _store(path: Path, key: dict[str, Any], part: RunPart | None) -> None:
+    if part is not None and not storable(part):
+        return  # not cached
     record = {"version": CACHE_VERSION, **key, "part": part.to_record() if part is not None else None}
     try:
         data = orjson.dumps(record)
@@ -372,56 +377,87 @@ def run_parts(
     progress: Callable[[int], None] | None = None,
 ) -> list[SegmentPart]:
     """The run's part of every segment that holds it, in tape order. Cached entries are used when
-    `trust_cache` and written (when `cache_dir` is given) for whatever had to be counted."""
+    `trust_cache` and written (when `cache_dir` is given) for whatever had to be counted. Sealed
+    segments without a usable entry are counted by worker processes (countworker.py) when there are
+    cores and bytes enough, while this process counts the open segment."""
+    from failcore.report.countworker import counting_workers, part_from_answer
+
     segments = list_segments(Path(tape_dir))
-    out: list[SegmentPart] = []
+    found: dict[int, tuple[RunPart, bool] | None] = {}
+    to_count: list[tuple[int, Path, Path | None, tuple[int, int]]] = []
     counted = 0
 
     def counting(events: int) -> None:
         if progress is not None:
             progress(counted + events)
 
-    for index, path in enumerate(segments):
+    for index, path in enumerate(segments[:-1]):
         entry = entry_path(cache_dir, path.name, run) if cache_dir is not None else None
-        if index < len(segments) - 1:
-            found = _sealed_part(path, run, entry, trust_cache, counting)
+        before = _stat(path)
+        if before is None:
+            continue
+        hit = (
+            _sealed_cached(path, run, entry, before, counting) if entry is not None and trust_cache else _MISS
+        )
+        if hit is _MISS:
+            to_count.append((index, path, entry, before))
         else:
-            found = _open_part(path, run, entry, trust_cache, counting)
-        if found is not None:
-            part, cached = found
-            counted += part.events
-            out.append(SegmentPart(index, path, part, cached))
+            found[index] = hit  # type: ignore[assignment]
+    with counting_workers(len(to_count), sum(before[0] for *_, before in to_count), run) as workers:
+        if workers is not None:
+            workers.start([(index, str(path)) for index, path, _, _ in to_count])
+        if segments:
+            path = segments[-1]
+            entry = entry_path(cache_dir, path.name, run) if cache_dir is not None else None
+            found[len(segments) - 1] = _open_part(path, run, entry, trust_cache, counting)
+        answers = workers.answers() if workers is not None else {}
+        for index, path, entry, before in to_count:
+            answer = part_from_answer(answers.get(index), run, before[0])
+            if answer is None:
+                part: RunPart | None = count_part(path, run, 0, sealed=True, progress=counting)[0]
+            else:
+                part = answer[0]
+            if part is not None and not part.events:
+                part = None
+            if entry is not None and _stat(path) == before:
+                key = {"run": run, "segment": path.name, "size": before[0], "mtime_ns": before[1]}
+                _store(entry, key, part)
+            found[index] = (part, False) if part is not None else None
+            counted += part.events if part is not None else 0
+            counting(0)
+    out = []
+    for index in sorted(found):
+        result = found[index]
+        if result is not None:
+            out.append(SegmentPart(index, segments[index], *result))
     return out
 
 
-def _sealed_part(
-    path: Path, run: str, entry: Path | None, trust: bool, progress: Callable[[int], None]
-) -> tuple[RunPart, bool] | None:
-    before = _stat(path)
-    if before is None:
-        return None
+_MISS: Final = object()
+
+
+def _sealed_cached(
+    path: Path, run: str, entry: Path, before: tuple[int, int], progress: Callable[[int], None]
+) -> tuple[RunPart, bool] | object | None:
+    """A sealed segment's part from its entry (None: the run is not in it), or _MISS."""
     key = {"segment": path.name, "size": before[0], "mtime_ns": before[1]}
-    if entry is not None and trust:
-        cached = _cached(entry, key, run, before[0])
-        if cached is not None:
-            return (cached[1], True) if cached[1] is not None else None
-        # The segment was the open one when last counted (it was sealed by a rotation since): its
-        # entry covers a prefix, so only the lines appended after it are counted.
-        prefix = _open_cached(entry, path.name, run, path)
-        if prefix is not None:
-            start, part, _ = prefix
-            added, _ = count_part(path, run, start, sealed=True, progress=progress)
-            if part is None:
-                part = added
-            else:
-                part.merge(added)
-            if _stat(path) == before:
-                _store(entry, {"run": run, **key}, part if part.events else None)
-            return (part, True) if part.events else None
-    part, _ = count_part(path, run, 0, sealed=True, progress=progress)
-    if entry is not None and _stat(path) == before:
+    cached = _cached(entry, key, run, before[0])
+    if cached is not None:
+        return (cached[1], True) if cached[1] is not None else None
+    # The segment was the open one when last counted (it was sealed by a rotation since): its
+    # entry covers a prefix, so only the lines appended after it are counted.
+    prefix = _open_cached(entry, path.name, run, path)
+    if prefix is None:
+        return _MISS
+    start, part, _ = prefix
+    added, _ = count_part(path, run, start, sealed=True, progress=progress)
+    if part is None:
+        part = added
+    else:
+        part.merge(added)
+    if _stat(path) == before:
         _store(entry, {"run": run, **key}, part if part.events else None)
-    return (part, False) if part.events else None
+    return (part, True) if part.events else None
 
 
 def _open_part(
