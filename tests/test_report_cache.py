@@ -321,6 +321,33 @@ def test_cold_page_equals_warm_page_and_every_line(
     assert bool(spawned) is (cores > 1)
 
 
+def test_cold_report_with_workers_flags_an_edited_tape(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting in workers changes nothing about verification: a sealed segment edited in place is
+    named as broken, and the counts are those of the bytes as they are (the page of every line)."""
+    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(countworker, "usable_cores", lambda: 2)
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(15, 400))
+    run = RUNS[0]
+    segment = list_segments(tape)[2]
+    raw = segment.read_bytes()
+    edited = raw.replace(b'"decision":"ALLOW",', b'"decision":"WARN" ,', 1)
+    assert edited != raw
+    segment.write_bytes(edited)
+    cold = cold_report(tape, run, tmp_path / "home", monkeypatch, max_events=5)
+    reference = collect_report(tape, run, max_events=5, index=False)
+    assert not cold.verification.ok and cold.verification.status == "broken"
+    assert cold.verification.first_break is not None
+    assert cold.verification.first_break.segment == segment.name
+    assert cold.verification.first_break.kind == "edited"
+    assert cold.verification.to_dict() | {"seconds": 0, "lines_per_second": 0} == (
+        reference.verification.to_dict() | {"seconds": 0, "lines_per_second": 0}
+    )
+    assert page(cold) == page(reference)
+
+
 def test_failed_count_worker_is_counted_here(
     tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
