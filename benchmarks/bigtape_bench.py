@@ -22,6 +22,10 @@ processes, wall and CPU (user+sys of the child):
 
 `--gen-runs 1` generates a tape of one big run (issue 12's 250,000-event report).
 
+`--split` adds a cold report made in one child process (collect + render, imports included), before
+and after, whose CPU is split into that process's own (its main and verification threads) and its
+worker children's (the count workers of a cold report, failcore/report/countworker.py).
+
 Variants are interleaved run by run; numbers are medians with the min-max. The JSON of every `list`
 variant is compared and must be identical. Run it on an otherwise idle machine.
 """
@@ -46,15 +50,25 @@ REPO = HERE.parent
 # The bound compared before/after: main's default until issue 12 made the default page leaner.
 COMPARED_BOUND = 5000
 CLI = "import sys; from failcore.cli.main import main; sys.exit(main(sys.argv[1:]))"
+# One cold report in this process; prints the CPU of this process and of its (waited-for) children.
+SPLIT = """
+import json, resource, sys
+from pathlib import Path
+from failcore.report import collect_report, render_report
+render_report(collect_report(Path(sys.argv[1]), sys.argv[2]))
+own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps([own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime]))
+"""
 
 
-def timed(argv: list[str], repo: Path, home: Path) -> tuple[float, float, bytes]:
+def timed(argv: list[str], repo: Path, home: Path, raw: bool = False) -> tuple[float, float, bytes]:
+    """(wall, CPU of the child and its waited-for children, stdout) of `failcore ARGV` (or, with `raw`,
+    of `python ARGV`) run with `repo` first on the path."""
     env = dict(os.environ, PYTHONPATH=str(repo), FAILCORE_HOME=str(home))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", CLI, *argv], env=env, cwd=repo, capture_output=True, check=True, timeout=900
-    )
+    command = [sys.executable, *argv] if raw else [sys.executable, "-c", CLI, *argv]
+    done = subprocess.run(command, env=env, cwd=repo, capture_output=True, check=True, timeout=900)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -105,6 +119,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--gen-runs", type=int, default=10, help="runs of the generated tape")
     parser.add_argument("--report", action="store_true", help="time `report` too")
+    parser.add_argument("--split", action="store_true", help="a cold report's own and workers' CPU")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -192,6 +207,19 @@ def measure(args: argparse.Namespace, work: Path) -> None:
                 raise SystemExit(
                     f"report pages ({which} bound) differ between variants (beyond the generated-at time)"
                 )
+
+    if args.split:
+        biggest = max(json.loads(outputs["list warm"]), key=lambda r: r["requests"])["run"]
+        for n in range(args.runs):
+            for name, repo in (("before", args.before), ("after", REPO)):
+                if repo is None:
+                    continue
+                home = work / f"home-split-{name}-{n}"
+                wall, cpu, out = timed(["-c", SPLIT, str(tape), biggest], repo, home, raw=True)
+                own, kids = json.loads(out)
+                record(f"split {name}: cold report, in all", wall, cpu)
+                record(f"split {name}: its own process", wall, own)
+                record(f"split {name}: its workers", wall, kids)
 
     last_run = json.loads(outputs["list warm"])[-1]["run"]  # the run append_events appends to
     appended = ["report", last_run, "--tape", str(tape), "-o", str(work / "r-appended.html")]

@@ -320,16 +320,21 @@ def resolve_run(tape_dir: Path, wanted: str) -> str:
 
 def last_run_id(tape_dir: Path) -> str | None:
     """The run of the tape's last run_start event (searched from the end, not read from the start)."""
-    for path in reversed(list_segments(tape_dir)):
-        with _mapped(path) as data:
-            if data is None:
-                continue
+    segments = list_segments(tape_dir)
+    for index in range(len(segments) - 1, -1, -1):
+        found: dict[str, Any] | None = None
+        # The open segment is read piece by piece (the last run_start of the last piece holding one
+        # wins); a sealed one is mapped and searched from its end.
+        for _, data in segment_chunks(segments[index], sealed=index < len(segments) - 1):
             limit = len(data)
-            while (found := data.rfind(_RUN_START, 0, limit)) != -1:
-                start, event = _run_start_at(data, found)
+            while (at := data.rfind(_RUN_START, 0, limit)) != -1:
+                start, event = _run_start_at(data, at)
                 if event is not None:
-                    return event.get("run")
+                    found = event
+                    break
                 limit = start
+        if found is not None:
+            return found.get("run")
     return None
 
 
@@ -339,7 +344,11 @@ _RUN_START = b'"kind":"run_start"'
 
 
 class _mapped:
-    """A segment mapped read-only (None for an empty or vanished one); `with _mapped(path) as data:`."""
+    """A segment mapped read-only (None for an empty or vanished one); `with _mapped(path) as data:`.
+
+    Only for sealed segments (a later segment exists): the writer truncates the segment it writes to
+    undo a partial write (tape/writer.py `_undo_partial_write`), and touching a mapped page past a
+    file's new end kills the reader with SIGBUS. The open segment is read with `segment_chunks`."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -358,7 +367,48 @@ class _mapped:
             self._map.close()
 
 
-def _run_start_at(data: mmap.mmap, found: int) -> tuple[int, dict[str, Any] | None]:
+# Bytes read at a time from the open segment (a line longer than this is read whole).
+_CHUNK = 8 * 2**20
+
+
+def segment_chunks(path: Path, *, sealed: bool, start: int = 0) -> Iterator[tuple[int, bytes | mmap.mmap]]:
+    """(offset of `data` in the segment, data) covering the segment from byte `start` (a line start):
+    a sealed segment mapped whole (offset 0: search it from `start`), the open one read in pieces that
+    each hold complete lines (and maybe part of the next: a line still being written is skipped by
+    every reader, as iter_events skips it). Reading, unlike a mapping, cannot crash when the writer
+    truncates the file meanwhile: the reader then sees its end sooner."""
+    if sealed:
+        with _mapped(path) as data:
+            if data is not None:
+                yield 0, data
+        return
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, across the yields
+    except OSError:
+        return
+    with f:
+        try:
+            f.seek(start)
+        except OSError:
+            return
+        base, carry = start, b""
+        while True:
+            try:
+                piece = f.read(_CHUNK)
+            except OSError:
+                return
+            if not piece:
+                return
+            data = carry + piece if carry else piece
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield base, data
+                base, carry = base + cut, data[cut:]
+            else:
+                carry = data
+
+
+def _run_start_at(data: bytes | mmap.mmap, found: int) -> tuple[int, dict[str, Any] | None]:
     """(start of the line holding byte `found`, its run_start event or None)."""
     start = data.rfind(b"\n", 0, found) + 1
     end = data.find(b"\n", found)
@@ -393,17 +443,18 @@ def _has_run_start(tape_dir: Path, run: str) -> bool:
 def _lines_holding(tape_dir: Path, needle: bytes) -> Iterator[bytes]:
     """The complete lines of the tape's segments that hold `needle`, in order; a line still being
     written is skipped, as iter_events skips it. Other lines are never split out."""
-    for path in list_segments(tape_dir):
-        with _mapped(path) as data:
-            if data is None:
-                continue
+    segments = list_segments(tape_dir)
+    for index, path in enumerate(segments):
+        for _, data in segment_chunks(path, sealed=index < len(segments) - 1):
             for _, line in segment_lines_holding(data, needle):
                 yield line
 
 
-def segment_lines_holding(data: mmap.mmap, needle: bytes, start: int = 0) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) of the complete lines of a mapped segment that hold `needle`, from `start` (the
-    start of a line) on, in order; a line still being written is skipped."""
+def segment_lines_holding(
+    data: bytes | mmap.mmap, needle: bytes, start: int = 0
+) -> Iterator[tuple[int, bytes]]:
+    """(offset, line) of the complete lines of a segment's data (see `segment_chunks`) that hold
+    `needle`, from `start` (the start of a line) on, in order; a line without its newline is skipped."""
     position = start
     while (found := data.find(needle, position)) != -1:
         end = data.find(b"\n", found)

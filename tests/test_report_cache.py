@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 import pytest
 
-from failcore.report import collect_report, render_report
+from failcore.report import aggregates, collect_report, countworker, render_report
 from failcore.report.aggregates import ENTRY_MARK, OFFSET_CAP
 from failcore.tape.keys import load_or_create_signing_key
-from failcore.tape.reader import list_segments
+from failcore.tape.reader import list_segments, segment_name, segment_number
 from failcore.tape.writer import TapeWriter, encode_line
 from failcore.tui.cache import default_cache_dir
 from tests.report_helpers import cassette_event, lifecycle, llm_block, load_cassettes, network
@@ -235,6 +235,144 @@ def test_appended_open_segment_reads_only_its_tail(tmp_path: Path, confdir: Path
     assert_same(tape, RUNS[0], max_events=7)
     segment.write_bytes(cut)
     assert_same(tape, RUNS[0], max_events=7, cached=True)
+
+
+def rotate(tape: Path, tail: list[dict[str, Any]], fresh: list[dict[str, Any]]) -> None:
+    """What a running writer's rotation does: a few more lines in the open segment (the writer ends it
+    with a checkpoint), then the chain goes on in a new segment."""
+    append(tape, tail)
+    segment = list_segments(tape)[-1]
+    last = orjson.loads(segment.read_bytes().splitlines()[-1])
+    prev, seq = str(last["h"]).encode("ascii"), last["seq"]
+    with open(tape / segment_name(segment_number(segment.name) + 1), "xb") as f:
+        for ev in fresh:
+            seq += 1
+            line, prev = encode_line(prev, seq, orjson.dumps(ev))
+            f.write(line)
+
+
+def test_first_report_after_rotation_counts_only_new_lines(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The segment that was open when the cache was filled and is sealed now keeps its counted prefix:
+    the first report after the rotation parses only the lines written since, and its page is the page
+    of every line."""
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(11, 400))
+    run = RUNS[0]
+    collect_report(tape, run, max_events=7)  # cold: every segment counted, the open one's prefix kept
+    rng = random.Random(12)
+    tail = [varied_event(rng, run, 30_000 + n) for n in range(5)]
+    fresh = [varied_event(rng, run, 40_000 + n) for n in range(6)]
+    rotate(tape, tail, fresh)
+    counted: list[int] = []
+    real = aggregates.count_part
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        part = result[0] if isinstance(result, tuple) else result
+        counted.append(part.events)
+        return result
+
+    monkeypatch.setattr(aggregates, "count_part", spy)
+    report = collect_report(tape, run, max_events=7)
+    assert report.verification.ok
+    assert sum(counted) == len(tail) + len(fresh)  # not the sealed segment's whole part again
+    monkeypatch.undo()
+    assert_same(tape, run, max_events=7, cached=True)
+    assert_same(tape, run, max_events=1000, cached=True)
+
+
+def cold_report(tape: Path, run: str, home: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> Any:
+    """A report with no view index yet (a fresh FAILCORE_HOME)."""
+    monkeypatch.setenv("FAILCORE_HOME", str(home))
+    return collect_report(tape, run, **kw)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4])
+def test_cold_page_equals_warm_page_and_every_line(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch, cores: int
+) -> None:
+    """Cold (every segment counted, by worker processes when there are cores for them), warm (from
+    the cache) and the page of every line are the same page."""
+    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(countworker, "usable_cores", lambda: cores)
+    spawned: list[int] = []
+    real_spawn = countworker._spawn
+
+    def spawn() -> Any:
+        spawned.append(1)
+        return real_spawn()
+
+    monkeypatch.setattr(countworker, "_spawn", spawn)
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(13, 500))
+    for n, run in enumerate(RUNS):
+        for max_events in (3, 1000):
+            home = tmp_path / f"home-{n}-{max_events}"
+            cold = cold_report(tape, run, home, monkeypatch, max_events=max_events)
+            assert cold.cached_segments == 0 and cold.verification.ok
+            warm = collect_report(tape, run, max_events=max_events)
+            assert warm.cached_segments >= 2
+            reference = collect_report(tape, run, max_events=max_events, index=False)
+            assert cold.summary.to_dict() == warm.summary.to_dict() == reference.summary.to_dict()
+            assert list(cold.omitted.items()) == list(reference.omitted.items())
+            assert page(cold) == page(warm) == page(reference)
+    assert bool(spawned) is (cores > 1)
+
+
+def test_cold_report_with_workers_flags_an_edited_tape(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting in workers changes nothing about verification: a sealed segment edited in place is
+    named as broken, and the counts are those of the bytes as they are (the page of every line)."""
+    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(countworker, "usable_cores", lambda: 2)
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(15, 400))
+    run = RUNS[0]
+    segment = list_segments(tape)[2]
+    raw = segment.read_bytes()
+    edited = raw.replace(b'"decision":"ALLOW",', b'"decision":"WARN" ,', 1)
+    assert edited != raw
+    segment.write_bytes(edited)
+    cold = cold_report(tape, run, tmp_path / "home", monkeypatch, max_events=5)
+    reference = collect_report(tape, run, max_events=5, index=False)
+    assert not cold.verification.ok and cold.verification.status == "broken"
+    assert cold.verification.first_break is not None
+    assert cold.verification.first_break.segment == segment.name
+    assert cold.verification.first_break.kind == "edited"
+    assert cold.verification.to_dict() | {"seconds": 0, "lines_per_second": 0} == (
+        reference.verification.to_dict() | {"seconds": 0, "lines_per_second": 0}
+    )
+    assert page(cold) == page(reference)
+
+
+def test_failed_count_worker_is_counted_here(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that answers nonsense or dies: its segments are counted in the report's process."""
+    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(countworker, "usable_cores", lambda: 2)
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(14, 300))
+    run = RUNS[0]
+    reference = collect_report(tape, run, max_events=5, index=False)
+    real_read = countworker._read_answer
+    calls: list[bytes | None] = []
+
+    def read(stream: Any) -> bytes | None:
+        real = real_read(stream)
+        calls.append(real)
+        if len(calls) == 1:
+            return b'{"part": {"events": 1}}'  # not a part: that segment is counted here
+        return None if len(calls) == 2 else real  # a worker gone: its other tasks are counted here
+
+    monkeypatch.setattr(countworker, "_read_answer", read)
+    cold = cold_report(tape, run, tmp_path / "home", monkeypatch, max_events=5)
+    assert len(calls) >= 2
+    assert page(cold) == page(reference)
+    assert cold.summary.to_dict() == reference.summary.to_dict()
 
 
 def corrupt_variants(entry: Path) -> list[tuple[str, bytes]]:

@@ -17,26 +17,63 @@ index, so only the lines the page shows are parsed), filters.py formats values f
 pictures.py computes the SVG geometry, page.py renders and writes the file.
 """
 
-from failcore.report.collect import (
-    BODY_BUDGET,
-    BODY_SHOW_CAP,
-    DEFAULT_MAX_EVENTS,
-    HostStats,
-    LlmCallRow,
-    ReportError,
-    RunReport,
-    collect_report,
-    llm_call_row,
-)
-from failcore.report.page import (
-    CSS,
-    REPORT_FILE_MODE,
-    REPORT_WITH_BODIES_MODE,
-    content_security_policy,
-    esc,
-    render_report,
-    write_report,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from failcore.report.collect import (
+        BODY_BUDGET,
+        BODY_SHOW_CAP,
+        DEFAULT_MAX_EVENTS,
+        HostStats,
+        LlmCallRow,
+        ReportError,
+        RunReport,
+        collect_report,
+        llm_call_row,
+    )
+    from failcore.report.page import (
+        CSS,
+        REPORT_FILE_MODE,
+        REPORT_WITH_BODIES_MODE,
+        content_security_policy,
+        esc,
+        render_report,
+        write_report,
+    )
+
+# Loaded on first use (PEP 562): the count workers (countworker.py) import this package's counting
+# modules without the page's templates.
+_WHERE = {
+    "BODY_BUDGET": "failcore.report.collect",
+    "BODY_SHOW_CAP": "failcore.report.collect",
+    "DEFAULT_MAX_EVENTS": "failcore.report.collect",
+    "HostStats": "failcore.report.collect",
+    "LlmCallRow": "failcore.report.collect",
+    "ReportError": "failcore.report.collect",
+    "RunReport": "failcore.report.collect",
+    "collect_report": "failcore.report.collect",
+    "llm_call_row": "failcore.report.collect",
+    "CSS": "failcore.report.page",
+    "REPORT_FILE_MODE": "failcore.report.page",
+    "REPORT_WITH_BODIES_MODE": "failcore.report.page",
+    "content_security_policy": "failcore.report.page",
+    "esc": "failcore.report.page",
+    "render_report": "failcore.report.page",
+    "write_report": "failcore.report.page",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BODY_BUDGET",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import mmap
 import os
 import stat as stat_mod
 from collections.abc import Callable
@@ -36,7 +35,7 @@ import orjson
 from failcore.paths import ensure_private_dir, write_private_file
 from failcore.report.collect import _HIDDEN_KINDS as HIDDEN_KINDS
 from failcore.report.collect import HostStats, RunReport, as_dict, as_list, count_exchange, host_key
-from failcore.runs import RunSummary, _mapped, segment_lines_holding
+from failcore.runs import RunSummary, segment_chunks, segment_lines_holding
 from failcore.tape.reader import list_segments
 from failcore.views.runtime import RUNTIME_KINDS
 
@@ -50,6 +49,7 @@ LISTS: Final = tuple(s for s in SECTIONS if s != "hosts")
 # the cache (one more than the bound places the list's left-out count among the others).
 OFFSET_CAP: Final = 10_001
 _MAX_ENTRY_BYTES: Final = 256 * 2**20
+_HASH_CHUNK: Final = 8 * 2**20
 _MAX_EXACT_DIGITS: Final = 2048
 _SPECIALS: Final = {"0.0": 0.0, "inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
 _SUMMARY_FIELDS: Final = {f.name: f.type for f in fields(RunSummary)}
@@ -248,21 +248,37 @@ def part_from_record(data: object, run: str, limit: int) -> RunPart | None:
 
 
 def count_part(
-    data: mmap.mmap, run: str, start: int = 0, progress: Callable[[int], None] | None = None
-) -> RunPart:
-    """The run's aggregates over the complete lines of a mapped segment from byte `start`: its lines
-    are found by a byte search for `"run":<id>` and parsed (what runs.run_events yields)."""
+    path: Path,
+    run: str,
+    start: int = 0,
+    *,
+    sealed: bool,
+    progress: Callable[[int], None] | None = None,
+    digest: Any = None,
+) -> tuple[RunPart, int]:
+    """(the run's aggregates over the complete lines of a segment from byte `start`, where those lines
+    end): its lines are found by a byte search for `"run":<id>` and parsed (what runs.run_events
+    yields). `digest` (a hashlib object), when given, is fed the bytes from `start` to that end."""
     part = RunPart(run)
-    for offset, line in segment_lines_holding(data, b'"run":' + orjson.dumps(run), start):
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(event, dict) and event.get("run") == run:
-            part.add(event, offset)
-            if progress is not None and part.events % 10_000 == 0:
-                progress(part.events)
-    return part
+    needle = b'"run":' + orjson.dumps(run)
+    end = start
+    for base, data in segment_chunks(path, sealed=sealed, start=start):
+        stop = data.rfind(b"\n") + 1
+        begin = max(start - base, 0)
+        if digest is not None and stop > begin:
+            with memoryview(data) as view:
+                digest.update(view[begin:stop])
+        end = max(end, base + stop)
+        for offset, line in segment_lines_holding(data, needle, begin):
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and event.get("run") == run:
+                part.add(event, base + offset)
+                if progress is not None and part.events % 10_000 == 0:
+                    progress(part.events)
+    return part, end
 
 
 # --- the cache ------------------------------------------------------------------------------------
@@ -297,12 +313,17 @@ def _read_entry(path: Path) -> Any:
         os.close(fd)
 
 
-def _store(path: Path, key: dict[str, Any], part: RunPart | None) -> None:
-    if part is not None and not all(
+def storable(part: RunPart) -> bool:
+    """Whether JSON holds the part exactly: it has no inf or nan (orjson would write null)."""
+    return all(
         v is None or v.__class__ is int or math.isfinite(v)
         for v in (part.summary.started, part.summary.ended, part.summary.cost_usd)
-    ):
-        return  # JSON has no inf or nan (orjson would write null): not cached
+    )
+
+
+def _store(path: Path, key: dict[str, Any], part: RunPart | None) -> None:
+    if part is not None and not storable(part):
+        return  # not cached
     record = {"version": CACHE_VERSION, **key, "part": part.to_record() if part is not None else None}
     try:
         data = orjson.dumps(record)
@@ -356,95 +377,152 @@ def run_parts(
     progress: Callable[[int], None] | None = None,
 ) -> list[SegmentPart]:
     """The run's part of every segment that holds it, in tape order. Cached entries are used when
-    `trust_cache` and written (when `cache_dir` is given) for whatever had to be counted."""
+    `trust_cache` and written (when `cache_dir` is given) for whatever had to be counted. Sealed
+    segments without a usable entry are counted by worker processes (countworker.py) when there are
+    cores and bytes enough, while this process counts the open segment."""
+    from failcore.report.countworker import counting_workers, part_from_answer
+
     segments = list_segments(Path(tape_dir))
-    out: list[SegmentPart] = []
+    found: dict[int, tuple[RunPart, bool] | None] = {}
+    to_count: list[tuple[int, Path, Path | None, tuple[int, int]]] = []
     counted = 0
 
     def counting(events: int) -> None:
         if progress is not None:
             progress(counted + events)
 
-    for index, path in enumerate(segments):
+    for index, path in enumerate(segments[:-1]):
         entry = entry_path(cache_dir, path.name, run) if cache_dir is not None else None
-        if index < len(segments) - 1:
-            found = _sealed_part(path, run, entry, trust_cache, counting)
+        before = _stat(path)
+        if before is None:
+            continue
+        hit = (
+            _sealed_cached(path, run, entry, before, counting) if entry is not None and trust_cache else _MISS
+        )
+        if hit is _MISS:
+            to_count.append((index, path, entry, before))
         else:
-            found = _open_part(path, run, entry, trust_cache, counting)
-        if found is not None:
-            part, cached = found
-            counted += part.events
-            out.append(SegmentPart(index, path, part, cached))
+            found[index] = hit  # type: ignore[assignment]
+    with counting_workers(len(to_count), sum(before[0] for *_, before in to_count), run) as workers:
+        if workers is not None:
+            workers.start([(index, str(path)) for index, path, _, _ in to_count])
+        if segments:
+            path = segments[-1]
+            entry = entry_path(cache_dir, path.name, run) if cache_dir is not None else None
+            found[len(segments) - 1] = _open_part(path, run, entry, trust_cache, counting)
+        answers = workers.answers() if workers is not None else {}
+        for index, path, entry, before in to_count:
+            answer = part_from_answer(answers.get(index), run, before[0])
+            if answer is None:
+                part: RunPart | None = count_part(path, run, 0, sealed=True, progress=counting)[0]
+            else:
+                part = answer[0]
+            if part is not None and not part.events:
+                part = None
+            if entry is not None and _stat(path) == before:
+                key = {"run": run, "segment": path.name, "size": before[0], "mtime_ns": before[1]}
+                _store(entry, key, part)
+            found[index] = (part, False) if part is not None else None
+            counted += part.events if part is not None else 0
+            counting(0)
+    out = []
+    for index in sorted(found):
+        result = found[index]
+        if result is not None:
+            out.append(SegmentPart(index, segments[index], *result))
     return out
 
 
-def _sealed_part(
-    path: Path, run: str, entry: Path | None, trust: bool, progress: Callable[[int], None]
-) -> tuple[RunPart, bool] | None:
-    before = _stat(path)
-    if before is None:
-        return None
+_MISS: Final = object()
+
+
+def _sealed_cached(
+    path: Path, run: str, entry: Path, before: tuple[int, int], progress: Callable[[int], None]
+) -> tuple[RunPart, bool] | object | None:
+    """A sealed segment's part from its entry (None: the run is not in it), or _MISS."""
     key = {"segment": path.name, "size": before[0], "mtime_ns": before[1]}
-    if entry is not None and trust:
-        cached = _cached(entry, key, run, before[0])
-        if cached is not None:
-            return (cached[1], True) if cached[1] is not None else None
-    with _mapped(path) as data:
-        if data is None:
-            return None
-        part = count_part(data, run, 0, progress)
-    if entry is not None and _stat(path) == before:
+    cached = _cached(entry, key, run, before[0])
+    if cached is not None:
+        return (cached[1], True) if cached[1] is not None else None
+    # The segment was the open one when last counted (it was sealed by a rotation since): its
+    # entry covers a prefix, so only the lines appended after it are counted.
+    prefix = _open_cached(entry, path.name, run, path)
+    if prefix is None:
+        return _MISS
+    start, part, _ = prefix
+    added, _ = count_part(path, run, start, sealed=True, progress=progress)
+    if part is None:
+        part = added
+    else:
+        part.merge(added)
+    if _stat(path) == before:
         _store(entry, {"run": run, **key}, part if part.events else None)
-    return (part, False) if part.events else None
+    return (part, True) if part.events else None
 
 
 def _open_part(
     path: Path, run: str, entry: Path | None, trust: bool, progress: Callable[[int], None]
 ) -> tuple[RunPart, bool] | None:
-    with _mapped(path) as data:
-        if data is None:
-            return None
-        end = data.rfind(b"\n") + 1  # the complete lines now
-        view = memoryview(data)
-        try:
-            cached = _open_cached(entry, path.name, run, view, end) if entry is not None and trust else None
-            if cached is not None:
-                start, part = cached
-                added = count_part(data, run, start, progress)
-                if part is None:
-                    part = added
-                else:
-                    part.merge(added)
-                from_cache = True
-            else:
-                start, part, from_cache = 0, count_part(data, run, 0, progress), False
-            if entry is not None and (start != end or not from_cache):
-                digest = hashlib.blake2b(view[:end], digest_size=32).hexdigest()
-                key = {"run": run, "segment": path.name, "end_offset": end, "blake2b": digest}
-                _store(entry, key, part if part.events else None)
-        finally:
-            view.release()
+    """The open segment's part: read, never mapped (see runs.segment_chunks), from where its cached
+    prefix ends when the prefix's digest still matches."""
+    cached = _open_cached(entry, path.name, run, path) if entry is not None and trust else None
+    if cached is not None:
+        start, part, digest = cached
+    else:
+        start, part, digest = 0, None, hashlib.blake2b(digest_size=32)
+    added, end = count_part(path, run, start, sealed=False, progress=progress, digest=digest)
+    from_cache = cached is not None
+    if part is None:
+        part = added
+    else:
+        part.merge(added)
+    if entry is not None and (end != start or not from_cache):
+        key = {"run": run, "segment": path.name, "end_offset": end, "blake2b": digest.hexdigest()}
+        _store(entry, key, part if part.events else None)
     return (part, from_cache) if part.events else None
 
 
-def _open_cached(
-    entry: Path, segment: str, run: str, view: memoryview, end: int
-) -> tuple[int, RunPart | None] | None:
-    """(where the cached prefix ends, its part) when the entry's digest matches the segment's bytes."""
+def _prefix_digest(path: Path, end: int) -> Any:
+    """A BLAKE2b fed the segment's first `end` bytes (read, not mapped), or None when the segment is
+    shorter or unreadable now."""
+    digest = hashlib.blake2b(digest_size=32)
+    left = end
+    try:
+        with open(path, "rb", buffering=0) as f:
+            while left:
+                piece = f.read(min(left, _HASH_CHUNK))
+                if not piece:
+                    return None
+                digest.update(piece)
+                left -= len(piece)
+    except OSError:
+        return None
+    return digest
+
+
+def _open_cached(entry: Path, segment: str, run: str, path: Path) -> tuple[int, RunPart | None, Any] | None:
+    """(where the cached prefix ends, its part, a digest fed that prefix) when the entry's digest
+    matches the segment's bytes."""
     record = _read_entry(entry)
     if not isinstance(record, dict) or record.get("segment") != segment:
         return None
-    start, digest = record.get("end_offset"), record.get("blake2b")
-    if not _is_count(start) or start > end or not isinstance(digest, str):
+    start, expected = record.get("end_offset"), record.get("blake2b")
+    if not _is_count(start) or not isinstance(expected, str):
         return None
-    if start and view[start - 1 : start] != b"\n":
+    digest = _prefix_digest(path, start)
+    if digest is None or digest.hexdigest() != expected:
         return None
-    if hashlib.blake2b(view[:start], digest_size=32).hexdigest() != digest:
-        return None
-    cached = _cached(entry, {"segment": segment, "end_offset": start, "blake2b": digest}, run, start)
+    if start:  # the prefix ends a line
+        try:
+            with open(path, "rb", buffering=0) as f:
+                if os.pread(f.fileno(), 1, start - 1) != b"\n":
+                    return None
+        except OSError:
+            return None
+    cached = _cached(entry, {"segment": segment, "end_offset": start, "blake2b": expected}, run, start)
     if cached is None:
         return None
-    return start, cached[1]
+    return start, cached[1], digest
 
 
 # --- the report from the parts --------------------------------------------------------------------
@@ -533,21 +611,46 @@ def fill_report(report: RunReport, parts: list[SegmentPart], add: Callable[[dict
 
 def _feed(path: Path, offsets: list[int], run: str, add: Callable[[dict[str, Any]], None]) -> bool:
     """Parse the run's lines that start at `offsets` of the segment and pass them to `add`; False when
-    one is not a complete line of the run there."""
-    with _mapped(path) as data:
-        if data is None:
-            return False
+    one is not a complete line of the run there. Read with pread, never mapped (see
+    runs.segment_chunks): the segment may be the one being written."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
         for offset in offsets:
-            if offset and data[offset - 1] != 0x0A:
-                return False
-            end = data.find(b"\n", offset)
-            if end == -1:
+            line = _line_at(fd, offset)
+            if line is None:
                 return False
             try:
-                event = orjson.loads(data[offset:end])
+                event = orjson.loads(line)
             except orjson.JSONDecodeError:
                 return False
             if not isinstance(event, dict) or event.get("run") != run:
                 return False
             add(event)
+    finally:
+        os.close(fd)
     return True
+
+
+def _line_at(fd: int, offset: int) -> bytes | None:
+    """The complete line that starts at byte `offset` (after a newline, or at 0), without its newline;
+    None when there is none."""
+    size = 8192
+    at = offset - 1 if offset else 0
+    while True:
+        try:
+            data = os.pread(fd, size, at)
+        except OSError:
+            return None
+        if offset:
+            if data[:1] != b"\n":
+                return None
+            data = data[1:]
+        end = data.find(b"\n")
+        if end != -1:
+            return data[:end]
+        if len(data) + (1 if offset else 0) < size:
+            return None  # the file ends first: a line still being written
+        size *= 4
