@@ -947,10 +947,12 @@ def test_fields_of_the_wrong_type_do_not_crash_the_report(tape: Path, confdir: P
         network(2, run, warnings="dlp", dlp=[1, 2], decision="WARN"),
         network(3, run, warnings=[5, "x", None], dlp={"hits": [5, "x"]}, decision="BLOCK"),
         network(4, run),
+        network(5, run, target="api.example"),
+        network(6, run, target=[1, 2]),
     ]
     write_events(tape, confdir, events)
     for index in (True, False):
         report = collect_report(tape, run, index=index)
-        assert report.summary.requests == 4
+        assert report.summary.requests == 6
         assert report.warnings == [] and report.dlp_hits == []
         assert_inert(render_report(report))

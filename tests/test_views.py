@@ -86,6 +86,14 @@ def test_event_table_on_a_wide_terminal_gains_rule_model_tokens_and_cost() -> No
     assert "ALLOW*" in row
 
 
+def test_event_table_shows_a_target_of_the_wrong_type_as_no_host() -> None:
+    """A line another writer produced: a string or a list where the target object belongs."""
+    odd = [{**EVENTS[0], "seq": 7, "target": "api.example"}, {**EVENTS[0], "seq": 8, "target": [1, 2]}]
+    lines = render(events_table("run x", odd, 200), 200)
+    assert any(line.strip().startswith("7 ") for line in lines)
+    assert any(line.strip().startswith("8 ") for line in lines)
+
+
 def test_runs_table_keeps_the_run_id_whole_and_full_headers_at_80_columns() -> None:
     runs = [RunSummary(run="run-20261129T120000Z-abc123", requests=3, blocked=1, hosts={"a.example:443": 3})]
     lines = render(runs_table("runs", runs, 80), 80)

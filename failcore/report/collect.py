@@ -191,7 +191,7 @@ class RunReport:
 
 
 def host_key(ev: dict[str, Any]) -> str:
-    target = ev.get("target") or {}
+    target = as_dict(ev.get("target"))
     return f"{target.get('host')}:{target.get('port')}"
 
 

@@ -142,7 +142,8 @@ def _cost(ev: dict[str, Any]) -> str:
 def _host(ev: dict[str, Any]) -> Text:
     if ev.get("kind") in rt.RUNTIME_KINDS:
         return safe_text(rt.host(ev))
-    return safe_text((ev.get("target") or {}).get("host", ""))
+    target = ev.get("target")
+    return safe_text(target.get("host", "") if isinstance(target, dict) else "")
 
 
 def _ms(ev: dict[str, Any]) -> str:
