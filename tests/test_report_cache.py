@@ -19,105 +19,19 @@ import pytest
 
 from failcore.report import aggregates, collect_report, countworker, render_report
 from failcore.report.aggregates import ENTRY_MARK, OFFSET_CAP
-from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.reader import list_segments, segment_name, segment_number
-from failcore.tape.writer import TapeWriter, encode_line
+from failcore.tape.writer import encode_line
 from failcore.tui.cache import default_cache_dir
-from tests.report_helpers import cassette_event, lifecycle, llm_block, load_cassettes, network
-
-SECRET = "sk-live-0123456789abcdef0123456789abcdef"
-MASKED = "sk-l…cdef"
-RUNS = ("run-alpha", "run-beta", "run-gamma")
-HOSTS = [f"h{n}.example.test" for n in range(9)]
-
-
-def varied_event(rng: random.Random, run: str, n: int) -> dict[str, Any]:
-    """One event of many shapes: exchanges (blocked, warned, failed, with warnings, DLP hits, LLM
-    usage), connections, websocket messages, internal errors and the runtime's tool calls and effects."""
-    ts = 1_700_000_000.0 + n * 0.37
-    pick = rng.random()
-    if pick < 0.08:
-        return {
-            "kind": rng.choice(("tool", "fs", "exec", "connect")),
-            "v": 2,
-            "run": run,
-            "ts_start": ts,
-            "ts_end": ts + 0.01,
-            "action": "call",
-            "tool": {"name": rng.choice(("search", "write_file"))},
-            "decision": rng.choice(("ALLOW", "WARN", "BLOCK")),
-            "outcome": rng.choice(("ok", "BLOCKED", "FAIL")),
-            "rule": rng.choice(("r1", "r2")),
-            "latency_ms": rng.uniform(0, 50),
-            "warnings": [{"code": "w", "message": f"tool warning {n}"}] if rng.random() < 0.3 else [],
-        }
-    if pick < 0.11:
-        return {"kind": "internal_error", "v": 1, "run": run, "ts_start": ts, "detail": {"error": f"e{n}"}}
-    if pick < 0.14:
-        return {"kind": "websocket", "v": 1, "run": run, "ts_start": ts, "direction": "up"}
-    decision = rng.choice(("ALLOW", "ALLOW", "ALLOW", "WARN", "BLOCK"))
-    outcome = "BLOCKED" if decision == "BLOCK" else rng.choice(("ok", "ok", "ok", "FAIL"))
-    host = rng.choice(HOSTS)
-    ev = network(
-        n,
-        run,
-        ts_start=ts,
-        ts_end=ts + 0.2,
-        flow=f"flow-{run}-{n}",
-        target={"host": host, "port": rng.choice((443, 8443)), "scheme": "https"},
-        action=rng.choice(("http.request",) * 9 + ("tls.handshake",)),
-        decision=decision,
-        outcome=outcome,
-        fail_reason="upstream_status" if outcome == "FAIL" else None,
-        rule=f"rule-{decision.lower()}",
-        latency_ms=round(rng.uniform(1, 900), rng.choice((0, 1, 3, 7))),
-        bytes_out=rng.randrange(0, 5000),
-        bytes_in=rng.randrange(0, 50000),
-        response={
-            "http_version": "HTTP/1.1",
-            "headers": [["content-type", "application/json"]],
-            "body": {
-                "size": 40,
-                "cap": 1 << 20,
-                "sha256": "0" * 64,
-                "sha256_of": "decoded",
-                "truncated": False,
-                "text": f'{{"answer": "reply {n}"}}',
-            },
-        },
-    )
-    if rng.random() < 0.5:
-        ev["llm"] = llm_block(
-            "gpt-4o-mini", rng.randrange(1, 900), rng.randrange(1, 300), round(rng.random() / 1000, 8)
-        )
-    if rng.random() < 0.2:
-        ev["warnings"] = [{"code": "x", "message": f"warning {n}.{i}"} for i in range(rng.randrange(1, 4))]
-    if rng.random() < 0.15:
-        ev["dlp"] = {
-            "hits": [
-                {"rule": "openai-key", "severity": "high", "preview": MASKED, "action": "BLOCK"}
-                for _ in range(rng.randrange(1, 3))
-            ]
-        }
-    return ev
-
-
-def write_tape(tape: Path, confdir: Path, events: list[dict[str, Any]], segment_bytes: int = 24_000) -> None:
-    key = load_or_create_signing_key(confdir)
-    with TapeWriter(
-        tape, signing_key=key, run_id="writer", checkpoint_every=9, segment_bytes=segment_bytes
-    ) as writer:
-        for ev in events:
-            assert writer.submit(ev)
-
-
-def interleaved(seed: int, count: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    events = [lifecycle("run_start", run, 1_699_999_999.0, policy="p.yaml", mode="observe") for run in RUNS]
-    for n in range(count):
-        run = RUNS[0] if rng.random() < 0.5 else rng.choice(RUNS)
-        events.append(varied_event(rng, run, n))
-    return events
+from tests.report_helpers import (
+    RUNS,
+    SECRET,
+    cassette_event,
+    interleaved,
+    lifecycle,
+    load_cassettes,
+    varied_event,
+    write_tape,
+)
 
 
 def page(report: Any) -> str:

@@ -38,7 +38,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -46,6 +45,7 @@ import orjson
 from failcore.event import EgressEvent
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.findings import PastCapFindings
+from failcore.spawn import ROOT, worker_command, worker_env
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -261,18 +261,17 @@ def _frame_item(item: Any) -> tuple[dict[str, Any], tuple[PastCapFindings, ...]]
 
 def spawn_worker(module: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
     """A worker child (`python -m module`) talking frames over its stdin and stdout."""
-    # The same failcore as this process, installed or not (`mitmdump -s addons/…` from a checkout).
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    # The same failcore as this process, never code from the working directory (failcore.spawn).
     # Bytecode caches as the proxy's own interpreter has them: the child imports the same modules
     # (with PYTHONDONTWRITEBYTECODE=1 forced here, where failcore had no cache yet, every worker
     # compiled failcore from source at its start).
     return subprocess.Popen(
-        [sys.executable, "-m", module],
+        worker_command(module),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONPATH=path),
+        env=worker_env(),
+        cwd=ROOT,
         close_fds=True,
         pass_fds=pass_fds,
         # Its own session: a Ctrl-C or a signal to the proxy's process group is the proxy's to

@@ -28,6 +28,7 @@ from typing import IO, Final
 import orjson
 
 from failcore.report.aggregates import RunPart, count_part, part_from_record, storable
+from failcore.spawn import ROOT, worker_command, worker_env
 
 # Uncounted sealed bytes below which workers are not worth their start (~0.2 s of CPU each).
 PARALLEL_MIN_BYTES: Final = 48 * 2**20
@@ -148,15 +149,14 @@ def _read_answer(stream: IO[bytes]) -> bytes | None:
 
 
 def _spawn() -> subprocess.Popen[bytes]:
-    # The same failcore as this process, installed or not (a checkout on PYTHONPATH).
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    # The same failcore as this process, never code from the working directory (failcore.spawn).
     return subprocess.Popen(
-        [sys.executable, "-m", "failcore.report.countworker"],
+        worker_command("failcore.report.countworker"),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env=dict(os.environ, PYTHONPATH=path),
+        env=worker_env(),
+        cwd=ROOT,
         close_fds=True,
     )
 
