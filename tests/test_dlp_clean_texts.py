@@ -288,3 +288,8 @@ def test_the_memo_is_bounded_and_keeps_no_text_with_a_hit() -> None:
         memo.scan(f"{number:04d} " + "b " * 500)
     _, clean, size = memo._state
     assert size[0] <= 1 << 20 and len(clean) < 2000
+    # Many tiny texts are charged for their entries too: the memo's real memory stays near its bound.
+    for number in range(40_000):
+        memo.scan(f"{number:05d}")
+    _, clean, size = memo._state
+    assert size[0] <= 1 << 20 and len(clean) <= (1 << 20) // 80

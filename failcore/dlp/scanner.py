@@ -27,6 +27,10 @@ SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 # characters kept in all, the memo starts over.
 CLEAN_TEXT_CHARS = 8192
 CLEAN_TEXTS_CHARS = 1 << 20
+# What a kept text is charged beyond its characters: the set entry and the object's own header (a
+# 4-character str costs ~77 bytes), so that many tiny texts cannot hold ~20x the nominal bound; a
+# non-ASCII str is charged 4 bytes a character.
+CLEAN_TEXT_OVERHEAD = 80
 
 
 class CleanTexts:
@@ -61,11 +65,12 @@ class CleanTexts:
             return []
         found = engine.scan(data)
         if not found and len(data) <= CLEAN_TEXT_CHARS:
-            if size[0] + len(data) > CLEAN_TEXTS_CHARS:
+            cost = CLEAN_TEXT_OVERHEAD + len(data) * (1 if isinstance(data, bytes) or data.isascii() else 4)
+            if size[0] + cost > CLEAN_TEXTS_CHARS:
                 clean.clear()
                 size[0] = 0
             clean.add(data)
-            size[0] += len(data)
+            size[0] += cost
         return found
 
 
