@@ -60,7 +60,8 @@ _LENGTH = struct.Struct(">I")
 # prefix above MAX_FRAME_BYTES is refused as corrupt.
 MAX_FRAME_EVENTS = 256
 MAX_FRAME_BYTES = 1 << 30
-# A reply slower than this means the child is stuck: it is killed and the batch scanned in-process.
+# A batch the child takes no input of, or does not answer, for this long means it is stuck: it is
+# killed and the batch scanned in-process.
 REPLY_TIMEOUT = 30.0
 # The reply for an event the scan left exactly as it was.
 UNCHANGED = 0
@@ -171,6 +172,21 @@ def write_frame(stream: IO[bytes], payload: object) -> None:
     data = orjson.dumps(payload)
     stream.write(_LENGTH.pack(len(data)) + data)
     stream.flush()
+
+
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    """Write `data` to a non-blocking pipe, giving up at `deadline` (a stopped or stuck child leaves
+    its pipe full: a frame larger than the pipe's buffer then never goes through)."""
+    view = memoryview(data)
+    while view:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([], [fd], [], left)[1]:
+            raise TimeoutError("the DLP evidence worker took no input")
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            continue
+        view = view[written:]
 
 
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
@@ -307,6 +323,9 @@ class ScanWorker:
         # A child that died at once shows as end of file when its handshake is read.
         with contextlib.suppress(OSError):
             write_frame(self._in, config)
+        # Batches are written with a deadline (see scan): the pipe never blocks the tape writer.
+        self._in_fd = self._in.fileno()
+        os.set_blocking(self._in_fd, False)
 
     @property
     def pid(self) -> int:
@@ -327,7 +346,10 @@ class ScanWorker:
     def scan(self, scans: list[DeferredScan]) -> list[dict[str, Any] | None]:
         """The scans' events, scanned and masked (an event the scan left as it was is returned itself;
         None: scan it yourself). Raises when the child is gone."""
-        write_frame(self._in, [scan.frame_item() for scan in scans])
+        data = orjson.dumps([scan.frame_item() for scan in scans])
+        # A stuck child stops reading: a frame larger than the pipe's buffer must not block the
+        # writer either (it raises as a reply that never came does).
+        _write_all(self._in_fd, _LENGTH.pack(len(data)) + data, time.monotonic() + REPLY_TIMEOUT)
         reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
         if not isinstance(reply, list) or len(reply) != len(scans):
             raise ValueError("malformed reply from the DLP evidence worker")
