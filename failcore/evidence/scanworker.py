@@ -14,8 +14,10 @@ the request path, in the proxy, before anything leaves.
 
 An exchange whose body streamed past the recorded cap goes to the child too: its past-cap scan
 (failcore.evidence.pastcap) has already run (in the past-cap scan process), and only its results travel
-with the event, as plain data (`PastCapFindings`: offsets and hits). The child masks the recorded part
-and places those hits exactly as the in-process pass would (`scan_event`). Measured (BENCHMARKS.md,
+with the event, as plain data (`PastCapFindings`: offsets and hits). A secret straddling the cap is
+masked by the proxy as it builds the event (by its offset, before any other mask moves the recorded
+text); the child masks the rest of the recorded part and places those hits exactly as the in-process
+pass would (`scan_event`). Measured (BENCHMARKS.md,
 branch pastcapev): the full scan of such an exchange's recorded 1 MiB binary body, ~30 ms of CPU alone
 and ~110 ms in a busy proxy, held the proxy's GIL for most of it (Hyperscan releases it while it scans;
 base64, the decoded views and the joins around it do not).

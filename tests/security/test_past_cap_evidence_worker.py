@@ -145,12 +145,16 @@ def test_malformed_past_cap_findings_are_refused() -> None:
         CAP,
         [[CAP + 5, "github-pat", "high", "credential", 0, 40, "ghp_…", "f", None]],
         {},
+        True,
     ]
     assert PastCapFindings.from_wire(good).found[0][0] == CAP + 5
+    assert PastCapFindings.from_wire(good).masked is True
     for bad in (
-        ["request.body", CAP, [[CAP + 5, "github-pat"]], {}],
-        ["request.body", "1", [], {}],
-        ["request.body", CAP, [["1", "r", "s", "c", 0, 1, "p", "f", None]], {}],
+        ["request.body", CAP, [[CAP + 5, "github-pat"]], {}, False],
+        ["request.body", "1", [], {}, False],
+        ["request.body", CAP, [["1", "r", "s", "c", 0, 1, "p", "f", None]], {}, False],
+        ["request.body", CAP, [], {}, 1],
+        good[:4],
         {"where": "request.body"},
     ):
         with pytest.raises(ValueError):
