@@ -13,6 +13,8 @@ import base64
 import copy
 import hashlib
 import string
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,7 +27,11 @@ from failcore.evidence.exchange import (
     build_exchange_event,
 )
 from failcore.evidence.scanworker import DeferredScan, ScanOffload
+from tests.helpers import network_events, proxied_client, read_tape
+from tests.security.helpers import tape_bytes
 from tests.security.test_evidence_worker import SALT, _event, _offload_until_ready, _origin_and_scanner
+from tests.security.test_past_cap_evidence_worker import POLICY, PROXY_CAP, SETS, manager  # noqa: F401
+from tests.security.upstream import LoggingUpstream
 
 CAP = 16 * 1024
 SIZE = 40 * 1024
@@ -167,3 +173,42 @@ def test_the_worker_masks_straddling_secrets_as_the_in_process_pass_does() -> No
         assert scanned == orjson.loads(orjson.dumps(expected))
     finally:
         offload.close()
+
+
+@pytest.mark.usefixtures("manager")  # a fresh past-cap scan process, ended with the test
+def test_through_the_proxy_a_streamed_upload_echoing_its_credential_keeps_no_straddling_secret(
+    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """The reviewer's case, through the real proxy: a streamed upload repeats its 200-character Bearer
+    credential at byte 3000 and carries a GitHub token 30 bytes before the recorded cap; the tape held
+    the token's first 30 characters."""
+    proxy = start_proxy(policy_file(POLICY), sets=SETS, upstream_ca=logging_upstream.ca_path)
+    recorder = proxy.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
+    deadline = time.monotonic() + 120
+    while not proxy.call(lambda: recorder.offload.worker.poll_ready()):
+        assert time.monotonic() < deadline, "the evidence worker never became ready"
+        time.sleep(0.1)
+    credential = _alnum("proxy credential", 200)
+    straddling, past = _token("proxy straddling"), _token("proxy past")
+    size = 3 * PROXY_CAP
+    body = bytearray(hashlib.shake_256(b"through the proxy, echoed").digest(size))
+    for at, value in ((3_000, credential), (PROXY_CAP - 30, straddling), (2 * PROXY_CAP, past)):
+        body[at - 1 : at + len(value) + 1] = b" " + value.encode() + b" "
+    handed = proxy.call(lambda: recorder.offload.offloaded)
+    with proxied_client(proxy) as client:
+        sent = client.post(
+            f"{logging_upstream.url}/upload",
+            content=bytes(body),
+            headers={"authorization": f"Bearer {credential}", "content-type": "application/octet-stream"},
+        )
+        assert sent.status_code == 200
+    proxy.flush()
+    assert proxy.call(lambda: recorder.offload.offloaded) > handed  # the worker did the DLP pass
+    proxy.stop()
+    [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e["path"] == "/upload"]
+    assert f"request.body@{PROXY_CAP - 30}" in {h["location"] for h in event["dlp"]["hits"]}
+    raw = tape_bytes(tmp_path / "tape")
+    assert credential.encode()[:8] not in raw and credential.encode()[:8] not in _recorded(event)
+    _assert_no_clear(event, straddling)
+    _assert_no_clear(event, past)
+    assert bytes(body) == logging_upstream.received_bytes()[-size:]  # observe: it went out whole
