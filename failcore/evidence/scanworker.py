@@ -176,13 +176,18 @@ def write_frame(stream: IO[bytes], payload: object) -> None:
     stream.flush()
 
 
+def _ready(fd: int, events: int, deadline: float) -> bool:
+    """Whether `fd` is ready (or closed) by `deadline` (poll: a restarted worker's pipe may be fd > 1024)."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+
 def _write_all(fd: int, data: bytes, deadline: float) -> None:
-    """Write `data` to a non-blocking pipe, giving up at `deadline` (a stopped or stuck child leaves
-    its pipe full: a frame larger than the pipe's buffer then never goes through)."""
+    """Write to a non-blocking pipe, giving up at `deadline` (a stopped child leaves its pipe full)."""
     view = memoryview(data)
     while view:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([], [fd], [], left)[1]:
+        if not _ready(fd, select.POLLOUT, deadline):
             raise TimeoutError("the DLP evidence worker took no input")
         try:
             written = os.write(fd, view)
@@ -195,10 +200,8 @@ def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
     chunks: list[bytes] = []
     remaining = size
     while remaining:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError("no reply from the DLP evidence worker")
+        if deadline is not None and not _ready(fd, select.POLLIN, deadline):
+            raise TimeoutError("no reply from the DLP evidence worker")
         chunk = os.read(fd, min(remaining, 1 << 20))
         if not chunk:
             raise EOFError("the DLP evidence worker closed its pipe")
@@ -337,7 +340,7 @@ class ScanWorker:
         """Whether the child has its scanner; never waits."""
         if self.ready or self.refused is not None:
             return self.ready
-        if select.select([self._out], [], [], 0)[0]:
+        if _ready(self._out, select.POLLIN, time.monotonic()):
             reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
             if isinstance(reply, dict) and reply.get("ok") is True:
                 self.ready = True
@@ -349,8 +352,7 @@ class ScanWorker:
         """The scans' events, scanned and masked (an event the scan left as it was is returned itself;
         None: scan it yourself). Raises when the child is gone."""
         data = orjson.dumps([scan.frame_item() for scan in scans])
-        # A stuck child stops reading: a frame larger than the pipe's buffer must not block the
-        # writer either (it raises as a reply that never came does).
+        # A stuck child stops reading: a frame larger than the pipe's buffer times out as a reply does.
         _write_all(self._in_fd, _LENGTH.pack(len(data)) + data, time.monotonic() + REPLY_TIMEOUT)
         reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
         if not isinstance(reply, list) or len(reply) != len(scans):
