@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +49,26 @@ def test_the_child_may_write_bytecode_caches_unless_the_user_said_not_to(
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(Path(scanworker.__file__).resolve().parents[2])
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     assert started_environment(monkeypatch).get("PYTHONDONTWRITEBYTECODE") == "1"  # the user's choice
+
+
+def test_frames_go_through_pipes_numbered_above_select_s_limit() -> None:
+    """A proxy holding over a thousand connections restarts its worker on descriptors above 1024,
+    which select() refuses (ValueError: the worker counted as lost at every batch)."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 2100:
+        pytest.skip("the descriptor limit is below 2100")
+    read_end, write_end = os.pipe()
+    high_read, high_write = os.dup2(read_end, 2000), os.dup2(write_end, 2001)
+    os.close(read_end)
+    os.close(write_end)
+    try:
+        data = b'{"ok":true}'
+        os.write(high_write, scanworker._LENGTH.pack(len(data)) + data)
+        assert scanworker.read_frame(high_read, time.monotonic() + 30) == {"ok": True}
+        os.set_blocking(high_write, False)  # as a batch is written
+        scanworker._write_all(high_write, scanworker._LENGTH.pack(len(data)) + data, time.monotonic() + 30)
+        assert scanworker.read_frame(high_read, time.monotonic() + 30) == {"ok": True}
+    finally:
+        os.close(high_read)
+        os.close(high_write)

@@ -31,6 +31,7 @@ from failcore.evidence.redact import CREDENTIAL_HEADERS, HOST_HEADERS
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
+    from failcore.evidence.findings import PastCapFindings
     from failcore.evidence.pastcap import PastCapScan
 
 
@@ -343,13 +344,9 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
         return
     # Past-cap hits that start inside the recorded part are masked there first: their offsets hold only
     # until the recorded part's own hits are masked (a mask is shorter than the secret it replaces).
+    # (The proxy masks them before anything else, see mask_straddling, and says so in the findings.)
     past = [(scan, *scan.results()) for scan in past_cap]
-    for scan, found, _ in past:
-        for offset, hit in found:
-            if offset < scan.cap:
-                # It starts inside the recorded part, where its beginning alone matched nothing.
-                side = event.get(scan.where.split(".", 1)[0]) or {}
-                _mask_recorded_tail(side.get("body"), offset, hit)
+    _mask_straddles(event, [(scan, found) for scan, found, _ in past if not getattr(scan, "masked", False)])
     request = event.get("request")
     if s.scan_request:
         target = event.get("target") or {}
@@ -430,23 +427,59 @@ def _scan_websocket_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
         )
 
 
-def _mask_recorded_tail(body: dict[str, Any] | None, start: int, hit: Hit) -> None:
-    """Mask the recorded body from `start` to its end: the first bytes of a secret that runs past it."""
-    if not body:
+def mask_straddling(
+    event: dict[str, Any], past_cap: Sequence[PastCapFindings], covering: Sequence[bytes] = ()
+) -> tuple[PastCapFindings, ...]:
+    """Mask, in the recorded bodies of a built event, the first bytes of every past-cap secret that
+    starts inside the recorded part (it straddles the cap), before anything else changes the recorded
+    text's length: a hit's offset is exact only in the body as received. `covering`: other secrets
+    about to be masked in the same text (the exchange's echoed credentials); one overlapping where a
+    straddling secret starts is masked with it. Returns the findings marked as masked, so scan_event
+    does not mask them again."""
+    _mask_straddles(event, [(scan, scan.results()[0]) for scan in past_cap], covering)
+    return tuple(replace(scan, masked=True) for scan in past_cap)
+
+
+def _mask_straddles(
+    event: dict[str, Any],
+    past: Sequence[tuple[PastCapScan | PastCapFindings, list[tuple[int, Hit]]]],
+    covering: Sequence[bytes] = (),
+) -> None:
+    straddling: dict[str, list[tuple[int, Hit]]] = {}
+    for scan, found in past:
+        for offset, hit in found:
+            if offset < scan.cap:
+                # It starts inside the recorded part, where its beginning alone matched nothing.
+                straddling.setdefault(scan.where.split(".", 1)[0], []).append((offset, hit))
+    for side, hits in straddling.items():
+        _mask_recorded_tail((event.get(side) or {}).get("body"), hits, covering)
+
+
+def _mask_recorded_tail(
+    body: dict[str, Any] | None, hits: list[tuple[int, Hit]], covering: Sequence[bytes]
+) -> None:
+    """Replace the recorded body from the first straddling secret's start to its end (the first bytes
+    of secrets that run past it) by their fingerprints, as a header value is: a masked preview of the
+    part would show characters of the secret besides those of the hit's own preview."""
+    if not body or ("text" not in body and "b64" not in body):
         return
+    raw = body["text"].encode("utf-8") if "text" in body else base64.b64decode(body["b64"])
+    start = min(offset for offset, _ in hits)
+    if start >= len(raw):
+        return
+    moved = True
+    while moved:  # a credential overlapping the start is masked with it (its own mask would miss it)
+        moved = False
+        for secret in covering:
+            at = raw.find(secret, max(0, start - len(secret) + 1))
+            if 0 <= at < start:
+                start, moved = at, True
+    masked = raw[:start] + _redacted([hit for _, hit in hits]).encode()
     if "text" in body:
-        raw = body["text"].encode("utf-8")
-        if start < len(raw):
-            tail = replace(hit, start=start, end=len(raw))
-            body["text"] = mask_bytes(raw, [tail]).decode("utf-8", errors="replace")
-            body["dlp_masked"] = body.get("dlp_masked", 0) + 1
-    elif "b64" in body:
-        raw = base64.b64decode(body["b64"])
-        if start < len(raw):
-            body["b64"] = base64.b64encode(
-                mask_bytes(raw, [replace(hit, start=start, end=len(raw))])
-            ).decode()
-            body["dlp_masked"] = body.get("dlp_masked", 0) + 1
+        body["text"] = masked.decode("utf-8", errors="replace")
+    else:
+        body["b64"] = base64.b64encode(masked).decode("ascii")
+    body["dlp_masked"] = body.get("dlp_masked", 0) + len(hits)
 
 
 def _add_taint(body: dict[str, Any] | None, hits: list[dict[str, Any]]) -> None:

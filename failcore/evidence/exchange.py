@@ -16,7 +16,8 @@ from mitmproxy.flow import Error
 
 from failcore.event import EgressEvent, FailReason, Target
 from failcore.evidence.body import body_evidence, header_value
-from failcore.evidence.dlp import scan_event
+from failcore.evidence.dlp import mask_straddling, scan_event
+from failcore.evidence.findings import PastCapFindings
 from failcore.evidence.pastcap import PastCapScan, scan_held_body
 from failcore.evidence.redact import credential_values, mask_echoed_credentials, redact_headers
 from failcore.evidence.scanworker import DeferredScan, ScanOrigin
@@ -230,13 +231,19 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     if snap.replay is not None:
         out["replay"] = snap.replay
     credentials = [*snap.request.headers, *(snap.response.headers if snap.response is not None else ())]
-    mask_echoed_credentials(out, credential_values(credentials, cfg.redact), cfg.salt)
+    secrets = credential_values(credentials, cfg.redact)
+    findings: tuple[PastCapFindings, ...] = ()
     if cfg.dlp is not None:
         past_cap = [*past_cap_scans(snap), *_held_past_cap_scans(snap, cfg, out)]
+        # The past-cap scans' results (waited for here, off the loop), as plain data. A secret that
+        # straddles the cap is masked by its offset first: the echoed credentials' masks below (and
+        # the recorded part's own DLP masks) change the recorded text's length.
+        findings = mask_straddling(out, tuple(scan.findings() for scan in past_cap), secrets)
+    mask_echoed_credentials(out, secrets, cfg.salt)
+    if cfg.dlp is not None:
         if cfg.scan_origin is not None:
-            # The past-cap scans' results (waited for here, off the loop) travel as plain data.
-            return DeferredScan(out, cfg.dlp, cfg.scan_origin, tuple(scan.findings() for scan in past_cap))
-        scan_event(cfg.dlp, out, past_cap)
+            return DeferredScan(out, cfg.dlp, cfg.scan_origin, findings)
+        scan_event(cfg.dlp, out, findings)
     return out
 
 

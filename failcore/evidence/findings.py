@@ -25,21 +25,26 @@ class PastCapFindings:
     cap: int
     found: tuple[tuple[int, Hit], ...]
     coverage: dict[str, Any]
+    # Its hits that start inside the recorded part are already masked there (evidence.dlp.
+    # mask_straddling, before the echoed credentials' masks move the recorded text).
+    masked: bool = False
 
     def results(self) -> tuple[list[tuple[int, Hit]], dict[str, Any]]:
         return list(self.found), dict(self.coverage)
 
     def to_wire(self) -> list[Any]:
         hits = [[offset, *(getattr(hit, name) for name in _HIT_FIELDS)] for offset, hit in self.found]
-        return [self.where, self.cap, hits, self.coverage]
+        return [self.where, self.cap, hits, self.coverage, self.masked]
 
     @classmethod
     def from_wire(cls, data: Any) -> PastCapFindings:
         """Raises ValueError on anything but what to_wire makes."""
-        if not (isinstance(data, list) and len(data) == 4):
+        if not (isinstance(data, list) and len(data) == 5):
             raise ValueError("malformed past-cap findings")
-        where, cap, hits, coverage = data
+        where, cap, hits, coverage, masked = data
         if not (isinstance(where, str) and type(cap) is int and isinstance(hits, list)):
+            raise ValueError("malformed past-cap findings")
+        if type(masked) is not bool:
             raise ValueError("malformed past-cap findings")
         if not isinstance(coverage, dict):
             raise ValueError("malformed past-cap coverage")
@@ -56,4 +61,4 @@ class PastCapFindings:
                 raise ValueError("malformed past-cap hit")
             hit = Hit(rule_id, severity, category, start, end, preview, fingerprint, location)
             found.append((offset, hit))
-        return cls(where, cap, tuple(found), coverage)
+        return cls(where, cap, tuple(found), coverage, masked)

@@ -14,8 +14,10 @@ the request path, in the proxy, before anything leaves.
 
 An exchange whose body streamed past the recorded cap goes to the child too: its past-cap scan
 (failcore.evidence.pastcap) has already run (in the past-cap scan process), and only its results travel
-with the event, as plain data (`PastCapFindings`: offsets and hits). The child masks the recorded part
-and places those hits exactly as the in-process pass would (`scan_event`). Measured (BENCHMARKS.md,
+with the event, as plain data (`PastCapFindings`: offsets and hits). A secret straddling the cap is
+masked by the proxy as it builds the event (by its offset, before any other mask moves the recorded
+text); the child masks the rest of the recorded part and places those hits exactly as the in-process
+pass would (`scan_event`). Measured (BENCHMARKS.md,
 branch pastcapev): the full scan of such an exchange's recorded 1 MiB binary body, ~30 ms of CPU alone
 and ~110 ms in a busy proxy, held the proxy's GIL for most of it (Hyperscan releases it while it scans;
 base64, the decoded views and the joins around it do not).
@@ -60,7 +62,8 @@ _LENGTH = struct.Struct(">I")
 # prefix above MAX_FRAME_BYTES is refused as corrupt.
 MAX_FRAME_EVENTS = 256
 MAX_FRAME_BYTES = 1 << 30
-# A reply slower than this means the child is stuck: it is killed and the batch scanned in-process.
+# A batch the child takes no input of, or does not answer, for this long means it is stuck: it is
+# killed and the batch scanned in-process.
 REPLY_TIMEOUT = 30.0
 # The reply for an event the scan left exactly as it was.
 UNCHANGED = 0
@@ -173,14 +176,32 @@ def write_frame(stream: IO[bytes], payload: object) -> None:
     stream.flush()
 
 
+def _ready(fd: int, events: int, deadline: float) -> bool:
+    """Whether `fd` is ready (or closed) by `deadline` (poll: a restarted worker's pipe may be fd > 1024)."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+
+
+def _write_all(fd: int, data: bytes, deadline: float) -> None:
+    """Write to a non-blocking pipe, giving up at `deadline` (a stopped child leaves its pipe full)."""
+    view = memoryview(data)
+    while view:
+        if not _ready(fd, select.POLLOUT, deadline):
+            raise TimeoutError("the DLP evidence worker took no input")
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            continue
+        view = view[written:]
+
+
 def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
     chunks: list[bytes] = []
     remaining = size
     while remaining:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError("no reply from the DLP evidence worker")
+        if deadline is not None and not _ready(fd, select.POLLIN, deadline):
+            raise TimeoutError("no reply from the DLP evidence worker")
         chunk = os.read(fd, min(remaining, 1 << 20))
         if not chunk:
             raise EOFError("the DLP evidence worker closed its pipe")
@@ -306,6 +327,9 @@ class ScanWorker:
         # A child that died at once shows as end of file when its handshake is read.
         with contextlib.suppress(OSError):
             write_frame(self._in, config)
+        # Batches are written with a deadline (see scan): the pipe never blocks the tape writer.
+        self._in_fd = self._in.fileno()
+        os.set_blocking(self._in_fd, False)
 
     @property
     def pid(self) -> int:
@@ -315,7 +339,7 @@ class ScanWorker:
         """Whether the child has its scanner; never waits."""
         if self.ready or self.refused is not None:
             return self.ready
-        if select.select([self._out], [], [], 0)[0]:
+        if _ready(self._out, select.POLLIN, time.monotonic()):
             reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
             if isinstance(reply, dict) and reply.get("ok") is True:
                 self.ready = True
@@ -326,7 +350,9 @@ class ScanWorker:
     def scan(self, scans: list[DeferredScan]) -> list[dict[str, Any] | None]:
         """The scans' events, scanned and masked (an event the scan left as it was is returned itself;
         None: scan it yourself). Raises when the child is gone."""
-        write_frame(self._in, [scan.frame_item() for scan in scans])
+        data = orjson.dumps([scan.frame_item() for scan in scans])
+        # A stuck child stops reading: a frame larger than the pipe's buffer times out as a reply does.
+        _write_all(self._in_fd, _LENGTH.pack(len(data)) + data, time.monotonic() + REPLY_TIMEOUT)
         reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
         if not isinstance(reply, list) or len(reply) != len(scans):
             raise ValueError("malformed reply from the DLP evidence worker")

@@ -8,7 +8,9 @@ event reaches the tape unmasked or goes unrecorded.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
+import fcntl
 import hashlib
 import os
 import signal
@@ -143,12 +145,16 @@ def test_malformed_past_cap_findings_are_refused() -> None:
         CAP,
         [[CAP + 5, "github-pat", "high", "credential", 0, 40, "ghp_…", "f", None]],
         {},
+        True,
     ]
     assert PastCapFindings.from_wire(good).found[0][0] == CAP + 5
+    assert PastCapFindings.from_wire(good).masked is True
     for bad in (
-        ["request.body", CAP, [[CAP + 5, "github-pat"]], {}],
-        ["request.body", "1", [], {}],
-        ["request.body", CAP, [["1", "r", "s", "c", 0, 1, "p", "f", None]], {}],
+        ["request.body", CAP, [[CAP + 5, "github-pat"]], {}, False],
+        ["request.body", "1", [], {}, False],
+        ["request.body", CAP, [["1", "r", "s", "c", 0, 1, "p", "f", None]], {}, False],
+        ["request.body", CAP, [], {}, 1],
+        good[:4],
         {"where": "request.body"},
     ):
         with pytest.raises(ValueError):
@@ -251,3 +257,66 @@ def test_a_past_cap_upload_is_masked_by_the_worker_and_the_scan_process_ends_wit
     for _, secret in placed.values():
         assert secret.encode() not in raw and secret.encode()[:12] not in recorded
     assert bytes(body) == logging_upstream.received_bytes()[-size:]  # observe: it went out whole
+
+
+def test_a_stopped_worker_cannot_block_the_writer_with_a_frame_larger_than_its_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A past-cap event with a 1 MiB recorded part is a ~1.4 MB frame, larger than a pipe's buffer: a
+    stopped child never reads it, and the write blocked the tape writer with no time limit (only the
+    reply's read had one). It now gives up, kills the child, records the loss and the writer masks
+    the event itself."""
+    import failcore.evidence.scanworker as scanworker
+
+    cap = 1 << 20
+    origin, scanner = _origin_and_scanner()
+    token = github_token()
+    body = bytearray(hashlib.shake_256(b"a frame larger than the pipe").digest(cap + 200_000))
+    body[cap + 50_000 : cap + 50_000 + len(token)] = token.encode()
+    event = _event("big")
+    event["request"]["body"] = body_evidence(  # type: ignore[index]
+        bytes(body[:cap]),
+        complete=False,
+        wire_size=len(body),
+        content_encoding=None,
+        content_type="application/octet-stream",
+        cap=cap,
+    )
+    scan = PastCapScan(scanner.engine, cap, "request.body")
+    for i in range(0, len(body), 65_536):
+        scan(bytes(body[i : i + 65_536]))
+    findings = scan.findings()
+    expected = copy.deepcopy(event)
+    scan_event(scanner, expected, [findings])
+    offload = ScanOffload("run-test")
+    hung = False
+    pid = 0
+    try:
+        _offload_until_ready(offload, DeferredScan(_event("warm"), scanner, origin))
+        assert offload.worker is not None
+        pid = offload.worker.pid
+        pipe_size = 1 << 16  # Linux's default; asked for below when the kernel says
+        with contextlib.suppress(OSError):
+            pipe_size = fcntl.fcntl(offload.worker.process.stdin.fileno(), 1032)  # type: ignore[union-attr]  # F_GETPIPE_SZ
+        item = DeferredScan(copy.deepcopy(event), scanner, origin, (findings,))
+        assert len(orjson.dumps(item.frame_item())) > 4 * pipe_size
+        monkeypatch.setattr(scanworker, "REPLY_TIMEOUT", 1.0)
+        os.kill(pid, signal.SIGSTOP)
+        out: list[object] = []
+        writer = threading.Thread(target=lambda: out.extend(offload([item])), daemon=True)
+        writer.start()
+        writer.join(60)  # a guard against a hang, not a measure of speed: it gives up after ~1 s
+        hung = writer.is_alive()
+    finally:
+        if hung and pid:
+            os.kill(pid, signal.SIGKILL)  # unblock the writer so the test ends
+            writer.join()
+        offload.close()
+    assert not hung, "the tape writer was blocked by a stopped evidence worker"
+    lost, left = out
+    assert lost["kind"] == "internal_error" and lost["detail"]["where"] == "evidence worker"  # type: ignore[index]
+    assert lost["detail"]["exit_code"] == -signal.SIGKILL  # type: ignore[index]
+    assert "TimeoutError" in lost["error"]  # type: ignore[index]
+    assert offload.deaths == 1
+    assert isinstance(left, DeferredScan) and left() == expected
+    assert token.encode() not in orjson.dumps(left.event)
