@@ -113,7 +113,11 @@ class LoggingUpstream:
     # -- serving -----------------------------------------------------------------------------------
 
     def _on_sni(self, sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-        sslobj.failcore_sni = name  # type: ignore[attr-defined]
+        # Recorded during the handshake, before this side answers: once the client has seen a
+        # ServerHello (and, say, refused the certificate), the name is in `snis()`.
+        record = getattr(sslobj, "failcore_record", None)
+        if record is not None:
+            record.sni = name
 
     def _accept_loop(self) -> None:
         sock = self._sock
@@ -131,12 +135,10 @@ class LoggingUpstream:
         try:
             if self._context is not None:
                 tls = self._context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-                try:
-                    tls.do_handshake()
-                finally:
-                    # Kept even when the client gives up on the handshake: the name has been sent.
-                    # The SNI callback is handed the SSLSocket itself (an SSLObject only for memory BIOs).
-                    record.sni = getattr(tls, "failcore_sni", None)
+                # The SNI callback is handed the SSLSocket itself (an SSLObject only for memory BIOs);
+                # it records the name even when the client then gives up on the handshake.
+                tls.failcore_record = record  # type: ignore[attr-defined]
+                tls.do_handshake()
                 conn = tls
             conn.settimeout(30)
             first = self._recv(conn, record)
