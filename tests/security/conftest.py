@@ -30,3 +30,15 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from tests.runtime.helpers import enter_workdir
 
     return enter_workdir(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def manager(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """For the past-cap evidence tests: a fresh past-cap scan-process manager for this test's proxy
+    (the proxy runs in this process)."""
+    from failcore.evidence import pastcapworker
+
+    fresh = pastcapworker._Manager()
+    monkeypatch.setattr(pastcapworker, "_manager", fresh)
+    yield fresh
+    fresh.close()

@@ -21,15 +21,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-import failcore.evidence.pastcapworker as pastcapworker
 from failcore.evidence.body import body_evidence
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.findings import PastCapFindings
 from failcore.evidence.pastcap import PastCapScan
 from failcore.evidence.scanworker import BuildFirst, DeferredScan, ScanOffload
 from tests.helpers import github_token, network_events, proxied_client, read_tape
+from tests.security.evidence_helpers import POLICY, PROXY_CAP, SETS
+from tests.security.evidence_helpers import event_with_secrets as _event
+from tests.security.evidence_helpers import offload_until_ready as _offload_until_ready
+from tests.security.evidence_helpers import origin_and_scanner as _origin_and_scanner
 from tests.security.helpers import tape_bytes
-from tests.security.test_evidence_worker import _event, _offload_until_ready, _origin_and_scanner
 from tests.security.upstream import LoggingUpstream
 
 CAP = 16 * 1024  # small: the event's frame fits a pipe's buffer, so a stopped child cannot block it
@@ -197,20 +199,6 @@ def test_a_worker_killed_holding_a_past_cap_exchange_is_recorded_and_the_proxy_m
         _assert_masked(left.event, placed)
     finally:
         offload.close()
-
-
-POLICY = "version: 1\nmode: observe\ndefault: ALLOW\n"
-PROXY_CAP = 65_536
-SETS = [f"failcore_body_cap={PROXY_CAP}", f"failcore_stream_threshold={PROXY_CAP}"]
-
-
-@pytest.fixture
-def manager(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """A fresh past-cap scan-process manager for this test's proxy (the proxy runs in this process)."""
-    fresh = pastcapworker._Manager()
-    monkeypatch.setattr(pastcapworker, "_manager", fresh)
-    yield fresh
-    fresh.close()
 
 
 def test_a_past_cap_upload_is_masked_by_the_worker_and_the_scan_process_ends_with_the_proxy(

@@ -28,9 +28,11 @@ from failcore.evidence.exchange import (
 )
 from failcore.evidence.scanworker import DeferredScan, ScanOffload
 from tests.helpers import network_events, proxied_client, read_tape
+from tests.security.evidence_helpers import POLICY, PROXY_CAP, SALT, SETS
+from tests.security.evidence_helpers import event_with_secrets as _event
+from tests.security.evidence_helpers import offload_until_ready as _offload_until_ready
+from tests.security.evidence_helpers import origin_and_scanner as _origin_and_scanner
 from tests.security.helpers import tape_bytes
-from tests.security.test_evidence_worker import SALT, _event, _offload_until_ready, _origin_and_scanner
-from tests.security.test_past_cap_evidence_worker import POLICY, PROXY_CAP, SETS, manager  # noqa: F401
 from tests.security.upstream import LoggingUpstream
 
 CAP = 16 * 1024
