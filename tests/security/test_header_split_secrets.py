@@ -112,3 +112,26 @@ def test_a_header_that_is_not_utf8_does_not_open_the_blocking_scan(
     [event] = network_events(read_tape(tmp_path / "tape"))
     assert (event["decision"], event["rule"]) == ("BLOCK", f"dlp:{RULE}")
     assert token.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_keyword_in_the_host_connected_to_with_a_token_in_the_path_is_blocked(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    """The tape records a request's URL with the host the proxy connects to; the blocking scan read it
+    with the Host header's (mitmproxy's pretty_url). A Host header that names another host hid the
+    keyword in the host connected to from the blocking scan, while the tape recorded the token beside
+    it as a hit. (Through an upstream proxy, the logging upstream, so no name needs to resolve.)"""
+    up = plain_logging_upstream
+    token = _token()
+    proxy = start_proxy(policy_file(POLICY.format(mode="enforce")), sets=[f"mode=upstream:{up.url}"])
+    with proxied_client(proxy) as client:
+        blocked = client.get(
+            f"http://api.airtable.example/v0/bases/{token}", headers={"Host": "api.example.com"}
+        )
+    proxy.flush()
+    assert blocked.status_code == 403
+    assert token.encode() not in up.received_bytes()
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["rule"]) == ("BLOCK", f"dlp:{RULE}")
+    assert _rules(event) == {(RULE, "BLOCK")}
+    assert token.encode() not in tape_bytes(tmp_path / "tape")
