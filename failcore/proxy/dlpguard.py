@@ -133,9 +133,10 @@ def scan_request_for_block(
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
         if name.lower() in HOST_HEADERS:
             hits += scan(("host-header", value), host_header_hits, engine, value)
-    # The headers together, as the evidence scan reads them (a rule keyed by a word in another header).
+    # The headers together, as the evidence scan reads them (a rule keyed by a word in another header):
+    # remembered clean whole (the list of headers), never header by header.
     block = scanner.clean_texts if clean is not None else engine
-    hits += scan_header_block(block, block_pairs(headers, redacted))
+    hits += scan(("block", tuple(headers), redacted), header_block_hits, block, headers, redacted)
     for (name, value), is_credential in zip(fields, credential, strict=True):
         if is_credential:
             # (As the tape would read it: a byte that is not UTF-8 written as an escape.)
@@ -161,6 +162,13 @@ def block_pairs(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) ->
         if not pair[1].startswith("[redacted "):
             pairs.append(pair)
     return pairs
+
+
+def header_block_hits(
+    engine: Scans, headers: Sequence[tuple[str, str]], redacted: frozenset[str]
+) -> list[Hit]:
+    """The hits of the evidence's one scan of a request's header block (block_pairs)."""
+    return scan_header_block(engine, block_pairs(headers, redacted))
 
 
 def host_header_hits(engine: Scans, value: str) -> list[Hit]:
