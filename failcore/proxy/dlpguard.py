@@ -39,6 +39,7 @@ from failcore.evidence import (
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits, spelling_hits
 from failcore.evidence.pastcap import PastCapScan, StreamDecoder
 from failcore.evidence.pastcapworker import origin_for
+from failcore.evidence.redact import is_redaction
 from failcore.policy.model import Decision
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.gate import blocked_response
@@ -152,14 +153,14 @@ def scan_request_for_block(
 def block_pairs(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[tuple[str, str]]:
     """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
     tape records them: all but credential headers, the policy's `redact_headers` (both recorded as
-    fingerprints) and a value that reads "[redacted …" as recorded."""
+    fingerprints) and a value that is one fingerprint as recorded (is_redaction)."""
     pairs = []
     for name, value in headers:
         lower = name.lower()
         if lower in CREDENTIAL_HEADERS or lower in redacted:
             continue
         pair = recorded_header(name, value)
-        if not pair[1].startswith("[redacted "):
+        if not is_redaction(pair[1]):
             pairs.append(pair)
     return pairs
 
