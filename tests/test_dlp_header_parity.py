@@ -4,7 +4,8 @@ scan found before the request left (failcore.proxy.dlpguard vs failcore.evidence
 Corpus: the header sets of recorded real traffic (tests/data/conformance/llm, openllmetry's cassettes,
 Apache-2.0) with gitleaks' own fixtures (tests/data/conformance/dlp, MIT) placed in headers next to
 their rules' keywords: in another header's value, in a header's name, in the Host header, after the
-secret, and the fixture's own text as one header's value; each set twice (the second time with what
+secret, and the fixture's own text as one header's value (a text of several lines one line per
+header); each set twice (the second time with what
 the first found clean remembered), after the same set without the keyword (the token alone, clean)."""
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def _corpus(policy_path: Path) -> list[tuple[str, list[tuple[str, str]], list[tu
         host, base = recorded[n % len(recorded)]
         if one_line:
             out.append((host, [*base, ("X-Note", sample.text)], base))
+        else:  # a fixture of several lines, one line per header (a key split over headers)
+            lines = [line for line in sample.text.splitlines() if line.strip()][:40]
+            out.append((host, [*base, *((f"X-Part-{i}", line) for i, line in enumerate(lines))], base))
         secret = sample.secret
         if not secret or "\n" in secret or "\r" in secret:
             continue

@@ -211,16 +211,21 @@ def header_block(pairs: Sequence[tuple[str, str]]) -> tuple[bytes, list[tuple[in
 
 def scan_header_block(engine: Scans, pairs: Sequence[tuple[str, str]]) -> list[Hit]:
     """The hits of one scan of all `pairs` together (header_block), so a rule keyed by a word anywhere
-    in the block (another header's name or value) applies: each hit within one value, located
-    `header:NAME`, offsets into that value. A hit across lines is no header's and is left out, as
-    the evidence scan leaves it."""
+    in the block (another header's name or value) applies: each hit located `header:NAME`, offsets
+    into that value; a hit across lines (a key split over several headers) is one hit in each value
+    it covers, cut to that value, as the evidence scan masks it."""
     block, spans = header_block(pairs)
     found = engine.scan(block) if block else []
     if not found:
         return []
     return [
-        replace(h, start=h.start - start, end=h.end - start, location=f"header:{name.lower()}")
+        replace(
+            h,
+            start=max(h.start, start) - start,
+            end=min(h.end, end) - start,
+            location=f"header:{name.lower()}",
+        )
         for (name, _), (start, end) in zip(pairs, spans, strict=True)
         for h in found
-        if start <= h.start and h.end <= end
+        if h.start < end and h.end > start
     ]

@@ -249,10 +249,11 @@ def _mask_headers(
     for pair, line in zip(pairs, lines, strict=True) if hits else ():
         value_start = line_start + len(pair[0].encode()) + 2
         line_end = line_start + len(line) - 1
+        # A hit across lines (a key split over several headers) is each of the values it covers.
         mine = [
-            replace(h, start=h.start - value_start, end=h.end - value_start)
+            replace(h, start=max(h.start, value_start) - value_start, end=min(h.end, line_end) - value_start)
             for h in hits
-            if value_start <= h.start and h.end <= line_end
+            if h.start < line_end and h.end > value_start
         ]
         if mine:
             # The whole value becomes the hits' fingerprints: what surrounds a secret in a header

@@ -135,3 +135,30 @@ def test_a_keyword_in_the_host_connected_to_with_a_token_in_the_path_is_blocked(
     assert (event["decision"], event["rule"]) == ("BLOCK", f"dlp:{RULE}")
     assert _rules(event) == {(RULE, "BLOCK")}
     assert token.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_private_key_split_over_several_headers_is_blocked_and_masked(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    """A key's lines, one per header: the header block matches gitleaks' private-key rule across
+    lines, a match that was no one header's, so the evidence scan neither recorded nor masked it (the
+    key reached the tape in clear) and the blocking scan forwarded it. Each header it covers is its."""
+    up = plain_logging_upstream
+    sample = next(s for s in load_samples() if s.rule == "private-key" and s.kind == "tp" and "\n" in s.text)
+    lines = [line for line in sample.text.splitlines() if line.strip()]
+    assert len(lines) >= 3
+    policy = (
+        "version: 1\nmode: enforce\ndlp:\n  import_gitleaks: bundled\n  rule_actions: {private-key: BLOCK}\n"
+    )
+    proxy = start_proxy(policy_file(policy))
+    headers = [(f"X-Part-{n}", line) for n, line in enumerate(lines)]
+    with proxied_client(proxy) as client:
+        blocked = client.post(f"{up.url}/v1/split", headers=headers, content=b"split-marker")
+    proxy.flush()
+    assert blocked.status_code == 403
+    seen = up.received_bytes()
+    assert b"split-marker" not in seen and not any(line.encode() in seen for line in lines[1:-1])
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["rule"]) == ("BLOCK", "dlp:private-key")
+    on_disk = tape_bytes(tmp_path / "tape")
+    assert not [line for line in lines[1:-1] if line.encode() in on_disk]
