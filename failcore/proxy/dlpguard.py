@@ -71,7 +71,7 @@ def _key_chars(key: tuple[object, ...]) -> int:
 
 class CleanScans:
     """The parts of a request that repeat from one request to the next (the URL, each header, the
-    header names) that one scanner found nothing in.
+    header names, the whole list of headers read as one block) that one scanner found nothing in.
 
     A scan's result is a pure function of the scanner's rules and the text, so a text found clean once
     is clean every time and is not scanned again. Only clean results are kept: a text with a hit is
