@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 
@@ -121,11 +121,12 @@ def scan_json_body(engine: DlpEngine, body: bytes) -> list[Hit]:
 
 
 def scan_headers(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
-    """Each header is scanned as "name: value" so name-keyed rules apply; offsets are into the value."""
+    """Each header is scanned as "name: value" so name-keyed rules apply; offsets are into the value.
+    A name or value as mitmproxy decodes it (UTF-8 with surrogateescape) is scanned as its bytes."""
     found: list[Hit] = []
     for name, value in headers:
-        prefix = f"{name}: ".encode()
-        for hit in engine.scan(prefix + value.encode("utf-8")):
+        prefix = f"{name}: ".encode("utf-8", "surrogateescape")
+        for hit in engine.scan(prefix + value.encode("utf-8", "surrogateescape")):
             if hit.start >= len(prefix):
                 found.append(
                     replace(
@@ -179,3 +180,52 @@ def scan_url(engine: Scans, url: str) -> list[Hit]:
                     hit, start=value_start + 1, end=end, location=f"query:{name}"
                 )
     return sorted(found.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
+
+
+def recorded_header(name: str, value: str) -> tuple[str, str]:
+    """A header as the tape records it (failcore.evidence.redact.redact_headers: its name's bytes read
+    as latin-1, its value's as UTF-8 with backslashreplace), from mitmproxy's str (UTF-8 with
+    surrogateescape)."""
+    if name.isascii() and value.isascii():
+        return name, value
+    return (
+        name.encode("utf-8", "surrogateescape").decode("latin-1"),
+        value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+    )
+
+
+def header_block(pairs: Sequence[tuple[str, str]]) -> tuple[bytes, list[tuple[int, int]]]:
+    """A message's headers as one text of "name: value" lines, each ending with a newline (what the
+    evidence scan of a header block reads, failcore.evidence.dlp._mask_headers), and the span of
+    each value in it."""
+    spans = []
+    lines = []
+    cursor = 0
+    for name, value in pairs:
+        line = f"{name}: {value}\n".encode()
+        lines.append(line)
+        spans.append((cursor + len(name.encode()) + 2, cursor + len(line) - 1))
+        cursor += len(line)
+    return b"".join(lines), spans
+
+
+def scan_header_block(engine: Scans, pairs: Sequence[tuple[str, str]]) -> list[Hit]:
+    """The hits of one scan of all `pairs` together (header_block), so a rule keyed by a word anywhere
+    in the block (another header's name or value) applies: each hit located `header:NAME`, offsets
+    into that value; a hit across lines (a key split over several headers) is one hit in each value
+    it covers, cut to that value, as the evidence scan masks it."""
+    block, spans = header_block(pairs)
+    found = engine.scan(block) if block else []
+    if not found:
+        return []
+    return [
+        replace(
+            h,
+            start=max(h.start, start) - start,
+            end=min(h.end, end) - start,
+            location=f"header:{name.lower()}",
+        )
+        for (name, _), (start, end) in zip(pairs, spans, strict=True)
+        for h in found
+        if h.start < end and h.end > start
+    ]

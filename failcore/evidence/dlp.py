@@ -27,7 +27,7 @@ from failcore.dlp import (
 )
 from failcore.dlp.model import Scans
 from failcore.dlp.scanner import SEVERITY_RANK
-from failcore.evidence.redact import CREDENTIAL_HEADERS, HOST_HEADERS
+from failcore.evidence.redact import CREDENTIAL_HEADERS, HOST_HEADERS, is_redaction
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
@@ -241,27 +241,30 @@ def _mask_headers(
     pairs = [
         pair
         for pair in message.get("headers", [])
-        if pair[0].lower() not in CREDENTIAL_HEADERS and not pair[1].startswith("[redacted ")
+        if pair[0].lower() not in CREDENTIAL_HEADERS and not is_redaction(pair[1])
     ]
+    masked = set()
     lines = [f"{name}: {value}\n".encode() for name, value in pairs]
     hits = texts.scan(b"".join(lines))
     line_start = 0
     for pair, line in zip(pairs, lines, strict=True) if hits else ():
         value_start = line_start + len(pair[0].encode()) + 2
         line_end = line_start + len(line) - 1
+        # A hit across lines (a key split over several headers) is each of the values it covers.
         mine = [
-            replace(h, start=h.start - value_start, end=h.end - value_start)
+            replace(h, start=max(h.start, value_start) - value_start, end=min(h.end, line_end) - value_start)
             for h in hits
-            if value_start <= h.start and h.end <= line_end
+            if h.start < line_end and h.end > value_start
         ]
         if mine:
             # The whole value becomes the hits' fingerprints: what surrounds a secret in a header
             # (a prefix, a second half) can be as telling as the secret.
             pair[1] = f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in mine))}]"
+            masked.add(id(pair))
             out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
         line_start += len(line)
     for pair in pairs:
-        if pair[0].lower() in HOST_HEADERS and not pair[1].startswith("[redacted "):
+        if pair[0].lower() in HOST_HEADERS and id(pair) not in masked:
             # (As written it was scanned with the other headers above.)
             other = spelling_hits(texts, pair[1], first=1)[1]
             if other:  # a lower-cased or split host (see host_spellings): masked like any header value

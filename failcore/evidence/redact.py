@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -59,6 +60,15 @@ CREDENTIAL_HEADERS: Final = frozenset(
 )
 # Schemes worth keeping in clear: they say how a client authenticated without saying with what.
 _AUTH_SCHEMES: Final = frozenset({"bearer", "basic", "digest", "token", "negotiate", "aws4-hmac-sha256"})
+
+
+# A recorded value that is one credential's fingerprint and nothing else (what redact_headers and
+# mask_echoed_credentials write): a value that only starts like one is the client's content.
+_REDACTION: Final = re.compile(r"\[redacted hmac-sha256:[0-9a-f]{24}\]")
+
+
+def is_redaction(value: str) -> bool:
+    return _REDACTION.fullmatch(value) is not None
 
 
 def fingerprint(value: bytes, salt: bytes) -> str:
@@ -147,7 +157,7 @@ def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: b
         if not message:
             continue
         for pair in message.get("headers", []):
-            if not pair[1].startswith("[redacted "):
+            if not is_redaction(pair[1]):
                 pair[1] = _mask_all(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
         body = message.get("body") or {}
         if "text" in body:

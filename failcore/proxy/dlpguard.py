@@ -20,6 +20,8 @@ from mitmproxy import http
 from mitmproxy.net.http import url as urls
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
+from failcore.dlp.locations import recorded_header, scan_header_block
+from failcore.dlp.model import Scans
 from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
 from failcore.evidence import (
@@ -34,9 +36,10 @@ from failcore.evidence import (
     is_encoded,
     read_off_loop,
 )
-from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits
+from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits, spelling_hits
 from failcore.evidence.pastcap import PastCapScan, StreamDecoder
 from failcore.evidence.pastcapworker import origin_for
+from failcore.evidence.redact import is_redaction
 from failcore.policy.model import Decision
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.gate import blocked_response
@@ -68,7 +71,7 @@ def _key_chars(key: tuple[object, ...]) -> int:
 
 class CleanScans:
     """The parts of a request that repeat from one request to the next (the URL, each header, the
-    header names) that one scanner found nothing in.
+    header names, the whole list of headers read as one block) that one scanner found nothing in.
 
     A scan's result is a pure function of the scanner's rules and the text, so a text found clean once
     is clean every time and is not scanned again. Only clean results are kept: a text with a hit is
@@ -106,31 +109,77 @@ def scan_request_for_block(
     trailers: Sequence[tuple[str, str]] = (),
     clean: CleanScans | None = None,
     host: str = "",
+    redacted: frozenset[str] = frozenset(),
+    recorded_url: str = "",
 ) -> list[Hit]:
-    """The hits that decide a request in enforce mode: the url, the host the proxy will connect to (an
+    """The hits that decide a request in enforce mode: the url (and the `recorded_url`, as the tape
+    records it: the host connected to, the port written out), the host the proxy will connect to (an
     absolute-form request names it apart from the Host header the url is built from), header (and
-    trailer) values and names, secrets foreign to a credential header, and the body. With `clean`,
-    what it already found clean is not scanned again (the body always is)."""
+    trailer) values and names, each alone and the headers all together as the evidence scan reads them
+    (block_pairs), secrets foreign to a credential header, and the body. With `clean`, what it already
+    found clean is not scanned again (the body always is; the header block is remembered whole, in
+    the scanner's clean_texts that the evidence scan shares). `redacted`: the policy's
+    `redact_headers`, recorded as fingerprints and so not in the evidence's header block."""
     engine = scanner.engine
     scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
     credential = [name.lower() in CREDENTIAL_HEADERS for name, _ in fields]
     hits = scan(("url", url), scan_url, engine, url)
+    if recorded_url and recorded_url != url:
+        hits += scan(("url", recorded_url), scan_url, engine, recorded_url)
     if host:
         hits += scan(("host", host), host_hits, engine, host)
     for (name, value), is_credential in zip(fields, credential, strict=True):
         if not is_credential:
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
         if name.lower() in HOST_HEADERS:
-            hits += scan(("host", value), host_hits, engine, value)
+            hits += scan(("host-header", value), host_header_hits, engine, value)
+    # The headers together, as the evidence scan reads them (a rule keyed by a word in another header):
+    # remembered clean whole (the list of headers), never header by header.
+    block = scanner.clean_texts if clean is not None else engine
+    hits += scan(("block", tuple(headers), redacted), header_block_hits, block, headers, redacted)
     for (name, value), is_credential in zip(fields, credential, strict=True):
         if is_credential:
-            hits += scan(("credential", name, value), foreign_credential_hits, engine, [(name, value)])
+            # (As the tape would read it: a byte that is not UTF-8 written as an escape.)
+            pair = recorded_header(name, value)
+            hits += scan(("credential", *pair), foreign_credential_hits, engine, [pair])
     names = tuple(name for name, _ in fields)
     hits += scan(("names", names), header_name_hits, engine, list(names))
     if body:
         hits += scan_json_body(engine, unescape_ascii_json(body))
     return hits
+
+
+def block_pairs(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[tuple[str, str]]:
+    """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
+    tape records them: all but credential headers, the policy's `redact_headers` (both recorded as
+    fingerprints) and a value that is one fingerprint as recorded (is_redaction)."""
+    pairs = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in CREDENTIAL_HEADERS or lower in redacted:
+            continue
+        pair = recorded_header(name, value)
+        if not is_redaction(pair[1]):
+            pairs.append(pair)
+    return pairs
+
+
+def header_block_hits(
+    engine: Scans, headers: Sequence[tuple[str, str]], redacted: frozenset[str]
+) -> list[Hit]:
+    """The hits of the evidence's one scan of a request's header block (block_pairs)."""
+    return scan_header_block(engine, block_pairs(headers, redacted))
+
+
+def host_header_hits(engine: Scans, value: str) -> list[Hit]:
+    """A Host (or :authority) header's secrets in its spellings (host_spellings): the first that has
+    any and, when that is the value as written, the first of the others that has any too (the
+    evidence scan reads the value as written with the other headers, its other spellings apart)."""
+    index, found = spelling_hits(engine, value)
+    if index == 0:
+        found = found + spelling_hits(engine, value, first=1)[1]
+    return found
 
 
 def judge_request(
@@ -142,9 +191,13 @@ def judge_request(
     decoded: DecodedBody,
     clean: CleanScans | None = None,
     host: str = "",
+    redacted: frozenset[str] = frozenset(),
+    recorded_url: str = "",
 ) -> tuple[list[Hit], str | None]:
     """The request's hits, and why its body could not be scanned whole (None when it was)."""
-    hits = scan_request_for_block(scanner, url, headers, decoded.data, trailers, clean, host)
+    hits = scan_request_for_block(
+        scanner, url, headers, decoded.data, trailers, clean, host, redacted, recorded_url
+    )
     if decoded.error is not None and raw and raw != decoded.data:
         # What decoded before the error was scanned; what it says on the wire is scanned too.
         hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
@@ -353,9 +406,18 @@ class DlpGuard:
         if decoded.over_limit:
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         clean = self._clean_scans(scanner)
-        verdict = judge_request(scanner, url, headers, trailers, raw, decoded, clean, req.host)
+        verdict = judge_request(
+            scanner, url, headers, trailers, raw, decoded, clean, req.host, *self._as_recorded(flow, state)
+        )
         self._decide(flow, state, scanner, *verdict)
         return None
+
+    def _as_recorded(self, flow: http.HTTPFlow, state: FlowState) -> tuple[frozenset[str], str]:
+        """(the policy's `redact_headers`, the request's URL as the tape records it)."""
+        req = flow.request
+        policy = self.session.policy
+        redacted = policy.redact_headers if policy is not None else frozenset()
+        return redacted, f"{req.scheme}://{state.decided_host or req.host}:{req.port}{req.path}"
 
     async def _decide_off_loop(
         self,
@@ -369,11 +431,11 @@ class DlpGuard:
         encoding: str | None,
     ) -> None:
         host = flow.request.host
+        recorded = self._as_recorded(flow, state)
 
         def scan() -> tuple[list[Hit], str | None]:
-            return judge_request(
-                scanner, url, headers, trailers, raw, decode_body(raw, encoding, DECODE_LIMIT), None, host
-            )
+            decoded = decode_body(raw, encoding, DECODE_LIMIT)
+            return judge_request(scanner, url, headers, trailers, raw, decoded, None, host, *recorded)
 
         self._decide(flow, state, scanner, *await asyncio.to_thread(scan))
 
