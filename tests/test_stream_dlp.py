@@ -16,7 +16,7 @@ from failcore.compat import zstd
 from failcore.dlp import DlpEngine, builtin_rules
 from failcore.dlp.scanner import DlpScanner
 from failcore.policy.model import DlpSettings
-from failcore.proxy.dlpguard import StreamDlp
+from failcore.proxy.streamdlp import StreamDlp
 
 GITHUB_PAT = b"ghp_" + b"Z9y8X7w6V5u4" * 3
 BEFORE = b'data: {"text": "hello"}\n\n' * 40
