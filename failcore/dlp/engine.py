@@ -32,6 +32,7 @@ from failcore.dlp import regex_backend as rx
 from failcore.dlp.masking import fingerprint, mask_preview
 from failcore.dlp.model import DlpAllowlist, DlpRule, Hit
 from failcore.dlp.validators import NAMED_VALIDATORS, shannon_entropy
+from failcore.wiretext import utf8_bytes
 
 BACKENDS: tuple[str, ...] = ("auto", "hyperscan", "re2", "python")
 # Beyond this many prefilter events the text is pathological for the rule set; one linear RE2 pass per
@@ -402,7 +403,7 @@ class DlpEngine:
         is mapped back to the raw bytes that encode it. When several rules or copies of a rule hit the
         same span, each is reported, and a rule id reported twice keeps its most severe copy (so the
         stricter action wins)."""
-        buffer = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        buffer = utf8_bytes(data) if isinstance(data, str) else bytes(data)
         root = dv.RawView(buffer)
         base: dv.View = root
         decoded = dv.json_view(buffer)

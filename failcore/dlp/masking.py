@@ -7,6 +7,7 @@ import hmac
 from collections.abc import Callable, Iterable
 
 from failcore.dlp.model import Hit
+from failcore.wiretext import utf8_bytes
 
 ELLIPSIS = "\u2026"
 MAX_REVEALED = 8
@@ -50,7 +51,7 @@ def mask_bytes(data: bytes, hits: Iterable[Hit]) -> bytes:
 
 def mask_text(data: str, hits: Iterable[Hit]) -> str:
     """Hit offsets are UTF-8 byte offsets of `data`, as produced by scanning the same text."""
-    return mask_bytes(data.encode("utf-8"), hits).decode("utf-8", errors="replace")
+    return mask_bytes(utf8_bytes(data), hits).decode("utf-8", errors="replace")
 
 
 def mask_strings(values: Iterable[str], scan: Callable[[str], list[Hit]] | None) -> list[str]:

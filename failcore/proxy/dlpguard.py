@@ -44,6 +44,7 @@ from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
 from failcore.proxy.streamdlp import StreamDlp
 from failcore.proxy.streamtap import request_streams, response_streams
+from failcore.wiretext import wire_text
 
 logger = logging.getLogger("failcore")
 
@@ -174,6 +175,7 @@ def host_header_hits(engine: Scans, value: str) -> list[Hit]:
     """A Host (or :authority) header's secrets in its spellings (host_spellings): the first that has
     any and, when that is the value as written, the first of the others that has any too (the
     evidence scan reads the value as written with the other headers, its other spellings apart)."""
+    value = wire_text(value)
     index, found = spelling_hits(engine, value)
     if index == 0:
         found = found + spelling_hits(engine, value, first=1)[1]
@@ -217,14 +219,15 @@ def request_url(req: http.Request, headers: Sequence[tuple[str, str]] | None = N
     parsed once per (scheme, Host header) instead of on every request. `headers`: the request's
     `headers.items(multi=True)`, when the caller has them."""
     if req.first_line_format == "authority":
-        return req.pretty_url
+        return wire_text(req.pretty_url)
     if headers is None or req.is_http2 or req.is_http3:
         host_header = req.host_header
     else:
         host_header = header_value(headers, "host")
     if not host_header:
-        return req.pretty_url
-    return _origin(req.scheme, host_header) + (req.path if req.path != "*" else "")
+        return wire_text(req.pretty_url)
+    # A byte that is not UTF-8 is scanned as the tape records it (failcore.wiretext).
+    return wire_text(_origin(req.scheme, host_header) + (req.path if req.path != "*" else ""))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -328,7 +331,7 @@ class DlpGuard:
         req = flow.request
         policy = self.session.policy
         redacted = policy.redact_headers if policy is not None else frozenset()
-        return redacted, f"{req.scheme}://{state.decided_host or req.host}:{req.port}{req.path}"
+        return redacted, wire_text(f"{req.scheme}://{state.decided_host or req.host}:{req.port}{req.path}")
 
     async def _decide_off_loop(
         self,

@@ -37,6 +37,7 @@ from failcore.proxy.dlpguard import CleanScans, block_decision
 from failcore.proxy.gate import blocked_response, decision_host, stricter
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Fronted, Session
+from failcore.wiretext import wire_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def target_names(flow: http.HTTPFlow) -> list[str]:
     """The names mitmproxy or failcore may look up, offer or forward for this request: its host, the
     name decisions use (an IP target's TLS SNI) and its Host header or HTTP/2 `:authority`."""
     names = [flow.request.host, decision_host(flow), flow.request.host_header or ""]
-    return [name for name in dict.fromkeys(names) if name]
+    return [wire_text(name) for name in dict.fromkeys(names) if name]
 
 
 def names_hits(

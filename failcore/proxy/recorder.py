@@ -42,6 +42,7 @@ from failcore.proxy.session import BodyTap, FlowState, Session
 from failcore.runmarks import run_end_detail, run_start_detail
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import COALESCE_SECONDS, STRICT_COALESCE_SECONDS, TapeWriter
+from failcore.wiretext import wire_text
 
 logger = logging.getLogger("failcore")
 
@@ -65,12 +66,12 @@ def snapshot_exchange(flow: http.HTTPFlow, state: FlowState | None, action: str)
     return ExchangeSnapshot(
         flow_id=flow.id,
         action=action,
-        host=state.decided_host or req.host,
+        host=wire_text(state.decided_host or req.host),
         port=req.port,
         # A CONNECT opens a tunnel whose protocol is not known yet.
         scheme="tunnel" if action == "http.connect" else req.scheme,
-        method=req.method,
-        path=req.path,
+        method=wire_text(req.method),
+        path=wire_text(req.path),
         ts_start=req.timestamp_start,
         ts_end=(resp.timestamp_end if resp and resp.timestamp_end else None) or now,
         request=_message_snapshot(req, state.request_tap),
@@ -447,9 +448,11 @@ class Recorder:
                 self.evidence_cfg,
                 flow_id=flow.id,
                 target=Target(
-                    state.decided_host or req.host, req.port, "wss" if req.scheme == "https" else "ws"
+                    wire_text(state.decided_host or req.host),
+                    req.port,
+                    "wss" if req.scheme == "https" else "ws",
                 ),
-                path=req.path,
+                path=wire_text(req.path),
                 index=state.ws_messages,
                 from_client=msg.from_client,
                 is_text=msg.is_text,
