@@ -238,6 +238,11 @@ class DlpEngine:
     def rules(self) -> list[DlpRule]:
         return [prepared.rule for prepared in self._rules]
 
+    @property
+    def salt(self) -> bytes:
+        """The salt of this engine's fingerprints (the proxy's: its evidence masks with the same)."""
+        return self._salt
+
     def _prepare(self, rule: DlpRule) -> _PreparedRule | None:
         try:
             pattern = self._compile(rule.regex)

@@ -138,7 +138,8 @@ def credential_values(
     return sorted((s for s in variants if len(s) >= _MIN_ECHOED), key=len, reverse=True)
 
 
-def _mask_all(data: bytes, secrets: list[bytes], salt: bytes) -> bytes:
+def mask_echoes(data: bytes, secrets: list[bytes], salt: bytes) -> bytes:
+    """Every copy of `secrets` (credential_values) in `data` replaced by its fingerprint."""
     for secret in secrets:
         if secret in data:
             plain = secret.replace(b"\\/", b"/")
@@ -158,14 +159,14 @@ def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: b
             continue
         for pair in message.get("headers", []):
             if not is_redaction(pair[1]):
-                pair[1] = _mask_all(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+                pair[1] = mask_echoes(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
         body = message.get("body") or {}
         if "text" in body:
-            body["text"] = _mask_all(body["text"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+            body["text"] = mask_echoes(body["text"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
         elif "b64" in body:
             raw = base64.b64decode(body["b64"])
-            masked = _mask_all(raw, secrets, salt)
+            masked = mask_echoes(raw, secrets, salt)
             if masked != raw:
                 body["b64"] = base64.b64encode(masked).decode("ascii")
     if isinstance(event.get("path"), str):
-        event["path"] = _mask_all(event["path"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+        event["path"] = mask_echoes(event["path"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")

@@ -37,7 +37,7 @@ from failcore.evidence import (
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits, spelling_hits
 from failcore.evidence.pastcap import PastCapScan
 from failcore.evidence.pastcapworker import origin_for
-from failcore.evidence.redact import is_redaction
+from failcore.evidence.redact import credential_values, is_redaction, mask_echoes
 from failcore.policy.model import Decision
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
@@ -122,7 +122,7 @@ def scan_request_for_block(
     engine = scanner.engine
     scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
-    credential = [name.lower() in CREDENTIAL_HEADERS for name, _ in fields]
+    credential = [_recorded_name(name) in CREDENTIAL_HEADERS for name, _ in fields]
     hits = scan(("url", url), scan_url, engine, url)
     if recorded_url and recorded_url != url:
         hits += scan(("url", recorded_url), scan_url, engine, recorded_url)
@@ -136,7 +136,9 @@ def scan_request_for_block(
     # The headers together, as the evidence scan reads them (a rule keyed by a word in another header):
     # remembered clean whole (the list of headers), never header by header.
     block = scanner.clean_texts if clean is not None else engine
-    hits += scan(("block", tuple(headers), redacted), header_block_hits, block, headers, redacted)
+    hits += scan(
+        ("block", tuple(headers), redacted), header_block_hits, block, headers, redacted, engine.salt
+    )
     for (name, value), is_credential in zip(fields, credential, strict=True):
         if is_credential:
             # (As the tape would read it: a byte that is not UTF-8 written as an escape.)
@@ -149,26 +151,53 @@ def scan_request_for_block(
     return hits
 
 
-def block_pairs(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[tuple[str, str]]:
+def _recorded_name(name: str) -> str:
+    """A header's name lower-cased as the tape records it (its bytes as latin-1): `str.lower()` of
+    mitmproxy's text would also fold a KELVIN SIGN into a `k`."""
+    return (name if name.isascii() else name.encode("utf-8", "surrogateescape").decode("latin-1")).lower()
+
+
+def block_pairs(
+    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b""
+) -> list[tuple[str, str]]:
     """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
     tape records them: all but credential headers, the policy's `redact_headers` (both recorded as
-    fingerprints) and a value that is one fingerprint as recorded (is_redaction)."""
+    fingerprints) and a value that is one fingerprint as recorded (is_redaction), once the request's
+    own credentials echoed in other headers are masked with `salt`, as the evidence masks them
+    (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
+    secrets: list[bytes] = []
+    if salt:
+        raw = [
+            (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in headers
+        ]
+        secrets = credential_values(raw, redacted)
     pairs = []
     for name, value in headers:
-        lower = name.lower()
+        lower = _recorded_name(name)
         if lower in CREDENTIAL_HEADERS or lower in redacted:
             continue
         pair = recorded_header(name, value)
+        if secrets:
+            pair = (pair[0], mask_echoes(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace"))
         if not is_redaction(pair[1]):
             pairs.append(pair)
     return pairs
 
 
 def header_block_hits(
-    engine: Scans, headers: Sequence[tuple[str, str]], redacted: frozenset[str]
+    engine: Scans, headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b""
 ) -> list[Hit]:
-    """The hits of the evidence's one scan of a request's header block (block_pairs)."""
-    return scan_header_block(engine, block_pairs(headers, redacted))
+    """The hits of the evidence's one scan of a request's header block (block_pairs): the block as
+    sent and, when the request's credentials echo in its other headers, the block as the evidence
+    reads it once they are masked with `salt` (which can join what an echo sat between; the block as
+    sent keeps what the echo masks would hide, a keyword say)."""
+    pairs = block_pairs(headers, redacted)
+    hits = scan_header_block(engine, pairs)
+    if salt:
+        echoed = block_pairs(headers, redacted, salt)
+        if echoed != pairs:
+            hits = hits + scan_header_block(engine, echoed)
+    return hits
 
 
 def host_header_hits(engine: Scans, value: str) -> list[Hit]:
