@@ -38,6 +38,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from failcore.dlp.decode import MAX_CANDIDATE_BYTES
 from failcore.dlp.model import Hit
 from failcore.evidence.scanworker import (
     ScanOrigin,
@@ -63,8 +64,11 @@ RESTART_INTERVAL = 2.0
 MAX_LOSSES = 5
 
 
-# A batch's bytes carried over from the one before (a secret across the seam is whole in one batch).
-OVERLAP = 4096
+# A batch's bytes carried over from the one before (a secret across the seam is whole in one batch):
+# at least the longest base64/hex run the engine decodes, so such a run crossing the seam (or the
+# recording cap) is decoded from its first byte, as a scan of the whole body would (from a byte
+# inside it, the decoding is out of step and finds nothing), plus room for a rule's own context.
+OVERLAP = MAX_CANDIDATE_BYTES + 1024
 # Fresh bytes collected before a scan is handed over: small chunks are not scanned one by one, and each
 # batch costs a few GIL handoffs with a busy event loop, so batches are large.
 BATCH_BYTES = 1024 * 1024
