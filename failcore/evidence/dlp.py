@@ -250,16 +250,16 @@ def _mask_headers(
     for pair, line in zip(pairs, lines, strict=True) if hits else ():
         value_start = line_start + len(pair[0].encode()) + 2
         line_end = line_start + len(line) - 1
-        # A hit across lines (a key split over several headers) is each of the values it covers.
+        # A hit across lines (a key split over headers) masks each name and whole value it touches.
         mine = [
             replace(h, start=max(h.start, value_start) - value_start, end=min(h.end, line_end) - value_start)
             for h in hits
             if h.start < line_end and h.end > value_start
         ]
+        if in_name := [h for h in hits if h.start < value_start - 2 and h.end > line_start]:
+            pair[0] = _redacted(in_name)
         if mine:
-            # The whole value becomes the hits' fingerprints: what surrounds a secret in a header
-            # (a prefix, a second half) can be as telling as the secret.
-            pair[1] = f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in mine))}]"
+            pair[1] = _redacted(mine)
             masked.add(id(pair))
             out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
         line_start += len(line)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import DLP_BLOCK, tape_bytes
+from tests.security.helpers import DLP_BLOCK, send_raw, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 BODY64 = "MIIEowIBAAKCAQEAuZkq3Q7bD1xK9mVtFhYQnRz8PpL0aWcE2sT4uJ6yHkGiOvXrM"  # 65 base64 characters
@@ -37,3 +37,25 @@ def test_a_header_echoing_the_credential_cannot_split_a_private_key_past_the_blo
     (event,) = network_events(read_tape(tmp_path / "tape"))
     assert (event["decision"], event["outcome"]) == ("BLOCK", "BLOCKED")
     assert BODY64.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_private_key_spread_over_header_names_is_masked_in_the_names(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """The key's body written as a header's name: the request is refused, and the tape must not keep
+    the name in clear (a hit across lines masked only the values it covered, and named the header by
+    its name in the hit's location)."""
+    host = plain_logging_upstream.url.split("://", 1)[1]
+    request = (
+        f"POST {plain_logging_upstream.url}/v1/names HTTP/1.1\r\nHost: {host}\r\n".encode()
+        + b"X-K1: -----BEGIN RSA PRIVATE KEY-----\r\n"
+        + BODY64.encode()
+        + b": x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    proxy = start_proxy(policy_file(DLP_BLOCK))
+    head = send_raw(proxy.port, request)
+    proxy.flush()
+    assert head.startswith(b"HTTP/1.1 403"), head
+    assert plain_logging_upstream.received_bytes() == b""
+    tape = tape_bytes(tmp_path / "tape")
+    assert BODY64.encode() not in tape and BODY64.lower().encode() not in tape
