@@ -12,6 +12,7 @@ not: `mitmdump -s addons/…` from a checkout), and the child starts in that roo
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,3 +27,23 @@ def worker_command(module: str) -> list[str]:
 def worker_env() -> dict[str, str]:
     path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
     return dict(os.environ, PYTHONPATH=path)
+
+
+def start_worker(
+    module: str, *, pass_fds: tuple[int, ...] = (), own_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """`python -P -m module` talking over its stdin and stdout (stderr discarded), with this failcore
+    first on its path and as its working directory, and no descriptor of ours but `pass_fds`.
+    `own_session`: a Ctrl-C or signal to our process group does not reach it (it ends when its stdin
+    closes). Bytecode caches as this interpreter has them: the child imports the same modules."""
+    return subprocess.Popen(
+        worker_command(module),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=worker_env(),
+        cwd=ROOT,
+        close_fds=True,
+        pass_fds=pass_fds,
+        start_new_session=own_session,
+    )

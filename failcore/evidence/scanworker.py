@@ -47,7 +47,7 @@ import orjson
 from failcore.event import EgressEvent
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.findings import PastCapFindings
-from failcore.spawn import ROOT, worker_command, worker_env
+from failcore.spawn import start_worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -281,24 +281,12 @@ def _frame_item(item: Any) -> tuple[dict[str, Any], tuple[PastCapFindings, ...]]
 
 
 def spawn_worker(module: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
-    """A worker child (`python -m module`) talking frames over its stdin and stdout."""
-    # The same failcore as this process, never code from the working directory (failcore.spawn).
-    # Bytecode caches as the proxy's own interpreter has them: the child imports the same modules
-    # (with PYTHONDONTWRITEBYTECODE=1 forced here, where failcore had no cache yet, every worker
-    # compiled failcore from source at its start).
-    return subprocess.Popen(
-        worker_command(module),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=worker_env(),
-        cwd=ROOT,
-        close_fds=True,
-        pass_fds=pass_fds,
-        # Its own session: a Ctrl-C or a signal to the proxy's process group is the proxy's to
-        # handle; the child ends when its stdin closes (the proxy exits or dies).
-        start_new_session=True,
-    )
+    """A worker child (`python -P -m module`, failcore.spawn) talking frames over its stdin and stdout.
+    (PYTHONDONTWRITEBYTECODE=1 is not forced: where failcore had no cache yet, every worker compiled
+    failcore from source at its start.)"""
+    # Its own session: a Ctrl-C or a signal to the proxy's process group is the proxy's to handle; the
+    # child ends when its stdin closes (the proxy exits or dies).
+    return start_worker(module, pass_fds=pass_fds, own_session=True)
 
 
 def origin_config(origin: ScanOrigin) -> dict[str, Any]:

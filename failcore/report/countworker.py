@@ -28,7 +28,7 @@ from typing import IO, Final
 import orjson
 
 from failcore.report.aggregates import RunPart, count_part, part_from_record, storable
-from failcore.spawn import ROOT, worker_command, worker_env
+from failcore.spawn import start_worker
 
 # Uncounted sealed bytes below which workers are not worth their start (~0.2 s of CPU each).
 PARALLEL_MIN_BYTES: Final = 48 * 2**20
@@ -149,16 +149,8 @@ def _read_answer(stream: IO[bytes]) -> bytes | None:
 
 
 def _spawn() -> subprocess.Popen[bytes]:
-    # The same failcore as this process, never code from the working directory (failcore.spawn).
-    return subprocess.Popen(
-        worker_command("failcore.report.countworker"),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=worker_env(),
-        cwd=ROOT,
-        close_fds=True,
-    )
+    # In the report's process group: a Ctrl-C of the report reaches its workers too.
+    return start_worker("failcore.report.countworker")
 
 
 @contextmanager
