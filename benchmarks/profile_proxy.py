@@ -1,6 +1,7 @@
 """Profile one proxy variant under the plain-HTTP throughput load and list where failcore spends time.
 
     .venv/bin/python benchmarks/profile_proxy.py [--variant "failcore observe"] [--seconds 15] [--svg out.svg]
+        [--connections 1]
 
 Needs py-spy in the venv (`.venv/bin/pip install py-spy`) and ptrace permission. Prints the share of
 samples (all threads, idle excluded) spent inside each failcore function (inclusive) and at the top
@@ -76,6 +77,7 @@ def main(argv: list[str]) -> int:
         "--gil", action="store_true", help="sample only the thread holding the GIL (where CPU really goes)"
     )
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (1: the latency load)")
     parser.add_argument("--svg", type=Path, help="also write a flame graph here")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's raw (collapsed) samples here")
     args = parser.parse_args(argv)
@@ -87,7 +89,7 @@ def main(argv: list[str]) -> int:
             hostport = f"127.0.0.1:{upstream.plain_port}"
             script = wrk_script(workdir / "wrk.lua", hostport, through_proxy=True)
             address = f"127.0.0.1:{proxy.port}"
-            wrk_for(address, script, connections=8, seconds=1, log=ctx.log, label="warm-up")
+            wrk_for(address, script, connections=args.connections, seconds=1, log=ctx.log, label="warm-up")
             raw = workdir / "profile.txt"
             spy = [
                 str(VENV_BIN / "py-spy"),
@@ -107,7 +109,12 @@ def main(argv: list[str]) -> int:
             ]
             recorder = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             result = wrk_for(
-                address, script, connections=8, seconds=args.seconds + 1, log=ctx.log, label="load"
+                address,
+                script,
+                connections=args.connections,
+                seconds=args.seconds + 1,
+                log=ctx.log,
+                label="load",
             )
             _, err = recorder.communicate(timeout=60)
             if recorder.returncode != 0:
@@ -116,7 +123,14 @@ def main(argv: list[str]) -> int:
             if args.svg:
                 svg = [*spy[:-4], "--format", "flamegraph", "--output", str(args.svg), "--nonblocking"]
                 flame = subprocess.Popen(svg, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                wrk_for(address, script, connections=8, seconds=args.seconds + 1, log=ctx.log, label="load")
+                wrk_for(
+                    address,
+                    script,
+                    connections=args.connections,
+                    seconds=args.seconds + 1,
+                    log=ctx.log,
+                    label="load",
+                )
                 flame.wait(timeout=60)
         if args.raw:
             args.raw.write_text(raw.read_text())
