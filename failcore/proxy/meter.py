@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import zlib
 from collections.abc import Awaitable, Callable
@@ -473,11 +474,23 @@ PRICES_WARM_UP_DELAY_S = 2.0
 PRICES_IDLE_S = 1.0
 
 
+# The interpreter's switch interval while genai-prices is imported. The import holds the GIL for
+# 0.3-0.5 s of CPU; whenever the event loop wakes up meanwhile (a request arrived) it waits for the
+# GIL up to the switch interval, 5 ms by default, at each wake-up. Measured (benchmarks/warmup_gil.py,
+# a loop sleeping 1 ms at a time beside the warm-up): it ran ~1.5x as often and its median lateness
+# fell from 4.1 to 2.5 ms (BENCHMARKS.md, branch latency). Restored when the warm-up ends; only lowered.
+WARM_UP_SWITCH_INTERVAL_S = 0.0005
+
+
 def _warm_up_prices() -> None:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, WARM_UP_SWITCH_INTERVAL_S))
     try:
         warm_up_genai_prices()
     except Exception as exc:  # pricing then happens (slower) on the first call; never fatal
         logger.warning("failcore: could not preload genai-prices: %s", exc)
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def _cost_and_charge(call: LlmCall, prices: PriceTable) -> tuple[CostResult, float | None]:

@@ -4,6 +4,7 @@ first request that could be an LLM call, never in the middle of a user's first e
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import pytest
@@ -63,3 +64,39 @@ def test_a_request_that_could_be_an_llm_call_warms_up_at_once(warmed: threading.
 
     asyncio.run(scenario())
     assert warmed.wait(30)
+
+
+def test_the_warm_up_lowers_the_switch_interval_while_it_runs_and_restores_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The import holds the GIL; the event loop should get it back within a fraction of a millisecond,
+    # not the interpreter's default 5 ms, each time a request wakes it during the warm-up.
+    seen: list[float] = []
+    monkeypatch.setattr(meter_module, "warm_up_genai_prices", lambda: seen.append(sys.getswitchinterval()))
+    before = sys.getswitchinterval()
+    meter_module._warm_up_prices()
+    assert seen and seen[0] <= 0.0005 < before
+    assert sys.getswitchinterval() == before
+
+
+def test_a_failed_warm_up_still_restores_the_switch_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> None:
+        raise RuntimeError("no price data")
+
+    monkeypatch.setattr(meter_module, "warm_up_genai_prices", broken)
+    before = sys.getswitchinterval()
+    meter_module._warm_up_prices()  # logged, never raised
+    assert sys.getswitchinterval() == before
+
+
+def test_a_lower_switch_interval_set_by_the_user_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+    monkeypatch.setattr(meter_module, "warm_up_genai_prices", lambda: seen.append(sys.getswitchinterval()))
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.0001)
+    try:
+        meter_module._warm_up_prices()
+        assert seen == [pytest.approx(0.0001, abs=2e-6)]
+        assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)
+    finally:
+        sys.setswitchinterval(before)
