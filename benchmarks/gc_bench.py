@@ -74,6 +74,20 @@ def gc_delta(before: dict, after: dict, n: int) -> dict[str, float]:
         if thread != "loop":
             row["gc off-loop n"] += (count - b[0]) / n
     row["gc µs"] = sum(row[f"gc{g} µs"] for g in range(3))
+    for thread, gen, ns in after["longest"]:
+        if thread == "loop":
+            row[f"gc{gen} longest ms"] = max(row[f"gc{gen} longest ms"], ns / 1e6)
+    return dict(row)
+
+
+def life(out: Path) -> dict[str, float]:
+    """From the probe's last line (written as mitmdump stops): collections over the proxy's life,
+    start-up included, and the full collections' total CPU ms."""
+    last = json.loads(out.read_text().splitlines()[-1])
+    row: dict[str, float] = collections.defaultdict(float)
+    for _thread, gen, count, _wall, cpu, _collected in last["collections"]:
+        row[f"life gc{gen} n"] += count
+        row[f"life gc{gen} ms"] += cpu / 1e6
     return dict(row)
 
 
@@ -148,14 +162,15 @@ def main(argv: list[str]) -> int:
                         row["p99 µs"] = lat.p99_us
                         row["frozen"] = snap1["frozen"]
                         row["tracked"] = snap1["tracked"]
-                        rows[name].append(row)
-                        print(
-                            f"round {round_no + 1} {name}: "
-                            + ", ".join(
-                                f"{k} {v:,.3f}" if v < 10 else f"{k} {v:,.0f}" for k, v in sorted(row.items())
-                            ),
-                            flush=True,
-                        )
+                    row.update(life(out))
+                    rows[name].append(row)
+                    print(
+                        f"round {round_no + 1} {name}: "
+                        + ", ".join(
+                            f"{k} {v:,.3f}" if v < 10 else f"{k} {v:,.0f}" for k, v in sorted(row.items())
+                        ),
+                        flush=True,
+                    )
     print("\nmedians over rounds:")
     for name, samples in rows.items():
         keys = sorted({k for s in samples for k in s})

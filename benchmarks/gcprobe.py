@@ -6,8 +6,9 @@ It installs a `gc.callbacks` hook that adds up, per thread and per generation, h
 their wall time and the collecting thread's CPU time (`time.thread_time_ns`: what the collection itself
 cost, without the time the OS gave other tasks meanwhile). On SIGUSR1 it appends one JSON line with
 the totals so far to FAILCORE_GCPROBE_OUT, so a harness takes a snapshot before and after a load and
-subtracts; the line also holds the GC thresholds, the frozen-object count and the number of objects
-the collector tracks. Never part of failcore: benchmarks/gc_bench.py loads it with an extra `-s`.
+subtracts; the line also holds the longest collection since the last line, the GC thresholds, the
+frozen-object count and the number of objects the collector tracks. Never part of failcore:
+benchmarks/gc_bench.py loads it with an extra `-s`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ OUT = os.environ.get("FAILCORE_GCPROBE_OUT", "")
 
 # (thread name, generation) -> [collections, wall ns, thread CPU ns, objects collected]
 _totals: dict[tuple[str, int], list[int]] = {}
+# (thread name, generation) -> the longest collection (wall ns) since the last snapshot
+_longest: dict[tuple[str, int], int] = {}
 _started = threading.local()
 
 
@@ -46,16 +49,23 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
     entry = _totals.get(key)
     if entry is None:
         entry = _totals[key] = [0, 0, 0, 0]
+    wall = time.perf_counter_ns() - at[0]
     entry[0] += 1
-    entry[1] += time.perf_counter_ns() - at[0]
+    entry[1] += wall
+    if wall > _longest.get(key, 0):
+        _longest[key] = wall
     entry[2] += time.thread_time_ns() - at[1]
     entry[3] += info.get("collected", 0)
     _started.at = None
 
 
 def snapshot() -> dict[str, Any]:
+    """Totals since start-up, and each (thread, generation)'s longest collection since the last one."""
+    longest = dict(_longest)
+    _longest.clear()
     return {
         "collections": [[thread, gen, *values] for (thread, gen), values in list(_totals.items())],
+        "longest": [[thread, gen, ns] for (thread, gen), ns in longest.items()],
         "threshold": list(gc.get_threshold()),
         "frozen": gc.get_freeze_count(),
         "tracked": len(gc.get_objects()),
