@@ -54,6 +54,8 @@ def freeze_heap() -> int:
 
 
 class GcTune:
+    """Freezes the heap after start-up and after each policy reload (see the module docstring)."""
+
     def __init__(self, session: Session) -> None:
         self.session = session
         self._task: asyncio.Task[None] | None = None
@@ -99,7 +101,10 @@ class GcTune:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(CHECK_SECONDS)
-            self.check()
+            try:
+                self.check()
+            except Exception as e:  # a failure here must not stop the watch, nor touch traffic
+                self.session.internal_error(None, "gc freeze", e)
 
     def check(self, now: float | None = None) -> bool:
         """Freeze if the rules in force changed since the last freeze, are built, and no exchange is

@@ -8,6 +8,7 @@ Before: failcore never froze anything; every full collection under load walked t
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
 import time
@@ -170,3 +171,30 @@ def test_a_running_proxy_freezes_its_heap_and_thaws_it_when_stopped(
 def proxy_concerns(proxy) -> tuple[object, ...]:  # type: ignore[no-untyped-def]
     [addon] = [a for a in proxy.proxy.master.addons.chain if isinstance(a, FailCore)]
     return addon.concerns
+
+
+def test_a_failing_freeze_is_recorded_and_the_watch_goes_on(
+    tmp_path: Path, thawed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> int:
+        raise MemoryError("no room to collect")
+
+    monkeypatch.setattr(gctune, "freeze_heap", broken)
+    monkeypatch.setattr(gctune, "CHECK_SECONDS", 0.01)
+    path = tmp_path / "policy.yaml"
+    path.write_text(dlp_policy("acme_"))
+    with concerns(PolicyGate, GcTune, confdir=tmp_path, failcore_policy=str(path)) as h:
+        tune = h.get(GcTune)
+        h.session.dlp.engine.result(timeout=120)
+
+        async def watch_a_while() -> bool:
+            tune.running()
+            await asyncio.sleep(0.2)
+            alive = tune._task is not None and not tune._task.done()
+            tune.done()
+            return alive
+
+        assert h.tctx.master.event_loop.run_until_complete(watch_a_while()) is True
+        [error] = h.kinds("internal_error")  # once: not again every half second
+        assert "gc freeze" in str(error) and "MemoryError" in str(error)
+        assert gc.get_freeze_count() == thawed
