@@ -109,10 +109,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="LABEL:opt=value[,opt=value]")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--no-enforce", action="store_true")
+    parser.add_argument("--no-enforce", action="store_true", help="failcore observe only")
+    parser.add_argument("--enforce-only", action="store_true", help="failcore enforce only")
     args = parser.parse_args(argv)
     repos = [r.resolve() for r in (args.repo or [Path(__file__).resolve().parent.parent])]
-    kinds = (OBSERVE,) if args.no_enforce else (OBSERVE, ENFORCE)
+    kinds = (OBSERVE,) if args.no_enforce else (ENFORCE,) if args.enforce_only else (OBSERVE, ENFORCE)
     runs: list[tuple[str, Variant, tuple[str, ...]]] = [("bare", BARE, ())]
     for kind in kinds:
         for repo in repos:
