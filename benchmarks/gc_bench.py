@@ -163,6 +163,8 @@ def main(argv: list[str]) -> int:
                         row["p99 µs"] = lat.p99_us
                         row["frozen"] = snap1["frozen"]
                         row["tracked"] = snap1["tracked"]
+                        types = ", ".join(f"{name} {count}" for name, count in snap1["types"])
+                        print(f"  {name}: tracked after the load, most common: {types}", flush=True)
                     row.update(life(out))
                     rows[name].append(row)
                     print(

@@ -13,6 +13,7 @@ benchmarks/gc_bench.py loads it with an extra `-s`.
 
 from __future__ import annotations
 
+import collections
 import gc
 import json
 import os
@@ -63,12 +64,15 @@ def snapshot() -> dict[str, Any]:
     """Totals since start-up, and each (thread, generation)'s longest collection since the last one."""
     longest = dict(_longest)
     _longest.clear()
+    tracked = gc.get_objects()
     return {
         "collections": [[thread, gen, *values] for (thread, gen), values in list(_totals.items())],
         "longest": [[thread, gen, ns] for (thread, gen), ns in longest.items()],
         "threshold": list(gc.get_threshold()),
         "frozen": gc.get_freeze_count(),
-        "tracked": len(gc.get_objects()),
+        "tracked": len(tracked),
+        # The most common types among them (what a full collection walks).
+        "types": collections.Counter(type(o).__qualname__ for o in tracked).most_common(8),
         "time": time.time(),
     }
 
