@@ -50,6 +50,7 @@ DEFAULTS = {
     "failcore_replay_pace": "fast",
     "failcore_replay_override": [],
     "failcore_replay_ignore": [],
+    "failcore_gc_freeze": True,
 }
 
 

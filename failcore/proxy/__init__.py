@@ -43,6 +43,7 @@ class FailCore:
         from failcore.proxy.console import QuietConsole
         from failcore.proxy.dlpguard import DlpGuard
         from failcore.proxy.gate import PolicyGate
+        from failcore.proxy.gctune import GcTune
         from failcore.proxy.hold import RequestHold
         from failcore.proxy.hostdlp import HostDlpGuard
         from failcore.proxy.listen import ListenGuard
@@ -74,6 +75,7 @@ class FailCore:
         self.concerns = (
             # First: declares and checks every failcore_* option, then publishes them (session.settings).
             Settings(s),
+            GcTune(s),
             self.listen,
             QuietConsole(),
             self.gate,

@@ -55,6 +55,8 @@ class AddonSettings:
     replay_pace: str = "fast"
     replay_override: tuple[str, ...] = ()
     replay_ignore: tuple[str, ...] = ()
+    # failcore.proxy.gctune
+    gc_freeze: bool = True
     # mitmproxy's confdir: the fingerprint salt lives there, beside the CA (and the budget state by default).
     confdir: str = CONF_DIR
 
@@ -169,6 +171,12 @@ OPTIONS: tuple[_Option, ...] = (
         "replay_ignore",
         Sequence[str],  # type: ignore[arg-type]
         "JSON pointers left out when matching request bodies, besides the defaults ('*': any key).",
+    ),
+    _Option(
+        "gc_freeze",
+        bool,
+        "Once start-up (and each policy reload) is done, move the heap out of the garbage "
+        "collector's walks (gc.freeze). Process-wide: false leaves Python's collector as it is.",
     ),
 )
 _DEFAULTS = AddonSettings()
