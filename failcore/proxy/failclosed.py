@@ -28,7 +28,7 @@ from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
 from failcore.policy.model import Decision
-from failcore.proxy.session import Fronted, Session
+from failcore.proxy.session import Fronted, Session, answer
 
 logger = logging.getLogger("failcore")
 
@@ -84,9 +84,9 @@ def _refuse_http(flow: http.HTTPFlow, hook: str, where: str, message: str) -> No
             flow.kill()
     elif hook == "response":
         if flow.live and flow.response is not None and not flow.response.stream:
-            flow.response = fail_closed_response(where, message, flow.id, forwarded=True)
+            answer(flow, fail_closed_response(where, message, flow.id, forwarded=True))
     elif hook in REQUEST_HOOKS and flow.live:
-        flow.response = fail_closed_response(where, message, flow.id)
+        answer(flow, fail_closed_response(where, message, flow.id))
 
 
 def fail_closed_response(

@@ -22,7 +22,7 @@ from failcore.policy.decide import connect_verdict, decide
 from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Fronted, Session
+from failcore.proxy.session import Fronted, Session, answer, answered_by_failcore
 from failcore.runmarks import policy_detail
 from failcore.shipped import default_policy_path, resolve_policy
 
@@ -309,7 +309,7 @@ class PolicyGate:
         if state is None or state.decision is None or state.decision.decision != "BLOCK":
             return
         state.blocked = True
-        flow.response = blocked_response(state.decision, flow.id)
+        answer(flow, blocked_response(state.decision, flow.id))
 
     @guarded("gate.response")
     def response(self, flow: http.HTTPFlow) -> None:
@@ -317,11 +317,12 @@ class PolicyGate:
 
         mitmproxy holds `:authority` and friends outside `request.headers`, so the recorded headers of
         a blocked request lacked the very name it was refused for. They are put back in front of the
-        headers only for a request failcore answered itself (it never leaves)."""
+        headers only for a request failcore answered itself (it never leaves): known by the mark failcore
+        puts on its own answers, not by an `X-FailCore-Decision` header, which an upstream can send too."""
         req = flow.request
         if not req.http_version.startswith(("HTTP/2", "HTTP/3")) or flow.response is None:
             return
-        if "X-FailCore-Decision" not in flow.response.headers or ":authority" in req.headers:
+        if not answered_by_failcore(flow) or ":authority" in req.headers:
             return
         pseudo = (
             (":method", req.method),
@@ -382,4 +383,4 @@ class PolicyGate:
         state.decision = verdict
         state.decided_host = flow.request.host
         state.blocked = True
-        flow.response = blocked_response(verdict, flow.id)
+        answer(flow, blocked_response(verdict, flow.id))

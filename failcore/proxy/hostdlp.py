@@ -36,7 +36,7 @@ from failcore.policy.model import Decision
 from failcore.proxy.dlpguard import CleanScans, block_decision
 from failcore.proxy.gate import blocked_response, decision_host, stricter
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Fronted, Session
+from failcore.proxy.session import Fronted, Session, answer
 from failcore.wiretext import wire_text
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class HostDlpGuard:
             if verdict.decision == "BLOCK":
                 state.decided_host = flow.request.host
                 state.blocked = True
-                flow.response = blocked_response(verdict, flow.id)
+                answer(flow, blocked_response(verdict, flow.id))
 
         return self._when_ready(scanner, [flow.request.host], "CONNECT host", decide)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import flow as mflow
+from mitmproxy import http
 
 from failcore.event import EgressEvent
 from failcore.policy.model import Decision, Policy
@@ -100,6 +101,21 @@ class FlowState:
     request_streams: bool | None = None
     # When BudgetGuard counted this request (it takes it back if a tape answers it).
     request_reserved_at: float | None = None
+
+
+# Set in `flow.metadata` on a flow failcore answered itself (a refusal it built): what keys on failcore's
+# own answer reads this, never an `X-FailCore-Decision` header, which any upstream can send too.
+ANSWERED = "failcore_answered"
+
+
+def answer(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Answer `flow` with a response failcore built (a refusal), marked as failcore's own."""
+    flow.response = response
+    flow.metadata[ANSWERED] = True
+
+
+def answered_by_failcore(flow: http.HTTPFlow) -> bool:
+    return bool(flow.metadata.get(ANSWERED))
 
 
 @dataclass(frozen=True, slots=True)
