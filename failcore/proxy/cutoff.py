@@ -67,7 +67,7 @@ class CutVerdict:
     """Why a stream must stop. `keep` bytes of the chunk that triggered it are still forwarded
     (e.g. the events before a secret in the same read), the rest of it never is."""
 
-    reason: str  # the tape schema's cut.reason: "budget" or "dlp"
+    reason: str  # the tape schema's cut.reason: "budget", "dlp" or "internal_error" (fail_open: false)
     detail: str | None = None
     keep: int = 0
 
@@ -78,7 +78,7 @@ class CutVerdict:
 NOTHING: tuple[bytes, ...] = ()
 
 
-def _drop_all(chunk: bytes) -> tuple[bytes, ...]:
+def drop_all(chunk: bytes) -> tuple[bytes, ...]:
     return NOTHING
 
 
@@ -111,7 +111,7 @@ def cut_client_stream(
             if isinstance(response.stream, CuttingTap):
                 response.stream.stop(CutVerdict(reason, detail))
             else:
-                response.stream = _drop_all
+                response.stream = drop_all
         if flow.killable:
             flow.kill()
         if streaming:

@@ -15,6 +15,7 @@ hook's name and its argument. What is refused depends on what the hook decides:
 - a TLS ClientHello (`tls_clienthello`): its SNI is not offered to the upstream and every request on
   the connection is refused (the SNI was never checked).
 What only reports (`error`, `tcp_end`, `websocket_end`, …) has nothing left to refuse.
+A check inside a body's stream callable (no hook: mitmproxy calls it) is failcore.proxy.guard.StreamFailures'.
 """
 
 from __future__ import annotations
