@@ -55,6 +55,7 @@ def _message_snapshot(msg: http.Message, tap: BodyTap | None) -> MessageSnapshot
         tap=tap,
         ts_start=msg.timestamp_start,
         ts_end=msg.timestamp_end,
+        trailers=msg.trailers.fields if msg.trailers else None,
     )
 
 
