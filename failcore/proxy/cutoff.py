@@ -136,9 +136,14 @@ def _cut_record(reason: str, detail: str | None, state: FlowState, at_bytes: int
     return record
 
 
+def connection_handler(client: Connection) -> Any:
+    """mitmproxy's handler of `client`'s connection (INTERNALS, see above); None once it is gone."""
+    return ctx.master.addons.get("proxyserver").connections.get(client.id)
+
+
 def _terminate(flow: http.HTTPFlow) -> None:
     try:
-        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
+        handler = connection_handler(flow.client_conn)
         if handler is None:
             return  # the client is already gone, and with it the upstream connection
         if flow.request.is_http2 or flow.request.is_http3:

@@ -21,6 +21,7 @@ from failcore.policy.address import normalise_host
 from failcore.policy.decide import connect_verdict, decide
 from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
+from failcore.proxy.failclosed import withhold_sni
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Fronted, Session, answer, answered_by_failcore
 from failcore.runmarks import policy_detail
@@ -362,7 +363,7 @@ class PolicyGate:
         if verdict.decision != "BLOCK":
             self.session.fronted[data.context.client.id] = Fronted(verdict, warning, blocked=False)
             return
-        server.sni = target
+        withhold_sni(server)  # (the address is the tunnel's host: `target`)
         reason = f"TLS SNI {sni!r} differs from the CONNECT host {target!r} and is blocked: {verdict.reason}"
         decision = Decision("BLOCK", verdict.rule, reason, True, "BLOCK")
         self.session.fronted[data.context.client.id] = Fronted(decision, warning, blocked=True)
