@@ -145,3 +145,20 @@ def h2_post_with_trailers(proxy: ProxyThread, up: LoggingUpstream, trailers: lis
             tls.sendall(conn.data_to_send())
     finally:
         tls.close()
+
+
+def get_through_tunnel(
+    proxy: ProxyThread, up: LoggingUpstream, sni: str, path: str = "/sni", *, check_hostname: bool = True
+) -> bytes:
+    """CONNECT localhost:PORT of `up` (its certificate covers localhost), then a TLS ClientHello naming
+    `sni` and one GET `path` through the tunnel: the head of the answer."""
+    authority = f"localhost:{up.port}"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw:
+        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert read_head(raw).startswith(b"HTTP/1.1 200")
+        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        context.check_hostname = check_hostname
+        context.set_alpn_protocols(["http/1.1"])
+        with context.wrap_socket(raw, server_hostname=sni) as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+            return read_head(tls)
