@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import select
 import socket
 import sys
 import threading
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from failcore.readiness import readable_now
 from failcore.runner import ProxySettings, ProxyStartError
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class QuickStart:
         """A connection is waiting in the listen backlog (accepted by the kernel, not yet by mitmproxy)."""
         if self.listener is None or self.listener.fileno() < 0:
             return False
-        return bool(select.select([self.listener], [], [], 0)[0])
+        return readable_now(self.listener)
 
     async def follow(self, child: Any, needs_proxy: Callable[[], bool] = lambda: False) -> bool:
         """Waits for the command or for mitmproxy to load, whichever first. True: the proxy was started

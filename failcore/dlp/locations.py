@@ -11,6 +11,7 @@ from urllib.parse import unquote_plus
 
 from failcore.dlp.engine import DlpEngine
 from failcore.dlp.model import Hit, Scans
+from failcore.wiretext import utf8_bytes, wire_text
 
 # Unrolled string pattern: each position is consumed by exactly one branch, so Python `re` stays linear.
 _JSON_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:,]|-?[0-9][0-9.eE+-]*|true|false|null')
@@ -125,8 +126,8 @@ def scan_headers(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]
     A name or value as mitmproxy decodes it (UTF-8 with surrogateescape) is scanned as its bytes."""
     found: list[Hit] = []
     for name, value in headers:
-        prefix = f"{name}: ".encode("utf-8", "surrogateescape")
-        for hit in engine.scan(prefix + value.encode("utf-8", "surrogateescape")):
+        prefix = utf8_bytes(f"{name}: ")
+        for hit in engine.scan(prefix + utf8_bytes(value)):
             if hit.start >= len(prefix):
                 found.append(
                     replace(
@@ -188,10 +189,7 @@ def recorded_header(name: str, value: str) -> tuple[str, str]:
     surrogateescape)."""
     if name.isascii() and value.isascii():
         return name, value
-    return (
-        name.encode("utf-8", "surrogateescape").decode("latin-1"),
-        value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
-    )
+    return utf8_bytes(name).decode("latin-1"), wire_text(value)
 
 
 def header_block(pairs: Sequence[tuple[str, str]]) -> tuple[bytes, list[tuple[int, int]]]:

@@ -227,21 +227,18 @@ def _mask_body(
 
 
 def _mask_headers(
-    scanner: DlpScanner, message: dict[str, Any] | None, where: str, out: list[dict[str, Any]]
+    scanner: DlpScanner, fields: list[list[str]] | None, where: str, out: list[dict[str, Any]]
 ) -> None:
-    """All of a message's headers in one scan ("name: value" lines, so name-keyed rules apply). Names,
-    header blocks and hosts repeat from one exchange to the next: one found clean before by this
-    scanner is not scanned again (DlpScanner.clean_texts)."""
-    if not message:
+    """All of a message's headers (or trailers: `where` is `request.header`, `response.trailer`, …) in
+    one scan ("name: value" lines, so name-keyed rules apply). Names, header blocks and hosts repeat
+    from one exchange to the next: one found clean before by this scanner is not scanned again."""
+    if not fields:
         return
     texts = scanner.clean_texts
     # A secret spelled as a header name (`X-AKIA…: 1`) is masked in the name itself.
-    names = [pair[0] for pair in message.get("headers", [])]
-    named = header_name_hits(texts, names) if names else []
+    named = header_name_hits(texts, [pair[0] for pair in fields])
     pairs = [
-        pair
-        for pair in message.get("headers", [])
-        if pair[0].lower() not in CREDENTIAL_HEADERS and not is_redaction(pair[1])
+        pair for pair in fields if pair[0].lower() not in CREDENTIAL_HEADERS and not is_redaction(pair[1])
     ]
     masked = set()
     lines = [f"{name}: {value}\n".encode() for name, value in pairs]
@@ -261,7 +258,7 @@ def _mask_headers(
         if mine:
             pair[1] = _redacted(mine)
             masked.add(id(pair))
-            out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
+            out.extend(_hit_record(scanner, h, f"{where}:{pair[0].lower()}") for h in mine)
         line_start += len(line)
     for pair in pairs:
         if pair[0].lower() in HOST_HEADERS and id(pair) not in masked:
@@ -269,10 +266,10 @@ def _mask_headers(
             other = spelling_hits(texts, pair[1], first=1)[1]
             if other:  # a lower-cased or split host (see host_spellings): masked like any header value
                 pair[1] = _redacted(other)
-                out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in other)
+                out.extend(_hit_record(scanner, h, f"{where}:{pair[0].lower()}") for h in other)
     if named:
-        out.extend(_hit_record(scanner, replace(h, location=None), f"{where}.header-name") for h in named)
-        for pair in message.get("headers", []):
+        out.extend(_hit_record(scanner, replace(h, location=None), f"{where}-name") for h in named)
+        for pair in fields:
             mine = header_name_hits(texts, [pair[0]])
             if mine:
                 pair[0] = mask_text(pair[0], mine)
@@ -364,14 +361,16 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
                 event["summary"] = f"{event['method']} {event['path'].split('?', 1)[0]}"[:300]
             hits.extend(_hit_record(scanner, h, "request") for h in url_hits)
         hits.extend(_hit_record(scanner, h, "request") for h in _mask_target_host(scanner, event))
-        _mask_headers(scanner, request, "request", hits)
+        for kind in ("header", "trailer"):
+            _mask_headers(scanner, (request or {}).get(f"{kind}s"), f"request.{kind}", hits)
         before = len(hits)
         _mask_body(scanner, (request or {}).get("body"), "request.body", hits)
         _add_taint((request or {}).get("body"), hits[before:])
         _mask_said(scanner, event, hits)
     if s.scan_response:
         response = event.get("response")
-        _mask_headers(scanner, response, "response", hits)
+        for kind in ("header", "trailer"):
+            _mask_headers(scanner, (response or {}).get(f"{kind}s"), f"response.{kind}", hits)
         _mask_body(scanner, (response or {}).get("body"), "response.body", hits)
     coverage = []
     for scan, found, covered in past:

@@ -70,6 +70,8 @@ class MessageSnapshot:
     tap: BodyTap | None
     ts_start: float | None
     ts_end: float | None
+    # Trailer fields (HTTP/2 or chunked HTTP/1.1), if the message had any.
+    trailers: Headers | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +119,8 @@ def _message_evidence(
         "http_version": snap.http_version,
         "headers": redact_headers(snap.headers, cfg.redact, cfg.salt),
     }
+    if snap.trailers:
+        ev["trailers"] = redact_headers(snap.trailers, cfg.redact, cfg.salt)
     encoding = header_value(snap.headers, b"content-encoding")
     ctype = header_value(snap.headers, b"content-type")
     stream = None
@@ -230,7 +234,12 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     out = event.to_dict()
     if snap.replay is not None:
         out["replay"] = snap.replay
-    credentials = [*snap.request.headers, *(snap.response.headers if snap.response is not None else ())]
+    credentials = [
+        pair
+        for message in (snap.request, snap.response)
+        if message is not None
+        for pair in (*message.headers, *(message.trailers or ()))
+    ]
     secrets = credential_values(credentials, cfg.redact)
     findings: tuple[PastCapFindings, ...] = ()
     if cfg.dlp is not None:

@@ -149,15 +149,15 @@ def mask_echoes(data: bytes, secrets: list[bytes], salt: bytes) -> bytes:
 
 def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: bytes) -> None:
     """Mask, in a built exchange event, every copy of the exchange's credentials outside the headers
-    that carried them (already redacted): an upstream echoing a Bearer token, a cookie or Basic
-    credentials in its response body or headers, or a client repeating one in a body or the path."""
+    (or trailers) that carried them (already redacted): an upstream echoing a Bearer token, a cookie
+    or Basic credentials in its response body or headers, or a client repeating one in a body or path."""
     if not secrets:
         return
     for side in ("request", "response"):
         message = event.get(side)
         if not message:
             continue
-        for pair in message.get("headers", []):
+        for pair in (*message.get("headers", []), *message.get("trailers", [])):
             if not is_redaction(pair[1]):
                 pair[1] = mask_echoes(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
         body = message.get("body") or {}

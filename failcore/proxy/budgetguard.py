@@ -20,7 +20,7 @@ from failcore.budget import BudgetBreach, BudgetStore, Usage
 from failcore.policy.model import Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import FlowState, Session
+from failcore.proxy.session import FlowState, Session, answer
 from failcore.proxy.streamtap import request_streams
 
 STATE_FILE = "budgets.sqlite"
@@ -154,7 +154,7 @@ class BudgetGuard:
             state.warnings.append(_warning(breach))
             if enforce:
                 state.blocked = True
-                flow.response = budget_response(breach, decision, flow.id)
+                answer(flow, budget_response(breach, decision, flow.id))
                 return
         state.request_reserved_at = reserved_at
         for crossed in crossings:

@@ -67,7 +67,7 @@ class CutVerdict:
     """Why a stream must stop. `keep` bytes of the chunk that triggered it are still forwarded
     (e.g. the events before a secret in the same read), the rest of it never is."""
 
-    reason: str  # the tape schema's cut.reason: "budget" or "dlp"
+    reason: str  # the tape schema's cut.reason: "budget", "dlp" or "internal_error" (fail_open: false)
     detail: str | None = None
     keep: int = 0
 
@@ -78,7 +78,7 @@ class CutVerdict:
 NOTHING: tuple[bytes, ...] = ()
 
 
-def _drop_all(chunk: bytes) -> tuple[bytes, ...]:
+def drop_all(chunk: bytes) -> tuple[bytes, ...]:
     return NOTHING
 
 
@@ -111,7 +111,7 @@ def cut_client_stream(
             if isinstance(response.stream, CuttingTap):
                 response.stream.stop(CutVerdict(reason, detail))
             else:
-                response.stream = _drop_all
+                response.stream = drop_all
         if flow.killable:
             flow.kill()
         if streaming:
@@ -136,9 +136,14 @@ def _cut_record(reason: str, detail: str | None, state: FlowState, at_bytes: int
     return record
 
 
+def connection_handler(client: Connection) -> Any:
+    """mitmproxy's handler of `client`'s connection (INTERNALS, see above); None once it is gone."""
+    return ctx.master.addons.get("proxyserver").connections.get(client.id)
+
+
 def _terminate(flow: http.HTTPFlow) -> None:
     try:
-        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
+        handler = connection_handler(flow.client_conn)
         if handler is None:
             return  # the client is already gone, and with it the upstream connection
         if flow.request.is_http2 or flow.request.is_http3:

@@ -41,7 +41,7 @@ from failcore.evidence.redact import credential_values, is_redaction, mask_echoe
 from failcore.policy.model import Decision
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import FlowState, Session
+from failcore.proxy.session import FlowState, Session, answer
 from failcore.proxy.streamdlp import StreamDlp
 from failcore.proxy.streamtap import request_streams, response_streams
 from failcore.wiretext import wire_text
@@ -398,7 +398,7 @@ class DlpGuard:
         state.decision = verdict
         if verdict.decision == "BLOCK":
             state.blocked = True
-            flow.response = blocked_response(verdict, flow.id)
+            answer(flow, blocked_response(verdict, flow.id))
 
     @guarded("dlp.websocket_message")
     def websocket_message(self, flow: http.HTTPFlow) -> Awaitable[None] | None:

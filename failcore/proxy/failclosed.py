@@ -15,6 +15,7 @@ hook's name and its argument. What is refused depends on what the hook decides:
 - a TLS ClientHello (`tls_clienthello`): its SNI is not offered to the upstream and every request on
   the connection is refused (the SNI was never checked).
 What only reports (`error`, `tcp_end`, `websocket_end`, …) has nothing left to refuse.
+A check inside a body's stream callable (no hook: mitmproxy calls it) is failcore.proxy.guard.StreamFailures'.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from __future__ import annotations
 import logging
 
 import orjson
-from mitmproxy import ctx, dns, http, tcp, tls
+from mitmproxy import connection, dns, http, tcp, tls
 from mitmproxy import flow as mflow
 from mitmproxy.net.dns import response_codes
 from mitmproxy.proxy import server_hooks
 
 from failcore.policy.model import Decision
-from failcore.proxy.session import Fronted, Session
+from failcore.proxy.cutoff import connection_handler
+from failcore.proxy.session import Fronted, Session, answer
 
 logger = logging.getLogger("failcore")
 
@@ -68,9 +70,7 @@ def _refuse(session: Session, hook: str, subject: object, where: str, message: s
             subject.server.error = f"{said}: the connection was dropped"
             abort_server_connection(subject)
     elif isinstance(subject, tls.ClientHelloData):
-        # An address is sent as no name at all.
-        server = subject.context.server
-        server.sni = str(server.address[0]) if server.address is not None else ""
+        withhold_sni(subject.context.server)
         decision = Decision("BLOCK", "internal_error", said, True, "BLOCK")
         session.fronted[subject.context.client.id] = Fronted(decision, None, blocked=True)
 
@@ -84,9 +84,9 @@ def _refuse_http(flow: http.HTTPFlow, hook: str, where: str, message: str) -> No
             flow.kill()
     elif hook == "response":
         if flow.live and flow.response is not None and not flow.response.stream:
-            flow.response = fail_closed_response(where, message, flow.id, forwarded=True)
+            answer(flow, fail_closed_response(where, message, flow.id, forwarded=True))
     elif hook in REQUEST_HOOKS and flow.live:
-        flow.response = fail_closed_response(where, message, flow.id)
+        answer(flow, fail_closed_response(where, message, flow.id))
 
 
 def fail_closed_response(
@@ -111,13 +111,21 @@ def fail_closed_response(
     )
 
 
+def withhold_sni(server: connection.Server) -> str:
+    """The upstream handshake names the connection's own target (a tunnel's or reverse proxy's host),
+    not the SNI the client offered; an address is sent as no name at all. Returns the name sent."""
+    # Never None: mitmproxy would then offer the client's SNI after all.
+    server.sni = str(server.address[0]) if server.address is not None else ""
+    return server.sni
+
+
 def close_client(flow: mflow.Flow) -> None:
     """Close the client connection (and with it a TCP stream) from inside a hook.
 
     mitmproxy's `flow.kill()` does not stop a TCP flow; its connection handler can close a connection.
     Should that fail, tcp_message still relays nothing for a blocked stream."""
     try:
-        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
+        handler = connection_handler(flow.client_conn)
         if handler is not None:
             handler.close_connection(flow.client_conn)
     except Exception as e:  # pragma: no cover - depends on mitmproxy internals
@@ -127,7 +135,7 @@ def close_client(flow: mflow.Flow) -> None:
 def abort_server_connection(data: server_hooks.ServerConnectionHookData) -> None:
     """Close a just-connected server socket before mitmproxy hands the connection to its layers:
     nothing is sent on it."""
-    handler = ctx.master.addons.get("proxyserver").connections.get(data.client.id)
+    handler = connection_handler(data.client)
     io = handler.transports.get(data.server) if handler is not None else None
     if io is not None and io.writer is not None:
         io.writer.transport.abort()

@@ -21,8 +21,9 @@ from failcore.policy.address import normalise_host
 from failcore.policy.decide import connect_verdict, decide
 from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
+from failcore.proxy.failclosed import withhold_sni
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Fronted, Session
+from failcore.proxy.session import Fronted, Session, answer, answered_by_failcore
 from failcore.runmarks import policy_detail
 from failcore.shipped import default_policy_path, resolve_policy
 
@@ -309,7 +310,7 @@ class PolicyGate:
         if state is None or state.decision is None or state.decision.decision != "BLOCK":
             return
         state.blocked = True
-        flow.response = blocked_response(state.decision, flow.id)
+        answer(flow, blocked_response(state.decision, flow.id))
 
     @guarded("gate.response")
     def response(self, flow: http.HTTPFlow) -> None:
@@ -317,11 +318,12 @@ class PolicyGate:
 
         mitmproxy holds `:authority` and friends outside `request.headers`, so the recorded headers of
         a blocked request lacked the very name it was refused for. They are put back in front of the
-        headers only for a request failcore answered itself (it never leaves)."""
+        headers only for a request failcore answered itself (it never leaves): known by the mark failcore
+        puts on its own answers, not by an `X-FailCore-Decision` header, which an upstream can send too."""
         req = flow.request
         if not req.http_version.startswith(("HTTP/2", "HTTP/3")) or flow.response is None:
             return
-        if "X-FailCore-Decision" not in flow.response.headers or ":authority" in req.headers:
+        if not answered_by_failcore(flow) or ":authority" in req.headers:
             return
         pseudo = (
             (":method", req.method),
@@ -361,7 +363,7 @@ class PolicyGate:
         if verdict.decision != "BLOCK":
             self.session.fronted[data.context.client.id] = Fronted(verdict, warning, blocked=False)
             return
-        server.sni = target
+        withhold_sni(server)  # (the address is the tunnel's host: `target`)
         reason = f"TLS SNI {sni!r} differs from the CONNECT host {target!r} and is blocked: {verdict.reason}"
         decision = Decision("BLOCK", verdict.rule, reason, True, "BLOCK")
         self.session.fronted[data.context.client.id] = Fronted(decision, warning, blocked=True)
@@ -382,4 +384,4 @@ class PolicyGate:
         state.decision = verdict
         state.decided_host = flow.request.host
         state.blocked = True
-        flow.response = blocked_response(verdict, flow.id)
+        answer(flow, blocked_response(verdict, flow.id))

@@ -1,8 +1,10 @@
-"""Fail-open by construction: every hook of every failcore addon runs inside `guarded`.
+"""Fail-open by construction: every hook of every failcore addon runs inside `guarded`, and every
+part of a body's stream callable (which mitmproxy calls itself, outside any hook) reports to a
+`StreamFailures`.
 
 An exception in failcore must never break an agent's traffic (unless the policy says `fail_open: false`:
-then what the hook was deciding is refused, see failcore.proxy.failclosed); it is recorded as an
-`internal_error` event either way.
+then what the hook was deciding is refused, see failcore.proxy.failclosed, and a stream is cut); it is
+recorded as an `internal_error` event either way.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from mitmproxy import flow as mflow
+from mitmproxy import http
 
+from failcore.proxy.cutoff import CutVerdict, cut_client_stream, drop_all
 from failcore.proxy.failclosed import refuse
-from failcore.proxy.session import Session
+from failcore.proxy.session import FlowState, Session
 
 
 class HasSession(Protocol):
@@ -75,3 +79,47 @@ def guarded(where: str) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _part_name(part: object) -> str:
+    name = getattr(part, "__qualname__", None)
+    return str(name) if isinstance(name, str) else type(part).__name__
+
+
+class StreamFailures:
+    """Where a part of a body's stream callable (a cut guard, an observer, the tap) that raised reports.
+
+    The failure is recorded (an `internal_error` event, and the exchange's own). Fail-open: the caller
+    leaves the part out for the rest of the stream and the bytes go on. `fail_open: false`: the chunk
+    the part was looking at, and every later one, is not forwarded: a response stream is cut
+    (failcore.proxy.cutoff, cut reason `internal_error`), a request stream dropped and its flow killed."""
+
+    __slots__ = ("flow", "session", "side", "state")
+
+    def __init__(self, session: Session, flow: http.HTTPFlow, state: FlowState, side: str) -> None:
+        self.session = session
+        self.flow = flow
+        self.state = state
+        self.side = side  # "request" or "response"
+
+    def verdict(self, exc: Exception, part: object) -> CutVerdict | None:
+        """Record the failure of `part`; the cut `fail_open: false` asks for (None: go on without it)."""
+        where = f"{self.side} stream: {_part_name(part)}"
+        self.session.internal_error(self.flow, where, exc)
+        if self.session.fail_open:
+            return None
+        return CutVerdict("internal_error", f"failcore failed in {where}; the policy says fail_open: false")
+
+    def stop(self, exc: Exception, part: object) -> bool:
+        """`verdict`, acted on at once (for a part that cannot return a verdict): True when nothing more
+        of the stream, this chunk included, may be forwarded."""
+        verdict = self.verdict(exc, part)
+        if verdict is None:
+            return False
+        if self.side == "response":
+            cut_client_stream(self.flow, verdict.reason, detail=verdict.detail, state=self.state)
+        else:
+            self.flow.request.stream = drop_all
+            if self.flow.killable:
+                self.flow.kill()
+        return True

@@ -21,7 +21,7 @@ from mitmproxy import http
 
 from failcore.policy.model import Decision
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Session
+from failcore.proxy.session import Session, answer
 from failcore.proxy.streamtap import could_be_llm_path, request_streams
 
 HELD = "failcore_held"
@@ -85,7 +85,7 @@ class RequestHold:
             "BLOCK",
         )
         state.blocked = True
-        flow.response = _too_large(flow, size, limit, why)
+        answer(flow, _too_large(flow, size, limit, why))
 
     @guarded("hold.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:

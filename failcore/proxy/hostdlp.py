@@ -34,9 +34,10 @@ from failcore.event import EgressEvent, Target
 from failcore.evidence.dlp import host_hits
 from failcore.policy.model import Decision
 from failcore.proxy.dlpguard import CleanScans, block_decision
+from failcore.proxy.failclosed import withhold_sni
 from failcore.proxy.gate import blocked_response, decision_host, stricter
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Fronted, Session
+from failcore.proxy.session import Fronted, Session, answer
 from failcore.wiretext import wire_text
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class HostDlpGuard:
             if verdict.decision == "BLOCK":
                 state.decided_host = flow.request.host
                 state.blocked = True
-                flow.response = blocked_response(verdict, flow.id)
+                answer(flow, blocked_response(verdict, flow.id))
 
         return self._when_ready(scanner, [flow.request.host], "CONNECT host", decide)
 
@@ -148,9 +149,8 @@ class HostDlpGuard:
             blocked = verdict.decision == "BLOCK"
             said = f"the TLS SNI holds a secret ({verdict.rule})"
             if blocked:
-                # Never None: mitmproxy would then offer the client's SNI after all.
-                server.sni = str(server.address[0]) if server.address is not None else ""
-                said += f": the upstream handshake names {server.sni!r}" if server.sni else ""
+                sent = withhold_sni(server)
+                said += f": the upstream handshake names {sent!r}" if sent else ""
                 logger.warning(
                     "failcore: kept a TLS SNI holding a secret from the upstream (%s)", verdict.rule
                 )

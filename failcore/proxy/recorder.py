@@ -38,7 +38,7 @@ from failcore.evidence.exchange import (
 from failcore.evidence.scanworker import BuildFirst, DeferredScan, ScanOffload, ScanOrigin, rules_sha256
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import BodyTap, FlowState, Session
+from failcore.proxy.session import BodyTap, FlowState, Session, answer
 from failcore.runmarks import run_end_detail, run_start_detail
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import COALESCE_SECONDS, STRICT_COALESCE_SECONDS, TapeWriter
@@ -55,6 +55,7 @@ def _message_snapshot(msg: http.Message, tap: BodyTap | None) -> MessageSnapshot
         tap=tap,
         ts_start=msg.timestamp_start,
         ts_end=msg.timestamp_end,
+        trailers=msg.trailers.fields if msg.trailers else None,
     )
 
 
@@ -390,7 +391,7 @@ class Recorder:
             flow.request.stream = False
             state.request_tap = None
         self.refused += 1
-        flow.response = evidence_unavailable_response(fault, flow.id)
+        answer(flow, evidence_unavailable_response(fault, flow.id))
 
     @guarded("recorder.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -23,7 +23,7 @@ from failcore.policy.model import Decision, Policy
 from failcore.proxy.failclosed import abort_server_connection
 from failcore.proxy.gate import blocked_response, decision_host, stricter
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import Session
+from failcore.proxy.session import Session, answer
 
 logger = logging.getLogger("failcore")
 
@@ -99,7 +99,7 @@ class ResolvedAddressGuard:
         state.decision = verdict
         state.decided_host = host
         state.blocked = True
-        flow.response = blocked_response(verdict, flow.id)
+        answer(flow, blocked_response(verdict, flow.id))
 
     @guarded("resolved.server_connected")
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mitmproxy import flow as mflow
+from mitmproxy import http
 
 from failcore.event import EgressEvent
 from failcore.policy.model import Decision, Policy
@@ -31,13 +32,23 @@ logger = logging.getLogger("failcore")
 Sink = Callable[[dict[str, Any] | Callable[[], dict[str, Any]]], bool]
 
 
+def _ignore(chunk: bytes) -> None:
+    return None
+
+
+def _go_on(exc: Exception, part: object) -> bool:
+    return False
+
+
 class BodyTap:
     """A `stream` callable for mitmproxy: passes every chunk through untouched, keeping a capped copy,
     the full size and sha256, and when each chunk arrived (for replaying SSE with its rhythm)."""
 
-    __slots__ = ("cap", "chunks", "digest", "kept", "max_chunks", "observers", "size", "t0")
+    __slots__ = ("cap", "chunks", "digest", "failed", "kept", "max_chunks", "observers", "size", "t0")
 
-    def __init__(self, cap: int, max_chunks: int = 10_000) -> None:
+    def __init__(
+        self, cap: int, max_chunks: int = 10_000, failed: Callable[[Exception, object], bool] | None = None
+    ) -> None:
         self.cap = cap
         self.max_chunks = max_chunks
         self.kept = bytearray()
@@ -47,9 +58,25 @@ class BodyTap:
         self.t0 = time.time()
         # Other concerns (usage metering, stream DLP) see each chunk as it passes, without copies.
         self.observers: list[Callable[[bytes], None]] = []
+        # Told when an observer (or the tap) raises (failcore.proxy.guard.StreamFailures.stop): True
+        # means forward nothing more. Without it, the exception goes to mitmproxy.
+        self.failed = failed
 
-    def __call__(self, chunk: bytes) -> bytes:
-        if chunk:
+    def __call__(self, chunk: bytes) -> bytes | tuple[bytes, ...]:
+        if not chunk:
+            return chunk
+        # The observers first: a chunk a failing one stops (fail_open: false) never counts as forwarded.
+        for observe in self.observers:
+            try:
+                observe(chunk)
+            except Exception as e:
+                if self.failed is None:
+                    raise
+                # Left out for the rest of the stream (replaced, not removed: the loop goes on).
+                self.observers[self.observers.index(observe)] = _ignore
+                if self.failed(e, observe):
+                    return ()
+        try:
             n = len(chunk)
             self.size += n
             self.digest.update(chunk)
@@ -58,8 +85,12 @@ class BodyTap:
                 self.kept += chunk[:room]
             if len(self.chunks) < self.max_chunks:
                 self.chunks.append((round((time.time() - self.t0) * 1000, 3), n))
-            for observe in self.observers:
-                observe(chunk)
+        except Exception as e:
+            if self.failed is None:
+                raise
+            failed, self.failed = self.failed, _go_on  # recorded once
+            if failed(e, self):
+                return ()
         return chunk
 
     def stream_evidence(self) -> dict[str, Any]:
@@ -100,6 +131,21 @@ class FlowState:
     request_streams: bool | None = None
     # When BudgetGuard counted this request (it takes it back if a tape answers it).
     request_reserved_at: float | None = None
+
+
+# Set in `flow.metadata` on a flow failcore answered itself (a refusal it built): what keys on failcore's
+# own answer reads this, never an `X-FailCore-Decision` header, which any upstream can send too.
+ANSWERED = "failcore_answered"
+
+
+def answer(flow: http.HTTPFlow, response: http.Response) -> None:
+    """Answer `flow` with a response failcore built (a refusal), marked as failcore's own."""
+    flow.response = response
+    flow.metadata[ANSWERED] = True
+
+
+def answered_by_failcore(flow: http.HTTPFlow) -> bool:
+    return bool(flow.metadata.get(ANSWERED))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from mitmproxy import http
 
 from failcore.proxy.cutoff import CuttingTap, CutVerdict
-from failcore.proxy.guard import guarded
+from failcore.proxy.guard import StreamFailures, guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
 from failcore.proxy.settings import AddonSettings
 
@@ -75,15 +75,32 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-def first_verdict(guards: list[Callable[[bytes], CutVerdict | None]]) -> Callable[[bytes], CutVerdict | None]:
+def first_verdict(
+    guards: list[Callable[[bytes], CutVerdict | None]],
+    failed: Callable[[Exception, object], CutVerdict | None] | None = None,
+) -> Callable[[bytes], CutVerdict | None]:
+    """The first cut verdict of `guards` on a chunk. A guard that raises is reported to `failed`
+    (failcore.proxy.guard.StreamFailures.verdict), whose verdict stands, and is left out from then on."""
+
     def check(chunk: bytes) -> CutVerdict | None:
         for guard in guards:
-            verdict = guard(chunk)
+            try:
+                verdict = guard(chunk)
+            except Exception as e:
+                if failed is None:
+                    raise
+                # Replaced, not removed: the loop goes on over the same list.
+                guards[guards.index(guard)] = _no_verdict
+                verdict = failed(e, guard)
             if verdict is not None:
                 return verdict
         return None
 
     return check
+
+
+def _no_verdict(chunk: bytes) -> None:
+    return None
 
 
 _LLM_PATH_SUFFIXES = (
@@ -140,8 +157,8 @@ class StreamTap:
             return  # failcore.proxy.hold: the policy decides on the whole body before it leaves
         settings = self.session.settings
         if request_streams(flow, settings, state):
-            tap = BodyTap(settings.body_cap)
             state = self.session.state(flow)
+            tap = BodyTap(settings.body_cap, failed=StreamFailures(self.session, flow, state, "request").stop)
             tap.observers.extend(state.request_observers)
             state.request_tap = tap
             flow.request.stream = tap
@@ -153,12 +170,13 @@ class StreamTap:
         settings = self.session.settings
         if response_streams(flow, self.session.flows.get(flow.id), settings):
             state = self.session.state(flow)
-            tap = BodyTap(settings.body_cap)
+            failures = StreamFailures(self.session, flow, state, "response")
+            tap = BodyTap(settings.body_cap, failed=failures.stop)
             tap.observers.extend(state.stream_observers)
             state.response_tap = tap
             if state.cut_guards:
                 flow.response.stream = CuttingTap(
-                    flow, first_verdict(state.cut_guards), inner=tap, state=state
+                    flow, first_verdict(state.cut_guards, failures.verdict), inner=tap, state=state
                 )
             else:
                 flow.response.stream = tap

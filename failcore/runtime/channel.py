@@ -16,7 +16,6 @@ import contextlib
 import hmac
 import os
 import secrets
-import select
 import shutil
 import socket
 import struct
@@ -28,6 +27,7 @@ from typing import Any, Final
 import orjson
 
 from failcore.event import RUNTIME_KINDS, SCHEMA_VERSION, EgressEvent
+from failcore.readiness import readable_now
 
 MAX_LINE: Final = 1 << 20
 _RESERVED: Final = ("prev", "seq", "h")
@@ -109,7 +109,7 @@ class EventChannel:
         if self.connections:
             return True
         sockets = self._server.sockets if self._server is not None else ()
-        return any(select.select([s.fileno()], [], [], 0)[0] for s in sockets if s.fileno() >= 0)
+        return any(readable_now(s) for s in sockets if s.fileno() >= 0)
 
     def env(self) -> dict[str, str]:
         return {"FAILCORE_EVENTS": self.path, "FAILCORE_EVENTS_TOKEN": self.token}
@@ -198,4 +198,3 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes | None:
             return None  # the stream ended inside the long line; the next read returns b""
         except asyncio.LimitOverrunError as e:
             skip = e.consumed
-

@@ -6,12 +6,21 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
+
+if TYPE_CHECKING:
+    from tests.helpers import ProxyThread
+    from tests.security.upstream import LoggingUpstream
 
 REPO = Path(__file__).resolve().parents[2]
 ADDON = REPO / "addons" / "failcore_addon.py"
@@ -91,3 +100,65 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(30)
+
+
+def h2_post_with_trailers(proxy: ProxyThread, up: LoggingUpstream, trailers: list[tuple[str, str]]) -> int:
+    """POST /trailers over HTTP/2 (through a CONNECT tunnel) with a body and `trailers`; returns the
+    response status."""
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
+    sock.sendall(f"CONNECT 127.0.0.1:{up.port} HTTP/1.1\r\nHost: 127.0.0.1:{up.port}\r\n\r\n".encode())
+    head = read_head(sock)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+    context.set_alpn_protocols(["h2"])
+    tls = context.wrap_socket(sock, server_hostname="127.0.0.1")
+    assert tls.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream,
+        [
+            (":method", "POST"),
+            (":path", "/trailers"),
+            (":authority", f"127.0.0.1:{up.port}"),
+            (":scheme", "https"),
+            ("te", "trailers"),
+        ],
+    )
+    conn.send_data(stream, b"body-marker")
+    conn.send_headers(stream, trailers, end_stream=True)
+    tls.sendall(conn.data_to_send())
+    status = 0
+    try:
+        while True:
+            data = tls.recv(65536)
+            assert data, "the proxy closed the connection without answering"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                    status = int(dict(event.headers)[b":status"])
+                elif (
+                    isinstance(event, h2.events.StreamEnded | h2.events.StreamReset)
+                    and event.stream_id == stream
+                ):
+                    return status
+            tls.sendall(conn.data_to_send())
+    finally:
+        tls.close()
+
+
+def get_through_tunnel(
+    proxy: ProxyThread, up: LoggingUpstream, sni: str, path: str = "/sni", *, check_hostname: bool = True
+) -> bytes:
+    """CONNECT localhost:PORT of `up` (its certificate covers localhost), then a TLS ClientHello naming
+    `sni` and one GET `path` through the tunnel: the head of the answer."""
+    authority = f"localhost:{up.port}"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw:
+        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        assert read_head(raw).startswith(b"HTTP/1.1 200")
+        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
+        context.check_hostname = check_hostname
+        context.set_alpn_protocols(["http/1.1"])
+        with context.wrap_socket(raw, server_hostname=sni) as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
+            return read_head(tls)

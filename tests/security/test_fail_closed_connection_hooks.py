@@ -10,7 +10,6 @@ what reached the logging upstream and what the tape holds."""
 from __future__ import annotations
 
 import socket
-import ssl
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,7 @@ import pytest
 
 import failcore.proxy.hostdlp as hostdlp
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import DLP_BLOCK, read_head
+from tests.security.helpers import DLP_BLOCK, get_through_tunnel, read_head
 from tests.security.upstream import LoggingUpstream
 
 KEY = "AKIAIOSFODNN7EXAMPLQ"  # gitleaks' aws-access-key-id shape, not a real key
@@ -41,26 +40,13 @@ def internal_errors(tape: Path) -> list[dict]:
     return [e for e in read_tape(tape) if e["kind"] == "internal_error"]
 
 
-def get_through_tunnel(proxy, upstream: LoggingUpstream, sni: str) -> bytes:  # type: ignore[no-untyped-def]
-    """CONNECT to the upstream, then a TLS ClientHello naming `sni` and one GET: the answer's head."""
-    authority = f"localhost:{upstream.port}"
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw:
-        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-        assert read_head(raw).startswith(b"HTTP/1.1 200")
-        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-        context.check_hostname = False
-        context.set_alpn_protocols(["http/1.1"])
-        with context.wrap_socket(raw, server_hostname=sni) as tls:
-            tls.sendall(f"GET /sni HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
-            return read_head(tls)
-
-
 def test_a_failed_sni_check_never_offers_the_sni_upstream_under_fail_closed(
     start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path: Path, monkeypatch
 ) -> None:
     break_check(monkeypatch, "TLS SNI")
     proxy = start_proxy(policy_file(FAIL_CLOSED), upstream_ca=logging_upstream.ca_path)
-    answer = get_through_tunnel(proxy, logging_upstream, f"{KEY.lower()}.attacker.example")
+    sni = f"{KEY.lower()}.attacker.example"
+    answer = get_through_tunnel(proxy, logging_upstream, sni, check_hostname=False)
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 403"), answer
     assert not any(KEY in sni.upper() for sni in logging_upstream.snis()), logging_upstream.snis()
@@ -79,7 +65,7 @@ def test_a_failed_sni_check_still_fails_open_by_default(
     """The control: fail-open (the default) lets the connection through and records the failure."""
     break_check(monkeypatch, "TLS SNI")
     proxy = start_proxy(policy_file(DLP_BLOCK), upstream_ca=logging_upstream.ca_path)
-    answer = get_through_tunnel(proxy, logging_upstream, "localhost")
+    answer = get_through_tunnel(proxy, logging_upstream, "localhost", check_hostname=False)
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert logging_upstream.snis() == ["localhost"]

