@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 
 from failcore.dlp.engine import DlpEngine
+from failcore.dlp.escapes import escaped_hits
 from failcore.dlp.model import Hit, Scans
 
 # Unrolled string pattern: each position is consumed by exactly one branch, so Python `re` stays linear.
@@ -215,7 +216,7 @@ def scan_header_block(engine: Scans, pairs: Sequence[tuple[str, str]]) -> list[H
     into that value; a hit across lines (a key split over several headers) is one hit in each value
     it covers, cut to that value, as the evidence scan masks it."""
     block, spans = header_block(pairs)
-    found = engine.scan(block) if block else []
+    found = engine.scan(block) + escaped_hits(engine, block) if block else []
     if not found:
         return []
     return [

@@ -25,8 +25,12 @@ from failcore.dlp import (
     taint_source,
     unescape_ascii_json,
 )
+from failcore.dlp.escapes import escaped_hits
 from failcore.dlp.model import Scans
 from failcore.dlp.scanner import SEVERITY_RANK
+from failcore.evidence.hostnames import host_hits as host_hits
+from failcore.evidence.hostnames import host_spellings as host_spellings
+from failcore.evidence.hostnames import spelling_hits
 from failcore.evidence.redact import CREDENTIAL_HEADERS, HOST_HEADERS, is_redaction
 
 if TYPE_CHECKING:
@@ -103,50 +107,6 @@ def _cookie_value_spans(value: str) -> list[tuple[int, int]]:
             spans.append((start, end))
         cursor += len(part) + 1
     return spans
-
-
-# Bounds of host_spellings' label runs: a name has at most 127 labels, a key a few hundred characters.
-MAX_LABELS = 127
-JOINED_MAX = 256
-
-
-def host_spellings(host: str) -> list[str]:
-    """The spellings of a host name a secret may hide in: as written and upper-cased (hosts are
-    case-insensitive and clients lower-case them; an AWS key id only matches in upper case), then,
-    for a dotted name, every run of consecutive labels joined without their dots, one per line (a
-    DNS label holds at most 63 characters, so a longer key must be split across labels, and a short
-    one can be; a run ends where its last label does, so a rule's end boundary still holds). Runs are
-    at most JOINED_MAX characters long."""
-    spellings = [host, host.upper()]
-    labels = [label for label in host.split(".") if label][:MAX_LABELS]
-    runs = []
-    for i in range(len(labels)):
-        joined = labels[i]
-        for label in labels[i + 1 :]:
-            joined += label
-            if len(joined) > JOINED_MAX:
-                break
-            runs.append(joined)
-    if runs:
-        text = "\n".join(runs)
-        spellings += [text, text.upper()]
-    return spellings
-
-
-def host_hits(engine: Scans, host: str) -> list[Hit]:
-    """Secrets in a host name, in the first of its spellings that has any (see host_spellings)."""
-    return spelling_hits(engine, host)[1]
-
-
-def spelling_hits(engine: Scans, host: str, first: int = 0) -> tuple[int, list[Hit]]:
-    """(index in host_spellings, hits) of the first spelling from `first` on with any hits; (-1, []).
-    A spelling the same as an earlier one (an upper-case host upper-cased) is not scanned again."""
-    spellings = host_spellings(host)
-    for index in range(first, len(spellings)):
-        spelling = spellings[index]
-        if spelling not in spellings[:index] and (found := engine.scan(spelling)):
-            return index, found
-    return -1, []
 
 
 def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
@@ -245,7 +205,8 @@ def _mask_headers(
     ]
     masked = set()
     lines = [f"{name}: {value}\n".encode() for name, value in pairs]
-    hits = texts.scan(b"".join(lines))
+    block = b"".join(lines)
+    hits = texts.scan(block) + escaped_hits(texts, block)  # (a byte not UTF-8 recorded `\\xNN`)
     line_start = 0
     for pair, line in zip(pairs, lines, strict=True) if hits else ():
         value_start = line_start + len(pair[0].encode()) + 2
@@ -356,6 +317,7 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
         path = event.get("path") or ""
         url = f"{target.get('scheme')}://{target.get('host')}:{target.get('port')}{path}"
         url_hits = scan_url(scanner.clean_texts, url)
+        url_hits += [replace(h, location="url") for h in escaped_hits(scanner.clean_texts, url)]
         if url_hits:
             origin = url[: len(url) - len(path)]
             masked = mask_text(url, url_hits)

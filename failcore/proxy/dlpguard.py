@@ -14,12 +14,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from mitmproxy import http
 from mitmproxy.net.http import url as urls
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
+from failcore.dlp.escapes import escaped_hits, unescaped
 from failcore.dlp.locations import recorded_header, scan_header_block
 from failcore.dlp.model import Scans
 from failcore.dlp.pending import engine_ready
@@ -44,7 +46,7 @@ from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
 from failcore.proxy.streamdlp import StreamDlp
 from failcore.proxy.streamtap import request_streams, response_streams
-from failcore.wiretext import wire_text
+from failcore.wiretext import utf8_bytes, wire_text
 
 logger = logging.getLogger("failcore")
 
@@ -123,9 +125,9 @@ def scan_request_for_block(
     scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
     credential = [_recorded_name(name) in CREDENTIAL_HEADERS for name, _ in fields]
-    hits = scan(("url", url), scan_url, engine, url)
+    hits = scan(("url", url), url_hits, engine, url)
     if recorded_url and recorded_url != url:
-        hits += scan(("url", recorded_url), scan_url, engine, recorded_url)
+        hits += scan(("url", recorded_url), url_hits, engine, recorded_url)
     if host:
         hits += scan(("host", host), host_hits, engine, host)
     for (name, value), is_credential in zip(fields, credential, strict=True):
@@ -148,6 +150,21 @@ def scan_request_for_block(
     hits += scan(("names", names), header_name_hits, engine, list(names))
     if body:
         hits += scan_json_body(engine, unescape_ascii_json(body))
+    return hits
+
+
+def url_hits(engine: Scans, url: str) -> list[Hit]:
+    """A URL's hits as sent and as the tape records it (a byte that is not UTF-8 written `\\xNN`,
+    failcore.wiretext): the recorded text (scan_url, as the evidence scans it), what its escapes
+    hide (escaped_hits, as the evidence scans it too) and the bytes the upstream receives."""
+    recorded = wire_text(url)
+    hits = scan_url(engine, recorded)
+    if recorded is url:
+        return hits
+    hits += [replace(h, location="url") for h in escaped_hits(engine, recorded)]
+    raw = utf8_bytes(url)
+    if raw != (unescaped(recorded.encode()) or (b"",))[0]:  # the URL also spells an escape as text
+        hits += [replace(h, location="url") for h in engine.scan(raw)]
     return hits
 
 
@@ -248,15 +265,15 @@ def request_url(req: http.Request, headers: Sequence[tuple[str, str]] | None = N
     parsed once per (scheme, Host header) instead of on every request. `headers`: the request's
     `headers.items(multi=True)`, when the caller has them."""
     if req.first_line_format == "authority":
-        return wire_text(req.pretty_url)
+        return req.pretty_url
     if headers is None or req.is_http2 or req.is_http3:
         host_header = req.host_header
     else:
         host_header = header_value(headers, "host")
     if not host_header:
-        return wire_text(req.pretty_url)
-    # A byte that is not UTF-8 is scanned as the tape records it (failcore.wiretext).
-    return wire_text(_origin(req.scheme, host_header) + (req.path if req.path != "*" else ""))
+        return req.pretty_url
+    # (A byte that is not UTF-8 stays as mitmproxy decodes it: url_hits scans it as sent and recorded.)
+    return _origin(req.scheme, host_header) + (req.path if req.path != "*" else "")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -360,7 +377,7 @@ class DlpGuard:
         req = flow.request
         policy = self.session.policy
         redacted = policy.redact_headers if policy is not None else frozenset()
-        return redacted, wire_text(f"{req.scheme}://{state.decided_host or req.host}:{req.port}{req.path}")
+        return redacted, f"{req.scheme}://{state.decided_host or req.host}:{req.port}{req.path}"
 
     async def _decide_off_loop(
         self,
