@@ -208,6 +208,8 @@ def _mask_headers(
     block = b"".join(lines)
     hits = texts.scan(block) + escaped_hits(texts, block)  # (a byte not UTF-8 recorded `\\xNN`)
     line_start = 0
+    touched: set[int] = set()  # (ids of the hits in a name, and in a value)
+    valued: set[int] = set()
     for pair, line in zip(pairs, lines, strict=True) if hits else ():
         value_start = line_start + len(pair[0].encode()) + 2
         line_end = line_start + len(line) - 1
@@ -219,11 +221,21 @@ def _mask_headers(
         ]
         if in_name := [h for h in hits if h.start < value_start - 2 and h.end > line_start]:
             pair[0] = _redacted(in_name)
+            touched.update(id(h) for h in in_name)
+        valued.update(id(h) for h in hits if h.start < line_end and h.end > value_start)
         if mine:
             pair[1] = _redacted(mine)
             masked.add(id(pair))
             out.extend(_hit_record(scanner, h, f"{where}.header:{pair[0].lower()}") for h in mine)
         line_start += len(line)
+    # A hit in names only (a keyword-scoped token sent as a name) is recorded as the name's.
+    named_prints = {(h.rule_id, h.fingerprint) for h in named}
+    only_names = [h for h in hits if id(h) in touched - valued]
+    out.extend(
+        _hit_record(scanner, replace(h, location=None), f"{where}.header-name")
+        for h in only_names
+        if (h.rule_id, h.fingerprint) not in named_prints
+    )
     for pair in pairs:
         if pair[0].lower() in HOST_HEADERS and id(pair) not in masked:
             # (As written it was scanned with the other headers above.)
