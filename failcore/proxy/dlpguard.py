@@ -39,7 +39,7 @@ from failcore.evidence import (
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits, spelling_hits
 from failcore.evidence.pastcap import PastCapScan
 from failcore.evidence.pastcapworker import origin_for
-from failcore.evidence.redact import credential_values, is_redaction, mask_echoes
+from failcore.evidence.redact import credential_values, is_redaction, mask_echoes, redact_value
 from failcore.policy.model import Decision
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
@@ -175,15 +175,16 @@ def _recorded_name(name: str) -> str:
 
 
 def block_pairs(
-    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b""
+    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b"", echoed: bool = False
 ) -> list[tuple[str, str]]:
     """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
-    tape records them: all but credential headers, the policy's `redact_headers` (both recorded as
-    fingerprints) and a value that is one fingerprint as recorded (is_redaction), once the request's
-    own credentials echoed in other headers are masked with `salt`, as the evidence masks them
+    tape records them: all but credential headers and a value that is one fingerprint as recorded
+    (is_redaction: the policy's `redact_headers` are recorded with `salt` as one, or as a scheme then
+    one, `Bearer [redacted …]`, for a name ending in "authorization"). `echoed`: once the request's
+    own credentials echoed in other headers are masked with `salt`, as the evidence also reads them
     (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
     secrets: list[bytes] = []
-    if salt:
+    if echoed:
         raw = [
             (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in headers
         ]
@@ -191,7 +192,12 @@ def block_pairs(
     pairs = []
     for name, value in headers:
         lower = _recorded_name(name)
-        if lower in CREDENTIAL_HEADERS or lower in redacted:
+        if lower in CREDENTIAL_HEADERS:
+            continue
+        if lower in redacted:
+            pair = (recorded_header(name, "")[0], redact_value(lower, utf8_bytes(value), salt))
+            if not is_redaction(pair[1]):
+                pairs.append(pair)
             continue
         pair = recorded_header(name, value)
         if secrets:
@@ -208,10 +214,10 @@ def header_block_hits(
     sent and, when the request's credentials echo in its other headers, the block as the evidence
     reads it once they are masked with `salt` (which can join what an echo sat between; the block as
     sent keeps what the echo masks would hide, a keyword say)."""
-    pairs = block_pairs(headers, redacted)
+    pairs = block_pairs(headers, redacted, salt)
     hits = scan_header_block(engine, pairs)
     if salt:
-        echoed = block_pairs(headers, redacted, salt)
+        echoed = block_pairs(headers, redacted, salt, echoed=True)
         if echoed != pairs:
             hits = hits + scan_header_block(engine, echoed)
     return hits
