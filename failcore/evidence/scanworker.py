@@ -391,13 +391,11 @@ class ScanOffload:
             # (exchanges built in this thread: their DLP pass can go to the child with the others')
             items = [_built(item) if isinstance(item, BuildFirst) else item for item in items]
         deferred = [i for i, item in enumerate(items) if isinstance(item, DeferredScan) and item.origin]
-        if not deferred or self.disabled:
-            return items
         out = list(items)
-        origin = out[deferred[0]].origin  # type: ignore[union-attr]
-        assert origin is not None
-        worker = self._worker_for(origin)
+        # (A loss at start-up or in an earlier batch is written ahead of whatever this batch holds.)
+        worker = None if not deferred or self.disabled else self._worker_for(out[deferred[0]].origin)  # type: ignore[union-attr, arg-type]
         if worker is not None:
+            origin = worker.origin
             mine = [i for i in deferred if out[i].origin == origin]  # type: ignore[union-attr]
             try:
                 for frame in _frames(mine):
@@ -476,9 +474,15 @@ class ScanOffload:
         self._losses.append(event)
 
     def close(self) -> None:
+        """(A loss not yet written, no batch having come since, is written with the run's last batch,
+        its run_end: what is still pending here was never written, and is logged.)"""
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self._losses:
+            logger.warning(
+                "failcore: %d DLP evidence worker loss(es) not written to the tape", len(self._losses)
+            )
 
 
 def _built(item: BuildFirst) -> object:
