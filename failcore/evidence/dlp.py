@@ -220,6 +220,14 @@ def _unique(hits: list[Hit]) -> list[Hit]:
     return list({(h.rule_id, h.fingerprint): h for h in hits}.values())
 
 
+def _echo_masked(pairs: Sequence[Sequence[str]], echoes: Echoes) -> list[list[str]] | None:
+    """`pairs` with the echoes masked in their values (mask_echoes), or None when none is echoed."""
+    if echoes is None:
+        return None
+    echoed = [[n, mask_echoes(v.encode(), echoes[0], echoes[1]).decode("utf-8", "replace")] for n, v in pairs]
+    return echoed if any(e[1] != p[1] for e, p in zip(echoed, pairs, strict=True)) else None
+
+
 def _block_hits(
     texts: Scans, pairs: Sequence[Sequence[str]], echoes: Echoes
 ) -> tuple[list[tuple[list[Hit], list[Hit]]], list[Hit]]:
@@ -272,12 +280,10 @@ def _mask_headers(
         if pair[0].lower() not in CREDENTIAL_HEADERS and not is_redaction(pair[1])
     ]
     per, only_names = _block_hits(texts, pairs, echoes)
-    if echoes is not None:
+    echoed = _echo_masked(pairs, echoes)
+    if echoed is not None:
         # Also as the block reads with the echoes masked: a header that only echoes a credential drops
         # out, and the halves of a secret it sat between meet (as the blocking scan reads it too).
-        echoed = [
-            [n, mask_echoes(v.encode(), echoes[0], echoes[1]).decode("utf-8", "replace")] for n, v in pairs
-        ]
         kept = [i for i, pair in enumerate(echoed) if not is_redaction(pair[1])]
         more, more_names = _block_hits(texts, [echoed[i] for i in kept], None)
         for i, (mine, in_name) in zip(kept, more, strict=True):
