@@ -131,7 +131,7 @@ def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -
         lower = name.lower()
         if lower not in CREDENTIAL_HEADERS:
             continue
-        for hit in scan_headers(engine, [(name, value)]):
+        for hit in scan_headers(engine, [(name, value)]) + _escaped_value_hits(engine, name, value):
             if lower in ("cookie", "set-cookie"):
                 whole = any(
                     value.encode()[s:e].strip() == value.encode()[hit.start : hit.end]
@@ -146,6 +146,13 @@ def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -
                 continue
             found.append(hit)
     return found
+
+
+def _escaped_value_hits(engine: Scans, name: str, value: str) -> list[Hit]:
+    """escaped_hits of a recorded "name: value" line that lie in the value, offsets into the value."""
+    prefix = len(f"{name}: ".encode())
+    found = escaped_hits(engine, f"{name}: {value}") if "\\" in value else []
+    return [replace(h, start=h.start - prefix, end=h.end - prefix) for h in found if h.start >= prefix]
 
 
 def header_name_hits(engine: Scans, names: Sequence[str], where: str = "header-name") -> list[Hit]:
