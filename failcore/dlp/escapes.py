@@ -45,7 +45,12 @@ def escaped_hits(engine: Scans, recorded: str | bytes) -> list[Hit]:
     """The hits of `recorded` read with its escapes as bytes (unescaped) that the recorded text does
     not have at the same place, their offsets mapped onto the recorded text's UTF-8 bytes (a hit
     covering an escape covers all of it)."""
-    data = utf8_bytes(recorded) if isinstance(recorded, str) else recorded
+    if isinstance(recorded, str):
+        if "\\" not in recorded:  # (most texts: no escape to read)
+            return []
+        data = utf8_bytes(recorded)
+    else:
+        data = recorded
     found = unescaped(data)
     if found is None:
         return []

@@ -44,11 +44,12 @@ def spelling_hits(engine: Scans, host: str, first: int = 0) -> tuple[int, list[H
     """(index in host_spellings, hits) of the first spelling from `first` on with any hits; (-1, []).
     A spelling the same as an earlier one (an upper-case host upper-cased) is not scanned again."""
     spellings = host_spellings(host)
+    escaped = "\\" in host
     for index in range(first, len(spellings)):
         spelling = spellings[index]
         if spelling in spellings[:index]:
             continue
         # (A byte that is not UTF-8, recorded `\\xNN`, read back as the byte: see escaped_hits.)
-        if found := engine.scan(spelling) or escaped_hits(engine, spelling):
+        if found := engine.scan(spelling) or (escaped_hits(engine, spelling) if escaped else []):
             return index, found
     return -1, []
