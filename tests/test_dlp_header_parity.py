@@ -4,8 +4,9 @@ scan found before the request left (failcore.proxy.dlpguard vs failcore.evidence
 Corpus: the header sets of recorded real traffic (tests/data/conformance/llm, openllmetry's cassettes,
 Apache-2.0) with gitleaks' own fixtures (tests/data/conformance/dlp, MIT) placed in headers next to
 their rules' keywords: in another header's value, in a header's name, in the Host header, after the
-secret, and the fixture's own text as one header's value (a text of several lines one line per
-header); each set twice (the second time with what
+secret, as a header's name, in the name of a `redact_headers` header recorded as `Bearer [redacted …]`,
+and the fixture's own text as one header's value (a text of several lines one line per header); each
+set twice (the second time with what
 the first found clean remembered), after the same set without the keyword (the token alone, clean)."""
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from tests.addon_harness import concerns
 from tests.dlp_corpus import load_samples
 
 POLICY = (
-    "version: 1\nmode: enforce\ndefault: ALLOW\nredact_headers: [x-internal-note]\n"
+    "version: 1\nmode: enforce\ndefault: ALLOW\nredact_headers: [x-internal-note{more}]\n"
     "dlp:\n  import_gitleaks: bundled\n  default_action: BLOCK\n"
 )
+# A header name: what a fixture may be sent as.
+_TOKEN_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 CASSETTES = Path(__file__).parent / "data" / "conformance" / "llm" / "openllmetry-cassettes.jsonl"
 SALT = b"header-parity"
 PER_RULE = 2
@@ -71,7 +74,10 @@ def _corpus(policy_path: Path) -> list[tuple[str, list[tuple[str, str]], list[tu
         alone = [*base, ("X-B", secret)]
         for keyword in keywords.get(sample.rule, ())[:2]:
             name = re.sub(r"[^A-Za-z0-9-]", "-", keyword)
+            if _TOKEN_NAME.fullmatch(secret):
+                out.append((host, [*base, ("X-Service", keyword), (secret, "1")], alone))
             out += [
+                (host, [(f"X-{name}-Authorization", "Bearer abc"), *base, ("X-B", secret)], alone),
                 (host, [*base, ("X-Service", keyword), ("X-B", secret)], alone),
                 (host, [(f"X-{name}", "1"), *base, ("X-B", secret)], alone),
                 (host, [("X-B", secret), *base, ("X-Vendor", f"{keyword}.com")], alone),
@@ -84,12 +90,19 @@ def _corpus(policy_path: Path) -> list[tuple[str, list[tuple[str, str]], list[tu
 @pytest.fixture(scope="module")
 def policy_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("policy") / "policy.yaml"
-    path.write_text(POLICY)
+    path.write_text(POLICY.format(more=""))
+    # Each keyword's `X-<keyword>-Authorization` is a `redact_headers` header too.
+    names = {
+        f"x-{re.sub(r'[^A-Za-z0-9-]', '-', keyword)}-authorization".lower()
+        for rule in load_policy(path).dlp.gitleaks_rules
+        for keyword in rule.keywords
+    }
+    path.write_text(POLICY.format(more="".join(f", {json.dumps(name)}" for name in sorted(names))))
     return path
 
 
 def _evidence_block_hits(
-    scanner: DlpScanner, host: str, headers: list[tuple[str, str]]
+    scanner: DlpScanner, host: str, headers: list[tuple[str, str]], redacted: frozenset[str]
 ) -> set[tuple[str, str]]:
     """(rule, fingerprint) of the BLOCK-action hits the tape records of this request."""
     fields = tuple((name.encode(), value.encode()) for name, value in headers)
@@ -98,7 +111,7 @@ def _evidence_block_hits(
         "target": {"host": host, "port": 443, "scheme": "https"},
         "path": "/v1/chat/completions",
         "method": "POST",
-        "request": {"headers": redact_headers(fields, frozenset({"x-internal-note"}), SALT), "body": None},
+        "request": {"headers": redact_headers(fields, redacted, SALT), "body": None},
     }
     scan_event(scanner, event)
     hits = (event.get("dlp") or {}).get("hits", [])
@@ -125,10 +138,12 @@ def test_every_block_hit_the_tape_records_was_blocked_before_it_left(
     recorded = 0
     with concerns(PolicyGate, DlpGuard, confdir=tmp_path, failcore_policy=str(policy_path)) as h:
         scanner = h.session.dlp
+        redacted = h.session.policy.redact_headers
+        assert "x-internal-note" in redacted and len(redacted) > 100
         wait_until_built(scanner.engine)
         missed = []
         for host, headers, alone in corpus:
-            evidence = _evidence_block_hits(scanner, host, headers)
+            evidence = _evidence_block_hits(scanner, host, headers, redacted)
             if not evidence:
                 continue
             recorded += 1
@@ -150,7 +165,7 @@ def test_every_block_hit_the_tape_records_was_blocked_before_it_left(
                 DecodedBody(b""),
                 None,
                 req.host,
-                frozenset({"x-internal-note"}),
+                redacted,
                 f"https://{host}:443/v1/chat/completions",
             )
             found = {(hit.rule_id, hit.fingerprint) for hit in hits if scanner.action(hit) == "BLOCK"}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import unquote_plus
 
 from failcore.dlp.engine import DlpEngine
+from failcore.dlp.escapes import escaped_hits
 from failcore.dlp.model import Hit, Scans
 from failcore.wiretext import utf8_bytes, wire_text
 
@@ -211,12 +212,13 @@ def scan_header_block(engine: Scans, pairs: Sequence[tuple[str, str]]) -> list[H
     """The hits of one scan of all `pairs` together (header_block), so a rule keyed by a word anywhere
     in the block (another header's name or value) applies: each hit located `header:NAME`, offsets
     into that value; a hit across lines (a key split over several headers) is one hit in each value
-    it covers, cut to that value, as the evidence scan masks it."""
+    it covers, cut to that value, as the evidence scan masks it; a hit in names only, once, located
+    `header-name` (offsets into the block)."""
     block, spans = header_block(pairs)
-    found = engine.scan(block) if block else []
+    found = engine.scan(block) + escaped_hits(engine, block) if block else []
     if not found:
         return []
-    return [
+    located = [
         replace(
             h,
             start=max(h.start, start) - start,
@@ -226,4 +228,10 @@ def scan_header_block(engine: Scans, pairs: Sequence[tuple[str, str]]) -> list[H
         for (name, _), (start, end) in zip(pairs, spans, strict=True)
         for h in found
         if h.start < end and h.end > start
+    ]
+    # A hit in no value lies in names (a keyword-scoped token sent as a header's name): `header-name`.
+    return located + [
+        replace(h, location="header-name")
+        for h in found
+        if not any(h.start < end and h.end > start for start, end in spans)
     ]

@@ -25,14 +25,31 @@ from failcore.dlp import (
     taint_source,
     unescape_ascii_json,
 )
+from failcore.dlp.escapes import escaped_hits
 from failcore.dlp.model import Scans
 from failcore.dlp.scanner import SEVERITY_RANK
-from failcore.evidence.redact import CREDENTIAL_HEADERS, HOST_HEADERS, is_redaction
+from failcore.evidence.echoes import echo_spans, mask_with_echoes, not_echoed
+from failcore.evidence.echoes import redacted as _redacted
+from failcore.evidence.hostnames import host_hits as host_hits
+from failcore.evidence.hostnames import host_spellings as host_spellings
+from failcore.evidence.hostnames import spelling_hits
+from failcore.evidence.redact import (
+    CREDENTIAL_HEADERS,
+    HOST_HEADERS,
+    is_redaction,
+    mask_echoed_credentials,
+    mask_echoes,
+)
+from failcore.evidence.straddle import mask_straddles
+from failcore.evidence.straddle import mask_straddling as mask_straddling
+from failcore.wiretext import utf8_bytes
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
-    from failcore.evidence.findings import PastCapFindings
     from failcore.evidence.pastcap import PastCapScan
+
+# The exchange's own credentials (credential_values) and the salt of their fingerprints, or None.
+Echoes = tuple[Sequence[bytes], bytes] | None
 
 
 def _hit_record(scanner: DlpScanner, hit: Hit, where: str) -> dict[str, Any]:
@@ -105,50 +122,6 @@ def _cookie_value_spans(value: str) -> list[tuple[int, int]]:
     return spans
 
 
-# Bounds of host_spellings' label runs: a name has at most 127 labels, a key a few hundred characters.
-MAX_LABELS = 127
-JOINED_MAX = 256
-
-
-def host_spellings(host: str) -> list[str]:
-    """The spellings of a host name a secret may hide in: as written and upper-cased (hosts are
-    case-insensitive and clients lower-case them; an AWS key id only matches in upper case), then,
-    for a dotted name, every run of consecutive labels joined without their dots, one per line (a
-    DNS label holds at most 63 characters, so a longer key must be split across labels, and a short
-    one can be; a run ends where its last label does, so a rule's end boundary still holds). Runs are
-    at most JOINED_MAX characters long."""
-    spellings = [host, host.upper()]
-    labels = [label for label in host.split(".") if label][:MAX_LABELS]
-    runs = []
-    for i in range(len(labels)):
-        joined = labels[i]
-        for label in labels[i + 1 :]:
-            joined += label
-            if len(joined) > JOINED_MAX:
-                break
-            runs.append(joined)
-    if runs:
-        text = "\n".join(runs)
-        spellings += [text, text.upper()]
-    return spellings
-
-
-def host_hits(engine: Scans, host: str) -> list[Hit]:
-    """Secrets in a host name, in the first of its spellings that has any (see host_spellings)."""
-    return spelling_hits(engine, host)[1]
-
-
-def spelling_hits(engine: Scans, host: str, first: int = 0) -> tuple[int, list[Hit]]:
-    """(index in host_spellings, hits) of the first spelling from `first` on with any hits; (-1, []).
-    A spelling the same as an earlier one (an upper-case host upper-cased) is not scanned again."""
-    spellings = host_spellings(host)
-    for index in range(first, len(spellings)):
-        spelling = spellings[index]
-        if spelling not in spellings[:index] and (found := engine.scan(spelling)):
-            return index, found
-    return -1, []
-
-
 def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
     """Secrets in credential headers that are not the header's own credential: an AWS key in a Cookie,
     a key appended after a Bearer token. A key that *is* the Authorization/X-Api-Key value is what
@@ -158,7 +131,7 @@ def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -
         lower = name.lower()
         if lower not in CREDENTIAL_HEADERS:
             continue
-        for hit in scan_headers(engine, [(name, value)]):
+        for hit in scan_headers(engine, [(name, value)]) + _escaped_value_hits(engine, name, value):
             if lower in ("cookie", "set-cookie"):
                 whole = any(
                     value.encode()[s:e].strip() == value.encode()[hit.start : hit.end]
@@ -173,6 +146,13 @@ def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -
                 continue
             found.append(hit)
     return found
+
+
+def _escaped_value_hits(engine: Scans, name: str, value: str) -> list[Hit]:
+    """escaped_hits of a recorded "name: value" line that lie in the value, offsets into the value."""
+    prefix = len(f"{name}: ".encode())
+    found = escaped_hits(engine, f"{name}: {value}") if "\\" in value else []
+    return [replace(h, start=h.start - prefix, end=h.end - prefix) for h in found if h.start >= prefix]
 
 
 def header_name_hits(engine: Scans, names: Sequence[str], where: str = "header-name") -> list[Hit]:
@@ -203,22 +183,27 @@ def header_name_hits(engine: Scans, names: Sequence[str], where: str = "header-n
 
 
 def _mask_body(
-    scanner: DlpScanner, body: dict[str, Any] | None, where: str, out: list[dict[str, Any]]
+    scanner: DlpScanner,
+    body: dict[str, Any] | None,
+    where: str,
+    out: list[dict[str, Any]],
+    echoes: Echoes = None,
 ) -> None:
-    """Scan the recorded part of a body and mask it in place."""
+    """Scan the recorded part of a body and mask it in place (with the echoes it holds, see
+    failcore.evidence.echoes)."""
     if not body:
         return
     if "text" in body:
         # Offsets are into the unescaped text, which is what is recorded once a hit is masked in it.
         raw = unescape_ascii_json(body["text"].encode("utf-8"))
-        hits = scan_json_body(scanner.engine, raw)
+        hits, masked = _masked(raw, scan_json_body(scanner.engine, raw), echoes)
         if hits:
-            body["text"] = mask_bytes(raw, hits).decode("utf-8", errors="replace")
+            body["text"] = masked.decode("utf-8", errors="replace")
     elif "b64" in body:
         raw = base64.b64decode(body["b64"])
-        hits = scanner.engine.scan(raw)
+        hits, masked = _masked(raw, scanner.engine.scan(raw), echoes)
         if hits:
-            body["b64"] = base64.b64encode(mask_bytes(raw, hits)).decode("ascii")
+            body["b64"] = base64.b64encode(masked).decode("ascii")
     else:
         return
     if hits:
@@ -226,8 +211,66 @@ def _mask_body(
     out.extend(_hit_record(scanner, h, where) for h in hits)
 
 
+def _masked(raw: bytes, hits: list[Hit], echoes: Echoes, start: int = 0) -> tuple[list[Hit], bytes]:
+    """(the hits that are not an echoed credential, `raw` with them and the echoes from `start`
+    masked); `raw` itself when there is no hit."""
+    if not hits:
+        return hits, raw
+    if echoes is None:
+        return hits, mask_bytes(raw, hits)
+    spans = echo_spans(raw, echoes[0], echoes[1], start)
+    hits = not_echoed(hits, spans)
+    return hits, mask_with_echoes(raw, hits, spans) if hits else raw
+
+
+def _unique(hits: list[Hit]) -> list[Hit]:
+    return list({(h.rule_id, h.fingerprint): h for h in hits}.values())
+
+
+def _echo_masked(pairs: Sequence[Sequence[str]], echoes: Echoes) -> list[list[str]] | None:
+    """`pairs` with the echoes masked in their values (mask_echoes), or None when none is echoed."""
+    if echoes is None:
+        return None
+    echoed = [[n, mask_echoes(v.encode(), echoes[0], echoes[1]).decode("utf-8", "replace")] for n, v in pairs]
+    return echoed if any(e[1] != p[1] for e, p in zip(echoed, pairs, strict=True)) else None
+
+
+def _block_hits(
+    texts: Scans, pairs: Sequence[Sequence[str]], echoes: Echoes
+) -> tuple[list[tuple[list[Hit], list[Hit]]], list[Hit]]:
+    """One scan of `pairs` as "name: value" lines: for each pair (its hits cut to its value, the hits
+    touching its name; a hit across lines, a key split over headers, is in each it touches), and the
+    hits in names only. With `echoes`, a hit that is an echoed credential is left to the echo masks."""
+    lines = [f"{name}: {value}\n".encode() for name, value in pairs]
+    block = b"".join(lines)
+    hits = texts.scan(block) + escaped_hits(texts, block)  # (a byte not UTF-8 recorded `\\xNN`)
+    if hits and echoes is not None:
+        hits = not_echoed(hits, echo_spans(block, echoes[0], echoes[1]))
+    if not hits:
+        return [([], []) for _ in pairs], []
+    per: list[tuple[list[Hit], list[Hit]]] = []
+    valued: set[int] = set()
+    line_start = 0
+    for pair, line in zip(pairs, lines, strict=True):
+        value_start = line_start + len(pair[0].encode()) + 2
+        line_end = line_start + len(line) - 1
+        touching = [h for h in hits if h.start < line_end and h.end > value_start]
+        valued.update(id(h) for h in touching)
+        mine = [
+            replace(h, start=max(h.start, value_start) - value_start, end=min(h.end, line_end) - value_start)
+            for h in touching
+        ]
+        per.append((mine, [h for h in hits if h.start < value_start - 2 and h.end > line_start]))
+        line_start += len(line)
+    return per, [h for h in hits if id(h) not in valued]
+
+
 def _mask_headers(
-    scanner: DlpScanner, fields: list[list[str]] | None, where: str, out: list[dict[str, Any]]
+    scanner: DlpScanner,
+    fields: list[list[str]] | None,
+    where: str,
+    out: list[dict[str, Any]],
+    echoes: Echoes = None,
 ) -> None:
     """All of a message's headers (or trailers: `where` is `request.header`, `response.trailer`, …) in
     one scan ("name: value" lines, so name-keyed rules apply). Names, header blocks and hosts repeat
@@ -240,26 +283,31 @@ def _mask_headers(
     pairs = [
         pair for pair in fields if pair[0].lower() not in CREDENTIAL_HEADERS and not is_redaction(pair[1])
     ]
+    per, only_names = _block_hits(texts, pairs, echoes)
+    echoed = _echo_masked(pairs, echoes)
+    if echoed is not None:
+        # Also as the block reads with the echoes masked: a header that only echoes a credential drops
+        # out, and the halves of a secret it sat between meet (as the blocking scan reads it too).
+        kept = [i for i, pair in enumerate(echoed) if not is_redaction(pair[1])]
+        more, more_names = _block_hits(texts, [echoed[i] for i in kept], None)
+        for i, (mine, in_name) in zip(kept, more, strict=True):
+            per[i] = (_unique(per[i][0] + mine), _unique(per[i][1] + in_name))
+        only_names = _unique(only_names + more_names)
     masked = set()
-    lines = [f"{name}: {value}\n".encode() for name, value in pairs]
-    hits = texts.scan(b"".join(lines))
-    line_start = 0
-    for pair, line in zip(pairs, lines, strict=True) if hits else ():
-        value_start = line_start + len(pair[0].encode()) + 2
-        line_end = line_start + len(line) - 1
-        # A hit across lines (a key split over headers) masks each name and whole value it touches.
-        mine = [
-            replace(h, start=max(h.start, value_start) - value_start, end=min(h.end, line_end) - value_start)
-            for h in hits
-            if h.start < line_end and h.end > value_start
-        ]
-        if in_name := [h for h in hits if h.start < value_start - 2 and h.end > line_start]:
+    for pair, (mine, in_name) in zip(pairs, per, strict=True):
+        if in_name:
             pair[0] = _redacted(in_name)
         if mine:
             pair[1] = _redacted(mine)
             masked.add(id(pair))
             out.extend(_hit_record(scanner, h, f"{where}:{pair[0].lower()}") for h in mine)
-        line_start += len(line)
+    # A hit in names only (a keyword-scoped token sent as a name) is recorded as the name's.
+    named_prints = {(h.rule_id, h.fingerprint) for h in named}
+    out.extend(
+        _hit_record(scanner, replace(h, location=None), f"{where}-name")
+        for h in only_names
+        if (h.rule_id, h.fingerprint) not in named_prints
+    )
     for pair in pairs:
         if pair[0].lower() in HOST_HEADERS and id(pair) not in masked:
             # (As written it was scanned with the other headers above.)
@@ -329,14 +377,13 @@ def _masked_prose(scanner: DlpScanner, text: str, where: str, out: list[dict[str
     return _redacted(found)
 
 
-def _redacted(hits: list[Hit]) -> str:
-    """What stands for a whole value a secret was found in: the hits' fingerprints."""
-    return f"[redacted {', '.join(dict.fromkeys(h.fingerprint for h in hits))}]"
-
-
-def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = ()) -> None:
+def scan_event(
+    scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = (), echoes: Echoes = None
+) -> None:
     """Scan a built network event, mask every hit in it and attach the `dlp` block (writer thread).
-    `past_cap`: the scans of streamed bodies beyond what the tape keeps (their hits carry offsets)."""
+    `past_cap`: the scans of streamed bodies beyond what the tape keeps (their hits carry offsets).
+    `echoes`: the exchange's credentials, masked where they are echoed (mask_echoed_credentials) once
+    the event is scanned as it was sent, together with the hits they overlap (failcore.evidence.echoes)."""
     hits: list[dict[str, Any]] = []
     s = scanner.settings
     if event.get("kind") == "websocket":
@@ -346,38 +393,42 @@ def scan_event(scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[Pa
     # until the recorded part's own hits are masked (a mask is shorter than the secret it replaces).
     # (The proxy masks them before anything else, see mask_straddling, and says so in the findings.)
     past = [(scan, *scan.results()) for scan in past_cap]
-    _mask_straddles(event, [(scan, found) for scan, found, _ in past if not getattr(scan, "masked", False)])
+    mask_straddles(event, [(scan, found) for scan, found, _ in past if not getattr(scan, "masked", False)])
     request = event.get("request")
     if s.scan_request:
         target = event.get("target") or {}
         path = event.get("path") or ""
         url = f"{target.get('scheme')}://{target.get('host')}:{target.get('port')}{path}"
         url_hits = scan_url(scanner.clean_texts, url)
+        url_hits += [replace(h, location="url") for h in escaped_hits(scanner.clean_texts, url)]
+        origin = url[: len(url) - len(path)]
+        url_hits, masked_url = _masked(utf8_bytes(url), url_hits, echoes, len(utf8_bytes(origin)))
         if url_hits:
-            origin = url[: len(url) - len(path)]
-            masked = mask_text(url, url_hits)
+            masked = masked_url.decode("utf-8", "replace")
             event["path"] = masked[len(origin) :] if masked.startswith(origin) else masked
             if event.get("method"):
                 event["summary"] = f"{event['method']} {event['path'].split('?', 1)[0]}"[:300]
             hits.extend(_hit_record(scanner, h, "request") for h in url_hits)
         hits.extend(_hit_record(scanner, h, "request") for h in _mask_target_host(scanner, event))
         for kind in ("header", "trailer"):
-            _mask_headers(scanner, (request or {}).get(f"{kind}s"), f"request.{kind}", hits)
+            _mask_headers(scanner, (request or {}).get(f"{kind}s"), f"request.{kind}", hits, echoes)
         before = len(hits)
-        _mask_body(scanner, (request or {}).get("body"), "request.body", hits)
+        _mask_body(scanner, (request or {}).get("body"), "request.body", hits, echoes)
         _add_taint((request or {}).get("body"), hits[before:])
         _mask_said(scanner, event, hits)
     if s.scan_response:
         response = event.get("response")
         for kind in ("header", "trailer"):
-            _mask_headers(scanner, (response or {}).get(f"{kind}s"), f"response.{kind}", hits)
-        _mask_body(scanner, (response or {}).get("body"), "response.body", hits)
+            _mask_headers(scanner, (response or {}).get(f"{kind}s"), f"response.{kind}", hits, echoes)
+        _mask_body(scanner, (response or {}).get("body"), "response.body", hits, echoes)
     coverage = []
     for scan, found, covered in past:
         coverage.append(covered)
         for offset, hit in found:
             hits.append(_located(_hit_record(scanner, hit, scan.where), f"{scan.where}@{offset}"))
     partial = [c for c in coverage if not c["complete"]]
+    if echoes is not None:  # what the DLP masks left of them (nothing of one they overlapped)
+        mask_echoed_credentials(event, list(echoes[0]), echoes[1])
     if not hits and not partial:
         return
     event["dlp"] = {"hits": hits, "engine": scanner.engine.backend}
@@ -427,61 +478,6 @@ def _scan_websocket_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
         event.setdefault("warnings", []).append(
             {"reason": "dlp", "message": f"{len(flagged)} DLP hit(s): {', '.join(rules)[:200]}"}
         )
-
-
-def mask_straddling(
-    event: dict[str, Any], past_cap: Sequence[PastCapFindings], covering: Sequence[bytes] = ()
-) -> tuple[PastCapFindings, ...]:
-    """Mask, in the recorded bodies of a built event, the first bytes of every past-cap secret that
-    starts inside the recorded part (it straddles the cap), before anything else changes the recorded
-    text's length: a hit's offset is exact only in the body as received. `covering`: other secrets
-    about to be masked in the same text (the exchange's echoed credentials); one overlapping where a
-    straddling secret starts is masked with it. Returns the findings marked as masked, so scan_event
-    does not mask them again."""
-    _mask_straddles(event, [(scan, scan.results()[0]) for scan in past_cap], covering)
-    return tuple(replace(scan, masked=True) for scan in past_cap)
-
-
-def _mask_straddles(
-    event: dict[str, Any],
-    past: Sequence[tuple[PastCapScan | PastCapFindings, list[tuple[int, Hit]]]],
-    covering: Sequence[bytes] = (),
-) -> None:
-    straddling: dict[str, list[tuple[int, Hit]]] = {}
-    for scan, found in past:
-        for offset, hit in found:
-            if offset < scan.cap:
-                # It starts inside the recorded part, where its beginning alone matched nothing.
-                straddling.setdefault(scan.where.split(".", 1)[0], []).append((offset, hit))
-    for side, hits in straddling.items():
-        _mask_recorded_tail((event.get(side) or {}).get("body"), hits, covering)
-
-
-def _mask_recorded_tail(
-    body: dict[str, Any] | None, hits: list[tuple[int, Hit]], covering: Sequence[bytes]
-) -> None:
-    """Replace the recorded body from the first straddling secret's start to its end (the first bytes
-    of secrets that run past it) by their fingerprints, as a header value is: a masked preview of the
-    part would show characters of the secret besides those of the hit's own preview."""
-    if not body or ("text" not in body and "b64" not in body):
-        return
-    raw = body["text"].encode("utf-8") if "text" in body else base64.b64decode(body["b64"])
-    start = min(offset for offset, _ in hits)
-    if start >= len(raw):
-        return
-    moved = True
-    while moved:  # a credential overlapping the start is masked with it (its own mask would miss it)
-        moved = False
-        for secret in covering:
-            at = raw.find(secret, max(0, start - len(secret) + 1))
-            if 0 <= at < start:
-                start, moved = at, True
-    masked = raw[:start] + _redacted([hit for _, hit in hits]).encode()
-    if "text" in body:
-        body["text"] = masked.decode("utf-8", errors="replace")
-    else:
-        body["b64"] = base64.b64encode(masked).decode("ascii")
-    body["dlp_masked"] = body.get("dlp_masked", 0) + len(hits)
 
 
 def _add_taint(body: dict[str, Any] | None, hits: list[dict[str, Any]]) -> None:

@@ -16,11 +16,12 @@ from mitmproxy.flow import Error
 
 from failcore.event import EgressEvent, FailReason, Target
 from failcore.evidence.body import body_evidence, header_value
-from failcore.evidence.dlp import mask_straddling, scan_event
+from failcore.evidence.dlp import scan_event
 from failcore.evidence.findings import PastCapFindings
 from failcore.evidence.pastcap import PastCapScan, scan_held_body
 from failcore.evidence.redact import credential_values, mask_echoed_credentials, redact_headers
 from failcore.evidence.scanworker import DeferredScan, ScanOrigin
+from failcore.evidence.straddle import mask_straddling
 from failcore.llm import contract_drift
 
 if TYPE_CHECKING:
@@ -248,11 +249,15 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
         # straddles the cap is masked by its offset first: the echoed credentials' masks below (and
         # the recorded part's own DLP masks) change the recorded text's length.
         findings = mask_straddling(out, tuple(scan.findings() for scan in past_cap), secrets)
-    mask_echoed_credentials(out, secrets, cfg.salt)
-    if cfg.dlp is not None:
-        if cfg.scan_origin is not None:
-            return DeferredScan(out, cfg.dlp, cfg.scan_origin, findings)
-        scan_event(cfg.dlp, out, findings)
+    if cfg.dlp is None:
+        mask_echoed_credentials(out, secrets, cfg.salt)
+        return out
+    # The echoes are masked by the DLP pass, once it has scanned the event as sent: a mask spliced
+    # into a secret first would break its match (failcore.evidence.echoes).
+    echoes = (secrets, cfg.salt) if secrets else None
+    if cfg.scan_origin is not None:
+        return DeferredScan(out, cfg.dlp, cfg.scan_origin, findings, echoes)
+    scan_event(cfg.dlp, out, findings, echoes)
     return out
 
 

@@ -75,7 +75,7 @@ def fingerprint(value: bytes, salt: bytes) -> str:
     return "hmac-sha256:" + hmac.new(salt, value, hashlib.sha256).hexdigest()[:24]
 
 
-def _redact_value(name: str, raw: bytes, salt: bytes) -> str:
+def redact_value(name: str, raw: bytes, salt: bytes) -> str:
     scheme, _, rest = raw.partition(b" ")
     if rest and scheme.decode("latin-1").lower() in _AUTH_SCHEMES and name.endswith("authorization"):
         return f"{scheme.decode('latin-1')} [redacted {fingerprint(rest.strip(), salt)}]"
@@ -91,7 +91,7 @@ def redact_headers(
         name = raw_name.decode("latin-1")
         lower = name.lower()
         if lower in CREDENTIAL_HEADERS or lower in extra:
-            out.append([name, _redact_value(lower, raw_value, salt)])
+            out.append([name, redact_value(lower, raw_value, salt)])
         else:
             out.append([name, raw_value.decode("utf-8", "backslashreplace")])
     return out

@@ -45,7 +45,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from failcore.event import EgressEvent
-from failcore.evidence.dlp import scan_event
+from failcore.evidence.dlp import Echoes, scan_event
 from failcore.evidence.findings import PastCapFindings
 from failcore.spawn import start_worker
 
@@ -114,7 +114,7 @@ class DeferredScan:
     pass in this process; the scan worker runs it in the child instead. `past_cap`: the finished
     past-cap scans of its bodies, whose hits the pass places in the event."""
 
-    __slots__ = ("event", "on_error", "origin", "past_cap", "scanner")
+    __slots__ = ("echoes", "event", "on_error", "origin", "past_cap", "scanner")
 
     def __init__(
         self,
@@ -122,8 +122,10 @@ class DeferredScan:
         scanner: DlpScanner,
         origin: ScanOrigin | None,
         past_cap: tuple[PastCapFindings, ...] = (),
+        echoes: Echoes = None,
     ) -> None:
         self.event = event
+        self.echoes = echoes if echoes is not None and echoes[0] else None
         self.scanner = scanner
         self.origin = origin
         self.past_cap = past_cap
@@ -132,7 +134,7 @@ class DeferredScan:
 
     def __call__(self) -> dict[str, Any]:
         try:
-            scan_event(self.scanner, self.event, self.past_cap)
+            scan_event(self.scanner, self.event, self.past_cap, self.echoes)
         except Exception as exc:
             if self.on_error is None:
                 raise
@@ -140,10 +142,14 @@ class DeferredScan:
         return self.event
 
     def frame_item(self) -> dict[str, Any] | list[Any]:
-        """What the child is sent: the event, or [event, past-cap findings] when it has some."""
-        if not self.past_cap:
+        """What the child is sent: the event, or [event, past-cap findings] when it has some, or [event,
+        past-cap findings, echoed credentials (hex), their salt (hex)] when it has echoes to mask."""
+        if not self.past_cap and self.echoes is None:
             return self.event
-        return [self.event, [findings.to_wire() for findings in self.past_cap]]
+        findings = [findings.to_wire() for findings in self.past_cap]
+        if self.echoes is None:
+            return [self.event, findings]
+        return [self.event, findings, [secret.hex() for secret in self.echoes[0]], self.echoes[1].hex()]
 
 
 class BuildFirst:
@@ -259,9 +265,9 @@ def child_main() -> int:
         results: list[dict[str, Any] | int | None] = []
         for item in batch:
             try:
-                event, past_cap = _frame_item(item)
+                event, past_cap, echoes = _frame_item(item)
                 before = orjson.dumps(event)
-                scan_event(scanner, event, past_cap)
+                scan_event(scanner, event, past_cap, echoes)
                 # Most events hold no secret: "unchanged" spares the proxy decoding them again.
                 results.append(UNCHANGED if orjson.dumps(event) == before else event)
             except Exception:
@@ -269,11 +275,14 @@ def child_main() -> int:
         write_frame(out, results)
 
 
-def _frame_item(item: Any) -> tuple[dict[str, Any], tuple[PastCapFindings, ...]]:
+def _frame_item(item: Any) -> tuple[dict[str, Any], tuple[PastCapFindings, ...], Echoes]:
     if isinstance(item, dict):
-        return item, ()
-    if isinstance(item, list) and len(item) == 2 and isinstance(item[0], dict) and isinstance(item[1], list):
-        return item[0], tuple(PastCapFindings.from_wire(findings) for findings in item[1])
+        return item, (), None
+    if isinstance(item, list) and len(item) in (2, 4) and isinstance(item[0], dict) and type(item[1]) is list:
+        past_cap = tuple(PastCapFindings.from_wire(findings) for findings in item[1])
+        if len(item) == 2:
+            return item[0], past_cap, None
+        return item[0], past_cap, ([bytes.fromhex(secret) for secret in item[2]], bytes.fromhex(item[3]))
     raise ValueError("malformed batch item")
 
 
@@ -382,13 +391,11 @@ class ScanOffload:
             # (exchanges built in this thread: their DLP pass can go to the child with the others')
             items = [_built(item) if isinstance(item, BuildFirst) else item for item in items]
         deferred = [i for i, item in enumerate(items) if isinstance(item, DeferredScan) and item.origin]
-        if not deferred or self.disabled:
-            return items
         out = list(items)
-        origin = out[deferred[0]].origin  # type: ignore[union-attr]
-        assert origin is not None
-        worker = self._worker_for(origin)
+        # (A loss at start-up or in an earlier batch is written ahead of whatever this batch holds.)
+        worker = None if not deferred or self.disabled else self._worker_for(out[deferred[0]].origin)  # type: ignore[union-attr, arg-type]
         if worker is not None:
+            origin = worker.origin
             mine = [i for i in deferred if out[i].origin == origin]  # type: ignore[union-attr]
             try:
                 for frame in _frames(mine):
@@ -467,9 +474,15 @@ class ScanOffload:
         self._losses.append(event)
 
     def close(self) -> None:
+        """(A loss not yet written, no batch having come since, is written with the run's last batch,
+        its run_end: what is still pending here was never written, and is logged.)"""
         if self.worker is not None:
             self.worker.close()
             self.worker = None
+        if self._losses:
+            logger.warning(
+                "failcore: %d DLP evidence worker loss(es) not written to the tape", len(self._losses)
+            )
 
 
 def _built(item: BuildFirst) -> object:

@@ -14,12 +14,14 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from mitmproxy import http
 from mitmproxy.net.http import url as urls
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
+from failcore.dlp.escapes import escaped_hits, unescaped
 from failcore.dlp.locations import recorded_header, scan_header_block
 from failcore.dlp.model import Scans
 from failcore.dlp.pending import engine_ready
@@ -37,14 +39,14 @@ from failcore.evidence import (
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits, spelling_hits
 from failcore.evidence.pastcap import PastCapScan
 from failcore.evidence.pastcapworker import origin_for
-from failcore.evidence.redact import credential_values, is_redaction, mask_echoes
+from failcore.evidence.redact import credential_values, is_redaction, mask_echoes, redact_value
 from failcore.policy.model import Decision
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session, answer
 from failcore.proxy.streamdlp import StreamDlp
 from failcore.proxy.streamtap import request_streams, response_streams
-from failcore.wiretext import wire_text
+from failcore.wiretext import utf8_bytes, wire_text
 
 logger = logging.getLogger("failcore")
 
@@ -123,9 +125,9 @@ def scan_request_for_block(
     scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
     credential = [_recorded_name(name) in CREDENTIAL_HEADERS for name, _ in fields]
-    hits = scan(("url", url), scan_url, engine, url)
+    hits = scan(("url", url), url_hits, engine, url)
     if recorded_url and recorded_url != url:
-        hits += scan(("url", recorded_url), scan_url, engine, recorded_url)
+        hits += scan(("url", recorded_url), url_hits, engine, recorded_url)
     if host:
         hits += scan(("host", host), host_hits, engine, host)
     for (name, value), is_credential in zip(fields, credential, strict=True):
@@ -151,6 +153,21 @@ def scan_request_for_block(
     return hits
 
 
+def url_hits(engine: Scans, url: str) -> list[Hit]:
+    """A URL's hits as sent and as the tape records it (a byte that is not UTF-8 written `\\xNN`,
+    failcore.wiretext): the recorded text (scan_url, as the evidence scans it), what its escapes
+    hide (escaped_hits, as the evidence scans it too) and the bytes the upstream receives."""
+    recorded = wire_text(url)
+    hits = scan_url(engine, recorded)
+    if recorded is url:
+        return hits
+    hits += [replace(h, location="url") for h in escaped_hits(engine, recorded)]
+    raw = utf8_bytes(url)
+    if raw != (unescaped(recorded.encode()) or (b"",))[0]:  # the URL also spells an escape as text
+        hits += [replace(h, location="url") for h in engine.scan(raw)]
+    return hits
+
+
 def _recorded_name(name: str) -> str:
     """A header's name lower-cased as the tape records it (its bytes as latin-1): `str.lower()` of
     mitmproxy's text would also fold a KELVIN SIGN into a `k`."""
@@ -158,15 +175,16 @@ def _recorded_name(name: str) -> str:
 
 
 def block_pairs(
-    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b""
+    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b"", echoed: bool = False
 ) -> list[tuple[str, str]]:
     """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
-    tape records them: all but credential headers, the policy's `redact_headers` (both recorded as
-    fingerprints) and a value that is one fingerprint as recorded (is_redaction), once the request's
-    own credentials echoed in other headers are masked with `salt`, as the evidence masks them
+    tape records them: all but credential headers and a value that is one fingerprint as recorded
+    (is_redaction: the policy's `redact_headers` are recorded with `salt` as one, or as a scheme then
+    one, `Bearer [redacted …]`, for a name ending in "authorization"). `echoed`: once the request's
+    own credentials echoed in other headers are masked with `salt`, as the evidence also reads them
     (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
     secrets: list[bytes] = []
-    if salt:
+    if echoed:
         raw = [
             (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in headers
         ]
@@ -174,7 +192,12 @@ def block_pairs(
     pairs = []
     for name, value in headers:
         lower = _recorded_name(name)
-        if lower in CREDENTIAL_HEADERS or lower in redacted:
+        if lower in CREDENTIAL_HEADERS:
+            continue
+        if lower in redacted:
+            pair = (recorded_header(name, "")[0], redact_value(lower, utf8_bytes(value), salt))
+            if not is_redaction(pair[1]):
+                pairs.append(pair)
             continue
         pair = recorded_header(name, value)
         if secrets:
@@ -191,10 +214,10 @@ def header_block_hits(
     sent and, when the request's credentials echo in its other headers, the block as the evidence
     reads it once they are masked with `salt` (which can join what an echo sat between; the block as
     sent keeps what the echo masks would hide, a keyword say)."""
-    pairs = block_pairs(headers, redacted)
+    pairs = block_pairs(headers, redacted, salt)
     hits = scan_header_block(engine, pairs)
     if salt:
-        echoed = block_pairs(headers, redacted, salt)
+        echoed = block_pairs(headers, redacted, salt, echoed=True)
         if echoed != pairs:
             hits = hits + scan_header_block(engine, echoed)
     return hits
@@ -248,15 +271,15 @@ def request_url(req: http.Request, headers: Sequence[tuple[str, str]] | None = N
     parsed once per (scheme, Host header) instead of on every request. `headers`: the request's
     `headers.items(multi=True)`, when the caller has them."""
     if req.first_line_format == "authority":
-        return wire_text(req.pretty_url)
+        return req.pretty_url
     if headers is None or req.is_http2 or req.is_http3:
         host_header = req.host_header
     else:
         host_header = header_value(headers, "host")
     if not host_header:
-        return wire_text(req.pretty_url)
-    # A byte that is not UTF-8 is scanned as the tape records it (failcore.wiretext).
-    return wire_text(_origin(req.scheme, host_header) + (req.path if req.path != "*" else ""))
+        return req.pretty_url
+    # (A byte that is not UTF-8 stays as mitmproxy decodes it: url_hits scans it as sent and recorded.)
+    return _origin(req.scheme, host_header) + (req.path if req.path != "*" else "")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -360,7 +383,7 @@ class DlpGuard:
         req = flow.request
         policy = self.session.policy
         redacted = policy.redact_headers if policy is not None else frozenset()
-        return redacted, wire_text(f"{req.scheme}://{state.decided_host or req.host}:{req.port}{req.path}")
+        return redacted, f"{req.scheme}://{state.decided_host or req.host}:{req.port}{req.path}"
 
     async def _decide_off_loop(
         self,
