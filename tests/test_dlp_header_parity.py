@@ -7,7 +7,8 @@ their rules' keywords: in another header's value, in a header's name, in the Hos
 secret, as a header's name, in the name of a `redact_headers` header recorded as `Bearer [redacted …]`,
 and the fixture's own text as one header's value (a text of several lines one line per header); each
 set twice (the second time with what
-the first found clean remembered), after the same set without the keyword (the token alone, clean)."""
+the first found clean remembered), after the same set without the keyword (the token alone, clean);
+and the same sets sent as a request's trailers."""
 
 from __future__ import annotations
 
@@ -173,3 +174,61 @@ def test_every_block_hit_the_tape_records_was_blocked_before_it_left(
                 missed.append(("not found", headers, sorted(evidence - found)))
     assert recorded > 500  # the corpus's secrets were really recorded as hits
     assert not missed, f"{len(missed)} of {recorded}: {missed[:5]}"
+
+
+def test_every_block_hit_the_tape_records_in_trailers_was_found_before_the_request_left(
+    policy_path: Path, tmp_path: Path
+) -> None:
+    """The same corpus with what was added to the recorded headers sent as the request's trailers
+    (HTTP/2, gRPC): the evidence reads a message's trailers as a block of their own, the blocking scan
+    read them one by one (a rule's keyword in one trailer, the token in another was forwarded)."""
+    corpus = _corpus(policy_path)
+    recorded = 0
+    with concerns(PolicyGate, DlpGuard, confdir=tmp_path, failcore_policy=str(policy_path)) as h:
+        scanner = h.session.dlp
+        redacted = h.session.policy.redact_headers
+        wait_until_built(scanner.engine)
+        missed = []
+        for host, headers, _alone in corpus:
+            base = [pair for pair in headers if pair[0] in ("Host",)]
+            trailers = [pair for pair in headers if pair not in base]
+            if any(name.lower() == "host" for name, _ in trailers):
+                continue
+            fields = tuple((n.encode(), v.encode()) for n, v in trailers)
+            event = {
+                "kind": "network",
+                "target": {"host": host, "port": 443, "scheme": "https"},
+                "path": "/v1/chat/completions",
+                "method": "POST",
+                "request": {
+                    "headers": [["Host", host]],
+                    "trailers": redact_headers(fields, redacted, SALT),
+                    "body": None,
+                },
+            }
+            scan_event(scanner, event)
+            evidence = {
+                (x["rule"], x["fingerprint"])
+                for x in (event.get("dlp") or {}).get("hits", [])
+                if x["action"] == "BLOCK" and x["location"].startswith("request.trailer")
+            }
+            if not evidence:
+                continue
+            recorded += 1
+            hits, _ = judge_request(
+                scanner,
+                f"https://{host}:443/v1/chat/completions",
+                base,
+                trailers,
+                b"",
+                DecodedBody(b""),
+                None,
+                host,
+                redacted,
+                f"https://{host}:443/v1/chat/completions",
+            )
+            found = {(hit.rule_id, hit.fingerprint) for hit in hits if scanner.action(hit) == "BLOCK"}
+            if evidence - found:
+                missed.append((trailers, sorted(evidence - found)))
+    assert recorded > 500
+    assert not missed, f"{len(missed)} of {recorded}: {missed[:3]}"

@@ -141,6 +141,10 @@ def scan_request_for_block(
     hits += scan(
         ("block", tuple(headers), redacted), header_block_hits, block, headers, redacted, engine.salt
     )
+    if trailers:  # (the evidence reads a message's trailers as a block of their own too)
+        hits += scan(
+            ("trailers", tuple(trailers), redacted), header_block_hits, block, trailers, redacted, engine.salt
+        )
     for (name, value), is_credential in zip(fields, credential, strict=True):
         if is_credential:
             # (As the tape would read it: a byte that is not UTF-8 written as an escape.)
