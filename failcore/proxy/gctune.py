@@ -12,7 +12,9 @@ later collection walks. It does it again after a policy reload has swapped the r
 (`gc.unfreeze()` first, so the replaced policy and engine are collected rather than kept frozen).
 
 Costs, by design: it changes the whole process's collector, not only failcore's objects (an embedder
-that wants its own GC tuning sets `failcore_gc_freeze=false`). Frozen objects are still freed by
+that wants its own GC tuning, or freezes its own heap, sets `failcore_gc_freeze=false`: the last proxy
+to stop thaws the whole heap). Several proxies in one process share the freeze: one stopping leaves it
+in force while another holds it. Frozen objects are still freed by
 reference counting; what is frozen while alive and later dies *in a reference cycle* stays in memory
 until the next freeze (the next reload) or until the option is turned off. Freezing only when no
 exchange is in flight (or, if that moment does not come within 30 s, with what is in flight then)
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 import time
 
 from failcore.dlp.pending import PendingEngine
@@ -37,6 +40,11 @@ CHECK_SECONDS = 0.5
 # How long a freeze waits for a moment with no exchange in flight (long-lived streams and tunnels may
 # never leave one): then it freezes anyway, keeping what those exchanges hold then.
 IDLE_WAIT_SECONDS = 30.0
+
+# The GcTune instances whose freeze is in force. The collector is the process's: with two proxies in
+# one process (an embedder, tests), one stopping must not thaw the other's heap; the last one thaws.
+_holders: set[int] = set()
+_holders_lock = threading.Lock()
 
 
 def rules_built(session: Session) -> bool:
@@ -94,9 +102,14 @@ class GcTune:
             self._task = None
 
     def _thaw(self) -> None:
-        if self._frozen_for is not None:
-            gc.unfreeze()
-            self._frozen_for = None
+        """Lets go of this proxy's freeze; the heap thaws when no other proxy here holds one."""
+        if self._frozen_for is None:
+            return
+        self._frozen_for = None
+        with _holders_lock:
+            _holders.discard(id(self))
+            if not _holders:
+                gc.unfreeze()
 
     async def _watch(self) -> None:
         while True:
@@ -123,6 +136,8 @@ class GcTune:
                 return False
         self._due_since = None
         self._frozen_for = (policy, dlp)
-        frozen = freeze_heap()
+        with _holders_lock:
+            _holders.add(id(self))
+            frozen = freeze_heap()
         logger.debug("failcore: %d objects moved out of the garbage collector's walks (gc.freeze)", frozen)
         return True

@@ -55,7 +55,9 @@ def thawed() -> Iterator[int]:
     """The process's freeze count before the test (Python freezes a few hundred objects of its own); the
     test leaves nothing frozen behind."""
     gc.unfreeze()
+    gctune._holders.clear()
     yield gc.get_freeze_count()
+    gctune._holders.clear()
     gc.unfreeze()
 
 
@@ -198,3 +200,25 @@ def test_a_failing_freeze_is_recorded_and_the_watch_goes_on(
         [error] = h.kinds("internal_error")  # once: not again every half second
         assert "gc freeze" in str(error) and "MemoryError" in str(error)
         assert gc.get_freeze_count() == thawed
+
+
+def test_two_proxies_in_one_process_share_the_freeze_the_last_to_stop_thaws(
+    tmp_path: Path, thawed: int
+) -> None:
+    """The collector is the process's: one proxy stopping left the other's heap thawed (and that one
+    believing it frozen, never freezing again)."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d in (first, second):
+        d.mkdir()
+        (d / "policy.yaml").write_text(dlp_policy("acme_"))
+    with (
+        concerns(PolicyGate, GcTune, confdir=first, failcore_policy=str(first / "policy.yaml")) as a,
+        concerns(PolicyGate, GcTune, confdir=second, failcore_policy=str(second / "policy.yaml")) as b,
+    ):
+        for h in (a, b):
+            h.session.dlp.engine.result(timeout=120)
+            assert h.get(GcTune).check() is True
+        a.get(GcTune).done()
+        assert gc.get_freeze_count() > thawed + 1000, "the other proxy's freeze is still in force"
+        b.get(GcTune).done()
+        assert gc.get_freeze_count() <= thawed
