@@ -482,15 +482,41 @@ PRICES_IDLE_S = 1.0
 WARM_UP_SWITCH_INTERVAL_S = 0.0005
 
 
+class _SwitchInterval:
+    """The lowered switch interval, shared by the warm-ups running at once (several proxies in one
+    process): the first lowers it, the last restores what was there before the first, and only if
+    nobody changed it meanwhile (an embedder's own setting stays)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+        self.before = 0.0
+        self.lowered = 0.0
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if self.users == 0:
+                self.before = sys.getswitchinterval()
+                sys.setswitchinterval(min(self.before, WARM_UP_SWITCH_INTERVAL_S))
+                self.lowered = sys.getswitchinterval()
+            self.users += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0 and sys.getswitchinterval() == self.lowered:
+                sys.setswitchinterval(self.before)
+
+
+_switch_interval = _SwitchInterval()
+
+
 def _warm_up_prices() -> None:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, WARM_UP_SWITCH_INTERVAL_S))
-    try:
-        warm_up_genai_prices()
-    except Exception as exc:  # pricing then happens (slower) on the first call; never fatal
-        logger.warning("failcore: could not preload genai-prices: %s", exc)
-    finally:
-        sys.setswitchinterval(previous)
+    with _switch_interval:
+        try:
+            warm_up_genai_prices()
+        except Exception as exc:  # pricing then happens (slower) on the first call; never fatal
+            logger.warning("failcore: could not preload genai-prices: %s", exc)
 
 
 def _cost_and_charge(call: LlmCall, prices: PriceTable) -> tuple[CostResult, float | None]:

@@ -100,3 +100,43 @@ def test_a_lower_switch_interval_set_by_the_user_is_kept(monkeypatch: pytest.Mon
         assert sys.getswitchinterval() == pytest.approx(0.0001, abs=2e-6)
     finally:
         sys.setswitchinterval(before)
+
+
+def test_overlapping_warm_ups_restore_the_interval_that_was_there_before_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two proxies in one process warming up at once: the second saved the first's lowered interval
+    and, ending last, left the whole process at 0.5 ms."""
+    release = [threading.Event(), threading.Event()]
+    started = threading.Semaphore(0)
+    order = iter(release)
+
+    def slow_import() -> None:
+        mine = next(order)
+        started.release()
+        mine.wait(30)
+
+    monkeypatch.setattr(meter_module, "warm_up_genai_prices", slow_import)
+    before = sys.getswitchinterval()
+    first = threading.Thread(target=meter_module._warm_up_prices)
+    first.start()
+    assert started.acquire(timeout=30)
+    second = threading.Thread(target=meter_module._warm_up_prices)
+    second.start()
+    assert started.acquire(timeout=30)
+    release[0].set()  # the first ends first, the second last
+    first.join(30)
+    assert sys.getswitchinterval() <= 0.0005, "still lowered while the second warm-up imports"
+    release[1].set()
+    second.join(30)
+    assert sys.getswitchinterval() == before
+
+
+def test_an_interval_set_by_the_embedder_during_the_warm_up_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = sys.getswitchinterval()
+    monkeypatch.setattr(meter_module, "warm_up_genai_prices", lambda: sys.setswitchinterval(0.002))
+    try:
+        meter_module._warm_up_prices()
+        assert sys.getswitchinterval() == pytest.approx(0.002, abs=2e-6)
+    finally:
+        sys.setswitchinterval(before)
