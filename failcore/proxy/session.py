@@ -36,15 +36,22 @@ def _ignore(chunk: bytes) -> None:
     return None
 
 
-def _go_on(exc: Exception, part: object) -> bool:
-    return False
-
-
 class BodyTap:
     """A `stream` callable for mitmproxy: passes every chunk through untouched, keeping a capped copy,
     the full size and sha256, and when each chunk arrived (for replaying SSE with its rhythm)."""
 
-    __slots__ = ("cap", "chunks", "digest", "failed", "kept", "max_chunks", "observers", "size", "t0")
+    __slots__ = (
+        "cap",
+        "chunks",
+        "counting_failed",
+        "digest",
+        "failed",
+        "kept",
+        "max_chunks",
+        "observers",
+        "size",
+        "t0",
+    )
 
     def __init__(
         self, cap: int, max_chunks: int = 10_000, failed: Callable[[Exception, object], bool] | None = None
@@ -61,6 +68,8 @@ class BodyTap:
         # Told when an observer (or the tap) raises (failcore.proxy.guard.StreamFailures.stop): True
         # means forward nothing more. Without it, the exception goes to mitmproxy.
         self.failed = failed
+        # Whether the tap's own counting raised once (recorded then; the observers still report theirs).
+        self.counting_failed = False
 
     def __call__(self, chunk: bytes) -> bytes | tuple[bytes, ...]:
         if not chunk:
@@ -88,9 +97,10 @@ class BodyTap:
         except Exception as e:
             if self.failed is None:
                 raise
-            failed, self.failed = self.failed, _go_on  # recorded once
-            if failed(e, self):
-                return ()
+            if not self.counting_failed:  # recorded once
+                self.counting_failed = True
+                if self.failed(e, self):
+                    return ()
         return chunk
 
     def stream_evidence(self) -> dict[str, Any]:
