@@ -156,6 +156,23 @@ def _terminate(flow: http.HTTPFlow) -> None:
         logger.exception("failcore could not close the connection of cut flow %s", flow.id)
 
 
+def close_upstream(flow: http.HTTPFlow) -> None:
+    """Closes `flow`'s connection to the upstream: a request stream that must not end there as a whole
+    message (mitmproxy sends the message's end, a chunked `0` or END_STREAM, whatever the stream
+    callable dropped; the upstream would take a truncated body for the request)."""
+    try:
+        handler = connection_handler(flow.client_conn)
+        if handler is None:
+            return
+        io = handler.transports.get(flow.server_conn)
+        if io is not None and io.writer is not None:
+            # At once: the message's end may be sent before a graceful close would take effect.
+            io.writer.transport.abort()
+        _close(handler, flow.server_conn)
+    except Exception:
+        logger.exception("failcore could not close the upstream connection of flow %s", flow.id)
+
+
 def _close(handler: Any, connection: Connection) -> None:
     if connection in handler.transports and handler.transports[connection].handler is not None:
         handler.close_connection(connection)

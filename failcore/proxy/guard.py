@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from mitmproxy import flow as mflow
 from mitmproxy import http
 
-from failcore.proxy.cutoff import CutVerdict, cut_client_stream, drop_all
+from failcore.proxy.cutoff import CutVerdict, close_upstream, cut_client_stream, drop_all
 from failcore.proxy.failclosed import refuse
 from failcore.proxy.session import FlowState, Session
 
@@ -92,7 +92,8 @@ class StreamFailures:
     The failure is recorded (an `internal_error` event, and the exchange's own). Fail-open: the caller
     leaves the part out for the rest of the stream and the bytes go on. `fail_open: false`: the chunk
     the part was looking at, and every later one, is not forwarded: a response stream is cut
-    (failcore.proxy.cutoff, cut reason `internal_error`), a request stream dropped and its flow killed."""
+    (failcore.proxy.cutoff, cut reason `internal_error`), a request stream dropped, its upstream connection
+    closed (never a truncated body ended as a whole request) and its flow killed."""
 
     __slots__ = ("flow", "session", "side", "state")
 
@@ -120,6 +121,7 @@ class StreamFailures:
             cut_client_stream(self.flow, verdict.reason, detail=verdict.detail, state=self.state)
         else:
             self.flow.request.stream = drop_all
+            close_upstream(self.flow)
             if self.flow.killable:
                 self.flow.kill()
         return True

@@ -9,6 +9,8 @@ the failing check was looking at reaches the client."""
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import pytest
 
@@ -100,3 +102,36 @@ def test_a_failing_request_stream_observer_is_recorded_and_the_upload_goes_on(
     assert [e["detail"]["where"] for e in errors] == ["request stream: PastCapScan"], errors
     (event,) = network_events(events)
     assert event["request"]["stream"]["chunk_count"] >= 1 and event["bytes_out"] == len(b"upload-marker")
+
+
+def test_a_request_stream_failing_under_fail_open_false_never_ends_upstream_as_a_whole_request(
+    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunked upload streams (observe mode); a reload to `fail_open: false` lands just before its
+    DLP evidence observer fails. The failing chunk is dropped, and the upstream must not get the
+    message's end either: mitmproxy sent the chunked `0` after the dropped body, a complete request
+    with a truncated body."""
+    from failcore.proxy.session import Session
+
+    reloaded = [False]
+    monkeypatch.setattr(Session, "fail_open", property(lambda self: not reloaded[0]))
+
+    def reload_then_fail(self: object, chunk: bytes) -> None:
+        reloaded[0] = True
+        raise RuntimeError("injected stream failure")
+
+    monkeypatch.setattr(PastCapScan, "__call__", reload_then_fail)
+    proxy = start_proxy(policy_file("version: 1\nmode: observe\n"), upstream_ca=logging_upstream.ca_path)
+    statuses: list[int] = []
+    # (Refused with a 502, or by a reset: the client is told either way.)
+    with proxied_client(proxy) as client, contextlib.suppress(httpx.HTTPError):
+        upload = iter([b"upload-", b"marker"])
+        statuses.append(client.post(f"{logging_upstream.url}/upload", content=upload).status_code)
+    assert 200 not in statuses
+    proxy.flush()
+    got = logging_upstream.received_bytes()
+    assert b"POST /upload" in got, "the request's head left before the body (it streams)"
+    assert b"upload-" not in got and b"marker" not in got
+    assert b"\r\n0\r\n\r\n" not in got, f"the upstream got a complete (truncated) request: {got[-80:]!r}"
+    errors = [e for e in read_tape(tmp_path / "tape") if e["kind"] == "internal_error"]
+    assert [e["detail"]["where"] for e in errors] == ["request stream: PastCapScan"], errors
