@@ -396,7 +396,11 @@ class ProxyProcess:
 
 
 def start_proxy_process(
-    home: Path, upstream: StandIn, tape: Path, *, command: tuple[str, ...] = ("-m", "failcore.cli"),
+    home: Path,
+    upstream: StandIn,
+    tape: Path,
+    *,
+    command: tuple[str, ...] = ("-m", "failcore.cli"),
     options: tuple[str, ...] = (),
 ) -> ProxyProcess:
     """`failcore proxy --port 0 --json`, returning once it has printed where it listens."""

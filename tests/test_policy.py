@@ -42,8 +42,15 @@ def single_problem(text: str) -> PolicyProblem:
     return problems[0]
 
 
-def request(policy: Policy, host: str = "api.example.com", *, port: int = 443, scheme: str = "https",
-            method: str = "GET", path: str = "/") -> Decision:
+def request(
+    policy: Policy,
+    host: str = "api.example.com",
+    *,
+    port: int = 443,
+    scheme: str = "https",
+    method: str = "GET",
+    path: str = "/",
+) -> Decision:
     return decide(policy, host=host, port=port, scheme=scheme, method=method, path=path)
 
 
@@ -161,11 +168,14 @@ def test_unknown_rule_key() -> None:
     assert "id, host, port, scheme, method, path, action, reason" in problem.message
 
 
-@pytest.mark.parametrize(("key", "expected"), [
-    ("budgets", "budgets: expected a list of budgets"),
-    ("dlp", 'dlp: unknown key "daily_usd" in the dlp section'),
-    ("prices", "prices: model 'daily_usd': expected a mapping of prices"),
-])
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("budgets", "budgets: expected a list of budgets"),
+        ("dlp", 'dlp: unknown key "daily_usd" in the dlp section'),
+        ("prices", "prices: model 'daily_usd': expected a mapping of prices"),
+    ],
+)
 def test_llm_sections_are_validated_not_ignored(key: str, expected: str) -> None:
     problem = single_problem(f"mode: enforce\n{key}:\n  daily_usd: 5\n")
     assert problem.line == 3
@@ -695,9 +705,18 @@ def test_default_policy_is_the_repository_copy_in_a_checkout() -> None:
 def test_strict_policy_allows_providers_and_blocks_the_rest() -> None:
     policy = load_policy(REPO_ROOT / "policies" / "strict.yaml")
     assert policy.mode == "enforce"
-    for host in ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com",
-                 "myres.openai.azure.com", "openrouter.ai", "api.mistral.ai", "api.groq.com",
-                 "api.together.xyz", "api.deepseek.com", "api.x.ai"):
+    for host in (
+        "api.openai.com",
+        "api.anthropic.com",
+        "generativelanguage.googleapis.com",
+        "myres.openai.azure.com",
+        "openrouter.ai",
+        "api.mistral.ai",
+        "api.groq.com",
+        "api.together.xyz",
+        "api.deepseek.com",
+        "api.x.ai",
+    ):
         assert request(policy, host, method="POST", path="/v1/chat").decision == "ALLOW", host
         assert connect_verdict(policy, host=host, port=443).decision == "ALLOW", host
     assert request(policy, "openai.azure.com").decision == "BLOCK"

@@ -59,7 +59,13 @@ def test_budget_is_parsed_with_defaults() -> None:
         """)
     (budget,) = policy.budgets
     assert (budget.id, budget.window, budget.window_seconds, budget.soft, budget.on_exceed, budget.line) == (
-        "openai-daily", "day", 86400, 0.8, "block", 2)
+        "openai-daily",
+        "day",
+        86400,
+        0.8,
+        "block",
+        2,
+    )
     assert dict(budget.limits) == {"requests": 1000, "cost_usd": 10.0, "tool_calls": 3}
     assert isinstance(budget.limits["requests"], int) and isinstance(budget.limits["cost_usd"], float)
     scope = budget.scope
@@ -91,7 +97,8 @@ def test_model_glob_star_crosses_slashes() -> None:
 
 
 def test_budget_errors_have_exact_positions() -> None:
-    assert_problems("""\
+    assert_problems(
+        """\
         budgets:
           - id: a
             window: week
@@ -99,29 +106,37 @@ def test_budget_errors_have_exact_positions() -> None:
             limits: {requests: 1.5, cost_usd: -1, tokens: 3, output_tokens: true}
             soft: 1.5
             on_exceed: explode
-        """, [
-        (3, 13, 'window: the text "week" is not a budget window'),
-        (4, 19, 'scope: host: "http://x" looks like a URL'),
-        (4, 41, 'provider: the text "opnai" is not a provider failcore recognises'),
-        (4, 55, 'bad glob "gpt["'),
-        (4, 63, 'unknown key "colour" in a budget scope'),
-        (5, 24, "requests: expected a whole number greater than 0, got the number 1.5"),
-        (5, 39, "cost_usd: expected a number greater than 0, got the number -1"),
-        (5, 43, 'unknown key "tokens" in budget limits. Did you mean "total_tokens"?'),
-        (5, 69, "output_tokens: expected a whole number greater than 0, got the boolean true"),
-        (6, 11, "soft: expected a fraction of each limit greater than 0 and at most 1"),
-        (7, 16, 'on_exceed: the text "explode" is not valid'),
-    ])
+        """,
+        [
+            (3, 13, 'window: the text "week" is not a budget window'),
+            (4, 19, 'scope: host: "http://x" looks like a URL'),
+            (4, 41, 'provider: the text "opnai" is not a provider failcore recognises'),
+            (4, 55, 'bad glob "gpt["'),
+            (4, 63, 'unknown key "colour" in a budget scope'),
+            (5, 24, "requests: expected a whole number greater than 0, got the number 1.5"),
+            (5, 39, "cost_usd: expected a number greater than 0, got the number -1"),
+            (5, 43, 'unknown key "tokens" in budget limits. Did you mean "total_tokens"?'),
+            (5, 69, "output_tokens: expected a whole number greater than 0, got the boolean true"),
+            (6, 11, "soft: expected a fraction of each limit greater than 0 and at most 1"),
+            (7, 16, 'on_exceed: the text "explode" is not valid'),
+        ],
+    )
 
 
 def test_budget_problems_name_the_budget() -> None:
     problems = problems_of("budgets:\n  - {id: spend, window: hour, limits: {requests: 0}}\n")
-    assert problems == [(2, 50, "budget 1 (spend): limits: requests: expected a whole number greater than 0, "
-                                "got the number 0")]
+    assert problems == [
+        (
+            2,
+            50,
+            "budget 1 (spend): limits: requests: expected a whole number greater than 0, got the number 0",
+        )
+    ]
 
 
 def test_budget_required_keys() -> None:
-    assert_problems("""\
+    assert_problems(
+        """\
         budgets:
           - window: run
             limits: {requests: 1}
@@ -135,17 +150,20 @@ def test_budget_required_keys() -> None:
           - id: list-limits
             window: run
             limits: [1]
-        """, [
-        (2, 5, "budget 1: missing required key 'id'"),
-        (4, 5, "budget 2 (no-window): missing required key 'window'"),
-        (6, 5, "budget 3 (no-limits): missing limits"),
-        (10, 13, "budget 4 (empty-limits): limits: give at least one limit"),
-        (13, 13, "budget 5 (list-limits): limits: expected a mapping"),
-    ])
+        """,
+        [
+            (2, 5, "budget 1: missing required key 'id'"),
+            (4, 5, "budget 2 (no-window): missing required key 'window'"),
+            (6, 5, "budget 3 (no-limits): missing limits"),
+            (10, 13, "budget 4 (empty-limits): limits: give at least one limit"),
+            (13, 13, "budget 5 (list-limits): limits: expected a mapping"),
+        ],
+    )
 
 
 def test_budget_structure_errors() -> None:
-    assert_problems("""\
+    assert_problems(
+        """\
         budgets:
           - just text
           - id: x
@@ -153,25 +171,32 @@ def test_budget_structure_errors() -> None:
             limits: {requests: 1}
             scope: [api.openai.com]
             cap: 3
-        """, [
-        (2, 5, "budget 1: expected a mapping"),
-        (6, 12, "budget 2 (x): scope: expected a mapping"),
-        (7, 5, 'budget 2 (x): unknown key "cap" in a budget'),
-    ])
+        """,
+        [
+            (2, 5, "budget 1: expected a mapping"),
+            (6, 12, "budget 2 (x): scope: expected a mapping"),
+            (7, 5, 'budget 2 (x): unknown key "cap" in a budget'),
+        ],
+    )
     assert_problems("budgets: {id: x}\n", [(1, 10, "budgets: expected a list of budgets")])
 
 
 def test_duplicate_budget_ids() -> None:
-    assert_problems("""\
+    assert_problems(
+        """\
         budgets:
           - {id: same, window: run, limits: {requests: 1}}
           - {id: same, window: day, limits: {requests: 1}}
-        """, [(3, 10, 'budget 2: duplicate budget id "same", already used by budget 1 on line 2')])
+        """,
+        [(3, 10, 'budget 2: duplicate budget id "same", already used by budget 1 on line 2')],
+    )
 
 
 def test_wall_seconds_only_for_run_windows() -> None:
-    assert_problems("budgets:\n  - {id: w, window: hour, limits: {wall_seconds: 60}}\n",
-                    [(2, 36, "wall_seconds only applies to 'window: run'")])
+    assert_problems(
+        "budgets:\n  - {id: w, window: hour, limits: {wall_seconds: 60}}\n",
+        [(2, 36, "wall_seconds only applies to 'window: run'")],
+    )
     (budget,) = policy_from("budgets:\n  - {id: w, window: run, limits: {wall_seconds: 60.5}}\n").budgets
     assert budget.limits["wall_seconds"] == 60.5
 
@@ -219,8 +244,12 @@ def test_dlp_section_is_parsed() -> None:
         """).dlp
     assert (dlp.enabled, dlp.declared, dlp.stream, dlp.default_action) == (False, True, "strict", "ALLOW")
     assert dict(dlp.severity_actions) == {"critical": "BLOCK", "medium": "WARN"}
-    assert dict(dlp.rule_actions) == {"aws-access-key-id": "BLOCK", "email-address": "ALLOW",
-                                      "acme-token": "WARN", "1password-secret-key": "BLOCK"}
+    assert dict(dlp.rule_actions) == {
+        "aws-access-key-id": "BLOCK",
+        "email-address": "ALLOW",
+        "acme-token": "WARN",
+        "1password-secret-key": "BLOCK",
+    }
     assert (dlp.scan_request, dlp.scan_response) == (False, True)
     assert dlp.gitleaks_path == GITLEAKS_TOML
     assert len(dlp.gitleaks_rules) > 100 and all(rule.source == "gitleaks" for rule in dlp.gitleaks_rules)
@@ -247,7 +276,8 @@ def test_action_for_precedence() -> None:
 
 
 def test_dlp_errors_have_exact_positions() -> None:
-    assert_problems("""\
+    assert_problems(
+        """\
         dlp:
           enabled: yes
           stream: fast
@@ -256,18 +286,20 @@ def test_dlp_errors_have_exact_positions() -> None:
           rule_actions: {aws-acces-key-id: BLOCK, jwt: maybe}
           scan: {request: maybe, body: true}
           colour: x
-        """, [
-        (2, 12, "dlp: enabled: expected true or false"),
-        (3, 11, 'dlp: stream: the text "fast" is not valid'),
-        (4, 19, 'dlp: default_action: the text "DENY" is not a valid action'),
-        (5, 22, 'dlp: severity_actions: the text "urgent" is not a severity'),
-        (5, 43, 'dlp: severity_actions: high: the text "NOPE" is not a valid action'),
-        (6, 18, 'unknown DLP rule id "aws-acces-key-id"'),
-        (6, 48, 'dlp: rule_actions: jwt: the text "maybe" is not a valid action'),
-        (7, 19, 'dlp: scan: request: expected true or false, got the text "maybe"'),
-        (7, 26, 'dlp: scan: unknown key "body" in dlp scan'),
-        (8, 3, 'dlp: unknown key "colour" in the dlp section'),
-    ])
+        """,
+        [
+            (2, 12, "dlp: enabled: expected true or false"),
+            (3, 11, 'dlp: stream: the text "fast" is not valid'),
+            (4, 19, 'dlp: default_action: the text "DENY" is not a valid action'),
+            (5, 22, 'dlp: severity_actions: the text "urgent" is not a severity'),
+            (5, 43, 'dlp: severity_actions: high: the text "NOPE" is not a valid action'),
+            (6, 18, 'unknown DLP rule id "aws-acces-key-id"'),
+            (6, 48, 'dlp: rule_actions: jwt: the text "maybe" is not a valid action'),
+            (7, 19, 'dlp: scan: request: expected true or false, got the text "maybe"'),
+            (7, 26, 'dlp: scan: unknown key "body" in dlp scan'),
+            (8, 3, 'dlp: unknown key "colour" in the dlp section'),
+        ],
+    )
 
 
 def test_unknown_rule_id_lists_close_matches() -> None:
@@ -283,7 +315,8 @@ def test_dlp_section_must_be_a_mapping() -> None:
 
 
 def test_custom_rule_errors_point_at_the_field_or_rule() -> None:
-    assert_problems("""\
+    assert_problems(
+        """\
         dlp:
           custom:
             - id: acme-token
@@ -302,16 +335,18 @@ def test_custom_rule_errors_point_at_the_field_or_rule() -> None:
               regex: z
             - just text
             - regex: q
-        """, [
-        (4, 14, "dlp: custom rule 1: custom DLP rule 'acme-token': regex rejected"),
-        (5, 11, "dlp: custom rule 2: custom DLP rule 'Bad_Id': id must be kebab-case"),
-        (9, 17, "dlp: custom rule 3: custom DLP rule 'x-rule': severity must be one of"),
-        (10, 11, 'dlp: custom rule 4: id "email-address" is already used by a built-in rule'),
-        (14, 7, "dlp: custom rule 5: custom DLP rule 'y-rule': unknown field(s) colour"),
-        (15, 11, 'dlp: custom rule 6: id "x-rule" is already used by another custom rule'),
-        (17, 7, "dlp: custom rule 7: custom DLP rule must be a mapping"),
-        (18, 7, "dlp: custom rule 8: custom DLP rule None: id must be kebab-case"),
-    ])
+        """,
+        [
+            (4, 14, "dlp: custom rule 1: custom DLP rule 'acme-token': regex rejected"),
+            (5, 11, "dlp: custom rule 2: custom DLP rule 'Bad_Id': id must be kebab-case"),
+            (9, 17, "dlp: custom rule 3: custom DLP rule 'x-rule': severity must be one of"),
+            (10, 11, 'dlp: custom rule 4: id "email-address" is already used by a built-in rule'),
+            (14, 7, "dlp: custom rule 5: custom DLP rule 'y-rule': unknown field(s) colour"),
+            (15, 11, 'dlp: custom rule 6: id "x-rule" is already used by another custom rule'),
+            (17, 7, "dlp: custom rule 7: custom DLP rule must be a mapping"),
+            (18, 7, "dlp: custom rule 8: custom DLP rule None: id must be kebab-case"),
+        ],
+    )
 
 
 def test_custom_rule_with_a_number_for_a_key_is_a_problem_not_a_crash(tmp_path: Path) -> None:
@@ -322,23 +357,28 @@ def test_custom_rule_with_a_number_for_a_key_is_a_problem_not_a_crash(tmp_path: 
 
 
 def test_broken_custom_rule_does_not_also_fail_its_rule_action() -> None:
-    assert_problems("""\
+    assert_problems(
+        """\
         dlp:
           rule_actions: {acme-token: BLOCK}
           custom:
             - {id: acme-token, regex: 'acme_(', keywords: [acme_]}
-        """, [(4, 31, "regex rejected")])
+        """,
+        [(4, 31, "regex rejected")],
+    )
 
 
 def test_import_gitleaks_is_relative_to_the_policy_file(tmp_path: Path) -> None:
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     (rules_dir / "leaks.toml").write_text(
-        '[[rules]]\nid = "tiny-token"\nregex = \'\'\'tiny_[a-z]{8}\'\'\'\nkeywords = ["tiny_"]\n')
+        "[[rules]]\nid = \"tiny-token\"\nregex = '''tiny_[a-z]{8}'''\nkeywords = [\"tiny_\"]\n"
+    )
     policy_path = tmp_path / "policies" / "p.yaml"
     policy_path.parent.mkdir()
     policy_path.write_text(
-        "dlp:\n  import_gitleaks: ../rules/leaks.toml\n  rule_actions: {tiny-token: BLOCK}\n")
+        "dlp:\n  import_gitleaks: ../rules/leaks.toml\n  rule_actions: {tiny-token: BLOCK}\n"
+    )
     dlp = load_policy(policy_path).dlp
     assert dlp.gitleaks_path == rules_dir / "leaks.toml"
     assert [rule.id for rule in dlp.gitleaks_rules] == ["tiny-token"]
@@ -348,14 +388,20 @@ def test_import_gitleaks_is_relative_to_the_policy_file(tmp_path: Path) -> None:
 def test_import_gitleaks_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[[rules]\nid = 1\n")
     (tmp_path / "weird.toml").write_text('rules = ["not a table"]\n')
-    assert_problems("""\
+    assert_problems(
+        """\
         dlp:
           import_gitleaks: missing.toml
-        """, [(2, 20, f"dlp: import_gitleaks: cannot read {tmp_path / 'missing.toml'}: No such file")],
-        base_dir=tmp_path)
+        """,
+        [(2, 20, f"dlp: import_gitleaks: cannot read {tmp_path / 'missing.toml'}: No such file")],
+        base_dir=tmp_path,
+    )
     assert_problems("dlp:\n  import_gitleaks: bad.toml\n", [(2, 20, "is not valid TOML")], base_dir=tmp_path)
-    assert_problems("dlp:\n  import_gitleaks: weird.toml\n", [(2, 20, "is not a usable gitleaks config")],
-                    base_dir=tmp_path)
+    assert_problems(
+        "dlp:\n  import_gitleaks: weird.toml\n",
+        [(2, 20, "is not a usable gitleaks config")],
+        base_dir=tmp_path,
+    )
     assert_problems(
         "dlp:\n  import_gitleaks: [a]\n", [(2, 20, "expected bundled or the path of a gitleaks.toml file")]
     )
@@ -380,19 +426,22 @@ def test_prices_are_kept_as_plain_overrides() -> None:
 
 
 def test_price_errors_have_exact_positions() -> None:
-    assert_problems("""\
+    assert_problems(
+        """\
         prices:
           my-finetune: {input: abc, output: 12.0}
           other: {input: 1}
           third: {input: 1, output: 1, wat: 2}
           fourth: 5
           fine: {input: 1, output: 2}
-        """, [
-        (2, 24, "prices: model 'my-finetune' field 'input': not a number: 'abc'"),
-        (3, 10, "prices: model 'other' field 'output': required for a new model"),
-        (4, 32, "prices: model 'third' field 'wat': unknown field"),
-        (5, 3, "prices: model 'fourth': expected a mapping of prices"),
-    ])
+        """,
+        [
+            (2, 24, "prices: model 'my-finetune' field 'input': not a number: 'abc'"),
+            (3, 10, "prices: model 'other' field 'output': required for a new model"),
+            (4, 32, "prices: model 'third' field 'wat': unknown field"),
+            (5, 3, "prices: model 'fourth': expected a mapping of prices"),
+        ],
+    )
     assert_problems("prices: [gpt-4o]\n", [(1, 9, "prices: expected a mapping of model id to prices")])
 
 

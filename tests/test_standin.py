@@ -41,8 +41,11 @@ from failcore.demo.replies import DEFAULT_USAGE, arguments_for_schema, split_fix
 from failcore.demo.server import StandIn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-USAGE_HEADER = {"x-standin-usage": json.dumps(
-    {"input": 120, "output": 30, "cached": 20, "cache_write": 5, "reasoning": 4})}
+USAGE_HEADER = {
+    "x-standin-usage": json.dumps(
+        {"input": 120, "output": 30, "cached": 20, "cache_write": 5, "reasoning": 4}
+    )
+}
 READ_FILE_SCHEMA = {
     "type": "object",
     "properties": {"path": {"type": "string"}, "limit": {"type": "integer"}},
@@ -84,8 +87,9 @@ def openai_client(standin: StandIn, http: httpx.Client) -> openai.OpenAI:
 def anthropic_client(standin: StandIn, trust: ssl.SSLContext) -> Iterator[anthropic.Anthropic]:
     # This anthropic release is built on httpx2 and refuses plain httpx clients.
     with httpx2.Client(verify=trust, timeout=10) as transport:
-        yield anthropic.Anthropic(base_url=standin.url, api_key="sk-ant-test", http_client=transport,
-                                  max_retries=0)
+        yield anthropic.Anthropic(
+            base_url=standin.url, api_key="sk-ant-test", http_client=transport, max_retries=0
+        )
 
 
 # -- certificate and transport ------------------------------------------------------------------
@@ -151,9 +155,23 @@ def test_plain_http_mode_serves_the_same_endpoints() -> None:
 def test_curl_trusts_the_cert_decodes_and_keeps_the_connection_alive(standin: StandIn) -> None:
     by_name = f"https://localhost:{standin.port}/json"
     result = subprocess.run(
-        ["curl", "-sS", "--fail", "--cacert", str(standin.ca_path), "--compressed",
-         "-w", "\n%{num_connects}\n", standin.url + "/br", by_name],
-        capture_output=True, text=True, timeout=20, check=True)
+        [
+            "curl",
+            "-sS",
+            "--fail",
+            "--cacert",
+            str(standin.ca_path),
+            "--compressed",
+            "-w",
+            "\n%{num_connects}\n",
+            standin.url + "/br",
+            by_name,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
     lines = result.stdout.splitlines()
     assert json.loads(lines[0]) == SAMPLE_DOCUMENT
     assert json.loads(lines[2]) == SAMPLE_DOCUMENT
@@ -161,9 +179,26 @@ def test_curl_trusts_the_cert_decodes_and_keeps_the_connection_alive(standin: St
     # first to observe keep-alive reuse.
     assert lines[1] == "1"
     reuse = subprocess.run(
-        ["curl", "-sS", "--fail", "--cacert", str(standin.ca_path), "-o", "/dev/null", "-o", "/dev/null",
-         "-w", "%{num_connects}\n", standin.url + "/json", standin.url + "/json"],
-        capture_output=True, text=True, timeout=20, check=True)
+        [
+            "curl",
+            "-sS",
+            "--fail",
+            "--cacert",
+            str(standin.ca_path),
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{num_connects}\n",
+            standin.url + "/json",
+            standin.url + "/json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
     assert reuse.stdout.split() == ["1", "0"]
 
 
@@ -181,26 +216,41 @@ def test_chat_completion_json_has_the_exact_shape(standin: StandIn, http: httpx.
     assert isinstance(body["created"], int)
     assert body["model"] == "gpt-4o-mini"
     assert body["system_fingerprint"]
-    assert body["choices"] == [{
-        "index": 0,
-        "message": {"role": "assistant", "content": "Echo: hello world", "refusal": None, "annotations": []},
-        "logprobs": None,
-        "finish_reason": "stop",
-    }]
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Echo: hello world",
+                "refusal": None,
+                "annotations": [],
+            },
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ]
     assert body["usage"] == {
         "prompt_tokens": 120,
         "completion_tokens": 30,
         "total_tokens": 150,
         "prompt_tokens_details": {"cached_tokens": 20, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 4, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 4,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 
 def test_openai_sdk_chat_completion(openai_client: openai.OpenAI) -> None:
     completion = openai_client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "system", "content": "be brief"},
-                                  {"role": "user", "content": [{"type": "text", "text": "what is up"}]}])
+        model="gpt-4o",
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "what is up"}]},
+        ],
+    )
     assert completion.choices[0].message.content == "Echo: what is up"
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == DEFAULT_USAGE["chat"].input
@@ -209,8 +259,10 @@ def test_openai_sdk_chat_completion(openai_client: openai.OpenAI) -> None:
 
 def test_openai_sdk_reply_override(openai_client: openai.OpenAI) -> None:
     completion = openai_client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "ignored"}],
-        extra_headers={"x-standin-reply": "custom answer"})
+        model="gpt-4o",
+        messages=[{"role": "user", "content": "ignored"}],
+        extra_headers={"x-standin-reply": "custom answer"},
+    )
     assert completion.choices[0].message.content == "custom answer"
 
 
@@ -225,9 +277,15 @@ def test_chat_stream_reports_usage_only_when_asked(openai_client: openai.OpenAI)
     assert text == "Echo: stream me three words"
     assert len([c for c in plain if c.choices[0].delta.content]) == 5, "one chunk per word"
 
-    counted = list(openai_client.chat.completions.create(
-        model="gpt-4o", messages=messages, stream=True, stream_options={"include_usage": True},
-        extra_headers=USAGE_HEADER))
+    counted = list(
+        openai_client.chat.completions.create(
+            model="gpt-4o",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_headers=USAGE_HEADER,
+        )
+    )
     assert [c.usage is not None for c in counted] == [False] * (len(counted) - 1) + [True]
     last = counted[-1]
     assert last.choices == []
@@ -250,8 +308,10 @@ def test_chat_stream_wire_format(standin: StandIn, http: httpx.Client) -> None:
 
 
 def test_chat_tool_call_round_trip(openai_client: openai.OpenAI) -> None:
-    tools: Any = [{"type": "function", "function": {"name": "read_file", "parameters": READ_FILE_SCHEMA}},
-                  {"type": "function", "function": {"name": "other", "parameters": {}}}]
+    tools: Any = [
+        {"type": "function", "function": {"name": "read_file", "parameters": READ_FILE_SCHEMA}},
+        {"type": "function", "function": {"name": "other", "parameters": {}}},
+    ]
     messages: Any = [{"role": "user", "content": "/etc/hosts"}]
     first = openai_client.chat.completions.create(model="gpt-4o", messages=messages, tools=tools)
     choice = first.choices[0]
@@ -263,8 +323,10 @@ def test_chat_tool_call_round_trip(openai_client: openai.OpenAI) -> None:
     assert call.function.name == "read_file"
     assert json.loads(call.function.arguments) == {"path": "/etc/hosts", "limit": 1}
 
-    messages += [choice.message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": "127.0.0.1 localhost"}]
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "127.0.0.1 localhost"},
+    ]
     second = openai_client.chat.completions.create(model="gpt-4o", messages=messages, tools=tools)
     assert second.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content == "Tool said: 127.0.0.1 localhost"
@@ -272,11 +334,21 @@ def test_chat_tool_call_round_trip(openai_client: openai.OpenAI) -> None:
 
 def test_chat_streamed_tool_call_splits_arguments(openai_client: openai.OpenAI) -> None:
     tools: Any = [{"type": "function", "function": {"name": "read_file", "parameters": READ_FILE_SCHEMA}}]
-    chunks = list(openai_client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "/var/log/syslog"}], tools=tools, stream=True,
-        extra_headers={"x-standin-tool-args": json.dumps({"path": "/root/.ssh/id_rsa"})}))
-    deltas = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls
-              for tc in c.choices[0].delta.tool_calls]
+    chunks = list(
+        openai_client.chat.completions.create(
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "/var/log/syslog"}],
+            tools=tools,
+            stream=True,
+            extra_headers={"x-standin-tool-args": json.dumps({"path": "/root/.ssh/id_rsa"})},
+        )
+    )
+    deltas = [
+        tc
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+        for tc in c.choices[0].delta.tool_calls
+    ]
     assert deltas[0].id and deltas[0].function is not None and deltas[0].function.name == "read_file"
     pieces = [d.function.arguments for d in deltas if d.function and d.function.arguments]
     assert len(pieces) > 1
@@ -286,8 +358,11 @@ def test_chat_streamed_tool_call_splits_arguments(openai_client: openai.OpenAI) 
 
 def test_bad_control_header_is_a_provider_style_400(openai_client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="x-standin-usage"):
-        openai_client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}],
-                                              extra_headers={"x-standin-usage": "{not json"})
+        openai_client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-standin-usage": "{not json"},
+        )
 
 
 # -- OpenAI Responses ---------------------------------------------------------------------------
@@ -316,9 +391,15 @@ def test_responses_stream_event_sequence_and_final_usage(openai_client: openai.O
         events = list(stream)
         final = stream.get_final_response()
     assert [e.type for e in events] == [
-        "response.created", "response.in_progress", "response.output_item.added",
-        "response.content_part.added", *["response.output_text.delta"] * 4, "response.output_text.done",
-        "response.content_part.done", "response.output_item.done", "response.completed",
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * 4,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
     ]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Echo: a b c"
@@ -348,11 +429,20 @@ def test_responses_function_call_round_trip(openai_client: openai.OpenAI) -> Non
     assert json.loads(call.arguments) == {"path": "/etc/passwd", "limit": 1}
     assert len(argument_deltas) > 1 and "".join(argument_deltas) == call.arguments
 
-    second = openai_client.responses.create(model="gpt-4.1", tools=tools, input=[
-        {"role": "user", "content": "/etc/passwd"},
-        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
-        {"type": "function_call_output", "call_id": call.call_id, "output": "root:x:0:0"},
-    ])
+    second = openai_client.responses.create(
+        model="gpt-4.1",
+        tools=tools,
+        input=[
+            {"role": "user", "content": "/etc/passwd"},
+            {
+                "type": "function_call",
+                "call_id": call.call_id,
+                "name": call.name,
+                "arguments": call.arguments,
+            },
+            {"type": "function_call_output", "call_id": call.call_id, "output": "root:x:0:0"},
+        ],
+    )
     assert second.output_text == "Tool said: root:x:0:0"
 
 
@@ -361,8 +451,11 @@ def test_responses_function_call_round_trip(openai_client: openai.OpenAI) -> Non
 
 def test_anthropic_messages_json(anthropic_client: anthropic.Anthropic) -> None:
     message = anthropic_client.messages.create(
-        model="claude-standin", max_tokens=64, messages=[{"role": "user", "content": "bonjour"}],
-        extra_headers=USAGE_HEADER)
+        model="claude-standin",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "bonjour"}],
+        extra_headers=USAGE_HEADER,
+    )
     assert message.id.startswith("msg_")
     assert message.type == "message" and message.role == "assistant"
     assert message.model == "claude-standin"
@@ -375,8 +468,11 @@ def test_anthropic_messages_json(anthropic_client: anthropic.Anthropic) -> None:
 
 def test_anthropic_stream_final_usage_is_the_last_cumulative(anthropic_client: anthropic.Anthropic) -> None:
     with anthropic_client.messages.stream(
-            model="claude-x", max_tokens=64, messages=[{"role": "user", "content": "one two three"}],
-            extra_headers=USAGE_HEADER) as stream:
+        model="claude-x",
+        max_tokens=64,
+        messages=[{"role": "user", "content": "one two three"}],
+        extra_headers=USAGE_HEADER,
+    ) as stream:
         events = list(stream)
         final = stream.get_final_message()
     cumulative = [e.usage.output_tokens for e in events if e.type == "message_delta"]
@@ -388,26 +484,50 @@ def test_anthropic_stream_final_usage_is_the_last_cumulative(anthropic_client: a
 
 
 def test_anthropic_sse_wire_events(standin: StandIn, http: httpx.Client) -> None:
-    request = {"model": "c", "max_tokens": 5, "stream": True,
-               "messages": [{"role": "user", "content": "hey you"}]}
+    request = {
+        "model": "c",
+        "max_tokens": 5,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hey you"}],
+    }
     raw = http.post(standin.url + "/v1/messages", json=request).text
     frames = [frame.split("\n") for frame in filter(None, raw.split("\n\n"))]
     names = [lines[0].removeprefix("event: ") for lines in frames]
-    assert names == ["message_start", "content_block_start", "ping", *["content_block_delta"] * 3,
-                     "content_block_stop", "message_delta", "message_delta", "message_stop"]
+    assert names == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * 3,
+        "content_block_stop",
+        "message_delta",
+        "message_delta",
+        "message_stop",
+    ]
     start = json.loads(frames[0][1].removeprefix("data: "))
     assert start["message"]["usage"]["output_tokens"] == 1
     assert start["message"]["usage"]["input_tokens"] == DEFAULT_USAGE["messages"].input
 
 
 def test_anthropic_tool_use_round_trip(anthropic_client: anthropic.Anthropic) -> None:
-    tools: Any = [{"name": "run_shell", "description": "run", "input_schema": {
-        "type": "object", "properties": {"command": {"type": "string"}, "sudo": {"type": "boolean"}}}}]
+    tools: Any = [
+        {
+            "name": "run_shell",
+            "description": "run",
+            "input_schema": {
+                "type": "object",
+                "properties": {"command": {"type": "string"}, "sudo": {"type": "boolean"}},
+            },
+        }
+    ]
     messages: Any = [{"role": "user", "content": "rm -rf /tmp/x"}]
-    with anthropic_client.messages.stream(model="claude-x", max_tokens=64, messages=messages,
-                                          tools=tools) as stream:
-        json_pieces = [e.delta.partial_json for e in stream
-                       if e.type == "content_block_delta" and e.delta.type == "input_json_delta"]
+    with anthropic_client.messages.stream(
+        model="claude-x", max_tokens=64, messages=messages, tools=tools
+    ) as stream:
+        json_pieces = [
+            e.delta.partial_json
+            for e in stream
+            if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+        ]
         first = stream.get_final_message()
     assert first.stop_reason == "tool_use"
     block = first.content[0]
@@ -415,9 +535,19 @@ def test_anthropic_tool_use_round_trip(anthropic_client: anthropic.Anthropic) ->
     assert block.input == {"command": "rm -rf /tmp/x", "sudo": True}
     assert len(json_pieces) > 1
 
-    messages += [{"role": "assistant", "content": [block.model_dump(exclude_none=True)]},
-                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": block.id,
-                                               "content": [{"type": "text", "text": "done"}]}]}]
+    messages += [
+        {"role": "assistant", "content": [block.model_dump(exclude_none=True)]},
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": block.id,
+                    "content": [{"type": "text", "text": "done"}],
+                }
+            ],
+        },
+    ]
     second = anthropic_client.messages.create(model="claude-x", max_tokens=64, messages=messages, tools=tools)
     assert second.stop_reason == "end_turn"
     assert second.content[0].type == "text" and second.content[0].text == "Tool said: done"
@@ -451,8 +581,14 @@ def test_sse_gap_paces_generic_events(standin: StandIn, http: httpx.Client) -> N
 
 def test_sse_gap_header_paces_provider_stream(standin: StandIn, http: httpx.Client) -> None:
     request = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "go"}]}
-    arrivals = _arrival_times(http, "POST", standin.url + "/v1/chat/completions", b"data:", json=request,
-                              headers={"x-standin-gap": "0.25"})
+    arrivals = _arrival_times(
+        http,
+        "POST",
+        standin.url + "/v1/chat/completions",
+        b"data:",
+        json=request,
+        headers={"x-standin-gap": "0.25"},
+    )
     # role chunk, 2 words, finish chunk, [DONE]
     assert len(arrivals) == 5
     assert all(arrival >= k * 0.25 for k, arrival in enumerate(arrivals)), arrivals
@@ -631,8 +767,16 @@ def test_split_words_round_trips(text: str) -> None:
 
 def test_split_fixed_and_schema_arguments() -> None:
     assert "".join(split_fixed('{"a": "long value"}', 4)) == '{"a": "long value"}'
-    schema = {"properties": {"s": {"type": "string"}, "n": {"type": "number"}, "b": {"type": "boolean"},
-                             "a": {"type": "array"}, "o": {"type": "object"}, "u": {}}}
+    schema = {
+        "properties": {
+            "s": {"type": "string"},
+            "n": {"type": "number"},
+            "b": {"type": "boolean"},
+            "a": {"type": "array"},
+            "o": {"type": "object"},
+            "u": {},
+        }
+    }
     expected = {"s": "txt", "n": 1, "b": True, "a": [], "o": {}, "u": "txt"}
     assert arguments_for_schema(schema, "txt") == expected
     assert arguments_for_schema(None, "txt") == {}

@@ -115,9 +115,10 @@ class VethNamespace:
     def delete(self) -> list[str]:
         """Best effort teardown; returns what could not be removed so the test can report it."""
         problems = []
-        if _run("ip", "netns", "delete", self.name).returncode != 0 and self.name in _run(
-            "ip", "netns", "list"
-        ).stdout.split():
+        if (
+            _run("ip", "netns", "delete", self.name).returncode != 0
+            and self.name in _run("ip", "netns", "list").stdout.split()
+        ):
             problems.append(f"netns {self.name}")
         # Deleting the namespace destroys the pair; this only matters if setup failed before the move.
         if _run("ip", "link", "show", self.host_if).returncode == 0:
@@ -138,8 +139,19 @@ class RedirectRule:
 
     def spec(self) -> list[str]:
         return [
-            "PREROUTING", "-i", self.interface, "-p", "tcp", "-d", self.destination,
-            "--dport", str(self.dport), "-j", "REDIRECT", "--to-ports", str(self.to_port),
+            "PREROUTING",
+            "-i",
+            self.interface,
+            "-p",
+            "tcp",
+            "-d",
+            self.destination,
+            "--dport",
+            str(self.dport),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            str(self.to_port),
         ]
 
     def add(self) -> None:
@@ -252,12 +264,18 @@ def test_transparent_mode_records_redirected_https(
     with StandIn(host=netns.host_ip, workdir=tmp_path / "standin") as upstream:
         proxy = ProxyProcess(
             [
-                "--mode", "transparent",
-                "--listen-host", netns.host_ip,
-                "--port", "0",
-                "--tape", str(tape),
-                "--confdir", str(confdir),
-                "--set", f"ssl_verify_upstream_trusted_ca={upstream.ca_path}",
+                "--mode",
+                "transparent",
+                "--listen-host",
+                netns.host_ip,
+                "--port",
+                "0",
+                "--tape",
+                str(tape),
+                "--confdir",
+                str(confdir),
+                "--set",
+                f"ssl_verify_upstream_trusted_ca={upstream.ca_path}",
             ],
             _proxy_env(confdir),
         )
@@ -266,10 +284,20 @@ def test_transparent_mode_records_redirected_https(
             rule.add()
             result = subprocess.run(
                 [
-                    "ip", "netns", "exec", netns.name,
-                    "curl", "-sS", "--noproxy", "*", "--max-time", "20",
-                    "--cacert", proxy.info["ca_cert"],
-                    "-w", "\n%{http_code}",
+                    "ip",
+                    "netns",
+                    "exec",
+                    netns.name,
+                    "curl",
+                    "-sS",
+                    "--noproxy",
+                    "*",
+                    "--max-time",
+                    "20",
+                    "--cacert",
+                    proxy.info["ca_cert"],
+                    "-w",
+                    "\n%{http_code}",
                     f"https://{netns.host_ip}:{upstream.port}/json",
                 ],
                 capture_output=True,

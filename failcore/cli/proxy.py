@@ -108,9 +108,7 @@ async def serve(args: argparse.Namespace) -> int:
         "mode": policy.mode if policy else None,
         "ca_cert": str(proxy.ca.cert_path),
         "ca_sha256": proxy.ca.sha256,
-        "env": proxy.ca.env(proxy.url)
-        if proxy.listening and "regular" in (args.mode or ["regular"])
-        else {},
+        "env": proxy.ca.env(proxy.url) if proxy.listening and "regular" in (args.mode or ["regular"]) else {},
     }
     if args.json:
         print_json(info)

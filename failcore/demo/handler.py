@@ -62,7 +62,6 @@ IDLE_CONNECTION_TIMEOUT = 120.0
 CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLError, TimeoutError)
 
 
-
 @dataclass
 class RecordedRequest:
     method: str
@@ -502,4 +501,3 @@ class Handler(BaseHTTPRequestHandler):
         ws = WSConnection(ConnectionType.SERVER)
         ws.receive_data(("\r\n".join(head_lines) + "\r\n\r\n").encode("latin-1"))
         WebSocketEcho(ws, self.rfile.read1, self.wfile.write).run()
-

@@ -81,6 +81,7 @@ class DemoServer(ThreadingHTTPServer):
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
 
+
 class StandIn:
     def __init__(
         self,

@@ -377,4 +377,3 @@ class OllamaResult:
         words = split_words(self.reply.text)
         out = [json.dumps(self._line(word, False)).encode() + b"\n" for word in words]
         return [*out, json.dumps(self._line("", True)).encode() + b"\n"]
-

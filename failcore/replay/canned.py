@@ -46,4 +46,3 @@ def replay_headers(recorded: Iterable[Sequence[str]]) -> tuple[tuple[str, str], 
             continue
         out.append((name, value))
     return tuple(out)
-

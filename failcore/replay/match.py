@@ -62,4 +62,3 @@ def miss_body(live: RequestShape, closest: RecordedExchange | None, message: str
             else None,
         }
     }
-

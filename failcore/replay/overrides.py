@@ -80,4 +80,3 @@ def parse_overrides(specs: Sequence[str]) -> dict[int, tuple[Path, CannedRespons
         path = Path(file).expanduser()
         out[int(number)] = (path, load_override(path))
     return out
-

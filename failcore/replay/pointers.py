@@ -28,7 +28,6 @@ def format_pointer(parts: Iterable[str | int]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-
 def without_pointers(value: Any, patterns: Sequence[Pointer]) -> Any:
     """A copy of `value` without what the pointer patterns name. Removed list items are replaced by a
     marker rather than deleted, so the indexes of their siblings stay comparable."""

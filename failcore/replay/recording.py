@@ -30,7 +30,6 @@ def body_bytes(body: dict[str, Any] | None) -> bytes | None:
         return None
 
 
-
 def canned_from_event(event: dict[str, Any]) -> tuple[CannedResponse | None, str | None]:
     """The response a recorded network event can serve, or None and why it cannot."""
     replay = event.get("replay") or {}
@@ -154,4 +153,3 @@ def load_recording(tape: Path, run: str | None, ignore: Sequence[Pointer]) -> Re
     if not exchanges:
         raise ValueError(f"replay: run {run} on {tape} has no HTTP exchanges")
     return Recording(tape, run, exchanges)
-

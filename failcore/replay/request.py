@@ -84,7 +84,6 @@ def difference_dict(diff: Difference, sensitive: Sequence[Pointer]) -> dict[str,
     return out
 
 
-
 @dataclass(frozen=True, slots=True)
 class RequestShape:
     method: str
@@ -137,4 +136,3 @@ def request_difference(
     a, b = recorded.body.raw, live.body.raw
     offset = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     return {"where": "body", "pointer": None, "offset": offset, "recorded_size": len(a), "live_size": len(b)}
-

@@ -162,4 +162,3 @@ class ReplayServer:
                 writer.write(conn.send(h11.Data(data=piece)) or b"")
         if offset < len(canned.body):
             writer.write(conn.send(h11.Data(data=canned.body[offset:])) or b"")
-

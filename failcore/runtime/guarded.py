@@ -102,7 +102,16 @@ def _wrap(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
                 _failed(run, "runtime.guard.end", exc, closed_ok=True)
         run.record(
             _ToolBuild(
-                call, snap, result, error, t0, t1, contract, where or _NO_ORIGIN, scanner, run.rules.salt,
+                call,
+                snap,
+                result,
+                error,
+                t0,
+                t1,
+                contract,
+                where or _NO_ORIGIN,
+                scanner,
+                run.rules.salt,
                 # A joined child's rules compile no DLP: the enclosing `failcore run` masks and cuts.
                 run.rules.dlp,
             )
@@ -152,7 +161,17 @@ class _ToolBuild:
     a loop of guarded calls those collections were a third of what guard() added (runtime_bench)."""
 
     __slots__ = (
-        "call", "contract", "error", "final", "result", "salt", "scanner", "snap", "t0", "t1", "where"
+        "call",
+        "contract",
+        "error",
+        "final",
+        "result",
+        "salt",
+        "scanner",
+        "snap",
+        "t0",
+        "t1",
+        "where",
     )
 
     def __init__(

@@ -10,8 +10,7 @@ from tests.security.helpers import h2_post_with_trailers, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 POLICY = (
-    "version: 1\nmode: enforce\ndefault: ALLOW\n"
-    "dlp:\n  import_gitleaks: bundled\n  default_action: BLOCK\n"
+    "version: 1\nmode: enforce\ndefault: ALLOW\ndlp:\n  import_gitleaks: bundled\n  default_action: BLOCK\n"
 )
 # gitleaks airtable.go, AirtablePersonalAccessToken: a true positive
 # (conformance/dlp/gitleaks-fixtures.jsonl).
