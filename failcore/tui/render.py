@@ -314,6 +314,14 @@ def _render_message(doc: _Doc, name: str, message: object) -> None:
             if str(pair[0]).lower() == "content-type":
                 content_type = str(pair[1]).lower()
     _render_body(doc, message.get("body"), content_type)
+    trailers = [p for p in message.get("trailers") or [] if isinstance(p, list) and len(p) == 2]
+    if trailers:
+        doc.text.append("trailers:\n", style="bold")
+        for name, value in trailers:
+            doc.text.append(safe_text(name, "bold"))
+            doc.text.append(": ")
+            doc.text.append(safe_text(value))
+            doc.text.append("\n")
 
 
 def _render_body(doc: _Doc, body: object, content_type: str) -> None:
