@@ -18,6 +18,8 @@ import h2.connection
 import h2.events
 import pytest
 
+from tests.dlp_corpus import load_samples
+
 if TYPE_CHECKING:
     from tests.helpers import ProxyThread
     from tests.security.upstream import LoggingUpstream
@@ -36,6 +38,16 @@ default: ALLOW
 dlp:
   severity_actions: {critical: BLOCK, high: BLOCK}
 """
+
+
+# A keyword-scoped gitleaks rule (bundled): its token is one only with the keyword ("airtable") in the
+# text scanned with it. Its token is gitleaks' own true-positive fixture (tests/data/conformance/dlp, MIT).
+AIRTABLE_RULE = "airtable-personnal-access-token"
+
+
+def gitleaks_token(rule: str) -> str:
+    """gitleaks' own true-positive secret for `rule` (its fixtures, not written here)."""
+    return next(s.secret for s in load_samples() if s.rule == rule and s.kind == "tp" and s.secret)
 
 
 def tape_bytes(tape: Path) -> bytes:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.dlp_corpus import load_samples
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import tape_bytes
+from tests.security.helpers import AIRTABLE_RULE, gitleaks_token, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
-RULE = "airtable-personnal-access-token"
+RULE = AIRTABLE_RULE
 POLICY = f"""
 version: 1
 mode: enforce
@@ -34,7 +33,7 @@ def test_a_keyword_in_a_redacted_authorization_name_blocks_as_it_is_recorded(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     up = plain_logging_upstream
-    token = next(s.secret for s in load_samples() if s.rule == RULE and s.kind == "tp" and s.secret)
+    token = gitleaks_token(RULE)
     proxy = start_proxy(policy_file(POLICY))
     with proxied_client(proxy) as client:
         alone = client.post(f"{up.url}/v1/alone", headers=[("X-B", token)], content=b"{}")

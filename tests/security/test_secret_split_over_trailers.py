@@ -6,15 +6,13 @@ hit beside an ALLOW. The token is gitleaks' own fixture for the rule (not writte
 from __future__ import annotations
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import h2_post_with_trailers, tape_bytes
+from tests.security.helpers import AIRTABLE_RULE, gitleaks_token, h2_post_with_trailers, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 POLICY = (
     "version: 1\nmode: enforce\ndefault: ALLOW\ndlp:\n  import_gitleaks: bundled\n  default_action: BLOCK\n"
 )
-# gitleaks airtable.go, AirtablePersonalAccessToken: a true positive
-# (conformance/dlp/gitleaks-fixtures.jsonl).
-TOKEN = "patrbx8j6vyl8hruh.52e7e728484c6646ad0b6700be70ddfda7f9f0093e7cd61dc3d552b572c1480b"
+TOKEN = gitleaks_token(AIRTABLE_RULE)
 
 
 def test_a_secret_keyed_by_another_trailer_is_blocked(
@@ -29,5 +27,5 @@ def test_a_secret_keyed_by_another_trailer_is_blocked(
     assert TOKEN.encode() not in logging_upstream.received_bytes()
     [event] = network_events(read_tape(tmp_path / "tape"))
     assert (event["decision"], event["outcome"]) == ("BLOCK", "BLOCKED")
-    assert event["rule"] == "dlp:airtable-personnal-access-token"
+    assert event["rule"] == f"dlp:{AIRTABLE_RULE}"
     assert TOKEN.encode() not in tape_bytes(tmp_path / "tape")
