@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import CommandLog, tree_rss_mib
+from benchmarks.harness import CommandLog, print_medians, print_round, tree_rss_mib
 from benchmarks.loadgen import wrk_for, wrk_script
 from benchmarks.proxy_threads import children_cpu_seconds, for_repo, settle, thread_stats
 from benchmarks.servers import BenchContext, nginx_upstream, running_proxy
@@ -167,18 +166,8 @@ def main(argv: list[str]) -> int:
                         print(f"  {name}: tracked after the load, most common: {types}", flush=True)
                     row.update(life(out))
                     rows[name].append(row)
-                    print(
-                        f"round {round_no + 1} {name}: "
-                        + ", ".join(
-                            f"{k} {v:,.3f}" if v < 10 else f"{k} {v:,.0f}" for k, v in sorted(row.items())
-                        ),
-                        flush=True,
-                    )
-    print("\nmedians over rounds:")
-    for name, samples in rows.items():
-        keys = sorted({k for s in samples for k in s})
-        med = {k: statistics.median(s.get(k, 0.0) for s in samples) for k in keys}
-        print(f"{name}: " + ", ".join(f"{k} {v:,.3f}" if v < 10 else f"{k} {v:,.0f}" for k, v in med.items()))
+                    print_round(f"round {round_no + 1} {name}", row, 3)
+    print_medians(rows, 3)
     return 0
 
 

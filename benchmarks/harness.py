@@ -55,6 +55,24 @@ def ratio(value: float, reference: float) -> float:
     return value / reference if reference else float("nan")
 
 
+def _row_text(row: dict[str, float], digits: int) -> str:
+    return ", ".join(f"{k} {v:,.{digits}f}" if v < 10 else f"{k} {v:,.0f}" for k, v in sorted(row.items()))
+
+
+def print_round(label: str, row: dict[str, float], digits: int = 2) -> None:
+    """One round's measures of one variant, on one line (small values with `digits` decimals)."""
+    print(f"{label}: {_row_text(row, digits)}", flush=True)
+
+
+def print_medians(rows: dict[str, list[dict[str, float]]], digits: int = 2) -> None:
+    """Each variant's median of every measure over its rounds (a measure a round lacks counts as 0)."""
+    print("\nmedians over rounds:")
+    for name, samples in rows.items():
+        keys = {k for s in samples for k in s}
+        med = {k: statistics.median(s.get(k, 0.0) for s in samples) for k in keys}
+        print(f"{name}: {_row_text(med, digits)}")
+
+
 @dataclass
 class CommandLog:
     """The exact command lines a run used, first occurrence per label, for the report."""

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import VENV_BIN, CommandLog
-from benchmarks.loadgen import wrk_for, wrk_script
+from benchmarks.loadgen import WrkResult, wrk_for, wrk_script
 from benchmarks.servers import BenchContext, nginx_upstream, running_proxy
 from benchmarks.variants import VARIANTS
 
@@ -90,6 +90,18 @@ def main(argv: list[str]) -> int:
             script = wrk_script(workdir / "wrk.lua", hostport, through_proxy=True)
             address = f"127.0.0.1:{proxy.port}"
             wrk_for(address, script, connections=args.connections, seconds=1, log=ctx.log, label="warm-up")
+
+            def load() -> WrkResult:
+                """The profiled load: one second longer than the recording, so it covers all of it."""
+                return wrk_for(
+                    address,
+                    script,
+                    connections=args.connections,
+                    seconds=args.seconds + 1,
+                    log=ctx.log,
+                    label="load",
+                )
+
             raw = workdir / "profile.txt"
             spy = [
                 str(VENV_BIN / "py-spy"),
@@ -108,14 +120,7 @@ def main(argv: list[str]) -> int:
                 *(["--gil"] if args.gil else []),
             ]
             recorder = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            result = wrk_for(
-                address,
-                script,
-                connections=args.connections,
-                seconds=args.seconds + 1,
-                log=ctx.log,
-                label="load",
-            )
+            result = load()
             _, err = recorder.communicate(timeout=60)
             if recorder.returncode != 0:
                 print(err.decode("utf-8", "replace"), file=sys.stderr)
@@ -123,14 +128,7 @@ def main(argv: list[str]) -> int:
             if args.svg:
                 svg = [*spy[:-4], "--format", "flamegraph", "--output", str(args.svg), "--nonblocking"]
                 flame = subprocess.Popen(svg, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                wrk_for(
-                    address,
-                    script,
-                    connections=args.connections,
-                    seconds=args.seconds + 1,
-                    log=ctx.log,
-                    label="load",
-                )
+                load()
                 flame.wait(timeout=60)
         if args.raw:
             args.raw.write_text(raw.read_text())

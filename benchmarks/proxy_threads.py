@@ -17,7 +17,6 @@ import argparse
 import collections
 import dataclasses
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.harness import CommandLog, children_of, cpu_seconds, tree_rss_mib
+from benchmarks.harness import CommandLog, children_of, cpu_seconds, print_medians, print_round, tree_rss_mib
 from benchmarks.loadgen import wrk_for, wrk_script
 from benchmarks.servers import BenchContext, nginx_upstream, running_proxy
 from benchmarks.variants import BARE, OBSERVE, OBSERVE_NO_DLP, Variant
@@ -142,18 +141,8 @@ def main(argv: list[str]) -> int:
                             )
                             row["p50 µs (1 conn)"] = lat.p50_us
                         rows[variant.name].append(row)
-                        print(
-                            f"round {round_no + 1} {variant.name}: "
-                            + ", ".join(
-                                f"{k} {v:,.2f}" if v < 10 else f"{k} {v:,.0f}" for k, v in sorted(row.items())
-                            ),
-                            flush=True,
-                        )
-    print("\nmedians over rounds:")
-    for name, samples in rows.items():
-        keys = sorted({k for s in samples for k in s})
-        med = {k: statistics.median(s.get(k, 0.0) for s in samples) for k in keys}
-        print(f"{name}: " + ", ".join(f"{k} {v:,.2f}" if v < 10 else f"{k} {v:,.0f}" for k, v in med.items()))
+                        print_round(f"round {round_no + 1} {variant.name}", row, 2)
+    print_medians(rows, 2)
     return 0
 
 
