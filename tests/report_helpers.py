@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from failcore.report import countworker
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
 
@@ -256,3 +258,19 @@ def interleaved(seed: int, count: int) -> list[dict[str, Any]]:
         run = RUNS[0] if rng.random() < 0.5 else rng.choice(RUNS)
         events.append(varied_event(rng, run, n))
     return events
+
+
+def count_in_workers(monkeypatch: pytest.MonkeyPatch, cores: int = 2) -> None:
+    """A cold report counts every sealed segment in worker processes, however small the tape."""
+    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(countworker, "usable_cores", lambda: cores)
+
+
+def counted_in_workers(
+    tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch, seed: int, count: int
+) -> Path:
+    """A tape of `interleaved(seed, count)` events, which a cold report counts in 2 worker processes."""
+    count_in_workers(monkeypatch)
+    tape = tmp_path / "tape"
+    write_tape(tape, confdir, interleaved(seed, count))
+    return tape

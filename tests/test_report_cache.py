@@ -26,6 +26,8 @@ from tests.report_helpers import (
     RUNS,
     SECRET,
     cassette_event,
+    count_in_workers,
+    counted_in_workers,
     interleaved,
     lifecycle,
     load_cassettes,
@@ -209,8 +211,7 @@ def test_cold_page_equals_warm_page_and_every_line(
 ) -> None:
     """Cold (every segment counted, by worker processes when there are cores for them), warm (from
     the cache) and the page of every line are the same page."""
-    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(countworker, "usable_cores", lambda: cores)
+    count_in_workers(monkeypatch, cores)
     spawned: list[int] = []
     real_spawn = countworker._spawn
 
@@ -240,10 +241,7 @@ def test_cold_report_with_workers_flags_an_edited_tape(
 ) -> None:
     """Counting in workers changes nothing about verification: a sealed segment edited in place is
     named as broken, and the counts are those of the bytes as they are (the page of every line)."""
-    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(countworker, "usable_cores", lambda: 2)
-    tape = tmp_path / "tape"
-    write_tape(tape, confdir, interleaved(15, 400))
+    tape = counted_in_workers(tmp_path, confdir, monkeypatch, 15, 400)
     run = RUNS[0]
     segment = list_segments(tape)[2]
     raw = segment.read_bytes()
@@ -266,10 +264,7 @@ def test_failed_count_worker_is_counted_here(
     tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker that answers nonsense or dies: its segments are counted in the report's process."""
-    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(countworker, "usable_cores", lambda: 2)
-    tape = tmp_path / "tape"
-    write_tape(tape, confdir, interleaved(14, 300))
+    tape = counted_in_workers(tmp_path, confdir, monkeypatch, 14, 300)
     run = RUNS[0]
     reference = collect_report(tape, run, max_events=5, index=False)
     real_read = countworker._read_answer

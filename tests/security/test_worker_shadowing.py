@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from failcore.evidence.scanworker import spawn_worker
-from failcore.report import collect_report, countworker
-from tests.report_helpers import RUNS, interleaved, write_tape
+from failcore.report import collect_report
+from tests.report_helpers import RUNS, counted_in_workers
 
 PLANTED = r"""
 import os, struct, sys
@@ -40,10 +40,7 @@ def plant(workspace: Path, module: str) -> None:
 def test_a_report_started_in_a_shadowing_directory_counts_with_failcores_own_workers(
     tmp_path: Path, confdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(countworker, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(countworker, "usable_cores", lambda: 2)
-    tape = tmp_path / "tape"
-    write_tape(tape, confdir, interleaved(13, 500))
+    tape = counted_in_workers(tmp_path, confdir, monkeypatch, 13, 500)
     run = RUNS[0]
     reference = collect_report(tape, run, max_events=5, index=False)
     workspace = tmp_path / "agent-workspace"
