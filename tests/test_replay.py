@@ -410,6 +410,25 @@ def test_rechunker_cuts_at_the_recorded_boundaries():
     assert extra(b"abcd") == [b"ab", b"cd"]
 
 
+def test_rechunker_reports_an_inner_failure_and_asks_again_about_the_next_chunk():
+    reports: list[str] = []
+    seen: list[bytes] = []
+
+    def inner(chunk: bytes) -> bytes:
+        seen.append(chunk)
+        if len(seen) == 1:
+            raise ValueError("inner broke")
+        return chunk
+
+    def failed(exc: Exception, part: object) -> bool:
+        reports.append(f"{type(exc).__name__}: {exc}")
+        return False  # fail-open
+
+    cut = Rechunker([2, 2], inner, failed)
+    assert cut(b"abcd") == [b"ab", b"cd"], "the chunk the inner stream failed on still goes on"
+    assert seen == [b"ab", b"cd"] and reports == ["ValueError: inner broke"]
+
+
 def test_override_files_and_specs(tmp_path):
     good = tmp_path / "o.json"
     good.write_text('{"status": 201, "headers": {"X-Y": "z"}, "body": {"ok": true}}')

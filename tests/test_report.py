@@ -299,6 +299,45 @@ def test_hostile_strings_in_every_field_stay_text(tape: Path, confdir: Path) -> 
     assert page.index('http-equiv="Content-Security-Policy"') < page.index("<title>")
 
 
+def test_trailers_are_shown_after_the_body_and_stay_text(tape: Path, confdir: Path) -> None:
+    """A message's trailers (HTTP/2, gRPC; recorded since schema v2) follow its body on the page, as
+    hostile as any recorded header: markup and control characters stay inert text."""
+    evil = " | ".join(PAYLOADS)
+    run = "run-t"
+    body = {
+        "size": 2,
+        "cap": 1 << 20,
+        "sha256": "0" * 64,
+        "sha256_of": "decoded",
+        "truncated": False,
+        "text": "{}",
+    }
+    request = {
+        "http_version": "HTTP/2.0",
+        "headers": [["content-type", "application/grpc"]],
+        "body": body,
+        "trailers": [["x-request-checksum", "[redacted 0123456789ab]"]],
+    }
+    response = request | {
+        "trailers": [["grpc-status", "0"], [f"x-{evil}\x1b]0;pwned\x07", f"{evil}\x1b[31m"]]
+    }
+    write_events(tape, confdir, [network(1, run, request=request, response=response)])
+    page = render_report(collect_report(tape, run))
+    dom = assert_inert(page)
+    text = dom.all_text
+    assert "x-request-checksum[redacted 0123456789ab]" in text
+    assert "grpc-status0" in text
+    assert text.count(f"x-{evil}\\x1b]0;pwned\\x07") == 1 and text.count(f"{evil}\\x1b[31m") == 1
+    assert "\x1b" not in page and "\x07" not in page
+    # After the message's body, under their own caption.
+    request_body = text.index("on the wire")
+    response_body = text.index("on the wire", request_body + 1)
+    assert (
+        request_body < text.index("trailers", request_body) < text.index("x-request-checksum") < response_body
+    )
+    assert response_body < text.index("trailers", response_body) < text.index("grpc-status")
+
+
 def test_esc_covers_text_and_attribute_contexts() -> None:
     assert esc("\"><x a='b'>&") == "&quot;&gt;&lt;x a=&#x27;b&#x27;&gt;&amp;"
     # Bidi overrides and terminal escapes are shown, not obeyed.

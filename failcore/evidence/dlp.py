@@ -387,7 +387,7 @@ def scan_event(
     hits: list[dict[str, Any]] = []
     s = scanner.settings
     if event.get("kind") == "websocket":
-        _scan_websocket_event(scanner, event)
+        _scan_websocket_event(scanner, event, echoes)
         return
     # Past-cap hits that start inside the recorded part are masked there first: their offsets hold only
     # until the recorded part's own hits are masked (a mask is shorter than the secret it replaces).
@@ -453,15 +453,17 @@ def scan_event(
         )
 
 
-def _scan_websocket_event(scanner: DlpScanner, event: dict[str, Any]) -> None:
-    """A WebSocket message is masked like a body, in both directions; a message the DLP guard dropped
-    is recorded as the BLOCK it was."""
+def _scan_websocket_event(scanner: DlpScanner, event: dict[str, Any], echoes: Echoes = None) -> None:
+    """A WebSocket message is masked like a body, in both directions, with the echoes of its upgrade's
+    credentials; a message the DLP guard dropped is recorded as the BLOCK it was."""
     detail = event.get("detail") or {}
     from_client = detail.get("direction") == "client->server"
-    if not (scanner.settings.scan_request if from_client else scanner.settings.scan_response):
-        return
     hits: list[dict[str, Any]] = []
-    _mask_body(scanner, detail.get("body"), "request.body" if from_client else "response.body", hits)
+    if scanner.settings.scan_request if from_client else scanner.settings.scan_response:
+        where = "request.body" if from_client else "response.body"
+        _mask_body(scanner, detail.get("body"), where, hits, echoes)
+    if echoes is not None:  # what the DLP masks left of them (as scan_event)
+        mask_echoed_credentials(event, list(echoes[0]), echoes[1])
     for hit in hits:
         hit["location"] = f"websocket.{'client' if from_client else 'server'}-message"
     if not hits:

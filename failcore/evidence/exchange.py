@@ -318,7 +318,10 @@ def build_websocket_event(
     ts: float,
     decision: Decision | None,
     dropped: bool = False,
+    credentials: Headers = (),
 ) -> dict[str, Any] | DeferredScan:
+    """`credentials`: the upgrade's request and response header fields, whose credentials are masked
+    where the message echoes them (as an exchange's are in its bodies)."""
     body = body_evidence(
         content,
         complete=True,
@@ -355,10 +358,14 @@ def build_websocket_event(
         },
     )
     out = event.to_dict()
-    if cfg.dlp is not None:
-        if cfg.scan_origin is not None:
-            return DeferredScan(out, cfg.dlp, cfg.scan_origin)
-        scan_event(cfg.dlp, out)
+    secrets = credential_values(credentials, cfg.redact)
+    if cfg.dlp is None:
+        mask_echoed_credentials(out, secrets, cfg.salt)
+        return out
+    echoes = (secrets, cfg.salt) if secrets else None
+    if cfg.scan_origin is not None:
+        return DeferredScan(out, cfg.dlp, cfg.scan_origin, (), echoes)
+    scan_event(cfg.dlp, out, (), echoes)
     return out
 
 

@@ -150,7 +150,8 @@ def mask_echoes(data: bytes, secrets: list[bytes], salt: bytes) -> bytes:
 def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: bytes) -> None:
     """Mask, in a built exchange event, every copy of the exchange's credentials outside the headers
     (or trailers) that carried them (already redacted): an upstream echoing a Bearer token, a cookie
-    or Basic credentials in its response body or headers, or a client repeating one in a body or path."""
+    or Basic credentials in its response body or headers, or a client repeating one in a body or path;
+    in a WebSocket message event, those of its upgrade request and response, in the message."""
     if not secrets:
         return
     for side in ("request", "response"):
@@ -160,13 +161,19 @@ def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: b
         for pair in (*message.get("headers", []), *message.get("trailers", [])):
             if not is_redaction(pair[1]):
                 pair[1] = mask_echoes(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
-        body = message.get("body") or {}
-        if "text" in body:
-            body["text"] = mask_echoes(body["text"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
-        elif "b64" in body:
-            raw = base64.b64decode(body["b64"])
-            masked = mask_echoes(raw, secrets, salt)
-            if masked != raw:
-                body["b64"] = base64.b64encode(masked).decode("ascii")
+        _mask_body_echoes(message.get("body"), secrets, salt)
+    if event.get("kind") == "websocket" and isinstance(detail := event.get("detail"), dict):
+        _mask_body_echoes(detail.get("body"), secrets, salt)  # a message over the upgraded connection
     if isinstance(event.get("path"), str):
         event["path"] = mask_echoes(event["path"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+
+
+def _mask_body_echoes(body: dict[str, Any] | None, secrets: list[bytes], salt: bytes) -> None:
+    body = body or {}
+    if "text" in body:
+        body["text"] = mask_echoes(body["text"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+    elif "b64" in body:
+        raw = base64.b64decode(body["b64"])
+        masked = mask_echoes(raw, secrets, salt)
+        if masked != raw:
+            body["b64"] = base64.b64encode(masked).decode("ascii")

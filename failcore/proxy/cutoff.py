@@ -142,35 +142,37 @@ def connection_handler(client: Connection) -> Any:
 
 
 def _terminate(flow: http.HTTPFlow) -> None:
-    try:
-        handler = connection_handler(flow.client_conn)
-        if handler is None:
-            return  # the client is already gone, and with it the upstream connection
-        if flow.request.is_http2 or flow.request.is_http3:
-            _close(handler, flow.server_conn)
-        else:
-            if _close_delimited(flow):
-                _reset_on_close(handler, flow.client_conn)
-            _close(handler, flow.client_conn)
-    except Exception:
-        logger.exception("failcore could not close the connection of cut flow %s", flow.id)
+    # HTTP/2 and HTTP/3: this flow's upstream connection (the client's carries other streams).
+    _end_connection(flow, upstream=flow.request.is_http2 or flow.request.is_http3)
 
 
 def close_upstream(flow: http.HTTPFlow) -> None:
     """Closes `flow`'s connection to the upstream: a request stream that must not end there as a whole
     message (mitmproxy sends the message's end, a chunked `0` or END_STREAM, whatever the stream
     callable dropped; the upstream would take a truncated body for the request)."""
+    # At once: the message's end may be sent before a graceful close would take effect.
+    _end_connection(flow, upstream=True, abort=True)
+
+
+def _end_connection(flow: http.HTTPFlow, *, upstream: bool, abort: bool = False) -> None:
+    """Close `flow`'s upstream or client connection through mitmproxy's handler (INTERNALS, see
+    above); never raises. `abort`: its transport is dropped first, at once. A client connection whose
+    response is close-delimited is reset (a FIN would end that body cleanly)."""
+    which = "upstream" if upstream else "client"
     try:
         handler = connection_handler(flow.client_conn)
         if handler is None:
-            return
-        io = handler.transports.get(flow.server_conn)
-        if io is not None and io.writer is not None:
-            # At once: the message's end may be sent before a graceful close would take effect.
-            io.writer.transport.abort()
-        _close(handler, flow.server_conn)
+            return  # the client is already gone, and with it the upstream connection
+        connection = flow.server_conn if upstream else flow.client_conn
+        if abort:
+            io = handler.transports.get(connection)
+            if io is not None and io.writer is not None:
+                io.writer.transport.abort()
+        elif not upstream and _close_delimited(flow):
+            _reset_on_close(handler, connection)
+        _close(handler, connection)
     except Exception:
-        logger.exception("failcore could not close the upstream connection of flow %s", flow.id)
+        logger.exception("failcore could not close the %s connection of flow %s", which, flow.id)
 
 
 def _close(handler: Any, connection: Connection) -> None:

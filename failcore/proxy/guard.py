@@ -89,24 +89,38 @@ def _part_name(part: object) -> str:
 class StreamFailures:
     """Where a part of a body's stream callable (a cut guard, an observer, the tap) that raised reports.
 
-    The failure is recorded (an `internal_error` event, and the exchange's own). Fail-open: the caller
-    leaves the part out for the rest of the stream and the bytes go on. `fail_open: false`: the chunk
+    The failure is recorded (an `internal_error` event, and the exchange's own). Fail-open: the bytes go
+    on and the part keeps being asked about every later chunk: left out, a part an upstream (or client)
+    can make raise once would leave the rest of the stream unscanned or unmetered. A part that raises
+    again is counted, not recorded again (one event per failing part, however long the stream; the
+    exchange's error says on how many chunks it raised). `fail_open: false`: the chunk
     the part was looking at, and every later one, is not forwarded: a response stream is cut
     (failcore.proxy.cutoff, cut reason `internal_error`), a request stream dropped, its upstream connection
     closed (never a truncated body ended as a whole request) and its flow killed."""
 
-    __slots__ = ("flow", "session", "side", "state")
+    __slots__ = ("failing", "flow", "session", "side", "state")
 
     def __init__(self, session: Session, flow: http.HTTPFlow, state: FlowState, side: str) -> None:
         self.session = session
         self.flow = flow
         self.state = state
         self.side = side  # "request" or "response"
+        # id(part) -> [chunks it raised on, the exchange's error as its first failure set it]
+        self.failing: dict[int, list[Any]] = {}
 
     def verdict(self, exc: Exception, part: object) -> CutVerdict | None:
         """Record the failure of `part`; the cut `fail_open: false` asks for (None: go on without it)."""
         where = f"{self.side} stream: {_part_name(part)}"
-        self.session.internal_error(self.flow, where, exc)
+        failing = self.failing.get(id(part))
+        if failing is None:
+            self.session.internal_error(self.flow, where, exc)
+            self.failing[id(part)] = [1, self.state.internal_error]
+        else:
+            failing[0] += 1
+            if self.state.internal_error == failing[1]:  # (not since overtaken by another failure)
+                failing[1] = self.state.internal_error = (
+                    f"{where}: {type(exc).__name__}: {exc} (raised on {failing[0]} chunks, recorded once)"
+                )
         if self.session.fail_open:
             return None
         return CutVerdict("internal_error", f"failcore failed in {where}; the policy says fail_open: false")

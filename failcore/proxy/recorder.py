@@ -461,6 +461,7 @@ class Recorder:
                 ts=msg.timestamp,
                 decision=state.decision,
                 dropped=msg.dropped,
+                credentials=(*req.headers.fields, *(flow.response.headers.fields if flow.response else ())),
             )
         )
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from mitmproxy import exceptions, http
 
-from failcore.proxy.guard import guarded
+from failcore.proxy.guard import StreamFailures, guarded
 from failcore.proxy.session import BodyTap, Session
 
 if TYPE_CHECKING:
@@ -231,12 +231,14 @@ class Replayer:
             return
         from failcore.replay.serve import Rechunker
 
+        state = self.session.state(flow)
+        failed = StreamFailures(self.session, flow, state, "response").stop
         inner = flow.response.stream
         if not callable(inner):
-            tap = BodyTap(self.session.settings.body_cap)
-            self.session.state(flow).response_tap = tap
+            tap = BodyTap(self.session.settings.body_cap, failed=failed)
+            state.response_tap = tap
             inner = tap
-        flow.response.stream = Rechunker(redirect.chunks, inner)
+        flow.response.stream = Rechunker(redirect.chunks, inner, failed)
 
     @guarded("replayer.error")
     def error(self, flow: http.HTTPFlow) -> None:

@@ -32,10 +32,6 @@ logger = logging.getLogger("failcore")
 Sink = Callable[[dict[str, Any] | Callable[[], dict[str, Any]]], bool]
 
 
-def _ignore(chunk: bytes) -> None:
-    return None
-
-
 class BodyTap:
     """A `stream` callable for mitmproxy: passes every chunk through untouched, keeping a capped copy,
     the full size and sha256, and when each chunk arrived (for replaying SSE with its rhythm)."""
@@ -81,8 +77,7 @@ class BodyTap:
             except Exception as e:
                 if self.failed is None:
                     raise
-                # Left out for the rest of the stream (replaced, not removed: the loop goes on).
-                self.observers[self.observers.index(observe)] = _ignore
+                # Kept: asked again about the next chunk (its failures are counted by `failed`).
                 if self.failed(e, observe):
                     return ()
         try:

@@ -80,7 +80,8 @@ def first_verdict(
     failed: Callable[[Exception, object], CutVerdict | None] | None = None,
 ) -> Callable[[bytes], CutVerdict | None]:
     """The first cut verdict of `guards` on a chunk. A guard that raises is reported to `failed`
-    (failcore.proxy.guard.StreamFailures.verdict), whose verdict stands, and is left out from then on."""
+    (failcore.proxy.guard.StreamFailures.verdict), whose verdict stands; it is still asked about the
+    next chunk (left out, one raise would switch it off for the rest of the stream)."""
 
     def check(chunk: bytes) -> CutVerdict | None:
         for guard in guards:
@@ -89,18 +90,12 @@ def first_verdict(
             except Exception as e:
                 if failed is None:
                     raise
-                # Replaced, not removed: the loop goes on over the same list.
-                guards[guards.index(guard)] = _no_verdict
                 verdict = failed(e, guard)
             if verdict is not None:
                 return verdict
         return None
 
     return check
-
-
-def _no_verdict(chunk: bytes) -> None:
-    return None
 
 
 _LLM_PATH_SUFFIXES = (

@@ -27,28 +27,61 @@ StreamFn = Callable[[bytes], bytes | Sequence[bytes]]
 class Rechunker:
     """A response `stream` callable that cuts the bytes at the recorded chunk boundaries, whatever
     boundaries TCP gave them on the way from `ReplayServer`, and hands each chunk to the stream the
-    stream tap installed (its copy for the tape, usage metering, DLP and budget cut-offs)."""
+    stream tap installed (its copy for the tape, usage metering, DLP and budget cut-offs).
 
-    def __init__(self, sizes: Sequence[int], inner: StreamFn) -> None:
+    Like the parts of any stream callable failcore installs, a raise here goes to `failed`
+    (failcore.proxy.guard.StreamFailures.stop), never to mitmproxy: True means nothing more is
+    forwarded (`fail_open: false`, the stream is cut); otherwise the bytes go on, without the recorded
+    boundaries from then on but still through the inner stream (a raise there: that chunk goes on as
+    it came, and the inner stream is asked about the next one)."""
+
+    def __init__(
+        self, sizes: Sequence[int], inner: StreamFn, failed: Callable[[Exception, object], bool] | None = None
+    ) -> None:
         self.sizes = deque(n for n in sizes if n > 0)
         self.buffer = bytearray()
         self.inner = inner
+        self.failed = failed
 
     def __call__(self, data: bytes) -> list[bytes]:
-        self.buffer += data
-        out = []
-        while self.sizes and len(self.buffer) >= self.sizes[0]:
-            n = self.sizes.popleft()
-            out.append(bytes(self.buffer[:n]))
-            del self.buffer[:n]
-        if self.buffer and (not data or not self.sizes):
-            out.append(bytes(self.buffer))
+        try:
+            out = self._cut(data)
+        except Exception as e:
+            if self.failed is None:
+                raise
+            # `_cut` commits nothing before it returns: what it held and `data` go on as one chunk.
+            out = [bytes(self.buffer) + data] if self.buffer or data else []
             self.buffer.clear()
+            self.sizes.clear()
+            if self.failed(e, self):
+                return []
         forwarded: list[bytes] = []
         for chunk in out:
-            result = self.inner(chunk)
+            try:
+                result = self.inner(chunk)
+            except Exception as e:
+                if self.failed is None:
+                    raise
+                if self.failed(e, self.inner):
+                    return []
+                result = chunk
             forwarded.extend([result] if isinstance(result, bytes) else result)
         return [chunk for chunk in forwarded if chunk]
+
+    def _cut(self, data: bytes) -> list[bytes]:
+        """`data` added to what is held, cut at the recorded boundaries (committed only on success)."""
+        buffer = self.buffer + data
+        sizes = self.sizes.copy()
+        out = []
+        while sizes and len(buffer) >= sizes[0]:
+            n = sizes.popleft()
+            out.append(bytes(buffer[:n]))
+            del buffer[:n]
+        if buffer and (not data or not sizes):
+            out.append(bytes(buffer))
+            buffer.clear()
+        self.buffer, self.sizes = buffer, sizes
+        return out
 
 
 _TOKEN_CHARS: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")

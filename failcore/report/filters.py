@@ -129,8 +129,9 @@ def where(ev: dict[str, Any]) -> str:
     return host_key(ev)
 
 
-def header_pairs(message: object) -> list[tuple[str, str]]:
-    headers = as_dict(message).get("headers") or ()
+def header_pairs(message: object, field: str = "headers") -> list[tuple[str, str]]:
+    """A recorded message's headers (or, `field="trailers"`, its trailers) as (name, value) pairs."""
+    headers = as_dict(message).get(field) or ()
     return [(str(h[0]), str(h[1])) for h in headers if isinstance(h, list | tuple) and len(h) == 2]
 
 

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import stat
 import threading
 import time
 from collections import deque
@@ -189,6 +190,17 @@ class _DirectoryLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _make_private(fd: int) -> None:
+    """`fd`'s file 0600. A file system refusing chmod (EPERM on some network or FUSE mounts) is no
+    failure for a file that is already private: O_CREAT with mode 0o600 never makes one wider."""
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError as exc:
+        if stat.S_IMODE(os.fstat(fd).st_mode) & 0o077:
+            raise
+        _log.warning("tape segment left at its creation mode (private already): fchmod failed: %s", exc)
 
 
 class TapeWriter:
@@ -734,7 +746,17 @@ class TapeWriter:
     def _open_segment(self, number: int) -> None:
         path = self._directory / segment_name(number)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        os.fchmod(fd, 0o600)
+        try:
+            _make_private(fd)
+        except OSError:
+            # Not left behind: readers take every segment but the last for sealed and map it, and the
+            # current one goes on being written (and truncated, undoing a partial write: a reader
+            # touching a mapped page past its new end dies of SIGBUS); nor could the next rotation
+            # create this name.
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         record = SegmentRecord(
             name=path.name,
             first_seq=self._committed.seq + 1,

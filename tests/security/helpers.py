@@ -17,6 +17,8 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from tests.dlp_corpus import load_samples
 
@@ -174,3 +176,46 @@ def get_through_tunnel(
         with context.wrap_socket(raw, server_hostname=sni) as tls:
             tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode())
             return read_head(tls)
+
+
+LAST = "last-marker"
+
+
+def ws_exchange(
+    proxy: ProxyThread,
+    up: LoggingUpstream,
+    messages: list[str],
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> list[str]:
+    """Open a wss:// connection through the proxy (its upgrade request with `headers`), send `messages`
+    then LAST, and return every text message received until LAST comes back (the connection is
+    ordered: nothing earlier is pending)."""
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
+    sock.sendall(f"CONNECT 127.0.0.1:{up.port} HTTP/1.1\r\nHost: 127.0.0.1:{up.port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    tls = ssl.create_default_context(cafile=str(proxy.ca_cert)).wrap_socket(sock, server_hostname="127.0.0.1")
+    ws = WSConnection(ConnectionType.CLIENT)
+    tls.sendall(ws.send(Request(host=f"127.0.0.1:{up.port}", target="/ws", extra_headers=headers or [])))
+    received: list[str] = []
+    accepted = False
+    try:
+        while True:
+            data = tls.recv(65536)
+            assert data, "the connection closed before the last message came back"
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    accepted = True
+                    for message in [*messages, LAST]:
+                        tls.sendall(ws.send(TextMessage(data=message)))
+                elif isinstance(event, TextMessage):
+                    received.append(event.data)
+                    if event.data == LAST:
+                        tls.sendall(ws.send(CloseConnection(code=1000)))
+                        return received
+    finally:
+        assert accepted
+        tls.close()

@@ -6,18 +6,11 @@ Through the real proxy with a wsproto client; the logging upstream keeps every m
 
 from __future__ import annotations
 
-import socket
-import ssl
 from pathlib import Path
 
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
-
-from tests.helpers import ProxyThread, read_tape
-from tests.security.helpers import AWS_KEY_ID, tape_bytes
+from tests.helpers import read_tape
+from tests.security.helpers import AWS_KEY_ID, LAST, tape_bytes, ws_exchange
 from tests.security.upstream import LoggingUpstream
-
-LAST = "last-marker"
 
 DLP_BLOCK = """
 version: 1
@@ -27,40 +20,6 @@ dlp:
   stream: strict
   severity_actions: {critical: BLOCK, high: BLOCK}
 """
-
-
-def ws_exchange(proxy: ProxyThread, up: LoggingUpstream, messages: list[str]) -> list[str]:
-    """Open a wss:// connection through the proxy, send `messages` then LAST, and return every text
-    message received until LAST comes back (the connection is ordered: nothing earlier is pending)."""
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
-    sock.sendall(f"CONNECT 127.0.0.1:{up.port} HTTP/1.1\r\nHost: 127.0.0.1:{up.port}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(4096)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    tls = ssl.create_default_context(cafile=str(proxy.ca_cert)).wrap_socket(sock, server_hostname="127.0.0.1")
-    ws = WSConnection(ConnectionType.CLIENT)
-    tls.sendall(ws.send(Request(host=f"127.0.0.1:{up.port}", target="/ws")))
-    received: list[str] = []
-    accepted = False
-    try:
-        while True:
-            data = tls.recv(65536)
-            assert data, "the connection closed before the last message came back"
-            ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    accepted = True
-                    for message in [*messages, LAST]:
-                        tls.sendall(ws.send(TextMessage(data=message)))
-                elif isinstance(event, TextMessage):
-                    received.append(event.data)
-                    if event.data == LAST:
-                        tls.sendall(ws.send(CloseConnection(code=1000)))
-                        return received
-    finally:
-        assert accepted
-        tls.close()
 
 
 def ws_events(tape: Path) -> list[dict]:
