@@ -42,6 +42,21 @@ def header_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> str | No
     return ", ".join(values) if values else None
 
 
+def framing_headers(fields: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(Content-Encoding, Content-Type) as header_value gives each, read in one pass over the fields
+    (a name is lower-cased only when its length is one of the two's)."""
+    encodings: list[str] = []
+    types: list[str] = []
+    for key, value in fields:
+        n = len(key)
+        if n == 16:
+            if key.lower() == b"content-encoding":
+                encodings.append(value.decode("latin-1"))
+        elif n == 12 and key.lower() == b"content-type":
+            types.append(value.decode("latin-1"))
+    return (", ".join(encodings) if encodings else None, ", ".join(types) if types else None)
+
+
 # More stacked encodings than this is not a real client's body; it is refused as undecodable.
 MAX_ENCODINGS: Final = 8
 
