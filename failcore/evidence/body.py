@@ -38,7 +38,8 @@ _ZSTD_INPUT_STEP: Final = 1024
 def header_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
     """A header's value; several fields of that name are joined by ", " (RFC 9110 5.3), as mitmproxy's
     Headers.get does, so two Content-Encoding headers read as the two codings they stack."""
-    values = [value.decode("latin-1") for key, value in fields if key.lower() == name]
+    n = len(name)  # (bytes.lower keeps the length: most names are passed over without lower-casing)
+    values = [value.decode("latin-1") for key, value in fields if len(key) == n and key.lower() == name]
     return ", ".join(values) if values else None
 
 
