@@ -38,8 +38,24 @@ _ZSTD_INPUT_STEP: Final = 1024
 def header_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
     """A header's value; several fields of that name are joined by ", " (RFC 9110 5.3), as mitmproxy's
     Headers.get does, so two Content-Encoding headers read as the two codings they stack."""
-    values = [value.decode("latin-1") for key, value in fields if key.lower() == name]
+    n = len(name)  # (bytes.lower keeps the length: most names are passed over without lower-casing)
+    values = [value.decode("latin-1") for key, value in fields if len(key) == n and key.lower() == name]
     return ", ".join(values) if values else None
+
+
+def framing_headers(fields: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """(Content-Encoding, Content-Type) as header_value gives each, read in one pass over the fields
+    (a name is lower-cased only when its length is one of the two's)."""
+    encodings: list[str] = []
+    types: list[str] = []
+    for key, value in fields:
+        n = len(key)
+        if n == 16:
+            if key.lower() == b"content-encoding":
+                encodings.append(value.decode("latin-1"))
+        elif n == 12 and key.lower() == b"content-type":
+            types.append(value.decode("latin-1"))
+    return (", ".join(encodings) if encodings else None, ", ".join(types) if types else None)
 
 
 # More stacked encodings than this is not a real client's body; it is refused as undecodable.

@@ -15,7 +15,7 @@ import orjson
 from mitmproxy.flow import Error
 
 from failcore.event import EgressEvent, FailReason, Target
-from failcore.evidence.body import body_evidence, header_value
+from failcore.evidence.body import body_evidence, framing_headers
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.findings import PastCapFindings
 from failcore.evidence.pastcap import PastCapScan, scan_held_body
@@ -73,6 +73,15 @@ class MessageSnapshot:
     ts_end: float | None
     # Trailer fields (HTTP/2 or chunked HTTP/1.1), if the message had any.
     trailers: Headers | None = None
+    # (Content-Encoding, Content-Type), read once from `headers` (message_framing).
+    framing: tuple[str | None, str | None] | None = None
+
+
+def message_framing(snap: MessageSnapshot) -> tuple[str | None, str | None]:
+    """The message's Content-Encoding and Content-Type, read from its headers once."""
+    if snap.framing is None:
+        snap.framing = framing_headers(snap.headers)
+    return snap.framing
 
 
 @dataclass(slots=True)
@@ -114,16 +123,17 @@ class ExchangeSnapshot:
 
 
 def _message_evidence(
-    snap: MessageSnapshot, cfg: EvidenceSettings
+    snap: MessageSnapshot, cfg: EvidenceSettings, credentials: list[tuple[bytes, bytes]]
 ) -> tuple[dict[str, Any], int, dict[str, Any] | None]:
+    """The message's evidence, its body's wire size and its stream block; the header (and trailer)
+    fields that carry credentials are appended to `credentials`, in wire order."""
     ev: dict[str, Any] = {
         "http_version": snap.http_version,
-        "headers": redact_headers(snap.headers, cfg.redact, cfg.salt),
+        "headers": redact_headers(snap.headers, cfg.redact, cfg.salt, credentials),
     }
     if snap.trailers:
-        ev["trailers"] = redact_headers(snap.trailers, cfg.redact, cfg.salt)
-    encoding = header_value(snap.headers, b"content-encoding")
-    ctype = header_value(snap.headers, b"content-type")
+        ev["trailers"] = redact_headers(snap.trailers, cfg.redact, cfg.salt, credentials)
+    encoding, ctype = message_framing(snap)
     stream = None
     if snap.tap is not None:
         tap = snap.tap
@@ -163,12 +173,14 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     """The exchange's event. When `cfg.scan_origin` is set it comes back as a DeferredScan: built, its
     past-cap scans finished (waited for: call it off the loop when it has some), its DLP pass left to
     the scan worker (or to whoever calls it)."""
-    request, bytes_out, request_stream = _message_evidence(snap.request, cfg)
+    # The fields carrying credentials, request's then response's (headers, then trailers).
+    credentials: list[tuple[bytes, bytes]] = []
+    request, bytes_out, request_stream = _message_evidence(snap.request, cfg, credentials)
     response = None
     bytes_in = 0
     stream = None
     if snap.response is not None:
-        response, bytes_in, stream = _message_evidence(snap.response, cfg)
+        response, bytes_in, stream = _message_evidence(snap.response, cfg, credentials)
         response["reason"] = snap.reason
     if request_stream is not None:
         request["stream"] = request_stream
@@ -235,12 +247,6 @@ def build_exchange_event(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[
     out = event.to_dict()
     if snap.replay is not None:
         out["replay"] = snap.replay
-    credentials = [
-        pair
-        for message in (snap.request, snap.response)
-        if message is not None
-        for pair in (*message.headers, *(message.trailers or ()))
-    ]
     secrets = credential_values(credentials, cfg.redact)
     findings: tuple[PastCapFindings, ...] = ()
     if cfg.dlp is not None:
@@ -276,7 +282,7 @@ def _held_past_cap_scans(
             continue
         if not ((event.get(side) or {}).get("body") or {}).get("truncated"):
             continue  # the recorded part is the whole body, and evidence scanning covered it
-        encoding = header_value(message.headers, b"content-encoding")
+        encoding = message_framing(message)[0]
         scan = scan_held_body(cfg.dlp.engine, cfg.body_cap, f"{side}.body", message.content, encoding)
         if scan is not None:
             scans.append(scan)

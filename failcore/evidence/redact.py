@@ -83,15 +83,22 @@ def redact_value(name: str, raw: bytes, salt: bytes) -> str:
 
 
 def redact_headers(
-    fields: Iterable[tuple[bytes, bytes]], extra: frozenset[str], salt: bytes
+    fields: Iterable[tuple[bytes, bytes]],
+    extra: frozenset[str],
+    salt: bytes,
+    credentials: list[tuple[bytes, bytes]] | None = None,
 ) -> list[list[str]]:
-    """Headers as [name, value] pairs in wire order, credentials replaced by a salted fingerprint."""
+    """Headers as [name, value] pairs in wire order, credentials replaced by a salted fingerprint.
+    The fields that carried one are appended to `credentials`, if given (for credential_values, which
+    then needs no pass of its own over every header)."""
     out: list[list[str]] = []
     for raw_name, raw_value in fields:
         name = raw_name.decode("latin-1")
         lower = name.lower()
         if lower in CREDENTIAL_HEADERS or lower in extra:
             out.append([name, redact_value(lower, raw_value, salt)])
+            if credentials is not None:
+                credentials.append((raw_name, raw_value))
         else:
             out.append([name, raw_value.decode("utf-8", "backslashreplace")])
     return out

@@ -23,7 +23,7 @@ from mitmproxy.flow import Error
 from failcore.dlp.pending import engine_ready
 from failcore.dlp.rules import policy_rules
 from failcore.event import EgressEvent, Target
-from failcore.evidence import decoded_size_at_most, header_value, is_encoded, pastcapworker
+from failcore.evidence import decoded_size_at_most, is_encoded, pastcapworker
 from failcore.evidence.backlog import EvidenceBacklog
 from failcore.evidence.exchange import (
     PROXY_STOPPED,
@@ -32,6 +32,7 @@ from failcore.evidence.exchange import (
     MessageSnapshot,
     build_exchange_event,
     build_websocket_event,
+    message_framing,
     past_cap_scans,
     unbuilt_exchange_event,
 )
@@ -109,7 +110,7 @@ def _body_bytes(snap: ExchangeSnapshot) -> int:
         content = message.tap.kept if message.tap is not None else message.content
         if not content:
             continue
-        encoding = header_value(message.headers, b"content-encoding")
+        encoding = message_framing(message)[0]
         if is_encoded(encoding):
             total += decoded_size_at_most(bytes(content), encoding, LOOP_BUILD_MAX_BYTES + 1)
         else:
@@ -339,19 +340,26 @@ class Recorder:
             self.counts["blocked"] += 1
         elif (snap.error and not snap.closed_after_end()) or (snap.status or 0) >= 400:
             self.counts["failed"] += 1
-        builder = partial(build_exchange_event, snap, settings)
+        # Only the snapshot is taken in the hook: where the event is built is decided with the build,
+        # once the response has been handed to the client (the evidence backlog runs after the hook).
+        self.session.record(partial(self._build_or_hand_over, snap, settings))
+
+    def _build_or_hand_over(
+        self, snap: ExchangeSnapshot, settings: EvidenceSettings
+    ) -> dict[str, Any] | DeferredScan | BuildFirst:
+        """The exchange's event, built here (on the event loop, when it is idle), or for a large body
+        the builder handed to the writer's thread. (`snap` first: _evidence_failed names it.)"""
         compiling = settings.dlp is not None and not engine_ready(settings.dlp.engine)
         if self.writer is not None and (
-            _body_bytes(snap) > LOOP_BUILD_MAX_BYTES or past_cap_scans(snap) or compiling
+            past_cap_scans(snap) or compiling or _body_bytes(snap) > LOOP_BUILD_MAX_BYTES
         ):
             # Decoding, scanning and hashing a large body would hold the event loop for milliseconds
             # (and a past-cap scan, or DLP rules still compiling at start-up, may have to be waited for):
             # that work goes to the writer's thread, where a GIL hand-over is the smaller cost.
             # Built there before the batch goes to the DLP evidence worker, which then runs its DLP pass
             # (the recorded part's scan, the past-cap hits placed) off this process's GIL.
-            self.writer.submit(BuildFirst(self._safe(builder)))
-            return
-        self.session.record(builder)
+            return BuildFirst(self._safe(partial(build_exchange_event, snap, settings)))
+        return build_exchange_event(snap, settings)
 
     def _safe(
         self, builder: Callable[[], dict[str, Any] | DeferredScan]

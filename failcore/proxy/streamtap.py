@@ -27,7 +27,10 @@ def _header(headers: http.Headers, name: bytes) -> str | None:
     """`headers.get(name)` for a lower-case name, read straight from the fields: the same value
     (several fields joined by ", ", decoded as mitmproxy decodes them) without the mapping's layers of
     calls, which cost more than the rest of the stream-or-buffer choice that asks for it on every flow."""
-    values = [v.decode("utf-8", "surrogateescape") for k, v in headers.fields if k.lower() == name]
+    n = len(name)  # (bytes.lower keeps the length: most names are passed over without lower-casing)
+    values = [
+        v.decode("utf-8", "surrogateescape") for k, v in headers.fields if len(k) == n and k.lower() == name
+    ]
     return ", ".join(values) if values else None
 
 
