@@ -339,6 +339,8 @@ def _on_address(event: str) -> Callable[[CallState, tuple[Any, ...]], None]:
             return
         family = getattr(sock, "family", None)
         if family == socket.AF_UNIX:
+            if isinstance(address, bytearray | memoryview):
+                address = bytes(address)
             path = os.fsdecode(address) if isinstance(address, str | bytes) else str(address)
             if datagram and call.sent.get((family, path)) == (None, None):
                 return
@@ -375,11 +377,17 @@ def _on_bind(call: CallState, args: tuple[Any, ...]) -> None:
     """bind() of a Unix socket creates a file at its path; an IP address and port is not a connection
     out (what connects in is not the call's doing)."""
     sock, address = args[0], args[1]
-    if getattr(sock, "family", None) != socket.AF_UNIX or not isinstance(address, str | bytes):
+    if getattr(sock, "family", None) != socket.AF_UNIX:
         return
-    if not address or address[:1] in ("\0", b"\0"):
-        return  # Linux's abstract namespace: no file
-    _write_socket_file(call, (address,))
+    if isinstance(address, bytearray | memoryview):
+        address = bytes(address)
+    try:
+        path = os.fsdecode(address)
+    except TypeError:
+        return
+    if not path or path.startswith("\0"):
+        return  # Linux's abstract namespace (or an automatic name in it): no file
+    _write_socket_file(call, (path,))
 
 
 def _sqlite_uri(text: str) -> tuple[str, str] | None:
