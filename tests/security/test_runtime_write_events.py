@@ -137,10 +137,13 @@ def test_chmod_and_setxattr_through_a_read_descriptor_are_judged_by_its_file(
         assert os.listxattr(victim) == []
 
 
-def test_unix_socket_bind_outside_the_roots_creates_no_file(workdir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("address", ["../outside/agent.sock", bytearray(b"../outside/agent.sock")])
+def test_unix_socket_bind_outside_the_roots_creates_no_file(
+    workdir: Path, tmp_path: Path, address: str | bytearray
+) -> None:
     def bind() -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.bind("../outside/agent.sock")
+            sock.bind(address)
 
     fs, _ = run_refused(tmp_path, bind)
     assert not (tmp_path / "outside" / "agent.sock").exists()
