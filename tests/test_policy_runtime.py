@@ -369,6 +369,24 @@ def test_a_bare_name_is_the_program_path_finds(tmp_path: Path, monkeypatch: pyte
     assert check_exec(rules, "ls", ["ls"], shell=False).rule == "exec.program"  # found nowhere: not ls
 
 
+def test_a_bare_name_is_judged_on_the_childs_path_from_its_cwd(tmp_path: Path) -> None:
+    """The spawn's own search path and working directory decide which file runs, not this process's."""
+    rules = ExecRules(programs=("ls",), allow_shell=False)
+    system = os.path.dirname(shutil.which("ls") or "/usr/bin/ls")
+    fake = tmp_path / "bin" / "ls"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nid\n")
+    fake.chmod(0o755)
+    for path, cwd in (((str(fake.parent),), None), (("bin",), str(tmp_path)), (("",), str(fake.parent))):
+        verdict = check_exec(rules, "ls", ["ls"], shell=False, path=path, cwd=cwd)
+        assert (verdict.decision, verdict.rule) == ("BLOCK", "exec.program"), (path, cwd)
+        assert str(fake) in (verdict.reason or "")
+    # A relative program name with '/' is the file under the child's cwd.
+    assert check_exec(rules, "bin/ls", ["ls"], shell=False, cwd=str(tmp_path)).rule == "exec.program"
+    assert check_exec(rules, "ls", ["ls"], shell=False, path=(system, str(fake.parent))).decision == "ALLOW"
+    assert check_exec(rules, "ls", ["ls"], shell=False, path=()).rule == "exec.program"  # found nowhere
+
+
 @needs_system_git
 def test_argument_patterns() -> None:
     rules = ExecRules(

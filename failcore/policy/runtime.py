@@ -8,7 +8,8 @@ strict/observe itself.
   not under `/srv/app`).
 - `check_exec`: shell invocations (`sh -c`, `bash`, `env bash -c`, `os.system`, `shell=True`, …) are
   refused unless `allow_shell`; the program must be listed (a bare name, or a file by that name in a system
-  bin directory; anything else only by absolute path); per-program argument globs.
+  bin directory; anything else only by absolute path), judged by the file the spawn will run (found on
+  the child's own PATH, from the directory it starts in); per-program argument globs.
 - `check_connect`: the resolved address is classified (metadata, link_local, loopback, private) after
   unwrapping every spelling that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo,
   inet_aton forms); denied categories are refused unless an `allow` entry names the address.
@@ -317,32 +318,60 @@ def is_shell_command(program: str, argv: Sequence[str]) -> bool:
     return False
 
 
-def _program_listed(rules: ExecRules, program: str) -> str | None:
-    """The entry of `rules.programs` that admits `program`, or None. A bare name is looked up on PATH
-    as the spawn will (an agent that puts its own directory first on PATH gets no `git` of its own)."""
-    assert rules.programs is not None
-    text = os.fsdecode(program)
-    name = program_name(text)
-    if "/" not in text:
-        import shutil
+def find_program(program: str, path: Sequence[str] | None = None, cwd: str | None = None) -> str | None:
+    """The file a spawn of `program` runs, as the child will find it: a name with '/' is that file
+    (relative to `cwd`); a bare name is the first executable file of that name in the directories of
+    `path` (the child's search path, `os.get_exec_path(env)` of the env it gets; None = this process's
+    PATH; an empty or relative entry is relative to `cwd`, where the child starts). None when there is
+    no such file. `cwd` None = this process's working directory."""
+    base = os.getcwd() if cwd is None else cwd
+    if "/" in program:
+        return os.path.join(base, program)
+    for directory in os.get_exec_path() if path is None else path:
+        candidate = os.path.join(base, directory, program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
-        text = shutil.which(text) or ""
-        if not text:
-            return None
-    directory = os.path.dirname(text)
-    resolved = os.path.realpath(text) if os.path.isabs(text) else None
+
+def _system_bin_dir(directory: str) -> bool:
+    if directory.rstrip("/") in SYSTEM_BIN_DIRS:
+        return True
+    real = os.path.realpath(directory)
+    return any(real == os.path.realpath(place) for place in SYSTEM_BIN_DIRS)
+
+
+def _program_listed(rules: ExecRules, program: str, found: str | None) -> str | None:
+    """The entry of `rules.programs` that admits `program` (found at `found`, the file the spawn will
+    run), or None. A bare name is admitted only when the spawn finds it in a system bin directory (an
+    agent that puts its own directory first on the child's PATH gets no `git` of its own)."""
+    assert rules.programs is not None
+    if found is None:
+        return None
+    name = program_name(program)
+    resolved = os.path.realpath(found)
+    directory = os.path.dirname(found)
     for entry in rules.programs:
         if "/" in entry:
-            if resolved is not None and (text == entry or resolved == os.path.realpath(entry)):
+            if found == entry or resolved == os.path.realpath(entry):
                 return entry
-        elif entry.lower() == name and directory.rstrip("/") in SYSTEM_BIN_DIRS:
+        elif entry.lower() == name and _system_bin_dir(directory):
             return entry
     return None
 
 
-def check_exec(rules: ExecRules, program: str, argv: Sequence[str], *, shell: bool) -> Verdict:
+def check_exec(
+    rules: ExecRules,
+    program: str,
+    argv: Sequence[str],
+    *,
+    shell: bool,
+    path: Sequence[str] | None = None,
+    cwd: str | None = None,
+) -> Verdict:
     """Whether the runtime may start `program` with `argv` (argv[0] included); `shell` is true for
-    `os.system`, `os.popen` and `shell=True`."""
+    `os.system`, `os.popen` and `shell=True`. `path` and `cwd`: where the spawn looks for `program` and
+    where the child starts (see `find_program`); the program is judged by the file found there."""
     if rules.allow_shell and rules.programs is None and not rules.args:
         return ALLOWED  # no section: nothing to check
     program = os.fsdecode(program)
@@ -358,9 +387,11 @@ def check_exec(rules: ExecRules, program: str, argv: Sequence[str], *, shell: bo
         if rules.programs is None or name in SHELLS or shell:
             return ALLOWED
     if rules.programs is not None:
-        entry = _program_listed(rules, program)
+        found = find_program(program, path, cwd)
+        entry = _program_listed(rules, program, found)
         if entry is None:
-            return Verdict("BLOCK", "exec.program", f"{name}: not among the allowed programs")
+            where = f" ({found})" if found is not None and found != program else ""
+            return Verdict("BLOCK", "exec.program", f"{name}{where}: not among the allowed programs")
     else:
         entry = None
     regex = rules._args_regex.get(entry or "") or rules._args_regex.get(name)

@@ -64,6 +64,8 @@ class CallState:
     would_block: bool = False
     warnings: tuple[dict[str, str], ...] = ()
     open: bool = True
+    # Datagram destinations (socket.sendto/sendmsg) recorded with their verdict: recorded once each.
+    sent: dict[tuple[Any, ...], tuple[str | None, str | None]] = field(default_factory=dict)
 
 
 current_run: ContextVar[RunState | None] = ContextVar("failcore_run", default=None)

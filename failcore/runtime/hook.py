@@ -203,6 +203,18 @@ def _path(value: Any) -> str | None:
     return os.path.realpath(raw)
 
 
+def _descriptor_path(value: Any) -> str | None:
+    """The file an open descriptor stands for now (Linux /proc), or None (a pipe, a socket, no /proc).
+    chmod, chown, utime and the xattr calls change a file through a descriptor opened only to read it."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        return None
+    try:
+        path = os.readlink(f"/proc/self/fd/{value}")
+    except OSError:
+        return None
+    return path if path.startswith("/") else None
+
+
 def _on_open(call: CallState, args: tuple[Any, ...]) -> None:
     path = _path(args[0])
     if path is None:
@@ -218,14 +230,22 @@ def _on_open(call: CallState, args: tuple[Any, ...]) -> None:
     )
 
 
-def _fs_op(op: str, event: str, two: bool = False) -> Callable[[CallState, tuple[Any, ...]], None]:
+def _fs_op(
+    op: str, event: str, two: bool = False, descriptor: bool = False
+) -> Callable[[CallState, tuple[Any, ...]], None]:
+    """A handler for an audit event whose first argument is the path changed (the second one too with
+    `two`); with `descriptor`, an open descriptor given instead is judged by the file it stands for."""
+
     def handle(call: CallState, args: tuple[Any, ...]) -> None:
-        path = _path(args[0])
+        first = args[0]
+        if descriptor and isinstance(first, int):
+            first = _descriptor_path(first)
+        path = _path(first)
         if path is None:
             return
         target = _path(args[1]) if two and len(args) > 1 else None
         rules = call.run.rules
-        verdicts = [_ask(call, rules.check_fs, op, os.fsdecode(args[0]))]
+        verdicts = [_ask(call, rules.check_fs, op, os.fsdecode(first))]
         if target is not None:
             verdicts.append(_ask(call, rules.check_fs, "write", os.fsdecode(args[1])))
         payload = {"path": path, "op": op, "event": event, "target": target}
@@ -234,16 +254,35 @@ def _fs_op(op: str, event: str, two: bool = False) -> Callable[[CallState, tuple
     return handle
 
 
+def _search_path(env: Any) -> tuple[str, ...]:
+    """The directories a child given `env` (None: this process's environment) looks a bare name up in."""
+    try:
+        return tuple(os.fsdecode(d) for d in os.get_exec_path(env))
+    except (ValueError, TypeError, AttributeError):  # PATH both as str and bytes, not text: nothing found
+        return ()
+
+
+# execve and posix_spawn take a bare name as a file in the working directory (an empty PATH entry).
+_NO_SEARCH: Final = ("",)
+
+
 def _exec(action: str, event: str, shell: bool) -> Callable[[CallState, tuple[Any, ...]], None]:
     def handle(call: CallState, args: tuple[Any, ...]) -> None:
+        # Where the child looks for a bare name and where it starts: the program is judged by the file
+        # it will run (a PATH in Popen's env, a relative PATH entry, a cwd), not by this process's PATH.
+        search: tuple[str, ...] | None = None
+        cwd: str | None = None
         if event == "os.system":
             program, argv, is_shell = "/bin/sh", ["/bin/sh", "-c", os.fsdecode(args[0])], True
-        elif event == "subprocess.Popen":
+        elif event == "subprocess.Popen":  # (executable, args, cwd, env)
             executable, raw = args[0], args[1]
             argv = [os.fsdecode(a) for a in ([raw] if isinstance(raw, str | bytes | os.PathLike) else raw)]
             program = os.fsdecode(executable) if executable is not None else (argv[0] if argv else "")
             # Popen resolves shell=True to [/bin/sh, -c, CMD] before this event.
             is_shell = len(argv) >= 3 and argv[1] == "-c" and os.path.basename(program) in _SHELLS
+            search = _search_path(args[3] if len(args) > 3 else None)
+            if len(args) > 2 and args[2] is not None:
+                cwd = os.path.join(os.getcwd(), os.fsdecode(args[2]))
         elif event in ("os.fork", "os.forkpty"):
             program, argv, is_shell = sys.executable, [], False
         else:  # os.exec (path, args, env), os.posix_spawn (path, argv, env), os.spawn (mode, path, args, env)
@@ -251,7 +290,11 @@ def _exec(action: str, event: str, shell: bool) -> Callable[[CallState, tuple[An
             program = os.fsdecode(args[offset])
             argv = [os.fsdecode(a) for a in (args[offset + 1] or [])]
             is_shell = len(argv) >= 3 and argv[1] == "-c" and os.path.basename(program) in _SHELLS
-        verdict = _ask(call, call.run.rules.check_exec, program, argv, shell=is_shell)
+            # os.posix_spawnp raises os.posix_spawn too and searches this process's PATH: a bare name is
+            # judged as the file in the working directory if there is one (posix_spawn), else as found.
+            search = _NO_SEARCH + _search_path(None) if event == "os.posix_spawn" else _NO_SEARCH
+        check = call.run.rules.check_exec
+        verdict = _ask(call, check, program, argv, shell=is_shell, path=search, cwd=cwd)
         # argv is masked with the fs/connect fields, by apply_dlp when the event is built (see _decide).
         payload = {"program": program, "argv": argv, "shell": is_shell, "event": event}
         _decide(call, "exec", action, payload, [verdict], os.path.basename(program) or program)
@@ -282,24 +325,108 @@ def _on_getaddrinfo(call: CallState, args: tuple[Any, ...]) -> None:
         _decide(call, "connect", "net.connect", payload, [verdict], f"{host}:{shown_port}", target)
 
 
-def _on_connect(call: CallState, args: tuple[Any, ...]) -> None:
+def _on_address(event: str) -> Callable[[CallState, tuple[Any, ...]], None]:
+    """socket.connect (connect and connect_ex), socket.sendto and socket.sendmsg (self, address): an
+    address a packet goes to is judged like a connection to it, whether it is a connect(2), a UDP
+    datagram or a TCP Fast Open connection (sendto with MSG_FASTOPEN). sendmsg on a connected socket
+    carries no address (its connect was judged). Every datagram is checked; one a call sends to an
+    address it already sent to with the same verdict is not recorded again."""
+    datagram = event != "socket.connect"
+
+    def handle(call: CallState, args: tuple[Any, ...]) -> None:
+        sock, address = args[0], args[1]
+        if address is None:
+            return
+        family = getattr(sock, "family", None)
+        if family == socket.AF_UNIX:
+            if isinstance(address, bytearray | memoryview):
+                address = bytes(address)
+            path = os.fsdecode(address) if isinstance(address, str | bytes) else str(address)
+            if datagram and call.sent.get((family, path)) == (None, None):
+                return
+            payload = {"address": path, "family": "unix", "event": event}
+            _decide(call, "connect", "net.connect", payload, [], path, Target(path, 0, "tcp"))
+            if datagram:
+                call.sent[(family, path)] = (None, None)
+            return
+        if not isinstance(address, tuple) or len(address) < 2:
+            return
+        ip, port = str(address[0]), int(address[1])
+        host = getattr(_local, "last_host", None)
+        host = host if host and host != ip else None
+        verdict = _ask(call, call.run.rules.check_connect, host, ip, port)
+        key = (family, host, ip, port)
+        seen = (verdict.decision, verdict.rule) if verdict is not None else (None, None)
+        if datagram and call.sent.get(key) == seen:
+            return
+        fam = "ipv6" if family == socket.AF_INET6 else "ipv4"
+        payload = {"address": ip, "family": fam, "event": event}
+        shown = host or ip
+        target = Target(shown, port, "tcp")
+        _decide(call, "connect", "net.connect", payload, [verdict], f"{shown}:{port}", target)
+        if datagram:  # not refused: the same verdict for this address is not recorded again
+            call.sent[key] = seen
+
+    return handle
+
+
+_write_socket_file = _fs_op("write", "socket.bind")
+
+
+def _on_bind(call: CallState, args: tuple[Any, ...]) -> None:
+    """bind() of a Unix socket creates a file at its path; an IP address and port is not a connection
+    out (what connects in is not the call's doing)."""
     sock, address = args[0], args[1]
-    family = getattr(sock, "family", None)
-    if family == socket.AF_UNIX:
-        path = os.fsdecode(address) if isinstance(address, str | bytes) else str(address)
-        payload = {"address": path, "family": "unix", "event": "socket.connect"}
-        _decide(call, "connect", "net.connect", payload, [], path, Target(path, 0, "tcp"))
+    if getattr(sock, "family", None) != socket.AF_UNIX:
         return
-    if not isinstance(address, tuple) or len(address) < 2:
+    if isinstance(address, bytearray | memoryview):
+        address = bytes(address)
+    try:
+        path = os.fsdecode(address)
+    except TypeError:
         return
-    ip, port = str(address[0]), int(address[1])
-    host = getattr(_local, "last_host", None)
-    host = host if host and host != ip else None
-    verdict = _ask(call, call.run.rules.check_connect, host, ip, port)
-    fam = "ipv6" if family == socket.AF_INET6 else "ipv4"
-    payload = {"address": ip, "family": fam, "event": "socket.connect"}
-    shown = host or ip
-    _decide(call, "connect", "net.connect", payload, [verdict], f"{shown}:{port}", Target(shown, port, "tcp"))
+    if not path or path.startswith("\0"):
+        return  # Linux's abstract namespace (or an automatic name in it): no file
+    _write_socket_file(call, (path,))
+
+
+def _sqlite_uri(text: str) -> tuple[str, str] | None:
+    """(op, path) of a SQLite `file:` URI, or None when it names no file (in memory, a temporary
+    database, another host, which SQLite refuses)."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        return None
+    path = unquote(parts.path)
+    modes = parse_qs(parts.query).get("mode", [])
+    if path in ("", ":memory:") or (modes and all(mode == "memory" for mode in modes)):
+        return None
+    return ("read" if modes and all(mode == "ro" for mode in modes) else "write"), path
+
+
+def _on_sqlite_connect(call: CallState, args: tuple[Any, ...]) -> None:
+    """sqlite3.connect(database) opens the file to write, creating it, unless a `file:` URI says
+    mode=ro. Whether the caller passed uri=True is not in the event: a `file:` name is judged both as a
+    URI and as the plain file name it is without."""
+    database = args[0] if args else None
+    if database is None or isinstance(database, int):
+        return
+    try:
+        text = os.fsdecode(database)
+    except TypeError:
+        return
+    names = [("write", text)] if text not in ("", ":memory:") else []
+    uri = _sqlite_uri(text) if text.startswith("file:") else None
+    if uri is not None:
+        names.insert(0, uri)
+    if not names:
+        return
+    rules = call.run.rules
+    verdicts = [_ask(call, rules.check_fs, op, name) for op, name in names]
+    op, path = names[0][0], os.path.realpath(names[0][1])
+    payload = {"path": path, "op": op, "event": "sqlite3.connect", "target": None}
+    _decide(call, "fs", f"fs.{op}", payload, verdicts, path)
 
 
 def _on_thread_start(call: CallState, args: tuple[Any, ...]) -> None:
@@ -316,11 +443,17 @@ _HANDLERS: Final[dict[str, Callable[[CallState, tuple[Any, ...]], None]]] = {
     "os.rename": _fs_op("rename", "os.rename", two=True),
     "shutil.move": _fs_op("rename", "shutil.move", two=True),
     "os.mkdir": _fs_op("mkdir", "os.mkdir"),
-    "os.chmod": _fs_op("chmod", "os.chmod"),
-    "os.chown": _fs_op("chmod", "os.chown"),
+    # chmod, chown, utime and the xattr calls work through a descriptor opened only to read the file.
+    "os.chmod": _fs_op("chmod", "os.chmod", descriptor=True),
+    "os.chown": _fs_op("chmod", "os.chown", descriptor=True),
     "shutil.chown": _fs_op("chmod", "shutil.chown"),
+    "os.chflags": _fs_op("chmod", "os.chflags"),
+    "os.lchflags": _fs_op("chmod", "os.lchflags"),
+    "os.setxattr": _fs_op("xattr", "os.setxattr", descriptor=True),
+    "os.removexattr": _fs_op("xattr", "os.removexattr", descriptor=True),
     "os.truncate": _fs_op("write", "os.truncate"),
-    "os.utime": _fs_op("write", "os.utime"),
+    "os.utime": _fs_op("write", "os.utime", descriptor=True),
+    "sqlite3.connect": _on_sqlite_connect,
     "os.symlink": _fs_op("write", "os.symlink", two=True),
     "os.link": _fs_op("write", "os.link", two=True),
     "shutil.copyfile": _fs_op("read", "shutil.copyfile", two=True),
@@ -333,6 +466,9 @@ _HANDLERS: Final[dict[str, Callable[[CallState, tuple[Any, ...]], None]]] = {
     "os.fork": _exec("exec.fork", "os.fork", False),
     "os.forkpty": _exec("exec.fork", "os.forkpty", False),
     "socket.getaddrinfo": _on_getaddrinfo,
-    "socket.connect": _on_connect,
+    "socket.connect": _on_address("socket.connect"),
+    "socket.sendto": _on_address("socket.sendto"),
+    "socket.sendmsg": _on_address("socket.sendmsg"),
+    "socket.bind": _on_bind,
     "_thread.start_new_thread": _on_thread_start,
 }

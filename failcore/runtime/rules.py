@@ -129,8 +129,16 @@ class RuntimeRules:
     def check_fs(self, op: str, path: str) -> Verdict:
         return check_fs(self.policy.fs, op, path, cwd=os.getcwd())
 
-    def check_exec(self, program: str, argv: list[str], *, shell: bool) -> Verdict:
-        return check_exec(self.policy.exec, program, argv, shell=shell)
+    def check_exec(
+        self,
+        program: str,
+        argv: list[str],
+        *,
+        shell: bool,
+        path: tuple[str, ...] | None = None,
+        cwd: str | None = None,
+    ) -> Verdict:
+        return check_exec(self.policy.exec, program, argv, shell=shell, path=path, cwd=cwd)
 
     def check_connect(self, host: str | None, address: str, port: int) -> Verdict:
         if (address, port) in self.failcore_proxies:
