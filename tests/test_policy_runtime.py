@@ -17,16 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from failcore.policy.contracts import ToolContract, check_output
 from failcore.policy.runtime import (
     ExecRules,
     FsRules,
     NetRules,
-    ToolContract,
     Verdict,
     check_connect,
     check_exec,
     check_fs,
-    check_output,
 )
 
 needs_system_git = pytest.mark.skipif(

@@ -13,12 +13,12 @@ import pytest
 
 from failcore import shipped
 from failcore.policy import PolicyError, load_policy, parse_policy
+from failcore.policy.contracts import ToolContract
 from failcore.policy.runtime import (
     DEFAULT_NET_DENY,
     ExecRules,
     FsRules,
     NetRules,
-    ToolContract,
     check_connect,
     check_exec,
     check_fs,

@@ -35,9 +35,8 @@ _WHERE: dict[str, str] = {
         "Action BudgetScope BudgetSpec BudgetWindow Decision DlpSettings DlpStreamMode HostPattern Mode "
         "OnExceed PathPattern Policy PolicyError PolicyProblem Rule"
     ),
-    "runtime": (
-        "ExecRules FsRules NetRules ToolContract Verdict check_connect check_exec check_fs check_output"
-    ),
+    "contracts": "ToolContract check_output",
+    "runtime": "ExecRules FsRules NetRules Verdict check_connect check_exec check_fs",
     "schema": ("BUDGET_KEYS BUDGET_SCOPE_KEYS DLP_KEYS DLP_SCAN_KEYS NETWORK_KEYS RULE_KEYS TOP_LEVEL_KEYS"),
 }
 # Imported eagerly (it is light: model and address only) because importing the submodule `decide` sets the
@@ -123,6 +122,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from failcore.policy.address import canonical_ip, is_non_global, normalise_host
+    from failcore.policy.contracts import ToolContract, check_output
     from failcore.policy.decide import connect_verdict, tcp_verdict
     from failcore.policy.glob import GlobError, glob_to_regex, model_glob_to_regex
     from failcore.policy.load import check_policy, load_policy, parse_policy, with_mode
@@ -160,12 +160,10 @@ if TYPE_CHECKING:
         ExecRules,
         FsRules,
         NetRules,
-        ToolContract,
         Verdict,
         check_connect,
         check_exec,
         check_fs,
-        check_output,
     )
     from failcore.policy.schema import (
         BUDGET_KEYS,

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from failcore.policy.address import normalise_host
+from failcore.policy.contracts import ToolContract
 from failcore.policy.runtime import (
     DEFAULT_EXEC_RULES,
     DEFAULT_FS_RULES,
@@ -20,7 +21,6 @@ from failcore.policy.runtime import (
     ExecRules,
     FsRules,
     NetRules,
-    ToolContract,
 )
 
 if TYPE_CHECKING:

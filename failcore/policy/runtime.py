@@ -1,6 +1,6 @@
-"""In-process checks for the runtime API (`failcore.run` / `failcore.guard`): files, processes, connections
-and tool outputs. Pure functions over frozen rules; the runtime calls them from its audit hook and applies
-strict/observe itself.
+"""In-process checks for the runtime API (`failcore.run` / `failcore.guard`): files, processes and
+connections (a tool's output contract: failcore.policy.contracts). Pure functions over frozen rules; the
+runtime calls them from its audit hook and applies strict/observe itself.
 
 - `check_fs`: the path is made absolute against `cwd` and resolved with `os.path.realpath` (so `..`,
   symlinked parents, dangling symlinks and `/proc/self/root` are followed to where the kernel would go),
@@ -13,14 +13,12 @@ strict/observe itself.
 - `check_connect`: the resolved address is classified (metadata, link_local, loopback, private) after
   unwrapping every spelling that carries an IPv4 address (mapped, compatible, NAT64, 6to4, Teredo,
   inet_aton forms); denied categories are refused unless an `allow` entry names the address.
-- `check_output`: a tool's declared output (json or text) against what it returned.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -159,17 +157,6 @@ class NetRules:
             elif host == pattern:
                 return True
         return False
-
-
-OUTPUT_KINDS: tuple[str, ...] = ("json", "text")
-
-
-@dataclass(frozen=True, slots=True)
-class ToolContract:
-    """What a tool declares it returns: `json` (a dict or list, or text holding a JSON object or array)
-    or `text`."""
-
-    output: Literal["json", "text"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,46 +446,6 @@ _CATEGORY_TEXT = {
     "loopback": "a loopback (this host)",
     "private": "a private or reserved",
 }
-
-
-# --------------------------------------------------------------------------------------------------
-# Tool outputs
-# --------------------------------------------------------------------------------------------------
-
-
-def output_kind(result: object) -> str:
-    """ "json" (a dict, list or tuple, a JSON scalar, or text / bytes holding a JSON object or array),
-    "text" (other text, or any other object) or "none"."""
-    if result is None:
-        return "none"
-    if isinstance(result, (dict, list, tuple, bool, int, float)):
-        return "json"
-    if isinstance(result, (bytes, bytearray, memoryview)):
-        try:
-            result = bytes(result).decode("utf-8")
-        except UnicodeDecodeError:
-            return "text"
-    if isinstance(result, str):
-        stripped = result.strip()
-        if stripped[:1] in ("{", "[") and stripped[-1:] in ("}", "]"):
-            try:
-                json.loads(stripped)
-            except ValueError:
-                return "text"
-            return "json"
-        return "text"
-    return "text"
-
-
-def check_output(contract: ToolContract | None, result: object) -> dict | None:
-    """None when there is no contract or the result keeps it; else the `contract` block of the tool
-    event: {"expected", "got", "drift": True}."""
-    if contract is None:
-        return None
-    got = output_kind(result)
-    if got == contract.output:
-        return None
-    return {"expected": contract.output, "got": got, "drift": True}
 
 
 # What a policy without the section gets: everything allowed but the address categories of DEFAULT_NET_DENY.

@@ -11,8 +11,9 @@ from types import MappingProxyType
 from ruamel.yaml.comments import CommentedMap
 
 from failcore.policy import values
+from failcore.policy.contracts import OUTPUT_KINDS, ToolContract
 from failcore.policy.nodes import key_pos
-from failcore.policy.runtime import DEFAULT_NET_DENY, OUTPUT_KINDS, ExecRules, FsRules, NetRules, ToolContract
+from failcore.policy.runtime import DEFAULT_NET_DENY, ExecRules, FsRules, NetRules
 from failcore.policy.validate import Choice, Each, Field, Flag, Here, MapOf, Section
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, overload
 
-from failcore.policy.runtime import check_output
+from failcore.policy.contracts import check_output
 from failcore.runtime import hook
 from failcore.runtime.context import Blocked, CallState, RunState, active_run, current_call
 from failcore.runtime.events import origin, snapshot, tool_event

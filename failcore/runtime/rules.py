@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs, check_output
+from failcore.policy.contracts import check_output
+from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
