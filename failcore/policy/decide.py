@@ -9,7 +9,7 @@ Which rules can match a (host, port, scheme, method) is worked out once per poli
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from failcore.policy.address import normalise_host
@@ -25,12 +25,8 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 # Headers with which a client asks the server to run another method than the request line's (Flask's
 # documented middleware, Express's method-override, Google APIs, ASP.NET, Symfony, …), and the query
 # parameter Express / Laravel / Symfony read for the same.
-METHOD_OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
+METHOD_OVERRIDE_HEADERS = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 METHOD_OVERRIDE_PARAMETER = "_method"
-
-
-class Headers(Protocol):
-    def get_all(self, name: str) -> list[str]: ...
 
 
 # Entries of a policy's candidate index; past that it starts over (methods and hosts come from clients).
@@ -52,16 +48,19 @@ def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, pa
     return decision
 
 
-def override_methods(headers: Headers, path: str) -> list[str]:
+def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[str]:
     """The methods a request asks the server to run instead of its own (upper case, as many as it
-    names): its method-override headers' values and a `_method` query parameter. A form field
-    `_method` in the body is not read."""
-    values = [value for name in METHOD_OVERRIDE_HEADERS for value in headers.get_all(name)]
+    names): the values of its method-override headers (`fields`: raw name/value pairs, as mitmproxy's
+    `Headers.fields`) and of a `_method` query parameter. A form field `_method` in the body is not
+    read."""
+    values = [value.decode("latin-1") for name, value in fields if name.lower() in METHOD_OVERRIDE_HEADERS]
     query = path.find("?")
     if query != -1 and "method" in path[query:].lower():
         end = path.find("#", query)
         pairs = parse_qsl(path[query + 1 : end if end != -1 else None], keep_blank_values=True)
         values.extend(value for key, value in pairs if key.lower() == METHOD_OVERRIDE_PARAMETER)
+    if not values:
+        return values
     return [m for value in values for m in (part.strip().upper() for part in value.split(",")) if m]
 
 

@@ -78,7 +78,7 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
     """
     method, scheme, port, path = req.method, req.scheme, req.port, req.path
     decision = decide(policy, host=host, port=port, scheme=scheme, method=method, path=path)
-    for override in override_methods(req.headers, path):
+    for override in override_methods(req.headers.fields, path):
         # X-HTTP-Method-Override and friends: judged as both methods, the stricter verdict wins.
         decision = stricter(
             decision, decide(policy, host=host, port=port, scheme=scheme, method=override, path=path)
