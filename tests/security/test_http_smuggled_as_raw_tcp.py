@@ -55,6 +55,23 @@ def test_smuggled_request_in_a_plain_tunnel_is_refused(
     assert "could not read as HTTP" in event["reason"] and event["detail"]["blocked_by"] == "policy"
 
 
+def test_a_well_formed_request_relayed_as_tcp_by_tcp_hosts_is_refused(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """mitmproxy's `tcp_hosts` relays even a well-formed request as TCP: it is not judged as HTTP."""
+    proxy = start_proxy(
+        policy_file(ADMIN_RULE.format(mode="enforce", extra="")), sets=["tcp_hosts=127\\.0\\.0\\.1"]
+    )
+    with tunnel(proxy.port, plain_logging_upstream) as sock:
+        sock.sendall(admin_post(plain_logging_upstream))
+        answer = read_until_closed(sock, 1)
+    proxy.flush()
+    assert answer == b""
+    assert plain_logging_upstream.received_bytes() == b""
+    (event,) = tcp_events(tmp_path / "tape", wait=60)
+    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", "no-admin-post")
+
+
 def test_smuggled_request_over_tls_without_alpn_is_refused(
     start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
