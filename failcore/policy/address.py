@@ -11,13 +11,14 @@ import ipaddress
 def is_non_global(address: str) -> bool:
     """Whether an address is one `network.block_private_resolved` refuses: anything not globally
     routable (private, loopback, link-local and so cloud metadata, CGNAT, reserved, unspecified),
-    an IPv4-mapped IPv6 address judged as its IPv4 address."""
-    ip = ipaddress.ip_address(canonical_ip(address) or address)
-    return not ip.is_global or ip.is_multicast
+    judged as every IPv4 address an IPv6 spelling of it carries (mapped, compatible, NAT64, 6to4,
+    Teredo), exactly as the runtime's `classify` does."""
+    return classify(ipaddress.ip_address(canonical_ip(address) or address)) is not None
 
 
 def normalise_host(host: str) -> str:
-    """A host as policy rules match it: lower case, no trailing dot or brackets, IPs canonical."""
+    """A host as policy rules match it: lower case, no trailing dot or brackets, IPs canonical, an
+    internationalised name in its ASCII (punycode) form, which is how rules are written."""
     host = host.lower()
     if host.endswith("."):
         host = host.rstrip(".")
@@ -25,7 +26,27 @@ def normalise_host(host: str) -> str:
         host = host.strip("[]")
     if ":" in host or host[:1].isdigit():
         return canonical_ip(host) or host
+    if not host.isascii():
+        return ascii_host(host)
     return host
+
+
+@functools.lru_cache(maxsize=1024)
+def ascii_host(name: str) -> str:
+    """An internationalised host name in its ASCII form, label by label (`bücher.example` ->
+    `xn--bcher-kva.example`), with the IDNA codec mitmproxy decodes `xn--` names with (so a name
+    mitmproxy shows as Unicode comes back to the spelling the client sent). A label the codec
+    refuses is kept as it is."""
+    labels = []
+    for label in name.split("."):
+        if label.isascii():
+            labels.append(label)
+            continue
+        try:
+            labels.append(label.encode("idna").decode("ascii").lower())
+        except UnicodeError:
+            labels.append(label)
+    return ".".join(labels)
 
 
 @functools.lru_cache(maxsize=4096)

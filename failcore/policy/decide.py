@@ -9,6 +9,8 @@ Which rules can match a (host, port, scheme, method) is worked out once per poli
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from urllib.parse import parse_qsl
 
 from failcore.policy.address import normalise_host
 from failcore.policy.model import Decision, Policy, Rule, make_decision
@@ -16,7 +18,15 @@ from failcore.policy.model import Decision, Policy, Rule, make_decision
 # A CONNECT tunnel is treated as carrying https when judging rules that constrain the scheme.
 _TUNNEL_SCHEME = "https"
 _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+# Headers with which a client asks the server to run another method than the request line's (Flask's
+# documented middleware, Express's method-override, Google APIs, ASP.NET, Symfony, …), and the query
+# parameter Express / Laravel / Symfony read for the same.
+METHOD_OVERRIDE_HEADERS = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+METHOD_OVERRIDE_PARAMETER = "_method"
 
 
 # Entries of a policy's candidate index; past that it starts over (methods and hosts come from clients).
@@ -25,12 +35,40 @@ CANDIDATES_MAX = 4096
 
 def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
     candidates = _candidates(policy, host, port, scheme, method)
-    if candidates:
-        path = _request_path(path)
-        for rule, decision in candidates:
-            if rule.paths is None or rule.paths.matches(path):
-                return decision
-    return policy._default_decision
+    if not candidates:
+        return policy._default_decision
+    path = _request_path(path)
+    decision = _first_match(candidates, path, policy._default_decision)
+    if "%2F" in path or "%5C" in path or "\\" in path:
+        # Many servers (werkzeug, uvicorn, Node's routers) decode %2F before routing, some read '\\' as
+        # '/': the path is judged both ways and the stricter verdict wins.
+        alias = _separators_decoded(path)
+        if alias != path:
+            decision = stricter(decision, _first_match(candidates, alias, policy._default_decision))
+    return decision
+
+
+def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[str]:
+    """The methods a request asks the server to run instead of its own (upper case, as many as it
+    names): the values of its method-override headers (`fields`: raw name/value pairs, as mitmproxy's
+    `Headers.fields`) and of a `_method` query parameter. A form field `_method` in the body is not
+    read."""
+    values = [value.decode("latin-1") for name, value in fields if name.lower() in METHOD_OVERRIDE_HEADERS]
+    query = path.find("?")
+    if query != -1 and "method" in path[query:].lower():
+        end = path.find("#", query)
+        pairs = parse_qsl(path[query + 1 : end if end != -1 else None], keep_blank_values=True)
+        values.extend(value for key, value in pairs if key.lower() == METHOD_OVERRIDE_PARAMETER)
+    if not values:
+        return values
+    return [m for value in values for m in (part.strip().upper() for part in value.split(",")) if m]
+
+
+def _first_match(candidates: tuple[tuple[Rule, Decision], ...], path: str, default: Decision) -> Decision:
+    for rule, decision in candidates:
+        if rule.paths is None or rule.paths.matches(path):
+            return decision
+    return default
 
 
 def _candidates(
@@ -93,16 +131,55 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
 def tcp_verdict(policy: Policy, *, host: str, port: int) -> Decision:
     """Verdict for raw (non-HTTP) TCP through a tunnel: only host, port and the scheme `tcp` are known.
 
-    A rule that constrains method or path describes HTTP requests and cannot match raw bytes; a rule
-    whose schemes leave out `tcp` does not either.
+    A rule naming `scheme: tcp`, or one naming only host and port, decides. The bytes may still be HTTP
+    that mitmproxy did not recognise (a request after a leading CRLF, TLS without ALPN, `tcp_hosts`)
+    and that the origin server runs all the same: a BLOCK or WARN rule for HTTP (naming a method, a
+    path, or schemes without `tcp`) that could match the endpoint, or a budget that could count calls
+    to it, cannot be checked on bytes failcore does not read, so it applies to the whole stream (refused
+    in enforce mode, WARN with would_block in observe mode) instead of being skipped.
     """
     host = normalise_host(host)
+    unjudged: Rule | None = None
     for rule, decision in policy._decision_table:
-        if rule.constrains_request_line or (rule.schemes is not None and "tcp" not in rule.schemes):
+        if not rule.matches_endpoint(host, port):
             continue
-        if rule.matches_endpoint(host, port):
-            return decision
-    return policy._default_decision
+        if not rule.constrains_request_line:
+            if rule.schemes is None:
+                return _unjudged_stream(policy, decision, unjudged, host, port)
+            if "tcp" in rule.schemes:
+                return decision
+        if rule.action != "ALLOW" and (
+            unjudged is None or _SEVERITY[rule.action] > _SEVERITY[unjudged.action]
+        ):
+            unjudged = rule
+    return _unjudged_stream(policy, policy._default_decision, unjudged, host, port)
+
+
+def _unjudged_stream(policy: Policy, decision: Decision, rule: Rule | None, host: str, port: int) -> Decision:
+    """`decision`, made stricter by an HTTP rule (or a budget) that raw bytes to host:port could get
+    past."""
+    if rule is not None:
+        named = (("method", rule.methods), ("path", rule.paths), ("scheme", rule.schemes))
+        what = ", ".join(name for name, value in named if value is not None)
+        reason = (
+            f"TCP to {host}:{port} that failcore could not read as HTTP; rule '{rule.id}' (names {what}) "
+            "cannot be checked on it, so it applies to the whole stream"
+        )
+        decision = stricter(decision, make_decision(rule.action, policy.mode, rule.id, reason))
+    if decision.matched_action != "BLOCK":
+        for budget in policy.budgets:
+            if budget.scope.hosts is None or budget.scope.hosts.matches(host):
+                reason = (
+                    f"TCP to {host}:{port} that failcore could not read as HTTP; budget '{budget.id}' "
+                    "could count calls to it and cannot meter it, so the stream is refused"
+                )
+                return make_decision("BLOCK", policy.mode, f"budget:{budget.id}", reason)
+    return decision
+
+
+def stricter(a: Decision, b: Decision) -> Decision:
+    """The verdict whose matched action is stricter (BLOCK > WARN > ALLOW); `a` on a tie."""
+    return b if _SEVERITY[b.matched_action] > _SEVERITY[a.matched_action] else a
 
 
 def _request_path(path: str) -> str:
@@ -119,6 +196,11 @@ def _request_path(path: str) -> str:
     if path[0] == "/" and ("%" in path or "//" in path or "/." in path):
         return _canonical_path(path)
     return path
+
+
+def _separators_decoded(path: str) -> str:
+    """A canonical path with %2F, %5C and '\\' read as '/', dot segments then removed again."""
+    return _canonical_path(path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/"))
 
 
 def _canonical_path(path: str) -> str:

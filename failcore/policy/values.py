@@ -11,7 +11,7 @@ import re
 
 import re2
 
-from failcore.policy.address import NET_CATEGORIES, canonical_ip, parse_network
+from failcore.policy.address import NET_CATEGORIES, ascii_host, canonical_ip, parse_network
 from failcore.policy.glob import GlobError, deny_variants, glob_to_regex, model_glob_to_regex
 from failcore.policy.model import LLM_PROVIDERS, SCHEMES, FullMatcher, HostPattern, PathPattern
 from failcore.policy.nodes import describe, is_int, quote
@@ -179,6 +179,8 @@ def host_pattern(value: object) -> str | Invalid:
             )
         return Invalid("wildcards cannot be combined with an IP address") if wildcard else ip
     name = name.rstrip(".")
+    if not name.isascii():
+        name = ascii_host(name)  # matched as the punycode form the client may send either way
     ip = canonical_ip(name) if name[:1].isdigit() else None
     if ip is not None:
         return Invalid("wildcards cannot be combined with an IP address") if wildcard else ip

@@ -18,7 +18,7 @@ from failcore.dlp.scanner import DlpScanner, build_failed
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
 from failcore.policy.address import normalise_host
-from failcore.policy.decide import connect_verdict, decide
+from failcore.policy.decide import connect_verdict, decide, override_methods, stricter
 from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.failclosed import withhold_sni
@@ -78,6 +78,11 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
     """
     method, scheme, port, path = req.method, req.scheme, req.port, req.path
     decision = decide(policy, host=host, port=port, scheme=scheme, method=method, path=path)
+    for override in override_methods(req.headers.fields, path):
+        # X-HTTP-Method-Override and friends: judged as both methods, the stricter verdict wins.
+        decision = stricter(
+            decision, decide(policy, host=host, port=port, scheme=scheme, method=override, path=path)
+        )
     if method != "GET" or not is_websocket_upgrade(req):
         return decision
     ws_scheme = "wss" if scheme == "https" else "ws"
@@ -85,9 +90,6 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
     if decision.rule is not None and decision.matched_action == "BLOCK":
         return stricter(ws, decision)
     return ws
-
-
-_SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
 
 
 # Modes where the client names its destination (CONNECT, SOCKS) before TLS starts.
@@ -99,10 +101,6 @@ RELOAD_SETTLE_SECONDS = 0.05
 # this many seconds, doubling up to the maximum while it keeps failing; an edit is read at once.
 RELOAD_RETRY_SECONDS = 2.0
 RELOAD_RETRY_MAX_SECONDS = 300.0
-
-
-def stricter(a: Decision, b: Decision) -> Decision:
-    return b if _SEVERITY[b.matched_action] > _SEVERITY[a.matched_action] else a
 
 
 def blocked_response(decision: Decision, event_id: str, status: int = 403) -> http.Response:

@@ -3,7 +3,9 @@
 When the bytes inside an allowed CONNECT (or inside its TLS) are not HTTP, mitmproxy relays them as a
 TCP flow. Each such stream becomes one `network` event with action `tcp.stream` and scheme `tcp`:
 bytes and messages each way, timing, outcome. The policy judges it with `tcp_verdict` (a rule with
-`scheme: tcp`, or one that names host/port only); a BLOCK closes the connection before a byte is
+`scheme: tcp`, or one that names host/port only; an HTTP rule or a budget that could apply to the
+endpoint and cannot be checked on unread bytes applies to the whole stream, since they may be HTTP
+smuggled past mitmproxy's protocol detection); a BLOCK closes the connection before a byte is
 relayed. DLP scans every message as it passes, holding nothing back: a hit whose action is BLOCK
 (enforce mode) stops the message that completes it, and the connection with it. With
 `failcore_raw_tcp=block` (what `failcore run --contain` sets) every such stream is refused and

@@ -75,6 +75,41 @@ def send_raw(proxy_port: int, request: bytes) -> bytes:
         return read_head(s)
 
 
+def tunnel(proxy_port: int, upstream: LoggingUpstream, host: str = "127.0.0.1") -> socket.socket:
+    """A CONNECT tunnel through the proxy to `upstream` (named `host`), its 200 already read."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
+    authority = f"{host}:{upstream.port}"
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    assert read_head(sock).startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def read_until_closed(sock: socket.socket, want: int) -> bytes:
+    data = b""
+    try:
+        while len(data) < want:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
+
+
+def tcp_events(tape: Path, wait: float = 10) -> list[dict]:
+    """The tape's raw TCP stream events, waiting up to `wait` seconds for the first (it is written
+    when the stream ends)."""
+    from tests.helpers import network_events, read_tape
+
+    deadline = time.monotonic() + wait
+    while True:
+        events = [e for e in network_events(read_tape(tape)) if e["action"] == "tcp.stream"]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

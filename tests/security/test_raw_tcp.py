@@ -6,47 +6,14 @@ The logging upstream echoes raw TCP back."""
 
 from __future__ import annotations
 
-import socket
-import time
 from pathlib import Path
 
-from tests.helpers import network_events, read_tape
-from tests.security.helpers import read_head
+from tests.security.helpers import read_until_closed, tcp_events, tunnel
 from tests.security.upstream import LoggingUpstream
 
 # Assembled at run time so the repository itself holds no secret-shaped strings.
 GITHUB_PAT = "ghp_" + "Z9y8X7w6V5u4" * 3
 PAYLOAD = b"\x00\x01\x02raw-hello\xff"
-
-
-def tunnel(proxy_port: int, upstream: LoggingUpstream) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
-    authority = f"127.0.0.1:{upstream.port}"
-    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    assert read_head(sock).startswith(b"HTTP/1.1 200")
-    return sock
-
-
-def read_until_closed(sock: socket.socket, want: int) -> bytes:
-    data = b""
-    try:
-        while len(data) < want:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
-
-
-def tcp_events(tape: Path) -> list[dict]:
-    deadline = time.monotonic() + 10
-    while True:
-        events = [e for e in network_events(read_tape(tape)) if e["action"] == "tcp.stream"]
-        if events or time.monotonic() > deadline:
-            return events
-        time.sleep(0.1)
 
 
 def test_raw_tcp_yields_an_event(

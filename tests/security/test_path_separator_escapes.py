@@ -1,0 +1,72 @@
+"""Attack: get past a path rule by writing the path's slashes as %2F, %5C or a backslash (adversarial
+review, finding 2).
+
+failcore kept %2F encoded when matching, but werkzeug (Flask), uvicorn and Node's routers decode it
+before routing: `/v1%2Fadmin%2Fdelete-all` ran the handler a `/v1/admin/` rule was written to stop.
+The path is now judged as written and with those separators decoded (dot segments removed again), and
+the stricter verdict wins. Each request is written byte for byte so no client normalises it first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import network_events, read_tape
+from tests.security.helpers import send_raw
+from tests.security.upstream import LoggingUpstream
+
+POLICY = """
+version: 1
+mode: enforce
+default: ALLOW
+rules:
+  - id: no-admin
+    path: /v1/admin/
+    action: BLOCK
+  - id: no-secret
+    path: /files/*/secret
+    action: BLOCK
+"""
+
+
+def get(upstream: LoggingUpstream, path: str) -> bytes:
+    authority = f"127.0.0.1:{upstream.port}"
+    return f"GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "rule"),
+    [
+        ("/v1%2Fadmin%2Fdelete-all", "no-admin"),
+        ("/v1/admin%2fdelete-all", "no-admin"),
+        ("/v1/x/..%2Fadmin/delete-all", "no-admin"),
+        ("/v1%5Cadmin%5Cdelete-all", "no-admin"),
+        ("/v1\\admin\\delete-all", "no-admin"),
+        ("/files/a%2Fsecret", "no-secret"),
+    ],
+)
+def test_encoded_separators_do_not_escape_a_path_rule(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, path: str, rule: str
+) -> None:
+    proxy = start_proxy(policy_file(POLICY))
+    answer = send_raw(proxy.port, get(plain_logging_upstream, path))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert plain_logging_upstream.received_bytes() == b""
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["rule"]) == ("BLOCK", rule)
+
+
+def test_an_encoded_slash_elsewhere_still_passes(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """The control: decoding is only for judging; a path no rule covers either way reaches upstream
+    exactly as written."""
+    proxy = start_proxy(policy_file(POLICY))
+    answer = send_raw(proxy.port, get(plain_logging_upstream, "/files/a%2Fb/public"))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert b"GET /files/a%2Fb/public HTTP/1.1" in plain_logging_upstream.received_bytes()
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert event["decision"] == "ALLOW"
