@@ -73,6 +73,8 @@ class ChatCompletions(Accumulator):
             content = as_text(delta.get("content")) if delta else as_text(choice.get("text"))
             if index == 0 and content:
                 self.text.append(content)
+            elif content:
+                self.other_chars += len(content)
             for call in as_list(delta.get("tool_calls")):
                 call = as_dict(call)
                 key = (index, as_count(call.get("index")) or 0)
@@ -80,6 +82,8 @@ class ChatCompletions(Accumulator):
                     self._stream_tools.add(key)
                     self.tool_calls += 1
                 arguments = as_text(as_dict(call.get("function")).get("arguments"))
+                if arguments:
+                    self.other_chars += len(arguments)
                 if arguments and self.keep_content:
                     self._stream_args.setdefault(key, []).append(arguments)
             if as_dict(delta.get("function_call")) and index not in self._legacy_function_choices:
@@ -131,6 +135,9 @@ class Responses(Accumulator):
 
     def _absorb_response(self, response: dict, *, final: bool) -> None:
         self.set_model(response.get("model"))
+        response_id = as_text(response.get("id"))
+        if response_id:
+            self.response_id = response_id[:256]
         self.set_service_tier(response.get("service_tier"))
         status = as_text(response.get("status"))
         if final:
@@ -196,6 +203,7 @@ class Responses(Accumulator):
             response = as_dict(data.get("response"))
             # Tool inputs were already taken from output_item.done; the final object only fills gaps.
             self.set_model(response.get("model"))
+            self.response_id = self.response_id or (as_text(response.get("id")) or "")[:256] or None
             reason = as_text(as_dict(response.get("incomplete_details")).get("reason"))
             self.set_finish(reason or as_text(response.get("status")) or kind.rsplit(".", 1)[-1])
             if not self.text.seen:
