@@ -9,8 +9,9 @@ errs high, so a limit is reached early rather than walked past:
   BPE tokenizer (OpenAI's, Anthropic's, Llama's) makes more tokens of a text than it has bytes, and the
   JSON around the messages outweighs the few tokens of chat framing per message;
 * output tokens: one per character of generated text seen in the response (every choice's text and
-  every tool call's arguments), at most `max_tokens` (`max_completion_tokens`, `max_output_tokens`, …)
-  × `n` when the request set one;
+  refusal, every tool call's name and arguments, visible thinking), plus `FRAMING_TOKENS` for the answer
+  and for each tool call (the tokens that end a message or frame a call), at most `max_tokens`
+  (`max_completion_tokens`, `max_output_tokens`, …) × `n` when the request set one;
 * a partial count the provider did report (Anthropic's `message_start`) is taken when it is higher.
 
 Hidden reasoning tokens are not visible in the stream and so not in the estimate; an image sent by URL
@@ -35,6 +36,9 @@ from failcore.llm.typed import as_count, as_dict
 # it is then charged again: too much, never too little).
 CHARGED_RESPONSES_MAX = 8192
 
+# Tokens an answer, and each tool call in it, costs beyond its characters (measured on the recorded
+# traffic in tests/data/conformance: at most 1 for an answer, 12 for a call beyond its name and arguments).
+FRAMING_TOKENS = 4
 # Where each API puts the cap on generated tokens.
 _MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
@@ -68,11 +72,12 @@ def estimate_usage(
     request_bytes: int,
     output_chars: int,
     request_json: dict | None,
+    tool_calls: int = 0,
     reported_input: int | None = None,
     reported_output: int | None = None,
 ) -> Estimate:
     """The tokens charged for a call with unknown usage (see the module docstring)."""
-    output = output_chars
+    output = output_chars + FRAMING_TOKENS * (1 + tool_calls)
     cap = max_output_tokens(request_json)
     if cap is not None:
         output = min(output, cap)

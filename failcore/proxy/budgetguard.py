@@ -242,6 +242,7 @@ class BudgetGuard:
                     request_bytes=request_bytes,
                     output_chars=seen.output_chars,
                     request_json=llm.request_json,
+                    tool_calls=tracker.tool_calls,
                     reported_input=seen.input_tokens,
                     reported_output=seen.output_tokens,
                 )
@@ -302,6 +303,7 @@ class BudgetGuard:
             request_bytes=_request_bytes(flow, state.llm),
             output_chars=_output_chars(state, call),
             request_json=state.llm.request_json,
+            tool_calls=call.tool_calls,
             reported_input=call.input_tokens,
             reported_output=call.output_tokens,
         )

@@ -20,6 +20,16 @@ RESPONSES_TOOL_CALL_TYPES = frozenset(
         "apply_patch_call",
     }
 )
+# Streamed text that is generated (and billed) but is not the answer's text.
+_OTHER_TEXT_DELTAS = frozenset(
+    {
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.refusal.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.delta",
+    }
+)
 
 
 class ChatCompletions(Accumulator):
@@ -75,15 +85,16 @@ class ChatCompletions(Accumulator):
                 self.text.append(content)
             elif content:
                 self.other_chars += len(content)
+            self.other_chars += len(as_text(delta.get("refusal")) or "")
             for call in as_list(delta.get("tool_calls")):
                 call = as_dict(call)
                 key = (index, as_count(call.get("index")) or 0)
                 if key not in self._stream_tools:
                     self._stream_tools.add(key)
                     self.tool_calls += 1
-                arguments = as_text(as_dict(call.get("function")).get("arguments"))
-                if arguments:
-                    self.other_chars += len(arguments)
+                function = as_dict(call.get("function"))
+                arguments = as_text(function.get("arguments"))
+                self.other_chars += len(as_text(function.get("name")) or "") + len(arguments or "")
                 if arguments and self.keep_content:
                     self._stream_args.setdefault(key, []).append(arguments)
             if as_dict(delta.get("function_call")) and index not in self._legacy_function_choices:
@@ -184,6 +195,8 @@ class Responses(Accumulator):
             delta = as_text(data.get("delta"))
             if delta:
                 self.text.append(delta)
+        elif kind in _OTHER_TEXT_DELTAS:
+            self.other_chars += len(as_text(data.get("delta")) or "")
         elif kind in ("response.output_item.added", "response.output_item.done"):
             item = as_dict(data.get("item"))
             if item.get("type") in RESPONSES_TOOL_CALL_TYPES:
@@ -193,6 +206,7 @@ class Responses(Accumulator):
                 if key not in self._tool_items:
                     self._tool_items.add(key)
                     self.tool_calls += 1
+                    self.other_chars += len(as_text(item.get("name")) or "")
                 if kind == "response.output_item.done" and item.get("type") == "function_call":
                     raw = as_text(item.get("arguments"))
                     if raw is not None:
