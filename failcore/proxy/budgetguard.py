@@ -29,6 +29,7 @@ from failcore.evidence import is_encoded
 from failcore.llm import LlmCall, PriceTable, compute_cost, load_price_table
 from failcore.llm.detect import response_retrieval_id
 from failcore.llm.prices import priced_by_genai
+from failcore.policy.address import normalise_host
 from failcore.policy.model import Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
@@ -387,7 +388,7 @@ class BudgetGuard:
         host = _host(state, flow)
         response_id = retrieved or call.response_id
         if response_id is not None:
-            used = self._charged_responses.settle((host, response_id), used)
+            used = self._charged_responses.settle((normalise_host(host), response_id), used)
         provider, model = _scope(state)
         # A fetched response's request names no model: it is charged as the model that answered.
         model = model or call.response_model

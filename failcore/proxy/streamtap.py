@@ -120,7 +120,9 @@ _LLM_PATH_SUFFIXES = (
 def could_be_llm_path(path: str) -> bool:
     """Spelled as the origin resolves it (`/v1/chat/completion%73`), as failcore.llm.detect reads it."""
     clean = request_path(path).lower().rstrip("/")
-    return clean.endswith(_LLM_PATH_SUFFIXES) or response_retrieval_id(clean) is not None
+    return clean.endswith(_LLM_PATH_SUFFIXES) or (
+        "/responses/" in clean and response_retrieval_id(clean) is not None
+    )
 
 
 def should_stream_request(flow: http.HTTPFlow, threshold: int, llm_max: int | None = None) -> bool:

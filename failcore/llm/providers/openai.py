@@ -97,7 +97,11 @@ class ChatCompletions(Accumulator):
                 self.other_chars += len(as_text(function.get("name")) or "") + len(arguments or "")
                 if arguments and self.keep_content:
                     self._stream_args.setdefault(key, []).append(arguments)
-            if as_dict(delta.get("function_call")) and index not in self._legacy_function_choices:
+            legacy = as_dict(delta.get("function_call"))
+            if legacy:
+                self.other_chars += len(as_text(legacy.get("name")) or "")
+                self.other_chars += len(as_text(legacy.get("arguments")) or "")
+            if legacy and index not in self._legacy_function_choices:
                 self._legacy_function_choices.add(index)
                 self.tool_calls += 1
             if index == 0:
