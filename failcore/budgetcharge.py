@@ -12,7 +12,8 @@ errs high, so a limit is reached early rather than walked past:
   refusal, every tool call's name and arguments, visible thinking), plus `FRAMING_TOKENS` for the answer
   and for each tool call (the tokens that end a message or frame a call), at most `max_tokens`
   (`max_completion_tokens`, `max_output_tokens`, …) × `n` when the request set one;
-* a partial count the provider did report (Anthropic's `message_start`) is taken when it is higher.
+* an input count the provider did report before the stream ended (Anthropic's `message_start`) is
+  taken as it is; a partial output count when it is higher than the estimate.
 
 Hidden reasoning tokens are not visible in the stream and so not in the estimate; an image sent by URL
 costs more tokens than its URL has bytes. The estimate is recorded on the call's event
@@ -53,6 +54,14 @@ class Estimate:
         return self.input_tokens + self.output_tokens
 
 
+def reports_usage(api: str, request_json: dict | None) -> bool:
+    """Whether a stream of this API will end with its usage: all do but a Chat Completions or legacy
+    Completions stream without `stream_options.include_usage`."""
+    if api not in ("chat_completions", "completions"):
+        return True
+    return as_dict(as_dict(request_json).get("stream_options")).get("include_usage") is True
+
+
 def max_output_tokens(request_json: dict | None) -> int | None:
     """The most tokens the request lets the model generate (over all `n` choices), None when unset."""
     if not request_json:
@@ -82,7 +91,7 @@ def estimate_usage(
     if cap is not None:
         output = min(output, cap)
     return Estimate(
-        input_tokens=max(request_bytes, reported_input or 0),
+        input_tokens=reported_input if reported_input is not None else request_bytes,
         output_tokens=max(output, reported_output or 0),
     )
 

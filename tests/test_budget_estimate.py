@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from failcore.budget import Usage
-from failcore.budgetcharge import ChargedResponses, estimate_usage, max_output_tokens
+from failcore.budgetcharge import ChargedResponses, estimate_usage, max_output_tokens, reports_usage
 from failcore.llm import SseUsageTracker, detect_api
 from tests.llm_replay import load_exchanges, reported_usage
 
@@ -33,10 +33,9 @@ def _estimate(exchange: dict, request: dict | None, detected: tuple[str, str]): 
     tracker = SseUsageTracker(*detected)
     tracker.feed(exchange["response_body"].encode())
     tracker.finish()
-    seen = tracker.current
     return estimate_usage(
         request_bytes=len(exchange["request_body"].encode()),
-        output_chars=seen.output_chars,
+        output_chars=tracker.generated_chars,
         request_json=request,
         tool_calls=tracker.tool_calls,
     )
@@ -80,9 +79,21 @@ def test_max_tokens_caps_the_output_estimate() -> None:
     assert max_output_tokens({"max_tokens": True}) is None and max_output_tokens(None) is None
     estimate = estimate_usage(request_bytes=10, output_chars=1000, request_json={"max_tokens": 20})
     assert (estimate.input_tokens, estimate.output_tokens) == (10, 20)
-    # A partial count the provider reported wins when it is higher.
+    # An input count the provider reported (Anthropic's message_start) is taken as it is; a partial
+    # output count when it is higher.
     estimate = estimate_usage(request_bytes=10, output_chars=0, request_json=None, reported_input=50)
     assert estimate.input_tokens == 50
+    estimate = estimate_usage(request_bytes=10, output_chars=0, request_json=None, reported_input=5)
+    assert estimate.input_tokens == 5
+    estimate = estimate_usage(request_bytes=10, output_chars=0, request_json=None, reported_output=30)
+    assert estimate.output_tokens == 30
+
+
+def test_which_streams_report_their_usage() -> None:
+    assert not reports_usage("chat_completions", {"stream": True})
+    assert not reports_usage("completions", {"stream_options": {"include_usage": False}})
+    assert reports_usage("chat_completions", {"stream_options": {"include_usage": True}})
+    assert reports_usage("messages", None) and reports_usage("responses", {})
 
 
 def test_a_response_is_charged_once() -> None:

@@ -213,3 +213,7 @@ class SseUsageTracker:
     @property
     def response_id(self) -> str | None:
         return self._acc.response_id
+
+    @property
+    def generated_chars(self) -> int:
+        return self._acc.generated_chars

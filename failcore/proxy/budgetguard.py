@@ -24,7 +24,7 @@ import orjson
 from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
-from failcore.budgetcharge import ChargedResponses, Estimate, estimate_usage
+from failcore.budgetcharge import ChargedResponses, Estimate, estimate_usage, reports_usage
 from failcore.evidence import is_encoded
 from failcore.llm import LlmCall, PriceTable, compute_cost, load_price_table
 from failcore.llm.detect import response_retrieval_id
@@ -103,7 +103,7 @@ def _output_chars(state: FlowState, call: LlmCall) -> int:
     llm = state.llm
     assert llm is not None
     if llm.tracker is not None:
-        return llm.tracker.current.output_chars
+        return llm.tracker.generated_chars
     if llm.whole_copy is not None and llm.whole_copy.overflow and state.response_tap is not None:
         return state.response_tap.size
     return len(call.output_text or "") + sum(len(raw) for raw in call.tool_inputs)
@@ -228,7 +228,8 @@ class BudgetGuard:
         assert state.llm is not None and state.llm.tracker is not None
         tracker = state.llm.tracker
         llm = state.llm
-        request_bytes = None if response_retrieval_id(flow.request.path) else _request_bytes(flow, llm)
+        # A stream that will not report its usage is measured by its estimate as it goes.
+        request_bytes = None if reports_usage(llm.api, llm.request_json) else _request_bytes(flow, llm)
 
         def over_budget(chunk: bytes) -> CutVerdict | None:
             seen = tracker.current
@@ -241,7 +242,7 @@ class BudgetGuard:
             else:  # no usage (yet): the estimate a finished call would be charged
                 guess = estimate_usage(
                     request_bytes=request_bytes,
-                    output_chars=seen.output_chars,
+                    output_chars=tracker.generated_chars,
                     request_json=llm.request_json,
                     tool_calls=tracker.tool_calls,
                     reported_input=seen.input_tokens,

@@ -121,4 +121,9 @@ class Accumulator:
             self.finish_reason = reason[:64]
 
     def snapshot(self) -> UsageSnapshot:
-        return replace(self.usage, output_chars=self.text.chars + self.other_chars)
+        return replace(self.usage, output_chars=self.text.chars)
+
+    @property
+    def generated_chars(self) -> int:
+        """Characters of everything generated that the response showed (budgets' estimate)."""
+        return self.text.chars + self.other_chars
