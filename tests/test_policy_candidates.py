@@ -10,7 +10,7 @@ import random
 import pytest
 
 from failcore.policy.address import normalise_host
-from failcore.policy.decide import CANDIDATES_MAX, _request_path, decide
+from failcore.policy.decide import CANDIDATES_MAX, decide, request_path
 from failcore.policy.load import parse_policy, with_mode
 from failcore.policy.model import Decision, Policy
 
@@ -66,7 +66,7 @@ def _request(rng: random.Random) -> dict[str, object]:
 
 def walk_every_rule(policy: Policy, *, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
     """The first rule in the file whose every field matches, as written before the index existed."""
-    host, scheme, method, path = normalise_host(host), scheme.lower(), method.upper(), _request_path(path)
+    host, scheme, method, path = normalise_host(host), scheme.lower(), method.upper(), request_path(path)
     for rule, decision in policy._decision_table:
         if rule.matches_request(host, port, scheme, method, path):
             return decision

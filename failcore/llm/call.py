@@ -47,6 +47,8 @@ class LlmCall:
     # Raw JSON text of each tool call's arguments/input, kept so a forced-tool contract can be checked.
     tool_inputs: list[str] = field(default_factory=list)
     status: int | None = None
+    # The provider's id of the response (Responses API): budgets charge a retrieved response once.
+    response_id: str | None = None
 
     @property
     def model(self) -> str | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 
 from failcore.llm.typed import as_dict, as_list, as_text
+from failcore.policy.address import normalise_host
+from failcore.policy.decide import request_path
 
 _KNOWN_OPENAI_COMPATIBLE_HOSTS = {
     "openrouter.ai": "openrouter",
@@ -26,32 +28,51 @@ _VERTEX_GEMINI_PATH = re.compile(
     r"^/v1(?:beta\d*)?/projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/:]+)"
     r":(?P<method>[A-Za-z]+)$"
 )
+# GET of a stored (or background) Responses API response: `/v1/responses/{id}`, `?stream=true` for its
+# events. Its body carries the usage of a generation its POST may not have reported (`background: true`).
+# Only under `/v1/` or Azure's `/openai/`: a survey's `/api/responses/42` is no LLM call.
+_RESPONSE_RETRIEVAL = re.compile(r"/(?:v1|openai)/responses/(?P<id>[A-Za-z0-9_-]+)$")
 _AZURE_DEPLOYMENT_PATH = re.compile(
     r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<op>chat/completions|completions|responses)$"
 )
 
 
 def _split_host(host: str) -> tuple[str, str | None]:
-    host = host.strip().lower()
+    """(name, port) of `host[:port]`, the name as policy rules match it (`API.OpenAI.com.` is
+    `api.openai.com`): provider detection must not be evaded by a spelling the resolver accepts."""
+    host = host.strip()
+    port: str | None = None
     if host.startswith("["):
         bracket_end = host.find("]")
         name, rest = host[1:bracket_end], host[bracket_end + 1 :]
-        return name, rest[1:] if rest.startswith(":") else None
-    if host.count(":") == 1:
+        port = rest[1:] if rest.startswith(":") else None
+    elif host.count(":") == 1:
         name, port = host.split(":")
-        return name, port
-    return host, None
+    else:
+        name = host
+    return (normalise_host(name) if name else name), port
 
 
 def _clean_path(path: str) -> str:
-    path = path.split("?", 1)[0].split("#", 1)[0]
+    """The path as the origin resolves it (no query, dot segments and `%XX` of unreserved characters
+    undone: `/v1/chat/completion%73` is `/v1/chat/completions`, as policy rules see it), without a
+    trailing slash."""
+    path = request_path(path)
     return "/" + path.strip("/") if path.strip("/") else "/"
+
+
+def response_retrieval_id(path: str) -> str | None:
+    """The response id of a Responses API retrieval (`GET /v1/responses/{id}`), else None."""
+    found = _RESPONSE_RETRIEVAL.search(_clean_path(path))
+    if found is None or found.group("id") == "compact":
+        return None
+    return found.group("id")
 
 
 def _openai_style_api(path: str) -> str | None:
     if path.endswith("/chat/completions"):
         return "chat_completions"
-    if path.endswith(("/responses", "/responses/compact")):
+    if path.endswith(("/responses", "/responses/compact")) or response_retrieval_id(path):
         return "responses"
     if path.endswith("/completions"):
         return "completions"

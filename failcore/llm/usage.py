@@ -145,6 +145,7 @@ def parse_call(
     call.output_text = acc.text.value()
     call.output_truncated = acc.text.truncated
     call.tool_inputs = acc.tool_inputs
+    call.response_id = acc.response_id
     return call
 
 
@@ -208,3 +209,11 @@ class SseUsageTracker:
     @property
     def tool_calls(self) -> int:
         return self._acc.tool_calls
+
+    @property
+    def response_id(self) -> str | None:
+        return self._acc.response_id
+
+    @property
+    def generated_chars(self) -> int:
+        return self._acc.generated_chars

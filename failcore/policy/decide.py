@@ -37,7 +37,7 @@ def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, pa
     candidates = _candidates(policy, host, port, scheme, method)
     if not candidates:
         return policy._default_decision
-    path = _request_path(path)
+    path = request_path(path)
     decision = _first_match(candidates, path, policy._default_decision)
     if "%2F" in path or "%5C" in path or "\\" in path:
         # Many servers (werkzeug, uvicorn, Node's routers) decode %2F before routing, some read '\\' as
@@ -182,7 +182,7 @@ def stricter(a: Decision, b: Decision) -> Decision:
     return b if _SEVERITY[b.matched_action] > _SEVERITY[a.matched_action] else a
 
 
-def _request_path(path: str) -> str:
+def request_path(path: str) -> str:
     """The path as the origin server will resolve it: no query or fragment, dot segments removed."""
     end = path.find("?")
     if end != -1:

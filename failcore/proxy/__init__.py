@@ -64,7 +64,7 @@ class FailCore:
         self.resolved = ResolvedAddressGuard(s)
         self.hold = RequestHold(s)
         self.meter = LlmMeter(s)
-        self.budgets = BudgetGuard(s)
+        self.budgets = BudgetGuard(s, prices=self.meter.price_table)
         self.dlp = DlpGuard(s)
         self.streamtap = StreamTap(s)
         # After the guards (what they refuse is not served from a tape) and after the stream tap, whose

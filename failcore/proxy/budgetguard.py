@@ -4,24 +4,40 @@ A request that would start over a hard budget is answered 429 before it leaves t
 counted on the event loop (a request when it is admitted, tokens and cost when its response ends), so
 the next request already sees it; the store persists to SQLite off the loop. With `on_exceed:
 cut_stream`, a streaming response is cut the moment its usage crosses a hard limit.
+
+A call whose usage the provider did not report is charged an estimate that errs high, and a Responses
+API response fetched again (`background: true`, then `GET /v1/responses/{id}`) is charged once: see
+failcore.budgetcharge.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
+from failcore.budgetcharge import ChargedResponses, Estimate, estimate_usage, reports_usage
+from failcore.evidence import is_encoded
+from failcore.llm import LlmCall, PriceTable, compute_cost, load_price_table
+from failcore.llm.detect import response_retrieval_id
+from failcore.llm.prices import priced_by_genai
+from failcore.policy.address import normalise_host
 from failcore.policy.model import Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session, answer
 from failcore.proxy.streamtap import request_streams
+
+if TYPE_CHECKING:
+    from failcore.proxy.meter import LlmFlow
 
 STATE_FILE = "budgets.sqlite"
 
@@ -71,12 +87,48 @@ def _scope(state: FlowState | None) -> tuple[str | None, str | None]:
     return state.llm.provider, state.llm.request_model
 
 
+def _request_bytes(flow: http.HTTPFlow, llm: LlmFlow) -> int:
+    """The size of the request body the upstream received, decoded (a gzip'd request is not cheaper)."""
+    raw = flow.request.raw_content
+    if raw is None:
+        return 0
+    if is_encoded(flow.request.headers.get("content-encoding")) and llm.request_json is not None:
+        return len(orjson.dumps(llm.request_json))
+    return len(raw)
+
+
+def _output_chars(state: FlowState, call: LlmCall) -> int:
+    """Characters of generated text the response carried (for a JSON answer too large to meter whole,
+    its size in bytes)."""
+    llm = state.llm
+    assert llm is not None
+    if llm.tracker is not None:
+        return llm.tracker.generated_chars
+    if llm.whole_copy is not None and llm.whole_copy.overflow and state.response_tap is not None:
+        return state.response_tap.size
+    return len(call.output_text or "") + sum(len(raw) for raw in call.tool_inputs)
+
+
+def _estimate_evidence(estimate: Estimate, cost_usd: float | None) -> dict[str, object]:
+    return {
+        "input_tokens": estimate.input_tokens,
+        "output_tokens": estimate.output_tokens,
+        "total_tokens": estimate.total_tokens,
+        "cost_usd": cost_usd,
+        "basis": "request_bytes+output_chars",
+    }
+
+
 class BudgetGuard:
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, prices: Callable[[], PriceTable] | None = None) -> None:
         self.session = session
         self.store: BudgetStore | None = None
         self._store_policy: Policy | None = None
         self._started = time.time()
+        # The meter's price table (with the policy's `prices:`), to price an estimate.
+        self._prices = prices
+        self._own_prices: PriceTable | None = None
+        self._charged_responses = ChargedResponses()
 
     def running(self) -> None:
         self._started = time.time()
@@ -175,14 +227,32 @@ class BudgetGuard:
         provider, model = _scope(state)
         assert state.llm is not None and state.llm.tracker is not None
         tracker = state.llm.tracker
+        llm = state.llm
+        # A stream that will not report its usage is measured by its estimate as it goes.
+        request_bytes = None if reports_usage(llm.api, llm.request_json) else _request_bytes(flow, llm)
 
         def over_budget(chunk: bytes) -> CutVerdict | None:
             seen = tracker.current
-            partial = Usage(
-                input_tokens=seen.input_tokens or 0,
-                output_tokens=seen.output_tokens or 0,
-                total_tokens=seen.total_tokens or (seen.input_tokens or 0) + (seen.output_tokens or 0),
-            )
+            if seen.usage_known or request_bytes is None:
+                partial = Usage(
+                    input_tokens=seen.input_tokens or 0,
+                    output_tokens=seen.output_tokens or 0,
+                    total_tokens=seen.total_tokens or (seen.input_tokens or 0) + (seen.output_tokens or 0),
+                )
+            else:  # no usage (yet): the estimate a finished call would be charged
+                guess = estimate_usage(
+                    request_bytes=request_bytes,
+                    output_chars=tracker.generated_chars,
+                    request_json=llm.request_json,
+                    tool_calls=tracker.tool_calls,
+                    reported_input=seen.input_tokens,
+                    reported_output=seen.output_tokens,
+                )
+                partial = Usage(
+                    input_tokens=guess.input_tokens,
+                    output_tokens=guess.output_tokens,
+                    total_tokens=guess.total_tokens,
+                )
             breach = store.crosses_hard(host=host, provider=provider, model=model, partial=partial)
             if breach is None or self.session.policy is None or self.session.policy.mode != "enforce":
                 return None
@@ -192,30 +262,30 @@ class BudgetGuard:
         return over_budget
 
     @guarded("budget.response")
-    def response(self, flow: http.HTTPFlow) -> None:
-        self._charge(flow)
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        return self._charge(flow)
 
     @guarded("budget.error")
-    def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         # A stream the client closed, or failcore cut, was billed for what the provider generated.
-        self._charge(flow)
+        return self._charge(flow)
 
-    def _charge(self, flow: http.HTTPFlow) -> None:
+    def _charge(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         store = self.store
         state = self.session.flows.get(flow.id)
         if store is None or state is None:
-            return
+            return None
         if state.blocked:
             # Refused after the budget admitted it (DLP, a held body, …): it never reached the
             # upstream, so it does not count as a request.
             self._release(store, state, flow)
-            return
+            return None
         if state.replay is not None and state.replay.get("mode") in ("replayed", "override"):
             # Answered from a tape: nothing was spent, not even a request.
             self._release(store, state, flow)
-            return
+            return None
         if state.llm is None or state.llm.call is None or state.llm.charged:
-            return
+            return None
         state.llm.charged = True
         call = state.llm.call
         used = Usage(
@@ -225,9 +295,113 @@ class BudgetGuard:
             cost_usd=state.llm.charge_usd or 0.0,
             tool_calls=call.tool_calls,
         )
+        retrieved = response_retrieval_id(flow.request.path)
+        if call.usage_known or retrieved is not None or not 200 <= (call.status or 0) < 300:
+            # A fetched response without usage (still queued) has generated nothing yet; a refused call
+            # (4xx, 5xx) was not billed.
+            self._record(store, state, flow, call, used, retrieved)
+            return None
+        estimate = estimate_usage(
+            request_bytes=_request_bytes(flow, state.llm),
+            output_chars=_output_chars(state, call),
+            request_json=state.llm.request_json,
+            tool_calls=call.tool_calls,
+            reported_input=call.input_tokens,
+            reported_output=call.output_tokens,
+        )
+        guess = replace(
+            call,
+            input_tokens=estimate.input_tokens,
+            output_tokens=estimate.output_tokens,
+            total_tokens=estimate.total_tokens,
+            cached_input_tokens=None,
+            cache_write_tokens=None,
+            cache_write_1h_tokens=None,
+            reasoning_tokens=None,
+            usage_known=True,
+        )
+        prices = self._price_table()
+        if priced_by_genai(guess, prices):
+            return self._charge_estimate_off_loop(store, state, flow, call, used, estimate, guess, prices)
+        self._charge_estimate(store, state, flow, call, used, estimate, _estimate_cost(guess, prices))
+        return None
+
+    async def _charge_estimate_off_loop(
+        self,
+        store: BudgetStore,
+        state: FlowState,
+        flow: http.HTTPFlow,
+        call: LlmCall,
+        used: Usage,
+        estimate: Estimate,
+        guess: LlmCall,
+        prices: PriceTable,
+    ) -> None:
+        # genai-prices takes ~1 ms of CPU per call (see LlmMeter._price_off_loop).
+        cost = await asyncio.to_thread(_estimate_cost, guess, prices)
+        self._charge_estimate(store, state, flow, call, used, estimate, cost)
+
+    def _charge_estimate(
+        self,
+        store: BudgetStore,
+        state: FlowState,
+        flow: http.HTTPFlow,
+        call: LlmCall,
+        used: Usage,
+        estimate: Estimate,
+        cost: float | None,
+    ) -> None:
+        charged = Usage(
+            input_tokens=estimate.input_tokens,
+            output_tokens=estimate.output_tokens,
+            total_tokens=estimate.total_tokens,
+            cost_usd=max(cost or 0.0, used.cost_usd),
+            tool_calls=used.tool_calls,
+        )
+        assert state.llm is not None
+        if state.llm.evidence is not None:
+            state.llm.evidence["budget_estimate"] = _estimate_evidence(estimate, cost)
+        hint = (
+            " (set stream_options.include_usage for the exact count)"
+            if call.api in ("chat_completions", "completions") and call.stream
+            else ""
+        )
+        price = f", ${cost:.6g}" if cost is not None else ""
+        state.warnings.append(
+            {
+                "reason": "usage_estimated",
+                "message": f"no token usage reported: budgets charged an estimate of "
+                f"{estimate.input_tokens} input + {estimate.output_tokens} output tokens{price} "
+                f"(request bytes, output characters: an upper bound){hint}",
+            }
+        )
+        self._record(store, state, flow, call, charged, None)
+
+    def _record(
+        self,
+        store: BudgetStore,
+        state: FlowState,
+        flow: http.HTTPFlow,
+        call: LlmCall,
+        used: Usage,
+        retrieved: str | None,
+    ) -> None:
+        host = _host(state, flow)
+        response_id = retrieved or call.response_id
+        if response_id is not None:
+            used = self._charged_responses.settle((normalise_host(host), response_id), used)
         provider, model = _scope(state)
-        for crossed in store.record(host=_host(state, flow), provider=provider, model=model, usage=used):
+        # A fetched response's request names no model: it is charged as the model that answered.
+        model = model or call.response_model
+        for crossed in store.record(host=host, provider=provider, model=model, usage=used):
             state.warnings.append(_warning(crossed))
+
+    def _price_table(self) -> PriceTable:
+        if self._prices is not None:
+            return self._prices()
+        if self._own_prices is None:  # alone (tests): the shipped table
+            self._own_prices = load_price_table()
+        return self._own_prices
 
     @staticmethod
     def _release(store: BudgetStore, state: FlowState, flow: http.HTTPFlow) -> None:
@@ -238,3 +412,7 @@ class BudgetGuard:
             host=_host(state, flow), provider=provider, model=model, reserved_at=state.request_reserved_at
         )
         state.request_reserved_at = None
+
+
+def _estimate_cost(guess: LlmCall, prices: PriceTable) -> float | None:
+    return compute_cost(guess, prices).usd

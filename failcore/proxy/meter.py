@@ -447,6 +447,7 @@ class LlmMeter:
             # A compressed stream leaves no readable copy: the tracker saw the model go by.
             call.response_model = call.response_model or tracker.response_model
             call.tool_calls = max(tracker.tool_calls, call.tool_calls)
+            call.response_id = call.response_id or tracker.response_id
         meter.call = call
         prices = self.price_table()
         if priced_by_genai(call, prices):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from mitmproxy import http
 
+from failcore.llm.detect import request_path, response_retrieval_id
 from failcore.proxy.cutoff import CuttingTap, CutVerdict
 from failcore.proxy.guard import StreamFailures, guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
@@ -115,7 +116,11 @@ _LLM_PATH_SUFFIXES = (
 
 
 def could_be_llm_path(path: str) -> bool:
-    return path.split("?", 1)[0].lower().rstrip("/").endswith(_LLM_PATH_SUFFIXES)
+    """Spelled as the origin resolves it (`/v1/chat/completion%73`), as failcore.llm.detect reads it."""
+    clean = request_path(path).lower().rstrip("/")
+    return clean.endswith(_LLM_PATH_SUFFIXES) or (
+        "/responses/" in clean and response_retrieval_id(clean) is not None
+    )
 
 
 def should_stream_request(flow: http.HTTPFlow, threshold: int, llm_max: int | None = None) -> bool:

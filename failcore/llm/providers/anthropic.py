@@ -49,18 +49,23 @@ class AnthropicMessages(Accumulator):
             block = as_dict(data.get("content_block"))
             if block.get("type") == "tool_use":
                 self.tool_calls += 1
+                self.other_chars += len(as_text(block.get("name")) or "")
                 self._tool_blocks[as_count(data.get("index")) or 0] = []
             elif block.get("type") == "text":
                 self.text.append(as_text(block.get("text")) or "")
         elif kind == "content_block_delta":
             delta = as_dict(data.get("delta"))
-            if delta.get("type") == "text_delta":
+            delta_kind = delta.get("type")
+            if delta_kind == "text_delta":
                 self.text.append(as_text(delta.get("text")) or "")
-            elif delta.get("type") == "input_json_delta" and self.keep_content:
-                parts = self._tool_blocks.get(as_count(data.get("index")) or 0)
+            elif delta_kind == "input_json_delta":
                 partial = as_text(delta.get("partial_json"))
+                self.other_chars += len(partial or "")
+                parts = self._tool_blocks.get(as_count(data.get("index")) or 0) if self.keep_content else None
                 if parts is not None and partial:
                     parts.append(partial)
+            elif delta_kind == "thinking_delta":
+                self.other_chars += len(as_text(delta.get("thinking")) or "")
         elif kind == "content_block_stop":
             parts = self._tool_blocks.pop(as_count(data.get("index")) or 0, None)
             if parts is not None:

@@ -75,6 +75,10 @@ class Accumulator:
         self.service_tier: str | None = None
         self.finish_reason: str | None = None
         self.tool_calls = 0
+        # The provider's id of the response (Responses API), so a later retrieval of it is not charged twice.
+        self.response_id: str | None = None
+        # Generated text not in `text` (other choices, streamed tool-call arguments), for estimates.
+        self.other_chars = 0
         self.done = False
         # The stream ended on an error (an `error` event, `response.failed`), not on its normal end.
         self.errored = False
@@ -118,3 +122,8 @@ class Accumulator:
 
     def snapshot(self) -> UsageSnapshot:
         return replace(self.usage, output_chars=self.text.chars)
+
+    @property
+    def generated_chars(self) -> int:
+        """Characters of everything generated that the response showed (budgets' estimate)."""
+        return self.text.chars + self.other_chars

@@ -20,6 +20,16 @@ RESPONSES_TOOL_CALL_TYPES = frozenset(
         "apply_patch_call",
     }
 )
+# Streamed text that is generated (and billed) but is not the answer's text.
+_OTHER_TEXT_DELTAS = frozenset(
+    {
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+        "response.refusal.delta",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_text.delta",
+    }
+)
 
 
 class ChatCompletions(Accumulator):
@@ -73,16 +83,25 @@ class ChatCompletions(Accumulator):
             content = as_text(delta.get("content")) if delta else as_text(choice.get("text"))
             if index == 0 and content:
                 self.text.append(content)
+            elif content:
+                self.other_chars += len(content)
+            self.other_chars += len(as_text(delta.get("refusal")) or "")
             for call in as_list(delta.get("tool_calls")):
                 call = as_dict(call)
                 key = (index, as_count(call.get("index")) or 0)
                 if key not in self._stream_tools:
                     self._stream_tools.add(key)
                     self.tool_calls += 1
-                arguments = as_text(as_dict(call.get("function")).get("arguments"))
+                function = as_dict(call.get("function"))
+                arguments = as_text(function.get("arguments"))
+                self.other_chars += len(as_text(function.get("name")) or "") + len(arguments or "")
                 if arguments and self.keep_content:
                     self._stream_args.setdefault(key, []).append(arguments)
-            if as_dict(delta.get("function_call")) and index not in self._legacy_function_choices:
+            legacy = as_dict(delta.get("function_call"))
+            if legacy:
+                self.other_chars += len(as_text(legacy.get("name")) or "")
+                self.other_chars += len(as_text(legacy.get("arguments")) or "")
+            if legacy and index not in self._legacy_function_choices:
                 self._legacy_function_choices.add(index)
                 self.tool_calls += 1
             if index == 0:
@@ -131,6 +150,9 @@ class Responses(Accumulator):
 
     def _absorb_response(self, response: dict, *, final: bool) -> None:
         self.set_model(response.get("model"))
+        response_id = as_text(response.get("id"))
+        if response_id:
+            self.response_id = response_id[:256]
         self.set_service_tier(response.get("service_tier"))
         status = as_text(response.get("status"))
         if final:
@@ -177,6 +199,8 @@ class Responses(Accumulator):
             delta = as_text(data.get("delta"))
             if delta:
                 self.text.append(delta)
+        elif kind in _OTHER_TEXT_DELTAS:
+            self.other_chars += len(as_text(data.get("delta")) or "")
         elif kind in ("response.output_item.added", "response.output_item.done"):
             item = as_dict(data.get("item"))
             if item.get("type") in RESPONSES_TOOL_CALL_TYPES:
@@ -186,6 +210,7 @@ class Responses(Accumulator):
                 if key not in self._tool_items:
                     self._tool_items.add(key)
                     self.tool_calls += 1
+                    self.other_chars += len(as_text(item.get("name")) or "")
                 if kind == "response.output_item.done" and item.get("type") == "function_call":
                     raw = as_text(item.get("arguments"))
                     if raw is not None:
@@ -196,6 +221,7 @@ class Responses(Accumulator):
             response = as_dict(data.get("response"))
             # Tool inputs were already taken from output_item.done; the final object only fills gaps.
             self.set_model(response.get("model"))
+            self.response_id = self.response_id or (as_text(response.get("id")) or "")[:256] or None
             reason = as_text(as_dict(response.get("incomplete_details")).get("reason"))
             self.set_finish(reason or as_text(response.get("status")) or kind.rsplit(".", 1)[-1])
             if not self.text.seen:

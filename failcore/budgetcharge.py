@@ -1,0 +1,138 @@
+"""What a budget charges for one LLM call when the provider did not say, and what a response already cost.
+
+**Estimate.** A call whose usage the provider never reported (a Chat Completions stream without
+`stream_options.include_usage`, a legacy Completions stream, a Responses API call created with
+`background: true`, a stream cut before its final usage) is not free: budgets charge an estimate that
+errs high, so a limit is reached early rather than walked past:
+
+* input tokens: one per byte of the request body as the upstream received it (decoded). No byte-level
+  BPE tokenizer (OpenAI's, Anthropic's, Llama's) makes more tokens of a text than it has bytes, and the
+  JSON around the messages outweighs the few tokens of chat framing per message;
+* output tokens: one per character of generated text seen in the response (every choice's text and
+  refusal, every tool call's name and arguments, visible thinking), plus `FRAMING_TOKENS` for the answer
+  and for each tool call (the tokens that end a message or frame a call), at most `max_tokens`
+  (`max_completion_tokens`, `max_output_tokens`, …) × `n` when the request set one;
+* an input count the provider did report before the stream ended (Anthropic's `message_start`) is
+  taken as it is; a partial output count when it is higher than the estimate.
+
+Hidden reasoning tokens are not visible in the stream and so not in the estimate; an image sent by URL
+costs more tokens than its URL has bytes. The estimate is recorded on the call's event
+(`llm.budget_estimate`, a `usage_estimated` warning); `usage` itself stays unknown, never 0.
+
+**Charged once.** A Responses API response can be fetched again (`GET /v1/responses/{id}`, the way a
+`background: true` call is polled for its result): `ChargedResponses` remembers what each response id was
+charged so far (bounded, least recently charged forgotten first) and a later fetch charges only what its
+usage adds, never the same tokens twice.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from failcore.budget import Usage
+from failcore.llm.typed import as_count, as_dict
+
+# Response ids remembered per proxy run; past that the least recently charged is forgotten (a fetch of
+# it is then charged again: too much, never too little).
+CHARGED_RESPONSES_MAX = 8192
+
+# Tokens an answer, and each tool call in it, costs beyond its characters (measured on the recorded
+# traffic in tests/data/conformance: at most 1 for an answer, 12 for a call beyond its name and arguments).
+FRAMING_TOKENS = 4
+# Where each API puts the cap on generated tokens.
+_MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def reports_usage(api: str, request_json: dict | None) -> bool:
+    """Whether a stream of this API will end with its usage: all do but a Chat Completions or legacy
+    Completions stream without `stream_options.include_usage`."""
+    if api not in ("chat_completions", "completions"):
+        return True
+    return as_dict(as_dict(request_json).get("stream_options")).get("include_usage") is True
+
+
+def max_output_tokens(request_json: dict | None) -> int | None:
+    """The most tokens the request lets the model generate (over all `n` choices), None when unset."""
+    if not request_json:
+        return None
+    cap = next((c for k in _MAX_OUTPUT_KEYS if (c := as_count(request_json.get(k)))), None)
+    if cap is None:
+        config = as_dict(request_json.get("generationConfig") or request_json.get("generation_config"))
+        options = as_dict(request_json.get("options"))  # Ollama
+        cap = as_count(config.get("maxOutputTokens")) or as_count(options.get("num_predict"))
+    if not cap:
+        return None
+    return cap * max(1, as_count(request_json.get("n")) or 1)
+
+
+def estimate_usage(
+    *,
+    request_bytes: int,
+    output_chars: int,
+    request_json: dict | None,
+    tool_calls: int = 0,
+    reported_input: int | None = None,
+    reported_output: int | None = None,
+) -> Estimate:
+    """The tokens charged for a call with unknown usage (see the module docstring)."""
+    output = output_chars + FRAMING_TOKENS * (1 + tool_calls)
+    cap = max_output_tokens(request_json)
+    if cap is not None:
+        output = min(output, cap)
+    return Estimate(
+        input_tokens=reported_input if reported_input is not None else request_bytes,
+        output_tokens=max(output, reported_output or 0),
+    )
+
+
+class ChargedResponses:
+    """What budgets charged per response id, so fetching a response again never charges it twice."""
+
+    def __init__(self, limit: int = CHARGED_RESPONSES_MAX) -> None:
+        self.limit = limit
+        self._charged: OrderedDict[tuple[str, str], Usage] = OrderedDict()
+
+    def settle(self, key: tuple[str, str] | None, usage: Usage) -> Usage:
+        """The part of `usage` not yet charged for this response (all of it for a first sight or no key);
+        the response is then recorded as charged the larger of each count."""
+        if key is None:
+            return usage
+        before = self._charged.pop(key, None)
+        charged = usage if before is None else _larger(before, usage)
+        self._charged[key] = charged
+        if len(self._charged) > self.limit:
+            self._charged.popitem(last=False)
+        return usage if before is None else _minus(charged, before, requests=usage.requests)
+
+
+def _larger(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        requests=0,
+        input_tokens=max(a.input_tokens, b.input_tokens),
+        output_tokens=max(a.output_tokens, b.output_tokens),
+        total_tokens=max(a.total_tokens, b.total_tokens),
+        cost_usd=max(a.cost_usd, b.cost_usd),
+        tool_calls=max(a.tool_calls, b.tool_calls),
+    )
+
+
+def _minus(a: Usage, b: Usage, *, requests: int) -> Usage:
+    return Usage(
+        requests=requests,
+        input_tokens=a.input_tokens - b.input_tokens,
+        output_tokens=a.output_tokens - b.output_tokens,
+        total_tokens=a.total_tokens - b.total_tokens,
+        cost_usd=a.cost_usd - b.cost_usd,
+        tool_calls=a.tool_calls - b.tool_calls,
+    )

@@ -1,0 +1,112 @@
+"""The estimate budgets charge for a call whose usage the provider did not report, checked against the
+usage real providers did report (tests/data/conformance, read by tests.llm_replay.reported_usage), and
+the ledger that charges a fetched Responses API response once."""
+
+from __future__ import annotations
+
+import json
+
+from failcore.budget import Usage
+from failcore.budgetcharge import ChargedResponses, estimate_usage, max_output_tokens, reports_usage
+from failcore.llm import SseUsageTracker, detect_api
+from tests.llm_replay import load_exchanges, reported_usage
+
+
+def _streams() -> list[tuple[dict, dict | None, tuple[str, str]]]:
+    found = []
+    for exchange in load_exchanges():
+        content_type = exchange["response_headers"].get("content-type") or ""
+        if exchange["status"] != 200 or not ("event-stream" in content_type or "ndjson" in content_type):
+            continue
+        try:
+            request = json.loads(exchange["request_body"] or "")
+        except ValueError:
+            request = None
+        request = request if isinstance(request, dict) else None
+        detected = detect_api(exchange["host"], exchange["path"], request)
+        if detected is not None:
+            found.append((exchange, request, detected))
+    return found
+
+
+def _estimate(exchange: dict, request: dict | None, detected: tuple[str, str]):  # type: ignore[no-untyped-def]
+    tracker = SseUsageTracker(*detected)
+    tracker.feed(exchange["response_body"].encode())
+    tracker.finish()
+    return estimate_usage(
+        request_bytes=len(exchange["request_body"].encode()),
+        output_chars=tracker.generated_chars,
+        request_json=request,
+        tool_calls=tracker.tool_calls,
+    )
+
+
+def test_estimate_is_never_below_what_real_providers_reported() -> None:
+    """Every recorded stream whose provider reported usage, estimated as if it had not: the estimate is
+    at least the reported input and output (requests whose bodies were cut for the recording left out)."""
+    checked = 0
+    for exchange, request, detected in _streams():
+        reported = reported_usage(exchange)
+        if reported is None or exchange["request_trimmed"]:
+            continue
+        estimate = _estimate(exchange, request, detected)
+        where = exchange["id"]
+        assert estimate.input_tokens >= reported.input_tokens, where
+        assert estimate.output_tokens >= reported.output_tokens, where
+        checked += 1
+    assert checked >= 60  # OpenAI chat and Responses, Anthropic, Groq, Mistral, DeepSeek, Ollama, …
+
+
+def test_streams_without_usage_are_charged_more_than_nothing() -> None:
+    """The recorded OpenAI streams made without stream_options.include_usage (the attack's traffic)."""
+    checked = 0
+    for exchange, request, detected in _streams():
+        if reported_usage(exchange) is not None or detected[0] != "openai":
+            continue
+        estimate = _estimate(exchange, request, detected)
+        assert estimate.input_tokens == len(exchange["request_body"].encode()) > 0, exchange["id"]
+        assert estimate.output_tokens > 0, exchange["id"]
+        checked += 1
+    assert checked >= 50
+
+
+def test_max_tokens_caps_the_output_estimate() -> None:
+    assert max_output_tokens({"max_tokens": 20, "n": 3}) == 60
+    assert max_output_tokens({"max_completion_tokens": 7, "max_tokens": 99}) == 7
+    assert max_output_tokens({"max_output_tokens": 5}) == 5
+    assert max_output_tokens({"generationConfig": {"maxOutputTokens": 9}}) == 9
+    assert max_output_tokens({"options": {"num_predict": 11}}) == 11
+    assert max_output_tokens({"max_tokens": True}) is None and max_output_tokens(None) is None
+    estimate = estimate_usage(request_bytes=10, output_chars=1000, request_json={"max_tokens": 20})
+    assert (estimate.input_tokens, estimate.output_tokens) == (10, 20)
+    # An input count the provider reported (Anthropic's message_start) is taken as it is; a partial
+    # output count when it is higher.
+    estimate = estimate_usage(request_bytes=10, output_chars=0, request_json=None, reported_input=50)
+    assert estimate.input_tokens == 50
+    estimate = estimate_usage(request_bytes=10, output_chars=0, request_json=None, reported_input=5)
+    assert estimate.input_tokens == 5
+    estimate = estimate_usage(request_bytes=10, output_chars=0, request_json=None, reported_output=30)
+    assert estimate.output_tokens == 30
+
+
+def test_which_streams_report_their_usage() -> None:
+    assert not reports_usage("chat_completions", {"stream": True})
+    assert not reports_usage("completions", {"stream_options": {"include_usage": False}})
+    assert reports_usage("chat_completions", {"stream_options": {"include_usage": True}})
+    assert reports_usage("messages", None) and reports_usage("responses", {})
+
+
+def test_a_response_is_charged_once() -> None:
+    ledger = ChargedResponses(limit=2)
+    real = Usage(input_tokens=1000, output_tokens=1000, total_tokens=2000, cost_usd=0.5)
+    guess = Usage(input_tokens=60, output_tokens=4, total_tokens=64, cost_usd=0.01)
+    key = ("api.openai.com", "resp_1")
+    assert ledger.settle(key, guess) == guess  # the background POST: an estimate
+    delta = ledger.settle(key, real)  # its result, fetched: only what the estimate did not cover
+    assert (delta.input_tokens, delta.output_tokens, delta.total_tokens) == (940, 996, 1936)
+    assert abs(delta.cost_usd - 0.49) < 1e-9
+    assert ledger.settle(key, real) == Usage()  # polled again
+    assert ledger.settle(None, real) == real  # no id: every call is charged
+    ledger.settle(("h", "a"), real)
+    ledger.settle(("h", "b"), real)  # bounded: resp_1 forgotten, so charged again (too much, not too little)
+    assert ledger.settle(key, real) == real
