@@ -259,6 +259,10 @@ def judge_request(
         hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
     if decoded.over_limit:
         return hits, f"the request body decodes to more than {DECODE_LIMIT} bytes: it cannot be scanned whole"
+    if decoded.error is not None:
+        # A receiver whose decoder is more lenient (or just different) reads what was not scanned.
+        why = decoded.error.partition(":")[0]  # (its message may quote the body or a header)
+        return hits, f"the request body does not decode per its Content-Encoding ({why}): not scanned whole"
     return hits, None
 
 
