@@ -12,7 +12,7 @@ Pure: runs with the rest of the event's DLP pass, off the hooks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from failcore.dlp import Hit, mask_text
@@ -35,49 +35,46 @@ _BODY_FIELDS: Final = ("encoding", "decode_error")
 Field = tuple[Any, Any, str]
 
 
-def quoted_fields(event: dict[str, Any]) -> Iterator[Field]:
+def quoted_fields(event: dict[str, Any]) -> list[Field]:
     """(container, key, where) of every non-empty string of the event that may quote the exchange;
     `summary` is left out (it repeats the method and the path, see mask_quoted)."""
-    for key in _EVENT_FIELDS:
-        yield from _string(event, key, key)
+    found: list[Field] = []
+    _strings(found, event, _EVENT_FIELDS, "")
     for warning in event.get("warnings") or ():
-        if isinstance(warning, dict):
-            yield from _string(warning, "message", "warning")
+        if isinstance(warning, dict) and isinstance(warning.get("message"), str) and warning["message"]:
+            found.append((warning, "message", "warning"))
     for side in ("request", "response"):
         message = event.get(side)
-        if not isinstance(message, dict):
-            continue
-        for key in _MESSAGE_FIELDS:
-            yield from _string(message, key, f"{side}.{key}")
-        body = message.get("body")
-        if isinstance(body, dict):
-            for key in _BODY_FIELDS:
-                yield from _string(body, key, f"{side}.body.{key}")
+        if isinstance(message, dict):
+            _strings(found, message, _MESSAGE_FIELDS, f"{side}.")
+            body = message.get("body")
+            if isinstance(body, dict):
+                _strings(found, body, _BODY_FIELDS, f"{side}.body.")
     llm = event.get("llm")
     if isinstance(llm, dict):
-        yield from _strings_in(llm, "llm")
+        _strings_in(found, llm, "llm")
     cut = event.get("cut")
     if isinstance(cut, dict):
-        yield from _string(cut, "detail", "cut.detail")
+        _strings(found, cut, ("detail",), "cut.")
+    return found
 
 
-def _string(container: dict[str, Any], key: str, where: str) -> Iterator[Field]:
-    value = container.get(key)
-    if isinstance(value, str) and value:
-        yield container, key, where
+def _strings(found: list[Field], container: dict[str, Any], keys: tuple[str, ...], prefix: str) -> None:
+    for key in keys:
+        value = container.get(key)
+        if value and isinstance(value, str):
+            found.append((container, key, prefix + key))
 
 
-def _strings_in(node: Any, where: str, depth: int = 0) -> Iterator[Field]:
+def _strings_in(found: list[Field], node: Any, where: str, depth: int = 0) -> None:
     """Every string in a JSON-ready tree (an LLM call's evidence: a few levels deep)."""
-    if depth > 4:
-        return
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    items = node.items() if isinstance(node, dict) else enumerate(node)
     for key, value in items:
         if isinstance(value, str):
             if value:
-                yield node, key, f"{where}.{key}"
-        elif isinstance(value, dict | list):
-            yield from _strings_in(value, f"{where}.{key}", depth + 1)
+                found.append((node, key, f"{where}.{key}"))
+        elif isinstance(value, dict | list) and depth < 4:
+            _strings_in(found, value, f"{where}.{key}", depth + 1)
 
 
 def mask_quoted(
@@ -89,16 +86,34 @@ def mask_quoted(
 ) -> None:
     """Mask every secret in the event's quoting strings (quoted_fields) and the summary, with the
     exchange's echoed credentials; `record(hit, where)` makes each hit's record for the `dlp` block."""
-    for container, key, where in list(quoted_fields(event)):
+    fields = quoted_fields(event)
+    summary = event.get("summary")
+    texts = [container[key] for container, key, _ in fields]
+    if isinstance(summary, str):
+        texts.append(summary)
+    # They repeat from one exchange to the next (a model name, "stop", "OK"): one scan of them all,
+    # found clean before, answers for all of them; each is scanned alone only when that one finds some.
+    block = "\n".join(texts)
+    if _clean(scanner, block, echoes):
+        return
+    for container, key, where in fields:
         text = container[key]
         masked, found = masked_prose(scanner, text, echoes)
         if masked != text:
             container[key] = masked
         out.extend(record(h, where) for h in found)
-    summary = event.get("summary")
     if isinstance(summary, str) and summary:
         # `METHOD /path` or `CONNECT host:port`: its parts' hits are recorded where they are.
         event["summary"] = masked_prose(scanner, summary, echoes)[0]
+
+
+def _clean(scanner: DlpScanner, block: str, echoes: Echoes) -> bool:
+    """Whether `block` holds no DLP hit, as written or upper-cased, and no echoed credential."""
+    if echoes is not None:
+        raw = utf8_bytes(block)
+        if any(secret in raw for secret in echoes[0]):
+            return False
+    return not scanner.clean_texts.scan(block) and not scanner.clean_texts.scan(block.upper())
 
 
 def masked_prose(scanner: DlpScanner, text: str, echoes: Echoes = None) -> tuple[str, list[Hit]]:
