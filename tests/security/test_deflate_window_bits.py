@@ -112,3 +112,26 @@ def test_a_small_window_zlib_response_stream_is_cut_on_its_secret(start_proxy, p
     [event] = network_events(read_tape(tmp_path / "tape"))
     assert event["cut"]["reason"] == "dlp" and "github-pat" in event["cut"]["detail"]
     assert PAT.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_a_coding_failcore_does_not_decode_is_scanned_as_sent(
+    start_proxy, policy_file, logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    """S3's `aws-chunked` (plain data in signed chunks, what boto3 sends for a streaming upload) is no
+    coding failcore decodes: its bytes are scanned as sent, not refused as unscannable."""
+    chunked = b"%x;chunk-signature=0\r\n%s\r\n0;chunk-signature=0\r\n\r\n"
+    clean, leaked = (chunked % (len(body), body) for body in (b"plain-marker", SECRET))
+    proxy = start_proxy(policy_file(DLP_BLOCK), upstream_ca=logging_upstream.ca_path)
+    with proxied_client(proxy) as client:
+        sent = client.put(
+            f"{logging_upstream.url}/bucket/a", content=clean, headers={"content-encoding": "aws-chunked"}
+        )
+        refused = client.put(
+            f"{logging_upstream.url}/bucket/b", content=leaked, headers={"content-encoding": "aws-chunked"}
+        )
+    proxy.flush()
+    assert sent.status_code == 200
+    assert refused.status_code == 403 and refused.headers["x-failcore-rule"] != "dlp:unscannable"
+    seen = logging_upstream.received_bytes()
+    assert b"plain-marker" in seen and b"/bucket/b" not in seen
+    assert AWS.encode() not in tape_bytes(tmp_path / "tape")
