@@ -69,6 +69,16 @@ def content_encodings(value: str | None) -> list[str]:
     return [c for c in codings if c and c != "identity"]
 
 
+def deflate_wbits(head: bytes) -> int:
+    """The wbits that decode a `deflate` body opening with `head` (at least its first 2 bytes): a zlib
+    stream (RFC 1950 2.2: compression method 8, a window of at most 32 KiB, the header check FCHECK) of
+    any window size, not only 0x78 (a 32 KiB window); raw deflate (RFC 1951) otherwise, as some servers
+    send it. (MAX_WBITS decodes a zlib stream of any smaller window too.)"""
+    if len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0:
+        return zlib.MAX_WBITS
+    return -zlib.MAX_WBITS
+
+
 class _ZlibStage:
     """gzip (every member of a multi-member body, RFC 1952 2.2) or deflate (zlib or raw)."""
 
@@ -77,6 +87,7 @@ class _ZlibStage:
         self.gzip = coding != "deflate"
         self.z: Any = None
         self.members = 0
+        self.head = b""  # a deflate body's first byte, until its second says whether it is zlib
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         while data:
@@ -86,7 +97,12 @@ class _ZlibStage:
                 if self.gzip:
                     wbits = zlib.MAX_WBITS | 16
                 else:
-                    wbits = zlib.MAX_WBITS if data[:1] == b"\x78" else -zlib.MAX_WBITS  # raw, as some send it
+                    data = self.head + data
+                    if len(data) < 2:
+                        self.head = data
+                        return
+                    self.head = b""
+                    wbits = deflate_wbits(data)
                 self.z = zlib.decompressobj(wbits)
             z = self.z
             while True:
@@ -103,6 +119,8 @@ class _ZlibStage:
                     return
 
     def finish(self) -> Iterator[bytes]:
+        if self.head:
+            raise EOFError(f"{self.coding} stream ends before its end marker (truncated)")
         if self.z is None:
             return
         out = self.z.flush()

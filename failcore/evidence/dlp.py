@@ -33,6 +33,7 @@ from failcore.evidence.echoes import redacted as _redacted
 from failcore.evidence.hostnames import host_hits as host_hits
 from failcore.evidence.hostnames import host_spellings as host_spellings
 from failcore.evidence.hostnames import spelling_hits
+from failcore.evidence.quoted import mask_quoted
 from failcore.evidence.redact import (
     CREDENTIAL_HEADERS,
     HOST_HEADERS,
@@ -349,34 +350,6 @@ def _mask_target_host(scanner: DlpScanner, event: dict[str, Any]) -> list[Hit]:
     return found
 
 
-def _mask_said(scanner: DlpScanner, event: dict[str, Any], out: list[dict[str, Any]]) -> None:
-    """The event's reason and warning messages quote what they are about (a host, a TLS SNI): a secret
-    in them, as written or upper-cased, is masked there too."""
-    reason = event.get("reason")
-    if isinstance(reason, str) and reason:
-        event["reason"] = _masked_prose(scanner, reason, "reason", out)
-    for warning in event.get("warnings") or []:
-        message = warning.get("message") if isinstance(warning, dict) else None
-        if isinstance(message, str) and message:
-            warning["message"] = _masked_prose(scanner, message, "warning", out)
-
-
-def _masked_prose(scanner: DlpScanner, text: str, where: str, out: list[dict[str, Any]]) -> str:
-    texts = scanner.clean_texts  # a reason repeats from one exchange to the next
-    found = texts.scan(text)
-    if found:
-        out.extend(_hit_record(scanner, h, where) for h in found)
-        return mask_text(text, found)
-    upper = text.upper()
-    found = texts.scan(upper)
-    if not found:
-        return text
-    out.extend(_hit_record(scanner, h, where) for h in found)
-    if upper.encode() == text.encode().upper():  # ASCII case mapping: the same byte offsets
-        return mask_text(text, found)
-    return _redacted(found)
-
-
 def scan_event(
     scanner: DlpScanner, event: dict[str, Any], past_cap: Sequence[PastCapScan] = (), echoes: Echoes = None
 ) -> None:
@@ -415,12 +388,14 @@ def scan_event(
         before = len(hits)
         _mask_body(scanner, (request or {}).get("body"), "request.body", hits, echoes)
         _add_taint((request or {}).get("body"), hits[before:])
-        _mask_said(scanner, event, hits)
     if s.scan_response:
         response = event.get("response")
         for kind in ("header", "trailer"):
             _mask_headers(scanner, (response or {}).get(f"{kind}s"), f"response.{kind}", hits, echoes)
         _mask_body(scanner, (response or {}).get("body"), "response.body", hits, echoes)
+    if s.scan_request or s.scan_response:
+        # The error, reason, method, LLM model names… quote either side (failcore.evidence.quoted).
+        mask_quoted(scanner, event, hits, lambda hit, where: _hit_record(scanner, hit, where), echoes)
     coverage = []
     for scan, found, covered in past:
         coverage.append(covered)

@@ -13,6 +13,9 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
+from failcore.evidence.quoted import quoted_fields
+from failcore.wiretext import utf8_bytes
+
 # Headers whose value names a host: case-insensitive, so DLP scans them upper-cased too (HTTP clients
 # lower-case host names, and an AWS key id only matches in upper case).
 HOST_HEADERS: Final = frozenset({"host", ":authority"})
@@ -157,8 +160,9 @@ def mask_echoes(data: bytes, secrets: list[bytes], salt: bytes) -> bytes:
 def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: bytes) -> None:
     """Mask, in a built exchange event, every copy of the exchange's credentials outside the headers
     (or trailers) that carried them (already redacted): an upstream echoing a Bearer token, a cookie
-    or Basic credentials in its response body or headers, or a client repeating one in a body or path;
-    in a WebSocket message event, those of its upgrade request and response, in the message."""
+    or Basic credentials in its response body or headers, or a client repeating one in a body, the path
+    or any other string that quotes the exchange (failcore.evidence.quoted: an error, a model name); in a
+    WebSocket message event, those of its upgrade request and response, in the message."""
     if not secrets:
         return
     for side in ("request", "response"):
@@ -171,8 +175,12 @@ def mask_echoed_credentials(event: dict[str, Any], secrets: list[bytes], salt: b
         _mask_body_echoes(message.get("body"), secrets, salt)
     if event.get("kind") == "websocket" and isinstance(detail := event.get("detail"), dict):
         _mask_body_echoes(detail.get("body"), secrets, salt)  # a message over the upgraded connection
-    if isinstance(event.get("path"), str):
-        event["path"] = mask_echoes(event["path"].encode("utf-8"), secrets, salt).decode("utf-8", "replace")
+    own = [(event, key, key) for key in ("path", "summary") if isinstance(event.get(key), str)]
+    for container, key, _ in [*own, *quoted_fields(event)]:
+        raw = utf8_bytes(container[key])
+        masked = mask_echoes(raw, secrets, salt)
+        if masked != raw:
+            container[key] = masked.decode("utf-8", "replace")
 
 
 def _mask_body_echoes(body: dict[str, Any] | None, secrets: list[bytes], salt: bytes) -> None:

@@ -32,6 +32,7 @@ from failcore.evidence import (
     HOST_HEADERS,
     ON_LOOP_DECODE_LIMIT,
     DecodedBody,
+    content_encodings,
     decode_body,
     is_encoded,
     read_off_loop,
@@ -238,6 +239,10 @@ def host_header_hits(engine: Scans, value: str) -> list[Hit]:
     return found
 
 
+# The codings failcore decodes (failcore.evidence.body): a body that does not decode as one is unscannable.
+_DECODED = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+
+
 def judge_request(
     scanner: DlpScanner,
     url: str,
@@ -259,6 +264,14 @@ def judge_request(
         hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
     if decoded.over_limit:
         return hits, f"the request body decodes to more than {DECODE_LIMIT} bytes: it cannot be scanned whole"
+    if (
+        decoded.error is not None
+        and set(content_encodings(header_value(headers, "content-encoding"))) <= _DECODED
+    ):
+        # A receiver whose decoder is more lenient (or just different) reads what was not scanned. (A
+        # coding failcore does not decode, S3's `aws-chunked`, say, was scanned as sent above.)
+        why = decoded.error.partition(":")[0]  # (its message may quote the body or a header)
+        return hits, f"the request body does not decode per its Content-Encoding ({why}): not scanned whole"
     return hits, None
 
 

@@ -32,6 +32,7 @@ from failcore.evidence import (
     is_encoded,
     read_off_loop,
 )
+from failcore.evidence.body import deflate_wbits
 from failcore.llm import (
     CostResult,
     LlmCall,
@@ -114,7 +115,7 @@ class StreamInflater:
 
     def _inflate(self, chunk: bytes) -> None:
         if self._kind == "deflate" and self._state is None:
-            wbits = zlib.MAX_WBITS if chunk[:1] == b"\x78" else -zlib.MAX_WBITS
+            wbits = deflate_wbits(chunk)
             self._state = zlib.decompressobj(wbits)
         state = self._state
         if isinstance(state, brotli.Decompressor):
