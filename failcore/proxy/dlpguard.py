@@ -187,12 +187,23 @@ def block_pairs(
     one, `Bearer [redacted …]`, for a name ending in "authorization"). `echoed`: once the request's
     own credentials echoed in other headers are masked with `salt`, as the evidence also reads them
     (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
-    secrets: list[bytes] = []
-    if echoed:
-        raw = [
-            (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in headers
-        ]
-        secrets = credential_values(raw, redacted)
+    return _block_pairs(headers, redacted, salt, _echo_secrets(headers, redacted) if echoed else [])
+
+
+def _echo_secrets(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[bytes]:
+    """The request's credentials (credential_values) its other headers may echo; none without a
+    credential (or `redacted`) header, which is all credential_values reads."""
+    if not any(
+        _recorded_name(name) in CREDENTIAL_HEADERS or _recorded_name(name) in redacted for name, _ in headers
+    ):
+        return []
+    return credential_values([(utf8_bytes(n), utf8_bytes(v)) for n, v in headers], redacted)
+
+
+def _block_pairs(
+    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes, secrets: list[bytes]
+) -> list[tuple[str, str]]:
+    """block_pairs, with the echoed credentials `secrets` masked (none: the block as sent)."""
     pairs = []
     for name, value in headers:
         lower = _recorded_name(name)
@@ -200,15 +211,20 @@ def block_pairs(
             continue
         if lower in redacted:
             pair = (recorded_header(name, "")[0], redact_value(lower, utf8_bytes(value), salt))
-            if not is_redaction(pair[1]):
+            if not _is_redaction(pair[1]):
                 pairs.append(pair)
             continue
         pair = recorded_header(name, value)
         if secrets:
             pair = (pair[0], mask_echoes(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace"))
-        if not is_redaction(pair[1]):
+        if not _is_redaction(pair[1]):
             pairs.append(pair)
     return pairs
+
+
+def _is_redaction(value: str) -> bool:
+    # (is_redaction's pattern is one fingerprint, `[redacted hmac-sha256:…]`, whole: it starts so.)
+    return value.startswith("[redacted hmac-sha256:") and is_redaction(value)
 
 
 def header_block_hits(
@@ -218,10 +234,11 @@ def header_block_hits(
     sent and, when the request's credentials echo in its other headers, the block as the evidence
     reads it once they are masked with `salt` (which can join what an echo sat between; the block as
     sent keeps what the echo masks would hide, a keyword say)."""
-    pairs = block_pairs(headers, redacted, salt)
+    pairs = _block_pairs(headers, redacted, salt, [])
     hits = scan_header_block(engine, pairs)
-    if salt:
-        echoed = block_pairs(headers, redacted, salt, echoed=True)
+    secrets = _echo_secrets(headers, redacted) if salt else []
+    if secrets:
+        echoed = _block_pairs(headers, redacted, salt, secrets)
         if echoed != pairs:
             hits = hits + scan_header_block(engine, echoed)
     return hits
@@ -281,7 +298,8 @@ def request_url(req: http.Request, headers: Sequence[tuple[str, str]] | None = N
     else:
         host_header = header_value(headers, "host")
     if not host_header:
-        return req.pretty_url
+        # (pretty_url falls back to `url`: scheme, host, port and path, as below.)
+        return _plain_origin(req.scheme, req.host, req.port) + (req.path if req.path != "*" else "")
     # (A byte that is not UTF-8 stays as mitmproxy decodes it: url_hits scans it as sent and recorded.)
     return _origin(req.scheme, host_header) + (req.path if req.path != "*" else "")
 
@@ -290,6 +308,11 @@ def request_url(req: http.Request, headers: Sequence[tuple[str, str]] | None = N
 def _origin(scheme: str, host_header: str) -> str:
     host, port = urls.parse_authority(host_header, check=False)
     return urls.unparse(scheme, host, port or urls.default_port(scheme) or 443, "")
+
+
+@functools.lru_cache(maxsize=1024)
+def _plain_origin(scheme: str, host: str, port: int) -> str:
+    return urls.unparse(scheme, host, port, "")
 
 
 def ws_message_verdict(scanner: DlpScanner, content: bytes, from_client: bool) -> Hit | None:
