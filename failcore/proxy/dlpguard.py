@@ -178,32 +178,26 @@ def _recorded_name(name: str) -> str:
     return (name if name.isascii() else name.encode("utf-8", "surrogateescape").decode("latin-1")).lower()
 
 
+def _echo_secrets(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[bytes]:
+    """The request's credentials its other headers may echo (credential_values, which reads only
+    credential and `redacted` headers: none without one)."""
+    if any(_recorded_name(n) in CREDENTIAL_HEADERS or _recorded_name(n) in redacted for n, _ in headers):
+        return credential_values([(utf8_bytes(n), utf8_bytes(v)) for n, v in headers], redacted)
+    return []
+
+
 def block_pairs(
-    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b"", echoed: bool = False
+    headers: Sequence[tuple[str, str]],
+    redacted: frozenset[str],
+    salt: bytes = b"",
+    secrets: Sequence[bytes] = (),
 ) -> list[tuple[str, str]]:
     """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
     tape records them: all but credential headers and a value that is one fingerprint as recorded
     (is_redaction: the policy's `redact_headers` are recorded with `salt` as one, or as a scheme then
-    one, `Bearer [redacted …]`, for a name ending in "authorization"). `echoed`: once the request's
-    own credentials echoed in other headers are masked with `salt`, as the evidence also reads them
-    (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
-    return _block_pairs(headers, redacted, salt, _echo_secrets(headers, redacted) if echoed else [])
-
-
-def _echo_secrets(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[bytes]:
-    """The request's credentials (credential_values) its other headers may echo; none without a
-    credential (or `redacted`) header, which is all credential_values reads."""
-    if not any(
-        _recorded_name(name) in CREDENTIAL_HEADERS or _recorded_name(name) in redacted for name, _ in headers
-    ):
-        return []
-    return credential_values([(utf8_bytes(n), utf8_bytes(v)) for n, v in headers], redacted)
-
-
-def _block_pairs(
-    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes, secrets: list[bytes]
-) -> list[tuple[str, str]]:
-    """block_pairs, with the echoed credentials `secrets` masked (none: the block as sent)."""
+    one, `Bearer [redacted …]`, for a name ending in "authorization"). `secrets`: the request's own
+    credentials (_echo_secrets) echoed in other headers masked with `salt`, as the evidence also reads
+    them (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
     pairs = []
     for name, value in headers:
         lower = _recorded_name(name)
@@ -216,7 +210,8 @@ def _block_pairs(
             continue
         pair = recorded_header(name, value)
         if secrets:
-            pair = (pair[0], mask_echoes(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace"))
+            masked = mask_echoes(pair[1].encode("utf-8"), list(secrets), salt)
+            pair = (pair[0], masked.decode("utf-8", "replace"))
         if not _is_redaction(pair[1]):
             pairs.append(pair)
     return pairs
@@ -234,11 +229,11 @@ def header_block_hits(
     sent and, when the request's credentials echo in its other headers, the block as the evidence
     reads it once they are masked with `salt` (which can join what an echo sat between; the block as
     sent keeps what the echo masks would hide, a keyword say)."""
-    pairs = _block_pairs(headers, redacted, salt, [])
+    pairs = block_pairs(headers, redacted, salt)
     hits = scan_header_block(engine, pairs)
     secrets = _echo_secrets(headers, redacted) if salt else []
     if secrets:
-        echoed = _block_pairs(headers, redacted, salt, secrets)
+        echoed = block_pairs(headers, redacted, salt, secrets)
         if echoed != pairs:
             hits = hits + scan_header_block(engine, echoed)
     return hits
