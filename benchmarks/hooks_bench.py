@@ -2,7 +2,7 @@
 thread, and the tape writer's thread, split; no sockets and no mitmproxy server around it.
 
     .venv/bin/python benchmarks/hooks_bench.py [--exchanges 3000] [--rounds 5] [--repo /tmp/before ...]
-        [--variant observe --variant enforce ...] [--vary-headers]
+        [--variant observe --variant enforce ...] [--vary-headers] [--by-concern]
 
 The whole addon (failcore.proxy.FailCore, as `mitmdump -s addons/failcore_addon.py` loads it) runs in
 mitmproxy's test harness with a real tape writer (and DLP evidence worker) on a temporary tape. Each
@@ -14,7 +14,9 @@ scan, alone: `dlp_request`), the tape writer's thread and the DLP evidence worke
 over rounds. Variants: observe (the shipped default policy), no-DLP, enforce (the throughput
 benchmark's: strict.yaml + an allow rule for the upstream, budgets, DLP that can BLOCK).
 `--vary-headers` gives each request and response an `x-request-id` of its own, as real providers'
-do, so no header block repeats from one exchange to the next.
+do, so no header block repeats from one exchange to the next. `--by-concern` also times each
+concern's hook calls on their own (`Concern.hook`: the thread CPU of its synchronous part; the timer
+itself adds ~2-4 µs a call).
 
 With several --repo checkouts, each round runs every checkout in its own child process, interleaved.
 """
@@ -43,7 +45,34 @@ def _process_cpu(tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(policy: str | None, exchanges: int, workdir: Path, vary: bool = False) -> dict[str, float]:
+def _time_concerns(addon: object, totals: dict[str, float]) -> None:
+    """Rebuild the addon's per-exchange hooks so each concern's call is timed on its own (thread CPU
+    time of its synchronous part), into `totals` keyed `Concern.hook`."""
+    from failcore.proxy import _dispatcher
+
+    def timed(key: str, handler: object) -> object:
+        def call(*args: object) -> object:
+            t0 = time.thread_time()
+            try:
+                return handler(*args)  # type: ignore[operator]
+            finally:
+                totals[key] = totals.get(key, 0.0) + time.thread_time() - t0
+
+        return call
+
+    for hook in ("requestheaders", "request", "responseheaders", "response"):
+        handlers = [
+            timed(f"{type(c).__name__}.{hook}", getattr(c, hook))
+            for c in addon.concerns  # type: ignore[attr-defined]
+            if callable(getattr(c, hook, None))
+        ]
+        if handlers:
+            setattr(addon, hook, _dispatcher(handlers))  # type: ignore[arg-type]
+
+
+def measure(
+    policy: str | None, exchanges: int, workdir: Path, vary: bool = False, by_concern: bool = False
+) -> dict[str, float]:
     from mitmproxy import hooks
     from mitmproxy.addonmanager import Loader
     from mitmproxy.test import taddons, tflow
@@ -67,6 +96,9 @@ def measure(policy: str | None, exchanges: int, workdir: Path, vary: bool = Fals
     request_body = json_document(REQUEST_BODY_BYTES, "chat.completion.request").encode()
     response_body = json_document(RESPONSE_BODY_BYTES, "chat.completion").encode()
     addon = FailCore()
+    concerns: dict[str, float] = {}
+    if by_concern:
+        _time_concerns(addon, concerns)
     options: dict[str, object] = {"confdir": str(workdir / "confdir"), "failcore_tape": str(workdir / "tape")}
     if policy:
         options["failcore_policy"] = policy
@@ -133,6 +165,7 @@ def measure(policy: str | None, exchanges: int, workdir: Path, vary: bool = Fals
             main_tid = threading.get_native_id()
             loop0, writer0 = _process_cpu(main_tid), _process_cpu(tid)
             hook_time[0] = dlp_time[0] = 0.0
+            concerns.clear()
             kids0 = _children_cpu()
             for i in range(0, len(todo), 8):
                 await one_batch(todo[i : i + 8])
@@ -147,6 +180,7 @@ def measure(policy: str | None, exchanges: int, workdir: Path, vary: bool = Fals
                 "dlp_request": dlp_time[0] / exchanges * 1e6,
                 "writer": (writer1 - writer0) / exchanges * 1e6,
                 "worker": max(kids1 - kids0, 0.0) / exchanges * 1e6,
+                **{k: v / exchanges * 1e6 for k, v in sorted(concerns.items())},
             }
 
     return asyncio.run(run())
@@ -178,11 +212,18 @@ def main(argv: list[str]) -> int:
         "--variant", action="append", choices=VARIANTS, help="observe and no-DLP unless given (repeatable)"
     )
     parser.add_argument("--vary-headers", action="store_true", help="an x-request-id of its own per exchange")
+    parser.add_argument(
+        "--by-concern", action="store_true", help="also time each concern's hook calls on their own"
+    )
     parser.add_argument("--child", nargs=2, metavar=("POLICY", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         policy = None if args.child[0] == "-" else args.child[0]
-        print(json.dumps(measure(policy, args.exchanges, Path(args.child[1]), args.vary_headers)))
+        print(
+            json.dumps(
+                measure(policy, args.exchanges, Path(args.child[1]), args.vary_headers, args.by_concern)
+            )
+        )
         return 0
     repos = [r.resolve() for r in (args.repo or [HERE.parent])]
     results: dict[str, list[dict[str, float]]] = {}
@@ -207,6 +248,7 @@ def main(argv: list[str]) -> int:
                         "--exchanges",
                         str(args.exchanges),
                         *(["--vary-headers"] if args.vary_headers else []),
+                        *(["--by-concern"] if args.by_concern else []),
                     ]
                     out = subprocess.run(
                         [*argv_child, "--child", policy, str(work)],
@@ -230,6 +272,8 @@ def main(argv: list[str]) -> int:
     for name, rows in results.items():
         cells = []
         for key in rows[0]:
+            if not all(key in r for r in rows):
+                continue
             values = [r[key] for r in rows]
             cells.append(f"{key} {statistics.median(values):,.0f} ({min(values):,.0f}–{max(values):,.0f})")
         print(f"  {name}: " + ", ".join(cells))

@@ -14,8 +14,9 @@ from mitmproxy.test import tflow
 from failcore.dlp.pending import wait_until_built
 from failcore.dlp.scanner import DlpScanner
 from failcore.policy.load import load_policy
-from failcore.proxy.dlpguard import CleanScans, DlpGuard, header_value, request_url, scan_request_for_block
+from failcore.proxy.dlpguard import CleanScans, DlpGuard, scan_request_for_block
 from failcore.proxy.gate import PolicyGate
+from failcore.proxy.requesturl import header_value, request_url
 from tests.addon_harness import concerns
 from tests.dlp_corpus import chat_body, load_samples
 

@@ -25,8 +25,9 @@ from failcore.evidence import DecodedBody
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.redact import redact_headers
 from failcore.policy.load import load_policy
-from failcore.proxy.dlpguard import DlpGuard, judge_request, request_url
+from failcore.proxy.dlpguard import DlpGuard, judge_request
 from failcore.proxy.gate import PolicyGate
+from failcore.proxy.requesturl import request_url
 from tests.addon_harness import concerns
 from tests.dlp_corpus import load_samples
 

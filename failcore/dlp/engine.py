@@ -429,12 +429,20 @@ class DlpEngine:
                 return []
         budget = [dv.MAX_CANDIDATES, dv.MAX_DECODED_BYTES]
         hits: dict[tuple[str, int, int], Hit] = {}
+        base_scan = self._runs_only(base.data, first) if percent is None else None
+        if base_scan is not None and not base_scan[2]:
+            return []
         base_keywords: _Keywords | None = None
         index = 0
         while index < len(views):
             view = views[index]
             index += 1
-            found, keywords, runs = self._scan_view(view.data, base_keywords, first if view is base else None)
+            if view is base and base_scan is not None:
+                found, keywords, runs = base_scan
+            else:
+                found, keywords, runs = self._scan_view(
+                    view.data, base_keywords, first if view is base else None
+                )
             if view is base:
                 base_keywords = keywords
             if not isinstance(view, dv.SliceView):
@@ -448,6 +456,21 @@ class DlpEngine:
                 if other is None or _rank(hit) > _rank(other):
                     hits[key] = replace(hit, start=start, end=end)
         return sorted(hits.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
+
+    def _runs_only(
+        self, buffer: bytes, first: _HsPass | None
+    ) -> tuple[list[Hit], _Keywords, list[Window]] | None:
+        """`_scan_view(buffer, None, first)` when the main pass (`first`) reported nothing but where a
+        base64/hex-like run starts and no rule is on the keyword path: no rule matched, so no hit and
+        no keyword; what is left are the runs (empty: nothing more to scan). None otherwise."""
+        ends = first[0] if first is not None else None
+        if not ends or len(ends) != 1 or self._keyword_path_rules:
+            return None
+        run_ends = ends.get(self._hs_run_id)
+        if run_ends is None:
+            return None
+        keywords = _Keywords(self, buffer, set(), self._exact_keywords, None)
+        return [], keywords, dv.find_runs(buffer, min(run_ends) - dv.MIN_RUN)
 
     def _scan_view(
         self, buffer: bytes, inherited: _Keywords | None, first: _HsPass | None = None

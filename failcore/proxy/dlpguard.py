@@ -11,14 +11,12 @@ masked: the tape never holds the secret.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from mitmproxy import http
-from mitmproxy.net.http import url as urls
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
 from failcore.dlp.escapes import escaped_hits, unescaped
@@ -44,6 +42,7 @@ from failcore.evidence.redact import credential_values, is_redaction, mask_echoe
 from failcore.policy.model import Decision
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
+from failcore.proxy.requesturl import header_value, request_url
 from failcore.proxy.session import FlowState, Session, answer
 from failcore.proxy.streamdlp import StreamDlp
 from failcore.proxy.streamtap import request_streams, response_streams
@@ -179,21 +178,26 @@ def _recorded_name(name: str) -> str:
     return (name if name.isascii() else name.encode("utf-8", "surrogateescape").decode("latin-1")).lower()
 
 
+def _echo_secrets(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[bytes]:
+    """The request's credentials its other headers may echo (credential_values, which reads only
+    credential and `redacted` headers: none without one)."""
+    if any(_recorded_name(n) in CREDENTIAL_HEADERS or _recorded_name(n) in redacted for n, _ in headers):
+        return credential_values([(utf8_bytes(n), utf8_bytes(v)) for n, v in headers], redacted)
+    return []
+
+
 def block_pairs(
-    headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b"", echoed: bool = False
+    headers: Sequence[tuple[str, str]],
+    redacted: frozenset[str],
+    salt: bytes = b"",
+    secrets: Sequence[bytes] = (),
 ) -> list[tuple[str, str]]:
     """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
     tape records them: all but credential headers and a value that is one fingerprint as recorded
     (is_redaction: the policy's `redact_headers` are recorded with `salt` as one, or as a scheme then
-    one, `Bearer [redacted …]`, for a name ending in "authorization"). `echoed`: once the request's
-    own credentials echoed in other headers are masked with `salt`, as the evidence also reads them
-    (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
-    secrets: list[bytes] = []
-    if echoed:
-        raw = [
-            (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape")) for n, v in headers
-        ]
-        secrets = credential_values(raw, redacted)
+    one, `Bearer [redacted …]`, for a name ending in "authorization"). `secrets`: the request's own
+    credentials (_echo_secrets) echoed in other headers masked with `salt`, as the evidence also reads
+    them (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
     pairs = []
     for name, value in headers:
         lower = _recorded_name(name)
@@ -201,15 +205,21 @@ def block_pairs(
             continue
         if lower in redacted:
             pair = (recorded_header(name, "")[0], redact_value(lower, utf8_bytes(value), salt))
-            if not is_redaction(pair[1]):
+            if not _is_redaction(pair[1]):
                 pairs.append(pair)
             continue
         pair = recorded_header(name, value)
         if secrets:
-            pair = (pair[0], mask_echoes(pair[1].encode("utf-8"), secrets, salt).decode("utf-8", "replace"))
-        if not is_redaction(pair[1]):
+            masked = mask_echoes(pair[1].encode("utf-8"), list(secrets), salt)
+            pair = (pair[0], masked.decode("utf-8", "replace"))
+        if not _is_redaction(pair[1]):
             pairs.append(pair)
     return pairs
+
+
+def _is_redaction(value: str) -> bool:
+    # (is_redaction's pattern is one fingerprint, `[redacted hmac-sha256:…]`, whole: it starts so.)
+    return value.startswith("[redacted hmac-sha256:") and is_redaction(value)
 
 
 def header_block_hits(
@@ -221,8 +231,9 @@ def header_block_hits(
     sent keeps what the echo masks would hide, a keyword say)."""
     pairs = block_pairs(headers, redacted, salt)
     hits = scan_header_block(engine, pairs)
-    if salt:
-        echoed = block_pairs(headers, redacted, salt, echoed=True)
+    secrets = _echo_secrets(headers, redacted) if salt else []
+    if secrets:
+        echoed = block_pairs(headers, redacted, salt, secrets)
         if echoed != pairs:
             hits = hits + scan_header_block(engine, echoed)
     return hits
@@ -273,36 +284,6 @@ def judge_request(
         why = decoded.error.partition(":")[0]  # (its message may quote the body or a header)
         return hits, f"the request body does not decode per its Content-Encoding ({why}): not scanned whole"
     return hits, None
-
-
-def header_value(fields: Sequence[tuple[str, str]], name: str) -> str | None:
-    """`headers.get(name)` of mitmproxy's Headers, from the `headers.items(multi=True)` the caller has
-    already: every value of that (lower-case, ASCII) name joined by ", ", or None. mitmproxy compares
-    the names' bytes lower-cased as ASCII, so a name with other characters never matches."""
-    values = [value for key, value in fields if key.isascii() and key.lower() == name]
-    return ", ".join(values) if values else None
-
-
-def request_url(req: http.Request, headers: Sequence[tuple[str, str]] | None = None) -> str:
-    """`req.pretty_url` (what the tape records as the request's URL), with its scheme://authority part
-    parsed once per (scheme, Host header) instead of on every request. `headers`: the request's
-    `headers.items(multi=True)`, when the caller has them."""
-    if req.first_line_format == "authority":
-        return req.pretty_url
-    if headers is None or req.is_http2 or req.is_http3:
-        host_header = req.host_header
-    else:
-        host_header = header_value(headers, "host")
-    if not host_header:
-        return req.pretty_url
-    # (A byte that is not UTF-8 stays as mitmproxy decodes it: url_hits scans it as sent and recorded.)
-    return _origin(req.scheme, host_header) + (req.path if req.path != "*" else "")
-
-
-@functools.lru_cache(maxsize=1024)
-def _origin(scheme: str, host_header: str) -> str:
-    host, port = urls.parse_authority(host_header, check=False)
-    return urls.unparse(scheme, host, port or urls.default_port(scheme) or 443, "")
 
 
 def ws_message_verdict(scanner: DlpScanner, content: bytes, from_client: bool) -> Hit | None:

@@ -316,14 +316,21 @@ class TapeWriter:
     def key_id(self) -> str:
         return self._key_id
 
+    # A free-space reading that left at least ROOMY_BYTES above the reserve is trusted for ROOMY_SECONDS
+    # (no statvfs meanwhile): to fall below the reserve within them, 1 GiB would have to be written in
+    # 10 ms (100 GB/s), beyond any disk or tmpfs. Any closer to the reserve, every call reads it afresh.
+    ROOMY_BYTES: Final = 1 << 30
+    ROOMY_SECONDS: Final = 0.01
+    _roomy_until: float = 0.0  # (monotonic) until when the last reading is trusted
+
     def fault(self) -> str | None:
         """Why an event submitted now might not reach the disk, or None when it will.
 
-        Never blocks (one statvfs when a reserve is set) and is safe from any thread: a fail-closed
-        proxy calls it before it lets a request leave. Faults: the writer is not running or closing,
-        its queue is full, its last write or fsync failed (ENOSPC, EIO, …; cleared by the next one that
-        succeeds), or the tape's file system has less free space than the reserve, which is kept so
-        the evidence of requests already forwarded still fits."""
+        Never blocks (at most one statvfs when a reserve is set) and is safe from any thread: a
+        fail-closed proxy calls it before it lets a request leave. Faults: the writer is not running or
+        closing, its queue is full, its last write or fsync failed (ENOSPC, EIO, …; cleared by the next
+        one that succeeds), or the tape's file system has less free space than the reserve, which is
+        kept so the evidence of requests already forwarded still fits (see ROOMY_BYTES)."""
         thread = self._thread
         if self._closing:
             return "the tape writer is closed"
@@ -336,7 +343,7 @@ class TapeWriter:
             return fault
         if len(self._pending) >= self._capacity:
             return f"the tape writer's queue is full ({self._capacity} events waiting)"
-        if self._reserve_bytes:
+        if self._reserve_bytes and (now := time.monotonic()) >= self._roomy_until:
             try:
                 st = os.statvfs(self._directory)
             except OSError as exc:
@@ -347,6 +354,8 @@ class TapeWriter:
                     f"the tape's file system has {free} bytes free, less than the "
                     f"{self._reserve_bytes}-byte reserve for evidence"
                 )
+            if free - self._reserve_bytes >= self.ROOMY_BYTES:
+                self._roomy_until = now + self.ROOMY_SECONDS
         return None
 
     @property
