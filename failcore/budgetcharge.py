@@ -10,8 +10,11 @@ errs high, so a limit is reached early rather than walked past:
   JSON around the messages outweighs the few tokens of chat framing per message;
 * output tokens: one per character of generated text seen in the response (every choice's text and
   refusal, every tool call's name and arguments, visible thinking), plus `FRAMING_TOKENS` for the answer
-  and for each tool call (the tokens that end a message or frame a call), at most `max_tokens`
-  (`max_completion_tokens`, `max_output_tokens`, …) × `n` when the request set one;
+  and for each tool call (the tokens that end a message or frame a call), at most the request's cap
+  on generated tokens × `n` — the largest of `max_tokens`, `max_completion_tokens`,
+  `max_output_tokens`, … when it sets several (an upstream may honour any one of them) — but only
+  while the characters seen fit in that many tokens (`MAX_CHARS_PER_TOKEN` each): more text than the
+  cap could carry shows the upstream ignored it, and then every character is charged;
 * an input count the provider did report before the stream ended (Anthropic's `message_start`) is
   taken as it is; a partial output count when it is higher than the estimate.
 
@@ -40,6 +43,13 @@ CHARGED_RESPONSES_MAX = 8192
 # Tokens an answer, and each tool call in it, costs beyond its characters (measured on the recorded
 # traffic in tests/data/conformance: at most 1 for an answer, 12 for a call beyond its name and arguments).
 FRAMING_TOKENS = 4
+# The most characters one token decodes to. Measured on OpenAI's public BPE vocabularies (js-tiktoken
+# 1.0.21's ranks): r50k/p50k 66 (" ===…"), cl100k_base and o200k_base 128 (a run of 128 spaces; the
+# longest non-blank is 114, "//---…"); Llama 3 extends cl100k's vocabulary. More characters than
+# cap × this cannot be cap tokens of those tokenizers, so the upstream did not honour the cap. A
+# tokenizer with longer tokens (Anthropic's is not public) only makes the estimate err high: its
+# honest long-token answers are then charged per character rather than at the cap.
+MAX_CHARS_PER_TOKEN = 128
 # Where each API puts the cap on generated tokens.
 _MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
@@ -63,17 +73,27 @@ def reports_usage(api: str, request_json: dict | None) -> bool:
 
 
 def max_output_tokens(request_json: dict | None) -> int | None:
-    """The most tokens the request lets the model generate (over all `n` choices), None when unset."""
+    """The most tokens the request lets the model generate (over all `n` choices), None when unset.
+
+    When the request names several caps (`max_completion_tokens` and `max_tokens`, a Gemini
+    `generationConfig` beside a top-level key, …) the largest counts: which one the upstream honours is
+    its own choice, and the smallest would let an upstream that honours another be charged too little.
+    Ollama's `num_predict` below 0 means no cap."""
     if not request_json:
         return None
-    cap = next((c for k in _MAX_OUTPUT_KEYS if (c := as_count(request_json.get(k)))), None)
-    if cap is None:
-        config = as_dict(request_json.get("generationConfig") or request_json.get("generation_config"))
-        options = as_dict(request_json.get("options"))  # Ollama
-        cap = as_count(config.get("maxOutputTokens")) or as_count(options.get("num_predict"))
-    if not cap:
+    config = as_dict(request_json.get("generationConfig") or request_json.get("generation_config"))
+    options = as_dict(request_json.get("options"))  # Ollama
+    num_predict = options.get("num_predict")
+    if isinstance(num_predict, int) and not isinstance(num_predict, bool) and num_predict < 0:
         return None
-    return cap * max(1, as_count(request_json.get("n")) or 1)
+    found = [as_count(request_json.get(k)) for k in _MAX_OUTPUT_KEYS]
+    found += [as_count(config.get("maxOutputTokens")), as_count(config.get("max_output_tokens"))]
+    found.append(as_count(num_predict))
+    caps = [c for c in found if c]
+    if not caps:
+        return None
+    candidates = as_count(config.get("candidateCount")) or as_count(config.get("candidate_count"))  # Gemini
+    return max(caps) * max(as_count(request_json.get("n")) or 1, candidates or 1)
 
 
 def estimate_usage(
@@ -88,8 +108,8 @@ def estimate_usage(
     """The tokens charged for a call with unknown usage (see the module docstring)."""
     output = output_chars + FRAMING_TOKENS * (1 + tool_calls)
     cap = max_output_tokens(request_json)
-    if cap is not None:
-        output = min(output, cap)
+    if cap is not None and output_chars <= cap * MAX_CHARS_PER_TOKEN:
+        output = min(output, cap)  # else more text than the cap could carry: it was not honoured
     return Estimate(
         input_tokens=reported_input if reported_input is not None else request_bytes,
         output_tokens=max(output, reported_output or 0),

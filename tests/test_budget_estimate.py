@@ -72,7 +72,8 @@ def test_streams_without_usage_are_charged_more_than_nothing() -> None:
 
 def test_max_tokens_caps_the_output_estimate() -> None:
     assert max_output_tokens({"max_tokens": 20, "n": 3}) == 60
-    assert max_output_tokens({"max_completion_tokens": 7, "max_tokens": 99}) == 7
+    # Several caps: the largest (an upstream may honour only `max_tokens`, or only the other one).
+    assert max_output_tokens({"max_completion_tokens": 7, "max_tokens": 99}) == 99
     assert max_output_tokens({"max_output_tokens": 5}) == 5
     assert max_output_tokens({"generationConfig": {"maxOutputTokens": 9}}) == 9
     assert max_output_tokens({"options": {"num_predict": 11}}) == 11
@@ -110,3 +111,41 @@ def test_a_response_is_charged_once() -> None:
     ledger.settle(("h", "a"), real)
     ledger.settle(("h", "b"), real)  # bounded: resp_1 forgotten, so charged again (too much, not too little)
     assert ledger.settle(key, real) == real
+
+
+def test_the_cap_counts_its_largest_key_and_only_while_the_text_fits_in_it() -> None:
+    """An upstream that honours another cap than the smallest, or none, is charged what it generated."""
+    assert max_output_tokens({"max_completion_tokens": 1, "max_tokens": 8000}) == 8000
+    assert max_output_tokens({"max_tokens": 8000, "max_completion_tokens": 1}) == 8000
+    assert max_output_tokens({"max_tokens": 1, "generationConfig": {"maxOutputTokens": 50}}) == 50
+    assert max_output_tokens({"max_tokens": 1, "options": {"num_predict": 70}}) == 70
+    assert max_output_tokens({"max_tokens": 5, "options": {"num_predict": -1}}) is None  # Ollama: no cap
+    assert max_output_tokens({"generationConfig": {"maxOutputTokens": 10, "candidateCount": 3}}) == 30
+    # The reviewer's request: 20,000 characters generated, charged as 20,000 (+ the answer's framing).
+    reviewer = {"max_completion_tokens": 1, "max_tokens": 8000}
+    estimate = estimate_usage(request_bytes=10, output_chars=20_000, request_json=reviewer)
+    assert estimate.output_tokens == 8000  # the largest cap can carry 20,000 characters: capped by it
+    # A cap the upstream ignored: no token of cl100k_base or o200k_base decodes to more than 128
+    # characters (a run of 128 spaces), so 129 characters are not 1 token.
+    honoured = estimate_usage(request_bytes=0, output_chars=128, request_json={"max_tokens": 1})
+    assert honoured.output_tokens == 1
+    ignored = estimate_usage(request_bytes=0, output_chars=129, request_json={"max_tokens": 1})
+    assert ignored.output_tokens == 129 + 4
+    ignored = estimate_usage(request_bytes=0, output_chars=20_000, request_json={"max_tokens": 2, "n": 3})
+    assert ignored.output_tokens == 20_004
+
+
+def test_real_providers_stay_within_the_characters_their_cap_allows() -> None:
+    """Every recorded stream whose request set a cap: the text fits in cap x 128 characters, so an honest
+    provider's answer is capped as before (the new bound never charges it per character)."""
+    checked = 0
+    for exchange, request, detected in _streams():
+        cap = max_output_tokens(request)
+        if cap is None:
+            continue
+        tracker = SseUsageTracker(*detected)
+        tracker.feed(exchange["response_body"].encode())
+        tracker.finish()
+        assert tracker.generated_chars <= cap * 128, exchange["id"]
+        checked += 1
+    assert checked >= 10
