@@ -22,6 +22,7 @@ import orjson
 import pytest
 
 from failcore.runner import EmbeddedProxy, ProxySettings
+from failcore.tape.writer import TapeWriter
 from tests.security.helpers import read_head
 
 REPO = Path(__file__).resolve().parent.parent
@@ -214,3 +215,10 @@ class GatedSse:
         self.release.set()
         self._server.close()
         self._thread.join(10)
+
+
+def make_writer(
+    tape_dir: Path, signing_key: Any, cls: type[TapeWriter] = TapeWriter, **kwargs: Any
+) -> TapeWriter:
+    kwargs.setdefault("run_id", "run-1")
+    return cls(tape_dir, signing_key=signing_key, **kwargs)

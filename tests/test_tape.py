@@ -31,6 +31,7 @@ from failcore.tape import (
 from failcore.tape.keys import load_or_create_signing_key, load_public_key, public_key_id
 from failcore.tape.verify import verify_tape
 from failcore.tape.writer import TapeLockedError, TapeWriter, encode_line
+from tests.helpers import make_writer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,13 +49,6 @@ def signing_key(confdir: Path) -> Any:
 @pytest.fixture
 def tape_dir(tmp_path: Path) -> Path:
     return tmp_path / "tape"
-
-
-def make_writer(
-    tape_dir: Path, signing_key: Any, cls: type[TapeWriter] = TapeWriter, **kwargs: Any
-) -> TapeWriter:
-    kwargs.setdefault("run_id", "run-1")
-    return cls(tape_dir, signing_key=signing_key, **kwargs)
 
 
 def network_event(i: int, run: str = "run-1", **extra: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 from failcore.tape import writer as tape_writer
 from failcore.tape.keys import load_or_create_signing_key
 from failcore.tape.writer import TapeWriter
-from tests.test_tape import make_writer
+from tests.helpers import make_writer
 
 RESERVE = 16 << 20
 _statvfs = os.statvfs

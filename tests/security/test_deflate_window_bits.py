@@ -24,8 +24,7 @@ import pytest
 
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.helpers import DLP_BLOCK, gitleaks_token, tape_bytes
-from tests.security.test_strict_stream_encodings import EncodedStreamServer
-from tests.security.upstream import LoggingUpstream
+from tests.security.upstream import EncodedStreamServer, LoggingUpstream
 
 AWS = gitleaks_token("aws-access-token")
 PAT = gitleaks_token("github-pat")

@@ -7,11 +7,7 @@ scan of those bytes alone never sees a compressed secret: the client would decod
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import socket
-import threading
-import time
 import zlib
 from collections.abc import Iterator
 
@@ -20,38 +16,10 @@ import pytest
 
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.helpers import tape_bytes
+from tests.security.upstream import EncodedStreamServer
 
 GITHUB_PAT = b"ghp_" + b"Z9y8X7w6V5u4" * 3
 POLICY = "mode: enforce\ndlp:\n  stream: strict\n  rule_actions: {github-pat: BLOCK}\n"
-
-
-class EncodedStreamServer:
-    """Plain-HTTP upstream answering with a chunked, gzip-encoded event stream: `pieces` are sent as
-    HTTP chunks 0.2 s apart (so each reaches the proxy on its own)."""
-
-    def __init__(self, pieces: list[bytes], encoding: str = "gzip") -> None:
-        self.pieces = pieces
-        self.encoding = encoding
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        conn, _ = self.sock.accept()
-        with conn, contextlib.suppress(OSError):  # a cut closes the connection: expected
-            conn.recv(65536)
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                b"Content-Encoding: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % self.encoding.encode()
-            )
-            for piece in self.pieces:
-                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
-                time.sleep(0.2)
-            conn.sendall(b"0\r\n\r\n")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def decode_what_arrived(received: bytes) -> bytes:

@@ -16,6 +16,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -222,3 +223,32 @@ class LoggingUpstream:
             if not data:
                 return
             ws.receive_data(data)
+
+
+class EncodedStreamServer:
+    """Plain-HTTP upstream answering with a chunked, gzip-encoded event stream: `pieces` are sent as
+    HTTP chunks 0.2 s apart (so each reaches the proxy on its own)."""
+
+    def __init__(self, pieces: list[bytes], encoding: str = "gzip") -> None:
+        self.pieces = pieces
+        self.encoding = encoding
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn, contextlib.suppress(OSError):  # a cut closes the connection: expected
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Content-Encoding: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % self.encoding.encode()
+            )
+            for piece in self.pieces:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                time.sleep(0.2)
+            conn.sendall(b"0\r\n\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
