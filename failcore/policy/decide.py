@@ -57,8 +57,8 @@ def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, pa
 def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[str]:
     """The methods a request asks the server to run instead of its own (upper case, as many as it
     names): the values of its method-override headers (`fields`: raw name/value pairs, as mitmproxy's
-    `Headers.fields`) and of a `_method` query parameter. A form field `_method` in the body is not
-    read."""
+    `Headers.fields`) and of a `_method` query parameter. A `_method` form field is read by
+    `failcore.proxy.gate.form_override_methods` once the body is there."""
     values = [value.decode("latin-1") for name, value in fields if name.lower() in METHOD_OVERRIDE_HEADERS]
     query = path.find("?")
     if query != -1 and "method" in path[query:].lower():
