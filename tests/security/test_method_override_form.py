@@ -84,3 +84,16 @@ def test_other_forms_pass(
     assert body in plain_logging_upstream.received_bytes()
     (event,) = network_events(read_tape(tmp_path / "tape"))
     assert event["decision"] == "ALLOW"
+
+
+def test_observe_mode_records_the_form_override_as_would_block(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    proxy = start_proxy(policy_file(POLICY.replace("enforce", "observe")))
+    body = b"title=marker&_method=delete"
+    answer = send_raw(proxy.port, post(plain_logging_upstream, "application/x-www-form-urlencoded", body))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert body in plain_logging_upstream.received_bytes()
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["would_block"], event["rule"]) == ("WARN", True, "no-delete")
