@@ -41,18 +41,24 @@ def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, pa
     decision = _first_match(candidates, path, policy._default_decision)
     if "%2F" in path or "%5C" in path or "\\" in path:
         # Many servers (werkzeug, uvicorn, Node's routers) decode %2F before routing, some read '\\' as
-        # '/': the path is judged both ways and the stricter verdict wins.
-        alias = _separators_decoded(path)
+        # '/': the path is judged both ways and the stricter verdict wins. The alias counts through a
+        # rule it matches; through the default only when its dot segments climb out of the path as
+        # written (`/api/..%2Fadmin`): an allow-list rule `/projects/*/issues` still admits GitLab's
+        # `/projects/group%2Fname/issues`, whose alias merely has one segment more.
+        decoded = path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
+        alias = _canonical_path(decoded)
         if alias != path:
-            decision = stricter(decision, _first_match(candidates, alias, policy._default_decision))
+            climbs = any(segment in (".", "..") for segment in decoded.split("/"))
+            fallback = policy._default_decision if climbs else decision
+            decision = stricter(decision, _first_match(candidates, alias, fallback))
     return decision
 
 
 def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[str]:
     """The methods a request asks the server to run instead of its own (upper case, as many as it
     names): the values of its method-override headers (`fields`: raw name/value pairs, as mitmproxy's
-    `Headers.fields`) and of a `_method` query parameter. A form field `_method` in the body is not
-    read."""
+    `Headers.fields`) and of a `_method` query parameter. A `_method` form field is read by
+    `failcore.proxy.gate.form_override_methods` once the body is there."""
     values = [value.decode("latin-1") for name, value in fields if name.lower() in METHOD_OVERRIDE_HEADERS]
     query = path.find("?")
     if query != -1 and "method" in path[query:].lower():
@@ -129,14 +135,22 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
 
 
 def tcp_verdict(policy: Policy, *, host: str, port: int) -> Decision:
-    """Verdict for raw (non-HTTP) TCP through a tunnel: only host, port and the scheme `tcp` are known.
+    """Verdict for raw (non-HTTP) TCP through a tunnel whose bytes may be HTTP (the strict one of
+    `tcp_verdicts`)."""
+    return tcp_verdicts(policy, host=host, port=port)[1]
 
-    A rule naming `scheme: tcp`, or one naming only host and port, decides. The bytes may still be HTTP
-    that mitmproxy did not recognise (a request after a leading CRLF, TLS without ALPN, `tcp_hosts`)
-    and that the origin server runs all the same: a BLOCK or WARN rule for HTTP (naming a method, a
-    path, or schemes without `tcp`) that could match the endpoint, or a budget that could count calls
-    to it, cannot be checked on bytes failcore does not read, so it applies to the whole stream (refused
-    in enforce mode, WARN with would_block in observe mode) instead of being skipped.
+
+def tcp_verdicts(policy: Policy, *, host: str, port: int) -> tuple[Decision, Decision]:
+    """Verdicts for raw (non-HTTP) TCP through a tunnel: only host, port and the scheme `tcp` are known.
+
+    The first is for bytes that are not HTTP: a rule naming `scheme: tcp`, or one naming only host and
+    port, decides, else the default. The second is for bytes that may be HTTP mitmproxy did not
+    recognise (a request after a leading CRLF, TLS without ALPN, `tcp_hosts`), which the origin server
+    runs all the same: a BLOCK or WARN rule for HTTP (naming a method, a path, or schemes without
+    `tcp`) that could match the endpoint, or a budget that could count calls to it, cannot be checked
+    on bytes failcore does not parse, so it applies to the whole stream (refused in enforce mode, WARN
+    with would_block in observe mode). A `scheme: tcp` rule is the policy's own word and decides both.
+    The caller picks one by what the client's first bytes look like (`looks_like_http`).
     """
     host = normalise_host(host)
     unjudged: Rule | None = None
@@ -145,33 +159,58 @@ def tcp_verdict(policy: Policy, *, host: str, port: int) -> Decision:
             continue
         if not rule.constrains_request_line:
             if rule.schemes is None:
-                return _unjudged_stream(policy, decision, unjudged, host, port)
+                return decision, _unjudged_stream(policy, decision, unjudged, host, port)
             if "tcp" in rule.schemes:
-                return decision
+                return decision, decision
         if rule.action != "ALLOW" and (
             unjudged is None or _SEVERITY[rule.action] > _SEVERITY[unjudged.action]
         ):
             unjudged = rule
-    return _unjudged_stream(policy, policy._default_decision, unjudged, host, port)
+    default = policy._default_decision
+    return default, _unjudged_stream(policy, default, unjudged, host, port)
+
+
+# What a client may send before an HTTP/1 request line and a server still read the request (RFC 9112
+# section 2.2 asks servers to skip empty lines; some skip spaces or NULs too).
+HTTP_LEADING = b" \t\r\n\x00"
+# RFC 9110 tchar: the bytes of a method token.
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def looks_like_http(data: bytes) -> bool | None:
+    """Whether a client's first bytes (after any `HTTP_LEADING` bytes) may start an HTTP request: a
+    method token of any case or name followed by a space (the HTTP/2 preface `PRI * HTTP/2.0` too).
+    None while `data` is too short to tell (only leading bytes, or a token not yet ended)."""
+    start = len(data) - len(data.lstrip(HTTP_LEADING))
+    rest = data[start:]
+    if not rest:
+        return None
+    for i, byte in enumerate(rest):
+        if byte == 0x20:
+            return i > 0
+        if byte not in _TCHAR:
+            return False
+    return None
 
 
 def _unjudged_stream(policy: Policy, decision: Decision, rule: Rule | None, host: str, port: int) -> Decision:
-    """`decision`, made stricter by an HTTP rule (or a budget) that raw bytes to host:port could get
-    past."""
+    """`decision`, made stricter by an HTTP rule (or a budget) that HTTP sent as raw bytes to host:port
+    could get past."""
     if rule is not None:
         named = (("method", rule.methods), ("path", rule.paths), ("scheme", rule.schemes))
         what = ", ".join(name for name, value in named if value is not None)
         reason = (
-            f"TCP to {host}:{port} that failcore could not read as HTTP; rule '{rule.id}' (names {what}) "
-            "cannot be checked on it, so it applies to the whole stream"
+            f"TCP to {host}:{port} that starts like HTTP but that failcore could not read as HTTP; "
+            f"rule '{rule.id}' (names {what}) cannot be checked on it, so it applies to the whole stream"
         )
         decision = stricter(decision, make_decision(rule.action, policy.mode, rule.id, reason))
     if decision.matched_action != "BLOCK":
         for budget in policy.budgets:
             if budget.scope.hosts is None or budget.scope.hosts.matches(host):
                 reason = (
-                    f"TCP to {host}:{port} that failcore could not read as HTTP; budget '{budget.id}' "
-                    "could count calls to it and cannot meter it, so the stream is refused"
+                    f"TCP to {host}:{port} that starts like HTTP but that failcore could not read as "
+                    f"HTTP; budget '{budget.id}' could count calls to it and cannot meter it, so the "
+                    "stream is refused"
                 )
                 return make_decision("BLOCK", policy.mode, f"budget:{budget.id}", reason)
     return decision
@@ -196,11 +235,6 @@ def request_path(path: str) -> str:
     if path[0] == "/" and ("%" in path or "//" in path or "/." in path):
         return _canonical_path(path)
     return path
-
-
-def _separators_decoded(path: str) -> str:
-    """A canonical path with %2F, %5C and '\\' read as '/', dot segments then removed again."""
-    return _canonical_path(path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/"))
 
 
 def _canonical_path(path: str) -> str:

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import orjson
 from mitmproxy import connection, exceptions, http, tls
@@ -18,7 +19,13 @@ from failcore.dlp.scanner import DlpScanner, build_failed
 from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
 from failcore.policy.address import normalise_host
-from failcore.policy.decide import connect_verdict, decide, override_methods, stricter
+from failcore.policy.decide import (
+    METHOD_OVERRIDE_PARAMETER,
+    connect_verdict,
+    decide,
+    override_methods,
+    stricter,
+)
 from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.failclosed import withhold_sni
@@ -90,6 +97,25 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
     if decision.rule is not None and decision.matched_action == "BLOCK":
         return stricter(ws, decision)
     return ws
+
+
+def form_override_methods(req: http.Request) -> list[str]:
+    """The methods a buffered POST form asks the server to run in a `_method` field (Rails'
+    Rack::MethodOverride, Laravel, Symfony), upper case. Rack reads a POST without Content-Type as a
+    form too. A streamed body (forwarded before the decision) or a compressed one is not read."""
+    if req.method != "POST" or req.stream or not req.raw_content:
+        return []
+    if req.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return []  # the frameworks parse form fields from the body as sent, not decompressed
+    ctype = req.headers.get("content-type", "").strip().lower()
+    if ctype.startswith("multipart/form-data"):
+        values = [value.decode("latin-1") for value in req.multipart_form.get_all(b"_method")]
+    elif not ctype or ctype.startswith("application/x-www-form-urlencoded"):
+        pairs = parse_qsl(req.raw_content.decode("latin-1"), keep_blank_values=True)
+        values = [value for key, value in pairs if key == METHOD_OVERRIDE_PARAMETER]
+    else:
+        return []
+    return [method for value in values if (method := value.strip().upper())]
 
 
 # Modes where the client names its destination (CONNECT, SOCKS) before TLS starts.
@@ -305,7 +331,25 @@ class PolicyGate:
         if flow.response is not None:
             return
         state = self.session.flows.get(flow.id)
-        if state is None or state.decision is None or state.decision.decision != "BLOCK":
+        if state is None or state.decision is None:
+            return
+        policy = self.session.policy
+        if policy is not None and state.decided_host is not None:
+            req = flow.request
+            for override in form_override_methods(req):
+                # The body is here now (buffered, or held): a `_method` form field is judged too.
+                state.decision = stricter(
+                    state.decision,
+                    decide(
+                        policy,
+                        host=state.decided_host,
+                        port=req.port,
+                        scheme=req.scheme,
+                        method=override,
+                        path=req.path,
+                    ),
+                )
+        if state.decision.decision != "BLOCK":
             return
         state.blocked = True
         answer(flow, blocked_response(state.decision, flow.id))

@@ -2,11 +2,15 @@
 
 When the bytes inside an allowed CONNECT (or inside its TLS) are not HTTP, mitmproxy relays them as a
 TCP flow. Each such stream becomes one `network` event with action `tcp.stream` and scheme `tcp`:
-bytes and messages each way, timing, outcome. The policy judges it with `tcp_verdict` (a rule with
-`scheme: tcp`, or one that names host/port only; an HTTP rule or a budget that could apply to the
-endpoint and cannot be checked on unread bytes applies to the whole stream, since they may be HTTP
-smuggled past mitmproxy's protocol detection); a BLOCK closes the connection before a byte is
-relayed. DLP scans every message as it passes, holding nothing back: a hit whose action is BLOCK
+bytes and messages each way, timing, outcome. The policy judges it with `tcp_verdicts`: a rule with
+`scheme: tcp`, or one that names host/port only, decides bytes that are not HTTP; bytes that start
+like an HTTP request (a method token and a space, after any leading whitespace/NUL a server skips)
+may be HTTP smuggled past mitmproxy's protocol detection, and an HTTP rule or a budget that could
+apply to the endpoint, which failcore cannot check on them, applies to the whole stream. When the two
+verdicts differ, the client's bytes are held until their first byte that is not whitespace/NUL (at
+most HOLD_MAX bytes; past that the stream counts as HTTP), then relayed together or refused; the
+server's bytes (an SSH or MySQL greeting) pass meanwhile. A BLOCK closes the connection before a
+client byte is relayed. DLP scans every message as it is relayed: a hit whose action is BLOCK
 (enforce mode) stops the message that completes it, and the connection with it. With
 `failcore_raw_tcp=block` (what `failcore run --contain` sets) every such stream is refused and
 recorded as BLOCK: failcore's policy is written for HTTP and cannot judge a protocol it does not read.
@@ -23,7 +27,7 @@ from typing import Any
 from mitmproxy import tcp
 
 from failcore.event import EgressEvent, Target
-from failcore.policy.decide import tcp_verdict
+from failcore.policy.decide import looks_like_http, tcp_verdicts
 from failcore.policy.model import Decision
 from failcore.proxy.failclosed import REFUSED, close_client
 from failcore.proxy.guard import guarded
@@ -34,6 +38,8 @@ logger = logging.getLogger("failcore")
 # Bytes of each direction kept to find a secret that spans two messages.
 OVERLAP = 1024
 MAX_HITS = 100
+# Client bytes held at most while they do not yet tell whether the stream starts like HTTP.
+HOLD_MAX = 64
 RAW_TCP_BLOCKED = Decision(
     "BLOCK", "raw_tcp", "failcore_raw_tcp=block: failcore's policy applies to HTTP only", True, "BLOCK"
 )
@@ -55,6 +61,9 @@ class TcpState:
     offsets: dict[bool, int] = field(default_factory=lambda: {True: 0, False: 0})
     hits: list[dict[str, Any]] = field(default_factory=list)
     hits_truncated: bool = False
+    # Set while the verdict waits for the client's first bytes: the verdict if they start like HTTP.
+    if_http: Decision | None = None
+    held: bytes = b""
 
 
 def stream_target(flow: tcp.TCPFlow) -> tuple[str, int]:
@@ -86,12 +95,16 @@ class TcpRecorder:
             close_client(flow)
             return
         policy = self.session.policy
-        decision = tcp_verdict(policy, host=host, port=port) if policy is not None else None
+        decision = if_http = None
+        if policy is not None:
+            decision, if_http = tcp_verdicts(policy, host=host, port=port)
         fronted = self.session.fronted.get(flow.client_conn.id)
         if fronted is not None and fronted.blocked:
-            decision = fronted.decision
+            decision = if_http = fronted.decision
         state = self.streams[flow.id] = TcpState(host, port, decision)
-        if decision is not None and decision.decision == "BLOCK":
+        if if_http != decision:
+            state.if_http = if_http  # decided by the client's first bytes (tcp_message)
+        elif decision is not None and decision.decision == "BLOCK":
             state.blocked_by = "policy"
             close_client(flow)
 
@@ -110,6 +123,11 @@ class TcpRecorder:
             return
         data = message.content
         out = message.from_client
+        if out and state.if_http is not None:
+            data = self._first_bytes(flow, state, data)
+            message.content = data
+            if state.blocked_by is not None or not data:
+                return
         if out:
             state.bytes_out += len(data)
             state.messages_out += 1
@@ -122,6 +140,24 @@ class TcpRecorder:
             state.blocked_by = "dlp"
             message.content = b""
             close_client(flow)
+
+    def _first_bytes(self, flow: tcp.TCPFlow, state: TcpState, data: bytes) -> bytes:
+        """What to relay of a client message while the verdict waits for the stream's first bytes:
+        nothing while they hold only whitespace/NUL (kept), else everything held so far, once the
+        verdict they call for allows it."""
+        held = state.held + data
+        http = looks_like_http(held)
+        if http is None and len(held) <= HOLD_MAX:
+            state.held = held
+            return b""
+        if http is not False:  # starts like HTTP, or leading bytes past HOLD_MAX
+            state.decision = state.if_http
+        state.if_http, state.held = None, b""
+        if state.decision is not None and state.decision.decision == "BLOCK":
+            state.blocked_by = "policy"
+            close_client(flow)
+            return b""
+        return held
 
     def _dlp_blocks(self, state: TcpState, out: bool, data: bytes) -> bool:
         scanner = self.session.dlp

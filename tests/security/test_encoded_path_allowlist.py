@@ -1,0 +1,57 @@
+"""Regression: an allow-list policy refused GitLab-style encoded paths (review 2, finding 3).
+
+Judging a path also with %2F decoded (test_path_separator_escapes) took the stricter of the two
+verdicts; under `default: BLOCK` the decoded alias of `/api/v4/projects/mygroup%2Fmyproject/issues`
+matched no rule and the default refused a request the allow rule was written for (GitLab's API names a
+project `group%2Fname`). The alias now makes the verdict stricter through a rule it matches, or through
+the default only when its dot segments climb out of the path as written (`/files/..%2Fadmin`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import network_events, read_tape
+from tests.security.helpers import send_raw
+from tests.security.upstream import LoggingUpstream
+
+POLICY = """
+version: 1
+mode: enforce
+default: BLOCK
+rules:
+  - {id: gl-issues, method: GET, path: '/api/v4/projects/*/issues', action: ALLOW}
+  - {id: files, path: /files/**, action: ALLOW}
+"""
+
+
+def get(upstream: LoggingUpstream, path: str) -> bytes:
+    authority = f"127.0.0.1:{upstream.port}"
+    return f"GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
+
+
+def test_an_encoded_project_path_is_allowed(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    path = "/api/v4/projects/mygroup%2Fmyproject/issues"
+    proxy = start_proxy(policy_file(POLICY))
+    answer = send_raw(proxy.port, get(plain_logging_upstream, path))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert f"GET {path} HTTP/1.1".encode() in plain_logging_upstream.received_bytes()
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["rule"]) == ("ALLOW", "gl-issues")
+
+
+@pytest.mark.parametrize("path", ["/files/..%2Fadmin", "/api/v4/projects/x%2F..%2F..%2Fadmin/issues"])
+def test_an_encoded_climb_out_of_the_allowed_path_is_refused(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, path: str
+) -> None:
+    proxy = start_proxy(policy_file(POLICY))
+    answer = send_raw(proxy.port, get(plain_logging_upstream, path))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert plain_logging_upstream.received_bytes() == b""
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["rule"]) == ("BLOCK", None)

@@ -1,0 +1,99 @@
+"""Attack: run a BLOCKed method with a `_method` form field (review 2, finding 4).
+
+Rails' Rack::MethodOverride, Laravel and Symfony run the method a POST form names in `_method`:
+`curl -X POST -d _method=delete` passed a `method: DELETE` BLOCK rule and the server ran DELETE. A
+POST whose body mitmproxy has buffered before the decision (every body under the streaming threshold)
+is now also judged as the method its `_method` field names (urlencoded, multipart, or no Content-Type,
+which Rack reads as a form), the stricter verdict winning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import network_events, read_tape
+from tests.security.helpers import send_raw
+from tests.security.upstream import LoggingUpstream
+
+POLICY = (
+    "version: 1\nmode: enforce\ndefault: ALLOW\nrules:\n  - {id: no-delete, method: DELETE, action: BLOCK}\n"
+)
+MULTIPART = (
+    b'--XyZ\r\nContent-Disposition: form-data; name="title"\r\n\r\nmarker\r\n'
+    b'--XyZ\r\nContent-Disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--XyZ--\r\n'
+)
+
+
+def post(upstream: LoggingUpstream, content_type: str, body: bytes) -> bytes:
+    authority = f"127.0.0.1:{upstream.port}"
+    header = f"Content-Type: {content_type}\r\n" if content_type else ""
+    return (
+        f"POST http://{authority}/repo HTTP/1.1\r\nHost: {authority}\r\n{header}"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"title=marker&_method=delete"),
+        ("Application/X-WWW-Form-Urlencoded; charset=UTF-8", b"title=marker&%5Fmethod=DELETE"),
+        ("", b"_method=delete&title=marker"),
+        ("application/x-www-form-urlencoded", b"pad=" + b"x" * 20000 + b"&_method=DELETE"),
+        ("multipart/form-data; boundary=XyZ", MULTIPART),
+    ],
+)
+def test_a_method_override_form_field_is_judged(
+    start_proxy,
+    policy_file,
+    plain_logging_upstream: LoggingUpstream,
+    tmp_path: Path,
+    content_type: str,
+    body: bytes,
+) -> None:
+    proxy = start_proxy(policy_file(POLICY))
+    answer = send_raw(proxy.port, post(plain_logging_upstream, content_type, body))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert plain_logging_upstream.received_bytes() == b""
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["rule"]) == ("BLOCK", "no-delete")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"title=marker&_method=patch"),
+        ("application/json", b'{"_method": "DELETE", "title": "marker"}'),
+    ],
+)
+def test_other_forms_pass(
+    start_proxy,
+    policy_file,
+    plain_logging_upstream: LoggingUpstream,
+    tmp_path: Path,
+    content_type: str,
+    body: bytes,
+) -> None:
+    """The control: another method, or a body no framework reads `_method` from, is forwarded."""
+    proxy = start_proxy(policy_file(POLICY))
+    answer = send_raw(proxy.port, post(plain_logging_upstream, content_type, body))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert body in plain_logging_upstream.received_bytes()
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert event["decision"] == "ALLOW"
+
+
+def test_observe_mode_records_the_form_override_as_would_block(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    proxy = start_proxy(policy_file(POLICY.replace("enforce", "observe")))
+    body = b"title=marker&_method=delete"
+    answer = send_raw(proxy.port, post(plain_logging_upstream, "application/x-www-form-urlencoded", body))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert body in plain_logging_upstream.received_bytes()
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["would_block"], event["rule"]) == ("WARN", True, "no-delete")
