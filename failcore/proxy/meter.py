@@ -88,16 +88,17 @@ class StreamInflater:
     """Content-Encoding undone chunk by chunk, in bounded steps, for a stream metered as it passes.
     Input it cannot decode ends the inflation (the stream then reports no usage, never a wrong one)."""
 
-    __slots__ = ("_feed", "_kind", "_state", "broken")
+    __slots__ = ("_feed", "_head", "_kind", "_state", "broken")
 
     def __init__(self, encoding: str, feed: Callable[[bytes], None]) -> None:
         self._feed = feed
         self._kind = encoding.strip().lower()
         self.broken = False
+        self._head = b""  # a deflate body's first byte, until its second says whether it is zlib
         if self._kind in ("gzip", "x-gzip"):
             self._state: Any = zlib.decompressobj(zlib.MAX_WBITS | 16)
         elif self._kind == "deflate":
-            self._state = None  # zlib or raw deflate: decided by the first byte
+            self._state = None  # zlib or raw deflate: decided by the first two bytes
         elif self._kind == "br":
             self._state = brotli.Decompressor()
         elif self._kind == "zstd":
@@ -115,8 +116,12 @@ class StreamInflater:
 
     def _inflate(self, chunk: bytes) -> None:
         if self._kind == "deflate" and self._state is None:
-            wbits = deflate_wbits(chunk)
-            self._state = zlib.decompressobj(wbits)
+            chunk = self._head + chunk
+            if len(chunk) < 2:
+                self._head = chunk
+                return
+            self._head = b""
+            self._state = zlib.decompressobj(deflate_wbits(chunk))
         state = self._state
         if isinstance(state, brotli.Decompressor):
             self._feed(state.process(chunk, output_buffer_limit=_INFLATE_STEP))
