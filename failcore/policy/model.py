@@ -230,9 +230,8 @@ class DlpSettings:
     gitleaks_rules: tuple[DlpRule, ...] = ()
     gitleaks_skipped: tuple[tuple[str, str], ...] = ()
     custom_rules: tuple[DlpRule, ...] = ()
-    # What a request body that cannot be scanned whole (it decodes past the decode limit, or does not
-    # decode as the gzip/deflate/br/zstd it claims) gets when the policy can BLOCK on a hit: refused
-    # (BLOCK) or forwarded with a warning (WARN).
+    # What a request body that cannot be scanned whole (it decodes past the decode limit) gets when
+    # the policy can BLOCK on a hit: refused (BLOCK) or forwarded with a warning (WARN).
     unscannable: Action = "BLOCK"
 
     def action_for(self, rule_id: str, severity: str) -> Action:
