@@ -75,6 +75,28 @@ def send_raw(proxy_port: int, request: bytes) -> bytes:
         return read_head(s)
 
 
+def plain_request(
+    upstream: LoggingUpstream, method: str, path: str, *, headers: str = "", body: bytes | None = None
+) -> bytes:
+    """An absolute-form HTTP/1.1 request to the plain `upstream`, written byte for byte (no client
+    normalises its path first); `headers` are whole CRLF-ended lines; a body gets its Content-Length."""
+    authority = f"127.0.0.1:{upstream.port}"
+    length = "" if body is None else f"Content-Length: {len(body)}\r\n"
+    head = f"{method} http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\n{headers}{length}"
+    return f"{head}Connection: close\r\n\r\n".encode() + (body or b"")
+
+
+def assert_refused(answer: bytes, upstream: LoggingUpstream, tape: Path) -> dict:
+    """A 403 from the proxy, not a byte at the upstream, and one network event on the tape: returned
+    for the caller's own checks of its decision and rule."""
+    from tests.helpers import network_events, read_tape
+
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert upstream.received_bytes() == b""
+    (event,) = network_events(read_tape(tape))
+    return event
+
+
 def tunnel(proxy_port: int, upstream: LoggingUpstream, host: str = "127.0.0.1") -> socket.socket:
     """A CONNECT tunnel through the proxy to `upstream` (named `host`), its 200 already read."""
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)

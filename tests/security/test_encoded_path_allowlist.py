@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import send_raw
+from tests.security.helpers import assert_refused, plain_request, send_raw
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -26,17 +26,12 @@ rules:
 """
 
 
-def get(upstream: LoggingUpstream, path: str) -> bytes:
-    authority = f"127.0.0.1:{upstream.port}"
-    return f"GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
-
-
 def test_an_encoded_project_path_is_allowed(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     path = "/api/v4/projects/mygroup%2Fmyproject/issues"
     proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, get(plain_logging_upstream, path))
+    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert f"GET {path} HTTP/1.1".encode() in plain_logging_upstream.received_bytes()
@@ -49,9 +44,7 @@ def test_an_encoded_climb_out_of_the_allowed_path_is_refused(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, path: str
 ) -> None:
     proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, get(plain_logging_upstream, path))
+    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
     proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 403"), answer
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import send_raw
+from tests.security.helpers import assert_refused, plain_request, send_raw
 from tests.security.upstream import LoggingUpstream
 
 POLICY = (
@@ -22,11 +22,7 @@ POLICY = (
 
 
 def post(upstream: LoggingUpstream, path: str, header: str = "") -> bytes:
-    authority = f"127.0.0.1:{upstream.port}"
-    return (
-        f"POST http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\n{header}"
-        "Content-Length: 6\r\nConnection: close\r\n\r\nmarker"
-    ).encode()
+    return plain_request(upstream, "POST", path, headers=header, body=b"marker")
 
 
 @pytest.mark.parametrize(
@@ -44,9 +40,7 @@ def test_an_overridden_method_is_judged(
     proxy = start_proxy(policy_file(POLICY))
     answer = send_raw(proxy.port, post(plain_logging_upstream, path, header))
     proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 403"), answer
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["method"], event["decision"], event["rule"]) == ("POST", "BLOCK", "no-delete")
 
 

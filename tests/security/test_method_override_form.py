@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import send_raw
+from tests.security.helpers import assert_refused, plain_request, send_raw
 from tests.security.upstream import LoggingUpstream
 
 POLICY = (
@@ -26,12 +26,8 @@ MULTIPART = (
 
 
 def post(upstream: LoggingUpstream, content_type: str, body: bytes) -> bytes:
-    authority = f"127.0.0.1:{upstream.port}"
     header = f"Content-Type: {content_type}\r\n" if content_type else ""
-    return (
-        f"POST http://{authority}/repo HTTP/1.1\r\nHost: {authority}\r\n{header}"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode() + body
+    return plain_request(upstream, "POST", "/repo", headers=header, body=body)
 
 
 @pytest.mark.parametrize(
@@ -55,9 +51,7 @@ def test_a_method_override_form_field_is_judged(
     proxy = start_proxy(policy_file(POLICY))
     answer = send_raw(proxy.port, post(plain_logging_upstream, content_type, body))
     proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 403"), answer
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", "no-delete")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import send_raw
+from tests.security.helpers import assert_refused, plain_request, send_raw
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -28,11 +28,6 @@ rules:
     path: /files/*/secret
     action: BLOCK
 """
-
-
-def get(upstream: LoggingUpstream, path: str) -> bytes:
-    authority = f"127.0.0.1:{upstream.port}"
-    return f"GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n".encode()
 
 
 @pytest.mark.parametrize(
@@ -50,11 +45,9 @@ def test_encoded_separators_do_not_escape_a_path_rule(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, path: str, rule: str
 ) -> None:
     proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, get(plain_logging_upstream, path))
+    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
     proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 403"), answer
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", rule)
 
 
@@ -64,7 +57,7 @@ def test_an_encoded_slash_elsewhere_still_passes(
     """The control: decoding is only for judging; a path no rule covers either way reaches upstream
     exactly as written."""
     proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, get(plain_logging_upstream, "/files/a%2Fb/public"))
+    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", "/files/a%2Fb/public"))
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert b"GET /files/a%2Fb/public HTTP/1.1" in plain_logging_upstream.received_bytes()
