@@ -42,6 +42,7 @@ from failcore.llm import (
     detect_api,
     parse_call,
 )
+from failcore.llm.detect import request_model
 from failcore.llm.prices import (
     genai_source,
     load_price_table,
@@ -329,10 +330,9 @@ class LlmMeter:
         detected = detect_api(host, flow.request.path, request_json)
         if detected is None:
             return
-        model = request_json.get("model") if request_json else None
-        state.llm = LlmFlow(
-            detected[0], detected[1], model if isinstance(model, str) else None, request_json=request_json
-        )
+        # The model the request names, in its body or (Gemini, Azure) its path: a budget's model scope.
+        model = request_model(detected[0], detected[1], flow.request.path, request_json)
+        state.llm = LlmFlow(detected[0], detected[1], model, request_json=request_json)
 
     @guarded("meter.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:

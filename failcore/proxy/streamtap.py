@@ -112,6 +112,8 @@ _LLM_PATH_SUFFIXES = (
     "/api/generate",
     ":generatecontent",
     ":streamgeneratecontent",
+    "%3ageneratecontent",  # Gemini's colon percent-encoded: Google's front end decodes it
+    "%3astreamgeneratecontent",
 )
 
 
