@@ -24,7 +24,13 @@ import orjson
 from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
-from failcore.budgetcharge import ChargedResponses, Estimate, estimate_usage, reports_usage
+from failcore.budgetcharge import (
+    ChargedResponses,
+    Estimate,
+    estimate_usage,
+    hides_reasoning,
+    reports_usage,
+)
 from failcore.evidence import is_encoded
 from failcore.llm import LlmCall, PriceTable, compute_cost, load_price_table
 from failcore.llm.detect import response_retrieval_id
@@ -107,6 +113,14 @@ def _output_chars(state: FlowState, call: LlmCall) -> int:
     if llm.whole_copy is not None and llm.whole_copy.overflow and state.response_tap is not None:
         return state.response_tap.size
     return len(call.output_text or "") + sum(len(raw) for raw in call.tool_inputs)
+
+
+def _output_words(state: FlowState, call: LlmCall) -> int:
+    """Words of the generated text (a lower bound on its tokens; see failcore.budgetcharge)."""
+    assert state.llm is not None
+    if state.llm.tracker is not None:
+        return state.llm.tracker.generated_words
+    return len((call.output_text or "").split())
 
 
 def _estimate_evidence(estimate: Estimate, cost_usd: float | None) -> dict[str, object]:
@@ -243,6 +257,7 @@ class BudgetGuard:
                 guess = estimate_usage(
                     request_bytes=request_bytes,
                     output_chars=tracker.generated_chars,
+                    output_words=tracker.generated_words,
                     request_json=llm.request_json,
                     tool_calls=tracker.tool_calls,
                     reported_input=seen.input_tokens,
@@ -304,10 +319,12 @@ class BudgetGuard:
         estimate = estimate_usage(
             request_bytes=_request_bytes(flow, state.llm),
             output_chars=_output_chars(state, call),
+            output_words=_output_words(state, call),
             request_json=state.llm.request_json,
             tool_calls=call.tool_calls,
             reported_input=call.input_tokens,
             reported_output=call.output_tokens,
+            hidden_reasoning=hides_reasoning(state.llm.request_json, state.llm.request_model),
         )
         guess = replace(
             call,
