@@ -93,14 +93,13 @@ def _scope(state: FlowState | None) -> tuple[str | None, str | None]:
     return state.llm.provider, state.llm.request_model
 
 
-def _request_bytes(flow: http.HTTPFlow, llm: LlmFlow) -> int:
-    """The size of the request body the upstream received, decoded (a gzip'd request is not cheaper)."""
-    raw = flow.request.raw_content
-    if raw is None:
-        return 0
+def _request_bytes(flow: http.HTTPFlow, state: FlowState, llm: LlmFlow) -> int:
+    """The size of the request body the upstream received, decoded (a gzip'd request is not cheaper); a
+    streamed one's by the bytes that passed its tap."""
     if is_encoded(flow.request.headers.get("content-encoding")) and llm.request_json is not None:
         return len(orjson.dumps(llm.request_json))
-    return len(raw)
+    streamed = state.request_tap.size if state.request_tap is not None else 0
+    return max(len(flow.request.raw_content or b""), streamed)
 
 
 def _output_chars(state: FlowState, call: LlmCall) -> int:
@@ -184,9 +183,11 @@ class BudgetGuard:
         policy = self.session.policy
         if flow.response is not None or policy is None or policy.mode != "enforce":
             return
-        if flow.metadata.get("failcore_held"):
+        if flow.metadata.get("failcore_held") or flow.killable is False:
             return
-        if not request_streams(flow, self.session.settings, self.session.flows.get(flow.id)):
+        # `stream is True`: mitmproxy's `stream_large_bodies` streams it (failcore.proxy.hold).
+        streams = flow.request.stream is True
+        if not streams and not request_streams(flow, self.session.settings, self.session.flows.get(flow.id)):
             return
         self._admit(flow)
 
@@ -220,7 +221,10 @@ class BudgetGuard:
             state.warnings.append(_warning(breach))
             if enforce:
                 state.blocked = True
-                answer(flow, budget_response(breach, decision, flow.id))
+                if flow.request.stream is True:
+                    flow.kill()  # streamed by mitmproxy: no answer can be sent, nothing may leave
+                else:
+                    answer(flow, budget_response(breach, decision, flow.id))
                 return
         state.request_reserved_at = reserved_at
         for crossed in crossings:
@@ -243,7 +247,7 @@ class BudgetGuard:
         tracker = state.llm.tracker
         llm = state.llm
         # A stream that will not report its usage is measured by its estimate as it goes.
-        request_bytes = None if reports_usage(llm.api, llm.request_json) else _request_bytes(flow, llm)
+        request_bytes = None if reports_usage(llm.api, llm.request_json) else _request_bytes(flow, state, llm)
 
         def over_budget(chunk: bytes) -> CutVerdict | None:
             seen = tracker.current
@@ -317,7 +321,7 @@ class BudgetGuard:
             self._record(store, state, flow, call, used, retrieved)
             return None
         estimate = estimate_usage(
-            request_bytes=_request_bytes(flow, state.llm),
+            request_bytes=_request_bytes(flow, state, state.llm),
             output_chars=_output_chars(state, call),
             output_words=_output_words(state, call),
             request_json=state.llm.request_json,
@@ -383,6 +387,10 @@ class BudgetGuard:
             if call.api in ("chat_completions", "completions") and call.stream
             else ""
         )
+        if hides_reasoning(state.llm.request_json, state.llm.request_model):
+            hint = " (a reasoning model's hidden tokens: its cap on output is charged" + (
+                "; " + hint[2:] if hint else ")"
+            )
         price = f", ${cost:.6g}" if cost is not None else ""
         state.warnings.append(
             {
