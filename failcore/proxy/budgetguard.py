@@ -183,11 +183,14 @@ class BudgetGuard:
         policy = self.session.policy
         if flow.response is not None or policy is None or policy.mode != "enforce":
             return
-        if flow.metadata.get("failcore_held") or flow.killable is False:
+        if flow.metadata.get("failcore_held"):
             return
+        state = self.session.flows.get(flow.id)
+        if state is not None and state.blocked:
+            return  # refused already (failcore.proxy.hold)
         # `stream is True`: mitmproxy's `stream_large_bodies` streams it (failcore.proxy.hold).
         streams = flow.request.stream is True
-        if not streams and not request_streams(flow, self.session.settings, self.session.flows.get(flow.id)):
+        if not streams and not request_streams(flow, self.session.settings, state):
             return
         self._admit(flow)
 

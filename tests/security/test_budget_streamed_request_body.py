@@ -1,7 +1,7 @@
 """Held attack: an LLM call whose request body streams through (mitmproxy's `stream_large_bodies` below
 its size, a chunked upload where nothing holds it) was not metered: its request was never parsed, so it
 was no LLM call to the budget, its tokens never charged, and (streamed by mitmproxy before failcore's
-hold) it was admitted only once its body had already left."""
+hold) it was admitted only once its body had already left, as was any upload mitmproxy streams."""
 
 from __future__ import annotations
 
@@ -112,3 +112,25 @@ def test_chunked_llm_call_past_stream_large_bodies_never_leaves_unjudged(
 
     (refused,) = network_events(read_tape(tmp_path / "tape"))
     assert (refused["decision"], refused["rule"]) == ("BLOCK", "hold:streamed")
+
+
+def test_exhausted_budget_refuses_an_upload_mitmproxy_streams(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    """Off LLM paths nothing is held: the budget decides at the request's headers. An upload mitmproxy
+    streams (`stream_large_bodies`) was admitted only at its end, once its body had left."""
+    plain_logging_upstream.respond_with = (200, [(b"content-type", b"text/plain")], b"ok")
+    policy = _policy("enforce", 10_000).replace("{total_tokens: 10000}", "{requests: 1}")
+    proxy = start_proxy(policy_file(policy), sets=["stream_large_bodies=1k"])
+    url = f"{plain_logging_upstream.url}/upload"
+    with proxied_client(proxy) as client:
+        assert client.post(url, content=b"a" * 20_000).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            client.post(url, content=b"b" * 20_000)
+    proxy.flush()
+    received = plain_logging_upstream.received_bytes()
+    assert received.count(b"POST /upload") == 1 and b"bbbb" not in received
+
+    allowed, refused = network_events(read_tape(tmp_path / "tape"))
+    assert allowed["decision"] == "ALLOW"
+    assert (refused["decision"], refused["rule"]) == ("BLOCK", "budget:tokens")
