@@ -13,13 +13,19 @@ errs high, so a limit is reached early rather than walked past:
   and for each tool call (the tokens that end a message or frame a call), at most the request's cap
   on generated tokens × `n` — the largest of `max_tokens`, `max_completion_tokens`,
   `max_output_tokens`, … when it sets several (an upstream may honour any one of them) — but only
-  while the characters seen fit in that many tokens (`MAX_CHARS_PER_TOKEN` each): more text than the
-  cap could carry shows the upstream ignored it, and then every character is charged;
+  while the text seen could be that many tokens: at most `MAX_CHARS_PER_TOKEN` characters each, and
+  no more words (runs without whitespace) than tokens. More text than the cap could carry shows the
+  upstream ignored it, and then every character is charged;
+* hidden reasoning: a model that reasons without showing it (OpenAI's o-series and gpt-5: the stream
+  carries only the answer, and the recorded gpt-5-nano calls spent 64 to 960 reasoning tokens on a
+  one-line answer) is charged its whole cap on generated tokens (which counts reasoning too), or
+  `HIDDEN_REASONING_TOKENS` when the request sets no cap or the upstream ignored it — when the
+  request names such a model or asks for reasoning (`reasoning_effort`, `reasoning`). Set
+  `stream_options.include_usage` to be charged what was used;
 * an input count the provider did report before the stream ended (Anthropic's `message_start`) is
   taken as it is; a partial output count when it is higher than the estimate.
 
-Hidden reasoning tokens are not visible in the stream and so not in the estimate; an image sent by URL
-costs more tokens than its URL has bytes. The estimate is recorded on the call's event
+An image sent by URL costs more tokens than its URL has bytes. The estimate is recorded on the call's event
 (`llm.budget_estimate`, a `usage_estimated` warning); `usage` itself stays unknown, never 0.
 
 **Charged once.** A Responses API response can be fetched again (`GET /v1/responses/{id}`, the way a
@@ -30,6 +36,7 @@ usage adds, never the same tokens twice.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -50,6 +57,12 @@ FRAMING_TOKENS = 4
 # tokenizer with longer tokens (Anthropic's is not public) only makes the estimate err high: its
 # honest long-token answers are then charged per character rather than at the cap.
 MAX_CHARS_PER_TOKEN = 128
+# What a model that hides its reasoning is charged when no cap bounds it: the largest output limit of
+# OpenAI's reasoning models (gpt-5: 128,000 tokens; o1, o3, o4-mini: 100,000).
+HIDDEN_REASONING_TOKENS = 128_000
+# Models that reason without streaming their reasoning (`openai/o3` as a router names it too); a
+# `-chat` variant (gpt-5-chat-latest) does not reason.
+_HIDDEN_REASONING_MODEL = re.compile(r"^(?:[\w.-]+/)?(?:o\d|gpt-5)(?![\w.]*-chat)", re.IGNORECASE)
 # Where each API puts the cap on generated tokens.
 _MAX_OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 
@@ -96,6 +109,23 @@ def max_output_tokens(request_json: dict | None) -> int | None:
     return max(caps) * max(as_count(request_json.get("n")) or 1, candidates or 1)
 
 
+def hides_reasoning(request_json: dict | None, model: str | None = None) -> bool:
+    """Whether the call may spend reasoning tokens its stream does not show: the request names a model
+    that reasons hidden, or asks for reasoning (other than `reasoning_effort: none`)."""
+    request = as_dict(request_json)
+    effort = request.get("reasoning_effort")
+    if effort is None:
+        effort = as_dict(request.get("reasoning")).get("effort")
+    if isinstance(effort, str) and effort.lower() == "none":
+        return False
+    reasoning = request.get("reasoning")
+    asked = reasoning not in (None, False) and as_dict(reasoning).get("enabled") is not False
+    if effort is not None or asked:
+        return True
+    named = request.get("model")
+    return any(isinstance(m, str) and _HIDDEN_REASONING_MODEL.match(m) is not None for m in (named, model))
+
+
 def estimate_usage(
     *,
     request_bytes: int,
@@ -104,12 +134,20 @@ def estimate_usage(
     tool_calls: int = 0,
     reported_input: int | None = None,
     reported_output: int | None = None,
+    output_words: int = 0,
+    hidden_reasoning: bool = False,
 ) -> Estimate:
-    """The tokens charged for a call with unknown usage (see the module docstring)."""
+    """The tokens charged for a call with unknown usage (see the module docstring). `output_words`: runs
+    of non-whitespace in the generated text; `hidden_reasoning`: hides_reasoning() of the request, for
+    a finished call (a stream still going is measured by what it showed)."""
     output = output_chars + FRAMING_TOKENS * (1 + tool_calls)
     cap = max_output_tokens(request_json)
-    if cap is not None and output_chars <= cap * MAX_CHARS_PER_TOKEN:
+    honoured = cap is not None and output_chars <= cap * MAX_CHARS_PER_TOKEN and output_words <= cap
+    if honoured:
+        assert cap is not None
         output = min(output, cap)  # else more text than the cap could carry: it was not honoured
+    if hidden_reasoning:
+        output = max(output, cap if honoured and cap is not None else HIDDEN_REASONING_TOKENS)
     return Estimate(
         input_tokens=reported_input if reported_input is not None else request_bytes,
         output_tokens=max(output, reported_output or 0),

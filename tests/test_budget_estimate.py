@@ -7,7 +7,14 @@ from __future__ import annotations
 import json
 
 from failcore.budget import Usage
-from failcore.budgetcharge import ChargedResponses, estimate_usage, max_output_tokens, reports_usage
+from failcore.budgetcharge import (
+    HIDDEN_REASONING_TOKENS,
+    ChargedResponses,
+    estimate_usage,
+    hides_reasoning,
+    max_output_tokens,
+    reports_usage,
+)
 from failcore.llm import SseUsageTracker, detect_api
 from tests.llm_replay import load_exchanges, reported_usage
 
@@ -36,8 +43,10 @@ def _estimate(exchange: dict, request: dict | None, detected: tuple[str, str]): 
     return estimate_usage(
         request_bytes=len(exchange["request_body"].encode()),
         output_chars=tracker.generated_chars,
+        output_words=tracker.generated_words,
         request_json=request,
         tool_calls=tracker.tool_calls,
+        hidden_reasoning=hides_reasoning(request),
     )
 
 
@@ -147,5 +156,61 @@ def test_real_providers_stay_within_the_characters_their_cap_allows() -> None:
         tracker.feed(exchange["response_body"].encode())
         tracker.finish()
         assert tracker.generated_chars <= cap * 128, exchange["id"]
+        assert tracker.generated_words <= cap, exchange["id"]  # nor per character by its words
         checked += 1
     assert checked >= 10
+
+
+def test_which_requests_may_hide_reasoning() -> None:
+    """OpenAI's reasoning models (named as a router names them too) and any request asking for
+    reasoning; not a chat model, a `-chat` variant of gpt-5, or reasoning switched off."""
+    hidden = [{"model": m} for m in ("gpt-5-nano", "gpt-5.1", "o1", "o3-mini", "openai/o4-mini")]
+    hidden += [{"model": "x", "reasoning_effort": "low"}, {"model": "x", "reasoning": {"exclude": True}}]
+    assert all(hides_reasoning(r) for r in hidden)
+    shown = [{"model": m} for m in ("gpt-4o", "gpt-5-chat-latest", "deepseek-reasoner", "omni-moderation")]
+    shown += [
+        {"model": "gpt-5.1", "reasoning_effort": "none"},
+        {"model": "x", "reasoning": {"enabled": False}},
+    ]
+    assert not any(hides_reasoning(r) for r in shown)
+    assert hides_reasoning({}, "gpt-5-mini")  # a model named by the path (Azure's deployment)
+
+
+def test_hidden_reasoning_is_charged_the_cap_or_the_ceiling() -> None:
+    common = {"request_bytes": 100, "output_chars": 40, "output_words": 8}
+    assert estimate_usage(**common, request_json={"max_completion_tokens": 900}).output_tokens == 44
+    capped = estimate_usage(**common, request_json={"max_completion_tokens": 900}, hidden_reasoning=True)
+    assert capped.output_tokens == 900
+    assert (
+        estimate_usage(**common, request_json={}, hidden_reasoning=True).output_tokens
+        == HIDDEN_REASONING_TOKENS
+    )
+    # A cap the upstream ignored (more words than it allows) bounds nothing.
+    ignored = estimate_usage(
+        request_bytes=100,
+        output_chars=400,
+        output_words=80,
+        request_json={"max_tokens": 50},
+        hidden_reasoning=True,
+    )
+    assert ignored.output_tokens == HIDDEN_REASONING_TOKENS
+
+
+def test_words_split_across_deltas_are_counted_once() -> None:
+    tracker = SseUsageTracker("openai", "chat_completions")
+    deltas = ["Hel", "lo wo", "rld", " ", "again ", "and", "\n", "more"]
+    for delta in deltas:
+        chunk = {"choices": [{"index": 0, "delta": {"content": delta}}]}
+        tracker.feed(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    tracker.finish()
+    assert tracker.generated_words == len("".join(deltas).split()) == 5
+
+
+def test_visible_reasoning_is_counted() -> None:
+    """DeepSeek's `reasoning_content` and OpenRouter's `reasoning` deltas are generated (billed) text."""
+    tracker = SseUsageTracker("deepseek", "chat_completions")
+    for delta in ({"reasoning_content": "a" * 300}, {"reasoning": "b" * 200}, {"content": "ok"}):
+        chunk = {"choices": [{"index": 0, "delta": delta}]}
+        tracker.feed(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+    tracker.finish()
+    assert tracker.generated_chars == 502

@@ -10,6 +10,7 @@ import json
 import pytest
 
 from failcore.llm import LlmCall, SseUsageTracker, contract_drift, detect_api, parse_call
+from failcore.llm.detect import request_model, request_streams
 from failcore.llm.usage import OUTPUT_TEXT_CAP
 
 JSON = "application/json"
@@ -696,12 +697,30 @@ def test_ollama_native_generate_json() -> None:
             ("gemini", "chat_completions"),
         ),
         ("example.com", "/index.html", None, None),
+        # Spelled as a routing upstream still serves it: case (Express, ASP.NET Core), Gemini's `%3A`.
+        ("api.openai.com", "/V1/Chat/Completions", None, ("openai", "chat_completions")),
+        ("api.anthropic.com", "/V1/Messages", None, ("anthropic", "messages")),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.5-pro%3astreamGenerateContent",
+            None,
+            ("gemini", "gemini_generate"),
+        ),
+        ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-pro%3AcountTokens", None, None),
+        ("example.com", "/V1/Chat/Completions", {"unrelated": True}, None),
     ],
 )
 def test_detect_api(
     host: str, path: str, request_json: dict | None, expected: tuple[str, str] | None
 ) -> None:
     assert detect_api(host, path, request_json) == expected
+
+
+def test_gemini_model_and_stream_from_an_encoded_colon() -> None:
+    path = "/v1beta/models/gemini-2.5-flash%3AstreamGenerateContent?alt=sse"
+    assert request_model("gemini", "gemini_generate", path, None) == "gemini-2.5-flash"
+    assert request_streams("gemini_generate", path, None)
+    assert not request_streams("gemini_generate", "/v1beta/models/gemini-2.5-flash%3AgenerateContent", None)
 
 
 def test_non_llm_exchange_parses_to_none() -> None:

@@ -19,21 +19,31 @@ _KNOWN_OPENAI_COMPATIBLE_HOSTS = {
     "api.fireworks.ai": "fireworks",
 }
 _OLLAMA_PORT = "11434"
+# Paths are matched as case-insensitive routers read them (Express's default, ASP.NET Core's, Fiber's:
+# `/V1/Chat/Completions` reaches the same handler), and Gemini's `:method` also as `%3A`, which
+# request_path keeps encoded (a reserved character) but Google's front end decodes.
+_COLON = r"(?::|%3A)"
 _GEMINI_PATH = re.compile(
-    r"^/v1(?:beta|alpha)?\d*/(?:tunedModels|models)/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$"
+    r"^/v1(?:beta|alpha)?\d*/(?:tunedModels|models)/(?P<model>[^/:]+?)" + _COLON + r"(?P<method>[A-Za-z]+)$",
+    re.IGNORECASE,
 )
 # Gemini on Vertex AI: {region-}aiplatform.googleapis.com/v1[beta1]/projects/P/locations/L/publishers/google/
 # models/M:generateContent (or :streamGenerateContent).
 _VERTEX_GEMINI_PATH = re.compile(
-    r"^/v1(?:beta\d*)?/projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/:]+)"
-    r":(?P<method>[A-Za-z]+)$"
+    r"^/v1(?:beta\d*)?/projects/[^/]+/locations/[^/]+/publishers/google/models/(?P<model>[^/:]+?)"
+    + _COLON
+    + r"(?P<method>[A-Za-z]+)$",
+    re.IGNORECASE,
 )
+_GEMINI_METHODS = ("generatecontent", "streamgeneratecontent")
+_GEMINI_STREAM = re.compile(_COLON + r"streamGenerateContent$", re.IGNORECASE)
 # GET of a stored (or background) Responses API response: `/v1/responses/{id}`, `?stream=true` for its
 # events. Its body carries the usage of a generation its POST may not have reported (`background: true`).
 # Only under `/v1/` or Azure's `/openai/`: a survey's `/api/responses/42` is no LLM call.
-_RESPONSE_RETRIEVAL = re.compile(r"/(?:v1|openai)/responses/(?P<id>[A-Za-z0-9_-]+)$")
+_RESPONSE_RETRIEVAL = re.compile(r"/(?:v1|openai)/responses/(?P<id>[A-Za-z0-9_-]+)$", re.IGNORECASE)
 _AZURE_DEPLOYMENT_PATH = re.compile(
-    r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<op>chat/completions|completions|responses)$"
+    r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<op>chat/completions|completions|responses)$",
+    re.IGNORECASE,
 )
 
 
@@ -64,12 +74,13 @@ def _clean_path(path: str) -> str:
 def response_retrieval_id(path: str) -> str | None:
     """The response id of a Responses API retrieval (`GET /v1/responses/{id}`), else None."""
     found = _RESPONSE_RETRIEVAL.search(_clean_path(path))
-    if found is None or found.group("id") == "compact":
+    if found is None or found.group("id").lower() == "compact":
         return None
     return found.group("id")
 
 
 def _openai_style_api(path: str) -> str | None:
+    path = path.lower()
     if path.endswith("/chat/completions"):
         return "chat_completions"
     if path.endswith(("/responses", "/responses/compact")) or response_retrieval_id(path):
@@ -96,40 +107,41 @@ def detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, st
     """Identify ``(provider, api)`` from host, path and request shape; None when it is not an LLM call."""
     hostname, port = _split_host(host)
     path = _clean_path(path)
+    lower = path.lower()
 
     vertex = _VERTEX_GEMINI_PATH.match(path)
-    if vertex and vertex.group("method") in ("generateContent", "streamGenerateContent"):
+    if vertex and vertex.group("method").lower() in _GEMINI_METHODS:
         if hostname == "aiplatform.googleapis.com" or hostname.endswith("-aiplatform.googleapis.com"):
             return "vertex_ai", "gemini_generate"
         if request_json is not None and "contents" in request_json:
             return "vertex_ai", "gemini_generate"
         return None
     gemini = _GEMINI_PATH.match(path)
-    if gemini and gemini.group("method") in ("generateContent", "streamGenerateContent"):
+    if gemini and gemini.group("method").lower() in _GEMINI_METHODS:
         official = hostname == "generativelanguage.googleapis.com"
         if official or request_json is None or "contents" in request_json:
             return "gemini", "gemini_generate"
         return None
     if hostname == "generativelanguage.googleapis.com":
         api = _openai_style_api(path)
-        return ("gemini", api) if api and path.startswith("/v1beta/openai/") else None
+        return ("gemini", api) if api and lower.startswith("/v1beta/openai/") else None
 
     if hostname.endswith((".openai.azure.com", ".cognitiveservices.azure.com")):
         deployment = _AZURE_DEPLOYMENT_PATH.match(path)
         if deployment:
             return "azure_openai", _openai_style_api("/" + deployment.group("op")) or "chat_completions"
         api = _openai_style_api(path)
-        return ("azure_openai", api) if api and path.startswith("/openai/") else None
+        return ("azure_openai", api) if api and lower.startswith("/openai/") else None
 
-    if path.endswith("/v1/messages"):
+    if lower.endswith("/v1/messages"):
         if hostname == "api.anthropic.com":
             return "anthropic", "messages"
         if _shape_matches("messages", request_json) and request_json is not None:
             return "anthropic_compatible", "messages"
         return None
 
-    if path in ("/api/chat", "/api/generate"):
-        api = "ollama_chat" if path == "/api/chat" else "ollama_generate"
+    if lower in ("/api/chat", "/api/generate"):
+        api = "ollama_chat" if lower == "/api/chat" else "ollama_generate"
         if port == _OLLAMA_PORT or (
             request_json is not None and "model" in request_json and _shape_matches(api, request_json)
         ):
@@ -140,7 +152,7 @@ def detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, st
     if api is None:
         return None
     if hostname == "api.openai.com":
-        return ("openai", api) if path.startswith("/v1/") else None
+        return ("openai", api) if lower.startswith("/v1/") else None
     if not _shape_matches(api, request_json):
         return None
     if port == _OLLAMA_PORT:
@@ -227,7 +239,7 @@ def request_model(provider: str, api: str, path: str, request_json: dict | None)
 
 def request_streams(api: str, path: str, request_json: dict | None) -> bool:
     if api == "gemini_generate":
-        return ":streamGenerateContent" in path
+        return _GEMINI_STREAM.search(_clean_path(path)) is not None
     stream = (request_json or {}).get("stream")
     if uses_ndjson(api):
         return stream is not False  # Ollama's native API streams unless told not to

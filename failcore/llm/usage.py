@@ -217,3 +217,7 @@ class SseUsageTracker:
     @property
     def generated_chars(self) -> int:
         return self._acc.generated_chars
+
+    @property
+    def generated_words(self) -> int:
+        return self._acc.generated_words

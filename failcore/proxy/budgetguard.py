@@ -24,7 +24,13 @@ import orjson
 from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
-from failcore.budgetcharge import ChargedResponses, Estimate, estimate_usage, reports_usage
+from failcore.budgetcharge import (
+    ChargedResponses,
+    Estimate,
+    estimate_usage,
+    hides_reasoning,
+    reports_usage,
+)
 from failcore.evidence import is_encoded
 from failcore.llm import LlmCall, PriceTable, compute_cost, load_price_table
 from failcore.llm.detect import response_retrieval_id
@@ -87,14 +93,13 @@ def _scope(state: FlowState | None) -> tuple[str | None, str | None]:
     return state.llm.provider, state.llm.request_model
 
 
-def _request_bytes(flow: http.HTTPFlow, llm: LlmFlow) -> int:
-    """The size of the request body the upstream received, decoded (a gzip'd request is not cheaper)."""
-    raw = flow.request.raw_content
-    if raw is None:
-        return 0
+def _request_bytes(flow: http.HTTPFlow, state: FlowState, llm: LlmFlow) -> int:
+    """The size of the request body the upstream received, decoded (a gzip'd request is not cheaper); a
+    streamed one's by the bytes that passed its tap."""
     if is_encoded(flow.request.headers.get("content-encoding")) and llm.request_json is not None:
         return len(orjson.dumps(llm.request_json))
-    return len(raw)
+    streamed = state.request_tap.size if state.request_tap is not None else 0
+    return max(len(flow.request.raw_content or b""), streamed)
 
 
 def _output_chars(state: FlowState, call: LlmCall) -> int:
@@ -107,6 +112,14 @@ def _output_chars(state: FlowState, call: LlmCall) -> int:
     if llm.whole_copy is not None and llm.whole_copy.overflow and state.response_tap is not None:
         return state.response_tap.size
     return len(call.output_text or "") + sum(len(raw) for raw in call.tool_inputs)
+
+
+def _output_words(state: FlowState, call: LlmCall) -> int:
+    """Words of the generated text (a lower bound on its tokens; see failcore.budgetcharge)."""
+    assert state.llm is not None
+    if state.llm.tracker is not None:
+        return state.llm.tracker.generated_words
+    return len((call.output_text or "").split())
 
 
 def _estimate_evidence(estimate: Estimate, cost_usd: float | None) -> dict[str, object]:
@@ -172,7 +185,12 @@ class BudgetGuard:
             return
         if flow.metadata.get("failcore_held"):
             return
-        if not request_streams(flow, self.session.settings, self.session.flows.get(flow.id)):
+        state = self.session.flows.get(flow.id)
+        if state is not None and state.blocked:
+            return  # refused already (failcore.proxy.hold)
+        # `stream is True`: mitmproxy's `stream_large_bodies` streams it (failcore.proxy.hold).
+        streams = flow.request.stream is True
+        if not streams and not request_streams(flow, self.session.settings, state):
             return
         self._admit(flow)
 
@@ -206,7 +224,10 @@ class BudgetGuard:
             state.warnings.append(_warning(breach))
             if enforce:
                 state.blocked = True
-                answer(flow, budget_response(breach, decision, flow.id))
+                if flow.request.stream is True:
+                    flow.kill()  # streamed by mitmproxy: no answer can be sent, nothing may leave
+                else:
+                    answer(flow, budget_response(breach, decision, flow.id))
                 return
         state.request_reserved_at = reserved_at
         for crossed in crossings:
@@ -229,7 +250,7 @@ class BudgetGuard:
         tracker = state.llm.tracker
         llm = state.llm
         # A stream that will not report its usage is measured by its estimate as it goes.
-        request_bytes = None if reports_usage(llm.api, llm.request_json) else _request_bytes(flow, llm)
+        request_bytes = None if reports_usage(llm.api, llm.request_json) else _request_bytes(flow, state, llm)
 
         def over_budget(chunk: bytes) -> CutVerdict | None:
             seen = tracker.current
@@ -243,6 +264,7 @@ class BudgetGuard:
                 guess = estimate_usage(
                     request_bytes=request_bytes,
                     output_chars=tracker.generated_chars,
+                    output_words=tracker.generated_words,
                     request_json=llm.request_json,
                     tool_calls=tracker.tool_calls,
                     reported_input=seen.input_tokens,
@@ -302,12 +324,14 @@ class BudgetGuard:
             self._record(store, state, flow, call, used, retrieved)
             return None
         estimate = estimate_usage(
-            request_bytes=_request_bytes(flow, state.llm),
+            request_bytes=_request_bytes(flow, state, state.llm),
             output_chars=_output_chars(state, call),
+            output_words=_output_words(state, call),
             request_json=state.llm.request_json,
             tool_calls=call.tool_calls,
             reported_input=call.input_tokens,
             reported_output=call.output_tokens,
+            hidden_reasoning=hides_reasoning(state.llm.request_json, state.llm.request_model),
         )
         guess = replace(
             call,
@@ -366,6 +390,10 @@ class BudgetGuard:
             if call.api in ("chat_completions", "completions") and call.stream
             else ""
         )
+        if hides_reasoning(state.llm.request_json, state.llm.request_model):
+            hint = " (a reasoning model's hidden tokens: its cap on output is charged" + (
+                "; " + hint[2:] if hint else ")"
+            )
         price = f", ${cost:.6g}" if cost is not None else ""
         state.warnings.append(
             {

@@ -11,13 +11,17 @@ consults the `request` hook's verdict. So where a decision needs the whole body,
 - always with `fail_open: false` (a failure in any check must stop the request, not follow it).
 
 A held body is buffered by mitmproxy up to `failcore_hold_max` bytes; one that declares more is refused
-with 413 before a byte of it leaves, and one of unknown length found longer is refused once read.
+with 413 before a byte of it leaves, and one of unknown length found longer is refused once read. One
+that mitmproxy's own `stream_large_bodies` streams (it declares more than that option, or is chunked:
+mitmproxy streams it once it outgrows the option) cannot be held: it is refused by closing the request
+before anything of it leaves.
 """
 
 from __future__ import annotations
 
 import orjson
-from mitmproxy import http
+from mitmproxy import ctx, http
+from mitmproxy.utils import human
 
 from failcore.policy.model import Decision
 from failcore.proxy.guard import guarded
@@ -70,6 +74,21 @@ def _too_large(flow: http.HTTPFlow, size: int, limit: int, why: str) -> http.Res
     return http.Response.make(413, body, headers)
 
 
+def _outgrows_stream_large_bodies(flow: http.HTTPFlow) -> bool:
+    """Whether mitmproxy's `stream_large_bodies` will stream this body once it outgrows the option, held
+    or not: a body of unknown length (chunked) while the option is set. (One that declares more is
+    streamed from its headers on: `flow.request.stream` is already True.)"""
+    try:
+        limit = human.parse_size(ctx.options.stream_large_bodies)
+    except (AttributeError, ValueError):
+        return False
+    return (
+        limit is not None
+        and "content-length" not in flow.request.headers
+        and flow.request.headers.get("transfer-encoding", "").lower().endswith("chunked")
+    )
+
+
 class RequestHold:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -87,12 +106,30 @@ class RequestHold:
         state.blocked = True
         answer(flow, _too_large(flow, size, limit, why))
 
+    def _refuse_streamed(self, flow: http.HTTPFlow, why: str) -> None:
+        """mitmproxy's `stream_large_bodies` streams this body: it would leave before the policy read it.
+        Nothing can answer a request mitmproxy streams, so it is refused by closing it."""
+        state = self.session.state(flow)
+        state.decision = Decision(
+            "BLOCK",
+            "hold:streamed",
+            f"request body streamed by mitmproxy's stream_large_bodies; {why} needs it whole "
+            "(set stream_large_bodies above failcore_hold_max)",
+            True,
+            "BLOCK",
+        )
+        state.blocked = True
+        flow.kill()
+
     @guarded("hold.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.request.stream:
+        if flow.response is not None or callable(flow.request.stream):
             return
         why = hold_reason(self.session, flow)
         if why is None:
+            return
+        if flow.request.stream is True or _outgrows_stream_large_bodies(flow):
+            self._refuse_streamed(flow, why)
             return
         settings = self.session.settings
         if not request_streams(flow, settings, self.session.flows.get(flow.id)):

@@ -42,6 +42,7 @@ from failcore.llm import (
     detect_api,
     parse_call,
 )
+from failcore.llm.detect import request_model
 from failcore.llm.prices import (
     genai_source,
     load_price_table,
@@ -52,7 +53,7 @@ from failcore.llm.prices import (
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
-from failcore.proxy.streamtap import could_be_llm_path, response_streams
+from failcore.proxy.streamtap import could_be_llm_path, request_streams, response_streams
 from failcore.proxy.switchinterval import LOWERED_SWITCH_INTERVAL
 
 logger = logging.getLogger("failcore")
@@ -304,6 +305,28 @@ class LlmMeter:
             self.prices = load_price_table(overrides=overrides or None)
         return self.prices
 
+    @guarded("meter.requestheaders")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """An LLM call's request body that will stream through (not held: observe mode, a chunked upload,
+        mitmproxy's `stream_large_bodies`) is copied aside as it passes, up to `failcore_llm_body_max`,
+        and metered at its end like a whole one: streaming a request does not make the call free. Other
+        uploads are not copied (they stream chunk by chunk, as before)."""
+        if flow.response is not None or flow.metadata.get("failcore_held"):
+            return
+        stream = flow.request.stream
+        if callable(stream):
+            return
+        if stream is not True and not request_streams(
+            flow, self.session.settings, self.session.flows.get(flow.id)
+        ):
+            return
+        if not could_be_llm_path(flow.request.path):
+            return
+        state = self.session.state(flow)
+        copy = WholeBodyCopy(self.session.settings.llm_body_max)
+        state.request_copy = copy
+        state.request_observers.append(copy)
+
     @guarded("meter.request")
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         self._requests += 1
@@ -312,8 +335,10 @@ class LlmMeter:
         if not self._warming:
             self.warm_up_prices()
         state = self.session.flows.get(flow.id)
-        if state is None or state.request_tap is not None:
+        if state is None:
             return None
+        if state.request_tap is not None:
+            return self._detect_streamed(flow, state)
         if _decode_off_loop(flow.request):
             return self._detect_off_loop(flow, state)
         self._detect(flow, state, _request_json(_body(flow.request)))
@@ -324,15 +349,35 @@ class LlmMeter:
         parsed = await asyncio.to_thread(lambda: _request_json(_body(request, DECODE_LIMIT)))
         self._detect(flow, state, parsed)
 
+    def _detect_streamed(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
+        """A streamed request, from the copy taken as it passed (none past the limit: then the call is
+        recognised by its host and path alone, its model unknown, and charged by the bytes streamed)."""
+        copy = state.request_copy
+        if not isinstance(copy, WholeBodyCopy) or copy.overflow:
+            self._detect(flow, state, None)
+            return None
+        raw = bytes(copy.data)
+        state.request_copy = None
+        encoding = flow.request.headers.get("content-encoding")
+        if read_off_loop(len(raw), encoding, PARSE_OFF_LOOP_BYTES):
+            return self._detect_streamed_off_loop(flow, state, raw, encoding)
+        self._detect(flow, state, _request_json(decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)))
+        return None
+
+    async def _detect_streamed_off_loop(
+        self, flow: http.HTTPFlow, state: FlowState, raw: bytes, encoding: str | None
+    ) -> None:
+        parsed = await asyncio.to_thread(lambda: _request_json(decoded_content(raw, encoding, DECODE_LIMIT)))
+        self._detect(flow, state, parsed)
+
     def _detect(self, flow: http.HTTPFlow, state: FlowState, request_json: dict[str, Any] | None) -> None:
         host = f"{state.decided_host or flow.request.host}:{flow.request.port}"
         detected = detect_api(host, flow.request.path, request_json)
         if detected is None:
             return
-        model = request_json.get("model") if request_json else None
-        state.llm = LlmFlow(
-            detected[0], detected[1], model if isinstance(model, str) else None, request_json=request_json
-        )
+        # The model the request names, in its body or (Gemini, Azure) its path: a budget's model scope.
+        model = request_model(detected[0], detected[1], flow.request.path, request_json)
+        state.llm = LlmFlow(detected[0], detected[1], model, request_json=request_json)
 
     @guarded("meter.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:

@@ -112,6 +112,8 @@ _LLM_PATH_SUFFIXES = (
     "/api/generate",
     ":generatecontent",
     ":streamgeneratecontent",
+    "%3ageneratecontent",  # Gemini's colon percent-encoded: Google's front end decodes it
+    "%3astreamgeneratecontent",
 )
 
 
@@ -151,7 +153,9 @@ class StreamTap:
 
     @guarded("streamtap.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.request.stream or flow.response is not None:
+        # `stream is True`: mitmproxy's `stream_large_bodies` streams it; tapped like failcore's own, so
+        # its bytes are counted and metered (failcore.proxy.meter).
+        if callable(flow.request.stream) or flow.response is not None:
             return
         state = self.session.flows.get(flow.id)
         if state is not None and state.decision is not None and state.decision.decision == "BLOCK":
@@ -159,7 +163,7 @@ class StreamTap:
         if flow.metadata.get("failcore_held"):
             return  # failcore.proxy.hold: the policy decides on the whole body before it leaves
         settings = self.session.settings
-        if request_streams(flow, settings, state):
+        if flow.request.stream is True or request_streams(flow, settings, state):
             state = self.session.state(flow)
             tap = BodyTap(settings.body_cap, failed=StreamFailures(self.session, flow, state, "request").stop)
             tap.observers.extend(state.request_observers)

@@ -15,7 +15,7 @@ OUTPUT_TEXT_CAP = 256 * 1024
 class CappedText:
     """Appends text up to a byte-ish cap (characters, cheap) and remembers whether anything was dropped."""
 
-    __slots__ = ("_cap", "_parts", "_size", "chars", "seen", "truncated")
+    __slots__ = ("_cap", "_in_word", "_parts", "_size", "chars", "seen", "truncated", "words")
 
     def __init__(self, cap: int, keep: bool) -> None:
         self._parts: list[str] = []
@@ -24,10 +24,20 @@ class CappedText:
         self.truncated = False
         self.seen = False
         self.chars = 0
+        # Runs of non-whitespace characters (a word split across two appends counted once): a lower bound
+        # on the tokens of the text, as no tokenizer's token spans whitespace between two words.
+        self.words = 0
+        self._in_word = False
 
     def append(self, text: str) -> None:
         self.seen = True
         self.chars += len(text)
+        if text:
+            words = len(text.split())
+            if words and self._in_word and not text[0].isspace():
+                words -= 1
+            self.words += words
+            self._in_word = not text[-1].isspace()
         room = self._cap - self._size
         if room <= 0:
             self.truncated = self.truncated or self._cap > 0
@@ -40,6 +50,7 @@ class CappedText:
 
     def replace(self, text: str) -> None:
         self._parts, self._size, self.truncated, self.chars = [], 0, False, 0
+        self.words, self._in_word = 0, False
         self.append(text)
 
     def value(self) -> str | None:
@@ -122,6 +133,11 @@ class Accumulator:
 
     def snapshot(self) -> UsageSnapshot:
         return replace(self.usage, output_chars=self.text.chars)
+
+    @property
+    def generated_words(self) -> int:
+        """Words of the main text (`CappedText.words`): fewer tokens than this were not generated."""
+        return self.text.words
 
     @property
     def generated_chars(self) -> int:

@@ -86,6 +86,9 @@ class ChatCompletions(Accumulator):
             elif content:
                 self.other_chars += len(content)
             self.other_chars += len(as_text(delta.get("refusal")) or "")
+            # Visible reasoning (DeepSeek's, vLLM's `reasoning_content`, OpenRouter's `reasoning`) is billed.
+            self.other_chars += len(as_text(delta.get("reasoning_content")) or "")
+            self.other_chars += len(as_text(delta.get("reasoning")) or "")
             for call in as_list(delta.get("tool_calls")):
                 call = as_dict(call)
                 key = (index, as_count(call.get("index")) or 0)

@@ -1,0 +1,136 @@
+"""Held attack: an LLM call whose request body streams through (mitmproxy's `stream_large_bodies` below
+its size, a chunked upload where nothing holds it) was not metered: its request was never parsed, so it
+was no LLM call to the budget, its tokens never charged, and (streamed by mitmproxy before failcore's
+hold) it was admitted only once its body had already left, as was any upload mitmproxy streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.helpers import network_events, proxied_client, read_tape
+from tests.security.upstream import LoggingUpstream
+
+TEXT = "word " * 400  # 2,000 characters of answer
+
+
+def _stream_without_usage() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    chunks = [
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "model": "deepseek-chat",
+            "choices": [{"index": 0, "delta": {"content": TEXT[i : i + 100]}, "finish_reason": None}],
+        }
+        for i in range(0, len(TEXT), 100)
+    ]
+    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    return 200, [(b"content-type", b"text/event-stream")], sse.encode()
+
+
+def _policy(mode: str, limit: int) -> str:
+    return f"""
+version: 1
+mode: {mode}
+default: ALLOW
+budgets:
+  - id: tokens
+    window: run
+    limits: {{total_tokens: {limit}}}
+"""
+
+
+BODY = {
+    "model": "deepseek-chat",
+    "stream": True,
+    "messages": [{"role": "user", "content": "x" * 20_000}],
+}
+
+
+def test_stream_large_bodies_llm_call_never_leaves_unjudged(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    """Enforce mode with budgets: mitmproxy would stream the body upstream before the budget could read
+    it (its model, its size), and no answer can be sent on a request mitmproxy streams: it is closed."""
+    plain_logging_upstream.respond_with = _stream_without_usage()
+    proxy = start_proxy(policy_file(_policy("enforce", 10_000)), sets=["stream_large_bodies=1k"])
+    url = f"{plain_logging_upstream.url}/v1/chat/completions"
+    with proxied_client(proxy) as client, pytest.raises(httpx.HTTPError):
+        client.post(url, json=BODY)
+    proxy.flush()
+    assert b"POST" not in plain_logging_upstream.received_bytes()
+
+    (refused,) = network_events(read_tape(tmp_path / "tape"))
+    assert (refused["decision"], refused["rule"]) == ("BLOCK", "hold:streamed")
+
+
+def _chunked(body: bytes) -> Iterator[bytes]:
+    for i in range(0, len(body), 4096):
+        yield body[i : i + 4096]
+
+
+def test_chunked_llm_call_is_metered_and_charged(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    """Observe mode (nothing is held): the chunked request streams through, and is still parsed and charged
+    by the bytes that streamed, so the budget's warning comes at the second call."""
+    plain_logging_upstream.respond_with = _stream_without_usage()
+    proxy = start_proxy(policy_file(_policy("observe", 10_000)))
+    url = f"{plain_logging_upstream.url}/v1/chat/completions"
+    body = json.dumps(BODY).encode()
+    headers = {"content-type": "application/json"}
+    with proxied_client(proxy) as client:
+        statuses = [client.post(url, content=_chunked(body), headers=headers).status_code for _ in range(2)]
+    proxy.flush()
+    assert statuses == [200, 200]  # observe mode: nothing refused
+    received = plain_logging_upstream.received_bytes()
+    assert received.count(b"POST /v1/chat/completions") == 2
+    assert received.lower().count(b"transfer-encoding: chunked") == 2  # it did stream
+
+    first, second = network_events(read_tape(tmp_path / "tape"))
+    assert (first["llm"]["api"], first["llm"]["request_model"]) == ("chat_completions", "deepseek-chat")
+    assert first["llm"]["budget_estimate"]["input_tokens"] >= len(body)  # a token per byte streamed
+    assert (second["decision"], second["rule"]) == ("WARN", "budget:tokens")
+
+
+def test_chunked_llm_call_past_stream_large_bodies_never_leaves_unjudged(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    """The same with a chunked body: its size is unknown when failcore's hold would keep it back, and
+    mitmproxy streams it once it outgrows `stream_large_bodies`, hold or not."""
+    plain_logging_upstream.respond_with = _stream_without_usage()
+    proxy = start_proxy(policy_file(_policy("enforce", 10_000)), sets=["stream_large_bodies=1k"])
+    url = f"{plain_logging_upstream.url}/v1/chat/completions"
+    headers = {"content-type": "application/json"}
+    with proxied_client(proxy) as client, pytest.raises(httpx.HTTPError):
+        client.post(url, content=_chunked(json.dumps(BODY).encode()), headers=headers)
+    proxy.flush()
+    assert b"POST" not in plain_logging_upstream.received_bytes()
+
+    (refused,) = network_events(read_tape(tmp_path / "tape"))
+    assert (refused["decision"], refused["rule"]) == ("BLOCK", "hold:streamed")
+
+
+def test_exhausted_budget_refuses_an_upload_mitmproxy_streams(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
+) -> None:
+    """Off LLM paths nothing is held: the budget decides at the request's headers. An upload mitmproxy
+    streams (`stream_large_bodies`) was admitted only at its end, once its body had left."""
+    plain_logging_upstream.respond_with = (200, [(b"content-type", b"text/plain")], b"ok")
+    policy = _policy("enforce", 10_000).replace("{total_tokens: 10000}", "{requests: 1}")
+    proxy = start_proxy(policy_file(policy), sets=["stream_large_bodies=1k"])
+    url = f"{plain_logging_upstream.url}/upload"
+    with proxied_client(proxy) as client:
+        assert client.post(url, content=b"a" * 20_000).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            client.post(url, content=b"b" * 20_000)
+    proxy.flush()
+    received = plain_logging_upstream.received_bytes()
+    assert received.count(b"POST /upload") == 1 and b"bbbb" not in received
+
+    allowed, refused = network_events(read_tape(tmp_path / "tape"))
+    assert allowed["decision"] == "ALLOW"
+    assert (refused["decision"], refused["rule"]) == ("BLOCK", "budget:tokens")
