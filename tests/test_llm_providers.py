@@ -18,7 +18,7 @@ import pytest
 
 from failcore.compat import zstd
 from failcore.llm import SseUsageTracker, detect_api, parse_call
-from failcore.proxy.meter import StreamInflater, WholeBodyCopy
+from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy
 
 GROQ_STREAM = b"""data: {"id":"chatcmpl-532a6640","object":"chat.completion.chunk","created":1739948145,"model":"llama3-8b-8192","system_fingerprint":"fp_179b0f92c9","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}],"x_groq":{"id":"req_01jmefve36eajb6c1x6k8ppv5m"}}
 
