@@ -10,10 +10,14 @@ apply to the endpoint, which failcore cannot check on them, applies to the whole
 verdicts differ, the client's bytes are held until their first byte that is not whitespace/NUL (at
 most HOLD_MAX bytes; past that the stream counts as HTTP), then relayed together or refused; the
 server's bytes (an SSH or MySQL greeting) pass meanwhile. A BLOCK closes the connection before a
-client byte is relayed. DLP scans every message as it is relayed: a hit whose action is BLOCK
-(enforce mode) stops the message that completes it, and the connection with it. With
-`failcore_raw_tcp=block` (what `failcore run --contain` sets) every such stream is refused and
-recorded as BLOCK: failcore's policy is written for HTTP and cannot judge a protocol it does not read.
+client byte is relayed. A client that closes while its bytes are still held (it sent only
+whitespace/NUL) leaves them unrelayed: mitmproxy half-closes the server side on the client's close
+without a hook first, and relaying them before a verdict would let HOLD_MAX bytes of a chosen
+whitespace pattern past a refusal. The event counts them (`detail.held_bytes`, and the summary).
+DLP scans every message as it is relayed: a hit whose action is BLOCK (enforce mode) stops the
+message that completes it, and the connection with it. With `failcore_raw_tcp=block` (what
+`failcore run --contain` sets) every such stream is refused and recorded as BLOCK: failcore's policy
+is written for HTTP and cannot judge a protocol it does not read.
 """
 
 from __future__ import annotations
@@ -225,6 +229,9 @@ class TcpRecorder:
             error = None  # the refusal is the outcome, not a failure
         if state.blocked_by == "dlp":
             verdict, reason = "BLOCK", "a DLP rule with action BLOCK matched the stream"
+        summary = f"TCP {state.host}:{state.port} {state.bytes_out} B out, {state.bytes_in} B in"
+        if state.held:
+            summary += f", {len(state.held)} B held unjudged (not relayed)"
         event = EgressEvent(
             kind="network",
             run=self.session.run_id,
@@ -235,7 +242,7 @@ class TcpRecorder:
             target=Target(state.host, state.port, "tcp"),
             method=None,
             path="",
-            summary=f"TCP {state.host}:{state.port} {state.bytes_out} B out, {state.bytes_in} B in",
+            summary=summary,
             decision=verdict,
             rule=decision.rule if decision else None,
             reason=reason,
@@ -254,6 +261,8 @@ class TcpRecorder:
                 "tls": flow.client_conn.tls_established,
                 "sni": flow.client_conn.sni,
                 "blocked_by": state.blocked_by,
+                # Client bytes still held when the stream ended: sent, never judged nor relayed.
+                "held_bytes": len(state.held),
             },
         )
         self.session.record(event.to_dict())

@@ -254,3 +254,13 @@ def ws_exchange(
     finally:
         assert accepted
         tls.close()
+
+
+def assert_tcp_refused(answer: bytes, upstream: LoggingUpstream, tape: Path, rule: str) -> dict:
+    """A raw TCP stream refused before a client byte left: the client got no answer, the upstream got
+    nothing, and the tape holds one `tcp.stream` event, BLOCK by `rule`, outcome BLOCKED. The event."""
+    assert answer == b"", answer
+    assert upstream.received_bytes() == b"", "a refused stream's bytes reached the upstream"
+    (event,) = tcp_events(tape, wait=60)
+    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", rule), event
+    return event

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.helpers import read_until_closed, tcp_events, tunnel
+from tests.security.helpers import assert_tcp_refused, read_until_closed, tcp_events, tunnel
 from tests.security.upstream import LoggingUpstream
 
 SSH_HELLO = b"SSH-2.0-OpenSSH_9.6\r\n"
@@ -79,6 +79,24 @@ def test_leading_whitespace_then_binary_is_relayed_whole(
     assert (event["decision"], event["outcome"], event["bytes_out"]) == ("ALLOW", "ok", 8)
 
 
+def test_held_whitespace_of_a_client_that_closes_is_counted(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """A client that sends "\\r\\n" and closes: its bytes were held unjudged when the stream ended. They
+    are not relayed (mitmproxy half-closes the server first), and the tape says the client sent them."""
+    proxy = start_proxy(policy_file(HOSTLESS_PATH_RULE.format(mode="enforce")))
+    with tunnel(proxy.port, plain_logging_upstream) as sock:
+        sock.sendall(b"\r\n")
+        time.sleep(0.5)  # its own message, held
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_closed(sock, 1)
+    proxy.flush()
+    assert answer == b"" and plain_logging_upstream.received_bytes() == b""
+    (event,) = tcp_events(tmp_path / "tape", wait=60)
+    assert (event["decision"], event["outcome"], event["bytes_out"]) == ("ALLOW", "ok", 0)
+    assert event["detail"]["held_bytes"] == 2 and "2 B held" in event["summary"]
+
+
 def test_whitespace_message_then_request_in_the_next_is_refused(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
@@ -89,10 +107,7 @@ def test_whitespace_message_then_request_in_the_next_is_refused(
         sock.sendall(admin_post(plain_logging_upstream))
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b""
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", "no-admin")
+    event = assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin")
     assert "starts like HTTP" in event["reason"] and event["detail"]["blocked_by"] == "policy"
 
 
@@ -105,9 +120,7 @@ def test_lower_case_method_and_h2_preface_count_as_http(
         sock.sendall(b"\n" + request_line)
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b"" and plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["rule"]) == ("BLOCK", "budget:openai-daily")
+    assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "budget:openai-daily")
 
 
 def test_whitespace_past_the_bound_is_refused(
@@ -118,9 +131,7 @@ def test_whitespace_past_the_bound_is_refused(
         sock.sendall(b"\r\n" * 40)  # 80 bytes: never decided by what follows
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b"" and plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", "no-admin")
+    assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin")
 
 
 def test_observe_relays_held_bytes_in_order_and_marks_http(
