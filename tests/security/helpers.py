@@ -75,12 +75,29 @@ def send_raw(proxy_port: int, request: bytes) -> bytes:
         return read_head(s)
 
 
-def tunnel(proxy_port: int, upstream: LoggingUpstream, host: str = "127.0.0.1") -> socket.socket:
-    """A CONNECT tunnel through the proxy to `upstream` (named `host`), its 200 already read."""
+def read_head_only(sock: socket.socket) -> bytes:
+    """Bytes up to the end of an HTTP head and not one past it: what follows (a server's greeting sent
+    through a tunnel as soon as it opens) stays in the socket for the caller."""
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            break
+        data += byte
+    return data
+
+
+def tunnel(
+    proxy_port: int, upstream: LoggingUpstream, host: str = "127.0.0.1", settle: float = 0
+) -> socket.socket:
+    """A CONNECT tunnel through the proxy to `upstream` (named `host`), its 200 already read (and only
+    it: the tunnel's first bytes, sent with the 200, are the caller's). `settle`: seconds to wait before
+    reading, so what the server sent at once is there together with the 200."""
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
     authority = f"{host}:{upstream.port}"
     sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    assert read_head(sock).startswith(b"HTTP/1.1 200")
+    time.sleep(settle)
+    assert read_head_only(sock).startswith(b"HTTP/1.1 200")
     return sock
 
 

@@ -179,10 +179,7 @@ class GreetingServer:
         conn, _ = self.sock.accept()
         with conn:
             conn.settimeout(30)
-            # Greeting at once sometimes reaches mitmproxy before the CONNECT's tunnel layer exists and
-            # is lost there (also with no policy at all): greet once the tunnel is up.
-            time.sleep(0.5)
-            conn.sendall(self.GREETING)
+            conn.sendall(self.GREETING)  # at once, as MySQL, SSH and SMTP servers do
             while data := conn.recv(65536):
                 self.received += data
 
@@ -191,11 +188,19 @@ class GreetingServer:
         self.thread.join(5)
 
 
-def test_server_greeting_passes_while_the_client_is_held(start_proxy, policy_file, tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_at", ["once", "after the greeting came"])
+def test_server_greeting_passes_while_the_client_is_held(
+    start_proxy, policy_file, tmp_path: Path, read_at: str
+) -> None:
+    """The greeting comes at once, often with the CONNECT's 200 in one read (`after the greeting came`
+    makes that certain): it is the tunnel's, not part of the 200. (A reader that kept everything up to
+    the head's end as the head lost it, about 1 run in 10 with failcore, never with bare mitmdump:
+    failcore's http_connected hooks let the greeting arrive before the 200 leaves; no byte is lost.)"""
     server = GreetingServer()
     try:
         proxy = start_proxy(policy_file(HOSTLESS_BUDGET.format(mode="enforce")))
-        with tunnel(proxy.port, server) as sock:  # type: ignore[arg-type]
+        settle = 0.5 if read_at != "once" else 0
+        with tunnel(proxy.port, server, settle=settle) as sock:  # type: ignore[arg-type]
             greeting = read_until_closed(sock, len(server.GREETING))
             sock.sendall(b"\r\n")  # held: says nothing yet
             time.sleep(0.5)
