@@ -47,6 +47,7 @@ class FailCore:
         from failcore.proxy.hold import RequestHold
         from failcore.proxy.hostdlp import HostDlpGuard
         from failcore.proxy.listen import ListenGuard
+        from failcore.proxy.malformed import MalformedRequests
         from failcore.proxy.meter import LlmMeter
         from failcore.proxy.recorder import InFlight, Recorder
         from failcore.proxy.replayer import Replayer
@@ -94,6 +95,7 @@ class FailCore:
             self.replayer,
             self.recorder,
             self.tcp,
+            MalformedRequests(s),
             ConnectionEvents(s),
         )
         for hook in hooks.all_hooks:
