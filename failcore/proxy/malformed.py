@@ -3,7 +3,7 @@
 When a client's request line or a header line does not parse, mitmproxy answers 400 and closes the
 connection without a flow: no hook runs, and the only trace is a line in mitmproxy's log (the same for
 a client that closes in the middle of a request head). Those lines are the one signal there is, so this
-concern listens to mitmproxy's connection log while the proxy runs and turns each into a `network`
+concern taps mitmproxy's connection log while the proxy runs and turns each into a `network`
 event (`http.request`, outcome FAIL) naming what mitmproxy refused. Nothing left for the upstream. The
 bytes mitmproxy quotes are not recorded (they are the client's, unparsed, and may hold a credential no
 DLP rule knows): the event says which kind of line failed, and from which client address.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -65,45 +66,40 @@ def malformed_event(run_id: str, kind: str, client: Any, ts: float) -> dict[str,
     ).to_dict()
 
 
-class _Listener(logging.Handler):
-    """The one handler on mitmproxy's connection logger, for every proxy in this process. mitmproxy logs
-    the lines it needs at INFO, which the logger's level usually drops before any handler runs: while a
-    proxy runs, the logger takes INFO and stops propagating, and this handler passes on to the parent
-    loggers exactly the records they would have had (at or above the level the logger had)."""
+class _LogTap:
+    """Sees each line mitmproxy's connection handlers log, before the logger's level can drop it
+    (mitmproxy logs these lines at INFO, which an embedded proxy's loggers drop before any record or
+    handler exists). It stands in for the logger's `log` method, which mitmproxy's ConnectionHandler
+    calls for every line: the logger's level, handlers and propagation stay as they were, and lines that
+    are not a malformed request cost one short text search. One for every proxy in this process."""
 
     def __init__(self, logger: logging.Logger) -> None:
-        super().__init__(logging.DEBUG)
         self.logger = logger
         self.owners: list[MalformedRequests] = []
-        self.level_before = logger.level
-        self.propagate_before = logger.propagate
 
     def install(self) -> None:
-        self.logger.addHandler(self)
-        if not self.logger.isEnabledFor(logging.INFO):
-            self.logger.setLevel(logging.INFO)
-        self.logger.propagate = False
+        self.logger.log = self.log  # type: ignore[method-assign]
 
     def uninstall(self) -> None:
-        self.logger.removeHandler(self)
-        self.logger.setLevel(self.level_before)
-        self.logger.propagate = self.propagate_before
+        if self.logger.__dict__.get("log") == self.log:
+            del self.logger.log
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            for owner in self.owners:
-                owner.seen(record)
-        except Exception:  # a log handler must not take mitmproxy's logging down
-            self.handleError(record)
-        parent = self.logger.parent
-        if not self.propagate_before or parent is None:
-            return
-        threshold = self.level_before or parent.getEffectiveLevel()
-        if record.levelno >= threshold:
-            parent.callHandlers(record)
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level == logging.INFO and isinstance(msg, str) and not args:
+            try:
+                if (kind := malformed_kind(msg)) is not None:
+                    extra = kwargs.get("extra")
+                    client = extra.get("client") if isinstance(extra, dict) else None
+                    for owner in self.owners:
+                        owner.seen(kind, client)
+            except Exception:  # mitmproxy's logging goes on whatever happens here
+                logging.getLogger("failcore").debug("failcore: malformed-request tap failed", exc_info=True)
+        # One frame more than mitmproxy's own call: the record still names mitmproxy's line as its source.
+        kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+        logging.Logger.log(self.logger, level, msg, *args, **kwargs)
 
 
-_listener: _Listener | None = None
+_tap: _LogTap | None = None
 
 
 class MalformedRequests:
@@ -112,37 +108,31 @@ class MalformedRequests:
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def running(self) -> None:
-        global _listener
+        global _tap
         if self.loop is not None:
             return
         # Each in-process proxy runs its own loop: the log of another's connections is not this run's.
         self.loop = asyncio.get_running_loop()
-        if _listener is None:
-            _listener = _Listener(logging.getLogger(MITMPROXY_CONNECTIONS))
-            _listener.install()
-        _listener.owners.append(self)
+        if _tap is None:
+            _tap = _LogTap(logging.getLogger(MITMPROXY_CONNECTIONS))
+            _tap.install()
+        _tap.owners.append(self)
 
     def done(self) -> None:
-        global _listener
-        if self.loop is None or _listener is None:
+        global _tap
+        if self.loop is None or _tap is None:
             return
         self.loop = None
-        if self in _listener.owners:
-            _listener.owners.remove(self)
-        if not _listener.owners:
-            _listener.uninstall()
-            _listener = None
+        if self in _tap.owners:
+            _tap.owners.remove(self)
+        if not _tap.owners:
+            _tap.uninstall()
+            _tap = None
 
-    def seen(self, record: logging.LogRecord) -> None:
-        if record.levelno != logging.INFO:
-            return
-        kind = malformed_kind(record.getMessage())
-        if kind is None:
-            return
+    def seen(self, kind: str, client: Any) -> None:
         try:
             if asyncio.get_running_loop() is not self.loop:
                 return
         except RuntimeError:
             return
-        client = getattr(record, "client", None)
-        self.session.record(malformed_event(self.session.run_id, kind, client, record.created))
+        self.session.record(malformed_event(self.session.run_id, kind, client, time.time()))
