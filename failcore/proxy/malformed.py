@@ -29,15 +29,18 @@ CLOSED_MID_HEAD = "Client closed connection before completing request headers"
 
 
 def malformed_kind(message: str) -> str | None:
-    """Which of mitmproxy's malformed-request lines `message` is (None: another log line)."""
+    """Which of mitmproxy's malformed-request lines `message` is (None: another log line). The kind
+    that comes first wins: the bytes mitmproxy quotes after it are the client's and may name another."""
+    found: tuple[int, str] | None = None
     for kind in (*REFUSED_400, CLOSED_MID_HEAD):
         at = message.find(kind)
-        if at < 0 or (at > 0 and not message[:at].endswith(": ")):
+        prefix = message[:at]  # none, or the client's address ("127.0.0.1:5000: ", no space inside)
+        if at < 0 or (prefix and (not prefix.endswith(": ") or " " in prefix[:-2])):
             continue
         rest = message[at + len(kind) :]
-        if not rest or rest.startswith(":"):
-            return kind
-    return None
+        if (not rest or rest.startswith(":")) and (found is None or at < found[0]):
+            found = (at, kind)
+    return found[1] if found else None
 
 
 def malformed_event(run_id: str, kind: str, client: Any, ts: float) -> dict[str, Any]:
