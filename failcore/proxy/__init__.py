@@ -47,8 +47,9 @@ class FailCore:
         from failcore.proxy.hold import RequestHold
         from failcore.proxy.hostdlp import HostDlpGuard
         from failcore.proxy.listen import ListenGuard
+        from failcore.proxy.malformed import MalformedRequests
         from failcore.proxy.meter import LlmMeter
-        from failcore.proxy.recorder import Recorder
+        from failcore.proxy.recorder import InFlight, Recorder
         from failcore.proxy.replayer import Replayer
         from failcore.proxy.resolved import ResolvedAddressGuard
         from failcore.proxy.session import Session
@@ -75,6 +76,8 @@ class FailCore:
         self.concerns = (
             # First: declares and checks every failcore_* option, then publishes them (session.settings).
             Settings(s),
+            # Before any concern whose hook may wait: an exchange is in flight (recorded on stop) at once.
+            InFlight(self.recorder),
             GcTune(s),
             self.listen,
             QuietConsole(),
@@ -92,6 +95,7 @@ class FailCore:
             self.replayer,
             self.recorder,
             self.tcp,
+            MalformedRequests(s),
             ConnectionEvents(s),
         )
         for hook in hooks.all_hooks:

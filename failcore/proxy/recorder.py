@@ -401,12 +401,18 @@ class Recorder:
         self.refused += 1
         answer(flow, evidence_unavailable_response(fault, flow.id))
 
-    @guarded("recorder.requestheaders")
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def track(self, flow: http.HTTPFlow) -> None:
+        """Count `flow` as in flight (once): from here on, a proxy stopping records it."""
+        if flow.id in self.in_flight or flow.metadata.get("failcore_recorded"):
+            return
         self.in_flight[flow.id] = flow
         self.exchanges_seen += 1
         if self.exchanges_seen % IN_FLIGHT_SWEEP == 0:
             self._sweep_in_flight()
+
+    @guarded("recorder.requestheaders")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.track(flow)
         self._refuse_without_evidence(flow)
 
     @guarded("recorder.request")
@@ -476,3 +482,18 @@ class Recorder:
     @guarded("recorder.websocket_end")
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.session.finish(flow)
+
+
+class InFlight:
+    """The first concern to see each exchange: counts it in flight with the recorder before any other
+    concern can make its hook wait (the DLP rules still compiling just after start-up). A proxy stopped
+    meanwhile (a client that got mitmproxy's 400 for a malformed request stops it at once) still records
+    the exchange; counted only at the recorder's own hook, it was lost with the waiting hook."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.session = recorder.session
+
+    @guarded("recorder.in_flight")
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.recorder.track(flow)

@@ -10,16 +10,26 @@ apply to the endpoint, which failcore cannot check on them, applies to the whole
 verdicts differ, the client's bytes are held until their first byte that is not whitespace/NUL (at
 most HOLD_MAX bytes; past that the stream counts as HTTP), then relayed together or refused; the
 server's bytes (an SSH or MySQL greeting) pass meanwhile. A BLOCK closes the connection before a
-client byte is relayed. DLP scans every message as it is relayed: a hit whose action is BLOCK
-(enforce mode) stops the message that completes it, and the connection with it. With
-`failcore_raw_tcp=block` (what `failcore run --contain` sets) every such stream is refused and
-recorded as BLOCK: failcore's policy is written for HTTP and cannot judge a protocol it does not read.
+client byte is relayed. A client that closes while its bytes are still held (it sent only
+whitespace/NUL) leaves them unrelayed: mitmproxy half-closes the server side on the client's close
+without a hook first, and relaying them before a verdict would let HOLD_MAX bytes of a chosen
+whitespace pattern past a refusal. The event counts them (`detail.held_bytes`, and the summary).
+Bytes that did not start like HTTP may carry it later (behind a PROXY protocol v2 header, after a
+SOCKS handshake with a proxy upstream): a client message that ends an HTTP request line (REQUEST_LINE_END,
+found across message boundaries) then takes the verdict for HTTP, and a BLOCK refuses that message and
+the stream (what left before it holds no whole request line; `detail.http_seen_at` says where it ended).
+HTTP inside TLS or another encoding that failcore does not terminate is not seen.
+DLP scans every message as it is relayed: a hit whose action is BLOCK (enforce mode) stops the
+message that completes it, and the connection with it. With `failcore_raw_tcp=block` (what
+`failcore run --contain` sets) every such stream is refused and recorded as BLOCK: failcore's policy
+is written for HTTP and cannot judge a protocol it does not read.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +50,12 @@ OVERLAP = 1024
 MAX_HITS = 100
 # Client bytes held at most while they do not yet tell whether the stream starts like HTTP.
 HOLD_MAX = 64
+# The end of an HTTP/1 request line (or of the HTTP/2 preface's first line) in client bytes: HTTP carried
+# inside a stream that did not start like HTTP (behind a PROXY protocol v2 header, a SOCKS handshake with
+# a proxy upstream, …). Only the line's end is sought: it is short, so a few bytes kept from the previous
+# message find it however the client splits its bytes, and a server acts on no request before it.
+REQUEST_LINE_END = re.compile(rb" HTTP/[0-9]\.[0-9][ \t]{0,16}\r?\n", re.IGNORECASE)
+REQUEST_LINE_TAIL = 31
 RAW_TCP_BLOCKED = Decision(
     "BLOCK", "raw_tcp", "failcore_raw_tcp=block: failcore's policy applies to HTTP only", True, "BLOCK"
 )
@@ -64,6 +80,11 @@ class TcpState:
     # Set while the verdict waits for the client's first bytes: the verdict if they start like HTTP.
     if_http: Decision | None = None
     held: bytes = b""
+    # Set once the first bytes were not HTTP: the verdict for HTTP seen later in the client's bytes.
+    later_http: Decision | None = None
+    request_tail: bytes = b""
+    # Where in the client's bytes a request line ended, if one did after non-HTTP first bytes.
+    http_seen_at: int | None = None
 
 
 def stream_target(flow: tcp.TCPFlow) -> tuple[str, int]:
@@ -128,6 +149,9 @@ class TcpRecorder:
             message.content = data
             if state.blocked_by is not None or not data:
                 return
+        if out and state.later_http is not None and self._http_later(flow, state, data):
+            message.content = b""
+            return
         if out:
             state.bytes_out += len(data)
             state.messages_out += 1
@@ -152,12 +176,32 @@ class TcpRecorder:
             return b""
         if http is not False:  # starts like HTTP, or leading bytes past HOLD_MAX
             state.decision = state.if_http
+        else:
+            state.later_http = state.if_http
         state.if_http, state.held = None, b""
         if state.decision is not None and state.decision.decision == "BLOCK":
             state.blocked_by = "policy"
             close_client(flow)
             return b""
         return held
+
+    def _http_later(self, flow: tcp.TCPFlow, state: TcpState, data: bytes) -> bool:
+        """Whether `data` must not be relayed: it ends an HTTP request line in a stream whose first bytes
+        were not HTTP, and the verdict for HTTP refuses the stream. From then on that verdict is the
+        stream's (a WARN in observe mode is recorded and the bytes pass)."""
+        buffer = state.request_tail + data
+        found = REQUEST_LINE_END.search(buffer)
+        if found is None:
+            state.request_tail = buffer[-REQUEST_LINE_TAIL:]
+            return False
+        assert state.later_http is not None
+        state.decision, state.later_http, state.request_tail = state.later_http, None, b""
+        state.http_seen_at = state.bytes_out + found.end() - (len(buffer) - len(data))
+        if state.decision.decision != "BLOCK":
+            return False
+        state.blocked_by = "policy"
+        close_client(flow)
+        return True
 
     def _dlp_blocks(self, state: TcpState, out: bool, data: bytes) -> bool:
         scanner = self.session.dlp
@@ -225,6 +269,11 @@ class TcpRecorder:
             error = None  # the refusal is the outcome, not a failure
         if state.blocked_by == "dlp":
             verdict, reason = "BLOCK", "a DLP rule with action BLOCK matched the stream"
+        summary = f"TCP {state.host}:{state.port} {state.bytes_out} B out, {state.bytes_in} B in"
+        if state.held:
+            summary += f", {len(state.held)} B held unjudged (not relayed)"
+        if state.http_seen_at is not None:
+            summary += f", an HTTP request line ends at client byte {state.http_seen_at}"
         event = EgressEvent(
             kind="network",
             run=self.session.run_id,
@@ -235,7 +284,7 @@ class TcpRecorder:
             target=Target(state.host, state.port, "tcp"),
             method=None,
             path="",
-            summary=f"TCP {state.host}:{state.port} {state.bytes_out} B out, {state.bytes_in} B in",
+            summary=summary,
             decision=verdict,
             rule=decision.rule if decision else None,
             reason=reason,
@@ -254,6 +303,9 @@ class TcpRecorder:
                 "tls": flow.client_conn.tls_established,
                 "sni": flow.client_conn.sni,
                 "blocked_by": state.blocked_by,
+                # Client bytes still held when the stream ended: sent, never judged nor relayed.
+                "held_bytes": len(state.held),
+                "http_seen_at": state.http_seen_at,
             },
         )
         self.session.record(event.to_dict())

@@ -97,12 +97,29 @@ def assert_refused(answer: bytes, upstream: LoggingUpstream, tape: Path) -> dict
     return event
 
 
-def tunnel(proxy_port: int, upstream: LoggingUpstream, host: str = "127.0.0.1") -> socket.socket:
-    """A CONNECT tunnel through the proxy to `upstream` (named `host`), its 200 already read."""
+def read_head_only(sock: socket.socket) -> bytes:
+    """Bytes up to the end of an HTTP head and not one past it: what follows (a server's greeting sent
+    through a tunnel as soon as it opens) stays in the socket for the caller."""
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            break
+        data += byte
+    return data
+
+
+def tunnel(
+    proxy_port: int, upstream: LoggingUpstream, host: str = "127.0.0.1", settle: float = 0
+) -> socket.socket:
+    """A CONNECT tunnel through the proxy to `upstream` (named `host`), its 200 already read (and only
+    it: the tunnel's first bytes, sent with the 200, are the caller's). `settle`: seconds to wait before
+    reading, so what the server sent at once is there together with the 200."""
     sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=30)
     authority = f"{host}:{upstream.port}"
     sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    assert read_head(sock).startswith(b"HTTP/1.1 200")
+    time.sleep(settle)
+    assert read_head_only(sock).startswith(b"HTTP/1.1 200")
     return sock
 
 
@@ -276,3 +293,13 @@ def ws_exchange(
     finally:
         assert accepted
         tls.close()
+
+
+def assert_tcp_refused(answer: bytes, upstream: LoggingUpstream, tape: Path, rule: str) -> dict:
+    """A raw TCP stream refused before a client byte left: the client got no answer, the upstream got
+    nothing, and the tape holds one `tcp.stream` event, BLOCK by `rule`, outcome BLOCKED. The event."""
+    assert answer == b"", answer
+    assert upstream.received_bytes() == b"", "a refused stream's bytes reached the upstream"
+    (event,) = tcp_events(tape, wait=60)
+    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", rule), event
+    return event

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.helpers import read_until_closed, tcp_events, tunnel
+from tests.security.helpers import assert_tcp_refused, read_until_closed, tcp_events, tunnel
 from tests.security.upstream import LoggingUpstream
 
 ADMIN_RULE = """
@@ -48,10 +48,7 @@ def test_smuggled_request_in_a_plain_tunnel_is_refused(
         sock.sendall(prefix + admin_post(plain_logging_upstream))
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b""
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", "no-admin-post")
+    event = assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin-post")
     assert "could not read as HTTP" in event["reason"] and event["detail"]["blocked_by"] == "policy"
 
 
@@ -66,10 +63,7 @@ def test_a_well_formed_request_relayed_as_tcp_by_tcp_hosts_is_refused(
         sock.sendall(admin_post(plain_logging_upstream))
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b""
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", "no-admin-post")
+    assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin-post")
 
 
 def test_smuggled_request_over_tls_without_alpn_is_refused(
@@ -110,10 +104,7 @@ def test_smuggled_llm_call_cannot_pass_a_budget_unmetered(
         sock.sendall(b"\r\n" + head.encode() + body)
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b""
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["rule"]) == ("BLOCK", "budget:tokens")
+    event = assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "budget:tokens")
     assert "cannot meter it" in event["reason"]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.helpers import read_until_closed, tcp_events, tunnel
+from tests.security.helpers import assert_tcp_refused, read_until_closed, tcp_events, tunnel
 from tests.security.upstream import LoggingUpstream
 
 SSH_HELLO = b"SSH-2.0-OpenSSH_9.6\r\n"
@@ -79,6 +79,24 @@ def test_leading_whitespace_then_binary_is_relayed_whole(
     assert (event["decision"], event["outcome"], event["bytes_out"]) == ("ALLOW", "ok", 8)
 
 
+def test_held_whitespace_of_a_client_that_closes_is_counted(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """A client that sends "\\r\\n" and closes: its bytes were held unjudged when the stream ended. They
+    are not relayed (mitmproxy half-closes the server first), and the tape says the client sent them."""
+    proxy = start_proxy(policy_file(HOSTLESS_PATH_RULE.format(mode="enforce")))
+    with tunnel(proxy.port, plain_logging_upstream) as sock:
+        sock.sendall(b"\r\n")
+        time.sleep(0.5)  # its own message, held
+        sock.shutdown(socket.SHUT_WR)
+        answer = read_until_closed(sock, 1)
+    proxy.flush()
+    assert answer == b"" and plain_logging_upstream.received_bytes() == b""
+    (event,) = tcp_events(tmp_path / "tape", wait=60)
+    assert (event["decision"], event["outcome"], event["bytes_out"]) == ("ALLOW", "ok", 0)
+    assert event["detail"]["held_bytes"] == 2 and "2 B held" in event["summary"]
+
+
 def test_whitespace_message_then_request_in_the_next_is_refused(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
@@ -89,10 +107,7 @@ def test_whitespace_message_then_request_in_the_next_is_refused(
         sock.sendall(admin_post(plain_logging_upstream))
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b""
-    assert plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", "no-admin")
+    event = assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin")
     assert "starts like HTTP" in event["reason"] and event["detail"]["blocked_by"] == "policy"
 
 
@@ -105,9 +120,7 @@ def test_lower_case_method_and_h2_preface_count_as_http(
         sock.sendall(b"\n" + request_line)
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b"" and plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["rule"]) == ("BLOCK", "budget:openai-daily")
+    assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "budget:openai-daily")
 
 
 def test_whitespace_past_the_bound_is_refused(
@@ -118,9 +131,7 @@ def test_whitespace_past_the_bound_is_refused(
         sock.sendall(b"\r\n" * 40)  # 80 bytes: never decided by what follows
         answer = read_until_closed(sock, 1)
     proxy.flush()
-    assert answer == b"" and plain_logging_upstream.received_bytes() == b""
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", "no-admin")
+    assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin")
 
 
 def test_observe_relays_held_bytes_in_order_and_marks_http(
@@ -168,10 +179,7 @@ class GreetingServer:
         conn, _ = self.sock.accept()
         with conn:
             conn.settimeout(30)
-            # Greeting at once sometimes reaches mitmproxy before the CONNECT's tunnel layer exists and
-            # is lost there (also with no policy at all): greet once the tunnel is up.
-            time.sleep(0.5)
-            conn.sendall(self.GREETING)
+            conn.sendall(self.GREETING)  # at once, as MySQL, SSH and SMTP servers do
             while data := conn.recv(65536):
                 self.received += data
 
@@ -180,11 +188,19 @@ class GreetingServer:
         self.thread.join(5)
 
 
-def test_server_greeting_passes_while_the_client_is_held(start_proxy, policy_file, tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_at", ["once", "after the greeting came"])
+def test_server_greeting_passes_while_the_client_is_held(
+    start_proxy, policy_file, tmp_path: Path, read_at: str
+) -> None:
+    """The greeting comes at once, often with the CONNECT's 200 in one read (`after the greeting came`
+    makes that certain): it is the tunnel's, not part of the 200. (A reader that kept everything up to
+    the head's end as the head lost it, about 1 run in 10 with failcore, never with bare mitmdump:
+    failcore's http_connected hooks let the greeting arrive before the 200 leaves; no byte is lost.)"""
     server = GreetingServer()
     try:
         proxy = start_proxy(policy_file(HOSTLESS_BUDGET.format(mode="enforce")))
-        with tunnel(proxy.port, server) as sock:  # type: ignore[arg-type]
+        settle = 0.5 if read_at != "once" else 0
+        with tunnel(proxy.port, server, settle=settle) as sock:  # type: ignore[arg-type]
             greeting = read_until_closed(sock, len(server.GREETING))
             sock.sendall(b"\r\n")  # held: says nothing yet
             time.sleep(0.5)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.helpers import DLP_BLOCK, gitleaks_token, send_raw, tape_bytes
 from tests.security.upstream import LoggingUpstream
@@ -66,14 +68,18 @@ def test_secrets_in_the_llm_fields_are_masked(
     assert echo["llm"]["request_model"].startswith("[redacted ")
 
 
+@pytest.mark.parametrize("first", ["malformed", "normal"])
 def test_a_secret_in_a_malformed_request_is_masked_in_the_error(
-    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path, first: str
 ) -> None:
+    """`malformed`: the malformed requests are the proxy's very first, sent while its DLP rules may still
+    be compiling (an exchange whose hook waited for them was lost when the proxy stopped: no event)."""
     proxy = start_proxy(policy_file(DLP_BLOCK))
     target = plain_logging_upstream.url
-    with proxied_client(proxy) as client:
-        assert client.get(f"{target}/ready").status_code == 200
-    plain_logging_upstream.reset()
+    if first == "normal":
+        with proxied_client(proxy) as client:
+            assert client.get(f"{target}/ready").status_code == 200
+        plain_logging_upstream.reset()
     heads = [
         send_raw(
             proxy.port, f"GET {target}/te HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {AWS}\r\n\r\n".encode()
