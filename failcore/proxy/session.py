@@ -112,7 +112,7 @@ class FlowState:
     decided_host: str | None = None
     blocked: bool = False
     request_tap: BodyTap | None = None
-    # An LLM call's streamed request body, copied aside to be metered (failcore.proxy.streamcopy.WholeBodyCopy).
+    # An LLM call's streamed request body, copied aside to be metered (proxy.streamcopy.WholeBodyCopy).
     request_copy: Any = None
     response_tap: BodyTap | None = None
     internal_error: str | None = None
