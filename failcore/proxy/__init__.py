@@ -40,7 +40,7 @@ class FailCore:
 
         from failcore.proxy.budgetguard import BudgetGuard
         from failcore.proxy.connections import ConnectionEvents
-        from failcore.proxy.console import QuietConsole
+        from failcore.proxy.console import LogMasking, QuietConsole
         from failcore.proxy.dlpguard import DlpGuard
         from failcore.proxy.gate import PolicyGate
         from failcore.proxy.gctune import GcTune
@@ -75,6 +75,7 @@ class FailCore:
         self.concerns = (
             # First: declares and checks every failcore_* option, then publishes them (session.settings).
             Settings(s),
+            LogMasking(s),
             GcTune(s),
             self.listen,
             QuietConsole(),
