@@ -15,9 +15,9 @@ hostile: a host, an SNI or an exception message with ESC sequences must not reac
   only the kinds of message that quote client or server bytes (`MITMPROXY_QUOTING`: a request head it
   could not read, a connection closed mid-head, a TLS handshake naming the SNI, a server address…) are
   masked and escaped whole; every other line costs one regular-expression match.
-While the DLP rules compile (a first start, a reload with new rules) a masking record waits for the
-engine that serves meanwhile (failcore.dlp.pending: a fraction of a second); what cannot be scanned is
-withheld, never shown in clear.
+While the DLP rules compile (a first start, a reload with new rules) one of failcore's records waits
+for the engine that serves meanwhile (failcore.dlp.pending: a fraction of a second), mitmproxy's do not;
+what cannot be scanned is withheld, never shown in clear.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ LOG_ECHOES: Final = "failcore_echoes"
 
 WITHHELD: Final = "[withheld from the log: the DLP rules could not scan it]"
 
-# How long a record waits for DLP rules still compiling (the interim engine takes a fraction of this).
-COMPILE_WAIT_SECONDS: Final = 5.0
+# How long one of failcore's records waits for DLP rules still compiling (the interim engine takes a
+# fraction of this). mitmproxy's, which come with traffic, never wait: their quoted part is withheld.
+COMPILE_WAIT_SECONDS: Final = 2.0
 
 # Where mitmproxy's protocol layers log (commands.Log goes through mitmproxy.proxy.server's logger).
 MITMPROXY_LOGGERS: Final = ("mitmproxy.proxy.server",)
@@ -89,15 +90,15 @@ def loggable(
     return printable(text, keep_newlines=keep_newlines)
 
 
-def _usable(scanner: DlpScanner | None) -> bool:
-    """Whether `scanner` can scan now, waiting a little for DLP rules that compile. Never waits on
-    the compile's own threads (their messages are about the policy's rules, not recorded content)."""
+def _usable(scanner: DlpScanner | None, wait: float) -> bool:
+    """Whether `scanner` can scan now, waiting up to `wait` seconds for DLP rules that compile. Never
+    waits on the compile's own threads (their messages are about the policy's rules)."""
     engine = scanner.engine if scanner is not None else None
     if not isinstance(engine, PendingEngine) or engine.ready:
         return True
-    if threading.current_thread().name.startswith("failcore-dlp"):
+    if not wait or threading.current_thread().name.startswith("failcore-dlp"):
         return False
-    return engine.usable(COMPILE_WAIT_SECONDS)
+    return engine.usable(wait)
 
 
 def _indented(text: str, *, first: bool = False) -> str:
@@ -150,12 +151,12 @@ class LogMask(logging.Filter):
             self._inside.active = False
         return True
 
-    def _scanner(self) -> tuple[DlpScanner | None, bool]:
+    def _scanner(self, wait: float) -> tuple[DlpScanner | None, bool]:
         scanner = self.scanner()
-        return scanner, _usable(scanner)
+        return scanner, _usable(scanner, wait)
 
     def _mask_failcore(self, record: logging.LogRecord) -> None:
-        scanner, usable = self._scanner()
+        scanner, usable = self._scanner(COMPILE_WAIT_SECONDS)
         echoes = getattr(record, LOG_ECHOES, None)
 
         def shown(value: object) -> object:
@@ -179,6 +180,6 @@ class LogMask(logging.Filter):
 
     def _mask_whole(self, record: logging.LogRecord, kind: str) -> None:
         """`kind`: the message's start that names its kind (kept when the rest must be withheld)."""
-        scanner, usable = self._scanner()
+        scanner, usable = self._scanner(0)
         record.msg = loggable(record.getMessage(), scanner) if usable else printable(kind) + WITHHELD
         record.args = None

@@ -144,3 +144,33 @@ def test_failcore_log_lines_escape_control_characters_and_mask_exceptions() -> N
     forged = "failcore could not cut flow\\x0d\n  [00:00:00] forged line\n  Traceback"
     assert second.startswith(forged), second
     assert "opaque-cookie-value" not in second and "bad cookie: session=[redacted " in second, second
+
+
+def test_while_the_dlp_rules_compile_a_quoting_mitmproxy_line_is_withheld_not_shown() -> None:
+    """mitmproxy's lines come with traffic and never wait for a compiling engine: the quoted part is
+    withheld. A line of another kind is left as it is."""
+    from types import SimpleNamespace
+
+    from failcore.dlp.pending import PendingEngine
+
+    compiling = SimpleNamespace(engine=PendingEngine(lambda: None, start=False))  # type: ignore[arg-type, return-value]
+    logger = logging.getLogger("mitmproxy.proxy.server")
+    handler = Recorded()
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    mask = LogMask(lambda: compiling)  # type: ignore[arg-type, return-value]
+    mask.install()
+    key = gitleaks_token("github-pat")
+    try:
+        line = f"GET /?key={key} x HTTP/1.1".encode()
+        logger.info(f"127.0.0.1:50000: Bad HTTP request line: {line!r}")  # noqa: G004 (as mitmproxy logs it)
+        logger.info("client connect")
+    finally:
+        mask.uninstall()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert handler.lines == [
+        "127.0.0.1:50000: Bad HTTP re[withheld from the log: the DLP rules could not scan it]",
+        "client connect",
+    ]
