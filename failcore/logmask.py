@@ -23,7 +23,6 @@ what cannot be scanned is withheld, never shown in clear.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
@@ -47,6 +46,9 @@ WITHHELD: Final = "[withheld from the log: the DLP rules could not scan it]"
 # fraction of this). mitmproxy's, which come with traffic, never wait: their quoted part is withheld.
 COMPILE_WAIT_SECONDS: Final = 2.0
 
+# How many of mitmproxy's masked lines are kept, as shown, for when they come again.
+SHOWN_KEPT: Final = 1024
+
 # Where mitmproxy's protocol layers log (commands.Log goes through mitmproxy.proxy.server's logger).
 MITMPROXY_LOGGERS: Final = ("mitmproxy.proxy.server",)
 
@@ -64,12 +66,41 @@ MITMPROXY_LOGGERS: Final = ("mitmproxy.proxy.server",)
 # - proxy/server.py and proxy/layers/http: the server's address ("server connect host:port",
 #   "server disconnect …", "error establishing server connection: …", "Streaming request to host.").
 # Any other message of that logger that quotes bytes (a bytes repr) is masked too.
-MITMPROXY_QUOTING: Final = re.compile(
-    r"(?:\S+: )?(?:Bad HTTP re|Invalid header|Unknown HTTP version|Client closed connection before"
-    r"|Unexpected data from|Received WebSocket|Ignoring unknown WebSocket|Client TLS handshake"
-    r"|Server TLS handshake|Unable to establish|TLS Error|server connect |server disconnect "
-    r"|error establishing server connection|Streaming re)"
+MITMPROXY_QUOTING: Final = (
+    "Bad HTTP re",
+    "Invalid header",
+    "Unknown HTTP version",
+    "Client closed connection before",
+    "Unexpected data from",
+    "Received WebSocket",
+    "Ignoring unknown WebSocket",
+    "Client TLS handshake",
+    "Server TLS handshake",
+    "Unable to establish",
+    "TLS Error",
+    "server connect ",
+    "server disconnect ",
+    "error establishing server connection",
+    "Streaming re",
 )
+
+
+# Its lines of every connection, which quote nothing: passed at the cost of one look-up.
+MITMPROXY_PLAIN: Final = frozenset({"client connect", "client disconnect", "client kill connection"})
+
+
+def _kind(message: str) -> str | None:
+    """The start of a mitmproxy message that names one of the MITMPROXY_QUOTING kinds (after an
+    address and ": ", as a request head it could not read is logged), or None. (str.startswith: a
+    regular expression of these costs several times more, on every line.)"""
+    if message.startswith(MITMPROXY_QUOTING):
+        at = 0
+    else:
+        head, colon, rest = message.partition(": ")
+        if not colon or " " in head or not rest.startswith(MITMPROXY_QUOTING):
+            return None
+        at = len(head) + 2
+    return next(message[: at + len(k)] for k in MITMPROXY_QUOTING if message.startswith(k, at))
 
 
 def _quotes_bytes(message: str) -> bool:
@@ -117,6 +148,9 @@ class LogMask(logging.Filter):
         self.scanner = scanner
         self.loggers: list[logging.Logger] = []
         self._inside = threading.local()
+        # mitmproxy's lines as shown, by the scanner that masked them.
+        self._shown: dict[str, str] = {}
+        self._shown_by: DlpScanner | None = None
 
     def install(self) -> None:
         """On failcore's loggers (those imported so far: every failcore module is by `load`) and
@@ -134,22 +168,26 @@ class LogMask(logging.Filter):
         self.loggers.clear()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if name == "failcore" or name.startswith("failcore."):
+            if record.args or record.exc_info:
+                self._masked(record, self._mask_failcore)
+        elif isinstance(msg := record.msg, str) and msg not in MITMPROXY_PLAIN:
+            kind = _kind(msg)
+            if kind is not None or _quotes_bytes(msg):
+                self._masked(record, self._mask_whole, kind or "")
+        return True
+
+    def _masked(self, record: logging.LogRecord, mask: Callable[..., None], *args: str) -> None:
         if getattr(self._inside, "active", False):
-            return True  # a line logged while masking another (a compile error): as it is
+            return  # a line logged while masking another (a compile error): as it is
         self._inside.active = True
         try:
-            if record.name == "failcore" or record.name.startswith("failcore."):
-                if record.args or record.exc_info:
-                    self._mask_failcore(record)
-            elif isinstance(record.msg, str):
-                kind = MITMPROXY_QUOTING.match(record.msg)
-                if kind is not None or _quotes_bytes(record.msg):
-                    self._mask_whole(record, kind.group(0) if kind is not None else "")
+            mask(record, *args)
         except Exception:  # a log line must never take its caller down: shown withheld instead
             record.msg, record.args, record.exc_info, record.exc_text = WITHHELD, None, None, None
         finally:
             self._inside.active = False
-        return True
 
     def _scanner(self, wait: float) -> tuple[DlpScanner | None, bool]:
         scanner = self.scanner()
@@ -181,5 +219,15 @@ class LogMask(logging.Filter):
     def _mask_whole(self, record: logging.LogRecord, kind: str) -> None:
         """`kind`: the message's start that names its kind (kept when the rest must be withheld)."""
         scanner, usable = self._scanner(0)
-        record.msg = loggable(record.getMessage(), scanner) if usable else printable(kind) + WITHHELD
-        record.args = None
+        if not usable:
+            record.msg, record.args = printable(kind) + WITHHELD, None
+            return
+        message = record.getMessage()
+        # The same lines come again and again ("server connect api.openai.com:443"): shown as before
+        # (by the same scanner: a policy reload starts afresh).
+        if scanner is not self._shown_by or len(self._shown) >= SHOWN_KEPT:
+            self._shown, self._shown_by = {}, scanner
+        shown = self._shown.get(message)
+        if shown is None:
+            shown = self._shown[message] = loggable(message, scanner)
+        record.msg, record.args = shown, None
