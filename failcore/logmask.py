@@ -89,18 +89,21 @@ MITMPROXY_QUOTING: Final = (
 MITMPROXY_PLAIN: Final = frozenset({"client connect", "client disconnect", "client kill connection"})
 
 
-def _kind(message: str) -> str | None:
-    """The start of a mitmproxy message that names one of the MITMPROXY_QUOTING kinds (after an
-    address and ": ", as a request head it could not read is logged), or None. (str.startswith: a
-    regular expression of these costs several times more, on every line.)"""
+def _kind_at(message: str) -> int | None:
+    """Where in a mitmproxy message one of the MITMPROXY_QUOTING kinds starts (0, or after an address
+    and ": ", as a request head it could not read is logged), or None. (str.startswith: a regular
+    expression of these costs several times more, on every line.)"""
     if message.startswith(MITMPROXY_QUOTING):
-        at = 0
-    else:
-        head, colon, rest = message.partition(": ")
-        if not colon or " " in head or not rest.startswith(MITMPROXY_QUOTING):
-            return None
-        at = len(head) + 2
-    return next(message[: at + len(k)] for k in MITMPROXY_QUOTING if message.startswith(k, at))
+        return 0
+    head, colon, rest = message.partition(": ")
+    if not colon or " " in head or not rest.startswith(MITMPROXY_QUOTING):
+        return None
+    return len(head) + 2
+
+
+def _kind(message: str, at: int) -> str:
+    """The message up to the end of its kind's words."""
+    return next((message[: at + len(k)] for k in MITMPROXY_QUOTING if message.startswith(k, at)), "")
 
 
 def _quotes_bytes(message: str) -> bool:
@@ -172,18 +175,20 @@ class LogMask(logging.Filter):
         if name == "failcore" or name.startswith("failcore."):
             if record.args or record.exc_info:
                 self._masked(record, self._mask_failcore)
-        elif isinstance(msg := record.msg, str) and msg not in MITMPROXY_PLAIN:
-            kind = _kind(msg)
-            if kind is not None or _quotes_bytes(msg):
-                self._masked(record, self._mask_whole, kind or "")
+        elif (
+            isinstance(msg := record.msg, str)
+            and msg not in MITMPROXY_PLAIN
+            and (_kind_at(msg) is not None or _quotes_bytes(msg))
+        ):
+            self._masked(record, self._mask_whole)
         return True
 
-    def _masked(self, record: logging.LogRecord, mask: Callable[..., None], *args: str) -> None:
+    def _masked(self, record: logging.LogRecord, mask: Callable[[logging.LogRecord], None]) -> None:
         if getattr(self._inside, "active", False):
             return  # a line logged while masking another (a compile error): as it is
         self._inside.active = True
         try:
-            mask(record, *args)
+            mask(record)
         except Exception:  # a log line must never take its caller down: shown withheld instead
             record.msg, record.args, record.exc_info, record.exc_text = WITHHELD, None, None, None
         finally:
@@ -216,13 +221,14 @@ class LogMask(logging.Filter):
         # Formatted here: a handler's formatter (mitmproxy's formats exc_info itself) sees the result only.
         record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
 
-    def _mask_whole(self, record: logging.LogRecord, kind: str) -> None:
-        """`kind`: the message's start that names its kind (kept when the rest must be withheld)."""
+    def _mask_whole(self, record: logging.LogRecord) -> None:
         scanner, usable = self._scanner(0)
-        if not usable:
-            record.msg, record.args = printable(kind) + WITHHELD, None
-            return
         message = record.getMessage()
+        if not usable:  # what names the message's kind is kept
+            at = _kind_at(message)
+            kind = printable(_kind(message, at)) if at is not None else ""
+            record.msg, record.args = kind + WITHHELD, None
+            return
         # The same lines come again and again ("server connect api.openai.com:443"): shown as before
         # (by the same scanner: a policy reload starts afresh).
         if scanner is not self._shown_by or len(self._shown) >= SHOWN_KEPT:
