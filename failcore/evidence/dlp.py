@@ -33,7 +33,7 @@ from failcore.evidence.echoes import redacted as _redacted
 from failcore.evidence.hostnames import host_hits as host_hits
 from failcore.evidence.hostnames import host_spellings as host_spellings
 from failcore.evidence.hostnames import spelling_hits
-from failcore.evidence.quoted import mask_quoted
+from failcore.evidence.quoted import mask_quoted, quoted_fields
 from failcore.evidence.redact import (
     CREDENTIAL_HEADERS,
     HOST_HEADERS,
@@ -442,7 +442,12 @@ def scan_internal_error(
     exchange's summary and host), and the hits in its `dlp` block. Waits for a compiling engine."""
     if scanner is not None:
         hits: list[dict[str, Any]] = []
-        mask_quoted(scanner, event, hits, lambda hit, where: _hit_record(scanner, hit, where), echoes)
+        try:
+            mask_quoted(scanner, event, hits, lambda hit, where: _hit_record(scanner, hit, where), echoes)
+        except Exception as exc:  # (rules whose build failed): what could not be scanned is not kept
+            for container, key, _ in quoted_fields(event):
+                container[key] = f"[not recorded: the DLP rules could not scan it: {type(exc).__name__}]"
+            return event
         if hits:
             _attach_hits(scanner, event, hits)
     if echoes is not None:  # (no DLP rules: the echoes alone)

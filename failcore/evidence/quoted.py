@@ -31,9 +31,9 @@ Echoes = tuple[Sequence[bytes], bytes] | None
 _EVENT_FIELDS: Final = ("error", "method", "reason")
 _MESSAGE_FIELDS: Final = ("reason", "http_version")
 _BODY_FIELDS: Final = ("encoding", "decode_error")
-# An internal_error event's detail: where it failed, the traceback's last frames (the message again),
-# and for an exchange whose evidence could not be built, its summary.
-_INTERNAL_ERROR_DETAIL: Final = ("where", "traceback", "summary")
+# An internal_error event's detail: the traceback's last frames (the message again), and for an
+# exchange whose evidence could not be built, its summary. (`where` is failcore's own name for a hook.)
+_INTERNAL_ERROR_DETAIL: Final = ("traceback", "summary")
 
 
 # (the dict or list holding a string, its key or index, where it is for a DLP hit's location)
