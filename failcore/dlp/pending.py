@@ -96,6 +96,10 @@ class PendingEngine:
         engine serves while it compiles)."""
         return self._usable.is_set()
 
+    def usable(self, timeout: float | None = None) -> bool:
+        """Wait at most `timeout` seconds until a use would return at once (see `ready`); whether it would."""
+        return self._usable.wait(timeout)
+
     @property
     def interim(self) -> bool:
         """Whether uses are served by the interim engine now."""

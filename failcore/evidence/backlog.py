@@ -21,7 +21,9 @@ class EvidenceBacklog:
         self,
         submit: Callable[[dict[str, Any]], bool],
         limit: int,
-        on_error: Callable[[Callable[[], dict[str, Any]], Exception], dict[str, Any]],
+        on_error: Callable[
+            [Callable[[], dict[str, Any]], Exception], dict[str, Any] | Callable[[], dict[str, Any]]
+        ],
     ) -> None:
         self.submit = submit
         self.limit = limit

@@ -33,7 +33,7 @@ from failcore.evidence.echoes import redacted as _redacted
 from failcore.evidence.hostnames import host_hits as host_hits
 from failcore.evidence.hostnames import host_spellings as host_spellings
 from failcore.evidence.hostnames import spelling_hits
-from failcore.evidence.quoted import mask_quoted
+from failcore.evidence.quoted import mask_quoted, quoted_fields
 from failcore.evidence.redact import (
     CREDENTIAL_HEADERS,
     HOST_HEADERS,
@@ -406,15 +406,10 @@ def scan_event(
         mask_echoed_credentials(event, list(echoes[0]), echoes[1])
     if not hits and not partial:
         return
-    event["dlp"] = {"hits": hits, "engine": scanner.engine.backend}
+    _attach_hits(scanner, event, hits)
     if coverage:
         event["dlp"]["past_cap"] = coverage
-    warnings = event.setdefault("warnings", [])
-    # A rule the policy ALLOWs is still masked (the tape never holds the value) but raises no warning.
-    flagged = [h for h in hits if h["action"] != "ALLOW"]
-    if flagged:
-        rules = sorted({h["rule"] for h in flagged})
-        warnings.append({"reason": "dlp", "message": f"{len(flagged)} DLP hit(s): {', '.join(rules)[:200]}"})
+    warnings = event["warnings"]
     tainted = [h for h in hits if (h.get("taint_source") or {}).get("exfiltration_path")]
     if tainted:
         first = tainted[0]["taint_source"]
@@ -426,6 +421,38 @@ def scan_event(
                 "being sent to the LLM provider",
             }
         )
+
+
+def _attach_hits(scanner: DlpScanner, event: dict[str, Any], hits: list[dict[str, Any]]) -> None:
+    """The event's `dlp` block, and its `dlp` warning."""
+    event["dlp"] = {"hits": hits, "engine": scanner.engine.backend}
+    warnings = event.setdefault("warnings", [])
+    # A rule the policy ALLOWs is still masked (the tape never holds the value) but raises no warning.
+    flagged = [h for h in hits if h["action"] != "ALLOW"]
+    if flagged:
+        rules = sorted({h["rule"] for h in flagged})
+        warnings.append({"reason": "dlp", "message": f"{len(flagged)} DLP hit(s): {', '.join(rules)[:200]}"})
+
+
+def scan_internal_error(
+    scanner: DlpScanner | None, event: dict[str, Any], echoes: Echoes = None
+) -> dict[str, Any]:
+    """An internal_error event with every DLP hit and every echo of its exchange's credentials masked
+    in what it quotes (failcore.evidence.quoted: the exception's message, its traceback, the
+    exchange's summary and host), and the hits in its `dlp` block. Waits for a compiling engine."""
+    if scanner is not None:
+        hits: list[dict[str, Any]] = []
+        try:
+            mask_quoted(scanner, event, hits, lambda hit, where: _hit_record(scanner, hit, where), echoes)
+        except Exception as exc:  # (rules whose build failed): what could not be scanned is not kept
+            for container, key, _ in quoted_fields(event):
+                container[key] = f"[not recorded: the DLP rules could not scan it: {type(exc).__name__}]"
+            return event
+        if hits:
+            _attach_hits(scanner, event, hits)
+    if echoes is not None:  # (no DLP rules: the echoes alone)
+        mask_echoed_credentials(event, list(echoes[0]), echoes[1])
+    return event
 
 
 def _scan_websocket_event(scanner: DlpScanner, event: dict[str, Any], echoes: Echoes = None) -> None:

@@ -4,8 +4,10 @@ Besides headers, bodies and the URL, an event carries strings that quote the exc
 error about a malformed request ("Received unknown transfer-encoding header: b'…'"), the method, a
 response's reason phrase, a Content-Encoding and the decoder's message about it, the LLM call's model
 names, finish reason and service tier as the client or the provider wrote them, the policy's reason
-and warnings (a host, an SNI). A secret in any of them is masked there (and recorded as a DLP hit),
-and so is every echo of the exchange's own credentials (failcore.evidence.redact).
+and warnings (a host, an SNI). An internal_error event quotes an exception, whose message can quote a
+header, a URL or body bytes (its error, its traceback), and what is known of its exchange. A secret in
+any of them is masked there (and recorded as a DLP hit), and so is every echo of the exchange's own
+credentials (failcore.evidence.redact).
 
 Pure: runs with the rest of the event's DLP pass, off the hooks.
 """
@@ -29,6 +31,9 @@ Echoes = tuple[Sequence[bytes], bytes] | None
 _EVENT_FIELDS: Final = ("error", "method", "reason")
 _MESSAGE_FIELDS: Final = ("reason", "http_version")
 _BODY_FIELDS: Final = ("encoding", "decode_error")
+# An internal_error event's detail: the traceback's last frames (the message again), and for an
+# exchange whose evidence could not be built, its summary. (`where` is failcore's own name for a hook.)
+_INTERNAL_ERROR_DETAIL: Final = ("traceback", "summary")
 
 
 # (the dict or list holding a string, its key or index, where it is for a DLP hit's location)
@@ -56,6 +61,12 @@ def quoted_fields(event: dict[str, Any]) -> list[Field]:
     cut = event.get("cut")
     if isinstance(cut, dict):
         _strings(found, cut, ("detail",), "cut.")
+    detail = event.get("detail")
+    if event.get("kind") == "internal_error" and isinstance(detail, dict):
+        _strings(found, detail, _INTERNAL_ERROR_DETAIL, "detail.")
+        target = detail.get("target")
+        if isinstance(target, dict):
+            _strings(found, target, ("host",), "detail.target.")
     return found
 
 

@@ -40,7 +40,7 @@ class FailCore:
 
         from failcore.proxy.budgetguard import BudgetGuard
         from failcore.proxy.connections import ConnectionEvents
-        from failcore.proxy.console import QuietConsole
+        from failcore.proxy.console import LogMasking, QuietConsole
         from failcore.proxy.dlpguard import DlpGuard
         from failcore.proxy.gate import PolicyGate
         from failcore.proxy.gctune import GcTune
@@ -78,6 +78,7 @@ class FailCore:
             Settings(s),
             # Before any concern whose hook may wait: an exchange is in flight (recorded on stop) at once.
             InFlight(self.recorder),
+            LogMasking(s),
             GcTune(s),
             self.listen,
             QuietConsole(),

@@ -25,6 +25,7 @@ from failcore.dlp.rules import policy_rules
 from failcore.event import EgressEvent, Target
 from failcore.evidence import decoded_size_at_most, is_encoded, pastcapworker
 from failcore.evidence.backlog import EvidenceBacklog
+from failcore.evidence.dlp import scan_internal_error
 from failcore.evidence.exchange import (
     PROXY_STOPPED,
     EvidenceSettings,
@@ -265,7 +266,7 @@ class Recorder:
                 detail=run_start_detail(policy, tape_dir, self.session.replay_of, scan),
             ).to_dict()
         )
-        self.backlog = EvidenceBacklog(self.writer.submit, settings.queue_size, self._evidence_failed)
+        self.backlog = EvidenceBacklog(self.writer.submit, settings.queue_size, self._evidence_failed_on_loop)
         self.session.attach(self.backlog)
         logger.info("failcore: recording run %s to %s", self.session.run_id, tape_dir)
 
@@ -314,13 +315,24 @@ class Recorder:
         self.in_flight.clear()
 
     def _evidence_failed(self, builder: Callable[[], dict[str, Any]], exc: Exception) -> dict[str, Any]:
-        """An internal_error event naming the exchange whose evidence could not be built."""
+        """An internal_error event naming the exchange whose evidence could not be built (on the tape
+        writer's thread: masked here, failcore.evidence.dlp.scan_internal_error)."""
+        return self._unbuilt(builder, exc)()
+
+    def _evidence_failed_on_loop(
+        self, builder: Callable[[], dict[str, Any]], exc: Exception
+    ) -> Callable[[], dict[str, Any]]:
+        """As _evidence_failed, for the evidence backlog: masked on the tape writer's thread."""
+        return self._unbuilt(builder, exc)
+
+    def _unbuilt(self, builder: Callable[[], dict[str, Any]], exc: Exception) -> Callable[[], dict[str, Any]]:
         self.session.internal_errors += 1
         logger.warning("failcore: could not build evidence: %s: %s", type(exc).__name__, exc)
         snap = getattr(builder, "args", (None,))[0]
-        return unbuilt_exchange_event(
+        event = unbuilt_exchange_event(
             self.session.run_id, snap if isinstance(snap, ExchangeSnapshot) else None, exc
         )
+        return partial(scan_internal_error, self.session.dlp, event)
 
     def pending_exchanges(self) -> int:
         """Exchanges mitmproxy is still working on that the tape does not have yet."""

@@ -18,6 +18,8 @@ from mitmproxy import flow as mflow
 from mitmproxy import http
 
 from failcore.event import EgressEvent
+from failcore.evidence.internal import flow_echoes, internal_error_item
+from failcore.logmask import LOG_ECHOES
 from failcore.policy.model import Decision, Policy
 from failcore.proxy.settings import AddonSettings
 from failcore.runmarks import new_run_id
@@ -219,7 +221,11 @@ class Session:
         try:
             self.internal_errors += 1
             message = f"{type(exc).__name__}: {exc}"
-            logger.warning("failcore internal error in %s: %s", where, message)
+            # The exception can quote what it failed on (a header, a URL): the log line and the event
+            # are masked with the DLP rules and the echoes of the flow's credentials.
+            redact = self.policy.redact_headers if self.policy else frozenset()
+            echoes = flow_echoes(flow, redact, self.salt)
+            logger.warning("failcore internal error in %s: %s", where, message, extra={LOG_ECHOES: echoes})
             tb = traceback.format_exception(exc)[-6:]
             event = EgressEvent(
                 kind="internal_error",
@@ -230,7 +236,7 @@ class Session:
                 error=message,
                 detail={"where": where, "fail_open": self.fail_open, "traceback": "".join(tb)[-4000:]},
             )
-            self.record(event.to_dict())
+            self.record(internal_error_item(self.dlp, event.to_dict(), echoes))
             if flow is not None:
                 self.state(flow).internal_error = f"{where}: {message}"
         except Exception:  # pragma: no cover - logging must not take the proxy down

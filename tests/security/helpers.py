@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import h2.config
 import h2.connection
 import h2.events
+import httpx
 import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
@@ -233,6 +234,24 @@ def h2_post_with_trailers(proxy: ProxyThread, up: LoggingUpstream, trailers: lis
             tls.sendall(conn.data_to_send())
     finally:
         tls.close()
+
+
+def stream_through(proxy: ProxyThread, url: str) -> tuple[bytes, httpx.HTTPError | None]:
+    """GET `url` through the proxy as a stream (its answer a 200): the body bytes that reached the client,
+    as sent, and the error reading them ended in (None: the stream ended cleanly; a cut one ends in an
+    httpx.TransportError)."""
+    from tests.helpers import proxied_client
+
+    got = b""
+    with proxied_client(proxy) as client:
+        try:
+            with client.stream("GET", url) as response:
+                assert response.status_code == 200
+                for piece in response.iter_raw():
+                    got += piece
+        except httpx.HTTPError as e:
+            return got, e
+    return got, None
 
 
 def get_through_tunnel(

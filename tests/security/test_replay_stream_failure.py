@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
-import httpx
 import pytest
 
 from failcore.demo.server import StandIn
 from failcore.replay.serve import Rechunker
-from tests.helpers import ProxyThread, network_events, proxied_client, read_tape
+from tests.helpers import network_events, read_tape
 from tests.replay_agents import replay_sets, run_id
+from tests.security.helpers import stream_through
 
 
 class BrokenSizes(deque):  # type: ignore[type-arg]
@@ -26,19 +26,6 @@ class BrokenSizes(deque):  # type: ignore[type-arg]
 
     def popleft(self) -> int:
         raise RuntimeError("injected rechunker failure")
-
-
-def fetch(proxy: ProxyThread, url: str) -> tuple[bytes, str | None]:
-    got = b""
-    with proxied_client(proxy) as client:
-        try:
-            with client.stream("GET", url) as response:
-                assert response.status_code == 200
-                for piece in response.iter_raw():
-                    got += piece
-        except httpx.HTTPError as e:
-            return got, type(e).__name__
-    return got, None
 
 
 @pytest.mark.parametrize("fail_open", [True, False])
@@ -53,7 +40,7 @@ def test_a_failing_rechunker_is_recorded_and_follows_fail_open(
     tape = tmp_path / "tape"
     url = upstream.url + "/sse?n=3"
     recorder = start_proxy(tape=tape)
-    recorded, failure = fetch(recorder, url)
+    recorded, failure = stream_through(recorder, url)
     recorder.stop()
     assert failure is None and recorded.count(b"data:") >= 3
     source = run_id(recorder)
@@ -68,7 +55,7 @@ def test_a_failing_rechunker_is_recorded_and_follows_fail_open(
     policy = policy_file(f"version: 1\nmode: enforce\nfail_open: {str(fail_open).lower()}\n")
     before = upstream.request_count()
     replayer = start_proxy(policy, tape=tape, sets=replay_sets(tape, source))
-    got, failure = fetch(replayer, url)
+    got, failure = stream_through(replayer, url)
     replayer.stop()
     assert upstream.request_count() == before, "a replay must not contact the upstream"
 

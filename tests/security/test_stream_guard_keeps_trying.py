@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from failcore.evidence.pastcap import PastCapScan
 from failcore.proxy.streamdlp import StreamDlp
-from tests.helpers import github_token, network_events, proxied_client, read_tape
-from tests.security.helpers import tape_bytes
+from tests.helpers import github_token, network_events, read_tape
+from tests.security.helpers import stream_through, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 POLICY = (
@@ -28,20 +27,6 @@ POLICY = (
 # Far more than one read (mitmproxy reads at most 65535 bytes at a time): the stream reaches the proxy
 # in several chunks, and the secret at its end never in the first one.
 FILLER = b'data: {"text": "' + b"x" * 300_000 + b'"}\n\n'
-
-
-def fetch(proxy, url: str) -> tuple[bytes, str | None]:  # type: ignore[no-untyped-def]
-    """The body bytes the client got, and how reading it failed (None: it ended cleanly)."""
-    got = b""
-    with proxied_client(proxy) as client:
-        try:
-            with client.stream("GET", url) as response:
-                assert response.status_code == 200
-                for piece in response.iter_raw():
-                    got += piece
-        except httpx.HTTPError as e:
-            return got, type(e).__name__
-    return got, None
 
 
 def raising(original: Callable[..., object], calls: list[int], times: int | None) -> Callable[..., object]:
@@ -65,7 +50,7 @@ def test_a_strict_stream_dlp_that_raised_once_still_cuts_a_later_secret(
     body = FILLER + b'data: {"text": "token ' + secret + b' done"}\n\n'
     logging_upstream.respond_with = (200, [(b"content-type", b"text/event-stream")], body)
     proxy = start_proxy(policy_file(POLICY), upstream_ca=logging_upstream.ca_path)
-    got, failure = fetch(proxy, f"{logging_upstream.url}/events")
+    got, failure = stream_through(proxy, f"{logging_upstream.url}/events")
     proxy.flush()
     assert b"GET /events" in logging_upstream.received_bytes()
     assert len(calls) > 1, "the stream reached the proxy in one chunk: the test proves nothing"
@@ -86,7 +71,7 @@ def test_a_check_that_raises_on_every_chunk_is_recorded_once_and_counted(
     monkeypatch.setattr(StreamDlp, "__call__", raising(StreamDlp.__call__, calls, None))
     logging_upstream.respond_with = (200, [(b"content-type", b"text/event-stream")], FILLER)
     proxy = start_proxy(policy_file(POLICY), upstream_ca=logging_upstream.ca_path)
-    got, failure = fetch(proxy, f"{logging_upstream.url}/events")
+    got, failure = stream_through(proxy, f"{logging_upstream.url}/events")
     proxy.flush()
     assert (got, failure) == (FILLER, None), "fail-open: the stream goes through whole"
     assert len(calls) > 1, "the stream reached the proxy in one chunk: the test proves nothing"
@@ -110,7 +95,7 @@ def test_an_observer_that_raised_once_still_sees_the_rest_of_the_stream(
     body = FILLER + b'data: {"text": "token ' + secret + b' done"}\n\n'
     logging_upstream.respond_with = (200, [(b"content-type", b"text/event-stream")], body)
     proxy = start_proxy(policy_file("version: 1\nmode: observe\n"), upstream_ca=logging_upstream.ca_path)
-    got, failure = fetch(proxy, f"{logging_upstream.url}/events")
+    got, failure = stream_through(proxy, f"{logging_upstream.url}/events")
     proxy.flush()
     assert (got, failure) == (body, None)
     assert len(calls) > 1, "the stream reached the proxy in one chunk: the test proves nothing"

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import tape_bytes
+from tests.security.helpers import stream_through, tape_bytes
 from tests.security.upstream import EncodedStreamServer
 
 GITHUB_PAT = b"ghp_" + b"Z9y8X7w6V5u4" * 3
@@ -59,14 +59,8 @@ def test_a_gzipped_secret_in_a_later_member_cuts_the_strict_stream(
     start_proxy, policy_file, gzip_stream: EncodedStreamServer, tmp_path
 ) -> None:
     proxy = start_proxy(policy_file(POLICY))
-    received = b""
-    with (
-        proxied_client(proxy) as client,
-        pytest.raises(httpx.TransportError),
-        client.stream("GET", f"http://127.0.0.1:{gzip_stream.port}/events") as response,
-    ):
-        for chunk in response.iter_raw():
-            received += chunk
+    received, failure = stream_through(proxy, f"http://127.0.0.1:{gzip_stream.port}/events")
+    assert isinstance(failure, httpx.TransportError), failure  # cut
     decoded = decode_what_arrived(received)
     assert GITHUB_PAT not in decoded, "the client could decode the secret"
     assert decoded.startswith(b'data: {"text": "hello"}'), decoded  # what came before still went out
@@ -84,17 +78,11 @@ def test_a_secret_in_the_gzip_header_cuts_the_strict_stream(start_proxy, policy_
     named = named[:3] + bytes([named[3] | 0x08]) + named[4:10] + b"token-" + GITHUB_PAT + b"\x00" + named[10:]
     server = EncodedStreamServer([hello, named])
     proxy = start_proxy(policy_file(POLICY))
-    received = b""
     try:
-        with (
-            proxied_client(proxy) as client,
-            pytest.raises(httpx.TransportError),
-            client.stream("GET", f"http://127.0.0.1:{server.port}/events") as response,
-        ):
-            for chunk in response.iter_raw():
-                received += chunk
+        received, failure = stream_through(proxy, f"http://127.0.0.1:{server.port}/events")
     finally:
         server.close()
+    assert isinstance(failure, httpx.TransportError), failure  # cut
     assert GITHUB_PAT not in received
     assert received.startswith(hello)
     proxy.stop()
