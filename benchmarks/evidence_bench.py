@@ -29,7 +29,7 @@ from failcore.dlp.scanner import DlpScanner
 from failcore.evidence.exchange import EvidenceSettings, build_exchange_event
 from failcore.evidence.scanworker import DeferredScan, ScanOffload, ScanOrigin
 from failcore.policy.load import load_policy
-from failcore.proxy.recorder import snapshot_exchange
+from failcore.proxy.snapshot import snapshot_exchange
 from failcore.shipped import default_policy_path
 from failcore.tape.writer import serialise_event
 
