@@ -103,7 +103,12 @@ TOOLS = MapOf(
 
 
 def _network(v: dict[str, object], here: Here) -> tuple[bool, NetRules]:
-    rules = NetRules(deny=v["deny"], allow=v["allow"], default=v["default"])  # type: ignore[arg-type]
+    rules = NetRules(
+        deny=v["deny"],  # type: ignore[arg-type]
+        allow=v["allow"],  # type: ignore[arg-type]
+        default=v["default"],  # type: ignore[arg-type]
+        system_resolvers=bool(v["system_resolvers"]),
+    )
     return bool(v["block_private_resolved"]), rules
 
 
@@ -118,6 +123,7 @@ NETWORK = Section(
             default="ALLOW",
             null="check",
         ),
+        Field("system_resolvers", Flag(), default=True),
     ),
     where="in the network section",
     key_word="setting names",

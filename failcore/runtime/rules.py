@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from failcore.policy.contracts import check_output
-from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs
+from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs, nameservers
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
@@ -65,6 +65,18 @@ def enclosing_proxies(env: os._Environ[str] | dict[str, str]) -> frozenset[tuple
     return frozenset(found)
 
 
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def system_nameservers() -> frozenset[str]:
+    """The name servers of RESOLV_CONF, read when a run opens (none when it cannot be read)."""
+    try:
+        with open(RESOLV_CONF, encoding="utf-8", errors="replace") as conf:
+            return nameservers(conf.read(65536))
+    except OSError:
+        return frozenset()
+
+
 class RuntimeRules:
     """One run's policy with its DLP scanner; `current()` is cheap and thread-safe."""
 
@@ -77,6 +89,7 @@ class RuntimeRules:
         self._next_check = 0.0
         self.reload_problems: list[str] = []
         self.failcore_proxies = enclosing_proxies(os.environ)
+        self.resolvers = system_nameservers()
         self._loaded = self._load()  # raises PolicyError: a bad policy at start is the user's to fix
 
     def _load(self) -> Loaded:
@@ -146,7 +159,7 @@ class RuntimeRules:
             # The way out `failcore run` gave this process: its traffic is decided there.
             return Verdict("ALLOW", "net.failcore_proxy", f"{address}:{port} is the enclosing failcore proxy")
 
-        return check_connect(self.policy.network, host, address, port)
+        return check_connect(self.policy.network, host, address, port, resolvers=self.resolvers)
 
     def check_output(self, tool: str, result: Any) -> dict[str, Any] | None:
         return check_output(self.policy.tools.get(tool), result)
