@@ -91,11 +91,14 @@ class ExecRules:
     """`programs`: None = any program; else bare names (matched against a bare program name, or a file of
     that name in a system bin directory) and absolute paths (matched after resolving symlinks).
     `args`: program → globs over its arguments joined by single spaces (`*` matches anything, spaces too);
-    a program listed there must match one. `allow_shell`: let shell invocations run."""
+    a program listed there must match one. `allow_shell`: let shell invocations run. `env`: names of
+    CODE_ENV a child's environment may set to a new value."""
 
     programs: tuple[str, ...] | None = None
     args: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     allow_shell: bool = True
+    # Variables of CODE_ENV a child's environment may set to a value of the agent's (see check_exec_env).
+    env: tuple[str, ...] = ()
     _args_regex: Mapping[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

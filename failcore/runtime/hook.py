@@ -29,6 +29,7 @@ from typing import Any, Final
 from failcore.event import Target
 from failcore.policy.address import canonical_ip
 from failcore.policy.runtime import Verdict
+from failcore.policy.runtime_env import CODE_ENV
 from failcore.runtime.context import Blocked, CallState, RunState, current_call
 from failcore.runtime.events import apply_dlp, effect_event, internal_error_event
 
@@ -89,8 +90,9 @@ class internal:
 def _hook(event: str, args: tuple[Any, ...]) -> None:
     if _unauthorized:
         _authorize_pending()
-    if event == "sqlite3.connect/handle":
-        _on_sqlite_handle(args)  # every connection, made in a guarded call or not: it may be used in one
+    always = _ALWAYS.get(event)
+    if always is not None:
+        always(args)  # in a guarded call or not: what they set up may be used in one
         return
     if not _armed:
         return
@@ -312,6 +314,7 @@ def _exec(action: str, event: str, shell: bool) -> Callable[[CallState, tuple[An
         # it will run (a PATH in Popen's env, a relative PATH entry, a cwd), not by this process's PATH.
         search: tuple[str, ...] | None = None
         cwd: str | None = None
+        env: Any = None  # the child's environment: None = this process's
         if event == "os.system":
             program, argv, is_shell = "/bin/sh", ["/bin/sh", "-c", os.fsdecode(args[0])], True
         elif event == "subprocess.Popen":  # (executable, args, cwd, env)
@@ -320,7 +323,8 @@ def _exec(action: str, event: str, shell: bool) -> Callable[[CallState, tuple[An
             program = os.fsdecode(executable) if executable is not None else (argv[0] if argv else "")
             # Popen resolves shell=True to [/bin/sh, -c, CMD] before this event.
             is_shell = len(argv) >= 3 and argv[1] == "-c" and os.path.basename(program) in _SHELLS
-            search = _search_path(args[3] if len(args) > 3 else None)
+            env = args[3] if len(args) > 3 else None
+            search = _search_path(env)
             if len(args) > 2 and args[2] is not None:
                 cwd = os.path.join(os.getcwd(), os.fsdecode(args[2]))
         elif event in ("os.fork", "os.forkpty"):
@@ -333,13 +337,58 @@ def _exec(action: str, event: str, shell: bool) -> Callable[[CallState, tuple[An
             # os.posix_spawnp raises os.posix_spawn too and searches this process's PATH: a bare name is
             # judged as the file in the working directory if there is one (posix_spawn), else as found.
             search = _NO_SEARCH + _search_path(None) if event == "os.posix_spawn" else _NO_SEARCH
+            env = args[offset + 2] if len(args) > offset + 2 else None
         check = call.run.rules.check_exec
-        verdict = _ask(call, check, program, argv, shell=is_shell, path=search, cwd=cwd)
+        # A fork runs this process's code, not a program: its environment changes nothing.
+        child_env = None if event in ("os.fork", "os.forkpty") else _child_env(env)
+        verdict = _ask(call, check, program, argv, shell=is_shell, path=search, cwd=cwd, env=child_env)
         # argv is masked with the fs/connect fields, by apply_dlp when the event is built (see _decide).
         payload = {"program": program, "argv": argv, "shell": is_shell, "event": event}
         _decide(call, "exec", action, payload, [verdict], os.path.basename(program) or program)
 
     return handle
+
+
+# Variables this process set with os.putenv (not in os.environ): a child started without an env of its
+# own inherits them. os.environ's own changes call putenv too.
+_putenv: dict[str, str | None] = {}
+
+
+def _on_putenv(args: tuple[Any, ...]) -> None:
+    try:
+        _putenv[os.fsdecode(args[0])] = os.fsdecode(args[1])
+    except (TypeError, IndexError):
+        return
+
+
+def _on_unsetenv(args: tuple[Any, ...]) -> None:
+    try:
+        _putenv[os.fsdecode(args[0])] = None
+    except (TypeError, IndexError):
+        return
+
+
+def _child_env(env: Any) -> dict[str, str]:
+    """The variables of CODE_ENV in the environment a child gets (`env` None: this process's)."""
+    found: dict[str, str] = {}
+    if env is None:
+        for name in CODE_ENV:
+            value = _putenv[name] if name in _putenv else os.environ.get(name)
+            if value is not None:
+                found[name] = value
+        return found
+    try:
+        items = list(env.items())
+    except (AttributeError, TypeError):
+        return found
+    for key, value in items:
+        try:
+            name, text = os.fsdecode(key), os.fsdecode(value)
+        except TypeError:
+            continue
+        if name in CODE_ENV:
+            found[name] = text
+    return found
 
 
 _SHELLS: Final = frozenset({"sh", "bash", "dash", "zsh", "ksh", "fish", "csh", "tcsh", "busybox"})
@@ -613,6 +662,12 @@ def _on_thread_start(call: CallState, args: tuple[Any, ...]) -> None:
     if isinstance(owner, threading.Thread):
         owner._failcore_call = call  # type: ignore[attr-defined]
 
+
+_ALWAYS: Final[dict[str, Callable[[tuple[Any, ...]], None]]] = {
+    "sqlite3.connect/handle": _on_sqlite_handle,
+    "os.putenv": _on_putenv,
+    "os.unsetenv": _on_unsetenv,
+}
 
 _HANDLERS: Final[dict[str, Callable[[CallState, tuple[Any, ...]], None]]] = {
     "open": _on_open,
