@@ -15,6 +15,7 @@ What this cannot see: C extensions and ctypes making syscalls themselves, childr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import site
 import socket
@@ -60,6 +61,7 @@ def install() -> None:
             _LIBRARY = _library_prefixes()
             sys.addaudithook(_hook)
             _wrap_os()
+            _wrap_getaddrinfo()
             _wrap_sqlite()
             _installed = True
 
@@ -399,9 +401,7 @@ def _on_getaddrinfo(call: CallState, args: tuple[Any, ...]) -> None:
     if isinstance(host, bytes):
         host = host.decode("idna", "replace")
     if not isinstance(host, str):
-        _local.last_host = None
         return
-    _local.last_host = host
     if canonical_ip(host) is not None:
         return  # an address: judged when connect() gets it
     # A name the policy judges without resolving (metadata.google.internal, localhost) is refused before
@@ -441,8 +441,7 @@ def _on_address(event: str) -> Callable[[CallState, tuple[Any, ...]], None]:
         if not isinstance(address, tuple) or len(address) < 2:
             return
         ip, port = str(address[0]), int(address[1])
-        host = getattr(_local, "last_host", None)
-        host = host if host and host != ip else None
+        host = _resolved.get(ip)  # the name asked for, if this address is one it resolved to
         verdict = _ask(call, call.run.rules.check_connect, host, ip, port)
         key = (family, host, ip, port)
         seen = (verdict.decision, verdict.rule) if verdict is not None else (None, None)
@@ -713,6 +712,47 @@ _HANDLERS: Final[dict[str, Callable[[CallState, tuple[Any, ...]], None]]] = {
 # A reference taken before the first run() keeps the original, like ctypes (see the module docstring).
 _make_fifo = _fs_op("write", "os.mkfifo", dirs=(2, None))
 _make_node = _fs_op("write", "os.mknod", dirs=(3, None))
+
+
+# Which name each address came from (socket.getaddrinfo, wrapped by install()): a connection is judged
+# with the name only when the name resolved to that very address (not the last name this thread asked
+# for, which would lend an allowed name to any address connected to next). asyncio resolves on another
+# thread than it connects on: kept for the process, the latest RESOLVED_KEPT addresses.
+RESOLVED_KEPT: Final = 1024
+_resolved: dict[str, str] = {}
+
+
+def _remember(host: Any, results: Any) -> None:
+    if isinstance(host, bytes):
+        host = host.decode("idna", "replace")
+    if not isinstance(host, str) or canonical_ip(host) is not None:
+        return
+    for *_, sockaddr in results:
+        address = str(sockaddr[0])
+        _resolved.pop(address, None)
+        _resolved[address] = host
+    while len(_resolved) > RESOLVED_KEPT:
+        try:
+            del _resolved[next(iter(_resolved))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread changed it meanwhile
+            break
+
+
+def _wrap_getaddrinfo() -> None:
+    import functools
+
+    real = socket.getaddrinfo
+
+    @functools.wraps(real)
+    def getaddrinfo(
+        host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
+    ) -> Any:
+        results = real(host, port, family, type, proto, flags)
+        with contextlib.suppress(Exception):  # never break name resolution
+            _remember(host, results)
+        return results
+
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
 
 
 def _wrap_os() -> None:
