@@ -1,16 +1,23 @@
 """The PEP 578 audit hook: file, process and socket operations inside a guarded call become fs, exec and
 connect events, checked against the run's policy and refused (strict) before they happen.
 
-Installed once per process (audit hooks cannot be removed). Outside guarded calls it costs one global
-read per audit event: `_armed` holds the guarded calls in progress. Inside one, failcore's own work
+Installed once per process (audit hooks cannot be removed). Outside guarded calls it costs two global
+reads and a dict lookup per audit event: `_armed` holds the guarded calls in progress, and a few events
+are followed always (os.putenv, a SQLite connection's handle: what they set up may serve a guarded call
+later). Inside one, failcore's own work
 (policy reload, event building, the tape writer's thread, the channel to `failcore run`) runs with a
 per-thread `busy` flag, so it is never recorded or refused.
 
 A plain `threading.Thread` started inside a guarded call is adopted (the `_thread.start_new_thread`
 event names its bootstrap method): while the call lasts, its operations are the call's effects.
 
+Operations Python raises no (or an incomplete) audit event for are judged by wrappers install() puts
+in place of os.open (its dir_fd), os.mkfifo, os.mknod, socket.getaddrinfo (which name an address came
+from) and sqlite3.connect (the authorizer that judges the files SQL makes SQLite open).
+
 What this cannot see: C extensions and ctypes making syscalls themselves, children after `os.fork`
-(the fork itself is an exec event), and operations through an already-open descriptor.
+(the fork itself is an exec event), operations through an already-open descriptor, a function of those
+wrapped above taken before install(), and a SQLite authorizer the tool sets itself (it replaces ours).
 """
 
 from __future__ import annotations
