@@ -724,9 +724,14 @@ _make_node = _fs_op("write", "os.mknod", dirs=(3, None))
 # Which name each address came from (socket.getaddrinfo, wrapped by install()): a connection is judged
 # with the name only when the name resolved to that very address (not the last name this thread asked
 # for, which would lend an allowed name to any address connected to next). asyncio resolves on another
-# thread than it connects on: kept for the process, the latest RESOLVED_KEPT addresses.
+# thread than it connects on: kept for the process, the latest RESOLVED_KEPT addresses, forgotten when
+# a run opens (a name resolved before it, by the application or an earlier run, names nothing in it).
 RESOLVED_KEPT: Final = 1024
 _resolved: dict[str, str] = {}
+
+
+def forget_names() -> None:
+    _resolved.clear()
 
 
 def _remember(host: Any, results: Any) -> None:
