@@ -594,3 +594,32 @@ def test_output_contracts(result: object, kind: str) -> None:
         else:
             assert drift == {"expected": expected, "got": kind, "drift": True}
     assert check_output(None, result) is None
+
+
+def test_nameservers_of_a_resolv_conf() -> None:
+    """resolv.conf(5) as systemd-resolved, glibc and a cloud image write it."""
+    from failcore.policy.runtime import nameservers
+
+    text = (
+        "# This is /run/systemd/resolve/stub-resolv.conf managed by man:systemd-resolved(8).\n"
+        "nameserver 127.0.0.53\n"
+        "options edns0 trust-ad\n"
+        "search ec2.internal\n"
+        "nameserver  fe80::1%eth0\n"
+        "nameserver 2001:DB8::0053\n"
+        "; nameserver 10.0.0.2\n"
+        "nameserver dns.example\n"
+        "nameserver\n"
+    )
+    assert nameservers(text) == frozenset({"127.0.0.53", "fe80::1", "2001:db8::53"})
+
+
+def test_the_system_resolvers_are_reached_on_port_53_only() -> None:
+    rules, resolvers = NetRules(), frozenset({"127.0.0.53"})
+    allowed = check_connect(rules, None, "127.0.0.53", 53, resolvers=resolvers)
+    assert (allowed.decision, allowed.rule) == ("ALLOW", "net.system_resolver")
+    assert check_connect(rules, None, "127.0.0.53", 5353, resolvers=resolvers).rule == "net.loopback"
+    assert check_connect(rules, None, "127.0.0.54", 53, resolvers=resolvers).rule == "net.loopback"
+    assert check_connect(rules, None, "::ffff:127.0.0.53", 53, resolvers=resolvers).decision == "ALLOW"
+    off = NetRules(system_resolvers=False)
+    assert check_connect(off, None, "127.0.0.53", 53, resolvers=resolvers).rule == "net.loopback"

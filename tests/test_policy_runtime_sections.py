@@ -322,3 +322,15 @@ def test_an_edited_policy_file_yields_the_new_sections(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as caught:
         load_policy(path)
     assert str(caught.value).startswith(f"{path}:3:16: exec: allow_shell: expected true or false")
+
+
+def test_exec_env_and_system_resolvers_are_read_and_checked() -> None:
+    policy = parse_policy(
+        "version: 1\nexec:\n  programs: [git]\n  env: [GIT_EXTERNAL_DIFF, LD_PRELOAD]\n"
+        "network:\n  system_resolvers: false\n"
+    )
+    assert policy.exec.env == ("GIT_EXTERNAL_DIFF", "LD_PRELOAD")
+    assert policy.network.system_resolvers is False
+    assert parse_policy("version: 1\n").network.system_resolvers is True
+    found = problems_of("version: 1\nexec:\n  env: [LD_PRELAOD]\n")
+    assert len(found) == 1 and 'Did you mean "LD_PRELOAD"?' in found[0][2], found

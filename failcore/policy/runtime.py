@@ -91,11 +91,14 @@ class ExecRules:
     """`programs`: None = any program; else bare names (matched against a bare program name, or a file of
     that name in a system bin directory) and absolute paths (matched after resolving symlinks).
     `args`: program → globs over its arguments joined by single spaces (`*` matches anything, spaces too);
-    a program listed there must match one. `allow_shell`: let shell invocations run."""
+    a program listed there must match one. `allow_shell`: let shell invocations run. `env`: names of
+    CODE_ENV a child's environment may set to a new value."""
 
     programs: tuple[str, ...] | None = None
     args: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     allow_shell: bool = True
+    # Variables of CODE_ENV a child's environment may set to a value of the agent's (see check_exec_env).
+    env: tuple[str, ...] = ()
     _args_regex: Mapping[str, object] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +126,9 @@ class NetRules:
     deny: tuple[str, ...] = DEFAULT_NET_DENY
     allow: tuple[str, ...] = ()
     default: Literal["ALLOW", "BLOCK"] = "ALLOW"
+    # Let DNS through to the name servers the system is configured with (their addresses, port 53
+    # only, TCP or UDP), whatever category they are in: a loopback stub resolver such as 127.0.0.53.
+    system_resolvers: bool = True
     _allow_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
         default=(), init=False, repr=False, compare=False
     )
@@ -394,14 +400,40 @@ def check_exec(
 # --------------------------------------------------------------------------------------------------
 
 
-def check_connect(rules: NetRules, host: str | None, address: str, port: int) -> Verdict:
+DNS_PORT = 53
+
+
+def nameservers(text: str) -> frozenset[str]:
+    """The addresses (canonical) of the `nameserver` lines of a resolv.conf(5) text; a zone index
+    (`fe80::1%eth0`) is dropped, anything that is not an address is skipped."""
+    found = set()
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            address = canonical_ip(words[1].split("%", 1)[0])
+            if address is not None:
+                found.add(address)
+    return frozenset(found)
+
+
+def check_connect(
+    rules: NetRules,
+    host: str | None,
+    address: str,
+    port: int,
+    *,
+    resolvers: frozenset[str] = frozenset(),
+) -> Verdict:
     """Whether an in-process connection to `address` (the IP actually connected to; `host`, the name the
     code asked for, when known) is allowed. `address` should be an IP literal (any spelling): a name is
     judged only as far as it needs no resolution (metadata names, `localhost`), any other name is
-    refused (`net.unresolved`), since what it resolves to at connect time is unknown here."""
+    refused (`net.unresolved`), since what it resolves to at connect time is unknown here. `resolvers`:
+    the system's name servers (see `nameservers`), reached on port 53 when `rules.system_resolvers`."""
     text = str(address)
     name = (host or "").strip().lower().rstrip(".")
     canonical = canonical_ip(text)
+    if port == DNS_PORT and rules.system_resolvers and canonical is not None and canonical in resolvers:
+        return Verdict("ALLOW", "net.system_resolver", f"{canonical}:53 is a name server of the system")
     if canonical is None:
         unresolved = text.strip().lower().rstrip(".")
         if unresolved in METADATA_HOSTS:

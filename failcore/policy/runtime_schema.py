@@ -5,6 +5,7 @@ the rest of `schema.py`; they build the rules of `failcore.policy.runtime`.
 
 from __future__ import annotations
 
+import difflib
 import os
 from types import MappingProxyType
 
@@ -12,9 +13,10 @@ from ruamel.yaml.comments import CommentedMap
 
 from failcore.policy import values
 from failcore.policy.contracts import OUTPUT_KINDS, ToolContract
-from failcore.policy.nodes import key_pos
+from failcore.policy.nodes import describe, key_pos
 from failcore.policy.runtime import DEFAULT_NET_DENY, ExecRules, FsRules, NetRules
-from failcore.policy.validate import Choice, Each, Field, Flag, Here, MapOf, Section
+from failcore.policy.runtime_env import CODE_ENV
+from failcore.policy.validate import Choice, Each, Field, Flag, Here, Invalid, MapOf, Section
 
 # --------------------------------------------------------------------------------------------------
 # fs, exec, tools: the runtime API's in-process checks (failcore.policy.runtime)
@@ -58,10 +60,23 @@ def _check_exec(v: dict[str, object], here: Here) -> None:
             )
 
 
+def _env_name(value: object) -> object:
+    """A variable of CODE_ENV a child may be given a new value of (exec.env)."""
+    if isinstance(value, str) and value in CODE_ENV:
+        return value
+    close = difflib.get_close_matches(value if isinstance(value, str) else "", CODE_ENV, n=1)
+    hint = f' Did you mean "{close[0]}"?' if close else ""
+    return Invalid(
+        f"{describe(value)} is not a variable failcore judges in a child's environment.{hint} "
+        f"Use any of {', '.join(CODE_ENV)}"
+    )
+
+
 EXEC = Section(
     fields=(
         Field("allow_shell", Flag(), default=False),
         Field("programs", Each(values.program_item, values.programs), default=None),
+        Field("env", Each(_env_name, values.texts, empty_ok=True), default=()),
         Field(
             "args",
             MapOf(
@@ -77,7 +92,12 @@ EXEC = Section(
     key_word="setting names",
     not_mapping="expected a mapping such as 'allow_shell: false', got {got}",
     check=_check_exec,
-    build=lambda v, here: ExecRules(programs=v["programs"], args=v["args"], allow_shell=v["allow_shell"]),  # type: ignore[arg-type]
+    build=lambda v, here: ExecRules(
+        programs=v["programs"],  # type: ignore[arg-type]
+        args=v["args"],  # type: ignore[arg-type]
+        allow_shell=v["allow_shell"],  # type: ignore[arg-type]
+        env=v["env"],  # type: ignore[arg-type]
+    ),
 )
 
 TOOL = Section(
@@ -103,7 +123,12 @@ TOOLS = MapOf(
 
 
 def _network(v: dict[str, object], here: Here) -> tuple[bool, NetRules]:
-    rules = NetRules(deny=v["deny"], allow=v["allow"], default=v["default"])  # type: ignore[arg-type]
+    rules = NetRules(
+        deny=v["deny"],  # type: ignore[arg-type]
+        allow=v["allow"],  # type: ignore[arg-type]
+        default=v["default"],  # type: ignore[arg-type]
+        system_resolvers=bool(v["system_resolvers"]),
+    )
     return bool(v["block_private_resolved"]), rules
 
 
@@ -118,6 +143,7 @@ NETWORK = Section(
             default="ALLOW",
             null="check",
         ),
+        Field("system_resolvers", Flag(), default=True),
     ),
     where="in the network section",
     key_word="setting names",

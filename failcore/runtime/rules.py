@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from failcore.policy.contracts import check_output
-from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs
+from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs, nameservers
+from failcore.policy.runtime_env import CODE_ENV, check_exec_env
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
@@ -65,6 +67,18 @@ def enclosing_proxies(env: os._Environ[str] | dict[str, str]) -> frozenset[tuple
     return frozenset(found)
 
 
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def system_nameservers() -> frozenset[str]:
+    """The name servers of RESOLV_CONF, read when a run opens (none when it cannot be read)."""
+    try:
+        with open(RESOLV_CONF, encoding="utf-8", errors="replace") as conf:
+            return nameservers(conf.read(65536))
+    except OSError:
+        return frozenset()
+
+
 class RuntimeRules:
     """One run's policy with its DLP scanner; `current()` is cheap and thread-safe."""
 
@@ -77,6 +91,9 @@ class RuntimeRules:
         self._next_check = 0.0
         self.reload_problems: list[str] = []
         self.failcore_proxies = enclosing_proxies(os.environ)
+        self.resolvers = system_nameservers()
+        # The run's own values of the variables a child's env is judged by (check_exec_env).
+        self.base_env = {name: os.environ.get(name) for name in CODE_ENV}
         self._loaded = self._load()  # raises PolicyError: a bad policy at start is the user's to fix
 
     def _load(self) -> Loaded:
@@ -138,15 +155,21 @@ class RuntimeRules:
         shell: bool,
         path: tuple[str, ...] | None = None,
         cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Verdict:
-        return check_exec(self.policy.exec, program, argv, shell=shell, path=path, cwd=cwd)
+        """The program, then (`env`: the child's environment) the code its environment makes it run."""
+        rules = self.policy.exec
+        verdict = check_exec(rules, program, argv, shell=shell, path=path, cwd=cwd)
+        if verdict.decision == "BLOCK" or env is None:
+            return verdict
+        return check_exec_env(rules, env, self.base_env, path=path, cwd=cwd)
 
     def check_connect(self, host: str | None, address: str, port: int) -> Verdict:
         if (address, port) in self.failcore_proxies:
             # The way out `failcore run` gave this process: its traffic is decided there.
             return Verdict("ALLOW", "net.failcore_proxy", f"{address}:{port} is the enclosing failcore proxy")
 
-        return check_connect(self.policy.network, host, address, port)
+        return check_connect(self.policy.network, host, address, port, resolvers=self.resolvers)
 
     def check_output(self, tool: str, result: Any) -> dict[str, Any] | None:
         return check_output(self.policy.tools.get(tool), result)

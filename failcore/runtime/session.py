@@ -91,6 +91,7 @@ class run:
         if self._state is not None:
             raise RuntimeError("this run() is already open; make a new one")
         hook.install()
+        hook.forget_names()
         with hook.internal():
             home = failcore_home()
             channel = os.environ.get("FAILCORE_EVENTS")

@@ -62,7 +62,7 @@ def test_a_datagram_to_loopback_is_refused_before_it_is_sent(
     connect, tool = runtime_events(tape)
     assert (connect["kind"], connect["decision"], connect["rule"]) == ("connect", "BLOCK", "net.loopback")
     assert connect["connect"] == {"address": "127.0.0.1", "family": "ipv4", "event": event}
-    assert connect["target"]["port"] == address[1]
+    assert connect["target"] == {"host": "127.0.0.1", "port": address[1], "scheme": "udp"}
     assert (tool["outcome"], tool["tool"]["effects"]["connect"], tool["tool"]["effects"]["blocked"]) == (
         "BLOCKED",
         1,
@@ -91,6 +91,7 @@ def test_tcp_fast_open_to_loopback_is_refused_before_the_syn(
         "net.loopback",
         "socket.sendto",
     )
+    assert connect["target"]["scheme"] == "tcp"  # a TCP Fast Open connection is TCP
     assert tool["outcome"] == "BLOCKED"
 
 
