@@ -89,11 +89,15 @@ class RequestHold:
 
     @guarded("hold.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.request.stream:
+        if flow.response is not None:
             return
         why = hold_reason(self.session, flow)
         if why is None:
             return
+        if flow.request.stream:
+            # Another addon (a script before failcore) asked for a stream: the decision comes first.
+            # (mitmproxy's own stream_large_bodies is taken over by failcore.proxy.settings.)
+            flow.request.stream = False
         settings = self.session.settings
         if not request_streams(flow, settings, self.session.flows.get(flow.id)):
             return  # buffered anyway

@@ -10,12 +10,16 @@ looks at the names in `updated`: FailCore calls this addon's `configure` first.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.options import CONF_DIR
+from mitmproxy.utils import human
+
+logger = logging.getLogger("failcore")
 
 MODES = ("", "observe", "enforce")
 RAW_TCP = ("allow", "block")
@@ -201,6 +205,8 @@ class Settings:
     def __init__(self, holder: Any) -> None:
         # Anything with a `settings` attribute: the Session the concerns share.
         self.holder = holder
+        # mitmproxy's stream_large_bodies, taken over (see _adopt_stream_large_bodies).
+        self.stream_large: int | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         for option in OPTIONS:
@@ -210,10 +216,46 @@ class Settings:
             )
 
     def configure(self, updated: set[str]) -> None:
+        if "stream_large_bodies" in updated:
+            self._adopt_stream_large_bodies()
         # Every time, whatever changed: a snapshot is cheap, and one never lags an option (confdir is
         # mitmproxy's, and may have been set before this addon was added).
-        self.holder.settings = read_settings(ctx.options)
+        self.holder.settings = self._read()
 
     def running(self) -> None:
         # An embedder that sets no option after adding the addon triggers no configure at all.
-        self.holder.settings = read_settings(ctx.options)
+        self._adopt_stream_large_bodies()
+        self.holder.settings = self._read()
+
+    def _read(self) -> AddonSettings:
+        settings = read_settings(ctx.options)
+        if self.stream_large is not None and self.stream_large < settings.stream_threshold:
+            settings = replace(settings, stream_threshold=self.stream_large)
+        return settings
+
+    def _adopt_stream_large_bodies(self) -> None:
+        """mitmproxy streams a body over `stream_large_bodies` on its own, before failcore's hooks run
+        or in the middle of a body failcore holds, and a stream it starts is neither recorded nor
+        scanned, nor held for a decision. So failcore takes the option over: it streams bodies over
+        that size itself (tapped: recorded up to failcore_body_cap, DLP-scanned, cut by strict stream
+        DLP), still holds the bodies its policy must read whole (up to failcore_hold_max), and turns
+        mitmproxy's own switch off."""
+        spec = ctx.options.stream_large_bodies
+        if not spec:
+            return
+        try:
+            size = human.parse_size(spec)
+        except ValueError:
+            return  # mitmproxy's proxyserver addon refuses the value
+        if size is None:
+            return
+        self.stream_large = size
+        logger.warning(
+            "failcore: stream_large_bodies=%s is taken over by failcore: bodies over %d bytes stream "
+            "through failcore's tap (recorded up to failcore_body_cap and DLP-scanned); a body the "
+            "policy must read whole is still held (up to failcore_hold_max); mitmproxy's own "
+            "stream_large_bodies is set off, as it would stream bodies unrecorded and undecided",
+            spec,
+            size,
+        )
+        ctx.options.update(stream_large_bodies=None)
