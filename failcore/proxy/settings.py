@@ -240,7 +240,8 @@ class Settings:
         that size itself (tapped: recorded up to failcore_body_cap, DLP-scanned, cut by strict stream
         DLP), still holds the bodies its policy must read whole (up to failcore_hold_max), and turns
         mitmproxy's own switch off."""
-        spec = ctx.options.stream_large_bodies
+        # (Declared by mitmproxy's proxyserver addon: absent where an embedder runs without it.)
+        spec = getattr(ctx.options, "stream_large_bodies", None)
         if not spec:
             return
         try:
