@@ -199,6 +199,33 @@ def read_settings(options: Any) -> AddonSettings:
     return AddonSettings(**values, confdir=options.confdir)
 
 
+# mitmproxy options that let traffic past failcore's checks, and what failcore can say about them.
+_PASSED_THROUGH = (
+    "connections it passes through (TLS not intercepted) are judged by their CONNECT host only: their "
+    "content is neither inspected by failcore nor recorded (no event unless the CONNECT is refused)"
+)
+_AFTER_DECISION = (
+    "under `mitmdump -s` it changes a request after failcore decided on it (the policy judged the "
+    "request as the agent sent it; the tape records what was sent); `failcore proxy` runs it before"
+)
+BYPASSING_OPTIONS = {
+    "ignore_hosts": _PASSED_THROUGH,
+    "allow_hosts": _PASSED_THROUGH,
+    "modify_body": _AFTER_DECISION,
+    "map_remote": _AFTER_DECISION,
+}
+
+
+def bypass_notes(options: Any, updated: set[str]) -> list[str]:
+    """One line for each mitmproxy option just set (in `updated`, not empty) that lets traffic past
+    failcore's checks (mitmproxy's own addons; absent options, as in a bare embedder, are skipped)."""
+    notes = []
+    for name, what in BYPASSING_OPTIONS.items():
+        if name in updated and getattr(options, name, None):
+            notes.append(f"{name} is set: {what}")
+    return notes
+
+
 class Settings:
     """Declares, checks and publishes failcore's options (see the module docstring)."""
 
@@ -218,6 +245,8 @@ class Settings:
     def configure(self, updated: set[str]) -> None:
         if "stream_large_bodies" in updated:
             self._adopt_stream_large_bodies()
+        for note in bypass_notes(ctx.options, updated):
+            logger.warning("failcore: %s", note)
         # Every time, whatever changed: a snapshot is cheap, and one never lags an option (confdir is
         # mitmproxy's, and may have been set before this addon was added).
         self.holder.settings = self._read()

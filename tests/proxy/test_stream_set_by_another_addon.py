@@ -4,10 +4,15 @@ the policy must read whole, and its tap still sees, records and scans whatever s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from mitmproxy import http
+from mitmproxy.addons.mapremote import MapRemote
+from mitmproxy.addons.modifybody import ModifyBody
+from mitmproxy.addons.next_layer import NextLayer
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow, tutils
 
@@ -43,6 +48,28 @@ def test_stream_large_bodies_becomes_failcore_s_threshold_and_mitmproxy_s_is_tur
         # A later, larger value never raises failcore's own threshold.
         tctx.configure(settings, stream_large_bodies="5m")
         assert session.settings.stream_threshold == 1 << 20
+
+
+def test_the_takeover_and_other_options_that_pass_traffic_by_failcore_are_logged(
+    confdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = Session()
+    settings = Settings(session)
+    with (
+        taddons.context(Proxyserver(), NextLayer(), ModifyBody(), MapRemote(), settings) as tctx,
+        caplog.at_level(logging.WARNING, logger="failcore"),
+    ):
+        tctx.configure(
+            settings,
+            confdir=str(confdir),
+            stream_large_bodies="10k",
+            ignore_hosts=[r"internal\.example"],
+            map_remote=["|example.com|example.org"],
+        )
+    text = caplog.text
+    assert "stream_large_bodies=10k is taken over by failcore" in text
+    assert "ignore_hosts is set" in text and "map_remote is set" in text
+    assert "modify_body" not in text and "allow_hosts" not in text
 
 
 def test_a_stream_callable_set_before_failcore_is_wrapped_and_what_it_yields_recorded(confdir: Path) -> None:
