@@ -6,6 +6,9 @@ that snapshot and never `ctx.options` for a `failcore_*` name, so no addon reads
 a bad value is refused once, before any concern acts on it. A concern whose behaviour depends on an
 option changing (the gate reloads the policy, the recorder refuses a new tape while it runs) still
 looks at the names in `updated`: FailCore calls this addon's `configure` first.
+
+It also takes over mitmproxy's `stream_large_bodies` (streams mitmproxy starts would pass failcore's
+checks and recording by) and names, once set, the mitmproxy options that route traffic around failcore.
 """
 
 from __future__ import annotations
