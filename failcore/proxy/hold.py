@@ -11,10 +11,10 @@ consults the `request` hook's verdict. So where a decision needs the whole body,
 - always with `fail_open: false` (a failure in any check must stop the request, not follow it).
 
 A held body is buffered by mitmproxy up to `failcore_hold_max` bytes; one that declares more is refused
-with 413 before a byte of it leaves, and one of unknown length found longer is refused once read. One
-that mitmproxy's own `stream_large_bodies` streams (it declares more than that option, or is chunked:
-mitmproxy streams it once it outgrows the option) cannot be held: it is refused by closing the request
-before anything of it leaves.
+with 413 before a byte of it leaves, and one of unknown length found longer is refused once read. mitmproxy's
+own `stream_large_bodies` is taken over by failcore (failcore.proxy.settings): were it still set, a body
+it would stream (chunked: mitmproxy streams it once it outgrows the option) cannot be held and is refused
+by closing the request before anything of it leaves.
 """
 
 from __future__ import annotations
@@ -123,12 +123,18 @@ class RequestHold:
 
     @guarded("hold.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or callable(flow.request.stream):
+        if flow.response is not None:
             return
         why = hold_reason(self.session, flow)
         if why is None:
             return
-        if flow.request.stream is True or _outgrows_stream_large_bodies(flow):
+        if flow.request.stream:
+            # Another addon (a script before failcore) asked for a stream: the decision comes first.
+            # (mitmproxy's own stream_large_bodies is taken over by failcore.proxy.settings.)
+            flow.request.stream = False
+        if _outgrows_stream_large_bodies(flow):
+            # The option is still set (not taken over: failcore's settings refused to): mitmproxy would
+            # stream the body once it outgrows it, whatever this hook sets.
             self._refuse_streamed(flow, why)
             return
         settings = self.session.settings

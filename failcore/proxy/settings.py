@@ -6,16 +6,23 @@ that snapshot and never `ctx.options` for a `failcore_*` name, so no addon reads
 a bad value is refused once, before any concern acts on it. A concern whose behaviour depends on an
 option changing (the gate reloads the policy, the recorder refuses a new tape while it runs) still
 looks at the names in `updated`: FailCore calls this addon's `configure` first.
+
+It also takes over mitmproxy's `stream_large_bodies` (streams mitmproxy starts would pass failcore's
+checks and recording by) and names, once set, the mitmproxy options that route traffic around failcore.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.options import CONF_DIR
+from mitmproxy.utils import human
+
+logger = logging.getLogger("failcore")
 
 MODES = ("", "observe", "enforce")
 RAW_TCP = ("allow", "block")
@@ -195,12 +202,42 @@ def read_settings(options: Any) -> AddonSettings:
     return AddonSettings(**values, confdir=options.confdir)
 
 
+# mitmproxy options that let traffic past failcore's checks, and what failcore can say about them.
+_PASSED_THROUGH = (
+    "connections it passes through (TLS not intercepted) are judged by their CONNECT host only: their "
+    "content is neither inspected by failcore nor recorded (no event unless the CONNECT is refused); "
+    "with show_ignored_hosts=true each is recorded as raw TCP (judged by tcp rules and failcore_raw_tcp)"
+)
+_AFTER_DECISION = (
+    "under `mitmdump -s` it changes a request after failcore decided on it (the policy judged the "
+    "request as the agent sent it; the tape records what was sent); `failcore proxy` runs it before"
+)
+BYPASSING_OPTIONS = {
+    "ignore_hosts": _PASSED_THROUGH,
+    "allow_hosts": _PASSED_THROUGH,
+    "modify_body": _AFTER_DECISION,
+    "map_remote": _AFTER_DECISION,
+}
+
+
+def bypass_notes(options: Any, updated: set[str]) -> list[str]:
+    """One line for each mitmproxy option just set (in `updated`, not empty) that lets traffic past
+    failcore's checks (mitmproxy's own addons; absent options, as in a bare embedder, are skipped)."""
+    notes = []
+    for name, what in BYPASSING_OPTIONS.items():
+        if name in updated and getattr(options, name, None):
+            notes.append(f"{name} is set: {what}")
+    return notes
+
+
 class Settings:
     """Declares, checks and publishes failcore's options (see the module docstring)."""
 
     def __init__(self, holder: Any) -> None:
         # Anything with a `settings` attribute: the Session the concerns share.
         self.holder = holder
+        # mitmproxy's stream_large_bodies, taken over (see _adopt_stream_large_bodies).
+        self.stream_large: int | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         for option in OPTIONS:
@@ -210,10 +247,49 @@ class Settings:
             )
 
     def configure(self, updated: set[str]) -> None:
+        if "stream_large_bodies" in updated:
+            self._adopt_stream_large_bodies()
+        for note in bypass_notes(ctx.options, updated):
+            logger.warning("failcore: %s", note)
         # Every time, whatever changed: a snapshot is cheap, and one never lags an option (confdir is
         # mitmproxy's, and may have been set before this addon was added).
-        self.holder.settings = read_settings(ctx.options)
+        self.holder.settings = self._read()
 
     def running(self) -> None:
         # An embedder that sets no option after adding the addon triggers no configure at all.
-        self.holder.settings = read_settings(ctx.options)
+        self._adopt_stream_large_bodies()
+        self.holder.settings = self._read()
+
+    def _read(self) -> AddonSettings:
+        settings = read_settings(ctx.options)
+        if self.stream_large is not None and self.stream_large < settings.stream_threshold:
+            settings = replace(settings, stream_threshold=self.stream_large)
+        return settings
+
+    def _adopt_stream_large_bodies(self) -> None:
+        """mitmproxy streams a body over `stream_large_bodies` on its own, before failcore's hooks run
+        or in the middle of a body failcore holds, and a stream it starts is neither recorded nor
+        scanned, nor held for a decision. So failcore takes the option over: it streams bodies over
+        that size itself (tapped: recorded up to failcore_body_cap, DLP-scanned, cut by strict stream
+        DLP), still holds the bodies its policy must read whole (up to failcore_hold_max), and turns
+        mitmproxy's own switch off."""
+        # (Declared by mitmproxy's proxyserver addon: absent where an embedder runs without it.)
+        spec = getattr(ctx.options, "stream_large_bodies", None)
+        if not spec:
+            return
+        try:
+            size = human.parse_size(spec)
+        except ValueError:
+            return  # mitmproxy's proxyserver addon refuses the value
+        if size is None:
+            return
+        self.stream_large = size
+        logger.warning(
+            "failcore: stream_large_bodies=%s is taken over by failcore: bodies over %d bytes stream "
+            "through failcore's tap (recorded up to failcore_body_cap and DLP-scanned); a body the "
+            "policy must read whole is still held (up to failcore_hold_max); mitmproxy's own "
+            "stream_large_bodies is set off, as it would stream bodies unrecorded and undecided",
+            spec,
+            size,
+        )
+        ctx.options.update(stream_large_bodies=None)

@@ -12,6 +12,7 @@ Everything else stays buffered, so other addons (and mitmweb) still see those bo
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import http
 
@@ -68,7 +69,11 @@ def response_streams(flow: http.HTTPFlow, state: FlowState | None, settings: Add
     guard and the stream tap all ask, and must agree."""
     if state is not None and state.response_streams is not None:
         return state.response_streams
-    streams = should_stream_response(flow, settings.stream_threshold, settings.llm_body_max)
+    # Streamed by another addon's choice: tapped all the same.
+    assert flow.response is not None
+    streams = bool(flow.response.stream) or should_stream_response(
+        flow, settings.stream_threshold, settings.llm_body_max
+    )
     if state is not None:
         state.response_streams = streams
     return streams
@@ -141,10 +146,42 @@ def request_streams(flow: http.HTTPFlow, settings: AddonSettings, state: FlowSta
     hold, the budget and DLP guards and the stream tap all ask at requestheaders, and must agree."""
     if state is not None and state.request_streams is not None:
         return state.request_streams
-    streams = should_stream_request(flow, settings.stream_threshold, settings.llm_body_max)
+    # Streamed by another addon's choice (failcore.proxy.hold takes back the ones it holds).
+    streams = bool(flow.request.stream) or should_stream_request(
+        flow, settings.stream_threshold, settings.llm_body_max
+    )
     if state is not None:
         state.request_streams = streams
     return streams
+
+
+class ThenTap:
+    """Another addon's `stream` callable, then failcore's tap on what it yields: failcore records and
+    scans the bytes that leave. (mitmproxy takes bytes or an iterable of bytes from either.)"""
+
+    __slots__ = ("first", "then")
+
+    def __init__(self, first: Callable[[bytes], Any], then: Callable[[bytes], Any]) -> None:
+        self.first = first
+        self.then = then
+
+    def __call__(self, chunk: bytes) -> bytes | tuple[bytes, ...]:
+        out = self.first(chunk)
+        if isinstance(out, bytes):
+            return self.then(out) if out else out
+        passed: list[bytes] = []
+        for part in out:
+            got = self.then(part) if part else part
+            if isinstance(got, bytes):
+                passed.append(got)
+            else:
+                passed.extend(got)
+        return tuple(passed)
+
+
+def _chain(existing: object, tap: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """`tap`, behind a stream callable another addon set (True only asks mitmproxy to stream)."""
+    return ThenTap(existing, tap) if callable(existing) else tap
 
 
 class StreamTap:
@@ -153,13 +190,13 @@ class StreamTap:
 
     @guarded("streamtap.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # `stream is True`: mitmproxy's `stream_large_bodies` streams it; tapped like failcore's own, so
-        # its bytes are counted and metered (failcore.proxy.meter).
-        if callable(flow.request.stream) or flow.response is not None:
+        if flow.response is not None or isinstance(flow.request.stream, BodyTap | ThenTap):
             return
         state = self.session.flows.get(flow.id)
         if state is not None and state.decision is not None and state.decision.decision == "BLOCK":
-            return  # it will be answered by the gate; streaming would forward it first
+            # It will be answered by the gate; streaming (another addon's choice) would forward it first.
+            flow.request.stream = False
+            return
         if flow.metadata.get("failcore_held"):
             return  # failcore.proxy.hold: the policy decides on the whole body before it leaves
         settings = self.session.settings
@@ -168,11 +205,11 @@ class StreamTap:
             tap = BodyTap(settings.body_cap, failed=StreamFailures(self.session, flow, state, "request").stop)
             tap.observers.extend(state.request_observers)
             state.request_tap = tap
-            flow.request.stream = tap
+            flow.request.stream = _chain(flow.request.stream, tap)
 
     @guarded("streamtap.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None or flow.response.stream:
+        if flow.response is None or isinstance(flow.response.stream, BodyTap | CuttingTap | ThenTap):
             return
         settings = self.session.settings
         if response_streams(flow, self.session.flows.get(flow.id), settings):
@@ -182,8 +219,9 @@ class StreamTap:
             tap.observers.extend(state.stream_observers)
             state.response_tap = tap
             if state.cut_guards:
-                flow.response.stream = CuttingTap(
+                cutting = CuttingTap(
                     flow, first_verdict(state.cut_guards, failures.verdict), inner=tap, state=state
                 )
+                flow.response.stream = _chain(flow.response.stream, cutting)
             else:
-                flow.response.stream = tap
+                flow.response.stream = _chain(flow.response.stream, tap)
