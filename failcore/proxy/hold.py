@@ -12,16 +12,14 @@ consults the `request` hook's verdict. So where a decision needs the whole body,
 
 A held body is buffered by mitmproxy up to `failcore_hold_max` bytes; one that declares more is refused
 with 413 before a byte of it leaves, and one of unknown length found longer is refused once read. mitmproxy's
-own `stream_large_bodies` is taken over by failcore (failcore.proxy.settings): were it still set, a body
-it would stream (chunked: mitmproxy streams it once it outgrows the option) cannot be held and is refused
-by closing the request before anything of it leaves.
+own `stream_large_bodies` would stream a body before these hooks run, or in the middle of one held: it
+is taken over by failcore (failcore.proxy.settings), so every stream is failcore's own.
 """
 
 from __future__ import annotations
 
 import orjson
-from mitmproxy import ctx, http
-from mitmproxy.utils import human
+from mitmproxy import http
 
 from failcore.policy.model import Decision
 from failcore.proxy.guard import guarded
@@ -74,21 +72,6 @@ def _too_large(flow: http.HTTPFlow, size: int, limit: int, why: str) -> http.Res
     return http.Response.make(413, body, headers)
 
 
-def _outgrows_stream_large_bodies(flow: http.HTTPFlow) -> bool:
-    """Whether mitmproxy's `stream_large_bodies` will stream this body once it outgrows the option, held
-    or not: a body of unknown length (chunked) while the option is set. (One that declares more is
-    streamed from its headers on: `flow.request.stream` is already True.)"""
-    try:
-        limit = human.parse_size(ctx.options.stream_large_bodies)
-    except (AttributeError, ValueError):
-        return False
-    return (
-        limit is not None
-        and "content-length" not in flow.request.headers
-        and flow.request.headers.get("transfer-encoding", "").lower().endswith("chunked")
-    )
-
-
 class RequestHold:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -106,21 +89,6 @@ class RequestHold:
         state.blocked = True
         answer(flow, _too_large(flow, size, limit, why))
 
-    def _refuse_streamed(self, flow: http.HTTPFlow, why: str) -> None:
-        """mitmproxy's `stream_large_bodies` streams this body: it would leave before the policy read it.
-        Nothing can answer a request mitmproxy streams, so it is refused by closing it."""
-        state = self.session.state(flow)
-        state.decision = Decision(
-            "BLOCK",
-            "hold:streamed",
-            f"request body streamed by mitmproxy's stream_large_bodies; {why} needs it whole "
-            "(set stream_large_bodies above failcore_hold_max)",
-            True,
-            "BLOCK",
-        )
-        state.blocked = True
-        flow.kill()
-
     @guarded("hold.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
@@ -132,11 +100,6 @@ class RequestHold:
             # Another addon (a script before failcore) asked for a stream: the decision comes first.
             # (mitmproxy's own stream_large_bodies is taken over by failcore.proxy.settings.)
             flow.request.stream = False
-        if _outgrows_stream_large_bodies(flow):
-            # The option is still set (not taken over: failcore's settings refused to): mitmproxy would
-            # stream the body once it outgrows it, whatever this hook sets.
-            self._refuse_streamed(flow, why)
-            return
         settings = self.session.settings
         if not request_streams(flow, settings, self.session.flows.get(flow.id)):
             return  # buffered anyway

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import httpx
-import pytest
-
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.upstream import LoggingUpstream
 
@@ -50,21 +47,34 @@ BODY = {
 }
 
 
+def _judged_then_refused(proxy, upstream: LoggingUpstream, tape, send) -> None:
+    """Two calls past mitmproxy's `stream_large_bodies` (taken over by failcore): the first is held,
+    judged with its model and charged; the budget it exhausts answers the second 429, nothing of it sent."""
+    with proxied_client(proxy) as client:
+        statuses = [send(client).status_code for _ in range(2)]
+    proxy.flush()
+    assert statuses == [200, 429]
+    assert plain_post_count(upstream) == 1
+
+    allowed, refused = network_events(read_tape(tape))
+    assert (allowed["decision"], allowed["llm"]["request_model"]) == ("ALLOW", "deepseek-chat")
+    assert allowed["llm"]["budget_estimate"]["total_tokens"] > 10_000
+    assert (refused["decision"], refused["rule"]) == ("BLOCK", "budget:tokens")
+
+
+def plain_post_count(upstream: LoggingUpstream) -> int:
+    return upstream.received_bytes().count(b"POST /v1/chat/completions")
+
+
 def test_stream_large_bodies_llm_call_never_leaves_unjudged(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
 ) -> None:
-    """Enforce mode with budgets: mitmproxy would stream the body upstream before the budget could read
-    it (its model, its size), and no answer can be sent on a request mitmproxy streams: it is closed."""
+    """Enforce mode with budgets: mitmproxy streamed the body upstream before the budget could read it
+    (its model, its size). The option is taken over: the body is held and the call judged."""
     plain_logging_upstream.respond_with = _stream_without_usage()
     proxy = start_proxy(policy_file(_policy("enforce", 10_000)), sets=["stream_large_bodies=1k"])
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
-    with proxied_client(proxy) as client, pytest.raises(httpx.HTTPError):
-        client.post(url, json=BODY)
-    proxy.flush()
-    assert b"POST" not in plain_logging_upstream.received_bytes()
-
-    (refused,) = network_events(read_tape(tmp_path / "tape"))
-    assert (refused["decision"], refused["rule"]) == ("BLOCK", "hold:streamed")
+    _judged_then_refused(proxy, plain_logging_upstream, tmp_path / "tape", lambda c: c.post(url, json=BODY))
 
 
 def _chunked(body: bytes) -> Iterator[bytes]:
@@ -99,19 +109,19 @@ def test_chunked_llm_call_is_metered_and_charged(
 def test_chunked_llm_call_past_stream_large_bodies_never_leaves_unjudged(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
 ) -> None:
-    """The same with a chunked body: its size is unknown when failcore's hold would keep it back, and
-    mitmproxy streams it once it outgrows `stream_large_bodies`, hold or not."""
+    """The same with a chunked body: its size is unknown at its headers, and mitmproxy streamed it once
+    it outgrew `stream_large_bodies`, whatever failcore's hold had set."""
     plain_logging_upstream.respond_with = _stream_without_usage()
     proxy = start_proxy(policy_file(_policy("enforce", 10_000)), sets=["stream_large_bodies=1k"])
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
     headers = {"content-type": "application/json"}
-    with proxied_client(proxy) as client, pytest.raises(httpx.HTTPError):
-        client.post(url, content=_chunked(json.dumps(BODY).encode()), headers=headers)
-    proxy.flush()
-    assert b"POST" not in plain_logging_upstream.received_bytes()
-
-    (refused,) = network_events(read_tape(tmp_path / "tape"))
-    assert (refused["decision"], refused["rule"]) == ("BLOCK", "hold:streamed")
+    body = json.dumps(BODY).encode()
+    _judged_then_refused(
+        proxy,
+        plain_logging_upstream,
+        tmp_path / "tape",
+        lambda c: c.post(url, content=_chunked(body), headers=headers),
+    )
 
 
 def test_exhausted_budget_refuses_an_upload_mitmproxy_streams(
@@ -125,8 +135,8 @@ def test_exhausted_budget_refuses_an_upload_mitmproxy_streams(
     url = f"{plain_logging_upstream.url}/upload"
     with proxied_client(proxy) as client:
         assert client.post(url, content=b"a" * 20_000).status_code == 200
-        with pytest.raises(httpx.HTTPError):
-            client.post(url, content=b"b" * 20_000)
+        # Refused at its headers with an answer: the option is failcore's, so nothing streams yet.
+        assert client.post(url, content=b"b" * 20_000).status_code == 429
     proxy.flush()
     received = plain_logging_upstream.received_bytes()
     assert received.count(b"POST /upload") == 1 and b"bbbb" not in received
