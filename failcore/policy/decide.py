@@ -18,6 +18,8 @@ from failcore.policy.model import Decision, Policy, Rule, make_decision
 # A CONNECT tunnel is treated as carrying https when judging rules that constrain the scheme.
 _TUNNEL_SCHEME = "https"
 _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# A segment's path parameters (`/a;jsessionid=1/b`), which Tomcat, Jetty and Spring drop before routing.
+_PATH_PARAMETERS = re.compile(r";[^/]*")
 _SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -39,19 +41,42 @@ def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, pa
         return policy._default_decision
     path = request_path(path)
     decision = _first_match(candidates, path, policy._default_decision)
-    if "%2F" in path or "%5C" in path or "\\" in path:
-        # Many servers (werkzeug, uvicorn, Node's routers) decode %2F before routing, some read '\\' as
-        # '/': the path is judged both ways and the stricter verdict wins. The alias counts through a
-        # rule it matches; through the default only when its dot segments climb out of the path as
-        # written (`/api/..%2Fadmin`): an allow-list rule `/projects/*/issues` still admits GitLab's
-        # `/projects/group%2Fname/issues`, whose alias merely has one segment more.
-        decoded = path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
-        alias = _canonical_path(decoded)
-        if alias != path:
-            climbs = any(segment in (".", "..") for segment in decoded.split("/"))
+    if "%2F" in path or "%5C" in path or "\\" in path or ";" in path:
+        # Servers read some paths otherwise than as written: werkzeug, uvicorn and Node's routers
+        # decode %2F before routing, some read '\\' as '/'; Tomcat, Jetty and Spring drop each
+        # segment's `;…` path parameters before resolving dot segments (`/public/..;/admin`). Each such
+        # reading (dot segments removed again) is judged too and the stricter verdict wins. A reading
+        # counts through a rule it matches; through the default only when its dot segments climb out
+        # of the path as written (`/api/..%2Fadmin`, `/public/..;/admin`): an allow-list rule
+        # `/projects/*/issues` still admits GitLab's `/projects/group%2Fname/issues`, whose reading
+        # merely has one segment more, and one written for `/app;jsessionid=*` still admits it.
+        for alias, climbs in path_aliases(path):
             fallback = policy._default_decision if climbs else decision
             decision = stricter(decision, _first_match(candidates, alias, fallback))
     return decision
+
+
+def path_aliases(path: str) -> list[tuple[str, bool]]:
+    """The other readings of a `request_path` that servers route by, each canonical and whether dot
+    segments appear in it that the path as written does not resolve (it climbs): with `%2F`, `%5C`
+    and `\\` read as `/`, with every segment's `;…` parameters dropped, and both in either order (Spring
+    drops parameters before decoding, a decoding proxy in front of Tomcat after)."""
+    readings: list[str] = []
+    separators = "%2F" in path or "%5C" in path or "\\" in path
+    if separators:
+        readings.append(_decode_separators(path))
+    if ";" in path:
+        readings.append(_PATH_PARAMETERS.sub("", path))
+        if separators:
+            readings.append(_decode_separators(readings[-1]))
+            readings.append(_PATH_PARAMETERS.sub("", readings[0]))
+    aliases: dict[str, bool] = {}
+    for reading in readings:
+        alias = _canonical_path(reading)
+        if alias != path:
+            climbs = any(segment in (".", "..") for segment in reading.split("/"))
+            aliases[alias] = aliases.get(alias, False) or climbs
+    return list(aliases.items())
 
 
 def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[str]:
@@ -253,6 +278,10 @@ def _canonical_path(path: str) -> str:
     if kept and segments[-1] in ("", ".", ".."):
         canonical += "/"
     return canonical
+
+
+def _decode_separators(path: str) -> str:
+    return path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
 
 
 def _decode_unreserved(match: re.Match[str]) -> str:
