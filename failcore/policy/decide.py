@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
-from failcore.policy.address import normalise_host
+from failcore.policy.address import loopback_readings, normalise_host
 from failcore.policy.model import Decision, Policy, Rule, make_decision
 
 # A CONNECT tunnel is treated as carrying https when judging rules that constrain the scheme.
@@ -36,11 +36,23 @@ CANDIDATES_MAX = 4096
 
 
 def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
+    decision = _decide(policy, host, port, scheme, method, path, policy._default_decision)
+    # A loopback host in another spelling (`0.0.0.0`, `localhost`) is judged as each too: the stricter
+    # verdict wins through a rule that spelling matches (else the verdict stands).
+    for alias in loopback_readings(host):
+        decision = stricter(decision, _decide(policy, alias, port, scheme, method, path, decision))
+    return decision
+
+
+def _decide(
+    policy: Policy, host: str, port: int, scheme: str, method: str, path: str, default: Decision
+) -> Decision:
+    """The verdict for the host as given; `default` when no rule matches it."""
     candidates = _candidates(policy, host, port, scheme, method)
     if not candidates:
-        return policy._default_decision
+        return default
     path = request_path(path)
-    decision = _first_match(candidates, path, policy._default_decision)
+    decision = _first_match(candidates, path, default)
     if "%2F" in path or "%5C" in path or "\\" in path or ";" in path:
         # Servers read some paths otherwise than as written: werkzeug, uvicorn and Node's routers
         # decode %2F before routing, some read '\\' as '/'; Tomcat, Jetty and Spring drop each
@@ -51,7 +63,7 @@ def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, pa
         # `/projects/*/issues` still admits GitLab's `/projects/group%2Fname/issues`, whose reading
         # merely has one segment more, and one written for `/app;jsessionid=*` still admits it.
         for alias, climbs in path_aliases(path):
-            fallback = policy._default_decision if climbs else decision
+            fallback = default if climbs else decision
             decision = stricter(decision, _first_match(candidates, alias, fallback))
     return decision
 
@@ -143,6 +155,13 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
     to `decide` on each request.
     """
     host = normalise_host(host)
+    verdict = _connect_verdict(policy, host, port, policy._default_decision)
+    for alias in loopback_readings(host):
+        verdict = stricter(verdict, _connect_verdict(policy, alias, port, verdict))
+    return verdict
+
+
+def _connect_verdict(policy: Policy, host: str, port: int, default: Decision) -> Decision:
     for rule, decision in policy._decision_table:
         if not rule.matches_endpoint(host, port):
             continue
@@ -156,7 +175,7 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
                 "each request is checked when it arrives"
             )
             return make_decision(rule.action, policy.mode, rule.id, reason)
-    return policy._default_decision
+    return default
 
 
 def tcp_verdict(policy: Policy, *, host: str, port: int) -> Decision:
@@ -178,6 +197,17 @@ def tcp_verdicts(policy: Policy, *, host: str, port: int) -> tuple[Decision, Dec
     The caller picks one by what the client's first bytes look like (`looks_like_http`).
     """
     host = normalise_host(host)
+    default = policy._default_decision
+    verdicts = _tcp_verdicts(policy, host, port, (default, default))
+    for alias in loopback_readings(host):
+        found = _tcp_verdicts(policy, alias, port, verdicts)
+        verdicts = stricter(verdicts[0], found[0]), stricter(verdicts[1], found[1])
+    return verdicts
+
+
+def _tcp_verdicts(
+    policy: Policy, host: str, port: int, default: tuple[Decision, Decision]
+) -> tuple[Decision, Decision]:
     unjudged: Rule | None = None
     for rule, decision in policy._decision_table:
         if not rule.matches_endpoint(host, port):
@@ -191,8 +221,7 @@ def tcp_verdicts(policy: Policy, *, host: str, port: int) -> tuple[Decision, Dec
             unjudged is None or _SEVERITY[rule.action] > _SEVERITY[unjudged.action]
         ):
             unjudged = rule
-    default = policy._default_decision
-    return default, _unjudged_stream(policy, default, unjudged, host, port)
+    return default[0], _unjudged_stream(policy, default[1], unjudged, host, port)
 
 
 # What a client may send before an HTTP/1 request line and a server still read the request (RFC 9112
