@@ -157,3 +157,16 @@ def test_raw_tcp_to_another_loopback_spelling_is_judged_as_loopback() -> None:
             ("BLOCK", "no-loopback"),
         ], host
     assert tcp_verdicts(policy, host="127.0.0.2", port=5432)[0].decision == "ALLOW"
+
+
+def test_a_budget_scoped_to_a_loopback_host_counts_its_other_spellings() -> None:
+    """A budget for a local model server (`host: localhost`) cannot be dodged by calling 127.0.0.1."""
+    policy = parse_policy(
+        "version: 1\nmode: enforce\nbudgets:\n"
+        "  - {id: local, scope: {host: localhost}, window: run, limits: {requests: 1}}\n"
+    )
+    (budget,) = policy.budgets
+    for host in ("localhost", "127.0.0.1", "2130706433", "0.0.0.0", "[::1]", "[::]"):
+        assert budget.scope.matches(host=host, provider=None, model=None), host
+    for host in ("127.0.0.2", "localhost.example", "api.openai.com"):
+        assert not budget.scope.matches(host=host, provider=None, model=None), host
