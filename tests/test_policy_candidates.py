@@ -64,13 +64,24 @@ def _request(rng: random.Random) -> dict[str, object]:
     }
 
 
+# The loopback hosts of `_request` in their other spellings (what `localhost` resolves to, and back),
+# each judged too: the strictest verdict of a rule matching one wins.
+LOOPBACK_SPELLINGS = {"127.0.0.1": ["localhost"], "::1": ["localhost"], "localhost": ["127.0.0.1", "::1"]}
+SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
+
+
 def walk_every_rule(policy: Policy, *, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
-    """The first rule in the file whose every field matches, as written before the index existed."""
+    """The first rule in the file whose every field matches, as written before the index existed, made
+    stricter by the first matching the host in another loopback spelling."""
     host, scheme, method, path = normalise_host(host), scheme.lower(), method.upper(), request_path(path)
-    for rule, decision in policy._decision_table:
-        if rule.matches_request(host, port, scheme, method, path):
-            return decision
-    return policy._default_decision
+    verdict = policy._default_decision
+    for spelling in [host, *LOOPBACK_SPELLINGS.get(host, [])]:
+        for rule, decision in policy._decision_table:
+            if rule.matches_request(spelling, port, scheme, method, path):
+                if spelling == host or SEVERITY[decision.matched_action] > SEVERITY[verdict.matched_action]:
+                    verdict = decision
+                break
+    return verdict
 
 
 @pytest.mark.parametrize("seed", range(40))

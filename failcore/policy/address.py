@@ -31,6 +31,29 @@ def normalise_host(host: str) -> str:
     return host
 
 
+# What the kernel connects to for an unspecified address (Linux and macOS reach this host's loopback
+# through 0.0.0.0 and `::`), and the loopback addresses `localhost` stands for (RFC 6761, /etc/hosts).
+_LOOPBACK_READINGS: dict[str, tuple[str, ...]] = {
+    "0.0.0.0": ("127.0.0.1", "localhost"),
+    "::": ("::1", "localhost"),
+    "localhost": ("127.0.0.1", "::1"),
+    "127.0.0.1": ("localhost",),
+    "::1": ("localhost",),
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def loopback_readings(host: str) -> tuple[str, ...]:
+    """The other spellings of a host (as a client wrote it) that reach the same loopback address:
+    `0.0.0.0` (`0`, `0x0`, …) is also `127.0.0.1` and `localhost`, `::` is `::1` and `localhost`,
+    `localhost` (and `*.localhost`) is `127.0.0.1` and `::1`, those two are `localhost`. Empty for
+    any other host. Policy decisions judge a host in these spellings too, the stricter verdict winning."""
+    host = normalise_host(host)
+    if host.endswith(".localhost"):
+        return ("localhost", "127.0.0.1", "::1")
+    return _LOOPBACK_READINGS.get(host, ())
+
+
 @functools.lru_cache(maxsize=1024)
 def ascii_host(name: str) -> str:
     """An internationalised host name in its ASCII form, label by label (`bücher.example` ->

@@ -12,12 +12,14 @@ import re
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
-from failcore.policy.address import normalise_host
+from failcore.policy.address import loopback_readings, normalise_host
 from failcore.policy.model import Decision, Policy, Rule, make_decision
 
 # A CONNECT tunnel is treated as carrying https when judging rules that constrain the scheme.
 _TUNNEL_SCHEME = "https"
 _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# A segment's path parameters (`/a;jsessionid=1/b`), which Tomcat, Jetty and Spring drop before routing.
+_PATH_PARAMETERS = re.compile(r";[^/]*")
 _SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -34,24 +36,59 @@ CANDIDATES_MAX = 4096
 
 
 def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
+    decision = _decide(policy, host, port, scheme, method, path, policy._default_decision)
+    # A loopback host in another spelling (`0.0.0.0`, `localhost`) is judged as each too: the stricter
+    # verdict wins through a rule that spelling matches (else the verdict stands).
+    for alias in loopback_readings(host):
+        decision = stricter(decision, _decide(policy, alias, port, scheme, method, path, decision))
+    return decision
+
+
+def _decide(
+    policy: Policy, host: str, port: int, scheme: str, method: str, path: str, default: Decision
+) -> Decision:
+    """The verdict for the host as given; `default` when no rule matches it."""
     candidates = _candidates(policy, host, port, scheme, method)
     if not candidates:
-        return policy._default_decision
+        return default
     path = request_path(path)
-    decision = _first_match(candidates, path, policy._default_decision)
-    if "%2F" in path or "%5C" in path or "\\" in path:
-        # Many servers (werkzeug, uvicorn, Node's routers) decode %2F before routing, some read '\\' as
-        # '/': the path is judged both ways and the stricter verdict wins. The alias counts through a
-        # rule it matches; through the default only when its dot segments climb out of the path as
-        # written (`/api/..%2Fadmin`): an allow-list rule `/projects/*/issues` still admits GitLab's
-        # `/projects/group%2Fname/issues`, whose alias merely has one segment more.
-        decoded = path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
-        alias = _canonical_path(decoded)
-        if alias != path:
-            climbs = any(segment in (".", "..") for segment in decoded.split("/"))
-            fallback = policy._default_decision if climbs else decision
+    decision = _first_match(candidates, path, default)
+    if "%2F" in path or "%5C" in path or "\\" in path or ";" in path:
+        # Servers read some paths otherwise than as written: werkzeug, uvicorn and Node's routers
+        # decode %2F before routing, some read '\\' as '/'; Tomcat, Jetty and Spring drop each
+        # segment's `;…` path parameters before resolving dot segments (`/public/..;/admin`). Each such
+        # reading (dot segments removed again) is judged too and the stricter verdict wins. A reading
+        # counts through a rule it matches; through the default only when its dot segments climb out
+        # of the path as written (`/api/..%2Fadmin`, `/public/..;/admin`): an allow-list rule
+        # `/projects/*/issues` still admits GitLab's `/projects/group%2Fname/issues`, whose reading
+        # merely has one segment more, and one written for `/app;jsessionid=*` still admits it.
+        for alias, climbs in path_aliases(path):
+            fallback = default if climbs else decision
             decision = stricter(decision, _first_match(candidates, alias, fallback))
     return decision
+
+
+def path_aliases(path: str) -> list[tuple[str, bool]]:
+    """The other readings of a `request_path` that servers route by, each canonical and whether dot
+    segments appear in it that the path as written does not resolve (it climbs): with `%2F`, `%5C`
+    and `\\` read as `/`, with every segment's `;…` parameters dropped, and both in either order (Spring
+    drops parameters before decoding, a decoding proxy in front of Tomcat after)."""
+    readings: list[str] = []
+    separators = "%2F" in path or "%5C" in path or "\\" in path
+    if separators:
+        readings.append(_decode_separators(path))
+    if ";" in path:
+        readings.append(_PATH_PARAMETERS.sub("", path))
+        if separators:
+            readings.append(_decode_separators(readings[-1]))
+            readings.append(_PATH_PARAMETERS.sub("", readings[0]))
+    aliases: dict[str, bool] = {}
+    for reading in readings:
+        alias = _canonical_path(reading)
+        if alias != path:
+            climbs = any(segment in (".", "..") for segment in reading.split("/"))
+            aliases[alias] = aliases.get(alias, False) or climbs
+    return list(aliases.items())
 
 
 def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[str]:
@@ -118,6 +155,13 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
     to `decide` on each request.
     """
     host = normalise_host(host)
+    verdict = _connect_verdict(policy, host, port, policy._default_decision)
+    for alias in loopback_readings(host):
+        verdict = stricter(verdict, _connect_verdict(policy, alias, port, verdict))
+    return verdict
+
+
+def _connect_verdict(policy: Policy, host: str, port: int, default: Decision) -> Decision:
     for rule, decision in policy._decision_table:
         if not rule.matches_endpoint(host, port):
             continue
@@ -131,7 +175,7 @@ def connect_verdict(policy: Policy, *, host: str, port: int) -> Decision:
                 "each request is checked when it arrives"
             )
             return make_decision(rule.action, policy.mode, rule.id, reason)
-    return policy._default_decision
+    return default
 
 
 def tcp_verdict(policy: Policy, *, host: str, port: int) -> Decision:
@@ -153,6 +197,17 @@ def tcp_verdicts(policy: Policy, *, host: str, port: int) -> tuple[Decision, Dec
     The caller picks one by what the client's first bytes look like (`looks_like_http`).
     """
     host = normalise_host(host)
+    default = policy._default_decision
+    verdicts = _tcp_verdicts(policy, host, port, (default, default))
+    for alias in loopback_readings(host):
+        found = _tcp_verdicts(policy, alias, port, verdicts)
+        verdicts = stricter(verdicts[0], found[0]), stricter(verdicts[1], found[1])
+    return verdicts
+
+
+def _tcp_verdicts(
+    policy: Policy, host: str, port: int, default: tuple[Decision, Decision]
+) -> tuple[Decision, Decision]:
     unjudged: Rule | None = None
     for rule, decision in policy._decision_table:
         if not rule.matches_endpoint(host, port):
@@ -166,8 +221,7 @@ def tcp_verdicts(policy: Policy, *, host: str, port: int) -> tuple[Decision, Dec
             unjudged is None or _SEVERITY[rule.action] > _SEVERITY[unjudged.action]
         ):
             unjudged = rule
-    default = policy._default_decision
-    return default, _unjudged_stream(policy, default, unjudged, host, port)
+    return default[0], _unjudged_stream(policy, default[1], unjudged, host, port)
 
 
 # What a client may send before an HTTP/1 request line and a server still read the request (RFC 9112
@@ -253,6 +307,10 @@ def _canonical_path(path: str) -> str:
     if kept and segments[-1] in ("", ".", ".."):
         canonical += "/"
     return canonical
+
+
+def _decode_separators(path: str) -> str:
+    return path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
 
 
 def _decode_unreserved(match: re.Match[str]) -> str:

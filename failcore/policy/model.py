@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from failcore.policy.address import normalise_host
+from failcore.policy.address import loopback_readings, normalise_host
 from failcore.policy.contracts import ToolContract
 from failcore.policy.runtime import (
     DEFAULT_EXEC_RULES,
@@ -172,7 +172,9 @@ class Decision:
 class BudgetScope:
     """Which LLM calls a budget counts; a `None` field was omitted (or "*") and matches anything.
 
-    A budget scoped to a provider or model never counts a call whose provider or model is unknown.
+    A budget scoped to a provider or model never counts a call whose provider or model is unknown; one
+    scoped to a loopback host counts its other spellings too (`localhost` = `127.0.0.1`, see
+    `loopback_readings`).
     """
 
     hosts: HostPattern | None = None
@@ -181,7 +183,9 @@ class BudgetScope:
     model_regex: FullMatcher | None = field(default=None, compare=False)
 
     def matches(self, *, host: str, provider: str | None, model: str | None) -> bool:
-        if self.hosts is not None and not self.hosts.matches(normalise_host(host)):
+        if self.hosts is not None and not (
+            self.hosts.matches(normalise_host(host)) or any(map(self.hosts.matches, loopback_readings(host)))
+        ):
             return False
         if self.providers is not None and (provider is None or provider.lower() not in self.providers):
             return False
