@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from failcore.proxy.gate import multipart_values
 from tests.helpers import network_events, read_tape
 from tests.security.helpers import assert_refused, plain_request, send_raw
 from tests.security.upstream import LoggingUpstream
@@ -160,3 +161,31 @@ def test_a_large_upload_that_is_no_form_still_streams(
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert body in plain_logging_upstream.received_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "expected"),
+    [
+        (
+            'multipart/form-data; charset=x; boundary="a b"',
+            b'--a b\r\nContent-Disposition: form-data; name="_method"\r\n\r\nput\r\n--a b--',
+            [b"put"],
+        ),
+        (
+            "multipart/form-data; boundary=XyZ",
+            MULTIPART.replace(b'name="_method"', b"name*=UTF-8''%5Fmethod"),
+            [b"DELETE"],
+        ),
+        ("multipart/form-data; boundary=XyZ", MULTIPART.replace(b'name="_method"', b'name="_method2"'), []),
+        (
+            "multipart/form-data; boundary=XyZ",
+            MULTIPART.replace(b'name="_method"', b'filename="_method"'),
+            [],
+        ),
+        ("multipart/form-data", MULTIPART, []),
+    ],
+)
+def test_multipart_values_read_as_rack_reads_them(
+    content_type: str, body: bytes, expected: list[bytes]
+) -> None:
+    assert multipart_values(content_type, body, "_method") == expected
