@@ -90,3 +90,28 @@ def test_a_large_brotli_body_is_decoded_to_its_end() -> None:
     wire = brotli.compress(zeros, quality=1)
     assert brotli.decompress(wire) == zeros
     assert decoded_content(wire, "br", 32 << 20) == zeros
+
+
+@pytest.mark.parametrize(
+    ("encoding", "wire"),
+    [
+        ("x-foo, gzip", gzip.compress(TEXT)),
+        ("aws-chunked, br", brotli.compress(TEXT)),
+        ("gzip, x-foo", gzip.compress(TEXT)),
+        ("deflate, x-foo, gzip", gzip.compress(zlib.compress(TEXT))),
+    ],
+)
+def test_a_coding_failcore_does_not_know_is_read_as_none_the_others_undone(encoding, wire) -> None:
+    """The decision and the tape read the same bytes: what the known codings decode to (review 2,
+    finding 3: one unknown coding stopped all decoding and the tape kept the gzip bytes)."""
+    decoded = decode_body(wire, encoding, 1 << 20)
+    assert decoded.data == TEXT and (decoded.error or "").startswith("UnknownCoding")
+    ev = evidence(wire, encoding)
+    assert (ev["text"].encode(), ev["decoded_size"], ev["sha256_of"]) == (TEXT, len(TEXT), "wire")
+    assert ev["decode_error"].startswith("UnknownCoding") and not ev["truncated"]
+
+
+def test_a_lone_unknown_coding_is_recorded_as_sent() -> None:
+    ev = evidence(TEXT, "aws-chunked")
+    assert ev["text"].encode() == TEXT and ev["sha256_of"] == "wire"
+    assert decode_body(TEXT, "aws-chunked", 1 << 20).data == TEXT

@@ -13,6 +13,7 @@ into an event, the tape writer appends it. Nothing here imports failcore.proxy.
 from failcore.evidence.body import (
     DECODE_ERRORS,
     DECODE_LIMIT,
+    DECODED_CODINGS,
     MAX_DECODED_BYTES,
     MAX_ENCODINGS,
     ON_LOOP_DECODE_LIMIT,
@@ -39,6 +40,7 @@ from failcore.evidence.redact import (
 
 __all__ = [
     "CREDENTIAL_HEADERS",
+    "DECODED_CODINGS",
     "DECODE_ERRORS",
     "DECODE_LIMIT",
     "HOST_HEADERS",

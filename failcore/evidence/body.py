@@ -178,6 +178,20 @@ class _ZstdStage:
         return iter(())
 
 
+# The codings failcore decodes; any other (S3's `aws-chunked`, a made-up `x-foo`) is read as no coding.
+DECODED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+
+
+class UnknownCoding(ValueError):
+    """A body's Content-Encoding names a coding failcore does not decode: decoded_steps raises it once
+    it has given what the body decodes to with that coding read as no coding (`codings`: the unknown
+    ones, comma-joined)."""
+
+    def __init__(self, codings: list[str]) -> None:
+        self.codings = ", ".join(codings)
+        super().__init__(f"content-encoding {self.codings!r} is not decoded (read as no coding)")
+
+
 def _stage(coding: str) -> _ZlibStage | _BrotliStage | _ZstdStage:
     if coding in ("gzip", "x-gzip", "deflate"):
         return _ZlibStage(coding)
@@ -191,13 +205,22 @@ def _stage(coding: str) -> _ZlibStage | _BrotliStage | _ZstdStage:
 def decoded_steps(data: bytes, encoding: str | None) -> Iterator[bytes]:
     """Decode in bounded steps so a small compressed body can never balloon memory. Every coding of a
     stacked `Content-Encoding` (`gzip, br`; two headers) is undone, last applied first, and every
-    member of a multi-member gzip body or frame of a zstd body is decoded, as servers do."""
+    member of a multi-member gzip body or frame of a zstd body is decoded, as servers do.
+
+    A coding failcore does not decode is read as no coding, the known ones around it undone still
+    (`aws-chunked, gzip`: Apache's mod_deflate inflates a last `gzip` whatever precedes it), and
+    UnknownCoding is raised once all of that was given: a stack with one is never scanned as sent only."""
     codings = content_encodings(encoding)
     if len(codings) > MAX_ENCODINGS:
         raise ValueError(f"{len(codings)} stacked content-encodings (at most {MAX_ENCODINGS} are decoded)")
+    unknown = [c for c in codings if c not in DECODED_CODINGS]
+    if unknown:
+        codings = [c for c in codings if c in DECODED_CODINGS]
     if not codings:
         if data:
             yield data
+        if unknown:
+            raise UnknownCoding(unknown)
         return
     stages = [_stage(c) for c in reversed(codings)]
 
@@ -213,6 +236,8 @@ def decoded_steps(data: bytes, encoding: str | None) -> Iterator[bytes]:
     for level, stage in enumerate(stages):
         for out in stage.finish():
             yield from push(level + 1, out)
+    if unknown:
+        raise UnknownCoding(unknown)
 
 
 def decoded_content(raw: bytes | None, encoding: str | None, limit: int) -> bytes | None:
@@ -337,6 +362,13 @@ def body_evidence(
                     break
                 if not complete and len(kept) >= cap:
                     break
+        except UnknownCoding as e:
+            # What the known codings decode to is recorded (and masked), never the bytes as sent: a
+            # secret under `x-foo, gzip` would stay recoverable from them.
+            if complete:
+                ev["decode_error"] = f"{type(e).__name__}: {e}"
+                ev["decoded_size"] = total  # (of what is recorded: the unknown codings read as none)
+            decoded_prefix = bytes(kept)
         except DECODE_ERRORS as e:
             if complete:
                 ev["decode_error"] = f"{type(e).__name__}: {e}"

@@ -27,6 +27,7 @@ from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
 from failcore.evidence import (
     CREDENTIAL_HEADERS,
     DECODE_LIMIT,
+    DECODED_CODINGS,
     HOST_HEADERS,
     ON_LOOP_DECODE_LIMIT,
     DecodedBody,
@@ -250,10 +251,6 @@ def host_header_hits(engine: Scans, value: str) -> list[Hit]:
     return found
 
 
-# The codings failcore decodes (failcore.evidence.body): a body that does not decode as one is unscannable.
-_DECODED = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
-
-
 def judge_request(
     scanner: DlpScanner,
     url: str,
@@ -275,15 +272,20 @@ def judge_request(
         hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
     if decoded.over_limit:
         return hits, f"the request body decodes to more than {DECODE_LIMIT} bytes: it cannot be scanned whole"
-    if (
-        decoded.error is not None
-        and set(content_encodings(header_value(headers, "content-encoding"))) <= _DECODED
-    ):
-        # A receiver whose decoder is more lenient (or just different) reads what was not scanned. (A
-        # coding failcore does not decode, S3's `aws-chunked`, say, was scanned as sent above.)
+    if decoded.error is not None and _unscannable_when_undecoded(headers):
+        # A receiver whose decoder is more lenient (or just different) reads what was not scanned; one
+        # that knows a coding of a stack failcore read as no coding (`x-foo, gzip`) reads something else.
+        # (A lone coding failcore does not decode, S3's `aws-chunked`, say, was scanned as sent above.)
         why = decoded.error.partition(":")[0]  # (its message may quote the body or a header)
         return hits, f"the request body does not decode per its Content-Encoding ({why}): not scanned whole"
     return hits, None
+
+
+def _unscannable_when_undecoded(headers: list[tuple[str, str]]) -> bool:
+    """Whether a body that does not decode whole per its Content-Encoding is unscannable: yes, unless
+    its one coding is one failcore reads as no coding (an undecoded stack is never scanned whole)."""
+    codings = content_encodings(header_value(headers, "content-encoding"))
+    return len(codings) > 1 or (len(codings) == 1 and codings[0] in DECODED_CODINGS)
 
 
 def ws_message_verdict(scanner: DlpScanner, content: bytes, from_client: bool) -> Hit | None:

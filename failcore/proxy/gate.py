@@ -7,9 +7,10 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import time
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import orjson
 from mitmproxy import connection, exceptions, http, tls
@@ -99,23 +100,72 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
     return ws
 
 
+# Rack's multipart boundary (Rack::Multipart::MULTIPART): any multipart/* type, the boundary quoted or not,
+# either case (the last `boundary=` in the header, as Rack's greedy `.*` takes it).
+_MULTIPART = re.compile(r'\Amultipart/.*boundary="?([^";,]+)"?', re.IGNORECASE | re.DOTALL)
+# A part's Content-Disposition name parameter, either case, quoted (with `\"` escapes) or bare; `name*=`
+# (RFC 5987) too.
+_PART_NAME = re.compile(
+    rb'^content-disposition[ \t]*:[^\r\n]*?;[ \t]*name(\*?)[ \t]*=[ \t]*("(?:\\.|[^"\\])*"|[^;\s]*)',
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def is_form(content_type: str | None) -> bool:
+    """Whether a POST with this Content-Type is one Rack reads form fields from: none, urlencoded or any
+    multipart/* type (Rack's form_data? and parseable_data?)."""
+    ctype = (content_type or "").strip().lower()
+    return not ctype or ctype.startswith(("application/x-www-form-urlencoded", "multipart/"))
+
+
+def multipart_values(content_type: str, body: bytes, name: str) -> list[bytes]:
+    """The values of every part of a multipart body named `name` (conservatively: a part whose head
+    names it in any spelling Rack, PHP or Python accept), per the boundary Rack reads from
+    `content_type`; [] when it has none."""
+    found = _MULTIPART.match(content_type.strip())
+    if found is None:
+        return []
+    wanted = name.encode("latin-1")
+    values = []
+    for part in body.split(b"--" + found.group(1).encode("utf-8", "surrogateescape"))[1:]:
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            head, sep, content = part.partition(b"\n\n")
+        for extended, value in _PART_NAME.findall(head.lstrip(b"\r\n")):
+            if value.startswith(b'"'):
+                value = re.sub(rb"\\(.)", rb"\1", value[1:-1])
+            if extended:  # charset'language'percent-encoded
+                value = unquote_to_bytes(value.rpartition(b"'")[2])
+            if value == wanted:
+                values.append(content.removesuffix(b"\n").removesuffix(b"\r"))
+                break
+    return values
+
+
 def form_override_methods(req: http.Request) -> list[str]:
     """The methods a buffered POST form asks the server to run in a `_method` field (Rails'
     Rack::MethodOverride, Laravel, Symfony), upper case. Rack reads a POST without Content-Type as a
-    form too. A streamed body (forwarded before the decision) or a compressed one is not read."""
+    form too, and any multipart/* type. A streamed body (forwarded before the decision; see
+    failcore.proxy.hold) or a compressed one is not read."""
     if req.method != "POST" or req.stream or not req.raw_content:
         return []
     if req.headers.get("content-encoding", "identity").strip().lower() != "identity":
         return []  # the frameworks parse form fields from the body as sent, not decompressed
-    ctype = req.headers.get("content-type", "").strip().lower()
-    if ctype.startswith("multipart/form-data"):
-        values = [value.decode("latin-1") for value in req.multipart_form.get_all(b"_method")]
-    elif not ctype or ctype.startswith("application/x-www-form-urlencoded"):
+    ctype = req.headers.get("content-type", "")
+    if not is_form(ctype):
+        return []
+    if ctype.strip().lower().startswith("multipart/"):
+        parts = multipart_values(ctype, req.raw_content, METHOD_OVERRIDE_PARAMETER)
+        values = [value.decode("latin-1") for value in parts]
+    else:
         pairs = parse_qsl(req.raw_content.decode("latin-1"), keep_blank_values=True)
         values = [value for key, value in pairs if key == METHOD_OVERRIDE_PARAMETER]
-    else:
-        return []
     return [method for value in values if (method := value.strip().upper())]
+
+
+def names_a_method(policy: Policy) -> bool:
+    """Whether a rule of `policy` names methods: then a `_method` form field can change a verdict."""
+    return any(rule.methods is not None for rule in policy.rules)
 
 
 # Modes where the client names its destination (CONNECT, SOCKS) before TLS starts.

@@ -8,6 +8,7 @@ consults the `request` hook's verdict. So where a decision needs the whole body,
 - in enforce mode with a DLP rule that BLOCKs (and request scanning on);
 - in enforce mode with budgets, on LLM API paths (a budget's model scope and usage come from the body;
   anywhere else BudgetGuard decides from the request line and headers, before anything streams);
+- in enforce mode with a rule that names a method, a POST form's (a `_method` field overrides it);
 - always with `fail_open: false` (a failure in any check must stop the request, not follow it).
 
 A held body is buffered by mitmproxy up to `failcore_hold_max` bytes; one that declares more is refused
@@ -22,6 +23,7 @@ import orjson
 from mitmproxy import http
 
 from failcore.policy.model import Decision
+from failcore.proxy.gate import is_form, names_a_method
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import Session, answer
 from failcore.proxy.streamtap import could_be_llm_path, request_streams
@@ -43,6 +45,9 @@ def hold_reason(session: Session, flow: http.HTTPFlow) -> str | None:
         return "a DLP rule that blocks"
     if policy.budgets and could_be_llm_path(flow.request.path):
         return "a budget"
+    req = flow.request
+    if req.method == "POST" and is_form(req.headers.get("content-type")) and names_a_method(policy):
+        return "a rule naming a method (a form's `_method` field)"
     return None
 
 

@@ -4,7 +4,11 @@ Rails' Rack::MethodOverride, Laravel and Symfony run the method a POST form name
 `curl -X POST -d _method=delete` passed a `method: DELETE` BLOCK rule and the server ran DELETE. A
 POST whose body mitmproxy has buffered before the decision (every body under the streaming threshold)
 is now also judged as the method its `_method` field names (urlencoded, multipart, or no Content-Type,
-which Rack reads as a form), the stricter verdict winning."""
+which Rack reads as a form), the stricter verdict winning. A multipart body is read as Rack reads it
+(a quoted or upper-case `boundary=`, any multipart/* type, a part name bare or in any case: each was
+missed, review 2 finding 4). When a rule names a method, a POST form's body that would stream (chunked,
+or over the streaming threshold: forwarded before the decision, so its `_method` went unread) is held
+until it is judged, and refused with 413 past `failcore_hold_max`."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from failcore.proxy.gate import multipart_values
 from tests.helpers import network_events, read_tape
 from tests.security.helpers import assert_refused, plain_request, send_raw
 from tests.security.upstream import LoggingUpstream
@@ -38,6 +43,17 @@ def post(upstream: LoggingUpstream, content_type: str, body: bytes) -> bytes:
         ("", b"_method=delete&title=marker"),
         ("application/x-www-form-urlencoded", b"pad=" + b"x" * 20000 + b"&_method=DELETE"),
         ("multipart/form-data; boundary=XyZ", MULTIPART),
+        # Rack's MULTIPART: %r|\Amultipart/.*boundary=\"?([^\";,]+)\"?|ni (quoted, any case, any subtype)
+        ('multipart/form-data; boundary="XyZ"', MULTIPART),
+        ("multipart/form-data; BOUNDARY=XyZ", MULTIPART),
+        ("Multipart/Mixed; boundary=XyZ", MULTIPART),
+        # a part name bare, or its parameter in capitals
+        ("multipart/form-data; boundary=XyZ", MULTIPART.replace(b'name="_method"', b"name=_method")),
+        ("multipart/form-data; boundary=XyZ", MULTIPART.replace(b'name="_method"', b'NAME="_method"')),
+        (
+            "multipart/form-data; boundary=XyZ",
+            MULTIPART.replace(b"Content-Disposition", b"content-disposition"),
+        ),
     ],
 )
 def test_a_method_override_form_field_is_judged(
@@ -91,3 +107,85 @@ def test_observe_mode_records_the_form_override_as_would_block(
     assert body in plain_logging_upstream.received_bytes()
     (event,) = network_events(read_tape(tmp_path / "tape"))
     assert (event["decision"], event["would_block"], event["rule"]) == ("WARN", True, "no-delete")
+
+
+def test_a_chunked_form_is_held_and_judged(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    body = b"title=marker&_method=delete"
+    head = post(plain_logging_upstream, "application/x-www-form-urlencoded", b"")
+    head = head.replace(b"Content-Length: 0\r\n", b"Transfer-Encoding: chunked\r\n")
+    proxy = start_proxy(policy_file(POLICY))
+    answer = send_raw(proxy.port, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    proxy.flush()
+    event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
+    assert (event["decision"], event["rule"]) == ("BLOCK", "no-delete")
+
+
+def test_a_form_over_the_streaming_threshold_is_held_and_judged(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    body = b"_method=delete&pad=" + b"x" * (3 << 20)
+    proxy = start_proxy(policy_file(POLICY))
+    answer = send_raw(proxy.port, post(plain_logging_upstream, "application/x-www-form-urlencoded", body))
+    proxy.flush()
+    event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
+    assert (event["decision"], event["rule"]) == ("BLOCK", "no-delete")
+
+
+def test_a_form_over_the_hold_limit_is_refused_unread(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """Past `failcore_hold_max` the body cannot be read before it would leave: 413, as for a DLP hold."""
+    body = b"title=marker&pad=" + b"x" * 5000
+    proxy = start_proxy(
+        policy_file(POLICY), sets=["failcore_hold_max=4000", "failcore_stream_threshold=1000"]
+    )
+    answer = send_raw(proxy.port, post(plain_logging_upstream, "application/x-www-form-urlencoded", body))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert plain_logging_upstream.received_bytes() == b""
+    (event,) = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["rule"]) == ("BLOCK", "hold:too-large")
+
+
+def test_a_large_upload_that_is_no_form_still_streams(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """The control: a method rule holds only forms; a JSON upload past the hold limit streams through."""
+    body = b'{"pad": "' + b"x" * 5000 + b'"}'
+    proxy = start_proxy(
+        policy_file(POLICY), sets=["failcore_hold_max=4000", "failcore_stream_threshold=1000"]
+    )
+    answer = send_raw(proxy.port, post(plain_logging_upstream, "application/json", body))
+    proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert body in plain_logging_upstream.received_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "expected"),
+    [
+        (
+            'multipart/form-data; charset=x; boundary="a b"',
+            b'--a b\r\nContent-Disposition: form-data; name="_method"\r\n\r\nput\r\n--a b--',
+            [b"put"],
+        ),
+        (
+            "multipart/form-data; boundary=XyZ",
+            MULTIPART.replace(b'name="_method"', b"name*=UTF-8''%5Fmethod"),
+            [b"DELETE"],
+        ),
+        ("multipart/form-data; boundary=XyZ", MULTIPART.replace(b'name="_method"', b'name="_method2"'), []),
+        (
+            "multipart/form-data; boundary=XyZ",
+            MULTIPART.replace(b'name="_method"', b'filename="_method"'),
+            [],
+        ),
+        ("multipart/form-data", MULTIPART, []),
+    ],
+)
+def test_multipart_values_read_as_rack_reads_them(
+    content_type: str, body: bytes, expected: list[bytes]
+) -> None:
+    assert multipart_values(content_type, body, "_method") == expected
