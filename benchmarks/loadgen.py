@@ -201,9 +201,11 @@ def curl_https(
     cacert: Path,
     log: CommandLog,
     label: str,
+    close: bool = False,
 ) -> CurlResult:
     """`requests` POSTs of the 1 KB body over `parallel` kept-alive TLS connections (CONNECT tunnels
-    when proxied), HTTP/1.1 like most agent SDKs."""
+    when proxied), HTTP/1.1 like most agent SDKs. `close`: each request asks `Connection: close`, so
+    every exchange opens its own tunnel and TLS connections (a client that does not keep alive)."""
     body = workdir / "body.json"
     if not body.exists():
         body.write_text(json_document(REQUEST_BODY_BYTES, "chat.completion.request"))
@@ -228,6 +230,8 @@ def curl_https(
         "--write-out",
         "%{http_code} %{num_connects}\\n",
     ]
+    if close:
+        argv += ["-H", "Connection: close"]
     if proxy:
         argv += ["--proxy", proxy]
     argv += ["--config", str(urls)]

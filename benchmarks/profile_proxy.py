@@ -1,7 +1,7 @@
 """Profile one proxy variant under the plain-HTTP throughput load and list where failcore spends time.
 
     .venv/bin/python benchmarks/profile_proxy.py [--variant "failcore observe"] [--seconds 15] [--svg out.svg]
-        [--connections 1]
+        [--connections 1] [--https [--requests 3000]]
 
 Needs py-spy in the venv (`.venv/bin/pip install py-spy`) and ptrace permission. Prints the share of
 samples (all threads, idle excluded) spent inside each failcore function (inclusive) and at the top
@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import VENV_BIN, CommandLog
-from benchmarks.loadgen import WrkResult, wrk_for, wrk_script
+from benchmarks.loadgen import CurlResult, WrkResult, curl_https, wrk_for, wrk_script
 from benchmarks.servers import BenchContext, nginx_upstream, running_proxy
 from benchmarks.variants import VARIANTS
 
@@ -78,6 +78,14 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (1: the latency load)")
+    parser.add_argument(
+        "--https",
+        action="store_true",
+        help="the https section's load instead (curl, CONNECT + TLS, HTTP/1.1 POSTs over kept-alive tunnels)",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=3000, help="with --https: requests per load (outlast --seconds)"
+    )
     parser.add_argument("--svg", type=Path, help="also write a flame graph here")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's raw (collapsed) samples here")
     args = parser.parse_args(argv)
@@ -89,10 +97,20 @@ def main(argv: list[str]) -> int:
             hostport = f"127.0.0.1:{upstream.plain_port}"
             script = wrk_script(workdir / "wrk.lua", hostport, through_proxy=True)
             address = f"127.0.0.1:{proxy.port}"
-            wrk_for(address, script, connections=args.connections, seconds=1, log=ctx.log, label="warm-up")
 
-            def load() -> WrkResult:
-                """The profiled load: one second longer than the recording, so it covers all of it."""
+            def load() -> WrkResult | CurlResult:
+                """The profiled load: it must outlast the recording (with --https: enough --requests)."""
+                if args.https:
+                    return curl_https(
+                        workdir,
+                        upstream.url(tls=True),
+                        requests=args.requests,
+                        parallel=args.connections,
+                        proxy=proxy.url,
+                        cacert=proxy.ca_cert,
+                        log=ctx.log,
+                        label="load",
+                    )
                 return wrk_for(
                     address,
                     script,
@@ -100,6 +118,22 @@ def main(argv: list[str]) -> int:
                     seconds=args.seconds + 1,
                     log=ctx.log,
                     label="load",
+                )
+
+            if args.https:
+                curl_https(
+                    workdir,
+                    upstream.url(tls=True),
+                    requests=200,
+                    parallel=args.connections,
+                    proxy=proxy.url,
+                    cacert=proxy.ca_cert,
+                    log=ctx.log,
+                    label="warm-up",
+                )
+            else:
+                wrk_for(
+                    address, script, connections=args.connections, seconds=1, log=ctx.log, label="warm-up"
                 )
 
             raw = workdir / "profile.txt"
