@@ -162,6 +162,11 @@ class LogMask(logging.Filter):
         names += [name for name in list(logging.root.manager.loggerDict) if name.startswith("failcore.")]
         for name in dict.fromkeys(names):
             logger = logging.getLogger(name)
+            # One mask per logger, the last loaded addon's: one left by an addon that was never
+            # `done` (an embedder's, a test's) would otherwise mask first with its own, stale policy
+            # and leave the record formatted, so this one would see nothing left to mask.
+            for other in [f for f in logger.filters if isinstance(f, LogMask) and f is not self]:
+                logger.removeFilter(other)
             logger.addFilter(self)
             self.loggers.append(logger)
 

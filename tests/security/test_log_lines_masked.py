@@ -174,3 +174,30 @@ def test_while_the_dlp_rules_compile_a_quoting_mitmproxy_line_is_withheld_not_sh
         "127.0.0.1:50000: Bad HTTP re[withheld from the log: the DLP rules could not scan it]",
         "client connect",
     ]
+
+
+def test_a_mask_left_by_an_addon_never_done_does_not_mask_first() -> None:
+    """The last loaded addon's mask is the one on the loggers: a stale one (its addon never got `done`,
+    its policy's rules still compiling) took the record first, and left this one nothing to mask."""
+    from types import SimpleNamespace
+
+    from failcore.dlp.pending import PendingEngine
+
+    compiling = SimpleNamespace(engine=PendingEngine(lambda: None, start=False))
+    logger = logging.getLogger("mitmproxy.proxy.server")
+    handler = Recorded()
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    stale = LogMask(lambda: compiling)  # type: ignore[arg-type, return-value]
+    stale.install()
+    mask = LogMask(lambda: None)
+    mask.install()
+    try:
+        logger.info("127.0.0.1:50000: Bad HTTP request line: %r", b"GET /x\x1b HTTP/1.1")
+    finally:
+        mask.uninstall()
+        stale.uninstall()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert handler.lines == ["127.0.0.1:50000: Bad HTTP request line: b'GET /x\\x1b HTTP/1.1'"], handler.lines
