@@ -15,7 +15,7 @@ from failcore.policy.load import parse_policy, with_mode
 from failcore.policy.model import Decision, Policy
 
 HOSTS = ["api.openai.com", "*.openai.azure.com", "example.test", "127.0.0.1", "localhost", "::1",
-         "*.internal.example", "10.0.0.7"]  # fmt: skip
+         "*.internal.example", "10.0.0.7", "127.0.0.2"]  # fmt: skip
 PATHS = ["/v1/chat", "/v1/*", "/admin/**", "/health", "/files/*.json", "/v1/models/[a-c]*"]
 METHODS = ["GET", "POST", "DELETE", "PUT"]
 SCHEMES = ["http", "https", "ws", "wss"]
@@ -48,7 +48,7 @@ def _request(rng: random.Random) -> dict[str, object]:
     host = rng.choice(
         ["api.openai.com", "API.OpenAI.com.", "eu.openai.azure.com", "openai.azure.com", "example.test",
          "127.0.0.1", "2130706433", "0x7f.1", "[::1]", "LOCALHOST", "a.internal.example",
-         "internal.example", "10.0.0.7", "010.0.0.07", "other.test"]
+         "internal.example", "10.0.0.7", "010.0.0.07", "other.test", "127.0.0.2", "[::ffff:127.1.2.3]"]
     )  # fmt: skip
     path = rng.choice(
         ["/v1/chat/completions", "/v1/models", "/admin", "/admin/users", "/health?x=1", "/files/a.json",
@@ -64,9 +64,15 @@ def _request(rng: random.Random) -> dict[str, object]:
     }
 
 
-# The loopback hosts of `_request` in their other spellings (what `localhost` resolves to, and back),
-# each judged too: the strictest verdict of a rule matching one wins.
-LOOPBACK_SPELLINGS = {"127.0.0.1": ["localhost"], "::1": ["localhost"], "localhost": ["127.0.0.1", "::1"]}
+# The loopback hosts of `_request` in their other spellings (what `localhost` resolves to, and back;
+# any other 127/8 address as 127.0.0.1), each judged too: the strictest verdict of a rule matching one wins.
+LOOPBACK_SPELLINGS = {
+    "127.0.0.1": ["localhost"],
+    "::1": ["localhost"],
+    "localhost": ["127.0.0.1", "::1"],
+    "127.0.0.2": ["127.0.0.1", "localhost"],
+    "127.1.2.3": ["127.0.0.1", "localhost"],
+}
 SEVERITY = {"ALLOW": 0, "WARN": 1, "BLOCK": 2}
 
 

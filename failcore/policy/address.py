@@ -33,6 +33,11 @@ def normalise_host(host: str) -> str:
 
 # What the kernel connects to for an unspecified address (Linux and macOS reach this host's loopback
 # through 0.0.0.0 and `::`), and the loopback addresses `localhost` stands for (RFC 6761, /etc/hosts).
+# Every other address of 127.0.0.0/8 reaches a server listening on 0.0.0.0 (Linux routes the whole
+# block to `lo`), so it is read as 127.0.0.1 and `localhost` too (not as `::1`: no IPv4 address
+# reaches a socket bound to `::1`).
+_LOOPBACK_NET = ipaddress.IPv4Network("127.0.0.0/8")
+_LOOPBACK_V4_READINGS = ("127.0.0.1", "localhost")
 _LOOPBACK_READINGS: dict[str, tuple[str, ...]] = {
     "0.0.0.0": ("127.0.0.1", "localhost"),
     "::": ("::1", "localhost"),
@@ -46,12 +51,23 @@ _LOOPBACK_READINGS: dict[str, tuple[str, ...]] = {
 def loopback_readings(host: str) -> tuple[str, ...]:
     """The other spellings of a host (as a client wrote it) that reach the same loopback address:
     `0.0.0.0` (`0`, `0x0`, …) is also `127.0.0.1` and `localhost`, `::` is `::1` and `localhost`,
-    `localhost` (and `*.localhost`) is `127.0.0.1` and `::1`, those two are `localhost`. Empty for
-    any other host. Policy decisions judge a host in these spellings too, the stricter verdict winning."""
+    `localhost` (and `*.localhost`) is `127.0.0.1` and `::1`, those two are `localhost`, any other
+    address of 127.0.0.0/8 (`127.0.0.2`, `127.1.2.3`, `::ffff:127.0.0.2`) is `127.0.0.1` and
+    `localhost`. Empty for any other host (a name is not resolved). Policy decisions judge a host in
+    these spellings too, the stricter verdict winning: a reading only ever tightens."""
     host = normalise_host(host)
     if host.endswith(".localhost"):
         return ("localhost", "127.0.0.1", "::1")
-    return _LOOPBACK_READINGS.get(host, ())
+    readings = _LOOPBACK_READINGS.get(host)
+    if readings is not None:
+        return readings
+    if host.startswith("127."):
+        try:
+            if ipaddress.IPv4Address(host) in _LOOPBACK_NET:
+                return _LOOPBACK_V4_READINGS
+        except ValueError:
+            pass
+    return ()
 
 
 @functools.lru_cache(maxsize=1024)

@@ -53,10 +53,11 @@ def _decide(
         return default
     path = request_path(path)
     decision = _first_match(candidates, path, default)
-    if "%2F" in path or "%5C" in path or "\\" in path or ";" in path:
+    if "%2F" in path or "%5C" in path or "\\" in path or ";" in path or "%3B" in path or "%3b" in path:
         # Servers read some paths otherwise than as written: werkzeug, uvicorn and Node's routers
         # decode %2F before routing, some read '\\' as '/'; Tomcat, Jetty and Spring drop each
-        # segment's `;…` path parameters before resolving dot segments (`/public/..;/admin`). Each such
+        # segment's `;…` path parameters before resolving dot segments (`/public/..;/admin`; a `%3B` too,
+        # which a proxy decoding the path before Tomcat turns into `;`). Each such
         # reading (dot segments removed again) is judged too and the stricter verdict wins. A reading
         # counts through a rule it matches; through the default only when its dot segments climb out
         # of the path as written (`/api/..%2Fadmin`, `/public/..;/admin`): an allow-list rule
@@ -71,17 +72,18 @@ def _decide(
 def path_aliases(path: str) -> list[tuple[str, bool]]:
     """The other readings of a `request_path` that servers route by, each canonical and whether dot
     segments appear in it that the path as written does not resolve (it climbs): with `%2F`, `%5C`
-    and `\\` read as `/`, with every segment's `;…` parameters dropped, and both in either order (Spring
-    drops parameters before decoding, a decoding proxy in front of Tomcat after)."""
+    and `\\` read as `/`, with every segment's `;…` (or `%3B…`) parameters dropped, and both in either
+    order (Spring drops parameters before decoding, a decoding proxy in front of Tomcat after). The
+    path is as `request_path` returns it (escapes upper case)."""
     readings: list[str] = []
     separators = "%2F" in path or "%5C" in path or "\\" in path
     if separators:
         readings.append(_decode_separators(path))
-    if ";" in path:
-        readings.append(_PATH_PARAMETERS.sub("", path))
+    if ";" in path or "%3B" in path or "%3b" in path:
+        readings.append(_drop_parameters(path))
         if separators:
             readings.append(_decode_separators(readings[-1]))
-            readings.append(_PATH_PARAMETERS.sub("", readings[0]))
+            readings.append(_drop_parameters(readings[0]))
     aliases: dict[str, bool] = {}
     for reading in readings:
         alias = _canonical_path(reading)
@@ -307,6 +309,10 @@ def _canonical_path(path: str) -> str:
     if kept and segments[-1] in ("", ".", ".."):
         canonical += "/"
     return canonical
+
+
+def _drop_parameters(path: str) -> str:
+    return _PATH_PARAMETERS.sub("", path.replace("%3B", ";").replace("%3b", ";"))
 
 
 def _decode_separators(path: str) -> str:

@@ -6,8 +6,10 @@ Linux connects to the unspecified address `0.0.0.0` (`0`, `0x0`) as to 127.0.0.1
 for 127.0.0.1 with each, because rules matched those hosts as text. A loopback host is now judged in
 its other spellings too (0.0.0.0 and `::` as the address the kernel connects to and as `localhost`,
 `localhost` as 127.0.0.1 and `::1`, those as `localhost`); the stricter verdict wins through a rule a
-spelling matches, so nothing an allow rule did not admit before is admitted now. Each request is
-written byte for byte so no client normalises the host first."""
+spelling matches, so nothing an allow rule did not admit before is admitted now. Review 3: every other
+address of 127.0.0.0/8 (`127.0.0.2`, `::ffff:127.0.0.2`) reaches a server on 0.0.0.0 too, and is now
+also read as 127.0.0.1 and `localhost`. Each request is written byte for byte so no client normalises
+the host first."""
 
 from __future__ import annotations
 
@@ -84,6 +86,37 @@ def test_loopback_in_another_spelling_is_blocked(
     ]
 
 
+@pytest.mark.parametrize(
+    ("policy", "spelling", "rule"),
+    [
+        (BLOCK_IP, "127.0.0.2", "no-loopback"),
+        (BLOCK_IP, "127.1.2.3", "no-loopback"),
+        (BLOCK_IP, "[::ffff:127.0.0.2]", "no-loopback"),
+        (BLOCK_IP, "2130706434", "no-loopback"),
+        (BLOCK_NAME, "127.0.0.2", "no-localhost"),
+    ],
+)
+def test_another_loopback_address_is_blocked_as_127_0_0_1(
+    start_proxy, policy_file, tmp_path: Path, policy: str, spelling: str, rule: str
+) -> None:
+    """Review 3: a server listening on 0.0.0.0 (the upstream here) answers on every 127/8 address
+    on Linux, so a BLOCK of 127.0.0.1 (or `localhost`) must hold for 127.0.0.2, 127.1.2.3 and their
+    IPv4-mapped spelling too."""
+    with LoggingUpstream(tmp_path / "upstream-any", tls=False, host="0.0.0.0") as upstream:
+        proxy = start_proxy(policy_file(policy))
+        answer, tunnel = _request_and_tunnel(proxy.port, f"{spelling}:{upstream.port}")
+        proxy.flush()
+        assert answer.startswith(b"HTTP/1.1 403"), answer
+        assert tunnel.startswith(b"HTTP/1.1 403"), tunnel
+        assert upstream.received_bytes() == b""
+        assert upstream.connections == []
+    events = network_events(read_tape(tmp_path / "tape"))
+    assert sorted((e["action"], e["decision"], e["outcome"], e["rule"]) for e in events) == [
+        ("http.connect", "BLOCK", "BLOCKED", rule),
+        ("http.request", "BLOCK", "BLOCKED", rule),
+    ]
+
+
 ALLOW_LOCALHOST = """
 version: 1
 mode: enforce
@@ -120,6 +153,42 @@ def test_an_allow_rule_still_admits_its_own_spelling_only(
     ]
 
 
+ALLOW_TWO = """
+version: 1
+mode: enforce
+default: BLOCK
+rules:
+  - {id: two, host: 127.0.0.2, port: PORT, action: ALLOW}
+"""
+
+
+def test_an_allow_rule_for_another_loopback_address_admits_that_address_only(
+    start_proxy, policy_file, tmp_path: Path
+) -> None:
+    """The control for review 3: readings only tighten. 127.0.0.2, allowed by its own rule, still
+    passes (its readings match no rule); 127.0.0.1, refused by the default, is not read as 127.0.0.2."""
+    with LoggingUpstream(tmp_path / "upstream-any", tls=False, host="0.0.0.0") as upstream:
+        port = upstream.port
+        proxy = start_proxy(policy_file(ALLOW_TWO.replace("PORT", str(port))))
+        allowed = send_raw(
+            proxy.port, f"GET http://127.0.0.2:{port}/ok HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n".encode()
+        )
+        refused, tunnel = _request_and_tunnel(proxy.port, f"127.0.0.1:{port}")
+        proxy.flush()
+        received = upstream.received_bytes()
+    assert allowed.startswith(b"HTTP/1.1 200"), allowed
+    assert refused.startswith(b"HTTP/1.1 403"), refused
+    assert tunnel.startswith(b"HTTP/1.1 403"), tunnel
+    assert b"GET /ok HTTP/1.1" in received
+    assert b"secret" not in received
+    events = network_events(read_tape(tmp_path / "tape"))
+    assert sorted((e["action"], e["decision"], e["rule"]) for e in events) == [
+        ("http.connect", "BLOCK", None),
+        ("http.request", "ALLOW", "two"),
+        ("http.request", "BLOCK", None),
+    ]
+
+
 @pytest.mark.parametrize(
     ("host", "rules", "expected"),
     [
@@ -128,9 +197,20 @@ def test_an_allow_rule_still_admits_its_own_spelling_only(
         ("::", "[{id: name, host: localhost, action: WARN}]", ("WARN", "name")),
         ("localhost", "[{id: v6, host: '::1', action: BLOCK}]", ("BLOCK", "v6")),
         ("foo.localhost", "[{id: lo, host: 127.0.0.1, action: BLOCK}]", ("BLOCK", "lo")),
-        # Other loopback addresses are other addresses: 127.0.0.2 is not 127.0.0.1, ::1 is not 127.0.0.1.
-        ("127.0.0.2", "[{id: lo, host: 127.0.0.1, action: BLOCK}]", ("ALLOW", None)),
+        # Every address of 127.0.0.0/8 reaches a server on 0.0.0.0 as 127.0.0.1 does (review 3): it is
+        # also 127.0.0.1 and `localhost` for rules, not `::1` (no IPv4 address reaches a `::1` socket).
+        ("127.0.0.2", "[{id: lo, host: 127.0.0.1, action: BLOCK}]", ("BLOCK", "lo")),
+        ("127.255.255.254", "[{id: name, host: localhost, action: WARN}]", ("WARN", "name")),
+        ("[::ffff:127.9.9.9]", "[{id: lo, host: 127.0.0.1, action: BLOCK}]", ("BLOCK", "lo")),
+        ("127.0.0.2", "[{id: v6, host: '::1', action: BLOCK}]", ("ALLOW", None)),
         ("[::1]", "[{id: lo, host: 127.0.0.1, action: BLOCK}]", ("ALLOW", None)),
+        ("128.0.0.1", "[{id: lo, host: 127.0.0.1, action: BLOCK}]", ("ALLOW", None)),
+        ("127.0.0.2.nip.io", "[{id: lo, host: 127.0.0.1, action: BLOCK}]", ("ALLOW", None)),
+        # A rule for another loopback address still means that address only when it allows: 127.0.0.1
+        # is not read as 127.0.0.2, and a BLOCK of 127.0.0.1 wins over an ALLOW of 127.0.0.2.
+        ("127.0.0.1", "[{id: two, host: 127.0.0.2, action: BLOCK}]", ("ALLOW", None)),
+        ("127.0.0.2", "[{id: two, host: 127.0.0.2, action: ALLOW}, {id: lo, host: 127.0.0.1, action: BLOCK}]",
+         ("BLOCK", "lo")),
         ("0.0.0.0", "[{id: v6, host: '::1', action: BLOCK}]", ("ALLOW", None)),
         # The first matching rule of the spelling as written still decides against a laxer spelling.
         ("0.0.0.0", "[{id: any, host: 0.0.0.0, action: BLOCK}, {id: lo, host: 127.0.0.1, action: ALLOW}]",
@@ -156,7 +236,9 @@ def test_raw_tcp_to_another_loopback_spelling_is_judged_as_loopback() -> None:
             ("BLOCK", "no-loopback"),
             ("BLOCK", "no-loopback"),
         ], host
-    assert tcp_verdicts(policy, host="127.0.0.2", port=5432)[0].decision == "ALLOW"
+    for host in ("127.0.0.2", "2130706434", "[::ffff:127.1.2.3]"):
+        assert tcp_verdicts(policy, host=host, port=5432)[0].decision == "BLOCK", host
+    assert tcp_verdicts(policy, host="[::1]", port=5432)[0].decision == "ALLOW"
 
 
 def test_a_budget_scoped_to_a_loopback_host_counts_its_other_spellings() -> None:
@@ -166,7 +248,7 @@ def test_a_budget_scoped_to_a_loopback_host_counts_its_other_spellings() -> None
         "  - {id: local, scope: {host: localhost}, window: run, limits: {requests: 1}}\n"
     )
     (budget,) = policy.budgets
-    for host in ("localhost", "127.0.0.1", "2130706433", "0.0.0.0", "[::1]", "[::]"):
+    for host in ("localhost", "127.0.0.1", "2130706433", "0.0.0.0", "[::1]", "[::]", "127.0.0.2"):
         assert budget.scope.matches(host=host, provider=None, model=None), host
-    for host in ("127.0.0.2", "localhost.example", "api.openai.com"):
+    for host in ("128.0.0.1", "localhost.example", "api.openai.com"):
         assert not budget.scope.matches(host=host, provider=None, model=None), host

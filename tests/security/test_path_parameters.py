@@ -6,7 +6,8 @@ allow-list admitting only `/public/`) and for `/admin;x=1/users` and `/x/..;/adm
 `/admin/**` BLOCK rule), while failcore judged the paths as written and let them through. The path is
 now also judged with its parameters dropped, the same way as with `%2F` decoded
 (test_path_separator_escapes, test_encoded_path_allowlist): the stricter verdict wins, through a rule
-that reading matches or, when its dot segments climb out of the path as written, the default. A `;`
+that reading matches or, when its dot segments climb out of the path as written, the default. A `%3B`
+is read as `;` there (review 3: a proxy decoding the path first hands Tomcat a `;`). A `;`
 in a path an allow rule is written for (`jsessionid`, matrix parameters) stays allowed. Each request is
 written byte for byte so no client normalises it first."""
 
@@ -51,6 +52,14 @@ rules:
         (ALLOW_LIST, "/public/%2e%2e;/admin/users", None),
         (ALLOW_LIST, "/public/a;b=c/..;x/..;/admin/users", None),
         (ALLOW_LIST, "/items/..;/admin/users", None),
+        # Review 3: `%3B`, which a proxy that decodes the path (nginx `proxy_pass` with a URI) hands
+        # to Tomcat as `;`.
+        (BLOCK_ADMIN, "/x/..%3B/admin/users", "no-admin"),
+        (BLOCK_ADMIN, "/admin%3Bx/users", "no-admin"),
+        (BLOCK_ADMIN, "/admin%3bx=1/users", "no-admin"),
+        (BLOCK_ADMIN, "/x/%2e%2e%3b/admin/users", "no-admin"),
+        (ALLOW_LIST, "/public/..%3B/admin", None),
+        (ALLOW_LIST, "/public/..%3b/admin/users", None),
     ],
 )
 def test_path_parameters_do_not_escape_a_path_rule(
@@ -78,6 +87,8 @@ def test_path_parameters_do_not_escape_a_path_rule(
         (ALLOW_LIST, "/cars/red;year=2024/list", "cars"),
         (ALLOW_LIST, "/public/a;v=1/b", "pub"),
         (BLOCK_ADMIN, "/reports;format=csv/admin", None),
+        (ALLOW_LIST, "/cars/red%3Byear=2024/list", "cars"),
+        (BLOCK_ADMIN, "/reports%3Bformat=csv/admin", None),
     ],
 )
 def test_a_legitimate_path_parameter_still_passes(
