@@ -10,22 +10,58 @@ from failcore.policy.runtime import ALLOWED, ExecRules, Verdict, check_exec
 # Environment variables that make an allowed program run other code. A library loaded into every child
 # process (LD_PRELOAD…): each file is judged as a program the spawn runs. A command line the program runs
 # (git's pager, editor, diff and ssh, less's preprocessor…): judged as a spawn of it (through a shell
-# when it holds shell syntax, as git runs it). Anything else (a library or module search path, a startup
-# file a shell or interpreter runs, interpreter options, git configuration or repository): refused.
+# when it holds shell syntax, as git runs it). Anything else is refused: a library or module search
+# path, a startup file or directory a shell, interpreter or tool reads its configuration from (HOME and
+# XDG_CONFIG_HOME hold ~/.gitconfig and its aliases, hooks and pager; ~/.curlrc, ~/.npmrc, Python's
+# user site-packages, ~/.ssh/config…), interpreter options, startup commands in a language of their own
+# (VIMINIT, PS4 with SHELLOPTS=xtrace, exported bash functions), git configuration or repository.
 ENV_LIBRARIES: tuple[str, ...] = ("LD_PRELOAD", "LD_AUDIT", "DYLD_INSERT_LIBRARIES")
 ENV_COMMANDS: tuple[str, ...] = (
     "GIT_EXTERNAL_DIFF", "GIT_SSH_COMMAND", "GIT_SSH", "GIT_EDITOR", "GIT_SEQUENCE_EDITOR", "GIT_PAGER",
-    "GIT_ASKPASS", "SSH_ASKPASS", "SUDO_ASKPASS", "GIT_PROXY_COMMAND", "EDITOR", "VISUAL", "PAGER",
-    "MANPAGER", "SYSTEMD_PAGER", "LESSOPEN", "LESSCLOSE", "BROWSER",
+    "GIT_ASKPASS", "SSH_ASKPASS", "SUDO_ASKPASS", "WGET_ASKPASS", "GIT_PROXY_COMMAND", "EDITOR",
+    "VISUAL", "PAGER", "MANPAGER", "SYSTEMD_PAGER", "LESSOPEN", "LESSCLOSE", "BROWSER",
 )  # fmt: skip
 ENV_CODE: tuple[str, ...] = (
-    "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "DYLD_FRAMEWORK_PATH", "GCONV_PATH", "BASH_ENV", "ENV",
-    "PROMPT_COMMAND", "ZDOTDIR", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
-    "NODE_OPTIONS", "NODE_PATH", "PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB",
-    "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT",
-    "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM", "GIT_EXEC_PATH", "GIT_TEMPLATE_DIR", "GIT_DIR",
+    # where the loader, shells, interpreters and tools find code, configuration and startup files
+    "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH", "DYLD_FRAMEWORK_PATH", "GCONV_PATH", "HOME",
+    "XDG_CONFIG_HOME", "BASH_ENV", "ENV", "ZDOTDIR", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP",
+    "PYTHONUSERBASE", "PYTHONPYCACHEPREFIX", "NODE_PATH", "PERL5LIB", "PERLLIB", "RUBYLIB",
+    "OPENSSL_CONF", "OPENSSL_ENGINES", "OPENSSL_MODULES", "CURL_HOME", "WGETRC", "SYSTEM_WGETRC",
+    "VIMRUNTIME",
+    # code or options in a language of their own, run or read at startup
+    "PROMPT_COMMAND", "SHELLOPTS", "PS4", "VIMINIT", "EXINIT", "PYTHONWARNINGS", "PYTHONBREAKPOINT",
+    "NODE_OPTIONS", "PERL5OPT", "RUBYOPT", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS",
+    # git's configuration and repository (aliases, hooks, core.pager, core.fsmonitor…)
+    "GIT_CONFIG_PARAMETERS", "GIT_CONFIG_COUNT", "GIT_CONFIG", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM",
+    "GIT_EXEC_PATH", "GIT_TEMPLATE_DIR", "GIT_DIR", "GIT_COMMON_DIR",
 )  # fmt: skip
-CODE_ENV: tuple[str, ...] = ENV_LIBRARIES + ENV_COMMANDS + ENV_CODE
+# Families of names, refused like ENV_CODE: every variable whose name starts with the text before `*`
+# (compared case-insensitively, as npm reads its own). Exported bash functions (`BASH_FUNC_name%%`,
+# imported by every bash, in place of the command of that name), npm's configuration, and the keys and
+# values GIT_CONFIG_COUNT counts.
+ENV_PATTERNS: tuple[str, ...] = ("BASH_FUNC_*", "npm_config_*", "GIT_CONFIG_KEY_*", "GIT_CONFIG_VALUE_*")
+CODE_ENV: tuple[str, ...] = ENV_LIBRARIES + ENV_COMMANDS + ENV_CODE + ENV_PATTERNS
+_NAMES: frozenset[str] = frozenset(ENV_LIBRARIES + ENV_COMMANDS + ENV_CODE)
+_PREFIXES: tuple[tuple[str, str], ...] = tuple((p[:-1].lower(), p) for p in ENV_PATTERNS)
+
+
+def code_env_entry(name: str) -> str | None:
+    """The entry of CODE_ENV the variable `name` is judged by (the name, or a pattern of ENV_PATTERNS);
+    None when it is none of them."""
+    if name in _NAMES:
+        return name
+    folded = name.lower()
+    for prefix, pattern in _PREFIXES:
+        if folded.startswith(prefix):
+            return pattern
+    return None
+
+
+def code_env(env: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The variables of `env` that CODE_ENV covers."""
+    return {name: value for name, value in env.items() if code_env_entry(name) is not None}
+
+
 # What makes git hand a command line to `sh -c` rather than run it as a program (run-command.c).
 _SHELL_SYNTAX: frozenset[str] = frozenset("|&;<>()$`\\\"'*?[#~=%\n")
 
@@ -44,17 +80,17 @@ def check_exec_env(
     Without an exec section nothing is checked: any program may run anyway."""
     if rules.allow_shell and rules.programs is None and not rules.args:
         return ALLOWED
-    for name in CODE_ENV:
-        value = env.get(name)
-        if not value or value == base.get(name) or name in rules.env:
+    for name, value in env.items():
+        entry = code_env_entry(name)
+        if entry is None or not value or value == base.get(name) or name in rules.env or entry in rules.env:
             continue
-        if name in ENV_LIBRARIES:
+        if entry in ENV_LIBRARIES:
             for library in value.replace(":", " ").split():
                 verdict = check_exec(rules, library, [library], shell=False, path=(), cwd=cwd)
                 if verdict.decision == "BLOCK":
                     return _env_refused(name, f"loads {library} into it; {verdict.reason}")
             continue
-        if name in ENV_COMMANDS:
+        if entry in ENV_COMMANDS:
             shell = name == "GIT_SSH_COMMAND" or bool(_SHELL_SYNTAX & set(value.strip()))
             words = value.split()
             program, argv = ("/bin/sh", ["sh", "-c", value]) if shell else (words[0], words)
@@ -62,7 +98,7 @@ def check_exec_env(
             if verdict.decision == "BLOCK":
                 return _env_refused(name, f"makes it run {value!r:.80}; {verdict.reason}")
             continue
-        return _env_refused(name, "makes it load or run other code (list the name in exec.env to allow)")
+        return _env_refused(name, f"makes it load or run other code (list {entry} in exec.env to allow)")
     return ALLOWED
 
 

@@ -42,7 +42,7 @@ from typing import Any, Final
 from failcore.event import Target
 from failcore.policy.address import canonical_ip
 from failcore.policy.runtime import Verdict
-from failcore.policy.runtime_env import CODE_ENV
+from failcore.policy.runtime_env import code_env_entry
 from failcore.runtime.context import Blocked, CallState, RunState, current_call
 from failcore.runtime.events import apply_dlp, effect_event, internal_error_event
 
@@ -386,7 +386,9 @@ def _child_env(env: Any) -> dict[str, str]:
     """The variables of CODE_ENV in the environment a child gets (`env` None: this process's)."""
     found: dict[str, str] = {}
     if env is None:
-        for name in CODE_ENV:
+        for name in {*os.environ, *_putenv}:
+            if code_env_entry(name) is None:
+                continue
             value = _putenv[name] if name in _putenv else os.environ.get(name)
             if value is not None:
                 found[name] = value
@@ -400,7 +402,7 @@ def _child_env(env: Any) -> dict[str, str]:
             name, text = os.fsdecode(key), os.fsdecode(value)
         except TypeError:
             continue
-        if name in CODE_ENV:
+        if code_env_entry(name) is not None:
             found[name] = text
     return found
 

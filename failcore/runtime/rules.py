@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from failcore.policy.contracts import check_output
 from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs, nameservers
-from failcore.policy.runtime_env import CODE_ENV, check_exec_env
+from failcore.policy.runtime_env import check_exec_env, code_env
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
@@ -93,7 +93,7 @@ class RuntimeRules:
         self.failcore_proxies = enclosing_proxies(os.environ)
         self.resolvers = system_nameservers()
         # The run's own values of the variables a child's env is judged by (check_exec_env).
-        self.base_env = {name: os.environ.get(name) for name in CODE_ENV}
+        self.base_env = code_env(os.environ)
         self._loaded = self._load()  # raises PolicyError: a bad policy at start is the user's to fix
 
     def _load(self) -> Loaded:

@@ -1,10 +1,12 @@
 """Runtime attack: a guarded tool runs code of its own through a program the policy allows, by setting
 a variable of the child's environment: LD_PRELOAD (a library the loader runs first), GIT_EXTERNAL_DIFF,
 GIT_SSH_COMMAND and GIT_EDITOR (command lines git runs), PYTHONPATH (a sitecustomize a Python child
-imports), NODE_OPTIONS (`--require`), BASH_ENV, in the env given to the spawn or in this process's
-environment (os.environ, os.putenv) that a child inherits. Refused in strict mode before the spawn
-(rule exec.env): the agent's code never runs (its marker file is not written), and the tape holds the
-exec event BLOCKED naming the variable."""
+imports), NODE_OPTIONS (`--require`), HOME and XDG_CONFIG_HOME (a git configuration of the agent's
+whose alias runs its script), an exported bash function (`BASH_FUNC_echo%%`) and SHELLOPTS=xtrace with
+a PS4 holding a command substitution (both run by a bash script the policy allows), in the env given to
+the spawn or in this process's environment (os.environ, os.putenv) that a child inherits. Refused in
+strict mode before the spawn (rule exec.env): the agent's code never runs (its marker file is not
+written), and the tape holds the exec event BLOCKED naming the variable."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from failcore import Blocked, guard, run
 from tests.runtime.helpers import runtime_events
 
 GIT, NODE, GCC = shutil.which("git"), shutil.which("node"), shutil.which("gcc")
-POLICY = "version: 1\nexec:\n  allow_shell: false\n  programs: [git, node, {python}]\n{extra}"
+POLICY = "version: 1\nexec:\n  allow_shell: false\n  programs: [git, node, {python}, {script}]\n{extra}"
 PRELOAD_C = r"""
 #include <stdio.h>
 __attribute__((constructor)) static void planted(void) {
@@ -33,7 +35,8 @@ __attribute__((constructor)) static void planted(void) {
 
 def write_policy(tmp_path: Path, extra: str = "") -> Path:
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.replace("{python}", sys.executable).replace("{extra}", extra))
+    text = POLICY.replace("{python}", sys.executable).replace("{script}", str(tmp_path / "tool.sh"))
+    policy.write_text(text.replace("{extra}", extra))
     return policy
 
 
@@ -89,6 +92,54 @@ def preload(tmp_path: Path, marker: Path) -> None:
     subprocess.run([GIT, "--version"], env=env, cwd=marker.parent, check=False, stdout=subprocess.DEVNULL)
 
 
+def git_alias_in(config: Path, marker: Path) -> Path:
+    """A git configuration of the agent's: `git planted` runs its script (the alias starts with `!`)."""
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f"[alias]\n\tplanted = !{planted_script(config.parent, marker)}\n")
+    return config
+
+
+def home_gitconfig(tmp_path: Path, marker: Path) -> None:
+    home = tmp_path / "home"
+    git_alias_in(home / ".gitconfig", marker)
+    subprocess.run([GIT, "planted"], env=env_with(HOME=str(home)), check=False)
+
+
+def xdg_git_config(tmp_path: Path, marker: Path) -> None:
+    config_home = tmp_path / "config"
+    git_alias_in(config_home / "git" / "config", marker)
+    subprocess.run([GIT, "planted"], env=env_with(XDG_CONFIG_HOME=str(config_home)), check=False)
+
+
+def user_script(tmp_path: Path) -> Path:
+    """A bash script of the user's that the policy allows by its path (it runs `echo`)."""
+    script = tmp_path / "tool.sh"
+    script.write_text("#!/bin/bash\necho tool ran\n")
+    script.chmod(0o755)
+    return script
+
+
+ECHO_FUNCTION = "BASH_FUNC_echo%%"  # bash's name for an exported function `echo`
+
+
+def exported_bash_function(tmp_path: Path, marker: Path) -> None:
+    env = env_with(**{ECHO_FUNCTION: f"() {{ : > {marker}; }}"})
+    subprocess.run([user_script(tmp_path)], env=env, check=False)
+
+
+def inherited_bash_function(tmp_path: Path, marker: Path) -> None:
+    os.environ[ECHO_FUNCTION] = f"() {{ : > {marker}; }}"
+    try:
+        subprocess.run([user_script(tmp_path)], check=False)
+    finally:
+        del os.environ[ECHO_FUNCTION]
+
+
+def xtrace_prompt(tmp_path: Path, marker: Path) -> None:
+    env = env_with(SHELLOPTS="xtrace", PS4=f"$(: > {marker})")
+    subprocess.run([user_script(tmp_path)], env=env, check=False, stderr=subprocess.DEVNULL)
+
+
 def inherited_through_os_environ(tmp_path: Path, marker: Path) -> None:
     os.environ["GIT_EXTERNAL_DIFF"] = str(planted_script(tmp_path, marker))
     try:
@@ -114,6 +165,11 @@ ATTACKS: dict[Callable[[Path, Path], None], str] = {
     preload: "LD_PRELOAD",
     inherited_through_os_environ: "GIT_EXTERNAL_DIFF",
     inherited_through_putenv: "GIT_EXTERNAL_DIFF",
+    home_gitconfig: "HOME",
+    xdg_git_config: "XDG_CONFIG_HOME",
+    exported_bash_function: "BASH_FUNC_echo%%",
+    inherited_bash_function: "BASH_FUNC_echo%%",
+    xtrace_prompt: "SHELLOPTS",
 }
 
 
@@ -140,12 +196,20 @@ def test_code_planted_through_a_childs_environment_does_not_run(
     assert (events[-1]["kind"], events[-1]["outcome"], events[-1]["rule"]) == ("tool", "BLOCKED", "exec.env")
 
 
+REAL = [external_diff, home_gitconfig, xdg_git_config, exported_bash_function, xtrace_prompt]
+
+
 @pytest.mark.skipif(GIT is None, reason="needs git")
-def test_the_attack_works_without_the_check(workdir: Path, tmp_path: Path) -> None:
-    """The planted diff program does run when failcore is not asked (the attack is real)."""
+@pytest.mark.parametrize("attack", REAL, ids=[a.__name__ for a in REAL])
+def test_the_attack_works_without_the_check(
+    workdir: Path, tmp_path: Path, attack: Callable[[Path, Path], None]
+) -> None:
+    """The planted code does run when failcore is not asked (the attack is real)."""
+    if attack is xtrace_prompt and os.geteuid() == 0:
+        pytest.skip("bash (>= 4.4) does not take PS4 from the environment of a root shell")
     marker = tmp_path / "outside" / "MARKER"
-    external_diff(tmp_path, marker)
-    assert marker.read_text() == "planted\n"
+    attack(tmp_path, marker)
+    assert marker.exists()
 
 
 @pytest.mark.skipif(GIT is None, reason="needs git")
