@@ -108,8 +108,10 @@ _MULTIPART = re.compile(r'\Amultipart/.*boundary="?([^";,]+)"?', re.IGNORECASE |
 # (closed or not) or bare, inside another quoted value too (the matches overlap). Rack 2's unanchored
 # `Content-Disposition:.*\s+name=` also reads `X-Content-Disposition:` and `form-data<TAB>name=`; Rack 3
 # a parameter after a quoted one with no `;`.
+# A value is read up to 64 bytes (a longer one is no `_method`): the overlapping matches stay linear.
 _PART_NAME = re.compile(
-    rb'(?<![a-z0-9])(?=name(\*?)[ \t]*=[ \t]*(?:"((?:\\.|[^"\\\r\n])*)"?|([^;\s"]*)))', re.IGNORECASE
+    rb'(?<![a-z0-9])(?=name(\*?)[ \t]*=[ \t]*(?:"((?:\\.|[^"\\\r\n]){0,64})|([^;\s"=]{0,64})))',
+    re.IGNORECASE,
 )
 # Rack 3 names a part without Content-Disposition by its Content-ID (MULTIPART_CONTENT_ID).
 _PART_ID = re.compile(rb"^content-id[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
