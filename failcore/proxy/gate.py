@@ -103,12 +103,34 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
 # Rack's multipart boundary (Rack::Multipart::MULTIPART): any multipart/* type, the boundary quoted or not,
 # either case (the last `boundary=` in the header, as Rack's greedy `.*` takes it).
 _MULTIPART = re.compile(r'\Amultipart/.*boundary="?([^";,]+)"?', re.IGNORECASE | re.DOTALL)
-# A part's Content-Disposition name parameter, either case, quoted (with `\"` escapes) or bare; `name*=`
-# (RFC 5987) too.
+# A part's name, read conservatively (an attacker picks the server's parser): a `name=` or `name*=`
+# (RFC 5987) parameter anywhere in any head line, in either case, with or without a `;` before it, quoted
+# (closed or not) or bare, inside another quoted value too (the matches overlap). Rack 2's unanchored
+# `Content-Disposition:.*\s+name=` also reads `X-Content-Disposition:` and `form-data<TAB>name=`; Rack 3
+# a parameter after a quoted one with no `;`.
+# A value is read up to 64 bytes (a longer one is no `_method`): the overlapping matches stay linear.
 _PART_NAME = re.compile(
-    rb'^content-disposition[ \t]*:[^\r\n]*?;[ \t]*name(\*?)[ \t]*=[ \t]*("(?:\\.|[^"\\])*"|[^;\s]*)',
-    re.IGNORECASE | re.MULTILINE,
+    rb'(?<![a-z0-9])(?=name(\*?)[ \t]*=[ \t]*(?:"((?:\\.|[^"\\\r\n]){0,64})|([^;\s"=]{0,64})))',
+    re.IGNORECASE,
 )
+# Rack 3 names a part without Content-Disposition by its Content-ID (MULTIPART_CONTENT_ID).
+_PART_ID = re.compile(rb"^content-id[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+# A folded head line (obs-fold) continues on the next line: Rack 3 reads it as one value.
+_FOLD = re.compile(rb"\r?\n[ \t]+")
+
+
+def part_names(head: bytes) -> set[bytes]:
+    """Every name a multipart part's `head` can be read as: each name parameter in any head line (its
+    value quoted with `\\` escapes as written and unescaped, or bare) and its Content-ID."""
+    head = _FOLD.sub(b" ", head)
+    names = set()
+    for extended, quoted, bare in _PART_NAME.findall(head):
+        values = {quoted, re.sub(rb"\\(.)", rb"\1", quoted)} if quoted else {bare}
+        if extended:  # charset'language'percent-encoded
+            values = {unquote_to_bytes(value.rpartition(b"'")[2]) for value in values}
+        names.update(value.strip() for value in values)
+    names.update(value.strip().strip(b'"<>').strip() for value in _PART_ID.findall(head))
+    return names
 
 
 def is_form(content_type: str | None) -> bool:
@@ -120,8 +142,8 @@ def is_form(content_type: str | None) -> bool:
 
 def multipart_values(content_type: str, body: bytes, name: str) -> list[bytes]:
     """The values of every part of a multipart body named `name` (conservatively: a part whose head
-    names it in any spelling Rack, PHP or Python accept), per the boundary Rack reads from
-    `content_type`; [] when it has none."""
+    names it in any spelling Rack 2 or 3, PHP or Python accept; see part_names), per the boundary Rack
+    reads from `content_type`; [] when it has none."""
     found = _MULTIPART.match(content_type.strip())
     if found is None:
         return []
@@ -131,14 +153,8 @@ def multipart_values(content_type: str, body: bytes, name: str) -> list[bytes]:
         head, sep, content = part.partition(b"\r\n\r\n")
         if not sep:
             head, sep, content = part.partition(b"\n\n")
-        for extended, value in _PART_NAME.findall(head.lstrip(b"\r\n")):
-            if value.startswith(b'"'):
-                value = re.sub(rb"\\(.)", rb"\1", value[1:-1])
-            if extended:  # charset'language'percent-encoded
-                value = unquote_to_bytes(value.rpartition(b"'")[2])
-            if value == wanted:
-                values.append(content.removesuffix(b"\n").removesuffix(b"\r"))
-                break
+        if wanted in part_names(head.lstrip(b"\r\n")):
+            values.append(content.removesuffix(b"\n").removesuffix(b"\r"))
     return values
 
 
