@@ -11,6 +11,7 @@ client got and what the tape holds."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import httpx
@@ -100,3 +101,25 @@ def test_a_response_streamed_by_a_later_script_is_still_scanned_and_cut(
     recorded = event["response"]["body"]
     assert recorded is not None and recorded["size"] > 0
     assert AWS_KEY_ID.encode() not in tape_bytes(tmp_path / "tape")
+
+
+def test_bodies_streamed_by_a_later_script_are_recorded(
+    plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """Observe mode (nothing to hold): both bodies stream as the script asks, and both are on the tape."""
+    sent = b"request-filler " * 200
+    answer = b"response-filler " * 200
+    plain_logging_upstream.respond_with = (200, [(b"content-type", b"text/plain")], answer)
+    port, process, _ = _start(tmp_path, "version: 1\nmode: observe\n", REQUEST_SCRIPT + RESPONSE_SCRIPT)
+    try:
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=30) as client:
+            response = client.post(f"http://127.0.0.1:{plain_logging_upstream.port}/upload", content=sent)
+    finally:
+        stop(process)
+    assert response.status_code == 200 and response.content == answer
+    assert sent in plain_logging_upstream.received_bytes()
+    event = _event(tmp_path / "tape", "/upload")
+    for recorded, body in ((event["request"]["body"], sent), (event["response"]["body"], answer)):
+        assert recorded is not None
+        assert recorded["size"] == len(body)
+        assert recorded["sha256"] == hashlib.sha256(body).hexdigest()
