@@ -55,6 +55,7 @@ class FailCore:
         from failcore.proxy.session import Session
         from failcore.proxy.settings import Settings
         from failcore.proxy.streamtap import StreamTap
+        from failcore.proxy.tail import StreamTail, TailMount
         from failcore.proxy.tcpstream import TcpRecorder
         from failcore.proxy.verdict import FlowVerdict
 
@@ -73,6 +74,13 @@ class FailCore:
         self.replayer = Replayer(s)
         self.recorder = Recorder(s)
         self.tcp = TcpRecorder(s)
+        # Its own addon, added last (after every script): a `stream` a later script sets is judged again.
+        streamed = (self.meter, self.budgets, self.dlp, self.streamtap)
+        self.tail = StreamTail(
+            s,
+            [c.requestheaders for c in streamed],
+            [c.responseheaders for c in streamed],
+        )
         self.concerns = (
             # First: declares and checks every failcore_* option, then publishes them (session.settings).
             Settings(s),
@@ -91,6 +99,7 @@ class FailCore:
             self.budgets,
             self.dlp,
             self.streamtap,
+            TailMount(self.tail),
             # Before the recorder, which lets go of the flow's state.
             FlowVerdict(s),
             self.replayer,

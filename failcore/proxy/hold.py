@@ -29,6 +29,9 @@ from failcore.proxy.session import Session, answer
 from failcore.proxy.streamtap import could_be_llm_path, request_streams
 
 HELD = "failcore_held"
+# Set on every request whose body the policy must read whole before it leaves (held, or buffered anyway):
+# failcore.proxy.tail takes back a `stream` a script loaded after failcore asks for.
+MUST_HOLD = "failcore_must_hold"
 
 
 def hold_reason(session: Session, flow: http.HTTPFlow) -> str | None:
@@ -53,6 +56,11 @@ def hold_reason(session: Session, flow: http.HTTPFlow) -> str | None:
 
 def is_held(flow: http.HTTPFlow) -> bool:
     return bool(flow.metadata.get(HELD))
+
+
+def must_hold(flow: http.HTTPFlow) -> bool:
+    """The policy reads this request's body whole before it is forwarded (held or buffered)."""
+    return bool(flow.metadata.get(MUST_HOLD))
 
 
 def _too_large(flow: http.HTTPFlow, size: int, limit: int, why: str) -> http.Response:
@@ -101,6 +109,7 @@ class RequestHold:
         why = hold_reason(self.session, flow)
         if why is None:
             return
+        flow.metadata[MUST_HOLD] = True
         if flow.request.stream:
             # Another addon (a script before failcore) asked for a stream: the decision comes first.
             # (mitmproxy's own stream_large_bodies is taken over by failcore.proxy.settings.)

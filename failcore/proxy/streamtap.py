@@ -218,10 +218,28 @@ class StreamTap:
             tap = BodyTap(settings.body_cap, failed=failures.stop)
             tap.observers.extend(state.stream_observers)
             state.response_tap = tap
-            if state.cut_guards:
-                cutting = CuttingTap(
-                    flow, first_verdict(state.cut_guards, failures.verdict), inner=tap, state=state
-                )
-                flow.response.stream = _chain(flow.response.stream, cutting)
-            else:
-                flow.response.stream = _chain(flow.response.stream, tap)
+            flow.response.stream = _chain(flow.response.stream, response_stream(flow, state, tap, failures))
+
+
+def response_stream(
+    flow: http.HTTPFlow, state: FlowState, tap: BodyTap, failures: StreamFailures
+) -> Callable[[bytes], Any]:
+    """failcore's part of a response stream: `tap`, behind the cut guards when there are any."""
+    if state.cut_guards:
+        return CuttingTap(flow, first_verdict(state.cut_guards, failures.verdict), inner=tap, state=state)
+    return tap
+
+
+def rechain_response(session: Session, flow: http.HTTPFlow, state: FlowState) -> None:
+    """Put failcore's part (its tap, state.response_tap) back behind a response `stream` another addon
+    set in its place after failcore's hook ran (failcore.proxy.tail)."""
+    assert flow.response is not None and state.response_tap is not None
+    failures = StreamFailures(session, flow, state, "response")
+    part = response_stream(flow, state, state.response_tap, failures)
+    flow.response.stream = _chain(flow.response.stream, part)
+
+
+def rechain_request(flow: http.HTTPFlow, state: FlowState) -> None:
+    """The same for a request `stream` (failcore's part there is the tap alone)."""
+    assert state.request_tap is not None
+    flow.request.stream = _chain(flow.request.stream, state.request_tap)
