@@ -23,6 +23,7 @@ from failcore.policy.runtime import (
     check_exec,
     check_fs,
 )
+from tests.policy_helpers import assert_problems, problems_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,21 +33,6 @@ needs_system_git = pytest.mark.skipif(
     ),
     reason="needs git in a system bin directory",
 )
-
-
-def problems_of(text: str) -> list[tuple[int, int, str]]:
-    with pytest.raises(PolicyError) as caught:
-        parse_policy(textwrap.dedent(text), "test.yaml")
-    return [(p.line, p.column, p.message) for p in caught.value.problems]
-
-
-def assert_problems(text: str, expected: list[tuple[int, int, str]]) -> None:
-    found = problems_of(text)
-    assert [(line, column) for line, column, _ in found] == [
-        (line, column) for line, column, _ in expected
-    ], found
-    for (_, _, message), (_, _, fragment) in zip(found, expected, strict=True):
-        assert fragment in message, (fragment, message)
 
 
 def test_a_policy_without_the_sections_allows_everything_but_internal_addresses() -> None:

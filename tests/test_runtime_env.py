@@ -11,7 +11,7 @@ import pytest
 from failcore.policy import parse_policy
 from failcore.policy.runtime import ExecRules
 from failcore.policy.runtime_env import CODE_ENV, check_exec_env, code_env, code_env_entry
-from tests.test_policy_runtime_sections import problems_of
+from tests.policy_helpers import problems_of
 
 RULES = ExecRules(programs=("git", "cat"), allow_shell=False)
 
