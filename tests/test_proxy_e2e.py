@@ -120,15 +120,16 @@ def test_observe_mode_records_would_block_without_blocking(start_proxy, policy_f
 
 
 def test_curl_block_and_connect_refusal(start_proxy, policy_file, upstream, tmp_path):
+    # localhost on another port: 127.0.0.1 is localhost to a host rule too (its loopback readings).
+    other = upstream.port + 1 if upstream.port < 65535 else upstream.port - 1
     policy = policy_file(
         "mode: enforce\ndefault: ALLOW\nrules:\n"
-        "  - id: deny-localhost\n    host: localhost\n    action: BLOCK\n    reason: not an allowed host\n"
+        f"  - id: deny-localhost\n    host: localhost\n    port: {other}\n    action: BLOCK\n"
+        "    reason: not an allowed host\n"
     )
     proxy = start_proxy(policy)
     before = len(upstream.requests)
-    refused = curl(
-        proxy, f"https://localhost:{upstream.port}/json", "-o", "/dev/null", "-w", "%{http_connect}"
-    )
+    refused = curl(proxy, f"https://localhost:{other}/json", "-o", "/dev/null", "-w", "%{http_connect}")
     assert refused.returncode != 0  # curl cannot tunnel: CONNECT answered 403
     assert refused.stdout.strip() == "403"
     allowed = curl(proxy, f"{upstream.url}/json")
@@ -138,7 +139,7 @@ def test_curl_block_and_connect_refusal(start_proxy, policy_file, upstream, tmp_
     connect = only(events, action="http.connect")
     assert connect["outcome"] == "BLOCKED" and connect["decision"] == "BLOCK"
     assert connect["rule"] == "deny-localhost"
-    assert connect["summary"] == f"CONNECT localhost:{upstream.port}"
+    assert connect["summary"] == f"CONNECT localhost:{other}"
     assert connect["status"] == 403
 
 
