@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import network_events, read_tape
-from tests.security.helpers import assert_refused, plain_request, send_raw
+from tests.security.helpers import assert_passed, assert_refused, send_plain
 from tests.security.upstream import LoggingUpstream
 
 BLOCK_ADMIN = """
@@ -71,9 +70,7 @@ def test_path_parameters_do_not_escape_a_path_rule(
     path: str,
     rule: str | None,
 ) -> None:
-    proxy = start_proxy(policy_file(policy))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
+    answer = send_plain(start_proxy(policy_file(policy)), plain_logging_upstream, "GET", path)
     event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", rule)
 
@@ -102,10 +99,6 @@ def test_a_legitimate_path_parameter_still_passes(
 ) -> None:
     """The control: dropping parameters is only for judging; a path its allow rule (or no rule) covers
     either way reaches upstream exactly as written."""
-    proxy = start_proxy(policy_file(policy))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    assert f"GET {path} HTTP/1.1".encode() in plain_logging_upstream.received_bytes()
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    answer = send_plain(start_proxy(policy_file(policy)), plain_logging_upstream, "GET", path)
+    event = assert_passed(answer, plain_logging_upstream, tmp_path / "tape", f"GET {path} HTTP/1.1".encode())
     assert (event["decision"], event["rule"]) == ("ALLOW", rule)
