@@ -13,6 +13,7 @@ written byte for byte so no client normalises it first."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,16 @@ rules:
 """
 
 
+@pytest.fixture
+def ask(start_proxy, policy_file, plain_logging_upstream: LoggingUpstream) -> Callable[[str, str], bytes]:
+    """GET `path` (written byte for byte) through a proxy under `policy`: the head of its answer."""
+
+    def ask(policy: str, path: str) -> bytes:
+        return send_plain(start_proxy(policy_file(policy)), plain_logging_upstream, "GET", path)
+
+    return ask
+
+
 @pytest.mark.parametrize(
     ("policy", "path", "rule"),
     [
@@ -62,16 +73,9 @@ rules:
     ],
 )
 def test_path_parameters_do_not_escape_a_path_rule(
-    start_proxy,
-    policy_file,
-    plain_logging_upstream: LoggingUpstream,
-    tmp_path: Path,
-    policy: str,
-    path: str,
-    rule: str | None,
+    ask, plain_logging_upstream: LoggingUpstream, tmp_path: Path, policy: str, path: str, rule: str | None
 ) -> None:
-    answer = send_plain(start_proxy(policy_file(policy)), plain_logging_upstream, "GET", path)
-    event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
+    event = assert_refused(ask(policy, path), plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", rule)
 
 
@@ -89,16 +93,10 @@ def test_path_parameters_do_not_escape_a_path_rule(
     ],
 )
 def test_a_legitimate_path_parameter_still_passes(
-    start_proxy,
-    policy_file,
-    plain_logging_upstream: LoggingUpstream,
-    tmp_path: Path,
-    policy: str,
-    path: str,
-    rule: str | None,
+    ask, plain_logging_upstream: LoggingUpstream, tmp_path: Path, policy: str, path: str, rule: str | None
 ) -> None:
     """The control: dropping parameters is only for judging; a path its allow rule (or no rule) covers
     either way reaches upstream exactly as written."""
-    answer = send_plain(start_proxy(policy_file(policy)), plain_logging_upstream, "GET", path)
-    event = assert_passed(answer, plain_logging_upstream, tmp_path / "tape", f"GET {path} HTTP/1.1".encode())
+    line = f"GET {path} HTTP/1.1".encode()
+    event = assert_passed(ask(policy, path), plain_logging_upstream, tmp_path / "tape", line)
     assert (event["decision"], event["rule"]) == ("ALLOW", rule)
