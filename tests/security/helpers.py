@@ -4,6 +4,7 @@ socket reader, a look at the tape's bytes and the real mitmdump with the failcor
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
@@ -444,3 +445,15 @@ def keyword_scoped_pair(
     verdict = (event["decision"], event["outcome"], event["rule"])
     assert verdict == ("BLOCK", "BLOCKED", f"dlp:{AIRTABLE_RULE}")
     return events
+
+
+def run_mitmdump_any_port(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """run_mitmdump on port 0: the kernel picks a free port as mitmdump binds (a port picked by the test
+    first, free_port, can be taken by another process before mitmdump binds it). The port it listens on
+    is read from its log (the last "listening at": failcore rebinds mitmproxy's server to loopback)."""
+    process, log = run_mitmdump(tmp_path, 0, *args)
+    found = re.findall(rb"proxy listening at \S*:(\d+)", log.read_bytes())
+    if not found:
+        stop(process)
+        pytest.fail(f"mitmdump said no port:\n{log.read_text(errors='replace')}")
+    return process, log, int(found[-1])
