@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import logging
 import socket
 import ssl
 import threading
@@ -325,6 +326,11 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-unty
     return False
 
 
+def _rejected(record: logging.LogRecord) -> bool:
+    """The warning of a reload that found the policy file invalid."""
+    return record.name == "failcore" and record.levelname == "WARNING" and "is invalid" in record.getMessage()
+
+
 def test_policy_live_reload_good_bad_good(start_proxy, policy_file, upstream, tmp_path, caplog):
     allow = "mode: enforce\ndefault: ALLOW\n"
     block_json = (
@@ -335,12 +341,14 @@ def test_policy_live_reload_good_bad_good(start_proxy, policy_file, upstream, tm
     with proxied_client(proxy) as client:
         assert client.get(upstream.url + "/json").status_code == 200
         path.write_text(block_json)
-        assert _wait_for(lambda: client.get(upstream.url + "/json").status_code == 403)
+        assert _wait_for(lambda: client.get(upstream.url + "/json").status_code == 403, timeout=60)
         path.write_text(block_json + "    colour: red\n")  # unknown key: invalid edit
-        time.sleep(0.5)
+        # Wait for the reload to reject it (not a fixed time: under load the poll comes late, and an edit
+        # it never saw would be overwritten unjudged by the next one).
+        assert _wait_for(lambda: any(_rejected(r) for r in caplog.records), timeout=60)
         assert client.get(upstream.url + "/json").status_code == 403, "the last good policy stays active"
         path.write_text(allow + "# allowed again\n")
-        assert _wait_for(lambda: client.get(upstream.url + "/json").status_code == 200)
+        assert _wait_for(lambda: client.get(upstream.url + "/json").status_code == 200, timeout=60)
     events = tape_of(proxy, tmp_path)
     policy_events = [e["detail"] for e in events if e["kind"] == "policy"]
     assert [(d["action"], d["ok"]) for d in policy_events] == [

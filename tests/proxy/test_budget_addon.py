@@ -3,6 +3,8 @@ warns (observe), and what a refused request reserved is given back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import orjson
@@ -31,23 +33,25 @@ def ask(h: Harness) -> tflow.HTTPFlow:
 
 
 @pytest.fixture
-def policy(tmp_path: Path):  # type: ignore[no-untyped-def]
-    def write(mode: str) -> Path:
+def guarded(tmp_path: Path, confdir: Path) -> Callable[[str], AbstractContextManager[Harness]]:
+    """The policy gate and the budget guard in the harness, under TWO_REQUESTS in the mode asked for."""
+
+    def start(mode: str) -> AbstractContextManager[Harness]:
         path = tmp_path / f"{mode}.yaml"
         path.write_text(TWO_REQUESTS.format(mode=mode))
-        return path
+        return concerns(
+            PolicyGate,
+            BudgetGuard,
+            confdir=confdir,
+            failcore_policy=str(path),
+            failcore_state_dir=str(tmp_path / "state"),
+        )
 
-    return write
+    return start
 
 
-def test_enforced_request_budget_refuses_the_third(policy, confdir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with concerns(
-        PolicyGate,
-        BudgetGuard,
-        confdir=confdir,
-        failcore_policy=str(policy("enforce")),
-        failcore_state_dir=str(tmp_path / "state"),
-    ) as h:
+def test_enforced_request_budget_refuses_the_third(guarded) -> None:  # type: ignore[no-untyped-def]
+    with guarded("enforce") as h:
         first, second, third = ask(h), ask(h), ask(h)
         assert first.response is None and second.response is None
         assert third.response is not None and third.response.status_code == 429
@@ -61,14 +65,8 @@ def test_enforced_request_budget_refuses_the_third(policy, confdir: Path, tmp_pa
         assert h.session.internal_errors == 0
 
 
-def test_observed_request_budget_warns_and_forwards(policy, confdir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with concerns(
-        PolicyGate,
-        BudgetGuard,
-        confdir=confdir,
-        failcore_policy=str(policy("observe")),
-        failcore_state_dir=str(tmp_path / "state"),
-    ) as h:
+def test_observed_request_budget_warns_and_forwards(guarded) -> None:  # type: ignore[no-untyped-def]
+    with guarded("observe") as h:
         flows = [ask(h) for _ in range(3)]
         assert [f.response for f in flows] == [None, None, None]
         decision = h.state(flows[2]).decision
@@ -76,14 +74,8 @@ def test_observed_request_budget_warns_and_forwards(policy, confdir: Path, tmp_p
         assert h.state(flows[0]).warnings == []
 
 
-def test_a_request_refused_later_gives_its_reservation_back(policy, confdir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with concerns(
-        PolicyGate,
-        BudgetGuard,
-        confdir=confdir,
-        failcore_policy=str(policy("enforce")),
-        failcore_state_dir=str(tmp_path / "state"),
-    ) as h:
+def test_a_request_refused_later_gives_its_reservation_back(guarded) -> None:  # type: ignore[no-untyped-def]
+    with guarded("enforce") as h:
         refused = ask(h)
         h.state(refused).blocked = True  # say the DLP guard refused it after the budget admitted it
         refused.response = tutils.tresp(status_code=403)

@@ -4,6 +4,7 @@ socket reader, a look at the tape's bytes and the real mitmdump with the failcor
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
@@ -322,3 +323,137 @@ def assert_tcp_refused(answer: bytes, upstream: LoggingUpstream, tape: Path, rul
     (event,) = tcp_events(tape, wait=60)
     assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", rule), event
     return event
+
+
+# A path rule with no host, its mode left to `.format(mode=…)`: the raw TCP tests' HTTP rule.
+NO_ADMIN_PATH_RULE = """
+version: 1
+mode: {mode}
+default: ALLOW
+rules:
+  - {{id: no-admin, path: /admin/**, action: BLOCK}}
+"""
+
+
+def admin_post(upstream: LoggingUpstream) -> bytes:
+    """A whole HTTP/1.1 request that NO_ADMIN_PATH_RULE refuses, written to be sent through a tunnel."""
+    return (
+        f"POST /admin/users HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\nContent-Length: 12\r\n"
+        "Connection: close\r\n\r\ndelete-all!!"
+    ).encode()
+
+
+def wait_until_received(upstream: LoggingUpstream, expected: bytes, seconds: float = 60) -> None:
+    """Wait (up to `seconds`, generous under load) until `upstream` holds exactly `expected`: the proxy
+    relayed a message, so what the client sends next is a message of its own."""
+    deadline = time.monotonic() + seconds
+    while upstream.received_bytes() != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def through_tunnel(
+    proxy: ProxyThread, upstream: LoggingUpstream, *messages: bytes, want: int, apart: float = 0.5
+) -> bytes:
+    """A raw stream through a CONNECT tunnel to `upstream`: each of `messages` sent on its own (`apart`
+    seconds between them), then what comes back read until `want` bytes or the stream's end, and the
+    proxy flushed. What the client got."""
+    with tunnel(proxy.port, upstream) as sock:
+        for i, message in enumerate(messages):
+            if i:
+                time.sleep(apart)
+            sock.sendall(message)
+        answer = read_until_closed(sock, want)
+    proxy.flush()
+    return answer
+
+
+def request_and_connect(proxy_port: int, authority: str, *, close: bool = True) -> tuple[bytes, bytes]:
+    """A POST (body "secret") to http://`authority`/marker, then a CONNECT to `authority`, each on a
+    connection of its own and written byte for byte: the heads of the two answers."""
+    close_line = "Connection: close\r\n" if close else ""
+    answer = send_raw(
+        proxy_port,
+        f"POST http://{authority}/marker HTTP/1.1\r\nHost: {authority}\r\n"
+        f"Content-Length: 6\r\n{close_line}\r\nsecret".encode(),
+    )
+    connect = send_raw(proxy_port, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    return answer, connect
+
+
+def assert_request_and_connect_refused(
+    answer: bytes, connect: bytes, upstream: LoggingUpstream, tape: Path, rule: str
+) -> None:
+    """Both answers of request_and_connect a 403, not a connection to the upstream, and the tape's two
+    events (the request and the CONNECT) BLOCKED by `rule`."""
+    from tests.helpers import network_events, read_tape
+
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert connect.startswith(b"HTTP/1.1 403"), connect
+    assert upstream.received_bytes() == b""
+    assert upstream.connections == []
+    events = network_events(read_tape(tape))
+    assert sorted((e["action"], e["decision"], e["outcome"], e["rule"]) for e in events) == [
+        ("http.connect", "BLOCK", "BLOCKED", rule),
+        ("http.request", "BLOCK", "BLOCKED", rule),
+    ]
+
+
+def send_plain(
+    proxy: ProxyThread, upstream: LoggingUpstream, method: str, path: str, *, headers: str = ""
+) -> bytes:
+    """plain_request(`upstream`, `method`, `path`) sent to the proxy, which is then flushed: the head of
+    the answer, for assert_refused or assert_passed."""
+    answer = send_raw(proxy.port, plain_request(upstream, method, path, headers=headers))
+    proxy.flush()
+    return answer
+
+
+def assert_passed(answer: bytes, upstream: LoggingUpstream, tape: Path, request_line: bytes) -> dict:
+    """assert_refused's counterpart: a 200, `request_line` at the upstream exactly as written, and one
+    network event on the tape: returned for the caller's own checks of its decision and rule."""
+    from tests.helpers import network_events, read_tape
+
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert request_line in upstream.received_bytes()
+    (event,) = network_events(read_tape(tape))
+    return event
+
+
+def keyword_scoped_pair(
+    proxy: ProxyThread,
+    up: LoggingUpstream,
+    tape: Path,
+    alone: list[tuple[str, str]],
+    keyed: list[tuple[str, str]],
+    keyed_path: str,
+) -> dict[str, dict]:
+    """POST /v1/alone with headers `alone` (an AIRTABLE_RULE token without its keyword: no secret, so it
+    passes), then `keyed_path` with headers `keyed` (the keyword too: refused by that rule's DLP BLOCK,
+    not a byte of it sent). The tape's network events by path, for the caller's checks of the hits."""
+    from tests.helpers import network_events, proxied_client, read_tape
+
+    with proxied_client(proxy) as client:
+        passed = client.post(f"{up.url}/v1/alone", headers=alone, content=b"{}")
+        refused = client.post(f"{up.url}{keyed_path}", headers=keyed, content=b"{}")
+    proxy.flush()
+    assert passed.status_code == 200, "without its keyword the token is not one (gitleaks' rule)"
+    assert refused.status_code == 403
+    seen = up.received_bytes()
+    assert b"/v1/alone" in seen and keyed_path.encode() not in seen
+    events = {e["path"]: e for e in network_events(read_tape(tape))}
+    event = events[keyed_path]
+    verdict = (event["decision"], event["outcome"], event["rule"])
+    assert verdict == ("BLOCK", "BLOCKED", f"dlp:{AIRTABLE_RULE}")
+    return events
+
+
+def run_mitmdump_any_port(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, int]:
+    """run_mitmdump on port 0: the kernel picks a free port as mitmdump binds (a port picked by the test
+    first, free_port, can be taken by another process before mitmdump binds it). The port it listens on
+    is read from its log (the last "listening at": failcore rebinds mitmproxy's server to loopback)."""
+    process, log = run_mitmdump(tmp_path, 0, *args)
+    found = re.findall(rb"proxy listening at \S*:(\d+)", log.read_bytes())
+    if not found:
+        stop(process)
+        pytest.fail(f"mitmdump said no port:\n{log.read_text(errors='replace')}")
+    return process, log, int(found[-1])

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from failcore.policy import canonical_ip, decide, parse_policy
-from tests.helpers import network_events, read_tape
-from tests.security.helpers import send_raw
+from tests.security.helpers import assert_request_and_connect_refused, request_and_connect, send_raw
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -59,23 +58,9 @@ def test_every_spelling_of_a_blocked_ip_is_blocked(
     start_proxy, policy_file, blocked_upstream: LoggingUpstream, tmp_path: Path, spelling: str
 ) -> None:
     proxy = start_proxy(policy_file(POLICY))
-    authority = f"{spelling}:{blocked_upstream.port}"
-    answer = send_raw(
-        proxy.port,
-        f"POST http://{authority}/marker HTTP/1.1\r\nHost: {authority}\r\n"
-        "Content-Length: 6\r\n\r\nsecret".encode(),
-    )
-    tunnel = send_raw(proxy.port, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    answer, tunnel = request_and_connect(proxy.port, f"{spelling}:{blocked_upstream.port}", close=False)
     proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 403"), answer
-    assert tunnel.startswith(b"HTTP/1.1 403"), tunnel
-    assert blocked_upstream.received_bytes() == b""
-    assert blocked_upstream.connections == []
-    events = network_events(read_tape(tmp_path / "tape"))
-    assert sorted((e["action"], e["decision"], e["outcome"], e["rule"]) for e in events) == [
-        ("http.connect", "BLOCK", "BLOCKED", "no-metadata"),
-        ("http.request", "BLOCK", "BLOCKED", "no-metadata"),
-    ]
+    assert_request_and_connect_refused(answer, tunnel, blocked_upstream, tmp_path / "tape", "no-metadata")
 
 
 def test_other_addresses_still_pass(

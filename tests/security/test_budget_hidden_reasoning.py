@@ -16,17 +16,10 @@ import pytest
 
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.llm_replay import load_exchanges
+from tests.security.budget_helpers import stream_without_usage, token_budget
 from tests.security.upstream import LoggingUpstream
 
-POLICY = """
-version: 1
-mode: enforce
-default: ALLOW
-budgets:
-  - id: tokens
-    window: run
-    limits: {output_tokens: 800}
-"""
+POLICY = token_budget(800, metric="output_tokens")
 
 
 def _recorded_reasoning_answer() -> tuple[str, int, int]:
@@ -43,27 +36,13 @@ def _recorded_reasoning_answer() -> tuple[str, int, int]:
     raise AssertionError("no recorded gpt-5-nano answer with reasoning")
 
 
-def _stream(text: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    chunks = [
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion.chunk",
-            "model": "gpt-5-nano-2025-08-07",
-            "choices": [{"index": 0, "delta": {"content": text[i : i + 20]}, "finish_reason": None}],
-        }
-        for i in range(0, len(text), 20)
-    ]
-    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    return 200, [(b"content-type", b"text/event-stream")], sse.encode()
-
-
 @pytest.mark.parametrize("cap", [2000, None])
 def test_hidden_reasoning_is_charged(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path, cap: int | None
 ) -> None:
     text, billed, _ = _recorded_reasoning_answer()
     assert len(text) + 4 < 800 < billed  # visible text alone would leave the budget open
-    plain_logging_upstream.respond_with = _stream(text)
+    plain_logging_upstream.respond_with = stream_without_usage(text, step=20, model="gpt-5-nano-2025-08-07")
     proxy = start_proxy(policy_file(POLICY))
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
     body: dict = {"model": "gpt-5-nano", "stream": True, "messages": [{"role": "user", "content": "joke"}]}

@@ -8,42 +8,20 @@ and there are 1,600 of them. The cap was not honoured: every character is charge
 
 from __future__ import annotations
 
-import json
-
 from tests.helpers import network_events, proxied_client, read_tape
+from tests.security.budget_helpers import stream_without_usage, token_budget
 from tests.security.upstream import LoggingUpstream
 
 TEXT = "word " * 1600  # 8,000 characters, 1,600 words
-POLICY = """
-version: 1
-mode: enforce
-default: ALLOW
-budgets:
-  - id: tokens
-    window: run
-    limits: {output_tokens: 1000}
-"""
-
-
-def _stream() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    chunks = [
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion.chunk",
-            "model": "deepseek-chat",
-            "choices": [{"index": 0, "delta": {"content": TEXT[i : i + 7]}, "finish_reason": None}],
-        }
-        for i in range(0, len(TEXT), 7)  # words split across chunks: each still counted once
-    ]
-    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    return 200, [(b"content-type", b"text/event-stream")], sse.encode()
+POLICY = token_budget(1000, metric="output_tokens")
 
 
 def test_more_words_than_the_cap_is_charged_every_character(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
 ) -> None:
     assert len(TEXT) <= 100 * 128 and len(TEXT.split()) > 1000
-    plain_logging_upstream.respond_with = _stream()
+    # Words split across chunks: each still counted once.
+    plain_logging_upstream.respond_with = stream_without_usage(TEXT, step=7)
     proxy = start_proxy(policy_file(POLICY))
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
     body = {

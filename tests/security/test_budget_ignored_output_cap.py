@@ -13,32 +13,11 @@ import json
 import httpx
 
 from tests.helpers import network_events, proxied_client, read_tape
+from tests.security.budget_helpers import stream_without_usage, token_budget
 from tests.security.upstream import LoggingUpstream
 
 TEXT = "word " * 4000  # 20,000 characters
-POLICY = """
-version: 1
-mode: enforce
-default: ALLOW
-budgets:
-  - id: tokens
-    window: run
-    limits: {output_tokens: 500}
-"""
-
-
-def _stream_without_usage() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    chunks = [
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion.chunk",
-            "model": "deepseek-chat",
-            "choices": [{"index": 0, "delta": {"content": TEXT[i : i + 100]}, "finish_reason": None}],
-        }
-        for i in range(0, len(TEXT), 100)
-    ]
-    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    return 200, [(b"content-type", b"text/event-stream")], sse.encode()
+POLICY = token_budget(500, metric="output_tokens")
 
 
 def _content_chars(sse: bytes) -> int:
@@ -63,7 +42,7 @@ def _chat(body: dict) -> dict:
 def test_an_ignored_cap_is_charged_every_character(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
 ) -> None:
-    plain_logging_upstream.respond_with = _stream_without_usage()
+    plain_logging_upstream.respond_with = stream_without_usage(TEXT)
     proxy = start_proxy(policy_file(POLICY))
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
     with proxied_client(proxy) as client:
@@ -85,7 +64,7 @@ def test_the_largest_cap_counts_and_the_stream_is_cut(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path
 ) -> None:
     """The reviewer's request: `max_completion_tokens: 1, max_tokens: 8000` with `cut_stream`."""
-    plain_logging_upstream.respond_with = _stream_without_usage()
+    plain_logging_upstream.respond_with = stream_without_usage(TEXT)
     proxy = start_proxy(policy_file(POLICY + "    on_exceed: cut_stream\n"))
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
     body = _chat({"max_completion_tokens": 1, "max_tokens": 8000})

@@ -13,18 +13,11 @@ import httpx
 
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.llm_replay import load_exchanges
+from tests.security.budget_helpers import token_budget
 from tests.security.upstream import LoggingUpstream
 
 LIMIT = 100
-POLICY = f"""
-version: 1
-mode: enforce
-default: ALLOW
-budgets:
-  - id: tokens
-    window: run
-    limits: {{total_tokens: {LIMIT}}}
-"""
+POLICY = token_budget(LIMIT)
 
 
 def _recorded_stream_without_usage() -> dict:

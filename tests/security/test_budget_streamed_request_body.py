@@ -9,35 +9,10 @@ import json
 from collections.abc import Iterator
 
 from tests.helpers import network_events, proxied_client, read_tape
+from tests.security.budget_helpers import stream_without_usage, token_budget
 from tests.security.upstream import LoggingUpstream
 
 TEXT = "word " * 400  # 2,000 characters of answer
-
-
-def _stream_without_usage() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    chunks = [
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion.chunk",
-            "model": "deepseek-chat",
-            "choices": [{"index": 0, "delta": {"content": TEXT[i : i + 100]}, "finish_reason": None}],
-        }
-        for i in range(0, len(TEXT), 100)
-    ]
-    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
-    return 200, [(b"content-type", b"text/event-stream")], sse.encode()
-
-
-def _policy(mode: str, limit: int) -> str:
-    return f"""
-version: 1
-mode: {mode}
-default: ALLOW
-budgets:
-  - id: tokens
-    window: run
-    limits: {{total_tokens: {limit}}}
-"""
 
 
 BODY = {
@@ -71,8 +46,8 @@ def test_stream_large_bodies_llm_call_never_leaves_unjudged(
 ) -> None:
     """Enforce mode with budgets: mitmproxy streamed the body upstream before the budget could read it
     (its model, its size). The option is taken over: the body is held and the call judged."""
-    plain_logging_upstream.respond_with = _stream_without_usage()
-    proxy = start_proxy(policy_file(_policy("enforce", 10_000)), sets=["stream_large_bodies=1k"])
+    plain_logging_upstream.respond_with = stream_without_usage(TEXT)
+    proxy = start_proxy(policy_file(token_budget(10_000)), sets=["stream_large_bodies=1k"])
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
     _judged_then_refused(proxy, plain_logging_upstream, tmp_path / "tape", lambda c: c.post(url, json=BODY))
 
@@ -87,8 +62,8 @@ def test_chunked_llm_call_is_metered_and_charged(
 ) -> None:
     """Observe mode (nothing is held): the chunked request streams through, and is still parsed and charged
     by the bytes that streamed, so the budget's warning comes at the second call."""
-    plain_logging_upstream.respond_with = _stream_without_usage()
-    proxy = start_proxy(policy_file(_policy("observe", 10_000)))
+    plain_logging_upstream.respond_with = stream_without_usage(TEXT)
+    proxy = start_proxy(policy_file(token_budget(10_000, mode="observe")))
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
     body = json.dumps(BODY).encode()
     headers = {"content-type": "application/json"}
@@ -111,8 +86,8 @@ def test_chunked_llm_call_past_stream_large_bodies_never_leaves_unjudged(
 ) -> None:
     """The same with a chunked body: its size is unknown at its headers, and mitmproxy streamed it once
     it outgrew `stream_large_bodies`, whatever failcore's hold had set."""
-    plain_logging_upstream.respond_with = _stream_without_usage()
-    proxy = start_proxy(policy_file(_policy("enforce", 10_000)), sets=["stream_large_bodies=1k"])
+    plain_logging_upstream.respond_with = stream_without_usage(TEXT)
+    proxy = start_proxy(policy_file(token_budget(10_000)), sets=["stream_large_bodies=1k"])
     url = f"{plain_logging_upstream.url}/v1/chat/completions"
     headers = {"content-type": "application/json"}
     body = json.dumps(BODY).encode()
@@ -130,8 +105,7 @@ def test_exhausted_budget_refuses_an_upload_mitmproxy_streams(
     """Off LLM paths nothing is held: the budget decides at the request's headers. An upload mitmproxy
     streams (`stream_large_bodies`) was admitted only at its end, once its body had left."""
     plain_logging_upstream.respond_with = (200, [(b"content-type", b"text/plain")], b"ok")
-    policy = _policy("enforce", 10_000).replace("{total_tokens: 10000}", "{requests: 1}")
-    proxy = start_proxy(policy_file(policy), sets=["stream_large_bodies=1k"])
+    proxy = start_proxy(policy_file(token_budget(1, metric="requests")), sets=["stream_large_bodies=1k"])
     url = f"{plain_logging_upstream.url}/upload"
     with proxied_client(proxy) as client:
         assert client.post(url, content=b"a" * 20_000).status_code == 200

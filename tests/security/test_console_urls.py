@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import free_port, run_mitmdump, stop
+from tests.security.helpers import run_mitmdump_any_port, stop
 from tests.security.upstream import LoggingUpstream
 
 pytestmark = pytest.mark.timeout(180)
@@ -23,8 +23,7 @@ SECRET = "qs" + "-secret-" + "5f0c2a9e7b"
 def test_query_string_secrets_stay_off_the_console(
     tmp_path: Path, plain_logging_upstream: LoggingUpstream, extra: tuple[str, ...], printed: bool
 ) -> None:
-    port = free_port()
-    process, log = run_mitmdump(tmp_path, port, *extra)
+    process, log, port = run_mitmdump_any_port(tmp_path, *extra)
     try:
         with httpx.Client(proxy=f"http://127.0.0.1:{port}", trust_env=False, timeout=30) as client:
             assert client.get(f"{plain_logging_upstream.url}/?k={SECRET}").status_code == 200

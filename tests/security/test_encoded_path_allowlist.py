@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import network_events, read_tape
-from tests.security.helpers import assert_refused, plain_request, send_raw
+from tests.security.helpers import assert_passed, assert_refused, send_plain
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -30,12 +29,8 @@ def test_an_encoded_project_path_is_allowed(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     path = "/api/v4/projects/mygroup%2Fmyproject/issues"
-    proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    assert f"GET {path} HTTP/1.1".encode() in plain_logging_upstream.received_bytes()
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    answer = send_plain(start_proxy(policy_file(POLICY)), plain_logging_upstream, "GET", path)
+    event = assert_passed(answer, plain_logging_upstream, tmp_path / "tape", f"GET {path} HTTP/1.1".encode())
     assert (event["decision"], event["rule"]) == ("ALLOW", "gl-issues")
 
 
@@ -43,8 +38,6 @@ def test_an_encoded_project_path_is_allowed(
 def test_an_encoded_climb_out_of_the_allowed_path_is_refused(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, path: str
 ) -> None:
-    proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
+    answer = send_plain(start_proxy(policy_file(POLICY)), plain_logging_upstream, "GET", path)
     event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", None)

@@ -13,19 +13,20 @@ and the tape."""
 from __future__ import annotations
 
 import struct
-import time
 from pathlib import Path
 
-from tests.security.helpers import assert_tcp_refused, read_until_closed, tcp_events, tunnel
+from tests.security.helpers import (
+    NO_ADMIN_PATH_RULE,
+    admin_post,
+    assert_tcp_refused,
+    read_until_closed,
+    tcp_events,
+    through_tunnel,
+    tunnel,
+    wait_until_received,
+)
 from tests.security.upstream import LoggingUpstream
 
-PATH_RULE = """
-version: 1
-mode: {mode}
-default: ALLOW
-rules:
-  - {{id: no-admin, path: /admin/**, action: BLOCK}}
-"""
 SOCKS5_HELLO = b"\x05\x01\x00"
 # PROXY protocol v2 (HAProxy's spec): the signature, PROXY command, TCP over IPv4, 12 bytes of addresses.
 PROXY_V2 = (
@@ -37,24 +38,17 @@ PROXY_V2 = (
 )
 
 
-def admin_post(upstream: LoggingUpstream) -> bytes:
-    return (
-        f"POST /admin/users HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\nContent-Length: 12\r\n"
-        "Connection: close\r\n\r\ndelete-all!!"
-    ).encode()
-
-
 def test_request_after_a_binary_handshake_is_refused_at_its_line_end(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(policy_file(PATH_RULE.format(mode="enforce")))
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="enforce")))
     request = admin_post(plain_logging_upstream)
     line_end = request.index(b"\r\n") + 2
     with tunnel(proxy.port, plain_logging_upstream) as sock:
         sock.sendall(SOCKS5_HELLO)
         assert read_until_closed(sock, len(SOCKS5_HELLO)) == SOCKS5_HELLO  # the server answered
         sock.sendall(request[: line_end - 3])  # "POST /admin/users HTTP/1." (its own message)
-        time.sleep(0.5)
+        wait_until_received(plain_logging_upstream, SOCKS5_HELLO + request[: line_end - 3])
         sock.sendall(request[line_end - 3 :])
         read_until_closed(sock, 1 << 16)
     proxy.flush()
@@ -70,23 +64,19 @@ def test_request_after_a_binary_handshake_is_refused_at_its_line_end(
 def test_proxy_protocol_header_with_the_request_is_refused_whole(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(policy_file(PATH_RULE.format(mode="enforce")))
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(PROXY_V2 + admin_post(plain_logging_upstream))
-        answer = read_until_closed(sock, 1)
-    proxy.flush()
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="enforce")))
+    answer = through_tunnel(
+        proxy, plain_logging_upstream, PROXY_V2 + admin_post(plain_logging_upstream), want=1
+    )
     assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin")
 
 
 def test_observe_relays_and_marks_the_later_request(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(policy_file(PATH_RULE.format(mode="observe")))
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="observe")))
     payload = PROXY_V2 + admin_post(plain_logging_upstream)
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(payload)
-        echoed = read_until_closed(sock, len(payload))
-    proxy.flush()
+    echoed = through_tunnel(proxy, plain_logging_upstream, payload, want=len(payload))
     assert echoed == payload == plain_logging_upstream.received_bytes()
     (event,) = tcp_events(tmp_path / "tape", wait=60)
     assert (event["decision"], event["would_block"], event["rule"]) == ("WARN", True, "no-admin")
@@ -96,12 +86,9 @@ def test_binary_bytes_quoting_http_text_still_pass(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     """The control: a status line or a version without a request line's end is not a request."""
-    proxy = start_proxy(policy_file(PATH_RULE.format(mode="enforce")))
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="enforce")))
     payload = b"\x00\x01HTTP/1.1 200 OK\r\nvia HTTP/1.1 proxy\x00" + bytes(range(256))
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(payload)
-        echoed = read_until_closed(sock, len(payload))
-    proxy.flush()
+    echoed = through_tunnel(proxy, plain_logging_upstream, payload, want=len(payload))
     assert echoed == payload == plain_logging_upstream.received_bytes()
     (event,) = tcp_events(tmp_path / "tape", wait=60)
     assert (event["decision"], event["outcome"], event["detail"]["http_seen_at"]) == ("ALLOW", "ok", None)

@@ -19,11 +19,10 @@ import pytest
 from failcore.logmask import LogMask
 from tests.security.helpers import (
     AWS_KEY_ID,
-    free_port,
     get_through_tunnel,
     gitleaks_token,
     read_head,
-    run_mitmdump,
+    run_mitmdump_any_port,
     stop,
 )
 from tests.security.upstream import LoggingUpstream
@@ -54,8 +53,7 @@ def test_mitmproxy_log_lines_quoting_a_malformed_request_are_masked(tmp_path: Pa
     partial_key = gitleaks_token("stripe-access-token")
     policy = tmp_path / "policy.yaml"
     policy.write_text("version: 1\nmode: observe\n")
-    port = free_port()
-    process, log = run_mitmdump(tmp_path, port, "--set", f"failcore_policy={policy}")
+    process, log, port = run_mitmdump_any_port(tmp_path, "--set", f"failcore_policy={policy}")
     try:
         # A request line mitmproxy cannot read (a space in the target): 400, and the line is logged.
         bad_line = f"GET /?key={line_key} junk HTTP/1.1\r\nHost: example.com\r\n\r\n".encode()

@@ -20,7 +20,7 @@ import pytest
 from failcore.policy import decide, parse_policy
 from failcore.policy.decide import tcp_verdicts
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import send_raw
+from tests.security.helpers import assert_request_and_connect_refused, request_and_connect, send_raw
 from tests.security.upstream import LoggingUpstream
 
 BLOCK_IP = """
@@ -38,16 +38,6 @@ default: ALLOW
 rules:
   - {id: no-localhost, host: localhost, action: BLOCK}
 """
-
-
-def _request_and_tunnel(proxy_port: int, authority: str) -> tuple[bytes, bytes]:
-    answer = send_raw(
-        proxy_port,
-        f"POST http://{authority}/marker HTTP/1.1\r\nHost: {authority}\r\n"
-        "Content-Length: 6\r\nConnection: close\r\n\r\nsecret".encode(),
-    )
-    tunnel = send_raw(proxy_port, f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    return answer, tunnel
 
 
 @pytest.mark.parametrize(
@@ -73,17 +63,9 @@ def test_loopback_in_another_spelling_is_blocked(
     rule: str,
 ) -> None:
     proxy = start_proxy(policy_file(policy))
-    answer, tunnel = _request_and_tunnel(proxy.port, f"{spelling}:{plain_logging_upstream.port}")
+    answer, tunnel = request_and_connect(proxy.port, f"{spelling}:{plain_logging_upstream.port}")
     proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 403"), answer
-    assert tunnel.startswith(b"HTTP/1.1 403"), tunnel
-    assert plain_logging_upstream.received_bytes() == b""
-    assert plain_logging_upstream.connections == []
-    events = network_events(read_tape(tmp_path / "tape"))
-    assert sorted((e["action"], e["decision"], e["outcome"], e["rule"]) for e in events) == [
-        ("http.connect", "BLOCK", "BLOCKED", rule),
-        ("http.request", "BLOCK", "BLOCKED", rule),
-    ]
+    assert_request_and_connect_refused(answer, tunnel, plain_logging_upstream, tmp_path / "tape", rule)
 
 
 @pytest.mark.parametrize(
@@ -104,17 +86,9 @@ def test_another_loopback_address_is_blocked_as_127_0_0_1(
     IPv4-mapped spelling too."""
     with LoggingUpstream(tmp_path / "upstream-any", tls=False, host="0.0.0.0") as upstream:
         proxy = start_proxy(policy_file(policy))
-        answer, tunnel = _request_and_tunnel(proxy.port, f"{spelling}:{upstream.port}")
+        answer, tunnel = request_and_connect(proxy.port, f"{spelling}:{upstream.port}")
         proxy.flush()
-        assert answer.startswith(b"HTTP/1.1 403"), answer
-        assert tunnel.startswith(b"HTTP/1.1 403"), tunnel
-        assert upstream.received_bytes() == b""
-        assert upstream.connections == []
-    events = network_events(read_tape(tmp_path / "tape"))
-    assert sorted((e["action"], e["decision"], e["outcome"], e["rule"]) for e in events) == [
-        ("http.connect", "BLOCK", "BLOCKED", rule),
-        ("http.request", "BLOCK", "BLOCKED", rule),
-    ]
+        assert_request_and_connect_refused(answer, tunnel, upstream, tmp_path / "tape", rule)
 
 
 ALLOW_LOCALHOST = """
@@ -137,7 +111,7 @@ def test_an_allow_rule_still_admits_its_own_spelling_only(
     allowed = send_raw(
         proxy.port, f"GET http://localhost:{port}/ok HTTP/1.1\r\nHost: localhost:{port}\r\n\r\n".encode()
     )
-    refused, tunnel = _request_and_tunnel(proxy.port, f"0.0.0.0:{port}")
+    refused, tunnel = request_and_connect(proxy.port, f"0.0.0.0:{port}")
     proxy.flush()
     assert allowed.startswith(b"HTTP/1.1 200"), allowed
     assert refused.startswith(b"HTTP/1.1 403"), refused
@@ -173,7 +147,7 @@ def test_an_allow_rule_for_another_loopback_address_admits_that_address_only(
         allowed = send_raw(
             proxy.port, f"GET http://127.0.0.2:{port}/ok HTTP/1.1\r\nHost: 127.0.0.2:{port}\r\n\r\n".encode()
         )
-        refused, tunnel = _request_and_tunnel(proxy.port, f"127.0.0.1:{port}")
+        refused, tunnel = request_and_connect(proxy.port, f"127.0.0.1:{port}")
         proxy.flush()
         received = upstream.received_bytes()
     assert allowed.startswith(b"HTTP/1.1 200"), allowed

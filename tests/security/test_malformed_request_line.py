@@ -15,10 +15,9 @@ from pathlib import Path
 from tests.helpers import network_events, read_tape
 from tests.security.helpers import (
     DLP_BLOCK,
-    free_port,
     gitleaks_token,
     read_head,
-    run_mitmdump,
+    run_mitmdump_any_port,
     send_raw,
     stop,
     tape_bytes,
@@ -73,8 +72,7 @@ def test_unparsable_requests_are_recorded_by_mitmdump(
 ) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(DLP_BLOCK)
-    port = free_port()
-    process, _log = run_mitmdump(tmp_path, port, "--set", f"failcore_policy={policy}")
+    process, _log, port = run_mitmdump_any_port(tmp_path, "--set", f"failcore_policy={policy}")
     try:
         heads = probe(port, plain_logging_upstream.url)
     finally:

@@ -13,12 +13,12 @@ written byte for byte so no client normalises it first."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import network_events, read_tape
-from tests.security.helpers import assert_refused, plain_request, send_raw
+from tests.security.helpers import assert_passed, assert_refused, send_plain
 from tests.security.upstream import LoggingUpstream
 
 BLOCK_ADMIN = """
@@ -39,6 +39,16 @@ rules:
   - {id: login, path: '/app/login;jsessionid=*', action: ALLOW}
   - {id: cars, path: '/cars/**', action: ALLOW}
 """
+
+
+@pytest.fixture
+def ask(start_proxy, policy_file, plain_logging_upstream: LoggingUpstream) -> Callable[[str, str], bytes]:
+    """GET `path` (written byte for byte) through a proxy under `policy`: the head of its answer."""
+
+    def ask(policy: str, path: str) -> bytes:
+        return send_plain(start_proxy(policy_file(policy)), plain_logging_upstream, "GET", path)
+
+    return ask
 
 
 @pytest.mark.parametrize(
@@ -63,18 +73,9 @@ rules:
     ],
 )
 def test_path_parameters_do_not_escape_a_path_rule(
-    start_proxy,
-    policy_file,
-    plain_logging_upstream: LoggingUpstream,
-    tmp_path: Path,
-    policy: str,
-    path: str,
-    rule: str | None,
+    ask, plain_logging_upstream: LoggingUpstream, tmp_path: Path, policy: str, path: str, rule: str | None
 ) -> None:
-    proxy = start_proxy(policy_file(policy))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
-    event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
+    event = assert_refused(ask(policy, path), plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", rule)
 
 
@@ -92,20 +93,10 @@ def test_path_parameters_do_not_escape_a_path_rule(
     ],
 )
 def test_a_legitimate_path_parameter_still_passes(
-    start_proxy,
-    policy_file,
-    plain_logging_upstream: LoggingUpstream,
-    tmp_path: Path,
-    policy: str,
-    path: str,
-    rule: str | None,
+    ask, plain_logging_upstream: LoggingUpstream, tmp_path: Path, policy: str, path: str, rule: str | None
 ) -> None:
     """The control: dropping parameters is only for judging; a path its allow rule (or no rule) covers
     either way reaches upstream exactly as written."""
-    proxy = start_proxy(policy_file(policy))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    assert f"GET {path} HTTP/1.1".encode() in plain_logging_upstream.received_bytes()
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    line = f"GET {path} HTTP/1.1".encode()
+    event = assert_passed(ask(policy, path), plain_logging_upstream, tmp_path / "tape", line)
     assert (event["decision"], event["rule"]) == ("ALLOW", rule)

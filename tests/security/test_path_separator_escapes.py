@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import network_events, read_tape
-from tests.security.helpers import assert_refused, plain_request, send_raw
+from tests.security.helpers import assert_passed, assert_refused, send_plain
 from tests.security.upstream import LoggingUpstream
 
 POLICY = """
@@ -44,9 +43,7 @@ rules:
 def test_encoded_separators_do_not_escape_a_path_rule(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, path: str, rule: str
 ) -> None:
-    proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
+    answer = send_plain(start_proxy(policy_file(POLICY)), plain_logging_upstream, "GET", path)
     event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", rule)
 
@@ -57,9 +54,8 @@ def test_an_encoded_slash_elsewhere_still_passes(
     """The control: decoding is only for judging; a path no rule covers either way reaches upstream
     exactly as written."""
     proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", "/files/a%2Fb/public"))
-    proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    assert b"GET /files/a%2Fb/public HTTP/1.1" in plain_logging_upstream.received_bytes()
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    answer = send_plain(proxy, plain_logging_upstream, "GET", "/files/a%2Fb/public")
+    event = assert_passed(
+        answer, plain_logging_upstream, tmp_path / "tape", b"GET /files/a%2Fb/public HTTP/1.1"
+    )
     assert event["decision"] == "ALLOW"

@@ -18,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.helpers import assert_tcp_refused, read_until_closed, tcp_events, tunnel
+from tests.security.helpers import (
+    NO_ADMIN_PATH_RULE,
+    admin_post,
+    assert_tcp_refused,
+    read_until_closed,
+    tcp_events,
+    through_tunnel,
+    tunnel,
+)
 from tests.security.upstream import LoggingUpstream
 
 SSH_HELLO = b"SSH-2.0-OpenSSH_9.6\r\n"
@@ -32,31 +40,14 @@ budgets:
     scope: {{provider: openai}}
     limits: {{cost_usd: 5}}
 """
-HOSTLESS_PATH_RULE = """
-version: 1
-mode: {mode}
-default: ALLOW
-rules:
-  - {{id: no-admin, path: /admin/**, action: BLOCK}}
-"""
 
 
-def admin_post(upstream: LoggingUpstream) -> bytes:
-    return (
-        f"POST /admin/users HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\nContent-Length: 12\r\n"
-        "Connection: close\r\n\r\ndelete-all!!"
-    ).encode()
-
-
-@pytest.mark.parametrize("policy", [HOSTLESS_BUDGET, HOSTLESS_PATH_RULE], ids=["budget", "path-rule"])
+@pytest.mark.parametrize("policy", [HOSTLESS_BUDGET, NO_ADMIN_PATH_RULE], ids=["budget", "path-rule"])
 def test_ssh_is_relayed_under_a_hostless_http_rule_or_budget(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, policy: str
 ) -> None:
     proxy = start_proxy(policy_file(policy.format(mode="enforce")))
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(SSH_HELLO)
-        echoed = read_until_closed(sock, len(SSH_HELLO))
-    proxy.flush()
+    echoed = through_tunnel(proxy, plain_logging_upstream, SSH_HELLO, want=len(SSH_HELLO))
     assert echoed == SSH_HELLO == plain_logging_upstream.received_bytes()
     (event,) = tcp_events(tmp_path / "tape", wait=60)
     assert (event["decision"], event["outcome"], event["rule"]) == ("ALLOW", "ok", None)
@@ -67,13 +58,9 @@ def test_leading_whitespace_then_binary_is_relayed_whole(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     """Held whitespace is relayed with the message that settles the verdict, in order."""
-    proxy = start_proxy(policy_file(HOSTLESS_PATH_RULE.format(mode="enforce")))
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(b"\r\n")
-        time.sleep(0.5)  # its own message
-        sock.sendall(b"\x00\x16\x03raw")
-        echoed = read_until_closed(sock, 8)
-    proxy.flush()
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="enforce")))
+    # The "\r\n" its own message (held: nothing to wait for but time).
+    echoed = through_tunnel(proxy, plain_logging_upstream, b"\r\n", b"\x00\x16\x03raw", want=8)
     assert echoed == b"\r\n\x00\x16\x03raw" == plain_logging_upstream.received_bytes()
     (event,) = tcp_events(tmp_path / "tape", wait=60)
     assert (event["decision"], event["outcome"], event["bytes_out"]) == ("ALLOW", "ok", 8)
@@ -84,7 +71,7 @@ def test_held_whitespace_of_a_client_that_closes_is_counted(
 ) -> None:
     """A client that sends "\\r\\n" and closes: its bytes were held unjudged when the stream ended. They
     are not relayed (mitmproxy half-closes the server first), and the tape says the client sent them."""
-    proxy = start_proxy(policy_file(HOSTLESS_PATH_RULE.format(mode="enforce")))
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="enforce")))
     with tunnel(proxy.port, plain_logging_upstream) as sock:
         sock.sendall(b"\r\n")
         time.sleep(0.5)  # its own message, held
@@ -100,13 +87,10 @@ def test_held_whitespace_of_a_client_that_closes_is_counted(
 def test_whitespace_message_then_request_in_the_next_is_refused(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(policy_file(HOSTLESS_PATH_RULE.format(mode="enforce")))
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(b"\r\n")
-        time.sleep(0.5)  # its own message: nothing may leave before the next one shows what it is
-        sock.sendall(admin_post(plain_logging_upstream))
-        answer = read_until_closed(sock, 1)
-    proxy.flush()
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="enforce")))
+    # The "\r\n" its own message: nothing may leave before the next one shows what it is.
+    request = admin_post(plain_logging_upstream)
+    answer = through_tunnel(proxy, plain_logging_upstream, b"\r\n", request, want=1)
     event = assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin")
     assert "starts like HTTP" in event["reason"] and event["detail"]["blocked_by"] == "policy"
 
@@ -116,35 +100,25 @@ def test_lower_case_method_and_h2_preface_count_as_http(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, request_line: bytes
 ) -> None:
     proxy = start_proxy(policy_file(HOSTLESS_BUDGET.format(mode="enforce")))
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(b"\n" + request_line)
-        answer = read_until_closed(sock, 1)
-    proxy.flush()
+    answer = through_tunnel(proxy, plain_logging_upstream, b"\n" + request_line, want=1)
     assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "budget:openai-daily")
 
 
 def test_whitespace_past_the_bound_is_refused(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(policy_file(HOSTLESS_PATH_RULE.format(mode="enforce")))
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(b"\r\n" * 40)  # 80 bytes: never decided by what follows
-        answer = read_until_closed(sock, 1)
-    proxy.flush()
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="enforce")))
+    # 80 bytes: never decided by what follows.
+    answer = through_tunnel(proxy, plain_logging_upstream, b"\r\n" * 40, want=1)
     assert_tcp_refused(answer, plain_logging_upstream, tmp_path / "tape", "no-admin")
 
 
 def test_observe_relays_held_bytes_in_order_and_marks_http(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(policy_file(HOSTLESS_PATH_RULE.format(mode="observe")))
+    proxy = start_proxy(policy_file(NO_ADMIN_PATH_RULE.format(mode="observe")))
     request = admin_post(plain_logging_upstream)
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(b"\r\n")
-        time.sleep(0.5)
-        sock.sendall(request)
-        echoed = read_until_closed(sock, 2 + len(request))
-    proxy.flush()
+    echoed = through_tunnel(proxy, plain_logging_upstream, b"\r\n", request, want=2 + len(request))
     assert echoed == b"\r\n" + request == plain_logging_upstream.received_bytes()
     (event,) = tcp_events(tmp_path / "tape", wait=60)
     assert (event["decision"], event["would_block"], event["rule"]) == ("WARN", True, "no-admin")
@@ -154,10 +128,7 @@ def test_observe_records_ssh_as_allowed(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     proxy = start_proxy(policy_file(HOSTLESS_BUDGET.format(mode="observe")))
-    with tunnel(proxy.port, plain_logging_upstream) as sock:
-        sock.sendall(SSH_HELLO)
-        echoed = read_until_closed(sock, len(SSH_HELLO))
-    proxy.flush()
+    echoed = through_tunnel(proxy, plain_logging_upstream, SSH_HELLO, want=len(SSH_HELLO))
     assert echoed == SSH_HELLO
     (event,) = tcp_events(tmp_path / "tape", wait=60)
     assert (event["decision"], event["would_block"]) == ("ALLOW", False)
@@ -206,7 +177,9 @@ def test_server_greeting_passes_while_the_client_is_held(
             time.sleep(0.5)
             held = server.received
             sock.sendall(b"\x20\x00\x00\x01\x85\xa6")  # a MySQL-like binary reply
-            time.sleep(0.5)
+            deadline = time.monotonic() + 60  # relayed before the client closes (under load too)
+            while server.received != b"\r\n\x20\x00\x00\x01\x85\xa6" and time.monotonic() < deadline:
+                time.sleep(0.05)
         proxy.flush()
         server.thread.join(10)
     finally:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import AIRTABLE_RULE, gitleaks_token, tape_bytes
+from tests.security.helpers import AIRTABLE_RULE, gitleaks_token, keyword_scoped_pair, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 RULE = AIRTABLE_RULE
@@ -35,21 +34,9 @@ def test_a_keyword_in_a_redacted_authorization_name_blocks_as_it_is_recorded(
     up = plain_logging_upstream
     token = gitleaks_token(RULE)
     proxy = start_proxy(policy_file(POLICY))
-    with proxied_client(proxy) as client:
-        alone = client.post(f"{up.url}/v1/alone", headers=[("X-B", token)], content=b"{}")
-        split = client.post(
-            f"{up.url}/v1/split",
-            headers=[("X-Airtable-Authorization", "Bearer abc"), ("X-B", token)],
-            content=b"{}",
-        )
-    proxy.flush()
-    assert alone.status_code == 200, "without its keyword the token is not one (gitleaks' rule)"
-    assert split.status_code == 403
-    seen = up.received_bytes()
-    assert b"/v1/alone" in seen and b"/v1/split" not in seen
-    events = {e["path"]: e for e in network_events(read_tape(tmp_path / "tape"))}
+    keyed = [("X-Airtable-Authorization", "Bearer abc"), ("X-B", token)]
+    events = keyword_scoped_pair(proxy, up, tmp_path / "tape", [("X-B", token)], keyed, "/v1/split")
     event = events["/v1/split"]
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", f"dlp:{RULE}")
     assert [(h["rule"], h["action"]) for h in event["dlp"]["hits"]] == [(RULE, "BLOCK")]
     recorded = dict(event["request"]["headers"])
     assert recorded["X-Airtable-Authorization"].startswith("Bearer [redacted ")

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, free_port, run_mitmdump, stop, tape_bytes
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, run_mitmdump_any_port, stop, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 OPTION = "stream_large_bodies=10k"
@@ -119,8 +119,9 @@ def test_mitmdump_with_stream_large_bodies_still_blocks_and_says_so(
     """The command line users type: `mitmdump -s addons/failcore_addon.py --set stream_large_bodies=10k`."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(DLP_BLOCK)
-    port = free_port()
-    process, log = run_mitmdump(tmp_path, port, "--set", OPTION, "--set", f"failcore_policy={policy}")
+    process, log, port = run_mitmdump_any_port(
+        tmp_path, "--set", OPTION, "--set", f"failcore_policy={policy}"
+    )
     try:
         with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=30) as client:
             response = client.post(

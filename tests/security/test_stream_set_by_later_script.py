@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, free_port, run_mitmdump, stop, tape_bytes
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, run_mitmdump_any_port, stop, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 STRICT = DLP_BLOCK + "  stream: strict\n"
@@ -44,9 +44,10 @@ def _start(tmp_path: Path, policy_text: str, script: str) -> tuple[int, object, 
     policy.write_text(policy_text)
     after = tmp_path / "after.py"
     after.write_text(script)
-    port = free_port()
     # run_mitmdump puts `-s addons/failcore_addon.py` first: this script is loaded after failcore.
-    process, log = run_mitmdump(tmp_path, port, "-s", str(after), "--set", f"failcore_policy={policy}")
+    process, log, port = run_mitmdump_any_port(
+        tmp_path, "-s", str(after), "--set", f"failcore_policy={policy}"
+    )
     return port, process, log
 
 

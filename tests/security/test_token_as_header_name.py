@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import AIRTABLE_RULE, gitleaks_token, tape_bytes
+from tests.security.helpers import AIRTABLE_RULE, gitleaks_token, keyword_scoped_pair, tape_bytes
 from tests.security.upstream import LoggingUpstream
 
 RULE = AIRTABLE_RULE
@@ -33,17 +32,9 @@ def test_a_keyword_scoped_token_as_a_header_name_is_blocked_and_recorded(
     up = plain_logging_upstream
     token = gitleaks_token(RULE)
     proxy = start_proxy(policy_file(POLICY))
-    with proxied_client(proxy) as client:
-        alone = client.post(f"{up.url}/v1/alone", headers=[(token, "1")], content=b"{}")
-        named = client.post(f"{up.url}/v1/name", headers=[("X-Svc", "airtable"), (token, "1")], content=b"{}")
-    proxy.flush()
-    assert alone.status_code == 200, "without its keyword the token is not one (gitleaks' rule)"
-    assert named.status_code == 403
-    seen = up.received_bytes()
-    assert b"/v1/alone" in seen and b"/v1/name" not in seen
-    events = {e["path"]: e for e in network_events(read_tape(tmp_path / "tape"))}
+    keyed = [("X-Svc", "airtable"), (token, "1")]
+    events = keyword_scoped_pair(proxy, up, tmp_path / "tape", [(token, "1")], keyed, "/v1/name")
     event = events["/v1/name"]
-    assert (event["decision"], event["outcome"], event["rule"]) == ("BLOCK", "BLOCKED", f"dlp:{RULE}")
     hits = [(h["rule"], h["action"], h["location"]) for h in event["dlp"]["hits"]]
     assert hits == [(RULE, "BLOCK", "request.header-name")]
     assert token.encode() not in b"".join(n.encode() for n, _ in event["request"]["headers"])
