@@ -106,7 +106,7 @@ def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[s
     """The methods a request asks the server to run instead of its own (upper case, as many as it
     names): the values of its method-override headers (`fields`: raw name/value pairs, as mitmproxy's
     `Headers.fields`) and of a `_method` query parameter. A `_method` form field is read by
-    `failcore.proxy.gate.form_override_methods` once the body is there."""
+    `failcore.proxy.overrides.body_override_methods` once the body is there."""
     values = [value.decode("latin-1") for name, value in fields if name.lower() in METHOD_OVERRIDE_HEADERS]
     query = path.find("?")
     if query != -1 and "method" in path[query:].lower():
@@ -128,10 +128,7 @@ def _first_match(candidates: tuple[tuple[Rule, Decision], ...], path: str, defau
 def _folding_matters(candidates: tuple[tuple[Rule, Decision], ...], path: str) -> bool:
     """Whether a case-folded reading of `path` could match otherwise than the path as written."""
     lower = path == path.lower()
-    for rule, _ in candidates:
-        if rule.paths is not None and (not lower or rule.paths.cased):
-            return True
-    return False
+    return any(rule.paths is not None and (not lower or rule.paths.cased) for rule, _ in candidates)
 
 
 def _first_match_folded(
