@@ -33,6 +33,7 @@ from failcore.evidence.echoes import redacted as _redacted
 from failcore.evidence.hostnames import host_hits as host_hits
 from failcore.evidence.hostnames import host_spellings as host_spellings
 from failcore.evidence.hostnames import spelling_hits
+from failcore.evidence.ownspans import SESSION_RULES, cookie_value_spans, own_spans
 from failcore.evidence.quoted import mask_quoted, quoted_fields
 from failcore.evidence.redact import (
     CREDENTIAL_HEADERS,
@@ -80,49 +81,6 @@ def _location(where: str, located: str | None) -> str:
     return f"{where}:{located}"
 
 
-# Rules for what a session cookie legitimately is: a hit of one of these spanning a whole cookie value
-# is that cookie, not a secret smuggled in it.
-_SESSION_RULES = frozenset({"jwt", "generic-api-key-assignment", "generic-secret-assignment"})
-
-
-# Authorization schemes whose credential is one token; the others carry parameters (Digest, AWS SigV4).
-_TOKEN_SCHEMES = frozenset({"bearer", "basic", "token", "apikey", "key"})
-
-
-def _own_spans(name: str, value: str) -> list[tuple[int, int]]:
-    """Byte spans of a credential header's value that are the header's own credential: a hit inside
-    one of an Authorization header's, or equal to a single-value header's, is that credential."""
-    raw = value.encode("utf-8")
-    if name in ("authorization", "proxy-authorization"):
-        scheme, sep, _ = value.partition(" ")
-        if not sep:
-            return [(0, len(raw))]
-        start = len(scheme.encode()) + 1
-        while start < len(raw) and raw[start : start + 1] == b" ":
-            start += 1
-        if scheme.lower() not in _TOKEN_SCHEMES:
-            return [(start, len(raw))]
-        end = raw.find(b" ", start)
-        return [(start, len(raw) if end < 0 else end)]
-    stripped = raw.strip()
-    start = raw.find(stripped) if stripped else 0
-    return [(start, start + len(stripped))]
-
-
-def _cookie_value_spans(value: str) -> list[tuple[int, int]]:
-    raw = value.encode("utf-8")
-    spans = []
-    cursor = 0
-    for part in raw.split(b";"):
-        eq = part.find(b"=")
-        if eq >= 0:
-            start = cursor + eq + 1
-            end = cursor + len(part)
-            spans.append((start, end))
-        cursor += len(part) + 1
-    return spans
-
-
 def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -> list[Hit]:
     """Secrets in credential headers that are not the header's own credential: an AWS key in a Cookie,
     a key appended after a Bearer token. A key that *is* the Authorization/X-Api-Key value is what
@@ -136,14 +94,14 @@ def foreign_credential_hits(engine: DlpEngine, headers: list[tuple[str, str]]) -
             if lower in ("cookie", "set-cookie"):
                 whole = any(
                     value.encode()[s:e].strip() == value.encode()[hit.start : hit.end]
-                    for s, e in _cookie_value_spans(value)
+                    for s, e in cookie_value_spans(value)
                 )
-                if whole and hit.rule_id in _SESSION_RULES:
+                if whole and hit.rule_id in SESSION_RULES:
                     continue
             elif lower.endswith("authorization"):
-                if any(s <= hit.start and hit.end <= e for s, e in _own_spans(lower, value)):
+                if any(s <= hit.start and hit.end <= e for s, e in own_spans(lower, value)):
                     continue
-            elif (hit.start, hit.end) in _own_spans(lower, value):
+            elif (hit.start, hit.end) in own_spans(lower, value):
                 continue
             found.append(hit)
     return found

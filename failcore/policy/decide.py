@@ -53,6 +53,7 @@ def _decide(
         return default
     path = request_path(path)
     decision = _first_match(candidates, path, default)
+    aliases: list[tuple[str, bool]] = []
     if "%2F" in path or "%5C" in path or "\\" in path or ";" in path or "%3B" in path or "%3b" in path:
         # Servers read some paths otherwise than as written: werkzeug, uvicorn and Node's routers
         # decode %2F before routing, some read '\\' as '/'; Tomcat, Jetty and Spring drop each
@@ -63,9 +64,17 @@ def _decide(
         # of the path as written (`/api/..%2Fadmin`, `/public/..;/admin`): an allow-list rule
         # `/projects/*/issues` still admits GitLab's `/projects/group%2Fname/issues`, whose reading
         # merely has one segment more, and one written for `/app;jsessionid=*` still admits it.
-        for alias, climbs in path_aliases(path):
+        aliases = path_aliases(path)
+        for alias, climbs in aliases:
             fallback = default if climbs else decision
             decision = stricter(decision, _first_match(candidates, alias, fallback))
+    if _folding_matters(candidates, path):
+        # Express, ASP.NET Core, Fiber and IIS route paths regardless of case (`/ADMIN/users` runs what
+        # `/admin/users` runs): the path and each reading above are judged case-folded too, counting
+        # through a rule they match (or, for a reading that climbs, the default) as above.
+        for reading, climbs in [(path, False), *aliases]:
+            fallback = default if climbs else decision
+            decision = stricter(decision, _first_match_folded(candidates, reading, fallback))
     return decision
 
 
@@ -97,7 +106,7 @@ def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[s
     """The methods a request asks the server to run instead of its own (upper case, as many as it
     names): the values of its method-override headers (`fields`: raw name/value pairs, as mitmproxy's
     `Headers.fields`) and of a `_method` query parameter. A `_method` form field is read by
-    `failcore.proxy.gate.form_override_methods` once the body is there."""
+    `failcore.proxy.overrides.body_override_methods` once the body is there."""
     values = [value.decode("latin-1") for name, value in fields if name.lower() in METHOD_OVERRIDE_HEADERS]
     query = path.find("?")
     if query != -1 and "method" in path[query:].lower():
@@ -112,6 +121,22 @@ def override_methods(fields: Iterable[tuple[bytes, bytes]], path: str) -> list[s
 def _first_match(candidates: tuple[tuple[Rule, Decision], ...], path: str, default: Decision) -> Decision:
     for rule, decision in candidates:
         if rule.paths is None or rule.paths.matches(path):
+            return decision
+    return default
+
+
+def _folding_matters(candidates: tuple[tuple[Rule, Decision], ...], path: str) -> bool:
+    """Whether a case-folded reading of `path` could match otherwise than the path as written."""
+    lower = path == path.lower()
+    return any(rule.paths is not None and (not lower or rule.paths.cased) for rule, _ in candidates)
+
+
+def _first_match_folded(
+    candidates: tuple[tuple[Rule, Decision], ...], path: str, default: Decision
+) -> Decision:
+    lowered = path.lower()
+    for rule, decision in candidates:
+        if rule.paths is None or rule.paths.matches_folded(path, lowered):
             return decision
     return default
 

@@ -116,11 +116,23 @@ class PathPattern:
     prefixes: tuple[str, ...]
     globs: tuple[str, ...]
     regex: FullMatcher | None = field(compare=False)
+    # The same patterns read regardless of case (Express, ASP.NET Core, Fiber and IIS route paths so):
+    # the prefixes lower-cased and the globs' regex compiled case-insensitive.
+    folded_prefixes: tuple[str, ...] = field(default=(), compare=False)
+    folded_regex: FullMatcher | None = field(default=None, compare=False)
+    # Whether any pattern has an upper-case letter (else a lower-case path reads the same folded).
+    cased: bool = field(default=False, compare=False)
 
     def matches(self, path: str) -> bool:
         if path.startswith(self.prefixes):
             return True
         return self.regex is not None and self.regex.fullmatch(path) is not None
+
+    def matches_folded(self, path: str, lowered: str) -> bool:
+        """Whether `path` (`lowered`: its `str.lower()`) matches regardless of case."""
+        if lowered.startswith(self.folded_prefixes):
+            return True
+        return self.folded_regex is not None and self.folded_regex.fullmatch(path) is not None
 
 
 @dataclass(frozen=True, slots=True)

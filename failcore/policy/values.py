@@ -106,8 +106,17 @@ def paths(items: list[tuple[str, ...]], match_any: bool) -> PathPattern | None:
         return None
     prefixes = [item[1] for item in items if item[0] == "prefix"]
     globs = [item for item in items if item[0] == "glob"]
-    regex = re2.compile("|".join(f"(?:{item[2]})" for item in globs)) if globs else None
-    return PathPattern(tuple(dict.fromkeys(prefixes)), tuple(item[1] for item in globs), regex)
+    regex_text = "|".join(f"(?:{item[2]})" for item in globs)
+    regex = re2.compile(regex_text) if globs else None
+    folded = re2.compile(f"(?i:{regex_text})") if globs else None
+    return PathPattern(
+        tuple(dict.fromkeys(prefixes)),
+        tuple(item[1] for item in globs),
+        regex,
+        tuple(dict.fromkeys(prefix.lower() for prefix in prefixes)),
+        folded,
+        any(item != item.lower() for item in (*prefixes, *(item[1] for item in globs))),
+    )
 
 
 def provider_item(value: object) -> object:

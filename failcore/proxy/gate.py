@@ -7,10 +7,8 @@ import functools
 import ipaddress
 import logging
 import os
-import re
 import time
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote_to_bytes
 
 import orjson
 from mitmproxy import connection, exceptions, http, tls
@@ -21,7 +19,6 @@ from failcore.event import EgressEvent
 from failcore.paths import load_or_create_salt
 from failcore.policy.address import normalise_host
 from failcore.policy.decide import (
-    METHOD_OVERRIDE_PARAMETER,
     connect_verdict,
     decide,
     override_methods,
@@ -31,6 +28,7 @@ from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.failclosed import withhold_sni
 from failcore.proxy.guard import guarded
+from failcore.proxy.overrides import body_override_methods
 from failcore.proxy.session import Fronted, Session, answer, answered_by_failcore
 from failcore.runmarks import policy_detail
 from failcore.shipped import default_policy_path, resolve_policy
@@ -98,90 +96,6 @@ def judge_request(policy: Policy, host: str, req: http.Request) -> Decision:
     if decision.rule is not None and decision.matched_action == "BLOCK":
         return stricter(ws, decision)
     return ws
-
-
-# Rack's multipart boundary (Rack::Multipart::MULTIPART): any multipart/* type, the boundary quoted or not,
-# either case (the last `boundary=` in the header, as Rack's greedy `.*` takes it).
-_MULTIPART = re.compile(r'\Amultipart/.*boundary="?([^";,]+)"?', re.IGNORECASE | re.DOTALL)
-# A part's name, read conservatively (an attacker picks the server's parser): a `name=` or `name*=`
-# (RFC 5987) parameter anywhere in any head line, in either case, with or without a `;` before it, quoted
-# (closed or not) or bare, inside another quoted value too (the matches overlap). Rack 2's unanchored
-# `Content-Disposition:.*\s+name=` also reads `X-Content-Disposition:` and `form-data<TAB>name=`; Rack 3
-# a parameter after a quoted one with no `;`.
-# A value is read up to 64 bytes (a longer one is no `_method`): the overlapping matches stay linear.
-_PART_NAME = re.compile(
-    rb'(?<![a-z0-9])(?=name(\*?)[ \t]*=[ \t]*(?:"((?:\\.|[^"\\\r\n]){0,64})|([^;\s"=]{0,64})))',
-    re.IGNORECASE,
-)
-# Rack 3 names a part without Content-Disposition by its Content-ID (MULTIPART_CONTENT_ID).
-_PART_ID = re.compile(rb"^content-id[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
-# A folded head line (obs-fold) continues on the next line: Rack 3 reads it as one value.
-_FOLD = re.compile(rb"\r?\n[ \t]+")
-
-
-def part_names(head: bytes) -> set[bytes]:
-    """Every name a multipart part's `head` can be read as: each name parameter in any head line (its
-    value quoted with `\\` escapes as written and unescaped, or bare) and its Content-ID."""
-    head = _FOLD.sub(b" ", head)
-    names = set()
-    for extended, quoted, bare in _PART_NAME.findall(head):
-        values = {quoted, re.sub(rb"\\(.)", rb"\1", quoted)} if quoted else {bare}
-        if extended:  # charset'language'percent-encoded
-            values = {unquote_to_bytes(value.rpartition(b"'")[2]) for value in values}
-        names.update(value.strip() for value in values)
-    names.update(value.strip().strip(b'"<>').strip() for value in _PART_ID.findall(head))
-    return names
-
-
-def is_form(content_type: str | None) -> bool:
-    """Whether a POST with this Content-Type is one Rack reads form fields from: none, urlencoded or any
-    multipart/* type (Rack's form_data? and parseable_data?)."""
-    ctype = (content_type or "").strip().lower()
-    return not ctype or ctype.startswith(("application/x-www-form-urlencoded", "multipart/"))
-
-
-def multipart_values(content_type: str, body: bytes, name: str) -> list[bytes]:
-    """The values of every part of a multipart body named `name` (conservatively: a part whose head
-    names it in any spelling Rack 2 or 3, PHP or Python accept; see part_names), per the boundary Rack
-    reads from `content_type`; [] when it has none."""
-    found = _MULTIPART.match(content_type.strip())
-    if found is None:
-        return []
-    wanted = name.encode("latin-1")
-    values = []
-    for part in body.split(b"--" + found.group(1).encode("utf-8", "surrogateescape"))[1:]:
-        head, sep, content = part.partition(b"\r\n\r\n")
-        if not sep:
-            head, sep, content = part.partition(b"\n\n")
-        if wanted in part_names(head.lstrip(b"\r\n")):
-            values.append(content.removesuffix(b"\n").removesuffix(b"\r"))
-    return values
-
-
-def form_override_methods(req: http.Request) -> list[str]:
-    """The methods a buffered POST form asks the server to run in a `_method` field (Rails'
-    Rack::MethodOverride, Laravel, Symfony), upper case. Rack reads a POST without Content-Type as a
-    form too, and any multipart/* type. A streamed body (forwarded before the decision; see
-    failcore.proxy.hold) or a compressed one is not read."""
-    if req.method != "POST" or req.stream or not req.raw_content:
-        return []
-    if req.headers.get("content-encoding", "identity").strip().lower() != "identity":
-        return []  # the frameworks parse form fields from the body as sent, not decompressed
-    ctype = req.headers.get("content-type", "")
-    if not is_form(ctype):
-        return []
-    if ctype.strip().lower().startswith("multipart/"):
-        parts = multipart_values(ctype, req.raw_content, METHOD_OVERRIDE_PARAMETER)
-        values = [value.decode("latin-1") for value in parts]
-    else:
-        pairs = parse_qsl(req.raw_content.decode("latin-1"), keep_blank_values=True)
-        values = [value for key, value in pairs if key == METHOD_OVERRIDE_PARAMETER]
-    return [method for value in values if (method := value.strip().upper())]
-
-
-def names_a_method(policy: Policy) -> bool:
-    """Whether a rule of `policy` names methods: then a `_method` form field can change a verdict."""
-    return any(rule.methods is not None for rule in policy.rules)
 
 
 # Modes where the client names its destination (CONNECT, SOCKS) before TLS starts.
@@ -402,8 +316,8 @@ class PolicyGate:
         policy = self.session.policy
         if policy is not None and state.decided_host is not None:
             req = flow.request
-            for override in form_override_methods(req):
-                # The body is here now (buffered, or held): a `_method` form field is judged too.
+            for override in body_override_methods(req):
+                # The body is here now (buffered, or held): a `_method` field in it is judged too.
                 state.decision = stricter(
                     state.decision,
                     decide(

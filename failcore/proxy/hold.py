@@ -8,7 +8,8 @@ consults the `request` hook's verdict. So where a decision needs the whole body,
 - in enforce mode with a DLP rule that BLOCKs (and request scanning on);
 - in enforce mode with budgets, on LLM API paths (a budget's model scope and usage come from the body;
   anywhere else BudgetGuard decides from the request line and headers, before anything streams);
-- in enforce mode with a rule that names a method, a POST form's (a `_method` field overrides it);
+- in enforce mode with a rule that names a method, a POST form's or JSON body's (a `_method` field
+  overrides it);
 - always with `fail_open: false` (a failure in any check must stop the request, not follow it).
 
 A held body is buffered by mitmproxy up to `failcore_hold_max` bytes; one that declares more is refused
@@ -23,8 +24,8 @@ import orjson
 from mitmproxy import http
 
 from failcore.policy.model import Decision
-from failcore.proxy.gate import is_form, names_a_method
 from failcore.proxy.guard import guarded
+from failcore.proxy.overrides import is_form, is_json, names_a_method
 from failcore.proxy.session import Session, answer
 from failcore.proxy.streamtap import could_be_llm_path, request_streams
 
@@ -49,8 +50,10 @@ def hold_reason(session: Session, flow: http.HTTPFlow) -> str | None:
     if policy.budgets and could_be_llm_path(flow.request.path):
         return "a budget"
     req = flow.request
-    if req.method == "POST" and is_form(req.headers.get("content-type")) and names_a_method(policy):
-        return "a rule naming a method (a form's `_method` field)"
+    if req.method == "POST" and names_a_method(policy):
+        ctype = req.headers.get("content-type")
+        if is_form(ctype) or is_json(ctype):
+            return "a rule naming a method (a `_method` field in a form or JSON body)"
     return None
 
 
