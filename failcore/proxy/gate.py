@@ -28,7 +28,7 @@ from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.failclosed import withhold_sni
 from failcore.proxy.guard import guarded
-from failcore.proxy.overrides import body_override_methods
+from failcore.proxy.overrides import body_override_methods, names_a_method
 from failcore.proxy.session import Fronted, Session, answer, answered_by_failcore
 from failcore.runmarks import policy_detail
 from failcore.shipped import default_policy_path, resolve_policy
@@ -314,7 +314,8 @@ class PolicyGate:
         if state is None or state.decision is None:
             return
         policy = self.session.policy
-        if policy is not None and state.decided_host is not None:
+        if policy is not None and state.decided_host is not None and names_a_method(policy):
+            # Without a rule naming methods another method reads the same: the body is not parsed.
             req = flow.request
             for override in body_override_methods(req):
                 # The body is here now (buffered, or held): a `_method` field in it is judged too.

@@ -55,6 +55,13 @@ def is_form(content_type: str | None) -> bool:
     return not ctype or ctype.startswith(("application/x-www-form-urlencoded", "multipart/"))
 
 
+def is_json(content_type: str | None) -> bool:
+    """Whether Laravel reads a body with this Content-Type as JSON (`Request::isJson`: the type contains
+    `/json` or `+json`)."""
+    ctype = (content_type or "").lower()
+    return "/json" in ctype or "+json" in ctype
+
+
 def multipart_values(content_type: str, body: bytes, name: str) -> list[bytes]:
     """The values of every part of a multipart body named `name` (conservatively: a part whose head
     names it in any spelling Rack 2 or 3, PHP or Python accept; see part_names), per the boundary Rack
@@ -99,15 +106,6 @@ def body_override_methods(req: http.Request) -> list[str]:
 def names_a_method(policy: Policy) -> bool:
     """Whether a rule of `policy` names methods: then a `_method` form field can change a verdict."""
     return any(rule.methods is not None for rule in policy.rules)
-
-
-
-
-def is_json(content_type: str | None) -> bool:
-    """Whether Laravel reads a body with this Content-Type as JSON (`Request::isJson`: the type contains
-    `/json` or `+json`)."""
-    ctype = (content_type or "").lower()
-    return "/json" in ctype or "+json" in ctype
 
 
 def json_override_methods(body: bytes) -> list[str]:
