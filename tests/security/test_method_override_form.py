@@ -8,7 +8,14 @@ which Rack reads as a form), the stricter verdict winning. A multipart body is r
 (a quoted or upper-case `boundary=`, any multipart/* type, a part name bare or in any case: each was
 missed, review 2 finding 4). When a rule names a method, a POST form's body that would stream (chunked,
 or over the streaming threshold: forwarded before the decision, so its `_method` went unread) is held
-until it is judged, and refused with 413 past `failcore_hold_max`."""
+until it is judged, and refused with 413 past `failcore_hold_max`.
+
+A JSON body too (review 4, finding 6): Laravel reads a JSON request's body as its fields
+(`Request::createFromBase`: `request = json()` when the Content-Type contains `/json` or `+json`) and
+Symfony's `getMethod()`, with the parameter override Laravel enables, runs the method a POST's `_method`
+field names: `POST {"_method":"DELETE"}` passed a `method: DELETE` BLOCK rule. A POST JSON object's
+top-level `_method` strings (each duplicate key's, any `\\u` spelling of the key) are now judged like a
+form's, and held like a form's when they would stream."""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from failcore.proxy.overrides import multipart_values
+from failcore.proxy.overrides import json_override_methods, multipart_values
 from tests.helpers import network_events, read_tape
 from tests.security.helpers import assert_refused, plain_request, send_raw
 from tests.security.upstream import LoggingUpstream
@@ -83,6 +90,16 @@ def post(upstream: LoggingUpstream, content_type: str, body: bytes) -> bytes:
             "multipart/form-data; boundary=XyZ",
             MULTIPART.replace(OVERRIDE_HEAD, b'Content-Disposition: form-data; name="x name=_method"'),
         ),
+        # review 4: a JSON object's top-level `_method`, as Laravel reads it
+        ("application/json", b'{"_method":"DELETE"}'),
+        ("application/json; charset=utf-8", b'{"title": "marker", "_method": "delete"}'),
+        ("application/vnd.api+json", b'{"_method":"DELETE"}'),
+        ("text/json", b'{"_method":"DELETE"}'),
+        ("application/json", b'{"\\u005fmethod":"DELETE"}'),  # the key spelled with escapes
+        ("application/json", b'{"_method":"\\u0044ELETE"}'),
+        ("application/json", b'{"_method":"PATCH","_method":"DELETE"}'),  # PHP keeps the last
+        ("application/json", b'{"_method":"DELETE","_method":"PATCH"}'),  # others the first
+        ("application/json", b'{"pad": "' + b"x" * 20000 + b'", "_method": "DELETE"}'),
     ],
 )
 def test_a_method_override_form_field_is_judged(
@@ -105,8 +122,13 @@ def test_a_method_override_form_field_is_judged(
     [
         ("application/x-www-form-urlencoded", b"title=marker&_method=patch"),
         # (a JSON body's `_method` was here as a control: Laravel runs it — review 4 finding 6 — and
-        # test_method_override_json now asserts it is refused)
+        # test_a_method_override_form_field_is_judged now asserts it is refused)
         ("text/plain", b"_method=DELETE&title=marker"),
+        ("application/json", b'{"data": {"_method": "DELETE"}}'),  # not a top-level field
+        ("application/json", b'[{"_method": "DELETE"}]'),  # not an object
+        ("application/json", b'{"_method": ["DELETE"]}'),  # not a string
+        ("application/json", b'{"_method": "PATCH"}'),
+        ("text/plain", b'{"_method":"DELETE"}'),  # Laravel does not read it as JSON
         # an upload whose file name or content names a method is no `_method` field
         (
             "multipart/form-data; boundary=XyZ",
@@ -145,11 +167,22 @@ def test_observe_mode_records_the_form_override_as_would_block(
     assert (event["decision"], event["would_block"], event["rule"]) == ("WARN", True, "no-delete")
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"title=marker&_method=delete"),
+        ("application/json", b'{"title": "marker", "_method": "DELETE"}'),
+    ],
+)
 def test_a_chunked_form_is_held_and_judged(
-    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+    start_proxy,
+    policy_file,
+    plain_logging_upstream: LoggingUpstream,
+    tmp_path: Path,
+    content_type: str,
+    body: bytes,
 ) -> None:
-    body = b"title=marker&_method=delete"
-    head = post(plain_logging_upstream, "application/x-www-form-urlencoded", b"")
+    head = post(plain_logging_upstream, content_type, b"")
     head = head.replace(b"Content-Length: 0\r\n", b"Transfer-Encoding: chunked\r\n")
     proxy = start_proxy(policy_file(POLICY))
     answer = send_raw(proxy.port, head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
@@ -158,12 +191,28 @@ def test_a_chunked_form_is_held_and_judged(
     assert (event["decision"], event["rule"]) == ("BLOCK", "no-delete")
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body", "sets"),
+    [
+        ("application/x-www-form-urlencoded", b"_method=delete&pad=" + b"x" * (3 << 20), []),
+        (
+            "application/json",
+            b'{"_method": "DELETE", "pad": "' + b"x" * 5000 + b'"}',
+            ["failcore_stream_threshold=1000"],
+        ),
+    ],
+)
 def test_a_form_over_the_streaming_threshold_is_held_and_judged(
-    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+    start_proxy,
+    policy_file,
+    plain_logging_upstream: LoggingUpstream,
+    tmp_path: Path,
+    content_type: str,
+    body: bytes,
+    sets: list[str],
 ) -> None:
-    body = b"_method=delete&pad=" + b"x" * (3 << 20)
-    proxy = start_proxy(policy_file(POLICY))
-    answer = send_raw(proxy.port, post(plain_logging_upstream, "application/x-www-form-urlencoded", body))
+    proxy = start_proxy(policy_file(POLICY), sets=sets)
+    answer = send_raw(proxy.port, post(plain_logging_upstream, content_type, body))
     proxy.flush()
     event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", "no-delete")
@@ -188,7 +237,7 @@ def test_a_form_over_the_hold_limit_is_refused_unread(
 def test_a_large_upload_that_is_no_form_still_streams(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    """The control: a method rule holds only forms and JSON (test_method_override_json); another upload
+    """The control: a method rule holds only forms and JSON bodies; another upload
     past the hold limit streams through."""
     body = b"\x00binary" + b"x" * 5000
     proxy = start_proxy(
@@ -250,3 +299,17 @@ def test_multipart_values_read_as_rack_reads_them(
     content_type: str, body: bytes, expected: list[bytes]
 ) -> None:
     assert multipart_values(content_type, body, "_method") == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"_method": " put "}', ["PUT"]),
+        (b'{"a": 1}', []),
+        (b"not json _method", []),
+        (b'{"_method": "DELETE"', []),  # cut short: Laravel's json() reads nothing either
+        (b"[" * 100000 + b"]" * 100000, []),
+    ],
+)
+def test_json_override_methods(body: bytes, expected: list[str]) -> None:
+    assert json_override_methods(body) == expected

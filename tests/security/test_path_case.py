@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import network_events, read_tape
-from tests.security.helpers import assert_refused, plain_request, send_raw
+from tests.security.helpers import assert_passed, assert_refused, send_plain
 from tests.security.upstream import LoggingUpstream
 
 BLOCK_ADMIN = """
@@ -60,9 +59,7 @@ def test_path_case_does_not_escape_a_path_rule(
     path: str,
     rule: str | None,
 ) -> None:
-    proxy = start_proxy(policy_file(policy))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
+    answer = send_plain(start_proxy(policy_file(policy)), plain_logging_upstream, "GET", path)
     event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", rule)
 
@@ -86,12 +83,9 @@ def test_a_path_with_capitals_the_rules_allow_still_passes(
     rule: str | None,
 ) -> None:
     """The control: folding is only for judging; the request reaches upstream exactly as written."""
-    proxy = start_proxy(policy_file(policy))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", path))
-    proxy.flush()
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    assert f"GET {path} HTTP/1.1".encode() in plain_logging_upstream.received_bytes()
-    (event,) = network_events(read_tape(tmp_path / "tape"))
+    answer = send_plain(start_proxy(policy_file(policy)), plain_logging_upstream, "GET", path)
+    line = f"GET {path} HTTP/1.1".encode()
+    event = assert_passed(answer, plain_logging_upstream, tmp_path / "tape", line)
     assert (event["decision"], event["rule"]) == (decision, rule)
 
 
@@ -103,8 +97,6 @@ def test_an_allow_rule_matched_only_folded_does_not_admit(
 ) -> None:
     """Never looser: `/API/x` under an allow-list of `/api/**` is refused by the default as before
     (a case-sensitive server would not run /api's handler for it either)."""
-    proxy = start_proxy(policy_file(ALLOW_LIST))
-    answer = send_raw(proxy.port, plain_request(plain_logging_upstream, "GET", "/API/items"))
-    proxy.flush()
+    answer = send_plain(start_proxy(policy_file(ALLOW_LIST)), plain_logging_upstream, "GET", "/API/items")
     event = assert_refused(answer, plain_logging_upstream, tmp_path / "tape")
     assert (event["decision"], event["rule"]) == ("BLOCK", None)
