@@ -16,6 +16,7 @@ from typing import Any, Final
 import brotli
 
 from failcore.compat import zstd
+from failcore.evidence.awschunked import AwsChunkedStage
 
 _TEXT_TYPES: Final = (
     "text/",
@@ -212,8 +213,9 @@ class _ZstdStage:
         return iter(())
 
 
-# The codings failcore decodes; any other (S3's `aws-chunked`, a made-up `x-foo`) is read as no coding.
-DECODED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+# The codings failcore decodes (S3's `aws-chunked` framing too); any other (a made-up `x-foo`) is read as
+# no coding.
+DECODED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "aws-chunked"})
 
 
 class UnknownCoding(ValueError):
@@ -226,9 +228,11 @@ class UnknownCoding(ValueError):
         super().__init__(f"content-encoding {self.codings!r} is not decoded (read as no coding)")
 
 
-def _stage(coding: str) -> _ZlibStage | _BrotliStage | _ZstdStage:
+def _stage(coding: str) -> _ZlibStage | _BrotliStage | _ZstdStage | AwsChunkedStage:
     if coding in ("gzip", "x-gzip", "deflate"):
         return _ZlibStage(coding)
+    if coding == "aws-chunked":
+        return AwsChunkedStage()
     if coding == "br":
         return _BrotliStage()
     if coding == "zstd":
