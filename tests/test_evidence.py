@@ -96,7 +96,7 @@ def test_a_large_brotli_body_is_decoded_to_its_end() -> None:
     ("encoding", "wire"),
     [
         ("x-foo, gzip", gzip.compress(TEXT)),
-        ("aws-chunked, br", brotli.compress(TEXT)),
+        ("x-bar, br", brotli.compress(TEXT)),
         ("gzip, x-foo", gzip.compress(TEXT)),
         ("deflate, x-foo, gzip", gzip.compress(zlib.compress(TEXT))),
     ],
@@ -112,6 +112,6 @@ def test_a_coding_failcore_does_not_know_is_read_as_none_the_others_undone(encod
 
 
 def test_a_lone_unknown_coding_is_recorded_as_sent() -> None:
-    ev = evidence(TEXT, "aws-chunked")
+    ev = evidence(TEXT, "x-bar")
     assert ev["text"].encode() == TEXT and ev["sha256_of"] == "wire"
-    assert decode_body(TEXT, "aws-chunked", 1 << 20).data == TEXT
+    assert decode_body(TEXT, "x-bar", 1 << 20).data == TEXT

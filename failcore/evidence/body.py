@@ -16,6 +16,7 @@ from typing import Any, Final
 import brotli
 
 from failcore.compat import zstd
+from failcore.evidence.awschunked import AwsChunkedStage
 
 _TEXT_TYPES: Final = (
     "text/",
@@ -79,6 +80,31 @@ def deflate_wbits(head: bytes) -> int:
     return -zlib.MAX_WBITS
 
 
+# Input handed to zlib in one call: what a corrupt stream decoded to before its error is salvaged by
+# feeding the failing call's input again byte by byte from a copy of the state before it (_inflate).
+_INFLATE_INPUT_STEP: Final = 64 * 1024
+
+
+def _inflate(z: Any, data: bytes) -> tuple[bytes, Exception | None]:
+    """`z.decompress(data, _DECODE_STEP)`, and on an error what `data` decoded to before it (a zlib
+    error drops the output of the whole call: a streaming receiver has that output, a secret with it).
+    Returns (the output, the error or None)."""
+    saved = z.copy()
+    try:
+        return z.decompress(data, _DECODE_STEP), None
+    except zlib.error as e:
+        error = e
+    out = bytearray()
+    for i in range(len(data)):
+        try:
+            out += saved.decompress(data[i : i + 1], _DECODE_STEP - len(out))
+        except zlib.error:
+            break
+        if len(out) >= _DECODE_STEP or saved.eof:
+            break
+    return bytes(out), error
+
+
 class _ZlibStage:
     """gzip (every member of a multi-member body, RFC 1952 2.2) or deflate (zlib or raw)."""
 
@@ -90,33 +116,42 @@ class _ZlibStage:
         self.head = b""  # a deflate body's first byte, until its second says whether it is zlib
 
     def feed(self, data: bytes) -> Iterator[bytes]:
-        while data:
+        pos = 0
+        pending = b""  # input handed to zlib next: a piece of `data`, or what the last call left
+        drain = False  # the last call filled its output: call again, input or not
+        while True:
+            if not pending and not drain:
+                if pos >= len(data):
+                    return
+                pending = data[pos : pos + _INFLATE_INPUT_STEP]
+                pos += len(pending)
             if self.z is None:
                 if self.members and not self.gzip:
                     raise ValueError("data after the end of the deflate stream")
                 if self.gzip:
                     wbits = zlib.MAX_WBITS | 16
                 else:
-                    data = self.head + data
-                    if len(data) < 2:
-                        self.head = data
+                    pending = self.head + pending
+                    if len(pending) < 2:
+                        self.head = pending
                         return
                     self.head = b""
-                    wbits = deflate_wbits(data)
+                    wbits = deflate_wbits(pending)
                 self.z = zlib.decompressobj(wbits)
             z = self.z
-            while True:
-                out = z.decompress(data, _DECODE_STEP)
-                if out:
-                    yield out
-                if z.eof:
-                    data = z.unused_data  # the next gzip member, if any
-                    self.z = None
-                    self.members += 1
-                    break
-                data = z.unconsumed_tail
-                if not data and len(out) < _DECODE_STEP:
-                    return
+            out, error = _inflate(z, pending)
+            if out:
+                yield out
+            if error is not None:
+                raise error
+            if z.eof:
+                pending = z.unused_data  # the next gzip member, if any
+                drain = False
+                self.z = None
+                self.members += 1
+                continue
+            pending = z.unconsumed_tail
+            drain = not pending and len(out) >= _DECODE_STEP
 
     def finish(self) -> Iterator[bytes]:
         if self.head:
@@ -178,8 +213,9 @@ class _ZstdStage:
         return iter(())
 
 
-# The codings failcore decodes; any other (S3's `aws-chunked`, a made-up `x-foo`) is read as no coding.
-DECODED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+# The codings failcore decodes (S3's `aws-chunked` framing too); any other (a made-up `x-foo`) is read as
+# no coding.
+DECODED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "aws-chunked"})
 
 
 class UnknownCoding(ValueError):
@@ -192,9 +228,11 @@ class UnknownCoding(ValueError):
         super().__init__(f"content-encoding {self.codings!r} is not decoded (read as no coding)")
 
 
-def _stage(coding: str) -> _ZlibStage | _BrotliStage | _ZstdStage:
+def _stage(coding: str) -> _ZlibStage | _BrotliStage | _ZstdStage | AwsChunkedStage:
     if coding in ("gzip", "x-gzip", "deflate"):
         return _ZlibStage(coding)
+    if coding == "aws-chunked":
+        return AwsChunkedStage()
     if coding == "br":
         return _BrotliStage()
     if coding == "zstd":
@@ -372,6 +410,12 @@ def body_evidence(
         except DECODE_ERRORS as e:
             if complete:
                 ev["decode_error"] = f"{type(e).__name__}: {e}"
+                if kept or _as_text(data[:cap], None) is None:
+                    # What decoded before the error is recorded (and masked), never the bytes as sent: a
+                    # truncated or corrupt stream still inflates, step by step, to the secret it holds.
+                    # (A body that is plain text, not in its coding at all, is recorded as sent.)
+                    ev["wire_dropped"] = True
+                    decoded_prefix = bytes(kept)
         if "decode_error" in ev:
             ev["sha256"] = wire_sha256 or hashlib.sha256(data).hexdigest()
             ev["sha256_of"] = "wire"
@@ -390,7 +434,9 @@ def body_evidence(
     full_len = ev.get("decoded_size", wire_size)
     shown = decoded_prefix[:cap]
     ev["truncated"] = (
-        len(shown) < full_len or (not complete and len(shown) < wire_size) or bool(ev.get("decode_limit_hit"))
+        len(shown) < full_len
+        or (not complete and len(shown) < wire_size)
+        or bool(ev.get("decode_limit_hit") or ev.get("wire_dropped"))
     )
     text = _as_text(shown, content_type)
     if text is not None:

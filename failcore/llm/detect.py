@@ -7,7 +7,7 @@ import re
 
 from failcore.llm.typed import as_dict, as_list, as_text
 from failcore.policy.address import normalise_host
-from failcore.policy.decide import request_path
+from failcore.policy.decide import path_aliases, request_path
 
 _KNOWN_OPENAI_COMPATIBLE_HOSTS = {
     "openrouter.ai": "openrouter",
@@ -104,7 +104,32 @@ def _shape_matches(api: str, request_json: dict | None) -> bool:
 
 
 def detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, str] | None:
-    """Identify ``(provider, api)`` from host, path and request shape; None when it is not an LLM call."""
+    """Identify ``(provider, api)`` from host, path and request shape; None when it is not an LLM call.
+
+    A path is read as the servers that route by it read it, as policy rules read it (path_aliases):
+    uvicorn/Starlette and werkzeug decode `%2F` before routing (`/v1/chat%2Fcompletions` reaches the
+    chat handler of a FastAPI server: vLLM's, LiteLLM's), Tomcat, Jetty and Spring drop each segment's
+    `;…` parameters (`/v1/chat/completions;x=1`). The first reading that is an LLM call is the one."""
+    found = _detect_api(host, path, request_json)
+    if found is not None:
+        return found
+    for alias in other_readings(path):
+        found = _detect_api(host, alias, request_json)
+        if found is not None:
+            return found
+    return None
+
+
+def other_readings(path: str) -> list[str]:
+    """The readings of a request path other than as written that servers route by (path_aliases: `%2F`
+    read as `/`, `;…` parameters dropped), as request_path spells them; none for most paths."""
+    clean = request_path(path)
+    if "%2F" in clean or "%5C" in clean or "\\" in clean or ";" in clean or "%3B" in clean or "%3b" in clean:
+        return [alias for alias, _climbs in path_aliases(clean)]
+    return []
+
+
+def _detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, str] | None:
     hostname, port = _split_host(host)
     path = _clean_path(path)
     lower = path.lower()

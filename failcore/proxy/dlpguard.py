@@ -267,18 +267,24 @@ def judge_request(
     hits = scan_request_for_block(
         scanner, url, headers, decoded.data, trailers, clean, host, redacted, recorded_url
     )
-    if decoded.error is not None and raw and raw != decoded.data:
-        # What decoded before the error was scanned; what it says on the wire is scanned too.
+    if raw and raw != decoded.data and (decoded.error is not None or _framed(headers)):
+        # What decoded before the error was scanned; what it says on the wire is scanned too (and an
+        # aws-chunked body's framing, whose chunk signatures and trailer lines its data leaves out).
         hits += scan_json_body(scanner.engine, unescape_ascii_json(raw))
     if decoded.over_limit:
         return hits, f"the request body decodes to more than {DECODE_LIMIT} bytes: it cannot be scanned whole"
     if decoded.error is not None and _unscannable_when_undecoded(headers):
         # A receiver whose decoder is more lenient (or just different) reads what was not scanned; one
         # that knows a coding of a stack failcore read as no coding (`x-foo, gzip`) reads something else.
-        # (A lone coding failcore does not decode, S3's `aws-chunked`, say, was scanned as sent above.)
+        # (A lone coding failcore does not decode, a made-up `x-foo`, say, was scanned as sent above.)
         why = decoded.error.partition(":")[0]  # (its message may quote the body or a header)
         return hits, f"the request body does not decode per its Content-Encoding ({why}): not scanned whole"
     return hits, None
+
+
+def _framed(headers: list[tuple[str, str]]) -> bool:
+    """Whether the body is in S3's aws-chunked framing (its data decoded, its framing not)."""
+    return "aws-chunked" in content_encodings(header_value(headers, "content-encoding"))
 
 
 def _unscannable_when_undecoded(headers: list[tuple[str, str]]) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mitmproxy import http
 
-from failcore.llm.detect import request_path, response_retrieval_id
+from failcore.llm.detect import other_readings, request_path, response_retrieval_id
 from failcore.proxy.cutoff import CuttingTap, CutVerdict
 from failcore.proxy.guard import StreamFailures, guarded
 from failcore.proxy.session import BodyTap, FlowState, Session
@@ -123,8 +123,13 @@ _LLM_PATH_SUFFIXES = (
 
 
 def could_be_llm_path(path: str) -> bool:
-    """Spelled as the origin resolves it (`/v1/chat/completion%73`), as failcore.llm.detect reads it."""
-    clean = request_path(path).lower().rstrip("/")
+    """Spelled as the origin resolves it (`/v1/chat/completion%73`), or as a routing server reads it
+    (`/v1/chat%2Fcompletions`, `/v1/chat/completions;x=1`), as failcore.llm.detect reads it."""
+    return _llm_suffix(request_path(path)) or any(_llm_suffix(alias) for alias in other_readings(path))
+
+
+def _llm_suffix(clean: str) -> bool:
+    clean = clean.lower().rstrip("/")
     return clean.endswith(_LLM_PATH_SUFFIXES) or (
         "/responses/" in clean and response_retrieval_id(clean) is not None
     )

@@ -1,0 +1,103 @@
+"""What a tape reader can recover from a recorded body that was compressed: every body the tape holds,
+inflated the way a streaming receiver inflates it (one byte at a time, keeping what came out before an
+error), with gzip, zlib, raw deflate, brotli and zstd. Independent of failcore's decoders.
+
+And S3's aws-chunked framing as AWS clients write it (checked against what botocore sent, recorded in
+tests/data/aws_chunked)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import brotli
+
+from failcore.compat import zstd
+from tests.helpers import read_tape
+from tests.security.helpers import tape_bytes
+
+
+def _bodies(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "b64" in node or "text" in node:
+            yield node
+        for value in node.values():
+            yield from _bodies(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _bodies(value)
+
+
+def _streamed(data: bytes, step: Callable[[bytes], bytes]) -> bytes:
+    out = bytearray()
+    with contextlib.suppress(Exception):  # a corrupt or truncated stream: what came out before it
+        for i in range(len(data)):
+            out += step(data[i : i + 1])
+    return bytes(out)
+
+
+def inflations(data: bytes) -> list[bytes]:
+    """`data` as each decoder fed it byte by byte makes of it (gzip members one after another)."""
+    found = []
+    for wbits in (47, -15):  # gzip or zlib (auto-detected), raw deflate
+        z = zlib.decompressobj(wbits)
+        found.append(_streamed(data, z.decompress))
+    found.append(_streamed(data, brotli.Decompressor().process))
+    found.append(_streamed(data, zstd.ZstdDecompressor().decompress))
+    # The members after the first (a multi-member gzip body), each from its own header on.
+    start = data.find(b"\x1f\x8b", 1)
+    while start > 0:
+        found.append(_streamed(data[start:], zlib.decompressobj(31).decompress))
+        start = data.find(b"\x1f\x8b", start + 1)
+    return found
+
+
+def recoverable(tape: Path) -> list[bytes]:
+    """Every body the tape holds, as stored and as every decoder recovers it."""
+    found = [tape_bytes(tape)]
+    for event in read_tape(tape):
+        for body in _bodies(event):
+            data = base64.b64decode(body["b64"]) if "b64" in body else body["text"].encode()
+            found.append(data)
+            found.extend(inflations(data))
+    return found
+
+
+BOTO3_FIXTURE = Path(__file__).resolve().parents[1] / "data" / "aws_chunked" / "boto3_put_object.json"
+
+
+def boto3_fixture() -> dict[str, Any]:
+    """What botocore sent for two S3 PutObject calls (see tests/data/aws_chunked/record.py): each
+    request's headers and body, and the document it uploaded with its placeholder."""
+    fixture = json.loads(BOTO3_FIXTURE.read_text())
+    for request in fixture["requests"]:
+        request["body"] = base64.b64decode(request["body_b64"])
+        request["header"] = {name.lower(): value for name, value in request["headers"]}
+    return fixture
+
+
+def crc32_trailer(data: bytes) -> bytes:
+    """botocore's trailing checksum line: the CRC-32 of the data, big-endian, base64."""
+    return b"x-amz-checksum-crc32:" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")) + b"\r\n"
+
+
+def aws_chunked(data: bytes, size: int, *, trailer: bytes = b"", signed: bool = False) -> bytes:
+    """`data` in aws-chunked framing, `size` bytes a chunk (Amazon S3's "Transferring payload in
+    multiple chunks": `hex-size;chunk-signature=sig CRLF data CRLF`, a zero-size last chunk, trailer
+    lines, CRLF). Unsigned (`STREAMING-UNSIGNED-PAYLOAD-TRAILER`) as botocore writes it; `signed` puts a
+    64-hex signature on each chunk (a stand-in: no receiver here checks it)."""
+    out = bytearray()
+    for start in [*range(0, len(data), size), len(data)]:
+        chunk = data[start : start + size]
+        signature = b";chunk-signature=" + hashlib.sha256(chunk).hexdigest().encode() if signed else b""
+        out += b"%x%s\r\n" % (len(chunk), signature)
+        if not chunk:
+            break
+        out += chunk + b"\r\n"
+    return bytes(out) + trailer + b"\r\n"
