@@ -522,19 +522,20 @@ def encoded_candidates(
                 glue_end = run_end
                 continue
         else:
-            whole = _decode_base64(run)
+            lenient = run.translate(_LENIENT_B64)
+            first = binascii.a2b_base64(lenient[: len(lenient) // 4 * 4])
+            # (In step from the start, leniently: the strict decoding is made only for a text.)
+            whole = _decode_base64(run) if _is_text(first) else None
             if whole is not None and _is_text(whole):
                 joiner.add(whole, 0, run_start, run_end, False, glued)
                 glue_end = run_end if len(whole) % 3 == 0 and not run.endswith(b"=") else -1
                 if glue_end >= 0:
                     glue_end = _glue_short_line(data, run_end, joiner)
                 continue
-            lenient = run.translate(_LENIENT_B64)
-            for step in range(4):
-                usable = (len(lenient) - step) // 4 * 4
-                if usable >= 16:
-                    decoded = binascii.a2b_base64(lenient[step : step + usable])
-                    joiner.add_islands(decoded, run_start + step, run_end, False)
+            joiner.add_islands(first, run_start, run_end, False)
+            for step in (1, 2, 3):
+                decoded = binascii.a2b_base64(lenient[step : step + (len(lenient) - step) // 4 * 4])
+                joiner.add_islands(decoded, run_start + step, run_end, False)
         for hex_start, hex_end in _hex_runs(run):
             for step in (0, 1):
                 digits = run[hex_start + step : hex_end]
