@@ -66,7 +66,7 @@ def bodies() -> dict[str, bytes]:
         url = "data:image/png;base64," + base64.b64encode(_png(600, 140, seed)).decode()
         content.append({"type": "image_url", "image_url": {"url": url}})
     vision = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}]}
-    junk = ["Z" * 23 + "9" + f"{i:06d}" for i in range(1 << 20 // 34)]
+    junk = ["Z" * 23 + "9" + f"{i:06d}" for i in range((1 << 20) // 34)]
     return {
         "vision 4 PNGs": json.dumps(vision).encode(),
         "base64 of text": json.dumps({"d": base64.b64encode(text[:760_000].encode()).decode()}).encode(),

@@ -326,7 +326,6 @@ MIN_RUN = 24
 MAX_RUNS = 1024
 _RUN_TABLE = bytes(0x61 if byte in RUN_CHARS else 0x20 for byte in range(256))
 _RUN_NEEDLE = b"a" * MIN_RUN
-_PRINTABLE = bytes(range(32, 127)) + b"\t\n\r"
 
 
 # MIN_RUN characters of RUN_CHARS: the earliest end of a match is MIN_RUN past the start of the first run.
@@ -355,9 +354,10 @@ def find_runs(data: bytes, start: int = 0) -> list[tuple[int, int]]:
 # scanned whole; in one that does not (an image, a hash, a run whose base64 starts out of step) only
 # its stretches of text are, at each of the four offsets a base64 text can start at (two for hex).
 
-# Printable ASCII; and the bytes of UTF-8's other characters.
-_HIGH = bytes(range(0x80, 0x100))
+# Printable ASCII (and \t \n \r) as `a`, other bytes as a space; and with the bytes of UTF-8's other
+# characters as `a` too.
 _TEXT_TABLE = bytes(0x61 if byte in b"\t\n\r" or 0x20 <= byte < 0x7F else 0x20 for byte in range(256))
+_TEXT_OR_HIGH_TABLE = bytes(0x61 if byte >= 0x80 else code for byte, code in enumerate(_TEXT_TABLE))
 # A stretch of text shorter than this in decoded bytes is not scanned (the shortest credential the
 # built-in rules know is 12 bytes), as failcore.dlp.stream reads a binary body.
 MIN_ISLAND = 10
@@ -372,16 +372,18 @@ _HEX_TABLE = bytes(0x68 if byte in b"0123456789abcdefABCDEF" else 0x20 for byte 
 _HEX_NEEDLE = b"h" * 32
 
 
-def _is_text(data: bytes) -> bool:
+def _is_text(data: bytes, mapped: bytes | None = None) -> bool:
     """At least MIN_PRINTABLE of it printable ASCII, or UTF-8 text with as few control bytes (the
-    share is judged on characters, not on the bytes of a text in another script)."""
+    share is judged on characters, not on the bytes of a text in another script). `mapped`: `data`
+    translated by _TEXT_TABLE, when the caller has it. (Translate and count: C passes, no deletion.)"""
     if not data:
         return False
-    rest = data.translate(None, _PRINTABLE)
+    if mapped is None:
+        mapped = data.translate(_TEXT_TABLE)
     limit = (1 - MIN_PRINTABLE) * len(data)
-    if len(rest) <= limit:
+    if mapped.count(b" ") <= limit:
         return True
-    if len(rest.translate(None, _HIGH)) > limit:
+    if data.translate(_TEXT_OR_HIGH_TABLE).count(b" ") > limit:
         return False
     try:
         data.decode("utf-8")
@@ -390,10 +392,12 @@ def _is_text(data: bytes) -> bool:
     return True
 
 
-def _islands(data: bytes) -> list[tuple[int, int]]:
+def _islands(data: bytes, mapped: bytes | None = None) -> list[tuple[int, int]]:
     """The stretches of at least MIN_ISLAND text bytes of `data`, merged when less than ISLAND_GAP
-    apart, each with a byte of context either side. Two C passes; Python work per stretch only."""
-    mapped = data.translate(_TEXT_TABLE)
+    apart, each with a byte of context either side. Two C passes; Python work per stretch only.
+    `mapped`: as for _is_text."""
+    if mapped is None:
+        mapped = data.translate(_TEXT_TABLE)
     size = len(data)
     found: list[tuple[int, int]] = []
     position = mapped.find(_ISLAND_NEEDLE)
@@ -462,8 +466,10 @@ class _Joiner:
         self.parts.append(data)
         self.at += len(data)
 
-    def add_islands(self, decoded: bytes, run_start: int, run_end: int, hex: bool) -> None:
-        for start, stop in _islands(decoded):
+    def add_islands(
+        self, decoded: bytes, run_start: int, run_end: int, hex: bool, mapped: bytes | None = None
+    ) -> None:
+        for start, stop in _islands(decoded, mapped):
             self.add(decoded[start:stop], start, run_start, run_end, hex, False)
 
 
@@ -525,14 +531,15 @@ def encoded_candidates(
             lenient = run.translate(_LENIENT_B64)
             first = binascii.a2b_base64(lenient[: len(lenient) // 4 * 4])
             # (In step from the start, leniently: the strict decoding is made only for a text.)
-            whole = _decode_base64(run) if _is_text(first) else None
+            mapped = first.translate(_TEXT_TABLE)
+            whole = _decode_base64(run) if _is_text(first, mapped) else None
             if whole is not None and _is_text(whole):
                 joiner.add(whole, 0, run_start, run_end, False, glued)
                 glue_end = run_end if len(whole) % 3 == 0 and not run.endswith(b"=") else -1
                 if glue_end >= 0:
                     glue_end = _glue_short_line(data, run_end, joiner)
                 continue
-            joiner.add_islands(first, run_start, run_end, False)
+            joiner.add_islands(first, run_start, run_end, False, mapped)
             for step in (1, 2, 3):
                 decoded = binascii.a2b_base64(lenient[step : step + (len(lenient) - step) // 4 * 4])
                 joiner.add_islands(decoded, run_start + step, run_end, False)
