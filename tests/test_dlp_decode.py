@@ -117,13 +117,22 @@ def test_binary_looking_base64_is_not_unwrapped() -> None:
     assert list(dv.encoded_candidates(dv.RawView(b"image " + blob + b" end"), runs, [64, 1 << 20])) == []
 
 
-def test_candidate_decoding_is_bounded() -> None:
+def test_candidate_decoding_is_not_capped() -> None:
+    """Every candidate is decoded (no count an agent can pad past), into one joined view; each copy's
+    hit maps back to its own encoded run. (It was capped at MAX_CANDIDATES: the copies past it were
+    never decoded.)"""
     secret = _pat(8)
     wrapped = base64.b64encode(f"token {secret}".encode()).decode()
-    data = (" ".join([wrapped] * (dv.MAX_CANDIDATES + 20))).encode()
+    copies = dv.MAX_CANDIDATES + 20
+    data = (" ".join([wrapped] * copies)).encode()
     runs = dv.find_runs(data)
     budget = [dv.MAX_CANDIDATES, dv.MAX_DECODED_BYTES]
-    assert len(list(dv.encoded_candidates(dv.RawView(data), runs, budget))) == dv.MAX_CANDIDATES
+    [view] = dv.encoded_candidates(dv.RawView(data), runs, budget)
+    assert view.data.count(secret.encode()) == copies
+    engine = DlpEngine(builtin_rules(), backend="re2", salt=SALT)
+    spans = [(hit.start, hit.end) for hit in engine.scan(data) if hit.rule_id == "github-pat"]
+    # ("token " is 6 bytes: two base64 groups, 8 characters, before the secret's first.)
+    assert spans == [(start + 8, end) for start, end in runs]
 
 
 def test_same_rule_on_the_same_span_keeps_the_stricter_severity() -> None:

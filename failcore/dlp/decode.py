@@ -6,8 +6,12 @@ secret do not see `\\"ghp_…\\"`, `%67hp_…` or `Z2hwX…`, so the engine also
 every hit back to the raw span that encodes it (masking and blocking stay exact).
 
 Views are cheap where nothing is encoded: a JSON view is built with a few C-speed `bytes.replace`
-passes and its offset map only when a hit needs mapping; base64 and hex candidates are bounded in
-number and size.
+passes and its offset map only when a hit needs mapping; base64 and hex runs are decoded whole (none
+is skipped for its size or number: a limit an agent can pad past is a way out) in C passes, and only
+their text is scanned, joined into one view.
+
+Size: the views (JSON, percent) and the base64/hex run decoding share the View classes and their
+offset mapping; split apart, the runs' half would import the views' and be imported back by them.
 """
 
 from __future__ import annotations
@@ -47,9 +51,11 @@ _ASCII_U_ESCAPE = re.compile(rb"\\u00([2-7][0-9a-fA-F])")
 # The same tokenisation as the replace chain above, left to right (an escaped backslash first).
 _JSON_ESCAPE_TOKEN = re.compile(rb'\\\\|\\["/nrtbf]|\\u00[2-7][0-9a-fA-F]')
 _PERCENT = re.compile(rb"%[0-9A-Fa-f]{2}")
-_PIECE = re.compile(rb"[^/=]+")
 _HEX_RUN = re.compile(rb"(?:[0-9a-fA-F]{2}){16,}")
 
+# Not limits any more (every base64/hex run is decoded, whole, whatever its length or how many there
+# are: an agent could pad past any count or size); kept as names callers read. MAX_CANDIDATE_BYTES is
+# the past-cap batches' overlap (failcore.evidence.pastcapworker.OVERLAP).
 MAX_CANDIDATES = 64
 MAX_CANDIDATE_BYTES = 16 * 1024
 MAX_DECODED_BYTES = 256 * 1024
@@ -298,10 +304,6 @@ def percent_view(data: bytes) -> tuple[bytes, list[tuple[int, int]]] | None:
     return _chunked(data, unquote_to_bytes, 2, b"%")
 
 
-def _printable(data: bytes) -> bool:
-    return bool(data) and len(data.translate(None, _PRINTABLE)) <= (1 - MIN_PRINTABLE) * len(data)
-
-
 def _decode_base64(run: bytes) -> bytes | None:
     body = run.rstrip(b"=")
     if len(body) % 4 == 1:
@@ -319,10 +321,11 @@ def _decode_base64(run: bytes) -> bytes | None:
 
 RUN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-="
 MIN_RUN = 24
+# (Not a cap: find_runs returns every run, at most one per MIN_RUN + 1 bytes; a caller may take this
+# many as a reason to scan a text the long way.)
 MAX_RUNS = 1024
 _RUN_TABLE = bytes(0x61 if byte in RUN_CHARS else 0x20 for byte in range(256))
 _RUN_NEEDLE = b"a" * MIN_RUN
-_PRINTABLE = bytes(range(32, 127)) + b"\t\n\r"
 
 
 # MIN_RUN characters of RUN_CHARS: the earliest end of a match is MIN_RUN past the start of the first run.
@@ -337,7 +340,7 @@ def find_runs(data: bytes, start: int = 0) -> list[tuple[int, int]]:
     mapped = (data[start:] if start else data).translate(_RUN_TABLE)
     runs: list[tuple[int, int]] = []
     position = mapped.find(_RUN_NEEDLE)
-    while position >= 0 and len(runs) < MAX_RUNS:
+    while position >= 0:
         end = mapped.find(b" ", position)
         end = len(mapped) if end < 0 else end
         runs.append((start + position, start + end))
@@ -345,33 +348,205 @@ def find_runs(data: bytes, start: int = 0) -> list[tuple[int, int]]:
     return runs
 
 
-def _pieces(run: bytes, start: int) -> Iterator[tuple[bytes, int]]:
-    """The run itself, then its pieces between `/` and `=` (a path `/v1/<base64>/x`, `key=<base64>`)."""
-    yield run.rstrip(b"="), start
-    if b"/" in run or b"=" in run.rstrip(b"="):
-        for match in _PIECE.finditer(run):
-            piece = match.group(0)
-            if len(piece) >= MIN_RUN and len(piece) < len(run):
-                yield piece, start + match.start()
+# --- base64 and hex runs, decoded -----------------------------------------------------------------
+# Every run is decoded, whole, whatever its length and however many there are (an agent can pad past
+# any count or size): the cost is a few C passes per byte of the runs. A run that decodes to text is
+# scanned whole; in one that does not (an image, a hash, a run whose base64 starts out of step) only
+# its stretches of text are, at each of the four offsets a base64 text can start at (two for hex).
+
+# Printable ASCII (and \t \n \r) as `a`, other bytes as a space; and with the bytes of UTF-8's other
+# characters as `a` too.
+_TEXT_TABLE = bytes(0x61 if byte in b"\t\n\r" or 0x20 <= byte < 0x7F else 0x20 for byte in range(256))
+_TEXT_OR_HIGH_TABLE = bytes(0x61 if byte >= 0x80 else code for byte, code in enumerate(_TEXT_TABLE))
+# A stretch of text shorter than this in decoded bytes is not scanned (the shortest credential the
+# built-in rules know is 12 bytes), as failcore.dlp.stream reads a binary body.
+MIN_ISLAND = 10
+_ISLAND_NEEDLE = b"a" * MIN_ISLAND
+# Stretches of text closer than this are one segment (a rule's context may span a few other bytes).
+ISLAND_GAP = 64
+# Between two segments of the joined text: no rule, keyword or escape crosses it.
+SEPARATOR = b"\x00\n\x00"
+# base64url's alphabet read as base64's, and `=` (padding, or a `key=value` inside a run) as a zero.
+_LENIENT_B64 = bytes.maketrans(b"-_=", b"+/A")
+_HEX_TABLE = bytes(0x68 if byte in b"0123456789abcdefABCDEF" else 0x20 for byte in range(256))
+_HEX_NEEDLE = b"h" * 32
 
 
-def encoded_candidates(view: View, runs: list[tuple[int, int]], budget: list[int]) -> Iterator[SliceView]:
-    """Decoded views of the base64 and hex `runs` of `view` that decode to mostly printable text,
-    within `budget` ([candidates left, decoded bytes left])."""
+def _is_text(data: bytes, mapped: bytes | None = None) -> bool:
+    """At least MIN_PRINTABLE of it printable ASCII, or UTF-8 text with as few control bytes (the
+    share is judged on characters, not on the bytes of a text in another script). `mapped`: `data`
+    translated by _TEXT_TABLE, when the caller has it. (Translate and count: C passes, no deletion.)"""
+    if not data:
+        return False
+    if mapped is None:
+        mapped = data.translate(_TEXT_TABLE)
+    limit = (1 - MIN_PRINTABLE) * len(data)
+    if mapped.count(b" ") <= limit:
+        return True
+    if data.translate(_TEXT_OR_HIGH_TABLE).count(b" ") > limit:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _islands(data: bytes, mapped: bytes | None = None) -> list[tuple[int, int]]:
+    """The stretches of at least MIN_ISLAND text bytes of `data`, merged when less than ISLAND_GAP
+    apart, each with a byte of context either side. Two C passes; Python work per stretch only.
+    `mapped`: as for _is_text."""
+    if mapped is None:
+        mapped = data.translate(_TEXT_TABLE)
+    size = len(data)
+    found: list[tuple[int, int]] = []
+    position = mapped.find(_ISLAND_NEEDLE)
+    while position >= 0:
+        end = mapped.find(b" ", position + MIN_ISLAND)
+        end = size if end < 0 else end
+        start, stop = max(0, position - 1), min(size, end + 1)
+        if found and start - found[-1][1] < ISLAND_GAP:
+            start = found.pop()[0]
+        found.append((start, stop))
+        position = mapped.find(_ISLAND_NEEDLE, end)
+    return found
+
+
+class _Segment:
+    """Decoded bytes [offset, offset + length) of the run at [run_start, run_end) of the parent view,
+    at `at` in the joined text."""
+
+    __slots__ = ("at", "hex", "length", "offset", "run_end", "run_start")
+
+    def __init__(self, at: int, length: int, offset: int, run_start: int, run_end: int, hex: bool) -> None:
+        self.at = at
+        self.length = length
+        self.offset = offset
+        self.run_start = run_start
+        self.run_end = run_end
+        self.hex = hex
+
+    def encoded(self, position: int, *, end: bool) -> int:
+        """The parent offset of the joined text's `position` (a start, or an `end`)."""
+        decoded = self.offset + min(max(position - self.at, 0), self.length)
+        if self.hex:
+            return min(self.run_end, self.run_start + 2 * decoded)
+        groups = -(-decoded // 3) if end else decoded // 3
+        return min(self.run_end, self.run_start + 4 * groups)
+
+
+class DecodedRunsView(SliceView):
+    """The base64 and hex runs of a parent view decoded, joined into one text to scan: each run that
+    decodes to text whole, each stretch of text of one that does not, SEPARATOR between them (none
+    between the lines of a wrapped run: a secret across a line break stays whole). Offsets map to the
+    encoded characters."""
+
+    def __init__(self, data: bytes, parent: View, segments: list[_Segment]) -> None:
+        super().__init__(data, parent, 0, len(parent.data), "decoded")
+        self.segments = segments
+        self._starts = [segment.at for segment in segments]
+
+    def _to_parent(self, start: int, end: int) -> tuple[int, int]:
+        first = self.segments[max(0, bisect.bisect_right(self._starts, start) - 1)]
+        last = self.segments[max(0, bisect.bisect_left(self._starts, end) - 1)]
+        return first.encoded(start, end=False), last.encoded(end, end=True)
+
+
+class _Joiner:
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.segments: list[_Segment] = []
+        self.at = 0
+
+    def add(self, data: bytes, offset: int, run_start: int, run_end: int, hex: bool, glued: bool) -> None:
+        if self.parts and not glued:
+            self.parts.append(SEPARATOR)
+            self.at += len(SEPARATOR)
+        self.segments.append(_Segment(self.at, len(data), offset, run_start, run_end, hex))
+        self.parts.append(data)
+        self.at += len(data)
+
+    def add_islands(
+        self, decoded: bytes, run_start: int, run_end: int, hex: bool, mapped: bytes | None = None
+    ) -> None:
+        for start, stop in _islands(decoded, mapped):
+            self.add(decoded[start:stop], start, run_start, run_end, hex, False)
+
+
+def _hex_runs(run: bytes) -> Iterator[tuple[int, int]]:
+    """Spans of the stretches of at least 32 hex digits in a run (C passes)."""
+    mapped = run.translate(_HEX_TABLE)
+    position = mapped.find(_HEX_NEEDLE)
+    while position >= 0:
+        end = mapped.find(b" ", position)
+        end = len(run) if end < 0 else end
+        yield position, end
+        position = mapped.find(_HEX_NEEDLE, end)
+
+
+# The last line of a wrapped base64 text, shorter than a run (find_runs does not give it).
+_SHORT_LINE = re.compile(rb"\r?\n([A-Za-z0-9+/_\-]{1,%d}=*)(?![A-Za-z0-9+/_\-=])" % (MIN_RUN - 1))
+
+
+def _glue_short_line(data: bytes, end: int, joiner: _Joiner) -> int:
+    """After a run that decoded to text and may go on on the next line (at `end`): a short last line
+    there is decoded onto it (a secret across that line break stays whole). Where a next line may
+    still continue it, or -1."""
+    match = _SHORT_LINE.match(data, end)
+    if match is None or len(match.group(1)) >= MIN_RUN:
+        return end
+    decoded = _decode_base64(match.group(1))
+    if decoded:
+        joiner.add(decoded, 0, match.start(1), match.end(1), False, True)
+    return -1
+
+
+def encoded_candidates(
+    view: View, runs: list[tuple[int, int]], budget: list[int] | None = None
+) -> Iterator[SliceView]:
+    """The base64 and hex `runs` of `view` decoded, as one DecodedRunsView (nothing when none holds
+    text). Every run is decoded whole, however long, however many: a run of hex digits as hex, any
+    other as base64, first in step from its start (a run that decodes to text is scanned whole, the
+    lines of a wrapped one joined), else at each of the four character offsets a base64 text inside
+    it can start at (a `key=…` or `/path/…` piece, a prefix), and any stretch of 32+ hex digits in it
+    at both offsets: of these only the stretches of text are scanned. `budget` is not read (callers
+    pass one; nothing is capped)."""
+    del budget
     data = view.data
+    joiner = _Joiner()
+    glue_end = -1  # where a run that decoded to text whole ended, when the next one may continue it
     for run_start, run_end in runs:
-        if run_end - run_start > MAX_CANDIDATE_BYTES or run_end - run_start < MIN_RUN:
+        if run_end - run_start < MIN_RUN:
             continue
-        for run, start in _pieces(data[run_start:run_end], run_start):
-            if budget[0] <= 0 or budget[1] <= 0:
-                return
-            if run.isalpha():
-                continue  # a word, not an encoding
-            kind = "hex" if len(run) % 2 == 0 and _HEX_RUN.fullmatch(run) else "base64"
-            decoded = bytes.fromhex(run.decode()) if kind == "hex" else _decode_base64(run)
-            if decoded is None or not _printable(decoded):
+        run = data[run_start:run_end]
+        glued = glue_end >= 0 and run_start - glue_end <= 2 and not data[glue_end:run_start].strip()
+        glue_end = -1
+        if len(run) % 2 == 0 and _HEX_RUN.fullmatch(run):
+            decoded = bytes.fromhex(run.decode())
+            if _is_text(decoded):
+                joiner.add(decoded, 0, run_start, run_end, True, glued)
+                glue_end = run_end
                 continue
-            budget[0] -= 1
-            budget[1] -= len(decoded)
-            yield SliceView(decoded, view, start, start + len(run), kind)
-            break
+        else:
+            lenient = run.translate(_LENIENT_B64)
+            first = binascii.a2b_base64(lenient[: len(lenient) // 4 * 4])
+            # (In step from the start, leniently: the strict decoding is made only for a text.)
+            mapped = first.translate(_TEXT_TABLE)
+            whole = _decode_base64(run) if _is_text(first, mapped) else None
+            if whole is not None and _is_text(whole):
+                joiner.add(whole, 0, run_start, run_end, False, glued)
+                glue_end = run_end if len(whole) % 3 == 0 and not run.endswith(b"=") else -1
+                if glue_end >= 0:
+                    glue_end = _glue_short_line(data, run_end, joiner)
+                continue
+            joiner.add_islands(first, run_start, run_end, False, mapped)
+            for step in (1, 2, 3):
+                decoded = binascii.a2b_base64(lenient[step : step + (len(lenient) - step) // 4 * 4])
+                joiner.add_islands(decoded, run_start + step, run_end, False)
+        for hex_start, hex_end in _hex_runs(run):
+            for step in (0, 1):
+                digits = run[hex_start + step : hex_end]
+                decoded = bytes.fromhex(digits[: len(digits) // 2 * 2].decode())
+                joiner.add_islands(decoded, run_start + hex_start + step, run_start + hex_end, True)
+    if joiner.segments:
+        yield DecodedRunsView(b"".join(joiner.parts), view, joiner.segments)

@@ -18,6 +18,7 @@ from failcore.evidence.body import (
     MAX_ENCODINGS,
     ON_LOOP_DECODE_LIMIT,
     DecodedBody,
+    body_encoding,
     body_evidence,
     content_encodings,
     decode_body,
@@ -28,6 +29,7 @@ from failcore.evidence.body import (
     is_encoded,
     looks_textual,
     read_off_loop,
+    transfer_codings,
 )
 from failcore.evidence.redact import (
     CREDENTIAL_HEADERS,
@@ -48,6 +50,7 @@ __all__ = [
     "MAX_ENCODINGS",
     "ON_LOOP_DECODE_LIMIT",
     "DecodedBody",
+    "body_encoding",
     "body_evidence",
     "content_encodings",
     "credential_values",
@@ -62,4 +65,5 @@ __all__ = [
     "mask_echoed_credentials",
     "read_off_loop",
     "redact_headers",
+    "transfer_codings",
 ]

@@ -45,18 +45,44 @@ def header_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> str | No
 
 
 def framing_headers(fields: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
-    """(Content-Encoding, Content-Type) as header_value gives each, read in one pass over the fields
-    (a name is lower-cased only when its length is one of the two's)."""
+    """(the body's codings, Content-Type) as header_value gives each, read in one pass over the fields
+    (a name is lower-cased only when its length is one of the three's). The codings are the
+    Content-Encoding's, then a Transfer-Encoding's other than `chunked` (body_encoding)."""
     encodings: list[str] = []
+    transfers: list[str] = []
     types: list[str] = []
     for key, value in fields:
         n = len(key)
         if n == 16:
             if key.lower() == b"content-encoding":
                 encodings.append(value.decode("latin-1"))
-        elif n == 12 and key.lower() == b"content-type":
-            types.append(value.decode("latin-1"))
-    return (", ".join(encodings) if encodings else None, ", ".join(types) if types else None)
+        elif n == 12:
+            if key.lower() == b"content-type":
+                types.append(value.decode("latin-1"))
+        elif n == 17 and key.lower() == b"transfer-encoding":
+            transfers.append(value.decode("latin-1"))
+    encoding = ", ".join(encodings) if encodings else None
+    if transfers:
+        encoding = body_encoding(encoding, ", ".join(transfers))
+    return (encoding, ", ".join(types) if types else None)
+
+
+def transfer_codings(value: str | None) -> list[str]:
+    """A Transfer-Encoding value's codings other than `chunked`, in the order they were applied:
+    mitmproxy undoes only the chunked framing (and forwards `gzip, chunked`, `deflate, chunked`,
+    `compress, chunked` in a request, `gzip` & co. in a response, with the header as it is), so the
+    body it holds still carries these and its receiver undoes them."""
+    return [c for c in content_encodings(value) if c != "chunked"]
+
+
+def body_encoding(content_encoding: str | None, transfer_encoding: str | None) -> str | None:
+    """The codings of a body as mitmproxy holds it (de-chunked), in the order applied, comma-joined
+    as a Content-Encoding value: the Content-Encoding's, then the Transfer-Encoding's other than
+    `chunked` (RFC 9112 6.1: transfer codings are applied to the content-coded representation)."""
+    transfers = transfer_codings(transfer_encoding)
+    if not transfers:
+        return content_encoding
+    return ", ".join([*content_encodings(content_encoding), *transfers])
 
 
 # More stacked encodings than this is not a real client's body; it is refused as undecodable.

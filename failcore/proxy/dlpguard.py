@@ -31,10 +31,12 @@ from failcore.evidence import (
     HOST_HEADERS,
     ON_LOOP_DECODE_LIMIT,
     DecodedBody,
+    body_encoding,
     content_encodings,
     decode_body,
     is_encoded,
     read_off_loop,
+    transfer_codings,
 )
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits, spelling_hits
 from failcore.evidence.pastcap import PastCapScan
@@ -278,7 +280,7 @@ def judge_request(
         # that knows a coding of a stack failcore read as no coding (`x-foo, gzip`) reads something else.
         # (A lone coding failcore does not decode, a made-up `x-foo`, say, was scanned as sent above.)
         why = decoded.error.partition(":")[0]  # (its message may quote the body or a header)
-        return hits, f"the request body does not decode per its Content-Encoding ({why}): not scanned whole"
+        return hits, f"the request body does not decode per its codings ({why}): not scanned whole"
     return hits, None
 
 
@@ -288,10 +290,22 @@ def _framed(headers: list[tuple[str, str]]) -> bool:
 
 
 def _unscannable_when_undecoded(headers: list[tuple[str, str]]) -> bool:
-    """Whether a body that does not decode whole per its Content-Encoding is unscannable: yes, unless
-    its one coding is one failcore reads as no coding (an undecoded stack is never scanned whole)."""
+    """Whether a body that does not decode whole per its codings (body_encoding) is unscannable: yes,
+    unless its one coding is a Content-Encoding failcore reads as no coding (an undecoded stack is
+    never scanned whole, nor a transfer coding failcore does not decode, `compress`: its receiver
+    undoes it, as HTTP/1.1 requires)."""
+    if transfer_codings(header_value(headers, "transfer-encoding")):
+        return True
     codings = content_encodings(header_value(headers, "content-encoding"))
     return len(codings) > 1 or (len(codings) == 1 and codings[0] in DECODED_CODINGS)
+
+
+def _encoding(headers: list[tuple[str, str]]) -> str | None:
+    """The codings of a message's body as mitmproxy holds it (body_encoding: a Transfer-Encoding's
+    `gzip` in `gzip, chunked` too, which mitmproxy forwards undone)."""
+    return body_encoding(
+        header_value(headers, "content-encoding"), header_value(headers, "transfer-encoding")
+    )
 
 
 def ws_message_verdict(scanner: DlpScanner, content: bytes, from_client: bool) -> Hit | None:
@@ -339,7 +353,7 @@ def unscannable_decision(scanner: DlpScanner, why: str, state: FlowState) -> Dec
 
 
 def _past_cap_scan(session: Session, scanner: DlpScanner, message: http.Message, where: str) -> PastCapScan:
-    compressed = is_encoded(message.headers.get("content-encoding"))
+    compressed = is_encoded(_encoding(list(message.headers.items(multi=True))))
     # The scan runs in a separate process (failcore.evidence.pastcapworker) that rebuilds this scanner.
     origin = origin_for(session.policy, session.salt) if scanner is session.dlp else None
     return PastCapScan(scanner.engine, session.settings.body_cap, where, compressed=compressed, origin=origin)
@@ -369,7 +383,7 @@ class DlpGuard:
         headers = list(req.headers.items(multi=True))
         trailers = list(req.trailers.items(multi=True)) if req.trailers else []
         raw = req.raw_content or b""
-        encoding = header_value(headers, "content-encoding")
+        encoding = _encoding(headers)
         url = request_url(req, headers)
         # While the rules still compile (just after start-up) the scan waits for them, off the loop.
         if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES) or not engine_ready(scanner.engine):
@@ -479,5 +493,5 @@ class DlpGuard:
                 _past_cap_scan(self.session, scanner, flow.response, "response.body")
             )
         if s.stream == "strict" and s.scan_response and scanner.can_block and scanner.enforce:
-            encoding = flow.response.headers.get("content-encoding")
+            encoding = _encoding(list(flow.response.headers.items(multi=True)))
             state.cut_guards.append(StreamDlp(scanner, encoding=encoding, warnings=state.warnings))
