@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from failcore.event import Target
 from failcore.policy.address import canonical_ip
-from failcore.policy.runtime_env import code_env_entry
+from failcore.policy.runtime_env import judged_env_entry
 from failcore.runtime import names, sqlitehook
 from failcore.runtime.context import CallState
 from failcore.runtime.dispatch import armed, ask, decide, dispatch, internal
@@ -250,11 +250,11 @@ def _on_unsetenv(args: tuple[Any, ...]) -> None:
 
 
 def _child_env(env: Any) -> dict[str, str]:
-    """The variables of CODE_ENV in the environment a child gets (`env` None: this process's)."""
+    """The variables of JUDGED_ENV in the environment a child gets (`env` None: this process's)."""
     found: dict[str, str] = {}
     if env is None:
         for name in {*os.environ, *_putenv}:
-            if code_env_entry(name) is None:
+            if judged_env_entry(name) is None:
                 continue
             value = _putenv[name] if name in _putenv else os.environ.get(name)
             if value is not None:
@@ -269,7 +269,7 @@ def _child_env(env: Any) -> dict[str, str]:
             name, text = os.fsdecode(key), os.fsdecode(value)
         except TypeError:
             continue
-        if code_env_entry(name) is not None:
+        if judged_env_entry(name) is not None:
             found[name] = text
     return found
 
