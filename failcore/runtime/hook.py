@@ -390,6 +390,7 @@ _HANDLERS: Final[dict[str, Callable[[CallState, tuple[Any, ...]], None]]] = {
     "os.truncate": _fs_op("write", "os.truncate"),
     "os.utime": _fs_op("write", "os.utime", descriptor=True, dirs=(3, None)),
     "sqlite3.connect": sqlitehook.on_connect,
+    "sqlite3.load_extension": sqlitehook.on_load_extension,
     "os.symlink": _fs_op("write", "os.symlink", two=True, dirs=(None, 2)),
     "os.link": _fs_op("write", "os.link", two=True, dirs=(2, 3)),
     "shutil.copyfile": _fs_op("read", "shutil.copyfile", two=True),

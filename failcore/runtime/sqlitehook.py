@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 from failcore.policy.runtime import Verdict
@@ -78,6 +79,7 @@ _SQLITE_OK: Final = 0
 _SQLITE_DENY: Final = 1
 _SQLITE_PRAGMA: Final = 19
 _SQLITE_ATTACH: Final = 24
+_SQLITE_FUNCTION: Final = 31
 _SQLITE_DIRECTORY_PRAGMAS: Final = frozenset({"temp_store_directory", "data_store_directory"})
 
 
@@ -140,6 +142,11 @@ def wrap_connect() -> None:
 
     @functools.wraps(real)
     def connect(*args: Any, **kwargs: Any) -> Any:
+        # The connection is made by a subclass of the factory asked for whose set_authorizer keeps ours.
+        if len(args) > 5:
+            args = (*args[:5], _keeping(args[5]), *args[6:])
+        else:
+            kwargs["factory"] = _keeping(kwargs.get("factory", sqlite3.Connection))
         local.sqlite_connecting = getattr(local, "sqlite_connecting", 0) + 1
         try:
             connection = real(*args, **kwargs)
@@ -154,17 +161,56 @@ def wrap_connect() -> None:
             module.connect = connect  # type: ignore[attr-defined]
 
 
+_keeping_classes: dict[type, type] = {}
+
+
+def _keeping(factory: Any) -> Any:
+    """`factory` (a sqlite3.Connection class) subclassed so that `set_authorizer` cannot remove failcore's
+    authorizer: None sets ours alone, a tool's own authorizer is asked after ours (ours refusing wins).
+    Anything else is returned as is. `sqlite3.Connection.set_authorizer(connection, None)`, the base
+    class's method called directly, still replaces it: documented in the README's threat model."""
+    import sqlite3
+
+    if not isinstance(factory, type) or not issubclass(factory, sqlite3.Connection):
+        return factory
+    made = _keeping_classes.get(factory)
+    if made is None:
+
+        def set_authorizer(self: Any, authorizer_callback: Any) -> None:
+            super(made, self).set_authorizer(_after_ours(authorizer_callback))  # type: ignore[arg-type]
+
+        namespace = {"__slots__": (), "set_authorizer": set_authorizer, "__module__": factory.__module__}
+        made = type(factory.__name__, (factory,), namespace)
+        made.__qualname__ = factory.__qualname__
+        _keeping_classes[factory] = made
+    return made
+
+
+def _after_ours(authorizer: Any) -> Any:
+    if authorizer is None or authorizer is _sqlite_authorizer:
+        return _sqlite_authorizer
+
+    def both(action: int, first: str | None, second: str | None, db: Any, trigger: Any) -> int:
+        verdict = _sqlite_authorizer(action, first, second, db, trigger)
+        return verdict if verdict != _SQLITE_OK else authorizer(action, first, second, db, trigger)
+
+    return both
+
+
 def _sqlite_authorizer(action: int, first: str | None, second: str | None, _db: Any, _trigger: Any) -> int:
+    handler: Callable[[CallState, tuple[Any, ...]], None] = _on_sqlite_sql
     if action == _SQLITE_ATTACH:
         event, name = "sqlite3.attach", first
     elif action == _SQLITE_PRAGMA and second and (first or "").lower() in _SQLITE_DIRECTORY_PRAGMAS:
         event, name = f"sqlite3.{(first or '').lower()}", second
+    elif action == _SQLITE_FUNCTION and (second or "").lower() == "load_extension":
+        event, name, handler = "sqlite3.load_extension", None, _on_sql_extension
     else:
         return _SQLITE_OK
     if not armed:
         return _SQLITE_OK
     try:
-        dispatch(event, _on_sqlite_sql, (name, event))
+        dispatch(event, handler, (name, event))
     except Blocked:
         return _SQLITE_DENY  # SQLite raises "not authorized"; the call ends BLOCKED with the rule
     return _SQLITE_OK
@@ -196,3 +242,34 @@ def _on_sqlite_sql(call: CallState, args: tuple[Any, ...]) -> None:
             _judge_sqlite(call, names, event)
         return
     _judge_sqlite(call, [("write", name)], event)  # a directory SQLite creates its files in
+
+
+# A SQLite extension is a native library the process loads and runs: judged as a program (like an
+# LD_PRELOAD library), listed in exec.programs by its path, when Connection.load_extension names it;
+# SQL's load_extension() names it only when the statement runs, so it is refused under an exec section
+# that lists programs.
+def on_load_extension(call: CallState, args: tuple[Any, ...]) -> None:
+    """The `sqlite3.load_extension` audit event (connection, path)."""
+    try:
+        path = os.fsdecode(args[1])
+    except (IndexError, TypeError):
+        path = "?"
+    verdict = ask(call, call.run.rules.check_exec, path, [path], shell=False, path=())
+    payload = {"program": path, "argv": [path], "shell": False, "event": "sqlite3.load_extension"}
+    decide(call, "exec", "exec.load", payload, [verdict], os.path.basename(path) or path)
+
+
+def _on_sql_extension(call: CallState, args: tuple[Any, ...]) -> None:
+    rules = call.run.rules.policy.exec
+    verdict = (
+        None
+        if rules.programs is None
+        else Verdict(
+            "BLOCK",
+            "exec.sqlite_extension",
+            "SQL load_extension() names the library it loads only when the statement runs: it cannot be "
+            "judged before; call Connection.load_extension(PATH) with PATH listed in exec.programs",
+        )
+    )
+    payload = {"program": "?", "argv": ["load_extension()"], "shell": False, "event": args[1]}
+    decide(call, "exec", "exec.load", payload, [verdict], "? (SQL load_extension)")
