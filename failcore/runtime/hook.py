@@ -18,7 +18,8 @@ failcore.runtime.sqlitehook). The state they share with the hook is failcore.run
 
 What this cannot see: C extensions and ctypes making syscalls themselves, children after `os.fork`
 (the fork itself is an exec event), operations through an already-open descriptor, a function of those
-wrapped above taken before install(), and a SQLite authorizer the tool sets itself (it replaces ours).
+wrapped above taken before install(), and `sqlite3.Connection.set_authorizer(db, None)` called on the
+base class (the connections sqlite3.connect makes keep ours through their own set_authorizer).
 """
 
 from __future__ import annotations
