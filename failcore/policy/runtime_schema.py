@@ -15,7 +15,7 @@ from failcore.policy import values
 from failcore.policy.contracts import OUTPUT_KINDS, ToolContract
 from failcore.policy.nodes import describe, key_pos
 from failcore.policy.runtime import DEFAULT_NET_DENY, ExecRules, FsRules, NetRules
-from failcore.policy.runtime_env import CODE_ENV, code_env_entry
+from failcore.policy.runtime_env import JUDGED_ENV, judged_env_entry
 from failcore.policy.validate import Choice, Each, Field, Flag, Here, Invalid, MapOf, Section
 
 # --------------------------------------------------------------------------------------------------
@@ -61,17 +61,17 @@ def _check_exec(v: dict[str, object], here: Here) -> None:
 
 
 def _env_name(value: object) -> object:
-    """A variable of CODE_ENV a child may be given a new value of (exec.env): a name, a pattern of
-    ENV_PATTERNS, or a name one of them covers."""
-    if isinstance(value, str) and (value in CODE_ENV or code_env_entry(value) is not None):
+    """A variable of JUDGED_ENV a child may be given a new value of (exec.env): a name, a pattern of
+    ENV_PATTERNS (or GIT_TRACE*), or a name one of them covers."""
+    if isinstance(value, str) and (value in JUDGED_ENV or judged_env_entry(value) is not None):
         return value
     # Names differ by case (ld_preload is not LD_PRELOAD), the hint does not: the likely typo is named.
-    folded = {name.lower(): name for name in CODE_ENV}
+    folded = {name.lower(): name for name in JUDGED_ENV}
     close = difflib.get_close_matches(value.lower() if isinstance(value, str) else "", folded, n=1)
     hint = f' Did you mean "{folded[close[0]]}"?' if close else ""
     return Invalid(
         f"{describe(value)} is not a variable failcore judges in a child's environment.{hint} "
-        f"Use any of {', '.join(CODE_ENV)}"
+        f"Use any of {', '.join(JUDGED_ENV)}"
     )
 
 

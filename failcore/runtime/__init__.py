@@ -3,8 +3,10 @@ with the file, process and socket operations it makes (seen by a PEP 578 audit h
 the policy's fs/exec/network sections and refused before they happen in strict mode.
 
 Modules, one job each: context (contextvars, run/call state), rules (policy + hot reload), hook (audit
-hook), events (building the tape's events), sink (own tape or the enclosing `failcore run`), guarded
-(`guard`), session (`run`); channel is the `failcore run` side of the socket children send events to.
+hook) with dispatch (the state it shares with its wrappers), sqlitehook (SQLite files and authorizer)
+and names (which name an address came from), events (building the tape's events), sink (own tape or
+the enclosing `failcore run`), guarded (`guard`), session (`run`); channel is the `failcore run` side
+of the socket children send events to.
 The names are loaded on first use, so `failcore run` importing the channel loads neither hook nor guard.
 """
 

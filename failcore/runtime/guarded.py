@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, overload
 
 from failcore.policy.contracts import check_output
-from failcore.runtime import hook
+from failcore.runtime import dispatch, hook
 from failcore.runtime.context import Blocked, CallState, RunState, active_run, current_call
 from failcore.runtime.events import origin, snapshot, tool_event
 
@@ -90,7 +90,7 @@ def _wrap(fn: Callable[..., Any], name: str | None) -> Callable[..., Any]:
         contract = None
         scanner = None
         where: dict[str, Any] = {}
-        with hook.internal():
+        with dispatch.internal():
             try:
                 where = origin()
                 loaded = run.rules.current()
@@ -242,5 +242,5 @@ def _arguments(
 
 def _failed(run: RunState, where: str, exc: Exception, *, closed_ok: bool = False) -> None:
     """A failure inside failcore: recorded; the tool runs anyway unless the policy fails closed."""
-    if not hook.record_failure(run, where, exc) and not closed_ok:
+    if not dispatch.record_failure(run, where, exc) and not closed_ok:
         raise Blocked(f"failcore failed ({type(exc).__name__}) and the policy says fail_open: false") from exc

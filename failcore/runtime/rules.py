@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from failcore.policy.contracts import check_output
 from failcore.policy.runtime import Verdict, check_connect, check_exec, check_fs, nameservers
-from failcore.policy.runtime_env import check_exec_env, code_env
+from failcore.policy.runtime_env import check_exec_env, judged_env
+from failcore.policy.runtime_git import check_git_args
 
 if TYPE_CHECKING:
     from failcore.dlp.scanner import DlpScanner
@@ -93,7 +94,7 @@ class RuntimeRules:
         self.failcore_proxies = enclosing_proxies(os.environ)
         self.resolvers = system_nameservers()
         # The run's own values of the variables a child's env is judged by (check_exec_env).
-        self.base_env = code_env(os.environ)
+        self.base_env = judged_env(os.environ)
         self._loaded = self._load()  # raises PolicyError: a bad policy at start is the user's to fix
 
     def _load(self) -> Loaded:
@@ -157,12 +158,17 @@ class RuntimeRules:
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> Verdict:
-        """The program, then (`env`: the child's environment) the code its environment makes it run."""
-        rules = self.policy.exec
+        """The program, git's own command line, then (`env`: the child's environment) the code its
+        environment makes it run."""
+        policy = self.policy
+        rules = policy.exec
         verdict = check_exec(rules, program, argv, shell=shell, path=path, cwd=cwd)
+        if verdict.decision == "BLOCK":
+            return verdict
+        verdict = check_git_args(rules, program, argv, path=path, cwd=cwd)
         if verdict.decision == "BLOCK" or env is None:
             return verdict
-        return check_exec_env(rules, env, self.base_env, path=path, cwd=cwd)
+        return check_exec_env(rules, env, self.base_env, path=path, cwd=cwd, fs=policy.fs)
 
     def check_connect(self, host: str | None, address: str, port: int) -> Verdict:
         if (address, port) in self.failcore_proxies:

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any
 
 from failcore.dlp.pending import wait_until_built
-from failcore.runtime import hook
+from failcore.runtime import dispatch, hook, names
 from failcore.runtime.context import RunState, current_run, pop_run, push_run
 from failcore.runtime.rules import RuntimeRules, resolve
 from failcore.runtime.sink import ChannelSink, TapeSink
@@ -91,8 +91,8 @@ class run:
         if self._state is not None:
             raise RuntimeError("this run() is already open; make a new one")
         hook.install()
-        hook.forget_names()
-        with hook.internal():
+        names.forget_names()
+        with dispatch.internal():
             home = failcore_home()
             channel = os.environ.get("FAILCORE_EVENTS")
             joining = bool(self._tape is None and channel)
@@ -148,7 +148,7 @@ class run:
         pop_run(state)
 
         def close() -> None:
-            with hook.internal():
+            with dispatch.internal():
                 # Events still to build mask with the DLP engine: let its background compile finish
                 # first, so closing never gives up on an event that waits for it.
                 scanner = state.rules.current().scanner

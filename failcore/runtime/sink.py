@@ -116,7 +116,7 @@ class ChannelSink:
                 self.dropped += 1
                 return False
             if self._pending == 0:
-                from failcore.runtime.hook import internal
+                from failcore.runtime.dispatch import internal
 
                 with internal():
                     return self._send(item)
@@ -152,7 +152,7 @@ class ChannelSink:
             return False
 
     def _send_loop(self) -> None:
-        from failcore.runtime.hook import internal
+        from failcore.runtime.dispatch import internal
 
         with internal():
             while True:

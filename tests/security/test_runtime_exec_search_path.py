@@ -75,8 +75,10 @@ def test_the_agents_own_ls_is_refused_before_it_runs(
 
 
 def test_the_system_ls_on_the_childs_path_runs(workdir: Path, tmp_path: Path) -> None:
+    """With PATH listed in exec.env (a directory the run's PATH lacks is refused otherwise: see
+    test_runtime_exec_path.py), the program is still judged by the file found on the child's PATH."""
     policy, tape, marker = tmp_path / "policy.yaml", tmp_path / "tape", tmp_path / "marker"
-    policy.write_text(POLICY)
+    policy.write_text(POLICY + "  env: [PATH]\n")
     agent_ls(tmp_path / "evil", marker)
 
     @guard
