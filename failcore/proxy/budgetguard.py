@@ -27,6 +27,7 @@ from failcore.budget import BudgetBreach, BudgetStore, Usage
 from failcore.budgetcharge import (
     ChargedResponses,
     Estimate,
+    batch_estimate,
     estimate_usage,
     hides_reasoning,
     reports_usage,
@@ -36,9 +37,11 @@ from failcore.llm import LlmCall, PriceTable, compute_cost, load_price_table
 from failcore.llm.detect import response_retrieval_id
 from failcore.llm.prices import priced_by_genai
 from failcore.policy.address import normalise_host
-from failcore.policy.model import Decision, Policy
+from failcore.policy.model import UNKNOWN_MODEL, Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
+from failcore.proxy.gate import is_websocket_upgrade
 from failcore.proxy.guard import guarded
+from failcore.proxy.realtime import realtime_scope, unmeterable_budget, unmetered_response
 from failcore.proxy.session import FlowState, Session, answer
 from failcore.proxy.streamtap import request_streams
 
@@ -90,6 +93,8 @@ def _host(state: FlowState | None, flow: http.HTTPFlow) -> str:
 def _scope(state: FlowState | None) -> tuple[str | None, str | None]:
     if state is None or state.llm is None:
         return None, None
+    if state.llm.request_model is None and state.llm.model_unknown:
+        return state.llm.provider, UNKNOWN_MODEL
     return state.llm.provider, state.llm.request_model
 
 
@@ -102,11 +107,15 @@ def _request_bytes(flow: http.HTTPFlow, state: FlowState, llm: LlmFlow) -> int:
     return max(len(flow.request.raw_content or b""), streamed)
 
 
-def _output_chars(state: FlowState, call: LlmCall) -> int:
+def _output_chars(flow: http.HTTPFlow, state: FlowState, call: LlmCall) -> int:
     """Characters of generated text the response carried (for a JSON answer too large to meter whole,
-    its size in bytes)."""
+    or a Bedrock answer failcore cannot read (AWS's binary event stream), its size in bytes)."""
     llm = state.llm
     assert llm is not None
+    if llm.api.startswith("bedrock_") and not call.usage_known:
+        streamed = state.response_tap.size if state.response_tap is not None else 0
+        size = max(streamed, len(flow.response.raw_content or b"") if flow.response is not None else 0)
+        return max(size, len(call.output_text or ""))
     if llm.tracker is not None:
         return llm.tracker.generated_chars
     if llm.whole_copy is not None and llm.whole_copy.overflow and state.response_tap is not None:
@@ -211,6 +220,8 @@ class BudgetGuard:
         host = _host(state, flow)
         provider, model = _scope(state)
         enforce = self.session.policy is not None and self.session.policy.mode == "enforce"
+        if is_websocket_upgrade(flow.request) and self._unmetered_session(flow, state, host, enforce):
+            return
         breach, reserved_at, crossings = store.admit(
             host=host, provider=provider, model=model, reserve_over_limit=not enforce
         )
@@ -232,6 +243,25 @@ class BudgetGuard:
         state.request_reserved_at = reserved_at
         for crossed in crossings:
             state.warnings.append(_warning(crossed))
+
+    def _unmetered_session(self, flow: http.HTTPFlow, state: FlowState, host: str, enforce: bool) -> bool:
+        """A realtime LLM session a token or cost budget applies to: refused, it cannot be metered
+        (failcore.proxy.realtime). True when refused."""
+        policy = self.session.policy
+        scope = realtime_scope(flow.request, host)
+        spec = unmeterable_budget(policy, host, *scope) if policy is not None and scope else None
+        if spec is None:
+            return False
+        reason = f"budget {spec.id!r}: a realtime session's tokens cannot be metered"
+        decision = Decision("BLOCK" if enforce else "WARN", f"budget:{spec.id}", reason, True, "BLOCK")
+        if enforce or state.decision is None or state.decision.decision != "BLOCK":
+            state.decision = decision
+        state.warnings.append({"reason": "budget_exceeded", "message": reason})
+        if not enforce:
+            return False
+        state.blocked = True
+        answer(flow, unmetered_response(spec, decision, flow.id))
+        return True
 
     @guarded("budget.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -323,16 +353,12 @@ class BudgetGuard:
             # (4xx, 5xx) was not billed.
             self._record(store, state, flow, call, used, retrieved)
             return None
-        estimate = estimate_usage(
-            request_bytes=_request_bytes(flow, state, state.llm),
-            output_chars=_output_chars(state, call),
-            output_words=_output_words(state, call),
-            request_json=state.llm.request_json,
-            tool_calls=call.tool_calls,
-            reported_input=call.input_tokens,
-            reported_output=call.output_tokens,
-            hidden_reasoning=hides_reasoning(state.llm.request_json, state.llm.request_model),
-        )
+        if state.llm.api == "message_batches":
+            estimate = batch_estimate(
+                request_bytes=_request_bytes(flow, state, state.llm), request_json=state.llm.request_json
+            )
+        else:
+            estimate = _estimate(flow, state, call)
         guess = replace(
             call,
             input_tokens=estimate.input_tokens,
@@ -419,8 +445,10 @@ class BudgetGuard:
         if response_id is not None:
             used = self._charged_responses.settle((normalise_host(host), response_id), used)
         provider, model = _scope(state)
-        # A fetched response's request names no model: it is charged as the model that answered.
-        model = model or call.response_model
+        # A fetched response's request names no model (or one failcore could not read): it is charged
+        # as the model that answered, if the answer says.
+        if model is None or (model == UNKNOWN_MODEL and call.response_model):
+            model = call.response_model
         for crossed in store.record(host=host, provider=provider, model=model, usage=used):
             state.warnings.append(_warning(crossed))
 
@@ -440,6 +468,22 @@ class BudgetGuard:
             host=_host(state, flow), provider=provider, model=model, reserved_at=state.request_reserved_at
         )
         state.request_reserved_at = None
+
+
+def _estimate(flow: http.HTTPFlow, state: FlowState, call: LlmCall) -> Estimate:
+    """The estimate of a finished call that reported no usage (failcore.budgetcharge.estimate_usage)."""
+    llm = state.llm
+    assert llm is not None
+    return estimate_usage(
+        request_bytes=_request_bytes(flow, state, llm),
+        output_chars=_output_chars(flow, state, call),
+        output_words=_output_words(state, call),
+        request_json=llm.request_json,
+        tool_calls=call.tool_calls,
+        reported_input=call.input_tokens,
+        reported_output=call.output_tokens,
+        hidden_reasoning=hides_reasoning(llm.request_json, llm.request_model),
+    )
 
 
 def _estimate_cost(guess: LlmCall, prices: PriceTable) -> float | None:
