@@ -39,9 +39,7 @@ from failcore.llm.prices import priced_by_genai
 from failcore.policy.address import normalise_host
 from failcore.policy.model import UNKNOWN_MODEL, Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
-from failcore.proxy.gate import is_websocket_upgrade
 from failcore.proxy.guard import guarded
-from failcore.proxy.realtime import realtime_scope, unmeterable_budget, unmetered_response
 from failcore.proxy.session import FlowState, Session, answer
 from failcore.proxy.streamtap import request_streams
 
@@ -51,7 +49,7 @@ if TYPE_CHECKING:
 STATE_FILE = "budgets.sqlite"
 
 
-def _describe(b: BudgetBreach) -> str:
+def describe_breach(b: BudgetBreach) -> str:
     window = "this run" if b.window == "run" else f"the last {b.window}"
     used = f"{b.used:.6g}"
     return f"budget {b.budget!r}: {b.metric} {used} of {b.limit:.6g} in {window}"
@@ -62,7 +60,7 @@ def budget_response(breach: BudgetBreach, decision: Decision, event_id: str) -> 
         {
             "error": {
                 "type": "failcore_budget_exceeded",
-                "message": f"failcore refused this request: {_describe(breach)} reached",
+                "message": f"failcore refused this request: {describe_breach(breach)} reached",
                 "budget": breach.to_json(),
                 "rule": decision.rule,
                 "event": event_id,
@@ -80,10 +78,10 @@ def budget_response(breach: BudgetBreach, decision: Decision, event_id: str) -> 
     return http.Response.make(429, body, headers)
 
 
-def _warning(b: BudgetBreach) -> dict[str, str]:
+def warning_for(b: BudgetBreach) -> dict[str, str]:
     if b.hard:
-        return {"reason": "budget_exceeded", "message": f"{_describe(b)}: hard limit reached"}
-    return {"reason": "budget_soft", "message": f"{_describe(b)}: past the soft threshold"}
+        return {"reason": "budget_exceeded", "message": f"{describe_breach(b)}: hard limit reached"}
+    return {"reason": "budget_soft", "message": f"{describe_breach(b)}: past the soft threshold"}
 
 
 def _host(state: FlowState | None, flow: http.HTTPFlow) -> str:
@@ -166,6 +164,10 @@ class BudgetGuard:
         base = settings.state_dir or os.path.join(settings.confdir, "failcore-state")
         return Path(os.path.expanduser(base)) / STATE_FILE
 
+    def current_store(self) -> BudgetStore | None:
+        """The store of the active policy's budgets (failcore.proxy.realtime charges it too)."""
+        return self._sync_store()
+
     def _sync_store(self) -> BudgetStore | None:
         """The store for the active policy's budgets; rebuilt (from the state file) when they change."""
         policy = self.session.policy
@@ -220,19 +222,17 @@ class BudgetGuard:
         host = _host(state, flow)
         provider, model = _scope(state)
         enforce = self.session.policy is not None and self.session.policy.mode == "enforce"
-        if is_websocket_upgrade(flow.request) and self._unmetered_session(flow, state, host, enforce):
-            return
         breach, reserved_at, crossings = store.admit(
             host=host, provider=provider, model=model, reserve_over_limit=not enforce
         )
         if breach is not None:
-            reason = f"{_describe(breach)} reached"
+            reason = f"{describe_breach(breach)} reached"
             decision = Decision(
                 "BLOCK" if enforce else "WARN", f"budget:{breach.budget}", reason, True, "BLOCK"
             )
             if enforce or state.decision is None or state.decision.decision != "BLOCK":
                 state.decision = decision
-            state.warnings.append(_warning(breach))
+            state.warnings.append(warning_for(breach))
             if enforce:
                 state.blocked = True
                 if flow.request.stream is True:
@@ -242,26 +242,7 @@ class BudgetGuard:
                 return
         state.request_reserved_at = reserved_at
         for crossed in crossings:
-            state.warnings.append(_warning(crossed))
-
-    def _unmetered_session(self, flow: http.HTTPFlow, state: FlowState, host: str, enforce: bool) -> bool:
-        """A realtime LLM session a token or cost budget applies to: refused, it cannot be metered
-        (failcore.proxy.realtime). True when refused."""
-        policy = self.session.policy
-        scope = realtime_scope(flow.request, host)
-        spec = unmeterable_budget(policy, host, *scope) if policy is not None and scope else None
-        if spec is None:
-            return False
-        reason = f"budget {spec.id!r}: a realtime session's tokens cannot be metered"
-        decision = Decision("BLOCK" if enforce else "WARN", f"budget:{spec.id}", reason, True, "BLOCK")
-        if enforce or state.decision is None or state.decision.decision != "BLOCK":
-            state.decision = decision
-        state.warnings.append({"reason": "budget_exceeded", "message": reason})
-        if not enforce:
-            return False
-        state.blocked = True
-        answer(flow, unmetered_response(spec, decision, flow.id))
-        return True
+            state.warnings.append(warning_for(crossed))
 
     @guarded("budget.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -308,8 +289,8 @@ class BudgetGuard:
             breach = store.crosses_hard(host=host, provider=provider, model=model, partial=partial)
             if breach is None or self.session.policy is None or self.session.policy.mode != "enforce":
                 return None
-            state.warnings.append(_warning(breach))
-            return CutVerdict("budget", f"{_describe(breach)} crossed mid-stream")
+            state.warnings.append(warning_for(breach))
+            return CutVerdict("budget", f"{describe_breach(breach)} crossed mid-stream")
 
         return over_budget
 
@@ -450,7 +431,7 @@ class BudgetGuard:
         if model is None or (model == UNKNOWN_MODEL and call.response_model):
             model = call.response_model
         for crossed in store.record(host=host, provider=provider, model=model, usage=used):
-            state.warnings.append(_warning(crossed))
+            state.warnings.append(warning_for(crossed))
 
     def _price_table(self) -> PriceTable:
         if self._prices is not None:
