@@ -333,6 +333,17 @@ class BudgetStore:
         with self._lock:
             return _most_binding(self._hard_breaches(states, now))
 
+    def check_metrics(
+        self, *, host: str, provider: str | None, model: str | None, metrics: frozenset[str]
+    ) -> BudgetBreach | None:
+        """`check` for the hard limits of `metrics` only (a realtime session's message is no new request)."""
+        states = self._in_scope(host, provider, model)
+        if not states:
+            return None
+        now = self._clock()
+        with self._lock:
+            return _most_binding([b for b in self._hard_breaches(states, now) if b.metric in metrics])
+
     def now(self) -> float:
         return self._clock()
 

@@ -25,6 +25,13 @@ errs high, so a limit is reached early rather than walked past:
 * an input count the provider did report before the stream ended (Anthropic's `message_start`) is
   taken as it is; a partial output count when it is higher than the estimate.
 
+* a Message Batch (`POST /v1/messages/batches`), whose usage is known only when its results are fetched
+  (hours later, by a call failcore does not meter), is charged at submission: one input token per byte
+  of the batch body and, for each request, its whole `max_tokens` (`HIDDEN_REASONING_TOKENS` for a
+  request without one, or for a body failcore could not read) — the most the batch can spend;
+* an AWS Bedrock streaming operation (`invoke-with-response-stream`, `converse-stream`) answers in AWS's
+  binary event-stream framing: one output token per byte of the response (`output_chars` is its size).
+
 An image sent by URL costs more tokens than its URL has bytes. The estimate is recorded on the call's event
 (`llm.budget_estimate`, a `usage_estimated` warning); `usage` itself stays unknown, never 0.
 
@@ -41,6 +48,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from failcore.budget import Usage
+from failcore.llm.detect import batch_requests
 from failcore.llm.typed import as_count, as_dict
 
 # Response ids remembered per proxy run; past that the least recently charged is forgotten (a fetch of
@@ -152,6 +160,14 @@ def estimate_usage(
         input_tokens=reported_input if reported_input is not None else request_bytes,
         output_tokens=max(output, reported_output or 0),
     )
+
+
+def batch_estimate(*, request_bytes: int, request_json: dict | None) -> Estimate:
+    """What a Message Batch is charged when it is submitted (see the module docstring)."""
+    caps = [max_output_tokens(params) or HIDDEN_REASONING_TOKENS for params in batch_requests(request_json)]
+    if not caps:
+        caps = [HIDDEN_REASONING_TOKENS]
+    return Estimate(input_tokens=request_bytes, output_tokens=sum(caps) + FRAMING_TOKENS * len(caps))
 
 
 class ChargedResponses:

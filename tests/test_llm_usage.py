@@ -655,7 +655,19 @@ def test_ollama_native_generate_json() -> None:
             ("anthropic", "messages"),
         ),
         ("api.anthropic.com", "/v1/messages/count_tokens", {"messages": []}, None),
-        ("api.anthropic.com", "/v1/messages/batches", {"requests": []}, None),
+        # Creating a Message Batch spends tokens (charged at submission); listing batches does not.
+        ("api.anthropic.com", "/v1/messages/batches", {"requests": []}, ("anthropic", "message_batches")),
+        ("api.anthropic.com", "/v1/messages/batches", None, None),
+        ("gw.internal", "/v1/messages/batches", {"requests": []}, ("anthropic_compatible", "message_batches")),
+        (
+            "bedrock-runtime.us-east-1.amazonaws.com",
+            "/model/anthropic.claude-3-5-sonnet-20240620-v1:0/invoke",
+            None,
+            ("bedrock", "bedrock_invoke"),
+        ),
+        ("gw.internal", "/model/m/converse-stream", None, ("bedrock", "bedrock_converse")),
+        ("gw.internal", "/model/m/invoke-with-response-stream", None, ("bedrock", "bedrock_invoke")),
+        ("gw.internal", "/model/m/list", None, None),
         (
             "openrouter.ai",
             "/api/v1/chat/completions",

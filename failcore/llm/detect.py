@@ -4,6 +4,7 @@ asked for (response format, Anthropic prefill)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from failcore.llm.typed import as_dict, as_list, as_text
 from failcore.policy.address import normalise_host
@@ -41,6 +42,13 @@ _GEMINI_STREAM = re.compile(_COLON + r"streamGenerateContent$", re.IGNORECASE)
 # events. Its body carries the usage of a generation its POST may not have reported (`background: true`).
 # Only under `/v1/` or Azure's `/openai/`: a survey's `/api/responses/42` is no LLM call.
 _RESPONSE_RETRIEVAL = re.compile(r"/(?:v1|openai)/responses/(?P<id>[A-Za-z0-9_-]+)$", re.IGNORECASE)
+# AWS Bedrock runtime (bedrock-runtime[-fips].{region}.amazonaws.com, or a gateway that speaks it):
+# `POST /model/{modelId}/invoke[-with-response-stream]` (the model family's own body) and
+# `/model/{modelId}/converse[-stream]` (the Converse API). The path alone is specific enough.
+_BEDROCK_PATH = re.compile(
+    r"^/model/(?P<model>[^/]+)/(?P<op>invoke|invoke-with-response-stream|converse|converse-stream)$",
+    re.IGNORECASE,
+)
 _AZURE_DEPLOYMENT_PATH = re.compile(
     r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<op>chat/completions|completions|responses)$",
     re.IGNORECASE,
@@ -103,18 +111,25 @@ def _shape_matches(api: str, request_json: dict | None) -> bool:
     return True
 
 
-def detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, str] | None:
+def detect_api(
+    host: str, path: str, request_json: dict | None, *, unreadable: bool = False
+) -> tuple[str, str] | None:
     """Identify ``(provider, api)`` from host, path and request shape; None when it is not an LLM call.
 
     A path is read as the servers that route by it read it, as policy rules read it (path_aliases):
     uvicorn/Starlette and werkzeug decode `%2F` before routing (`/v1/chat%2Fcompletions` reaches the
     chat handler of a FastAPI server: vLLM's, LiteLLM's), Tomcat, Jetty and Spring drop each segment's
-    `;…` parameters (`/v1/chat/completions;x=1`). The first reading that is an LLM call is the one."""
-    found = _detect_api(host, path, request_json)
+    `;…` parameters (`/v1/chat/completions;x=1`). The first reading that is an LLM call is the one.
+
+    `unreadable`: the request has a body that could not be read as a JSON object (not JSON even to
+    Python's parser, or past the size failcore reads). On a path whose detection needs the body's shape
+    (`/v1/messages`, `/api/chat`, `/api/generate`) it then counts as the LLM call it may be: a body
+    failcore cannot read must not make the call free. A request without a body still needs its host."""
+    found = _detect_api(host, path, request_json, unreadable)
     if found is not None:
         return found
     for alias in other_readings(path):
-        found = _detect_api(host, alias, request_json)
+        found = _detect_api(host, alias, request_json, unreadable)
         if found is not None:
             return found
     return None
@@ -129,10 +144,20 @@ def other_readings(path: str) -> list[str]:
     return []
 
 
-def _detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, str] | None:
+def _detect_api(host: str, path: str, request_json: dict | None, unreadable: bool) -> tuple[str, str] | None:
     hostname, port = _split_host(host)
     path = _clean_path(path)
     lower = path.lower()
+
+    bedrock = _BEDROCK_PATH.match(path)
+    if bedrock:
+        op = bedrock.group("op").lower()
+        return "bedrock", "bedrock_converse" if op.startswith("converse") else "bedrock_invoke"
+    if lower.endswith("/v1/messages/batches"):
+        # Creating a batch (a body of `requests`), not listing them (a GET without a body).
+        if not unreadable and not isinstance(as_dict(request_json).get("requests"), list):
+            return None
+        return ("anthropic" if hostname == "api.anthropic.com" else "anthropic_compatible"), "message_batches"
 
     vertex = _VERTEX_GEMINI_PATH.match(path)
     if vertex and vertex.group("method").lower() in _GEMINI_METHODS:
@@ -161,14 +186,16 @@ def _detect_api(host: str, path: str, request_json: dict | None) -> tuple[str, s
     if lower.endswith("/v1/messages"):
         if hostname == "api.anthropic.com":
             return "anthropic", "messages"
-        if _shape_matches("messages", request_json) and request_json is not None:
+        if unreadable or (request_json is not None and _shape_matches("messages", request_json)):
             return "anthropic_compatible", "messages"
         return None
 
     if lower in ("/api/chat", "/api/generate"):
         api = "ollama_chat" if lower == "/api/chat" else "ollama_generate"
-        if port == _OLLAMA_PORT or (
-            request_json is not None and "model" in request_json and _shape_matches(api, request_json)
+        if (
+            port == _OLLAMA_PORT
+            or unreadable
+            or (request_json is not None and "model" in request_json and _shape_matches(api, request_json))
         ):
             return "ollama", api
         return None
@@ -253,6 +280,11 @@ def request_model(provider: str, api: str, path: str, request_json: dict | None)
     if model:
         return model[:256]
     clean = _clean_path(path)
+    if provider == "bedrock":
+        bedrock = _BEDROCK_PATH.match(clean)
+        return unquote(bedrock.group("model"))[:256] if bedrock else None
+    if api == "message_batches":
+        return batch_model(request_json)
     if provider == "azure_openai":
         deployment = _AZURE_DEPLOYMENT_PATH.match(clean)
         return deployment.group("deployment") if deployment else None
@@ -262,9 +294,25 @@ def request_model(provider: str, api: str, path: str, request_json: dict | None)
     return None
 
 
+def batch_requests(request_json: dict | None) -> list[dict]:
+    """The `params` of each request of a Message Batch (`{"requests": [{"custom_id", "params"}]}`)."""
+    return [as_dict(as_dict(item).get("params")) for item in as_list(as_dict(request_json).get("requests"))]
+
+
+def batch_model(request_json: dict | None) -> str | None:
+    """The model every request of a batch names, None when they differ or one names none."""
+    models = {as_text(params.get("model")) for params in batch_requests(request_json)}
+    if len(models) != 1:
+        return None
+    (model,) = models
+    return model[:256] if model else None
+
+
 def request_streams(api: str, path: str, request_json: dict | None) -> bool:
     if api == "gemini_generate":
         return _GEMINI_STREAM.search(_clean_path(path)) is not None
+    if api.startswith("bedrock_"):
+        return _clean_path(path).lower().endswith("stream")
     stream = (request_json or {}).get("stream")
     if uses_ndjson(api):
         return stream is not False  # Ollama's native API streams unless told not to

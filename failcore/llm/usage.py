@@ -113,14 +113,19 @@ def parse_call(
     response_content_type: str | None,
     status: int | None,
     request_json: dict | None = None,
+    detected: tuple[str, str] | None = None,
 ) -> LlmCall | None:
     """Build the evidence record for one exchange, or None when it is not a recognised LLM API call.
 
-    `request_json`, when the caller already parsed the request body, saves parsing it again."""
+    `request_json`, when the caller already parsed the request body, saves parsing it again; `detected`,
+    the (provider, api) the caller recognised when the request went out (an unreadable body included)."""
     if request_json is None:
         parsed = loads_or_none(request_body) if request_body else None
         request_json = parsed if isinstance(parsed, dict) else None
-    detected = detect_api(host, path, request_json)
+    if detected is None:
+        detected = detect_api(
+            host, path, request_json, unreadable=bool(request_body) and request_json is None
+        )
     if detected is None:
         return None
     provider, api = detected

@@ -180,11 +180,17 @@ class Decision:
     matched_action: Action
 
 
+# The model of an LLM call whose request could not be read (or a batch naming several): any model.
+UNKNOWN_MODEL = "<unknown model>"
+
+
 @dataclass(frozen=True, slots=True)
 class BudgetScope:
     """Which LLM calls a budget counts; a `None` field was omitted (or "*") and matches anything.
 
-    A budget scoped to a provider or model never counts a call whose provider or model is unknown; one
+    A budget scoped to a provider or model never counts a call whose provider or model is absent (not
+    an LLM call, or one that names no model), but a model scope counts UNKNOWN_MODEL (an LLM call whose
+    body failcore could not read: it may name any model, so it is counted, never let through); one
     scoped to a loopback host counts its other spellings too (`localhost` = `127.0.0.1`, see
     `loopback_readings`).
     """
@@ -202,6 +208,8 @@ class BudgetScope:
         if self.providers is not None and (provider is None or provider.lower() not in self.providers):
             return False
         if self.model_regex is None:
+            return True
+        if model == UNKNOWN_MODEL:
             return True
         return model is not None and self.model_regex.fullmatch(model.lower()) is not None
 

@@ -49,6 +49,7 @@ class FailCore:
         from failcore.proxy.listen import ListenGuard
         from failcore.proxy.malformed import MalformedRequests
         from failcore.proxy.meter import LlmMeter
+        from failcore.proxy.realtime import RealtimeBudget
         from failcore.proxy.recorder import InFlight, Recorder
         from failcore.proxy.replayer import Replayer
         from failcore.proxy.resolved import ResolvedAddressGuard
@@ -67,6 +68,7 @@ class FailCore:
         self.hold = RequestHold(s)
         self.meter = LlmMeter(s)
         self.budgets = BudgetGuard(s, prices=self.meter.price_table)
+        self.realtime = RealtimeBudget(s, self.budgets)
         self.dlp = DlpGuard(s)
         self.streamtap = StreamTap(s)
         # After the guards (what they refuse is not served from a tape) and after the stream tap, whose
@@ -96,6 +98,8 @@ class FailCore:
             self.resolved,
             self.hold,
             self.meter,
+            # Before the budgets: a realtime session it refuses is not counted as a request.
+            self.realtime,
             self.budgets,
             self.dlp,
             self.streamtap,

@@ -27,6 +27,7 @@ from failcore.budget import BudgetBreach, BudgetStore, Usage
 from failcore.budgetcharge import (
     ChargedResponses,
     Estimate,
+    batch_estimate,
     estimate_usage,
     hides_reasoning,
     reports_usage,
@@ -36,7 +37,7 @@ from failcore.llm import LlmCall, PriceTable, compute_cost, load_price_table
 from failcore.llm.detect import response_retrieval_id
 from failcore.llm.prices import priced_by_genai
 from failcore.policy.address import normalise_host
-from failcore.policy.model import Decision, Policy
+from failcore.policy.model import UNKNOWN_MODEL, Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session, answer
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 STATE_FILE = "budgets.sqlite"
 
 
-def _describe(b: BudgetBreach) -> str:
+def describe_breach(b: BudgetBreach) -> str:
     window = "this run" if b.window == "run" else f"the last {b.window}"
     used = f"{b.used:.6g}"
     return f"budget {b.budget!r}: {b.metric} {used} of {b.limit:.6g} in {window}"
@@ -59,7 +60,7 @@ def budget_response(breach: BudgetBreach, decision: Decision, event_id: str) -> 
         {
             "error": {
                 "type": "failcore_budget_exceeded",
-                "message": f"failcore refused this request: {_describe(breach)} reached",
+                "message": f"failcore refused this request: {describe_breach(breach)} reached",
                 "budget": breach.to_json(),
                 "rule": decision.rule,
                 "event": event_id,
@@ -77,10 +78,10 @@ def budget_response(breach: BudgetBreach, decision: Decision, event_id: str) -> 
     return http.Response.make(429, body, headers)
 
 
-def _warning(b: BudgetBreach) -> dict[str, str]:
+def warning_for(b: BudgetBreach) -> dict[str, str]:
     if b.hard:
-        return {"reason": "budget_exceeded", "message": f"{_describe(b)}: hard limit reached"}
-    return {"reason": "budget_soft", "message": f"{_describe(b)}: past the soft threshold"}
+        return {"reason": "budget_exceeded", "message": f"{describe_breach(b)}: hard limit reached"}
+    return {"reason": "budget_soft", "message": f"{describe_breach(b)}: past the soft threshold"}
 
 
 def _host(state: FlowState | None, flow: http.HTTPFlow) -> str:
@@ -90,6 +91,8 @@ def _host(state: FlowState | None, flow: http.HTTPFlow) -> str:
 def _scope(state: FlowState | None) -> tuple[str | None, str | None]:
     if state is None or state.llm is None:
         return None, None
+    if state.llm.request_model is None and state.llm.model_unknown:
+        return state.llm.provider, UNKNOWN_MODEL
     return state.llm.provider, state.llm.request_model
 
 
@@ -102,11 +105,15 @@ def _request_bytes(flow: http.HTTPFlow, state: FlowState, llm: LlmFlow) -> int:
     return max(len(flow.request.raw_content or b""), streamed)
 
 
-def _output_chars(state: FlowState, call: LlmCall) -> int:
+def _output_chars(flow: http.HTTPFlow, state: FlowState, call: LlmCall) -> int:
     """Characters of generated text the response carried (for a JSON answer too large to meter whole,
-    its size in bytes)."""
+    or a Bedrock answer failcore cannot read (AWS's binary event stream), its size in bytes)."""
     llm = state.llm
     assert llm is not None
+    if llm.api.startswith("bedrock_") and not call.usage_known:
+        streamed = state.response_tap.size if state.response_tap is not None else 0
+        size = max(streamed, len(flow.response.raw_content or b"") if flow.response is not None else 0)
+        return max(size, len(call.output_text or ""))
     if llm.tracker is not None:
         return llm.tracker.generated_chars
     if llm.whole_copy is not None and llm.whole_copy.overflow and state.response_tap is not None:
@@ -156,6 +163,10 @@ class BudgetGuard:
         settings = self.session.settings
         base = settings.state_dir or os.path.join(settings.confdir, "failcore-state")
         return Path(os.path.expanduser(base)) / STATE_FILE
+
+    def current_store(self) -> BudgetStore | None:
+        """The store of the active policy's budgets (failcore.proxy.realtime charges it too)."""
+        return self._sync_store()
 
     def _sync_store(self) -> BudgetStore | None:
         """The store for the active policy's budgets; rebuilt (from the state file) when they change."""
@@ -215,13 +226,13 @@ class BudgetGuard:
             host=host, provider=provider, model=model, reserve_over_limit=not enforce
         )
         if breach is not None:
-            reason = f"{_describe(breach)} reached"
+            reason = f"{describe_breach(breach)} reached"
             decision = Decision(
                 "BLOCK" if enforce else "WARN", f"budget:{breach.budget}", reason, True, "BLOCK"
             )
             if enforce or state.decision is None or state.decision.decision != "BLOCK":
                 state.decision = decision
-            state.warnings.append(_warning(breach))
+            state.warnings.append(warning_for(breach))
             if enforce:
                 state.blocked = True
                 if flow.request.stream is True:
@@ -231,7 +242,7 @@ class BudgetGuard:
                 return
         state.request_reserved_at = reserved_at
         for crossed in crossings:
-            state.warnings.append(_warning(crossed))
+            state.warnings.append(warning_for(crossed))
 
     @guarded("budget.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -278,8 +289,8 @@ class BudgetGuard:
             breach = store.crosses_hard(host=host, provider=provider, model=model, partial=partial)
             if breach is None or self.session.policy is None or self.session.policy.mode != "enforce":
                 return None
-            state.warnings.append(_warning(breach))
-            return CutVerdict("budget", f"{_describe(breach)} crossed mid-stream")
+            state.warnings.append(warning_for(breach))
+            return CutVerdict("budget", f"{describe_breach(breach)} crossed mid-stream")
 
         return over_budget
 
@@ -323,16 +334,12 @@ class BudgetGuard:
             # (4xx, 5xx) was not billed.
             self._record(store, state, flow, call, used, retrieved)
             return None
-        estimate = estimate_usage(
-            request_bytes=_request_bytes(flow, state, state.llm),
-            output_chars=_output_chars(state, call),
-            output_words=_output_words(state, call),
-            request_json=state.llm.request_json,
-            tool_calls=call.tool_calls,
-            reported_input=call.input_tokens,
-            reported_output=call.output_tokens,
-            hidden_reasoning=hides_reasoning(state.llm.request_json, state.llm.request_model),
-        )
+        if state.llm.api == "message_batches":
+            estimate = batch_estimate(
+                request_bytes=_request_bytes(flow, state, state.llm), request_json=state.llm.request_json
+            )
+        else:
+            estimate = _estimate(flow, state, call)
         guess = replace(
             call,
             input_tokens=estimate.input_tokens,
@@ -419,10 +426,12 @@ class BudgetGuard:
         if response_id is not None:
             used = self._charged_responses.settle((normalise_host(host), response_id), used)
         provider, model = _scope(state)
-        # A fetched response's request names no model: it is charged as the model that answered.
-        model = model or call.response_model
+        # A fetched response's request names no model (or one failcore could not read): it is charged
+        # as the model that answered, if the answer says.
+        if model is None or (model == UNKNOWN_MODEL and call.response_model):
+            model = call.response_model
         for crossed in store.record(host=host, provider=provider, model=model, usage=used):
-            state.warnings.append(_warning(crossed))
+            state.warnings.append(warning_for(crossed))
 
     def _price_table(self) -> PriceTable:
         if self._prices is not None:
@@ -440,6 +449,22 @@ class BudgetGuard:
             host=_host(state, flow), provider=provider, model=model, reserved_at=state.request_reserved_at
         )
         state.request_reserved_at = None
+
+
+def _estimate(flow: http.HTTPFlow, state: FlowState, call: LlmCall) -> Estimate:
+    """The estimate of a finished call that reported no usage (failcore.budgetcharge.estimate_usage)."""
+    llm = state.llm
+    assert llm is not None
+    return estimate_usage(
+        request_bytes=_request_bytes(flow, state, llm),
+        output_chars=_output_chars(flow, state, call),
+        output_words=_output_words(state, call),
+        request_json=llm.request_json,
+        tool_calls=call.tool_calls,
+        reported_input=call.input_tokens,
+        reported_output=call.output_tokens,
+        hidden_reasoning=hides_reasoning(llm.request_json, llm.request_model),
+    )
 
 
 def _estimate_cost(guess: LlmCall, prices: PriceTable) -> float | None:

@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from mitmproxy import http
 
 from failcore.evidence import (
@@ -46,6 +45,7 @@ from failcore.llm.prices import (
     seen_cost,
     warm_up_genai_prices,
 )
+from failcore.llm.typed import loads_or_none
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
@@ -84,15 +84,15 @@ class LlmFlow:
     charge_usd: float | None = None
     # Set once BudgetGuard has counted this call, so no hook ordering can count it twice.
     charged: bool = False
+    # The request had a body failcore could not read (not JSON even to Python's parser, or past
+    # `failcore_llm_body_max`): its model is unknown, and a model-scoped budget counts it.
+    model_unknown: bool = False
 
 
 def _request_json(content: bytes | None) -> dict[str, Any] | None:
     if not content:
         return None
-    try:
-        doc = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
+    doc = loads_or_none(content)
     return doc if isinstance(doc, dict) else None
 
 
@@ -269,7 +269,7 @@ class LlmMeter:
         recognised by its host and path alone, its model unknown, and charged by the bytes streamed)."""
         copy = state.request_copy
         if not isinstance(copy, WholeBodyCopy) or copy.overflow:
-            self._detect(flow, state, None)
+            self._detect(flow, state, None, unreadable=True)
             return None
         raw = bytes(copy.data)
         state.request_copy = None
@@ -285,14 +285,27 @@ class LlmMeter:
         parsed = await asyncio.to_thread(lambda: _request_json(decoded_content(raw, encoding, DECODE_LIMIT)))
         self._detect(flow, state, parsed)
 
-    def _detect(self, flow: http.HTTPFlow, state: FlowState, request_json: dict[str, Any] | None) -> None:
+    def _detect(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        request_json: dict[str, Any] | None,
+        *,
+        unreadable: bool = False,
+    ) -> None:
         host = f"{state.decided_host or flow.request.host}:{flow.request.port}"
-        detected = detect_api(host, flow.request.path, request_json)
+        if request_json is None and not unreadable:
+            streamed = state.request_tap.size if state.request_tap is not None else 0
+            unreadable = bool(flow.request.raw_content) or streamed > 0
+        detected = detect_api(host, flow.request.path, request_json, unreadable=unreadable)
         if detected is None:
             return
-        # The model the request names, in its body or (Gemini, Azure) its path: a budget's model scope.
+        # The model the request names, in its body or (Gemini, Azure, Bedrock) its path: a budget's
+        # model scope. A body that could not be read names an unknown model (a batch of several models
+        # too), which every model-scoped budget counts: failcore never sees less than the upstream.
         model = request_model(detected[0], detected[1], flow.request.path, request_json)
-        state.llm = LlmFlow(detected[0], detected[1], model, request_json=request_json)
+        unknown = model is None and (unreadable or detected[1] == "message_batches")
+        state.llm = LlmFlow(detected[0], detected[1], model, request_json=request_json, model_unknown=unknown)
 
     @guarded("meter.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -378,6 +391,7 @@ class LlmMeter:
             response_content_type=flow.response.headers.get("content-type"),
             status=flow.response.status_code,
             request_json=state.llm.request_json,
+            detected=(state.llm.provider, state.llm.api),
         )
         if decode_later:
             return self._account_off_loop(state.llm, args, (raw, encoding))

@@ -113,12 +113,18 @@ _LLM_PATH_SUFFIXES = (
     "/responses",
     "/responses/compact",
     "/messages",
+    "/messages/batches",
     "/api/chat",
     "/api/generate",
     ":generatecontent",
     ":streamgeneratecontent",
     "%3ageneratecontent",  # Gemini's colon percent-encoded: Google's front end decodes it
     "%3astreamgeneratecontent",
+    # AWS Bedrock runtime: /model/{id}/invoke[-with-response-stream], /model/{id}/converse[-stream]
+    "/invoke",
+    "/invoke-with-response-stream",
+    "/converse",
+    "/converse-stream",
 )
 
 

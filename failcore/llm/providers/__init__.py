@@ -8,6 +8,7 @@ from collections.abc import Callable
 from failcore.framing import Frame
 from failcore.llm.providers.anthropic import AnthropicMessages
 from failcore.llm.providers.base import Accumulator, salvage_object
+from failcore.llm.providers.bedrock import BedrockConverse, BedrockInvoke, MessageBatches
 from failcore.llm.providers.gemini import GeminiGenerate
 from failcore.llm.providers.ollama import OllamaNative
 from failcore.llm.providers.openai import ChatCompletions, Responses
@@ -21,6 +22,9 @@ ACCUMULATORS: dict[str, Callable[[bool], Accumulator]] = {
     "gemini_generate": GeminiGenerate,
     "ollama_chat": OllamaNative,
     "ollama_generate": OllamaNative,
+    "bedrock_converse": BedrockConverse,
+    "bedrock_invoke": BedrockInvoke,
+    "message_batches": MessageBatches,
 }
 
 
