@@ -13,9 +13,9 @@ validators, entropy and allowlists decide. Backends:
 
 Size: ~760 lines because the backends share one pipeline (prefilter, confirm, validate) and the
 Hyperscan fast path's extra databases (keyword-gated rules, keywords, the rules read line by line for
-quiet_lines) are built and consulted by the same object as the main one. What stands alone has its own module: decoded views (decode.py), regex
-adapters and pattern analysis (regex_backend.py), the compile cache (hscache.py), the background
-build (pending.py), masking, validators.
+quiet_lines) are built and consulted by the same object as the main one. What stands alone has its
+own module: decoded views (decode.py), regex adapters and pattern analysis (regex_backend.py), the
+compile cache (hscache.py), the background build (pending.py), masking, validators.
 """
 
 from __future__ import annotations
