@@ -11,15 +11,16 @@ validators, entropy and allowlists decide. Backends:
 * ``python``: last resort when neither library is importable. Uses Python ``re`` only for rules whose
   shape cannot backtrack catastrophically; the others are listed in ``skipped`` and not run. Much slower.
 
-Size: ~680 lines because the backends share one pipeline (prefilter, confirm, validate) and the
-Hyperscan fast path's extra databases (keyword-gated rules, keywords) are built and consulted by the
-same object as the main one. What stands alone has its own module: decoded views (decode.py), regex
-adapters and pattern analysis (regex_backend.py), the compile cache (hscache.py), the background
-build (pending.py), masking, validators.
+Size: ~760 lines because the backends share one pipeline (prefilter, confirm, validate) and the
+Hyperscan fast path's extra databases (keyword-gated rules, keywords, the rules read line by line for
+quiet_lines) are built and consulted by the same object as the main one. What stands alone has its
+own module: decoded views (decode.py), regex adapters and pattern analysis (regex_backend.py), the
+compile cache (hscache.py), the background build (pending.py), masking, validators.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -44,8 +45,14 @@ MAX_BOUNDED_ENDS = 256
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 Window = tuple[int, int]
+# An anchor on the whole text's start or end (conservatively: also a `\\` escape followed by A, z or Z).
+_WHOLE_TEXT_ANCHOR = re.compile(rb"\\[AzZ]")
 # One Hyperscan pass: match ends by expression id (None: the event budget ran out), and the budget left.
 _HsPass = tuple[dict[int, list[int]] | None, list[int]]
+
+
+def _stop(*_event: object) -> bool:
+    return True  # (a Hyperscan match handler that ends the pass at the first match)
 
 
 def keyword_positions(
@@ -219,6 +226,8 @@ class DlpEngine:
         self._hs_gated: list[tuple[int, Any]] = []
         self._hs_keyword_db: Any = None
         self._hs_keywords: list[list[int]] = []
+        # Fast path: the main database's rules and keywords read line by line (quiet_lines).
+        self._hs_line_db: Any = None
         # Fast path: tighter confirm windows (rule index -> width, and for an unbounded width the
         # shape `run_bound` gives, when it has one).
         self._window_shapes: dict[int, tuple[int, tuple[int, bytes] | None]] = {}
@@ -318,7 +327,52 @@ class DlpEngine:
                 expressions, list(range(len(expressions))), flags, on_compile=self._on_compile
             )
             self._hs_rule_indexes = accepted
+            if self._fast and not refused:
+                rules, keywords = expressions[: len(accepted)], expressions[len(accepted) : -1]
+                self._hs_line_db = self._line_database(rules, keywords)
         return refused
+
+    def _line_database(self, rules: list[bytes], keywords: list[bytes]) -> Any:
+        """The main database's rule expressions with `^` and `$` read at every line's start and end
+        (HS_FLAG_MULTILINE), and its keywords, each reported once: for quiet_lines. None (quiet_lines
+        never answers) when a rule anchors on the whole text's start or end (`\\A`, `\\z`, `\\Z`: a
+        line of a text has other ones) or Hyperscan refuses them so."""
+        hs = rx.hyperscan_module()
+        if any(_WHOLE_TEXT_ANCHOR.search(expression) for expression in rules):
+            return None
+        flags = [hs.HS_FLAG_MULTILINE | hs.HS_FLAG_SINGLEMATCH] * len(rules)
+        flags += [hs.HS_FLAG_CASELESS | hs.HS_FLAG_SINGLEMATCH] * len(keywords)
+        try:
+            return self._compile_database([*rules, *keywords], flags)
+        except hs.error:
+            return None
+
+    def quiet_lines(self, text: bytes) -> bool:
+        """True when `scan(text)` finds nothing and neither does `scan(line)` of any line of it (the
+        bytes between two newlines, or the text's start or end: a header block's "name: value" read
+        alone); False when that is not known (the text is then scanned as ever).
+
+        One Hyperscan pass, with no Python per byte, answers for all of them. It is made over `text`
+        as it is (so only when no JSON or percent view of it is scanned: no `\\`, no `%`) against
+        `_hs_line_db`: every rule of the main database and every keyword there, with `^` and `$` also
+        at each newline. A rule's match in a line alone is then a match in `text` at the same bytes:
+        it reads only the line's bytes, and its assertions read the same there (`^` and `$` match at
+        the line's ends and nowhere inside it, `\\b` sees a newline where the line had its ends, both
+        not word characters); `^` and `$` without that flag match at a subset of those places, so
+        `text` itself is quiet too. With no rule match and no keyword, a scan's hits can only come
+        from its base64/hex-like runs decoded (`_runs_only`; no rule is on the keyword path when
+        there is a line database), and a line's runs are `text`'s runs within it (a newline is not
+        in their alphabet): when none decodes to a candidate, no scan of them has a hit."""
+        database = self._hs_line_db
+        if database is None or b"\\" in text or b"%" in text:
+            return False
+        if not self._hs_scan(database, text, _stop):
+            return False  # a rule or keyword matched: scanned as ever
+        runs = dv.find_runs(text)
+        if len(runs) >= dv.MAX_RUNS:
+            return False
+        budget = [dv.MAX_CANDIDATES, dv.MAX_DECODED_BYTES]
+        return next(dv.encoded_candidates(dv.RawView(text), runs, budget), None) is None
 
     def _hs_expression(self, prepared: _PreparedRule) -> bytes:
         expression = rx.hyperscan_expression(prepared.rule.regex)

@@ -58,20 +58,39 @@ class CleanTexts:
         state = self._state
         if state[0] is not engine:
             state = self._state = (engine, set(), [0])
-        clean, size = state[1], state[2]
+        clean = state[1]
         if not isinstance(data, bytes | str):
             data = bytes(data)  # a bytearray or memoryview: kept as the bytes it held
         if data in clean:
             return []
         found = engine.scan(data)
-        if not found and len(data) <= CLEAN_TEXT_CHARS:
-            cost = CLEAN_TEXT_OVERHEAD + len(data) * (1 if isinstance(data, bytes) or data.isascii() else 4)
-            if size[0] + cost > CLEAN_TEXTS_CHARS:
-                clean.clear()
-                size[0] = 0
-            clean.add(data)
-            size[0] += cost
+        if not found:
+            self._keep(state, data)
         return found
+
+    def lines_clean(self, text: bytes) -> bool:
+        """Whether the engine finds nothing in `text` nor in any line of it read alone, known without
+        scanning them (DlpEngine.quiet_lines); `text` is then kept as clean, as its scan would keep it."""
+        engine = serving(self.engine)
+        if not engine.quiet_lines(text):
+            return False
+        state = self._state
+        if state[0] is not engine:
+            state = self._state = (engine, set(), [0])
+        self._keep(state, text)
+        return True
+
+    @staticmethod
+    def _keep(state: tuple[DlpEngine | None, set[bytes | str], list[int]], data: bytes | str) -> None:
+        clean, size = state[1], state[2]
+        if len(data) > CLEAN_TEXT_CHARS:
+            return
+        cost = CLEAN_TEXT_OVERHEAD + len(data) * (1 if isinstance(data, bytes) or data.isascii() else 4)
+        if size[0] + cost > CLEAN_TEXTS_CHARS:
+            clean.clear()
+            size[0] = 0
+        clean.add(data)
+        size[0] += cost
 
 
 # Compiling the Hyperscan database takes seconds without its on-disk cache: engines are shared between

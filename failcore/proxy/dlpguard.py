@@ -20,7 +20,7 @@ from mitmproxy import http
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
 from failcore.dlp.escapes import escaped_hits, unescaped
-from failcore.dlp.locations import recorded_header, scan_header_block
+from failcore.dlp.locations import header_block, recorded_header, scan_header_block
 from failcore.dlp.model import Scans
 from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
@@ -43,6 +43,7 @@ from failcore.evidence.pastcap import PastCapScan
 from failcore.evidence.pastcapworker import origin_for
 from failcore.evidence.redact import credential_values, is_redaction, mask_echoes, redact_value
 from failcore.policy.model import Decision
+from failcore.proxy.cleanscans import CleanScans
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
 from failcore.proxy.requesturl import header_value, request_url
@@ -54,51 +55,6 @@ from failcore.wiretext import utf8_bytes, wire_text
 logger = logging.getLogger("failcore")
 
 SCAN_OFF_LOOP_BYTES = 64 * 1024
-
-
-# How many clean texts (see CleanScans) one scanner keeps; past that the set starts over.
-CLEAN_SCANS_MAX = 4096
-# A text (URL, header, all header names together) longer than this is scanned every time, not kept.
-CLEAN_TEXT_MAX = 8192
-
-
-def _key_chars(key: tuple[object, ...]) -> int:
-    """The characters of a key's texts (the header names' tuple counted name by name)."""
-    total = 0
-    for part in key:
-        if isinstance(part, str):
-            total += len(part)
-        elif isinstance(part, tuple):
-            total += _key_chars(part)
-    return total
-
-
-class CleanScans:
-    """The parts of a request that repeat from one request to the next (the URL, each header, the
-    header names, the whole list of headers read as one block) that one scanner found nothing in.
-
-    A scan's result is a pure function of the scanner's rules and the text, so a text found clean once
-    is clean every time and is not scanned again. Only clean results are kept: a text with a hit is
-    scanned afresh each time. A credential header whose only hit is its own credential (what the
-    header is for) counts as clean, so that value is held here, in memory only, like the flow holds it.
-    A new scanner (policy reload) starts with a new, empty set.
-    """
-
-    def __init__(self, scanner: DlpScanner, limit: int = CLEAN_SCANS_MAX) -> None:
-        self.scanner = scanner
-        self.limit = limit
-        self._clean: set[tuple[object, ...]] = set()
-
-    def scan(self, key: tuple[object, ...], scan: Callable[..., list[Hit]], *args: Any) -> list[Hit]:
-        if key in self._clean:
-            return []
-        found = scan(*args)
-        # Only short texts are kept: 4,096 clean 1 MiB headers would hold 4 GiB for the proxy's life.
-        if not found and _key_chars(key) <= CLEAN_TEXT_MAX:
-            if len(self._clean) >= self.limit:
-                self._clean.clear()
-            self._clean.add(key)
-        return found
 
 
 def _scan_now(_key: tuple[object, ...], scan: Callable[..., list[Hit]], *args: Any) -> list[Hit]:
@@ -133,17 +89,24 @@ def scan_request_for_block(
         hits += scan(("url", recorded_url), url_hits, engine, recorded_url)
     if host:
         hits += scan(("host", host), host_hits, engine, host)
-    for (name, value), is_credential in zip(fields, credential, strict=True):
-        if not is_credential:
+    block_key = ("block", tuple(headers), redacted)
+    pairs: list[tuple[str, str]] | None = None
+    lines_clean = False
+    if clean is not None and not clean.known(block_key):
+        # One pass over the header block answers for the block and for each header in it scanned alone
+        # (CleanTexts.lines_clean) when it finds nothing in any of them: the usual request.
+        pairs = block_pairs(headers, redacted, engine.salt)
+        lines_clean = scanner.clean_texts.lines_clean(header_block(pairs)[0])
+    in_block = len(headers) if lines_clean else 0  # (the trailers are not lines of that block)
+    for index, ((name, value), is_credential) in enumerate(zip(fields, credential, strict=True)):
+        if not is_credential and not (index < in_block and _a_line_of_block(name, value, redacted)):
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
         if name.lower() in HOST_HEADERS:
             hits += scan(("host-header", value), host_header_hits, engine, value)
     # The headers together, as the evidence scan reads them (a rule keyed by a word in another header):
     # remembered clean whole (the list of headers), never header by header.
     block = scanner.clean_texts if clean is not None else engine
-    hits += scan(
-        ("block", tuple(headers), redacted), header_block_hits, block, headers, redacted, engine.salt
-    )
+    hits += scan(block_key, header_block_hits, block, headers, redacted, engine.salt, pairs, lines_clean)
     if trailers:  # (the evidence reads a message's trailers as a block of their own too)
         hits += scan(
             ("trailers", tuple(trailers), redacted), header_block_hits, block, trailers, redacted, engine.salt
@@ -225,15 +188,36 @@ def _is_redaction(value: str) -> bool:
     return value.startswith("[redacted hmac-sha256:") and is_redaction(value)
 
 
+def _a_line_of_block(name: str, value: str, redacted: frozenset[str]) -> bool:
+    """Whether a (non-credential) header scanned alone (scan_headers: `name: value`) is byte for byte
+    one line of the header block (block_pairs, header_block): ASCII (recorded as it is), no newline,
+    not one of the policy's `redact_headers` and not a fingerprint (both recorded otherwise)."""
+    return (
+        name.isascii()
+        and value.isascii()
+        and "\n" not in name
+        and "\n" not in value
+        and name.lower() not in redacted
+        and not _is_redaction(value)
+    )
+
+
 def header_block_hits(
-    engine: Scans, headers: Sequence[tuple[str, str]], redacted: frozenset[str], salt: bytes = b""
+    engine: Scans,
+    headers: Sequence[tuple[str, str]],
+    redacted: frozenset[str],
+    salt: bytes = b"",
+    pairs: list[tuple[str, str]] | None = None,
+    lines_clean: bool = False,
 ) -> list[Hit]:
     """The hits of the evidence's one scan of a request's header block (block_pairs): the block as
     sent and, when the request's credentials echo in its other headers, the block as the evidence
     reads it once they are masked with `salt` (which can join what an echo sat between; the block as
-    sent keeps what the echo masks would hide, a keyword say)."""
-    pairs = block_pairs(headers, redacted, salt)
-    hits = scan_header_block(engine, pairs)
+    sent keeps what the echo masks would hide, a keyword say). `pairs`: block_pairs(headers, redacted,
+    salt) when the caller has it; `lines_clean`: the block as sent is known to have no hit."""
+    if pairs is None:
+        pairs = block_pairs(headers, redacted, salt)
+    hits = [] if lines_clean else scan_header_block(engine, pairs)
     secrets = _echo_secrets(headers, redacted) if salt else []
     if secrets:
         echoed = block_pairs(headers, redacted, salt, secrets)
