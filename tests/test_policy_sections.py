@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from failcore.dlp import builtin_rules
-from failcore.llm.usage import _KNOWN_OPENAI_COMPATIBLE_HOSTS
+from failcore.llm.usage import _KNOWN_OPENAI_COMPATIBLE_HOSTS, detect_api
 from failcore.policy import (
     DEFAULT_DLP_SETTINGS,
     LLM_PROVIDERS,
@@ -203,6 +203,39 @@ def test_wall_seconds_only_for_run_windows() -> None:
 
 def test_known_providers_cover_detect_api() -> None:
     assert set(_KNOWN_OPENAI_COMPATIBLE_HOSTS.values()) <= set(LLM_PROVIDERS)
+
+
+# One call per API family as its provider's documentation spells it (host, path, body): whatever
+# provider detect_api names for it must be one a budget's `scope.provider` accepts.
+_DOCUMENTED_CALLS = [
+    ("api.openai.com", "/v1/chat/completions", {"model": "gpt-4o", "messages": []}),
+    ("x.openai.azure.com", "/openai/deployments/d/chat/completions?api-version=2024-10-21", {"messages": []}),
+    ("localhost:8000", "/v1/chat/completions", {"model": "m", "messages": []}),
+    ("api.anthropic.com", "/v1/messages", {"model": "claude", "messages": [], "max_tokens": 1}),
+    ("localhost:4000", "/v1/messages", {"model": "claude", "messages": [], "max_tokens": 1}),
+    ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent", {"contents": 0}),
+    (
+        "us-central1-aiplatform.googleapis.com",
+        "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent",
+        {"contents": []},
+    ),
+    ("bedrock-runtime.us-east-1.amazonaws.com", "/model/anthropic.claude-3-haiku-20240307-v1:0/invoke", {}),
+    ("bedrock-runtime.us-east-1.amazonaws.com", "/model/amazon.nova-lite-v1:0/converse", {"messages": []}),
+    ("localhost:11434", "/api/chat", {"model": "llama3", "messages": []}),
+    ("openrouter.ai", "/api/v1/chat/completions", {"model": "m", "messages": []}),
+]
+
+
+@pytest.mark.parametrize(("host", "path", "body"), _DOCUMENTED_CALLS, ids=lambda v: str(v)[:40])
+def test_every_detected_provider_can_scope_a_budget(host: str, path: str, body: dict) -> None:
+    found = detect_api(host, path, body)
+    assert found is not None, (host, path)
+    provider = found[0]
+    assert provider in LLM_PROVIDERS
+    (budget,) = policy_from(
+        f"budgets:\n  - {{id: b, window: run, scope: {{provider: {provider}}}, limits: {{requests: 1}}}}\n"
+    ).budgets
+    assert provider in budget.scope.providers
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ LLM_PROVIDERS: tuple[str, ...] = (
     "anthropic",
     "anthropic_compatible",
     "gemini",
+    "vertex_ai",
+    "bedrock",
     "ollama",
     "openrouter",
     "together",
