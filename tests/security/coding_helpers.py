@@ -8,9 +8,11 @@ tests/data/aws_chunked)."""
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import hashlib
 import json
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,15 +60,37 @@ def inflations(data: bytes) -> list[bytes]:
     return found
 
 
+def _decoded_runs(data: bytes) -> list[bytes]:
+    """The base64 (standard or URL-safe, line-wrapped too) and hex runs of `data` decoded, as a reader
+    of the tape would decode them."""
+    found = []
+    for run in re.findall(rb"[A-Za-z0-9+/=_\-\s\\n]{24,}", data):
+        run = re.sub(rb"\s|\\n", b"", run)
+        for decode in (base64.b64decode, base64.urlsafe_b64decode):
+            with contextlib.suppress(binascii.Error, ValueError):
+                found.append(decode(run + b"=" * (-len(run) % 4)))
+        if re.fullmatch(rb"[0-9a-fA-F]+", run) and len(run) % 2 == 0:
+            found.append(binascii.unhexlify(run))
+    return found
+
+
 def recoverable(tape: Path) -> list[bytes]:
-    """Every body the tape holds, as stored and as every decoder recovers it."""
+    """Every body the tape holds, as stored, as every decoder recovers it, and with its base64 or hex
+    runs decoded (in each of those forms): what a reader of the tape can get back."""
     found = [tape_bytes(tape)]
     for event in read_tape(tape):
         for body in _bodies(event):
             data = base64.b64decode(body["b64"]) if "b64" in body else body["text"].encode()
-            found.append(data)
-            found.extend(inflations(data))
+            forms = [data, *inflations(data)]
+            found.extend(forms)
+            for form in forms:
+                found.extend(_decoded_runs(form))
     return found
+
+
+def recoverable_from_tape(tape: Path, secret: bytes) -> bool:
+    """Whether `secret` can be read back from the tape (recoverable)."""
+    return any(secret in data for data in recoverable(tape))
 
 
 BOTO3_FIXTURE = Path(__file__).resolve().parents[1] / "data" / "aws_chunked" / "boto3_put_object.json"

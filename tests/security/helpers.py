@@ -3,7 +3,6 @@ socket reader, a look at the tape's bytes and the real mitmdump with the failcor
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -458,51 +457,6 @@ def run_mitmdump_any_port(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[
         stop(process)
         pytest.fail(f"mitmdump said no port:\n{log.read_text(errors='replace')}")
     return process, log, int(found[-1])
-
-
-def recorded_bodies(tape: Path) -> list[bytes]:
-    """Every body the tape records, as bytes: its text, or its base64 decoded."""
-    import base64
-
-    from tests.helpers import network_events, read_tape
-
-    bodies = []
-    for event in network_events(read_tape(tape)):
-        for side in ("request", "response"):
-            body = (event.get(side) or {}).get("body") or {}
-            if "text" in body:
-                bodies.append(body["text"].encode())
-            elif "b64" in body:
-                bodies.append(base64.b64decode(body["b64"]))
-    return bodies
-
-
-def recoverable_from_tape(tape: Path, secret: bytes) -> bool:
-    """Whether `secret` can be read back from the tape: in its bytes, or in a recorded body as it is,
-    gunzipped/inflated, or with its base64 or hex runs decoded (what a reader of the tape can do)."""
-    import base64
-    import binascii
-    import re
-    import zlib
-
-    if secret in tape_bytes(tape):
-        return True
-    for body in recorded_bodies(tape):
-        forms = [body]
-        for wbits in (zlib.MAX_WBITS | 32, -zlib.MAX_WBITS):
-            with contextlib.suppress(zlib.error):
-                forms.append(zlib.decompressobj(wbits).decompress(body))
-        for form in list(forms):
-            for run in re.findall(rb"[A-Za-z0-9+/=_\-\s\\n]{24,}", form):
-                run = re.sub(rb"\s|\\n", b"", run)
-                for decode in (base64.b64decode, base64.urlsafe_b64decode):
-                    with contextlib.suppress(binascii.Error, ValueError):
-                        forms.append(decode(run + b"=" * (-len(run) % 4)))
-                if re.fullmatch(rb"[0-9a-fA-F]+", run) and len(run) % 2 == 0:
-                    forms.append(binascii.unhexlify(run))
-        if any(secret in form for form in forms):
-            return True
-    return False
 
 
 def h2_post(proxy: ProxyThread, up: LoggingUpstream, headers: list[tuple[str, str]], body: bytes) -> int:

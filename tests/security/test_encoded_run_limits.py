@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, plain_request, recoverable_from_tape, send_raw
+from tests.security.coding_helpers import recoverable_from_tape
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, plain_request, send_raw
 from tests.security.upstream import LoggingUpstream
 
 DOC = f"aws_access_key_id = {AWS_KEY_ID}\n"

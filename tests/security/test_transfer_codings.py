@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
+from tests.security.coding_helpers import recoverable_from_tape
 from tests.security.helpers import (
     AWS_KEY_ID,
     DLP_BLOCK,
@@ -29,7 +30,6 @@ from tests.security.helpers import (
     plain_request,
     read_head,
     read_until_closed,
-    recoverable_from_tape,
     send_raw,
 )
 from tests.security.upstream import LoggingUpstream

@@ -15,46 +15,20 @@ its base64 bodies decoded (and inflated) too."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import gzip
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, tape_bytes
+from tests.security.coding_helpers import recoverable
+from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK
 from tests.security.upstream import LoggingUpstream
 
 SECRET = f'{{"note": "deploy", "key": "{AWS_KEY_ID}"}}'.encode()
 CLEAN = b'{"note": "deploy", "key": "nothing-secret-here"}'
 STACKS = ["x-foo, gzip", "aws-chunked, gzip", "gzip, x-foo"]
-
-
-def _bodies(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        if "b64" in node or "text" in node:
-            yield node
-        for value in node.values():
-            yield from _bodies(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _bodies(value)
-
-
-def recoverable(tape: Path) -> list[bytes]:
-    """Every body the tape holds, as stored and inflated (gzip or zlib) where it inflates."""
-    found = [tape_bytes(tape)]
-    for event in read_tape(tape):
-        for body in _bodies(event):
-            data = base64.b64decode(body["b64"]) if "b64" in body else body["text"].encode()
-            found.append(data)
-            with contextlib.suppress(zlib.error):  # gzip or zlib, truncated too
-                found.append(zlib.decompressobj(47).decompress(data))
-    return found
 
 
 def send(proxy: Any, upstream: LoggingUpstream, encoding: str, body: bytes) -> Any:
