@@ -194,47 +194,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def h2_post_with_trailers(proxy: ProxyThread, up: LoggingUpstream, trailers: list[tuple[str, str]]) -> int:
     """POST /trailers over HTTP/2 (through a CONNECT tunnel) with a body and `trailers`; returns the
-    response status."""
-    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
-    sock.sendall(f"CONNECT 127.0.0.1:{up.port} HTTP/1.1\r\nHost: 127.0.0.1:{up.port}\r\n\r\n".encode())
-    head = read_head(sock)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    context = ssl.create_default_context(cafile=str(proxy.ca_cert))
-    context.set_alpn_protocols(["h2"])
-    tls = context.wrap_socket(sock, server_hostname="127.0.0.1")
-    assert tls.selected_alpn_protocol() == "h2"
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-    conn.initiate_connection()
-    stream = conn.get_next_available_stream_id()
-    conn.send_headers(
-        stream,
-        [
-            (":method", "POST"),
-            (":path", "/trailers"),
-            (":authority", f"127.0.0.1:{up.port}"),
-            (":scheme", "https"),
-            ("te", "trailers"),
-        ],
+    response status (the proxy closing without answering fails the test)."""
+    return h2_post(
+        proxy, up, [("te", "trailers")], b"body-marker", path="/trailers", trailers=trailers, strict=True
     )
-    conn.send_data(stream, b"body-marker")
-    conn.send_headers(stream, trailers, end_stream=True)
-    tls.sendall(conn.data_to_send())
-    status = 0
-    try:
-        while True:
-            data = tls.recv(65536)
-            assert data, "the proxy closed the connection without answering"
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
-                    status = int(dict(event.headers)[b":status"])
-                elif (
-                    isinstance(event, h2.events.StreamEnded | h2.events.StreamReset)
-                    and event.stream_id == stream
-                ):
-                    return status
-            tls.sendall(conn.data_to_send())
-    finally:
-        tls.close()
 
 
 def stream_through(proxy: ProxyThread, url: str) -> tuple[bytes, httpx.HTTPError | None]:
@@ -459,9 +422,20 @@ def run_mitmdump_any_port(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[
     return process, log, int(found[-1])
 
 
-def h2_post(proxy: ProxyThread, up: LoggingUpstream, headers: list[tuple[str, str]], body: bytes) -> int:
-    """POST /h2 over HTTP/2 (through a CONNECT tunnel) with extra `headers` sent as they are (the
-    client does not check them) and `body`; the response status, 0 when the stream was reset."""
+def h2_post(
+    proxy: ProxyThread,
+    up: LoggingUpstream,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    *,
+    path: str = "/h2",
+    trailers: list[tuple[str, str]] | None = None,
+    strict: bool = False,
+) -> int:
+    """POST `path` over HTTP/2 (through a CONNECT tunnel) with extra `headers`, `body` and `trailers`;
+    the response status, 0 when the stream was reset or the connection closed first. Not `strict`,
+    the headers are sent as they are (the client does not check them); `strict`, h2 checks them and
+    a connection closed without an answer fails the test."""
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=15)
     sock.sendall(f"CONNECT 127.0.0.1:{up.port} HTTP/1.1\r\nHost: 127.0.0.1:{up.port}\r\n\r\n".encode())
     head = read_head(sock)
@@ -471,25 +445,28 @@ def h2_post(proxy: ProxyThread, up: LoggingUpstream, headers: list[tuple[str, st
     tls = context.wrap_socket(sock, server_hostname="127.0.0.1")
     assert tls.selected_alpn_protocol() == "h2"
     config = h2.config.H2Configuration(
-        client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        client_side=True, validate_outbound_headers=strict, normalize_outbound_headers=strict
     )
     conn = h2.connection.H2Connection(config)
     conn.initiate_connection()
     stream = conn.get_next_available_stream_id()
     pseudo = [
         (":method", "POST"),
-        (":path", "/h2"),
+        (":path", path),
         (":authority", f"127.0.0.1:{up.port}"),
         (":scheme", "https"),
     ]
     conn.send_headers(stream, [*pseudo, *headers])
-    conn.send_data(stream, body, end_stream=True)
+    conn.send_data(stream, body, end_stream=trailers is None)
+    if trailers is not None:
+        conn.send_headers(stream, trailers, end_stream=True)
     tls.sendall(conn.data_to_send())
     status = 0
     try:
         while True:
             data = tls.recv(65536)
             if not data:
+                assert not strict, "the proxy closed the connection without answering"
                 return status
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
