@@ -55,27 +55,30 @@ def describe_breach(b: BudgetBreach) -> str:
     return f"budget {b.budget!r}: {b.metric} {used} of {b.limit:.6g} in {window}"
 
 
-def budget_response(breach: BudgetBreach, decision: Decision, event_id: str) -> http.Response:
-    body = orjson.dumps(
-        {
-            "error": {
-                "type": "failcore_budget_exceeded",
-                "message": f"failcore refused this request: {describe_breach(breach)} reached",
-                "budget": breach.to_json(),
-                "rule": decision.rule,
-                "event": event_id,
-            }
-        }
-    )
+def refusal_response(
+    status: int, error: dict[str, object], decision: Decision, event_id: str, retry_after: int | None = None
+) -> http.Response:
+    """failcore's answer to a request a budget refuses: `error` (its type and message, and what else the
+    caller says) with the rule and event as JSON, the decision in X-FailCore-* headers."""
+    body = orjson.dumps({"error": {**error, "rule": decision.rule, "event": event_id}})
     headers = {
         "Content-Type": "application/json",
         "X-FailCore-Decision": "BLOCK",
         "X-FailCore-Rule": decision.rule or "",
         "X-FailCore-Event": event_id,
     }
-    if breach.retry_after is not None:
-        headers["Retry-After"] = str(max(1, breach.retry_after))
-    return http.Response.make(429, body, headers)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, retry_after))
+    return http.Response.make(status, body, headers)
+
+
+def budget_response(breach: BudgetBreach, decision: Decision, event_id: str) -> http.Response:
+    error = {
+        "type": "failcore_budget_exceeded",
+        "message": f"failcore refused this request: {describe_breach(breach)} reached",
+        "budget": breach.to_json(),
+    }
+    return refusal_response(429, error, decision, event_id, breach.retry_after)
 
 
 def warning_for(b: BudgetBreach) -> dict[str, str]:

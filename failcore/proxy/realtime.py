@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import orjson
 from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
@@ -30,7 +29,13 @@ from failcore.llm.typed import as_count, as_dict, loads_or_none
 from failcore.policy.address import normalise_host
 from failcore.policy.decide import request_path
 from failcore.policy.model import UNKNOWN_MODEL, BudgetSpec, Decision, Policy
-from failcore.proxy.budgetguard import BudgetGuard, budget_response, describe_breach, warning_for
+from failcore.proxy.budgetguard import (
+    BudgetGuard,
+    budget_response,
+    describe_breach,
+    refusal_response,
+    warning_for,
+)
 from failcore.proxy.gate import is_websocket_upgrade
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session, answer
@@ -92,24 +97,12 @@ def metered_budget(policy: Policy, host: str, scope: RealtimeScope) -> bool:
 
 def unmetered_response(spec: BudgetSpec, decision: Decision, event_id: str) -> http.Response:
     limits = ", ".join(sorted(set(spec.limits) - {"requests", "wall_seconds"}))
-    body = orjson.dumps(
-        {
-            "error": {
-                "type": "failcore_budget_unmetered",
-                "message": f"failcore refused this realtime session: budget {spec.id!r} limits {limits}, "
-                "which failcore cannot meter on this WebSocket",
-                "rule": decision.rule,
-                "event": event_id,
-            }
-        }
-    )
-    headers = {
-        "Content-Type": "application/json",
-        "X-FailCore-Decision": "BLOCK",
-        "X-FailCore-Rule": decision.rule or "",
-        "X-FailCore-Event": event_id,
+    error = {
+        "type": "failcore_budget_unmetered",
+        "message": f"failcore refused this realtime session: budget {spec.id!r} limits {limits}, "
+        "which failcore cannot meter on this WebSocket",
     }
-    return http.Response.make(403, body, headers)
+    return refusal_response(403, error, decision, event_id)
 
 
 @dataclass(slots=True)
@@ -197,13 +190,7 @@ class RealtimeBudget:
         store = self.budgets.current_store()
         breach = self._spent(store, host, scope)
         if breach is not None:
-            self._refuse(
-                flow,
-                state,
-                f"budget:{breach.budget}",
-                f"{describe_breach(breach)} reached",
-                warning_for(breach),
-            )
+            self._refuse_breach(flow, state, breach)
             if self._enforce():
                 assert state.decision is not None
                 answer(flow, budget_response(breach, state.decision, flow.id))
@@ -218,6 +205,10 @@ class RealtimeBudget:
         state.warnings.append(warning)
         if enforce:
             state.blocked = True
+
+    def _refuse_breach(self, flow: http.HTTPFlow, state: FlowState, breach: BudgetBreach) -> None:
+        reason = f"{describe_breach(breach)} reached"
+        self._refuse(flow, state, f"budget:{breach.budget}", reason, warning_for(breach))
 
     @staticmethod
     def _spent(store: BudgetStore | None, host: str, scope: RealtimeScope) -> BudgetBreach | None:
@@ -254,13 +245,7 @@ class RealtimeBudget:
         if breach is not None and not meter.refused:
             meter.refused = True
             state = self.session.state(flow)
-            self._refuse(
-                flow,
-                state,
-                f"budget:{breach.budget}",
-                f"{describe_breach(breach)} reached",
-                warning_for(breach),
-            )
+            self._refuse_breach(flow, state, breach)
         if breach is not None and self._enforce():
             message.drop()  # nothing more reaches the upstream: no new response can be asked for
             return
