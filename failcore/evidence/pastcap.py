@@ -162,8 +162,7 @@ class PastCapScan:
             self.pending += 1
         try:
             process = pastcapworker.scan_process(self.origin)
-            # (behind the batches already waiting for a slot, not ahead of them: first come, first scanned)
-            accepted = process is not None and not _waiting() and process.submit(self, tail, batch, base)
+            accepted = process is not None and process.submit(self, tail, batch, base)  # into shared memory
         except Exception:  # on the event loop, in the stream: it must never break the transfer
             logger.exception("failcore: the past-cap DLP scan process failed; scanning in-process")
             accepted = False
@@ -339,23 +338,21 @@ class _Worker:
         return True
 
     def to_process(self, process: pastcapworker.ScanProcess) -> None:
-        """A slot of `process` was freed (its reader thread): the oldest waiting batches of its policy
-        go into the free slots. Never raises (the reader thread would take it for the child's death)."""
-        while True:
-            with self.lock:
-                if not self.waiting or self.waiting[0][0].origin != process.origin:
-                    return
-                item = self.waiting.popleft()
-            try:
-                accepted = process.submit(item[0], b"", item[1], item[2])
-            except Exception:
-                logger.exception("failcore: the past-cap DLP scan process failed; scanning in-process")
-                accepted = False
-            if not accepted:  # no free slot, or no child: it stays first in line
-                with self.lock:
-                    self.waiting.appendleft(item)
-                    self.lock.notify()
+        """A slot of `process` was freed (its reader thread): the oldest waiting batch of its policy
+        goes into it. Never raises (the reader thread would take it for the child's death)."""
+        with self.lock:
+            if not self.waiting or self.waiting[0][0].origin != process.origin:
                 return
+            item = self.waiting.popleft()
+        try:
+            accepted = process.submit(item[0], b"", item[1], item[2])
+        except Exception:
+            logger.exception("failcore: the past-cap DLP scan process failed; scanning in-process")
+            accepted = False
+        if not accepted:  # taken meanwhile, or no child: it stays first in line
+            with self.lock:
+                self.waiting.appendleft(item)
+                self.lock.notify()
 
     def _next(self) -> tuple[PastCapScan, bytes, int]:
         with self.lock:
@@ -379,12 +376,6 @@ class _Worker:
 
 _worker_lock = threading.Lock()
 _the_worker: _Worker | None = None
-
-
-def _waiting() -> bool:
-    """Whether batches wait for a slot of the scan process (a new batch queues behind them)."""
-    worker = _the_worker
-    return worker is not None and bool(worker.waiting)
 
 
 def _worker() -> _Worker:
