@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,91 +322,3 @@ def test_a_failing_scan_process_never_breaks_the_stream(policy_scanner, monkeypa
     found, coverage = summary(scan)
     assert [(o, rule) for o, rule, _, _ in found] == [(len(body) - len(SECRET) - 1, "github-pat")]
     assert coverage["complete"] is True
-
-
-def in_process_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The bases of the batches the in-process worker thread scans (the scan process's are not)."""
-    scanned: list[int] = []
-    scan_now = PastCapScan.scan_now
-
-    def counting(self: PastCapScan, buffer: bytes, base: int) -> None:
-        if threading.current_thread().name == "failcore-dlp-past-cap":
-            scanned.append(base)
-        scan_now(self, buffer, base)
-
-    monkeypatch.setattr(PastCapScan, "scan_now", counting)
-    # A fresh worker (and slot hook) for this test, the one before restored after it.
-    monkeypatch.setattr(pastcap, "_the_worker", None)
-    monkeypatch.setattr(worker, "_slot_freed", getattr(worker, "_slot_freed", None), raising=False)
-    return scanned
-
-
-def test_a_batch_with_every_slot_taken_waits_for_the_scan_process_instead_of_the_proxy_scanning_it(
-    manager, policy_scanner, monkeypatch
-) -> None:
-    """The child behind for a moment (stopped, descheduled on a busy machine): the batches it has no
-    slot for wait in the proxy and go to it as its replies free slots; the proxy scans none of them
-    itself (it scanned every one: ~2 ms of its CPU, holding its GIL, per MiB). Fails on the old code."""
-    origin, scanner = policy_scanner
-    process = ready_process(origin)
-    monkeypatch.setattr(pastcap, "GRACE_SECONDS", 60.0, raising=False)
-    scanned_here = in_process_scans(monkeypatch)
-    extra = 3
-    body = bytearray(random_bytes(CAP + (worker.SLOTS + extra) * BATCH_BYTES))
-    at = len(body) - BATCH_BYTES - 5000  # in a batch the child had no slot for
-    body[at - 1 : at + len(SECRET) + 1] = b" " + SECRET + b" "
-    before = process.scanned
-    os.kill(process.pid, signal.SIGSTOP)
-    try:
-        scan = PastCapScan(scanner.engine, CAP, "request.body", origin=origin)
-        feed(scan, bytes(body))
-        assert len(process.in_flight) == worker.SLOTS and scan.note is None
-        time.sleep(0.2)  # (the worker thread would have taken them by now)
-    finally:
-        os.kill(process.pid, signal.SIGCONT)
-    found, coverage = summary(scan)
-    assert [(o, rule) for o, rule, _, _ in found] == [(at, "github-pat")]
-    assert coverage["complete"] is True and coverage["to_byte"] == len(body)
-    assert scanned_here == []
-    assert process.scanned - before == worker.SLOTS + extra  # every batch
-    assert process.memory[:] == bytes(len(process.memory))
-
-
-def test_a_scan_process_that_stays_behind_has_its_waiting_batches_scanned_in_the_proxy(
-    manager, policy_scanner, monkeypatch
-) -> None:
-    """Back-pressure kept: batches that wait longer than the grace, or fill half the queue, are
-    scanned by the worker thread (whose GIL share slows the stream), so a child slower than the
-    stream never leaves a body unscanned."""
-    origin, scanner = policy_scanner
-    process = ready_process(origin)
-    scanned_here = in_process_scans(monkeypatch)
-    os.kill(process.pid, signal.SIGSTOP)
-    try:
-        # Half the queue and more waiting: scanned here at once, whatever the grace.
-        monkeypatch.setattr(pastcap, "GRACE_SECONDS", 60.0, raising=False)
-        body = bytearray(random_bytes(CAP + (worker.SLOTS + pastcap.QUEUE_CHUNKS) * BATCH_BYTES))
-        at = len(body) - BATCH_BYTES // 2
-        body[at - 1 : at + len(SECRET) + 1] = b" " + SECRET + b" "
-        scan = PastCapScan(scanner.engine, CAP, "request.body", origin=origin)
-        feed(scan, bytes(body))
-        assert scan.note is None
-        deadline = time.monotonic() + 60
-        while len(scanned_here) < pastcap.QUEUE_CHUNKS // 2:
-            assert time.monotonic() < deadline, scanned_here
-            time.sleep(0.01)
-        # One batch waiting past a short grace: scanned here too, the child still stopped.
-        monkeypatch.setattr(pastcap, "GRACE_SECONDS", 0.05, raising=False)
-        other = PastCapScan(scanner.engine, CAP, "response.body", origin=origin)
-        feed(other, random_bytes(CAP + 2 * BATCH_BYTES, b"other") + b" " + SECRET + b" ")
-        while len(scanned_here) < pastcap.QUEUE_CHUNKS:
-            assert time.monotonic() < deadline, scanned_here
-            time.sleep(0.01)
-        assert len(process.in_flight) == worker.SLOTS
-    finally:
-        os.kill(process.pid, signal.SIGCONT)
-    found, coverage = summary(scan)
-    assert [(o, rule) for o, rule, _, _ in found] == [(at, "github-pat")]
-    assert coverage["complete"] is True
-    found, coverage = summary(other)
-    assert [rule for _, rule, _, _ in found] == ["github-pat"] and coverage["complete"] is True

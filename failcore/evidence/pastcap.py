@@ -15,18 +15,15 @@ hold chunks or slow the stream.
 
 Given the policy's ScanOrigin, the batches go to a separate process instead (failcore.evidence.
 pastcapworker: shared-memory slots, one copy per batch), so the scan does not hold the proxy's GIL;
-the worker thread scans while that process starts, or if it refuses the policy or is lost for good.
-A batch that finds every slot taken (the process fell behind) waits for one in the worker's queue, and
-the worker thread scans it here only when the process stays behind (_Worker). Only when the slots and
-that queue are full does a scan stop.
+the worker thread scans while that process starts, when every one of its slots is taken (it fell
+behind), or if it refuses the policy or is lost for good. Only when both are full does a scan stop.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-import time
-from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -51,10 +48,8 @@ logger = logging.getLogger("failcore")
 # OVERLAP and BATCH_BYTES live with the scan process's slots (pastcapworker), which are sized by them.
 OVERLAP = pastcapworker.OVERLAP
 MAX_HITS = 100
-# At most QUEUE_CHUNKS batches wait for a slot of the scan process or the worker thread (~16 MiB).
+# At most QUEUE_CHUNKS batches wait for the worker (~16 MiB).
 QUEUE_CHUNKS = 16
-# How long a batch waits for a slot of the scan process before the worker thread scans it here.
-GRACE_SECONDS = 0.25
 BATCH_BYTES = pastcapworker.BATCH_BYTES
 
 
@@ -167,8 +162,8 @@ class PastCapScan:
             logger.exception("failcore: the past-cap DLP scan process failed; scanning in-process")
             accepted = False
         if not accepted:
-            # No scan process (the worker thread scans it here), or every slot taken (it is behind: a
-            # busy machine): the batch waits for a slot, or for the worker thread if it stays behind.
+            # No scan process, or every slot taken (it is behind: a busy machine): the worker thread
+            # takes the batch, in this process (which it slows, as it did before the scan process).
             buffer = b"".join((tail, batch))  # the one copy of these bytes
             accepted = _worker().submit(self, buffer, base)
         if not accepted:
@@ -312,65 +307,21 @@ class StreamDecoder:
 
 
 class _Worker:
-    """The batches the scan process had no slot for, and the thread that scans them in this process.
-
-    A batch waits here for a slot first: each reply of the scan process frees one, and the reader
-    thread that reads it moves the oldest waiting batch into it (`to_process`), so a child that falls
-    behind for a moment (descheduled on a busy machine) still scans everything. The thread scans a
-    batch here, holding the proxy's GIL as before, only once it has waited GRACE_SECONDS, when the
-    queue is half full (the child is slower than the stream: the scan here slows the proxy in step),
-    or at once when no scan process serves its policy (starting, refused, lost, FAILCORE_PAST_CAP_
-    PROCESS=0). Measured (BENCHMARKS.md, branch upcap): the proxy scanned every such batch itself."""
-
     def __init__(self) -> None:
-        self.lock = threading.Condition()
-        self.waiting: deque[tuple[PastCapScan, bytes, int, float]] = deque()
+        self.queue: queue.Queue[tuple[PastCapScan, bytes, int]] = queue.Queue(QUEUE_CHUNKS)
         self.thread = threading.Thread(target=self._run, name="failcore-dlp-past-cap", daemon=True)
         self.thread.start()
-        pastcapworker.on_slot_freed(self.to_process)
 
     def submit(self, scan: PastCapScan, buffer: bytes, base: int) -> bool:
-        with self.lock:
-            if len(self.waiting) >= QUEUE_CHUNKS:
-                return False
-            self.waiting.append((scan, buffer, base, time.monotonic()))
-            self.lock.notify()
-        return True
-
-    def to_process(self, process: pastcapworker.ScanProcess) -> None:
-        """A slot of `process` was freed (its reader thread): the oldest waiting batch of its policy
-        goes into it. Never raises (the reader thread would take it for the child's death)."""
-        with self.lock:
-            if not self.waiting or self.waiting[0][0].origin != process.origin:
-                return
-            item = self.waiting.popleft()
         try:
-            accepted = process.submit(item[0], b"", item[1], item[2])
-        except Exception:
-            logger.exception("failcore: the past-cap DLP scan process failed; scanning in-process")
-            accepted = False
-        if not accepted:  # taken meanwhile, or no child: it stays first in line
-            with self.lock:
-                self.waiting.appendleft(item)
-                self.lock.notify()
-
-    def _next(self) -> tuple[PastCapScan, bytes, int]:
-        with self.lock:
-            while True:
-                if not self.waiting:
-                    self.lock.wait()
-                    continue
-                scan, buffer, base, since = self.waiting[0]
-                left = since + GRACE_SECONDS - time.monotonic()
-                behind = len(self.waiting) > QUEUE_CHUNKS // 2
-                if left <= 0 or behind or not pastcapworker.ready_for(scan.origin):
-                    self.waiting.popleft()
-                    return scan, buffer, base
-                self.lock.wait(left)
+            self.queue.put_nowait((scan, buffer, base))
+        except queue.Full:
+            return False
+        return True
 
     def _run(self) -> None:
         while True:
-            scan, buffer, base = self._next()
+            scan, buffer, base = self.queue.get()
             scan.scan_now(buffer, base)
 
 

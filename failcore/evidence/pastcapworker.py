@@ -10,11 +10,9 @@ like the DLP evidence worker, failcore.evidence.scanworker), zeroes it, and send
 one orjson frame; a reader thread of the proxy gives them to the body's PastCapScan.
 
 - Bounded: SLOTS batches in flight at most. With every slot taken (the child is behind: on a busy
-  machine it gets less CPU than the stream needs) the batch waits in the in-process worker's queue,
-  and the reader thread moves it into the next slot a reply frees (`on_slot_freed`); the worker
-  thread scans it in the proxy, whose GIL share slows the proxy as before, only if the child stays
-  behind (pastcap._Worker). With that queue full too, the body's scan stops and its event says where
-  ("scan queue full").
+  machine it gets less CPU than the stream needs) the batch goes to the in-process worker thread,
+  whose GIL share slows the proxy as before; with its queue full too, the body's scan stops and its
+  event says where ("scan queue full").
 - Nothing secret on disk: the slots live in an anonymous memfd (no name in any file system), shared
   with the child only through an inherited descriptor; the child zeroes a slot before it answers, and
   the proxy zeroes the slots of a child that died. Hits hold masked previews and salted fingerprints,
@@ -38,7 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from failcore.dlp.decode import MAX_CANDIDATE_BYTES
@@ -238,9 +235,6 @@ class ScanProcess:
                 scan, base = entry[0], entry[1]
                 hits = [Hit(*fields) for fields in found]
                 scan.record(hits, base, error)
-                freed = _slot_freed
-                if freed is not None:
-                    freed(self)  # a batch waiting in the proxy for a slot takes this one
         except Exception as exc:  # end of file (it exited or was killed) or a malformed frame
             self._died(None if self.closing else f"{type(exc).__name__}: {exc}")
 
@@ -326,27 +320,6 @@ class _Manager:
 
 
 _manager = _Manager()
-# Told (in the reader thread) each time a slot is freed: failcore.evidence.pastcap's queue of batches
-# that found every slot taken hands its oldest to the child instead of scanning it in the proxy.
-_slot_freed: Callable[[ScanProcess], None] | None = None
-
-
-def on_slot_freed(hook: Callable[[ScanProcess], None] | None) -> None:
-    global _slot_freed
-    _slot_freed = hook
-
-
-def ready_for(origin: ScanOrigin | None) -> bool:
-    """Whether a live, ready scan process serves `origin` now (asks nothing, starts nothing)."""
-    current = _manager.current
-    return (
-        origin is not None
-        and current is not None
-        and current.origin == origin
-        and current.ready
-        and not current.dead
-        and not current.closing
-    )
 
 
 def scan_process(origin: ScanOrigin | None) -> ScanProcess | None:
