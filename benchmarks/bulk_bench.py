@@ -248,10 +248,12 @@ class RssSampler(threading.Thread):
         return self.peak - self.before
 
 
-def thread_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds of the proxy's event-loop (main) thread and of its tape writer thread(s) (named by
-    the launcher), from /proc/<pid>/task/<tid>/schedstat (nanoseconds; /proc's stat counts 10 ms ticks)."""
-    loop = writer = 0.0
+def thread_cpu(pid: int) -> tuple[float, float, float, float]:
+    """CPU seconds of the proxy's event-loop (main) thread, of its tape writer thread(s), of the past-cap
+    scan's in-process worker thread (it scans a batch the scan process has no free slot for: the child
+    fell behind) and of that process's reply reader thread (all named by the launcher), from
+    /proc/<pid>/task/<tid>/schedstat (nanoseconds; /proc's stat counts 10 ms ticks)."""
+    loop = writer = in_process = reader = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             comm = (task / "comm").read_text().strip()
@@ -262,7 +264,11 @@ def thread_cpu(pid: int) -> tuple[float, float]:
             loop += seconds
         elif comm.startswith("tape-writer"):
             writer += seconds
-    return loop, writer
+        elif comm.startswith("failcore-dlp-pa"):  # failcore-dlp-past-cap (15 bytes kept)
+            in_process += seconds
+        elif comm.startswith("failcore-past-c"):  # failcore-past-cap-reader
+            reader += seconds
+    return loop, writer, in_process, reader
 
 
 # Small requests: one every PROBE_INTERVAL on their own keep-alive tunnel, until PROBE_AFTER seconds
@@ -380,7 +386,7 @@ class Bench:
         prober = Prober(proxy.port, self.upstream_port, ca) if probe else None
         sampler = RssSampler(pid)
         cpu_before, children_before = tree_cpu(pid)
-        loop_before, writer_before = thread_cpu(pid)
+        loop_before, writer_before, in_process_before, reader_before = thread_cpu(pid)
         sampler.start()
         if prober is not None:
             prober.start()
@@ -395,9 +401,11 @@ class Bench:
         cpu, children_cpu = tree_cpu(pid)
         cpu -= cpu_before
         children_cpu -= children_before
-        loop_cpu, writer_cpu = thread_cpu(pid)
+        loop_cpu, writer_cpu, in_process_cpu, reader_cpu = thread_cpu(pid)
         loop_cpu -= loop_before
         writer_cpu -= writer_before
+        in_process_cpu -= in_process_before
+        reader_cpu -= reader_before
         growth = sampler.growth()
         if done.returncode != 0:
             raise RuntimeError(
@@ -417,6 +425,8 @@ class Bench:
             "cpu_ms_per_MiB": cpu / (self.size / MIB) * 1000,
             "loop_thread_cpu_ms_per_MiB": loop_cpu / (self.size / MIB) * 1000,
             "writer_thread_cpu_ms": writer_cpu * 1000,
+            "past_cap_thread_cpu_ms_per_MiB": in_process_cpu / (self.size / MIB) * 1000,
+            "past_cap_reader_cpu_ms_per_MiB": reader_cpu / (self.size / MIB) * 1000,
             "children_cpu_ms_per_MiB": max(0.0, children_cpu) / (self.size / MIB) * 1000,
             "rss_growth_MiB": growth,
             "children_rss_MiB": sampler.children_peak,
@@ -518,9 +528,9 @@ def markdown(result: dict[str, Any]) -> str:
         "Upstream: loopback TLS server (Python `ssl`), incompressible body; client: curl through the proxy.",
         "",
         "| transfer | variant | MB/s | × bare | proxy CPU ms / MiB | its event loop's thread ms / MiB "
-        "| its tape writer thread ms (per transfer) | child processes' CPU ms / MiB | proxy RSS growth MiB "
-        "| child processes' RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| its tape writer thread ms (per transfer) | its past-cap threads ms / MiB: in-process scan, reply "
+        "reader | child processes' CPU ms / MiB | proxy RSS growth MiB | child processes' RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in result["kinds"]:
         bare = statistics.median(result["samples"][kind]["bare"]["MB/s"])
@@ -530,6 +540,8 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {kind} | {name} | {fmt(metrics['MB/s'])} | {ratio:.2f}× "
                 f"| {fmt(metrics['cpu_ms_per_MiB'])} | {fmt(metrics['loop_thread_cpu_ms_per_MiB'])} "
                 f"| {fmt(metrics['writer_thread_cpu_ms'], 0)} "
+                f"| {fmt(metrics['past_cap_thread_cpu_ms_per_MiB'], 2)}, "
+                f"{fmt(metrics['past_cap_reader_cpu_ms_per_MiB'], 2)} "
                 f"| {fmt(metrics['children_cpu_ms_per_MiB'])} "
                 f"| {fmt(metrics['rss_growth_MiB'])} | {fmt(metrics['children_rss_MiB'])} |"
             )
