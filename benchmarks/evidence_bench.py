@@ -27,7 +27,8 @@ from benchmarks.servers import REQUEST_BODY_BYTES, RESPONSE_BODY_BYTES, json_doc
 from failcore.dlp.pending import wait_until_built
 from failcore.dlp.scanner import DlpScanner
 from failcore.evidence.exchange import EvidenceSettings, build_exchange_event
-from failcore.evidence.scanworker import DeferredScan, ScanOffload, ScanOrigin
+from failcore.evidence.pastcapworker import origin_for
+from failcore.evidence.scanworker import DeferredScan, ScanOffload
 from failcore.policy.load import load_policy
 from failcore.proxy.snapshot import snapshot_exchange
 from failcore.shipped import default_policy_path
@@ -59,7 +60,8 @@ def main(argv: list[str]) -> int:
     scanner = DlpScanner.for_policy(policy, salt)
     assert scanner is not None
     wait_until_built(scanner.engine)
-    origin = ScanOrigin(str(path), policy.sha256, policy.mode, salt)
+    origin = origin_for(policy, salt)
+    assert origin is not None
     base = EvidenceSettings("run-bench", 64 * 1024, salt, policy.redact_headers, scanner)
     settings = {
         "no DLP": dataclasses.replace(base, dlp=None),
