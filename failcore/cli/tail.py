@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from failcore.cli.common import console, err_console, tape_arg
+from failcore.cli.common import console, err_console, line_checker, tape_arg, tape_verdict
 from failcore.textsafe import safe_text
 
 
@@ -31,10 +31,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
             return
         console.print(event_line(ev))
 
-    for ev in deque(iter_events(tape, on_bad_line=lambda line, why: None), maxlen=args.lines):
+    # Every line read is checked (tape/badlines.py): a broken one is warned about where it is met, and
+    # -f goes on after it; the exit status says the tape is not intact.
+    bad = line_checker()
+    for ev in deque(iter_events(tape, on_bad_line=bad, check_lines=True), maxlen=args.lines):
         emit(ev)
     if args.follow:
         with contextlib.suppress(KeyboardInterrupt):
-            for ev in follow(tape, from_end=True):
+            for ev in follow(tape, from_end=True, on_bad_line=bad, check_lines=True):
                 emit(ev)
-    return 0
+    return tape_verdict(bad, tape)
