@@ -490,7 +490,7 @@ def _searched_run_events(tape_dir: Path, run: str, bad: BadLines | None) -> Iter
     parsed; what iter_events skips is skipped, and a broken line is named in `bad` by its segment and
     line number (counted only then)."""
     for path, offset, line in _lines_holding(tape_dir, b'"run":' + orjson.dumps(run)):
-        event, why = parse_checked(line, bad is not None)
+        event, why = parse_checked(line, bad is not None, orjson.loads)
         if why is not None and bad is not None:
             bad.add(path.name, line_number_at(path, offset), why)
         if event is not None and event.get("run") == run:

@@ -22,12 +22,14 @@ from failcore.tape.reader import line_problem as line_problem  # re-exported: th
 _COUNT_BUFFER: Final = 1 << 20
 
 
-def parse_checked(raw: bytes, check: bool = True) -> tuple[dict[str, Any] | None, str | None]:
+def parse_checked(
+    raw: bytes, check: bool = True, loads: Callable[[bytes], Any] = orjson.loads
+) -> tuple[dict[str, Any] | None, str | None]:
     """(the event of a complete line, or None when it is not a JSON object; why the line is broken, or
-    None). Without `check` only its JSON is looked at, as iter_events does."""
+    None). Without `check` only its JSON is looked at, as iter_events does. `loads`: the caller's."""
     why = line_problem(raw) if check else None
     try:
-        event = orjson.loads(raw)
+        event = loads(raw)
     except orjson.JSONDecodeError as exc:
         return None, why or f"invalid JSON: {exc}"
     if not isinstance(event, dict):
