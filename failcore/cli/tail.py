@@ -16,7 +16,8 @@ from failcore.textsafe import safe_text
 def cmd_tail(args: argparse.Namespace) -> int:
     from collections import deque
 
-    from failcore.tape import follow, iter_events
+    from failcore.tape import follow, iter_lines
+    from failcore.tape.badlines import parse_checked
     from failcore.views.tables import event_line
 
     tape = tape_arg(args.tape)
@@ -31,11 +32,16 @@ def cmd_tail(args: argparse.Namespace) -> int:
             return
         console.print(event_line(ev))
 
-    # Every line read is checked (tape/badlines.py): a broken one is warned about where it is met, and
-    # -f goes on after it; the exit status says the tape is not intact.
+    # Every line shown is checked (tape/badlines.py): a broken one is warned about where it is met (and
+    # shown if it parses), -f goes on after it, and the exit status says the tape is not intact. Only
+    # the last lines are parsed and checked: the ones before are not shown.
     bad = line_checker()
-    for ev in deque(iter_events(tape, on_bad_line=bad, check_lines=True), maxlen=args.lines):
-        emit(ev)
+    for line in deque((line for line in iter_lines(tape) if line.complete), maxlen=args.lines):
+        ev, why = parse_checked(line.raw)
+        if why is not None:
+            bad.add(line.segment, line.line, why)
+        if ev is not None:
+            emit(ev)
     if args.follow:
         with contextlib.suppress(KeyboardInterrupt):
             for ev in follow(tape, from_end=True, on_bad_line=bad, check_lines=True):
