@@ -250,6 +250,26 @@ def test_a_warm_list_names_the_broken_line_again(recorded: tuple[Path, Path, str
         assert result.returncode == 1 and f"{SEGMENT} line {line}:" in result.stderr, describe(result)
 
 
+def test_list_names_a_broken_line_of_a_segment_the_viewer_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from failcore.tui.cache import prepare_cache_dir
+    from failcore.tui.index import build_index
+
+    home, tape = tmp_path / "home", tmp_path / "tape"
+    record(home, tape)
+    record(home, tape)  # each run opens a segment: seg-000001.jsonl is sealed
+    line = edited(tape)
+    monkeypatch.setenv("FAILCORE_HOME", str(home))
+    cache = prepare_cache_dir(tape)
+    build_index(tape, cache)  # what `failcore view` leaves; list counts sealed segments from it
+    assert (cache / f"{SEGMENT}.idx").is_file()
+    for _ in range(2):  # from the viewer's index, then from list's own entry
+        result = failcore(home, "list", "--tape", str(tape), "--json")
+        assert result.returncode == 1 and f"{SEGMENT} line {line}:" in result.stderr, describe(result)
+        assert len(orjson.loads(result.stdout)) == 2
+
+
 def test_show_of_one_event_names_a_broken_line_it_read(recorded: tuple[Path, Path, str], tape: Path) -> None:
     home = recorded[0]
     line = edited(tape)
