@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from failcore.tape import iter_events
-from failcore.tape.badlines import BadLines, line_number_at, parse_checked
+from failcore.tape.badlines import BadLines, LineNumbers, parse_checked
 from failcore.tape.reader import list_segments
 
 # Network events that are connections, not HTTP exchanges: counted apart from `requests`.
@@ -489,9 +489,10 @@ def _searched_run_events(tape_dir: Path, run: str, bad: BadLines | None) -> Iter
     orjson's bytes for `"run":<run>`: only the complete lines holding them are cut out, checked and
     parsed; what iter_events skips is skipped, and a broken line is named in `bad` by its segment and
     line number (counted only then)."""
+    numbers: dict[Path, LineNumbers] = {}
     for path, offset, line in _lines_holding(tape_dir, b'"run":' + orjson.dumps(run)):
         event, why = parse_checked(line, bad is not None, orjson.loads)
         if why is not None and bad is not None:
-            bad.add(path.name, line_number_at(path, offset), why)
+            bad.add(path.name, numbers.setdefault(path, LineNumbers(path)).at(offset), why)
         if event is not None and event.get("run") == run:
             yield event

@@ -37,18 +37,27 @@ def parse_checked(
     return event, why
 
 
-def line_number_at(path: Path, offset: int) -> int:
-    """The 1-based number of the line starting at byte `offset` of a segment (counts its newlines)."""
-    count = 0
-    done = 0
-    with open(path, "rb", buffering=0) as f:
-        while done < offset:
-            block = f.read(min(_COUNT_BUFFER, offset - done))
-            if not block:
-                break
-            count += block.count(b"\n")
-            done += len(block)
-    return count + 1
+class LineNumbers:
+    """The 1-based numbers of the lines starting at given byte offsets of one file, counted in one
+    forward pass over the offsets asked for in increasing order (an earlier one starts again)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._offset = 0
+        self._newlines = 0
+
+    def at(self, offset: int) -> int:
+        if offset < self._offset:
+            self._offset = self._newlines = 0
+        with open(self._path, "rb", buffering=0) as f:
+            f.seek(self._offset)
+            while self._offset < offset:
+                block = f.read(min(_COUNT_BUFFER, offset - self._offset))
+                if not block:
+                    break
+                self._newlines += block.count(b"\n")
+                self._offset += len(block)
+        return self._newlines + 1
 
 
 class BadLines:

@@ -25,7 +25,7 @@ import orjson
 
 from failcore.paths import ensure_private_dir, write_private_file
 from failcore.runs import RunSummary
-from failcore.tape.badlines import BadLines, line_number_at, line_problem, parse_checked
+from failcore.tape.badlines import BadLines, LineNumbers, line_problem, parse_checked
 from failcore.tape.reader import list_segments
 from failcore.tui.index import CACHE_VERSION, TapeIndexer, _stat
 
@@ -103,7 +103,8 @@ def _sealed_parts(
 
 def _numbered(path: Path, broken: list[tuple[int, str]]) -> Broken:
     """[line number, why] of broken lines found at byte offsets (counted only when there are some)."""
-    return [[line_number_at(path, offset), why] for offset, why in broken]
+    numbers = LineNumbers(path)
+    return [[numbers.at(offset), why] for offset, why in broken]
 
 
 def _check_lines(path: Path) -> tuple[int, list[tuple[int, str]]]:
