@@ -379,6 +379,38 @@ def test_run_names_a_line_of_its_run_edited_while_it_ran(tmp_path: Path) -> None
     assert any("not as failcore wrote them" in w for w in summary["warnings"]), summary
 
 
+def test_proxy_summary_names_a_line_of_its_run_edited_while_it_ran(tmp_path: Path) -> None:
+    home, tape = tmp_path / "home", tmp_path / "tape"
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "failcore.cli", "proxy", "--port", "0", "--tape", str(tape)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(home),
+        cwd=REPO,
+    )
+    assert proxy.stdout is not None
+    try:
+        for line in proxy.stdout:
+            if line.startswith("Ctrl-C stops"):
+                break
+        segment = tape / SEGMENT
+        deadline = time.monotonic() + 60
+        while not segment.exists() or b'"kind":"policy"' not in segment.read_bytes():
+            assert time.monotonic() < deadline, "the proxy wrote no run_start"
+            time.sleep(0.05)
+        data = segment.read_bytes()
+        fd = os.open(segment, os.O_WRONLY)
+        os.pwrite(fd, b'"v":3', data.index(b'"v":2'))  # line 1, run_start
+        os.close(fd)
+    finally:
+        proxy.send_signal(signal.SIGINT)
+        _, err = proxy.communicate(timeout=60)
+    assert proxy.returncode == 0, err  # the proxy's own exit status
+    assert f"{SEGMENT} line 1: edited" in err and "not as failcore wrote them" in err, err
+    assert "Traceback" not in err
+
+
 # ------------------------------------------------------------------------ directory modes
 
 
