@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from failcore.paths import ensure_private_dir
 from failcore.policy.model import BudgetSpec
 
 if TYPE_CHECKING:
@@ -632,8 +633,7 @@ PRAGMA user_version = {_SCHEMA_VERSION};
 
 def open_state_db(path: Path) -> sqlite3.Connection:
     """Open (creating owner-only: dir 0700, file 0600) the budget state database in WAL mode."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
+    ensure_private_dir(path.parent)  # and any parent it creates: 0700 whatever the umask
     # Created before SQLite opens it, so the file (and the -wal/-shm files SQLite derives from its mode)
     # is never readable by others.
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))

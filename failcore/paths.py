@@ -23,7 +23,23 @@ def default_tape_dir() -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """`path` as a directory only its owner can use (0700). Every directory it creates on the way is
+    0700 too, whatever the umask (`mkdir(parents=True)` would make the parents 0755); a parent that
+    already exists is left as it is."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.is_dir() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # made meanwhile by someone else: only `path` itself is made private below
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
     os.chmod(path, 0o700)
     return path
 

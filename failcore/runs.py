@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from failcore.tape import iter_events
+from failcore.tape.badlines import BadLines, LineNumbers, parse_checked
 from failcore.tape.reader import list_segments
 
 # Network events that are connections, not HTTP exchanges: counted apart from `requests`.
@@ -285,8 +286,16 @@ def summarize(events: Iterable[dict[str, Any]]) -> list[RunSummary]:
     return sorted(runs.values(), key=lambda r: r.started or 0.0)
 
 
-def summarize_tape(tape_dir: Path, run: str | None = None) -> list[RunSummary]:
-    return summarize(iter_events(tape_dir, run=run, on_bad_line=lambda line, why: None))
+def summarize_tape(tape_dir: Path, run: str | None = None, bad: BadLines | None = None) -> list[RunSummary]:
+    """Every run's summary (or one run's); each line read is checked into `bad` when given."""
+    return summarize(_events(tape_dir, bad, run=run))
+
+
+def _events(tape_dir: Path, bad: BadLines | None, **filters: Any) -> Iterator[dict[str, Any]]:
+    """iter_events with each line checked into `bad`; without one, broken lines are skipped unnamed."""
+    if bad is None:
+        return iter_events(tape_dir, on_bad_line=lambda line, why: None, **filters)
+    return iter_events(tape_dir, on_bad_line=bad, check_lines=True, **filters)
 
 
 class UnknownRun(LookupError):
@@ -296,7 +305,7 @@ class UnknownRun(LookupError):
 def run_ids(tape_dir: Path) -> list[str]:
     """Every run of the tape, in the order they started."""
     seen: dict[str, None] = {}
-    for ev in iter_events(tape_dir, kinds=("run_start",), on_bad_line=lambda line, why: None):
+    for ev in _events(tape_dir, None, kinds=("run_start",)):
         if run := ev.get("run"):
             seen.setdefault(run, None)
     return list(seen)
@@ -428,7 +437,7 @@ def _run_start_at(data: bytes | mmap.mmap, found: int) -> tuple[int, dict[str, A
 
 def _has_run_start(tape_dir: Path, run: str) -> bool:
     """Whether run_ids(tape_dir) holds `run`, found by searching for its bytes."""
-    for line in _lines_holding(tape_dir, b'"run":' + orjson.dumps(run)):
+    for _, _, line in _lines_holding(tape_dir, b'"run":' + orjson.dumps(run)):
         if _RUN_START not in line:
             continue
         try:
@@ -440,14 +449,15 @@ def _has_run_start(tape_dir: Path, run: str) -> bool:
     return False
 
 
-def _lines_holding(tape_dir: Path, needle: bytes) -> Iterator[bytes]:
-    """The complete lines of the tape's segments that hold `needle`, in order; a line still being
-    written is skipped, as iter_events skips it. Other lines are never split out."""
+def _lines_holding(tape_dir: Path, needle: bytes) -> Iterator[tuple[Path, int, bytes]]:
+    """(segment, offset in it, line) of the complete lines of the tape's segments that hold `needle`, in
+    order; a line still being written is skipped, as iter_events skips it. Other lines are never split
+    out."""
     segments = list_segments(tape_dir)
     for index, path in enumerate(segments):
-        for _, data in segment_chunks(path, sealed=index < len(segments) - 1):
-            for _, line in segment_lines_holding(data, needle):
-                yield line
+        for base, data in segment_chunks(path, sealed=index < len(segments) - 1):
+            for begin, line in segment_lines_holding(data, needle):
+                yield path, base + begin, line
 
 
 def segment_lines_holding(
@@ -465,23 +475,24 @@ def segment_lines_holding(
         position = end + 1
 
 
-def run_events(tape_dir: Path, run: str | None) -> Iterator[dict[str, Any]]:
-    """A run's events, or with `run=None` the whole tape's; a bad line is verify's business, not a view's.
-    A run's are found by a byte search (the lines of other runs are not split into lines or parsed)."""
+def run_events(tape_dir: Path, run: str | None, bad: BadLines | None = None) -> Iterator[dict[str, Any]]:
+    """A run's events, or with `run=None` the whole tape's; each line read is checked into `bad` when
+    given (tape/badlines.py; the chain is verify's business). A run's are found by a byte search (the
+    lines of other runs are not split into lines or parsed)."""
     if run is not None:
-        return _searched_run_events(tape_dir, run)
-    return iter_events(tape_dir, run=run, on_bad_line=lambda line, why: None)
+        return _searched_run_events(tape_dir, run, bad)
+    return _events(tape_dir, bad)
 
 
-def _searched_run_events(tape_dir: Path, run: str) -> Iterator[dict[str, Any]]:
-    """What `iter_events(tape_dir, run=run, on_bad_line=<ignore>)` yields, found by searching each
-    mapped segment for orjson's bytes for `"run":<run>`: only the complete lines holding them are cut
-    out and parsed. A line still being written, a line that is not a JSON object and one whose `run`
-    field is another run's are skipped, as there."""
-    for line in _lines_holding(tape_dir, b'"run":' + orjson.dumps(run)):
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(event, dict) and event.get("run") == run:
+def _searched_run_events(tape_dir: Path, run: str, bad: BadLines | None) -> Iterator[dict[str, Any]]:
+    """What `run_events(tape_dir, None, bad)` yields of `run`, found by searching each segment for
+    orjson's bytes for `"run":<run>`: only the complete lines holding them are cut out, checked and
+    parsed; what iter_events skips is skipped, and a broken line is named in `bad` by its segment and
+    line number (counted only then)."""
+    numbers: dict[Path, LineNumbers] = {}
+    for path, offset, line in _lines_holding(tape_dir, b'"run":' + orjson.dumps(run)):
+        event, why = parse_checked(line, bad is not None, orjson.loads)
+        if why is not None and bad is not None:
+            bad.add(path.name, numbers.setdefault(path, LineNumbers(path)).at(offset), why)
+        if event is not None and event.get("run") == run:
             yield event

@@ -6,7 +6,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.console import Console
 from failcore.paths import default_tape_dir
 from failcore.textsafe import safe_text
 from failcore.views import fmt
+
+if TYPE_CHECKING:
+    from failcore.tape.badlines import BadLines
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -44,7 +47,9 @@ def reading(tape: Path) -> Iterator[Callable[[int, int], None] | None]:
     if not err_console.is_terminal:
         yield None
         return
-    size = sum(p.stat().st_size for p in tape.glob("seg-*.jsonl"))
+    from failcore.tape.reader import list_segments
+
+    size = sum(p.stat().st_size for p in list_segments(tape))
     label = f"reading {tape} ({fmt.size(size)})"
     with err_console.status(safe_text(f"{label}…")) as status:
 
@@ -52,6 +57,40 @@ def reading(tape: Path) -> Iterator[Callable[[int, int], None] | None]:
             status.update(safe_text(f"{label}: {done * 100 // max(total, 1)}%…"))
 
         yield progress
+
+
+# The exit status of a read-only command (list, show, tail) that met a line failcore did not write as it
+# is: 1, as `failcore verify` exits for a BROKEN tape.
+TAPE_NOT_INTACT = 1
+
+
+def line_checker() -> BadLines:
+    """Collects the broken lines a command reads (tape/badlines.py), warning on stderr, one line each, as
+    it meets them."""
+    from failcore.tape.badlines import BadLines
+
+    def warn(segment: str, line: int, why: str) -> None:
+        err_console.print(
+            safe_text(f"failcore: warning: {segment} line {line}: {why}", "yellow"), soft_wrap=True
+        )
+
+    return BadLines(warn)
+
+
+def tape_verdict(bad: BadLines, tape: Path) -> int:
+    """0 when every line read was intact; else, after saying so on stderr, TAPE_NOT_INTACT."""
+    if not len(bad):
+        return 0
+    more = f" ({bad.unwarned} not listed)" if bad.unwarned else ""
+    err_console.print(
+        safe_text(
+            f"failcore: {len(bad)} line(s) of the tape {tape} are not as failcore wrote them{more}; what is "
+            f"shown includes them as they are now. `failcore verify {tape}` checks the whole tape",
+            "red",
+        ),
+        soft_wrap=True,
+    )
+    return TAPE_NOT_INTACT
 
 
 class NoRun(Exception):

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from failcore.cli.common import console, err_console, print_json, reading, tape_arg
+from failcore.cli.common import (
+    console,
+    err_console,
+    line_checker,
+    print_json,
+    reading,
+    tape_arg,
+    tape_verdict,
+)
 from failcore.textsafe import safe_text
 
 
@@ -17,13 +25,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not tape.exists():
         err_console.print(safe_text(f"failcore: no tape at {tape}"))
         return 1
+    bad = line_checker()
     with reading(tape) as progress:
-        runs = summarize_tape_cached(tape, prepare_cache_dir(tape), progress)
+        runs = summarize_tape_cached(tape, prepare_cache_dir(tape), progress, bad)
     if args.json:
         print_json([r.to_dict() for r in runs])
-        return 0
+        return tape_verdict(bad, tape)
     from failcore.views.tables import runs_table
 
     table = runs_table(f"runs in {tape}", runs, console.width)
     console.print(table)
-    return 0
+    return tape_verdict(bad, tape)

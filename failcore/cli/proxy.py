@@ -12,7 +12,14 @@ from typing import Any
 from rich.console import Console
 
 from failcore import __version__
-from failcore.cli.common import console, err_console, print_json, print_run_summary
+from failcore.cli.common import (
+    console,
+    err_console,
+    line_checker,
+    print_json,
+    print_run_summary,
+    tape_verdict,
+)
 from failcore.textsafe import safe_text
 from failcore.views.fmt import usd as _usd
 
@@ -132,8 +139,10 @@ async def serve(args: argparse.Namespace) -> int:
     if not args.json:
         from failcore.runs import summarize_tape
 
-        summaries = summarize_tape(proxy.tape_dir, run=proxy.session.run_id)
+        bad = line_checker()  # a line of the run edited meanwhile is named (tape/badlines.py)
+        summaries = summarize_tape(proxy.tape_dir, run=proxy.session.run_id, bad=bad)
         summary = summaries[0].to_dict() if summaries else {"run": proxy.session.run_id, "requests": 0}
         summary["tape"] = str(proxy.tape_dir)
         print_run_summary(summary, stream=err_console)
+        tape_verdict(bad, proxy.tape_dir)  # said on stderr; the proxy's exit status stays its own
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from failcore.cli.common import NoRun, console, err_console, pick_run, print_json, tape_arg
 from failcore.paths import failcore_home
@@ -80,4 +81,22 @@ def cmd_report(args: argparse.Namespace) -> int:
                     "counts cover the whole run"
                 )
             )
-    return 0
+    return _broken_tape(report.verification, tape)
+
+
+def _broken_tape(verification: Any, tape: Path) -> int:
+    """0, or for a tape `failcore verify` calls BROKEN, 1 after saying so on stderr: the report shows
+    what the tape holds now, which is not what failcore recorded (its page says so too)."""
+    if verification.ok:
+        return 0
+    b = verification.first_break
+    where = f" (first break: {b.segment} line {b.line}: {b.message})" if b is not None else ""
+    err_console.print(
+        safe_text(
+            f"failcore: the tape {tape} is BROKEN{where}; the report shows what it holds now, not what was "
+            f"recorded. `failcore verify {tape}` says more",
+            "red",
+        ),
+        soft_wrap=True,
+    )
+    return 1

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from failcore.cli.common import err_console, print_json, print_run_summary
+from failcore.cli.common import err_console, line_checker, print_json, print_run_summary
 from failcore.cli.proxy import proxy_settings, replay_summary
 from failcore.textsafe import safe_text
 
@@ -129,8 +129,12 @@ def _finish_run(args: argparse.Namespace, proxy: Any, code: int, *, first: int =
     from failcore.runs import summarize
     from failcore.tape.reader import iter_events
 
-    # From the segment open when the run started: a run's summary does not read the whole tape.
-    events = iter_events(proxy.tape_dir, run=proxy.run_id, on_bad_line=lambda *_: None, start_segment=first)
+    # From the segment open when the run started: a run's summary does not read the whole tape. Its
+    # lines are checked (tape/badlines.py): a broken one is warned about, and named in the warnings.
+    bad = line_checker()
+    events = iter_events(
+        proxy.tape_dir, run=proxy.run_id, on_bad_line=bad, check_lines=True, start_segment=first
+    )
     summaries = summarize(events)
     summary = summaries[0].to_dict() if summaries else {"run": proxy.run_id, "requests": 0}
     summary["exit_code"] = code
@@ -139,6 +143,11 @@ def _finish_run(args: argparse.Namespace, proxy: Any, code: int, *, first: int =
     if args.replay:
         summary["replay_saved"] = replay_summary(proxy.tape_dir, proxy.run_id)
     summary["warnings"] = run_warnings(summary)
+    if len(bad):
+        summary["warnings"].append(
+            f"{len(bad)} line(s) of this run on the tape are not as failcore wrote them (named above): "
+            f"`failcore verify {proxy.tape_dir}` checks the whole tape"
+        )
     if args.json:
         print_json(summary)
     else:

@@ -8,7 +8,17 @@ from typing import Any
 
 import orjson
 
-from failcore.cli.common import NoRun, console, err_console, pick_run, print_json, reading, tape_arg
+from failcore.cli.common import (
+    NoRun,
+    console,
+    err_console,
+    line_checker,
+    pick_run,
+    print_json,
+    reading,
+    tape_arg,
+    tape_verdict,
+)
 from failcore.textsafe import safe_text
 from failcore.views.fmt import tokens as _tokens
 from failcore.views.fmt import usd as _usd
@@ -45,8 +55,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     except NoRun as e:
         err_console.print(safe_text(str(e)))
         return e.code
+    bad = line_checker()
     if args.event is not None:
-        ev = _find_event(run_events(tape, run), args.event)
+        ev = _find_event(run_events(tape, run, bad), args.event)
         if ev is None:
             where = f"run {run}" if run else str(tape)
             err_console.print(safe_text(f"failcore: no event {args.event} in {where}"))
@@ -56,16 +67,16 @@ def cmd_show(args: argparse.Namespace) -> int:
         else:
             text = orjson.dumps(ev, option=orjson.OPT_INDENT_2).decode()
             console.print(safe_text(text, keep_newlines=True))
-        return 0
+        return tape_verdict(bad, tape)
     assert run is not None
     with reading(tape):
-        events = [ev for ev in run_events(tape, run) if ev.get("kind") not in ("checkpoint",)]
+        events = [ev for ev in run_events(tape, run, bad) if ev.get("kind") not in ("checkpoint",)]
     kinds = _kinds(getattr(args, "kind", None))
     if kinds:
         events = [ev for ev in events if ev.get("kind") in kinds]
     if args.json:
         print_json(events)
-        return 0
+        return tape_verdict(bad, tape)
     totals = RunSummary(run=run)
     for ev in events:
         totals.add(ev)
@@ -101,4 +112,4 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"One event in full: failcore show --tape {tape} --event SEQ"
         )
     )
-    return 0
+    return tape_verdict(bad, tape)

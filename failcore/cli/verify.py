@@ -20,7 +20,8 @@ exit codes (what each one proves):
                 runs were not removed from the end together with the manifest: compare the head
                 (seq and hash, printed here) with one you kept or sent elsewhere.
   1 BROKEN      a line was edited, deleted, inserted or reordered, a segment is missing, a signature
-                or the signed manifest does not match, or lines were removed from its end.
+                or the signed manifest does not match, lines were removed from its end, or a file named
+                like a segment that failcore did not write (seg-0000002.jsonl) was put beside them.
   2             verify could not run (no tape, unreadable key file, bad arguments).
   3 INCOMPLETE  intact up to its last signed checkpoint, but the tape does not end with its writer's
                 final checkpoint: the writer is still running, was killed (SIGKILL, crash: its last
@@ -121,6 +122,17 @@ def _print_verify(report: Any, tape: Path) -> None:
     if status == "incomplete" and not report.unsigned_tail and not report.truncated:
         console.print(
             safe_text("  the last checkpoint does not name itself final: the tape may have been cut there")
+        )
+    if report.unexpected_files:
+        names = ", ".join(repr(n) for n in report.unexpected_files[:5])
+        more = len(report.unexpected_files) - 5
+        console.print(
+            safe_text(
+                f"  files failcore did not write are in the tape directory (no command reads them): {names}"
+                + (f" and {more} more" if more > 0 else ""),
+                "yellow",
+            ),
+            soft_wrap=True,
         )
     if report.writer_pid:
         console.print(safe_text(f"  a writer (pid {report.writer_pid}) is recording to this tape right now"))

@@ -10,6 +10,7 @@ from failcore.textsafe import safe_text
 
 
 def cmd_view(args: argparse.Namespace) -> int:
+    from failcore.tape.reader import list_segments
     from failcore.tui.app import run_viewer
 
     tape = tape_arg(args.tape)
@@ -17,7 +18,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         # Started before the proxy (the usual order in two terminals): wait for the tape to appear.
         err_console.print(safe_text(f"failcore: waiting for a tape at {tape} (Ctrl-C to stop)"))
         try:
-            while not any(tape.glob("seg-*.jsonl")):
+            while not list_segments(tape):
                 time.sleep(0.5)
         except KeyboardInterrupt:
             return 130

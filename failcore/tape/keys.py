@@ -18,6 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from failcore.paths import ensure_private_dir
+
 SIGNING_KEY_FILE: Final = "failcore-signing.key"
 PUBLIC_KEY_FILE: Final = "failcore-signing.pub"
 CHECKPOINT_DOMAIN: Final = b"failcore-checkpoint-v1:"
@@ -144,8 +146,7 @@ def write_private_file(path: Path, data: bytes) -> None:
 def _ensure_private_dir(path: Path) -> None:
     if path.is_dir():
         return
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    ensure_private_dir(path)  # with any parent it creates: 0700 whatever the umask
 
 
 def _create_key_file(key_path: Path) -> None:

@@ -31,7 +31,8 @@ SEQ_START: Final = 81
 HASH_SUFFIX_LEN: Final = 72
 CHECKPOINT_MARK: Final = b'"kind":"checkpoint",'
 
-_SEGMENT_RE: Final = re.compile(r"^seg-(\d{6,})\.jsonl$")
+# ASCII digits only (`\d` would take any Unicode digit), matched whole (`$` would let a newline follow).
+_SEGMENT_RE: Final = re.compile(r"seg-([0-9]{6,})\.jsonl")
 _READ_BUFFER: Final = 1 << 20
 _TAIL_CHUNK: Final = 1 << 16
 
@@ -57,8 +58,14 @@ def segment_name(number: int) -> str:
 
 
 def segment_number(name: str) -> int | None:
-    match = _SEGMENT_RE.match(name)
-    return int(match.group(1)) if match else None
+    """The number of a segment file, or None for any name but the exact one `segment_name` gives it:
+    `seg-0000002.jsonl` beside `seg-000002.jsonl` is a second file, not a second copy of segment 2, and
+    no reader shows it (`failcore verify` names it as a break)."""
+    match = _SEGMENT_RE.fullmatch(name)
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return number if segment_name(number) == name else None
 
 
 def list_segments(tape_dir: Path) -> list[Path]:
@@ -123,6 +130,16 @@ def compute_line_hash(raw: bytes) -> bytes:
     return digest.hexdigest().encode("ascii")
 
 
+def line_problem(raw: bytes) -> str | None:
+    """Why a complete line (without its newline) is not as failcore's writer wrote it, or None. Says
+    nothing about its place in the chain: a line edited with its hash recomputed passes here."""
+    if not is_well_formed(raw):
+        return "not a tape line (its layout is not the one failcore writes)"
+    if compute_line_hash(raw) != line_hash(raw):
+        return "edited: its content does not match its hash"
+    return None
+
+
 def is_checkpoint(raw: bytes) -> bool:
     # The writer puts "kind" first in checkpoint events, so the mark sits right after seq's comma.
     end = _seq_end(raw)
@@ -169,15 +186,18 @@ def iter_events(
     kinds: Collection[str] | None = None,
     on_bad_line: Callable[[TapeLine, str], None] | None = None,
     start_segment: int = 0,
+    check_lines: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Parsed events (including prev/seq/h), optionally only those of one run and/or some kinds, from
     segment `start_segment` on.
 
     Lines that are truncated or not JSON objects go to `on_bad_line`; by default they raise
-    TapeFormatError naming segment:line. Filters first look for the exact bytes orjson writes for
+    TapeFormatError naming segment:line. With `check_lines`, so does a line (of the run and kinds asked
+    for) whose layout or own hash is not as the writer wrote it (`line_problem`); it is still yielded
+    when it parses. Filters first look for the exact bytes orjson writes for
     `"run":…` / `"kind":…` so non-matching lines are skipped without being parsed.
     """
-    report_bad = on_bad_line or _raise_bad_line
+    report_bad = on_bad_line if on_bad_line is not None else _raise_bad_line
     if isinstance(kinds, str):
         kinds = (kinds,)
     run_needle = b'"run":' + orjson.dumps(run) if run is not None else None
@@ -192,6 +212,8 @@ def iter_events(
             continue
         if kind_set is not None and not any(needle in raw for needle in kind_needles):
             continue
+        if check_lines and (problem := line_problem(raw)) is not None:
+            report_bad(line, problem)
         event = _parse_event(line, report_bad)
         if event is None:
             continue
@@ -224,21 +246,23 @@ def follow(
     from_end: bool = True,
     stop: Callable[[], bool] | None = None,
     on_bad_line: Callable[[TapeLine, str], None] | None = None,
+    check_lines: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yield events as a writer appends them, like `tail -f`, moving on when the writer rotates.
 
     The start position is fixed when this is called (not on the first `next()`): with `from_end` only
     lines completed after the call are yielded. Bad lines (e.g. a line cut short by a crash) are passed
-    to `on_bad_line` or skipped: a live view must not die on them. Ends when `stop()` returns True.
+    to `on_bad_line` or skipped: a live view must not die on them; with `check_lines` a line failing
+    `line_problem` goes there too (and is yielded if it parses). Ends when `stop()` returns True.
     """
     tape_dir = Path(tape_dir)
     segments = list_segments(tape_dir)
     if not segments:
-        return _follow(tape_dir, None, 0, 0, poll, stop, on_bad_line)
+        return _follow(tape_dir, None, 0, 0, poll, stop, on_bad_line, check_lines)
     if not from_end:
-        return _follow(tape_dir, segments[0], 0, 0, poll, stop, on_bad_line)
+        return _follow(tape_dir, segments[0], 0, 0, poll, stop, on_bad_line, check_lines)
     offset, lines_before = _end_of_complete_lines(segments[-1])
-    return _follow(tape_dir, segments[-1], offset, lines_before, poll, stop, on_bad_line)
+    return _follow(tape_dir, segments[-1], offset, lines_before, poll, stop, on_bad_line, check_lines)
 
 
 def _follow(
@@ -249,8 +273,15 @@ def _follow(
     poll: float,
     stop: Callable[[], bool] | None,
     on_bad_line: Callable[[TapeLine, str], None] | None,
+    check_lines: bool,
 ) -> Iterator[dict[str, Any]]:
-    report_bad = on_bad_line or (lambda _line, _message: None)
+    report_bad = on_bad_line if on_bad_line is not None else (lambda _line, _message: None)
+
+    def parse(line: TapeLine) -> dict[str, Any] | None:
+        if check_lines and (problem := line_problem(line.raw)) is not None:
+            report_bad(line, problem)
+        return _parse_event(line, report_bad)
+
     cursor = _FollowCursor(path, offset, lines_before)
     try:
         while stop is None or not stop():
@@ -263,7 +294,7 @@ def _follow(
             lines = cursor.read_new_lines()
             if lines:
                 for line in lines:
-                    event = _parse_event(line, report_bad)
+                    event = parse(line)
                     if event is not None:
                         yield event
                 continue
@@ -273,7 +304,7 @@ def _follow(
                 continue
             # The writer finishes a segment before creating the next: one more read gets its last lines.
             for line in cursor.read_new_lines():
-                event = _parse_event(line, report_bad)
+                event = parse(line)
                 if event is not None:
                     yield event
             leftover = cursor.take_partial()

@@ -12,6 +12,7 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from failcore.tape import keys
+from failcore.tape.layout import is_old_key_file
 from failcore.tape.reader import TAPE_PUBLIC_KEY_FILE
 
 KeySource = Literal["tape", "given", "local"]
@@ -57,7 +58,9 @@ def load_keyring(tape_dir: Path, given: list[TrustedKey], trust_tape: bool, warn
 
 def tape_keys(tape_dir: Path, warnings: list[str]) -> dict[str, Ed25519PublicKey]:
     by_id: dict[str, Ed25519PublicKey] = {}
-    candidates = [tape_dir / TAPE_PUBLIC_KEY_FILE, *sorted(tape_dir.glob("signing-key-*.pub"))]
+    # Only the names the writer gives earlier keys (tape/layout.py): `failcore verify` names any other.
+    old = sorted(p for p in tape_dir.glob("signing-key-*.pub") if is_old_key_file(p.name))
+    candidates = [tape_dir / TAPE_PUBLIC_KEY_FILE, *old]
     for path in candidates:
         if not path.is_file():
             continue

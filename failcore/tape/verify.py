@@ -6,7 +6,8 @@ The first break stops verification and is named by segment and line.
 The outcome is one `status`, from worst to best:
 
 * ``broken``: a line was edited, deleted, inserted or reordered, a segment is missing, a signature or
-  the signed manifest does not match, or lines were removed from the end the signed manifest names.
+  the signed manifest does not match, lines were removed from the end the signed manifest names, or a
+  file shaped like a segment that failcore did not write lies beside them (tape/layout.py).
 * ``unknown_key``: intact, but signed by a key that is not trusted (not given, not a local identity):
   anyone can sign a forged tape with a key of their own and put it in the tape.
 * ``unsigned``: intact, but no checkpoint signature could be checked (no checkpoint, or no key).
@@ -35,6 +36,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from failcore.tape import keys
+from failcore.tape.layout import Strays, stray_files
 from failcore.tape.reader import (
     CHECKPOINT_MARK,
     GENESIS_PREV,
@@ -53,7 +55,9 @@ from failcore.tape.reader import (
 from failcore.tape.trust import Keyring, KeySource, TrustedKey, load_keyring
 from failcore.tape.trust import local_identities as local_identities  # re-exported: `failcore verify` uses it
 
-BreakKind = Literal["edited", "chain", "seq", "malformed", "signature", "missing_segment", "manifest"]
+BreakKind = Literal[
+    "edited", "chain", "seq", "malformed", "signature", "missing_segment", "manifest", "stray_file"
+]
 Status = Literal["ok", "dropped", "incomplete", "unsigned", "unknown_key", "broken"]
 
 DROPPED_MARK: Final = b'"kind":"dropped",'
@@ -106,6 +110,7 @@ class VerifyReport:
     head_seq: int = 0
     head_h: str | None = None
     writer_pid: str | None = None  # a writer holds the tape's lock right now
+    unexpected_files: list[str] = field(default_factory=list)  # in the tape directory; nothing reads them
 
     @property
     def lines_per_second(self) -> float:
@@ -148,6 +153,7 @@ class VerifyReport:
             "manifest_signed": self.manifest_signed,
             "head": {"seq": self.head_seq, "h": self.head_h},
             "writer_pid": self.writer_pid,
+            "unexpected_files": list(self.unexpected_files),
         }
 
 
@@ -184,8 +190,10 @@ def verify_tape(
     manifest_records = _manifest_records(manifest)
     verifier = _ChainVerifier(report, keyring, on_progress)
     head = _signed_head(manifest, keyring, report) if manifest is not None else None
-    if report.first_break is None:
+    strays = stray_files(tape_dir)
+    if report.first_break is None and not strays.not_files:
         verifier.run(tape_dir, manifest_records, head)
+    _report_strays(strays, report)
     report.ok = report.first_break is None
     report.writer_pid = _lock_holder(tape_dir)
     report.status = _status(report)
@@ -193,6 +201,26 @@ def verify_tape(
     if on_progress is not None:
         on_progress(report.lines)
     return report
+
+
+def _report_strays(strays: Strays, report: VerifyReport) -> None:
+    """Files that are not the tape's: one shaped like a segment breaks it (readers skip it, so what it
+    says is shown nowhere, but someone put it there); any other is named in a warning."""
+    report.unexpected_files = strays.other
+    odd = strays.not_files or strays.segment_like
+    if report.first_break is None and odd:
+        what = "not a regular file" if strays.not_files else "not a segment name failcore writes"
+        report.first_break = Break(
+            odd[0],
+            0,
+            "stray_file",
+            f"{_names(odd)}: {what}; a file was added to the tape directory (no command shows it)",
+        )
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _status(report: VerifyReport) -> Status:

@@ -35,6 +35,7 @@ from typing import Any, Final
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from failcore.paths import ensure_private_dir
 from failcore.tape import keys
 from failcore.tape.reader import (
     GENESIS_PREV,
@@ -792,8 +793,7 @@ class TapeWriter:
 
     def _prepare_directory(self) -> None:
         if not self._directory.exists():
-            self._directory.mkdir(parents=True, mode=0o700)
-            os.chmod(self._directory, 0o700)  # mkdir's mode is filtered by the umask
+            ensure_private_dir(self._directory)  # and any parent it creates: 0700 whatever the umask
         elif self._directory.stat().st_mode & 0o077:
             self._report(f"tape directory {self._directory} is accessible to other users; expected mode 0700")
 
