@@ -81,14 +81,15 @@ def multipart_values(content_type: str, body: bytes, name: str) -> list[bytes]:
     return values
 
 
-def body_override_methods(req: http.Request) -> list[str]:
+def body_override_methods(req: http.Request, policy: Policy) -> list[str]:
     """The methods a buffered POST asks the server to run in a `_method` field of its form (Rails'
     Rack::MethodOverride, Laravel, Symfony) or of its JSON object (Laravel), upper case. Rack reads a
     POST without Content-Type as a form too, and any multipart/* type. A streamed body (forwarded
     before the decision; see failcore.proxy.hold) or a content-coded one is not read (the frameworks
     parse form fields from the body as sent, not decompressed). One under a transfer coding (`gzip,
     chunked`, forwarded gzip'd by mitmproxy) is read as sent and as its receiver reads it, inflated
-    (RFC 9112 6.1): each method either names is judged."""
+    (RFC 9112 6.1): each method either names is judged; one that inflates past ON_LOOP_DECODE_LIMIT
+    cannot be read whole, and may name any method a rule of `policy` names."""
     if req.method != "POST" or req.stream or not req.raw_content:
         return []
     if req.headers.get("content-encoding", "identity").strip().lower() != "identity":
@@ -96,10 +97,12 @@ def body_override_methods(req: http.Request) -> list[str]:
     methods = _override_methods(req.headers.get("content-type", ""), req.raw_content)
     codings = body_encoding(None, req.headers.get("transfer-encoding"))
     if codings:
-        # What it decodes to, up to ON_LOOP_DECODE_LIMIT (Rack's query parser reads no urlencoded form
-        # past 4 MiB: its bytesize_limit).
-        decoded = decode_body(req.raw_content, codings, ON_LOOP_DECODE_LIMIT).data
-        methods += _override_methods(req.headers.get("content-type", ""), decoded)
+        # Inflated on the event loop up to ON_LOOP_DECODE_LIMIT (Rack's query parser reads no urlencoded
+        # form past 4 MiB, its bytesize_limit; but Laravel reads a JSON body whole).
+        decoded = decode_body(req.raw_content, codings, ON_LOOP_DECODE_LIMIT)
+        methods += _override_methods(req.headers.get("content-type", ""), decoded.data)
+        if decoded.over_limit:
+            methods += sorted({method for rule in policy.rules for method in rule.methods or ()})
     return list(dict.fromkeys(methods))
 
 

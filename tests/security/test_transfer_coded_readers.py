@@ -62,6 +62,26 @@ def test_a_method_override_under_a_transfer_coding_is_judged(
     assert recorded["text"] == body.decode() and recorded["sha256_of"] == "decoded"
 
 
+def test_a_method_override_past_the_decode_limit_is_judged_as_any_method_a_rule_names(
+    start_proxy, policy_file, tmp_path: Path
+) -> None:
+    """A JSON body that inflates past the 8 MiB failcore reads on the event loop, its `_method` at the
+    end (Laravel reads a JSON body whole): it cannot be read whole, so it is judged as each method a
+    rule names, and refused. (9 MiB of padding gzip'd to ~9 KB.)"""
+    body = b'{"pad": "' + b" " * (9 << 20) + b'", "_method": "DELETE"}'
+    with RawUpstream(PLAIN_OK) as upstream:
+        proxy = start_proxy(policy_file(NO_DELETE))
+        answer = through_proxy(
+            proxy.port, transfer_coded_request(upstream.authority, "/repo", "gzip", body, "application/json")
+        )
+        proxy.flush()
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"x-failcore-rule: no-delete" in answer.lower()
+    assert upstream.received_bytes() == b""
+    [event] = network_events(read_tape(tmp_path / "tape"))
+    assert (event["decision"], event["rule"], event["outcome"]) == ("BLOCK", "no-delete", "BLOCKED")
+
+
 def _sse_with_usage(total_tokens: int) -> bytes:
     half = total_tokens // 2
     chunk = {
