@@ -41,6 +41,7 @@ from failcore.policy.model import UNKNOWN_MODEL, Decision, Policy
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session, answer
+from failcore.proxy.streamcopy import message_encoding
 from failcore.proxy.streamtap import request_streams
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def _scope(state: FlowState | None) -> tuple[str | None, str | None]:
 def _request_bytes(flow: http.HTTPFlow, state: FlowState, llm: LlmFlow) -> int:
     """The size of the request body the upstream received, decoded (a gzip'd request is not cheaper); a
     streamed one's by the bytes that passed its tap."""
-    if is_encoded(flow.request.headers.get("content-encoding")) and llm.request_json is not None:
+    if is_encoded(message_encoding(flow.request)) and llm.request_json is not None:
         return len(orjson.dumps(llm.request_json))
     streamed = state.request_tap.size if state.request_tap is not None else 0
     return max(len(flow.request.raw_content or b""), streamed)

@@ -317,7 +317,7 @@ class PolicyGate:
         if policy is not None and state.decided_host is not None and names_a_method(policy):
             # Without a rule naming methods another method reads the same: the body is not parsed.
             req = flow.request
-            for override in body_override_methods(req):
+            for override in body_override_methods(req, policy):
                 # The body is here now (buffered, or held): a `_method` field in it is judged too.
                 state.decision = stricter(
                     state.decision,

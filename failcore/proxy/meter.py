@@ -49,7 +49,7 @@ from failcore.llm.typed import loads_or_none
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
-from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy
+from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy, message_encoding
 from failcore.proxy.streamtap import could_be_llm_path, request_streams, response_streams
 from failcore.proxy.switchinterval import LOWERED_SWITCH_INTERVAL
 
@@ -97,13 +97,11 @@ def _request_json(content: bytes | None) -> dict[str, Any] | None:
 
 
 def _decode_off_loop(message: http.Message) -> bool:
-    return read_off_loop(
-        len(message.raw_content or b""), message.headers.get("content-encoding"), PARSE_OFF_LOOP_BYTES
-    )
+    return read_off_loop(len(message.raw_content or b""), message_encoding(message), PARSE_OFF_LOOP_BYTES)
 
 
 def _body(message: http.Message, limit: int = ON_LOOP_DECODE_LIMIT) -> bytes | None:
-    return decoded_content(message.raw_content, message.headers.get("content-encoding"), limit)
+    return decoded_content(message.raw_content, message_encoding(message), limit)
 
 
 def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
@@ -273,7 +271,7 @@ class LlmMeter:
             return None
         raw = bytes(copy.data)
         state.request_copy = None
-        encoding = flow.request.headers.get("content-encoding")
+        encoding = message_encoding(flow.request)
         if read_off_loop(len(raw), encoding, PARSE_OFF_LOOP_BYTES):
             return self._detect_streamed_off_loop(flow, state, raw, encoding)
         self._detect(flow, state, _request_json(decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)))
@@ -323,7 +321,7 @@ class LlmMeter:
         tracker = SseUsageTracker(state.llm.provider, state.llm.api)
         state.llm.tracker = tracker
         feed: Callable[[bytes], None] = tracker.feed
-        encoding = headers.get("content-encoding", "")
+        encoding = message_encoding(flow.response) or ""
         if is_encoded(encoding):
             try:
                 feed = StreamInflater(encoding, tracker.feed)
@@ -369,7 +367,7 @@ class LlmMeter:
         request_body = None if state.llm.request_json is not None else _body(flow.request)
         tap = state.response_tap
         copy = state.llm.whole_copy
-        encoding = flow.response.headers.get("content-encoding")
+        encoding = message_encoding(flow.response)
         decode_later = False
         raw: bytes | None = None
         if tap is None or (copy is not None and not copy.overflow):

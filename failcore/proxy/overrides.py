@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 from mitmproxy import http
 
+from failcore.evidence import ON_LOOP_DECODE_LIMIT, body_encoding, decode_body
 from failcore.policy.decide import METHOD_OVERRIDE_PARAMETER
 from failcore.policy.model import Policy
 
@@ -80,25 +81,42 @@ def multipart_values(content_type: str, body: bytes, name: str) -> list[bytes]:
     return values
 
 
-def body_override_methods(req: http.Request) -> list[str]:
+def body_override_methods(req: http.Request, policy: Policy) -> list[str]:
     """The methods a buffered POST asks the server to run in a `_method` field of its form (Rails'
     Rack::MethodOverride, Laravel, Symfony) or of its JSON object (Laravel), upper case. Rack reads a
     POST without Content-Type as a form too, and any multipart/* type. A streamed body (forwarded
-    before the decision; see failcore.proxy.hold) or a compressed one is not read."""
+    before the decision; see failcore.proxy.hold) or a content-coded one is not read (the frameworks
+    parse form fields from the body as sent, not decompressed). One under a transfer coding (`gzip,
+    chunked`, forwarded gzip'd by mitmproxy) is read as sent and as its receiver reads it, inflated
+    (RFC 9112 6.1): each method either names is judged; one that inflates past ON_LOOP_DECODE_LIMIT
+    cannot be read whole, and may name any method a rule of `policy` names."""
     if req.method != "POST" or req.stream or not req.raw_content:
         return []
     if req.headers.get("content-encoding", "identity").strip().lower() != "identity":
-        return []  # the frameworks parse form fields from the body as sent, not decompressed
-    ctype = req.headers.get("content-type", "")
+        return []
+    methods = _override_methods(req.headers.get("content-type", ""), req.raw_content)
+    codings = body_encoding(None, req.headers.get("transfer-encoding"))
+    if codings:
+        # Inflated on the event loop up to ON_LOOP_DECODE_LIMIT (Rack's query parser reads no urlencoded
+        # form past 4 MiB, its bytesize_limit; but Laravel reads a JSON body whole).
+        decoded = decode_body(req.raw_content, codings, ON_LOOP_DECODE_LIMIT)
+        methods += _override_methods(req.headers.get("content-type", ""), decoded.data)
+        if decoded.over_limit:
+            methods += sorted({method for rule in policy.rules for method in rule.methods or ()})
+    return list(dict.fromkeys(methods))
+
+
+def _override_methods(ctype: str, body: bytes) -> list[str]:
+    """The `_method` values a body of Content-Type `ctype` names (body_override_methods)."""
     if is_json(ctype):
-        return json_override_methods(req.raw_content)
+        return json_override_methods(body)
     if not is_form(ctype):
         return []
     if ctype.strip().lower().startswith("multipart/"):
-        parts = multipart_values(ctype, req.raw_content, METHOD_OVERRIDE_PARAMETER)
+        parts = multipart_values(ctype, body, METHOD_OVERRIDE_PARAMETER)
         values = [value.decode("latin-1") for value in parts]
     else:
-        pairs = parse_qsl(req.raw_content.decode("latin-1"), keep_blank_values=True)
+        pairs = parse_qsl(body.decode("latin-1"), keep_blank_values=True)
         values = [value for key, value in pairs if key == METHOD_OVERRIDE_PARAMETER]
     return [method for value in values if (method := value.strip().upper())]
 

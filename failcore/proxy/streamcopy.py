@@ -1,6 +1,7 @@
 """What the meter keeps of a body that streams through: `WholeBodyCopy` (its wire bytes, up to a
 limit, to be metered whole at its end) and `StreamInflater` (its Content-Encoding undone chunk by chunk,
-in bounded steps, for a stream metered as it passes)."""
+in bounded steps, for a stream metered as it passes); and `message_encoding`, the codings a body read
+for a decision carries as mitmproxy holds it."""
 
 from __future__ import annotations
 
@@ -9,12 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 import brotli
+from mitmproxy import http
 
 from failcore.compat import zstd
-from failcore.evidence.body import deflate_wbits
+from failcore.evidence.body import body_encoding, deflate_wbits
 
 # Output of one incremental decompression step of a metered stream.
 _INFLATE_STEP = 64 * 1024
+
+
+def message_encoding(message: http.Message) -> str | None:
+    """The codings of a message's body as mitmproxy holds it, comma-joined (body_encoding): its
+    Content-Encoding's, then a Transfer-Encoding's other than `chunked` (mitmproxy undoes only the
+    chunked framing of `gzip, chunked` and forwards the body gzip'd, for its receiver to inflate)."""
+    headers = message.headers
+    return body_encoding(headers.get("content-encoding"), headers.get("transfer-encoding"))
 
 
 class WholeBodyCopy:

@@ -32,6 +32,7 @@ from tests.security.helpers import (
     read_until_closed,
     send_raw,
 )
+from tests.security.transfer_helpers import chunked
 from tests.security.upstream import LoggingUpstream
 
 SECRET = f'{{"note": "aws_access_key_id = {AWS_KEY_ID}"}}'.encode()
@@ -44,10 +45,6 @@ def _deflate(data: bytes) -> bytes:
 ENCODED = {"gzip, chunked": gzip.compress, "gzip,chunked": gzip.compress, "deflate, chunked": _deflate}
 
 
-def _chunked(body: bytes) -> bytes:
-    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
-
-
 def _post(upstream: LoggingUpstream, transfer_encoding: str, body: bytes) -> bytes:
     head = plain_request(
         upstream,
@@ -55,7 +52,7 @@ def _post(upstream: LoggingUpstream, transfer_encoding: str, body: bytes) -> byt
         "/te",
         headers=f"Content-Type: application/json\r\nTransfer-Encoding: {transfer_encoding}\r\n",
     )
-    return head + _chunked(body)
+    return head + chunked(body)
 
 
 @pytest.mark.parametrize("transfer_encoding", sorted(ENCODED))
