@@ -26,6 +26,7 @@ import orjson
 from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
+from failcore.llm.detect import other_readings
 from failcore.llm.typed import as_count, as_dict, loads_or_none
 from failcore.policy.address import normalise_host
 from failcore.policy.decide import request_path
@@ -51,11 +52,15 @@ class RealtimeScope:
 
 
 def realtime_scope(request: http.Request, host: str) -> RealtimeScope | None:
-    """The scope of a WebSocket upgrade that opens a realtime LLM session, else None. The model is the
-    query's `model` (`deployment` on Azure), UNKNOWN_MODEL when it names none."""
-    path = request_path(request.path).rstrip("/")
-    gemini = _GEMINI_LIVE_PATH.search(path) is not None
-    if not gemini and not _REALTIME_PATH.search(path):
+    """The scope of a WebSocket upgrade that opens a realtime LLM session, else None. The path is read
+    as servers route it, as LLM call detection reads it (`/v1%2Frealtime`: uvicorn decodes `%2F`;
+    `/v1/realtime;x=1`: Tomcat drops the parameter). The model is the query's `model` (`deployment` on
+    Azure); UNKNOWN_MODEL when it names none, or several (servers read the first or the last of them,
+    Azure its `deployment` over a `model`): a budget scoped to any model counts the session then."""
+    paths = [request_path(request.path), *other_readings(request.path)]
+    paths = [path.rstrip("/") for path in paths]
+    gemini = any(_GEMINI_LIVE_PATH.search(path) for path in paths)
+    if not gemini and not any(_REALTIME_PATH.search(path) for path in paths):
         return None
     name = normalise_host(host)
     if gemini:
@@ -66,8 +71,9 @@ def realtime_scope(request: http.Request, host: str) -> RealtimeScope | None:
         provider = "azure_openai"
     else:
         provider = "openai_compatible"
-    model = request.query.get("model") or request.query.get("deployment")
-    return RealtimeScope(provider, model[:256] if model else UNKNOWN_MODEL, not gemini)
+    named = {value for key in ("model", "deployment") for value in request.query.get_all(key) if value}
+    model = next(iter(named)) if len({value.lower() for value in named}) == 1 else UNKNOWN_MODEL
+    return RealtimeScope(provider, model[:256], not gemini)
 
 
 def unmeterable_budget(policy: Policy, host: str, scope: RealtimeScope) -> BudgetSpec | None:
