@@ -10,7 +10,11 @@ the upgrade. While a token budget applies to such a session (BudgetGuard):
   charge. A session that ends having never reported usage is charged the same for what is left;
 * each client message is judged against the session's budgets first: once a token (or wall-time) limit
   is reached it is dropped, so nothing reaches the upstream after the budget is spent (a response already
-  being generated finishes, and is charged).
+  being generated finishes, and is charged);
+* each response is one request (one generation of the model, as an HTTP LLM call is): a client's
+  `response.create` is counted when it is admitted (dropped once a `requests` limit is reached, which
+  then drops every client message), a response the server starts by itself (server VAD: a
+  `response.created` no `response.create` asked for) when the server announces it.
 
 A session whose cost or tool calls a budget limits cannot be metered (realtime audio is priced apart;
 its tool calls are not counted here), nor a Gemini Live session (`…BidiGenerateContent`, whose usage
@@ -37,8 +41,8 @@ from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session, answer
 
 TOKEN_METRICS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
-# What a client message is judged on: a message is no new request.
-MESSAGE_METRICS = TOKEN_METRICS | {"wall_seconds"}
+# What a client message is judged on (a `response.create` is also admitted as one request).
+MESSAGE_METRICS = TOKEN_METRICS | {"wall_seconds", "requests"}
 _REALTIME_PATH = re.compile(r"/realtime$", re.IGNORECASE)
 _GEMINI_LIVE_PATH = re.compile(r"bidigeneratecontent$", re.IGNORECASE)
 
@@ -129,9 +133,21 @@ class RealtimeSession:
     server_pending_bytes: int = 0
     usage_reported: bool = False
     refused: bool = False
+    # `response.create` messages counted as requests whose `response.created` has not come yet.
+    asked: int = 0
 
     def client_message(self, content: bytes) -> None:
         self.client_bytes += len(content)
+
+    def started_unasked(self, content: bytes, is_text: bool) -> bool:
+        """Whether this server message announces a response no counted `response.create` asked for (one
+        the server started by itself, with server VAD): a request to count now."""
+        if not _of_type(content, is_text, "response.created"):
+            return False
+        if self.asked:
+            self.asked -= 1
+            return False
+        return True
 
     def server_message(self, content: bytes, is_text: bool) -> Usage | None:
         """The usage to charge for this server message (a `response.done`), else None."""
@@ -252,11 +268,16 @@ class RealtimeBudget:
             return
         message = flow.websocket.messages[-1]
         if not message.from_client:
+            if meter.started_unasked(message.content, message.is_text):
+                self._charge(store, flow, meter, Usage(requests=1))
             usage = meter.server_message(message.content, message.is_text)
             if usage is not None:
                 self._charge(store, flow, meter, usage)
             return
-        breach = self._spent(store, meter.host, meter.scope)
+        if _of_type(message.content, message.is_text, "response.create"):
+            breach = self._admit(store, flow, meter)
+        else:
+            breach = self._spent(store, meter.host, meter.scope)
         if breach is not None and not meter.refused:
             meter.refused = True
             state = self.session.state(flow)
@@ -282,6 +303,21 @@ class RealtimeBudget:
         if usage is not None:
             self._charge(store, flow, meter, usage)
 
+    def _admit(self, store: BudgetStore, flow: http.HTTPFlow, meter: RealtimeSession) -> BudgetBreach | None:
+        """A `response.create`: judged and counted as one request at once (as BudgetGuard admits an HTTP
+        call), so a burst of them cannot all pass before the first is counted. The limit it breaks."""
+        scope = meter.scope
+        over = not self._enforce()  # (observe mode lets it go and counts it)
+        breach, reserved_at, crossed = store.admit(
+            host=meter.host, provider=scope.provider, model=scope.model, reserve_over_limit=over
+        )
+        if reserved_at is not None:
+            meter.asked += 1
+            state = self.session.flows.get(flow.id)
+            if state is not None:
+                state.warnings.extend(warning_for(crossing) for crossing in crossed)
+        return breach
+
     def _charge(self, store: BudgetStore, flow: http.HTTPFlow, meter: RealtimeSession, usage: Usage) -> None:
         crossed = store.record(
             host=meter.host, provider=meter.scope.provider, model=meter.scope.model, usage=usage
@@ -289,6 +325,14 @@ class RealtimeBudget:
         state = self.session.flows.get(flow.id)
         if state is not None:
             state.warnings.extend(warning_for(breach) for breach in crossed)
+
+
+def _of_type(content: bytes, is_text: bool, kind: str) -> bool:
+    """Whether a message is the JSON event `kind` (its `type`, as the server's JSON parser reads it: a
+    `\\u` escape may spell it)."""
+    if not is_text or (kind.encode() not in content and b"\\u" not in content):
+        return False
+    return as_dict(loads_or_none(content)).get("type") == kind
 
 
 def _block(budget: str, reason: str) -> Decision:
