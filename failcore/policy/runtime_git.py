@@ -34,10 +34,12 @@ SAFE_KEYS: frozenset[str] = frozenset(
 )  # fmt: skip
 SAFE_SECTIONS: tuple[str, ...] = ("color.", "advice.")
 
-# git's global options that take the next word as their value (git.c handle_options).
+# git's global options that take the next word as their value (git.c handle_options): one missing here
+# would have its value read as the subcommand, and the global options after it (`-c`) go unjudged.
 _GLOBAL_VALUE = frozenset(
-    {"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--config-env", "--super-prefix"}
-)
+    {"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--config-env", "--super-prefix",
+     "--shallow-file", "--attr-source"}
+)  # fmt: skip
 # A subcommand's options that take a configuration, a directory or a command line.
 _CONFIG: dict[str, tuple[str, ...]] = {"clone": ("-c", "--config")}
 _TEMPLATE: dict[str, tuple[str, ...]] = {"clone": ("--template",), "init": ("--template",)}
