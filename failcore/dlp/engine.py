@@ -33,6 +33,7 @@ from failcore.dlp import regex_backend as rx
 from failcore.dlp.masking import fingerprint, mask_preview
 from failcore.dlp.model import DlpAllowlist, DlpRule, Hit
 from failcore.dlp.validators import NAMED_VALIDATORS, shannon_entropy
+from failcore.dlp.wide import narrowed
 from failcore.wiretext import utf8_bytes
 
 BACKENDS: tuple[str, ...] = ("auto", "hyperscan", "re2", "python")
@@ -461,8 +462,23 @@ class DlpEngine:
         there are any), plus percent-decoded and bounded base64/hex-unwrapped views; every hit's span
         is mapped back to the raw bytes that encode it. When several rules or copies of a rule hit the
         same span, each is reported, and a rule id reported twice keeps its most severe copy (so the
-        stricter action wins)."""
+        stricter action wins). A text Python's JSON reader takes for UTF-16 or UTF-32 is also scanned
+        narrowed to one byte a code unit (failcore.dlp.wide), its hits mapped back to the wide bytes."""
         buffer = utf8_bytes(data) if isinstance(data, str) else bytes(data)
+        hits = self._scan(buffer)
+        wide = narrowed(buffer)
+        if wide is None:
+            return hits
+        found = {(hit.rule_id, hit.start, hit.end): hit for hit in hits}
+        for hit in self._scan(wide.data):
+            start, end = wide.span(hit.start, hit.end)
+            other = found.get((hit.rule_id, start, end))
+            if other is None or _rank(hit) > _rank(other):
+                found[(hit.rule_id, start, end)] = replace(hit, start=start, end=end)
+        return sorted(found.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
+
+    def _scan(self, buffer: bytes) -> list[Hit]:
+        """`scan` of `buffer` as it is."""
         root = dv.RawView(buffer)
         base: dv.View = root
         decoded = dv.json_view(buffer)
