@@ -144,6 +144,11 @@ def test_texts_the_pass_cannot_stand_for_are_scanned() -> None:
     assert not fast.quiet_lines(b"host: example.test\nx-a: 100%25\n")
     encoded = base64.b64encode(b"nothing secret in this text at all").decode()
     assert not fast.quiet_lines(f"host: example.test\nx-a: {encoded}\n".encode())
+    # A line that is UTF-16 to Python's JSON reader (a NUL in its first two bytes) is scanned narrowed.
+    wide = "AKIA" + "QWERTYUIOPASDFGH"
+    line = wide.encode("utf-16-le") + b": 1"
+    assert fast.scan(line)
+    assert not fast.quiet_lines(b"host: example.test\n" + line + b"\n")
 
 
 POLICY = (

@@ -353,20 +353,20 @@ class DlpEngine:
         bytes between two newlines, or the text's start or end: a header block's "name: value" read
         alone); False when that is not known (the text is then scanned as ever).
 
-        One Hyperscan pass, with no Python per byte, answers for all of them. It is made over `text`
-        as it is (so only when no JSON or percent view of it is scanned: no `\\`, no `%`) against
-        `_hs_line_db`: every rule of the main database and every keyword there, with `^` and `$` also
-        at each newline. A rule's match in a line alone is then a match in `text` at the same bytes:
-        it reads only the line's bytes, and its assertions read the same there (`^` and `$` match at
-        the line's ends and nowhere inside it, `\\b` sees a newline where the line had its ends, both
-        not word characters); `^` and `$` without that flag match at a subset of those places, so
-        `text` itself is quiet too. With no rule match and no keyword, a scan's hits can only come
-        from its base64/hex-like runs decoded (`_runs_only`; no rule is on the keyword path when
-        there is a line database), and a line's runs are `text`'s runs within it (a newline is not
-        in their alphabet): when none decodes to a candidate, no scan of them has a hit."""
+        One Hyperscan pass, with no Python per byte, answers for all of them. It is made over `text` as it
+        is (so only when no JSON, percent or narrowed view of it or of a line of it is scanned: no `\\`,
+        no `%`, no NUL, no BOM; failcore.dlp.wide) against `_hs_line_db`: every rule of the main database
+        and every keyword there, with `^` and `$` also at each newline. A rule's match in a line alone is
+        then a match in `text` at the same bytes: it reads only the line's bytes, and its assertions read
+        the same there (`^` and `$` match at the line's ends and nowhere inside it, `\\b` sees a newline
+        where the line had its ends, both not word characters); `^` and `$` without that flag match at a
+        subset of those places, so `text` itself is quiet too. With no rule match and no keyword, a scan's
+        hits can only come from its base64/hex-like runs decoded (`_runs_only`; no rule is on the keyword
+        path when there is a line database), and a line's runs are `text`'s runs within it (a newline is
+        not in their alphabet): when none decodes to a candidate, no scan of them has a hit."""
         database = self._hs_line_db
-        if database is None or b"\\" in text or b"%" in text:
-            return False
+        if database is None or b"\\" in text or b"%" in text or b"\x00" in text or narrowed(text):
+            return False  # (a NUL or a BOM: `text` or a line of it may be scanned narrowed too)
         if not self._hs_scan(database, text, _stop):
             return False  # a rule or keyword matched: scanned as ever
         runs = dv.find_runs(text)
