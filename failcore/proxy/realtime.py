@@ -17,8 +17,9 @@ the upgrade. While a token budget applies to such a session (BudgetGuard):
   `response.created` no `response.create` asked for) when the server announces it.
 
 A session whose cost or tool calls a budget limits cannot be metered (realtime audio is priced apart;
-its tool calls are not counted here), nor a Gemini Live session (`…BidiGenerateContent`, whose usage
-reports failcore does not read): refused at the upgrade ("cannot meter") when such a budget applies.
+its tool calls are not counted here), nor a Gemini Live session (`…BidiGenerateContent`, or
+`…BidiGenerateContentConstrained` with an ephemeral token, whose usage reports failcore does not
+read): refused at the upgrade ("cannot meter") when such a budget applies.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ TOKEN_METRICS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
 # What a client message is judged on (a `response.create` is also admitted as one request).
 MESSAGE_METRICS = TOKEN_METRICS | {"wall_seconds", "requests"}
 _REALTIME_PATH = re.compile(r"/realtime$", re.IGNORECASE)
-_GEMINI_LIVE_PATH = re.compile(r"bidigeneratecontent$", re.IGNORECASE)
+# (`…BidiGenerateContentConstrained`: the endpoint of a session opened with an ephemeral token.)
+_GEMINI_LIVE_PATH = re.compile(r"bidigeneratecontent\w*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
