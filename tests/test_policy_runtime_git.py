@@ -32,6 +32,7 @@ RULES = ExecRules(programs=("git",), allow_shell=False)
         (["git", "clone", "--config=k.v=1", "u"], [("config", "clone --config", "k.v=1")]),
         (["git", "init", "--template", "/t"], [("GIT_TEMPLATE_DIR", "init --template", "/t")]),
         (["git", "submodule", "foreach", "id"], [("command", "submodule foreach", "id")]),
+        (["git", "filter-branch", "--tree-filter=id"], [("command", "filter-branch --tree-filter", "id")]),
         # not settings: -C, --exec-path alone (prints it), grep -O alone (no command), after `--`
         (["git", "-C", "repo", "status"], []),
         (["git", "--exec-path"], []),

@@ -10,8 +10,8 @@ can make it do (failcore.policy.runtime_env), its arguments can too, and `progra
 - Where git finds its programs, repository and hooks: `--exec-path=DIR` (GIT_EXEC_PATH), `--git-dir`
   (GIT_DIR), `clone`/`init --template` (GIT_TEMPLATE_DIR): refused unless that name is in exec.env.
 - Command lines a subcommand hands to a shell (`--upload-pack`, `--receive-pack`/`--exec`, `rebase
-  --exec`, `grep -O`, `difftool --extcmd`, `submodule foreach`, `bisect run`): judged as `sh -c CMD`
-  (refused unless exec.allow_shell).
+  --exec`, `grep -O`, `difftool --extcmd`, `filter-branch --*-filter`/`--setup`, `submodule foreach`,
+  `bisect run`): judged as `sh -c CMD` (refused unless exec.allow_shell).
 
 A subcommand's long options are taken by any prefix, as git's parse-options does (`--upload=`), and a
 short one inside a cluster of them (`-ix CMD`).
@@ -54,7 +54,12 @@ _COMMAND: dict[str, tuple[str, ...]] = {
     "rebase": ("-x", "--exec"),
     "difftool": ("-x", "--extcmd"),
     "grep": ("-O", "--open-files-in-pager"),
-}
+    # (git's filter-branch script evals each filter in a shell.)
+    "filter-branch": (
+        "--env-filter", "--tree-filter", "--index-filter", "--parent-filter", "--msg-filter",
+        "--commit-filter", "--tag-name-filter", "--setup",
+    ),
+}  # fmt: skip
 # Options whose value must be attached (`-Ocmd`, `--open-files-in-pager=cmd`): alone, they take none.
 _ATTACHED_ONLY = frozenset({"-O", "--open-files-in-pager"})
 # Subcommands whose words after this one are a command line (`submodule foreach CMD`, `bisect run CMD`).
