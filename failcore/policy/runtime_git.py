@@ -9,7 +9,7 @@ can make it do (failcore.policy.runtime_env), its arguments can too, and `progra
   is refused unless GIT_CONFIG_PARAMETERS is listed in exec.env.
 - Where git finds its programs, repository and hooks: `--exec-path=DIR` (GIT_EXEC_PATH), `--git-dir`
   (GIT_DIR), `clone`/`init --template` (GIT_TEMPLATE_DIR): refused unless that name is in exec.env.
-- Command lines a subcommand hands to a shell (`--upload-pack`, `--receive-pack`/`--exec`, `rebase
+- Command lines a subcommand hands to a shell (`--upload-pack`/`--exec`, `--receive-pack`/`--exec`, `rebase
   --exec`, `grep -O`, `difftool --extcmd`, `filter-branch --*-filter`/`--setup`, `submodule foreach`,
   `bisect run`): judged as `sh -c CMD` (refused unless exec.allow_shell).
 
@@ -46,6 +46,7 @@ _TEMPLATE: dict[str, tuple[str, ...]] = {"clone": ("--template",), "init": ("--t
 _COMMAND: dict[str, tuple[str, ...]] = {
     "clone": ("-u", "--upload-pack"),
     "fetch": ("--upload-pack",),
+    "fetch-pack": ("--upload-pack", "--exec"),
     "pull": ("--upload-pack",),
     "ls-remote": ("--upload-pack",),
     "push": ("--receive-pack", "--exec"),

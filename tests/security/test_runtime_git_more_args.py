@@ -8,6 +8,8 @@ command line (rule exec.git_args, failcore.policy.runtime_git) let through under
 - `git filter-branch --msg-filter CMD` (and `--tree-filter`, `--index-filter`, `--env-filter`,
   `--parent-filter`, `--commit-filter`, `--tag-name-filter`): git's filter-branch script evals each
   filter in a shell, like `rebase --exec`, which was judged; these were not.
+- `git fetch-pack --upload-pack=CMD` (or `--exec=CMD`): the plumbing under `fetch --upload-pack`, which
+  was judged, runs CMD as the remote's upload-pack.
 
 The real git binary, in strict mode: refused before git starts (rule exec.git_args), the agent's script
 never runs (its marker file is not written), and the tape holds the exec event BLOCKED; without the
@@ -33,9 +35,9 @@ POLICY = "version: 1\nexec:\n  allow_shell: false\n  programs: [git]\n"
 ENV = {**os.environ, "FILTER_BRANCH_SQUELCH_WARNING": "1"}
 
 
-def _planted(tmp_path: Path, marker: Path) -> Path:
+def _planted(tmp_path: Path, marker: Path, then: str = "cat") -> Path:
     script = tmp_path / "planted.sh"  # a program of the agent's, written before the run
-    script.write_text(f"#!/bin/sh\necho planted > {marker}\ncat\n")
+    script.write_text(f"#!/bin/sh\necho planted > {marker}\n{then}\n")
     script.chmod(0o755)
     return script
 
@@ -53,7 +55,12 @@ def filter_branch(tmp_path: Path, marker: Path) -> None:
     _git("filter-branch", "-f", "--msg-filter", str(script), "HEAD", cwd=tmp_path / "repo")
 
 
-ATTACKS: list[Callable[[Path, Path], None]] = [shallow_file_then_alias, filter_branch]
+def fetch_pack(tmp_path: Path, marker: Path) -> None:
+    script = _planted(tmp_path, marker, then="exit 1")
+    _git("fetch-pack", f"--upload-pack={script}", str(tmp_path / "repo"), cwd=tmp_path / "repo")
+
+
+ATTACKS: list[Callable[[Path, Path], None]] = [shallow_file_then_alias, filter_branch, fetch_pack]
 
 
 def _prepare(tmp_path: Path) -> None:
