@@ -48,7 +48,7 @@ _COMMAND: dict[str, tuple[str, ...]] = {
     "fetch": ("--upload-pack",),
     "fetch-pack": ("--upload-pack", "--exec"),
     "pull": ("--upload-pack",),
-    "ls-remote": ("--upload-pack",),
+    "ls-remote": ("--upload-pack", "--exec"),
     "push": ("--receive-pack", "--exec"),
     "send-pack": ("--receive-pack", "--exec"),
     "archive": ("--exec",),

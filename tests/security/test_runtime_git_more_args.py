@@ -9,7 +9,8 @@ command line (rule exec.git_args, failcore.policy.runtime_git) let through under
   `--parent-filter`, `--commit-filter`, `--tag-name-filter`): git's filter-branch script evals each
   filter in a shell, like `rebase --exec`, which was judged; these were not.
 - `git fetch-pack --upload-pack=CMD` (or `--exec=CMD`): the plumbing under `fetch --upload-pack`, which
-  was judged, runs CMD as the remote's upload-pack.
+  was judged, runs CMD as the remote's upload-pack; so does `git ls-remote --exec=CMD` (a hidden
+  spelling of its `--upload-pack`, which was judged).
 
 The real git binary, in strict mode: refused before git starts (rule exec.git_args), the agent's script
 never runs (its marker file is not written), and the tape holds the exec event BLOCKED; without the
@@ -60,7 +61,17 @@ def fetch_pack(tmp_path: Path, marker: Path) -> None:
     _git("fetch-pack", f"--upload-pack={script}", str(tmp_path / "repo"), cwd=tmp_path / "repo")
 
 
-ATTACKS: list[Callable[[Path, Path], None]] = [shallow_file_then_alias, filter_branch, fetch_pack]
+def ls_remote_exec(tmp_path: Path, marker: Path) -> None:
+    script = _planted(tmp_path, marker, then="exit 1")
+    _git("ls-remote", f"--exec={script}", str(tmp_path / "repo"), cwd=tmp_path / "repo")
+
+
+ATTACKS: list[Callable[[Path, Path], None]] = [
+    shallow_file_then_alias,
+    filter_branch,
+    fetch_pack,
+    ls_remote_exec,
+]
 
 
 def _prepare(tmp_path: Path) -> None:
