@@ -12,15 +12,14 @@ back to `offset + width * k`, exactly.
 from __future__ import annotations
 
 import json
-import re
 from typing import NamedTuple
 
 # What a code unit that is not an ASCII character becomes (a byte no ASCII pattern matches, as the bytes
 # of a non-ASCII character in UTF-8 are).
 NARROW_OTHER = 0x80
 _ASCII_ONLY = bytes(range(0x80)) + bytes([NARROW_OTHER]) * 0x80
-_OTHER = bytes([NARROW_OTHER])
-_NONZERO = re.compile(rb"[^\x00]+")
+# Any byte but 0 as NARROW_OTHER (a high byte that is set: the unit is no ASCII character).
+_HIGH_MASK = bytes([0]) + bytes([NARROW_OTHER]) * 0xFF
 # json.detect_encoding's answers: (code unit width, the index of its low byte, a BOM's length).
 _WIDE: dict[str, tuple[int, int]] = {
     "utf-16-le": (2, 0),
@@ -46,6 +45,18 @@ class Narrowed(NamedTuple):
         return self.offset + self.width * start, self.offset + self.width * end
 
 
+def narrow_units(data: bytes, width: int, low_index: int) -> bytes:
+    """Each `width`-byte code unit of `data` as one byte: its low byte (at `low_index`) when the others
+    are 0 and it is ASCII, NARROW_OTHER otherwise. C passes only (the units' bytes OR-ed as big ints)."""
+    units = len(data) // width
+    data = data[: units * width]
+    value = int.from_bytes(data[low_index::width], "big")
+    for index in range(width):
+        if index != low_index:
+            value |= int.from_bytes(data[index::width].translate(_HIGH_MASK), "big")
+    return value.to_bytes(units, "big").translate(_ASCII_ONLY)
+
+
 def narrowed(buffer: bytes) -> Narrowed | None:
     """`buffer` narrowed when Python's JSON reader takes it for UTF-16 or UTF-32, else None."""
     if len(buffer) < 2 or (buffer[0] and buffer[1] and buffer[:2] not in (b"\xff\xfe", b"\xfe\xff")):
@@ -58,11 +69,4 @@ def narrowed(buffer: bytes) -> Narrowed | None:
     if shape is None:
         return None
     width, low_index = shape
-    units = (len(buffer) - offset) // width
-    data = buffer[offset : offset + units * width]
-    low = bytearray(data[low_index::width].translate(_ASCII_ONLY))
-    for index in range(width):
-        if index != low_index:  # a unit with a high byte set is no ASCII character
-            for match in _NONZERO.finditer(data[index::width]):
-                low[match.start() : match.end()] = _OTHER * (match.end() - match.start())
-    return Narrowed(bytes(low), width, offset)
+    return Narrowed(narrow_units(buffer[offset:], width, low_index), width, offset)
