@@ -517,11 +517,10 @@ def _glue_short_line(data: bytes, end: int, joiner: _Joiner) -> int:
 def _a2b_lenient(chars: bytes) -> bytes:
     """base64 `chars` (already in base64's alphabet) decoded in step from their start, a last group of
     2 or 3 characters too (unpadded base64, as UTF-7 and base64url write it: its last byte or two)."""
-    whole = len(chars) // 4 * 4
-    tail = chars[whole:]
-    if len(tail) >= 2:
-        return binascii.a2b_base64(chars[:whole] + tail + b"=" * (4 - len(tail)))
-    return binascii.a2b_base64(chars[:whole])
+    extra = len(chars) & 3
+    if extra >= 2:
+        return binascii.a2b_base64(chars + b"==" if extra == 2 else chars + b"=")
+    return binascii.a2b_base64(chars[: len(chars) - extra] if extra else chars)
 
 
 def encoded_candidates(
