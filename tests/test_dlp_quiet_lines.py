@@ -98,6 +98,46 @@ def test_a_quiet_block_has_no_hit_in_it_nor_in_any_line_alone() -> None:
     assert loud >= 1000
 
 
+def _adversarial_blocks() -> list[list[tuple[str, str]]]:
+    """Fixtures placed where one pass over the block and a header read alone could part ways: a secret
+    cut between two headers (a value and the next value, a value and the next name), its base64 cut
+    between two headers at each base64 offset, its hex, upper case, with a tab or a CR inside a value."""
+    base = [("Host", "api.openai.com"), ("content-type", "application/json"), ("accept", "*/*")]
+    out = []
+    for n, sample in enumerate(load_samples()):
+        if n % EVERY or not sample.secret or "\n" in sample.secret:
+            continue
+        secret = sample.secret
+        encoded = base64.b64encode(secret.encode()).decode()
+        out += [
+            [*base, ("X-Upper", secret.upper())],
+            [*base, ("X-Hex", secret.encode().hex())],
+            [*base, ("X-Tab", f"key\t{secret}")],
+            [*base, ("X-Cr", f"key\r{secret}")],
+        ]
+        for cut in {1, len(secret) // 2, len(secret) - 1}:
+            name = secret[cut:].replace(":", "-").replace(" ", "-")[:60] or "x"
+            out.append([*base, ("X-A", secret[:cut]), ("X-B", secret[cut:])])
+            out.append([*base, ("X-A", secret[:cut]), (name, "1")])
+        for cut in {1, 2, 3, len(encoded) // 2}:
+            out.append([*base, ("X-A", encoded[:cut]), ("X-B", encoded[cut:])])
+    return out
+
+
+def test_a_quiet_block_stands_for_its_headers_in_adversarial_placements() -> None:
+    fast, plain = engines()
+    quiet = 0
+    for headers in _adversarial_blocks():
+        block = header_block(block_pairs(headers, frozenset()))[0]
+        if not fast.quiet_lines(block):
+            continue
+        quiet += 1
+        assert plain.scan(block) == [], headers
+        for line in block.split(b"\n"):
+            assert plain.scan(line) == [], (line, headers)
+    assert quiet >= 100  # (most placements hold a match, a keyword or a run, and are scanned)
+
+
 def _anchored_engine(*regexes: str) -> DlpEngine:
     rules = [
         DlpRule(id=f"anchored-{n}", severity="critical", category="secret", description="", regex=regex)
@@ -144,6 +184,11 @@ def test_texts_the_pass_cannot_stand_for_are_scanned() -> None:
     assert not fast.quiet_lines(b"host: example.test\nx-a: 100%25\n")
     encoded = base64.b64encode(b"nothing secret in this text at all").decode()
     assert not fast.quiet_lines(f"host: example.test\nx-a: {encoded}\n".encode())
+    # A line that is UTF-16 to Python's JSON reader (a NUL in its first two bytes) is scanned narrowed.
+    wide = "AKIA" + "QWERTYUIOPASDFGH"
+    line = wide.encode("utf-16-le") + b": 1"
+    assert fast.scan(line)
+    assert not fast.quiet_lines(b"host: example.test\n" + line + b"\n")
 
 
 POLICY = (

@@ -21,6 +21,9 @@ RULES = ExecRules(programs=("git",), allow_shell=False)
         (["git", "--config-env", "core.pager=V", "log"], [("config", "--config-env", "core.pager=V")]),
         (["git", "-C", "repo", "--exec-path=/d", "x"], [("GIT_EXEC_PATH", "--exec-path", "/d")]),
         (["git", "--git-dir", "/r/.git", "log"], [("GIT_DIR", "--git-dir", "/r/.git")]),
+        # global options whose value is the next word (git 2.42's --attr-source too): not the subcommand
+        (["git", "--shallow-file", "f", "-c", "alias.x=!id", "x"], [("config", "-c", "alias.x=!id")]),
+        (["git", "--attr-source", "HEAD", "-c", "core.pager=p", "log"], [("config", "-c", "core.pager=p")]),
         # long options of a subcommand by any prefix, short ones inside a cluster, attached or not
         (["git", "ls-remote", "--upl=cmd", "."], [("command", "ls-remote --upload-pack", "cmd")]),
         (["git", "fetch", "--upload-pack", "cmd", "o"], [("command", "fetch --upload-pack", "cmd")]),
@@ -29,6 +32,7 @@ RULES = ExecRules(programs=("git",), allow_shell=False)
         (["git", "clone", "--config=k.v=1", "u"], [("config", "clone --config", "k.v=1")]),
         (["git", "init", "--template", "/t"], [("GIT_TEMPLATE_DIR", "init --template", "/t")]),
         (["git", "submodule", "foreach", "id"], [("command", "submodule foreach", "id")]),
+        (["git", "filter-branch", "--tree-filter=id"], [("command", "filter-branch --tree-filter", "id")]),
         # not settings: -C, --exec-path alone (prints it), grep -O alone (no command), after `--`
         (["git", "-C", "repo", "status"], []),
         (["git", "--exec-path"], []),

@@ -26,6 +26,7 @@ from itertools import accumulate
 from urllib.parse import unquote_to_bytes
 
 from failcore.dlp import regex_backend as rx
+from failcore.dlp.wide import narrow_units
 
 # JSON escapes that shrink 2 bytes to 1, in the order `bytes.replace` must apply them.
 _TWO_BYTE_ESCAPES: tuple[tuple[bytes, bytes], ...] = (
@@ -416,19 +417,22 @@ class _Segment:
     """Decoded bytes [offset, offset + length) of the run at [run_start, run_end) of the parent view,
     at `at` in the joined text."""
 
-    __slots__ = ("at", "hex", "length", "offset", "run_end", "run_start")
+    __slots__ = ("at", "hex", "length", "offset", "run_end", "run_start", "wide")
 
-    def __init__(self, at: int, length: int, offset: int, run_start: int, run_end: int, hex: bool) -> None:
+    def __init__(
+        self, at: int, length: int, offset: int, run_start: int, run_end: int, hex: bool, wide: int = 1
+    ) -> None:
         self.at = at
         self.length = length
         self.offset = offset
         self.run_start = run_start
         self.run_end = run_end
         self.hex = hex
+        self.wide = wide  # decoded bytes a byte of the joined text stands for (2: UTF-16 narrowed)
 
     def encoded(self, position: int, *, end: bool) -> int:
         """The parent offset of the joined text's `position` (a start, or an `end`)."""
-        decoded = self.offset + min(max(position - self.at, 0), self.length)
+        decoded = self.offset + self.wide * min(max(position - self.at, 0), self.length)
         if self.hex:
             return min(self.run_end, self.run_start + 2 * decoded)
         groups = -(-decoded // 3) if end else decoded // 3
@@ -458,11 +462,13 @@ class _Joiner:
         self.segments: list[_Segment] = []
         self.at = 0
 
-    def add(self, data: bytes, offset: int, run_start: int, run_end: int, hex: bool, glued: bool) -> None:
+    def add(
+        self, data: bytes, offset: int, run_start: int, run_end: int, hex: bool, glued: bool, wide: int = 1
+    ) -> None:
         if self.parts and not glued:
             self.parts.append(SEPARATOR)
             self.at += len(SEPARATOR)
-        self.segments.append(_Segment(self.at, len(data), offset, run_start, run_end, hex))
+        self.segments.append(_Segment(self.at, len(data), offset, run_start, run_end, hex, wide))
         self.parts.append(data)
         self.at += len(data)
 
@@ -471,6 +477,13 @@ class _Joiner:
     ) -> None:
         for start, stop in _islands(decoded, mapped):
             self.add(decoded[start:stop], start, run_start, run_end, hex, False)
+        if decoded.count(0) * 4 >= len(decoded) > 0:
+            # Many NULs: perhaps UTF-16 text (PowerShell's -EncodedCommand; UTF-7's `+AEEASw…-`, which
+            # Express's JSON reader decodes under `charset=utf-7`): its units narrowed, in either order.
+            for low_index in (0, 1):
+                narrow = narrow_units(decoded, 2, low_index)
+                for start, stop in _islands(narrow):
+                    self.add(narrow[start:stop], 2 * start, run_start, run_end, hex, False, wide=2)
 
 
 def _hex_runs(run: bytes) -> Iterator[tuple[int, int]]:
@@ -501,6 +514,15 @@ def _glue_short_line(data: bytes, end: int, joiner: _Joiner) -> int:
     return -1
 
 
+def _a2b_lenient(chars: bytes) -> bytes:
+    """base64 `chars` (already in base64's alphabet) decoded in step from their start, a last group of
+    2 or 3 characters too (unpadded base64, as UTF-7 and base64url write it: its last byte or two)."""
+    extra = len(chars) & 3
+    if extra >= 2:
+        return binascii.a2b_base64(chars + b"==" if extra == 2 else chars + b"=")
+    return binascii.a2b_base64(chars[: len(chars) - extra] if extra else chars)
+
+
 def encoded_candidates(
     view: View, runs: list[tuple[int, int]], budget: list[int] | None = None
 ) -> Iterator[SliceView]:
@@ -529,7 +551,7 @@ def encoded_candidates(
                 continue
         else:
             lenient = run.translate(_LENIENT_B64)
-            first = binascii.a2b_base64(lenient[: len(lenient) // 4 * 4])
+            first = _a2b_lenient(lenient)
             # (In step from the start, leniently: the strict decoding is made only for a text.)
             mapped = first.translate(_TEXT_TABLE)
             whole = _decode_base64(run) if _is_text(first, mapped) else None
@@ -541,7 +563,7 @@ def encoded_candidates(
                 continue
             joiner.add_islands(first, run_start, run_end, False, mapped)
             for step in (1, 2, 3):
-                decoded = binascii.a2b_base64(lenient[step : step + (len(lenient) - step) // 4 * 4])
+                decoded = _a2b_lenient(lenient[step:])
                 joiner.add_islands(decoded, run_start + step, run_end, False)
         for hex_start, hex_end in _hex_runs(run):
             for step in (0, 1):

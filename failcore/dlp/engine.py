@@ -33,6 +33,7 @@ from failcore.dlp import regex_backend as rx
 from failcore.dlp.masking import fingerprint, mask_preview
 from failcore.dlp.model import DlpAllowlist, DlpRule, Hit
 from failcore.dlp.validators import NAMED_VALIDATORS, shannon_entropy
+from failcore.dlp.wide import narrowed
 from failcore.wiretext import utf8_bytes
 
 BACKENDS: tuple[str, ...] = ("auto", "hyperscan", "re2", "python")
@@ -352,20 +353,20 @@ class DlpEngine:
         bytes between two newlines, or the text's start or end: a header block's "name: value" read
         alone); False when that is not known (the text is then scanned as ever).
 
-        One Hyperscan pass, with no Python per byte, answers for all of them. It is made over `text`
-        as it is (so only when no JSON or percent view of it is scanned: no `\\`, no `%`) against
-        `_hs_line_db`: every rule of the main database and every keyword there, with `^` and `$` also
-        at each newline. A rule's match in a line alone is then a match in `text` at the same bytes:
-        it reads only the line's bytes, and its assertions read the same there (`^` and `$` match at
-        the line's ends and nowhere inside it, `\\b` sees a newline where the line had its ends, both
-        not word characters); `^` and `$` without that flag match at a subset of those places, so
-        `text` itself is quiet too. With no rule match and no keyword, a scan's hits can only come
-        from its base64/hex-like runs decoded (`_runs_only`; no rule is on the keyword path when
-        there is a line database), and a line's runs are `text`'s runs within it (a newline is not
-        in their alphabet): when none decodes to a candidate, no scan of them has a hit."""
+        One Hyperscan pass, with no Python per byte, answers for all of them. It is made over `text` as it
+        is (so only when no JSON, percent or narrowed view of it or of a line of it is scanned: no `\\`,
+        no `%`, no NUL, no BOM; failcore.dlp.wide) against `_hs_line_db`: every rule of the main database
+        and every keyword there, with `^` and `$` also at each newline. A rule's match in a line alone is
+        then a match in `text` at the same bytes: it reads only the line's bytes, and its assertions read
+        the same there (`^` and `$` match at the line's ends and nowhere inside it, `\\b` sees a newline
+        where the line had its ends, both not word characters); `^` and `$` without that flag match at a
+        subset of those places, so `text` itself is quiet too. With no rule match and no keyword, a scan's
+        hits can only come from its base64/hex-like runs decoded (`_runs_only`; no rule is on the keyword
+        path when there is a line database), and a line's runs are `text`'s runs within it (a newline is
+        not in their alphabet): when none decodes to a candidate, no scan of them has a hit."""
         database = self._hs_line_db
-        if database is None or b"\\" in text or b"%" in text:
-            return False
+        if database is None or b"\\" in text or b"%" in text or b"\x00" in text or narrowed(text):
+            return False  # (a NUL or a BOM: `text` or a line of it may be scanned narrowed too)
         if not self._hs_scan(database, text, _stop):
             return False  # a rule or keyword matched: scanned as ever
         runs = dv.find_runs(text)
@@ -461,8 +462,23 @@ class DlpEngine:
         there are any), plus percent-decoded and bounded base64/hex-unwrapped views; every hit's span
         is mapped back to the raw bytes that encode it. When several rules or copies of a rule hit the
         same span, each is reported, and a rule id reported twice keeps its most severe copy (so the
-        stricter action wins)."""
+        stricter action wins). A text Python's JSON reader takes for UTF-16 or UTF-32 is also scanned
+        narrowed to one byte a code unit (failcore.dlp.wide), its hits mapped back to the wide bytes."""
         buffer = utf8_bytes(data) if isinstance(data, str) else bytes(data)
+        hits = self._scan(buffer)
+        wide = narrowed(buffer)
+        if wide is None:
+            return hits
+        found = {(hit.rule_id, hit.start, hit.end): hit for hit in hits}
+        for hit in self._scan(wide.data):
+            start, end = wide.span(hit.start, hit.end)
+            other = found.get((hit.rule_id, start, end))
+            if other is None or _rank(hit) > _rank(other):
+                found[(hit.rule_id, start, end)] = replace(hit, start=start, end=end)
+        return sorted(found.values(), key=lambda hit: (hit.start, hit.end, hit.rule_id))
+
+    def _scan(self, buffer: bytes) -> list[Hit]:
+        """`scan` of `buffer` as it is."""
         root = dv.RawView(buffer)
         base: dv.View = root
         decoded = dv.json_view(buffer)

@@ -34,7 +34,22 @@ class _Container:
             return str(self.index)
         if self.raw_key is None:
             return ""
-        return escape_pointer_token(json.loads(self.raw_key))
+        return escape_pointer_token(_key_text(self.raw_key))
+
+
+def _key_text(raw: bytes) -> str:
+    """A key's text: the JSON string token `raw` decoded, or (a token Python's parser refuses, such as
+    `"a\\q"` or a raw control character, or one with a lone surrogate no UTF-8 tape can hold) its bytes
+    between the quotes as they are, `\\xNN` for a byte that is not UTF-8. Never raises: a hit's
+    location must not stop the scan that found it (a hook's error lets the request through)."""
+    try:
+        text = json.loads(raw.decode("utf-8", "replace"))  # (a str: no guess at UTF-16 or UTF-32)
+        if isinstance(text, str):
+            text.encode("utf-8")  # a lone surrogate: UnicodeEncodeError
+            return text
+    except (ValueError, RecursionError):
+        pass
+    return raw[1:-1].decode("utf-8", "backslashreplace")
 
 
 def _pointer(stack: list[_Container]) -> str:

@@ -9,9 +9,9 @@ can make it do (failcore.policy.runtime_env), its arguments can too, and `progra
   is refused unless GIT_CONFIG_PARAMETERS is listed in exec.env.
 - Where git finds its programs, repository and hooks: `--exec-path=DIR` (GIT_EXEC_PATH), `--git-dir`
   (GIT_DIR), `clone`/`init --template` (GIT_TEMPLATE_DIR): refused unless that name is in exec.env.
-- Command lines a subcommand hands to a shell (`--upload-pack`, `--receive-pack`/`--exec`, `rebase
-  --exec`, `grep -O`, `difftool --extcmd`, `submodule foreach`, `bisect run`): judged as `sh -c CMD`
-  (refused unless exec.allow_shell).
+- Command lines a subcommand hands to a shell (`--upload-pack`/`--exec`, `--receive-pack`/`--exec`, `rebase
+  --exec`, `grep -O`, `difftool --extcmd`, `filter-branch --*-filter`/`--setup`, `submodule foreach`,
+  `bisect run`): judged as `sh -c CMD` (refused unless exec.allow_shell).
 
 A subcommand's long options are taken by any prefix, as git's parse-options does (`--upload=`), and a
 short one inside a cluster of them (`-ix CMD`).
@@ -34,25 +34,33 @@ SAFE_KEYS: frozenset[str] = frozenset(
 )  # fmt: skip
 SAFE_SECTIONS: tuple[str, ...] = ("color.", "advice.")
 
-# git's global options that take the next word as their value (git.c handle_options).
+# git's global options that take the next word as their value (git.c handle_options): one missing here
+# would have its value read as the subcommand, and the global options after it (`-c`) go unjudged.
 _GLOBAL_VALUE = frozenset(
-    {"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--config-env", "--super-prefix"}
-)
+    {"-C", "-c", "--git-dir", "--work-tree", "--namespace", "--config-env", "--super-prefix",
+     "--shallow-file", "--attr-source"}
+)  # fmt: skip
 # A subcommand's options that take a configuration, a directory or a command line.
 _CONFIG: dict[str, tuple[str, ...]] = {"clone": ("-c", "--config")}
 _TEMPLATE: dict[str, tuple[str, ...]] = {"clone": ("--template",), "init": ("--template",)}
 _COMMAND: dict[str, tuple[str, ...]] = {
     "clone": ("-u", "--upload-pack"),
     "fetch": ("--upload-pack",),
+    "fetch-pack": ("--upload-pack", "--exec"),
     "pull": ("--upload-pack",),
-    "ls-remote": ("--upload-pack",),
+    "ls-remote": ("--upload-pack", "--exec"),
     "push": ("--receive-pack", "--exec"),
     "send-pack": ("--receive-pack", "--exec"),
     "archive": ("--exec",),
     "rebase": ("-x", "--exec"),
     "difftool": ("-x", "--extcmd"),
     "grep": ("-O", "--open-files-in-pager"),
-}
+    # (git's filter-branch script evals each filter in a shell.)
+    "filter-branch": (
+        "--env-filter", "--tree-filter", "--index-filter", "--parent-filter", "--msg-filter",
+        "--commit-filter", "--tag-name-filter", "--setup",
+    ),
+}  # fmt: skip
 # Options whose value must be attached (`-Ocmd`, `--open-files-in-pager=cmd`): alone, they take none.
 _ATTACHED_ONLY = frozenset({"-O", "--open-files-in-pager"})
 # Subcommands whose words after this one are a command line (`submodule foreach CMD`, `bisect run CMD`).

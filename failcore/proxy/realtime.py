@@ -10,11 +10,16 @@ the upgrade. While a token budget applies to such a session (BudgetGuard):
   charge. A session that ends having never reported usage is charged the same for what is left;
 * each client message is judged against the session's budgets first: once a token (or wall-time) limit
   is reached it is dropped, so nothing reaches the upstream after the budget is spent (a response already
-  being generated finishes, and is charged).
+  being generated finishes, and is charged);
+* each response is one request (one generation of the model, as an HTTP LLM call is): a client's
+  `response.create` is counted when it is admitted (dropped once a `requests` limit is reached, which
+  then drops every client message), a response the server starts by itself (server VAD: a
+  `response.created` no `response.create` asked for) when the server announces it.
 
 A session whose cost or tool calls a budget limits cannot be metered (realtime audio is priced apart;
-its tool calls are not counted here), nor a Gemini Live session (`…BidiGenerateContent`, whose usage
-reports failcore does not read): refused at the upgrade ("cannot meter") when such a budget applies.
+its tool calls are not counted here), nor a Gemini Live session (`…BidiGenerateContent`, or
+`…BidiGenerateContentConstrained` with an ephemeral token, whose usage reports failcore does not
+read): refused at the upgrade ("cannot meter") when such a budget applies.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from mitmproxy import http
 
 from failcore.budget import BudgetBreach, BudgetStore, Usage
+from failcore.llm.detect import other_readings
 from failcore.llm.typed import as_count, as_dict, loads_or_none
 from failcore.policy.address import normalise_host
 from failcore.policy.decide import request_path
@@ -41,10 +47,11 @@ from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session, answer
 
 TOKEN_METRICS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
-# What a client message is judged on: a message is no new request.
-MESSAGE_METRICS = TOKEN_METRICS | {"wall_seconds"}
+# What a client message is judged on (a `response.create` is also admitted as one request).
+MESSAGE_METRICS = TOKEN_METRICS | {"wall_seconds", "requests"}
 _REALTIME_PATH = re.compile(r"/realtime$", re.IGNORECASE)
-_GEMINI_LIVE_PATH = re.compile(r"bidigeneratecontent$", re.IGNORECASE)
+# (`…BidiGenerateContentConstrained`: the endpoint of a session opened with an ephemeral token.)
+_GEMINI_LIVE_PATH = re.compile(r"bidigeneratecontent\w*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +63,15 @@ class RealtimeScope:
 
 
 def realtime_scope(request: http.Request, host: str) -> RealtimeScope | None:
-    """The scope of a WebSocket upgrade that opens a realtime LLM session, else None. The model is the
-    query's `model` (`deployment` on Azure), UNKNOWN_MODEL when it names none."""
-    path = request_path(request.path).rstrip("/")
-    gemini = _GEMINI_LIVE_PATH.search(path) is not None
-    if not gemini and not _REALTIME_PATH.search(path):
+    """The scope of a WebSocket upgrade that opens a realtime LLM session, else None. The path is read
+    as servers route it, as LLM call detection reads it (`/v1%2Frealtime`: uvicorn decodes `%2F`;
+    `/v1/realtime;x=1`: Tomcat drops the parameter). The model is the query's `model` (`deployment` on
+    Azure); UNKNOWN_MODEL when it names none, or several (servers read the first or the last of them,
+    Azure its `deployment` over a `model`): a budget scoped to any model counts the session then."""
+    paths = [request_path(request.path), *other_readings(request.path)]
+    paths = [path.rstrip("/") for path in paths]
+    gemini = any(_GEMINI_LIVE_PATH.search(path) for path in paths)
+    if not gemini and not any(_REALTIME_PATH.search(path) for path in paths):
         return None
     name = normalise_host(host)
     if gemini:
@@ -71,8 +82,9 @@ def realtime_scope(request: http.Request, host: str) -> RealtimeScope | None:
         provider = "azure_openai"
     else:
         provider = "openai_compatible"
-    model = request.query.get("model") or request.query.get("deployment")
-    return RealtimeScope(provider, model[:256] if model else UNKNOWN_MODEL, not gemini)
+    named = {value for key in ("model", "deployment") for value in request.query.get_all(key) if value}
+    model = next(iter(named)) if len({value.lower() for value in named}) == 1 else UNKNOWN_MODEL
+    return RealtimeScope(provider, model[:256], not gemini)
 
 
 def unmeterable_budget(policy: Policy, host: str, scope: RealtimeScope) -> BudgetSpec | None:
@@ -116,9 +128,21 @@ class RealtimeSession:
     server_pending_bytes: int = 0
     usage_reported: bool = False
     refused: bool = False
+    # `response.create` messages counted as requests whose `response.created` has not come yet.
+    asked: int = 0
 
     def client_message(self, content: bytes) -> None:
         self.client_bytes += len(content)
+
+    def started_unasked(self, content: bytes, is_text: bool) -> bool:
+        """Whether this server message announces a response no counted `response.create` asked for (one
+        the server started by itself, with server VAD): a request to count now."""
+        if not _of_type(content, is_text, "response.created"):
+            return False
+        if self.asked:
+            self.asked -= 1
+            return False
+        return True
 
     def server_message(self, content: bytes, is_text: bool) -> Usage | None:
         """The usage to charge for this server message (a `response.done`), else None."""
@@ -237,11 +261,16 @@ class RealtimeBudget:
             return
         message = flow.websocket.messages[-1]
         if not message.from_client:
+            if meter.started_unasked(message.content, message.is_text):
+                self._charge(store, flow, meter, Usage(requests=1))
             usage = meter.server_message(message.content, message.is_text)
             if usage is not None:
                 self._charge(store, flow, meter, usage)
             return
-        breach = self._spent(store, meter.host, meter.scope)
+        if _of_type(message.content, message.is_text, "response.create"):
+            breach = self._admit(store, flow, meter)
+        else:
+            breach = self._spent(store, meter.host, meter.scope)
         if breach is not None and not meter.refused:
             meter.refused = True
             state = self.session.state(flow)
@@ -261,6 +290,21 @@ class RealtimeBudget:
         if usage is not None:
             self._charge(store, flow, meter, usage)
 
+    def _admit(self, store: BudgetStore, flow: http.HTTPFlow, meter: RealtimeSession) -> BudgetBreach | None:
+        """A `response.create`: judged and counted as one request at once (as BudgetGuard admits an HTTP
+        call), so a burst of them cannot all pass before the first is counted. The limit it breaks."""
+        scope = meter.scope
+        over = not self._enforce()  # (observe mode lets it go and counts it)
+        breach, reserved_at, crossed = store.admit(
+            host=meter.host, provider=scope.provider, model=scope.model, reserve_over_limit=over
+        )
+        if reserved_at is not None:
+            meter.asked += 1
+            state = self.session.flows.get(flow.id)
+            if state is not None:
+                state.warnings.extend(warning_for(crossing) for crossing in crossed)
+        return breach
+
     def _charge(self, store: BudgetStore, flow: http.HTTPFlow, meter: RealtimeSession, usage: Usage) -> None:
         crossed = store.record(
             host=meter.host, provider=meter.scope.provider, model=meter.scope.model, usage=usage
@@ -268,6 +312,14 @@ class RealtimeBudget:
         state = self.session.flows.get(flow.id)
         if state is not None:
             state.warnings.extend(warning_for(breach) for breach in crossed)
+
+
+def _of_type(content: bytes, is_text: bool, kind: str) -> bool:
+    """Whether a message is the JSON event `kind` (its `type`, as the server's JSON parser reads it: a
+    `\\u` escape may spell it)."""
+    if not is_text or (kind.encode() not in content and b"\\u" not in content):
+        return False
+    return as_dict(loads_or_none(content)).get("type") == kind
 
 
 def _block(budget: str, reason: str) -> Decision:

@@ -11,63 +11,13 @@ server, as the Realtime API's answer (its shape from OpenAI's API reference)."""
 
 from __future__ import annotations
 
-import json
 import socket
-
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
 
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.budget_helpers import CHAT, completion, token_budget
 from tests.security.helpers import LAST, read_head, ws_exchange
+from tests.security.realtime_helpers import CREATE, REALTIME, Session, done
 from tests.security.upstream import LoggingUpstream
-
-REALTIME = "/v1/realtime?model=gpt-4o-realtime-preview"
-CREATE = json.dumps({"type": "response.create", "response": {"instructions": "write 4000 tokens"}})
-
-
-def _done(tokens: int) -> str:
-    usage = {"total_tokens": tokens, "input_tokens": tokens // 2, "output_tokens": tokens - tokens // 2}
-    return json.dumps(
-        {"type": "response.done", "response": {"id": "resp_1", "status": "completed", "usage": usage}}
-    )
-
-
-class Session:
-    """A ws:// session through the proxy to the plain upstream (absolute-form upgrade)."""
-
-    def __init__(self, proxy_port: int, upstream: LoggingUpstream, target: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
-        self.ws = WSConnection(ConnectionType.CLIENT)
-        upgrade = self.ws.send(Request(host=f"127.0.0.1:{upstream.port}", target=target))
-        line, _, rest = upgrade.partition(b" ")
-        target_abs = f"http://127.0.0.1:{upstream.port}".encode()
-        self.sock.sendall(line + b" " + target_abs + rest)
-        self._wait(lambda e: isinstance(e, AcceptConnection))
-
-    def _wait(self, done) -> list[str]:  # type: ignore[no-untyped-def]
-        texts: list[str] = []
-        while True:
-            for event in self.ws.events():
-                if isinstance(event, TextMessage):
-                    texts.append(event.data)
-                if done(event):
-                    return texts
-            data = self.sock.recv(65536)
-            if not data:
-                return texts
-            self.ws.receive_data(data)
-
-    def send(self, text: str) -> None:
-        self.sock.sendall(self.ws.send(TextMessage(data=text)))
-
-    def echo(self, text: str) -> list[str]:
-        """Send `text` and read until it comes back."""
-        self.send(text)
-        return self._wait(lambda e: isinstance(e, TextMessage) and e.data == text)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_response_usage_is_charged_and_messages_past_the_budget_dropped(
@@ -78,8 +28,8 @@ def test_response_usage_is_charged_and_messages_past_the_budget_dropped(
     session = Session(proxy.port, plain_logging_upstream, REALTIME)
     try:
         assert session.echo(CREATE)[-1] == CREATE
-        session.echo(_done(40))
-        session.echo(_done(40))  # 80 tokens: the 50-token budget is spent
+        session.echo(done(40))
+        session.echo(done(40))  # 80 tokens: the 50-token budget is spent
         for _ in range(3):
             session.send(CREATE)
         session.send(LAST)
@@ -89,7 +39,7 @@ def test_response_usage_is_charged_and_messages_past_the_budget_dropped(
         chat = client.post(f"{plain_logging_upstream.url}/v1/chat/completions", json=CHAT)
     proxy.flush()
     assert chat.status_code == 429  # the realtime session's usage counts against the run's budget
-    assert plain_logging_upstream.ws_messages == [CREATE, _done(40), _done(40)]
+    assert plain_logging_upstream.ws_messages == [CREATE, done(40), done(40)]
 
     events = read_tape(tmp_path / "tape")
     dropped = [e for e in events if e["kind"] == "websocket" and e["outcome"] == "BLOCKED"]
