@@ -181,16 +181,23 @@ def _run_database(min_island: int) -> Any:
     return database
 
 
+def _scratch_for(database: Any) -> Any:
+    """This thread's scratch space for `database` (a scratch serves one scan at a time; the proxy's
+    past-cap worker thread and its tape writer may both scan)."""
+    scratch = getattr(_hs_runs_local, "scratch", None)
+    if scratch is None or _hs_runs_local.database is not database:
+        scratch = _hs_runs_local.scratch = rx.hyperscan_module().Scratch(database)
+        _hs_runs_local.database = database
+    return scratch
+
+
 def _windows_by_hyperscan(buffer: Buffer, size: int) -> list[tuple[int, int]] | Literal[False] | None:
     """text_windows from one Hyperscan pass: ~1.2 ms per MiB of random bytes on the same CPU, and no
     copy. False: no Hyperscan here, or its runs did not come in order (the caller translates)."""
     database = _run_database(MIN_ISLAND)
     if database is None:
         return False
-    scratch = getattr(_hs_runs_local, "scratch", None)  # (a scratch serves one scan at a time)
-    if scratch is None or _hs_runs_local.database is not database:
-        scratch = _hs_runs_local.scratch = rx.hyperscan_module().Scratch(database)
-        _hs_runs_local.database = database
+    scratch = _scratch_for(database)
     windows = _Windows(size)
     state = [False, -1]  # [whole, end of the last run]
 
