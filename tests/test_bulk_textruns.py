@@ -1,7 +1,8 @@
 """The text-run search of the past-cap scan (failcore.dlp.stream.text_windows): whichever way it finds the
-runs (one Hyperscan pass over the bytes in place, or the translated copy without Hyperscan), its windows
-are exactly those a plain `re` over the same byte class gives, on random and adversarial buffers, on
-bytes and on views of shared memory. A run it missed would be bytes past the recorded cap never scanned.
+runs (one Hyperscan pass over the bytes in place, as the scan process does, or the translated copy, as
+the proxy's own scan thread does), its windows are exactly those a plain `re` over the same byte class
+gives, on random and adversarial buffers, on bytes and on views of shared memory. A run it missed would
+be bytes past the recorded cap never scanned.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from failcore.dlp.stream import (
     scan_bulk,
     text_windows,
 )
+from failcore.evidence.pastcap import PastCapScan
 
 # The byte class written out again, independently of the module: printable ASCII, tab, LF, CR.
 TEXT = frozenset(b"\t\n\r" + bytes(range(0x20, 0x7F)))
@@ -118,17 +120,21 @@ def test_the_windows_are_those_of_a_plain_re_over_the_same_bytes(cases, monkeypa
     decided = 0
     for buffer in cases:
         expected = expected_windows(buffer)
-        assert text_windows(buffer) == expected, buffer[:80]
+        assert text_windows(buffer, hyperscan=True) == expected, buffer[:80]
         decided += expected is not None
     assert decided > 60  # most cases have windows (not all scanned whole): the comparison means something
     if rx.hyperscan_available():  # ... and they came from the Hyperscan pass, not the fallback
         assert all(size < MIN_ISLAND for size in translated), translated
 
 
-def test_without_hyperscan_the_translated_copy_gives_the_same_windows(cases, monkeypatch) -> None:
-    monkeypatch.setattr(stream, "_windows_by_hyperscan", lambda buffer, size: False)
+def test_the_translated_copy_gives_the_same_windows(cases, monkeypatch) -> None:
+    """The proxy's own scan thread (and a host without Hyperscan) never uses the Hyperscan pass."""
+    monkeypatch.setattr(stream, "_run_database", lambda min_island: pytest.fail("Hyperscan pass used"))
     for buffer in cases:
         assert text_windows(buffer) == expected_windows(buffer), buffer[:80]
+    monkeypatch.setattr(stream, "_run_database", lambda min_island: None)  # no Hyperscan installed
+    for buffer in cases:
+        assert text_windows(buffer, hyperscan=True) == expected_windows(buffer), buffer[:80]
 
 
 def test_runs_reported_out_of_order_are_not_trusted(monkeypatch) -> None:
@@ -143,7 +149,7 @@ def test_runs_reported_out_of_order_are_not_trusted(monkeypatch) -> None:
     monkeypatch.setattr(stream, "_run_database", lambda min_island: Backwards())
     monkeypatch.setattr(stream, "_scratch_for", lambda database: None)
     buffer = b"\x80" * 100 + b"abcdefghijk" + b"\x80" * 100 + b"abcdefghijklm" + b"\x80" * 100
-    assert text_windows(buffer) == expected_windows(buffer) == [(99, 112), (210, 225)]
+    assert text_windows(buffer, hyperscan=True) == expected_windows(buffer) == [(99, 112), (210, 225)]
 
 
 def test_a_view_of_shared_memory_gives_the_windows_of_its_bytes(cases) -> None:
@@ -157,7 +163,8 @@ def test_a_view_of_shared_memory_gives_the_windows_of_its_bytes(cases) -> None:
                 memory[37 : 37 + len(buffer)] = buffer
                 view = memoryview(memory)
                 with view[37 : 37 + len(buffer)] as piece:
-                    assert text_windows(piece) == expected_windows(buffer), buffer[:80]
+                    for hyperscan in (True, False):
+                        assert text_windows(piece, hyperscan=hyperscan) == expected_windows(buffer)
                 view.release()
         finally:
             os.close(fd)
@@ -193,10 +200,26 @@ def test_scan_bulk_of_a_view_finds_what_it_finds_in_the_bytes(engine) -> None:
 
     for body in (binary, text):
         expected = spans(scan_bulk(engine, body))
+        assert spans(scan_bulk(engine, body, hyperscan=True)) == expected
         with memoryview(bytearray(b"\x00" * 11 + body)) as whole, whole[11:] as view:
-            assert spans(scan_bulk(engine, view)) == expected
+            assert spans(scan_bulk(engine, view, hyperscan=True)) == expected
     assert text_windows(binary) is not None
     assert {(r, a, b) for r, a, b, _, _ in spans(scan_bulk(engine, binary))} == {
         (h.rule_id, h.start, h.end) for h in engine.scan(binary)
     }
     assert len(spans(scan_bulk(engine, binary))) >= 5
+
+
+def test_the_proxys_own_scan_thread_finds_runs_without_hyperscan_callbacks(engine, monkeypatch) -> None:
+    """In the proxy a callback per run would wait for the GIL each time (commit f43551b): its scan
+    thread (no scan process here: no policy file) keeps the translated copy, and still finds the secret."""
+    monkeypatch.setattr(stream, "_run_database", lambda min_island: pytest.fail("Hyperscan pass used"))
+    rng = random.Random(9)
+    head = rng.randbytes(1_500_000) + b"\x00AWS_KEY="
+    body = head + AWS + b"\x00" + rng.randbytes(300_000)
+    scan = PastCapScan(engine, 65_536, "request.body")
+    for i in range(0, len(body), 32_768):
+        scan(body[i : i + 32_768])
+    hits, coverage = scan.results(timeout=30)
+    assert coverage["complete"] is True, coverage
+    assert [(offset, hit.rule_id) for offset, hit in hits] == [(len(head), "aws-access-key-id")]

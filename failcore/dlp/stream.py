@@ -122,18 +122,21 @@ class _Windows:
         return len(spans) > MAX_WINDOWS or self.covered > self.limit
 
 
-def text_windows(buffer: Buffer) -> list[tuple[int, int]] | None:
+def text_windows(buffer: Buffer, *, hyperscan: bool = False) -> list[tuple[int, int]] | None:
     """Where a binary buffer holds text: the runs of at least MIN_ISLAND text bytes, merged when less
     than ISLAND_GAP bytes apart, each with one byte of context on either side. None when the buffer is
     mostly text (or its text is too scattered to be worth windows): scan it whole.
 
-    One Hyperscan pass over the bytes as they are (a slot of shared memory is not copied), with Python
-    work per run of text only; without Hyperscan, or should its runs come out of order, the same
-    windows from a translated copy (`_windows_by_translation`)."""
+    With `hyperscan`, one Hyperscan pass over the bytes as they are (a slot of shared memory is not
+    copied), with Python work per run of text only; without Hyperscan installed, or should its runs
+    come out of order, the same windows from a translated copy (`_windows_by_translation`). Only for a
+    thread that has its GIL to itself (the past-cap scan process): the match callback takes the GIL
+    back once per run, and in the proxy, with its event loop busy, each of those waits (commit f43551b
+    measured the proxy's scan thread falling behind with it: 8 of 14 bodies scanned whole, not 11-12)."""
     size = len(buffer)
     if bytes(buffer[::SAMPLE_STRIDE]).translate(_ISLAND_TABLE).find(b" ") < 0:
         return None  # every sampled byte is text: scan it whole without mapping it all
-    if size >= MIN_ISLAND:  # (a shorter one holds no run; it is scanned whole if it is all text)
+    if hyperscan and size >= MIN_ISLAND:  # (a shorter one holds no run; scanned whole if all text)
         windows = _windows_by_hyperscan(buffer, size)
         if windows is not False:
             return windows
@@ -225,12 +228,13 @@ def _windows_by_hyperscan(buffer: Buffer, size: int) -> list[tuple[int, int]] | 
 SEPARATOR = b"\x00\n\x00"
 
 
-def scan_bulk(engine: DlpEngine, buffer: Buffer) -> list[Hit]:
+def scan_bulk(engine: DlpEngine, buffer: Buffer, *, hyperscan: bool = False) -> list[Hit]:
     """`engine.scan(buffer)` for a piece of a bulk body: a text buffer is scanned whole; in a binary one
     (an archive, model weights, media) only its runs of text are, joined into one scan with the
     engine's full pipeline (decoded views included). Offsets are into `buffer`, which may be a view of
-    shared memory: only its windows (or, for text, all of it) are copied."""
-    windows = text_windows(buffer)
+    shared memory: only its windows (or, for text, all of it) are copied. `hyperscan`: see
+    text_windows (the past-cap scan process sets it)."""
+    windows = text_windows(buffer, hyperscan=hyperscan)
     if windows is None:
         return engine.scan(bytes(buffer))
     if not windows:
