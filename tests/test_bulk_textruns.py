@@ -84,6 +84,12 @@ def buffers() -> list[bytes]:
         (b"abcdefghij" + b"\x81" * 70) * 300,
         (b"abcdefghij" + b"\x81" * 30) * 3000,
         bytes(range(256)) * 40,
+        # the sample (every SAMPLE_STRIDE-th byte) is looked at from its head first: text in the head only,
+        # binary bytes only between sampled ones, one sampled binary byte far past the head
+        b"a" * 5000 + rng.randbytes(20_000),
+        between_samples(b"lorem ipsum " * 2000, set()),
+        between_samples(b"lorem ipsum " * 2000, {SAMPLE_STRIDE * 100}),
+        between_samples(b"lorem ipsum " * 2000, {SAMPLE_STRIDE * 350}),
         rng.randbytes((1 << 20) + stream_overlap()),  # one real batch of random bytes
     ]
     for _ in range(60):
@@ -98,6 +104,17 @@ def buffers() -> list[bytes]:
             body[at : at + rng.choice([9, 10, 11, 30])] = b"x" * 40
         cases.append(bytes(body))
     return cases
+
+
+def between_samples(text: bytes, sampled: set[int]) -> bytes:
+    """`text` with a binary byte at every 7th position that is not a sampled one, and at `sampled`."""
+    out = bytearray(text)
+    for i in range(3, len(out), 7):
+        if i % SAMPLE_STRIDE:
+            out[i] = 0x80
+    for i in sampled:
+        out[i] = 0x00
+    return bytes(out)
 
 
 def stream_overlap() -> int:
