@@ -5,7 +5,9 @@ Measured on the rules shipped (benchmarks/bulk_bench.py): a full scan of incompr
 ~30 ms of CPU per MiB (three Hyperscan passes, over the raw bytes and the JSON- and percent-decoded
 views, which random bytes always produce), more than the proxy spends moving them; Hyperscan's stream
 mode over the same database was slower still on such bytes. Secrets are text, so in a binary buffer
-only the runs of text need the rules: finding them is a byte translation and a substring search.
+only the runs of text need the rules: finding them is a byte translation and a substring search in the
+proxy's own thread, and one Hyperscan pass over the bytes in place in the past-cap scan process
+(failcore.evidence.pastcapworker), the same windows either way.
 """
 
 from __future__ import annotations

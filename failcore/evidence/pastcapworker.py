@@ -5,9 +5,10 @@ cost the proxy 16.1 ms of CPU per MiB against bare mitmdump's 11.8, and the whol
 past-cap scan of the binary body (`scan_bulk`, ~2.5-2.9 ms per MiB, run by a thread of the proxy
 process, so holding its GIL). Here each 1 MiB batch is copied once into a shared-memory slot and a
 16-byte request goes down a pipe; a child process (`python -m failcore.evidence.pastcapworker`)
-scans the slot with the same `scan_bulk` and the same rules and salt (rebuilt from the policy file,
-like the DLP evidence worker, failcore.evidence.scanworker), zeroes it, and sends the hits back as
-one orjson frame; a reader thread of the proxy gives them to the body's PastCapScan.
+scans the slot in place (no copy of it; its runs of text found by Hyperscan, see scan_bulk) with the
+same `scan_bulk` and the same rules and salt (rebuilt from the policy file, like the DLP evidence
+worker, failcore.evidence.scanworker), zeroes it, and sends the hits back as one orjson frame; a
+reader thread of the proxy gives them to the body's PastCapScan.
 
 - Bounded: SLOTS batches in flight at most. With every slot taken (the child is behind: on a busy
   machine it gets less CPU than the stream needs) the batch goes to the in-process worker thread,
