@@ -22,9 +22,9 @@ pytestmark = pytest.mark.skipif(not rx.hyperscan_available(), reason="hyperscan 
 
 FIXTURES = Path(__file__).parent / "data" / "conformance" / "dlp" / "gitleaks-fixtures.jsonl"
 SALT = b"hscache-test"
-# What one engine stores: the per-rule probe decisions, the combined database and its rules' pattern
-# analysis.
-ENTRIES = 3
+# What one engine stores: the per-rule probe decisions, the combined database, its MULTILINE twin for
+# header blocks (DlpEngine.quiet_lines) and its rules' pattern analysis.
+ENTRIES = 4
 
 
 def fixture_texts(limit: int = 600) -> list[bytes]:
