@@ -46,11 +46,13 @@ def header_value(fields: Iterable[tuple[bytes, bytes]], name: bytes) -> str | No
 
 def framing_headers(fields: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
     """(the body's codings, Content-Type) as header_value gives each, read in one pass over the fields
-    (a name is lower-cased only when its length is one of the three's). The codings are the
-    Content-Encoding's, then a Transfer-Encoding's other than `chunked` (body_encoding)."""
+    (a name is lower-cased only when its length is one of the four's). The codings are body_encoding's:
+    the Content-Encoding's, S3's aws-chunked when `x-amz-content-sha256` names a streaming payload,
+    then a Transfer-Encoding's other than `chunked`."""
     encodings: list[str] = []
     transfers: list[str] = []
     types: list[str] = []
+    amz: list[str] = []
     for key, value in fields:
         n = len(key)
         if n == 16:
@@ -59,12 +61,22 @@ def framing_headers(fields: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, 
         elif n == 12:
             if key.lower() == b"content-type":
                 types.append(value.decode("latin-1"))
-        elif n == 17 and key.lower() == b"transfer-encoding":
-            transfers.append(value.decode("latin-1"))
+        elif n == 17:
+            if key.lower() == b"transfer-encoding":
+                transfers.append(value.decode("latin-1"))
+        elif n == 20 and key.lower() == b"x-amz-content-sha256":
+            amz.append(value.decode("latin-1"))
     encoding = ", ".join(encodings) if encodings else None
-    if transfers:
-        encoding = body_encoding(encoding, ", ".join(transfers))
+    if transfers or amz:
+        encoding = body_encoding(encoding, ", ".join(transfers) or None, ", ".join(amz))
     return (encoding, ", ".join(types) if types else None)
+
+
+def aws_streaming(content_sha256: str | None) -> bool:
+    """Whether an `x-amz-content-sha256` value names an S3 streaming upload (`STREAMING-AWS4-HMAC-SHA256-
+    PAYLOAD`, `STREAMING-UNSIGNED-PAYLOAD-TRAILER`, …): S3 servers read such a body as aws-chunked from
+    this header alone (MinIO's isRequestSignStreamingV4), whatever Content-Encoding says."""
+    return content_sha256 is not None and "streaming-" in content_sha256.lower()
 
 
 def transfer_codings(value: str | None) -> list[str]:
@@ -75,14 +87,20 @@ def transfer_codings(value: str | None) -> list[str]:
     return [c for c in content_encodings(value) if c != "chunked"]
 
 
-def body_encoding(content_encoding: str | None, transfer_encoding: str | None) -> str | None:
+def body_encoding(
+    content_encoding: str | None, transfer_encoding: str | None, content_sha256: str | None = None
+) -> str | None:
     """The codings of a body as mitmproxy holds it (de-chunked), in the order applied, comma-joined
-    as a Content-Encoding value: the Content-Encoding's, then the Transfer-Encoding's other than
+    as a Content-Encoding value: the Content-Encoding's; S3's `aws-chunked` framing when the
+    `x-amz-content-sha256` value (`content_sha256`) names a streaming upload and Content-Encoding does
+    not (aws_streaming: the server undoes it all the same); then the Transfer-Encoding's other than
     `chunked` (RFC 9112 6.1: transfer codings are applied to the content-coded representation)."""
     transfers = transfer_codings(transfer_encoding)
-    if not transfers:
+    codings = content_encodings(content_encoding)
+    framed = aws_streaming(content_sha256) and "aws-chunked" not in codings
+    if not transfers and not framed:
         return content_encoding
-    return ", ".join([*content_encodings(content_encoding), *transfers])
+    return ", ".join([*codings, *(["aws-chunked"] if framed else []), *transfers])
 
 
 # More stacked encodings than this is not a real client's body; it is refused as undecodable.

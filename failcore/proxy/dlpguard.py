@@ -31,6 +31,7 @@ from failcore.evidence import (
     HOST_HEADERS,
     ON_LOOP_DECODE_LIMIT,
     DecodedBody,
+    aws_streaming,
     body_encoding,
     content_encodings,
     decode_body,
@@ -270,7 +271,7 @@ def judge_request(
 
 def _framed(headers: list[tuple[str, str]]) -> bool:
     """Whether the body is in S3's aws-chunked framing (its data decoded, its framing not)."""
-    return "aws-chunked" in content_encodings(header_value(headers, "content-encoding"))
+    return "aws-chunked" in content_encodings(_encoding(headers))
 
 
 def _unscannable_when_undecoded(headers: list[tuple[str, str]]) -> bool:
@@ -280,6 +281,8 @@ def _unscannable_when_undecoded(headers: list[tuple[str, str]]) -> bool:
     undoes it, as HTTP/1.1 requires)."""
     if transfer_codings(header_value(headers, "transfer-encoding")):
         return True
+    if aws_streaming(header_value(headers, "x-amz-content-sha256")):
+        return True  # (aws-chunked by that header alone: a framing failcore decodes)
     codings = content_encodings(header_value(headers, "content-encoding"))
     return len(codings) > 1 or (len(codings) == 1 and codings[0] in DECODED_CODINGS)
 
@@ -288,7 +291,9 @@ def _encoding(headers: list[tuple[str, str]]) -> str | None:
     """The codings of a message's body as mitmproxy holds it (body_encoding: a Transfer-Encoding's
     `gzip` in `gzip, chunked` too, which mitmproxy forwards undone)."""
     return body_encoding(
-        header_value(headers, "content-encoding"), header_value(headers, "transfer-encoding")
+        header_value(headers, "content-encoding"),
+        header_value(headers, "transfer-encoding"),
+        header_value(headers, "x-amz-content-sha256"),
     )
 
 

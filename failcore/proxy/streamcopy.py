@@ -24,7 +24,9 @@ def message_encoding(message: http.Message) -> str | None:
     Content-Encoding's, then a Transfer-Encoding's other than `chunked` (mitmproxy undoes only the
     chunked framing of `gzip, chunked` and forwards the body gzip'd, for its receiver to inflate)."""
     headers = message.headers
-    return body_encoding(headers.get("content-encoding"), headers.get("transfer-encoding"))
+    return body_encoding(
+        headers.get("content-encoding"), headers.get("transfer-encoding"), headers.get("x-amz-content-sha256")
+    )
 
 
 class WholeBodyCopy:

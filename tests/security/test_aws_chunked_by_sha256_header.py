@@ -25,11 +25,6 @@ FIXTURE = boto3_fixture()
 LEAKED = FIXTURE["document"].encode().replace(FIXTURE["placeholder"].encode(), AWS_KEY_ID.encode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: failcore/evidence/body.py framing_headers and failcore/proxy/dlpguard.py body encoding "
-    "read aws-chunked only from Content-Encoding (owned by branch tecodings; reported by attack9)",
-)
 @pytest.mark.parametrize(
     ("sha256", "signed"),
     [("STREAMING-AWS4-HMAC-SHA256-PAYLOAD", True), ("STREAMING-UNSIGNED-PAYLOAD-TRAILER", False)],
