@@ -17,6 +17,7 @@ import brotli
 
 from failcore.compat import zstd
 from failcore.evidence.awschunked import AwsChunkedStage
+from failcore.evidence.brdecode import BrotliStage
 
 _TEXT_TYPES: Final = (
     "text/",
@@ -209,28 +210,6 @@ class _ZlibStage:
             raise EOFError(f"{self.coding} stream ends before its end marker (truncated)")
 
 
-class _BrotliStage:
-    def __init__(self) -> None:
-        self.b = brotli.Decompressor()
-
-    def feed(self, data: bytes) -> Iterator[bytes]:
-        if self.b.is_finished():
-            raise ValueError("data after the end of the br stream")
-        yield self.b.process(data, output_buffer_limit=_DECODE_STEP)
-        # Not `while not can_accept_more_data()`: that turns true while output is still pending, and
-        # ended the decoding of a large body early (reported as truncated).
-        while not self.b.is_finished():
-            out = self.b.process(b"", output_buffer_limit=_DECODE_STEP)
-            if not out:
-                break  # it needs more input
-            yield out
-
-    def finish(self) -> Iterator[bytes]:
-        if not self.b.is_finished():
-            raise EOFError("br stream ends before its end marker (truncated)")
-        return iter(())
-
-
 class _ZstdStage:
     # Fed in small pieces with a bounded output per call (a zstd block expands at most ~32,000x);
     # a body may hold several frames, and a last frame without its end is a truncation.
@@ -272,13 +251,13 @@ class UnknownCoding(ValueError):
         super().__init__(f"content-encoding {self.codings!r} is not decoded (read as no coding)")
 
 
-def _stage(coding: str) -> _ZlibStage | _BrotliStage | _ZstdStage | AwsChunkedStage:
+def _stage(coding: str) -> _ZlibStage | BrotliStage | _ZstdStage | AwsChunkedStage:
     if coding in ("gzip", "x-gzip", "deflate"):
         return _ZlibStage(coding)
     if coding == "aws-chunked":
         return AwsChunkedStage()
     if coding == "br":
-        return _BrotliStage()
+        return BrotliStage(_DECODE_STEP)
     if coding == "zstd":
         return _ZstdStage()
     raise ValueError(f"unsupported content-encoding {coding!r}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import brotli
-import pytest
 
 from tests.helpers import network_events, read_tape
 from tests.security.coding_helpers import recoverable
@@ -49,7 +48,6 @@ SMALL = f'{{"note": "deploy", "key": "{AWS_KEY_ID}", "pad": "'.encode() + b"lore
 WARN_UNSCANNABLE = DLP_BLOCK + "  unscannable: WARN\n"
 
 
-@pytest.mark.xfail(strict=True, reason="open: failcore/evidence/body.py _BrotliStage (branch tecodings)")
 def test_the_secret_before_the_junk_is_refused(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
@@ -69,7 +67,6 @@ def test_the_secret_before_the_junk_is_refused(
     assert not any(AWS_KEY_ID.encode() in data for data in recoverable(tmp_path / "tape"))
 
 
-@pytest.mark.xfail(strict=True, reason="open: failcore/evidence/body.py body_evidence (tecodings)")
 def test_a_response_of_text_brotli_with_junk_leaves_no_secret_on_the_tape(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:

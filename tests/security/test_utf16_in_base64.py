@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.security.coding_helpers import recoverable_from_tape
 from tests.security.helpers import (
     AWS_KEY_ID,
     DLP_BLOCK,
     assert_refused,
     plain_request,
-    recoverable_from_tape,
     send_raw,
 )
 from tests.security.upstream import LoggingUpstream

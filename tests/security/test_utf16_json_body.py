@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
+from tests.security.coding_helpers import recoverable
 from tests.security.helpers import (
     AWS_KEY_ID,
     DLP_BLOCK,
     assert_refused,
     plain_request,
-    recorded_bodies,
     send_raw,
     tape_bytes,
 )
@@ -70,5 +70,5 @@ def test_the_tape_masks_it_in_observe_mode(
     assert body in plain_logging_upstream.received_bytes(), "observe mode forwards it as sent"
     [event] = network_events(read_tape(tmp_path / "tape"))
     assert any(h["rule"] == "aws-access-key-id" for h in event["dlp"]["hits"])
-    for recorded in [tape_bytes(tmp_path / "tape"), *recorded_bodies(tmp_path / "tape")]:
+    for recorded in recoverable(tmp_path / "tape"):  # the tape's bytes, its bodies, their decodings
         assert not any(form in recorded for form in _secret_forms())
