@@ -23,6 +23,7 @@ from failcore.replay.pointers import Pointer, parse_pointer
 from failcore.replay.recording import event_request_shape, is_http_exchange
 from failcore.replay.request import DEFAULT_IGNORED_POINTERS, RequestShape, dlp_pointers, request_difference
 from failcore.tape import iter_events
+from failcore.tape.badlines import BadLines
 from failcore.views import runtime as rt
 
 
@@ -310,14 +311,22 @@ def diff_requests(run_a: str, a: Sequence[RunRequest], run_b: str, b: Sequence[R
     return result
 
 
-def diff_runs(tape: Path, run_a: str, run_b: str, ignore: Sequence[str] = ()) -> RunDiff:
+def diff_runs(
+    tape: Path, run_a: str, run_b: str, ignore: Sequence[str] = (), bad: BadLines | None = None
+) -> RunDiff:
+    """The two runs compared. A line read that is not as failcore wrote it (edited, cut short) goes to
+    `bad` (BadLines: named by segment and line), and is compared as it is now."""
     pointers = tuple(parse_pointer(p) for p in (*DEFAULT_IGNORED_POINTERS, *ignore))
     sides = []
     tools = []
     for run in (run_a, run_b):
         events = list(
             iter_events(
-                tape, run=run, kinds=("network", "run_start", "tool"), on_bad_line=lambda line, why: None
+                tape,
+                run=run,
+                kinds=("network", "run_start", "tool"),
+                on_bad_line=bad if bad is not None else lambda line, why: None,
+                check_lines=bad is not None,
             )
         )
         if not events:

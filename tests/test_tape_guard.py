@@ -242,6 +242,24 @@ def test_a_broken_line_is_named_and_the_exit_status_says_so(
         assert run_end["detail"]["requests"] == 7  # shown as it is now, and flagged above
 
 
+def test_diff_names_a_broken_line_it_compared_and_does_not_say_same(
+    recorded: tuple[Path, Path, str], tape: Path
+) -> None:
+    home, _, run = recorded
+    intact = failcore(home, "diff", run, run, "--tape", str(tape))
+    assert intact.returncode == 0 and "warning" not in intact.stderr, describe(intact)
+    segment = tape / SEGMENT
+    start = orjson.loads(lines_of(segment)[0])
+    assert start["kind"] == "run_start"
+    start["detail"]["forged"] = True  # still JSON, its hash no longer matches
+    replace_line(segment, 1, orjson.dumps(start) + b"\n")
+    result = failcore(home, "diff", run, run, "--tape", str(tape))
+    assert result.returncode == 1, describe(result)
+    assert f"{SEGMENT} line 1:" in result.stderr and "not as failcore wrote them" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "same shape" in result.stdout  # the comparison is still shown
+
+
 def test_a_warm_list_names_the_broken_line_again(recorded: tuple[Path, Path, str], tape: Path) -> None:
     home = recorded[0]
     line = edited(tape)

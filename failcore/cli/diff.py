@@ -1,4 +1,5 @@
-"""`failcore diff`: where run B first departs from run A (exit 0 same shape, 1 diverged)."""
+"""`failcore diff`: where run B first departs from run A (exit 0 same shape, 1 diverged or a line read
+is not as failcore wrote it)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from failcore.cli.common import console, err_console, print_json, tape_arg
+from failcore.cli.common import console, err_console, line_checker, print_json, tape_arg, tape_verdict
 from failcore.textsafe import safe_text
 
 
@@ -15,8 +16,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from failcore.diff import diff_runs
 
     tape = tape_arg(args.tape)
+    bad = line_checker()
     try:
-        result = diff_runs(tape, args.run_a, args.run_b, args.ignore or [])
+        result = diff_runs(tape, args.run_a, args.run_b, args.ignore or [], bad)
     except ValueError as e:
         err_console.print(safe_text(f"failcore diff: {e}", "red"))
         return 2
@@ -25,7 +27,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print_json(data)
     else:
         _print_diff(data)
-    return 1 if result.diverged else 0
+    # A tape that is not as failcore wrote it says nothing about whether the runs are the same.
+    intact = tape_verdict(bad, tape) == 0
+    return 1 if result.diverged or not intact else 0
 
 
 def _print_diff(d: dict[str, Any]) -> None:
