@@ -192,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
-        "diff", help="where run B first departs from run A (exit 0 same shape, 1 diverged or a broken line read)"
+        "diff",
+        help="where run B first departs from run A (exit 0 same shape, 1 diverged or a broken line read)",
     )
     p.add_argument("run_a", help="the reference run (id, or a unique prefix/suffix of it)")
     p.add_argument("run_b", help="the run compared with it")
