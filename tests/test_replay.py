@@ -300,6 +300,25 @@ def test_bad_replay_options_stop_start_up(start_proxy, tmp_path):
         start_proxy(sets=["failcore_replay_on_miss=maybe"])
 
 
+def test_a_recording_with_an_edited_line_is_not_replayed(start_proxy, upstream, tmp_path):
+    from failcore.runner import ProxyStartError
+
+    tape = tmp_path / "tape"
+    source, _ = record(start_proxy, tape, lambda proxy: OpenAiAgent(proxy, upstream).run("weather in Paris"))
+    sets = replay_sets(tape, source)
+    start_proxy(tape=tmp_path / "check", sets=sets).stop()  # intact: it replays
+    segment = sorted(tape.glob("seg-*.jsonl"))[0]
+    lines = segment.read_bytes().splitlines(keepends=True)
+    index = next(i for i, line in enumerate(lines) if b'"kind":"network"' in line)
+    event = orjson.loads(lines[index])
+    event["status"] = 299  # still JSON; its hash no longer matches
+    lines[index] = orjson.dumps(event) + b"\n"
+    segment.write_bytes(b"".join(lines))
+    named = rf"not as failcore wrote them \({segment.name} line {index + 1}:"
+    with pytest.raises(ProxyStartError, match=named):
+        start_proxy(tape=tmp_path / "again", sets=sets)
+
+
 # ---------------------------------------------------------------- pure matching
 
 

@@ -14,6 +14,7 @@ from failcore.replay.canned import CannedResponse, replay_headers
 from failcore.replay.pointers import Pointer
 from failcore.replay.request import RequestShape, dlp_pointers, normalize_body
 from failcore.tape import iter_events
+from failcore.tape.badlines import BadLines
 
 
 def body_bytes(body: dict[str, Any] | None) -> bytes | None:
@@ -148,8 +149,18 @@ def load_recording(tape: Path, run: str | None, ignore: Sequence[Pointer]) -> Re
     run = run or last_run(tape)
     if run is None:
         raise ValueError(f"replay: {tape} holds no run")
-    events = iter_events(tape, run=run, kinds=("network",), on_bad_line=lambda line, why: None)
+    bad = BadLines()
+    events = iter_events(tape, run=run, kinds=("network",), on_bad_line=bad, check_lines=True)
     exchanges = recorded_exchanges(events, ignore)
+    if len(bad):
+        # Answers replayed from lines someone edited are answers nobody received: not served.
+        first = list(bad.found.items())[:3]
+        named = "; ".join(f"{segment} line {line}: {why}" for (segment, line), why in first)
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise ValueError(
+            f"replay: {len(bad)} line(s) of run {run} on {tape} are not as failcore wrote them "
+            f"({named}{more}); `failcore verify {tape}` checks the whole tape"
+        )
     if not exchanges:
         raise ValueError(f"replay: run {run} on {tape} has no HTTP exchanges")
     return Recording(tape, run, exchanges)
