@@ -28,7 +28,7 @@ from failcore.dlp.pending import wait_until_built
 from failcore.dlp.scanner import DlpScanner
 from failcore.evidence.exchange import EvidenceSettings, build_exchange_event
 from failcore.evidence.pastcapworker import origin_for
-from failcore.evidence.scanworker import DeferredScan, ScanOffload
+from failcore.evidence.scanworker import DeferredScan, ScanOffload, ScanOrigin
 from failcore.policy.load import load_policy
 from failcore.proxy.snapshot import snapshot_exchange
 from failcore.shipped import default_policy_path
@@ -49,30 +49,40 @@ def _snapshot() -> object:
     return snapshot_exchange(flow, None, "http.request")
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--exchanges", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args(argv)
-    path = default_policy_path()
-    policy = load_policy(path)
+def evidence_settings() -> tuple[EvidenceSettings, ScanOrigin]:
+    """The default policy's evidence settings (DLP scanned in-process) and the origin the DLP evidence
+    worker rebuilds their scanner from, as the proxy makes them (origin_for)."""
+    policy = load_policy(default_policy_path())
     salt = b"benchmark-salt-0"
     scanner = DlpScanner.for_policy(policy, salt)
     assert scanner is not None
     wait_until_built(scanner.engine)
     origin = origin_for(policy, salt)
     assert origin is not None
-    base = EvidenceSettings("run-bench", 64 * 1024, salt, policy.redact_headers, scanner)
+    return EvidenceSettings("run-bench", 64 * 1024, salt, policy.redact_headers, scanner), origin
+
+
+def ready_offload(snap: object, cfg: EvidenceSettings) -> ScanOffload:
+    """A ScanOffload whose worker has built its scanner (`cfg` names its origin)."""
+    offload = ScanOffload("run-bench")
+    while isinstance(offload([build_exchange_event(snap, cfg)])[0], DeferredScan):  # type: ignore[arg-type]
+        time.sleep(0.1)  # until the worker has its scanner
+    return offload
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--exchanges", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    base, origin = evidence_settings()
     settings = {
         "no DLP": dataclasses.replace(base, dlp=None),
         "DLP in-process": base,
         "DLP in the worker": dataclasses.replace(base, scan_origin=origin),
     }
     snap = _snapshot()
-    offload = ScanOffload("run-bench")
-    while isinstance(offload([build_exchange_event(snap, settings["DLP in the worker"])])[0], DeferredScan):
-        time.sleep(0.1)  # until the worker has its scanner
-    assert offload.worker is not None
+    offload = ready_offload(snap, settings["DLP in the worker"])
     worker_pid = offload.worker.pid
     own: dict[str, list[float]] = {name: [] for name in settings}
     child: dict[str, list[float]] = {name: [] for name in settings}

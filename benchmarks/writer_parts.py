@@ -36,20 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
 
-from benchmarks.evidence_bench import _snapshot
+from benchmarks.evidence_bench import _snapshot, evidence_settings, ready_offload
 from benchmarks.report import machine_info
-from failcore.dlp.pending import wait_until_built
-from failcore.dlp.scanner import DlpScanner
 from failcore.evidence.exchange import (
-    EvidenceSettings,
     ExchangeSnapshot,
     MessageSnapshot,
     build_exchange_event,
 )
-from failcore.evidence.pastcapworker import origin_for
-from failcore.evidence.scanworker import DeferredScan, ScanOffload
-from failcore.policy.load import load_policy
-from failcore.shipped import default_policy_path
 from failcore.tape.writer import encode_line, serialise_event
 
 BATCH = 64
@@ -102,21 +95,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     n = args.exchanges
-    path = default_policy_path()
-    policy = load_policy(path)
-    salt = b"benchmark-salt-0"
-    scanner = DlpScanner.for_policy(policy, salt)
-    assert scanner is not None
-    wait_until_built(scanner.engine)
-    origin = origin_for(policy, salt)
-    assert origin is not None
-    cfg = dataclasses.replace(
-        EvidenceSettings("run-bench", 64 * 1024, salt, policy.redact_headers, scanner), scan_origin=origin
-    )
+    base, origin = evidence_settings()
+    cfg = dataclasses.replace(base, scan_origin=origin)
     snap = _snapshot()
-    offload = ScanOffload("run-bench")
-    while isinstance(offload([build_exchange_event(snap, cfg)])[0], DeferredScan):
-        time.sleep(0.1)  # until the worker has its scanner
+    offload = ready_offload(snap, cfg)
     events = [build_exchange_event(snap, cfg) for _ in range(n)]
     resolved = [item() if callable(item) else item for item in offload(events)]
     bodies = [serialise_event(event) for event in resolved]
