@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,38 @@ from failcore.demo.server import StandIn
 from tests.helpers import read_tape
 
 RUNTIME_KINDS = ("tool", "fs", "exec", "connect")
+
+
+def planted_script(directory: Path, marker: Path, name: str = "planted.sh", then: str = "") -> Path:
+    """A program of the agent's (written before the run: not the write under test) that writes
+    "planted" into `marker`, then runs the shell line `then`."""
+    if not directory.is_dir():  # (a mkdir of an existing directory is a write the runtime hook judges)
+        directory.mkdir(parents=True)
+    script = directory / name
+    script.write_text(f"#!/bin/sh\necho planted > {marker}\n" + (f"{then}\n" if then else ""))
+    script.chmod(0o755)
+    return script
+
+
+def assert_exec_refused(
+    policy_text: str, tmp_path: Path, attack: Callable[[Path, Path], None], marker: Path, rule: str
+) -> dict[str, Any]:
+    """`attack(tmp_path, marker)` run under `policy_text` (strict): refused by `rule` (Blocked), the
+    agent's program never ran (`marker` absent), the tape's exec BLOCKed by it and its tool call
+    BLOCKED. The exec event, for the caller's own checks."""
+    from failcore import Blocked, guard, run
+
+    policy, tape = tmp_path / "policy.yaml", tmp_path / "tape"
+    policy.write_text(policy_text)
+    with run(policy=policy, tape=tape, strict=True), pytest.raises(Blocked) as refused:
+        guard(attack)(tmp_path, marker)
+    assert refused.value.rule == rule
+    assert not marker.exists()
+    events = runtime_events(tape)
+    exec_event = next(e for e in events if e["kind"] == "exec" and e["decision"] == "BLOCK")
+    assert exec_event["rule"] == rule
+    assert (events[-1]["kind"], events[-1]["outcome"]) == ("tool", "BLOCKED")
+    return exec_event
 
 
 def runtime_events(tape: Path) -> list[dict[str, Any]]:

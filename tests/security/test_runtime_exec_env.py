@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from failcore import Blocked, guard, run
-from tests.runtime.helpers import runtime_events
+from tests.runtime.helpers import planted_script, runtime_events
 
 GIT, NODE, GCC = shutil.which("git"), shutil.which("node"), shutil.which("gcc")
 POLICY = "version: 1\nexec:\n  allow_shell: false\n  programs: [git, node, {python}, {script}]\n{extra}"
@@ -38,14 +38,6 @@ def write_policy(tmp_path: Path, extra: str = "") -> Path:
     text = POLICY.replace("{python}", sys.executable).replace("{script}", str(tmp_path / "tool.sh"))
     policy.write_text(text.replace("{extra}", extra))
     return policy
-
-
-def planted_script(tmp_path: Path, marker: Path) -> Path:
-    """A program of the agent's (written before the run: not the write under test)."""
-    script = tmp_path / "planted.sh"
-    script.write_text(f"#!/bin/sh\necho planted > {marker}\n")
-    script.chmod(0o755)
-    return script
 
 
 def git_diff(env: dict[str, str] | None) -> None:

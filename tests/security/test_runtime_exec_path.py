@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from failcore import Blocked, guard, run
-from tests.runtime.helpers import runtime_events
+from failcore import guard, run
+from tests.runtime.helpers import assert_exec_refused, planted_script, runtime_events
 
 GIT = shutil.which("git")
 pytestmark = pytest.mark.skipif(GIT is None, reason="needs git")
@@ -26,12 +26,7 @@ QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "stdin": su
 
 def planted_bin(tmp_path: Path, marker: Path, name: str) -> Path:
     """A directory of the agent's with a program called `name` (written before the run)."""
-    directory = tmp_path / "bin"
-    directory.mkdir(exist_ok=True)
-    program = directory / name
-    program.write_text(f"#!/bin/sh\necho planted > {marker}\nexit 1\n")
-    program.chmod(0o755)
-    return directory
+    return planted_script(tmp_path / "bin", marker, name, then="exit 1").parent
 
 
 def with_path(directory: Path) -> dict[str, str]:
@@ -67,17 +62,12 @@ ATTACKS: list[Callable[[Path, Path], None]] = [planted_ssh, planted_editor, inhe
 def test_a_program_of_the_agents_on_the_childs_path_does_not_run(
     workdir: Path, tmp_path: Path, attack: Callable[[Path, Path], None]
 ) -> None:
-    policy, tape, marker = tmp_path / "policy.yaml", tmp_path / "tape", tmp_path / "outside" / "MARKER"
-    policy.write_text(POLICY)
-    with run(policy=policy, tape=tape, strict=True), pytest.raises(Blocked) as refused:
-        guard(attack)(tmp_path, marker)
-    assert refused.value.rule == "exec.path"
-    assert not marker.exists()
-    events = runtime_events(tape)
-    exec_event, tool = next(e for e in events if e["kind"] == "exec"), events[-1]
-    assert (exec_event["kind"], exec_event["decision"], exec_event["rule"]) == ("exec", "BLOCK", "exec.path")
+    marker = tmp_path / "outside" / "MARKER"
+    exec_event = assert_exec_refused(POLICY, tmp_path, attack, marker, "exec.path")
+    events = runtime_events(tmp_path / "tape")
+    assert next(e for e in events if e["kind"] == "exec") == exec_event  # the first exec is refused
     assert exec_event["reason"].startswith(f"PATH set for the child adds {tmp_path / 'bin'}")
-    assert (tool["outcome"], tool["rule"]) == ("BLOCKED", "exec.path")
+    assert events[-1]["rule"] == "exec.path"
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.__name__ for a in ATTACKS])

@@ -17,22 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from failcore import Blocked, guard, run
-from tests.runtime.helpers import runtime_events
+from failcore import guard, run
+from tests.runtime.helpers import assert_exec_refused, planted_script, runtime_events
 
 GIT = shutil.which("git")
 pytestmark = pytest.mark.skipif(GIT is None, reason="needs git")
 POLICY = "version: 1\nexec:\n  allow_shell: false\n  programs: [git]\n{extra}"
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "stdin": subprocess.DEVNULL}
-
-
-def planted_script(directory: Path, marker: Path, name: str = "planted.sh") -> Path:
-    """A program of the agent's (written before the run: not the write under test)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    script = directory / name
-    script.write_text(f"#!/bin/sh\necho planted > {marker}\n")
-    script.chmod(0o755)
-    return script
 
 
 def git(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
@@ -129,17 +120,10 @@ def test_code_given_to_git_on_its_command_line_does_not_run(
     workdir: Path, tmp_path: Path, attack: Callable[[Path, Path], None]
 ) -> None:
     prepare(tmp_path, attack)
-    policy, tape, marker = tmp_path / "policy.yaml", tmp_path / "tape", tmp_path / "outside" / "MARKER"
-    policy.write_text(POLICY.replace("{extra}", ""))
-    with run(policy=policy, tape=tape, strict=True), pytest.raises(Blocked) as refused:
-        guard(attack)(tmp_path, marker)
-    assert refused.value.rule == "exec.git_args"
-    assert not marker.exists()
-    events = runtime_events(tape)
-    exec_event = next(e for e in events if e["kind"] == "exec" and e["decision"] == "BLOCK")
-    assert exec_event["rule"] == "exec.git_args"
+    marker = tmp_path / "outside" / "MARKER"
+    policy = POLICY.replace("{extra}", "")
+    exec_event = assert_exec_refused(policy, tmp_path, attack, marker, "exec.git_args")
     assert exec_event["reason"].startswith("git ")
-    assert (events[-1]["kind"], events[-1]["outcome"]) == ("tool", "BLOCKED")
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.__name__ for a in ATTACKS])

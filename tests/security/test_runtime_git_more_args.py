@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from failcore import Blocked, guard, run
-from tests.runtime.helpers import runtime_events
+from tests.runtime.helpers import assert_exec_refused, planted_script
 
 GIT = shutil.which("git")
 pytestmark = pytest.mark.skipif(GIT is None, reason="needs git")
@@ -36,33 +35,27 @@ POLICY = "version: 1\nexec:\n  allow_shell: false\n  programs: [git]\n"
 ENV = {**os.environ, "FILTER_BRANCH_SQUELCH_WARNING": "1"}
 
 
-def _planted(tmp_path: Path, marker: Path, then: str = "cat") -> Path:
-    script = tmp_path / "planted.sh"  # a program of the agent's, written before the run
-    script.write_text(f"#!/bin/sh\necho planted > {marker}\n{then}\n")
-    script.chmod(0o755)
-    return script
-
-
 def _git(*args: str, cwd: Path | None = None) -> None:
     subprocess.run([GIT, *args], cwd=cwd, env=ENV, check=False, timeout=60, capture_output=True)  # type: ignore[list-item]
 
 
 def shallow_file_then_alias(tmp_path: Path, marker: Path) -> None:
-    _git("--shallow-file", str(tmp_path / "shallow"), "-c", f"alias.x=!{_planted(tmp_path, marker)}", "x")
+    script = planted_script(tmp_path, marker, then="cat")
+    _git("--shallow-file", str(tmp_path / "shallow"), "-c", f"alias.x=!{script}", "x")
 
 
 def filter_branch(tmp_path: Path, marker: Path) -> None:
-    script = _planted(tmp_path, marker)
+    script = planted_script(tmp_path, marker, then="cat")
     _git("filter-branch", "-f", "--msg-filter", str(script), "HEAD", cwd=tmp_path / "repo")
 
 
 def fetch_pack(tmp_path: Path, marker: Path) -> None:
-    script = _planted(tmp_path, marker, then="exit 1")
+    script = planted_script(tmp_path, marker, then="exit 1")
     _git("fetch-pack", f"--upload-pack={script}", str(tmp_path / "repo"), cwd=tmp_path / "repo")
 
 
 def ls_remote_exec(tmp_path: Path, marker: Path) -> None:
-    script = _planted(tmp_path, marker, then="exit 1")
+    script = planted_script(tmp_path, marker, then="exit 1")
     _git("ls-remote", f"--exec={script}", str(tmp_path / "repo"), cwd=tmp_path / "repo")
 
 
@@ -87,16 +80,7 @@ def test_the_agents_code_given_to_git_does_not_run(
     workdir: Path, tmp_path: Path, attack: Callable[[Path, Path], None]
 ) -> None:
     _prepare(tmp_path)
-    policy, tape, marker = tmp_path / "policy.yaml", tmp_path / "tape", tmp_path / "MARKER"
-    policy.write_text(POLICY)
-    with run(policy=policy, tape=tape, strict=True), pytest.raises(Blocked) as refused:
-        guard(attack)(tmp_path, marker)
-    assert refused.value.rule == "exec.git_args"
-    assert not marker.exists()
-    events = runtime_events(tape)
-    exec_event = next(e for e in events if e["kind"] == "exec" and e["decision"] == "BLOCK")
-    assert exec_event["rule"] == "exec.git_args"
-    assert (events[-1]["kind"], events[-1]["outcome"]) == ("tool", "BLOCKED")
+    assert_exec_refused(POLICY, tmp_path, attack, tmp_path / "MARKER", "exec.git_args")
 
 
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.__name__ for a in ATTACKS])
