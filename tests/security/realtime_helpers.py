@@ -11,10 +11,24 @@ import socket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Request, TextMessage
 
+from tests.security.helpers import read_head
 from tests.security.upstream import LoggingUpstream
 
 REALTIME = "/v1/realtime?model=gpt-4o-realtime-preview"
 CREATE = json.dumps({"type": "response.create", "response": {"instructions": "write 4000 tokens"}})
+
+
+def upgrade_answer(proxy_port: int, upstream: LoggingUpstream, path: str) -> bytes:
+    """The head of the proxy's answer to a WebSocket upgrade of `path` on `upstream` (absolute form,
+    written byte for byte)."""
+    authority = f"127.0.0.1:{upstream.port}"
+    with socket.create_connection(("127.0.0.1", proxy_port), timeout=30) as s:
+        s.sendall(
+            f"GET http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
+        )
+        return read_head(s)
 
 
 def done(tokens: int) -> str:

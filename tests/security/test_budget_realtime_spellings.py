@@ -16,14 +16,12 @@ upstream, and the tape holds the dropped messages."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from tests.helpers import network_events, read_tape
 from tests.security.budget_helpers import token_budget
-from tests.security.helpers import LAST, read_head
-from tests.security.realtime_helpers import CREATE, Session, done
+from tests.security.helpers import LAST
+from tests.security.realtime_helpers import CREATE, Session, done, upgrade_answer
 from tests.security.upstream import LoggingUpstream
 
 SCOPED = token_budget(50, 'scope: {model: "gpt-4o-realtime*"}')
@@ -75,15 +73,8 @@ def test_a_gemini_live_session_with_an_ephemeral_token_is_refused(
     with an ephemeral token its endpoint is `…GenerativeService.BidiGenerateContentConstrained` (Google's
     ephemeral-tokens page), which was not read as Gemini Live and went through unmetered."""
     proxy = start_proxy(policy_file(token_budget(50)))
-    authority = f"127.0.0.1:{plain_logging_upstream.port}"
     path = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained"
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
-        s.sendall(
-            f"GET http://{authority}{path}?access_token=t HTTP/1.1\r\nHost: {authority}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
-        )
-        answer = read_head(s)
+    answer = upgrade_answer(proxy.port, plain_logging_upstream, f"{path}?access_token=t")
     proxy.flush()
     assert b"BidiGenerateContent" not in plain_logging_upstream.received_bytes()
     assert answer.startswith(b"HTTP/1.1 403"), answer

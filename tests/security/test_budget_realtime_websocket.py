@@ -11,12 +11,10 @@ server, as the Realtime API's answer (its shape from OpenAI's API reference)."""
 
 from __future__ import annotations
 
-import socket
-
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.security.budget_helpers import CHAT, completion, token_budget
-from tests.security.helpers import LAST, read_head, ws_exchange
-from tests.security.realtime_helpers import CREATE, REALTIME, Session, done
+from tests.security.helpers import LAST, ws_exchange
+from tests.security.realtime_helpers import CREATE, REALTIME, Session, done, upgrade_answer
 from tests.security.upstream import LoggingUpstream
 
 
@@ -83,14 +81,7 @@ def test_a_realtime_session_under_a_cost_budget_is_refused(
 ) -> None:
     policy = token_budget(50).replace("limits: {total_tokens: 50}", "limits: {cost_usd: 1}")
     proxy = start_proxy(policy_file(policy))
-    authority = f"127.0.0.1:{plain_logging_upstream.port}"
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
-        s.sendall(
-            f"GET http://{authority}{REALTIME} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".encode()
-        )
-        answer = read_head(s)
+    answer = upgrade_answer(proxy.port, plain_logging_upstream, REALTIME)
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 403"), answer
     assert b"X-FailCore-Rule: budget:tokens" in answer
