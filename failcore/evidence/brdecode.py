@@ -9,6 +9,7 @@ byte by byte from the state before it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -39,7 +40,7 @@ class BrotliStage:
         self.step = step
         self.b = brotli.Decompressor()
         self.shadow: Any = None  # a decoder `behind` short of `b` (made when the first input leaves it)
-        self.behind: list[bytes] = []
+        self.behind: deque[bytes] = deque()
         self.behind_bytes = 0
 
     def feed(self, data: bytes) -> Iterator[bytes]:
@@ -53,9 +54,7 @@ class BrotliStage:
                     produced += len(out)
                     yield out
             except brotli.error:
-                salvaged = self._salvage(piece)[produced:]
-                if salvaged:
-                    yield salvaged
+                yield from self._salvage(piece, produced)
                 raise
             self._keep(piece)
 
@@ -63,31 +62,32 @@ class BrotliStage:
         self.behind.append(piece)
         self.behind_bytes += len(piece)
         while self.behind_bytes > _BROTLI_KEEP:
-            oldest = self.behind.pop(0)
+            oldest = self.behind.popleft()
             self.behind_bytes -= len(oldest)
             if self.shadow is None:
                 self.shadow = brotli.Decompressor()
             for _ in _brotli_outputs(self.shadow, oldest, self.step):
                 pass
 
-    def _salvage(self, piece: bytes) -> bytes:
-        """What `piece` decodes to, fed byte by byte from the state before it, up to the error."""
+    def _salvage(self, piece: bytes, skip: int) -> Iterator[bytes]:
+        """What `piece` decodes to, fed byte by byte from the state before it, up to the error, less its
+        first `skip` bytes (already yielded), in pieces of at most `step` bytes."""
         b = self.shadow if self.shadow is not None else brotli.Decompressor()
-        out = bytearray()
         try:
             for kept in self.behind:
                 for _ in _brotli_outputs(b, kept, self.step):
                     pass
             for i in range(len(piece)):
                 if b.is_finished():
-                    break
+                    return
                 for decoded in _brotli_outputs(b, piece[i : i + 1], self.step):
-                    out += decoded
-                if len(out) >= self.step:
-                    break
+                    if skip >= len(decoded):
+                        skip -= len(decoded)
+                        continue
+                    yield decoded[skip:]
+                    skip = 0
         except brotli.error:
-            pass
-        return bytes(out)
+            return
 
     def finish(self) -> Iterator[bytes]:
         if not self.b.is_finished():
