@@ -287,14 +287,20 @@ def _unscannable_when_undecoded(headers: list[tuple[str, str]]) -> bool:
     return len(codings) > 1 or (len(codings) == 1 and codings[0] in DECODED_CODINGS)
 
 
+# The headers that name a body's codings (body_encoding's three arguments, in its order).
+_CODING_HEADERS = ("content-encoding", "transfer-encoding", "x-amz-content-sha256")
+
+
 def _encoding(headers: list[tuple[str, str]]) -> str | None:
     """The codings of a message's body as mitmproxy holds it (body_encoding: a Transfer-Encoding's
     `gzip` in `gzip, chunked` too, which mitmproxy forwards undone)."""
-    return body_encoding(
-        header_value(headers, "content-encoding"),
-        header_value(headers, "transfer-encoding"),
-        header_value(headers, "x-amz-content-sha256"),
-    )
+    # One pass for the three headers (header_value's reading of each), on every request's path.
+    found: dict[str, list[str]] = {name: [] for name in _CODING_HEADERS}
+    for key, value in headers:
+        if len(key) in (16, 17, 20) and key.isascii() and (values := found.get(key.lower())) is not None:
+            values.append(value)
+    content, transfer, sha256 = (", ".join(v) if v else None for v in found.values())
+    return body_encoding(content, transfer, sha256)
 
 
 def ws_message_verdict(scanner: DlpScanner, content: bytes, from_client: bool) -> Hit | None:
