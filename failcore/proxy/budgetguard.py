@@ -101,28 +101,39 @@ def _scope(state: FlowState | None) -> tuple[str | None, str | None]:
 
 
 def _request_bytes(flow: http.HTTPFlow, state: FlowState, llm: LlmFlow) -> int:
-    """The size of the request body the upstream received, decoded (a gzip'd request is not cheaper); a
-    streamed one's by the bytes that passed its tap."""
+    """The size of the request body the upstream received, decoded (a gzip'd request is not cheaper): one
+    failcore could not read as JSON by its decoded size as the meter weighed it (a coding it does not
+    undo: its wire size); a streamed one's by the bytes that passed its tap at least."""
     if is_encoded(message_encoding(flow.request)) and llm.request_json is not None:
         return len(orjson.dumps(llm.request_json))
     streamed = state.request_tap.size if state.request_tap is not None else 0
-    return max(len(flow.request.raw_content or b""), streamed)
+    return max(len(flow.request.raw_content or b""), streamed, llm.request_size or 0)
+
+
+def _stream_chars(llm: LlmFlow) -> int:
+    """Characters of generated text a metered stream carried: the tracker's count, and every wire byte
+    of the part whose codings could not be undone (a coding failcore does not decode, a corrupt one)."""
+    assert llm.tracker is not None
+    return llm.tracker.generated_chars + (llm.inflater.undecoded if llm.inflater is not None else 0)
 
 
 def _output_chars(flow: http.HTTPFlow, state: FlowState, call: LlmCall) -> int:
-    """Characters of generated text the response carried (for a JSON answer too large to meter whole,
-    or a Bedrock answer failcore cannot read (AWS's binary event stream), its size in bytes)."""
+    """Characters of generated text the response carried. An answer failcore cannot read counts its size
+    in bytes: a Bedrock answer (AWS's binary event stream) or one whose codings failcore could not undo
+    by its size decoded (as the meter weighed it: a gzip'd answer is not smaller), or on the wire where
+    it was not decoded (a coding failcore does not undo, a JSON answer too large to meter whole)."""
     llm = state.llm
     assert llm is not None
     if llm.api.startswith("bedrock_") and not call.usage_known:
         streamed = state.response_tap.size if state.response_tap is not None else 0
         size = max(streamed, len(flow.response.raw_content or b"") if flow.response is not None else 0)
-        return max(size, len(call.output_text or ""))
+        return max(size, llm.response_size or 0, len(call.output_text or ""))
     if llm.tracker is not None:
-        return llm.tracker.generated_chars
+        return _stream_chars(llm)
     if llm.whole_copy is not None and llm.whole_copy.overflow and state.response_tap is not None:
         return state.response_tap.size
-    return len(call.output_text or "") + sum(len(raw) for raw in call.tool_inputs)
+    chars = len(call.output_text or "") + sum(len(raw) for raw in call.tool_inputs)
+    return max(chars, llm.response_size or 0) if llm.response_unread else chars
 
 
 def _output_words(state: FlowState, call: LlmCall) -> int:
@@ -278,7 +289,7 @@ class BudgetGuard:
             else:  # no usage (yet): the estimate a finished call would be charged
                 guess = estimate_usage(
                     request_bytes=request_bytes,
-                    output_chars=tracker.generated_chars,
+                    output_chars=_stream_chars(llm),
                     output_words=tracker.generated_words,
                     request_json=llm.request_json,
                     tool_calls=tracker.tool_calls,

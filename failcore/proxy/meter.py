@@ -49,7 +49,7 @@ from failcore.llm.typed import loads_or_none
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
 from failcore.proxy.session import FlowState, Session
-from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy, message_encoding
+from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy, message_encoding, weighed
 from failcore.proxy.streamtap import could_be_llm_path, request_streams, response_streams
 from failcore.proxy.switchinterval import LOWERED_SWITCH_INTERVAL
 
@@ -71,6 +71,8 @@ class LlmFlow:
     api: str
     request_model: str | None
     tracker: SseUsageTracker | None = None
+    # What undoes an encoded metered stream's codings for the tracker (its `undecoded` bytes: a budget's).
+    inflater: StreamInflater | None = None
     # A JSON answer streamed for lack of a length, copied aside to be metered whole.
     whole_copy: WholeBodyCopy | None = None
     # Parsed once when the request is recognised, reused when the response is metered.
@@ -87,6 +89,13 @@ class LlmFlow:
     # The request had a body failcore could not read (not JSON even to Python's parser, or past
     # `failcore_llm_body_max`): its model is unknown, and a model-scoped budget counts it.
     model_unknown: bool = False
+    # The bodies' sizes as their receivers decode them, where read whole (weighed): what a budget weighs
+    # a body it could not read by (a Bedrock event stream, a coding failcore does not undo), never its
+    # compressed size. `response_unread`: the answer's codings could not be undone (or it decodes past
+    # the limit), so its text was not read.
+    request_size: int | None = None
+    response_size: int | None = None
+    response_unread: bool = False
 
 
 def _request_json(content: bytes | None) -> dict[str, Any] | None:
@@ -102,6 +111,12 @@ def _decode_off_loop(message: http.Message) -> bool:
 
 def _body(message: http.Message, limit: int = ON_LOOP_DECODE_LIMIT) -> bytes | None:
     return decoded_content(message.raw_content, message_encoding(message), limit)
+
+
+def _read_request(raw: bytes | None, encoding: str | None, limit: int) -> tuple[dict[str, Any] | None, int]:
+    """The request's JSON object (None if it is not one) and its size as the upstream decodes it."""
+    body, size, _ = weighed(raw, encoding, limit)
+    return _request_json(body), size
 
 
 def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
@@ -155,10 +170,6 @@ def cost_warnings(call: LlmCall, cost: CostResult) -> list[dict[str, str]]:
             hint = " (set stream_options.include_usage to get usage in the stream)"
         return [{"reason": "usage_unknown", "message": f"the provider reported no token usage{hint}"}]
     return []
-
-
-def _ignore(chunk: bytes) -> None:
-    return None
 
 
 class LlmMeter:
@@ -254,13 +265,13 @@ class LlmMeter:
             return self._detect_streamed(flow, state)
         if _decode_off_loop(flow.request):
             return self._detect_off_loop(flow, state)
-        self._detect(flow, state, _request_json(_body(flow.request)))
+        raw, encoding = flow.request.raw_content, message_encoding(flow.request)
+        self._detect(flow, state, *_read_request(raw, encoding, ON_LOOP_DECODE_LIMIT))
         return None
 
     async def _detect_off_loop(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        request = flow.request
-        parsed = await asyncio.to_thread(lambda: _request_json(_body(request, DECODE_LIMIT)))
-        self._detect(flow, state, parsed)
+        raw, encoding = flow.request.raw_content, message_encoding(flow.request)
+        self._detect(flow, state, *await asyncio.to_thread(_read_request, raw, encoding, DECODE_LIMIT))
 
     def _detect_streamed(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
         """A streamed request, from the copy taken as it passed (none past the limit: then the call is
@@ -274,20 +285,20 @@ class LlmMeter:
         encoding = message_encoding(flow.request)
         if read_off_loop(len(raw), encoding, PARSE_OFF_LOOP_BYTES):
             return self._detect_streamed_off_loop(flow, state, raw, encoding)
-        self._detect(flow, state, _request_json(decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)))
+        self._detect(flow, state, *_read_request(raw, encoding, ON_LOOP_DECODE_LIMIT))
         return None
 
     async def _detect_streamed_off_loop(
         self, flow: http.HTTPFlow, state: FlowState, raw: bytes, encoding: str | None
     ) -> None:
-        parsed = await asyncio.to_thread(lambda: _request_json(decoded_content(raw, encoding, DECODE_LIMIT)))
-        self._detect(flow, state, parsed)
+        self._detect(flow, state, *await asyncio.to_thread(_read_request, raw, encoding, DECODE_LIMIT))
 
     def _detect(
         self,
         flow: http.HTTPFlow,
         state: FlowState,
         request_json: dict[str, Any] | None,
+        size: int | None = None,
         *,
         unreadable: bool = False,
     ) -> None:
@@ -303,7 +314,14 @@ class LlmMeter:
         # too), which every model-scoped budget counts: failcore never sees less than the upstream.
         model = request_model(detected[0], detected[1], flow.request.path, request_json)
         unknown = model is None and (unreadable or detected[1] == "message_batches")
-        state.llm = LlmFlow(detected[0], detected[1], model, request_json=request_json, model_unknown=unknown)
+        state.llm = LlmFlow(
+            detected[0],
+            detected[1],
+            model,
+            request_json=request_json,
+            model_unknown=unknown,
+            request_size=size,
+        )
 
     @guarded("meter.responseheaders")
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -323,10 +341,7 @@ class LlmMeter:
         feed: Callable[[bytes], None] = tracker.feed
         encoding = message_encoding(flow.response) or ""
         if is_encoded(encoding):
-            try:
-                feed = StreamInflater(encoding, tracker.feed)
-            except ValueError:
-                feed = _ignore
+            feed = state.llm.inflater = StreamInflater(encoding, tracker.feed)
         # A guard, not an observer: it must see a chunk before it is forwarded, so a budget can stop the
         # stream at the chunk whose usage crosses the limit.
         state.cut_guards.append(self._metering_guard(feed))
@@ -370,17 +385,18 @@ class LlmMeter:
         encoding = message_encoding(flow.response)
         decode_later = False
         raw: bytes | None = None
+        response_body: bytes | None = None
         if tap is None or (copy is not None and not copy.overflow):
             # Held whole by mitmproxy, or copied whole as it streamed: metered the same way.
             raw = flow.response.raw_content if tap is None or copy is None else bytes(copy.data)
             decode_later = read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES)
-            response_body = None if decode_later else decoded_content(raw, encoding, ON_LOOP_DECODE_LIMIT)
+            if not decode_later:
+                response_body, size, unread = weighed(raw, encoding, ON_LOOP_DECODE_LIMIT)
+                state.llm.response_size, state.llm.response_unread = size, unread
         elif not is_encoded(encoding):
             # The capped copy gives the response model and text; usage comes from the tracker,
             # which saw every chunk even past the cap.
             response_body = bytes(tap.kept)
-        else:
-            response_body = None
         args = dict(
             host=f"{state.decided_host or flow.request.host}:{flow.request.port}",
             path=flow.request.path,
@@ -403,12 +419,16 @@ class LlmMeter:
         args: dict[str, Any],
         undecoded: tuple[bytes | None, str | None] | None = None,
     ) -> None:
-        def parse() -> LlmCall | None:
-            if undecoded is not None:
-                args["response_body"] = decoded_content(undecoded[0], undecoded[1], DECODE_LIMIT)
-            return parse_call(**args)
+        def parse() -> tuple[LlmCall | None, tuple[int, bool] | None]:
+            if undecoded is None:
+                return parse_call(**args), None
+            args["response_body"], size, unread = weighed(undecoded[0], undecoded[1], DECODE_LIMIT)
+            return parse_call(**args), (size, unread)
 
-        pricing = self._account(meter, await asyncio.to_thread(parse))
+        call, weight = await asyncio.to_thread(parse)
+        if weight is not None:
+            meter.response_size, meter.response_unread = weight
+        pricing = self._account(meter, call)
         if pricing is not None:
             await pricing
 

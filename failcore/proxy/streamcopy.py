@@ -1,21 +1,18 @@
 """What the meter keeps of a body that streams through: `WholeBodyCopy` (its wire bytes, up to a
-limit, to be metered whole at its end) and `StreamInflater` (its Content-Encoding undone chunk by chunk,
-in bounded steps, for a stream metered as it passes); and `message_encoding`, the codings a body read
+limit, to be metered whole at its end) and `StreamInflater` (its codings, stacked or not, undone chunk
+by chunk in bounded steps, for a stream metered as it passes); and `message_encoding`, the codings a body read
 for a decision carries as mitmproxy holds it."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
-from typing import Any
 
-import brotli
 from mitmproxy import http
 
-from failcore.compat import zstd
-from failcore.evidence.body import body_encoding, deflate_wbits
+from failcore.evidence.body import DECODE_ERRORS, body_encoding, decode_body, is_encoded
+from failcore.evidence.pastcap import StreamDecoder
 
-# Output of one incremental decompression step of a metered stream.
+# The most decoded bytes a metered stream's reader is handed at once.
 _INFLATE_STEP = 64 * 1024
 
 
@@ -27,6 +24,21 @@ def message_encoding(message: http.Message) -> str | None:
     return body_encoding(
         headers.get("content-encoding"), headers.get("transfer-encoding"), headers.get("x-amz-content-sha256")
     )
+
+
+def weighed(raw: bytes | None, encoding: str | None, limit: int) -> tuple[bytes | None, int, bool]:
+    """decoded_content(raw, encoding, limit), the body's size as its receiver decodes it, and whether it
+    could not be decoded. The size of a body that decodes past `limit` is `limit` (a bomb is not
+    inflated to weigh it); of one whose codings failcore does not undo, or that does not decode, the
+    larger of its wire size and what decoded before the error."""
+    if not raw or not is_encoded(encoding):
+        return raw, len(raw or b""), False
+    decoded = decode_body(raw, encoding, limit)
+    if decoded.over_limit:
+        return None, limit, True
+    if decoded.error is not None:
+        return raw, max(len(raw), len(decoded.data)), True
+    return decoded.data, len(decoded.data), False
 
 
 class WholeBodyCopy:
@@ -51,59 +63,37 @@ class WholeBodyCopy:
 
 
 class StreamInflater:
-    """Content-Encoding undone chunk by chunk, in bounded steps, for a stream metered as it passes.
-    Input it cannot decode ends the inflation (the stream then reports no usage, never a wrong one)."""
+    """A body's codings undone chunk by chunk, for a stream metered as it passes: every coding of a
+    stack (`gzip, br`; a transfer coding after the content codings, message_encoding), last applied
+    first, each gzip member and zstd frame, in bounded steps (failcore.evidence.pastcap.StreamDecoder,
+    the decoder of the stream DLP scans), handed on in pieces of at most _INFLATE_STEP bytes.
 
-    __slots__ = ("_feed", "_head", "_kind", "_state", "broken")
+    A stack naming a coding failcore does not decode (or more than MAX_ENCODINGS), or input that does
+    not decode, ends the decoding (`broken`: the stream reports no usage, never a wrong one), and every
+    wire byte from the chunk where it ended on is counted in `undecoded`: what a budget then charges for
+    the part it could not read (failcore.proxy.budgetguard), never nothing."""
+
+    __slots__ = ("_decoder", "_feed", "broken", "undecoded")
 
     def __init__(self, encoding: str, feed: Callable[[bytes], None]) -> None:
         self._feed = feed
-        self._kind = encoding.strip().lower()
-        self.broken = False
-        self._head = b""  # a deflate body's first byte, until its second says whether it is zlib
-        if self._kind in ("gzip", "x-gzip"):
-            self._state: Any = zlib.decompressobj(zlib.MAX_WBITS | 16)
-        elif self._kind == "deflate":
-            self._state = None  # zlib or raw deflate: decided by the first two bytes
-        elif self._kind == "br":
-            self._state = brotli.Decompressor()
-        elif self._kind == "zstd":
-            self._state = zstd.ZstdDecompressor()
-        else:
-            raise ValueError(f"unsupported content-encoding {encoding!r}")
+        self.undecoded = 0
+        try:
+            self._decoder: StreamDecoder | None = StreamDecoder(encoding)
+        except ValueError:  # a coding failcore does not decode, or too many
+            self._decoder = None
+        self.broken = self._decoder is None
 
     def __call__(self, chunk: bytes) -> None:
-        if self.broken or not chunk:
+        if self.broken or self._decoder is None:
+            self.undecoded += len(chunk)
+            return
+        if not chunk:
             return
         try:
-            self._inflate(chunk)
-        except (zlib.error, brotli.error, zstd.ZstdError, EOFError, ValueError):
+            for out in self._decoder.feed(chunk):
+                for start in range(0, len(out), _INFLATE_STEP):
+                    self._feed(out[start : start + _INFLATE_STEP])
+        except DECODE_ERRORS:
             self.broken = True
-
-    def _inflate(self, chunk: bytes) -> None:
-        if self._kind == "deflate" and self._state is None:
-            chunk = self._head + chunk
-            if len(chunk) < 2:
-                self._head = chunk
-                return
-            self._head = b""
-            self._state = zlib.decompressobj(deflate_wbits(chunk))
-        state = self._state
-        if isinstance(state, brotli.Decompressor):
-            self._feed(state.process(chunk, output_buffer_limit=_INFLATE_STEP))
-            while not state.can_accept_more_data() and not state.is_finished():
-                self._feed(state.process(b"", output_buffer_limit=_INFLATE_STEP))
-        elif self._kind == "zstd":
-            while chunk:
-                self._feed(state.decompress(chunk, _INFLATE_STEP))
-                while not state.eof and not state.needs_input:
-                    self._feed(state.decompress(b"", _INFLATE_STEP))
-                if not state.eof:
-                    return
-                chunk = state.unused_data  # the next frame
-                state = self._state = zstd.ZstdDecompressor()
-        else:
-            pending = chunk
-            while pending and not state.eof:
-                self._feed(state.decompress(pending, _INFLATE_STEP))
-                pending = state.unconsumed_tail
+            self.undecoded += len(chunk)
