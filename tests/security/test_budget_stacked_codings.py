@@ -65,10 +65,11 @@ def _answer(content_type: str, body: bytes, content_encoding: str | None, transf
     return f"{head}Transfer-Encoding: {transfer}\r\n\r\n".encode() + chunks + b"0\r\n\r\n"
 
 
-def _post(authority: str, path: str, body: bytes) -> bytes:
+def _post(authority: str, path: str, body: bytes, content_encoding: str | None = None) -> bytes:
+    coding = f"Content-Encoding: {content_encoding}\r\n" if content_encoding else ""
     return (
         f"POST http://{authority}{path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"{coding}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 
 
@@ -98,13 +99,21 @@ def _recorded_stream() -> tuple[bytes, bytes, int]:
 
 
 def _two_calls(
-    answer: bytes, path: str, request: bytes, budget: str, tape: Path, start_proxy, policy_file
+    answer: bytes,
+    path: str,
+    request: bytes,
+    budget: str,
+    tape: Path,
+    start_proxy,
+    policy_file,
+    request_encoding: str | None = None,
 ) -> dict:
     """Two calls under `budget`: the first reaches the upstream and is charged, the second is refused
     by `budget:tokens` and never leaves. The first call's `llm` evidence."""
     with RawUpstream(answer) as upstream:
         proxy = start_proxy(policy_file(budget))
-        answers = [through_proxy(proxy.port, _post(upstream.authority, path, request)) for _ in range(2)]
+        request = _post(upstream.authority, path, _encode(request, request_encoding), request_encoding)
+        answers = [through_proxy(proxy.port, request) for _ in range(2)]
         proxy.flush()
     assert [a[:12] for a in answers] == [b"HTTP/1.1 200", b"HTTP/1.1 429"], answers[1][:300]
     assert upstream.received_bytes().count(b"POST ") == 1
@@ -257,3 +266,49 @@ def test_a_json_answer_under_a_coding_failcore_cannot_undo_is_charged_what_it_de
         policy_file,
     )
     assert llm["budget_estimate"]["output_tokens"] == len(body) + 4
+
+
+NO_USAGE = b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": []}'
+
+
+def test_a_prompt_under_a_coding_failcore_cannot_undo_is_weighed_as_far_as_it_decodes(
+    start_proxy, policy_file, tmp_path: Path
+) -> None:
+    """A 3000-character prompt under `gzip, x-unknown`: failcore cannot read it as JSON, and weighed it
+    by its gzip'd size (a few dozen bytes); it is charged a token per byte it decodes to."""
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 3000}]}).encode()
+    assert len(_encode(body, "gzip, x-unknown")) < 200
+    llm = _two_calls(
+        _answer("application/json", NO_USAGE, None, None),
+        "/v1/chat/completions",
+        body,
+        token_budget(1000),
+        tmp_path / "tape",
+        start_proxy,
+        policy_file,
+        "gzip, x-unknown",
+    )
+    assert llm["request_model"] is None
+    assert llm["budget_estimate"]["input_tokens"] == len(body)
+
+
+def test_a_prompt_that_decodes_past_what_failcore_reads_is_weighed_at_least_that(
+    start_proxy, policy_file, tmp_path: Path
+) -> None:
+    """A 9 MiB prompt brotli'd to a few dozen bytes is past what failcore decodes to read a request on
+    the event loop: it was weighed by those few bytes; now by what it decoded before stopping."""
+    body = json.dumps(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": " " * (9 << 20)}]}
+    ).encode()
+    assert len(_encode(body, "br")) < 1000
+    llm = _two_calls(
+        _answer("application/json", NO_USAGE, None, None),
+        "/v1/chat/completions",
+        body,
+        token_budget(1_000_000),
+        tmp_path / "tape",
+        start_proxy,
+        policy_file,
+        "br",
+    )
+    assert 1_000_000 <= llm["budget_estimate"]["input_tokens"] <= len(body)

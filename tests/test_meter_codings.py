@@ -1,0 +1,112 @@
+"""The stream meter's decoding reuses failcore.evidence's (pastcap.StreamDecoder): any stack of the codings
+failcore decodes is undone, in order, at any chunk boundary, in bounded pieces; what it cannot undo is
+counted by its wire bytes. And `weighed`, what a budget weighs a body it could not read by."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+
+import brotli
+import pytest
+
+from failcore.compat import zstd
+from failcore.llm import SseUsageTracker
+from failcore.proxy.streamcopy import StreamInflater, weighed
+
+ENCODERS = {
+    "gzip": lambda b: gzip.compress(b, mtime=0),
+    "x-gzip": lambda b: gzip.compress(b, mtime=0),
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": zstd.compress,
+}
+TEXT = "The quick brown fox jumps over the lazy dog. " * 40
+
+
+def _sse(text: str = TEXT) -> bytes:
+    chunks = [
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": {"content": text[i : i + 7]}, "finish_reason": None}],
+        }
+        for i in range(0, len(text), 7)
+    ]
+    return ("".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n").encode()
+
+
+def _encode(body: bytes, codings: str) -> bytes:
+    for coding in codings.split(","):
+        body = ENCODERS[coding.strip()](body)
+    return body
+
+
+STACKS = ["gzip, br", "deflate, gzip", "br, zstd, gzip", "x-gzip, deflate", "gzip, gzip", "zstd, br"]
+
+
+@pytest.mark.parametrize("codings", STACKS)
+@pytest.mark.parametrize("piece", [1, 7, 100, 1 << 20])
+def test_a_stack_of_codings_is_undone_at_any_chunk_boundary(codings: str, piece: int) -> None:
+    wire = _encode(_sse(), codings)
+    tracker = SseUsageTracker("openai", "chat_completions")
+    inflate = StreamInflater(codings, tracker.feed)
+    for i in range(0, len(wire), piece):
+        inflate(wire[i : i + piece])
+    tracker.finish()
+    assert not inflate.broken and inflate.undecoded == 0
+    assert tracker.generated_chars == len(TEXT)
+    assert tracker.response_model == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize(
+    "codings", ["x-unknown", "gzip, x-unknown", "x-unknown, br", ", ".join(["gzip"] * 9)]
+)
+def test_a_stack_it_cannot_undo_is_counted_by_its_wire_bytes(codings: str) -> None:
+    """A coding failcore does not decode (or more stacked codings than it decodes): nothing is read,
+    every wire byte is counted."""
+    seen: list[bytes] = []
+    inflate = StreamInflater(codings, seen.append)
+    wire = gzip.compress(_sse())
+    for i in range(0, len(wire), 100):
+        inflate(wire[i : i + 100])
+    assert inflate.broken and seen == [] and inflate.undecoded == len(wire)
+
+
+def test_input_that_stops_decoding_is_counted_from_the_chunk_where_it_stopped() -> None:
+    wire = _encode(_sse(), "gzip, br")
+    good, bad = wire[: len(wire) // 2], b"\xff" * 500
+    out = bytearray()
+    inflate = StreamInflater("gzip, br", out.extend)
+    inflate(good)
+    decoded_before = len(out)
+    inflate(bad)
+    inflate(b"more")
+    assert inflate.broken and inflate.undecoded == len(bad) + 4
+    assert 0 < decoded_before <= len(out) < len(_sse())  # what decoded was handed on, never a wrong usage
+    assert bytes(out) == _sse()[: len(out)]
+
+
+def test_a_stacked_bomb_is_handed_on_in_bounded_pieces() -> None:
+    plain = b"\n" * (32 << 20)
+    bomb = _encode(plain, "gzip, br")
+    assert len(bomb) < 64 * 1024
+    steps: list[int] = []
+    inflate = StreamInflater("gzip, br", lambda out: steps.append(len(out)))
+    inflate(bomb)
+    assert sum(steps) == len(plain) and max(steps) <= 64 * 1024
+
+
+def test_weighed() -> None:
+    body = b'{"text": "' + b"a" * 5000 + b'"}'
+    wire = _encode(body, "gzip, br")
+    assert weighed(wire, "gzip, br", 1 << 20) == (body, len(body), False)
+    assert weighed(body, None, 10) == (body, len(body), False)  # not encoded: its size, read
+    assert weighed(wire, "gzip, br", 100) == (None, 100, True)  # past the limit: the limit
+    # A coding failcore does not undo: the body as it is for the reader, weighed as far as it decodes.
+    gz = gzip.compress(body)
+    assert weighed(gz, "gzip, x-unknown", 1 << 20) == (gz, len(body), True)
+    assert weighed(gz, "x-unknown, br", 1 << 20) == (gz, len(gz), True)
+    assert weighed(b"", "gzip", 10) == (b"", 0, False)
