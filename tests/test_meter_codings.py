@@ -13,7 +13,7 @@ import pytest
 
 from failcore.compat import zstd
 from failcore.llm import SseUsageTracker
-from failcore.proxy.streamcopy import StreamInflater, weighed
+from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy, weighed
 
 ENCODERS = {
     "gzip": lambda b: gzip.compress(b, mtime=0),
@@ -110,3 +110,27 @@ def test_weighed() -> None:
     assert weighed(gz, "gzip, x-unknown", 1 << 20) == (gz, len(body), True)
     assert weighed(gz, "x-unknown, br", 1 << 20) == (gz, len(gz), True)
     assert weighed(b"", "gzip", 10) == (b"", 0, False)
+
+
+def test_decoding_stops_at_the_limit_and_counts_the_rest_by_its_wire_bytes() -> None:
+    plain = b"a" * (1 << 20)
+    wire = _encode(plain, "br, gzip")
+    handed: list[int] = []
+    inflate = StreamInflater("br, gzip", lambda out: handed.append(len(out)), limit=100_000)
+    inflate(wire[:10])
+    inflate(wire[10:])
+    inflate(b"later")
+    assert inflate.broken and 100_000 <= inflate.decoded == sum(handed) < len(plain)
+    assert inflate.undecoded == len(wire) - 10 + 5  # the chunk it stopped in, and what followed
+
+
+@pytest.mark.parametrize("codings", [None, "gzip, br", "x-unknown"])
+def test_a_copy_past_its_limit_is_weighed_as_it_decodes(codings: str | None) -> None:
+    plain = b'{"text": "' + b"z" * 50_000 + b'"}'
+    wire = _encode(plain, codings) if codings and codings != "x-unknown" else plain
+    copy = WholeBodyCopy(50, codings)
+    for i in range(0, len(wire), 30):
+        copy(wire[i : i + 30])
+    assert copy.overflow and bytes(copy.data) == b""
+    # Decoded where failcore decodes the codings; its wire size where not (or not encoded).
+    assert copy.size == len(plain)

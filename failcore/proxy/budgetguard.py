@@ -118,10 +118,10 @@ def _stream_chars(llm: LlmFlow) -> int:
 
 
 def _output_chars(flow: http.HTTPFlow, state: FlowState, call: LlmCall) -> int:
-    """Characters of generated text the response carried. An answer failcore cannot read counts its size
-    in bytes: a Bedrock answer (AWS's binary event stream) or one whose codings failcore could not undo
-    by its size decoded (as the meter weighed it: a gzip'd answer is not smaller), or on the wire where
-    it was not decoded (a coding failcore does not undo, a JSON answer too large to meter whole)."""
+    """Characters of generated text the response carried. An answer failcore cannot read counts a
+    character per byte: a Bedrock answer (AWS's binary event stream), one whose codings failcore could
+    not undo, a JSON answer too large to meter whole; each by its size decoded (as the meter weighed it,
+    bounded: a gzip'd answer is not smaller), its wire size where it does not decode."""
     llm = state.llm
     assert llm is not None
     if llm.api.startswith("bedrock_") and not call.usage_known:
@@ -131,7 +131,7 @@ def _output_chars(flow: http.HTTPFlow, state: FlowState, call: LlmCall) -> int:
     if llm.tracker is not None:
         return _stream_chars(llm)
     if llm.whole_copy is not None and llm.whole_copy.overflow and state.response_tap is not None:
-        return state.response_tap.size
+        return max(state.response_tap.size, llm.whole_copy.size)
     chars = len(call.output_text or "") + sum(len(raw) for raw in call.tool_inputs)
     return max(chars, llm.response_size or 0) if llm.response_unread else chars
 

@@ -247,7 +247,7 @@ class LlmMeter:
         if not could_be_llm_path(flow.request.path):
             return
         state = self.session.state(flow)
-        copy = WholeBodyCopy(self.session.settings.llm_body_max)
+        copy = WholeBodyCopy(self.session.settings.llm_body_max, message_encoding(flow.request))
         state.request_copy = copy
         state.request_observers.append(copy)
 
@@ -275,10 +275,12 @@ class LlmMeter:
 
     def _detect_streamed(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
         """A streamed request, from the copy taken as it passed (none past the limit: then the call is
-        recognised by its host and path alone, its model unknown, and charged by the bytes streamed)."""
+        recognised by its host and path alone, its model unknown, and charged by the bytes streamed, or
+        what they decode to as they passed)."""
         copy = state.request_copy
         if not isinstance(copy, WholeBodyCopy) or copy.overflow:
-            self._detect(flow, state, None, unreadable=True)
+            size = copy.size if isinstance(copy, WholeBodyCopy) else None
+            self._detect(flow, state, None, size, unreadable=True)
             return None
         raw = bytes(copy.data)
         state.request_copy = None
@@ -332,7 +334,7 @@ class LlmMeter:
             return
         headers = flow.response.headers
         if not _metered_as_events(headers.get("content-type", "")):
-            copy = WholeBodyCopy(self.session.settings.llm_body_max)
+            copy = WholeBodyCopy(self.session.settings.llm_body_max, message_encoding(flow.response))
             state.llm.whole_copy = copy
             state.stream_observers.append(copy)
             return

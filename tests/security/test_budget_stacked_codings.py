@@ -28,7 +28,7 @@ import brotli
 import pytest
 
 from failcore.compat import zstd
-from tests.helpers import network_events, read_tape
+from tests.helpers import network_events, proxied_client, read_tape
 from tests.llm_replay import load_exchanges
 from tests.security.budget_helpers import token_budget
 from tests.security.transfer_helpers import RawUpstream, through_proxy
@@ -107,11 +107,12 @@ def _two_calls(
     start_proxy,
     policy_file,
     request_encoding: str | None = None,
+    sets: list[str] | None = None,
 ) -> dict:
     """Two calls under `budget`: the first reaches the upstream and is charged, the second is refused
     by `budget:tokens` and never leaves. The first call's `llm` evidence."""
     with RawUpstream(answer) as upstream:
-        proxy = start_proxy(policy_file(budget))
+        proxy = start_proxy(policy_file(budget), sets=sets)
         request = _post(upstream.authority, path, _encode(request, request_encoding), request_encoding)
         answers = [through_proxy(proxy.port, request) for _ in range(2)]
         proxy.flush()
@@ -312,3 +313,63 @@ def test_a_prompt_that_decodes_past_what_failcore_reads_is_weighed_at_least_that
         "br",
     )
     assert 1_000_000 <= llm["budget_estimate"]["input_tokens"] <= len(body)
+
+
+def test_a_gzipped_json_answer_past_the_metered_copy_is_weighed_decoded(
+    start_proxy, policy_file, tmp_path: Path
+) -> None:
+    """A length-less gzip'd chat completion without usage, larger on the wire than the copy failcore
+    keeps to meter it whole (`failcore_llm_body_max`, set small here: 64 MiB by default): it was charged
+    its gzip'd size; now what it decodes to, counted as it passed."""
+    text = "Lorem ipsum dolor sit amet. " * 2000
+    body = json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4o-2024-08-06",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+    ).encode()
+    answer = _answer("application/json", body, "gzip", "chunked")
+    assert 100 < len(_encode(body, "gzip")) < len(body) // 20
+    request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    llm = _two_calls(
+        answer,
+        "/v1/chat/completions",
+        request,
+        token_budget(len(body), metric="output_tokens"),
+        tmp_path / "tape",
+        start_proxy,
+        policy_file,
+        sets=["failcore_llm_body_max=100"],
+    )
+    assert llm["budget_estimate"]["output_tokens"] == len(body) + 4
+
+
+def test_a_gzipped_streamed_prompt_past_the_metered_copy_is_weighed_decoded(
+    start_proxy, policy_file, plain_logging_upstream, tmp_path: Path
+) -> None:
+    """Observe mode: a chunked gzip'd request streams through, larger on the wire than the copy failcore
+    keeps to read it (`failcore_llm_body_max`, set small here): it was charged its gzip'd size; now what
+    it decodes to, counted as it passed (the budget's warning comes at the second call)."""
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 20_000}]}).encode()
+    wire = gzip.compress(body, mtime=0)
+    assert 100 < len(wire) < 1000
+    plain_logging_upstream.respond_with = (200, [(b"content-type", b"application/json")], NO_USAGE)
+    proxy = start_proxy(policy_file(token_budget(10_000, mode="observe")), sets=["failcore_llm_body_max=100"])
+    url = f"{plain_logging_upstream.url}/v1/chat/completions"
+    headers = {"content-type": "application/json", "content-encoding": "gzip"}
+    with proxied_client(proxy) as client:
+        statuses = [
+            client.post(url, content=iter([wire[:50], wire[50:]]), headers=headers).status_code
+            for _ in range(2)
+        ]
+    proxy.flush()
+    assert statuses == [200, 200]  # observe mode: nothing refused
+    received = plain_logging_upstream.received_bytes()
+    assert received.lower().count(b"transfer-encoding: chunked") == 2  # it did stream
+    first, second = network_events(read_tape(tmp_path / "tape"))
+    assert first["llm"]["budget_estimate"]["input_tokens"] == len(body)
+    assert (second["decision"], second["rule"]) == ("WARN", "budget:tokens")
