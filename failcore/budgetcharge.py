@@ -30,7 +30,9 @@ errs high, so a limit is reached early rather than walked past:
   of the batch body and, for each request, its whole `max_tokens` (`HIDDEN_REASONING_TOKENS` for a
   request without one, or for a body failcore could not read) — the most the batch can spend;
 * an AWS Bedrock streaming operation (`invoke-with-response-stream`, `converse-stream`) answers in AWS's
-  binary event-stream framing: one output token per byte of the response (`output_chars` is its size).
+  binary event-stream framing: one output token per byte of the response (`output_chars` is its size as
+  it decodes: a gzip'd answer is not cheaper); so does an answer failcore cannot read for a coding it
+  does not decode (its wire size; a streamed one's from where its decoding stopped).
 
 An image sent by URL costs more tokens than its URL has bytes. The estimate is recorded on the call's event
 (`llm.budget_estimate`, a `usage_estimated` warning); `usage` itself stays unknown, never 0.

@@ -2,12 +2,12 @@
 
 Usage is extracted on the event loop, at the moment a response ends, so the next request already
 sees it (budgets). An SSE or NDJSON response is metered chunk by chunk by `SseUsageTracker`, which
-keeps O(1) state, so a stream is never buffered to learn its usage (a compressed one is inflated
-piece by piece on the way). A JSON answer that streams through only because it has no Content-Length
-(how OpenAI and Anthropic send JSON: chunked, usually gzip'd) is copied aside as it passes, up to
-`failcore_llm_body_max`, and metered whole at its end exactly like a buffered one: the framing never
-changes what is metered. Everything else about the call (contract drift, the serialised evidence) is
-left to the tape writer's thread.
+keeps O(1) state, so a stream is never buffered to learn its usage (a compressed one is inflated piece
+by piece on the way, every coding of a stack: streamcopy.StreamInflater). A JSON answer that streams
+through only because it has no Content-Length (how OpenAI and Anthropic send JSON: chunked, usually
+gzip'd) is copied aside as it passes, up to `failcore_llm_body_max`, and metered whole at its end
+exactly like a buffered one: the framing never changes what is metered. Everything else about the call
+(contract drift, the serialised evidence) is left to the tape writer's thread.
 """
 
 from __future__ import annotations
