@@ -16,7 +16,8 @@ from failcore.dlp.scanner import DlpScanner
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.echoes import echo_spans, mask_with_echoes
 from failcore.evidence.redact import credential_values
-from failcore.evidence.scanworker import DeferredScan, _frame_item
+from failcore.evidence.scanchild import _frame_item
+from failcore.evidence.scanworker import DeferredScan
 from failcore.policy.model import DlpSettings
 
 SALT = b"echo-union"

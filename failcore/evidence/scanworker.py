@@ -3,7 +3,7 @@
 Measured on a 2-core AMD EPYC: building one keep-alive 1 KB JSON exchange's event costs ~60 µs without
 DLP and ~400 µs with it (nine engine scans: URL, header names and values, both bodies), all of it on the
 proxy's critical core. Here the event is built without its DLP pass (`DeferredScan`), and the tape
-writer's thread hands a batch of them to a child process (`python -m failcore.evidence.scanworker`),
+writer's thread hands a batch of them to a child process (`python -m failcore.evidence.scanchild`),
 which runs exactly the same `scan_event` with the same rules and salt and sends the masked events back.
 
 Nothing depends on the child: a `DeferredScan` is also a builder the tape writer can call itself, which
@@ -22,6 +22,9 @@ branch pastcapev): the full scan of such an exchange's recorded 1 MiB binary bod
 and ~110 ms in a busy proxy, held the proxy's GIL for most of it (Hyperscan releases it while it scans;
 base64, the decoded views and the joins around it do not).
 
+The child also builds a plain exchange's whole event (failcore.evidence.remotebuild): the proxy then
+only takes the exchange's snapshot.
+
 The pipe carries length-prefixed orjson frames of plain JSON (no pickle); the child reads its stdin,
 writes its stdout, opens no socket and never sees the tape or the signing key.
 """
@@ -33,10 +36,8 @@ import hashlib
 import logging
 import os
 import select
-import signal
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,7 +110,15 @@ def rules_sha256(rules: Sequence[DlpRule] | None) -> str:
 _RULE_DIGESTS: dict[int, tuple[Sequence[DlpRule], str]] = {}
 
 
-class DeferredScan:
+class ChildWork:
+    """What the tape writer's batch hook hands to the child: a DeferredScan, or a whole exchange to build
+    (failcore.evidence.remotebuild). Each has an `origin`, a `frame_item()` and an `event` (None when the
+    child's answer is the event itself), and is a builder the writer calls when the child cannot help."""
+
+    __slots__ = ()
+
+
+class DeferredScan(ChildWork):
     """An event built without its DLP pass. Called (by the tape writer, as any builder), it runs the
     pass in this process; the scan worker runs it in the child instead. `past_cap`: the finished
     past-cap scans of its bodies, whose hits the pass places in the event."""
@@ -244,48 +253,6 @@ def _scanner_for(config: dict[str, Any]) -> DlpScanner:
     return scanner
 
 
-def child_main() -> int:
-    """The worker: a config frame, then one reply per batch frame, until stdin closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    fd = sys.stdin.fileno()
-    out = sys.stdout.buffer
-    try:
-        scanner = _scanner_for(read_frame(fd))
-    except EOFError:
-        return 0
-    except Exception as exc:
-        write_frame(out, {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
-        return 1
-    write_frame(out, {"ok": True})
-    while True:
-        try:
-            batch = read_frame(fd)
-        except EOFError:
-            return 0
-        results: list[dict[str, Any] | int | None] = []
-        for item in batch:
-            try:
-                event, past_cap, echoes = _frame_item(item)
-                before = orjson.dumps(event)
-                scan_event(scanner, event, past_cap, echoes)
-                # Most events hold no secret: "unchanged" spares the proxy decoding them again.
-                results.append(UNCHANGED if orjson.dumps(event) == before else event)
-            except Exception:
-                results.append(None)  # the proxy scans this one itself
-        write_frame(out, results)
-
-
-def _frame_item(item: Any) -> tuple[dict[str, Any], tuple[PastCapFindings, ...], Echoes]:
-    if isinstance(item, dict):
-        return item, (), None
-    if isinstance(item, list) and len(item) in (2, 4) and isinstance(item[0], dict) and type(item[1]) is list:
-        past_cap = tuple(PastCapFindings.from_wire(findings) for findings in item[1])
-        if len(item) == 2:
-            return item[0], past_cap, None
-        return item[0], past_cap, ([bytes.fromhex(secret) for secret in item[2]], bytes.fromhex(item[3]))
-    raise ValueError("malformed batch item")
-
-
 # --- the proxy's side ---------------------------------------------------------------------------
 
 
@@ -314,7 +281,7 @@ class ScanWorker:
 
     def __init__(self, origin: ScanOrigin) -> None:
         self.origin = origin
-        self.process = spawn_worker("failcore.evidence.scanworker")
+        self.process = spawn_worker("failcore.evidence.scanchild")
         assert self.process.stdin is not None and self.process.stdout is not None
         self._in = self.process.stdin
         self._out = self.process.stdout.fileno()
@@ -344,10 +311,13 @@ class ScanWorker:
                 self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
         return self.ready
 
-    def scan(self, scans: list[DeferredScan]) -> list[dict[str, Any] | None]:
+    def scan(self, scans: Sequence[ChildWork]) -> list[dict[str, Any] | None]:
         """The scans' events, scanned and masked (an event the scan left as it was is returned itself;
         None: scan it yourself). Raises when the child is gone."""
-        data = orjson.dumps([scan.frame_item() for scan in scans])
+        try:
+            data = orjson.dumps([scan.frame_item() for scan in scans])  # type: ignore[attr-defined]
+        except TypeError:  # (a text orjson refuses: no fault of the child's)
+            return [None] * len(scans)
         # A stuck child stops reading: a frame larger than the pipe's buffer times out as a reply does.
         _write_all(self._in_fd, _LENGTH.pack(len(data)) + data, time.monotonic() + REPLY_TIMEOUT)
         reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
@@ -355,7 +325,7 @@ class ScanWorker:
             raise ValueError("malformed reply from the DLP evidence worker")
         unchanged = [type(item) is int and item == UNCHANGED for item in reply]
         return [
-            item if isinstance(item, dict) else scan.event if same else None
+            item if isinstance(item, dict) else scan.event if same else None  # type: ignore[attr-defined]
             for item, scan, same in zip(reply, scans, unchanged, strict=True)
         ]
 
@@ -390,7 +360,7 @@ class ScanOffload:
         if any(isinstance(item, BuildFirst) for item in items):
             # (exchanges built in this thread: their DLP pass can go to the child with the others')
             items = [_built(item) if isinstance(item, BuildFirst) else item for item in items]
-        deferred = [i for i, item in enumerate(items) if isinstance(item, DeferredScan) and item.origin]
+        deferred = [i for i, item in enumerate(items) if isinstance(item, ChildWork) and item.origin]  # type: ignore[attr-defined]
         out = list(items)
         # (A loss at start-up or in an earlier batch is written ahead of whatever this batch holds.)
         worker = None if not deferred or self.disabled else self._worker_for(out[deferred[0]].origin)  # type: ignore[union-attr, arg-type]
@@ -494,7 +464,3 @@ def _built(item: BuildFirst) -> object:
 
 def _frames(indexes: list[int]) -> list[list[int]]:
     return [indexes[start : start + MAX_FRAME_EVENTS] for start in range(0, len(indexes), MAX_FRAME_EVENTS)]
-
-
-if __name__ == "__main__":
-    sys.exit(child_main())

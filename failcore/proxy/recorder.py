@@ -36,6 +36,7 @@ from failcore.evidence.exchange import (
     past_cap_scans,
     unbuilt_exchange_event,
 )
+from failcore.evidence.remotebuild import RemoteBuild, remote_eligible
 from failcore.evidence.scanworker import BuildFirst, DeferredScan, ScanOffload, ScanOrigin, rules_sha256
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
@@ -314,20 +315,28 @@ class Recorder:
 
     def _build_or_hand_over(
         self, snap: ExchangeSnapshot, settings: EvidenceSettings
-    ) -> dict[str, Any] | DeferredScan | BuildFirst:
+    ) -> dict[str, Any] | DeferredScan | BuildFirst | RemoteBuild:
         """The exchange's event, built here (on the event loop, when it is idle), or for a large body
         the builder handed to the writer's thread. (`snap` first: _evidence_failed names it.)"""
-        compiling = settings.dlp is not None and not engine_ready(settings.dlp.engine)
-        if self.writer is not None and (
-            past_cap_scans(snap) or compiling or _body_bytes(snap) > LOOP_BUILD_MAX_BYTES
-        ):
-            # Decoding, scanning and hashing a large body would hold the event loop for milliseconds
-            # (and a past-cap scan, or DLP rules still compiling at start-up, may have to be waited for):
-            # that work goes to the writer's thread, where a GIL hand-over is the smaller cost.
-            # Built there before the batch goes to the DLP evidence worker, which then runs its DLP pass
-            # (the recorded part's scan, the past-cap hits placed) off this process's GIL.
-            return BuildFirst(self._safe(partial(build_exchange_event, snap, settings)))
-        return build_exchange_event(snap, settings)
+        if self.writer is None:
+            return build_exchange_event(snap, settings)
+        if not past_cap_scans(snap):
+            body_bytes = _body_bytes(snap)
+            if remote_eligible(snap, settings, body_bytes):
+                # Built by the DLP evidence worker with its DLP pass (or by the writer's thread when it
+                # cannot), never here: failcore.evidence.remotebuild.
+                return RemoteBuild(
+                    snap, settings, BuildFirst(self._safe(partial(build_exchange_event, snap, settings)))
+                )
+            compiling = settings.dlp is not None and not engine_ready(settings.dlp.engine)
+            if not compiling and body_bytes <= LOOP_BUILD_MAX_BYTES:
+                return build_exchange_event(snap, settings)
+        # Decoding, scanning and hashing a large body would hold the event loop for milliseconds
+        # (and a past-cap scan, or DLP rules still compiling at start-up, may have to be waited for):
+        # that work goes to the writer's thread, where a GIL hand-over is the smaller cost.
+        # Built there before the batch goes to the DLP evidence worker, which then runs its DLP pass
+        # (the recorded part's scan, the past-cap hits placed) off this process's GIL.
+        return BuildFirst(self._safe(partial(build_exchange_event, snap, settings)))
 
     def _safe(
         self, builder: Callable[[], dict[str, Any] | DeferredScan]

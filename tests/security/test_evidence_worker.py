@@ -138,10 +138,12 @@ def test_worker_killed_mid_run_is_recorded_and_nothing_is_lost_or_unmasked(
 def test_a_worker_that_keeps_dying_is_recorded_each_time_then_given_up(monkeypatch) -> None:
     """A crash-looping child (here: one that exits at once) must neither flood the tape nor lose a scan."""
     import failcore.evidence.scanworker as scanworker
+    import failcore.spawn as spawn
 
     origin, scanner = _origin_and_scanner()
     monkeypatch.setattr(scanworker, "RESTART_INTERVAL", 0.0)
-    monkeypatch.setattr(scanworker.sys, "executable", "/bin/false")
+    # (the interpreter the child is started with: failcore.spawn.worker_command)
+    monkeypatch.setattr(spawn.sys, "executable", "/bin/false")
     offload = ScanOffload("run-test")
     recorded: list[dict[str, object]] = []
     try:
@@ -183,3 +185,44 @@ def test_the_worker_starts_with_the_proxy_and_scans_the_first_exchange(
     assert AWS_KEY.encode() not in raw
     [event] = [e for e in network_events(read_tape(tmp_path / "tape")) if e["path"] == "/first"]
     assert event["request"]["body"]["dlp_masked"]
+
+
+def test_the_worker_builds_plain_exchanges_and_their_secrets_stay_masked(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, monkeypatch
+) -> None:
+    """Once the worker is ready, a plain exchange's event is built there (failcore.evidence.remotebuild),
+    not in the proxy; what it writes is masked as the proxy's own build was."""
+    import failcore.proxy.recorder as recorder_module
+
+    proxy = start_proxy(policy_file(POLICY.format(extra="")))
+    recorder = proxy.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
+    built_here: list[str] = []
+    real_build = recorder_module.build_exchange_event
+
+    def counting_build(snap, cfg):  # type: ignore[no-untyped-def]
+        built_here.append(snap.path)
+        return real_build(snap, cfg)
+
+    with proxied_client(proxy) as client:
+        deadline = time.monotonic() + 120
+        while not proxy.call(lambda: recorder.offload.offloaded):
+            assert time.monotonic() < deadline, "no exchange was ever handed to the worker"
+            client.post(f"{plain_logging_upstream.url}/warm", content=b"{}")
+            proxy.flush()
+        monkeypatch.setattr(recorder_module, "build_exchange_event", counting_build)
+        for n in range(5):
+            body = orjson.dumps({"n": n, "aws": AWS_KEY})
+            reply = client.post(f"{plain_logging_upstream.url}/upload", content=body,
+                                headers={"Authorization": f"Bearer {GITHUB_TOKEN}"})  # fmt: skip
+            assert reply.status_code == 200
+        proxy.flush()
+    proxy.stop()
+    assert built_here == []  # (not one was built in the proxy)
+    raw = b"".join(p.read_bytes() for p in sorted((tmp_path / "tape").glob("seg-*.jsonl")))
+    assert AWS_KEY.encode() not in raw and GITHUB_TOKEN.encode() not in raw
+    uploads = [e for e in network_events(read_tape(tmp_path / "tape")) if e["path"] == "/upload"]
+    assert len(uploads) == 5
+    assert all(e["request"]["body"]["dlp_masked"] for e in uploads)
+    for event in uploads:
+        auth = [value for name, value in event["request"]["headers"] if name.lower() == "authorization"]
+        assert len(auth) == 1 and auth[0].startswith("Bearer [redacted hmac-sha256:")

@@ -58,7 +58,7 @@ def test_a_report_started_in_a_shadowing_directory_counts_with_failcores_own_wor
     assert warm.summary.to_dict() == reference.summary.to_dict()
 
 
-@pytest.mark.parametrize("module", ["failcore.evidence.scanworker", "failcore.evidence.pastcapworker"])
+@pytest.mark.parametrize("module", ["failcore.evidence.scanchild", "failcore.evidence.pastcapworker"])
 def test_a_proxy_started_in_a_shadowing_directory_runs_failcores_own_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
 ) -> None:

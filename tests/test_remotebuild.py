@@ -1,0 +1,231 @@
+"""The DLP evidence worker builds a plain exchange's event exactly as the proxy would
+(failcore.evidence.remotebuild): the snapshot's wire form loses nothing, the child's event is the
+proxy's own, byte for byte, and whatever the child cannot build is built by the proxy as before."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from failcore.evidence.exchange import (
+    EvidenceSettings,
+    ExchangeSnapshot,
+    MessageSnapshot,
+    build_exchange_event,
+)
+from failcore.evidence.remotebuild import (
+    RemoteBuild,
+    build_from_frame,
+    remote_eligible,
+    snapshot_from_wire,
+    snapshot_to_wire,
+)
+from failcore.evidence.scanworker import BuildFirst, ScanOffload
+from failcore.policy.model import Decision
+from tests.security.evidence_helpers import AWS_KEY, GITHUB_TOKEN, SALT, origin_and_scanner
+
+CAP = 4096
+REDACT = frozenset({"x-team-secret"})
+
+
+def _text(rng: random.Random) -> str:
+    parts = ["hello", "é", "日本", "\x00", "\\", '"', AWS_KEY, GITHUB_TOKEN, "\u2028", " ", "\n"]
+    return "".join(rng.choice(parts) for _ in range(rng.randrange(0, 40)))
+
+
+def _fields(rng: random.Random, body: bytes | None) -> tuple[tuple[bytes, bytes], ...]:
+    fields: list[tuple[bytes, bytes]] = []
+    for _ in range(rng.randrange(0, 6)):
+        name = rng.choice([b"X-Trace", b"accept", b"x-team-secret", b"User-Agent", b"x-\xff"])
+        fields.append((name, bytes(rng.randrange(256) for _ in range(rng.randrange(0, 24)))))
+    if rng.random() < 0.5:
+        fields.append((b"Authorization", b"Bearer " + GITHUB_TOKEN.encode()))
+    if rng.random() < 0.3:
+        fields.append((b"Cookie", b"session=" + AWS_KEY.encode() + b"; theme=dark"))
+    ctype = rng.choice([b"application/json", b"text/plain; charset=utf-8", b"application/octet-stream", None])
+    if ctype is not None:
+        fields.append((b"Content-Type", ctype))
+    if body is not None:
+        fields.append((b"Content-Length", str(len(body)).encode()))
+    rng.shuffle(fields)
+    return tuple(fields)
+
+
+def _body(rng: random.Random) -> tuple[bytes | None, bool]:
+    """A body and whether it is gzip'd."""
+    kind = rng.choice(["none", "empty", "text", "json", "binary", "gzip"])
+    if kind == "none":
+        return None, False
+    if kind == "empty":
+        return b"", False
+    if kind == "binary":
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))), False
+    text = _text(rng)
+    data = orjson.dumps({"note": text, "key": AWS_KEY}) if kind == "json" else text.encode()
+    return (gzip.compress(data, mtime=0), True) if kind == "gzip" else (data, False)
+
+
+def _message(rng: random.Random) -> MessageSnapshot:
+    body, gzipped = _body(rng)
+    fields = _fields(rng, body)
+    if gzipped:
+        fields = (*fields, (b"Content-Encoding", b"gzip"))
+    trailers = ((b"x-checksum", b"abc\xfe"),) if rng.random() < 0.2 else None
+    start = rng.uniform(1.7e9, 1.8e9)
+    return MessageSnapshot(
+        http_version=rng.choice(["HTTP/1.1", "HTTP/2.0", "HTTP/1.0"]),
+        headers=fields,
+        content=body,
+        tap=None,
+        ts_start=start,
+        ts_end=rng.choice([None, start + rng.random()]),
+        trailers=trailers,
+    )
+
+
+def _snapshot(seed: int) -> ExchangeSnapshot:
+    rng = random.Random(seed)
+    decision = rng.choice(
+        [
+            None,
+            Decision("ALLOW", None, None, False, "ALLOW"),
+            Decision("WARN", "r1", "watch é " + AWS_KEY, True, "BLOCK"),
+            Decision("BLOCK", "no-upload", "uploads are off", False, "BLOCK"),
+        ]
+    )
+    response = _message(rng) if rng.random() < 0.8 else None
+    start = rng.uniform(1.7e9, 1.8e9)
+    return ExchangeSnapshot(
+        flow_id=f"flow-{seed}",
+        action=rng.choice(["http.request", "http.connect"]),
+        host=rng.choice(["api.example.test", "127.0.0.1", "xn--caf-dma.test"]),
+        port=rng.choice([80, 443, 8443]),
+        scheme=rng.choice(["http", "https"]),
+        method=rng.choice(["GET", "POST", "PUT"]),
+        path=rng.choice(["/", "/v1/x?token=" + GITHUB_TOKEN, "/caf\\xe9?q=1"]),
+        ts_start=start,
+        ts_end=start + rng.random(),
+        request=_message(rng),
+        response=response,
+        status=None if response is None else rng.choice([200, 404, 502]),
+        reason=None if response is None else rng.choice(["OK", "Not Found", ""]),
+        decision=decision,
+        blocked=decision is not None and decision.decision == "BLOCK",
+        error=rng.choice([None, "client disconnected", "peer closed connection é"]),
+        internal_error=rng.choice([None, "ValueError: boom"]),
+        llm=None,
+        cut=rng.choice([None, {"reason": "dlp", "at": 12}]),
+        warnings=rng.choice([None, [], [{"reason": "dlp", "message": "found " + AWS_KEY}]]),
+        replay=rng.choice([None, {"from": "run-1", "flow": "f"}]),
+        stream_complete=rng.random() < 0.3,
+    )
+
+
+def _settings(scanner: Any, origin: Any = None) -> EvidenceSettings:
+    return EvidenceSettings(
+        run_id="run-remote", body_cap=CAP, salt=SALT, redact=REDACT, dlp=scanner, scan_origin=origin
+    )
+
+
+def _on_the_pipe(item: object) -> Any:
+    return orjson.loads(orjson.dumps(item))
+
+
+@pytest.fixture(scope="module")
+def origin_scanner() -> tuple[Any, Any]:
+    return origin_and_scanner()
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_snapshot_comes_back_from_the_wire_as_it_was(seed: int) -> None:
+    snap = _snapshot(seed)
+    assert snapshot_from_wire(_on_the_pipe(snapshot_to_wire(snap))) == snap
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_child_builds_the_proxys_event(seed: int, origin_scanner: tuple[Any, Any]) -> None:
+    origin, scanner = origin_scanner
+    local = build_exchange_event(_snapshot(seed), _settings(scanner))
+    assert isinstance(local, dict)
+    item = RemoteBuild(_snapshot(seed), _settings(scanner, origin), BuildFirst(dict)).frame_item()
+    remote = build_from_frame(_on_the_pipe(item), scanner)
+    assert orjson.dumps(remote) == orjson.dumps(local)
+
+
+@pytest.mark.parametrize("coding", [None, "gzip"])
+def test_secrets_are_masked_in_what_the_child_builds(
+    coding: str | None, origin_scanner: tuple[Any, Any]
+) -> None:
+    origin, scanner = origin_scanner
+    snap = _snapshot(3)
+    body = orjson.dumps({"aws": AWS_KEY, "note": f"token {GITHUB_TOKEN} here"})
+    fields = [(b"Content-Type", b"application/json"), (b"Authorization", b"Bearer " + GITHUB_TOKEN.encode())]
+    if coding:
+        body = gzip.compress(body, mtime=0)
+        fields.append((b"Content-Encoding", coding.encode()))
+    snap.request = MessageSnapshot("HTTP/1.1", tuple(fields), body, None, 1.75e9, 1.75e9 + 0.5)
+    snap.path = "/upload?key=" + AWS_KEY
+    item = RemoteBuild(snap, _settings(scanner, origin), BuildFirst(dict)).frame_item()
+    event = build_from_frame(_on_the_pipe(item), scanner)
+    line = orjson.dumps(event)
+    assert AWS_KEY.encode() not in line and GITHUB_TOKEN.encode() not in line
+    assert event["request"]["body"]["dlp_masked"]
+    # (the token is masked as the echo of the request's own credential)
+    assert "aws-access-key-id" in {hit["rule"] for hit in event["dlp"]["hits"]}
+
+
+def test_only_a_plain_exchange_goes_to_the_child(origin_scanner: tuple[Any, Any]) -> None:
+    origin, scanner = origin_scanner
+    snap = _snapshot(1)
+    assert remote_eligible(snap, _settings(scanner, origin), CAP)
+    # A body that would be recorded truncated needs a past-cap scan of its own: built by the proxy.
+    assert not remote_eligible(snap, _settings(scanner, origin), CAP + 1)
+    # No worker (FAILCORE_EVIDENCE_WORKER=0, a policy with no file) or no DLP: built by the proxy.
+    assert not remote_eligible(snap, _settings(scanner), 0)
+    assert not remote_eligible(snap, _settings(None, origin), 0)
+    snap.llm = object()  # type: ignore[assignment]
+    assert not remote_eligible(snap, _settings(scanner, origin), 0)
+
+
+def test_the_worker_builds_it_and_the_proxy_builds_what_the_worker_cannot(
+    origin_scanner: tuple[Any, Any],
+) -> None:
+    origin, scanner = origin_scanner
+    calls: list[int] = []
+
+    def local_build() -> dict[str, Any]:
+        calls.append(1)
+        built = build_exchange_event(_snapshot(7), _settings(scanner))
+        assert isinstance(built, dict)
+        return built
+
+    expected = local_build()
+    calls.clear()
+    offload = ScanOffload("run-remote")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            out = offload([RemoteBuild(_snapshot(7), _settings(scanner, origin), BuildFirst(local_build))])
+            if isinstance(out[0], dict):
+                break
+            assert time.monotonic() < deadline, "the evidence worker never became ready"
+            time.sleep(0.1)
+        assert orjson.dumps(out[0]) == orjson.dumps(expected)
+        assert calls == [] and offload.offloaded == 1
+
+        # An item the child cannot build comes back None: it stays a builder, which builds it here.
+        class Unbuildable(RemoteBuild):
+            def frame_item(self) -> list[Any]:
+                return ["build", ["not", "a", "snapshot"], ["run-remote", CAP, SALT.hex(), []]]
+
+        broken = Unbuildable(_snapshot(7), _settings(scanner, origin), BuildFirst(local_build))
+        out = offload([broken])
+        assert out == [broken] and offload.worker is not None and offload.deaths == 0
+        assert orjson.dumps(out[0]()) == orjson.dumps(expected) and calls == [1]
+    finally:
+        offload.close()
