@@ -12,6 +12,7 @@ import brotli
 import pytest
 
 from failcore.compat import zstd
+from failcore.evidence.pastcap import StreamDecoder
 from failcore.llm import SseUsageTracker
 from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy, weighed
 
@@ -134,3 +135,22 @@ def test_a_copy_past_its_limit_is_weighed_as_it_decodes(codings: str | None) -> 
     assert copy.overflow and bytes(copy.data) == b""
     # Decoded where failcore decodes the codings; its wire size where not (or not encoded).
     assert copy.size == len(plain)
+
+
+def test_only_the_dlp_decoder_salvages_what_a_corrupt_input_decoded_to() -> None:
+    """A zlib error drops the failing call's output: the stream DLP scans recover it (a secret could be
+    in it), the meter, which charges that input by its wire bytes, does not copy its state to do so."""
+    plain = b"".join(b"data: token %d\n\n" % i for i in range(2000))
+    wire = bytearray(gzip.compress(plain, mtime=0))
+    wire[len(wire) // 2] ^= 0xFF  # a corrupt byte in the middle of the deflate stream
+    outputs = {}
+    for salvage in (True, False):
+        decoder = StreamDecoder("gzip", salvage=salvage)
+        got = bytearray()
+        with pytest.raises(zlib.error):
+            for piece in decoder.feed(bytes(wire)):
+                got += piece
+        outputs[salvage] = bytes(got)
+    # (what follows the corrupt byte may decode to garbage before zlib notices: the start is the body's)
+    assert len(outputs[True]) > 1000 and outputs[True][:1000] == plain[:1000]
+    assert outputs[False] == b""

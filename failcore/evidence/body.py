@@ -130,15 +130,19 @@ def deflate_wbits(head: bytes) -> int:
 _INFLATE_INPUT_STEP: Final = 64 * 1024
 
 
-def _inflate(z: Any, data: bytes) -> tuple[bytes, Exception | None]:
+def _inflate(z: Any, data: bytes, salvage: bool = True) -> tuple[bytes, Exception | None]:
     """`z.decompress(data, _DECODE_STEP)`, and on an error what `data` decoded to before it (a zlib
     error drops the output of the whole call: a streaming receiver has that output, a secret with it).
-    Returns (the output, the error or None)."""
-    saved = z.copy()
+    Returns (the output, the error or None). Without `salvage` (a reader that only counts, and counts
+    a failing input by its wire bytes) the state is not copied first: that copy is most of the cost
+    of a stream of small chunks."""
+    saved = z.copy() if salvage else None
     try:
         return z.decompress(data, _DECODE_STEP), None
     except zlib.error as e:
         error = e
+    if saved is None:
+        return b"", error
     out = bytearray()
     for i in range(len(data)):
         try:
@@ -153,8 +157,9 @@ def _inflate(z: Any, data: bytes) -> tuple[bytes, Exception | None]:
 class _ZlibStage:
     """gzip (every member of a multi-member body, RFC 1952 2.2) or deflate (zlib or raw)."""
 
-    def __init__(self, coding: str) -> None:
+    def __init__(self, coding: str, salvage: bool = True) -> None:
         self.coding = coding
+        self.salvage = salvage
         self.gzip = coding != "deflate"
         self.z: Any = None
         self.members = 0
@@ -184,7 +189,7 @@ class _ZlibStage:
                     wbits = deflate_wbits(pending)
                 self.z = zlib.decompressobj(wbits)
             z = self.z
-            out, error = _inflate(z, pending)
+            out, error = _inflate(z, pending, self.salvage)
             if out:
                 yield out
             if error is not None:
@@ -251,9 +256,9 @@ class UnknownCoding(ValueError):
         super().__init__(f"content-encoding {self.codings!r} is not decoded (read as no coding)")
 
 
-def _stage(coding: str) -> _ZlibStage | BrotliStage | _ZstdStage | AwsChunkedStage:
+def _stage(coding: str, salvage: bool = True) -> _ZlibStage | BrotliStage | _ZstdStage | AwsChunkedStage:
     if coding in ("gzip", "x-gzip", "deflate"):
-        return _ZlibStage(coding)
+        return _ZlibStage(coding, salvage)
     if coding == "aws-chunked":
         return AwsChunkedStage()
     if coding == "br":

@@ -279,15 +279,17 @@ def scan_held_body(
 class StreamDecoder:
     """Undoes a body's Content-Encoding (every stacked coding, every gzip member or zstd frame) as its
     chunks pass, in bounded pieces, for scans that must see what the receiver will decode: the same
-    stages as decoded_steps, fed incrementally. Raises what decoded_steps raises (DECODE_ERRORS)."""
+    stages as decoded_steps, fed incrementally. Raises what decoded_steps raises (DECODE_ERRORS).
+    `salvage=False`: what a failing input decoded to before its error is not recovered (a reader that
+    only counts, and counts such input by its wire bytes; failcore.proxy.streamcopy.StreamInflater)."""
 
     __slots__ = ("stages",)
 
-    def __init__(self, encoding: str | None) -> None:
+    def __init__(self, encoding: str | None, salvage: bool = True) -> None:
         codings = content_encodings(encoding)
         if len(codings) > MAX_ENCODINGS:
             raise ValueError(f"{len(codings)} stacked content-encodings (at most {MAX_ENCODINGS} decoded)")
-        self.stages = [_stage(c) for c in reversed(codings)]
+        self.stages = [_stage(c, salvage) for c in reversed(codings)]
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         return self._push(0, data)

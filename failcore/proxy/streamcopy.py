@@ -115,7 +115,8 @@ class StreamInflater:
         self.decoded = 0
         self.undecoded = 0
         try:
-            self._decoder: StreamDecoder | None = StreamDecoder(encoding)
+            # (it counts what decodes and charges what does not by its wire bytes: nothing to salvage)
+            self._decoder: StreamDecoder | None = StreamDecoder(encoding, salvage=False)
         except ValueError:  # a coding failcore does not decode, or too many
             self._decoder = None
         self.broken = self._decoder is None
