@@ -229,3 +229,23 @@ def test_the_worker_builds_it_and_the_proxy_builds_what_the_worker_cannot(
         assert orjson.dumps(out[0]()) == orjson.dumps(expected) and calls == [1]
     finally:
         offload.close()
+
+
+def test_the_worker_builds_without_loading_mitmproxy() -> None:
+    """The child imports no mitmproxy (start-up time and memory); the text it no longer imports is
+    still classified as mitmproxy's kill."""
+    import subprocess
+    import sys
+
+    from mitmproxy.flow import Error
+
+    from failcore.evidence.exchange import classify_error
+
+    assert classify_error(Error.KILLED_MESSAGE) == "killed"
+    probe = (
+        "import sys, failcore.evidence.scanchild; print(sorted(m for m in sys.modules if 'mitmproxy' in m))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from mitmproxy.flow import Error
 
 from failcore.event import EgressEvent, FailReason, Target
 from failcore.evidence.body import body_evidence, framing_headers
@@ -39,7 +38,9 @@ CLOSED_AFTER_END = "Client closed the connection after the stream's final event.
 def classify_error(message: str) -> FailReason:
     """Map mitmproxy's error text onto failcore's fixed failure taxonomy."""
     m = message.lower()
-    if message in (Error.KILLED_MESSAGE, PROXY_STOPPED) or "killed" in m:
+    # (mitmproxy's Error.KILLED_MESSAGE is "Connection killed.": not imported, so building an event in
+    # the DLP evidence worker loads no mitmproxy; tests/test_remotebuild.py checks the text)
+    if message == PROXY_STOPPED or "killed" in m:
         return "killed"
     if "client disconnected" in m or "client closed" in m or "connection closed by client" in m:
         return "client_disconnect"
