@@ -125,12 +125,30 @@ def test_untrusting_client_is_refused(standin: StandIn) -> None:
         httpx.get(standin.url + "/json")
 
 
+def _free_on_127_0_0_1(port: int) -> bool:
+    """Whether nothing else holds 127.0.0.1:`port` (the port the kernel gave 127.0.0.2 may be in use
+    there by another test's listener: a connection would then be accepted by that one)."""
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def test_binds_only_the_given_host_and_certifies_it() -> None:
-    with StandIn(host="127.0.0.2") as server:
-        context = ssl.create_default_context(cafile=str(server.ca_path))
-        assert httpx.get(server.url + "/json", verify=context).json() == SAMPLE_DOCUMENT
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+    for _ in range(10):
+        with StandIn(host="127.0.0.2") as server:
+            context = ssl.create_default_context(cafile=str(server.ca_path))
+            assert httpx.get(server.url + "/json", verify=context).json() == SAMPLE_DOCUMENT
+            if not _free_on_127_0_0_1(server.port):
+                continue  # another port: this one is someone else's on 127.0.0.1
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+            return
+    pytest.fail("every port given to 127.0.0.2 was in use on 127.0.0.1")
 
 
 def test_stop_closes_the_listener() -> None:
