@@ -14,9 +14,10 @@ exchanges (thread CPU time: time.thread_time), rounds interleaved, medians (minâ
 - chain: `encode_line` (the line with `prev`, `seq` and its sha256);
 - write: appending the lines to a file, 64 a write (the writer's batches), page cache only.
 
-`hand-off floor` is the least a separate writer process would cost the proxy instead: the snapshot's
-fields and headers as one orjson frame plus its bodies as raw bytes, written to a pipe that a reader
-thread drains (what crossing a process boundary costs before anything is built there). No pickle.
+`hand-off floor` is the least a separate process costs the proxy instead: the snapshot in the wire form
+the DLP evidence worker builds a plain exchange's event from (failcore.evidence.remotebuild:
+`snapshot_to_wire`, one orjson frame), written to a pipe that a reader thread drains (what crossing a
+process boundary costs before anything is built there). No pickle.
 """
 
 from __future__ import annotations
@@ -38,49 +39,18 @@ import orjson
 
 from benchmarks.evidence_bench import _snapshot, evidence_settings, ready_offload
 from benchmarks.report import machine_info
-from failcore.evidence.exchange import (
-    ExchangeSnapshot,
-    MessageSnapshot,
-    build_exchange_event,
-)
+from failcore.evidence.exchange import ExchangeSnapshot, build_exchange_event
+from failcore.evidence.remotebuild import snapshot_to_wire
 from failcore.tape.writer import encode_line, serialise_event
 
 BATCH = 64
 
 
-def _message_frame(message: MessageSnapshot | None) -> tuple[object, bytes]:
-    if message is None:
-        return None, b""
-    fields = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in message.headers]
-    return [message.http_version, fields, message.ts_start, message.ts_end], message.content or b""
-
-
 def hand_off_frame(snap: ExchangeSnapshot) -> bytes:
-    """The snapshot as bytes another process could rebuild it from: its scalars and headers as orjson,
-    then the two bodies raw, each length-prefixed."""
-    request, request_body = _message_frame(snap.request)
-    response, response_body = _message_frame(snap.response)
-    meta = orjson.dumps(
-        [
-            snap.flow_id,
-            snap.action,
-            snap.host,
-            snap.port,
-            snap.scheme,
-            snap.method,
-            snap.path,
-            snap.ts_start,
-            snap.ts_end,
-            request,
-            response,
-            snap.status,
-            snap.reason,
-            snap.blocked,
-            snap.error,
-        ]
-    )
-    parts = (meta, request_body, response_body)
-    return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+    """The snapshot as the proxy hands it to the DLP evidence worker to build its event
+    (failcore.evidence.remotebuild), length-prefixed as on the pipe."""
+    data = orjson.dumps(snapshot_to_wire(snap))
+    return len(data).to_bytes(4, "big") + data
 
 
 def _timed(work: Callable[[], None]) -> float:
