@@ -8,21 +8,13 @@ import gzip
 import json
 import zlib
 
-import brotli
 import pytest
 
-from failcore.compat import zstd
 from failcore.evidence.pastcap import StreamDecoder
 from failcore.llm import SseUsageTracker
 from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy, weighed
+from tests.security.coding_helpers import encode_stack
 
-ENCODERS = {
-    "gzip": lambda b: gzip.compress(b, mtime=0),
-    "x-gzip": lambda b: gzip.compress(b, mtime=0),
-    "deflate": zlib.compress,
-    "br": brotli.compress,
-    "zstd": zstd.compress,
-}
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
 
 
@@ -39,19 +31,13 @@ def _sse(text: str = TEXT) -> bytes:
     return ("".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n").encode()
 
 
-def _encode(body: bytes, codings: str) -> bytes:
-    for coding in codings.split(","):
-        body = ENCODERS[coding.strip()](body)
-    return body
-
-
 STACKS = ["gzip, br", "deflate, gzip", "br, zstd, gzip", "x-gzip, deflate", "gzip, gzip", "zstd, br"]
 
 
 @pytest.mark.parametrize("codings", STACKS)
 @pytest.mark.parametrize("piece", [1, 7, 100, 1 << 20])
 def test_a_stack_of_codings_is_undone_at_any_chunk_boundary(codings: str, piece: int) -> None:
-    wire = _encode(_sse(), codings)
+    wire = encode_stack(_sse(), codings)
     tracker = SseUsageTracker("openai", "chat_completions")
     inflate = StreamInflater(codings, tracker.feed)
     for i in range(0, len(wire), piece):
@@ -77,7 +63,7 @@ def test_a_stack_it_cannot_undo_is_counted_by_its_wire_bytes(codings: str) -> No
 
 
 def test_input_that_stops_decoding_is_counted_from_the_chunk_where_it_stopped() -> None:
-    wire = _encode(_sse(), "gzip, br")
+    wire = encode_stack(_sse(), "gzip, br")
     good, bad = wire[: len(wire) // 2], b"\xff" * 500
     out = bytearray()
     inflate = StreamInflater("gzip, br", out.extend)
@@ -92,7 +78,7 @@ def test_input_that_stops_decoding_is_counted_from_the_chunk_where_it_stopped() 
 
 def test_a_stacked_bomb_is_handed_on_in_bounded_pieces() -> None:
     plain = b"\n" * (32 << 20)
-    bomb = _encode(plain, "gzip, br")
+    bomb = encode_stack(plain, "gzip, br")
     assert len(bomb) < 64 * 1024
     steps: list[int] = []
     inflate = StreamInflater("gzip, br", lambda out: steps.append(len(out)))
@@ -102,7 +88,7 @@ def test_a_stacked_bomb_is_handed_on_in_bounded_pieces() -> None:
 
 def test_weighed() -> None:
     body = b'{"text": "' + b"a" * 5000 + b'"}'
-    wire = _encode(body, "gzip, br")
+    wire = encode_stack(body, "gzip, br")
     assert weighed(wire, "gzip, br", 1 << 20) == (body, len(body), False)
     assert weighed(body, None, 10) == (body, len(body), False)  # not encoded: its size, read
     assert weighed(wire, "gzip, br", 100) == (None, 100, True)  # past the limit: the limit
@@ -115,7 +101,7 @@ def test_weighed() -> None:
 
 def test_decoding_stops_at_the_limit_and_counts_the_rest_by_its_wire_bytes() -> None:
     plain = b"a" * (1 << 20)
-    wire = _encode(plain, "br, gzip")
+    wire = encode_stack(plain, "br, gzip")
     handed: list[int] = []
     inflate = StreamInflater("br, gzip", lambda out: handed.append(len(out)), limit=100_000)
     inflate(wire[:10])
@@ -128,7 +114,7 @@ def test_decoding_stops_at_the_limit_and_counts_the_rest_by_its_wire_bytes() -> 
 @pytest.mark.parametrize("codings", [None, "gzip, br", "x-unknown"])
 def test_a_copy_past_its_limit_is_weighed_as_it_decodes(codings: str | None) -> None:
     plain = b'{"text": "' + b"z" * 50_000 + b'"}'
-    wire = _encode(plain, codings) if codings and codings != "x-unknown" else plain
+    wire = encode_stack(plain, codings) if codings and codings != "x-unknown" else plain
     copy = WholeBodyCopy(50, codings)
     for i in range(0, len(wire), 30):
         copy(wire[i : i + 30])

@@ -1,17 +1,33 @@
 """What the budget attacks share: a policy with one token budget, an OpenAI answer with usage, a stream
-without it, and the three calls a 3000-token budget lets two of."""
+without it (and the recorded ones), and the three calls a 3000-token budget lets two of."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tests.helpers import network_events, proxied_client, read_tape
+from tests.llm_replay import load_exchanges
 
 if TYPE_CHECKING:
     from tests.helpers import ProxyThread
     from tests.security.upstream import LoggingUpstream
+
+
+def recorded_streams_without_usage() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(request, exchange) for each recorded OpenAI chat stream that asked for no usage
+    (`stream_options`) and reports none: what a budget must estimate."""
+    for exchange in load_exchanges():
+        if exchange["host"] != "api.openai.com:443" or exchange["path"] != "/v1/chat/completions":
+            continue
+        if "event-stream" not in (exchange["response_headers"].get("content-type") or ""):
+            continue
+        request = json.loads(exchange["request_body"])
+        reports_usage = '"usage":{' in exchange["response_body"].replace(" ", "")
+        if request.get("stream") is True and "stream_options" not in request and not reports_usage:
+            yield request, exchange
 
 
 def token_budget(limit: int, scope: str = "", *, metric: str = "total_tokens", mode: str = "enforce") -> str:

@@ -2,6 +2,8 @@
 inflated the way a streaming receiver inflates it (one byte at a time, keeping what came out before an
 error), with gzip, zlib, raw deflate, brotli and zstd. Independent of failcore's decoders.
 
+The codings a test applies itself (`encode_stack`, with the libraries' own encoders).
+
 And S3's aws-chunked framing as AWS clients write it (checked against what botocore sent, recorded in
 tests/data/aws_chunked)."""
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import gzip
 import hashlib
 import json
 import re
@@ -23,6 +26,26 @@ import brotli
 from failcore.compat import zstd
 from tests.helpers import read_tape
 from tests.security.helpers import tape_bytes
+
+# Each coding with its library's encoder (gzip without a timestamp: the same bytes every run);
+# `x-unknown` is a coding failcore does not know (the bytes left as they are).
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": lambda b: gzip.compress(b, mtime=0),
+    "x-gzip": lambda b: gzip.compress(b, mtime=0),
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": zstd.compress,
+    "x-unknown": lambda b: b,
+}
+
+
+def encode_stack(body: bytes, codings: str | None) -> bytes:
+    """`body` under `codings` as a Content-Encoding or Transfer-Encoding lists them, first applied first;
+    `chunked` is framing, left to the caller."""
+    for coding in (c.strip() for c in (codings or "").split(",")):
+        if coding and coding != "chunked":
+            body = ENCODERS[coding](body)
+    return body
 
 
 def _bodies(node: Any) -> Iterator[dict[str, Any]]:

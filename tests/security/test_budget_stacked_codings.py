@@ -21,39 +21,20 @@ import binascii
 import gzip
 import json
 import struct
-import zlib
 from pathlib import Path
 
-import brotli
 import pytest
 
-from failcore.compat import zstd
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.llm_replay import load_exchanges
-from tests.security.budget_helpers import token_budget
+from tests.security.budget_helpers import recorded_streams_without_usage, token_budget
+from tests.security.coding_helpers import encode_stack
 from tests.security.transfer_helpers import RawUpstream, through_proxy
-
-ENCODERS = {
-    "gzip": lambda b: gzip.compress(b, mtime=0),
-    "x-gzip": lambda b: gzip.compress(b, mtime=0),
-    "deflate": zlib.compress,
-    "br": brotli.compress,
-    "zstd": zstd.compress,
-    "x-unknown": lambda b: b,  # a coding failcore does not know (the bytes: whatever it is)
-}
-
-
-def _encode(body: bytes, codings: str | None) -> bytes:
-    for coding in (c.strip() for c in (codings or "").split(",")):
-        if coding and coding != "chunked":
-            body = ENCODERS[coding](body)
-    return body
 
 
 def _answer(content_type: str, body: bytes, content_encoding: str | None, transfer: str | None) -> bytes:
     """A 200 carrying `body` coded by `content_encoding` then `transfer` (its last coding `chunked`, in
     chunks of 1000 bytes), or with a Content-Length when there is no Transfer-Encoding."""
-    wire = _encode(_encode(body, content_encoding), transfer)
+    wire = encode_stack(encode_stack(body, content_encoding), transfer)
     head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n"
     if content_encoding:
         head += f"Content-Encoding: {content_encoding}\r\n"
@@ -77,13 +58,8 @@ def _recorded_stream() -> tuple[bytes, bytes, int]:
     """A real OpenAI chat stream without usage and without tool calls (the longest such), its request,
     and the characters of content it carries (counted here)."""
     best: tuple[int, bytes, bytes] | None = None
-    for exchange in load_exchanges():
-        if exchange["host"] != "api.openai.com:443" or exchange["path"] != "/v1/chat/completions":
-            continue
-        if "event-stream" not in (exchange["response_headers"].get("content-type") or ""):
-            continue
-        request = json.loads(exchange["request_body"])
-        if "stream_options" in request or "max_tokens" in request or '"usage":{' in exchange["response_body"]:
+    for request, exchange in recorded_streams_without_usage():
+        if "max_tokens" in request:
             continue
         chars, tools = 0, 0
         for line in exchange["response_body"].splitlines():
@@ -113,7 +89,7 @@ def _two_calls(
     by `budget:tokens` and never leaves. The first call's `llm` evidence."""
     with RawUpstream(answer) as upstream:
         proxy = start_proxy(policy_file(budget), sets=sets)
-        request = _post(upstream.authority, path, _encode(request, request_encoding), request_encoding)
+        request = _post(upstream.authority, path, encode_stack(request, request_encoding), request_encoding)
         answers = [through_proxy(proxy.port, request) for _ in range(2)]
         proxy.flush()
     assert [a[:12] for a in answers] == [b"HTTP/1.1 200", b"HTTP/1.1 429"], answers[1][:300]
@@ -158,7 +134,7 @@ def test_a_stream_under_a_coding_failcore_cannot_undo_is_charged_its_wire_size(
     """`gzip, x-unknown`: failcore cannot read the stream, so it charges one output token per byte of
     it as it passed (de-chunked), never nothing."""
     sse, request, _ = _recorded_stream()
-    wire = _encode(sse, "gzip, x-unknown")
+    wire = encode_stack(sse, "gzip, x-unknown")
     answer = _answer("text/event-stream", sse, "gzip, x-unknown", "chunked")
     llm = _two_calls(
         answer,
@@ -245,16 +221,7 @@ def test_a_json_answer_under_a_coding_failcore_cannot_undo_is_charged_what_it_de
     """A chat completion without usage under `gzip, x-unknown`: failcore undoes the gzip, cannot read
     the rest, and charges the body as far as it decodes (here all of it: x-unknown left it as it was)."""
     text = "Lorem ipsum dolor sit amet. " * 100
-    body = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-2024-08-06",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-        }
-    ).encode()
+    body = _completion_without_usage(text)
     answer = _answer("application/json", body, "gzip, x-unknown", None)
     request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
     llm = _two_calls(
@@ -272,13 +239,27 @@ def test_a_json_answer_under_a_coding_failcore_cannot_undo_is_charged_what_it_de
 NO_USAGE = b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": []}'
 
 
+def _completion_without_usage(text: str) -> bytes:
+    """A chat completion answering `text` that reports no usage."""
+    return json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4o-2024-08-06",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+    ).encode()
+
+
 def test_a_prompt_under_a_coding_failcore_cannot_undo_is_weighed_as_far_as_it_decodes(
     start_proxy, policy_file, tmp_path: Path
 ) -> None:
     """A 3000-character prompt under `gzip, x-unknown`: failcore cannot read it as JSON, and weighed it
     by its gzip'd size (a few dozen bytes); it is charged a token per byte it decodes to."""
     body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 3000}]}).encode()
-    assert len(_encode(body, "gzip, x-unknown")) < 200
+    assert len(encode_stack(body, "gzip, x-unknown")) < 200
     llm = _two_calls(
         _answer("application/json", NO_USAGE, None, None),
         "/v1/chat/completions",
@@ -301,7 +282,7 @@ def test_a_prompt_that_decodes_past_what_failcore_reads_is_weighed_at_least_that
     body = json.dumps(
         {"model": "gpt-4o", "messages": [{"role": "user", "content": " " * (9 << 20)}]}
     ).encode()
-    assert len(_encode(body, "br")) < 1000
+    assert len(encode_stack(body, "br")) < 1000
     llm = _two_calls(
         _answer("application/json", NO_USAGE, None, None),
         "/v1/chat/completions",
@@ -322,18 +303,9 @@ def test_a_gzipped_json_answer_past_the_metered_copy_is_weighed_decoded(
     keeps to meter it whole (`failcore_llm_body_max`, set small here: 64 MiB by default): it was charged
     its gzip'd size; now what it decodes to, counted as it passed."""
     text = "Lorem ipsum dolor sit amet. " * 2000
-    body = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-2024-08-06",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-        }
-    ).encode()
+    body = _completion_without_usage(text)
     answer = _answer("application/json", body, "gzip", "chunked")
-    assert 100 < len(_encode(body, "gzip")) < len(body) // 20
+    assert 100 < len(encode_stack(body, "gzip")) < len(body) // 20
     request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
     llm = _two_calls(
         answer,

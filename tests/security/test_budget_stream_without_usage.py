@@ -12,8 +12,7 @@ import json
 import httpx
 
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.llm_replay import load_exchanges
-from tests.security.budget_helpers import token_budget
+from tests.security.budget_helpers import recorded_streams_without_usage, token_budget
 from tests.security.upstream import LoggingUpstream
 
 LIMIT = 100
@@ -21,15 +20,8 @@ POLICY = token_budget(LIMIT)
 
 
 def _recorded_stream_without_usage() -> dict:
-    for exchange in load_exchanges():
-        if exchange["host"] != "api.openai.com:443" or exchange["path"] != "/v1/chat/completions":
-            continue
-        if "event-stream" not in (exchange["response_headers"].get("content-type") or ""):
-            continue
-        request = json.loads(exchange["request_body"])
-        reports_usage = '"usage":{' in exchange["response_body"].replace(" ", "")
-        if request.get("stream") is True and "stream_options" not in request and not reports_usage:
-            return exchange
+    for _request, exchange in recorded_streams_without_usage():
+        return exchange
     raise AssertionError("no recorded OpenAI stream without usage")
 
 
