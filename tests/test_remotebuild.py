@@ -249,3 +249,28 @@ def test_the_worker_builds_without_loading_mitmproxy() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_body_the_recorder_could_not_size_is_not_sent_to_be_built(origin_scanner: tuple[Any, Any]) -> None:
+    """The recorder's probe stops a little past LOOP_BUILD_MAX_BYTES: a compressed body that decodes to
+    more is built in the writer's thread as before (its size unknown, it may need a past-cap scan),
+    never by the worker, however large the recorded cap."""
+    from types import SimpleNamespace
+
+    from failcore.proxy.recorder import LOOP_BUILD_MAX_BYTES, Recorder
+
+    origin, scanner = origin_scanner
+    cfg = EvidenceSettings(
+        run_id="run-remote", body_cap=16 << 20, salt=SALT, redact=REDACT, dlp=scanner, scan_origin=origin
+    )
+    recorder = SimpleNamespace(writer=object(), _safe=lambda builder: builder)
+    for size, remote in ((1024, True), (LOOP_BUILD_MAX_BYTES * 4, False)):
+        snap = _snapshot(5)
+        plain = b"x" * size
+        snap.request = MessageSnapshot(
+            "HTTP/1.1", ((b"Content-Encoding", b"gzip"),), gzip.compress(plain), None, 1.75e9, 1.75e9
+        )
+        snap.response = None
+        built = Recorder._build_or_hand_over(recorder, snap, cfg)  # type: ignore[arg-type]
+        assert isinstance(built, RemoteBuild) is remote
+        assert remote or isinstance(built, BuildFirst)

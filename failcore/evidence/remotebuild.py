@@ -34,7 +34,7 @@ BUILD = "build"
 
 def remote_eligible(snap: ExchangeSnapshot, cfg: EvidenceSettings, body_bytes: int) -> bool:
     """Whether the worker can build this exchange's event exactly as the proxy would. `body_bytes`:
-    what its bodies decode to (the recorder's probe, which stops past its own limit)."""
+    what its bodies decode to, exactly (the recorder asks only when its probe did not stop early)."""
     return (
         cfg.scan_origin is not None
         and cfg.dlp is not None

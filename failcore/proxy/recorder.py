@@ -322,7 +322,8 @@ class Recorder:
             return build_exchange_event(snap, settings)
         if not past_cap_scans(snap):
             body_bytes = _body_bytes(snap)
-            if remote_eligible(snap, settings, body_bytes):
+            # (past LOOP_BUILD_MAX_BYTES the probe stopped: the size is not known)
+            if body_bytes <= LOOP_BUILD_MAX_BYTES and remote_eligible(snap, settings, body_bytes):
                 # Built by the DLP evidence worker with its DLP pass (or by the writer's thread when it
                 # cannot), never here: failcore.evidence.remotebuild.
                 return RemoteBuild(
