@@ -112,10 +112,17 @@ _RULE_DIGESTS: dict[int, tuple[Sequence[DlpRule], str]] = {}
 
 class ChildWork:
     """What the tape writer's batch hook hands to the child: a DeferredScan, or a whole exchange to build
-    (failcore.evidence.remotebuild). Each has an `origin`, a `frame_item()` and an `event` (None when the
-    child's answer is the event itself), and is a builder the writer calls when the child cannot help."""
+    (failcore.evidence.remotebuild). Each is also a builder the writer calls when the child cannot help."""
 
     __slots__ = ()
+    # Where the child rebuilds the scanner from (None: never handed over).
+    origin: ScanOrigin | None
+    # What "unchanged" stands for in the child's answer (None: the answer is always the whole event).
+    event: dict[str, Any] | None
+
+    def frame_item(self) -> dict[str, Any] | list[Any]:
+        """What the child is sent for it."""
+        raise NotImplementedError
 
 
 class DeferredScan(ChildWork):
@@ -315,7 +322,7 @@ class ScanWorker:
         """The scans' events, scanned and masked (an event the scan left as it was is returned itself;
         None: scan it yourself). Raises when the child is gone."""
         try:
-            data = orjson.dumps([scan.frame_item() for scan in scans])  # type: ignore[attr-defined]
+            data = orjson.dumps([scan.frame_item() for scan in scans])
         except TypeError:  # (a text orjson refuses: no fault of the child's)
             return [None] * len(scans)
         # A stuck child stops reading: a frame larger than the pipe's buffer times out as a reply does.
@@ -325,7 +332,7 @@ class ScanWorker:
             raise ValueError("malformed reply from the DLP evidence worker")
         unchanged = [type(item) is int and item == UNCHANGED for item in reply]
         return [
-            item if isinstance(item, dict) else scan.event if same else None  # type: ignore[attr-defined]
+            item if isinstance(item, dict) else scan.event if same else None
             for item, scan, same in zip(reply, scans, unchanged, strict=True)
         ]
 
@@ -360,7 +367,7 @@ class ScanOffload:
         if any(isinstance(item, BuildFirst) for item in items):
             # (exchanges built in this thread: their DLP pass can go to the child with the others')
             items = [_built(item) if isinstance(item, BuildFirst) else item for item in items]
-        deferred = [i for i, item in enumerate(items) if isinstance(item, ChildWork) and item.origin]  # type: ignore[attr-defined]
+        deferred = [i for i, item in enumerate(items) if isinstance(item, ChildWork) and item.origin]
         out = list(items)
         # (A loss at start-up or in an earlier batch is written ahead of whatever this batch holds.)
         worker = None if not deferred or self.disabled else self._worker_for(out[deferred[0]].origin)  # type: ignore[union-attr, arg-type]
