@@ -6,7 +6,6 @@ Per-flow state lives here rather than in `flow.metadata` because mitmproxy seria
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import traceback
@@ -21,6 +20,7 @@ from failcore.event import EgressEvent
 from failcore.evidence.internal import flow_echoes, internal_error_item
 from failcore.logmask import LOG_ECHOES
 from failcore.policy.model import Decision, Policy
+from failcore.proxy.bodyhash import StreamSha256
 from failcore.proxy.settings import AddonSettings
 from failcore.runmarks import new_run_id
 
@@ -58,7 +58,7 @@ class BodyTap:
         self.max_chunks = max_chunks
         self.kept = bytearray()
         self.size = 0
-        self.digest = hashlib.sha256()
+        self.digest = StreamSha256()  # (hashed off the event loop: failcore.proxy.bodyhash)
         self.chunks: list[tuple[float, int]] = []
         self.t0 = time.time()
         # Other concerns (usage metering, stream DLP) see each chunk as it passes, without copies.
