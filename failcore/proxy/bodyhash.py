@@ -18,8 +18,10 @@ import queue
 import threading
 from typing import Final
 
-BATCH: Final = 256 * 1024
-QUEUE_BATCHES: Final = 64  # 16 MiB of bytes waiting to be hashed, across every body
+# 1 MiB: at 256 KiB the hasher's more frequent GIL hand-backs cost the proxy ~0.2 ms more CPU per MiB of
+# a 128 MiB transfer (benchmarks/bulk_bench.py, BENCHMARKS.md "bodyhash").
+BATCH: Final = 1024 * 1024
+QUEUE_BATCHES: Final = 16  # 16 MiB of bytes waiting to be hashed, across every body
 # How long the digest waits for the hasher before giving up (the event is then recorded as failed).
 DIGEST_TIMEOUT: Final = 60.0
 
