@@ -119,6 +119,14 @@ def _read_request(raw: bytes | None, encoding: str | None, limit: int) -> tuple[
     return _request_json(body), size
 
 
+async def _settled(copy: WholeBodyCopy, then: Callable[[], Awaitable[None] | None]) -> None:
+    """`then` once a copy past its limit has decoded what it kept (a step per loop turn: settle)."""
+    await copy.settle()
+    pending = then()
+    if pending is not None:
+        await pending
+
+
 def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
     call = flow_llm.call
     cost = flow_llm.cost
@@ -278,6 +286,8 @@ class LlmMeter:
         recognised by its host and path alone, its model unknown, and charged by the bytes streamed, or
         what they decode to as they passed)."""
         copy = state.request_copy
+        if isinstance(copy, WholeBodyCopy) and not copy.settled:
+            return _settled(copy, lambda: self._detect_streamed(flow, state))
         if not isinstance(copy, WholeBodyCopy) or copy.overflow:
             size = copy.size if isinstance(copy, WholeBodyCopy) else None
             self._detect(flow, state, None, size, unreadable=True)
@@ -381,6 +391,8 @@ class LlmMeter:
 
     def _meter(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
         assert state.llm is not None and flow.response is not None
+        if state.llm.whole_copy is not None and not state.llm.whole_copy.settled:
+            return _settled(state.llm.whole_copy, lambda: self._meter(flow, state))
         request_body = None if state.llm.request_json is not None else _body(flow.request)
         tap = state.response_tap
         copy = state.llm.whole_copy
