@@ -24,7 +24,6 @@ from mitmproxy import http
 from failcore.evidence import (
     DECODE_LIMIT,
     ON_LOOP_DECODE_LIMIT,
-    decoded_content,
     is_encoded,
     read_off_loop,
 )
@@ -107,10 +106,6 @@ def _request_json(content: bytes | None) -> dict[str, Any] | None:
 
 def _decode_off_loop(message: http.Message) -> bool:
     return read_off_loop(len(message.raw_content or b""), message_encoding(message), PARSE_OFF_LOOP_BYTES)
-
-
-def _body(message: http.Message, limit: int = ON_LOOP_DECODE_LIMIT) -> bytes | None:
-    return decoded_content(message.raw_content, message_encoding(message), limit)
 
 
 def _read_request(raw: bytes | None, encoding: str | None, limit: int) -> tuple[dict[str, Any] | None, int]:
@@ -393,7 +388,6 @@ class LlmMeter:
         assert state.llm is not None and flow.response is not None
         if state.llm.whole_copy is not None and not state.llm.whole_copy.settled:
             return _settled(state.llm.whole_copy, lambda: self._meter(flow, state))
-        request_body = None if state.llm.request_json is not None else _body(flow.request)
         tap = state.response_tap
         copy = state.llm.whole_copy
         encoding = message_encoding(flow.response)
@@ -414,7 +408,8 @@ class LlmMeter:
         args = dict(
             host=f"{state.decided_host or flow.request.host}:{flow.request.port}",
             path=flow.request.path,
-            request_body=request_body,
+            # (read at request time, request_json: a body that was not a JSON object then is not now)
+            request_body=None,
             response_body=response_body,
             response_content_type=flow.response.headers.get("content-type"),
             status=flow.response.status_code,
