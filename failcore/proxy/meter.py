@@ -104,10 +104,6 @@ def _request_json(content: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _decode_off_loop(message: http.Message) -> bool:
-    return read_off_loop(len(message.raw_content or b""), message_encoding(message), PARSE_OFF_LOOP_BYTES)
-
-
 def _read_request(raw: bytes | None, encoding: str | None, limit: int) -> tuple[dict[str, Any] | None, int]:
     """The request's JSON object (None if it is not one) and its size as the upstream decodes it."""
     body, size, _ = weighed(raw, encoding, limit)
@@ -266,14 +262,24 @@ class LlmMeter:
             return None
         if state.request_tap is not None:
             return self._detect_streamed(flow, state)
-        if _decode_off_loop(flow.request):
-            return self._detect_off_loop(flow, state)
-        raw, encoding = flow.request.raw_content, message_encoding(flow.request)
-        self._detect(flow, state, *_read_request(raw, encoding, ON_LOOP_DECODE_LIMIT))
-        return None
+        return self._read(flow, state, flow.request.raw_content, message_encoding(flow.request))
 
-    async def _detect_off_loop(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        raw, encoding = flow.request.raw_content, message_encoding(flow.request)
+    def _read(
+        self, flow: http.HTTPFlow, state: FlowState, raw: bytes | None, encoding: str | None
+    ) -> Awaitable[None] | None:
+        """The request body read on the event loop when it is small, else in a worker thread (up to
+        DECODE_LIMIT): a large one, or a small compressed one that decodes past ON_LOOP_DECODE_LIMIT (its
+        model is read all the same, not left unknown)."""
+        if not read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES):
+            request_json, size = _read_request(raw, encoding, ON_LOOP_DECODE_LIMIT)
+            if request_json is not None or size < ON_LOOP_DECODE_LIMIT:
+                self._detect(flow, state, request_json, size)
+                return None
+        return self._detect_off_loop(flow, state, raw, encoding)
+
+    async def _detect_off_loop(
+        self, flow: http.HTTPFlow, state: FlowState, raw: bytes | None, encoding: str | None
+    ) -> None:
         self._detect(flow, state, *await asyncio.to_thread(_read_request, raw, encoding, DECODE_LIMIT))
 
     def _detect_streamed(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
@@ -287,18 +293,8 @@ class LlmMeter:
             size = copy.size if isinstance(copy, WholeBodyCopy) else None
             self._detect(flow, state, None, size, unreadable=True)
             return None
-        raw = bytes(copy.data)
         state.request_copy = None
-        encoding = message_encoding(flow.request)
-        if read_off_loop(len(raw), encoding, PARSE_OFF_LOOP_BYTES):
-            return self._detect_streamed_off_loop(flow, state, raw, encoding)
-        self._detect(flow, state, *_read_request(raw, encoding, ON_LOOP_DECODE_LIMIT))
-        return None
-
-    async def _detect_streamed_off_loop(
-        self, flow: http.HTTPFlow, state: FlowState, raw: bytes, encoding: str | None
-    ) -> None:
-        self._detect(flow, state, *await asyncio.to_thread(_read_request, raw, encoding, DECODE_LIMIT))
+        return self._read(flow, state, bytes(copy.data), message_encoding(flow.request))
 
     def _detect(
         self,
@@ -401,6 +397,8 @@ class LlmMeter:
             if not decode_later:
                 response_body, size, unread = weighed(raw, encoding, ON_LOOP_DECODE_LIMIT)
                 state.llm.response_size, state.llm.response_unread = size, unread
+                # A small compressed answer that decodes past ON_LOOP_DECODE_LIMIT: read off the loop.
+                decode_later = response_body is None and bool(raw)
         elif not is_encoded(encoding):
             # The capped copy gives the response model and text; usage comes from the tracker,
             # which saw every chunk even past the cap.
