@@ -110,6 +110,13 @@ def _read_request(raw: bytes | None, encoding: str | None, limit: int) -> tuple[
     return _request_json(body), size
 
 
+def _weighed_answer(raw: bytes | None, encoding: str | None, limit: int) -> tuple[bytes | None, int, bool]:
+    """weighed(); an answer that does not decode but is a JSON document as sent (labelled with a coding
+    it is not in: a gateway inflated it and kept the header) is read, its text charged, not its size."""
+    body, size, unread = weighed(raw, encoding, limit)
+    return body, size, unread and not (body is raw and loads_or_none(raw) is not None)
+
+
 async def _settled(copy: WholeBodyCopy, then: Callable[[], Awaitable[None] | None]) -> None:
     """`then` once a copy past its limit has decoded what it kept (a step per loop turn: settle)."""
     await copy.settle()
@@ -395,7 +402,7 @@ class LlmMeter:
             raw = flow.response.raw_content if tap is None or copy is None else bytes(copy.data)
             decode_later = read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES)
             if not decode_later:
-                response_body, size, unread = weighed(raw, encoding, ON_LOOP_DECODE_LIMIT)
+                response_body, size, unread = _weighed_answer(raw, encoding, ON_LOOP_DECODE_LIMIT)
                 state.llm.response_size, state.llm.response_unread = size, unread
                 # A small compressed answer that decodes past ON_LOOP_DECODE_LIMIT: read off the loop.
                 decode_later = response_body is None and bool(raw)
@@ -429,7 +436,7 @@ class LlmMeter:
         def parse() -> tuple[LlmCall | None, tuple[int, bool] | None]:
             if undecoded is None:
                 return parse_call(**args), None
-            args["response_body"], size, unread = weighed(undecoded[0], undecoded[1], DECODE_LIMIT)
+            args["response_body"], size, unread = _weighed_answer(undecoded[0], undecoded[1], DECODE_LIMIT)
             return parse_call(**args), (size, unread)
 
         call, weight = await asyncio.to_thread(parse)
