@@ -23,7 +23,6 @@ from mitmproxy import http
 
 from failcore.evidence import (
     DECODE_LIMIT,
-    ON_LOOP_DECODE_LIMIT,
     is_encoded,
     read_off_loop,
 )
@@ -54,7 +53,7 @@ from failcore.proxy.switchinterval import LOWERED_SWITCH_INTERVAL
 
 logger = logging.getLogger("failcore")
 
-# Bodies above this are parsed in a worker thread rather than on the event loop.
+# Bodies above this, or decoding past it, are parsed in a worker thread rather than on the event loop.
 PARSE_OFF_LOOP_BYTES = 128 * 1024
 
 
@@ -275,11 +274,12 @@ class LlmMeter:
         self, flow: http.HTTPFlow, state: FlowState, raw: bytes | None, encoding: str | None
     ) -> Awaitable[None] | None:
         """The request body read on the event loop when it is small, else in a worker thread (up to
-        DECODE_LIMIT): a large one, or a small compressed one that decodes past ON_LOOP_DECODE_LIMIT (its
-        model is read all the same, not left unknown)."""
+        DECODE_LIMIT): a large one, or a small compressed one that decodes past PARSE_OFF_LOOP_BYTES (its
+        model is read all the same, not left unknown, and no more is decoded on the loop than a plain
+        body is parsed there)."""
         if not read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES):
-            request_json, size = _read_request(raw, encoding, ON_LOOP_DECODE_LIMIT)
-            if request_json is not None or size < ON_LOOP_DECODE_LIMIT:
+            request_json, size = _read_request(raw, encoding, PARSE_OFF_LOOP_BYTES)
+            if request_json is not None or size < PARSE_OFF_LOOP_BYTES:
                 self._detect(flow, state, request_json, size)
                 return None
         return self._detect_off_loop(flow, state, raw, encoding)
@@ -402,9 +402,9 @@ class LlmMeter:
             raw = flow.response.raw_content if tap is None or copy is None else bytes(copy.data)
             decode_later = read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES)
             if not decode_later:
-                response_body, size, unread = _weighed_answer(raw, encoding, ON_LOOP_DECODE_LIMIT)
+                response_body, size, unread = _weighed_answer(raw, encoding, PARSE_OFF_LOOP_BYTES)
                 state.llm.response_size, state.llm.response_unread = size, unread
-                # A small compressed answer that decodes past ON_LOOP_DECODE_LIMIT: read off the loop.
+                # A small compressed answer that decodes past PARSE_OFF_LOOP_BYTES: read off the loop.
                 decode_later = response_body is None and bool(raw)
         elif not is_encoded(encoding):
             # The capped copy gives the response model and text; usage comes from the tracker,
