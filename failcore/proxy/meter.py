@@ -23,8 +23,6 @@ from mitmproxy import http
 
 from failcore.evidence import (
     DECODE_LIMIT,
-    ON_LOOP_DECODE_LIMIT,
-    decoded_content,
     is_encoded,
     read_off_loop,
 )
@@ -55,7 +53,7 @@ from failcore.proxy.switchinterval import LOWERED_SWITCH_INTERVAL
 
 logger = logging.getLogger("failcore")
 
-# Bodies above this are parsed in a worker thread rather than on the event loop.
+# Bodies above this, or decoding past it, are parsed in a worker thread rather than on the event loop.
 PARSE_OFF_LOOP_BYTES = 128 * 1024
 
 
@@ -105,18 +103,25 @@ def _request_json(content: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _decode_off_loop(message: http.Message) -> bool:
-    return read_off_loop(len(message.raw_content or b""), message_encoding(message), PARSE_OFF_LOOP_BYTES)
-
-
-def _body(message: http.Message, limit: int = ON_LOOP_DECODE_LIMIT) -> bytes | None:
-    return decoded_content(message.raw_content, message_encoding(message), limit)
-
-
 def _read_request(raw: bytes | None, encoding: str | None, limit: int) -> tuple[dict[str, Any] | None, int]:
     """The request's JSON object (None if it is not one) and its size as the upstream decodes it."""
     body, size, _ = weighed(raw, encoding, limit)
     return _request_json(body), size
+
+
+def _weighed_answer(raw: bytes | None, encoding: str | None, limit: int) -> tuple[bytes | None, int, bool]:
+    """weighed(); an answer that does not decode but is a JSON document as sent (labelled with a coding
+    it is not in: a gateway inflated it and kept the header) is read, its text charged, not its size."""
+    body, size, unread = weighed(raw, encoding, limit)
+    return body, size, unread and not (body is raw and loads_or_none(raw) is not None)
+
+
+async def _settled(copy: WholeBodyCopy, then: Callable[[], Awaitable[None] | None]) -> None:
+    """`then` once a copy past its limit has decoded what it kept (a step per loop turn: settle)."""
+    await copy.settle()
+    pending = then()
+    if pending is not None:
+        await pending
 
 
 def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
@@ -263,14 +268,25 @@ class LlmMeter:
             return None
         if state.request_tap is not None:
             return self._detect_streamed(flow, state)
-        if _decode_off_loop(flow.request):
-            return self._detect_off_loop(flow, state)
-        raw, encoding = flow.request.raw_content, message_encoding(flow.request)
-        self._detect(flow, state, *_read_request(raw, encoding, ON_LOOP_DECODE_LIMIT))
-        return None
+        return self._read(flow, state, flow.request.raw_content, message_encoding(flow.request))
 
-    async def _detect_off_loop(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        raw, encoding = flow.request.raw_content, message_encoding(flow.request)
+    def _read(
+        self, flow: http.HTTPFlow, state: FlowState, raw: bytes | None, encoding: str | None
+    ) -> Awaitable[None] | None:
+        """The request body read on the event loop when it is small, else in a worker thread (up to
+        DECODE_LIMIT): a large one, or a small compressed one that decodes past PARSE_OFF_LOOP_BYTES (its
+        model is read all the same, not left unknown, and no more is decoded on the loop than a plain
+        body is parsed there)."""
+        if not read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES):
+            request_json, size = _read_request(raw, encoding, PARSE_OFF_LOOP_BYTES)
+            if request_json is not None or size < PARSE_OFF_LOOP_BYTES:
+                self._detect(flow, state, request_json, size)
+                return None
+        return self._detect_off_loop(flow, state, raw, encoding)
+
+    async def _detect_off_loop(
+        self, flow: http.HTTPFlow, state: FlowState, raw: bytes | None, encoding: str | None
+    ) -> None:
         self._detect(flow, state, *await asyncio.to_thread(_read_request, raw, encoding, DECODE_LIMIT))
 
     def _detect_streamed(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
@@ -278,22 +294,14 @@ class LlmMeter:
         recognised by its host and path alone, its model unknown, and charged by the bytes streamed, or
         what they decode to as they passed)."""
         copy = state.request_copy
+        if isinstance(copy, WholeBodyCopy) and not copy.settled:
+            return _settled(copy, lambda: self._detect_streamed(flow, state))
         if not isinstance(copy, WholeBodyCopy) or copy.overflow:
             size = copy.size if isinstance(copy, WholeBodyCopy) else None
             self._detect(flow, state, None, size, unreadable=True)
             return None
-        raw = bytes(copy.data)
         state.request_copy = None
-        encoding = message_encoding(flow.request)
-        if read_off_loop(len(raw), encoding, PARSE_OFF_LOOP_BYTES):
-            return self._detect_streamed_off_loop(flow, state, raw, encoding)
-        self._detect(flow, state, *_read_request(raw, encoding, ON_LOOP_DECODE_LIMIT))
-        return None
-
-    async def _detect_streamed_off_loop(
-        self, flow: http.HTTPFlow, state: FlowState, raw: bytes, encoding: str | None
-    ) -> None:
-        self._detect(flow, state, *await asyncio.to_thread(_read_request, raw, encoding, DECODE_LIMIT))
+        return self._read(flow, state, bytes(copy.data), message_encoding(flow.request))
 
     def _detect(
         self,
@@ -381,7 +389,8 @@ class LlmMeter:
 
     def _meter(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
         assert state.llm is not None and flow.response is not None
-        request_body = None if state.llm.request_json is not None else _body(flow.request)
+        if state.llm.whole_copy is not None and not state.llm.whole_copy.settled:
+            return _settled(state.llm.whole_copy, lambda: self._meter(flow, state))
         tap = state.response_tap
         copy = state.llm.whole_copy
         encoding = message_encoding(flow.response)
@@ -393,8 +402,10 @@ class LlmMeter:
             raw = flow.response.raw_content if tap is None or copy is None else bytes(copy.data)
             decode_later = read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES)
             if not decode_later:
-                response_body, size, unread = weighed(raw, encoding, ON_LOOP_DECODE_LIMIT)
+                response_body, size, unread = _weighed_answer(raw, encoding, PARSE_OFF_LOOP_BYTES)
                 state.llm.response_size, state.llm.response_unread = size, unread
+                # A small compressed answer that decodes past PARSE_OFF_LOOP_BYTES: read off the loop.
+                decode_later = response_body is None and bool(raw)
         elif not is_encoded(encoding):
             # The capped copy gives the response model and text; usage comes from the tracker,
             # which saw every chunk even past the cap.
@@ -402,7 +413,8 @@ class LlmMeter:
         args = dict(
             host=f"{state.decided_host or flow.request.host}:{flow.request.port}",
             path=flow.request.path,
-            request_body=request_body,
+            # (read at request time, request_json: a body that was not a JSON object then is not now)
+            request_body=None,
             response_body=response_body,
             response_content_type=flow.response.headers.get("content-type"),
             status=flow.response.status_code,
@@ -424,7 +436,7 @@ class LlmMeter:
         def parse() -> tuple[LlmCall | None, tuple[int, bool] | None]:
             if undecoded is None:
                 return parse_call(**args), None
-            args["response_body"], size, unread = weighed(undecoded[0], undecoded[1], DECODE_LIMIT)
+            args["response_body"], size, unread = _weighed_answer(undecoded[0], undecoded[1], DECODE_LIMIT)
             return parse_call(**args), (size, unread)
 
         call, weight = await asyncio.to_thread(parse)

@@ -5,7 +5,9 @@ for a decision carries as mitmproxy holds it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterator
 
 from mitmproxy import http
 
@@ -20,6 +22,10 @@ from failcore.evidence.pastcap import StreamDecoder
 
 # The most decoded bytes a metered stream's reader is handed at once.
 _INFLATE_STEP = 64 * 1024
+# The decoded bytes past which a copy past its limit stops catching up in one call (WholeBodyCopy): the
+# wire bytes it kept are decoded across the chunks that follow, and what is left when the body ends
+# across event-loop turns (settle), not in one call that stalls every other connection.
+CATCH_UP_STEP = 1 << 20
 
 
 def message_encoding(message: http.Message) -> str | None:
@@ -52,9 +58,14 @@ class WholeBodyCopy:
     request), kept up to `limit` so it can be metered whole at its end; past the limit the copy is
     dropped (`overflow`), and a body with codings (`encoding`) is weighed as it passes instead: `size`,
     what it decodes to (a StreamInflater counting, up to MAX_DECODED_BYTES, after which its wire bytes
-    count), for a budget that cannot read it not to charge it its compressed size."""
+    count), for a budget that cannot read it not to charge it its compressed size.
 
-    __slots__ = ("_inflater", "data", "encoding", "limit", "overflow", "wire")
+    The bytes kept when the limit is passed (tens of MiB, decoding to up to MAX_DECODED_BYTES) are not
+    decoded in the call that passes it: each call decodes about CATCH_UP_STEP bytes of what is pending,
+    in order (a bomb stops the decoding at MAX_DECODED_BYTES, after which what is pending is counted at
+    once), and `settle` decodes the rest a step per event-loop turn when the body has ended."""
+
+    __slots__ = ("_inflater", "_pending", "data", "encoding", "limit", "overflow", "wire")
 
     def __init__(self, limit: int, encoding: str | None = None) -> None:
         self.data = bytearray()
@@ -62,33 +73,62 @@ class WholeBodyCopy:
         self.overflow = False
         self.encoding = encoding if is_encoded(encoding) else None
         self._inflater: StreamInflater | None = None
+        # The chunks past the limit not decoded yet, each as the steps that decode it (StreamInflater.steps).
+        self._pending: deque[Iterator[int]] = deque()
         self.wire = 0  # bytes seen past the limit, when not encoded
 
     def __call__(self, chunk: bytes) -> None:
-        if self.overflow:
-            self._weigh(chunk)
+        if not self.overflow and len(self.data) + len(chunk) <= self.limit:
+            self.data += chunk
             return
-        if len(self.data) + len(chunk) > self.limit:
+        if not self.overflow:
             self.overflow = True
-            kept, self.data = self.data, bytearray()
+            kept, self.data = self.data, bytearray()  # (kept is no longer written to: not copied)
             if self.encoding is not None:
                 self._inflater = StreamInflater(self.encoding, _discard)
-            self._weigh(bytes(kept))
-            self._weigh(chunk)
-            return
-        self.data += chunk
+            self._weigh(kept)
+        self._weigh(chunk)
+        self.catch_up()
 
-    def _weigh(self, chunk: bytes) -> None:
+    def _weigh(self, chunk: bytes | bytearray) -> None:
         if self._inflater is None:
             self.wire += len(chunk)
         else:
-            self._inflater(chunk)
+            self._pending.append(self._inflater.steps(chunk))
+
+    def catch_up(self, step: int = CATCH_UP_STEP) -> bool:
+        """Decodes what is pending until about `step` bytes were decoded (a step of the decoder past
+        it, at most its _DECODE_STEP); whether some is still pending."""
+        pending = self._pending
+        done = 0
+        while pending:
+            for decoded in pending[0]:
+                done += decoded
+                if done >= step:
+                    return True
+            pending.popleft()
+        return False
+
+    async def settle(self) -> None:
+        """Decodes what is still pending, a step per event-loop turn (the body has ended: `size` is
+        then what it decodes to)."""
+        while self.catch_up():
+            await asyncio.sleep(0)
+
+    @property
+    def settled(self) -> bool:
+        return not self._pending
 
     @property
     def size(self) -> int:
-        """Past the limit: the body's size as decoded so far (its wire size where it was not)."""
+        """Past the limit: the body's size as decoded so far (its wire size where it was not); what was
+        still pending is decoded first (in one call: `settle` beforehand spreads it over the loop's turns)."""
         inflater = self._inflater
-        return self.wire if inflater is None else inflater.decoded + inflater.undecoded
+        if inflater is None:
+            return self.wire
+        while self.catch_up():
+            pass
+        return inflater.decoded + inflater.undecoded
 
 
 def _discard(decoded: bytes) -> None:
@@ -122,6 +162,13 @@ class StreamInflater:
         self.broken = self._decoder is None
 
     def __call__(self, chunk: bytes) -> None:
+        for _ in self.steps(chunk):
+            pass
+
+    def steps(self, chunk: bytes | bytearray) -> Iterator[int]:
+        """`self(chunk)` in steps: yields the bytes each step decoded (a step of the decoder: at most
+        failcore.evidence.body's _DECODE_STEP); it has counted the chunk when it ends. The steps of one
+        chunk are taken to their end before another chunk is fed."""
         if self.broken or self._decoder is None:
             self.undecoded += len(chunk)
             return
@@ -134,6 +181,7 @@ class StreamInflater:
                     self._feed(out[start : start + _INFLATE_STEP])
                 if self.decoded >= self.limit:
                     break
+                yield len(out)
         except DECODE_ERRORS:
             self.broken = True
         if self.broken or self.decoded >= self.limit:
