@@ -29,7 +29,6 @@ from failcore.evidence import (
     DECODE_LIMIT,
     DECODED_CODINGS,
     HOST_HEADERS,
-    ON_LOOP_DECODE_LIMIT,
     DecodedBody,
     aws_streaming,
     body_encoding,
@@ -383,7 +382,10 @@ class DlpGuard:
         # While the rules still compile (just after start-up) the scan waits for them, off the loop.
         if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES) or not engine_ready(scanner.engine):
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
-        decoded = decode_body(raw, encoding, ON_LOOP_DECODE_LIMIT)
+        # A small compressed body is decoded on the loop only as far as a plain one is scanned there:
+        # one of a few KiB can inflate to megabytes (ON_LOOP_DECODE_LIMIT, 8 MiB: 30-50 ms of a stalled
+        # loop); past SCAN_OFF_LOOP_BYTES it is decoded and scanned in a worker thread.
+        decoded = decode_body(raw, encoding, SCAN_OFF_LOOP_BYTES)
         if decoded.over_limit:
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         clean = self._clean_scans(scanner)

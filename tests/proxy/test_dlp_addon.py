@@ -3,13 +3,17 @@ stopped before it leaves (enforce), only noted in observe mode; clean traffic is
 
 from __future__ import annotations
 
+import gzip
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mitmproxy import websocket
+from mitmproxy import http, websocket
 from mitmproxy.test import tflow, tutils
 from wsproto.frame_protocol import Opcode
 
+from failcore.evidence import body
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
 from tests.addon_harness import Harness, concerns
@@ -66,3 +70,43 @@ def test_secret_in_a_websocket_message_is_dropped(policy, confdir: Path) -> None
         )
         h.hooks(flow, "websocket_message")
         assert flow.websocket.messages[-1].dropped
+
+
+def test_a_small_compressed_body_inflating_to_megabytes_is_decoded_and_scanned_off_the_loop(
+    policy, confdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A request of a few KiB gzip'd that inflates to 3 MiB with a key at its end: it was decoded on the
+    event loop up to 8 MiB (30-50 ms in which no other connection moved) before the scan went to a
+    worker thread; now no more than a plain body is scanned there, and the key is still refused."""
+    plain = b'{"note": "' + b" " * (3 << 20) + b"key " + AWS_KEY_ID.encode() + b'"}'
+    wire = gzip.compress(plain)
+    assert len(wire) < 4096  # (under 64 KiB / 16: not sent off the loop for its wire size)
+    counts = [0, 0]  # bytes decoded on the event loop's thread (the main thread here), elsewhere
+    decoded_steps = body.decoded_steps
+
+    def counted(data: bytes, encoding: str | None) -> Iterator[bytes]:
+        where = 0 if threading.current_thread() is threading.main_thread() else 1
+        for piece in decoded_steps(data, encoding):
+            counts[where] += len(piece)
+            yield piece
+
+    monkeypatch.setattr(body, "decoded_steps", counted)
+    with concerns(PolicyGate, DlpGuard, confdir=confdir, failcore_policy=str(policy("enforce"))) as h:
+        req = tutils.treq(
+            host="api.example.com",
+            port=443,
+            scheme=b"https",
+            method=b"POST",
+            path=b"/v1/upload",
+            headers=http.Headers([(b"content-type", b"application/json"), (b"content-encoding", b"gzip")]),
+            content=b"",
+        )
+        req.raw_content = wire
+        flow = tflow.tflow(req=req)
+        h.hooks(flow, "requestheaders", "request")
+        assert flow.response is not None and flow.response.status_code == 403
+        decision = h.state(flow).decision
+        assert decision is not None and decision.rule == "dlp:aws-access-key-id"
+        assert h.session.internal_errors == 0
+    # (One decoding step, 256 KiB, may pass the 64 KiB a plain body is scanned on the loop up to.)
+    assert counts[0] <= 512 * 1024 and counts[1] >= len(plain), counts
