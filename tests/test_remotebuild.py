@@ -402,3 +402,26 @@ def test_a_body_the_recorder_could_not_size_is_not_sent_to_be_built(origin_scann
         built = Recorder._build_or_hand_over(recorder, snap, cfg)  # type: ignore[arg-type]
         assert isinstance(built, RemoteBuild) is remote
         assert remote or isinstance(built, BuildFirst)
+
+
+def test_a_streamed_body_goes_to_the_child_unless_it_has_a_past_cap_scan(
+    origin_scanner: tuple[Any, Any],
+) -> None:
+    """A body a stream tap kept goes with its tap's record; one whose DLP scan went past the recorded
+    cap (its hits placed by the proxy's past-cap scan) never goes: built by the proxy as before."""
+    from failcore.evidence.pastcap import PastCapScan
+
+    origin, scanner = origin_scanner
+    for past_cap in (False, True):
+        snap = _snapshot(11)
+        tap = BodyTap(CAP)
+        if past_cap:
+            # (a compressed stream's scan only counts what passes: no scan process in this test)
+            tap.observers.append(PastCapScan(scanner.engine, CAP, "response.body", compressed=True))
+        for _ in range(3):
+            tap(b"x" * CAP)
+        snap.response = MessageSnapshot(
+            "HTTP/1.1", ((b"Content-Type", b"text/event-stream"),), None, tap, 1.0, 2.0
+        )
+        snap.request = MessageSnapshot("HTTP/1.1", (), b"{}", None, 1.0, 1.0)
+        assert remote_eligible(snap, _settings(scanner, origin), CAP) is not past_cap
