@@ -8,6 +8,8 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+import orjson
+
 from failcore.evidence.body import body_evidence
 from failcore.evidence.dlp import scan_event
 from failcore.evidence.exchange import (
@@ -81,6 +83,15 @@ def build_parts(snap: ExchangeSnapshot, cfg: EvidenceSettings) -> dict[str, floa
         parts["DLP pass (worker)"] = _us(lambda: scan_event(dlp, copy.deepcopy(event), (), None), 50)
         parts["of which deepcopy"] = _us(lambda: copy.deepcopy(event), 50)
     body = serialise_event(event)
+    try:
+        from failcore.evidence.remotebuild import remote_eligible, snapshot_to_wire
+    except ImportError:  # (a checkout from before the worker built events)
+        pass
+    else:
+        if remote_eligible(snap, cfg, 0):
+            parts["hand-off: snapshot frame (dumps)"] = _us(lambda: orjson.dumps(snapshot_to_wire(snap)))
+            parts["hand-off: built event back (loads)"] = _us(lambda: orjson.loads(body))
+    parts["DLP hand-off: event frame (dumps)"] = _us(lambda: orjson.dumps(event))
     parts["tape line"] = _us(lambda: encode_line(b"0" * 64, 1, serialise_event(event)))
     parts["event bytes"] = float(len(body))
     return parts
