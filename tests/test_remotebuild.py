@@ -304,7 +304,7 @@ def test_secrets_are_masked_in_what_the_child_builds(
     assert "aws-access-key-id" in {hit["rule"] for hit in event["dlp"]["hits"]}
 
 
-def test_only_a_plain_exchange_goes_to_the_child(origin_scanner: tuple[Any, Any]) -> None:
+def test_what_goes_to_the_child_and_what_the_proxy_builds(origin_scanner: tuple[Any, Any]) -> None:
     origin, scanner = origin_scanner
     snap = _snapshot(1)
     assert remote_eligible(snap, _settings(scanner, origin), CAP)
