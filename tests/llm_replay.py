@@ -89,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.received.append(self.rfile.read(int(self.headers.get("content-length") or 0)))
         exchange = self.server.exchanges[int(self.headers["x-replay-id"])]
         framing = self.server.framing_of(exchange)
         body = encode(exchange["response_body"].encode(), framing.encoding)
@@ -128,6 +128,8 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.exchanges = exchanges
         self.framing_of = recorded_framing
+        # The request bodies as they reached the upstream.
+        self.received: list[bytes] = []
 
 
 class ReplayUpstream:

@@ -322,3 +322,28 @@ def test_a_failing_scan_process_never_breaks_the_stream(policy_scanner, monkeypa
     found, coverage = summary(scan)
     assert [(o, rule) for o, rule, _, _ in found] == [(len(body) - len(SECRET) - 1, "github-pat")]
     assert coverage["complete"] is True
+
+
+def test_a_policys_origin_is_digested_once_per_load_not_per_streamed_body(tmp_path, monkeypatch) -> None:
+    """DlpGuard asks for the origin at every streamed body's headers: digesting the policy's ~100 rules
+    each time cost the event loop ~0.5 ms per streamed LLM answer (benchmarks/llm_exchange_cost.py).
+    Once per policy load and salt; a reloaded policy (a new object) is digested again."""
+    import failcore.dlp.rules as rules
+
+    built: list[object] = []
+    real = rules.policy_rules
+    monkeypatch.setattr(rules, "policy_rules", lambda policy: built.append(policy) or real(policy))
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nmode: observe\ndefault: ALLOW\n")
+    policy = load_policy(path)
+    first = worker.origin_for(policy, SALT)
+    assert first is not None and first.rules_sha256
+    assert [worker.origin_for(policy, SALT) for _ in range(3)] == [first] * 3
+    assert len(built) == 1
+    other_salt = worker.origin_for(policy, b"another-salt-0000")
+    assert other_salt is not None and other_salt.salt == b"another-salt-0000" and len(built) == 2
+    path.write_text("version: 1\nmode: observe\ndefault: ALLOW  # edited\n")
+    reloaded = load_policy(path)
+    again = worker.origin_for(reloaded, SALT)
+    assert again is not None and again.policy_sha256 == reloaded.sha256 != policy.sha256
+    assert len(built) == 3

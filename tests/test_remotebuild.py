@@ -19,14 +19,20 @@ from failcore.evidence.exchange import (
     build_exchange_event,
 )
 from failcore.evidence.remotebuild import (
+    DRIFT_FIELDS,
+    LlmRecord,
     RemoteBuild,
+    TapRecord,
     build_from_frame,
     remote_eligible,
     snapshot_from_wire,
     snapshot_to_wire,
 )
 from failcore.evidence.scanworker import BuildFirst, ScanOffload
+from failcore.llm.call import LlmCall
 from failcore.policy.model import Decision
+from failcore.proxy.meter import LlmFlow
+from failcore.proxy.session import BodyTap
 from tests.security.evidence_helpers import AWS_KEY, GITHUB_TOKEN, SALT, origin_and_scanner
 
 CAP = 4096
@@ -70,25 +76,80 @@ def _body(rng: random.Random) -> tuple[bytes | None, bool]:
     return (gzip.compress(data, mtime=0), True) if kind == "gzip" else (data, False)
 
 
-def _message(rng: random.Random) -> MessageSnapshot:
+def _tapped(rng: random.Random, body: bytes | None) -> BodyTap | None:
+    """The body as a stream tap keeps it: passed in uneven chunks, sometimes past what it keeps."""
+    if body is None:
+        return None
+    tap = BodyTap(CAP if rng.random() < 0.7 else rng.randrange(1, 64))
+    rest = body
+    while rest:
+        n = rng.randrange(1, 200)
+        tap(rest[:n])
+        rest = rest[n:]
+    tap(b"")
+    return tap
+
+
+def _message(rng: random.Random, streamed: bool = False) -> MessageSnapshot:
     body, gzipped = _body(rng)
     fields = _fields(rng, body)
     if gzipped:
         fields = (*fields, (b"Content-Encoding", b"gzip"))
     trailers = ((b"x-checksum", b"abc\xfe"),) if rng.random() < 0.2 else None
     start = rng.uniform(1.7e9, 1.8e9)
+    tap = _tapped(rng, body) if streamed and rng.random() < 0.7 else None
     return MessageSnapshot(
         http_version=rng.choice(["HTTP/1.1", "HTTP/2.0", "HTTP/1.0"]),
         headers=fields,
-        content=body,
-        tap=None,
+        content=None if tap is not None else body,
+        tap=tap,
         ts_start=start,
         ts_end=rng.choice([None, start + rng.random()]),
         trailers=trailers,
     )
 
 
-def _snapshot(seed: int) -> ExchangeSnapshot:
+def _llm(rng: random.Random) -> LlmFlow:
+    """An LLM call's meter as the recorder snapshots it: the evidence failcore.proxy.meter.llm_evidence
+    shapes (values of every JSON kind, text that needs escaping, a secret) and its warnings."""
+
+    def value() -> Any:
+        return rng.choice([None, 0, 1234567, 2**53 + 1, 0.1 + 0.2, 1e-9, 3.0, True, "gpt-4o é", _text(rng)])
+
+    usage = ["input_tokens", "output_tokens", "total_tokens", "cached_input_tokens", "reasoning_tokens"]
+    evidence = {
+        "provider": rng.choice(["openai", "anthropic"]),
+        "api": rng.choice(["chat_completions", "messages", "responses"]),
+        "request_model": value(),
+        "response_model": value(),
+        "stream": rng.random() < 0.5,
+        "usage": {"known": rng.random() < 0.5, **{k: value() for k in usage}},
+        "finish_reason": value(),
+        "tool_calls": rng.randrange(0, 4),
+        "response_format": None,
+        "cost": {"usd": rng.choice([None, 0.000123456789, 1.5]), "reason": value(), "priced_as": value()},
+    }
+    warnings = rng.choice([[], [{"reason": "usage_unknown", "message": "no usage " + _text(rng)}]])
+    call = None
+    if rng.random() < 0.7:
+        # What the contract-drift check reads: every format, statuses, cut outputs, tool inputs.
+        call = LlmCall(
+            "openai",
+            rng.choice(["chat_completions", "messages", "responses"]),
+            response_format=rng.choice(
+                [None, "", "json_object", "json_schema", "tool_forced", "json_prefill"]
+            ),
+            status=rng.choice([None, 200, 500]),
+            output_truncated=rng.random() < 0.2,
+            tool_calls=rng.randrange(0, 3),
+            tool_inputs=rng.choice([[], ['{"city": "Paris"}'], ["not json", '{"a": 1}'], [_text(rng)]]),
+            output_text=rng.choice([None, '{"a": 1}', '{"a": ', "plain " + _text(rng), '"only a string"']),
+        )
+    return LlmFlow("openai", "chat_completions", "gpt-4o", call=call, evidence=evidence, warnings=warnings)
+
+
+def _snapshot(seed: int, streamed: bool = False) -> ExchangeSnapshot:
+    """A random exchange; `streamed`: also streamed bodies (stream taps) and LLM calls."""
     rng = random.Random(seed)
     decision = rng.choice(
         [
@@ -98,7 +159,7 @@ def _snapshot(seed: int) -> ExchangeSnapshot:
             Decision("BLOCK", "no-upload", "uploads are off", False, "BLOCK"),
         ]
     )
-    response = _message(rng) if rng.random() < 0.8 else None
+    response = _message(rng, streamed) if rng.random() < 0.8 else None
     start = rng.uniform(1.7e9, 1.8e9)
     return ExchangeSnapshot(
         flow_id=f"flow-{seed}",
@@ -110,7 +171,7 @@ def _snapshot(seed: int) -> ExchangeSnapshot:
         path=rng.choice(["/", "/v1/x?token=" + GITHUB_TOKEN, "/caf\\xe9?q=1"]),
         ts_start=start,
         ts_end=start + rng.random(),
-        request=_message(rng),
+        request=_message(rng, streamed),
         response=response,
         status=None if response is None else rng.choice([200, 404, 502]),
         reason=None if response is None else rng.choice(["OK", "Not Found", ""]),
@@ -118,7 +179,7 @@ def _snapshot(seed: int) -> ExchangeSnapshot:
         blocked=decision is not None and decision.decision == "BLOCK",
         error=rng.choice([None, "client disconnected", "peer closed connection é"]),
         internal_error=rng.choice([None, "ValueError: boom"]),
-        llm=None,
+        llm=_llm(rng) if streamed and rng.random() < 0.6 else None,
         cut=rng.choice([None, {"reason": "dlp", "at": 12}]),
         warnings=rng.choice([None, [], [{"reason": "dlp", "message": "found " + AWS_KEY}]]),
         replay=rng.choice([None, {"from": "run-1", "flow": "f"}]),
@@ -157,6 +218,70 @@ def test_the_child_builds_the_proxys_event(seed: int, origin_scanner: tuple[Any,
     assert orjson.dumps(remote) == orjson.dumps(local)
 
 
+def _same_message(back: MessageSnapshot, sent: MessageSnapshot) -> None:
+    assert (back.http_version, back.headers, back.content, back.ts_start, back.ts_end, back.trailers) == (
+        sent.http_version,
+        sent.headers,
+        sent.content,
+        sent.ts_start,
+        sent.ts_end,
+        sent.trailers,
+    )
+    if sent.tap is None:
+        assert back.tap is None
+        return
+    assert isinstance(back.tap, TapRecord)
+    assert (back.tap.kept, back.tap.size, back.tap.digest.hexdigest(), back.tap.stream_evidence()) == (
+        bytes(sent.tap.kept),
+        sent.tap.size,
+        sent.tap.digest.hexdigest(),
+        sent.tap.stream_evidence(),
+    )
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_streamed_or_llm_snapshot_comes_back_from_the_wire_as_it_was(seed: int) -> None:
+    snap = _snapshot(seed, streamed=True)
+    back = snapshot_from_wire(_on_the_pipe(snapshot_to_wire(snap)))
+    _same_message(back.request, snap.request)
+    if snap.response is None:
+        assert back.response is None
+    else:
+        assert back.response is not None
+        _same_message(back.response, snap.response)
+    if snap.llm is None:
+        assert back.llm is None
+    else:
+        assert isinstance(back.llm, LlmRecord)
+        assert (back.llm.evidence, back.llm.warnings) == (snap.llm.evidence, snap.llm.warnings)
+        call = snap.llm.call
+        if call is None or call.response_format is None:
+            assert back.llm.call is None
+        else:
+            assert back.llm.call is not None
+            assert [getattr(back.llm.call, f) for f in DRIFT_FIELDS] == [
+                getattr(call, f) for f in DRIFT_FIELDS
+            ]
+    plain = {"request", "response", "llm"}
+    fields = [f for f in ExchangeSnapshot.__dataclass_fields__ if f not in plain]
+    assert [getattr(back, f) for f in fields] == [getattr(snap, f) for f in fields]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_child_builds_the_proxys_event_of_a_streamed_or_llm_exchange(
+    seed: int, origin_scanner: tuple[Any, Any]
+) -> None:
+    origin, scanner = origin_scanner
+    snap = _snapshot(seed, streamed=True)
+    # (one snapshot both ways: a tap's chunk times are its own; the frame is taken first, as the
+    # writer takes it before any local build)
+    item = _on_the_pipe(RemoteBuild(snap, _settings(scanner, origin), BuildFirst(dict)).frame_item())
+    local = build_exchange_event(snap, _settings(scanner))
+    assert isinstance(local, dict)
+    remote = build_from_frame(item, scanner)
+    assert orjson.dumps(remote) == orjson.dumps(local)
+
+
 @pytest.mark.parametrize("coding", [None, "gzip"])
 def test_secrets_are_masked_in_what_the_child_builds(
     coding: str | None, origin_scanner: tuple[Any, Any]
@@ -179,7 +304,7 @@ def test_secrets_are_masked_in_what_the_child_builds(
     assert "aws-access-key-id" in {hit["rule"] for hit in event["dlp"]["hits"]}
 
 
-def test_only_a_plain_exchange_goes_to_the_child(origin_scanner: tuple[Any, Any]) -> None:
+def test_what_goes_to_the_child_and_what_the_proxy_builds(origin_scanner: tuple[Any, Any]) -> None:
     origin, scanner = origin_scanner
     snap = _snapshot(1)
     assert remote_eligible(snap, _settings(scanner, origin), CAP)
@@ -188,8 +313,11 @@ def test_only_a_plain_exchange_goes_to_the_child(origin_scanner: tuple[Any, Any]
     # No worker (FAILCORE_EVIDENCE_WORKER=0, a policy with no file) or no DLP: built by the proxy.
     assert not remote_eligible(snap, _settings(scanner), 0)
     assert not remote_eligible(snap, _settings(None, origin), 0)
-    snap.llm = object()  # type: ignore[assignment]
-    assert not remote_eligible(snap, _settings(scanner, origin), 0)
+    # An LLM call goes with its meter's evidence (and what its contract-drift check reads).
+    snap.llm = LlmFlow("openai", "chat_completions", "gpt-4o", call=LlmCall("openai", "chat"), evidence={})
+    assert remote_eligible(snap, _settings(scanner, origin), 0)
+    snap.llm.call = LlmCall("openai", "chat", response_format="json_schema")  # type: ignore[union-attr]
+    assert remote_eligible(snap, _settings(scanner, origin), 0)
 
 
 def test_the_worker_builds_it_and_the_proxy_builds_what_the_worker_cannot(
@@ -274,3 +402,26 @@ def test_a_body_the_recorder_could_not_size_is_not_sent_to_be_built(origin_scann
         built = Recorder._build_or_hand_over(recorder, snap, cfg)  # type: ignore[arg-type]
         assert isinstance(built, RemoteBuild) is remote
         assert remote or isinstance(built, BuildFirst)
+
+
+def test_a_streamed_body_goes_to_the_child_unless_it_has_a_past_cap_scan(
+    origin_scanner: tuple[Any, Any],
+) -> None:
+    """A body a stream tap kept goes with its tap's record; one whose DLP scan went past the recorded
+    cap (its hits placed by the proxy's past-cap scan) never goes: built by the proxy as before."""
+    from failcore.evidence.pastcap import PastCapScan
+
+    origin, scanner = origin_scanner
+    for past_cap in (False, True):
+        snap = _snapshot(11)
+        tap = BodyTap(CAP)
+        if past_cap:
+            # (a compressed stream's scan only counts what passes: no scan process in this test)
+            tap.observers.append(PastCapScan(scanner.engine, CAP, "response.body", compressed=True))
+        for _ in range(3):
+            tap(b"x" * CAP)
+        snap.response = MessageSnapshot(
+            "HTTP/1.1", ((b"Content-Type", b"text/event-stream"),), None, tap, 1.0, 2.0
+        )
+        snap.request = MessageSnapshot("HTTP/1.1", (), b"{}", None, 1.0, 1.0)
+        assert remote_eligible(snap, _settings(scanner, origin), CAP) is not past_cap

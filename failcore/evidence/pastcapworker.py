@@ -353,13 +353,29 @@ def give_up_on(owner: BatchOwner, why: str) -> None:
 
 
 def origin_for(policy: Policy | None, salt: bytes) -> ScanOrigin | None:
-    """Where the scan process rebuilds the scanner of `policy` (None: a policy without a file)."""
+    """Where the scan process rebuilds the scanner of `policy` (None: a policy without a file).
+
+    Asked at every streamed body's headers: remembered per policy object (frozen, one per load) and
+    salt. Digesting its rules costs ~0.5 ms (`policy_rules` builds a new tuple each time, so
+    rules_sha256's own memory never hits), measured on the event loop per streamed LLM answer by
+    benchmarks/llm_exchange_cost.py."""
     if policy is None or not salt or not os.path.isfile(policy.source):
         return None
+    known = _ORIGINS.get(id(policy))
+    if known is not None and known[0] is policy and known[1] == salt:
+        return known[2]
     from failcore.dlp.rules import policy_rules
 
     rules = rules_sha256(policy_rules(policy))
-    return ScanOrigin(os.path.abspath(policy.source), policy.sha256, policy.mode, salt, rules)
+    origin = ScanOrigin(os.path.abspath(policy.source), policy.sha256, policy.mode, salt, rules)
+    if len(_ORIGINS) >= 16:
+        _ORIGINS.clear()
+    _ORIGINS[id(policy)] = (policy, salt, origin)
+    return origin
+
+
+# id(policy) -> (the policy, the salt, its origin): the policy is held, so its id is not reused.
+_ORIGINS: dict[int, tuple[Policy, bytes, ScanOrigin]] = {}
 
 
 if __name__ == "__main__":

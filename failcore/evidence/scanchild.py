@@ -1,7 +1,7 @@
 """The DLP evidence worker's child process (`python -P -m failcore.evidence.scanchild`, started by
 failcore.evidence.scanworker.ScanWorker): a config frame naming the policy, then one reply per batch frame
 until its stdin closes. A batch item is an event to DLP-scan (failcore.evidence.scanworker.DeferredScan)
-or a plain exchange's snapshot to build the event of, DLP pass included (failcore.evidence.remotebuild).
+or an exchange's snapshot to build the event of, DLP pass included (failcore.evidence.remotebuild).
 It reads its stdin, writes its stdout, opens no socket and never sees the tape or the signing key."""
 
 from __future__ import annotations

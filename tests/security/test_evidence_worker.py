@@ -6,11 +6,15 @@ tape unmasked or an exchange goes unrecorded; feed it a policy that changed on d
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -20,6 +24,7 @@ from failcore.evidence.dlp import scan_event
 from failcore.evidence.scanworker import DeferredScan, ScanOffload, ScanOrigin, rules_sha256
 from failcore.policy.load import load_policy
 from tests.helpers import network_events, proxied_client, read_tape
+from tests.llm_replay import RedirectToReplay, ReplayUpstream, encode, load_exchanges, reported_usage
 from tests.security.evidence_helpers import AWS_KEY, GITHUB_TOKEN, SALT
 from tests.security.evidence_helpers import event_with_secrets as _event
 from tests.security.evidence_helpers import offload_until_ready as _offload_until_ready
@@ -226,3 +231,161 @@ def test_the_worker_builds_plain_exchanges_and_their_secrets_stay_masked(
     for event in uploads:
         auth = [value for name, value in event["request"]["headers"] if name.lower() == "authorization"]
         assert len(auth) == 1 and auth[0].startswith("Bearer [redacted hmac-sha256:")
+
+
+ONE_CALL_A_CONNECTION = httpx.Limits(max_keepalive_connections=0)
+
+
+def _llm_calls() -> list[dict[str, Any]]:
+    """Recorded calls with their providers' real framing: an OpenAI chat answer streamed as SSE (with
+    its usage), an Anthropic message as gzip'd chunked JSON, and an OpenAI structured output (its
+    request asks for a JSON schema: the event's contract-drift check runs)."""
+    found: dict[str, dict[str, Any]] = {}
+    for e in load_exchanges():
+        ctype = (e["response_headers"].get("content-type") or "").lower()
+        coding = e["response_headers"].get("content-encoding")
+        if e["status"] != 200 or e["request_trimmed"] or e["response_trimmed"] or not reported_usage(e):
+            continue
+        if e["host"] == "api.openai.com:443" and e["path"] == "/v1/chat/completions":
+            kind = (
+                "sse" if "event-stream" in ctype else "schema" if '"json_schema"' in e["request_body"] else ""
+            )
+        else:
+            kind = "anthropic" if e["path"] == "/v1/messages" and coding == "gzip" else ""
+        if kind and kind not in found:
+            found[kind] = e
+    return [found["sse"], found["anthropic"], found["schema"]]
+
+
+def _call(client: Any, exchanges: list[dict[str, Any]], index: int) -> None:
+    """Replays exchange `index` with an AWS key in its prompt and a GitHub token as its credential."""
+    ex = exchanges[index]
+    request = json.loads(ex["request_body"])
+    request["messages"].append({"role": "user", "content": f"deploy with {AWS_KEY} please"})
+    reply = client.post(
+        f"http://{ex['host'].rsplit(':', 1)[0]}{ex['path']}",
+        content=json.dumps(request).encode(),
+        headers={"content-type": "application/json", "x-replay-id": str(index),
+                 "authorization": f"Bearer {GITHUB_TOKEN}"},
+    )  # fmt: skip
+    assert reply.status_code == 200 and reply.content == ex["response_body"].encode()
+
+
+def _check_llm_events(tape: Path, exchanges: list[dict[str, Any]], count: int) -> None:
+    """Each call is on the tape once per time it was made, with the provider's own usage, the model its
+    request named, its answer's bytes counted whole, and no secret."""
+    raw = b"".join(p.read_bytes() for p in sorted(tape.glob("seg-*.jsonl")))
+    assert AWS_KEY.encode() not in raw and GITHUB_TOKEN.encode() not in raw
+    events = [e for e in network_events(read_tape(tape)) if e.get("llm")]
+    assert len(events) == count
+    for event in events:
+        [replay_id] = [v for n, v in event["request"]["headers"] if n.lower() == "x-replay-id"]
+        ex = exchanges[int(replay_id)]
+        want = reported_usage(ex)
+        assert want is not None
+        llm = event["llm"]
+        usage = llm["usage"]
+        assert (usage["input_tokens"], usage["output_tokens"]) == (want.input_tokens, want.output_tokens)
+        assert llm["request_model"] == json.loads(ex["request_body"])["model"]
+        assert llm["stream"] is ("event-stream" in ex["response_headers"]["content-type"])
+        body = event["response"]["body"]
+        plain = ex["response_body"].encode()
+        assert body["size"] == len(encode(plain, ex["response_headers"].get("content-encoding")))
+        assert body["sha256"] == hashlib.sha256(plain).hexdigest()
+        assert event["request"]["body"]["dlp_masked"]
+        assert "aws-access-key-id" in {hit["rule"] for hit in event["dlp"]["hits"]}
+        if '"json_schema"' in ex["request_body"]:  # the answer is the JSON the schema asked for
+            json.loads(json.loads(plain)["choices"][0]["message"]["content"])
+            assert llm["response_format"] == "json_schema" and llm["contract_drift"] is None
+
+
+def test_the_worker_builds_llm_calls_and_their_secrets_stay_masked(
+    start_proxy, policy_file, tmp_path: Path, monkeypatch
+) -> None:
+    """An LLM call's event (its answer streamed through a tap, its meter's evidence) is built in the
+    worker too (failcore.evidence.remotebuild), not in the proxy; the tape holds no secret, the upstream
+    got the prompt as sent (observe), and the llm block is the provider's own figures."""
+    import failcore.proxy.recorder as recorder_module
+
+    exchanges = _llm_calls()
+    built_here: list[str] = []
+    real_build = recorder_module.build_exchange_event
+
+    def counting_build(snap, cfg):  # type: ignore[no-untyped-def]
+        built_here.append(snap.path)
+        return real_build(snap, cfg)
+
+    with ReplayUpstream(exchanges) as replay:
+        proxy = start_proxy(policy_file(POLICY.format(extra="")))
+        proxy.call(lambda: proxy.proxy.master.addons.add(RedirectToReplay(replay.port)))
+        recorder = proxy.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
+        calls = 0
+        # (a connection per call, as the conformance replay makes them)
+        with proxied_client(proxy, limits=ONE_CALL_A_CONNECTION) as client:
+            deadline = time.monotonic() + 120
+            while not proxy.call(lambda: recorder.offload.offloaded):
+                assert time.monotonic() < deadline, "no exchange was ever handed to the worker"
+                _call(client, exchanges, 0)
+                calls += 1
+                proxy.flush()
+            monkeypatch.setattr(recorder_module, "build_exchange_event", counting_build)
+            for index in (0, 1, 2, 0, 1, 2):
+                _call(client, exchanges, index)
+                calls += 1
+            proxy.flush()
+        proxy.stop()
+        assert len(replay.server.received) == calls
+        assert all(AWS_KEY.encode() in body for body in replay.server.received)
+    assert built_here == []  # (not one was built in the proxy)
+    _check_llm_events(tmp_path / "tape", exchanges, calls)
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_worker_killed_while_building_llm_calls_loses_nothing_and_masks_everything(
+    start_proxy, policy_file, tmp_path: Path, monkeypatch, fail_open: bool
+) -> None:
+    """Killed while it builds LLM calls' events: the calls it held and every later one are built by the
+    proxy, whole and masked; the loss is recorded once; nothing is dropped; traffic never stops."""
+    import failcore.proxy.recorder as recorder_module
+
+    exchanges = _llm_calls()
+    built_here: list[str] = []
+    real_build = recorder_module.build_exchange_event
+
+    def counting_build(snap, cfg):  # type: ignore[no-untyped-def]
+        built_here.append(snap.path)
+        return real_build(snap, cfg)
+
+    with ReplayUpstream(exchanges) as replay:
+        proxy = start_proxy(policy_file(POLICY.format(extra="" if fail_open else "fail_open: false")))
+        proxy.call(lambda: proxy.proxy.master.addons.add(RedirectToReplay(replay.port)))
+        recorder = proxy.proxy.master.addons.get("failcore").recorder  # type: ignore[union-attr]
+        calls = 0
+        # (a connection per call, as the conformance replay makes them)
+        with proxied_client(proxy, limits=ONE_CALL_A_CONNECTION) as client:
+            deadline = time.monotonic() + 120
+            while not proxy.call(lambda: recorder.offload.offloaded):
+                assert time.monotonic() < deadline, "no exchange was ever handed to the worker"
+                _call(client, exchanges, 1)
+                calls += 1
+                proxy.flush()
+            monkeypatch.setattr(recorder_module, "build_exchange_event", counting_build)
+            for index in range(3):
+                _call(client, exchanges, index)
+                calls += 1
+            proxy.flush()
+            assert built_here == []  # built by the worker until it is killed
+            os.kill(proxy.call(lambda: recorder.offload.worker.pid), signal.SIGKILL)
+            for index in (0, 1, 2, 0, 1, 2):
+                _call(client, exchanges, index)
+                calls += 1
+            proxy.flush()
+        proxy.stop()
+    assert built_here  # (the proxy built what the dead worker could not)
+    _check_llm_events(tmp_path / "tape", exchanges, calls)
+    events = read_tape(tmp_path / "tape")
+    lost = [e for e in events if e["kind"] == "internal_error"]
+    assert len(lost) == 1 and lost[0]["detail"]["where"] == "evidence worker"
+    assert lost[0]["detail"]["exit_code"] == -signal.SIGKILL
+    run_end = next(e for e in events if e["kind"] == "run_end")
+    assert run_end["detail"]["internal_errors"] == 1 and run_end["detail"]["dropped"] == 0
