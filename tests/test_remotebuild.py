@@ -33,6 +33,7 @@ from failcore.llm.call import LlmCall
 from failcore.policy.model import Decision
 from failcore.proxy.meter import LlmFlow
 from failcore.proxy.session import BodyTap
+from failcore.tape.serialised import SerialisedEvent
 from tests.security.evidence_helpers import AWS_KEY, GITHUB_TOKEN, SALT, origin_and_scanner
 
 CAP = 4096
@@ -339,11 +340,12 @@ def test_the_worker_builds_it_and_the_proxy_builds_what_the_worker_cannot(
         deadline = time.monotonic() + 120
         while True:
             out = offload([RemoteBuild(_snapshot(7), _settings(scanner, origin), BuildFirst(local_build))])
-            if isinstance(out[0], dict):
+            if not isinstance(out[0], RemoteBuild):
                 break
             assert time.monotonic() < deadline, "the evidence worker never became ready"
             time.sleep(0.1)
-        assert orjson.dumps(out[0]) == orjson.dumps(expected)
+        # It comes back as the tape line's body, byte for byte what the writer makes of the proxy's event.
+        assert isinstance(out[0], SerialisedEvent) and out[0].body == orjson.dumps(expected)
         assert calls == [] and offload.offloaded == 1
 
         # An item the child cannot build comes back None: it stays a builder, which builds it here.

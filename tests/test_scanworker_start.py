@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from failcore.dlp.rules import policy_rules
-from failcore.evidence import scanworker
+from failcore.evidence import scanworker, workerpipe
 from failcore.evidence.scanworker import ScanOrigin, ScanWorker, rules_sha256
 from failcore.policy.load import load_policy
 from failcore.shipped import default_policy_path
@@ -64,11 +64,11 @@ def test_frames_go_through_pipes_numbered_above_select_s_limit() -> None:
     os.close(write_end)
     try:
         data = b'{"ok":true}'
-        os.write(high_write, scanworker._LENGTH.pack(len(data)) + data)
-        assert scanworker.read_frame(high_read, time.monotonic() + 30) == {"ok": True}
+        os.write(high_write, workerpipe.LENGTH.pack(len(data)) + data)
+        assert workerpipe.read_frame(high_read, time.monotonic() + 30) == {"ok": True}
         os.set_blocking(high_write, False)  # as a batch is written
-        scanworker._write_all(high_write, scanworker._LENGTH.pack(len(data)) + data, time.monotonic() + 30)
-        assert scanworker.read_frame(high_read, time.monotonic() + 30) == {"ok": True}
+        workerpipe.write_all(high_write, workerpipe.LENGTH.pack(len(data)) + data, time.monotonic() + 30)
+        assert workerpipe.read_frame(high_read, time.monotonic() + 30) == {"ok": True}
     finally:
         os.close(high_read)
         os.close(high_write)

@@ -43,14 +43,12 @@ from failcore.dlp.decode import MAX_CANDIDATE_BYTES
 from failcore.dlp.model import Hit
 from failcore.evidence.scanworker import (
     ScanOrigin,
-    _read_exact,
     _scanner_for,
     origin_config,
-    read_frame,
     rules_sha256,
     spawn_worker,
-    write_frame,
 )
+from failcore.evidence.workerpipe import read_exact, read_frame, write_frame
 
 if TYPE_CHECKING:
     from failcore.policy.model import Policy
@@ -118,7 +116,7 @@ def child_main() -> int:
     shared = memoryview(memory)
     while True:
         try:
-            slot, length, sequence = _REQUEST.unpack(_read_exact(fd, _REQUEST.size, None))
+            slot, length, sequence = _REQUEST.unpack(read_exact(fd, _REQUEST.size, None))
         except EOFError:
             return 0
         if slot >= slots or length > slot_bytes:

@@ -15,7 +15,8 @@ import orjson
 from failcore.evidence.dlp import Echoes, scan_event
 from failcore.evidence.findings import PastCapFindings
 from failcore.evidence.remotebuild import build_from_frame, is_build_item
-from failcore.evidence.scanworker import UNCHANGED, _scanner_for, read_frame, write_frame
+from failcore.evidence.scanworker import SERIALISED, UNCHANGED, _scanner_for
+from failcore.evidence.workerpipe import read_frame, write_frame, write_reply
 
 
 def child_main() -> int:
@@ -37,10 +38,13 @@ def child_main() -> int:
         except EOFError:
             return 0
         results: list[dict[str, Any] | int | None] = []
+        serialised: list[bytes] = []
         for item in batch:
             try:
                 if is_build_item(item):
-                    results.append(build_from_frame(item, scanner))
+                    # Sent as the tape line's body: the proxy neither parses it nor serialises it again.
+                    serialised.append(orjson.dumps(build_from_frame(item, scanner)))
+                    results.append(SERIALISED)
                     continue
                 event, past_cap, echoes = _frame_item(item)
                 before = orjson.dumps(event)
@@ -49,7 +53,7 @@ def child_main() -> int:
                 results.append(UNCHANGED if orjson.dumps(event) == before else event)
             except Exception:
                 results.append(None)  # the proxy scans this one itself
-        write_frame(out, results)
+        write_reply(out, results, serialised)
 
 
 def _frame_item(item: Any) -> tuple[dict[str, Any], tuple[PastCapFindings, ...], Echoes]:

@@ -36,19 +36,20 @@ import hashlib
 import logging
 import os
 import select
-import struct
 import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from failcore.event import EgressEvent
 from failcore.evidence.dlp import Echoes, scan_event
 from failcore.evidence.findings import PastCapFindings
+from failcore.evidence.workerpipe import LENGTH, read_frame, read_raw_frame, ready, write_all, write_frame
 from failcore.spawn import start_worker
+from failcore.tape.serialised import SerialisedEvent
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -58,16 +59,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("failcore")
 
-_LENGTH = struct.Struct(">I")
-# One frame holds at most this many events (a batch is split into several frames); a frame's length
-# prefix above MAX_FRAME_BYTES is refused as corrupt.
+# One frame holds at most this many events (a batch is split into several frames).
 MAX_FRAME_EVENTS = 256
-MAX_FRAME_BYTES = 1 << 30
 # A batch the child takes no input of, or does not answer, for this long means it is stuck: it is
 # killed and the batch scanned in-process.
 REPLY_TIMEOUT = 30.0
 # The reply for an event the scan left exactly as it was.
 UNCHANGED = 0
+# A reply item: the event (an exchange the child built whole) follows the reply as a frame of its own,
+# the orjson bytes the tape writer would have made of it (failcore.tape.serialised).
+SERIALISED = 1
 # A dead child is started again at most this often, and not at all after this many losses (the
 # writer then scans in-process for the rest of the run; each loss is on the tape).
 RESTART_INTERVAL = 2.0
@@ -189,56 +190,6 @@ class BuildFirst:
         return built() if isinstance(built, DeferredScan) else built
 
 
-# --- framing ------------------------------------------------------------------------------------
-
-
-def write_frame(stream: IO[bytes], payload: object) -> None:
-    data = orjson.dumps(payload)
-    stream.write(_LENGTH.pack(len(data)) + data)
-    stream.flush()
-
-
-def _ready(fd: int, events: int, deadline: float) -> bool:
-    """Whether `fd` is ready (or closed) by `deadline` (poll: a restarted worker's pipe may be fd > 1024)."""
-    poller = select.poll()
-    poller.register(fd, events)
-    return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
-
-
-def _write_all(fd: int, data: bytes, deadline: float) -> None:
-    """Write to a non-blocking pipe, giving up at `deadline` (a stopped child leaves its pipe full)."""
-    view = memoryview(data)
-    while view:
-        if not _ready(fd, select.POLLOUT, deadline):
-            raise TimeoutError("the DLP evidence worker took no input")
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            continue
-        view = view[written:]
-
-
-def _read_exact(fd: int, size: int, deadline: float | None) -> bytes:
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        if deadline is not None and not _ready(fd, select.POLLIN, deadline):
-            raise TimeoutError("no reply from the DLP evidence worker")
-        chunk = os.read(fd, min(remaining, 1 << 20))
-        if not chunk:
-            raise EOFError("the DLP evidence worker closed its pipe")
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
-
-
-def read_frame(fd: int, deadline: float | None = None) -> Any:
-    (size,) = _LENGTH.unpack(_read_exact(fd, _LENGTH.size, deadline))
-    if size > MAX_FRAME_BYTES:
-        raise ValueError(f"oversized frame from the DLP evidence worker ({size} bytes)")
-    return orjson.loads(_read_exact(fd, size, deadline))
-
-
 # --- the child ----------------------------------------------------------------------------------
 
 
@@ -310,7 +261,7 @@ class ScanWorker:
         """Whether the child has its scanner; never waits."""
         if self.ready or self.refused is not None:
             return self.ready
-        if _ready(self._out, select.POLLIN, time.monotonic()):
+        if ready(self._out, select.POLLIN, time.monotonic()):
             reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
             if isinstance(reply, dict) and reply.get("ok") is True:
                 self.ready = True
@@ -318,7 +269,7 @@ class ScanWorker:
                 self.refused = str(reply.get("error") if isinstance(reply, dict) else reply)
         return self.ready
 
-    def scan(self, scans: Sequence[ChildWork]) -> list[dict[str, Any] | None]:
+    def scan(self, scans: Sequence[ChildWork]) -> list[dict[str, Any] | SerialisedEvent | None]:
         """The scans' events, scanned and masked (an event the scan left as it was is returned itself;
         None: scan it yourself). Raises when the child is gone."""
         try:
@@ -326,15 +277,24 @@ class ScanWorker:
         except TypeError:  # (a text orjson refuses: no fault of the child's)
             return [None] * len(scans)
         # A stuck child stops reading: a frame larger than the pipe's buffer times out as a reply does.
-        _write_all(self._in_fd, _LENGTH.pack(len(data)) + data, time.monotonic() + REPLY_TIMEOUT)
-        reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
+        write_all(self._in_fd, LENGTH.pack(len(data)) + data, time.monotonic() + REPLY_TIMEOUT)
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        reply = read_frame(self._out, deadline)
         if not isinstance(reply, list) or len(reply) != len(scans):
             raise ValueError("malformed reply from the DLP evidence worker")
-        unchanged = [type(item) is int and item == UNCHANGED for item in reply]
-        return [
-            item if isinstance(item, dict) else scan.event if same else None
-            for item, scan, same in zip(reply, scans, unchanged, strict=True)
-        ]
+        out: list[dict[str, Any] | SerialisedEvent | None] = []
+        for item, scan in zip(reply, scans, strict=True):
+            if isinstance(item, dict):
+                out.append(item)
+            elif type(item) is not int:
+                out.append(None)
+            elif item == UNCHANGED:
+                out.append(scan.event)
+            elif item == SERIALISED:
+                out.append(_serialised(read_raw_frame(self._out, deadline)))
+            else:
+                out.append(None)
+        return out
 
     def close(self, timeout: float = 5.0) -> int | None:
         with contextlib.suppress(OSError):
@@ -460,6 +420,19 @@ class ScanOffload:
             logger.warning(
                 "failcore: %d DLP evidence worker loss(es) not written to the tape", len(self._losses)
             )
+
+
+def _serialised(body: bytes) -> dict[str, Any] | SerialisedEvent | None:
+    """A SERIALISED reply's event: as the writer's item when the cheap check vouches for it, else parsed
+    (the writer then checks it as any dict); None when it is not a JSON object."""
+    event = SerialisedEvent.checked(body)
+    if event is not None:
+        return event
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _built(item: BuildFirst) -> object:

@@ -52,6 +52,7 @@ from failcore.tape.reader import (
     segment_name,
     segment_number,
 )
+from failcore.tape.serialised import SerialisedEvent
 
 LOCK_FILE: Final = ".lock"
 RESERVED_KEYS: Final = frozenset({"prev", "seq", "h"})
@@ -570,6 +571,8 @@ class TapeWriter:
     # --- building lines --------------------------------------------------------------------------
 
     def _materialise(self, item: object) -> bytes:
+        if type(item) is SerialisedEvent:  # (checked when it was made: failcore.tape.serialised)
+            return item.body
         try:
             event = item() if callable(item) else item
         except Exception as exc:
