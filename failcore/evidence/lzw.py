@@ -1,0 +1,330 @@
+"""The `compress` / `x-compress` content coding (RFC 9110 8.4.1.1: Unix compress, adaptive LZW) undone as
+a stream: pure, bounded, decoding what gzip's unlzw.c and ncompress decode, as they decode it.
+
+The format, from those two decoders (tests/data/lzw holds what ncompress wrote, checked against
+`gzip -dc`):
+
+    header = 1f 9d, flags: bits 0-4 the largest code width (gzip and ncompress read at most 16;
+             0x60 reserved, ignored), 0x80 block mode (code 256 is CLEAR)
+    codes  = packed least significant bit first, 9 bits wide at first; a code adds the table entry
+             `previous string + first byte of this one` (not the first code; a code one past the
+             table is that entry itself, the KwKwK case); once the next entry would not fit the width
+             (and the width is below the largest) codes are one bit wider
+    groups = codes are read 8 at a time (as many bytes as bits a code): when the width grows, or at a
+             CLEAR (the table back to its 256 bytes, 9-bit codes), the rest of the current group is
+             padding, skipped (the decoders read whole groups; the encoder pads them)
+
+The quirks kept as those decoders have them: the first code must be a byte; after CLEAR the previous
+code is kept, so the next code adds an entry 256 no code can name; with `-b 9` the width still grows to
+10 bits once the table is full; bits after the last whole code are ignored. There is no end marker:
+a stream cut short decodes, as far as it goes, to what the tools give.
+
+Bounds: output is handed on in pieces of at most `step` bytes (a code expands to at most 2^16 bytes:
+a bomb of 64 KiB of codes could make 2 GiB); the table holds at most 2^16 entries of at most
+_FLAT bytes each, a longer string kept as an earlier entry plus at most _FLAT bytes (so at most a few
+MiB, whatever the input). Malformed input (a bad magic, more than 16 bits, a code past the table, a
+first code that is no byte) raises LzwError, a ValueError, after what decoded before it was given; a
+header cut short raises EOFError at the end.
+
+Speed: the codes of up to _BATCH_CODES are unpacked at once (one int per group of 8, shifted in a
+comprehension; 16-bit codes read as an array), then run through one of two tight loops (the table
+growing, or full); see benchmarks/lzw_bench.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections.abc import Callable, Generator, Iterator
+from typing import Final
+
+MAGIC: Final = b"\x1f\x9d"
+_MAX_BITS: Final = 16
+_BLOCK_MODE: Final = 0x80
+_CLEAR: Final = 256
+# A table entry longer than this is kept as an earlier entry and its last bytes (memory bound).
+_FLAT: Final = 64
+# Codes unpacked and decoded in one batch: a batch of entries of at most _FLAT bytes stays under a
+# step of output; longer ones (and KwKwK strings) are counted and end the batch early.
+_BATCH_CODES: Final = 4096
+_SHIFTS: Final = {n: tuple(range(0, 8 * n, n)) for n in range(9, _MAX_BITS + 1)}
+_BYTES: Final = tuple(bytes([i]) for i in range(256))
+
+
+class LzwError(ValueError):
+    """The stream is not one gzip or ncompress would decode past this point."""
+
+
+def _unpack(data: bytes, start: int, end: int, bits: int) -> list[int]:
+    """The codes of `bits` bits packed in data[start:end] (whole groups of `bits` bytes, or a last
+    partial one: its whole codes)."""
+    if bits == 16 and not (end - start) & 1:
+        codes = array("H", data[start:end])
+        if sys.byteorder == "big":
+            codes.byteswap()
+        return codes.tolist()
+    mask = (1 << bits) - 1
+    whole = start + (end - start) // bits * bits
+    from_bytes = int.from_bytes
+    shifts = _SHIFTS[bits]
+    codes = [
+        (g >> s) & mask
+        for g in [from_bytes(data[p : p + bits], "little") for p in range(start, whole, bits)]
+        for s in shifts
+    ]
+    if whole < end:
+        g = from_bytes(data[whole:end], "little")
+        codes += [(g >> s) & mask for s in shifts[: (end - whole) * 8 // bits]]
+    return codes
+
+
+class LzwStage:
+    """The compress stage of failcore.evidence.body's decoding: fed the stream in pieces of any size,
+    gives what they decode to in pieces of at most `step` bytes."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.pending = b""  # input not decoded yet: the header, or less than a group of codes
+        self.started = False
+        self.block = False
+        self.maxbits = _MAX_BITS
+        self.maxmax = 1 << _MAX_BITS  # entries the table can hold
+        self.bits = 9
+        self.maxcode = (1 << 9) - 1  # past this many entries the width grows (unless at maxbits)
+        self.table: list[bytes | None] = list(_BYTES)  # None: a long entry (heads/tails)
+        self.heads: dict[int, int] = {}
+        self.tails: dict[int, bytes] = {}
+        self.prev = b""  # the previous code's string
+        self.old = -1  # the previous code (-1: none read yet)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        data = self.pending + data if self.pending else data
+        self.pending = b""
+        pos = 0
+        if not self.started:
+            if len(data) < 3:
+                self.pending = data
+                return
+            self._header(data)
+            pos = 3
+        end = pos + (len(data) - pos) // self.bits * self.bits
+        while pos < end:
+            pos = yield from self._batch(data, pos, end)
+            end = pos + (len(data) - pos) // self.bits * self.bits  # (the width may have grown)
+        self.pending = data[pos:]
+
+    def finish(self) -> Iterator[bytes]:
+        data, self.pending = self.pending, b""
+        if not self.started:
+            if data:
+                raise EOFError("compress stream ends inside its 3-byte header (truncated)")
+            return
+        pos = 0
+        while (len(data) - pos) * 8 >= self.bits:  # (bits after the last whole code are ignored)
+            pos = yield from self._batch(data, pos, len(data))
+
+    def _header(self, data: bytes) -> None:
+        if data[:2] != MAGIC:
+            raise LzwError(f"not a compress stream (magic {data[:2].hex()}, not 1f9d)")
+        flags = data[2]
+        self.maxbits = flags & 0x1F
+        if self.maxbits > _MAX_BITS:
+            raise LzwError(f"compress stream of {self.maxbits}-bit codes (at most {_MAX_BITS})")
+        self.maxmax = 1 << self.maxbits
+        self.block = bool(flags & _BLOCK_MODE)
+        if self.block:
+            self.table.append(None)  # 256: CLEAR, never a string
+        self.started = True
+
+    def _widen(self) -> None:
+        self.bits += 1
+        self.maxcode = self.maxmax if self.bits == self.maxbits else (1 << self.bits) - 1
+
+    def _clear(self) -> None:
+        del self.table[256:]
+        self.heads.clear()
+        self.tails.clear()
+        self.bits = 9
+        self.maxcode = (1 << 9) - 1
+        self.prev = b""  # (the entry the next code adds, 256, is never named: its string is moot)
+
+    def _batch(self, data: bytes, pos: int, end: int) -> Generator[bytes, None, int]:
+        """Decodes the codes of up to _BATCH_CODES from data[pos:end] (whole groups, or the last
+        partial one at the end of the stream); returns where the next batch starts."""
+        bits = self.bits
+        end = min(end, pos + _BATCH_CODES // 8 * bits)
+        codes = _unpack(data, pos, end, bits)
+        free = len(self.table)
+        # Codes that add an entry before the width grows or the table is full, counted from `first`.
+        grow = min(self.maxcode + 1, self.maxmax) - free
+        widen_at = -1  # the index of the code read at the next width, if in this batch
+        first = 0 if self.old >= 0 else 1
+        if grow > 0 and free + grow > self.maxcode and first + grow < len(codes):
+            widen_at = first + grow
+        cut = widen_at if widen_at >= 0 else len(codes)
+        clear_at = -1
+        if self.block:
+            try:
+                clear_at = codes.index(_CLEAR, first, cut)
+            except ValueError:
+                pass
+            else:
+                cut = clear_at
+        out: list[bytes] = []
+        error: LzwError | None = None
+        if first and cut:
+            code = codes[0]
+            if code >= 256:
+                error = LzwError(f"compress stream's first code {code} is not a byte")
+                cut = 0
+            else:
+                self.prev = _BYTES[code]
+                self.old = code
+                out.append(self.prev)
+        at = first
+        try:
+            if at < cut and grow > 0:
+                stop = min(cut, at + grow)
+                at = self._grow(codes, at, stop, out)
+                at = (yield from self._flush(out, codes, at, stop, self._grow)) if at < stop else at
+            if at < cut:
+                at = self._full(codes, at, cut, out)
+                at = (yield from self._flush(out, codes, at, cut, self._full)) if at < cut else at
+        except LzwError as e:
+            error = e
+        if out:
+            yield from self._pieces(out)
+        if error is not None:
+            raise error
+        if clear_at >= 0:
+            self._clear()
+            return pos + (clear_at // 8 + 1) * bits
+        if widen_at >= 0:
+            self._widen()
+            return pos + (widen_at + 7) // 8 * bits
+        if len(self.table) > self.maxcode:  # the table just reached the width's end with the batch
+            self._widen()
+        return end
+
+    def _flush(
+        self,
+        out: list[bytes],
+        codes: list[int],
+        at: int,
+        stop: int,
+        run: Callable[[list[int], int, int, list[bytes]], int],
+    ) -> Generator[bytes, None, int]:
+        """A run stopped early (a step of output): hand it on, go on from `at`."""
+        while at < stop:
+            yield from self._pieces(out)
+            out.clear()
+            at = run(codes, at, stop, out)
+        return at
+
+    def _pieces(self, out: list[bytes]) -> Iterator[bytes]:
+        joined = b"".join(out)
+        step = self.step
+        if len(joined) <= step:
+            yield joined
+            return
+        for start in range(0, len(joined), step):
+            yield joined[start : start + step]
+
+    def _grow(self, codes: list[int], at: int, stop: int, out: list[bytes]) -> int:
+        """codes[at:stop], each adding an entry; returns where it stopped (early after a step of long
+        strings)."""
+        table = self.table
+        add = table.append
+        give = out.append
+        prev = self.prev
+        old = self.old
+        flat = _FLAT
+        extra = 0
+        limit = self.step
+        i = at
+        for i in range(at, stop):
+            code = codes[i]
+            try:
+                s = table[code]
+            except IndexError:
+                if code != len(table):
+                    self.prev, self.old = prev, old
+                    raise LzwError(f"compress code {code} is past the table ({len(table)} entries)") from None
+                s = prev + prev[:1]  # KwKwK
+                extra += len(s)
+            else:
+                if s is None:
+                    s = self._expand(code)
+                    extra += len(s)
+            give(s)
+            if len(prev) < flat:
+                add(prev + s[:1])
+            else:
+                self._add_long(old, s[:1])
+            prev = s
+            old = code
+            if extra > limit:
+                i += 1
+                break
+        else:
+            i = stop
+        self.prev, self.old = prev, old
+        return i
+
+    def _full(self, codes: list[int], at: int, stop: int, out: list[bytes]) -> int:
+        """codes[at:stop], the table full (no entry added)."""
+        table = self.table
+        give = out.append
+        prev = self.prev
+        old = self.old
+        extra = 0
+        limit = self.step
+        i = at
+        for i in range(at, stop):
+            code = codes[i]
+            try:
+                s = table[code]
+            except IndexError:
+                if code != len(table):
+                    self.prev, self.old = prev, old
+                    raise LzwError(f"compress code {code} is past the table ({len(table)} entries)") from None
+                s = prev + prev[:1]  # (a table that can hold no more: the KwKwK code stays valid)
+                extra += len(s)
+            else:
+                if s is None:
+                    s = self._expand(code)
+                    extra += len(s)
+            give(s)
+            prev = s
+            old = code
+            if extra > limit:
+                i += 1
+                break
+        else:
+            i = stop
+        self.prev, self.old = prev, old
+        return i
+
+    def _add_long(self, old: int, last: bytes) -> None:
+        """Adds the entry `string(old) + last`, string(old) being _FLAT bytes or more."""
+        code = len(self.table)
+        self.table.append(None)
+        tail = self.tails.get(old)
+        if tail is not None and len(tail) < _FLAT:
+            self.heads[code] = self.heads[old]
+            self.tails[code] = tail + last
+        else:
+            self.heads[code] = old
+            self.tails[code] = last
+
+    def _expand(self, code: int) -> bytes:
+        parts = []
+        heads, tails = self.heads, self.tails
+        while code in heads:
+            parts.append(tails[code])
+            code = heads[code]
+        head = self.table[code]
+        assert head is not None
+        parts.append(head)
+        parts.reverse()
+        return b"".join(parts)

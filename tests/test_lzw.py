@@ -1,0 +1,205 @@
+"""LzwStage (the `compress` coding) against the real tools: .Z files ncompress wrote (tests/data/lzw,
+made by its make.py) decode to what gzip and ncompress decoded them to (sha256 in manifest.json; and
+`gzip -dc` again here when installed), fed in pieces of any size; malformed streams fail as gzip's
+unlzw.c fails them, after the same output."""
+
+from __future__ import annotations
+
+import hashlib
+import tracemalloc
+
+import pytest
+
+from failcore.evidence.body import MAX_DECODED_BYTES
+from failcore.evidence.lzw import LzwError, LzwStage
+from tests.lzw_helpers import LZW_DATA, gzip_dc, lzw_compress, lzw_fixtures, lzw_pack
+
+STEP = 256 * 1024
+FIXTURES = lzw_fixtures()
+TEXT = b"".join(
+    b"line %d of a text that repeats itself, more or less: %s\n" % (i, b"ab" * (i % 7)) for i in range(3000)
+)
+
+
+def _decode(wire: bytes, chunk: int, step: int = STEP) -> tuple[bytes, Exception | None]:
+    stage = LzwStage(step)
+    out = bytearray()
+    try:
+        for start in range(0, len(wire), chunk):
+            for piece in stage.feed(wire[start : start + chunk]):
+                assert len(piece) <= step
+                out += piece
+        for piece in stage.finish():
+            assert len(piece) <= step
+            out += piece
+    except (ValueError, EOFError) as e:
+        return bytes(out), e
+    return bytes(out), None
+
+
+class _Counting(LzwStage):
+    """Notes the width of each CLEAR code read."""
+
+    def __init__(self) -> None:
+        super().__init__(STEP)
+        self.clears: list[int] = []
+
+    def _clear(self) -> None:
+        self.clears.append(self.bits)
+        super()._clear()
+
+
+def _chunks(name: str) -> list[int]:
+    size = (LZW_DATA / name).stat().st_size
+    return [1, 7, 4096, size + 1] if size < 40_000 else [7, 4096, size + 1]  # (byte by byte: slow)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_a_fixture_decodes_to_what_the_real_tools_decoded_it_to(name: str) -> None:
+    expected = FIXTURES[name]
+    wire = (LZW_DATA / name).read_bytes()
+    # (ncompress writes nothing of a stream it fails on; gzip writes what decoded before the error)
+    assert (expected["gzip"]["status"] == 0) == (expected["ncompress"]["status"] == 0)
+    assert expected["gzip"]["status"] or expected["gzip"]["sha256"] == expected["ncompress"]["sha256"]
+    for chunk in _chunks(name):
+        out, error = _decode(wire, chunk)
+        assert hashlib.sha256(out).hexdigest() == expected["gzip"]["sha256"], (name, chunk)
+        assert (error is not None) == (expected["gzip"]["status"] != 0), (name, chunk, error)
+        assert error is None or isinstance(error, LzwError)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_gzip_here_agrees(name: str) -> None:
+    wire = (LZW_DATA / name).read_bytes()
+    found = gzip_dc(wire)
+    if found is None:
+        pytest.skip("gzip is not installed")
+    out, status = found
+    assert hashlib.sha256(out).hexdigest() == FIXTURES[name]["gzip"]["sha256"]
+    assert (status == 0) == (FIXTURES[name]["gzip"]["status"] == 0)
+    assert _decode(wire, len(wire) + 1)[0] == out
+
+
+def test_the_fixtures_cover_clear_widths_and_long_strings() -> None:
+    """What the fixtures are for: CLEAR at 12 and at 16 bits, every width up to 16, strings past the
+    flat table entries (a run of one byte), the -b 9 table that fills, ncompress -C's stream."""
+    seen: dict[str, tuple[list[int], int, int]] = {}
+    for name in FIXTURES:
+        stage = _Counting()
+        wire = (LZW_DATA / name).read_bytes()
+        try:
+            for _ in stage.feed(wire):
+                pass
+        except LzwError:
+            pass
+        seen[name] = (stage.clears, stage.bits, len(stage.heads))
+    assert seen["shift-12_b12.Z"][0][:1] == [12]
+    assert seen["shift-16.Z"][0] == [16]
+    assert seen["text.Z"][1] == 13 and seen["shift-16.Z"][1] < 16  # (9 bits again after the CLEAR)
+    assert seen["runs-of-a.Z"][2] > 0
+    assert {FIXTURES[n]["options"][1] for n in FIXTURES if FIXTURES[n]["options"][:1] == ["-b"]} == {
+        str(b) for b in range(9, 17)
+    }
+    assert FIXTURES["small-text_b9.Z"]["gzip"]["status"] != 0
+
+
+# (not the `shift` ones: ncompress wrote CLEAR codes in them)
+ENCODED = sorted(
+    n for n, f in FIXTURES.items() if f["gzip"]["status"] == 0 and not f["input"].startswith("shift")
+)
+
+
+@pytest.mark.parametrize("name", ENCODED)
+def test_the_test_encoder_writes_what_ncompress_wrote(name: str) -> None:
+    """tests/lzw_helpers.lzw_compress, used for the bodies of the proxy tests: the same bytes as
+    ncompress for a stream without CLEAR (the input is the fixture decoded, pinned by its sha256)."""
+    wire = (LZW_DATA / name).read_bytes()
+    plain, error = _decode(wire, len(wire) + 1)
+    assert error is None and hashlib.sha256(plain).hexdigest() == FIXTURES[name]["plain"]["sha256"]
+    options = FIXTURES[name]["options"]
+    bits = int(options[1]) if options[:1] == ["-b"] else 16
+    assert lzw_compress(plain, bits) == wire
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 10**9])
+@pytest.mark.parametrize("block_mode", [True, False])
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_streams_the_test_encoder_writes_decode_as_gzip_decodes_them(
+    chunk: int, block_mode: bool, bits: int
+) -> None:
+    """No block mode (code 256 a string, not CLEAR) too, which ncompress -C does not write right."""
+    wire = lzw_compress(TEXT, bits, block_mode=block_mode)
+    assert _decode(wire, chunk) == (TEXT, None)
+    found = gzip_dc(wire)
+    assert found is None or found == (TEXT, 0)
+
+
+def test_pieces_stay_within_the_step_and_a_bomb_within_memory() -> None:
+    """The KwKwK chain 97, 257, 258, ... 65535: 130 KB of codes for 2 GiB of `a` (strings of up to
+    65,280 bytes). Decoded until MAX_DECODED_BYTES as the body readers stop, in pieces of at most the
+    step, the table a few MiB whatever the strings' lengths."""
+    wire = lzw_pack([97, *range(257, 1 << 16)])
+    assert len(wire) < 140_000
+    stage = LzwStage(STEP)
+    total = 0
+    tracemalloc.start()
+    try:
+        for piece in stage.feed(wire):
+            assert len(piece) <= STEP and piece.count(b"a") == len(piece)
+            total += len(piece)
+            if total >= MAX_DECODED_BYTES:
+                break
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total >= MAX_DECODED_BYTES
+    assert peak < 16 << 20, peak
+
+
+def test_a_truncated_stream_decodes_as_far_as_gzip_does() -> None:
+    """There is no end marker: a stream cut anywhere gives the whole codes before the cut."""
+    wire = lzw_compress(TEXT)
+    for cut in (3, 4, 5, 100, 1001, len(wire) // 2, len(wire) - 1):
+        out, error = _decode(wire[:cut], 7)
+        assert error is None and TEXT.startswith(out)
+        found = gzip_dc(wire[:cut])
+        assert found is None or found[0] == out
+    assert len(_decode(wire[: len(wire) // 2], 7)[0]) > len(TEXT) // 3
+
+
+@pytest.mark.parametrize("head", [b"\x1f", b"\x1f\x9d"])
+def test_a_stream_cut_inside_its_header_is_truncated(head: bytes) -> None:
+    out, error = _decode(head, 1)
+    assert out == b"" and isinstance(error, EOFError)
+
+
+@pytest.mark.parametrize(
+    ("wire", "before"),
+    [
+        (b"\x1e\x9d" + lzw_compress(b"hello")[2:], b""),  # a bad magic
+        (b"\x1f\x9d\x91" + lzw_compress(b"hello")[3:], b""),  # 17 bits
+        (b"\x1f\x9d\x9f" + lzw_compress(b"hello")[3:], b""),  # 31 bits
+        (lzw_pack([65, 66, 300]), b"AB"),  # a code past the table (258 entries and the KwKwK 259)
+        (lzw_pack([65, 66, 260]), b"AB"),
+        (lzw_pack([256, 65]), b""),  # CLEAR first: the first code must be a byte
+        (lzw_pack([300]), b""),
+    ],
+)
+def test_a_malformed_stream_fails_after_what_it_decoded(wire: bytes, before: bytes) -> None:
+    for chunk in (1, len(wire)):
+        out, error = _decode(wire, chunk)
+        assert (out, type(error)) == (before, LzwError)
+    found = gzip_dc(wire)
+    assert found is None or (found[0] == before and found[1] != 0)
+
+
+def test_a_kwkwk_code_and_reserved_flags() -> None:
+    """The code one past the table (KwKwK) is the previous string and its first byte; flags 0x60 are
+    ignored (gzip warns)."""
+    kwkwk = lzw_pack([65, 66, 258, 259])
+    assert _decode(kwkwk, 1) == (b"A" + b"B" * 6, None)
+    assert gzip_dc(kwkwk) in (None, (b"A" + b"B" * 6, 0))
+    wire = b"\x1f\x9d\xf0" + lzw_compress(TEXT)[3:]
+    assert _decode(wire, 4096) == (TEXT, None)
+    found = gzip_dc(wire)
+    assert found is None or found[0] == TEXT
