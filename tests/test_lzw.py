@@ -203,3 +203,21 @@ def test_a_kwkwk_code_and_reserved_flags() -> None:
     assert _decode(wire, 4096) == (TEXT, None)
     found = gzip_dc(wire)
     assert found is None or found[0] == TEXT
+
+
+@pytest.mark.parametrize("name", ["kwkwk.Z", "small-text_b16.Z", "small-text_b10.Z"])
+def test_each_whole_code_is_decoded_as_soon_as_it_is_in(name: str) -> None:
+    """Fed byte by byte, what came out so far is what `gzip -dc` makes of the stream cut there (it reads
+    every whole code at the end of its input): a streaming receiver, cut off, decodes no code the
+    stream DLP did not see decoded."""
+    wire = (LZW_DATA / name).read_bytes()
+    stage = LzwStage(STEP)
+    out = bytearray()
+    for i in range(len(wire)):
+        for piece in stage.feed(wire[i : i + 1]):
+            out += piece
+        if i % 5 == 4 or i == len(wire) - 1:
+            found = gzip_dc(wire[: i + 1])
+            if found is None:
+                pytest.skip("gzip is not installed")
+            assert bytes(out) == found[0], i

@@ -84,7 +84,7 @@ class LzwStage:
 
     def __init__(self, step: int) -> None:
         self.step = step
-        self.pending = b""  # input not decoded yet: the header, or less than a group of codes
+        self.pending = b""  # input not decoded yet: the header, or a group not all here yet
         self.started = False
         self.block = False
         self.maxbits = _MAX_BITS
@@ -96,8 +96,14 @@ class LzwStage:
         self.tails: dict[int, bytes] = {}
         self.prev = b""  # the previous code's string
         self.old = -1  # the previous code (-1: none read yet)
+        self.done = 0  # the codes of the group `pending` holds already decoded
+        self.drop = 0  # bytes of input to skip (the padding of a group the width left)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        if self.drop:  # the rest of a group a CLEAR or a wider width left unread: padding
+            dropped = min(self.drop, len(data))
+            data = data[dropped:]
+            self.drop -= dropped
         data = self.pending + data if self.pending else data
         self.pending = b""
         pos = 0
@@ -107,21 +113,33 @@ class LzwStage:
                 return
             self._header(data)
             pos = 3
-        end = pos + (len(data) - pos) // self.bits * self.bits
-        while pos < end:
-            pos = yield from self._batch(data, pos, end)
-            end = pos + (len(data) - pos) // self.bits * self.bits  # (the width may have grown)
+        skip, self.done = self.done, 0
+        while True:
+            bits = self.bits
+            end = pos + (len(data) - pos) // bits * bits
+            partial = pos == end
+            if partial:  # the whole codes of a group not all here yet are decoded now (a receiver can)
+                if (len(data) - pos) * 8 // bits <= skip:
+                    self.done = skip
+                    break
+                end = len(data)
+            start = pos
+            pos = yield from self._batch(data, pos, end, skip)
+            skip = 0
+            if partial:
+                if pos > len(data):
+                    self.drop = pos - len(data)
+                    return
+                self.done = (len(data) - start) * 8 // bits
+                pos = start
+                break
         self.pending = data[pos:]
 
     def finish(self) -> Iterator[bytes]:
-        data, self.pending = self.pending, b""
-        if not self.started:
-            if data:
-                raise EOFError("compress stream ends inside its 3-byte header (truncated)")
-            return
-        pos = 0
-        while (len(data) - pos) * 8 >= self.bits:  # (bits after the last whole code are ignored)
-            pos = yield from self._batch(data, pos, len(data))
+        """The stream ends: each whole code was decoded as it came (bits after the last are ignored)."""
+        if not self.started and self.pending:
+            raise EOFError("compress stream ends inside its 3-byte header (truncated)")
+        yield from ()
 
     def _header(self, data: bytes) -> None:
         if data[:2] != MAGIC:
@@ -148,40 +166,41 @@ class LzwStage:
         self.maxcode = (1 << 9) - 1
         self.prev = b""  # (the entry the next code adds, 256, is never named: its string is moot)
 
-    def _batch(self, data: bytes, pos: int, end: int) -> Generator[bytes, None, int]:
-        """Decodes the codes of up to _BATCH_CODES from data[pos:end] (whole groups, or the last
-        partial one at the end of the stream); returns where the next batch starts."""
+    def _batch(self, data: bytes, pos: int, end: int, skip: int = 0) -> Generator[bytes, None, int]:
+        """Decodes the codes of up to _BATCH_CODES from data[pos:end] (whole groups, or a last partial
+        one) but the first `skip` (decoded before); returns where the next batch starts (past `end`:
+        the rest of the group is padding, still to come)."""
         bits = self.bits
         end = min(end, pos + _BATCH_CODES // 8 * bits)
         codes = _unpack(data, pos, end, bits)
         free = len(self.table)
-        # Codes that add an entry before the width grows or the table is full, counted from `first`.
+        # Codes that add an entry before the width grows or the table is full, from `start` on.
         grow = min(self.maxcode + 1, self.maxmax) - free
+        start = skip if self.old >= 0 else skip + 1
         widen_at = -1  # the index of the code read at the next width, if in this batch
-        first = 0 if self.old >= 0 else 1
-        if grow > 0 and free + grow > self.maxcode and first + grow < len(codes):
-            widen_at = first + grow
+        if grow > 0 and free + grow > self.maxcode and start + grow < len(codes):
+            widen_at = start + grow
         cut = widen_at if widen_at >= 0 else len(codes)
         clear_at = -1
         if self.block:
             try:
-                clear_at = codes.index(_CLEAR, first, cut)
+                clear_at = codes.index(_CLEAR, start, cut)
             except ValueError:
                 pass
             else:
                 cut = clear_at
         out: list[bytes] = []
         error: LzwError | None = None
-        if first and cut:
-            code = codes[0]
+        if self.old < 0 and skip < cut:
+            code = codes[skip]
             if code >= 256:
                 error = LzwError(f"compress stream's first code {code} is not a byte")
-                cut = 0
+                cut = skip
             else:
                 self.prev = _BYTES[code]
                 self.old = code
                 out.append(self.prev)
-        at = first
+        at = start
         try:
             if at < cut and grow > 0:
                 stop = min(cut, at + grow)
@@ -202,8 +221,9 @@ class LzwStage:
         if widen_at >= 0:
             self._widen()
             return pos + (widen_at + 7) // 8 * bits
-        if len(self.table) > self.maxcode:  # the table just reached the width's end with the batch
+        if len(self.table) > self.maxcode:  # the table reached the width's end with the last code
             self._widen()
+            return pos + (len(codes) + 7) // 8 * bits
         return end
 
     def _flush(
