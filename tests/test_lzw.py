@@ -5,13 +5,15 @@ unlzw.c fails them, after the same output."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import tracemalloc
 
 import pytest
 
-from failcore.evidence.body import MAX_DECODED_BYTES
+from failcore.evidence.body import MAX_DECODED_BYTES, DecodedBody, decode_body, decoded_steps
 from failcore.evidence.lzw import LzwError, LzwStage
+from failcore.evidence.pastcap import StreamDecoder
 from tests.lzw_helpers import LZW_DATA, gzip_dc, lzw_compress, lzw_fixtures, lzw_pack
 
 STEP = 256 * 1024
@@ -221,3 +223,23 @@ def test_each_whole_code_is_decoded_as_soon_as_it_is_in(name: str) -> None:
             if found is None:
                 pytest.skip("gzip is not installed")
             assert bytes(out) == found[0], i
+
+
+@pytest.mark.parametrize("coding", ["compress", "x-compress", "X-Compress"])
+def test_the_body_readers_undo_the_coding(coding: str) -> None:
+    wire = lzw_compress(TEXT)
+    assert b"".join(decoded_steps(wire, coding)) == TEXT
+    assert decode_body(wire, coding, 10**9) == DecodedBody(TEXT)
+    stacked = gzip.compress(lzw_compress(gzip.compress(TEXT, mtime=0)), mtime=0)
+    assert decode_body(stacked, f"gzip, {coding}, gzip", 10**9) == DecodedBody(TEXT)
+    broken = decode_body(wire[:3] + b"\xff" * 40, coding, 10**9)
+    assert broken.error is not None and broken.error.startswith("LzwError")
+
+
+@pytest.mark.parametrize("salvage", [True, False])
+def test_the_stream_decoder_undoes_it_chunk_by_chunk(salvage: bool) -> None:
+    """As the stream meter (salvage=False) and strict stream DLP read an answer."""
+    wire = gzip.compress(lzw_compress(TEXT), mtime=0)
+    decoder = StreamDecoder("compress, gzip", salvage=salvage)
+    out = b"".join(piece for i in range(0, len(wire), 1000) for piece in decoder.feed(wire[i : i + 1000]))
+    assert out + b"".join(decoder.finish()) == TEXT
