@@ -243,3 +243,14 @@ def test_the_stream_decoder_undoes_it_chunk_by_chunk(salvage: bool) -> None:
     decoder = StreamDecoder("compress, gzip", salvage=salvage)
     out = b"".join(piece for i in range(0, len(wire), 1000) for piece in decoder.feed(wire[i : i + 1000]))
     assert out + b"".join(decoder.finish()) == TEXT
+
+
+def test_a_full_table_of_long_strings() -> None:
+    """12 bits: the KwKwK chain fills the table (entry k is k - 255 `a`s, up to 3,840: long entries),
+    then codes of the full table name a long entry, a flat one, a byte."""
+    codes = [97, *range(257, 4096), 4095, 300, 97]
+    wire = lzw_pack(codes, 12)
+    expected = b"a" * (1 + sum(k - 255 for k in range(257, 4096)) + 3840 + 45 + 1)
+    for chunk in (1, 4096, len(wire)):
+        assert _decode(wire, chunk) == (expected, None)
+    assert gzip_dc(wire) in (None, (expected, 0))

@@ -252,78 +252,94 @@ class LzwStage:
 
     def _grow(self, codes: list[int], at: int, stop: int, out: list[bytes]) -> int:
         """codes[at:stop], each adding an entry; returns where it stopped (early after a step of long
-        strings)."""
+        strings). The hot loop: a flat entry (at most _FLAT bytes) is looked up and added inline."""
         table = self.table
         add = table.append
         give = out.append
         prev = self.prev
-        old = self.old
+        old = self.old  # (the code before codes[at]; codes[i - 1] after it)
         flat = _FLAT
         extra = 0
-        limit = self.step
         i = at
         for i in range(at, stop):
             code = codes[i]
             try:
                 s = table[code]
             except IndexError:
-                if code != len(table):
-                    self.prev, self.old = prev, old
-                    raise LzwError(f"compress code {code} is past the table ({len(table)} entries)") from None
-                s = prev + prev[:1]  # KwKwK
+                s = None
+            if s is None:  # a KwKwK code, a long entry, or a code past the table
+                s = self._slow(code, prev)
                 extra += len(s)
-            else:
-                if s is None:
-                    s = self._expand(code)
-                    extra += len(s)
+                give(s)
+                if len(prev) < flat:
+                    add(prev + s[:1])
+                else:
+                    self._add_long(codes[i - 1] if i > at else old, s[:1])
+                prev = s
+                if extra > self.step:
+                    i += 1
+                    break
+                continue
             give(s)
             if len(prev) < flat:
                 add(prev + s[:1])
             else:
-                self._add_long(old, s[:1])
+                self._add_long(codes[i - 1] if i > at else old, s[:1])
             prev = s
-            old = code
-            if extra > limit:
-                i += 1
-                break
         else:
             i = stop
-        self.prev, self.old = prev, old
+        self.prev = prev
+        if i > at:
+            self.old = codes[i - 1]
         return i
 
     def _full(self, codes: list[int], at: int, stop: int, out: list[bytes]) -> int:
-        """codes[at:stop], the table full (no entry added)."""
+        """codes[at:stop], the table full (no entry added): looked up all at once when each is a flat
+        entry (so the output stays under _FLAT bytes a code), else one by one."""
         table = self.table
+        try:
+            strings = list(map(table.__getitem__, codes[at:stop]))
+        except IndexError:  # (a KwKwK code of a table that holds no more, or an error)
+            strings = None
+        if strings is not None and (not self.heads or None not in strings):
+            if strings:
+                out += strings  # (no None in it)
+                self.prev = strings[-1]
+                self.old = codes[stop - 1]
+            return stop
         give = out.append
         prev = self.prev
-        old = self.old
         extra = 0
-        limit = self.step
         i = at
         for i in range(at, stop):
             code = codes[i]
             try:
                 s = table[code]
             except IndexError:
-                if code != len(table):
-                    self.prev, self.old = prev, old
-                    raise LzwError(f"compress code {code} is past the table ({len(table)} entries)") from None
-                s = prev + prev[:1]  # (a table that can hold no more: the KwKwK code stays valid)
+                s = None
+            if s is None:
+                s = self._slow(code, prev)
                 extra += len(s)
-            else:
-                if s is None:
-                    s = self._expand(code)
-                    extra += len(s)
             give(s)
             prev = s
-            old = code
-            if extra > limit:
+            if extra > self.step:
                 i += 1
                 break
         else:
             i = stop
-        self.prev, self.old = prev, old
+        self.prev = prev
+        if i > at:
+            self.old = codes[i - 1]
         return i
+
+    def _slow(self, code: int, prev: bytes) -> bytes:
+        """The string of a code that is no flat entry: a long one, or the KwKwK code one past the table
+        (the previous string and its first byte); LzwError past that."""
+        if code < len(self.table):
+            return self._expand(code)
+        if code == len(self.table):
+            return prev + prev[:1]
+        raise LzwError(f"compress code {code} is past the table ({len(self.table)} entries)")
 
     def _add_long(self, old: int, last: bytes) -> None:
         """Adds the entry `string(old) + last`, string(old) being _FLAT bytes or more."""
