@@ -6,7 +6,9 @@ Inputs (each compressed by tests/lzw_helpers.lzw_compress, which writes what nco
 - llm: the recorded LLM request and response bodies of tests/data/conformance (JSON, SSE);
 - random: 1 MB of random bytes (the most codes per byte, each decoding to one or two bytes);
 - runs: 16 MB of one byte (the fewest codes, each decoding to up to a few thousand bytes: the flat
-  table's limit and the long-string path).
+  table's limit and the long-string path);
+- clears: 1 MB of 9-bit codes, 255 random bytes then a CLEAR, over and over (written here: the most
+  codes per wire byte, each a byte; no tool writes this, an attacker can).
 Each is fed whole (a request body) and in 1,400-byte pieces (a streamed answer's chunks).
 
 `python benchmarks/lzw_bench.py [OTHER_TREE]`: with another tree (a `git archive` of another commit),
@@ -53,6 +55,20 @@ def _inputs() -> dict[str, bytes]:
     }
 
 
+def _clears(size: int) -> tuple[bytes, bytes]:
+    """(the stream, what it decodes to): units of 255 byte codes and a CLEAR, 9 bits each (256 codes:
+    32 whole groups, no padding)."""
+    rng = random.Random(2)
+    plain = bytearray()
+    wire = bytearray(b"\x1f\x9d\x90")
+    while len(wire) < size:
+        unit = rng.randbytes(255)
+        plain += unit
+        acc = sum(byte << (9 * k) for k, byte in enumerate(unit)) | 256 << (9 * 255)
+        wire += acc.to_bytes(288, "little")
+    return bytes(wire), bytes(plain)
+
+
 def _lzw(module: ModuleType, wire: bytes, piece: int) -> int:
     stage = module.LzwStage(256 * 1024)
     total = 0
@@ -86,8 +102,9 @@ def main() -> None:
     if len(sys.argv) > 1:
         trees = {"lzw-before": _load(Path(sys.argv[1]), "lzw_before"), **trees}
     print(f"CPU: {_cpu_model()}; load average {os.getloadavg()[0]:.2f}; {ROUNDS} interleaved rounds, medians")
-    for name, plain in _inputs().items():
-        z_wire = lzw_compress(plain)
+    inputs = {name: (lzw_compress(plain), plain) for name, plain in _inputs().items()}
+    inputs["clears"] = _clears(1 << 20)
+    for name, (z_wire, plain) in inputs.items():
         g_wire = zlib.compress(plain, 6, wbits=31)
         for piece in (len(z_wire) + 1, 1400):
             runs: dict[str, list[float]] = {**{t: [] for t in trees}, "zlib": []}

@@ -33,7 +33,7 @@ def lzw_pack(codes: list[int], maxbits: int = 16, *, block_mode: bool = True) ->
     """A compress stream of these codes: packed least significant bit first, 9 bits wide at first, one
     bit wider once the decoder's table (one entry a code after the first, up to 2^maxbits) passes the
     width, a width's codes padded to a multiple of 8 before the next width (as ncompress pads them, and
-    as gzip's unlzw.c reads them). No CLEAR: past a full table the width stays."""
+    as gzip's unlzw.c reads them). Code 256 in block mode (not first) is a CLEAR, padded the same."""
     head = b"\x1f\x9d" + bytes([maxbits | (0x80 if block_mode else 0)])
     maxmax = 1 << maxbits
     free = 257 if block_mode else 256  # the decoder's next entry
@@ -48,7 +48,11 @@ def lzw_pack(codes: list[int], maxbits: int = 16, *, block_mode: bool = True) ->
         acc |= code << nbits
         nbits += bits
         in_width += 1
-        if i and free < maxmax:  # (the first code adds no entry)
+        if block_mode and code == 256 and i:  # CLEAR: the rest of its group is padding, 9 bits again
+            nbits += bits * (-in_width % 8)
+            in_width = 0
+            bits, maxcode, free = 9, (1 << 9) - 1, 256
+        elif i and free < maxmax:  # (the first code adds no entry)
             free += 1
     return head + acc.to_bytes((nbits + 7) // 8, "little")
 

@@ -254,3 +254,16 @@ def test_a_full_table_of_long_strings() -> None:
     for chunk in (1, 4096, len(wire)):
         assert _decode(wire, chunk) == (expected, None)
     assert gzip_dc(wire) in (None, (expected, 0))
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 4096])
+def test_clear_codes_at_9_bits_and_after_a_wider_width(chunk: int) -> None:
+    """CLEAR after a few codes (its group's rest skipped, the codes after it unpacked at 9 bits), one
+    at once after the width grew to 10, one after another; gzip agrees."""
+    a, b = ord("a"), ord("b")
+    codes = [a, b, 257, 256, b, a, 257, 258, 256, 256, a, *([b] * 300), 256, a, 257]
+    wire = lzw_pack(codes)
+    # a b ab | CLEAR | b a ba ab | CLEAR CLEAR | a b...b (10 bits from the 255th on) | CLEAR | a aa (KwKwK)
+    expected = b"a" + b"b" + b"ab" + b"b" + b"a" + b"ba" + b"ab" + b"a" + b"b" * 300 + b"a" + b"aa"
+    assert _decode(wire, chunk) == (expected, None)
+    assert gzip_dc(wire) in (None, (expected, 0))

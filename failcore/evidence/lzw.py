@@ -47,6 +47,9 @@ _FLAT: Final = 64
 # Codes unpacked and decoded in one batch: a batch of entries of at most _FLAT bytes stays under a
 # step of output; longer ones (and KwKwK strings) are counted and end the batch early.
 _BATCH_CODES: Final = 4096
+# Groups unpacked in the first batch at a width (a CLEAR may follow soon: what is unpacked past it is
+# unpacked again at 9 bits), doubling up to _BATCH_CODES / 8.
+_FIRST_GROUPS: Final = 32
 _SHIFTS: Final = {n: tuple(range(0, 8 * n, n)) for n in range(9, _MAX_BITS + 1)}
 _BYTES: Final = tuple(bytes([i]) for i in range(256))
 
@@ -98,6 +101,7 @@ class LzwStage:
         self.old = -1  # the previous code (-1: none read yet)
         self.done = 0  # the codes of the group `pending` holds already decoded
         self.drop = 0  # bytes of input to skip (the padding of a group the width left)
+        self.groups = _FIRST_GROUPS  # groups of codes unpacked next (doubling from a new width on)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         if self.drop:  # the rest of a group a CLEAR or a wider width left unread: padding
@@ -155,11 +159,13 @@ class LzwStage:
         self.started = True
 
     def _widen(self) -> None:
+        self.groups = _FIRST_GROUPS
         self.bits += 1
         self.maxcode = self.maxmax if self.bits == self.maxbits else (1 << self.bits) - 1
 
     def _clear(self) -> None:
         del self.table[256:]
+        self.groups = _FIRST_GROUPS
         self.heads.clear()
         self.tails.clear()
         self.bits = 9
@@ -167,17 +173,41 @@ class LzwStage:
         self.prev = b""  # (the entry the next code adds, 256, is never named: its string is moot)
 
     def _batch(self, data: bytes, pos: int, end: int, skip: int = 0) -> Generator[bytes, None, int]:
-        """Decodes the codes of up to _BATCH_CODES from data[pos:end] (whole groups, or a last partial
-        one) but the first `skip` (decoded before); returns where the next batch starts (past `end`:
-        the rest of the group is padding, still to come)."""
+        """Decodes the codes of data[pos:end] (whole groups, or a last partial one) but the first `skip`
+        (decoded before), up to `groups` groups; returns where the next batch starts (past `end`: the
+        rest of the group is padding, still to come)."""
         bits = self.bits
-        end = min(end, pos + _BATCH_CODES // 8 * bits)
+        groups = self.groups
+        self.groups = min(2 * groups, _BATCH_CODES // 8)
+        grow = min(self.maxcode + 1, self.maxmax) - len(self.table)
+        if grow > 0 and len(self.table) + grow > self.maxcode:  # no code past the next width's start
+            groups = min(groups, (skip + (self.old < 0) + grow + 7) // 8)
+        end = min(end, pos + groups * bits)
         codes = _unpack(data, pos, end, bits)
+        out: list[bytes] = []
+        at = skip
+        try:
+            while True:
+                at = yield from self._segment(codes, at, out)
+                if not (bits == 9 and self.bits == 9 and 0 <= at < len(codes)):
+                    break
+                # (a CLEAR at 9 bits: the codes after its group are 9-bit codes as unpacked)
+        except LzwError:
+            if out:  # what decoded before the error
+                yield from self._pieces(out)
+            raise
+        if out:
+            yield from self._pieces(out)
+        return end if at < 0 else pos + at // 8 * bits
+
+    def _segment(self, codes: list[int], at: int, out: list[bytes]) -> Generator[bytes, None, int]:
+        """Decodes codes[at:] up to a CLEAR or a wider width (the rest of that group is padding);
+        returns the index of the group after it, or -1 when all were decoded."""
         free = len(self.table)
         # Codes that add an entry before the width grows or the table is full, from `start` on.
         grow = min(self.maxcode + 1, self.maxmax) - free
-        start = skip if self.old >= 0 else skip + 1
-        widen_at = -1  # the index of the code read at the next width, if in this batch
+        start = at if self.old >= 0 else at + 1
+        widen_at = -1  # the index of the code read at the next width
         if grow > 0 and free + grow > self.maxcode and start + grow < len(codes):
             widen_at = start + grow
         cut = widen_at if widen_at >= 0 else len(codes)
@@ -189,42 +219,33 @@ class LzwStage:
                 pass
             else:
                 cut = clear_at
-        out: list[bytes] = []
-        error: LzwError | None = None
-        if self.old < 0 and skip < cut:
-            code = codes[skip]
+        if self.old < 0 and at < cut:
+            code = codes[at]
             if code >= 256:
-                error = LzwError(f"compress stream's first code {code} is not a byte")
-                cut = skip
-            else:
-                self.prev = _BYTES[code]
-                self.old = code
-                out.append(self.prev)
+                raise LzwError(f"compress stream's first code {code} is not a byte")
+            self.prev = _BYTES[code]
+            self.old = code
+            out.append(self.prev)
         at = start
-        try:
-            if at < cut and grow > 0:
-                stop = min(cut, at + grow)
-                at = self._grow(codes, at, stop, out)
-                at = (yield from self._flush(out, codes, at, stop, self._grow)) if at < stop else at
+        if at < cut and grow > 0:
+            stop = min(cut, at + grow)
+            at = self._grow(codes, at, stop, out)
+            if at < stop:
+                at = yield from self._flush(out, codes, at, stop, self._grow)
+        if at < cut:
+            at = self._full(codes, at, cut, out)
             if at < cut:
-                at = self._full(codes, at, cut, out)
-                at = (yield from self._flush(out, codes, at, cut, self._full)) if at < cut else at
-        except LzwError as e:
-            error = e
-        if out:
-            yield from self._pieces(out)
-        if error is not None:
-            raise error
+                yield from self._flush(out, codes, at, cut, self._full)
         if clear_at >= 0:
             self._clear()
-            return pos + (clear_at // 8 + 1) * bits
+            return (clear_at // 8 + 1) * 8
         if widen_at >= 0:
             self._widen()
-            return pos + (widen_at + 7) // 8 * bits
+            return (widen_at + 7) // 8 * 8
         if len(self.table) > self.maxcode:  # the table reached the width's end with the last code
             self._widen()
-            return pos + (len(codes) + 7) // 8 * bits
-        return end
+            return (len(codes) + 7) // 8 * 8
+        return -1
 
     def _flush(
         self,
