@@ -76,26 +76,32 @@ def test_a_secret_under_stacked_codings_with_compress_is_refused(
     _assert_refused(response, logging_upstream, tmp_path / "tape")
 
 
+def _chunked_post(upstream: LoggingUpstream, coding_header: str, wire: bytes) -> bytes:
+    """A POST whose body is `wire` in 5-byte HTTP chunks (mitmproxy joins them; the codes straddle
+    them), `coding_header` naming its coding."""
+    head = plain_request(
+        upstream, "POST", "/upload", headers=f"Content-Type: application/json\r\n{coding_header}"
+    )
+    pieces = [wire[i : i + 5] for i in range(0, len(wire), 5)]
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "coding_header",
+    [
+        "Content-Encoding: compress\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: compress, chunked\r\n",
+    ],
+    ids=["content-coding", "transfer-coding"],
+)
 def test_a_chunked_compressed_secret_is_refused(
-    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path, coding_header: str
 ) -> None:
-    """The LZW stream cut in 5-byte HTTP chunks (mitmproxy joins them; the codes straddle them)."""
-    wire = lzw_compress(SECRET)
-    chunks = b"".join(
-        b"%x\r\n%s\r\n" % (len(wire[i : i + 5]), wire[i : i + 5]) for i in range(0, len(wire), 5)
-    )
-    authority = f"127.0.0.1:{plain_logging_upstream.port}"
-    request = (
-        (
-            f"POST http://{authority}/upload HTTP/1.1\r\nHost: {authority}\r\n"
-            "Content-Type: application/json\r\nContent-Encoding: compress\r\n"
-            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        ).encode()
-        + chunks
-        + b"0\r\n\r\n"
-    )
+    """As a content coding in chunked framing, and as a transfer coding (`compress, chunked`: mitmproxy
+    forwards the LZW bytes for the receiver to undo; it was refused as unscannable, now for the secret
+    it holds)."""
     proxy = start_proxy(policy_file(DLP_BLOCK))
-    answer = send_raw(proxy.port, request)
+    answer = send_raw(proxy.port, _chunked_post(plain_logging_upstream, coding_header, lzw_compress(SECRET)))
     proxy.flush()
     assert answer.startswith(b"HTTP/1.1 403"), answer
     assert b"x-failcore-rule: dlp:aws-access-key-id" in answer.lower()
