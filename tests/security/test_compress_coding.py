@@ -14,6 +14,7 @@ Each through the real proxy; each asserts what reached the logging upstream and 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ import pytest
 
 from tests.helpers import network_events, proxied_client, read_tape
 from tests.lzw_helpers import gzip_dc, lzw_compress, lzw_pack
+from tests.security.budget_helpers import recorded_streams_without_usage, token_budget
 from tests.security.coding_helpers import encode_stack, recoverable
 from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK, plain_request, send_raw, stream_through
+from tests.security.transfer_helpers import RawUpstream, through_proxy
 from tests.security.upstream import EncodedStreamServer, LoggingUpstream
 
 SECRET = f'{{"note": "deploy", "key": "{AWS_KEY_ID}"}}'.encode()
@@ -201,3 +204,47 @@ def test_a_malformed_compress_body_is_unscannable(
     [event] = network_events(read_tape(tmp_path / "tape"))
     assert (event["decision"], event["rule"]) == ("BLOCK", "dlp:unscannable")
     assert any(w["reason"] == "dlp_unscannable" for w in event["warnings"])
+
+
+def _openai_stream() -> tuple[bytes, bytes, int]:
+    """A recorded OpenAI chat stream without usage nor tool calls (the longest), its request, and the
+    characters of content it carries (counted here)."""
+    best: tuple[int, bytes, bytes] | None = None
+    for request, exchange in recorded_streams_without_usage():
+        chars, tools = 0, 0
+        for line in exchange["response_body"].splitlines():
+            if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                for choice in json.loads(line[5:]).get("choices") or []:
+                    chars += len((choice.get("delta") or {}).get("content") or "")
+                    tools += len((choice.get("delta") or {}).get("tool_calls") or [])
+        if "max_tokens" not in request and not tools and (best is None or chars > best[0]):
+            best = (chars, exchange["request_body"].encode(), exchange["response_body"].encode())
+    assert best is not None and best[0] > 1000
+    return best[2], best[1], best[0]
+
+
+def test_a_compressed_stream_is_charged_its_text(start_proxy, policy_file, tmp_path: Path) -> None:
+    """The stream meter undoes `compress` as the answer passes (in 1000-byte chunks): an output budget
+    its text exhausts refuses the next call. It was charged the answer's wire size, LZW bytes."""
+    sse, request, chars = _openai_stream()
+    wire = lzw_compress(sse)
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(wire[i : i + 1000]), wire[i : i + 1000]) for i in range(0, len(wire), 1000)
+    )
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Encoding: compress\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
+    with RawUpstream(answer) as upstream:
+        proxy = start_proxy(policy_file(token_budget(chars, metric="output_tokens")))
+        call = (
+            f"POST http://{upstream.authority}/v1/chat/completions HTTP/1.1\r\nHost: {upstream.authority}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(request)}\r\nConnection: close\r\n\r\n"
+        ).encode() + request
+        answers = [through_proxy(proxy.port, call) for _ in range(2)]
+        proxy.flush()
+    assert [a[:12] for a in answers] == [b"HTTP/1.1 200", b"HTTP/1.1 429"], answers[1][:300]
+    assert upstream.received_bytes().count(b"POST ") == 1
+    first, refused = network_events(read_tape(tmp_path / "tape"))
+    assert (refused["decision"], refused["rule"]) == ("BLOCK", "budget:tokens")
+    assert first["llm"]["budget_estimate"]["output_tokens"] == chars + 4
