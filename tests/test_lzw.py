@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import random
+import shutil
+import subprocess
 import tracemalloc
 
 import pytest
@@ -14,9 +17,12 @@ import pytest
 from failcore.evidence.body import MAX_DECODED_BYTES, DecodedBody, decode_body, decoded_steps
 from failcore.evidence.lzw import LzwError, LzwStage
 from failcore.evidence.pastcap import StreamDecoder
+from tests.helpers import skip_or_fail
 from tests.lzw_helpers import LZW_DATA, gzip_dc, lzw_compress, lzw_fixtures, lzw_pack
 
 STEP = 256 * 1024
+# Set by .ci/run, which installs ncompress: the live test must run there, not skip.
+REQUIRE_NCOMPRESS = "FAILCORE_REQUIRE_NCOMPRESS"
 FIXTURES = lzw_fixtures()
 TEXT = b"".join(
     b"line %d of a text that repeats itself, more or less: %s\n" % (i, b"ab" * (i % 7)) for i in range(3000)
@@ -267,3 +273,33 @@ def test_clear_codes_at_9_bits_and_after_a_wider_width(chunk: int) -> None:
     expected = b"a" + b"b" + b"ab" + b"b" + b"a" + b"ba" + b"ab" + b"a" + b"b" * 300 + b"a" + b"aa"
     assert _decode(wire, chunk) == (expected, None)
     assert gzip_dc(wire) in (None, (expected, 0))
+
+
+def _live_input(seed: int, size: int) -> bytes:
+    """Words, then noise over 16 letters, then words again (the ratio drops: ncompress writes CLEAR)."""
+    rng = random.Random(seed)
+    words = [b"the", b"token", b"of", b"secret", b'{"model": "gpt-4o"}', b"\n", b"https://example.com/v1"]
+    text = b" ".join(rng.choice(words) for _ in range(size // 12))
+    return text + bytes(rng.choice(b"abcdefghijklmnop") for _ in range(size // 3)) + text[: size // 3]
+
+
+@pytest.mark.parametrize("bits", [10, 12, 14, 16])
+def test_live_ncompress_streams_decode_as_gzip_decodes_them(bits: int) -> None:
+    """Fresh streams from the real tool (Debian's ncompress, installed by .ci/run), when it is here; the
+    larger one of each width has a CLEAR."""
+    tool = shutil.which("compress")
+    if tool is None:
+        skip_or_fail(
+            "ncompress is not installed (apt-get install ncompress)", required_by=(REQUIRE_NCOMPRESS,)
+        )
+    for seed, size in ((bits, 60_000), (bits + 100, 500_000 if bits == 16 else 100_000)):
+        plain = _live_input(seed, size)
+        wire = subprocess.run(
+            [tool, "-c", "-b", str(bits)], input=plain, capture_output=True, check=True
+        ).stdout
+        assert _decode(wire, 7) == _decode(wire, len(wire)) == (plain, None)
+        assert gzip_dc(wire) in (None, (plain, 0))
+    counting = _Counting()
+    for _ in counting.feed(wire):
+        pass
+    assert counting.clears, "the larger stream has a CLEAR"
