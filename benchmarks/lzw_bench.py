@@ -7,6 +7,8 @@ Inputs (each compressed by tests/lzw_helpers.lzw_compress, which writes what nco
 - random: 1 MB of random bytes (the most codes per byte, each decoding to one or two bytes);
 - runs: 16 MB of one byte (the fewest codes, each decoding to up to a few thousand bytes: the flat
   table's limit and the long-string path);
+- long: 1 MB of 16-bit codes each naming a string of 65 bytes, one past the flat entries (the most
+  work per wire byte: each string is joined from its parts), written with tests/lzw_helpers.lzw_pack;
 - clears: 1 MB of 9-bit codes, 255 random bytes then a CLEAR, over and over (written here: the most
   codes per wire byte, each a byte; no tool writes this, an attacker can).
 Each is fed whole (a request body) and in 1,400-byte pieces (a streamed answer's chunks).
@@ -96,13 +98,16 @@ def _cpu(run: Callable[[], int], expected: int) -> float:
 
 def main() -> None:
     sys.path.insert(0, str(HERE))
-    from tests.lzw_helpers import lzw_compress
+    from tests.lzw_helpers import lzw_compress, lzw_pack
 
     trees = {"lzw": _load(HERE, "lzw_after")}
     if len(sys.argv) > 1:
         trees = {"lzw-before": _load(Path(sys.argv[1]), "lzw_before"), **trees}
     print(f"CPU: {_cpu_model()}; load average {os.getloadavg()[0]:.2f}; {ROUNDS} interleaved rounds, medians")
     inputs = {name: (lzw_compress(plain), plain) for name, plain in _inputs().items()}
+    long_code = 255 + 65  # entry k of the KwKwK chain from `a` is k - 255 `a`s
+    long_wire = lzw_pack([97, *range(257, long_code + 1)] + [long_code] * 500_000)
+    inputs["long"] = (long_wire, b"a" * (sum(range(1, 66)) + 65 * 500_000))
     inputs["clears"] = _clears(1 << 20)
     for name, (z_wire, plain) in inputs.items():
         g_wire = zlib.compress(plain, 6, wbits=31)
