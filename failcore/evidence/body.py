@@ -18,6 +18,7 @@ import brotli
 from failcore.compat import zstd
 from failcore.evidence.awschunked import AwsChunkedStage
 from failcore.evidence.brdecode import BrotliStage
+from failcore.evidence.lzw import LzwStage
 
 _TEXT_TYPES: Final = (
     "text/",
@@ -241,9 +242,10 @@ class _ZstdStage:
         return iter(())
 
 
-# The codings failcore decodes (S3's `aws-chunked` framing too); any other (a made-up `x-foo`) is read as
-# no coding.
-DECODED_CODINGS: Final = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd", "aws-chunked"})
+# The codings failcore decodes (S3's `aws-chunked` framing too; `compress` is LZW, failcore.evidence.lzw);
+# any other (a made-up `x-foo`) is read as no coding.
+_CODINGS = ("gzip", "x-gzip", "deflate", "br", "zstd", "compress", "x-compress", "aws-chunked")
+DECODED_CODINGS: Final = frozenset(_CODINGS)
 
 
 class UnknownCoding(ValueError):
@@ -256,7 +258,10 @@ class UnknownCoding(ValueError):
         super().__init__(f"content-encoding {self.codings!r} is not decoded (read as no coding)")
 
 
-def _stage(coding: str, salvage: bool = True) -> _ZlibStage | BrotliStage | _ZstdStage | AwsChunkedStage:
+_Stage = _ZlibStage | BrotliStage | _ZstdStage | LzwStage | AwsChunkedStage
+
+
+def _stage(coding: str, salvage: bool = True) -> _Stage:
     if coding in ("gzip", "x-gzip", "deflate"):
         return _ZlibStage(coding, salvage)
     if coding == "aws-chunked":
@@ -265,6 +270,8 @@ def _stage(coding: str, salvage: bool = True) -> _ZlibStage | BrotliStage | _Zst
         return BrotliStage(_DECODE_STEP)
     if coding == "zstd":
         return _ZstdStage()
+    if coding in ("compress", "x-compress"):
+        return LzwStage(_DECODE_STEP)  # (what decoded before an error is always given: no salvage to do)
     raise ValueError(f"unsupported content-encoding {coding!r}")
 
 

@@ -257,9 +257,9 @@ class DlpSettings:
     gitleaks_skipped: tuple[tuple[str, str], ...] = ()
     custom_rules: tuple[DlpRule, ...] = ()
     # What a request body that cannot be scanned whole (it decodes past the decode limit, or does not
-    # decode as the gzip/deflate/br/zstd its Content-Encoding claims) gets when the policy can BLOCK on
-    # a hit: refused (BLOCK) or forwarded with a warning (WARN). In `strict` stream mode a response
-    # stream in either case is cut (BLOCK) or scanned only as sent from there (WARN).
+    # decode as the gzip/deflate/br/zstd/compress its Content-Encoding claims) gets when the policy can
+    # BLOCK on a hit: refused (BLOCK) or forwarded with a warning (WARN). In `strict` stream mode a
+    # response stream in either case is cut (BLOCK) or scanned only as sent from there (WARN).
     unscannable: Action = "BLOCK"
 
     def action_for(self, rule_id: str, severity: str) -> Action:

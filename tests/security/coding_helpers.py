@@ -1,6 +1,7 @@
 """What a tape reader can recover from a recorded body that was compressed: every body the tape holds,
 inflated the way a streaming receiver inflates it (one byte at a time, keeping what came out before an
-error), with gzip, zlib, raw deflate, brotli and zstd. Independent of failcore's decoders.
+error), with gzip, zlib, raw deflate, brotli and zstd, and LZW (`compress`) by `gzip -dc`. Independent
+of failcore's decoders.
 
 The codings a test applies itself (`encode_stack`, with the libraries' own encoders).
 
@@ -25,6 +26,7 @@ import brotli
 
 from failcore.compat import zstd
 from tests.helpers import read_tape
+from tests.lzw_helpers import gzip_dc, lzw_compress
 from tests.security.helpers import tape_bytes
 
 # Each coding with its library's encoder (gzip without a timestamp: the same bytes every run);
@@ -36,6 +38,8 @@ ENCODERS: dict[str, Callable[[bytes], bytes]] = {
     "br": brotli.compress,
     "zstd": zstd.compress,
     "x-unknown": lambda b: b,
+    "compress": lzw_compress,
+    "x-compress": lzw_compress,
 }
 
 
@@ -80,6 +84,21 @@ def inflations(data: bytes) -> list[bytes]:
     while start > 0:
         found.append(_streamed(data[start:], zlib.decompressobj(31).decompress))
         start = data.find(b"\x1f\x8b", start + 1)
+    found.extend(lzw_inflations(data))
+    return found
+
+
+def lzw_inflations(data: bytes) -> list[bytes]:
+    """What `gzip -dc` (gzip's own LZW decoder, unlzw.c) makes of `data` from each compress magic
+    (1f 9d) in it on: all it wrote before an error too."""
+    found = []
+    start = data.find(b"\x1f\x9d")
+    while start >= 0:
+        decoded = gzip_dc(data[start:])
+        if decoded is None:
+            raise RuntimeError("gzip is needed to read a compress stream on the tape")
+        found.append(decoded[0])
+        start = data.find(b"\x1f\x9d", start + 1)
     return found
 
 

@@ -167,9 +167,10 @@ def test_a_prompt_under_a_transfer_coding_is_weighed_decoded(
 def test_a_request_under_a_transfer_coding_failcore_cannot_undo_names_an_unknown_model(
     start_proxy, policy_file, tmp_path: Path
 ) -> None:
-    """`compress, chunked`: failcore cannot read the model, so the call is charged as one of an unknown
-    model, which a budget scoped to any model counts (as a Content-Encoding that does not decode). (The
-    answer names no model: one it names is what the call is charged as.)"""
+    """`compress, chunked` over bytes that are no LZW (transfer_helpers): failcore cannot read the
+    model, so the call is charged as one of an unknown model, which a budget scoped to any model counts
+    (as a Content-Encoding that does not decode). (The answer names no model: one it names is what the
+    call is charged as.)"""
     scoped = token_budget(3000, 'scope: {model: "claude*"}')
     answer = json.loads(completion(2000)[2])
     del answer["model"]

@@ -5,7 +5,8 @@ mitmproxy accepts `gzip, chunked`, `deflate, chunked` and `compress, chunked` in
 the header as it is; the receiver inflates them. failcore undid only Content-Encoding: the key
 below was scanned (and recorded) as gzip bytes, ALLOWed, and could be gunzipped back off the tape.
 Now the transfer codings other than `chunked` are undone with the content codings, for the BLOCK
-decision and for the tape; one failcore cannot undo (`compress`) is `dlp.unscannable`.
+decision and for the tape (`compress` too: tests/security/test_compress_coding.py); one that does not
+decode is `dlp.unscannable`.
 
 Each through the real proxy, asserting what reached a logging upstream and what the tape holds.
 """
@@ -83,9 +84,9 @@ def test_a_secret_under_a_transfer_coding_is_decoded_and_blocked(
 def test_a_transfer_coding_failcore_cannot_undo_is_unscannable(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
-    """`compress` (LZW): not decoded, so not scanned whole; under a BLOCK rule it is refused (the
-    receiver would read what failcore did not). (The bytes here need not be LZW: mitmproxy does not
-    look.)"""
+    """`compress` (LZW) whose bytes are no LZW (its fourth code is past the table): it does not decode,
+    so it is not scanned whole; under a BLOCK rule it is refused (the receiver's decoder may read what
+    failcore did not). (mitmproxy does not look at the bytes.)"""
     proxy = start_proxy(policy_file(DLP_BLOCK))
     answer = send_raw(
         proxy.port, _post(plain_logging_upstream, "compress, chunked", b"\x1f\x9d\x90" + b"x" * 40)

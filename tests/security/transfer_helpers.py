@@ -16,8 +16,9 @@ from tests.security.helpers import read_head, read_until_closed
 
 
 def _compress_like(body: bytes) -> bytes:
-    """`compress` (LZW) as failcore sees it: a body it cannot decode (the magic, then bytes that are not
-    LZW: mitmproxy does not look)."""
+    """`compress` (LZW) that failcore cannot decode: the magic, then bytes that are not LZW (read as
+    9-bit codes, a JSON body names an entry past the table within its first few codes; mitmproxy does
+    not look)."""
     return b"\x1f\x9d\x90" + body
 
 
