@@ -3,11 +3,13 @@
 Usage is extracted on the event loop, at the moment a response ends, so the next request already
 sees it (budgets). An SSE or NDJSON response is metered chunk by chunk by `SseUsageTracker`, which
 keeps O(1) state, so a stream is never buffered to learn its usage (a compressed one is inflated piece
-by piece on the way, every coding of a stack: streamcopy.StreamInflater). A JSON answer that streams
-through only because it has no Content-Length (how OpenAI and Anthropic send JSON: chunked, usually
-gzip'd) is copied aside as it passes, up to `failcore_llm_body_max`, and metered whole at its end
-exactly like a buffered one: the framing never changes what is metered. Everything else about the call
-(contract drift, the serialised evidence) is left to the tape writer's thread.
+by piece on the way, every coding of a stack: streamcopy.StreamInflater); over the first
+`failcore_body_cap` bytes (what the tape keeps) it keeps the text and tool inputs too, and a stream no
+longer than that is parsed once: the call is built from the tracker, not the tap's copy. A JSON answer
+that streams through only because it has no Content-Length (how OpenAI and Anthropic send JSON:
+chunked, usually gzip'd) is copied aside as it passes, up to `failcore_llm_body_max`, and metered
+whole at its end exactly like a buffered one: the framing never changes what is metered. Everything
+else about the call (contract drift, the serialised evidence) is left to the tape writer's thread.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from failcore.llm.prices import (
 )
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import FlowState, Session
+from failcore.proxy.session import BodyTap, FlowState, Session
 from failcore.proxy.streamcopy import (
     StreamInflater,
     WholeBodyCopy,
@@ -100,6 +102,20 @@ class LlmFlow:
     request_size: int | None = None
     response_size: int | None = None
     response_unread: bool = False
+
+
+def _tracked_call(meter: LlmFlow, flow: http.HTTPFlow, tap: BodyTap) -> LlmCall | None:
+    """parse_call over the tap's copy, built from what the tracker folded as the stream passed; None
+    unless the copy is whole (SseUsageTracker.streamed_call: and every byte the tracker read)."""
+    if meter.tracker is None or tap.size != len(tap.kept) or flow.response is None:
+        return None
+    return meter.tracker.streamed_call(
+        path=flow.request.path,
+        status=flow.response.status_code,
+        request_json=meter.request_json,
+        content_type=flow.response.headers.get("content-type"),
+        seen=tap.size,
+    )
 
 
 async def _settled(copy: WholeBodyCopy, then: Callable[[], Awaitable[None] | None]) -> None:
@@ -315,10 +331,12 @@ class LlmMeter:
             state.llm.whole_copy = copy
             state.stream_observers.append(copy)
             return
-        tracker = SseUsageTracker(state.llm.provider, state.llm.api)
+        encoding = message_encoding(flow.response) or ""
+        # Unencoded, the tracker keeps the content the tap's copy would give (parsed once: _meter).
+        content = 0 if is_encoded(encoding) else self.session.settings.body_cap
+        tracker = SseUsageTracker(state.llm.provider, state.llm.api, content)
         state.llm.tracker = tracker
         feed: Callable[[bytes], None] = tracker.feed
-        encoding = message_encoding(flow.response) or ""
         if is_encoded(encoding):
             feed = state.llm.inflater = StreamInflater(encoding, tracker.feed)
         # A guard, not an observer: it must see a chunk before it is forwarded, so a budget can stop the
@@ -377,7 +395,10 @@ class LlmMeter:
                 decode_later = response_body is None and bool(raw)
         elif not is_encoded(encoding):
             # The capped copy gives the response model and text; usage comes from the tracker,
-            # which saw every chunk even past the cap.
+            # which saw every chunk even past the cap. A whole copy of what it saw, it has read already.
+            tracked = _tracked_call(state.llm, flow, tap)
+            if tracked is not None:
+                return self._account(state.llm, tracked)
             response_body = bytes(tap.kept)
         args = dict(
             host=f"{state.decided_host or flow.request.host}:{flow.request.port}",
