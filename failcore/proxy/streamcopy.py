@@ -1,7 +1,8 @@
 """What the meter keeps of a body that streams through: `WholeBodyCopy` (its wire bytes, up to a
 limit, to be metered whole at its end) and `StreamInflater` (its codings, stacked or not, undone chunk
-by chunk in bounded steps, for a stream metered as it passes); and `message_encoding`, the codings a body read
-for a decision carries as mitmproxy holds it."""
+by chunk in bounded steps, for a stream metered as it passes); `message_encoding`, the codings a body read
+for a decision carries as mitmproxy holds it; and how the meter reads a whole body: `weighed`,
+`read_request`, `weighed_answer`."""
 
 from __future__ import annotations
 
