@@ -428,3 +428,20 @@ def seen_cost(call: LlmCall, table: PriceTable) -> float | None:
         return compute_cost(call, table).usd
     floor = replace(call, usage_known=True, output_tokens=call.output_tokens or 0)
     return compute_cost(floor, table).usd
+
+
+def cost_warnings(call: LlmCall, cost: CostResult) -> list[dict[str, str]]:
+    if cost.reason == "unpriced_model":
+        return [
+            {
+                "reason": "unpriced_model",
+                "message": f"no price for model {call.model!r}: cost unknown "
+                "(add it under `prices:` in the policy)",
+            }
+        ]
+    if cost.reason == "usage_unknown":
+        hint = ""
+        if call.api == "chat_completions" and call.stream:
+            hint = " (set stream_options.include_usage to get usage in the stream)"
+        return [{"reason": "usage_unknown", "message": f"the provider reported no token usage{hint}"}]
+    return []

@@ -128,8 +128,21 @@ def parse_call(
         )
     if detected is None:
         return None
+    call = _request_call(detected, path, request_json, status)
+    if not response_body:
+        return call
+    acc = new_accumulator(detected[1], keep_content=True)
+    streamed = _consume_body(acc, detected[1], response_body, (response_content_type or "").lower())
+    _absorb(call, acc, streamed)
+    return call
+
+
+def _request_call(
+    detected: tuple[str, str], path: str, request_json: dict | None, status: int | None
+) -> LlmCall:
+    """What the request alone says of a call."""
     provider, api = detected
-    call = LlmCall(
+    return LlmCall(
         provider=provider,
         api=api,
         request_model=request_model(provider, api, path, request_json),
@@ -137,10 +150,10 @@ def parse_call(
         response_format=requested_response_format(api, request_json),
         status=status,
     )
-    if not response_body:
-        return call
-    acc = new_accumulator(api, keep_content=True)
-    streamed = _consume_body(acc, api, response_body, (response_content_type or "").lower())
+
+
+def _absorb(call: LlmCall, acc: Accumulator, streamed: bool) -> None:
+    """What an accumulator that read the whole answer says of the call."""
     call.stream = call.stream or streamed
     call.response_model = acc.response_model
     call.service_tier = acc.service_tier
@@ -151,32 +164,39 @@ def parse_call(
     call.output_truncated = acc.text.truncated
     call.tool_inputs = acc.tool_inputs
     call.response_id = acc.response_id
-    return call
 
 
 class SseUsageTracker:
     """Incremental usage tracking over a live stream, fed raw chunks split at arbitrary byte boundaries.
 
-    State is bounded: no text is retained (only a character count) and one oversized event is reduced to
-    its edges, so a long stream costs O(1) memory.
+    State is bounded: one oversized event is reduced to its edges, and the content (text, tool inputs)
+    is kept only over the first `content_limit` bytes (at most TRACKER_MAX_EVENT_BYTES; none by default),
+    past which only counts are (so a long stream costs O(1) memory). While it is kept, the tracker can
+    stand in for parse_call over the stream's bytes (`streamed_call`): the answer is parsed once.
     """
 
-    def __init__(self, provider: str, api: str) -> None:
+    def __init__(self, provider: str, api: str, content_limit: int = 0) -> None:
         self.provider = provider
         self.api = api
-        self._acc = new_accumulator(api, keep_content=False)
+        self._content_limit = min(content_limit, TRACKER_MAX_EVENT_BYTES)
+        self._acc = new_accumulator(api, keep_content=self._content_limit > 0)
         self._decoder: SseDecoder | NdjsonDecoder = (
             NdjsonDecoder(TRACKER_MAX_EVENT_BYTES)
             if uses_ndjson(api)
             else SseDecoder(TRACKER_MAX_EVENT_BYTES)
         )
         self._finished = False
+        # The bytes fed and folded (a chunk counts once it has been: one that raised half-way does not).
+        self.fed = 0
 
     def feed(self, chunk: bytes) -> None:
         if self._finished:
             return
+        if self._acc.keep_content and self.fed + len(chunk) > self._content_limit:
+            self._acc.drop_content()
         for frame in self._decoder.feed(chunk):
             feed_frame(self._acc, frame)
+        self.fed += len(chunk)
 
     def finish(self) -> None:
         """Flush a final event that arrived without its terminating blank line."""
@@ -185,6 +205,33 @@ class SseUsageTracker:
         self._finished = True
         for frame in self._decoder.finish():
             feed_frame(self._acc, frame)
+
+    def streamed_call(
+        self,
+        *,
+        path: str,
+        status: int | None,
+        request_json: dict | None,
+        content_type: str | None,
+        seen: int,
+    ) -> LlmCall | None:
+        """parse_call(response_body=B, detected=(provider, api), ...) for B the first `seen` bytes of the
+        answer, built from what the tracker folded as they passed instead of parsing them again (it ends
+        the tracker's stream: `finish`); None where it cannot stand in for it exactly: B is not every
+        byte it was fed and folded, its content was dropped (past `content_limit`; an event can then
+        exceed TRACKER_MAX_EVENT_BYTES), or parse_call would read B with another decoder than the
+        tracker's (the Content-Type)."""
+        media = (content_type or "").lower()
+        as_sse = "text/event-stream" in media
+        decoder_agrees = (not as_sse and "ndjson" in media) if uses_ndjson(self.api) else as_sse
+        if not decoder_agrees or not self._acc.keep_content or seen != self.fed:
+            return None
+        self.finish()
+        call = _request_call((self.provider, self.api), path, request_json, status)
+        if seen:
+            finish_stream(self._acc)
+            _absorb(call, self._acc, streamed=True)
+        return call
 
     @property
     def current(self) -> UsageSnapshot:

@@ -3,11 +3,13 @@
 Usage is extracted on the event loop, at the moment a response ends, so the next request already
 sees it (budgets). An SSE or NDJSON response is metered chunk by chunk by `SseUsageTracker`, which
 keeps O(1) state, so a stream is never buffered to learn its usage (a compressed one is inflated piece
-by piece on the way, every coding of a stack: streamcopy.StreamInflater). A JSON answer that streams
-through only because it has no Content-Length (how OpenAI and Anthropic send JSON: chunked, usually
-gzip'd) is copied aside as it passes, up to `failcore_llm_body_max`, and metered whole at its end
-exactly like a buffered one: the framing never changes what is metered. Everything else about the call
-(contract drift, the serialised evidence) is left to the tape writer's thread.
+by piece on the way, every coding of a stack: streamcopy.StreamInflater); over the first
+`failcore_body_cap` bytes (what the tape keeps) it keeps the text and tool inputs too, and a stream no
+longer than that is parsed once: the call is built from the tracker, not the tap's copy. A JSON answer
+that streams through only because it has no Content-Length (how OpenAI and Anthropic send JSON:
+chunked, usually gzip'd) is copied aside as it passes, up to `failcore_llm_body_max`, and metered
+whole at its end exactly like a buffered one: the framing never changes what is metered. Everything
+else about the call (contract drift, the serialised evidence) is left to the tape writer's thread.
 """
 
 from __future__ import annotations
@@ -37,17 +39,23 @@ from failcore.llm import (
 )
 from failcore.llm.detect import request_model
 from failcore.llm.prices import (
+    cost_warnings,
     genai_source,
     load_price_table,
     priced_by_genai,
     seen_cost,
     warm_up_genai_prices,
 )
-from failcore.llm.typed import loads_or_none
 from failcore.proxy.cutoff import CutVerdict
 from failcore.proxy.guard import guarded
-from failcore.proxy.session import FlowState, Session
-from failcore.proxy.streamcopy import StreamInflater, WholeBodyCopy, message_encoding, weighed
+from failcore.proxy.session import BodyTap, FlowState, Session
+from failcore.proxy.streamcopy import (
+    StreamInflater,
+    WholeBodyCopy,
+    message_encoding,
+    read_request,
+    weighed_answer,
+)
 from failcore.proxy.streamtap import could_be_llm_path, request_streams, response_streams
 from failcore.proxy.switchinterval import LOWERED_SWITCH_INTERVAL
 
@@ -96,24 +104,18 @@ class LlmFlow:
     response_unread: bool = False
 
 
-def _request_json(content: bytes | None) -> dict[str, Any] | None:
-    if not content:
+def _tracked_call(meter: LlmFlow, flow: http.HTTPFlow, tap: BodyTap) -> LlmCall | None:
+    """parse_call over the tap's copy, built from what the tracker folded as the stream passed; None
+    unless the copy is whole (SseUsageTracker.streamed_call: and every byte the tracker read)."""
+    if meter.tracker is None or tap.size != len(tap.kept) or flow.response is None:
         return None
-    doc = loads_or_none(content)
-    return doc if isinstance(doc, dict) else None
-
-
-def _read_request(raw: bytes | None, encoding: str | None, limit: int) -> tuple[dict[str, Any] | None, int]:
-    """The request's JSON object (None if it is not one) and its size as the upstream decodes it."""
-    body, size, _ = weighed(raw, encoding, limit)
-    return _request_json(body), size
-
-
-def _weighed_answer(raw: bytes | None, encoding: str | None, limit: int) -> tuple[bytes | None, int, bool]:
-    """weighed(); an answer that does not decode but is a JSON document as sent (labelled with a coding
-    it is not in: a gateway inflated it and kept the header) is read, its text charged, not its size."""
-    body, size, unread = weighed(raw, encoding, limit)
-    return body, size, unread and not (body is raw and loads_or_none(raw) is not None)
+    return meter.tracker.streamed_call(
+        path=flow.request.path,
+        status=flow.response.status_code,
+        request_json=meter.request_json,
+        content_type=flow.response.headers.get("content-type"),
+        seen=tap.size,
+    )
 
 
 async def _settled(copy: WholeBodyCopy, then: Callable[[], Awaitable[None] | None]) -> None:
@@ -158,23 +160,6 @@ def llm_evidence(flow_llm: LlmFlow, table: PriceTable) -> dict[str, Any]:
             ),
         },
     }
-
-
-def cost_warnings(call: LlmCall, cost: CostResult) -> list[dict[str, str]]:
-    if cost.reason == "unpriced_model":
-        return [
-            {
-                "reason": "unpriced_model",
-                "message": f"no price for model {call.model!r}: cost unknown "
-                "(add it under `prices:` in the policy)",
-            }
-        ]
-    if cost.reason == "usage_unknown":
-        hint = ""
-        if call.api == "chat_completions" and call.stream:
-            hint = " (set stream_options.include_usage to get usage in the stream)"
-        return [{"reason": "usage_unknown", "message": f"the provider reported no token usage{hint}"}]
-    return []
 
 
 class LlmMeter:
@@ -278,7 +263,7 @@ class LlmMeter:
         model is read all the same, not left unknown, and no more is decoded on the loop than a plain
         body is parsed there)."""
         if not read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES):
-            request_json, size = _read_request(raw, encoding, PARSE_OFF_LOOP_BYTES)
+            request_json, size = read_request(raw, encoding, PARSE_OFF_LOOP_BYTES)
             if request_json is not None or size < PARSE_OFF_LOOP_BYTES:
                 self._detect(flow, state, request_json, size)
                 return None
@@ -287,7 +272,7 @@ class LlmMeter:
     async def _detect_off_loop(
         self, flow: http.HTTPFlow, state: FlowState, raw: bytes | None, encoding: str | None
     ) -> None:
-        self._detect(flow, state, *await asyncio.to_thread(_read_request, raw, encoding, DECODE_LIMIT))
+        self._detect(flow, state, *await asyncio.to_thread(read_request, raw, encoding, DECODE_LIMIT))
 
     def _detect_streamed(self, flow: http.HTTPFlow, state: FlowState) -> Awaitable[None] | None:
         """A streamed request, from the copy taken as it passed (none past the limit: then the call is
@@ -346,10 +331,12 @@ class LlmMeter:
             state.llm.whole_copy = copy
             state.stream_observers.append(copy)
             return
-        tracker = SseUsageTracker(state.llm.provider, state.llm.api)
+        encoding = message_encoding(flow.response) or ""
+        # Unencoded, the tracker keeps the content the tap's copy would give (parsed once: _meter).
+        content = 0 if is_encoded(encoding) else self.session.settings.body_cap
+        tracker = SseUsageTracker(state.llm.provider, state.llm.api, content)
         state.llm.tracker = tracker
         feed: Callable[[bytes], None] = tracker.feed
-        encoding = message_encoding(flow.response) or ""
         if is_encoded(encoding):
             feed = state.llm.inflater = StreamInflater(encoding, tracker.feed)
         # A guard, not an observer: it must see a chunk before it is forwarded, so a budget can stop the
@@ -402,13 +389,16 @@ class LlmMeter:
             raw = flow.response.raw_content if tap is None or copy is None else bytes(copy.data)
             decode_later = read_off_loop(len(raw or b""), encoding, PARSE_OFF_LOOP_BYTES)
             if not decode_later:
-                response_body, size, unread = _weighed_answer(raw, encoding, PARSE_OFF_LOOP_BYTES)
+                response_body, size, unread = weighed_answer(raw, encoding, PARSE_OFF_LOOP_BYTES)
                 state.llm.response_size, state.llm.response_unread = size, unread
                 # A small compressed answer that decodes past PARSE_OFF_LOOP_BYTES: read off the loop.
                 decode_later = response_body is None and bool(raw)
         elif not is_encoded(encoding):
             # The capped copy gives the response model and text; usage comes from the tracker,
-            # which saw every chunk even past the cap.
+            # which saw every chunk even past the cap. A whole copy of what it saw, it has read already.
+            tracked = _tracked_call(state.llm, flow, tap)
+            if tracked is not None:
+                return self._account(state.llm, tracked)
             response_body = bytes(tap.kept)
         args = dict(
             host=f"{state.decided_host or flow.request.host}:{flow.request.port}",
@@ -436,7 +426,7 @@ class LlmMeter:
         def parse() -> tuple[LlmCall | None, tuple[int, bool] | None]:
             if undecoded is None:
                 return parse_call(**args), None
-            args["response_body"], size, unread = _weighed_answer(undecoded[0], undecoded[1], DECODE_LIMIT)
+            args["response_body"], size, unread = weighed_answer(undecoded[0], undecoded[1], DECODE_LIMIT)
             return parse_call(**args), (size, unread)
 
         call, weight = await asyncio.to_thread(parse)

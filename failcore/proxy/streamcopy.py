@@ -1,13 +1,15 @@
 """What the meter keeps of a body that streams through: `WholeBodyCopy` (its wire bytes, up to a
 limit, to be metered whole at its end) and `StreamInflater` (its codings, stacked or not, undone chunk
-by chunk in bounded steps, for a stream metered as it passes); and `message_encoding`, the codings a body read
-for a decision carries as mitmproxy holds it."""
+by chunk in bounded steps, for a stream metered as it passes); `message_encoding`, the codings a body read
+for a decision carries as mitmproxy holds it; and how the meter reads a whole body: `weighed`,
+`read_request`, `weighed_answer`."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from mitmproxy import http
 
@@ -19,6 +21,7 @@ from failcore.evidence.body import (
     is_encoded,
 )
 from failcore.evidence.pastcap import StreamDecoder
+from failcore.llm.typed import loads_or_none
 
 # The most decoded bytes a metered stream's reader is handed at once.
 _INFLATE_STEP = 64 * 1024
@@ -51,6 +54,26 @@ def weighed(raw: bytes | None, encoding: str | None, limit: int) -> tuple[bytes 
     if decoded.error is not None:
         return raw, max(len(raw), len(decoded.data)), True
     return decoded.data, len(decoded.data), False
+
+
+def _request_json(content: bytes | None) -> dict[str, Any] | None:
+    if not content:
+        return None
+    doc = loads_or_none(content)
+    return doc if isinstance(doc, dict) else None
+
+
+def read_request(raw: bytes | None, encoding: str | None, limit: int) -> tuple[dict[str, Any] | None, int]:
+    """The request's JSON object (None if it is not one) and its size as the upstream decodes it."""
+    body, size, _ = weighed(raw, encoding, limit)
+    return _request_json(body), size
+
+
+def weighed_answer(raw: bytes | None, encoding: str | None, limit: int) -> tuple[bytes | None, int, bool]:
+    """weighed(); an answer that does not decode but is a JSON document as sent (labelled with a coding
+    it is not in: a gateway inflated it and kept the header) is read, its text charged, not its size."""
+    body, size, unread = weighed(raw, encoding, limit)
+    return body, size, unread and not (body is raw and loads_or_none(raw) is not None)
 
 
 class WholeBodyCopy:

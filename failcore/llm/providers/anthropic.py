@@ -81,6 +81,11 @@ class AnthropicMessages(Accumulator):
             self.done = True
             self.errored = kind == "error"
 
+    def drop_content(self) -> None:
+        super().drop_content()
+        for parts in self._tool_blocks.values():
+            parts.clear()
+
     def finalize_stream(self) -> None:
         # Blocks never closed (truncated stream) are still evidence of what the model was sending.
         for index in sorted(self._tool_blocks):

@@ -56,6 +56,10 @@ class CappedText:
     def value(self) -> str | None:
         return "".join(self._parts) if self.seen and self._cap > 0 else None
 
+    def drop(self) -> None:
+        """Keep no more text (what was kept goes); the counts go on."""
+        self._cap, self._parts, self._size = 0, [], 0
+
 
 def salvage_object(tail: bytes, key: bytes) -> dict | None:
     """Recover ``"key": {...}`` from the tail of an oversized event whose head was cut away."""
@@ -106,6 +110,13 @@ class Accumulator:
 
     def handle_done_marker(self) -> None:
         self.done = True
+
+    def drop_content(self) -> None:
+        """Keep no more content (text, tool inputs) from here on, and let go of what was kept: usage,
+        counts, model and finish reason are folded as before (a stream tracker past its content limit)."""
+        self.keep_content = False
+        self.text.drop()
+        self.tool_inputs = []
 
     def add_tool_input(self, raw: str) -> None:
         if not self.keep_content:

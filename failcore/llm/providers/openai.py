@@ -116,6 +116,10 @@ class ChatCompletions(Accumulator):
         if isinstance(usage, dict):
             self.apply_usage(usage)
 
+    def drop_content(self) -> None:
+        super().drop_content()
+        self._stream_args.clear()
+
     def finalize_stream(self) -> None:
         for key in sorted(self._stream_args):
             self.add_tool_input("".join(self._stream_args[key]))
