@@ -9,7 +9,9 @@ the thread that happened to allocate (the event loop or the tape writer), with t
 Once the policy's DLP engine is built and no exchange is in flight, this addon runs one full
 collection and then `gc.freeze()`: everything alive then moves to the permanent generation, which no
 later collection walks. It does it again after a policy reload has swapped the rules in
-(`gc.unfreeze()` first, so the replaced policy and engine are collected rather than kept frozen).
+(`gc.unfreeze()` first, so the replaced policy and engine are collected rather than kept frozen), and
+after genai-prices' price data has loaded (the meter loads it in a thread once the proxy runs: ~42,000
+objects that would otherwise be walked by every full collection; `Session.heap_loads`).
 
 Costs, by design: it changes the whole process's collector, not only failcore's objects (an embedder
 that wants its own GC tuning, or freezes its own heap, sets `failcore_gc_freeze=false`: the last proxy
@@ -67,8 +69,8 @@ class GcTune:
     def __init__(self, session: Session) -> None:
         self.session = session
         self._task: asyncio.Task[None] | None = None
-        # The (policy, rules) the heap was last frozen with.
-        self._frozen_for: tuple[object, object] | None = None
+        # The (policy, rules, session.heap_loads) the heap was last frozen with.
+        self._frozen_for: tuple[object, object, int] | None = None
         # Since when a freeze has been due (rules built) but exchanges were in flight.
         self._due_since: float | None = None
 
@@ -122,9 +124,9 @@ class GcTune:
     def check(self, now: float | None = None) -> bool:
         """Freeze if the rules in force changed since the last freeze, are built, and no exchange is
         in flight (or none has been for IDLE_WAIT_SECONDS). Returns whether it froze."""
-        policy, dlp = self.session.policy, self.session.dlp
+        policy, dlp, loads = self.session.policy, self.session.dlp, self.session.heap_loads
         last = self._frozen_for
-        if last is not None and last[0] is policy and last[1] is dlp:
+        if last is not None and last[0] is policy and last[1] is dlp and last[2] == loads:
             return False
         if policy is None or not rules_built(self.session):
             return False
@@ -135,7 +137,7 @@ class GcTune:
             if now - self._due_since < IDLE_WAIT_SECONDS:
                 return False
         self._due_since = None
-        self._frozen_for = (policy, dlp)
+        self._frozen_for = (policy, dlp, loads)
         with _holders_lock:
             _holders.add(id(self))
             frozen = freeze_heap()

@@ -189,6 +189,10 @@ class Session:
     # Client connections whose TLS SNI named another host than their CONNECT, by client id
     # (every request and TCP stream on them takes that verdict).
     fronted: dict[str, Fronted] = field(default_factory=dict)
+    # Counts the large, long-lived structures loaded after start-up (genai-prices' price data, by the
+    # meter's warm-up thread): failcore.proxy.gctune freezes the heap again so the collector's full
+    # walks skip them too.
+    heap_loads: int = 0
 
     def state(self, flow: mflow.Flow) -> FlowState:
         st = self.flows.get(flow.id)

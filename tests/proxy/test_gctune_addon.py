@@ -222,3 +222,31 @@ def test_two_proxies_in_one_process_share_the_freeze_the_last_to_stop_thaws(
         assert gc.get_freeze_count() > thawed + 1000, "the other proxy's freeze is still in force"
         b.get(GcTune).done()
         assert gc.get_freeze_count() <= thawed
+
+
+def test_frozen_again_once_genai_prices_has_loaded(
+    tmp_path: Path, thawed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """genai-prices' price data (~33,000 objects that live as long as the proxy) is loaded by the meter
+    in a thread after start-up, so after the first freeze: the heap is frozen again, once, for every
+    full collection not to walk it. (Its load stands in here: this process may have loaded it before.)"""
+    from failcore.proxy import meter
+    from failcore.proxy.meter import LlmMeter
+
+    loaded: list[object] = []
+    monkeypatch.setattr(meter, "_warm_up_prices", lambda: loaded.extend([i] for i in range(20_000)))
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(dlp_policy("acme_"))
+    with concerns(PolicyGate, LlmMeter, GcTune, confdir=tmp_path, failcore_policy=str(path)) as h:
+        tune = h.get(GcTune)
+        h.session.dlp.engine.result(timeout=120)
+        assert tune.check() is True
+        frozen = gc.get_freeze_count()
+        assert tune.check() is False
+
+        h.get(LlmMeter)._warm_up()  # (what the warm-up thread runs)
+        assert tune.check() is True
+        assert gc.get_freeze_count() > frozen + 10_000
+        assert tune.check() is False
+        tune.done()
