@@ -17,7 +17,7 @@ from failcore.tape.badlines import BadLines, LineNumbers, parse_checked
 from failcore.tape.reader import list_segments
 
 # Network events that are connections, not HTTP exchanges: counted apart from `requests`.
-CONNECTION_ACTIONS = frozenset({"tls.handshake", "tcp.stream", "ip.packet"})
+CONNECTION_ACTIONS = frozenset({"tls.handshake", "tcp.stream", "tcp.passthrough", "ip.packet"})
 # The runtime's kinds (schema v2; failcore.views.runtime reads them for the views).
 _RUNTIME_KINDS = frozenset({"tool", "fs", "exec", "connect"})
 _NUMBERS = (int, float)

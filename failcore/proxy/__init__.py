@@ -49,6 +49,7 @@ class FailCore:
         from failcore.proxy.listen import ListenGuard
         from failcore.proxy.malformed import MalformedRequests
         from failcore.proxy.meter import LlmMeter
+        from failcore.proxy.passthrough import PassedThrough
         from failcore.proxy.realtime import RealtimeBudget
         from failcore.proxy.recorder import InFlight, Recorder
         from failcore.proxy.replayer import Replayer
@@ -104,6 +105,8 @@ class FailCore:
             self.dlp,
             self.streamtap,
             TailMount(self.tail),
+            # Before the recorder, whose `done` closes the tape (a tunnel open at stop is recorded then).
+            PassedThrough(s),
             # Before the recorder, which lets go of the flow's state.
             FlowVerdict(s),
             self.replayer,

@@ -205,8 +205,9 @@ def read_settings(options: Any) -> AddonSettings:
 # mitmproxy options that let traffic past failcore's checks, and what failcore can say about them.
 _PASSED_THROUGH = (
     "connections it passes through (TLS not intercepted) are judged by their CONNECT host only: their "
-    "content is neither inspected by failcore nor recorded (no event unless the CONNECT is refused); "
-    "with show_ignored_hosts=true each is recorded as raw TCP (judged by tcp rules and failcore_raw_tcp)"
+    "content is not inspected by failcore (each is recorded as a tcp.passthrough event, without its "
+    "bytes); with show_ignored_hosts=true each is recorded as raw TCP (judged by tcp rules and "
+    "failcore_raw_tcp)"
 )
 _AFTER_DECISION = (
     "under `mitmdump -s` it changes a request after failcore decided on it (the policy judged the "
