@@ -174,12 +174,12 @@ def test_fail_closed_holds_a_chunked_body_until_every_check_has_run(
 ) -> None:
     """With `fail_open: false`, a check that fails stops the request: a chunked LLM call used to be
     forwarded before the meter read it, so the failure came after the body had left."""
-    import failcore.proxy.meter as meter
+    import failcore.proxy.streamcopy as streamcopy  # (the meter's request reader)
 
     def broken(content: bytes | None) -> None:
         raise RuntimeError("meter broke")
 
-    monkeypatch.setattr(meter, "_request_json", broken)
+    monkeypatch.setattr(streamcopy, "_request_json", broken)
     policy = "version: 1\nmode: observe\nfail_open: false\n"
     proxy = start_proxy(policy_file(policy), upstream_ca=logging_upstream.ca_path)
     wire = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "held-marker"}]})
