@@ -333,3 +333,59 @@ def whatwg_events(body: bytes, *, strip_bom: bool = True) -> list[tuple[str, str
             data += value + "\n"
         elif field == "event":
             kind = value
+
+
+# ---------------------------------------------------------------- recorded events with odd fields
+
+ODD_VALUES: tuple[object, ...] = (None, True, False, -1, 0, 1, 2.5, "", "s", [], [1], {}, {"type": "x"})
+# Fields of the providers' events that the recordings seldom or never carry, put into chat deltas.
+RARE_DELTA = {
+    "refusal": "no",
+    "reasoning_content": "think",
+    "reasoning": "more",
+    "function_call": {"name": "f", "arguments": '{"a": 1}'},
+    "tool_calls": [{"index": 1, "function": {"name": "g", "arguments": "{}"}}],
+}
+
+
+def _nodes(value: object, path: tuple = ()) -> Iterator[tuple]:
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _nodes(item, (*path, key))
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            yield from _nodes(item, (*path, position))
+
+
+def _replace(value: object, path: tuple, new: object) -> object:
+    if not path:
+        return new
+    holder: Any = value
+    for step in path[:-1]:
+        holder = holder[step]
+    holder[path[-1]] = new
+    return value
+
+
+def with_odd_fields(body: bytes, rng: random.Random, *, rare: bool = False) -> bytes:
+    """Every JSON `data:` payload (one line, as recorded) with one value, anywhere in it, replaced by a
+    value of another JSON type, or (`rare`) every chat delta also given RARE_DELTA's fields."""
+    lines = body.split(b"\n")
+    for position, line in enumerate(lines):
+        prefix = b"data: " if line.startswith(b"data: ") else b""
+        try:
+            document = json.loads(line[len(prefix) :]) if line.strip() else None
+        except ValueError:
+            continue
+        if not isinstance(document, dict | list):
+            continue
+        if rare:
+            for choice in document.get("choices") or [] if isinstance(document, dict) else []:
+                if isinstance(choice, dict) and isinstance(choice.get("delta"), dict):
+                    choice["delta"] = RARE_DELTA | choice["delta"]
+        else:
+            nodes = list(_nodes(document))
+            document = _replace(document, rng.choice(nodes), rng.choice(ODD_VALUES))
+        lines[position] = prefix + json.dumps(document).encode()
+    return b"\n".join(lines)
