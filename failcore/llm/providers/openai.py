@@ -95,7 +95,8 @@ class ChatCompletions(Accumulator):
         usage = chunk.get("usage")
         if not isinstance(usage, dict):
             # Groq streams carry the usage in their own extension object, on the last chunk.
-            usage = as_dict(chunk.get("x_groq")).get("usage")
+            groq = chunk.get("x_groq")
+            usage = groq.get("usage") if isinstance(groq, dict) else None
         if isinstance(usage, dict):
             self.apply_usage(usage)
 
