@@ -218,6 +218,11 @@ def test_tracker_meters_every_recorded_stream_as_before(exchange: dict) -> None:
             for pieces in chunkings(variant, rng, one_byte=one_byte, tops=(16, 300) if sent else (300,)):
                 old = _outcome(_old_tracker_run, detected, media, pieces, content_limit)
                 new = _outcome(_new_tracker_run, detected, media, pieces, content_limit)
+                if old == ("raised", "TypeError") and detected[1] == "responses":
+                    # The one change: a Responses output item whose `type` is a list or an object
+                    # raised (unhashable); it is now no tool call (tests/test_llm_usage.py).
+                    assert new[0] != "raised", name
+                    continue
                 assert new == old, (name, content_limit, len(pieces))
     # And what it metered is what the provider reported (tests/llm_replay.py reads it on its own).
     call = _new_tracker_run(detected, media, [body], 1 << 20)[1]

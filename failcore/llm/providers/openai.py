@@ -221,7 +221,7 @@ class Responses(Accumulator):
     def _count_items(self, items: list, *, collect_inputs: bool) -> None:
         for position, item in enumerate(items):
             item = as_dict(item)
-            if item.get("type") not in RESPONSES_TOOL_CALL_TYPES:
+            if as_text(item.get("type")) not in RESPONSES_TOOL_CALL_TYPES:  # (a list type: not hashable)
                 continue
             key = as_text(item.get("id")) or as_text(item.get("call_id")) or position
             if key not in self._tool_items:
@@ -245,7 +245,7 @@ class Responses(Accumulator):
             self.other_chars += len(as_text(data.get("delta")) or "")
         elif kind in ("response.output_item.added", "response.output_item.done"):
             item = as_dict(data.get("item"))
-            if item.get("type") in RESPONSES_TOOL_CALL_TYPES:
+            if as_text(item.get("type")) in RESPONSES_TOOL_CALL_TYPES:
                 key = (
                     as_text(item.get("id")) or as_text(item.get("call_id")) or f"#{data.get('output_index')}"
                 )
