@@ -8,7 +8,10 @@ attacker-influenced: nothing here interprets them beyond the framing.
 
 SSE framing as the HTML standard defines it for `text/event-stream`, with one simplification for
 chunks arriving live: a line ends at LF (a CR before it is dropped); `frames_of_body` also accepts
-lone-CR line ends, as the standard does, since a recorded body is whole.
+lone-CR line ends, as the standard does, since a recorded body is whole. Two more differences from the
+standard, kept as they were: a leading BOM is not dropped (it becomes part of the first field's name, so
+that field is ignored), and a final event that no blank line ended is still dispatched (a cut stream's
+last usage report counts). An `event:` name is stripped and cut to 128 characters.
 """
 
 from __future__ import annotations
@@ -94,14 +97,53 @@ class _LineDecoder:
 
 
 class SseDecoder(_LineDecoder):
-    __slots__ = ("_data", "_event", "_has_data", "_oversized")
+    """SSE events. A line that arrives whole within one chunk (and within `max_event_bytes`) is read
+    straight from the chunk, and an event's single `data:` line is kept as it came (`_first`): the
+    bounded buffers are used only for lines split across chunks and for multi-line data."""
+
+    __slots__ = ("_data", "_event", "_first", "_has_data", "_limit", "_oversized")
 
     def __init__(self, max_event_bytes: int) -> None:
         super().__init__(max_event_bytes)
+        self._limit = max_event_bytes
         self._data = EdgeBuffer(max_event_bytes)
         self._event: str | None = None
+        # The event's data while it is one line read whole (not yet in `_data`).
+        self._first: bytes | None = None
         self._has_data = False
         self._oversized = False
+
+    def feed(self, chunk: bytes) -> Iterator[Frame]:
+        if type(chunk) is not bytes:
+            chunk = bytes(chunk)
+        start = 0
+        if len(self._line):
+            # The rest of a line begun in an earlier chunk.
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                self._line.extend(chunk)
+                return
+            self._line.extend(memoryview(chunk)[:newline])
+            start = newline + 1
+            frame = self._take_line()
+            if frame is not None:
+                yield frame
+        limit = self._limit
+        find = chunk.find
+        while True:
+            newline = find(b"\n", start)
+            if newline < 0:
+                if start < len(chunk):
+                    self._line.extend(memoryview(chunk)[start:])
+                return
+            if newline - start <= limit:
+                frame = self._whole_line(chunk[start:newline])
+            else:
+                self._line.extend(memoryview(chunk)[start:newline])
+                frame = self._take_line()
+            start = newline + 1
+            if frame is not None:
+                yield frame
 
     def finish(self) -> Iterator[Frame]:
         if len(self._line):
@@ -112,13 +154,43 @@ class SseDecoder(_LineDecoder):
         if frame is not None:
             yield frame
 
+    def _whole_line(self, line: bytes) -> Frame | None:
+        """One line, its LF gone, that was not cut to its edges."""
+        if line[-1:] == b"\r":
+            line = line[:-1]
+        if not line:
+            return self._dispatch()
+        if line[0] == 0x3A:  # ":" a comment
+            return None
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            if not self._has_data:
+                self._first = value
+                self._has_data = True
+                return None
+            self._spill()
+            self._data.extend(b"\n")
+            self._data.extend(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace").strip()[:128]
+        return None
+
+    def _spill(self) -> None:
+        """Move a single data line kept aside into the bounded buffer (a second line is coming)."""
+        if self._first is not None:
+            self._data.extend(self._first)
+            self._first = None
+
     def _take_line(self) -> Frame | None:
-        truncated, head, tail = self._line.truncated, self._line.head(), self._line.tail()
-        self._line.clear()
-        if not truncated:
-            head = head.removesuffix(b"\r")
-            if not head:
-                return self._dispatch()
+        line = self._line
+        if not line.truncated:
+            head = line.head()
+            line.clear()
+            return self._whole_line(head)
+        head, tail = line.head(), line.tail()
+        line.clear()
         if head.startswith(b":"):
             return None
         name, _, value = head.partition(b":")
@@ -126,28 +198,34 @@ class SseDecoder(_LineDecoder):
         if name == b"event":
             self._event = value.decode("utf-8", "replace").strip()[:128]
         elif name == b"data":
+            self._spill()
             if self._has_data:
                 self._data.extend(b"\n")
             self._data.extend(value)
-            if truncated:
-                # The middle of this line is gone: only its tail can still be searched for usage.
-                self._oversized = True
-                self._data.extend(tail.removesuffix(b"\r"))
+            # The middle of this line is gone: only its tail can still be searched for usage.
+            self._oversized = True
+            self._data.extend(tail.removesuffix(b"\r"))
             self._has_data = True
         return None
 
     def _dispatch(self) -> Frame | None:
-        frame = None
-        if self._has_data:
+        if not self._has_data:
+            self._event = None
+            return None
+        first = self._first
+        if first is not None:
+            frame = Frame(self._event, first)
+            self._first = None
+        else:
             data = self._data
             if data.truncated or self._oversized:
                 frame = Frame(self._event, b"", data.tail() if data.truncated else data.head())
             else:
                 frame = Frame(self._event, data.head())
-        self._data.clear()
+            data.clear()
+            self._oversized = False
         self._event = None
         self._has_data = False
-        self._oversized = False
         return frame
 
 

@@ -346,6 +346,28 @@ def test_openai_responses_sse_usage_in_completed_event() -> None:
     assert call.response_format == "json_object"
 
 
+def test_openai_responses_output_item_of_unhashable_type_does_not_stop_metering() -> None:
+    """An output item whose `type` is a list or an object (not a string) is no tool call; the answer's
+    usage is still read, streamed (tracker) and whole (parse_call). It raised TypeError before."""
+    odd = {"type": ["function_call"], "id": "fc_1", "arguments": "{}"}
+    usage = {"input_tokens": 37, "output_tokens": 11, "total_tokens": 48}
+    events = [
+        {"type": "response.output_item.added", "output_index": 0, "item": odd},
+        {"type": "response.output_item.done", "output_index": 0, "item": odd | {"type": {"a": 1}}},
+        {"type": "response.completed", "response": {"status": "completed", "output": [odd], "usage": usage}},
+    ]
+    body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+    tracker = SseUsageTracker("openai", "responses")
+    tracker.feed(body)
+    assert tracker.completed
+    assert (tracker.current.input_tokens, tracker.current.output_tokens, tracker.tool_calls) == (37, 11, 0)
+    document = json.dumps({"status": "completed", "output": [odd], "usage": usage}).encode()
+    call = _parse(
+        "api.openai.com", "/v1/responses", _req(model="gpt-4.1", input="x"), document, "application/json"
+    )
+    assert (call.input_tokens, call.output_tokens, call.usage_known, call.tool_calls) == (37, 11, True, 0)
+
+
 def test_openai_responses_sse_incomplete_reason() -> None:
     body = RESPONSES_SSE.replace(b"event: response.completed", b"event: response.incomplete").replace(
         b'"type":"response.completed","sequence_number":7,"response":{"id":"resp_1","object":"response",'

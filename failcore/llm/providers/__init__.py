@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
+
 from failcore.framing import Frame
 from failcore.llm.providers.anthropic import AnthropicMessages
 from failcore.llm.providers.base import Accumulator, salvage_object
@@ -44,7 +46,10 @@ def feed_frame(acc: Accumulator, frame: Frame) -> None:
     if frame.data == b"[DONE]":
         acc.handle_done_marker()
         return
-    payload = loads_or_none(frame.data)
+    try:  # (loads_or_none, less a call for the JSON orjson reads)
+        payload = orjson.loads(frame.data)
+    except orjson.JSONDecodeError:
+        payload = loads_or_none(frame.data)
     if payload is not None:
         acc.handle_event(frame.event, payload)
 

@@ -39,8 +39,19 @@ class AnthropicMessages(Accumulator):
         self.done = True
 
     def handle_event(self, event: str | None, payload: object) -> None:
-        data = as_dict(payload)
-        kind = as_text(data.get("type")) or event
+        data = payload if isinstance(payload, dict) else {}
+        kind = data.get("type")
+        if not isinstance(kind, str) or not kind:
+            kind = event
+        if kind == "content_block_delta":  # most events: a piece of text
+            delta = data.get("delta")
+            if isinstance(delta, dict) and delta.get("type") == "text_delta":
+                text = delta.get("text")
+                self.text.append(text if isinstance(text, str) else "")
+                return
+        self._other_event(kind, data)
+
+    def _other_event(self, kind: str | None, data: dict) -> None:
         if kind == "message_start":
             message = as_dict(data.get("message"))
             self.set_model(message.get("model"))
@@ -55,10 +66,8 @@ class AnthropicMessages(Accumulator):
                 self.text.append(as_text(block.get("text")) or "")
         elif kind == "content_block_delta":
             delta = as_dict(data.get("delta"))
-            delta_kind = delta.get("type")
-            if delta_kind == "text_delta":
-                self.text.append(as_text(delta.get("text")) or "")
-            elif delta_kind == "input_json_delta":
+            delta_kind = delta.get("type")  # (a text_delta was read by handle_event)
+            if delta_kind == "input_json_delta":
                 partial = as_text(delta.get("partial_json"))
                 self.other_chars += len(partial or "")
                 parts = self._tool_blocks.get(as_count(data.get("index")) or 0) if self.keep_content else None

@@ -32,6 +32,10 @@ _OTHER_TEXT_DELTAS = frozenset(
 )
 
 
+# A Chat Completions delta with these keys only carries no refusal, reasoning or tool call.
+_PLAIN_DELTA_KEYS = frozenset({"role", "content"})
+
+
 class ChatCompletions(Accumulator):
     """OpenAI Chat Completions and legacy Completions (``choices[].text``)."""
 
@@ -70,51 +74,80 @@ class ChatCompletions(Accumulator):
         self.done = True
 
     def handle_event(self, event: str | None, payload: object) -> None:
-        chunk = as_dict(payload)
+        # Once per streamed chunk: the typed reads are written out (isinstance) rather than called.
+        if not isinstance(payload, dict):
+            return
+        chunk = payload
         if "error" in chunk and "choices" not in chunk:
             self.done = self.errored = True
             return
-        self.set_model(chunk.get("model"))
-        self.set_service_tier(chunk.get("service_tier"))
-        for choice in as_list(chunk.get("choices")):
-            choice = as_dict(choice)
-            index = as_count(choice.get("index")) or 0
-            delta = as_dict(choice.get("delta"))
-            content = as_text(delta.get("content")) if delta else as_text(choice.get("text"))
-            if index == 0 and content:
-                self.text.append(content)
-            elif content:
-                self.other_chars += len(content)
-            self.other_chars += len(as_text(delta.get("refusal")) or "")
-            # Visible reasoning (DeepSeek's, vLLM's `reasoning_content`, OpenRouter's `reasoning`) is billed.
-            self.other_chars += len(as_text(delta.get("reasoning_content")) or "")
-            self.other_chars += len(as_text(delta.get("reasoning")) or "")
-            for call in as_list(delta.get("tool_calls")):
-                call = as_dict(call)
-                key = (index, as_count(call.get("index")) or 0)
-                if key not in self._stream_tools:
-                    self._stream_tools.add(key)
-                    self.tool_calls += 1
-                function = as_dict(call.get("function"))
-                arguments = as_text(function.get("arguments"))
-                self.other_chars += len(as_text(function.get("name")) or "") + len(arguments or "")
-                if arguments and self.keep_content:
-                    self._stream_args.setdefault(key, []).append(arguments)
-            legacy = as_dict(delta.get("function_call"))
-            if legacy:
-                self.other_chars += len(as_text(legacy.get("name")) or "")
-                self.other_chars += len(as_text(legacy.get("arguments")) or "")
-            if legacy and index not in self._legacy_function_choices:
-                self._legacy_function_choices.add(index)
-                self.tool_calls += 1
-            if index == 0:
-                self.set_finish(choice.get("finish_reason"))
+        model = chunk.get("model")
+        if isinstance(model, str) and model:
+            self.response_model = model[:256]
+        tier = chunk.get("service_tier")
+        if isinstance(tier, str) and tier:
+            self.service_tier = tier[:32]
+        choices = chunk.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    self._stream_choice(choice)
         usage = chunk.get("usage")
         if not isinstance(usage, dict):
             # Groq streams carry the usage in their own extension object, on the last chunk.
-            usage = as_dict(chunk.get("x_groq")).get("usage")
+            groq = chunk.get("x_groq")
+            usage = groq.get("usage") if isinstance(groq, dict) else None
         if isinstance(usage, dict):
             self.apply_usage(usage)
+
+    def _stream_choice(self, choice: dict) -> None:
+        index = choice.get("index")
+        if type(index) is not int or index < 0:  # as_count's test, for what JSON can hold
+            index = 0
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and delta:
+            content = delta.get("content")
+        else:
+            delta, content = {}, choice.get("text")
+        if isinstance(content, str) and content:
+            if index == 0:
+                self.text.append(content)
+            else:
+                self.other_chars += len(content)
+        if delta.keys() <= _PLAIN_DELTA_KEYS:  # most chunks: a piece of text, nothing else to read
+            if index == 0 and choice.get("finish_reason") is not None:
+                self.set_finish(choice["finish_reason"])
+            return
+        # Visible reasoning (DeepSeek's, vLLM's `reasoning_content`, OpenRouter's `reasoning`) is billed.
+        for name in ("refusal", "reasoning_content", "reasoning"):
+            other = delta.get(name)
+            if isinstance(other, str):
+                self.other_chars += len(other)
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list):
+            self._stream_tool_calls(index, calls)
+        legacy = delta.get("function_call")
+        if isinstance(legacy, dict) and legacy:
+            self.other_chars += len(as_text(legacy.get("name")) or "")
+            self.other_chars += len(as_text(legacy.get("arguments")) or "")
+            if index not in self._legacy_function_choices:
+                self._legacy_function_choices.add(index)
+                self.tool_calls += 1
+        if index == 0:
+            self.set_finish(choice.get("finish_reason"))
+
+    def _stream_tool_calls(self, index: int, calls: list) -> None:
+        for call in calls:
+            call = as_dict(call)
+            key = (index, as_count(call.get("index")) or 0)
+            if key not in self._stream_tools:
+                self._stream_tools.add(key)
+                self.tool_calls += 1
+            function = as_dict(call.get("function"))
+            arguments = as_text(function.get("arguments"))
+            self.other_chars += len(as_text(function.get("name")) or "") + len(arguments or "")
+            if arguments and self.keep_content:
+                self._stream_args.setdefault(key, []).append(arguments)
 
     def drop_content(self) -> None:
         super().drop_content()
@@ -188,7 +221,7 @@ class Responses(Accumulator):
     def _count_items(self, items: list, *, collect_inputs: bool) -> None:
         for position, item in enumerate(items):
             item = as_dict(item)
-            if item.get("type") not in RESPONSES_TOOL_CALL_TYPES:
+            if as_text(item.get("type")) not in RESPONSES_TOOL_CALL_TYPES:  # (a list type: not hashable)
                 continue
             key = as_text(item.get("id")) or as_text(item.get("call_id")) or position
             if key not in self._tool_items:
@@ -200,17 +233,19 @@ class Responses(Accumulator):
                         self.add_tool_input(raw)
 
     def handle_event(self, event: str | None, payload: object) -> None:
-        data = as_dict(payload)
-        kind = as_text(data.get("type")) or event
-        if kind == "response.output_text.delta":
-            delta = as_text(data.get("delta"))
-            if delta:
+        data = payload if isinstance(payload, dict) else {}
+        kind = data.get("type")
+        if not isinstance(kind, str) or not kind:
+            kind = event
+        if kind == "response.output_text.delta":  # most events: a piece of text
+            delta = data.get("delta")
+            if isinstance(delta, str) and delta:
                 self.text.append(delta)
         elif kind in _OTHER_TEXT_DELTAS:
             self.other_chars += len(as_text(data.get("delta")) or "")
         elif kind in ("response.output_item.added", "response.output_item.done"):
             item = as_dict(data.get("item"))
-            if item.get("type") in RESPONSES_TOOL_CALL_TYPES:
+            if as_text(item.get("type")) in RESPONSES_TOOL_CALL_TYPES:
                 key = (
                     as_text(item.get("id")) or as_text(item.get("call_id")) or f"#{data.get('output_index')}"
                 )
