@@ -11,7 +11,7 @@ validators, entropy and allowlists decide. Backends:
 * ``python``: last resort when neither library is importable. Uses Python ``re`` only for rules whose
   shape cannot backtrack catastrophically; the others are listed in ``skipped`` and not run. Much slower.
 
-Size: ~760 lines because the backends share one pipeline (prefilter, confirm, validate) and the
+Size: ~780 lines because the backends share one pipeline (prefilter, confirm, validate) and the
 Hyperscan fast path's extra databases (keyword-gated rules, keywords, the rules read line by line for
 quiet_lines) are built and consulted by the same object as the main one. What stands alone has its
 own module: decoded views (decode.py), regex adapters and pattern analysis (regex_backend.py), the
@@ -372,6 +372,8 @@ class DlpEngine:
         runs = dv.find_runs(text)
         if len(runs) >= dv.MAX_RUNS:
             return False
+        if dv.no_candidates(text, runs):  # (the usual request id or trace id: known without building)
+            return True
         budget = [dv.MAX_CANDIDATES, dv.MAX_DECODED_BYTES]
         return next(dv.encoded_candidates(dv.RawView(text), runs, budget), None) is None
 

@@ -83,7 +83,9 @@ def scan_request_for_block(
     engine = scanner.engine
     scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
-    credential = [_recorded_name(name) in CREDENTIAL_HEADERS for name, _ in fields]
+    # Each name lower-cased once, as the tape records it: the credential, block and echo checks read it.
+    lowered = [_recorded_name(name) for name, _ in fields]
+    credential = [lower in CREDENTIAL_HEADERS for lower in lowered]
     hits = scan(("url", url), url_hits, engine, url)
     if recorded_url and recorded_url != url:
         hits += scan(("url", recorded_url), url_hits, engine, recorded_url)
@@ -95,18 +97,24 @@ def scan_request_for_block(
     if clean is not None and not clean.known(block_key):
         # One pass over the header block answers for the block and for each header in it scanned alone
         # (CleanTexts.lines_clean) when it finds nothing in any of them: the usual request.
-        pairs = block_pairs(headers, redacted, engine.salt)
+        pairs = block_pairs(headers, redacted, engine.salt, lowered=lowered)
         lines_clean = scanner.clean_texts.lines_clean(header_block(pairs)[0])
     in_block = len(headers) if lines_clean else 0  # (the trailers are not lines of that block)
     for index, ((name, value), is_credential) in enumerate(zip(fields, credential, strict=True)):
         if not is_credential and not (index < in_block and _a_line_of_block(name, value, redacted)):
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
-        if name.lower() in HOST_HEADERS:
+        # (An ASCII name's str.lower() is its recorded name's.)
+        if (lowered[index] if name.isascii() else name.lower()) in HOST_HEADERS:
             hits += scan(("host-header", value), host_header_hits, engine, value)
     # The headers together, as the evidence scan reads them (a rule keyed by a word in another header):
     # remembered clean whole (the list of headers), never header by header.
     block = scanner.clean_texts if clean is not None else engine
-    hits += scan(block_key, header_block_hits, block, headers, redacted, engine.salt, pairs, lines_clean)
+    echoes = any(credential[: len(headers)]) or (
+        bool(redacted) and not redacted.isdisjoint(lowered[: len(headers)])
+    )
+    hits += scan(
+        block_key, header_block_hits, block, headers, redacted, engine.salt, pairs, lines_clean, echoes
+    )
     if trailers:  # (the evidence reads a message's trailers as a block of their own too)
         hits += scan(
             ("trailers", tuple(trailers), redacted), header_block_hits, block, trailers, redacted, engine.salt
@@ -144,10 +152,17 @@ def _recorded_name(name: str) -> str:
     return (name if name.isascii() else name.encode("utf-8", "surrogateescape").decode("latin-1")).lower()
 
 
-def _echo_secrets(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[bytes]:
+def _echo_secrets(
+    headers: Sequence[tuple[str, str]], redacted: frozenset[str], echoes: bool | None = None
+) -> list[bytes]:
     """The request's credentials its other headers may echo (credential_values, which reads only
-    credential and `redacted` headers: none without one)."""
-    if any(_recorded_name(n) in CREDENTIAL_HEADERS or _recorded_name(n) in redacted for n, _ in headers):
+    credential and `redacted` headers: none without one). `echoes`: whether there is one, when the
+    caller knows."""
+    if echoes is None:
+        echoes = any(
+            _recorded_name(n) in CREDENTIAL_HEADERS or _recorded_name(n) in redacted for n, _ in headers
+        )
+    if echoes:
         return credential_values([(utf8_bytes(n), utf8_bytes(v)) for n, v in headers], redacted)
     return []
 
@@ -157,16 +172,18 @@ def block_pairs(
     redacted: frozenset[str],
     salt: bytes = b"",
     secrets: Sequence[bytes] = (),
+    lowered: Sequence[str] | None = None,
 ) -> list[tuple[str, str]]:
     """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
     tape records them: all but credential headers and a value that is one fingerprint as recorded
     (is_redaction: the policy's `redact_headers` are recorded with `salt` as one, or as a scheme then
     one, `Bearer [redacted …]`, for a name ending in "authorization"). `secrets`: the request's own
     credentials (_echo_secrets) echoed in other headers masked with `salt`, as the evidence also reads
-    them (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
+    them (mask_echoed_credentials: a header echoing the Authorization token drops out of the block).
+    `lowered`: each name's _recorded_name, in order (at least one per header), when the caller has them."""
     pairs = []
-    for name, value in headers:
-        lower = _recorded_name(name)
+    names = [_recorded_name(name) for name, _ in headers] if lowered is None else lowered
+    for (name, value), lower in zip(headers, names, strict=False):
         if lower in CREDENTIAL_HEADERS:
             continue
         if lower in redacted:
@@ -209,16 +226,18 @@ def header_block_hits(
     salt: bytes = b"",
     pairs: list[tuple[str, str]] | None = None,
     lines_clean: bool = False,
+    echoes: bool | None = None,
 ) -> list[Hit]:
     """The hits of the evidence's one scan of a request's header block (block_pairs): the block as
     sent and, when the request's credentials echo in its other headers, the block as the evidence
     reads it once they are masked with `salt` (which can join what an echo sat between; the block as
     sent keeps what the echo masks would hide, a keyword say). `pairs`: block_pairs(headers, redacted,
-    salt) when the caller has it; `lines_clean`: the block as sent is known to have no hit."""
+    salt) when the caller has it; `lines_clean`: the block as sent is known to have no hit; `echoes`:
+    whether a credential or `redacted` header is among `headers` (_echo_secrets), when known."""
     if pairs is None:
         pairs = block_pairs(headers, redacted, salt)
     hits = [] if lines_clean else scan_header_block(engine, pairs)
-    secrets = _echo_secrets(headers, redacted) if salt else []
+    secrets = _echo_secrets(headers, redacted, echoes) if salt else []
     if secrets:
         echoed = block_pairs(headers, redacted, salt, secrets)
         if echoed != pairs:
