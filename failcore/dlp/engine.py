@@ -363,7 +363,10 @@ class DlpEngine:
         subset of those places, so `text` itself is quiet too. With no rule match and no keyword, a scan's
         hits can only come from its base64/hex-like runs decoded (`_runs_only`; no rule is on the keyword
         path when there is a line database), and a line's runs are `text`'s runs within it (a newline is
-        not in their alphabet): when none decodes to a candidate, no scan of them has a hit."""
+        not in their alphabet): when none decodes to a candidate, no scan of them has a hit. The same holds
+        for any stretch of whole lines of `text` (from the start of one line to the end of a later one: a
+        request's body, then its header block, read in one pass): its edges are `text`'s or a newline,
+        where `^`, `$` and `\\b` read as at a text's ends; its runs are `text`'s runs within it."""
         database = self._hs_line_db
         if database is None or b"\\" in text or b"%" in text or b"\x00" in text or narrowed(text):
             return False  # (a NUL or a BOM: `text` or a line of it may be scanned narrowed too)

@@ -77,8 +77,9 @@ def scan_request_for_block(
     absolute-form request names it apart from the Host header the url is built from), header (and
     trailer) values and names, each alone and the headers all together as the evidence scan reads them
     (block_pairs), secrets foreign to a credential header, and the body. With `clean`, what it already
-    found clean is not scanned again (the body always is; the header block is remembered whole, in
-    the scanner's clean_texts that the evidence scan shares). `redacted`: the policy's
+    found clean is not scanned again (the body always is, alone or in the header block's one pass;
+    the header block is remembered whole, in the scanner's clean_texts that the evidence scan
+    shares). `redacted`: the policy's
     `redact_headers`, recorded as fingerprints and so not in the evidence's header block."""
     engine = scanner.engine
     scan = clean.scan if clean is not None else _scan_now
@@ -93,12 +94,18 @@ def scan_request_for_block(
         hits += scan(("host", host), host_hits, engine, host)
     block_key = ("block", tuple(headers), redacted)
     pairs: list[tuple[str, str]] | None = None
-    lines_clean = False
+    lines_clean = body_clean = False
+    body = unescape_ascii_json(body) if body else body
     if clean is not None and not clean.known(block_key):
         # One pass over the header block answers for the block and for each header in it scanned alone
-        # (CleanTexts.lines_clean) when it finds nothing in any of them: the usual request.
+        # (CleanTexts.lines_clean) when it finds nothing in any of them: the usual request. A body it
+        # could read as it is (no `\`: no JSON view; no `%`: no percent view) is read in that pass too.
         pairs = block_pairs(headers, redacted, engine.salt, lowered=lowered)
-        lines_clean = scanner.clean_texts.lines_clean(header_block(pairs)[0])
+        block_text = header_block(pairs)[0]
+        if body and b"\\" not in body and b"%" not in body:
+            lines_clean = body_clean = scanner.clean_texts.lines_clean(block_text, body)
+        if not lines_clean:
+            lines_clean = scanner.clean_texts.lines_clean(block_text)
     in_block = len(headers) if lines_clean else 0  # (the trailers are not lines of that block)
     for index, ((name, value), is_credential) in enumerate(zip(fields, credential, strict=True)):
         if not is_credential and not (index < in_block and _a_line_of_block(name, value, redacted)):
@@ -126,8 +133,8 @@ def scan_request_for_block(
             hits += scan(("credential", *pair), foreign_credential_hits, engine, [pair])
     names = tuple(name for name, _ in fields)
     hits += scan(("names", names), header_name_hits, engine, list(names))
-    if body:
-        hits += scan_json_body(engine, unescape_ascii_json(body))
+    if body and not body_clean:
+        hits += scan_json_body(engine, body)
     return hits
 
 
