@@ -119,9 +119,12 @@ def scan_request_for_block(
     echoes = any(credential[: len(headers)]) or (
         bool(redacted) and not redacted.isdisjoint(lowered[: len(headers)])
     )
-    hits += scan(
-        block_key, header_block_hits, block, headers, redacted, engine.salt, pairs, lines_clean, echoes
-    )
+    if clean is not None and lines_clean and not echoes:
+        clean.remember(block_key)  # (header_block_hits: the block as sent is quiet, nothing echoed)
+    else:
+        hits += scan(
+            block_key, header_block_hits, block, headers, redacted, engine.salt, pairs, lines_clean, echoes
+        )
     if trailers:  # (the evidence reads a message's trailers as a block of their own too)
         hits += scan(
             ("trailers", tuple(trailers), redacted), header_block_hits, block, trailers, redacted, engine.salt
