@@ -20,7 +20,7 @@ from mitmproxy import http
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
 from failcore.dlp.escapes import escaped_hits, unescaped
-from failcore.dlp.locations import header_block, recorded_header, scan_header_block
+from failcore.dlp.locations import header_block, recorded_header
 from failcore.dlp.model import Scans
 from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
@@ -41,9 +41,9 @@ from failcore.evidence import (
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits, spelling_hits
 from failcore.evidence.pastcap import PastCapScan
 from failcore.evidence.pastcapworker import origin_for
-from failcore.evidence.redact import credential_values, is_redaction, mask_echoes, redact_value
 from failcore.policy.model import Decision
 from failcore.proxy.cleanscans import CleanScans
+from failcore.proxy.dlpblock import a_line_of_block, block_pairs, header_block_hits, recorded_name
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
 from failcore.proxy.requesturl import header_value, request_url
@@ -85,7 +85,7 @@ def scan_request_for_block(
     scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
     # Each name lower-cased once, as the tape records it: the credential, block and echo checks read it.
-    lowered = [_recorded_name(name) for name, _ in fields]
+    lowered = [recorded_name(name) for name, _ in fields]
     credential = [lower in CREDENTIAL_HEADERS for lower in lowered]
     hits = scan(("url", url), url_hits, engine, url)
     if recorded_url and recorded_url != url:
@@ -108,7 +108,7 @@ def scan_request_for_block(
             lines_clean = scanner.clean_texts.lines_clean(block_text)
     in_block = len(headers) if lines_clean else 0  # (the trailers are not lines of that block)
     for index, ((name, value), is_credential) in enumerate(zip(fields, credential, strict=True)):
-        if not is_credential and not (index < in_block and _a_line_of_block(name, value, redacted)):
+        if not is_credential and not (index < in_block and a_line_of_block(name, value, redacted)):
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
         # (An ASCII name's str.lower() is its recorded name's.)
         if (lowered[index] if name.isascii() else name.lower()) in HOST_HEADERS:
@@ -153,105 +153,6 @@ def url_hits(engine: Scans, url: str) -> list[Hit]:
     raw = utf8_bytes(url)
     if raw != (unescaped(recorded.encode()) or (b"",))[0]:  # the URL also spells an escape as text
         hits += [replace(h, location="url") for h in engine.scan(raw)]
-    return hits
-
-
-def _recorded_name(name: str) -> str:
-    """A header's name lower-cased as the tape records it (its bytes as latin-1): `str.lower()` of
-    mitmproxy's text would also fold a KELVIN SIGN into a `k`."""
-    return (name if name.isascii() else name.encode("utf-8", "surrogateescape").decode("latin-1")).lower()
-
-
-def _echo_secrets(
-    headers: Sequence[tuple[str, str]], redacted: frozenset[str], echoes: bool | None = None
-) -> list[bytes]:
-    """The request's credentials its other headers may echo (credential_values, which reads only
-    credential and `redacted` headers: none without one). `echoes`: whether there is one, when the
-    caller knows."""
-    if echoes is None:
-        echoes = any(
-            _recorded_name(n) in CREDENTIAL_HEADERS or _recorded_name(n) in redacted for n, _ in headers
-        )
-    if echoes:
-        return credential_values([(utf8_bytes(n), utf8_bytes(v)) for n, v in headers], redacted)
-    return []
-
-
-def block_pairs(
-    headers: Sequence[tuple[str, str]],
-    redacted: frozenset[str],
-    salt: bytes = b"",
-    secrets: Sequence[bytes] = (),
-    lowered: Sequence[str] | None = None,
-) -> list[tuple[str, str]]:
-    """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
-    tape records them: all but credential headers and a value that is one fingerprint as recorded
-    (is_redaction: the policy's `redact_headers` are recorded with `salt` as one, or as a scheme then
-    one, `Bearer [redacted …]`, for a name ending in "authorization"). `secrets`: the request's own
-    credentials (_echo_secrets) echoed in other headers masked with `salt`, as the evidence also reads
-    them (mask_echoed_credentials: a header echoing the Authorization token drops out of the block).
-    `lowered`: each name's _recorded_name, in order (at least one per header), when the caller has them."""
-    pairs = []
-    names = [_recorded_name(name) for name, _ in headers] if lowered is None else lowered
-    for (name, value), lower in zip(headers, names, strict=False):
-        if lower in CREDENTIAL_HEADERS:
-            continue
-        if lower in redacted:
-            pair = (recorded_header(name, "")[0], redact_value(lower, utf8_bytes(value), salt))
-            if not _is_redaction(pair[1]):
-                pairs.append(pair)
-            continue
-        pair = recorded_header(name, value)
-        if secrets:
-            masked = mask_echoes(pair[1].encode("utf-8"), list(secrets), salt)
-            pair = (pair[0], masked.decode("utf-8", "replace"))
-        if not _is_redaction(pair[1]):
-            pairs.append(pair)
-    return pairs
-
-
-def _is_redaction(value: str) -> bool:
-    # (is_redaction's pattern is one fingerprint, `[redacted hmac-sha256:…]`, whole: it starts so.)
-    return value.startswith("[redacted hmac-sha256:") and is_redaction(value)
-
-
-def _a_line_of_block(name: str, value: str, redacted: frozenset[str]) -> bool:
-    """Whether a (non-credential) header scanned alone (scan_headers: `name: value`) is byte for byte
-    one line of the header block (block_pairs, header_block): ASCII (recorded as it is), no newline,
-    not one of the policy's `redact_headers` and not a fingerprint (both recorded otherwise)."""
-    return (
-        name.isascii()
-        and value.isascii()
-        and "\n" not in name
-        and "\n" not in value
-        and name.lower() not in redacted
-        and not _is_redaction(value)
-    )
-
-
-def header_block_hits(
-    engine: Scans,
-    headers: Sequence[tuple[str, str]],
-    redacted: frozenset[str],
-    salt: bytes = b"",
-    pairs: list[tuple[str, str]] | None = None,
-    lines_clean: bool = False,
-    echoes: bool | None = None,
-) -> list[Hit]:
-    """The hits of the evidence's one scan of a request's header block (block_pairs): the block as
-    sent and, when the request's credentials echo in its other headers, the block as the evidence
-    reads it once they are masked with `salt` (which can join what an echo sat between; the block as
-    sent keeps what the echo masks would hide, a keyword say). `pairs`: block_pairs(headers, redacted,
-    salt) when the caller has it; `lines_clean`: the block as sent is known to have no hit; `echoes`:
-    whether a credential or `redacted` header is among `headers` (_echo_secrets), when known."""
-    if pairs is None:
-        pairs = block_pairs(headers, redacted, salt)
-    hits = [] if lines_clean else scan_header_block(engine, pairs)
-    secrets = _echo_secrets(headers, redacted, echoes) if salt else []
-    if secrets:
-        echoed = block_pairs(headers, redacted, salt, secrets)
-        if echoed != pairs:
-            hits = hits + scan_header_block(engine, echoed)
     return hits
 
 
