@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from failcore.policy.decide import VERDICTS_MAX, _judged, decide
+from failcore.policy.decide import VERDICT_PATH_MAX, VERDICTS_MAX, _judged, decide
 from failcore.policy.load import parse_policy, with_mode
 
 decide_module = importlib.import_module("failcore.policy.decide")  # (the package exports the function)
@@ -86,3 +86,6 @@ def test_the_kept_verdicts_are_bounded() -> None:
         decide(policy, host="a.test", port=443, scheme="https", method="GET", path=f"/{n}")
     assert decide_module._verdicts[0] is policy
     assert len(decide_module._verdicts[1]) <= VERDICTS_MAX
+    long = "/" + "a" * VERDICT_PATH_MAX
+    assert decide(policy, host="a.test", port=443, scheme="https", method="GET", path=long).rule == "a"
+    assert ("a.test", 443, "https", "GET", long) not in decide_module._verdicts[1]

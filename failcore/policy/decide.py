@@ -39,6 +39,8 @@ CANDIDATES_MAX = 4096
 # port, scheme, method and path up to its query); past VERDICTS_MAX it starts over.
 _verdicts: tuple[Policy | None, dict[tuple[str, int, str, str, str], Decision]] = (None, {})
 VERDICTS_MAX = 4096
+# A longer path (up to its query) is judged every time.
+VERDICT_PATH_MAX = 1024
 
 
 def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
@@ -51,7 +53,10 @@ def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, pa
         verdicts = {}
         _verdicts = (policy, verdicts)
     query = path.find("?")
-    key = (host, port, scheme, method, path if query < 0 else path[:query])
+    endpoint = path if query < 0 else path[:query]
+    if len(endpoint) > VERDICT_PATH_MAX:
+        return _judged(policy, host, port, scheme, method, path)  # (not kept: 4,096 of them could be MiBs)
+    key = (host, port, scheme, method, endpoint)
     found = verdicts.get(key)
     if found is None:
         found = _judged(policy, host, port, scheme, method, path)
