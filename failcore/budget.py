@@ -22,7 +22,7 @@ request count itself never overshoots: `reserve_request` counts a request when i
 Each process keeps its own view; several processes sharing one state file add their usage to the file
 (deltas, not totals), so each sees the others' usage after its next start.
 
-Size: ~650 lines because the windows, the in-memory state, the store's lock and the batched SQLite
+Size: ~720 lines because the windows, the in-memory state, the store's lock and the batched SQLite
 writer share one invariant (what is counted in memory is what reaches the file, exactly once); the
 policy types it needs come from `failcore.policy.model` alone.
 """
@@ -92,6 +92,14 @@ class Usage:
 
 # What admitting one request adds (read only, never mutated).
 _ONE_REQUEST: Vector = Usage(requests=1).vector()
+
+
+def _nonzero(vector: Vector) -> tuple[tuple[int, int], ...]:
+    """The (index, value) of a usage vector's metrics that change (adding 0 to a total changes nothing)."""
+    return tuple((index, value) for index, value in enumerate(vector) if value)
+
+
+_ONE_REQUEST_ITEMS = _nonzero(_ONE_REQUEST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,19 +185,22 @@ class _BudgetState:
             for index, value in enumerate(old.values):
                 self.totals[index] -= value
 
-    def add(self, now: float, vector: Vector) -> int | None:
-        """Add usage; returns the bucket start it went into (None for run windows)."""
-        for index, value in enumerate(vector):
-            self.totals[index] += value
+    def add(self, now: float, vector: Vector, items: tuple[tuple[int, int], ...] | None = None) -> int | None:
+        """Add usage; returns the bucket start it went into (None for run windows). `items`:
+        `_nonzero(vector)`, when the caller has it."""
+        items = _nonzero(vector) if items is None else items
+        totals = self.totals
+        for index, value in items:
+            totals[index] += value
         if not self.rolling:
             return None
         start = int(now // self.bucket_seconds) * self.bucket_seconds
         if self.buckets and self.buckets[-1].start >= start:
             # Same bucket, or the clock stepped back: the newest bucket expires last, so it is the safe home.
-            newest = self.buckets[-1]
-            for index, value in enumerate(vector):
-                newest.values[index] += value
-            return newest.start
+            newest = self.buckets[-1].values
+            for index, value in items:
+                newest[index] += value
+            return self.buckets[-1].start
         self.buckets.append(_Bucket(start, list(vector)))
         return start
 
@@ -450,26 +461,33 @@ class BudgetStore:
         self, states: list[_BudgetState], now: float, elapsed: float, vector: Vector
     ) -> list[BudgetBreach]:
         crossed: list[BudgetBreach] = []
+        items = _ONE_REQUEST_ITEMS if vector is _ONE_REQUEST else _nonzero(vector)
         for state in states:
             state.expire(now)
             before = list(state.totals)
-            bucket = state.add(now, vector)
+            bucket = state.add(now, vector, items)
             crossed.extend(state.crossings(before, now))
             crossed.extend(state.wall_crossings(elapsed))
             if self._writer is not None:
-                self._queue_delta(state, bucket, vector)
+                self._queue_delta(state, bucket, vector, items)
         return crossed
 
     def _wake_writer(self) -> None:
         if self._writer is not None:
             self._writer.wake_if_backlogged(len(self._pending_rolling) + len(self._pending_run))
 
-    def _queue_delta(self, state: _BudgetState, bucket: int | None, vector: Vector) -> None:
+    def _queue_delta(
+        self,
+        state: _BudgetState,
+        bucket: int | None,
+        vector: Vector,
+        items: tuple[tuple[int, int], ...] | None = None,
+    ) -> None:
         if bucket is None:
             pending = self._pending_run.setdefault(state.spec.id, [0] * len(USAGE_METRICS))
         else:
             pending = self._pending_rolling.setdefault((state.spec.id, bucket), [0] * len(USAGE_METRICS))
-        for index, value in enumerate(vector):
+        for index, value in _nonzero(vector) if items is None else items:
             pending[index] += value
 
     # -- inspection ---------------------------------------------------------------------------------

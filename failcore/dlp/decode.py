@@ -523,6 +523,62 @@ def _a2b_lenient(chars: bytes) -> bytes:
     return binascii.a2b_base64(chars[: len(chars) - extra] if extra else chars)
 
 
+def no_candidates(data: bytes, runs: list[tuple[int, int]]) -> bool:
+    """True only when `encoded_candidates(RawView(data), runs)` yields nothing, known with the same
+    decodings but none of the text it would build: no run decodes to a stretch of text at any offset
+    it is read at. False when that is not known (a run that may decode to text whole, or holds many
+    NULs: perhaps UTF-16); the caller then asks encoded_candidates itself. (DlpEngine.quiet_lines:
+    the header block of most requests has a request or trace id, one run that decodes to nothing.)"""
+    for run_start, run_end in runs:
+        if run_end - run_start < MIN_RUN:
+            continue
+        run = data[run_start:run_end]
+        if len(run) % 2 == 0 and _HEX_RUN.fullmatch(run):
+            if _is_text(bytes.fromhex(run.decode())):
+                return False
+        else:
+            lenient = run.translate(_LENIENT_B64)
+            first = _a2b_lenient(lenient)
+            mapped = first.translate(_TEXT_TABLE)
+            if _may_be_text(first, mapped) or _may_have_islands(first, mapped):
+                return False
+            for step in (1, 2, 3):
+                decoded = _a2b_lenient(lenient[step:])
+                if decoded.translate(_TEXT_TABLE).find(_ISLAND_NEEDLE) >= 0 or _many_nuls(decoded):
+                    return False
+        for hex_start, hex_end in _hex_runs(run):
+            for step in (0, 1):
+                digits = run[hex_start + step : hex_end]
+                if _may_have_islands(bytes.fromhex(digits[: len(digits) // 2 * 2].decode())):
+                    return False
+    return True
+
+
+def _may_have_islands(decoded: bytes, mapped: bytes | None = None) -> bool:
+    """False only when `_Joiner.add_islands(decoded, …)` adds nothing: no stretch of text (_islands)
+    and too few NULs for its UTF-16 reading."""
+    if (decoded.translate(_TEXT_TABLE) if mapped is None else mapped).find(_ISLAND_NEEDLE) >= 0:
+        return True
+    return _many_nuls(decoded)
+
+
+def _many_nuls(decoded: bytes) -> bool:
+    """Whether `_Joiner.add_islands` also reads `decoded` as UTF-16."""
+    return decoded.count(0) * 4 >= len(decoded) > 0
+
+
+def _may_be_text(data: bytes, mapped: bytes) -> bool:
+    """True whenever `_is_text(data, mapped)` is, without its exception for bytes that are not UTF-8
+    (the usual answer for an id decoded as base64): UTF-8 decoded with replacement characters has
+    none unless it was not UTF-8 or held one itself."""
+    limit = (1 - MIN_PRINTABLE) * len(data)
+    if not data or mapped.count(b" ") <= limit:
+        return bool(data)
+    if data.translate(_TEXT_OR_HIGH_TABLE).count(b" ") > limit:
+        return False
+    return "\ufffd" not in data.decode("utf-8", "replace") or b"\xef\xbf\xbd" in data
+
+
 def encoded_candidates(
     view: View, runs: list[tuple[int, int]], budget: list[int] | None = None
 ) -> Iterator[SliceView]:

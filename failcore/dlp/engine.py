@@ -11,7 +11,7 @@ validators, entropy and allowlists decide. Backends:
 * ``python``: last resort when neither library is importable. Uses Python ``re`` only for rules whose
   shape cannot backtrack catastrophically; the others are listed in ``skipped`` and not run. Much slower.
 
-Size: ~760 lines because the backends share one pipeline (prefilter, confirm, validate) and the
+Size: ~780 lines because the backends share one pipeline (prefilter, confirm, validate) and the
 Hyperscan fast path's extra databases (keyword-gated rules, keywords, the rules read line by line for
 quiet_lines) are built and consulted by the same object as the main one. What stands alone has its
 own module: decoded views (decode.py), regex adapters and pattern analysis (regex_backend.py), the
@@ -363,7 +363,10 @@ class DlpEngine:
         subset of those places, so `text` itself is quiet too. With no rule match and no keyword, a scan's
         hits can only come from its base64/hex-like runs decoded (`_runs_only`; no rule is on the keyword
         path when there is a line database), and a line's runs are `text`'s runs within it (a newline is
-        not in their alphabet): when none decodes to a candidate, no scan of them has a hit."""
+        not in their alphabet): when none decodes to a candidate, no scan of them has a hit. The same holds
+        for any stretch of whole lines of `text` (from the start of one line to the end of a later one: a
+        request's body, then its header block, read in one pass): its edges are `text`'s or a newline,
+        where `^`, `$` and `\\b` read as at a text's ends; its runs are `text`'s runs within it."""
         database = self._hs_line_db
         if database is None or b"\\" in text or b"%" in text or b"\x00" in text or narrowed(text):
             return False  # (a NUL or a BOM: `text` or a line of it may be scanned narrowed too)
@@ -372,6 +375,8 @@ class DlpEngine:
         runs = dv.find_runs(text)
         if len(runs) >= dv.MAX_RUNS:
             return False
+        if dv.no_candidates(text, runs):  # (the usual request id or trace id: known without building)
+            return True
         budget = [dv.MAX_CANDIDATES, dv.MAX_DECODED_BYTES]
         return next(dv.encoded_candidates(dv.RawView(text), runs, budget), None) is None
 

@@ -16,6 +16,7 @@ from failcore.dlp.engine import DlpEngine
 from failcore.dlp.model import DlpRule, Hit
 from failcore.dlp.pending import PendingEngine, serving
 from failcore.dlp.rules import policy_rules
+from failcore.dlp.wide import narrowed
 
 if TYPE_CHECKING:
     from failcore.policy.model import Action, DlpSettings, Policy
@@ -68,11 +69,17 @@ class CleanTexts:
             self._keep(state, data)
         return found
 
-    def lines_clean(self, text: bytes) -> bool:
+    def lines_clean(self, text: bytes, lead: bytes = b"") -> bool:
         """Whether the engine finds nothing in `text` nor in any line of it read alone, known without
-        scanning them (DlpEngine.quiet_lines); `text` is then kept as clean, as its scan would keep it."""
+        scanning them (DlpEngine.quiet_lines); `text` is then kept as clean, as its scan would keep it.
+        With a `lead` (a request's body), the one pass is over `lead`, a newline, then `text`, and True
+        also says the engine finds nothing in `lead`: each is a stretch of whole lines of that text."""
         engine = serving(self.engine)
-        if not engine.quiet_lines(text):
+        if lead:
+            # (quiet_lines reads the start of what it is given for a UTF-16 or UTF-32 text: `text`'s too.)
+            if narrowed(text) is not None or not engine.quiet_lines(lead + b"\n" + text):
+                return False
+        elif not engine.quiet_lines(text):
             return False
         state = self._state
         if state[0] is not engine:

@@ -35,7 +35,38 @@ METHOD_OVERRIDE_PARAMETER = "_method"
 CANDIDATES_MAX = 4096
 
 
+# The verdicts of the last policy `decide` judged with (its identity, and theirs by the request's host,
+# port, scheme, method and path up to its query); past VERDICTS_MAX it starts over.
+_verdicts: tuple[Policy | None, dict[tuple[str, int, str, str, str], Decision]] = (None, {})
+VERDICTS_MAX = 4096
+# A longer path (up to its query) is judged every time.
+VERDICT_PATH_MAX = 1024
+
+
 def decide(policy: Policy, *, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
+    """The verdict for a request. A pure function of the policy and these, which reads the path only
+    through `request_path` (so not past a `?`): kept for the last policy, so the requests that repeat an
+    endpoint (an agent's every call to its provider's) are looked up."""
+    global _verdicts
+    kept_for, verdicts = _verdicts
+    if kept_for is not policy:
+        verdicts = {}
+        _verdicts = (policy, verdicts)
+    query = path.find("?")
+    endpoint = path if query < 0 else path[:query]
+    if len(endpoint) > VERDICT_PATH_MAX:
+        return _judged(policy, host, port, scheme, method, path)  # (not kept: 4,096 of them could be MiBs)
+    key = (host, port, scheme, method, endpoint)
+    found = verdicts.get(key)
+    if found is None:
+        found = _judged(policy, host, port, scheme, method, path)
+        if len(verdicts) >= VERDICTS_MAX:
+            verdicts.clear()
+        verdicts[key] = found
+    return found
+
+
+def _judged(policy: Policy, host: str, port: int, scheme: str, method: str, path: str) -> Decision:
     decision = _decide(policy, host, port, scheme, method, path, policy._default_decision)
     # A loopback host in another spelling (`0.0.0.0`, `localhost`) is judged as each too: the stricter
     # verdict wins through a rule that spelling matches (else the verdict stands).

@@ -50,9 +50,14 @@ class CleanScans:
         if key in self._clean:
             return []
         found = scan(*args)
+        if not found:
+            self.remember(key)
+        return found
+
+    def remember(self, key: tuple[object, ...]) -> None:
+        """Keep `key` as found clean (what `scan` does when its scan finds nothing)."""
         # Only short texts are kept: 4,096 clean 1 MiB headers would hold 4 GiB for the proxy's life.
-        if not found and _key_chars(key) <= CLEAN_TEXT_MAX:
+        if _key_chars(key) <= CLEAN_TEXT_MAX:
             if len(self._clean) >= self.limit:
                 self._clean.clear()
             self._clean.add(key)
-        return found

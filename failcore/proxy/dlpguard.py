@@ -20,7 +20,7 @@ from mitmproxy import http
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
 from failcore.dlp.escapes import escaped_hits, unescaped
-from failcore.dlp.locations import header_block, recorded_header, scan_header_block
+from failcore.dlp.locations import header_block, recorded_header
 from failcore.dlp.model import Scans
 from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
@@ -41,9 +41,9 @@ from failcore.evidence import (
 from failcore.evidence.dlp import foreign_credential_hits, header_name_hits, host_hits, spelling_hits
 from failcore.evidence.pastcap import PastCapScan
 from failcore.evidence.pastcapworker import origin_for
-from failcore.evidence.redact import credential_values, is_redaction, mask_echoes, redact_value
 from failcore.policy.model import Decision
 from failcore.proxy.cleanscans import CleanScans
+from failcore.proxy.dlpblock import a_line_of_block, block_pairs, header_block_hits, recorded_name
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
 from failcore.proxy.requesturl import header_value, request_url
@@ -77,13 +77,16 @@ def scan_request_for_block(
     absolute-form request names it apart from the Host header the url is built from), header (and
     trailer) values and names, each alone and the headers all together as the evidence scan reads them
     (block_pairs), secrets foreign to a credential header, and the body. With `clean`, what it already
-    found clean is not scanned again (the body always is; the header block is remembered whole, in
-    the scanner's clean_texts that the evidence scan shares). `redacted`: the policy's
+    found clean is not scanned again (the body always is, alone or in the header block's one pass;
+    the header block is remembered whole, in the scanner's clean_texts that the evidence scan
+    shares). `redacted`: the policy's
     `redact_headers`, recorded as fingerprints and so not in the evidence's header block."""
     engine = scanner.engine
     scan = clean.scan if clean is not None else _scan_now
     fields = [*headers, *trailers]
-    credential = [_recorded_name(name) in CREDENTIAL_HEADERS for name, _ in fields]
+    # Each name lower-cased once, as the tape records it: the credential, block and echo checks read it.
+    lowered = [recorded_name(name) for name, _ in fields]
+    credential = [lower in CREDENTIAL_HEADERS for lower in lowered]
     hits = scan(("url", url), url_hits, engine, url)
     if recorded_url and recorded_url != url:
         hits += scan(("url", recorded_url), url_hits, engine, recorded_url)
@@ -91,22 +94,37 @@ def scan_request_for_block(
         hits += scan(("host", host), host_hits, engine, host)
     block_key = ("block", tuple(headers), redacted)
     pairs: list[tuple[str, str]] | None = None
-    lines_clean = False
+    lines_clean = body_clean = False
+    body = unescape_ascii_json(body) if body else body
     if clean is not None and not clean.known(block_key):
         # One pass over the header block answers for the block and for each header in it scanned alone
-        # (CleanTexts.lines_clean) when it finds nothing in any of them: the usual request.
-        pairs = block_pairs(headers, redacted, engine.salt)
-        lines_clean = scanner.clean_texts.lines_clean(header_block(pairs)[0])
+        # (CleanTexts.lines_clean) when it finds nothing in any of them: the usual request. A body it
+        # could read as it is (no `\`: no JSON view; no `%`: no percent view) is read in that pass too.
+        pairs = block_pairs(headers, redacted, engine.salt, lowered=lowered)
+        block_text = header_block(pairs)[0]
+        if body and b"\\" not in body and b"%" not in body:
+            lines_clean = body_clean = scanner.clean_texts.lines_clean(block_text, body)
+        if not lines_clean:
+            lines_clean = scanner.clean_texts.lines_clean(block_text)
     in_block = len(headers) if lines_clean else 0  # (the trailers are not lines of that block)
     for index, ((name, value), is_credential) in enumerate(zip(fields, credential, strict=True)):
-        if not is_credential and not (index < in_block and _a_line_of_block(name, value, redacted)):
+        if not is_credential and not (index < in_block and a_line_of_block(name, value, redacted)):
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
-        if name.lower() in HOST_HEADERS:
+        # (An ASCII name's str.lower() is its recorded name's.)
+        if (lowered[index] if name.isascii() else name.lower()) in HOST_HEADERS:
             hits += scan(("host-header", value), host_header_hits, engine, value)
     # The headers together, as the evidence scan reads them (a rule keyed by a word in another header):
     # remembered clean whole (the list of headers), never header by header.
     block = scanner.clean_texts if clean is not None else engine
-    hits += scan(block_key, header_block_hits, block, headers, redacted, engine.salt, pairs, lines_clean)
+    echoes = any(credential[: len(headers)]) or (
+        bool(redacted) and not redacted.isdisjoint(lowered[: len(headers)])
+    )
+    if clean is not None and lines_clean and not echoes:
+        clean.remember(block_key)  # (header_block_hits: the block as sent is quiet, nothing echoed)
+    else:
+        hits += scan(
+            block_key, header_block_hits, block, headers, redacted, engine.salt, pairs, lines_clean, echoes
+        )
     if trailers:  # (the evidence reads a message's trailers as a block of their own too)
         hits += scan(
             ("trailers", tuple(trailers), redacted), header_block_hits, block, trailers, redacted, engine.salt
@@ -118,8 +136,8 @@ def scan_request_for_block(
             hits += scan(("credential", *pair), foreign_credential_hits, engine, [pair])
     names = tuple(name for name, _ in fields)
     hits += scan(("names", names), header_name_hits, engine, list(names))
-    if body:
-        hits += scan_json_body(engine, unescape_ascii_json(body))
+    if body and not body_clean:
+        hits += scan_json_body(engine, body)
     return hits
 
 
@@ -135,94 +153,6 @@ def url_hits(engine: Scans, url: str) -> list[Hit]:
     raw = utf8_bytes(url)
     if raw != (unescaped(recorded.encode()) or (b"",))[0]:  # the URL also spells an escape as text
         hits += [replace(h, location="url") for h in engine.scan(raw)]
-    return hits
-
-
-def _recorded_name(name: str) -> str:
-    """A header's name lower-cased as the tape records it (its bytes as latin-1): `str.lower()` of
-    mitmproxy's text would also fold a KELVIN SIGN into a `k`."""
-    return (name if name.isascii() else name.encode("utf-8", "surrogateescape").decode("latin-1")).lower()
-
-
-def _echo_secrets(headers: Sequence[tuple[str, str]], redacted: frozenset[str]) -> list[bytes]:
-    """The request's credentials its other headers may echo (credential_values, which reads only
-    credential and `redacted` headers: none without one)."""
-    if any(_recorded_name(n) in CREDENTIAL_HEADERS or _recorded_name(n) in redacted for n, _ in headers):
-        return credential_values([(utf8_bytes(n), utf8_bytes(v)) for n, v in headers], redacted)
-    return []
-
-
-def block_pairs(
-    headers: Sequence[tuple[str, str]],
-    redacted: frozenset[str],
-    salt: bytes = b"",
-    secrets: Sequence[bytes] = (),
-) -> list[tuple[str, str]]:
-    """The headers the evidence scan reads as one block (failcore.evidence.dlp._mask_headers), as the
-    tape records them: all but credential headers and a value that is one fingerprint as recorded
-    (is_redaction: the policy's `redact_headers` are recorded with `salt` as one, or as a scheme then
-    one, `Bearer [redacted …]`, for a name ending in "authorization"). `secrets`: the request's own
-    credentials (_echo_secrets) echoed in other headers masked with `salt`, as the evidence also reads
-    them (mask_echoed_credentials: a header echoing the Authorization token drops out of the block)."""
-    pairs = []
-    for name, value in headers:
-        lower = _recorded_name(name)
-        if lower in CREDENTIAL_HEADERS:
-            continue
-        if lower in redacted:
-            pair = (recorded_header(name, "")[0], redact_value(lower, utf8_bytes(value), salt))
-            if not _is_redaction(pair[1]):
-                pairs.append(pair)
-            continue
-        pair = recorded_header(name, value)
-        if secrets:
-            masked = mask_echoes(pair[1].encode("utf-8"), list(secrets), salt)
-            pair = (pair[0], masked.decode("utf-8", "replace"))
-        if not _is_redaction(pair[1]):
-            pairs.append(pair)
-    return pairs
-
-
-def _is_redaction(value: str) -> bool:
-    # (is_redaction's pattern is one fingerprint, `[redacted hmac-sha256:…]`, whole: it starts so.)
-    return value.startswith("[redacted hmac-sha256:") and is_redaction(value)
-
-
-def _a_line_of_block(name: str, value: str, redacted: frozenset[str]) -> bool:
-    """Whether a (non-credential) header scanned alone (scan_headers: `name: value`) is byte for byte
-    one line of the header block (block_pairs, header_block): ASCII (recorded as it is), no newline,
-    not one of the policy's `redact_headers` and not a fingerprint (both recorded otherwise)."""
-    return (
-        name.isascii()
-        and value.isascii()
-        and "\n" not in name
-        and "\n" not in value
-        and name.lower() not in redacted
-        and not _is_redaction(value)
-    )
-
-
-def header_block_hits(
-    engine: Scans,
-    headers: Sequence[tuple[str, str]],
-    redacted: frozenset[str],
-    salt: bytes = b"",
-    pairs: list[tuple[str, str]] | None = None,
-    lines_clean: bool = False,
-) -> list[Hit]:
-    """The hits of the evidence's one scan of a request's header block (block_pairs): the block as
-    sent and, when the request's credentials echo in its other headers, the block as the evidence
-    reads it once they are masked with `salt` (which can join what an echo sat between; the block as
-    sent keeps what the echo masks would hide, a keyword say). `pairs`: block_pairs(headers, redacted,
-    salt) when the caller has it; `lines_clean`: the block as sent is known to have no hit."""
-    if pairs is None:
-        pairs = block_pairs(headers, redacted, salt)
-    hits = [] if lines_clean else scan_header_block(engine, pairs)
-    secrets = _echo_secrets(headers, redacted) if salt else []
-    if secrets:
-        echoed = block_pairs(headers, redacted, salt, secrets)
-        if echoed != pairs:
-            hits = hits + scan_header_block(engine, echoed)
     return hits
 
 
