@@ -1,14 +1,15 @@
 """Where a proxy's CPU goes per exchange, thread by thread, for failcore checkouts side by side.
 
     .venv/bin/python benchmarks/proxy_threads.py [--repo /tmp/before] [--repo .] [--rounds 3] [--seconds 5]
+        [--variant observe --variant no-DLP --variant enforce]
 
-For each round, each variant (bare, failcore observe, failcore no-DLP) and each checkout, one fresh
-mitmdump serves the plain-HTTP throughput load (wrk, 8 connections, 1 KB JSON POST) and then the latency
-load (1 connection); per exchange it reports the CPU (user+system µs) of every thread of the mitmdump
-process (the event loop, the tape writer, …) and of its children (the DLP evidence worker), the context
-switches of the event loop's thread, the p50 with one connection, the RSS (mitmdump and its children)
-after the load and the machine's 1-minute load average. Interleaved: checkouts and variants alternate
-within each round, so a busy machine slows all of them alike.
+For each round, each variant (bare; failcore observe and no-DLP, or the `--variant`s) and each checkout,
+one fresh mitmdump serves the plain-HTTP throughput load (wrk, 8 connections, 1 KB JSON POST) and then
+the latency load (1 connection); per exchange it reports the CPU (user+system µs) of every thread of the
+mitmdump process (the event loop, the tape writer, …) and of its children (the DLP evidence worker), the
+context switches of the event loop's thread, the p50 with one connection, the RSS (mitmdump and its
+children) after the load and the machine's 1-minute load average. Interleaved: checkouts and variants
+alternate within each round, so a busy machine slows all of them alike.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import CommandLog, children_of, cpu_seconds, print_medians, print_round, tree_rss_mib
 from benchmarks.loadgen import wrk_for, wrk_script
 from benchmarks.servers import BenchContext, nginx_upstream, running_proxy
-from benchmarks.variants import BARE, OBSERVE, OBSERVE_NO_DLP, Variant
+from benchmarks.variants import BARE, ENFORCE, OBSERVE, OBSERVE_NO_DLP, Variant
 
 TICK = 100.0  # os.sysconf("SC_CLK_TCK") on Linux
 
@@ -90,6 +91,9 @@ def for_repo(variant: Variant, repo: Path) -> Variant:
     )
 
 
+_VARIANTS = {"observe": OBSERVE, "no-DLP": OBSERVE_NO_DLP, "enforce": ENFORCE}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -98,9 +102,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        choices=sorted(_VARIANTS),
+        help="failcore variants to run (repeat; default: observe and no-DLP)",
+    )
     args = parser.parse_args(argv)
     repos = [r.resolve() for r in (args.repo or [Path(__file__).resolve().parent.parent])]
-    variants = [BARE] + [for_repo(v, r) for v in (OBSERVE, OBSERVE_NO_DLP) for r in repos]
+    chosen = [_VARIANTS[name] for name in args.variant or ["observe", "no-DLP"]]
+    variants = [BARE] + [for_repo(v, r) for v in chosen for r in repos]
     rows: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="failcore-threads-") as tmp:
         workdir = Path(tmp)
