@@ -110,8 +110,9 @@ class FailCore:
             # Before the recorder, which lets go of the flow's state.
             FlowVerdict(s),
             self.replayer,
-            self.recorder,
+            # Before the recorder, whose `done` closes the tape (a stream open at stop is recorded then).
             self.tcp,
+            self.recorder,
             MalformedRequests(s),
             ConnectionEvents(s),
         )

@@ -71,7 +71,9 @@ def passthrough_event(
 
 
 def _address(conn: connection.Connection | None) -> tuple[str, int]:
-    addr = getattr(conn, "address", None) or getattr(conn, "peername", None) or ("", 0)
+    # (A server is known by the address it was asked for, a client by its peer's.)
+    addr = conn.address if isinstance(conn, connection.Server) else getattr(conn, "peername", None)
+    addr = addr or ("", 0)
     return str(addr[0]), int(addr[1])
 
 
@@ -112,6 +114,9 @@ class PassedThrough:
     def done(self) -> None:
         open_tunnels, self._open = self._open, {}
         for tunnel in open_tunnels.values():
-            self.session.record(
-                passthrough_event(self.session.run_id, tunnel, self.session.policy, still_open=True)
-            )
+            try:
+                event = passthrough_event(self.session.run_id, tunnel, self.session.policy, still_open=True)
+            except Exception as exc:  # (recorded; the others still are)
+                self.session.internal_error(None, "passthrough.done", exc)
+                continue
+            self.session.record(event)

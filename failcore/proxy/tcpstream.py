@@ -102,9 +102,12 @@ class TcpRecorder:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.streams: dict[str, TcpState] = {}
+        # The streams' flows, by id: a stream mitmproxy has not ended when the proxy stops is recorded then.
+        self.flows: dict[str, tcp.TCPFlow] = {}
 
     @guarded("tcp.tcp_start")
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        self.flows[flow.id] = flow
         host, port = stream_target(flow)
         if self.session.settings.raw_tcp == "block":
             self.streams[flow.id] = TcpState(host, port, RAW_TCP_BLOCKED, blocked_by="raw_tcp")
@@ -247,7 +250,17 @@ class TcpRecorder:
     def tcp_error(self, flow: tcp.TCPFlow) -> None:
         self._record(flow)
 
-    def _record(self, flow: tcp.TCPFlow) -> None:
+    def done(self) -> None:
+        """A stream still open when the proxy stops (mitmproxy ends it no more) is recorded now."""
+        for flow in list(self.flows.values()):
+            try:
+                self._record(flow, at_stop=True)
+            except Exception as exc:  # (recorded; the others still are)
+                self.session.internal_error(flow, "tcp.done", exc)
+        self.flows.clear()
+
+    def _record(self, flow: tcp.TCPFlow, *, at_stop: bool = False) -> None:
+        self.flows.pop(flow.id, None)
         state = self.streams.pop(flow.id, None)
         if state is None:
             return
@@ -306,6 +319,7 @@ class TcpRecorder:
                 # Client bytes still held when the stream ended: sent, never judged nor relayed.
                 "held_bytes": len(state.held),
                 "http_seen_at": state.http_seen_at,
+                "open_when_the_proxy_stopped": at_stop,
             },
         )
         self.session.record(event.to_dict())

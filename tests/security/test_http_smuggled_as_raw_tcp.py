@@ -81,10 +81,12 @@ def test_smuggled_request_over_tls_without_alpn_is_refused(
     ):
         tls.sendall(b"\r\n" + admin_post(logging_upstream))
         answer = read_until_closed(tls, 1)
-    proxy.flush()
+    # (Stopped before the tape is read: a stream mitmproxy has not ended yet is recorded then. Once in
+    # a CI run, under load, the stream's end did not come within 60 s.)
+    proxy.stop()
     assert answer == b""
     assert b"/admin" not in logging_upstream.received_bytes()
-    (event,) = tcp_events(tmp_path / "tape", wait=60)
+    (event,) = tcp_events(tmp_path / "tape", wait=0)
     assert (event["decision"], event["rule"], event["detail"]["tls"]) == ("BLOCK", "no-admin", True)
 
 

@@ -73,3 +73,22 @@ def test_dlp_block_stops_a_secret_in_raw_tcp(
     assert (hit["rule"], hit["action"], hit["location"]) == ("github-pat", "BLOCK", "request.body@28")
     tape = b"".join(p.read_bytes() for p in (tmp_path / "tape").glob("seg-*.jsonl"))
     assert GITHUB_PAT.encode() not in tape
+
+
+def test_a_raw_tcp_stream_open_when_the_proxy_stops_is_on_the_tape(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:
+    """mitmproxy does not end a stream it is relaying when the proxy stops: it was recorded only at its
+    end, so a stream still open then left no event."""
+    proxy = start_proxy(policy_file("version: 1\nmode: enforce\ndefault: ALLOW\n"))
+    sock = tunnel(proxy.port, plain_logging_upstream)
+    try:
+        sock.sendall(PAYLOAD)
+        assert read_until_closed(sock, len(PAYLOAD)) == PAYLOAD
+        proxy.stop()
+    finally:
+        sock.close()
+    (event,) = tcp_events(tmp_path / "tape", wait=0)
+    assert event["target"]["port"] == plain_logging_upstream.port
+    assert (event["bytes_out"], event["bytes_in"]) == (len(PAYLOAD), len(PAYLOAD))
+    assert event["detail"]["open_when_the_proxy_stopped"] is True
