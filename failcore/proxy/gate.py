@@ -8,6 +8,7 @@ import ipaddress
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import orjson
@@ -28,8 +29,8 @@ from failcore.policy.load import load_policy, with_mode
 from failcore.policy.model import Decision, Policy, PolicyError
 from failcore.proxy.failclosed import withhold_sni
 from failcore.proxy.guard import guarded
-from failcore.proxy.overrides import body_override_methods, names_a_method
-from failcore.proxy.session import Fronted, Session, answer, answered_by_failcore
+from failcore.proxy.overrides import OverrideBody, methods_in_body, names_a_method, override_body
+from failcore.proxy.session import FlowState, Fronted, Session, answer, answered_by_failcore
 from failcore.runmarks import policy_detail
 from failcore.shipped import default_policy_path, resolve_policy
 
@@ -307,29 +308,50 @@ class PolicyGate:
         state.decision = decision
 
     @guarded("gate.request")
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response is not None:
-            return
+            return None
         state = self.session.flows.get(flow.id)
         if state is None or state.decision is None:
-            return
+            return None
         policy = self.session.policy
         if policy is not None and state.decided_host is not None and names_a_method(policy):
             # Without a rule naming methods another method reads the same: the body is not parsed.
-            req = flow.request
-            for override in body_override_methods(req, policy):
-                # The body is here now (buffered, or held): a `_method` field in it is judged too.
-                state.decision = stricter(
-                    state.decision,
-                    decide(
-                        policy,
-                        host=state.decided_host,
-                        port=req.port,
-                        scheme=req.scheme,
-                        method=override,
-                        path=req.path,
-                    ),
-                )
+            body = override_body(flow.request)
+            if body is not None and body.decodes_off_loop():
+                return self._overrides_off_loop(flow, state, policy, body)
+            self._judge_overrides(flow, state, policy, [] if body is None else methods_in_body(body, policy))
+        self._refuse_if_blocked(flow, state)
+        return None
+
+    async def _overrides_off_loop(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, body: OverrideBody
+    ) -> None:
+        """A transfer-coded body that may inflate to megabytes is inflated and read in a worker thread."""
+        self._judge_overrides(flow, state, policy, await asyncio.to_thread(methods_in_body, body, policy))
+        self._refuse_if_blocked(flow, state)
+
+    def _judge_overrides(
+        self, flow: http.HTTPFlow, state: FlowState, policy: Policy, methods: list[str]
+    ) -> None:
+        req = flow.request
+        assert state.decision is not None and state.decided_host is not None
+        for override in methods:
+            # The body is here now (buffered, or held): a `_method` field in it is judged too.
+            state.decision = stricter(
+                state.decision,
+                decide(
+                    policy,
+                    host=state.decided_host,
+                    port=req.port,
+                    scheme=req.scheme,
+                    method=override,
+                    path=req.path,
+                ),
+            )
+
+    def _refuse_if_blocked(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        assert state.decision is not None
         if state.decision.decision != "BLOCK":
             return
         state.blocked = True

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import orjson
 from mitmproxy import http
 
-from failcore.evidence import ON_LOOP_DECODE_LIMIT, body_encoding, decode_body
+from failcore.evidence import (
+    ON_LOOP_DECODE_LIMIT,
+    body_encoding,
+    decode_body,
+    decoded_size_at_most,
+    read_off_loop,
+)
 from failcore.policy.decide import METHOD_OVERRIDE_PARAMETER
 from failcore.policy.model import Policy
 
@@ -91,17 +98,53 @@ def body_override_methods(req: http.Request, policy: Policy) -> list[str]:
     chunked`, forwarded gzip'd by mitmproxy) is read as sent and as its receiver reads it, inflated
     (RFC 9112 6.1): each method either names is judged; one that inflates past ON_LOOP_DECODE_LIMIT
     cannot be read whole, and may name any method a rule of `policy` names."""
+    body = override_body(req)
+    return [] if body is None else methods_in_body(body, policy)
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideBody:
+    """What body_override_methods reads of a request, taken on the event loop (methods_in_body may
+    then run in a worker thread)."""
+
+    content_type: str
+    raw: bytes
+    transfer_codings: str | None
+
+    def decodes_off_loop(self) -> bool:
+        """Whether inflating its transfer coding is left to a worker thread: it is large on the wire, or
+        inflates past what a plain body is read up to on the loop (probed that far, no further)."""
+        codings = self.transfer_codings
+        if codings is None:
+            return False
+        if read_off_loop(len(self.raw), codings, OFF_LOOP_BYTES):
+            return True
+        return decoded_size_at_most(self.raw, codings, OFF_LOOP_BYTES + 1) > OFF_LOOP_BYTES
+
+
+# As DLP's blocking scan (failcore.proxy.dlpguard.SCAN_OFF_LOOP_BYTES).
+OFF_LOOP_BYTES = 64 * 1024
+
+
+def override_body(req: http.Request) -> OverrideBody | None:
+    """The body body_override_methods reads, or None when it reads none."""
     if req.method != "POST" or req.stream or not req.raw_content:
-        return []
+        return None
     if req.headers.get("content-encoding", "identity").strip().lower() != "identity":
-        return []
-    methods = _override_methods(req.headers.get("content-type", ""), req.raw_content)
+        return None
     codings = body_encoding(None, req.headers.get("transfer-encoding"))
-    if codings:
-        # Inflated on the event loop up to ON_LOOP_DECODE_LIMIT (Rack's query parser reads no urlencoded
-        # form past 4 MiB, its bytesize_limit; but Laravel reads a JSON body whole).
-        decoded = decode_body(req.raw_content, codings, ON_LOOP_DECODE_LIMIT)
-        methods += _override_methods(req.headers.get("content-type", ""), decoded.data)
+    return OverrideBody(req.headers.get("content-type", ""), req.raw_content, codings or None)
+
+
+def methods_in_body(body: OverrideBody, policy: Policy) -> list[str]:
+    """body_override_methods over what override_body took (no mitmproxy object: any thread)."""
+    methods = _override_methods(body.content_type, body.raw)
+    if body.transfer_codings:
+        # Inflated up to ON_LOOP_DECODE_LIMIT (Rack's query parser reads no urlencoded form past 4 MiB,
+        # its bytesize_limit; but Laravel reads a JSON body whole), in a worker thread past
+        # OFF_LOOP_BYTES of wire (OverrideBody.decodes_off_loop).
+        decoded = decode_body(body.raw, body.transfer_codings, ON_LOOP_DECODE_LIMIT)
+        methods += _override_methods(body.content_type, decoded.data)
         if decoded.over_limit:
             methods += sorted({method for rule in policy.rules for method in rule.methods or ()})
     return list(dict.fromkeys(methods))
