@@ -9,6 +9,7 @@ concerns read (`session.settings`), so the harness registers it first, exactly a
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,3 +86,21 @@ def concerns(*classes: type, confdir: Path, **options: Any) -> Iterator[Harness]
         for addon in (settings, *built):
             tctx.master.addons.invoke_addon_sync(addon, hooks.ConfigureHook(everything))
         yield Harness(tctx, settings, session, built, events)
+
+
+def decoded_by_thread(monkeypatch: Any) -> list[int]:
+    """[bytes decoded on the event loop's thread (the harness's main thread), bytes decoded in other
+    threads], of every body from now on (failcore.evidence.body.decoded_steps counted)."""
+    from failcore.evidence import body
+
+    counts = [0, 0]
+    decoded_steps = body.decoded_steps
+
+    def counted(data: bytes, encoding: str | None) -> Iterator[bytes]:
+        where = 0 if threading.current_thread() is threading.main_thread() else 1
+        for piece in decoded_steps(data, encoding):
+            counts[where] += len(piece)
+            yield piece
+
+    monkeypatch.setattr(body, "decoded_steps", counted)
+    return counts

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, read_tape
-from tests.security.budget_helpers import token_budget
+from tests.security.budget_helpers import completion_without_usage, token_budget
 from tests.security.transfer_helpers import RawUpstream, through_proxy
 
 # Text a Python server escapes in its JSON (`ensure_ascii`): 6 bytes of body per character.
@@ -18,24 +18,11 @@ TEXT = "Le café coûte 3 € à Zürich. 東京の天気は晴れです。" * 4
 FRAMING_TOKENS = 4  # what an estimate adds per message (failcore.budgetcharge's documented framing)
 
 
-def _completion_without_usage(text: str) -> bytes:
-    return json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-2024-08-06",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-        }
-    ).encode()
-
-
 @pytest.mark.parametrize("label", ["gzip", "br", "x-unknown"])
 def test_a_plain_json_answer_labelled_with_a_coding_is_charged_its_text(
     label: str, start_proxy, policy_file, tmp_path: Path
 ) -> None:
-    body = _completion_without_usage(TEXT)
+    body = completion_without_usage(TEXT)
     assert len(body) > 3 * len(TEXT)
     answer = (
         f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: {label}\r\n"

@@ -16,7 +16,7 @@ from failcore.proxy import streamcopy
 from failcore.proxy.streamcopy import WholeBodyCopy
 from tests.helpers import network_events, read_tape
 from tests.llm_replay import load_exchanges
-from tests.security.budget_helpers import token_budget
+from tests.security.budget_helpers import completion_without_usage, token_budget
 from tests.security.coding_helpers import encode_stack
 from tests.security.transfer_helpers import RawUpstream, through_proxy
 
@@ -139,16 +139,7 @@ def test_an_answer_still_decoding_when_it_ends_is_charged_what_it_decodes_to(
     end, so most of it is still to be decoded when it ends (settled a step per loop turn): the budget is
     charged what it decodes to (a token per character, and the framing's 4), the next call refused."""
     text = _recorded_text(6 << 20).decode()
-    body = json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-2024-08-06",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-        }
-    ).encode()
+    body = completion_without_usage(text)
     wire = encode_stack(body, "gzip")
     assert len(wire) < 4 << 20 and len(body) > 4 * len(wire)
     with RawUpstream(_chunked_answer(body, "gzip")) as upstream:

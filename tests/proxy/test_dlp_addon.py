@@ -4,8 +4,6 @@ stopped before it leaves (enforce), only noted in observe mode; clean traffic is
 from __future__ import annotations
 
 import gzip
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,10 +11,9 @@ from mitmproxy import http, websocket
 from mitmproxy.test import tflow, tutils
 from wsproto.frame_protocol import Opcode
 
-from failcore.evidence import body
 from failcore.proxy.dlpguard import DlpGuard
 from failcore.proxy.gate import PolicyGate
-from tests.addon_harness import Harness, concerns
+from tests.addon_harness import Harness, concerns, decoded_by_thread
 from tests.security.helpers import AWS_KEY_ID, DLP_BLOCK
 
 
@@ -81,16 +78,7 @@ def test_a_small_compressed_body_inflating_to_megabytes_is_decoded_and_scanned_o
     plain = b'{"note": "' + b" " * (3 << 20) + b"key " + AWS_KEY_ID.encode() + b'"}'
     wire = gzip.compress(plain)
     assert len(wire) < 4096  # (under 64 KiB / 16: not sent off the loop for its wire size)
-    counts = [0, 0]  # bytes decoded on the event loop's thread (the main thread here), elsewhere
-    decoded_steps = body.decoded_steps
-
-    def counted(data: bytes, encoding: str | None) -> Iterator[bytes]:
-        where = 0 if threading.current_thread() is threading.main_thread() else 1
-        for piece in decoded_steps(data, encoding):
-            counts[where] += len(piece)
-            yield piece
-
-    monkeypatch.setattr(body, "decoded_steps", counted)
+    counts = decoded_by_thread(monkeypatch)  # [on the event loop (the main thread here), elsewhere]
     with concerns(PolicyGate, DlpGuard, confdir=confdir, failcore_policy=str(policy("enforce"))) as h:
         req = tutils.treq(
             host="api.example.com",

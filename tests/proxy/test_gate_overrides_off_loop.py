@@ -7,17 +7,14 @@ a worker thread, and its verdict is the same (mitmproxy's addon harness: hooks o
 from __future__ import annotations
 
 import gzip
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from failcore.evidence import body
 from failcore.proxy.gate import PolicyGate
-from tests.addon_harness import concerns
+from tests.addon_harness import concerns, decoded_by_thread
 
 POLICY = """version: 1
 mode: enforce
@@ -27,21 +24,6 @@ rules:
 """
 
 
-def _decoded_where(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """[bytes inflated on the event loop's thread (the main thread here), bytes inflated elsewhere]."""
-    counts = [0, 0]
-    decoded_steps = body.decoded_steps
-
-    def counted(data: bytes, encoding: str | None) -> Iterator[bytes]:
-        where = 0 if threading.current_thread() is threading.main_thread() else 1
-        for piece in decoded_steps(data, encoding):
-            counts[where] += len(piece)
-            yield piece
-
-    monkeypatch.setattr(body, "decoded_steps", counted)
-    return counts
-
-
 @pytest.mark.parametrize("method", ["DELETE", "PUT"])
 def test_a_small_transfer_coded_form_inflating_to_megabytes_is_read_off_the_loop(
     method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -49,7 +31,7 @@ def test_a_small_transfer_coded_form_inflating_to_megabytes_is_read_off_the_loop
     plain = b"note=" + b"x" * (3 << 20) + b"&_method=" + method.encode()
     wire = gzip.compress(plain)
     assert len(wire) < 4096  # (under 64 KiB / 16: not sent off the loop for its wire size)
-    counts = _decoded_where(monkeypatch)
+    counts = decoded_by_thread(monkeypatch)
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     with concerns(PolicyGate, confdir=tmp_path, failcore_policy=str(policy)) as h:

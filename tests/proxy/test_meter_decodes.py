@@ -16,7 +16,7 @@ from mitmproxy.test import tflow, tutils
 from failcore.evidence import body
 from failcore.proxy.gate import PolicyGate
 from failcore.proxy.meter import LlmMeter
-from tests.addon_harness import concerns
+from tests.addon_harness import concerns, decoded_by_thread
 from tests.llm_replay import load_exchanges
 
 ANSWER = b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": {"prompt_tokens": 5}}'
@@ -71,21 +71,6 @@ def test_a_compressed_request_that_is_not_a_json_object_is_decoded_once_off_the_
     assert on_loop == [False]
 
 
-def _decoded_on_loop(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """[bytes decoded on the event loop's thread, bytes decoded in other threads], of every body."""
-    counts = [0, 0]
-    decoded_steps = body.decoded_steps
-
-    def counted(data: bytes, encoding: str | None) -> Iterator[bytes]:
-        where = 0 if threading.current_thread() is threading.main_thread() else 1
-        for piece in decoded_steps(data, encoding):
-            counts[where] += len(piece)
-            yield piece
-
-    monkeypatch.setattr(body, "decoded_steps", counted)
-    return counts
-
-
 # What a test accepts as "a little" decoded on the loop (the meter parses no more than 128 KiB there).
 ON_LOOP_BOUND = 512 * 1024
 
@@ -112,7 +97,7 @@ def test_a_small_compressed_body_decoding_to_megabytes_is_decoded_off_the_loop(
     else:
         response_body = gzip.compress(response_body)
         assert len(response_body) < 8 * 1024
-    counts = _decoded_on_loop(monkeypatch)
+    counts = decoded_by_thread(monkeypatch)
     with concerns(PolicyGate, LlmMeter, confdir=confdir) as h:
         coding = [(b"content-encoding", b"gzip")]
         req = tutils.treq(

@@ -100,3 +100,17 @@ def two_charged_then_refused(
 
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def completion_without_usage(text: str) -> bytes:
+    """A chat completion answering `text` that reports no usage."""
+    return json.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "model": "gpt-4o-2024-08-06",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+    ).encode()

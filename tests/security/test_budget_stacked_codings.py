@@ -26,7 +26,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import network_events, proxied_client, read_tape
-from tests.security.budget_helpers import recorded_streams_without_usage, token_budget
+from tests.security.budget_helpers import (
+    completion_without_usage,
+    recorded_streams_without_usage,
+    token_budget,
+)
 from tests.security.coding_helpers import encode_stack
 from tests.security.transfer_helpers import RawUpstream, through_proxy
 
@@ -221,7 +225,7 @@ def test_a_json_answer_under_a_coding_failcore_cannot_undo_is_charged_what_it_de
     """A chat completion without usage under `gzip, x-unknown`: failcore undoes the gzip, cannot read
     the rest, and charges the body as far as it decodes (here all of it: x-unknown left it as it was)."""
     text = "Lorem ipsum dolor sit amet. " * 100
-    body = _completion_without_usage(text)
+    body = completion_without_usage(text)
     answer = _answer("application/json", body, "gzip, x-unknown", None)
     request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
     llm = _two_calls(
@@ -237,20 +241,6 @@ def test_a_json_answer_under_a_coding_failcore_cannot_undo_is_charged_what_it_de
 
 
 NO_USAGE = b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": []}'
-
-
-def _completion_without_usage(text: str) -> bytes:
-    """A chat completion answering `text` that reports no usage."""
-    return json.dumps(
-        {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "model": "gpt-4o-2024-08-06",
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-            ],
-        }
-    ).encode()
 
 
 def test_a_prompt_under_a_coding_failcore_cannot_undo_is_weighed_as_far_as_it_decodes(
@@ -303,7 +293,7 @@ def test_a_gzipped_json_answer_past_the_metered_copy_is_weighed_decoded(
     keeps to meter it whole (`failcore_llm_body_max`, set small here: 64 MiB by default): it was charged
     its gzip'd size; now what it decodes to, counted as it passed."""
     text = "Lorem ipsum dolor sit amet. " * 2000
-    body = _completion_without_usage(text)
+    body = completion_without_usage(text)
     answer = _answer("application/json", body, "gzip", "chunked")
     assert 100 < len(encode_stack(body, "gzip")) < len(body) // 20
     request = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
