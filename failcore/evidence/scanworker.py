@@ -22,8 +22,9 @@ branch pastcapev): the full scan of such an exchange's recorded 1 MiB binary bod
 and ~110 ms in a busy proxy, held the proxy's GIL for most of it (Hyperscan releases it while it scans;
 base64, the decoded views and the joins around it do not).
 
-The child also builds a plain exchange's whole event (failcore.evidence.remotebuild): the proxy then
-only takes the exchange's snapshot.
+The child also builds an exchange's whole event (plain, streamed or an LLM call, without a past-cap scan:
+failcore.evidence.remotebuild): the proxy then only takes the exchange's snapshot, and gets the event
+back as the bytes of its tape line (SERIALISED; failcore.tape.serialised).
 
 The pipe carries length-prefixed orjson frames of plain JSON (no pickle); the child reads its stdin,
 writes its stdout, opens no socket and never sees the tape or the signing key.
