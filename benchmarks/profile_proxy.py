@@ -77,6 +77,9 @@ def main(argv: list[str]) -> int:
         "--gil", action="store_true", help="sample only the thread holding the GIL (where CPU really goes)"
     )
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--threads", action="store_true", help="name each sample's thread (keep them apart with --raw)"
+    )
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (1: the latency load)")
     parser.add_argument(
         "--https",
@@ -152,6 +155,7 @@ def main(argv: list[str]) -> int:
                 str(raw),
                 "--nonblocking",
                 *(["--gil"] if args.gil else []),
+                *(["--threads"] if args.threads else []),
             ]
             recorder = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             result = load()

@@ -48,7 +48,7 @@ import orjson
 from failcore.event import EgressEvent
 from failcore.evidence.dlp import Echoes, scan_event
 from failcore.evidence.findings import PastCapFindings
-from failcore.evidence.workerpipe import LENGTH, read_frame, read_raw_frame, ready, write_all, write_frame
+from failcore.evidence.workerpipe import LENGTH, FrameReader, ready, widen_pipe, write_all, write_frame
 from failcore.spawn import start_worker
 from failcore.tape.serialised import SerialisedEvent
 
@@ -244,6 +244,7 @@ class ScanWorker:
         assert self.process.stdin is not None and self.process.stdout is not None
         self._in = self.process.stdin
         self._out = self.process.stdout.fileno()
+        self._reader = FrameReader(self._out)
         self.ready = False
         self.refused: str | None = None
         config = origin_config(origin)
@@ -253,6 +254,8 @@ class ScanWorker:
         # Batches are written with a deadline (see scan): the pipe never blocks the tape writer.
         self._in_fd = self._in.fileno()
         os.set_blocking(self._in_fd, False)
+        widen_pipe(self._in_fd)
+        widen_pipe(self._out)
 
     @property
     def pid(self) -> int:
@@ -262,8 +265,8 @@ class ScanWorker:
         """Whether the child has its scanner; never waits."""
         if self.ready or self.refused is not None:
             return self.ready
-        if ready(self._out, select.POLLIN, time.monotonic()):
-            reply = read_frame(self._out, time.monotonic() + REPLY_TIMEOUT)
+        if self._reader.buffered() or ready(self._out, select.POLLIN, time.monotonic()):
+            reply = self._reader.read_frame(time.monotonic() + REPLY_TIMEOUT)
             if isinstance(reply, dict) and reply.get("ok") is True:
                 self.ready = True
             else:
@@ -280,7 +283,7 @@ class ScanWorker:
         # A stuck child stops reading: a frame larger than the pipe's buffer times out as a reply does.
         write_all(self._in_fd, LENGTH.pack(len(data)) + data, time.monotonic() + REPLY_TIMEOUT)
         deadline = time.monotonic() + REPLY_TIMEOUT
-        reply = read_frame(self._out, deadline)
+        reply = self._reader.read_frame(deadline)
         if not isinstance(reply, list) or len(reply) != len(scans):
             raise ValueError("malformed reply from the DLP evidence worker")
         out: list[dict[str, Any] | SerialisedEvent | None] = []
@@ -292,7 +295,7 @@ class ScanWorker:
             elif item == UNCHANGED:
                 out.append(scan.event)
             elif item == SERIALISED:
-                out.append(_serialised(read_raw_frame(self._out, deadline)))
+                out.append(_serialised(self._reader.read_raw_frame(deadline)))
             else:
                 out.append(None)
         return out

@@ -5,6 +5,8 @@ and writes on the proxy's side give up at a deadline (a stuck child)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import select
 import struct
@@ -15,6 +17,21 @@ import orjson
 
 LENGTH = struct.Struct(">I")
 MAX_FRAME_BYTES = 1 << 30
+
+
+# A worker's pipes are widened to this (Linux's default ceiling for an unprivileged process,
+# /proc/sys/fs/pipe-max-size): a batch and its reply cross in one write and one read instead of one per
+# 64 KiB, each of them a GIL hand-over with the proxy's event loop on the proxy's side.
+PIPE_BYTES = 1 << 20
+
+
+def widen_pipe(fd: int) -> None:
+    """Ask for a PIPE_BYTES buffer on `fd`; where the system refuses (a lower ceiling, not Linux) the
+    pipe keeps its size: slower, not wrong."""
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, setpipe, PIPE_BYTES)
 
 
 def write_frame(stream: IO[bytes], payload: object) -> None:
@@ -73,3 +90,52 @@ def read_raw_frame(fd: int, deadline: float | None = None) -> bytes:
 
 def read_frame(fd: int, deadline: float | None = None) -> Any:
     return orjson.loads(read_raw_frame(fd, deadline))
+
+
+# What one read of a worker's reply asks the pipe for (it returns what is there, up to this).
+READ_SIZE = 1 << 20
+
+
+class FrameReader:
+    """The proxy's side of a worker's reply pipe, read through one buffer.
+
+    A reply is many frames (one per serialised event); read frame by frame it cost two polls and two
+    reads each, and every one of those system calls lets go of the GIL and takes it back, a hand-over
+    with the proxy's event loop each time. Here a read takes whatever the pipe holds (up to READ_SIZE),
+    so a reply costs a few reads. Used from one thread."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+        self._start = 0
+
+    def buffered(self) -> int:
+        """Bytes read from the pipe and not yet taken."""
+        return len(self._buffer) - self._start
+
+    def read_exact(self, size: int, deadline: float | None) -> bytes:
+        while self.buffered() < size:
+            if deadline is not None and not ready(self.fd, select.POLLIN, deadline):
+                raise TimeoutError("no reply from the DLP evidence worker")
+            chunk = os.read(self.fd, max(READ_SIZE, size - self.buffered()))
+            if not chunk:
+                raise EOFError("the DLP evidence worker closed its pipe")
+            if self._start:
+                del self._buffer[: self._start]
+                self._start = 0
+            self._buffer += chunk
+        data = bytes(self._buffer[self._start : self._start + size])
+        self._start += size
+        if self._start == len(self._buffer):
+            self._buffer.clear()
+            self._start = 0
+        return data
+
+    def read_raw_frame(self, deadline: float | None = None) -> bytes:
+        (size,) = LENGTH.unpack(self.read_exact(LENGTH.size, deadline))
+        if size > MAX_FRAME_BYTES:
+            raise ValueError(f"oversized frame from the DLP evidence worker ({size} bytes)")
+        return self.read_exact(size, deadline)
+
+    def read_frame(self, deadline: float | None = None) -> Any:
+        return orjson.loads(self.read_raw_frame(deadline))

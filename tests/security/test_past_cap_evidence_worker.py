@@ -250,13 +250,14 @@ def test_a_past_cap_upload_is_masked_by_the_worker_and_the_scan_process_ends_wit
 def test_a_stopped_worker_cannot_block_the_writer_with_a_frame_larger_than_its_pipe(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A past-cap event with a 1 MiB recorded part is a ~1.4 MB frame, larger than a pipe's buffer: a
-    stopped child never reads it, and the write blocked the tape writer with no time limit (only the
+    """A past-cap event with a 4 MiB recorded part is a ~5.6 MB frame, larger than a pipe's buffer (1
+    MiB where failcore could widen it, failcore.evidence.workerpipe.widen_pipe): a stopped child never
+    reads it, and the write blocked the tape writer with no time limit (only the
     reply's read had one). It now gives up, kills the child, records the loss and the writer masks
     the event itself."""
     import failcore.evidence.scanworker as scanworker
 
-    cap = 1 << 20
+    cap = 4 << 20
     origin, scanner = _origin_and_scanner()
     token = github_token()
     body = bytearray(hashlib.shake_256(b"a frame larger than the pipe").digest(cap + 200_000))
