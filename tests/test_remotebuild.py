@@ -4,6 +4,7 @@ proxy's own, byte for byte, and whatever the child cannot build is built by the 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import random
 import time
@@ -217,6 +218,31 @@ def test_the_child_builds_the_proxys_event(seed: int, origin_scanner: tuple[Any,
     item = RemoteBuild(_snapshot(seed), _settings(scanner, origin), BuildFirst(dict)).frame_item()
     remote = build_from_frame(_on_the_pipe(item), scanner)
     assert orjson.dumps(remote) == orjson.dumps(local)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_frame_serialised_on_the_event_loop_builds_the_proxys_event(
+    seed: int, origin_scanner: tuple[Any, Any]
+) -> None:
+    """The recorder serialises a RemoteBuild's frame at once (failcore.proxy.recorder), not in the
+    writer's thread a batch later: the child must build the same event from those bytes."""
+    origin, scanner = origin_scanner
+    local = build_exchange_event(_snapshot(seed), _settings(scanner))
+    remote_build = RemoteBuild(_snapshot(seed), _settings(scanner, origin), BuildFirst(dict))
+    remote_build.serialise_now()
+    assert remote_build.frame is not None
+    remote = build_from_frame(orjson.loads(remote_build.frame_bytes()), scanner)
+    assert orjson.dumps(remote) == orjson.dumps(local)
+
+
+def test_a_frame_orjson_refuses_is_left_to_the_writer(origin_scanner: tuple[Any, Any]) -> None:
+    origin, scanner = origin_scanner
+    snap = dataclasses.replace(_snapshot(3), warnings=[{"code": object()}])  # type: ignore[list-item]
+    remote_build = RemoteBuild(snap, _settings(scanner, origin), BuildFirst(dict))
+    remote_build.serialise_now()
+    assert remote_build.frame is None
+    with pytest.raises(TypeError):  # (the worker's scan() then answers None: the writer builds it)
+        remote_build.frame_bytes()
 
 
 def _same_message(back: MessageSnapshot, sent: MessageSnapshot) -> None:

@@ -326,9 +326,11 @@ class Recorder:
             if body_bytes <= LOOP_BUILD_MAX_BYTES and remote_eligible(snap, settings, body_bytes):
                 # Built by the DLP evidence worker with its DLP pass (or by the writer's thread when it
                 # cannot), never here: failcore.evidence.remotebuild.
-                return RemoteBuild(
+                remote = RemoteBuild(
                     snap, settings, BuildFirst(self._safe(partial(build_exchange_event, snap, settings)))
                 )
+                remote.serialise_now()
+                return remote
             compiling = settings.dlp is not None and not engine_ready(settings.dlp.engine)
             if not compiling and body_bytes <= LOOP_BUILD_MAX_BYTES:
                 return build_exchange_event(snap, settings)
