@@ -27,6 +27,7 @@ from failcore.evidence.remotebuild import (
     build_from_frame,
     remote_eligible,
     snapshot_from_wire,
+    snapshot_of_frame,
     snapshot_to_wire,
 )
 from failcore.evidence.scanworker import BuildFirst, ScanOffload
@@ -233,6 +234,26 @@ def test_the_frame_serialised_on_the_event_loop_builds_the_proxys_event(
     assert remote_build.frame is not None
     remote = build_from_frame(orjson.loads(remote_build.frame_bytes()), scanner)
     assert orjson.dumps(remote) == orjson.dumps(local)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_snapshot_let_go_is_built_in_the_proxy_from_its_frame(
+    seed: int, origin_scanner: tuple[Any, Any]
+) -> None:
+    """Once its frame is made, the recorder lets a RemoteBuild's snapshot go (RemoteBuild.let_go); when
+    the worker cannot build it, the proxy builds it from the frame: the same event as from the snapshot."""
+    origin, scanner = origin_scanner
+    local = build_exchange_event(_snapshot(seed), _settings(scanner))
+    remote_build = RemoteBuild(_snapshot(seed), _settings(scanner, origin))
+    assert remote_build.serialise_now()
+    frame = remote_build.frame
+    assert frame is not None
+    remote_build.let_go(
+        BuildFirst(lambda: build_exchange_event(snapshot_of_frame(frame), _settings(scanner)))
+    )
+    assert remote_build.snap is None and remote_build.frame_bytes() == frame
+    assert snapshot_of_frame(frame) == _snapshot(seed)
+    assert orjson.dumps(remote_build()) == orjson.dumps(local)
 
 
 def test_a_frame_orjson_refuses_is_left_to_the_writer(origin_scanner: tuple[Any, Any]) -> None:

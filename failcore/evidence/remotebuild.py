@@ -238,7 +238,9 @@ class RemoteBuild(ChildWork):
 
     __slots__ = ("cfg", "event", "frame", "local", "origin", "snap")
 
-    def __init__(self, snap: ExchangeSnapshot, cfg: EvidenceSettings, local: BuildFirst) -> None:
+    def __init__(
+        self, snap: ExchangeSnapshot, cfg: EvidenceSettings, local: BuildFirst | None = None
+    ) -> None:
         self.snap = snap
         self.cfg = cfg
         self.local = local
@@ -251,21 +253,39 @@ class RemoteBuild(ChildWork):
         recipe = [cfg.run_id, cfg.body_cap, cfg.salt.hex(), sorted(cfg.redact)]
         return [BUILD, snapshot_to_wire(self.snap), recipe]
 
-    def serialise_now(self) -> None:
+    def serialise_now(self) -> bool:
         """Serialise the frame item now, while the exchange's headers and bodies are still in the CPU's
         caches: the tape writer's thread reaches a batch up to its window (0.1 s) later, when they no
         longer are, and the same work there cost several times as much of the proxy's GIL. What
-        orjson refuses is left to the writer, which then builds the event itself."""
+        orjson refuses is left to the writer, which then builds the event itself. True when the
+        frame was made: it holds all the event is built from (see let_go)."""
         try:
             self.frame = orjson.dumps(self.frame_item())
         except TypeError:
             self.frame = None
+        return self.frame is not None
+
+    def let_go(self, local: BuildFirst) -> None:
+        """Drop the snapshot once serialised: `local` builds from the frame instead (snapshot_of_frame).
+        Kept until the writer's batch, the snapshot held the exchange's headers and bodies for up to
+        0.1 s, and they were freed, cold, from the writer's thread."""
+        assert self.frame is not None
+        self.snap = None  # type: ignore[assignment]
+        self.local = local
 
     def frame_bytes(self) -> bytes:
         return self.frame if self.frame is not None else orjson.dumps(self.frame_item())
 
     def __call__(self) -> dict[str, Any]:
+        if self.local is None:
+            raise RuntimeError("a RemoteBuild has no local builder")
         return self.local()
+
+
+def snapshot_of_frame(frame: bytes) -> ExchangeSnapshot:
+    """The snapshot a RemoteBuild's frame was made from (as the child reads it)."""
+    _, wire, _ = orjson.loads(frame)
+    return snapshot_from_wire(wire)
 
 
 def is_build_item(item: Any) -> bool:

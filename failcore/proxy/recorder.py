@@ -36,7 +36,7 @@ from failcore.evidence.exchange import (
     past_cap_scans,
     unbuilt_exchange_event,
 )
-from failcore.evidence.remotebuild import RemoteBuild, remote_eligible
+from failcore.evidence.remotebuild import RemoteBuild, remote_eligible, snapshot_of_frame
 from failcore.evidence.scanworker import BuildFirst, DeferredScan, ScanOffload, ScanOrigin, rules_sha256
 from failcore.paths import default_tape_dir, failcore_home, load_or_create_salt
 from failcore.proxy.guard import guarded
@@ -74,6 +74,12 @@ def _body_bytes(snap: ExchangeSnapshot) -> int:
         else:
             total += len(content)
     return total
+
+
+def _build_from_frame(frame: bytes, settings: EvidenceSettings) -> dict[str, Any] | DeferredScan:
+    """In this process, the event of an exchange whose snapshot was let go (RemoteBuild.let_go), as the
+    DLP evidence worker builds it from the same frame (its DLP pass may be deferred)."""
+    return build_exchange_event(snapshot_of_frame(frame), settings)
 
 
 EVIDENCE_UNAVAILABLE = "evidence-unavailable"
@@ -286,6 +292,11 @@ class Recorder:
         self.session.internal_errors += 1
         logger.warning("failcore: could not build evidence: %s: %s", type(exc).__name__, exc)
         snap = getattr(builder, "args", (None,))[0]
+        if isinstance(snap, bytes):  # (a RemoteBuild's frame: build_from_own_frame)
+            try:
+                snap = snapshot_of_frame(snap)
+            except Exception:
+                snap = None
         event = unbuilt_exchange_event(
             self.session.run_id, snap if isinstance(snap, ExchangeSnapshot) else None, exc
         )
@@ -326,10 +337,11 @@ class Recorder:
             if body_bytes <= LOOP_BUILD_MAX_BYTES and remote_eligible(snap, settings, body_bytes):
                 # Built by the DLP evidence worker with its DLP pass (or by the writer's thread when it
                 # cannot), never here: failcore.evidence.remotebuild.
-                remote = RemoteBuild(
-                    snap, settings, BuildFirst(self._safe(partial(build_exchange_event, snap, settings)))
-                )
-                remote.serialise_now()
+                remote = RemoteBuild(snap, settings)
+                if remote.serialise_now():  # (the snapshot is let go: the frame holds it all)
+                    remote.let_go(BuildFirst(self._safe(partial(_build_from_frame, remote.frame, settings))))
+                else:
+                    remote.local = BuildFirst(self._safe(partial(build_exchange_event, snap, settings)))
                 return remote
             compiling = settings.dlp is not None and not engine_ready(settings.dlp.engine)
             if not compiling and body_bytes <= LOOP_BUILD_MAX_BYTES:
