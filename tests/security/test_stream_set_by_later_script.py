@@ -124,3 +124,38 @@ def test_bodies_streamed_by_a_later_script_are_recorded(
         assert recorded is not None
         assert recorded["size"] == len(body)
         assert recorded["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+class _StreamsRequests:
+    """An addon added after failcore while the proxy runs (no script: `master.addons.add`)."""
+
+    def requestheaders(self, flow) -> None:  # type: ignore[no-untyped-def]
+        flow.request.stream = True
+
+
+def test_a_request_streamed_by_an_addon_added_while_the_proxy_runs_is_still_blocked(
+    start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The tail is mounted only when something after failcore could stream (failcore.proxy.tail): an
+    addon added once exchanges have passed must still meet it before its first hook."""
+    proxy = start_proxy(policy_file(DLP_BLOCK))
+    url = f"http://127.0.0.1:{plain_logging_upstream.port}"
+    with httpx.Client(proxy=f"http://127.0.0.1:{proxy.port}", timeout=30) as client:
+        assert client.post(f"{url}/before", content=b"{}").status_code == 200
+        proxy.call(lambda: proxy.proxy.master.addons.add(_StreamsRequests()))  # type: ignore[union-attr]
+        response = client.post(
+            f"{url}/small",
+            content=orjson.dumps({"k": AWS_KEY_ID}),
+            headers={"content-type": "application/json"},
+        )
+    proxy.stop()
+    assert response.status_code == 403
+    seen = plain_logging_upstream.received_bytes()
+    assert AWS_KEY_ID.encode() not in seen and b"/small" not in seen and b"/before" in seen
+    event = _event(tmp_path / "tape", "/small")
+    assert (event["decision"], event["outcome"], event["rule"]) == (
+        "BLOCK",
+        "BLOCKED",
+        "dlp:aws-access-key-id",
+    )
+    assert AWS_KEY_ID.encode() not in tape_bytes(tmp_path / "tape")
