@@ -11,6 +11,8 @@ exchanges (thread CPU time: time.thread_time), rounds interleaved, medians (minâ
 - build: `build_exchange_event` (the event dict from the snapshot, DLP deferred to the worker);
 - offload: `ScanOffload` in batches of 64 as the writer hands them over (frames out, hits back);
 - serialise: `serialise_event` (orjson);
+- check (a worker's line): `SerialisedEvent.checked`, what the writer does with a line the worker built
+  and sent back serialised (instead of `serialise`);
 - chain: `encode_line` (the line with `prev`, `seq` and its sha256);
 - write: appending the lines to a file, 64 a write (the writer's batches), page cache only.
 
@@ -41,6 +43,7 @@ from benchmarks.evidence_bench import _snapshot, evidence_settings, ready_offloa
 from benchmarks.report import machine_info
 from failcore.evidence.exchange import ExchangeSnapshot, build_exchange_event
 from failcore.evidence.remotebuild import snapshot_to_wire
+from failcore.tape.serialised import SerialisedEvent
 from failcore.tape.writer import encode_line, serialise_event
 
 BATCH = 64
@@ -91,6 +94,10 @@ def main(argv: list[str]) -> int:
         for event in resolved:
             serialise_event(event)
 
+    def check() -> None:
+        for body in bodies:
+            SerialisedEvent.checked(body)
+
     def chain() -> None:
         prev = b"0" * 64
         for i, body in enumerate(bodies):
@@ -117,6 +124,7 @@ def main(argv: list[str]) -> int:
             "build": build,
             "offload": offloaded,
             "serialise": serialise,
+            "check (a worker's line)": check,
             "chain": chain,
             "write": write(directory),
             "hand-off floor": hand_off,
@@ -138,7 +146,7 @@ def main(argv: list[str]) -> int:
     writer_total = 0.0
     for name, values in results.items():
         median = statistics.median(values)
-        if name != "hand-off floor":
+        if name not in ("hand-off floor", "check (a worker's line)"):
             writer_total += median
         print(f"| {name} | {median:,.1f} ({min(values):,.1f}â€“{max(values):,.1f}) |")
     print(f"| sum of the writer's parts | {writer_total:,.1f} |")
