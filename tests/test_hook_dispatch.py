@@ -25,8 +25,11 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.test import taddons, tflow, tutils
 
 from failcore.dlp.pending import wait_until_built
+from failcore.policy.load import parse_policy
 from failcore.proxy import FailCore
 from failcore.proxy.budgetguard import BudgetGuard
+from failcore.proxy.dispatch import pruned_dispatcher
+from failcore.proxy.guard import guarded
 from failcore.proxy.hold import RequestHold
 from failcore.proxy.hostdlp import HostDlpGuard
 from failcore.proxy.realtime import RealtimeBudget
@@ -346,3 +349,94 @@ def test_a_policy_reload_brings_back_the_concerns_it_needs(calls: dict[str, int]
 
     assert asyncio.run(go()) == [200, 200, 429]
     assert calls["BudgetGuard.request"] == 2 and calls["BudgetGuard.response"] == 2
+
+
+class Failing:
+    """A concern whose hooks fail each its own way: raising, handing back an awaitable that raises, an
+    `async def` that raises; and one unguarded hook."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @guarded("failing.request")
+    def request(self, flow: http.HTTPFlow) -> None:
+        raise RuntimeError(f"sync on {flow.request.host}")
+
+    @guarded("failing.response")
+    def response(self, flow: http.HTTPFlow) -> Any:
+        return self._later()
+
+    async def _later(self) -> None:
+        await asyncio.sleep(0)
+        raise ValueError("in the awaitable")
+
+    @guarded("failing.error")
+    async def error(self, flow: http.HTTPFlow) -> None:
+        raise KeyError("async")
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        raise RuntimeError("unguarded")
+
+
+class Witness:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self.seen.append("request")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self.seen.append("response")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.seen.append("error")
+
+
+def failures(session: Session) -> list[Any]:
+    """What was recorded of each failure (less the traceback and the times), what the flow was left."""
+    return [
+        (e["flow"], e["error"], e["detail"]["where"], e["detail"]["fail_open"])
+        for e in session.pending
+        if isinstance(e, dict) and e.get("kind") == "internal_error"
+    ]
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_the_dispatch_guards_a_hook_as_its_guarded_wrapper_does(fail_open: bool) -> None:
+    """Each hook through the dispatch (unwrapped) and through `guarded`'s wrapper alone: the same
+    internal_error recorded, the same refusal under `fail_open: false`; the next concern still runs."""
+    policy = parse_policy(f"version: 1\nmode: observe\nfail_open: {str(fail_open).lower()}\n", "p.yaml")
+    outcomes = []
+    for through_dispatch in (False, True):
+        session = Session(policy=policy)
+        failing, witness = Failing(session), Witness()
+        left = []
+        for hook in ("request", "response", "error"):
+            flow = tflow.tflow(resp=hook == "response", err=hook == "error")
+            flow.id = f"flow-{hook}"
+            if through_dispatch:
+                handlers = [getattr(failing, hook), getattr(witness, hook)]
+                result = pruned_dispatcher(session, hook, [failing, witness], handlers)(flow)
+                if result is not None:
+                    asyncio.run(result)
+            else:  # as mitmproxy calls two addons
+                result = getattr(failing, hook)(flow)
+                if result is not None:
+                    asyncio.run(result)
+                witness.seen.append(hook)
+            response = flow.response
+            left.append(
+                (response.status_code, response.headers.get("X-FailCore-Decision")) if response else None
+            )
+        outcomes.append((failures(session), left, witness.seen, session.internal_errors))
+    assert outcomes[0][0] and len(outcomes[0][0]) == 3
+    assert outcomes[1] == outcomes[0]
+
+
+def test_an_unguarded_hook_that_raises_is_not_swallowed_by_the_dispatch() -> None:
+    session = Session()
+    failing = Failing(session)
+    dispatch = pruned_dispatcher(session, "requestheaders", [failing], [failing.requestheaders])
+    with pytest.raises(RuntimeError, match="unguarded"):
+        dispatch(tflow.tflow())
+    assert session.internal_errors == 0
