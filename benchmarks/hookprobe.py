@@ -93,6 +93,18 @@ def _snapshot(*_: Any) -> None:
         f.write(line + "\n")
 
 
+def _dispatch_timed(failcore: Any, hook: str, owners: list[Any], handlers: list[Any]) -> Any:
+    """The checkout's own dispatch over timed handlers: pruned as it prunes (failcore.proxy.dispatch),
+    or every handler (a checkout from before it)."""
+    try:
+        from failcore.proxy.dispatch import pruned_dispatcher
+    except ImportError:
+        from failcore.proxy import _dispatcher  # type: ignore[attr-defined]
+
+        return _dispatcher(handlers)
+    return pruned_dispatcher(failcore.session, hook, owners, handlers)
+
+
 class HookProbe:
     def running(self) -> None:
         failcore = ctx.master.addons.get("failcore")
@@ -105,14 +117,12 @@ class HookProbe:
             if not callable(handler):
                 continue
             if BY_CONCERN and hasattr(failcore, "concerns"):
-                from failcore.proxy import _dispatcher
-
-                handler = _dispatcher(
-                    [
-                        _wrap(f"{type(c).__name__}.{hook}", getattr(c, hook))
-                        for c in failcore.concerns
-                        if callable(getattr(c, hook, None))
-                    ]
+                owners = [c for c in failcore.concerns if callable(getattr(c, hook, None))]
+                handler = _dispatch_timed(
+                    failcore,
+                    hook,
+                    owners,
+                    [_wrap(f"{type(c).__name__}.{hook}", getattr(c, hook)) for c in owners],
                 )
             setattr(failcore, hook, _wrap(hook, handler))
         from failcore.evidence.backlog import EvidenceBacklog

@@ -48,7 +48,15 @@ def _process_cpu(tid: int | None = None) -> float:
 def _time_concerns(addon: object, totals: dict[str, float]) -> None:
     """Rebuild the addon's per-exchange hooks so each concern's call is timed on its own (thread CPU
     time of its synchronous part), into `totals` keyed `Concern.hook`."""
-    from failcore.proxy import _dispatcher
+    try:  # The checkout's own dispatch, pruned as it prunes; every handler in a checkout from before it.
+        from failcore.proxy.dispatch import pruned_dispatcher
+    except ImportError:
+        from failcore.proxy import _dispatcher  # type: ignore[attr-defined]
+
+        def pruned_dispatcher(
+            session: object, hook: str, owners: list[object], handlers: list[object]
+        ) -> object:
+            return _dispatcher(handlers)
 
     def timed(key: str, handler: object) -> object:
         def call(*args: object) -> object:
@@ -61,13 +69,10 @@ def _time_concerns(addon: object, totals: dict[str, float]) -> None:
         return call
 
     for hook in ("requestheaders", "request", "responseheaders", "response"):
-        handlers = [
-            timed(f"{type(c).__name__}.{hook}", getattr(c, hook))
-            for c in addon.concerns  # type: ignore[attr-defined]
-            if callable(getattr(c, hook, None))
-        ]
+        owners = [c for c in addon.concerns if callable(getattr(c, hook, None))]  # type: ignore[attr-defined]
+        handlers = [timed(f"{type(c).__name__}.{hook}", getattr(c, hook)) for c in owners]
         if handlers:
-            setattr(addon, hook, _dispatcher(handlers))  # type: ignore[arg-type]
+            setattr(addon, hook, pruned_dispatcher(addon.session, hook, owners, handlers))  # type: ignore[attr-defined,arg-type]
 
 
 def measure(

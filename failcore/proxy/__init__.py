@@ -8,9 +8,7 @@ builds that stream (never for a blocked request); the recorder sees the final st
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from failcore.proxy.session import Session
@@ -22,7 +20,8 @@ class FailCore:
     Each concern stays a small mitmproxy-style addon class (and works alone in tests), but mitmproxy
     dispatches every hook to every registered addon, and with seven addons that dispatch alone cost
     a quarter of the proxy's CPU under load (measured with py-spy). Here each hook becomes one call
-    that visits only the concerns that implement it.
+    that visits only the concerns that implement it and, of those, only the ones that can do anything
+    under the current policy and settings (failcore.proxy.dispatch).
     """
 
     name = "failcore"
@@ -41,6 +40,7 @@ class FailCore:
         from failcore.proxy.budgetguard import BudgetGuard
         from failcore.proxy.connections import ConnectionEvents
         from failcore.proxy.console import LogMasking, QuietConsole
+        from failcore.proxy.dispatch import pruned_dispatcher
         from failcore.proxy.dlpguard import DlpGuard
         from failcore.proxy.gate import PolicyGate
         from failcore.proxy.gctune import GcTune
@@ -117,33 +117,12 @@ class FailCore:
             ConnectionEvents(s),
         )
         for hook in hooks.all_hooks:
-            handlers = [getattr(c, hook) for c in self.concerns if callable(getattr(c, hook, None))]
-            if len(handlers) == 1:
+            owners = [c for c in self.concerns if callable(getattr(c, hook, None))]
+            handlers = [getattr(c, hook) for c in owners]
+            if len(handlers) == 1 and not hasattr(owners[0], "idle_hooks"):
                 setattr(self, hook, handlers[0])
             elif handlers:
-                setattr(self, hook, _dispatcher(handlers))
-
-
-def _dispatcher(handlers: list[Callable[..., Any]]) -> Callable[..., Any]:
-    """Call handlers in order; only when one returns an awaitable does the rest continue asynchronously,
-    so hooks whose concerns all answer synchronously cost no coroutine."""
-
-    async def finish(pending: Awaitable[Any], rest: list[Callable[..., Any]], args: tuple[Any, ...]) -> None:
-        await pending
-        for handler in rest:
-            result = handler(*args)
-            if result is not None and inspect.isawaitable(result):
-                await result
-
-    def dispatch(*args: Any) -> Any:
-        # Hooks return None almost always; only then is the awaitable check skipped.
-        for i, handler in enumerate(handlers):
-            result = handler(*args)
-            if result is not None and inspect.isawaitable(result):
-                return finish(result, handlers[i + 1 :], args)
-        return None
-
-    return dispatch
+                setattr(self, hook, pruned_dispatcher(s, hook, owners, handlers))
 
 
 def make_addons(session: Session | None = None) -> list[object]:

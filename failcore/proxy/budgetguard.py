@@ -154,6 +154,9 @@ def _estimate_evidence(estimate: Estimate, cost_usd: float | None) -> dict[str, 
     }
 
 
+_EXCHANGE_HOOKS = frozenset({"requestheaders", "request", "responseheaders", "response", "error"})
+
+
 class BudgetGuard:
     def __init__(self, session: Session, prices: Callable[[], PriceTable] | None = None) -> None:
         self.session = session
@@ -201,6 +204,15 @@ class BudgetGuard:
             else None
         )
         return self.store
+
+    def idle_hooks(self) -> frozenset[str]:
+        """Every per-exchange hook, while the policy has no budget and no store is left from one that
+        had (failcore.proxy.dispatch): then `_admit` finds no store, and the rest have none to use. A
+        store is only made by `_sync_store`, for a policy with budgets."""
+        policy = self.session.policy
+        if self.store is None and (policy is None or not policy.budgets):
+            return _EXCHANGE_HOOKS
+        return frozenset()
 
     @guarded("budget.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:

@@ -33,7 +33,7 @@ def _flow_of(args: tuple[Any, ...]) -> mflow.Flow | None:
     return args[0] if args and isinstance(args[0], mflow.Flow) else None
 
 
-def _failed(owner: HasSession, hook: str, args: tuple[Any, ...], where: str, exc: Exception) -> None:
+def failed(owner: HasSession, hook: str, args: tuple[Any, ...], where: str, exc: Exception) -> None:
     """Recorded; and under `fail_open: false` what the hook was deciding is refused."""
     owner.session.internal_error(_flow_of(args), where, exc)
     if not owner.session.fail_open:
@@ -46,8 +46,17 @@ async def _guard_awaitable(
     try:
         return await pending
     except Exception as e:
-        _failed(owner, hook, args, where, e)
+        failed(owner, hook, args, where, e)
         return None
+
+
+GUARDED = "_failcore_guarded"
+
+
+def guarded_parts(fn: object) -> tuple[str, Callable[..., Any]] | None:
+    """For a function `guarded` wrapped: its `where` and the function unwrapped (the dispatch in
+    failcore.proxy.dispatch guards the call itself, as the wrapper would)."""
+    return getattr(fn, GUARDED, None)
 
 
 def guarded(where: str) -> Callable[[F], F]:
@@ -59,9 +68,10 @@ def guarded(where: str) -> Callable[[F], F]:
                 try:
                     return await fn(self, *args)
                 except Exception as e:
-                    _failed(self, fn.__name__, args, where, e)
+                    failed(self, fn.__name__, args, where, e)
                     return None
 
+            setattr(async_wrapper, GUARDED, (where, fn))
             return async_wrapper  # type: ignore[return-value]
 
         @functools.wraps(fn)
@@ -69,13 +79,14 @@ def guarded(where: str) -> Callable[[F], F]:
             try:
                 result = fn(self, *args)
             except Exception as e:
-                _failed(self, fn.__name__, args, where, e)
+                failed(self, fn.__name__, args, where, e)
                 return None
             if result is not None and inspect.isawaitable(result):
                 # A sync hook that only sometimes needs to wait hands back a coroutine: guard it too.
                 return _guard_awaitable(self, result, args, where, fn.__name__)
             return result
 
+        setattr(wrapper, GUARDED, (where, fn))
         return wrapper  # type: ignore[return-value]
 
     return decorate

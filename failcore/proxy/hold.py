@@ -105,6 +105,15 @@ class RequestHold:
         state.blocked = True
         answer(flow, _too_large(flow, size, limit, why))
 
+    def idle_hooks(self) -> frozenset[str]:
+        """`requestheaders` holds nothing while `hold_reason` has no reason for any request
+        (failcore.proxy.dispatch). `request` is kept: it acts on a mark `requestheaders` left, maybe
+        under the policy before a reload."""
+        policy = self.session.policy
+        if policy is None or (policy.fail_open and policy.mode != "enforce"):
+            return frozenset({"requestheaders"})
+        return frozenset()
+
     @guarded("hold.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:

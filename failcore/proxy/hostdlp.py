@@ -76,6 +76,14 @@ class HostDlpGuard:
             return None
         return scanner
 
+    def idle_hooks(self) -> frozenset[str]:
+        """What does nothing without a DLP rule that can block, and without enforcing it
+        (failcore.proxy.dispatch; the DNS hook, which `running` wraps around the resolver, is left)."""
+        scanner = self._blocking_scanner()
+        if scanner is None:
+            return frozenset({"requestheaders", "http_connect", "tls_clienthello", "server_connect"})
+        return frozenset() if scanner.enforce else frozenset({"requestheaders", "server_connect"})
+
     def _when_ready(
         self, scanner: DlpScanner, names: list[str], where: str, then: Callable[[list[Hit]], None]
     ) -> Awaitable[None] | None:

@@ -190,6 +190,12 @@ class RealtimeBudget:
     def _enforce(self) -> bool:
         return self.session.policy is not None and self.session.policy.mode == "enforce"
 
+    def idle_hooks(self) -> frozenset[str]:
+        """`request` does nothing without a budget in the policy (failcore.proxy.dispatch); the
+        WebSocket hooks are kept (they follow a session admitted before a reload)."""
+        policy = self.session.policy
+        return frozenset({"request"}) if policy is None or not policy.budgets else frozenset()
+
     @guarded("realtime.request")
     def request(self, flow: http.HTTPFlow) -> None:
         policy = self.session.policy

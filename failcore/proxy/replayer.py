@@ -136,6 +136,14 @@ class Replayer:
         state = self.session.flows.get(flow.id)
         return (state.decided_host if state and state.decided_host else None) or flow.request.host
 
+    def idle_hooks(self) -> frozenset[str]:
+        """Not replaying, and no request redirected to the replay server waiting for its answer
+        (failcore.proxy.dispatch): `request` redirects none, the others have none to restore.
+        `config` only changes in `configure`, which publishes new settings first."""
+        if self.config is None and not self.redirects:
+            return frozenset({"request", "responseheaders", "error"})
+        return frozenset()
+
     @guarded("replayer.request")
     def request(self, flow: http.HTTPFlow) -> None:
         if self.config is None or self.index is None or self.server is None or flow.response is not None:

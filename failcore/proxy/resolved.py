@@ -54,6 +54,9 @@ def inward_decision(policy: Policy, host: str, address: str) -> Decision:
     return Decision("BLOCK", RULE, reason, True, "BLOCK")
 
 
+_HOOKS = frozenset({"requestheaders", "http_connect", "server_connected"})
+
+
 class ResolvedAddressGuard:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -61,6 +64,10 @@ class ResolvedAddressGuard:
     def _active(self) -> Policy | None:
         policy = self.session.policy
         return policy if policy is not None and policy.block_private_resolved else None
+
+    def idle_hooks(self) -> frozenset[str]:
+        """Every hook, without `network.block_private_resolved` (failcore.proxy.dispatch)."""
+        return frozenset() if self._active() else _HOOKS
 
     @guarded("resolved.requestheaders")
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:

@@ -11,6 +11,7 @@ Everything else stays buffered, so other addons (and mitmweb) still see those bo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from failcore.proxy.settings import AddonSettings
 NO_BODY_STATUS = frozenset({101, 204, 304})
 
 
-def _header(headers: http.Headers, name: bytes) -> str | None:
+def header_of(headers: http.Headers, name: bytes) -> str | None:
     """`headers.get(name)` for a lower-case name, read straight from the fields: the same value
     (several fields joined by ", ", decoded as mitmproxy decodes them) without the mapping's layers of
     calls, which cost more than the rest of the stream-or-buffer choice that asks for it on every flow."""
@@ -37,7 +38,7 @@ def _header(headers: http.Headers, name: bytes) -> str | None:
 
 
 def _declared_length(headers: http.Headers) -> int | None:
-    value = _header(headers, b"content-length")
+    value = header_of(headers, b"content-length")
     if value is None:
         return None
     try:
@@ -54,7 +55,7 @@ def should_stream_response(flow: http.HTTPFlow, threshold: int, llm_max: int | N
     assert resp is not None
     if flow.request.method == "HEAD" or resp.status_code in NO_BODY_STATUS or resp.status_code < 200:
         return False
-    ctype = (_header(resp.headers, b"content-type") or "").lower()
+    ctype = (header_of(resp.headers, b"content-type") or "").lower()
     if "text/event-stream" in ctype:
         return True
     length = _declared_length(resp.headers)
@@ -128,9 +129,13 @@ _LLM_PATH_SUFFIXES = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def could_be_llm_path(path: str) -> bool:
     """Spelled as the origin resolves it (`/v1/chat/completion%73`), or as a routing server reads it
-    (`/v1/chat%2Fcompletions`, `/v1/chat/completions;x=1`), as failcore.llm.detect reads it."""
+    (`/v1/chat%2Fcompletions`, `/v1/chat/completions;x=1`), as failcore.llm.detect reads it.
+
+    Remembered per path (a function of the string alone): an exchange asks up to three times (the
+    stream-or-buffer choices, the meter) and an agent's paths repeat."""
     return _llm_suffix(request_path(path)) or any(_llm_suffix(alias) for alias in other_readings(path))
 
 
@@ -148,7 +153,7 @@ def should_stream_request(flow: http.HTTPFlow, threshold: int, llm_max: int | No
     if llm_max is not None and could_be_llm_path(flow.request.path):
         threshold = max(threshold, llm_max)
     if length is None:
-        return "chunked" in (_header(flow.request.headers, b"transfer-encoding") or "").lower()
+        return "chunked" in (header_of(flow.request.headers, b"transfer-encoding") or "").lower()
     return length > threshold
 
 
