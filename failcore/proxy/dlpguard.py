@@ -244,6 +244,8 @@ def _encoding(headers: list[tuple[str, str]]) -> str | None:
         if len(key) in (16, 17, 20) and key.isascii() and (values := found.get(key.lower())) is not None:
             values.append(value)
     content, transfer, sha256 = (", ".join(v) if v else None for v in found.values())
+    if content is None and transfer is None and sha256 is None:
+        return None  # (body_encoding's answer for none of them: the usual request)
     return body_encoding(content, transfer, sha256)
 
 
@@ -325,12 +327,19 @@ class DlpGuard:
         encoding = _encoding(headers)
         url = request_url(req, headers)
         # While the rules still compile (just after start-up) the scan waits for them, off the loop.
-        if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES) or not engine_ready(scanner.engine):
+        # (A body without codings, the usual one, is read as it is: read_off_loop's and decode_body's
+        # answers for no coding.)
+        plain = encoding is None
+        if plain:
+            big = len(raw) > SCAN_OFF_LOOP_BYTES
+        else:
+            big = read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES)
+        if big or not engine_ready(scanner.engine):
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         # A small compressed body is decoded on the loop only as far as a plain one is scanned there:
         # one of a few KiB can inflate to megabytes (ON_LOOP_DECODE_LIMIT, 8 MiB: 30-50 ms of a stalled
         # loop); past SCAN_OFF_LOOP_BYTES it is decoded and scanned in a worker thread.
-        decoded = decode_body(raw, encoding, SCAN_OFF_LOOP_BYTES)
+        decoded = DecodedBody(raw) if plain else decode_body(raw, encoding, SCAN_OFF_LOOP_BYTES)
         if decoded.over_limit:
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         clean = self._clean_scans(scanner)
