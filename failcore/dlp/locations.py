@@ -223,6 +223,11 @@ def header_block(pairs: Sequence[tuple[str, str]]) -> tuple[bytes, list[tuple[in
     return b"".join(lines), spans
 
 
+def header_block_text(pairs: Sequence[tuple[str, str]]) -> bytes:
+    """header_block's text alone (no spans: what a pass that finds nothing needs)."""
+    return "".join([f"{name}: {value}\n" for name, value in pairs]).encode()
+
+
 def scan_header_block(engine: Scans, pairs: Sequence[tuple[str, str]]) -> list[Hit]:
     """The hits of one scan of all `pairs` together (header_block), so a rule keyed by a word anywhere
     in the block (another header's name or value) applies: each hit located `header:NAME`, offsets

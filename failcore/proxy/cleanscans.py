@@ -54,10 +54,11 @@ class CleanScans:
             self.remember(key)
         return found
 
-    def remember(self, key: tuple[object, ...]) -> None:
-        """Keep `key` as found clean (what `scan` does when its scan finds nothing)."""
+    def remember(self, key: tuple[object, ...], chars: int | None = None) -> None:
+        """Keep `key` as found clean (what `scan` does when its scan finds nothing). `chars`: its texts'
+        characters (_key_chars), when the caller knows them."""
         # Only short texts are kept: 4,096 clean 1 MiB headers would hold 4 GiB for the proxy's life.
-        if _key_chars(key) <= CLEAN_TEXT_MAX:
+        if (_key_chars(key) if chars is None else chars) <= CLEAN_TEXT_MAX:
             if len(self._clean) >= self.limit:
                 self._clean.clear()
             self._clean.add(key)

@@ -73,18 +73,22 @@ def _is_redaction(value: str) -> bool:
     return value.startswith("[redacted hmac-sha256:") and is_redaction(value)
 
 
-def a_line_of_block(name: str, value: str, redacted: frozenset[str]) -> bool:
-    """Whether a (non-credential) header scanned alone (scan_headers: `name: value`) is byte for byte
-    one line of the header block (block_pairs, header_block): ASCII (recorded as it is), no newline,
-    not one of the policy's `redact_headers` and not a fingerprint (both recorded otherwise)."""
-    return (
+def lines_of_block(
+    headers: Sequence[tuple[str, str]], lowered: Sequence[str], redacted: frozenset[str]
+) -> list[bool]:
+    """Whether each (non-credential) header scanned alone (scan_headers: `name: value`) is byte for
+    byte one line of the header block (block_pairs, header_block): ASCII (recorded as it is), no
+    newline, not one of the policy's `redact_headers` and not a fingerprint (both recorded otherwise).
+    `lowered`: their recorded names (recorded_name; an ASCII name's is its str.lower())."""
+    return [
         name.isascii()
         and value.isascii()
         and "\n" not in name
         and "\n" not in value
-        and name.lower() not in redacted
+        and lower not in redacted
         and not _is_redaction(value)
-    )
+        for (name, value), lower in zip(headers, lowered, strict=False)
+    ]
 
 
 def header_block_hits(

@@ -20,7 +20,7 @@ from mitmproxy import http
 
 from failcore.dlp import Hit, scan_headers, scan_json_body, scan_url, unescape_ascii_json
 from failcore.dlp.escapes import escaped_hits, unescaped
-from failcore.dlp.locations import header_block, recorded_header
+from failcore.dlp.locations import header_block_text, recorded_header
 from failcore.dlp.model import Scans
 from failcore.dlp.pending import engine_ready
 from failcore.dlp.scanner import SEVERITY_RANK, DlpScanner
@@ -43,7 +43,7 @@ from failcore.evidence.pastcap import PastCapScan
 from failcore.evidence.pastcapworker import origin_for
 from failcore.policy.model import Decision
 from failcore.proxy.cleanscans import CleanScans
-from failcore.proxy.dlpblock import a_line_of_block, block_pairs, header_block_hits, recorded_name
+from failcore.proxy.dlpblock import block_pairs, header_block_hits, lines_of_block, recorded_name
 from failcore.proxy.gate import blocked_response
 from failcore.proxy.guard import guarded
 from failcore.proxy.requesturl import header_value, request_url
@@ -93,22 +93,31 @@ def scan_request_for_block(
     if host:
         hits += scan(("host", host), host_hits, engine, host)
     block_key = ("block", tuple(headers), redacted)
+    count = len(headers)
+    # Whether a credential or one of the policy's `redact_headers` is among the headers (its value may
+    # echo in others: header_block_hits then reads the block with the echoes masked too).
+    echoes = any(credential[:count]) or (bool(redacted) and not redacted.isdisjoint(lowered[:count]))
     pairs: list[tuple[str, str]] | None = None
-    lines_clean = body_clean = False
+    lines_clean = body_clean = plain = False
     body = unescape_ascii_json(body) if body else body
     if clean is not None and not clean.known(block_key):
         # One pass over the header block answers for the block and for each header in it scanned alone
         # (CleanTexts.lines_clean) when it finds nothing in any of them: the usual request. A body it
         # could read as it is (no `\`: no JSON view; no `%`: no percent view) is read in that pass too.
-        pairs = block_pairs(headers, redacted, engine.salt, lowered=lowered)
-        block_text = header_block(pairs)[0]
+        # In the usual request every name and value is ASCII, without a newline or a fingerprint, and
+        # none is a credential or redacted header: the block as recorded (block_pairs) is then the
+        # headers as they are, each one line of it (lines_of_block), known without building either.
+        plain = not echoes and _plain_headers(headers)
+        pairs = headers if plain else block_pairs(headers, redacted, engine.salt, lowered=lowered)
+        block_text = header_block_text(pairs)
         if body and b"\\" not in body and b"%" not in body:
             lines_clean = body_clean = scanner.clean_texts.lines_clean(block_text, body)
         if not lines_clean:
             lines_clean = scanner.clean_texts.lines_clean(block_text)
-    in_block = len(headers) if lines_clean else 0  # (the trailers are not lines of that block)
+    # Which headers (not the trailers: not lines of that block) its pass answered for alone.
+    alone = ([True] * count if plain else lines_of_block(headers, lowered, redacted)) if lines_clean else []
     for index, ((name, value), is_credential) in enumerate(zip(fields, credential, strict=True)):
-        if not is_credential and not (index < in_block and a_line_of_block(name, value, redacted)):
+        if not is_credential and not (index < len(alone) and alone[index]):
             hits += scan(("header", name, value), scan_headers, engine, [(name, value)])
         # (An ASCII name's str.lower() is its recorded name's.)
         if (lowered[index] if name.isascii() else name.lower()) in HOST_HEADERS:
@@ -116,11 +125,10 @@ def scan_request_for_block(
     # The headers together, as the evidence scan reads them (a rule keyed by a word in another header):
     # remembered clean whole (the list of headers), never header by header.
     block = scanner.clean_texts if clean is not None else engine
-    echoes = any(credential[: len(headers)]) or (
-        bool(redacted) and not redacted.isdisjoint(lowered[: len(headers)])
-    )
     if clean is not None and lines_clean and not echoes:
-        clean.remember(block_key)  # (header_block_hits: the block as sent is quiet, nothing echoed)
+        # (header_block_hits: the block as sent is quiet, nothing echoed; the key's characters counted
+        # as _key_chars counts them: "block", every name and value.)
+        clean.remember(block_key, 5 + sum([len(name) + len(value) for name, value in headers]))
     else:
         hits += scan(
             block_key, header_block_hits, block, headers, redacted, engine.salt, pairs, lines_clean, echoes
@@ -139,6 +147,13 @@ def scan_request_for_block(
     if body and not body_clean:
         hits += scan_json_body(engine, body)
     return hits
+
+
+def _plain_headers(headers: Sequence[tuple[str, str]]) -> bool:
+    """Whether every name and value is ASCII, without a newline or a fingerprint's start (one C pass
+    each over them all: the usual request's headers)."""
+    text = "".join([name + value for name, value in headers])
+    return text.isascii() and "\n" not in text and "[redacted hmac-sha256:" not in text
 
 
 def url_hits(engine: Scans, url: str) -> list[Hit]:
@@ -229,6 +244,8 @@ def _encoding(headers: list[tuple[str, str]]) -> str | None:
         if len(key) in (16, 17, 20) and key.isascii() and (values := found.get(key.lower())) is not None:
             values.append(value)
     content, transfer, sha256 = (", ".join(v) if v else None for v in found.values())
+    if content is None and transfer is None and sha256 is None:
+        return None  # (body_encoding's answer for none of them: the usual request)
     return body_encoding(content, transfer, sha256)
 
 
@@ -310,12 +327,19 @@ class DlpGuard:
         encoding = _encoding(headers)
         url = request_url(req, headers)
         # While the rules still compile (just after start-up) the scan waits for them, off the loop.
-        if read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES) or not engine_ready(scanner.engine):
+        # (A body without codings, the usual one, is read as it is: read_off_loop's and decode_body's
+        # answers for no coding.)
+        plain = encoding is None
+        if plain:
+            big = len(raw) > SCAN_OFF_LOOP_BYTES
+        else:
+            big = read_off_loop(len(raw), encoding, SCAN_OFF_LOOP_BYTES)
+        if big or not engine_ready(scanner.engine):
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         # A small compressed body is decoded on the loop only as far as a plain one is scanned there:
         # one of a few KiB can inflate to megabytes (ON_LOOP_DECODE_LIMIT, 8 MiB: 30-50 ms of a stalled
         # loop); past SCAN_OFF_LOOP_BYTES it is decoded and scanned in a worker thread.
-        decoded = decode_body(raw, encoding, SCAN_OFF_LOOP_BYTES)
+        decoded = DecodedBody(raw) if plain else decode_body(raw, encoding, SCAN_OFF_LOOP_BYTES)
         if decoded.over_limit:
             return self._decide_off_loop(flow, state, scanner, url, headers, trailers, raw, encoding)
         clean = self._clean_scans(scanner)

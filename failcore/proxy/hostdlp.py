@@ -129,6 +129,10 @@ class HostDlpGuard:
         state = self.session.flows.get(flow.id)
         if state is not None and state.decision is not None and state.decision.decision == "BLOCK":
             return None
+        names = target_names(flow)
+        clean = self._clean
+        if clean is not None and clean.scanner is scanner and all(clean.known(("host", n)) for n in names):
+            return None  # each found clean by this scanner before: names_hits would find nothing
 
         def decide(hits: list[Hit]) -> None:
             verdict = block_decision(scanner, hits, None)
@@ -137,7 +141,7 @@ class HostDlpGuard:
             state = self.session.state(flow)
             state.decision = verdict if state.decision is None else stricter(state.decision, verdict)
 
-        return self._when_ready(scanner, target_names(flow), "target host", decide)
+        return self._when_ready(scanner, names, "target host", decide)
 
     @guarded("hostdlp.tls_clienthello")
     def tls_clienthello(self, data: tls.ClientHelloData) -> Awaitable[None] | None:
