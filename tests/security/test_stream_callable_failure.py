@@ -10,6 +10,8 @@ the failing check was looking at reaches the client."""
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -123,10 +125,20 @@ def test_a_request_stream_failing_under_fail_open_false_never_ends_upstream_as_a
     monkeypatch.setattr(PastCapScan, "__call__", reload_then_fail)
     proxy = start_proxy(policy_file("version: 1\nmode: observe\n"), upstream_ca=logging_upstream.ca_path)
     statuses: list[int] = []
+
     # (Refused with a 502, or by a reset: the client is told either way.)
+    def upload() -> Iterator[bytes]:
+        # The body starts once the head has reached the upstream (it streams: the head does not wait for
+        # the body), so the failing chunk meets a request that has left. A full-suite run once had the
+        # chunk fail before mitmproxy had sent the head upstream, and nothing to check.
+        deadline = time.monotonic() + 30
+        while b"POST /upload" not in logging_upstream.received_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield b"upload-"
+        yield b"marker"
+
     with proxied_client(proxy) as client, contextlib.suppress(httpx.HTTPError):
-        upload = iter([b"upload-", b"marker"])
-        statuses.append(client.post(f"{logging_upstream.url}/upload", content=upload).status_code)
+        statuses.append(client.post(f"{logging_upstream.url}/upload", content=upload()).status_code)
     assert 200 not in statuses
     proxy.flush()
     got = logging_upstream.received_bytes()
