@@ -69,30 +69,17 @@ def run(hook: str, steps: Sequence[Step], args: tuple[Any, ...], start: int = 0)
 
 
 async def _finish(hook: str, steps: Sequence[Step], args: tuple[Any, ...], i: int, pending: Any) -> None:
-    while True:
-        _, where, owner = steps[i - 1]
-        try:
-            await pending
-        except Exception as e:
-            if where is None:
-                raise
-            failed(owner, hook, args, where, e)
-        # Synchronous answers run on at once; the next awaitable is awaited here.
-        while i < len(steps):
-            call, where, owner = steps[i]
-            i += 1
-            try:
-                result = call(*args)
-            except Exception as e:
-                if where is None:
-                    raise
-                failed(owner, hook, args, where, e)
-                continue
-            if result is not None and inspect.isawaitable(result):
-                pending = result
-                break
-        else:
-            return
+    """Await the awaitable steps[i - 1] handed back (guarded alike), then run the rest as `run` does."""
+    _, where, owner = steps[i - 1]
+    try:
+        await pending
+    except Exception as e:
+        if where is None:
+            raise
+        failed(owner, hook, args, where, e)
+    rest = run(hook, steps, args, i)
+    if rest is not None:  # (the next awaitable, and what follows it)
+        await rest
 
 
 def dispatcher(hook: str, handlers: Sequence[Callable[..., Any]]) -> Callable[..., Any]:

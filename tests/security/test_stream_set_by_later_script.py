@@ -39,6 +39,19 @@ def _event(tape: Path, path: str) -> dict:
     return event
 
 
+def _assert_small_blocked(upstream: LoggingUpstream, tape: Path) -> None:
+    """The POST to /small holding the key never reached the upstream; the tape has it BLOCKED, masked."""
+    seen = upstream.received_bytes()
+    assert AWS_KEY_ID.encode() not in seen and b"/small" not in seen
+    event = _event(tape, "/small")
+    assert (event["decision"], event["outcome"], event["rule"]) == (
+        "BLOCK",
+        "BLOCKED",
+        "dlp:aws-access-key-id",
+    )
+    assert AWS_KEY_ID.encode() not in tape_bytes(tape)
+
+
 def _start(tmp_path: Path, policy_text: str, script: str) -> tuple[int, object, Path]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text)
@@ -66,15 +79,7 @@ def test_a_request_streamed_by_a_later_script_is_still_held_and_blocked(
         stop(process)  # flushes the tape
     assert response.status_code == 403
     assert response.headers["x-failcore-rule"] == "dlp:aws-access-key-id"
-    seen = plain_logging_upstream.received_bytes()
-    assert AWS_KEY_ID.encode() not in seen and b"/small" not in seen
-    event = _event(tmp_path / "tape", "/small")
-    assert (event["decision"], event["outcome"], event["rule"]) == (
-        "BLOCK",
-        "BLOCKED",
-        "dlp:aws-access-key-id",
-    )
-    assert AWS_KEY_ID.encode() not in tape_bytes(tmp_path / "tape")
+    _assert_small_blocked(plain_logging_upstream, tmp_path / "tape")
 
 
 def test_a_response_streamed_by_a_later_script_is_still_scanned_and_cut(
@@ -150,12 +155,5 @@ def test_a_request_streamed_by_an_addon_added_while_the_proxy_runs_is_still_bloc
         )
     proxy.stop()
     assert response.status_code == 403
-    seen = plain_logging_upstream.received_bytes()
-    assert AWS_KEY_ID.encode() not in seen and b"/small" not in seen and b"/before" in seen
-    event = _event(tmp_path / "tape", "/small")
-    assert (event["decision"], event["outcome"], event["rule"]) == (
-        "BLOCK",
-        "BLOCKED",
-        "dlp:aws-access-key-id",
-    )
-    assert AWS_KEY_ID.encode() not in tape_bytes(tmp_path / "tape")
+    assert b"/before" in plain_logging_upstream.received_bytes()
+    _assert_small_blocked(plain_logging_upstream, tmp_path / "tape")
