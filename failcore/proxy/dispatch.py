@@ -82,21 +82,11 @@ async def _finish(hook: str, steps: Sequence[Step], args: tuple[Any, ...], i: in
         await rest
 
 
-def dispatcher(hook: str, handlers: Sequence[Callable[..., Any]]) -> Callable[..., Any]:
-    """Every handler, every call."""
-    steps = tuple(step(h) for h in handlers)
-
-    def dispatch(*args: Any) -> Any:
-        return run(hook, steps, args)
-
-    return dispatch
-
-
 def pruned_dispatcher(
     session: Session, hook: str, concerns: Sequence[object], handlers: Sequence[Callable[..., Any]]
 ) -> Callable[..., Any]:
-    """`dispatcher`, leaving out the handlers whose concern says the hook is idle (see the module
-    docstring); `concerns[i]` owns `handlers[i]`."""
+    """One call that runs the hook's handlers in order, leaving out those whose concern says the hook is
+    idle (see the module docstring); `concerns[i]` owns `handlers[i]`."""
     everything = tuple(zip(concerns, (step(h) for h in handlers), strict=True))
     # [policy, settings, dlp, steps]: what the steps were chosen under, and the steps.
     chosen: list[Any] = [object(), object(), object(), ()]
