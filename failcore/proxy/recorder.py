@@ -340,11 +340,12 @@ class Recorder:
                 remote = RemoteBuild(snap, settings)
                 if remote.serialise_now():  # (the snapshot is let go: the frame holds it all)
                     remote.let_go(BuildFirst(self._safe(partial(_build_from_frame, remote.frame, settings))))
-                else:
-                    remote.local = BuildFirst(self._safe(partial(build_exchange_event, snap, settings)))
-                return remote
-            compiling = settings.dlp is not None and not engine_ready(settings.dlp.engine)
-            if not compiling and body_bytes <= LOOP_BUILD_MAX_BYTES:
+                    return remote
+                # A snapshot orjson refuses is built in the writer's thread (below): handed over, its
+                # frame would fail again there, and with it the frame of its whole batch.
+            elif body_bytes <= LOOP_BUILD_MAX_BYTES and (
+                settings.dlp is None or engine_ready(settings.dlp.engine)
+            ):
                 return build_exchange_event(snap, settings)
         # Decoding, scanning and hashing a large body would hold the event loop for milliseconds
         # (and a past-cap scan, or DLP rules still compiling at start-up, may have to be waited for):
