@@ -138,6 +138,18 @@ def read_until_closed(sock: socket.socket, want: int) -> bytes:
     return data
 
 
+def echo_then_stop(proxy: ProxyThread, upstream: LoggingUpstream, payload: bytes) -> None:
+    """A tunnel through `proxy` to `upstream` sends `payload` and reads its echo,
+    and is still open when the proxy stops."""
+    sock = tunnel(proxy.port, upstream)
+    try:
+        sock.sendall(payload)
+        assert read_until_closed(sock, len(payload)) == payload
+        proxy.stop()
+    finally:
+        sock.close()
+
+
 def tcp_events(tape: Path, wait: float = 10) -> list[dict]:
     """The tape's raw TCP stream events, waiting up to `wait` seconds for the first (it is written
     when the stream ends)."""

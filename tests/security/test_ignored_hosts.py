@@ -11,7 +11,14 @@ import socket
 from pathlib import Path
 
 from tests.helpers import read_tape
-from tests.security.helpers import free_port, read_head_only, read_until_closed, tcp_events, tunnel
+from tests.security.helpers import (
+    echo_then_stop,
+    free_port,
+    read_head_only,
+    read_until_closed,
+    tcp_events,
+    tunnel,
+)
 from tests.security.upstream import LoggingUpstream
 
 PAYLOAD = b"\x00\x01\x02passed-through\xff"
@@ -56,13 +63,7 @@ def test_a_tunnel_open_when_the_proxy_stops_is_on_the_tape(
     start_proxy, policy_file, plain_logging_upstream: LoggingUpstream, tmp_path: Path
 ) -> None:
     proxy = start_proxy(policy_file(ALLOW), sets=[r"ignore_hosts=^127\.0\.0\.1:"])
-    sock = tunnel(proxy.port, plain_logging_upstream)
-    try:
-        sock.sendall(PAYLOAD)
-        assert read_until_closed(sock, len(PAYLOAD)) == PAYLOAD
-        proxy.stop()
-    finally:
-        sock.close()
+    echo_then_stop(proxy, plain_logging_upstream, PAYLOAD)
     (event,) = _passthrough(tmp_path / "tape")
     assert event["detail"]["open_when_the_proxy_stopped"] is True and event["ts_end"] is None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.security.helpers import read_until_closed, tcp_events, tunnel
+from tests.security.helpers import echo_then_stop, read_until_closed, tcp_events, tunnel
 from tests.security.upstream import LoggingUpstream
 
 # Assembled at run time so the repository itself holds no secret-shaped strings.
@@ -81,13 +81,7 @@ def test_a_raw_tcp_stream_open_when_the_proxy_stops_is_on_the_tape(
     """mitmproxy does not end a stream it is relaying when the proxy stops: it was recorded only at its
     end, so a stream still open then left no event."""
     proxy = start_proxy(policy_file("version: 1\nmode: enforce\ndefault: ALLOW\n"))
-    sock = tunnel(proxy.port, plain_logging_upstream)
-    try:
-        sock.sendall(PAYLOAD)
-        assert read_until_closed(sock, len(PAYLOAD)) == PAYLOAD
-        proxy.stop()
-    finally:
-        sock.close()
+    echo_then_stop(proxy, plain_logging_upstream, PAYLOAD)
     (event,) = tcp_events(tmp_path / "tape", wait=0)
     assert event["target"]["port"] == plain_logging_upstream.port
     assert (event["bytes_out"], event["bytes_in"]) == (len(PAYLOAD), len(PAYLOAD))
