@@ -81,11 +81,16 @@ def write_reply(stream: IO[bytes], results: list[Any], serialised: list[bytes]) 
     stream.flush()
 
 
-def read_raw_frame(fd: int, deadline: float | None = None) -> bytes:
-    (size,) = LENGTH.unpack(read_exact(fd, LENGTH.size, deadline))
+def frame_size(head: bytes) -> int:
+    """The payload size a frame's 4-byte head gives; refused past MAX_FRAME_BYTES as corrupt."""
+    (size,) = LENGTH.unpack(head)
     if size > MAX_FRAME_BYTES:
         raise ValueError(f"oversized frame from the DLP evidence worker ({size} bytes)")
-    return read_exact(fd, size, deadline)
+    return size
+
+
+def read_raw_frame(fd: int, deadline: float | None = None) -> bytes:
+    return read_exact(fd, frame_size(read_exact(fd, LENGTH.size, deadline)), deadline)
 
 
 def read_frame(fd: int, deadline: float | None = None) -> Any:
@@ -132,10 +137,7 @@ class FrameReader:
         return data
 
     def read_raw_frame(self, deadline: float | None = None) -> bytes:
-        (size,) = LENGTH.unpack(self.read_exact(LENGTH.size, deadline))
-        if size > MAX_FRAME_BYTES:
-            raise ValueError(f"oversized frame from the DLP evidence worker ({size} bytes)")
-        return self.read_exact(size, deadline)
+        return self.read_exact(frame_size(self.read_exact(LENGTH.size, deadline)), deadline)
 
     def read_frame(self, deadline: float | None = None) -> Any:
         return orjson.loads(self.read_raw_frame(deadline))
