@@ -1,10 +1,11 @@
 """TapeWriter.fault()'s free-space check: a reading is reused only while it left ROOMY_BYTES above the
-reserve, for ROOMY_SECONDS; nearer the reserve every call reads the file system afresh, so a disk that
-fills is refused at the next call."""
+reserve, for as long as filling that room at 100 GiB/s would take (at most a second); nearer the
+reserve every call reads the file system afresh, so a disk that fills is refused at the next call."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,8 @@ def test_near_the_reserve_every_call_reads_the_disk(tape_dir: Path, signing_key:
 def test_a_roomy_reading_is_reused_briefly(tape_dir: Path, signing_key: Any, disk: Disk) -> None:
     disk.free = RESERVE + TapeWriter.ROOMY_BYTES
     with make_writer(tape_dir, signing_key, reserve_bytes=RESERVE) as writer:
-        writer.ROOMY_SECONDS = 3600.0  # type: ignore[misc]  # (no clock in the test's way)
+        writer.ROOMY_MAX_SECONDS = 3600.0  # type: ignore[misc]  # (no clock in the test's way)
+        writer.FILL_BYTES_PER_SECOND = 1  # type: ignore[misc]
         assert writer.fault() is None
         reads = disk.reads
         disk.free = RESERVE - 4096
@@ -74,3 +76,22 @@ def test_a_roomy_reading_is_reused_briefly(tape_dir: Path, signing_key: Any, dis
         fault = writer.fault()
         assert fault is not None and "reserve" in fault
         assert disk.reads == reads + 1
+
+
+@pytest.mark.parametrize(
+    ("room", "trusted_seconds"),
+    [
+        (1 << 30, 0.01),  # 1 GiB above the reserve: 10 ms at 100 GiB/s
+        (10 << 30, 0.1),  # 10 GiB: 100 ms
+        (1 << 40, 1.0),  # 1 TiB would be 10 s: at most a second
+    ],
+)
+def test_a_reading_is_trusted_as_long_as_its_room_takes_to_fill(
+    tape_dir: Path, signing_key: Any, disk: Disk, room: int, trusted_seconds: float
+) -> None:
+    disk.free = RESERVE + room
+    with make_writer(tape_dir, signing_key, reserve_bytes=RESERVE) as writer:
+        before = time.monotonic()
+        assert writer.fault() is None
+        after = time.monotonic()
+        assert before + trusted_seconds - 1e-6 <= writer._roomy_until <= after + trusted_seconds + 1e-6

@@ -322,11 +322,14 @@ class TapeWriter:
     def key_id(self) -> str:
         return self._key_id
 
-    # A free-space reading that left at least ROOMY_BYTES above the reserve is trusted for ROOMY_SECONDS
-    # (no statvfs meanwhile): to fall below the reserve within them, 1 GiB would have to be written in
-    # 10 ms (100 GB/s), beyond any disk or tmpfs. Any closer to the reserve, every call reads it afresh.
+    # A free-space reading that left at least ROOMY_BYTES above the reserve is trusted (no statvfs
+    # meanwhile) for as long as filling the room above the reserve would take at FILL_BYTES_PER_SECOND
+    # (1 GiB in 10 ms: 100 GB/s, beyond any disk or tmpfs), at most ROOMY_MAX_SECONDS. Any closer to
+    # the reserve, every call reads it afresh. (A fixed 10 ms made a fail-closed proxy under load read
+    # the file system ~100 times a second on its event loop, each read a hand-over of the GIL.)
     ROOMY_BYTES: Final = 1 << 30
-    ROOMY_SECONDS: Final = 0.01
+    FILL_BYTES_PER_SECOND: Final = 100 << 30
+    ROOMY_MAX_SECONDS: Final = 1.0
     _roomy_until: float = 0.0  # (monotonic) until when the last reading is trusted
 
     def fault(self) -> str | None:
@@ -360,8 +363,8 @@ class TapeWriter:
                     f"the tape's file system has {free} bytes free, less than the "
                     f"{self._reserve_bytes}-byte reserve for evidence"
                 )
-            if free - self._reserve_bytes >= self.ROOMY_BYTES:
-                self._roomy_until = now + self.ROOMY_SECONDS
+            if (room := free - self._reserve_bytes) >= self.ROOMY_BYTES:
+                self._roomy_until = now + min(self.ROOMY_MAX_SECONDS, room / self.FILL_BYTES_PER_SECOND)
         return None
 
     @property
