@@ -131,3 +131,62 @@ def test_an_oversized_length_is_refused_as_corrupt() -> None:
     finally:
         os.close(w)
         os.close(r)
+
+
+def test_a_frame_that_fits_the_pipe_is_written_without_a_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    polls: list[int] = []
+    real_ready = workerpipe.ready
+
+    def counted(fd: int, events: int, deadline: float) -> bool:
+        polls.append(events)
+        return real_ready(fd, events, deadline)
+
+    monkeypatch.setattr(workerpipe, "ready", counted)
+    r, w = os.pipe()
+    try:
+        os.set_blocking(w, False)
+        frame = LENGTH.pack(3000) + b"y" * 3000
+        workerpipe.write_all(w, frame, time.monotonic() + 5)
+        assert os.read(r, 1 << 16) == frame
+    finally:
+        os.close(w)
+        os.close(r)
+    # (Each poll lets go of the GIL: a hand-over with the proxy's event loop, once per batch.)
+    assert polls == []
+
+
+def test_a_frame_larger_than_the_pipe_arrives_whole_as_the_worker_reads() -> None:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    capacity = fcntl.fcntl(w, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+    frame = os.urandom(capacity * 3 + 123)
+    got = bytearray()
+
+    def drain() -> None:
+        while len(got) < len(frame):
+            time.sleep(0.01)  # a worker slower than the writer: the pipe fills up in between
+            got.extend(os.read(r, 1 << 16))
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        workerpipe.write_all(w, frame, time.monotonic() + 30)
+        reader.join(30)
+    finally:
+        os.close(w)
+        os.close(r)
+    assert bytes(got) == frame
+
+
+def test_a_worker_that_takes_no_input_times_out() -> None:
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    capacity = fcntl.fcntl(w, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            workerpipe.write_all(w, b"z" * (capacity + 1), started + 0.2)
+        assert os.read(r, capacity + 1) == b"z" * capacity  # what fitted went; the rest waited in vain
+    finally:
+        os.close(w)
+        os.close(r)
