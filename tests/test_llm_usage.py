@@ -680,7 +680,12 @@ def test_ollama_native_generate_json() -> None:
         # Creating a Message Batch spends tokens (charged at submission); listing batches does not.
         ("api.anthropic.com", "/v1/messages/batches", {"requests": []}, ("anthropic", "message_batches")),
         ("api.anthropic.com", "/v1/messages/batches", None, None),
-        ("gw.internal", "/v1/messages/batches", {"requests": []}, ("anthropic_compatible", "message_batches")),
+        (
+            "gw.internal",
+            "/v1/messages/batches",
+            {"requests": []},
+            ("anthropic_compatible", "message_batches"),
+        ),
         (
             "bedrock-runtime.us-east-1.amazonaws.com",
             "/model/anthropic.claude-3-5-sonnet-20240620-v1:0/invoke",
