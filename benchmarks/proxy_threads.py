@@ -1,7 +1,7 @@
 """Where a proxy's CPU goes per exchange, thread by thread, for failcore checkouts side by side.
 
     .venv/bin/python benchmarks/proxy_threads.py [--repo /tmp/before] [--repo .] [--rounds 3] [--seconds 5]
-        [--variant observe --variant no-DLP --variant enforce]
+        [--variant observe --variant no-DLP --variant enforce --variant enforce-parts]
 
 For each round, each variant (bare; failcore observe and no-DLP, or the `--variant`s) and each checkout,
 one fresh mitmdump serves the plain-HTTP throughput load (wrk, 8 connections, 1 KB JSON POST) and then
@@ -10,6 +10,11 @@ mitmdump process (the event loop, the tape writer, …) and of its children (the
 context switches of the event loop's thread, the p50 with one connection, the RSS (mitmdump and its
 children) after the load and the machine's 1-minute load average. Interleaved: checkouts and variants
 alternate within each round, so a busy machine slows all of them alike.
+
+`enforce-parts` takes the enforce variant's policy apart, one part less at a time: enforce with
+`fail_open: true`, then also without the budgets, then also with DLP that cannot BLOCK (no blocking
+request scan; DLP evidence as before): the steps between them are what `fail_open: false` (its 20 ms
+tape batches), the budgets and the blocking scan cost.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import CommandLog, children_of, cpu_seconds, print_medians, print_round, tree_rss_mib
 from benchmarks.loadgen import wrk_for, wrk_script
-from benchmarks.servers import BenchContext, nginx_upstream, running_proxy
+from benchmarks.servers import BenchContext, enforce_policy_text, nginx_upstream, running_proxy
 from benchmarks.variants import BARE, ENFORCE, OBSERVE, OBSERVE_NO_DLP, Variant
 
 TICK = 100.0  # os.sysconf("SC_CLK_TCK") on Linux
@@ -92,6 +97,26 @@ def for_repo(variant: Variant, repo: Path) -> Variant:
 
 
 _VARIANTS = {"observe": OBSERVE, "no-DLP": OBSERVE_NO_DLP, "enforce": ENFORCE}
+# enforce-parts: (name, enforce_policy_text's keywords), each one part less than the one before.
+_ENFORCE_PARTS = (
+    ("enforce, fail_open: true", {"fail_open": True}),
+    ("enforce, fail_open: true, no budgets", {"fail_open": True, "budgets": False}),
+    (
+        "enforce, fail_open: true, no budgets, DLP cannot BLOCK",
+        {"fail_open": True, "budgets": False, "dlp_block": False},
+    ),
+)
+
+
+def enforce_parts(workdir: Path) -> list[Variant]:
+    """ENFORCE and its policy with one part less at a time (see the module docstring)."""
+    variants = [ENFORCE]
+    for index, (name, parts) in enumerate(_ENFORCE_PARTS):
+        policy = workdir / f"enforce-part-{index}.yaml"
+        policy.write_text(enforce_policy_text(**parts))
+        extra = ("-s", "{addon}", "--set", f"failcore_policy={policy}")
+        variants.append(dataclasses.replace(ENFORCE, name=name, description=name, extra=extra))
+    return variants
 
 
 def main(argv: list[str]) -> int:
@@ -105,16 +130,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--variant",
         action="append",
-        choices=sorted(_VARIANTS),
+        choices=[*sorted(_VARIANTS), "enforce-parts"],
         help="failcore variants to run (repeat; default: observe and no-DLP)",
     )
     args = parser.parse_args(argv)
     repos = [r.resolve() for r in (args.repo or [Path(__file__).resolve().parent.parent])]
-    chosen = [_VARIANTS[name] for name in args.variant or ["observe", "no-DLP"]]
-    variants = [BARE] + [for_repo(v, r) for v in chosen for r in repos]
     rows: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="failcore-threads-") as tmp:
         workdir = Path(tmp)
+        chosen: list[Variant] = []
+        for name in args.variant or ["observe", "no-DLP"]:
+            chosen += enforce_parts(workdir) if name == "enforce-parts" else [_VARIANTS[name]]
+        variants = [BARE] + [for_repo(v, r) for v in chosen for r in repos]
         ctx = BenchContext(workdir, CommandLog(), quick=True)
         with nginx_upstream(workdir, ctx.log) as upstream:
             script = wrk_script(workdir / "wrk.lua", f"127.0.0.1:{upstream.plain_port}", through_proxy=True)

@@ -154,11 +154,17 @@ class BenchContext:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.workdir))
 
 
-def enforce_policy_text() -> str:
+def enforce_policy_text(*, fail_open: bool = False, budgets: bool = True, dlp_block: bool = True) -> str:
     """strict.yaml (provider allow-list, default BLOCK, enforce) plus one rule for the loopback upstream,
     placed last so every request walks the whole rule list first; with budgets that every request is
-    counted against (never reached) and DLP that can BLOCK, so requests are scanned before forwarding."""
+    counted against (never reached) and DLP that can BLOCK, so requests are scanned before forwarding.
+    The keywords take one part away each (benchmarks/proxy_threads.py `--variant enforce-parts`):
+    `fail_open` (strict.yaml says false), the `budgets`, DLP's BLOCK (`dlp_block`; DLP still on)."""
     strict = STRICT_POLICY.read_text()
+    if fail_open:
+        strict, count = re.subn(r"^fail_open: false$", "fail_open: true", strict, flags=re.MULTILINE)
+        if count != 1:
+            raise ValueError("strict.yaml no longer says `fail_open: false` once")
     # The rule goes at the end of the `rules:` list, wherever strict.yaml's next section starts.
     head, rules_on = strict.split("\nrules:\n", 1)
     following = re.search(r"^[a-z_]+:", rules_on, re.MULTILINE)
@@ -178,8 +184,13 @@ def enforce_policy_text() -> str:
 
 """
         + rest.rstrip("\n")
-        + """
+        + "\n"
+        + (_BENCH_BUDGETS if budgets else "")
+        + ("\ndlp:\n  severity_actions: {critical: BLOCK}\n" if dlp_block else "\ndlp:\n  enabled: true\n")
+    )
 
+
+_BENCH_BUDGETS = """
 budgets:
   - id: bench-run
     window: run
@@ -187,11 +198,7 @@ budgets:
   - id: bench-day
     window: day
     limits: {requests: 1000000000, total_tokens: 1000000000000}
-
-dlp:
-  severity_actions: {critical: BLOCK}
 """
-    )
 
 
 class ProxyProcess:
