@@ -292,7 +292,7 @@ class Recorder:
         self.session.internal_errors += 1
         logger.warning("failcore: could not build evidence: %s: %s", type(exc).__name__, exc)
         snap = getattr(builder, "args", (None,))[0]
-        if isinstance(snap, bytes):  # (a RemoteBuild's frame: build_from_own_frame)
+        if isinstance(snap, bytes):  # (a RemoteBuild's frame: _build_from_frame)
             try:
                 snap = snapshot_of_frame(snap)
             except Exception:

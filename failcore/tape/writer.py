@@ -326,7 +326,7 @@ class TapeWriter:
     # meanwhile) for as long as filling the room above the reserve would take at FILL_BYTES_PER_SECOND
     # (1 GiB in 10 ms: 100 GB/s, beyond any disk or tmpfs), at most ROOMY_MAX_SECONDS. Any closer to
     # the reserve, every call reads it afresh. (A fixed 10 ms made a fail-closed proxy under load read
-    # the file system ~100 times a second on its event loop, each read a hand-over of the GIL.)
+    # the file system ~80 times a second on its event loop, each read a hand-over of the GIL.)
     ROOMY_BYTES: Final = 1 << 30
     FILL_BYTES_PER_SECOND: Final = 100 << 30
     ROOMY_MAX_SECONDS: Final = 1.0
